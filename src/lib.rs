@@ -1,0 +1,31 @@
+//! fedgate: an XMPP server-to-server federation gateway.
+//!
+//! # Layout
+//! Imports only point downward in this list.
+//! - [`cli`]: the command line (the binary in `main.rs` stays thin).
+//! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases.
+//! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`].
+//! - [`component`]: the XEP-0114 listener where backends attach.
+//! - [`listener`]: the accept loop every listener shares.
+//! - [`connection`]: a framed XMPP stream over a byte transport, split once established.
+//! - [`router`]: where a domain lives; hands stanzas to sessions; bounces.
+//! - [`dns`]: where a remote domain's server is (static routes, DNS).
+//! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
+//! - [`config`]: the TOML configuration.
+//! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
+//! - [`jid`]: RFC 7622 addresses.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+
+pub mod cli;
+pub mod component;
+pub mod config;
+pub mod connection;
+pub mod dialback;
+pub mod dns;
+pub mod gateway;
+pub mod jid;
+pub mod listener;
+pub mod metrics;
+pub mod router;
+pub mod s2s;
+pub mod xml;

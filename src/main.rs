@@ -1,1 +1,111 @@
-fn main(){}
+//! The `fedgate` binary: parse the command line, load the config, run, map errors to exit codes
+//! (64 for a bad config or command line, 1 for a runtime failure).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use fedgate::cli::{Check, Cli, Command};
+use fedgate::config::Config;
+
+/// `EX_USAGE` from sysexits.h: bad configuration or command line.
+const EXIT_CONFIG: u8 = 64;
+/// How long each shutdown phase may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check {
+            what: Check::Config { file },
+        } => match Config::load(&file) {
+            Ok(config) => {
+                let domains: Vec<&str> = config.local_domains().collect();
+                println!(
+                    "{}: OK — serves {}; s2s on {:?}; components on {}",
+                    file.display(),
+                    domains.join(", "),
+                    config.s2s.listen,
+                    config.component.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config, workers } => {
+            init_tracing();
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(n) = workers {
+                builder.worker_threads(n.max(1));
+            }
+            let runtime = match builder.build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("Error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    match e.downcast_ref::<fedgate::gateway::GatewayError>() {
+                        Some(fedgate::gateway::GatewayError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                        _ => ExitCode::FAILURE,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let gateway = fedgate::gateway::start(&config).await?;
+    for addr in &gateway.s2s_addrs {
+        tracing::info!("s2s listening on {addr}");
+    }
+    tracing::info!("components listening on {}", gateway.component_addr);
+    if let Some(addr) = gateway.metrics_addr {
+        tracing::info!("metrics listening on {addr}");
+    }
+    tracing::info!(
+        "fedgate ready, serving {}",
+        gateway.router.local_domains().collect::<Vec<_>>().join(", ")
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown(SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,387 @@
+//! The XEP-0114 component listener: where backends attach.
+//!
+//! A backend session goes through these steps (XEP-0114 §3):
+//! 1. the backend opens a `jabber:component:accept` stream whose `to` names its domain
+//!    (missing → `improper-addressing`, not configured → `host-unknown`, other namespace →
+//!    `invalid-namespace`);
+//! 2. we answer with a header carrying an unpredictable stream id;
+//! 3. the backend sends `<handshake>hex(SHA1(stream_id + secret))</handshake>`, compared in
+//!    constant time (wrong → `not-authorized`);
+//! 4. the domain is bound in the [router](crate::router) (already bound → `conflict` for the
+//!    newcomer, or for the old session with `replace_on_conflict`);
+//! 5. stanzas flow both ways; every stanza from the backend must carry `to` (else
+//!    `improper-addressing`) and a `from` within the bound domain (else `invalid-from`), so a
+//!    backend can never speak for a domain it does not own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Connection, ReadError, Writer};
+use crate::dialback::{new_stream_id, verify_component_handshake};
+use crate::jid;
+use crate::router::{next_session_id, ComponentHandle, Router};
+use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::framer::{Event, Limits};
+use crate::xml::ns;
+use crate::xml::stanza::{Kind, NsContext, Stanza};
+use crate::xml::stream::OpenStream;
+
+/// Largest batch written to a backend before a flush.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What every backend session needs, shared.
+pub struct ComponentContext {
+    pub router: Arc<Router>,
+    /// Backend domain (normalised) → its shared secret.
+    pub secrets: HashMap<String, String>,
+    /// A second connection for a bound domain replaces the first instead of being refused.
+    pub replace_on_conflict: bool,
+    /// Limits before the handshake (small: the peer is not authenticated yet).
+    pub negotiation_limits: fn() -> Limits,
+    /// Limits after the handshake.
+    pub stanza_limits: Limits,
+    pub negotiation_timeout: Duration,
+    /// Stanzas that may wait for a backend before senders are made to wait.
+    pub queue_len: usize,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a backend session ended; each ends the stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentError {
+    /// We refused the stream or a stanza with a stream error.
+    #[error("refused with <{condition}/>: {text}")]
+    Refused {
+        condition: StreamErrorCondition,
+        text: String,
+    },
+    /// Reading failed (bad XML is answered with its stream error first).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The backend did not finish the handshake in time.
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+fn refused(condition: StreamErrorCondition, text: impl Into<String>) -> ComponentError {
+    ComponentError::Refused {
+        condition,
+        text: text.into(),
+    }
+}
+
+/// Serves one backend connection from accept to close.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ComponentContext>) {
+    let conn = Connection::new(
+        Box::new(tcp),
+        peer,
+        (ctx.negotiation_limits)(),
+        ns::COMPONENT,
+    );
+    match negotiate(conn, &ctx).await {
+        Ok((conn, domain)) => established(conn, domain, &ctx).await,
+        Err((conn, e)) => {
+            tracing::info!(%peer, error = %e, "backend refused");
+            let (cond, text) = match &e {
+                ComponentError::Refused { condition, text } => (condition.clone(), Some(text.as_str())),
+                ComponentError::Read(ReadError::Xml(x)) => (StreamErrorCondition::from(x), None),
+                ComponentError::Timeout(_) => (StreamErrorCondition::ConnectionTimeout, None),
+                ComponentError::Read(_) => return,
+            };
+            ctx.router
+                .metrics
+                .stream_errors
+                .with_label_values(&["sent", cond.as_str()])
+                .inc();
+            conn.fail(&cond, text).await;
+        }
+    }
+}
+
+type Negotiated = (Connection, String);
+
+/// Steps 1–4. On failure the connection comes back so the caller can send the stream error.
+async fn negotiate(
+    mut conn: Connection,
+    ctx: &ComponentContext,
+) -> Result<Negotiated, (Connection, ComponentError)> {
+    let result = tokio::time::timeout(ctx.negotiation_timeout, async {
+        let header = match conn.next_event().await? {
+            Event::StreamOpen(h) => h,
+            _ => return Err(refused(StreamErrorCondition::BadFormat, "expected a stream header")),
+        };
+        if header.default_ns.as_deref() != Some(ns::COMPONENT) {
+            return Err(refused(
+                StreamErrorCondition::InvalidNamespace,
+                "the component stream namespace is jabber:component:accept",
+            ));
+        }
+        let Some(to) = header.to.as_deref() else {
+            return Err(refused(
+                StreamErrorCondition::ImproperAddressing,
+                "the stream header needs a 'to' naming the component's domain",
+            ));
+        };
+        let domain = match jid::normalize_domain(to) {
+            Ok(d) if ctx.secrets.contains_key(d.as_ref()) => d.into_owned(),
+            _ => {
+                return Err(refused(
+                    StreamErrorCondition::HostUnknown,
+                    format!("{to} is not a configured backend domain"),
+                ))
+            }
+        };
+        let stream_id = new_stream_id();
+        conn.open(&OpenStream {
+            content_ns: ns::COMPONENT,
+            from: Some(&domain),
+            to: None,
+            id: Some(&stream_id),
+            version: false,
+            dialback: false,
+        });
+        conn.flush().await.map_err(ReadError::Io)?;
+        let handshake = match conn.next_event().await? {
+            Event::Stanza(s) if s.kind() == Kind::Handshake => s,
+            _ => {
+                return Err(refused(
+                    StreamErrorCondition::NotAuthorized,
+                    "expected <handshake/>",
+                ))
+            }
+        };
+        let digest = handshake
+            .element()
+            .map(|e| e.text())
+            .map_err(ReadError::Xml)?;
+        if !verify_component_handshake(&stream_id, &ctx.secrets[&domain], digest.trim()) {
+            return Err(refused(
+                StreamErrorCondition::NotAuthorized,
+                "handshake does not match the configured secret",
+            ));
+        }
+        Ok(domain)
+    })
+    .await;
+    match result {
+        Ok(Ok(domain)) => Ok((conn, domain)),
+        Ok(Err(e)) => Err((conn, e)),
+        Err(_) => Err((conn, ComponentError::Timeout(ctx.negotiation_timeout))),
+    }
+}
+
+/// How the reader tells the writer to end.
+enum End {
+    /// The backend closed its stream or the connection: bounce what is queued.
+    Closed,
+    /// We refuse the backend: send this error, bounce what is queued.
+    Fail(StreamErrorCondition, String),
+    /// Another connection took the domain: `<conflict/>`; the queue goes on to the new one
+    /// only for stanzas routed after the switch, so bounce what is left.
+    Kicked,
+    /// fedgate is stopping: deliver what is queued, then `<system-shutdown/>`.
+    Shutdown,
+}
+
+/// Step 5: the reader runs here, the writer in its own task, so that a backend sending to
+/// itself can never deadlock its own session.
+async fn established(mut conn: Connection, domain: String, ctx: &ComponentContext) {
+    let peer = conn.peer;
+    let (tx, rx) = mpsc::channel(ctx.queue_len);
+    let kick = CancellationToken::new();
+    let id = next_session_id();
+    let handle = ComponentHandle {
+        id,
+        tx,
+        kick: kick.clone(),
+    };
+    if let Err(e) = ctx
+        .router
+        .attach_component(&domain, handle, ctx.replace_on_conflict)
+    {
+        tracing::info!(%peer, %domain, "backend refused: {e}");
+        ctx.router
+            .metrics
+            .stream_errors
+            .with_label_values(&["sent", "conflict"])
+            .inc();
+        conn.fail(&StreamErrorCondition::Conflict, Some(&e.to_string()))
+            .await;
+        return;
+    }
+    conn.send(b"<handshake/>");
+    if conn.flush().await.is_err() {
+        ctx.router.detach_component(&domain, id);
+        return;
+    }
+    conn.set_limits(ctx.stanza_limits.clone());
+    tracing::info!(%peer, %domain, "backend attached");
+    ctx.router.metrics.component_sessions.inc();
+
+    let (mut reader, writer) = conn.split();
+    let (end_tx, end_rx) = oneshot::channel();
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        rx,
+        end_rx,
+        ctx.router.clone(),
+        domain.clone(),
+    ));
+
+    let end = loop {
+        let event = tokio::select! {
+            _ = kick.cancelled() => break End::Kicked,
+            _ = ctx.shutdown.cancelled() => break End::Shutdown,
+            e = reader.next_event() => e,
+        };
+        match event {
+            Ok(Event::Stanza(stanza)) => {
+                if let Err((cond, text)) = check_from_backend(&stanza, &domain) {
+                    break End::Fail(cond, text);
+                }
+                ctx.router
+                    .metrics
+                    .component_in
+                    .count(stanza.kind(), stanza.raw().len());
+                ctx.router.route(stanza).await;
+            }
+            Ok(Event::StreamClose) => break End::Closed,
+            Ok(Event::StreamOpen(_)) => {
+                break End::Fail(StreamErrorCondition::BadFormat, "unexpected stream header".into())
+            }
+            Err(ReadError::Xml(e)) => break End::Fail(StreamErrorCondition::from(&e), e.to_string()),
+            Err(e) => {
+                tracing::debug!(%peer, %domain, "backend connection ended: {e}");
+                break End::Closed;
+            }
+        }
+    };
+    if !matches!(end, End::Kicked) {
+        ctx.router.detach_component(&domain, id);
+    }
+    if let End::Fail(cond, text) = &end {
+        tracing::info!(%peer, %domain, %cond, "closing backend stream: {text}");
+        ctx.router
+            .metrics
+            .stream_errors
+            .with_label_values(&["sent", cond.as_str()])
+            .inc();
+    }
+    let _ = end_tx.send(end);
+    let _ = writer_task.await;
+    ctx.router.metrics.component_sessions.dec();
+    tracing::info!(%peer, %domain, "backend detached");
+}
+
+/// XEP-0114 addressing rules for a stanza from a backend bound to `domain`.
+fn check_from_backend(stanza: &Stanza, domain: &str) -> Result<(), (StreamErrorCondition, String)> {
+    if !matches!(stanza.kind(), Kind::Message | Kind::Presence | Kind::Iq) {
+        return Err((
+            StreamErrorCondition::UnsupportedStanzaType,
+            format!("<{}/> is not a stanza", stanza.name()),
+        ));
+    }
+    let Some(to) = stanza.to() else {
+        return Err((
+            StreamErrorCondition::ImproperAddressing,
+            "stanza without 'to'".into(),
+        ));
+    };
+    if jid::domain_of(to).is_err() {
+        return Err((
+            StreamErrorCondition::ImproperAddressing,
+            format!("'to' is not a valid JID: {to}"),
+        ));
+    }
+    let Some(from) = stanza.from() else {
+        return Err((
+            StreamErrorCondition::ImproperAddressing,
+            "stanza without 'from'".into(),
+        ));
+    };
+    match jid::domain_of(from) {
+        Ok(d) if d == domain => Ok(()),
+        _ => Err((
+            StreamErrorCondition::InvalidFrom,
+            format!("'from' {from} is not within {domain}"),
+        )),
+    }
+}
+
+/// Writes routed stanzas to the backend in batches until the reader says how to end.
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Stanza>,
+    mut end_rx: oneshot::Receiver<End>,
+    router: Arc<Router>,
+    domain: String,
+) {
+    let target = NsContext::component();
+    let end = loop {
+        tokio::select! {
+            end = &mut end_rx => break end.unwrap_or(End::Closed),
+            next = rx.recv() => {
+                let Some(first) = next else { break End::Closed };
+                write_stanza(&mut writer, &first, &target, &router);
+                while writer.pending() < BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(s) => write_stanza(&mut writer, &s, &target, &router),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = writer.flush().await {
+                    tracing::debug!(%domain, "write to backend failed: {e}");
+                    let end = end_rx.await.unwrap_or(End::Closed);
+                    break if matches!(end, End::Shutdown) { End::Closed } else { end };
+                }
+            }
+        }
+    };
+    // Nothing routed after this point reaches us; what is left is written (shutdown) or
+    // bounced (the backend is gone), never dropped.
+    rx.close();
+    match end {
+        End::Shutdown => {
+            while let Ok(s) = rx.try_recv() {
+                write_stanza(&mut writer, &s, &target, &router);
+            }
+            writer
+                .fail(&StreamErrorCondition::SystemShutdown, None)
+                .await;
+        }
+        other => {
+            while let Ok(s) = rx.try_recv() {
+                router.bounce(
+                    &s,
+                    StanzaErrorCondition::ServiceUnavailable,
+                    &format!("the backend for {domain} detached"),
+                );
+            }
+            match other {
+                End::Fail(cond, text) => writer.fail(&cond, Some(&text)).await,
+                End::Kicked => {
+                    writer
+                        .fail(
+                            &StreamErrorCondition::Conflict,
+                            Some("replaced by a newer connection"),
+                        )
+                        .await
+                }
+                _ => writer.close().await,
+            }
+        }
+    }
+}
+
+fn write_stanza(writer: &mut Writer, stanza: &Stanza, target: &NsContext, router: &Router) {
+    let bytes = stanza.bytes_for(target);
+    router.metrics.component_out.count(stanza.kind(), bytes.len());
+    writer.send(&bytes);
+}

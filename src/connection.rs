@@ -1,0 +1,224 @@
+//! A framed XMPP stream over any byte transport.
+//!
+//! [`Connection`] owns the transport during negotiation (one task reads and writes in turn);
+//! once a session is established it splits into a [`Reader`] and a [`Writer`] so that reading
+//! and writing never wait for each other (two peers both blocked writing would deadlock).
+//! The transport is boxed so that TCP, and TLS on top of it, look the same to the sessions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::xml::error::{stream_error, StreamErrorCondition, XmlError};
+use crate::xml::framer::{Event, Framer, Limits};
+use crate::xml::stream::{OpenStream, CLOSE_STREAM};
+
+/// Anything a stream can run over: TCP now, TLS over TCP later.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// A boxed transport.
+pub type BoxTransport = Box<dyn Transport>;
+
+/// How long a failing stream may take to deliver its last words (stream error + close).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why reading a stream ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The transport failed. Fatal; nothing more can be sent.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bad XML. Fatal; answer with the error's stream condition.
+    #[error("{0}")]
+    Xml(#[from] XmlError),
+    /// The peer closed the TCP connection without closing the stream. Fatal.
+    #[error("connection closed by peer")]
+    Eof,
+}
+
+/// A stream being negotiated: reads events, writes batches.
+pub struct Connection {
+    io: BoxTransport,
+    framer: Framer,
+    out: Vec<u8>,
+    /// The peer's address, for logs.
+    pub peer: SocketAddr,
+    /// Our content namespace, needed to open our side of the stream before an early error.
+    content_ns: &'static str,
+    /// Whether our stream header has been written (RFC 6120 §4.9.1.2: a stream error needs an
+    /// open stream, so an error before our header opens one first).
+    opened: bool,
+}
+
+impl Connection {
+    pub fn new(
+        io: BoxTransport,
+        peer: SocketAddr,
+        limits: Limits,
+        content_ns: &'static str,
+    ) -> Connection {
+        Connection {
+            io,
+            framer: Framer::new(limits),
+            out: Vec::with_capacity(4096),
+            peer,
+            content_ns,
+            opened: false,
+        }
+    }
+
+    /// The next event; reads as needed.
+    pub async fn next_event(&mut self) -> Result<Event, ReadError> {
+        next_event(&mut self.io, &mut self.framer).await
+    }
+
+    /// Queues our stream header.
+    pub fn open(&mut self, header: &OpenStream<'_>) {
+        header.write(&mut self.out);
+        self.opened = true;
+    }
+
+    /// Queues bytes; nothing is written until [`Connection::flush`].
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+
+    /// Changes the framer's limits (e.g. larger stanzas once authenticated).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.framer.set_limits(limits);
+    }
+
+    /// Ends the stream with a stream error and closes the transport, best effort and bounded in
+    /// time: the peer may be gone or not reading.
+    pub async fn fail(mut self, condition: &StreamErrorCondition, text: Option<&str>) {
+        if !self.opened {
+            OpenStream {
+                content_ns: self.content_ns,
+                from: None,
+                to: None,
+                id: None,
+                version: true,
+                dialback: false,
+            }
+            .write(&mut self.out);
+        }
+        self.out.extend_from_slice(&stream_error(condition, text));
+        self.out.extend_from_slice(CLOSE_STREAM);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Closes the stream cleanly: `</stream:stream>`, then waits briefly for the peer's close.
+    pub async fn close(mut self) {
+        self.out.extend_from_slice(CLOSE_STREAM);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Splits an established stream into independent halves. Anything already read but not yet
+    /// framed stays with the reader.
+    pub fn split(self) -> (Reader, Writer) {
+        let (rd, wr) = tokio::io::split(self.io);
+        (
+            Reader {
+                io: rd,
+                framer: self.framer,
+            },
+            Writer {
+                io: wr,
+                out: self.out,
+            },
+        )
+    }
+}
+
+async fn next_event<R: AsyncRead + Unpin>(
+    io: &mut R,
+    framer: &mut Framer,
+) -> Result<Event, ReadError> {
+    loop {
+        if let Some(event) = framer.next_event()? {
+            return Ok(event);
+        }
+        if io.read_buf(framer.read_buf()).await? == 0 {
+            return Err(ReadError::Eof);
+        }
+    }
+}
+
+/// The read half of an established stream.
+pub struct Reader {
+    io: ReadHalf<BoxTransport>,
+    framer: Framer,
+}
+
+impl Reader {
+    /// The next event; reads as needed. Cancel-safe: no event is lost if dropped while waiting.
+    pub async fn next_event(&mut self) -> Result<Event, ReadError> {
+        next_event(&mut self.io, &mut self.framer).await
+    }
+}
+
+/// The write half of an established stream: queue, then flush once per batch.
+pub struct Writer {
+    io: WriteHalf<BoxTransport>,
+    out: Vec<u8>,
+}
+
+impl Writer {
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+            // Keep the batch buffer from pinning memory after a burst.
+            if self.out.capacity() > 256 * 1024 {
+                self.out.shrink_to(64 * 1024);
+            }
+        }
+        self.io.flush().await
+    }
+
+    /// Writes a stream error and closes, bounded in time.
+    pub async fn fail(mut self, condition: &StreamErrorCondition, text: Option<&str>) {
+        self.out.extend_from_slice(&stream_error(condition, text));
+        self.close().await;
+    }
+
+    /// Writes `</stream:stream>` and shuts the write side, bounded in time.
+    pub async fn close(mut self) {
+        self.out.extend_from_slice(CLOSE_STREAM);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+}

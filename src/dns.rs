@@ -1,0 +1,142 @@
+//! Where a remote domain's XMPP server is: static routes first, then DNS.
+//!
+//! For now the lookup follows RFC 6120 §3.2.2's fallback: the domain's A/AAAA records on port
+//! 5269. SRV routing (RFC 6120 §3.2.1, `_xmpp-server._tcp` / `_xmpps-server._tcp`) lands with the
+//! "Outbound federation" work and plugs in here, behind [`Resolver::targets`].
+//!
+//! `[dns] nameservers` replaces the system resolver, so that tests (and split-horizon
+//! deployments) never leak a lookup to the machine's resolver.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{Config, DnsConfig};
+
+/// The default s2s port when DNS gives no port (RFC 6120 §3.2.2).
+pub const DEFAULT_S2S_PORT: u16 = 5269;
+
+/// Why a domain has no address to connect to. Each is final for this attempt and bounces the
+/// stanzas waiting for the domain with `remote-server-not-found`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The name does not exist or has no A/AAAA record.
+    #[error("no SRV or A/AAAA record for {domain}")]
+    NoRecords { domain: String },
+    /// The resolver failed (timeout, SERVFAIL, unreachable nameserver).
+    #[error("DNS lookup for {domain} failed: {reason}")]
+    Lookup { domain: String, reason: String },
+}
+
+/// One place to connect to, in the order it should be tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host name the address came from (the domain itself, or a static route's host).
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// Finds targets for remote domains. Cheap to clone (the resolver and route table are shared).
+#[derive(Clone)]
+pub struct Resolver {
+    dns: TokioResolver,
+    /// `[[s2s.route]]`: domain → (host, port). Consulted before DNS.
+    routes: Arc<HashMap<String, (String, u16)>>,
+}
+
+impl Resolver {
+    /// Builds the resolver from `[dns]` and `[[s2s.route]]`.
+    pub fn from_config(config: &Config) -> Result<Resolver, ResolveError> {
+        let dns = build_dns(&config.dns)?;
+        let routes = config
+            .s2s
+            .route
+            .iter()
+            .map(|r| (r.domain.clone(), (r.host().to_string(), r.port())))
+            .collect();
+        Ok(Resolver {
+            dns,
+            routes: Arc::new(routes),
+        })
+    }
+
+    /// The addresses to try for `domain`, in order.
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
+        let (host, port) = match self.routes.get(domain) {
+            Some((host, port)) => (host.as_str(), *port),
+            None => (domain, DEFAULT_S2S_PORT),
+        };
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(vec![Target {
+                host: host.to_string(),
+                addr: SocketAddr::new(ip, port),
+            }]);
+        }
+        // A trailing dot makes the name fully qualified: no search-domain suffixes are tried.
+        let fqdn = format!("{host}.");
+        match self.dns.lookup_ip(fqdn.as_str()).await {
+            Ok(found) => {
+                let mut addrs: Vec<Target> = found
+                    .iter()
+                    .map(|ip| Target {
+                        host: host.to_string(),
+                        addr: SocketAddr::new(ip, port),
+                    })
+                    .collect();
+                // IPv6 first, then IPv4: a simple stand-in for happy eyeballs (RFC 8305).
+                addrs.sort_by_key(|t| t.addr.is_ipv4());
+                if addrs.is_empty() {
+                    Err(ResolveError::NoRecords {
+                        domain: domain.to_string(),
+                    })
+                } else {
+                    Ok(addrs)
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(ResolveError::NoRecords {
+                domain: domain.to_string(),
+            }),
+            Err(e) => Err(ResolveError::Lookup {
+                domain: domain.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn build_dns(config: &DnsConfig) -> Result<TokioResolver, ResolveError> {
+    let lookup_err = |e: &dyn std::fmt::Display| ResolveError::Lookup {
+        domain: "(resolver setup)".into(),
+        reason: e.to_string(),
+    };
+    let mut builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| lookup_err(&e))?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts = builder.options_mut();
+    // Answers are cached within their TTLs by hickory's cache; keep failures brief so a fixed
+    // DNS record is picked up quickly.
+    opts.negative_max_ttl = Some(std::time::Duration::from_secs(30));
+    opts.attempts = 2;
+    builder.build().map_err(|e| lookup_err(&e))
+}

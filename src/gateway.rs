@@ -1,0 +1,215 @@
+//! The edge process assembled: listeners, router, sessions, metrics, and an orderly shutdown.
+//!
+//! Shutdown runs in phases so that nothing is lost:
+//! 1. s2s: listeners stop, inbound streams end with `<system-shutdown/>`, outbound sessions
+//!    write out their queues (or bounce them to the still-attached backends when they are not
+//!    connected) and close;
+//! 2. backends: each component session writes what is queued for it, then `<system-shutdown/>`;
+//! 3. metrics last, so the shutdown itself can be watched.
+//!
+//! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::component::{self, ComponentContext};
+use crate::config::{Config, ConfigError};
+use crate::dialback::{DialbackError, DialbackSecret};
+use crate::dns::{ResolveError, Resolver};
+use crate::metrics::{self, Metrics};
+use crate::router::Router;
+use crate::s2s::{self, S2sContext, S2sSettings};
+use crate::xml::framer::Limits;
+
+/// Why the gateway could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error("cannot listen for {what} on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secret(#[from] DialbackError),
+    #[error("DNS resolver: {0}")]
+    Resolver(#[from] ResolveError),
+}
+
+/// A started gateway: its bound addresses, and the handles to stop it.
+pub struct RunningGateway {
+    /// Inbound s2s listeners, as bound (port 0 in the config becomes the real port).
+    pub s2s_addrs: Vec<SocketAddr>,
+    /// The XEP-0114 component listener, as bound.
+    pub component_addr: SocketAddr,
+    /// The metrics listener, as bound, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    pub router: Arc<Router>,
+    s2s_shutdown: CancellationToken,
+    s2s_tracker: TaskTracker,
+    component_shutdown: CancellationToken,
+    component_tracker: TaskTracker,
+    metrics_shutdown: CancellationToken,
+    metrics_task: Option<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+/// Binds every listener and starts serving. Returns once all are bound.
+pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
+    config.validate()?;
+    let metrics = Metrics::register();
+    let secret = Arc::new(DialbackSecret::load_or_create(
+        &config.s2s.dialback_secret_file,
+    )?);
+    let resolver = Resolver::from_config(config)?;
+    let router = Arc::new(Router::new(
+        config.local_domains().map(str::to_string),
+        config.s2s.queue_max_bytes,
+        metrics.clone(),
+    ));
+
+    let s2s_shutdown = CancellationToken::new();
+    let s2s_tracker = TaskTracker::new();
+    let settings = S2sSettings::from_config(config);
+    let s2s_ctx = Arc::new(S2sContext {
+        router: router.clone(),
+        resolver,
+        secret,
+        settings: settings.clone(),
+        shutdown: s2s_shutdown.clone(),
+        tracker: s2s_tracker.clone(),
+    });
+    {
+        let ctx = s2s_ctx.clone();
+        router.set_outbound_factory(Box::new(move |local, remote| {
+            s2s::outbound::spawn(ctx.clone(), local, remote)
+        }));
+    }
+
+    // Bind everything before serving anything, so a port clash fails the start cleanly.
+    let mut s2s_listeners = Vec::new();
+    for addr in &config.s2s.listen {
+        s2s_listeners.push(bind("s2s", *addr).await?);
+    }
+    let component_listener = bind("components", config.component.listen).await?;
+    let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
+        (true, addr) => Some(bind("metrics", addr).await?),
+        _ => None,
+    };
+
+    let s2s_addrs = s2s_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let s2s_limit = Arc::new(Semaphore::new(config.s2s.max_connections));
+    for listener in s2s_listeners {
+        let ctx = s2s_ctx.clone();
+        s2s_tracker.spawn(crate::listener::accept_loop(
+            "s2s",
+            listener,
+            s2s_limit.clone(),
+            s2s_shutdown.clone(),
+            s2s_tracker.clone(),
+            move |tcp, peer, permit| s2s::inbound::handle(tcp, peer, ctx.clone(), permit),
+        ));
+    }
+
+    let component_shutdown = CancellationToken::new();
+    let component_tracker = TaskTracker::new();
+    let secrets = config
+        .component
+        .backend
+        .iter()
+        .map(|b| Ok((b.domain.clone(), b.secret()?)))
+        .collect::<Result<_, ConfigError>>()?;
+    let stanza_limits = settings.stanza_limits();
+    let component_ctx = Arc::new(ComponentContext {
+        router: router.clone(),
+        secrets,
+        replace_on_conflict: config.component.replace_on_conflict,
+        negotiation_limits: || Limits {
+            max_stanza_bytes: 8192,
+            max_depth: 16,
+            max_attributes: 32,
+        },
+        stanza_limits,
+        negotiation_timeout: settings.negotiation_timeout,
+        queue_len: config.s2s.queue_max_stanzas,
+        shutdown: component_shutdown.clone(),
+    });
+    let component_addr = component_listener
+        .local_addr()
+        .unwrap_or(config.component.listen);
+    {
+        let ctx = component_ctx.clone();
+        component_tracker.spawn(crate::listener::accept_loop(
+            "component",
+            component_listener,
+            Arc::new(Semaphore::new(1024)),
+            component_shutdown.clone(),
+            component_tracker.clone(),
+            move |tcp, peer, _permit| {
+                let ctx = ctx.clone();
+                async move {
+                    component::handle(tcp, peer, ctx).await;
+                    drop(_permit);
+                }
+            },
+        ));
+    }
+
+    let metrics_shutdown = CancellationToken::new();
+    let mut metrics_addr = None;
+    let metrics_task = metrics_listener.map(|l| {
+        metrics_addr = l.local_addr().ok();
+        tokio::spawn(metrics::serve(l, metrics.clone(), metrics_shutdown.clone()))
+    });
+
+    Ok(RunningGateway {
+        s2s_addrs,
+        component_addr,
+        metrics_addr,
+        router,
+        s2s_shutdown,
+        s2s_tracker,
+        component_shutdown,
+        component_tracker,
+        metrics_shutdown,
+        metrics_task,
+    })
+}
+
+impl RunningGateway {
+    /// Stops in the phases described in the module docs, each bounded by `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.s2s_shutdown.cancel();
+        self.s2s_tracker.close();
+        if tokio::time::timeout(grace, self.s2s_tracker.wait()).await.is_err() {
+            tracing::warn!("s2s sessions did not complete in {grace:?}, terminating now");
+        }
+        self.component_shutdown.cancel();
+        self.component_tracker.close();
+        if tokio::time::timeout(grace, self.component_tracker.wait()).await.is_err() {
+            tracing::warn!("backend sessions did not complete in {grace:?}, terminating now");
+        }
+        self.metrics_shutdown.cancel();
+        if let Some(task) = self.metrics_task {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Where a domain lives, and the one place that hands stanzas to sessions or bounces them.
+//!
+//! - A local domain (a configured backend) → its component session, if attached.
+//! - A remote domain → the outbound s2s session for the (local, remote) pair, created on demand.
+//!
+//! Tables are [`DashMap`]s (sharded locks, never held across an await), so the hot path takes no
+//! global lock. Sessions receive stanzas through bounded channels. An undeliverable stanza is
+//! bounced to its sender with the RFC 6120 §8.3.3 condition that fits; error stanzas and iq
+//! results are never bounced (no loops), and such a drop is counted, never silent.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::jid;
+use crate::metrics::Metrics;
+use crate::xml::error::StanzaErrorCondition;
+use crate::xml::stanza::Stanza;
+
+/// A unique id per session, so that a session only ever removes its own table entry.
+pub fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How the router reaches an attached backend.
+#[derive(Clone)]
+pub struct ComponentHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<Stanza>,
+    /// Cancelled to end the session with `<conflict/>` when a newer connection replaces it.
+    pub kick: CancellationToken,
+}
+
+/// State an outbound session shares with the router.
+#[derive(Default)]
+pub struct OutboundShared {
+    /// Authenticated and writing: a full queue then means "slow peer" (wait), not "still
+    /// connecting" (bounce with `resource-constraint`).
+    pub established: AtomicBool,
+    /// Bytes of stanzas in the queue, bounded by `queue_max_bytes`.
+    pub queued_bytes: AtomicUsize,
+}
+
+/// How the router reaches an outbound s2s session.
+#[derive(Clone)]
+pub struct OutboundHandle {
+    pub id: u64,
+    pub local: Arc<str>,
+    pub tx: mpsc::Sender<Stanza>,
+    pub shared: Arc<OutboundShared>,
+}
+
+/// Starts an outbound session for (local, remote); set once by the gateway, which knows how.
+pub type OutboundFactory = Box<dyn Fn(&str, &str) -> OutboundHandle + Send + Sync>;
+
+/// A backend domain is already attached.
+#[derive(Debug, thiserror::Error)]
+#[error("domain {domain} already has a backend attached")]
+pub struct Conflict {
+    pub domain: String,
+}
+
+pub struct Router {
+    /// The domains fedgate serves (configured backends), normalised.
+    local_domains: HashSet<String>,
+    components: DashMap<String, ComponentHandle>,
+    /// Remote domain → the outbound sessions towards it, one per local domain.
+    outbound: DashMap<String, Vec<OutboundHandle>>,
+    factory: OnceLock<OutboundFactory>,
+    /// `queue_max_bytes`: bytes that may wait for one outbound session while it connects.
+    queue_max_bytes: usize,
+    pub metrics: Metrics,
+}
+
+impl Router {
+    pub fn new(
+        local_domains: impl IntoIterator<Item = String>,
+        queue_max_bytes: usize,
+        metrics: Metrics,
+    ) -> Router {
+        Router {
+            local_domains: local_domains.into_iter().collect(),
+            components: DashMap::new(),
+            outbound: DashMap::new(),
+            factory: OnceLock::new(),
+            queue_max_bytes,
+            metrics,
+        }
+    }
+
+    /// Sets how outbound sessions are started. Called once at assembly.
+    pub fn set_outbound_factory(&self, factory: OutboundFactory) {
+        let _ = self.factory.set(factory);
+    }
+
+    /// Whether fedgate serves `domain` (normalised).
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.local_domains.contains(domain)
+    }
+
+    pub fn local_domains(&self) -> impl Iterator<Item = &str> {
+        self.local_domains.iter().map(String::as_str)
+    }
+
+    /// Binds a backend to its domain. With `replace`, an existing session is kicked (it ends
+    /// with `<conflict/>`) and the new one takes over; without, the new one is refused.
+    pub fn attach_component(
+        &self,
+        domain: &str,
+        handle: ComponentHandle,
+        replace: bool,
+    ) -> Result<(), Conflict> {
+        match self.components.entry(domain.to_string()) {
+            dashmap::Entry::Occupied(mut e) => {
+                if !replace {
+                    return Err(Conflict {
+                        domain: domain.to_string(),
+                    });
+                }
+                e.get().kick.cancel();
+                e.insert(handle);
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(handle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unbinds a backend session, unless a newer one has replaced it already.
+    pub fn detach_component(&self, domain: &str, id: u64) {
+        self.components.remove_if(domain, |_, h| h.id == id);
+    }
+
+    /// Whether a backend is attached for `domain`.
+    pub fn component_attached(&self, domain: &str) -> bool {
+        self.components.contains_key(domain)
+    }
+
+    /// Forgets an outbound session (it failed or closed), unless it was replaced already.
+    pub fn remove_outbound(&self, remote: &str, id: u64) {
+        if let dashmap::Entry::Occupied(mut e) = self.outbound.entry(remote.to_string()) {
+            e.get_mut().retain(|h| h.id != id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Number of outbound sessions, for tests and metrics.
+    pub fn outbound_count(&self) -> usize {
+        self.outbound.iter().map(|e| e.value().len()).sum()
+    }
+
+    /// Routes a stanza whose origin the calling session has checked: its `from` is a domain the
+    /// origin may speak for, and a stanza from a remote server is addressed to a local domain.
+    pub async fn route(&self, stanza: Stanza) {
+        let Some(to) = stanza.to() else {
+            self.bounce(&stanza, StanzaErrorCondition::JidMalformed, "missing 'to'");
+            return;
+        };
+        let to_domain = match jid::domain_of(to) {
+            Ok(d) => d.into_owned(),
+            Err(e) => {
+                self.bounce(&stanza, StanzaErrorCondition::JidMalformed, &e.to_string());
+                return;
+            }
+        };
+        if self.is_local(&to_domain) {
+            self.deliver_local(&to_domain, stanza).await;
+            return;
+        }
+        let from_domain = match stanza.from().map(jid::domain_of) {
+            Some(Ok(d)) if self.is_local(&d) => d.into_owned(),
+            _ => {
+                // Never a relay between two remote domains.
+                self.metrics.dropped.with_label_values(&["relay_refused"]).inc();
+                tracing::warn!(to = %to_domain, "refused to relay a stanza that is not from a local domain");
+                return;
+            }
+        };
+        self.deliver_remote(&from_domain, &to_domain, stanza).await;
+    }
+
+    async fn deliver_local(&self, domain: &str, stanza: Stanza) {
+        let tx = self.components.get(domain).map(|h| h.tx.clone());
+        match tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(stanza).await {
+                    self.bounce(
+                        &e.0,
+                        StanzaErrorCondition::ServiceUnavailable,
+                        &format!("the backend for {domain} detached"),
+                    );
+                }
+            }
+            None => self.bounce(
+                &stanza,
+                StanzaErrorCondition::ServiceUnavailable,
+                &format!("no backend is attached for {domain}"),
+            ),
+        }
+    }
+
+    async fn deliver_remote(&self, local: &str, remote: &str, mut stanza: Stanza) {
+        // A session that closes between our lookup and our send hands the stanza back; a new
+        // session is then started. Bounded, so a session that dies at once cannot spin us.
+        for _ in 0..3 {
+            let handle = self.outbound_handle(local, remote);
+            let len = stanza.raw().len();
+            let established = handle.shared.established.load(Ordering::Acquire);
+            let queued = handle.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+            if !established && queued + len > self.queue_max_bytes {
+                handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                self.bounce(
+                    &stanza,
+                    StanzaErrorCondition::ResourceConstraint,
+                    &format!("the queue for {remote} is full while connecting"),
+                );
+                return;
+            }
+            let result = match handle.tx.try_send(stanza) {
+                Ok(()) => return,
+                Err(TrySendError::Full(s)) if established => {
+                    // Established but the peer reads slower than we write: push back on the
+                    // sender rather than buffer without bound.
+                    handle.tx.send(s).await.map_err(|e| e.0)
+                }
+                Err(TrySendError::Full(s)) => {
+                    handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    self.bounce(
+                        &s,
+                        StanzaErrorCondition::ResourceConstraint,
+                        &format!("the queue for {remote} is full while connecting"),
+                    );
+                    return;
+                }
+                Err(TrySendError::Closed(s)) => Err(s),
+            };
+            match result {
+                Ok(()) => return,
+                Err(s) => {
+                    handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    self.remove_outbound(remote, handle.id);
+                    stanza = s;
+                }
+            }
+        }
+        self.bounce(
+            &stanza,
+            StanzaErrorCondition::RemoteServerTimeout,
+            &format!("the session to {remote} keeps closing"),
+        );
+    }
+
+    /// The live outbound session for (local, remote), started if there is none.
+    fn outbound_handle(&self, local: &str, remote: &str) -> OutboundHandle {
+        if let Some(list) = self.outbound.get(remote) {
+            if let Some(h) = list.iter().find(|h| &*h.local == local) {
+                return h.clone();
+            }
+        }
+        let mut list = self.outbound.entry(remote.to_string()).or_default();
+        if let Some(h) = list.iter().find(|h| &*h.local == local) {
+            return h.clone();
+        }
+        let factory = self
+            .factory
+            .get()
+            .expect("the gateway sets the outbound factory before routing");
+        let handle = factory(local, remote);
+        list.push(handle.clone());
+        handle
+    }
+
+    /// Returns `stanza` to its sender with `condition`, unless it must not be bounced (errors,
+    /// iq results), in which case the drop is counted.
+    pub fn bounce(&self, stanza: &Stanza, condition: StanzaErrorCondition, text: &str) {
+        match stanza.bounce(condition.clone(), Some(text)) {
+            Some(bounce) => {
+                self.metrics
+                    .bounces
+                    .with_label_values(&[condition.as_str()])
+                    .inc();
+                tracing::debug!(
+                    to = stanza.to().unwrap_or(""),
+                    from = stanza.from().unwrap_or(""),
+                    %condition,
+                    text,
+                    "bounced"
+                );
+                self.deliver_bounce(bounce);
+            }
+            None => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["error_not_bounced"])
+                    .inc();
+                tracing::debug!(%condition, text, "undeliverable error or result dropped (never bounced)");
+            }
+        }
+    }
+
+    /// Delivers a bounce without waiting: it must not block the session that produced it.
+    fn deliver_bounce(&self, bounce: Stanza) {
+        let to_domain = match bounce.to().map(jid::domain_of) {
+            Some(Ok(d)) => d.into_owned(),
+            _ => {
+                self.metrics.dropped.with_label_values(&["bounce_unroutable"]).inc();
+                return;
+            }
+        };
+        let sent = if self.is_local(&to_domain) {
+            match self.components.get(&to_domain).map(|h| h.tx.clone()) {
+                Some(tx) => tx.try_send(bounce).is_ok(),
+                None => false,
+            }
+        } else {
+            let from_domain = bounce.from().map(jid::domain_of);
+            match from_domain {
+                Some(Ok(local)) if self.is_local(&local) => {
+                    let handle = self.outbound_handle(&local, &to_domain);
+                    handle
+                        .shared
+                        .queued_bytes
+                        .fetch_add(bounce.raw().len(), Ordering::AcqRel);
+                    let len = bounce.raw().len();
+                    let ok = handle.tx.try_send(bounce).is_ok();
+                    if !ok {
+                        handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    }
+                    ok
+                }
+                _ => false,
+            }
+        };
+        if !sent {
+            self.metrics.dropped.with_label_values(&["bounce_undeliverable"]).inc();
+        }
+    }
+
+    /// Every attached backend's kick token and every outbound sender dropped: used at shutdown.
+    pub fn component_handles(&self) -> Vec<ComponentHandle> {
+        self.components.iter().map(|e| e.value().clone()).collect()
+    }
+}

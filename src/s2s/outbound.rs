@@ -1,0 +1,491 @@
+//! Outbound s2s: one session per (local, remote) domain pair, started by the router on demand.
+//!
+//! Steps (RFC 6120 §4, XEP-0220 §2.1):
+//! 1. resolve the remote domain's [targets](crate::dns::Resolver::targets) and connect to each
+//!    in turn, within `connect_timeout`;
+//! 2. open a `jabber:server` stream declaring `xmlns:db`, read the peer's header (its stream id)
+//!    and features, which must offer dialback;
+//! 3. send `<db:result>` with our XEP-0185 key and wait for `<db:result type='valid'/>` for
+//!    exactly the pair we asked about (anything unsolicited ends the stream);
+//! 4. established: write queued stanzas in order, batched, one flush per batch; close with
+//!    `</stream:stream>` after `idle_timeout` without traffic.
+//!
+//! While connecting, stanzas wait in the session's bounded queue (the router bounces overflow
+//! with `resource-constraint`). If every target fails, the queue is bounced with
+//! `remote-server-not-found` (no address) or `remote-server-timeout` (connect, stream or
+//! authentication failure), each with a text naming the cause.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::S2sContext;
+use crate::connection::{Connection, ReadError, Writer};
+use crate::dns::ResolveError;
+use crate::router::{next_session_id, OutboundHandle, OutboundShared};
+use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::framer::Event;
+use crate::xml::ns;
+use crate::xml::stanza::{Kind, NsContext, Stanza};
+use crate::xml::stream::OpenStream;
+use crate::xml::escape_attr;
+
+/// Largest batch written before a flush.
+const BATCH_BYTES: usize = 256 * 1024;
+/// How often a session whose connection dropped with stanzas still queued reconnects before it
+/// gives up and bounces them.
+const MAX_RECONNECTS: usize = 2;
+
+/// Why an outbound session could not be established. Final for this attempt; the queued
+/// stanzas are bounced with [`OutboundError::condition`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboundError {
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: SocketAddr, reason: String },
+    #[error("{stage} at {target} timed out after {after:?}")]
+    Timeout {
+        stage: &'static str,
+        target: SocketAddr,
+        after: Duration,
+    },
+    #[error("{target} closed the stream with <{condition}/>{}", text.as_deref().map(|t| format!(": {t}")).unwrap_or_default())]
+    PeerStreamError {
+        target: SocketAddr,
+        condition: String,
+        text: Option<String>,
+    },
+    #[error("stream to {target} failed: {reason}")]
+    Stream { target: SocketAddr, reason: String },
+    #[error("{remote} refused our dialback key ({verdict})")]
+    DialbackRefused { remote: String, verdict: String },
+    #[error("the connection was lost: {reason}")]
+    Lost { reason: String },
+    #[error("fedgate is shutting down")]
+    Shutdown,
+}
+
+impl OutboundError {
+    /// The stanza error that bounced stanzas carry (RFC 6120 §8.3.3).
+    pub fn condition(&self) -> StanzaErrorCondition {
+        match self {
+            OutboundError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,
+            OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
+            _ => StanzaErrorCondition::RemoteServerTimeout,
+        }
+    }
+}
+
+/// Starts the session task for (local, remote) and returns the router's handle to it.
+pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle {
+    let (tx, rx) = mpsc::channel(ctx.settings.queue_max_stanzas);
+    let shared = Arc::new(OutboundShared::default());
+    let handle = OutboundHandle {
+        id: next_session_id(),
+        local: Arc::from(local),
+        tx,
+        shared: shared.clone(),
+    };
+    let session = Session {
+        id: handle.id,
+        local: local.to_string(),
+        remote: remote.to_string(),
+        shared,
+        ctx: ctx.clone(),
+    };
+    ctx.tracker.spawn(session.run(rx));
+    handle
+}
+
+struct Session {
+    id: u64,
+    local: String,
+    remote: String,
+    shared: Arc<OutboundShared>,
+    ctx: Arc<S2sContext>,
+}
+
+/// How an established stream ended.
+enum Ended {
+    /// Idle or shut down: the queue was written out; the session is over.
+    Done,
+    /// The connection was lost; stanzas may still be queued.
+    Lost(String),
+}
+
+impl Session {
+    async fn run(self, mut rx: mpsc::Receiver<Stanza>) {
+        let metrics = &self.ctx.router.metrics;
+        let gauge = metrics.s2s_sessions.with_label_values(&["outbound"]);
+        let mut reconnects = 0;
+        let failure = loop {
+            let attempt = tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
+                r = self.connect() => r,
+            };
+            let conn = match attempt {
+                Ok(conn) => conn,
+                Err(e) => break e,
+            };
+            metrics.outbound_attempts.with_label_values(&["established"]).inc();
+            tracing::info!(local = %self.local, remote = %self.remote, peer = %conn.peer, "outbound s2s established");
+            gauge.inc();
+            self.shared.established.store(true, Ordering::Release);
+            let ended = self.established(conn, &mut rx).await;
+            self.shared.established.store(false, Ordering::Release);
+            gauge.dec();
+            match ended {
+                Ended::Done => return,
+                Ended::Lost(why) => {
+                    tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s lost: {why}");
+                    if rx.is_empty() || reconnects >= MAX_RECONNECTS {
+                        if rx.is_empty() {
+                            self.ctx.router.remove_outbound(&self.remote, self.id);
+                            // A stanza may have slipped in between the check and the removal.
+                            rx.close();
+                            if rx.is_empty() {
+                                return;
+                            }
+                        }
+                        break OutboundError::Lost { reason: why };
+                    }
+                    reconnects += 1;
+                }
+            }
+        };
+        tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s failed: {failure}");
+        let result = match &failure {
+            OutboundError::Resolve(_) => "dns",
+            OutboundError::Connect { .. } => "connect",
+            OutboundError::DialbackRefused { .. } => "auth",
+            OutboundError::Shutdown => "shutdown",
+            _ => "stream",
+        };
+        metrics.outbound_attempts.with_label_values(&[result]).inc();
+        // Stop new stanzas first, then return every queued one to its sender.
+        self.ctx.router.remove_outbound(&self.remote, self.id);
+        rx.close();
+        let condition = failure.condition();
+        let text = failure.to_string();
+        while let Some(stanza) = rx.recv().await {
+            self.dequeued(&stanza);
+            self.ctx.router.bounce(&stanza, condition.clone(), &text);
+        }
+    }
+
+    fn dequeued(&self, stanza: &Stanza) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(stanza.raw().len(), Ordering::AcqRel);
+    }
+
+    /// Steps 1–3 over each target in turn.
+    async fn connect(&self) -> Result<Connection, OutboundError> {
+        let targets = self.ctx.resolver.targets(&self.remote).await?;
+        let settings = &self.ctx.settings;
+        let mut last = None;
+        for target in targets {
+            let addr = target.addr;
+            let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    last = Some(OutboundError::Connect {
+                        target: addr,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(OutboundError::Timeout {
+                        stage: "TCP connect",
+                        target: addr,
+                        after: settings.connect_timeout,
+                    });
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let mut conn = Connection::new(
+                Box::new(tcp),
+                addr,
+                settings.negotiation_limits(),
+                ns::SERVER,
+            );
+            match tokio::time::timeout(settings.negotiation_timeout, self.authenticate(&mut conn)).await {
+                Ok(Ok(())) => {
+                    conn.set_limits(settings.stanza_limits());
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => {
+                    let refused = matches!(e, OutboundError::DialbackRefused { .. });
+                    conn.close().await;
+                    // A refused key would be refused by every server of the domain.
+                    if refused {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+                Err(_) => {
+                    conn.fail(&StreamErrorCondition::ConnectionTimeout, None).await;
+                    last = Some(OutboundError::Timeout {
+                        stage: "stream negotiation",
+                        target: addr,
+                        after: settings.negotiation_timeout,
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ResolveError::NoRecords {
+                domain: self.remote.clone(),
+            }
+            .into()
+        }))
+    }
+
+    /// Step 2 and 3: stream header, features, dialback.
+    async fn authenticate(&self, conn: &mut Connection) -> Result<(), OutboundError> {
+        let target = conn.peer;
+        let stream_err = |e: ReadError| OutboundError::Stream {
+            target,
+            reason: e.to_string(),
+        };
+        conn.open(&OpenStream {
+            content_ns: ns::SERVER,
+            from: Some(&self.local),
+            to: Some(&self.remote),
+            id: None,
+            version: true,
+            dialback: true,
+        });
+        conn.flush().await.map_err(|e| stream_err(e.into()))?;
+        let header = match conn.next_event().await.map_err(stream_err)? {
+            Event::StreamOpen(h) => h,
+            _ => {
+                return Err(OutboundError::Stream {
+                    target,
+                    reason: "expected a stream header".into(),
+                })
+            }
+        };
+        if header.default_ns.as_deref() != Some(ns::SERVER) {
+            return Err(OutboundError::Stream {
+                target,
+                reason: "the peer's stream is not jabber:server".into(),
+            });
+        }
+        let Some(stream_id) = header.id.clone() else {
+            return Err(OutboundError::Stream {
+                target,
+                reason: "the peer's stream header has no id, so dialback is impossible".into(),
+            });
+        };
+        if header.version.is_some() {
+            // RFC 6120 §4.3.2: a version 1.0 peer sends features; dialback must be among
+            // them (XEP-0220 §2.1) or at least declared on its header by an older peer.
+            let features = match conn.next_event().await.map_err(stream_err)? {
+                Event::Stanza(s) if s.kind() == Kind::StreamFeatures => s,
+                Event::Stanza(s) if s.kind() == Kind::StreamError => {
+                    return Err(peer_stream_error(target, &s))
+                }
+                _ => {
+                    return Err(OutboundError::Stream {
+                        target,
+                        reason: "expected <stream:features/>".into(),
+                    })
+                }
+            };
+            let features = features.element().map_err(|e| stream_err(e.into()))?;
+            let offers_dialback = features.child("dialback", ns::DIALBACK_FEATURE).is_some();
+            if !offers_dialback && !header.declares_dialback() {
+                return Err(OutboundError::Stream {
+                    target,
+                    reason: "the peer offers no Server Dialback".into(),
+                });
+            }
+        } else if !header.declares_dialback() {
+            return Err(OutboundError::Stream {
+                target,
+                reason: "the peer does not support Server Dialback".into(),
+            });
+        }
+        let key = self.ctx.secret.key(&self.remote, &self.local, &stream_id);
+        conn.send(
+            format!(
+                "<db:result from='{}' to='{}'>{}</db:result>",
+                escape_attr(&self.local),
+                escape_attr(&self.remote),
+                key
+            )
+            .as_bytes(),
+        );
+        conn.flush().await.map_err(|e| stream_err(e.into()))?;
+        let metrics = &self.ctx.router.metrics;
+        loop {
+            match conn.next_event().await.map_err(stream_err)? {
+                Event::Stanza(s) if s.kind() == Kind::DbResult => {
+                    // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
+                    if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
+                        return Err(OutboundError::Stream {
+                            target,
+                            reason: "unsolicited dialback result".into(),
+                        });
+                    }
+                    let verdict = s.type_().unwrap_or("").to_string();
+                    metrics
+                        .dialback
+                        .with_label_values(&["outbound", verdict_label(&verdict)])
+                        .inc();
+                    if verdict == "valid" {
+                        return Ok(());
+                    }
+                    let verdict = match s.element().ok().and_then(|e| {
+                        e.child("error", ns::SERVER)
+                            .or_else(|| e.child("error", ns::DIALBACK))
+                            .and_then(|err| err.children().next().map(|c| c.name.clone()))
+                    }) {
+                        Some(cond) => format!("{verdict}: {cond}"),
+                        None => verdict,
+                    };
+                    return Err(OutboundError::DialbackRefused {
+                        remote: self.remote.clone(),
+                        verdict,
+                    });
+                }
+                Event::Stanza(s) if s.kind() == Kind::StreamError => {
+                    return Err(peer_stream_error(target, &s))
+                }
+                Event::StreamClose => {
+                    return Err(OutboundError::Stream {
+                        target,
+                        reason: "the peer closed the stream during dialback".into(),
+                    })
+                }
+                _ => {
+                    return Err(OutboundError::Stream {
+                        target,
+                        reason: "unexpected element during dialback".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Step 4: write the queue until idle, shutdown or loss.
+    async fn established(&self, conn: Connection, rx: &mut mpsc::Receiver<Stanza>) -> Ended {
+        let (mut reader, mut writer) = conn.split();
+        let target = NsContext::server();
+        let idle = self.ctx.settings.idle_timeout;
+        let deadline = tokio::time::sleep(idle);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.finish(rx, &mut writer, &target).await;
+                    writer.fail(&StreamErrorCondition::SystemShutdown, None).await;
+                    return Ended::Done;
+                }
+                _ = &mut deadline => {
+                    tracing::debug!(remote = %self.remote, "closing idle outbound s2s");
+                    self.finish(rx, &mut writer, &target).await;
+                    writer.close().await;
+                    return Ended::Done;
+                }
+                event = reader.next_event() => match event {
+                    Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
+                        let err = peer_stream_error("0.0.0.0:0".parse().expect("valid"), &s);
+                        self.ctx.router.metrics.stream_errors.with_label_values(&["received", stream_error_label(&err)]).inc();
+                        return Ended::Lost(err.to_string());
+                    }
+                    Ok(Event::StreamClose) => {
+                        writer.close().await;
+                        return Ended::Lost("the peer closed the stream".into());
+                    }
+                    Ok(_) => {
+                        // A remote server sends nothing on our outbound stream but errors
+                        // (bidirectional s2s, XEP-0288, is not negotiated).
+                        writer.fail(&StreamErrorCondition::UnsupportedStanzaType, Some("this stream is outbound only")).await;
+                        return Ended::Lost("the peer sent a stanza on our outbound stream".into());
+                    }
+                    Err(e) => return Ended::Lost(e.to_string()),
+                },
+                next = rx.recv() => {
+                    let Some(first) = next else { return Ended::Done };
+                    self.write(&mut writer, &first, &target);
+                    while writer.pending() < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(s) => self.write(&mut writer, &s, &target),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = writer.flush().await {
+                        return Ended::Lost(format!("write failed: {e}"));
+                    }
+                    deadline.as_mut().reset(Instant::now() + idle);
+                }
+            }
+        }
+    }
+
+    fn write(&self, writer: &mut Writer, stanza: &Stanza, target: &NsContext) {
+        self.dequeued(stanza);
+        let bytes = stanza.bytes_for(target);
+        self.ctx.router.metrics.s2s_out.count(stanza.kind(), bytes.len());
+        writer.send(&bytes);
+    }
+
+    /// Leaves the router, then writes out what is still queued: once removed, nothing new
+    /// arrives, so nothing is left behind.
+    async fn finish(&self, rx: &mut mpsc::Receiver<Stanza>, writer: &mut Writer, target: &NsContext) {
+        self.ctx.router.remove_outbound(&self.remote, self.id);
+        rx.close();
+        while let Ok(s) = rx.try_recv() {
+            self.write(writer, &s, target);
+        }
+        let _ = writer.flush().await;
+    }
+}
+
+fn peer_stream_error(target: SocketAddr, s: &Stanza) -> OutboundError {
+    let (condition, text) = match s.element() {
+        Ok(e) => {
+            let cond = e
+                .children()
+                .find(|c| c.ns == ns::STREAMS && c.name != "text")
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| "undefined-condition".into());
+            let text = e.child("text", ns::STREAMS).map(|t| t.text());
+            (cond, text)
+        }
+        Err(_) => ("undefined-condition".into(), None),
+    };
+    OutboundError::PeerStreamError {
+        target,
+        condition,
+        text,
+    }
+}
+
+fn stream_error_label(e: &OutboundError) -> &'static str {
+    match e {
+        OutboundError::PeerStreamError { condition, .. } => StreamErrorCondition::from_name(condition)
+            .map(|c| c.as_str())
+            .unwrap_or("undefined-condition"),
+        _ => "undefined-condition",
+    }
+}
+
+fn verdict_label(verdict: &str) -> &'static str {
+    match verdict {
+        "valid" => "valid",
+        "invalid" => "invalid",
+        _ => "error",
+    }
+}

@@ -1,0 +1,198 @@
+//! The connect-back half of Server Dialback (XEP-0220 §2.3): as receiving server, ask the
+//! originating domain's authoritative server whether the key it was given is genuine.
+//!
+//! Steps:
+//! 1. resolve the originating domain's targets (as for outbound) and connect;
+//! 2. open a `jabber:server` stream declaring `xmlns:db`, read the header and features;
+//! 3. send `<db:verify from=receiving to=originating id=stream_id>key</db:verify>`;
+//! 4. wait for the `<db:verify type='valid|invalid'/>` answering exactly that request, then
+//!    close. Anything unsolicited ends the attempt.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::S2sContext;
+use crate::connection::Connection;
+use crate::xml::error::StanzaErrorCondition;
+use crate::xml::escape_attr;
+use crate::xml::framer::Event;
+use crate::xml::ns;
+use crate::xml::stanza::Kind;
+use crate::xml::stream::OpenStream;
+
+/// What the authoritative server said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+}
+
+/// Why a key could not be verified; answered with a dialback error (XEP-0220 §2.4) carrying
+/// [`VerifyError::condition`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("{0}")]
+    Resolve(#[from] crate::dns::ResolveError),
+    #[error("cannot reach the authoritative server of {domain}: {reason}")]
+    Unreachable { domain: String, reason: String },
+    #[error("the authoritative server of {domain} answered with an error: {reason}")]
+    Refused { domain: String, reason: String },
+    #[error("no answer from the authoritative server of {domain} in time")]
+    Timeout { domain: String },
+}
+
+impl VerifyError {
+    pub fn condition(&self) -> StanzaErrorCondition {
+        match self {
+            VerifyError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,
+            VerifyError::Timeout { .. } | VerifyError::Unreachable { .. } => {
+                StanzaErrorCondition::RemoteServerTimeout
+            }
+            VerifyError::Refused { .. } => StanzaErrorCondition::RemoteServerTimeout,
+        }
+    }
+}
+
+/// Asks `originating`'s authoritative server whether `key` is valid for the stream `stream_id`
+/// that `originating` opened to `receiving`.
+pub async fn verify(
+    ctx: Arc<S2sContext>,
+    receiving: String,
+    originating: String,
+    stream_id: String,
+    key: String,
+) -> Result<Verdict, VerifyError> {
+    let timeout = ctx.settings.dialback_timeout;
+    match tokio::time::timeout(timeout, ask(&ctx, &receiving, &originating, &stream_id, &key)).await {
+        Ok(r) => r,
+        Err(_) => Err(VerifyError::Timeout {
+            domain: originating,
+        }),
+    }
+}
+
+async fn ask(
+    ctx: &S2sContext,
+    receiving: &str,
+    originating: &str,
+    stream_id: &str,
+    key: &str,
+) -> Result<Verdict, VerifyError> {
+    let targets = ctx.resolver.targets(originating).await?;
+    let mut last = String::from("no address");
+    for target in targets {
+        let tcp = match tokio::time::timeout(
+            ctx.settings.connect_timeout,
+            TcpStream::connect(target.addr),
+        )
+        .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                last = format!("{}: {e}", target.addr);
+                continue;
+            }
+            Err(_) => {
+                last = format!("{}: connect timed out", target.addr);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Connection::new(
+            Box::new(tcp),
+            target.addr,
+            ctx.settings.negotiation_limits(),
+            ns::SERVER,
+        );
+        match ask_on(&mut conn, receiving, originating, stream_id, key).await {
+            Ok(verdict) => {
+                conn.close().await;
+                return Ok(verdict);
+            }
+            Err(Ask::Refused(reason)) => {
+                conn.close().await;
+                return Err(VerifyError::Refused {
+                    domain: originating.to_string(),
+                    reason,
+                });
+            }
+            Err(Ask::Failed(reason)) => {
+                conn.close().await;
+                last = format!("{}: {reason}", target.addr);
+            }
+        }
+    }
+    Err(VerifyError::Unreachable {
+        domain: originating.to_string(),
+        reason: last,
+    })
+}
+
+enum Ask {
+    /// The server answered, with an error: final.
+    Refused(String),
+    /// This target failed; try the next.
+    Failed(String),
+}
+
+async fn ask_on(
+    conn: &mut Connection,
+    receiving: &str,
+    originating: &str,
+    stream_id: &str,
+    key: &str,
+) -> Result<Verdict, Ask> {
+    let failed = |e: &dyn std::fmt::Display| Ask::Failed(e.to_string());
+    conn.open(&OpenStream {
+        content_ns: ns::SERVER,
+        from: Some(receiving),
+        to: Some(originating),
+        id: None,
+        version: true,
+        dialback: true,
+    });
+    conn.flush().await.map_err(|e| failed(&e))?;
+    let header = match conn.next_event().await.map_err(|e| failed(&e))? {
+        Event::StreamOpen(h) => h,
+        _ => return Err(Ask::Failed("expected a stream header".into())),
+    };
+    if header.version.is_some() {
+        match conn.next_event().await.map_err(|e| failed(&e))? {
+            Event::Stanza(s) if s.kind() == Kind::StreamFeatures => {}
+            Event::Stanza(s) if s.kind() == Kind::StreamError => {
+                return Err(Ask::Failed("stream error instead of features".into()))
+            }
+            _ => return Err(Ask::Failed("expected <stream:features/>".into())),
+        }
+    }
+    conn.send(
+        format!(
+            "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
+            escape_attr(receiving),
+            escape_attr(originating),
+            escape_attr(stream_id),
+            key
+        )
+        .as_bytes(),
+    );
+    conn.flush().await.map_err(|e| failed(&e))?;
+    match conn.next_event().await.map_err(|e| failed(&e))? {
+        Event::Stanza(s) if s.kind() == Kind::DbVerify => {
+            // XEP-0220 §2.4: the answer must match our request exactly.
+            if s.id() != Some(stream_id) || s.from() != Some(originating) || s.to() != Some(receiving) {
+                return Err(Ask::Failed("unsolicited db:verify answer".into()));
+            }
+            match s.type_() {
+                Some("valid") => Ok(Verdict::Valid),
+                Some("invalid") => Ok(Verdict::Invalid),
+                other => Err(Ask::Refused(format!("db:verify type={}", other.unwrap_or("(none)")))),
+            }
+        }
+        Event::Stanza(s) if s.kind() == Kind::StreamError => {
+            Err(Ask::Failed("stream error instead of a verify answer".into()))
+        }
+        _ => Err(Ask::Failed("expected <db:verify/>".into())),
+    }
+}

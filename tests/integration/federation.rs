@@ -1,0 +1,201 @@
+//! Two fedgate instances federating by dialback, with a raw backend on each.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn messages_iqs_and_presence_flow_both_ways_byte_for_byte() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+
+    // A message with a foreign-namespace payload and a prefixed payload, a → b.
+    let message = "<message from='alice@a.test/home' to='bob@b.test' type='chat' id='m1'><body>h\u{e9}llo &amp; &lt;you&gt; \u{2603}</body><x xmlns='urn:example:foreign'><y a='1'/></x><p:data xmlns:p='urn:example:prefixed'><p:item>v</p:item></p:data></message>";
+    backend_a.send(message).await;
+    assert_eq!(backend_b.next_text().await, message);
+
+    // An iq get b → a and its result a → b.
+    let iq = "<iq from='bob@b.test/phone' to='a.test' type='get' id='q1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>";
+    backend_b.send(iq).await;
+    assert_eq!(backend_a.next_text().await, iq);
+    let result = "<iq from='a.test' to='bob@b.test/phone' type='result' id='q1'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im'/></query></iq>";
+    backend_a.send(result).await;
+    assert_eq!(backend_b.next_text().await, result);
+
+    // Presence both ways.
+    let presence = "<presence from='alice@a.test/home' to='bob@b.test' type='subscribe'/>";
+    backend_a.send(presence).await;
+    assert_eq!(backend_b.next_text().await, presence);
+    let presence = "<presence from='bob@b.test' to='alice@a.test' type='subscribed'/>";
+    backend_b.send(presence).await;
+    assert_eq!(backend_a.next_text().await, presence);
+
+    // Many in order.
+    for i in 0..500 {
+        backend_a
+            .send(&format!("<message from='alice@a.test' to='bob@b.test' id='n{i}'><body>{i}</body></message>"))
+            .await;
+    }
+    for i in 0..500 {
+        let s = backend_b.next().await;
+        assert_eq!(s.id(), Some(format!("n{i}").as_str()));
+    }
+
+    let metrics = b.metrics().await;
+    assert!(metrics.contains("fedgate_dialback_total{result=\"valid\",role=\"result\"} 1"), "{metrics}");
+    assert!(metrics.contains("fedgate_stanzas_total{direction=\"inbound\",kind=\"message\",link=\"s2s\"} 501"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stanza_with_the_server_namespace_declared_reaches_the_backend_in_the_component_namespace() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let _backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    // A raw s2s peer authenticated as a.test sends a stanza that names jabber:server itself.
+    let mut peer = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    peer.send("<message xmlns='jabber:server' from='alice@a.test' to='bob@b.test'><body>x</body></message>").await;
+    assert_eq!(
+        backend_b.next_text().await,
+        "<message xmlns='jabber:component:accept' from='alice@a.test' to='bob@b.test'><body>x</body></message>"
+    );
+}
+
+#[tokio::test]
+async fn an_impostor_with_another_secret_gets_invalid_and_its_stanzas_bounce() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    // The impostor claims a.test, with its own secret; DNS sends verifiers to the real a.test.
+    let impostor = instance(&dns, "a.test")
+        .dialback_secret("an entirely different secret value")
+        .unlisted()
+        .start()
+        .await;
+    let mut backend_b = b.backend().await;
+    let mut backend_evil = impostor.backend().await;
+
+    backend_evil
+        .send("<message from='mallory@a.test' to='bob@b.test' id='spoof'><body>trust me</body></message>")
+        .await;
+    let bounce = backend_evil.next().await;
+    assert_eq!(bounce.type_(), Some("error"));
+    assert_eq!(bounce.id(), Some("spoof"));
+    assert!(
+        text(bounce.raw()).contains("<internal-server-error xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+        "{}",
+        text(bounce.raw())
+    );
+
+    // The real a.test still federates, and bob never saw the spoofed message.
+    let mut backend_a = a.backend().await;
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='real'><body>hi</body></message>")
+        .await;
+    let got = backend_b.next().await;
+    assert_eq!(got.id(), Some("real"));
+    let metrics = b.metrics().await;
+    assert!(metrics.contains("fedgate_dialback_total{result=\"invalid\",role=\"result\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+
+    let total = 200;
+    for i in 0..total {
+        let to = if i % 3 == 0 { "carol@nowhere.test" } else { "bob@b.test" };
+        backend_a
+            .send(&format!("<message from='alice@a.test' to='{to}' id='s{i}'><body>{i}</body></message>"))
+            .await;
+    }
+    let expected_bounces = (0..total).filter(|i| i % 3 == 0).count();
+    let mut bounced = 0;
+    while bounced < expected_bounces {
+        let s = backend_a.next().await;
+        assert_eq!(s.type_(), Some("error"));
+        assert_eq!(s.from(), Some("carol@nowhere.test"));
+        let t = text(s.raw());
+        assert!(t.contains("<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"), "{t}");
+        assert!(t.contains("no SRV or A/AAAA record for nowhere.test"), "{t}");
+        bounced += 1;
+    }
+    let mut delivered = 0;
+    while delivered < total - expected_bounces {
+        let s = backend_b.next().await;
+        assert_eq!(s.to(), Some("bob@b.test"));
+        delivered += 1;
+    }
+    assert_eq!(delivered + bounced, total);
+}
+
+#[tokio::test]
+async fn errors_and_iq_results_are_never_bounced() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend_a = a.backend().await;
+    backend_a
+        .send("<message from='alice@a.test' to='x@nowhere.test' type='error' id='e1'/>")
+        .await;
+    backend_a
+        .send("<iq from='alice@a.test' to='x@nowhere.test' type='result' id='r1'/>")
+        .await;
+    backend_a
+        .send("<iq from='alice@a.test' to='x@nowhere.test' type='get' id='g1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    // Only the get comes back.
+    let s = backend_a.next().await;
+    assert_eq!(s.id(), Some("g1"));
+    assert_eq!(s.type_(), Some("error"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = a.metrics().await;
+    assert!(metrics.contains("fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_backend_that_is_not_attached_gets_service_unavailable_bounced_to_the_sender() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let _b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    // b.test federates but has no backend attached.
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='nb'><body>anyone?</body></message>")
+        .await;
+    let s = backend_a.next().await;
+    assert_eq!(s.type_(), Some("error"));
+    assert_eq!(s.from(), Some("bob@b.test"));
+    assert!(text(s.raw()).contains("<service-unavailable"), "{}", text(s.raw()));
+}
+
+#[tokio::test]
+async fn idle_outbound_sessions_close_and_reopen_on_demand() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").s2s("idle_timeout = \"300ms\"").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    backend_a.send("<message from='alice@a.test' to='bob@b.test' id='1'/>").await;
+    assert_eq!(backend_b.next().await.id(), Some("1"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(a.gw().router.outbound_count(), 0, "idle session closed");
+    backend_a.send("<message from='alice@a.test' to='bob@b.test' id='2'/>").await;
+    assert_eq!(backend_b.next().await.id(), Some("2"));
+}
+
+#[tokio::test]
+async fn shutdown_bounces_nothing_silently_and_tells_backends() {
+    let dns = TestDns::start().await;
+    let mut a = instance(&dns, "a.test").start().await;
+    let mut backend_a = a.backend().await;
+    a.stop().await;
+    assert_eq!(backend_a.expect_stream_error().await, "system-shutdown");
+}
