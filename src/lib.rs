@@ -1,1 +1,2 @@
+pub mod dialback;
 pub mod jid;
