@@ -139,8 +139,8 @@ pub struct S2sConfig {
     pub max_depth: usize,
     /// Most attributes on one element. Default `64`. Protects the parser's per-element work.
     pub max_attributes: usize,
-    /// Most inbound s2s connections open at once; further ones are accepted and closed at
-    /// once. Default `10000`. Bounded by the process's file descriptor limit (check `ulimit -n`).
+    /// Most inbound s2s connections open at once; further ones are refused until one closes.
+    /// Default `10000`. Bounded by the process's file descriptor limit (check `ulimit -n`).
     pub max_connections: usize,
     /// Most stanzas queued for one remote domain while its outbound session connects and
     /// authenticates; stanzas beyond it bounce with `resource-constraint`. Default `1000`.
