@@ -1,0 +1,1069 @@
+//! The TOML configuration file.
+//!
+//! 1. [`Config::load`] reads the file, or [`Config::from_toml`] takes its text.
+//! 2. Serde parses it into [`Config`]. Unknown keys are refused (`deny_unknown_fields`) so a
+//!    typo cannot silently leave a default in force. Missing keys take the documented defaults,
+//!    so a file with one `[[component.backend]]` is a complete configuration.
+//! 3. Relative paths (`s2s.dialback_secret_file`, `component.backend.secret_file`) are
+//!    resolved against the configuration file's directory, so the gateway behaves the same
+//!    whatever directory it is started from.
+//! 4. [`Config::validate`] checks what serde cannot: cross-field rules, domain syntax, limits.
+//! 5. Domains are rewritten to their canonical form ([`crate::jid::normalize_domain`]), so the
+//!    router and policy compare them as plain strings.
+//!
+//! Every [`ConfigError`] displays as one line naming the file and key, and says how to fix it.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::jid::normalize_domain;
+
+/// A configuration problem. All are fatal: the gateway does not start (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("{}: cannot read the configuration file: {source}; check the path and its permissions", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type, or a key is unknown.
+    /// `message` keeps toml's own message (which names the key) with the line and column.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file (`<inline>` when parsed from a string).
+        path: PathBuf,
+        /// One line: position, enclosing table, toml's message.
+        message: String,
+    },
+    /// The file parsed but a value is not acceptable.
+    #[error("{}{key}: {problem}; {fix}", file_prefix(.path.as_deref()))]
+    Invalid {
+        /// The key, as a TOML path with zero-based indices, e.g. `component.backend[1].domain`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+        /// The configuration file, when known ([`Config::load`] fills it in).
+        path: Option<PathBuf>,
+    },
+}
+
+fn file_prefix(path: Option<&Path>) -> String {
+    path.map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+fn invalid(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+        path: None,
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[s2s]`: server-to-server listeners, timeouts and limits. Optional; all defaults.
+    #[serde(default)]
+    pub s2s: S2sConfig,
+    /// `[dns]`: how remote domains are resolved. Optional; defaults to the system resolver.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// `[federation]`: which remote domains may federate with us. Optional; defaults to open.
+    #[serde(default)]
+    pub federation: FederationConfig,
+    /// `[component]`: the XEP-0114 listener and the backends behind it. Must name at least one
+    /// backend: its domains are the gateway's local domains.
+    #[serde(default)]
+    pub component: ComponentConfig,
+    /// `[metrics]`: the Prometheus endpoint. Optional; defaults to enabled on loopback.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[s2s]`: inbound and outbound server-to-server streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Addresses to accept inbound s2s connections on. Default `["0.0.0.0:5269"]` (all IPv4
+    /// interfaces, the standard port). Must not be empty: remote servers connect back here for
+    /// dialback even when we only send. Port 0 picks a free port (tests).
+    pub listen: Vec<SocketAddr>,
+    /// Limit for one outbound TCP connect attempt (one address of one SRV target). Default
+    /// `"10s"`. Too long delays failover to the next address; too short fails on slow links.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// From TCP accept/connect until the stream is authenticated; the stream then ends with
+    /// `<connection-timeout/>`. Default `"30s"`. Bounds how long an unauthenticated peer can
+    /// hold a connection slot; too long makes slot exhaustion cheap.
+    #[serde(with = "humantime_serde")]
+    pub negotiation_timeout: Duration,
+    /// How long to wait for a `<db:result/>` or `<db:verify/>` answer. Default `"15s"`.
+    /// Queued stanzas for the domain wait that long before they bounce with
+    /// `remote-server-timeout`.
+    #[serde(with = "humantime_serde")]
+    pub dialback_timeout: Duration,
+    /// An authenticated s2s stream with no stanzas either way for this long is closed with
+    /// `</stream:stream>`. Default `"10m"`. Whitespace keepalives do not count as traffic.
+    /// Too short causes reconnect churn; too long holds idle sockets and memory.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest stanza accepted after authentication, in bytes of raw XML. Default `524288`
+    /// (512 KiB). Larger stanzas end the stream with `<policy-violation/>`. Each connection may
+    /// buffer this much, so it multiplies with `max_connections` in the worst case.
+    pub max_stanza_bytes: usize,
+    /// Largest top-level element accepted before authentication, in bytes. Default `8192`.
+    /// Must not exceed `max_stanza_bytes`. Keeps unauthenticated peers cheap.
+    pub max_negotiation_stanza_bytes: usize,
+    /// Deepest XML element nesting within one stanza. Default `32`. Deeper nesting is refused
+    /// with `<policy-violation/>`; raising it makes pathological documents costlier to parse.
+    pub max_depth: usize,
+    /// Most attributes on one element. Default `64`. Protects the parser's per-element work.
+    pub max_attributes: usize,
+    /// Most inbound s2s connections open at once; further ones are refused until one closes.
+    /// Default `10000`. Bounded by the process's file descriptor limit (check `ulimit -n`).
+    pub max_connections: usize,
+    /// Most stanzas queued for one remote domain while its outbound session connects and
+    /// authenticates; stanzas beyond it bounce with `resource-constraint`. Default `1000`.
+    pub queue_max_stanzas: usize,
+    /// Most bytes queued for one remote domain while its session connects. Default `4194304`
+    /// (4 MiB). Must be at least `max_stanza_bytes`. Multiplies with the number of remote
+    /// domains being connected to at once.
+    pub queue_max_bytes: usize,
+    /// File holding the dialback secret shared by all fedgate instances of this deployment.
+    /// Default `"fedgate-dialback.secret"`; a relative path is relative to the configuration
+    /// file's directory. Created with a random secret (mode 0600) on first start. **Anyone who
+    /// reads it can impersonate our domains to servers that accept dialback.**
+    pub dialback_secret_file: PathBuf,
+    /// `[[s2s.route]]`: static routes that override DNS for a remote domain. Default none.
+    pub route: Vec<RouteConfig>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5269))],
+            connect_timeout: Duration::from_secs(10),
+            negotiation_timeout: Duration::from_secs(30),
+            dialback_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(600),
+            max_stanza_bytes: 512 * 1024,
+            max_negotiation_stanza_bytes: 8192,
+            max_depth: 32,
+            max_attributes: 64,
+            max_connections: 10_000,
+            queue_max_stanzas: 1000,
+            queue_max_bytes: 4 * 1024 * 1024,
+            dialback_secret_file: PathBuf::from("fedgate-dialback.secret"),
+            route: Vec::new(),
+        }
+    }
+}
+
+/// `[[s2s.route]]`: connect to a fixed address for one remote domain instead of resolving it.
+/// Used by tests and split-horizon deployments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The remote domain this route is for. Required. Must not be a local (backend) domain.
+    /// Stored in canonical form after loading.
+    pub domain: String,
+    /// Where to connect, `host:port`; IPv6 addresses in brackets (`"[::1]:5269"`). Required.
+    /// The TLS and dialback identity is still `domain`, not this host.
+    pub target: RouteTarget,
+}
+
+/// A `host:port` connection target. The host is a domain name (canonical form after loading)
+/// or an IP address (IPv6 kept without brackets).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RouteTarget {
+    /// Domain name or IP address.
+    pub host: String,
+    /// TCP port, never 0.
+    pub port: u16,
+}
+
+impl RouteTarget {
+    /// The host as an IP address, when it is one (no DNS lookup needed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for RouteTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const FIX: &str =
+            "write host:port, e.g. \"xmpp.example.org:5269\" or \"[2001:db8::1]:5269\"";
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, port) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("route target `{s}` has no port after `]`; {FIX}"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "`{host}` in route target `{s}` is not an IPv6 address; {FIX}"
+                ));
+            }
+            (host, port)
+        } else {
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| format!("route target `{s}` has no port; {FIX}"))?;
+            if host.contains(':') {
+                return Err(format!(
+                    "route target `{s}` looks like a bare IPv6 address; put it in brackets: {FIX}"
+                ));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(format!("route target `{s}` has no host; {FIX}"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("route target `{s}` has no valid port (1-65535); {FIX}"))?;
+        Ok(RouteTarget {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for RouteTarget {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// `[dns]`: name resolution for outbound s2s.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// DNS servers to query instead of the system resolver (`/etc/resolv.conf`), as
+    /// `ip:port`. Default: absent, use the system's. Mainly for tests that run their own DNS
+    /// server. If set, must not be empty. These servers decide where our traffic goes, so only
+    /// list resolvers you trust.
+    pub nameservers: Option<Vec<SocketAddr>>,
+}
+
+/// Who may federate with us.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FederationMode {
+    /// Any remote domain except those in `deny`.
+    #[default]
+    Open,
+    /// Only domains in `allow` (and not in `deny`).
+    Allowlist,
+}
+
+/// `[federation]`: the federation policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// `"open"` or `"allowlist"`. Default `"open"`. In `"allowlist"` mode an empty `allow`
+    /// means no federation at all.
+    pub mode: FederationMode,
+    /// Domains allowed in `"allowlist"` mode: exact domains, or `"*.example.org"` to match
+    /// every subdomain of example.org (list `"example.org"` itself separately). Default empty.
+    /// Ignored in `"open"` mode. Canonical form after loading.
+    pub allow: Vec<String>,
+    /// Domains refused in any mode, same syntax as `allow`; deny wins over allow. Default
+    /// empty.
+    pub deny: Vec<String>,
+}
+
+/// `[component]`: the XEP-0114 listener for backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentConfig {
+    /// Address backends connect to. Default `"127.0.0.1:5347"`. The component protocol has
+    /// no TLS and a SHA-1 handshake: **keep it on loopback or a private network**.
+    pub listen: SocketAddr,
+    /// What happens when a backend connects for a domain that already has a connected backend.
+    /// Default `false`: the new connection gets `<conflict/>` and the old one stays. `true`:
+    /// the old one gets `<conflict/>` and the new one takes over (useful when a backend restarts
+    /// before its old TCP connection is noticed dead, but a leaked secret then lets anyone
+    /// hijack the domain).
+    pub replace_on_conflict: bool,
+    /// `[[component.backend]]`: one entry per backend domain. At least one is required; these
+    /// domains are the gateway's local domains.
+    pub backend: Vec<BackendConfig>,
+}
+
+impl Default for ComponentConfig {
+    fn default() -> Self {
+        ComponentConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5347)),
+            replace_on_conflict: false,
+            backend: Vec::new(),
+        }
+    }
+}
+
+/// A shared secret from the configuration. `Debug` does not print it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for computing or checking a handshake.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `[[component.backend]]`: one XEP-0114 backend domain and its handshake secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The domain the backend serves, and that remote servers address. Required; unique
+    /// across backends. Canonical form after loading.
+    pub domain: String,
+    /// The handshake secret, inline. Exactly one of `secret` and `secret_file` is required.
+    /// Anyone who knows it can attach as this domain; prefer `secret_file` outside examples.
+    pub secret: Option<Secret>,
+    /// A file holding the handshake secret (surrounding whitespace trimmed); relative to the
+    /// configuration file's directory. Read at startup. Keep it mode 0600.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl BackendConfig {
+    /// The handshake secret: `secret`, or the trimmed content of `secret_file`.
+    pub fn secret(&self) -> Result<String, ConfigError> {
+        self.secret_at(&format!("component.backend (domain \"{}\")", self.domain))
+    }
+
+    fn secret_at(&self, key: &str) -> Result<String, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) => {
+                if s.expose().is_empty() {
+                    return Err(invalid(
+                        format!("{key}.secret"),
+                        "the secret is empty",
+                        "set a long random secret, the same one the backend uses",
+                    ));
+                }
+                Ok(s.expose().to_owned())
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        format!("{key}.secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                        "check that the file exists and fedgate can read it, or use `secret`",
+                    )
+                })?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.secret_file"),
+                        format!("{} is empty", path.display()),
+                        "write a long random secret into it, the same one the backend uses",
+                    ));
+                }
+                Ok(secret.to_owned())
+            }
+            (Some(_), Some(_)) => Err(invalid(
+                key,
+                "both `secret` and `secret_file` are set",
+                "keep one of them",
+            )),
+            (None, None) => Err(invalid(
+                key,
+                "neither `secret` nor `secret_file` is set",
+                "add `secret = \"...\"` or `secret_file = \"path\"`",
+            )),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus `/metrics` and `/healthz` endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether to serve metrics at all. Default `true`.
+    pub enabled: bool,
+    /// Address to serve on. Default `"127.0.0.1:9269"`. Metrics name connected peer domains,
+    /// so exposing them publicly leaks who we federate with.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9269)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths against the file's directory, validates and
+    /// normalises the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Self::parse(&text, base_dir, path).map_err(|e| match e {
+            ConfigError::Invalid {
+                key, problem, fix, ..
+            } => ConfigError::Invalid {
+                key,
+                problem,
+                fix,
+                path: Some(path.to_owned()),
+            },
+            other => other,
+        })
+    }
+
+    /// Like [`Config::load`] for text already in memory; relative paths resolve against
+    /// `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, Path::new("<inline>"))
+    }
+
+    fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: parse_message(text, &e),
+        })?;
+        config.resolve_paths(base_dir);
+        config.validate()?;
+        config.normalize();
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        resolve(&mut self.s2s.dialback_secret_file);
+        for backend in &mut self.component.backend {
+            if let Some(p) = &mut backend.secret_file {
+                resolve(p);
+            }
+        }
+    }
+
+    /// Rewrites domains to canonical form. Only called after `validate` succeeded, so the
+    /// fallbacks never trigger.
+    fn normalize(&mut self) {
+        fn canon(d: &mut String) {
+            if let Ok(n) = normalize_domain(d) {
+                if n != d.as_str() {
+                    *d = n.into_owned();
+                }
+            }
+        }
+        for b in &mut self.component.backend {
+            canon(&mut b.domain);
+        }
+        for r in &mut self.s2s.route {
+            canon(&mut r.domain);
+            if r.target.ip().is_none() {
+                canon(&mut r.target.host);
+            }
+        }
+        for p in self
+            .federation
+            .allow
+            .iter_mut()
+            .chain(self.federation.deny.iter_mut())
+        {
+            if let Ok(n) = normalize_pattern(p) {
+                *p = n;
+            }
+        }
+    }
+
+    /// Checks the rules serde cannot express. Reads backend `secret_file`s to make sure they
+    /// are usable. Returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_s2s()?;
+        self.validate_component()?;
+        self.validate_routes()?;
+        self.validate_federation()?;
+        self.validate_listeners()?;
+        if let Some(ns) = &self.dns.nameservers {
+            if ns.is_empty() {
+                return Err(invalid(
+                    "dns.nameservers",
+                    "the list is empty",
+                    "list at least one \"ip:port\", or remove the key to use the system resolver",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's local domains: the backends' domains, canonical after loading.
+    pub fn local_domains(&self) -> impl Iterator<Item = &str> {
+        self.component.backend.iter().map(|b| b.domain.as_str())
+    }
+
+    fn validate_s2s(&self) -> Result<(), ConfigError> {
+        let s = &self.s2s;
+        if s.listen.is_empty() {
+            return Err(invalid(
+                "s2s.listen",
+                "no listen address",
+                "add one such as \"0.0.0.0:5269\"; remote servers connect here, also for dialback",
+            ));
+        }
+        for (name, d) in [
+            ("connect_timeout", s.connect_timeout),
+            ("negotiation_timeout", s.negotiation_timeout),
+            ("dialback_timeout", s.dialback_timeout),
+            ("idle_timeout", s.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(
+                    format!("s2s.{name}"),
+                    "the timeout is zero",
+                    "set a positive duration such as \"30s\", or remove the key for the default",
+                ));
+            }
+        }
+        for (name, v) in [
+            ("max_stanza_bytes", s.max_stanza_bytes),
+            (
+                "max_negotiation_stanza_bytes",
+                s.max_negotiation_stanza_bytes,
+            ),
+            ("max_depth", s.max_depth),
+            ("max_attributes", s.max_attributes),
+            ("max_connections", s.max_connections),
+            ("queue_max_stanzas", s.queue_max_stanzas),
+            ("queue_max_bytes", s.queue_max_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    format!("s2s.{name}"),
+                    "the limit is zero",
+                    "set a positive number, or remove the key for the default",
+                ));
+            }
+        }
+        if s.max_negotiation_stanza_bytes > s.max_stanza_bytes {
+            return Err(invalid(
+                "s2s.max_negotiation_stanza_bytes",
+                format!(
+                    "{} is larger than s2s.max_stanza_bytes ({})",
+                    s.max_negotiation_stanza_bytes, s.max_stanza_bytes
+                ),
+                "lower it or raise max_stanza_bytes",
+            ));
+        }
+        if s.queue_max_bytes < s.max_stanza_bytes {
+            return Err(invalid(
+                "s2s.queue_max_bytes",
+                format!(
+                    "{} is smaller than s2s.max_stanza_bytes ({}), so a large stanza could never be queued",
+                    s.queue_max_bytes, s.max_stanza_bytes
+                ),
+                "raise it to at least max_stanza_bytes",
+            ));
+        }
+        if let Some(dir) = s.dialback_secret_file.parent() {
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                return Err(invalid(
+                    "s2s.dialback_secret_file",
+                    format!("the directory {} does not exist", dir.display()),
+                    "create it, or point dialback_secret_file at an existing directory",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_component(&self) -> Result<(), ConfigError> {
+        let backends = &self.component.backend;
+        if backends.is_empty() {
+            return Err(invalid(
+                "component.backend",
+                "no backend is configured",
+                "add a [[component.backend]] table with `domain` and `secret`",
+            ));
+        }
+        let mut seen: Vec<(String, usize)> = Vec::with_capacity(backends.len());
+        for (i, b) in backends.iter().enumerate() {
+            let key = format!("component.backend[{i}]");
+            let domain = normalize_domain(&b.domain).map_err(|e| {
+                invalid(
+                    format!("{key}.domain"),
+                    format!("`{}` is not a valid domain: {e}", b.domain),
+                    "use a domain name such as \"xmpp.example.org\"",
+                )
+            })?;
+            if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
+                return Err(invalid(
+                    format!("{key}.domain"),
+                    format!("`{domain}` is also component.backend[{j}].domain"),
+                    "give each backend its own domain",
+                ));
+            }
+            seen.push((domain.into_owned(), i));
+            b.secret_at(&key)?;
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let locals: Vec<String> = self
+            .component
+            .backend
+            .iter()
+            .filter_map(|b| normalize_domain(&b.domain).ok().map(|d| d.into_owned()))
+            .collect();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, r) in self.s2s.route.iter().enumerate() {
+            let key = format!("s2s.route[{i}]");
+            let domain = normalize_domain(&r.domain).map_err(|e| {
+                invalid(
+                    format!("{key}.domain"),
+                    format!("`{}` is not a valid domain: {e}", r.domain),
+                    "use the remote domain name, such as \"b.example.org\"",
+                )
+            })?;
+            if locals.iter().any(|l| *l == domain) {
+                return Err(invalid(
+                    format!("{key}.domain"),
+                    format!(
+                        "`{domain}` is a local (backend) domain; its stanzas go to its backend"
+                    ),
+                    "remove this route",
+                ));
+            }
+            if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
+                return Err(invalid(
+                    format!("{key}.domain"),
+                    format!("`{domain}` already has a route, s2s.route[{j}]"),
+                    "keep one route per domain",
+                ));
+            }
+            seen.push((domain.into_owned(), i));
+            if r.target.ip().is_none() {
+                normalize_domain(&r.target.host).map_err(|e| {
+                    invalid(
+                        format!("{key}.target"),
+                        format!(
+                            "host `{}` is not a valid domain or IP address: {e}",
+                            r.target.host
+                        ),
+                        "write host:port, e.g. \"xmpp.example.org:5269\" or \"127.0.0.1:5270\"",
+                    )
+                })?;
+            }
+            if r.target.port == 0 {
+                return Err(invalid(
+                    format!("{key}.target"),
+                    "port 0",
+                    "use the port the remote server listens on, usually 5269",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        for (list, entries) in [
+            ("allow", &self.federation.allow),
+            ("deny", &self.federation.deny),
+        ] {
+            for (i, p) in entries.iter().enumerate() {
+                normalize_pattern(p).map_err(|problem| {
+                    invalid(
+                        format!("federation.{list}[{i}]"),
+                        problem,
+                        "write a domain (\"example.org\") or a subdomain pattern (\"*.example.org\")",
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let mut all: Vec<(String, SocketAddr)> = self
+            .s2s
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("s2s.listen[{i}]"), *a))
+            .collect();
+        all.push(("component.listen".into(), self.component.listen));
+        if self.metrics.enabled {
+            all.push(("metrics.listen".into(), self.metrics.listen));
+        }
+        for (i, (key, addr)) in all.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr) {
+                return Err(invalid(
+                    key.clone(),
+                    format!("{addr} is also used by {other}"),
+                    "give each listener its own address or port",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates and canonicalises a federation pattern: a domain, or `*.` + a domain.
+fn normalize_pattern(p: &str) -> Result<String, String> {
+    let (prefix, domain) = match p.strip_prefix("*.") {
+        Some(rest) => ("*.", rest),
+        None => ("", p),
+    };
+    if domain.contains('*') {
+        return Err(format!("`{p}`: `*` is only allowed as a leading `*.`"));
+    }
+    let d = normalize_domain(domain).map_err(|e| format!("`{p}` is not a valid domain: {e}"))?;
+    if !prefix.is_empty() && (d.starts_with('[') || d.parse::<IpAddr>().is_ok()) {
+        return Err(format!(
+            "`{p}`: a `*.` pattern needs a domain name, not an IP address"
+        ));
+    }
+    Ok(format!("{prefix}{d}"))
+}
+
+/// One line from a toml error: position, the table it is in, and toml's message (which names
+/// the offending key or value).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.split('#').next())
+        .map(|l| format!(" in {}", l.trim()))
+        .unwrap_or_default();
+    format!("line {line}, column {column}{table}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"s3cret\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/tmp"))
+    }
+
+    fn invalid_key(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let text = include_str!("../config/fedgate.toml");
+        let c = Config::from_toml(text, &dir).unwrap();
+        assert_eq!(c.local_domains().collect::<Vec<_>>(), ["example.test"]);
+        assert!(c.s2s.listen.iter().all(|a| a.ip().is_loopback()));
+        assert!(c.component.listen.ip().is_loopback());
+        assert!(c.metrics.listen.ip().is_loopback());
+        assert_eq!(
+            c.s2s.dialback_secret_file,
+            dir.join("fedgate-dialback.secret")
+        );
+        // Loading by path gives the same result.
+        let loaded = Config::load(&dir.join("fedgate.toml")).unwrap();
+        assert_eq!(loaded.s2s.listen, c.s2s.listen);
+    }
+
+    #[test]
+    fn defaults_applied_to_minimal_file() {
+        let c = parse(MINIMAL).unwrap();
+        let s = &c.s2s;
+        assert_eq!(s.listen, ["0.0.0.0:5269".parse().unwrap()]);
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.negotiation_timeout, Duration::from_secs(30));
+        assert_eq!(s.dialback_timeout, Duration::from_secs(15));
+        assert_eq!(s.idle_timeout, Duration::from_secs(600));
+        assert_eq!(s.max_stanza_bytes, 524_288);
+        assert_eq!(s.max_negotiation_stanza_bytes, 8192);
+        assert_eq!(s.max_depth, 32);
+        assert_eq!(s.max_attributes, 64);
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.queue_max_stanzas, 1000);
+        assert_eq!(s.queue_max_bytes, 4_194_304);
+        assert!(s.route.is_empty());
+        assert!(c.dns.nameservers.is_none());
+        assert_eq!(c.federation.mode, FederationMode::Open);
+        assert_eq!(c.component.listen, "127.0.0.1:5347".parse().unwrap());
+        assert!(!c.component.replace_on_conflict);
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9269".parse().unwrap());
+        assert_eq!(c.component.backend[0].secret().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let c = parse(&format!(
+            "[s2s]\nconnect_timeout = \"500ms\"\nidle_timeout = \"1h\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.s2s.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.s2s.idle_timeout, Duration::from_secs(3600));
+        let e = parse(&format!("[s2s]\nidle_timeout = \"0s\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.idle_timeout");
+    }
+
+    #[test]
+    fn unknown_key_rejected_with_its_name() {
+        let e = parse(&format!("[s2s]\nlisten_on = []\n{MINIMAL}")).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::Parse { .. }));
+        assert!(msg.contains("listen_on"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("[s2s]"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let e = parse(&format!("{MINIMAL}secrte = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("secrte"), "{e}");
+    }
+
+    #[test]
+    fn missing_backend_or_secret() {
+        let e = parse("").unwrap_err();
+        assert_eq!(invalid_key(e), "component.backend");
+        let e = parse("[[component.backend]]\ndomain = \"a.test\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("component.backend[0]: neither"), "{msg}");
+        let e = parse("[[component.backend]]\ndomain = \"a.test\"\nsecret = \"\"\n").unwrap_err();
+        assert_eq!(invalid_key(e), "component.backend[0].secret");
+    }
+
+    #[test]
+    fn both_secrets_refused_with_file_in_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fedgate.toml");
+        std::fs::write(
+            &path,
+            "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\nsecret_file = \"s\"\n",
+        )
+        .unwrap();
+        let msg = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "{}: component.backend[0]: both `secret` and `secret_file` are set; keep one of them",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn secret_file_relative_to_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.secret"), "  file-secret\n").unwrap();
+        let path = dir.path().join("fedgate.toml");
+        std::fs::write(
+            &path,
+            "[s2s]\ndialback_secret_file = \"db.secret\"\n\
+             [[component.backend]]\ndomain = \"a.test\"\nsecret_file = \"a.secret\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.component.backend[0].secret_file,
+            Some(dir.path().join("a.secret"))
+        );
+        assert_eq!(c.component.backend[0].secret().unwrap(), "file-secret");
+        assert_eq!(c.s2s.dialback_secret_file, dir.path().join("db.secret"));
+
+        // Absolute paths are kept; a missing file is reported against its key.
+        let e =
+            parse("[[component.backend]]\ndomain = \"a.test\"\nsecret_file = \"/nonexistent/x\"\n")
+                .unwrap_err();
+        assert_eq!(invalid_key(e), "component.backend[0].secret_file");
+    }
+
+    #[test]
+    fn duplicate_and_invalid_domains() {
+        let dup = "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n\
+                   [[component.backend]]\ndomain = \"A.test.\"\nsecret = \"y\"\n";
+        let e = parse(dup).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("component.backend[1].domain"), "{msg}");
+        assert!(msg.contains("component.backend[0]"), "{msg}");
+
+        let e = parse("[[component.backend]]\ndomain = \"a..test\"\nsecret = \"x\"\n").unwrap_err();
+        assert_eq!(invalid_key(e), "component.backend[0].domain");
+    }
+
+    #[test]
+    fn domains_normalised() {
+        let c = parse(
+            "[federation]\nmode = \"allowlist\"\nallow = [\"*.Example.ORG\", \"B.test.\"]\n\
+             [[s2s.route]]\ndomain = \"Remote.TEST\"\ntarget = \"XMPP.remote.test:5270\"\n\
+             [[component.backend]]\ndomain = \"MÜNCHEN.test\"\nsecret = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.local_domains().collect::<Vec<_>>(), ["münchen.test"]);
+        assert_eq!(c.federation.allow, ["*.example.org", "b.test"]);
+        assert_eq!(c.s2s.route[0].domain, "remote.test");
+        assert_eq!(c.s2s.route[0].target.to_string(), "xmpp.remote.test:5270");
+    }
+
+    #[test]
+    fn route_targets() {
+        let with_route = |target: &str| {
+            parse(&format!(
+                "[[s2s.route]]\ndomain = \"b.test\"\ntarget = \"{target}\"\n{MINIMAL}"
+            ))
+        };
+        let c = with_route("127.0.0.1:5270").unwrap();
+        assert_eq!(
+            c.s2s.route[0].target.ip(),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(c.s2s.route[0].target.port, 5270);
+        let c = with_route("[::1]:5270").unwrap();
+        assert_eq!(c.s2s.route[0].target.host, "::1");
+        assert_eq!(c.s2s.route[0].target.to_string(), "[::1]:5270");
+
+        for bad in [
+            "b.test",
+            "b.test:0",
+            "b.test:70000",
+            ":5269",
+            "::1:5269",
+            "[::1]5269",
+        ] {
+            let e = with_route(bad).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, ConfigError::Parse { .. }), "{bad}: {msg}");
+            assert!(msg.contains("host:port"), "{bad}: {msg}");
+        }
+        let e = with_route("bad_host:5269").unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.route[0].target");
+
+        // A route for a local domain makes no sense.
+        let e = parse(&format!(
+            "[[s2s.route]]\ndomain = \"a.test\"\ntarget = \"127.0.0.1:5270\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.route[0].domain");
+    }
+
+    #[test]
+    fn federation_patterns() {
+        let with = |p: &str| parse(&format!("[federation]\ndeny = [\"{p}\"]\n{MINIMAL}"));
+        assert!(with("*.example.org").is_ok());
+        assert!(with("example.org").is_ok());
+        for bad in ["*", "a.*.org", "example.*", "**.org", "*.1.2.3.4"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(invalid_key(e), "federation.deny[0]", "{bad}");
+        }
+        let e = parse(&format!("[federation]\nmode = \"closed\"\n{MINIMAL}")).unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
+    }
+
+    #[test]
+    fn limits_checked() {
+        let e = parse(&format!("[s2s]\nmax_depth = 0\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.max_depth");
+        let e = parse(&format!(
+            "[s2s]\nmax_stanza_bytes = 4096\nmax_negotiation_stanza_bytes = 8192\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.max_negotiation_stanza_bytes");
+        let e = parse(&format!("[s2s]\nlisten = []\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.listen");
+        let e = parse(&format!("[dns]\nnameservers = []\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "dns.nameservers");
+        let e = parse(&format!(
+            "[metrics]\nlisten = \"127.0.0.1:5347\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "metrics.listen");
+    }
+
+    #[test]
+    fn secrets_not_in_debug() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn io_error_names_file() {
+        let e = Config::load(Path::new("/nonexistent/fedgate.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        assert!(
+            e.to_string().starts_with("/nonexistent/fedgate.toml: "),
+            "{e}"
+        );
+    }
+}
