@@ -57,7 +57,7 @@ impl Resolver {
             .s2s
             .route
             .iter()
-            .map(|r| (r.domain.clone(), (r.host().to_string(), r.port())))
+            .map(|r| (r.domain.clone(), (r.target.host.clone(), r.target.port)))
             .collect();
         Ok(Resolver {
             dns,
@@ -114,11 +114,11 @@ fn build_dns(config: &DnsConfig) -> Result<TokioResolver, ResolveError> {
         domain: "(resolver setup)".into(),
         reason: e.to_string(),
     };
-    let mut builder = if config.nameservers.is_empty() {
+    let nameservers = config.nameservers.as_deref().unwrap_or_default();
+    let mut builder = if nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| lookup_err(&e))?
     } else {
-        let servers = config
-            .nameservers
+        let servers = nameservers
             .iter()
             .map(|addr| {
                 let mut udp = ConnectionConfig::udp();

@@ -148,14 +148,22 @@ impl InstanceBuilder<'_> {
             std::fs::write(&secret_file, s).unwrap();
         }
         let component_secret = format!("component-secret-{}", self.domain);
+        // Defaults for tests, unless the test sets the key itself.
+        let mut extra = self.extra.clone();
+        for (key, value) in [
+            ("connect_timeout", "\"2s\""),
+            ("negotiation_timeout", "\"5s\""),
+            ("dialback_timeout", "\"5s\""),
+        ] {
+            if !extra.contains(key) {
+                extra.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         let text = format!(
             r#"
 [s2s]
 listen = ["{ip}:5269"]
 dialback_secret_file = "dialback.secret"
-connect_timeout = "2s"
-negotiation_timeout = "5s"
-dialback_timeout = "5s"
 {extra}
 [dns]
 nameservers = ["{dns}"]
@@ -170,7 +178,6 @@ secret = "{component_secret}"
 [metrics]
 listen = "127.0.0.1:0"
 "#,
-            extra = self.extra,
             dns = self.dns.addr,
             domain = self.domain,
         );

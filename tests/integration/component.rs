@@ -1,0 +1,137 @@
+//! XEP-0114: handshake, addressing rules, conflicts.
+
+use crate::harness::*;
+use fedgate::dialback::component_handshake;
+
+const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>";
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_with_not_authorized() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(HEADER).await;
+    let id = s.expect_header().await.id.unwrap();
+    s.send(&format!("<handshake>{}</handshake>", component_handshake(&id, "wrong"))).await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+}
+
+#[tokio::test]
+async fn the_handshake_is_bound_to_the_stream_id() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(HEADER).await;
+    let id = s.expect_header().await.id.unwrap();
+    // A digest replayed from another stream does not match this one.
+    s.send(&format!("<handshake>{}</handshake>", component_handshake(&format!("{id}x"), &a.component_secret))).await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+}
+
+#[tokio::test]
+async fn stream_ids_are_unpredictable() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let mut s = RawStream::connect(a.gw().component_addr).await;
+        s.send(HEADER).await;
+        let id = s.expect_header().await.id.unwrap();
+        assert!(id.len() >= 16, "{id}");
+        assert!(ids.insert(id));
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_domain_is_host_unknown_and_a_missing_to_is_improper_addressing() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.test'>").await;
+    assert_eq!(s.expect_stream_error().await, "host-unknown");
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>").await;
+    assert_eq!(s.expect_stream_error().await, "improper-addressing");
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>").await;
+    assert_eq!(s.expect_stream_error().await, "invalid-namespace");
+}
+
+#[tokio::test]
+async fn a_spoofed_from_is_invalid_from() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    backend.send("<message from='eve@b.test' to='bob@c.test'><body>x</body></message>").await;
+    assert_eq!(backend.expect_stream_error().await, "invalid-from");
+    backend.expect_eof().await;
+}
+
+#[tokio::test]
+async fn a_stanza_without_to_is_improper_addressing() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    backend.send("<message from='alice@a.test'><body>x</body></message>").await;
+    assert_eq!(backend.expect_stream_error().await, "improper-addressing");
+}
+
+#[tokio::test]
+async fn a_second_backend_for_a_bound_domain_gets_conflict() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut first = a.backend().await;
+    let mut second = RawStream::connect(a.gw().component_addr).await;
+    second.send(HEADER).await;
+    let id = second.expect_header().await.id.unwrap();
+    second.send(&format!("<handshake>{}</handshake>", component_handshake(&id, &a.component_secret))).await;
+    assert_eq!(second.expect_stream_error().await, "conflict");
+    // The first one still works: a message to itself comes back.
+    first.send("<message from='a.test' to='alice@a.test' id='self'/>").await;
+    assert_eq!(first.next().await.id(), Some("self"));
+}
+
+#[tokio::test]
+async fn with_replace_on_conflict_the_old_backend_gets_conflict() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[s2s]\nlisten = [\"{}:5269\"]\ndialback_secret_file = \"s\"\n[dns]\nnameservers = [\"{}\"]\n[component]\nlisten = \"127.0.0.1:0\"\nreplace_on_conflict = true\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"sekrit\"\n[metrics]\nenabled = false\n",
+        next_loopback(),
+        dns.addr
+    );
+    let config = fedgate::config::Config::from_toml(&text, dir.path()).unwrap();
+    let gw = fedgate::gateway::start(&config).await.unwrap();
+    let mut first = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
+    let mut second = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
+    assert_eq!(first.expect_stream_error().await, "conflict");
+    second.send("<message from='a.test' to='alice@a.test' id='new'/>").await;
+    assert_eq!(second.next().await.id(), Some("new"));
+}
+
+#[tokio::test]
+async fn stanzas_between_two_local_backends_are_routed_locally() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[s2s]\nlisten = [\"{}:5269\"]\ndialback_secret_file = \"s\"\n[dns]\nnameservers = [\"{}\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"one\"\n[[component.backend]]\ndomain = \"muc.a.test\"\nsecret = \"two\"\n[metrics]\nenabled = false\n",
+        next_loopback(),
+        dns.addr
+    );
+    let config = fedgate::config::Config::from_toml(&text, dir.path()).unwrap();
+    let gw = fedgate::gateway::start(&config).await.unwrap();
+    let mut one = RawStream::component(gw.component_addr, "a.test", "one").await;
+    let mut two = RawStream::component(gw.component_addr, "muc.a.test", "two").await;
+    let m = "<message from='alice@a.test' to='room@muc.a.test' type='groupchat' id='g'><body>hi</body></message>";
+    one.send(m).await;
+    assert_eq!(two.next_text().await, m);
+}
+
+#[tokio::test]
+async fn restricted_xml_from_a_backend_ends_the_stream() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    backend.send("<!-- a comment -->").await;
+    assert_eq!(backend.expect_stream_error().await, "restricted-xml");
+}
