@@ -1,0 +1,3 @@
+//! fedgate: XMPP server-to-server federation gateway.
+
+pub mod xml;
