@@ -380,7 +380,7 @@ impl Stanza {
         let (s, name_len) = self.start_tag();
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         out.push(b'<');
-        out.extend_from_slice(s[..name_len].as_bytes());
+        out.extend_from_slice(&s.as_bytes()[..name_len]);
         for attr in Attributes::new(s, name_len).flatten() {
             let key = attr.key.into_inner();
             let is_decl = key == "xmlns" || key.starts_with("xmlns:");
