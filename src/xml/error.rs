@@ -1,0 +1,494 @@
+//! Errors of the XML layer and the wire conditions they map to.
+//!
+//! - [`StreamErrorCondition`]: the defined conditions of RFC 6120 §4.9.3, and
+//!   [`stream_error`] to serialize a `<stream:error/>` (RFC 6120 §4.9.2).
+//! - [`StanzaErrorCondition`] / [`StanzaErrorType`]: RFC 6120 §8.3.3 and §8.3.2,
+//!   used to bounce stanzas.
+//! - [`XmlError`]: everything the framer can reject. All of these are fatal for
+//!   the stream; `impl From<&XmlError> for StreamErrorCondition` is the one place
+//!   that decides which `<stream:error/>` the peer gets.
+
+use std::fmt;
+
+use super::{escape_text, ns};
+
+/// A defined stream error condition (RFC 6120 §4.9.3).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamErrorCondition {
+    BadFormat,
+    BadNamespacePrefix,
+    Conflict,
+    ConnectionTimeout,
+    HostGone,
+    HostUnknown,
+    ImproperAddressing,
+    InternalServerError,
+    InvalidFrom,
+    InvalidNamespace,
+    InvalidXml,
+    NotAuthorized,
+    NotWellFormed,
+    PolicyViolation,
+    RemoteConnectionFailed,
+    Reset,
+    ResourceConstraint,
+    RestrictedXml,
+    /// §4.9.3.19: the XML character data of the element is the host (and
+    /// optional port) the peer should reconnect to.
+    SeeOtherHost(String),
+    SystemShutdown,
+    UndefinedCondition,
+    UnsupportedEncoding,
+    UnsupportedFeature,
+    UnsupportedStanzaType,
+    UnsupportedVersion,
+}
+
+impl StreamErrorCondition {
+    /// The element name used on the wire.
+    pub fn as_str(&self) -> &'static str {
+        use StreamErrorCondition::*;
+        match self {
+            BadFormat => "bad-format",
+            BadNamespacePrefix => "bad-namespace-prefix",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            HostGone => "host-gone",
+            HostUnknown => "host-unknown",
+            ImproperAddressing => "improper-addressing",
+            InternalServerError => "internal-server-error",
+            InvalidFrom => "invalid-from",
+            InvalidNamespace => "invalid-namespace",
+            InvalidXml => "invalid-xml",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            RemoteConnectionFailed => "remote-connection-failed",
+            Reset => "reset",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SeeOtherHost(_) => "see-other-host",
+            SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
+            UnsupportedEncoding => "unsupported-encoding",
+            UnsupportedFeature => "unsupported-feature",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+        }
+    }
+
+    /// Parses an element name received from a peer. `see-other-host` comes back
+    /// with an empty host: the host is the element's text, which the caller
+    /// has to read from the element itself.
+    pub fn from_name(name: &str) -> Option<Self> {
+        use StreamErrorCondition::*;
+        Some(match name {
+            "bad-format" => BadFormat,
+            "bad-namespace-prefix" => BadNamespacePrefix,
+            "conflict" => Conflict,
+            "connection-timeout" => ConnectionTimeout,
+            "host-gone" => HostGone,
+            "host-unknown" => HostUnknown,
+            "improper-addressing" => ImproperAddressing,
+            "internal-server-error" => InternalServerError,
+            "invalid-from" => InvalidFrom,
+            "invalid-namespace" => InvalidNamespace,
+            "invalid-xml" => InvalidXml,
+            "not-authorized" => NotAuthorized,
+            "not-well-formed" => NotWellFormed,
+            "policy-violation" => PolicyViolation,
+            "remote-connection-failed" => RemoteConnectionFailed,
+            "reset" => Reset,
+            "resource-constraint" => ResourceConstraint,
+            "restricted-xml" => RestrictedXml,
+            "see-other-host" => SeeOtherHost(String::new()),
+            "system-shutdown" => SystemShutdown,
+            "undefined-condition" => UndefinedCondition,
+            "unsupported-encoding" => UnsupportedEncoding,
+            "unsupported-feature" => UnsupportedFeature,
+            "unsupported-stanza-type" => UnsupportedStanzaType,
+            "unsupported-version" => UnsupportedVersion,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for StreamErrorCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamErrorCondition::SeeOtherHost(host) => write!(f, "see-other-host ({host})"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Serializes a `<stream:error/>` element (RFC 6120 §4.9.2). The caller sends
+/// it followed by `</stream:stream>`; the `stream` prefix is the one fedgate
+/// always declares on its own stream headers.
+pub fn stream_error(cond: &StreamErrorCondition, text: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"<stream:error><");
+    out.extend_from_slice(cond.as_str().as_bytes());
+    out.extend_from_slice(b" xmlns='");
+    out.extend_from_slice(ns::STREAMS.as_bytes());
+    match cond {
+        StreamErrorCondition::SeeOtherHost(host) => {
+            out.extend_from_slice(b"'>");
+            out.extend_from_slice(escape_text(host).as_bytes());
+            out.extend_from_slice(b"</see-other-host>");
+        }
+        _ => out.extend_from_slice(b"'/>"),
+    }
+    if let Some(text) = text {
+        out.extend_from_slice(b"<text xmlns='");
+        out.extend_from_slice(ns::STREAMS.as_bytes());
+        out.extend_from_slice(b"'>");
+        out.extend_from_slice(escape_text(text).as_bytes());
+        out.extend_from_slice(b"</text>");
+    }
+    out.extend_from_slice(b"</stream:error>");
+    out
+}
+
+/// The `type` attribute of a stanza `<error/>` (RFC 6120 §8.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StanzaErrorType {
+    Auth,
+    Cancel,
+    Continue,
+    Modify,
+    Wait,
+}
+
+impl StanzaErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StanzaErrorType::Auth => "auth",
+            StanzaErrorType::Cancel => "cancel",
+            StanzaErrorType::Continue => "continue",
+            StanzaErrorType::Modify => "modify",
+            StanzaErrorType::Wait => "wait",
+        }
+    }
+}
+
+impl fmt::Display for StanzaErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A defined stanza error condition (RFC 6120 §8.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StanzaErrorCondition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl StanzaErrorCondition {
+    /// The element name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        use StanzaErrorCondition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            Gone => "gone",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            Redirect => "redirect",
+            RegistrationRequired => "registration-required",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            SubscriptionRequired => "subscription-required",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// Parses an element name received from a peer.
+    pub fn from_name(name: &str) -> Option<Self> {
+        use StanzaErrorCondition::*;
+        Some(match name {
+            "bad-request" => BadRequest,
+            "conflict" => Conflict,
+            "feature-not-implemented" => FeatureNotImplemented,
+            "forbidden" => Forbidden,
+            "gone" => Gone,
+            "internal-server-error" => InternalServerError,
+            "item-not-found" => ItemNotFound,
+            "jid-malformed" => JidMalformed,
+            "not-acceptable" => NotAcceptable,
+            "not-allowed" => NotAllowed,
+            "not-authorized" => NotAuthorized,
+            "policy-violation" => PolicyViolation,
+            "recipient-unavailable" => RecipientUnavailable,
+            "redirect" => Redirect,
+            "registration-required" => RegistrationRequired,
+            "remote-server-not-found" => RemoteServerNotFound,
+            "remote-server-timeout" => RemoteServerTimeout,
+            "resource-constraint" => ResourceConstraint,
+            "service-unavailable" => ServiceUnavailable,
+            "subscription-required" => SubscriptionRequired,
+            "undefined-condition" => UndefinedCondition,
+            "unexpected-request" => UnexpectedRequest,
+            _ => return None,
+        })
+    }
+
+    /// The error type RFC 6120 §8.3.3 gives for this condition in its
+    /// definition and examples; used when fedgate bounces a stanza itself.
+    pub fn error_type(self) -> StanzaErrorType {
+        use StanzaErrorCondition::*;
+        use StanzaErrorType as T;
+        match self {
+            BadRequest => T::Modify,
+            Conflict => T::Cancel,
+            FeatureNotImplemented => T::Cancel,
+            Forbidden => T::Auth,
+            Gone => T::Cancel,
+            InternalServerError => T::Cancel,
+            ItemNotFound => T::Cancel,
+            JidMalformed => T::Modify,
+            NotAcceptable => T::Modify,
+            NotAllowed => T::Cancel,
+            NotAuthorized => T::Auth,
+            PolicyViolation => T::Modify,
+            RecipientUnavailable => T::Wait,
+            Redirect => T::Modify,
+            RegistrationRequired => T::Auth,
+            RemoteServerNotFound => T::Cancel,
+            RemoteServerTimeout => T::Wait,
+            ResourceConstraint => T::Wait,
+            ServiceUnavailable => T::Cancel,
+            SubscriptionRequired => T::Auth,
+            UndefinedCondition => T::Cancel,
+            UnexpectedRequest => T::Wait,
+        }
+    }
+}
+
+impl fmt::Display for StanzaErrorCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the XML layer rejects. Every variant is fatal for the stream:
+/// the session sends the mapped `<stream:error/>` (see
+/// `From<&XmlError> for StreamErrorCondition`) and closes, because after a
+/// framing error there is no reliable way to find the next stanza boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum XmlError {
+    /// The input is not well-formed XML (XML 1.0 §2.1), e.g. a mismatched end
+    /// tag, bad attribute syntax, a duplicate attribute or an illegal character.
+    /// Fatal: maps to `not-well-formed`.
+    #[error("not well-formed: {reason}")]
+    NotWellFormed { reason: String },
+    /// XML that RFC 6120 §11.1 forbids on an XMPP stream (comment, processing
+    /// instruction, DTD, entity declaration, non-predefined entity reference).
+    /// Fatal: maps to `restricted-xml`.
+    #[error("restricted XML: {what}")]
+    RestrictedXml { what: &'static str },
+    /// The bytes are not valid UTF-8 (RFC 6120 §11.6). Fatal: maps to
+    /// `not-well-formed`.
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
+    /// A top-level element (or the stream header) is larger than the limit.
+    /// Fatal: maps to `policy-violation`.
+    #[error("stanza exceeds {max} bytes")]
+    StanzaTooLarge { max: usize },
+    /// Elements are nested deeper than the limit inside one stanza. Fatal:
+    /// maps to `policy-violation`.
+    #[error("stanza nesting exceeds depth {max}")]
+    TooDeep { max: usize },
+    /// One element carries more attributes than the limit. Fatal: maps to
+    /// `policy-violation`.
+    #[error("element has more than {max} attributes")]
+    TooManyAttributes { max: usize },
+    /// The stream element is not `stream` in the streams namespace, or a
+    /// namespace declaration is illegal. Fatal: maps to `invalid-namespace`.
+    #[error("invalid namespace: {reason}")]
+    InvalidNamespace { reason: String },
+    /// Well-formed XML that is not a valid XMPP stream, e.g. character data
+    /// between stanzas. Fatal: maps to `bad-format`.
+    #[error("bad format: {reason}")]
+    BadFormat { reason: String },
+    /// An element or attribute uses a prefix no declaration is in scope for.
+    /// Fatal: maps to `bad-namespace-prefix`.
+    #[error("undeclared namespace prefix {prefix:?}")]
+    BadNamespacePrefix { prefix: String },
+    /// The XML declaration names an encoding other than UTF-8 (RFC 6120
+    /// §11.6). Fatal: maps to `unsupported-encoding`.
+    #[error("unsupported encoding {encoding:?}")]
+    UnsupportedEncoding { encoding: String },
+}
+
+impl XmlError {
+    pub(crate) fn nwf(reason: impl Into<String>) -> Self {
+        XmlError::NotWellFormed {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<&XmlError> for StreamErrorCondition {
+    fn from(e: &XmlError) -> Self {
+        match e {
+            XmlError::NotWellFormed { .. } | XmlError::InvalidUtf8 => {
+                StreamErrorCondition::NotWellFormed
+            }
+            XmlError::RestrictedXml { .. } => StreamErrorCondition::RestrictedXml,
+            XmlError::StanzaTooLarge { .. }
+            | XmlError::TooDeep { .. }
+            | XmlError::TooManyAttributes { .. } => StreamErrorCondition::PolicyViolation,
+            XmlError::InvalidNamespace { .. } => StreamErrorCondition::InvalidNamespace,
+            XmlError::BadFormat { .. } => StreamErrorCondition::BadFormat,
+            XmlError::BadNamespacePrefix { .. } => StreamErrorCondition::BadNamespacePrefix,
+            XmlError::UnsupportedEncoding { .. } => StreamErrorCondition::UnsupportedEncoding,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_error_bytes() {
+        let out = stream_error(&StreamErrorCondition::HostUnknown, Some("a<b"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>a&lt;b</text></stream:error>"
+        );
+        let out = stream_error(&StreamErrorCondition::Reset, None);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<stream:error><reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+        );
+        let out = stream_error(
+            &StreamErrorCondition::SeeOtherHost("b.example:5269".into()),
+            None,
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>\
+             b.example:5269</see-other-host></stream:error>"
+        );
+    }
+
+    #[test]
+    fn condition_names_round_trip() {
+        for name in [
+            "bad-format",
+            "bad-namespace-prefix",
+            "conflict",
+            "connection-timeout",
+            "host-gone",
+            "host-unknown",
+            "improper-addressing",
+            "internal-server-error",
+            "invalid-from",
+            "invalid-namespace",
+            "invalid-xml",
+            "not-authorized",
+            "not-well-formed",
+            "policy-violation",
+            "remote-connection-failed",
+            "reset",
+            "resource-constraint",
+            "restricted-xml",
+            "see-other-host",
+            "system-shutdown",
+            "undefined-condition",
+            "unsupported-encoding",
+            "unsupported-feature",
+            "unsupported-stanza-type",
+            "unsupported-version",
+        ] {
+            assert_eq!(
+                StreamErrorCondition::from_name(name).unwrap().as_str(),
+                name
+            );
+        }
+        assert_eq!(StreamErrorCondition::from_name("nope"), None);
+        assert_eq!(
+            StanzaErrorCondition::from_name("remote-server-timeout"),
+            Some(StanzaErrorCondition::RemoteServerTimeout)
+        );
+    }
+
+    #[test]
+    fn stanza_error_default_types() {
+        use StanzaErrorCondition as C;
+        use StanzaErrorType as T;
+        assert_eq!(C::RemoteServerNotFound.error_type(), T::Cancel);
+        assert_eq!(C::RemoteServerTimeout.error_type(), T::Wait);
+        assert_eq!(C::ResourceConstraint.error_type(), T::Wait);
+        assert_eq!(C::ServiceUnavailable.error_type(), T::Cancel);
+        assert_eq!(C::PolicyViolation.error_type(), T::Modify);
+        assert_eq!(C::NotAuthorized.error_type(), T::Auth);
+        assert_eq!(C::JidMalformed.error_type(), T::Modify);
+    }
+
+    #[test]
+    fn xml_error_mapping() {
+        use StreamErrorCondition as S;
+        let cases = [
+            (XmlError::nwf("x"), S::NotWellFormed),
+            (XmlError::InvalidUtf8, S::NotWellFormed),
+            (
+                XmlError::RestrictedXml { what: "comment" },
+                S::RestrictedXml,
+            ),
+            (XmlError::StanzaTooLarge { max: 1 }, S::PolicyViolation),
+            (XmlError::TooDeep { max: 1 }, S::PolicyViolation),
+            (XmlError::TooManyAttributes { max: 1 }, S::PolicyViolation),
+            (
+                XmlError::InvalidNamespace { reason: "x".into() },
+                S::InvalidNamespace,
+            ),
+            (XmlError::BadFormat { reason: "x".into() }, S::BadFormat),
+            (
+                XmlError::BadNamespacePrefix { prefix: "x".into() },
+                S::BadNamespacePrefix,
+            ),
+        ];
+        for (err, cond) in cases {
+            assert_eq!(S::from(&err), cond, "{err}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The stream element: what a peer's opening tag said, and how fedgate opens
+//! and closes its own (RFC 6120 §4.2, §4.4, §4.7).
+
+use super::{escape_attr, ns};
+
+/// The attributes of a received `<stream:stream>` opening tag (RFC 6120 §4.7),
+/// attribute values unescaped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// §4.7.2: the domain the initiator wants to talk to.
+    pub to: Option<String>,
+    /// §4.7.1: the sending domain; optional for dialback-only peers.
+    pub from: Option<String>,
+    /// §4.7.3: set by the receiving entity; dialback keys depend on it.
+    pub id: Option<String>,
+    /// §4.7.5: `None` means a pre-RFC 3920 peer (no stream features).
+    pub version: Option<String>,
+    /// §4.7.4: `xml:lang`.
+    pub lang: Option<String>,
+    /// The content namespace (`xmlns`), e.g. `jabber:server`; checked by the
+    /// session, which sends `invalid-namespace` if it is not the expected one.
+    pub default_ns: Option<String>,
+    /// Every `xmlns:p='uri'` on the tag, in order, including `stream`.
+    /// Stanzas may use these prefixes without declaring them.
+    pub prefixes: Vec<(String, String)>,
+}
+
+impl StreamHeader {
+    /// The URI the header binds prefix `p` to.
+    pub fn prefix_uri(&self, p: &str) -> Option<&str> {
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| prefix == p)
+            .map(|(_, uri)| uri.as_str())
+    }
+
+    /// Whether the peer declared `xmlns:db='jabber:server:dialback'`, which is
+    /// how pre-feature peers announce dialback support (XEP-0220 §2.4).
+    pub fn declares_dialback(&self) -> bool {
+        self.prefix_uri("db") == Some(ns::DIALBACK)
+    }
+}
+
+/// fedgate's own opening stream tag.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenStream<'a> {
+    /// The default namespace of the stream content (`jabber:server`, ...).
+    pub content_ns: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub id: Option<&'a str>,
+    /// Write `version='1.0'` (announces stream features, RFC 6120 §4.7.5).
+    pub version: bool,
+    /// Write `xmlns:db='jabber:server:dialback'` (XEP-0220 §2.4).
+    pub dialback: bool,
+}
+
+impl OpenStream<'_> {
+    /// Appends the XML declaration and the stream start tag to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+        out.extend_from_slice(escape_attr(self.content_ns).as_bytes());
+        out.extend_from_slice(b"' xmlns:stream='");
+        out.extend_from_slice(ns::STREAM.as_bytes());
+        out.push(b'\'');
+        if self.dialback {
+            out.extend_from_slice(b" xmlns:db='");
+            out.extend_from_slice(ns::DIALBACK.as_bytes());
+            out.push(b'\'');
+        }
+        for (name, value) in [("from", self.from), ("to", self.to), ("id", self.id)] {
+            if let Some(value) = value {
+                out.push(b' ');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"='");
+                out.extend_from_slice(escape_attr(value).as_bytes());
+                out.push(b'\'');
+            }
+        }
+        if self.version {
+            out.extend_from_slice(b" version='1.0'");
+        }
+        out.push(b'>');
+    }
+}
+
+/// The closing tag of a stream (RFC 6120 §4.4). fedgate always uses the
+/// `stream` prefix on its own streams, so this is a constant.
+pub const CLOSE_STREAM: &[u8] = b"</stream:stream>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_stream_bytes() {
+        let mut out = Vec::new();
+        OpenStream {
+            content_ns: ns::SERVER,
+            from: Some("a.example"),
+            to: Some("b'.example"),
+            id: Some("x&y"),
+            version: true,
+            dialback: true,
+        }
+        .write(&mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='a.example' to='b&apos;.example' \
+             id='x&amp;y' version='1.0'>"
+        );
+        let mut out = Vec::new();
+        OpenStream {
+            content_ns: ns::COMPONENT,
+            ..Default::default()
+        }
+        .write(&mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams'>"
+        );
+    }
+
+    #[test]
+    fn header_prefixes() {
+        let h = StreamHeader {
+            prefixes: vec![
+                ("stream".into(), ns::STREAM.into()),
+                ("db".into(), ns::DIALBACK.into()),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(h.prefix_uri("stream"), Some(ns::STREAM));
+        assert!(h.declares_dialback());
+        assert!(!StreamHeader::default().declares_dialback());
+    }
+}
