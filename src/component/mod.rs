@@ -328,7 +328,8 @@ async fn write_loop(
         tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Closed),
             next = rx.recv() => {
-                let Some(first) = next else { break End::Closed };
+                // All senders gone means the reader detached us: it says next how to end.
+                let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
                 write_stanza(&mut writer, &first, &target, &router);
                 while writer.pending() < BATCH_BYTES {
                     match rx.try_recv() {

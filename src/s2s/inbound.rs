@@ -130,6 +130,7 @@ impl Inbound {
             Err(e) => return Err(read_refusal(e)),
         };
         self.open(&header)?;
+        self.conn.flush().await.map_err(|_| None)?;
 
         let (results_tx, mut results_rx) = mpsc::channel::<Verified>(settings.max_pending_verifications);
         loop {

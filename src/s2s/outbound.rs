@@ -77,6 +77,11 @@ impl OutboundError {
     pub fn condition(&self) -> StanzaErrorCondition {
         match self {
             OutboundError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,
+            // XEP-0220 §2.1.1: an invalid key bounces with internal-server-error, a dialback
+            // error with remote-server-timeout.
+            OutboundError::DialbackRefused { verdict, .. } if verdict == "invalid" => {
+                StanzaErrorCondition::InternalServerError
+            }
             OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
             _ => StanzaErrorCondition::RemoteServerTimeout,
         }
