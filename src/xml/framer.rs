@@ -94,6 +94,9 @@ pub struct Framer {
     root_qname: String,
     /// An XML declaration was seen for this stream (only one is allowed).
     seen_decl: bool,
+    /// Where to resume searching for the end of an incomplete XML
+    /// declaration or closing root tag (0 = from the start).
+    resume: usize,
     /// `buf[0]` is the start of a top-level element being scanned.
     in_stanza: bool,
     /// The stream header was self-closing: report StreamClose next.
@@ -112,6 +115,7 @@ impl Framer {
             ctx: Arc::new(NsContext::new("", &[])),
             root_qname: String::new(),
             seen_decl: false,
+            resume: 0,
             in_stanza: false,
             close_pending: false,
             closed: false,
@@ -177,6 +181,7 @@ impl Framer {
         self.ctx = Arc::new(NsContext::new("", &[]));
         self.root_qname.clear();
         self.seen_decl = false;
+        self.resume = 0;
         self.in_stanza = false;
         self.close_pending = false;
         self.closed = false;
@@ -234,7 +239,11 @@ impl Framer {
 
     /// Handles `</...>` at depth 1, which can only be the root's end tag.
     fn close_root(&mut self) -> Result<Option<Event>, XmlError> {
-        let Some(gt) = memchr(b'>', &self.buf) else {
+        // Resume where the last search stopped: a peer trickling a huge tag
+        // byte by byte must not cost quadratic time.
+        let from = self.resume.max(2);
+        let Some(gt) = memchr(b'>', &self.buf[from..]).map(|n| from + n) else {
+            self.resume = self.buf.len();
             if self.buf.len() > self.limits.max_stanza_bytes {
                 return Err(XmlError::StanzaTooLarge {
                     max: self.limits.max_stanza_bytes,
@@ -288,7 +297,9 @@ impl Framer {
                     if !is_ws(self.buf[5]) {
                         return Err(restricted("processing instruction"));
                     }
-                    let Some(end) = memmem::find(&self.buf, b"?>") else {
+                    let from = self.resume.max(6);
+                    let Some(end) = memmem::find(&self.buf[from..], b"?>").map(|n| from + n) else {
+                        self.resume = self.buf.len() - 1;
                         return if self.buf.len() > max {
                             Err(XmlError::StanzaTooLarge { max })
                         } else {
@@ -297,6 +308,7 @@ impl Framer {
                     };
                     check_xml_decl(&self.buf[5..end])?;
                     self.seen_decl = true;
+                    self.resume = 0;
                     self.buf.advance(end + 2);
                 }
                 b'!' => {
