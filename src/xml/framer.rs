@@ -268,9 +268,14 @@ impl Framer {
     fn next_header(&mut self) -> Result<Option<Event>, XmlError> {
         let max = self.limits.max_stanza_bytes;
         loop {
-            if !self.seen_decl && self.buf.starts_with(b"\xEF\xBB\xBF") {
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            if !self.seen_decl && !self.buf.is_empty() {
                 // A UTF-8 byte order mark is allowed before the document.
-                self.buf.advance(3);
+                if self.buf.starts_with(BOM) {
+                    self.buf.advance(3);
+                } else if BOM.starts_with(&self.buf) {
+                    return Ok(None);
+                }
             }
             let ws = skip_ws(&self.buf);
             self.buf.advance(ws);
@@ -1251,6 +1256,18 @@ mod tests {
         // Explicitly in jabber:client on a jabber:server stream: not routable.
         assert_eq!(s[4].kind(), Kind::Other);
         assert_eq!(s[4].ns(), ns::CLIENT);
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        let input = [&b"\xEF\xBB\xBF"[..], HEADER.as_bytes()].concat();
+        let (expected, err) = run(&[&input], limits());
+        assert_eq!(err, None);
+        assert!(matches!(expected[..], [Event::StreamOpen(_)]));
+        for i in 0..6 {
+            let (a, b) = input.split_at(i);
+            assert_eq!(run(&[a, b], limits()), (expected.clone(), None));
+        }
     }
 
     #[test]
