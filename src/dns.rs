@@ -71,7 +71,11 @@ impl Resolver {
             Some((host, port)) => (host.as_str(), *port),
             None => (domain, DEFAULT_S2S_PORT),
         };
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(vec![Target {
                 host: host.to_string(),
                 addr: SocketAddr::new(ip, port),

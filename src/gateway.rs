@@ -199,12 +199,18 @@ impl RunningGateway {
     pub async fn shutdown(self, grace: Duration) {
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();
-        if tokio::time::timeout(grace, self.s2s_tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.s2s_tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("s2s sessions did not complete in {grace:?}, terminating now");
         }
         self.component_shutdown.cancel();
         self.component_tracker.close();
-        if tokio::time::timeout(grace, self.component_tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.component_tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("backend sessions did not complete in {grace:?}, terminating now");
         }
         self.metrics_shutdown.cancel();

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("Error: {e:#}");
                     match e.downcast_ref::<fedgate::gateway::GatewayError>() {
-                        Some(fedgate::gateway::GatewayError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                        Some(fedgate::gateway::GatewayError::Config(_)) => {
+                            ExitCode::from(EXIT_CONFIG)
+                        }
                         _ => ExitCode::FAILURE,
                     }
                 }
@@ -82,7 +84,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         "fedgate ready, serving {}",
-        gateway.router.local_domains().collect::<Vec<_>>().join(", ")
+        gateway
+            .router
+            .local_domains()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -96,7 +96,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let bytes = IntCounterVec::new(
-            Opts::new("fedgate_stanza_bytes_total", "Stanza bytes relayed, by link"),
+            Opts::new(
+                "fedgate_stanza_bytes_total",
+                "Stanza bytes relayed, by link",
+            ),
             &["link", "direction"],
         )
         .expect("valid metric");
@@ -114,7 +117,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let stream_errors = IntCounterVec::new(
-            Opts::new("fedgate_stream_errors_total", "Stream errors sent and received"),
+            Opts::new(
+                "fedgate_stream_errors_total",
+                "Stream errors sent and received",
+            ),
             &["direction", "condition"],
         )
         .expect("valid metric");
@@ -197,21 +203,26 @@ pub async fn serve(
             },
         };
         let metrics = metrics.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let metrics = metrics.clone();
-            async move {
-                let response = match req.uri().path() {
-                    "/metrics" => Response::builder()
-                        .header("content-type", "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(metrics.encode()))),
-                    "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
-                    _ => Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found\n"))),
-                };
-                Ok::<_, std::convert::Infallible>(response.expect("static response parts are valid"))
-            }
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let response = match req.uri().path() {
+                        "/metrics" => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(metrics.encode()))),
+                        "/healthz" => {
+                            Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                        }
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found\n"))),
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        response.expect("static response parts are valid"),
+                    )
+                }
+            });
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(tcp);
             let _ = hyper::server::conn::http1::Builder::new()

@@ -180,7 +180,10 @@ impl Router {
             Some(Ok(d)) if self.is_local(&d) => d.into_owned(),
             _ => {
                 // Never a relay between two remote domains.
-                self.metrics.dropped.with_label_values(&["relay_refused"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&["relay_refused"])
+                    .inc();
                 tracing::warn!(to = %to_domain, "refused to relay a stanza that is not from a local domain");
                 return;
             }
@@ -282,7 +285,7 @@ impl Router {
     /// Returns `stanza` to its sender with `condition`, unless it must not be bounced (errors,
     /// iq results), in which case the drop is counted.
     pub fn bounce(&self, stanza: &Stanza, condition: StanzaErrorCondition, text: &str) {
-        match stanza.bounce(condition.clone(), Some(text)) {
+        match stanza.bounce(condition, Some(text)) {
             Some(bounce) => {
                 self.metrics
                     .bounces
@@ -312,7 +315,10 @@ impl Router {
         let to_domain = match bounce.to().map(jid::domain_of) {
             Some(Ok(d)) => d.into_owned(),
             _ => {
-                self.metrics.dropped.with_label_values(&["bounce_unroutable"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&["bounce_unroutable"])
+                    .inc();
                 return;
             }
         };
@@ -341,7 +347,10 @@ impl Router {
             }
         };
         if !sent {
-            self.metrics.dropped.with_label_values(&["bounce_undeliverable"]).inc();
+            self.metrics
+                .dropped
+                .with_label_values(&["bounce_undeliverable"])
+                .inc();
         }
     }
 

@@ -90,7 +90,9 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ComponentContext>
         Err((conn, e)) => {
             tracing::info!(%peer, error = %e, "backend refused");
             let (cond, text) = match &e {
-                ComponentError::Refused { condition, text } => (condition.clone(), Some(text.as_str())),
+                ComponentError::Refused { condition, text } => {
+                    (condition.clone(), Some(text.as_str()))
+                }
                 ComponentError::Read(ReadError::Xml(x)) => (StreamErrorCondition::from(x), None),
                 ComponentError::Timeout(_) => (StreamErrorCondition::ConnectionTimeout, None),
                 ComponentError::Read(_) => return,
@@ -115,7 +117,12 @@ async fn negotiate(
     let result = tokio::time::timeout(ctx.negotiation_timeout, async {
         let header = match conn.next_event().await? {
             Event::StreamOpen(h) => h,
-            _ => return Err(refused(StreamErrorCondition::BadFormat, "expected a stream header")),
+            _ => {
+                return Err(refused(
+                    StreamErrorCondition::BadFormat,
+                    "expected a stream header",
+                ))
+            }
         };
         if header.default_ns.as_deref() != Some(ns::COMPONENT) {
             return Err(refused(
@@ -221,7 +228,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
         ctx.router.detach_component(&domain, id);
         return;
     }
-    conn.set_limits(ctx.stanza_limits.clone());
+    conn.set_limits(ctx.stanza_limits);
     tracing::info!(%peer, %domain, "backend attached");
     ctx.router.metrics.component_sessions.inc();
 
@@ -254,9 +261,14 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
             }
             Ok(Event::StreamClose) => break End::Closed,
             Ok(Event::StreamOpen(_)) => {
-                break End::Fail(StreamErrorCondition::BadFormat, "unexpected stream header".into())
+                break End::Fail(
+                    StreamErrorCondition::BadFormat,
+                    "unexpected stream header".into(),
+                )
             }
-            Err(ReadError::Xml(e)) => break End::Fail(StreamErrorCondition::from(&e), e.to_string()),
+            Err(ReadError::Xml(e)) => {
+                break End::Fail(StreamErrorCondition::from(&e), e.to_string())
+            }
             Err(e) => {
                 tracing::debug!(%peer, %domain, "backend connection ended: {e}");
                 break End::Closed;
@@ -383,6 +395,9 @@ async fn write_loop(
 
 fn write_stanza(writer: &mut Writer, stanza: &Stanza, target: &NsContext, router: &Router) {
     let bytes = stanza.bytes_for(target);
-    router.metrics.component_out.count(stanza.kind(), bytes.len());
+    router
+        .metrics
+        .component_out
+        .count(stanza.kind(), bytes.len());
     writer.send(&bytes);
 }

@@ -39,7 +39,7 @@ use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, Stanza};
-use crate::xml::stream::{StreamHeader, OpenStream};
+use crate::xml::stream::{OpenStream, StreamHeader};
 
 /// A finished verification: (receiving, originating, outcome).
 type Verified = (String, String, Result<Verdict, VerifyError>);
@@ -58,14 +58,23 @@ fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
 }
 
 /// Serves one inbound s2s connection from accept to close.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<S2sContext>, _permit: OwnedSemaphorePermit) {
+pub async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<S2sContext>,
+    _permit: OwnedSemaphorePermit,
+) {
     let conn = Connection::new(
         Box::new(tcp),
         peer,
         ctx.settings.negotiation_limits(),
         ns::SERVER,
     );
-    let gauge = ctx.router.metrics.s2s_sessions.with_label_values(&["inbound"]);
+    let gauge = ctx
+        .router
+        .metrics
+        .s2s_sessions
+        .with_label_values(&["inbound"]);
     gauge.inc();
     let mut session = Inbound {
         ctx: ctx.clone(),
@@ -126,13 +135,19 @@ impl Inbound {
         };
         let header = match header {
             Ok(Event::StreamOpen(h)) => h,
-            Ok(_) => return Err(Some(refuse(StreamErrorCondition::BadFormat, "expected a stream header"))),
+            Ok(_) => {
+                return Err(Some(refuse(
+                    StreamErrorCondition::BadFormat,
+                    "expected a stream header",
+                )))
+            }
             Err(e) => return Err(read_refusal(e)),
         };
         self.open(&header)?;
         self.conn.flush().await.map_err(|_| None)?;
 
-        let (results_tx, mut results_rx) = mpsc::channel::<Verified>(settings.max_pending_verifications);
+        let (results_tx, mut results_rx) =
+            mpsc::channel::<Verified>(settings.max_pending_verifications);
         loop {
             let step = tokio::select! {
                 biased;
@@ -143,12 +158,18 @@ impl Inbound {
             };
             match step {
                 Step::Shutdown => {
-                    return Err(Some(refuse(StreamErrorCondition::SystemShutdown, "fedgate is shutting down")))
+                    return Err(Some(refuse(
+                        StreamErrorCondition::SystemShutdown,
+                        "fedgate is shutting down",
+                    )))
                 }
                 Step::Deadline if self.authenticated.is_empty() => {
                     return Err(Some(refuse(
                         StreamErrorCondition::ConnectionTimeout,
-                        format!("not authenticated within {:?}", settings.negotiation_timeout),
+                        format!(
+                            "not authenticated within {:?}",
+                            settings.negotiation_timeout
+                        ),
                     )))
                 }
                 Step::Deadline => {
@@ -159,19 +180,26 @@ impl Inbound {
                     self.pending -= 1;
                     self.verified(v).await?;
                     if !self.authenticated.is_empty() {
-                        deadline.as_mut().reset(Instant::now() + settings.idle_timeout);
+                        deadline
+                            .as_mut()
+                            .reset(Instant::now() + settings.idle_timeout);
                     }
                 }
                 Step::Event(Ok(Event::Stanza(stanza))) => {
                     let authenticated = !self.authenticated.is_empty();
                     self.handle_stanza(stanza, &results_tx).await?;
                     if authenticated {
-                        deadline.as_mut().reset(Instant::now() + settings.idle_timeout);
+                        deadline
+                            .as_mut()
+                            .reset(Instant::now() + settings.idle_timeout);
                     }
                 }
                 Step::Event(Ok(Event::StreamClose)) => return Ok(()),
                 Step::Event(Ok(Event::StreamOpen(_))) => {
-                    return Err(Some(refuse(StreamErrorCondition::BadFormat, "unexpected stream header")))
+                    return Err(Some(refuse(
+                        StreamErrorCondition::BadFormat,
+                        "unexpected stream header",
+                    )))
                 }
                 Step::Event(Err(e)) => return Err(read_refusal(e)),
             }
@@ -187,7 +215,10 @@ impl Inbound {
             )));
         }
         if let Some(version) = &header.version {
-            let major = version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+            let major = version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok());
             if major != Some(1) {
                 return Err(Some(refuse(
                     StreamErrorCondition::UnsupportedVersion,
@@ -356,7 +387,12 @@ impl Inbound {
             return Ok(());
         }
         if self.pending >= self.ctx.settings.max_pending_verifications {
-            self.send_db_error("result", to, from, &StanzaErrorCondition::ResourceConstraint);
+            self.send_db_error(
+                "result",
+                to,
+                from,
+                &StanzaErrorCondition::ResourceConstraint,
+            );
             return Ok(());
         }
         let key = stanza
@@ -368,34 +404,52 @@ impl Inbound {
         let results = results.clone();
         let stream_id = self.stream_id.clone();
         self.ctx.tracker.spawn(async move {
-            let outcome = verify::verify(ctx, receiving.clone(), originating.clone(), stream_id, key).await;
+            let outcome =
+                verify::verify(ctx, receiving.clone(), originating.clone(), stream_id, key).await;
             let _ = results.send((receiving, originating, outcome)).await;
         });
         Ok(())
     }
 
     /// A verification finished: tell the initiating server.
-    async fn verified(&mut self, (receiving, originating, outcome): Verified) -> Result<(), Option<Refusal>> {
+    async fn verified(
+        &mut self,
+        (receiving, originating, outcome): Verified,
+    ) -> Result<(), Option<Refusal>> {
         let metrics = &self.ctx.router.metrics;
         let result = match outcome {
             Ok(Verdict::Valid) => {
-                metrics.dialback.with_label_values(&["result", "valid"]).inc();
+                metrics
+                    .dialback
+                    .with_label_values(&["result", "valid"])
+                    .inc();
                 if self.authenticated.is_empty() {
                     self.conn.set_limits(self.ctx.settings.stanza_limits());
                 }
                 tracing::info!(peer = %self.conn.peer, local = %receiving, remote = %originating, "inbound s2s authenticated by dialback");
-                if !self.authenticated.iter().any(|(l, r)| *l == receiving && *r == originating) {
-                    self.authenticated.push((receiving.clone(), originating.clone()));
+                if !self
+                    .authenticated
+                    .iter()
+                    .any(|(l, r)| *l == receiving && *r == originating)
+                {
+                    self.authenticated
+                        .push((receiving.clone(), originating.clone()));
                 }
                 "valid"
             }
             Ok(Verdict::Invalid) => {
-                metrics.dialback.with_label_values(&["result", "invalid"]).inc();
+                metrics
+                    .dialback
+                    .with_label_values(&["result", "invalid"])
+                    .inc();
                 tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
                 "invalid"
             }
             Err(e) => {
-                metrics.dialback.with_label_values(&["result", "error"]).inc();
+                metrics
+                    .dialback
+                    .with_label_values(&["result", "error"])
+                    .inc();
                 tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback verification failed: {e}");
                 self.send_db_error("result", &receiving, &originating, &e.condition());
                 return self.conn.flush().await.map_err(|_| None);
@@ -431,7 +485,13 @@ impl Inbound {
         let originating = match jid::normalize_domain(to) {
             Ok(d) if self.ctx.router.is_local(&d) => d.into_owned(),
             _ => {
-                self.send_db_error_id("verify", to, from, Some(id), &StanzaErrorCondition::ItemNotFound);
+                self.send_db_error_id(
+                    "verify",
+                    to,
+                    from,
+                    Some(id),
+                    &StanzaErrorCondition::ItemNotFound,
+                );
                 return Ok(());
             }
         };
@@ -462,7 +522,13 @@ impl Inbound {
         Ok(())
     }
 
-    fn send_db_error(&mut self, element: &str, from: &str, to: &str, condition: &StanzaErrorCondition) {
+    fn send_db_error(
+        &mut self,
+        element: &str,
+        from: &str,
+        to: &str,
+        condition: &StanzaErrorCondition,
+    ) {
         self.send_db_error_id(element, from, to, None, condition)
     }
 

@@ -29,11 +29,11 @@ use crate::connection::{Connection, ReadError, Writer};
 use crate::dns::ResolveError;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared};
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::stream::OpenStream;
-use crate::xml::escape_attr;
 
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -139,7 +139,10 @@ impl Session {
                 Ok(conn) => conn,
                 Err(e) => break e,
             };
-            metrics.outbound_attempts.with_label_values(&["established"]).inc();
+            metrics
+                .outbound_attempts
+                .with_label_values(&["established"])
+                .inc();
             tracing::info!(local = %self.local, remote = %self.remote, peer = %conn.peer, "outbound s2s established");
             gauge.inc();
             self.shared.established.store(true, Ordering::Release);
@@ -181,7 +184,7 @@ impl Session {
         let text = failure.to_string();
         while let Some(stanza) = rx.recv().await {
             self.dequeued(&stanza);
-            self.ctx.router.bounce(&stanza, condition.clone(), &text);
+            self.ctx.router.bounce(&stanza, condition, &text);
         }
     }
 
@@ -198,7 +201,9 @@ impl Session {
         let mut last = None;
         for target in targets {
             let addr = target.addr;
-            let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+            let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(e)) => {
                     last = Some(OutboundError::Connect {
@@ -223,7 +228,9 @@ impl Session {
                 settings.negotiation_limits(),
                 ns::SERVER,
             );
-            match tokio::time::timeout(settings.negotiation_timeout, self.authenticate(&mut conn)).await {
+            match tokio::time::timeout(settings.negotiation_timeout, self.authenticate(&mut conn))
+                .await
+            {
                 Ok(Ok(())) => {
                     conn.set_limits(settings.stanza_limits());
                     return Ok(conn);
@@ -238,7 +245,8 @@ impl Session {
                     last = Some(e);
                 }
                 Err(_) => {
-                    conn.fail(&StreamErrorCondition::ConnectionTimeout, None).await;
+                    conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
+                        .await;
                     last = Some(OutboundError::Timeout {
                         stage: "stream negotiation",
                         target: addr,
@@ -333,53 +341,45 @@ impl Session {
         );
         conn.flush().await.map_err(|e| stream_err(e.into()))?;
         let metrics = &self.ctx.router.metrics;
-        loop {
-            match conn.next_event().await.map_err(stream_err)? {
-                Event::Stanza(s) if s.kind() == Kind::DbResult => {
-                    // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
-                    if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
-                        return Err(OutboundError::Stream {
-                            target,
-                            reason: "unsolicited dialback result".into(),
-                        });
-                    }
-                    let verdict = s.type_().unwrap_or("").to_string();
-                    metrics
-                        .dialback
-                        .with_label_values(&["outbound", verdict_label(&verdict)])
-                        .inc();
-                    if verdict == "valid" {
-                        return Ok(());
-                    }
-                    let verdict = match s.element().ok().and_then(|e| {
-                        e.child("error", ns::SERVER)
-                            .or_else(|| e.child("error", ns::DIALBACK))
-                            .and_then(|err| err.children().next().map(|c| c.name.clone()))
-                    }) {
-                        Some(cond) => format!("{verdict}: {cond}"),
-                        None => verdict,
-                    };
-                    return Err(OutboundError::DialbackRefused {
-                        remote: self.remote.clone(),
-                        verdict,
+        match conn.next_event().await.map_err(stream_err)? {
+            Event::Stanza(s) if s.kind() == Kind::DbResult => {
+                // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
+                if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
+                    return Err(OutboundError::Stream {
+                        target,
+                        reason: "unsolicited dialback result".into(),
                     });
                 }
-                Event::Stanza(s) if s.kind() == Kind::StreamError => {
-                    return Err(peer_stream_error(target, &s))
+                let verdict = s.type_().unwrap_or("").to_string();
+                metrics
+                    .dialback
+                    .with_label_values(&["outbound", verdict_label(&verdict)])
+                    .inc();
+                if verdict == "valid" {
+                    return Ok(());
                 }
-                Event::StreamClose => {
-                    return Err(OutboundError::Stream {
-                        target,
-                        reason: "the peer closed the stream during dialback".into(),
-                    })
-                }
-                _ => {
-                    return Err(OutboundError::Stream {
-                        target,
-                        reason: "unexpected element during dialback".into(),
-                    })
-                }
+                let verdict = match s.element().ok().and_then(|e| {
+                    e.child("error", ns::SERVER)
+                        .or_else(|| e.child("error", ns::DIALBACK))
+                        .and_then(|err| err.children().next().map(|c| c.name.clone()))
+                }) {
+                    Some(cond) => format!("{verdict}: {cond}"),
+                    None => verdict,
+                };
+                Err(OutboundError::DialbackRefused {
+                    remote: self.remote.clone(),
+                    verdict,
+                })
             }
+            Event::Stanza(s) if s.kind() == Kind::StreamError => Err(peer_stream_error(target, &s)),
+            Event::StreamClose => Err(OutboundError::Stream {
+                target,
+                reason: "the peer closed the stream during dialback".into(),
+            }),
+            _ => Err(OutboundError::Stream {
+                target,
+                reason: "unexpected element during dialback".into(),
+            }),
         }
     }
 
@@ -442,13 +442,22 @@ impl Session {
     fn write(&self, writer: &mut Writer, stanza: &Stanza, target: &NsContext) {
         self.dequeued(stanza);
         let bytes = stanza.bytes_for(target);
-        self.ctx.router.metrics.s2s_out.count(stanza.kind(), bytes.len());
+        self.ctx
+            .router
+            .metrics
+            .s2s_out
+            .count(stanza.kind(), bytes.len());
         writer.send(&bytes);
     }
 
     /// Leaves the router, then writes out what is still queued: once removed, nothing new
     /// arrives, so nothing is left behind.
-    async fn finish(&self, rx: &mut mpsc::Receiver<Stanza>, writer: &mut Writer, target: &NsContext) {
+    async fn finish(
+        &self,
+        rx: &mut mpsc::Receiver<Stanza>,
+        writer: &mut Writer,
+        target: &NsContext,
+    ) {
         self.ctx.router.remove_outbound(&self.remote, self.id);
         rx.close();
         while let Ok(s) = rx.try_recv() {
@@ -480,9 +489,11 @@ fn peer_stream_error(target: SocketAddr, s: &Stanza) -> OutboundError {
 
 fn stream_error_label(e: &OutboundError) -> &'static str {
     match e {
-        OutboundError::PeerStreamError { condition, .. } => StreamErrorCondition::from_name(condition)
-            .map(|c| c.as_str())
-            .unwrap_or("undefined-condition"),
+        OutboundError::PeerStreamError { condition, .. } => {
+            StreamErrorCondition::from_name(condition)
+                .map(|c| c.as_str())
+                .unwrap_or("undefined-condition")
+        }
         _ => "undefined-condition",
     }
 }

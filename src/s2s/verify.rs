@@ -65,7 +65,12 @@ pub async fn verify(
     key: String,
 ) -> Result<Verdict, VerifyError> {
     let timeout = ctx.settings.dialback_timeout;
-    match tokio::time::timeout(timeout, ask(&ctx, &receiving, &originating, &stream_id, &key)).await {
+    match tokio::time::timeout(
+        timeout,
+        ask(&ctx, &receiving, &originating, &stream_id, &key),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(VerifyError::Timeout {
             domain: originating,
@@ -181,18 +186,24 @@ async fn ask_on(
     match conn.next_event().await.map_err(|e| failed(&e))? {
         Event::Stanza(s) if s.kind() == Kind::DbVerify => {
             // XEP-0220 §2.4: the answer must match our request exactly.
-            if s.id() != Some(stream_id) || s.from() != Some(originating) || s.to() != Some(receiving) {
+            if s.id() != Some(stream_id)
+                || s.from() != Some(originating)
+                || s.to() != Some(receiving)
+            {
                 return Err(Ask::Failed("unsolicited db:verify answer".into()));
             }
             match s.type_() {
                 Some("valid") => Ok(Verdict::Valid),
                 Some("invalid") => Ok(Verdict::Invalid),
-                other => Err(Ask::Refused(format!("db:verify type={}", other.unwrap_or("(none)")))),
+                other => Err(Ask::Refused(format!(
+                    "db:verify type={}",
+                    other.unwrap_or("(none)")
+                ))),
             }
         }
-        Event::Stanza(s) if s.kind() == Kind::StreamError => {
-            Err(Ask::Failed("stream error instead of a verify answer".into()))
-        }
+        Event::Stanza(s) if s.kind() == Kind::StreamError => Err(Ask::Failed(
+            "stream error instead of a verify answer".into(),
+        )),
         _ => Err(Ask::Failed("expected <db:verify/>".into())),
     }
 }

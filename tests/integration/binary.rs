@@ -12,7 +12,11 @@ fn the_example_config_is_valid() {
         .args(["check", "config", "config/fedgate.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
@@ -39,10 +43,17 @@ fn a_missing_secret_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[[component.backend]]\ndomain = \"a.test\"\n").unwrap();
-    let out = Command::new(BIN).args(["check", "config"]).arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("component.backend[0]") && err.contains("secret"), "{err}");
+    assert!(
+        err.contains("component.backend[0]") && err.contains("secret"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,15 +80,25 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
             break;
         }
     }
-    assert!(seen.iter().any(|l| l.contains("s2s listening on 127.0.0.1:")), "{seen:?}");
-    assert!(dir.path().join("fedgate-dialback.secret").exists(), "secret created on first start");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("s2s listening on 127.0.0.1:")),
+        "{seen:?}"
+    );
+    assert!(
+        dir.path().join("fedgate-dialback.secret").exists(),
+        "secret created on first start"
+    );
     unsafe_kill(child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "fedgate did not stop on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fedgate did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
@@ -86,5 +107,8 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
 }
 
 fn unsafe_kill(pid: u32) {
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
 }

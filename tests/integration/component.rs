@@ -12,7 +12,11 @@ async fn a_wrong_secret_is_refused_with_not_authorized() {
     let mut s = RawStream::connect(a.gw().component_addr).await;
     s.send(HEADER).await;
     let id = s.expect_header().await.id.unwrap();
-    s.send(&format!("<handshake>{}</handshake>", component_handshake(&id, "wrong"))).await;
+    s.send(&format!(
+        "<handshake>{}</handshake>",
+        component_handshake(&id, "wrong")
+    ))
+    .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
@@ -24,7 +28,11 @@ async fn the_handshake_is_bound_to_the_stream_id() {
     s.send(HEADER).await;
     let id = s.expect_header().await.id.unwrap();
     // A digest replayed from another stream does not match this one.
-    s.send(&format!("<handshake>{}</handshake>", component_handshake(&format!("{id}x"), &a.component_secret))).await;
+    s.send(&format!(
+        "<handshake>{}</handshake>",
+        component_handshake(&format!("{id}x"), &a.component_secret)
+    ))
+    .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
@@ -62,7 +70,9 @@ async fn a_spoofed_from_is_invalid_from() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
     let mut backend = a.backend().await;
-    backend.send("<message from='eve@b.test' to='bob@c.test'><body>x</body></message>").await;
+    backend
+        .send("<message from='eve@b.test' to='bob@c.test'><body>x</body></message>")
+        .await;
     assert_eq!(backend.expect_stream_error().await, "invalid-from");
     backend.expect_eof().await;
 }
@@ -72,7 +82,9 @@ async fn a_stanza_without_to_is_improper_addressing() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
     let mut backend = a.backend().await;
-    backend.send("<message from='alice@a.test'><body>x</body></message>").await;
+    backend
+        .send("<message from='alice@a.test'><body>x</body></message>")
+        .await;
     assert_eq!(backend.expect_stream_error().await, "improper-addressing");
 }
 
@@ -84,10 +96,17 @@ async fn a_second_backend_for_a_bound_domain_gets_conflict() {
     let mut second = RawStream::connect(a.gw().component_addr).await;
     second.send(HEADER).await;
     let id = second.expect_header().await.id.unwrap();
-    second.send(&format!("<handshake>{}</handshake>", component_handshake(&id, &a.component_secret))).await;
+    second
+        .send(&format!(
+            "<handshake>{}</handshake>",
+            component_handshake(&id, &a.component_secret)
+        ))
+        .await;
     assert_eq!(second.expect_stream_error().await, "conflict");
     // The first one still works: a message to itself comes back.
-    first.send("<message from='a.test' to='alice@a.test' id='self'/>").await;
+    first
+        .send("<message from='a.test' to='alice@a.test' id='self'/>")
+        .await;
     assert_eq!(first.next().await.id(), Some("self"));
 }
 
@@ -105,7 +124,9 @@ async fn with_replace_on_conflict_the_old_backend_gets_conflict() {
     let mut first = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
     let mut second = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
     assert_eq!(first.expect_stream_error().await, "conflict");
-    second.send("<message from='a.test' to='alice@a.test' id='new'/>").await;
+    second
+        .send("<message from='a.test' to='alice@a.test' id='new'/>")
+        .await;
     assert_eq!(second.next().await.id(), Some("new"));
 }
 

@@ -36,7 +36,9 @@ async fn messages_iqs_and_presence_flow_both_ways_byte_for_byte() {
     // Many in order.
     for i in 0..500 {
         backend_a
-            .send(&format!("<message from='alice@a.test' to='bob@b.test' id='n{i}'><body>{i}</body></message>"))
+            .send(&format!(
+                "<message from='alice@a.test' to='bob@b.test' id='n{i}'><body>{i}</body></message>"
+            ))
             .await;
     }
     for i in 0..500 {
@@ -45,12 +47,21 @@ async fn messages_iqs_and_presence_flow_both_ways_byte_for_byte() {
     }
 
     let metrics = b.metrics().await;
-    assert!(metrics.contains("fedgate_dialback_total{result=\"valid\",role=\"result\"} 1"), "{metrics}");
-    assert!(metrics.contains("fedgate_stanzas_total{direction=\"inbound\",kind=\"message\",link=\"s2s\"} 501"), "{metrics}");
+    assert!(
+        metrics.contains("fedgate_dialback_total{result=\"valid\",role=\"result\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "fedgate_stanzas_total{direction=\"inbound\",kind=\"message\",link=\"s2s\"} 501"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
-async fn a_stanza_with_the_server_namespace_declared_reaches_the_backend_in_the_component_namespace() {
+async fn a_stanza_with_the_server_namespace_declared_reaches_the_backend_in_the_component_namespace(
+) {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
@@ -86,7 +97,8 @@ async fn an_impostor_with_another_secret_gets_invalid_and_its_stanzas_bounce() {
     assert_eq!(bounce.type_(), Some("error"));
     assert_eq!(bounce.id(), Some("spoof"));
     assert!(
-        text(bounce.raw()).contains("<internal-server-error xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+        text(bounce.raw())
+            .contains("<internal-server-error xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
         "{}",
         text(bounce.raw())
     );
@@ -99,7 +111,10 @@ async fn an_impostor_with_another_secret_gets_invalid_and_its_stanzas_bounce() {
     let got = backend_b.next().await;
     assert_eq!(got.id(), Some("real"));
     let metrics = b.metrics().await;
-    assert!(metrics.contains("fedgate_dialback_total{result=\"invalid\",role=\"result\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("fedgate_dialback_total{result=\"invalid\",role=\"result\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -112,9 +127,15 @@ async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
 
     let total = 200;
     for i in 0..total {
-        let to = if i % 3 == 0 { "carol@nowhere.test" } else { "bob@b.test" };
+        let to = if i % 3 == 0 {
+            "carol@nowhere.test"
+        } else {
+            "bob@b.test"
+        };
         backend_a
-            .send(&format!("<message from='alice@a.test' to='{to}' id='s{i}'><body>{i}</body></message>"))
+            .send(&format!(
+                "<message from='alice@a.test' to='{to}' id='s{i}'><body>{i}</body></message>"
+            ))
             .await;
     }
     let expected_bounces = (0..total).filter(|i| i % 3 == 0).count();
@@ -124,8 +145,14 @@ async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
         assert_eq!(s.type_(), Some("error"));
         assert_eq!(s.from(), Some("carol@nowhere.test"));
         let t = text(s.raw());
-        assert!(t.contains("<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"), "{t}");
-        assert!(t.contains("no SRV or A/AAAA record for nowhere.test"), "{t}");
+        assert!(
+            t.contains("<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+            "{t}"
+        );
+        assert!(
+            t.contains("no SRV or A/AAAA record for nowhere.test"),
+            "{t}"
+        );
         bounced += 1;
     }
     let mut delivered = 0;
@@ -157,7 +184,10 @@ async fn errors_and_iq_results_are_never_bounced() {
     assert_eq!(s.type_(), Some("error"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let metrics = a.metrics().await;
-    assert!(metrics.contains("fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -173,21 +203,32 @@ async fn a_backend_that_is_not_attached_gets_service_unavailable_bounced_to_the_
     let s = backend_a.next().await;
     assert_eq!(s.type_(), Some("error"));
     assert_eq!(s.from(), Some("bob@b.test"));
-    assert!(text(s.raw()).contains("<service-unavailable"), "{}", text(s.raw()));
+    assert!(
+        text(s.raw()).contains("<service-unavailable"),
+        "{}",
+        text(s.raw())
+    );
 }
 
 #[tokio::test]
 async fn idle_outbound_sessions_close_and_reopen_on_demand() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test").s2s("idle_timeout = \"300ms\"").start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("idle_timeout = \"300ms\"")
+        .start()
+        .await;
     let b = instance(&dns, "b.test").start().await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
-    backend_a.send("<message from='alice@a.test' to='bob@b.test' id='1'/>").await;
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='1'/>")
+        .await;
     assert_eq!(backend_b.next().await.id(), Some("1"));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(a.gw().router.outbound_count(), 0, "idle session closed");
-    backend_a.send("<message from='alice@a.test' to='bob@b.test' id='2'/>").await;
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='2'/>")
+        .await;
     assert_eq!(backend_b.next().await.id(), Some("2"));
 }
 

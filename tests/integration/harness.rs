@@ -28,7 +28,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn next_loopback() -> IpAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 256;
-    IpAddr::V4(Ipv4Addr::new(127, 77, (n / 250 % 250) as u8 + 1, (n % 250) as u8 + 2))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        77,
+        (n / 250 % 250) as u8 + 1,
+        (n % 250) as u8 + 2,
+    ))
 }
 
 /// A DNS server on loopback UDP serving A records for test domains; every other name is
@@ -48,9 +53,14 @@ impl TestDns {
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((len, from)) = socket.recv_from(&mut buf).await else { return };
-                let Ok(query) = Message::from_vec(&buf[..len]) else { continue };
-                let mut response = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let mut response =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
                 response.metadata.authoritative = true;
                 response.metadata.recursion_desired = query.metadata.recursion_desired;
                 response.metadata.recursion_available = true;
@@ -64,10 +74,16 @@ impl TestDns {
                             for ip in addrs {
                                 let rdata = match (ip, q.query_type()) {
                                     (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(v4)),
-                                    (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(v6)),
+                                    (IpAddr::V6(v6), RecordType::AAAA) => {
+                                        RData::AAAA(rdata::AAAA(v6))
+                                    }
                                     _ => continue,
                                 };
-                                response.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
+                                response.add_answer(Record::from_rdata(
+                                    q.name().clone(),
+                                    60,
+                                    rdata,
+                                ));
                             }
                         }
                     }
@@ -82,7 +98,12 @@ impl TestDns {
 
     /// Serves `domain` A → `ip`.
     pub fn add(&self, domain: &str, ip: IpAddr) {
-        self.zone.lock().unwrap().entry(domain.to_string()).or_default().push(ip);
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(domain.to_string())
+            .or_default()
+            .push(ip);
     }
 }
 
@@ -95,6 +116,8 @@ impl Drop for TestDns {
 /// One fedgate instance serving `domain` with one backend.
 pub struct Instance {
     pub domain: String,
+    /// The loopback address its s2s listener binds (and DNS publishes).
+    #[allow(dead_code)]
     pub ip: IpAddr,
     pub gateway: Option<RunningGateway>,
     pub component_secret: String,
@@ -212,7 +235,12 @@ impl Instance {
 
     /// Attaches a raw backend for this instance's domain.
     pub async fn backend(&self) -> RawStream {
-        RawStream::component(self.gw().component_addr, &self.domain, &self.component_secret).await
+        RawStream::component(
+            self.gw().component_addr,
+            &self.domain,
+            &self.component_secret,
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -268,8 +296,11 @@ impl RawStream {
         .await;
         let header = s.expect_header().await;
         let id = header.id.clone().expect("stream id");
-        s.send(&format!("<handshake>{}</handshake>", component_handshake(&id, secret)))
-            .await;
+        s.send(&format!(
+            "<handshake>{}</handshake>",
+            component_handshake(&id, secret)
+        ))
+        .await;
         let reply = s.next().await;
         assert_eq!(&reply.raw()[..], b"<handshake/>", "handshake accepted");
         s
@@ -287,10 +318,18 @@ impl RawStream {
     pub async fn event(&mut self) -> Event {
         tokio::time::timeout(WAIT, async {
             loop {
-                if let Some(e) = self.framer.next_event().expect("fedgate sends well-formed XML") {
+                if let Some(e) = self
+                    .framer
+                    .next_event()
+                    .expect("fedgate sends well-formed XML")
+                {
                     return e;
                 }
-                let n = self.tcp.read_buf(self.framer.read_buf()).await.expect("read");
+                let n = self
+                    .tcp
+                    .read_buf(self.framer.read_buf())
+                    .await
+                    .expect("read");
                 assert!(n > 0, "connection closed while waiting for an event");
             }
         })
@@ -373,17 +412,21 @@ pub async fn s2s_stream(addr: SocketAddr, from: &str, to: &str) -> (RawStream, S
 
 /// An s2s stream authenticated by dialback as `from` (whose real server is `authority`, so
 /// we can compute valid keys with its secret) → `to`.
-pub async fn authenticated_s2s(
-    addr: SocketAddr,
-    authority: &Instance,
-    to: &str,
-) -> RawStream {
+pub async fn authenticated_s2s(addr: SocketAddr, authority: &Instance, to: &str) -> RawStream {
     let from = authority.domain.clone();
     let (mut s, id) = s2s_stream(addr, &from, to).await;
     let key = authority.dialback_secret().key(to, &from, &id);
-    s.send(&format!("<db:result from='{from}' to='{to}'>{key}</db:result>")).await;
+    s.send(&format!(
+        "<db:result from='{from}' to='{to}'>{key}</db:result>"
+    ))
+    .await;
     let result = s.next().await;
-    assert_eq!(result.type_(), Some("valid"), "dialback result: {:?}", std::str::from_utf8(result.raw()));
+    assert_eq!(
+        result.type_(),
+        Some("valid"),
+        "dialback result: {:?}",
+        std::str::from_utf8(result.raw())
+    );
     s
 }
 

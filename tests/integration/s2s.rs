@@ -42,7 +42,8 @@ async fn stanzas_before_authentication_are_not_authorized() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test").start().await;
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
-    s.send("<message from='alice@a.test' to='bob@b.test'><body>x</body></message>").await;
+    s.send("<message from='alice@a.test' to='bob@b.test'><body>x</body></message>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
@@ -52,7 +53,8 @@ async fn a_spoofed_from_on_an_authenticated_stream_is_invalid_from() {
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    s.send("<message from='eve@c.test' to='bob@b.test'><body>x</body></message>").await;
+    s.send("<message from='eve@c.test' to='bob@b.test'><body>x</body></message>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "invalid-from");
 }
 
@@ -63,7 +65,8 @@ async fn a_stanza_to_a_domain_we_do_not_serve_is_host_unknown() {
     let b = instance(&dns, "b.test").start().await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     // Never a relay: b.test does not forward to a third domain.
-    s.send("<message from='alice@a.test' to='carol@c.test'><body>x</body></message>").await;
+    s.send("<message from='alice@a.test' to='carol@c.test'><body>x</body></message>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "host-unknown");
 }
 
@@ -73,7 +76,8 @@ async fn a_stanza_without_from_is_improper_addressing() {
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    s.send("<message to='bob@b.test'><body>x</body></message>").await;
+    s.send("<message to='bob@b.test'><body>x</body></message>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "improper-addressing");
 }
 
@@ -99,7 +103,10 @@ async fn restricted_xml_is_refused() {
     for (bad, expected) in [
         ("<!-- hi -->", "restricted-xml"),
         ("<?pi data?>", "restricted-xml"),
-        ("<db:result from='a.test' to='b.test'>&custom;</db:result>", "restricted-xml"),
+        (
+            "<db:result from='a.test' to='b.test'>&custom;</db:result>",
+            "restricted-xml",
+        ),
         ("<message>\u{1}</message>", "not-well-formed"),
     ] {
         let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
@@ -107,7 +114,8 @@ async fn restricted_xml_is_refused() {
         assert_eq!(s.expect_stream_error().await, expected, "for {bad:?}");
     }
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
-    s.send_bytes(b"<message to='b.test'>\xff\xfe</message>").await;
+    s.send_bytes(b"<message to='b.test'>\xff\xfe</message>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "not-well-formed");
 }
 
@@ -115,18 +123,32 @@ async fn restricted_xml_is_refused() {
 async fn oversize_stanzas_are_a_policy_violation() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
-    let b = instance(&dns, "b.test").s2s("max_stanza_bytes = 65536").start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("max_stanza_bytes = 65536")
+        .start()
+        .await;
     // Before authentication the limit is 8 KiB.
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
-    s.send(&format!("<db:result from='a.test' to='b.test'>{}</db:result>", "a".repeat(9000))).await;
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{}</db:result>",
+        "a".repeat(9000)
+    ))
+    .await;
     assert_eq!(s.expect_stream_error().await, "policy-violation");
     // After, max_stanza_bytes; 20 KiB passes, 70 KiB does not.
     let mut backend_b = b.backend().await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     let body = "b".repeat(20_000);
-    s.send(&format!("<message from='alice@a.test' to='bob@b.test'><body>{body}</body></message>")).await;
+    s.send(&format!(
+        "<message from='alice@a.test' to='bob@b.test'><body>{body}</body></message>"
+    ))
+    .await;
     assert!(backend_b.next_text().await.contains(&body));
-    s.send(&format!("<message from='alice@a.test' to='bob@b.test'><body>{}</body></message>", "c".repeat(70_000))).await;
+    s.send(&format!(
+        "<message from='alice@a.test' to='bob@b.test'><body>{}</body></message>",
+        "c".repeat(70_000)
+    ))
+    .await;
     assert_eq!(s.expect_stream_error().await, "policy-violation");
 }
 
@@ -136,13 +158,31 @@ async fn db_verify_is_answered_with_our_key() {
     let a = instance(&dns, "a.test").start().await;
     let (mut s, _) = s2s_stream(a.s2s_addr(), "b.test", "a.test").await;
     let key = a.dialback_secret().key("b.test", "a.test", "STREAM1");
-    s.send(&format!("<db:verify from='b.test' to='a.test' id='STREAM1'>{key}</db:verify>")).await;
-    assert_eq!(s.next_text().await, "<db:verify from='a.test' to='b.test' id='STREAM1' type='valid'/>");
-    s.send(&format!("<db:verify from='b.test' to='a.test' id='STREAM2'>{key}</db:verify>")).await;
-    assert_eq!(s.next_text().await, "<db:verify from='a.test' to='b.test' id='STREAM2' type='invalid'/>");
-    s.send(&format!("<db:verify from='b.test' to='x.test' id='STREAM1'>{key}</db:verify>")).await;
+    s.send(&format!(
+        "<db:verify from='b.test' to='a.test' id='STREAM1'>{key}</db:verify>"
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        "<db:verify from='a.test' to='b.test' id='STREAM1' type='valid'/>"
+    );
+    s.send(&format!(
+        "<db:verify from='b.test' to='a.test' id='STREAM2'>{key}</db:verify>"
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        "<db:verify from='a.test' to='b.test' id='STREAM2' type='invalid'/>"
+    );
+    s.send(&format!(
+        "<db:verify from='b.test' to='x.test' id='STREAM1'>{key}</db:verify>"
+    ))
+    .await;
     let err = s.next_text().await;
-    assert!(err.contains("type='error'") && err.contains("<item-not-found"), "{err}");
+    assert!(
+        err.contains("type='error'") && err.contains("<item-not-found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -151,12 +191,19 @@ async fn a_db_result_for_a_domain_we_do_not_serve_gets_a_dialback_error_and_the_
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
     let (mut s, id) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
-    s.send("<db:result from='a.test' to='other.test'>abc</db:result>").await;
+    s.send("<db:result from='a.test' to='other.test'>abc</db:result>")
+        .await;
     let err = s.next_text().await;
-    assert!(err.contains("type='error'") && err.contains("<item-not-found"), "{err}");
+    assert!(
+        err.contains("type='error'") && err.contains("<item-not-found"),
+        "{err}"
+    );
     // Several pairs: the same stream still authenticates a.test → b.test.
     let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!("<db:result from='a.test' to='b.test'>{key}</db:result>")).await;
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
     assert_eq!(s.next().await.type_(), Some("valid"));
 }
 
@@ -165,14 +212,18 @@ async fn an_unsolicited_dialback_response_ends_the_stream() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test").start().await;
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
-    s.send("<db:result from='a.test' to='b.test' type='valid'/>").await;
+    s.send("<db:result from='a.test' to='b.test' type='valid'/>")
+        .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
 #[tokio::test]
 async fn a_silent_peer_gets_connection_timeout() {
     let dns = TestDns::start().await;
-    let b = instance(&dns, "b.test").s2s("negotiation_timeout = \"500ms\"").start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("negotiation_timeout = \"500ms\"")
+        .start()
+        .await;
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
     assert_eq!(s.expect_stream_error().await, "connection-timeout");
 }
