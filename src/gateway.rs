@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError};
 use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
 use crate::metrics::{self, Metrics};
+use crate::policy::Policy;
 use crate::router::Router;
 use crate::s2s::{self, S2sContext, S2sSettings};
 use crate::xml::framer::Limits;
@@ -80,6 +81,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let router = Arc::new(Router::new(
         config.local_domains().map(str::to_string),
         config.s2s.queue_max_bytes,
+        Policy::from_config(&config.federation),
         metrics.clone(),
     ));
 

@@ -9,6 +9,7 @@
 //! - [`listener`]: the accept loop every listener shares.
 //! - [`connection`]: a framed XMPP stream over a byte transport, split once established.
 //! - [`router`]: where a domain lives; hands stanzas to sessions; bounces.
+//! - [`policy`]: whom we federate with (`[federation]`).
 //! - [`dns`]: where a remote domain's server is (static routes, DNS).
 //! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
 //! - [`config`]: the TOML configuration.
@@ -26,6 +27,7 @@ pub mod gateway;
 pub mod jid;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod router;
 pub mod s2s;
 pub mod xml;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jid;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::Stanza;
 
@@ -75,6 +76,8 @@ pub struct Router {
     factory: OnceLock<OutboundFactory>,
     /// `queue_max_bytes`: bytes that may wait for one outbound session while it connects.
     queue_max_bytes: usize,
+    /// Whom we federate with; checked before any outbound session is started.
+    pub policy: Policy,
     pub metrics: Metrics,
 }
 
@@ -82,6 +85,7 @@ impl Router {
     pub fn new(
         local_domains: impl IntoIterator<Item = String>,
         queue_max_bytes: usize,
+        policy: Policy,
         metrics: Metrics,
     ) -> Router {
         Router {
@@ -90,6 +94,7 @@ impl Router {
             outbound: DashMap::new(),
             factory: OnceLock::new(),
             queue_max_bytes,
+            policy,
             metrics,
         }
     }
@@ -188,6 +193,14 @@ impl Router {
                 return;
             }
         };
+        if let Err(refused) = self.policy.check(&to_domain) {
+            self.bounce(
+                &stanza,
+                StanzaErrorCondition::NotAllowed,
+                &refused.to_string(),
+            );
+            return;
+        }
         self.deliver_remote(&from_domain, &to_domain, stanza).await;
     }
 

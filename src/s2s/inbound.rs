@@ -382,6 +382,11 @@ impl Inbound {
                 return Ok(());
             }
         };
+        if let Err(refused) = self.ctx.router.policy.check(&originating) {
+            tracing::info!(peer = %self.conn.peer, "{refused}");
+            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
+            return Ok(());
+        }
         if self.ctx.router.is_local(&originating) {
             self.send_db_error("result", to, from, &StanzaErrorCondition::NotAcceptable);
             return Ok(());

@@ -240,3 +240,39 @@ async fn shutdown_bounces_nothing_silently_and_tells_backends() {
     a.stop().await;
     assert_eq!(backend_a.expect_stream_error().await, "system-shutdown");
 }
+
+#[tokio::test]
+async fn an_allowlist_refuses_an_unknown_peer_in_both_directions() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .federation("mode = \"allowlist\"\nallow = [\"friend.test\"]")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+
+    // b → a: bounced before any connection, with a text naming the rule.
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='out'><body>x</body></message>")
+        .await;
+    let bounce = backend_b.next().await;
+    let t = text(bounce.raw());
+    assert!(
+        t.contains("<not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+        "{t}"
+    );
+    assert!(t.contains("not in federation.allow"), "{t}");
+
+    // a → b: b refuses a's dialback with a policy-violation dialback error; a bounces.
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='in'><body>x</body></message>")
+        .await;
+    let bounce = backend_a.next().await;
+    assert_eq!(bounce.id(), Some("in"));
+    assert!(
+        text(bounce.raw()).contains("policy-violation"),
+        "{}",
+        text(bounce.raw())
+    );
+}

@@ -130,6 +130,7 @@ pub struct InstanceBuilder<'a> {
     domain: String,
     dialback_secret: Option<String>,
     extra: String,
+    federation: String,
     register_dns: bool,
 }
 
@@ -139,6 +140,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         domain: domain.to_string(),
         dialback_secret: None,
         extra: String::new(),
+        federation: String::new(),
         register_dns: true,
     }
 }
@@ -154,6 +156,12 @@ impl InstanceBuilder<'_> {
     pub fn s2s(mut self, lines: &str) -> Self {
         self.extra.push_str(lines);
         self.extra.push('\n');
+        self
+    }
+
+    /// The body of the `[federation]` section.
+    pub fn federation(mut self, lines: &str) -> Self {
+        self.federation = lines.to_string();
         self
     }
 
@@ -191,6 +199,9 @@ dialback_secret_file = "dialback.secret"
 [dns]
 nameservers = ["{dns}"]
 
+[federation]
+{federation}
+
 [component]
 listen = "127.0.0.1:0"
 
@@ -202,6 +213,7 @@ secret = "{component_secret}"
 listen = "127.0.0.1:0"
 "#,
             dns = self.dns.addr,
+            federation = self.federation,
             domain = self.domain,
         );
         let config = Config::from_toml(&text, dir.path()).expect("test config is valid");
