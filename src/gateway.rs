@@ -27,7 +27,6 @@ use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::router::Router;
 use crate::s2s::{self, S2sContext, S2sSettings};
-use crate::xml::framer::Limits;
 
 /// Why the gateway could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -144,11 +143,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router: router.clone(),
         secrets,
         replace_on_conflict: config.component.replace_on_conflict,
-        negotiation_limits: || Limits {
-            max_stanza_bytes: 8192,
-            max_depth: 16,
-            max_attributes: 32,
-        },
+        negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
         negotiation_timeout: settings.negotiation_timeout,
         queue_len: config.s2s.queue_max_stanzas,

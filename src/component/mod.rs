@@ -43,7 +43,7 @@ pub struct ComponentContext {
     /// A second connection for a bound domain replaces the first instead of being refused.
     pub replace_on_conflict: bool,
     /// Limits before the handshake (small: the peer is not authenticated yet).
-    pub negotiation_limits: fn() -> Limits,
+    pub negotiation_limits: Limits,
     /// Limits after the handshake.
     pub stanza_limits: Limits,
     pub negotiation_timeout: Duration,
@@ -79,12 +79,7 @@ fn refused(condition: StreamErrorCondition, text: impl Into<String>) -> Componen
 
 /// Serves one backend connection from accept to close.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ComponentContext>) {
-    let conn = Connection::new(
-        Box::new(tcp),
-        peer,
-        (ctx.negotiation_limits)(),
-        ns::COMPONENT,
-    );
+    let conn = Connection::new(Box::new(tcp), peer, ctx.negotiation_limits, ns::COMPONENT);
     match negotiate(conn, &ctx).await {
         Ok((conn, domain)) => established(conn, domain, &ctx).await,
         Err((conn, e)) => {
