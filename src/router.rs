@@ -60,6 +60,29 @@ pub struct OutboundHandle {
 /// Starts an outbound session for (local, remote); set once by the gateway, which knows how.
 pub type OutboundFactory = Box<dyn Fn(&str, &str) -> OutboundHandle + Send + Sync>;
 
+/// Where a stanza goes.
+enum Destination {
+    Component(mpsc::Sender<Stanza>),
+    Outbound(OutboundHandle),
+}
+
+/// What [`Router::enqueue`] did with a stanza.
+enum Enqueued {
+    Queued,
+    /// The session is still connecting and its queue is full.
+    Overflow(Stanza),
+    /// The session has closed.
+    Closed(Stanza),
+}
+
+/// Why a stanza goes nowhere.
+enum Undeliverable {
+    /// Back to the sender with this condition and text.
+    Bounce(StanzaErrorCondition, String),
+    /// From a remote domain to a remote domain: never relayed, counted.
+    Relay,
+}
+
 /// A backend domain is already attached.
 #[derive(Debug, thiserror::Error)]
 #[error("domain {domain} already has a backend attached")]
@@ -165,114 +188,147 @@ impl Router {
 
     /// Routes a stanza whose origin the calling session has checked: its `from` is a domain the
     /// origin may speak for, and a stanza from a remote server is addressed to a local domain.
-    pub async fn route(&self, stanza: Stanza) {
-        let Some(to) = stanza.to() else {
-            self.bounce(&stanza, StanzaErrorCondition::JidMalformed, "missing 'to'");
-            return;
-        };
-        let to_domain = match jid::domain_of(to) {
-            Ok(d) => d.into_owned(),
-            Err(e) => {
-                self.bounce(&stanza, StanzaErrorCondition::JidMalformed, &e.to_string());
-                return;
-            }
-        };
-        if self.is_local(&to_domain) {
-            self.deliver_local(&to_domain, stanza).await;
-            return;
-        }
-        let from_domain = match stanza.from().map(jid::domain_of) {
-            Some(Ok(d)) if self.is_local(&d) => d.into_owned(),
-            _ => {
-                // Never a relay between two remote domains.
-                self.metrics
-                    .dropped
-                    .with_label_values(&["relay_refused"])
-                    .inc();
-                tracing::warn!(to = %to_domain, "refused to relay a stanza that is not from a local domain");
-                return;
-            }
-        };
-        if let Err(refused) = self.policy.check(&to_domain) {
-            self.bounce(
-                &stanza,
-                StanzaErrorCondition::NotAllowed,
-                &refused.to_string(),
-            );
-            return;
-        }
-        self.deliver_remote(&from_domain, &to_domain, stanza).await;
-    }
-
-    async fn deliver_local(&self, domain: &str, stanza: Stanza) {
-        let tx = self.components.get(domain).map(|h| h.tx.clone());
-        match tx {
-            Some(tx) => {
-                if let Err(e) = tx.send(stanza).await {
-                    self.bounce(
-                        &e.0,
-                        StanzaErrorCondition::ServiceUnavailable,
-                        &format!("the backend for {domain} detached"),
-                    );
-                }
-            }
-            None => self.bounce(
-                &stanza,
-                StanzaErrorCondition::ServiceUnavailable,
-                &format!("no backend is attached for {domain}"),
-            ),
-        }
-    }
-
-    async fn deliver_remote(&self, local: &str, remote: &str, mut stanza: Stanza) {
-        // A session that closes between our lookup and our send hands the stanza back; a new
-        // session is then started. Bounded, so a session that dies at once cannot spin us.
+    ///
+    /// The common path allocates nothing: domains are borrowed from the stanza while the
+    /// destination is looked up, and texts are only formatted for bounces.
+    pub async fn route(&self, mut stanza: Stanza) {
+        // A session that closes between our lookup and our send hands the stanza back and a new
+        // one is started. Bounded, so a session that dies at once cannot spin us.
         for _ in 0..3 {
-            let handle = self.outbound_handle(local, remote);
-            let len = stanza.raw().len();
-            let established = handle.shared.established.load(Ordering::Acquire);
-            let queued = handle.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-            if !established && queued + len > self.queue_max_bytes {
-                handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                self.bounce(
-                    &stanza,
-                    StanzaErrorCondition::ResourceConstraint,
-                    &format!("the queue for {remote} is full while connecting"),
-                );
-                return;
-            }
-            let result = match handle.tx.try_send(stanza) {
-                Ok(()) => return,
-                Err(TrySendError::Full(s)) if established => {
-                    // Established but the peer reads slower than we write: push back on the
-                    // sender rather than buffer without bound.
-                    handle.tx.send(s).await.map_err(|e| e.0)
+            let dest = match self.destination(&stanza) {
+                Ok(dest) => dest,
+                Err(Undeliverable::Bounce(condition, text)) => {
+                    self.bounce(&stanza, condition, &text).await;
+                    return;
                 }
-                Err(TrySendError::Full(s)) => {
-                    handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    self.bounce(
-                        &s,
-                        StanzaErrorCondition::ResourceConstraint,
-                        &format!("the queue for {remote} is full while connecting"),
+                Err(Undeliverable::Relay) => {
+                    // Never a relay between two remote domains; sessions check this first.
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["relay_refused"])
+                        .inc();
+                    tracing::warn!(
+                        to = stanza.to().unwrap_or(""),
+                        "refused to relay a stanza that is not from a local domain"
                     );
                     return;
                 }
-                Err(TrySendError::Closed(s)) => Err(s),
             };
-            match result {
-                Ok(()) => return,
-                Err(s) => {
-                    handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    self.remove_outbound(remote, handle.id);
-                    stanza = s;
+            match dest {
+                Destination::Component(tx) => {
+                    if let Err(e) = tx.send(stanza).await {
+                        let domain =
+                            e.0.to()
+                                .and_then(|t| jid::domain_of(t).ok())
+                                .unwrap_or_default();
+                        self.bounce(
+                            &e.0,
+                            StanzaErrorCondition::ServiceUnavailable,
+                            &format!("the backend for {domain} detached"),
+                        )
+                        .await;
+                    }
+                    return;
                 }
+                Destination::Outbound(handle) => match self.enqueue(&handle, stanza).await {
+                    Enqueued::Queued => return,
+                    Enqueued::Overflow(s) => {
+                        let remote = s
+                            .to()
+                            .and_then(|t| jid::domain_of(t).ok())
+                            .unwrap_or_default();
+                        self.bounce(
+                            &s,
+                            StanzaErrorCondition::ResourceConstraint,
+                            &format!("the queue for {remote} is full while connecting"),
+                        )
+                        .await;
+                        return;
+                    }
+                    Enqueued::Closed(back) => {
+                        self.remove_outbound_handle(&back, &handle);
+                        stanza = back;
+                    }
+                },
             }
         }
         self.bounce(
             &stanza,
             StanzaErrorCondition::RemoteServerTimeout,
-            &format!("the session to {remote} keeps closing"),
-        );
+            "the session to the remote server keeps closing",
+        )
+        .await;
+    }
+
+    /// Where `stanza` goes, or why it cannot go anywhere.
+    fn destination(&self, stanza: &Stanza) -> Result<Destination, Undeliverable> {
+        let to = stanza.to().ok_or_else(|| {
+            Undeliverable::Bounce(StanzaErrorCondition::JidMalformed, "missing 'to'".into())
+        })?;
+        let to_domain = jid::domain_of(to).map_err(|e| {
+            Undeliverable::Bounce(StanzaErrorCondition::JidMalformed, e.to_string())
+        })?;
+        if self.is_local(&to_domain) {
+            return match self.components.get(&*to_domain) {
+                Some(h) => Ok(Destination::Component(h.tx.clone())),
+                None => Err(Undeliverable::Bounce(
+                    StanzaErrorCondition::ServiceUnavailable,
+                    format!("no backend is attached for {to_domain}"),
+                )),
+            };
+        }
+        let from_domain = match stanza.from().map(jid::domain_of) {
+            Some(Ok(d)) if self.is_local(&d) => d,
+            _ => return Err(Undeliverable::Relay),
+        };
+        if let Err(refused) = self.policy.check(&to_domain) {
+            return Err(Undeliverable::Bounce(
+                StanzaErrorCondition::NotAllowed,
+                refused.to_string(),
+            ));
+        }
+        Ok(Destination::Outbound(
+            self.outbound_handle(&from_domain, &to_domain),
+        ))
+    }
+
+    /// Queues `stanza` on an outbound session. While the session connects, its queue is bounded
+    /// in count and bytes (overflow is handed back); once established, a full queue makes the
+    /// sender wait (the peer reads slower than we write). A closed session hands it back too.
+    async fn enqueue(&self, handle: &OutboundHandle, stanza: Stanza) -> Enqueued {
+        let len = stanza.raw().len();
+        let established = handle.shared.established.load(Ordering::Acquire);
+        let queued = handle.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let unqueue = || handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if !established && queued + len > self.queue_max_bytes {
+            unqueue();
+            return Enqueued::Overflow(stanza);
+        }
+        match handle.tx.try_send(stanza) {
+            Ok(()) => Enqueued::Queued,
+            Err(TrySendError::Full(s)) if established => match handle.tx.send(s).await {
+                Ok(()) => Enqueued::Queued,
+                Err(e) => {
+                    unqueue();
+                    Enqueued::Closed(e.0)
+                }
+            },
+            Err(TrySendError::Full(s)) => {
+                unqueue();
+                Enqueued::Overflow(s)
+            }
+            Err(TrySendError::Closed(s)) => {
+                unqueue();
+                Enqueued::Closed(s)
+            }
+        }
+    }
+
+    /// Forgets a session that handed `stanza` back closed.
+    fn remove_outbound_handle(&self, stanza: &Stanza, handle: &OutboundHandle) {
+        if let Some(Ok(remote)) = stanza.to().map(jid::domain_of) {
+            self.remove_outbound(&remote, handle.id);
+        }
     }
 
     /// The live outbound session for (local, remote), started if there is none.
@@ -296,8 +352,9 @@ impl Router {
     }
 
     /// Returns `stanza` to its sender with `condition`, unless it must not be bounced (errors,
-    /// iq results), in which case the drop is counted.
-    pub fn bounce(&self, stanza: &Stanza, condition: StanzaErrorCondition, text: &str) {
+    /// iq results), in which case the drop is counted. Waits for room in the sender's queue, so
+    /// a burst of bounces is not lost to a full queue.
+    pub async fn bounce(&self, stanza: &Stanza, condition: StanzaErrorCondition, text: &str) {
         match stanza.bounce(condition, Some(text)) {
             Some(bounce) => {
                 self.metrics
@@ -311,7 +368,7 @@ impl Router {
                     text,
                     "bounced"
                 );
-                self.deliver_bounce(bounce);
+                self.deliver_bounce(bounce).await;
             }
             None => {
                 self.metrics
@@ -323,43 +380,17 @@ impl Router {
         }
     }
 
-    /// Delivers a bounce without waiting: it must not block the session that produced it.
-    fn deliver_bounce(&self, bounce: Stanza) {
-        let to_domain = match bounce.to().map(jid::domain_of) {
-            Some(Ok(d)) => d.into_owned(),
-            _ => {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["bounce_unroutable"])
-                    .inc();
-                return;
+    /// Delivers a bounce. A bounce is an error stanza, so if it cannot be delivered either, it
+    /// is counted, never bounced again.
+    async fn deliver_bounce(&self, bounce: Stanza) {
+        let delivered = match self.destination(&bounce) {
+            Ok(Destination::Component(tx)) => tx.send(bounce).await.is_ok(),
+            Ok(Destination::Outbound(handle)) => {
+                matches!(self.enqueue(&handle, bounce).await, Enqueued::Queued)
             }
+            Err(_) => false,
         };
-        let sent = if self.is_local(&to_domain) {
-            match self.components.get(&to_domain).map(|h| h.tx.clone()) {
-                Some(tx) => tx.try_send(bounce).is_ok(),
-                None => false,
-            }
-        } else {
-            let from_domain = bounce.from().map(jid::domain_of);
-            match from_domain {
-                Some(Ok(local)) if self.is_local(&local) => {
-                    let handle = self.outbound_handle(&local, &to_domain);
-                    handle
-                        .shared
-                        .queued_bytes
-                        .fetch_add(bounce.raw().len(), Ordering::AcqRel);
-                    let len = bounce.raw().len();
-                    let ok = handle.tx.try_send(bounce).is_ok();
-                    if !ok {
-                        handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    }
-                    ok
-                }
-                _ => false,
-            }
-        };
-        if !sent {
+        if !delivered {
             self.metrics
                 .dropped
                 .with_label_values(&["bounce_undeliverable"])

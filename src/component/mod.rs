@@ -366,11 +366,13 @@ async fn write_loop(
         }
         other => {
             while let Ok(s) = rx.try_recv() {
-                router.bounce(
-                    &s,
-                    StanzaErrorCondition::ServiceUnavailable,
-                    &format!("the backend for {domain} detached"),
-                );
+                router
+                    .bounce(
+                        &s,
+                        StanzaErrorCondition::ServiceUnavailable,
+                        &format!("the backend for {domain} detached"),
+                    )
+                    .await;
             }
             match other {
                 End::Fail(cond, text) => writer.fail(&cond, Some(&text)).await,

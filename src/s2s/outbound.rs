@@ -184,7 +184,7 @@ impl Session {
         let text = failure.to_string();
         while let Some(stanza) = rx.recv().await {
             self.dequeued(&stanza);
-            self.ctx.router.bounce(&stanza, condition, &text);
+            self.ctx.router.bounce(&stanza, condition, &text).await;
         }
     }
 

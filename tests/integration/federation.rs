@@ -276,3 +276,46 @@ async fn an_allowlist_refuses_an_unknown_peer_in_both_directions() {
         text(bounce.raw())
     );
 }
+
+#[tokio::test]
+async fn a_silent_remote_overflows_the_queue_then_times_out_and_every_stanza_comes_back() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("queue_max_stanzas = 10\nnegotiation_timeout = \"1s\"")
+        .start()
+        .await;
+    // silent.test accepts TCP and never says a word.
+    let ip = next_loopback();
+    let silent = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    dns.add("silent.test", ip);
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mut backend_a = a.backend().await;
+    let total = 25;
+    for i in 0..total {
+        backend_a
+            .send(&format!(
+                "<message from='alice@a.test' to='x@silent.test' id='q{i}'/>"
+            ))
+            .await;
+    }
+    let (mut overflow, mut timeout) = (0, 0);
+    for _ in 0..total {
+        let s = backend_a.next().await;
+        let t = text(s.raw()).to_string();
+        if t.contains("<resource-constraint") {
+            assert!(t.contains("the queue for silent.test is full"), "{t}");
+            overflow += 1;
+        } else {
+            assert!(t.contains("<remote-server-timeout"), "{t}");
+            assert!(t.contains("stream negotiation at"), "{t}");
+            timeout += 1;
+        }
+    }
+    assert_eq!(timeout, 10, "the queue held queue_max_stanzas");
+    assert_eq!(overflow + timeout, total);
+}

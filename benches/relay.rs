@@ -1,0 +1,434 @@
+//! End-to-end loopback relay: backend A → gateway a.test → s2s → gateway b.test → backend B.
+//!
+//! Two gateways run in this process on one tokio multi-thread runtime, each with its s2s
+//! listener on its own loopback address and port 5269, a static route to the other, and a
+//! nameserver that is never queried, so nothing leaves the machine. A raw XEP-0114 backend is
+//! attached to each. After one warm-up message (which establishes the s2s session, so the
+//! router applies backpressure instead of bouncing when the queue fills), it measures:
+//!
+//! 1. throughput: backend A writes `RELAY_N` messages (default 1,000,000) in 64 KiB writes,
+//!    timed from the first write to the last arrival at backend B;
+//! 2. latency: `RELAY_LAT_N` messages (default 100,000) at 10% of the measured throughput,
+//!    paced in batches once per millisecond; each carries its send time in its `id`.
+//!
+//! Every message carries a sequence number; backend B checks that each arrives exactly once
+//! and in order, and the run panics otherwise.
+//!
+//! Run: `cargo bench --bench relay`. The benchmark's own backends (message formatting,
+//! framing on receive) share the machine's cores with both gateways.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use fedgate::config::Config;
+use fedgate::dialback::component_handshake;
+use fedgate::gateway::{self, RunningGateway};
+use fedgate::xml::framer::{Event, Framer, Limits};
+use fedgate::xml::stanza::Stanza;
+
+const IP_A: &str = "127.88.0.1";
+const IP_B: &str = "127.88.0.2";
+/// How long any single step may stall before the run fails.
+const STALL: Duration = Duration::from_secs(10);
+/// Size of one write from backend A in the throughput phase.
+const CHUNK: usize = 64 * 1024;
+/// The latency phase sends one batch per this period (tokio's timer resolution).
+const PACE: Duration = Duration::from_millis(1);
+
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn main() {
+    let n = env_count("RELAY_N", 1_000_000);
+    let lat_n = env_count("RELAY_LAT_N", 100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(n, lat_n));
+}
+
+/// Starts a gateway serving `domain` with its s2s listener on `ip:5269` and a static route to
+/// `peer_domain` at `peer_ip:5269`.
+async fn start_gateway(
+    dir: &Path,
+    domain: &str,
+    ip: &str,
+    peer_domain: &str,
+    peer_ip: &str,
+    component_secret: &str,
+) -> RunningGateway {
+    std::fs::write(
+        dir.join("dialback.secret"),
+        format!("relay-bench-dialback-secret-{domain}"),
+    )
+    .expect("write dialback secret");
+    let text = format!(
+        r#"
+[s2s]
+listen = ["{ip}:5269"]
+dialback_secret_file = "dialback.secret"
+connect_timeout = "2s"
+negotiation_timeout = "5s"
+dialback_timeout = "5s"
+
+[[s2s.route]]
+domain = "{peer_domain}"
+target = "{peer_ip}:5269"
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+
+[component]
+listen = "127.0.0.1:0"
+
+[[component.backend]]
+domain = "{domain}"
+secret = "{component_secret}"
+
+[metrics]
+enabled = false
+"#
+    );
+    let config = Config::from_toml(&text, dir).expect("bench config is valid");
+    gateway::start(&config)
+        .await
+        .unwrap_or_else(|e| panic!("gateway {domain} starts: {e}"))
+}
+
+/// The receiving half of a raw XEP-0114 backend.
+struct BackendReader {
+    rd: OwnedReadHalf,
+    framer: Framer,
+}
+
+impl BackendReader {
+    /// Reads more bytes into the framer; panics on EOF or a stall.
+    async fn fill(&mut self) {
+        let n = tokio::time::timeout(STALL, self.rd.read_buf(self.framer.read_buf()))
+            .await
+            .unwrap_or_else(|_| panic!("nothing received for {STALL:?}"))
+            .expect("read from the gateway");
+        assert!(n > 0, "the gateway closed the backend connection");
+    }
+
+    async fn event(&mut self) -> Event {
+        loop {
+            if let Some(e) = self
+                .framer
+                .next_event()
+                .expect("fedgate sends well-formed XML")
+            {
+                return e;
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn stanza(&mut self) -> Stanza {
+        match self.event().await {
+            Event::Stanza(s) => s,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+}
+
+/// Connects a raw backend for `domain` and completes the XEP-0114 handshake.
+async fn attach_backend(
+    addr: SocketAddr,
+    domain: &str,
+    secret: &str,
+) -> (BackendReader, OwnedWriteHalf) {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to components");
+    tcp.set_nodelay(true).expect("nodelay");
+    let (rd, mut wr) = tcp.into_split();
+    let mut reader = BackendReader {
+        rd,
+        framer: Framer::new(Limits {
+            max_stanza_bytes: 1 << 20,
+            ..Limits::default()
+        }),
+    };
+    wr.write_all(
+        format!(
+            "<stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write header");
+    let id = match reader.event().await {
+        Event::StreamOpen(h) => h.id.expect("stream id"),
+        other => panic!("expected a stream header, got {other:?}"),
+    };
+    wr.write_all(
+        format!(
+            "<handshake>{}</handshake>",
+            component_handshake(&id, secret)
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write handshake");
+    let reply = reader.stanza().await;
+    assert_eq!(&reply.raw()[..], b"<handshake/>", "handshake accepted");
+    (reader, wr)
+}
+
+/// Appends message `seq`, sent at `nanos` after the shared start instant (0 when untimed).
+fn push_message(out: &mut Vec<u8>, seq: u64, nanos: u64) {
+    write!(
+        out,
+        "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
+         id='{seq}.{nanos}'><body>Wherefore art thou, Romeo? Deny thy father and refuse thy \
+         name.</body></message>"
+    )
+    .expect("write to a Vec");
+}
+
+/// What backend B checks and records while receiving.
+struct Receiver {
+    reader: BackendReader,
+    /// The sequence number the next message must carry.
+    next_seq: u64,
+}
+
+/// Received `count` messages in order; `last` is when the last one arrived.
+struct Received {
+    last: Instant,
+    /// Per message, receive time minus send time, in nanoseconds (latency phase only).
+    latencies: Vec<u64>,
+}
+
+impl Receiver {
+    /// Receives the next `count` messages, checking the sequence. With `timed`, records each
+    /// message's latency: its send time from the `id` against the time the read that completed
+    /// it returned.
+    async fn receive(&mut self, count: usize, timed: bool, t0: Instant) -> Received {
+        let mut latencies = Vec::with_capacity(if timed { count } else { 0 });
+        let mut got = 0;
+        let mut read_at = Instant::now();
+        while got < count {
+            let event = match self.reader.framer.next_event() {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    self.reader.fill().await;
+                    read_at = Instant::now();
+                    continue;
+                }
+                Err(e) => panic!("fedgate sent bad XML: {e}"),
+            };
+            let Event::Stanza(s) = event else {
+                panic!("backend B: unexpected {event:?} after {got} of {count}");
+            };
+            let (seq, sent) = s
+                .id()
+                .filter(|_| s.name() == "message" && s.type_() == Some("chat"))
+                .and_then(|id| id.split_once('.'))
+                .and_then(|(seq, sent)| Some((seq.parse::<u64>().ok()?, sent.parse::<u64>().ok()?)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "backend B: unexpected stanza {}",
+                        String::from_utf8_lossy(s.raw())
+                    )
+                });
+            assert_eq!(
+                seq, self.next_seq,
+                "backend B: message {seq} arrived when {} was due (lost, duplicated or reordered)",
+                self.next_seq
+            );
+            self.next_seq += 1;
+            got += 1;
+            if timed {
+                let received = read_at.duration_since(t0).as_nanos() as u64;
+                latencies.push(received.saturating_sub(sent));
+            }
+        }
+        Received {
+            last: read_at,
+            latencies,
+        }
+    }
+}
+
+/// Sends `count` messages starting at `seq` as fast as possible, in `CHUNK`-sized writes.
+async fn send_bulk(wr: &mut OwnedWriteHalf, seq: u64, count: usize) {
+    let mut buf = Vec::with_capacity(CHUNK + 512);
+    for s in seq..seq + count as u64 {
+        push_message(&mut buf, s, 0);
+        if buf.len() >= CHUNK {
+            wr.write_all(&buf).await.expect("backend A write");
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        wr.write_all(&buf).await.expect("backend A write");
+    }
+}
+
+/// Sends `count` messages starting at `seq` at `rate` per second: `batch` messages per `PACE`,
+/// on an absolute schedule (a late tick is caught up, not skipped), each stamped with the
+/// time just before its write.
+async fn send_paced(wr: &mut OwnedWriteHalf, seq: u64, count: usize, batch: usize, t0: Instant) {
+    let start = tokio::time::Instant::now();
+    let mut buf = Vec::with_capacity(batch * 256);
+    let mut sent = 0;
+    let mut tick = 0u32;
+    while sent < count {
+        tokio::time::sleep_until(start + PACE * tick).await;
+        tick += 1;
+        let now = t0.elapsed().as_nanos() as u64;
+        let this = batch.min(count - sent);
+        for i in 0..this {
+            push_message(&mut buf, seq + (sent + i) as u64, now);
+        }
+        wr.write_all(&buf).await.expect("backend A write");
+        buf.clear();
+        sent += this;
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn run(n: usize, lat_n: usize) {
+    let t0 = Instant::now();
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let gw_a = start_gateway(dir_a.path(), "a.test", IP_A, "b.test", IP_B, "secret-a").await;
+    let gw_b = start_gateway(dir_b.path(), "b.test", IP_B, "a.test", IP_A, "secret-b").await;
+    let (mut reader_a, mut wr_a) = attach_backend(gw_a.component_addr, "a.test", "secret-a").await;
+    let (reader_b, wr_b) = attach_backend(gw_b.component_addr, "b.test", "secret-b").await;
+
+    // Backend A must receive nothing (a bounce would mean a lost message); keep reading so
+    // the gateway never blocks writing to it.
+    let bounced = Arc::new(AtomicUsize::new(0));
+    let watch_a = {
+        let bounced = bounced.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = reader_a.stanza().await;
+                eprintln!(
+                    "backend A received {}",
+                    String::from_utf8_lossy(&s.raw()[..s.raw().len().min(400)])
+                );
+                bounced.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let check_bounces = || {
+        let b = bounced.load(Ordering::Relaxed);
+        assert_eq!(b, 0, "backend A received {b} stanzas (bounces?)");
+    };
+
+    let mut rx = Receiver {
+        reader: reader_b,
+        next_seq: 0,
+    };
+    let mut sample = Vec::new();
+    push_message(&mut sample, 0, 0);
+    println!(
+        "relay: a.test@{IP_A} -> b.test@{IP_B}, {} byte messages, tokio workers: {}",
+        sample.len(),
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
+
+    // Warm-up: establishes a.test -> b.test (dialback included).
+    let start = Instant::now();
+    wr_a.write_all(&sample).await.expect("backend A write");
+    rx.receive(1, false, t0).await;
+    println!(
+        "relay warm-up: s2s session established, first message in {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let mut seq = 1u64;
+
+    // Throughput.
+    let receiving = tokio::spawn(async move {
+        let r = rx.receive(n, false, t0).await;
+        (rx, r.last)
+    });
+    let start = Instant::now();
+    send_bulk(&mut wr_a, seq, n).await;
+    let written = start.elapsed();
+    let (mut rx, last) = receiving.await.expect("receiver");
+    seq += n as u64;
+    let secs = last.duration_since(start).as_secs_f64();
+    let rate = n as f64 / secs;
+    println!(
+        "relay throughput: {rate:.0} stanzas/s ({n} in {secs:.3} s; {:.1} MB/s; backend A done writing after {:.3} s)",
+        rate * sample.len() as f64 / 1e6,
+        written.as_secs_f64()
+    );
+    check_bounces();
+
+    // Latency at 10% of the measured throughput.
+    let target = rate * 0.1;
+    let batch = ((target * PACE.as_secs_f64()).round() as usize).max(1);
+    let paced_rate = batch as f64 / PACE.as_secs_f64();
+    let receiving = tokio::spawn(async move {
+        let r = rx.receive(lat_n, true, t0).await;
+        (rx, r)
+    });
+    let start = Instant::now();
+    send_paced(&mut wr_a, seq, lat_n, batch, t0).await;
+    let (mut rx, mut received) = receiving.await.expect("receiver");
+    let achieved = lat_n as f64 / start.elapsed().as_secs_f64();
+    seq += lat_n as u64;
+    received.latencies.sort_unstable();
+    let l = &received.latencies;
+    println!(
+        "relay latency at {paced_rate:.0} stanzas/s: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs \
+         ({lat_n} messages, {batch} per {PACE:?}, achieved {achieved:.0}/s)",
+        percentile(l, 0.50),
+        percentile(l, 0.99),
+        percentile(l, 1.0),
+    );
+    check_bounces();
+
+    // A last message: nothing from before it may arrive after it (duplicates of the tail).
+    sample.clear();
+    push_message(&mut sample, seq, 0);
+    wr_a.write_all(&sample).await.expect("backend A write");
+    rx.receive(1, false, t0).await;
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(200), rx.reader.event()).await {
+        panic!("backend B received more than was sent: {extra:?}");
+    }
+    check_bounces();
+    println!(
+        "relay: all {} messages arrived exactly once, in order",
+        seq + 1
+    );
+
+    watch_a.abort();
+    let start = Instant::now();
+    tokio::join!(
+        gw_a.shutdown(Duration::from_secs(2)),
+        gw_b.shutdown(Duration::from_secs(2))
+    );
+    drop((wr_a, wr_b, rx));
+    println!(
+        "relay: both gateways shut down in {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+}
