@@ -116,22 +116,12 @@ impl Connection {
             .write(&mut self.out);
         }
         self.out.extend_from_slice(&stream_error(condition, text));
-        self.out.extend_from_slice(CLOSE_STREAM);
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            let _ = self.flush().await;
-            let _ = self.io.shutdown().await;
-        })
-        .await;
+        goodbye(&mut self.io, &mut self.out).await;
     }
 
-    /// Closes the stream cleanly: `</stream:stream>`, then waits briefly for the peer's close.
+    /// Closes the stream cleanly: `</stream:stream>`, then shuts the transport, bounded in time.
     pub async fn close(mut self) {
-        self.out.extend_from_slice(CLOSE_STREAM);
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            let _ = self.flush().await;
-            let _ = self.io.shutdown().await;
-        })
-        .await;
+        goodbye(&mut self.io, &mut self.out).await;
     }
 
     /// Splits an established stream into independent halves. Anything already read but not yet
@@ -214,11 +204,17 @@ impl Writer {
 
     /// Writes `</stream:stream>` and shuts the write side, bounded in time.
     pub async fn close(mut self) {
-        self.out.extend_from_slice(CLOSE_STREAM);
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            let _ = self.flush().await;
-            let _ = self.io.shutdown().await;
-        })
-        .await;
+        goodbye(&mut self.io, &mut self.out).await;
     }
+}
+
+/// Writes what is queued plus `</stream:stream>` and shuts the write side. Best effort and
+/// bounded in time: the peer may be gone or not reading.
+async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
+    out.extend_from_slice(CLOSE_STREAM);
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let _ = io.write_all(out).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }

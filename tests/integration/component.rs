@@ -113,16 +113,12 @@ async fn a_second_backend_for_a_bound_domain_gets_conflict() {
 #[tokio::test]
 async fn with_replace_on_conflict_the_old_backend_gets_conflict() {
     let dns = TestDns::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[s2s]\nlisten = [\"{}:5269\"]\ndialback_secret_file = \"s\"\n[dns]\nnameservers = [\"{}\"]\n[component]\nlisten = \"127.0.0.1:0\"\nreplace_on_conflict = true\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"sekrit\"\n[metrics]\nenabled = false\n",
-        next_loopback(),
-        dns.addr
-    );
-    let config = fedgate::config::Config::from_toml(&text, dir.path()).unwrap();
-    let gw = fedgate::gateway::start(&config).await.unwrap();
-    let mut first = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
-    let mut second = RawStream::component(gw.component_addr, "a.test", "sekrit").await;
+    let a = instance(&dns, "a.test")
+        .component("replace_on_conflict = true")
+        .start()
+        .await;
+    let mut first = a.backend().await;
+    let mut second = a.backend().await;
     assert_eq!(first.expect_stream_error().await, "conflict");
     second
         .send("<message from='a.test' to='alice@a.test' id='new'/>")
@@ -133,16 +129,12 @@ async fn with_replace_on_conflict_the_old_backend_gets_conflict() {
 #[tokio::test]
 async fn stanzas_between_two_local_backends_are_routed_locally() {
     let dns = TestDns::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[s2s]\nlisten = [\"{}:5269\"]\ndialback_secret_file = \"s\"\n[dns]\nnameservers = [\"{}\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"one\"\n[[component.backend]]\ndomain = \"muc.a.test\"\nsecret = \"two\"\n[metrics]\nenabled = false\n",
-        next_loopback(),
-        dns.addr
-    );
-    let config = fedgate::config::Config::from_toml(&text, dir.path()).unwrap();
-    let gw = fedgate::gateway::start(&config).await.unwrap();
-    let mut one = RawStream::component(gw.component_addr, "a.test", "one").await;
-    let mut two = RawStream::component(gw.component_addr, "muc.a.test", "two").await;
+    let a = instance(&dns, "a.test")
+        .backend("muc.a.test", "two")
+        .start()
+        .await;
+    let mut one = a.backend().await;
+    let mut two = a.backend_for("muc.a.test", "two").await;
     let m = "<message from='alice@a.test' to='room@muc.a.test' type='groupchat' id='g'><body>hi</body></message>";
     one.send(m).await;
     assert_eq!(two.next_text().await, m);

@@ -131,6 +131,8 @@ pub struct InstanceBuilder<'a> {
     dialback_secret: Option<String>,
     extra: String,
     federation: String,
+    component: String,
+    backends: Vec<(String, String)>,
     register_dns: bool,
 }
 
@@ -141,6 +143,8 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         dialback_secret: None,
         extra: String::new(),
         federation: String::new(),
+        component: String::new(),
+        backends: Vec::new(),
         register_dns: true,
     }
 }
@@ -162,6 +166,18 @@ impl InstanceBuilder<'_> {
     /// The body of the `[federation]` section.
     pub fn federation(mut self, lines: &str) -> Self {
         self.federation = lines.to_string();
+        self
+    }
+
+    /// Extra `[component]` keys.
+    pub fn component(mut self, lines: &str) -> Self {
+        self.component = lines.to_string();
+        self
+    }
+
+    /// Another backend domain besides the instance's own.
+    pub fn backend(mut self, domain: &str, secret: &str) -> Self {
+        self.backends.push((domain.to_string(), secret.to_string()));
         self
     }
 
@@ -204,6 +220,7 @@ nameservers = ["{dns}"]
 
 [component]
 listen = "127.0.0.1:0"
+{component}
 
 [[component.backend]]
 domain = "{domain}"
@@ -214,8 +231,15 @@ listen = "127.0.0.1:0"
 "#,
             dns = self.dns.addr,
             federation = self.federation,
+            component = self.component,
             domain = self.domain,
         );
+        let mut text = text;
+        for (domain, secret) in &self.backends {
+            text.push_str(&format!(
+                "[[component.backend]]\ndomain = \"{domain}\"\nsecret = \"{secret}\"\n"
+            ));
+        }
         let config = Config::from_toml(&text, dir.path()).expect("test config is valid");
         let gateway = gateway::start(&config).await.expect("gateway starts");
         if self.register_dns {
@@ -253,6 +277,11 @@ impl Instance {
             &self.component_secret,
         )
         .await
+    }
+
+    /// Attaches a raw backend for another configured domain.
+    pub async fn backend_for(&self, domain: &str, secret: &str) -> RawStream {
+        RawStream::component(self.gw().component_addr, domain, secret).await
     }
 
     pub async fn metrics(&self) -> String {
