@@ -227,3 +227,36 @@ async fn a_silent_peer_gets_connection_timeout() {
     let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
     assert_eq!(s.expect_stream_error().await, "connection-timeout");
 }
+
+#[tokio::test]
+async fn several_domain_pairs_share_one_stream() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let c = instance(&dns, "c.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_b = b.backend().await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    // Sender multiplexing (XEP-0220 §2.6.1): c.test proves itself on a.test's stream.
+    let id = s.header.as_ref().unwrap().id.clone().unwrap();
+    let key = c.dialback_secret().key("b.test", "c.test", &id);
+    s.send(&format!(
+        "<db:result from='c.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    s.send("<message from='alice@a.test' to='bob@b.test' id='from-a'/>")
+        .await;
+    s.send("<message from='carol@c.test' to='bob@b.test' id='from-c'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("from-a"));
+    assert_eq!(backend_b.next().await.id(), Some("from-c"));
+    // A key for a.test → b.test cannot be replayed as c.test.
+    let (mut t, id) = s2s_stream(b.s2s_addr(), "c.test", "b.test").await;
+    let wrong = a.dialback_secret().key("b.test", "a.test", &id);
+    t.send(&format!(
+        "<db:result from='c.test' to='b.test'>{wrong}</db:result>"
+    ))
+    .await;
+    assert_eq!(t.next().await.type_(), Some("invalid"));
+    assert_eq!(t.expect_stream_error().await, "not-authorized");
+}
