@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::verify::{self, Verdict, VerifyError};
-use super::S2sContext;
+use super::{PeerStreamError, S2sContext};
 use crate::connection::{Connection, ReadError};
 use crate::dialback::new_stream_id;
 use crate::jid;
-use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::error::{write_stanza_error, StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
@@ -295,12 +295,13 @@ impl Inbound {
                 self.ctx.router.route(stanza).await;
             }
             Kind::StreamError => {
-                tracing::info!(peer = %self.conn.peer, "inbound s2s peer sent a stream error");
+                let error = PeerStreamError::parse(&stanza);
+                tracing::info!(peer = %self.conn.peer, "inbound s2s peer sent a stream error: {error}");
                 self.ctx
                     .router
                     .metrics
                     .stream_errors
-                    .with_label_values(&["received", "any"])
+                    .with_label_values(&["received", error.label()])
                     .inc();
                 return Err(None);
             }
@@ -549,17 +550,15 @@ impl Inbound {
         let id = id
             .map(|id| format!(" id='{}'", escape_attr(id)))
             .unwrap_or_default();
-        self.conn.send(
-            format!(
-                "<db:{element} from='{}' to='{}'{id} type='error'><error type='{}'><{} xmlns='{}'/></error></db:{element}>",
-                escape_attr(from),
-                escape_attr(to),
-                condition.error_type(),
-                condition.as_str(),
-                ns::STANZAS
-            )
-            .as_bytes(),
-        );
+        let mut out = format!(
+            "<db:{element} from='{}' to='{}'{id} type='error'>",
+            escape_attr(from),
+            escape_attr(to)
+        )
+        .into_bytes();
+        write_stanza_error(&mut out, *condition, None);
+        out.extend_from_slice(format!("</db:{element}>").as_bytes());
+        self.conn.send(&out);
     }
 }
 

@@ -86,3 +86,49 @@ pub struct S2sContext {
     /// Outbound sessions and verifications, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
+
+/// A `<stream:error/>` a remote server sent us, reduced to what logs, metrics and bounce texts
+/// need (RFC 6120 §4.9.2).
+#[derive(Debug, Clone)]
+pub struct PeerStreamError {
+    /// The defined condition's element name, as sent (may be one we do not know).
+    pub condition: String,
+    pub text: Option<String>,
+}
+
+impl PeerStreamError {
+    pub fn parse(stanza: &crate::xml::stanza::Stanza) -> PeerStreamError {
+        use crate::xml::ns;
+        match stanza.element() {
+            Ok(e) => PeerStreamError {
+                condition: e
+                    .children()
+                    .find(|c| c.ns == ns::STREAMS && c.name != "text")
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| "undefined-condition".into()),
+                text: e.child("text", ns::STREAMS).map(|t| t.text()),
+            },
+            Err(_) => PeerStreamError {
+                condition: "undefined-condition".into(),
+                text: None,
+            },
+        }
+    }
+
+    /// A metric label from the closed set of RFC 6120 conditions.
+    pub fn label(&self) -> &'static str {
+        crate::xml::error::StreamErrorCondition::from_name(&self.condition)
+            .map(|c| c.as_str())
+            .unwrap_or("undefined-condition")
+    }
+}
+
+impl std::fmt::Display for PeerStreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}/>", self.condition)?;
+        if let Some(text) = &self.text {
+            write!(f, ": {text}")?;
+        }
+        Ok(())
+    }
+}

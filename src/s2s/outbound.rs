@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::S2sContext;
+use super::{PeerStreamError, S2sContext};
 use crate::connection::{Connection, ReadError, Writer};
 use crate::dns::ResolveError;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared};
@@ -56,11 +56,10 @@ pub enum OutboundError {
         target: SocketAddr,
         after: Duration,
     },
-    #[error("{target} closed the stream with <{condition}/>{}", text.as_deref().map(|t| format!(": {t}")).unwrap_or_default())]
+    #[error("{target} closed the stream with {error}")]
     PeerStreamError {
         target: SocketAddr,
-        condition: String,
-        text: Option<String>,
+        error: PeerStreamError,
     },
     #[error("stream to {target} failed: {reason}")]
     Stream { target: SocketAddr, reason: String },
@@ -385,6 +384,7 @@ impl Session {
 
     /// Step 4: write the queue until idle, shutdown or loss.
     async fn established(&self, conn: Connection, rx: &mut mpsc::Receiver<Stanza>) -> Ended {
+        let peer = conn.peer;
         let (mut reader, mut writer) = conn.split();
         let target = NsContext::server();
         let idle = self.ctx.settings.idle_timeout;
@@ -405,9 +405,9 @@ impl Session {
                 }
                 event = reader.next_event() => match event {
                     Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
-                        let err = peer_stream_error("0.0.0.0:0".parse().expect("valid"), &s);
-                        self.ctx.router.metrics.stream_errors.with_label_values(&["received", stream_error_label(&err)]).inc();
-                        return Ended::Lost(err.to_string());
+                        let error = PeerStreamError::parse(&s);
+                        self.ctx.router.metrics.stream_errors.with_label_values(&["received", error.label()]).inc();
+                        return Ended::Lost(format!("{peer} closed the stream with {error}"));
                     }
                     Ok(Event::StreamClose) => {
                         writer.close().await;
@@ -468,33 +468,9 @@ impl Session {
 }
 
 fn peer_stream_error(target: SocketAddr, s: &Stanza) -> OutboundError {
-    let (condition, text) = match s.element() {
-        Ok(e) => {
-            let cond = e
-                .children()
-                .find(|c| c.ns == ns::STREAMS && c.name != "text")
-                .map(|c| c.name.clone())
-                .unwrap_or_else(|| "undefined-condition".into());
-            let text = e.child("text", ns::STREAMS).map(|t| t.text());
-            (cond, text)
-        }
-        Err(_) => ("undefined-condition".into(), None),
-    };
     OutboundError::PeerStreamError {
         target,
-        condition,
-        text,
-    }
-}
-
-fn stream_error_label(e: &OutboundError) -> &'static str {
-    match e {
-        OutboundError::PeerStreamError { condition, .. } => {
-            StreamErrorCondition::from_name(condition)
-                .map(|c| c.as_str())
-                .unwrap_or("undefined-condition")
-        }
-        _ => "undefined-condition",
+        error: PeerStreamError::parse(s),
     }
 }
 

@@ -141,14 +141,36 @@ pub fn stream_error(cond: &StreamErrorCondition, text: Option<&str>) -> Vec<u8> 
         _ => out.extend_from_slice(b"'/>"),
     }
     if let Some(text) = text {
-        out.extend_from_slice(b"<text xmlns='");
-        out.extend_from_slice(ns::STREAMS.as_bytes());
-        out.extend_from_slice(b"'>");
-        out.extend_from_slice(escape_text(text).as_bytes());
-        out.extend_from_slice(b"</text>");
+        write_text(&mut out, ns::STREAMS, text);
     }
     out.extend_from_slice(b"</stream:error>");
     out
+}
+
+/// Appends `<text xmlns='NS'>TEXT</text>` (escaped): the human-readable part of a stream or
+/// stanza error.
+fn write_text(out: &mut Vec<u8>, ns: &str, text: &str) {
+    out.extend_from_slice(b"<text xmlns='");
+    out.extend_from_slice(ns.as_bytes());
+    out.extend_from_slice(b"'>");
+    out.extend_from_slice(escape_text(text).as_bytes());
+    out.extend_from_slice(b"</text>");
+}
+
+/// Appends the `<error type='…'><COND xmlns='…stanzas'/>[<text/>]</error>` child of an error
+/// stanza (RFC 6120 §8.3.2). XEP-0220 dialback errors carry the same element.
+pub fn write_stanza_error(out: &mut Vec<u8>, cond: StanzaErrorCondition, text: Option<&str>) {
+    out.extend_from_slice(b"<error type='");
+    out.extend_from_slice(cond.error_type().as_str().as_bytes());
+    out.extend_from_slice(b"'><");
+    out.extend_from_slice(cond.as_str().as_bytes());
+    out.extend_from_slice(b" xmlns='");
+    out.extend_from_slice(ns::STANZAS.as_bytes());
+    out.extend_from_slice(b"'/>");
+    if let Some(text) = text {
+        write_text(out, ns::STANZAS, text);
+    }
+    out.extend_from_slice(b"</error>");
 }
 
 /// The `type` attribute of a stanza `<error/>` (RFC 6120 §8.3.2).

@@ -33,10 +33,11 @@ use bytes::Bytes;
 use quick_xml::events::attributes::Attributes;
 
 use super::element::{self, Element};
+use super::error::write_stanza_error;
 use super::error::{StanzaErrorCondition, XmlError};
 use super::framer::{unescape, Limits, Scanner};
 use super::stream::StreamHeader;
-use super::{escape_attr, escape_text, ns};
+use super::{escape_attr, ns};
 
 /// A namespace URI. The well-known ones are stored as `&'static str` so the
 /// per-stanza path does not allocate to remember a stanza's namespace.
@@ -454,21 +455,9 @@ impl Stanza {
                 out.push(b'\'');
             }
         }
-        out.extend_from_slice(b" type='error'><error type='");
-        out.extend_from_slice(cond.error_type().as_str().as_bytes());
-        out.extend_from_slice(b"'><");
-        out.extend_from_slice(cond.as_str().as_bytes());
-        out.extend_from_slice(b" xmlns='");
-        out.extend_from_slice(ns::STANZAS.as_bytes());
-        out.extend_from_slice(b"'/>");
-        if let Some(text) = text {
-            out.extend_from_slice(b"<text xmlns='");
-            out.extend_from_slice(ns::STANZAS.as_bytes());
-            out.extend_from_slice(b"'>");
-            out.extend_from_slice(escape_text(text).as_bytes());
-            out.extend_from_slice(b"</text>");
-        }
-        out.extend_from_slice(b"</error></");
+        out.extend_from_slice(b" type='error'>");
+        write_stanza_error(&mut out, cond, text);
+        out.extend_from_slice(b"</");
         out.extend_from_slice(name.as_bytes());
         out.push(b'>');
         Stanza::parse(Bytes::from(out), &self.src).ok()

@@ -233,7 +233,7 @@ async fn idle_outbound_sessions_close_and_reopen_on_demand() {
 }
 
 #[tokio::test]
-async fn shutdown_bounces_nothing_silently_and_tells_backends() {
+async fn shutdown_tells_backends_with_system_shutdown() {
     let dns = TestDns::start().await;
     let mut a = instance(&dns, "a.test").start().await;
     let mut backend_a = a.backend().await;

@@ -178,10 +178,10 @@ async fn db_verify_is_answered_with_our_key() {
         "<db:verify from='b.test' to='x.test' id='STREAM1'>{key}</db:verify>"
     ))
     .await;
-    let err = s.next_text().await;
-    assert!(
-        err.contains("type='error'") && err.contains("<item-not-found"),
-        "{err}"
+    // XEP-0220 §2.4: a dialback error, swapped addresses, the stanza error element inside.
+    assert_eq!(
+        s.next_text().await,
+        "<db:verify from='x.test' to='b.test' id='STREAM1' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:verify>"
     );
 }
 
