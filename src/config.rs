@@ -98,6 +98,10 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint. Optional; defaults to enabled on loopback.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[tls]` and `[[tls.certificate]]`: our certificates and the trust anchors for peers'.
+    /// Needed whenever `s2s.require_encryption` is on (the default).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
@@ -108,6 +112,21 @@ pub struct S2sConfig {
     /// interfaces, the standard port). Must not be empty: remote servers connect back here for
     /// dialback even when we only send. Port 0 picks a free port (tests).
     pub listen: Vec<SocketAddr>,
+    /// Addresses for direct TLS (XEP-0368): TLS from the first byte, ALPN `xmpp-server`, no
+    /// STARTTLS round trip. Default `["0.0.0.0:5270"]`; `[]` turns it off. Announce it with an
+    /// `_xmpps-server._tcp` SRV record so that peers find it.
+    pub direct_tls_listen: Vec<SocketAddr>,
+    /// Whether s2s streams must be encrypted. Default `true`: inbound, anything but
+    /// `<starttls/>` before TLS ends the stream with `<policy-violation/>`; outbound, a peer
+    /// that offers no TLS gets nothing but our stream header and its stanzas bounce. **Turning
+    /// it off sends dialback keys and stanzas in clear text**; prefer a
+    /// `[[federation.peer]]` with `tls = "optional"` for one named test peer.
+    pub require_encryption: bool,
+    /// Whether peers must present a certificate that is valid for their domain (chain to a
+    /// trust anchor, name per RFC 6125 / XEP-0178). Default `false`: a peer with a self-signed
+    /// or mismatched certificate may still authenticate by dialback over TLS (XEP-0344), which
+    /// is what most of the federated network needs. `true` refuses such peers both ways.
+    pub secure_auth: bool,
     /// Limit for one outbound TCP connect attempt (one address of one SRV target). Default
     /// `"10s"`. Too long delays failover to the next address; too short fails on slow links.
     #[serde(with = "humantime_serde")]
@@ -162,6 +181,9 @@ impl Default for S2sConfig {
     fn default() -> Self {
         S2sConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 5269))],
+            direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5270))],
+            require_encryption: true,
+            secure_auth: false,
             connect_timeout: Duration::from_secs(10),
             negotiation_timeout: Duration::from_secs(30),
             dialback_timeout: Duration::from_secs(15),
@@ -190,6 +212,9 @@ pub struct RouteConfig {
     /// Where to connect, `host:port`; IPv6 addresses in brackets (`"[::1]:5269"`). Required.
     /// The TLS and dialback identity is still `domain`, not this host.
     pub target: RouteTarget,
+    /// Whether `target` speaks direct TLS (XEP-0368) rather than STARTTLS. Default `false`.
+    #[serde(default)]
+    pub direct_tls: bool,
 }
 
 /// A `host:port` connection target. The host is a domain name (canonical form after loading)
@@ -306,6 +331,121 @@ pub struct FederationConfig {
     /// Domains refused in any mode, same syntax as `allow`; deny wins over allow. Default
     /// empty.
     pub deny: Vec<String>,
+    /// `[[federation.peer]]`: how one remote domain must secure and authenticate its streams,
+    /// overriding `[s2s]`. Default none.
+    pub peer: Vec<PeerConfig>,
+}
+
+/// Whether a peer's streams must be encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRequirement {
+    /// TLS is required; a peer without it gets nothing.
+    Required,
+    /// TLS is used when the peer offers it; without it, dialback runs in clear text.
+    Optional,
+}
+
+/// Which authentication a peer must use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequirement {
+    /// SASL EXTERNAL or dialback, whichever the peer can do.
+    #[default]
+    Any,
+    /// Only SASL EXTERNAL with a valid certificate (XEP-0178).
+    External,
+    /// Only Server Dialback (XEP-0220).
+    Dialback,
+}
+
+/// `[[federation.peer]]`: per-remote-domain overrides of the TLS and authentication policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The remote domain. Required; exact (no patterns). Canonical form after loading.
+    pub domain: String,
+    /// `"required"` or `"optional"`. Default: `s2s.require_encryption`. `"optional"` lets this
+    /// one peer federate (and run dialback) in clear text; meant for a named test peer.
+    #[serde(default)]
+    pub tls: Option<TlsRequirement>,
+    /// Require a certificate valid for this domain. Default: `s2s.secure_auth`.
+    #[serde(default)]
+    pub secure_auth: Option<bool>,
+    /// `"any"`, `"external"` or `"dialback"`. Default `"any"`.
+    #[serde(default)]
+    pub auth: AuthRequirement,
+    /// Accept only certificates whose public key (SubjectPublicKeyInfo) has one of these
+    /// SHA-256 digests, in base64 or hex, e.g. the output of `openssl x509 -pubkey -noout |
+    /// openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`. Default
+    /// empty (no pinning). A pinned certificate need not chain to a trust anchor.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
+}
+
+impl PeerConfig {
+    /// The pins decoded to 32-byte digests; `Err` names the first bad one.
+    pub fn pins(&self) -> Result<Vec<[u8; 32]>, String> {
+        self.pin_sha256.iter().map(|p| decode_pin(p)).collect()
+    }
+}
+
+/// A SHA-256 digest in hex (colons allowed) or base64.
+fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let hex_form: String = pin.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex_form.len() == 64 {
+        hex::decode(&hex_form).map_err(|e| format!("`{pin}` is not hex: {e}"))?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(pin.trim())
+            .map_err(|e| format!("`{pin}` is neither 64 hex digits nor base64: {e}"))?
+    };
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("`{pin}` is {} bytes, a SHA-256 digest is 32", b.len()))
+}
+
+/// `[tls]`: certificates we present and trust anchors for the certificates peers present.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Trust the Mozilla root store (webpki-roots) for peers' certificates. Default `true`.
+    pub webpki_roots: bool,
+    /// Extra trust anchors, PEM files of CA certificates (a private CA, a test CA). Default
+    /// none. Relative paths are relative to the configuration file.
+    pub ca_files: Vec<PathBuf>,
+    /// `[[tls.certificate]]`: one per certificate we present. Default none.
+    pub certificate: Vec<CertificateConfig>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            webpki_roots: true,
+            ca_files: Vec::new(),
+            certificate: Vec::new(),
+        }
+    }
+}
+
+/// `[[tls.certificate]]`: a certificate and its key, presented for `domains`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The domains this certificate is presented for, chosen by the peer's SNI or its stream
+    /// `to`; `"*.example.org"` covers every direct subdomain. Required, not empty.
+    pub domains: Vec<String>,
+    /// PEM file: the certificate, then its intermediates. Required. Re-read on SIGHUP.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, SEC1 or PKCS#1; ECDSA, Ed25519 or RSA). Required.
+    /// Keep it mode 0600. Re-read on SIGHUP.
+    pub key: PathBuf,
+    /// Create a self-signed certificate for `domains` at `cert`/`key` when the files do not
+    /// exist. Default `false`. Peers accept it only for dialback over TLS (not SASL EXTERNAL,
+    /// not under their `secure_auth`); use a CA-issued certificate for real federation.
+    #[serde(default)]
+    pub self_signed: bool,
 }
 
 /// `[component]`: the XEP-0114 listener for backends.
@@ -493,6 +633,13 @@ impl Config {
             }
         };
         resolve(&mut self.s2s.dialback_secret_file);
+        for p in &mut self.tls.ca_files {
+            resolve(p);
+        }
+        for c in &mut self.tls.certificate {
+            resolve(&mut c.cert);
+            resolve(&mut c.key);
+        }
         for backend in &mut self.component.backend {
             if let Some(p) = &mut backend.secret_file {
                 resolve(p);
@@ -519,6 +666,16 @@ impl Config {
                 canon(&mut r.target.host);
             }
         }
+        for p in &mut self.federation.peer {
+            canon(&mut p.domain);
+        }
+        for c in &mut self.tls.certificate {
+            for d in &mut c.domains {
+                if let Ok(n) = normalize_pattern(d) {
+                    *d = n;
+                }
+            }
+        }
         for p in self
             .federation
             .allow
@@ -538,6 +695,7 @@ impl Config {
         self.validate_component()?;
         self.validate_routes()?;
         self.validate_federation()?;
+        self.validate_tls()?;
         self.validate_listeners()?;
         if let Some(ns) = &self.dns.nameservers {
             if ns.is_empty() {
@@ -738,6 +896,111 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        for (i, path) in tls.ca_files.iter().enumerate() {
+            if !path.is_file() {
+                return Err(invalid(
+                    format!("tls.ca_files[{i}]"),
+                    format!("{} does not exist", path.display()),
+                    "point it at a PEM file of CA certificates, or remove it",
+                ));
+            }
+        }
+        if !tls.webpki_roots && tls.ca_files.is_empty() && self.s2s.secure_auth {
+            return Err(invalid(
+                "tls.webpki_roots",
+                "no trust anchors at all, so under s2s.secure_auth no peer can be accepted",
+                "set webpki_roots = true or list your CA in tls.ca_files",
+            ));
+        }
+        let mut covered: Vec<String> = Vec::new();
+        for (i, c) in tls.certificate.iter().enumerate() {
+            let key = format!("tls.certificate[{i}]");
+            if c.domains.is_empty() {
+                return Err(invalid(
+                    format!("{key}.domains"),
+                    "the list is empty",
+                    "list the domains this certificate is for, e.g. [\"example.org\"]",
+                ));
+            }
+            for (j, d) in c.domains.iter().enumerate() {
+                covered.push(normalize_pattern(d).map_err(|problem| {
+                    invalid(
+                        format!("{key}.domains[{j}]"),
+                        problem,
+                        "write a domain (\"example.org\") or a wildcard (\"*.example.org\")",
+                    )
+                })?);
+            }
+            for (name, path) in [("cert", &c.cert), ("key", &c.key)] {
+                if !c.self_signed && !path.is_file() {
+                    return Err(invalid(
+                        format!("{key}.{name}"),
+                        format!("{} does not exist", path.display()),
+                        "point it at the PEM file, or set self_signed = true to create one",
+                    ));
+                }
+                if c.self_signed && !path.is_file() {
+                    if let Some(dir) = path.parent() {
+                        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                            return Err(invalid(
+                                format!("{key}.{name}"),
+                                format!("the directory {} does not exist", dir.display()),
+                                "create it, or point the path at an existing directory",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let require = self.s2s.require_encryption;
+        if require || !tls.certificate.is_empty() {
+            for (i, b) in self.component.backend.iter().enumerate() {
+                let Ok(domain) = normalize_domain(&b.domain) else {
+                    continue;
+                };
+                let has = covered.iter().any(|p| certificate_covers(p, &domain));
+                if !has && require {
+                    return Err(invalid(
+                        "tls.certificate",
+                        format!(
+                            "no certificate for {domain} (component.backend[{i}]), and s2s.require_encryption is on"
+                        ),
+                        format!(
+                            "add a [[tls.certificate]] with domains = [\"{domain}\"] (self_signed = true creates one), or set s2s.require_encryption = false on a closed network"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, p) in self.federation.peer.iter().enumerate() {
+            let key = format!("federation.peer[{i}]");
+            normalize_domain(&p.domain).map_err(|e| {
+                invalid(
+                    format!("{key}.domain"),
+                    format!("`{}` is not a valid domain: {e}", p.domain),
+                    "use the remote domain name, such as \"b.example.org\"",
+                )
+            })?;
+            if let Err(problem) = p.pins() {
+                return Err(invalid(
+                    format!("{key}.pin_sha256"),
+                    problem,
+                    "give the SHA-256 digest of the peer's public key in base64 or hex",
+                ));
+            }
+            if p.auth == AuthRequirement::External && p.tls == Some(TlsRequirement::Optional) {
+                return Err(invalid(
+                    format!("{key}.auth"),
+                    "SASL EXTERNAL needs TLS, but tls = \"optional\"",
+                    "set tls = \"required\" or auth = \"any\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_listeners(&self) -> Result<(), ConfigError> {
         let mut all: Vec<(String, SocketAddr)> = self
             .s2s
@@ -746,6 +1009,13 @@ impl Config {
             .enumerate()
             .map(|(i, a)| (format!("s2s.listen[{i}]"), *a))
             .collect();
+        all.extend(
+            self.s2s
+                .direct_tls_listen
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("s2s.direct_tls_listen[{i}]"), *a)),
+        );
         all.push(("component.listen".into(), self.component.listen));
         if self.metrics.enabled {
             all.push(("metrics.listen".into(), self.metrics.listen));
@@ -763,6 +1033,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a `[[tls.certificate]]` domain entry covers `domain` (both canonical): exactly, or
+/// `*.example.org` for a name with exactly one more label, as a wildcard certificate does
+/// (RFC 9525 §6.3).
+pub fn certificate_covers(pattern: &str, domain: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => domain
+            .strip_suffix(suffix)
+            .and_then(|head| head.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        None => pattern == domain,
     }
 }
 
@@ -811,7 +1094,7 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"s3cret\"\n";
+    const MINIMAL: &str = "[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"s3cret\"\n";
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/tmp"))
@@ -931,7 +1214,7 @@ mod tests {
         let path = dir.path().join("fedgate.toml");
         std::fs::write(
             &path,
-            "[s2s]\ndialback_secret_file = \"db.secret\"\n\
+            "[s2s]\ndialback_secret_file = \"db.secret\"\nrequire_encryption = false\n\
              [[component.backend]]\ndomain = \"a.test\"\nsecret_file = \"a.secret\"\n",
         )
         .unwrap();
@@ -948,6 +1231,72 @@ mod tests {
             parse("[[component.backend]]\ndomain = \"a.test\"\nsecret_file = \"/nonexistent/x\"\n")
                 .unwrap_err();
         assert_eq!(invalid_key(e), "component.backend[0].secret_file");
+    }
+
+    #[test]
+    fn tls_defaults_and_checks() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.s2s.require_encryption);
+        assert!(!c.s2s.secure_auth);
+        assert_eq!(c.s2s.direct_tls_listen, ["0.0.0.0:5270".parse().unwrap()]);
+        assert!(c.tls.webpki_roots);
+        assert_eq!(c.tls.certificate[0].cert, Path::new("/tmp/a.crt"));
+
+        // Encryption required and no certificate for a local domain: named, with the fix.
+        let e = parse("[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no certificate for a.test"), "{msg}");
+        assert!(msg.contains("self_signed = true"), "{msg}");
+        // A wildcard covers one label, not the apex and not two labels.
+        assert!(certificate_covers("*.a.test", "x.a.test"));
+        assert!(!certificate_covers("*.a.test", "a.test"));
+        assert!(!certificate_covers("*.a.test", "y.x.a.test"));
+        let e = parse(&MINIMAL.replace("[\"a.test\"]", "[\"*.a.test\"]")).unwrap_err();
+        assert_eq!(invalid_key(e), "tls.certificate");
+        // Files must exist unless they are to be created.
+        let e = parse(&MINIMAL.replace("self_signed = true", "")).unwrap_err();
+        assert_eq!(invalid_key(e), "tls.certificate[0].cert");
+        let e = parse(&format!(
+            "[tls]\nca_files = [\"/nonexistent/ca.pem\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "tls.ca_files[0]");
+        // Listeners may not collide across kinds.
+        let e = parse(&format!(
+            "[s2s]\nlisten = [\"127.0.0.1:5269\"]\ndirect_tls_listen = [\"127.0.0.1:5269\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.direct_tls_listen[0]");
+    }
+
+    #[test]
+    fn federation_peers() {
+        let hex_pin = "ab".repeat(32);
+        let c = parse(&format!(
+            "[[federation.peer]]\ndomain = \"B.test\"\ntls = \"optional\"\nauth = \"dialback\"\n\
+             pin_sha256 = [\"{hex_pin}\", \"{}\"]\n{MINIMAL}",
+            "q83vq83vq83vq83vq83vq83vq83vq83vq83vq83vq80="
+        ))
+        .unwrap();
+        let p = &c.federation.peer[0];
+        assert_eq!(p.domain, "b.test");
+        assert_eq!(p.tls, Some(TlsRequirement::Optional));
+        assert_eq!(p.auth, AuthRequirement::Dialback);
+        assert_eq!(p.secure_auth, None);
+        let pins = p.pins().unwrap();
+        assert_eq!(pins[0], [0xab; 32]);
+        assert_eq!(&pins[1][..3], &[0xab, 0xcd, 0xef]);
+
+        let e = parse(&format!(
+            "[[federation.peer]]\ndomain = \"b.test\"\npin_sha256 = [\"abcd\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "federation.peer[0].pin_sha256");
+        let e = parse(&format!(
+            "[[federation.peer]]\ndomain = \"b.test\"\ntls = \"optional\"\nauth = \"external\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "federation.peer[0].auth");
     }
 
     #[test]
@@ -968,9 +1317,15 @@ mod tests {
         let c = parse(
             "[federation]\nmode = \"allowlist\"\nallow = [\"*.Example.ORG\", \"B.test.\"]\n\
              [[s2s.route]]\ndomain = \"Remote.TEST\"\ntarget = \"XMPP.remote.test:5270\"\n\
+             [[tls.certificate]]\ndomains = [\"MÜNCHEN.test\", \"*.Xn--Mnchen-3ya.TEST\"]\n\
+             cert = \"m.crt\"\nkey = \"m.key\"\nself_signed = true\n\
              [[component.backend]]\ndomain = \"MÜNCHEN.test\"\nsecret = \"x\"\n",
         )
         .unwrap();
+        assert_eq!(
+            c.tls.certificate[0].domains,
+            ["münchen.test", "*.münchen.test"]
+        );
         assert_eq!(c.local_domains().collect::<Vec<_>>(), ["münchen.test"]);
         assert_eq!(c.federation.allow, ["*.example.org", "b.test"]);
         assert_eq!(c.s2s.route[0].domain, "remote.test");
