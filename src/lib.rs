@@ -11,6 +11,7 @@
 //! - [`router`]: where a domain lives; hands stanzas to sessions; bounces.
 //! - [`policy`]: whom we federate with (`[federation]`).
 //! - [`dns`]: where a remote domain's server is (static routes, DNS).
+//! - [`tls`]: rustls for s2s: our certificates by domain, handshakes, peer certificate verdicts.
 //! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
 //! - [`config`]: the TOML configuration.
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
@@ -30,4 +31,5 @@ pub mod metrics;
 pub mod policy;
 pub mod router;
 pub mod s2s;
+pub mod tls;
 pub mod xml;
