@@ -15,7 +15,7 @@ use crate::xml::error::{stream_error, StreamErrorCondition, XmlError};
 use crate::xml::framer::{Event, Framer, Limits};
 use crate::xml::stream::{OpenStream, CLOSE_STREAM};
 
-/// Anything a stream can run over: TCP now, TLS over TCP later.
+/// Anything a stream can run over: TCP, or TLS over TCP.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
 
@@ -94,6 +94,34 @@ impl Connection {
             self.out.clear();
         }
         self.io.flush().await
+    }
+
+    /// Takes the transport out for a TLS handshake (after `<proceed/>`). Everything read but not
+    /// yet framed is discarded, never parsed: bytes a peer sends between `<starttls/>` and the
+    /// handshake are an injection attempt (RFC 6120 §5.4.3.3, "STARTTLS command injection").
+    /// Until [`Connection::restart_on`], the connection reads end-of-stream and fails writes.
+    pub fn take_transport(&mut self) -> BoxTransport {
+        let discarded = self.framer.reset();
+        if discarded > 0 {
+            tracing::warn!(peer = %self.peer, "discarded {discarded} bytes sent before the TLS handshake (STARTTLS injection?)");
+        }
+        self.out.clear();
+        self.opened = false;
+        std::mem::replace(&mut self.io, Box::new(Closed))
+    }
+
+    /// Continues on a new transport (the TLS stream) with a fresh stream: a new header is
+    /// expected from the peer, and ours is not yet written (RFC 6120 §5.4.3.3).
+    pub fn restart_on(&mut self, io: BoxTransport) {
+        self.io = io;
+        self.restart();
+    }
+
+    /// Starts a fresh stream on the same transport after SASL success (RFC 6120 §6.4.6).
+    /// Unframed bytes are discarded: the peer may not send before the restart.
+    pub fn restart(&mut self) {
+        self.framer.reset();
+        self.opened = false;
     }
 
     /// Changes the framer's limits (e.g. larger stanzas once authenticated).
@@ -205,6 +233,44 @@ impl Writer {
     /// Writes `</stream:stream>` and shuts the write side, bounded in time.
     pub async fn close(mut self) {
         goodbye(&mut self.io, &mut self.out).await;
+    }
+}
+
+/// The transport of a [`Connection`] whose real one was taken for a TLS handshake: reads end,
+/// writes fail.
+struct Closed;
+
+impl AsyncRead for Closed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Closed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -39,14 +39,16 @@ pub struct Target {
     /// The host name the address came from (the domain itself, or a static route's host).
     pub host: String,
     pub addr: SocketAddr,
+    /// TLS from the first byte (XEP-0368) rather than STARTTLS.
+    pub direct_tls: bool,
 }
 
 /// Finds targets for remote domains. Cheap to clone (the resolver and route table are shared).
 #[derive(Clone)]
 pub struct Resolver {
     dns: TokioResolver,
-    /// `[[s2s.route]]`: domain → (host, port). Consulted before DNS.
-    routes: Arc<HashMap<String, (String, u16)>>,
+    /// `[[s2s.route]]`: domain → (host, port, direct TLS). Consulted before DNS.
+    routes: Arc<HashMap<String, (String, u16, bool)>>,
 }
 
 impl Resolver {
@@ -57,7 +59,12 @@ impl Resolver {
             .s2s
             .route
             .iter()
-            .map(|r| (r.domain.clone(), (r.target.host.clone(), r.target.port)))
+            .map(|r| {
+                (
+                    r.domain.clone(),
+                    (r.target.host.clone(), r.target.port, r.direct_tls),
+                )
+            })
             .collect();
         Ok(Resolver {
             dns,
@@ -67,9 +74,9 @@ impl Resolver {
 
     /// The addresses to try for `domain`, in order.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
-        let (host, port) = match self.routes.get(domain) {
-            Some((host, port)) => (host.as_str(), *port),
-            None => (domain, DEFAULT_S2S_PORT),
+        let (host, port, direct_tls) = match self.routes.get(domain) {
+            Some((host, port, direct)) => (host.as_str(), *port, *direct),
+            None => (domain, DEFAULT_S2S_PORT, false),
         };
         if let Ok(ip) = host
             .trim_start_matches('[')
@@ -79,6 +86,7 @@ impl Resolver {
             return Ok(vec![Target {
                 host: host.to_string(),
                 addr: SocketAddr::new(ip, port),
+                direct_tls,
             }]);
         }
         // A trailing dot makes the name fully qualified: no search-domain suffixes are tried.
@@ -90,6 +98,7 @@ impl Resolver {
                     .map(|ip| Target {
                         host: host.to_string(),
                         addr: SocketAddr::new(ip, port),
+                        direct_tls,
                     })
                     .collect();
                 // IPv6 first, then IPv4: a simple stand-in for happy eyeballs (RFC 8305).

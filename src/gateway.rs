@@ -26,7 +26,9 @@ use crate::dns::{ResolveError, Resolver};
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::router::Router;
+use crate::policy::SecurityPolicy;
 use crate::s2s::{self, S2sContext, S2sSettings};
+use crate::tls::{Tls, TlsError};
 
 /// Why the gateway could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +46,18 @@ pub enum GatewayError {
     Secret(#[from] DialbackError),
     #[error("DNS resolver: {0}")]
     Resolver(#[from] ResolveError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
 pub struct RunningGateway {
     /// Inbound s2s listeners, as bound (port 0 in the config becomes the real port).
     pub s2s_addrs: Vec<SocketAddr>,
+    /// Direct TLS (XEP-0368) s2s listeners, as bound.
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    /// Certificates: [`RunningGateway::reload_tls`] re-reads them.
+    pub tls: Arc<Tls>,
     /// The XEP-0114 component listener, as bound.
     pub component_addr: SocketAddr,
     /// The metrics listener, as bound, if enabled.
@@ -77,6 +85,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         &config.s2s.dialback_secret_file,
     )?);
     let resolver = Resolver::from_config(config)?;
+    let tls = Arc::new(Tls::from_config(config)?);
     let router = Arc::new(Router::new(
         config.local_domains().map(str::to_string),
         config.s2s.queue_max_bytes,
@@ -92,6 +101,9 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         resolver,
         secret,
         settings: settings.clone(),
+        tls: tls.clone(),
+        security: SecurityPolicy::from_config(config),
+        external_refused: Default::default(),
         shutdown: s2s_shutdown.clone(),
         tracker: s2s_tracker.clone(),
     });
@@ -106,6 +118,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let mut s2s_listeners = Vec::new();
     for addr in &config.s2s.listen {
         s2s_listeners.push(bind("s2s", *addr).await?);
+    }
+    let mut direct_tls_listeners = Vec::new();
+    for addr in &config.s2s.direct_tls_listen {
+        direct_tls_listeners.push(bind("s2s direct TLS", *addr).await?);
     }
     let component_listener = bind("components", config.component.listen).await?;
     let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
@@ -127,6 +143,23 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             s2s_shutdown.clone(),
             s2s_tracker.clone(),
             move |tcp, peer, permit| s2s::inbound::handle(tcp, peer, ctx.clone(), permit),
+        ));
+    }
+    let direct_tls_addrs = direct_tls_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    for listener in direct_tls_listeners {
+        let ctx = s2s_ctx.clone();
+        s2s_tracker.spawn(crate::listener::accept_loop(
+            "s2s-direct-tls",
+            listener,
+            s2s_limit.clone(),
+            s2s_shutdown.clone(),
+            s2s_tracker.clone(),
+            move |tcp, peer, permit| {
+                s2s::inbound::handle_direct_tls(tcp, peer, ctx.clone(), permit)
+            },
         ));
     }
 
@@ -179,6 +212,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 
     Ok(RunningGateway {
         s2s_addrs,
+        direct_tls_addrs,
+        tls,
         component_addr,
         metrics_addr,
         router,
@@ -192,6 +227,12 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 }
 
 impl RunningGateway {
+    /// Re-reads certificate, key and CA files (SIGHUP). New handshakes use them; live sessions
+    /// keep theirs. On error the old files stay in use and the error says which file is wrong.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.tls.reload()
+    }
+
     /// Stops in the phases described in the module docs, each bounded by `grace`.
     pub async fn shutdown(self, grace: Duration) {
         self.s2s_shutdown.cancel();

@@ -78,6 +78,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for addr in &gateway.s2s_addrs {
         tracing::info!("s2s listening on {addr}");
     }
+    for addr in &gateway.direct_tls_addrs {
+        tracing::info!("s2s direct TLS listening on {addr}");
+    }
     tracing::info!("components listening on {}", gateway.component_addr);
     if let Some(addr) = gateway.metrics_addr {
         tracing::info!("metrics listening on {addr}");
@@ -90,20 +93,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    wait_for_signal().await;
+    wait_for_signal(&gateway).await;
     tracing::info!("shutting down");
     gateway.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates and goes on waiting.
+async fn wait_for_signal(gateway: &fedgate::gateway::RunningGateway) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match gateway.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+                Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay in use: {e}"),
+            },
+        }
     }
 }
 

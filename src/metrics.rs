@@ -74,6 +74,14 @@ pub struct Metrics {
     pub dialback: IntCounterVec,
     /// Outbound connection attempts by result (`established`, `dns`, `connect`, `stream`, `auth`).
     pub outbound_attempts: IntCounterVec,
+    /// `fedgate_tls_handshakes_total{direction, result}`: result `ok` or `failed`.
+    pub tls_handshakes: IntCounterVec,
+    /// `fedgate_s2s_auth_total{direction, method, result}`: method `external` or `dialback`,
+    /// result `success` or `failure`.
+    pub s2s_auth: IntCounterVec,
+    /// `fedgate_certificate_verdicts_total{direction, verdict}`: peers' certificates checked
+    /// after the handshake, `valid` or why not (`self_signed`, `name_mismatch`, ...).
+    pub certificate_verdicts: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,8 +145,35 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "fedgate_tls_handshakes_total",
+                "TLS handshakes on s2s streams, by direction and result",
+            ),
+            &["direction", "result"],
+        )
+        .expect("valid metric");
+        let s2s_auth = IntCounterVec::new(
+            Opts::new(
+                "fedgate_s2s_auth_total",
+                "s2s authentications (SASL EXTERNAL or dialback), by direction, method and result",
+            ),
+            &["direction", "method", "result"],
+        )
+        .expect("valid metric");
+        let certificate_verdicts = IntCounterVec::new(
+            Opts::new(
+                "fedgate_certificate_verdicts_total",
+                "Peer certificates checked after TLS handshakes, by verdict",
+            ),
+            &["direction", "verdict"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(s2s_sessions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(s2s_auth.clone()),
+            Box::new(certificate_verdicts.clone()),
+            Box::new(s2s_sessions.clone()),
             Box::new(component_sessions.clone()),
             Box::new(stanzas.clone()),
             Box::new(bytes.clone()),
@@ -169,6 +204,9 @@ impl Metrics {
             stream_errors,
             dialback,
             outbound_attempts,
+            tls_handshakes,
+            s2s_auth,
+            certificate_verdicts,
         }
     }
 

@@ -4,8 +4,16 @@
 //! or `*.example.org`, which matches every subdomain of example.org but not example.org itself.
 //! Refusals carry the reason, naming the config key, so an operator reading a bounce or a log
 //! line knows which rule applied.
+//!
+//! [`SecurityPolicy`] decides how each peer must secure and authenticate its streams: TLS
+//! required or optional, a valid certificate required (`secure_auth`), which authentication
+//! methods count, and certificate pins; `[s2s]` gives the defaults and `[[federation.peer]]`
+//! overrides them per domain.
 
-use crate::config::{FederationConfig, FederationMode};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{AuthRequirement, Config, FederationConfig, FederationMode, TlsRequirement};
 
 /// Why a remote domain is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +91,96 @@ impl Policy {
     }
 }
 
+/// What one peer must do to federate with us, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSecurity {
+    /// TLS is required; without it nothing but a stream header is exchanged.
+    pub tls_required: bool,
+    /// The peer's certificate must be valid for its domain (or match a pin).
+    pub secure_auth: bool,
+    /// Which authentication methods are accepted and used.
+    pub auth: AuthRequirement,
+    /// SHA-256 digests of accepted public keys (SPKI); empty = no pinning.
+    pub pins: Vec<[u8; 32]>,
+}
+
+impl PeerSecurity {
+    /// Whether a valid certificate is required: `secure_auth`, `auth = "external"` or a pin.
+    pub fn needs_valid_certificate(&self) -> bool {
+        self.secure_auth || self.auth == AuthRequirement::External || !self.pins.is_empty()
+    }
+
+    /// Whether Server Dialback may authenticate the peer on a stream with (`tls = true`) or
+    /// without TLS.
+    pub fn allows_dialback(&self, tls: bool) -> bool {
+        self.auth != AuthRequirement::External && (tls || !self.tls_required)
+    }
+
+    /// Whether SASL EXTERNAL may authenticate the peer.
+    pub fn allows_external(&self) -> bool {
+        self.auth != AuthRequirement::Dialback
+    }
+}
+
+/// The TLS and authentication policy for every peer, built once from the config.
+#[derive(Debug, Clone)]
+pub struct SecurityPolicy {
+    default: Arc<PeerSecurity>,
+    peers: HashMap<String, Arc<PeerSecurity>>,
+}
+
+impl SecurityPolicy {
+    pub fn from_config(config: &Config) -> SecurityPolicy {
+        let default = PeerSecurity {
+            tls_required: config.s2s.require_encryption,
+            secure_auth: config.s2s.secure_auth,
+            auth: AuthRequirement::Any,
+            pins: Vec::new(),
+        };
+        let peers = config
+            .federation
+            .peer
+            .iter()
+            .map(|p| {
+                let security = PeerSecurity {
+                    tls_required: match p.tls {
+                        Some(t) => t == TlsRequirement::Required,
+                        None => default.tls_required,
+                    },
+                    secure_auth: p.secure_auth.unwrap_or(default.secure_auth),
+                    auth: p.auth,
+                    // Validated at load; an invalid pin cannot get here.
+                    pins: p.pins().unwrap_or_default(),
+                };
+                (p.domain.clone(), Arc::new(security))
+            })
+            .collect();
+        SecurityPolicy {
+            default: Arc::new(default),
+            peers,
+        }
+    }
+
+    /// The rules for `domain` (canonical).
+    pub fn peer(&self, domain: &str) -> Arc<PeerSecurity> {
+        self.peers
+            .get(domain)
+            .unwrap_or(&self.default)
+            .clone()
+    }
+
+    /// The rules for a peer whose domain is not known yet (no `from` on its stream header).
+    pub fn default_peer(&self) -> Arc<PeerSecurity> {
+        self.default.clone()
+    }
+
+    /// Whether any peer may use a stream without TLS, so that plaintext dialback is offered to
+    /// a peer that did not say who it is.
+    pub fn any_plaintext(&self) -> bool {
+        !self.default.tls_required || self.peers.values().any(|p| !p.tls_required)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +192,30 @@ mod tests {
             deny: deny.iter().map(|s| s.to_string()).collect(),
             peer: Vec::new(),
         })
+    }
+
+    #[test]
+    fn peer_overrides_take_precedence_over_s2s_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(
+            "[s2s]\nsecure_auth = true\n\
+             [[federation.peer]]\ndomain = \"plain.test\"\ntls = \"optional\"\nsecure_auth = false\nauth = \"dialback\"\n\
+             [[federation.peer]]\ndomain = \"ext.test\"\nauth = \"external\"\n\
+             [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n\
+             [[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let policy = SecurityPolicy::from_config(&config);
+        let other = policy.peer("other.test");
+        assert!(other.tls_required && other.secure_auth && other.needs_valid_certificate());
+        assert!(other.allows_dialback(true) && !other.allows_dialback(false));
+        let plain = policy.peer("plain.test");
+        assert!(!plain.tls_required && !plain.secure_auth && !plain.needs_valid_certificate());
+        assert!(plain.allows_dialback(false) && !plain.allows_external());
+        let ext = policy.peer("ext.test");
+        assert!(ext.needs_valid_certificate() && !ext.allows_dialback(true));
+        assert!(policy.any_plaintext());
     }
 
     #[test]

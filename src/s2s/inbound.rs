@@ -1,12 +1,24 @@
 //! Inbound s2s: a remote server connects to us (RFC 6120 §4, XEP-0220 §2.2).
 //!
 //! Steps:
-//! 1. read the peer's header: `jabber:server` (else `invalid-namespace`), version 1.x (else
+//! 1. on the direct TLS port (XEP-0368) the TLS handshake comes first, ALPN `xmpp-server`;
+//! 2. read the peer's header: `jabber:server` (else `invalid-namespace`), version 1.x (else
 //!    `unsupported-version`), a `to` we serve (missing → `improper-addressing`, unknown →
 //!    `host-unknown`), a valid `from` if any (else `invalid-from`);
-//! 2. answer with our header (an unpredictable stream id) and features offering dialback with
-//!    dialback errors;
-//! 3. handle dialback, several domain pairs per stream:
+//! 3. answer with our header (an unpredictable stream id) and features:
+//!    - without TLS: `<starttls/>`, marked `<required/>` when the peer's policy requires TLS,
+//!      and then nothing else is accepted before it (`policy-violation`); after `<proceed/>`
+//!      whatever the peer sent before the handshake is discarded unread (STARTTLS command
+//!      injection), our certificate is chosen by SNI or the stream's `to`, and the stream
+//!      restarts (RFC 6120 §5.4.3.3);
+//!    - with TLS: the peer's certificate is checked for its stream `from`
+//!      ([`Tls::verify_peer`](crate::tls::Tls::verify_peer)); when its policy needs a valid
+//!      certificate and it is not, the stream ends with `policy-violation` and the reason.
+//!      SASL EXTERNAL is offered when the certificate is valid (XEP-0178), and dialback
+//!      with dialback errors;
+//! 4. SASL EXTERNAL: an authzid, if any, must equal the stream `from` (`<invalid-authzid/>`);
+//!    on `<success/>` the pair (to, from) is authenticated and the stream restarts;
+//! 5. handle dialback, several domain pairs per stream:
 //!    - `<db:result>` (we are the receiving server): check the pair, then [verify](super::verify)
 //!      the key with the sender domain's authoritative server and answer
 //!      `type='valid'|'invalid'|'error'`; `invalid` ends the stream (XEP-0220 §2.2.1);
@@ -14,7 +26,7 @@
 //!      secret and answer `valid` or `invalid` (constant-time comparison);
 //!    - a typed `db:result`/`db:verify` on an inbound stream answers nothing we asked: it is
 //!      unsolicited and ends the stream (XEP-0220 §3.1);
-//! 4. accept stanzas only for an authenticated (local, remote) pair: `to` and `from` present
+//! 6. accept stanzas only for an authenticated (local, remote) pair: `to` and `from` present
 //!    and valid (else `improper-addressing`), `to` a domain we serve (else `host-unknown`), `from`
 //!    a domain proved on this stream for that `to` (else `invalid-from`); no stanza before any
 //!    pair is authenticated (`not-authorized`).
@@ -25,13 +37,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::connect::Security;
 use super::verify::{self, Verdict, VerifyError};
 use super::{PeerStreamError, S2sContext};
-use crate::connection::{Connection, ReadError};
+use crate::connection::{BoxTransport, Connection, ReadError};
+use crate::policy::PeerSecurity;
+use crate::tls::{CertVerdict, PeerRole, TlsInfo};
 use crate::dialback::new_stream_id;
 use crate::jid;
 use crate::xml::error::{write_stanza_error, StanzaErrorCondition, StreamErrorCondition};
@@ -57,19 +73,48 @@ fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
     }
 }
 
-/// Serves one inbound s2s connection from accept to close.
+/// Serves one inbound s2s connection on the STARTTLS port, from accept to close.
 pub async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<S2sContext>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let conn = Connection::new(
-        Box::new(tcp),
-        peer,
-        ctx.settings.negotiation_limits(),
-        ns::SERVER,
-    );
+    serve(Box::new(tcp), peer, ctx, None).await
+}
+
+/// Serves one inbound s2s connection on the direct TLS port (XEP-0368): TLS first, within
+/// `negotiation_timeout`, then the stream as on the STARTTLS port.
+pub async fn handle_direct_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<S2sContext>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let handshake = tokio::time::timeout(
+        ctx.settings.negotiation_timeout,
+        ctx.tls.accept(Box::new(tcp), None, true),
+    )
+    .await;
+    let handshakes = &ctx.router.metrics.tls_handshakes;
+    match handshake {
+        Ok(Ok((io, info))) => {
+            handshakes.with_label_values(&["inbound", "ok"]).inc();
+            serve(io, peer, ctx, Some(info)).await
+        }
+        Ok(Err(e)) => {
+            handshakes.with_label_values(&["inbound", "failed"]).inc();
+            tracing::debug!(%peer, "direct TLS: {e}");
+        }
+        Err(_) => {
+            handshakes.with_label_values(&["inbound", "failed"]).inc();
+            tracing::debug!(%peer, "direct TLS: no handshake in time");
+        }
+    }
+}
+
+async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Option<TlsInfo>) {
+    let conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
     let gauge = ctx
         .router
         .metrics
@@ -82,6 +127,16 @@ pub async fn handle(
         stream_id: new_stream_id(),
         authenticated: Vec::new(),
         pending: 0,
+        negotiation_deadline: Instant::now() + ctx.settings.negotiation_timeout,
+        security: Security {
+            tls,
+            verdict: None,
+        },
+        local: None,
+        remote: None,
+        external_offered: false,
+        external_done: false,
+        external_failures: 0,
     };
     let outcome = session.run().await;
     let Inbound { conn, .. } = session;
@@ -110,6 +165,29 @@ struct Inbound {
     authenticated: Vec<(String, String)>,
     /// Verifications in flight, bounded by `max_pending_verifications`.
     pending: usize,
+    /// When an unauthenticated stream (TLS handshake included) runs out of time.
+    negotiation_deadline: Instant,
+    /// TLS and the certificate verdict for the stream's `from`.
+    security: Security,
+    /// The stream header's `to` (canonical), once read.
+    local: Option<String>,
+    /// The stream header's `from` (canonical), if the peer said who it is.
+    remote: Option<String>,
+    /// Whether the current stream's features offer SASL EXTERNAL.
+    external_offered: bool,
+    /// SASL EXTERNAL succeeded on this connection (it is not offered again).
+    external_done: bool,
+    /// Failed SASL attempts; the stream ends after [`MAX_SASL_FAILURES`].
+    external_failures: usize,
+}
+
+/// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
+const MAX_SASL_FAILURES: usize = 3;
+
+/// Whether the stream goes on, or restarts (after TLS or SASL success: a new header follows).
+enum Flow {
+    Continue,
+    Restart,
 }
 
 /// What woke the session up.
@@ -125,88 +203,119 @@ impl Inbound {
     /// `Err(None)` = the connection is gone.
     async fn run(&mut self) -> Result<(), Option<Refusal>> {
         let settings = self.ctx.settings.clone();
-        let deadline = tokio::time::sleep(settings.negotiation_timeout);
+        let deadline = tokio::time::sleep_until(self.negotiation_deadline);
         tokio::pin!(deadline);
-
-        let header = tokio::select! {
-            e = self.conn.next_event() => e,
-            _ = &mut deadline => return Err(Some(refuse(StreamErrorCondition::ConnectionTimeout, "no stream header in time"))),
-            _ = self.ctx.shutdown.cancelled() => return Err(Some(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
-        };
-        let header = match header {
-            Ok(Event::StreamOpen(h)) => h,
-            Ok(_) => {
-                return Err(Some(refuse(
-                    StreamErrorCondition::BadFormat,
-                    "expected a stream header",
-                )))
-            }
-            Err(e) => return Err(read_refusal(e)),
-        };
-        self.open(&header)?;
-        self.conn.flush().await.map_err(|_| None)?;
-
         let (results_tx, mut results_rx) =
             mpsc::channel::<Verified>(settings.max_pending_verifications);
-        loop {
-            let step = tokio::select! {
-                biased;
-                _ = self.ctx.shutdown.cancelled() => Step::Shutdown,
-                _ = &mut deadline => Step::Deadline,
-                Some(v) = results_rx.recv() => Step::Verified(v),
-                e = self.conn.next_event() => Step::Event(e),
+
+        // One pass per stream: the first, and each restart after TLS or SASL.
+        'stream: loop {
+            let header = tokio::select! {
+                e = self.conn.next_event() => e,
+                _ = &mut deadline => return Err(Some(refuse(StreamErrorCondition::ConnectionTimeout, "no stream header in time"))),
+                _ = self.ctx.shutdown.cancelled() => return Err(Some(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
             };
-            match step {
-                Step::Shutdown => {
-                    return Err(Some(refuse(
-                        StreamErrorCondition::SystemShutdown,
-                        "fedgate is shutting down",
-                    )))
-                }
-                Step::Deadline if self.authenticated.is_empty() => {
-                    return Err(Some(refuse(
-                        StreamErrorCondition::ConnectionTimeout,
-                        format!(
-                            "not authenticated within {:?}",
-                            settings.negotiation_timeout
-                        ),
-                    )))
-                }
-                Step::Deadline => {
-                    tracing::debug!(peer = %self.conn.peer, "closing idle inbound s2s");
-                    return Ok(());
-                }
-                Step::Verified(v) => {
-                    self.pending -= 1;
-                    self.verified(v).await?;
-                    if !self.authenticated.is_empty() {
-                        deadline
-                            .as_mut()
-                            .reset(Instant::now() + settings.idle_timeout);
-                    }
-                }
-                Step::Event(Ok(Event::Stanza(stanza))) => {
-                    let authenticated = !self.authenticated.is_empty();
-                    self.handle_stanza(stanza, &results_tx).await?;
-                    if authenticated {
-                        deadline
-                            .as_mut()
-                            .reset(Instant::now() + settings.idle_timeout);
-                    }
-                }
-                Step::Event(Ok(Event::StreamClose)) => return Ok(()),
-                Step::Event(Ok(Event::StreamOpen(_))) => {
+            let header = match header {
+                Ok(Event::StreamOpen(h)) => h,
+                Ok(_) => {
                     return Err(Some(refuse(
                         StreamErrorCondition::BadFormat,
-                        "unexpected stream header",
+                        "expected a stream header",
                     )))
                 }
-                Step::Event(Err(e)) => return Err(read_refusal(e)),
+                Err(e) => return Err(read_refusal(e)),
+            };
+            self.open(&header)?;
+            self.conn.flush().await.map_err(|_| None)?;
+
+            loop {
+                let step = tokio::select! {
+                    biased;
+                    _ = self.ctx.shutdown.cancelled() => Step::Shutdown,
+                    _ = &mut deadline => Step::Deadline,
+                    Some(v) = results_rx.recv() => Step::Verified(v),
+                    e = self.conn.next_event() => Step::Event(e),
+                };
+                match step {
+                    Step::Shutdown => {
+                        return Err(Some(refuse(
+                            StreamErrorCondition::SystemShutdown,
+                            "fedgate is shutting down",
+                        )))
+                    }
+                    Step::Deadline if self.authenticated.is_empty() => {
+                        return Err(Some(refuse(
+                            StreamErrorCondition::ConnectionTimeout,
+                            format!(
+                                "not authenticated within {:?}",
+                                settings.negotiation_timeout
+                            ),
+                        )))
+                    }
+                    Step::Deadline => {
+                        tracing::debug!(peer = %self.conn.peer, "closing idle inbound s2s");
+                        return Ok(());
+                    }
+                    Step::Verified(v) => {
+                        self.pending -= 1;
+                        self.verified(v).await?;
+                        if !self.authenticated.is_empty() {
+                            deadline
+                                .as_mut()
+                                .reset(Instant::now() + settings.idle_timeout);
+                        }
+                    }
+                    Step::Event(Ok(Event::Stanza(stanza))) => {
+                        let authenticated = !self.authenticated.is_empty();
+                        let flow = self.handle_stanza(stanza, &results_tx).await?;
+                        if authenticated || !self.authenticated.is_empty() {
+                            deadline
+                                .as_mut()
+                                .reset(Instant::now() + settings.idle_timeout);
+                        }
+                        if let Flow::Restart = flow {
+                            continue 'stream;
+                        }
+                    }
+                    Step::Event(Ok(Event::StreamClose)) => return Ok(()),
+                    Step::Event(Ok(Event::StreamOpen(_))) => {
+                        return Err(Some(refuse(
+                            StreamErrorCondition::BadFormat,
+                            "unexpected stream header",
+                        )))
+                    }
+                    Step::Event(Err(e)) => return Err(read_refusal(e)),
+                }
             }
         }
     }
 
-    /// Steps 1 and 2.
+    /// The policy for the peer: its stream `from`'s, or the default when it did not say.
+    fn peer_policy(&self) -> Arc<PeerSecurity> {
+        match &self.remote {
+            Some(remote) => self.ctx.security.peer(remote),
+            None => self.ctx.security.default_peer(),
+        }
+    }
+
+    /// The peer certificate's verdict for `domain` (with TLS only), counted in metrics.
+    fn verdict_for(&self, domain: &str) -> Option<CertVerdict> {
+        let info = self.security.tls.as_ref()?;
+        let policy = self.ctx.security.peer(domain);
+        let verdict = self
+            .ctx
+            .tls
+            .verify_peer(info, domain, PeerRole::Client, &policy.pins);
+        self.ctx
+            .router
+            .metrics
+            .certificate_verdicts
+            .with_label_values(&["inbound", verdict.label()])
+            .inc();
+        Some(verdict)
+    }
+
+    /// Steps 2 and 3.
     fn open(&mut self, header: &StreamHeader) -> Result<(), Option<Refusal>> {
         if header.default_ns.as_deref() != Some(ns::SERVER) {
             return Err(Some(refuse(
@@ -262,22 +371,77 @@ impl Inbound {
             version,
             dialback: true,
         });
+        self.local = Some(local);
+        self.remote = from;
+        let policy = self.peer_policy();
+        let tls = self.security.tls.is_some();
+        if tls {
+            if let Some(remote) = self.remote.clone() {
+                let verdict = self.verdict_for(&remote);
+                if let Some(CertVerdict::Invalid(problem)) = &verdict {
+                    if policy.needs_valid_certificate() {
+                        return Err(Some(refuse(
+                            StreamErrorCondition::PolicyViolation,
+                            format!("a valid certificate for {remote} is required: {problem}"),
+                        )));
+                    }
+                }
+                self.security.verdict = verdict;
+            }
+        }
+        self.external_offered = tls
+            && !self.external_done
+            && self.security.certificate_valid()
+            && policy.allows_external();
         if version {
-            self.conn.send(
-                b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
-            );
+            let mut features = String::from("<stream:features>");
+            if !tls {
+                features.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+                if policy.tls_required {
+                    features.push_str("<required/>");
+                }
+                features.push_str("</starttls>");
+            }
+            if self.external_offered {
+                features.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>");
+            }
+            if policy.allows_dialback(tls) {
+                features.push_str(
+                    "<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>",
+                );
+            }
+            features.push_str("</stream:features>");
+            self.conn.send(features.as_bytes());
         }
         Ok(())
     }
 
-    /// Step 3 and 4 for one element.
+    /// Steps 3 to 6 for one element.
     async fn handle_stanza(
         &mut self,
         stanza: Stanza,
         results: &mpsc::Sender<Verified>,
-    ) -> Result<(), Option<Refusal>> {
+    ) -> Result<Flow, Option<Refusal>> {
+        let tls = self.security.tls.is_some();
+        let is_starttls = stanza.name() == "starttls" && stanza.ns() == ns::TLS;
+        if !tls && !is_starttls && self.peer_policy().tls_required {
+            return Err(Some(refuse(
+                StreamErrorCondition::PolicyViolation,
+                "TLS is required: send <starttls/> first",
+            )));
+        }
+        if is_starttls {
+            return self.starttls().await;
+        }
+        if stanza.name() == "auth" && stanza.ns() == ns::SASL {
+            return self.sasl_external(&stanza).await;
+        }
         match stanza.kind() {
-            Kind::DbResult if stanza.type_().is_none() => self.db_result(&stanza, results)?,
+            Kind::DbResult if stanza.type_().is_none() => {
+                if let Some(immediate) = self.db_result(&stanza, results)? {
+                    return self.verified(immediate).await.map(|()| Flow::Continue);
+                }
+            }
             Kind::DbVerify if stanza.type_().is_none() => self.db_verify(&stanza)?,
             Kind::DbResult | Kind::DbVerify => {
                 return Err(Some(refuse(
@@ -312,7 +476,122 @@ impl Inbound {
                 )))
             }
         }
-        self.conn.flush().await.map_err(|_| None)
+        self.conn.flush().await.map_err(|_| None)?;
+        Ok(Flow::Continue)
+    }
+
+    /// `<starttls/>`: `<proceed/>`, the handshake, a fresh stream (RFC 6120 §5.4.2.3).
+    async fn starttls(&mut self) -> Result<Flow, Option<Refusal>> {
+        if self.security.tls.is_some() {
+            return Err(Some(refuse(
+                StreamErrorCondition::PolicyViolation,
+                "TLS is already negotiated",
+            )));
+        }
+        self.conn
+            .send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        self.conn.flush().await.map_err(|_| None)?;
+        // Whatever the peer sent after <starttls/> is dropped here, unread.
+        let io = self.conn.take_transport();
+        let hint = self.local.clone();
+        let handshake = tokio::time::timeout_at(
+            self.negotiation_deadline,
+            self.ctx.tls.accept(io, hint.as_deref(), false),
+        )
+        .await;
+        let handshakes = &self.ctx.router.metrics.tls_handshakes;
+        match handshake {
+            Ok(Ok((io, info))) => {
+                handshakes.with_label_values(&["inbound", "ok"]).inc();
+                self.conn.restart_on(io);
+                self.security.tls = Some(info);
+                // RFC 6120 §4.7.3: a new stream id for the new stream.
+                self.stream_id = new_stream_id();
+                Ok(Flow::Restart)
+            }
+            Ok(Err(e)) => {
+                handshakes.with_label_values(&["inbound", "failed"]).inc();
+                tracing::debug!(peer = %self.conn.peer, "STARTTLS: {e}");
+                Err(None)
+            }
+            Err(_) => {
+                handshakes.with_label_values(&["inbound", "failed"]).inc();
+                tracing::debug!(peer = %self.conn.peer, "STARTTLS: no handshake in time");
+                Err(None)
+            }
+        }
+    }
+
+    /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3).
+    async fn sasl_external(&mut self, stanza: &Stanza) -> Result<Flow, Option<Refusal>> {
+        let element = stanza
+            .element()
+            .map_err(|e| Some(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
+        let failure = if !self.external_offered || element.attr("mechanism") != Some("EXTERNAL") {
+            Some("invalid-mechanism")
+        } else {
+            match decode_authzid(&element.text()) {
+                Err(()) => Some("incorrect-encoding"),
+                Ok(None) => None,
+                Ok(Some(authzid)) => {
+                    let matches = jid::normalize_domain(&authzid)
+                        .is_ok_and(|a| Some(a.as_ref()) == self.remote.as_deref());
+                    (!matches).then_some("invalid-authzid")
+                }
+            }
+        };
+        let metrics = &self.ctx.router.metrics;
+        if let Some(condition) = failure {
+            metrics
+                .s2s_auth
+                .with_label_values(&["inbound", "external", "failure"])
+                .inc();
+            tracing::info!(peer = %self.conn.peer, remote = ?self.remote, "SASL EXTERNAL refused: {condition}");
+            self.external_failures += 1;
+            self.conn.send(
+                format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>")
+                    .as_bytes(),
+            );
+            self.conn.flush().await.map_err(|_| None)?;
+            if self.external_failures >= MAX_SASL_FAILURES {
+                return Err(Some(refuse(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                )));
+            }
+            return Ok(Flow::Continue);
+        }
+        // Offered only with a valid certificate for the stream's from, so both are known.
+        let (Some(local), Some(remote)) = (self.local.clone(), self.remote.clone()) else {
+            return Err(None);
+        };
+        metrics
+            .s2s_auth
+            .with_label_values(&["inbound", "external", "success"])
+            .inc();
+        self.conn
+            .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        self.conn.flush().await.map_err(|_| None)?;
+        self.authenticate(local, remote, "SASL EXTERNAL");
+        self.external_done = true;
+        self.conn.restart();
+        self.stream_id = new_stream_id();
+        Ok(Flow::Restart)
+    }
+
+    /// Records an authenticated pair and raises the limits on the first one.
+    fn authenticate(&mut self, local: String, remote: String, method: &str) {
+        if self.authenticated.is_empty() {
+            self.conn.set_limits(self.ctx.settings.stanza_limits());
+        }
+        tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.security);
+        if !self
+            .authenticated
+            .iter()
+            .any(|(l, r)| *l == local && *r == remote)
+        {
+            self.authenticated.push((local, remote));
+        }
     }
 
     /// Step 4's addressing rules.
@@ -354,12 +633,13 @@ impl Inbound {
         Ok(())
     }
 
-    /// `<db:result>` from an initiating server: start verifying its key.
+    /// `<db:result>` from an initiating server: start verifying its key, or accept it at once
+    /// when the TLS certificate already proves the sender domain (XEP-0344 §2.4).
     fn db_result(
         &mut self,
         stanza: &Stanza,
         results: &mpsc::Sender<Verified>,
-    ) -> Result<(), Option<Refusal>> {
+    ) -> Result<Option<Verified>, Option<Refusal>> {
         let (Some(to), Some(from)) = (stanza.to(), stanza.from()) else {
             return Err(Some(refuse(
                 StreamErrorCondition::ImproperAddressing,
@@ -380,17 +660,40 @@ impl Inbound {
             _ => {
                 // XEP-0220 §2.4: a dialback error, not a stream error.
                 self.send_db_error("result", to, from, &StanzaErrorCondition::ItemNotFound);
-                return Ok(());
+                return Ok(None);
             }
         };
         if let Err(refused) = self.ctx.router.policy.check(&originating) {
             tracing::info!(peer = %self.conn.peer, "{refused}");
             self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
-            return Ok(());
+            return Ok(None);
         }
         if self.ctx.router.is_local(&originating) {
             self.send_db_error("result", to, from, &StanzaErrorCondition::NotAcceptable);
-            return Ok(());
+            return Ok(None);
+        }
+        let tls = self.security.tls.is_some();
+        let policy = self.ctx.security.peer(&originating);
+        if !policy.allows_dialback(tls) {
+            tracing::info!(peer = %self.conn.peer, remote = %originating, tls, "dialback refused by policy for this peer");
+            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
+            return Ok(None);
+        }
+        let verdict = if self.remote.as_deref() == Some(originating.as_str()) {
+            self.security.verdict.clone()
+        } else {
+            self.verdict_for(&originating)
+        };
+        let certified = verdict.as_ref().is_some_and(CertVerdict::is_valid);
+        if policy.needs_valid_certificate() && !certified {
+            let why = verdict.map_or_else(|| "no TLS".to_string(), |v| v.to_string());
+            tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback refused: a valid certificate is required ({why})");
+            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
+            return Ok(None);
+        }
+        if certified {
+            // XEP-0344 §2.4: the certificate proves the domain; no connect-back needed.
+            return Ok(Some((receiving, originating, Ok(Verdict::Valid))));
         }
         if self.pending >= self.ctx.settings.max_pending_verifications {
             self.send_db_error(
@@ -399,7 +702,7 @@ impl Inbound {
                 from,
                 &StanzaErrorCondition::ResourceConstraint,
             );
-            return Ok(());
+            return Ok(None);
         }
         let key = stanza
             .element()
@@ -414,7 +717,7 @@ impl Inbound {
                 verify::verify(ctx, receiving.clone(), originating.clone(), stream_id, key).await;
             let _ = results.send((receiving, originating, outcome)).await;
         });
-        Ok(())
+        Ok(None)
     }
 
     /// A verification finished: tell the initiating server.
@@ -429,24 +732,21 @@ impl Inbound {
                     .dialback
                     .with_label_values(&["result", "valid"])
                     .inc();
-                if self.authenticated.is_empty() {
-                    self.conn.set_limits(self.ctx.settings.stanza_limits());
-                }
-                tracing::info!(peer = %self.conn.peer, local = %receiving, remote = %originating, "inbound s2s authenticated by dialback");
-                if !self
-                    .authenticated
-                    .iter()
-                    .any(|(l, r)| *l == receiving && *r == originating)
-                {
-                    self.authenticated
-                        .push((receiving.clone(), originating.clone()));
-                }
+                metrics
+                    .s2s_auth
+                    .with_label_values(&["inbound", "dialback", "success"])
+                    .inc();
+                self.authenticate(receiving.clone(), originating.clone(), "dialback");
                 "valid"
             }
             Ok(Verdict::Invalid) => {
                 metrics
                     .dialback
                     .with_label_values(&["result", "invalid"])
+                    .inc();
+                metrics
+                    .s2s_auth
+                    .with_label_values(&["inbound", "dialback", "failure"])
                     .inc();
                 tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
                 "invalid"
@@ -560,6 +860,20 @@ impl Inbound {
         out.extend_from_slice(format!("</db:{element}>").as_bytes());
         self.conn.send(&out);
     }
+}
+
+/// The authzid of a SASL initial response: `=` or nothing means none (RFC 6120 §6.4.2);
+/// otherwise base64 of UTF-8.
+fn decode_authzid(text: &str) -> Result<Option<String>, ()> {
+    let text = text.trim();
+    if text.is_empty() || text == "=" {
+        return Ok(None);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| ())?;
+    let authzid = String::from_utf8(bytes).map_err(|_| ())?;
+    Ok((!authzid.is_empty()).then_some(authzid))
 }
 
 fn read_refusal(e: ReadError) -> Option<Refusal> {

@@ -6,7 +6,10 @@
 //! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair, prove our
 //!   domain by dialback, and write the stanzas the router queues for it.
 //! - [`verify`]: the connect-back half of dialback.
+//! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
+//!   certificate check), shared by outbound sessions and verification.
 
+pub mod connect;
 pub mod inbound;
 pub mod outbound;
 pub mod verify;
@@ -20,6 +23,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::dialback::DialbackSecret;
 use crate::dns::Resolver;
+use crate::policy::SecurityPolicy;
+use crate::tls::Tls;
 use crate::router::Router;
 use crate::xml::framer::Limits;
 
@@ -81,6 +86,13 @@ pub struct S2sContext {
     pub resolver: Resolver,
     pub secret: Arc<DialbackSecret>,
     pub settings: S2sSettings,
+    /// Certificates and handshakes.
+    pub tls: Arc<Tls>,
+    /// How each peer must secure and authenticate its streams.
+    pub security: SecurityPolicy,
+    /// Peers that answered our SASL EXTERNAL with `<failure/>`: later sessions go straight to
+    /// dialback instead of failing the same way again (XEP-0178 §3 fallback).
+    pub external_refused: dashmap::DashSet<String>,
     /// Cancelled when fedgate stops: sessions close with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
     /// Outbound sessions and verifications, so shutdown can wait for them.

@@ -18,22 +18,23 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::connect::{self, offers_dialback, offers_external, ConnectError, Security};
 use super::{PeerStreamError, S2sContext};
-use crate::connection::{Connection, ReadError, Writer};
+use crate::connection::{Connection, Writer};
 use crate::dns::ResolveError;
+use crate::policy::PeerSecurity;
+use crate::xml::element::Element;
+use crate::xml::stream::StreamHeader;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared};
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
-use crate::xml::stream::OpenStream;
 
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -48,23 +49,14 @@ const MAX_RECONNECTS: usize = 2;
 pub enum OutboundError {
     #[error("{0}")]
     Resolve(#[from] ResolveError),
-    #[error("cannot connect to {target}: {reason}")]
-    Connect { target: SocketAddr, reason: String },
-    #[error("{stage} at {target} timed out after {after:?}")]
-    Timeout {
-        stage: &'static str,
-        target: SocketAddr,
-        after: Duration,
-    },
-    #[error("{target} closed the stream with {error}")]
-    PeerStreamError {
-        target: SocketAddr,
-        error: PeerStreamError,
-    },
-    #[error("stream to {target} failed: {reason}")]
-    Stream { target: SocketAddr, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("{remote} refused our dialback key ({verdict})")]
     DialbackRefused { remote: String, verdict: String },
+    #[error("{remote} refused our certificate for SASL EXTERNAL ({condition}) and dialback is not allowed")]
+    ExternalRefused { remote: String, condition: String },
+    #[error("no authentication method in common with {target}: {reason}")]
+    NoAuthentication { target: SocketAddr, reason: String },
     #[error("the connection was lost: {reason}")]
     Lost { reason: String },
     #[error("fedgate is shutting down")]
@@ -83,6 +75,37 @@ impl OutboundError {
             }
             OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
             _ => StanzaErrorCondition::RemoteServerTimeout,
+        }
+    }
+
+    /// The `fedgate_outbound_attempts_total` result label.
+    fn label(&self) -> &'static str {
+        match self {
+            OutboundError::Resolve(_) => "dns",
+            OutboundError::Connect(e) => e.stage(),
+            OutboundError::DialbackRefused { .. }
+            | OutboundError::ExternalRefused { .. }
+            | OutboundError::NoAuthentication { .. } => "auth",
+            OutboundError::Shutdown => "shutdown",
+            _ => "stream",
+        }
+    }
+}
+
+/// How an outbound stream was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SASL EXTERNAL with our certificate (XEP-0178).
+    External,
+    /// Server Dialback (XEP-0220).
+    Dialback,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::External => "external",
+            AuthMethod::Dialback => "dialback",
         }
     }
 }
@@ -142,7 +165,8 @@ impl Session {
                 .outbound_attempts
                 .with_label_values(&["established"])
                 .inc();
-            tracing::info!(local = %self.local, remote = %self.remote, peer = %conn.peer, "outbound s2s established");
+            let (conn, method, security) = conn;
+            tracing::info!(local = %self.local, remote = %self.remote, peer = %conn.peer, auth = method.as_str(), "outbound s2s established: {security}");
             gauge.inc();
             self.shared.established.store(true, Ordering::Release);
             let ended = self.established(conn, &mut rx).await;
@@ -168,14 +192,10 @@ impl Session {
             }
         };
         tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s failed: {failure}");
-        let result = match &failure {
-            OutboundError::Resolve(_) => "dns",
-            OutboundError::Connect { .. } => "connect",
-            OutboundError::DialbackRefused { .. } => "auth",
-            OutboundError::Shutdown => "shutdown",
-            _ => "stream",
-        };
-        metrics.outbound_attempts.with_label_values(&[result]).inc();
+        metrics
+            .outbound_attempts
+            .with_label_values(&[failure.label()])
+            .inc();
         // Stop new stanzas first, then return every queued one to its sender.
         self.ctx.router.remove_outbound(&self.remote, self.id);
         rx.close();
@@ -194,48 +214,39 @@ impl Session {
     }
 
     /// Steps 1–3 over each target in turn.
-    async fn connect(&self) -> Result<Connection, OutboundError> {
+    async fn connect(&self) -> Result<(Connection, AuthMethod, Security), OutboundError> {
         let targets = self.ctx.resolver.targets(&self.remote).await?;
+        let policy = self.ctx.security.peer(&self.remote);
         let settings = &self.ctx.settings;
         let mut last = None;
         for target in targets {
-            let addr = target.addr;
-            let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
-                    last = Some(OutboundError::Connect {
-                        target: addr,
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-                Err(_) => {
-                    last = Some(OutboundError::Timeout {
-                        stage: "TCP connect",
-                        target: addr,
-                        after: settings.connect_timeout,
-                    });
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let mut conn = Connection::new(
-                Box::new(tcp),
-                addr,
-                settings.negotiation_limits(),
-                ns::SERVER,
-            );
-            match tokio::time::timeout(settings.negotiation_timeout, self.authenticate(&mut conn))
-                .await
-            {
-                Ok(Ok(())) => {
+            let opened =
+                match connect::open(&self.ctx, &self.local, &self.remote, &target, &policy).await
+                {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        tracing::debug!(remote = %self.remote, "{e}");
+                        last = Some(e.into());
+                        continue;
+                    }
+                };
+            let security = opened.security.clone();
+            let mut conn = opened.conn;
+            let authenticated = tokio::time::timeout(
+                settings.negotiation_timeout,
+                self.authenticate(&mut conn, opened.header, opened.features, &security, &policy),
+            )
+            .await;
+            match authenticated {
+                Ok(Ok(method)) => {
                     conn.set_limits(settings.stanza_limits());
-                    return Ok(conn);
+                    return Ok((conn, method, security));
                 }
                 Ok(Err(e)) => {
-                    let refused = matches!(e, OutboundError::DialbackRefused { .. });
+                    let refused = matches!(
+                        e,
+                        OutboundError::DialbackRefused { .. } | OutboundError::ExternalRefused { .. }
+                    );
                     conn.close().await;
                     // A refused key would be refused by every server of the domain.
                     if refused {
@@ -246,11 +257,14 @@ impl Session {
                 Err(_) => {
                     conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
                         .await;
-                    last = Some(OutboundError::Timeout {
-                        stage: "stream negotiation",
-                        target: addr,
-                        after: settings.negotiation_timeout,
-                    });
+                    last = Some(
+                        ConnectError::Timeout {
+                            stage: "authentication",
+                            target: target.addr,
+                            after: settings.negotiation_timeout,
+                        }
+                        .into(),
+                    );
                 }
             }
         }
@@ -262,73 +276,103 @@ impl Session {
         }))
     }
 
-    /// Step 2 and 3: stream header, features, dialback.
-    async fn authenticate(&self, conn: &mut Connection) -> Result<(), OutboundError> {
+    /// Authenticates an opened stream: SASL EXTERNAL when the peer offers it, we hold a
+    /// certificate for our domain that our own trust anchors accept, the policy allows it and
+    /// the peer has not refused it before; otherwise (or after a refusal) dialback.
+    async fn authenticate(
+        &self,
+        conn: &mut Connection,
+        header: StreamHeader,
+        features: Element,
+        security: &Security,
+        policy: &PeerSecurity,
+    ) -> Result<AuthMethod, OutboundError> {
         let target = conn.peer;
-        let stream_err = |e: ReadError| OutboundError::Stream {
-            target,
-            reason: e.to_string(),
-        };
-        conn.open(&OpenStream {
-            content_ns: ns::SERVER,
-            from: Some(&self.local),
-            to: Some(&self.remote),
-            id: None,
-            version: true,
-            dialback: true,
-        });
-        conn.flush().await.map_err(|e| stream_err(e.into()))?;
-        let header = match conn.next_event().await.map_err(stream_err)? {
-            Event::StreamOpen(h) => h,
-            _ => {
-                return Err(OutboundError::Stream {
-                    target,
-                    reason: "expected a stream header".into(),
-                })
+        let metrics = &self.ctx.router.metrics;
+        let tls = security.tls.is_some();
+        let mut header = header;
+        let use_external = tls
+            && policy.allows_external()
+            && offers_external(&features)
+            && self.ctx.tls.has_valid_certificate(&self.local)
+            && !self.ctx.external_refused.contains(&self.remote);
+        if use_external {
+            // RFC 6120 §6.4.2: "=" is an empty initial response, no authzid; the receiving
+            // server takes our identity from the certificate and the stream's 'from'.
+            conn.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+            connect::flush(conn, target).await?;
+            let answer = connect::next_element(conn, target).await?;
+            match (answer.name(), answer.ns()) {
+                ("success", ns::SASL) => {
+                    metrics
+                        .s2s_auth
+                        .with_label_values(&["outbound", "external", "success"])
+                        .inc();
+                    // RFC 6120 §6.4.6: a fresh stream after SASL success.
+                    conn.restart();
+                    connect::exchange_headers(conn, &self.local, &self.remote).await?;
+                    return Ok(AuthMethod::External);
+                }
+                ("failure", ns::SASL) => {
+                    metrics
+                        .s2s_auth
+                        .with_label_values(&["outbound", "external", "failure"])
+                        .inc();
+                    let condition = answer
+                        .element()
+                        .ok()
+                        .and_then(|e| e.children().next().map(|c| c.name.clone()))
+                        .unwrap_or_else(|| "failure".into());
+                    tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused ({condition}); using dialback from now on");
+                    self.ctx.external_refused.insert(self.remote.clone());
+                    if !(policy.allows_dialback(tls) && offers_dialback(&header, &features)) {
+                        return Err(OutboundError::ExternalRefused {
+                            remote: self.remote.clone(),
+                            condition,
+                        });
+                    }
+                    // RFC 6120 §6.4.5: the stream stays; try dialback on it.
+                }
+                (name, _) => {
+                    return Err(ConnectError::Stream {
+                        target,
+                        reason: format!("expected a SASL answer, got <{name}/>"),
+                    }
+                    .into())
+                }
             }
-        };
-        if header.default_ns.as_deref() != Some(ns::SERVER) {
-            return Err(OutboundError::Stream {
+        }
+        if !policy.allows_dialback(tls) {
+            return Err(OutboundError::NoAuthentication {
                 target,
-                reason: "the peer's stream is not jabber:server".into(),
+                reason: if tls {
+                    "SASL EXTERNAL is required but not available".into()
+                } else {
+                    "dialback without TLS is not allowed".into()
+                },
             });
         }
-        let Some(stream_id) = header.id.clone() else {
-            return Err(OutboundError::Stream {
+        if !offers_dialback(&header, &features) {
+            return Err(OutboundError::NoAuthentication {
+                target,
+                reason: "the peer offers no Server Dialback and no usable SASL EXTERNAL".into(),
+            });
+        }
+        let Some(stream_id) = header.id.take() else {
+            return Err(ConnectError::Stream {
                 target,
                 reason: "the peer's stream header has no id, so dialback is impossible".into(),
-            });
-        };
-        if header.version.is_some() {
-            // RFC 6120 §4.3.2: a version 1.0 peer sends features; dialback must be among
-            // them (XEP-0220 §2.1) or at least declared on its header by an older peer.
-            let features = match conn.next_event().await.map_err(stream_err)? {
-                Event::Stanza(s) if s.kind() == Kind::StreamFeatures => s,
-                Event::Stanza(s) if s.kind() == Kind::StreamError => {
-                    return Err(peer_stream_error(target, &s))
-                }
-                _ => {
-                    return Err(OutboundError::Stream {
-                        target,
-                        reason: "expected <stream:features/>".into(),
-                    })
-                }
-            };
-            let features = features.element().map_err(|e| stream_err(e.into()))?;
-            let offers_dialback = features.child("dialback", ns::DIALBACK_FEATURE).is_some();
-            if !offers_dialback && !header.declares_dialback() {
-                return Err(OutboundError::Stream {
-                    target,
-                    reason: "the peer offers no Server Dialback".into(),
-                });
             }
-        } else if !header.declares_dialback() {
-            return Err(OutboundError::Stream {
-                target,
-                reason: "the peer does not support Server Dialback".into(),
-            });
-        }
-        let key = self.ctx.secret.key(&self.remote, &self.local, &stream_id);
+            .into());
+        };
+        self.dialback(conn, &stream_id).await?;
+        Ok(AuthMethod::Dialback)
+    }
+
+    /// XEP-0220 §2.1: send our key, wait for the verdict on exactly our pair.
+    async fn dialback(&self, conn: &mut Connection, stream_id: &str) -> Result<(), OutboundError> {
+        let target = conn.peer;
+        let key = self.ctx.secret.key(&self.remote, &self.local, stream_id);
         conn.send(
             format!(
                 "<db:result from='{}' to='{}'>{}</db:result>",
@@ -338,48 +382,49 @@ impl Session {
             )
             .as_bytes(),
         );
-        conn.flush().await.map_err(|e| stream_err(e.into()))?;
+        connect::flush(conn, target).await?;
         let metrics = &self.ctx.router.metrics;
-        match conn.next_event().await.map_err(stream_err)? {
-            Event::Stanza(s) if s.kind() == Kind::DbResult => {
-                // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
-                if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
-                    return Err(OutboundError::Stream {
-                        target,
-                        reason: "unsolicited dialback result".into(),
-                    });
-                }
-                let verdict = s.type_().unwrap_or("").to_string();
-                metrics
-                    .dialback
-                    .with_label_values(&["outbound", verdict_label(&verdict)])
-                    .inc();
-                if verdict == "valid" {
-                    return Ok(());
-                }
-                let verdict = match s.element().ok().and_then(|e| {
-                    e.child("error", ns::SERVER)
-                        .or_else(|| e.child("error", ns::DIALBACK))
-                        .and_then(|err| err.children().next().map(|c| c.name.clone()))
-                }) {
-                    Some(cond) => format!("{verdict}: {cond}"),
-                    None => verdict,
-                };
-                Err(OutboundError::DialbackRefused {
-                    remote: self.remote.clone(),
-                    verdict,
-                })
+        let s = connect::next_element(conn, target).await?;
+        if s.kind() != Kind::DbResult {
+            return Err(ConnectError::Stream {
+                target,
+                reason: format!("unexpected <{}/> during dialback", s.name()),
             }
-            Event::Stanza(s) if s.kind() == Kind::StreamError => Err(peer_stream_error(target, &s)),
-            Event::StreamClose => Err(OutboundError::Stream {
-                target,
-                reason: "the peer closed the stream during dialback".into(),
-            }),
-            _ => Err(OutboundError::Stream {
-                target,
-                reason: "unexpected element during dialback".into(),
-            }),
+            .into());
         }
+        // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
+        if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
+            return Err(ConnectError::Stream {
+                target,
+                reason: "unsolicited dialback result".into(),
+            }
+            .into());
+        }
+        let verdict = s.type_().unwrap_or("").to_string();
+        metrics
+            .dialback
+            .with_label_values(&["outbound", verdict_label(&verdict)])
+            .inc();
+        let result = if verdict == "valid" { "success" } else { "failure" };
+        metrics
+            .s2s_auth
+            .with_label_values(&["outbound", "dialback", result])
+            .inc();
+        if verdict == "valid" {
+            return Ok(());
+        }
+        let verdict = match s.element().ok().and_then(|e| {
+            e.child("error", ns::SERVER)
+                .or_else(|| e.child("error", ns::DIALBACK))
+                .and_then(|err| err.children().next().map(|c| c.name.clone()))
+        }) {
+            Some(cond) => format!("{verdict}: {cond}"),
+            None => verdict,
+        };
+        Err(OutboundError::DialbackRefused {
+            remote: self.remote.clone(),
+            verdict,
+        })
     }
 
     /// Step 4: write the queue until idle, shutdown or loss.
@@ -464,13 +509,6 @@ impl Session {
             self.write(writer, &s, target);
         }
         let _ = writer.flush().await;
-    }
-}
-
-fn peer_stream_error(target: SocketAddr, s: &Stanza) -> OutboundError {
-    OutboundError::PeerStreamError {
-        target,
-        error: PeerStreamError::parse(s),
     }
 }
 

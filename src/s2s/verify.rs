@@ -2,24 +2,21 @@
 //! originating domain's authoritative server whether the key it was given is genuine.
 //!
 //! Steps:
-//! 1. resolve the originating domain's targets (as for outbound) and connect;
-//! 2. open a `jabber:server` stream declaring `xmlns:db`, read the header and features;
-//! 3. send `<db:verify from=receiving to=originating id=stream_id>key</db:verify>`;
-//! 4. wait for the `<db:verify type='valid|invalid'/>` answering exactly that request, then
+//! 1. resolve the originating domain's targets (as for outbound) and [open](super::connect) a
+//!    stream to one, with TLS and the certificate rules of the originating domain;
+//! 2. send `<db:verify from=receiving to=originating id=stream_id>key</db:verify>`;
+//! 3. wait for the `<db:verify type='valid|invalid'/>` answering exactly that request, then
 //!    close. Anything unsolicited ends the attempt.
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
+use super::connect;
 use super::S2sContext;
 use crate::connection::Connection;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
-use crate::xml::ns;
 use crate::xml::stanza::Kind;
-use crate::xml::stream::OpenStream;
 
 /// What the authoritative server said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,45 +83,32 @@ async fn ask(
     key: &str,
 ) -> Result<Verdict, VerifyError> {
     let targets = ctx.resolver.targets(originating).await?;
+    // The authoritative server is held to the same TLS rules as the domain's other servers.
+    let policy = ctx.security.peer(originating);
     let mut last = String::from("no address");
     for target in targets {
-        let tcp = match tokio::time::timeout(
-            ctx.settings.connect_timeout,
-            TcpStream::connect(target.addr),
-        )
-        .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                last = format!("{}: {e}", target.addr);
-                continue;
-            }
-            Err(_) => {
-                last = format!("{}: connect timed out", target.addr);
+        let mut opened = match connect::open(ctx, receiving, originating, &target, &policy).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                last = e.to_string();
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        let mut conn = Connection::new(
-            Box::new(tcp),
-            target.addr,
-            ctx.settings.negotiation_limits(),
-            ns::SERVER,
-        );
-        match ask_on(&mut conn, receiving, originating, stream_id, key).await {
+        let conn = &mut opened.conn;
+        match ask_on(conn, receiving, originating, stream_id, key).await {
             Ok(verdict) => {
-                conn.close().await;
+                opened.conn.close().await;
                 return Ok(verdict);
             }
             Err(Ask::Refused(reason)) => {
-                conn.close().await;
+                opened.conn.close().await;
                 return Err(VerifyError::Refused {
                     domain: originating.to_string(),
                     reason,
                 });
             }
             Err(Ask::Failed(reason)) => {
-                conn.close().await;
+                opened.conn.close().await;
                 last = format!("{}: {reason}", target.addr);
             }
         }
@@ -150,28 +134,6 @@ async fn ask_on(
     key: &str,
 ) -> Result<Verdict, Ask> {
     let failed = |e: &dyn std::fmt::Display| Ask::Failed(e.to_string());
-    conn.open(&OpenStream {
-        content_ns: ns::SERVER,
-        from: Some(receiving),
-        to: Some(originating),
-        id: None,
-        version: true,
-        dialback: true,
-    });
-    conn.flush().await.map_err(|e| failed(&e))?;
-    let header = match conn.next_event().await.map_err(|e| failed(&e))? {
-        Event::StreamOpen(h) => h,
-        _ => return Err(Ask::Failed("expected a stream header".into())),
-    };
-    if header.version.is_some() {
-        match conn.next_event().await.map_err(|e| failed(&e))? {
-            Event::Stanza(s) if s.kind() == Kind::StreamFeatures => {}
-            Event::Stanza(s) if s.kind() == Kind::StreamError => {
-                return Err(Ask::Failed("stream error instead of features".into()))
-            }
-            _ => return Err(Ask::Failed("expected <stream:features/>".into())),
-        }
-    }
     conn.send(
         format!(
             "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",

@@ -1,0 +1,417 @@
+//! The initiating side of an s2s stream up to authentication, shared by [outbound
+//! sessions](super::outbound) and [dialback verification](super::verify) (RFC 6120 §4–5,
+//! XEP-0368).
+//!
+//! Steps for one [`Target`]:
+//! 1. TCP connect within `connect_timeout`; on a direct TLS target (XEP-0368), the TLS
+//!    handshake at once, with ALPN `xmpp-server`;
+//! 2. open a `jabber:server` stream declaring `xmlns:db` and read the peer's header and
+//!    features;
+//! 3. without TLS yet: `<starttls/>` if offered, `<proceed/>`, the handshake (SNI = the remote
+//!    domain), then a fresh stream (back to step 2). A peer that offers no TLS while TLS is
+//!    required gets nothing but our header and `</stream:stream>`;
+//! 4. with TLS: check the peer's certificate for the remote domain ([`Tls::verify_peer`]); when
+//!    the policy needs a valid certificate and it is not, close with `<policy-violation/>`.
+//!
+//! The caller then authenticates (SASL EXTERNAL or dialback) on the [`Opened`] stream.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::{PeerStreamError, S2sContext};
+use crate::connection::{BoxTransport, Connection, ReadError};
+use crate::dns::Target;
+use crate::policy::PeerSecurity;
+use crate::tls::{CertProblem, CertVerdict, PeerRole, TlsError, TlsInfo};
+use crate::xml::element::Element;
+use crate::xml::error::StreamErrorCondition;
+use crate::xml::framer::Event;
+use crate::xml::ns;
+use crate::xml::stanza::{Kind, Stanza};
+use crate::xml::stream::{OpenStream, StreamHeader};
+
+/// Why a stream to one target could not be opened. The next target may do better.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: SocketAddr, reason: String },
+    #[error("{stage} at {target} timed out after {after:?}")]
+    Timeout {
+        stage: &'static str,
+        target: SocketAddr,
+        after: Duration,
+    },
+    #[error("{target} closed the stream with {error}")]
+    PeerStreamError {
+        target: SocketAddr,
+        error: PeerStreamError,
+    },
+    #[error("stream to {target} failed: {reason}")]
+    Stream { target: SocketAddr, reason: String },
+    #[error("{target} does not offer TLS, and TLS is required for {domain}")]
+    TlsUnavailable { target: SocketAddr, domain: String },
+    #[error("TLS with {target} failed: {error}")]
+    Tls { target: SocketAddr, error: TlsError },
+    #[error("TLS {problem} at {target}")]
+    Certificate {
+        target: SocketAddr,
+        problem: CertProblem,
+    },
+}
+
+impl ConnectError {
+    /// A metric label for the stage that failed.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            ConnectError::Connect { .. } => "connect",
+            ConnectError::Timeout { stage, .. } if *stage == "TCP connect" => "connect",
+            ConnectError::TlsUnavailable { .. }
+            | ConnectError::Tls { .. }
+            | ConnectError::Certificate { .. } => "tls",
+            _ => "stream",
+        }
+    }
+}
+
+/// What a stream negotiated, for policy, logs, metrics and diagnostics.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The TLS session, if any.
+    pub tls: Option<TlsInfo>,
+    /// The peer certificate's verdict for its domain, once known (with TLS only).
+    pub verdict: Option<CertVerdict>,
+}
+
+impl Security {
+    /// Whether the peer's certificate is valid for its domain.
+    pub fn certificate_valid(&self) -> bool {
+        self.verdict.as_ref().is_some_and(CertVerdict::is_valid)
+    }
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tls {
+            None => f.write_str("no TLS"),
+            Some(tls) => {
+                write!(f, "{} {}", tls.version, tls.cipher)?;
+                if let Some(alpn) = &tls.alpn {
+                    write!(f, " ALPN {alpn}")?;
+                }
+                match &self.verdict {
+                    Some(v) => write!(f, ", {v}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// A stream ready for authentication.
+pub struct Opened {
+    pub conn: Connection,
+    /// The peer's latest stream header (its id keys dialback).
+    pub header: StreamHeader,
+    /// The peer's latest features (empty for a pre-1.0 peer).
+    pub features: Element,
+    pub security: Security,
+}
+
+/// Whether `features` offer SASL EXTERNAL.
+pub fn offers_external(features: &Element) -> bool {
+    features.child("mechanisms", ns::SASL).is_some_and(|m| {
+        m.children()
+            .any(|c| c.name == "mechanism" && c.text().trim() == "EXTERNAL")
+    })
+}
+
+/// Whether the peer offers Server Dialback: the XEP-0220 feature, or `xmlns:db` on an older
+/// peer's header.
+pub fn offers_dialback(header: &StreamHeader, features: &Element) -> bool {
+    features.child("dialback", ns::DIALBACK_FEATURE).is_some() || header.declares_dialback()
+}
+
+/// Steps 1–4 for one target, each step bounded in time.
+pub async fn open(
+    ctx: &S2sContext,
+    local: &str,
+    remote: &str,
+    target: &Target,
+    security: &PeerSecurity,
+) -> Result<Opened, ConnectError> {
+    let settings = &ctx.settings;
+    let addr = target.addr;
+    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(ConnectError::Connect {
+                target: addr,
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                stage: "TCP connect",
+                target: addr,
+                after: settings.connect_timeout,
+            })
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Connection::new(
+        Box::new(tcp),
+        addr,
+        settings.negotiation_limits(),
+        ns::SERVER,
+    );
+    let negotiated = tokio::time::timeout(
+        settings.negotiation_timeout,
+        negotiate(ctx, &mut conn, local, remote, target, security),
+    )
+    .await;
+    match negotiated {
+        Ok(Ok((header, features, security))) => Ok(Opened {
+            conn,
+            header,
+            features,
+            security,
+        }),
+        Ok(Err(Failed { error, goodbye })) => {
+            match goodbye {
+                Goodbye::Close => conn.close().await,
+                Goodbye::Error(condition, text) => conn.fail(&condition, Some(&text)).await,
+                Goodbye::None => {}
+            }
+            Err(error)
+        }
+        Err(_) => {
+            conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
+                .await;
+            Err(ConnectError::Timeout {
+                stage: "stream negotiation",
+                target: addr,
+                after: settings.negotiation_timeout,
+            })
+        }
+    }
+}
+
+/// How to leave a stream that failed.
+enum Goodbye {
+    /// `</stream:stream>`.
+    Close,
+    /// A stream error, then `</stream:stream>`.
+    Error(StreamErrorCondition, String),
+    /// The transport is gone (or was taken for a failed handshake).
+    None,
+}
+
+struct Failed {
+    error: ConnectError,
+    goodbye: Goodbye,
+}
+
+impl From<ConnectError> for Failed {
+    fn from(error: ConnectError) -> Failed {
+        Failed {
+            error,
+            goodbye: Goodbye::Close,
+        }
+    }
+}
+
+async fn negotiate(
+    ctx: &S2sContext,
+    conn: &mut Connection,
+    local: &str,
+    remote: &str,
+    target: &Target,
+    policy: &PeerSecurity,
+) -> Result<(StreamHeader, Element, Security), Failed> {
+    let addr = target.addr;
+    let mut security = Security::default();
+    if target.direct_tls {
+        let info = handshake(ctx, conn, local, remote, true).await?;
+        security.tls = Some(info);
+    }
+    loop {
+        let (header, features) = exchange_headers(conn, local, remote).await?;
+        if let Some(info) = &security.tls {
+            let verdict = ctx.tls.verify_peer(info, remote, PeerRole::Server, &policy.pins);
+            ctx.router
+                .metrics
+                .certificate_verdicts
+                .with_label_values(&["outbound", verdict.label()])
+                .inc();
+            if let CertVerdict::Invalid(problem) = &verdict {
+                if policy.needs_valid_certificate() {
+                    return Err(Failed {
+                        goodbye: Goodbye::Error(
+                            StreamErrorCondition::PolicyViolation,
+                            format!("a valid certificate for {remote} is required: {problem}"),
+                        ),
+                        error: ConnectError::Certificate {
+                            target: addr,
+                            problem: problem.clone(),
+                        },
+                    });
+                }
+            }
+            security.verdict = Some(verdict);
+            return Ok((header, features, security));
+        }
+        if features.child("starttls", ns::TLS).is_none() {
+            if policy.tls_required {
+                return Err(ConnectError::TlsUnavailable {
+                    target: addr,
+                    domain: remote.to_string(),
+                }
+                .into());
+            }
+            return Ok((header, features, security));
+        }
+        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        flush(conn, addr).await?;
+        match next_element(conn, addr).await? {
+            s if s.name() == "proceed" && s.ns() == ns::TLS => {}
+            s if s.name() == "failure" && s.ns() == ns::TLS => {
+                return Err(Failed {
+                    error: ConnectError::Stream {
+                        target: addr,
+                        reason: "the peer refused STARTTLS".into(),
+                    },
+                    // RFC 6120 §5.4.2.2: the receiving entity closes the stream.
+                    goodbye: Goodbye::None,
+                });
+            }
+            s => {
+                return Err(ConnectError::Stream {
+                    target: addr,
+                    reason: format!("expected <proceed/>, got <{}/>", s.name()),
+                }
+                .into())
+            }
+        }
+        let info = handshake(ctx, conn, local, remote, false).await?;
+        security.tls = Some(info);
+    }
+}
+
+/// The client side of a TLS handshake on `conn`'s transport; the stream restarts on it.
+async fn handshake(
+    ctx: &S2sContext,
+    conn: &mut Connection,
+    local: &str,
+    remote: &str,
+    direct: bool,
+) -> Result<TlsInfo, Failed> {
+    let target = conn.peer;
+    let io: BoxTransport = conn.take_transport();
+    let metrics = &ctx.router.metrics;
+    match ctx.tls.connect(io, local, remote, direct).await {
+        Ok((io, info)) => {
+            metrics
+                .tls_handshakes
+                .with_label_values(&["outbound", "ok"])
+                .inc();
+            conn.restart_on(io);
+            Ok(info)
+        }
+        Err(error) => {
+            metrics
+                .tls_handshakes
+                .with_label_values(&["outbound", "failed"])
+                .inc();
+            Err(Failed {
+                error: ConnectError::Tls { target, error },
+                goodbye: Goodbye::None,
+            })
+        }
+    }
+}
+
+/// Opens our stream and reads the peer's header and, from a version 1.0 peer, its features
+/// (RFC 6120 §4.3). Used again after every stream restart.
+pub async fn exchange_headers(
+    conn: &mut Connection,
+    local: &str,
+    remote: &str,
+) -> Result<(StreamHeader, Element), ConnectError> {
+    let target = conn.peer;
+    conn.open(&OpenStream {
+        content_ns: ns::SERVER,
+        from: Some(local),
+        to: Some(remote),
+        id: None,
+        version: true,
+        dialback: true,
+    });
+    flush(conn, target).await?;
+    let header = match conn.next_event().await.map_err(|e| read_error(target, e))? {
+        Event::StreamOpen(h) => h,
+        _ => {
+            return Err(ConnectError::Stream {
+                target,
+                reason: "expected a stream header".into(),
+            })
+        }
+    };
+    if header.default_ns.as_deref() != Some(ns::SERVER) {
+        return Err(ConnectError::Stream {
+            target,
+            reason: "the peer's stream is not jabber:server".into(),
+        });
+    }
+    if header.version.is_none() {
+        return Ok((header, Element::default()));
+    }
+    let features = next_element(conn, target).await?;
+    if features.kind() != Kind::StreamFeatures {
+        return Err(ConnectError::Stream {
+            target,
+            reason: format!("expected <stream:features/>, got <{}/>", features.name()),
+        });
+    }
+    let features = features.element().map_err(|e| ConnectError::Stream {
+        target,
+        reason: e.to_string(),
+    })?;
+    Ok((header, features))
+}
+
+/// The next top-level element; a stream error or close becomes the error.
+pub async fn next_element(conn: &mut Connection, target: SocketAddr) -> Result<Stanza, ConnectError> {
+    match conn.next_event().await.map_err(|e| read_error(target, e))? {
+        Event::Stanza(s) if s.kind() == Kind::StreamError => Err(ConnectError::PeerStreamError {
+            target,
+            error: PeerStreamError::parse(&s),
+        }),
+        Event::Stanza(s) => Ok(s),
+        Event::StreamClose => Err(ConnectError::Stream {
+            target,
+            reason: "the peer closed the stream".into(),
+        }),
+        Event::StreamOpen(_) => Err(ConnectError::Stream {
+            target,
+            reason: "unexpected stream header".into(),
+        }),
+    }
+}
+
+pub async fn flush(conn: &mut Connection, target: SocketAddr) -> Result<(), ConnectError> {
+    conn.flush()
+        .await
+        .map_err(|e| read_error(target, ReadError::Io(e)))
+}
+
+fn read_error(target: SocketAddr, e: ReadError) -> ConnectError {
+    ConnectError::Stream {
+        target,
+        reason: e.to_string(),
+    }
+}
