@@ -62,7 +62,8 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
     let file = dir.path().join("fedgate.toml");
     std::fs::write(
         &file,
-        "[s2s]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
     )
     .unwrap();
     let mut child = Command::new(BIN)
@@ -88,6 +89,10 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
     assert!(
         dir.path().join("fedgate-dialback.secret").exists(),
         "secret created on first start"
+    );
+    assert!(
+        dir.path().join("a.crt").exists() && dir.path().join("a.key").exists(),
+        "self-signed certificate created on first start"
     );
     unsafe_kill(child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

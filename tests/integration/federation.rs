@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::certs::CertSpec;
 use crate::harness::*;
 
 #[tokio::test]
@@ -81,8 +82,13 @@ async fn an_impostor_with_another_secret_gets_invalid_and_its_stanzas_bounce() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
-    // The impostor claims a.test, with its own secret; DNS sends verifiers to the real a.test.
+    // The impostor claims a.test, with its own secret and a self-signed certificate (no CA
+    // would issue it one); DNS sends verifiers to the real a.test.
     let impostor = instance(&dns, "a.test")
+        .cert(CertSpec {
+            self_signed: true,
+            ..CertSpec::default()
+        })
         .dialback_secret("an entirely different secret value")
         .unlisted()
         .start()

@@ -12,8 +12,12 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::rustls;
+
+use crate::certs::{ca, CertSpec};
 
 use fedgate::config::Config;
+use fedgate::connection::BoxTransport;
 use fedgate::dialback::{component_handshake, DialbackSecret};
 use fedgate::gateway::{self, RunningGateway};
 use fedgate::xml::framer::{Event, Framer, Limits};
@@ -134,6 +138,13 @@ pub struct InstanceBuilder<'a> {
     component: String,
     backends: Vec<(String, String)>,
     register_dns: bool,
+    /// The certificate to present; `None` = no `[[tls.certificate]]` at all.
+    cert: Option<CertSpec>,
+    /// The `domains` of the `[[tls.certificate]]`; empty = the instance's domains.
+    cert_domains: Vec<String>,
+    tls: String,
+    peers: String,
+    routes: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -146,6 +157,11 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         component: String::new(),
         backends: Vec::new(),
         register_dns: true,
+        cert: Some(CertSpec::default()),
+        cert_domains: Vec::new(),
+        tls: String::new(),
+        peers: String::new(),
+        routes: String::new(),
     }
 }
 
@@ -181,6 +197,50 @@ impl InstanceBuilder<'_> {
         self
     }
 
+    /// Presents this certificate (default: issued by the test CA for the instance's domains).
+    /// Names left empty are filled with the instance's domains.
+    pub fn cert(mut self, spec: CertSpec) -> Self {
+        self.cert = Some(spec);
+        self
+    }
+
+    /// The domains the certificate is configured for (default: the instance's domains).
+    #[allow(dead_code)]
+    pub fn cert_domains(mut self, domains: &[&str]) -> Self {
+        self.cert_domains = domains.iter().map(|d| d.to_string()).collect();
+        self
+    }
+
+    /// No certificate at all (and so no TLS inbound; needs `require_encryption = false`).
+    pub fn no_cert(mut self) -> Self {
+        self.cert = None;
+        self
+    }
+
+    /// Extra `[tls]` keys.
+    #[allow(dead_code)]
+    pub fn tls(mut self, lines: &str) -> Self {
+        self.tls.push_str(lines);
+        self.tls.push('\n');
+        self
+    }
+
+    /// A `[[federation.peer]]` table with these keys.
+    pub fn peer(mut self, lines: &str) -> Self {
+        self.peers
+            .push_str(&format!("[[federation.peer]]\n{lines}\n"));
+        self
+    }
+
+    /// A `[[s2s.route]]` for `domain` to `target`, direct TLS or STARTTLS.
+    #[allow(dead_code)]
+    pub fn route(mut self, domain: &str, target: SocketAddr, direct_tls: bool) -> Self {
+        self.routes.push_str(&format!(
+            "[[s2s.route]]\ndomain = \"{domain}\"\ntarget = \"{target}\"\ndirect_tls = {direct_tls}\n"
+        ));
+        self
+    }
+
     /// Do not publish this instance's address in DNS (an impostor).
     pub fn unlisted(mut self) -> Self {
         self.register_dns = false;
@@ -206,17 +266,45 @@ impl InstanceBuilder<'_> {
                 extra.push_str(&format!("{key} = {value}\n"));
             }
         }
+        let mut certificate = String::new();
+        if let Some(spec) = &self.cert {
+            let mut spec = spec.clone();
+            let mut domains = vec![self.domain.clone()];
+            domains.extend(self.backends.iter().map(|(d, _)| d.clone()));
+            if spec.dns.is_empty() && spec.srv.is_empty() && spec.xmpp_addr.is_empty() {
+                spec.dns = domains.clone();
+            }
+            let (cert, key) = ca().issue(&spec, dir.path(), "tls");
+            if !self.cert_domains.is_empty() {
+                domains = self.cert_domains.clone();
+            }
+            let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+            certificate = format!(
+                "[[tls.certificate]]\ndomains = [{}]\ncert = \"{}\"\nkey = \"{}\"\n",
+                domains.join(", "),
+                cert.display(),
+                key.display()
+            );
+        }
         let text = format!(
             r#"
 [s2s]
 listen = ["{ip}:5269"]
+direct_tls_listen = ["{ip}:5270"]
 dialback_secret_file = "dialback.secret"
 {extra}
+{routes}
 [dns]
 nameservers = ["{dns}"]
 
 [federation]
 {federation}
+{peers}
+[tls]
+webpki_roots = false
+ca_files = ["{ca_file}"]
+{tls}
+{certificate}
 
 [component]
 listen = "127.0.0.1:0"
@@ -231,6 +319,10 @@ listen = "127.0.0.1:0"
 "#,
             dns = self.dns.addr,
             federation = self.federation,
+            peers = self.peers,
+            routes = self.routes,
+            ca_file = ca().ca_file.display(),
+            tls = self.tls,
             component = self.component,
             domain = self.domain,
         );
@@ -262,6 +354,19 @@ impl Instance {
 
     pub fn s2s_addr(&self) -> SocketAddr {
         self.gw().s2s_addrs[0]
+    }
+
+    /// The direct TLS (XEP-0368) listener.
+    pub fn direct_tls_addr(&self) -> SocketAddr {
+        self.gw().direct_tls_addrs[0]
+    }
+
+    /// The certificate and key files this instance presents.
+    pub fn cert_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        (
+            self.dir.path().join("tls.crt"),
+            self.dir.path().join("tls.key"),
+        )
     }
 
     /// The dialback secret this instance uses (the file it created or was given).
@@ -308,17 +413,34 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 
 /// A raw XML stream: writes bytes as given, frames what comes back with fedgate's framer.
 pub struct RawStream {
-    tcp: TcpStream,
+    tcp: BoxTransport,
     framer: Framer,
     pub header: Option<StreamHeader>,
 }
+
+/// What a raw stream saw of a TLS handshake.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub struct TlsSeen {
+    pub alpn: Option<Vec<u8>>,
+    /// The certificate the server presented (leaf).
+    pub server_cert: Vec<u8>,
+    pub version: Option<rustls::ProtocolVersion>,
+}
+
+/// A client certificate for a raw stream: (cert file, key file).
+pub type ClientCert<'a> = Option<(&'a std::path::Path, &'a std::path::Path)>;
 
 impl RawStream {
     pub async fn connect(addr: SocketAddr) -> RawStream {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.set_nodelay(true).unwrap();
+        RawStream::over(Box::new(tcp))
+    }
+
+    fn over(io: BoxTransport) -> RawStream {
         RawStream {
-            tcp,
+            tcp: io,
             framer: Framer::new(Limits {
                 max_stanza_bytes: 16 * 1024 * 1024,
                 max_depth: 64,
@@ -326,6 +448,38 @@ impl RawStream {
             }),
             header: None,
         }
+    }
+
+    /// Connects with TLS from the first byte (XEP-0368), SNI `sni`, ALPN `xmpp-server` if
+    /// `alpn`.
+    pub async fn connect_direct_tls(
+        addr: SocketAddr,
+        sni: &str,
+        alpn: bool,
+        client: ClientCert<'_>,
+    ) -> (RawStream, TlsSeen) {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        let (io, seen) = tls_handshake(Box::new(tcp), sni, alpn, client).await;
+        (RawStream::over(io), seen)
+    }
+
+    /// `<starttls/>`, `<proceed/>`, then the handshake; the framer starts afresh.
+    pub async fn starttls(&mut self, sni: &str, client: ClientCert<'_>) -> TlsSeen {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = self.next().await;
+        assert_eq!(proceed.name(), "proceed", "{}", text(proceed.raw()));
+        self.upgrade(sni, client).await
+    }
+
+    /// The TLS handshake on this stream's transport (after `<proceed/>` was read).
+    pub async fn upgrade(&mut self, sni: &str, client: ClientCert<'_>) -> TlsSeen {
+        self.framer.reset();
+        let io = std::mem::replace(&mut self.tcp, Box::new(tokio::io::duplex(1).0));
+        let (io, seen) = tls_handshake(io, sni, false, client).await;
+        self.tcp = io;
+        seen
     }
 
     /// Connects as a XEP-0114 backend for `domain` and completes the handshake.
@@ -438,17 +592,149 @@ impl RawStream {
     }
 }
 
-/// Opens an s2s stream to `addr` as `from` → `to` and reads the header and features.
-pub async fn s2s_stream(addr: SocketAddr, from: &str, to: &str) -> (RawStream, String) {
-    let mut s = RawStream::connect(addr).await;
-    s.send(&format!(
+/// Our s2s stream header, `from` → `to`.
+pub fn s2s_header(from: &str, to: &str) -> String {
+    format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
-    ))
-    .await;
+    )
+}
+
+/// Opens a plaintext s2s stream to `addr` as `from` → `to`, reads the header and returns the
+/// features.
+pub async fn plain_s2s_stream(addr: SocketAddr, from: &str, to: &str) -> (RawStream, Stanza) {
+    let mut s = RawStream::connect(addr).await;
+    s.send(&s2s_header(from, to)).await;
+    s.expect_header().await;
+    let features = s.next().await;
+    assert_eq!(features.name(), "features");
+    (s, features)
+}
+
+/// Opens an s2s stream to `addr` as `from` → `to`, negotiates STARTTLS (presenting `client`
+/// if given), and returns the stream, its id and the features after TLS.
+pub async fn tls_s2s_stream(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    client: ClientCert<'_>,
+) -> (RawStream, String, Stanza) {
+    let (mut s, features) = plain_s2s_stream(addr, from, to).await;
+    assert!(
+        text(features.raw()).contains("<starttls"),
+        "STARTTLS offered: {}",
+        text(features.raw())
+    );
+    s.starttls(to, client).await;
+    s.send(&s2s_header(from, to)).await;
     let header = s.expect_header().await;
     let features = s.next().await;
     assert_eq!(features.name(), "features");
-    (s, header.id.expect("stream id"))
+    (s, header.id.expect("stream id"), features)
+}
+
+/// An s2s stream over STARTTLS without a client certificate, ready for dialback: the stream
+/// and its id.
+pub async fn s2s_stream(addr: SocketAddr, from: &str, to: &str) -> (RawStream, String) {
+    let (s, id, _) = tls_s2s_stream(addr, from, to, None).await;
+    (s, id)
+}
+
+/// A TLS client that accepts any server certificate (tests look at what they got) and
+/// presents `client` if given.
+async fn tls_handshake(
+    io: BoxTransport,
+    sni: &str,
+    alpn: bool,
+    client: ClientCert<'_>,
+) -> (BoxTransport, TlsSeen) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    if alpn {
+        config.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, io))
+        .await
+        .expect("TLS handshake in time")
+        .expect("TLS handshake");
+    let (_, conn) = tls.get_ref();
+    let seen = TlsSeen {
+        alpn: conn.alpn_protocol().map(|a| a.to_vec()),
+        server_cert: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        version: conn.protocol_version(),
+    };
+    (Box::new(tls), seen)
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// An s2s stream authenticated by dialback as `from` (whose real server is `authority`, so
@@ -469,6 +755,16 @@ pub async fn authenticated_s2s(addr: SocketAddr, authority: &Instance, to: &str)
         std::str::from_utf8(result.raw())
     );
     s
+}
+
+/// The value of one sample in a Prometheus text exposition, e.g.
+/// `metric(&text, "fedgate_bounces_total{condition=\"remote-server-timeout\"}")`; 0 if absent.
+#[allow(dead_code)]
+pub fn metric(exposition: &str, sample: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// Payload bytes of a stanza, for byte-exact comparisons.

@@ -3,7 +3,7 @@
 use crate::harness::*;
 
 #[tokio::test]
-async fn the_inbound_stream_offers_dialback_with_errors() {
+async fn the_inbound_stream_requires_starttls_then_offers_dialback_with_errors() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test").start().await;
     let mut s = RawStream::connect(b.s2s_addr()).await;
@@ -12,6 +12,15 @@ async fn the_inbound_stream_offers_dialback_with_errors() {
     assert_eq!(h.from.as_deref(), Some("b.test"));
     assert_eq!(h.to.as_deref(), Some("a.test"));
     assert!(h.declares_dialback());
+    assert_eq!(
+        s.next_text().await,
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+    );
+    s.starttls("b.test", None).await;
+    s.send(&s2s_header("a.test", "b.test")).await;
+    let h2 = s.expect_header().await;
+    assert_ne!(h2.id, h.id, "a new stream id after TLS");
+    // No client certificate: no SASL EXTERNAL, dialback over TLS.
     assert_eq!(
         s.next_text().await,
         "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
