@@ -14,6 +14,10 @@
 //! Every message carries a sequence number; backend B checks that each arrives exactly once
 //! and in order, and the run panics otherwise.
 //!
+//! Both phases run twice: over TLS (each gateway has a self-signed certificate, created at
+//! start, so the session authenticates by dialback over TLS) and in plaintext
+//! (`require_encryption = false`). `RELAY_TRANSPORT=tls` or `=plain` runs one of them.
+//!
 //! Run: `cargo bench --bench relay`. The benchmark's own backends (message formatting,
 //! framing on receive) share the machine's cores with both gateways.
 
@@ -34,8 +38,6 @@ use fedgate::gateway::{self, RunningGateway};
 use fedgate::xml::framer::{Event, Framer, Limits};
 use fedgate::xml::stanza::Stanza;
 
-const IP_A: &str = "127.88.0.1";
-const IP_B: &str = "127.88.0.2";
 /// How long any single step may stall before the run fails.
 const STALL: Duration = Duration::from_secs(10);
 /// Size of one write from backend A in the throughput phase.
@@ -56,11 +58,33 @@ fn env_count(name: &str, default: usize) -> usize {
 fn main() {
     let n = env_count("RELAY_N", 1_000_000);
     let lat_n = env_count("RELAY_LAT_N", 100_000);
+    let transport = std::env::var("RELAY_TRANSPORT").unwrap_or_else(|_| "both".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(n, lat_n));
+    if transport == "tls" || transport == "both" {
+        runtime.block_on(run(n, lat_n, Transport::Tls));
+    }
+    if transport == "plain" || transport == "both" {
+        runtime.block_on(run(n, lat_n, Transport::Plain));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transport {
+    Tls,
+    Plain,
+}
+
+impl Transport {
+    /// Each transport on its own addresses, so the second run never meets the first's sockets.
+    fn ips(self) -> (&'static str, &'static str) {
+        match self {
+            Transport::Tls => ("127.88.1.1", "127.88.1.2"),
+            Transport::Plain => ("127.88.0.1", "127.88.0.2"),
+        }
+    }
 }
 
 /// Starts a gateway serving `domain` with its s2s listener on `ip:5269` and a static route to
@@ -72,7 +96,15 @@ async fn start_gateway(
     peer_domain: &str,
     peer_ip: &str,
     component_secret: &str,
+    transport: Transport,
 ) -> RunningGateway {
+    let security = match transport {
+        Transport::Tls => format!(
+            "[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = \"tls.crt\"\nkey = \"tls.key\"\nself_signed = true\n"
+        ),
+        Transport::Plain => String::new(),
+    };
+    let require = transport == Transport::Tls;
     std::fs::write(
         dir.join("dialback.secret"),
         format!("relay-bench-dialback-secret-{domain}"),
@@ -82,6 +114,8 @@ async fn start_gateway(
         r#"
 [s2s]
 listen = ["{ip}:5269"]
+direct_tls_listen = []
+require_encryption = {require}
 dialback_secret_file = "dialback.secret"
 connect_timeout = "2s"
 negotiation_timeout = "5s"
@@ -103,6 +137,8 @@ secret = "{component_secret}"
 
 [metrics]
 enabled = false
+
+{security}
 "#
     );
     let config = Config::from_toml(&text, dir).expect("bench config is valid");
@@ -311,12 +347,31 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn run(n: usize, lat_n: usize) {
+async fn run(n: usize, lat_n: usize, transport: Transport) {
+    let (ip_a, ip_b) = transport.ips();
     let t0 = Instant::now();
     let dir_a = tempfile::tempdir().expect("tempdir");
     let dir_b = tempfile::tempdir().expect("tempdir");
-    let gw_a = start_gateway(dir_a.path(), "a.test", IP_A, "b.test", IP_B, "secret-a").await;
-    let gw_b = start_gateway(dir_b.path(), "b.test", IP_B, "a.test", IP_A, "secret-b").await;
+    let gw_a = start_gateway(
+        dir_a.path(),
+        "a.test",
+        ip_a,
+        "b.test",
+        ip_b,
+        "secret-a",
+        transport,
+    )
+    .await;
+    let gw_b = start_gateway(
+        dir_b.path(),
+        "b.test",
+        ip_b,
+        "a.test",
+        ip_a,
+        "secret-b",
+        transport,
+    )
+    .await;
     let (mut reader_a, mut wr_a) = attach_backend(gw_a.component_addr, "a.test", "secret-a").await;
     let (reader_b, wr_b) = attach_backend(gw_b.component_addr, "b.test", "secret-b").await;
 
@@ -348,7 +403,7 @@ async fn run(n: usize, lat_n: usize) {
     let mut sample = Vec::new();
     push_message(&mut sample, 0, 0);
     println!(
-        "relay: a.test@{IP_A} -> b.test@{IP_B}, {} byte messages, tokio workers: {}",
+        "relay over {transport:?}: a.test@{ip_a} -> b.test@{ip_b}, {} byte messages, tokio workers: {}",
         sample.len(),
         tokio::runtime::Handle::current().metrics().num_workers()
     );
