@@ -525,3 +525,114 @@ async fn a_peer_held_to_dialback_is_offered_no_sasl_external() {
     assert_eq!(metric(&m, EXTERNAL_OUT), 0.0, "{m}");
     assert_eq!(metric(&m, DIALBACK_OUT), 1.0, "{m}");
 }
+
+/// A peer that offers SASL EXTERNAL and refuses it, then accepts dialback without checking
+/// (it is the receiving server; its verdict is its own). It serves two connections and
+/// reports, for each, the elements it received after TLS.
+async fn external_refusing_peer(
+    ip: std::net::IpAddr,
+    dir: &std::path::Path,
+) -> tokio::sync::mpsc::Receiver<Vec<String>> {
+    use fedgate::connection::Connection;
+    use fedgate::xml::framer::{Event, Limits};
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
+    let config = fedgate::config::Config::from_toml(
+        &format!(
+            "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
+            cert.display(),
+            key.display()
+        ),
+        dir,
+    )
+    .unwrap();
+    let tls = fedgate::tls::Tls::from_config(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        for n in 0..2 {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let limits = Limits {
+                max_stanza_bytes: 65536,
+                max_depth: 16,
+                max_attributes: 16,
+            };
+            let mut conn = Connection::new(Box::new(tcp), peer, limits, "jabber:server");
+            let header = |id: &str| {
+                format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}-{n}' version='1.0'>")
+            };
+            let mut seen = Vec::new();
+            // Plain stream: STARTTLS only.
+            assert!(matches!(
+                conn.next_event().await.unwrap(),
+                Event::StreamOpen(_)
+            ));
+            conn.send(header("plain").as_bytes());
+            conn.send(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>");
+            conn.flush().await.unwrap();
+            conn.next_event().await.unwrap();
+            conn.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            conn.flush().await.unwrap();
+            let (io, _) = tls
+                .accept(conn.take_transport(), Some("fake.test"), false)
+                .await
+                .unwrap();
+            conn.restart_on(io);
+            assert!(matches!(
+                conn.next_event().await.unwrap(),
+                Event::StreamOpen(_)
+            ));
+            conn.send(header("tls").as_bytes());
+            conn.send(b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+            conn.flush().await.unwrap();
+            loop {
+                let Ok(Event::Stanza(s)) = conn.next_event().await else {
+                    break;
+                };
+                seen.push(s.name().to_string());
+                match s.name() {
+                    "auth" => conn.send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"),
+                    "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
+                    // One message per connection, then the stream ends.
+                    _ => break,
+                }
+                conn.flush().await.unwrap();
+            }
+            conn.close().await;
+            tx.send(seen).await.unwrap();
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn a_peer_that_refuses_our_external_gets_dialback_and_is_remembered() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let mut sessions = external_refusing_peer(ip, dir.path()).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'><body>1</body></message>")
+        .await;
+    assert_eq!(
+        sessions.recv().await.unwrap(),
+        ["auth", "result", "message"],
+        "EXTERNAL tried, refused, then dialback on the same stream"
+    );
+    // The peer ended that stream; the next message opens a new session, straight to dialback.
+    let mut second = None;
+    for _ in 0..50 {
+        if a.gw().router.outbound_count() == 0 {
+            backend
+                .send("<message from='alice@a.test' to='bob@fake.test' id='m2'><body>2</body></message>")
+                .await;
+            second = sessions.recv().await;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.expect("a second session"), ["result", "message"]);
+}
