@@ -164,7 +164,7 @@ pub(crate) fn spki_sha256(cert: &X509Certificate<'_>) -> [u8; 32] {
 
 fn check_pin(cert: &X509Certificate<'_>, pins: &[[u8; 32]]) -> Result<(), CertProblem> {
     let digest = spki_sha256(cert);
-    if pins.iter().any(|pin| *pin == digest) {
+    if pins.contains(&digest) {
         Ok(())
     } else {
         Err(CertProblem::PinMismatch)
