@@ -512,3 +512,342 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::tls::testca::TestCa;
+    use crate::tls::CertProblem;
+
+    fn entry(domains: &[&str], (cert, key): (PathBuf, PathBuf)) -> CertificateConfig {
+        CertificateConfig {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            cert,
+            key,
+            self_signed: false,
+        }
+    }
+
+    fn tls_config(ca_files: Vec<PathBuf>, certificate: Vec<CertificateConfig>) -> TlsConfig {
+        TlsConfig {
+            webpki_roots: false,
+            ca_files,
+            certificate,
+        }
+    }
+
+    fn load_err(config: &TlsConfig) -> (String, String) {
+        match CertState::load(config) {
+            Err(TlsError::File { path, problem }) => (path, problem),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("loaded"),
+        }
+    }
+
+    /// Which certificate file `select` chose.
+    fn chosen(state: &CertState, domain: &str) -> Option<String> {
+        state
+            .select(domain)
+            .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn selection_exact_then_wildcard_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("CA");
+        let one = ca.leaf().dns("a.test").dns("*.w.test").build();
+        let two = ca.leaf().dns("b.test").dns("x.w.test").ed25519().build();
+        let three = ca.leaf().dns("xn--mnchen-3ya.test").build();
+        let config = tls_config(
+            vec![],
+            vec![
+                entry(&["a.test", "*.w.test"], one.write(dir.path(), "one")),
+                entry(&["b.test", "x.w.test"], two.write(dir.path(), "two")),
+                entry(&["münchen.test"], three.write(dir.path(), "three")),
+            ],
+        );
+        let state = CertState::load(&config).unwrap();
+        assert_eq!(chosen(&state, "a.test").as_deref(), Some("one.crt"));
+        assert_eq!(chosen(&state, "A.TEST.").as_deref(), Some("one.crt"));
+        assert_eq!(chosen(&state, "b.test").as_deref(), Some("two.crt"));
+        // An exact entry beats a wildcard, wherever it is.
+        assert_eq!(chosen(&state, "x.w.test").as_deref(), Some("two.crt"));
+        assert_eq!(chosen(&state, "y.w.test").as_deref(), Some("one.crt"));
+        // The wildcard covers one label: not the apex, not two labels.
+        assert_eq!(chosen(&state, "w.test"), None);
+        assert_eq!(chosen(&state, "z.y.w.test"), None);
+        assert_eq!(chosen(&state, ".w.test"), None);
+        assert_eq!(chosen(&state, ""), None);
+        // Unicode and A-label forms select the same certificate.
+        assert_eq!(chosen(&state, "münchen.test").as_deref(), Some("three.crt"));
+        assert_eq!(chosen(&state, "MÜNCHEN.test").as_deref(), Some("three.crt"));
+        assert_eq!(
+            chosen(&state, "xn--mnchen-3ya.test").as_deref(),
+            Some("three.crt")
+        );
+
+        let accept = |sni, hint| {
+            state
+                .select_for_accept(sni, hint)
+                .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            accept(Some("b.test"), Some("a.test")).as_deref(),
+            Some("two.crt")
+        );
+        assert_eq!(
+            accept(Some("nope.test"), Some("b.test")).as_deref(),
+            Some("two.crt")
+        );
+        assert_eq!(accept(None, Some("B.Test.")).as_deref(), Some("two.crt"));
+        assert_eq!(
+            accept(None, Some("münchen.test")).as_deref(),
+            Some("three.crt")
+        );
+        assert_eq!(accept(None, None).as_deref(), Some("one.crt"));
+        assert_eq!(
+            accept(Some("nope.test"), Some("nope.test")).as_deref(),
+            Some("one.crt")
+        );
+
+        let empty = CertState::load(&tls_config(vec![], vec![])).unwrap();
+        assert!(empty.select_for_accept(Some("a.test"), None).is_none());
+    }
+
+    #[test]
+    fn key_must_match_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("CA");
+        let (cert, _) = ca.leaf().dns("a.test").build().write(dir.path(), "a");
+        let (_, other_key) = ca.leaf().dns("b.test").build().write(dir.path(), "b");
+        let (path, problem) = load_err(&tls_config(
+            vec![],
+            vec![entry(&["a.test"], (cert.clone(), other_key.clone()))],
+        ));
+        assert_eq!(path, other_key.display().to_string());
+        assert!(
+            problem.contains("does not belong to the certificate in"),
+            "{problem}"
+        );
+        assert!(problem.contains(&cert.display().to_string()), "{problem}");
+        assert!(!problem.contains('\n'));
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("CA");
+        let (cert, key) = ca.leaf().dns("a.test").build().write(dir.path(), "a");
+        let missing = dir.path().join("missing.pem");
+
+        let (path, problem) = load_err(&tls_config(
+            vec![],
+            vec![entry(&["a.test"], (missing.clone(), key.clone()))],
+        ));
+        assert_eq!(path, missing.display().to_string());
+        assert!(
+            problem.starts_with("cannot read the certificate: "),
+            "{problem}"
+        );
+        let (path, problem) = load_err(&tls_config(
+            vec![],
+            vec![entry(&["a.test"], (cert.clone(), missing.clone()))],
+        ));
+        assert_eq!(path, missing.display().to_string());
+        assert!(
+            problem.starts_with("cannot read the private key: "),
+            "{problem}"
+        );
+        let (path, _) = load_err(&tls_config(vec![missing.clone()], vec![]));
+        assert_eq!(path, missing.display().to_string());
+
+        // The certificate where the key should be, and the other way round.
+        let (path, problem) = load_err(&tls_config(
+            vec![],
+            vec![entry(&["a.test"], (cert.clone(), cert.clone()))],
+        ));
+        assert_eq!(path, cert.display().to_string());
+        assert!(problem.starts_with("no private key found"), "{problem}");
+        let (path, problem) = load_err(&tls_config(
+            vec![],
+            vec![entry(&["a.test"], (key.clone(), key.clone()))],
+        ));
+        assert_eq!(path, key.display().to_string());
+        assert!(
+            problem.starts_with("no CERTIFICATE block found"),
+            "{problem}"
+        );
+
+        // A CA file without certificates, and one with a certificate that is not one.
+        let (path, problem) = load_err(&tls_config(vec![key.clone()], vec![]));
+        assert_eq!(path, key.display().to_string());
+        assert!(
+            problem.starts_with("no CERTIFICATE block found"),
+            "{problem}"
+        );
+        let bad = dir.path().join("bad-ca.pem");
+        std::fs::write(
+            &bad,
+            format!(
+                "{}-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n",
+                ca.pem
+            ),
+        )
+        .unwrap();
+        let (path, problem) = load_err(&tls_config(vec![bad.clone()], vec![]));
+        assert_eq!(path, bad.display().to_string());
+        assert!(
+            problem.starts_with("certificate #2 is not a usable CA certificate"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn has_valid_certificate_uses_our_anchors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("CA");
+        let ca_file = ca.write_pem(dir.path(), "ca.pem");
+        let good = ca.leaf().dns("a.test").build().write(dir.path(), "a");
+        let expired = ca
+            .leaf()
+            .dns("old.test")
+            .validity((2000, 1, 1), (2001, 1, 1))
+            .build()
+            .write(dir.path(), "old");
+        let entries = vec![
+            entry(&["a.test", "*.w.test"], good),
+            entry(&["old.test"], expired),
+        ];
+        let state = CertState::load(&tls_config(vec![ca_file], entries.clone())).unwrap();
+        assert!(state.has_valid_certificate("a.test"));
+        // Configured for *.w.test, but the certificate does not name it.
+        assert!(!state.has_valid_certificate("x.w.test"));
+        assert!(!state.has_valid_certificate("old.test"));
+        assert!(!state.has_valid_certificate("b.test"));
+        // Without the CA among our anchors, nothing is valid.
+        let state = CertState::load(&tls_config(vec![], entries)).unwrap();
+        assert!(!state.has_valid_certificate("a.test"));
+    }
+
+    #[test]
+    fn self_signed_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("ss.crt");
+        let key = dir.path().join("ss.key");
+        let mut c = entry(&["münchen.test", "*.w.test"], (cert.clone(), key.clone()));
+        c.self_signed = true;
+        let config = tls_config(vec![], vec![c]);
+
+        let state = CertState::load(&config).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let cert_pem = std::fs::read(&cert).unwrap();
+        let key_pem = std::fs::read(&key).unwrap();
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // Names in A-label form; self-signed, so not valid for SASL EXTERNAL.
+        let der = CertificateDer::pem_slice_iter(&cert_pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        let parsed = verify::parse(&der).unwrap();
+        let names = PresentedNames::from_cert(&parsed);
+        assert_eq!(names.describe(), "DNS:xn--mnchen-3ya.test, DNS:*.w.test");
+        assert!(names.matches(&ReferenceId::new("münchen.test")));
+        assert_eq!(chosen(&state, "x.w.test").as_deref(), Some("ss.crt"));
+        assert!(!state.has_valid_certificate("münchen.test"));
+        assert_eq!(
+            verify::check_peer(
+                &[der],
+                "münchen.test",
+                PeerRole::Server,
+                &[],
+                &state.anchors,
+                UnixTime::now()
+            ),
+            verify::CertVerdict::Invalid(CertProblem::SelfSigned)
+        );
+
+        // The second load reuses the files.
+        CertState::load(&config).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), cert_pem);
+        assert_eq!(std::fs::read(&key).unwrap(), key_pem);
+
+        // A deleted certificate is recreated for the same key.
+        std::fs::remove_file(&cert).unwrap();
+        CertState::load(&config).unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), key_pem);
+        let new_cert = std::fs::read(&cert).unwrap();
+        assert_ne!(new_cert, cert_pem);
+        let old_der = CertificateDer::pem_slice_iter(&cert_pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        let new_der = CertificateDer::pem_slice_iter(&new_cert)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            verify::spki_sha256(&verify::parse(&old_der).unwrap()),
+            verify::spki_sha256(&verify::parse(&new_der).unwrap())
+        );
+
+        // A deleted key is not silently replaced while its certificate exists.
+        std::fs::remove_file(&key).unwrap();
+        let (path, problem) = load_err(&config);
+        assert_eq!(path, key.display().to_string());
+        assert!(problem.contains("the key is missing"), "{problem}");
+    }
+
+    #[test]
+    fn key_types_and_formats_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("CA");
+        let ca_file = ca.write_pem(dir.path(), "ca.pem");
+        let ed = ca.leaf().dns("ed.test").ed25519().build();
+        let ec = ca.leaf().dns("ec.test").build();
+        let rsa = ca.leaf().dns("rsa.test").rsa().build();
+        let mut entries = vec![
+            entry(&["ed.test"], ed.write(dir.path(), "ed")),
+            entry(&["ec.test"], ec.write(dir.path(), "ec")),
+            entry(&["rsa.test"], rsa.write(dir.path(), "rsa")),
+        ];
+        // The same keys as SEC1 and PKCS#1.
+        let (cert, _) = ec.write(dir.path(), "ec-sec1");
+        let sec1 = dir.path().join("ec-sec1.key");
+        std::fs::write(&sec1, ec.key_pem_unwrapped("EC PRIVATE KEY")).unwrap();
+        entries.push(entry(&["sec1.test"], (cert, sec1)));
+        let (cert, _) = rsa.write(dir.path(), "rsa-pkcs1");
+        let pkcs1 = dir.path().join("rsa-pkcs1.key");
+        std::fs::write(&pkcs1, rsa.key_pem_unwrapped("RSA PRIVATE KEY")).unwrap();
+        entries.push(entry(&["pkcs1.test"], (cert, pkcs1)));
+
+        let state = CertState::load(&tls_config(vec![ca_file], entries)).unwrap();
+        for (domain, file) in [
+            ("ed.test", "ed.crt"),
+            ("ec.test", "ec.crt"),
+            ("rsa.test", "rsa.crt"),
+            ("sec1.test", "ec-sec1.crt"),
+            ("pkcs1.test", "rsa-pkcs1.crt"),
+        ] {
+            assert_eq!(chosen(&state, domain).as_deref(), Some(file));
+        }
+        assert!(state.has_valid_certificate("ed.test"));
+        assert!(state.has_valid_certificate("rsa.test"));
+    }
+
+    #[test]
+    fn webpki_roots_included_when_enabled() {
+        let mut config = tls_config(vec![], vec![]);
+        assert!(CertState::load(&config).unwrap().anchors.is_empty());
+        config.webpki_roots = true;
+        let state = CertState::load(&config).unwrap();
+        assert_eq!(state.anchors.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+    }
+}

@@ -228,7 +228,7 @@ fn other_name_string(value: &[u8], tag: u8) -> Option<&str> {
 /// Splits one DER TLV off the front of `input`: `(tag, content, rest)`. Handles single-byte
 /// tags and definite lengths of up to four bytes, which is all a name needs; `None` for
 /// anything else or when the input is shorter than the length says.
-fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(super) fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         return None;

@@ -20,6 +20,38 @@ const XMPP_ADDR_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x05];
 const SRV_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x07];
 /// OID arcs of the subjectAltName extension.
 const SAN_ARCS: &[u64] = &[2, 5, 29, 17];
+/// A fixed 2048-bit RSA key (PKCS#8), for RSA leaves: ring cannot generate RSA keys. Made
+/// with `openssl genpkey -algorithm RSA` for these tests only; it protects nothing.
+const RSA_2048_PKCS8: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCcGMRxQ4zRuUSJ\n\
+c7yC8+l3uvziK30QZC5M2r00PEu2YXOLzO9TSc/zIWowNqe1xFNvqXCl8MFgymqf\n\
+r1hCQ8hKRQTreQPlSNjQZa7tJ1dqv9CUm0oed+5KNbLUIbfh1o8DTkxLvZbG8zmb\n\
+gdGK4FOfKLz0WUV1PDtjGxPG7w9BUKHlUZBVH9vSLGhD/P4Z84iQ0zqwpb1EVERP\n\
+GpX7erHizWjlzAkhoB3nwP5ipjYmVmGtH4/dwdw705es/YUm8uTrQ5qYDNb+5SDL\n\
+X+PAmI+MnUCwp48Am6HzDM84LE/+ZocZuIv1xScFcg+X42We7M2PBkOcJNLRqcTI\n\
+UWLuZt6HAgMBAAECggEAR3GQi5SSwbSNmWmm6LrRaxLixnOIGLX5eQSOn3dPYeil\n\
+dWF1UkYQzuNG0k1Zojh6xbskC1cvcukCNxcOirmyVMfVMh8fuNQIJA2+K94bRQkI\n\
+4tNWb66NmlqMgEn0ewF0UFuIUQwzk9hjz/hxWyJEM672GNI5F6jbN4d/nEfzT/1s\n\
+FIjDgTcERSZEm+sAb48CjzPZCPNW10hEskyb2y0Fa95syVCkf6B9JvbMXEOf+cvS\n\
+zGYifpiPc7Sa5Jurzd2v1epN/zXfd3xU+AhIbJWYB1ke028ao9UDvDSe+4JbX5Xz\n\
+ewVG462yWTFXdK1wt+NGMbUsInegxo3YT6N4GlI+CQKBgQDPtW5C5WvI45FXYlil\n\
+XjlAfqCeARW1B327etRO75GwpTCxoikqc2DGQcgQkyVTP/T6Poq9fE+7QfflmNzx\n\
+QseF+EnSPEs273ZACtENkQVsRHYVArFKZbjl7ZNj2Er0PZ/F3cD1KX49Xb95q58I\n\
+pDlq3/r2vRBaCqTOAhbUZo+VDwKBgQDAY3SS9riHdlXrqiYjU9PmxCHkBioXnsja\n\
+ixQ99YDrjh7YmBY5q44L08UAaC3l4RHESWJAOBqKvBNcnqXTOfE+gzAqfCnTu/u/\n\
+E2SMS1ZzlIuJQ+/kWimAvgpyTsueE3T619dUOEX05E8Nv6yw8tT1v4Rfp6do/+fk\n\
+VvcA0/VPCQKBgCMyChH50A7FSN52wrCay7a6/jpn0qbPMyXuhUUu4Q/+ncarxK/1\n\
+xwMxKFZuqJd3seopaNb81oHThs733RBgkXCJBvFB2Djh0La/XncfCL00yJF82E/T\n\
+9sW3QQ9dGi5Stt0PW1/vfP2nAgf65cLQGQ6cD2l51eh7/zsNLZMmIdRPAoGAJNUl\n\
+pVlM3MpgCr1Jjevnnr+gCWrQtjL1GzoTRwVwiChuaWM8pg/dIxCJH9nSJ7eeUikG\n\
+gWr8UeFOB6Zr8vOd5yzwlMGutFXCDcPltSJbS8d9q2rxS5OjbH11vIqvWvU4qSmX\n\
+lQ0s/4SSSfyPUFU9RktDSZjsaSLNP58SrPrndRkCgYAI7iF4KKBbmQz4hhmJ9Imd\n\
+WC59O9faGJcDLePTB54fg+gLvtfts6wsEt3VHwVGVtSh/tjVFsTg+aS/LHQ/J9/l\n\
+MqisZARaYC/5JHTnJ0umcySedtxkoK3aLB2Fo7s84ZJKizPJ1JLtKaudghat4ycq\n\
+aa9LsOo972iyfWihBFtPHQ==\n\
+-----END PRIVATE KEY-----\n\
+";
 
 /// A certificate authority that can sign intermediates and leaves.
 pub(crate) struct TestCa {
@@ -177,9 +209,19 @@ impl<'a> LeafBuilder<'a> {
         self
     }
 
+    /// Uses the fixed RSA key instead of a new ECDSA P-256 key.
+    pub(crate) fn rsa(mut self) -> Self {
+        self.alg = &rcgen::PKCS_RSA_SHA256;
+        self
+    }
+
     /// Signs the leaf.
     pub(crate) fn build(mut self) -> Leaf {
-        let key = KeyPair::generate_for(self.alg).expect("leaf key");
+        let key = if self.alg == &rcgen::PKCS_RSA_SHA256 {
+            KeyPair::from_pem(RSA_2048_PKCS8).expect("RSA key")
+        } else {
+            KeyPair::generate_for(self.alg).expect("leaf key")
+        };
         if self.names.iter().any(|n| matches!(n, San::Srv(_))) {
             self.params
                 .custom_extensions
@@ -259,6 +301,21 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `der` as a PEM block labelled `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
 /// A leaf certificate, its chain and its key.
 pub(crate) struct Leaf {
     /// The leaf first, then its intermediates (no root).
@@ -272,20 +329,24 @@ impl Leaf {
     pub(crate) fn chain_pem(&self) -> String {
         self.chain
             .iter()
-            .map(|der| {
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-                let lines: Vec<&str> = b64
-                    .as_bytes()
-                    .chunks(64)
-                    .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-                    .collect();
-                format!(
-                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                    lines.join("\n")
-                )
-            })
+            .map(|der| pem("CERTIFICATE", der.as_ref()))
             .collect()
+    }
+
+    /// The key in its algorithm's own format instead of PKCS#8: SEC1 (`EC PRIVATE KEY`) for
+    /// ECDSA, PKCS#1 (`RSA PRIVATE KEY`) for RSA. PKCS#8 wraps exactly that structure:
+    /// `SEQUENCE { version, algorithm, OCTET STRING { key } }`.
+    pub(crate) fn key_pem_unwrapped(&self, label: &str) -> String {
+        use rustls::pki_types::pem::PemObject as _;
+        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .expect("PKCS#8 key");
+        let tlv = super::names::read_tlv;
+        let (_, seq, _) = tlv(pkcs8.secret_pkcs8_der()).expect("PKCS#8 sequence");
+        let (_, _version, rest) = tlv(seq).expect("version");
+        let (_, _algorithm, rest) = tlv(rest).expect("algorithm");
+        let (tag, key, _) = tlv(rest).expect("key");
+        assert_eq!(tag, 0x04, "OCTET STRING");
+        pem(label, key)
     }
 
     /// Writes `dir/name.crt` (the chain) and `dir/name.key`; returns their paths.
