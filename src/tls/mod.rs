@@ -215,3 +215,345 @@ impl Tls {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::sign::{CertifiedKey, SingleCertAndKey};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::tls::testca::{Leaf, TestCa};
+
+    type Side = Result<(BoxTransport, TlsInfo), TlsError>;
+
+    /// A `[[tls.certificate]]` for `domain` from `name.crt`/`name.key`.
+    fn cert_entry(domain: &str, name: &str) -> String {
+        format!("[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\n")
+    }
+
+    /// A gateway's TLS from configuration text in `dir`, trusting only `dir/ca.pem`.
+    fn tls(dir: &Path, certificates: &str, backend: &str) -> Tls {
+        let text = format!(
+            "[tls]\nwebpki_roots = false\nca_files = [\"ca.pem\"]\n{certificates}\n\
+             [[component.backend]]\ndomain = \"{backend}\"\nsecret = \"x\"\n"
+        );
+        Tls::from_config(&Config::from_toml(&text, dir).unwrap()).unwrap()
+    }
+
+    /// Two gateways: `a.test` (which also serves `other.test`, listed first so it is the
+    /// default) and `b.test`, with certificates from one CA.
+    struct Pair {
+        dir: tempfile::TempDir,
+        a: Leaf,
+        other: Leaf,
+        b: Leaf,
+        server: Tls,
+        client: Tls,
+    }
+
+    fn pair() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::root("Test CA");
+        ca.write_pem(dir.path(), "ca.pem");
+        let a = ca.leaf().dns("a.test").build();
+        let other = ca.leaf().dns("other.test").build();
+        let b = ca
+            .leaf()
+            .xmpp_addr("b.test")
+            .eku(&[rcgen::ExtendedKeyUsagePurpose::ServerAuth])
+            .build();
+        a.write(dir.path(), "a");
+        other.write(dir.path(), "other");
+        b.write(dir.path(), "b");
+        let server = tls(
+            dir.path(),
+            &format!(
+                "{}{}",
+                cert_entry("other.test", "other"),
+                cert_entry("a.test", "a")
+            ),
+            "a.test",
+        );
+        let client = tls(dir.path(), &cert_entry("b.test", "b"), "b.test");
+        Pair {
+            dir,
+            a,
+            other,
+            b,
+            server,
+            client,
+        }
+    }
+
+    async fn handshake(
+        server: &Tls,
+        client: &Tls,
+        hint: Option<&str>,
+        local: &str,
+        remote: &str,
+        direct: bool,
+    ) -> (Side, Side) {
+        let (s, c) = tokio::io::duplex(64 * 1024);
+        tokio::join!(
+            server.accept(Box::new(s), hint, direct),
+            client.connect(Box::new(c), local, remote, direct)
+        )
+    }
+
+    /// Sends a few bytes each way, so the streams are known to work after the handshake.
+    async fn exchange(mut server: BoxTransport, mut client: BoxTransport) {
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn direct_tls_sni_alpn_and_client_certificate() {
+        let p = pair();
+        let (s, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", true).await;
+        let ((s_io, s_info), (c_io, c_info)) = (s.unwrap(), c.unwrap());
+        // SNI a.test chose a.test's certificate over the default.
+        assert_eq!(c_info.peer_chain, p.a.chain);
+        assert_eq!(s_info.peer_chain, p.b.chain);
+        for info in [&s_info, &c_info] {
+            assert_eq!(info.alpn.as_deref(), Some("xmpp-server"));
+            assert_eq!(info.version, "TLSv1.3");
+            assert!(info.cipher.starts_with("TLS13_"), "{}", info.cipher);
+        }
+        assert_eq!(
+            p.client
+                .verify_peer(&c_info, "a.test", PeerRole::Server, &[]),
+            CertVerdict::Valid
+        );
+        // serverAuth-only client certificate, XmppAddr name.
+        assert_eq!(
+            p.server
+                .verify_peer(&s_info, "b.test", PeerRole::Client, &[]),
+            CertVerdict::Valid
+        );
+        assert!(!p
+            .server
+            .verify_peer(&s_info, "c.test", PeerRole::Client, &[])
+            .is_valid());
+        exchange(s_io, c_io).await;
+    }
+
+    #[tokio::test]
+    async fn starttls_hint_and_default_without_sni() {
+        let p = pair();
+        let (s, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
+        let (s_info, c_info) = (s.unwrap().1, c.unwrap().1);
+        assert_eq!(s_info.alpn, None);
+        assert_eq!(c_info.alpn, None);
+        assert_eq!(c_info.peer_chain, p.a.chain);
+
+        // An IP literal sends no SNI: the hint (the stream's `to`) decides, in any case.
+        let (s, c) = handshake(
+            &p.server,
+            &p.client,
+            Some("A.Test"),
+            "b.test",
+            "127.0.0.1",
+            false,
+        )
+        .await;
+        s.unwrap();
+        assert_eq!(c.unwrap().1.peer_chain, p.a.chain);
+        // Neither SNI nor a known hint: the first certificate.
+        for hint in [None, Some("unknown.test")] {
+            let (s, c) = handshake(&p.server, &p.client, hint, "b.test", "::1", false).await;
+            s.unwrap();
+            assert_eq!(c.unwrap().1.peer_chain, p.other.chain, "{hint:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn client_without_certificate() {
+        let p = pair();
+        // The client has no certificate for c.test, so it presents none.
+        let (s, c) = handshake(&p.server, &p.client, None, "c.test", "a.test", false).await;
+        let (s_info, c_info) = (s.unwrap().1, c.unwrap().1);
+        assert!(s_info.peer_chain.is_empty());
+        assert_eq!(
+            p.server
+                .verify_peer(&s_info, "c.test", PeerRole::Client, &[]),
+            CertVerdict::Invalid(CertProblem::NoCertificate)
+        );
+        assert_eq!(c_info.peer_chain, p.a.chain);
+    }
+
+    #[tokio::test]
+    async fn self_signed_peer_does_not_fail_the_handshake() {
+        let p = pair();
+        let server = tls(
+            p.dir.path(),
+            "[[tls.certificate]]\ndomains = [\"s.test\"]\ncert = \"s.crt\"\nkey = \"s.key\"\nself_signed = true\n",
+            "s.test",
+        );
+        let (s, c) = handshake(&server, &p.client, None, "b.test", "s.test", true).await;
+        let ((s_io, _), (c_io, c_info)) = (s.unwrap(), c.unwrap());
+        assert_eq!(
+            p.client
+                .verify_peer(&c_info, "s.test", PeerRole::Server, &[]),
+            CertVerdict::Invalid(CertProblem::SelfSigned)
+        );
+        assert!(!server.has_valid_certificate("s.test"));
+        assert!(p.server.has_valid_certificate("a.test"));
+        exchange(s_io, c_io).await;
+    }
+
+    #[tokio::test]
+    async fn no_certificate_configured() {
+        let p = pair();
+        let text = "[s2s]\nrequire_encryption = false\n[[component.backend]]\ndomain = \"n.test\"\nsecret = \"x\"\n";
+        let server = Tls::from_config(&Config::from_toml(text, p.dir.path()).unwrap()).unwrap();
+        let (s, c) = handshake(
+            &server,
+            &p.client,
+            Some("n.test"),
+            "b.test",
+            "a.test",
+            false,
+        )
+        .await;
+        match s {
+            Err(TlsError::NoCertificate(name)) => assert_eq!(name, "a.test"),
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("handshake without a certificate"),
+        }
+        assert!(matches!(c, Err(TlsError::Handshake(_))));
+    }
+
+    #[tokio::test]
+    async fn bad_remote_name() {
+        let p = pair();
+        let (_, c) = tokio::io::duplex(1024);
+        let result = p.client.connect(Box::new(c), "b.test", "a b", false).await;
+        match result {
+            Err(TlsError::Handshake(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("connected"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_certificates_and_keeps_them_on_error() {
+        let p = pair();
+        let ca = TestCa::root("Second CA");
+        let renewed = ca.leaf().dns("a.test").build();
+        renewed.write(p.dir.path(), "a");
+        // Not reloaded yet: the old certificate.
+        let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
+        assert_eq!(c.unwrap().1.peer_chain, p.a.chain);
+
+        p.server.reload().unwrap();
+        let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
+        assert_eq!(c.unwrap().1.peer_chain, renewed.chain);
+
+        // A broken key: the reload fails, names the file, and the renewed certificate stays.
+        let key = p.dir.path().join("a.key");
+        std::fs::write(&key, "not a key").unwrap();
+        match p.server.reload() {
+            Err(TlsError::File { path, .. }) => assert_eq!(path, key.display().to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+        let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
+        assert_eq!(c.unwrap().1.peer_chain, renewed.chain);
+    }
+
+    /// Our certificate with somebody else's key, loaded without the match check.
+    fn mismatched_key(cert: &Leaf, key: &Leaf) -> Arc<CertifiedKey> {
+        let provider = certs::provider();
+        let key = PrivateKeyDer::from_pem_slice(key.key_pem.as_bytes()).unwrap();
+        let key = provider.key_provider.load_private_key(key).unwrap();
+        Arc::new(CertifiedKey::new(cert.chain.clone(), key))
+    }
+
+    /// A client config built by hand: TLS 1.2 and/or 1.3, presenting `key`.
+    fn custom_client(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        key: Arc<CertifiedKey>,
+    ) -> Arc<rustls::ClientConfig> {
+        let provider = certs::provider();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(verifiers::AnyServerCert::new(&provider))
+                .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key))),
+        )
+    }
+
+    #[tokio::test]
+    async fn tls12_handshake_checks_signatures() {
+        let p = pair();
+        let key = mismatched_key(&p.b, &p.b);
+        let config = custom_client(&[&rustls::version::TLS12], key);
+        let (s, c) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("a.test").unwrap();
+        let (s, c) = tokio::join!(
+            p.server.accept(Box::new(s), None, false),
+            TlsConnector::from(config).connect(name, c)
+        );
+        let s_info = s.unwrap().1;
+        c.unwrap();
+        assert_eq!(s_info.version, "TLSv1.2");
+        assert!(
+            s_info.cipher.starts_with("TLS_ECDHE_ECDSA_"),
+            "{}",
+            s_info.cipher
+        );
+        assert_eq!(s_info.peer_chain, p.b.chain);
+        assert!(p
+            .server
+            .verify_peer(&s_info, "b.test", PeerRole::Client, &[])
+            .is_valid());
+    }
+
+    #[tokio::test]
+    async fn client_certificate_without_its_key_is_refused() {
+        let p = pair();
+        // Claims b.test's certificate, signs with a.test's key.
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let config = custom_client(&[version], mismatched_key(&p.b, &p.a));
+            let (s, c) = tokio::io::duplex(64 * 1024);
+            let name = ServerName::try_from("a.test").unwrap();
+            let (s, _) = tokio::join!(
+                p.server.accept(Box::new(s), None, false),
+                TlsConnector::from(config).connect(name, c)
+            );
+            assert!(matches!(s, Err(TlsError::Handshake(_))), "{version:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_certificate_without_its_key_is_refused() {
+        let p = pair();
+        let provider = certs::provider();
+        let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(mismatched_key(
+                &p.a, &p.other,
+            ))));
+        let (s, c) = tokio::io::duplex(64 * 1024);
+        let (_, c) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(s),
+            p.client.connect(Box::new(c), "b.test", "a.test", false)
+        );
+        assert!(matches!(c, Err(TlsError::Handshake(_))));
+    }
+}
