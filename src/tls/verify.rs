@@ -14,7 +14,9 @@
 //!    us serverAuth or else clientAuth.
 //! 3. The names of [`super::names`]: DNS-ID, SRV-ID, XmppAddr, never the CN.
 
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use std::sync::LazyLock;
+
+use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::certificate::X509Certificate;
@@ -105,11 +107,16 @@ impl std::fmt::Display for CertVerdict {
 }
 
 /// The signature algorithms a chain may use: those of the ring provider, so that what the
-/// handshake can verify and what the chain check accepts are the same set.
-fn chain_algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
-    rustls::crypto::ring::default_provider()
-        .signature_verification_algorithms
-        .all
+/// handshake can verify and what the chain check accepts are the same set. Looked up once,
+/// since building a provider allocates.
+fn chain_algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
+    static ALGORITHMS: LazyLock<&'static [&'static dyn SignatureVerificationAlgorithm]> =
+        LazyLock::new(|| {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .all
+        });
+    *ALGORITHMS
 }
 
 /// Checks `chain` (leaf first) for `domain` (canonical form): see the module docs for the
