@@ -11,7 +11,6 @@
 //!   asks [`Tls::verify_peer`] afterwards for a [`CertVerdict`] and applies the policy.
 //! - [`Tls::reload`] re-reads certificate and key files (SIGHUP); sessions already running keep
 //!   the configuration they started with.
-
 //!
 //! # Layout
 //! - `certs`: loading certificates, keys and trust anchors; self-signed creation; choosing
@@ -347,6 +346,21 @@ mod tests {
             .verify_peer(&s_info, "c.test", PeerRole::Client, &[])
             .is_valid());
         exchange(s_io, c_io).await;
+    }
+
+    /// The second and later handshakes resume the session (TLS 1.3 tickets); both sides must
+    /// still report the peer's chain, or a resumed peer would look certificate-less.
+    #[tokio::test]
+    async fn resumed_sessions_keep_peer_chains() {
+        let p = pair();
+        for _ in 0..3 {
+            let (s, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", true).await;
+            let ((s_io, s_info), (c_io, c_info)) = (s.unwrap(), c.unwrap());
+            assert_eq!(s_info.peer_chain, p.b.chain);
+            assert_eq!(c_info.peer_chain, p.a.chain);
+            // Lets the client read the session tickets the server sends after the handshake.
+            exchange(s_io, c_io).await;
+        }
     }
 
     #[tokio::test]
