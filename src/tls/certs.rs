@@ -143,12 +143,15 @@ impl CertState {
         key: Arc<CertifiedKey>,
         now: UnixTime,
     ) -> Result<OurCert, TlsError> {
-        let leaf = key.cert.first().ok_or_else(|| no_certificate(&c.cert))?;
+        let (leaf, intermediates) = key
+            .cert
+            .split_first()
+            .ok_or_else(|| no_certificate(&c.cert))?;
         let parsed = verify::parse(leaf).map_err(|e| file_error(&c.cert, e))?;
         let names = PresentedNames::from_cert(&parsed);
         let chain_valid = verify::check_chain(
             leaf,
-            &key.cert[1..],
+            intermediates,
             &parsed,
             PeerRole::Server,
             &self.anchors,
