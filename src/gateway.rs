@@ -25,8 +25,8 @@ use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
-use crate::router::Router;
 use crate::policy::SecurityPolicy;
+use crate::router::Router;
 use crate::s2s::{self, S2sContext, S2sSettings};
 use crate::tls::{Tls, TlsError};
 

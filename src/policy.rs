@@ -163,10 +163,7 @@ impl SecurityPolicy {
 
     /// The rules for `domain` (canonical).
     pub fn peer(&self, domain: &str) -> Arc<PeerSecurity> {
-        self.peers
-            .get(domain)
-            .unwrap_or(&self.default)
-            .clone()
+        self.peers.get(domain).unwrap_or(&self.default).clone()
     }
 
     /// The rules for a peer whose domain is not known yet (no `from` on its stream header).

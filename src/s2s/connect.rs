@@ -145,8 +145,7 @@ pub async fn open(
 ) -> Result<Opened, ConnectError> {
     let settings = &ctx.settings;
     let addr = target.addr;
-    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await
-    {
+    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             return Err(ConnectError::Connect {
@@ -242,7 +241,9 @@ async fn negotiate(
     loop {
         let (header, features) = exchange_headers(conn, local, remote).await?;
         if let Some(info) = &security.tls {
-            let verdict = ctx.tls.verify_peer(info, remote, PeerRole::Server, &policy.pins);
+            let verdict = ctx
+                .tls
+                .verify_peer(info, remote, PeerRole::Server, &policy.pins);
             ctx.router
                 .metrics
                 .certificate_verdicts
@@ -385,7 +386,10 @@ pub async fn exchange_headers(
 }
 
 /// The next top-level element; a stream error or close becomes the error.
-pub async fn next_element(conn: &mut Connection, target: SocketAddr) -> Result<Stanza, ConnectError> {
+pub async fn next_element(
+    conn: &mut Connection,
+    target: SocketAddr,
+) -> Result<Stanza, ConnectError> {
     match conn.next_event().await.map_err(|e| read_error(target, e))? {
         Event::Stanza(s) if s.kind() == Kind::StreamError => Err(ConnectError::PeerStreamError {
             target,

@@ -46,10 +46,10 @@ use super::connect::Security;
 use super::verify::{self, Verdict, VerifyError};
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
-use crate::policy::PeerSecurity;
-use crate::tls::{CertVerdict, PeerRole, TlsInfo};
 use crate::dialback::new_stream_id;
 use crate::jid;
+use crate::policy::PeerSecurity;
+use crate::tls::{CertVerdict, PeerRole, TlsInfo};
 use crate::xml::error::{write_stanza_error, StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
@@ -128,10 +128,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         authenticated: Vec::new(),
         pending: 0,
         negotiation_deadline: Instant::now() + ctx.settings.negotiation_timeout,
-        security: Security {
-            tls,
-            verdict: None,
-        },
+        security: Security { tls, verdict: None },
         local: None,
         remote: None,
         external_offered: false,
@@ -375,7 +372,8 @@ impl Inbound {
         self.remote = from;
         let policy = self.peer_policy();
         let tls = self.security.tls.is_some();
-        if tls {
+        if tls && self.security.verdict.is_none() {
+            // Once per connection: the certificate does not change across stream restarts.
             if let Some(remote) = self.remote.clone() {
                 let verdict = self.verdict_for(&remote);
                 if let Some(CertVerdict::Invalid(problem)) = &verdict {
@@ -389,13 +387,18 @@ impl Inbound {
                 self.security.verdict = verdict;
             }
         }
+        let admitted = self
+            .remote
+            .as_deref()
+            .is_some_and(|r| self.ctx.router.policy.check(r).is_ok());
         self.external_offered = tls
             && !self.external_done
+            && admitted
             && self.security.certificate_valid()
             && policy.allows_external();
         if version {
             let mut features = String::from("<stream:features>");
-            if !tls {
+            if !tls && self.ctx.tls.can_accept() {
                 features.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
                 if policy.tls_required {
                     features.push_str("<required/>");
@@ -406,9 +409,8 @@ impl Inbound {
                 features.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>");
             }
             if policy.allows_dialback(tls) {
-                features.push_str(
-                    "<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>",
-                );
+                features
+                    .push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
             }
             features.push_str("</stream:features>");
             self.conn.send(features.as_bytes());
@@ -549,8 +551,10 @@ impl Inbound {
             tracing::info!(peer = %self.conn.peer, remote = ?self.remote, "SASL EXTERNAL refused: {condition}");
             self.external_failures += 1;
             self.conn.send(
-                format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>")
-                    .as_bytes(),
+                format!(
+                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>"
+                )
+                .as_bytes(),
             );
             self.conn.flush().await.map_err(|_| None)?;
             if self.external_failures >= MAX_SASL_FAILURES {

@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::dialback::DialbackSecret;
 use crate::dns::Resolver;
 use crate::policy::SecurityPolicy;
-use crate::tls::Tls;
 use crate::router::Router;
+use crate::tls::Tls;
 use crate::xml::framer::Limits;
 
 /// Timeouts and limits of s2s sessions, from `[s2s]`.

@@ -27,14 +27,14 @@ use super::{PeerStreamError, S2sContext};
 use crate::connection::{Connection, Writer};
 use crate::dns::ResolveError;
 use crate::policy::PeerSecurity;
-use crate::xml::element::Element;
-use crate::xml::stream::StreamHeader;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared};
+use crate::xml::element::Element;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
+use crate::xml::stream::StreamHeader;
 
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -221,8 +221,7 @@ impl Session {
         let mut last = None;
         for target in targets {
             let opened =
-                match connect::open(&self.ctx, &self.local, &self.remote, &target, &policy).await
-                {
+                match connect::open(&self.ctx, &self.local, &self.remote, &target, &policy).await {
                     Ok(opened) => opened,
                     Err(e) => {
                         tracing::debug!(remote = %self.remote, "{e}");
@@ -234,7 +233,13 @@ impl Session {
             let mut conn = opened.conn;
             let authenticated = tokio::time::timeout(
                 settings.negotiation_timeout,
-                self.authenticate(&mut conn, opened.header, opened.features, &security, &policy),
+                self.authenticate(
+                    &mut conn,
+                    opened.header,
+                    opened.features,
+                    &security,
+                    &policy,
+                ),
             )
             .await;
             match authenticated {
@@ -245,7 +250,8 @@ impl Session {
                 Ok(Err(e)) => {
                     let refused = matches!(
                         e,
-                        OutboundError::DialbackRefused { .. } | OutboundError::ExternalRefused { .. }
+                        OutboundError::DialbackRefused { .. }
+                            | OutboundError::ExternalRefused { .. }
                     );
                     conn.close().await;
                     // A refused key would be refused by every server of the domain.
@@ -299,7 +305,9 @@ impl Session {
         if use_external {
             // RFC 6120 §6.4.2: "=" is an empty initial response, no authzid; the receiving
             // server takes our identity from the certificate and the stream's 'from'.
-            conn.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+            conn.send(
+                b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+            );
             connect::flush(conn, target).await?;
             let answer = connect::next_element(conn, target).await?;
             match (answer.name(), answer.ns()) {
@@ -405,7 +413,11 @@ impl Session {
             .dialback
             .with_label_values(&["outbound", verdict_label(&verdict)])
             .inc();
-        let result = if verdict == "valid" { "success" } else { "failure" };
+        let result = if verdict == "valid" {
+            "success"
+        } else {
+            "failure"
+        };
         metrics
             .s2s_auth
             .with_label_values(&["outbound", "dialback", result])

@@ -185,6 +185,11 @@ impl CertState {
         })
     }
 
+    /// Whether any certificate is loaded, so that a TLS handshake can be served at all.
+    pub(crate) fn has_any(&self) -> bool {
+        !self.certs.is_empty()
+    }
+
     /// Our certificate for `domain` (any form; compared as A-labels): exact entry first,
     /// then a wildcard entry for its parent.
     pub(crate) fn select(&self, domain: &str) -> Option<&OurCert> {

@@ -185,6 +185,12 @@ impl Tls {
         Ok((Box::new(stream), info))
     }
 
+    /// Whether we can serve a TLS handshake at all (at least one certificate is loaded);
+    /// without one, STARTTLS is not offered.
+    pub fn can_accept(&self) -> bool {
+        self.current().has_any()
+    }
+
     /// Whether we have a certificate for `domain` that our own trust anchors accept for it, so
     /// that offering SASL EXTERNAL as `domain` can succeed.
     pub fn has_valid_certificate(&self, domain: &str) -> bool {

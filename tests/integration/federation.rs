@@ -49,7 +49,9 @@ async fn messages_iqs_and_presence_flow_both_ways_byte_for_byte() {
 
     let metrics = b.metrics().await;
     assert!(
-        metrics.contains("fedgate_dialback_total{result=\"valid\",role=\"result\"} 1"),
+        metrics.contains(
+            "fedgate_s2s_auth_total{direction=\"inbound\",method=\"external\",result=\"success\"} 1"
+        ),
         "{metrics}"
     );
     assert!(

@@ -473,6 +473,12 @@ impl RawStream {
         self.upgrade(sni, client).await
     }
 
+    /// A fresh stream on the same transport (after SASL success).
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.framer.reset();
+    }
+
     /// The TLS handshake on this stream's transport (after `<proceed/>` was read).
     pub async fn upgrade(&mut self, sni: &str, client: ClientCert<'_>) -> TlsSeen {
         self.framer.reset();
