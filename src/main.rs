@@ -74,6 +74,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Installed before "ready" is logged, so a signal sent on seeing it is never lost to the
+    // default action.
+    let signals = Signals::install()?;
     let gateway = fedgate::gateway::start(&config).await?;
     for addr in &gateway.s2s_addrs {
         tracing::info!("s2s listening on {addr}");
@@ -93,27 +96,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    wait_for_signal(&gateway).await;
+    signals.wait(&gateway).await;
     tracing::info!("shutting down");
     gateway.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates and goes on waiting.
-async fn wait_for_signal(gateway: &fedgate::gateway::RunningGateway) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match gateway.reload_tls() {
-                Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
-                Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay in use: {e}"),
-            },
+/// The signals fedgate acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates and goes on waiting.
+    async fn wait(mut self, gateway: &fedgate::gateway::RunningGateway) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match gateway.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay in use: {e}"),
+                },
+            }
         }
     }
 }

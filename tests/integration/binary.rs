@@ -117,3 +117,96 @@ fn unsafe_kill(pid: u32) {
         .status()
         .unwrap();
 }
+
+/// Waits up to 10 s for a log line containing `pattern` and returns it.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, pattern: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(pattern) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line containing {pattern:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
+    use crate::certs::{ca, CertSpec};
+    use crate::harness::{s2s_header, RawStream};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CertSpec::for_names(&["a.test"]);
+    ca().issue(&spec, dir.path(), "a");
+    let file = dir.path().join("fedgate.toml");
+    std::fs::write(
+        &file,
+        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+         [component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n\
+         [metrics]\nenabled = false\n[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let listening = wait_for_line(&lines, "s2s direct TLS listening on ");
+    let addr: std::net::SocketAddr = listening
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("address in the log line");
+    wait_for_line(&lines, "fedgate ready");
+
+    let (mut live, first) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
+
+    // New certificate files, then SIGHUP: new sessions get the new certificate.
+    ca().issue(&spec, dir.path(), "a");
+    signal(child.id(), "HUP");
+    wait_for_line(&lines, "certificates reloaded");
+    let (_, second) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
+    assert_ne!(first.server_cert, second.server_cert, "the new certificate");
+    let on_disk = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(dir.path().join("a.crt")).unwrap()
+    };
+    assert_eq!(second.server_cert, on_disk.to_vec());
+
+    // The session that started before the reload goes on.
+    live.send(&s2s_header("b.test", "a.test")).await;
+    live.expect_header().await;
+    assert_eq!(live.next().await.name(), "features");
+
+    // A broken file is refused with its name, and the last good certificate stays.
+    std::fs::write(dir.path().join("a.crt"), "not a certificate").unwrap();
+    signal(child.id(), "HUP");
+    let refused = wait_for_line(&lines, "certificates not reloaded");
+    assert!(refused.contains("a.crt"), "{refused}");
+    let (_, third) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
+    assert_eq!(third.server_cert, second.server_cert);
+
+    signal(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+fn signal(pid: u32, name: &str) {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+}
