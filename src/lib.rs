@@ -4,7 +4,8 @@
 //! Imports only point downward in this list.
 //! - [`cli`]: the command line (the binary in `main.rs` stays thin).
 //! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases.
-//! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`].
+//! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
+//!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check).
 //! - [`component`]: the XEP-0114 listener where backends attach.
 //! - [`listener`]: the accept loop every listener shares.
 //! - [`connection`]: a framed XMPP stream over a byte transport, split once established.
