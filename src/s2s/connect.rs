@@ -10,7 +10,7 @@
 //! 3. without TLS yet: `<starttls/>` if offered, `<proceed/>`, the handshake (SNI = the remote
 //!    domain), then a fresh stream (back to step 2). A peer that offers no TLS while TLS is
 //!    required gets nothing but our header and `</stream:stream>`;
-//! 4. with TLS: check the peer's certificate for the remote domain ([`Tls::verify_peer`]); when
+//! 4. with TLS: check the peer's certificate for the remote domain ([`Tls::verify_peer`](crate::tls::Tls::verify_peer)); when
 //!    the policy needs a valid certificate and it is not, close with `<policy-violation/>`.
 //!
 //! The caller then authenticates (SASL EXTERNAL or dialback) on the [`Opened`] stream.
