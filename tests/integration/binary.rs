@@ -66,26 +66,9 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
          [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if line.contains("fedgate ready") {
-            break;
-        }
-    }
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("s2s listening on 127.0.0.1:")),
-        "{seen:?}"
-    );
+    let (mut child, lines) = spawn_fedgate(&file);
+    wait_for_line(&lines, "s2s listening on 127.0.0.1:");
+    wait_for_line(&lines, "fedgate ready");
     assert!(
         dir.path().join("fedgate-dialback.secret").exists(),
         "secret created on first start"
@@ -94,7 +77,7 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
         dir.path().join("a.crt").exists() && dir.path().join("a.key").exists(),
         "self-signed certificate created on first start"
     );
-    unsafe_kill(child.id());
+    signal(child.id(), "TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -107,15 +90,29 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    wait_for_line(&lines, "stopped");
 }
 
-fn unsafe_kill(pid: u32) {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
+/// Starts `fedgate run --config file`; its log lines arrive on the receiver.
+fn spawn_fedgate(
+    file: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(file)
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
 }
 
 /// Waits up to 10 s for a log line containing `pattern` and returns it.
@@ -146,21 +143,7 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
          [metrics]\nenabled = false\n[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_fedgate(&file);
     let listening = wait_for_line(&lines, "s2s direct TLS listening on ");
     let addr: std::net::SocketAddr = listening
         .rsplit(' ')
