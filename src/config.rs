@@ -954,14 +954,12 @@ impl Config {
                 }
             }
         }
-        let require = self.s2s.require_encryption;
-        if require || !tls.certificate.is_empty() {
+        if self.s2s.require_encryption {
             for (i, b) in self.component.backend.iter().enumerate() {
                 let Ok(domain) = normalize_domain(&b.domain) else {
                     continue;
                 };
-                let has = covered.iter().any(|p| certificate_covers(p, &domain));
-                if !has && require {
+                if !covered.iter().any(|p| certificate_covers(p, &domain)) {
                     return Err(invalid(
                         "tls.certificate",
                         format!(

@@ -170,12 +170,6 @@ impl SecurityPolicy {
     pub fn default_peer(&self) -> Arc<PeerSecurity> {
         self.default.clone()
     }
-
-    /// Whether any peer may use a stream without TLS, so that plaintext dialback is offered to
-    /// a peer that did not say who it is.
-    pub fn any_plaintext(&self) -> bool {
-        !self.default.tls_required || self.peers.values().any(|p| !p.tls_required)
-    }
 }
 
 #[cfg(test)]
@@ -212,7 +206,6 @@ mod tests {
         assert!(plain.allows_dialback(false) && !plain.allows_external());
         let ext = policy.peer("ext.test");
         assert!(ext.needs_valid_certificate() && !ext.allows_dialback(true));
-        assert!(policy.any_plaintext());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!      and then nothing else is accepted before it (`policy-violation`); after `<proceed/>`
 //!      whatever the peer sent before the handshake is discarded unread (STARTTLS command
 //!      injection), our certificate is chosen by SNI or the stream's `to`, and the stream
-//!      restarts (RFC 6120 §5.4.3.3);
+//!      restarts (RFC 6120 §5.4.3.3). Without any certificate STARTTLS is not offered, and a
+//!      `<starttls/>` gets `<failure/>` and the stream's end (§5.4.2.2);
 //!    - with TLS: the peer's certificate is checked for its stream `from`
 //!      ([`Tls::verify_peer`](crate::tls::Tls::verify_peer)); when its policy needs a valid
 //!      certificate and it is not, the stream ends with `policy-violation` and the reason.
@@ -181,10 +182,12 @@ struct Inbound {
 /// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
 const MAX_SASL_FAILURES: usize = 3;
 
-/// Whether the stream goes on, or restarts (after TLS or SASL success: a new header follows).
+/// Whether the stream goes on, restarts (after TLS or SASL success: a new header follows), or
+/// ends cleanly with `</stream:stream>`.
 enum Flow {
     Continue,
     Restart,
+    End,
 }
 
 /// What woke the session up.
@@ -270,8 +273,10 @@ impl Inbound {
                                 .as_mut()
                                 .reset(Instant::now() + settings.idle_timeout);
                         }
-                        if let Flow::Restart = flow {
-                            continue 'stream;
+                        match flow {
+                            Flow::Continue => {}
+                            Flow::Restart => continue 'stream,
+                            Flow::End => return Ok(()),
                         }
                     }
                     Step::Event(Ok(Event::StreamClose)) => return Ok(()),
@@ -489,6 +494,13 @@ impl Inbound {
                 StreamErrorCondition::PolicyViolation,
                 "TLS is already negotiated",
             )));
+        }
+        if !self.ctx.tls.can_accept() {
+            // RFC 6120 §5.4.2.2: <failure/>, then the stream is closed (no stream error).
+            tracing::info!(peer = %self.conn.peer, "STARTTLS requested but no certificate is configured");
+            self.conn
+                .send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            return Ok(Flow::End);
         }
         self.conn
             .send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::connect::{self, offers_dialback, offers_external, ConnectError, Security};
+use super::connect::{self, offers_dialback, offers_external, ConnectError, Opened, Security};
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{Connection, Writer};
 use crate::dns::ResolveError;
@@ -229,17 +229,15 @@ impl Session {
                         continue;
                     }
                 };
-            let security = opened.security.clone();
-            let mut conn = opened.conn;
+            let Opened {
+                mut conn,
+                header,
+                features,
+                security,
+            } = opened;
             let authenticated = tokio::time::timeout(
                 settings.negotiation_timeout,
-                self.authenticate(
-                    &mut conn,
-                    opened.header,
-                    opened.features,
-                    &security,
-                    &policy,
-                ),
+                self.authenticate(&mut conn, header, features, &security, &policy),
             )
             .await;
             match authenticated {

@@ -94,23 +94,17 @@ async fn ask(
                 continue;
             }
         };
-        let conn = &mut opened.conn;
-        match ask_on(conn, receiving, originating, stream_id, key).await {
-            Ok(verdict) => {
-                opened.conn.close().await;
-                return Ok(verdict);
-            }
+        let answer = ask_on(&mut opened.conn, receiving, originating, stream_id, key).await;
+        opened.conn.close().await;
+        match answer {
+            Ok(verdict) => return Ok(verdict),
             Err(Ask::Refused(reason)) => {
-                opened.conn.close().await;
                 return Err(VerifyError::Refused {
                     domain: originating.to_string(),
                     reason,
-                });
+                })
             }
-            Err(Ask::Failed(reason)) => {
-                opened.conn.close().await;
-                last = format!("{}: {reason}", target.addr);
-            }
+            Err(Ask::Failed(reason)) => last = format!("{}: {reason}", target.addr),
         }
     }
     Err(VerifyError::Unreachable {

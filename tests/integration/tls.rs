@@ -639,3 +639,92 @@ async fn a_peer_that_refuses_our_external_gets_dialback_and_is_remembered() {
     }
     assert_eq!(second.expect("a second session"), ["result", "message"]);
 }
+
+#[tokio::test]
+async fn sasl_failures_are_limited_and_bad_base64_is_incorrect_encoding() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["a.test"]), dir.path(), "a");
+    let (mut s, _, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", Some((&cert, &key))).await;
+    s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>%%%</auth>")
+        .await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><incorrect-encoding/></failure>"
+    );
+    for _ in 0..2 {
+        s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>=</auth>")
+            .await;
+    }
+    // The third failure is answered, then the stream ends.
+    assert!(s.next_text().await.contains("<invalid-mechanism/>"));
+    assert!(s.next_text().await.contains("<invalid-mechanism/>"));
+    assert_eq!(s.expect_stream_error().await, "policy-violation");
+}
+
+#[tokio::test]
+async fn a_dialback_key_over_tls_with_a_valid_certificate_needs_no_connect_back() {
+    // a.test is not in DNS: a connect-back would fail, so a 'valid' answer can only come
+    // from the certificate (XEP-0344 §2.4).
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["a.test"]), dir.path(), "a");
+    let (mut s, _, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", Some((&cert, &key))).await;
+    s.send("<db:result from='a.test' to='b.test'>not-checked</db:result>")
+        .await;
+    let answer = s.next().await;
+    assert_eq!(answer.type_(), Some("valid"), "{}", text(answer.raw()));
+
+    // Without a certificate the same key goes to the (unreachable) authoritative server.
+    let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    s.send("<db:result from='a.test' to='b.test'>not-checked</db:result>")
+        .await;
+    let answer = s.next().await;
+    assert_eq!(answer.type_(), Some("error"), "{}", text(answer.raw()));
+    assert!(text(answer.raw()).contains("remote-server-not-found"));
+}
+
+#[tokio::test]
+async fn a_peer_held_to_external_is_offered_no_dialback_and_its_keys_are_refused() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test")
+        .peer("domain = \"a.test\"\nauth = \"external\"")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["a.test"]), dir.path(), "a");
+    let (mut s, _, features) =
+        tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", Some((&cert, &key))).await;
+    let features = text(features.raw()).to_string();
+    assert!(features.contains("EXTERNAL"), "{features}");
+    assert!(!features.contains("dialback"), "{features}");
+    s.send("<db:result from='a.test' to='b.test'>key</db:result>")
+        .await;
+    let answer = s.next_text().await;
+    assert!(answer.contains("type='error'"), "{answer}");
+    assert!(answer.contains("policy-violation"), "{answer}");
+}
+
+#[tokio::test]
+async fn starttls_without_a_certificate_gets_failure_and_the_stream_closes() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test")
+        .no_cert()
+        .s2s("require_encryption = false")
+        .start()
+        .await;
+    let (mut s, features) = plain_s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    assert!(!text(features.raw()).contains("starttls"));
+    s.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    );
+    assert!(matches!(
+        s.event().await,
+        fedgate::xml::framer::Event::StreamClose
+    ));
+}
