@@ -168,6 +168,42 @@ pub struct S2sConfig {
     /// (4 MiB). Must be at least `max_stanza_bytes`. Multiplies with the number of remote
     /// domains being connected to at once.
     pub queue_max_bytes: usize,
+    /// How long an outbound session keeps retrying a remote domain whose targets all failed,
+    /// holding its queued stanzas, before they bounce with the cause. Retries back off
+    /// exponentially from `retry_initial_delay` to `retry_max_delay`, with jitter. Default
+    /// `"60s"`. Longer rides out a peer's restart; shorter tells senders sooner.
+    #[serde(with = "humantime_serde")]
+    pub retry_window: Duration,
+    /// First delay between attempts to reach a failing domain. Default `"1s"`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_delay: Duration,
+    /// Longest delay between attempts. Default `"15s"`.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// After the retry window closes, new stanzas for the domain bounce at once with the same
+    /// cause for this long, without a new connection attempt. Default `"60s"`. Shields a dead
+    /// peer (and us) from a reconnect per stanza.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// An established outbound link with nothing written for this long is checked: an
+    /// XEP-0198 `<r/>` where stream management is on, else an XEP-0199 ping. Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A link whose check is not answered within this is dead: it is closed, and stanzas
+    /// waiting for it go out on a new connection. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// A stream we have written nothing on for this long gets a single space (RFC 6120 §4.6.1
+    /// whitespace keepalive), so that NATs and firewalls keep it open. Default `"45s"`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// XEP-0198 stream management on s2s: offered on inbound streams, used on outbound ones
+    /// when the peer offers it, so that a dropped link loses nothing. Default `true`.
+    pub stream_management: bool,
+    /// How long the counters of a dropped inbound stream are kept so that its peer can resume
+    /// it (XEP-0198 §5). Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
     /// File holding the dialback secret shared by all fedgate instances of this deployment.
     /// Default `"fedgate-dialback.secret"`; a relative path is relative to the configuration
     /// file's directory. Created with a random secret (mode 0600) on first start. **Anyone who
@@ -195,6 +231,15 @@ impl Default for S2sConfig {
             max_connections: 10_000,
             queue_max_stanzas: 1000,
             queue_max_bytes: 4 * 1024 * 1024,
+            retry_window: Duration::from_secs(60),
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(15),
+            failure_window: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(60),
+            ping_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(45),
+            stream_management: true,
+            resume_timeout: Duration::from_secs(300),
             dialback_secret_file: PathBuf::from("fedgate-dialback.secret"),
             route: Vec::new(),
         }
@@ -728,6 +773,12 @@ impl Config {
             ("negotiation_timeout", s.negotiation_timeout),
             ("dialback_timeout", s.dialback_timeout),
             ("idle_timeout", s.idle_timeout),
+            ("retry_initial_delay", s.retry_initial_delay),
+            ("retry_max_delay", s.retry_max_delay),
+            ("ping_interval", s.ping_interval),
+            ("ping_timeout", s.ping_timeout),
+            ("keepalive_interval", s.keepalive_interval),
+            ("resume_timeout", s.resume_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(

@@ -28,6 +28,12 @@ pub enum ResolveError {
     /// The name does not exist or has no A/AAAA record.
     #[error("no SRV or A/AAAA record for {domain}")]
     NoRecords { domain: String },
+    /// The domain's SRV records say it offers no s2s service (a lone `.` target, RFC 2782).
+    #[error("{domain} offers no XMPP server-to-server service (its SRV target is \".\")")]
+    NoService { domain: String },
+    /// An SRV target (or a route's host) has no A/AAAA record.
+    #[error("no A/AAAA record for {host}")]
+    NoAddress { host: String },
     /// The resolver failed (timeout, SERVFAIL, unreachable nameserver).
     #[error("DNS lookup for {domain} failed: {reason}")]
     Lookup { domain: String, reason: String },
@@ -41,6 +47,37 @@ pub struct Target {
     pub addr: SocketAddr,
     /// TLS from the first byte (XEP-0368) rather than STARTTLS.
     pub direct_tls: bool,
+}
+
+/// Where a candidate came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[s2s.route]]`.
+    Route,
+    /// An SRV record: `_xmpps-server._tcp` when `direct_tls`, else `_xmpp-server._tcp`.
+    Srv { priority: u16, weight: u16 },
+    /// No SRV record: the domain itself on port 5269 (RFC 6120 §3.2.2).
+    Fallback,
+}
+
+/// A host to connect to, before its addresses are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub host: String,
+    pub port: u16,
+    /// TLS from the first byte (XEP-0368) rather than STARTTLS.
+    pub direct_tls: bool,
+    pub origin: Origin,
+}
+
+/// The hosts to try for a domain, in the order to try them, and what DNS answered, for
+/// traces and `fedgate check dns`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub domain: String,
+    pub candidates: Vec<Candidate>,
+    /// One line per DNS answer or notable fact (e.g. "_xmpp-server._tcp.b.test: NXDOMAIN").
+    pub answers: Vec<String>,
 }
 
 /// Finds targets for remote domains. Cheap to clone (the resolver and route table are shared).
@@ -70,6 +107,62 @@ impl Resolver {
             dns,
             routes: Arc::new(routes),
         })
+    }
+
+    /// The candidates for `domain`, in the order to try them: a static route, else the
+    /// merged SRV records, else the domain on port 5269.
+    pub async fn plan(&self, domain: &str) -> Result<Plan, ResolveError> {
+        let candidate = match self.routes.get(domain) {
+            Some((host, port, direct)) => Candidate {
+                host: host.clone(),
+                port: *port,
+                direct_tls: *direct,
+                origin: Origin::Route,
+            },
+            None => Candidate {
+                host: domain.to_string(),
+                port: DEFAULT_S2S_PORT,
+                direct_tls: false,
+                origin: Origin::Fallback,
+            },
+        };
+        Ok(Plan {
+            domain: domain.to_string(),
+            candidates: vec![candidate],
+            answers: Vec::new(),
+        })
+    }
+
+    /// The addresses of `host` (an IP literal is its own address), in the order to try them.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(vec![ip]);
+        }
+        let fqdn = format!("{host}.");
+        match self.dns.lookup_ip(fqdn.as_str()).await {
+            Ok(found) => {
+                let mut addrs: Vec<IpAddr> = found.iter().collect();
+                addrs.sort_by_key(|ip| ip.is_ipv4());
+                if addrs.is_empty() {
+                    Err(ResolveError::NoAddress {
+                        host: host.to_string(),
+                    })
+                } else {
+                    Ok(addrs)
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(ResolveError::NoAddress {
+                host: host.to_string(),
+            }),
+            Err(e) => Err(ResolveError::Lookup {
+                domain: host.to_string(),
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// The addresses to try for `domain`, in order.

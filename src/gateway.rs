@@ -106,6 +106,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         external_refused: Default::default(),
         shutdown: s2s_shutdown.clone(),
         tracker: s2s_tracker.clone(),
+        resumable: Default::default(),
+        pings: Default::default(),
     });
     {
         let ctx = s2s_ctx.clone();

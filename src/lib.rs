@@ -5,13 +5,15 @@
 //! - [`cli`]: the command line (the binary in `main.rs` stays thin).
 //! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
-//!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check).
+//!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
+//!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings).
 //! - [`component`]: the XEP-0114 listener where backends attach.
 //! - [`listener`]: the accept loop every listener shares.
 //! - [`connection`]: a framed XMPP stream over a byte transport, split once established.
 //! - [`router`]: where a domain lives; hands stanzas to sessions; bounces.
 //! - [`policy`]: whom we federate with (`[federation]`).
-//! - [`dns`]: where a remote domain's server is (static routes, DNS).
+//! - [`dns`]: where a remote domain's server is (static routes, SRV, A/AAAA).
+//! - [`dial`]: TCP connections to a host's addresses, happy eyeballs style.
 //! - [`tls`]: rustls for s2s: our certificates by domain, handshakes, peer certificate verdicts.
 //! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
 //! - [`config`]: the TOML configuration.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod connection;
+pub mod dial;
 pub mod dialback;
 pub mod dns;
 pub mod gateway;

@@ -11,7 +11,9 @@
 
 pub mod connect;
 pub mod inbound;
+pub mod keepalive;
 pub mod outbound;
+pub mod sm;
 pub mod verify;
 
 use std::sync::Arc;
@@ -42,6 +44,16 @@ pub struct S2sSettings {
     pub queue_max_stanzas: usize,
     /// Dialback verifications one inbound stream may have in flight.
     pub max_pending_verifications: usize,
+    pub queue_max_bytes: usize,
+    pub retry_window: Duration,
+    pub retry_initial_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub failure_window: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub stream_management: bool,
+    pub resume_timeout: Duration,
 }
 
 impl S2sSettings {
@@ -58,6 +70,16 @@ impl S2sSettings {
             max_attributes: s.max_attributes,
             queue_max_stanzas: s.queue_max_stanzas,
             max_pending_verifications: 16,
+            queue_max_bytes: s.queue_max_bytes,
+            retry_window: s.retry_window,
+            retry_initial_delay: s.retry_initial_delay,
+            retry_max_delay: s.retry_max_delay,
+            failure_window: s.failure_window,
+            ping_interval: s.ping_interval,
+            ping_timeout: s.ping_timeout,
+            keepalive_interval: s.keepalive_interval,
+            stream_management: s.stream_management,
+            resume_timeout: s.resume_timeout,
         }
     }
 
@@ -97,6 +119,10 @@ pub struct S2sContext {
     pub shutdown: CancellationToken,
     /// Outbound sessions and verifications, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// XEP-0198 state of dropped inbound streams, kept for resumption.
+    pub resumable: sm::ResumeStore,
+    /// Our XEP-0199 pings waiting for their answers (which arrive on the peer's stream to us).
+    pub pings: keepalive::Pings,
 }
 
 /// A `<stream:error/>` a remote server sent us, reduced to what logs, metrics and bounce texts

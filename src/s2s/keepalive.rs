@@ -1,0 +1,96 @@
+//! Keeping links alive and finding dead ones: whitespace keepalives (RFC 6120 §4.6.1) and
+//! XEP-0199 pings.
+//!
+//! Our outbound stream carries stanzas one way, so the answer to a ping we send on it comes
+//! back on the peer's own stream to us. [`Pings`] is where the two meet: the outbound session
+//! registers the ping's id, and the inbound session hands over the answer instead of routing
+//! it to a backend.
+
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use crate::jid;
+use crate::router::next_session_id;
+use crate::xml::escape_attr;
+use crate::xml::stanza::{Kind, Stanza};
+
+/// Every ping id we send starts with this, so that other stanzas are passed over cheaply.
+pub const PING_ID_PREFIX: &str = "fedgate-ping-";
+
+struct Waiting {
+    /// The domain we pinged; only it may answer.
+    remote: String,
+    /// The domain we pinged from; the answer is addressed to it.
+    local: String,
+    answered: oneshot::Sender<()>,
+}
+
+/// Our pings in flight, by id.
+#[derive(Default)]
+pub struct Pings {
+    waiting: DashMap<String, Waiting>,
+}
+
+/// A ping to send and the way to learn it was answered.
+pub struct Ping {
+    pub id: String,
+    /// The `<iq/>` to write.
+    pub bytes: Vec<u8>,
+    /// Fires when the answer (a result or an error: either proves the peer alive) arrives.
+    pub answered: oneshot::Receiver<()>,
+}
+
+impl Pings {
+    /// Registers a ping from `local` to `remote`.
+    pub fn start(&self, local: &str, remote: &str) -> Ping {
+        let id = format!("{PING_ID_PREFIX}{}", next_session_id());
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(
+            id.clone(),
+            Waiting {
+                remote: remote.to_string(),
+                local: local.to_string(),
+                answered: tx,
+            },
+        );
+        let bytes = format!(
+            "<iq type='get' id='{id}' from='{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+            escape_attr(local),
+            escape_attr(remote)
+        )
+        .into_bytes();
+        Ping {
+            id,
+            bytes,
+            answered: rx,
+        }
+    }
+
+    /// Forgets a ping that timed out or whose link closed.
+    pub fn cancel(&self, id: &str) {
+        self.waiting.remove(id);
+    }
+
+    /// Whether `stanza`, received from a remote server, answers one of our pings; if so it is
+    /// consumed here and must not be routed.
+    pub fn claim(&self, stanza: &Stanza) -> bool {
+        if stanza.kind() != Kind::Iq || !matches!(stanza.type_(), Some("result" | "error")) {
+            return false;
+        }
+        let Some(id) = stanza.id().filter(|id| id.starts_with(PING_ID_PREFIX)) else {
+            return false;
+        };
+        let matches = |w: &Waiting| {
+            let from = stanza.from().and_then(|f| jid::domain_of(f).ok());
+            let to = stanza.to().and_then(|t| jid::domain_of(t).ok());
+            from.as_deref() == Some(w.remote.as_str()) && to.as_deref() == Some(w.local.as_str())
+        };
+        match self.waiting.remove_if(id, |_, w| matches(w)) {
+            Some((_, w)) => {
+                let _ = w.answered.send(());
+                true
+            }
+            None => false,
+        }
+    }
+}
