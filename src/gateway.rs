@@ -108,6 +108,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         tracker: s2s_tracker.clone(),
         resumable: Default::default(),
         pings: Default::default(),
+        attempts: Default::default(),
     });
     {
         let ctx = s2s_ctx.clone();

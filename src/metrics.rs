@@ -74,6 +74,13 @@ pub struct Metrics {
     pub dialback: IntCounterVec,
     /// Outbound connection attempts by result (`established`, `dns`, `connect`, `stream`, `auth`).
     pub outbound_attempts: IntCounterVec,
+    /// `fedgate_outbound_stanzas_total{event}`: stanzas `resent` after a link dropped (XEP-0198)
+    /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
+    /// (they may or may not have arrived).
+    pub outbound_stanzas: IntCounterVec,
+    /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`,
+    /// `sm_enabled`, `sm_resumed`, `sm_resume_failed`.
+    pub outbound_events: IntCounterVec,
     /// `fedgate_tls_handshakes_total{direction, result}`: result `ok` or `failed`.
     pub tls_handshakes: IntCounterVec,
     /// `fedgate_s2s_auth_total{direction, method, result}`: method `external` or `dialback`,
@@ -145,6 +152,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let outbound_stanzas = IntCounterVec::new(
+            Opts::new(
+                "fedgate_outbound_stanzas_total",
+                "Outbound stanzas resent after a dropped link (XEP-0198), or unconfirmed when a link without it dropped",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        let outbound_events = IntCounterVec::new(
+            Opts::new(
+                "fedgate_outbound_events_total",
+                "Outbound link events: retries, pings, stream management",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "fedgate_tls_handshakes_total",
@@ -182,6 +205,8 @@ impl Metrics {
             Box::new(stream_errors.clone()),
             Box::new(dialback.clone()),
             Box::new(outbound_attempts.clone()),
+            Box::new(outbound_stanzas.clone()),
+            Box::new(outbound_events.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -204,6 +229,8 @@ impl Metrics {
             stream_errors,
             dialback,
             outbound_attempts,
+            outbound_stanzas,
+            outbound_events,
             tls_handshakes,
             s2s_auth,
             certificate_verdicts,

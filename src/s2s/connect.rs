@@ -16,14 +16,15 @@
 //! The caller then authenticates (SASL EXTERNAL or dialback) on the [`Opened`] stream.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::trace::Trace;
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
-use crate::dns::Target;
+use crate::dial;
+use crate::dns::{Candidate, Origin, Plan, ResolveError, Target};
 use crate::policy::PeerSecurity;
 use crate::tls::{CertProblem, CertVerdict, PeerRole, TlsError, TlsInfo};
 use crate::xml::element::Element;
@@ -38,27 +39,30 @@ use crate::xml::stream::{OpenStream, StreamHeader};
 #[non_exhaustive]
 pub enum ConnectError {
     #[error("cannot connect to {target}: {reason}")]
-    Connect { target: SocketAddr, reason: String },
+    Connect { target: String, reason: String },
     #[error("{stage} at {target} timed out after {after:?}")]
     Timeout {
         stage: &'static str,
-        target: SocketAddr,
+        target: String,
         after: Duration,
     },
     #[error("{target} closed the stream with {error}")]
     PeerStreamError {
-        target: SocketAddr,
+        target: String,
         error: PeerStreamError,
     },
     #[error("stream to {target} failed: {reason}")]
-    Stream { target: SocketAddr, reason: String },
+    Stream { target: String, reason: String },
     #[error("{target} does not offer TLS, and TLS is required for {domain}")]
-    TlsUnavailable { target: SocketAddr, domain: String },
+    TlsUnavailable { target: String, domain: String },
     #[error("TLS with {target} failed: {error}")]
-    Tls { target: SocketAddr, error: TlsError },
-    #[error("TLS {problem} at {target}")]
+    Tls { target: String, error: TlsError },
+    /// A candidate host has no address (or the lookup failed).
+    #[error("{0}")]
+    Resolve(ResolveError),
+    #[error("TLS certificate {problem} at {target}")]
     Certificate {
-        target: SocketAddr,
+        target: String,
         problem: CertProblem,
     },
 }
@@ -67,6 +71,7 @@ impl ConnectError {
     /// A metric label for the stage that failed.
     pub fn stage(&self) -> &'static str {
         match self {
+            ConnectError::Resolve(_) => "dns",
             ConnectError::Connect { .. } => "connect",
             ConnectError::Timeout { stage, .. } if *stage == "TCP connect" => "connect",
             ConnectError::TlsUnavailable { .. }
@@ -114,11 +119,32 @@ impl fmt::Display for Security {
 /// A stream ready for authentication.
 pub struct Opened {
     pub conn: Connection,
+    /// Where it goes.
+    pub target: Target,
+    /// `target` as errors and logs name it ("xmpp.b.example:5269 (192.0.2.1)").
+    pub label: String,
     /// The peer's latest stream header (its id keys dialback).
     pub header: StreamHeader,
     /// The peer's latest features (empty for a pre-1.0 peer).
     pub features: Element,
     pub security: Security,
+}
+
+impl fmt::Display for Target {
+    /// `host:port (ip)` for a named host, the address alone for an IP literal.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let literal = self
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        if literal {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}:{} ({})", self.host, self.addr.port(), self.addr.ip())
+        }
+    }
 }
 
 /// Whether `features` offer SASL EXTERNAL.
@@ -143,39 +169,54 @@ pub async fn open(
     target: &Target,
     security: &PeerSecurity,
 ) -> Result<Opened, ConnectError> {
-    let settings = &ctx.settings;
-    let addr = target.addr;
-    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+    let timeout = ctx.settings.connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(target.addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             return Err(ConnectError::Connect {
-                target: addr,
+                target: target.to_string(),
                 reason: e.to_string(),
             })
         }
         Err(_) => {
             return Err(ConnectError::Timeout {
                 stage: "TCP connect",
-                target: addr,
-                after: settings.connect_timeout,
+                target: target.to_string(),
+                after: timeout,
             })
         }
     };
+    open_on(ctx, tcp, local, remote, target, security).await
+}
+
+/// Steps 2–4 on a connected socket.
+pub async fn open_on(
+    ctx: &S2sContext,
+    tcp: TcpStream,
+    local: &str,
+    remote: &str,
+    target: &Target,
+    security: &PeerSecurity,
+) -> Result<Opened, ConnectError> {
+    let settings = &ctx.settings;
     let _ = tcp.set_nodelay(true);
     let mut conn = Connection::new(
         Box::new(tcp),
-        addr,
+        target.addr,
         settings.negotiation_limits(),
         ns::SERVER,
     );
+    let label = target.to_string();
     let negotiated = tokio::time::timeout(
         settings.negotiation_timeout,
-        negotiate(ctx, &mut conn, local, remote, target, security),
+        negotiate(ctx, &mut conn, local, remote, target, &label, security),
     )
     .await;
     match negotiated {
         Ok(Ok((header, features, security))) => Ok(Opened {
             conn,
+            target: target.clone(),
+            label,
             header,
             features,
             security,
@@ -193,9 +234,144 @@ pub async fn open(
                 .await;
             Err(ConnectError::Timeout {
                 stage: "stream negotiation",
-                target: addr,
+                target: label,
                 after: settings.negotiation_timeout,
             })
+        }
+    }
+}
+
+/// The targets of one remote domain, tried in order (RFC 6120 §3.2): each candidate of the
+/// DNS [`Plan`], and each of its addresses in the happy eyeballs style, until a stream opens.
+/// Every step goes into the caller's [`Trace`].
+pub struct Walk {
+    plan: Plan,
+    next: usize,
+}
+
+impl Walk {
+    /// Resolves `remote`'s candidates. A failure here is final: there is nowhere to go.
+    pub async fn start(
+        ctx: &S2sContext,
+        remote: &str,
+        trace: &mut Trace,
+    ) -> Result<Walk, ResolveError> {
+        match ctx.resolver.plan(remote).await {
+            Ok(plan) => {
+                for answer in &plan.answers {
+                    trace.ok(format!("DNS {answer}"));
+                }
+                trace.ok(format!(
+                    "{} candidate(s): {}",
+                    plan.candidates.len(),
+                    plan.candidates
+                        .iter()
+                        .map(describe)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                Ok(Walk { plan, next: 0 })
+            }
+            Err(e) => {
+                trace.failed(format!("DNS {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a stream to the next candidate that answers; `None` when all have been tried.
+    /// Each `Some(Err(_))` is one candidate's failure; the caller decides whether to go on.
+    pub async fn next(
+        &mut self,
+        ctx: &S2sContext,
+        local: &str,
+        remote: &str,
+        policy: &PeerSecurity,
+        trace: &mut Trace,
+    ) -> Option<Result<Opened, ConnectError>> {
+        let candidate = self.plan.candidates.get(self.next)?.clone();
+        self.next += 1;
+        Some(open_candidate(ctx, local, remote, &candidate, policy, trace).await)
+    }
+}
+
+/// "xmpp.b.test:5269 STARTTLS (SRV priority 10 weight 5)".
+fn describe(c: &Candidate) -> String {
+    let tls = if c.direct_tls {
+        "direct TLS"
+    } else {
+        "STARTTLS"
+    };
+    let origin = match &c.origin {
+        Origin::Route => "static route".to_string(),
+        Origin::Srv { priority, weight } => format!("SRV priority {priority} weight {weight}"),
+        Origin::Fallback => "no SRV, A/AAAA fallback".to_string(),
+    };
+    format!("{}:{} {tls} ({origin})", c.host, c.port)
+}
+
+async fn open_candidate(
+    ctx: &S2sContext,
+    local: &str,
+    remote: &str,
+    candidate: &Candidate,
+    policy: &PeerSecurity,
+    trace: &mut Trace,
+) -> Result<Opened, ConnectError> {
+    let ips = match ctx.resolver.addresses(&candidate.host).await {
+        Ok(ips) => ips,
+        Err(e) => {
+            trace.failed(format!("DNS {}: {e}", candidate.host));
+            // Without SRV the candidate is the domain itself: say so the way operators look.
+            let e = match (e, &candidate.origin) {
+                (ResolveError::NoAddress { .. }, Origin::Fallback) => ResolveError::NoRecords {
+                    domain: remote.to_string(),
+                },
+                (e, _) => e,
+            };
+            return Err(ConnectError::Resolve(e));
+        }
+    };
+    let addrs: Vec<std::net::SocketAddr> = ips
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, candidate.port))
+        .collect();
+    trace.ok(format!(
+        "DNS {} → {}",
+        candidate.host,
+        ips.iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let hostport = format!("{}:{}", candidate.host, candidate.port);
+    let (tcp, addr) = match dial::happy_eyeballs(&addrs, ctx.settings.connect_timeout).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            trace.failed(format!("TCP {hostport}: {e}"));
+            return Err(ConnectError::Connect {
+                target: hostport,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let target = Target {
+        host: candidate.host.clone(),
+        addr,
+        direct_tls: candidate.direct_tls,
+    };
+    trace.ok(format!("TCP connected to {target}"));
+    match open_on(ctx, tcp, local, remote, &target, policy).await {
+        Ok(opened) => {
+            match &opened.security.tls {
+                Some(_) => trace.ok(format!("stream open, {}", opened.security)),
+                None => trace.ok("stream open without TLS"),
+            }
+            Ok(opened)
+        }
+        Err(e) => {
+            trace.failed(e.to_string());
+            Err(e)
         }
     }
 }
@@ -230,16 +406,16 @@ async fn negotiate(
     local: &str,
     remote: &str,
     target: &Target,
+    label: &str,
     policy: &PeerSecurity,
 ) -> Result<(StreamHeader, Element, Security), Failed> {
-    let addr = target.addr;
     let mut security = Security::default();
     if target.direct_tls {
-        let info = handshake(ctx, conn, local, remote, true).await?;
+        let info = handshake(ctx, conn, local, remote, label, true).await?;
         security.tls = Some(info);
     }
     loop {
-        let (header, features) = exchange_headers(conn, local, remote).await?;
+        let (header, features) = exchange_headers(conn, local, remote, label).await?;
         if let Some(info) = &security.tls {
             let verdict = ctx
                 .tls
@@ -257,7 +433,7 @@ async fn negotiate(
                             format!("a valid certificate for {remote} is required: {problem}"),
                         ),
                         error: ConnectError::Certificate {
-                            target: addr,
+                            target: label.to_string(),
                             problem: problem.clone(),
                         },
                     });
@@ -269,7 +445,7 @@ async fn negotiate(
         if features.child("starttls", ns::TLS).is_none() {
             if policy.tls_required {
                 return Err(ConnectError::TlsUnavailable {
-                    target: addr,
+                    target: label.to_string(),
                     domain: remote.to_string(),
                 }
                 .into());
@@ -277,13 +453,13 @@ async fn negotiate(
             return Ok((header, features, security));
         }
         conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        flush(conn, addr).await?;
-        match next_element(conn, addr).await? {
+        flush(conn, label).await?;
+        match next_element(conn, label).await? {
             s if s.name() == "proceed" && s.ns() == ns::TLS => {}
             s if s.name() == "failure" && s.ns() == ns::TLS => {
                 return Err(Failed {
                     error: ConnectError::Stream {
-                        target: addr,
+                        target: label.to_string(),
                         reason: "the peer refused STARTTLS".into(),
                     },
                     // RFC 6120 §5.4.2.2: the receiving entity closes the stream.
@@ -292,13 +468,13 @@ async fn negotiate(
             }
             s => {
                 return Err(ConnectError::Stream {
-                    target: addr,
+                    target: label.to_string(),
                     reason: format!("expected <proceed/>, got <{}/>", s.name()),
                 }
                 .into())
             }
         }
-        let info = handshake(ctx, conn, local, remote, false).await?;
+        let info = handshake(ctx, conn, local, remote, label, false).await?;
         security.tls = Some(info);
     }
 }
@@ -309,9 +485,9 @@ async fn handshake(
     conn: &mut Connection,
     local: &str,
     remote: &str,
+    target: &str,
     direct: bool,
 ) -> Result<TlsInfo, Failed> {
-    let target = conn.peer;
     let io: BoxTransport = conn.take_transport();
     let metrics = &ctx.router.metrics;
     match ctx.tls.connect(io, local, remote, direct).await {
@@ -329,7 +505,10 @@ async fn handshake(
                 .with_label_values(&["outbound", "failed"])
                 .inc();
             Err(Failed {
-                error: ConnectError::Tls { target, error },
+                error: ConnectError::Tls {
+                    target: target.to_string(),
+                    error,
+                },
                 goodbye: Goodbye::None,
             })
         }
@@ -342,8 +521,8 @@ pub async fn exchange_headers(
     conn: &mut Connection,
     local: &str,
     remote: &str,
+    target: &str,
 ) -> Result<(StreamHeader, Element), ConnectError> {
-    let target = conn.peer;
     conn.open(&OpenStream {
         content_ns: ns::SERVER,
         from: Some(local),
@@ -357,14 +536,14 @@ pub async fn exchange_headers(
         Event::StreamOpen(h) => h,
         _ => {
             return Err(ConnectError::Stream {
-                target,
+                target: target.to_string(),
                 reason: "expected a stream header".into(),
             })
         }
     };
     if header.default_ns.as_deref() != Some(ns::SERVER) {
         return Err(ConnectError::Stream {
-            target,
+            target: target.to_string(),
             reason: "the peer's stream is not jabber:server".into(),
         });
     }
@@ -374,48 +553,45 @@ pub async fn exchange_headers(
     let features = next_element(conn, target).await?;
     if features.kind() != Kind::StreamFeatures {
         return Err(ConnectError::Stream {
-            target,
+            target: target.to_string(),
             reason: format!("expected <stream:features/>, got <{}/>", features.name()),
         });
     }
     let features = features.element().map_err(|e| ConnectError::Stream {
-        target,
+        target: target.to_string(),
         reason: e.to_string(),
     })?;
     Ok((header, features))
 }
 
 /// The next top-level element; a stream error or close becomes the error.
-pub async fn next_element(
-    conn: &mut Connection,
-    target: SocketAddr,
-) -> Result<Stanza, ConnectError> {
+pub async fn next_element(conn: &mut Connection, target: &str) -> Result<Stanza, ConnectError> {
     match conn.next_event().await.map_err(|e| read_error(target, e))? {
         Event::Stanza(s) if s.kind() == Kind::StreamError => Err(ConnectError::PeerStreamError {
-            target,
+            target: target.to_string(),
             error: PeerStreamError::parse(&s),
         }),
         Event::Stanza(s) => Ok(s),
         Event::StreamClose => Err(ConnectError::Stream {
-            target,
+            target: target.to_string(),
             reason: "the peer closed the stream".into(),
         }),
         Event::StreamOpen(_) => Err(ConnectError::Stream {
-            target,
+            target: target.to_string(),
             reason: "unexpected stream header".into(),
         }),
     }
 }
 
-pub async fn flush(conn: &mut Connection, target: SocketAddr) -> Result<(), ConnectError> {
+pub async fn flush(conn: &mut Connection, target: &str) -> Result<(), ConnectError> {
     conn.flush()
         .await
         .map_err(|e| read_error(target, ReadError::Io(e)))
 }
 
-fn read_error(target: SocketAddr, e: ReadError) -> ConnectError {
+fn read_error(target: &str, e: ReadError) -> ConnectError {
     ConnectError::Stream {
-        target,
+        target: target.to_string(),
         reason: e.to_string(),
     }
 }

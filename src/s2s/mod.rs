@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod keepalive;
 pub mod outbound;
 pub mod sm;
+pub mod trace;
 pub mod verify;
 
 use std::sync::Arc;
@@ -123,6 +124,27 @@ pub struct S2sContext {
     pub resumable: sm::ResumeStore,
     /// Our XEP-0199 pings waiting for their answers (which arrive on the peer's stream to us).
     pub pings: keepalive::Pings,
+    /// The trace of the latest outbound attempt per remote domain, for logs and diagnostics.
+    /// Bounded by [`MAX_REMEMBERED_ATTEMPTS`].
+    pub attempts: dashmap::DashMap<String, Arc<trace::Trace>>,
+}
+
+/// How many remote domains' latest attempt traces are kept.
+pub const MAX_REMEMBERED_ATTEMPTS: usize = 4096;
+
+impl S2sContext {
+    /// Keeps `trace` as the latest attempt to reach `remote`, and logs it step by step.
+    pub fn remember_attempt(&self, remote: &str, trace: trace::Trace) {
+        tracing::debug!(remote, "connection attempt:\n{trace}");
+        if self.attempts.len() >= MAX_REMEMBERED_ATTEMPTS && !self.attempts.contains_key(remote) {
+            // Forget an arbitrary domain rather than grow without bound.
+            let victim = self.attempts.iter().next().map(|e| e.key().clone());
+            if let Some(victim) = victim {
+                self.attempts.remove(&victim);
+            }
+        }
+        self.attempts.insert(remote.to_string(), Arc::new(trace));
+    }
 }
 
 /// A `<stream:error/>` a remote server sent us, reduced to what logs, metrics and bounce texts

@@ -1,30 +1,41 @@
 //! Outbound s2s: one session per (local, remote) domain pair, started by the router on demand.
 //!
-//! Steps (RFC 6120 §4, XEP-0220 §2.1):
-//! 1. resolve the remote domain's [targets](crate::dns::Resolver::targets) and connect to each
-//!    in turn, within `connect_timeout`;
-//! 2. open a `jabber:server` stream declaring `xmlns:db`, read the peer's header (its stream id)
-//!    and features, which must offer dialback;
-//! 3. send `<db:result>` with our XEP-0185 key and wait for `<db:result type='valid'/>` for
-//!    exactly the pair we asked about (anything unsolicited ends the stream);
-//! 4. established: write queued stanzas in order, batched, one flush per batch; close with
-//!    `</stream:stream>` after `idle_timeout` without traffic.
+//! Steps (RFC 6120 §3.2 and §4, XEP-0368, XEP-0220 §2.1, XEP-0198):
+//! 1. [walk](super::connect::Walk) the remote domain's targets (static route, SRV records,
+//!    A/AAAA fallback) until a stream opens, TLS and certificate rules included; every step
+//!    goes into a [`Trace`];
+//! 2. authenticate: SASL EXTERNAL when it can work, else dialback;
+//! 3. enable (or resume) XEP-0198 stream management when the peer offers it;
+//! 4. established: write queued stanzas in order, batched, one flush per batch; keep every
+//!    stanza until the peer acknowledges it (with XEP-0198); keep the link alive (whitespace),
+//!    check an idle one (`<r/>` or an XEP-0199 ping) and drop it when the check goes
+//!    unanswered; close with `</stream:stream>` after `idle_timeout` without traffic.
 //!
-//! While connecting, stanzas wait in the session's bounded queue (the router bounces overflow
-//! with `resource-constraint`). If every target fails, the queue is bounced with
-//! `remote-server-not-found` (no address) or `remote-server-timeout` (connect, stream or
-//! authentication failure), each with a text naming the cause.
+//! Failures are retried with exponential backoff and jitter for `retry_window` while stanzas
+//! wait in the session's bounded queue (the router bounces overflow with
+//! `resource-constraint`). When the window closes, or at once for a final answer (the domain
+//! does not exist, the peer refused our key or certificate), every waiting stanza goes back to
+//! its sender with `remote-server-not-found` (nothing to connect to) or
+//! `remote-server-timeout`, and a text naming the cause; for `failure_window` afterwards, new
+//! stanzas bounce at once with the same cause. A link that drops with stanzas unacknowledged
+//! resumes (XEP-0198) or resends them on a new link; without XEP-0198 the stanzas written since
+//! the peer last proved it had read them are counted and logged as unconfirmed.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::connect::{self, offers_dialback, offers_external, ConnectError, Opened, Security};
-use super::{PeerStreamError, S2sContext};
-use crate::connection::{Connection, Writer};
+use super::connect::{
+    self, offers_dialback, offers_external, ConnectError, Opened, Security, Walk,
+};
+use super::trace::Trace;
+use super::{sm, PeerStreamError, S2sContext};
+use crate::connection::{Connection, Reader, Writer};
 use crate::dns::ResolveError;
 use crate::policy::PeerSecurity;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared};
@@ -38,12 +49,11 @@ use crate::xml::stream::StreamHeader;
 
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
-/// How often a session whose connection dropped with stanzas still queued reconnects before it
-/// gives up and bounces them.
-const MAX_RECONNECTS: usize = 2;
+/// How long a closing link waits for the peer's last acknowledgement.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// Why an outbound session could not be established. Final for this attempt; the queued
-/// stanzas are bounced with [`OutboundError::condition`].
+/// Why an outbound session could not be established. The queued stanzas are bounced with
+/// [`OutboundError::condition`] and the error's text.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboundError {
@@ -56,7 +66,7 @@ pub enum OutboundError {
     #[error("{remote} refused our certificate for SASL EXTERNAL ({condition}) and dialback is not allowed")]
     ExternalRefused { remote: String, condition: String },
     #[error("no authentication method in common with {target}: {reason}")]
-    NoAuthentication { target: SocketAddr, reason: String },
+    NoAuthentication { target: String, reason: String },
     #[error("the connection was lost: {reason}")]
     Lost { reason: String },
     #[error("fedgate is shutting down")]
@@ -64,10 +74,13 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
-    /// The stanza error that bounced stanzas carry (RFC 6120 §8.3.3).
+    /// The stanza error that bounced stanzas carry (RFC 6120 §8.3.3): not found when there is
+    /// nothing to connect to, timeout when there was but it did not work out.
     pub fn condition(&self) -> StanzaErrorCondition {
         match self {
-            OutboundError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,
+            OutboundError::Resolve(_) | OutboundError::Connect(ConnectError::Resolve(_)) => {
+                StanzaErrorCondition::RemoteServerNotFound
+            }
             // XEP-0220 §2.1.1: an invalid key bounces with internal-server-error, a dialback
             // error with remote-server-timeout.
             OutboundError::DialbackRefused { verdict, .. } if verdict == "invalid" => {
@@ -75,6 +88,47 @@ impl OutboundError {
             }
             OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
             _ => StanzaErrorCondition::RemoteServerTimeout,
+        }
+    }
+
+    /// Whether trying again later may help. A domain that does not exist, a peer that refuses
+    /// our key or certificate, or one whose certificate or TLS offer our policy refuses gives
+    /// the same answer a minute later: its stanzas bounce at once.
+    fn retryable(&self) -> bool {
+        match self {
+            OutboundError::Resolve(e) | OutboundError::Connect(ConnectError::Resolve(e)) => {
+                matches!(e, ResolveError::Lookup { .. })
+            }
+            OutboundError::Connect(
+                ConnectError::Certificate { .. } | ConnectError::TlsUnavailable { .. },
+            ) => false,
+            // The peer's own verdict: final unless it says it is busy or going away.
+            OutboundError::Connect(ConnectError::PeerStreamError { error, .. }) => matches!(
+                error.condition.as_str(),
+                "system-shutdown"
+                    | "connection-timeout"
+                    | "internal-server-error"
+                    | "resource-constraint"
+                    | "remote-connection-failed"
+                    | "reset"
+                    | "undefined-condition"
+            ),
+            OutboundError::Connect(_) | OutboundError::Lost { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// How far the attempt got; with several targets, the cause reported is the one that got
+    /// furthest (a certificate problem says more than a refused backup port).
+    fn progress(&self) -> u8 {
+        match self {
+            OutboundError::Resolve(_) | OutboundError::Connect(ConnectError::Resolve(_)) => 0,
+            OutboundError::Connect(e) => match e.stage() {
+                "connect" => 1,
+                "stream" => 2,
+                _ => 3,
+            },
+            _ => 4,
         }
     }
 
@@ -139,71 +193,194 @@ struct Session {
     ctx: Arc<S2sContext>,
 }
 
-/// How an established stream ended.
+/// An authenticated stream.
+struct Link {
+    conn: Connection,
+    /// Where it goes, as logs and errors name it.
+    label: String,
+    method: AuthMethod,
+    security: Security,
+    /// The peer's features after authentication (XEP-0198 is offered there).
+    features: Element,
+}
+
+/// What outlives one link of a session (XEP-0198 §5).
+#[derive(Default)]
+struct Carry {
+    /// Stanzas written and not yet acknowledged, oldest first. The first one's sequence
+    /// number is `acked + 1`.
+    unacked: VecDeque<Stanza>,
+    /// The last count the peer acknowledged (modulo 2^32).
+    acked: u32,
+    /// The stream management id of the last link, if the peer allows resuming it.
+    resume: Option<String>,
+}
+
+impl Carry {
+    /// Applies an acknowledgement of `h` stanzas: those are delivered and forgotten.
+    fn ack(&mut self, h: u32) -> Result<(), String> {
+        let n = h.wrapping_sub(self.acked) as usize;
+        if n > self.unacked.len() {
+            return Err(format!(
+                "the peer acknowledged {h} stanzas, but only {} were sent",
+                self.acked as usize + self.unacked.len()
+            ));
+        }
+        self.unacked.drain(..n);
+        self.acked = h;
+        Ok(())
+    }
+}
+
+/// How an established link ended.
 enum Ended {
     /// Idle or shut down: the queue was written out; the session is over.
     Done,
-    /// The connection was lost; stanzas may still be queued.
+    /// The link was lost; stanzas may still be queued or unacknowledged.
     Lost(String),
+}
+
+/// A liveness check in flight on an idle link.
+enum Check {
+    /// An XEP-0198 `<r/>`: any `<a/>` answers it.
+    Ack { deadline: Instant },
+    /// An XEP-0199 ping, answered on the peer's stream to us. Once answered, the stanzas
+    /// written before it are known to have been read.
+    Ping {
+        id: String,
+        answered: oneshot::Receiver<()>,
+        deadline: Instant,
+        written_before: u64,
+    },
+}
+
+impl Check {
+    fn deadline(&self) -> Instant {
+        match self {
+            Check::Ack { deadline } | Check::Ping { deadline, .. } => *deadline,
+        }
+    }
+}
+
+/// Resolves when the ping in `check` is answered; never for anything else.
+async fn ping_answered(check: &mut Option<Check>) {
+    if let Some(Check::Ping { answered, .. }) = check {
+        if answered.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+/// `delay` ±20 %, so that sessions failing together do not retry in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
 impl Session {
     async fn run(self, mut rx: mpsc::Receiver<Stanza>) {
+        let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
         let gauge = metrics.s2s_sessions.with_label_values(&["outbound"]);
-        let mut reconnects = 0;
+        let mut carry = Carry::default();
+        let mut failing_since: Option<Instant> = None;
+        let mut delay = settings.retry_initial_delay;
         let failure = loop {
+            let mut trace = Trace::new();
             let attempt = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
-                r = self.connect() => r,
+                r = self.connect(&mut trace) => r,
             };
-            let conn = match attempt {
-                Ok(conn) => conn,
-                Err(e) => break e,
+            self.ctx.remember_attempt(&self.remote, trace);
+            let link = match attempt {
+                Ok(link) => link,
+                Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
+                Err(e) => {
+                    metrics
+                        .outbound_attempts
+                        .with_label_values(&[e.label()])
+                        .inc();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let wait = jittered(delay);
+                    if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
+                        break e;
+                    }
+                    tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s attempt failed: {e}; retrying in {}ms", wait.as_millis());
+                    metrics.outbound_events.with_label_values(&["retry"]).inc();
+                    tokio::select! {
+                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    delay = (delay * 2).min(settings.retry_max_delay);
+                    continue;
+                }
             };
             metrics
                 .outbound_attempts
                 .with_label_values(&["established"])
                 .inc();
-            let (conn, method, security) = conn;
-            tracing::info!(local = %self.local, remote = %self.remote, peer = %conn.peer, auth = method.as_str(), "outbound s2s established: {security}");
+            tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
+            failing_since = None;
+            delay = settings.retry_initial_delay;
             gauge.inc();
             self.shared.established.store(true, Ordering::Release);
-            let ended = self.established(conn, &mut rx).await;
+            let ended = self.established(link, &mut rx, &mut carry).await;
             self.shared.established.store(false, Ordering::Release);
             gauge.dec();
             match ended {
                 Ended::Done => return,
                 Ended::Lost(why) => {
-                    tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s lost: {why}");
-                    if rx.is_empty() || reconnects >= MAX_RECONNECTS {
+                    tracing::info!(local = %self.local, remote = %self.remote, unacknowledged = carry.unacked.len(), "outbound s2s lost: {why}");
+                    if rx.is_empty() && carry.unacked.is_empty() {
+                        self.ctx.router.remove_outbound(&self.remote, self.id);
+                        // A stanza may have slipped in between the check and the removal.
+                        rx.close();
                         if rx.is_empty() {
-                            self.ctx.router.remove_outbound(&self.remote, self.id);
-                            // A stanza may have slipped in between the check and the removal.
-                            rx.close();
-                            if rx.is_empty() {
-                                return;
-                            }
+                            return;
                         }
-                        break OutboundError::Lost { reason: why };
                     }
-                    reconnects += 1;
+                    // Reconnect at once; if that fails, the retry rules above apply.
                 }
             }
         };
-        tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s failed: {failure}");
-        metrics
-            .outbound_attempts
-            .with_label_values(&[failure.label()])
-            .inc();
-        // Stop new stanzas first, then return every queued one to its sender.
-        self.ctx.router.remove_outbound(&self.remote, self.id);
-        rx.close();
+        self.give_up(failure, rx, carry).await;
+    }
+
+    /// Returns every waiting stanza to its sender with the cause, then keeps bouncing new
+    /// ones at once for `failure_window`, then leaves the router.
+    async fn give_up(&self, failure: OutboundError, mut rx: mpsc::Receiver<Stanza>, carry: Carry) {
+        if !matches!(failure, OutboundError::Shutdown) {
+            tracing::warn!(local = %self.local, remote = %self.remote, "outbound s2s failed, bouncing queued stanzas: {failure}");
+        }
         let condition = failure.condition();
         let text = failure.to_string();
+        let router = &self.ctx.router;
+        // The unacknowledged stanzas are the oldest: they go back first.
+        for stanza in carry.unacked {
+            router.bounce(&stanza, condition, &text).await;
+        }
+        if !matches!(failure, OutboundError::Shutdown) {
+            let until = Instant::now() + self.ctx.settings.failure_window;
+            loop {
+                tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(until) => break,
+                    next = rx.recv() => match next {
+                        Some(stanza) => {
+                            self.dequeued(&stanza);
+                            router.bounce(&stanza, condition, &text).await;
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        // Stop new stanzas first, then return every queued one.
+        router.remove_outbound(&self.remote, self.id);
+        rx.close();
         while let Some(stanza) = rx.recv().await {
             self.dequeued(&stanza);
-            self.ctx.router.bounce(&stanza, condition, &text).await;
+            router.bounce(&stanza, condition, &text).await;
         }
     }
 
@@ -213,39 +390,55 @@ impl Session {
             .fetch_sub(stanza.raw().len(), Ordering::AcqRel);
     }
 
-    /// Steps 1–3 over each target in turn.
-    async fn connect(&self) -> Result<(Connection, AuthMethod, Security), OutboundError> {
-        let targets = self.ctx.resolver.targets(&self.remote).await?;
+    /// Steps 1–2 over each target in turn, until one authenticates.
+    async fn connect(&self, trace: &mut Trace) -> Result<Link, OutboundError> {
+        let mut walk = Walk::start(&self.ctx, &self.remote, trace).await?;
         let policy = self.ctx.security.peer(&self.remote);
         let settings = &self.ctx.settings;
-        let mut last = None;
-        for target in targets {
-            let opened =
-                match connect::open(&self.ctx, &self.local, &self.remote, &target, &policy).await {
-                    Ok(opened) => opened,
-                    Err(e) => {
-                        tracing::debug!(remote = %self.remote, "{e}");
-                        last = Some(e.into());
-                        continue;
-                    }
-                };
+        let mut best: Option<OutboundError> = None;
+        let keep = |e: OutboundError, best: &mut Option<OutboundError>| {
+            if best.as_ref().is_none_or(|b| e.progress() > b.progress()) {
+                *best = Some(e);
+            }
+        };
+        while let Some(opened) = walk
+            .next(&self.ctx, &self.local, &self.remote, &policy, trace)
+            .await
+        {
             let Opened {
                 mut conn,
+                label,
                 header,
                 features,
                 security,
-            } = opened;
+                ..
+            } = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::debug!(remote = %self.remote, "{e}");
+                    keep(e.into(), &mut best);
+                    continue;
+                }
+            };
             let authenticated = tokio::time::timeout(
                 settings.negotiation_timeout,
-                self.authenticate(&mut conn, header, features, &security, &policy),
+                self.authenticate(&mut conn, &label, header, features, &security, &policy),
             )
             .await;
             match authenticated {
-                Ok(Ok(method)) => {
+                Ok(Ok((method, features))) => {
+                    trace.ok(format!("authenticated by {}", method.as_str()));
                     conn.set_limits(settings.stanza_limits());
-                    return Ok((conn, method, security));
+                    return Ok(Link {
+                        conn,
+                        label,
+                        method,
+                        security,
+                        features,
+                    });
                 }
                 Ok(Err(e)) => {
+                    trace.failed(format!("authentication: {e}"));
                     let refused = matches!(
                         e,
                         OutboundError::DialbackRefused { .. }
@@ -256,23 +449,22 @@ impl Session {
                     if refused {
                         return Err(e);
                     }
-                    last = Some(e);
+                    keep(e, &mut best);
                 }
                 Err(_) => {
                     conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
                         .await;
-                    last = Some(
-                        ConnectError::Timeout {
-                            stage: "authentication",
-                            target: target.addr,
-                            after: settings.negotiation_timeout,
-                        }
-                        .into(),
-                    );
+                    let e = ConnectError::Timeout {
+                        stage: "authentication",
+                        target: label,
+                        after: settings.negotiation_timeout,
+                    };
+                    trace.failed(e.to_string());
+                    keep(e.into(), &mut best);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| {
+        Err(best.unwrap_or_else(|| {
             ResolveError::NoRecords {
                 domain: self.remote.clone(),
             }
@@ -286,12 +478,12 @@ impl Session {
     async fn authenticate(
         &self,
         conn: &mut Connection,
+        target: &str,
         header: StreamHeader,
         features: Element,
         security: &Security,
         policy: &PeerSecurity,
-    ) -> Result<AuthMethod, OutboundError> {
-        let target = conn.peer;
+    ) -> Result<(AuthMethod, Element), OutboundError> {
         let metrics = &self.ctx.router.metrics;
         let tls = security.tls.is_some();
         let mut header = header;
@@ -316,8 +508,9 @@ impl Session {
                         .inc();
                     // RFC 6120 §6.4.6: a fresh stream after SASL success.
                     conn.restart();
-                    connect::exchange_headers(conn, &self.local, &self.remote).await?;
-                    return Ok(AuthMethod::External);
+                    let (_, features) =
+                        connect::exchange_headers(conn, &self.local, &self.remote, target).await?;
+                    return Ok((AuthMethod::External, features));
                 }
                 ("failure", ns::SASL) => {
                     metrics
@@ -341,7 +534,7 @@ impl Session {
                 }
                 (name, _) => {
                     return Err(ConnectError::Stream {
-                        target,
+                        target: target.to_string(),
                         reason: format!("expected a SASL answer, got <{name}/>"),
                     }
                     .into())
@@ -350,7 +543,7 @@ impl Session {
         }
         if !policy.allows_dialback(tls) {
             return Err(OutboundError::NoAuthentication {
-                target,
+                target: target.to_string(),
                 reason: if tls {
                     "SASL EXTERNAL is required but not available".into()
                 } else {
@@ -360,24 +553,28 @@ impl Session {
         }
         if !offers_dialback(&header, &features) {
             return Err(OutboundError::NoAuthentication {
-                target,
+                target: target.to_string(),
                 reason: "the peer offers no Server Dialback and no usable SASL EXTERNAL".into(),
             });
         }
         let Some(stream_id) = header.id.take() else {
             return Err(ConnectError::Stream {
-                target,
+                target: target.to_string(),
                 reason: "the peer's stream header has no id, so dialback is impossible".into(),
             }
             .into());
         };
-        self.dialback(conn, &stream_id).await?;
-        Ok(AuthMethod::Dialback)
+        self.dialback(conn, target, &stream_id).await?;
+        Ok((AuthMethod::Dialback, features))
     }
 
     /// XEP-0220 §2.1: send our key, wait for the verdict on exactly our pair.
-    async fn dialback(&self, conn: &mut Connection, stream_id: &str) -> Result<(), OutboundError> {
-        let target = conn.peer;
+    async fn dialback(
+        &self,
+        conn: &mut Connection,
+        target: &str,
+        stream_id: &str,
+    ) -> Result<(), OutboundError> {
         let key = self.ctx.secret.key(&self.remote, &self.local, stream_id);
         conn.send(
             format!(
@@ -393,7 +590,7 @@ impl Session {
         let s = connect::next_element(conn, target).await?;
         if s.kind() != Kind::DbResult {
             return Err(ConnectError::Stream {
-                target,
+                target: target.to_string(),
                 reason: format!("unexpected <{}/> during dialback", s.name()),
             }
             .into());
@@ -401,7 +598,7 @@ impl Session {
         // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
         if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
             return Err(ConnectError::Stream {
-                target,
+                target: target.to_string(),
                 reason: "unsolicited dialback result".into(),
             }
             .into());
@@ -437,65 +634,318 @@ impl Session {
         })
     }
 
-    /// Step 4: write the queue until idle, shutdown or loss.
-    async fn established(&self, conn: Connection, rx: &mut mpsc::Receiver<Stanza>) -> Ended {
-        let peer = conn.peer;
+    /// Steps 3–4: stream management, then write the queue until idle, shutdown or loss.
+    async fn established(
+        &self,
+        link: Link,
+        rx: &mut mpsc::Receiver<Stanza>,
+        carry: &mut Carry,
+    ) -> Ended {
+        let Link {
+            conn,
+            label,
+            features,
+            ..
+        } = link;
         let (mut reader, mut writer) = conn.split();
+        let metrics = &self.ctx.router.metrics;
+        let mut pump = Pump {
+            sm: false,
+            unconfirmed: 0,
+            written: 0,
+            check: None,
+        };
+        if self.ctx.settings.stream_management && sm::offered(&features) {
+            match self.negotiate_sm(&mut reader, &mut writer, carry).await {
+                Ok(on) => pump.sm = on,
+                Err(why) => return Ended::Lost(why),
+            }
+        }
+        // What the last link left unacknowledged goes out first, in order.
+        if !carry.unacked.is_empty() {
+            let target = NsContext::server();
+            let n = carry.unacked.len();
+            for stanza in &carry.unacked {
+                writer.send(&stanza.bytes_for(&target));
+            }
+            metrics
+                .outbound_stanzas
+                .with_label_values(&["resent"])
+                .inc_by(n as u64);
+            tracing::info!(remote = %self.remote, "resent {n} unacknowledged stanzas on the new link");
+            if !pump.sm {
+                // Nothing will acknowledge them on this link.
+                carry.unacked.clear();
+                carry.acked = 0;
+                pump.unconfirmed += n as u64;
+            } else {
+                writer.send(SM_REQUEST);
+            }
+            if let Err(e) = writer.flush().await {
+                return self.lost(&pump, carry, format!("write to {label} failed: {e}"));
+            }
+        }
+        let ended = self
+            .pump(&mut pump, &mut reader, writer, rx, carry, &label)
+            .await;
+        if let Some(Check::Ping { id, .. }) = &pump.check {
+            self.ctx.pings.cancel(id);
+        }
+        match ended {
+            Ended::Lost(why) => self.lost(&pump, carry, why),
+            Ended::Done => Ended::Done,
+        }
+    }
+
+    /// Accounts for what a lost link may have taken with it.
+    fn lost(&self, pump: &Pump, carry: &Carry, why: String) -> Ended {
+        if !pump.sm && pump.unconfirmed > 0 {
+            self.ctx
+                .router
+                .metrics
+                .outbound_stanzas
+                .with_label_values(&["unconfirmed"])
+                .inc_by(pump.unconfirmed);
+            tracing::warn!(local = %self.local, remote = %self.remote, "{} stanzas written since the peer last confirmed reading may have been lost (it does not offer XEP-0198 stream management): {why}", pump.unconfirmed);
+        } else if pump.sm && !carry.unacked.is_empty() {
+            tracing::info!(remote = %self.remote, "{} unacknowledged stanzas will be resent", carry.unacked.len());
+        }
+        Ended::Lost(why)
+    }
+
+    /// XEP-0198 §5 and §3: resume the last link's stream if we can, else enable afresh.
+    /// `Ok(false)`: the peer declined; the link runs without acknowledgements.
+    async fn negotiate_sm(
+        &self,
+        reader: &mut Reader,
+        writer: &mut Writer,
+        carry: &mut Carry,
+    ) -> Result<bool, String> {
+        let events = &self.ctx.router.metrics.outbound_events;
+        if let Some(id) = carry.resume.take() {
+            // We receive no stanzas on an outbound stream, so our own count is always 0.
+            writer.send(
+                format!(
+                    "<resume xmlns='{}' previd='{}' h='0'/>",
+                    sm::NS,
+                    escape_attr(&id)
+                )
+                .as_bytes(),
+            );
+            let answer = self.sm_answer(reader, writer).await?;
+            match answer.name() {
+                "resumed" => {
+                    let h = sm::h_of(&answer).ok_or("<resumed/> without a valid 'h'")?;
+                    carry.ack(h)?;
+                    carry.resume = Some(id);
+                    events.with_label_values(&["sm_resumed"]).inc();
+                    tracing::info!(remote = %self.remote, "XEP-0198 stream resumed; {} stanzas to resend", carry.unacked.len());
+                    return Ok(true);
+                }
+                _ => {
+                    // The peer lost our stream's state (it restarted, or too much time
+                    // passed): what it acknowledged before is all we know arrived.
+                    events.with_label_values(&["sm_resume_failed"]).inc();
+                    carry.acked = 0;
+                }
+            }
+        }
+        writer.send(format!("<enable xmlns='{}' resume='true'/>", sm::NS).as_bytes());
+        let answer = self.sm_answer(reader, writer).await?;
+        if answer.name() != "enabled" {
+            carry.acked = 0;
+            return Ok(false);
+        }
+        let element = answer.element().map_err(|e| e.to_string())?;
+        let resumable = matches!(element.attr("resume"), Some("true" | "1"));
+        carry.resume = element.attr("id").filter(|_| resumable).map(str::to_string);
+        carry.acked = 0;
+        events.with_label_values(&["sm_enabled"]).inc();
+        Ok(true)
+    }
+
+    /// The peer's answer to `<enable/>` or `<resume/>`: `<enabled/>`, `<resumed/>` or
+    /// `<failed/>`, within the negotiation timeout.
+    async fn sm_answer(&self, reader: &mut Reader, writer: &mut Writer) -> Result<Stanza, String> {
+        writer
+            .flush()
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        let read = async {
+            loop {
+                match reader.next_event().await {
+                    Ok(Event::Stanza(s)) if s.ns() == sm::NS => {
+                        if matches!(s.name(), "enabled" | "resumed" | "failed") {
+                            return Ok(s);
+                        }
+                        // An early <r/> or <a/> is harmless here.
+                    }
+                    Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
+                        return Err(format!(
+                            "the peer closed the stream with {}",
+                            PeerStreamError::parse(&s)
+                        ))
+                    }
+                    Ok(Event::Stanza(s)) => {
+                        return Err(format!(
+                            "unexpected <{}/> during stream management negotiation",
+                            s.name()
+                        ))
+                    }
+                    Ok(_) => return Err("the peer closed the stream".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        tokio::time::timeout(self.ctx.settings.negotiation_timeout, read)
+            .await
+            .map_err(|_| "no answer to XEP-0198 negotiation in time".to_string())?
+    }
+
+    /// Step 4 proper. Timers: whitespace after `keepalive_interval` without writing, a
+    /// liveness check after `ping_interval` without stanzas, dead after `ping_timeout`
+    /// without its answer, closed after `idle_timeout` without stanzas.
+    async fn pump(
+        &self,
+        pump: &mut Pump,
+        reader: &mut Reader,
+        mut writer: Writer,
+        rx: &mut mpsc::Receiver<Stanza>,
+        carry: &mut Carry,
+        label: &str,
+    ) -> Ended {
+        let settings = &self.ctx.settings;
+        let metrics = &self.ctx.router.metrics;
         let target = NsContext::server();
-        let idle = self.ctx.settings.idle_timeout;
-        let deadline = tokio::time::sleep(idle);
-        tokio::pin!(deadline);
+        let cap = settings.queue_max_stanzas.max(1);
+        let mut last_write = Instant::now();
+        let mut last_stanza = last_write;
         loop {
+            let keepalive_at = last_write + settings.keepalive_interval;
+            let idle_at = last_stanza + settings.idle_timeout;
+            let check_at = match &pump.check {
+                Some(c) => c.deadline(),
+                None => last_stanza.max(last_write) + settings.ping_interval,
+            };
+            let next = keepalive_at.min(idle_at).min(check_at);
+            // With XEP-0198, stop taking stanzas while too many await acknowledgement.
+            let room = !pump.sm || carry.unacked.len() < cap;
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => {
-                    self.finish(rx, &mut writer, &target).await;
-                    writer.fail(&StreamErrorCondition::SystemShutdown, None).await;
+                    self.finish(pump, reader, writer, rx, carry, &target, Some(StreamErrorCondition::SystemShutdown)).await;
                     return Ended::Done;
                 }
-                _ = &mut deadline => {
-                    tracing::debug!(remote = %self.remote, "closing idle outbound s2s");
-                    self.finish(rx, &mut writer, &target).await;
-                    writer.close().await;
-                    return Ended::Done;
+                _ = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    if now >= idle_at {
+                        tracing::debug!(remote = %self.remote, "closing idle outbound s2s");
+                        self.finish(pump, reader, writer, rx, carry, &target, None).await;
+                        return Ended::Done;
+                    }
+                    if now >= check_at {
+                        if pump.check.is_some() {
+                            metrics.outbound_events.with_label_values(&["ping_timeout"]).inc();
+                            return Ended::Lost(format!("{label} did not answer a liveness check within {}s", settings.ping_timeout.as_secs_f32()));
+                        }
+                        let deadline = now + settings.ping_timeout;
+                        if pump.sm {
+                            writer.send(SM_REQUEST);
+                            pump.check = Some(Check::Ack { deadline });
+                        } else {
+                            let ping = self.ctx.pings.start(&self.local, &self.remote);
+                            writer.send(&ping.bytes);
+                            pump.check = Some(Check::Ping {
+                                id: ping.id,
+                                answered: ping.answered,
+                                deadline,
+                                written_before: pump.written,
+                            });
+                        }
+                    } else {
+                        // RFC 6120 §4.6.1: a single space keeps NATs and firewalls open.
+                        writer.send(b" ");
+                    }
+                    if let Err(e) = writer.flush().await {
+                        return Ended::Lost(format!("write to {label} failed: {e}"));
+                    }
+                    last_write = now;
+                }
+                _ = ping_answered(&mut pump.check) => {
+                    if let Some(Check::Ping { written_before, .. }) = pump.check.take() {
+                        // Everything written before the ping has been read.
+                        pump.unconfirmed = pump.written - written_before;
+                    }
+                    metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
                 }
                 event = reader.next_event() => match event {
+                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
+                        let acked = sm::h_of(&s).ok_or_else(|| "an <a/> without a valid 'h'".to_string()).and_then(|h| carry.ack(h));
+                        if let Err(why) = acked {
+                                                        writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
+                            return Ended::Lost(why);
+                        }
+                        if matches!(pump.check, Some(Check::Ack { .. })) {
+                            pump.check = None;
+                            metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
+                        }
+                    }
+                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "r" => {
+                        // We receive no stanzas on an outbound stream.
+                        writer.send(format!("<a xmlns='{}' h='0'/>", sm::NS).as_bytes());
+                        if let Err(e) = writer.flush().await {
+                            return Ended::Lost(format!("write to {label} failed: {e}"));
+                        }
+                    }
                     Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
                         let error = PeerStreamError::parse(&s);
-                        self.ctx.router.metrics.stream_errors.with_label_values(&["received", error.label()]).inc();
-                        return Ended::Lost(format!("{peer} closed the stream with {error}"));
+                        metrics.stream_errors.with_label_values(&["received", error.label()]).inc();
+                        return Ended::Lost(format!("{label} closed the stream with {error}"));
                     }
                     Ok(Event::StreamClose) => {
                         writer.close().await;
-                        return Ended::Lost("the peer closed the stream".into());
+                        return Ended::Lost(format!("{label} closed the stream"));
                     }
                     Ok(_) => {
                         // A remote server sends nothing on our outbound stream but errors
-                        // (bidirectional s2s, XEP-0288, is not negotiated).
+                        // and stream management (bidirectional s2s, XEP-0288, is not
+                        // negotiated).
                         writer.fail(&StreamErrorCondition::UnsupportedStanzaType, Some("this stream is outbound only")).await;
-                        return Ended::Lost("the peer sent a stanza on our outbound stream".into());
+                        return Ended::Lost(format!("{label} sent a stanza on our outbound stream"));
                     }
-                    Err(e) => return Ended::Lost(e.to_string()),
+                    Err(e) => return Ended::Lost(format!("reading from {label}: {e}")),
                 },
-                next = rx.recv() => {
+                next = rx.recv(), if room => {
                     let Some(first) = next else { return Ended::Done };
-                    self.write(&mut writer, &first, &target);
-                    while writer.pending() < BATCH_BYTES {
+                    self.write(pump, &mut writer, first, carry, &target);
+                    while writer.pending() < BATCH_BYTES && (!pump.sm || carry.unacked.len() < cap) {
                         match rx.try_recv() {
-                            Ok(s) => self.write(&mut writer, &s, &target),
+                            Ok(s) => self.write(pump, &mut writer, s, carry, &target),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = writer.flush().await {
-                        return Ended::Lost(format!("write failed: {e}"));
+                    // One acknowledgement request per batch.
+                    if pump.sm {
+                        writer.send(SM_REQUEST);
                     }
-                    deadline.as_mut().reset(Instant::now() + idle);
+                    if let Err(e) = writer.flush().await {
+                        return Ended::Lost(format!("write to {label} failed: {e}"));
+                    }
+                    last_write = Instant::now();
+                    last_stanza = last_write;
                 }
             }
         }
     }
 
-    fn write(&self, writer: &mut Writer, stanza: &Stanza, target: &NsContext) {
-        self.dequeued(stanza);
+    fn write(
+        &self,
+        pump: &mut Pump,
+        writer: &mut Writer,
+        stanza: Stanza,
+        carry: &mut Carry,
+        target: &NsContext,
+    ) {
+        self.dequeued(&stanza);
         let bytes = stanza.bytes_for(target);
         self.ctx
             .router
@@ -503,23 +953,82 @@ impl Session {
             .s2s_out
             .count(stanza.kind(), bytes.len());
         writer.send(&bytes);
+        pump.written += 1;
+        if pump.sm {
+            carry.unacked.push_back(stanza);
+        } else {
+            pump.unconfirmed += 1;
+        }
     }
 
-    /// Leaves the router, then writes out what is still queued: once removed, nothing new
-    /// arrives, so nothing is left behind.
+    /// Leaves the router, writes out what is still queued (once removed, nothing new
+    /// arrives, so nothing is left behind), asks for a last acknowledgement and closes.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
+        pump: &mut Pump,
+        reader: &mut Reader,
+        mut writer: Writer,
         rx: &mut mpsc::Receiver<Stanza>,
-        writer: &mut Writer,
+        carry: &mut Carry,
         target: &NsContext,
+        error: Option<StreamErrorCondition>,
     ) {
         self.ctx.router.remove_outbound(&self.remote, self.id);
         rx.close();
         while let Ok(s) = rx.try_recv() {
-            self.write(writer, &s, target);
+            self.write(pump, &mut writer, s, carry, target);
+        }
+        if pump.sm && !carry.unacked.is_empty() {
+            writer.send(SM_REQUEST);
         }
         let _ = writer.flush().await;
+        match error {
+            Some(condition) => writer.fail(&condition, None).await,
+            None => writer.close().await,
+        }
+        if !pump.sm || carry.unacked.is_empty() {
+            return;
+        }
+        // The peer answers our <r/> (or sends a last <a/> on its own) before closing.
+        let _ = tokio::time::timeout(FINAL_ACK_WAIT, async {
+            while !carry.unacked.is_empty() {
+                match reader.next_event().await {
+                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
+                        if sm::h_of(&s).map(|h| carry.ack(h)).is_none() {
+                            break;
+                        }
+                    }
+                    Ok(Event::Stanza(_)) => {}
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        if !carry.unacked.is_empty() {
+            self.ctx
+                .router
+                .metrics
+                .outbound_stanzas
+                .with_label_values(&["unconfirmed"])
+                .inc_by(carry.unacked.len() as u64);
+            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
+        }
     }
+}
+
+/// An XEP-0198 acknowledgement request.
+const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
+/// The state of one established link.
+struct Pump {
+    /// XEP-0198 is on.
+    sm: bool,
+    /// Without XEP-0198: stanzas written since the peer last proved it had read them.
+    unconfirmed: u64,
+    /// Stanzas written on this link.
+    written: u64,
+    check: Option<Check>,
 }
 
 fn verdict_label(verdict: &str) -> &'static str {

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use super::connect;
+use super::trace::Trace;
 use super::S2sContext;
 use crate::connection::Connection;
 use crate::xml::error::StanzaErrorCondition;
@@ -82,18 +83,32 @@ async fn ask(
     stream_id: &str,
     key: &str,
 ) -> Result<Verdict, VerifyError> {
-    let targets = ctx.resolver.targets(originating).await?;
+    let mut trace = Trace::new();
+    let mut walk = connect::Walk::start(ctx, originating, &mut trace).await?;
     // The authoritative server is held to the same TLS rules as the domain's other servers.
     let policy = ctx.security.peer(originating);
     let mut last = String::from("no address");
-    for target in targets {
-        let mut opened = match connect::open(ctx, receiving, originating, &target, &policy).await {
+    // When every candidate failed at DNS, the domain has nowhere to connect to.
+    let mut unresolved: Option<crate::dns::ResolveError> = None;
+    let mut reached = false;
+    while let Some(opened) = walk
+        .next(ctx, receiving, originating, &policy, &mut trace)
+        .await
+    {
+        let mut opened = match opened {
             Ok(opened) => opened,
+            Err(connect::ConnectError::Resolve(e)) => {
+                last = e.to_string();
+                unresolved.get_or_insert(e);
+                continue;
+            }
             Err(e) => {
                 last = e.to_string();
+                reached = true;
                 continue;
             }
         };
+        reached = true;
         let answer = ask_on(&mut opened.conn, receiving, originating, stream_id, key).await;
         opened.conn.close().await;
         match answer {
@@ -104,8 +119,12 @@ async fn ask(
                     reason,
                 })
             }
-            Err(Ask::Failed(reason)) => last = format!("{}: {reason}", target.addr),
+            Err(Ask::Failed(reason)) => last = format!("{}: {reason}", opened.label),
         }
+    }
+    tracing::debug!(originating, "dialback verification attempt:\n{trace}");
+    if let (Some(e), false) = (unresolved, reached) {
+        return Err(e.into());
     }
     Err(VerifyError::Unreachable {
         domain: originating.to_string(),

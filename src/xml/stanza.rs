@@ -431,10 +431,18 @@ impl Stanza {
 
     /// The error reply RFC 6120 §8.3 asks for when this stanza cannot be
     /// delivered, addressed back to the sender. `None` when no reply may be
-    /// sent: for errors (no error loops, §8.3.1), for iq results, and for
-    /// anything that is not a message, presence or iq.
+    /// sent: for errors (no error loops, §8.3.1), for iq results, for
+    /// unavailable presence, and for anything that is not a message, presence
+    /// or iq.
+    ///
+    /// Presence: an error to presence tells the sender's server to stop
+    /// sending presence to that contact for the session (RFC 6121 §4.4.2,
+    /// §4.5.2), which is what an unreachable contact calls for; but
+    /// unavailable presence ends the sender's session or its directed
+    /// presence, so an error to it has no one left to inform.
     pub fn bounce(&self, cond: StanzaErrorCondition, text: Option<&str>) -> Option<Stanza> {
         match self.kind {
+            Kind::Presence if self.type_() == Some("unavailable") => return None,
             Kind::Message | Kind::Presence => {}
             Kind::Iq if self.type_() != Some("result") => {}
             _ => return None,

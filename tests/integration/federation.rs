@@ -289,7 +289,7 @@ async fn an_allowlist_refuses_an_unknown_peer_in_both_directions() {
 async fn a_silent_remote_overflows_the_queue_then_times_out_and_every_stanza_comes_back() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
-        .s2s("queue_max_stanzas = 10\nnegotiation_timeout = \"1s\"")
+        .s2s("queue_max_stanzas = 10\nnegotiation_timeout = \"1s\"\nretry_window = \"3s\"\nretry_initial_delay = \"200ms\"")
         .start()
         .await;
     // silent.test accepts TCP and never says a word.
