@@ -60,7 +60,7 @@ pub enum ConnectError {
     /// A candidate host has no address (or the lookup failed).
     #[error("{0}")]
     Resolve(ResolveError),
-    #[error("TLS certificate {problem} at {target}")]
+    #[error("TLS {problem} at {target}")]
     Certificate {
         target: String,
         problem: CertProblem,

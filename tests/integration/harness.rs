@@ -126,6 +126,8 @@ pub struct Instance {
     pub gateway: Option<RunningGateway>,
     pub component_secret: String,
     pub dir: tempfile::TempDir,
+    /// What it was started with, for [`Instance::restart`].
+    config: Config,
 }
 
 /// How to build an [`Instance`].
@@ -343,6 +345,7 @@ listen = "127.0.0.1:0"
             gateway: Some(gateway),
             component_secret,
             dir,
+            config,
         }
     }
 }
@@ -397,6 +400,17 @@ impl Instance {
         if let Some(gw) = self.gateway.take() {
             gw.shutdown(Duration::from_secs(5)).await;
         }
+    }
+
+    /// Starts the gateway again with the same configuration (same addresses and secret) after
+    /// [`Instance::stop`]. Its component listener gets a new port: attach backends anew.
+    pub async fn restart(&mut self) {
+        assert!(self.gateway.is_none(), "stop the instance first");
+        self.gateway = Some(
+            gateway::start(&self.config)
+                .await
+                .expect("gateway restarts"),
+        );
     }
 }
 

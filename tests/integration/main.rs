@@ -3,9 +3,11 @@
 
 mod certs;
 mod harness;
+mod proxy;
 
 mod binary;
 mod component;
 mod federation;
+mod outbound;
 mod s2s;
 mod tls;

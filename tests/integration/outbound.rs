@@ -1,0 +1,180 @@
+//! Outbound reliability: retries, bounces with their cause, the failure window, links that
+//! drop, keepalives. In every test, stanzas sent = delivered + bounced.
+
+use std::time::Duration;
+
+use crate::certs::CertSpec;
+use crate::harness::*;
+use crate::proxy::TestProxy;
+
+/// Sends `<message id='{prefix}{i}'/>` for each `i` in `ids`, from alice at `from` to bob at `to`.
+async fn send_messages(
+    backend: &mut RawStream,
+    from: &str,
+    to: &str,
+    prefix: &str,
+    ids: std::ops::Range<usize>,
+) {
+    for i in ids {
+        backend
+            .send(&format!(
+                "<message from='alice@{from}' to='bob@{to}' id='{prefix}{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+}
+
+/// The ids of the next `n` stanzas `backend` receives.
+async fn receive_ids(backend: &mut RawStream, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = backend.next().await;
+        assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
+        ids.push(s.id().unwrap_or_default().to_string());
+    }
+    ids
+}
+
+/// Polls `instance`'s metrics until `sample` reaches `at_least`.
+async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -> f64 {
+    for _ in 0..200 {
+        let value = metric(&instance.metrics().await, sample);
+        if value >= at_least {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sample} never reached {at_least}");
+}
+
+#[tokio::test]
+async fn an_unreachable_domain_is_retried_then_bounced_and_new_stanzas_bounce_at_once() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("retry_window = \"1500ms\"\nretry_initial_delay = \"100ms\"\nfailure_window = \"30s\"")
+        .start()
+        .await;
+    // down.test resolves, but nothing listens there: every connection is refused.
+    dns.add("down.test", next_loopback());
+    let mut backend = a.backend().await;
+    send_messages(&mut backend, "a.test", "down.test", "m", 0..3).await;
+    for i in 0..3 {
+        let bounce = backend.next().await;
+        let t = text(bounce.raw()).to_string();
+        assert_eq!(
+            bounce.id(),
+            Some(format!("m{i}").as_str()),
+            "queued stanzas bounce in order"
+        );
+        assert!(t.contains("<remote-server-timeout"), "{t}");
+        assert!(t.contains("cannot connect to down.test:5269"), "{t}");
+    }
+    let m = a.metrics().await;
+    assert!(
+        metric(&m, "fedgate_outbound_events_total{event=\"retry\"}") >= 2.0,
+        "{m}"
+    );
+    let attempts = metric(&m, "fedgate_outbound_attempts_total{result=\"connect\"}");
+
+    // Within the failure window a new stanza bounces at once with the same cause, without a
+    // new connection attempt.
+    send_messages(&mut backend, "a.test", "down.test", "late", 0..1).await;
+    let bounce = backend.next().await;
+    let t = text(bounce.raw()).to_string();
+    assert_eq!(bounce.id(), Some("late0"));
+    assert!(t.contains("cannot connect to down.test:5269"), "{t}");
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_attempts_total{result=\"connect\"}"),
+        attempts
+    );
+}
+
+#[tokio::test]
+async fn a_domain_that_does_not_exist_bounces_at_once_without_retries() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    send_messages(&mut backend, "a.test", "nx.test", "m", 0..1).await;
+    let t = text(backend.next().await.raw()).to_string();
+    assert!(t.contains("<remote-server-not-found"), "{t}");
+    assert!(t.contains("no SRV or A/AAAA record for nx.test"), "{t}");
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_events_total{event=\"retry\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_name_mismatch_is_named_in_the_bounce() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("secure_auth = true")
+        .start()
+        .await;
+    let _b = instance(&dns, "b.test")
+        .cert(CertSpec::for_names(&["elsewhere.test"]))
+        .start()
+        .await;
+    let mut backend = a.backend().await;
+    send_messages(&mut backend, "a.test", "b.test", "m", 0..1).await;
+    let t = text(backend.next().await.raw()).to_string();
+    assert!(t.contains("<remote-server-timeout"), "{t}");
+    assert!(t.contains("TLS certificate name mismatch"), "{t}");
+    assert!(t.contains("at b.test:5269"), "{t}");
+}
+
+#[tokio::test]
+async fn unavailable_presence_is_never_bounced_but_other_presence_is() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    backend
+        .send("<presence from='alice@a.test/r' to='bob@nx.test' type='unavailable'/>")
+        .await;
+    backend
+        .send("<presence from='alice@a.test' to='bob@nx.test' type='subscribe' id='sub'/>")
+        .await;
+    let bounce = backend.next().await;
+    assert_eq!(bounce.id(), Some("sub"), "{}", text(bounce.raw()));
+    assert!(text(bounce.raw()).contains("<remote-server-not-found"));
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}"
+        ),
+        1.0,
+        "the unavailable presence is counted, not silently lost"
+    );
+}
+
+#[tokio::test]
+async fn a_link_without_stream_management_that_drops_counts_what_may_be_lost_and_reconnects() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("stream_management = false")
+        .start()
+        .await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..5).await;
+    assert_eq!(receive_ids(&mut backend_b, 5).await.len(), 5);
+    proxy.cut();
+    wait_for_metric(
+        &a,
+        "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}",
+        5.0,
+    )
+    .await;
+    // The next stanza opens a new link.
+    send_messages(&mut backend_a, "a.test", "b.test", "n", 0..1).await;
+    assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
+    assert_eq!(proxy.connections(), 2);
+}
