@@ -49,6 +49,8 @@ use crate::xml::stream::StreamHeader;
 
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
+/// A link that stayed up this long worked: its loss starts a fresh series of retries.
+const STABLE_LINK: Duration = Duration::from_secs(10);
 /// How long a closing link waits for the peer's last acknowledgement.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
@@ -320,8 +322,7 @@ impl Session {
                 .with_label_values(&["established"])
                 .inc();
             tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
-            failing_since = None;
-            delay = settings.retry_initial_delay;
+            let up = Instant::now();
             gauge.inc();
             self.shared.established.store(true, Ordering::Release);
             let ended = self.established(link, &mut rx, &mut carry).await;
@@ -339,7 +340,25 @@ impl Session {
                             return;
                         }
                     }
-                    // Reconnect at once; if that fails, the retry rules above apply.
+                    if up.elapsed() >= STABLE_LINK {
+                        // A link that worked for a while: reconnect at once, failures anew.
+                        failing_since = None;
+                        delay = settings.retry_initial_delay;
+                        continue;
+                    }
+                    // A link that drops as soon as it is up counts as a failed attempt, so
+                    // a flapping peer is retried with backoff and, in the end, bounced.
+                    let since = *failing_since.get_or_insert(up);
+                    let wait = jittered(delay);
+                    if since.elapsed() + wait >= settings.retry_window {
+                        break OutboundError::Lost { reason: why };
+                    }
+                    metrics.outbound_events.with_label_values(&["retry"]).inc();
+                    tokio::select! {
+                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    delay = (delay * 2).min(settings.retry_max_delay);
                 }
             }
         };
