@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`,
     /// `sm_enabled`, `sm_resumed`, `sm_resume_failed`.
     pub outbound_events: IntCounterVec,
+    /// `fedgate_outbound_unacked`: stanzas written to remote servers and not yet acknowledged
+    /// (XEP-0198), over all sessions.
+    pub outbound_unacked: IntGauge,
     /// `fedgate_tls_handshakes_total{direction, result}`: result `ok` or `failed`.
     pub tls_handshakes: IntCounterVec,
     /// `fedgate_s2s_auth_total{direction, method, result}`: method `external` or `dialback`,
@@ -168,6 +171,11 @@ impl Metrics {
             &["event"],
         )
         .expect("valid metric");
+        let outbound_unacked = IntGauge::new(
+            "fedgate_outbound_unacked",
+            "Stanzas written to remote servers and not yet acknowledged (XEP-0198)",
+        )
+        .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "fedgate_tls_handshakes_total",
@@ -207,6 +215,7 @@ impl Metrics {
             Box::new(outbound_attempts.clone()),
             Box::new(outbound_stanzas.clone()),
             Box::new(outbound_events.clone()),
+            Box::new(outbound_unacked.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -231,6 +240,7 @@ impl Metrics {
             outbound_attempts,
             outbound_stanzas,
             outbound_events,
+            outbound_unacked,
             tls_handshakes,
             s2s_auth,
             certificate_verdicts,

@@ -207,8 +207,9 @@ struct Link {
 }
 
 /// What outlives one link of a session (XEP-0198 §5).
-#[derive(Default)]
 struct Carry {
+    /// `fedgate_outbound_unacked`, kept equal to the sum of every session's `unacked`.
+    gauge: prometheus::IntGauge,
     /// Stanzas written and not yet acknowledged, oldest first. The first one's sequence
     /// number is `acked + 1`.
     unacked: VecDeque<Stanza>,
@@ -219,6 +220,26 @@ struct Carry {
 }
 
 impl Carry {
+    fn new(gauge: prometheus::IntGauge) -> Carry {
+        Carry {
+            gauge,
+            unacked: VecDeque::new(),
+            acked: 0,
+            resume: None,
+        }
+    }
+
+    fn push(&mut self, stanza: Stanza) {
+        self.unacked.push_back(stanza);
+        self.gauge.inc();
+    }
+
+    /// Forgets every unacknowledged stanza (resent without tracking, bounced, or given up).
+    fn take_unacked(&mut self) -> VecDeque<Stanza> {
+        self.gauge.sub(self.unacked.len() as i64);
+        std::mem::take(&mut self.unacked)
+    }
+
     /// Applies an acknowledgement of `h` stanzas: those are delivered and forgotten.
     fn ack(&mut self, h: u32) -> Result<(), String> {
         let n = h.wrapping_sub(self.acked) as usize;
@@ -229,8 +250,15 @@ impl Carry {
             ));
         }
         self.unacked.drain(..n);
+        self.gauge.sub(n as i64);
         self.acked = h;
         Ok(())
+    }
+}
+
+impl Drop for Carry {
+    fn drop(&mut self) {
+        self.gauge.sub(self.unacked.len() as i64);
     }
 }
 
@@ -284,7 +312,7 @@ impl Session {
         let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
         let gauge = metrics.s2s_sessions.with_label_values(&["outbound"]);
-        let mut carry = Carry::default();
+        let mut carry = Carry::new(metrics.outbound_unacked.clone());
         let mut failing_since: Option<Instant> = None;
         let mut delay = settings.retry_initial_delay;
         let failure = loop {
@@ -367,7 +395,12 @@ impl Session {
 
     /// Returns every waiting stanza to its sender with the cause, then keeps bouncing new
     /// ones at once for `failure_window`, then leaves the router.
-    async fn give_up(&self, failure: OutboundError, mut rx: mpsc::Receiver<Stanza>, carry: Carry) {
+    async fn give_up(
+        &self,
+        failure: OutboundError,
+        mut rx: mpsc::Receiver<Stanza>,
+        mut carry: Carry,
+    ) {
         if !matches!(failure, OutboundError::Shutdown) {
             tracing::warn!(local = %self.local, remote = %self.remote, "outbound s2s failed, bouncing queued stanzas: {failure}");
         }
@@ -375,7 +408,7 @@ impl Session {
         let text = failure.to_string();
         let router = &self.ctx.router;
         // The unacknowledged stanzas are the oldest: they go back first.
-        for stanza in carry.unacked {
+        for stanza in carry.take_unacked() {
             router.bounce(&stanza, condition, &text).await;
         }
         if !matches!(failure, OutboundError::Shutdown) {
@@ -694,7 +727,7 @@ impl Session {
             tracing::info!(remote = %self.remote, "resent {n} unacknowledged stanzas on the new link");
             if !pump.sm {
                 // Nothing will acknowledge them on this link.
-                carry.unacked.clear();
+                carry.take_unacked();
                 carry.acked = 0;
                 pump.unconfirmed += n as u64;
             } else {
@@ -974,7 +1007,7 @@ impl Session {
         writer.send(&bytes);
         pump.written += 1;
         if pump.sm {
-            carry.unacked.push_back(stanza);
+            carry.push(stanza);
         } else {
             pump.unconfirmed += 1;
         }

@@ -178,3 +178,180 @@ async fn a_link_without_stream_management_that_drops_counts_what_may_be_lost_and
     assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
     assert_eq!(proxy.connections(), 2);
 }
+
+/// Polls `instance`'s metrics until `sample` is at most `at_most`.
+async fn wait_for_metric_below(instance: &Instance, sample: &str, at_most: f64) {
+    for _ in 0..200 {
+        if metric(&instance.metrics().await, sample) <= at_most {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sample} never went down to {at_most}");
+}
+
+/// Receives until `expected` ids have arrived, then checks that nothing else (no duplicate)
+/// comes before a final marker.
+async fn expect_exactly(backend_b: &mut RawStream, backend_a: &mut RawStream, expected: &[String]) {
+    let got = receive_ids(backend_b, expected.len()).await;
+    assert_eq!(got, expected, "every stanza, in order, once");
+    send_messages(backend_a, "a.test", "b.test", "end", 0..1).await;
+    assert_eq!(
+        receive_ids(backend_b, 1).await,
+        vec!["end0"],
+        "no duplicates"
+    );
+}
+
+fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_link_cut_mid_stanza_is_resumed_and_every_stanza_arrives_exactly_once() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s("retry_initial_delay = \"100ms\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..10).await;
+    assert_eq!(receive_ids(&mut backend_b, 10).await, ids("m", 0..10));
+    wait_for_metric_below(&a, "fedgate_outbound_unacked", 0.0).await;
+
+    // The next 150 bytes reach b, then the link breaks: b sees a stanza cut in half.
+    proxy.cut_after(150);
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 10..60).await;
+    expect_exactly(&mut backend_b, &mut backend_a, &ids("m", 10..60)).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_events_total{event=\"sm_resumed\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") >= 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        0.0
+    );
+    assert_eq!(proxy.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_peer_stopped_mid_burst_and_restarted_gets_every_stanza_exactly_once() {
+    let dns = TestDns::start().await;
+    let mut b = instance(&dns, "b.test").start().await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s("retry_window = \"60s\"\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "w", 0..1).await;
+    assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["w0"]);
+
+    // b stops while a burst is on its way: it acknowledges what it handled and goes.
+    let total = 2000;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..total).await;
+    // What b's backend receives until b closes it.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            loop {
+                match backend_b.event().await {
+                    fedgate::xml::framer::Event::Stanza(s) if s.name() == "message" => {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push(s.id().unwrap_or_default().to_string());
+                    }
+                    _ => return,
+                }
+            }
+        })
+    };
+    b.stop().await;
+    let _ = reader.await;
+    let received = received.lock().unwrap().clone();
+    // Until b's backend is back, its connection attempts wait in the (paused) proxy.
+    proxy.pause(true);
+    b.restart().await;
+    let mut backend_b = b.backend().await;
+    proxy.pause(false);
+    let rest = total - received.len();
+    let mut all = received.clone();
+    all.extend(receive_ids(&mut backend_b, rest).await);
+    assert_eq!(all, ids("m", 0..total), "every stanza, in order, once");
+    send_messages(&mut backend_a, "a.test", "b.test", "end", 0..1).await;
+    assert_eq!(
+        receive_ids(&mut backend_b, 1).await,
+        vec!["end0"],
+        "no duplicates"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s("keepalive_interval = \"200ms\"\nping_interval = \"1s\"\nping_timeout = \"500ms\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..1).await;
+    assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["m0"]);
+    // Idle: a space follows the last element.
+    for _ in 0..100 {
+        if proxy.forwarded().ends_with(b" ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        proxy.forwarded().ends_with(b" "),
+        "a whitespace keepalive after the last element"
+    );
+    // The live link answers its checks.
+    wait_for_metric(
+        &a,
+        "fedgate_outbound_events_total{event=\"ping_answered\"}",
+        1.0,
+    )
+    .await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_events_total{event=\"ping_timeout\"}"),
+        0.0
+    );
+    // A path that goes silent is found dead.
+    proxy.pause(true);
+    wait_for_metric(
+        &a,
+        "fedgate_outbound_events_total{event=\"ping_timeout\"}",
+        1.0,
+    )
+    .await;
+    wait_for_metric_below(&a, "fedgate_s2s_sessions{direction=\"outbound\"}", 0.0).await;
+}
