@@ -2,6 +2,7 @@
 //! XML peers. One test binary (`cargo test --test integration`).
 
 mod certs;
+mod dns_server;
 mod harness;
 
 mod binary;
