@@ -7,6 +7,7 @@ mod harness;
 
 mod binary;
 mod component;
+mod dns;
 mod federation;
 mod s2s;
 mod tls;
