@@ -1,4 +1,4 @@
-//! The command line: `fedgate run`, `fedgate check config`.
+//! The command line: `fedgate run`, `fedgate check config`, `fedgate check dns`.
 
 use std::path::PathBuf;
 
@@ -36,5 +36,15 @@ pub enum Check {
     Config {
         /// The TOML configuration file.
         file: PathBuf,
+    },
+    /// Shows how fedgate would reach a remote domain: the DNS answers (SRV, A/AAAA), the
+    /// hosts and addresses in the order it would try them, and what is wrong. Exits 0 when
+    /// there is at least one address to connect to, 1 when there is none.
+    Dns {
+        /// The remote domain, e.g. `example.org`.
+        domain: String,
+        /// The TOML configuration file: its `[dns]` and `[[s2s.route]]` apply.
+        #[arg(long, short, default_value = "config/fedgate.toml")]
+        config: PathBuf,
     },
 }

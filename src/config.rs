@@ -341,14 +341,36 @@ impl TryFrom<String> for RouteTarget {
 }
 
 /// `[dns]`: name resolution for outbound s2s.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// DNS servers to query instead of the system resolver (`/etc/resolv.conf`), as
-    /// `ip:port`. Default: absent, use the system's. Mainly for tests that run their own DNS
-    /// server. If set, must not be empty. These servers decide where our traffic goes, so only
-    /// list resolvers you trust.
+    /// DNS servers to query instead of the system resolver (`/etc/resolv.conf` and
+    /// `/etc/hosts`), as `ip:port`. Default: absent, use the system's. Mainly for tests that
+    /// run their own DNS server. If set, must not be empty. These servers decide where our
+    /// traffic goes, so only list resolvers you trust.
     pub nameservers: Option<Vec<SocketAddr>>,
+    /// Longest time a negative answer (NXDOMAIN, no SRV or A/AAAA record) is cached; the
+    /// zone's own negative TTL (RFC 2308) applies when it is shorter. Default `"30s"`, at most
+    /// `"3h"`; `"0s"` caches no negative answer. Longer spares the resolver when stanzas keep
+    /// arriving for a domain that does not exist, but a domain that fixes its DNS stays
+    /// unreachable from here for up to this long.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// How long to wait for a DNS server's answer before asking again (twice at most).
+    /// Default `"5s"`. A silent resolver delays every new outbound session by about three
+    /// times this before its stanzas bounce.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: None,
+            negative_ttl: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Who may federate with us.
@@ -742,14 +764,32 @@ impl Config {
         self.validate_federation()?;
         self.validate_tls()?;
         self.validate_listeners()?;
-        if let Some(ns) = &self.dns.nameservers {
-            if ns.is_empty() {
-                return Err(invalid(
-                    "dns.nameservers",
-                    "the list is empty",
-                    "list at least one \"ip:port\", or remove the key to use the system resolver",
-                ));
-            }
+        self.validate_dns()?;
+        Ok(())
+    }
+
+    fn validate_dns(&self) -> Result<(), ConfigError> {
+        let d = &self.dns;
+        if d.nameservers.as_ref().is_some_and(|ns| ns.is_empty()) {
+            return Err(invalid(
+                "dns.nameservers",
+                "the list is empty",
+                "list at least one \"ip:port\", or remove the key to use the system resolver",
+            ));
+        }
+        if d.negative_ttl > Duration::from_secs(3 * 3600) {
+            return Err(invalid(
+                "dns.negative_ttl",
+                "longer than 3 hours (RFC 2308's upper end)",
+                "set a few seconds or minutes such as \"30s\", or remove the key for the default",
+            ));
+        }
+        if d.timeout.is_zero() {
+            return Err(invalid(
+                "dns.timeout",
+                "the timeout is zero",
+                "set a positive duration such as \"5s\", or remove the key for the default",
+            ));
         }
         Ok(())
     }
@@ -1192,6 +1232,8 @@ mod tests {
         assert_eq!(s.queue_max_bytes, 4_194_304);
         assert!(s.route.is_empty());
         assert!(c.dns.nameservers.is_none());
+        assert_eq!(c.dns.negative_ttl, Duration::from_secs(30));
+        assert_eq!(c.dns.timeout, Duration::from_secs(5));
         assert_eq!(c.federation.mode, FederationMode::Open);
         assert_eq!(c.component.listen, "127.0.0.1:5347".parse().unwrap());
         assert!(!c.component.replace_on_conflict);
@@ -1453,6 +1495,21 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(invalid_key(e), "metrics.listen");
+    }
+
+    #[test]
+    fn dns_caching_and_timeout_checked() {
+        let c = parse(&format!(
+            "[dns]\nnameservers = [\"127.0.0.1:53\"]\nnegative_ttl = \"0s\"\ntimeout = \"300ms\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.dns.negative_ttl, Duration::ZERO);
+        assert_eq!(c.dns.timeout, Duration::from_millis(300));
+        assert!(parse(&format!("[dns]\nnegative_ttl = \"3h\"\n{MINIMAL}")).is_ok());
+        let e = parse(&format!("[dns]\nnegative_ttl = \"4h\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "dns.negative_ttl");
+        let e = parse(&format!("[dns]\ntimeout = \"0s\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(invalid_key(e), "dns.timeout");
     }
 
     #[test]

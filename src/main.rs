@@ -36,6 +36,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Check {
+            what: Check::Dns { domain, config },
+        } => check_dns(&domain, &config),
         Command::Run { config, workers } => {
             init_tracing();
             let config = match Config::load(&config) {
@@ -69,6 +72,56 @@ fn main() -> ExitCode {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `fedgate check dns DOMAIN`: prints [`fedgate::dns::Report`]; exit 0 when there is an
+/// address to connect to, 1 when there is none, 64 for a bad domain or configuration.
+fn check_dns(domain: &str, file: &std::path::Path) -> ExitCode {
+    let domain = match fedgate::jid::normalize_domain(domain) {
+        Ok(d) => d.into_owned(),
+        Err(e) => {
+            eprintln!("Error: `{domain}` is not a domain: {e}; give a domain such as example.org");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(async {
+        let resolver = fedgate::dns::Resolver::from_config(&config)?;
+        Ok::<_, fedgate::dns::ResolveError>(resolver.report(&domain).await)
+    });
+    match report {
+        Ok(report) => {
+            print!("{report}");
+            if report.has_address() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "Error: {e}; check the system resolver configuration, or set [dns] nameservers in {}",
+                file.display()
+            );
+            ExitCode::FAILURE
         }
     }
 }

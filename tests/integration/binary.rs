@@ -193,3 +193,103 @@ fn signal(pid: u32, name: &str) {
         .status()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_dns_prints_the_answers_and_the_order_of_attempts() {
+    use crate::harness::TestDns;
+    let dns = TestDns::start().await;
+    dns.add_srv("_xmpps-server._tcp.b.test", 20, 0, 5270, "two.b.test");
+    dns.add_srv("_xmpp-server._tcp.b.test", 10, 0, 5269, "one.b.test");
+    dns.add("one.b.test", "127.0.0.1".parse().unwrap());
+    dns.add("one.b.test", "::1".parse().unwrap());
+    dns.add_srv("_xmpp-server._tcp.closed.test", 0, 0, 0, ".");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fedgate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n\
+             [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
+            dns.addr
+        ),
+    )
+    .unwrap();
+    let check = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
+    };
+    let args = |domain: &str| {
+        vec![
+            "check".to_string(),
+            "dns".to_string(),
+            domain.to_string(),
+            "--config".to_string(),
+            file.display().to_string(),
+        ]
+    };
+
+    let out = check(args("b.test")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let position = |needle: &str| {
+        stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{stdout}"))
+    };
+    let order = [
+        position("_xmpp-server._tcp.b.test: SRV priority 10 weight 0 port 5269 target one.b.test"),
+        position("1. one.b.test:5269, STARTTLS, SRV priority 10 weight 0"),
+        position("[::1]:5269"),
+        position("127.0.0.1:5269"),
+        position("2. two.b.test:5270, direct TLS, SRV priority 20 weight 0"),
+        position("SRV target two.b.test has no A/AAAA record"),
+        position("Result: 2 addresses to try"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{stdout}");
+    assert!(
+        stdout.contains(
+            "_xmpps-server._tcp.b.test: SRV priority 20 weight 0 port 5270 target two.b.test"
+        ),
+        "{stdout}"
+    );
+
+    // No record at all: the cause, and exit 1.
+    let out = check(args("nowhere.test")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("no SRV or A/AAAA record for nowhere.test"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Result: no address to connect to"),
+        "{stdout}"
+    );
+
+    // A `.` target: no service, said so, exit 1.
+    let out = check(args("closed.test")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("closed.test offers no XMPP server-to-server service"),
+        "{stdout}"
+    );
+
+    // Command line mistakes: one line with the fix, exit 64.
+    let out = check(args("not a domain")).await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("example.org"), "{err}");
+    let out = check(vec![
+        "check".into(),
+        "dns".into(),
+        "b.test".into(),
+        "--config".into(),
+        "/nonexistent/fedgate.toml".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/fedgate.toml"), "{err}");
+}

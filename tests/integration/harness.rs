@@ -1,20 +1,19 @@
-//! Test fixtures: a DNS server the test runs, fedgate instances on their own loopback
-//! addresses, and raw XEP-0114 / s2s peers that write XML bytes and read what comes back.
+//! Test fixtures: fedgate instances on their own loopback addresses, and raw XEP-0114 / s2s
+//! peers that write XML bytes and read what comes back. The DNS server the tests run lives in
+//! [`crate::dns_server`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 use crate::certs::{ca, CertSpec};
+pub use crate::dns_server::TestDns;
 
 use fedgate::config::Config;
 use fedgate::connection::BoxTransport;
@@ -38,83 +37,6 @@ pub fn next_loopback() -> IpAddr {
         (n / 250 % 250) as u8 + 1,
         (n % 250) as u8 + 2,
     ))
-}
-
-/// A DNS server on loopback UDP serving A records for test domains; every other name is
-/// NXDOMAIN. fedgate instances query only this server (`[dns] nameservers`).
-pub struct TestDns {
-    pub addr: SocketAddr,
-    zone: Arc<Mutex<HashMap<String, Vec<IpAddr>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestDns {
-    pub async fn start() -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS");
-        let addr = socket.local_addr().unwrap();
-        let zone: Arc<Mutex<HashMap<String, Vec<IpAddr>>>> = Arc::default();
-        let served = zone.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
-                    return;
-                };
-                let Ok(query) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let mut response =
-                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-                response.metadata.authoritative = true;
-                response.metadata.recursion_desired = query.metadata.recursion_desired;
-                response.metadata.recursion_available = true;
-                for q in &query.queries {
-                    response.add_query(q.clone());
-                    let name = q.name().to_ascii().trim_end_matches('.').to_lowercase();
-                    let addrs = served.lock().unwrap().get(&name).cloned();
-                    match addrs {
-                        None => response.metadata.response_code = ResponseCode::NXDomain,
-                        Some(addrs) => {
-                            for ip in addrs {
-                                let rdata = match (ip, q.query_type()) {
-                                    (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(v4)),
-                                    (IpAddr::V6(v6), RecordType::AAAA) => {
-                                        RData::AAAA(rdata::AAAA(v6))
-                                    }
-                                    _ => continue,
-                                };
-                                response.add_answer(Record::from_rdata(
-                                    q.name().clone(),
-                                    60,
-                                    rdata,
-                                ));
-                            }
-                        }
-                    }
-                }
-                if let Ok(bytes) = response.to_vec() {
-                    let _ = socket.send_to(&bytes, from).await;
-                }
-            }
-        });
-        TestDns { addr, zone, task }
-    }
-
-    /// Serves `domain` A → `ip`.
-    pub fn add(&self, domain: &str, ip: IpAddr) {
-        self.zone
-            .lock()
-            .unwrap()
-            .entry(domain.to_string())
-            .or_default()
-            .push(ip);
-    }
-}
-
-impl Drop for TestDns {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// One fedgate instance serving `domain` with one backend.
@@ -147,6 +69,8 @@ pub struct InstanceBuilder<'a> {
     tls: String,
     peers: String,
     routes: String,
+    /// The port of the s2s listener (STARTTLS); 5269 unless a test publishes another by SRV.
+    s2s_port: u16,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -164,6 +88,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         tls: String::new(),
         peers: String::new(),
         routes: String::new(),
+        s2s_port: 5269,
     }
 }
 
@@ -243,6 +168,13 @@ impl InstanceBuilder<'_> {
         self
     }
 
+    /// Listens for s2s (STARTTLS) on this port instead of 5269, e.g. behind an SRV record.
+    #[allow(dead_code)]
+    pub fn s2s_port(mut self, port: u16) -> Self {
+        self.s2s_port = port;
+        self
+    }
+
     /// Do not publish this instance's address in DNS (an impostor).
     pub fn unlisted(mut self) -> Self {
         self.register_dns = false;
@@ -291,7 +223,7 @@ impl InstanceBuilder<'_> {
         let text = format!(
             r#"
 [s2s]
-listen = ["{ip}:5269"]
+listen = ["{ip}:{s2s_port}"]
 direct_tls_listen = ["{ip}:5270"]
 dialback_secret_file = "dialback.secret"
 {extra}
@@ -320,6 +252,7 @@ secret = "{component_secret}"
 listen = "127.0.0.1:0"
 "#,
             dns = self.dns.addr,
+            s2s_port = self.s2s_port,
             federation = self.federation,
             peers = self.peers,
             routes = self.routes,

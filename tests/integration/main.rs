@@ -2,11 +2,13 @@
 //! XML peers. One test binary (`cargo test --test integration`).
 
 mod certs;
+mod dns_server;
 mod harness;
 mod proxy;
 
 mod binary;
 mod component;
+mod dns;
 mod federation;
 mod outbound;
 mod s2s;
