@@ -24,7 +24,7 @@ use super::trace::Trace;
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::dial;
-use crate::dns::{Candidate, Origin, Plan, ResolveError, Target};
+use crate::dns::{Candidate, Plan, ResolveError, Target};
 use crate::policy::PeerSecurity;
 use crate::tls::{CertProblem, CertVerdict, PeerRole, TlsError, TlsInfo};
 use crate::xml::element::Element;
@@ -266,9 +266,9 @@ impl Walk {
                     plan.candidates.len(),
                     plan.candidates
                         .iter()
-                        .map(describe)
+                        .map(|c| format!("[{c}]"))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(" ")
                 ));
                 Ok(Walk { plan, next: 0 })
             }
@@ -295,21 +295,6 @@ impl Walk {
     }
 }
 
-/// "xmpp.b.test:5269 STARTTLS (SRV priority 10 weight 5)".
-fn describe(c: &Candidate) -> String {
-    let tls = if c.direct_tls {
-        "direct TLS"
-    } else {
-        "STARTTLS"
-    };
-    let origin = match &c.origin {
-        Origin::Route => "static route".to_string(),
-        Origin::Srv { priority, weight } => format!("SRV priority {priority} weight {weight}"),
-        Origin::Fallback => "no SRV, A/AAAA fallback".to_string(),
-    };
-    format!("{}:{} {tls} ({origin})", c.host, c.port)
-}
-
 async fn open_candidate(
     ctx: &S2sContext,
     local: &str,
@@ -322,14 +307,7 @@ async fn open_candidate(
         Ok(ips) => ips,
         Err(e) => {
             trace.failed(format!("DNS {}: {e}", candidate.host));
-            // Without SRV the candidate is the domain itself: say so the way operators look.
-            let e = match (e, &candidate.origin) {
-                (ResolveError::NoAddress { .. }, Origin::Fallback) => ResolveError::NoRecords {
-                    domain: remote.to_string(),
-                },
-                (e, _) => e,
-            };
-            return Err(ConnectError::Resolve(e));
+            return Err(ConnectError::Resolve(e.for_candidate(remote, candidate)));
         }
     };
     let addrs: Vec<std::net::SocketAddr> = ips
