@@ -63,6 +63,8 @@ pub struct RunningGateway {
     /// The metrics listener, as bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     pub router: Arc<Router>,
+    /// What every s2s session shares: for diagnostics (the latest attempts per peer).
+    pub s2s: Arc<S2sContext>,
     s2s_shutdown: CancellationToken,
     s2s_tracker: TaskTracker,
     component_shutdown: CancellationToken,
@@ -220,6 +222,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         component_addr,
         metrics_addr,
         router,
+        s2s: s2s_ctx,
         s2s_shutdown,
         s2s_tracker,
         component_shutdown,
@@ -234,6 +237,11 @@ impl RunningGateway {
     /// keep theirs. On error the old files stay in use and the error says which file is wrong.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         self.tls.reload()
+    }
+
+    /// The steps of the latest attempt to reach `remote`, if there was one.
+    pub fn last_attempt(&self, remote: &str) -> Option<Arc<crate::s2s::trace::Trace>> {
+        self.s2s.attempts.get(remote).map(|t| t.value().clone())
     }
 
     /// Stops in the phases described in the module docs, each bounded by `grace`.

@@ -355,3 +355,50 @@ async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
     .await;
     wait_for_metric_below(&a, "fedgate_s2s_sessions{direction=\"outbound\"}", 0.0).await;
 }
+
+#[tokio::test]
+async fn a_dead_first_srv_target_is_passed_over_for_a_live_second_and_the_trace_says_so() {
+    let dns = TestDns::start().await;
+    // b.test has no A record of its own: only its SRV records lead to it.
+    let b = instance(&dns, "b.test").unlisted().start().await;
+    let dead = next_loopback();
+    dns.add("dead.b.test", dead);
+    dns.add("live.b.test", b.ip);
+    dns.add_srv("_xmpp-server._tcp.b.test", 0, 1, 5269, "dead.b.test");
+    dns.add_srv("_xmpp-server._tcp.b.test", 10, 1, 5269, "live.b.test");
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..3).await;
+    assert_eq!(receive_ids(&mut backend_b, 3).await, ids("m", 0..3));
+    let trace = a
+        .gw()
+        .last_attempt("b.test")
+        .expect("the attempt is remembered");
+    let step = |ok: bool, what: &str| {
+        trace
+            .steps
+            .iter()
+            .position(|s| s.ok == ok && s.what.contains(what))
+            .unwrap_or_else(|| panic!("no step {ok} {what}:\n{trace}"))
+    };
+    let dead = step(false, "TCP dead.b.test:5269");
+    let live = step(true, "TCP connected to live.b.test:5269");
+    let authenticated = step(true, "authenticated by");
+    assert!(dead < live && live < authenticated, "{trace}");
+}
+
+#[tokio::test]
+async fn a_lone_dot_srv_target_bounces_at_once_with_the_cause() {
+    let dns = TestDns::start().await;
+    dns.add_srv("_xmpp-server._tcp.noservice.test", 0, 0, 0, ".");
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend = a.backend().await;
+    send_messages(&mut backend, "a.test", "noservice.test", "m", 0..1).await;
+    let t = text(backend.next().await.raw()).to_string();
+    assert!(t.contains("<remote-server-not-found"), "{t}");
+    assert!(
+        t.contains("noservice.test offers no XMPP server-to-server service"),
+        "{t}"
+    );
+}
