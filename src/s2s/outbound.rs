@@ -872,12 +872,14 @@ impl Session {
         let cap = settings.queue_max_stanzas.max(1);
         let mut last_write = Instant::now();
         let mut last_stanza = last_write;
+        // When the last liveness check was sent; whitespace does not count as traffic here.
+        let mut last_check = last_write;
         loop {
             let keepalive_at = last_write + settings.keepalive_interval;
             let idle_at = last_stanza + settings.idle_timeout;
             let check_at = match &pump.check {
                 Some(c) => c.deadline(),
-                None => last_stanza.max(last_write) + settings.ping_interval,
+                None => last_stanza.max(last_check) + settings.ping_interval,
             };
             let next = keepalive_at.min(idle_at).min(check_at);
             // With XEP-0198, stop taking stanzas while too many await acknowledgement.
@@ -900,6 +902,7 @@ impl Session {
                             return Ended::Lost(format!("{label} did not answer a liveness check within {}s", settings.ping_timeout.as_secs_f32()));
                         }
                         let deadline = now + settings.ping_timeout;
+                        last_check = now;
                         if pump.sm {
                             writer.send(SM_REQUEST);
                             pump.check = Some(Check::Ack { deadline });
