@@ -8,4 +8,5 @@ mod binary;
 mod component;
 mod federation;
 mod s2s;
+mod sm;
 mod tls;
