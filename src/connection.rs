@@ -52,6 +52,9 @@ pub struct Connection {
     /// Whether our stream header has been written (RFC 6120 §4.9.1.2: a stream error needs an
     /// open stream, so an error before our header opens one first).
     opened: bool,
+    /// When bytes last went out: a whitespace keepalive is due after a silence (RFC 6120
+    /// §4.6.1), and this lets the session check it without a timer reset per write.
+    last_write: tokio::time::Instant,
 }
 
 impl Connection {
@@ -68,7 +71,13 @@ impl Connection {
             peer,
             content_ns,
             opened: false,
+            last_write: tokio::time::Instant::now(),
         }
+    }
+
+    /// When bytes last went out (or the connection was made).
+    pub fn last_write(&self) -> tokio::time::Instant {
+        self.last_write
     }
 
     /// The next event; reads as needed.
@@ -92,6 +101,7 @@ impl Connection {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
+            self.last_write = tokio::time::Instant::now();
         }
         self.io.flush().await
     }

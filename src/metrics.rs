@@ -47,6 +47,21 @@ impl StanzaCounters {
     }
 }
 
+/// XEP-0198 events of one direction, resolved once.
+#[derive(Clone)]
+pub struct SmCounters {
+    /// `<enabled/>` sent (inbound) or received (outbound).
+    pub enabled: IntCounter,
+    /// A stream resumed.
+    pub resumed: IntCounter,
+    /// A `<resume/>` answered (or answered us) with `<failed/>`.
+    pub resume_failed: IntCounter,
+    /// `<a/>` sent (inbound) or received (outbound).
+    pub acked: IntCounter,
+    /// A dropped stream's counters kept for resumption.
+    pub kept: IntCounter,
+}
+
 /// Every metric fedgate exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -92,6 +107,11 @@ pub struct Metrics {
     /// `fedgate_certificate_verdicts_total{direction, verdict}`: peers' certificates checked
     /// after the handshake, `valid` or why not (`self_signed`, `name_mismatch`, ...).
     pub certificate_verdicts: IntCounterVec,
+    /// `fedgate_s2s_sm_total{direction, event}`: XEP-0198 stream management on s2s, event
+    /// `enabled`, `resumed`, `resume_failed`, `acked` or `kept`.
+    pub s2s_sm: IntCounterVec,
+    /// The inbound half of `s2s_sm`, resolved.
+    pub sm_in: SmCounters,
 }
 
 impl Metrics {
@@ -200,8 +220,17 @@ impl Metrics {
             &["direction", "verdict"],
         )
         .expect("valid metric");
+        let s2s_sm = IntCounterVec::new(
+            Opts::new(
+                "fedgate_s2s_sm_total",
+                "XEP-0198 stream management on s2s, by direction and event",
+            ),
+            &["direction", "event"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(s2s_sm.clone()),
             Box::new(s2s_auth.clone()),
             Box::new(certificate_verdicts.clone()),
             Box::new(s2s_sessions.clone()),
@@ -225,7 +254,16 @@ impl Metrics {
             iq: stanzas.with_label_values(&[link, direction, "iq"]),
             bytes: bytes.with_label_values(&[link, direction]),
         };
+        let sm = |direction: &str| SmCounters {
+            enabled: s2s_sm.with_label_values(&[direction, "enabled"]),
+            resumed: s2s_sm.with_label_values(&[direction, "resumed"]),
+            resume_failed: s2s_sm.with_label_values(&[direction, "resume_failed"]),
+            acked: s2s_sm.with_label_values(&[direction, "acked"]),
+            kept: s2s_sm.with_label_values(&[direction, "kept"]),
+        };
         Metrics {
+            sm_in: sm("inbound"),
+            s2s_sm,
             s2s_in: counters("s2s", "inbound"),
             s2s_out: counters("s2s", "outbound"),
             component_in: counters("component", "inbound"),

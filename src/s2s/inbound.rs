@@ -30,7 +30,13 @@
 //! 6. accept stanzas only for an authenticated (local, remote) pair: `to` and `from` present
 //!    and valid (else `improper-addressing`), `to` a domain we serve (else `host-unknown`), `from`
 //!    a domain proved on this stream for that `to` (else `invalid-from`); no stanza before any
-//!    pair is authenticated (`not-authorized`).
+//!    pair is authenticated (`not-authorized`). An answer to one of our XEP-0199 pings
+//!    ([`Pings::claim`](super::keepalive::Pings::claim)) is consumed here, not routed;
+//! 7. XEP-0198 as the receiving side (offered in the features after TLS, honoured once
+//!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
+//!    resumption after a drop; the wire behaviour is in [`sm`](super::sm);
+//! 8. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
+//!    It does not count as activity: `idle_timeout` still ends a stream without stanzas.
 //!
 //! Until a pair is authenticated, `negotiation_timeout` bounds the stream and stanzas are
 //! limited to `max_negotiation_stanza_bytes`; after, `idle_timeout` and `max_stanza_bytes`.
@@ -44,6 +50,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::connect::Security;
+use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
@@ -65,12 +72,24 @@ type Verified = (String, String, Result<Verdict, VerifyError>);
 struct Refusal {
     condition: StreamErrorCondition,
     text: String,
+    /// The whole `<stream:error/>`, when it carries more than the condition and the text (an
+    /// application-specific condition such as XEP-0198's `<handled-count-too-high/>`).
+    raw: Option<Vec<u8>>,
 }
 
 fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
     Refusal {
         condition,
         text: text.into(),
+        raw: None,
+    }
+}
+
+fn refuse_sm(e: &SmError) -> Refusal {
+    Refusal {
+        condition: e.into(),
+        text: e.to_string(),
+        raw: Some(sm::stream_error(e)),
     }
 }
 
@@ -135,19 +154,55 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         external_offered: false,
         external_done: false,
         external_failures: 0,
+        sm: None,
+        sm_live: None,
     };
     let outcome = session.run().await;
-    let Inbound { conn, .. } = session;
+    let remotes = session.remote_domains();
+    let Inbound {
+        mut conn,
+        sm,
+        sm_live,
+        ..
+    } = session;
+    let metrics = &ctx.router.metrics;
+    match (&outcome, &sm) {
+        (Err(None), Some(sm)) => {
+            // The link dropped: the sender may resume (XEP-0198 §5). Kept before the live
+            // registration goes, so that a resumption always finds one or the other.
+            if let Some(id) = sm.id() {
+                tracing::debug!(%peer, h = sm.h(), "inbound s2s dropped: kept for resumption");
+                ctx.resumable
+                    .keep(id, sm.h(), remotes, ctx.settings.resume_timeout);
+                metrics.sm_in.kept.inc();
+            }
+        }
+        (_, Some(sm)) => {
+            // We end the stream: a last, unrequested <a/> tells the sender that everything
+            // it sent arrived (XEP-0198 §4), so that it has nothing to resend.
+            conn.send(&sm::ack(sm.h()));
+            metrics.sm_in.acked.inc();
+        }
+        (_, None) => {}
+    }
+    if let (Some(id), Some(live)) = (sm.as_ref().and_then(|sm| sm.id()), &sm_live) {
+        ctx.resumable.unregister(id, live.session);
+    }
     match outcome {
         Ok(()) => conn.close().await,
         Err(Some(r)) => {
             tracing::info!(%peer, condition = %r.condition, "closing inbound s2s: {}", r.text);
-            ctx.router
-                .metrics
+            metrics
                 .stream_errors
                 .with_label_values(&["sent", r.condition.as_str()])
                 .inc();
-            conn.fail(&r.condition, Some(&r.text)).await;
+            match &r.raw {
+                Some(raw) => {
+                    conn.send(raw);
+                    conn.close().await;
+                }
+                None => conn.fail(&r.condition, Some(&r.text)).await,
+            }
         }
         Err(None) => {}
     }
@@ -177,6 +232,12 @@ struct Inbound {
     external_done: bool,
     /// Failed SASL attempts; the stream ends after [`MAX_SASL_FAILURES`].
     external_failures: usize,
+    /// XEP-0198 once `<enable/>` or `<resume/>` succeeded on this stream: we count what we
+    /// handle, so that the sender learns what arrived and resends only the rest.
+    sm: Option<sm::Receiving>,
+    /// While the stream is resumable: where a resuming stream asks for our counters when the
+    /// sender has given up on this connection before we noticed it is dead.
+    sm_live: Option<sm::Registration>,
 }
 
 /// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
@@ -195,7 +256,21 @@ enum Step {
     Event(Result<Event, ReadError>),
     Verified(Verified),
     Deadline,
+    /// Time to check whether a whitespace keepalive is due.
+    Keepalive,
+    /// A stream resuming this one asks for its counters.
+    Takeover(sm::Takeover),
     Shutdown,
+}
+
+/// The next takeover request for a resumable stream; never, for any other.
+async fn next_takeover(live: &mut Option<sm::Registration>) -> sm::Takeover {
+    if let Some(live) = live {
+        if let Some(takeover) = live.takeovers.recv().await {
+            return takeover;
+        }
+    }
+    std::future::pending().await
 }
 
 impl Inbound {
@@ -205,6 +280,10 @@ impl Inbound {
         let settings = self.ctx.settings.clone();
         let deadline = tokio::time::sleep_until(self.negotiation_deadline);
         tokio::pin!(deadline);
+        // Reset only when it fires, not per write: it then checks when we last wrote.
+        let keepalive =
+            tokio::time::sleep_until(self.conn.last_write() + settings.keepalive_interval);
+        tokio::pin!(keepalive);
         let (results_tx, mut results_rx) =
             mpsc::channel::<Verified>(settings.max_pending_verifications);
 
@@ -233,6 +312,8 @@ impl Inbound {
                     biased;
                     _ = self.ctx.shutdown.cancelled() => Step::Shutdown,
                     _ = &mut deadline => Step::Deadline,
+                    t = next_takeover(&mut self.sm_live) => Step::Takeover(t),
+                    _ = &mut keepalive => Step::Keepalive,
                     Some(v) = results_rx.recv() => Step::Verified(v),
                     e = self.conn.next_event() => Step::Event(e),
                 };
@@ -242,6 +323,26 @@ impl Inbound {
                             StreamErrorCondition::SystemShutdown,
                             "fedgate is shutting down",
                         )))
+                    }
+                    Step::Keepalive => {
+                        // RFC 6120 §4.6.1: one space after a silence keeps NATs and
+                        // firewalls from forgetting the link, and finds a dead one when the
+                        // write fails. It is not a stanza: the idle deadline stays.
+                        if Instant::now() >= self.conn.last_write() + settings.keepalive_interval {
+                            self.conn.send(b" ");
+                            self.conn.flush().await.map_err(|_| None)?;
+                        }
+                        keepalive
+                            .as_mut()
+                            .reset(self.conn.last_write() + settings.keepalive_interval);
+                    }
+                    Step::Takeover(t) => {
+                        if self.hand_over(t) {
+                            return Err(Some(refuse(
+                                StreamErrorCondition::Conflict,
+                                "the stream was resumed on a new connection",
+                            )));
+                        }
                     }
                     Step::Deadline if self.authenticated.is_empty() => {
                         return Err(Some(refuse(
@@ -417,6 +518,12 @@ impl Inbound {
                 features
                     .push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
             }
+            // Offered wherever authentication may follow, so that a peer authenticating by
+            // dialback (which brings no new features) has seen it; honoured only once the
+            // stream is authenticated.
+            if self.ctx.settings.stream_management && (tls || !policy.tls_required) {
+                features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+            }
             features.push_str("</stream:features>");
             self.conn.send(features.as_bytes());
         }
@@ -443,6 +550,11 @@ impl Inbound {
         if stanza.name() == "auth" && stanza.ns() == ns::SASL {
             return self.sasl_external(&stanza).await;
         }
+        if stanza.ns() == sm::NS {
+            self.stream_management(&stanza).await?;
+            self.conn.flush().await.map_err(|_| None)?;
+            return Ok(Flow::Continue);
+        }
         match stanza.kind() {
             Kind::DbResult if stanza.type_().is_none() => {
                 if let Some(immediate) = self.db_result(&stanza, results)? {
@@ -458,12 +570,18 @@ impl Inbound {
             }
             Kind::Message | Kind::Presence | Kind::Iq => {
                 self.check_stanza(&stanza)?;
-                self.ctx
-                    .router
-                    .metrics
-                    .s2s_in
-                    .count(stanza.kind(), stanza.raw().len());
-                self.ctx.router.route(stanza).await;
+                // The answer to one of our pings ends here; it is handled all the same.
+                if !self.ctx.pings.claim(&stanza) {
+                    self.ctx
+                        .router
+                        .metrics
+                        .s2s_in
+                        .count(stanza.kind(), stanza.raw().len());
+                    self.ctx.router.route(stanza).await;
+                }
+                if let Some(sm) = &mut self.sm {
+                    sm.handled();
+                }
             }
             Kind::StreamError => {
                 let error = PeerStreamError::parse(&stanza);
@@ -590,9 +708,128 @@ impl Inbound {
         self.conn.flush().await.map_err(|_| None)?;
         self.authenticate(local, remote, "SASL EXTERNAL");
         self.external_done = true;
+        // A new stream: stream management starts afresh on it (XEP-0198 §3).
+        self.end_sm();
         self.conn.restart();
         self.stream_id = new_stream_id();
         Ok(Flow::Restart)
+    }
+
+    /// The originating domains authenticated on this stream, each once.
+    fn remote_domains(&self) -> Vec<String> {
+        let mut domains: Vec<String> = Vec::with_capacity(self.authenticated.len());
+        for (_, remote) in &self.authenticated {
+            if !domains.contains(remote) {
+                domains.push(remote.clone());
+            }
+        }
+        domains
+    }
+
+    /// A stream management element (XEP-0198). We are the receiving side: we answer
+    /// `<enable/>` and `<resume/>`, count, and acknowledge; we send no stanzas here, so the
+    /// peer's own count of ours must be 0.
+    async fn stream_management(&mut self, stanza: &Stanza) -> Result<(), Option<Refusal>> {
+        let request = sm::parse(stanza).map_err(|e| Some(refuse_sm(&e)))?;
+        let settings = &self.ctx.settings;
+        let metrics = &self.ctx.router.metrics.sm_in;
+        let negotiated = self.sm.is_some();
+        match request {
+            Request::Enable { .. } | Request::Resume { .. } if !settings.stream_management => {
+                self.conn.send(&sm::failed(
+                    StanzaErrorCondition::FeatureNotImplemented,
+                    None,
+                ));
+            }
+            // §3: only on an authenticated stream, and only once.
+            Request::Enable { .. } | Request::Resume { .. }
+                if self.authenticated.is_empty() || negotiated =>
+            {
+                self.conn
+                    .send(&sm::failed(StanzaErrorCondition::UnexpectedRequest, None));
+            }
+            Request::Enable { resume } => {
+                let id = resume.then(new_stream_id);
+                self.conn
+                    .send(&sm::enabled(id.as_deref(), settings.resume_timeout));
+                metrics.enabled.inc();
+                self.start_sm(id, 0);
+            }
+            Request::Resume { h, .. } if h != 0 => {
+                return Err(Some(refuse_sm(&SmError::HandledCountTooHigh {
+                    h,
+                    sent: 0,
+                })));
+            }
+            Request::Resume { previd, .. } => {
+                let domains = self.remote_domains();
+                match self.ctx.resumable.resume(&previd, &domains).await {
+                    Some(h) => {
+                        tracing::debug!(peer = %self.conn.peer, h, "inbound s2s resumed");
+                        self.conn.send(&sm::resumed(&previd, h));
+                        metrics.resumed.inc();
+                        self.start_sm(Some(previd), h);
+                    }
+                    None => {
+                        // §5: the stream stays; the sender may enable afresh and resend.
+                        self.conn
+                            .send(&sm::failed(StanzaErrorCondition::ItemNotFound, Some(0)));
+                        metrics.resume_failed.inc();
+                    }
+                }
+            }
+            Request::AckRequest => match &self.sm {
+                Some(sm) => {
+                    self.conn.send(&sm::ack(sm.h()));
+                    metrics.acked.inc();
+                }
+                None => {
+                    tracing::debug!(peer = %self.conn.peer, "<r/> without stream management: ignored")
+                }
+            },
+            Request::Ack { h } => {
+                if negotiated {
+                    sm::check_handled(h, 0).map_err(|e| Some(refuse_sm(&e)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stream management is on from `h`, resumable under `id` if given.
+    fn start_sm(&mut self, id: Option<String>, h: u32) {
+        if let Some(id) = &id {
+            self.sm_live = Some(self.ctx.resumable.register(id));
+        }
+        self.sm = Some(sm::Receiving::new(id, h));
+    }
+
+    /// Stream management is off: the stream restarted, or its counters moved elsewhere.
+    fn end_sm(&mut self) {
+        let sm = self.sm.take();
+        let live = self.sm_live.take();
+        if let (Some(id), Some(live)) = (sm.as_ref().and_then(sm::Receiving::id), live) {
+            self.ctx.resumable.unregister(id, live.session);
+        }
+    }
+
+    /// A stream resuming this one asks for its counters: they move if that stream is
+    /// authenticated for each of our domains, and then this stream must handle nothing more.
+    fn hand_over(&mut self, takeover: sm::Takeover) -> bool {
+        let ours = self.remote_domains();
+        if !ours.iter().all(|d| takeover.domains.contains(d)) {
+            tracing::info!(peer = %self.conn.peer, "refused a resumption of this stream from other domains");
+            return false;
+        }
+        let Some(h) = self.sm.as_ref().map(sm::Receiving::h) else {
+            return false;
+        };
+        if takeover.reply.send(h).is_err() {
+            // The resuming stream gave up waiting; this one goes on.
+            return false;
+        }
+        self.end_sm();
+        true
     }
 
     /// Records an authenticated pair and raises the limits on the first one.
@@ -896,5 +1133,204 @@ fn read_refusal(e: ReadError) -> Option<Refusal> {
     match e {
         ReadError::Xml(x) => Some(refuse(StreamErrorCondition::from(&x), x.to_string())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The call sites that the integration tests cannot reach from outside a running gateway:
+    //! here the test holds the session's [`S2sContext`].
+
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::dialback::DialbackSecret;
+    use crate::dns::Resolver;
+    use crate::metrics::Metrics;
+    use crate::policy::{Policy, SecurityPolicy};
+    use crate::router::{next_session_id, ComponentHandle, Router};
+    use crate::s2s::S2sSettings;
+    use crate::tls::Tls;
+    use crate::xml::framer::{Framer, Limits};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A plaintext-only configuration serving `domain`, with `extra` lines in `[s2s]`.
+    fn config(dir: &std::path::Path, domain: &str, extra: &str) -> Config {
+        Config::from_toml(
+            &format!(
+                r#"
+[s2s]
+listen = ["127.0.0.1:0"]
+direct_tls_listen = []
+require_encryption = false
+dialback_secret_file = "{domain}.secret"
+{extra}
+
+[component]
+listen = "127.0.0.1:0"
+
+[[component.backend]]
+domain = "{domain}"
+secret = "secret"
+
+[metrics]
+enabled = false
+"#
+            ),
+            dir,
+        )
+        .unwrap()
+    }
+
+    /// What `gateway::start` builds, without listeners: the test drives [`serve`] itself.
+    fn context(config: &Config) -> Arc<S2sContext> {
+        let router = Arc::new(Router::new(
+            config.local_domains().map(str::to_string),
+            config.s2s.queue_max_bytes,
+            Policy::from_config(&config.federation),
+            Metrics::register(),
+        ));
+        Arc::new(S2sContext {
+            router,
+            resolver: Resolver::from_config(config).unwrap(),
+            secret: Arc::new(
+                DialbackSecret::load_or_create(&config.s2s.dialback_secret_file).unwrap(),
+            ),
+            settings: S2sSettings::from_config(config),
+            tls: Arc::new(Tls::from_config(config).unwrap()),
+            security: SecurityPolicy::from_config(config),
+            external_refused: Default::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            resumable: Default::default(),
+            pings: Default::default(),
+        })
+    }
+
+    /// The remote end of an inbound stream: writes XML, frames what comes back.
+    struct Peer {
+        io: DuplexStream,
+        framer: Framer,
+    }
+
+    impl Peer {
+        async fn send(&mut self, xml: &str) {
+            self.io.write_all(xml.as_bytes()).await.unwrap();
+        }
+
+        async fn event(&mut self) -> Event {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    if let Some(e) = self.framer.next_event().unwrap() {
+                        return e;
+                    }
+                    let n = self.io.read_buf(self.framer.read_buf()).await.unwrap();
+                    assert!(n > 0, "closed");
+                }
+            })
+            .await
+            .expect("an answer in time")
+        }
+
+        async fn next(&mut self) -> Stanza {
+            match self.event().await {
+                Event::Stanza(s) => s,
+                _ => panic!("expected an element"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ping_answer_is_claimed_not_routed_and_still_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // a.test: a real gateway, the authoritative server that b.test asks about a's key.
+        let a = crate::gateway::start(&config(dir.path(), "a.test", ""))
+            .await
+            .unwrap();
+        let route = format!(
+            "[[s2s.route]]\ndomain = \"a.test\"\ntarget = \"{}\"\n",
+            a.s2s_addrs[0]
+        );
+        let ctx = context(&config(dir.path(), "b.test", &route));
+        let (backend_tx, mut backend) = mpsc::channel(16);
+        ctx.router
+            .attach_component(
+                "b.test",
+                ComponentHandle {
+                    id: next_session_id(),
+                    tx: backend_tx,
+                    kick: CancellationToken::new(),
+                },
+                false,
+            )
+            .unwrap();
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let session = tokio::spawn(serve(
+            Box::new(ours),
+            "127.0.0.1:1".parse().unwrap(),
+            ctx.clone(),
+            None,
+        ));
+        let mut peer = Peer {
+            io: theirs,
+            framer: Framer::new(Limits {
+                max_stanza_bytes: 65536,
+                max_depth: 16,
+                max_attributes: 16,
+            }),
+        };
+        peer.send("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>").await;
+        let Event::StreamOpen(header) = peer.event().await else {
+            panic!("expected our header");
+        };
+        let features = peer.next().await;
+        assert!(std::str::from_utf8(features.raw())
+            .unwrap()
+            .contains("<sm xmlns='urn:xmpp:sm:3'/>"));
+        let a_secret = DialbackSecret::load_or_create(&dir.path().join("a.test.secret")).unwrap();
+        let key = a_secret.key("b.test", "a.test", header.id.as_deref().unwrap());
+        peer.send(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        ))
+        .await;
+        assert_eq!(peer.next().await.type_(), Some("valid"));
+        peer.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+        assert_eq!(peer.next().await.name(), "enabled");
+
+        let mut ping = ctx.pings.start("b.test", "a.test");
+        peer.send(&format!(
+            "<iq type='result' id='{}' from='a.test' to='b.test'/>",
+            ping.id
+        ))
+        .await;
+        peer.send("<message from='alice@a.test' to='bob@b.test' id='after'/>")
+            .await;
+        peer.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+        assert_eq!(
+            peer.next().await.raw().as_ref(),
+            b"<a xmlns='urn:xmpp:sm:3' h='2'/>",
+            "the answer was handled, so it counts"
+        );
+        assert_eq!(
+            backend.recv().await.unwrap().id(),
+            Some("after"),
+            "the answer never reached the backend"
+        );
+        assert!(backend.try_recv().is_err());
+        assert_eq!(
+            ping.answered.try_recv(),
+            Ok(()),
+            "the ping learnt its answer"
+        );
+
+        ctx.shutdown.cancel();
+        session.await.unwrap();
+        a.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -94,3 +94,82 @@ impl Pings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::stanza::NsContext;
+
+    fn stanza(xml: &str) -> Stanza {
+        Stanza::parse(
+            bytes::Bytes::copy_from_slice(xml.as_bytes()),
+            &NsContext::server(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pinged_domain_answering_our_domain_is_claimed_once() {
+        let pings = Pings::default();
+        let mut ping = pings.start("b.test", "a.test");
+        assert!(ping.id.starts_with(PING_ID_PREFIX));
+        let sent = std::str::from_utf8(&ping.bytes).unwrap();
+        assert!(sent.contains(&format!("id='{}'", ping.id)), "{sent}");
+        let answer = stanza(&format!(
+            "<iq type='result' id='{}' from='a.test' to='b.test'/>",
+            ping.id
+        ));
+        assert!(pings.claim(&answer));
+        assert_eq!(ping.answered.try_recv(), Ok(()));
+        assert!(!pings.claim(&answer), "claimed once: a replay is routed");
+    }
+
+    #[test]
+    fn an_error_answer_proves_the_peer_alive_too() {
+        let pings = Pings::default();
+        let mut ping = pings.start("b.test", "a.test");
+        let answer = stanza(&format!(
+            "<iq type='error' id='{}' from='a.test' to='b.test'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+            ping.id
+        ));
+        assert!(pings.claim(&answer));
+        assert_eq!(ping.answered.try_recv(), Ok(()));
+    }
+
+    #[test]
+    fn forged_or_unrelated_stanzas_are_not_claimed() {
+        let pings = Pings::default();
+        let mut ping = pings.start("b.test", "a.test");
+        let id = ping.id.clone();
+        for xml in [
+            // Another domain answering for a.test.
+            format!("<iq type='result' id='{id}' from='c.test' to='b.test'/>"),
+            // Addressed to another of our domains.
+            format!("<iq type='result' id='{id}' from='a.test' to='other.test'/>"),
+            // Not an answer.
+            format!("<iq type='get' id='{id}' from='a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            format!("<message id='{id}' from='a.test' to='b.test'/>"),
+            // An id we never sent.
+            format!("<iq type='result' id='{PING_ID_PREFIX}0' from='a.test' to='b.test'/>"),
+            "<iq type='result' id='q1' from='a.test' to='b.test'/>".to_string(),
+        ] {
+            assert!(!pings.claim(&stanza(&xml)), "{xml}");
+        }
+        assert!(ping.answered.try_recv().is_err(), "still waiting");
+        // A full JID on either side still names the domains.
+        assert!(pings.claim(&stanza(&format!(
+            "<iq type='result' id='{id}' from='a.test/x' to='b.test'/>"
+        ))));
+    }
+
+    #[test]
+    fn a_cancelled_ping_is_not_claimed() {
+        let pings = Pings::default();
+        let ping = pings.start("b.test", "a.test");
+        pings.cancel(&ping.id);
+        assert!(!pings.claim(&stanza(&format!(
+            "<iq type='result' id='{}' from='a.test' to='b.test'/>",
+            ping.id
+        ))));
+    }
+}

@@ -724,3 +724,24 @@ pub fn metric(exposition: &str, sample: &str) -> f64 {
 pub fn text(b: &Bytes) -> &str {
     std::str::from_utf8(b).unwrap()
 }
+
+impl RawStream {
+    /// Bytes exactly as they arrive, unframed (whitespace keepalives included), until `done`
+    /// holds for all read so far or the connection closes; panics after [`WAIT`]. Use it only
+    /// when nothing is left in the framer from earlier reads.
+    pub async fn read_raw_until(&mut self, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            while !done(&got) {
+                match self.tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("timed out reading raw bytes");
+        got
+    }
+}

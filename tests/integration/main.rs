@@ -12,4 +12,5 @@ mod dns;
 mod federation;
 mod outbound;
 mod s2s;
+mod sm;
 mod tls;

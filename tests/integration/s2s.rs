@@ -20,10 +20,10 @@ async fn the_inbound_stream_requires_starttls_then_offers_dialback_with_errors()
     s.send(&s2s_header("a.test", "b.test")).await;
     let h2 = s.expect_header().await;
     assert_ne!(h2.id, h.id, "a new stream id after TLS");
-    // No client certificate: no SASL EXTERNAL, dialback over TLS.
+    // No client certificate: no SASL EXTERNAL, dialback over TLS; XEP-0198 offered.
     assert_eq!(
         s.next_text().await,
-        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/></stream:features>"
     );
 }
 

@@ -1,0 +1,503 @@
+//! XEP-0198 stream management on inbound s2s streams (fedgate receives, counts and
+//! acknowledges), whitespace keepalives, checked with raw peers authenticated by dialback or
+//! SASL EXTERNAL.
+
+use std::time::{Duration, Instant};
+
+use fedgate::xml::framer::Event;
+
+use crate::certs::CertSpec;
+use crate::harness::*;
+
+const SM_OFFER: &str = "<sm xmlns='urn:xmpp:sm:3'/>";
+const UNEXPECTED: &str = "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>";
+const NOT_FOUND: &str = "<failed xmlns='urn:xmpp:sm:3' h='0'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>";
+
+fn sm_metric(event: &str) -> String {
+    format!("fedgate_s2s_sm_total{{direction=\"inbound\",event=\"{event}\"}}")
+}
+
+/// `<enable/>`, asking for resumption if `resume`; returns the id if any.
+async fn enable(s: &mut RawStream, resume: bool) -> Option<String> {
+    if resume {
+        s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+    } else {
+        s.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    }
+    let enabled = s.next().await;
+    assert_eq!(enabled.name(), "enabled", "{}", text(enabled.raw()));
+    assert_eq!(enabled.ns(), "urn:xmpp:sm:3");
+    enabled.attr("id").map(|id| id.into_owned())
+}
+
+/// `<r/>` → the `h` of the `<a/>` that answers it.
+async fn acked(s: &mut RawStream) -> u32 {
+    s.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    expect_ack(s).await
+}
+
+async fn expect_ack(s: &mut RawStream) -> u32 {
+    let a = s.next().await;
+    assert_eq!(a.name(), "a", "{}", text(a.raw()));
+    a.attr("h").unwrap().parse().unwrap()
+}
+
+/// Sends `n` messages from a.test to b.test with ids `{prefix}{i}`.
+async fn send_messages(s: &mut RawStream, prefix: &str, n: usize) {
+    for i in 0..n {
+        s.send(&format!(
+            "<message from='alice@a.test' to='bob@b.test' id='{prefix}{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+}
+
+/// Polls the metrics of `gw` until `sample` reaches `value`.
+async fn await_metric(gw: &Instance, sample: &str, value: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = gw.metrics().await;
+        if metric(&m, sample) >= value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sample} never reached {value}: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads elements until `<stream:error/>` and returns its raw text.
+async fn stream_error_text(s: &mut RawStream) -> String {
+    loop {
+        let e = s.next().await;
+        if e.name() == "error" {
+            return text(e.raw()).to_string();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sm_is_offered_after_tls_and_after_sasl_restart_unless_disabled() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let (s, features) = plain_s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    drop(s);
+    assert!(
+        !text(features.raw()).contains(SM_OFFER),
+        "not before the required TLS: {}",
+        text(features.raw())
+    );
+    let (_, _, features) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    assert_eq!(
+        text(features.raw()),
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+    );
+
+    // After SASL EXTERNAL the stream restarts, and the new features offer it again.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["a.test"]), dir.path(), "a");
+    let (mut s, _, features) =
+        tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", Some((&cert, &key))).await;
+    assert!(text(features.raw()).contains(SM_OFFER));
+    s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    assert_eq!(s.next().await.name(), "success");
+    s.restart();
+    s.send(&s2s_header("a.test", "b.test")).await;
+    s.expect_header().await;
+    let features = s.next_text().await;
+    assert!(features.contains(SM_OFFER), "{features}");
+    // SASL EXTERNAL authenticates the stream: enable is honoured.
+    assert!(enable(&mut s, true).await.is_some());
+
+    let off = instance(&dns, "off.test")
+        .s2s("stream_management = false")
+        .start()
+        .await;
+    let (mut s, _, features) = tls_s2s_stream(off.s2s_addr(), "a.test", "off.test", None).await;
+    assert!(!text(features.raw()).contains(SM_OFFER));
+    s.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(
+        s.next_text().await,
+        "<failed xmlns='urn:xmpp:sm:3'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
+}
+
+#[tokio::test]
+async fn enable_needs_an_authenticated_stream_and_is_answered_once() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let (mut s, id) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    assert_eq!(s.next_text().await, UNEXPECTED, "before authentication");
+    s.send("<resume xmlns='urn:xmpp:sm:3' previd='x' h='0'/>")
+        .await;
+    assert_eq!(s.next_text().await, UNEXPECTED, "before authentication");
+    // <r/> and <a/> without stream management are ignored; the stream goes on.
+    s.send("<r xmlns='urn:xmpp:sm:3'/><a xmlns='urn:xmpp:sm:3' h='7'/>")
+        .await;
+
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = s.next().await;
+    let raw = text(enabled.raw()).to_string();
+    let sm_id = enabled.attr("id").expect("an id").into_owned();
+    assert_eq!(sm_id.len(), 32, "128 random bits, hex: {raw}");
+    assert!(sm_id.bytes().all(|c| c.is_ascii_hexdigit()), "{raw}");
+    assert_eq!(
+        raw,
+        format!("<enabled xmlns='urn:xmpp:sm:3' id='{sm_id}' resume='true' max='300'/>")
+    );
+    s.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(s.next_text().await, UNEXPECTED, "only once");
+    s.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{sm_id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(s.next_text().await, UNEXPECTED, "not once enabled");
+
+    // Without resume='true': no id, no resumption.
+    let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    t.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(t.next_text().await, "<enabled xmlns='urn:xmpp:sm:3'/>");
+
+    let m = b.metrics().await;
+    assert_eq!(metric(&m, &sm_metric("enabled")), 2.0, "{m}");
+}
+
+#[tokio::test]
+async fn handled_stanzas_are_counted_from_enable_and_acknowledged() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .backend("other.test", "other-secret")
+        .start()
+        .await;
+    let mut backend = b.backend().await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    // Before enable: handled, not counted.
+    send_messages(&mut s, "before", 1).await;
+    enable(&mut s, false).await;
+    assert_eq!(acked(&mut s).await, 0);
+    send_messages(&mut s, "m", 2).await;
+    s.send("<presence from='alice@a.test/r' to='bob@b.test'/>")
+        .await;
+    s.send("<iq type='get' id='q1' from='alice@a.test/r' to='b.test'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
+    assert_eq!(acked(&mut s).await, 4);
+    for id in ["before0", "m0", "m1"] {
+        assert_eq!(backend.next().await.id(), Some(id));
+    }
+    assert_eq!(backend.next().await.name(), "presence");
+    assert_eq!(backend.next().await.id(), Some("q1"));
+
+    // A stanza that bounces (other.test has no backend attached) was handled too.
+    let id = s.header.as_ref().unwrap().id.clone().unwrap();
+    let key = a.dialback_secret().key("other.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='other.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    s.send("<message from='alice@a.test' to='x@other.test' id='bounced'/>")
+        .await;
+    // Dialback and stream management elements are not stanzas.
+    assert_eq!(acked(&mut s).await, 5);
+    assert_eq!(acked(&mut s).await, 5);
+    let m = b.metrics().await;
+    assert_eq!(metric(&m, &sm_metric("acked")), 4.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend = b.backend().await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let id = enable(&mut s, true).await.expect("resumable");
+    send_messages(&mut s, "first", 3).await;
+    for i in 0..3 {
+        assert_eq!(
+            backend.next().await.id(),
+            Some(format!("first{i}").as_str())
+        );
+    }
+    drop(s);
+    await_metric(&b, &sm_metric("kept"), 1.0).await;
+
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='3'/>")
+    );
+    send_messages(&mut s, "second", 2).await;
+    assert_eq!(
+        acked(&mut s).await,
+        5,
+        "counting goes on from the resumed h"
+    );
+    drop(s);
+    await_metric(&b, &sm_metric("kept"), 2.0).await;
+
+    // Resumed once, it is kept under the same id again; and taken only once.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='5'/>")
+    );
+    let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send("</stream:stream>").await;
+    assert_eq!(expect_ack(&mut s).await, 5);
+    assert!(matches!(s.event().await, Event::StreamClose));
+    t.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(
+        t.next_text().await,
+        NOT_FOUND,
+        "a clean close keeps nothing"
+    );
+    let m = b.metrics().await;
+    assert_eq!(metric(&m, &sm_metric("resumed")), 2.0, "{m}");
+    assert_eq!(metric(&m, &sm_metric("resume_failed")), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_live_stream_is_taken_over_by_its_resumption_for_the_same_domains_only() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let c = instance(&dns, "c.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend = b.backend().await;
+    // The old stream is still open on our side (its sender has given up on it).
+    let mut old = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let id = enable(&mut old, true).await.unwrap();
+    send_messages(&mut old, "old", 2).await;
+    assert_eq!(acked(&mut old).await, 2);
+
+    // Another domain cannot take it: the old stream goes on.
+    let mut other = authenticated_s2s(b.s2s_addr(), &c, "b.test").await;
+    other
+        .send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+        ))
+        .await;
+    assert_eq!(other.next_text().await, NOT_FOUND);
+    send_messages(&mut old, "old-more", 1).await;
+    assert_eq!(acked(&mut old).await, 3);
+
+    let mut new = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    new.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(
+        new.next_text().await,
+        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='3'/>")
+    );
+    assert_eq!(old.expect_stream_error().await, "conflict");
+    send_messages(&mut new, "new", 1).await;
+    assert_eq!(acked(&mut new).await, 4);
+    for want in ["old0", "old1", "old-more0", "new0"] {
+        assert_eq!(backend.next().await.id(), Some(want));
+    }
+}
+
+#[tokio::test]
+async fn failed_resumptions_leave_the_stream_open_and_the_counters_for_their_owner() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let c = instance(&dns, "c.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let _backend = b.backend().await;
+
+    // Unknown id: failed, then enable works on the same stream.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send("<resume xmlns='urn:xmpp:sm:3' previd='0123456789abcdef0123456789abcdef' h='0'/>")
+        .await;
+    assert_eq!(s.next_text().await, NOT_FOUND);
+    let id = enable(&mut s, true).await.unwrap();
+    send_messages(&mut s, "m", 2).await;
+    assert_eq!(acked(&mut s).await, 2);
+    drop(s);
+    await_metric(&b, &sm_metric("kept"), 1.0).await;
+
+    // Kept for a.test: a stream authenticated for c.test cannot take it...
+    let mut t = authenticated_s2s(b.s2s_addr(), &c, "b.test").await;
+    t.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(t.next_text().await, NOT_FOUND);
+    // ...and a.test still can.
+    let mut u = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    u.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(
+        u.next_text().await,
+        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='2'/>")
+    );
+}
+
+#[tokio::test]
+async fn kept_counters_expire_after_resume_timeout() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("resume_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = s.next().await;
+    assert_eq!(
+        enabled.attr("max").as_deref(),
+        Some("1"),
+        "whole seconds, at least 1"
+    );
+    let id = enabled.attr("id").unwrap().into_owned();
+    drop(s);
+    await_metric(&b, &sm_metric("kept"), 1.0).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    t.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert_eq!(t.next_text().await, NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_handled_count_above_what_we_sent_is_a_stream_error() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let _backend = b.backend().await;
+
+    // <a h='0'/> is right: we send no stanzas on this stream.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    enable(&mut s, false).await;
+    send_messages(&mut s, "m", 1).await;
+    s.send("<a xmlns='urn:xmpp:sm:3' h='0'/>").await;
+    assert_eq!(acked(&mut s).await, 1);
+    s.send("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    assert_eq!(expect_ack(&mut s).await, 1, "the last <a/> comes first");
+    let error = stream_error_text(&mut s).await;
+    assert!(error.contains("<undefined-condition "), "{error}");
+    assert!(
+        error.contains("<handled-count-too-high xmlns='urn:xmpp:sm:3' h='1' send-count='0'/>"),
+        "{error}"
+    );
+    assert!(matches!(s.event().await, Event::StreamClose));
+
+    // The same for <resume/> claiming stanzas from us.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s.send("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='2'/>")
+        .await;
+    let error = stream_error_text(&mut s).await;
+    assert!(
+        error.contains("<handled-count-too-high xmlns='urn:xmpp:sm:3' h='2' send-count='0'/>"),
+        "{error}"
+    );
+
+    // A count that is not a number is bad-format.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    enable(&mut s, false).await;
+    s.send("<a xmlns='urn:xmpp:sm:3' h='-1'/>").await;
+    assert_eq!(s.expect_stream_error().await, "bad-format");
+}
+
+#[tokio::test]
+async fn every_close_of_ours_or_the_peers_ends_with_a_final_ack() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut b = instance(&dns, "b.test").start().await;
+    let idle = instance(&dns, "idle.test")
+        .s2s("idle_timeout = \"1s\"")
+        .start()
+        .await;
+    let mut backend = b.backend().await;
+    let _idle_backend = idle.backend().await;
+
+    // The peer closes: <a/>, then our close.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    enable(&mut s, false).await;
+    send_messages(&mut s, "p", 2).await;
+    s.send("</stream:stream>").await;
+    assert_eq!(expect_ack(&mut s).await, 2);
+    assert!(matches!(s.event().await, Event::StreamClose));
+
+    // Idle: <a/>, then our close.
+    let mut s = authenticated_s2s(idle.s2s_addr(), &a, "idle.test").await;
+    enable(&mut s, false).await;
+    s.send("<message from='alice@a.test' to='bob@idle.test'/>")
+        .await;
+    assert_eq!(expect_ack(&mut s).await, 1);
+    assert!(matches!(s.event().await, Event::StreamClose));
+
+    // Shutdown: <a/>, then <system-shutdown/>.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    enable(&mut s, false).await;
+    send_messages(&mut s, "s", 3).await;
+    for want in ["p0", "p1", "s0", "s1", "s2"] {
+        assert_eq!(backend.next().await.id(), Some(want));
+    }
+    b.stop().await;
+    assert_eq!(expect_ack(&mut s).await, 3);
+    assert_eq!(s.expect_stream_error().await, "system-shutdown");
+}
+
+#[tokio::test]
+async fn an_idle_inbound_stream_gets_whitespace_keepalives_and_still_closes_when_idle() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("keepalive_interval = \"200ms\"\nidle_timeout = \"1500ms\"")
+        .start()
+        .await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let started = Instant::now();
+    let raw = s
+        .read_raw_until(|got| got.ends_with(b"</stream:stream>"))
+        .await;
+    let raw = String::from_utf8(raw).unwrap();
+    let spaces = raw
+        .strip_suffix("</stream:stream>")
+        .expect("closed when idle");
+    assert!(
+        spaces.len() >= 3 && spaces.bytes().all(|b| b == b' '),
+        "single spaces only: {raw:?}"
+    );
+    assert!(
+        spaces.len() <= 8,
+        "one per interval of silence, not more: {raw:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1300),
+        "keepalives do not count as activity, and do not end it early either"
+    );
+}
