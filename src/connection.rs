@@ -155,11 +155,13 @@ impl Connection {
         }
         self.out.extend_from_slice(&stream_error(condition, text));
         goodbye(&mut self.io, &mut self.out).await;
+        linger(&mut self.io).await;
     }
 
     /// Closes the stream cleanly: `</stream:stream>`, then shuts the transport, bounded in time.
     pub async fn close(mut self) {
         goodbye(&mut self.io, &mut self.out).await;
+        linger(&mut self.io).await;
     }
 
     /// Splits an established stream into independent halves. Anything already read but not yet
@@ -244,6 +246,30 @@ impl Writer {
     pub async fn close(mut self) {
         goodbye(&mut self.io, &mut self.out).await;
     }
+}
+
+/// How long a closed stream keeps reading for the peer's own close.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes read (and discarded) while lingering.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// After our closing tag, reads and discards until the peer closes too (RFC 6120 §4.4), within
+/// [`LINGER_TIMEOUT`] and [`LINGER_BYTES`]. Closing a socket with unread data makes the kernel
+/// send a reset, which also throws away what we wrote last and the peer has not read yet — a
+/// stream error's text, or a final XEP-0198 acknowledgement that spares the peer resending
+/// what already arrived.
+async fn linger<R: AsyncRead + Unpin>(io: &mut R) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+        while total < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// The transport of a [`Connection`] whose real one was taken for a TLS handshake: reads end,

@@ -1197,6 +1197,7 @@ enabled = false
             Metrics::register(),
         ));
         Arc::new(S2sContext {
+            attempts: Default::default(),
             router,
             resolver: Resolver::from_config(config).unwrap(),
             secret: Arc::new(

@@ -87,13 +87,20 @@ impl Drop for TestProxy {
 async fn forward(client: TcpStream, server: TcpStream, state: Arc<State>, cut: CancellationToken) {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
+    // Cancelled by a truncating cut.
+    let cut_now = CancellationToken::new();
     let towards_target = {
         let state = state.clone();
+        let cut_now = cut_now.clone();
         async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = match client_rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        // A half close passes through, so the other way keeps flowing.
+                        let _ = server_wr.shutdown().await;
+                        return;
+                    }
                     Ok(n) => n,
                 };
                 while state.paused.load(Ordering::SeqCst) {
@@ -120,7 +127,8 @@ async fn forward(client: TcpStream, server: TcpStream, state: Arc<State>, cut: C
                 }
                 if allowed < n || state.budget.load(Ordering::SeqCst) == 0 {
                     state.budget.store(-1, Ordering::SeqCst);
-                    return;
+                    // A cut, not a close: both sockets go at once.
+                    return cut_now.cancel();
                 }
             }
         }
@@ -129,7 +137,10 @@ async fn forward(client: TcpStream, server: TcpStream, state: Arc<State>, cut: C
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match server_rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = client_wr.shutdown().await;
+                    return;
+                }
                 Ok(n) => n,
             };
             while state.paused.load(Ordering::SeqCst) {
@@ -140,10 +151,11 @@ async fn forward(client: TcpStream, server: TcpStream, state: Arc<State>, cut: C
             }
         }
     };
-    // Whichever way ends first ends both: the sockets drop, both peers see the link go.
+    // Both ways run until each has closed, unless the link is cut: then both sockets drop at
+    // once and both peers see the link go.
     tokio::select! {
         _ = cut.cancelled() => {}
-        _ = towards_target => {}
-        _ = towards_client => {}
+        _ = cut_now.cancelled() => {}
+        _ = async { tokio::join!(towards_target, towards_client) } => {}
     }
 }
