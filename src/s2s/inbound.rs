@@ -31,7 +31,8 @@
 //!    and valid (else `improper-addressing`), `to` a domain we serve (else `host-unknown`), `from`
 //!    a domain proved on this stream for that `to` (else `invalid-from`); no stanza before any
 //!    pair is authenticated (`not-authorized`). An answer to one of our XEP-0199 pings
-//!    ([`Pings::claim`](super::keepalive::Pings::claim)) is consumed here, not routed;
+//!    ([`Pings::claim`](super::keepalive::Pings::claim)) is consumed here, not routed, and an
+//!    XEP-0199 ping to one of our domains itself is answered here;
 //! 7. XEP-0198 as the receiving side (offered in the features after TLS, honoured once
 //!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
 //!    resumption after a drop; the wire behaviour is in [`sm`](super::sm);
@@ -50,6 +51,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::connect::Security;
+use super::keepalive;
 use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
 use super::{PeerStreamError, S2sContext};
@@ -570,8 +572,12 @@ impl Inbound {
             }
             Kind::Message | Kind::Presence | Kind::Iq => {
                 self.check_stanza(&stanza)?;
-                // The answer to one of our pings ends here; it is handled all the same.
-                if !self.ctx.pings.claim(&stanza) {
+                // The answer to one of our pings ends here, and a ping to our domain itself is
+                // answered here; each is handled all the same.
+                let router = &self.ctx.router;
+                if let Some(pong) = keepalive::answer_server_ping(&stanza, |d| router.is_local(d)) {
+                    router.route(pong).await;
+                } else if !self.ctx.pings.claim(&stanza) {
                     self.ctx
                         .router
                         .metrics

@@ -12,7 +12,39 @@ use tokio::sync::oneshot;
 use crate::jid;
 use crate::router::next_session_id;
 use crate::xml::escape_attr;
-use crate::xml::stanza::{Kind, Stanza};
+use crate::xml::stanza::{Kind, NsContext, Stanza};
+
+/// The answer to an XEP-0199 server-to-server ping (§4.3) addressed to one of our domains
+/// itself (`to` a bare domain that `is_local` accepts): an empty result from that domain. The
+/// peer checks the link with it, so it must not depend on whether a backend answers iqs.
+/// `None` for anything else, which is routed as usual.
+pub fn answer_server_ping(stanza: &Stanza, is_local: impl Fn(&str) -> bool) -> Option<Stanza> {
+    if stanza.kind() != Kind::Iq || stanza.type_() != Some("get") {
+        return None;
+    }
+    let to = stanza.to()?;
+    if to.contains(['@', '/']) || !is_local(to) {
+        return None;
+    }
+    let element = stanza.element().ok()?;
+    let mut children = element.children();
+    let ping = children.next()?;
+    if ping.name != "ping" || ping.ns != PING_NS || children.next().is_some() {
+        return None;
+    }
+    let mut out = format!("<iq type='result' from='{}'", escape_attr(to));
+    if let Some(from) = stanza.from() {
+        out.push_str(&format!(" to='{}'", escape_attr(from)));
+    }
+    if let Some(id) = stanza.id() {
+        out.push_str(&format!(" id='{}'", escape_attr(id)));
+    }
+    out.push_str("/>");
+    Stanza::parse(bytes::Bytes::from(out), &NsContext::server()).ok()
+}
+
+/// XEP-0199's namespace.
+const PING_NS: &str = "urn:xmpp:ping";
 
 /// Every ping id we send starts with this, so that other stanzas are passed over cheaply.
 pub const PING_ID_PREFIX: &str = "fedgate-ping-";
@@ -171,5 +203,34 @@ mod tests {
             "<iq type='result' id='{}' from='a.test' to='b.test'/>",
             ping.id
         ))));
+    }
+
+    #[test]
+    fn a_ping_to_our_domain_is_answered_and_anything_else_is_not() {
+        let parse = |xml: &str| {
+            Stanza::parse(bytes::Bytes::from(xml.to_string()), &NsContext::server()).unwrap()
+        };
+        let local = |d: &str| d == "a.test";
+        let answer = answer_server_ping(
+            &parse("<iq type='get' id='p1' from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            local,
+        )
+        .expect("answered");
+        assert_eq!(
+            &answer.raw()[..],
+            b"<iq type='result' from='a.test' to='b.test' id='p1'/>"
+        );
+        for other in [
+            // To a user or a resource: the backend's business.
+            "<iq type='get' id='p' from='b.test' to='u@a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq type='get' id='p' from='b.test' to='a.test/r'><ping xmlns='urn:xmpp:ping'/></iq>",
+            // Not ours, not a get, not a ping.
+            "<iq type='get' id='p' from='b.test' to='c.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq type='set' id='p' from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq type='get' id='p' from='b.test' to='a.test'><query xmlns='jabber:iq:version'/></iq>",
+            "<message from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></message>",
+        ] {
+            assert!(answer_server_ping(&parse(other), local).is_none(), "{other}");
+        }
     }
 }

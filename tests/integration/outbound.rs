@@ -420,3 +420,40 @@ async fn a_lone_dot_srv_target_bounces_at_once_with_the_cause() {
         "{t}"
     );
 }
+
+#[tokio::test]
+async fn without_stream_management_an_answered_ping_confirms_what_was_written_before_it() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("stream_management = false")
+        .start()
+        .await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s("ping_interval = \"300ms\"\nping_timeout = \"5s\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..3).await;
+    assert_eq!(receive_ids(&mut backend_b, 3).await, ids("m", 0..3));
+    // b answers the XEP-0199 ping to its domain itself, over its own stream to a.
+    wait_for_metric(
+        &a,
+        "fedgate_outbound_events_total{event=\"ping_answered\"}",
+        1.0,
+    )
+    .await;
+    proxy.cut();
+    wait_for_metric_below(&a, "fedgate_s2s_sessions{direction=\"outbound\"}", 0.0).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}"),
+        0.0,
+        "the answered ping proved the three messages were read"
+    );
+    // The ping never reached b's backend: the next thing it sees is the next message.
+    send_messages(&mut backend_a, "a.test", "b.test", "n", 0..1).await;
+    assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
+}
