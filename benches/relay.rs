@@ -105,6 +105,8 @@ async fn start_gateway(
         Transport::Plain => String::new(),
     };
     let require = transport == Transport::Tls;
+    // XEP-0198 on by default, as in production; RELAY_SM=off measures without it.
+    let sm = std::env::var("RELAY_SM").map_or(true, |v| v != "off");
     std::fs::write(
         dir.join("dialback.secret"),
         format!("relay-bench-dialback-secret-{domain}"),
@@ -119,6 +121,7 @@ require_encryption = {require}
 dialback_secret_file = "dialback.secret"
 connect_timeout = "2s"
 negotiation_timeout = "5s"
+stream_management = {sm}
 dialback_timeout = "5s"
 
 [[s2s.route]]

@@ -703,6 +703,7 @@ impl Session {
         let metrics = &self.ctx.router.metrics;
         let mut pump = Pump {
             sm: false,
+            requested: false,
             unconfirmed: 0,
             written: 0,
             check: None,
@@ -732,6 +733,7 @@ impl Session {
                 pump.unconfirmed += n as u64;
             } else {
                 writer.send(SM_REQUEST);
+                pump.requested = true;
             }
             if let Err(e) = writer.flush().await {
                 return self.lost(&pump, carry, format!("write to {label} failed: {e}"));
@@ -870,6 +872,8 @@ impl Session {
         let metrics = &self.ctx.router.metrics;
         let target = NsContext::server();
         let cap = settings.queue_max_stanzas.max(1);
+        // Ask for an acknowledgement once this many wait, well before `cap` stops us.
+        let ack_batch = (cap / 4).clamp(1, ACK_BATCH);
         let mut last_write = Instant::now();
         let mut last_stanza = last_write;
         // When the last liveness check was sent; whitespace does not count as traffic here.
@@ -881,7 +885,15 @@ impl Session {
                 Some(c) => c.deadline(),
                 None => last_stanza.max(last_check) + settings.ping_interval,
             };
-            let next = keepalive_at.min(idle_at).min(check_at);
+            // Acknowledgements are asked for when enough stanzas wait for one, or shortly after
+            // the traffic pauses, never per stanza: a request and its answer cost a write on
+            // each side.
+            let ack_at = if pump.sm && !pump.requested && !carry.unacked.is_empty() {
+                last_stanza + ACK_DELAY
+            } else {
+                idle_at
+            };
+            let next = keepalive_at.min(idle_at).min(check_at).min(ack_at);
             // With XEP-0198, stop taking stanzas while too many await acknowledgement.
             let room = !pump.sm || carry.unacked.len() < cap;
             tokio::select! {
@@ -896,7 +908,10 @@ impl Session {
                         self.finish(pump, reader, writer, rx, carry, &target, None).await;
                         return Ended::Done;
                     }
-                    if now >= check_at {
+                    if now >= ack_at && now < check_at {
+                        writer.send(SM_REQUEST);
+                        pump.requested = true;
+                    } else if now >= check_at {
                         if pump.check.is_some() {
                             metrics.outbound_events.with_label_values(&["ping_timeout"]).inc();
                             return Ended::Lost(format!("{label} did not answer a liveness check within {}s", settings.ping_timeout.as_secs_f32()));
@@ -905,6 +920,7 @@ impl Session {
                         last_check = now;
                         if pump.sm {
                             writer.send(SM_REQUEST);
+                            pump.requested = true;
                             pump.check = Some(Check::Ack { deadline });
                         } else {
                             let ping = self.ctx.pings.start(&self.local, &self.remote);
@@ -939,6 +955,7 @@ impl Session {
                                                         writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
                             return Ended::Lost(why);
                         }
+                        pump.requested = false;
                         if matches!(pump.check, Some(Check::Ack { .. })) {
                             pump.check = None;
                             metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
@@ -978,9 +995,9 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    // One acknowledgement request per batch.
-                    if pump.sm {
+                    if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
                         writer.send(SM_REQUEST);
+                        pump.requested = true;
                     }
                     if let Err(e) = writer.flush().await {
                         return Ended::Lost(format!("write to {label} failed: {e}"));
@@ -1074,11 +1091,17 @@ impl Session {
 
 /// An XEP-0198 acknowledgement request.
 const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+/// Unacknowledged stanzas that prompt a request at once.
+const ACK_BATCH: usize = 128;
+/// How soon after the traffic pauses the rest are asked about.
+const ACK_DELAY: Duration = Duration::from_millis(200);
 
 /// The state of one established link.
 struct Pump {
     /// XEP-0198 is on.
     sm: bool,
+    /// An `<r/>` is out and its `<a/>` has not come back.
+    requested: bool,
     /// Without XEP-0198: stanzas written since the peer last proved it had read them.
     unconfirmed: u64,
     /// Stanzas written on this link.
