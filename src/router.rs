@@ -371,10 +371,14 @@ impl Router {
                 self.deliver_bounce(bounce).await;
             }
             None => {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["error_not_bounced"])
-                    .inc();
+                // Errors and iq results are never bounced (no loops); unavailable presence
+                // neither (see `Stanza::bounce`).
+                let reason = if stanza.kind() == crate::xml::stanza::Kind::Presence {
+                    "presence_not_bounced"
+                } else {
+                    "error_not_bounced"
+                };
+                self.metrics.dropped.with_label_values(&[reason]).inc();
                 tracing::debug!(%condition, text, "undeliverable error or result dropped (never bounced)");
             }
         }

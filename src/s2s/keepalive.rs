@@ -207,12 +207,9 @@ mod tests {
 
     #[test]
     fn a_ping_to_our_domain_is_answered_and_anything_else_is_not() {
-        let parse = |xml: &str| {
-            Stanza::parse(bytes::Bytes::from(xml.to_string()), &NsContext::server()).unwrap()
-        };
         let local = |d: &str| d == "a.test";
         let answer = answer_server_ping(
-            &parse("<iq type='get' id='p1' from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            &stanza("<iq type='get' id='p1' from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>"),
             local,
         )
         .expect("answered");
@@ -230,7 +227,7 @@ mod tests {
             "<iq type='get' id='p' from='b.test' to='a.test'><query xmlns='jabber:iq:version'/></iq>",
             "<message from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></message>",
         ] {
-            assert!(answer_server_ping(&parse(other), local).is_none(), "{other}");
+            assert!(answer_server_ping(&stanza(other), local).is_none(), "{other}");
         }
     }
 }

@@ -35,6 +35,19 @@ async fn receive_ids(backend: &mut RawStream, n: usize) -> Vec<String> {
     ids
 }
 
+/// b.test with `b_s2s` lines, and a.test with `a_s2s` lines whose route to b.test goes through
+/// a [`TestProxy`] the test controls.
+async fn linked(dns: &TestDns, a_s2s: &str, b_s2s: &str) -> (Instance, Instance, TestProxy) {
+    let b = instance(dns, "b.test").s2s(b_s2s).start().await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s(a_s2s)
+        .start()
+        .await;
+    (a, b, proxy)
+}
+
 /// Polls `instance`'s metrics until `sample` reaches `at_least`.
 async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -> f64 {
     for _ in 0..200 {
@@ -143,7 +156,7 @@ async fn unavailable_presence_is_never_bounced_but_other_presence_is() {
     assert_eq!(
         metric(
             &m,
-            "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}"
+            "fedgate_stanzas_dropped_total{reason=\"presence_not_bounced\"}"
         ),
         1.0,
         "the unavailable presence is counted, not silently lost"
@@ -153,15 +166,7 @@ async fn unavailable_presence_is_never_bounced_but_other_presence_is() {
 #[tokio::test]
 async fn a_link_without_stream_management_that_drops_counts_what_may_be_lost_and_reconnects() {
     let dns = TestDns::start().await;
-    let b = instance(&dns, "b.test")
-        .s2s("stream_management = false")
-        .start()
-        .await;
-    let proxy = TestProxy::start(b.s2s_addr()).await;
-    let a = instance(&dns, "a.test")
-        .route("b.test", proxy.addr, false)
-        .start()
-        .await;
+    let (a, b, proxy) = linked(&dns, "", "stream_management = false").await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
     send_messages(&mut backend_a, "a.test", "b.test", "m", 0..5).await;
@@ -215,13 +220,7 @@ fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 #[tokio::test]
 async fn a_link_cut_mid_stanza_is_resumed_and_every_stanza_arrives_exactly_once() {
     let dns = TestDns::start().await;
-    let b = instance(&dns, "b.test").start().await;
-    let proxy = TestProxy::start(b.s2s_addr()).await;
-    let a = instance(&dns, "a.test")
-        .route("b.test", proxy.addr, false)
-        .s2s("retry_initial_delay = \"100ms\"")
-        .start()
-        .await;
+    let (a, b, proxy) = linked(&dns, "retry_initial_delay = \"100ms\"", "").await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
     send_messages(&mut backend_a, "a.test", "b.test", "m", 0..10).await;
@@ -252,13 +251,12 @@ async fn a_link_cut_mid_stanza_is_resumed_and_every_stanza_arrives_exactly_once(
 #[tokio::test]
 async fn a_peer_stopped_mid_burst_and_restarted_gets_every_stanza_exactly_once() {
     let dns = TestDns::start().await;
-    let mut b = instance(&dns, "b.test").start().await;
-    let proxy = TestProxy::start(b.s2s_addr()).await;
-    let a = instance(&dns, "a.test")
-        .route("b.test", proxy.addr, false)
-        .s2s("retry_window = \"60s\"\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"")
-        .start()
-        .await;
+    let (a, mut b, proxy) = linked(
+        &dns,
+        "retry_window = \"60s\"\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"",
+        "",
+    )
+    .await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
     send_messages(&mut backend_a, "a.test", "b.test", "w", 0..1).await;
@@ -324,13 +322,12 @@ async fn a_peer_stopped_mid_burst_and_restarted_gets_every_stanza_exactly_once()
 #[tokio::test]
 async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
     let dns = TestDns::start().await;
-    let b = instance(&dns, "b.test").start().await;
-    let proxy = TestProxy::start(b.s2s_addr()).await;
-    let a = instance(&dns, "a.test")
-        .route("b.test", proxy.addr, false)
-        .s2s("keepalive_interval = \"200ms\"\nping_interval = \"1s\"\nping_timeout = \"500ms\"")
-        .start()
-        .await;
+    let (a, b, proxy) = linked(
+        &dns,
+        "keepalive_interval = \"200ms\"\nping_interval = \"1s\"\nping_timeout = \"500ms\"",
+        "",
+    )
+    .await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
     send_messages(&mut backend_a, "a.test", "b.test", "m", 0..1).await;
@@ -424,16 +421,12 @@ async fn a_lone_dot_srv_target_bounces_at_once_with_the_cause() {
 #[tokio::test]
 async fn without_stream_management_an_answered_ping_confirms_what_was_written_before_it() {
     let dns = TestDns::start().await;
-    let b = instance(&dns, "b.test")
-        .s2s("stream_management = false")
-        .start()
-        .await;
-    let proxy = TestProxy::start(b.s2s_addr()).await;
-    let a = instance(&dns, "a.test")
-        .route("b.test", proxy.addr, false)
-        .s2s("ping_interval = \"300ms\"\nping_timeout = \"5s\"")
-        .start()
-        .await;
+    let (a, b, proxy) = linked(
+        &dns,
+        "ping_interval = \"300ms\"\nping_timeout = \"5s\"",
+        "stream_management = false",
+    )
+    .await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
     send_messages(&mut backend_a, "a.test", "b.test", "m", 0..3).await;
