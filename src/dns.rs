@@ -8,7 +8,7 @@
 //!    one set. XEP-0368 §3 mixes priorities and weights across both services, so the domain's
 //!    operator, not we, chooses between direct TLS and STARTTLS ([`Origin::Srv`]).
 //! 3. The set is sorted by priority; within one priority the order is drawn by weight as RFC
-//!    2782 describes ([`order_srv`]). The draw is made afresh on every call, from cached
+//!    2782 describes (`order_srv`). The draw is made afresh on every call, from cached
 //!    records, so that connections spread over a domain's servers as its weights say.
 //! 4. A lone SRV record with target `.` says the service is "decidedly not available" (RFC
 //!    2782): that service is absent. If no service has a usable record and one of them said
@@ -400,34 +400,6 @@ impl Resolver {
             self.dns.lookup(fqdn.as_str(), RecordType::AAAA),
             self.dns.lookup(fqdn.as_str(), RecordType::A),
         )
-    }
-
-    /// The addresses to try for `domain`, in order: [`plan`](Self::plan) with each candidate's
-    /// [`addresses`](Self::addresses), flattened. A candidate without addresses is skipped;
-    /// when none has any, the first candidate's error is the cause.
-    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
-        let plan = self.plan(domain).await?;
-        let mut targets = Vec::new();
-        let mut first_error = None;
-        for candidate in &plan.candidates {
-            match self.addresses(&candidate.host).await {
-                Ok(addrs) => targets.extend(addrs.into_iter().map(|ip| Target {
-                    host: candidate.host.clone(),
-                    addr: SocketAddr::new(ip, candidate.port),
-                    direct_tls: candidate.direct_tls,
-                })),
-                Err(e) => {
-                    tracing::debug!(%domain, "skipping {candidate}: {e}");
-                    first_error.get_or_insert_with(|| e.for_candidate(domain, candidate));
-                }
-            }
-        }
-        if targets.is_empty() {
-            return Err(first_error.unwrap_or_else(|| ResolveError::NoRecords {
-                domain: domain.to_string(),
-            }));
-        }
-        Ok(targets)
     }
 
     /// Everything fedgate would do to reach `domain`, without connecting: for

@@ -93,8 +93,7 @@ pub struct Metrics {
     /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
     /// (they may or may not have arrived).
     pub outbound_stanzas: IntCounterVec,
-    /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`,
-    /// `sm_enabled`, `sm_resumed`, `sm_resume_failed`.
+    /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`.
     pub outbound_events: IntCounterVec,
     /// `fedgate_outbound_unacked`: stanzas written to remote servers and not yet acknowledged
     /// (XEP-0198), over all sessions.
@@ -112,6 +111,8 @@ pub struct Metrics {
     pub s2s_sm: IntCounterVec,
     /// The inbound half of `s2s_sm`, resolved.
     pub sm_in: SmCounters,
+    /// The outbound half of `s2s_sm`, resolved (`kept` stays 0: only receivers keep state).
+    pub sm_out: SmCounters,
 }
 
 impl Metrics {
@@ -263,6 +264,7 @@ impl Metrics {
         };
         Metrics {
             sm_in: sm("inbound"),
+            sm_out: sm("outbound"),
             s2s_sm,
             s2s_in: counters("s2s", "inbound"),
             s2s_out: counters("s2s", "outbound"),

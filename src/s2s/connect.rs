@@ -2,9 +2,10 @@
 //! sessions](super::outbound) and [dialback verification](super::verify) (RFC 6120 §4–5,
 //! XEP-0368).
 //!
-//! Steps for one [`Target`]:
-//! 1. TCP connect within `connect_timeout`; on a direct TLS target (XEP-0368), the TLS
-//!    handshake at once, with ALPN `xmpp-server`;
+//! [`Walk`] goes through a domain's candidates (static route, SRV, A/AAAA fallback); for each:
+//! 1. resolve its addresses and connect (happy eyeballs, [`dial`], each address within
+//!    `connect_timeout`); on a direct TLS target (XEP-0368), the TLS handshake at once, with
+//!    ALPN `xmpp-server`;
 //! 2. open a `jabber:server` stream declaring `xmlns:db` and read the peer's header and
 //!    features;
 //! 3. without TLS yet: `<starttls/>` if offered, `<proceed/>`, the handshake (SNI = the remote
@@ -161,36 +162,8 @@ pub fn offers_dialback(header: &StreamHeader, features: &Element) -> bool {
     features.child("dialback", ns::DIALBACK_FEATURE).is_some() || header.declares_dialback()
 }
 
-/// Steps 1–4 for one target, each step bounded in time.
+/// Steps 2–4 on a socket connected to `target`, bounded by `negotiation_timeout`.
 pub async fn open(
-    ctx: &S2sContext,
-    local: &str,
-    remote: &str,
-    target: &Target,
-    security: &PeerSecurity,
-) -> Result<Opened, ConnectError> {
-    let timeout = ctx.settings.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(target.addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(ConnectError::Connect {
-                target: target.to_string(),
-                reason: e.to_string(),
-            })
-        }
-        Err(_) => {
-            return Err(ConnectError::Timeout {
-                stage: "TCP connect",
-                target: target.to_string(),
-                after: timeout,
-            })
-        }
-    };
-    open_on(ctx, tcp, local, remote, target, security).await
-}
-
-/// Steps 2–4 on a connected socket.
-pub async fn open_on(
     ctx: &S2sContext,
     tcp: TcpStream,
     local: &str,
@@ -339,7 +312,7 @@ async fn open_candidate(
         direct_tls: candidate.direct_tls,
     };
     trace.ok(format!("TCP connected to {target}"));
-    match open_on(ctx, tcp, local, remote, &target, policy).await {
+    match open(ctx, tcp, local, remote, &target, policy).await {
         Ok(opened) => {
             match &opened.security.tls {
                 Some(_) => trace.ok(format!("stream open, {}", opened.security)),

@@ -20,7 +20,7 @@
 //! 4. SASL EXTERNAL: an authzid, if any, must equal the stream `from` (`<invalid-authzid/>`);
 //!    on `<success/>` the pair (to, from) is authenticated and the stream restarts;
 //! 5. handle dialback, several domain pairs per stream:
-//!    - `<db:result>` (we are the receiving server): check the pair, then [verify](super::verify)
+//!    - `<db:result>` (we are the receiving server): check the pair, then [`verify`]
 //!      the key with the sender domain's authoritative server and answer
 //!      `type='valid'|'invalid'|'error'`; `invalid` ends the stream (XEP-0220 §2.2.1);
 //!    - `<db:verify>` (we are the authoritative server): recompute the XEP-0185 key with our
@@ -35,7 +35,7 @@
 //!    XEP-0199 ping to one of our domains itself is answered here;
 //! 7. XEP-0198 as the receiving side (offered in the features after TLS, honoured once
 //!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
-//!    resumption after a drop; the wire behaviour is in [`sm`](super::sm);
+//!    resumption after a drop; the wire behaviour is in [`sm`];
 //! 8. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
 //!    It does not count as activity: `idle_timeout` still ends a stream without stanzas.
 //!

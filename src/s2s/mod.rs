@@ -45,7 +45,6 @@ pub struct S2sSettings {
     pub queue_max_stanzas: usize,
     /// Dialback verifications one inbound stream may have in flight.
     pub max_pending_verifications: usize,
-    pub queue_max_bytes: usize,
     pub retry_window: Duration,
     pub retry_initial_delay: Duration,
     pub retry_max_delay: Duration,
@@ -71,7 +70,6 @@ impl S2sSettings {
             max_attributes: s.max_attributes,
             queue_max_stanzas: s.queue_max_stanzas,
             max_pending_verifications: 16,
-            queue_max_bytes: s.queue_max_bytes,
             retry_window: s.retry_window,
             retry_initial_delay: s.retry_initial_delay,
             retry_max_delay: s.retry_max_delay,

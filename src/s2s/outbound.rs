@@ -775,7 +775,7 @@ impl Session {
         writer: &mut Writer,
         carry: &mut Carry,
     ) -> Result<bool, String> {
-        let events = &self.ctx.router.metrics.outbound_events;
+        let counters = &self.ctx.router.metrics.sm_out;
         if let Some(id) = carry.resume.take() {
             // We receive no stanzas on an outbound stream, so our own count is always 0.
             writer.send(
@@ -792,14 +792,14 @@ impl Session {
                     let h = sm::h_of(&answer).ok_or("<resumed/> without a valid 'h'")?;
                     carry.ack(h)?;
                     carry.resume = Some(id);
-                    events.with_label_values(&["sm_resumed"]).inc();
+                    counters.resumed.inc();
                     tracing::info!(remote = %self.remote, "XEP-0198 stream resumed; {} stanzas to resend", carry.unacked.len());
                     return Ok(true);
                 }
                 _ => {
                     // The peer lost our stream's state (it restarted, or too much time
                     // passed): what it acknowledged before is all we know arrived.
-                    events.with_label_values(&["sm_resume_failed"]).inc();
+                    counters.resume_failed.inc();
                     carry.acked = 0;
                 }
             }
@@ -814,7 +814,7 @@ impl Session {
         let resumable = matches!(element.attr("resume"), Some("true" | "1"));
         carry.resume = element.attr("id").filter(|_| resumable).map(str::to_string);
         carry.acked = 0;
-        events.with_label_values(&["sm_enabled"]).inc();
+        counters.enabled.inc();
         Ok(true)
     }
 
@@ -956,6 +956,7 @@ impl Session {
                             return Ended::Lost(why);
                         }
                         pump.requested = false;
+                        metrics.sm_out.acked.inc();
                         if matches!(pump.check, Some(Check::Ack { .. })) {
                             pump.check = None;
                             metrics.outbound_events.with_label_values(&["ping_answered"]).inc();

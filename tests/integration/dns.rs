@@ -10,7 +10,7 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 
 use fedgate::config::Config;
-use fedgate::dns::{Candidate, Origin, ResolveError, Resolver};
+use fedgate::dns::{Candidate, Origin, ResolveError, Resolver, Target};
 
 use crate::harness::*;
 
@@ -40,6 +40,31 @@ fn summary(candidates: &[Candidate]) -> Vec<(&str, u16, bool)> {
         .iter()
         .map(|c| (c.host.as_str(), c.port, c.direct_tls))
         .collect()
+}
+
+/// Every address of every candidate, in order, the way an outbound attempt walks them
+/// (`s2s::connect::Walk`): a candidate without addresses is skipped; when none has any, the
+/// first one's error (as `for_candidate` words it) is the cause.
+async fn all_targets(resolver: &Resolver, domain: &str) -> Result<Vec<Target>, ResolveError> {
+    let plan = resolver.plan(domain).await?;
+    let mut targets = Vec::new();
+    let mut first_error = None;
+    for candidate in &plan.candidates {
+        match resolver.addresses(&candidate.host).await {
+            Ok(ips) => targets.extend(ips.into_iter().map(|ip| Target {
+                host: candidate.host.clone(),
+                addr: SocketAddr::new(ip, candidate.port),
+                direct_tls: candidate.direct_tls,
+            })),
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.for_candidate(domain, candidate));
+            }
+        }
+    }
+    match first_error {
+        Some(e) if targets.is_empty() => Err(e),
+        _ => Ok(targets),
+    }
 }
 
 #[tokio::test]
@@ -143,7 +168,7 @@ async fn without_srv_records_the_domain_itself_on_port_5269() {
         "{:?}",
         plan.answers
     );
-    let targets = resolver.targets("b.test").await.unwrap();
+    let targets = all_targets(&resolver, "b.test").await.unwrap();
     assert_eq!(targets.len(), 1);
     assert_eq!(targets[0].addr, "127.0.0.9:5269".parse().unwrap());
     assert!(!targets[0].direct_tls);
@@ -160,7 +185,7 @@ async fn a_dot_target_means_no_service_and_no_fallback() {
     assert!(matches!(e, ResolveError::NoService { .. }), "{e}");
     assert!(e.to_string().contains("b.test offers no XMPP"), "{e}");
     assert!(matches!(
-        resolver.targets("b.test").await,
+        all_targets(&resolver, "b.test").await,
         Err(ResolveError::NoService { .. })
     ));
 
@@ -190,7 +215,7 @@ async fn a_domain_without_any_record_has_a_clear_cause() {
     assert_eq!(plan.candidates[0].origin, Origin::Fallback);
     let e = resolver.addresses("nowhere.test").await.unwrap_err();
     assert!(matches!(e, ResolveError::NoAddress { .. }), "{e}");
-    let e = resolver.targets("nowhere.test").await.unwrap_err();
+    let e = all_targets(&resolver, "nowhere.test").await.unwrap_err();
     assert_eq!(e.to_string(), "no SRV or A/AAAA record for nowhere.test");
 }
 
@@ -198,9 +223,9 @@ async fn a_domain_without_any_record_has_a_clear_cause() {
 async fn an_ip_literal_domain_is_not_looked_up() {
     let dns = TestDns::start().await;
     let resolver = resolver(&dns);
-    let targets = resolver.targets("127.0.0.5").await.unwrap();
+    let targets = all_targets(&resolver, "127.0.0.5").await.unwrap();
     assert_eq!(targets[0].addr, "127.0.0.5:5269".parse().unwrap());
-    let targets = resolver.targets("[::1]").await.unwrap();
+    let targets = all_targets(&resolver, "[::1]").await.unwrap();
     assert_eq!(targets[0].addr, "[::1]:5269".parse().unwrap());
     assert_eq!(dns.queries("_xmpp-server._tcp.127.0.0.5"), 0);
     assert_eq!(dns.queries("_xmpps-server._tcp.127.0.0.5"), 0);
@@ -211,13 +236,13 @@ async fn an_srv_target_without_address_is_skipped_and_named() {
     let dns = TestDns::start().await;
     dns.add_srv("_xmpp-server._tcp.b.test", 0, 0, 5269, "ghost.b.test");
     let resolver = resolver(&dns);
-    let e = resolver.targets("b.test").await.unwrap_err();
+    let e = all_targets(&resolver, "b.test").await.unwrap_err();
     assert_eq!(e.to_string(), "no A/AAAA record for ghost.b.test");
 
     dns.add_srv("_xmpp-server._tcp.c.test", 0, 0, 5269, "ghost.c.test");
     dns.add_srv("_xmpp-server._tcp.c.test", 1, 0, 5270, "real.c.test");
     dns.add("real.c.test", ip("127.0.0.9"));
-    let targets = resolver.targets("c.test").await.unwrap();
+    let targets = all_targets(&resolver, "c.test").await.unwrap();
     let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
     assert_eq!(addrs, ["127.0.0.9:5270".parse().unwrap()]);
     assert_eq!(targets[0].host, "real.c.test");
@@ -242,7 +267,7 @@ async fn ipv6_and_ipv4_addresses_interleave_ipv6_first() {
             ip("127.0.0.3")
         ]
     );
-    let targets = resolver.targets("b.test").await.unwrap();
+    let targets = all_targets(&resolver, "b.test").await.unwrap();
     assert_eq!(targets[0].addr, "[::1]:5270".parse().unwrap());
     assert_eq!(targets[1].addr, "127.0.0.1:5270".parse().unwrap());
     assert!(targets.iter().all(|t| t.direct_tls));
@@ -256,7 +281,7 @@ async fn answers_are_cached_within_their_ttl() {
     dns.add("xmpp.b.test", ip("::9"));
     let resolver = resolver(&dns);
     for _ in 0..3 {
-        resolver.targets("b.test").await.unwrap();
+        all_targets(&resolver, "b.test").await.unwrap();
     }
     assert_eq!(dns.queries("_xmpp-server._tcp.b.test"), 1);
     assert_eq!(dns.queries_of("xmpp.b.test", RecordType::A), 1);
@@ -311,7 +336,7 @@ async fn a_static_route_overrides_dns() {
             origin: Origin::Route
         }]
     );
-    let targets = resolver.targets("b.test").await.unwrap();
+    let targets = all_targets(&resolver, "b.test").await.unwrap();
     assert_eq!(targets.len(), 1);
     assert_eq!(targets[0].addr, "127.0.0.8:5999".parse().unwrap());
     assert_eq!(dns.queries("_xmpp-server._tcp.b.test"), 0);
@@ -335,7 +360,7 @@ async fn a_dead_resolver_is_a_lookup_failure_not_a_missing_domain() {
         "{:?}",
         plan.answers
     );
-    let e = resolver.targets("b.test").await.unwrap_err();
+    let e = all_targets(&resolver, "b.test").await.unwrap_err();
     assert!(matches!(e, ResolveError::Lookup { .. }), "{e}");
     assert!(
         e.to_string().starts_with("DNS lookup for b.test failed"),

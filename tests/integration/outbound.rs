@@ -233,7 +233,10 @@ async fn a_link_cut_mid_stanza_is_resumed_and_every_stanza_arrives_exactly_once(
     expect_exactly(&mut backend_b, &mut backend_a, &ids("m", 10..60)).await;
     let m = a.metrics().await;
     assert_eq!(
-        metric(&m, "fedgate_outbound_events_total{event=\"sm_resumed\"}"),
+        metric(
+            &m,
+            "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resumed\"}"
+        ),
         1.0,
         "{m}"
     );
@@ -372,14 +375,17 @@ async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
 }
 
 #[tokio::test]
-async fn a_dead_first_srv_target_is_passed_over_for_a_live_second_and_the_trace_says_so() {
+async fn srv_targets_without_address_or_listener_are_passed_over_for_a_live_one_and_the_trace_says_so(
+) {
     let dns = TestDns::start().await;
     // b.test has no A record of its own: only its SRV records lead to it.
     let b = instance(&dns, "b.test").unlisted().start().await;
     let dead = next_loopback();
     dns.add("dead.b.test", dead);
     dns.add("live.b.test", b.ip);
-    dns.add_srv("_xmpp-server._tcp.b.test", 0, 1, 5269, "dead.b.test");
+    // ghost.b.test has no address at all.
+    dns.add_srv("_xmpp-server._tcp.b.test", 0, 1, 5269, "ghost.b.test");
+    dns.add_srv("_xmpp-server._tcp.b.test", 5, 1, 5269, "dead.b.test");
     dns.add_srv("_xmpp-server._tcp.b.test", 10, 1, 5269, "live.b.test");
     let a = instance(&dns, "a.test").start().await;
     let mut backend_a = a.backend().await;
@@ -397,10 +403,14 @@ async fn a_dead_first_srv_target_is_passed_over_for_a_live_second_and_the_trace_
             .position(|s| s.ok == ok && s.what.contains(what))
             .unwrap_or_else(|| panic!("no step {ok} {what}:\n{trace}"))
     };
+    let ghost = step(false, "DNS ghost.b.test: no A/AAAA record");
     let dead = step(false, "TCP dead.b.test:5269");
     let live = step(true, "TCP connected to live.b.test:5269");
     let authenticated = step(true, "authenticated by");
-    assert!(dead < live && live < authenticated, "{trace}");
+    assert!(
+        ghost < dead && dead < live && live < authenticated,
+        "{trace}"
+    );
 }
 
 #[tokio::test]

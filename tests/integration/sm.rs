@@ -32,6 +32,20 @@ async fn enable(s: &mut RawStream, resume: bool) -> Option<String> {
 }
 
 /// `<r/>` → the `h` of the `<a/>` that answers it.
+/// Sends `<resume previd='{id}' h='0'/>` and returns the answer's text.
+async fn resume(s: &mut RawStream, id: &str) -> String {
+    s.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    s.next_text().await
+}
+
+/// The `<resumed/>` that resuming `id` at `h` must get.
+fn resumed(id: &str, h: u32) -> String {
+    format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='{h}'/>")
+}
+
 async fn acked(s: &mut RawStream) -> u32 {
     s.send("<r xmlns='urn:xmpp:sm:3'/>").await;
     expect_ack(s).await
@@ -161,11 +175,7 @@ async fn enable_needs_an_authenticated_stream_and_is_answered_once() {
     );
     s.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
     assert_eq!(s.next_text().await, UNEXPECTED, "only once");
-    s.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{sm_id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(s.next_text().await, UNEXPECTED, "not once enabled");
+    assert_eq!(resume(&mut s, &sm_id).await, UNEXPECTED, "not once enabled");
 
     // Without resume='true': no id, no resumption.
     let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
@@ -238,14 +248,7 @@ async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
     await_metric(&b, &sm_metric("kept"), 1.0).await;
 
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    s.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(
-        s.next_text().await,
-        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='3'/>")
-    );
+    assert_eq!(resume(&mut s, &id).await, resumed(&id, 3));
     send_messages(&mut s, "second", 2).await;
     assert_eq!(
         acked(&mut s).await,
@@ -257,24 +260,13 @@ async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
 
     // Resumed once, it is kept under the same id again; and taken only once.
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    s.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(
-        s.next_text().await,
-        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='5'/>")
-    );
+    assert_eq!(resume(&mut s, &id).await, resumed(&id, 5));
     let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     s.send("</stream:stream>").await;
     assert_eq!(expect_ack(&mut s).await, 5);
     assert!(matches!(s.event().await, Event::StreamClose));
-    t.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
     assert_eq!(
-        t.next_text().await,
+        resume(&mut t, &id).await,
         NOT_FOUND,
         "a clean close keeps nothing"
     );
@@ -298,24 +290,12 @@ async fn a_live_stream_is_taken_over_by_its_resumption_for_the_same_domains_only
 
     // Another domain cannot take it: the old stream goes on.
     let mut other = authenticated_s2s(b.s2s_addr(), &c, "b.test").await;
-    other
-        .send(&format!(
-            "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-        ))
-        .await;
-    assert_eq!(other.next_text().await, NOT_FOUND);
+    assert_eq!(resume(&mut other, &id).await, NOT_FOUND);
     send_messages(&mut old, "old-more", 1).await;
     assert_eq!(acked(&mut old).await, 3);
 
     let mut new = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    new.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(
-        new.next_text().await,
-        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='3'/>")
-    );
+    assert_eq!(resume(&mut new, &id).await, resumed(&id, 3));
     assert_eq!(old.expect_stream_error().await, "conflict");
     send_messages(&mut new, "new", 1).await;
     assert_eq!(acked(&mut new).await, 4);
@@ -345,21 +325,10 @@ async fn failed_resumptions_leave_the_stream_open_and_the_counters_for_their_own
 
     // Kept for a.test: a stream authenticated for c.test cannot take it...
     let mut t = authenticated_s2s(b.s2s_addr(), &c, "b.test").await;
-    t.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(t.next_text().await, NOT_FOUND);
+    assert_eq!(resume(&mut t, &id).await, NOT_FOUND);
     // ...and a.test still can.
     let mut u = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    u.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(
-        u.next_text().await,
-        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='2'/>")
-    );
+    assert_eq!(resume(&mut u, &id).await, resumed(&id, 2));
 }
 
 #[tokio::test]
@@ -384,11 +353,7 @@ async fn kept_counters_expire_after_resume_timeout() {
     await_metric(&b, &sm_metric("kept"), 1.0).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    t.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    assert_eq!(t.next_text().await, NOT_FOUND);
+    assert_eq!(resume(&mut t, &id).await, NOT_FOUND);
 }
 
 #[tokio::test]
