@@ -78,6 +78,15 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// The `fedgate_dns_lookups_total` result label: `not_found` for answers (the domain or
+    /// host has nothing for us), `error` when the resolver failed.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ResolveError::Lookup { .. } => "error",
+            _ => "not_found",
+        }
+    }
+
     /// This error as the cause for `domain` when it came from resolving `candidate`: a
     /// [`Fallback`](Origin::Fallback) host without addresses means the domain has neither SRV
     /// nor A/AAAA records, and the bounce text should say so rather than name a host the

@@ -82,7 +82,15 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Gatew
 /// Binds every listener and starts serving. Returns once all are bound.
 pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     config.validate()?;
-    let metrics = Metrics::register();
+    let named_peers = config
+        .metrics
+        .peers
+        .iter()
+        .chain(config.federation.peer.iter().map(|p| &p.domain))
+        .cloned()
+        .collect();
+    let metrics = Metrics::register_with(named_peers, config.metrics.top_peers);
+    metrics.expect_backends(config.component.backend.iter().map(|b| b.domain.as_str()));
     let secret = Arc::new(DialbackSecret::load_or_create(
         &config.s2s.dialback_secret_file,
     )?);
@@ -212,7 +220,23 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let mut metrics_addr = None;
     let metrics_task = metrics_listener.map(|l| {
         metrics_addr = l.local_addr().ok();
-        tokio::spawn(metrics::serve(l, metrics.clone(), metrics_shutdown.clone()))
+        let status = Arc::new(Status {
+            router: router.clone(),
+            tls: tls.clone(),
+            backends: config
+                .component
+                .backend
+                .iter()
+                .map(|b| b.domain.clone())
+                .collect(),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(metrics::http::serve(
+            l,
+            metrics.clone(),
+            status,
+            metrics_shutdown.clone(),
+        ))
     });
 
     Ok(RunningGateway {
@@ -265,6 +289,43 @@ impl RunningGateway {
         self.metrics_shutdown.cancel();
         if let Some(task) = self.metrics_task {
             let _ = task.await;
+        }
+    }
+}
+
+/// What `/readyz` and the scrape-time gauges read. Listeners are bound before the metrics
+/// endpoint starts, so readiness is about backends.
+struct Status {
+    router: Arc<Router>,
+    tls: Arc<Tls>,
+    /// Configured backend domains.
+    backends: Vec<String>,
+    metrics: Metrics,
+}
+
+impl metrics::http::Status for Status {
+    fn not_ready(&self) -> Vec<String> {
+        self.backends
+            .iter()
+            .filter(|d| !self.router.component_attached(d))
+            .map(|d| format!("no backend attached for {d}"))
+            .collect()
+    }
+
+    fn refresh(&self) {
+        let queues: std::collections::HashMap<String, usize> =
+            self.router.outbound_queues().into_iter().collect();
+        self.metrics
+            .outbound_queued
+            .set(queues.values().sum::<usize>() as i64);
+        self.metrics
+            .peers
+            .set_queues(|remote| queues.get(remote).copied().unwrap_or(0));
+        for (domain, not_after) in self.tls.certificate_expiries() {
+            self.metrics
+                .certificate_expiry
+                .with_label_values(&[&domain])
+                .set(not_after as f64);
         }
     }
 }

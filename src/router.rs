@@ -48,12 +48,19 @@ pub struct OutboundShared {
     pub queued_bytes: AtomicUsize,
 }
 
+/// A stanza in an outbound queue, with when it was queued
+/// (`fedgate_outbound_queue_seconds`).
+pub struct Queued {
+    pub stanza: Stanza,
+    pub since: tokio::time::Instant,
+}
+
 /// How the router reaches an outbound s2s session.
 #[derive(Clone)]
 pub struct OutboundHandle {
     pub id: u64,
     pub local: Arc<str>,
-    pub tx: mpsc::Sender<Stanza>,
+    pub tx: mpsc::Sender<Queued>,
     pub shared: Arc<OutboundShared>,
 }
 
@@ -77,8 +84,8 @@ enum Enqueued {
 
 /// Why a stanza goes nowhere.
 enum Undeliverable {
-    /// Back to the sender with this condition and text.
-    Bounce(StanzaErrorCondition, String),
+    /// Back to the sender with this condition, cause (a metric label) and text.
+    Bounce(StanzaErrorCondition, &'static str, String),
     /// From a remote domain to a remote domain: never relayed, counted.
     Relay,
 }
@@ -181,6 +188,22 @@ impl Router {
         }
     }
 
+    /// Stanzas waiting in each remote domain's outbound queues, read from the channels
+    /// themselves so that queueing costs nothing extra per stanza.
+    pub fn outbound_queues(&self) -> Vec<(String, usize)> {
+        self.outbound
+            .iter()
+            .map(|e| {
+                let waiting = e
+                    .value()
+                    .iter()
+                    .map(|h| h.tx.max_capacity() - h.tx.capacity())
+                    .sum();
+                (e.key().clone(), waiting)
+            })
+            .collect()
+    }
+
     /// Number of outbound sessions, for tests and metrics.
     pub fn outbound_count(&self) -> usize {
         self.outbound.iter().map(|e| e.value().len()).sum()
@@ -197,8 +220,8 @@ impl Router {
         for _ in 0..3 {
             let dest = match self.destination(&stanza) {
                 Ok(dest) => dest,
-                Err(Undeliverable::Bounce(condition, text)) => {
-                    self.bounce(&stanza, condition, &text).await;
+                Err(Undeliverable::Bounce(condition, cause, text)) => {
+                    self.bounce(&stanza, condition, cause, &text).await;
                     return;
                 }
                 Err(Undeliverable::Relay) => {
@@ -224,6 +247,7 @@ impl Router {
                         self.bounce(
                             &e.0,
                             StanzaErrorCondition::ServiceUnavailable,
+                            "backend_detached",
                             &format!("the backend for {domain} detached"),
                         )
                         .await;
@@ -240,6 +264,7 @@ impl Router {
                         self.bounce(
                             &s,
                             StanzaErrorCondition::ResourceConstraint,
+                            "queue_full",
                             &format!("the queue for {remote} is full while connecting"),
                         )
                         .await;
@@ -255,6 +280,7 @@ impl Router {
         self.bounce(
             &stanza,
             StanzaErrorCondition::RemoteServerTimeout,
+            "link_unstable",
             "the session to the remote server keeps closing",
         )
         .await;
@@ -263,16 +289,25 @@ impl Router {
     /// Where `stanza` goes, or why it cannot go anywhere.
     fn destination(&self, stanza: &Stanza) -> Result<Destination, Undeliverable> {
         let to = stanza.to().ok_or_else(|| {
-            Undeliverable::Bounce(StanzaErrorCondition::JidMalformed, "missing 'to'".into())
+            Undeliverable::Bounce(
+                StanzaErrorCondition::JidMalformed,
+                "malformed",
+                "missing 'to'".into(),
+            )
         })?;
         let to_domain = jid::domain_of(to).map_err(|e| {
-            Undeliverable::Bounce(StanzaErrorCondition::JidMalformed, e.to_string())
+            Undeliverable::Bounce(
+                StanzaErrorCondition::JidMalformed,
+                "malformed",
+                e.to_string(),
+            )
         })?;
         if self.is_local(&to_domain) {
             return match self.components.get(&*to_domain) {
                 Some(h) => Ok(Destination::Component(h.tx.clone())),
                 None => Err(Undeliverable::Bounce(
                     StanzaErrorCondition::ServiceUnavailable,
+                    "no_backend",
                     format!("no backend is attached for {to_domain}"),
                 )),
             };
@@ -284,6 +319,7 @@ impl Router {
         if let Err(refused) = self.policy.check(&to_domain) {
             return Err(Undeliverable::Bounce(
                 StanzaErrorCondition::NotAllowed,
+                "policy",
                 refused.to_string(),
             ));
         }
@@ -304,22 +340,26 @@ impl Router {
             unqueue();
             return Enqueued::Overflow(stanza);
         }
-        match handle.tx.try_send(stanza) {
+        let queued = Queued {
+            stanza,
+            since: tokio::time::Instant::now(),
+        };
+        match handle.tx.try_send(queued) {
             Ok(()) => Enqueued::Queued,
-            Err(TrySendError::Full(s)) if established => match handle.tx.send(s).await {
+            Err(TrySendError::Full(q)) if established => match handle.tx.send(q).await {
                 Ok(()) => Enqueued::Queued,
                 Err(e) => {
                     unqueue();
-                    Enqueued::Closed(e.0)
+                    Enqueued::Closed(e.0.stanza)
                 }
             },
-            Err(TrySendError::Full(s)) => {
+            Err(TrySendError::Full(q)) => {
                 unqueue();
-                Enqueued::Overflow(s)
+                Enqueued::Overflow(q.stanza)
             }
-            Err(TrySendError::Closed(s)) => {
+            Err(TrySendError::Closed(q)) => {
                 unqueue();
-                Enqueued::Closed(s)
+                Enqueued::Closed(q.stanza)
             }
         }
     }
@@ -354,13 +394,31 @@ impl Router {
     /// Returns `stanza` to its sender with `condition`, unless it must not be bounced (errors,
     /// iq results), in which case the drop is counted. Waits for room in the sender's queue, so
     /// a burst of bounces is not lost to a full queue.
-    pub async fn bounce(&self, stanza: &Stanza, condition: StanzaErrorCondition, text: &str) {
+    ///
+    /// `cause` is the `fedgate_bounces_total` label, one of a closed set: `malformed`,
+    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `link_unstable`, and for an
+    /// outbound session that gave up, the step that failed: `dns`, `connect`, `tls`, `stream`,
+    /// `auth`, `shutdown`.
+    pub async fn bounce(
+        &self,
+        stanza: &Stanza,
+        condition: StanzaErrorCondition,
+        cause: &'static str,
+        text: &str,
+    ) {
         match stanza.bounce(condition, Some(text)) {
             Some(bounce) => {
                 self.metrics
                     .bounces
-                    .with_label_values(&[condition.as_str()])
+                    .with_label_values(&[condition.as_str(), cause])
                     .inc();
+                if let Some(Ok(to)) = stanza.to().map(jid::domain_of) {
+                    if !self.is_local(&to) {
+                        if let Some(peer) = self.metrics.peers.existing(&to) {
+                            peer.bounced();
+                        }
+                    }
+                }
                 tracing::debug!(
                     to = stanza.to().unwrap_or(""),
                     from = stanza.from().unwrap_or(""),

@@ -226,6 +226,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
     conn.set_limits(ctx.stanza_limits);
     tracing::info!(%peer, %domain, "backend attached");
     ctx.router.metrics.component_sessions.inc();
+    let backend = ctx.router.metrics.backend_attached(&domain);
 
     let (mut reader, writer) = conn.split();
     let (end_tx, end_rx) = oneshot::channel();
@@ -235,6 +236,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
         end_rx,
         ctx.router.clone(),
         domain.clone(),
+        backend.stanzas_out.clone(),
     ));
 
     let end = loop {
@@ -252,6 +254,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
                     .metrics
                     .component_in
                     .count(stanza.kind(), stanza.raw().len());
+                backend.stanzas_in.inc();
                 ctx.router.route(stanza).await;
             }
             Ok(Event::StreamClose) => break End::Closed,
@@ -284,6 +287,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
     let _ = end_tx.send(end);
     let _ = writer_task.await;
     ctx.router.metrics.component_sessions.dec();
+    drop(backend);
     tracing::info!(%peer, %domain, "backend detached");
 }
 
@@ -329,18 +333,23 @@ async fn write_loop(
     mut end_rx: oneshot::Receiver<End>,
     router: Arc<Router>,
     domain: String,
+    delivered: prometheus::IntCounter,
 ) {
     let target = NsContext::component();
+    let write_stanza = |writer: &mut Writer, stanza: &Stanza| {
+        write_stanza(writer, stanza, &target, &router);
+        delivered.inc();
+    };
     let end = loop {
         tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Closed),
             next = rx.recv() => {
                 // All senders gone means the reader detached us: it says next how to end.
                 let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
-                write_stanza(&mut writer, &first, &target, &router);
+                write_stanza(&mut writer, &first);
                 while writer.pending() < BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(s) => write_stanza(&mut writer, &s, &target, &router),
+                        Ok(s) => write_stanza(&mut writer, &s),
                         Err(_) => break,
                     }
                 }
@@ -358,7 +367,7 @@ async fn write_loop(
     match end {
         End::Shutdown => {
             while let Ok(s) = rx.try_recv() {
-                write_stanza(&mut writer, &s, &target, &router);
+                write_stanza(&mut writer, &s);
             }
             writer
                 .fail(&StreamErrorCondition::SystemShutdown, None)
@@ -370,6 +379,7 @@ async fn write_loop(
                     .bounce(
                         &s,
                         StanzaErrorCondition::ServiceUnavailable,
+                        "backend_detached",
                         &format!("the backend for {domain} detached"),
                     )
                     .await;

@@ -17,7 +17,7 @@
 //! The caller then authenticates (SASL EXTERNAL or dialback) on the [`Opened`] stream.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -26,6 +26,7 @@ use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::dial;
 use crate::dns::{Candidate, Plan, ResolveError, Target};
+use crate::metrics::Direction;
 use crate::policy::PeerSecurity;
 use crate::tls::{CertProblem, CertVerdict, PeerRole, TlsError, TlsInfo};
 use crate::xml::element::Element;
@@ -229,7 +230,14 @@ impl Walk {
         remote: &str,
         trace: &mut Trace,
     ) -> Result<Walk, ResolveError> {
-        match ctx.resolver.plan(remote).await {
+        let started = Instant::now();
+        let planned = ctx.resolver.plan(remote).await;
+        let metrics = &ctx.router.metrics;
+        match &planned {
+            Ok(_) => metrics.dns_lookup("ok", started.elapsed()),
+            Err(e) => metrics.dns_lookup(e.label(), started.elapsed()),
+        }
+        match planned {
             Ok(plan) => {
                 for answer in &plan.answers {
                     trace.ok(format!("DNS {answer}"));
@@ -276,7 +284,14 @@ async fn open_candidate(
     policy: &PeerSecurity,
     trace: &mut Trace,
 ) -> Result<Opened, ConnectError> {
-    let ips = match ctx.resolver.addresses(&candidate.host).await {
+    let metrics = &ctx.router.metrics;
+    let started = Instant::now();
+    let resolved = ctx.resolver.addresses(&candidate.host).await;
+    match &resolved {
+        Ok(_) => metrics.dns_lookup("ok", started.elapsed()),
+        Err(e) => metrics.dns_lookup(e.label(), started.elapsed()),
+    }
+    let ips = match resolved {
         Ok(ips) => ips,
         Err(e) => {
             trace.failed(format!("DNS {}: {e}", candidate.host));
@@ -296,7 +311,12 @@ async fn open_candidate(
             .join(", ")
     ));
     let hostport = format!("{}:{}", candidate.host, candidate.port);
-    let (tcp, addr) = match dial::happy_eyeballs(&addrs, ctx.settings.connect_timeout).await {
+    let started = Instant::now();
+    let dialed = dial::happy_eyeballs(&addrs, ctx.settings.connect_timeout).await;
+    metrics
+        .connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (tcp, addr) = match dialed {
         Ok(connected) => connected,
         Err(e) => {
             trace.failed(format!("TCP {hostport}: {e}"));
@@ -441,20 +461,15 @@ async fn handshake(
 ) -> Result<TlsInfo, Failed> {
     let io: BoxTransport = conn.take_transport();
     let metrics = &ctx.router.metrics;
+    let started = Instant::now();
     match ctx.tls.connect(io, local, remote, direct).await {
         Ok((io, info)) => {
-            metrics
-                .tls_handshakes
-                .with_label_values(&["outbound", "ok"])
-                .inc();
+            metrics.tls_handshake(Direction::Outbound, Some(info.version), started.elapsed());
             conn.restart_on(io);
             Ok(info)
         }
         Err(error) => {
-            metrics
-                .tls_handshakes
-                .with_label_values(&["outbound", "failed"])
-                .inc();
+            metrics.tls_handshake(Direction::Outbound, None, started.elapsed());
             Err(Failed {
                 error: ConnectError::Tls {
                     target: target.to_string(),

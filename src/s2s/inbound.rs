@@ -58,8 +58,9 @@ use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::dialback::new_stream_id;
 use crate::jid;
+use crate::metrics::{Direction, PeerSession, SessionGauge};
 use crate::policy::PeerSecurity;
-use crate::tls::{CertVerdict, PeerRole, TlsInfo};
+use crate::tls::{CertVerdict, PeerRole, Tls, TlsInfo};
 use crate::xml::error::{write_stanza_error, StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
@@ -113,37 +114,31 @@ pub async fn handle_direct_tls(
     ctx: Arc<S2sContext>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let started = Instant::now();
     let handshake = tokio::time::timeout(
         ctx.settings.negotiation_timeout,
         ctx.tls.accept(Box::new(tcp), None, true),
     )
     .await;
-    let handshakes = &ctx.router.metrics.tls_handshakes;
+    let metrics = &ctx.router.metrics;
+    let version = match &handshake {
+        Ok(Ok((_, info))) => Some(info.version),
+        _ => None,
+    };
+    metrics.tls_handshake(Direction::Inbound, version, started.elapsed());
     match handshake {
-        Ok(Ok((io, info))) => {
-            handshakes.with_label_values(&["inbound", "ok"]).inc();
-            serve(io, peer, ctx, Some(info)).await
-        }
-        Ok(Err(e)) => {
-            handshakes.with_label_values(&["inbound", "failed"]).inc();
-            tracing::debug!(%peer, "direct TLS: {e}");
-        }
-        Err(_) => {
-            handshakes.with_label_values(&["inbound", "failed"]).inc();
-            tracing::debug!(%peer, "direct TLS: no handshake in time");
-        }
+        Ok(Ok((io, info))) => serve(io, peer, ctx, Some(info)).await,
+        Ok(Err(e)) => tracing::debug!(%peer, "direct TLS: {e}"),
+        Err(_) => tracing::debug!(%peer, "direct TLS: no handshake in time"),
     }
 }
 
 async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Option<TlsInfo>) {
     let conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
-    let gauge = ctx
-        .router
-        .metrics
-        .s2s_sessions
-        .with_label_values(&["inbound"]);
-    gauge.inc();
     let mut session = Inbound {
+        gauge: ctx.router.metrics.session(Direction::Inbound),
+        peers: Vec::new(),
+        started: Instant::now(),
         ctx: ctx.clone(),
         conn,
         stream_id: new_stream_id(),
@@ -208,12 +203,17 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         }
         Err(None) => {}
     }
-    gauge.dec();
 }
 
 struct Inbound {
     ctx: Arc<S2sContext>,
     conn: Connection,
+    /// `fedgate_s2s_sessions`: negotiating until the first pair is authenticated.
+    gauge: SessionGauge,
+    /// Per-peer figures of each remote domain authenticated on this stream.
+    peers: Vec<PeerSession>,
+    /// When the connection was accepted, for `fedgate_s2s_auth_seconds`.
+    started: Instant,
     /// Our stream id: part of every dialback key for this stream.
     stream_id: String,
     /// (local, remote) pairs proved on this stream.
@@ -571,7 +571,7 @@ impl Inbound {
                 )))
             }
             Kind::Message | Kind::Presence | Kind::Iq => {
-                self.check_stanza(&stanza)?;
+                let peer = self.check_stanza(&stanza)?;
                 // The answer to one of our pings ends here, and a ping to our domain itself is
                 // answered here; each is handled all the same.
                 let router = &self.ctx.router;
@@ -583,6 +583,9 @@ impl Inbound {
                         .metrics
                         .s2s_in
                         .count(stanza.kind(), stanza.raw().len());
+                    if let Some(peer) = self.peers.get(peer) {
+                        peer.stanza();
+                    }
                     self.ctx.router.route(stanza).await;
                 }
                 if let Some(sm) = &mut self.sm {
@@ -632,15 +635,23 @@ impl Inbound {
         // Whatever the peer sent after <starttls/> is dropped here, unread.
         let io = self.conn.take_transport();
         let hint = self.local.clone();
+        let handshake_started = Instant::now();
         let handshake = tokio::time::timeout_at(
             self.negotiation_deadline,
             self.ctx.tls.accept(io, hint.as_deref(), false),
         )
         .await;
-        let handshakes = &self.ctx.router.metrics.tls_handshakes;
+        let version = match &handshake {
+            Ok(Ok((_, info))) => Some(info.version),
+            _ => None,
+        };
+        self.ctx.router.metrics.tls_handshake(
+            Direction::Inbound,
+            version,
+            handshake_started.elapsed(),
+        );
         match handshake {
             Ok(Ok((io, info))) => {
-                handshakes.with_label_values(&["inbound", "ok"]).inc();
                 self.conn.restart_on(io);
                 self.security.tls = Some(info);
                 // RFC 6120 §4.7.3: a new stream id for the new stream.
@@ -648,12 +659,10 @@ impl Inbound {
                 Ok(Flow::Restart)
             }
             Ok(Err(e)) => {
-                handshakes.with_label_values(&["inbound", "failed"]).inc();
                 tracing::debug!(peer = %self.conn.peer, "STARTTLS: {e}");
                 Err(None)
             }
             Err(_) => {
-                handshakes.with_label_values(&["inbound", "failed"]).inc();
                 tracing::debug!(peer = %self.conn.peer, "STARTTLS: no handshake in time");
                 Err(None)
             }
@@ -712,7 +721,7 @@ impl Inbound {
         self.conn
             .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.conn.flush().await.map_err(|_| None)?;
-        self.authenticate(local, remote, "SASL EXTERNAL");
+        self.authenticate(local, remote, "external");
         self.external_done = true;
         // A new stream: stream management starts afresh on it (XEP-0198 §3).
         self.end_sm();
@@ -838,10 +847,26 @@ impl Inbound {
         true
     }
 
-    /// Records an authenticated pair and raises the limits on the first one.
+    /// Records an authenticated pair and raises the limits on the first one. `method` is
+    /// `external` or `dialback`, as in metrics.
     fn authenticate(&mut self, local: String, remote: String, method: &str) {
+        let metrics = &self.ctx.router.metrics;
         if self.authenticated.is_empty() {
             self.conn.set_limits(self.ctx.settings.stanza_limits());
+            self.gauge.established(method);
+        }
+        metrics.authenticated(Direction::Inbound, method, self.started.elapsed());
+        if !self.peers.iter().any(|p| *p.entry().domain == *remote) {
+            let peer = metrics.peers.open(&remote, Direction::Inbound);
+            if let Some(expiry) = self
+                .security
+                .tls
+                .as_ref()
+                .and_then(Tls::peer_certificate_expiry)
+            {
+                peer.entry().certificate_expires(expiry);
+            }
+            self.peers.push(peer);
         }
         tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.security);
         if !self
@@ -853,8 +878,8 @@ impl Inbound {
         }
     }
 
-    /// Step 4's addressing rules.
-    fn check_stanza(&self, stanza: &Stanza) -> Result<(), Option<Refusal>> {
+    /// Step 4's addressing rules. Returns the index of the sender's domain in `peers`.
+    fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Option<Refusal>> {
         if self.authenticated.is_empty() {
             return Err(Some(refuse(
                 StreamErrorCondition::NotAuthorized,
@@ -889,7 +914,11 @@ impl Inbound {
                 format!("{from_domain} is not authenticated for {to_domain} on this stream"),
             )));
         }
-        Ok(())
+        Ok(self
+            .peers
+            .iter()
+            .position(|p| *p.entry().domain == *from_domain)
+            .unwrap_or(usize::MAX))
     }
 
     /// `<db:result>` from an initiating server: start verifying its key, or accept it at once

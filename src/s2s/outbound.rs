@@ -37,8 +37,10 @@ use super::trace::Trace;
 use super::{sm, PeerStreamError, S2sContext};
 use crate::connection::{Connection, Reader, Writer};
 use crate::dns::ResolveError;
+use crate::metrics::{Direction, PeerEntry};
 use crate::policy::PeerSecurity;
-use crate::router::{next_session_id, OutboundHandle, OutboundShared};
+use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
+use crate::tls::Tls;
 use crate::xml::element::Element;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
@@ -180,6 +182,7 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
         id: handle.id,
         local: local.to_string(),
         remote: remote.to_string(),
+        peer: ctx.router.metrics.peers.entry(remote),
         shared,
         ctx: ctx.clone(),
     };
@@ -191,6 +194,8 @@ struct Session {
     id: u64,
     local: String,
     remote: String,
+    /// The remote domain's per-peer figures.
+    peer: Arc<PeerEntry>,
     shared: Arc<OutboundShared>,
     ctx: Arc<S2sContext>,
 }
@@ -308,15 +313,15 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 impl Session {
-    async fn run(self, mut rx: mpsc::Receiver<Stanza>) {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
-        let gauge = metrics.s2s_sessions.with_label_values(&["outbound"]);
         let mut carry = Carry::new(metrics.outbound_unacked.clone());
         let mut failing_since: Option<Instant> = None;
         let mut delay = settings.retry_initial_delay;
         let failure = loop {
             let mut trace = Trace::new();
+            let mut gauge = metrics.session(Direction::Outbound);
             let attempt = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
                 r = self.connect(&mut trace) => r,
@@ -326,10 +331,12 @@ impl Session {
                 Ok(link) => link,
                 Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
                 Err(e) => {
+                    drop(gauge);
                     metrics
                         .outbound_attempts
                         .with_label_values(&[e.label()])
                         .inc();
+                    self.peer.attempt_failed();
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let wait = jittered(delay);
                     if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
@@ -351,11 +358,22 @@ impl Session {
                 .inc();
             tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
             let up = Instant::now();
-            gauge.inc();
+            gauge.established(link.method.as_str());
+            self.peer.attempt_succeeded();
+            if let Some(expiry) = link
+                .security
+                .tls
+                .as_ref()
+                .and_then(Tls::peer_certificate_expiry)
+            {
+                self.peer.certificate_expires(expiry);
+            }
+            let peer_session = metrics.peers.open(&self.remote, Direction::Outbound);
             self.shared.established.store(true, Ordering::Release);
             let ended = self.established(link, &mut rx, &mut carry).await;
             self.shared.established.store(false, Ordering::Release);
-            gauge.dec();
+            drop(peer_session);
+            drop(gauge);
             match ended {
                 Ended::Done => return,
                 Ended::Lost(why) => {
@@ -398,18 +416,19 @@ impl Session {
     async fn give_up(
         &self,
         failure: OutboundError,
-        mut rx: mpsc::Receiver<Stanza>,
+        mut rx: mpsc::Receiver<Queued>,
         mut carry: Carry,
     ) {
         if !matches!(failure, OutboundError::Shutdown) {
             tracing::warn!(local = %self.local, remote = %self.remote, "outbound s2s failed, bouncing queued stanzas: {failure}");
         }
         let condition = failure.condition();
+        let cause = failure.label();
         let text = failure.to_string();
         let router = &self.ctx.router;
         // The unacknowledged stanzas are the oldest: they go back first.
         for stanza in carry.take_unacked() {
-            router.bounce(&stanza, condition, &text).await;
+            router.bounce(&stanza, condition, cause, &text).await;
         }
         if !matches!(failure, OutboundError::Shutdown) {
             let until = Instant::now() + self.ctx.settings.failure_window;
@@ -418,9 +437,9 @@ impl Session {
                     _ = self.ctx.shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(until) => break,
                     next = rx.recv() => match next {
-                        Some(stanza) => {
+                        Some(Queued { stanza, .. }) => {
                             self.dequeued(&stanza);
-                            router.bounce(&stanza, condition, &text).await;
+                            router.bounce(&stanza, condition, cause, &text).await;
                         }
                         None => break,
                     },
@@ -430,9 +449,9 @@ impl Session {
         // Stop new stanzas first, then return every queued one.
         router.remove_outbound(&self.remote, self.id);
         rx.close();
-        while let Some(stanza) = rx.recv().await {
+        while let Some(Queued { stanza, .. }) = rx.recv().await {
             self.dequeued(&stanza);
-            router.bounce(&stanza, condition, &text).await;
+            router.bounce(&stanza, condition, cause, &text).await;
         }
     }
 
@@ -472,6 +491,7 @@ impl Session {
                     continue;
                 }
             };
+            let started = Instant::now();
             let authenticated = tokio::time::timeout(
                 settings.negotiation_timeout,
                 self.authenticate(&mut conn, &label, header, features, &security, &policy),
@@ -480,6 +500,11 @@ impl Session {
             match authenticated {
                 Ok(Ok((method, features))) => {
                     trace.ok(format!("authenticated by {}", method.as_str()));
+                    self.ctx.router.metrics.authenticated(
+                        Direction::Outbound,
+                        method.as_str(),
+                        started.elapsed(),
+                    );
                     conn.set_limits(settings.stanza_limits());
                     return Ok(Link {
                         conn,
@@ -690,7 +715,7 @@ impl Session {
     async fn established(
         &self,
         link: Link,
-        rx: &mut mpsc::Receiver<Stanza>,
+        rx: &mut mpsc::Receiver<Queued>,
         carry: &mut Carry,
     ) -> Ended {
         let Link {
@@ -707,6 +732,7 @@ impl Session {
             unconfirmed: 0,
             written: 0,
             check: None,
+            waited: metrics.outbound_queue_seconds.local(),
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
             match self.negotiate_sm(&mut reader, &mut writer, carry).await {
@@ -864,7 +890,7 @@ impl Session {
         pump: &mut Pump,
         reader: &mut Reader,
         mut writer: Writer,
-        rx: &mut mpsc::Receiver<Stanza>,
+        rx: &mut mpsc::Receiver<Queued>,
         carry: &mut Carry,
         label: &str,
     ) -> Ended {
@@ -1000,6 +1026,7 @@ impl Session {
                         writer.send(SM_REQUEST);
                         pump.requested = true;
                     }
+                    pump.waited.flush();
                     if let Err(e) = writer.flush().await {
                         return Ended::Lost(format!("write to {label} failed: {e}"));
                     }
@@ -1014,10 +1041,13 @@ impl Session {
         &self,
         pump: &mut Pump,
         writer: &mut Writer,
-        stanza: Stanza,
+        queued: Queued,
         carry: &mut Carry,
         target: &NsContext,
     ) {
+        let Queued { stanza, since } = queued;
+        pump.waited.observe(since.elapsed().as_secs_f64());
+        self.peer.stanza(Direction::Outbound);
         self.dequeued(&stanza);
         let bytes = stanza.bytes_for(target);
         self.ctx
@@ -1042,7 +1072,7 @@ impl Session {
         pump: &mut Pump,
         reader: &mut Reader,
         mut writer: Writer,
-        rx: &mut mpsc::Receiver<Stanza>,
+        rx: &mut mpsc::Receiver<Queued>,
         carry: &mut Carry,
         target: &NsContext,
         error: Option<StreamErrorCondition>,
@@ -1108,6 +1138,8 @@ struct Pump {
     /// Stanzas written on this link.
     written: u64,
     check: Option<Check>,
+    /// `fedgate_outbound_queue_seconds`, flushed once per batch.
+    waited: prometheus::local::LocalHistogram,
 }
 
 fn verdict_label(verdict: &str) -> &'static str {

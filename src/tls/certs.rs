@@ -185,6 +185,17 @@ impl CertState {
         })
     }
 
+    /// Every configured domain (`*.parent` for wildcards) with its certificate's expiry, in
+    /// Unix seconds.
+    pub(crate) fn expiries(&self) -> Vec<(String, i64)> {
+        let exact = self.exact.iter().map(|(d, i)| (d.clone(), *i));
+        let wildcard = self.wildcard.iter().map(|(p, i)| (format!("*.{p}"), *i));
+        exact
+            .chain(wildcard)
+            .filter_map(|(d, i)| Some((d, self.certs.get(i)?.not_after)))
+            .collect()
+    }
+
     /// Whether any certificate is loaded, so that a TLS handshake can be served at all.
     pub(crate) fn has_any(&self) -> bool {
         !self.certs.is_empty()

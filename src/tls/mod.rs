@@ -185,6 +185,18 @@ impl Tls {
         Ok((Box::new(stream), info))
     }
 
+    /// Each configured domain with the expiry (Unix seconds) of our certificate for it.
+    pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
+        self.current().expiries()
+    }
+
+    /// The expiry (Unix seconds) of the leaf certificate a peer presented, if it parses.
+    pub fn peer_certificate_expiry(info: &TlsInfo) -> Option<i64> {
+        let leaf = info.peer_chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Whether we can serve a TLS handshake at all (at least one certificate is loaded);
     /// without one, STARTTLS is not offered.
     pub fn can_accept(&self) -> bool {

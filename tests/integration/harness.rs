@@ -710,14 +710,35 @@ pub async fn authenticated_s2s(addr: SocketAddr, authority: &Instance, to: &str)
     s
 }
 
-/// The value of one sample in a Prometheus text exposition, e.g.
-/// `metric(&text, "fedgate_bounces_total{condition=\"remote-server-timeout\"}")`; 0 if absent.
+/// The sum of the samples in a Prometheus text exposition that have the given name and at
+/// least the given labels, e.g.
+/// `metric(&text, "fedgate_bounces_total{condition=\"remote-server-timeout\"}")` sums over
+/// every `cause`; 0 if there is none.
 #[allow(dead_code)]
 pub fn metric(exposition: &str, sample: &str) -> f64 {
+    let (name, labels) = split_sample(sample);
     exposition
         .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, have) = split_sample(series);
+            (n == name && labels.iter().all(|want| have.contains(want)))
+                .then(|| value.trim().parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+/// `name{a="x",b="y"}` → (`name`, [`a="x"`, `b="y"`]).
+fn split_sample(sample: &str) -> (&str, Vec<&str>) {
+    match sample.split_once('{') {
+        Some((name, rest)) => {
+            let inner = rest.trim_end_matches('}');
+            let labels = inner.split(',').filter(|l| !l.is_empty()).collect();
+            (name, labels)
+        }
+        None => (sample, Vec::new()),
+    }
 }
 
 /// Payload bytes of a stanza, for byte-exact comparisons.

@@ -371,7 +371,12 @@ async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
         1.0,
     )
     .await;
-    wait_for_metric_below(&a, "fedgate_s2s_sessions{direction=\"outbound\"}", 0.0).await;
+    wait_for_metric_below(
+        &a,
+        "fedgate_s2s_sessions{direction=\"outbound\",state=\"established\"}",
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -449,7 +454,12 @@ async fn without_stream_management_an_answered_ping_confirms_what_was_written_be
     )
     .await;
     proxy.cut();
-    wait_for_metric_below(&a, "fedgate_s2s_sessions{direction=\"outbound\"}", 0.0).await;
+    wait_for_metric_below(
+        &a,
+        "fedgate_s2s_sessions{direction=\"outbound\",state=\"established\"}",
+        0.0,
+    )
+    .await;
     let m = a.metrics().await;
     assert_eq!(
         metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}"),

@@ -1,0 +1,609 @@
+//! Prometheus metrics: one [`Metrics`] struct, registered once, names and help texts here.
+//!
+//! Labels are small closed sets (direction, kind, condition, result), never JIDs; the one
+//! exception, `peer`, is bounded by [`peers`]. Handles used per stanza are resolved at
+//! registration or once per session, so the hot path is one atomic increment.
+//!
+//! - [`peers`]: per-peer figures with a bounded `peer` label.
+//! - [`http`]: the `/metrics`, `/healthz` and `/readyz` endpoint.
+
+pub mod http;
+pub mod peers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+pub use peers::{PeerEntry, PeerSession, Peers};
+
+use crate::xml::stanza::Kind;
+
+/// Which way a stanza or session goes, seen from fedgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a remote server into fedgate.
+    Inbound,
+    /// From fedgate to a remote server.
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Latency buckets (seconds) for network steps: DNS, TCP, TLS, authentication.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets (seconds) for time in the outbound queue: microseconds while a link is up, up to
+/// the retry window while it connects.
+const QUEUE_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0,
+];
+
+/// Per-kind stanza counters of one link and direction, resolved once.
+#[derive(Clone)]
+pub struct StanzaCounters {
+    message: (IntCounter, IntCounter),
+    presence: (IntCounter, IntCounter),
+    iq: (IntCounter, IntCounter),
+}
+
+impl StanzaCounters {
+    /// Counts one stanza of `kind` and `len` bytes.
+    #[inline]
+    pub fn count(&self, kind: Kind, len: usize) {
+        let (stanzas, bytes) = match kind {
+            Kind::Message => &self.message,
+            Kind::Presence => &self.presence,
+            Kind::Iq => &self.iq,
+            _ => return,
+        };
+        stanzas.inc();
+        bytes.inc_by(len as u64);
+    }
+}
+
+/// XEP-0198 events of one direction, resolved once.
+#[derive(Clone)]
+pub struct SmCounters {
+    /// `<enabled/>` sent (inbound) or received (outbound).
+    pub enabled: IntCounter,
+    /// A stream resumed.
+    pub resumed: IntCounter,
+    /// A `<resume/>` answered (or answered us) with `<failed/>`.
+    pub resume_failed: IntCounter,
+    /// `<a/>` sent (inbound) or received (outbound).
+    pub acked: IntCounter,
+    /// A dropped stream's counters kept for resumption.
+    pub kept: IntCounter,
+}
+
+/// One s2s session in `fedgate_s2s_sessions{direction, state, auth}` for as long as it lives:
+/// `negotiating` with `auth="none"` until [`SessionGauge::established`].
+pub struct SessionGauge {
+    family: IntGaugeVec,
+    current: IntGauge,
+    direction: Direction,
+}
+
+impl SessionGauge {
+    /// The session authenticated with `method` (`external` or `dialback`).
+    pub fn established(&mut self, method: &str) {
+        self.current.dec();
+        self.current =
+            self.family
+                .with_label_values(&[self.direction.as_str(), "established", method]);
+        self.current.inc();
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.current.dec();
+    }
+}
+
+/// A backend's figures, resolved once per attachment.
+pub struct BackendGauge {
+    attached: IntGauge,
+    /// Stanzas from the backend.
+    pub stanzas_in: IntCounter,
+    /// Stanzas to the backend.
+    pub stanzas_out: IntCounter,
+}
+
+impl Drop for BackendGauge {
+    fn drop(&mut self) {
+        self.attached.dec();
+    }
+}
+
+/// Every metric fedgate exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `fedgate_s2s_sessions{direction, state, auth}`; see [`Metrics::session`].
+    pub s2s_sessions: IntGaugeVec,
+    /// Attached XEP-0114 backend sessions.
+    pub component_sessions: IntGauge,
+    /// `fedgate_component_attached{backend}`: 1 while the backend is attached; every
+    /// configured backend has a series from the start, so a detached one shows 0.
+    pub component_attached: IntGaugeVec,
+    /// `fedgate_component_attaches_total{backend}`: attachments; more than one means the
+    /// backend reconnected.
+    pub component_attaches: IntCounterVec,
+    /// `fedgate_component_stanzas_total{backend, direction}`.
+    pub component_stanzas: IntCounterVec,
+    /// Stanzas relayed over s2s, inbound (from remote servers).
+    pub s2s_in: StanzaCounters,
+    /// Stanzas relayed over s2s, outbound (to remote servers).
+    pub s2s_out: StanzaCounters,
+    /// Stanzas received from backends.
+    pub component_in: StanzaCounters,
+    /// Stanzas delivered to backends.
+    pub component_out: StanzaCounters,
+    /// `fedgate_bounces_total{condition, cause}`: error stanzas generated for undeliverable
+    /// stanzas; `cause` is one of a closed set (see `router::Router::bounce`).
+    pub bounces: IntCounterVec,
+    /// Stanzas that could not be delivered nor bounced (errors are never bounced), by reason.
+    pub dropped: IntCounterVec,
+    /// Stream errors by direction (sent, received) and condition.
+    pub stream_errors: IntCounterVec,
+    /// Dialback outcomes by role (`result` as receiving server, `verify` as authoritative
+    /// server, `outbound` as originating server) and result.
+    pub dialback: IntCounterVec,
+    /// Outbound connection attempts by result (`established`, `dns`, `connect`, `tls`,
+    /// `stream`, `auth`).
+    pub outbound_attempts: IntCounterVec,
+    /// `fedgate_outbound_stanzas_total{event}`: stanzas `resent` after a link dropped (XEP-0198)
+    /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
+    /// (they may or may not have arrived).
+    pub outbound_stanzas: IntCounterVec,
+    /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`.
+    pub outbound_events: IntCounterVec,
+    /// `fedgate_outbound_unacked`: stanzas written to remote servers and not yet acknowledged
+    /// (XEP-0198), over all sessions.
+    pub outbound_unacked: IntGauge,
+    /// `fedgate_outbound_queue_stanzas`: stanzas waiting in outbound queues, over all sessions.
+    pub outbound_queued: IntGauge,
+    /// `fedgate_outbound_queue_seconds`: how long stanzas waited in an outbound queue before
+    /// they were written.
+    pub outbound_queue_seconds: Histogram,
+    /// `fedgate_tls_handshakes_total{direction, result, version}`: result `ok` or `failed`,
+    /// version `TLSv1.3`, `TLSv1.2` (or `none` for a failure).
+    pub tls_handshakes: IntCounterVec,
+    /// `fedgate_tls_handshake_seconds{direction}`.
+    pub tls_handshake_seconds: HistogramVec,
+    /// `fedgate_s2s_auth_total{direction, method, result}`: method `external` or `dialback`,
+    /// result `success` or `failure`.
+    pub s2s_auth: IntCounterVec,
+    /// `fedgate_s2s_auth_seconds{direction, method}`: from the stream's start (after TLS) to
+    /// authentication, dialback round trips included.
+    pub s2s_auth_seconds: HistogramVec,
+    /// `fedgate_s2s_connect_seconds`: TCP connection set-up to a remote server, all of a
+    /// host's addresses raced (happy eyeballs).
+    pub connect_seconds: Histogram,
+    /// `fedgate_dns_lookups_total{result}`: `ok`, `not_found` (no record, NXDOMAIN, `.`),
+    /// `error` (the resolver failed or timed out).
+    pub dns_lookups: IntCounterVec,
+    /// `fedgate_dns_lookup_seconds`.
+    pub dns_seconds: Histogram,
+    /// `fedgate_certificate_verdicts_total{direction, verdict}`: peers' certificates checked
+    /// after the handshake, `valid` or why not (`self_signed`, `name_mismatch`, ...).
+    pub certificate_verdicts: IntCounterVec,
+    /// `fedgate_certificate_expiry_timestamp_seconds{domain}`: when our own certificate for
+    /// each configured domain expires.
+    pub certificate_expiry: GaugeVec,
+    /// `fedgate_s2s_sm_total{direction, event}`: XEP-0198 stream management on s2s, event
+    /// `enabled`, `resumed`, `resume_failed`, `acked` or `kept`.
+    pub s2s_sm: IntCounterVec,
+    /// The inbound half of `s2s_sm`, resolved.
+    pub sm_in: SmCounters,
+    /// The outbound half of `s2s_sm`, resolved (`kept` stays 0: only receivers keep state).
+    pub sm_out: SmCounters,
+    /// `fedgate_ready`: 1 when `/readyz` would answer 200.
+    pub ready: IntGauge,
+    /// Per-peer figures with a bounded label set.
+    pub peers: Arc<Peers>,
+}
+
+/// Builds a family and registers it; names are unique by construction.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    registered(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("valid metric"),
+    )
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    registered(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("valid metric"),
+    )
+}
+
+impl Metrics {
+    /// Creates every metric in a new registry, with no named peers and 20 dynamic peer labels.
+    pub fn register() -> Metrics {
+        Metrics::register_with(Vec::new(), 20)
+    }
+
+    /// Creates every metric in a new registry; `named_peers` always get their own `peer`
+    /// label, and up to `top_peers` others by traffic (see [`peers`]).
+    pub fn register_with(named_peers: Vec<String>, top_peers: usize) -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let s2s_sessions = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "fedgate_s2s_sessions",
+                    "Live s2s sessions by direction, state (negotiating, established) and authentication method",
+                ),
+                &["direction", "state", "auth"],
+            )
+            .expect("valid metric"),
+        );
+        let component_sessions = gauge(
+            r,
+            "fedgate_component_sessions",
+            "Attached XEP-0114 backend sessions",
+        );
+        let component_attached = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "fedgate_component_attached",
+                    "1 while the configured backend is attached over XEP-0114",
+                ),
+                &["backend"],
+            )
+            .expect("valid metric"),
+        );
+        let component_attaches = counter_vec(
+            r,
+            "fedgate_component_attaches_total",
+            "Backend attachments (more than one: the backend reconnected)",
+            &["backend"],
+        );
+        let component_stanzas = counter_vec(
+            r,
+            "fedgate_component_stanzas_total",
+            "Stanzas exchanged with each backend, by direction (inbound = from the backend)",
+            &["backend", "direction"],
+        );
+        let stanzas = counter_vec(
+            r,
+            "fedgate_stanzas_total",
+            "Stanzas relayed, by link and kind",
+            &["link", "direction", "kind"],
+        );
+        let bytes = counter_vec(
+            r,
+            "fedgate_stanza_bytes_total",
+            "Stanza bytes relayed, by link and kind",
+            &["link", "direction", "kind"],
+        );
+        let bounces = counter_vec(
+            r,
+            "fedgate_bounces_total",
+            "Error stanzas returned to senders, by condition and cause",
+            &["condition", "cause"],
+        );
+        let dropped = counter_vec(
+            r,
+            "fedgate_stanzas_dropped_total",
+            "Stanzas neither delivered nor bounced (error stanzas are never bounced)",
+            &["reason"],
+        );
+        let stream_errors = counter_vec(
+            r,
+            "fedgate_stream_errors_total",
+            "Stream errors sent and received",
+            &["direction", "condition"],
+        );
+        let dialback = counter_vec(
+            r,
+            "fedgate_dialback_total",
+            "Server Dialback outcomes",
+            &["role", "result"],
+        );
+        let outbound_attempts = counter_vec(
+            r,
+            "fedgate_outbound_attempts_total",
+            "Outbound s2s connection attempts by result",
+            &["result"],
+        );
+        let outbound_stanzas = counter_vec(
+            r,
+            "fedgate_outbound_stanzas_total",
+            "Outbound stanzas resent after a dropped link (XEP-0198), or unconfirmed when a link without it dropped",
+            &["event"],
+        );
+        let outbound_events = counter_vec(
+            r,
+            "fedgate_outbound_events_total",
+            "Outbound link events: retries, pings",
+            &["event"],
+        );
+        let outbound_unacked = gauge(
+            r,
+            "fedgate_outbound_unacked",
+            "Stanzas written to remote servers and not yet acknowledged (XEP-0198)",
+        );
+        let outbound_queued = gauge(
+            r,
+            "fedgate_outbound_queue_stanzas",
+            "Stanzas waiting in outbound queues",
+        );
+        let outbound_queue_seconds = histogram(
+            r,
+            "fedgate_outbound_queue_seconds",
+            "Time stanzas waited in an outbound queue before they were written",
+            QUEUE_BUCKETS,
+        );
+        let tls_handshakes = counter_vec(
+            r,
+            "fedgate_tls_handshakes_total",
+            "TLS handshakes on s2s streams, by direction, result and TLS version",
+            &["direction", "result", "version"],
+        );
+        let tls_handshake_seconds = histogram_vec(
+            r,
+            "fedgate_tls_handshake_seconds",
+            "TLS handshake duration on s2s streams",
+            &["direction"],
+            LATENCY_BUCKETS,
+        );
+        let s2s_auth = counter_vec(
+            r,
+            "fedgate_s2s_auth_total",
+            "s2s authentications (SASL EXTERNAL or dialback), by direction, method and result",
+            &["direction", "method", "result"],
+        );
+        let s2s_auth_seconds = histogram_vec(
+            r,
+            "fedgate_s2s_auth_seconds",
+            "Time from the stream's start to its authentication (dialback round trips included)",
+            &["direction", "method"],
+            LATENCY_BUCKETS,
+        );
+        let connect_seconds = histogram(
+            r,
+            "fedgate_s2s_connect_seconds",
+            "TCP connection set-up to remote servers",
+            LATENCY_BUCKETS,
+        );
+        let dns_lookups = counter_vec(
+            r,
+            "fedgate_dns_lookups_total",
+            "DNS lookups for remote servers (SRV and A/AAAA), by result",
+            &["result"],
+        );
+        let dns_seconds = histogram(
+            r,
+            "fedgate_dns_lookup_seconds",
+            "DNS lookup duration for remote servers (cache hits included)",
+            LATENCY_BUCKETS,
+        );
+        let certificate_verdicts = counter_vec(
+            r,
+            "fedgate_certificate_verdicts_total",
+            "Peer certificates checked after TLS handshakes, by verdict",
+            &["direction", "verdict"],
+        );
+        let certificate_expiry = registered(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "fedgate_certificate_expiry_timestamp_seconds",
+                    "Unix time our certificate for each local domain expires",
+                ),
+                &["domain"],
+            )
+            .expect("valid metric"),
+        );
+        let s2s_sm = counter_vec(
+            r,
+            "fedgate_s2s_sm_total",
+            "XEP-0198 stream management on s2s, by direction and event",
+            &["direction", "event"],
+        );
+        let ready = gauge(
+            r,
+            "fedgate_ready",
+            "1 when fedgate is ready: listeners bound and every configured backend attached",
+        );
+        let build = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new("fedgate_build_info", "fedgate's version; always 1"),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
+        let mut peers = Peers::register(r);
+        peers.configure(named_peers, top_peers);
+
+        let counters = |link: &str, direction: &str| {
+            let pair = |kind: &str| {
+                (
+                    stanzas.with_label_values(&[link, direction, kind]),
+                    bytes.with_label_values(&[link, direction, kind]),
+                )
+            };
+            StanzaCounters {
+                message: pair("message"),
+                presence: pair("presence"),
+                iq: pair("iq"),
+            }
+        };
+        let sm = |direction: &str| SmCounters {
+            enabled: s2s_sm.with_label_values(&[direction, "enabled"]),
+            resumed: s2s_sm.with_label_values(&[direction, "resumed"]),
+            resume_failed: s2s_sm.with_label_values(&[direction, "resume_failed"]),
+            acked: s2s_sm.with_label_values(&[direction, "acked"]),
+            kept: s2s_sm.with_label_values(&[direction, "kept"]),
+        };
+        Metrics {
+            sm_in: sm("inbound"),
+            sm_out: sm("outbound"),
+            s2s_sm,
+            s2s_in: counters("s2s", "inbound"),
+            s2s_out: counters("s2s", "outbound"),
+            component_in: counters("component", "inbound"),
+            component_out: counters("component", "outbound"),
+            registry,
+            s2s_sessions,
+            component_sessions,
+            component_attached,
+            component_attaches,
+            component_stanzas,
+            bounces,
+            dropped,
+            stream_errors,
+            dialback,
+            outbound_attempts,
+            outbound_stanzas,
+            outbound_events,
+            outbound_unacked,
+            outbound_queued,
+            outbound_queue_seconds,
+            tls_handshakes,
+            tls_handshake_seconds,
+            s2s_auth,
+            s2s_auth_seconds,
+            connect_seconds,
+            dns_lookups,
+            dns_seconds,
+            certificate_verdicts,
+            certificate_expiry,
+            ready,
+            peers: Arc::new(peers),
+        }
+    }
+
+    /// Counts a new s2s session as `negotiating` until it is established.
+    pub fn session(&self, direction: Direction) -> SessionGauge {
+        let current =
+            self.s2s_sessions
+                .with_label_values(&[direction.as_str(), "negotiating", "none"]);
+        current.inc();
+        SessionGauge {
+            family: self.s2s_sessions.clone(),
+            current,
+            direction,
+        }
+    }
+
+    /// A finished (or failed) TLS handshake: `version` is `None` when it failed.
+    pub fn tls_handshake(&self, direction: Direction, version: Option<&str>, took: Duration) {
+        let (result, version) = match version {
+            Some(v) => ("ok", v),
+            None => ("failed", "none"),
+        };
+        self.tls_handshakes
+            .with_label_values(&[direction.as_str(), result, version])
+            .inc();
+        self.tls_handshake_seconds
+            .with_label_values(&[direction.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// An s2s authentication that succeeded with `method` after `took`.
+    pub fn authenticated(&self, direction: Direction, method: &str, took: Duration) {
+        self.s2s_auth_seconds
+            .with_label_values(&[direction.as_str(), method])
+            .observe(took.as_secs_f64());
+    }
+
+    /// A DNS lookup with its result label (`ok`, `not_found`, `error`).
+    pub fn dns_lookup(&self, result: &str, took: Duration) {
+        self.dns_lookups.with_label_values(&[result]).inc();
+        self.dns_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Gives every configured backend a series at 0, so that one that never attached shows.
+    pub fn expect_backends<'a>(&self, backends: impl IntoIterator<Item = &'a str>) {
+        for backend in backends {
+            self.component_attached.with_label_values(&[backend]).set(0);
+            self.component_attaches.with_label_values(&[backend]);
+            for direction in ["inbound", "outbound"] {
+                self.component_stanzas
+                    .with_label_values(&[backend, direction]);
+            }
+        }
+    }
+
+    /// Counts `backend` as attached while the returned guard lives.
+    pub fn backend_attached(&self, backend: &str) -> BackendGauge {
+        let attached = self.component_attached.with_label_values(&[backend]);
+        attached.inc();
+        self.component_attaches.with_label_values(&[backend]).inc();
+        BackendGauge {
+            attached,
+            stanzas_in: self
+                .component_stanzas
+                .with_label_values(&[backend, "inbound"]),
+            stanzas_out: self
+                .component_stanzas
+                .with_label_values(&[backend, "outbound"]),
+        }
+    }
+
+    /// The text exposition of every metric, per-peer figures brought up to date first.
+    pub fn encode(&self) -> String {
+        self.peers.sync();
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        let _ = encoder.encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
