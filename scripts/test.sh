@@ -15,6 +15,33 @@ if ! cargo fmt --version >/dev/null 2>&1; then
     rustup component add rustfmt
 fi
 
+# Installs Debian packages without starting their services (tests start what they need as
+# ordinary processes, on loopback): a policy-rc.d that refuses every start, for the install only.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    echo "== installing $* (Debian packages)"
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        created=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $sudo apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "$@"; then
+        $sudo apt-get -o DPkg::Lock::Timeout=300 update
+        $sudo apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "$@"
+    fi
+    if [ -n "$created" ]; then $sudo rm -f "$policy"; fi
+}
+
+echo "== test dependencies"
+# Debian's Prometheus: the metrics tests run it against a live fedgate to evaluate every
+# dashboard expression and alert rule, and check the rules with promtool.
+if ! need prometheus || ! need promtool; then
+    apt_install prometheus
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 

@@ -27,6 +27,8 @@ pub struct CertSpec {
     pub unknown_ca: bool,
     /// Expired last year.
     pub expired: bool,
+    /// Expires this many days from now (instead of the default years ahead).
+    pub expires_in_days: Option<i64>,
     /// Extended key usages; empty = serverAuth only.
     pub eku: Vec<ExtendedKeyUsagePurpose>,
 }
@@ -107,6 +109,9 @@ impl TestCa {
         if spec.expired {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2021, 1, 1);
+        }
+        if let Some(days) = spec.expires_in_days {
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
         }
         let cert = if spec.self_signed {
             params.self_signed(&key).unwrap()

@@ -71,6 +71,8 @@ pub struct InstanceBuilder<'a> {
     routes: String,
     /// The port of the s2s listener (STARTTLS); 5269 unless a test publishes another by SRV.
     s2s_port: u16,
+    /// Extra lines for `[metrics]`.
+    metrics: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -89,10 +91,19 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         peers: String::new(),
         routes: String::new(),
         s2s_port: 5269,
+        metrics: String::new(),
     }
 }
 
 impl InstanceBuilder<'_> {
+    /// Adds lines to `[metrics]`.
+    #[allow(dead_code)]
+    pub fn metrics(mut self, lines: &str) -> Self {
+        self.metrics.push_str(lines);
+        self.metrics.push('\n');
+        self
+    }
+
     /// Uses this dialback secret instead of a generated one.
     pub fn dialback_secret(mut self, secret: &str) -> Self {
         self.dialback_secret = Some(secret.to_string());
@@ -250,7 +261,9 @@ secret = "{component_secret}"
 
 [metrics]
 listen = "127.0.0.1:0"
+{metrics}
 "#,
+            metrics = self.metrics,
             dns = self.dns.addr,
             s2s_port = self.s2s_port,
             federation = self.federation,
@@ -460,6 +473,8 @@ impl RawStream {
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.tcp.write_all(bytes).await.expect("write");
+        // Over TLS, what the socket did not take at once waits in the TLS layer until a flush.
+        self.tcp.flush().await.expect("flush");
     }
 
     /// The next event, or panics after [`WAIT`].

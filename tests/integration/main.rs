@@ -10,6 +10,7 @@ mod binary;
 mod component;
 mod dns;
 mod federation;
+mod metrics;
 mod outbound;
 mod s2s;
 mod sm;
