@@ -9,7 +9,8 @@
 //! 3. At each scrape, [`Peers::sync`] copies what changed into the exported families. A domain
 //!    gets its own `peer` label if it is named in config (always) or holds one of the `top`
 //!    dynamic slots; everything else goes to `peer="other"`.
-//! 4. Dynamic slots go to the busiest unlabelled peers (traffic since the last ranking). A
+//! 4. Dynamic slots go to the busiest unlabelled peers (stanzas and failed connection attempts
+//!    since the last ranking). A
 //!    labelled peer gives its slot up when it goes idle, or when an unlabelled one carries more
 //!    than twice its traffic (hysteresis, so labels do not flap). Ranking runs at most once a
 //!    minute.
@@ -33,8 +34,9 @@ pub const OTHER: &str = "other";
 /// How often dynamic slots are re-ranked.
 const RANK_EVERY: Duration = Duration::from_secs(60);
 
-/// A peer without sessions, queue or traffic for this long leaves the table (and its label).
-const IDLE_AFTER: Duration = Duration::from_secs(600);
+/// A peer without sessions, queue, traffic or attempts for this long leaves the table (and its
+/// label). Long enough that an unreachable peer stays visible well past alerting on it.
+const IDLE_AFTER: Duration = Duration::from_secs(3600);
 
 /// What fedgate knows of one remote domain; updated by sessions, read at scrapes and by the
 /// per-peer view.
@@ -446,7 +448,8 @@ impl Peers {
             seen.stanzas_out = snap.stanzas_out;
             seen.bounces = snap.bounces;
             seen.failures = snap.failures;
-            seen.window += d_in + d_out;
+            // Traffic and failed attempts both make a peer worth its own label.
+            seen.window += d_in + d_out + d_failures;
             if d_in + d_out + d_bounces + d_failures > 0
                 || snap.sessions_in + snap.sessions_out > 0
                 || snap.queued > 0
@@ -540,7 +543,11 @@ impl Peers {
                 !state.dynamic.contains(*d)
                     && !self.named.contains(&***d)
                     && **d != self.overflow.domain
-                    && (s.window > 0 || self.entries.get(&***d).is_some_and(|e| e.sessions() > 0))
+                    && (s.window > 0
+                        || self
+                            .entries
+                            .get(&***d)
+                            .is_some_and(|e| e.sessions() > 0 || e.queued.load(Relaxed) > 0))
             })
             .map(|(d, s)| (s.window, d.clone()))
             .collect();
@@ -737,6 +744,17 @@ mod tests {
         peers.sync();
         assert_eq!(gauge(&registry), 0.0);
         assert!(peers.existing("p.example").unwrap().snapshot().last_contact > 0);
+    }
+
+    #[test]
+    fn an_unreachable_peer_gets_a_label_for_its_failed_attempts() {
+        let (registry, peers) = peers(&[], 2);
+        peers.entry("down.example").attempt_failed();
+        peers.entry("quiet.example");
+        peers.sync();
+        let seen = labels(&registry, "fedgate_peer_up");
+        assert!(seen.contains("down.example"), "{seen:?}");
+        assert!(!labels(&registry, "fedgate_peer_stanzas_total").contains("quiet.example"));
     }
 
     #[test]
