@@ -854,8 +854,9 @@ impl Inbound {
         if self.authenticated.is_empty() {
             self.conn.set_limits(self.ctx.settings.stanza_limits());
             self.gauge.established(method);
+            // The stream's own authentication; later pairs piggyback on a stream of any age.
+            metrics.authenticated(Direction::Inbound, method, self.started.elapsed());
         }
-        metrics.authenticated(Direction::Inbound, method, self.started.elapsed());
         if !self.peers.iter().any(|p| *p.entry().domain == *remote) {
             let peer = metrics.peers.open(&remote, Direction::Inbound);
             if let Some(expiry) = self
