@@ -161,7 +161,7 @@ fn metrics(c: &mut Criterion) {
     use fedgate::xml::stanza::Kind;
     let metrics = Metrics::register();
     let peer = metrics.peers.open("peer.example", Direction::Outbound);
-    let mut waited = metrics.outbound_queue_seconds.local();
+    let waited = metrics.outbound_queue_seconds.local();
     let mut group = c.benchmark_group("metrics");
     group.throughput(Throughput::Elements(64));
     group.bench_function("per_stanza_outbound_x64", |b| {
