@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::component::{self, ComponentContext};
+use crate::component::{self, ComponentContext, LocalLink};
 use crate::config::{Config, ConfigError};
 use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
@@ -62,6 +62,8 @@ pub struct RunningGateway {
     pub component_addr: SocketAddr,
     /// The metrics listener, as bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Attaches backends in this process (the embedded core) over in-memory pipes.
+    component_link: LocalLink,
     pub router: Arc<Router>,
     /// What every s2s session shares: for diagnostics (the latest attempts per peer).
     pub s2s: Arc<S2sContext>,
@@ -187,6 +189,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         queue_len: config.s2s.queue_max_stanzas,
         shutdown: component_shutdown.clone(),
     });
+    let component_link = LocalLink::new(component_ctx.clone(), component_tracker.clone());
     let component_addr = component_listener
         .local_addr()
         .unwrap_or(config.component.listen);
@@ -201,7 +204,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             move |tcp, peer, _permit| {
                 let ctx = ctx.clone();
                 async move {
-                    component::handle(tcp, peer, ctx).await;
+                    component::handle(Box::new(tcp), peer, ctx).await;
                     drop(_permit);
                 }
             },
@@ -221,6 +224,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         tls,
         component_addr,
         metrics_addr,
+        component_link,
         router,
         s2s: s2s_ctx,
         s2s_shutdown,
@@ -237,6 +241,12 @@ impl RunningGateway {
     /// keep theirs. On error the old files stay in use and the error says which file is wrong.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         self.tls.reload()
+    }
+
+    /// A link for backends in this process: `Target::Local(gateway.component_link())` attaches
+    /// a [`component::client`] through the same XEP-0114 session code as the TCP listener.
+    pub fn component_link(&self) -> LocalLink {
+        self.component_link.clone()
     }
 
     /// The steps of the latest attempt to reach `remote`, if there was one.

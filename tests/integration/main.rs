@@ -8,6 +8,7 @@ mod proxy;
 
 mod binary;
 mod component;
+mod component_client;
 mod dns;
 mod federation;
 mod outbound;
