@@ -7,6 +7,10 @@
 //! 2. backends: each component session writes what is queued for it, then `<system-shutdown/>`;
 //! 3. metrics last, so the shutdown itself can be watched.
 //!
+//! With a `[core]` section the c2s core runs in this process, attached over an in-process
+//! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
+//! goes out.
+//!
 //! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
 
 use std::net::SocketAddr;
@@ -48,6 +52,8 @@ pub enum GatewayError {
     Resolver(#[from] ResolveError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("core: {0}")]
+    Core(#[from] crate::core::CoreError),
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
@@ -67,6 +73,8 @@ pub struct RunningGateway {
     pub router: Arc<Router>,
     /// What every s2s session shares: for diagnostics (the latest attempts per peer).
     pub s2s: Arc<S2sContext>,
+    /// The embedded c2s core (`[core]`), if configured.
+    pub core: Option<crate::core::RunningCore>,
     s2s_shutdown: CancellationToken,
     s2s_tracker: TaskTracker,
     component_shutdown: CancellationToken,
@@ -172,7 +180,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 
     let component_shutdown = CancellationToken::new();
     let component_tracker = TaskTracker::new();
-    let secrets = config
+    let secrets: std::collections::HashMap<String, String> = config
         .component
         .backend
         .iter()
@@ -181,7 +189,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let stanza_limits = settings.stanza_limits();
     let component_ctx = Arc::new(ComponentContext {
         router: router.clone(),
-        secrets,
+        secrets: secrets.clone(),
         replace_on_conflict: config.component.replace_on_conflict,
         negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
@@ -211,6 +219,19 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         ));
     }
 
+    let core = match &config.core {
+        Some(core_config) => {
+            let neighbours = config.local_domains().map(str::to_owned).collect();
+            let link = crate::core::GatewayLink {
+                target: component::client::Target::Local(component_link.clone()),
+                secrets,
+                neighbours,
+            };
+            Some(crate::core::start(core_config, tls.clone(), link).await?)
+        }
+        None => None,
+    };
+
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;
     let metrics_task = metrics_listener.map(|l| {
@@ -227,6 +248,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         component_link,
         router,
         s2s: s2s_ctx,
+        core,
         s2s_shutdown,
         s2s_tracker,
         component_shutdown,
@@ -256,6 +278,9 @@ impl RunningGateway {
 
     /// Stops in the phases described in the module docs, each bounded by `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(core) = self.core {
+            core.shutdown(grace).await;
+        }
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();
         if tokio::time::timeout(grace, self.s2s_tracker.wait())

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod connection;
+pub mod core;
 pub mod dial;
 pub mod dialback;
 pub mod dns;
