@@ -329,15 +329,17 @@ async fn expect_auth(
         };
         match result {
             Ok((auth, additional)) => {
-                let data = if additional.is_empty() {
-                    String::new()
+                if additional.is_empty() {
+                    conn.send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
                 } else {
-                    B64.encode(additional)
-                };
-                conn.send(
-                    format!("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{data}</success>")
+                    conn.send(
+                        format!(
+                            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</success>",
+                            B64.encode(additional)
+                        )
                         .as_bytes(),
-                );
+                    );
+                }
                 conn.flush().await.map_err(ReadError::Io)?;
                 tracing::info!(peer = %conn.peer, user = %format!("{}@{}", auth.local, auth.presented), "c2s signed in");
                 return Ok(auth);
@@ -541,7 +543,7 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
     });
     let (tx, rx) = mpsc::channel(core.config.session_queue);
     let (handle, kick) = core.register(bound.jid.clone(), bound.account, tx);
-    let result = iq_result(&bound.bind_request, &bound.jid.domain().to_string()).with_child(
+    let result = iq_result(&bound.bind_request, bound.jid.domain()).with_child(
         Element::new("bind", NS_BIND)
             .with_child(Element::new("jid", NS_BIND).with_text(bound.jid.to_string())),
     );

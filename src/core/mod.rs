@@ -502,3 +502,26 @@ pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) 
         Stanza::parse(Bytes::from(el.to_bytes()), &NsContext::new(ns::CLIENT, &[])).ok()?;
     stanza.bounce(cond, Some(text))?.element().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_swap_addresses_and_skip_errors() {
+        let raw = "<message xmlns='jabber:client' to='nobody@a.test' type='chat' id='m1' xml:lang='en'><body>x</body></message>";
+        let s = Stanza::parse(Bytes::from(raw), &NsContext::new(ns::CLIENT, &[])).unwrap();
+        let mut el = s.element().unwrap();
+        el.set_attr("from", "alice@a.test/r");
+        let e = error_reply(
+            &el,
+            StanzaErrorCondition::ServiceUnavailable,
+            "no such user",
+        )
+        .expect("an error reply");
+        assert_eq!(e.attr("to"), Some("alice@a.test/r"));
+        assert_eq!(e.attr("from"), Some("nobody@a.test"));
+        assert_eq!(e.attr("type"), Some("error"));
+        assert!(error_reply(&e, StanzaErrorCondition::ServiceUnavailable, "").is_none());
+    }
+}

@@ -71,6 +71,8 @@ pub struct InstanceBuilder<'a> {
     routes: String,
     /// The port of the s2s listener (STARTTLS); 5269 unless a test publishes another by SRV.
     s2s_port: u16,
+    /// Whole tables appended to the configuration (e.g. `[core]`).
+    tables: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -89,6 +91,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         peers: String::new(),
         routes: String::new(),
         s2s_port: 5269,
+        tables: String::new(),
     }
 }
 
@@ -172,6 +175,14 @@ impl InstanceBuilder<'_> {
     #[allow(dead_code)]
     pub fn s2s_port(mut self, port: u16) -> Self {
         self.s2s_port = port;
+        self
+    }
+
+    /// Whole TOML tables appended to the configuration, e.g. a `[core]` section.
+    #[allow(dead_code)]
+    pub fn tables(mut self, text: &str) -> Self {
+        self.tables.push_str(text);
+        self.tables.push('\n');
         self
     }
 
@@ -267,6 +278,7 @@ listen = "127.0.0.1:0"
                 "[[component.backend]]\ndomain = \"{domain}\"\nsecret = \"{secret}\"\n"
             ));
         }
+        text.push_str(&self.tables);
         let config = Config::from_toml(&text, dir.path()).expect("test config is valid");
         let gateway = gateway::start(&config).await.expect("gateway starts");
         if self.register_dns {

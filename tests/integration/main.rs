@@ -9,6 +9,7 @@ mod proxy;
 mod binary;
 mod component;
 mod component_client;
+mod core;
 mod dns;
 mod federation;
 mod outbound;
