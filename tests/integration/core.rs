@@ -312,6 +312,10 @@ fn plain_auth(user: &str, password: &str, extra: &str) -> String {
 
 /// Binds a resource on a raw stream that just succeeded with SASL; returns the bound JID.
 async fn raw_bind(s: &mut RawStream, to: &str) -> String {
+    raw_bind_as(s, to, "raw").await
+}
+
+async fn raw_bind_as(s: &mut RawStream, to: &str, resource: &str) -> String {
     s.restart();
     s.send(&client_header(to)).await;
     s.expect_header().await;
@@ -320,7 +324,7 @@ async fn raw_bind(s: &mut RawStream, to: &str) -> String {
         features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
         "{features}"
     );
-    s.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>").await;
+    s.send(&format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
     let result = s.next().await;
     assert_eq!(result.type_(), Some("result"), "{}", text(result.raw()));
     let el = result.element().unwrap();
@@ -928,4 +932,434 @@ async fn the_embedded_core_serves_clients_from_the_gateway_process() {
     let r = alice.expect("iq_result", |_| true).await;
     assert_eq!(r["type"], "result");
     alice.quit().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_fedgate");
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `fedgate ARGS`, with `stdin` as its input; returns (exit code, stdout, stderr).
+fn fedgate(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A standalone core's file for `domain` on `c2s`, attached to `gateway` with `secret`.
+fn core_toml(
+    dir: &std::path::Path,
+    domain: &str,
+    c2s: u16,
+    gateway: SocketAddr,
+    secret: &str,
+) -> PathBuf {
+    let (cert, key) = ca().issue(&CertSpec::for_names(&[domain]), dir, "core");
+    let file = dir.join("core.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[core]\nlisten = [\"127.0.0.1:{c2s}\"]\ndirect_tls_listen = []\n\
+             [[core.domain]]\nname = \"{domain}\"\naliases = [\"alias.{domain}\"]\n\
+             [gateway]\naddress = \"{gateway}\"\nsecret = \"{secret}\"\n\
+             [tls]\n[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn accounts_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = core_toml(dir.path(), "a.test", 1, "127.0.0.1:9".parse().unwrap(), "s");
+    let file = file.to_str().unwrap();
+    let (code, out, err) = fedgate(
+        &["core", "user", "add", "Alice@a.test", "--config", file],
+        "pw1\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "added alice@a.test");
+    // An alias names the same account.
+    let (code, _, err) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "alice@alias.a.test",
+            "--config",
+            file,
+        ],
+        "x\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) = fedgate(
+        &["core", "user", "add", "bob@other.test", "--config", file],
+        "x\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not served") && err.contains("a.test"),
+        "{err}"
+    );
+    let (code, _, _) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "bob@a.test",
+            "--password",
+            "pw2",
+            "--config",
+            file,
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0));
+    let (code, out, _) = fedgate(&["core", "user", "list", "--config", file], "");
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "alice@a.test\nbob@a.test\n");
+    let (code, out, _) = fedgate(
+        &["core", "user", "passwd", "bob@a.test", "--config", file],
+        "pw3\n",
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "password changed for bob@a.test")
+    );
+    let (code, _, _) = fedgate(
+        &["core", "user", "remove", "bob@a.test", "--config", file],
+        "",
+    );
+    assert_eq!(code, Some(0));
+    let (code, _, err) = fedgate(
+        &["core", "user", "remove", "bob@a.test", "--config", file],
+        "",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+    let (_, out, _) = fedgate(&["core", "user", "list", "--config", file], "");
+    assert_eq!(out, "alice@a.test\n");
+    // A bad configuration: exit 64, one line naming the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[core]\nscram_iterations = 10\n[[core.domain]]\nname = \"a.test\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["core", "user", "list", "--config", bad.to_str().unwrap()],
+        vec!["core", "--config", bad.to_str().unwrap()],
+    ] {
+        let (code, _, err) = fedgate(&args, "");
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let (code, _, err) = fedgate(
+        &["core", "user", "list", "--config", bad.to_str().unwrap()],
+        "",
+    );
+    assert!(err.contains("core.scram_iterations"), "{code:?} {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = core_toml(
+        dir.path(),
+        "a.test",
+        port,
+        gw.gw().component_addr,
+        &gw.component_secret,
+    );
+    let (code, _, err) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "alice@a.test",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        "pw\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let mut child = Command::new(BIN)
+        .args(["core", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("fedgate core ready") => return (l, lines),
+                Ok(_) => continue,
+                Err(_) => panic!("the core did not log that it is ready"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ready.0.contains("a.test"), "{}", ready.0);
+    assert_eventually(|| gw.gw().router.component_attached("a.test")).await;
+    assert_eventually(|| gw.gw().router.component_attached("alias.a.test")).await;
+    let (alice, jid) = Py::sign_in(port, "alice@a.test/r", "pw").await;
+    assert_eq!(jid, "alice@a.test/r");
+    alice.quit().await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    // Detached from the gateway on the way out.
+    assert_eventually(|| !gw.gw().router.component_attached("a.test")).await;
+}
+
+/// A raw client signed in with PLAIN (the node must allow it) and bound to `resource`.
+async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawStream {
+    let domain = user.split('@').nth(1).unwrap();
+    let (mut s, _) = raw_tls(addr, domain).await;
+    s.send(&plain_auth(user, password, "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    raw_bind_as(&mut s, domain, resource).await;
+    s
+}
+
+/// Reads stanzas until one satisfies `pred`; panics after [`WAIT`].
+async fn next_matching(s: &mut RawStream, pred: impl Fn(&str) -> bool) -> String {
+    loop {
+        let t = s.next_text().await;
+        if pred(&t) {
+            return t;
+        }
+    }
+}
+
+/// Asserts that nothing arrives for `ms` milliseconds.
+async fn silent(s: &mut RawStream, ms: u64) {
+    if let Ok(e) = tokio::time::timeout(Duration::from_millis(ms), s.event()).await {
+        panic!("unexpected {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn binding_rules_conflicts_and_unsupported_elements() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    // Before binding, only <bind/> is accepted.
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    s.send(&plain_auth("alice", "pa", "")).await;
+    s.next().await;
+    s.restart();
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    s.next().await;
+    s.send("<message to='alice@a.test'><body>x</body></message>")
+        .await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+    // A second session on the same resource replaces the first with <conflict/>.
+    let mut first = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    let mut second = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    assert_eq!(first.expect_stream_error().await, "conflict");
+    second
+        .send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(
+        second.next_text().await,
+        "<iq type='result' from='alice@a.test' to='alice@a.test/r' id='p'/>"
+    );
+    // A server-made resource when the client asks for none.
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    s.send(&plain_auth("alice", "pa", "")).await;
+    s.next().await;
+    s.restart();
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    s.next().await;
+    s.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    assert!(s.next_text().await.contains("<jid>alice@a.test/fedgate-"));
+    // Elements we do not support after binding (no XEP-0198 on c2s) end the stream.
+    second.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(
+        second.expect_stream_error().await,
+        "unsupported-stanza-type"
+    );
+}
+
+#[tokio::test]
+async fn message_types_and_priorities_follow_rfc_6121() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let mut alice = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    // groupchat to an account is an error; headline to nobody available is dropped, not stored.
+    alice
+        .send("<message to='bob@a.test' type='groupchat' id='g'><body>g</body></message>")
+        .await;
+    let e = alice.next_text().await;
+    assert!(
+        e.contains("type='error'") && e.contains("<service-unavailable"),
+        "{e}"
+    );
+    alice
+        .send("<message to='bob@a.test' type='headline'><body>headline</body></message>")
+        .await;
+    // bob with a negative priority: bare-JID messages are not his, they wait offline.
+    let mut bob = raw_session(n.c2s(), "bob@a.test", "pb", "neg").await;
+    bob.send("<presence><priority>-1</priority></presence>")
+        .await;
+    alice
+        .send("<message to='bob@a.test' type='chat'><body>stored</body></message>")
+        .await;
+    // ...while one to his full JID reaches him.
+    alice
+        .send("<message to='bob@a.test/neg' type='chat'><body>direct</body></message>")
+        .await;
+    let m = next_matching(&mut bob, |t| t.starts_with("<message")).await;
+    assert!(m.contains("<body>direct</body>"), "{m}");
+    silent(&mut bob, 300).await;
+    // A resource with priority 0 gets the stored message, not the headline.
+    let mut bob2 = raw_session(n.c2s(), "bob@a.test", "pb", "pos").await;
+    bob2.send("<presence/>").await;
+    let m = next_matching(&mut bob2, |t| t.starts_with("<message")).await;
+    assert!(
+        m.contains("<body>stored</body>") && m.contains("urn:xmpp:delay"),
+        "{m}"
+    );
+    assert!(!m.contains("headline"));
+    // A subscription request to an account that does not exist is answered `unsubscribed`.
+    alice
+        .send("<presence to='nobody@a.test' type='subscribe'/>")
+        .await;
+    let p = next_matching(&mut alice, |t| t.starts_with("<presence")).await;
+    assert_eq!(
+        p,
+        "<presence from='nobody@a.test' to='alice@a.test' type='unsubscribed'/>"
+    );
+}
+
+#[tokio::test]
+async fn presence_is_revealed_only_to_approved_contacts_and_directed_presence_is_undone() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut eve = b.backend().await; // a raw backend for b.test: eve@b.test is any address there
+    n.add_user("alice@a.test", "pa");
+    let mut alice = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    alice
+        .send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    alice.next().await;
+    alice
+        .send("<presence><status>here</status></presence>")
+        .await;
+    // A probe from someone not approved gets nothing.
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='probe'/>")
+        .await;
+    silent(&mut eve, 500).await;
+    // eve asks; alice sees the request (stamped with bare JIDs) and approves.
+    eve.send("<presence from='eve@b.test/x' to='alice@a.test' type='subscribe'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut alice, |t| t.starts_with("<presence")).await,
+        "<presence from='eve@b.test' to='alice@a.test' type='subscribe'/>"
+    );
+    alice
+        .send("<presence to='eve@b.test' type='subscribed'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut eve, |t| t.contains("subscribed")).await,
+        "<presence from='alice@a.test' to='eve@b.test' type='subscribed'/>"
+    );
+    // The approval sends alice's presence; the roster push says `from`.
+    assert!(
+        next_matching(&mut eve, |t| t.contains("<status>here</status>"))
+            .await
+            .contains("from='alice@a.test/r'")
+    );
+    let push = next_matching(&mut alice, |t| t.contains("jabber:iq:roster")).await;
+    assert!(push.contains("subscription='from'"), "{push}");
+    // Now a probe is answered, and a repeated request is approved by the server itself.
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='probe'/>")
+        .await;
+    assert!(next_matching(&mut eve, |t| t.starts_with("<presence"))
+        .await
+        .contains("<status>here</status>"));
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='subscribe'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut eve, |t| t.starts_with("<presence")).await,
+        "<presence from='alice@a.test' to='eve@b.test' type='subscribed'/>"
+    );
+    // Directed presence to someone without a subscription, then a disconnect: they get
+    // unavailable; so does the subscriber.
+    alice
+        .send("<presence to='mallory@b.test'><show>chat</show></presence>")
+        .await;
+    assert!(next_matching(&mut eve, |t| t.contains("mallory"))
+        .await
+        .contains("<show>chat</show>"));
+    drop(alice);
+    let mut got = vec![
+        next_matching(&mut eve, |t| t.contains("unavailable")).await,
+        next_matching(&mut eve, |t| t.contains("unavailable")).await,
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "<presence from='alice@a.test/r' type='unavailable' to='eve@b.test'/>",
+            "<presence from='alice@a.test/r' type='unavailable' to='mallory@b.test'/>",
+        ]
+    );
 }
