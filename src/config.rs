@@ -1284,6 +1284,29 @@ mod tests {
     }
 
     #[test]
+    fn core_section_is_checked_against_the_backends() {
+        let with_core = |core: &str| parse(&format!("{MINIMAL}[core]\n{core}\n"));
+        let c =
+            with_core("listen = [\"127.0.0.1:5222\"]\n[[core.domain]]\nname = \"A.Test\"").unwrap();
+        let core = c.core.unwrap();
+        assert_eq!(core.domain[0].name, "a.test");
+        assert_eq!(core.database, Path::new("/tmp/fedgate-core.sqlite"));
+        // Every domain and alias must be a backend of this gateway.
+        let e =
+            with_core("[[core.domain]]\nname = \"a.test\"\naliases = [\"b.test\"]").unwrap_err();
+        assert_eq!(invalid_key(e), "core.domain[0]");
+        // The core's listeners may not clash with the gateway's.
+        let e = with_core("listen = [\"127.0.0.1:9269\"]\n[[core.domain]]\nname = \"a.test\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("core.listen[0]"), "{e}");
+        // Its own rules apply, with `core.` keys.
+        let e = with_core("session_queue = 0\n[[core.domain]]\nname = \"a.test\"").unwrap_err();
+        assert_eq!(invalid_key(e), "core.session_queue");
+        // Without [core], nothing changes.
+        assert!(parse(MINIMAL).unwrap().core.is_none());
+    }
+
+    #[test]
     fn defaults_applied_to_minimal_file() {
         let c = parse(MINIMAL).unwrap();
         let s = &c.s2s;
