@@ -41,6 +41,17 @@ echo "== test dependencies"
 if ! need prometheus || ! need promtool; then
     apt_install prometheus
 fi
+# ---- begin: slixmpp for the c2s core's tests (tests/core/client.py) ----
+# The core's integration tests sign in with a real client library. Installed from PyPI when
+# missing; the tests fail with a clear message without it.
+if ! python3 -c 'import slixmpp' >/dev/null 2>&1; then
+    if ! need python3; then
+        echo "error: python3 is not installed; the core's tests need it (apt-get install python3 python3-pip)" >&2
+        exit 1
+    fi
+    python3 -m pip install --quiet slixmpp || python3 -m pip install --quiet --break-system-packages slixmpp
+fi
+# ---- end: slixmpp ----
 
 echo "== format"
 cargo fmt --all -- --check

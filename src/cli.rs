@@ -1,4 +1,5 @@
-//! The command line: `fedgate run`, `fedgate check config`, `fedgate check dns`.
+//! The command line: `fedgate run`, `fedgate check config`, `fedgate check dns`, `fedgate core`
+//! (the c2s core alone) and `fedgate core user add|remove|passwd|list`.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,16 @@ pub enum Command {
         /// Runtime worker threads (overrides the number of CPUs).
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Runs the c2s core alone, attached to a gateway over XEP-0114; or, with `user`, manages
+    /// its accounts.
+    Core {
+        /// The core's TOML file (`config/core.toml`), or a gateway's file with a `[core]`
+        /// section (for `user` commands).
+        #[arg(long, short, default_value = "config/core.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: Option<CoreCommand>,
     },
     /// Diagnostics that change nothing.
     Check {
@@ -47,4 +58,35 @@ pub enum Check {
         #[arg(long, short, default_value = "config/fedgate.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CoreCommand {
+    /// Accounts in the core's database.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Creates an account. The password is read from the first line of standard input unless
+    /// `--password` is given (which leaves it in the shell's history).
+    Add {
+        /// The address, `user@domain` (a domain or alias of the core).
+        address: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Deletes an account with its roster and offline messages.
+    Remove { address: String },
+    /// Sets a new password (read like `add`'s).
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Lists the accounts.
+    List,
 }

@@ -60,12 +60,29 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Names the file in an [`ConfigError::Invalid`] found while checking it.
+    pub fn in_file(self, file: &Path) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                key, problem, fix, ..
+            } => ConfigError::Invalid {
+                key,
+                problem,
+                fix,
+                path: Some(file.to_owned()),
+            },
+            other => other,
+        }
+    }
+}
+
 fn file_prefix(path: Option<&Path>) -> String {
     path.map(|p| format!("{}: ", p.display()))
         .unwrap_or_default()
 }
 
-fn invalid(
+pub(crate) fn invalid(
     key: impl Into<String>,
     problem: impl Into<String>,
     fix: impl Into<String>,
@@ -102,6 +119,12 @@ pub struct Config {
     /// Needed whenever `s2s.require_encryption` is on (the default).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[core]`: runs fedgate's c2s core inside the gateway, attached over an in-process
+    /// XEP-0114 link, so that one process is a whole federating XMPP server. Optional; without
+    /// it the gateway waits for backends on `[component] listen`. Its domains and aliases must
+    /// be `[[component.backend]]` domains; it presents the `[tls]` certificates to clients.
+    #[serde(default)]
+    pub core: Option<crate::core::config::CoreConfig>,
 }
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
@@ -486,6 +509,22 @@ pub struct TlsConfig {
     pub certificate: Vec<CertificateConfig>,
 }
 
+impl TlsConfig {
+    /// Resolves certificate, key and CA paths against the configuration file's directory.
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        self.ca_files.iter_mut().for_each(resolve);
+        for c in &mut self.certificate {
+            resolve(&mut c.cert);
+            resolve(&mut c.key);
+        }
+    }
+}
+
 impl Default for TlsConfig {
     fn default() -> Self {
         TlsConfig {
@@ -672,17 +711,7 @@ impl Config {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        Self::parse(&text, base_dir, path).map_err(|e| match e {
-            ConfigError::Invalid {
-                key, problem, fix, ..
-            } => ConfigError::Invalid {
-                key,
-                problem,
-                fix,
-                path: Some(path.to_owned()),
-            },
-            other => other,
-        })
+        Self::parse(&text, base_dir, path).map_err(|e| e.in_file(path))
     }
 
     /// Like [`Config::load`] for text already in memory; relative paths resolve against
@@ -709,12 +738,9 @@ impl Config {
             }
         };
         resolve(&mut self.s2s.dialback_secret_file);
-        for p in &mut self.tls.ca_files {
-            resolve(p);
-        }
-        for c in &mut self.tls.certificate {
-            resolve(&mut c.cert);
-            resolve(&mut c.key);
+        self.tls.resolve_paths(base_dir);
+        if let Some(core) = &mut self.core {
+            core.resolve_paths(base_dir);
         }
         for backend in &mut self.component.backend {
             if let Some(p) = &mut backend.secret_file {
@@ -745,6 +771,9 @@ impl Config {
         for p in &mut self.federation.peer {
             canon(&mut p.domain);
         }
+        if let Some(core) = &mut self.core {
+            core.normalize();
+        }
         for c in &mut self.tls.certificate {
             for d in &mut c.domains {
                 if let Ok(n) = normalize_pattern(d) {
@@ -774,6 +803,36 @@ impl Config {
         self.validate_tls()?;
         self.validate_listeners()?;
         self.validate_dns()?;
+        self.validate_core()?;
+        Ok(())
+    }
+
+    /// `[core]`: its own rules, and every domain and alias a configured backend.
+    fn validate_core(&self) -> Result<(), ConfigError> {
+        let Some(core) = &self.core else {
+            return Ok(());
+        };
+        core.validate()?;
+        let backends: Vec<String> = self
+            .component
+            .backend
+            .iter()
+            .filter_map(|b| normalize_domain(&b.domain).ok().map(|d| d.into_owned()))
+            .collect();
+        for (i, d) in core.domain.iter().enumerate() {
+            for name in std::iter::once(&d.name).chain(&d.aliases) {
+                let n = normalize_domain(name)
+                    .map(|n| n.into_owned())
+                    .unwrap_or_default();
+                if !backends.contains(&n) {
+                    return Err(invalid(
+                        format!("core.domain[{i}]"),
+                        format!("`{n}` is not a [[component.backend]] domain"),
+                        format!("add a [[component.backend]] with domain = \"{n}\" and a secret"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1115,6 +1174,9 @@ impl Config {
                 .map(|(i, a)| (format!("s2s.direct_tls_listen[{i}]"), *a)),
         );
         all.push(("component.listen".into(), self.component.listen));
+        if let Some(core) = &self.core {
+            all.extend(core.listeners());
+        }
         if self.metrics.enabled {
             all.push(("metrics.listen".into(), self.metrics.listen));
         }
@@ -1167,7 +1229,7 @@ fn normalize_pattern(p: &str) -> Result<String, String> {
 
 /// One line from a toml error: position, the table it is in, and toml's message (which names
 /// the offending key or value).
-fn parse_message(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', "; ");
     let Some(span) = e.span() else {
         return message;
@@ -1210,7 +1272,14 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let text = include_str!("../config/fedgate.toml");
         let c = Config::from_toml(text, &dir).unwrap();
-        assert_eq!(c.local_domains().collect::<Vec<_>>(), ["example.test"]);
+        assert_eq!(
+            c.local_domains().collect::<Vec<_>>(),
+            ["example.test", "echo.example.test"]
+        );
+        let core = c.core.as_ref().expect("the example runs an embedded core");
+        assert_eq!(core.domain[0].name, "example.test");
+        assert_eq!(core.database, dir.join("fedgate-core.sqlite"));
+        assert!(core.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(c.s2s.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(c.component.listen.ip().is_loopback());
         assert!(c.metrics.listen.ip().is_loopback());
@@ -1221,6 +1290,29 @@ mod tests {
         // Loading by path gives the same result.
         let loaded = Config::load(&dir.join("fedgate.toml")).unwrap();
         assert_eq!(loaded.s2s.listen, c.s2s.listen);
+    }
+
+    #[test]
+    fn core_section_is_checked_against_the_backends() {
+        let with_core = |core: &str| parse(&format!("{MINIMAL}[core]\n{core}\n"));
+        let c =
+            with_core("listen = [\"127.0.0.1:5222\"]\n[[core.domain]]\nname = \"A.Test\"").unwrap();
+        let core = c.core.unwrap();
+        assert_eq!(core.domain[0].name, "a.test");
+        assert_eq!(core.database, Path::new("/tmp/fedgate-core.sqlite"));
+        // Every domain and alias must be a backend of this gateway.
+        let e =
+            with_core("[[core.domain]]\nname = \"a.test\"\naliases = [\"b.test\"]").unwrap_err();
+        assert_eq!(invalid_key(e), "core.domain[0]");
+        // The core's listeners may not clash with the gateway's.
+        let e = with_core("listen = [\"127.0.0.1:9269\"]\n[[core.domain]]\nname = \"a.test\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("core.listen[0]"), "{e}");
+        // Its own rules apply, with `core.` keys.
+        let e = with_core("session_queue = 0\n[[core.domain]]\nname = \"a.test\"").unwrap_err();
+        assert_eq!(invalid_key(e), "core.session_queue");
+        // Without [core], nothing changes.
+        assert!(parse(MINIMAL).unwrap().core.is_none());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! 2. backends: each component session writes what is queued for it, then `<system-shutdown/>`;
 //! 3. metrics last, so the shutdown itself can be watched.
 //!
+//! With a `[core]` section the c2s core runs in this process, attached over an in-process
+//! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
+//! goes out.
+//!
 //! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
 
 use std::net::SocketAddr;
@@ -19,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::component::{self, ComponentContext};
+use crate::component::{self, ComponentContext, LocalLink};
 use crate::config::{Config, ConfigError};
 use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
@@ -48,6 +52,8 @@ pub enum GatewayError {
     Resolver(#[from] ResolveError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("core: {0}")]
+    Core(#[from] crate::core::CoreError),
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
@@ -62,9 +68,13 @@ pub struct RunningGateway {
     pub component_addr: SocketAddr,
     /// The metrics listener, as bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Attaches backends in this process (the embedded core) over in-memory pipes.
+    component_link: LocalLink,
     pub router: Arc<Router>,
     /// What every s2s session shares: for diagnostics (the latest attempts per peer).
     pub s2s: Arc<S2sContext>,
+    /// The embedded c2s core (`[core]`), if configured.
+    pub core: Option<crate::core::RunningCore>,
     s2s_shutdown: CancellationToken,
     s2s_tracker: TaskTracker,
     component_shutdown: CancellationToken,
@@ -178,7 +188,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 
     let component_shutdown = CancellationToken::new();
     let component_tracker = TaskTracker::new();
-    let secrets = config
+    let secrets: std::collections::HashMap<String, String> = config
         .component
         .backend
         .iter()
@@ -187,7 +197,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let stanza_limits = settings.stanza_limits();
     let component_ctx = Arc::new(ComponentContext {
         router: router.clone(),
-        secrets,
+        secrets: secrets.clone(),
         replace_on_conflict: config.component.replace_on_conflict,
         negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
@@ -195,6 +205,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         queue_len: config.s2s.queue_max_stanzas,
         shutdown: component_shutdown.clone(),
     });
+    let component_link = LocalLink::new(component_ctx.clone(), component_tracker.clone());
     let component_addr = component_listener
         .local_addr()
         .unwrap_or(config.component.listen);
@@ -209,12 +220,25 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             move |tcp, peer, _permit| {
                 let ctx = ctx.clone();
                 async move {
-                    component::handle(tcp, peer, ctx).await;
+                    component::handle(Box::new(tcp), peer, ctx).await;
                     drop(_permit);
                 }
             },
         ));
     }
+
+    let core = match &config.core {
+        Some(core_config) => {
+            let neighbours = config.local_domains().map(str::to_owned).collect();
+            let link = crate::core::GatewayLink {
+                target: component::client::Target::Local(component_link.clone()),
+                secrets,
+                neighbours,
+            };
+            Some(crate::core::start(core_config, tls.clone(), link).await?)
+        }
+        None => None,
+    };
 
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;
@@ -245,8 +269,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         tls,
         component_addr,
         metrics_addr,
+        component_link,
         router,
         s2s: s2s_ctx,
+        core,
         s2s_shutdown,
         s2s_tracker,
         component_shutdown,
@@ -263,6 +289,12 @@ impl RunningGateway {
         self.tls.reload()
     }
 
+    /// A link for backends in this process: `Target::Local(gateway.component_link())` attaches
+    /// a [`component::client`] through the same XEP-0114 session code as the TCP listener.
+    pub fn component_link(&self) -> LocalLink {
+        self.component_link.clone()
+    }
+
     /// The steps of the latest attempt to reach `remote`, if there was one.
     pub fn last_attempt(&self, remote: &str) -> Option<Arc<crate::s2s::trace::Trace>> {
         self.s2s.attempts.get(remote).map(|t| t.value().clone())
@@ -270,6 +302,9 @@ impl RunningGateway {
 
     /// Stops in the phases described in the module docs, each bounded by `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(core) = self.core {
+            core.shutdown(grace).await;
+        }
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();
         if tokio::time::timeout(grace, self.s2s_tracker.wait())

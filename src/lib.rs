@@ -3,11 +3,15 @@
 //! # Layout
 //! Imports only point downward in this list.
 //! - [`cli`]: the command line (the binary in `main.rs` stays thin).
-//! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases.
+//! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases; with
+//!   `[core]`, the c2s core inside it over an in-process component link.
+//! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
+//!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
 //!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
 //!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings).
-//! - [`component`]: the XEP-0114 listener where backends attach.
+//! - [`component`]: the XEP-0114 listener where backends attach, and [`component::client`],
+//!   the backend side (what components and the core use to attach).
 //! - [`listener`]: the accept loop every listener shares.
 //! - [`connection`]: a framed XMPP stream over a byte transport, split once established.
 //! - [`router`]: where a domain lives; hands stanzas to sessions; bounces.
@@ -25,6 +29,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod connection;
+pub mod core;
 pub mod dial;
 pub mod dialback;
 pub mod dns;

@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use fedgate::cli::{Check, Cli, Command};
-use fedgate::config::Config;
+use fedgate::cli::{Check, Cli, Command, CoreCommand, UserAction};
+use std::sync::Arc;
+
+use fedgate::component::client::Target;
+use fedgate::config::{Config, ConfigError};
+use fedgate::core::accounts::Accounts;
+use fedgate::core::config::{CoreConfig, CoreFile};
 
 /// `EX_USAGE` from sysexits.h: bad configuration or command line.
 const EXIT_CONFIG: u8 = 64;
@@ -39,6 +44,14 @@ fn main() -> ExitCode {
         Command::Check {
             what: Check::Dns { domain, config },
         } => check_dns(&domain, &config),
+        Command::Core {
+            config,
+            command: Some(CoreCommand::User { action }),
+        } => user_command(&config, action),
+        Command::Core {
+            config,
+            command: None,
+        } => run_core(&config),
         Command::Run { config, workers } => {
             init_tracing();
             let config = match Config::load(&config) {
@@ -138,6 +151,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("s2s direct TLS listening on {addr}");
     }
     tracing::info!("components listening on {}", gateway.component_addr);
+    if let Some(core) = &gateway.core {
+        for addr in &core.c2s_addrs {
+            tracing::info!("c2s listening on {addr}");
+        }
+        for addr in &core.direct_tls_addrs {
+            tracing::info!("c2s direct TLS listening on {addr}");
+        }
+    }
     if let Some(addr) = gateway.metrics_addr {
         tracing::info!("metrics listening on {addr}");
     }
@@ -174,16 +195,151 @@ impl Signals {
     }
 
     /// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates and goes on waiting.
-    async fn wait(mut self, gateway: &fedgate::gateway::RunningGateway) {
+    async fn wait(self, gateway: &fedgate::gateway::RunningGateway) {
+        self.wait_reloading(&gateway.tls).await
+    }
+
+    async fn wait_reloading(mut self, tls: &fedgate::tls::Tls) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => match gateway.reload_tls() {
+                _ = self.hup.recv() => match tls.reload() {
                     Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
                     Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay in use: {e}"),
                 },
             }
+        }
+    }
+}
+
+/// Reads the `[core]` section: from a core file, or from a gateway file that has one.
+fn load_core_config(file: &std::path::Path) -> Result<CoreConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    let is_gateway_file = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("component") || t.contains_key("s2s"));
+    if !is_gateway_file {
+        return Ok(CoreFile::load(file)?.core);
+    }
+    Config::load(file)?
+        .core
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "core".into(),
+            problem: "this gateway configuration has no [core] section".into(),
+            fix: "add [core] with a [[core.domain]], or pass the core's own file".into(),
+            path: Some(file.to_owned()),
+        })
+}
+
+/// `fedgate core user ...`: exit 0, 1 when the command fails, 64 for a bad configuration.
+fn user_command(file: &std::path::Path, action: UserAction) -> ExitCode {
+    let config = match load_core_config(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let accounts = match Accounts::open(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let read_password = |given: Option<String>| -> String {
+        given.unwrap_or_else(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        })
+    };
+    let result = match action {
+        UserAction::Add { address, password } => accounts
+            .add(&address, &read_password(password))
+            .map(|a| println!("added {a}")),
+        UserAction::Passwd { address, password } => accounts
+            .passwd(&address, &read_password(password))
+            .map(|a| println!("password changed for {a}")),
+        UserAction::Remove { address } => {
+            accounts.remove(&address).map(|a| println!("removed {a}"))
+        }
+        UserAction::List => accounts.list().map(|all| {
+            for a in all {
+                println!("{a}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fedgate core --config config/core.toml`: the c2s core alone, attached to a gateway over
+/// TCP.
+fn run_core(file: &std::path::Path) -> ExitCode {
+    init_tracing();
+    let config = match CoreFile::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let signals = Signals::install()?;
+        let tls = Arc::new(fedgate::tls::Tls::from_tls_config(&config.tls)?);
+        let secret = config.gateway.secret()?;
+        let link = fedgate::core::GatewayLink {
+            target: Target::Tcp(config.gateway.address),
+            secrets: config
+                .core
+                .all_domains()
+                .map(|d| (d.to_owned(), secret.clone()))
+                .collect(),
+            neighbours: Vec::new(),
+        };
+        let core = fedgate::core::start(&config.core, tls.clone(), link).await?;
+        for addr in &core.c2s_addrs {
+            tracing::info!("c2s listening on {addr}");
+        }
+        for addr in &core.direct_tls_addrs {
+            tracing::info!("c2s direct TLS listening on {addr}");
+        }
+        tracing::info!(
+            "fedgate core ready, serving {} through the gateway at {}",
+            config.core.all_domains().collect::<Vec<_>>().join(", "),
+            config.gateway.address
+        );
+        signals.wait_reloading(&tls).await;
+        tracing::info!("shutting down");
+        core.shutdown(SHUTDOWN_GRACE).await;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

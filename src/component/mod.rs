@@ -12,17 +12,24 @@
 //! 5. stanzas flow both ways; every stanza from the backend must carry `to` (else
 //!    `improper-addressing`) and a `from` within the bound domain (else `invalid-from`), so a
 //!    backend can never speak for a domain it does not own.
+//!
+//! A session runs over any byte transport: a TCP connection from the listener, or one end of
+//! an in-process pipe from a [`LocalLink`], which is how a backend in the gateway's own process
+//! (the embedded c2s core) attaches through exactly the same protocol path as a remote one.
+//! The other side of the protocol, for backends, is [`client`].
+
+pub mod client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::connection::{Connection, ReadError, Writer};
+use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::{new_stream_id, verify_component_handshake};
 use crate::jid;
 use crate::router::{next_session_id, ComponentHandle, Router};
@@ -77,9 +84,41 @@ fn refused(condition: StreamErrorCondition, text: impl Into<String>) -> Componen
     }
 }
 
-/// Serves one backend connection from accept to close.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ComponentContext>) {
-    let conn = Connection::new(Box::new(tcp), peer, ctx.negotiation_limits, ns::COMPONENT);
+/// Bytes an in-process link buffers each way before a writer waits for its reader.
+const LOCAL_LINK_BUFFER: usize = 256 * 1024;
+
+/// Attaches backends that run in the gateway's own process. Each [`LocalLink::connect`] makes
+/// an in-memory pipe and serves its far end as one backend session, exactly as if it had been
+/// accepted on the component listener: same handshake, same checks, same shutdown.
+#[derive(Clone)]
+pub struct LocalLink {
+    ctx: Arc<ComponentContext>,
+    /// The component listener's tracker, so that shutdown waits for in-process sessions too.
+    tracker: TaskTracker,
+}
+
+impl LocalLink {
+    pub fn new(ctx: Arc<ComponentContext>, tracker: TaskTracker) -> LocalLink {
+        LocalLink { ctx, tracker }
+    }
+
+    /// A new connection to the gateway: the backend's end of a pipe whose other end is served
+    /// as a backend session. Fails once the gateway is shutting down.
+    pub fn connect(&self) -> std::io::Result<BoxTransport> {
+        if self.ctx.shutdown.is_cancelled() || self.tracker.is_closed() {
+            return Err(std::io::ErrorKind::ConnectionRefused.into());
+        }
+        let (ours, theirs) = tokio::io::duplex(LOCAL_LINK_BUFFER);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.tracker
+            .spawn(handle(Box::new(ours), peer, self.ctx.clone()));
+        Ok(Box::new(theirs))
+    }
+}
+
+/// Serves one backend connection from accept to close, over TCP or an in-process pipe.
+pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContext>) {
+    let conn = Connection::new(io, peer, ctx.negotiation_limits, ns::COMPONENT);
     match negotiate(conn, &ctx).await {
         Ok((conn, domain)) => established(conn, domain, &ctx).await,
         Err((conn, e)) => {

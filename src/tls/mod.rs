@@ -109,10 +109,15 @@ impl Tls {
     /// Loads certificates, keys and trust anchors; creates self-signed certificates where
     /// `self_signed = true` and the files are missing.
     pub fn from_config(config: &Config) -> Result<Tls, TlsError> {
-        let state = certs::CertState::load(&config.tls)?;
+        Tls::from_tls_config(&config.tls)
+    }
+
+    /// Like [`Tls::from_config`] from the `[tls]` section alone (the standalone c2s core's).
+    pub fn from_tls_config(tls: &crate::config::TlsConfig) -> Result<Tls, TlsError> {
+        let state = certs::CertState::load(tls)?;
         Ok(Tls {
             state: RwLock::new(Arc::new(state)),
-            config: config.tls.clone(),
+            config: tls.clone(),
         })
     }
 

@@ -73,6 +73,8 @@ pub struct InstanceBuilder<'a> {
     s2s_port: u16,
     /// Extra lines for `[metrics]`.
     metrics: String,
+    /// Whole tables appended to the configuration (e.g. `[core]`).
+    tables: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -92,6 +94,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         routes: String::new(),
         s2s_port: 5269,
         metrics: String::new(),
+        tables: String::new(),
     }
 }
 
@@ -183,6 +186,14 @@ impl InstanceBuilder<'_> {
     #[allow(dead_code)]
     pub fn s2s_port(mut self, port: u16) -> Self {
         self.s2s_port = port;
+        self
+    }
+
+    /// Whole TOML tables appended to the configuration, e.g. a `[core]` section.
+    #[allow(dead_code)]
+    pub fn tables(mut self, text: &str) -> Self {
+        self.tables.push_str(text);
+        self.tables.push('\n');
         self
     }
 
@@ -280,6 +291,7 @@ listen = "127.0.0.1:0"
                 "[[component.backend]]\ndomain = \"{domain}\"\nsecret = \"{secret}\"\n"
             ));
         }
+        text.push_str(&self.tables);
         let config = Config::from_toml(&text, dir.path()).expect("test config is valid");
         let gateway = gateway::start(&config).await.expect("gateway starts");
         if self.register_dns {

@@ -8,6 +8,8 @@ mod proxy;
 
 mod binary;
 mod component;
+mod component_client;
+mod core;
 mod dns;
 mod federation;
 mod metrics;

@@ -1,0 +1,433 @@
+//! The core's configuration: `[core]` (with `[[core.domain]]`), the same keys whether the core
+//! runs inside the gateway (a `[core]` section in `fedgate.toml`) or alone
+//! (`fedgate core --config config/core.toml`, which adds `[gateway]` and `[tls]`).
+//!
+//! Loading follows [`crate::config`]: unknown keys are refused, missing keys take the
+//! documented defaults, relative paths are relative to the file, domains are canonical after
+//! loading, and every problem is one [`ConfigError`] line naming the key and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{invalid, parse_message, ConfigError, Secret, TlsConfig};
+use crate::jid::normalize_domain;
+
+/// `[core]`: the c2s server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    /// Addresses for c2s with STARTTLS (RFC 6120 §5), which is required before anything else.
+    /// Default `["0.0.0.0:5222"]`. Port 0 picks a free port (tests).
+    pub listen: Vec<SocketAddr>,
+    /// Addresses for c2s with TLS from the first byte (XEP-0368 `_xmpps-client`). Default
+    /// `["0.0.0.0:5223"]`; `[]` turns it off.
+    pub direct_tls_listen: Vec<SocketAddr>,
+    /// Offer SASL PLAIN (after TLS only, never before). Default `false`: SCRAM-SHA-256 and
+    /// SCRAM-SHA-1 only, which never show the password to the server. **PLAIN sends the
+    /// password itself** (inside TLS); turn it on only for clients without SCRAM.
+    pub allow_plain: bool,
+    /// PBKDF2 iterations for new or changed passwords. Default `4096`, the least RFC 7677
+    /// allows; more makes each sign-in and each stolen-database guess slower alike.
+    pub scram_iterations: u32,
+    /// The SQLite file with accounts, rosters and offline messages; created on first start.
+    /// Default `"fedgate-core.sqlite"`, relative to the configuration file.
+    pub database: PathBuf,
+    /// From TCP accept until a resource is bound; then `<connection-timeout/>`. Default
+    /// `"30s"`. Bounds how long unauthenticated clients hold a connection.
+    #[serde(with = "humantime_serde")]
+    pub negotiation_timeout: Duration,
+    /// Largest stanza from a signed-in client, in bytes. Default `262144` (256 KiB); larger
+    /// ends the stream with `<policy-violation/>`.
+    pub max_stanza_bytes: usize,
+    /// Largest element before sign-in, in bytes. Default `16384`.
+    pub max_negotiation_stanza_bytes: usize,
+    /// Most c2s connections at once. Default `10000`.
+    pub max_connections: usize,
+    /// Stanzas that may wait for one client session; a client that lets more pile up is too
+    /// slow and is disconnected with `<resource-constraint/>`. Default `1024`.
+    pub session_queue: usize,
+    /// Most offline messages kept per account; more are bounced with
+    /// `<service-unavailable/>`. Default `1000`.
+    pub offline_max: usize,
+    /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
+    /// components behind the gateway. Embedded, the gateway's other backend domains are
+    /// listed anyway.
+    pub disco_items: Vec<String>,
+    /// `[[core.domain]]`: the domains the core serves. Embedded, each domain and alias must
+    /// be a `[[component.backend]]` of the gateway. At least one is required.
+    pub domain: Vec<DomainConfig>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
+            direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
+            allow_plain: false,
+            scram_iterations: 4096,
+            database: PathBuf::from("fedgate-core.sqlite"),
+            negotiation_timeout: Duration::from_secs(30),
+            max_stanza_bytes: 256 * 1024,
+            max_negotiation_stanza_bytes: 16 * 1024,
+            max_connections: 10_000,
+            session_queue: 1024,
+            offline_max: 1000,
+            disco_items: Vec::new(),
+            domain: Vec::new(),
+        }
+    }
+}
+
+/// `[[core.domain]]`: one served domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// The domain accounts live in (the canonical one). Required.
+    pub name: String,
+    /// Other domains that reach the same accounts, e.g. `["gmail.com"]` for
+    /// `name = "googlemail.com"`. A client may sign in as `user@alias`; with Google's JID
+    /// domain discovery (`client-uses-full-bind-result='true'` on `<auth/>`) it is bound as
+    /// `user@name`, without it as `user@alias`. Messages to either address arrive. Default none.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `[gateway]` of a standalone core: where to attach.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayLinkConfig {
+    /// The gateway's component listener. Default `"127.0.0.1:5347"`.
+    pub address: SocketAddr,
+    /// The handshake secret of the gateway's `[[component.backend]]` tables for the core's
+    /// domains and aliases (one secret for all). Exactly one of `secret` and `secret_file`.
+    pub secret: Option<Secret>,
+    /// A file holding the secret (trimmed), relative to the configuration file.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for GatewayLinkConfig {
+    fn default() -> Self {
+        GatewayLinkConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 5347)),
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+impl GatewayLinkConfig {
+    /// The secret, from `secret` or `secret_file`.
+    pub fn secret(&self) -> Result<String, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) if !s.expose().is_empty() => Ok(s.expose().to_owned()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "gateway.secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                        "check that the file exists and is readable, or use `secret`",
+                    )
+                })?;
+                match text.trim() {
+                    "" => Err(invalid(
+                        "gateway.secret_file",
+                        format!("{} is empty", path.display()),
+                        "write the gateway's backend secret into it",
+                    )),
+                    s => Ok(s.to_owned()),
+                }
+            }
+            (Some(_), Some(_)) => Err(invalid(
+                "gateway",
+                "both `secret` and `secret_file` are set",
+                "keep one of them",
+            )),
+            _ => Err(invalid(
+                "gateway.secret",
+                "no secret is set",
+                "add `secret = \"...\"` (the gateway's [[component.backend]] secret) or `secret_file`",
+            )),
+        }
+    }
+}
+
+/// The whole of a standalone core's file (`config/core.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreFile {
+    /// `[core]`: as in the gateway's file.
+    pub core: CoreConfig,
+    /// `[gateway]`: where the gateway's component listener is.
+    #[serde(default)]
+    pub gateway: GatewayLinkConfig,
+    /// `[tls]` and `[[tls.certificate]]`: the certificates presented to clients, as in the
+    /// gateway's file. Required: c2s needs TLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+impl CoreFile {
+    /// Reads, parses, resolves relative paths and validates `config/core.toml`.
+    pub fn load(path: &Path) -> Result<CoreFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let dir = base_dir(path);
+        CoreFile::parse(&text, dir, path).map_err(|e| e.in_file(path))
+    }
+
+    /// Like [`CoreFile::load`] for text in memory.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<CoreFile, ConfigError> {
+        CoreFile::parse(text, base_dir, Path::new("<inline>"))
+    }
+
+    fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<CoreFile, ConfigError> {
+        let mut file: CoreFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: parse_message(text, &e),
+        })?;
+        file.core.resolve_paths(base_dir);
+        if let Some(p) = &mut file.gateway.secret_file {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        }
+        file.tls.resolve_paths(base_dir);
+        file.core.validate()?;
+        file.gateway.secret()?;
+        if file.tls.certificate.is_empty() {
+            return Err(invalid(
+                "tls.certificate",
+                "no certificate is configured; c2s requires TLS",
+                "add a [[tls.certificate]] for the core's domains (self_signed = true for a test)",
+            ));
+        }
+        file.core.normalize();
+        Ok(file)
+    }
+}
+
+fn base_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+impl CoreConfig {
+    /// Resolves `database` against the configuration file's directory.
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        if self.database.is_relative() {
+            self.database = base_dir.join(&self.database);
+        }
+    }
+
+    /// Every domain the core answers for: the canonical ones and their aliases.
+    pub fn all_domains(&self) -> impl Iterator<Item = &str> {
+        self.domain.iter().flat_map(|d| {
+            std::iter::once(d.name.as_str()).chain(d.aliases.iter().map(String::as_str))
+        })
+    }
+
+    /// The rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.domain.is_empty() {
+            return Err(invalid(
+                "core.domain",
+                "no domain is configured",
+                "add a [[core.domain]] table with `name = \"example.org\"`",
+            ));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, d) in self.domain.iter().enumerate() {
+            let names = std::iter::once((format!("core.domain[{i}].name"), &d.name)).chain(
+                d.aliases
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, a)| (format!("core.domain[{i}].aliases[{j}]"), a)),
+            );
+            for (key, name) in names {
+                let n = normalize_domain(name).map_err(|e| {
+                    invalid(
+                        key.clone(),
+                        format!("`{name}` is not a valid domain: {e}"),
+                        "use a domain name such as \"example.org\"",
+                    )
+                })?;
+                if seen.iter().any(|s| *s == n) {
+                    return Err(invalid(
+                        key,
+                        format!("`{n}` is listed twice"),
+                        "list each domain once, as a name or as an alias",
+                    ));
+                }
+                seen.push(n.into_owned());
+            }
+        }
+        if self.listen.is_empty() && self.direct_tls_listen.is_empty() {
+            return Err(invalid(
+                "core.listen",
+                "neither `listen` nor `direct_tls_listen` has an address",
+                "add \"0.0.0.0:5222\" to `listen`",
+            ));
+        }
+        if self.scram_iterations < 4096 {
+            return Err(invalid(
+                "core.scram_iterations",
+                format!("{} is below 4096 (RFC 7677)", self.scram_iterations),
+                "use 4096 or more",
+            ));
+        }
+        for (key, v) in [
+            ("core.max_stanza_bytes", self.max_stanza_bytes),
+            (
+                "core.max_negotiation_stanza_bytes",
+                self.max_negotiation_stanza_bytes,
+            ),
+            ("core.max_connections", self.max_connections),
+            ("core.session_queue", self.session_queue),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    key,
+                    "zero",
+                    "use a positive number, or remove the key for the default",
+                ));
+            }
+        }
+        if self.max_negotiation_stanza_bytes > self.max_stanza_bytes {
+            return Err(invalid(
+                "core.max_negotiation_stanza_bytes",
+                "larger than core.max_stanza_bytes",
+                "keep it at most max_stanza_bytes",
+            ));
+        }
+        if self.negotiation_timeout.is_zero() {
+            return Err(invalid(
+                "core.negotiation_timeout",
+                "zero",
+                "set a duration such as \"30s\"",
+            ));
+        }
+        let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
+        for (key, list) in [
+            ("listen", &self.listen),
+            ("direct_tls_listen", &self.direct_tls_listen),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                let key = format!("core.{key}[{i}]");
+                if a.port() != 0 {
+                    if let Some((other, _)) = addrs.iter().find(|(_, b)| b == a) {
+                        return Err(invalid(
+                            key,
+                            format!("{a} is also used by {other}"),
+                            "give each listener its own address or port",
+                        ));
+                    }
+                }
+                addrs.push((key, *a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites domains to canonical form (after [`CoreConfig::validate`]).
+    pub fn normalize(&mut self) {
+        let canon = |d: &mut String| {
+            if let Ok(n) = normalize_domain(d) {
+                *d = n.into_owned();
+            }
+        };
+        for d in &mut self.domain {
+            canon(&mut d.name);
+            d.aliases.iter_mut().for_each(canon);
+        }
+    }
+
+    /// Listener addresses with their keys, for the gateway's clash check.
+    pub fn listeners(&self) -> impl Iterator<Item = (String, SocketAddr)> + '_ {
+        let a = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("core.listen[{i}]"), *a));
+        let b = self
+            .direct_tls_listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("core.direct_tls_listen[{i}]"), *a));
+        a.chain(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn example_core_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let f = CoreFile::load(&dir.join("core.toml")).unwrap();
+        assert_eq!(f.core.database, dir.join("fedgate-core.sqlite"));
+        assert!(f.core.listen.iter().all(|a| a.ip().is_loopback()));
+        assert!(!f.core.allow_plain);
+        assert!(f.gateway.secret().is_ok());
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let base = "[tls]\n[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"a.crt\"\nkey=\"a.key\"\n[gateway]\nsecret=\"s\"\n";
+        let f = CoreFile::from_toml(
+            &format!("[core]\n[[core.domain]]\nname = \"A.Test.\"\naliases = [\"b.test\"]\n{base}"),
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert_eq!(f.core.domain[0].name, "a.test");
+        assert_eq!(f.core.scram_iterations, 4096);
+        assert_eq!(f.core.listen, ["0.0.0.0:5222".parse().unwrap()]);
+        assert_eq!(
+            f.core.all_domains().collect::<Vec<_>>(),
+            ["a.test", "b.test"]
+        );
+        let bad = |core: &str| {
+            key_of(
+                CoreFile::from_toml(&format!("[core]\n{core}\n{base}"), Path::new("/tmp"))
+                    .unwrap_err(),
+            )
+        };
+        assert_eq!(bad(""), "core.domain");
+        assert_eq!(
+            bad("scram_iterations = 100\n[[core.domain]]\nname=\"a.test\""),
+            "core.scram_iterations"
+        );
+        assert_eq!(
+            bad("[[core.domain]]\nname=\"a.test\"\naliases=[\"a.test\"]"),
+            "core.domain[0].aliases[0]"
+        );
+        assert_eq!(
+            bad("listen=[\"127.0.0.1:5222\"]\ndirect_tls_listen=[\"127.0.0.1:5222\"]\n[[core.domain]]\nname=\"a.test\""),
+            "core.direct_tls_listen[0]"
+        );
+        // Unknown keys are refused with their name.
+        let e = CoreFile::from_toml("[core]\nlisten_on = []\n", Path::new("/tmp")).unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
+        // No secret.
+        let e = CoreFile::from_toml(
+            "[core]\n[[core.domain]]\nname=\"a.test\"\n[tls]\n[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"a\"\nkey=\"b\"\n",
+            Path::new("/tmp"),
+        )
+        .unwrap_err();
+        assert_eq!(key_of(e), "gateway.secret");
+    }
+}

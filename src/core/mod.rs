@@ -1,0 +1,527 @@
+//! `fedgate core`: a small client-to-server (c2s) XMPP server for closed deployments, attached
+//! to a gateway as its backend over XEP-0114, like any other component.
+//!
+//! # Layout
+//! - [`config`]: `[core]`, `[[core.domain]]`, and the standalone file (`[gateway]`, `[tls]`).
+//! - [`c2s`]: client streams: STARTTLS (required) or direct TLS, SASL, resource binding.
+//! - [`sasl`]: SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN, sans I/O; credentials as salted keys.
+//! - [`roster`]: roster items and the RFC 6121 subscription state machine, sans I/O.
+//! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
+//! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
+//!   (XEP-0030, XEP-0199, XEP-0092, roster), offline storage.
+//! - [`storage`]: the SQLite file and its versioned migrations.
+//! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
+//!
+//! # How a stanza travels
+//! 1. A client's stanza is read by its session, stamped with the session's full JID as `from`
+//!    (a client can never choose its sender address), and handed to [`Core`].
+//! 2. Addressed to one of our domains (or an alias), it is delivered here: to sessions, to the
+//!    offline store, or answered by the server for the account or the domain.
+//! 3. Addressed elsewhere, it goes to the gateway through the component link of the sender's
+//!    domain, and the gateway federates it.
+//! 4. Stanzas from the gateway take step 2. Whatever cannot be delivered goes back to its
+//!    sender with the RFC 6120/6121 error that fits; errors are never bounced.
+
+pub mod accounts;
+pub mod c2s;
+pub mod config;
+mod presence;
+pub mod roster;
+pub mod sasl;
+mod stanzas;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::component::client::{ClientConfig, Component, Event, Sender, Stopper, Target};
+use crate::jid::Jid;
+use crate::tls::Tls;
+use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::framer::Limits;
+use crate::xml::stanza::{NsContext, Stanza};
+use crate::xml::{ns, Element};
+
+use self::config::CoreConfig;
+use self::storage::{Storage, StorageError};
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error("cannot listen for {what} on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("database {0}")]
+    Storage(#[from] StorageError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The domains the core answers for.
+#[derive(Debug, Clone)]
+pub struct Domains {
+    /// Each served domain and alias → the canonical domain its accounts live in.
+    canonical: HashMap<String, String>,
+}
+
+impl Domains {
+    pub fn from_config(config: &CoreConfig) -> Domains {
+        let mut canonical = HashMap::new();
+        for d in &config.domain {
+            canonical.insert(d.name.clone(), d.name.clone());
+            for a in &d.aliases {
+                canonical.insert(a.clone(), d.name.clone());
+            }
+        }
+        Domains { canonical }
+    }
+
+    /// The canonical domain for a served domain or alias; `None` if we do not serve it.
+    pub fn canonical<'a>(&'a self, domain: &str) -> Option<&'a str> {
+        self.canonical.get(domain).map(String::as_str)
+    }
+
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.canonical.contains_key(domain)
+    }
+
+    /// Every served domain and alias.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.canonical.keys().map(String::as_str)
+    }
+}
+
+/// What every session and handler shares.
+pub struct Core {
+    pub config: CoreConfig,
+    pub domains: Domains,
+    pub storage: Storage,
+    pub tls: Arc<Tls>,
+    /// The component link per served domain and alias: stanzas to other domains leave
+    /// through the link of their sender's domain.
+    links: HashMap<String, Sender>,
+    /// Signed-in sessions by canonical bare JID (`user@domain`).
+    sessions: Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>,
+    /// Items for disco#items on our domains.
+    disco_items: Vec<String>,
+    pub shutdown: CancellationToken,
+}
+
+/// A signed-in client session as the rest of the core sees it.
+pub struct SessionHandle {
+    pub id: u64,
+    /// The full JID the client was bound to (its domain is an alias when the client signed in
+    /// with one and did not ask for the full bind result).
+    pub jid: Jid,
+    /// The canonical bare JID of the account.
+    pub account: String,
+    tx: mpsc::Sender<Bytes>,
+    /// Cancelled to end the session, with `kicked_with` as the stream error.
+    kick: CancellationToken,
+    kicked_with: Mutex<Option<(StreamErrorCondition, String)>>,
+    pub(crate) presence: Mutex<PresenceState>,
+}
+
+/// A session's presence, as RFC 6121 §4 needs it.
+#[derive(Default)]
+pub(crate) struct PresenceState {
+    /// Initial presence was sent and no unavailable since (an "available resource").
+    pub available: bool,
+    pub priority: i32,
+    /// The last broadcast presence (without `to`), re-sent to answer probes.
+    pub last: Option<Element>,
+    /// Entities that got directed presence and must get unavailable when we go (§4.6).
+    pub directed: Vec<String>,
+    /// The client asked for the roster, so it gets roster pushes (§2.1.6).
+    pub interested: bool,
+}
+
+impl SessionHandle {
+    /// Queues bytes for the client. A client that lets its queue fill is too slow to keep:
+    /// it is disconnected with `<resource-constraint/>`.
+    pub fn send(&self, bytes: Bytes) {
+        if self.tx.try_send(bytes).is_err() {
+            self.kick_with(
+                StreamErrorCondition::ResourceConstraint,
+                "too many stanzas waiting for this client",
+            );
+        }
+    }
+
+    pub fn send_element(&self, el: &Element) {
+        self.send(Bytes::from(el.to_bytes()));
+    }
+
+    /// Ends the session with a stream error.
+    pub fn kick_with(&self, condition: StreamErrorCondition, text: &str) {
+        let mut k = self.kicked_with.lock().unwrap_or_else(|e| e.into_inner());
+        if k.is_none() {
+            *k = Some((condition, text.to_owned()));
+        }
+        self.kick.cancel();
+    }
+
+    pub(crate) fn presence(&self) -> std::sync::MutexGuard<'_, PresenceState> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_available(&self) -> bool {
+        self.presence().available
+    }
+}
+
+/// A started core.
+pub struct RunningCore {
+    /// c2s STARTTLS listeners, as bound.
+    pub c2s_addrs: Vec<SocketAddr>,
+    /// c2s direct TLS listeners, as bound.
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    pub core: Arc<Core>,
+    tracker: TaskTracker,
+    links: Vec<Stopper>,
+}
+
+/// How the core reaches its gateway.
+pub struct GatewayLink {
+    pub target: Target,
+    /// The handshake secret per domain (and alias).
+    pub secrets: HashMap<String, String>,
+    /// Other domains behind the gateway, for disco#items.
+    pub neighbours: Vec<String>,
+}
+
+/// Opens the database, attaches every domain to the gateway, binds the c2s listeners.
+pub async fn start(
+    config: &CoreConfig,
+    tls: Arc<Tls>,
+    gateway: GatewayLink,
+) -> Result<RunningCore, CoreError> {
+    config.validate()?;
+    let storage = Storage::open(&config.database)?;
+    let domains = Domains::from_config(config);
+
+    let mut links = HashMap::new();
+    let mut components = Vec::new();
+    let mut all: Vec<&str> = domains.all().collect();
+    all.sort();
+    for domain in all {
+        let secret = gateway.secrets.get(domain).cloned().unwrap_or_default();
+        let mut cc = ClientConfig::new(domain, &secret, gateway.target.clone());
+        cc.limits = Limits {
+            max_stanza_bytes: config.max_stanza_bytes.max(512 * 1024),
+            ..Limits::default()
+        };
+        let component = Component::start(cc);
+        links.insert(domain.to_owned(), component.sender());
+        components.push(component);
+    }
+    let mut disco_items: Vec<String> = config.disco_items.clone();
+    for n in gateway.neighbours {
+        if !domains.is_local(&n) && !disco_items.contains(&n) {
+            disco_items.push(n);
+        }
+    }
+    let core = Arc::new(Core {
+        config: config.clone(),
+        domains,
+        storage,
+        tls,
+        links,
+        sessions: Mutex::new(HashMap::new()),
+        disco_items,
+        shutdown: CancellationToken::new(),
+    });
+
+    // Bind everything before serving, so that a port clash fails the start cleanly.
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| CoreError::Bind { what, addr, source })
+    };
+    let mut plain = Vec::new();
+    for addr in &config.listen {
+        plain.push(bind("c2s", *addr).await?);
+    }
+    let mut direct = Vec::new();
+    for addr in &config.direct_tls_listen {
+        direct.push(bind("c2s direct TLS", *addr).await?);
+    }
+    let c2s_addrs = plain.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let direct_tls_addrs = direct.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let tracker = TaskTracker::new();
+    let stoppers = components
+        .into_iter()
+        .map(|c| {
+            let (_, events, stopper) = c.into_parts();
+            tracker.spawn(gateway_events(core.clone(), events));
+            stopper
+        })
+        .collect();
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    for (listener, direct_tls) in plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(direct.into_iter().map(|l| (l, true)))
+    {
+        let core2 = core.clone();
+        tracker.spawn(crate::listener::accept_loop(
+            if direct_tls { "c2s-direct-tls" } else { "c2s" },
+            listener,
+            limit.clone(),
+            core.shutdown.clone(),
+            tracker.clone(),
+            move |tcp, peer, permit| {
+                let core = core2.clone();
+                async move {
+                    c2s::handle(Box::new(tcp), peer, core, direct_tls).await;
+                    drop(permit);
+                }
+            },
+        ));
+    }
+    Ok(RunningCore {
+        c2s_addrs,
+        direct_tls_addrs,
+        core,
+        tracker,
+        links: stoppers,
+    })
+}
+
+/// Passes stanzas from one component link to the core, one at a time.
+async fn gateway_events(core: Arc<Core>, mut events: mpsc::Receiver<Event>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Stanza(s) => core.handle_from_gateway(s).await,
+            Event::Online | Event::Offline { .. } => {}
+        }
+    }
+}
+
+impl RunningCore {
+    /// Ends every client stream with `<system-shutdown/>` (after sending each one's unavailable
+    /// presence on), then closes the gateway links; bounded by `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.core.shutdown.cancel();
+        self.tracker.close();
+        let sessions_done = async {
+            // Session tasks end on the token; the gateway event tasks end when links stop.
+            loop {
+                if self.core.session_count() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(grace, sessions_done).await.is_err() {
+            tracing::warn!("c2s sessions did not complete in {grace:?}, terminating now");
+        }
+        for link in self.links {
+            link.stop().await;
+        }
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("core tasks did not complete in {grace:?}, terminating now");
+        }
+    }
+}
+
+impl Core {
+    /// Signed-in sessions, all accounts.
+    pub fn session_count(&self) -> usize {
+        self.sessions_lock().values().map(Vec::len).sum()
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<SessionHandle>>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sessions of an account (canonical bare JID).
+    pub(crate) fn sessions_of(&self, account: &str) -> Vec<Arc<SessionHandle>> {
+        self.sessions_lock()
+            .get(account)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The session bound to `resource` of an account.
+    pub(crate) fn session(&self, account: &str, resource: &str) -> Option<Arc<SessionHandle>> {
+        self.sessions_lock()
+            .get(account)?
+            .iter()
+            .find(|s| s.jid.resource() == Some(resource))
+            .cloned()
+    }
+
+    /// Registers a newly bound session. A session already bound to the same resource is
+    /// ended with `<conflict/>` (RFC 6120 §7.7.2.2: the newer one wins).
+    pub(crate) fn register(
+        &self,
+        jid: Jid,
+        account: String,
+        tx: mpsc::Sender<Bytes>,
+    ) -> (Arc<SessionHandle>, CancellationToken) {
+        let kick = CancellationToken::new();
+        let handle = Arc::new(SessionHandle {
+            id: crate::router::next_session_id(),
+            jid,
+            account: account.clone(),
+            tx,
+            kick: kick.clone(),
+            kicked_with: Mutex::new(None),
+            presence: Mutex::new(PresenceState::default()),
+        });
+        let mut sessions = self.sessions_lock();
+        let list = sessions.entry(account).or_default();
+        if let Some(i) = list
+            .iter()
+            .position(|s| s.jid.resource() == handle.jid.resource())
+        {
+            let old = list.remove(i);
+            old.kick_with(
+                StreamErrorCondition::Conflict,
+                "replaced by a new session for the same resource",
+            );
+        }
+        list.push(handle.clone());
+        (handle, kick)
+    }
+
+    /// Removes a session from the table (only itself, never a successor).
+    pub(crate) fn unregister(&self, handle: &SessionHandle) {
+        let mut sessions = self.sessions_lock();
+        if let Some(list) = sessions.get_mut(&handle.account) {
+            list.retain(|s| s.id != handle.id);
+            if list.is_empty() {
+                sessions.remove(&handle.account);
+            }
+        }
+    }
+
+    /// Routes a stanza whose `from` is set: delivered here when it is for one of our domains,
+    /// else sent to the gateway through the link of the sender's domain.
+    pub(crate) async fn route(&self, el: Element) {
+        let to = match el.attr("to").map(Jid::parse) {
+            Some(Ok(j)) => j,
+            Some(Err(_)) => {
+                self.bounce(&el, StanzaErrorCondition::JidMalformed, "bad 'to' address")
+                    .await;
+                return;
+            }
+            None => return,
+        };
+        if self.domains.is_local(to.domain()) {
+            Box::pin(self.deliver_local(to, el)).await;
+        } else {
+            self.send_to_gateway(el).await;
+        }
+    }
+
+    /// Writes a stanza to the gateway on its sender's domain's link; bounces it when the link
+    /// cannot take it.
+    async fn send_to_gateway(&self, el: Element) {
+        let from_domain = el
+            .attr("from")
+            .and_then(|f| crate::jid::domain_of(f).ok())
+            .map(|d| d.into_owned())
+            .unwrap_or_default();
+        let Some(link) = self.links.get(&from_domain) else {
+            tracing::debug!(from = %from_domain, "no gateway link for the sender's domain");
+            return;
+        };
+        if let Err(_bytes) = link.try_send_raw(el.to_bytes()) {
+            let text = if link.is_online() {
+                "too many stanzas waiting for the gateway"
+            } else {
+                "the federation gateway is not reachable"
+            };
+            self.bounce(&el, StanzaErrorCondition::RemoteServerTimeout, text)
+                .await;
+        }
+    }
+
+    /// Sends the error reply RFC 6120 §8.3 asks for, unless the stanza must not be answered
+    /// (errors, iq results, unavailable presence).
+    pub(crate) async fn bounce(&self, el: &Element, cond: StanzaErrorCondition, text: &str) {
+        if let Some(reply) = error_reply(el, cond, text) {
+            Box::pin(self.route(reply)).await;
+        }
+    }
+
+    /// A stanza the gateway routed to one of our domains.
+    async fn handle_from_gateway(&self, stanza: Stanza) {
+        let Ok(el) = stanza.element() else { return };
+        if el.attr("from").is_none() {
+            return;
+        }
+        match el.attr("to").map(Jid::parse) {
+            Some(Ok(to)) if self.domains.is_local(to.domain()) => self.deliver_local(to, el).await,
+            Some(Ok(_)) => {
+                tracing::debug!("the gateway routed a stanza for a domain we do not serve")
+            }
+            _ => {
+                self.bounce(&el, StanzaErrorCondition::JidMalformed, "bad 'to' address")
+                    .await
+            }
+        }
+    }
+
+    /// A session ended: unavailable presence goes out for it, then it is forgotten.
+    pub(crate) async fn session_ended(&self, handle: &Arc<SessionHandle>) {
+        let was_available = handle.is_available();
+        self.unregister(handle);
+        if was_available {
+            let unavailable = Element::new("presence", ns::CLIENT)
+                .with_attr("from", handle.jid.to_string())
+                .with_attr("type", "unavailable");
+            self.broadcast_presence(handle, unavailable, false).await;
+        }
+    }
+}
+
+/// The error reply to `el`, or `None` when none may be sent.
+pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
+    let stanza =
+        Stanza::parse(Bytes::from(el.to_bytes()), &NsContext::new(ns::CLIENT, &[])).ok()?;
+    stanza.bounce(cond, Some(text))?.element().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_swap_addresses_and_skip_errors() {
+        let raw = "<message xmlns='jabber:client' to='nobody@a.test' type='chat' id='m1' xml:lang='en'><body>x</body></message>";
+        let s = Stanza::parse(Bytes::from(raw), &NsContext::new(ns::CLIENT, &[])).unwrap();
+        let mut el = s.element().unwrap();
+        el.set_attr("from", "alice@a.test/r");
+        let e = error_reply(
+            &el,
+            StanzaErrorCondition::ServiceUnavailable,
+            "no such user",
+        )
+        .expect("an error reply");
+        assert_eq!(e.attr("to"), Some("alice@a.test/r"));
+        assert_eq!(e.attr("from"), Some("nobody@a.test"));
+        assert_eq!(e.attr("type"), Some("error"));
+        assert!(error_reply(&e, StanzaErrorCondition::ServiceUnavailable, "").is_none());
+    }
+}

@@ -1,0 +1,550 @@
+//! SASL for c2s (RFC 6120 §6): SCRAM-SHA-256 (RFC 7677), SCRAM-SHA-1 (RFC 5802) and PLAIN
+//! (RFC 4616), sans I/O. The session in [`super::c2s`] moves the base64 payloads in and out.
+//!
+//! # What is stored
+//! Never a password: per account one random salt and iteration count, and for each hash the
+//! SCRAM `StoredKey = H(HMAC(SaltedPassword, "Client Key"))` and
+//! `ServerKey = HMAC(SaltedPassword, "Server Key")` with
+//! `SaltedPassword = PBKDF2-HMAC(password, salt, iterations)` ([`Credentials`]). A stolen
+//! database does not let anyone sign in with SCRAM (the proof needs `ClientKey`, which is not
+//! stored) and costs a dictionary attack the full PBKDF2 per guess. PLAIN is checked by
+//! deriving the same keys from the offered password.
+//!
+//! # SCRAM exchange
+//! 1. [`ClientFirst::parse`]: `gs2-header` (`n,,` or `y,,`; channel binding `p=` is refused,
+//!    as we do not offer `-PLUS`), then `n=username,r=client-nonce`.
+//! 2. [`ScramServer::new`] answers `r=client-nonce+server-nonce,s=salt,i=iterations`. For an
+//!    unknown user the salt is derived from the name with a per-process key, so the answer
+//!    looks like any other and the exchange fails only at the proof.
+//! 3. [`ScramServer::finish`] checks `c=` (the gs2 header again), the nonce, and the proof:
+//!    `ClientKey = proof XOR HMAC(StoredKey, AuthMessage)` must hash to `StoredKey`, compared
+//!    in constant time; it answers `v=ServerSignature` for the `<success/>`.
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The SASL mechanisms the core offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    ScramSha256,
+    ScramSha1,
+    Plain,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::Plain => "PLAIN",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mechanism> {
+        match name {
+            "SCRAM-SHA-256" => Some(Mechanism::ScramSha256),
+            "SCRAM-SHA-1" => Some(Mechanism::ScramSha1),
+            "PLAIN" => Some(Mechanism::Plain),
+            _ => None,
+        }
+    }
+}
+
+/// The hash a SCRAM mechanism is built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScramHash {
+    Sha1,
+    Sha256,
+}
+
+impl ScramHash {
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        match self {
+            ScramHash::Sha1 => {
+                let mut m = <Hmac<Sha1> as Mac>::new_from_slice(key).expect("any key length");
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            ScramHash::Sha256 => {
+                let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            ScramHash::Sha1 => Sha1::digest(data).to_vec(),
+            ScramHash::Sha256 => Sha256::digest(data).to_vec(),
+        }
+    }
+
+    fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        match self {
+            ScramHash::Sha1 => {
+                let mut out = [0u8; 20];
+                pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+            ScramHash::Sha256 => {
+                let mut out = [0u8; 32];
+                pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+        }
+    }
+
+    /// `StoredKey` and `ServerKey` for a password (RFC 5802 §3).
+    pub fn keys(self, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let salted = self.salted_password(password.as_bytes(), salt, iterations);
+        let client_key = self.hmac(&salted, b"Client Key");
+        ScramKeys {
+            stored_key: self.hash(&client_key),
+            server_key: self.hmac(&salted, b"Server Key"),
+        }
+    }
+}
+
+/// What a server keeps to verify one SCRAM hash's proofs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// An account's stored credentials: no password, only salted SCRAM keys (module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub sha1: ScramKeys,
+    pub sha256: ScramKeys,
+}
+
+impl Credentials {
+    /// Derives credentials for a new password with a fresh random 16-byte salt.
+    pub fn derive(password: &str, iterations: u32) -> Credentials {
+        let salt: [u8; 16] = rand::random();
+        Credentials::derive_with_salt(password, &salt, iterations)
+    }
+
+    pub fn derive_with_salt(password: &str, salt: &[u8], iterations: u32) -> Credentials {
+        Credentials {
+            salt: salt.to_vec(),
+            iterations,
+            sha1: ScramHash::Sha1.keys(password, salt, iterations),
+            sha256: ScramHash::Sha256.keys(password, salt, iterations),
+        }
+    }
+
+    fn keys(&self, hash: ScramHash) -> &ScramKeys {
+        match hash {
+            ScramHash::Sha1 => &self.sha1,
+            ScramHash::Sha256 => &self.sha256,
+        }
+    }
+
+    /// Whether `password` is the account's password (for PLAIN): derives the SHA-256
+    /// `StoredKey` and compares it in constant time.
+    pub fn verify_password(&self, password: &str) -> bool {
+        let keys = ScramHash::Sha256.keys(password, &self.salt, self.iterations);
+        bool::from(keys.stored_key.ct_eq(&self.sha256.stored_key))
+    }
+}
+
+/// Why authentication failed; each maps to a SASL `<failure/>` condition (RFC 6120 §6.5).
+/// None is fatal for the stream: the client may try again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaslError {
+    /// The payload is not what the mechanism expects.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// Wrong password, unknown user, or a proof that does not verify.
+    #[error("not authorized")]
+    NotAuthorized,
+    /// The client asked to act as someone else.
+    #[error("invalid authzid")]
+    InvalidAuthzid,
+    /// A mechanism we do not offer (here).
+    #[error("invalid mechanism")]
+    InvalidMechanism,
+    /// The mechanism needs TLS first.
+    #[error("encryption required")]
+    EncryptionRequired,
+    /// The client gave up (`<abort/>`).
+    #[error("aborted")]
+    Aborted,
+    /// The account store failed.
+    #[error("temporary authentication failure")]
+    TemporaryFailure,
+}
+
+impl SaslError {
+    /// The `<failure/>` child element name.
+    pub fn condition(&self) -> &'static str {
+        match self {
+            SaslError::Malformed(_) => "malformed-request",
+            SaslError::NotAuthorized => "not-authorized",
+            SaslError::InvalidAuthzid => "invalid-authzid",
+            SaslError::InvalidMechanism => "invalid-mechanism",
+            SaslError::EncryptionRequired => "encryption-required",
+            SaslError::Aborted => "aborted",
+            SaslError::TemporaryFailure => "temporary-auth-failure",
+        }
+    }
+}
+
+/// A parsed `client-first-message` (RFC 5802 §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFirst {
+    /// The username, `=2C`/`=3D` decoded; not yet prepared.
+    pub username: String,
+    pub authzid: Option<String>,
+    gs2_header: String,
+    bare: String,
+    nonce: String,
+}
+
+/// Decodes a SCRAM `saslname` (`=2C` is `,`, `=3D` is `=`; any other `=` is malformed).
+fn decode_saslname(s: &str) -> Result<String, SaslError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]);
+        match rest.get(i..i + 3) {
+            Some("=2C") => out.push(','),
+            Some("=3D") => out.push('='),
+            _ => return Err(SaslError::Malformed("bad escape in a name")),
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl ClientFirst {
+    pub fn parse(data: &[u8]) -> Result<ClientFirst, SaslError> {
+        let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed("not UTF-8"))?;
+        let mut parts = s.splitn(3, ',');
+        let (Some(cb), Some(authz), Some(bare)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(SaslError::Malformed("no gs2 header"));
+        };
+        match cb {
+            "n" | "y" => {}
+            c if c.starts_with("p=") => {
+                return Err(SaslError::Malformed("channel binding is not offered"))
+            }
+            _ => return Err(SaslError::Malformed("bad gs2 channel binding flag")),
+        }
+        let authzid = match authz {
+            "" => None,
+            a => Some(decode_saslname(
+                a.strip_prefix("a=")
+                    .ok_or(SaslError::Malformed("bad gs2 authzid"))?,
+            )?),
+        };
+        let mut username = None;
+        let mut nonce = None;
+        for (i, attr) in bare.split(',').enumerate() {
+            match (i, attr.split_at_checked(2)) {
+                (0, Some(("m=", _))) => return Err(SaslError::Malformed("mandatory extension")),
+                (0, Some(("n=", v))) => username = Some(decode_saslname(v)?),
+                (1, Some(("r=", v))) if !v.is_empty() && !v.contains(',') => {
+                    nonce = Some(v.to_owned())
+                }
+                (0 | 1, _) => return Err(SaslError::Malformed("expected n= then r=")),
+                _ => {} // extensions we do not know are ignored (RFC 5802 §5.1)
+            }
+        }
+        let (Some(username), Some(nonce)) = (username, nonce) else {
+            return Err(SaslError::Malformed("missing n= or r="));
+        };
+        if username.is_empty() {
+            return Err(SaslError::Malformed("empty username"));
+        }
+        Ok(ClientFirst {
+            username,
+            authzid,
+            gs2_header: format!("{cb},{authz},"),
+            bare: bare.to_owned(),
+            nonce,
+        })
+    }
+}
+
+/// The server side of one SCRAM exchange after the client's first message.
+pub struct ScramServer {
+    hash: ScramHash,
+    gs2_header: String,
+    nonce: String,
+    /// `client-first-message-bare + "," + server-first-message`: the start of `AuthMessage`.
+    auth_prefix: String,
+    /// `None` for an unknown user: the exchange runs to the end and fails there.
+    keys: Option<ScramKeys>,
+}
+
+/// A per-process key for the fake salts of unknown users.
+fn fake_salt(username: &str) -> Vec<u8> {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    ScramHash::Sha256.hmac(key, username.as_bytes())[..16].to_vec()
+}
+
+impl ScramServer {
+    /// Answers the client's first message with `server_nonce` appended to its nonce.
+    /// `credentials` is `None` when there is no such user.
+    pub fn new(
+        hash: ScramHash,
+        first: &ClientFirst,
+        credentials: Option<&Credentials>,
+        default_iterations: u32,
+        server_nonce: &str,
+    ) -> (ScramServer, Vec<u8>) {
+        let nonce = format!("{}{}", first.nonce, server_nonce);
+        let (salt, iterations) = match credentials {
+            Some(c) => (c.salt.clone(), c.iterations),
+            None => (fake_salt(&first.username), default_iterations),
+        };
+        let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
+        let server = ScramServer {
+            hash,
+            gs2_header: first.gs2_header.clone(),
+            nonce,
+            auth_prefix: format!("{},{}", first.bare, server_first),
+            keys: credentials.map(|c| c.keys(hash).clone()),
+        };
+        (server, server_first.into_bytes())
+    }
+
+    /// A fresh random server nonce (printable, no comma).
+    pub fn random_nonce() -> String {
+        let bytes: [u8; 18] = rand::random();
+        B64.encode(bytes)
+    }
+
+    /// Checks the client's final message; returns the `server-final-message` to send with
+    /// `<success/>`.
+    pub fn finish(&self, data: &[u8]) -> Result<Vec<u8>, SaslError> {
+        let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = s
+            .rsplit_once(",p=")
+            .ok_or(SaslError::Malformed("no proof"))?;
+        let mut attrs = without_proof.split(',');
+        let cb = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("c="))
+            .ok_or(SaslError::Malformed("expected c="))?;
+        let nonce = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("r="))
+            .ok_or(SaslError::Malformed("expected r="))?;
+        let cb = B64
+            .decode(cb)
+            .map_err(|_| SaslError::Malformed("c= is not base64"))?;
+        if cb != self.gs2_header.as_bytes() {
+            return Err(SaslError::NotAuthorized);
+        }
+        if !bool::from(nonce.as_bytes().ct_eq(self.nonce.as_bytes())) {
+            return Err(SaslError::NotAuthorized);
+        }
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| SaslError::Malformed("p= is not base64"))?;
+        let Some(keys) = &self.keys else {
+            return Err(SaslError::NotAuthorized);
+        };
+        if proof.len() != keys.stored_key.len() {
+            return Err(SaslError::NotAuthorized);
+        }
+        let auth_message = format!("{},{}", self.auth_prefix, without_proof);
+        let client_signature = self.hash.hmac(&keys.stored_key, auth_message.as_bytes());
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(&client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
+        if !bool::from(self.hash.hash(&client_key).ct_eq(&keys.stored_key)) {
+            return Err(SaslError::NotAuthorized);
+        }
+        let server_signature = self.hash.hmac(&keys.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
+    }
+}
+
+/// A parsed PLAIN message (RFC 4616): `[authzid] NUL authcid NUL passwd`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plain {
+    pub authzid: Option<String>,
+    pub username: String,
+    pub password: String,
+}
+
+impl Plain {
+    pub fn parse(data: &[u8]) -> Result<Plain, SaslError> {
+        let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed("not UTF-8"))?;
+        let mut parts = s.split('\0');
+        let (Some(authzid), Some(username), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SaslError::Malformed(
+                "PLAIN needs authzid NUL authcid NUL password",
+            ));
+        };
+        if username.is_empty() || password.is_empty() {
+            return Err(SaslError::Malformed("empty authcid or password"));
+        }
+        Ok(Plain {
+            authzid: (!authzid.is_empty()).then(|| authzid.to_owned()),
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the server side of an exchange whose client messages are given, with a fixed
+    /// server nonce; returns the server's first and final messages.
+    fn exchange(
+        hash: ScramHash,
+        creds: &Credentials,
+        client_first: &str,
+        server_nonce: &str,
+        client_final: &str,
+    ) -> (String, Result<String, SaslError>) {
+        let first = ClientFirst::parse(client_first.as_bytes()).unwrap();
+        let (server, server_first) =
+            ScramServer::new(hash, &first, Some(creds), 4096, server_nonce);
+        let fin = server
+            .finish(client_final.as_bytes())
+            .map(|v| String::from_utf8(v).unwrap());
+        (String::from_utf8(server_first).unwrap(), fin)
+    }
+
+    /// RFC 5802 §5: the SCRAM-SHA-1 example.
+    #[test]
+    fn rfc5802_sha1_vector() {
+        let salt = B64.decode("QSXCR+Q6sek8bf92").unwrap();
+        let creds = Credentials::derive_with_salt("pencil", &salt, 4096);
+        let (first, fin) = exchange(
+            ScramHash::Sha1,
+            &creds,
+            "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+            "3rfcNHYJY1ZVvWVs7j",
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        );
+        assert_eq!(
+            first,
+            "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
+        );
+        assert_eq!(fin.unwrap(), "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=");
+    }
+
+    /// RFC 7677 §3: the SCRAM-SHA-256 example.
+    #[test]
+    fn rfc7677_sha256_vector() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let creds = Credentials::derive_with_salt("pencil", &salt, 4096);
+        let (first, fin) = exchange(
+            ScramHash::Sha256,
+            &creds,
+            "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+             p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        );
+        assert_eq!(
+            first,
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        assert_eq!(
+            fin.unwrap(),
+            "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
+    }
+
+    #[test]
+    fn a_wrong_proof_nonce_or_binding_is_refused() {
+        let salt = B64.decode("QSXCR+Q6sek8bf92").unwrap();
+        let creds = Credentials::derive_with_salt("pencil", &salt, 4096);
+        let cf = "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL";
+        let n = "3rfcNHYJY1ZVvWVs7j";
+        for bad in [
+            // Proof for another password.
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            // Another nonce.
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawLXXX,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            // c= does not repeat the gs2 header ("y,,").
+            "c=eSws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        ] {
+            let (_, fin) = exchange(ScramHash::Sha1, &creds, cf, n, bad);
+            assert_eq!(fin, Err(SaslError::NotAuthorized), "{bad}");
+        }
+        // The right proof over SHA-256 keys of the same password is not a SHA-1 proof.
+        let (_, fin) = exchange(
+            ScramHash::Sha256,
+            &creds,
+            cf,
+            n,
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        );
+        assert_eq!(fin, Err(SaslError::NotAuthorized));
+    }
+
+    #[test]
+    fn unknown_users_get_a_stable_salt_and_fail_at_the_proof() {
+        let first = ClientFirst::parse(b"n,,n=nobody,r=abc").unwrap();
+        let (a, fa) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x");
+        let (_, fb) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x");
+        assert_eq!(fa, fb);
+        assert!(String::from_utf8(fa).unwrap().ends_with(",i=4096"));
+        assert_eq!(
+            a.finish(b"c=biws,r=abcx,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            Err(SaslError::NotAuthorized)
+        );
+    }
+
+    #[test]
+    fn client_first_parsing() {
+        let f = ClientFirst::parse(b"n,a=al=2Cice=3D,n=us=3Der,r=nonce,x=ext").unwrap();
+        assert_eq!(f.username, "us=er");
+        assert_eq!(f.authzid.as_deref(), Some("al,ice="));
+        assert_eq!(f.gs2_header, "n,a=al=2Cice=3D,");
+        for bad in [
+            &b"p=tls-exporter,,n=u,r=x"[..],
+            b"n,,m=x,n=u,r=x",
+            b"n,,n=u",
+            b"n,,r=x,n=u",
+            b"x,,n=u,r=x",
+            b"n,,n=a=b,r=x",
+            b"n,,n=,r=x",
+            b"\xff",
+        ] {
+            assert!(ClientFirst::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn plain_parsing_and_password_check() {
+        let p = Plain::parse(b"\0alice\0secret").unwrap();
+        assert_eq!(p.username, "alice");
+        assert_eq!(p.authzid, None);
+        assert!(Plain::parse(b"alice\0secret").is_err());
+        assert!(Plain::parse(b"\0alice\0").is_err());
+        let c = Credentials::derive("secret", 4096);
+        assert!(c.verify_password("secret"));
+        assert!(!c.verify_password("Secret"));
+        // Salts are random: two accounts with one password store different keys.
+        assert_ne!(c.sha256, Credentials::derive("secret", 4096).sha256);
+    }
+}

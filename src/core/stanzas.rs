@@ -1,0 +1,574 @@
+//! Delivery to local addresses (RFC 6121 §8.5), the server's answers for an account and for a
+//! domain (rosters §2, XEP-0030 disco, XEP-0199 ping, XEP-0092 version), offline storage.
+//!
+//! Messages to a bare JID go to every available resource with a non-negative priority
+//! (§8.5.2.1.1 allows this for `chat` and `normal`); with none available, `chat` and `normal`
+//! messages are stored and delivered when the account next sends initial presence (§8.5.2.2.1,
+//! XEP-0160), stamped with an XEP-0203 `<delay/>`. Messages to a full JID whose resource is not
+//! signed in are treated as if addressed to the bare JID, except `groupchat` (an error) and
+//! `headline`/`error` (dropped). Stanzas for an account that does not exist get
+//! `service-unavailable` (§8.5.1), and a subscription request gets `unsubscribed`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
+use super::{storage, Core, SessionHandle};
+use crate::jid::Jid;
+use crate::xml::error::StanzaErrorCondition;
+use crate::xml::{ns, Element, Node};
+
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const NS_VERSION: &str = "jabber:iq:version";
+pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+
+/// An iq result to `req`, from `from`.
+pub(crate) fn iq_result(req: &Element, from: &str) -> Element {
+    let mut r = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("from", from);
+    if let Some(to) = req.attr("from") {
+        r.set_attr("to", to);
+    }
+    if let Some(id) = req.attr("id") {
+        r.set_attr("id", id);
+    }
+    r
+}
+
+/// The payload element of an iq (its first child element).
+fn payload(el: &Element) -> Option<&Element> {
+    el.children().next()
+}
+
+impl Core {
+    /// A stanza for one of our domains (or aliases), from a local session or the gateway.
+    pub(crate) async fn deliver_local(&self, to: Jid, el: Element) {
+        let canonical = self
+            .domains
+            .canonical(to.domain())
+            .unwrap_or(to.domain())
+            .to_owned();
+        let Some(node) = to.node() else {
+            return self.server_stanza(&to, el).await;
+        };
+        let account = format!("{node}@{canonical}");
+        let exists = {
+            let (n, d) = (node.to_owned(), canonical.clone());
+            self.storage
+                .call(move |c| storage::account_exists(c, &n, &d))
+                .await
+        };
+        match exists {
+            Ok(true) => {}
+            Ok(false) => return self.no_such_account(&to, el).await,
+            Err(e) => {
+                tracing::warn!("account lookup failed: {e}");
+                return self
+                    .bounce(
+                        &el,
+                        StanzaErrorCondition::InternalServerError,
+                        "storage failure",
+                    )
+                    .await;
+            }
+        }
+        match el.name.as_str() {
+            "message" => self.deliver_message(&account, &to, el).await,
+            "presence" => self.presence_inbound(&account, &to, el).await,
+            "iq" => self.deliver_iq(&account, &to, el).await,
+            _ => {}
+        }
+    }
+
+    /// §8.5.1: no such account.
+    async fn no_such_account(&self, to: &Jid, el: Element) {
+        match (el.name.as_str(), el.attr("type")) {
+            ("presence", Some("subscribe")) => {
+                // §3.1.3: the request cannot succeed; say so.
+                if let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                    let reply = Element::new("presence", ns::CLIENT)
+                        .with_attr("from", to.bare().to_string())
+                        .with_attr("to", from.bare().to_string())
+                        .with_attr("type", "unsubscribed");
+                    Box::pin(self.route(reply)).await;
+                }
+            }
+            ("presence", _) => {}
+            _ => {
+                self.bounce(
+                    &el,
+                    StanzaErrorCondition::ServiceUnavailable,
+                    "no such user",
+                )
+                .await
+            }
+        }
+    }
+
+    /// §8.5.2 (bare JID) and §8.5.3 (full JID) for messages.
+    async fn deliver_message(&self, account: &str, to: &Jid, el: Element) {
+        let type_ = el.attr("type").unwrap_or("normal").to_owned();
+        if let Some(resource) = to.resource() {
+            if let Some(s) = self.session(account, resource) {
+                s.send_element(&el);
+                return;
+            }
+            match type_.as_str() {
+                "groupchat" => {
+                    return self
+                        .bounce(
+                            &el,
+                            StanzaErrorCondition::ServiceUnavailable,
+                            "no such resource",
+                        )
+                        .await
+                }
+                "headline" | "error" => return,
+                _ => {}
+            }
+        }
+        match type_.as_str() {
+            "error" => return,
+            "groupchat" => {
+                return self
+                    .bounce(
+                        &el,
+                        StanzaErrorCondition::ServiceUnavailable,
+                        "not a chat room",
+                    )
+                    .await
+            }
+            _ => {}
+        }
+        let targets: Vec<Arc<SessionHandle>> = self
+            .sessions_of(account)
+            .into_iter()
+            .filter(|s| {
+                let p = s.presence();
+                p.available && p.priority >= 0
+            })
+            .collect();
+        if !targets.is_empty() {
+            let bytes = Bytes::from(el.to_bytes());
+            for s in targets {
+                s.send(bytes.clone());
+            }
+            return;
+        }
+        if type_ == "headline" {
+            return;
+        }
+        self.store_offline(account, el).await;
+    }
+
+    /// XEP-0160: keep the message, stamped with when it arrived (XEP-0203).
+    async fn store_offline(&self, account: &str, mut el: Element) {
+        let domain = account
+            .split_once('@')
+            .map_or(account, |(_, d)| d)
+            .to_owned();
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        el.children.push(Node::Element(
+            Element::new("delay", NS_DELAY)
+                .with_attr("from", domain)
+                .with_attr("stamp", stamp),
+        ));
+        let bytes = el.to_bytes();
+        let owner = account.to_owned();
+        let limit = self.config.offline_max;
+        match self
+            .storage
+            .call(move |c| storage::store_offline(c, &owner, &bytes, limit))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.bounce(
+                    &el,
+                    StanzaErrorCondition::ServiceUnavailable,
+                    "the recipient's offline storage is full",
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!("storing an offline message failed: {e}");
+                self.bounce(
+                    &el,
+                    StanzaErrorCondition::InternalServerError,
+                    "storage failure",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Delivers stored messages to a session that just became available, then forgets them.
+    pub(crate) async fn deliver_offline(&self, session: &SessionHandle) {
+        let owner = session.account.clone();
+        let msgs = match self
+            .storage
+            .call({
+                let owner = owner.clone();
+                move |c| storage::offline_messages(c, &owner)
+            })
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!("reading offline messages failed: {e}"),
+        };
+        let Some(last) = msgs.last().map(|(id, _)| *id) else {
+            return;
+        };
+        for (_, bytes) in msgs {
+            session.send(Bytes::from(bytes));
+        }
+        if let Err(e) = self
+            .storage
+            .call(move |c| storage::delete_offline(c, &owner, last))
+            .await
+        {
+            tracing::warn!("deleting delivered offline messages failed: {e}");
+        }
+    }
+
+    /// An iq for an account: to a full JID it goes to that session; to the bare JID the server
+    /// answers on the account's behalf (RFC 6120 §10.5.3).
+    async fn deliver_iq(&self, account: &str, to: &Jid, el: Element) {
+        let is_request = matches!(el.attr("type"), Some("get" | "set"));
+        if let Some(resource) = to.resource() {
+            match self.session(account, resource) {
+                Some(s) => s.send_element(&el),
+                None if is_request => {
+                    self.bounce(
+                        &el,
+                        StanzaErrorCondition::ServiceUnavailable,
+                        "no such resource",
+                    )
+                    .await
+                }
+                None => {}
+            }
+            return;
+        }
+        if !is_request {
+            return;
+        }
+        let from_self = el
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .is_some_and(|f| {
+                f.node() == to.node()
+                    && self.domains.canonical(f.domain()) == self.domains.canonical(to.domain())
+            });
+        if from_self {
+            // The account's own clients addressing their bare JID: like an iq without `to`.
+            return;
+        }
+        match payload(&el).map(|p| (p.name.as_str(), p.ns.as_str())) {
+            Some(("ping", ns::PING)) if el.attr("type") == Some("get") => {
+                let reply = iq_result(&el, &to.to_string());
+                Box::pin(self.route(reply)).await
+            }
+            _ => {
+                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
+                    .await
+            }
+        }
+    }
+
+    /// A stanza for a domain itself: the server's own iqs.
+    async fn server_stanza(&self, to: &Jid, el: Element) {
+        if el.name != "iq" {
+            if el.name == "message" {
+                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
+                    .await;
+            }
+            return;
+        }
+        if !matches!(el.attr("type"), Some("get" | "set")) {
+            return;
+        }
+        let domain = to.to_string();
+        let reply = match (el.attr("type"), payload(&el)) {
+            (Some("get"), Some(p)) if p.ns == ns::PING && p.name == "ping" => {
+                Some(iq_result(&el, &domain))
+            }
+            (Some("get"), Some(p)) if p.ns == NS_DISCO_INFO && p.attr("node").is_none() => {
+                Some(iq_result(&el, &domain).with_child(self.disco_info()))
+            }
+            (Some("get"), Some(p)) if p.ns == NS_DISCO_ITEMS && p.attr("node").is_none() => {
+                let mut q = Element::new("query", NS_DISCO_ITEMS);
+                for item in &self.disco_items {
+                    q = q.with_child(Element::new("item", NS_DISCO_ITEMS).with_attr("jid", item));
+                }
+                Some(iq_result(&el, &domain).with_child(q))
+            }
+            (Some("get"), Some(p)) if p.ns == NS_VERSION && p.name == "query" => Some(
+                iq_result(&el, &domain).with_child(
+                    Element::new("query", NS_VERSION)
+                        .with_child(Element::new("name", NS_VERSION).with_text("fedgate"))
+                        .with_child(
+                            Element::new("version", NS_VERSION)
+                                .with_text(env!("CARGO_PKG_VERSION")),
+                        ),
+                ),
+            ),
+            _ => None,
+        };
+        match reply {
+            Some(r) => Box::pin(self.route(r)).await,
+            None => {
+                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
+                    .await
+            }
+        }
+    }
+
+    fn disco_info(&self) -> Element {
+        let mut q = Element::new("query", NS_DISCO_INFO).with_child(
+            Element::new("identity", NS_DISCO_INFO)
+                .with_attr("category", "server")
+                .with_attr("type", "im")
+                .with_attr("name", "fedgate"),
+        );
+        for f in [
+            NS_DISCO_INFO,
+            NS_DISCO_ITEMS,
+            ns::PING,
+            NS_VERSION,
+            NS_ROSTER,
+        ] {
+            q = q.with_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
+        }
+        q
+    }
+
+    /// An iq from a signed-in client with no `to` or its own bare JID: roster, session, ping;
+    /// or addressed to one of our domains.
+    pub(crate) async fn client_iq(&self, session: &Arc<SessionHandle>, el: Element) {
+        let to = el.attr("to").and_then(|t| Jid::parse(t).ok());
+        let own = to.as_ref().is_none_or(|t| {
+            t.is_bare()
+                && t.node().is_some()
+                && format!(
+                    "{}@{}",
+                    t.node().unwrap_or(""),
+                    self.domains.canonical(t.domain()).unwrap_or("")
+                ) == session.account
+        });
+        if !own {
+            return self.route(el).await;
+        }
+        if !matches!(el.attr("type"), Some("get" | "set")) {
+            return;
+        }
+        let me = session.jid.bare().to_string();
+        let p = payload(&el).map(|p| (p.name.clone(), p.ns.clone()));
+        match (
+            el.attr("type"),
+            p.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
+        ) {
+            (Some("get"), Some(("query", NS_ROSTER))) => {
+                let owner = session.account.clone();
+                match self.storage.call(move |c| storage::roster(c, &owner)).await {
+                    Ok(items) => {
+                        let mut q = Element::new("query", NS_ROSTER);
+                        for item in items.iter().filter(|i| i.in_roster) {
+                            q = q.with_child(item.to_element());
+                        }
+                        session.presence().interested = true;
+                        session.send_element(&iq_result(&el, &me).with_child(q));
+                    }
+                    Err(e) => {
+                        tracing::warn!("roster read failed: {e}");
+                        self.bounce(
+                            &el,
+                            StanzaErrorCondition::InternalServerError,
+                            "storage failure",
+                        )
+                        .await
+                    }
+                }
+            }
+            (Some("set"), Some(("query", NS_ROSTER))) => self.roster_set(session, el).await,
+            (Some("set"), Some(("session", NS_SESSION))) => {
+                session.send_element(&iq_result(&el, &me))
+            }
+            (Some("get"), Some(("ping", ns::PING))) => session.send_element(&iq_result(&el, &me)),
+            _ => {
+                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
+                    .await
+            }
+        }
+    }
+
+    /// RFC 6121 §2.3–§2.5: add, update or remove one roster item, then push it to every
+    /// interested resource.
+    async fn roster_set(&self, session: &Arc<SessionHandle>, el: Element) {
+        let me = session.jid.bare().to_string();
+        let items: Vec<&Element> = payload(&el)
+            .map(|q| {
+                q.children()
+                    .filter(|c| c.name == "item" && c.ns == NS_ROSTER)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [item] = items[..] else {
+            return self
+                .bounce(
+                    &el,
+                    StanzaErrorCondition::BadRequest,
+                    "a roster set has exactly one item",
+                )
+                .await;
+        };
+        let contact = match item.attr("jid").map(Jid::parse) {
+            Some(Ok(j)) if j.is_bare() => self.contact_key(&j),
+            _ => {
+                return self
+                    .bounce(
+                        &el,
+                        StanzaErrorCondition::BadRequest,
+                        "the item needs a bare 'jid'",
+                    )
+                    .await
+            }
+        };
+        if contact == session.account {
+            return self
+                .bounce(
+                    &el,
+                    StanzaErrorCondition::NotAllowed,
+                    "you cannot add yourself",
+                )
+                .await;
+        }
+        let owner = session.account.clone();
+        let existing = {
+            let (o, c) = (owner.clone(), contact.clone());
+            self.storage
+                .call(move |db| storage::roster_item(db, &o, &c))
+                .await
+        };
+        let Ok(existing) = existing else {
+            return self
+                .bounce(
+                    &el,
+                    StanzaErrorCondition::InternalServerError,
+                    "storage failure",
+                )
+                .await;
+        };
+        if item.attr("subscription") == Some("remove") {
+            let Some(old) = existing.filter(|i| i.in_roster) else {
+                return self
+                    .bounce(&el, StanzaErrorCondition::ItemNotFound, "not in the roster")
+                    .await;
+            };
+            // §2.5.2: cancel both directions of the subscription with the contact.
+            let mut gone = old.clone();
+            gone.in_roster = false;
+            gone.state.pending_in = false;
+            let (o, g) = (owner.clone(), gone.clone());
+            if self
+                .storage
+                .call(move |db| storage::put_roster_item(db, &o, &g))
+                .await
+                .is_err()
+            {
+                return self
+                    .bounce(
+                        &el,
+                        StanzaErrorCondition::InternalServerError,
+                        "storage failure",
+                    )
+                    .await;
+            }
+            session.send_element(&iq_result(&el, &me));
+            self.push_roster(&owner, RosterItem::removed(&contact))
+                .await;
+            for (needed, action) in [
+                (
+                    old.state.sub.has_to() || old.state.pending_out,
+                    SubscriptionAction::Unsubscribe,
+                ),
+                (
+                    old.state.sub.has_from() || old.state.pending_in,
+                    SubscriptionAction::Unsubscribed,
+                ),
+            ] {
+                if needed {
+                    let p = Element::new("presence", ns::CLIENT)
+                        .with_attr("from", &me)
+                        .with_attr("to", &contact)
+                        .with_attr("type", action.as_str());
+                    self.route(p).await;
+                }
+            }
+            if old.state.sub.has_from() {
+                self.send_unavailable_to(&session.account, &contact).await;
+            }
+            return;
+        }
+        let mut updated = existing.unwrap_or_else(|| RosterItem::new(&contact));
+        updated.in_roster = true;
+        updated.name = item
+            .attr("name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        updated.groups = item
+            .children()
+            .filter(|g| g.name == "group" && g.ns == NS_ROSTER)
+            .map(Element::text)
+            .filter(|g| !g.is_empty())
+            .collect();
+        updated.groups.dedup();
+        let (o, u) = (owner.clone(), updated.clone());
+        if self
+            .storage
+            .call(move |db| storage::put_roster_item(db, &o, &u))
+            .await
+            .is_err()
+        {
+            return self
+                .bounce(
+                    &el,
+                    StanzaErrorCondition::InternalServerError,
+                    "storage failure",
+                )
+                .await;
+        }
+        session.send_element(&iq_result(&el, &me));
+        self.push_roster(&owner, updated.to_element()).await;
+    }
+
+    /// A roster push (RFC 6121 §2.1.6) to every resource of `account` that asked for its
+    /// roster.
+    pub(crate) async fn push_roster(&self, account: &str, item: Element) {
+        for s in self.sessions_of(account) {
+            if !s.presence().interested {
+                continue;
+            }
+            let push = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", format!("push{}", rand::random::<u32>()))
+                .with_attr("to", s.jid.to_string())
+                .with_child(Element::new("query", NS_ROSTER).with_child(item.clone()));
+            s.send_element(&push);
+        }
+    }
+
+    /// The roster key for a contact: its bare JID, with one of our aliases mapped to the
+    /// canonical domain so that both spellings are one contact.
+    pub(crate) fn contact_key(&self, jid: &Jid) -> String {
+        let bare = jid.bare();
+        match (bare.node(), self.domains.canonical(bare.domain())) {
+            (Some(n), Some(d)) => format!("{n}@{d}"),
+            _ => bare.to_string(),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The component library (`fedgate::component::client`) against a real gateway: handshake over
+//! TCP and over the in-process link, stanzas both ways as bytes and as elements, refusal, and
+//! reconnection after the link is cut.
+
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::proxy::TestProxy;
+use fedgate::component::client::{ClientConfig, Component, Event, Target};
+use fedgate::xml::{ns, Element};
+
+const SECRET: &str = "echo-secret";
+
+async fn expect_online(c: &mut Component) {
+    loop {
+        match tokio::time::timeout(WAIT, c.recv())
+            .await
+            .expect("event in time")
+        {
+            Some(Event::Online) => return,
+            Some(Event::Offline { .. }) => continue,
+            other => panic!("expected Online, got {other:?}"),
+        }
+    }
+}
+
+async fn next_stanza(c: &mut Component) -> fedgate::xml::Stanza {
+    loop {
+        match tokio::time::timeout(WAIT, c.recv())
+            .await
+            .expect("event in time")
+        {
+            Some(Event::Stanza(s)) => return s,
+            Some(_) => continue,
+            None => panic!("component stopped"),
+        }
+    }
+}
+
+/// A raw backend for a.test sends to the component; the component echoes the payload back as
+/// an element; the raw backend sees it with the component's address as `from`.
+async fn echo_round_trip(backend: &mut RawStream, c: &mut Component) {
+    backend
+        .send("<message from='alice@a.test/r' to='echo.a.test' id='m1' type='chat'><body>hi &amp; bye</body></message>")
+        .await;
+    let got = next_stanza(c).await;
+    assert_eq!(got.from(), Some("alice@a.test/r"));
+    let el = got.element().unwrap();
+    assert_eq!(el.ns, ns::COMPONENT);
+    let reply = Element::new("message", ns::COMPONENT)
+        .with_attr("from", "echo.a.test")
+        .with_attr("to", el.attr("from").unwrap())
+        .with_attr("type", "chat")
+        .with_child(
+            Element::new("body", ns::COMPONENT)
+                .with_text(el.child("body", ns::COMPONENT).unwrap().text()),
+        );
+    c.sender().send(&reply).await.unwrap();
+    assert_eq!(
+        backend.next_text().await,
+        "<message from='echo.a.test' to='alice@a.test/r' type='chat'><body>hi &amp; bye</body></message>"
+    );
+}
+
+#[tokio::test]
+async fn a_component_attaches_over_tcp_and_exchanges_stanzas() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend("echo.a.test", SECRET)
+        .start()
+        .await;
+    let mut backend = a.backend().await;
+    let mut c = Component::start(ClientConfig::new(
+        "echo.a.test",
+        SECRET,
+        Target::Tcp(a.gw().component_addr),
+    ));
+    expect_online(&mut c).await;
+    assert!(c.sender().is_online());
+    echo_round_trip(&mut backend, &mut c).await;
+    // Raw bytes go out unchanged.
+    c.sender()
+        .send_raw(&b"<iq from='echo.a.test' to='alice@a.test/r' id='x' type='result'/>"[..])
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.next_text().await,
+        "<iq from='echo.a.test' to='alice@a.test/r' id='x' type='result'/>"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_component_attaches_in_process() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend("echo.a.test", SECRET)
+        .start()
+        .await;
+    let mut backend = a.backend().await;
+    let mut c = Component::start(ClientConfig::new(
+        "echo.a.test",
+        SECRET,
+        Target::Local(a.gw().component_link()),
+    ));
+    expect_online(&mut c).await;
+    assert!(a.gw().router.component_attached("echo.a.test"));
+    echo_round_trip(&mut backend, &mut c).await;
+    // The gateway's own checks apply in process too: a spoofed `from` ends the session.
+    c.sender()
+        .send_raw(&b"<message from='eve@a.test' to='bob@b.test'/>"[..])
+        .await
+        .unwrap();
+    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
+        Some(Event::Offline { reason }) => assert!(reason.contains("invalid-from"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_reported_and_retried() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend("echo.a.test", SECRET)
+        .start()
+        .await;
+    let mut config = ClientConfig::new("echo.a.test", "wrong", Target::Tcp(a.gw().component_addr));
+    config.backoff_initial = Duration::from_millis(20);
+    let mut c = Component::start(config);
+    for _ in 0..2 {
+        match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
+            Some(Event::Offline { reason }) => {
+                assert!(reason.contains("not-authorized"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!a.gw().router.component_attached("echo.a.test"));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_cut_link_is_reestablished_and_queued_stanzas_go_out() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend("echo.a.test", SECRET)
+        .start()
+        .await;
+    let mut backend = a.backend().await;
+    let proxy = TestProxy::start(a.gw().component_addr).await;
+    let mut config = ClientConfig::new("echo.a.test", SECRET, Target::Tcp(proxy.addr));
+    config.backoff_initial = Duration::from_millis(50);
+    let mut c = Component::start(config);
+    expect_online(&mut c).await;
+    proxy.cut();
+    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
+        Some(Event::Offline { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Sent while down: waits in the queue, written once the link is back.
+    c.sender()
+        .send_raw(&b"<message from='echo.a.test' to='alice@a.test' id='q'/>"[..])
+        .await
+        .unwrap();
+    expect_online(&mut c).await;
+    assert_eq!(proxy.connections(), 2);
+    assert_eq!(
+        backend.next_text().await,
+        "<message from='echo.a.test' to='alice@a.test' id='q'/>"
+    );
+    echo_round_trip(&mut backend, &mut c).await;
+    c.stop().await;
+}

@@ -1,0 +1,1365 @@
+//! `fedgate core` with real clients: slixmpp (tests/core/client.py) signing in over STARTTLS
+//! and direct TLS, rosters, presence and subscriptions between local accounts and across two
+//! federating gateways, offline delivery, aliases with Google's JID domain discovery, service
+//! discovery, a restart from SQLite; and raw streams for the negotiation rules a client library
+//! would never break on purpose.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::certs::{ca, CertSpec};
+use crate::harness::*;
+use fedgate::component::client::Target;
+use fedgate::config::TlsConfig;
+use fedgate::core::accounts::Accounts;
+use fedgate::core::config::{CoreConfig, DomainConfig};
+use fedgate::core::{GatewayLink, RunningCore};
+use fedgate::tls::Tls;
+
+const ALIAS_SECRET: &str = "alias-secret";
+
+/// A gateway with a core attached over TCP as its backend.
+struct Node {
+    gw: Instance,
+    core: Option<RunningCore>,
+    config: CoreConfig,
+    tls: Arc<Tls>,
+    secrets: HashMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(dns: &TestDns, domain: &str, aliases: &[&str]) -> Node {
+    node_with(dns, domain, aliases, |_| {}).await
+}
+
+async fn node_with(
+    dns: &TestDns,
+    domain: &str,
+    aliases: &[&str],
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> Node {
+    let mut builder = instance(dns, domain);
+    for a in aliases {
+        builder = builder.backend(a, ALIAS_SECRET);
+    }
+    let gw = builder.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut names: Vec<&str> = vec![domain];
+    names.extend(aliases);
+    let (cert, key) = ca().issue(&CertSpec::for_names(&names), dir.path(), "core");
+    let tls = TlsConfig {
+        webpki_roots: false,
+        ca_files: Vec::new(),
+        certificate: vec![toml::from_str(&format!(
+            "domains = {names:?}\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .unwrap()],
+    };
+    let mut config = CoreConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        direct_tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        database: dir.path().join("core.sqlite"),
+        negotiation_timeout: Duration::from_secs(5),
+        domain: vec![DomainConfig {
+            name: domain.to_string(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        }],
+        ..CoreConfig::default()
+    };
+    tweak(&mut config);
+    let mut secrets = HashMap::new();
+    secrets.insert(domain.to_string(), gw.component_secret.clone());
+    for a in aliases {
+        secrets.insert(a.to_string(), ALIAS_SECRET.to_string());
+    }
+    let tls = Arc::new(Tls::from_tls_config(&tls).unwrap());
+    let mut n = Node {
+        gw,
+        core: None,
+        config,
+        tls,
+        secrets,
+        _dir: dir,
+    };
+    n.start_core().await;
+    n
+}
+
+impl Node {
+    async fn start_core(&mut self) {
+        let link = GatewayLink {
+            target: Target::Tcp(self.gw.gw().component_addr),
+            secrets: self.secrets.clone(),
+            neighbours: Vec::new(),
+        };
+        let core = fedgate::core::start(&self.config, self.tls.clone(), link)
+            .await
+            .expect("core starts");
+        // Wait until every domain is attached at the gateway.
+        for d in self.secrets.keys() {
+            assert_eventually(|| self.gw.gw().router.component_attached(d)).await;
+        }
+        // Later restarts reuse the same ports, so clients need no new address.
+        self.config.listen = core.c2s_addrs.clone();
+        self.config.direct_tls_listen = core.direct_tls_addrs.clone();
+        self.core = Some(core);
+    }
+
+    async fn stop_core(&mut self) {
+        if let Some(core) = self.core.take() {
+            core.shutdown(Duration::from_secs(5)).await;
+        }
+        let domain = self.gw.domain.clone();
+        assert_eventually(|| !self.gw.gw().router.component_attached(&domain)).await;
+    }
+
+    fn c2s(&self) -> SocketAddr {
+        self.config.listen[0]
+    }
+
+    fn direct(&self) -> SocketAddr {
+        self.config.direct_tls_listen[0]
+    }
+
+    fn add_user(&self, address: &str, password: &str) {
+        Accounts::open(&self.config)
+            .unwrap()
+            .add(address, password)
+            .unwrap();
+    }
+}
+
+async fn assert_eventually(f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A slixmpp client in a Python process (tests/core/client.py).
+struct Py {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Events read but not yet matched.
+    backlog: Vec<Value>,
+    name: String,
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/core/client.py")
+}
+
+impl Py {
+    /// Starts a client for `jid`; `mode` is "starttls" or "direct".
+    fn spawn(port: u16, jid: &str, password: &str, mode: &str, mech: Option<&str>) -> Py {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-W")
+            .arg("ignore")
+            .arg(script())
+            .args(["--jid", jid, "--password", password, "--mode", mode])
+            .args(["--port", &port.to_string()])
+            .arg("--ca")
+            .arg(&ca().ca_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(m) = mech {
+            cmd.args(["--mech", m]);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("python3 runs (scripts/test.sh installs slixmpp)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Py {
+            stdin: child.stdin.take(),
+            child,
+            events,
+            backlog: Vec::new(),
+            name: jid.to_string(),
+        }
+    }
+
+    /// Signs in and waits for the session; returns the bound JID.
+    async fn sign_in(port: u16, jid: &str, password: &str) -> (Py, String) {
+        let mut py = Py::spawn(port, jid, password, "starttls", None);
+        let ev = py.expect("session_start", |_| true).await;
+        let bound = ev["jid"].as_str().unwrap().to_string();
+        (py, bound)
+    }
+
+    fn cmd(&mut self, v: Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{v}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The first event of kind `event` matching `pred`, from the backlog or within [`WAIT`].
+    async fn expect(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let matches = |v: &Value| v["event"] == event && pred(v);
+        if let Some(i) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(v)) if matches(&v) => return v,
+                Ok(Some(v)) => self.backlog.push(v),
+                Ok(None) => panic!(
+                    "{}: client exited waiting for {event}; saw {:?}",
+                    self.name, self.backlog
+                ),
+                Err(_) => panic!("{}: no {event} in time; saw {:?}", self.name, self.backlog),
+            }
+        }
+    }
+
+    /// Asserts that no event of kind `event` matching `pred` arrives within `wait`.
+    async fn expect_none(&mut self, event: &str, wait: Duration, pred: impl Fn(&Value) -> bool) {
+        let matches = |v: &Value| v["event"] == event && pred(v);
+        assert!(
+            !self.backlog.iter().any(matches),
+            "{}: unexpected {event}: {:?}",
+            self.name,
+            self.backlog
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(v)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            assert!(!matches(&v), "{}: unexpected {v}", self.name);
+            self.backlog.push(v);
+        }
+    }
+
+    /// Runs a command and waits until the client says it is done.
+    async fn run(&mut self, v: Value) {
+        let op = v["op"].as_str().unwrap().to_string();
+        self.cmd(v);
+        self.expect("done", |e| e["op"] == op.as_str()).await;
+    }
+
+    /// Gets the roster (which also makes this resource receive roster pushes).
+    async fn roster(&mut self) -> Value {
+        self.cmd(json!({"op": "roster_get"}));
+        self.expect("roster", |_| true).await
+    }
+
+    async fn quit(mut self) {
+        self.cmd(json!({"op": "quit"}));
+        self.expect("disconnected", |_| true).await;
+    }
+}
+
+fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap()
+}
+
+/// A raw client stream over STARTTLS to `to`, up to the post-TLS features.
+async fn raw_tls(addr: SocketAddr, to: &str) -> (RawStream, String) {
+    let mut s = RawStream::connect(addr).await;
+    s.send(&client_header(to)).await;
+    s.expect_header().await;
+    let features = s.next_text().await;
+    assert!(features.contains("<starttls"), "{features}");
+    s.starttls(to, None).await;
+    s.send(&client_header(to)).await;
+    s.expect_header().await;
+    let features = s.next_text().await;
+    (s, features)
+}
+
+fn client_header(to: &str) -> String {
+    format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+}
+
+fn plain_auth(user: &str, password: &str, extra: &str) -> String {
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'{extra}>{payload}</auth>"
+    )
+}
+
+/// Binds a resource on a raw stream that just succeeded with SASL; returns the bound JID.
+async fn raw_bind(s: &mut RawStream, to: &str) -> String {
+    raw_bind_as(s, to, "raw").await
+}
+
+async fn raw_bind_as(s: &mut RawStream, to: &str, resource: &str) -> String {
+    s.restart();
+    s.send(&client_header(to)).await;
+    s.expect_header().await;
+    let features = s.next_text().await;
+    assert!(
+        features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{features}"
+    );
+    s.send(&format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
+    let result = s.next().await;
+    assert_eq!(result.type_(), Some("result"), "{}", text(result.raw()));
+    let el = result.element().unwrap();
+    el.child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+        .and_then(|b| b.child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
+        .unwrap()
+        .text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_signs_in_with_scram_over_starttls_and_direct_tls() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "secret");
+    let mut a = Py::spawn(
+        n.c2s().port(),
+        "alice@a.test/home",
+        "secret",
+        "starttls",
+        None,
+    );
+    let ev = a.expect("session_start", |_| true).await;
+    assert_eq!(ev["jid"], "alice@a.test/home");
+    assert_eq!(ev["mechanism"], "SCRAM-SHA-256");
+    a.quit().await;
+    let mut b = Py::spawn(
+        n.direct().port(),
+        "alice@a.test/work",
+        "secret",
+        "direct",
+        Some("SCRAM-SHA-1"),
+    );
+    let ev = b.expect("session_start", |_| true).await;
+    assert_eq!(ev["jid"], "alice@a.test/work");
+    assert_eq!(ev["mechanism"], "SCRAM-SHA-1");
+    b.quit().await;
+    // A wrong password fails, over either mechanism.
+    for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1"] {
+        let mut c = Py::spawn(
+            n.c2s().port(),
+            "alice@a.test",
+            "wrong",
+            "starttls",
+            Some(mech),
+        );
+        c.expect("failed_auth", |_| true).await;
+    }
+    let mut c = Py::spawn(n.c2s().port(), "nobody@a.test", "secret", "starttls", None);
+    c.expect("failed_auth", |_| true).await;
+}
+
+#[tokio::test]
+async fn tls_comes_first_and_plain_only_when_allowed() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "secret");
+    // Before TLS: only STARTTLS is offered, SASL is refused, stanzas end the stream.
+    let mut s = RawStream::connect(n.c2s()).await;
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    assert_eq!(
+        s.next_text().await,
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+    );
+    s.send(&plain_auth("alice", "secret", "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>"
+    );
+    s.send("<message to='bob@a.test'><body>x</body></message>")
+        .await;
+    assert_eq!(s.expect_stream_error().await, "policy-violation");
+
+    // After TLS, without allow_plain: PLAIN is neither offered nor accepted.
+    let (mut s, features) = raw_tls(n.c2s(), "a.test").await;
+    assert!(
+        features.contains("<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"),
+        "{features}"
+    );
+    assert!(!features.contains("PLAIN"), "{features}");
+    s.send(&plain_auth("alice", "secret", "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
+    );
+
+    // With allow_plain, over TLS: offered, and a wrong password is not-authorized.
+    let n = node_with(&dns, "b.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("bob@b.test", "pw");
+    let (mut s, features) = raw_tls(n.c2s(), "b.test").await;
+    assert!(
+        features.contains("<mechanism>PLAIN</mechanism>"),
+        "{features}"
+    );
+    s.send(&plain_auth("bob", "nope", "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
+    );
+    s.send(&plain_auth("bob", "pw", "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    assert_eq!(raw_bind(&mut s, "b.test").await, "bob@b.test/raw");
+    // And PLAIN before TLS is still refused there.
+    let mut s = RawStream::connect(n.c2s()).await;
+    s.send(&client_header("b.test")).await;
+    s.expect_header().await;
+    s.next().await;
+    s.send(&plain_auth("bob", "pw", "")).await;
+    assert!(s.next_text().await.contains("<encryption-required/>"));
+}
+
+#[tokio::test]
+async fn stream_headers_failures_and_timeouts_get_their_stream_errors() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.negotiation_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let cases = [
+        ("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='a.test' version='1.0'>", "invalid-namespace"),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other.test' version='1.0'>", "host-unknown"),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>", "unsupported-version"),
+    ];
+    for (header, cond) in cases {
+        let mut s = RawStream::connect(n.c2s()).await;
+        s.send(header).await;
+        assert_eq!(s.expect_stream_error().await, cond, "{header}");
+    }
+    let mut s = RawStream::connect(n.c2s()).await;
+    s.send(&client_header("a.test")).await;
+    assert_eq!(s.expect_stream_error().await, "connection-timeout");
+    // Three wrong passwords end the stream.
+    let n = node_with(&dns, "b.test", &[], |c| c.allow_plain = true).await;
+    let (mut s, _) = raw_tls(n.c2s(), "b.test").await;
+    for _ in 0..2 {
+        s.send(&plain_auth("bob", "nope", "")).await;
+        assert!(s.next_text().await.contains("<not-authorized/>"));
+    }
+    s.send(&plain_auth("bob", "nope", "")).await;
+    assert_eq!(s.expect_stream_error().await, "policy-violation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_subscriptions_and_presence_between_two_local_accounts() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let (mut alice, alice_jid) = Py::sign_in(n.c2s().port(), "alice@a.test/home", "pa").await;
+    let (mut bob, bob_jid) = Py::sign_in(n.c2s().port(), "bob@a.test/desk", "pb").await;
+    alice.roster().await;
+    bob.roster().await;
+    alice.run(json!({"op": "presence"})).await;
+    bob.run(json!({"op": "presence"})).await;
+
+    // alice adds bob with a name and a group; the roster push reaches her.
+    alice
+        .run(json!({"op": "roster_set", "jid": "bob@a.test", "name": "Bob", "groups": ["Friends"]}))
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@a.test" && e["subscription"] == "none"
+        })
+        .await;
+    // alice asks for bob's presence: pending out (ask='subscribe'), bob gets the request.
+    alice
+        .run(json!({"op": "subscription", "to": "bob@a.test", "type": "subscribe"}))
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@a.test" && e["ask"] == "subscribe"
+        })
+        .await;
+    bob.expect("presence", |e| {
+        e["type"] == "subscribe" && e["from"] == "alice@a.test"
+    })
+    .await;
+    // Not subscribed yet: alice does not see bob's presence.
+    alice
+        .expect_none("presence", Duration::from_millis(300), |e| {
+            e["from"] == bob_jid.as_str() && e["type"] == "available"
+        })
+        .await;
+    // bob approves and subscribes back; alice approves too.
+    bob.run(json!({"op": "subscription", "to": "alice@a.test", "type": "subscribed"}))
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["type"] == "subscribed" && e["from"] == "alice@a.test".replace("alice", "bob")
+        })
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@a.test" && e["subscription"] == "to"
+        })
+        .await;
+    // bob's current presence follows his approval.
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob_jid.as_str() && e["type"] == "available"
+        })
+        .await;
+    bob.run(json!({"op": "subscription", "to": "alice@a.test", "type": "subscribe"}))
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["type"] == "subscribe" && e["from"] == "bob@a.test"
+        })
+        .await;
+    alice
+        .run(json!({"op": "subscription", "to": "bob@a.test", "type": "subscribed"}))
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@a.test" && e["subscription"] == "both"
+        })
+        .await;
+    bob.expect("roster_push", |e| {
+        e["jid"] == "alice@a.test" && e["subscription"] == "both"
+    })
+    .await;
+    let roster = alice.roster().await;
+    assert_eq!(
+        roster["items"]["bob@a.test"],
+        json!({"subscription": "both", "ask": "", "name": "Bob", "groups": ["Friends"]}),
+        "{roster}"
+    );
+
+    // Presence broadcast: a status change reaches the subscriber.
+    bob.run(json!({"op": "presence", "show": "away", "status": "lunch"}))
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob_jid.as_str() && e["show"] == "away" && e["status"] == "lunch"
+        })
+        .await;
+    // A second resource of bob's sees alice's presence (probe answered) and bob's own.
+    let (mut bob2, bob2_jid) = Py::sign_in(n.c2s().port(), "bob@a.test/phone", "pb").await;
+    bob2.run(json!({"op": "presence"})).await;
+    bob2.expect("presence", |e| {
+        e["from"] == alice_jid.as_str() && e["type"] == "available"
+    })
+    .await;
+    bob2.expect("presence", |e| e["from"] == bob_jid.as_str())
+        .await;
+    bob.expect("presence", |e| e["from"] == bob2_jid.as_str())
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob2_jid.as_str() && e["type"] == "available"
+        })
+        .await;
+    // Disconnecting without unavailable: the server sends it.
+    drop(bob2);
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob2_jid.as_str() && e["type"] == "unavailable"
+        })
+        .await;
+    // A message to bob's bare JID reaches his available resource; one to alice's full JID
+    // reaches exactly that session.
+    alice
+        .run(json!({"op": "message", "to": "bob@a.test", "body": "hi bob"}))
+        .await;
+    bob.expect("message", |e| {
+        e["body"] == "hi bob" && e["from"] == alice_jid.as_str()
+    })
+    .await;
+    bob.run(json!({"op": "message", "to": alice_jid, "body": "hi alice"}))
+        .await;
+    alice
+        .expect("message", |e| {
+            e["body"] == "hi alice" && e["from"] == bob_jid.as_str()
+        })
+        .await;
+
+    // alice removes bob: both subscriptions are cancelled and bob's roster shows it.
+    alice
+        .run(json!({"op": "roster_remove", "jid": "bob@a.test"}))
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@a.test" && e["subscription"] == "remove"
+        })
+        .await;
+    bob.expect("roster_push", |e| {
+        e["jid"] == "alice@a.test" && e["subscription"] == "none"
+    })
+    .await;
+    bob.expect("presence", |e| {
+        e["from"] == alice_jid.as_str() && e["type"] == "unavailable"
+    })
+    .await;
+    alice.quit().await;
+    bob.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_offline_and_arrive_once_at_the_next_sign_in() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let (mut alice, alice_jid) = Py::sign_in(n.c2s().port(), "alice@a.test/home", "pa").await;
+    alice.run(json!({"op": "presence"})).await;
+    for i in 0..3 {
+        alice
+            .run(json!({"op": "message", "to": "bob@a.test", "body": format!("m{i}")}))
+            .await;
+    }
+    // To a resource that is not signed in: treated as to the bare JID (stored too).
+    alice
+        .run(json!({"op": "message", "to": "bob@a.test/gone", "body": "m3"}))
+        .await;
+    // bob signs in: nothing until initial presence, then everything, in order, with a delay.
+    let (mut bob, _) = Py::sign_in(n.c2s().port(), "bob@a.test/desk", "pb").await;
+    bob.expect_none("message", Duration::from_millis(300), |_| true)
+        .await;
+    bob.run(json!({"op": "presence"})).await;
+    for i in 0..4 {
+        let m = bob.expect("message", |_| true).await;
+        assert_eq!(m["body"], format!("m{i}"));
+        assert_eq!(m["from"], alice_jid.as_str());
+        assert_eq!(m["delay"], true);
+    }
+    bob.quit().await;
+    // Delivered once: the next sign-in gets nothing.
+    let (mut bob, _) = Py::sign_in(n.c2s().port(), "bob@a.test/desk", "pb").await;
+    bob.run(json!({"op": "presence"})).await;
+    bob.expect_none("message", Duration::from_millis(500), |_| true)
+        .await;
+    // No such user: an error comes back.
+    alice
+        .run(json!({"op": "message", "to": "nobody@a.test", "body": "x"}))
+        .await;
+    let e = alice
+        .expect("message", |e| {
+            e["type"] == "error" && e["from"] == "nobody@a.test"
+        })
+        .await;
+    assert_eq!(e["error"], "service-unavailable");
+    // A client cannot choose its sender address.
+    alice
+        .run(
+            json!({"op": "message", "to": "bob@a.test", "body": "spoof", "from": "carol@a.test/x"}),
+        )
+        .await;
+    let m = bob.expect("message", |e| e["body"] == "spoof").await;
+    assert_eq!(m["from"], alice_jid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_signs_in_with_and_without_jid_domain_discovery() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "googlemail.com", &["gmail.com"], |c| {
+        c.allow_plain = true
+    })
+    .await;
+    n.add_user("user@googlemail.com", "pw");
+    n.add_user("friend@googlemail.com", "pf");
+    // With client-uses-full-bind-result='true' (prefixed, as Google's clients send it): bound
+    // under the canonical domain although the client signed in as user@gmail.com.
+    let (mut s, _) = raw_tls(n.c2s(), "gmail.com").await;
+    s.send(&plain_auth(
+        "user@gmail.com",
+        "pw",
+        " xmlns:ga='http://www.google.com/talk/protocol/auth' ga:client-uses-full-bind-result='true'",
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    assert_eq!(
+        raw_bind(&mut s, "gmail.com").await,
+        "user@googlemail.com/raw"
+    );
+    // Without it, the client keeps the domain it used, and still signs in (slixmpp, SCRAM).
+    let (mut legacy, jid) = Py::sign_in(n.c2s().port(), "user@gmail.com/old", "pw").await;
+    assert_eq!(jid, "user@gmail.com/old");
+    legacy.run(json!({"op": "presence"})).await;
+    // Both spellings reach the one account.
+    let (mut friend, friend_jid) =
+        Py::sign_in(n.c2s().port(), "friend@googlemail.com/f", "pf").await;
+    friend
+        .run(json!({"op": "message", "to": "user@googlemail.com", "body": "one"}))
+        .await;
+    friend
+        .run(json!({"op": "message", "to": "user@gmail.com", "body": "two"}))
+        .await;
+    for body in ["one", "two"] {
+        let m = legacy.expect("message", |e| e["body"] == body).await;
+        assert_eq!(m["from"], friend_jid.as_str());
+    }
+    // The raw session is not available (no presence), the legacy one is: it answered both.
+    // Plain accounts in an alias domain do not exist on their own.
+    let (mut s, _) = raw_tls(n.c2s(), "gmail.com").await;
+    s.send(&plain_auth("nobody", "pw", "")).await;
+    assert!(s.next_text().await.contains("<not-authorized/>"));
+    legacy.quit().await;
+    friend.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disco_ping_and_version_on_the_domain() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.disco_items = vec!["conference.a.test".into()]
+    })
+    .await;
+    n.add_user("alice@a.test", "pa");
+    let (mut alice, _) = Py::sign_in(n.c2s().port(), "alice@a.test/r", "pa").await;
+    let cases = [
+        (
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            "urn:xmpp:ping",
+        ),
+        (
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            "category=\"server\"",
+        ),
+        (
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+            "conference.a.test",
+        ),
+        ("<ping xmlns='urn:xmpp:ping'/>", "type=\"result\""),
+        ("<query xmlns='jabber:iq:version'/>", "<name>fedgate</name>"),
+    ];
+    for (xml, want) in cases {
+        alice.cmd(json!({"op": "iq", "to": "a.test", "xml": xml}));
+        let r = alice.expect("iq_result", |_| true).await;
+        assert_eq!(r["type"], "result", "{xml}: {r}");
+        assert!(r["xml"].as_str().unwrap().contains(want), "{xml}: {r}");
+    }
+    // Something the server does not do: service-unavailable.
+    alice.cmd(json!({"op": "iq", "to": "a.test", "xml": "<query xmlns='urn:example:nothing'/>"}));
+    let r = alice.expect("iq_result", |_| true).await;
+    assert_eq!(r["condition"], "service-unavailable");
+    // An iq to a resource that is not signed in: service-unavailable too.
+    alice.cmd(
+        json!({"op": "iq", "to": "alice@a.test/elsewhere", "xml": "<ping xmlns='urn:xmpp:ping'/>"}),
+    );
+    let r = alice.expect("iq_result", |_| true).await;
+    assert_eq!(r["condition"], "service-unavailable");
+    alice.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_on_two_federated_cores_subscribe_and_chat_through_the_gateways() {
+    let dns = TestDns::start().await;
+    let a = node(&dns, "a.test", &[]).await;
+    let b = node(&dns, "b.test", &[]).await;
+    a.add_user("alice@a.test", "pa");
+    b.add_user("bob@b.test", "pb");
+    let (mut alice, alice_jid) = Py::sign_in(a.c2s().port(), "alice@a.test/home", "pa").await;
+    let (mut bob, bob_jid) = Py::sign_in(b.c2s().port(), "bob@b.test/desk", "pb").await;
+    alice.roster().await;
+    bob.roster().await;
+    alice.run(json!({"op": "presence"})).await;
+    bob.run(json!({"op": "presence"})).await;
+    alice
+        .run(json!({"op": "subscription", "to": "bob@b.test", "type": "subscribe"}))
+        .await;
+    bob.expect("presence", |e| {
+        e["type"] == "subscribe" && e["from"] == "alice@a.test"
+    })
+    .await;
+    bob.run(json!({"op": "subscription", "to": "alice@a.test", "type": "subscribed"}))
+        .await;
+    bob.run(json!({"op": "subscription", "to": "alice@a.test", "type": "subscribe"}))
+        .await;
+    alice
+        .expect("roster_push", |e| {
+            e["jid"] == "bob@b.test" && e["subscription"] == "to"
+        })
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob_jid.as_str() && e["type"] == "available"
+        })
+        .await;
+    alice
+        .expect("presence", |e| {
+            e["type"] == "subscribe" && e["from"] == "bob@b.test"
+        })
+        .await;
+    alice
+        .run(json!({"op": "subscription", "to": "bob@b.test", "type": "subscribed"}))
+        .await;
+    bob.expect("roster_push", |e| {
+        e["jid"] == "alice@a.test" && e["subscription"] == "both"
+    })
+    .await;
+    bob.expect("presence", |e| {
+        e["from"] == alice_jid.as_str() && e["type"] == "available"
+    })
+    .await;
+    alice
+        .run(json!({"op": "message", "to": "bob@b.test", "body": "hello across"}))
+        .await;
+    bob.expect("message", |e| {
+        e["body"] == "hello across" && e["from"] == alice_jid.as_str()
+    })
+    .await;
+    bob.run(json!({"op": "message", "to": alice_jid, "body": "hello back"}))
+        .await;
+    alice
+        .expect("message", |e| {
+            e["body"] == "hello back" && e["from"] == bob_jid.as_str()
+        })
+        .await;
+    // A stanza from the other side for an account that does not exist comes back as an error.
+    bob.run(json!({"op": "message", "to": "nobody@a.test", "body": "x"}))
+        .await;
+    let e = bob
+        .expect("message", |e| {
+            e["type"] == "error" && e["from"] == "nobody@a.test"
+        })
+        .await;
+    assert_eq!(e["error"], "service-unavailable");
+    // Going offline is seen across the federation.
+    bob.quit().await;
+    alice
+        .expect("presence", |e| {
+            e["from"] == bob_jid.as_str() && e["type"] == "unavailable"
+        })
+        .await;
+    alice.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_core_keeps_accounts_rosters_and_offline_messages() {
+    let dns = TestDns::start().await;
+    let mut n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let (mut alice, _) = Py::sign_in(n.c2s().port(), "alice@a.test/home", "pa").await;
+    alice.roster().await;
+    alice
+        .run(json!({"op": "roster_set", "jid": "bob@a.test", "name": "Bob", "groups": ["G"]}))
+        .await;
+    alice
+        .run(json!({"op": "subscription", "to": "bob@a.test", "type": "subscribe"}))
+        .await;
+    alice
+        .run(json!({"op": "message", "to": "bob@a.test", "body": "kept"}))
+        .await;
+    alice
+        .expect("roster_push", |e| e["ask"] == "subscribe")
+        .await;
+    // A round trip after the message: the session handles its stanzas in order, so once the
+    // answer is here the message is stored.
+    alice.cmd(json!({"op": "iq", "to": "a.test", "xml": "<ping xmlns='urn:xmpp:ping'/>"}));
+    alice.expect("iq_result", |_| true).await;
+    // Stopping ends the client's stream with system-shutdown.
+    n.stop_core().await;
+    alice.expect("disconnected", |_| true).await;
+    drop(alice);
+    n.start_core().await;
+    let (mut alice, _) = Py::sign_in(n.c2s().port(), "alice@a.test/home", "pa").await;
+    let roster = alice.roster().await;
+    assert_eq!(
+        roster["items"]["bob@a.test"],
+        json!({"subscription": "none", "ask": "subscribe", "name": "Bob", "groups": ["G"]})
+    );
+    let (mut bob, _) = Py::sign_in(n.c2s().port(), "bob@a.test/desk", "pb").await;
+    bob.run(json!({"op": "presence"})).await;
+    // The pending request and the offline message both survived.
+    bob.expect("presence", |e| {
+        e["type"] == "subscribe" && e["from"] == "alice@a.test"
+    })
+    .await;
+    let m = bob.expect("message", |e| e["body"] == "kept").await;
+    assert_eq!(bare(m["from"].as_str().unwrap()), "alice@a.test");
+    alice.quit().await;
+    bob.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_core_serves_clients_from_the_gateway_process() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("embedded.sqlite");
+    let a = instance(&dns, "a.test")
+        .tables(&format!(
+            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"a.test\"\n",
+            db.display().to_string()
+        ))
+        .start()
+        .await;
+    let core = a.gw().core.as_ref().expect("embedded core");
+    assert_eventually(|| a.gw().router.component_attached("a.test")).await;
+    Accounts::open(&core.core.config)
+        .unwrap()
+        .add("alice@a.test", "pa")
+        .unwrap();
+    let (mut alice, jid) = Py::sign_in(core.c2s_addrs[0].port(), "alice@a.test/r", "pa").await;
+    assert_eq!(jid, "alice@a.test/r");
+    // The gateway's certificate (from the test CA) is what clients verify; a ping to the
+    // domain goes through the core.
+    alice.cmd(json!({"op": "iq", "to": "a.test", "xml": "<ping xmlns='urn:xmpp:ping'/>"}));
+    let r = alice.expect("iq_result", |_| true).await;
+    assert_eq!(r["type"], "result");
+    alice.quit().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_fedgate");
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `fedgate ARGS`, with `stdin` as its input; returns (exit code, stdout, stderr).
+fn fedgate(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A standalone core's file for `domain` on `c2s`, attached to `gateway` with `secret`.
+fn core_toml(
+    dir: &std::path::Path,
+    domain: &str,
+    c2s: u16,
+    gateway: SocketAddr,
+    secret: &str,
+) -> PathBuf {
+    let (cert, key) = ca().issue(&CertSpec::for_names(&[domain]), dir, "core");
+    let file = dir.join("core.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[core]\nlisten = [\"127.0.0.1:{c2s}\"]\ndirect_tls_listen = []\n\
+             [[core.domain]]\nname = \"{domain}\"\naliases = [\"alias.{domain}\"]\n\
+             [gateway]\naddress = \"{gateway}\"\nsecret = \"{secret}\"\n\
+             [tls]\n[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn accounts_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = core_toml(dir.path(), "a.test", 1, "127.0.0.1:9".parse().unwrap(), "s");
+    let file = file.to_str().unwrap();
+    let (code, out, err) = fedgate(
+        &["core", "user", "add", "Alice@a.test", "--config", file],
+        "pw1\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "added alice@a.test");
+    // An alias names the same account.
+    let (code, _, err) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "alice@alias.a.test",
+            "--config",
+            file,
+        ],
+        "x\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) = fedgate(
+        &["core", "user", "add", "bob@other.test", "--config", file],
+        "x\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not served") && err.contains("a.test"),
+        "{err}"
+    );
+    let (code, _, _) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "bob@a.test",
+            "--password",
+            "pw2",
+            "--config",
+            file,
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0));
+    let (code, out, _) = fedgate(&["core", "user", "list", "--config", file], "");
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "alice@a.test\nbob@a.test\n");
+    let (code, out, _) = fedgate(
+        &["core", "user", "passwd", "bob@a.test", "--config", file],
+        "pw3\n",
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "password changed for bob@a.test")
+    );
+    let (code, _, _) = fedgate(
+        &["core", "user", "remove", "bob@a.test", "--config", file],
+        "",
+    );
+    assert_eq!(code, Some(0));
+    let (code, _, err) = fedgate(
+        &["core", "user", "remove", "bob@a.test", "--config", file],
+        "",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+    let (_, out, _) = fedgate(&["core", "user", "list", "--config", file], "");
+    assert_eq!(out, "alice@a.test\n");
+    // A bad configuration: exit 64, one line naming the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[core]\nscram_iterations = 10\n[[core.domain]]\nname = \"a.test\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["core", "user", "list", "--config", bad.to_str().unwrap()],
+        vec!["core", "--config", bad.to_str().unwrap()],
+    ] {
+        let (code, _, err) = fedgate(&args, "");
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let (code, _, err) = fedgate(
+        &["core", "user", "list", "--config", bad.to_str().unwrap()],
+        "",
+    );
+    assert!(err.contains("core.scram_iterations"), "{code:?} {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = core_toml(
+        dir.path(),
+        "a.test",
+        port,
+        gw.gw().component_addr,
+        &gw.component_secret,
+    );
+    let (code, _, err) = fedgate(
+        &[
+            "core",
+            "user",
+            "add",
+            "alice@a.test",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        "pw\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let mut child = Command::new(BIN)
+        .args(["core", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("fedgate core ready") => return (l, lines),
+                Ok(_) => continue,
+                Err(_) => panic!("the core did not log that it is ready"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ready.0.contains("a.test"), "{}", ready.0);
+    assert_eventually(|| gw.gw().router.component_attached("a.test")).await;
+    assert_eventually(|| gw.gw().router.component_attached("alias.a.test")).await;
+    let (alice, jid) = Py::sign_in(port, "alice@a.test/r", "pw").await;
+    assert_eq!(jid, "alice@a.test/r");
+    alice.quit().await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    // Detached from the gateway on the way out.
+    assert_eventually(|| !gw.gw().router.component_attached("a.test")).await;
+}
+
+/// A raw client signed in with PLAIN (the node must allow it) and bound to `resource`.
+async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawStream {
+    let domain = user.split('@').nth(1).unwrap();
+    let (mut s, _) = raw_tls(addr, domain).await;
+    s.send(&plain_auth(user, password, "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    raw_bind_as(&mut s, domain, resource).await;
+    s
+}
+
+/// Reads stanzas until one satisfies `pred`; panics after [`WAIT`].
+async fn next_matching(s: &mut RawStream, pred: impl Fn(&str) -> bool) -> String {
+    loop {
+        let t = s.next_text().await;
+        if pred(&t) {
+            return t;
+        }
+    }
+}
+
+/// Asserts that nothing arrives for `ms` milliseconds.
+async fn silent(s: &mut RawStream, ms: u64) {
+    if let Ok(e) = tokio::time::timeout(Duration::from_millis(ms), s.event()).await {
+        panic!("unexpected {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn binding_rules_conflicts_and_unsupported_elements() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    // Before binding, only <bind/> is accepted.
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    s.send(&plain_auth("alice", "pa", "")).await;
+    s.next().await;
+    s.restart();
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    s.next().await;
+    s.send("<message to='alice@a.test'><body>x</body></message>")
+        .await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+    // A second session on the same resource replaces the first with <conflict/>.
+    let mut first = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    let mut second = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    assert_eq!(first.expect_stream_error().await, "conflict");
+    second
+        .send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(
+        second.next_text().await,
+        "<iq type='result' from='alice@a.test' to='alice@a.test/r' id='p'/>"
+    );
+    // A server-made resource when the client asks for none.
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    s.send(&plain_auth("alice", "pa", "")).await;
+    s.next().await;
+    s.restart();
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    s.next().await;
+    s.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    assert!(s.next_text().await.contains("<jid>alice@a.test/fedgate-"));
+    // Elements we do not support after binding (no XEP-0198 on c2s) end the stream.
+    second.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(
+        second.expect_stream_error().await,
+        "unsupported-stanza-type"
+    );
+}
+
+#[tokio::test]
+async fn message_types_and_priorities_follow_rfc_6121() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let mut alice = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    // groupchat to an account is an error; headline to nobody available is dropped, not stored.
+    alice
+        .send("<message to='bob@a.test' type='groupchat' id='g'><body>g</body></message>")
+        .await;
+    let e = alice.next_text().await;
+    assert!(
+        e.contains("type='error'") && e.contains("<service-unavailable"),
+        "{e}"
+    );
+    alice
+        .send("<message to='bob@a.test' type='headline'><body>headline</body></message>")
+        .await;
+    // bob with a negative priority: bare-JID messages are not his, they wait offline.
+    let mut bob = raw_session(n.c2s(), "bob@a.test", "pb", "neg").await;
+    bob.send("<presence><priority>-1</priority></presence>")
+        .await;
+    alice
+        .send("<message to='bob@a.test' type='chat'><body>stored</body></message>")
+        .await;
+    // ...while one to his full JID reaches him.
+    alice
+        .send("<message to='bob@a.test/neg' type='chat'><body>direct</body></message>")
+        .await;
+    let m = next_matching(&mut bob, |t| t.starts_with("<message")).await;
+    assert!(m.contains("<body>direct</body>"), "{m}");
+    silent(&mut bob, 300).await;
+    // A resource with priority 0 gets the stored message, not the headline.
+    let mut bob2 = raw_session(n.c2s(), "bob@a.test", "pb", "pos").await;
+    bob2.send("<presence/>").await;
+    let m = next_matching(&mut bob2, |t| t.starts_with("<message")).await;
+    assert!(
+        m.contains("<body>stored</body>") && m.contains("urn:xmpp:delay"),
+        "{m}"
+    );
+    assert!(!m.contains("headline"));
+    // A subscription request to an account that does not exist is answered `unsubscribed`.
+    alice
+        .send("<presence to='nobody@a.test' type='subscribe'/>")
+        .await;
+    let p = next_matching(&mut alice, |t| t.starts_with("<presence")).await;
+    assert_eq!(
+        p,
+        "<presence from='nobody@a.test' to='alice@a.test' type='unsubscribed'/>"
+    );
+}
+
+#[tokio::test]
+async fn presence_is_revealed_only_to_approved_contacts_and_directed_presence_is_undone() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut eve = b.backend().await; // a raw backend for b.test: eve@b.test is any address there
+    n.add_user("alice@a.test", "pa");
+    let mut alice = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    alice
+        .send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    alice.next().await;
+    alice
+        .send("<presence><status>here</status></presence>")
+        .await;
+    // A probe from someone not approved gets nothing.
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='probe'/>")
+        .await;
+    silent(&mut eve, 500).await;
+    // eve asks; alice sees the request (stamped with bare JIDs) and approves.
+    eve.send("<presence from='eve@b.test/x' to='alice@a.test' type='subscribe'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut alice, |t| t.starts_with("<presence")).await,
+        "<presence from='eve@b.test' to='alice@a.test' type='subscribe'/>"
+    );
+    alice
+        .send("<presence to='eve@b.test' type='subscribed'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut eve, |t| t.contains("subscribed")).await,
+        "<presence from='alice@a.test' to='eve@b.test' type='subscribed'/>"
+    );
+    // The approval sends alice's presence; the roster push says `from`.
+    assert!(
+        next_matching(&mut eve, |t| t.contains("<status>here</status>"))
+            .await
+            .contains("from='alice@a.test/r'")
+    );
+    let push = next_matching(&mut alice, |t| t.contains("jabber:iq:roster")).await;
+    assert!(push.contains("subscription='from'"), "{push}");
+    // Now a probe is answered, and a repeated request is approved by the server itself.
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='probe'/>")
+        .await;
+    assert!(next_matching(&mut eve, |t| t.starts_with("<presence"))
+        .await
+        .contains("<status>here</status>"));
+    eve.send("<presence from='eve@b.test' to='alice@a.test' type='subscribe'/>")
+        .await;
+    assert_eq!(
+        next_matching(&mut eve, |t| t.starts_with("<presence")).await,
+        "<presence from='alice@a.test' to='eve@b.test' type='subscribed'/>"
+    );
+    // Directed presence to someone without a subscription, then a disconnect: they get
+    // unavailable; so does the subscriber.
+    alice
+        .send("<presence to='mallory@b.test'><show>chat</show></presence>")
+        .await;
+    assert!(next_matching(&mut eve, |t| t.contains("mallory"))
+        .await
+        .contains("<show>chat</show>"));
+    drop(alice);
+    let mut got = vec![
+        next_matching(&mut eve, |t| t.contains("unavailable")).await,
+        next_matching(&mut eve, |t| t.contains("unavailable")).await,
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "<presence from='alice@a.test/r' type='unavailable' to='eve@b.test'/>",
+            "<presence from='alice@a.test/r' type='unavailable' to='mallory@b.test'/>",
+        ]
+    );
+}
