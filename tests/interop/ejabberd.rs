@@ -1,0 +1,24 @@
+//! fedgate with Ejabberd (Debian's package): every scenario, both directions.
+
+use crate::peer::{Kind, PeerTls};
+use crate::scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_messages_iqs_and_presence_both_ways() {
+    scenarios::exchange(Kind::Ejabberd, "ej-dialback", PeerTls::SelfSigned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_external_messages_iqs_and_presence_both_ways() {
+    scenarios::exchange(Kind::Ejabberd, "ej-external", PeerTls::TestCa).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_stopped_bounces_with_the_cause_then_restarted_delivers() {
+    scenarios::peer_stopped_then_restarted(Kind::Ejabberd, "ej-restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
+    scenarios::burst(Kind::Ejabberd, "ej-burst").await;
+}

@@ -1,0 +1,573 @@
+//! The interop scenarios, written once and run against each peer ([`crate::prosody`],
+//! [`crate::ejabberd`]). "Peer → fedgate" is the slixmpp user on the peer talking to the
+//! component behind fedgate; "fedgate → peer" is the component talking to the user.
+
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use serde_json::{json, Value};
+
+use crate::backend::{stanza_error, Backend};
+use crate::client::Client;
+use crate::harness::{instance, metric, text, Instance, TestDns};
+use crate::peer::{Kind, Peer, PeerTls, PEER_S2S_PORT, USER};
+use crate::{capture_logs, dns_port_53, fedgate_log};
+
+/// The port fedgate's s2s listener uses: not 5269, so only its SRV record leads there.
+pub const GW_S2S_PORT: u16 = 5299;
+
+/// Everything one test runs.
+pub struct World {
+    pub dns: TestDns,
+    pub gw: Instance,
+    pub peer: Peer,
+    pub backend: Backend,
+    pub client: Client,
+}
+
+impl World {
+    /// The component user the peer's user talks to.
+    pub fn bot(&self) -> String {
+        format!("bot@{}", self.gw.domain)
+    }
+
+    /// The peer's user, bare.
+    pub fn user(&self) -> String {
+        format!("{USER}@{}", self.peer.domain)
+    }
+}
+
+/// Starts fedgate for `gw-{name}.test` (with `gw_s2s` lines in `[s2s]`) and a `kind` peer for
+/// `{name}.test` presenting `tls`, each published by SRV only, then attaches the backend and
+/// logs the client in.
+pub async fn world(kind: Kind, name: &str, tls: PeerTls, gw_s2s: &str) -> World {
+    capture_logs();
+    let dns = dns_port_53().await;
+    let gw_domain = format!("gw-{name}.test");
+    let gw = instance(&dns, &gw_domain)
+        .unlisted()
+        .s2s_port(GW_S2S_PORT)
+        .s2s(gw_s2s)
+        .start()
+        .await;
+    let host = format!("xmpp.{gw_domain}");
+    dns.add(&host, gw.ip);
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{gw_domain}"),
+        0,
+        1,
+        GW_S2S_PORT,
+        &host,
+    );
+    let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls).await;
+    let backend = Backend::attach(&gw).await;
+    let client = Client::login(&peer).await;
+    World {
+        dns,
+        gw,
+        peer,
+        backend,
+        client,
+    }
+}
+
+/// Messages, iqs (disco#info, XEP-0199 ping) and a presence subscription, peer → fedgate and
+/// fedgate → peer, with the peer presenting `tls`; then checks how each side authenticated.
+pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
+    let mut w = world(kind, name, tls, "").await;
+    let bot = w.bot();
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    let peer_domain = w.peer.domain.clone();
+    let me = w.client.jid.clone();
+
+    // Peer → fedgate: a message, and the component's reply.
+    w.client.message(&bot, "c1", "hello from the peer").await;
+    let m = w
+        .backend
+        .expect("message c1", |s| s.id() == Some("c1"))
+        .await;
+    assert_eq!(m.from(), Some(me.as_str()), "{}", text(m.raw()));
+    assert_eq!(m.to(), Some(bot.as_str()));
+    assert!(text(m.raw()).contains("<body>hello from the peer</body>"));
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='e1'><body>echo: hello</body></message>"
+        ))
+        .await;
+    let e = wait_message(&mut w, "e1").await;
+    assert_eq!(e["from"], format!("{bot}/bot"));
+    assert_eq!(e["body"], "echo: hello");
+
+    // Peer → fedgate: disco#info and a ping to the component, answered by it.
+    w.client
+        .command(json!({"cmd": "disco", "to": bot, "tag": "d1"}))
+        .await;
+    let q = w
+        .backend
+        .expect("disco#info get", |s| {
+            s.name() == "iq" && text(s.raw()).contains("disco#info")
+        })
+        .await;
+    assert_eq!(q.from(), Some(me.as_str()));
+    assert_eq!(q.type_(), Some("get"));
+    w.backend
+        .send(&crate::backend::disco_result(&bot, &me, q.id().unwrap()))
+        .await;
+    let r = w.client.result("d1", &w.peer).await;
+    assert_eq!(r["type"], "result", "{r}");
+    assert_eq!(
+        r["identities"][0],
+        json!(["component", "generic", "fedgate interop bot"])
+    );
+    assert!(r["features"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("urn:xmpp:ping")));
+
+    w.client
+        .command(json!({"cmd": "ping", "to": bot, "tag": "p1"}))
+        .await;
+    let q = w
+        .backend
+        .expect("ping", |s| {
+            s.name() == "iq" && text(s.raw()).contains("urn:xmpp:ping")
+        })
+        .await;
+    assert_eq!(q.from(), Some(me.as_str()));
+    w.backend
+        .send(&format!(
+            "<iq type='result' from='{bot}' to='{me}' id='{}'/>",
+            q.id().unwrap()
+        ))
+        .await;
+    assert_eq!(w.client.result("p1", &w.peer).await["type"], "result");
+    // A ping to fedgate's own domain is answered by the gateway (XEP-0199 on s2s).
+    w.client
+        .command(json!({"cmd": "ping", "to": gw_domain, "tag": "p2"}))
+        .await;
+    assert_eq!(w.client.result("p2", &w.peer).await["type"], "result");
+
+    // Peer → fedgate: a presence subscription, accepted by the component.
+    w.client
+        .command(json!({"cmd": "subscribe", "to": bot}))
+        .await;
+    let p = w
+        .backend
+        .expect("presence subscribe", |s| {
+            s.name() == "presence" && s.type_() == Some("subscribe")
+        })
+        .await;
+    assert_eq!(p.from(), Some(user.as_str()), "{}", text(p.raw()));
+    assert_eq!(p.to(), Some(bot.as_str()));
+    w.backend
+        .send(&format!(
+            "<presence from='{bot}' to='{user}' type='subscribed'/><presence from='{bot}/bot' to='{user}'/>"
+        ))
+        .await;
+    let bot_ = bot.clone();
+    w.client
+        .wait_for(
+            "presence subscribed from the bot",
+            |e| e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == bot_,
+            &w.peer,
+        )
+        .await;
+    let bot_res = format!("{bot}/bot");
+    w.client
+        .wait_for(
+            "the bot's available presence",
+            |e| e["event"] == "presence" && e["type"] == "available" && e["from"] == bot_res,
+            &w.peer,
+        )
+        .await;
+
+    // Fedgate → peer: a message to the bare JID, delivered to the client.
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{user}' type='chat' id='m1'><body>from the component</body></message>"
+        ))
+        .await;
+    let e = wait_message(&mut w, "m1").await;
+    assert_eq!(e["body"], "from the component");
+
+    // Fedgate → peer: disco#info and pings, to the client and to the peer server itself.
+    for (id, to, payload) in [
+        (
+            "q1",
+            me.as_str(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        ),
+        (
+            "q2",
+            peer_domain.as_str(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        ),
+        ("q3", me.as_str(), "<ping xmlns='urn:xmpp:ping'/>"),
+        ("q4", peer_domain.as_str(), "<ping xmlns='urn:xmpp:ping'/>"),
+    ] {
+        w.backend
+            .send(&format!(
+                "<iq type='get' from='{bot}/bot' to='{to}' id='{id}'>{payload}</iq>"
+            ))
+            .await;
+        let r = w
+            .backend
+            .expect(&format!("the answer to {id}"), |s| s.id() == Some(id))
+            .await;
+        assert_eq!(r.type_(), Some("result"), "{id}: {}", text(r.raw()));
+        assert_eq!(r.from(), Some(to));
+        if id == "q1" {
+            assert!(text(r.raw()).contains("urn:xmpp:ping"), "{}", text(r.raw()));
+        }
+        if id == "q2" {
+            assert!(
+                text(r.raw()).contains("category=\"server\"")
+                    || text(r.raw()).contains("category='server'"),
+                "{}",
+                text(r.raw())
+            );
+        }
+    }
+
+    // Fedgate → peer: a presence subscription, accepted by the client.
+    let bot2 = format!("bot2@{gw_domain}");
+    w.backend
+        .send(&format!(
+            "<presence from='{bot2}' to='{user}' type='subscribe'/>"
+        ))
+        .await;
+    let bot2_ = bot2.clone();
+    w.client
+        .wait_for(
+            "presence subscribe from bot2",
+            |e| e["event"] == "presence" && e["type"] == "subscribe" && e["from"] == bot2_,
+            &w.peer,
+        )
+        .await;
+    let p = w
+        .backend
+        .expect("presence subscribed", |s| {
+            s.name() == "presence" && s.type_() == Some("subscribed")
+        })
+        .await;
+    assert_eq!(p.from(), Some(user.as_str()));
+    assert_eq!(p.to(), Some(bot2.as_str()));
+
+    // Both found each other through SRV records served by the test's DNS server.
+    let gw_srv = w
+        .dns
+        .queries_of(&format!("_xmpp-server._tcp.{gw_domain}"), RecordType::SRV);
+    let peer_srv = w
+        .dns
+        .queries_of(&format!("_xmpp-server._tcp.{peer_domain}"), RecordType::SRV);
+    assert!(gw_srv >= 1, "the peer never asked for fedgate's SRV record");
+    assert!(
+        peer_srv >= 1,
+        "fedgate never asked for the peer's SRV record"
+    );
+
+    // How they authenticated each other.
+    let m = w.gw.metrics().await;
+    let method = match tls {
+        PeerTls::SelfSigned => "dialback",
+        PeerTls::TestCa => "external",
+    };
+    for direction in ["inbound", "outbound"] {
+        let sample = format!(
+            "fedgate_s2s_auth_total{{direction=\"{direction}\",method=\"{method}\",result=\"success\"}}"
+        );
+        assert!(
+            metric(&m, &sample) >= 1.0,
+            "{sample} in\n{m}\n{}",
+            w.peer.log_tail(40)
+        );
+    }
+    if tls == PeerTls::SelfSigned {
+        // fedgate verified the peer's key (by connecting back to the peer: its certificate
+        // proves nothing), the peer verified fedgate's (by connecting back to fedgate, whose
+        // dialback answers are counted as `verify`), and the peer accepted fedgate's key.
+        for sample in [
+            "fedgate_dialback_total{result=\"valid\",role=\"result\"}",
+            "fedgate_dialback_total{result=\"valid\",role=\"verify\"}",
+            "fedgate_dialback_total{result=\"valid\",role=\"outbound\"}",
+        ] {
+            assert!(metric(&m, sample) >= 1.0, "{sample} in\n{m}");
+        }
+    }
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}"
+        ),
+        0.0
+    );
+    report(&mut w, &format!("{method}")).await;
+    w.client.quit().await;
+}
+
+/// The client's next message with this id.
+async fn wait_message(w: &mut World, id: &str) -> Value {
+    let id_ = id.to_string();
+    w.client
+        .wait_for(
+            &format!("message {id}"),
+            |e| e["event"] == "message" && e["id"] == id_.as_str(),
+            &w.peer,
+        )
+        .await
+}
+
+/// What was negotiated, from fedgate's log and metrics and from a look at the peer's stream
+/// features; printed (`--nocapture`) and appended to `$INTEROP_REPORT` when set.
+async fn report(w: &mut World, what: &str) {
+    let peer_domain = &w.peer.domain;
+    let mut out = format!(
+        "== {} {} ({what}): fedgate {} <-> {}\n",
+        w.peer.kind.name(),
+        w.peer.kind.version(),
+        w.gw.domain,
+        peer_domain
+    );
+    for line in fedgate_log(&format!("remote={peer_domain}")) {
+        if line.contains("established") || line.contains("authenticated by") {
+            let msg = line
+                .split_once("fedgate::")
+                .map_or(line.as_str(), |(_, m)| m);
+            out.push_str(&format!("  fedgate log: {msg}\n"));
+        }
+    }
+    let m = w.gw.metrics().await;
+    for l in m.lines() {
+        if (l.starts_with("fedgate_s2s_sm_total")
+            || l.starts_with("fedgate_s2s_auth_total")
+            || l.starts_with("fedgate_tls_handshakes_total")
+            || l.starts_with("fedgate_certificate_verdicts_total"))
+            && !l.ends_with(" 0")
+        {
+            out.push_str(&format!("  metric: {l}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "  peer's features to an s2s initiator after STARTTLS: {}\n",
+        peer_features(&w.peer, &w.gw.domain).await
+    ));
+    println!("{out}");
+    if let Ok(path) = std::env::var("INTEROP_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(out.as_bytes()).unwrap();
+    }
+}
+
+/// The stream features the peer offers an s2s initiator (us, as the gateway's domain, without a
+/// client certificate) after STARTTLS, as `name (namespace)` list.
+async fn peer_features(peer: &Peer, from: &str) -> String {
+    let (_s, _id, features) =
+        crate::harness::tls_s2s_stream(peer.s2s_addr(), from, &peer.domain, None).await;
+    let e = features.element().unwrap();
+    let mut names: Vec<String> = e
+        .children()
+        .map(|c| {
+            let mut s = format!("{} ({})", c.name, c.ns);
+            let mechs: Vec<String> = c.children().map(|m| m.text()).collect();
+            if !mechs.is_empty() && c.name == "mechanisms" {
+                s.push_str(&format!(" [{}]", mechs.join(", ")));
+            }
+            s
+        })
+        .collect();
+    names.sort();
+    names.join(", ")
+}
+
+/// Both ways, one message each, so that both s2s links are up.
+async fn warm_up(w: &mut World, tag: &str) {
+    let bot = w.bot();
+    let me = w.client.jid.clone();
+    let id = format!("{tag}-up");
+    w.client.message(&bot, &id, "up").await;
+    let id_ = id.clone();
+    w.backend
+        .expect(&format!("message {id}"), |s| s.id() == Some(id_.as_str()))
+        .await;
+    let id = format!("{tag}-down");
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='{id}'><body>down</body></message>"
+        ))
+        .await;
+    wait_message(w, &id).await;
+}
+
+/// Sends `count` messages `{prefix}{i}` from the component to `to`, written in batches.
+async fn component_sends(w: &mut World, to: &str, prefix: &str, count: usize) {
+    let bot = w.bot();
+    let mut batch = String::new();
+    for i in 0..count {
+        batch.push_str(&format!(
+            "<message from='{bot}/bot' to='{to}' type='chat' id='{prefix}{i}'><body>{i}</body></message>"
+        ));
+        if batch.len() > 32 * 1024 || i + 1 == count {
+            w.backend.send(&batch).await;
+            batch.clear();
+        }
+    }
+}
+
+/// The peer stopped in the middle of a conversation: fedgate's stanzas to it come back as
+/// bounces that say why (sent = delivered + bounced); the peer restarted: fedgate connects
+/// again and delivery resumes, both ways.
+pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
+    // Short retries and failure window, so that the bounces and the recovery take seconds.
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::SelfSigned,
+        "retry_window = \"2s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "before").await;
+    let user = w.user();
+    let me = w.client.jid.clone();
+    let bot = w.bot();
+
+    w.peer.stop().await;
+    w.client
+        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .await;
+
+    // Stanzas to the stopped peer: 20 messages and an iq.
+    let sent = 20;
+    component_sends(&mut w, &me, "down", sent).await;
+    w.backend
+        .send(&format!(
+            "<iq type='get' from='{bot}/bot' to='{user}' id='down-iq'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    let host = format!("xmpp.{}:{PEER_S2S_PORT}", w.peer.domain);
+    let mut bounced = Vec::new();
+    let started = Instant::now();
+    while bounced.len() < sent + 1 {
+        let s = w
+            .backend
+            .expect("a bounce", |s| s.type_() == Some("error"))
+            .await;
+        let (condition, why) = stanza_error(&s);
+        assert_eq!(condition, "remote-server-timeout", "{}", text(s.raw()));
+        assert!(
+            why.contains(&format!("cannot connect to {host}")) && why.contains("refused"),
+            "the bounce names the cause: {}",
+            text(s.raw())
+        );
+        bounced.push(s.id().unwrap_or_default().to_string());
+    }
+    let mut expected: Vec<String> = (0..sent).map(|i| format!("down{i}")).collect();
+    expected.push("down-iq".to_string());
+    assert_eq!(bounced, expected, "every stanza bounced once, in order");
+    let m = w.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        (sent + 1) as f64,
+        "sent = delivered (0) + bounced"
+    );
+    println!(
+        "{} stopped: {} stanzas bounced after {:?}",
+        kind.name(),
+        bounced.len(),
+        started.elapsed()
+    );
+
+    // The peer restarts; after the failure window, fedgate connects again.
+    w.peer.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.client = Client::login(&w.peer).await;
+    let me = w.client.jid.clone();
+    let count = 20;
+    component_sends(&mut w, &me, "again", count).await;
+    for i in 0..count {
+        let e = wait_message(&mut w, &format!("again{i}")).await;
+        assert_eq!(e["type"], "chat", "{e}");
+    }
+    // And the peer reaches fedgate again.
+    w.client.message(&bot, "back", "I am back").await;
+    let m = w
+        .backend
+        .expect("message back", |s| s.id() == Some("back"))
+        .await;
+    assert!(text(m.raw()).contains("I am back"));
+    let m = w.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        (sent + 1) as f64,
+        "nothing else bounced"
+    );
+    w.client.quit().await;
+}
+
+/// 10,000 messages each way, every one delivered, in order.
+pub async fn burst(kind: Kind, name: &str) {
+    let mut w = world(kind, name, PeerTls::TestCa, "").await;
+    warm_up(&mut w, "warm").await;
+    let n = 10_000;
+    let me = w.client.jid.clone();
+    let bot = w.bot();
+
+    // fedgate → peer.
+    let started = Instant::now();
+    component_sends(&mut w, &me, "b", n).await;
+    let mut next = 0;
+    while next < n {
+        let e = w
+            .client
+            .wait_for("a burst message", |e| e["event"] == "message", &w.peer)
+            .await;
+        assert_eq!(e["type"], "chat", "not an error: {e}");
+        assert_eq!(e["id"], format!("b{next}"), "in order");
+        assert_eq!(e["body"], next.to_string());
+        next += 1;
+    }
+    let down = started.elapsed();
+
+    // peer → fedgate.
+    let started = Instant::now();
+    w.client
+        .command(json!({"cmd": "burst", "to": bot, "prefix": "c", "count": n}))
+        .await;
+    for i in 0..n {
+        let s = w.backend.next_message().await;
+        assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
+        assert_eq!(s.id(), Some(format!("c{i}").as_str()), "in order");
+    }
+    let up = started.elapsed();
+    let line = format!(
+        "{} {}: {n} messages fedgate → peer → client in {:.1} s ({:.0}/s); client → peer → fedgate in {:.1} s ({:.0}/s)\n",
+        kind.name(),
+        kind.version(),
+        down.as_secs_f64(),
+        n as f64 / down.as_secs_f64(),
+        up.as_secs_f64(),
+        n as f64 / up.as_secs_f64()
+    );
+    println!("{line}");
+    if let Ok(path) = std::env::var("INTEROP_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    w.client.quit().await;
+}
