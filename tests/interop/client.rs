@@ -41,11 +41,7 @@ impl Client {
             .args(["--host", &peer.ip.to_string()])
             .args(["--port", &peer.c2s_addr().port().to_string()])
             // INTEROP_CLIENT_DEBUG=1: slixmpp logs every stanza to the stderr file.
-            .args(
-                std::env::var_os("INTEROP_CLIENT_DEBUG")
-                    .map(|_| "--debug")
-                    .into_iter(),
-            )
+            .args(std::env::var_os("INTEROP_CLIENT_DEBUG").map(|_| "--debug"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_file).unwrap())

@@ -155,6 +155,7 @@ impl Peer {
         let spec = CertSpec {
             dns: vec![domain.to_string()],
             self_signed: tls == PeerTls::SelfSigned,
+            ten_years: true,
             ..CertSpec::default()
         };
         let (cert, key) = ca().issue(&spec, d, "peer");

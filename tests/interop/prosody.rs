@@ -22,3 +22,8 @@ async fn peer_stopped_bounces_with_the_cause_then_restarted_delivers() {
 async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
     scenarios::burst(Kind::Prosody, "pr-burst").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedgate_with_a_server_auth_only_certificate() {
+    scenarios::server_auth_only_certificate(Kind::Prosody, "pr-eku").await;
+}

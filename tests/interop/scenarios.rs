@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use serde_json::{json, Value};
 
+use rcgen::ExtendedKeyUsagePurpose;
+
 use crate::backend::{stanza_error, Backend};
+use crate::certs::CertSpec;
 use crate::client::Client;
 use crate::harness::{instance, metric, text, Instance, TestDns};
 use crate::peer::{Kind, Peer, PeerTls, PEER_S2S_PORT, USER};
@@ -37,14 +40,46 @@ impl World {
     }
 }
 
+/// What fedgate's certificate (from the test CA) is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GwCert {
+    /// serverAuth and clientAuth, as CA-issued server certificates were until 2025: it can
+    /// authenticate fedgate as a TLS client too (SASL EXTERNAL on outbound streams).
+    ServerAndClient,
+    /// serverAuth only, as public CAs issue them now.
+    ServerOnly,
+}
+
 /// Starts fedgate for `gw-{name}.test` (with `gw_s2s` lines in `[s2s]`) and a `kind` peer for
 /// `{name}.test` presenting `tls`, each published by SRV only, then attaches the backend and
 /// logs the client in.
 pub async fn world(kind: Kind, name: &str, tls: PeerTls, gw_s2s: &str) -> World {
+    world_with(kind, name, tls, gw_s2s, GwCert::ServerAndClient).await
+}
+
+/// [`world`] with fedgate's certificate for `gw_cert`.
+pub async fn world_with(
+    kind: Kind,
+    name: &str,
+    tls: PeerTls,
+    gw_s2s: &str,
+    gw_cert: GwCert,
+) -> World {
     capture_logs();
     let dns = dns_port_53().await;
     let gw_domain = format!("gw-{name}.test");
+    let eku = match gw_cert {
+        GwCert::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        GwCert::ServerOnly => vec![ExtendedKeyUsagePurpose::ServerAuth],
+    };
     let gw = instance(&dns, &gw_domain)
+        .cert(CertSpec {
+            eku,
+            ..CertSpec::default()
+        })
         .unlisted()
         .s2s_port(GW_S2S_PORT)
         .s2s(gw_s2s)
@@ -302,7 +337,7 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         ),
         0.0
     );
-    report(&mut w, &format!("{method}")).await;
+    report(&mut w, method).await;
     w.client.quit().await;
 }
 
@@ -569,5 +604,51 @@ pub async fn burst(kind: Kind, name: &str) {
             .unwrap();
         f.write_all(line.as_bytes()).unwrap();
     }
+    w.client.quit().await;
+}
+
+/// fedgate presenting a serverAuth-only certificate (what public CAs issue now) to a peer that
+/// trusts its CA: Prosody accepts it for SASL EXTERNAL; ejabberd 23.01 refuses it
+/// ("unsupported certificate purpose": OpenSSL checks the TLS client purpose), and fedgate falls
+/// back to dialback for that peer, so that nothing is lost either way.
+pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
+    let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly).await;
+    warm_up(&mut w, "eku").await;
+    let m = w.gw.metrics().await;
+    let outbound = |method: &str, result: &str| {
+        metric(
+            &m,
+            &format!(
+                "fedgate_s2s_auth_total{{direction=\"outbound\",method=\"{method}\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    match kind {
+        Kind::Prosody => {
+            assert_eq!(outbound("external", "success"), 1.0, "{m}");
+            assert_eq!(outbound("external", "failure"), 0.0, "{m}");
+        }
+        Kind::Ejabberd => {
+            assert_eq!(outbound("external", "failure"), 1.0, "{m}");
+            assert_eq!(outbound("dialback", "success"), 1.0, "{m}");
+            let refused = fedgate_log("SASL EXTERNAL refused (not-authorized)");
+            assert!(
+                refused
+                    .iter()
+                    .any(|l| l.contains(&format!("remote={}", w.peer.domain))),
+                "fedgate logs the refusal"
+            );
+        }
+    }
+    // The peer's certificate is valid for fedgate either way: EXTERNAL inbound (ejabberd
+    // opens a second stream to verify fedgate's dialback key, authenticated the same way).
+    assert!(
+        metric(
+            &m,
+            "fedgate_s2s_auth_total{direction=\"inbound\",method=\"external\",result=\"success\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    report(&mut w, "fedgate with a serverAuth-only certificate").await;
     w.client.quit().await;
 }
