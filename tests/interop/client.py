@@ -66,7 +66,12 @@ class Client(slixmpp.ClientXMPP):
         self.roster.auto_authorize = True
         self.roster.auto_subscribe = True
         self.add_event_handler("session_start", self.on_start)
-        self.add_event_handler("message", self.on_message)
+        # slixmpp raises "message" for messages with a body (errors included) and
+        # "message_error" for every error, with or without a body: each is reported once.
+        self.add_event_handler(
+            "message", lambda msg: msg["type"] != "error" and self.on_message(msg)
+        )
+        self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("presence", self.on_presence)
         self.add_event_handler("failed_auth", lambda _: emit(event="failed", why="auth"))
         self.add_event_handler("disconnected", self.on_disconnected)

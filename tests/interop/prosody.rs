@@ -27,3 +27,8 @@ async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
 async fn fedgate_with_a_server_auth_only_certificate() {
     scenarios::server_auth_only_certificate(Kind::Prosody, "pr-eku").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
+    scenarios::gateway_stopped_then_restarted(Kind::Prosody, "pr-gwrestart").await;
+}

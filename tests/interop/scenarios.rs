@@ -652,3 +652,91 @@ pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
     report(&mut w, "fedgate with a serverAuth-only certificate").await;
     w.client.quit().await;
 }
+
+/// The other direction of a restart: fedgate stopped while the peer's user talks to the
+/// component. The peer bounces the user's messages (its own error, with its own cause); fedgate
+/// restarted, the peer connects again (ejabberd after its retry delay, bouncing until then) and
+/// delivery resumes. At the client, sent = delivered + bounced, in order.
+pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
+    let mut w = world(kind, name, PeerTls::SelfSigned, "").await;
+    warm_up(&mut w, "before").await;
+    let bot = w.bot();
+
+    w.gw.stop().await;
+    w.client.message(&bot, "gone", "anyone there?").await;
+    let e = w
+        .client
+        .wait_for(
+            "the peer's bounce",
+            |e| e["event"] == "message" && e["id"] == "gone",
+            &w.peer,
+        )
+        .await;
+    assert_eq!(e["type"], "error", "{e}");
+    let condition = e["condition"].as_str().unwrap_or_default().to_string();
+    assert!(
+        condition.starts_with("remote-server-") || condition == "service-unavailable",
+        "{e}"
+    );
+    println!(
+        "{} bounces a message to a stopped fedgate with <{condition}/> {}",
+        kind.name(),
+        e["text"]
+    );
+
+    w.gw.restart().await;
+    w.backend = Backend::attach(&w.gw).await;
+    let (mut delivered, mut bounced) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 0..30 {
+        let id = format!("again{i}");
+        w.client.message(&bot, &id, "back?").await;
+        let World {
+            client,
+            backend,
+            peer,
+            ..
+        } = &mut w;
+        let (want_message, want_bounce) = (format!("message {id}"), format!("the bounce of {id}"));
+        let arrived = tokio::select! {
+            s = backend.expect(&want_message, |s| s.id() == Some(id.as_str())) => {
+                assert_ne!(s.type_(), Some("error"));
+                true
+            }
+            e = client.wait_for(
+                &want_bounce,
+                |e| e["event"] == "message" && e["id"] == id.as_str() && e["type"] == "error",
+                peer,
+            ) => {
+                assert!(e["condition"].is_string(), "{e}");
+                false
+            }
+        };
+        if arrived {
+            delivered.push(id);
+            break;
+        }
+        bounced.push(id);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !delivered.is_empty(),
+        "the peer never reached fedgate again; bounced: {bounced:?}\n{}",
+        w.peer.log_tail(30)
+    );
+    println!(
+        "{} reached fedgate again {:?} after the restart ({} messages bounced meanwhile)",
+        kind.name(),
+        started.elapsed(),
+        bounced.len()
+    );
+    // And from now on everything arrives, in order.
+    for i in 0..20 {
+        w.client.message(&bot, &format!("after{i}"), "hi").await;
+    }
+    for i in 0..20 {
+        let s = w.backend.next_message().await;
+        assert_eq!(s.id(), Some(format!("after{i}").as_str()));
+    }
+    w.client.quit().await;
+}
