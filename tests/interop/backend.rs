@@ -50,6 +50,24 @@ impl Backend {
         }
     }
 
+    /// The next stanza for which `want` holds within `wait`, or `None`.
+    pub async fn next_within(
+        &mut self,
+        wait: std::time::Duration,
+        want: impl Fn(&Stanza) -> bool,
+    ) -> Option<Stanza> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            if want(&s) {
+                return Some(s);
+            }
+            self.answer(&s).await;
+        }
+    }
+
     /// The next message (other stanzas are answered or kept).
     pub async fn next_message(&mut self) -> Stanza {
         self.expect("message", |s| s.name() == "message").await

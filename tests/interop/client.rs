@@ -99,6 +99,15 @@ impl Client {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
     }
 
+    /// The next event within `wait`: `None` when nothing came or the client exited.
+    pub async fn event_within(&mut self, wait: Duration) -> Option<Value> {
+        let line = tokio::time::timeout(wait, self.events.next_line())
+            .await
+            .ok()?
+            .ok()??;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
+    }
+
     /// The next event for which `want` holds (`what` names it in the failure message); the
     /// events skipped are kept in the failure message too.
     pub async fn wait_for(

@@ -489,15 +489,15 @@ modules:
 }
 
 impl Drop for Peer {
-    /// Kills what is still running; after a failure, keeps the folder (config, logs, the
-    /// client's stderr) and says where it is.
+    /// Kills what is still running; after a failure (or with `INTEROP_KEEP=1`), keeps the
+    /// folder (config, logs, the client's stderr) and says where it is.
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             if let Some(id) = child.id() {
                 signal_group(id as i32, "KILL");
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("INTEROP_KEEP").is_some() {
             self.dir.disable_cleanup(true);
             eprintln!(
                 "{} {}: its config, logs and the client's stderr are kept in {}",

@@ -32,3 +32,8 @@ async fn fedgate_with_a_server_auth_only_certificate() {
 async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
     scenarios::gateway_stopped_then_restarted(Kind::Prosody, "pr-gwrestart").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
+    scenarios::peer_stopped_mid_stream(Kind::Prosody, "pr-midstream").await;
+}

@@ -740,3 +740,140 @@ pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
     }
     w.client.quit().await;
 }
+
+/// The peer stopped while fedgate is writing a stream of messages to it: every message is
+/// delivered (before the stop, or after the restart from the peer's offline storage), or comes
+/// back as an error that says why (from fedgate, or from the peer for what it accepted but could
+/// no longer deliver). On a link without XEP-0198 (ejabberd's s2s) what the peer read but never
+/// handled cannot be known: fedgate counts it as `unconfirmed`, and that count must cover the
+/// gap.
+pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
+    let retry_window = Duration::from_secs(3);
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "retry_window = \"3s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "warm").await;
+    let me = w.client.jid.clone();
+    let n = 4000;
+    component_sends(&mut w, &me, "s", n).await;
+
+    // Stop the peer once the client has seen a few hundred of them.
+    let mut delivered = std::collections::BTreeMap::<String, usize>::new();
+    while delivered.len() < 300 {
+        let e = w
+            .client
+            .wait_for("a message", |e| e["event"] == "message", &w.peer)
+            .await;
+        *delivered
+            .entry(e["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    w.peer.stop().await;
+    // The client reads what the peer wrote before it closed.
+    while let Some(e) = w.client.event_within(Duration::from_secs(5)).await {
+        if e["event"] == "message" && e["type"] != "error" {
+            *delivered
+                .entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        if e["event"] == "disconnected" {
+            break;
+        }
+    }
+    let before_stop = delivered.len();
+
+    // Bounces, from fedgate (after its retries) or from the peer, until none came for longer
+    // than fedgate's retry window.
+    let mut bounced = std::collections::BTreeMap::<String, usize>::new();
+    let mut causes = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(s) = w
+        .backend
+        .next_within(retry_window + Duration::from_secs(3), |s| {
+            s.type_() == Some("error")
+        })
+        .await
+    {
+        let (condition, why) = stanza_error(&s);
+        assert!(!condition.is_empty(), "{}", text(s.raw()));
+        let by = s.from().unwrap_or_default().to_string();
+        *causes
+            .entry(format!("<{condition}/> from {by}: {why}"))
+            .or_default() += 1;
+        *bounced
+            .entry(s.id().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+
+    // The peer restarts; whatever it stored for the user arrives at the next login.
+    w.peer.restart().await;
+    w.client = Client::login(&w.peer).await;
+    let mut after = 0;
+    while let Some(e) = w.client.event_within(Duration::from_secs(3)).await {
+        if e["event"] == "message" && e["type"] != "error" {
+            *delivered
+                .entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            after += 1;
+        }
+    }
+
+    let m = w.gw.metrics().await;
+    let unconfirmed = metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") as usize;
+    let resent = metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") as usize;
+    let acks = metric(
+        &m,
+        "fedgate_s2s_sm_total{direction=\"outbound\",event=\"acked\"}",
+    ) as usize;
+    let delivered_and_bounced = delivered
+        .keys()
+        .filter(|id| bounced.contains_key(*id))
+        .count();
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("s{i}"))
+        .filter(|id| !delivered.contains_key(id) && !bounced.contains_key(id))
+        .collect();
+    let twice: Vec<&String> = delivered
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let line = format!(
+        "{} {}: peer stopped mid-stream: {n} sent, {before_stop} delivered before the stop, {after} after the restart, {} bounced ({causes:?}), {} missing, {} delivered twice, {delivered_and_bounced} delivered and bounced; fedgate counted {unconfirmed} unconfirmed, {resent} resent, {acks} XEP-0198 acknowledgements\n",
+        kind.name(),
+        kind.version(),
+        bounced.len(),
+        missing.len(),
+        twice.len(),
+    );
+    println!("{line}");
+    if let Ok(path) = std::env::var("INTEROP_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    if metric(
+        &m,
+        "fedgate_s2s_sm_total{direction=\"outbound\",event=\"enabled\"}",
+    ) > 0.0
+    {
+        // With XEP-0198 fedgate kept every stanza the peer had not acknowledged: each was
+        // resent or bounced (possibly one the peer had handled without acknowledging it yet).
+        assert!(missing.is_empty(), "lost on a XEP-0198 link: {missing:?}");
+    }
+    assert!(
+        missing.len() <= unconfirmed,
+        "{} messages neither delivered nor bounced, and fedgate counted only {unconfirmed} as unconfirmed: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert!(bounced.values().all(|c| *c == 1), "a message bounced twice");
+    w.client.quit().await;
+}
