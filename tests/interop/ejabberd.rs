@@ -37,3 +37,8 @@ async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
 async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
     scenarios::peer_stopped_mid_stream(Kind::Ejabberd, "ej-midstream").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_xep_0368_published_first() {
+    scenarios::direct_tls(Kind::Ejabberd, "ej-directtls").await;
+}

@@ -69,7 +69,9 @@ pub async fn dns_port_53() -> TestDns {
 fn log_buffer() -> &'static Mutex<Vec<u8>> {
     static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
     LOG.get_or_init(|| {
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "fedgate=info".to_string());
+        // Which listener accepted a connection is logged at debug (XEP-0368 tests read it).
+        let filter = std::env::var("RUST_LOG")
+            .unwrap_or_else(|_| "fedgate=info,fedgate::listener=debug".to_string());
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)

@@ -29,6 +29,8 @@ use crate::harness::{next_loopback, TestDns};
 
 /// The port a peer's s2s listener uses. Not 5269, so that only the SRV record leads there.
 pub const PEER_S2S_PORT: u16 = 5369;
+/// The port of a peer's direct TLS s2s listener (XEP-0368), when it has one.
+pub const PEER_DIRECT_TLS_PORT: u16 = 5370;
 /// The port of a peer's c2s listener (the client connects by address, without DNS).
 pub const PEER_C2S_PORT: u16 = 5222;
 /// The account the tests log in with on every peer.
@@ -116,15 +118,24 @@ pub struct Peer {
     child: Option<Child>,
     /// The command line that starts it, kept for [`Peer::restart`].
     argv: Vec<String>,
+    /// Whether it listens for direct TLS (XEP-0368) s2s too.
+    direct_tls: bool,
     /// ejabberd's Erlang node name (unique per peer, so that parallel tests do not clash).
     node: String,
 }
 
 impl Peer {
     /// Writes the config, publishes the peer in `dns` (`_xmpp-server._tcp.{domain}` →
-    /// `xmpp.{domain}:5369` → a fresh loopback address), creates the test account and starts
-    /// the server; returns once its c2s and s2s ports accept connections.
-    pub async fn start(kind: Kind, domain: &str, dns: &TestDns, tls: PeerTls) -> Peer {
+    /// `xmpp.{domain}:5369` → a fresh loopback address; with `direct_tls` also a direct TLS
+    /// listener on 5370 published first, as `_xmpps-server._tcp.{domain}`), creates the test
+    /// account and starts the server; returns once its c2s and s2s ports accept connections.
+    pub async fn start(
+        kind: Kind,
+        domain: &str,
+        dns: &TestDns,
+        tls: PeerTls,
+        direct_tls: bool,
+    ) -> Peer {
         kind.require_installed();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -137,11 +148,20 @@ impl Peer {
         dns.add(&host, ip);
         dns.add_srv(
             &format!("_xmpp-server._tcp.{domain}"),
-            0,
+            if direct_tls { 10 } else { 0 },
             1,
             PEER_S2S_PORT,
             &host,
         );
+        if direct_tls {
+            dns.add_srv(
+                &format!("_xmpps-server._tcp.{domain}"),
+                0,
+                1,
+                PEER_DIRECT_TLS_PORT,
+                &host,
+            );
+        }
 
         let d = dir.path();
         std::fs::write(
@@ -167,6 +187,7 @@ impl Peer {
             domain: domain.to_string(),
             ip,
             argv: Vec::new(),
+            direct_tls,
             node,
             child: None,
             dir,
@@ -234,7 +255,7 @@ interfaces = {{ "{ip}" }}
 c2s_ports = {{ {c2s} }}
 s2s_ports = {{ {s2s} }}
 c2s_direct_tls_ports = {{ }}
-s2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {direct} }}
 log = {{ {{ levels = {{ min = "{level}" }}, to = "file", filename = "{d}/prosody.log" }} }}
 modules_enabled = {{
     "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "s2s_bidi"; "smacks";
@@ -262,6 +283,11 @@ VirtualHost "{domain}"
             key = key.display(),
             domain = self.domain,
             level = log_level(),
+            direct = if self.direct_tls {
+                PEER_DIRECT_TLS_PORT.to_string()
+            } else {
+                String::new()
+            },
         );
         let cfg = d.join("prosody.cfg.lua");
         std::fs::write(&cfg, config).unwrap();
@@ -312,7 +338,7 @@ listen:
     ip: "{ip}"
     module: ejabberd_s2s_in
     max_stanza_size: 524288
-s2s_use_starttls: required
+{direct}s2s_use_starttls: required
 # Reconnect quickly after a peer went away (default up to 300 s), so a restart is seen soon.
 s2s_max_retry_delay: 2
 auth_method: internal
@@ -337,6 +363,14 @@ modules:
             s2s = PEER_S2S_PORT,
             ip = self.ip,
             level = log_level(),
+            direct = if self.direct_tls {
+                format!(
+                    "  -\n    port: {PEER_DIRECT_TLS_PORT}\n    ip: \"{}\"\n    module: ejabberd_s2s_in\n    tls: true\n    max_stanza_size: 524288\n",
+                    self.ip
+                )
+            } else {
+                String::new()
+            },
         );
         std::fs::write(d.join("ejabberd.yml"), config).unwrap();
         // ejabberdctl points ERL_INETRC here; empty = Erlang's defaults, which read the

@@ -54,16 +54,18 @@ pub enum GwCert {
 /// `{name}.test` presenting `tls`, each published by SRV only, then attaches the backend and
 /// logs the client in.
 pub async fn world(kind: Kind, name: &str, tls: PeerTls, gw_s2s: &str) -> World {
-    world_with(kind, name, tls, gw_s2s, GwCert::ServerAndClient).await
+    world_with(kind, name, tls, gw_s2s, GwCert::ServerAndClient, false).await
 }
 
-/// [`world`] with fedgate's certificate for `gw_cert`.
+/// [`world`] with fedgate's certificate for `gw_cert`; with `direct_tls`, both sides also
+/// publish a direct TLS (XEP-0368) listener first, as `_xmpps-server._tcp` SRV records.
 pub async fn world_with(
     kind: Kind,
     name: &str,
     tls: PeerTls,
     gw_s2s: &str,
     gw_cert: GwCert,
+    direct_tls: bool,
 ) -> World {
     capture_logs();
     let dns = dns_port_53().await;
@@ -89,12 +91,21 @@ pub async fn world_with(
     dns.add(&host, gw.ip);
     dns.add_srv(
         &format!("_xmpp-server._tcp.{gw_domain}"),
-        0,
+        if direct_tls { 10 } else { 0 },
         1,
         GW_S2S_PORT,
         &host,
     );
-    let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls).await;
+    if direct_tls {
+        dns.add_srv(
+            &format!("_xmpps-server._tcp.{gw_domain}"),
+            0,
+            1,
+            gw.direct_tls_addr().port(),
+            &host,
+        );
+    }
+    let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls, direct_tls).await;
     let backend = Backend::attach(&gw).await;
     let client = Client::login(&peer).await;
     World {
@@ -109,7 +120,9 @@ pub async fn world_with(
 /// Messages, iqs (disco#info, XEP-0199 ping) and a presence subscription, peer → fedgate and
 /// fedgate → peer, with the peer presenting `tls`; then checks how each side authenticated.
 pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
-    let mut w = world(kind, name, tls, "").await;
+    // An idle outbound link is checked after a second: an XEP-0199 ping, or an XEP-0198
+    // acknowledgement request when the link has stream management.
+    let mut w = world(kind, name, tls, "ping_interval = \"1s\"").await;
     let bot = w.bot();
     let user = w.user();
     let gw_domain = w.gw.domain.clone();
@@ -337,6 +350,19 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         ),
         0.0
     );
+    // The peer answers fedgate's liveness check of the idle link.
+    let mut answered = 0.0;
+    for _ in 0..60 {
+        answered = metric(
+            &w.gw.metrics().await,
+            "fedgate_outbound_events_total{event=\"ping_answered\"}",
+        );
+        if answered >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered >= 1.0, "the peer never answered a liveness check");
     report(&mut w, method).await;
     w.client.quit().await;
 }
@@ -375,6 +401,7 @@ async fn report(w: &mut World, what: &str) {
     let m = w.gw.metrics().await;
     for l in m.lines() {
         if (l.starts_with("fedgate_s2s_sm_total")
+            || l.starts_with("fedgate_outbound_events_total")
             || l.starts_with("fedgate_s2s_auth_total")
             || l.starts_with("fedgate_tls_handshakes_total")
             || l.starts_with("fedgate_certificate_verdicts_total"))
@@ -388,15 +415,7 @@ async fn report(w: &mut World, what: &str) {
         peer_features(&w.peer, &w.gw.domain).await
     ));
     println!("{out}");
-    if let Ok(path) = std::env::var("INTEROP_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(out.as_bytes()).unwrap();
-    }
+    append_report(&out);
 }
 
 /// The stream features the peer offers an s2s initiator (us, as the gateway's domain, without a
@@ -595,15 +614,7 @@ pub async fn burst(kind: Kind, name: &str) {
         n as f64 / up.as_secs_f64()
     );
     println!("{line}");
-    if let Ok(path) = std::env::var("INTEROP_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(line.as_bytes()).unwrap();
-    }
+    append_report(&line);
     w.client.quit().await;
 }
 
@@ -612,7 +623,7 @@ pub async fn burst(kind: Kind, name: &str) {
 /// ("unsupported certificate purpose": OpenSSL checks the TLS client purpose), and fedgate falls
 /// back to dialback for that peer, so that nothing is lost either way.
 pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
-    let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly).await;
+    let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly, false).await;
     warm_up(&mut w, "eku").await;
     let m = w.gw.metrics().await;
     let outbound = |method: &str, result: &str| {
@@ -850,15 +861,7 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
         twice.len(),
     );
     println!("{line}");
-    if let Ok(path) = std::env::var("INTEROP_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(line.as_bytes()).unwrap();
-    }
+    append_report(&line);
     if metric(
         &m,
         "fedgate_s2s_sm_total{direction=\"outbound\",event=\"enabled\"}",
@@ -876,4 +879,77 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     );
     assert!(bounced.values().all(|c| *c == 1), "a message bounced twice");
     w.client.quit().await;
+}
+
+/// XEP-0368: both sides publish a direct TLS listener first (`_xmpps-server._tcp`, priority 0)
+/// and STARTTLS second; each connects to the other with TLS from the first byte.
+pub async fn direct_tls(kind: Kind, name: &str) {
+    let mut w = world_with(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "",
+        GwCert::ServerAndClient,
+        true,
+    )
+    .await;
+    warm_up(&mut w, "direct").await;
+    let trace =
+        w.gw.gw()
+            .last_attempt(&w.peer.domain)
+            .expect("fedgate connected to the peer")
+            .to_string();
+    assert!(
+        trace.contains(&format!(
+            "TCP connected to xmpp.{}:{}",
+            w.peer.domain,
+            crate::peer::PEER_DIRECT_TLS_PORT
+        )),
+        "fedgate used the peer's direct TLS listener:\n{trace}"
+    );
+    // Which of fedgate's listeners the peer's authenticated stream came in on.
+    let inbound_peers: Vec<String> = fedgate_log(&format!("remote={}", w.peer.domain))
+        .iter()
+        .filter(|l| l.contains("inbound s2s authenticated"))
+        .filter_map(|l| l.split("peer=").nth(1))
+        .filter_map(|p| p.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(!inbound_peers.is_empty(), "the peer connected to fedgate");
+    let direct = inbound_peers.iter().any(|p| {
+        fedgate_log(&format!("peer={p}"))
+            .iter()
+            .any(|l| l.contains("listener=\"s2s-direct-tls\""))
+    });
+    assert!(
+        direct,
+        "the peer connects to fedgate's _xmpps-server (direct TLS) first"
+    );
+    let line = format!(
+        "{} {}: fedgate → peer over direct TLS (XEP-0368); peer → fedgate over {}\n",
+        kind.name(),
+        kind.version(),
+        if direct {
+            "direct TLS (XEP-0368)"
+        } else {
+            "STARTTLS (it does not use _xmpps-server)"
+        }
+    );
+    println!("{line}");
+    append_report(&line);
+    report(&mut w, "direct TLS published first").await;
+    w.client.quit().await;
+}
+
+/// Appends to `$INTEROP_REPORT`, when set.
+fn append_report(text: &str) {
+    if let Ok(path) = std::env::var("INTEROP_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
 }
