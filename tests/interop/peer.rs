@@ -403,7 +403,12 @@ modules:
             "--reuid=ejabberd",
             "--regid=ejabberd",
             "--init-groups",
-            "ejabberdctl",
+            // Debian installs it in /usr/sbin, which a non-login PATH may lack.
+            if Path::new("/usr/sbin/ejabberdctl").exists() {
+                "/usr/sbin/ejabberdctl"
+            } else {
+                "ejabberdctl"
+            },
             "--node",
             &self.node,
             "--config-dir",

@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
-use serde_json::{json, Value};
-
 use rcgen::ExtendedKeyUsagePurpose;
+use serde_json::{json, Value};
 
 use crate::backend::{stanza_error, Backend};
 use crate::certs::CertSpec;
