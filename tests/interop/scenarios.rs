@@ -117,15 +117,32 @@ pub async fn world_with(
 }
 
 /// Messages, iqs (disco#info, XEP-0199 ping) and a presence subscription, peer → fedgate and
-/// fedgate → peer, with the peer presenting `tls`; then checks how each side authenticated.
+/// fedgate → peer, with the peer presenting `tls`; then checks how each side found and
+/// authenticated the other.
 pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
     // An idle outbound link is checked after a second: an XEP-0199 ping, or an XEP-0198
     // acknowledgement request when the link has stream management.
     let mut w = world(kind, name, tls, "ping_interval = \"1s\"").await;
+    peer_to_fedgate(&mut w).await;
+    fedgate_to_peer(&mut w).await;
+    assert_found_through_srv(&w);
+    let method = match tls {
+        PeerTls::SelfSigned => "dialback",
+        PeerTls::TestCa => "external",
+    };
+    assert_authenticated(&w, method).await;
+    assert_liveness_check_answered(&w).await;
+    report(&mut w, method).await;
+    w.client.quit().await;
+}
+
+/// The user writes to the component and gets its reply; asks disco#info and pings the
+/// component (answered by it) and fedgate's domain (answered by fedgate); subscribes to the
+/// component's presence, which the component accepts.
+async fn peer_to_fedgate(w: &mut World) {
     let bot = w.bot();
     let user = w.user();
     let gw_domain = w.gw.domain.clone();
-    let peer_domain = w.peer.domain.clone();
     let me = w.client.jid.clone();
 
     // Peer → fedgate: a message, and the component's reply.
@@ -142,7 +159,7 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
             "<message from='{bot}/bot' to='{me}' type='chat' id='e1'><body>echo: hello</body></message>"
         ))
         .await;
-    let e = wait_message(&mut w, "e1").await;
+    let e = wait_message(w, "e1").await;
     assert_eq!(e["from"], format!("{bot}/bot"));
     assert_eq!(e["body"], "echo: hello");
 
@@ -212,22 +229,18 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
             "<presence from='{bot}' to='{user}' type='subscribed'/><presence from='{bot}/bot' to='{user}'/>"
         ))
         .await;
-    let bot_ = bot.clone();
-    w.client
-        .wait_for(
-            "presence subscribed from the bot",
-            |e| e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == bot_,
-            &w.peer,
-        )
-        .await;
-    let bot_res = format!("{bot}/bot");
-    w.client
-        .wait_for(
-            "the bot's available presence",
-            |e| e["event"] == "presence" && e["type"] == "available" && e["from"] == bot_res,
-            &w.peer,
-        )
-        .await;
+    wait_presence(w, "subscribed", &bot).await;
+    wait_presence(w, "available", &format!("{bot}/bot")).await;
+}
+
+/// The component writes to the user; asks disco#info of and pings the user's client and the
+/// peer server; subscribes to the user's presence, which the client accepts.
+async fn fedgate_to_peer(w: &mut World) {
+    let bot = w.bot();
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    let peer_domain = w.peer.domain.clone();
+    let me = w.client.jid.clone();
 
     // Fedgate → peer: a message to the bare JID, delivered to the client.
     w.backend
@@ -235,7 +248,7 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
             "<message from='{bot}/bot' to='{user}' type='chat' id='m1'><body>from the component</body></message>"
         ))
         .await;
-    let e = wait_message(&mut w, "m1").await;
+    let e = wait_message(w, "m1").await;
     assert_eq!(e["body"], "from the component");
 
     // Fedgate → peer: disco#info and pings, to the client and to the peer server itself.
@@ -284,14 +297,7 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
             "<presence from='{bot2}' to='{user}' type='subscribe'/>"
         ))
         .await;
-    let bot2_ = bot2.clone();
-    w.client
-        .wait_for(
-            "presence subscribe from bot2",
-            |e| e["event"] == "presence" && e["type"] == "subscribe" && e["from"] == bot2_,
-            &w.peer,
-        )
-        .await;
+    wait_presence(w, "subscribe", &bot2).await;
     let p = w
         .backend
         .expect("presence subscribed", |s| {
@@ -300,7 +306,12 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         .await;
     assert_eq!(p.from(), Some(user.as_str()));
     assert_eq!(p.to(), Some(bot2.as_str()));
+}
 
+/// Each side asked the test's DNS server for the other's SRV record.
+fn assert_found_through_srv(w: &World) {
+    let gw_domain = &w.gw.domain;
+    let peer_domain = &w.peer.domain;
     // Both found each other through SRV records served by the test's DNS server.
     let gw_srv = w
         .dns
@@ -313,13 +324,12 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         peer_srv >= 1,
         "fedgate never asked for the peer's SRV record"
     );
+}
 
+/// Both directions authenticated by `method`; with dialback, each key was verified for real.
+async fn assert_authenticated(w: &World, method: &str) {
     // How they authenticated each other.
     let m = w.gw.metrics().await;
-    let method = match tls {
-        PeerTls::SelfSigned => "dialback",
-        PeerTls::TestCa => "external",
-    };
     for direction in ["inbound", "outbound"] {
         let sample = format!(
             "fedgate_s2s_auth_total{{direction=\"{direction}\",method=\"{method}\",result=\"success\"}}"
@@ -330,7 +340,7 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
             w.peer.log_tail(40)
         );
     }
-    if tls == PeerTls::SelfSigned {
+    if method == "dialback" {
         // fedgate verified the peer's key (by connecting back to the peer: its certificate
         // proves nothing), the peer verified fedgate's (by connecting back to fedgate, whose
         // dialback answers are counted as `verify`), and the peer accepted fedgate's key.
@@ -349,7 +359,10 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         ),
         0.0
     );
-    // The peer answers fedgate's liveness check of the idle link.
+}
+
+/// The peer answers fedgate's liveness check of the idle outbound link.
+async fn assert_liveness_check_answered(w: &World) {
     let mut answered = 0.0;
     for _ in 0..60 {
         answered = metric(
@@ -362,17 +375,25 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(answered >= 1.0, "the peer never answered a liveness check");
-    report(&mut w, method).await;
-    w.client.quit().await;
+}
+
+/// The client's next presence of this type from `from`.
+async fn wait_presence(w: &mut World, type_: &str, from: &str) -> Value {
+    w.client
+        .wait_for(
+            &format!("presence {type_} from {from}"),
+            |e| e["event"] == "presence" && e["type"] == type_ && e["from"] == from,
+            &w.peer,
+        )
+        .await
 }
 
 /// The client's next message with this id.
 async fn wait_message(w: &mut World, id: &str) -> Value {
-    let id_ = id.to_string();
     w.client
         .wait_for(
             &format!("message {id}"),
-            |e| e["event"] == "message" && e["id"] == id_.as_str(),
+            |e| e["event"] == "message" && e["id"] == id,
             &w.peer,
         )
         .await
