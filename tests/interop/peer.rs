@@ -351,6 +351,7 @@ access_rules:
     allow: all
 modules:
   mod_disco: {{}}
+  mod_offline: {{}}
   mod_ping: {{}}
   mod_roster: {{}}
   mod_s2s_dialback: {{}}

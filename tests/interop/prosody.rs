@@ -42,3 +42,8 @@ async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
 async fn direct_tls_xep_0368_published_first() {
     scenarios::direct_tls(Kind::Prosody, "pr-directtls").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_restarted_within_the_retry_window_gets_what_waited() {
+    scenarios::peer_restarted_within_the_retry_window(Kind::Prosody, "pr-quickrestart").await;
+}

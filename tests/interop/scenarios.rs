@@ -973,3 +973,118 @@ fn append_report(text: &str) {
         f.write_all(text.as_bytes()).unwrap();
     }
 }
+
+/// The peer restarted while fedgate still retries: the messages fedgate took meanwhile wait in
+/// its queue and go out on the new link once the peer is back (with XEP-0198, fedgate first
+/// tries to resume the old stream). Each reaches the user once and in order (live, or from the
+/// peer's offline storage when it arrives before the user is back), or comes back with the
+/// peer's error; fedgate itself bounces none.
+pub async fn peer_restarted_within_the_retry_window(kind: Kind, name: &str) {
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "retry_window = \"30s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "before").await;
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    w.peer.stop().await;
+    w.client
+        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .await;
+    let n = 20;
+    component_sends(&mut w, &user, "r", n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.peer.restart().await;
+    w.client = Client::login(&w.peer).await;
+
+    // What the user gets, until nothing more comes; then what came back to the component.
+    let mut delivered = collect_messages(&mut w.client, "r").await;
+    let first_login = delivered.len();
+    let mut bounced = Vec::new();
+    while let Some(s) = w
+        .backend
+        .next_within(Duration::from_millis(500), |s| s.type_() == Some("error"))
+        .await
+    {
+        let (condition, why) = stanza_error(&s);
+        let by = error_by(&s);
+        assert_ne!(
+            by,
+            gw_domain,
+            "fedgate bounced a stanza it should have delivered: {}",
+            text(s.raw())
+        );
+        bounced.push(format!(
+            "{} <{condition}/> by {by}: {why}",
+            s.id().unwrap_or_default()
+        ));
+    }
+    let mut sorted = delivered.clone();
+    sorted.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    assert_eq!(delivered, sorted, "delivered in order");
+    if delivered.len() + bounced.len() < n {
+        // A message the peer stored offline while the user was logging in may wait for the
+        // next login (ejabberd 23.01 stores it while it flushes the offline store).
+        w.client.quit().await;
+        w.client = Client::login(&w.peer).await;
+        delivered.extend(collect_messages(&mut w.client, "r").await);
+    }
+    let mut all: Vec<String> = delivered
+        .iter()
+        .cloned()
+        .chain(
+            bounced
+                .iter()
+                .map(|b| b.split(' ').next().unwrap().to_string()),
+        )
+        .collect();
+    all.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    assert_eq!(all, expected, "each delivered or bounced by the peer, once");
+    if kind == Kind::Prosody {
+        assert!(bounced.is_empty(), "{bounced:?}");
+        assert_eq!(first_login, n, "all at the first login");
+    }
+    let m = w.gw.metrics().await;
+    let line = format!(
+        "{} {}: restarted within fedgate's retry window: of {n} messages fedgate queued meanwhile, {first_login} delivered in order at the user's first login, {} at the next one, {} bounced by the peer {bounced:?}; XEP-0198 resumption tried {} time(s), refused {} time(s)\n",
+        kind.name(),
+        kind.version(),
+        delivered.len() - first_login,
+        bounced.len(),
+        metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resumed\"}")
+            + metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"),
+        metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"),
+    );
+    println!("{line}");
+    append_report(&line);
+    w.client.quit().await;
+}
+
+/// The ids of the messages starting with `prefix` that the client reports until nothing came
+/// for three seconds (none of them an error).
+async fn collect_messages(client: &mut Client, prefix: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some(e) = client.event_within(Duration::from_secs(3)).await {
+        if e["event"] == "message" && e["id"].as_str().is_some_and(|id| id.starts_with(prefix)) {
+            assert_eq!(e["type"], "chat", "not an error: {e}");
+            ids.push(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+/// The `by` attribute of an error stanza's `<error/>`: who generated it.
+fn error_by(s: &fedgate::xml::stanza::Stanza) -> String {
+    let e = s.element().expect("a parsed stanza");
+    let by = e
+        .children()
+        .find(|c| c.name == "error")
+        .and_then(|error| error.attr("by"))
+        .unwrap_or_default()
+        .to_string();
+    by
+}
