@@ -59,7 +59,8 @@ fi
 echo "== format"
 cargo fmt --all -- --check
 
-echo "== unit and integration tests"
+echo "== unit, integration and interop tests"
 # Integration tests start fedgate instances on 127.77.x.y:5269 (the whole 127/8 is loopback)
-# and a DNS server of their own on 127.0.0.1; nothing leaves the machine.
+# and a DNS server of their own on 127.0.0.1; interop tests (tests/interop) add Prosody and
+# ejabberd on 127.77.x.y and a DNS server on 127.53.x.y:53; nothing leaves the machine.
 cargo test --locked --lib --bins --tests
