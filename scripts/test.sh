@@ -15,48 +15,58 @@ if ! cargo fmt --version >/dev/null 2>&1; then
     rustup component add rustfmt
 fi
 
-# Installs Debian packages without starting their services (tests start what they need as
-# ordinary processes, on loopback): a policy-rc.d that refuses every start, for the install only.
-apt_install() {
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    echo "== installing $* (Debian packages)"
-    local policy=/usr/sbin/policy-rc.d created=""
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-        $sudo chmod +x "$policy"
-        created=1
+# ---- test dependencies -------------------------------------------------------------------------
+# - Debian's Prometheus (prometheus, promtool): the metrics tests run it against a live fedgate
+#   and evaluate every dashboard expression and alert rule.
+# - Debian's Prosody and ejabberd (and lua-unbound, util-linux's unshare): the interop tests
+#   (tests/interop/) start them as ordinary processes, each with its own config, data folder,
+#   certificates and private DNS.
+# - slixmpp from PyPI: the client library the core and interop tests drive.
+# A policy-rc.d that answers 101 keeps the packages' postinst from starting system services that
+# would grab ports 5222/5269/5280/9090 on every interface; any that start anyway (a machine with a
+# real init) are stopped and disabled afterwards.
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+pkgs=()
+{ need prometheus && need promtool; } || pkgs+=(prometheus)
+need prosody || pkgs+=(prosody)
+need ejabberdctl || [[ -x /usr/sbin/ejabberdctl ]] || pkgs+=(ejabberd)
+dpkg -s lua-unbound >/dev/null 2>&1 || pkgs+=(lua-unbound)
+need unshare || pkgs+=(util-linux)
+if ((${#pkgs[@]})); then
+    echo "== installing ${pkgs[*]} (Debian packages)"
+    made_policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    if ! $sudo apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "$@"; then
-        $sudo apt-get -o DPkg::Lock::Timeout=300 update
-        $sudo apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "$@"
+    apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300)
+    if ! "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}"; then
+        "${apt[@]}" update
+        "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}"
     fi
-    if [ -n "$created" ]; then $sudo rm -f "$policy"; fi
-}
-
-echo "== test dependencies"
-# Debian's Prometheus: the metrics tests run it against a live fedgate to evaluate every
-# dashboard expression and alert rule, and check the rules with promtool.
-if ! need prometheus || ! need promtool; then
-    apt_install prometheus
+    [[ -z $made_policy ]] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    for svc in prosody ejabberd prometheus; do
+        if need systemctl && [[ -d /run/systemd/system ]]; then
+            "${sudo[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        elif [[ -x /etc/init.d/$svc ]]; then
+            "${sudo[@]}" /etc/init.d/$svc stop >/dev/null 2>&1 || true
+        fi
+    done
 fi
-# ---- begin: slixmpp for the c2s core's tests (tests/core/client.py) ----
-# The core's integration tests sign in with a real client library. Installed from PyPI when
-# missing; the tests fail with a clear message without it.
 if ! python3 -c 'import slixmpp' >/dev/null 2>&1; then
-    if ! need python3; then
-        echo "error: python3 is not installed; the core's tests need it (apt-get install python3 python3-pip)" >&2
-        exit 1
-    fi
+    echo "== installing slixmpp (PyPI)"
     python3 -m pip install --quiet slixmpp || python3 -m pip install --quiet --break-system-packages slixmpp
 fi
-# ---- end: slixmpp ----
+# ---- end test dependencies ---------------------------------------------------------------------
 
 echo "== format"
 cargo fmt --all -- --check
 
-echo "== unit and integration tests"
+echo "== unit, integration and interop tests"
 # Integration tests start fedgate instances on 127.77.x.y:5269 (the whole 127/8 is loopback)
-# and a DNS server of their own on 127.0.0.1; nothing leaves the machine.
+# and a DNS server of their own on 127.0.0.1; interop tests (tests/interop) add Prosody and
+# ejabberd on 127.77.x.y and a DNS server on 127.53.x.y:53; nothing leaves the machine.
 cargo test --locked --lib --bins --tests

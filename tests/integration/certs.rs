@@ -29,6 +29,9 @@ pub struct CertSpec {
     pub expired: bool,
     /// Expires this many days from now (instead of the default years ahead).
     pub expires_in_days: Option<i64>,
+    /// Valid from 2024 to 2034, as real certificates are, instead of rcgen's 1975–4096
+    /// (ejabberd's expiry watcher cannot arm a timer centuries away, and crashes).
+    pub ten_years: bool,
     /// Extended key usages; empty = serverAuth only.
     pub eku: Vec<ExtendedKeyUsagePurpose>,
 }
@@ -106,6 +109,10 @@ impl TestCa {
         } else {
             spec.eku.clone()
         };
+        if spec.ten_years {
+            params.not_before = date_time_ymd(2024, 1, 1);
+            params.not_after = date_time_ymd(2034, 1, 1);
+        }
         if spec.expired {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2021, 1, 1);

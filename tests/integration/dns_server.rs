@@ -55,8 +55,16 @@ struct Node {
 
 impl TestDns {
     pub async fn start() -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS");
-        let addr = socket.local_addr().unwrap();
+        TestDns::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind DNS")
+    }
+
+    /// Serves on `addr`: e.g. port 53 of a loopback address, for resolvers that cannot be told
+    /// another port (libc's, Erlang's from `resolv.conf`). Fails when the address is taken.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<TestDns> {
+        let socket = UdpSocket::bind(addr).await?;
+        let addr = socket.local_addr()?;
         let zone: Arc<Mutex<Zone>> = Arc::default();
         let served = zone.clone();
         let task = tokio::spawn(async move {
@@ -74,7 +82,7 @@ impl TestDns {
                 }
             }
         });
-        TestDns { addr, zone, task }
+        Ok(TestDns { addr, zone, task })
     }
 
     /// Serves `domain` A (or AAAA, for an IPv6 address) → `ip`, besides any it has.

@@ -121,22 +121,18 @@ struct Busy {
     backends: Vec<RawStream>,
 }
 
-const SOON: CertSpec = CertSpec {
-    dns: Vec::new(),
-    srv: Vec::new(),
-    xmpp_addr: Vec::new(),
-    cn: None,
-    self_signed: false,
-    unknown_ca: false,
-    expired: false,
-    expires_in_days: Some(7),
-    eku: Vec::new(),
-};
+/// A certificate from the test CA that expires in 7 days.
+fn soon() -> CertSpec {
+    CertSpec {
+        expires_in_days: Some(7),
+        ..CertSpec::default()
+    }
+}
 
 impl Busy {
     async fn start() -> Busy {
         let dns = TestDns::start().await;
-        let b = instance(&dns, "b.test").cert(SOON).start().await;
+        let b = instance(&dns, "b.test").cert(soon()).start().await;
         // c.test holds a.test to dialback both ways (it offers no EXTERNAL to it).
         let c = instance(&dns, "c.test")
             .cert(CertSpec {
@@ -154,7 +150,7 @@ impl Busy {
         // down.test resolves, but nothing listens there.
         dns.add("down.test", next_loopback());
         let a = instance(&dns, "a.test")
-            .cert(SOON)
+            .cert(soon())
             .backend("extra.a.test", "extra-secret")
             .route("e.test", proxy_e.addr, false)
             .s2s(

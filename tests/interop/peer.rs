@@ -1,0 +1,587 @@
+//! Real Prosody and ejabberd servers from Debian's packages, started as ordinary processes (no
+//! system service), each with its own generated config, data folder, certificate and loopback
+//! address, and stopped when the test ends.
+//!
+//! How they resolve names: each peer runs in a private mount namespace (`unshare --mount`)
+//! whose `/etc/resolv.conf` is a bind mount of a file that names only the test's DNS server, as
+//! `ip netns exec` does for a network namespace. A libc-style resolver cannot be given a port, so
+//! the test DNS server listens on port 53 of a loopback address of its own
+//! ([`crate::dns_port_53`]). On top of that:
+//! - ejabberd (Erlang's `inet_res`) reads that `resolv.conf`; its `inetrc` is left empty;
+//! - Prosody resolves with libunbound (lua-unbound), told in its config to use that same
+//!   `resolv.conf`, to ignore `/etc/hosts`, and to treat `test.` as a normal zone (libunbound
+//!   answers NXDOMAIN for the RFC 6761 `test.` names by default).
+//!
+//! Both find fedgate, and fedgate finds them, through `_xmpp-server._tcp` SRV records served by
+//! that DNS server; the tests count the queries it receives to show it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::certs::{ca, CertSpec};
+use crate::harness::{next_loopback, TestDns};
+
+/// The port a peer's s2s listener uses. Not 5269, so that only the SRV record leads there.
+pub const PEER_S2S_PORT: u16 = 5369;
+/// The port of a peer's direct TLS s2s listener (XEP-0368), when it has one.
+pub const PEER_DIRECT_TLS_PORT: u16 = 5370;
+/// The port of a peer's c2s listener (the client connects by address, without DNS).
+pub const PEER_C2S_PORT: u16 = 5222;
+/// The account the tests log in with on every peer.
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "interop-secret";
+/// How long a peer may take to start or stop.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Prosody,
+    Ejabberd,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Prosody => "prosody",
+            Kind::Ejabberd => "ejabberd",
+        }
+    }
+
+    /// The installed Debian package's version, e.g. `0.12.3-1+deb12u1`.
+    pub fn version(self) -> String {
+        let out = std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", self.name()])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            _ => "not installed".to_string(),
+        }
+    }
+
+    /// Fails the test, saying why and how to fix it, when the peer's programs are missing.
+    fn require_installed(self) {
+        let programs: &[&str] = match self {
+            Kind::Prosody => &["prosody", "prosodyctl"],
+            Kind::Ejabberd => &["ejabberdctl", "erl"],
+        };
+        for program in programs.iter().chain(&["unshare", "mount", "setpriv"]) {
+            let found = std::env::var_os("PATH")
+                .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+                .unwrap_or(false)
+                || Path::new("/usr/sbin").join(program).is_file();
+            assert!(
+                found,
+                "{program} is not installed, so the {} interop tests cannot run: \
+                 scripts/test.sh installs it (apt-get install prosody ejabberd lua-unbound)",
+                self.name()
+            );
+        }
+        if self == Kind::Prosody {
+            assert!(
+                Path::new("/usr/lib/x86_64-linux-gnu/lua/5.4/lunbound.so").exists()
+                    || std::process::Command::new("dpkg")
+                        .args(["-s", "lua-unbound"])
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success()),
+                "lua-unbound is not installed: without it Prosody cannot be pointed at the \
+                 test's DNS server; scripts/test.sh installs it"
+            );
+        }
+    }
+}
+
+/// The certificate a peer presents, and whether it trusts the test CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerTls {
+    /// A self-signed certificate, and only the system's CAs trusted: peers authenticate each
+    /// other by dialback (over TLS).
+    SelfSigned,
+    /// A certificate from the test CA, which it trusts too: SASL EXTERNAL both ways.
+    TestCa,
+}
+
+/// One running (or stopped) peer server.
+pub struct Peer {
+    pub kind: Kind,
+    pub domain: String,
+    pub ip: IpAddr,
+    pub dir: tempfile::TempDir,
+    /// The process group of the running server (`None` while stopped).
+    child: Option<Child>,
+    /// The command line that starts it, kept for [`Peer::restart`].
+    argv: Vec<String>,
+    /// Whether it listens for direct TLS (XEP-0368) s2s too.
+    direct_tls: bool,
+    /// ejabberd's Erlang node name (unique per peer, so that parallel tests do not clash).
+    node: String,
+}
+
+impl Peer {
+    /// Writes the config, publishes the peer in `dns` (`_xmpp-server._tcp.{domain}` →
+    /// `xmpp.{domain}:5369` → a fresh loopback address; with `direct_tls` also a direct TLS
+    /// listener on 5370 published first, as `_xmpps-server._tcp.{domain}`), creates the test
+    /// account and starts the server; returns once its c2s and s2s ports accept connections.
+    pub async fn start(
+        kind: Kind,
+        domain: &str,
+        dns: &TestDns,
+        tls: PeerTls,
+        direct_tls: bool,
+    ) -> Peer {
+        kind.require_installed();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fedgate-{}-", kind.name()))
+            .tempdir()
+            .unwrap();
+        let ip = next_loopback();
+        let host = format!("xmpp.{domain}");
+        dns.add(&host, ip);
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{domain}"),
+            if direct_tls { 10 } else { 0 },
+            1,
+            PEER_S2S_PORT,
+            &host,
+        );
+        if direct_tls {
+            dns.add_srv(
+                &format!("_xmpps-server._tcp.{domain}"),
+                0,
+                1,
+                PEER_DIRECT_TLS_PORT,
+                &host,
+            );
+        }
+
+        let d = dir.path();
+        std::fs::write(
+            d.join("resolv.conf"),
+            format!(
+                "# The test's DNS server only (see tests/interop/peer.rs).\nnameserver {}\noptions timeout:2 attempts:2\n",
+                dns.addr.ip()
+            ),
+        )
+        .unwrap();
+        let spec = CertSpec {
+            dns: vec![domain.to_string()],
+            self_signed: tls == PeerTls::SelfSigned,
+            ten_years: true,
+            ..CertSpec::default()
+        };
+        let (cert, key) = ca().issue(&spec, d, "peer");
+        let trust = (tls == PeerTls::TestCa).then(|| ca().ca_file.clone());
+
+        let node = format!("fedgate_interop_{}_{n}@localhost", std::process::id());
+        let mut peer = Peer {
+            kind,
+            domain: domain.to_string(),
+            ip,
+            argv: Vec::new(),
+            direct_tls,
+            node,
+            child: None,
+            dir,
+        };
+        match kind {
+            Kind::Prosody => peer.configure_prosody(&cert, &key, trust.as_deref()),
+            Kind::Ejabberd => peer.configure_ejabberd(&cert, &key, trust.as_deref()),
+        }
+        peer.spawn().await;
+        if kind == Kind::Ejabberd {
+            peer.ejabberdctl(&["register", USER, domain, PASSWORD]);
+        }
+        peer
+    }
+
+    /// The address of the c2s listener.
+    pub fn c2s_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, PEER_C2S_PORT)
+    }
+
+    pub fn s2s_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, PEER_S2S_PORT)
+    }
+
+    /// The peer's main log file.
+    pub fn log_file(&self) -> PathBuf {
+        match self.kind {
+            Kind::Prosody => self.dir.path().join("prosody.log"),
+            Kind::Ejabberd => self.dir.path().join("logs/ejabberd.log"),
+        }
+    }
+
+    /// The last `lines` lines of the peer's log and of its console output, for failure
+    /// messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for file in [self.log_file(), self.dir.path().join("console.log")] {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!("--- {} (last {lines} lines)\n", file.display()));
+            for line in &all[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn configure_prosody(&mut self, cert: &Path, key: &Path, trust: Option<&Path>) {
+        let d = self.dir.path();
+        let cafile = match trust {
+            Some(ca) => format!("cafile = {:?};", ca.display().to_string()),
+            None => String::new(),
+        };
+        let config = format!(
+            r#"-- Generated by fedgate's interop tests (tests/interop/peer.rs).
+-- The tests run as root and Prosody would otherwise switch to the prosody user.
+run_as_root = true
+daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+certificates = "{d}"
+interfaces = {{ "{ip}" }}
+c2s_ports = {{ {c2s} }}
+s2s_ports = {{ {s2s} }}
+c2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {direct} }}
+log = {{ {{ levels = {{ min = "{level}" }}, to = "file", filename = "{d}/prosody.log" }} }}
+modules_enabled = {{
+    "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "s2s_bidi"; "smacks";
+}}
+-- Names resolve through the test's DNS server only: the private resolv.conf, no /etc/hosts,
+-- and test. as an ordinary zone (libunbound answers NXDOMAIN for it by default, RFC 6761).
+unbound = {{
+    resolvconf = "{d}/resolv.conf";
+    hoststxt = false;
+    options = {{ ["local-zone:"] = "test. transparent" }};
+}}
+ssl = {{ certificate = "{cert}"; key = "{key}"; {cafile} }}
+authentication = "internal_hashed"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = false
+-- Bursts of 10,000 stanzas: no rate limits (mod_limits is not loaded).
+VirtualHost "{domain}"
+"#,
+            d = d.display(),
+            ip = self.ip,
+            c2s = PEER_C2S_PORT,
+            s2s = PEER_S2S_PORT,
+            cert = cert.display(),
+            key = key.display(),
+            domain = self.domain,
+            level = log_level(),
+            direct = if self.direct_tls {
+                PEER_DIRECT_TLS_PORT.to_string()
+            } else {
+                String::new()
+            },
+        );
+        let cfg = d.join("prosody.cfg.lua");
+        std::fs::write(&cfg, config).unwrap();
+        let out = std::process::Command::new("prosodyctl")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["register", USER, &self.domain, PASSWORD])
+            .output()
+            .expect("run prosodyctl");
+        assert!(
+            out.status.success(),
+            "prosodyctl register failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.argv = vec![
+            "prosody".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "-F".into(),
+        ];
+    }
+
+    fn configure_ejabberd(&mut self, cert: &Path, key: &Path, trust: Option<&Path>) {
+        let d = self.dir.path();
+        let ca_file = match trust {
+            Some(ca) => format!("ca_file: {:?}\n", ca.display().to_string()),
+            None => String::new(),
+        };
+        let config = format!(
+            r#"# Generated by fedgate's interop tests (tests/interop/peer.rs).
+hosts: ["{domain}"]
+loglevel: {level}
+log_rotate_count: 0
+certfiles: ["{cert}", "{key}"]
+{ca_file}# No ACME (the example config's default would try to reach the internet).
+acme:
+  auto: false
+listen:
+  -
+    port: {c2s}
+    ip: "{ip}"
+    module: ejabberd_c2s
+    starttls_required: true
+    max_stanza_size: 262144
+  -
+    port: {s2s}
+    ip: "{ip}"
+    module: ejabberd_s2s_in
+    max_stanza_size: 524288
+{direct}s2s_use_starttls: required
+# Reconnect quickly after a peer went away (default up to 300 s), so a restart is seen soon.
+s2s_max_retry_delay: 2
+auth_method: internal
+# No traffic shapers anywhere (the example config limits c2s to 1,000 B/s).
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  c2s:
+    allow: all
+modules:
+  mod_disco: {{}}
+  mod_offline: {{}}
+  mod_ping: {{}}
+  mod_roster: {{}}
+  mod_s2s_dialback: {{}}
+  mod_stream_mgmt: {{}}
+"#,
+            domain = self.domain,
+            cert = cert.display(),
+            key = key.display(),
+            c2s = PEER_C2S_PORT,
+            s2s = PEER_S2S_PORT,
+            ip = self.ip,
+            level = log_level(),
+            direct = if self.direct_tls {
+                format!(
+                    "  -\n    port: {PEER_DIRECT_TLS_PORT}\n    ip: \"{}\"\n    module: ejabberd_s2s_in\n    tls: true\n    max_stanza_size: 524288\n",
+                    self.ip
+                )
+            } else {
+                String::new()
+            },
+        );
+        std::fs::write(d.join("ejabberd.yml"), config).unwrap();
+        // ejabberdctl points ERL_INETRC here; empty = Erlang's defaults, which read the
+        // (private) /etc/resolv.conf.
+        std::fs::write(d.join("inetrc"), "").unwrap();
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        std::fs::create_dir_all(d.join("spool")).unwrap();
+        // ejabberdctl runs the node as the ejabberd user, who must read the config and
+        // certificates and write the spool and logs.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "ejabberd:ejabberd"])
+            .arg(d)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown {} to ejabberd failed", d.display());
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+        let mut argv = self.ejabberdctl_argv();
+        argv.push("foreground".into());
+        self.argv = argv;
+    }
+
+    /// `ejabberdctl` for this peer's node and folders, as the ejabberd user (whose home holds
+    /// the Erlang cookie), so that the node is in our process group rather than behind `su`.
+    fn ejabberdctl_argv(&self) -> Vec<String> {
+        let d = self.dir.path().display().to_string();
+        [
+            "env",
+            "HOME=/var/lib/ejabberd",
+            "setpriv",
+            "--reuid=ejabberd",
+            "--regid=ejabberd",
+            "--init-groups",
+            // Debian installs it in /usr/sbin, which a non-login PATH may lack.
+            if Path::new("/usr/sbin/ejabberdctl").exists() {
+                "/usr/sbin/ejabberdctl"
+            } else {
+                "ejabberdctl"
+            },
+            "--node",
+            &self.node,
+            "--config-dir",
+            &d,
+            "--logs",
+            &format!("{d}/logs"),
+            "--spool",
+            &format!("{d}/spool"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Runs an `ejabberdctl` command against the running node; panics with its output when
+    /// it fails.
+    pub fn ejabberdctl(&self, args: &[&str]) -> String {
+        let mut argv = self.ejabberdctl_argv();
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("run ejabberdctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "ejabberdctl {args:?} failed: {text}\n{}",
+            self.log_tail(30)
+        );
+        text
+    }
+
+    /// Starts the server in a private mount namespace with the test's `resolv.conf`, in a
+    /// process group of its own, and waits until its c2s and s2s ports accept connections.
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let d = self.dir.path();
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("console.log"))
+            .unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+            .arg(d.join("resolv.conf"))
+            .args(&self.argv)
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({:?}): {e}", self.kind.name(), self.argv));
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            let c2s = TcpStream::connect(self.c2s_addr()).await.is_ok();
+            let s2s = TcpStream::connect(self.s2s_addr()).await.is_ok();
+            if c2s && s2s {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "{} exited ({status}) instead of starting:\n{}",
+                    self.kind.name(),
+                    self.log_tail(40)
+                );
+            }
+            if started.elapsed() > START_WAIT {
+                panic!(
+                    "{} did not open {} and {} within {START_WAIT:?}:\n{}",
+                    self.kind.name(),
+                    self.c2s_addr(),
+                    self.s2s_addr(),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server as an administrator would (SIGTERM: it closes its streams) and waits
+    /// until every process of it has exited.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = child.id().expect("running") as i32;
+        signal_group(group, "TERM");
+        let started = Instant::now();
+        while group_alive(group) {
+            if started.elapsed() > START_WAIT {
+                signal_group(group, "KILL");
+                panic!(
+                    "{} did not stop within {START_WAIT:?}:\n{}",
+                    self.kind.name(),
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.wait().await;
+    }
+
+    /// Starts the stopped server again with the same config, data and address.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+}
+
+impl Drop for Peer {
+    /// Kills what is still running; after a failure (or with `INTEROP_KEEP=1`), keeps the
+    /// folder (config, logs, the client's stderr) and says where it is.
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            if let Some(id) = child.id() {
+                signal_group(id as i32, "KILL");
+            }
+        }
+        if std::thread::panicking() || std::env::var_os("INTEROP_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "{} {}: its config, logs and the client's stderr are kept in {}",
+                self.kind.name(),
+                self.domain,
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// The peers' log level: `info`, or `debug` with `INTEROP_PEER_DEBUG=1` (every stanza, slow).
+fn log_level() -> &'static str {
+    if std::env::var_os("INTEROP_PEER_DEBUG").is_some() {
+        "debug"
+    } else {
+        "info"
+    }
+}
+
+/// Sends `signal` to the process group `group` (one we started with `process_group(0)`).
+fn signal_group(group: i32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{group}"))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether a live (not zombie) process is left in process group `group`.
+fn group_alive(group: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 3 && fields[0] != "Z" && fields[2] == group.to_string()
+    })
+}

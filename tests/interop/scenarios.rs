@@ -1,0 +1,1090 @@
+//! The interop scenarios, written once and run against each peer ([`crate::prosody`],
+//! [`crate::ejabberd`]). "Peer → fedgate" is the slixmpp user on the peer talking to the
+//! component behind fedgate; "fedgate → peer" is the component talking to the user.
+
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use rcgen::ExtendedKeyUsagePurpose;
+use serde_json::{json, Value};
+
+use crate::backend::{stanza_error, Backend};
+use crate::certs::CertSpec;
+use crate::client::Client;
+use crate::harness::{instance, metric, text, Instance, TestDns};
+use crate::peer::{Kind, Peer, PeerTls, PEER_S2S_PORT, USER};
+use crate::{capture_logs, dns_port_53, fedgate_log};
+
+/// The port fedgate's s2s listener uses: not 5269, so only its SRV record leads there.
+pub const GW_S2S_PORT: u16 = 5299;
+
+/// Everything one test runs.
+pub struct World {
+    pub dns: TestDns,
+    pub gw: Instance,
+    pub peer: Peer,
+    pub backend: Backend,
+    pub client: Client,
+}
+
+impl World {
+    /// The component user the peer's user talks to.
+    pub fn bot(&self) -> String {
+        format!("bot@{}", self.gw.domain)
+    }
+
+    /// The peer's user, bare.
+    pub fn user(&self) -> String {
+        format!("{USER}@{}", self.peer.domain)
+    }
+}
+
+/// What fedgate's certificate (from the test CA) is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GwCert {
+    /// serverAuth and clientAuth, as CA-issued server certificates were until 2025: it can
+    /// authenticate fedgate as a TLS client too (SASL EXTERNAL on outbound streams).
+    ServerAndClient,
+    /// serverAuth only, as public CAs issue them now.
+    ServerOnly,
+}
+
+/// Starts fedgate for `gw-{name}.test` (with `gw_s2s` lines in `[s2s]`) and a `kind` peer for
+/// `{name}.test` presenting `tls`, each published by SRV only, then attaches the backend and
+/// logs the client in.
+pub async fn world(kind: Kind, name: &str, tls: PeerTls, gw_s2s: &str) -> World {
+    world_with(kind, name, tls, gw_s2s, GwCert::ServerAndClient, false).await
+}
+
+/// [`world`] with fedgate's certificate for `gw_cert`; with `direct_tls`, both sides also
+/// publish a direct TLS (XEP-0368) listener first, as `_xmpps-server._tcp` SRV records.
+pub async fn world_with(
+    kind: Kind,
+    name: &str,
+    tls: PeerTls,
+    gw_s2s: &str,
+    gw_cert: GwCert,
+    direct_tls: bool,
+) -> World {
+    capture_logs();
+    let dns = dns_port_53().await;
+    let gw_domain = format!("gw-{name}.test");
+    let eku = match gw_cert {
+        GwCert::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        GwCert::ServerOnly => vec![ExtendedKeyUsagePurpose::ServerAuth],
+    };
+    let gw = instance(&dns, &gw_domain)
+        .cert(CertSpec {
+            eku,
+            ..CertSpec::default()
+        })
+        .unlisted()
+        .s2s_port(GW_S2S_PORT)
+        .s2s(gw_s2s)
+        .start()
+        .await;
+    let host = format!("xmpp.{gw_domain}");
+    dns.add(&host, gw.ip);
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{gw_domain}"),
+        if direct_tls { 10 } else { 0 },
+        1,
+        GW_S2S_PORT,
+        &host,
+    );
+    if direct_tls {
+        dns.add_srv(
+            &format!("_xmpps-server._tcp.{gw_domain}"),
+            0,
+            1,
+            gw.direct_tls_addr().port(),
+            &host,
+        );
+    }
+    let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls, direct_tls).await;
+    let backend = Backend::attach(&gw).await;
+    let client = Client::login(&peer).await;
+    World {
+        dns,
+        gw,
+        peer,
+        backend,
+        client,
+    }
+}
+
+/// Messages, iqs (disco#info, XEP-0199 ping) and a presence subscription, peer → fedgate and
+/// fedgate → peer, with the peer presenting `tls`; then checks how each side found and
+/// authenticated the other.
+pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
+    // An idle outbound link is checked after a second: an XEP-0199 ping, or an XEP-0198
+    // acknowledgement request when the link has stream management.
+    let mut w = world(kind, name, tls, "ping_interval = \"1s\"").await;
+    peer_to_fedgate(&mut w).await;
+    fedgate_to_peer(&mut w).await;
+    assert_found_through_srv(&w);
+    let method = match tls {
+        PeerTls::SelfSigned => "dialback",
+        PeerTls::TestCa => "external",
+    };
+    assert_authenticated(&w, method).await;
+    assert_liveness_check_answered(&w).await;
+    report(&mut w, method).await;
+    w.client.quit().await;
+}
+
+/// The user writes to the component and gets its reply; asks disco#info and pings the
+/// component (answered by it) and fedgate's domain (answered by fedgate); subscribes to the
+/// component's presence, which the component accepts.
+async fn peer_to_fedgate(w: &mut World) {
+    let bot = w.bot();
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    let me = w.client.jid.clone();
+
+    // Peer → fedgate: a message, and the component's reply.
+    w.client.message(&bot, "c1", "hello from the peer").await;
+    let m = w
+        .backend
+        .expect("message c1", |s| s.id() == Some("c1"))
+        .await;
+    assert_eq!(m.from(), Some(me.as_str()), "{}", text(m.raw()));
+    assert_eq!(m.to(), Some(bot.as_str()));
+    assert!(text(m.raw()).contains("<body>hello from the peer</body>"));
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='e1'><body>echo: hello</body></message>"
+        ))
+        .await;
+    let e = wait_message(w, "e1").await;
+    assert_eq!(e["from"], format!("{bot}/bot"));
+    assert_eq!(e["body"], "echo: hello");
+
+    // Peer → fedgate: disco#info and a ping to the component, answered by it.
+    w.client
+        .command(json!({"cmd": "disco", "to": bot, "tag": "d1"}))
+        .await;
+    let q = w
+        .backend
+        .expect("disco#info get", |s| {
+            s.name() == "iq" && text(s.raw()).contains("disco#info")
+        })
+        .await;
+    assert_eq!(q.from(), Some(me.as_str()));
+    assert_eq!(q.type_(), Some("get"));
+    w.backend
+        .send(&crate::backend::disco_result(&bot, &me, q.id().unwrap()))
+        .await;
+    let r = w.client.result("d1", &w.peer).await;
+    assert_eq!(r["type"], "result", "{r}");
+    assert_eq!(
+        r["identities"][0],
+        json!(["component", "generic", "fedgate interop bot"])
+    );
+    assert!(r["features"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("urn:xmpp:ping")));
+
+    w.client
+        .command(json!({"cmd": "ping", "to": bot, "tag": "p1"}))
+        .await;
+    let q = w
+        .backend
+        .expect("ping", |s| {
+            s.name() == "iq" && text(s.raw()).contains("urn:xmpp:ping")
+        })
+        .await;
+    assert_eq!(q.from(), Some(me.as_str()));
+    w.backend
+        .send(&format!(
+            "<iq type='result' from='{bot}' to='{me}' id='{}'/>",
+            q.id().unwrap()
+        ))
+        .await;
+    assert_eq!(w.client.result("p1", &w.peer).await["type"], "result");
+    // A ping to fedgate's own domain is answered by the gateway (XEP-0199 on s2s).
+    w.client
+        .command(json!({"cmd": "ping", "to": gw_domain, "tag": "p2"}))
+        .await;
+    assert_eq!(w.client.result("p2", &w.peer).await["type"], "result");
+
+    // Peer → fedgate: a presence subscription, accepted by the component.
+    w.client
+        .command(json!({"cmd": "subscribe", "to": bot}))
+        .await;
+    let p = w
+        .backend
+        .expect("presence subscribe", |s| {
+            s.name() == "presence" && s.type_() == Some("subscribe")
+        })
+        .await;
+    assert_eq!(p.from(), Some(user.as_str()), "{}", text(p.raw()));
+    assert_eq!(p.to(), Some(bot.as_str()));
+    w.backend
+        .send(&format!(
+            "<presence from='{bot}' to='{user}' type='subscribed'/><presence from='{bot}/bot' to='{user}'/>"
+        ))
+        .await;
+    wait_presence(w, "subscribed", &bot).await;
+    wait_presence(w, "available", &format!("{bot}/bot")).await;
+}
+
+/// The component writes to the user; asks disco#info of and pings the user's client and the
+/// peer server; subscribes to the user's presence, which the client accepts.
+async fn fedgate_to_peer(w: &mut World) {
+    let bot = w.bot();
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    let peer_domain = w.peer.domain.clone();
+    let me = w.client.jid.clone();
+
+    // Fedgate → peer: a message to the bare JID, delivered to the client.
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{user}' type='chat' id='m1'><body>from the component</body></message>"
+        ))
+        .await;
+    let e = wait_message(w, "m1").await;
+    assert_eq!(e["body"], "from the component");
+
+    // Fedgate → peer: disco#info and pings, to the client and to the peer server itself.
+    for (id, to, payload) in [
+        (
+            "q1",
+            me.as_str(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        ),
+        (
+            "q2",
+            peer_domain.as_str(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        ),
+        ("q3", me.as_str(), "<ping xmlns='urn:xmpp:ping'/>"),
+        ("q4", peer_domain.as_str(), "<ping xmlns='urn:xmpp:ping'/>"),
+    ] {
+        w.backend
+            .send(&format!(
+                "<iq type='get' from='{bot}/bot' to='{to}' id='{id}'>{payload}</iq>"
+            ))
+            .await;
+        let r = w
+            .backend
+            .expect(&format!("the answer to {id}"), |s| s.id() == Some(id))
+            .await;
+        assert_eq!(r.type_(), Some("result"), "{id}: {}", text(r.raw()));
+        assert_eq!(r.from(), Some(to));
+        if id == "q1" {
+            assert!(text(r.raw()).contains("urn:xmpp:ping"), "{}", text(r.raw()));
+        }
+        if id == "q2" {
+            assert!(
+                text(r.raw()).contains("category=\"server\"")
+                    || text(r.raw()).contains("category='server'"),
+                "{}",
+                text(r.raw())
+            );
+        }
+    }
+
+    // Fedgate → peer: a presence subscription, accepted by the client.
+    let bot2 = format!("bot2@{gw_domain}");
+    w.backend
+        .send(&format!(
+            "<presence from='{bot2}' to='{user}' type='subscribe'/>"
+        ))
+        .await;
+    wait_presence(w, "subscribe", &bot2).await;
+    let p = w
+        .backend
+        .expect("presence subscribed", |s| {
+            s.name() == "presence" && s.type_() == Some("subscribed")
+        })
+        .await;
+    assert_eq!(p.from(), Some(user.as_str()));
+    assert_eq!(p.to(), Some(bot2.as_str()));
+}
+
+/// Each side asked the test's DNS server for the other's SRV record.
+fn assert_found_through_srv(w: &World) {
+    let gw_domain = &w.gw.domain;
+    let peer_domain = &w.peer.domain;
+    // Both found each other through SRV records served by the test's DNS server.
+    let gw_srv = w
+        .dns
+        .queries_of(&format!("_xmpp-server._tcp.{gw_domain}"), RecordType::SRV);
+    let peer_srv = w
+        .dns
+        .queries_of(&format!("_xmpp-server._tcp.{peer_domain}"), RecordType::SRV);
+    assert!(gw_srv >= 1, "the peer never asked for fedgate's SRV record");
+    assert!(
+        peer_srv >= 1,
+        "fedgate never asked for the peer's SRV record"
+    );
+}
+
+/// Both directions authenticated by `method`; with dialback, each key was verified for real.
+async fn assert_authenticated(w: &World, method: &str) {
+    // How they authenticated each other.
+    let m = w.gw.metrics().await;
+    for direction in ["inbound", "outbound"] {
+        let sample = format!(
+            "fedgate_s2s_auth_total{{direction=\"{direction}\",method=\"{method}\",result=\"success\"}}"
+        );
+        assert!(
+            metric(&m, &sample) >= 1.0,
+            "{sample} in\n{m}\n{}",
+            w.peer.log_tail(40)
+        );
+    }
+    if method == "dialback" {
+        // fedgate verified the peer's key (by connecting back to the peer: its certificate
+        // proves nothing), the peer verified fedgate's (by connecting back to fedgate, whose
+        // dialback answers are counted as `verify`), and the peer accepted fedgate's key.
+        for sample in [
+            "fedgate_dialback_total{result=\"valid\",role=\"result\"}",
+            "fedgate_dialback_total{result=\"valid\",role=\"verify\"}",
+            "fedgate_dialback_total{result=\"valid\",role=\"outbound\"}",
+        ] {
+            assert!(metric(&m, sample) >= 1.0, "{sample} in\n{m}");
+        }
+    }
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}"
+        ),
+        0.0
+    );
+}
+
+/// The peer answers fedgate's liveness check of the idle outbound link.
+async fn assert_liveness_check_answered(w: &World) {
+    let mut answered = 0.0;
+    for _ in 0..60 {
+        answered = metric(
+            &w.gw.metrics().await,
+            "fedgate_outbound_events_total{event=\"ping_answered\"}",
+        );
+        if answered >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered >= 1.0, "the peer never answered a liveness check");
+}
+
+/// The client's next presence of this type from `from`.
+async fn wait_presence(w: &mut World, type_: &str, from: &str) -> Value {
+    w.client
+        .wait_for(
+            &format!("presence {type_} from {from}"),
+            |e| e["event"] == "presence" && e["type"] == type_ && e["from"] == from,
+            &w.peer,
+        )
+        .await
+}
+
+/// The client's next message with this id.
+async fn wait_message(w: &mut World, id: &str) -> Value {
+    w.client
+        .wait_for(
+            &format!("message {id}"),
+            |e| e["event"] == "message" && e["id"] == id,
+            &w.peer,
+        )
+        .await
+}
+
+/// What was negotiated, from fedgate's log and metrics and from a look at the peer's stream
+/// features; printed (`--nocapture`) and appended to `$INTEROP_REPORT` when set.
+async fn report(w: &mut World, what: &str) {
+    let peer_domain = &w.peer.domain;
+    let mut out = format!(
+        "== {} {} ({what}): fedgate {} <-> {}\n",
+        w.peer.kind.name(),
+        w.peer.kind.version(),
+        w.gw.domain,
+        peer_domain
+    );
+    for line in fedgate_log(&format!("remote={peer_domain}")) {
+        if line.contains("established") || line.contains("authenticated by") {
+            let msg = line
+                .split_once("fedgate::")
+                .map_or(line.as_str(), |(_, m)| m);
+            out.push_str(&format!("  fedgate log: {msg}\n"));
+        }
+    }
+    let m = w.gw.metrics().await;
+    for l in m.lines() {
+        if (l.starts_with("fedgate_s2s_sm_total")
+            || l.starts_with("fedgate_outbound_events_total")
+            || l.starts_with("fedgate_s2s_auth_total")
+            || l.starts_with("fedgate_tls_handshakes_total")
+            || l.starts_with("fedgate_certificate_verdicts_total"))
+            && !l.ends_with(" 0")
+        {
+            out.push_str(&format!("  metric: {l}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "  peer's features to an s2s initiator after STARTTLS: {}\n",
+        peer_features(&w.peer, &w.gw.domain).await
+    ));
+    println!("{out}");
+    append_report(&out);
+}
+
+/// The stream features the peer offers an s2s initiator (us, as the gateway's domain, without a
+/// client certificate) after STARTTLS, as `name (namespace)` list.
+async fn peer_features(peer: &Peer, from: &str) -> String {
+    let (_s, _id, features) =
+        crate::harness::tls_s2s_stream(peer.s2s_addr(), from, &peer.domain, None).await;
+    let e = features.element().unwrap();
+    let mut names: Vec<String> = e
+        .children()
+        .map(|c| {
+            let mut s = format!("{} ({})", c.name, c.ns);
+            let mechs: Vec<String> = c.children().map(|m| m.text()).collect();
+            if !mechs.is_empty() && c.name == "mechanisms" {
+                s.push_str(&format!(" [{}]", mechs.join(", ")));
+            }
+            s
+        })
+        .collect();
+    names.sort();
+    names.join(", ")
+}
+
+/// Both ways, one message each, so that both s2s links are up.
+async fn warm_up(w: &mut World, tag: &str) {
+    let bot = w.bot();
+    let me = w.client.jid.clone();
+    let id = format!("{tag}-up");
+    w.client.message(&bot, &id, "up").await;
+    let id_ = id.clone();
+    w.backend
+        .expect(&format!("message {id}"), |s| s.id() == Some(id_.as_str()))
+        .await;
+    let id = format!("{tag}-down");
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='{id}'><body>down</body></message>"
+        ))
+        .await;
+    wait_message(w, &id).await;
+}
+
+/// Sends `count` messages `{prefix}{i}` from the component to `to`, written in batches.
+async fn component_sends(w: &mut World, to: &str, prefix: &str, count: usize) {
+    let bot = w.bot();
+    let mut batch = String::new();
+    for i in 0..count {
+        batch.push_str(&format!(
+            "<message from='{bot}/bot' to='{to}' type='chat' id='{prefix}{i}'><body>{i}</body></message>"
+        ));
+        if batch.len() > 32 * 1024 || i + 1 == count {
+            w.backend.send(&batch).await;
+            batch.clear();
+        }
+    }
+}
+
+/// The peer stopped in the middle of a conversation: fedgate's stanzas to it come back as
+/// bounces that say why (sent = delivered + bounced); the peer restarted: fedgate connects
+/// again and delivery resumes, both ways.
+pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
+    // Short retries and failure window, so that the bounces and the recovery take seconds.
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::SelfSigned,
+        "retry_window = \"2s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "before").await;
+    let user = w.user();
+    let me = w.client.jid.clone();
+    let bot = w.bot();
+
+    w.peer.stop().await;
+    w.client
+        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .await;
+
+    // Stanzas to the stopped peer: 20 messages and an iq.
+    let sent = 20;
+    component_sends(&mut w, &me, "down", sent).await;
+    w.backend
+        .send(&format!(
+            "<iq type='get' from='{bot}/bot' to='{user}' id='down-iq'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    let host = format!("xmpp.{}:{PEER_S2S_PORT}", w.peer.domain);
+    let mut bounced = Vec::new();
+    let started = Instant::now();
+    while bounced.len() < sent + 1 {
+        let s = w
+            .backend
+            .expect("a bounce", |s| s.type_() == Some("error"))
+            .await;
+        let (condition, why) = stanza_error(&s);
+        assert_eq!(condition, "remote-server-timeout", "{}", text(s.raw()));
+        assert!(
+            why.contains(&format!("cannot connect to {host}")) && why.contains("refused"),
+            "the bounce names the cause: {}",
+            text(s.raw())
+        );
+        bounced.push(s.id().unwrap_or_default().to_string());
+    }
+    let mut expected: Vec<String> = (0..sent).map(|i| format!("down{i}")).collect();
+    expected.push("down-iq".to_string());
+    assert_eq!(bounced, expected, "every stanza bounced once, in order");
+    let m = w.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        (sent + 1) as f64,
+        "sent = delivered (0) + bounced"
+    );
+    println!(
+        "{} stopped: {} stanzas bounced after {:?}",
+        kind.name(),
+        bounced.len(),
+        started.elapsed()
+    );
+
+    // The peer restarts; after the failure window, fedgate connects again.
+    w.peer.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.client = Client::login(&w.peer).await;
+    let me = w.client.jid.clone();
+    let count = 20;
+    component_sends(&mut w, &me, "again", count).await;
+    for i in 0..count {
+        let e = wait_message(&mut w, &format!("again{i}")).await;
+        assert_eq!(e["type"], "chat", "{e}");
+    }
+    // And the peer reaches fedgate again.
+    w.client.message(&bot, "back", "I am back").await;
+    let m = w
+        .backend
+        .expect("message back", |s| s.id() == Some("back"))
+        .await;
+    assert!(text(m.raw()).contains("I am back"));
+    let m = w.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        (sent + 1) as f64,
+        "nothing else bounced"
+    );
+    w.client.quit().await;
+}
+
+/// 10,000 messages each way, every one delivered, in order.
+pub async fn burst(kind: Kind, name: &str) {
+    let mut w = world(kind, name, PeerTls::TestCa, "").await;
+    warm_up(&mut w, "warm").await;
+    let n = 10_000;
+    let me = w.client.jid.clone();
+    let bot = w.bot();
+
+    // fedgate → peer.
+    let started = Instant::now();
+    component_sends(&mut w, &me, "b", n).await;
+    let mut next = 0;
+    while next < n {
+        let e = w
+            .client
+            .wait_for("a burst message", |e| e["event"] == "message", &w.peer)
+            .await;
+        assert_eq!(e["type"], "chat", "not an error: {e}");
+        assert_eq!(e["id"], format!("b{next}"), "in order");
+        assert_eq!(e["body"], next.to_string());
+        next += 1;
+    }
+    let down = started.elapsed();
+
+    // peer → fedgate.
+    let started = Instant::now();
+    w.client
+        .command(json!({"cmd": "burst", "to": bot, "prefix": "c", "count": n}))
+        .await;
+    for i in 0..n {
+        let s = w.backend.next_message().await;
+        assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
+        assert_eq!(s.id(), Some(format!("c{i}").as_str()), "in order");
+    }
+    let up = started.elapsed();
+    let line = format!(
+        "{} {}: {n} messages fedgate → peer → client in {:.1} s ({:.0}/s); client → peer → fedgate in {:.1} s ({:.0}/s)\n",
+        kind.name(),
+        kind.version(),
+        down.as_secs_f64(),
+        n as f64 / down.as_secs_f64(),
+        up.as_secs_f64(),
+        n as f64 / up.as_secs_f64()
+    );
+    println!("{line}");
+    append_report(&line);
+    w.client.quit().await;
+}
+
+/// fedgate presenting a serverAuth-only certificate (what public CAs issue now) to a peer that
+/// trusts its CA: Prosody accepts it for SASL EXTERNAL; ejabberd 23.01 refuses it
+/// ("unsupported certificate purpose": OpenSSL checks the TLS client purpose), and fedgate falls
+/// back to dialback for that peer, so that nothing is lost either way.
+pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
+    let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly, false).await;
+    warm_up(&mut w, "eku").await;
+    let m = w.gw.metrics().await;
+    let outbound = |method: &str, result: &str| {
+        metric(
+            &m,
+            &format!(
+                "fedgate_s2s_auth_total{{direction=\"outbound\",method=\"{method}\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    match kind {
+        Kind::Prosody => {
+            assert_eq!(outbound("external", "success"), 1.0, "{m}");
+            assert_eq!(outbound("external", "failure"), 0.0, "{m}");
+        }
+        Kind::Ejabberd => {
+            assert_eq!(outbound("external", "failure"), 1.0, "{m}");
+            assert_eq!(outbound("dialback", "success"), 1.0, "{m}");
+            let refused = fedgate_log("SASL EXTERNAL refused (not-authorized)");
+            assert!(
+                refused
+                    .iter()
+                    .any(|l| l.contains(&format!("remote={}", w.peer.domain))),
+                "fedgate logs the refusal"
+            );
+        }
+    }
+    // The peer's certificate is valid for fedgate either way: EXTERNAL inbound (ejabberd
+    // opens a second stream to verify fedgate's dialback key, authenticated the same way).
+    assert!(
+        metric(
+            &m,
+            "fedgate_s2s_auth_total{direction=\"inbound\",method=\"external\",result=\"success\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    report(&mut w, "fedgate with a serverAuth-only certificate").await;
+    w.client.quit().await;
+}
+
+/// The other direction of a restart: fedgate stopped while the peer's user talks to the
+/// component. The peer bounces the user's messages (its own error, with its own cause); fedgate
+/// restarted, the peer connects again (ejabberd after its retry delay, bouncing until then) and
+/// delivery resumes. At the client, sent = delivered + bounced, in order.
+pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
+    let mut w = world(kind, name, PeerTls::SelfSigned, "").await;
+    warm_up(&mut w, "before").await;
+    let bot = w.bot();
+
+    w.gw.stop().await;
+    w.client.message(&bot, "gone", "anyone there?").await;
+    let e = w
+        .client
+        .wait_for(
+            "the peer's bounce",
+            |e| e["event"] == "message" && e["id"] == "gone",
+            &w.peer,
+        )
+        .await;
+    assert_eq!(e["type"], "error", "{e}");
+    let condition = e["condition"].as_str().unwrap_or_default().to_string();
+    assert!(
+        condition.starts_with("remote-server-") || condition == "service-unavailable",
+        "{e}"
+    );
+    println!(
+        "{} bounces a message to a stopped fedgate with <{condition}/> {}",
+        kind.name(),
+        e["text"]
+    );
+
+    w.gw.restart().await;
+    w.backend = Backend::attach(&w.gw).await;
+    let (mut delivered, mut bounced) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 0..30 {
+        let id = format!("again{i}");
+        w.client.message(&bot, &id, "back?").await;
+        let World {
+            client,
+            backend,
+            peer,
+            ..
+        } = &mut w;
+        let (want_message, want_bounce) = (format!("message {id}"), format!("the bounce of {id}"));
+        let arrived = tokio::select! {
+            s = backend.expect(&want_message, |s| s.id() == Some(id.as_str())) => {
+                assert_ne!(s.type_(), Some("error"));
+                true
+            }
+            e = client.wait_for(
+                &want_bounce,
+                |e| e["event"] == "message" && e["id"] == id.as_str() && e["type"] == "error",
+                peer,
+            ) => {
+                assert!(e["condition"].is_string(), "{e}");
+                false
+            }
+        };
+        if arrived {
+            delivered.push(id);
+            break;
+        }
+        bounced.push(id);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !delivered.is_empty(),
+        "the peer never reached fedgate again; bounced: {bounced:?}\n{}",
+        w.peer.log_tail(30)
+    );
+    println!(
+        "{} reached fedgate again {:?} after the restart ({} messages bounced meanwhile)",
+        kind.name(),
+        started.elapsed(),
+        bounced.len()
+    );
+    // And from now on everything arrives, in order.
+    for i in 0..20 {
+        w.client.message(&bot, &format!("after{i}"), "hi").await;
+    }
+    for i in 0..20 {
+        let s = w.backend.next_message().await;
+        assert_eq!(s.id(), Some(format!("after{i}").as_str()));
+    }
+    w.client.quit().await;
+}
+
+/// The peer stopped while fedgate is writing a stream of messages to it: every message is
+/// delivered (before the stop, or after the restart from the peer's offline storage), or comes
+/// back as an error that says why (from fedgate, or from the peer for what it accepted but could
+/// no longer deliver). On a link without XEP-0198 (ejabberd's s2s) what the peer read but never
+/// handled cannot be known: fedgate counts it as `unconfirmed`, and that count must cover the
+/// gap.
+pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
+    let retry_window = Duration::from_secs(3);
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "retry_window = \"3s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "warm").await;
+    let me = w.client.jid.clone();
+    let n = 4000;
+    component_sends(&mut w, &me, "s", n).await;
+
+    // Stop the peer once the client has seen a few hundred of them.
+    let mut delivered = std::collections::BTreeMap::<String, usize>::new();
+    while delivered.len() < 300 {
+        let e = w
+            .client
+            .wait_for("a message", |e| e["event"] == "message", &w.peer)
+            .await;
+        *delivered
+            .entry(e["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    w.peer.stop().await;
+    // The client reads what the peer wrote before it closed.
+    while let Some(e) = w.client.event_within(Duration::from_secs(5)).await {
+        if e["event"] == "message" && e["type"] != "error" {
+            *delivered
+                .entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        if e["event"] == "disconnected" {
+            break;
+        }
+    }
+    let before_stop = delivered.len();
+
+    // Bounces, from fedgate (after its retries) or from the peer, until none came for longer
+    // than fedgate's retry window.
+    let mut bounced = std::collections::BTreeMap::<String, usize>::new();
+    let mut causes = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(s) = w
+        .backend
+        .next_within(retry_window + Duration::from_secs(3), |s| {
+            s.type_() == Some("error")
+        })
+        .await
+    {
+        let (condition, why) = stanza_error(&s);
+        assert!(!condition.is_empty(), "{}", text(s.raw()));
+        let by = s.from().unwrap_or_default().to_string();
+        *causes
+            .entry(format!("<{condition}/> from {by}: {why}"))
+            .or_default() += 1;
+        *bounced
+            .entry(s.id().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+
+    // The peer restarts; whatever it stored for the user arrives at the next login.
+    w.peer.restart().await;
+    w.client = Client::login(&w.peer).await;
+    let mut after = 0;
+    while let Some(e) = w.client.event_within(Duration::from_secs(3)).await {
+        if e["event"] == "message" && e["type"] != "error" {
+            *delivered
+                .entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            after += 1;
+        }
+    }
+
+    let m = w.gw.metrics().await;
+    let unconfirmed = metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") as usize;
+    let resent = metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") as usize;
+    let acks = metric(
+        &m,
+        "fedgate_s2s_sm_total{direction=\"outbound\",event=\"acked\"}",
+    ) as usize;
+    let delivered_and_bounced = delivered
+        .keys()
+        .filter(|id| bounced.contains_key(*id))
+        .count();
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("s{i}"))
+        .filter(|id| !delivered.contains_key(id) && !bounced.contains_key(id))
+        .collect();
+    let twice: Vec<&String> = delivered
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let line = format!(
+        "{} {}: peer stopped mid-stream: {n} sent, {before_stop} delivered before the stop, {after} after the restart, {} bounced ({causes:?}), {} missing, {} delivered twice, {delivered_and_bounced} delivered and bounced; fedgate counted {unconfirmed} unconfirmed, {resent} resent, {acks} XEP-0198 acknowledgements\n",
+        kind.name(),
+        kind.version(),
+        bounced.len(),
+        missing.len(),
+        twice.len(),
+    );
+    println!("{line}");
+    append_report(&line);
+    if metric(
+        &m,
+        "fedgate_s2s_sm_total{direction=\"outbound\",event=\"enabled\"}",
+    ) > 0.0
+    {
+        // With XEP-0198 fedgate kept every stanza the peer had not acknowledged: each was
+        // resent or bounced (possibly one the peer had handled without acknowledging it yet).
+        assert!(missing.is_empty(), "lost on a XEP-0198 link: {missing:?}");
+    }
+    assert!(
+        missing.len() <= unconfirmed,
+        "{} messages neither delivered nor bounced, and fedgate counted only {unconfirmed} as unconfirmed: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert!(bounced.values().all(|c| *c == 1), "a message bounced twice");
+    w.client.quit().await;
+}
+
+/// XEP-0368: both sides publish a direct TLS listener first (`_xmpps-server._tcp`, priority 0)
+/// and STARTTLS second; each connects to the other with TLS from the first byte.
+pub async fn direct_tls(kind: Kind, name: &str) {
+    let mut w = world_with(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "",
+        GwCert::ServerAndClient,
+        true,
+    )
+    .await;
+    warm_up(&mut w, "direct").await;
+    let trace =
+        w.gw.gw()
+            .last_attempt(&w.peer.domain)
+            .expect("fedgate connected to the peer")
+            .to_string();
+    assert!(
+        trace.contains(&format!(
+            "TCP connected to xmpp.{}:{}",
+            w.peer.domain,
+            crate::peer::PEER_DIRECT_TLS_PORT
+        )),
+        "fedgate used the peer's direct TLS listener:\n{trace}"
+    );
+    // Which of fedgate's listeners the peer's authenticated stream came in on.
+    let inbound_peers: Vec<String> = fedgate_log(&format!("remote={}", w.peer.domain))
+        .iter()
+        .filter(|l| l.contains("inbound s2s authenticated"))
+        .filter_map(|l| l.split("peer=").nth(1))
+        .filter_map(|p| p.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(!inbound_peers.is_empty(), "the peer connected to fedgate");
+    let direct = inbound_peers.iter().any(|p| {
+        fedgate_log(&format!("peer={p}"))
+            .iter()
+            .any(|l| l.contains("listener=\"s2s-direct-tls\""))
+    });
+    assert!(
+        direct,
+        "the peer connects to fedgate's _xmpps-server (direct TLS) first"
+    );
+    let line = format!(
+        "{} {}: fedgate → peer over direct TLS (XEP-0368); peer → fedgate over {}\n",
+        kind.name(),
+        kind.version(),
+        if direct {
+            "direct TLS (XEP-0368)"
+        } else {
+            "STARTTLS (it does not use _xmpps-server)"
+        }
+    );
+    println!("{line}");
+    append_report(&line);
+    report(&mut w, "direct TLS published first").await;
+    w.client.quit().await;
+}
+
+/// Appends to `$INTEROP_REPORT`, when set.
+fn append_report(text: &str) {
+    if let Ok(path) = std::env::var("INTEROP_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+/// The peer restarted while fedgate still retries: the messages fedgate took meanwhile wait in
+/// its queue and go out on the new link once the peer is back (with XEP-0198, fedgate first
+/// tries to resume the old stream). Each reaches the user once and in order (live, or from the
+/// peer's offline storage when it arrives before the user is back), or comes back with the
+/// peer's error; fedgate itself bounces none.
+pub async fn peer_restarted_within_the_retry_window(kind: Kind, name: &str) {
+    let mut w = world(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "retry_window = \"30s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"1s\"",
+    )
+    .await;
+    warm_up(&mut w, "before").await;
+    let user = w.user();
+    let gw_domain = w.gw.domain.clone();
+    w.peer.stop().await;
+    w.client
+        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .await;
+    let n = 20;
+    component_sends(&mut w, &user, "r", n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.peer.restart().await;
+    w.client = Client::login(&w.peer).await;
+
+    // What the user gets, until nothing more comes; then what came back to the component.
+    let mut delivered = collect_messages(&mut w.client, "r").await;
+    let first_login = delivered.len();
+    let mut bounced = Vec::new();
+    while let Some(s) = w
+        .backend
+        .next_within(Duration::from_millis(500), |s| s.type_() == Some("error"))
+        .await
+    {
+        let (condition, why) = stanza_error(&s);
+        let by = error_by(&s);
+        assert_ne!(
+            by,
+            gw_domain,
+            "fedgate bounced a stanza it should have delivered: {}",
+            text(s.raw())
+        );
+        bounced.push(format!(
+            "{} <{condition}/> by {by}: {why}",
+            s.id().unwrap_or_default()
+        ));
+    }
+    let mut sorted = delivered.clone();
+    sorted.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    assert_eq!(delivered, sorted, "delivered in order");
+    if delivered.len() + bounced.len() < n {
+        // A message the peer stored offline while the user was logging in may wait for the
+        // next login (ejabberd 23.01 stores it while it flushes the offline store).
+        w.client.quit().await;
+        w.client = Client::login(&w.peer).await;
+        delivered.extend(collect_messages(&mut w.client, "r").await);
+    }
+    let mut all: Vec<String> = delivered
+        .iter()
+        .cloned()
+        .chain(
+            bounced
+                .iter()
+                .map(|b| b.split(' ').next().unwrap().to_string()),
+        )
+        .collect();
+    all.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    assert_eq!(all, expected, "each delivered or bounced by the peer, once");
+    if kind == Kind::Prosody {
+        assert!(bounced.is_empty(), "{bounced:?}");
+        assert_eq!(first_login, n, "all at the first login");
+    }
+    let m = w.gw.metrics().await;
+    let line = format!(
+        "{} {}: restarted within fedgate's retry window: of {n} messages fedgate queued meanwhile, {first_login} delivered in order at the user's first login, {} at the next one, {} bounced by the peer {bounced:?}; XEP-0198 resumption tried {} time(s), refused {} time(s)\n",
+        kind.name(),
+        kind.version(),
+        delivered.len() - first_login,
+        bounced.len(),
+        metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resumed\"}")
+            + metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"),
+        metric(&m, "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"),
+    );
+    println!("{line}");
+    append_report(&line);
+    w.client.quit().await;
+}
+
+/// The ids of the messages starting with `prefix` that the client reports until nothing came
+/// for three seconds (none of them an error).
+async fn collect_messages(client: &mut Client, prefix: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some(e) = client.event_within(Duration::from_secs(3)).await {
+        if e["event"] == "message" && e["id"].as_str().is_some_and(|id| id.starts_with(prefix)) {
+            assert_eq!(e["type"], "chat", "not an error: {e}");
+            ids.push(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+/// The `by` attribute of an error stanza's `<error/>`: who generated it.
+fn error_by(s: &fedgate::xml::stanza::Stanza) -> String {
+    let e = s.element().expect("a parsed stanza");
+    let by = e
+        .children()
+        .find(|c| c.name == "error")
+        .and_then(|error| error.attr("by"))
+        .unwrap_or_default()
+        .to_string();
+    by
+}
