@@ -1,6 +1,7 @@
 //! A real XMPP client logged in on a peer: `tests/interop/client.py` (slixmpp) run as a
 //! subprocess, commands written to its stdin and events read from its stdout as JSON lines.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,6 +27,13 @@ impl Client {
     /// Logs in as the test account on `peer` (STARTTLS on its c2s port, by address) and
     /// waits until the session is online.
     pub async fn login(peer: &Peer) -> Client {
+        let jid = format!("{USER}@{}/interop", peer.domain);
+        Client::login_at(&jid, PASSWORD, peer.c2s_addr(), peer).await
+    }
+
+    /// Logs in as `jid` at `c2s` (STARTTLS, by address): a peer's account, or an account of
+    /// fedgate's own core. `peer` is whose log a failure shows.
+    pub async fn login_at(jid: &str, password: &str, c2s: SocketAddr, peer: &Peer) -> Client {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/client.py");
         let stderr_file = peer.dir.path().join(format!(
             "client-{}.stderr",
@@ -36,10 +44,10 @@ impl Client {
         ));
         let mut child = Command::new("python3")
             .arg(script)
-            .args(["--jid", &format!("{USER}@{}/interop", peer.domain)])
-            .args(["--password", PASSWORD])
-            .args(["--host", &peer.ip.to_string()])
-            .args(["--port", &peer.c2s_addr().port().to_string()])
+            .args(["--jid", jid])
+            .args(["--password", password])
+            .args(["--host", &c2s.ip().to_string()])
+            .args(["--port", &c2s.port().to_string()])
             // INTEROP_CLIENT_DEBUG=1: slixmpp logs every stanza to the stderr file.
             .args(std::env::var_os("INTEROP_CLIENT_DEBUG").map(|_| "--debug"))
             .stdin(Stdio::piped())

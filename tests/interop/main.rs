@@ -35,6 +35,8 @@ mod scenarios;
 mod ejabberd;
 mod prosody;
 
+mod with_core;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};

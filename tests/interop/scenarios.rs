@@ -49,6 +49,30 @@ pub enum GwCert {
     ServerOnly,
 }
 
+/// Publishes fedgate's s2s listener as the internet would: `_xmpp-server._tcp` SRV →
+/// `xmpp.{domain}:5299` and, with `direct_tls`, first `_xmpps-server._tcp` → its direct TLS port.
+pub fn publish_gateway(dns: &TestDns, gw: &Instance, direct_tls: bool) {
+    let gw_domain = &gw.domain;
+    let host = format!("xmpp.{gw_domain}");
+    dns.add(&host, gw.ip);
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{gw_domain}"),
+        if direct_tls { 10 } else { 0 },
+        1,
+        GW_S2S_PORT,
+        &host,
+    );
+    if direct_tls {
+        dns.add_srv(
+            &format!("_xmpps-server._tcp.{gw_domain}"),
+            0,
+            1,
+            gw.direct_tls_addr().port(),
+            &host,
+        );
+    }
+}
+
 /// Starts fedgate for `gw-{name}.test` (with `gw_s2s` lines in `[s2s]`) and a `kind` peer for
 /// `{name}.test` presenting `tls`, each published by SRV only, then attaches the backend and
 /// logs the client in.
@@ -86,24 +110,7 @@ pub async fn world_with(
         .s2s(gw_s2s)
         .start()
         .await;
-    let host = format!("xmpp.{gw_domain}");
-    dns.add(&host, gw.ip);
-    dns.add_srv(
-        &format!("_xmpp-server._tcp.{gw_domain}"),
-        if direct_tls { 10 } else { 0 },
-        1,
-        GW_S2S_PORT,
-        &host,
-    );
-    if direct_tls {
-        dns.add_srv(
-            &format!("_xmpps-server._tcp.{gw_domain}"),
-            0,
-            1,
-            gw.direct_tls_addr().port(),
-            &host,
-        );
-    }
+    publish_gateway(&dns, &gw, direct_tls);
     let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls, direct_tls).await;
     let backend = Backend::attach(&gw).await;
     let client = Client::login(&peer).await;

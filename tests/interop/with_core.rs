@@ -1,0 +1,160 @@
+//! fedgate's own c2s core federating with Prosody: an account on the core (embedded in the
+//! gateway, `[core]`) and a user on Prosody add each other and chat, each with a real client
+//! (slixmpp), the core's stanzas leaving through fedgate's s2s and Prosody's arriving there.
+
+use serde_json::{json, Value};
+
+use crate::certs::CertSpec;
+use crate::client::Client;
+use crate::harness::{instance, metric};
+use crate::peer::{Kind, Peer, PeerTls, USER};
+use crate::scenarios::{publish_gateway, GW_S2S_PORT};
+use crate::{capture_logs, dns_port_53};
+use fedgate::core::accounts::Accounts;
+
+/// The bare JID of an event's `from`.
+fn from_bare(e: &Value) -> &str {
+    e["from"].as_str().unwrap_or("").split('/').next().unwrap()
+}
+
+/// Presence that says the sender is online (no `type`, or a `show`).
+fn is_available(e: &Value) -> bool {
+    e["event"] == "presence"
+        && !matches!(
+            e["type"].as_str(),
+            Some(
+                "subscribe"
+                    | "subscribed"
+                    | "unsubscribe"
+                    | "unsubscribed"
+                    | "unavailable"
+                    | "error"
+                    | "probe"
+            )
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
+    capture_logs();
+    let dns = dns_port_53().await;
+    let db = tempfile::tempdir().unwrap();
+    let gw_domain = "gw-core.test";
+    let gw = instance(&dns, gw_domain)
+        .cert(CertSpec {
+            eku: vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ..CertSpec::default()
+        })
+        .unlisted()
+        .s2s_port(GW_S2S_PORT)
+        .tables(&format!(
+            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
+            db.path().join("core.sqlite").display().to_string()
+        ))
+        .start()
+        .await;
+    publish_gateway(&dns, &gw, false);
+    let peer = Peer::start(Kind::Prosody, "pr-core.test", &dns, PeerTls::TestCa, false).await;
+
+    let core = gw.gw().core.as_ref().expect("the embedded core runs");
+    Accounts::open(&core.core.config)
+        .unwrap()
+        .add(&format!("alice@{gw_domain}"), "alice-password")
+        .unwrap();
+    let alice_bare = format!("alice@{gw_domain}");
+    let user_bare = format!("{USER}@{}", peer.domain);
+    let mut alice = Client::login_at(
+        &format!("{alice_bare}/core"),
+        "alice-password",
+        core.c2s_addrs[0],
+        &peer,
+    )
+    .await;
+    let mut user = Client::login(&peer).await;
+
+    // Alice asks; the Prosody user's client accepts and asks back (as a person clicking
+    // "allow" would); Alice's client accepts that.
+    alice
+        .command(json!({"cmd": "subscribe", "to": user_bare}))
+        .await;
+    alice
+        .wait_for(
+            "the Prosody user's subscribed",
+            |e| e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == user_bare,
+            &peer,
+        )
+        .await;
+    user.wait_for(
+        "Alice's subscribed",
+        |e| e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == alice_bare,
+        &peer,
+    )
+    .await;
+    // With the subscription both ways, each sees the other online.
+    alice
+        .wait_for(
+            "the Prosody user's presence",
+            |e| is_available(e) && from_bare(e) == user_bare,
+            &peer,
+        )
+        .await;
+    user.wait_for(
+        "Alice's presence",
+        |e| is_available(e) && from_bare(e) == alice_bare,
+        &peer,
+    )
+    .await;
+
+    // And they chat, both ways.
+    for i in 0..3 {
+        alice
+            .message(
+                &user_bare,
+                &format!("a{i}"),
+                &format!("hello from the core {i}"),
+            )
+            .await;
+        let m = user
+            .wait_for(
+                "Alice's message",
+                |e| e["event"] == "message" && e["id"] == format!("a{i}").as_str(),
+                &peer,
+            )
+            .await;
+        assert_eq!(m["body"], format!("hello from the core {i}").as_str());
+        assert_eq!(from_bare(&m), alice_bare);
+        user.message(
+            &alice_bare,
+            &format!("p{i}"),
+            &format!("hello from Prosody {i}"),
+        )
+        .await;
+        let m = alice
+            .wait_for(
+                "the Prosody user's message",
+                |e| e["event"] == "message" && e["id"] == format!("p{i}").as_str(),
+                &peer,
+            )
+            .await;
+        assert_eq!(m["body"], format!("hello from Prosody {i}").as_str());
+        assert_eq!(from_bare(&m), user_bare);
+    }
+    // It all went over s2s between fedgate and Prosody.
+    let m = gw.metrics().await;
+    for direction in ["inbound", "outbound"] {
+        let sample = format!(
+            "fedgate_peer_stanzas_total{{peer=\"{}\",direction=\"{direction}\"}}",
+            peer.domain
+        );
+        assert!(
+            metric(&m, &sample) >= 3.0,
+            "{sample}: {}",
+            metric(&m, &sample)
+        );
+    }
+    alice.quit().await;
+    user.quit().await;
+}
