@@ -7,7 +7,8 @@
 //! XEP-0160), stamped with an XEP-0203 `<delay/>`. Messages to a full JID whose resource is not
 //! signed in are treated as if addressed to the bare JID, except `groupchat` (an error) and
 //! `headline`/`error` (dropped). Stanzas for an account that does not exist get
-//! `service-unavailable` (§8.5.1), and a subscription request gets `unsubscribed`.
+//! `service-unavailable` (§8.5.1), and a subscription request or a probe gets `unsubscribed`
+//! (§3.1.3, §4.3.2).
 
 use std::sync::Arc;
 
@@ -97,6 +98,7 @@ impl Core {
                     Box::pin(self.route(reply)).await;
                 }
             }
+            ("presence", Some("probe")) => self.refuse_probe(to, &el).await,
             ("presence", _) => {}
             _ => {
                 self.bounce(
