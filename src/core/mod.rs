@@ -436,6 +436,12 @@ impl Core {
 
     /// Writes a stanza to the gateway on its sender's domain's link; bounces it when the link
     /// cannot take it.
+    ///
+    /// With no link for the sender's domain (a `from` that is not one of our domains or
+    /// aliases) there is no route to any remote server: the sender gets
+    /// `<remote-server-not-found/>` (RFC 6120 §8.3.3.16, as when the remote domain cannot be
+    /// resolved), and a link that is down gives `<remote-server-timeout/>` (§8.3.3.17). A
+    /// client's stanza comes back to that client this way.
     async fn send_to_gateway(&self, el: Element) {
         let from_domain = el
             .attr("from")
@@ -444,6 +450,9 @@ impl Core {
             .unwrap_or_default();
         let Some(link) = self.links.get(&from_domain) else {
             tracing::debug!(from = %from_domain, "no gateway link for the sender's domain");
+            let text = format!("no federation link for {from_domain}");
+            self.bounce(&el, StanzaErrorCondition::RemoteServerNotFound, &text)
+                .await;
             return;
         };
         if let Err(_bytes) = link.try_send_raw(el.to_bytes()) {
@@ -506,6 +515,105 @@ pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::DomainConfig;
+    use crate::core::sasl::Credentials;
+
+    /// A core for `a.test` with no gateway link and no listeners: its sessions are channels
+    /// the test reads, so delivery rules run without sockets.
+    pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core> {
+        let config = CoreConfig {
+            database: dir.join("core.sqlite"),
+            domain: vec![DomainConfig {
+                name: "a.test".into(),
+                aliases: Vec::new(),
+            }],
+            session_queue: 4,
+            ..CoreConfig::default()
+        };
+        let tls = Tls::from_tls_config(&crate::config::TlsConfig {
+            webpki_roots: false,
+            ca_files: Vec::new(),
+            certificate: Vec::new(),
+        })
+        .unwrap();
+        let storage = Storage::open(&config.database).unwrap();
+        for u in users {
+            let u = u.to_string();
+            storage
+                .call(move |c| {
+                    storage::create_account(c, &u, "a.test", &Credentials::derive("pw", 4096))
+                })
+                .await
+                .unwrap();
+        }
+        Arc::new(Core {
+            domains: Domains::from_config(&config),
+            config,
+            storage,
+            tls: Arc::new(tls),
+            links: HashMap::new(),
+            sessions: Mutex::new(HashMap::new()),
+            disco_items: Vec::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The text of what a session's queue holds, oldest first.
+    pub(crate) fn drain(rx: &mut mpsc::Receiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.push(String::from_utf8(b.to_vec()).unwrap());
+        }
+        out
+    }
+
+    fn client_el(raw: &str) -> Element {
+        let s = Stanza::parse(
+            Bytes::from(raw.to_owned()),
+            &NsContext::new(ns::CLIENT, &[]),
+        )
+        .unwrap();
+        s.element().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stanza_with_no_federation_link_comes_back_to_its_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = test_core(dir.path(), &["alice"]).await;
+        let (tx, mut rx) = mpsc::channel(8);
+        let jid = Jid::parse("alice@a.test/r").unwrap();
+        let _session = core.register(jid, "alice@a.test".into(), tx);
+        // A client's stanza: the client gets the error.
+        core.route(client_el(
+            "<message from='alice@a.test/r' to='bob@b.test' id='m1' type='chat'><body>x</body></message>",
+        ))
+        .await;
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "<message from='bob@b.test' to='alice@a.test/r' id='m1' type='error'>"
+            ) && got[0]
+                .contains("<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>")
+                && got[0].contains("no federation link for a.test"),
+            "{}",
+            got[0]
+        );
+        // An iq too; an error or a result is never answered, so nothing loops.
+        core.route(client_el(
+            "<iq from='alice@a.test/r' to='b.test' id='q1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ))
+        .await;
+        assert!(drain(&mut rx)[0].contains("<remote-server-not-found"));
+        for raw in [
+            "<iq from='alice@a.test/r' to='b.test' id='q2' type='result'/>",
+            "<message from='alice@a.test/r' to='bob@b.test' type='error'/>",
+            "<message from='eve@c.test' to='bob@b.test'><body>x</body></message>",
+        ] {
+            core.route(client_el(raw)).await;
+        }
+        assert_eq!(drain(&mut rx), Vec::<String>::new());
+    }
 
     #[test]
     fn error_replies_swap_addresses_and_skip_errors() {
