@@ -22,7 +22,7 @@
 //! Established, the reader runs here and a writer task drains the session's bounded queue;
 //! every stanza's `from` is set to the session's full JID before anything else looks at it.
 //! When the session ends the writer hands back what it never took from the queue, and
-//! [`Core::session_ended`] re-routes it, so an ending session loses no stanza the server
+//! `Core::session_ended` re-routes it, so an ending session loses no stanza the server
 //! still holds.
 
 use std::net::SocketAddr;

@@ -167,7 +167,7 @@ pub(crate) struct PresenceState {
 impl SessionHandle {
     /// Queues a stanza's bytes for the client. A client that lets its queue fill is too slow
     /// to keep: it is disconnected with `<resource-constraint/>`, and the stanza that did not
-    /// fit is kept to be re-routed with the rest of the queue ([`Core::session_ended`]).
+    /// fit is kept to be re-routed with the rest of the queue (`Core::session_ended`).
     pub fn send(&self, bytes: Bytes) {
         self.queue(Queued {
             bytes,
