@@ -224,10 +224,18 @@ impl Writer {
         self.out.len()
     }
 
+    /// Writes what is queued. Cancel-safe: dropped before it completes, what was not written
+    /// stays queued, so a later `flush`, `close` or `fail` goes on from there (the c2s writer
+    /// stops waiting on a slow client when its session ends).
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
+            while !self.out.is_empty() {
+                let n = self.io.write(&self.out).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.out.drain(..n);
+            }
             // Keep the batch buffer from pinning memory after a burst.
             if self.out.capacity() > 256 * 1024 {
                 self.out.shrink_to(64 * 1024);

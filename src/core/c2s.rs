@@ -21,18 +21,20 @@
 //! The whole negotiation is bounded by `negotiation_timeout` (`<connection-timeout/>`).
 //! Established, the reader runs here and a writer task drains the session's bounded queue;
 //! every stanza's `from` is set to the session's full JID before anything else looks at it.
+//! When the session ends the writer hands back what it never took from the queue, and
+//! `Core::session_ended` re-routes it, so an ending session loses no stanza the server
+//! still holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sasl::{ClientFirst, Mechanism, Plain, SaslError, ScramHash, ScramServer};
 use super::stanzas::iq_result;
-use super::{storage, Core, SessionHandle};
+use super::{storage, Core, Queued, SessionHandle};
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::new_stream_id;
 use crate::jid::Jid;
@@ -552,13 +554,15 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
     result.remove_attr("from");
     conn.send(&result.to_bytes());
     if conn.flush().await.is_err() {
-        core.unregister(&handle);
+        // Anything queued for it meanwhile is re-routed.
+        core.session_ended(&handle, Some(rx)).await;
         return;
     }
     tracing::debug!(%peer, jid = %bound.jid, "c2s session bound");
     let (mut reader, writer) = conn.split();
     let (end_tx, end_rx) = oneshot::channel();
-    let writer_task = tokio::spawn(write_loop(writer, rx, end_rx));
+    let (queue_tx, queue_rx) = oneshot::channel();
+    let writer_task = tokio::spawn(write_loop(writer, rx, end_rx, queue_tx));
     let end = loop {
         let event = tokio::select! {
             _ = kick.cancelled() => {
@@ -594,40 +598,57 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
             Err(_) => break End::Gone,
         }
     };
-    core.session_ended(&handle).await;
+    // Out of the table first, so that nothing new is meant for this session, then the writer
+    // stops taking from the queue and hands back what it never took, to be re-routed.
+    core.unregister(&handle);
     let _ = end_tx.send(end);
+    let queue = queue_rx.await.ok();
+    core.session_ended(&handle, queue).await;
     let _ = writer_task.await;
     tracing::debug!(%peer, jid = %bound.jid, "c2s session ended");
 }
 
+/// Drains the session's queue to the client in batches until the session ends, then hands the
+/// queue back through `queue_tx`: stanzas it never took are not written to a stream that is
+/// ending (a client gone, too slow, replaced, or closing) but re-routed by
+/// [`Core::session_ended`]. A batch already being written is finished, bounded in time by the
+/// stream's close; without XEP-0198 on c2s, bytes handed to the socket are the client's.
 async fn write_loop(
     mut writer: Writer,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Queued>,
     mut end_rx: oneshot::Receiver<End>,
+    queue_tx: oneshot::Sender<mpsc::Receiver<Queued>>,
 ) {
     let end = loop {
-        tokio::select! {
+        let next = tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Gone),
-            next = rx.recv() => {
-                let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Gone) };
-                writer.send(&first);
-                while writer.pending() < BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(b) => writer.send(&b),
-                        Err(_) => break,
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    let _ = end_rx.await;
+            next = rx.recv() => next,
+        };
+        let Some(first) = next else {
+            break (&mut end_rx).await.unwrap_or(End::Gone);
+        };
+        writer.send(&first.bytes);
+        while writer.pending() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(q) => writer.send(&q.bytes),
+                Err(_) => break,
+            }
+        }
+        // A client that does not read keeps this flush waiting; the session's end must not
+        // wait for it. `Writer::flush` is cancel-safe: what it did not write stays queued.
+        tokio::select! {
+            written = writer.flush() => {
+                if written.is_err() {
+                    // The reader sees the connection go too (or the queue fills).
+                    let _ = (&mut end_rx).await;
+                    let _ = queue_tx.send(rx);
                     return;
                 }
             }
+            end = &mut end_rx => break end.unwrap_or(End::Gone),
         }
     };
-    // What was queued before the end still goes out (a final error reply, say).
-    while let Ok(b) = rx.try_recv() {
-        writer.send(&b);
-    }
+    let _ = queue_tx.send(rx);
     match end {
         End::Closed => writer.close().await,
         End::Fail(cond, text) => writer.fail(&cond, text.as_deref()).await,

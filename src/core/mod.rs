@@ -129,11 +129,25 @@ pub struct SessionHandle {
     pub jid: Jid,
     /// The canonical bare JID of the account.
     pub account: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
+    /// Stanzas the queue did not take: the one that overflowed it, and any that arrived after
+    /// the session stopped reading its queue. Re-routed with the queue's leftovers when the
+    /// session ends; holds at most as many stanzas as the queue.
+    refused: Mutex<Vec<Queued>>,
     /// Cancelled to end the session, with `kicked_with` as the stream error.
     kick: CancellationToken,
     kicked_with: Mutex<Option<(StreamErrorCondition, String)>>,
     pub(crate) presence: Mutex<PresenceState>,
+}
+
+/// One stanza in a session's queue: the bytes the writer sends as they are, and what
+/// re-routing them needs if the session ends before they are written (the stanza itself is
+/// parsed back from the bytes then, so the per-stanza path costs nothing more).
+pub(crate) struct Queued {
+    pub bytes: Bytes,
+    /// The same bytes went to the account's other available resources too (a message to the
+    /// bare JID, RFC 6121 §8.5.2.1.1): if one of them is still there, it has its copy already.
+    pub shared: bool,
 }
 
 /// A session's presence, as RFC 6121 §4 needs it.
@@ -151,14 +165,47 @@ pub(crate) struct PresenceState {
 }
 
 impl SessionHandle {
-    /// Queues bytes for the client. A client that lets its queue fill is too slow to keep:
-    /// it is disconnected with `<resource-constraint/>`.
+    /// Queues a stanza's bytes for the client. A client that lets its queue fill is too slow
+    /// to keep: it is disconnected with `<resource-constraint/>`, and the stanza that did not
+    /// fit is kept to be re-routed with the rest of the queue (`Core::session_ended`).
     pub fn send(&self, bytes: Bytes) {
-        if self.tx.try_send(bytes).is_err() {
-            self.kick_with(
-                StreamErrorCondition::ResourceConstraint,
-                "too many stanzas waiting for this client",
-            );
+        self.queue(Queued {
+            bytes,
+            shared: false,
+        });
+    }
+
+    /// Like [`SessionHandle::send`], for a copy of a stanza also queued for the account's
+    /// other resources.
+    pub(crate) fn send_shared(&self, bytes: Bytes) {
+        self.queue(Queued {
+            bytes,
+            shared: true,
+        });
+    }
+
+    fn queue(&self, q: Queued) {
+        match self.tx.try_send(q) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(q)) => {
+                self.keep_refused(q);
+                self.kick_with(
+                    StreamErrorCondition::ResourceConstraint,
+                    "too many stanzas waiting for this client",
+                );
+            }
+            // The session is ending and no longer reads its queue.
+            Err(mpsc::error::TrySendError::Closed(q)) => self.keep_refused(q),
+        }
+    }
+
+    fn keep_refused(&self, q: Queued) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() < self.tx.max_capacity() {
+            refused.push(q);
+        } else {
+            // Bounded like the queue: only a flood aimed at one ending session gets here.
+            tracing::warn!(jid = %self.jid, "stanza for an ending session dropped: too many waiting");
         }
     }
 
@@ -376,7 +423,7 @@ impl Core {
         &self,
         jid: Jid,
         account: String,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Queued>,
     ) -> (Arc<SessionHandle>, CancellationToken) {
         let kick = CancellationToken::new();
         let handle = Arc::new(SessionHandle {
@@ -384,6 +431,7 @@ impl Core {
             jid,
             account: account.clone(),
             tx,
+            refused: Mutex::new(Vec::new()),
             kick: kick.clone(),
             kicked_with: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
@@ -436,6 +484,12 @@ impl Core {
 
     /// Writes a stanza to the gateway on its sender's domain's link; bounces it when the link
     /// cannot take it.
+    ///
+    /// With no link for the sender's domain (a `from` that is not one of our domains or
+    /// aliases) there is no route to any remote server: the sender gets
+    /// `<remote-server-not-found/>` (RFC 6120 §8.3.3.16, as when the remote domain cannot be
+    /// resolved), and a link that is down gives `<remote-server-timeout/>` (§8.3.3.17). A
+    /// client's stanza comes back to that client this way.
     async fn send_to_gateway(&self, el: Element) {
         let from_domain = el
             .attr("from")
@@ -444,6 +498,9 @@ impl Core {
             .unwrap_or_default();
         let Some(link) = self.links.get(&from_domain) else {
             tracing::debug!(from = %from_domain, "no gateway link for the sender's domain");
+            let text = format!("no federation link for {from_domain}");
+            self.bounce(&el, StanzaErrorCondition::RemoteServerNotFound, &text)
+                .await;
             return;
         };
         if let Err(_bytes) = link.try_send_raw(el.to_bytes()) {
@@ -483,8 +540,15 @@ impl Core {
         }
     }
 
-    /// A session ended: unavailable presence goes out for it, then it is forgotten.
-    pub(crate) async fn session_ended(&self, handle: &Arc<SessionHandle>) {
+    /// A session ended: it is forgotten, unavailable presence goes out for it, and what its
+    /// queue still held (`queue`, the receiver its writer gave back; `None` if the session
+    /// never started writing) is re-routed with the stanzas the queue refused, oldest first
+    /// ([`Core::reroute_unwritten`]).
+    pub(crate) async fn session_ended(
+        &self,
+        handle: &Arc<SessionHandle>,
+        queue: Option<mpsc::Receiver<Queued>>,
+    ) {
         let was_available = handle.is_available();
         self.unregister(handle);
         if was_available {
@@ -492,6 +556,18 @@ impl Core {
                 .with_attr("from", handle.jid.to_string())
                 .with_attr("type", "unavailable");
             self.broadcast_presence(handle, unavailable, false).await;
+        }
+        let mut unwritten = Vec::new();
+        if let Some(mut rx) = queue {
+            // Closed first, so that what arrives from now on lands in `refused`.
+            rx.close();
+            while let Ok(q) = rx.try_recv() {
+                unwritten.push(q);
+            }
+        }
+        unwritten.append(&mut handle.refused.lock().unwrap_or_else(|e| e.into_inner()));
+        if !unwritten.is_empty() {
+            self.reroute_unwritten(handle, unwritten).await;
         }
     }
 }
@@ -506,6 +582,251 @@ pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::DomainConfig;
+    use crate::core::sasl::Credentials;
+
+    /// A core for `a.test` with no gateway link and no listeners: its sessions are channels
+    /// the test reads, so delivery rules run without sockets.
+    pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core> {
+        let config = CoreConfig {
+            database: dir.join("core.sqlite"),
+            domain: vec![DomainConfig {
+                name: "a.test".into(),
+                aliases: Vec::new(),
+            }],
+            session_queue: 4,
+            ..CoreConfig::default()
+        };
+        let tls = Tls::from_tls_config(&crate::config::TlsConfig {
+            webpki_roots: false,
+            ca_files: Vec::new(),
+            certificate: Vec::new(),
+        })
+        .unwrap();
+        let storage = Storage::open(&config.database).unwrap();
+        for u in users {
+            let u = u.to_string();
+            storage
+                .call(move |c| {
+                    storage::create_account(c, &u, "a.test", &Credentials::derive("pw", 4096))
+                })
+                .await
+                .unwrap();
+        }
+        Arc::new(Core {
+            domains: Domains::from_config(&config),
+            config,
+            storage,
+            tls: Arc::new(tls),
+            links: HashMap::new(),
+            sessions: Mutex::new(HashMap::new()),
+            disco_items: Vec::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The text of what a session's queue holds, oldest first.
+    pub(crate) fn drain(rx: &mut mpsc::Receiver<Queued>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(q) = rx.try_recv() {
+            out.push(String::from_utf8(q.bytes.to_vec()).unwrap());
+        }
+        out
+    }
+
+    /// A session bound to `jid`, available with priority 0, whose queue holds `queue` stanzas.
+    fn session(
+        core: &Core,
+        jid: &str,
+        queue: usize,
+    ) -> (
+        Arc<SessionHandle>,
+        CancellationToken,
+        mpsc::Receiver<Queued>,
+    ) {
+        let (tx, rx) = mpsc::channel(queue);
+        let jid = Jid::parse(jid).unwrap();
+        let account = jid.bare().to_string();
+        let (handle, kick) = core.register(jid, account, tx);
+        handle.presence().available = true;
+        (handle, kick, rx)
+    }
+
+    async fn offline(core: &Core, account: &str) -> Vec<String> {
+        let owner = account.to_owned();
+        core.storage
+            .call(move |c| storage::offline_messages(c, &owner))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| String::from_utf8(b).unwrap())
+            .collect()
+    }
+
+    fn ids(stanzas: &[String], name: &str) -> Vec<String> {
+        stanzas
+            .iter()
+            .filter(|s| s.starts_with(&format!("<{name} ")))
+            .map(|s| client_el(s).attr("id").unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn what_a_kicked_session_never_wrote_is_rerouted_or_bounced() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = test_core(dir.path(), &["alice", "bob"]).await;
+        let (_alice, _, mut alice_rx) = session(&core, "alice@a.test/r", 16);
+        let (slow, kick, slow_rx) = session(&core, "bob@a.test/slow", 8);
+        // Eight stanzas fill the slow client's queue...
+        for raw in [
+            "<message from='alice@a.test/r' to='bob@a.test/slow' type='chat' id='c1'><body>1</body></message>",
+            "<message from='alice@a.test/r' to='bob@a.test' id='n2'><body>2</body></message>",
+            "<iq from='alice@a.test/r' to='bob@a.test/slow' type='get' id='q3'><query xmlns='jabber:iq:version'/></iq>",
+            "<iq from='alice@a.test/r' to='bob@a.test/slow' type='result' id='q4'/>",
+            "<presence from='alice@a.test/r' to='bob@a.test/slow' id='p5'/>",
+            "<message from='alice@a.test/r' to='bob@a.test/slow' type='groupchat' id='g6'><body>6</body></message>",
+            "<message from='alice@a.test/r' to='bob@a.test/slow' type='headline' id='h7'><body>7</body></message>",
+            "<message from='alice@a.test/r' to='bob@a.test/slow' type='error' id='e8'/>",
+        ] {
+            core.route(client_el(raw)).await;
+        }
+        assert!(!kick.is_cancelled());
+        // ...and the ninth overflows it: the client is kicked, the stanza kept.
+        core.route(client_el(
+            "<message from='alice@a.test/r' to='bob@a.test/slow' type='chat' id='c9'><body>9</body></message>",
+        ))
+        .await;
+        assert!(kick.is_cancelled());
+        assert_eq!(
+            slow.kicked_with
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|k| k.0.clone()),
+            Some(StreamErrorCondition::ResourceConstraint)
+        );
+        // bob has another resource when the slow one's session ends.
+        let (_other, _, mut other_rx) = session(&core, "bob@a.test/other", 16);
+        core.session_ended(&slow, Some(slow_rx)).await;
+        // chat and normal messages reach it, in order (RFC 6121 §8.5.3.2.1 for the full JID);
+        let got = drain(&mut other_rx);
+        assert_eq!(ids(&got, "message"), ["c1", "n2", "c9"], "{got:?}");
+        // groupchat, headline and the iq request go back with service-unavailable; the result,
+        // the error and the presence are not bounced.
+        let back = drain(&mut alice_rx);
+        assert_eq!(ids(&back, "iq"), ["q3"], "{back:?}");
+        assert_eq!(ids(&back, "message"), ["g6", "h7"], "{back:?}");
+        assert_eq!(back.len(), 3, "{back:?}");
+        for e in &back {
+            assert!(
+                e.contains("type='error'") && e.contains("<service-unavailable "),
+                "{e}"
+            );
+        }
+        assert!(offline(&core, "bob@a.test").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shared_copy_is_not_sent_twice_and_the_last_one_goes_offline_once_stamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = test_core(dir.path(), &["alice", "bob"]).await;
+        let (_alice, _, _alice_rx) = session(&core, "alice@a.test/r", 16);
+        let (a, _, a_rx) = session(&core, "bob@a.test/a", 8);
+        let (b, _, mut b_rx) = session(&core, "bob@a.test/b", 8);
+        // To the bare JID: both resources get a copy (§8.5.2.1.1).
+        core.route(client_el(
+            "<message from='alice@a.test/r' to='bob@a.test' type='chat' id='s1'><body>1</body></message>",
+        ))
+        .await;
+        // a ends before writing it: b has its own copy, so it gets no second one.
+        core.session_ended(&a, Some(a_rx)).await;
+        let mut b_queue = Vec::new();
+        while let Ok(q) = b_rx.try_recv() {
+            b_queue.push(q);
+        }
+        let texts: Vec<String> = b_queue
+            .iter()
+            .map(|q| String::from_utf8(q.bytes.to_vec()).unwrap())
+            .collect();
+        // (and a's unavailable presence)
+        assert_eq!(ids(&texts, "message"), ["s1"], "{texts:?}");
+        assert!(offline(&core, "bob@a.test").await.is_empty());
+        // b ends with its copy and a message to its full JID unwritten: with no resource left
+        // both are stored, once each.
+        core.route(client_el(
+            "<message from='alice@a.test/r' to='bob@a.test/b' type='chat' id='f2'><body>2</body></message>",
+        ))
+        .await;
+        while let Ok(q) = b_rx.try_recv() {
+            b_queue.push(q);
+        }
+        let (tx, b_rx) = mpsc::channel(8);
+        for q in b_queue {
+            tx.try_send(q).unwrap();
+        }
+        core.session_ended(&b, Some(b_rx)).await;
+        let stored = offline(&core, "bob@a.test").await;
+        assert_eq!(ids(&stored, "message"), ["s1", "f2"], "{stored:?}");
+        // Delivered from storage to a session that ends before writing them, they are stored
+        // again with their first <delay/> only.
+        let (c, _, c_rx) = session(&core, "bob@a.test/c", 8);
+        core.deliver_offline(&c).await;
+        core.session_ended(&c, Some(c_rx)).await;
+        let again = offline(&core, "bob@a.test").await;
+        assert_eq!(ids(&again, "message"), ["s1", "f2"], "{again:?}");
+        for m in &again {
+            assert_eq!(m.matches("<delay ").count(), 1, "{m}");
+        }
+        assert_eq!(stored, again);
+    }
+
+    fn client_el(raw: &str) -> Element {
+        let s = Stanza::parse(
+            Bytes::from(raw.to_owned()),
+            &NsContext::new(ns::CLIENT, &[]),
+        )
+        .unwrap();
+        s.element().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stanza_with_no_federation_link_comes_back_to_its_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = test_core(dir.path(), &["alice"]).await;
+        let (tx, mut rx) = mpsc::channel(8);
+        let jid = Jid::parse("alice@a.test/r").unwrap();
+        let _session = core.register(jid, "alice@a.test".into(), tx);
+        // A client's stanza: the client gets the error.
+        core.route(client_el(
+            "<message from='alice@a.test/r' to='bob@b.test' id='m1' type='chat'><body>x</body></message>",
+        ))
+        .await;
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "<message from='bob@b.test' to='alice@a.test/r' id='m1' type='error'>"
+            ) && got[0]
+                .contains("<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>")
+                && got[0].contains("no federation link for a.test"),
+            "{}",
+            got[0]
+        );
+        // An iq too; an error or a result is never answered, so nothing loops.
+        core.route(client_el(
+            "<iq from='alice@a.test/r' to='b.test' id='q1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ))
+        .await;
+        assert!(drain(&mut rx)[0].contains("<remote-server-not-found"));
+        for raw in [
+            "<iq from='alice@a.test/r' to='b.test' id='q2' type='result'/>",
+            "<message from='alice@a.test/r' to='bob@b.test' type='error'/>",
+            "<message from='eve@c.test' to='bob@b.test'><body>x</body></message>",
+        ] {
+            core.route(client_el(raw)).await;
+        }
+        assert_eq!(drain(&mut rx), Vec::<String>::new());
+    }
 
     #[test]
     fn error_replies_swap_addresses_and_skip_errors() {

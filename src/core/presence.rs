@@ -8,8 +8,9 @@
 //! - Later broadcasts and unavailable presence go to the same contacts, plus everyone that got
 //!   directed presence (§4.6); a session that ends without unavailable gets one sent for it.
 //! - A probe is answered with the presence of every available resource when the prober is
-//!   subscribed `from` (§4.3.2), with unavailable presence when none is, and not at all
-//!   otherwise, so presence is never revealed to someone not approved.
+//!   subscribed `from` (§4.3.2), with unavailable presence when none is, and with
+//!   `unsubscribed` otherwise (also for an account that does not exist), so presence is never
+//!   revealed to someone not approved and a stale subscription on the prober's side ends.
 //! - Subscription stanzas go through [`SubState`](super::roster::SubState), are stamped with
 //!   bare JIDs, update the roster (pushed to interested resources) and are routed or
 //!   delivered as its transition says.
@@ -250,7 +251,7 @@ impl Core {
                 .await;
         }
         match type_.as_deref() {
-            Some("probe") => self.answer_probe(account, to, &from).await,
+            Some("probe") => self.answer_probe(account, to, &from, &el).await,
             None | Some("unavailable") | Some("error") => match to.resource() {
                 Some(r) => {
                     if let Some(s) = self.session(account, r) {
@@ -270,9 +271,17 @@ impl Core {
         }
     }
 
-    /// §4.3.2.
-    async fn answer_probe(&self, account: &str, to: &Jid, from: &Jid) {
+    /// §4.3.2: the presence of every available resource when the prober is subscribed `from`
+    /// (`From`, `From + Pending Out`, `Both`), unavailable presence when none is available.
+    /// Anyone else gets `unsubscribed` from the bare JID (step 1: a full JID would leak which
+    /// resources are online), so that a prober whose server wrongly believes it is subscribed
+    /// cancels that subscription (§3.2) instead of probing forever; presence is never revealed.
+    async fn answer_probe(&self, account: &str, to: &Jid, from: &Jid, probe: &Element) {
         let key = self.contact_key(from);
+        if key == account {
+            // The account's own resources see each other through the broadcast (§4.2.2).
+            return;
+        }
         let owner = account.to_owned();
         let item = {
             let k = key.clone();
@@ -280,11 +289,17 @@ impl Core {
                 .call(move |c| storage::roster_item(c, &owner, &k))
                 .await
         };
-        let subscribed = matches!(item, Ok(Some(ref i)) if i.state.sub.has_from());
-        if !subscribed {
-            return;
-        }
+        let subscribed = match item {
+            Ok(item) => item.is_some_and(|i| i.state.sub.has_from()),
+            Err(e) => {
+                // Unknown: neither reveal presence nor make the prober cancel.
+                return tracing::warn!("roster read failed answering a probe: {e}");
+            }
+        };
         let prober = from.bare().to_string();
+        if !subscribed {
+            return self.refuse_probe(to, probe).await;
+        }
         let mut any = false;
         for s in self.sessions_of(account) {
             let last = s.presence().last.clone();
@@ -301,6 +316,24 @@ impl Core {
                 .with_attr("type", "unavailable");
             self.route(p).await;
         }
+    }
+
+    /// §4.3.2 step 1: `unsubscribed` from the probed bare JID, for a prober that may not see its
+    /// presence or an account that does not exist (the same answer, so a probe cannot tell the
+    /// two apart).
+    /// The probe's `id` is kept, as in the RFC's example, so the prober can match the answer.
+    pub(crate) async fn refuse_probe(&self, probed: &Jid, probe: &Element) {
+        let Some(prober) = probe.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+            return;
+        };
+        let mut p = Element::new("presence", ns::CLIENT)
+            .with_attr("from", probed.bare().to_string())
+            .with_attr("to", prober.bare().to_string())
+            .with_attr("type", "unsubscribed");
+        if let Some(id) = probe.attr("id") {
+            p.set_attr("id", id);
+        }
+        Box::pin(self.route(p)).await;
     }
 
     /// §3: a contact's subscription stanza for the user.

@@ -7,16 +7,18 @@
 //! XEP-0160), stamped with an XEP-0203 `<delay/>`. Messages to a full JID whose resource is not
 //! signed in are treated as if addressed to the bare JID, except `groupchat` (an error) and
 //! `headline`/`error` (dropped). Stanzas for an account that does not exist get
-//! `service-unavailable` (§8.5.1), and a subscription request gets `unsubscribed`.
+//! `service-unavailable` (§8.5.1), and a subscription request or a probe gets `unsubscribed`
+//! (§3.1.3, §4.3.2).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
-use super::{storage, Core, SessionHandle};
+use super::{storage, Core, Queued, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
+use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::{ns, Element, Node};
 
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
@@ -97,6 +99,7 @@ impl Core {
                     Box::pin(self.route(reply)).await;
                 }
             }
+            ("presence", Some("probe")) => self.refuse_probe(to, &el).await,
             ("presence", _) => {}
             _ => {
                 self.bounce(
@@ -154,8 +157,13 @@ impl Core {
             .collect();
         if !targets.is_empty() {
             let bytes = Bytes::from(el.to_bytes());
+            let shared = targets.len() > 1;
             for s in targets {
-                s.send(bytes.clone());
+                if shared {
+                    s.send_shared(bytes.clone());
+                } else {
+                    s.send(bytes.clone());
+                }
             }
             return;
         }
@@ -165,18 +173,25 @@ impl Core {
         self.store_offline(account, el).await;
     }
 
-    /// XEP-0160: keep the message, stamped with when it arrived (XEP-0203).
+    /// XEP-0160: keep the message, stamped with when it arrived (XEP-0203). A message stored
+    /// once already (delivered from storage to a session that ended before writing it) keeps
+    /// its first stamp.
     async fn store_offline(&self, account: &str, mut el: Element) {
         let domain = account
             .split_once('@')
             .map_or(account, |(_, d)| d)
             .to_owned();
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        el.children.push(Node::Element(
-            Element::new("delay", NS_DELAY)
-                .with_attr("from", domain)
-                .with_attr("stamp", stamp),
-        ));
+        let stamped = el
+            .children()
+            .any(|c| c.name == "delay" && c.ns == NS_DELAY && c.attr("from") == Some(&domain));
+        if !stamped {
+            let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            el.children.push(Node::Element(
+                Element::new("delay", NS_DELAY)
+                    .with_attr("from", domain)
+                    .with_attr("stamp", stamp),
+            ));
+        }
         let bytes = el.to_bytes();
         let owner = account.to_owned();
         let limit = self.config.offline_max;
@@ -204,6 +219,78 @@ impl Core {
                 .await
             }
         }
+    }
+
+    /// Re-routes what an ended session had queued but never wrote, each stanza as if it had
+    /// just arrived for the account with this resource gone (RFC 6121 §8.5):
+    /// - a message of type `chat` or `normal` (or none, or unknown: §5.2.2) goes through the
+    ///   delivery rules again: to another available resource, or to offline storage (to the
+    ///   session that now holds the same resource, after a conflict). A copy that went to the
+    ///   other resources too is not sent to them twice: it is stored only if none is left;
+    /// - `groupchat` and `headline` messages and iq requests go back to their sender with
+    ///   `<service-unavailable/>` (the error §8.5.3.2.1 and §8.5.3.2.3 give for a resource
+    ///   that is gone; a headline could be ignored, but then its sender would never learn):
+    ///   no other session could answer them;
+    /// - errors and iq results are never bounced, and presence is not re-routed (the sender
+    ///   learns of the session's end from its unavailable presence): both are dropped, counted
+    ///   in the debug log.
+    pub(crate) async fn reroute_unwritten(&self, session: &SessionHandle, unwritten: Vec<Queued>) {
+        let (mut rerouted, mut bounced, mut presence, mut dropped) = (0, 0, 0, 0);
+        for q in unwritten {
+            let el = match Stanza::parse(q.bytes, &NsContext::new(ns::CLIENT, &[]))
+                .and_then(|s| s.element())
+            {
+                Ok(el) => el,
+                Err(e) => {
+                    // We wrote these bytes ourselves; they always parse.
+                    tracing::warn!(jid = %session.jid, "an unwritten stanza does not parse: {e}");
+                    continue;
+                }
+            };
+            match (el.name.as_str(), el.attr("type")) {
+                ("presence", _) => presence += 1,
+                ("message", Some("error")) | ("iq", Some("result" | "error")) => dropped += 1,
+                ("message", Some("groupchat" | "headline")) | ("iq", _) => {
+                    bounced += 1;
+                    self.bounce(
+                        &el,
+                        StanzaErrorCondition::ServiceUnavailable,
+                        "the recipient's session ended",
+                    )
+                    .await
+                }
+                ("message", _) => {
+                    if q.shared && self.has_message_targets(&session.account) {
+                        dropped += 1;
+                        continue;
+                    }
+                    match el.attr("to").map(Jid::parse) {
+                        Some(Ok(to)) => {
+                            rerouted += 1;
+                            self.deliver_local(to, el).await
+                        }
+                        _ => dropped += 1,
+                    }
+                }
+                _ => dropped += 1,
+            }
+        }
+        tracing::debug!(
+            jid = %session.jid,
+            rerouted,
+            bounced,
+            presence,
+            dropped,
+            "stanzas left unwritten by an ended session"
+        );
+    }
+
+    /// Whether a message to the account's bare JID would reach a session now (§8.5.2.1.1).
+    fn has_message_targets(&self, account: &str) -> bool {
+        self.sessions_of(account).iter().any(|s| {
+            let p = s.presence();
+            p.available && p.priority >= 0
+        })
     }
 
     /// Delivers stored messages to a session that just became available, then forgets them.

@@ -1303,10 +1303,21 @@ async fn presence_is_revealed_only_to_approved_contacts_and_directed_presence_is
     alice
         .send("<presence><status>here</status></presence>")
         .await;
-    // A probe from someone not approved gets nothing.
-    eve.send("<presence from='eve@b.test' to='alice@a.test' type='probe'/>")
+    // A probe from someone not approved reveals nothing: RFC 6121 §4.3.2 step 1 answers
+    // `unsubscribed` from the bare JID, and the same for an account that does not exist.
+    eve.send("<presence from='eve@b.test/x' to='alice@a.test' type='probe' id='p1'/>")
         .await;
-    silent(&mut eve, 500).await;
+    assert_eq!(
+        eve.next_text().await,
+        "<presence from='alice@a.test' to='eve@b.test' type='unsubscribed' id='p1'/>"
+    );
+    eve.send("<presence from='eve@b.test' to='nobody@a.test' type='probe'/>")
+        .await;
+    assert_eq!(
+        eve.next_text().await,
+        "<presence from='nobody@a.test' to='eve@b.test' type='unsubscribed'/>"
+    );
+    silent(&mut eve, 300).await;
     // eve asks; alice sees the request (stamped with bare JIDs) and approves.
     eve.send("<presence from='eve@b.test/x' to='alice@a.test' type='subscribe'/>")
         .await;
