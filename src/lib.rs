@@ -23,7 +23,8 @@
 //! - [`config`]: the TOML configuration.
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
 //! - [`jid`]: RFC 7622 addresses.
-//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
+//!   `/metrics`, `/healthz`, `/readyz` endpoint.
 
 pub mod cli;
 pub mod component;
