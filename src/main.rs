@@ -62,16 +62,12 @@ fn main() -> ExitCode {
                 }
             };
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.enable_all();
             if let Some(n) = workers {
                 builder.worker_threads(n.max(1));
             }
-            let runtime = match builder.build() {
+            let runtime = match build_runtime(builder) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("Error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -106,15 +102,9 @@ fn check_dns(domain: &str, file: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let report = runtime.block_on(async {
         let resolver = fedgate::dns::Resolver::from_config(&config)?;
@@ -283,6 +273,16 @@ fn user_command(file: &std::path::Path, action: UserAction) -> ExitCode {
     }
 }
 
+/// Builds a runtime with every driver on; a failure is said on stderr and becomes the exit code.
+fn build_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("Error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `fedgate core --config config/core.toml`: the c2s core alone, attached to a gateway over
 /// TCP.
 fn run_core(file: &std::path::Path) -> ExitCode {
@@ -294,15 +294,9 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let signals = Signals::install()?;

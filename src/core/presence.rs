@@ -157,12 +157,7 @@ impl Core {
             return;
         }
         let owner = session.account.clone();
-        let item = {
-            let (o, k) = (owner.clone(), key.clone());
-            self.storage
-                .call(move |c| storage::roster_item(c, &o, &k))
-                .await
-        };
+        let item = self.storage.load_roster_item(&owner, &key).await;
         let Ok(item) = item else { return };
         let mut item = item.unwrap_or_else(|| RosterItem {
             in_roster: false,
@@ -179,13 +174,7 @@ impl Core {
             item.in_roster = true;
         }
         if item != before {
-            let (o, i) = (owner.clone(), item.clone());
-            if self
-                .storage
-                .call(move |c| storage::put_roster_item(c, &o, &i))
-                .await
-                .is_err()
-            {
+            if self.storage.store_roster_item(&owner, &item).await.is_err() {
                 return;
             }
             if item.in_roster {
@@ -282,13 +271,7 @@ impl Core {
             // The account's own resources see each other through the broadcast (§4.2.2).
             return;
         }
-        let owner = account.to_owned();
-        let item = {
-            let k = key.clone();
-            self.storage
-                .call(move |c| storage::roster_item(c, &owner, &k))
-                .await
-        };
+        let item = self.storage.load_roster_item(account, &key).await;
         let subscribed = match item {
             Ok(item) => item.is_some_and(|i| i.state.sub.has_from()),
             Err(e) => {
@@ -347,12 +330,7 @@ impl Core {
     ) {
         let key = self.contact_key(from);
         let owner = account.to_owned();
-        let item = {
-            let (o, k) = (owner.clone(), key.clone());
-            self.storage
-                .call(move |c| storage::roster_item(c, &o, &k))
-                .await
-        };
+        let item = self.storage.load_roster_item(&owner, &key).await;
         let Ok(item) = item else { return };
         let mut item = item.unwrap_or_else(|| RosterItem {
             in_roster: false,
@@ -371,13 +349,7 @@ impl Core {
             return self.route(reply).await;
         }
         if item != before {
-            let (o, i) = (owner.clone(), item.clone());
-            if self
-                .storage
-                .call(move |c| storage::put_roster_item(c, &o, &i))
-                .await
-                .is_err()
-            {
+            if self.storage.store_roster_item(&owner, &item).await.is_err() {
                 return;
             }
             // A request alone does not change the roster (§3.1.3); answers do.

@@ -292,6 +292,15 @@ mod tests {
         }
     }
 
+    /// What a transition that changes nothing and forwards nothing looks like.
+    fn ignored(state: SubState, auto_reply: bool) -> Transition {
+        Transition {
+            state,
+            forward: false,
+            auto_reply,
+        }
+    }
+
     /// Every state of RFC 6121 Appendix A.1.
     fn all_states() -> Vec<SubState> {
         vec![
@@ -318,14 +327,7 @@ mod tests {
             st(To, false, true),
             st(Both, false, false),
         ] {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: false
-                }
-            );
+            assert_eq!(t(s), ignored(s, false));
         }
         assert!(t(st(None, true, false)).forward);
     }
@@ -356,14 +358,7 @@ mod tests {
         assert_eq!(t(st(None, true, true)).state, st(From, true, false));
         assert_eq!(t(st(To, false, true)).state, st(Both, false, false));
         for s in all_states().into_iter().filter(|s| !s.pending_in) {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: false
-                }
-            );
+            assert_eq!(t(s), ignored(s, false));
         }
     }
 
@@ -398,14 +393,7 @@ mod tests {
             st(From, true, false),
             st(Both, false, false),
         ] {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: true
-                }
-            );
+            assert_eq!(t(s), ignored(s, true));
         }
     }
 
@@ -423,14 +411,7 @@ mod tests {
             st(None, true, false),
             st(To, false, false),
         ] {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: false
-                }
-            );
+            assert_eq!(t(s), ignored(s, false));
         }
     }
 
@@ -443,14 +424,7 @@ mod tests {
         assert!(t(st(None, true, false)).forward);
         // Unsolicited: ignored (no state change, not delivered).
         for s in all_states().into_iter().filter(|s| !s.pending_out) {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: false
-                }
-            );
+            assert_eq!(t(s), ignored(s, false));
         }
     }
 
@@ -468,14 +442,7 @@ mod tests {
             st(None, false, true),
             st(From, false, false),
         ] {
-            assert_eq!(
-                t(s),
-                Transition {
-                    state: s,
-                    forward: false,
-                    auto_reply: false
-                }
-            );
+            assert_eq!(t(s), ignored(s, false));
         }
     }
 

@@ -535,12 +535,7 @@ impl Core {
                 .await;
         }
         let owner = session.account.clone();
-        let existing = {
-            let (o, c) = (owner.clone(), contact.clone());
-            self.storage
-                .call(move |db| storage::roster_item(db, &o, &c))
-                .await
-        };
+        let existing = self.storage.load_roster_item(&owner, &contact).await;
         let Ok(existing) = existing else {
             return self
                 .bounce(
@@ -560,13 +555,7 @@ impl Core {
             let mut gone = old.clone();
             gone.in_roster = false;
             gone.state.pending_in = false;
-            let (o, g) = (owner.clone(), gone.clone());
-            if self
-                .storage
-                .call(move |db| storage::put_roster_item(db, &o, &g))
-                .await
-                .is_err()
-            {
+            if self.storage.store_roster_item(&owner, &gone).await.is_err() {
                 return self
                     .bounce(
                         &el,
@@ -614,10 +603,9 @@ impl Core {
             .filter(|g| !g.is_empty())
             .collect();
         updated.groups.dedup();
-        let (o, u) = (owner.clone(), updated.clone());
         if self
             .storage
-            .call(move |db| storage::put_roster_item(db, &o, &u))
+            .store_roster_item(&owner, &updated)
             .await
             .is_err()
         {

@@ -186,6 +186,26 @@ impl Storage {
         Ok(rx.await.map_err(|_| StorageError::Gone)??)
     }
 
+    /// `owner`'s roster entry for `contact`, hidden or not (see [`roster_item`]).
+    pub async fn load_roster_item(
+        &self,
+        owner: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError> {
+        let (o, c) = (owner.to_owned(), contact.to_owned());
+        self.call(move |db| roster_item(db, &o, &c)).await
+    }
+
+    /// Writes `owner`'s roster entry (see [`put_roster_item`]).
+    pub async fn store_roster_item(
+        &self,
+        owner: &str,
+        item: &RosterItem,
+    ) -> Result<(), StorageError> {
+        let (o, i) = (owner.to_owned(), item.clone());
+        self.call(move |db| put_roster_item(db, &o, &i)).await
+    }
+
     /// Like [`Storage::call`], for the command line (no runtime).
     pub fn call_blocking<R, F>(&self, f: F) -> Result<R, StorageError>
     where

@@ -119,7 +119,7 @@ impl PeerEntry {
         self.cert_expiry.store(not_after, Relaxed);
     }
 
-    /// A snapshot for the per-peer view.
+    /// The counters at one moment.
     pub fn snapshot(&self) -> PeerSnapshot {
         PeerSnapshot {
             domain: self.domain.to_string(),
@@ -213,6 +213,24 @@ struct Seen {
     window: u64,
     /// The last time the peer had sessions, a queue or traffic.
     active: Option<Instant>,
+}
+
+impl Seen {
+    /// How far each counter of `snap` moved since the last call: stanzas in, stanzas out,
+    /// bounces, failures.
+    fn take_deltas(&mut self, snap: &PeerSnapshot) -> [u64; 4] {
+        let deltas = [
+            snap.stanzas_in - self.stanzas_in,
+            snap.stanzas_out - self.stanzas_out,
+            snap.bounces - self.bounces,
+            snap.failures - self.failures,
+        ];
+        self.stanzas_in = snap.stanzas_in;
+        self.stanzas_out = snap.stanzas_out;
+        self.bounces = snap.bounces;
+        self.failures = snap.failures;
+        deltas
+    }
 }
 
 /// State only [`Peers::sync`] touches (one scrape at a time).
@@ -378,11 +396,6 @@ impl Peers {
         }
     }
 
-    /// Snapshots of every tracked domain, for the per-peer view.
-    pub fn snapshots(&self) -> Vec<PeerSnapshot> {
-        self.entries.iter().map(|e| e.snapshot()).collect()
-    }
-
     /// Copies what changed since the last call into the exported families (see the module
     /// docs). Called before every scrape.
     pub fn sync(&self) {
@@ -418,21 +431,15 @@ impl Peers {
         let mut other = PeerSnapshot::default();
         let overflow = self.overflow.snapshot();
         let overflow_seen = state.seen.entry(self.overflow.domain.clone()).or_default();
-        other.stanzas_in += overflow.stanzas_in - overflow_seen.stanzas_in;
-        other.stanzas_out += overflow.stanzas_out - overflow_seen.stanzas_out;
-        other.bounces += overflow.bounces - overflow_seen.bounces;
-        other.failures += overflow.failures - overflow_seen.failures;
+        let [d_in, d_out, d_bounces, d_failures] = overflow_seen.take_deltas(&overflow);
+        other.stanzas_in += d_in;
+        other.stanzas_out += d_out;
+        other.bounces += d_bounces;
+        other.failures += d_failures;
         other.sessions_in += overflow.sessions_in;
         other.sessions_out += overflow.sessions_out;
         other.queued += overflow.queued;
         other.last_contact = overflow.last_contact;
-        *overflow_seen = Seen {
-            stanzas_in: overflow.stanzas_in,
-            stanzas_out: overflow.stanzas_out,
-            bounces: overflow.bounces,
-            failures: overflow.failures,
-            ..Default::default()
-        };
 
         // Deltas first, so that ranking sees this interval's traffic and a newly labelled
         // peer shows on this very scrape.
@@ -440,14 +447,7 @@ impl Peers {
         for e in self.entries.iter() {
             let snap = e.snapshot();
             let seen = state.seen.entry(e.domain.clone()).or_default();
-            let d_in = snap.stanzas_in - seen.stanzas_in;
-            let d_out = snap.stanzas_out - seen.stanzas_out;
-            let d_bounces = snap.bounces - seen.bounces;
-            let d_failures = snap.failures - seen.failures;
-            seen.stanzas_in = snap.stanzas_in;
-            seen.stanzas_out = snap.stanzas_out;
-            seen.bounces = snap.bounces;
-            seen.failures = snap.failures;
+            let [d_in, d_out, d_bounces, d_failures] = seen.take_deltas(&snap);
             // Traffic and failed attempts both make a peer worth its own label.
             seen.window += d_in + d_out + d_failures;
             if d_in + d_out + d_bounces + d_failures > 0

@@ -936,15 +936,6 @@ async fn the_embedded_core_serves_clients_from_the_gateway_process() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_fedgate");
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `fedgate ARGS`, with `stdin` as its input; returns (exit code, stdout, stderr).
 fn fedgate(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
     let mut child = Command::new(BIN)

@@ -374,13 +374,31 @@ impl Instance {
 
 /// A minimal HTTP/1.0 GET, enough for `/metrics`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("GET http://{addr}{path} failed"))
+}
+
+/// Like [`http_get`], but `None` when nothing answers (yet).
+#[allow(dead_code)]
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
     tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .ok()?;
     let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out
+    tcp.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// A free loopback port (bound, then released).
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A raw XML stream: writes bytes as given, frames what comes back with fedgate's framer.

@@ -526,12 +526,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(binary)
             .arg(format!(
@@ -577,7 +572,7 @@ impl Prometheus {
         for _ in 0..600 {
             let body = tokio::time::timeout(
                 Duration::from_secs(2),
-                http_get_maybe(
+                try_http_get(
                     self.addr,
                     &format!(
                         "/api/v1/query?query={}",
@@ -635,18 +630,6 @@ fn url_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// Like [`http_get`], but `None` while nothing listens yet.
-async fn http_get_maybe(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.ok()?;
-    Some(out)
 }
 
 #[tokio::test]
