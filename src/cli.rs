@@ -1,5 +1,6 @@
-//! The command line: `fedgate run`, `fedgate check config`, `fedgate check dns`, `fedgate core`
-//! (the c2s core alone) and `fedgate core user add|remove|passwd|list`.
+//! The command line: `fedgate run`, `fedgate reload`, `fedgate peers`, `fedgate check config`,
+//! `fedgate check dns`, `fedgate core` (the c2s core alone) and
+//! `fedgate core user add|remove|passwd|list`.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,31 @@ pub enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: Option<CoreCommand>,
+    },
+    /// Makes the running gateway read its configuration file again (like SIGHUP) and prints
+    /// the outcome: the federation policy, certificates and backend secrets take effect at
+    /// once, and live sessions the new policy refuses are closed. An invalid file is refused
+    /// and the running configuration stays. Talks to the gateway over `[metrics] listen`.
+    /// Exits 0 when reloaded, 1 when refused or unreachable, 64 for a bad file.
+    Reload {
+        /// The configuration file the gateway runs with (checked here first).
+        #[arg(long, short, default_value = "config/fedgate.toml")]
+        config: PathBuf,
+    },
+    /// Shows the remote domains the running gateway federates with: sessions in both
+    /// directions, queue, whether the peer is up and its latest failure; with DOMAIN,
+    /// everything about that peer (what each session negotiated, recent failures with their
+    /// causes, the traces of the latest connection attempts). Reads `/peers` on
+    /// `[metrics] listen`; `--json` prints it as served.
+    Peers {
+        /// One remote domain, e.g. `example.org`.
+        domain: Option<String>,
+        /// The gateway's configuration file (for `[metrics] listen`).
+        #[arg(long, short, default_value = "config/fedgate.toml")]
+        config: PathBuf,
+        /// Print the JSON as the endpoint serves it.
+        #[arg(long)]
+        json: bool,
     },
     /// Diagnostics that change nothing.
     Check {

@@ -125,6 +125,9 @@ pub struct Config {
     /// be `[[component.backend]]` domains; it presents the `[tls]` certificates to clients.
     #[serde(default)]
     pub core: Option<crate::core::config::CoreConfig>,
+    /// The file this was loaded from ([`Config::load`]), which a reload reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
@@ -421,6 +424,12 @@ pub struct FederationConfig {
     /// Domains refused in any mode, same syntax as `allow`; deny wins over allow. Default
     /// empty.
     pub deny: Vec<String>,
+    /// Refuse nothing, but log and count (`fedgate_policy_refusals_total{mode="dry_run"}`)
+    /// every stream and stanza that `mode`, `allow` and `deny` would refuse. Default `false`.
+    /// For moving an open deployment to an allowlist: run with the new lists and
+    /// `dry_run = true`, watch what would break, then turn it off. The TLS and authentication
+    /// rules of `[[federation.peer]]` are always enforced.
+    pub dry_run: bool,
     /// `[[federation.peer]]`: how one remote domain must secure and authenticate its streams,
     /// overriding `[s2s]`. Default none.
     pub peer: Vec<PeerConfig>,
@@ -711,7 +720,9 @@ impl Config {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        Self::parse(&text, base_dir, path).map_err(|e| e.in_file(path))
+        let mut config = Self::parse(&text, base_dir, path).map_err(|e| e.in_file(path))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Like [`Config::load`] for text already in memory; relative paths resolve against

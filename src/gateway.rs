@@ -30,6 +30,7 @@ use crate::dns::{ResolveError, Resolver};
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::policy::SecurityPolicy;
+use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::router::Router;
 use crate::s2s::{self, S2sContext, S2sSettings};
 use crate::tls::{Tls, TlsError};
@@ -75,6 +76,8 @@ pub struct RunningGateway {
     pub s2s: Arc<S2sContext>,
     /// The embedded c2s core (`[core]`), if configured.
     pub core: Option<crate::core::RunningCore>,
+    /// Puts a new configuration in force (SIGHUP, `fedgate reload`).
+    reloader: Arc<Reloader>,
     s2s_shutdown: CancellationToken,
     s2s_tracker: TaskTracker,
     component_shutdown: CancellationToken,
@@ -122,13 +125,13 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         secret,
         settings: settings.clone(),
         tls: tls.clone(),
-        security: SecurityPolicy::from_config(config),
+        security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
         external_refused: Default::default(),
         shutdown: s2s_shutdown.clone(),
         tracker: s2s_tracker.clone(),
         resumable: Default::default(),
         pings: Default::default(),
-        attempts: Default::default(),
+        registry: Default::default(),
     });
     {
         let ctx = s2s_ctx.clone();
@@ -197,7 +200,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let stanza_limits = settings.stanza_limits();
     let component_ctx = Arc::new(ComponentContext {
         router: router.clone(),
-        secrets: secrets.clone(),
+        secrets: arc_swap::ArcSwap::from_pointee(secrets.clone()),
         replace_on_conflict: config.component.replace_on_conflict,
         negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
@@ -206,6 +209,11 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         shutdown: component_shutdown.clone(),
     });
     let component_link = LocalLink::new(component_ctx.clone(), component_tracker.clone());
+    let reloader = Arc::new(Reloader::new(
+        s2s_ctx.clone(),
+        component_ctx.clone(),
+        config.clone(),
+    ));
     let component_addr = component_listener
         .local_addr()
         .unwrap_or(config.component.listen);
@@ -254,6 +262,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
                 .map(|b| b.domain.clone())
                 .collect(),
             metrics: metrics.clone(),
+            s2s: s2s_ctx.clone(),
+            reloader: reloader.clone(),
         });
         tokio::spawn(metrics::http::serve(
             l,
@@ -273,6 +283,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router,
         s2s: s2s_ctx,
         core,
+        reloader,
         s2s_shutdown,
         s2s_tracker,
         component_shutdown,
@@ -289,6 +300,17 @@ impl RunningGateway {
         self.tls.reload()
     }
 
+    /// Puts `config` in force: federation policy, certificates and backend secrets, applied to
+    /// live sessions too (see [`crate::reload`]). On error the running configuration stays.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    /// Reads the configuration file fedgate was started with again and puts it in force.
+    pub fn reload_file(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload_file()
+    }
+
     /// A link for backends in this process: `Target::Local(gateway.component_link())` attaches
     /// a [`component::client`] through the same XEP-0114 session code as the TCP listener.
     pub fn component_link(&self) -> LocalLink {
@@ -297,7 +319,7 @@ impl RunningGateway {
 
     /// The steps of the latest attempt to reach `remote`, if there was one.
     pub fn last_attempt(&self, remote: &str) -> Option<Arc<crate::s2s::trace::Trace>> {
-        self.s2s.attempts.get(remote).map(|t| t.value().clone())
+        self.s2s.registry.traces_of(remote).pop()
     }
 
     /// Stops in the phases described in the module docs, each bounded by `grace`.
@@ -336,6 +358,8 @@ struct Status {
     /// Configured backend domains.
     backends: Vec<String>,
     metrics: Metrics,
+    s2s: Arc<S2sContext>,
+    reloader: Arc<Reloader>,
 }
 
 impl metrics::http::Status for Status {
@@ -345,6 +369,24 @@ impl metrics::http::Status for Status {
             .filter(|d| !self.router.component_attached(d))
             .map(|d| format!("no backend attached for {d}"))
             .collect()
+    }
+
+    fn peers(&self, domain: Option<&str>) -> Option<String> {
+        let json = match domain {
+            None => serde_json::to_string_pretty(&crate::peers::all(&self.s2s)),
+            Some(d) => {
+                let domain = crate::jid::normalize_domain(d).ok()?;
+                serde_json::to_string_pretty(&crate::peers::one(&self.s2s, &domain))
+            }
+        };
+        json.ok()
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        self.reloader
+            .reload_file()
+            .map(|r| r.to_string())
+            .map_err(|e| e.to_string())
     }
 
     fn refresh(&self) {

@@ -5,11 +5,15 @@
 //! - [`cli`]: the command line (the binary in `main.rs` stays thin).
 //! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases; with
 //!   `[core]`, the c2s core inside it over an in-process component link.
+//! - [`reload`]: live reload (SIGHUP, `fedgate reload`): the new policy, certificates and
+//!   backend secrets, applied to live sessions too.
+//! - [`peers`]: the per-peer view (`/peers`, `fedgate peers`): sessions, queue, failures, traces.
 //! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
 //!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
-//!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings).
+//!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings),
+//!   [`s2s::registry`] (live sessions, recent failures and attempt traces per peer).
 //! - [`component`]: the XEP-0114 listener where backends attach, and [`component::client`],
 //!   the backend side (what components and the core use to attach).
 //! - [`listener`]: the accept loop every listener shares.
@@ -24,7 +28,7 @@
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
 //! - [`jid`]: RFC 7622 addresses.
 //! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
-//!   `/metrics`, `/healthz`, `/readyz` endpoint.
+//!   `/metrics`, `/healthz`, `/readyz`, `/peers` and `/reload` endpoint.
 
 pub mod cli;
 pub mod component;
@@ -38,7 +42,9 @@ pub mod gateway;
 pub mod jid;
 pub mod listener;
 pub mod metrics;
+pub mod peers;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod s2s;
 pub mod tls;

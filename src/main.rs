@@ -44,6 +44,12 @@ fn main() -> ExitCode {
         Command::Check {
             what: Check::Dns { domain, config },
         } => check_dns(&domain, &config),
+        Command::Reload { config } => reload(&config),
+        Command::Peers {
+            domain,
+            config,
+            json,
+        } => peers(domain.as_deref(), &config, json),
         Command::Core {
             config,
             command: Some(CoreCommand::User { action }),
@@ -129,6 +135,149 @@ fn check_dns(domain: &str, file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Loads the gateway's config for a command that talks to the running gateway; the address of
+/// its metrics listener, or the exit code after saying what is wrong.
+fn metrics_address(file: &std::path::Path) -> Result<std::net::SocketAddr, ExitCode> {
+    let config = Config::load(file).map_err(|e| {
+        eprintln!("Error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    if !config.metrics.enabled {
+        eprintln!(
+            "Error: [metrics] is disabled in {}, so the running gateway cannot be reached; enable it, or send SIGHUP to reload (kill -HUP <pid>)",
+            file.display()
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let mut addr = config.metrics.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
+}
+
+/// One HTTP/1.1 request to the running gateway's metrics listener: (status, body).
+async fn ask_gateway(
+    addr: std::net::SocketAddr,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} in 5s"))??;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer in 30s"))??;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `fedgate reload`: exit 0 when the gateway reloaded, 1 when it refused or cannot be reached,
+/// 64 when the file is invalid (checked here first, with the key and the fix).
+fn reload(file: &std::path::Path) -> ExitCode {
+    let addr = match metrics_address(file) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(ask_gateway(addr, hyper::Method::POST, "/reload")) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            eprint!("Error: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "Error: cannot reach the gateway at {addr}: {e:#}; is fedgate running with {}?",
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fedgate peers [DOMAIN]`: exit 0, 1 when the gateway cannot be reached, 64 for a bad domain
+/// or file.
+fn peers(domain: Option<&str>, file: &std::path::Path, json: bool) -> ExitCode {
+    let domain = match domain.map(fedgate::jid::normalize_domain) {
+        None => None,
+        Some(Ok(d)) => Some(d.into_owned()),
+        Some(Err(e)) => {
+            eprintln!(
+                "Error: `{}` is not a domain: {e}; give a domain such as example.org",
+                domain.unwrap_or_default()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let addr = match metrics_address(file) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let path = match &domain {
+        Some(d) => format!("/peers/{d}"),
+        None => "/peers".into(),
+    };
+    let body = match runtime.block_on(ask_gateway(addr, hyper::Method::GET, &path)) {
+        Ok((200, body)) => body,
+        Ok((status, body)) => {
+            eprintln!(
+                "Error: the gateway at {addr} answered {status}: {}",
+                body.trim()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!(
+                "Error: cannot reach the gateway at {addr}: {e:#}; is fedgate running with {}?",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let printed = match domain {
+        Some(_) => serde_json::from_str(&body).map(|v| fedgate::peers::render_one(&v)),
+        None => serde_json::from_str(&body).map(|v| fedgate::peers::render_all(&v)),
+    };
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: the gateway at {addr} sent an answer this fedgate does not understand ({e}); is it the same version?");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before "ready" is logged, so a signal sent on seeing it is never lost to the
     // default action.
@@ -184,11 +333,22 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates and goes on waiting.
-    async fn wait(self, gateway: &fedgate::gateway::RunningGateway) {
-        self.wait_reloading(&gateway.tls).await
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the configuration file (the reload
+    /// logs its outcome) and goes on waiting.
+    async fn wait(mut self, gateway: &fedgate::gateway::RunningGateway) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = gateway.reload_file();
+                }
+            }
+        }
     }
 
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates (the standalone core).
     async fn wait_reloading(mut self, tls: &fedgate::tls::Tls) {
         loop {
             tokio::select! {

@@ -28,6 +28,8 @@ pub struct Refused {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     mode: FederationMode,
+    /// `dry_run`: refusals are logged and counted by the callers, not enforced.
+    dry_run: bool,
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,
 }
@@ -68,12 +70,19 @@ impl Policy {
     pub fn from_config(config: &FederationConfig) -> Policy {
         Policy {
             mode: config.mode,
+            dry_run: config.dry_run,
             allow: config.allow.iter().map(|p| Pattern::parse(p)).collect(),
             deny: config.deny.iter().map(|p| Pattern::parse(p)).collect(),
         }
     }
 
-    /// Whether we federate with `domain` (normalised), in either direction.
+    /// Whether refusals are only logged and counted (`[federation] dry_run`).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether we federate with `domain` (normalised), in either direction, by the rules alone
+    /// (`dry_run` is the caller's business: see [`Router::admit`](crate::router::Router::admit)).
     pub fn check(&self, domain: &str) -> Result<(), Refused> {
         if let Some(p) = self.deny.iter().find(|p| p.matches(domain)) {
             return Err(Refused {
@@ -181,6 +190,7 @@ mod tests {
             mode,
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
+            dry_run: false,
             peer: Vec::new(),
         })
     }

@@ -12,14 +12,15 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dashmap::DashMap;
+use arc_swap::ArcSwap;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::jid;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::metrics::{Direction, Metrics};
+use crate::policy::{Policy, Refused};
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::Stanza;
 
@@ -106,10 +107,16 @@ pub struct Router {
     factory: OnceLock<OutboundFactory>,
     /// `queue_max_bytes`: bytes that may wait for one outbound session while it connects.
     queue_max_bytes: usize,
-    /// Whom we federate with; checked before any outbound session is started.
-    pub policy: Policy,
+    /// Whom we federate with, checked per stanza and per stream; replaced whole by a reload.
+    policy: ArcSwap<Policy>,
+    /// Domains already logged as "would be refused" under `dry_run`, so that a busy domain is
+    /// logged once, not per stanza. Bounded; cleared when the policy changes.
+    dry_run_logged: DashSet<String>,
     pub metrics: Metrics,
 }
+
+/// How many domains `dry_run` remembers having logged.
+const DRY_RUN_LOGGED_MAX: usize = 10_000;
 
 impl Router {
     pub fn new(
@@ -124,7 +131,8 @@ impl Router {
             outbound: DashMap::new(),
             factory: OnceLock::new(),
             queue_max_bytes,
-            policy,
+            policy: ArcSwap::from_pointee(policy),
+            dry_run_logged: DashSet::new(),
             metrics,
         }
     }
@@ -132,6 +140,50 @@ impl Router {
     /// Sets how outbound sessions are started. Called once at assembly.
     pub fn set_outbound_factory(&self, factory: OutboundFactory) {
         let _ = self.factory.set(factory);
+    }
+
+    /// The federation policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Puts a new federation policy in force (a reload). Stanzas routed from now on, and
+    /// streams negotiated from now on, are judged by it; live sessions are the reloader's
+    /// business.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+        self.dry_run_logged.clear();
+    }
+
+    /// Whether we federate with `remote` in `direction`: the policy's verdict, counted in
+    /// `fedgate_policy_refusals_total`. Under `dry_run` a refusal is logged (once per domain)
+    /// and counted, and `remote` is admitted.
+    pub fn admit(&self, remote: &str, direction: Direction) -> Result<(), Refused> {
+        let policy = self.policy.load();
+        let Err(refused) = policy.check(remote) else {
+            return Ok(());
+        };
+        if policy.dry_run() {
+            self.metrics
+                .policy_refusals
+                .with_label_values(&[direction.as_str(), "dry_run"])
+                .inc();
+            if self.dry_run_logged.len() < DRY_RUN_LOGGED_MAX
+                && self.dry_run_logged.insert(remote.to_string())
+            {
+                tracing::warn!(
+                    remote,
+                    direction = direction.as_str(),
+                    "dry run: {refused}; admitted because [federation] dry_run = true"
+                );
+            }
+            return Ok(());
+        }
+        self.metrics
+            .policy_refusals
+            .with_label_values(&[direction.as_str(), "enforced"])
+            .inc();
+        Err(refused)
     }
 
     /// Whether fedgate serves `domain` (normalised).
@@ -316,7 +368,7 @@ impl Router {
             Some(Ok(d)) if self.is_local(&d) => d,
             _ => return Err(Undeliverable::Relay),
         };
-        if let Err(refused) = self.policy.check(&to_domain) {
+        if let Err(refused) = self.admit(&to_domain, Direction::Outbound) {
             return Err(Undeliverable::Bounce(
                 StanzaErrorCondition::NotAllowed,
                 "policy",

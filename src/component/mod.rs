@@ -46,7 +46,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 pub struct ComponentContext {
     pub router: Arc<Router>,
     /// Backend domain (normalised) → its shared secret.
-    pub secrets: HashMap<String, String>,
+    pub secrets: arc_swap::ArcSwap<HashMap<String, String>>,
     /// A second connection for a bound domain replaces the first instead of being refused.
     pub replace_on_conflict: bool,
     /// Limits before the handshake (small: the peer is not authenticated yet).
@@ -171,7 +171,7 @@ async fn negotiate(
             ));
         };
         let domain = match jid::normalize_domain(to) {
-            Ok(d) if ctx.secrets.contains_key(d.as_ref()) => d.into_owned(),
+            Ok(d) if ctx.secrets.load().contains_key(d.as_ref()) => d.into_owned(),
             _ => {
                 return Err(refused(
                     StreamErrorCondition::HostUnknown,
@@ -202,7 +202,12 @@ async fn negotiate(
             .element()
             .map(|e| e.text())
             .map_err(ReadError::Xml)?;
-        if !verify_component_handshake(&stream_id, &ctx.secrets[&domain], digest.trim()) {
+        // Read afresh: a reload may have changed the secret since the header arrived.
+        let matches =
+            ctx.secrets.load().get(&domain).is_some_and(|secret| {
+                verify_component_handshake(&stream_id, secret, digest.trim())
+            });
+        if !matches {
             return Err(refused(
                 StreamErrorCondition::NotAuthorized,
                 "handshake does not match the configured secret",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::{Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
@@ -19,6 +19,17 @@ use super::Metrics;
 pub trait Status: Send + Sync + 'static {
     /// What keeps the process from being ready, one line each; empty when ready.
     fn not_ready(&self) -> Vec<String>;
+
+    /// `/peers` (`None`) or `/peers/{domain}`, as JSON; `None` for a domain that is not one.
+    fn peers(&self, _domain: Option<&str>) -> Option<String> {
+        None
+    }
+
+    /// `POST /reload`: reads the configuration file again and puts it in force; the outcome
+    /// in one line.
+    fn reload(&self) -> Result<String, String> {
+        Err("reload is not available here".into())
+    }
 
     /// Brings gauges that are read rather than counted (certificate expiry, ...) up to date;
     /// called before each scrape.
@@ -47,8 +58,23 @@ pub async fn serve(
         let status = status.clone();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let response = answer(req.uri().path(), &metrics, &*status);
-                async move { Ok::<_, Infallible>(response) }
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let (metrics, status) = (metrics.clone(), status.clone());
+                async move {
+                    // Reloading reads files and loads keys: off the reactor threads.
+                    let response = tokio::task::spawn_blocking(move || {
+                        answer(&method, &path, &metrics, &*status)
+                    })
+                    .await
+                    .unwrap_or_else(|_| {
+                        Response::builder()
+                            .status(StatusCode::INTERNAL_SERVER_ERROR)
+                            .body(Full::new(Bytes::from("internal error\n")))
+                            .expect("static response parts are valid")
+                    });
+                    Ok::<_, Infallible>(response)
+                }
             });
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(tcp);
@@ -59,7 +85,12 @@ pub async fn serve(
     }
 }
 
-fn answer(path: &str, metrics: &Metrics, status: &dyn Status) -> Response<Full<Bytes>> {
+fn answer(
+    method: &Method,
+    path: &str,
+    metrics: &Metrics,
+    status: &dyn Status,
+) -> Response<Full<Bytes>> {
     let text = |code: StatusCode, body: String| {
         Response::builder()
             .status(code)
@@ -67,7 +98,33 @@ fn answer(path: &str, metrics: &Metrics, status: &dyn Status) -> Response<Full<B
             .body(Full::new(Bytes::from(body)))
             .expect("static response parts are valid")
     };
+    let json = |body: String| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    if path == "/reload" {
+        if method != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST /reload reloads the configuration (fedgate reload)\n".into(),
+            );
+        }
+        return match status.reload() {
+            Ok(done) => text(StatusCode::OK, format!("{done}\n")),
+            Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
+        };
+    }
     match path {
+        "/peers" | "/peers/" => match status.peers(None) {
+            Some(body) => json(body),
+            None => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        },
+        p if p.starts_with("/peers/") => match status.peers(Some(&p["/peers/".len()..])) {
+            Some(body) => json(body),
+            None => text(StatusCode::NOT_FOUND, "not a domain\n".into()),
+        },
         "/metrics" => {
             status.refresh();
             metrics.ready.set(status.not_ready().is_empty() as i64);

@@ -214,6 +214,13 @@ pub struct Metrics {
     pub sm_out: SmCounters,
     /// `fedgate_ready`: 1 when `/readyz` would answer 200.
     pub ready: IntGauge,
+    /// `fedgate_policy_refusals_total{direction, mode}`: remote domains refused by
+    /// `[federation]` (a refused stream, a bounced stanza, a live session closed by a reload),
+    /// `mode="enforced"`, or what would have been refused under `dry_run`, `mode="dry_run"`.
+    pub policy_refusals: IntCounterVec,
+    /// `fedgate_config_reloads_total{result}`: SIGHUP and `fedgate reload`, `applied` or
+    /// `refused` (the running config stays).
+    pub config_reloads: IntCounterVec,
     /// Per-peer figures with a bounded label set.
     pub peers: Arc<Peers>,
 }
@@ -454,6 +461,18 @@ impl Metrics {
             "fedgate_ready",
             "1 when fedgate is ready: listeners bound and every configured backend attached",
         );
+        let policy_refusals = counter_vec(
+            r,
+            "fedgate_policy_refusals_total",
+            "Remote domains refused by the federation policy (mode=enforced) or that would have been under dry_run (mode=dry_run), by direction",
+            &["direction", "mode"],
+        );
+        let config_reloads = counter_vec(
+            r,
+            "fedgate_config_reloads_total",
+            "Configuration reloads (SIGHUP, fedgate reload), by result: applied or refused",
+            &["result"],
+        );
         let build = registered(
             r,
             IntGaugeVec::new(
@@ -526,6 +545,8 @@ impl Metrics {
             certificate_verdicts,
             certificate_expiry,
             ready,
+            policy_refusals,
+            config_reloads,
             peers: Arc::new(peers),
         }
     }

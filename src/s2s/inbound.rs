@@ -52,6 +52,7 @@ use tokio::time::Instant;
 
 use super::connect::Security;
 use super::keepalive;
+use super::registry::{Pair, Registration};
 use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
 use super::{PeerStreamError, S2sContext};
@@ -135,7 +136,14 @@ pub async fn handle_direct_tls(
 
 async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Option<TlsInfo>) {
     let conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
+    let live = ctx
+        .registry
+        .open(Direction::Inbound, Some(peer.to_string()));
+    if let Some(info) = &tls {
+        live.update(|n| n.tls = Some(info.clone()));
+    }
     let mut session = Inbound {
+        live,
         gauge: ctx.router.metrics.session(Direction::Inbound),
         peers: Vec::new(),
         started: Instant::now(),
@@ -160,6 +168,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         mut conn,
         sm,
         sm_live,
+        remote,
         ..
     } = session;
     let metrics = &ctx.router.metrics;
@@ -170,7 +179,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
             if let Some(id) = sm.id() {
                 tracing::debug!(%peer, h = sm.h(), "inbound s2s dropped: kept for resumption");
                 ctx.resumable
-                    .keep(id, sm.h(), remotes, ctx.settings.resume_timeout);
+                    .keep(id, sm.h(), remotes.clone(), ctx.settings.resume_timeout);
                 metrics.sm_in.kept.inc();
             }
         }
@@ -189,6 +198,18 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         Ok(()) => conn.close().await,
         Err(Some(r)) => {
             tracing::info!(%peer, condition = %r.condition, "closing inbound s2s: {}", r.text);
+            // Remembered for `/peers` under every domain the stream spoke for.
+            let cause = format!(
+                "we closed the stream from {peer} with <{}/>: {}",
+                r.condition, r.text
+            );
+            let named = remote.iter().filter(|d| !remotes.contains(d));
+            for domain in remotes.iter().chain(named) {
+                if r.condition != StreamErrorCondition::SystemShutdown {
+                    ctx.registry
+                        .failed(domain, Direction::Inbound, cause.clone());
+                }
+            }
             metrics
                 .stream_errors
                 .with_label_values(&["sent", r.condition.as_str()])
@@ -208,6 +229,8 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
 struct Inbound {
     ctx: Arc<S2sContext>,
     conn: Connection,
+    /// This stream in the registry: what `/peers` shows, and how a reload closes it.
+    live: Registration,
     /// `fedgate_s2s_sessions`: negotiating until the first pair is authenticated.
     gauge: SessionGauge,
     /// Per-peer figures of each remote domain authenticated on this stream.
@@ -263,6 +286,8 @@ enum Step {
     /// A stream resuming this one asks for its counters.
     Takeover(sm::Takeover),
     Shutdown,
+    /// A reload's policy refuses a domain of this stream.
+    Kicked,
 }
 
 /// The next takeover request for a resumable stream; never, for any other.
@@ -313,6 +338,7 @@ impl Inbound {
                 let step = tokio::select! {
                     biased;
                     _ = self.ctx.shutdown.cancelled() => Step::Shutdown,
+                    _ = self.live.kicked() => Step::Kicked,
                     _ = &mut deadline => Step::Deadline,
                     t = next_takeover(&mut self.sm_live) => Step::Takeover(t),
                     _ = &mut keepalive => Step::Keepalive,
@@ -324,6 +350,12 @@ impl Inbound {
                         return Err(Some(refuse(
                             StreamErrorCondition::SystemShutdown,
                             "fedgate is shutting down",
+                        )))
+                    }
+                    Step::Kicked => {
+                        return Err(Some(refuse(
+                            StreamErrorCondition::PolicyViolation,
+                            self.live.kick_reason(),
                         )))
                     }
                     Step::Keepalive => {
@@ -398,15 +430,15 @@ impl Inbound {
     /// The policy for the peer: its stream `from`'s, or the default when it did not say.
     fn peer_policy(&self) -> Arc<PeerSecurity> {
         match &self.remote {
-            Some(remote) => self.ctx.security.peer(remote),
-            None => self.ctx.security.default_peer(),
+            Some(remote) => self.ctx.security.load().peer(remote),
+            None => self.ctx.security.load().default_peer(),
         }
     }
 
     /// The peer certificate's verdict for `domain` (with TLS only), counted in metrics.
     fn verdict_for(&self, domain: &str) -> Option<CertVerdict> {
         let info = self.security.tls.as_ref()?;
-        let policy = self.ctx.security.peer(domain);
+        let policy = self.ctx.security.load().peer(domain);
         let verdict = self
             .ctx
             .tls
@@ -478,6 +510,18 @@ impl Inbound {
         });
         self.local = Some(local);
         self.remote = from;
+        if let Some(remote) = &self.remote {
+            // A peer that names a domain we do not federate with gets nothing but the reason.
+            if let Err(refused) = self.ctx.router.admit(remote, Direction::Inbound) {
+                self.ctx
+                    .registry
+                    .failed(remote, Direction::Inbound, refused.to_string());
+                return Err(Some(refuse(
+                    StreamErrorCondition::PolicyViolation,
+                    refused.to_string(),
+                )));
+            }
+        }
         let policy = self.peer_policy();
         let tls = self.security.tls.is_some();
         if tls && self.security.verdict.is_none() {
@@ -495,10 +539,8 @@ impl Inbound {
                 self.security.verdict = verdict;
             }
         }
-        let admitted = self
-            .remote
-            .as_deref()
-            .is_some_and(|r| self.ctx.router.policy.check(r).is_ok());
+        // A refused `from` has ended the stream above.
+        let admitted = self.remote.is_some();
         self.external_offered = tls
             && !self.external_done
             && admitted
@@ -653,6 +695,7 @@ impl Inbound {
         match handshake {
             Ok(Ok((io, info))) => {
                 self.conn.restart_on(io);
+                self.live.update(|n| n.tls = Some(info.clone()));
                 self.security.tls = Some(info);
                 // RFC 6120 §4.7.3: a new stream id for the new stream.
                 self.stream_id = new_stream_id();
@@ -817,12 +860,14 @@ impl Inbound {
             self.sm_live = Some(self.ctx.resumable.register(id));
         }
         self.sm = Some(sm::Receiving::new(id, h));
+        self.live.update(|n| n.stream_management = true);
     }
 
     /// Stream management is off: the stream restarted, or its counters moved elsewhere.
     fn end_sm(&mut self) {
         let sm = self.sm.take();
         let live = self.sm_live.take();
+        self.live.update(|n| n.stream_management = false);
         if let (Some(id), Some(live)) = (sm.as_ref().and_then(sm::Receiving::id), live) {
             self.ctx.resumable.unregister(id, live.session);
         }
@@ -875,6 +920,22 @@ impl Inbound {
             .iter()
             .any(|(l, r)| *l == local && *r == remote)
         {
+            let auth = if method == "external" {
+                "external"
+            } else {
+                "dialback"
+            };
+            let certificate = self.security.verdict.as_ref().map(|v| v.to_string());
+            self.live.update(|n| {
+                n.pairs.push(Pair {
+                    local: local.clone(),
+                    remote: remote.clone(),
+                    auth,
+                });
+                if n.certificate.is_none() {
+                    n.certificate = certificate;
+                }
+            });
             self.authenticated.push((local, remote));
         }
     }
@@ -952,8 +1013,11 @@ impl Inbound {
                 return Ok(None);
             }
         };
-        if let Err(refused) = self.ctx.router.policy.check(&originating) {
+        if let Err(refused) = self.ctx.router.admit(&originating, Direction::Inbound) {
             tracing::info!(peer = %self.conn.peer, "{refused}");
+            self.ctx
+                .registry
+                .failed(&originating, Direction::Inbound, refused.to_string());
             self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
             return Ok(None);
         }
@@ -962,7 +1026,7 @@ impl Inbound {
             return Ok(None);
         }
         let tls = self.security.tls.is_some();
-        let policy = self.ctx.security.peer(&originating);
+        let policy = self.ctx.security.load().peer(&originating);
         if !policy.allows_dialback(tls) {
             tracing::info!(peer = %self.conn.peer, remote = %originating, tls, "dialback refused by policy for this peer");
             self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
@@ -1038,6 +1102,11 @@ impl Inbound {
                     .with_label_values(&["inbound", "dialback", "failure"])
                     .inc();
                 tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
+                self.ctx.registry.failed(
+                    &originating,
+                    Direction::Inbound,
+                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
+                );
                 "invalid"
             }
             Err(e) => {
@@ -1046,6 +1115,14 @@ impl Inbound {
                     .with_label_values(&["result", "error"])
                     .inc();
                 tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback verification failed: {e}");
+                self.ctx.registry.failed(
+                    &originating,
+                    Direction::Inbound,
+                    format!(
+                        "could not verify the dialback key from {}: {e}",
+                        self.conn.peer
+                    ),
+                );
                 self.send_db_error("result", &receiving, &originating, &e.condition());
                 return self.conn.flush().await.map_err(|_| None);
             }
@@ -1233,7 +1310,7 @@ enabled = false
             Metrics::register(),
         ));
         Arc::new(S2sContext {
-            attempts: Default::default(),
+            registry: Default::default(),
             router,
             resolver: Resolver::from_config(config).unwrap(),
             secret: Arc::new(
@@ -1241,7 +1318,7 @@ enabled = false
             ),
             settings: S2sSettings::from_config(config),
             tls: Arc::new(Tls::from_config(config).unwrap()),
-            security: SecurityPolicy::from_config(config),
+            security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
             external_refused: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod inbound;
 pub mod keepalive;
 pub mod outbound;
+pub mod registry;
 pub mod sm;
 pub mod trace;
 pub mod verify;
@@ -110,7 +111,7 @@ pub struct S2sContext {
     /// Certificates and handshakes.
     pub tls: Arc<Tls>,
     /// How each peer must secure and authenticate its streams.
-    pub security: SecurityPolicy,
+    pub security: arc_swap::ArcSwap<SecurityPolicy>,
     /// Peers that answered our SASL EXTERNAL with `<failure/>`: later sessions go straight to
     /// dialback instead of failing the same way again (XEP-0178 §3 fallback).
     pub external_refused: dashmap::DashSet<String>,
@@ -122,26 +123,16 @@ pub struct S2sContext {
     pub resumable: sm::ResumeStore,
     /// Our XEP-0199 pings waiting for their answers (which arrive on the peer's stream to us).
     pub pings: keepalive::Pings,
-    /// The trace of the latest outbound attempt per remote domain, for logs and diagnostics.
-    /// Bounded by [`MAX_REMEMBERED_ATTEMPTS`].
-    pub attempts: dashmap::DashMap<String, Arc<trace::Trace>>,
+    /// Live sessions, recent failures and attempt traces per remote domain: for `/peers`, and
+    /// for reloads that apply a new policy to live sessions.
+    pub registry: registry::Registry,
 }
-
-/// How many remote domains' latest attempt traces are kept.
-pub const MAX_REMEMBERED_ATTEMPTS: usize = 4096;
 
 impl S2sContext {
     /// Keeps `trace` as the latest attempt to reach `remote`, and logs it step by step.
     pub fn remember_attempt(&self, remote: &str, trace: trace::Trace) {
         tracing::debug!(remote, "connection attempt:\n{trace}");
-        if self.attempts.len() >= MAX_REMEMBERED_ATTEMPTS && !self.attempts.contains_key(remote) {
-            // Forget an arbitrary domain rather than grow without bound.
-            let victim = self.attempts.iter().next().map(|e| e.key().clone());
-            if let Some(victim) = victim {
-                self.attempts.remove(&victim);
-            }
-        }
-        self.attempts.insert(remote.to_string(), Arc::new(trace));
+        self.registry.attempted(remote, trace);
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::connect::{
     self, offers_dialback, offers_external, ConnectError, Opened, Security, Walk,
 };
+use super::registry::{Negotiated, Pair, Registration};
 use super::trace::Trace;
 use super::{sm, PeerStreamError, S2sContext};
 use crate::connection::{Connection, Reader, Writer};
@@ -75,6 +76,9 @@ pub enum OutboundError {
     Lost { reason: String },
     #[error("fedgate is shutting down")]
     Shutdown,
+    /// A reload's federation policy refuses the remote domain.
+    #[error("{reason}")]
+    Policy { reason: String },
 }
 
 impl OutboundError {
@@ -91,6 +95,7 @@ impl OutboundError {
                 StanzaErrorCondition::InternalServerError
             }
             OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
+            OutboundError::Policy { .. } => StanzaErrorCondition::NotAllowed,
             _ => StanzaErrorCondition::RemoteServerTimeout,
         }
     }
@@ -145,6 +150,7 @@ impl OutboundError {
             | OutboundError::ExternalRefused { .. }
             | OutboundError::NoAuthentication { .. } => "auth",
             OutboundError::Shutdown => "shutdown",
+            OutboundError::Policy { .. } => "policy",
             _ => "stream",
         }
     }
@@ -179,6 +185,7 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
         shared: shared.clone(),
     };
     let session = Session {
+        live: ctx.registry.open(Direction::Outbound, None),
         id: handle.id,
         local: local.to_string(),
         remote: remote.to_string(),
@@ -191,6 +198,8 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
 }
 
 struct Session {
+    /// This session in the registry: what `/peers` shows, and how a reload closes it.
+    live: Registration,
     id: u64,
     local: String,
     remote: String,
@@ -273,6 +282,9 @@ enum Ended {
     Done,
     /// The link was lost; stanzas may still be queued or unacknowledged.
     Lost(String),
+    /// A reload's policy refuses the remote domain: the stream was closed with
+    /// `<policy-violation/>`, and what is queued goes back to its senders.
+    Kicked(String),
 }
 
 /// A liveness check in flight on an idle link.
@@ -324,14 +336,19 @@ impl Session {
             let mut gauge = metrics.session(Direction::Outbound);
             let attempt = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
+                _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
                 r = self.connect(&mut trace) => r,
             };
             self.ctx.remember_attempt(&self.remote, trace);
             let link = match attempt {
                 Ok(link) => link,
                 Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
+                Err(e @ OutboundError::Policy { .. }) => break e,
                 Err(e) => {
                     drop(gauge);
+                    self.ctx
+                        .registry
+                        .failed(&self.remote, Direction::Outbound, e.to_string());
                     metrics
                         .outbound_attempts
                         .with_label_values(&[e.label()])
@@ -346,6 +363,7 @@ impl Session {
                     metrics.outbound_events.with_label_values(&["retry"]).inc();
                     tokio::select! {
                         _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
+                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
                         _ = tokio::time::sleep(wait) => {}
                     }
                     delay = (delay * 2).min(settings.retry_max_delay);
@@ -368,15 +386,33 @@ impl Session {
             {
                 self.peer.certificate_expires(expiry);
             }
+            let certificate = link.security.verdict.as_ref().map(|v| v.to_string());
+            self.live.update(|n| {
+                n.address = Some(link.label.clone());
+                n.tls = link.security.tls.clone();
+                n.certificate = certificate;
+                n.pairs = vec![Pair {
+                    local: self.local.clone(),
+                    remote: self.remote.clone(),
+                    auth: link.method.as_str(),
+                }];
+            });
             let peer_session = metrics.peers.open(&self.remote, Direction::Outbound);
             self.shared.established.store(true, Ordering::Release);
             let ended = self.established(link, &mut rx, &mut carry).await;
             self.shared.established.store(false, Ordering::Release);
             drop(peer_session);
             drop(gauge);
+            self.live.update(|n| *n = Negotiated::default());
             match ended {
                 Ended::Done => return,
+                Ended::Kicked(reason) => break OutboundError::Policy { reason },
                 Ended::Lost(why) => {
+                    self.ctx.registry.failed(
+                        &self.remote,
+                        Direction::Outbound,
+                        format!("link lost: {why}"),
+                    );
                     tracing::info!(local = %self.local, remote = %self.remote, unacknowledged = carry.unacked.len(), "outbound s2s lost: {why}");
                     if rx.is_empty() && carry.unacked.is_empty() {
                         self.ctx.router.remove_outbound(&self.remote, self.id);
@@ -402,6 +438,7 @@ impl Session {
                     metrics.outbound_events.with_label_values(&["retry"]).inc();
                     tokio::select! {
                         _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
+                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
                         _ = tokio::time::sleep(wait) => {}
                     }
                     delay = (delay * 2).min(settings.retry_max_delay);
@@ -464,7 +501,7 @@ impl Session {
     /// Steps 1–2 over each target in turn, until one authenticates.
     async fn connect(&self, trace: &mut Trace) -> Result<Link, OutboundError> {
         let mut walk = Walk::start(&self.ctx, &self.remote, trace).await?;
-        let policy = self.ctx.security.peer(&self.remote);
+        let policy = self.ctx.security.load().peer(&self.remote);
         let settings = &self.ctx.settings;
         let mut best: Option<OutboundError> = None;
         let keep = |e: OutboundError, best: &mut Option<OutboundError>| {
@@ -736,7 +773,10 @@ impl Session {
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
             match self.negotiate_sm(&mut reader, &mut writer, carry).await {
-                Ok(on) => pump.sm = on,
+                Ok(on) => {
+                    pump.sm = on;
+                    self.live.update(|n| n.stream_management = on);
+                }
                 Err(why) => return Ended::Lost(why),
             }
         }
@@ -773,7 +813,7 @@ impl Session {
         }
         match ended {
             Ended::Lost(why) => self.lost(&pump, carry, why),
-            Ended::Done => Ended::Done,
+            other => other,
         }
     }
 
@@ -926,6 +966,21 @@ impl Session {
                 _ = self.ctx.shutdown.cancelled() => {
                     self.finish(pump, reader, writer, rx, carry, &target, Some(StreamErrorCondition::SystemShutdown)).await;
                     return Ended::Done;
+                }
+                _ = self.live.kicked() => {
+                    // Nothing more is written: what is queued and unacknowledged bounces.
+                    let reason = self.live.kick_reason();
+                    tracing::info!(local = %self.local, remote = %self.remote, "closing outbound s2s: {reason}");
+                    if pump.sm && !carry.unacked.is_empty() {
+                        // What the peer has received already must not bounce as well.
+                        writer.send(SM_REQUEST);
+                        if writer.flush().await.is_ok() {
+                            self.final_acks(reader, carry).await;
+                        }
+                    }
+                    metrics.stream_errors.with_label_values(&["sent", StreamErrorCondition::PolicyViolation.as_str()]).inc();
+                    writer.fail(&StreamErrorCondition::PolicyViolation, Some(&reason)).await;
+                    return Ended::Kicked(reason);
                 }
                 _ = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
@@ -1093,6 +1148,21 @@ impl Session {
         if !pump.sm || carry.unacked.is_empty() {
             return;
         }
+        self.final_acks(reader, carry).await;
+        if !carry.unacked.is_empty() {
+            self.ctx
+                .router
+                .metrics
+                .outbound_stanzas
+                .with_label_values(&["unconfirmed"])
+                .inc_by(carry.unacked.len() as u64);
+            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
+        }
+    }
+
+    /// Waits (up to [`FINAL_ACK_WAIT`]) for the peer's answer to our last `<r/>`, so that what
+    /// it has received is not reported as lost or bounced.
+    async fn final_acks(&self, reader: &mut Reader, carry: &mut Carry) {
         // The peer answers our <r/> (or sends a last <a/> on its own) before closing.
         let _ = tokio::time::timeout(FINAL_ACK_WAIT, async {
             while !carry.unacked.is_empty() {
@@ -1108,15 +1178,6 @@ impl Session {
             }
         })
         .await;
-        if !carry.unacked.is_empty() {
-            self.ctx
-                .router
-                .metrics
-                .outbound_stanzas
-                .with_label_values(&["unconfirmed"])
-                .inc_by(carry.unacked.len() as u64);
-            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
-        }
     }
 }
 

@@ -86,7 +86,7 @@ async fn ask(
     let mut trace = Trace::new();
     let mut walk = connect::Walk::start(ctx, originating, &mut trace).await?;
     // The authoritative server is held to the same TLS rules as the domain's other servers.
-    let policy = ctx.security.peer(originating);
+    let policy = ctx.security.load().peer(originating);
     let mut last = String::from("no address");
     // When every candidate failed at DNS, the domain has nowhere to connect to.
     let mut unresolved: Option<crate::dns::ResolveError> = None;

@@ -101,8 +101,9 @@ pub struct Tls {
     /// reload never waits for a handshake, and a handshake keeps the generation it started
     /// with.
     state: RwLock<Arc<certs::CertState>>,
-    /// The config the state was built from, for [`Tls::reload`].
-    config: crate::config::TlsConfig,
+    /// The config the state was built from, for [`Tls::reload`]; replaced by
+    /// [`Tls::reload_from`].
+    config: RwLock<crate::config::TlsConfig>,
 }
 
 impl Tls {
@@ -117,14 +118,26 @@ impl Tls {
         let state = certs::CertState::load(tls)?;
         Ok(Tls {
             state: RwLock::new(Arc::new(state)),
-            config: tls.clone(),
+            config: RwLock::new(tls.clone()),
         })
     }
 
     /// Re-reads every certificate, key and CA file. On error nothing changes and the error
     /// says which file is wrong. New handshakes use the new files; live sessions are untouched.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let state = Arc::new(certs::CertState::load(&self.config)?);
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.reload_from(&config)
+    }
+
+    /// Like [`Tls::reload`] from a new `[tls]` section (a configuration reload): certificates
+    /// added, removed or moved take effect for new handshakes. On error nothing changes.
+    pub fn reload_from(&self, config: &crate::config::TlsConfig) -> Result<(), TlsError> {
+        let state = Arc::new(certs::CertState::load(config)?);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
         // A poisoned lock only means a panic elsewhere while swapping an `Arc`; the value
         // is still whole.
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;

@@ -94,7 +94,7 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
 }
 
 /// Starts `fedgate run --config file`; its log lines arrive on the receiver.
-fn spawn_fedgate(
+pub fn spawn_fedgate(
     file: &std::path::Path,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
@@ -116,7 +116,7 @@ fn spawn_fedgate(
 }
 
 /// Waits up to 10 s for a log line containing `pattern` and returns it.
-fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, pattern: &str) -> String {
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, pattern: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -158,7 +158,7 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
     // New certificate files, then SIGHUP: new sessions get the new certificate.
     ca().issue(&spec, dir.path(), "a");
     signal(child.id(), "HUP");
-    wait_for_line(&lines, "certificates reloaded");
+    wait_for_line(&lines, "configuration reloaded");
     let (_, second) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
     assert_ne!(first.server_cert, second.server_cert, "the new certificate");
     let on_disk = {
@@ -175,7 +175,7 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
     // A broken file is refused with its name, and the last good certificate stays.
     std::fs::write(dir.path().join("a.crt"), "not a certificate").unwrap();
     signal(child.id(), "HUP");
-    let refused = wait_for_line(&lines, "certificates not reloaded");
+    let refused = wait_for_line(&lines, "configuration was not reloaded");
     assert!(refused.contains("a.crt"), "{refused}");
     let (_, third) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
     assert_eq!(third.server_cert, second.server_cert);
@@ -187,7 +187,7 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
     assert!(status.success());
 }
 
-fn signal(pid: u32, name: &str) {
+pub fn signal(pid: u32, name: &str) {
     Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()

@@ -50,6 +50,8 @@ pub struct Instance {
     pub dir: tempfile::TempDir,
     /// What it was started with, for [`Instance::restart`].
     config: Config,
+    /// The configuration's text, for [`Instance::reload`].
+    text: String,
 }
 
 /// How to build an [`Instance`].
@@ -293,6 +295,7 @@ listen = "127.0.0.1:0"
         }
         text.push_str(&self.tables);
         let config = Config::from_toml(&text, dir.path()).expect("test config is valid");
+        let config_text = text.clone();
         let gateway = gateway::start(&config).await.expect("gateway starts");
         if self.register_dns {
             self.dns.add(&self.domain, ip);
@@ -304,6 +307,7 @@ listen = "127.0.0.1:0"
             component_secret,
             dir,
             config,
+            text: config_text,
         }
     }
 }
@@ -352,6 +356,17 @@ impl Instance {
 
     pub async fn metrics(&self) -> String {
         http_get(self.gw().metrics_addr.unwrap(), "/metrics").await
+    }
+
+    /// Reloads the configuration as `edit` rewrites its text (e.g. a new `[federation]`), the
+    /// way SIGHUP and `fedgate reload` do.
+    pub fn reload(
+        &self,
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<fedgate::reload::Reloaded, fedgate::reload::ReloadError> {
+        let text = edit(&self.text);
+        let config = Config::from_toml(&text, self.dir.path())?;
+        self.gw().reload(config)
     }
 
     pub async fn stop(&mut self) {

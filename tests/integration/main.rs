@@ -14,6 +14,7 @@ mod dns;
 mod federation;
 mod metrics;
 mod outbound;
+mod policy;
 mod s2s;
 mod sm;
 mod tls;
