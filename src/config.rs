@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::jid::normalize_domain;
 
@@ -104,7 +104,7 @@ pub(crate) fn invalid(
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[s2s]`: server-to-server listeners, timeouts and limits. Optional; all defaults.
@@ -136,7 +136,7 @@ pub struct Config {
 }
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sConfig {
     /// Addresses to accept inbound s2s connections on. Default `["0.0.0.0:5269"]` (all IPv4
@@ -279,7 +279,7 @@ impl Default for S2sConfig {
 
 /// `[[s2s.route]]`: connect to a fixed address for one remote domain instead of resolving it.
 /// Used by tests and split-horizon deployments.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The remote domain this route is for. Required. Must not be a local (backend) domain.
@@ -363,6 +363,13 @@ impl FromStr for RouteTarget {
     }
 }
 
+impl Serialize for RouteTarget {
+    /// As written in the file: `host:port`, an IPv6 address in brackets.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl TryFrom<String> for RouteTarget {
     type Error = String;
 
@@ -372,7 +379,7 @@ impl TryFrom<String> for RouteTarget {
 }
 
 /// `[dns]`: name resolution for outbound s2s.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// DNS servers to query instead of the system resolver (`/etc/resolv.conf` and
@@ -405,7 +412,7 @@ impl Default for DnsConfig {
 }
 
 /// Who may federate with us.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FederationMode {
     /// Any remote domain except those in `deny`.
@@ -416,7 +423,7 @@ pub enum FederationMode {
 }
 
 /// `[federation]`: the federation policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     /// `"open"` or `"allowlist"`. Default `"open"`. In `"allowlist"` mode an empty `allow`
@@ -435,7 +442,7 @@ pub struct FederationConfig {
 }
 
 /// Whether a peer's streams must be encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsRequirement {
     /// TLS is required; a peer without it gets nothing.
@@ -445,7 +452,7 @@ pub enum TlsRequirement {
 }
 
 /// Which authentication a peer must use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthRequirement {
     /// SASL EXTERNAL or dialback, whichever the peer can do.
@@ -458,7 +465,7 @@ pub enum AuthRequirement {
 }
 
 /// `[[federation.peer]]`: per-remote-domain overrides of the TLS and authentication policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The remote domain. Required; exact (no patterns). Canonical form after loading.
@@ -505,7 +512,7 @@ fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
 }
 
 /// `[tls]`: certificates we present and trust anchors for the certificates peers present.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Trust the Mozilla root store (webpki-roots) for peers' certificates. Default `true`.
@@ -544,7 +551,7 @@ impl Default for TlsConfig {
 }
 
 /// `[[tls.certificate]]`: a certificate and its key, presented for `domains`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// The domains this certificate is presented for, chosen by the peer's SNI or its stream
@@ -563,7 +570,7 @@ pub struct CertificateConfig {
 }
 
 /// `[component]`: the XEP-0114 listener for backends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComponentConfig {
     /// Address backends connect to. Default `"127.0.0.1:5347"`. The component protocol has
@@ -590,7 +597,7 @@ impl Default for ComponentConfig {
     }
 }
 
-/// A shared secret from the configuration. `Debug` does not print it.
+/// A shared secret from the configuration. Neither `Debug` nor `Serialize` shows it.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -607,6 +614,14 @@ impl Secret {
     }
 }
 
+impl Serialize for Secret {
+    /// Never the secret itself: `"<redacted>"`, so that `fedgate check config` can print the
+    /// effective configuration.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -614,7 +629,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[[component.backend]]`: one XEP-0114 backend domain and its handshake secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// The domain the backend serves, and that remote servers address. Required; unique
@@ -679,7 +694,7 @@ impl BackendConfig {
 }
 
 /// `[metrics]`: the Prometheus `/metrics`, `/healthz` and `/readyz` endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Whether to serve metrics at all. Default `true`.
@@ -1676,6 +1691,31 @@ mod tests {
         // `validate` and `from_toml` give the first.
         assert_eq!(invalid_key(parse(&text).unwrap_err()), "s2s.idle_timeout");
         assert!(parse(MINIMAL).unwrap().problems().is_empty());
+    }
+
+    #[test]
+    fn the_effective_config_has_every_default_and_no_secret() {
+        let c = parse(&format!(
+            "[[s2s.route]]\ndomain = \"b.test\"\ntarget = \"[::1]:5270\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("secret = \"<redacted>\""), "{text}");
+        for line in [
+            "negotiation_timeout = \"30s\"",
+            "idle_timeout = \"10m\"",
+            "max_stanza_bytes = 524288",
+            "target = \"[::1]:5270\"",
+            "mode = \"open\"",
+            "webpki_roots = true",
+            "cert = \"/tmp/a.crt\"",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        // It reads back as the same configuration (the secret aside).
+        let back = parse(&text).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), text);
     }
 
     #[test]

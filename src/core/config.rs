@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{invalid, parse_message, ConfigError, Secret, TlsConfig};
 use crate::jid::normalize_domain;
 
 /// `[core]`: the c2s server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoreConfig {
     /// Addresses for c2s with STARTTLS (RFC 6120 §5), which is required before anything else.
@@ -82,7 +82,7 @@ impl Default for CoreConfig {
 }
 
 /// `[[core.domain]]`: one served domain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     /// The domain accounts live in (the canonical one). Required.
