@@ -5,6 +5,8 @@
 //! - [`cli`]: the command line (the binary in `main.rs` stays thin).
 //! - [`gateway`]: the edge process assembled: listeners, sessions, shutdown in phases; with
 //!   `[core]`, the c2s core inside it over an in-process component link.
+//! - [`diagnostics`]: `fedgate check config` and `fedgate check remote`: reports, verdicts and
+//!   fixes, from the same code paths the gateway runs.
 //! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
@@ -31,6 +33,7 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod diagnostics;
 pub mod dial;
 pub mod dialback;
 pub mod dns;
