@@ -744,8 +744,19 @@ impl fmt::Display for RemoteReport {
             }
         }
         writeln!(f)?;
-        match (&self.result, &self.policy) {
-            (Ok(probe), policy) => {
+        // Our own policy is the first step: when it refuses, that is the verdict, and what
+        // the connection showed comes after.
+        if let Err(refused) = &self.policy {
+            writeln!(f, "Verdict: FAILED at policy: {refused}")?;
+            writeln!(f, "Fix: {}", self.policy_fix(refused))?;
+        }
+        let then = if self.policy.is_err() {
+            "Then"
+        } else {
+            "Verdict"
+        };
+        match &self.result {
+            Ok(probe) => {
                 let over = match &probe.security.tls {
                     Some(tls) => format!("over {}", tls.version),
                     None => "without TLS".to_string(),
@@ -757,24 +768,15 @@ impl fmt::Display for RemoteReport {
                 for warning in self.warnings(probe) {
                     writeln!(f, "Warning: {warning}")?;
                 }
-                match policy {
-                    Ok(()) => writeln!(
-                        f,
-                        "Verdict: OK — {domain} accepts {local} by {method} {over}"
-                    )?,
-                    Err(refused) => {
-                        writeln!(f, "Verdict: FAILED at policy: {refused} (the remote itself accepts {local} by {method} {over})")?;
-                        writeln!(f, "Fix: {}", self.policy_fix(refused))?;
-                    }
-                }
+                writeln!(
+                    f,
+                    "{then}: OK — {domain} accepts {local} by {method} {over}"
+                )?;
             }
-            (Err(e), _) => {
+            Err(e) => {
                 let (step, fix) = self.failure(e);
-                writeln!(f, "Verdict: FAILED at {step}: {e}")?;
+                writeln!(f, "{then}: FAILED at {step}: {e}")?;
                 writeln!(f, "Fix: {fix}")?;
-                if let Err(refused) = &self.policy {
-                    writeln!(f, "Also: {refused}; {}", self.policy_fix(refused))?;
-                }
             }
         }
         Ok(())

@@ -162,6 +162,22 @@ async fn check_remote_of_a_healthy_peer_reports_every_step_ok() {
             "Verdict: OK — b.test accepts a.test by SASL EXTERNAL over TLSv1.3",
         ],
     );
+
+    // Our own policy refuses it: that is the first step, and the verdict.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("[federation]\ndeny = [\"b.test\"]\n");
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = check_remote("b.test", &file).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert_in_order(
+        &out,
+        &[
+            "Policy: FAIL federation with b.test is refused by policy (federation.deny \"b.test\")",
+            "Verdict: FAILED at policy: federation with b.test is refused",
+            "Fix: remove the entry from federation.deny in ",
+            "Then: OK — b.test accepts a.test by SASL EXTERNAL over TLSv1.3",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
