@@ -1,5 +1,5 @@
-//! The command line: `fedgate run`, `fedgate reload`, `fedgate peers`, `fedgate check config`,
-//! `fedgate check dns`, `fedgate core` (the c2s core alone) and
+//! The command line: `fedgate run`, `fedgate reload`, `fedgate peers`,
+//! `fedgate check config|dns|remote`, `fedgate core` (the c2s core alone) and
 //! `fedgate core user add|remove|passwd|list`.
 
 use std::path::PathBuf;
@@ -69,7 +69,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Check {
-    /// Validates a configuration file and prints what it configures.
+    /// Validates a configuration file: every problem with its key and fix (exit 64), or a
+    /// summary and the effective configuration as TOML, defaults filled in and secrets
+    /// redacted (exit 0). A TOML syntax error, a wrong type or an unknown key stops at the
+    /// first one.
     Config {
         /// The TOML configuration file.
         file: PathBuf,
@@ -83,6 +86,21 @@ pub enum Check {
         /// The TOML configuration file: its `[dns]` and `[[s2s.route]]` apply.
         #[arg(long, short, default_value = "config/fedgate.toml")]
         config: PathBuf,
+    },
+    /// Connects to a remote domain as fedgate would and reports each step (DNS, TCP, TLS and
+    /// the peer's certificate, stream features, SASL EXTERNAL or a dialback round trip), then
+    /// a verdict and the fix for the first step that failed. A dialback key is verified by
+    /// our domain's running fedgate (same dialback secret file). Exits 0 when the remote
+    /// authenticated us, 1 when a step failed, 64 for a bad domain or configuration.
+    Remote {
+        /// The remote domain, e.g. `example.org`.
+        domain: String,
+        /// The TOML configuration file: everything fedgate connects with applies.
+        #[arg(long, short, default_value = "config/fedgate.toml")]
+        config: PathBuf,
+        /// The local domain to connect as (default: the first `[[component.backend]]`).
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 

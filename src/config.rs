@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::jid::normalize_domain;
 
@@ -77,6 +77,14 @@ impl ConfigError {
     }
 }
 
+/// The first of a non-empty list of problems.
+fn first(problems: Vec<ConfigError>) -> ConfigError {
+    problems
+        .into_iter()
+        .next()
+        .expect("a failed load has at least one problem")
+}
+
 fn file_prefix(path: Option<&Path>) -> String {
     path.map(|p| format!("{}: ", p.display()))
         .unwrap_or_default()
@@ -96,7 +104,7 @@ pub(crate) fn invalid(
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[s2s]`: server-to-server listeners, timeouts and limits. Optional; all defaults.
@@ -131,7 +139,7 @@ pub struct Config {
 }
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sConfig {
     /// Addresses to accept inbound s2s connections on. Default `["0.0.0.0:5269"]` (all IPv4
@@ -274,7 +282,7 @@ impl Default for S2sConfig {
 
 /// `[[s2s.route]]`: connect to a fixed address for one remote domain instead of resolving it.
 /// Used by tests and split-horizon deployments.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The remote domain this route is for. Required. Must not be a local (backend) domain.
@@ -358,6 +366,13 @@ impl FromStr for RouteTarget {
     }
 }
 
+impl Serialize for RouteTarget {
+    /// As written in the file: `host:port`, an IPv6 address in brackets.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl TryFrom<String> for RouteTarget {
     type Error = String;
 
@@ -367,7 +382,7 @@ impl TryFrom<String> for RouteTarget {
 }
 
 /// `[dns]`: name resolution for outbound s2s.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// DNS servers to query instead of the system resolver (`/etc/resolv.conf` and
@@ -400,7 +415,7 @@ impl Default for DnsConfig {
 }
 
 /// Who may federate with us.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FederationMode {
     /// Any remote domain except those in `deny`.
@@ -411,7 +426,7 @@ pub enum FederationMode {
 }
 
 /// `[federation]`: the federation policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     /// `"open"` or `"allowlist"`. Default `"open"`. In `"allowlist"` mode an empty `allow`
@@ -436,7 +451,7 @@ pub struct FederationConfig {
 }
 
 /// Whether a peer's streams must be encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsRequirement {
     /// TLS is required; a peer without it gets nothing.
@@ -446,7 +461,7 @@ pub enum TlsRequirement {
 }
 
 /// Which authentication a peer must use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthRequirement {
     /// SASL EXTERNAL or dialback, whichever the peer can do.
@@ -459,7 +474,7 @@ pub enum AuthRequirement {
 }
 
 /// `[[federation.peer]]`: per-remote-domain overrides of the TLS and authentication policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The remote domain. Required; exact (no patterns). Canonical form after loading.
@@ -506,7 +521,7 @@ fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
 }
 
 /// `[tls]`: certificates we present and trust anchors for the certificates peers present.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Trust the Mozilla root store (webpki-roots) for peers' certificates. Default `true`.
@@ -545,7 +560,7 @@ impl Default for TlsConfig {
 }
 
 /// `[[tls.certificate]]`: a certificate and its key, presented for `domains`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// The domains this certificate is presented for, chosen by the peer's SNI or its stream
@@ -564,7 +579,7 @@ pub struct CertificateConfig {
 }
 
 /// `[component]`: the XEP-0114 listener for backends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComponentConfig {
     /// Address backends connect to. Default `"127.0.0.1:5347"`. The component protocol has
@@ -591,7 +606,7 @@ impl Default for ComponentConfig {
     }
 }
 
-/// A shared secret from the configuration. `Debug` does not print it.
+/// A shared secret from the configuration. Neither `Debug` nor `Serialize` shows it.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -608,6 +623,14 @@ impl Secret {
     }
 }
 
+impl Serialize for Secret {
+    /// Never the secret itself: `"<redacted>"`, so that `fedgate check config` can print the
+    /// effective configuration.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -615,7 +638,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[[component.backend]]`: one XEP-0114 backend domain and its handshake secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// The domain the backend serves, and that remote servers address. Required; unique
@@ -680,7 +703,7 @@ impl BackendConfig {
 }
 
 /// `[metrics]`: the Prometheus `/metrics`, `/healthz` and `/readyz` endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Whether to serve metrics at all. Default `true`.
@@ -712,15 +735,30 @@ impl Config {
     /// Reads, parses, resolves relative paths against the file's directory, validates and
     /// normalises the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
+        Self::load_all_problems(path).map_err(first)
+    }
+
+    /// Like [`Config::load`], but a file that parses and breaks several rules gives every
+    /// problem ([`Config::problems`]), each naming the file, for `fedgate check config`.
+    /// A file that cannot be read or parsed (TOML syntax, a value of the wrong type, an
+    /// unknown key) gives one error: serde stops at the first.
+    pub fn load_all_problems(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Io {
+                path: path.to_owned(),
+                source,
+            }]
         })?;
         let base_dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        let mut config = Self::parse(&text, base_dir, path).map_err(|e| e.in_file(path))?;
+        let mut config = Self::parse(&text, base_dir, path).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|e| e.in_file(path))
+                .collect::<Vec<_>>()
+        })?;
         config.source = Some(path.to_owned());
         Ok(config)
     }
@@ -728,16 +766,21 @@ impl Config {
     /// Like [`Config::load`] for text already in memory; relative paths resolve against
     /// `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        Self::parse(text, base_dir, Path::new("<inline>"))
+        Self::parse(text, base_dir, Path::new("<inline>")).map_err(first)
     }
 
-    fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: parse_message(text, &e),
+    fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            vec![ConfigError::Parse {
+                path: path.to_owned(),
+                message: parse_message(text, &e),
+            }]
         })?;
         config.resolve_paths(base_dir);
-        config.validate()?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         config.normalize();
         Ok(config)
     }
@@ -805,25 +848,43 @@ impl Config {
     }
 
     /// Checks the rules serde cannot express. Reads backend `secret_file`s to make sure they
-    /// are usable. Returns the first problem found.
+    /// are usable. Returns the first problem found; [`Config::problems`] has them all.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_s2s()?;
-        self.validate_component()?;
-        self.validate_routes()?;
-        self.validate_federation()?;
-        self.validate_tls()?;
-        self.validate_listeners()?;
-        self.validate_dns()?;
-        self.validate_core()?;
-        Ok(())
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Config::validate`] checks for, in the order of the file's sections,
+    /// each with its key and its fix. A value that cannot be checked further (a domain that
+    /// is not one, say) is one problem, not a cascade of them.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        self.validate_s2s(&mut problems);
+        self.validate_component(&mut problems);
+        self.validate_routes(&mut problems);
+        self.validate_federation(&mut problems);
+        self.validate_tls(&mut problems);
+        self.validate_listeners(&mut problems);
+        self.validate_dns(&mut problems);
+        self.validate_core(&mut problems);
+        problems
     }
 
     /// `[core]`: its own rules, and every domain and alias a configured backend.
-    fn validate_core(&self) -> Result<(), ConfigError> {
+    fn validate_core(&self, problems: &mut Vec<ConfigError>) {
         let Some(core) = &self.core else {
-            return Ok(());
+            return;
         };
-        core.validate()?;
+        let own = core.problems();
+        let valid_domains = !own.iter().any(
+            |e| matches!(e, ConfigError::Invalid { key, .. } if key.starts_with("core.domain")),
+        );
+        problems.extend(own);
+        if !valid_domains {
+            return;
+        }
         let backends: Vec<String> = self
             .component
             .backend
@@ -836,7 +897,7 @@ impl Config {
                     .map(|n| n.into_owned())
                     .unwrap_or_default();
                 if !backends.contains(&n) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("core.domain[{i}]"),
                         format!("`{n}` is not a [[component.backend]] domain"),
                         format!("add a [[component.backend]] with domain = \"{n}\" and a secret"),
@@ -844,33 +905,31 @@ impl Config {
                 }
             }
         }
-        Ok(())
     }
 
-    fn validate_dns(&self) -> Result<(), ConfigError> {
+    fn validate_dns(&self, problems: &mut Vec<ConfigError>) {
         let d = &self.dns;
         if d.nameservers.as_ref().is_some_and(|ns| ns.is_empty()) {
-            return Err(invalid(
+            problems.push(invalid(
                 "dns.nameservers",
                 "the list is empty",
                 "list at least one \"ip:port\", or remove the key to use the system resolver",
             ));
         }
         if d.negative_ttl > Duration::from_secs(3 * 3600) {
-            return Err(invalid(
+            problems.push(invalid(
                 "dns.negative_ttl",
                 "longer than 3 hours (RFC 2308's upper end)",
                 "set a few seconds or minutes such as \"30s\", or remove the key for the default",
             ));
         }
         if d.timeout.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "dns.timeout",
                 "the timeout is zero",
                 "set a positive duration such as \"5s\", or remove the key for the default",
             ));
         }
-        Ok(())
     }
 
     /// The gateway's local domains: the backends' domains, canonical after loading.
@@ -878,10 +937,10 @@ impl Config {
         self.component.backend.iter().map(|b| b.domain.as_str())
     }
 
-    fn validate_s2s(&self) -> Result<(), ConfigError> {
+    fn validate_s2s(&self, problems: &mut Vec<ConfigError>) {
         let s = &self.s2s;
         if s.listen.is_empty() {
-            return Err(invalid(
+            problems.push(invalid(
                 "s2s.listen",
                 "no listen address",
                 "add one such as \"0.0.0.0:5269\"; remote servers connect here, also for dialback",
@@ -900,7 +959,7 @@ impl Config {
             ("resume_timeout", s.resume_timeout),
         ] {
             if d.is_zero() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("s2s.{name}"),
                     "the timeout is zero",
                     "set a positive duration such as \"30s\", or remove the key for the default",
@@ -920,7 +979,7 @@ impl Config {
             ("queue_max_bytes", s.queue_max_bytes),
         ] {
             if v == 0 {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("s2s.{name}"),
                     "the limit is zero",
                     "set a positive number, or remove the key for the default",
@@ -928,7 +987,7 @@ impl Config {
             }
         }
         if s.max_negotiation_stanza_bytes > s.max_stanza_bytes {
-            return Err(invalid(
+            problems.push(invalid(
                 "s2s.max_negotiation_stanza_bytes",
                 format!(
                     "{} is larger than s2s.max_stanza_bytes ({})",
@@ -938,7 +997,7 @@ impl Config {
             ));
         }
         if s.queue_max_bytes < s.max_stanza_bytes {
-            return Err(invalid(
+            problems.push(invalid(
                 "s2s.queue_max_bytes",
                 format!(
                     "{} is smaller than s2s.max_stanza_bytes ({}), so a large stanza could never be queued",
@@ -949,20 +1008,19 @@ impl Config {
         }
         if let Some(dir) = s.dialback_secret_file.parent() {
             if !dir.as_os_str().is_empty() && !dir.is_dir() {
-                return Err(invalid(
+                problems.push(invalid(
                     "s2s.dialback_secret_file",
                     format!("the directory {} does not exist", dir.display()),
                     "create it, or point dialback_secret_file at an existing directory",
                 ));
             }
         }
-        Ok(())
     }
 
-    fn validate_component(&self) -> Result<(), ConfigError> {
+    fn validate_component(&self, problems: &mut Vec<ConfigError>) {
         let backends = &self.component.backend;
         if backends.is_empty() {
-            return Err(invalid(
+            problems.push(invalid(
                 "component.backend",
                 "no backend is configured",
                 "add a [[component.backend]] table with `domain` and `secret`",
@@ -971,27 +1029,30 @@ impl Config {
         let mut seen: Vec<(String, usize)> = Vec::with_capacity(backends.len());
         for (i, b) in backends.iter().enumerate() {
             let key = format!("component.backend[{i}]");
-            let domain = normalize_domain(&b.domain).map_err(|e| {
-                invalid(
+            match normalize_domain(&b.domain) {
+                Err(e) => problems.push(invalid(
                     format!("{key}.domain"),
                     format!("`{}` is not a valid domain: {e}", b.domain),
                     "use a domain name such as \"xmpp.example.org\"",
-                )
-            })?;
-            if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
-                return Err(invalid(
-                    format!("{key}.domain"),
-                    format!("`{domain}` is also component.backend[{j}].domain"),
-                    "give each backend its own domain",
-                ));
+                )),
+                Ok(domain) => {
+                    if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
+                        problems.push(invalid(
+                            format!("{key}.domain"),
+                            format!("`{domain}` is also component.backend[{j}].domain"),
+                            "give each backend its own domain",
+                        ));
+                    }
+                    seen.push((domain.into_owned(), i));
+                }
             }
-            seen.push((domain.into_owned(), i));
-            b.secret_at(&key)?;
+            if let Err(e) = b.secret_at(&key) {
+                problems.push(e);
+            }
         }
-        Ok(())
     }
 
-    fn validate_routes(&self) -> Result<(), ConfigError> {
+    fn validate_routes(&self, problems: &mut Vec<ConfigError>) {
         let locals: Vec<String> = self
             .component
             .backend
@@ -1001,76 +1062,75 @@ impl Config {
         let mut seen: Vec<(String, usize)> = Vec::new();
         for (i, r) in self.s2s.route.iter().enumerate() {
             let key = format!("s2s.route[{i}]");
-            let domain = normalize_domain(&r.domain).map_err(|e| {
-                invalid(
+            match normalize_domain(&r.domain) {
+                Err(e) => problems.push(invalid(
                     format!("{key}.domain"),
                     format!("`{}` is not a valid domain: {e}", r.domain),
                     "use the remote domain name, such as \"b.example.org\"",
-                )
-            })?;
-            if locals.iter().any(|l| *l == domain) {
-                return Err(invalid(
-                    format!("{key}.domain"),
-                    format!(
-                        "`{domain}` is a local (backend) domain; its stanzas go to its backend"
-                    ),
-                    "remove this route",
-                ));
+                )),
+                Ok(domain) => {
+                    if locals.iter().any(|l| *l == domain) {
+                        problems.push(invalid(
+                            format!("{key}.domain"),
+                            format!(
+                                "`{domain}` is a local (backend) domain; its stanzas go to its backend"
+                            ),
+                            "remove this route",
+                        ));
+                    } else if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
+                        problems.push(invalid(
+                            format!("{key}.domain"),
+                            format!("`{domain}` already has a route, s2s.route[{j}]"),
+                            "keep one route per domain",
+                        ));
+                    }
+                    seen.push((domain.into_owned(), i));
+                }
             }
-            if let Some((_, j)) = seen.iter().find(|(d, _)| *d == domain) {
-                return Err(invalid(
-                    format!("{key}.domain"),
-                    format!("`{domain}` already has a route, s2s.route[{j}]"),
-                    "keep one route per domain",
-                ));
-            }
-            seen.push((domain.into_owned(), i));
             if r.target.ip().is_none() {
-                normalize_domain(&r.target.host).map_err(|e| {
-                    invalid(
+                if let Err(e) = normalize_domain(&r.target.host) {
+                    problems.push(invalid(
                         format!("{key}.target"),
                         format!(
                             "host `{}` is not a valid domain or IP address: {e}",
                             r.target.host
                         ),
                         "write host:port, e.g. \"xmpp.example.org:5269\" or \"127.0.0.1:5270\"",
-                    )
-                })?;
+                    ));
+                }
             }
             if r.target.port == 0 {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("{key}.target"),
                     "port 0",
                     "use the port the remote server listens on, usually 5269",
                 ));
             }
         }
-        Ok(())
     }
 
-    fn validate_federation(&self) -> Result<(), ConfigError> {
+    fn validate_federation(&self, problems: &mut Vec<ConfigError>) {
         for (list, entries) in [
             ("allow", &self.federation.allow),
             ("deny", &self.federation.deny),
         ] {
             for (i, p) in entries.iter().enumerate() {
-                normalize_pattern(p).map_err(|problem| {
-                    invalid(
+                if let Err(problem) = normalize_pattern(p) {
+                    problems.push(invalid(
                         format!("federation.{list}[{i}]"),
                         problem,
                         "write a domain (\"example.org\") or a subdomain pattern (\"*.example.org\")",
-                    )
-                })?;
+                    ));
+                }
             }
         }
-        Ok(())
     }
 
-    fn validate_tls(&self) -> Result<(), ConfigError> {
+    fn validate_tls(&self, problems: &mut Vec<ConfigError>) {
         let tls = &self.tls;
         for (i, path) in tls.ca_files.iter().enumerate() {
             if !path.is_file() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("tls.ca_files[{i}]"),
                     format!("{} does not exist", path.display()),
                     "point it at a PEM file of CA certificates, or remove it",
@@ -1078,7 +1138,7 @@ impl Config {
             }
         }
         if !tls.webpki_roots && tls.ca_files.is_empty() && self.s2s.secure_auth {
-            return Err(invalid(
+            problems.push(invalid(
                 "tls.webpki_roots",
                 "no trust anchors at all, so under s2s.secure_auth no peer can be accepted",
                 "set webpki_roots = true or list your CA in tls.ca_files",
@@ -1088,24 +1148,25 @@ impl Config {
         for (i, c) in tls.certificate.iter().enumerate() {
             let key = format!("tls.certificate[{i}]");
             if c.domains.is_empty() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("{key}.domains"),
                     "the list is empty",
                     "list the domains this certificate is for, e.g. [\"example.org\"]",
                 ));
             }
             for (j, d) in c.domains.iter().enumerate() {
-                covered.push(normalize_pattern(d).map_err(|problem| {
-                    invalid(
+                match normalize_pattern(d) {
+                    Ok(pattern) => covered.push(pattern),
+                    Err(problem) => problems.push(invalid(
                         format!("{key}.domains[{j}]"),
                         problem,
                         "write a domain (\"example.org\") or a wildcard (\"*.example.org\")",
-                    )
-                })?);
+                    )),
+                }
             }
             for (name, path) in [("cert", &c.cert), ("key", &c.key)] {
                 if !c.self_signed && !path.is_file() {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("{key}.{name}"),
                         format!("{} does not exist", path.display()),
                         "point it at the PEM file, or set self_signed = true to create one",
@@ -1114,7 +1175,7 @@ impl Config {
                 if c.self_signed && !path.is_file() {
                     if let Some(dir) = path.parent() {
                         if !dir.as_os_str().is_empty() && !dir.is_dir() {
-                            return Err(invalid(
+                            problems.push(invalid(
                                 format!("{key}.{name}"),
                                 format!("the directory {} does not exist", dir.display()),
                                 "create it, or point the path at an existing directory",
@@ -1130,7 +1191,7 @@ impl Config {
                     continue;
                 };
                 if !covered.iter().any(|p| certificate_covers(p, &domain)) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         "tls.certificate",
                         format!(
                             "no certificate for {domain} (component.backend[{i}]), and s2s.require_encryption is on"
@@ -1144,32 +1205,31 @@ impl Config {
         }
         for (i, p) in self.federation.peer.iter().enumerate() {
             let key = format!("federation.peer[{i}]");
-            normalize_domain(&p.domain).map_err(|e| {
-                invalid(
+            if let Err(e) = normalize_domain(&p.domain) {
+                problems.push(invalid(
                     format!("{key}.domain"),
                     format!("`{}` is not a valid domain: {e}", p.domain),
                     "use the remote domain name, such as \"b.example.org\"",
-                )
-            })?;
+                ));
+            }
             if let Err(problem) = p.pins() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("{key}.pin_sha256"),
                     problem,
                     "give the SHA-256 digest of the peer's public key in base64 or hex",
                 ));
             }
             if p.auth == AuthRequirement::External && p.tls == Some(TlsRequirement::Optional) {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("{key}.auth"),
                     "SASL EXTERNAL needs TLS, but tls = \"optional\"",
                     "set tls = \"required\" or auth = \"any\"",
                 ));
             }
         }
-        Ok(())
     }
 
-    fn validate_listeners(&self) -> Result<(), ConfigError> {
+    fn validate_listeners(&self, problems: &mut Vec<ConfigError>) {
         let mut all: Vec<(String, SocketAddr)> = self
             .s2s
             .listen
@@ -1196,14 +1256,13 @@ impl Config {
                 continue;
             }
             if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr) {
-                return Err(invalid(
+                problems.push(invalid(
                     key.clone(),
                     format!("{addr} is also used by {other}"),
                     "give each listener its own address or port",
                 ));
             }
         }
-        Ok(())
     }
 }
 
@@ -1622,6 +1681,56 @@ mod tests {
         assert_eq!(invalid_key(e), "dns.negative_ttl");
         let e = parse(&format!("[dns]\ntimeout = \"0s\"\n{MINIMAL}")).unwrap_err();
         assert_eq!(invalid_key(e), "dns.timeout");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = format!(
+            "[s2s]\nmax_depth = 0\nidle_timeout = \"0s\"\n[dns]\ntimeout = \"0s\"\n\
+             [[federation.peer]]\ndomain = \"b.test\"\npin_sha256 = [\"abcd\"]\n{MINIMAL}\
+             [[component.backend]]\ndomain = \"a..test\"\n"
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        let keys: Vec<String> = config.problems().into_iter().map(invalid_key).collect();
+        assert_eq!(
+            keys,
+            [
+                "s2s.idle_timeout",
+                "s2s.max_depth",
+                "component.backend[1].domain",
+                "component.backend[1]",
+                "federation.peer[0].pin_sha256",
+                "dns.timeout",
+            ]
+        );
+        // `validate` and `from_toml` give the first.
+        assert_eq!(invalid_key(parse(&text).unwrap_err()), "s2s.idle_timeout");
+        assert!(parse(MINIMAL).unwrap().problems().is_empty());
+    }
+
+    #[test]
+    fn the_effective_config_has_every_default_and_no_secret() {
+        let c = parse(&format!(
+            "[[s2s.route]]\ndomain = \"b.test\"\ntarget = \"[::1]:5270\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("secret = \"<redacted>\""), "{text}");
+        for line in [
+            "negotiation_timeout = \"30s\"",
+            "idle_timeout = \"10m\"",
+            "max_stanza_bytes = 524288",
+            "target = \"[::1]:5270\"",
+            "mode = \"open\"",
+            "webpki_roots = true",
+            "cert = \"/tmp/a.crt\"",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        // It reads back as the same configuration (the secret aside).
+        let back = parse(&text).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), text);
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl DialbackSecret {
         Ok(Self::from_bytes(&read_secret(path)?))
     }
 
+    /// Reads the shared secret from `path` like [`DialbackSecret::load_or_create`], but never
+    /// creates the file: for diagnostics, which change nothing.
+    pub fn load(path: &Path) -> Result<Self, DialbackError> {
+        Ok(Self::from_bytes(&read_secret(path)?))
+    }
+
     /// The dialback key for one stream and direction, as lowercase hex (64 characters).
     pub fn key(&self, receiving: &str, originating: &str, stream_id: &str) -> String {
         hex::encode(self.mac_bytes(receiving, originating, stream_id))

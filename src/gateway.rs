@@ -29,7 +29,6 @@ use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
-use crate::policy::SecurityPolicy;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::router::Router;
 use crate::s2s::{self, S2sContext, S2sSettings};
@@ -119,20 +118,15 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let s2s_shutdown = CancellationToken::new();
     let s2s_tracker = TaskTracker::new();
     let settings = S2sSettings::from_config(config);
-    let s2s_ctx = Arc::new(S2sContext {
-        router: router.clone(),
+    let s2s_ctx = Arc::new(S2sContext::new(
+        config,
+        router.clone(),
+        tls.clone(),
         resolver,
         secret,
-        settings: settings.clone(),
-        tls: tls.clone(),
-        security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
-        external_refused: Default::default(),
-        shutdown: s2s_shutdown.clone(),
-        tracker: s2s_tracker.clone(),
-        resumable: Default::default(),
-        pings: Default::default(),
-        registry: Default::default(),
-    });
+        s2s_shutdown.clone(),
+        s2s_tracker.clone(),
+    ));
     {
         let ctx = s2s_ctx.clone();
         router.set_outbound_factory(Box::new(move |local, remote| {

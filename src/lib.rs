@@ -8,6 +8,8 @@
 //! - [`reload`]: live reload (SIGHUP, `fedgate reload`): the new policy, certificates and
 //!   backend secrets, applied to live sessions too.
 //! - [`peers`]: the per-peer view (`/peers`, `fedgate peers`): sessions, queue, failures, traces.
+//! - [`diagnostics`]: `fedgate check config` and `fedgate check remote`: reports, verdicts and
+//!   fixes, from the same code paths the gateway runs.
 //! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
@@ -35,6 +37,7 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod diagnostics;
 pub mod dial;
 pub mod dialback;
 pub mod dns;

@@ -24,23 +24,22 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check {
             what: Check::Config { file },
-        } => match Config::load(&file) {
-            Ok(config) => {
-                let domains: Vec<&str> = config.local_domains().collect();
-                println!(
-                    "{}: OK — serves {}; s2s on {:?}; components on {}",
-                    file.display(),
-                    domains.join(", "),
-                    config.s2s.listen,
-                    config.component.listen
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("Error: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        } => ExitCode::from(
+            fedgate::diagnostics::check_config(
+                &file,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .code(),
+        ),
+        Command::Check {
+            what:
+                Check::Remote {
+                    domain,
+                    config,
+                    from,
+                },
+        } => check_remote(&domain, &config, from.as_deref()),
         Command::Check {
             what: Check::Dns { domain, config },
         } => check_dns(&domain, &config),
@@ -131,6 +130,32 @@ fn check_dns(domain: &str, file: &std::path::Path) -> ExitCode {
                 file.display()
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fedgate check remote DOMAIN`: see [`fedgate::diagnostics::RemoteCheck`].
+fn check_remote(domain: &str, file: &std::path::Path, from: Option<&str>) -> ExitCode {
+    use fedgate::diagnostics::{Exit, RemoteCheck};
+    let check = match RemoteCheck::prepare(domain, file, from) {
+        Ok(check) => check,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(Exit::Usage.code());
+        }
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(check.run()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::from(report.exit().code())
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(Exit::Usage.code())
         }
     }
 }

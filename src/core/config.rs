@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{invalid, parse_message, ConfigError, Secret, TlsConfig};
 use crate::jid::normalize_domain;
 
 /// `[core]`: the c2s server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoreConfig {
     /// Addresses for c2s with STARTTLS (RFC 6120 §5), which is required before anything else.
@@ -82,7 +82,7 @@ impl Default for CoreConfig {
 }
 
 /// `[[core.domain]]`: one served domain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     /// The domain accounts live in (the canonical one). Required.
@@ -233,10 +233,20 @@ impl CoreConfig {
         })
     }
 
-    /// The rules serde cannot express.
+    /// The rules serde cannot express: the first problem; [`CoreConfig::problems`] has them
+    /// all.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem with the rules serde cannot express, each with its key and fix.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if self.domain.is_empty() {
-            return Err(invalid(
+            problems.push(invalid(
                 "core.domain",
                 "no domain is configured",
                 "add a [[core.domain]] table with `name = \"example.org\"`",
@@ -251,32 +261,37 @@ impl CoreConfig {
                     .map(move |(j, a)| (format!("core.domain[{i}].aliases[{j}]"), a)),
             );
             for (key, name) in names {
-                let n = normalize_domain(name).map_err(|e| {
-                    invalid(
-                        key.clone(),
-                        format!("`{name}` is not a valid domain: {e}"),
-                        "use a domain name such as \"example.org\"",
-                    )
-                })?;
+                let n = match normalize_domain(name) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        problems.push(invalid(
+                            key,
+                            format!("`{name}` is not a valid domain: {e}"),
+                            "use a domain name such as \"example.org\"",
+                        ));
+                        continue;
+                    }
+                };
                 if seen.iter().any(|s| *s == n) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         key,
                         format!("`{n}` is listed twice"),
                         "list each domain once, as a name or as an alias",
                     ));
+                    continue;
                 }
                 seen.push(n.into_owned());
             }
         }
         if self.listen.is_empty() && self.direct_tls_listen.is_empty() {
-            return Err(invalid(
+            problems.push(invalid(
                 "core.listen",
                 "neither `listen` nor `direct_tls_listen` has an address",
                 "add \"0.0.0.0:5222\" to `listen`",
             ));
         }
         if self.scram_iterations < 4096 {
-            return Err(invalid(
+            problems.push(invalid(
                 "core.scram_iterations",
                 format!("{} is below 4096 (RFC 7677)", self.scram_iterations),
                 "use 4096 or more",
@@ -292,7 +307,7 @@ impl CoreConfig {
             ("core.session_queue", self.session_queue),
         ] {
             if v == 0 {
-                return Err(invalid(
+                problems.push(invalid(
                     key,
                     "zero",
                     "use a positive number, or remove the key for the default",
@@ -300,14 +315,14 @@ impl CoreConfig {
             }
         }
         if self.max_negotiation_stanza_bytes > self.max_stanza_bytes {
-            return Err(invalid(
+            problems.push(invalid(
                 "core.max_negotiation_stanza_bytes",
                 "larger than core.max_stanza_bytes",
                 "keep it at most max_stanza_bytes",
             ));
         }
         if self.negotiation_timeout.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "core.negotiation_timeout",
                 "zero",
                 "set a duration such as \"30s\"",
@@ -322,8 +337,8 @@ impl CoreConfig {
                 let key = format!("core.{key}[{i}]");
                 if a.port() != 0 {
                     if let Some((other, _)) = addrs.iter().find(|(_, b)| b == a) {
-                        return Err(invalid(
-                            key,
+                        problems.push(invalid(
+                            key.clone(),
                             format!("{a} is also used by {other}"),
                             "give each listener its own address or port",
                         ));
@@ -332,7 +347,7 @@ impl CoreConfig {
                 addrs.push((key, *a));
             }
         }
-        Ok(())
+        problems
     }
 
     /// Rewrites domains to canonical form (after [`CoreConfig::validate`]).

@@ -66,6 +66,8 @@ pub enum ConnectError {
     Certificate {
         target: String,
         problem: CertProblem,
+        /// The TLS session, with the chain the peer presented (for diagnostics).
+        tls: Box<TlsInfo>,
     },
 }
 
@@ -155,6 +157,36 @@ pub fn offers_external(features: &Element) -> bool {
         m.children()
             .any(|c| c.name == "mechanism" && c.text().trim() == "EXTERNAL")
     })
+}
+
+/// The features a peer offered, for traces and diagnostics: `STARTTLS (required), SASL
+/// EXTERNAL, dialback, XEP-0198`; others by name and namespace; `none` when empty.
+pub fn describe_features(features: &Element) -> String {
+    let names: Vec<String> = features
+        .children()
+        .map(|f| match (f.name.as_str(), f.ns.as_str()) {
+            ("starttls", ns::TLS) if f.child("required", ns::TLS).is_some() => {
+                "STARTTLS (required)".to_string()
+            }
+            ("starttls", ns::TLS) => "STARTTLS".to_string(),
+            ("mechanisms", ns::SASL) => {
+                let mechanisms: Vec<String> = f
+                    .children()
+                    .filter(|m| m.name == "mechanism")
+                    .map(|m| m.text().trim().to_string())
+                    .collect();
+                format!("SASL {}", mechanisms.join(" "))
+            }
+            ("dialback", ns::DIALBACK_FEATURE) => "dialback".to_string(),
+            ("sm", super::sm::NS) => "XEP-0198".to_string(),
+            (name, ns) => format!("<{name} xmlns='{ns}'/>"),
+        })
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Whether the peer offers Server Dialback: the XEP-0220 feature, or `xmlns:db` on an older
@@ -334,9 +366,13 @@ async fn open_candidate(
     trace.ok(format!("TCP connected to {target}"));
     match open(ctx, tcp, local, remote, &target, policy).await {
         Ok(opened) => {
+            let features = describe_features(&opened.features);
             match &opened.security.tls {
-                Some(_) => trace.ok(format!("stream open, {}", opened.security)),
-                None => trace.ok("stream open without TLS"),
+                Some(_) => trace.ok(format!(
+                    "stream open, {}; features: {features}",
+                    opened.security
+                )),
+                None => trace.ok(format!("stream open without TLS; features: {features}")),
             }
             Ok(opened)
         }
@@ -406,6 +442,7 @@ async fn negotiate(
                         error: ConnectError::Certificate {
                             target: label.to_string(),
                             problem: problem.clone(),
+                            tls: Box::new(info.clone()),
                         },
                     });
                 }

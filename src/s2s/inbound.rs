@@ -1265,9 +1265,8 @@ mod tests {
     use crate::dialback::DialbackSecret;
     use crate::dns::Resolver;
     use crate::metrics::Metrics;
-    use crate::policy::{Policy, SecurityPolicy};
+    use crate::policy::Policy;
     use crate::router::{next_session_id, ComponentHandle, Router};
-    use crate::s2s::S2sSettings;
     use crate::tls::Tls;
     use crate::xml::framer::{Framer, Limits};
 
@@ -1309,22 +1308,15 @@ enabled = false
             Policy::from_config(&config.federation),
             Metrics::register(),
         ));
-        Arc::new(S2sContext {
-            registry: Default::default(),
+        Arc::new(S2sContext::new(
+            config,
             router,
-            resolver: Resolver::from_config(config).unwrap(),
-            secret: Arc::new(
-                DialbackSecret::load_or_create(&config.s2s.dialback_secret_file).unwrap(),
-            ),
-            settings: S2sSettings::from_config(config),
-            tls: Arc::new(Tls::from_config(config).unwrap()),
-            security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
-            external_refused: Default::default(),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            resumable: Default::default(),
-            pings: Default::default(),
-        })
+            Arc::new(Tls::from_config(config).unwrap()),
+            Resolver::from_config(config).unwrap(),
+            Arc::new(DialbackSecret::load_or_create(&config.s2s.dialback_secret_file).unwrap()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ))
     }
 
     /// The remote end of an inbound stream: writes XML, frames what comes back.

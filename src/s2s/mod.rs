@@ -129,6 +129,34 @@ pub struct S2sContext {
 }
 
 impl S2sContext {
+    /// What every s2s session shares, from `config` (`[s2s]` settings and the peers' security
+    /// policy) and the services the caller built: the only place an `S2sContext` is made, so
+    /// the gateway and `fedgate check remote` connect with exactly the same rules.
+    pub fn new(
+        config: &Config,
+        router: Arc<Router>,
+        tls: Arc<Tls>,
+        resolver: Resolver,
+        secret: Arc<DialbackSecret>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> S2sContext {
+        S2sContext {
+            router,
+            resolver,
+            secret,
+            settings: S2sSettings::from_config(config),
+            tls,
+            security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
+            external_refused: Default::default(),
+            shutdown,
+            tracker,
+            resumable: Default::default(),
+            pings: Default::default(),
+            registry: Default::default(),
+        }
+    }
+
     /// Keeps `trace` as the latest attempt to reach `remote`, and logs it step by step.
     pub fn remember_attempt(&self, remote: &str, trace: trace::Trace) {
         tracing::debug!(remote, "connection attempt:\n{trace}");

@@ -197,6 +197,55 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
     handle
 }
 
+/// What [`probe`] learnt from a link that authenticated.
+#[derive(Debug)]
+pub struct Probe {
+    /// Where the link went, as logs name it: `xmpp.b.example:5269 (192.0.2.1)`.
+    pub label: String,
+    pub method: AuthMethod,
+    /// TLS (with the peer's certificate chain) and the certificate's verdict.
+    pub security: Security,
+    /// The features the peer offered before authentication (after TLS).
+    pub offered: Element,
+    /// The features after authentication.
+    pub features: Element,
+}
+
+/// Steps 1–2 exactly as a session for (local, remote) runs them, then `</stream:stream>`
+/// without a stanza: `fedgate check remote`. The trace has every step, failed or not.
+pub async fn probe(
+    ctx: Arc<S2sContext>,
+    local: &str,
+    remote: &str,
+) -> (Trace, Result<Probe, OutboundError>) {
+    let session = Session {
+        // Listed while it runs: a probe is a session too, and a reload may close it.
+        live: ctx.registry.open(Direction::Outbound, None),
+        id: next_session_id(),
+        local: local.to_string(),
+        remote: remote.to_string(),
+        peer: ctx.router.metrics.peers.entry(remote),
+        shared: Arc::default(),
+        ctx: ctx.clone(),
+    };
+    let mut trace = Trace::new();
+    let probed = match session.connect(&mut trace).await {
+        Ok(link) => {
+            link.conn.close().await;
+            trace.ok(format!("stream to {} closed", link.label));
+            Ok(Probe {
+                label: link.label,
+                method: link.method,
+                security: link.security,
+                offered: link.offered,
+                features: link.features,
+            })
+        }
+        Err(e) => Err(e),
+    };
+    (trace, probed)
+}
+
 struct Session {
     /// This session in the registry: what `/peers` shows, and how a reload closes it.
     live: Registration,
@@ -218,6 +267,8 @@ struct Link {
     security: Security,
     /// The peer's features after authentication (XEP-0198 is offered there).
     features: Element,
+    /// The features it offered before authentication, for diagnostics.
+    offered: Element,
 }
 
 /// What outlives one link of a session (XEP-0198 §5).
@@ -529,6 +580,7 @@ impl Session {
                 }
             };
             let started = Instant::now();
+            let offered = features.clone();
             let authenticated = tokio::time::timeout(
                 settings.negotiation_timeout,
                 self.authenticate(&mut conn, &label, header, features, &security, &policy),
@@ -549,6 +601,7 @@ impl Session {
                         method,
                         security,
                         features,
+                        offered,
                     });
                 }
                 Ok(Err(e)) => {

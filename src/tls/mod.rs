@@ -26,6 +26,9 @@ pub(crate) mod testca;
 mod verifiers;
 mod verify;
 
+/// For `fedgate check remote`, which shows a peer's certificate the way the checks see it.
+pub(crate) use names::{PresentedNames, ReferenceId};
+pub(crate) use verify::spki_sha256;
 pub use verify::{CertProblem, CertVerdict, PeerRole};
 
 use std::io;

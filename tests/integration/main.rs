@@ -10,6 +10,7 @@ mod binary;
 mod component;
 mod component_client;
 mod core;
+mod diagnostics;
 mod dns;
 mod federation;
 mod metrics;
