@@ -157,6 +157,7 @@ impl Busy {
                 "ping_interval = \"1s\"\nretry_window = \"10m\"\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"",
             )
             .metrics("peers = [\"down.test\"]\ntop_peers = 5")
+            .federation("deny = [\"spam.test\"]")
             .start()
             .await;
         Busy {
@@ -207,6 +208,18 @@ impl Busy {
             ))
             .await;
         }
+        // The policy refuses spam.test both ways, in two bursts like the bounces.
+        a.send("<message from='u@a.test' to='x@spam.test' id='spam1'><body>?</body></message>")
+            .await;
+        let mut spam = RawStream::connect(self.a.s2s_addr()).await;
+        spam.send(&s2s_header("spam.test", "a.test")).await;
+        spam.expect_stream_error().await;
+        // A reload of the same file: applied, nothing closed.
+        let reloaded = self
+            .a
+            .reload(|t| t.to_string())
+            .expect("the same file reloads");
+        assert!(reloaded.closed.is_empty(), "{reloaded}");
         // An error is never bounced: it is counted as dropped.
         a.send("<message from='u@a.test' to='x@nowhere.test' type='error' id='err'/>")
             .await;
@@ -299,6 +312,8 @@ impl Busy {
             ))
             .await;
         }
+        a.send("<message from='u@a.test' to='x@spam.test' id='spam2'><body>?</body></message>")
+            .await;
         wait_for(a_, "fedgate_bounces_total{cause=\"dns\"}", 40.0).await;
         wait_for(a_, "fedgate_outbound_queue_stanzas", 150.0).await;
         self.backends.extend([a, b, c, e]);
