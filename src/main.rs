@@ -210,18 +210,30 @@ async fn ask_gateway(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Asks the running gateway of `file` (over its metrics listener): its answer (status, body),
+/// or the exit code after saying what is wrong.
+fn call_gateway(
+    file: &std::path::Path,
+    method: hyper::Method,
+    path: &str,
+) -> Result<(u16, String), ExitCode> {
+    let addr = metrics_address(file)?;
+    let runtime = build_runtime(tokio::runtime::Builder::new_current_thread())?;
+    runtime
+        .block_on(ask_gateway(addr, method, path))
+        .map_err(|e| {
+            eprintln!(
+                "Error: cannot reach the gateway at {addr}: {e:#}; is fedgate running with {}?",
+                file.display()
+            );
+            ExitCode::FAILURE
+        })
+}
+
 /// `fedgate reload`: exit 0 when the gateway reloaded, 1 when it refused or cannot be reached,
 /// 64 when the file is invalid (checked here first, with the key and the fix).
 fn reload(file: &std::path::Path) -> ExitCode {
-    let addr = match metrics_address(file) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    match runtime.block_on(ask_gateway(addr, hyper::Method::POST, "/reload")) {
+    match call_gateway(file, hyper::Method::POST, "/reload") {
         Ok((200, body)) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -230,13 +242,7 @@ fn reload(file: &std::path::Path) -> ExitCode {
             eprint!("Error: {body}");
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!(
-                "Error: cannot reach the gateway at {addr}: {e:#}; is fedgate running with {}?",
-                file.display()
-            );
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
@@ -254,34 +260,17 @@ fn peers(domain: Option<&str>, file: &std::path::Path, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let addr = match metrics_address(file) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
     let path = match &domain {
         Some(d) => format!("/peers/{d}"),
         None => "/peers".into(),
     };
-    let body = match runtime.block_on(ask_gateway(addr, hyper::Method::GET, &path)) {
+    let body = match call_gateway(file, hyper::Method::GET, &path) {
         Ok((200, body)) => body,
         Ok((status, body)) => {
-            eprintln!(
-                "Error: the gateway at {addr} answered {status}: {}",
-                body.trim()
-            );
+            eprintln!("Error: the gateway answered {status}: {}", body.trim());
             return ExitCode::FAILURE;
         }
-        Err(e) => {
-            eprintln!(
-                "Error: cannot reach the gateway at {addr}: {e:#}; is fedgate running with {}?",
-                file.display()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if json {
         println!("{body}");
@@ -297,7 +286,7 @@ fn peers(domain: Option<&str>, file: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("Error: the gateway at {addr} sent an answer this fedgate does not understand ({e}); is it the same version?");
+            eprintln!("Error: the gateway sent an answer this fedgate does not understand ({e}); is it the same version?");
             ExitCode::FAILURE
         }
     }
