@@ -129,6 +129,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         resumable: Default::default(),
         pings: Default::default(),
         attempts: Default::default(),
+        limits: s2s::limits::Limits::new(&settings, &metrics),
     });
     {
         let ctx = s2s_ctx.clone();

@@ -214,6 +214,9 @@ pub struct Metrics {
     pub sm_out: SmCounters,
     /// `fedgate_ready`: 1 when `/readyz` would answer 200.
     pub ready: IntGauge,
+    /// `fedgate_limit_refusals_total{limit}`: connections, authentications and stanzas refused
+    /// by an abuse limit; the labels are `crate::s2s::limits::Limit`'s.
+    pub limit_refusals: IntCounterVec,
     /// Per-peer figures with a bounded label set.
     pub peers: Arc<Peers>,
 }
@@ -454,6 +457,12 @@ impl Metrics {
             "fedgate_ready",
             "1 when fedgate is ready: listeners bound and every configured backend attached",
         );
+        let limit_refusals = counter_vec(
+            r,
+            "fedgate_limit_refusals_total",
+            "Connections, authentications and stanzas refused by an abuse limit, by limit",
+            &["limit"],
+        );
         let build = registered(
             r,
             IntGaugeVec::new(
@@ -526,6 +535,7 @@ impl Metrics {
             certificate_verdicts,
             certificate_expiry,
             ready,
+            limit_refusals,
             peers: Arc::new(peers),
         }
     }
