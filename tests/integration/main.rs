@@ -12,6 +12,7 @@ mod component_client;
 mod core;
 mod dns;
 mod federation;
+mod limits;
 mod metrics;
 mod outbound;
 mod s2s;
