@@ -93,6 +93,10 @@ async fn connections_past_the_per_address_limit_get_policy_violation_and_others_
     assert!(why.contains("s2s.max_connections_per_ip is 3"), "{why}");
     assert!(matches!(fourth.event().await, Event::StreamClose));
     fourth.expect_eof().await;
+    // On the direct TLS port the same limit applies, and the connection just closes: an
+    // answer would take the TLS handshake that the limit saves.
+    let mut direct = RawStream::connect_from(b.direct_tls_addr(), Some(source), None).await;
+    direct.expect_eof().await;
     // Another address is counted apart.
     let _other = served_from(b.s2s_addr(), next_loopback())
         .await
@@ -108,7 +112,7 @@ async fn connections_past_the_per_address_limit_get_policy_violation_and_others_
             &metrics,
             "fedgate_limit_refusals_total{limit=\"connections_per_ip\"}"
         ),
-        1.0
+        2.0
     );
     // A connection that ends gives its slot back.
     drop(held.pop());
