@@ -45,6 +45,7 @@ listen = ["{listen}"]
 direct_tls_listen = ["{IP}:5270"]
 dialback_secret_file = "dialback.secret"
 max_connections = 100000
+max_connections_per_ip = 100000
 
 [dns]
 nameservers = ["127.0.0.1:9"]

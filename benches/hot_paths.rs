@@ -1,5 +1,6 @@
 //! Criterion benches for the per-stanza hot paths: framing, pass-through between stream
-//! contexts, dialback keys and component handshakes, and the router's JID domain lookup.
+//! contexts, dialback keys and component handshakes, the router's JID domain lookup, metrics,
+//! and the inbound byte rate limit's cost per read.
 //!
 //! Run: `cargo bench --bench hot_paths` (add `-- --warm-up-time 1 --measurement-time 3` for a
 //! quick pass). The dev VM is noisy: compare only runs made on the same machine.
@@ -190,5 +191,33 @@ fn metrics(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, framer, bytes_for, dialback, jid, metrics);
+/// What the inbound byte rate limit adds to a read: whether the bucket allows it, then a
+/// clock read and the debit (a bucket that is never in debt, so nothing waits). An unlimited
+/// connection skips both (`None`).
+fn token_bucket(c: &mut Criterion) {
+    use fedgate::connection::TokenBucket;
+    use tokio::time::Instant;
+    let mut bucket = TokenBucket::new(u64::MAX / 4, u64::MAX / 4, Instant::now());
+    let mut group = c.benchmark_group("token_bucket");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("per_read", |b| {
+        b.iter(|| {
+            if let Some(at) = bucket.ready_at() {
+                black_box(at);
+            }
+            bucket.debit(black_box(16 * 1024), Instant::now());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    framer,
+    bytes_for,
+    dialback,
+    jid,
+    metrics,
+    token_bucket
+);
 criterion_main!(benches);

@@ -195,6 +195,48 @@ pub struct S2sConfig {
     /// Most inbound s2s connections open at once; further ones are refused until one closes.
     /// Default `10000`. Bounded by the process's file descriptor limit (check `ulimit -n`).
     pub max_connections: usize,
+    /// Most inbound s2s connections open at once from one IP address, both listeners together,
+    /// within `max_connections`. Default `32`. Past it a new connection gets our stream header
+    /// and `<policy-violation/>` naming this key, and is closed: no TLS, nothing parsed (on the
+    /// direct TLS port it is closed without a word, since answering would take the TLS
+    /// handshake the limit saves). Too high lets one host take many of the `max_connections`
+    /// slots; too low refuses a provider whose many domains connect from one address (one
+    /// stream per domain pair when it does not multiplex) or servers behind one NAT.
+    pub max_connections_per_ip: usize,
+    /// Most inbound streams authenticated for the same remote domain at once. Default `32`.
+    /// The authentication that would exceed it is refused and the stream stays, for other
+    /// domains: dialback with `<db:result type='error'>` and `<policy-violation/>` (XEP-0220
+    /// §2.4, a dialback error is not fatal to the stream), SASL EXTERNAL with `<failure/>`
+    /// and `<temporary-auth-failure/>` (RFC 6120 §6.5.10: the credentials are fine, a stream
+    /// of that domain closing makes room). A peer needs one stream per local domain it writes
+    /// to, or one in all if it multiplexes. Too high lets one domain hold many connections;
+    /// too low refuses a peer that writes to many of our domains without multiplexing.
+    pub max_streams_per_domain: usize,
+    /// Most domain pairs (local, remote) authenticated or being verified on one inbound
+    /// stream (XEP-0220 §4, multiplexing). Default `100`. Beyond it, `<db:result
+    /// type='error'>` with `<policy-violation/>`; the pairs already there go on. Too high makes
+    /// one stream's per-stanza `from` check and the state it holds grow; too low makes a peer
+    /// with many domains open more streams.
+    pub max_domain_pairs_per_stream: usize,
+    /// Dialback verifications (connect-backs to a sender's authoritative server) one inbound
+    /// stream may have in flight. Default `16`. Beyond it, `<db:result type='error'>` with
+    /// `<resource-constraint/>` (busy: try again later). Too high lets one stream make us
+    /// open many connections; too low slows a peer that authenticates many domains at once.
+    pub max_pending_verifications: usize,
+    /// The same over all inbound streams together. Default `1024`; at least
+    /// `max_pending_verifications`. Each verification is an outbound connection and a task
+    /// for up to `dialback_timeout`, so this bounds what many streams together can make us
+    /// open; too low makes unrelated peers wait for each other during a flood.
+    pub max_pending_verifications_total: usize,
+    /// Bytes per second one inbound stream may send, as a token bucket in the read path.
+    /// Default `1048576` (1 MiB/s). The bucket holds one second's worth, or the stream's
+    /// stanza limit if that is more, so a burst that size passes at once. When it is empty
+    /// fedgate stops reading the connection until it refills: the kernel's buffers fill and
+    /// TCP slows the sender down, nothing is dropped and nothing piles up in fedgate. Counted
+    /// in XML bytes (after TLS). Too low makes a busy peer's stanzas late and its own queue
+    /// grow; too high lets one peer take more CPU for parsing. `[[federation.peer]]
+    /// max_inbound_bytes_per_second` overrides it per peer.
+    pub max_inbound_bytes_per_second: u64,
     /// Most stanzas queued for one remote domain while its outbound session connects and
     /// authenticates; stanzas beyond it bounce with `resource-constraint`. Default `1000`.
     pub queue_max_stanzas: usize,
@@ -263,6 +305,12 @@ impl Default for S2sConfig {
             max_depth: 32,
             max_attributes: 64,
             max_connections: 10_000,
+            max_connections_per_ip: 32,
+            max_streams_per_domain: 32,
+            max_domain_pairs_per_stream: 100,
+            max_pending_verifications: 16,
+            max_pending_verifications_total: 1024,
+            max_inbound_bytes_per_second: 1024 * 1024,
             queue_max_stanzas: 1000,
             queue_max_bytes: 4 * 1024 * 1024,
             retry_window: Duration::from_secs(60),
@@ -495,6 +543,25 @@ pub struct PeerConfig {
     /// empty (no pinning). A pinned certificate need not chain to a trust anchor.
     #[serde(default)]
     pub pin_sha256: Vec<String>,
+    /// Largest stanza to and from this peer, in bytes of raw XML. Default: inbound
+    /// `s2s.max_stanza_bytes`; outbound none of ours (the peer's own XEP-0478 `max-bytes`
+    /// still applies). Inbound, a larger stanza from this peer ends the stream with
+    /// `<policy-violation/>`; outbound, a larger stanza for it is bounced to its sender with
+    /// `policy-violation` and a text naming the limit. May exceed `s2s.max_stanza_bytes` for
+    /// a trusted peer (each of its streams may then buffer that much), at most
+    /// `s2s.queue_max_bytes`.
+    #[serde(default)]
+    pub max_stanza_bytes: Option<usize>,
+    /// `s2s.max_inbound_bytes_per_second` for streams from this peer, applied once it has
+    /// authenticated (its stream header's `from` proves nothing). Default: that key. A stream
+    /// that carries several remote domains is held to the lowest of their rates.
+    #[serde(default)]
+    pub max_inbound_bytes_per_second: Option<u64>,
+    /// A static route to this peer, `host:port`, as a `[[s2s.route]]` (STARTTLS; use
+    /// `[[s2s.route]]` for direct TLS): DNS is not asked, and the TLS and dialback identity
+    /// is still `domain`. Default none. A domain has at most one route.
+    #[serde(default)]
+    pub route: Option<RouteTarget>,
 }
 
 impl PeerConfig {
@@ -824,6 +891,9 @@ impl Config {
         }
         for p in &mut self.federation.peer {
             canon(&mut p.domain);
+            if let Some(target) = p.route.as_mut().filter(|t| t.ip().is_none()) {
+                canon(&mut target.host);
+            }
         }
         if let Some(core) = &mut self.core {
             core.normalize();
@@ -869,7 +939,144 @@ impl Config {
         self.validate_listeners(&mut problems);
         self.validate_dns(&mut problems);
         self.validate_core(&mut problems);
+        self.validate_limits(&mut problems);
         problems
+    }
+
+    /// The `[s2s]` abuse limits, and the limits and routes of `[[federation.peer]]`.
+    fn validate_limits(&self, problems: &mut Vec<ConfigError>) {
+        let s = &self.s2s;
+        let defaults = S2sConfig::default();
+        for (name, value, default) in [
+            (
+                "max_connections_per_ip",
+                s.max_connections_per_ip as u64,
+                defaults.max_connections_per_ip as u64,
+            ),
+            (
+                "max_streams_per_domain",
+                s.max_streams_per_domain as u64,
+                defaults.max_streams_per_domain as u64,
+            ),
+            (
+                "max_domain_pairs_per_stream",
+                s.max_domain_pairs_per_stream as u64,
+                defaults.max_domain_pairs_per_stream as u64,
+            ),
+            (
+                "max_pending_verifications",
+                s.max_pending_verifications as u64,
+                defaults.max_pending_verifications as u64,
+            ),
+            (
+                "max_pending_verifications_total",
+                s.max_pending_verifications_total as u64,
+                defaults.max_pending_verifications_total as u64,
+            ),
+            (
+                "max_inbound_bytes_per_second",
+                s.max_inbound_bytes_per_second,
+                defaults.max_inbound_bytes_per_second,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(invalid(
+                    format!("s2s.{name}"),
+                    "the limit is zero, which would refuse everything",
+                    format!("set a positive number (the default is {default}), or remove the key"),
+                ));
+            }
+        }
+        if s.max_pending_verifications > s.max_pending_verifications_total {
+            problems.push(invalid(
+                "s2s.max_pending_verifications",
+                format!(
+                    "{} per stream is more than s2s.max_pending_verifications_total ({})",
+                    s.max_pending_verifications, s.max_pending_verifications_total
+                ),
+                "lower it or raise max_pending_verifications_total",
+            ));
+        }
+        let locals: Vec<String> = self
+            .local_domains()
+            .filter_map(|d| normalize_domain(d).ok().map(|d| d.into_owned()))
+            .collect();
+        let mut routed: Vec<(String, String)> = self
+            .s2s
+            .route
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let d = normalize_domain(&r.domain).ok()?.into_owned();
+                Some((d, format!("s2s.route[{i}]")))
+            })
+            .collect();
+        for (i, p) in self.federation.peer.iter().enumerate() {
+            let key = format!("federation.peer[{i}]");
+            if p.max_stanza_bytes == Some(0) || p.max_inbound_bytes_per_second == Some(0) {
+                let name = if p.max_stanza_bytes == Some(0) {
+                    "max_stanza_bytes"
+                } else {
+                    "max_inbound_bytes_per_second"
+                };
+                problems.push(invalid(
+                    format!("{key}.{name}"),
+                    "the limit is zero, which would refuse everything",
+                    format!("set a positive number, or remove the key to use s2s.{name}"),
+                ));
+                continue;
+            }
+            if let Some(max) = p.max_stanza_bytes.filter(|m| *m > s.queue_max_bytes) {
+                problems.push(invalid(
+                    format!("{key}.max_stanza_bytes"),
+                    format!(
+                        "{max} is larger than s2s.queue_max_bytes ({}), so such a stanza could never be queued",
+                        s.queue_max_bytes
+                    ),
+                    "lower it or raise s2s.queue_max_bytes",
+                ));
+                continue;
+            }
+            let Some(target) = &p.route else {
+                continue;
+            };
+            // The domain itself is checked with the peer's other rules.
+            let Ok(domain) = normalize_domain(&p.domain) else {
+                continue;
+            };
+            if locals.iter().any(|l| *l == domain) {
+                problems.push(invalid(
+                    format!("{key}.route"),
+                    format!(
+                        "`{domain}` is a local (backend) domain; its stanzas go to its backend"
+                    ),
+                    "remove this route",
+                ));
+                continue;
+            }
+            if let Some((_, other)) = routed.iter().find(|(d, _)| *d == domain) {
+                problems.push(invalid(
+                    format!("{key}.route"),
+                    format!("`{domain}` already has a route, {other}"),
+                    "keep one route per domain",
+                ));
+                continue;
+            }
+            if target.ip().is_none() {
+                if let Err(e) = normalize_domain(&target.host) {
+                    problems.push(invalid(
+                        format!("{key}.route"),
+                        format!(
+                            "host `{}` is not a valid domain or IP address: {e}",
+                            target.host
+                        ),
+                        "write host:port, e.g. \"xmpp.example.org:5269\" or \"127.0.0.1:5269\"",
+                    ));
+                    continue;
+                }
+            }
+            routed.push((domain.into_owned(), format!("{key}.route")));
+        }
     }
 
     /// `[core]`: its own rules, and every domain and alias a configured backend.
@@ -1411,6 +1618,80 @@ mod tests {
         assert!(c.metrics.enabled);
         assert_eq!(c.metrics.listen, "127.0.0.1:9269".parse().unwrap());
         assert_eq!(c.component.backend[0].secret().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn abuse_limits_have_safe_defaults_and_zero_is_refused_naming_the_key() {
+        let s = parse(MINIMAL).unwrap().s2s;
+        assert_eq!(s.max_connections_per_ip, 32);
+        assert_eq!(s.max_streams_per_domain, 32);
+        assert_eq!(s.max_domain_pairs_per_stream, 100);
+        assert_eq!(s.max_pending_verifications, 16);
+        assert_eq!(s.max_pending_verifications_total, 1024);
+        assert_eq!(s.max_inbound_bytes_per_second, 1_048_576);
+        for key in [
+            "max_connections_per_ip",
+            "max_streams_per_domain",
+            "max_domain_pairs_per_stream",
+            "max_pending_verifications",
+            "max_pending_verifications_total",
+            "max_inbound_bytes_per_second",
+        ] {
+            let e = parse(&format!("[s2s]\n{key} = 0\n{MINIMAL}")).unwrap_err();
+            let message = e.to_string();
+            assert!(message.contains("the default is"), "{message}");
+            assert_eq!(invalid_key(e), format!("s2s.{key}"));
+        }
+        let e = parse(&format!(
+            "[s2s]\nmax_pending_verifications = 20\nmax_pending_verifications_total = 10\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(invalid_key(e), "s2s.max_pending_verifications");
+    }
+
+    #[test]
+    fn peer_limits_and_routes_are_checked() {
+        let with = |tables: &str| parse(&format!("{MINIMAL}{tables}"));
+        let c = with(
+            "[[federation.peer]]\ndomain = \"B.Test\"\nmax_stanza_bytes = 1000\nmax_inbound_bytes_per_second = 5000\nroute = \"XMPP.B.Test:5269\"\n",
+        )
+        .unwrap();
+        let p = &c.federation.peer[0];
+        assert_eq!(p.max_stanza_bytes, Some(1000));
+        assert_eq!(p.max_inbound_bytes_per_second, Some(5000));
+        assert_eq!(p.route.as_ref().unwrap().to_string(), "xmpp.b.test:5269");
+        for (tables, key) in [
+            (
+                "[[federation.peer]]\ndomain = \"b.test\"\nmax_stanza_bytes = 0\n",
+                "federation.peer[0].max_stanza_bytes",
+            ),
+            (
+                "[[federation.peer]]\ndomain = \"b.test\"\nmax_inbound_bytes_per_second = 0\n",
+                "federation.peer[0].max_inbound_bytes_per_second",
+            ),
+            // Larger than the outbound queue could ever hold.
+            (
+                "[[federation.peer]]\ndomain = \"b.test\"\nmax_stanza_bytes = 5000000\n",
+                "federation.peer[0].max_stanza_bytes",
+            ),
+            // One route per domain, whichever table it is in.
+            (
+                "[[s2s.route]]\ndomain = \"b.test\"\ntarget = \"127.0.0.1:5269\"\n[[federation.peer]]\ndomain = \"b.test\"\nroute = \"127.0.0.2:5269\"\n",
+                "federation.peer[0].route",
+            ),
+            (
+                "[[federation.peer]]\ndomain = \"b.test\"\nroute = \"127.0.0.1:5269\"\n[[federation.peer]]\ndomain = \"B.test\"\nroute = \"127.0.0.2:5269\"\n",
+                "federation.peer[1].route",
+            ),
+            (
+                "[[federation.peer]]\ndomain = \"a.test\"\nroute = \"127.0.0.1:5269\"\n",
+                "federation.peer[0].route",
+            ),
+        ] {
+            assert_eq!(invalid_key(with(tables).unwrap_err()), key, "{tables}");
+        }
+        let e = with("[[federation.peer]]\ndomain = \"b.test\"\nroute = \"b.test\"\n").unwrap_err();
+        assert!(e.to_string().contains("no port"), "{e}");
     }
 
     #[test]

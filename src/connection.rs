@@ -4,6 +4,10 @@
 //! once a session is established it splits into a [`Reader`] and a [`Writer`] so that reading
 //! and writing never wait for each other (two peers both blocked writing would deadlock).
 //! The transport is boxed so that TCP, and TLS on top of it, look the same to the sessions.
+//!
+//! A stream may be held to a byte rate ([`Connection::limit_rate`], a [`TokenBucket`]): when
+//! the bucket is empty the next read waits until it has refilled, so the kernel's buffers
+//! fill and TCP slows the sender down, rather than fedgate buffering what it cannot process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +59,8 @@ pub struct Connection {
     /// When bytes last went out: a whitespace keepalive is due after a silence (RFC 6120
     /// §4.6.1), and this lets the session check it without a timer reset per write.
     last_write: tokio::time::Instant,
+    /// The inbound byte rate this stream is held to, if any.
+    bucket: Option<TokenBucket>,
 }
 
 impl Connection {
@@ -72,6 +78,17 @@ impl Connection {
             content_ns,
             opened: false,
             last_write: tokio::time::Instant::now(),
+            bucket: None,
+        }
+    }
+
+    /// Holds reading to `rate` bytes per second with bursts of `burst` bytes, from now on;
+    /// called again, changes the rate and keeps what the bucket holds (up to the new burst).
+    pub fn limit_rate(&mut self, rate: u64, burst: u64) {
+        let now = tokio::time::Instant::now();
+        match &mut self.bucket {
+            Some(bucket) => bucket.set_rate(rate, burst, now),
+            None => self.bucket = Some(TokenBucket::new(rate, burst, now)),
         }
     }
 
@@ -80,9 +97,10 @@ impl Connection {
         self.last_write
     }
 
-    /// The next event; reads as needed.
+    /// The next event; reads as needed, waiting first when the byte rate is used up.
+    /// Cancel-safe: no event is lost if dropped while waiting.
     pub async fn next_event(&mut self) -> Result<Event, ReadError> {
-        next_event(&mut self.io, &mut self.framer).await
+        next_event(&mut self.io, &mut self.framer, &mut self.bucket).await
     }
 
     /// Queues our stream header.
@@ -172,6 +190,7 @@ impl Connection {
             Reader {
                 io: rd,
                 framer: self.framer,
+                bucket: self.bucket,
             },
             Writer {
                 io: wr,
@@ -181,17 +200,90 @@ impl Connection {
     }
 }
 
+/// Frames what is buffered, else reads. With a bucket, a read waits until the bucket is no
+/// longer in debt, and is debited once it returns: one clock read per read, nothing allocated.
+/// Cancel-safe: a read that completed is debited before the next await.
 async fn next_event<R: AsyncRead + Unpin>(
     io: &mut R,
     framer: &mut Framer,
+    bucket: &mut Option<TokenBucket>,
 ) -> Result<Event, ReadError> {
     loop {
         if let Some(event) = framer.next_event()? {
             return Ok(event);
         }
-        if io.read_buf(framer.read_buf()).await? == 0 {
+        if let Some(at) = bucket.as_ref().and_then(TokenBucket::ready_at) {
+            tokio::time::sleep_until(at).await;
+        }
+        let n = io.read_buf(framer.read_buf()).await?;
+        if n == 0 {
             return Err(ReadError::Eof);
         }
+        if let Some(bucket) = bucket {
+            bucket.debit(n, tokio::time::Instant::now());
+        }
+    }
+}
+
+/// A token bucket over bytes read: `rate` bytes per second, at most `burst` saved up. Reads are
+/// debited after the fact, so the bucket may go into debt by one read; the next read waits
+/// until the debt is paid ([`TokenBucket::ready_at`]). Over any span `t` a stream thus reads at
+/// most `burst + rate × t` plus one read's worth. Sans-I/O: time is passed in.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Bytes per second.
+    rate: f64,
+    /// Most bytes saved up, so that a burst that size passes at once.
+    burst: f64,
+    /// Bytes that may be read now; negative is a debt.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`. `rate` and `burst` are at least 1.
+    pub fn new(rate: u64, burst: u64, now: tokio::time::Instant) -> TokenBucket {
+        let burst = burst.max(1) as f64;
+        TokenBucket {
+            rate: rate.max(1) as f64,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Records `n` bytes read at `now`: refills for the time since the last update, then
+    /// takes `n`.
+    #[inline]
+    pub fn debit(&mut self, n: usize, now: tokio::time::Instant) {
+        self.refill(now);
+        self.tokens -= n as f64;
+    }
+
+    /// When the next read may start: `None` for at once, else when the debt is paid.
+    #[inline]
+    pub fn ready_at(&self) -> Option<tokio::time::Instant> {
+        (self.tokens < 0.0).then(|| self.at + Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+
+    /// Changes the rate and burst at `now`; the tokens saved so far stay, up to the new burst.
+    pub fn set_rate(&mut self, rate: u64, burst: u64, now: tokio::time::Instant) {
+        self.refill(now);
+        self.rate = rate.max(1) as f64;
+        self.burst = burst.max(1) as f64;
+        self.tokens = self.tokens.min(self.burst);
+    }
+
+    /// Bytes that may be read at `now` (negative: the debt), without changing the bucket.
+    pub fn available(&self, now: tokio::time::Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    fn refill(&mut self, now: tokio::time::Instant) {
+        self.tokens = self.available(now);
+        self.at = self.at.max(now);
     }
 }
 
@@ -199,12 +291,14 @@ async fn next_event<R: AsyncRead + Unpin>(
 pub struct Reader {
     io: ReadHalf<BoxTransport>,
     framer: Framer,
+    /// The byte rate the stream was held to before it was split, if any.
+    bucket: Option<TokenBucket>,
 }
 
 impl Reader {
     /// The next event; reads as needed. Cancel-safe: no event is lost if dropped while waiting.
     pub async fn next_event(&mut self) -> Result<Event, ReadError> {
-        next_event(&mut self.io, &mut self.framer).await
+        next_event(&mut self.io, &mut self.framer, &mut self.bucket).await
     }
 }
 
@@ -318,6 +412,31 @@ impl AsyncWrite for Closed {
     }
 }
 
+/// Refuses a connection before reading anything from it: our stream header, a stream error
+/// and the close (RFC 6120 §4.9.1.1 allows the error right after our header), then the same
+/// bounded goodbye as [`Connection::fail`]. Nothing is parsed and no TLS is set up, so a
+/// refusal costs a write and the short linger.
+pub async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    content_ns: &'static str,
+    condition: &StreamErrorCondition,
+    text: &str,
+) {
+    let mut out = Vec::with_capacity(512);
+    OpenStream {
+        content_ns,
+        from: None,
+        to: None,
+        id: None,
+        version: true,
+        dialback: false,
+    }
+    .write(&mut out);
+    out.extend_from_slice(&stream_error(condition, Some(text)));
+    goodbye(&mut io, &mut out).await;
+    linger(&mut io).await;
+}
+
 /// Writes what is queued plus `</stream:stream>` and shuts the write side. Best effort and
 /// bounded in time: the peer may be gone or not reading.
 async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
@@ -327,4 +446,84 @@ async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
         let _ = io.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::TokenBucket;
+
+    const KIB: u64 = 1024;
+
+    #[test]
+    fn a_full_bucket_lets_a_burst_through_then_charges_the_debt_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(256 * KIB, 64 * KIB, t0);
+        assert_eq!(b.ready_at(), None, "full at the start");
+        b.debit(64 * KIB as usize, t0);
+        assert_eq!(b.ready_at(), None, "exactly empty: the next read may start");
+        // 16 KiB more is a debt of 16 KiB: paid after 1/16 s at 256 KiB/s.
+        b.debit(16 * KIB as usize, t0);
+        assert_eq!(b.ready_at(), Some(t0 + Duration::from_micros(62_500)));
+        // Half way there, still in debt, and the deadline does not move.
+        let half = t0 + Duration::from_micros(31_250);
+        assert!((b.available(half) + 8.0 * KIB as f64).abs() < 1e-6);
+        b.debit(0, half);
+        assert_eq!(b.ready_at(), Some(t0 + Duration::from_micros(62_500)));
+    }
+
+    #[test]
+    fn savings_are_capped_at_the_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 5000, t0);
+        b.debit(5000, t0);
+        // An hour idle saves up 5000 bytes, not 3.6 MB.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.available(later), 5000.0);
+        b.debit(6000, later);
+        assert_eq!(b.ready_at(), Some(later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_sender_that_always_reads_when_allowed_gets_the_rate_plus_the_burst() {
+        // Simulated time: read 16 KiB whenever the bucket allows, for 10 s.
+        let rate = 256 * KIB;
+        let burst = 64 * KIB;
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(rate, burst, t0);
+        let mut now = t0;
+        let mut read = 0u64;
+        let end = t0 + Duration::from_secs(10);
+        while now < end {
+            // As the reader does: wait until the debt is paid, then read and debit.
+            if let Some(at) = b.ready_at() {
+                now = now.max(at);
+            }
+            b.debit(16 * 1024, now);
+            read += 16 * 1024;
+        }
+        let allowed = burst + rate * 10 + 16 * KIB;
+        assert!(read <= allowed, "{read} > {allowed}");
+        assert!(read >= rate * 10, "{read} < {}", rate * 10);
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_the_change_and_keeps_the_savings() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 10_000, t0);
+        b.debit(10_000, t0);
+        let t1 = t0 + Duration::from_secs(2);
+        // 2000 saved at the old rate; the new rate refills 10 times faster from t1 on.
+        b.set_rate(10_000, 20_000, t1);
+        assert_eq!(b.available(t1), 2000.0);
+        b.debit(12_000, t1);
+        assert_eq!(b.ready_at(), Some(t1 + Duration::from_secs(1)));
+        // A smaller burst caps what was saved.
+        let t2 = t1 + Duration::from_secs(60);
+        b.set_rate(10_000, 500, t2);
+        assert_eq!(b.available(t2), 500.0);
+    }
 }

@@ -298,9 +298,14 @@ struct SrvRecord {
 }
 
 impl Resolver {
-    /// Builds the resolver from `[dns]` and `[[s2s.route]]`.
+    /// Builds the resolver from `[dns]`, `[[s2s.route]]` and the `route` of
+    /// `[[federation.peer]]` (STARTTLS; validation keeps one route per domain).
     pub fn from_config(config: &Config) -> Result<Resolver, ResolveError> {
         let dns = build_dns(&config.dns)?;
+        let peer_routes = config.federation.peer.iter().filter_map(|p| {
+            let target = p.route.as_ref()?;
+            Some((p.domain.clone(), (target.host.clone(), target.port, false)))
+        });
         let routes = config
             .s2s
             .route
@@ -311,6 +316,7 @@ impl Resolver {
                     (r.target.host.clone(), r.target.port, r.direct_tls),
                 )
             })
+            .chain(peer_routes)
             .collect();
         Ok(Resolver {
             dns,

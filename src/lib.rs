@@ -15,7 +15,8 @@
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
 //!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
 //!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings),
-//!   [`s2s::registry`] (live sessions, recent failures and attempt traces per peer).
+//!   [`s2s::registry`] (live sessions, recent failures and attempt traces per peer),
+//!   [`s2s::limits`] (what one address, domain and stream may take, and the refusals).
 //! - [`component`]: the XEP-0114 listener where backends attach, and [`component::client`],
 //!   the backend side (what components and the core use to attach).
 //! - [`listener`]: the accept loop every listener shares.

@@ -7,8 +7,8 @@
 //!
 //! [`SecurityPolicy`] decides how each peer must secure and authenticate its streams: TLS
 //! required or optional, a valid certificate required (`secure_auth`), which authentication
-//! methods count, and certificate pins; `[s2s]` gives the defaults and `[[federation.peer]]`
-//! overrides them per domain.
+//! methods count, certificate pins, and the peer's stanza size and inbound byte rate limits;
+//! `[s2s]` gives the defaults and `[[federation.peer]]` overrides them per domain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,6 +111,11 @@ pub struct PeerSecurity {
     pub auth: AuthRequirement,
     /// SHA-256 digests of accepted public keys (SPKI); empty = no pinning.
     pub pins: Vec<[u8; 32]>,
+    /// `max_stanza_bytes` of `[[federation.peer]]`, both ways; `None`: `[s2s]`'s inbound, and
+    /// only the peer's own XEP-0478 limit outbound.
+    pub max_stanza_bytes: Option<usize>,
+    /// `max_inbound_bytes_per_second` of `[[federation.peer]]`; `None`: `[s2s]`'s.
+    pub max_inbound_bytes_per_second: Option<u64>,
 }
 
 impl PeerSecurity {
@@ -145,6 +150,8 @@ impl SecurityPolicy {
             secure_auth: config.s2s.secure_auth,
             auth: AuthRequirement::Any,
             pins: Vec::new(),
+            max_stanza_bytes: None,
+            max_inbound_bytes_per_second: None,
         };
         let peers = config
             .federation
@@ -160,6 +167,8 @@ impl SecurityPolicy {
                     auth: p.auth,
                     // Validated at load; an invalid pin cannot get here.
                     pins: p.pins().unwrap_or_default(),
+                    max_stanza_bytes: p.max_stanza_bytes,
+                    max_inbound_bytes_per_second: p.max_inbound_bytes_per_second,
                 };
                 (p.domain.clone(), Arc::new(security))
             })

@@ -13,8 +13,10 @@
 //! other sessions continue untouched.
 //!
 //! What cannot change without a restart (listen addresses, local domains, `[dns]`, the `[s2s]`
-//! timeouts and limits, `[metrics]`, `[core]`) keeps its running value; the reload names those
-//! sections so the operator knows a restart is due.
+//! timeouts, limits and routes, per-peer routes, `[metrics]`, `[core]`) keeps its running
+//! value; the reload names those sections so the operator knows a restart is due. The per-peer
+//! limits of `[[federation.peer]]` (stanza size, byte rate) apply to streams authenticated
+//! after the reload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -277,6 +279,19 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     if named(old) != named(new) {
         sections.push("the per-peer metric labels of [[federation.peer]]");
+    }
+    let routes = |c: &Config| {
+        let routes: Vec<_> = c
+            .federation
+            .peer
+            .iter()
+            .filter(|p| p.route.is_some())
+            .map(|p| (&p.domain, format!("{:?}", p.route)))
+            .collect();
+        format!("{routes:?}")
+    };
+    if routes(old) != routes(new) {
+        sections.push("[[federation.peer]] route");
     }
     sections
 }

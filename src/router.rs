@@ -448,7 +448,8 @@ impl Router {
     /// a burst of bounces is not lost to a full queue.
     ///
     /// `cause` is the `fedgate_bounces_total` label, one of a closed set: `malformed`,
-    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `link_unstable`, and for an
+    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `link_unstable`, `too_large`
+    /// (over the peer's stanza size limit), and for an
     /// outbound session that gave up, the step that failed: `dns`, `connect`, `tls`, `stream`,
     /// `auth`, `shutdown`.
     pub async fn bounce(

@@ -221,6 +221,9 @@ pub struct Metrics {
     /// `fedgate_config_reloads_total{result}`: SIGHUP and `fedgate reload`, `applied` or
     /// `refused` (the running config stays).
     pub config_reloads: IntCounterVec,
+    /// `fedgate_limit_refusals_total{limit}`: connections, authentications and stanzas refused
+    /// by an abuse limit; the labels are `crate::s2s::limits::Limit`'s.
+    pub limit_refusals: IntCounterVec,
     /// Per-peer figures with a bounded label set.
     pub peers: Arc<Peers>,
 }
@@ -473,6 +476,12 @@ impl Metrics {
             "Configuration reloads (SIGHUP, fedgate reload), by result: applied or refused",
             &["result"],
         );
+        let limit_refusals = counter_vec(
+            r,
+            "fedgate_limit_refusals_total",
+            "Connections, authentications and stanzas refused by an abuse limit, by limit",
+            &["limit"],
+        );
         let build = registered(
             r,
             IntGaugeVec::new(
@@ -547,6 +556,7 @@ impl Metrics {
             ready,
             policy_refusals,
             config_reloads,
+            limit_refusals,
             peers: Arc::new(peers),
         }
     }

@@ -41,8 +41,15 @@
 //!
 //! Until a pair is authenticated, `negotiation_timeout` bounds the stream and stanzas are
 //! limited to `max_negotiation_stanza_bytes`; after, `idle_timeout` and `max_stanza_bytes`.
+//!
+//! Abuse limits ([`limits`]): connections per source address (refused before anything is
+//! read), streams per remote domain and domain pairs per stream (the authentication is refused),
+//! dialback verifications in flight per stream and in all, each sender's stanza size, and the
+//! stream's byte rate (a token bucket in the read path: reading waits, TCP pushes back). The
+//! stanza limit and the byte rate are the stream's authenticated peer's (`[[federation.peer]]`);
+//! both are announced in the stream features (XEP-0478).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -52,6 +59,7 @@ use tokio::time::Instant;
 
 use super::connect::Security;
 use super::keepalive;
+use super::limits::{self, Limit, Slot, StreamLimits};
 use super::registry::{Pair, Registration};
 use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
@@ -97,14 +105,37 @@ fn refuse_sm(e: &SmError) -> Refusal {
     }
 }
 
-/// Serves one inbound s2s connection on the STARTTLS port, from accept to close.
+/// Serves one inbound s2s connection on the STARTTLS port, from accept to close. Past
+/// `max_connections_per_ip`, our header and `<policy-violation/>` and nothing else.
 pub async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<S2sContext>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _connection = match admit_connection(&ctx, peer) {
+        Ok(slot) => slot,
+        Err(text) => {
+            let condition = StreamErrorCondition::PolicyViolation;
+            crate::connection::refuse(tcp, ns::SERVER, &condition, &text).await;
+            return;
+        }
+    };
     serve(Box::new(tcp), peer, ctx, None).await
+}
+
+/// The connection's slot under `max_connections_per_ip`, or (counted and logged) the text that
+/// refuses it.
+fn admit_connection(ctx: &S2sContext, peer: SocketAddr) -> Result<Slot<IpAddr>, String> {
+    ctx.limits.connection(peer.ip()).ok_or_else(|| {
+        ctx.limits
+            .refused(Limit::ConnectionsPerIp, &peer, "a connection");
+        format!(
+            "too many connections from {}: s2s.max_connections_per_ip is {}",
+            peer.ip(),
+            ctx.settings.max_connections_per_ip
+        )
+    })
 }
 
 /// Serves one inbound s2s connection on the direct TLS port (XEP-0368): TLS first, within
@@ -115,6 +146,10 @@ pub async fn handle_direct_tls(
     ctx: Arc<S2sContext>,
     _permit: OwnedSemaphorePermit,
 ) {
+    // Past the per-address limit, closed without a word: an answer would need the handshake.
+    let Ok(_connection) = admit_connection(&ctx, peer) else {
+        return;
+    };
     let started = Instant::now();
     let handshake = tokio::time::timeout(
         ctx.settings.negotiation_timeout,
@@ -135,7 +170,10 @@ pub async fn handle_direct_tls(
 }
 
 async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Option<TlsInfo>) {
-    let conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
+    let mut conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
+    // The default rate until a peer with its own authenticates.
+    let rate = ctx.settings.max_inbound_bytes_per_second;
+    conn.limit_rate(rate, limits::burst(rate, ctx.settings.max_stanza_bytes));
     let live = ctx
         .registry
         .open(Direction::Inbound, Some(peer.to_string()));
@@ -161,6 +199,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         external_failures: 0,
         sm: None,
         sm_live: None,
+        limits: StreamLimits::default(),
     };
     let outcome = session.run().await;
     let remotes = session.remote_domains();
@@ -263,6 +302,9 @@ struct Inbound {
     /// While the stream is resumable: where a resuming stream asks for our counters when the
     /// sender has given up on this connection before we noticed it is dead.
     sm_live: Option<sm::Registration>,
+    /// The remote domains authenticated here, each holding its `max_streams_per_domain` slot,
+    /// with their stanza limits and byte rates.
+    limits: StreamLimits,
 }
 
 /// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
@@ -421,10 +463,27 @@ impl Inbound {
                             "unexpected stream header",
                         )))
                     }
-                    Step::Event(Err(e)) => return Err(read_refusal(e)),
+                    Step::Event(Err(e)) => return Err(self.read_failed(e)),
                 }
             }
         }
+    }
+
+    /// [`read_refusal`], with a stanza over the limit counted and its text naming the key.
+    fn read_failed(&self, e: ReadError) -> Option<Refusal> {
+        if let ReadError::Xml(crate::xml::error::XmlError::StanzaTooLarge { max }) = &e {
+            if !self.authenticated.is_empty() {
+                let peer = self.remote_domains().join(", ");
+                self.ctx
+                    .limits
+                    .refused(Limit::StanzaBytes, &peer, "a stanza");
+                return Some(refuse(
+                    StreamErrorCondition::PolicyViolation,
+                    format!("stanza over {max} bytes ({})", Limit::StanzaBytes.key()),
+                ));
+            }
+        }
+        read_refusal(e)
     }
 
     /// The policy for the peer: its stream `from`'s, or the default when it did not say.
@@ -567,6 +626,14 @@ impl Inbound {
             // stream is authenticated.
             if self.ctx.settings.stream_management && (tls || !policy.tls_required) {
                 features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+            }
+            // XEP-0478: what the peer may send once authenticated, wherever it may
+            // authenticate (before a required TLS, nothing but <starttls/> is accepted, and
+            // the limits come with the features after it).
+            if tls || !policy.tls_required {
+                let settings = &self.ctx.settings;
+                let max_bytes = policy.max_stanza_bytes.unwrap_or(settings.max_stanza_bytes);
+                features.push_str(&limits::limits_feature(max_bytes, settings.idle_timeout));
             }
             features.push_str("</stream:features>");
             self.conn.send(features.as_bytes());
@@ -730,7 +797,8 @@ impl Inbound {
                 }
             }
         };
-        let metrics = &self.ctx.router.metrics;
+        let ctx = self.ctx.clone();
+        let metrics = &ctx.router.metrics;
         if let Some(condition) = failure {
             metrics
                 .s2s_auth
@@ -757,6 +825,27 @@ impl Inbound {
         let (Some(local), Some(remote)) = (self.local.clone(), self.remote.clone()) else {
             return Err(None);
         };
+        if let Err(why) = self.admit(&remote) {
+            // RFC 6120 §6.5.10: the certificate is good; try again when a stream closes.
+            metrics
+                .s2s_auth
+                .with_label_values(&["inbound", "external", "failure"])
+                .inc();
+            self.external_failures += 1;
+            let failure = format!(
+                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/><text>{}</text></failure>",
+                crate::xml::escape_text(&why)
+            );
+            self.conn.send(failure.as_bytes());
+            self.conn.flush().await.map_err(|_| None)?;
+            if self.external_failures >= MAX_SASL_FAILURES {
+                return Err(Some(refuse(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                )));
+            }
+            return Ok(Flow::Continue);
+        }
         metrics
             .s2s_auth
             .with_label_values(&["inbound", "external", "success"])
@@ -895,9 +984,9 @@ impl Inbound {
     /// Records an authenticated pair and raises the limits on the first one. `method` is
     /// `external` or `dialback`, as in metrics.
     fn authenticate(&mut self, local: String, remote: String, method: &str) {
+        self.apply_limits();
         let metrics = &self.ctx.router.metrics;
         if self.authenticated.is_empty() {
-            self.conn.set_limits(self.ctx.settings.stanza_limits());
             self.gauge.established(method);
             // The stream's own authentication; later pairs piggyback on a stream of any age.
             metrics.authenticated(Direction::Inbound, method, self.started.elapsed());
@@ -940,6 +1029,57 @@ impl Inbound {
         }
     }
 
+    /// Takes `remote`'s `max_streams_per_domain` slot for this stream, unless it holds one
+    /// already; `Err` (counted and logged) is the text of the refusal.
+    fn admit(&mut self, remote: &str) -> Result<(), String> {
+        if self.limits.holds(remote) {
+            return Ok(());
+        }
+        let Some(slot) = self.ctx.limits.stream(remote) else {
+            self.ctx
+                .limits
+                .refused(Limit::StreamsPerDomain, &self.conn.peer, remote);
+            return Err(self.streams_full_text(remote));
+        };
+        let settings = &self.ctx.settings;
+        let policy = self.ctx.security.load().peer(remote);
+        self.limits.add(
+            remote,
+            slot,
+            policy.max_stanza_bytes.unwrap_or(settings.max_stanza_bytes),
+            policy
+                .max_inbound_bytes_per_second
+                .unwrap_or(settings.max_inbound_bytes_per_second),
+        );
+        Ok(())
+    }
+
+    fn streams_full_text(&self, remote: &str) -> String {
+        format!(
+            "{remote} has all the streams it may have: s2s.max_streams_per_domain is {}",
+            self.ctx.settings.max_streams_per_domain
+        )
+    }
+
+    /// The stanza limit and byte rate of the domains authenticated here.
+    fn apply_limits(&mut self) {
+        let settings = &self.ctx.settings;
+        let max_stanza_bytes = self
+            .limits
+            .max_stanza_bytes()
+            .unwrap_or(settings.max_stanza_bytes);
+        self.conn.set_limits(crate::xml::framer::Limits {
+            max_stanza_bytes,
+            ..settings.stanza_limits()
+        });
+        let rate = self
+            .limits
+            .rate()
+            .unwrap_or(settings.max_inbound_bytes_per_second);
+        self.conn
+            .limit_rate(rate, limits::burst(rate, max_stanza_bytes));
+    }
+
     /// Step 4's addressing rules. Returns the index of the sender's domain in `peers`.
     fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Option<Refusal>> {
         if self.authenticated.is_empty() {
@@ -974,6 +1114,18 @@ impl Inbound {
             return Err(Some(refuse(
                 StreamErrorCondition::InvalidFrom,
                 format!("{from_domain} is not authenticated for {to_domain} on this stream"),
+            )));
+        }
+        let len = stanza.raw().len();
+        if let Some(max) = self.limits.too_large(&from_domain, len) {
+            self.ctx
+                .limits
+                .refused(Limit::StanzaBytes, &from_domain, "a stanza");
+            return Err(Some(refuse(
+                StreamErrorCondition::PolicyViolation,
+                format!(
+                    "a stanza of {len} bytes from {from_domain}: federation.peer max_stanza_bytes is {max}"
+                ),
             )));
         }
         Ok(self
@@ -1032,6 +1184,16 @@ impl Inbound {
             self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
             return Ok(None);
         }
+        if let Some(why) = self.pair_refused(&receiving, &originating) {
+            self.send_db_error_text(
+                "result",
+                to,
+                from,
+                &StanzaErrorCondition::PolicyViolation,
+                &why,
+            );
+            return Ok(None);
+        }
         let verdict = if self.remote.as_deref() == Some(originating.as_str()) {
             self.security.verdict.clone()
         } else {
@@ -1048,15 +1210,38 @@ impl Inbound {
             // XEP-0344 §2.4: the certificate proves the domain; no connect-back needed.
             return Ok(Some((receiving, originating, Ok(Verdict::Valid))));
         }
-        if self.pending >= self.ctx.settings.max_pending_verifications {
-            self.send_db_error(
-                "result",
-                to,
-                from,
-                &StanzaErrorCondition::ResourceConstraint,
-            );
-            return Ok(None);
-        }
+        let settings = &self.ctx.settings;
+        let permit = if self.pending >= settings.max_pending_verifications {
+            Err((
+                Limit::PendingVerifications,
+                settings.max_pending_verifications,
+            ))
+        } else {
+            self.ctx.limits.verification().ok_or((
+                Limit::PendingVerificationsTotal,
+                settings.max_pending_verifications_total,
+            ))
+        };
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err((limit, max)) => {
+                self.ctx
+                    .limits
+                    .refused(limit, &self.conn.peer, &originating);
+                let why = format!(
+                    "too many dialback verifications in flight: {} is {max}; try again later",
+                    limit.key()
+                );
+                self.send_db_error_text(
+                    "result",
+                    to,
+                    from,
+                    &StanzaErrorCondition::ResourceConstraint,
+                    &why,
+                );
+                return Ok(None);
+            }
+        };
         let key = stanza
             .element()
             .map(|e| e.text().trim().to_string())
@@ -1068,9 +1253,41 @@ impl Inbound {
         self.ctx.tracker.spawn(async move {
             let outcome =
                 verify::verify(ctx, receiving.clone(), originating.clone(), stream_id, key).await;
+            // Back to the pool before the answer waits for the stream.
+            drop(permit);
             let _ = results.send((receiving, originating, outcome)).await;
         });
         Ok(None)
+    }
+
+    /// Why a `<db:result/>` for (receiving, originating) may not add its pair to this stream:
+    /// `max_domain_pairs_per_stream` (pairs authenticated or being verified), or a domain that
+    /// has all the streams `max_streams_per_domain` allows. Counted and logged. Checked before
+    /// any connect-back; the domain's slot itself is taken when it is verified.
+    fn pair_refused(&self, receiving: &str, originating: &str) -> Option<String> {
+        let known = self
+            .authenticated
+            .iter()
+            .any(|(l, r)| l == receiving && r == originating);
+        if known {
+            return None;
+        }
+        let max = self.ctx.settings.max_domain_pairs_per_stream;
+        if self.authenticated.len() + self.pending >= max {
+            self.ctx
+                .limits
+                .refused(Limit::DomainPairsPerStream, &self.conn.peer, originating);
+            return Some(format!(
+                "this stream carries all the domain pairs it may: s2s.max_domain_pairs_per_stream is {max}; open another stream"
+            ));
+        }
+        if !self.limits.holds(originating) && self.ctx.limits.streams_full(originating) {
+            self.ctx
+                .limits
+                .refused(Limit::StreamsPerDomain, &self.conn.peer, originating);
+            return Some(self.streams_full_text(originating));
+        }
+        None
     }
 
     /// A verification finished: tell the initiating server.
@@ -1078,6 +1295,23 @@ impl Inbound {
         &mut self,
         (receiving, originating, outcome): Verified,
     ) -> Result<(), Option<Refusal>> {
+        let outcome = match outcome {
+            Ok(Verdict::Valid) => match self.admit(&originating) {
+                Ok(()) => Ok(Verdict::Valid),
+                Err(why) => {
+                    // Streams of the domain were authenticated while this one was verified.
+                    self.send_db_error_text(
+                        "result",
+                        &receiving,
+                        &originating,
+                        &StanzaErrorCondition::PolicyViolation,
+                        &why,
+                    );
+                    return self.conn.flush().await.map_err(|_| None);
+                }
+            },
+            other => other,
+        };
         let metrics = &self.ctx.router.metrics;
         let result = match outcome {
             Ok(Verdict::Valid) => {
@@ -1163,6 +1397,7 @@ impl Inbound {
                     from,
                     Some(id),
                     &StanzaErrorCondition::ItemNotFound,
+                    None,
                 );
                 return Ok(());
             }
@@ -1201,7 +1436,19 @@ impl Inbound {
         to: &str,
         condition: &StanzaErrorCondition,
     ) {
-        self.send_db_error_id(element, from, to, None, condition)
+        self.send_db_error_id(element, from, to, None, condition, None)
+    }
+
+    /// A dialback error with a text saying why (a limit and its key).
+    fn send_db_error_text(
+        &mut self,
+        element: &str,
+        from: &str,
+        to: &str,
+        condition: &StanzaErrorCondition,
+        text: &str,
+    ) {
+        self.send_db_error_id(element, from, to, None, condition, Some(text))
     }
 
     /// A dialback error (XEP-0220 §2.4): `from` is the domain the request was addressed to.
@@ -1212,6 +1459,7 @@ impl Inbound {
         to: &str,
         id: Option<&str>,
         condition: &StanzaErrorCondition,
+        text: Option<&str>,
     ) {
         let id = id
             .map(|id| format!(" id='{}'", escape_attr(id)))
@@ -1222,7 +1470,7 @@ impl Inbound {
             escape_attr(to)
         )
         .into_bytes();
-        write_stanza_error(&mut out, *condition, None);
+        write_stanza_error(&mut out, *condition, text);
         out.extend_from_slice(format!("</db:{element}>").as_bytes());
         self.conn.send(&out);
     }

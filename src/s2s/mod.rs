@@ -8,10 +8,13 @@
 //! - [`verify`]: the connect-back half of dialback.
 //! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
 //!   certificate check), shared by outbound sessions and verification.
+//! - [`limits`]: what one address, domain and stream may take of the gateway, and the answers
+//!   when a limit is reached.
 
 pub mod connect;
 pub mod inbound;
 pub mod keepalive;
+pub mod limits;
 pub mod outbound;
 pub mod registry;
 pub mod sm;
@@ -44,8 +47,18 @@ pub struct S2sSettings {
     pub max_depth: usize,
     pub max_attributes: usize,
     pub queue_max_stanzas: usize,
+    /// Inbound connections at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Inbound streams at once authenticated for one remote domain.
+    pub max_streams_per_domain: usize,
+    /// Domain pairs authenticated or being verified on one inbound stream.
+    pub max_domain_pairs_per_stream: usize,
     /// Dialback verifications one inbound stream may have in flight.
     pub max_pending_verifications: usize,
+    /// Dialback verifications in flight over all inbound streams.
+    pub max_pending_verifications_total: usize,
+    /// Bytes per second one inbound stream may send (unless its peer has its own rate).
+    pub max_inbound_bytes_per_second: u64,
     pub retry_window: Duration,
     pub retry_initial_delay: Duration,
     pub retry_max_delay: Duration,
@@ -70,7 +83,12 @@ impl S2sSettings {
             max_depth: s.max_depth,
             max_attributes: s.max_attributes,
             queue_max_stanzas: s.queue_max_stanzas,
-            max_pending_verifications: 16,
+            max_connections_per_ip: s.max_connections_per_ip,
+            max_streams_per_domain: s.max_streams_per_domain,
+            max_domain_pairs_per_stream: s.max_domain_pairs_per_stream,
+            max_pending_verifications: s.max_pending_verifications,
+            max_pending_verifications_total: s.max_pending_verifications_total,
+            max_inbound_bytes_per_second: s.max_inbound_bytes_per_second,
             retry_window: s.retry_window,
             retry_initial_delay: s.retry_initial_delay,
             retry_max_delay: s.retry_max_delay,
@@ -126,6 +144,8 @@ pub struct S2sContext {
     /// Live sessions, recent failures and attempt traces per remote domain: for `/peers`, and
     /// for reloads that apply a new policy to live sessions.
     pub registry: registry::Registry,
+    /// Connections per address, streams per domain, verifications in flight, refusals.
+    pub limits: limits::Limits,
 }
 
 impl S2sContext {
@@ -141,11 +161,13 @@ impl S2sContext {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> S2sContext {
+        let settings = S2sSettings::from_config(config);
+        let limits = limits::Limits::new(&settings, &router.metrics);
         S2sContext {
             router,
             resolver,
             secret,
-            settings: S2sSettings::from_config(config),
+            settings,
             tls,
             security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
             external_refused: Default::default(),
@@ -154,6 +176,7 @@ impl S2sContext {
             resumable: Default::default(),
             pings: Default::default(),
             registry: Default::default(),
+            limits,
         }
     }
 

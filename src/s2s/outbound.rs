@@ -7,7 +7,10 @@
 //! 2. authenticate: SASL EXTERNAL when it can work, else dialback;
 //! 3. enable (or resume) XEP-0198 stream management when the peer offers it;
 //! 4. established: write queued stanzas in order, batched, one flush per batch; keep every
-//!    stanza until the peer acknowledges it (with XEP-0198); keep the link alive (whitespace),
+//!    stanza until the peer acknowledges it (with XEP-0198); bounce, with `policy-violation`
+//!    and a text naming the limit, a stanza larger than the peer announced it accepts
+//!    (XEP-0478 `max-bytes`) or than its `[[federation.peer]] max_stanza_bytes`, rather than
+//!    have the peer end the stream over it; keep the link alive (whitespace),
 //!    check an idle one (`<r/>` or an XEP-0199 ping) and drop it when the check goes
 //!    unanswered; close with `</stream:stream>` after `idle_timeout` without traffic.
 //!
@@ -33,6 +36,7 @@ use tokio::time::Instant;
 use super::connect::{
     self, offers_dialback, offers_external, ConnectError, Opened, Security, Walk,
 };
+use super::limits::{Limit, OutboundCap};
 use super::registry::{Negotiated, Pair, Registration};
 use super::trace::Trace;
 use super::{sm, PeerStreamError, S2sContext};
@@ -689,8 +693,14 @@ impl Session {
                         .ok()
                         .and_then(|e| e.children().next().map(|c| c.name.clone()))
                         .unwrap_or_else(|| "failure".into());
-                    tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused ({condition}); using dialback from now on");
-                    self.ctx.external_refused.insert(self.remote.clone());
+                    if condition == "temporary-auth-failure" {
+                        // Busy (e.g. at its streams-per-domain limit), not a verdict on our
+                        // certificate: EXTERNAL is tried again next time.
+                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused for now ({condition}); trying dialback");
+                    } else {
+                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused ({condition}); using dialback from now on");
+                        self.ctx.external_refused.insert(self.remote.clone());
+                    }
                     if !(policy.allows_dialback(tls) && offers_dialback(&header, &features)) {
                         return Err(OutboundError::ExternalRefused {
                             remote: self.remote.clone(),
@@ -816,6 +826,7 @@ impl Session {
         } = link;
         let (mut reader, mut writer) = conn.split();
         let metrics = &self.ctx.router.metrics;
+        let configured = self.ctx.security.load().peer(&self.remote).max_stanza_bytes;
         let mut pump = Pump {
             sm: false,
             requested: false,
@@ -823,6 +834,8 @@ impl Session {
             written: 0,
             check: None,
             waited: metrics.outbound_queue_seconds.local(),
+            cap: OutboundCap::new(configured, &features),
+            too_large: Vec::new(),
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
             match self.negotiate_sm(&mut reader, &mut writer, carry).await {
@@ -1140,6 +1153,7 @@ impl Session {
                     }
                     last_write = Instant::now();
                     last_stanza = last_write;
+                    self.bounce_too_large(pump).await;
                 }
             }
         }
@@ -1155,9 +1169,14 @@ impl Session {
     ) {
         let Queued { stanza, since } = queued;
         pump.waited.observe(since.elapsed().as_secs_f64());
-        self.peer.stanza(Direction::Outbound);
         self.dequeued(&stanza);
         let bytes = stanza.bytes_for(target);
+        if pump.cap.as_ref().is_some_and(|cap| bytes.len() > cap.max) {
+            // XEP-0478 §4: not sent; bounced after the batch.
+            pump.too_large.push((stanza, bytes.len()));
+            return;
+        }
+        self.peer.stanza(Direction::Outbound);
         self.ctx
             .router
             .metrics
@@ -1169,6 +1188,30 @@ impl Session {
             carry.push(stanza);
         } else {
             pump.unconfirmed += 1;
+        }
+    }
+
+    /// Returns the stanzas [`Session::write`] held back as too large for the peer to their
+    /// senders, `policy-violation` with a text naming the limit (and no `by`: the policy is
+    /// the peer's, XEP-0478 §4).
+    async fn bounce_too_large(&self, pump: &mut Pump) {
+        let Some(cap) = pump.cap.clone() else {
+            return;
+        };
+        for (stanza, len) in std::mem::take(&mut pump.too_large) {
+            self.ctx
+                .limits
+                .refused(Limit::PeerMaxBytes, &self.remote, "an outbound stanza");
+            let text = cap.text(&self.remote, len);
+            self.ctx
+                .router
+                .bounce(
+                    &stanza,
+                    StanzaErrorCondition::PolicyViolation,
+                    "too_large",
+                    &text,
+                )
+                .await;
         }
     }
 
@@ -1198,6 +1241,7 @@ impl Session {
             Some(condition) => writer.fail(&condition, None).await,
             None => writer.close().await,
         }
+        self.bounce_too_large(pump).await;
         if !pump.sm || carry.unacked.is_empty() {
             return;
         }
@@ -1254,6 +1298,10 @@ struct Pump {
     check: Option<Check>,
     /// `fedgate_outbound_queue_seconds`, flushed once per batch.
     waited: prometheus::local::LocalHistogram,
+    /// The largest stanza the peer takes, if it said (XEP-0478) or we were told.
+    cap: Option<OutboundCap>,
+    /// Stanzas over `cap` taken from the queue, with their size, to bounce after the batch.
+    too_large: Vec<(Stanza, usize)>,
 }
 
 fn verdict_label(verdict: &str) -> &'static str {

@@ -58,6 +58,8 @@ pub mod ns {
     pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
     /// XMPP Ping (XEP-0199).
     pub const PING: &str = "urn:xmpp:ping";
+    /// Stream limits advertisement (XEP-0478).
+    pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
     /// The namespace bound to the `xml` prefix (Namespaces in XML §3).
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 }

@@ -443,6 +443,26 @@ impl RawStream {
         RawStream::over(Box::new(tcp))
     }
 
+    /// Connects from `source` (any loopback address: each is a different peer to fedgate)
+    /// and, with `send_buffer`, a send buffer that small (so TCP back-pressure shows early).
+    #[allow(dead_code)]
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        send_buffer: Option<u32>,
+    ) -> RawStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(ip) = source {
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        }
+        if let Some(bytes) = send_buffer {
+            socket.set_send_buffer_size(bytes).unwrap();
+        }
+        let tcp = socket.connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        RawStream::over(Box::new(tcp))
+    }
+
     fn over(io: BoxTransport) -> RawStream {
         RawStream {
             tcp: io,

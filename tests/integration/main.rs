@@ -13,6 +13,7 @@ mod core;
 mod diagnostics;
 mod dns;
 mod federation;
+mod limits;
 mod metrics;
 mod outbound;
 mod policy;

@@ -448,6 +448,7 @@ async fn peer_labels_stay_bounded_with_a_thousand_remote_domains() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
         .metrics("peers = [\"d7.many.test\"]\ntop_peers = 10")
+        .s2s("max_domain_pairs_per_stream = 2000")
         .start()
         .await;
     let mut backend = a.backend().await;

@@ -23,7 +23,7 @@ async fn the_inbound_stream_requires_starttls_then_offers_dialback_with_errors()
     // No client certificate: no SASL EXTERNAL, dialback over TLS; XEP-0198 offered.
     assert_eq!(
         s.next_text().await,
-        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>600</idle-seconds></limits></stream:features>"
     );
 }
 
