@@ -158,6 +158,7 @@ impl Busy {
             )
             .metrics("peers = [\"down.test\"]\ntop_peers = 5")
             .federation("deny = [\"spam.test\"]")
+            .peer("domain = \"c.test\"\nmax_stanza_bytes = 4096")
             .start()
             .await;
         Busy {
@@ -214,6 +215,12 @@ impl Busy {
         let mut spam = RawStream::connect(self.a.s2s_addr()).await;
         spam.send(&s2s_header("spam.test", "a.test")).await;
         spam.expect_stream_error().await;
+        // A stanza over c.test's configured size limit is bounced, not sent.
+        a.send(&format!(
+            "<message from='u@a.test' to='w@c.test' id='big'><body>{}</body></message>",
+            "x".repeat(5000)
+        ))
+        .await;
         // A reload of the same file: applied, nothing closed.
         let reloaded = self
             .a
