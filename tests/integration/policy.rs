@@ -504,3 +504,29 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_reloaded_backend_secret_is_required_from_the_next_handshake_on() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let attached = a.backend().await;
+    let old = a.component_secret.clone();
+    a.reload(|t| t.replace(&format!("secret = \"{old}\""), "secret = \"rotated\""))
+        .unwrap();
+    // The old secret no longer opens a session; the new one does; the attached one stays.
+    let addr = a.gw().component_addr;
+    let mut s = RawStream::connect(addr).await;
+    s.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>")
+        .await;
+    let id = s.expect_header().await.id.expect("stream id");
+    s.send(&format!(
+        "<handshake>{}</handshake>",
+        fedgate::dialback::component_handshake(&id, &old)
+    ))
+    .await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+    assert!(a.gw().router.component_attached("a.test"));
+    drop(attached);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _rotated = RawStream::component(addr, "a.test", "rotated").await;
+}
