@@ -779,6 +779,27 @@ impl Inbound {
         }
     }
 
+    /// Answers a SASL attempt with `failure` (a whole `<failure/>`), counted; the stream goes on
+    /// until [`MAX_SASL_FAILURES`] (RFC 6120 §6.4.5).
+    async fn sasl_failure(&mut self, failure: &str) -> Result<Flow, Option<Refusal>> {
+        self.ctx
+            .router
+            .metrics
+            .s2s_auth
+            .with_label_values(&["inbound", "external", "failure"])
+            .inc();
+        self.external_failures += 1;
+        self.conn.send(failure.as_bytes());
+        self.conn.flush().await.map_err(|_| None)?;
+        if self.external_failures >= MAX_SASL_FAILURES {
+            return Err(Some(refuse(
+                StreamErrorCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            )));
+        }
+        Ok(Flow::Continue)
+    }
+
     /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3).
     async fn sasl_external(&mut self, stanza: &Stanza) -> Result<Flow, Option<Refusal>> {
         let element = stanza
@@ -800,26 +821,12 @@ impl Inbound {
         let ctx = self.ctx.clone();
         let metrics = &ctx.router.metrics;
         if let Some(condition) = failure {
-            metrics
-                .s2s_auth
-                .with_label_values(&["inbound", "external", "failure"])
-                .inc();
             tracing::info!(peer = %self.conn.peer, remote = ?self.remote, "SASL EXTERNAL refused: {condition}");
-            self.external_failures += 1;
-            self.conn.send(
-                format!(
+            return self
+                .sasl_failure(&format!(
                     "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>"
-                )
-                .as_bytes(),
-            );
-            self.conn.flush().await.map_err(|_| None)?;
-            if self.external_failures >= MAX_SASL_FAILURES {
-                return Err(Some(refuse(
-                    StreamErrorCondition::PolicyViolation,
-                    "too many failed authentication attempts",
-                )));
-            }
-            return Ok(Flow::Continue);
+                ))
+                .await;
         }
         // Offered only with a valid certificate for the stream's from, so both are known.
         let (Some(local), Some(remote)) = (self.local.clone(), self.remote.clone()) else {
@@ -827,24 +834,12 @@ impl Inbound {
         };
         if let Err(why) = self.admit(&remote) {
             // RFC 6120 §6.5.10: the certificate is good; try again when a stream closes.
-            metrics
-                .s2s_auth
-                .with_label_values(&["inbound", "external", "failure"])
-                .inc();
-            self.external_failures += 1;
-            let failure = format!(
-                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/><text>{}</text></failure>",
-                crate::xml::escape_text(&why)
-            );
-            self.conn.send(failure.as_bytes());
-            self.conn.flush().await.map_err(|_| None)?;
-            if self.external_failures >= MAX_SASL_FAILURES {
-                return Err(Some(refuse(
-                    StreamErrorCondition::PolicyViolation,
-                    "too many failed authentication attempts",
-                )));
-            }
-            return Ok(Flow::Continue);
+            return self
+                .sasl_failure(&format!(
+                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/><text>{}</text></failure>",
+                    crate::xml::escape_text(&why)
+                ))
+                .await;
         }
         metrics
             .s2s_auth
