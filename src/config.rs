@@ -13,6 +13,7 @@
 //!
 //! Every [`ConfigError`] displays as one line naming the file and key, and says how to fix it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -1142,6 +1143,15 @@ impl Config {
     /// The gateway's local domains: the backends' domains, canonical after loading.
     pub fn local_domains(&self) -> impl Iterator<Item = &str> {
         self.component.backend.iter().map(|b| b.domain.as_str())
+    }
+
+    /// Each backend domain's XEP-0114 secret, read from the config or its `secret_file`.
+    pub fn backend_secrets(&self) -> Result<HashMap<String, String>, ConfigError> {
+        self.component
+            .backend
+            .iter()
+            .map(|b| Ok((b.domain.clone(), b.secret()?)))
+            .collect()
     }
 
     fn validate_s2s(&self, problems: &mut Vec<ConfigError>) {

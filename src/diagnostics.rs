@@ -36,7 +36,7 @@ use crate::config::{AuthRequirement, Config, ConfigError, FederationMode};
 use crate::dialback::{DialbackError, DialbackSecret};
 use crate::dns::{ResolveError, Resolver};
 use crate::metrics::Metrics;
-use crate::policy::{PeerSecurity, Policy, Refused, SecurityPolicy};
+use crate::policy::{PeerSecurity, Policy, Refused};
 use crate::router::Router;
 use crate::s2s::connect::{describe_features, ConnectError};
 use crate::s2s::outbound::{self, AuthMethod, OutboundError, Probe};
@@ -266,11 +266,11 @@ impl RemoteCheck {
             CancellationToken::new(),
             TaskTracker::new(),
         ));
-        let (trace, result) = outbound::probe(ctx, &local, &domain).await;
+        let (trace, result) = outbound::probe(ctx.clone(), &local, &domain).await;
         Ok(RemoteReport {
-            policy: Policy::from_config(&config.federation).check(&domain),
+            policy: ctx.router.policy().check(&domain),
             mode: config.federation.mode,
-            security: SecurityPolicy::from_config(&config).peer(&domain),
+            security: ctx.security.load().peer(&domain),
             local_certificate_valid: tls.has_valid_certificate(&local),
             file,
             domain,

@@ -185,12 +185,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 
     let component_shutdown = CancellationToken::new();
     let component_tracker = TaskTracker::new();
-    let secrets: std::collections::HashMap<String, String> = config
-        .component
-        .backend
-        .iter()
-        .map(|b| Ok((b.domain.clone(), b.secret()?)))
-        .collect::<Result<_, ConfigError>>()?;
+    let secrets = config.backend_secrets()?;
     let stanza_limits = settings.stanza_limits();
     let component_ctx = Arc::new(ComponentContext {
         router: router.clone(),

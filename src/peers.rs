@@ -7,12 +7,13 @@
 //! the recent failures with their causes, the traces of the latest connection attempts, and
 //! what the policy says about the domain.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Direction;
 use crate::s2s::registry::LiveSession;
 use crate::s2s::S2sContext;
 
@@ -161,23 +162,36 @@ fn failure_view(f: &crate::s2s::registry::Failure) -> FailureView {
 
 /// Every remote domain fedgate has something to say about, with a one-line summary each.
 pub fn all(ctx: &S2sContext) -> PeersView {
-    let queues: std::collections::HashMap<String, usize> =
-        ctx.router.outbound_queues().into_iter().collect();
+    let queues: HashMap<String, usize> = ctx.router.outbound_queues().into_iter().collect();
     let domains: BTreeSet<String> = ctx
         .registry
         .domains()
         .into_iter()
         .chain(queues.keys().cloned())
         .collect();
-    let sessions = ctx.registry.sessions();
+    // Sessions per (domain, direction), in one pass over the sessions.
+    let mut counts: HashMap<(String, Direction), usize> = HashMap::new();
+    for session in ctx.registry.sessions() {
+        let mut remotes: Vec<String> = session
+            .negotiated()
+            .pairs
+            .into_iter()
+            .map(|p| p.remote)
+            .collect();
+        remotes.sort();
+        remotes.dedup();
+        for remote in remotes {
+            *counts.entry((remote, session.direction)).or_default() += 1;
+        }
+    }
     let peers = domains
         .into_iter()
         .map(|domain| {
-            let count = |direction: crate::metrics::Direction| {
-                sessions
-                    .iter()
-                    .filter(|s| s.direction == direction && s.serves(&domain))
-                    .count()
+            let count = |direction: Direction| {
+                counts
+                    .get(&(domain.clone(), direction))
+                    .copied()
+                    .unwrap_or(0)
             };
             let snapshot = ctx
                 .router
@@ -187,8 +201,8 @@ pub fn all(ctx: &S2sContext) -> PeersView {
                 .map(|e| e.snapshot())
                 .unwrap_or_default();
             PeerSummary {
-                sessions_inbound: count(crate::metrics::Direction::Inbound),
-                sessions_outbound: count(crate::metrics::Direction::Outbound),
+                sessions_inbound: count(Direction::Inbound),
+                sessions_outbound: count(Direction::Outbound),
                 queued: queues.get(&domain).copied().unwrap_or(0),
                 up: up(snapshot.up),
                 last_failure: ctx.registry.failures_of(&domain).last().map(failure_view),

@@ -18,7 +18,6 @@
 //! limits of `[[federation.peer]]` (stanza size, byte rate) apply to streams authenticated
 //! after the reload.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::component::ComponentContext;
@@ -118,12 +117,7 @@ impl Reloader {
     pub fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let prepared = config.validate().map_err(ReloadError::from).and_then(|()| {
-            let secrets = config
-                .component
-                .backend
-                .iter()
-                .map(|b| Ok((b.domain.clone(), b.secret()?)))
-                .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+            let secrets = config.backend_secrets()?;
             // Loaded last: it is the only step with an effect (new handshakes use it).
             self.s2s.tls.reload_from(&config.tls)?;
             Ok(secrets)
@@ -199,10 +193,11 @@ impl Reloader {
     /// Why the policy now in force refuses `session`, if it does.
     fn refusal(&self, session: &LiveSession) -> Option<String> {
         let negotiated = session.negotiated();
+        let policy = self.s2s.router.policy();
         let security = self.s2s.security.load();
         for pair in &negotiated.pairs {
-            if let Err(refused) = self.s2s.router.policy().check(&pair.remote) {
-                if !self.s2s.router.policy().dry_run() {
+            if let Err(refused) = policy.check(&pair.remote) {
+                if !policy.dry_run() {
                     return Some(refused.to_string());
                 }
             }

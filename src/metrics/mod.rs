@@ -23,7 +23,7 @@ pub use peers::{PeerEntry, PeerSession, Peers};
 use crate::xml::stanza::Kind;
 
 /// Which way a stanza or session goes, seen from fedgate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// From a remote server into fedgate.
     Inbound,
