@@ -62,7 +62,7 @@ pub struct RunningGateway {
     pub s2s_addrs: Vec<SocketAddr>,
     /// Direct TLS (XEP-0368) s2s listeners, as bound.
     pub direct_tls_addrs: Vec<SocketAddr>,
-    /// Certificates: [`RunningGateway::reload_tls`] re-reads them.
+    /// Certificates: [`RunningGateway::reload`] replaces them.
     pub tls: Arc<Tls>,
     /// The XEP-0114 component listener, as bound.
     pub component_addr: SocketAddr,
@@ -283,12 +283,6 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 }
 
 impl RunningGateway {
-    /// Re-reads certificate, key and CA files (SIGHUP). New handshakes use them; live sessions
-    /// keep theirs. On error the old files stay in use and the error says which file is wrong.
-    pub fn reload_tls(&self) -> Result<(), TlsError> {
-        self.tls.reload()
-    }
-
     /// Puts `config` in force: federation policy, certificates and backend secrets, applied to
     /// live sessions too (see [`crate::reload`]). On error the running configuration stays.
     pub fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
