@@ -64,11 +64,15 @@ pub fn offered(features: &Element) -> bool {
 
 /// The `h` attribute of an `<a/>`, `<resumed/>` or `<failed/>` (a count modulo 2^32).
 pub fn h_of(stanza: &Stanza) -> Option<u32> {
+    count_attr(stanza, "h")
+}
+
+/// An attribute that is a count (an unsigned 32-bit number), read from the start tag: no tree
+/// is built for an `<a/>`.
+fn count_attr(stanza: &Stanza, attribute: &str) -> Option<u32> {
     stanza
-        .element()
-        .ok()?
-        .attr("h")
-        .and_then(|h| h.trim().parse().ok())
+        .attr(attribute)
+        .and_then(|v| v.trim().parse::<u32>().ok())
 }
 
 /// What a dropped inbound stream leaves for its resumption.
@@ -293,10 +297,7 @@ impl SmError {
 /// Parses an element of [`NS`] sent to the receiving side.
 pub fn parse(stanza: &Stanza) -> Result<Request, SmError> {
     let count = |element: &'static str, attribute: &'static str| {
-        stanza
-            .attr(attribute)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .ok_or(SmError::BadAttribute { element, attribute })
+        count_attr(stanza, attribute).ok_or(SmError::BadAttribute { element, attribute })
     };
     match stanza.name() {
         "enable" => Ok(Request::Enable {
@@ -681,5 +682,13 @@ mod tests {
         let features = stanza("<stream:features xmlns:stream='http://etherx.jabber.org/streams'><sm xmlns='urn:xmpp:sm:3'/></stream:features>");
         assert!(offered(&features.element().unwrap()));
         assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3' h='9'/>")), Some(9));
+        assert_eq!(
+            h_of(&stanza(
+                "<resumed xmlns='urn:xmpp:sm:3' previd='x' h=' 4294967295 '/>"
+            )),
+            Some(u32::MAX)
+        );
+        assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3'/>")), None);
+        assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3' h='-1'/>")), None);
     }
 }
