@@ -864,7 +864,7 @@ impl Session {
                 carry.acked = 0;
                 pump.unconfirmed += n as u64;
             } else {
-                writer.send(SM_REQUEST);
+                writer.send(sm::REQUEST);
                 pump.requested = true;
             }
             if let Err(e) = writer.flush().await {
@@ -910,14 +910,7 @@ impl Session {
         let counters = &self.ctx.router.metrics.sm_out;
         if let Some(id) = carry.resume.take() {
             // We receive no stanzas on an outbound stream, so our own count is always 0.
-            writer.send(
-                format!(
-                    "<resume xmlns='{}' previd='{}' h='0'/>",
-                    sm::NS,
-                    escape_attr(&id)
-                )
-                .as_bytes(),
-            );
+            writer.send(&sm::resume(&id, 0));
             let answer = self.sm_answer(reader, writer).await?;
             match answer.name() {
                 "resumed" => {
@@ -936,7 +929,7 @@ impl Session {
                 }
             }
         }
-        writer.send(format!("<enable xmlns='{}' resume='true'/>", sm::NS).as_bytes());
+        writer.send(sm::ENABLE);
         let answer = self.sm_answer(reader, writer).await?;
         if answer.name() != "enabled" {
             carry.acked = 0;
@@ -1039,7 +1032,7 @@ impl Session {
                     tracing::info!(local = %self.local, remote = %self.remote, "closing outbound s2s: {reason}");
                     if pump.sm && !carry.unacked.is_empty() {
                         // What the peer has received already must not bounce as well.
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         if writer.flush().await.is_ok() {
                             self.final_acks(reader, carry).await;
                         }
@@ -1056,7 +1049,7 @@ impl Session {
                         return Ended::Done;
                     }
                     if now >= ack_at && now < check_at {
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         pump.requested = true;
                     } else if now >= check_at {
                         if pump.check.is_some() {
@@ -1066,7 +1059,7 @@ impl Session {
                         let deadline = now + settings.ping_timeout;
                         last_check = now;
                         if pump.sm {
-                            writer.send(SM_REQUEST);
+                            writer.send(sm::REQUEST);
                             pump.requested = true;
                             pump.check = Some(Check::Ack { deadline });
                         } else {
@@ -1099,7 +1092,7 @@ impl Session {
                     Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
                         let acked = sm::h_of(&s).ok_or_else(|| "an <a/> without a valid 'h'".to_string()).and_then(|h| carry.ack(h));
                         if let Err(why) = acked {
-                                                        writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
+                            writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
                             return Ended::Lost(why);
                         }
                         pump.requested = false;
@@ -1111,7 +1104,7 @@ impl Session {
                     }
                     Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "r" => {
                         // We receive no stanzas on an outbound stream.
-                        writer.send(format!("<a xmlns='{}' h='0'/>", sm::NS).as_bytes());
+                        writer.send(&sm::ack(0));
                         if let Err(e) = writer.flush().await {
                             return Ended::Lost(format!("write to {label} failed: {e}"));
                         }
@@ -1144,7 +1137,7 @@ impl Session {
                         }
                     }
                     if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         pump.requested = true;
                     }
                     pump.waited.flush();
@@ -1234,7 +1227,7 @@ impl Session {
             self.write(pump, &mut writer, s, carry, target);
         }
         if pump.sm && !carry.unacked.is_empty() {
-            writer.send(SM_REQUEST);
+            writer.send(sm::REQUEST);
         }
         let _ = writer.flush().await;
         match error {
@@ -1278,8 +1271,6 @@ impl Session {
     }
 }
 
-/// An XEP-0198 acknowledgement request.
-const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
 /// Unacknowledged stanzas that prompt a request at once.
 const ACK_BATCH: usize = 128;
 /// How soon after the traffic pauses the rest are asked about.

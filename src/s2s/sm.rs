@@ -374,6 +374,22 @@ pub fn ack(h: u32) -> Vec<u8> {
     format!("<a xmlns='{NS}' h='{h}'/>").into_bytes()
 }
 
+/// `<r/>`, from the sending side: how many have you handled?
+pub const REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
+/// `<enable/>` from the sending side, asking to be able to resume.
+pub const ENABLE: &[u8] = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>";
+
+/// `<resume/>` from the sending side: the old stream's id, and how many of the peer's
+/// stanzas we handled on it.
+pub fn resume(previd: &str, h: u32) -> Vec<u8> {
+    format!(
+        "<resume xmlns='{NS}' previd='{}' h='{h}'/>",
+        escape_attr(previd)
+    )
+    .into_bytes()
+}
+
 /// A `<stream:error/>` for `error`, with its application-specific condition (RFC 6120
 /// §4.9.4: after the defined condition and the text).
 pub fn stream_error(error: &SmError) -> Vec<u8> {
@@ -429,6 +445,10 @@ mod tests {
             &NsContext::server(),
         )
         .unwrap()
+    }
+
+    fn stanza_of(bytes: &[u8]) -> Stanza {
+        stanza(std::str::from_utf8(bytes).unwrap())
     }
 
     fn domains(d: &[&str]) -> Vec<String> {
@@ -647,6 +667,23 @@ mod tests {
         assert_eq!(
             ack(4_000_000_000),
             b"<a xmlns='urn:xmpp:sm:3' h='4000000000'/>"
+        );
+        // The sending side's elements are what the receiving side parses.
+        assert_eq!(parse(&stanza_of(REQUEST)), Ok(Request::AckRequest));
+        assert_eq!(
+            parse(&stanza_of(ENABLE)),
+            Ok(Request::Enable { resume: true })
+        );
+        assert_eq!(
+            resume("a'b", 0),
+            b"<resume xmlns='urn:xmpp:sm:3' previd='a&apos;b' h='0'/>"
+        );
+        assert_eq!(
+            parse(&stanza_of(&resume("a'b", 7))),
+            Ok(Request::Resume {
+                previd: "a'b".into(),
+                h: 7
+            })
         );
     }
 
