@@ -415,13 +415,9 @@ impl Session {
                         break e;
                     }
                     tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s attempt failed: {e}; retrying in {}ms", wait.as_millis());
-                    metrics.outbound_events.with_label_values(&["retry"]).inc();
-                    tokio::select! {
-                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
-                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
-                        _ = tokio::time::sleep(wait) => {}
+                    if let Err(e) = self.back_off(wait, &mut delay).await {
+                        break e;
                     }
-                    delay = (delay * 2).min(settings.retry_max_delay);
                     continue;
                 }
             };
@@ -490,17 +486,27 @@ impl Session {
                     if since.elapsed() + wait >= settings.retry_window {
                         break OutboundError::Lost { reason: why };
                     }
-                    metrics.outbound_events.with_label_values(&["retry"]).inc();
-                    tokio::select! {
-                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
-                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
-                        _ = tokio::time::sleep(wait) => {}
+                    if let Err(e) = self.back_off(wait, &mut delay).await {
+                        break e;
                     }
-                    delay = (delay * 2).min(settings.retry_max_delay);
                 }
             }
         };
         self.give_up(failure, rx, carry).await;
+    }
+
+    /// Waits `wait` before the next attempt (a `retry` event) and doubles `delay`, up to
+    /// `retry_max_delay`. Shutdown or a reload's kick ends the wait with the session's end.
+    async fn back_off(&self, wait: Duration, delay: &mut Duration) -> Result<(), OutboundError> {
+        let metrics = &self.ctx.router.metrics;
+        metrics.outbound_events.with_label_values(&["retry"]).inc();
+        tokio::select! {
+            _ = self.ctx.shutdown.cancelled() => return Err(OutboundError::Shutdown),
+            _ = self.live.kicked() => return Err(OutboundError::Policy { reason: self.live.kick_reason() }),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        *delay = (*delay * 2).min(self.ctx.settings.retry_max_delay);
+        Ok(())
     }
 
     /// Returns every waiting stanza to its sender with the cause, then keeps bouncing new
