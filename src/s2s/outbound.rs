@@ -188,15 +188,7 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
         tx,
         shared: shared.clone(),
     };
-    let session = Session {
-        live: ctx.registry.open(Direction::Outbound, None),
-        id: handle.id,
-        local: local.to_string(),
-        remote: remote.to_string(),
-        peer: ctx.router.metrics.peers.entry(remote),
-        shared,
-        ctx: ctx.clone(),
-    };
+    let session = Session::new(&ctx, handle.id, local, remote, shared);
     ctx.tracker.spawn(session.run(rx));
     handle
 }
@@ -222,16 +214,8 @@ pub async fn probe(
     local: &str,
     remote: &str,
 ) -> (Trace, Result<Probe, OutboundError>) {
-    let session = Session {
-        // Listed while it runs: a probe is a session too, and a reload may close it.
-        live: ctx.registry.open(Direction::Outbound, None),
-        id: next_session_id(),
-        local: local.to_string(),
-        remote: remote.to_string(),
-        peer: ctx.router.metrics.peers.entry(remote),
-        shared: Arc::default(),
-        ctx: ctx.clone(),
-    };
+    // Listed while it runs: a probe is a session too, and a reload may close it.
+    let session = Session::new(&ctx, next_session_id(), local, remote, Arc::default());
     let mut trace = Trace::new();
     let probed = match session.connect(&mut trace).await {
         Ok(link) => {
@@ -380,6 +364,25 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 impl Session {
+    /// A session for (local, remote), listed in the registry from now on.
+    fn new(
+        ctx: &Arc<S2sContext>,
+        id: u64,
+        local: &str,
+        remote: &str,
+        shared: Arc<OutboundShared>,
+    ) -> Session {
+        Session {
+            live: ctx.registry.open(Direction::Outbound, None),
+            id,
+            local: local.to_string(),
+            remote: remote.to_string(),
+            peer: ctx.router.metrics.peers.entry(remote),
+            shared,
+            ctx: ctx.clone(),
+        }
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
