@@ -60,6 +60,7 @@ use tokio::time::Instant;
 use super::connect::Security;
 use super::keepalive;
 use super::limits::{self, Limit, Slot, StreamLimits};
+use super::outbound::AuthMethod;
 use super::registry::{Pair, Registration};
 use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
@@ -848,7 +849,7 @@ impl Inbound {
         self.conn
             .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.conn.flush().await.map_err(|_| None)?;
-        self.authenticate(local, remote, "external");
+        self.authenticate(local, remote, AuthMethod::External);
         self.external_done = true;
         // A new stream: stream management starts afresh on it (XEP-0198 §3).
         self.end_sm();
@@ -976,11 +977,11 @@ impl Inbound {
         true
     }
 
-    /// Records an authenticated pair and raises the limits on the first one. `method` is
-    /// `external` or `dialback`, as in metrics.
-    fn authenticate(&mut self, local: String, remote: String, method: &str) {
+    /// Records an authenticated pair and raises the limits on the first one.
+    fn authenticate(&mut self, local: String, remote: String, method: AuthMethod) {
         self.apply_limits();
         let metrics = &self.ctx.router.metrics;
+        let method = method.as_str();
         if self.authenticated.is_empty() {
             self.gauge.established(method);
             // The stream's own authentication; later pairs piggyback on a stream of any age.
@@ -1004,17 +1005,12 @@ impl Inbound {
             .iter()
             .any(|(l, r)| *l == local && *r == remote)
         {
-            let auth = if method == "external" {
-                "external"
-            } else {
-                "dialback"
-            };
             let certificate = self.security.verdict.as_ref().map(|v| v.to_string());
             self.live.update(|n| {
                 n.pairs.push(Pair {
                     local: local.clone(),
                     remote: remote.clone(),
-                    auth,
+                    auth: method,
                 });
                 if n.certificate.is_none() {
                     n.certificate = certificate;
@@ -1318,7 +1314,7 @@ impl Inbound {
                     .s2s_auth
                     .with_label_values(&["inbound", "dialback", "success"])
                     .inc();
-                self.authenticate(receiving.clone(), originating.clone(), "dialback");
+                self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
                 "valid"
             }
             Ok(Verdict::Invalid) => {

@@ -160,10 +160,10 @@ impl OutboundError {
     }
 }
 
-/// How an outbound stream was authenticated.
+/// How an s2s stream was authenticated (outbound, and each pair of an inbound stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
-    /// SASL EXTERNAL with our certificate (XEP-0178).
+    /// SASL EXTERNAL with the initiating server's certificate (XEP-0178).
     External,
     /// Server Dialback (XEP-0220).
     Dialback,
