@@ -1,8 +1,10 @@
 //! A framed XMPP stream over any byte transport.
 //!
 //! [`Connection`] owns the transport during negotiation (one task reads and writes in turn);
-//! once a session is established it splits into a [`Reader`] and a [`Writer`] so that reading
-//! and writing never wait for each other (two peers both blocked writing would deadlock).
+//! once a session that writes stanzas is established (outbound s2s, components, c2s) it splits
+//! into a [`Reader`] and a [`Writer`] so that reading and writing never wait for each other
+//! (two peers both blocked writing would deadlock). An inbound s2s stream, which only answers
+//! what it reads, keeps the [`Connection`].
 //! The transport is boxed so that TCP, and TLS on top of it, look the same to the sessions.
 //!
 //! A stream may be held to a byte rate ([`Connection::limit_rate`], a [`TokenBucket`]): when

@@ -1071,7 +1071,7 @@ impl Inbound {
             .limit_rate(rate, limits::burst(rate, max_stanza_bytes));
     }
 
-    /// Step 4's addressing rules. Returns the index of the sender's domain in `peers`.
+    /// Step 6's addressing rules. Returns the index of the sender's domain in `peers`.
     fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Option<Refusal>> {
         if self.authenticated.is_empty() {
             return Err(Some(refuse(

@@ -10,6 +10,10 @@
 //!   certificate check), shared by outbound sessions and verification.
 //! - [`limits`]: what one address, domain and stream may take of the gateway, and the answers
 //!   when a limit is reached.
+//! - [`sm`]: XEP-0198 stream management, the receiving side's counters and resumption.
+//! - [`keepalive`]: whitespace keepalives and XEP-0199 pings, whose answers come back on the
+//!   peer's stream to us.
+//! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
 pub mod connect;
 pub mod inbound;
