@@ -347,7 +347,8 @@ impl Inbound {
     /// Runs the session. `Ok` = clean close; `Err(Some)` = close with that stream error;
     /// `Err(None)` = the connection is gone.
     async fn run(&mut self) -> Result<(), Option<Refusal>> {
-        let settings = self.ctx.settings.clone();
+        let ctx = self.ctx.clone();
+        let settings = &ctx.settings;
         let deadline = tokio::time::sleep_until(self.negotiation_deadline);
         tokio::pin!(deadline);
         // Reset only when it fires, not per write: it then checks when we last wrote.
