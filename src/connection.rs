@@ -162,20 +162,8 @@ impl Connection {
     /// Ends the stream with a stream error and closes the transport, best effort and bounded in
     /// time: the peer may be gone or not reading.
     pub async fn fail(mut self, condition: &StreamErrorCondition, text: Option<&str>) {
-        if !self.opened {
-            OpenStream {
-                content_ns: self.content_ns,
-                from: None,
-                to: None,
-                id: None,
-                version: true,
-                dialback: false,
-            }
-            .write(&mut self.out);
-        }
-        self.out.extend_from_slice(&stream_error(condition, text));
-        goodbye(&mut self.io, &mut self.out).await;
-        linger(&mut self.io).await;
+        let header = (!self.opened).then_some(self.content_ns);
+        end_with_error(&mut self.io, &mut self.out, header, condition, text).await;
     }
 
     /// Closes the stream cleanly: `</stream:stream>`, then shuts the transport, bounded in time.
@@ -425,18 +413,30 @@ pub async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
     text: &str,
 ) {
     let mut out = Vec::with_capacity(512);
-    OpenStream {
-        content_ns,
-        from: None,
-        to: None,
-        id: None,
-        version: true,
-        dialback: false,
+    end_with_error(&mut io, &mut out, Some(content_ns), condition, Some(text)).await;
+}
+
+/// After what `out` holds: a bare stream header of ours in `header`'s content namespace if
+/// given (RFC 6120 §4.9.1.2: a stream error needs an open stream), the stream error, the
+/// close; then the linger.
+async fn end_with_error<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    header: Option<&str>,
+    condition: &StreamErrorCondition,
+    text: Option<&str>,
+) {
+    if let Some(content_ns) = header {
+        OpenStream {
+            content_ns,
+            version: true,
+            ..Default::default()
+        }
+        .write(out);
     }
-    .write(&mut out);
-    out.extend_from_slice(&stream_error(condition, Some(text)));
-    goodbye(&mut io, &mut out).await;
-    linger(&mut io).await;
+    out.extend_from_slice(&stream_error(condition, text));
+    goodbye(io, out).await;
+    linger(io).await;
 }
 
 /// Writes what is queued plus `</stream:stream>` and shuts the write side. Best effort and
