@@ -1287,54 +1287,9 @@ impl Inbound {
         &mut self,
         (receiving, originating, outcome): Verified,
     ) -> Result<(), Option<Refusal>> {
-        let outcome = match outcome {
-            Ok(Verdict::Valid) => match self.admit(&originating) {
-                Ok(()) => Ok(Verdict::Valid),
-                Err(why) => {
-                    // Streams of the domain were authenticated while this one was verified.
-                    self.send_db_error_text(
-                        "result",
-                        &receiving,
-                        &originating,
-                        &StanzaErrorCondition::PolicyViolation,
-                        &why,
-                    );
-                    return self.conn.flush().await.map_err(|_| None);
-                }
-            },
-            other => other,
-        };
         let metrics = &self.ctx.router.metrics;
-        let result = match outcome {
-            Ok(Verdict::Valid) => {
-                metrics
-                    .dialback
-                    .with_label_values(&["result", "valid"])
-                    .inc();
-                metrics
-                    .s2s_auth
-                    .with_label_values(&["inbound", "dialback", "success"])
-                    .inc();
-                self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
-                "valid"
-            }
-            Ok(Verdict::Invalid) => {
-                metrics
-                    .dialback
-                    .with_label_values(&["result", "invalid"])
-                    .inc();
-                metrics
-                    .s2s_auth
-                    .with_label_values(&["inbound", "dialback", "failure"])
-                    .inc();
-                tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
-                self.ctx.registry.failed(
-                    &originating,
-                    Direction::Inbound,
-                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
-                );
-                "invalid"
-            }
+        let verdict = match outcome {
+            Ok(verdict) => verdict,
             Err(e) => {
                 metrics
                     .dialback
@@ -1353,6 +1308,43 @@ impl Inbound {
                 return self.conn.flush().await.map_err(|_| None);
             }
         };
+        if verdict == Verdict::Valid {
+            if let Err(why) = self.admit(&originating) {
+                // Streams of the domain were authenticated while this one was verified.
+                self.send_db_error_text(
+                    "result",
+                    &receiving,
+                    &originating,
+                    &StanzaErrorCondition::PolicyViolation,
+                    &why,
+                );
+                return self.conn.flush().await.map_err(|_| None);
+            }
+        }
+        let (result, auth) = match verdict {
+            Verdict::Valid => {
+                self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
+                ("valid", "success")
+            }
+            Verdict::Invalid => {
+                tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
+                self.ctx.registry.failed(
+                    &originating,
+                    Direction::Inbound,
+                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
+                );
+                ("invalid", "failure")
+            }
+        };
+        let metrics = &self.ctx.router.metrics;
+        metrics
+            .dialback
+            .with_label_values(&["result", result])
+            .inc();
+        metrics
+            .s2s_auth
+            .with_label_values(&["inbound", "dialback", auth])
+            .inc();
         self.conn.send(
             format!(
                 "<db:result from='{}' to='{}' type='{result}'/>",
@@ -1362,7 +1354,7 @@ impl Inbound {
             .as_bytes(),
         );
         self.conn.flush().await.map_err(|_| None)?;
-        if result == "invalid" {
+        if verdict == Verdict::Invalid {
             // XEP-0220 §2.2.1: after an invalid result the stream MUST be closed.
             return Err(Some(refuse(
                 StreamErrorCondition::NotAuthorized,
