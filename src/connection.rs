@@ -185,6 +185,7 @@ impl Connection {
             Writer {
                 io: wr,
                 out: self.out,
+                written: 0,
             },
         )
     }
@@ -296,6 +297,9 @@ impl Reader {
 pub struct Writer {
     io: WriteHalf<BoxTransport>,
     out: Vec<u8>,
+    /// How much of `out` a flush has written so far: a slow peer takes a batch in several
+    /// writes, and the rest is not moved to the front after each.
+    written: usize,
 }
 
 impl Writer {
@@ -305,7 +309,7 @@ impl Writer {
 
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() - self.written
     }
 
     /// Writes what is queued. Cancel-safe: dropped before it completes, what was not written
@@ -313,13 +317,15 @@ impl Writer {
     /// stops waiting on a slow client when its session ends).
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            while !self.out.is_empty() {
-                let n = self.io.write(&self.out).await?;
+            while self.written < self.out.len() {
+                let n = self.io.write(&self.out[self.written..]).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
-                self.out.drain(..n);
+                self.written += n;
             }
+            self.out.clear();
+            self.written = 0;
             // Keep the batch buffer from pinning memory after a burst.
             if self.out.capacity() > 256 * 1024 {
                 self.out.shrink_to(64 * 1024);
@@ -336,6 +342,7 @@ impl Writer {
 
     /// Writes `</stream:stream>` and shuts the write side, bounded in time.
     pub async fn close(mut self) {
+        self.out.drain(..self.written);
         goodbye(&mut self.io, &mut self.out).await;
     }
 }
@@ -454,11 +461,57 @@ async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
 mod tests {
     use std::time::Duration;
 
+    use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio::time::Instant;
 
-    use super::TokenBucket;
+    use super::{Connection, TokenBucket, Writer};
+    use crate::xml::framer::Limits;
+    use crate::xml::stream::CLOSE_STREAM;
 
     const KIB: u64 = 1024;
+
+    /// A writer whose peer reads nothing until told: its transport takes 1 KiB, then blocks.
+    fn stalled_writer() -> (Writer, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let conn = Connection::new(
+            Box::new(ours),
+            "127.0.0.1:1".parse().unwrap(),
+            Limits::default(),
+            "jabber:server",
+        );
+        (conn.split().1, theirs)
+    }
+
+    fn batch() -> Vec<u8> {
+        (0..10_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_flush_is_continued_by_the_next_flush_or_the_close() {
+        for close_at_once in [false, true] {
+            let (mut writer, mut theirs) = stalled_writer();
+            writer.send(&batch());
+            let stalled = tokio::time::timeout(Duration::from_millis(50), writer.flush()).await;
+            assert!(stalled.is_err(), "the peer reads nothing yet");
+            assert_eq!(writer.pending(), batch().len() - 1024);
+            let reading = tokio::spawn(async move {
+                let mut got = Vec::new();
+                theirs.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            if !close_at_once {
+                writer.flush().await.unwrap();
+                assert_eq!(writer.pending(), 0);
+            }
+            writer.send(b"<x/>");
+            writer.close().await;
+            let got = reading.await.unwrap();
+            assert!(
+                got == [&batch()[..], b"<x/>", CLOSE_STREAM].concat(),
+                "every byte once, in order (close_at_once: {close_at_once})"
+            );
+        }
+    }
 
     #[test]
     fn a_full_bucket_lets_a_burst_through_then_charges_the_debt_at_the_rate() {
