@@ -1,8 +1,10 @@
 //! A framed XMPP stream over any byte transport.
 //!
 //! [`Connection`] owns the transport during negotiation (one task reads and writes in turn);
-//! once a session is established it splits into a [`Reader`] and a [`Writer`] so that reading
-//! and writing never wait for each other (two peers both blocked writing would deadlock).
+//! once a session that writes stanzas is established (outbound s2s, components, c2s) it splits
+//! into a [`Reader`] and a [`Writer`] so that reading and writing never wait for each other
+//! (two peers both blocked writing would deadlock). An inbound s2s stream, which only answers
+//! what it reads, keeps the [`Connection`].
 //! The transport is boxed so that TCP, and TLS on top of it, look the same to the sessions.
 //!
 //! A stream may be held to a byte rate ([`Connection::limit_rate`], a [`TokenBucket`]): when
@@ -160,20 +162,8 @@ impl Connection {
     /// Ends the stream with a stream error and closes the transport, best effort and bounded in
     /// time: the peer may be gone or not reading.
     pub async fn fail(mut self, condition: &StreamErrorCondition, text: Option<&str>) {
-        if !self.opened {
-            OpenStream {
-                content_ns: self.content_ns,
-                from: None,
-                to: None,
-                id: None,
-                version: true,
-                dialback: false,
-            }
-            .write(&mut self.out);
-        }
-        self.out.extend_from_slice(&stream_error(condition, text));
-        goodbye(&mut self.io, &mut self.out).await;
-        linger(&mut self.io).await;
+        let header = (!self.opened).then_some(self.content_ns);
+        end_with_error(&mut self.io, &mut self.out, header, condition, text).await;
     }
 
     /// Closes the stream cleanly: `</stream:stream>`, then shuts the transport, bounded in time.
@@ -195,6 +185,7 @@ impl Connection {
             Writer {
                 io: wr,
                 out: self.out,
+                written: 0,
             },
         )
     }
@@ -306,6 +297,9 @@ impl Reader {
 pub struct Writer {
     io: WriteHalf<BoxTransport>,
     out: Vec<u8>,
+    /// How much of `out` a flush has written so far: a slow peer takes a batch in several
+    /// writes, and the rest is not moved to the front after each.
+    written: usize,
 }
 
 impl Writer {
@@ -315,7 +309,7 @@ impl Writer {
 
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() - self.written
     }
 
     /// Writes what is queued. Cancel-safe: dropped before it completes, what was not written
@@ -323,13 +317,15 @@ impl Writer {
     /// stops waiting on a slow client when its session ends).
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            while !self.out.is_empty() {
-                let n = self.io.write(&self.out).await?;
+            while self.written < self.out.len() {
+                let n = self.io.write(&self.out[self.written..]).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
-                self.out.drain(..n);
+                self.written += n;
             }
+            self.out.clear();
+            self.written = 0;
             // Keep the batch buffer from pinning memory after a burst.
             if self.out.capacity() > 256 * 1024 {
                 self.out.shrink_to(64 * 1024);
@@ -346,6 +342,7 @@ impl Writer {
 
     /// Writes `</stream:stream>` and shuts the write side, bounded in time.
     pub async fn close(mut self) {
+        self.out.drain(..self.written);
         goodbye(&mut self.io, &mut self.out).await;
     }
 }
@@ -423,18 +420,30 @@ pub async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
     text: &str,
 ) {
     let mut out = Vec::with_capacity(512);
-    OpenStream {
-        content_ns,
-        from: None,
-        to: None,
-        id: None,
-        version: true,
-        dialback: false,
+    end_with_error(&mut io, &mut out, Some(content_ns), condition, Some(text)).await;
+}
+
+/// After what `out` holds: a bare stream header of ours in `header`'s content namespace if
+/// given (RFC 6120 §4.9.1.2: a stream error needs an open stream), the stream error, the
+/// close; then the linger.
+async fn end_with_error<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    header: Option<&str>,
+    condition: &StreamErrorCondition,
+    text: Option<&str>,
+) {
+    if let Some(content_ns) = header {
+        OpenStream {
+            content_ns,
+            version: true,
+            ..Default::default()
+        }
+        .write(out);
     }
-    .write(&mut out);
-    out.extend_from_slice(&stream_error(condition, Some(text)));
-    goodbye(&mut io, &mut out).await;
-    linger(&mut io).await;
+    out.extend_from_slice(&stream_error(condition, text));
+    goodbye(io, out).await;
+    linger(io).await;
 }
 
 /// Writes what is queued plus `</stream:stream>` and shuts the write side. Best effort and
@@ -452,11 +461,57 @@ async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
 mod tests {
     use std::time::Duration;
 
+    use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio::time::Instant;
 
-    use super::TokenBucket;
+    use super::{Connection, TokenBucket, Writer};
+    use crate::xml::framer::Limits;
+    use crate::xml::stream::CLOSE_STREAM;
 
     const KIB: u64 = 1024;
+
+    /// A writer whose peer reads nothing until told: its transport takes 1 KiB, then blocks.
+    fn stalled_writer() -> (Writer, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let conn = Connection::new(
+            Box::new(ours),
+            "127.0.0.1:1".parse().unwrap(),
+            Limits::default(),
+            "jabber:server",
+        );
+        (conn.split().1, theirs)
+    }
+
+    fn batch() -> Vec<u8> {
+        (0..10_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_flush_is_continued_by_the_next_flush_or_the_close() {
+        for close_at_once in [false, true] {
+            let (mut writer, mut theirs) = stalled_writer();
+            writer.send(&batch());
+            let stalled = tokio::time::timeout(Duration::from_millis(50), writer.flush()).await;
+            assert!(stalled.is_err(), "the peer reads nothing yet");
+            assert_eq!(writer.pending(), batch().len() - 1024);
+            let reading = tokio::spawn(async move {
+                let mut got = Vec::new();
+                theirs.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            if !close_at_once {
+                writer.flush().await.unwrap();
+                assert_eq!(writer.pending(), 0);
+            }
+            writer.send(b"<x/>");
+            writer.close().await;
+            let got = reading.await.unwrap();
+            assert!(
+                got == [&batch()[..], b"<x/>", CLOSE_STREAM].concat(),
+                "every byte once, in order (close_at_once: {close_at_once})"
+            );
+        }
+    }
 
     #[test]
     fn a_full_bucket_lets_a_burst_through_then_charges_the_debt_at_the_rate() {

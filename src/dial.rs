@@ -65,14 +65,7 @@ pub async fn happy_eyeballs(
     addrs: &[SocketAddr],
     attempt_timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), DialError> {
-    race(addrs, CONNECTION_ATTEMPT_DELAY, attempt_timeout).await
-}
-
-async fn race(
-    addrs: &[SocketAddr],
-    attempt_delay: Duration,
-    attempt_timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), DialError> {
+    let attempt_delay = CONNECTION_ATTEMPT_DELAY;
     let mut running: Vec<Attempt> = Vec::with_capacity(addrs.len().min(4));
     // (index, address, why), sorted by index at the end: attempts fail out of order.
     let mut failures: Vec<(usize, SocketAddr, String)> = Vec::new();

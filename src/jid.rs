@@ -80,13 +80,12 @@ impl fmt::Display for JidPart {
 
 /// Why a string is not a valid JID.
 ///
-/// Every variant maps to the stanza error condition `jid-malformed` (RFC 6120 §8.3.3,
-/// `<jid-malformed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`, type `modify`): see
-/// [`JidError::condition`]. RFC 6120 has no stream error of that name; where a bad address
-/// must end a stream (an s2s stanza whose `to`/`from` is not a valid JID), the stream
-/// condition is `improper-addressing` (§4.9.3): see [`JidError::stream_condition`]. None of
-/// these is fatal for a stream by itself: the session decides whether to refuse the stanza or
-/// close the stream.
+/// A stanza bounced for any of these carries the stanza error condition `jid-malformed`
+/// (RFC 6120 §8.3.3, type `modify`), as the [router](crate::router) bounces it. RFC 6120 has
+/// no stream error of that name; where a bad address must end a stream (an s2s stanza whose
+/// `to`/`from` is not a valid JID), the stream condition is `improper-addressing` (§4.9.3).
+/// None of these is fatal for a stream by itself: the session decides whether to refuse the
+/// stanza or close the stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JidError {
@@ -129,17 +128,6 @@ pub enum JidError {
 }
 
 impl JidError {
-    /// The RFC 6120 stanza error condition for this error: always `jid-malformed`.
-    pub fn condition(&self) -> &'static str {
-        "jid-malformed"
-    }
-
-    /// The RFC 6120 stream error condition to use when the bad address ends a stream:
-    /// always `improper-addressing`.
-    pub fn stream_condition(&self) -> &'static str {
-        "improper-addressing"
-    }
-
     fn domain(reason: &'static str) -> Self {
         JidError::InvalidDomain {
             reason: Cow::Borrowed(reason),
@@ -739,10 +727,8 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_jid_malformed() {
+    fn errors_name_the_part() {
         let e = Jid::parse("@x").unwrap_err();
-        assert_eq!(e.condition(), "jid-malformed");
-        assert_eq!(e.stream_condition(), "improper-addressing");
         assert_eq!(e.to_string(), "the localpart is empty");
     }
 }

@@ -512,9 +512,4 @@ impl Router {
                 .inc();
         }
     }
-
-    /// Every attached backend's kick token and every outbound sender dropped: used at shutdown.
-    pub fn component_handles(&self) -> Vec<ComponentHandle> {
-        self.components.iter().map(|e| e.value().clone()).collect()
-    }
 }

@@ -60,6 +60,7 @@ use tokio::time::Instant;
 use super::connect::Security;
 use super::keepalive;
 use super::limits::{self, Limit, Slot, StreamLimits};
+use super::outbound::AuthMethod;
 use super::registry::{Pair, Registration};
 use super::sm::{self, Request, SmError};
 use super::verify::{self, Verdict, VerifyError};
@@ -346,7 +347,8 @@ impl Inbound {
     /// Runs the session. `Ok` = clean close; `Err(Some)` = close with that stream error;
     /// `Err(None)` = the connection is gone.
     async fn run(&mut self) -> Result<(), Option<Refusal>> {
-        let settings = self.ctx.settings.clone();
+        let ctx = self.ctx.clone();
+        let settings = &ctx.settings;
         let deadline = tokio::time::sleep_until(self.negotiation_deadline);
         tokio::pin!(deadline);
         // Reset only when it fires, not per write: it then checks when we last wrote.
@@ -848,7 +850,7 @@ impl Inbound {
         self.conn
             .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.conn.flush().await.map_err(|_| None)?;
-        self.authenticate(local, remote, "external");
+        self.authenticate(local, remote, AuthMethod::External);
         self.external_done = true;
         // A new stream: stream management starts afresh on it (XEP-0198 §3).
         self.end_sm();
@@ -976,11 +978,11 @@ impl Inbound {
         true
     }
 
-    /// Records an authenticated pair and raises the limits on the first one. `method` is
-    /// `external` or `dialback`, as in metrics.
-    fn authenticate(&mut self, local: String, remote: String, method: &str) {
+    /// Records an authenticated pair and raises the limits on the first one.
+    fn authenticate(&mut self, local: String, remote: String, method: AuthMethod) {
         self.apply_limits();
         let metrics = &self.ctx.router.metrics;
+        let method = method.as_str();
         if self.authenticated.is_empty() {
             self.gauge.established(method);
             // The stream's own authentication; later pairs piggyback on a stream of any age.
@@ -1004,17 +1006,12 @@ impl Inbound {
             .iter()
             .any(|(l, r)| *l == local && *r == remote)
         {
-            let auth = if method == "external" {
-                "external"
-            } else {
-                "dialback"
-            };
             let certificate = self.security.verdict.as_ref().map(|v| v.to_string());
             self.live.update(|n| {
                 n.pairs.push(Pair {
                     local: local.clone(),
                     remote: remote.clone(),
-                    auth,
+                    auth: method,
                 });
                 if n.certificate.is_none() {
                     n.certificate = certificate;
@@ -1075,7 +1072,7 @@ impl Inbound {
             .limit_rate(rate, limits::burst(rate, max_stanza_bytes));
     }
 
-    /// Step 4's addressing rules. Returns the index of the sender's domain in `peers`.
+    /// Step 6's addressing rules. Returns the index of the sender's domain in `peers`.
     fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Option<Refusal>> {
         if self.authenticated.is_empty() {
             return Err(Some(refuse(
@@ -1290,54 +1287,9 @@ impl Inbound {
         &mut self,
         (receiving, originating, outcome): Verified,
     ) -> Result<(), Option<Refusal>> {
-        let outcome = match outcome {
-            Ok(Verdict::Valid) => match self.admit(&originating) {
-                Ok(()) => Ok(Verdict::Valid),
-                Err(why) => {
-                    // Streams of the domain were authenticated while this one was verified.
-                    self.send_db_error_text(
-                        "result",
-                        &receiving,
-                        &originating,
-                        &StanzaErrorCondition::PolicyViolation,
-                        &why,
-                    );
-                    return self.conn.flush().await.map_err(|_| None);
-                }
-            },
-            other => other,
-        };
         let metrics = &self.ctx.router.metrics;
-        let result = match outcome {
-            Ok(Verdict::Valid) => {
-                metrics
-                    .dialback
-                    .with_label_values(&["result", "valid"])
-                    .inc();
-                metrics
-                    .s2s_auth
-                    .with_label_values(&["inbound", "dialback", "success"])
-                    .inc();
-                self.authenticate(receiving.clone(), originating.clone(), "dialback");
-                "valid"
-            }
-            Ok(Verdict::Invalid) => {
-                metrics
-                    .dialback
-                    .with_label_values(&["result", "invalid"])
-                    .inc();
-                metrics
-                    .s2s_auth
-                    .with_label_values(&["inbound", "dialback", "failure"])
-                    .inc();
-                tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
-                self.ctx.registry.failed(
-                    &originating,
-                    Direction::Inbound,
-                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
-                );
-                "invalid"
-            }
+        let verdict = match outcome {
+            Ok(verdict) => verdict,
             Err(e) => {
                 metrics
                     .dialback
@@ -1356,6 +1308,43 @@ impl Inbound {
                 return self.conn.flush().await.map_err(|_| None);
             }
         };
+        if verdict == Verdict::Valid {
+            if let Err(why) = self.admit(&originating) {
+                // Streams of the domain were authenticated while this one was verified.
+                self.send_db_error_text(
+                    "result",
+                    &receiving,
+                    &originating,
+                    &StanzaErrorCondition::PolicyViolation,
+                    &why,
+                );
+                return self.conn.flush().await.map_err(|_| None);
+            }
+        }
+        let (result, auth) = match verdict {
+            Verdict::Valid => {
+                self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
+                ("valid", "success")
+            }
+            Verdict::Invalid => {
+                tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
+                self.ctx.registry.failed(
+                    &originating,
+                    Direction::Inbound,
+                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
+                );
+                ("invalid", "failure")
+            }
+        };
+        let metrics = &self.ctx.router.metrics;
+        metrics
+            .dialback
+            .with_label_values(&["result", result])
+            .inc();
+        metrics
+            .s2s_auth
+            .with_label_values(&["inbound", "dialback", auth])
+            .inc();
         self.conn.send(
             format!(
                 "<db:result from='{}' to='{}' type='{result}'/>",
@@ -1365,7 +1354,7 @@ impl Inbound {
             .as_bytes(),
         );
         self.conn.flush().await.map_err(|_| None)?;
-        if result == "invalid" {
+        if verdict == Verdict::Invalid {
             // XEP-0220 §2.2.1: after an invalid result the stream MUST be closed.
             return Err(Some(refuse(
                 StreamErrorCondition::NotAuthorized,

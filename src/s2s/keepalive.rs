@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 
 use crate::jid;
 use crate::router::next_session_id;
-use crate::xml::escape_attr;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
+use crate::xml::{escape_attr, ns};
 
 /// The answer to an XEP-0199 server-to-server ping (§4.3) addressed to one of our domains
 /// itself (`to` a bare domain that `is_local` accepts): an empty result from that domain. The
@@ -29,7 +29,7 @@ pub fn answer_server_ping(stanza: &Stanza, is_local: impl Fn(&str) -> bool) -> O
     let element = stanza.element().ok()?;
     let mut children = element.children();
     let ping = children.next()?;
-    if ping.name != "ping" || ping.ns != PING_NS || children.next().is_some() {
+    if ping.name != "ping" || ping.ns != ns::PING || children.next().is_some() {
         return None;
     }
     let mut out = format!("<iq type='result' from='{}'", escape_attr(to));
@@ -42,9 +42,6 @@ pub fn answer_server_ping(stanza: &Stanza, is_local: impl Fn(&str) -> bool) -> O
     out.push_str("/>");
     Stanza::parse(bytes::Bytes::from(out), &NsContext::server()).ok()
 }
-
-/// XEP-0199's namespace.
-const PING_NS: &str = "urn:xmpp:ping";
 
 /// Every ping id we send starts with this, so that other stanzas are passed over cheaply.
 pub const PING_ID_PREFIX: &str = "fedgate-ping-";
@@ -86,9 +83,10 @@ impl Pings {
             },
         );
         let bytes = format!(
-            "<iq type='get' id='{id}' from='{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq type='get' id='{id}' from='{}' to='{}'><ping xmlns='{}'/></iq>",
             escape_attr(local),
-            escape_attr(remote)
+            escape_attr(remote),
+            ns::PING
         )
         .into_bytes();
         Ping {

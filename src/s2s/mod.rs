@@ -10,6 +10,10 @@
 //!   certificate check), shared by outbound sessions and verification.
 //! - [`limits`]: what one address, domain and stream may take of the gateway, and the answers
 //!   when a limit is reached.
+//! - [`sm`]: XEP-0198 stream management, the receiving side's counters and resumption.
+//! - [`keepalive`]: whitespace keepalives and XEP-0199 pings, whose answers come back on the
+//!   peer's stream to us.
+//! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
 pub mod connect;
 pub mod inbound;
@@ -22,12 +26,11 @@ pub mod trace;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, S2sConfig};
 use crate::dialback::DialbackSecret;
 use crate::dns::Resolver;
 use crate::policy::SecurityPolicy;
@@ -35,70 +38,23 @@ use crate::router::Router;
 use crate::tls::Tls;
 use crate::xml::framer::Limits;
 
-/// Timeouts and limits of s2s sessions, from `[s2s]`.
+/// Timeouts and limits of s2s sessions: the `[s2s]` section as configured (each field, with
+/// its default and unit, is documented on [`S2sConfig`]), and the framer limits that follow
+/// from it.
 #[derive(Debug, Clone)]
-pub struct S2sSettings {
-    pub connect_timeout: Duration,
-    pub negotiation_timeout: Duration,
-    pub dialback_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_negotiation_stanza_bytes: usize,
-    pub max_stanza_bytes: usize,
-    pub max_depth: usize,
-    pub max_attributes: usize,
-    pub queue_max_stanzas: usize,
-    /// Inbound connections at once from one address.
-    pub max_connections_per_ip: usize,
-    /// Inbound streams at once authenticated for one remote domain.
-    pub max_streams_per_domain: usize,
-    /// Domain pairs authenticated or being verified on one inbound stream.
-    pub max_domain_pairs_per_stream: usize,
-    /// Dialback verifications one inbound stream may have in flight.
-    pub max_pending_verifications: usize,
-    /// Dialback verifications in flight over all inbound streams.
-    pub max_pending_verifications_total: usize,
-    /// Bytes per second one inbound stream may send (unless its peer has its own rate).
-    pub max_inbound_bytes_per_second: u64,
-    pub retry_window: Duration,
-    pub retry_initial_delay: Duration,
-    pub retry_max_delay: Duration,
-    pub failure_window: Duration,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub keepalive_interval: Duration,
-    pub stream_management: bool,
-    pub resume_timeout: Duration,
+pub struct S2sSettings(S2sConfig);
+
+impl std::ops::Deref for S2sSettings {
+    type Target = S2sConfig;
+
+    fn deref(&self) -> &S2sConfig {
+        &self.0
+    }
 }
 
 impl S2sSettings {
     pub fn from_config(config: &Config) -> S2sSettings {
-        let s = &config.s2s;
-        S2sSettings {
-            connect_timeout: s.connect_timeout,
-            negotiation_timeout: s.negotiation_timeout,
-            dialback_timeout: s.dialback_timeout,
-            idle_timeout: s.idle_timeout,
-            max_negotiation_stanza_bytes: s.max_negotiation_stanza_bytes,
-            max_stanza_bytes: s.max_stanza_bytes,
-            max_depth: s.max_depth,
-            max_attributes: s.max_attributes,
-            queue_max_stanzas: s.queue_max_stanzas,
-            max_connections_per_ip: s.max_connections_per_ip,
-            max_streams_per_domain: s.max_streams_per_domain,
-            max_domain_pairs_per_stream: s.max_domain_pairs_per_stream,
-            max_pending_verifications: s.max_pending_verifications,
-            max_pending_verifications_total: s.max_pending_verifications_total,
-            max_inbound_bytes_per_second: s.max_inbound_bytes_per_second,
-            retry_window: s.retry_window,
-            retry_initial_delay: s.retry_initial_delay,
-            retry_max_delay: s.retry_max_delay,
-            failure_window: s.failure_window,
-            ping_interval: s.ping_interval,
-            ping_timeout: s.ping_timeout,
-            keepalive_interval: s.keepalive_interval,
-            stream_management: s.stream_management,
-            resume_timeout: s.resume_timeout,
-        }
+        S2sSettings(config.s2s.clone())
     }
 
     /// Limits before authentication: small, since anyone can connect.

@@ -160,10 +160,10 @@ impl OutboundError {
     }
 }
 
-/// How an outbound stream was authenticated.
+/// How an s2s stream was authenticated (outbound, and each pair of an inbound stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
-    /// SASL EXTERNAL with our certificate (XEP-0178).
+    /// SASL EXTERNAL with the initiating server's certificate (XEP-0178).
     External,
     /// Server Dialback (XEP-0220).
     Dialback,
@@ -188,15 +188,7 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
         tx,
         shared: shared.clone(),
     };
-    let session = Session {
-        live: ctx.registry.open(Direction::Outbound, None),
-        id: handle.id,
-        local: local.to_string(),
-        remote: remote.to_string(),
-        peer: ctx.router.metrics.peers.entry(remote),
-        shared,
-        ctx: ctx.clone(),
-    };
+    let session = Session::new(&ctx, handle.id, local, remote, shared);
     ctx.tracker.spawn(session.run(rx));
     handle
 }
@@ -222,16 +214,8 @@ pub async fn probe(
     local: &str,
     remote: &str,
 ) -> (Trace, Result<Probe, OutboundError>) {
-    let session = Session {
-        // Listed while it runs: a probe is a session too, and a reload may close it.
-        live: ctx.registry.open(Direction::Outbound, None),
-        id: next_session_id(),
-        local: local.to_string(),
-        remote: remote.to_string(),
-        peer: ctx.router.metrics.peers.entry(remote),
-        shared: Arc::default(),
-        ctx: ctx.clone(),
-    };
+    // Listed while it runs: a probe is a session too, and a reload may close it.
+    let session = Session::new(&ctx, next_session_id(), local, remote, Arc::default());
     let mut trace = Trace::new();
     let probed = match session.connect(&mut trace).await {
         Ok(link) => {
@@ -380,6 +364,25 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 impl Session {
+    /// A session for (local, remote), listed in the registry from now on.
+    fn new(
+        ctx: &Arc<S2sContext>,
+        id: u64,
+        local: &str,
+        remote: &str,
+        shared: Arc<OutboundShared>,
+    ) -> Session {
+        Session {
+            live: ctx.registry.open(Direction::Outbound, None),
+            id,
+            local: local.to_string(),
+            remote: remote.to_string(),
+            peer: ctx.router.metrics.peers.entry(remote),
+            shared,
+            ctx: ctx.clone(),
+        }
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
@@ -415,13 +418,9 @@ impl Session {
                         break e;
                     }
                     tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s attempt failed: {e}; retrying in {}ms", wait.as_millis());
-                    metrics.outbound_events.with_label_values(&["retry"]).inc();
-                    tokio::select! {
-                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
-                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
-                        _ = tokio::time::sleep(wait) => {}
+                    if let Err(e) = self.back_off(wait, &mut delay).await {
+                        break e;
                     }
-                    delay = (delay * 2).min(settings.retry_max_delay);
                     continue;
                 }
             };
@@ -490,17 +489,27 @@ impl Session {
                     if since.elapsed() + wait >= settings.retry_window {
                         break OutboundError::Lost { reason: why };
                     }
-                    metrics.outbound_events.with_label_values(&["retry"]).inc();
-                    tokio::select! {
-                        _ = self.ctx.shutdown.cancelled() => break OutboundError::Shutdown,
-                        _ = self.live.kicked() => break OutboundError::Policy { reason: self.live.kick_reason() },
-                        _ = tokio::time::sleep(wait) => {}
+                    if let Err(e) = self.back_off(wait, &mut delay).await {
+                        break e;
                     }
-                    delay = (delay * 2).min(settings.retry_max_delay);
                 }
             }
         };
         self.give_up(failure, rx, carry).await;
+    }
+
+    /// Waits `wait` before the next attempt (a `retry` event) and doubles `delay`, up to
+    /// `retry_max_delay`. Shutdown or a reload's kick ends the wait with the session's end.
+    async fn back_off(&self, wait: Duration, delay: &mut Duration) -> Result<(), OutboundError> {
+        let metrics = &self.ctx.router.metrics;
+        metrics.outbound_events.with_label_values(&["retry"]).inc();
+        tokio::select! {
+            _ = self.ctx.shutdown.cancelled() => return Err(OutboundError::Shutdown),
+            _ = self.live.kicked() => return Err(OutboundError::Policy { reason: self.live.kick_reason() }),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        *delay = (*delay * 2).min(self.ctx.settings.retry_max_delay);
+        Ok(())
     }
 
     /// Returns every waiting stanza to its sender with the cause, then keeps bouncing new
@@ -864,7 +873,7 @@ impl Session {
                 carry.acked = 0;
                 pump.unconfirmed += n as u64;
             } else {
-                writer.send(SM_REQUEST);
+                writer.send(sm::REQUEST);
                 pump.requested = true;
             }
             if let Err(e) = writer.flush().await {
@@ -910,14 +919,7 @@ impl Session {
         let counters = &self.ctx.router.metrics.sm_out;
         if let Some(id) = carry.resume.take() {
             // We receive no stanzas on an outbound stream, so our own count is always 0.
-            writer.send(
-                format!(
-                    "<resume xmlns='{}' previd='{}' h='0'/>",
-                    sm::NS,
-                    escape_attr(&id)
-                )
-                .as_bytes(),
-            );
+            writer.send(&sm::resume(&id, 0));
             let answer = self.sm_answer(reader, writer).await?;
             match answer.name() {
                 "resumed" => {
@@ -936,7 +938,7 @@ impl Session {
                 }
             }
         }
-        writer.send(format!("<enable xmlns='{}' resume='true'/>", sm::NS).as_bytes());
+        writer.send(sm::ENABLE);
         let answer = self.sm_answer(reader, writer).await?;
         if answer.name() != "enabled" {
             carry.acked = 0;
@@ -1039,7 +1041,7 @@ impl Session {
                     tracing::info!(local = %self.local, remote = %self.remote, "closing outbound s2s: {reason}");
                     if pump.sm && !carry.unacked.is_empty() {
                         // What the peer has received already must not bounce as well.
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         if writer.flush().await.is_ok() {
                             self.final_acks(reader, carry).await;
                         }
@@ -1056,7 +1058,7 @@ impl Session {
                         return Ended::Done;
                     }
                     if now >= ack_at && now < check_at {
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         pump.requested = true;
                     } else if now >= check_at {
                         if pump.check.is_some() {
@@ -1066,7 +1068,7 @@ impl Session {
                         let deadline = now + settings.ping_timeout;
                         last_check = now;
                         if pump.sm {
-                            writer.send(SM_REQUEST);
+                            writer.send(sm::REQUEST);
                             pump.requested = true;
                             pump.check = Some(Check::Ack { deadline });
                         } else {
@@ -1099,7 +1101,7 @@ impl Session {
                     Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
                         let acked = sm::h_of(&s).ok_or_else(|| "an <a/> without a valid 'h'".to_string()).and_then(|h| carry.ack(h));
                         if let Err(why) = acked {
-                                                        writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
+                            writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
                             return Ended::Lost(why);
                         }
                         pump.requested = false;
@@ -1111,7 +1113,7 @@ impl Session {
                     }
                     Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "r" => {
                         // We receive no stanzas on an outbound stream.
-                        writer.send(format!("<a xmlns='{}' h='0'/>", sm::NS).as_bytes());
+                        writer.send(&sm::ack(0));
                         if let Err(e) = writer.flush().await {
                             return Ended::Lost(format!("write to {label} failed: {e}"));
                         }
@@ -1144,7 +1146,7 @@ impl Session {
                         }
                     }
                     if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
-                        writer.send(SM_REQUEST);
+                        writer.send(sm::REQUEST);
                         pump.requested = true;
                     }
                     pump.waited.flush();
@@ -1234,7 +1236,7 @@ impl Session {
             self.write(pump, &mut writer, s, carry, target);
         }
         if pump.sm && !carry.unacked.is_empty() {
-            writer.send(SM_REQUEST);
+            writer.send(sm::REQUEST);
         }
         let _ = writer.flush().await;
         match error {
@@ -1278,8 +1280,6 @@ impl Session {
     }
 }
 
-/// An XEP-0198 acknowledgement request.
-const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
 /// Unacknowledged stanzas that prompt a request at once.
 const ACK_BATCH: usize = 128;
 /// How soon after the traffic pauses the rest are asked about.

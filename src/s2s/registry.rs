@@ -11,7 +11,7 @@
 //! remembered (an arbitrary one is forgotten beyond it).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -64,17 +64,25 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    /// Changes what the session has negotiated.
-    pub fn update(&self, f: impl FnOnce(&mut Negotiated)) {
-        f(&mut self.negotiated.lock().unwrap_or_else(|e| e.into_inner()));
+    /// What the session has negotiated, locked (a panicked writer left nothing half done that
+    /// matters to a reader).
+    fn lock(&self) -> MutexGuard<'_, Negotiated> {
+        self.negotiated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A copy of what the session has negotiated.
+    /// Changes what the session has negotiated.
+    pub fn update(&self, f: impl FnOnce(&mut Negotiated)) {
+        f(&mut self.lock());
+    }
+
+    /// A copy of what the session has negotiated (the peer's certificate chain included).
     pub fn negotiated(&self) -> Negotiated {
-        self.negotiated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock().clone()
+    }
+
+    /// The remote domains authenticated on this session, without copying the rest.
+    pub fn remotes(&self) -> Vec<String> {
+        self.lock().pairs.iter().map(|p| p.remote.clone()).collect()
     }
 
     /// Asks the session to end with `<policy-violation/>` and `reason`. The first reason wins.
@@ -98,12 +106,7 @@ impl LiveSession {
 
     /// Whether `remote` is authenticated on this session.
     pub fn serves(&self, remote: &str) -> bool {
-        self.negotiated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pairs
-            .iter()
-            .any(|p| p.remote == remote)
+        self.lock().pairs.iter().any(|p| p.remote == remote)
     }
 }
 
@@ -220,14 +223,7 @@ impl Registry {
         let mut domains: Vec<String> = self
             .sessions
             .iter()
-            .flat_map(|e| {
-                e.value()
-                    .negotiated()
-                    .pairs
-                    .into_iter()
-                    .map(|p| p.remote)
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|e| e.value().remotes())
             .chain(self.failures.iter().map(|e| e.key().clone()))
             .chain(self.traces.iter().map(|e| e.key().clone()))
             .collect();

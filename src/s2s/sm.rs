@@ -64,11 +64,15 @@ pub fn offered(features: &Element) -> bool {
 
 /// The `h` attribute of an `<a/>`, `<resumed/>` or `<failed/>` (a count modulo 2^32).
 pub fn h_of(stanza: &Stanza) -> Option<u32> {
+    count_attr(stanza, "h")
+}
+
+/// An attribute that is a count (an unsigned 32-bit number), read from the start tag: no tree
+/// is built for an `<a/>`.
+fn count_attr(stanza: &Stanza, attribute: &str) -> Option<u32> {
     stanza
-        .element()
-        .ok()?
-        .attr("h")
-        .and_then(|h| h.trim().parse().ok())
+        .attr(attribute)
+        .and_then(|v| v.trim().parse::<u32>().ok())
 }
 
 /// What a dropped inbound stream leaves for its resumption.
@@ -293,10 +297,7 @@ impl SmError {
 /// Parses an element of [`NS`] sent to the receiving side.
 pub fn parse(stanza: &Stanza) -> Result<Request, SmError> {
     let count = |element: &'static str, attribute: &'static str| {
-        stanza
-            .attr(attribute)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .ok_or(SmError::BadAttribute { element, attribute })
+        count_attr(stanza, attribute).ok_or(SmError::BadAttribute { element, attribute })
     };
     match stanza.name() {
         "enable" => Ok(Request::Enable {
@@ -373,6 +374,22 @@ pub fn ack(h: u32) -> Vec<u8> {
     format!("<a xmlns='{NS}' h='{h}'/>").into_bytes()
 }
 
+/// `<r/>`, from the sending side: how many have you handled?
+pub const REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
+/// `<enable/>` from the sending side, asking to be able to resume.
+pub const ENABLE: &[u8] = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>";
+
+/// `<resume/>` from the sending side: the old stream's id, and how many of the peer's
+/// stanzas we handled on it.
+pub fn resume(previd: &str, h: u32) -> Vec<u8> {
+    format!(
+        "<resume xmlns='{NS}' previd='{}' h='{h}'/>",
+        escape_attr(previd)
+    )
+    .into_bytes()
+}
+
 /// A `<stream:error/>` for `error`, with its application-specific condition (RFC 6120
 /// §4.9.4: after the defined condition and the text).
 pub fn stream_error(error: &SmError) -> Vec<u8> {
@@ -428,6 +445,10 @@ mod tests {
             &NsContext::server(),
         )
         .unwrap()
+    }
+
+    fn stanza_of(bytes: &[u8]) -> Stanza {
+        stanza(std::str::from_utf8(bytes).unwrap())
     }
 
     fn domains(d: &[&str]) -> Vec<String> {
@@ -647,6 +668,23 @@ mod tests {
             ack(4_000_000_000),
             b"<a xmlns='urn:xmpp:sm:3' h='4000000000'/>"
         );
+        // The sending side's elements are what the receiving side parses.
+        assert_eq!(parse(&stanza_of(REQUEST)), Ok(Request::AckRequest));
+        assert_eq!(
+            parse(&stanza_of(ENABLE)),
+            Ok(Request::Enable { resume: true })
+        );
+        assert_eq!(
+            resume("a'b", 0),
+            b"<resume xmlns='urn:xmpp:sm:3' previd='a&apos;b' h='0'/>"
+        );
+        assert_eq!(
+            parse(&stanza_of(&resume("a'b", 7))),
+            Ok(Request::Resume {
+                previd: "a'b".into(),
+                h: 7
+            })
+        );
     }
 
     #[test]
@@ -681,5 +719,13 @@ mod tests {
         let features = stanza("<stream:features xmlns:stream='http://etherx.jabber.org/streams'><sm xmlns='urn:xmpp:sm:3'/></stream:features>");
         assert!(offered(&features.element().unwrap()));
         assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3' h='9'/>")), Some(9));
+        assert_eq!(
+            h_of(&stanza(
+                "<resumed xmlns='urn:xmpp:sm:3' previd='x' h=' 4294967295 '/>"
+            )),
+            Some(u32::MAX)
+        );
+        assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3'/>")), None);
+        assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3' h='-1'/>")), None);
     }
 }

@@ -16,7 +16,6 @@ use super::S2sContext;
 use crate::connection::Connection;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::escape_attr;
-use crate::xml::framer::Event;
 use crate::xml::stanza::Kind;
 
 /// What the authoritative server said.
@@ -45,10 +44,9 @@ impl VerifyError {
     pub fn condition(&self) -> StanzaErrorCondition {
         match self {
             VerifyError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,
-            VerifyError::Timeout { .. } | VerifyError::Unreachable { .. } => {
-                StanzaErrorCondition::RemoteServerTimeout
-            }
-            VerifyError::Refused { .. } => StanzaErrorCondition::RemoteServerTimeout,
+            VerifyError::Timeout { .. }
+            | VerifyError::Unreachable { .. }
+            | VerifyError::Refused { .. } => StanzaErrorCondition::RemoteServerTimeout,
         }
     }
 }
@@ -109,7 +107,15 @@ async fn ask(
             }
         };
         reached = true;
-        let answer = ask_on(&mut opened.conn, receiving, originating, stream_id, key).await;
+        let answer = ask_on(
+            &mut opened.conn,
+            &opened.label,
+            receiving,
+            originating,
+            stream_id,
+            key,
+        )
+        .await;
         opened.conn.close().await;
         match answer {
             Ok(verdict) => return Ok(verdict),
@@ -119,7 +125,7 @@ async fn ask(
                     reason,
                 })
             }
-            Err(Ask::Failed(reason)) => last = format!("{}: {reason}", opened.label),
+            Err(Ask::Failed(reason)) => last = reason,
         }
     }
     tracing::debug!(originating, "dialback verification attempt:\n{trace}");
@@ -135,18 +141,21 @@ async fn ask(
 enum Ask {
     /// The server answered, with an error: final.
     Refused(String),
-    /// This target failed; try the next.
+    /// This target failed (the text names it); try the next.
     Failed(String),
 }
 
+/// Steps 2 and 3 on a stream opened to `target`. A stream error or close instead of the
+/// answer is read as [`connect`] reads it, so the peer's condition is in the failure.
 async fn ask_on(
     conn: &mut Connection,
+    target: &str,
     receiving: &str,
     originating: &str,
     stream_id: &str,
     key: &str,
 ) -> Result<Verdict, Ask> {
-    let failed = |e: &dyn std::fmt::Display| Ask::Failed(e.to_string());
+    let failed = |e: connect::ConnectError| Ask::Failed(e.to_string());
     conn.send(
         format!(
             "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
@@ -157,28 +166,26 @@ async fn ask_on(
         )
         .as_bytes(),
     );
-    conn.flush().await.map_err(|e| failed(&e))?;
-    match conn.next_event().await.map_err(|e| failed(&e))? {
-        Event::Stanza(s) if s.kind() == Kind::DbVerify => {
-            // XEP-0220 §2.4: the answer must match our request exactly.
-            if s.id() != Some(stream_id)
-                || s.from() != Some(originating)
-                || s.to() != Some(receiving)
-            {
-                return Err(Ask::Failed("unsolicited db:verify answer".into()));
-            }
-            match s.type_() {
-                Some("valid") => Ok(Verdict::Valid),
-                Some("invalid") => Ok(Verdict::Invalid),
-                other => Err(Ask::Refused(format!(
-                    "db:verify type={}",
-                    other.unwrap_or("(none)")
-                ))),
-            }
-        }
-        Event::Stanza(s) if s.kind() == Kind::StreamError => Err(Ask::Failed(
-            "stream error instead of a verify answer".into(),
-        )),
-        _ => Err(Ask::Failed("expected <db:verify/>".into())),
+    connect::flush(conn, target).await.map_err(failed)?;
+    let s = connect::next_element(conn, target).await.map_err(failed)?;
+    if s.kind() != Kind::DbVerify {
+        return Err(Ask::Failed(format!(
+            "{target}: expected <db:verify/>, got <{}/>",
+            s.name()
+        )));
+    }
+    // XEP-0220 §2.4: the answer must match our request exactly.
+    if s.id() != Some(stream_id) || s.from() != Some(originating) || s.to() != Some(receiving) {
+        return Err(Ask::Failed(format!(
+            "{target}: unsolicited db:verify answer"
+        )));
+    }
+    match s.type_() {
+        Some("valid") => Ok(Verdict::Valid),
+        Some("invalid") => Ok(Verdict::Invalid),
+        other => Err(Ask::Refused(format!(
+            "db:verify type={}",
+            other.unwrap_or("(none)")
+        ))),
     }
 }

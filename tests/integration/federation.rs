@@ -146,9 +146,15 @@ async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
             ))
             .await;
     }
-    let expected_bounces = (0..total).filter(|i| i % 3 == 0).count();
-    let mut bounced = 0;
-    while bounced < expected_bounces {
+    let ids = |nowhere: bool| -> Vec<String> {
+        (0..total)
+            .filter(|i| (i % 3 == 0) == nowhere)
+            .map(|i| format!("s{i}"))
+            .collect()
+    };
+    let (mut to_nowhere, to_b) = (ids(true), ids(false));
+    let mut bounced = Vec::new();
+    while bounced.len() < to_nowhere.len() {
         let s = backend_a.next().await;
         assert_eq!(s.type_(), Some("error"));
         assert_eq!(s.from(), Some("carol@nowhere.test"));
@@ -161,15 +167,25 @@ async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
             t.contains("no SRV or A/AAAA record for nowhere.test"),
             "{t}"
         );
-        bounced += 1;
+        bounced.push(s.id().unwrap_or_default().to_string());
     }
-    let mut delivered = 0;
-    while delivered < total - expected_bounces {
+    let mut delivered = Vec::new();
+    while delivered.len() < to_b.len() {
         let s = backend_b.next().await;
         assert_eq!(s.to(), Some("bob@b.test"));
-        delivered += 1;
+        delivered.push(s.id().unwrap_or_default().to_string());
     }
-    assert_eq!(delivered + bounced, total);
+    // Each stanza came back or arrived, exactly once: none lost, none duplicated.
+    bounced.sort();
+    to_nowhere.sort();
+    assert_eq!(
+        bounced, to_nowhere,
+        "every stanza to nowhere.test bounced, once"
+    );
+    assert_eq!(
+        delivered, to_b,
+        "every stanza to b.test arrived, once, in order"
+    );
 }
 
 #[tokio::test]
@@ -311,19 +327,30 @@ async fn a_silent_remote_overflows_the_queue_then_times_out_and_every_stanza_com
             ))
             .await;
     }
-    let (mut overflow, mut timeout) = (0, 0);
+    let (mut overflow, mut timeout) = (Vec::new(), Vec::new());
     for _ in 0..total {
         let s = backend_a.next().await;
         let t = text(s.raw()).to_string();
+        let id = s.id().unwrap_or_default().to_string();
         if t.contains("<resource-constraint") {
             assert!(t.contains("the queue for silent.test is full"), "{t}");
-            overflow += 1;
+            overflow.push(id);
         } else {
             assert!(t.contains("<remote-server-timeout"), "{t}");
             assert!(t.contains("stream negotiation at"), "{t}");
-            timeout += 1;
+            timeout.push(id);
         }
     }
-    assert_eq!(timeout, 10, "the queue held queue_max_stanzas");
-    assert_eq!(overflow + timeout, total);
+    // The first ten filled the queue and waited for the timeout; the rest overflowed at once.
+    let ids = |range: std::ops::Range<usize>| range.map(|i| format!("q{i}")).collect::<Vec<_>>();
+    assert_eq!(
+        timeout,
+        ids(0..10),
+        "the queue held queue_max_stanzas, in order"
+    );
+    assert_eq!(
+        overflow,
+        ids(10..total),
+        "every other stanza came back, once"
+    );
 }

@@ -7,29 +7,24 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use fedgate::connection::Connection;
+use fedgate::s2s::PeerStreamError;
 use fedgate::xml::framer::{Event, Limits};
-use fedgate::xml::stanza::Stanza;
+use fedgate::xml::stanza::{Kind, Stanza};
 
 use crate::certs::CertSpec;
 use crate::harness::*;
 
-const STREAMS_NS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
-/// The condition and text of the stream error that ends `s` (after our header, if any).
+/// The condition and text of the stream error that ends `s` (after our header, if any), as
+/// fedgate itself reads a peer's.
 async fn stream_error(s: &mut RawStream) -> (String, String) {
     loop {
         match s.event().await {
             Event::StreamOpen(h) => s.header = Some(h),
-            Event::Stanza(e) if e.name() == "error" => {
-                let e = e.element().unwrap();
-                let condition = e
-                    .children()
-                    .find(|c| c.ns == STREAMS_NS && c.name != "text")
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
-                let text = e.child("text", STREAMS_NS).map(|t| t.text());
-                return (condition, text.unwrap_or_default());
+            Event::Stanza(e) if e.kind() == Kind::StreamError => {
+                let e = PeerStreamError::parse(&e);
+                return (e.condition, e.text.unwrap_or_default());
             }
             Event::Stanza(_) => continue,
             Event::StreamClose => panic!("the stream closed without a stream error"),

@@ -269,3 +269,38 @@ async fn several_domain_pairs_share_one_stream() {
     assert_eq!(t.next().await.type_(), Some("invalid"));
     assert_eq!(t.expect_stream_error().await, "not-authorized");
 }
+
+#[tokio::test]
+async fn a_second_starttls_is_a_policy_violation() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    s.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    assert_eq!(s.expect_stream_error().await, "policy-violation");
+}
+
+#[tokio::test]
+async fn an_element_that_is_no_s2s_stanza_is_unsupported_stanza_type() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    for element in [
+        "<foo xmlns='urn:example:unknown'/>",
+        // Stream management elements that only the receiving side sends.
+        "<enabled xmlns='urn:xmpp:sm:3'/>",
+        "<resumed xmlns='urn:xmpp:sm:3' previd='x' h='0'/>",
+    ] {
+        let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+        s.send(element).await;
+        assert_eq!(
+            s.expect_stream_error().await,
+            "unsupported-stanza-type",
+            "for {element}"
+        );
+    }
+    // Before authentication too.
+    let (mut s, _) = s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    s.send("<foo xmlns='urn:example:unknown'/>").await;
+    assert_eq!(s.expect_stream_error().await, "unsupported-stanza-type");
+}

@@ -31,7 +31,6 @@ async fn enable(s: &mut RawStream, resume: bool) -> Option<String> {
     enabled.attr("id").map(|id| id.into_owned())
 }
 
-/// `<r/>` → the `h` of the `<a/>` that answers it.
 /// Sends `<resume previd='{id}' h='0'/>` and returns the answer's text.
 async fn resume(s: &mut RawStream, id: &str) -> String {
     s.send(&format!(
@@ -46,11 +45,13 @@ fn resumed(id: &str, h: u32) -> String {
     format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='{h}'/>")
 }
 
+/// `<r/>` → the `h` of the `<a/>` that answers it.
 async fn acked(s: &mut RawStream) -> u32 {
     s.send("<r xmlns='urn:xmpp:sm:3'/>").await;
     expect_ack(s).await
 }
 
+/// The `h` of the next element, which must be an `<a/>`.
 async fn expect_ack(s: &mut RawStream) -> u32 {
     let a = s.next().await;
     assert_eq!(a.name(), "a", "{}", text(a.raw()));
