@@ -48,7 +48,6 @@ use tokio_util::sync::CancellationToken;
 use super::LocalLink;
 use crate::connection::{BoxTransport, Connection, ReadError, Reader, Writer};
 use crate::dialback::component_handshake;
-use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::{Event as FrameEvent, Limits};
 use crate::xml::stanza::{Kind, Stanza};
 use crate::xml::stream::OpenStream;
@@ -469,10 +468,8 @@ async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<St
         match reader.next_event().await {
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
                 let (condition, text) = stream_error_of(&s);
-                let cond = StreamErrorCondition::from_name(&condition)
-                    .map_or(condition.clone(), |c| c.as_str().to_owned());
                 return Some(format!(
-                    "the gateway ended the stream with <{cond}/>{}",
+                    "the gateway ended the stream with <{condition}/>{}",
                     text.map(|t| format!(" ({t})")).unwrap_or_default()
                 ));
             }
@@ -493,6 +490,7 @@ async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::error::StreamErrorCondition;
 
     /// A gateway side that answers the handshake by hand.
     async fn fake_gateway(io: tokio::io::DuplexStream, secret: &str, accept: bool) -> Connection {
