@@ -531,36 +531,28 @@ mod tests {
         conn
     }
 
+    /// Our side of the handshake for `c.test` with secret `s3cret`, against [`fake_gateway`].
+    async fn handshake_against(accept: bool) -> Result<String, ClientError> {
+        let (a, b) = tokio::io::duplex(4096);
+        let client = async {
+            let mut conn = Connection::new(
+                Box::new(a),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Limits::default(),
+                ns::COMPONENT,
+            );
+            let config =
+                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
+            handshake(&mut conn, &config).await
+        };
+        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", accept));
+        r
+    }
+
     #[tokio::test]
     async fn handshake_digest_and_refusal() {
-        let (a, b) = tokio::io::duplex(4096);
-        let client = async {
-            let mut conn = Connection::new(
-                Box::new(a),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                Limits::default(),
-                ns::COMPONENT,
-            );
-            let config =
-                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
-            handshake(&mut conn, &config).await
-        };
-        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", true));
-        assert_eq!(r.unwrap(), "id1");
-
-        let (a, b) = tokio::io::duplex(4096);
-        let client = async {
-            let mut conn = Connection::new(
-                Box::new(a),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                Limits::default(),
-                ns::COMPONENT,
-            );
-            let config =
-                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
-            handshake(&mut conn, &config).await
-        };
-        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", false));
+        assert_eq!(handshake_against(true).await.unwrap(), "id1");
+        let r = handshake_against(false).await;
         match r {
             Err(ClientError::Refused {
                 condition, text, ..
