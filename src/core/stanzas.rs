@@ -147,14 +147,7 @@ impl Core {
             }
             _ => {}
         }
-        let targets: Vec<Arc<SessionHandle>> = self
-            .sessions_of(account)
-            .into_iter()
-            .filter(|s| {
-                let p = s.presence();
-                p.available && p.priority >= 0
-            })
-            .collect();
+        let targets = self.message_targets(account);
         if !targets.is_empty() {
             let bytes = Bytes::from(el.to_bytes());
             let shared = targets.len() > 1;
@@ -260,7 +253,7 @@ impl Core {
                     .await
                 }
                 ("message", _) => {
-                    if q.shared && self.has_message_targets(&session.account) {
+                    if q.shared && !self.message_targets(&session.account).is_empty() {
                         dropped += 1;
                         continue;
                     }
@@ -285,12 +278,16 @@ impl Core {
         );
     }
 
-    /// Whether a message to the account's bare JID would reach a session now (§8.5.2.1.1).
-    fn has_message_targets(&self, account: &str) -> bool {
-        self.sessions_of(account).iter().any(|s| {
-            let p = s.presence();
-            p.available && p.priority >= 0
-        })
+    /// The sessions a message to the account's bare JID goes to now: the available resources
+    /// with a non-negative priority (§8.5.2.1.1).
+    fn message_targets(&self, account: &str) -> Vec<Arc<SessionHandle>> {
+        self.sessions_of(account)
+            .into_iter()
+            .filter(|s| {
+                let p = s.presence();
+                p.available && p.priority >= 0
+            })
+            .collect()
     }
 
     /// Delivers stored messages to a session that just became available, then forgets them.
