@@ -344,10 +344,7 @@ impl Core {
         let from_self = el
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
-            .is_some_and(|f| {
-                f.node() == to.node()
-                    && self.domains.canonical(f.domain()) == self.domains.canonical(to.domain())
-            });
+            .is_some_and(|f| self.contact_key(&f) == account);
         if from_self {
             // The account's own clients addressing their bare JID: like an iq without `to`.
             return;
@@ -435,15 +432,9 @@ impl Core {
     /// or addressed to one of our domains.
     pub(crate) async fn client_iq(&self, session: &Arc<SessionHandle>, el: Element) {
         let to = el.attr("to").and_then(|t| Jid::parse(t).ok());
-        let own = to.as_ref().is_none_or(|t| {
-            t.is_bare()
-                && t.node().is_some()
-                && format!(
-                    "{}@{}",
-                    t.node().unwrap_or(""),
-                    self.domains.canonical(t.domain()).unwrap_or("")
-                ) == session.account
-        });
+        let own = to
+            .as_ref()
+            .is_none_or(|t| t.is_bare() && self.contact_key(t) == session.account);
         if !own {
             return self.route(el).await;
         }
