@@ -189,7 +189,7 @@ impl Core {
             .with_attr("from", &bare)
             .with_attr("to", contact.bare().to_string())
             .with_attr("type", action.as_str());
-        out.children = el.children.clone();
+        out.children = el.children;
         self.route(out).await;
         match action {
             // §3.1.5: the new subscriber gets our current presence at once.
@@ -361,7 +361,7 @@ impl Core {
             return;
         }
         // Stamped with bare JIDs (§3.1.3).
-        let mut out = el.clone();
+        let mut out = el;
         out.set_attr("from", &contact_bare);
         out.set_attr("to", &user_bare);
         for s in self.sessions_of(account) {
