@@ -140,3 +140,46 @@ async fn restricted_xml_from_a_backend_ends_the_stream() {
     backend.send("<!-- a comment -->").await;
     assert_eq!(backend.expect_stream_error().await, "restricted-xml");
 }
+
+/// XEP-0114 §3 with RFC 6120 §4.9.3: after the handshake a backend sends only stanzas, each with
+/// a `to` that is an address and a `from` within its own domain (not even a subdomain of it);
+/// anything else ends its stream.
+#[tokio::test]
+async fn what_a_backend_may_not_send_ends_its_stream() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    for (xml, condition) in [
+        (
+            "<message to='bob@c.test'><body>x</body></message>",
+            "improper-addressing",
+        ),
+        (
+            "<message from='alice@a.test' to='bob@'><body>x</body></message>",
+            "improper-addressing",
+        ),
+        (
+            "<message from='eve@sub.a.test' to='bob@c.test'><body>x</body></message>",
+            "invalid-from",
+        ),
+        ("<handshake/>", "unsupported-stanza-type"),
+    ] {
+        let mut backend = a.backend().await;
+        backend.send(xml).await;
+        assert_eq!(backend.expect_stream_error().await, condition, "{xml}");
+    }
+}
+
+/// A backend that opens a stream and never sends its handshake holds the connection only for
+/// the negotiation timeout.
+#[tokio::test]
+async fn no_handshake_in_time_is_connection_timeout() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("negotiation_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(HEADER).await;
+    s.expect_header().await;
+    assert_eq!(s.expect_stream_error().await, "connection-timeout");
+}
