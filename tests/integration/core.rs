@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::certs::{ca, CertSpec};
 use crate::harness::*;
@@ -168,6 +168,29 @@ async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> (Client, String
     (client, bound)
 }
 
+/// Steps the tests below take again and again, each one command or one wait.
+impl Client {
+    /// Sends a subscription stanza of `type_` (`subscribe`, `subscribed`, ...) to `to`.
+    async fn subscription(&mut self, to: &str, type_: &str) {
+        self.run(json!({"cmd": "subscription", "to": to, "type": type_}))
+            .await;
+    }
+
+    /// The next presence of `type_` (`available` when it has none) from `from`.
+    async fn presence_from(&mut self, type_: &str, from: &str) -> Value {
+        self.expect("presence", |e| e["type"] == type_ && e["from"] == from)
+            .await
+    }
+
+    /// The next roster push for `jid` with this subscription.
+    async fn push(&mut self, jid: &str, subscription: &str) -> Value {
+        self.expect("roster_push", |e| {
+            e["jid"] == jid && e["subscription"] == subscription
+        })
+        .await
+    }
+}
+
 fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap()
 }
@@ -197,12 +220,8 @@ fn plain_auth(user: &str, password: &str, extra: &str) -> String {
     )
 }
 
-/// Binds a resource on a raw stream that just succeeded with SASL; returns the bound JID.
-async fn raw_bind(s: &mut RawStream, to: &str) -> String {
-    raw_bind_as(s, to, "raw").await
-}
-
-async fn raw_bind_as(s: &mut RawStream, to: &str, resource: &str) -> String {
+/// Restarts a raw stream that just succeeded with SASL, up to features that offer `<bind/>`.
+async fn raw_restart(s: &mut RawStream, to: &str) {
     s.restart();
     s.send(&client_header(to)).await;
     s.expect_header().await;
@@ -211,6 +230,10 @@ async fn raw_bind_as(s: &mut RawStream, to: &str, resource: &str) -> String {
         features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
         "{features}"
     );
+}
+
+/// Binds `resource` on a restarted raw stream; returns the bound JID.
+async fn raw_bind_resource(s: &mut RawStream, resource: &str) -> String {
     s.send(&format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
     let result = s.next().await;
     assert_eq!(result.type_(), Some("result"), "{}", text(result.raw()));
@@ -219,6 +242,12 @@ async fn raw_bind_as(s: &mut RawStream, to: &str, resource: &str) -> String {
         .and_then(|b| b.child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
         .unwrap()
         .text()
+}
+
+/// Binds a resource on a raw stream that just succeeded with SASL; returns the bound JID.
+async fn raw_bind(s: &mut RawStream, to: &str) -> String {
+    raw_restart(s, to).await;
+    raw_bind_resource(s, "raw").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,24 +389,15 @@ async fn roster_subscriptions_and_presence_between_two_local_accounts() {
             json!({"cmd": "roster_set", "jid": "bob@a.test", "name": "Bob", "groups": ["Friends"]}),
         )
         .await;
-    alice
-        .expect("roster_push", |e| {
-            e["jid"] == "bob@a.test" && e["subscription"] == "none"
-        })
-        .await;
+    alice.push("bob@a.test", "none").await;
     // alice asks for bob's presence: pending out (ask='subscribe'), bob gets the request.
-    alice
-        .run(json!({"cmd": "subscription", "to": "bob@a.test", "type": "subscribe"}))
-        .await;
+    alice.subscription("bob@a.test", "subscribe").await;
     alice
         .expect("roster_push", |e| {
             e["jid"] == "bob@a.test" && e["ask"] == "subscribe"
         })
         .await;
-    bob.expect("presence", |e| {
-        e["type"] == "subscribe" && e["from"] == "alice@a.test"
-    })
-    .await;
+    bob.presence_from("subscribe", "alice@a.test").await;
     // Not subscribed yet: alice does not see bob's presence.
     alice
         .expect_none("presence", Duration::from_millis(300), |e| {
@@ -385,43 +405,16 @@ async fn roster_subscriptions_and_presence_between_two_local_accounts() {
         })
         .await;
     // bob approves and subscribes back; alice approves too.
-    bob.run(json!({"cmd": "subscription", "to": "alice@a.test", "type": "subscribed"}))
-        .await;
-    alice
-        .expect("presence", |e| {
-            e["type"] == "subscribed" && e["from"] == "alice@a.test".replace("alice", "bob")
-        })
-        .await;
-    alice
-        .expect("roster_push", |e| {
-            e["jid"] == "bob@a.test" && e["subscription"] == "to"
-        })
-        .await;
+    bob.subscription("alice@a.test", "subscribed").await;
+    alice.presence_from("subscribed", "bob@a.test").await;
+    alice.push("bob@a.test", "to").await;
     // bob's current presence follows his approval.
-    alice
-        .expect("presence", |e| {
-            e["from"] == bob_jid.as_str() && e["type"] == "available"
-        })
-        .await;
-    bob.run(json!({"cmd": "subscription", "to": "alice@a.test", "type": "subscribe"}))
-        .await;
-    alice
-        .expect("presence", |e| {
-            e["type"] == "subscribe" && e["from"] == "bob@a.test"
-        })
-        .await;
-    alice
-        .run(json!({"cmd": "subscription", "to": "bob@a.test", "type": "subscribed"}))
-        .await;
-    alice
-        .expect("roster_push", |e| {
-            e["jid"] == "bob@a.test" && e["subscription"] == "both"
-        })
-        .await;
-    bob.expect("roster_push", |e| {
-        e["jid"] == "alice@a.test" && e["subscription"] == "both"
-    })
-    .await;
+    alice.presence_from("available", bob_jid.as_str()).await;
+    bob.subscription("alice@a.test", "subscribe").await;
+    alice.presence_from("subscribe", "bob@a.test").await;
+    alice.subscription("bob@a.test", "subscribed").await;
+    alice.push("bob@a.test", "both").await;
+    bob.push("alice@a.test", "both").await;
     let roster = alice.roster().await;
     assert_eq!(
         roster["items"]["bob@a.test"],
@@ -440,26 +433,15 @@ async fn roster_subscriptions_and_presence_between_two_local_accounts() {
     // A second resource of bob's sees alice's presence (probe answered) and bob's own.
     let (mut bob2, bob2_jid) = sign_in(n.c2s(), "bob@a.test/phone", "pb").await;
     bob2.run(json!({"cmd": "presence"})).await;
-    bob2.expect("presence", |e| {
-        e["from"] == alice_jid.as_str() && e["type"] == "available"
-    })
-    .await;
+    bob2.presence_from("available", alice_jid.as_str()).await;
     bob2.expect("presence", |e| e["from"] == bob_jid.as_str())
         .await;
     bob.expect("presence", |e| e["from"] == bob2_jid.as_str())
         .await;
-    alice
-        .expect("presence", |e| {
-            e["from"] == bob2_jid.as_str() && e["type"] == "available"
-        })
-        .await;
+    alice.presence_from("available", bob2_jid.as_str()).await;
     // Disconnecting without unavailable: the server sends it.
     drop(bob2);
-    alice
-        .expect("presence", |e| {
-            e["from"] == bob2_jid.as_str() && e["type"] == "unavailable"
-        })
-        .await;
+    alice.presence_from("unavailable", bob2_jid.as_str()).await;
     // A message to bob's bare JID reaches his available resource; one to alice's full JID
     // reaches exactly that session.
     alice
@@ -481,19 +463,9 @@ async fn roster_subscriptions_and_presence_between_two_local_accounts() {
     alice
         .run(json!({"cmd": "roster_remove", "jid": "bob@a.test"}))
         .await;
-    alice
-        .expect("roster_push", |e| {
-            e["jid"] == "bob@a.test" && e["subscription"] == "remove"
-        })
-        .await;
-    bob.expect("roster_push", |e| {
-        e["jid"] == "alice@a.test" && e["subscription"] == "none"
-    })
-    .await;
-    bob.expect("presence", |e| {
-        e["from"] == alice_jid.as_str() && e["type"] == "unavailable"
-    })
-    .await;
+    alice.push("bob@a.test", "remove").await;
+    bob.push("alice@a.test", "none").await;
+    bob.presence_from("unavailable", alice_jid.as_str()).await;
     alice.quit().await;
     bob.quit().await;
 }
@@ -666,43 +638,16 @@ async fn accounts_on_two_federated_cores_subscribe_and_chat_through_the_gateways
     bob.roster().await;
     alice.run(json!({"cmd": "presence"})).await;
     bob.run(json!({"cmd": "presence"})).await;
-    alice
-        .run(json!({"cmd": "subscription", "to": "bob@b.test", "type": "subscribe"}))
-        .await;
-    bob.expect("presence", |e| {
-        e["type"] == "subscribe" && e["from"] == "alice@a.test"
-    })
-    .await;
-    bob.run(json!({"cmd": "subscription", "to": "alice@a.test", "type": "subscribed"}))
-        .await;
-    bob.run(json!({"cmd": "subscription", "to": "alice@a.test", "type": "subscribe"}))
-        .await;
-    alice
-        .expect("roster_push", |e| {
-            e["jid"] == "bob@b.test" && e["subscription"] == "to"
-        })
-        .await;
-    alice
-        .expect("presence", |e| {
-            e["from"] == bob_jid.as_str() && e["type"] == "available"
-        })
-        .await;
-    alice
-        .expect("presence", |e| {
-            e["type"] == "subscribe" && e["from"] == "bob@b.test"
-        })
-        .await;
-    alice
-        .run(json!({"cmd": "subscription", "to": "bob@b.test", "type": "subscribed"}))
-        .await;
-    bob.expect("roster_push", |e| {
-        e["jid"] == "alice@a.test" && e["subscription"] == "both"
-    })
-    .await;
-    bob.expect("presence", |e| {
-        e["from"] == alice_jid.as_str() && e["type"] == "available"
-    })
-    .await;
+    alice.subscription("bob@b.test", "subscribe").await;
+    bob.presence_from("subscribe", "alice@a.test").await;
+    bob.subscription("alice@a.test", "subscribed").await;
+    bob.subscription("alice@a.test", "subscribe").await;
+    alice.push("bob@b.test", "to").await;
+    alice.presence_from("available", bob_jid.as_str()).await;
+    alice.presence_from("subscribe", "bob@b.test").await;
+    alice.subscription("bob@b.test", "subscribed").await;
+    bob.push("alice@a.test", "both").await;
+    bob.presence_from("available", alice_jid.as_str()).await;
     alice
         .run(json!({"cmd": "message", "to": "bob@b.test", "body": "hello across"}))
         .await;
@@ -728,11 +673,7 @@ async fn accounts_on_two_federated_cores_subscribe_and_chat_through_the_gateways
     assert_eq!(e["condition"], "service-unavailable");
     // Going offline is seen across the federation.
     bob.quit().await;
-    alice
-        .expect("presence", |e| {
-            e["from"] == bob_jid.as_str() && e["type"] == "unavailable"
-        })
-        .await;
+    alice.presence_from("unavailable", bob_jid.as_str()).await;
     alice.quit().await;
 }
 
@@ -747,9 +688,7 @@ async fn a_restarted_core_keeps_accounts_rosters_and_offline_messages() {
     alice
         .run(json!({"cmd": "roster_set", "jid": "bob@a.test", "name": "Bob", "groups": ["G"]}))
         .await;
-    alice
-        .run(json!({"cmd": "subscription", "to": "bob@a.test", "type": "subscribe"}))
-        .await;
+    alice.subscription("bob@a.test", "subscribe").await;
     alice
         .run(json!({"cmd": "message", "to": "bob@a.test", "body": "kept"}))
         .await;
@@ -776,10 +715,7 @@ async fn a_restarted_core_keeps_accounts_rosters_and_offline_messages() {
     let (mut bob, _) = sign_in(n.c2s(), "bob@a.test/desk", "pb").await;
     bob.run(json!({"cmd": "presence"})).await;
     // The pending request and the offline message both survived.
-    bob.expect("presence", |e| {
-        e["type"] == "subscribe" && e["from"] == "alice@a.test"
-    })
-    .await;
+    bob.presence_from("subscribe", "alice@a.test").await;
     let m = bob.expect("message", |e| e["body"] == "kept").await;
     assert_eq!(bare(m["from"].as_str().unwrap()), "alice@a.test");
     alice.quit().await;
@@ -1037,8 +973,9 @@ async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
     assert_eventually(|| !gw.gw().router.component_attached("a.test")).await;
 }
 
-/// A raw client signed in with PLAIN (the node must allow it) and bound to `resource`.
-async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawStream {
+/// A raw client signed in as `user@domain` with PLAIN (the node must allow it), its stream
+/// restarted and not yet bound.
+async fn raw_signed_in(addr: SocketAddr, user: &str, password: &str) -> RawStream {
     let domain = user.split('@').nth(1).unwrap();
     let (mut s, _) = raw_tls(addr, domain).await;
     s.send(&plain_auth(user, password, "")).await;
@@ -1046,7 +983,14 @@ async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &st
         s.next_text().await,
         "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
     );
-    raw_bind_as(&mut s, domain, resource).await;
+    raw_restart(&mut s, domain).await;
+    s
+}
+
+/// A raw client signed in with PLAIN (the node must allow it) and bound to `resource`.
+async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawStream {
+    let mut s = raw_signed_in(addr, user, password).await;
+    raw_bind_resource(&mut s, resource).await;
     s
 }
 
@@ -1073,13 +1017,7 @@ async fn binding_rules_conflicts_and_unsupported_elements() {
     let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
     n.add_user("alice@a.test", "pa");
     // Before binding, only <bind/> is accepted.
-    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
-    s.send(&plain_auth("alice", "pa", "")).await;
-    s.next().await;
-    s.restart();
-    s.send(&client_header("a.test")).await;
-    s.expect_header().await;
-    s.next().await;
+    let mut s = raw_signed_in(n.c2s(), "alice@a.test", "pa").await;
     s.send("<message to='alice@a.test'><body>x</body></message>")
         .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
@@ -1095,13 +1033,7 @@ async fn binding_rules_conflicts_and_unsupported_elements() {
         "<iq type='result' from='alice@a.test' to='alice@a.test/r' id='p'/>"
     );
     // A server-made resource when the client asks for none.
-    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
-    s.send(&plain_auth("alice", "pa", "")).await;
-    s.next().await;
-    s.restart();
-    s.send(&client_header("a.test")).await;
-    s.expect_header().await;
-    s.next().await;
+    let mut s = raw_signed_in(n.c2s(), "alice@a.test", "pa").await;
     s.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
         .await;
     assert!(s.next_text().await.contains("<jid>alice@a.test/fedgate-"));
