@@ -69,13 +69,7 @@ impl Core {
             Ok(false) => return self.no_such_account(&to, el).await,
             Err(e) => {
                 tracing::warn!("account lookup failed: {e}");
-                return self
-                    .bounce(
-                        &el,
-                        StanzaErrorCondition::InternalServerError,
-                        "storage failure",
-                    )
-                    .await;
+                return self.storage_failed(&el).await;
             }
         }
         match el.name.as_str() {
@@ -204,12 +198,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!("storing an offline message failed: {e}");
-                self.bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await
+                self.storage_failed(&el).await
             }
         }
     }
@@ -276,6 +265,17 @@ impl Core {
             dropped,
             "stanzas left unwritten by an ended session"
         );
+    }
+
+    /// Answers a stanza that needed the database when the database failed (RFC 6120
+    /// §8.3.3.6 `internal-server-error`).
+    async fn storage_failed(&self, el: &Element) {
+        self.bounce(
+            el,
+            StanzaErrorCondition::InternalServerError,
+            "storage failure",
+        )
+        .await
     }
 
     /// The sessions a message to the account's bare JID goes to now: the available resources
@@ -460,12 +460,7 @@ impl Core {
                     }
                     Err(e) => {
                         tracing::warn!("roster read failed: {e}");
-                        self.bounce(
-                            &el,
-                            StanzaErrorCondition::InternalServerError,
-                            "storage failure",
-                        )
-                        .await
+                        self.storage_failed(&el).await
                     }
                 }
             }
@@ -525,13 +520,7 @@ impl Core {
         let owner = session.account.clone();
         let existing = self.storage.load_roster_item(&owner, &contact).await;
         let Ok(existing) = existing else {
-            return self
-                .bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await;
+            return self.storage_failed(&el).await;
         };
         if item.attr("subscription") == Some("remove") {
             let Some(old) = existing.filter(|i| i.in_roster) else {
@@ -544,13 +533,7 @@ impl Core {
             gone.in_roster = false;
             gone.state.pending_in = false;
             if self.storage.store_roster_item(&owner, &gone).await.is_err() {
-                return self
-                    .bounce(
-                        &el,
-                        StanzaErrorCondition::InternalServerError,
-                        "storage failure",
-                    )
-                    .await;
+                return self.storage_failed(&el).await;
             }
             session.send_element(&iq_result(&el, &me));
             self.push_roster(&owner, RosterItem::removed(&contact))
@@ -597,13 +580,7 @@ impl Core {
             .await
             .is_err()
         {
-            return self
-                .bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await;
+            return self.storage_failed(&el).await;
         }
         session.send_element(&iq_result(&el, &me));
         self.push_roster(&owner, updated.to_element()).await;
