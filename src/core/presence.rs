@@ -18,7 +18,8 @@
 use std::sync::Arc;
 
 use super::roster::{RosterItem, SubscriptionAction};
-use super::{storage, Core, SessionHandle};
+use super::storage::{self, StorageError};
+use super::{Core, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::{ns, Element};
 
@@ -142,6 +143,20 @@ impl Core {
         }
     }
 
+    /// `owner`'s entry for `contact`, or a new hidden one (not in the roster, nothing pending)
+    /// for the subscription state machine to start from.
+    async fn entry_or_hidden(
+        &self,
+        owner: &str,
+        contact: &str,
+    ) -> Result<RosterItem, StorageError> {
+        let item = self.storage.load_roster_item(owner, contact).await?;
+        Ok(item.unwrap_or_else(|| RosterItem {
+            in_roster: false,
+            ..RosterItem::new(contact)
+        }))
+    }
+
     /// §3: the user sends a subscription stanza to a contact.
     async fn subscription_outbound(
         &self,
@@ -157,12 +172,9 @@ impl Core {
             return;
         }
         let owner = session.account.clone();
-        let item = self.storage.load_roster_item(&owner, &key).await;
-        let Ok(item) = item else { return };
-        let mut item = item.unwrap_or_else(|| RosterItem {
-            in_roster: false,
-            ..RosterItem::new(&key)
-        });
+        let Ok(mut item) = self.entry_or_hidden(&owner, &key).await else {
+            return;
+        };
         let before = item.clone();
         let t = item.state.outbound(action);
         item.state = t.state;
@@ -330,12 +342,9 @@ impl Core {
     ) {
         let key = self.contact_key(from);
         let owner = account.to_owned();
-        let item = self.storage.load_roster_item(&owner, &key).await;
-        let Ok(item) = item else { return };
-        let mut item = item.unwrap_or_else(|| RosterItem {
-            in_roster: false,
-            ..RosterItem::new(&key)
-        });
+        let Ok(mut item) = self.entry_or_hidden(&owner, &key).await else {
+            return;
+        };
         let before = item.clone();
         let t = item.state.inbound(action);
         item.state = t.state;
