@@ -561,19 +561,33 @@ impl Core {
             }
             return;
         }
+        let groups: Vec<String> = item
+            .children()
+            .filter(|g| g.name == "group" && g.ns == NS_ROSTER)
+            .map(Element::text)
+            .collect();
+        // §2.3.3: an empty group is not-acceptable, a group named twice a bad request.
+        if groups.iter().any(String::is_empty) {
+            return self
+                .bounce(&el, StanzaErrorCondition::NotAcceptable, "an empty group")
+                .await;
+        }
+        if groups
+            .iter()
+            .enumerate()
+            .any(|(i, g)| groups[..i].contains(g))
+        {
+            return self
+                .bounce(&el, StanzaErrorCondition::BadRequest, "a group named twice")
+                .await;
+        }
         let mut updated = existing.unwrap_or_else(|| RosterItem::new(&contact));
         updated.in_roster = true;
         updated.name = item
             .attr("name")
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
-        updated.groups = item
-            .children()
-            .filter(|g| g.name == "group" && g.ns == NS_ROSTER)
-            .map(Element::text)
-            .filter(|g| !g.is_empty())
-            .collect();
-        updated.groups.dedup();
+        updated.groups = groups;
         if self
             .storage
             .store_roster_item(&owner, &updated)

@@ -1184,3 +1184,47 @@ async fn presence_is_revealed_only_to_approved_contacts_and_directed_presence_is
         ]
     );
 }
+
+#[tokio::test]
+async fn a_roster_set_that_breaks_rfc_6121_is_refused_and_changes_nothing() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    let mut alice = raw_session(n.c2s(), "alice@a.test", "pa", "r").await;
+    let set = |items: &str| {
+        format!("<iq type='set' id='s'><query xmlns='jabber:iq:roster'>{items}</query></iq>")
+    };
+    // §2.3.3: one item per set, no group twice, no empty group; the account itself is no
+    // contact (§2.3.2: not-allowed).
+    for (items, condition) in [
+        (
+            "<item jid='bob@a.test'/><item jid='carol@a.test'/>",
+            "bad-request",
+        ),
+        (
+            "<item jid='bob@a.test'><group>A</group><group>B</group><group>A</group></item>",
+            "bad-request",
+        ),
+        (
+            "<item jid='bob@a.test'><group>A</group><group></group></item>",
+            "not-acceptable",
+        ),
+        ("<item jid='alice@a.test'/>", "not-allowed"),
+    ] {
+        alice.send(&set(items)).await;
+        let e = alice.next_text().await;
+        assert!(
+            e.starts_with("<iq ")
+                && e.contains("type='error'")
+                && e.contains(&format!("<{condition} ")),
+            "{items}: {e}"
+        );
+    }
+    alice
+        .send("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    assert_eq!(
+        alice.next_text().await,
+        "<iq type='result' from='alice@a.test' to='alice@a.test/r' id='g'><query xmlns='jabber:iq:roster'/></iq>"
+    );
+}
