@@ -144,13 +144,18 @@ impl Core {
     }
 
     /// `owner`'s entry for `contact`, or a new hidden one (not in the roster, nothing pending)
-    /// for the subscription state machine to start from.
+    /// for the subscription state machine to start from. A failure is logged here; the
+    /// subscription stanza is then dropped (presence stanzas are not answered with errors).
     async fn entry_or_hidden(
         &self,
         owner: &str,
         contact: &str,
     ) -> Result<RosterItem, StorageError> {
-        let item = self.storage.load_roster_item(owner, contact).await?;
+        let item = self
+            .storage
+            .load_roster_item(owner, contact)
+            .await
+            .inspect_err(|e| tracing::warn!("roster read failed for a subscription: {e}"))?;
         Ok(item.unwrap_or_else(|| RosterItem {
             in_roster: false,
             ..RosterItem::new(contact)
@@ -186,8 +191,8 @@ impl Core {
             item.in_roster = true;
         }
         if item != before {
-            if self.storage.store_roster_item(&owner, &item).await.is_err() {
-                return;
+            if let Err(e) = self.storage.store_roster_item(&owner, &item).await {
+                return tracing::warn!("roster write failed for a subscription: {e}");
             }
             if item.in_roster {
                 self.push_roster(&owner, item.to_element()).await;
@@ -358,8 +363,8 @@ impl Core {
             return self.route(reply).await;
         }
         if item != before {
-            if self.storage.store_roster_item(&owner, &item).await.is_err() {
-                return;
+            if let Err(e) = self.storage.store_roster_item(&owner, &item).await {
+                return tracing::warn!("roster write failed for a subscription: {e}");
             }
             // A request alone does not change the roster (§3.1.3); answers do.
             if item.in_roster && action != SubscriptionAction::Subscribe {

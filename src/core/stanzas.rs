@@ -518,9 +518,12 @@ impl Core {
                 .await;
         }
         let owner = session.account.clone();
-        let existing = self.storage.load_roster_item(&owner, &contact).await;
-        let Ok(existing) = existing else {
-            return self.storage_failed(&el).await;
+        let existing = match self.storage.load_roster_item(&owner, &contact).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!("roster read failed: {e}");
+                return self.storage_failed(&el).await;
+            }
         };
         if item.attr("subscription") == Some("remove") {
             let Some(old) = existing.filter(|i| i.in_roster) else {
@@ -532,7 +535,8 @@ impl Core {
             let mut gone = old.clone();
             gone.in_roster = false;
             gone.state.pending_in = false;
-            if self.storage.store_roster_item(&owner, &gone).await.is_err() {
+            if let Err(e) = self.storage.store_roster_item(&owner, &gone).await {
+                tracing::warn!("roster write failed: {e}");
                 return self.storage_failed(&el).await;
             }
             session.send_element(&iq_result(&el, &me));
@@ -588,12 +592,8 @@ impl Core {
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
         updated.groups = groups;
-        if self
-            .storage
-            .store_roster_item(&owner, &updated)
-            .await
-            .is_err()
-        {
+        if let Err(e) = self.storage.store_roster_item(&owner, &updated).await {
+            tracing::warn!("roster write failed: {e}");
             return self.storage_failed(&el).await;
         }
         session.send_element(&iq_result(&el, &me));
