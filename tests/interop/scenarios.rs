@@ -18,6 +18,66 @@ use crate::{capture_logs, dns_port_53, fedgate_log};
 /// The port fedgate's s2s listener uses: not 5269, so only its SRV record leads there.
 pub const GW_S2S_PORT: u16 = 5299;
 
+/// Every scenario as a test against one kind of peer, in the module that invokes it
+/// (`every_scenario!(Kind::Prosody, "pr")`); each test's peer domain is `{prefix}-{what}.test`.
+/// A new scenario added here runs against every peer.
+macro_rules! every_scenario {
+    ($kind:expr, $prefix:literal) => {
+        use $crate::peer::PeerTls;
+        use $crate::scenarios;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn dialback_messages_iqs_and_presence_both_ways() {
+            scenarios::exchange($kind, concat!($prefix, "-dialback"), PeerTls::SelfSigned).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sasl_external_messages_iqs_and_presence_both_ways() {
+            scenarios::exchange($kind, concat!($prefix, "-external"), PeerTls::TestCa).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_stopped_bounces_with_the_cause_then_restarted_delivers() {
+            scenarios::peer_stopped_then_restarted($kind, concat!($prefix, "-restart")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
+            scenarios::burst($kind, concat!($prefix, "-burst")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fedgate_with_a_server_auth_only_certificate() {
+            scenarios::server_auth_only_certificate($kind, concat!($prefix, "-eku")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
+            scenarios::gateway_stopped_then_restarted($kind, concat!($prefix, "-gwrestart")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
+            scenarios::peer_stopped_mid_stream($kind, concat!($prefix, "-midstream")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn direct_tls_xep_0368_published_first() {
+            scenarios::direct_tls($kind, concat!($prefix, "-directtls")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_restarted_within_the_retry_window_gets_what_waited() {
+            scenarios::peer_restarted_within_the_retry_window(
+                $kind,
+                concat!($prefix, "-quickrestart"),
+            )
+            .await;
+        }
+    };
+}
+pub(crate) use every_scenario;
+
 /// Everything one test runs.
 pub struct World {
     pub dns: TestDns,
