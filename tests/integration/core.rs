@@ -1228,3 +1228,56 @@ async fn a_roster_set_that_breaks_rfc_6121_is_refused_and_changes_nothing() {
         "<iq type='result' from='alice@a.test' to='alice@a.test/r' id='g'><query xmlns='jabber:iq:roster'/></iq>"
     );
 }
+
+#[tokio::test]
+async fn sasl_aborts_do_not_count_and_an_authzid_must_be_the_account() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| c.allow_plain = true).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let sasl = |name: &str, attrs: &str, payload: &str| {
+        format!("<{name} xmlns='urn:ietf:params:xml:ns:xmpp-sasl'{attrs}>{payload}</{name}>")
+    };
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    // RFC 6120 §6.4.4: the client may abort an exchange; more aborts than the failures
+    // allowed (MAX_AUTH_FAILURES) do not end the stream.
+    for _ in 0..4 {
+        s.send(&sasl(
+            "auth",
+            " mechanism='SCRAM-SHA-256'",
+            &b64("n,,n=alice,r=abcdefgh"),
+        ))
+        .await;
+        let challenge = s.next_text().await;
+        assert!(challenge.starts_with("<challenge "), "{challenge}");
+        s.send(&sasl("abort", "", "")).await;
+        assert_eq!(
+            s.next_text().await,
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><aborted/></failure>"
+        );
+    }
+    // §6.3.8: an authzid other than the account itself is invalid-authzid (even with the
+    // right password); the account's own bare JID is accepted.
+    s.send(&sasl(
+        "auth",
+        " mechanism='PLAIN'",
+        &b64("bob@a.test\0alice\0pa"),
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-authzid/></failure>"
+    );
+    s.send(&sasl(
+        "auth",
+        " mechanism='PLAIN'",
+        &b64("alice@a.test\0alice\0pa"),
+    ))
+    .await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    assert_eq!(raw_bind(&mut s, "a.test").await, "alice@a.test/raw");
+}
