@@ -170,3 +170,58 @@ async fn a_cut_link_is_reestablished_and_queued_stanzas_go_out() {
     echo_round_trip(&mut backend, &mut c).await;
     c.stop().await;
 }
+
+/// The example component (`examples/echo_component.rs`), its `answer` driven by a component
+/// attached for echo.a.test.
+#[allow(dead_code)]
+#[path = "../../examples/echo_component.rs"]
+mod echo_example;
+
+#[tokio::test]
+async fn the_echo_example_echoes_and_answers_pings_disco_and_the_rest() {
+    let dns = TestDns::start().await;
+    let (a, mut backend) = gateway(&dns).await;
+    let mut c = Component::start(ClientConfig::new(
+        "echo.a.test",
+        SECRET,
+        Target::Tcp(a.gw().component_addr),
+    ));
+    expect_online(&mut c).await;
+    let sender = c.sender();
+    for (request, answer) in [
+        (
+            "<message from='alice@a.test/r' to='echo.a.test' id='m1'><body>hi</body></message>",
+            "<message from='echo.a.test' to='alice@a.test/r' type='normal' id='m1'><body>hi</body></message>",
+        ),
+        (
+            "<iq from='alice@a.test/r' to='echo.a.test' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq from='echo.a.test' to='alice@a.test/r' type='result' id='p1'/>",
+        ),
+        (
+            "<iq from='alice@a.test/r' to='echo.a.test' type='get' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            "<iq from='echo.a.test' to='alice@a.test/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='component' type='generic' name='echo'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:ping'/></query></iq>",
+        ),
+    ] {
+        backend.send(request).await;
+        echo_example::answer(&next_stanza(&mut c).await, &sender).await;
+        assert_eq!(backend.next_text().await, answer);
+    }
+    // Anything else it does not do: service-unavailable (RFC 6120 §8.4).
+    backend
+        .send("<iq from='alice@a.test/r' to='echo.a.test' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
+    echo_example::answer(&next_stanza(&mut c).await, &sender).await;
+    let e = backend.next().await;
+    assert_eq!(
+        (e.type_(), e.id(), e.to()),
+        (Some("error"), Some("v1"), Some("alice@a.test/r")),
+        "{}",
+        text(e.raw())
+    );
+    assert!(
+        text(e.raw()).contains("<service-unavailable "),
+        "{}",
+        text(e.raw())
+    );
+    c.stop().await;
+}
