@@ -337,7 +337,8 @@ impl Component {
         )
     }
 
-    /// Writes what is queued, closes the stream and stops reconnecting.
+    /// Writes what is queued, closes the stream and stops reconnecting. While the link is down
+    /// (connecting, or waiting to retry) what is queued is dropped.
     pub async fn stop(self) {
         Stopper {
             stop: self.stop,
@@ -355,7 +356,7 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    /// Writes what is queued, closes the stream and stops reconnecting.
+    /// Like [`Component::stop`].
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
