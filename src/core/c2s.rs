@@ -1,6 +1,6 @@
 //! Client-to-server streams (RFC 6120), from accept to close.
 //!
-//! Negotiation, each step waiting for what its name says ([`negotiate`]):
+//! Negotiation, each step waiting for what its name says (`negotiate`):
 //! 1. `ExpectTls` (port 5223 only): TLS from the first byte (XEP-0368).
 //! 2. `ExpectStreamHeader`: a `jabber:client` stream, `version='1.0'`, `to` one of our domains
 //!    or aliases (else `invalid-namespace`, `unsupported-version`, `host-unknown`); we answer
