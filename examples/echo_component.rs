@@ -46,8 +46,9 @@ async fn main() {
     }
 }
 
-/// Answers one stanza the gateway routed to us.
-async fn answer(stanza: &Stanza, sender: &Sender) {
+/// Answers one stanza the gateway routed to us. (Public for the test that runs it:
+/// `tests/integration/component_client.rs`.)
+pub async fn answer(stanza: &Stanza, sender: &Sender) {
     let Ok(el) = stanza.element() else { return };
     let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
         return;

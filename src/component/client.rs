@@ -48,7 +48,6 @@ use tokio_util::sync::CancellationToken;
 use super::LocalLink;
 use crate::connection::{BoxTransport, Connection, ReadError, Reader, Writer};
 use crate::dialback::component_handshake;
-use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::{Event as FrameEvent, Limits};
 use crate::xml::stanza::{Kind, Stanza};
 use crate::xml::stream::OpenStream;
@@ -338,7 +337,8 @@ impl Component {
         )
     }
 
-    /// Writes what is queued, closes the stream and stops reconnecting.
+    /// Writes what is queued, closes the stream and stops reconnecting. While the link is down
+    /// (connecting, or waiting to retry) what is queued is dropped.
     pub async fn stop(self) {
         Stopper {
             stop: self.stop,
@@ -356,7 +356,7 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    /// Writes what is queued, closes the stream and stops reconnecting.
+    /// Like [`Component::stop`].
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -469,10 +469,8 @@ async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<St
         match reader.next_event().await {
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
                 let (condition, text) = stream_error_of(&s);
-                let cond = StreamErrorCondition::from_name(&condition)
-                    .map_or(condition.clone(), |c| c.as_str().to_owned());
                 return Some(format!(
-                    "the gateway ended the stream with <{cond}/>{}",
+                    "the gateway ended the stream with <{condition}/>{}",
                     text.map(|t| format!(" ({t})")).unwrap_or_default()
                 ));
             }
@@ -493,6 +491,7 @@ async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::error::StreamErrorCondition;
 
     /// A gateway side that answers the handshake by hand.
     async fn fake_gateway(io: tokio::io::DuplexStream, secret: &str, accept: bool) -> Connection {
@@ -533,36 +532,28 @@ mod tests {
         conn
     }
 
+    /// Our side of the handshake for `c.test` with secret `s3cret`, against [`fake_gateway`].
+    async fn handshake_against(accept: bool) -> Result<String, ClientError> {
+        let (a, b) = tokio::io::duplex(4096);
+        let client = async {
+            let mut conn = Connection::new(
+                Box::new(a),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Limits::default(),
+                ns::COMPONENT,
+            );
+            let config =
+                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
+            handshake(&mut conn, &config).await
+        };
+        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", accept));
+        r
+    }
+
     #[tokio::test]
     async fn handshake_digest_and_refusal() {
-        let (a, b) = tokio::io::duplex(4096);
-        let client = async {
-            let mut conn = Connection::new(
-                Box::new(a),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                Limits::default(),
-                ns::COMPONENT,
-            );
-            let config =
-                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
-            handshake(&mut conn, &config).await
-        };
-        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", true));
-        assert_eq!(r.unwrap(), "id1");
-
-        let (a, b) = tokio::io::duplex(4096);
-        let client = async {
-            let mut conn = Connection::new(
-                Box::new(a),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                Limits::default(),
-                ns::COMPONENT,
-            );
-            let config =
-                ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
-            handshake(&mut conn, &config).await
-        };
-        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", false));
+        assert_eq!(handshake_against(true).await.unwrap(), "id1");
+        let r = handshake_against(false).await;
         match r {
             Err(ClientError::Refused {
                 condition, text, ..

@@ -9,9 +9,10 @@
 //!    constant time (wrong → `not-authorized`);
 //! 4. the domain is bound in the [router](crate::router) (already bound → `conflict` for the
 //!    newcomer, or for the old session with `replace_on_conflict`);
-//! 5. stanzas flow both ways; every stanza from the backend must carry `to` (else
-//!    `improper-addressing`) and a `from` within the bound domain (else `invalid-from`), so a
-//!    backend can never speak for a domain it does not own.
+//! 5. stanzas flow both ways; every stanza from the backend must carry a `to` that is an
+//!    address and a `from` (else `improper-addressing`) within the bound domain itself, not a
+//!    subdomain (else `invalid-from`), so a backend can never speak for a domain it does not
+//!    own; anything but a message, presence or iq is `unsupported-stanza-type`.
 //!
 //! A session runs over any byte transport: a TCP connection from the listener, or one end of
 //! an in-process pipe from a [`LocalLink`], which is how a backend in the gateway's own process

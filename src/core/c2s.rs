@@ -1,6 +1,6 @@
 //! Client-to-server streams (RFC 6120), from accept to close.
 //!
-//! Negotiation, each step waiting for what its name says ([`negotiate`]):
+//! Negotiation, each step waiting for what its name says (`negotiate`):
 //! 1. `ExpectTls` (port 5223 only): TLS from the first byte (XEP-0368).
 //! 2. `ExpectStreamHeader`: a `jabber:client` stream, `version='1.0'`, `to` one of our domains
 //!    or aliases (else `invalid-namespace`, `unsupported-version`, `host-unknown`); we answer
@@ -33,7 +33,6 @@ use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sasl::{ClientFirst, Mechanism, Plain, SaslError, ScramHash, ScramServer};
-use super::stanzas::iq_result;
 use super::{storage, Core, Queued, SessionHandle};
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::new_stream_id;
@@ -545,13 +544,15 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
     });
     let (tx, rx) = mpsc::channel(core.config.session_queue);
     let (handle, kick) = core.register(bound.jid.clone(), bound.account, tx);
-    let result = iq_result(&bound.bind_request, bound.jid.domain()).with_child(
+    // Like RFC 6120 §7.6.1's example: no 'from' or 'to' before the client knows its address.
+    let mut result = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+    if let Some(id) = bound.bind_request.attr("id") {
+        result.set_attr("id", id);
+    }
+    let result = result.with_child(
         Element::new("bind", NS_BIND)
             .with_child(Element::new("jid", NS_BIND).with_text(bound.jid.to_string())),
     );
-    let mut result = result;
-    result.remove_attr("to");
-    result.remove_attr("from");
     conn.send(&result.to_bytes());
     if conn.flush().await.is_err() {
         // Anything queued for it meanwhile is re-routed.

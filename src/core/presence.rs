@@ -18,7 +18,8 @@
 use std::sync::Arc;
 
 use super::roster::{RosterItem, SubscriptionAction};
-use super::{storage, Core, SessionHandle};
+use super::storage::{self, StorageError};
+use super::{Core, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::{ns, Element};
 
@@ -142,6 +143,25 @@ impl Core {
         }
     }
 
+    /// `owner`'s entry for `contact`, or a new hidden one (not in the roster, nothing pending)
+    /// for the subscription state machine to start from. A failure is logged here; the
+    /// subscription stanza is then dropped (presence stanzas are not answered with errors).
+    async fn entry_or_hidden(
+        &self,
+        owner: &str,
+        contact: &str,
+    ) -> Result<RosterItem, StorageError> {
+        let item = self
+            .storage
+            .load_roster_item(owner, contact)
+            .await
+            .inspect_err(|e| tracing::warn!("roster read failed for a subscription: {e}"))?;
+        Ok(item.unwrap_or_else(|| RosterItem {
+            in_roster: false,
+            ..RosterItem::new(contact)
+        }))
+    }
+
     /// §3: the user sends a subscription stanza to a contact.
     async fn subscription_outbound(
         &self,
@@ -157,12 +177,9 @@ impl Core {
             return;
         }
         let owner = session.account.clone();
-        let item = self.storage.load_roster_item(&owner, &key).await;
-        let Ok(item) = item else { return };
-        let mut item = item.unwrap_or_else(|| RosterItem {
-            in_roster: false,
-            ..RosterItem::new(&key)
-        });
+        let Ok(mut item) = self.entry_or_hidden(&owner, &key).await else {
+            return;
+        };
         let before = item.clone();
         let t = item.state.outbound(action);
         item.state = t.state;
@@ -174,8 +191,8 @@ impl Core {
             item.in_roster = true;
         }
         if item != before {
-            if self.storage.store_roster_item(&owner, &item).await.is_err() {
-                return;
+            if let Err(e) = self.storage.store_roster_item(&owner, &item).await {
+                return tracing::warn!("roster write failed for a subscription: {e}");
             }
             if item.in_roster {
                 self.push_roster(&owner, item.to_element()).await;
@@ -189,7 +206,7 @@ impl Core {
             .with_attr("from", &bare)
             .with_attr("to", contact.bare().to_string())
             .with_attr("type", action.as_str());
-        out.children = el.children.clone();
+        out.children = el.children;
         self.route(out).await;
         match action {
             // §3.1.5: the new subscriber gets our current presence at once.
@@ -330,12 +347,9 @@ impl Core {
     ) {
         let key = self.contact_key(from);
         let owner = account.to_owned();
-        let item = self.storage.load_roster_item(&owner, &key).await;
-        let Ok(item) = item else { return };
-        let mut item = item.unwrap_or_else(|| RosterItem {
-            in_roster: false,
-            ..RosterItem::new(&key)
-        });
+        let Ok(mut item) = self.entry_or_hidden(&owner, &key).await else {
+            return;
+        };
         let before = item.clone();
         let t = item.state.inbound(action);
         item.state = t.state;
@@ -349,8 +363,8 @@ impl Core {
             return self.route(reply).await;
         }
         if item != before {
-            if self.storage.store_roster_item(&owner, &item).await.is_err() {
-                return;
+            if let Err(e) = self.storage.store_roster_item(&owner, &item).await {
+                return tracing::warn!("roster write failed for a subscription: {e}");
             }
             // A request alone does not change the roster (§3.1.3); answers do.
             if item.in_roster && action != SubscriptionAction::Subscribe {
@@ -361,7 +375,7 @@ impl Core {
             return;
         }
         // Stamped with bare JIDs (§3.1.3).
-        let mut out = el.clone();
+        let mut out = el;
         out.set_attr("from", &contact_bare);
         out.set_attr("to", &user_bare);
         for s in self.sessions_of(account) {

@@ -186,11 +186,14 @@ impl SubState {
         let (to, from) = (self.sub.has_to(), self.sub.has_from());
         let mut s = self;
         let (forward, auto_reply) = match action {
-            // A.3.1: approved already → the server answers; else the request waits for the
-            // user (delivered now, and again at each sign-in until answered).
+            // A.3.1: approved already → the server answers; pending already → not delivered
+            // again (the user has it, and gets it at each sign-in until answered); else the
+            // request waits for the user, delivered now.
             SubscriptionAction::Subscribe => {
                 if from {
                     (false, true)
+                } else if s.pending_in {
+                    (false, false)
                 } else {
                     s.pending_in = true;
                     (true, false)
@@ -292,18 +295,11 @@ mod tests {
         }
     }
 
-    /// What a transition that changes nothing and forwards nothing looks like.
-    fn ignored(state: SubState, auto_reply: bool) -> Transition {
-        Transition {
-            state,
-            forward: false,
-            auto_reply,
-        }
-    }
-
-    /// Every state of RFC 6121 Appendix A.1.
-    fn all_states() -> Vec<SubState> {
-        vec![
+    /// Every state of RFC 6121 Appendix A.1, in the order of its tables: None, None + Pending
+    /// Out, None + Pending In, None + Pending Out/In, To, To + Pending In, From, From + Pending
+    /// Out, Both.
+    fn all_states() -> [SubState; 9] {
+        [
             st(None, false, false),
             st(None, true, false),
             st(None, false, true),
@@ -316,134 +312,170 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn outbound_subscribe_a21() {
-        let t = |s| SubState::outbound(s, Subscribe);
-        assert_eq!(t(st(None, false, false)).state, st(None, true, false));
-        assert_eq!(t(st(None, false, true)).state, st(None, true, true));
-        assert_eq!(t(st(From, false, false)).state, st(From, true, false));
-        for s in [
-            st(To, false, false),
-            st(To, false, true),
-            st(Both, false, false),
-        ] {
-            assert_eq!(t(s), ignored(s, false));
-        }
-        assert!(t(st(None, true, false)).forward);
-    }
+    /// One row of an Appendix A table: whether the stanza goes on (routed to the contact, or
+    /// delivered to the user) and the new state (`None` for "no state change").
+    type Row = (bool, Option<SubState>);
 
-    #[test]
-    fn outbound_unsubscribe_a22() {
-        let t = |s| SubState::outbound(s, Unsubscribe);
-        assert_eq!(t(st(None, true, false)).state, st(None, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(None, false, true));
-        assert_eq!(t(st(To, false, false)).state, st(None, false, false));
-        assert_eq!(t(st(To, false, true)).state, st(None, false, true));
-        assert_eq!(t(st(From, true, false)).state, st(From, false, false));
-        assert_eq!(t(st(Both, false, false)).state, st(From, false, false));
-        for s in [
-            st(None, false, false),
-            st(None, false, true),
-            st(From, false, false),
-        ] {
-            assert_eq!(t(s).state, s);
-            assert!(!t(s).forward);
+    /// Checks `transition` against a table whose rows follow [`all_states`]; `auto_reply` for
+    /// the states where the server answers itself.
+    fn follows(
+        table: &str,
+        transition: impl Fn(SubState) -> Transition,
+        rows: [Row; 9],
+        auto_reply: impl Fn(SubState) -> bool,
+    ) {
+        for (state, (forward, new)) in all_states().into_iter().zip(rows) {
+            let want = Transition {
+                state: new.unwrap_or(state),
+                forward,
+                auto_reply: auto_reply(state),
+            };
+            assert_eq!(transition(state), want, "{table}, from {state:?}");
         }
     }
 
+    /// A.2: the user sends a subscription stanza. The RFC's tables give the new state; whether
+    /// it is routed is ours: what changes something goes on, and a `subscribe` is routed again
+    /// while pending (the contact's server may have lost it).
     #[test]
-    fn outbound_subscribed_a23() {
-        let t = |s| SubState::outbound(s, Subscribed);
-        assert_eq!(t(st(None, false, true)).state, st(From, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(From, true, false));
-        assert_eq!(t(st(To, false, true)).state, st(Both, false, false));
-        for s in all_states().into_iter().filter(|s| !s.pending_in) {
-            assert_eq!(t(s), ignored(s, false));
-        }
+    fn outbound_follows_appendix_a2() {
+        let no = (false, Option::None);
+        follows(
+            "A.2.1 subscribe",
+            |s| s.outbound(Subscribe),
+            [
+                (true, Some(st(None, true, false))),
+                (true, Option::None),
+                (true, Some(st(None, true, true))),
+                (true, Option::None),
+                no,
+                no,
+                (true, Some(st(From, true, false))),
+                (true, Option::None),
+                no,
+            ],
+            |_| false,
+        );
+        follows(
+            "A.2.2 unsubscribe",
+            |s| s.outbound(Unsubscribe),
+            [
+                no,
+                (true, Some(st(None, false, false))),
+                no,
+                (true, Some(st(None, false, true))),
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, false, true))),
+                no,
+                (true, Some(st(From, false, false))),
+                (true, Some(st(From, false, false))),
+            ],
+            |_| false,
+        );
+        follows(
+            "A.2.3 subscribed",
+            |s| s.outbound(Subscribed),
+            [
+                no,
+                no,
+                (true, Some(st(From, false, false))),
+                (true, Some(st(From, true, false))),
+                no,
+                (true, Some(st(Both, false, false))),
+                no,
+                no,
+                no,
+            ],
+            |_| false,
+        );
+        follows(
+            "A.2.4 unsubscribed",
+            |s| s.outbound(Unsubscribed),
+            [
+                no,
+                no,
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, true, false))),
+                no,
+                (true, Some(st(To, false, false))),
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, true, false))),
+                (true, Some(st(To, false, false))),
+            ],
+            |_| false,
+        );
     }
 
+    /// A.3: a subscription stanza arrives from the contact; "deliver?" and the new state are
+    /// the RFC's, cell for cell.
     #[test]
-    fn outbound_unsubscribed_a24() {
-        let t = |s| SubState::outbound(s, Unsubscribed);
-        assert_eq!(t(st(None, false, true)).state, st(None, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(None, true, false));
-        assert_eq!(t(st(To, false, true)).state, st(To, false, false));
-        assert_eq!(t(st(From, false, false)).state, st(None, false, false));
-        assert_eq!(t(st(From, true, false)).state, st(None, true, false));
-        assert_eq!(t(st(Both, false, false)).state, st(To, false, false));
-        for s in [
-            st(None, false, false),
-            st(None, true, false),
-            st(To, false, false),
-        ] {
-            assert_eq!(t(s).state, s);
-            assert!(!t(s).forward);
-        }
-    }
-
-    #[test]
-    fn inbound_subscribe_a31() {
-        let t = |s| SubState::inbound(s, Subscribe);
-        assert_eq!(t(st(None, false, false)).state, st(None, false, true));
-        assert_eq!(t(st(None, true, false)).state, st(None, true, true));
-        assert_eq!(t(st(To, false, false)).state, st(To, false, true));
-        assert!(t(st(None, false, false)).forward);
-        for s in [
-            st(From, false, false),
-            st(From, true, false),
-            st(Both, false, false),
-        ] {
-            assert_eq!(t(s), ignored(s, true));
-        }
-    }
-
-    #[test]
-    fn inbound_unsubscribe_a32() {
-        let t = |s| SubState::inbound(s, Unsubscribe);
-        assert_eq!(t(st(None, false, true)).state, st(None, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(None, true, false));
-        assert_eq!(t(st(To, false, true)).state, st(To, false, false));
-        assert_eq!(t(st(From, false, false)).state, st(None, false, false));
-        assert_eq!(t(st(From, true, false)).state, st(None, true, false));
-        assert_eq!(t(st(Both, false, false)).state, st(To, false, false));
-        for s in [
-            st(None, false, false),
-            st(None, true, false),
-            st(To, false, false),
-        ] {
-            assert_eq!(t(s), ignored(s, false));
-        }
-    }
-
-    #[test]
-    fn inbound_subscribed_a33() {
-        let t = |s| SubState::inbound(s, Subscribed);
-        assert_eq!(t(st(None, true, false)).state, st(To, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(To, false, true));
-        assert_eq!(t(st(From, true, false)).state, st(Both, false, false));
-        assert!(t(st(None, true, false)).forward);
-        // Unsolicited: ignored (no state change, not delivered).
-        for s in all_states().into_iter().filter(|s| !s.pending_out) {
-            assert_eq!(t(s), ignored(s, false));
-        }
-    }
-
-    #[test]
-    fn inbound_unsubscribed_a34() {
-        let t = |s| SubState::inbound(s, Unsubscribed);
-        assert_eq!(t(st(None, true, false)).state, st(None, false, false));
-        assert_eq!(t(st(None, true, true)).state, st(None, false, true));
-        assert_eq!(t(st(To, false, false)).state, st(None, false, false));
-        assert_eq!(t(st(To, false, true)).state, st(None, false, true));
-        assert_eq!(t(st(From, true, false)).state, st(From, false, false));
-        assert_eq!(t(st(Both, false, false)).state, st(From, false, false));
-        for s in [
-            st(None, false, false),
-            st(None, false, true),
-            st(From, false, false),
-        ] {
-            assert_eq!(t(s), ignored(s, false));
-        }
+    fn inbound_follows_appendix_a3() {
+        let no = (false, Option::None);
+        follows(
+            "A.3.1 subscribe",
+            |s| s.inbound(Subscribe),
+            [
+                (true, Some(st(None, false, true))),
+                (true, Some(st(None, true, true))),
+                no,
+                no,
+                (true, Some(st(To, false, true))),
+                no,
+                no,
+                no,
+                no,
+            ],
+            // "Server SHOULD auto-reply with subscribed" where the contact is approved.
+            |s| s.sub.has_from(),
+        );
+        follows(
+            "A.3.2 unsubscribe",
+            |s| s.inbound(Unsubscribe),
+            [
+                no,
+                no,
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, true, false))),
+                no,
+                (true, Some(st(To, false, false))),
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, true, false))),
+                (true, Some(st(To, false, false))),
+            ],
+            |_| false,
+        );
+        follows(
+            "A.3.3 subscribed",
+            |s| s.inbound(Subscribed),
+            [
+                no,
+                (true, Some(st(To, false, false))),
+                no,
+                (true, Some(st(To, false, true))),
+                no,
+                no,
+                no,
+                (true, Some(st(Both, false, false))),
+                no,
+            ],
+            |_| false,
+        );
+        follows(
+            "A.3.4 unsubscribed",
+            |s| s.inbound(Unsubscribed),
+            [
+                no,
+                (true, Some(st(None, false, false))),
+                no,
+                (true, Some(st(None, false, true))),
+                (true, Some(st(None, false, false))),
+                (true, Some(st(None, false, true))),
+                no,
+                (true, Some(st(From, false, false))),
+                (true, Some(st(From, false, false))),
+            ],
+            |_| false,
+        );
     }
 
     #[test]

@@ -473,12 +473,60 @@ mod tests {
         );
     }
 
+    /// `client-final-message-without-proof` with the proof a client that knows `password`
+    /// computes for it (RFC 5802 §3): right whatever nonce and binding it carries.
+    fn signed_final(
+        hash: ScramHash,
+        password: &str,
+        creds: &Credentials,
+        client_first_bare: &str,
+        server_first: &str,
+        without_proof: &str,
+    ) -> String {
+        let salted = hash.salted_password(password.as_bytes(), &creds.salt, creds.iterations);
+        let client_key = hash.hmac(&salted, b"Client Key");
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let signature = hash.hmac(&hash.hash(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
     #[test]
     fn a_wrong_proof_nonce_or_binding_is_refused() {
         let salt = B64.decode("QSXCR+Q6sek8bf92").unwrap();
         let creds = Credentials::derive_with_salt("pencil", &salt, 4096);
         let cf = "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL";
         let n = "3rfcNHYJY1ZVvWVs7j";
+        // A client that knows the password but echoes another nonce, or a `c=` that does not
+        // repeat its gs2 header: its proof verifies, so only those checks can refuse it.
+        let sign = |without_proof: &str| {
+            signed_final(
+                ScramHash::Sha1,
+                "pencil",
+                &creds,
+                "n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+                "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+                without_proof,
+            )
+        };
+        let right = sign("c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j");
+        assert_eq!(
+            right,
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+        );
+        assert!(exchange(ScramHash::Sha1, &creds, cf, n, &right).1.is_ok());
+        for bad in [
+            sign("c=biws,r=fyko+d2lbbFgONRv9qkxdawLXXX"),
+            sign("c=biws,r=fyko+d2lbbFgONRv9qkxdawL"),
+            sign("c=eSws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j"),
+        ] {
+            let (_, fin) = exchange(ScramHash::Sha1, &creds, cf, n, &bad);
+            assert_eq!(fin, Err(SaslError::NotAuthorized), "{bad}");
+        }
         for bad in [
             // Proof for another password.
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=AAAAAAAAAAAAAAAAAAAAAAAAAAA=",

@@ -69,13 +69,7 @@ impl Core {
             Ok(false) => return self.no_such_account(&to, el).await,
             Err(e) => {
                 tracing::warn!("account lookup failed: {e}");
-                return self
-                    .bounce(
-                        &el,
-                        StanzaErrorCondition::InternalServerError,
-                        "storage failure",
-                    )
-                    .await;
+                return self.storage_failed(&el).await;
             }
         }
         match el.name.as_str() {
@@ -147,14 +141,7 @@ impl Core {
             }
             _ => {}
         }
-        let targets: Vec<Arc<SessionHandle>> = self
-            .sessions_of(account)
-            .into_iter()
-            .filter(|s| {
-                let p = s.presence();
-                p.available && p.priority >= 0
-            })
-            .collect();
+        let targets = self.message_targets(account);
         if !targets.is_empty() {
             let bytes = Bytes::from(el.to_bytes());
             let shared = targets.len() > 1;
@@ -211,12 +198,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!("storing an offline message failed: {e}");
-                self.bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await
+                self.storage_failed(&el).await
             }
         }
     }
@@ -260,7 +242,7 @@ impl Core {
                     .await
                 }
                 ("message", _) => {
-                    if q.shared && self.has_message_targets(&session.account) {
+                    if q.shared && !self.message_targets(&session.account).is_empty() {
                         dropped += 1;
                         continue;
                     }
@@ -285,12 +267,27 @@ impl Core {
         );
     }
 
-    /// Whether a message to the account's bare JID would reach a session now (§8.5.2.1.1).
-    fn has_message_targets(&self, account: &str) -> bool {
-        self.sessions_of(account).iter().any(|s| {
-            let p = s.presence();
-            p.available && p.priority >= 0
-        })
+    /// Answers a stanza that needed the database when the database failed (RFC 6120
+    /// §8.3.3.6 `internal-server-error`).
+    async fn storage_failed(&self, el: &Element) {
+        self.bounce(
+            el,
+            StanzaErrorCondition::InternalServerError,
+            "storage failure",
+        )
+        .await
+    }
+
+    /// The sessions a message to the account's bare JID goes to now: the available resources
+    /// with a non-negative priority (§8.5.2.1.1).
+    fn message_targets(&self, account: &str) -> Vec<Arc<SessionHandle>> {
+        self.sessions_of(account)
+            .into_iter()
+            .filter(|s| {
+                let p = s.presence();
+                p.available && p.priority >= 0
+            })
+            .collect()
     }
 
     /// Delivers stored messages to a session that just became available, then forgets them.
@@ -347,10 +344,7 @@ impl Core {
         let from_self = el
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
-            .is_some_and(|f| {
-                f.node() == to.node()
-                    && self.domains.canonical(f.domain()) == self.domains.canonical(to.domain())
-            });
+            .is_some_and(|f| self.contact_key(&f) == account);
         if from_self {
             // The account's own clients addressing their bare JID: like an iq without `to`.
             return;
@@ -438,15 +432,9 @@ impl Core {
     /// or addressed to one of our domains.
     pub(crate) async fn client_iq(&self, session: &Arc<SessionHandle>, el: Element) {
         let to = el.attr("to").and_then(|t| Jid::parse(t).ok());
-        let own = to.as_ref().is_none_or(|t| {
-            t.is_bare()
-                && t.node().is_some()
-                && format!(
-                    "{}@{}",
-                    t.node().unwrap_or(""),
-                    self.domains.canonical(t.domain()).unwrap_or("")
-                ) == session.account
-        });
+        let own = to
+            .as_ref()
+            .is_none_or(|t| t.is_bare() && self.contact_key(t) == session.account);
         if !own {
             return self.route(el).await;
         }
@@ -472,12 +460,7 @@ impl Core {
                     }
                     Err(e) => {
                         tracing::warn!("roster read failed: {e}");
-                        self.bounce(
-                            &el,
-                            StanzaErrorCondition::InternalServerError,
-                            "storage failure",
-                        )
-                        .await
+                        self.storage_failed(&el).await
                     }
                 }
             }
@@ -535,15 +518,12 @@ impl Core {
                 .await;
         }
         let owner = session.account.clone();
-        let existing = self.storage.load_roster_item(&owner, &contact).await;
-        let Ok(existing) = existing else {
-            return self
-                .bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await;
+        let existing = match self.storage.load_roster_item(&owner, &contact).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!("roster read failed: {e}");
+                return self.storage_failed(&el).await;
+            }
         };
         if item.attr("subscription") == Some("remove") {
             let Some(old) = existing.filter(|i| i.in_roster) else {
@@ -555,14 +535,9 @@ impl Core {
             let mut gone = old.clone();
             gone.in_roster = false;
             gone.state.pending_in = false;
-            if self.storage.store_roster_item(&owner, &gone).await.is_err() {
-                return self
-                    .bounce(
-                        &el,
-                        StanzaErrorCondition::InternalServerError,
-                        "storage failure",
-                    )
-                    .await;
+            if let Err(e) = self.storage.store_roster_item(&owner, &gone).await {
+                tracing::warn!("roster write failed: {e}");
+                return self.storage_failed(&el).await;
             }
             session.send_element(&iq_result(&el, &me));
             self.push_roster(&owner, RosterItem::removed(&contact))
@@ -590,32 +565,36 @@ impl Core {
             }
             return;
         }
+        let groups: Vec<String> = item
+            .children()
+            .filter(|g| g.name == "group" && g.ns == NS_ROSTER)
+            .map(Element::text)
+            .collect();
+        // §2.3.3: an empty group is not-acceptable, a group named twice a bad request.
+        if groups.iter().any(String::is_empty) {
+            return self
+                .bounce(&el, StanzaErrorCondition::NotAcceptable, "an empty group")
+                .await;
+        }
+        if groups
+            .iter()
+            .enumerate()
+            .any(|(i, g)| groups[..i].contains(g))
+        {
+            return self
+                .bounce(&el, StanzaErrorCondition::BadRequest, "a group named twice")
+                .await;
+        }
         let mut updated = existing.unwrap_or_else(|| RosterItem::new(&contact));
         updated.in_roster = true;
         updated.name = item
             .attr("name")
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
-        updated.groups = item
-            .children()
-            .filter(|g| g.name == "group" && g.ns == NS_ROSTER)
-            .map(Element::text)
-            .filter(|g| !g.is_empty())
-            .collect();
-        updated.groups.dedup();
-        if self
-            .storage
-            .store_roster_item(&owner, &updated)
-            .await
-            .is_err()
-        {
-            return self
-                .bounce(
-                    &el,
-                    StanzaErrorCondition::InternalServerError,
-                    "storage failure",
-                )
-                .await;
+        updated.groups = groups;
+        if let Err(e) = self.storage.store_roster_item(&owner, &updated).await {
+            tracing::warn!("roster write failed: {e}");
+            return self.storage_failed(&el).await;
         }
         session.send_element(&iq_result(&el, &me));
         self.push_roster(&owner, updated.to_element()).await;

@@ -373,8 +373,9 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> Result<RosterItem, rusqlite::Error> {
 const ITEM_COLUMNS: &str =
     "contact, name, groups, subscription, pending_out, pending_in, in_roster";
 
-/// The items of `owner`'s roster (not the hidden entries that only hold a pending inbound
-/// subscription request).
+/// Every entry of `owner`'s roster, by contact: the items, and the hidden entries
+/// (`in_roster` false) that only hold a pending inbound subscription request, which presence
+/// needs to repeat the request at sign-in. A roster result shows only the items.
 pub fn roster(conn: &mut Connection, owner: &str) -> Result<Vec<RosterItem>, rusqlite::Error> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {ITEM_COLUMNS} FROM roster WHERE owner = ?1 ORDER BY contact"

@@ -5,18 +5,22 @@ use fedgate::dialback::component_handshake;
 
 const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>";
 
+/// A backend stream for a.test that sends the handshake `digest(stream id)` and is left
+/// waiting for the answer.
+async fn handshake_with(a: &Instance, digest: impl Fn(&str) -> String) -> RawStream {
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(HEADER).await;
+    let id = s.expect_header().await.id.unwrap();
+    s.send(&format!("<handshake>{}</handshake>", digest(&id)))
+        .await;
+    s
+}
+
 #[tokio::test]
 async fn a_wrong_secret_is_refused_with_not_authorized() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
-    let mut s = RawStream::connect(a.gw().component_addr).await;
-    s.send(HEADER).await;
-    let id = s.expect_header().await.id.unwrap();
-    s.send(&format!(
-        "<handshake>{}</handshake>",
-        component_handshake(&id, "wrong")
-    ))
-    .await;
+    let mut s = handshake_with(&a, |id| component_handshake(id, "wrong")).await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
@@ -24,14 +28,10 @@ async fn a_wrong_secret_is_refused_with_not_authorized() {
 async fn the_handshake_is_bound_to_the_stream_id() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
-    let mut s = RawStream::connect(a.gw().component_addr).await;
-    s.send(HEADER).await;
-    let id = s.expect_header().await.id.unwrap();
     // A digest replayed from another stream does not match this one.
-    s.send(&format!(
-        "<handshake>{}</handshake>",
+    let mut s = handshake_with(&a, |id| {
         component_handshake(&format!("{id}x"), &a.component_secret)
-    ))
+    })
     .await;
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
@@ -54,15 +54,15 @@ async fn stream_ids_are_unpredictable() {
 async fn an_unknown_domain_is_host_unknown_and_a_missing_to_is_improper_addressing() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
-    let mut s = RawStream::connect(a.gw().component_addr).await;
-    s.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.test'>").await;
-    assert_eq!(s.expect_stream_error().await, "host-unknown");
-    let mut s = RawStream::connect(a.gw().component_addr).await;
-    s.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>").await;
-    assert_eq!(s.expect_stream_error().await, "improper-addressing");
-    let mut s = RawStream::connect(a.gw().component_addr).await;
-    s.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>").await;
-    assert_eq!(s.expect_stream_error().await, "invalid-namespace");
+    for (header, condition) in [
+        ("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.test'>", "host-unknown"),
+        ("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>", "improper-addressing"),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>", "invalid-namespace"),
+    ] {
+        let mut s = RawStream::connect(a.gw().component_addr).await;
+        s.send(header).await;
+        assert_eq!(s.expect_stream_error().await, condition, "{header}");
+    }
 }
 
 #[tokio::test]
@@ -93,15 +93,7 @@ async fn a_second_backend_for_a_bound_domain_gets_conflict() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
     let mut first = a.backend().await;
-    let mut second = RawStream::connect(a.gw().component_addr).await;
-    second.send(HEADER).await;
-    let id = second.expect_header().await.id.unwrap();
-    second
-        .send(&format!(
-            "<handshake>{}</handshake>",
-            component_handshake(&id, &a.component_secret)
-        ))
-        .await;
+    let mut second = handshake_with(&a, |id| component_handshake(id, &a.component_secret)).await;
     assert_eq!(second.expect_stream_error().await, "conflict");
     // The first one still works: a message to itself comes back.
     first
@@ -147,4 +139,47 @@ async fn restricted_xml_from_a_backend_ends_the_stream() {
     let mut backend = a.backend().await;
     backend.send("<!-- a comment -->").await;
     assert_eq!(backend.expect_stream_error().await, "restricted-xml");
+}
+
+/// XEP-0114 §3 with RFC 6120 §4.9.3: after the handshake a backend sends only stanzas, each with
+/// a `to` that is an address and a `from` within its own domain (not even a subdomain of it);
+/// anything else ends its stream.
+#[tokio::test]
+async fn what_a_backend_may_not_send_ends_its_stream() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    for (xml, condition) in [
+        (
+            "<message to='bob@c.test'><body>x</body></message>",
+            "improper-addressing",
+        ),
+        (
+            "<message from='alice@a.test' to='bob@'><body>x</body></message>",
+            "improper-addressing",
+        ),
+        (
+            "<message from='eve@sub.a.test' to='bob@c.test'><body>x</body></message>",
+            "invalid-from",
+        ),
+        ("<handshake/>", "unsupported-stanza-type"),
+    ] {
+        let mut backend = a.backend().await;
+        backend.send(xml).await;
+        assert_eq!(backend.expect_stream_error().await, condition, "{xml}");
+    }
+}
+
+/// A backend that opens a stream and never sends its handshake holds the connection only for
+/// the negotiation timeout.
+#[tokio::test]
+async fn no_handshake_in_time_is_connection_timeout() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("negotiation_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(HEADER).await;
+    s.expect_header().await;
+    assert_eq!(s.expect_stream_error().await, "connection-timeout");
 }

@@ -24,6 +24,25 @@ async fn expect_online(c: &mut Component) {
     }
 }
 
+/// The next event, which must be [`Event::Offline`]; its reason.
+async fn expect_offline(c: &mut Component) -> String {
+    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
+        Some(Event::Offline { reason }) => reason,
+        other => panic!("expected Offline, got {other:?}"),
+    }
+}
+
+/// A gateway for a.test with a backend `echo.a.test` (secret [`SECRET`]), and a raw backend
+/// attached for a.test.
+async fn gateway(dns: &TestDns) -> (Instance, RawStream) {
+    let a = instance(dns, "a.test")
+        .backend("echo.a.test", SECRET)
+        .start()
+        .await;
+    let backend = a.backend().await;
+    (a, backend)
+}
+
 async fn next_stanza(c: &mut Component) -> fedgate::xml::Stanza {
     loop {
         match tokio::time::timeout(WAIT, c.recv())
@@ -65,11 +84,7 @@ async fn echo_round_trip(backend: &mut RawStream, c: &mut Component) {
 #[tokio::test]
 async fn a_component_attaches_over_tcp_and_exchanges_stanzas() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend("echo.a.test", SECRET)
-        .start()
-        .await;
-    let mut backend = a.backend().await;
+    let (a, mut backend) = gateway(&dns).await;
     let mut c = Component::start(ClientConfig::new(
         "echo.a.test",
         SECRET,
@@ -93,11 +108,7 @@ async fn a_component_attaches_over_tcp_and_exchanges_stanzas() {
 #[tokio::test]
 async fn a_component_attaches_in_process() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend("echo.a.test", SECRET)
-        .start()
-        .await;
-    let mut backend = a.backend().await;
+    let (a, mut backend) = gateway(&dns).await;
     let mut c = Component::start(ClientConfig::new(
         "echo.a.test",
         SECRET,
@@ -111,10 +122,8 @@ async fn a_component_attaches_in_process() {
         .send_raw(&b"<message from='eve@a.test' to='bob@b.test'/>"[..])
         .await
         .unwrap();
-    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
-        Some(Event::Offline { reason }) => assert!(reason.contains("invalid-from"), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    let reason = expect_offline(&mut c).await;
+    assert!(reason.contains("invalid-from"), "{reason}");
     c.stop().await;
 }
 
@@ -129,12 +138,8 @@ async fn a_wrong_secret_is_reported_and_retried() {
     config.backoff_initial = Duration::from_millis(20);
     let mut c = Component::start(config);
     for _ in 0..2 {
-        match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
-            Some(Event::Offline { reason }) => {
-                assert!(reason.contains("not-authorized"), "{reason}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let reason = expect_offline(&mut c).await;
+        assert!(reason.contains("not-authorized"), "{reason}");
     }
     assert!(!a.gw().router.component_attached("echo.a.test"));
     c.stop().await;
@@ -143,21 +148,14 @@ async fn a_wrong_secret_is_reported_and_retried() {
 #[tokio::test]
 async fn a_cut_link_is_reestablished_and_queued_stanzas_go_out() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend("echo.a.test", SECRET)
-        .start()
-        .await;
-    let mut backend = a.backend().await;
+    let (a, mut backend) = gateway(&dns).await;
     let proxy = TestProxy::start(a.gw().component_addr).await;
     let mut config = ClientConfig::new("echo.a.test", SECRET, Target::Tcp(proxy.addr));
     config.backoff_initial = Duration::from_millis(50);
     let mut c = Component::start(config);
     expect_online(&mut c).await;
     proxy.cut();
-    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
-        Some(Event::Offline { .. }) => {}
-        other => panic!("{other:?}"),
-    }
+    expect_offline(&mut c).await;
     // Sent while down: waits in the queue, written once the link is back.
     c.sender()
         .send_raw(&b"<message from='echo.a.test' to='alice@a.test' id='q'/>"[..])
@@ -170,5 +168,60 @@ async fn a_cut_link_is_reestablished_and_queued_stanzas_go_out() {
         "<message from='echo.a.test' to='alice@a.test' id='q'/>"
     );
     echo_round_trip(&mut backend, &mut c).await;
+    c.stop().await;
+}
+
+/// The example component (`examples/echo_component.rs`), its `answer` driven by a component
+/// attached for echo.a.test.
+#[allow(dead_code)]
+#[path = "../../examples/echo_component.rs"]
+mod echo_example;
+
+#[tokio::test]
+async fn the_echo_example_echoes_and_answers_pings_disco_and_the_rest() {
+    let dns = TestDns::start().await;
+    let (a, mut backend) = gateway(&dns).await;
+    let mut c = Component::start(ClientConfig::new(
+        "echo.a.test",
+        SECRET,
+        Target::Tcp(a.gw().component_addr),
+    ));
+    expect_online(&mut c).await;
+    let sender = c.sender();
+    for (request, answer) in [
+        (
+            "<message from='alice@a.test/r' to='echo.a.test' id='m1'><body>hi</body></message>",
+            "<message from='echo.a.test' to='alice@a.test/r' type='normal' id='m1'><body>hi</body></message>",
+        ),
+        (
+            "<iq from='alice@a.test/r' to='echo.a.test' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq from='echo.a.test' to='alice@a.test/r' type='result' id='p1'/>",
+        ),
+        (
+            "<iq from='alice@a.test/r' to='echo.a.test' type='get' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            "<iq from='echo.a.test' to='alice@a.test/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='component' type='generic' name='echo'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:ping'/></query></iq>",
+        ),
+    ] {
+        backend.send(request).await;
+        echo_example::answer(&next_stanza(&mut c).await, &sender).await;
+        assert_eq!(backend.next_text().await, answer);
+    }
+    // Anything else it does not do: service-unavailable (RFC 6120 §8.4).
+    backend
+        .send("<iq from='alice@a.test/r' to='echo.a.test' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
+    echo_example::answer(&next_stanza(&mut c).await, &sender).await;
+    let e = backend.next().await;
+    assert_eq!(
+        (e.type_(), e.id(), e.to()),
+        (Some("error"), Some("v1"), Some("alice@a.test/r")),
+        "{}",
+        text(e.raw())
+    );
+    assert!(
+        text(e.raw()).contains("<service-unavailable "),
+        "{}",
+        text(e.raw())
+    );
     c.stop().await;
 }

@@ -1,28 +1,49 @@
 #!/usr/bin/env python3
-"""A real XMPP client (slixmpp) on a Prosody or ejabberd account, driven by fedgate's interop
-tests (tests/interop/client.rs).
+"""A real XMPP client (slixmpp) that fedgate's tests drive through `Client` in
+tests/interop/client.rs: the interop tests log it in on Prosody and ejabberd (and on fedgate's
+core), the core's integration tests (tests/integration/core.rs) on the core.
 
-It logs in over c2s at a fixed address (no DNS: the test gives the IP and port), then reads
-commands from stdin and writes events to stdout, one JSON object per line each way, so that the
-Rust test decides what to send and asserts on everything that arrives.
+It signs in as its arguments say, then reads commands from stdin and writes events to stdout,
+one JSON object per line each way, so that the Rust test decides what to send and asserts on
+everything that arrives. Commands are read only once signed in, so none is sent before the
+session exists.
 
-Commands (stdin):
-  {"cmd": "message", "to": JID, "id": ID, "body": TEXT}
+Arguments: --jid, --password, --host (an address: no DNS) and --port; --ca FILE verifies the
+server's certificate against that CA for the JID's domain (without it the certificate is not
+checked: the interop peers' c2s certificates are self-signed); --mode starttls|direct (XEP-0368);
+--mech forces a SASL mechanism; --like-a-user gets the roster and sends initial presence before
+reporting online, and accepts subscription requests (asking back), as a person clicking "allow"
+would; without it the test does each of these itself.
+
+Commands (stdin), each run as its own task in the order read; {"event": "done", "cmd": C}
+follows when it completed:
+  {"cmd": "message", "to": JID, "body": TEXT, "type": "chat", "id": ID, "from": JID}
   {"cmd": "burst", "to": JID, "prefix": P, "count": N}   messages P0..P{N-1}, body = index
+  {"cmd": "presence", "priority": N, "show": S, "status": T}   (all optional)
+  {"cmd": "unavailable"}
+  {"cmd": "directed", "to": JID, "type": null|"unavailable"}
+  {"cmd": "subscription", "to": JID, "type": "subscribe|subscribed|unsubscribe|unsubscribed"}
+  {"cmd": "roster_get"}
+  {"cmd": "roster_set", "jid": JID, "name": NAME, "groups": [..]}
+  {"cmd": "roster_remove", "jid": JID}
+  {"cmd": "iq", "to": JID, "xml": "<query xmlns='...'/>", "type": "get"}
   {"cmd": "disco", "to": JID, "tag": T}                   disco#info get
   {"cmd": "ping", "to": JID, "tag": T}                    XEP-0199 ping
-  {"cmd": "subscribe", "to": JID}                         presence subscription request
-  {"cmd": "quit"}
+  {"cmd": "quit"}                                         (also at the end of stdin)
 
 Events (stdout):
-  {"event": "online", "jid": FULL_JID}
-  {"event": "message", "from", "to", "id", "type", "body", "condition", "text"}
-  {"event": "presence", "from", "to", "type", "condition", "text"}
+  {"event": "online", "jid": FULL_JID, "mechanism": NAME}
+  {"event": "message", "from", "to", "id", "type", "body", "delay": bool, "condition", "text"}
+  {"event": "presence", "from", "to", "type", "show", "status", "priority", "condition", "text"}
+  {"event": "roster", "items": {JID: {"subscription", "ask", "name", "groups"}}}
+  {"event": "roster_push", "jid", "subscription", "ask"}
+  {"event": "iq_result", "type": "result"|"error"|"timeout", "xml", "condition"}
   {"event": "result", "tag", "type": "result"|"error"|"timeout", "condition", "text",
-   "identities": [[category, type, name]], "features": [...]}
+   "identities": [[category, type, name]], "features": [...]}     (disco and ping)
   {"event": "sent", "prefix": P, "count": N}
+  {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
   {"event": "disconnected", "reason": ...}
-  {"event": "failed", "why": ...}   login failed
+  {"event": "failed", "why": ...}   sign-in failed ("auth": wrong credentials)
   {"event": "connect_failed", "why": ...}   a connection attempt failed (slixmpp retries)
 """
 
@@ -35,8 +56,7 @@ import sys
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
-
-STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+from slixmpp.xmlstream import ET
 
 
 def emit(**event):
@@ -53,19 +73,33 @@ def error_of(stanza):
 
 
 class Client(slixmpp.ClientXMPP):
-    def __init__(self, jid, password):
-        super().__init__(jid, password)
+    def __init__(self, args):
+        super().__init__(args.jid, args.password, sasl_mech=args.mech)
+        self.like_a_user = args.like_a_user
         # Resolved when the stream ends: the process exits then (a stopped server ends it).
         self.done = asyncio.get_running_loop().create_future()
         # asyncio keeps only weak references to tasks: a pending task nobody holds can be
         # garbage-collected mid-flight, so every task we start is kept here until it ends.
         self.tasks = set()
+        self.mechanism = None
+        if args.ca:
+            # Verified for real, for the JID's domain.
+            self.ca_certs = args.ca
+        else:
+            self.ssl_context.check_hostname = False
+            self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.enable_direct_tls = args.mode == "direct"
+        self.enable_starttls = args.mode == "starttls"
+        self.enable_plaintext = False
+        self["feature_mechanisms"].unencrypted_plain = False
+        # Accept subscription requests and ask back, or leave them to the test.
+        self.roster.auto_authorize = True if args.like_a_user else None
+        self.roster.auto_subscribe = args.like_a_user
         self.register_plugin("xep_0030")  # disco: answers disco#info, asks it
         self.register_plugin("xep_0199", {"keepalive": False})  # answers and sends pings
-        # Accept subscription requests (and ask back), as a user who clicks "allow" would.
-        self.roster.auto_authorize = True
-        self.roster.auto_subscribe = True
+        self.register_plugin("xep_0203")  # delayed delivery
         self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("auth_success", self.on_auth)
         # slixmpp raises "message" for messages with a body (errors included) and
         # "message_error" for every error, with or without a body: each is reported once.
         self.add_event_handler(
@@ -73,14 +107,22 @@ class Client(slixmpp.ClientXMPP):
         )
         self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("presence", self.on_presence)
+        self.add_event_handler("roster_update", self.on_roster_update)
         self.add_event_handler("failed_auth", lambda _: emit(event="failed", why="auth"))
+        self.add_event_handler(
+            "connection_failed", lambda e: emit(event="connect_failed", why=str(e))
+        )
         self.add_event_handler("disconnected", self.on_disconnected)
 
+    def on_auth(self, _):
+        mech = getattr(self["feature_mechanisms"], "mech", None)
+        self.mechanism = getattr(mech, "name", None)
+
     async def on_start(self, _):
-        await self.get_roster()
-        self.send_presence()
-        emit(event="online", jid=str(self.boundjid))
-        # Commands are read only once logged in, so none is sent before the session exists.
+        if self.like_a_user:
+            await self.get_roster()
+            self.send_presence()
+        emit(event="online", jid=str(self.boundjid), mechanism=self.mechanism)
         self.spawn(commands(self))
 
     def spawn(self, coroutine):
@@ -97,6 +139,7 @@ class Client(slixmpp.ClientXMPP):
             id=msg["id"],
             type=msg["type"],
             body=msg["body"],
+            delay=msg.xml.find("{urn:xmpp:delay}delay") is not None,
             condition=condition,
             text=text,
         )
@@ -108,9 +151,21 @@ class Client(slixmpp.ClientXMPP):
             **{"from": str(pres["from"])},
             to=str(pres["to"]),
             type=pres["type"],
+            show=pres["show"],
+            status=pres["status"],
+            priority=pres["priority"],
             condition=condition,
             text=text,
         )
+
+    def on_roster_update(self, iq):
+        for jid, item in iq["roster"]["items"].items():
+            emit(
+                event="roster_push",
+                jid=str(jid),
+                subscription=item["subscription"],
+                ask=item["ask"],
+            )
 
     def on_disconnected(self, reason):
         emit(event="disconnected", reason=str(reason))
@@ -119,28 +174,75 @@ class Client(slixmpp.ClientXMPP):
 
     async def command(self, cmd):
         kind = cmd["cmd"]
-        if kind == "message":
-            m = self.make_message(mto=cmd["to"], mbody=cmd["body"], mtype="chat")
-            m["id"] = cmd["id"]
-            m.send()
-        elif kind == "burst":
-            prefix, to = cmd["prefix"], cmd["to"]
-            for i in range(cmd["count"]):
-                m = self.make_message(mto=to, mbody=str(i), mtype="chat")
-                m["id"] = f"{prefix}{i}"
+        try:
+            if kind == "message":
+                m = self.make_message(
+                    mto=cmd["to"], mbody=cmd.get("body"), mtype=cmd.get("type", "chat")
+                )
+                if cmd.get("id"):
+                    m["id"] = cmd["id"]
+                if cmd.get("from"):
+                    m["from"] = cmd["from"]
                 m.send()
-                if i % 500 == 499:
-                    # Let the send queue drain so the event loop stays responsive.
-                    await asyncio.sleep(0)
-            emit(event="sent", prefix=prefix, count=cmd["count"])
-        elif kind in ("disco", "ping"):
-            self.spawn(self.query(kind, cmd["to"], cmd["tag"]))
-        elif kind == "subscribe":
-            self.send_presence(pto=cmd["to"], ptype="subscribe")
-        elif kind == "quit":
-            self.disconnect(wait=2.0)
-        else:
-            emit(event="failed", why=f"unknown command {kind}")
+            elif kind == "burst":
+                prefix, to = cmd["prefix"], cmd["to"]
+                for i in range(cmd["count"]):
+                    m = self.make_message(mto=to, mbody=str(i), mtype="chat")
+                    m["id"] = f"{prefix}{i}"
+                    m.send()
+                    if i % 500 == 499:
+                        # Let the send queue drain so the event loop stays responsive.
+                        await asyncio.sleep(0)
+                emit(event="sent", prefix=prefix, count=cmd["count"])
+            elif kind == "presence":
+                self.send_presence(
+                    ppriority=cmd.get("priority"),
+                    pshow=cmd.get("show"),
+                    pstatus=cmd.get("status"),
+                )
+            elif kind == "unavailable":
+                self.send_presence(ptype="unavailable")
+            elif kind == "directed":
+                self.send_presence(pto=cmd["to"], ptype=cmd.get("type"))
+            elif kind == "subscription":
+                self.send_presence(pto=cmd["to"], ptype=cmd["type"])
+            elif kind == "roster_get":
+                iq = await self.get_roster()
+                items = {}
+                for jid, item in iq["roster"]["items"].items():
+                    items[str(jid)] = {
+                        "subscription": item["subscription"],
+                        "ask": item["ask"],
+                        "name": item["name"],
+                        "groups": sorted(item["groups"]),
+                    }
+                emit(event="roster", items=items)
+            elif kind == "roster_set":
+                await self.update_roster(
+                    cmd["jid"], name=cmd.get("name"), groups=cmd.get("groups", [])
+                )
+            elif kind == "roster_remove":
+                await self.del_roster_item(cmd["jid"])
+            elif kind == "iq":
+                iq = self.make_iq(ito=cmd["to"], itype=cmd.get("type", "get"))
+                iq.append(ET.fromstring(cmd["xml"]))
+                try:
+                    reply = await iq.send(timeout=10)
+                    emit(event="iq_result", type=reply["type"], xml=str(reply))
+                except IqError as e:
+                    emit(event="iq_result", type="error", xml=str(e.iq), condition=e.condition)
+                except IqTimeout:
+                    emit(event="iq_result", type="timeout", xml="")
+            elif kind in ("disco", "ping"):
+                await self.query(kind, cmd["to"], cmd["tag"])
+            elif kind == "quit":
+                self.disconnect(wait=2.0)
+                return
+            else:
+                raise ValueError(f"unknown command {kind}")
+            emit(event="done", cmd=kind)
+        except Exception as e:  # the test sees it rather than a hang
+            emit(event="command_failed", cmd=kind, error=repr(e))
 
     async def query(self, kind, to, tag):
         try:
@@ -173,9 +275,11 @@ async def commands(client):
         if not line:
             client.disconnect(wait=1.0)
             return
+        if not line.strip():
+            continue
         cmd = json.loads(line)
         print(f"command: {cmd}", file=sys.stderr, flush=True)
-        await client.command(cmd)
+        client.spawn(client.command(cmd))
         if cmd["cmd"] == "quit":
             return
 
@@ -186,6 +290,10 @@ async def main():
     parser.add_argument("--password", required=True)
     parser.add_argument("--host", required=True, help="IP address of the server's c2s port")
     parser.add_argument("--port", type=int, default=5222)
+    parser.add_argument("--ca", help="verify the server's certificate against this CA file")
+    parser.add_argument("--mode", choices=["starttls", "direct"], default="starttls")
+    parser.add_argument("--mech", default=None)
+    parser.add_argument("--like-a-user", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(
@@ -193,16 +301,7 @@ async def main():
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    client = Client(args.jid, args.password)
-    # The c2s leg is not what these tests are about: the peers' c2s certificates are
-    # self-signed or from the test CA, and the client connects by IP address.
-    client.ssl_context.check_hostname = False
-    client.ssl_context.verify_mode = ssl.CERT_NONE
-    # STARTTLS on the c2s port only (no XEP-0368 attempt on a port that does not speak it).
-    client.enable_direct_tls = False
-    client.add_event_handler(
-        "connection_failed", lambda e: emit(event="connect_failed", why=str(e))
-    )
+    client = Client(args)
     client.connect(host=args.host, port=args.port)
     await client.done
 

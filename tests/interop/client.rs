@@ -1,7 +1,14 @@
-//! A real XMPP client logged in on a peer: `tests/interop/client.py` (slixmpp) run as a
-//! subprocess, commands written to its stdin and events read from its stdout as JSON lines.
+//! A real XMPP client: `tests/interop/client.py` (slixmpp) run as a subprocess, commands written
+//! to its stdin and events read from its stdout as JSON lines (client.py lists both). The interop
+//! tests log it in on Prosody and ejabberd ([`crate::peer::Peer::login`]); the core's integration
+//! tests (`tests/integration/core.rs`, which includes this file) on fedgate's core.
+//!
+//! Events a wait passes over are kept, in order, for the waits after it: each event is seen
+//! once, whatever order the waits come in.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -9,33 +16,95 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::peer::{Peer, PASSWORD, USER};
-
-/// How long to wait for one event from the client.
+/// How long to wait for the event a test expects.
 pub const EVENT_WAIT: Duration = Duration::from_secs(30);
 
-pub struct Client {
-    child: Child,
-    stdin: ChildStdin,
-    events: Lines<BufReader<ChildStdout>>,
-    /// The client's full JID, as bound.
-    pub jid: String,
-    stderr_file: std::path::PathBuf,
+/// Adds to a failure message what the server side logged (a peer's log tail).
+type Context = Box<dyn Fn() -> String + Send + Sync>;
+
+/// How a client signs in: [`Login::new`], the options, then [`Login::online`] (or
+/// [`Login::spawn`] to watch a sign-in that may fail).
+pub struct Login {
+    jid: String,
+    args: Vec<String>,
+    stderr_dir: Option<PathBuf>,
+    context: Option<Context>,
 }
 
-impl Client {
-    /// Logs in as the test account on `peer` (STARTTLS on its c2s port, by address) and
-    /// waits until the session is online.
-    pub async fn login(peer: &Peer) -> Client {
-        let jid = format!("{USER}@{}/interop", peer.domain);
-        Client::login_at(&jid, PASSWORD, peer.c2s_addr(), peer).await
+impl Login {
+    /// As `jid` with `password` at the c2s listener `addr` (by address, no DNS), over STARTTLS
+    /// without checking the server's certificate.
+    pub fn new(jid: &str, password: &str, addr: SocketAddr) -> Login {
+        let args = [
+            "--jid",
+            jid,
+            "--password",
+            password,
+            "--host",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        Login {
+            jid: jid.to_string(),
+            args,
+            stderr_dir: None,
+            context: None,
+        }
     }
 
-    /// Logs in as `jid` at `c2s` (STARTTLS, by address): a peer's account, or an account of
-    /// fedgate's own core. `peer` is whose log a failure shows.
-    pub async fn login_at(jid: &str, password: &str, c2s: SocketAddr, peer: &Peer) -> Client {
+    fn arg(mut self, args: &[&str]) -> Login {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Verifies the server's certificate for the JID's domain against this CA.
+    pub fn ca(self, ca_file: &Path) -> Login {
+        let ca = ca_file.display().to_string();
+        self.arg(&["--ca", &ca])
+    }
+
+    /// TLS from the first byte (XEP-0368) instead of STARTTLS.
+    pub fn direct_tls(self) -> Login {
+        self.arg(&["--mode", "direct"])
+    }
+
+    /// Forces this SASL mechanism.
+    pub fn mech(self, mechanism: &str) -> Login {
+        self.arg(&["--mech", mechanism])
+    }
+
+    /// Gets the roster and sends initial presence before it reports online, and accepts
+    /// subscription requests (asking back), as a person would; without it the test does each.
+    pub fn like_a_user(self) -> Login {
+        self.arg(&["--like-a-user"])
+    }
+
+    /// Keeps the client's stderr in this folder (else in a temporary one, gone with the client).
+    pub fn stderr_in(mut self, dir: &Path) -> Login {
+        self.stderr_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// What a failure message adds, e.g. the tail of the server's log.
+    pub fn context(mut self, context: impl Fn() -> String + Send + Sync + 'static) -> Login {
+        self.context = Some(Box::new(context));
+        self
+    }
+
+    /// Starts the client; its first events say whether it signed in (`online`, `failed`).
+    pub fn spawn(self) -> Client {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/client.py");
-        let stderr_file = peer.dir.path().join(format!(
+        let (stderr_file, tmp) = match &self.stderr_dir {
+            Some(dir) => (dir.to_owned(), None),
+            None => {
+                let tmp = tempfile::tempdir().unwrap();
+                (tmp.path().to_owned(), Some(tmp))
+            }
+        };
+        let stderr_file = stderr_file.join(format!(
             "client-{}.stderr",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -44,10 +113,7 @@ impl Client {
         ));
         let mut child = Command::new("python3")
             .arg(script)
-            .args(["--jid", jid])
-            .args(["--password", password])
-            .args(["--host", &c2s.ip().to_string()])
-            .args(["--port", &c2s.port().to_string()])
+            .args(&self.args)
             // INTEROP_CLIENT_DEBUG=1: slixmpp logs every stanza to the stderr file.
             .args(std::env::var_os("INTEROP_CLIENT_DEBUG").map(|_| "--debug"))
             .stdin(Stdio::piped())
@@ -56,25 +122,53 @@ impl Client {
             .kill_on_drop(true)
             .spawn()
             .expect("python3 runs the slixmpp client (scripts/test.sh installs slixmpp)");
-        let stdin = child.stdin.take().unwrap();
-        let events = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut client = Client {
+        Client {
+            stdin: child.stdin.take().unwrap(),
+            events: BufReader::new(child.stdout.take().unwrap()).lines(),
             child,
-            stdin,
-            events,
-            jid: String::new(),
+            backlog: VecDeque::new(),
+            jid: self.jid,
+            mechanism: String::new(),
             stderr_file,
-        };
-        let online = client
-            .wait_for("online", |e| e["event"] == "online", peer)
-            .await;
-        client.jid = online["jid"].as_str().unwrap().to_string();
-        client
+            _stderr_dir: tmp,
+            context: self.context,
+        }
     }
 
-    /// The client's stderr (slixmpp's warnings and tracebacks).
+    /// Starts the client and waits until it is signed in.
+    pub async fn online(self) -> Client {
+        let mut client = self.spawn();
+        let online = client.expect("online", |_| true).await;
+        client.jid = online["jid"].as_str().unwrap().to_string();
+        client.mechanism = online["mechanism"].as_str().unwrap_or_default().to_string();
+        client
+    }
+}
+
+pub struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    events: Lines<BufReader<ChildStdout>>,
+    /// Events read but not yet taken by a wait, oldest first.
+    backlog: VecDeque<Value>,
+    /// The client's full JID, as bound (once online).
+    pub jid: String,
+    /// The SASL mechanism it signed in with (once online).
+    pub mechanism: String,
+    stderr_file: PathBuf,
+    _stderr_dir: Option<tempfile::TempDir>,
+    context: Option<Context>,
+}
+
+impl Client {
+    /// The client's stderr (slixmpp's warnings and tracebacks) and the failure context.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_file).unwrap_or_default()
+        let mut out = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
+        if let Some(context) = &self.context {
+            out.push('\n');
+            out.push_str(&context());
+        }
+        out
     }
 
     /// Sends one command (see client.py).
@@ -88,80 +182,123 @@ impl Client {
         self.stdin.flush().await.unwrap();
     }
 
+    /// Runs a command and waits until the client says it is done.
+    pub async fn run(&mut self, cmd: Value) {
+        let name = cmd["cmd"].as_str().unwrap().to_string();
+        self.command(cmd).await;
+        self.expect("done", |e| e["cmd"] == name.as_str()).await;
+    }
+
     pub async fn message(&mut self, to: &str, id: &str, body: &str) {
         self.command(json!({"cmd": "message", "to": to, "id": id, "body": body}))
             .await;
     }
 
-    /// The next event, or `None` when the client exited.
-    pub async fn next_event(&mut self) -> Option<Value> {
-        let line = tokio::time::timeout(EVENT_WAIT, self.events.next_line())
+    /// Reads the next event from the client: `Ok(None)` when it exited, `Err` when none came
+    /// by `deadline`.
+    async fn read(&mut self, deadline: tokio::time::Instant) -> Result<Option<Value>, ()> {
+        let line = tokio::time::timeout_at(deadline, self.events.next_line())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no event from the client within {EVENT_WAIT:?}; its stderr:\n{}",
-                    self.stderr()
-                )
-            })
-            .expect("read the client's stdout")?;
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .map_err(|_| ())?
+            .expect("read the client's stdout");
+        Ok(line.map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))))
     }
 
     /// The next event within `wait`: `None` when nothing came or the client exited.
     pub async fn event_within(&mut self, wait: Duration) -> Option<Value> {
-        let line = tokio::time::timeout(wait, self.events.next_line())
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        self.read(tokio::time::Instant::now() + wait)
             .await
-            .ok()?
-            .ok()??;
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .ok()
+            .flatten()
     }
 
-    /// The next event for which `want` holds (`what` names it in the failure message); the
-    /// events skipped are kept in the failure message too.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        want: impl Fn(&Value) -> bool,
-        peer: &Peer,
-    ) -> Value {
-        let mut skipped = Vec::new();
+    /// The first event for which `want` holds, from those passed over before or within
+    /// [`EVENT_WAIT`] (`what` names it in the failure message). A sign-in failure ends the
+    /// wait unless it is what `want` wants.
+    pub async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&want) {
+            return self.backlog.remove(i).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
         loop {
-            match self.next_event().await {
-                Some(e) if want(&e) => return e,
-                Some(e) if e["event"] == "failed" => panic!(
-                    "the client failed ({e}) while waiting for {what}; stderr:\n{}\n{}",
-                    self.stderr(),
-                    peer.log_tail(30)
+            let e = match self.read(deadline).await {
+                Ok(Some(e)) => e,
+                Ok(None) => panic!(
+                    "{}: the client exited while waiting for {what}; events: {:?}\nstderr:\n{}",
+                    self.jid,
+                    self.backlog,
+                    self.stderr()
                 ),
-                Some(e) => {
-                    skipped.push(e.to_string());
-                    if skipped.len() > 20_000 {
-                        panic!("no {what} among {} events", skipped.len());
-                    }
-                }
-                None => panic!(
-                    "the client exited while waiting for {what}; events: {}\nstderr:\n{}\n{}",
-                    skipped.join("\n"),
-                    self.stderr(),
-                    peer.log_tail(30)
+                Err(()) => panic!(
+                    "{}: no {what} within {EVENT_WAIT:?}; events: {:?}\nstderr:\n{}",
+                    self.jid,
+                    self.backlog,
+                    self.stderr()
                 ),
+            };
+            if want(&e) {
+                return e;
             }
+            if e["event"] == "failed" {
+                panic!(
+                    "{}: the client failed ({e}) while waiting for {what}; stderr:\n{}",
+                    self.jid,
+                    self.stderr()
+                );
+            }
+            self.backlog.push_back(e);
+        }
+    }
+
+    /// The first event of kind `event` for which `pred` holds (see [`Client::wait_for`]).
+    pub async fn expect(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(event, |e| e["event"] == event && pred(e))
+            .await
+    }
+
+    /// Asserts that no event of kind `event` for which `pred` holds is waiting or arrives
+    /// within `wait`.
+    pub async fn expect_none(
+        &mut self,
+        event: &str,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let matches = |v: &Value| v["event"] == event && pred(v);
+        assert!(
+            !self.backlog.iter().any(matches),
+            "{}: unexpected {event}: {:?}",
+            self.jid,
+            self.backlog
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(e)) = self.read(deadline).await {
+            assert!(!matches(&e), "{}: unexpected {e}", self.jid);
+            self.backlog.push_back(e);
         }
     }
 
     /// The result of the iq sent with `tag` (a disco or ping command).
-    pub async fn result(&mut self, tag: &str, peer: &Peer) -> Value {
-        self.wait_for(
-            &format!("the result of {tag}"),
-            |e| e["event"] == "result" && e["tag"] == tag,
-            peer,
-        )
+    pub async fn result(&mut self, tag: &str) -> Value {
+        self.wait_for(&format!("the result of {tag}"), |e| {
+            e["event"] == "result" && e["tag"] == tag
+        })
         .await
     }
 
-    /// Ends the session and waits for the process to exit.
+    /// Gets the roster (which also makes this resource receive roster pushes).
+    pub async fn roster(&mut self) -> Value {
+        self.command(json!({"cmd": "roster_get"})).await;
+        self.expect("roster", |_| true).await
+    }
+
+    /// Ends the session, sees it end, and waits for the process to exit.
     pub async fn quit(mut self) {
         self.command(json!({"cmd": "quit"})).await;
+        self.expect("disconnected", |_| true).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 }

@@ -28,6 +28,8 @@ mod dns_server;
 mod harness;
 
 mod backend;
+// Also the core's integration tests' client: not every part is used here.
+#[allow(dead_code)]
 mod client;
 mod peer;
 mod scenarios;

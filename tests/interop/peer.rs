@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::certs::{ca, CertSpec};
+use crate::client::{Client, Login};
 use crate::harness::{next_loopback, TestDns};
 
 /// The port a peer's s2s listener uses. Not 5269, so that only the SRV record leads there.
@@ -223,18 +224,34 @@ impl Peer {
     /// The last `lines` lines of the peer's log and of its console output, for failure
     /// messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for file in [self.log_file(), self.dir.path().join("console.log")] {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let from = all.len().saturating_sub(lines);
-            out.push_str(&format!("--- {} (last {lines} lines)\n", file.display()));
-            for line in &all[from..] {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        tail(&self.log_files(), lines)
+    }
+
+    fn log_files(&self) -> [PathBuf; 2] {
+        [self.log_file(), self.dir.path().join("console.log")]
+    }
+
+    /// A slixmpp client logged in as the test account (STARTTLS on the c2s port, by address),
+    /// behaving like a user ([`Login::like_a_user`]).
+    pub async fn login(&self) -> Client {
+        self.login_at(
+            &format!("{USER}@{}/interop", self.domain),
+            PASSWORD,
+            self.c2s_addr(),
+        )
+        .await
+    }
+
+    /// Like [`Peer::login`] as `jid` at `c2s`: this peer's account, or an account of fedgate's
+    /// own core. Its failures show this peer's log.
+    pub async fn login_at(&self, jid: &str, password: &str, c2s: SocketAddr) -> Client {
+        let files = self.log_files();
+        Login::new(jid, password, c2s)
+            .like_a_user()
+            .stderr_in(self.dir.path())
+            .context(move || tail(&files, 30))
+            .online()
+            .await
     }
 
     fn configure_prosody(&mut self, cert: &Path, key: &Path, trust: Option<&Path>) {
@@ -584,4 +601,20 @@ fn group_alive(group: i32) -> bool {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         fields.len() > 3 && fields[0] != "Z" && fields[2] == group.to_string()
     })
+}
+
+/// The last `lines` lines of each file, with a heading naming it.
+fn tail(files: &[PathBuf], lines: usize) -> String {
+    let mut out = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        out.push_str(&format!("--- {} (last {lines} lines)\n", file.display()));
+        for line in &all[from..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }

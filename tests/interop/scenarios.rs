@@ -18,6 +18,66 @@ use crate::{capture_logs, dns_port_53, fedgate_log};
 /// The port fedgate's s2s listener uses: not 5269, so only its SRV record leads there.
 pub const GW_S2S_PORT: u16 = 5299;
 
+/// Every scenario as a test against one kind of peer, in the module that invokes it
+/// (`every_scenario!(Kind::Prosody, "pr")`); each test's peer domain is `{prefix}-{what}.test`.
+/// A new scenario added here runs against every peer.
+macro_rules! every_scenario {
+    ($kind:expr, $prefix:literal) => {
+        use $crate::peer::PeerTls;
+        use $crate::scenarios;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn dialback_messages_iqs_and_presence_both_ways() {
+            scenarios::exchange($kind, concat!($prefix, "-dialback"), PeerTls::SelfSigned).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sasl_external_messages_iqs_and_presence_both_ways() {
+            scenarios::exchange($kind, concat!($prefix, "-external"), PeerTls::TestCa).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_stopped_bounces_with_the_cause_then_restarted_delivers() {
+            scenarios::peer_stopped_then_restarted($kind, concat!($prefix, "-restart")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
+            scenarios::burst($kind, concat!($prefix, "-burst")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fedgate_with_a_server_auth_only_certificate() {
+            scenarios::server_auth_only_certificate($kind, concat!($prefix, "-eku")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
+            scenarios::gateway_stopped_then_restarted($kind, concat!($prefix, "-gwrestart")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
+            scenarios::peer_stopped_mid_stream($kind, concat!($prefix, "-midstream")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn direct_tls_xep_0368_published_first() {
+            scenarios::direct_tls($kind, concat!($prefix, "-directtls")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn peer_restarted_within_the_retry_window_gets_what_waited() {
+            scenarios::peer_restarted_within_the_retry_window(
+                $kind,
+                concat!($prefix, "-quickrestart"),
+            )
+            .await;
+        }
+    };
+}
+pub(crate) use every_scenario;
+
 /// Everything one test runs.
 pub struct World {
     pub dns: TestDns,
@@ -113,7 +173,7 @@ pub async fn world_with(
     publish_gateway(&dns, &gw, direct_tls);
     let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls, direct_tls).await;
     let backend = Backend::attach(&gw).await;
-    let client = Client::login(&peer).await;
+    let client = peer.login().await;
     World {
         dns,
         gw,
@@ -185,7 +245,7 @@ async fn peer_to_fedgate(w: &mut World) {
     w.backend
         .send(&crate::backend::disco_result(&bot, &me, q.id().unwrap()))
         .await;
-    let r = w.client.result("d1", &w.peer).await;
+    let r = w.client.result("d1").await;
     assert_eq!(r["type"], "result", "{r}");
     assert_eq!(
         r["identities"][0],
@@ -212,16 +272,16 @@ async fn peer_to_fedgate(w: &mut World) {
             q.id().unwrap()
         ))
         .await;
-    assert_eq!(w.client.result("p1", &w.peer).await["type"], "result");
+    assert_eq!(w.client.result("p1").await["type"], "result");
     // A ping to fedgate's own domain is answered by the gateway (XEP-0199 on s2s).
     w.client
         .command(json!({"cmd": "ping", "to": gw_domain, "tag": "p2"}))
         .await;
-    assert_eq!(w.client.result("p2", &w.peer).await["type"], "result");
+    assert_eq!(w.client.result("p2").await["type"], "result");
 
     // Peer → fedgate: a presence subscription, accepted by the component.
     w.client
-        .command(json!({"cmd": "subscribe", "to": bot}))
+        .command(json!({"cmd": "subscription", "to": bot, "type": "subscribe"}))
         .await;
     let p = w
         .backend
@@ -387,22 +447,18 @@ async fn assert_liveness_check_answered(w: &World) {
 /// The client's next presence of this type from `from`.
 async fn wait_presence(w: &mut World, type_: &str, from: &str) -> Value {
     w.client
-        .wait_for(
-            &format!("presence {type_} from {from}"),
-            |e| e["event"] == "presence" && e["type"] == type_ && e["from"] == from,
-            &w.peer,
-        )
+        .wait_for(&format!("presence {type_} from {from}"), |e| {
+            e["event"] == "presence" && e["type"] == type_ && e["from"] == from
+        })
         .await
 }
 
 /// The client's next message with this id.
 async fn wait_message(w: &mut World, id: &str) -> Value {
     w.client
-        .wait_for(
-            &format!("message {id}"),
-            |e| e["event"] == "message" && e["id"] == id,
-            &w.peer,
-        )
+        .wait_for(&format!("message {id}"), |e| {
+            e["event"] == "message" && e["id"] == id
+        })
         .await
 }
 
@@ -519,7 +575,7 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
 
     w.peer.stop().await;
     w.client
-        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .wait_for("disconnected", |e| e["event"] == "disconnected")
         .await;
 
     // Stanzas to the stopped peer: 20 messages and an iq.
@@ -569,7 +625,7 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
     // The peer restarts; after the failure window, fedgate connects again.
     w.peer.restart().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    w.client = Client::login(&w.peer).await;
+    w.client = w.peer.login().await;
     let me = w.client.jid.clone();
     let count = 20;
     component_sends(&mut w, &me, "again", count).await;
@@ -611,7 +667,7 @@ pub async fn burst(kind: Kind, name: &str) {
     while next < n {
         let e = w
             .client
-            .wait_for("a burst message", |e| e["event"] == "message", &w.peer)
+            .wait_for("a burst message", |e| e["event"] == "message")
             .await;
         assert_eq!(e["type"], "chat", "not an error: {e}");
         assert_eq!(e["id"], format!("b{next}"), "in order");
@@ -704,11 +760,9 @@ pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
     w.client.message(&bot, "gone", "anyone there?").await;
     let e = w
         .client
-        .wait_for(
-            "the peer's bounce",
-            |e| e["event"] == "message" && e["id"] == "gone",
-            &w.peer,
-        )
+        .wait_for("the peer's bounce", |e| {
+            e["event"] == "message" && e["id"] == "gone"
+        })
         .await;
     assert_eq!(e["type"], "error", "{e}");
     let condition = e["condition"].as_str().unwrap_or_default().to_string();
@@ -730,10 +784,7 @@ pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
         let id = format!("again{i}");
         w.client.message(&bot, &id, "back?").await;
         let World {
-            client,
-            backend,
-            peer,
-            ..
+            client, backend, ..
         } = &mut w;
         let (want_message, want_bounce) = (format!("message {id}"), format!("the bounce of {id}"));
         let arrived = tokio::select! {
@@ -744,7 +795,6 @@ pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
             e = client.wait_for(
                 &want_bounce,
                 |e| e["event"] == "message" && e["id"] == id.as_str() && e["type"] == "error",
-                peer,
             ) => {
                 assert!(e["condition"].is_string(), "{e}");
                 false
@@ -804,7 +854,7 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     while delivered.len() < 300 {
         let e = w
             .client
-            .wait_for("a message", |e| e["event"] == "message", &w.peer)
+            .wait_for("a message", |e| e["event"] == "message")
             .await;
         *delivered
             .entry(e["id"].as_str().unwrap().to_string())
@@ -848,7 +898,7 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
 
     // The peer restarts; whatever it stored for the user arrives at the next login.
     w.peer.restart().await;
-    w.client = Client::login(&w.peer).await;
+    w.client = w.peer.login().await;
     let mut after = 0;
     while let Some(e) = w.client.event_within(Duration::from_secs(3)).await {
         if e["event"] == "message" && e["type"] != "error" {
@@ -999,13 +1049,13 @@ pub async fn peer_restarted_within_the_retry_window(kind: Kind, name: &str) {
     let gw_domain = w.gw.domain.clone();
     w.peer.stop().await;
     w.client
-        .wait_for("disconnected", |e| e["event"] == "disconnected", &w.peer)
+        .wait_for("disconnected", |e| e["event"] == "disconnected")
         .await;
     let n = 20;
     component_sends(&mut w, &user, "r", n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     w.peer.restart().await;
-    w.client = Client::login(&w.peer).await;
+    w.client = w.peer.login().await;
 
     // What the user gets, until nothing more comes; then what came back to the component.
     let mut delivered = collect_messages(&mut w.client, "r").await;
@@ -1036,7 +1086,7 @@ pub async fn peer_restarted_within_the_retry_window(kind: Kind, name: &str) {
         // A message the peer stored offline while the user was logging in may wait for the
         // next login (ejabberd 23.01 stores it while it flushes the offline store).
         w.client.quit().await;
-        w.client = Client::login(&w.peer).await;
+        w.client = w.peer.login().await;
         delivered.extend(collect_messages(&mut w.client, "r").await);
     }
     let mut all: Vec<String> = delivered

@@ -5,7 +5,6 @@
 use serde_json::{json, Value};
 
 use crate::certs::CertSpec;
-use crate::client::Client;
 use crate::harness::{instance, metric};
 use crate::peer::{Kind, Peer, PeerTls, USER};
 use crate::scenarios::{publish_gateway, GW_S2S_PORT};
@@ -66,46 +65,38 @@ async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
         .unwrap();
     let alice_bare = format!("alice@{gw_domain}");
     let user_bare = format!("{USER}@{}", peer.domain);
-    let mut alice = Client::login_at(
-        &format!("{alice_bare}/core"),
-        "alice-password",
-        core.c2s_addrs[0],
-        &peer,
-    )
-    .await;
-    let mut user = Client::login(&peer).await;
+    let mut alice = peer
+        .login_at(
+            &format!("{alice_bare}/core"),
+            "alice-password",
+            core.c2s_addrs[0],
+        )
+        .await;
+    let mut user = peer.login().await;
 
     // Alice asks; the Prosody user's client accepts and asks back (as a person clicking
     // "allow" would); Alice's client accepts that.
     alice
-        .command(json!({"cmd": "subscribe", "to": user_bare}))
+        .command(json!({"cmd": "subscription", "to": user_bare, "type": "subscribe"}))
         .await;
     alice
-        .wait_for(
-            "the Prosody user's subscribed",
-            |e| e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == user_bare,
-            &peer,
-        )
+        .wait_for("the Prosody user's subscribed", |e| {
+            e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == user_bare
+        })
         .await;
-    user.wait_for(
-        "Alice's subscribed",
-        |e| e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == alice_bare,
-        &peer,
-    )
+    user.wait_for("Alice's subscribed", |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && from_bare(e) == alice_bare
+    })
     .await;
     // With the subscription both ways, each sees the other online.
     alice
-        .wait_for(
-            "the Prosody user's presence",
-            |e| is_available(e) && from_bare(e) == user_bare,
-            &peer,
-        )
+        .wait_for("the Prosody user's presence", |e| {
+            is_available(e) && from_bare(e) == user_bare
+        })
         .await;
-    user.wait_for(
-        "Alice's presence",
-        |e| is_available(e) && from_bare(e) == alice_bare,
-        &peer,
-    )
+    user.wait_for("Alice's presence", |e| {
+        is_available(e) && from_bare(e) == alice_bare
+    })
     .await;
 
     // And they chat, both ways.
@@ -118,11 +109,9 @@ async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
             )
             .await;
         let m = user
-            .wait_for(
-                "Alice's message",
-                |e| e["event"] == "message" && e["id"] == format!("a{i}").as_str(),
-                &peer,
-            )
+            .wait_for("Alice's message", |e| {
+                e["event"] == "message" && e["id"] == format!("a{i}").as_str()
+            })
             .await;
         assert_eq!(m["body"], format!("hello from the core {i}").as_str());
         assert_eq!(from_bare(&m), alice_bare);
@@ -133,11 +122,9 @@ async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
         )
         .await;
         let m = alice
-            .wait_for(
-                "the Prosody user's message",
-                |e| e["event"] == "message" && e["id"] == format!("p{i}").as_str(),
-                &peer,
-            )
+            .wait_for("the Prosody user's message", |e| {
+                e["event"] == "message" && e["id"] == format!("p{i}").as_str()
+            })
             .await;
         assert_eq!(m["body"], format!("hello from Prosody {i}").as_str());
         assert_eq!(from_bare(&m), user_bare);
