@@ -31,7 +31,7 @@ use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::router::Router;
-use crate::s2s::{self, S2sContext, S2sSettings};
+use crate::s2s::{self, S2sContext};
 use crate::tls::{Tls, TlsError};
 
 /// Why the gateway could not start. Each names what to fix.
@@ -117,7 +117,6 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
 
     let s2s_shutdown = CancellationToken::new();
     let s2s_tracker = TaskTracker::new();
-    let settings = S2sSettings::from_config(config);
     let s2s_ctx = Arc::new(S2sContext::new(
         config,
         router.clone(),
@@ -186,6 +185,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let component_shutdown = CancellationToken::new();
     let component_tracker = TaskTracker::new();
     let secrets = config.backend_secrets()?;
+    let settings = &s2s_ctx.settings;
     let stanza_limits = settings.stanza_limits();
     let component_ctx = Arc::new(ComponentContext {
         router: router.clone(),

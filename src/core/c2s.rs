@@ -209,16 +209,8 @@ async fn expect_stream_header(conn: &mut Connection, core: &Core) -> Result<Stri
             "clients use the jabber:client namespace",
         ));
     }
-    if header
-        .version
-        .as_deref()
-        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
-        < Some(1)
-    {
-        return Err(refused(
-            StreamErrorCondition::UnsupportedVersion,
-            "XMPP 1.0 streams only",
-        ));
+    if let Some(why) = header.unsupported_version(false) {
+        return Err(refused(StreamErrorCondition::UnsupportedVersion, why));
     }
     let Some(to) = header.to.as_deref() else {
         return Err(refused(

@@ -521,17 +521,8 @@ impl Inbound {
                 "the s2s content namespace is jabber:server",
             )));
         }
-        if let Some(version) = &header.version {
-            let major = version
-                .split('.')
-                .next()
-                .and_then(|m| m.parse::<u32>().ok());
-            if major != Some(1) {
-                return Err(Some(refuse(
-                    StreamErrorCondition::UnsupportedVersion,
-                    format!("version {version} is not supported; fedgate speaks 1.0"),
-                )));
-            }
+        if let Some(why) = header.unsupported_version(true) {
+            return Err(Some(refuse(StreamErrorCondition::UnsupportedVersion, why)));
         }
         let Some(to) = header.to.as_deref() else {
             return Err(Some(refuse(

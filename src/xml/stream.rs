@@ -39,6 +39,19 @@ impl StreamHeader {
     pub fn declares_dialback(&self) -> bool {
         self.prefix_uri("db") == Some(ns::DIALBACK)
     }
+
+    /// Why the header's version is not one we speak (RFC 6120 §4.7.5: answered with
+    /// `<unsupported-version/>`), or `None`. Only major version 1 is; a header without a
+    /// version comes from a pre-1.0 peer, which `pre_1_0` says whether we accept (s2s does,
+    /// for old dialback-only servers; c2s needs stream features, so it does not).
+    pub fn unsupported_version(&self, pre_1_0: bool) -> Option<String> {
+        match &self.version {
+            None if pre_1_0 => None,
+            None => Some("streams without version='1.0' are not supported".into()),
+            Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()) == Some(1) => None,
+            Some(v) => Some(format!("version {v} is not supported; fedgate speaks 1.0")),
+        }
+    }
 }
 
 /// fedgate's own opening stream tag.
@@ -91,6 +104,30 @@ pub const CLOSE_STREAM: &[u8] = b"</stream:stream>";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_major_version_1_is_supported_and_pre_1_0_where_allowed() {
+        let header = |version: Option<&str>| StreamHeader {
+            to: None,
+            from: None,
+            id: None,
+            version: version.map(str::to_string),
+            lang: None,
+            default_ns: None,
+            prefixes: Vec::new(),
+        };
+        for ok in ["1.0", "1.1", "1"] {
+            assert_eq!(header(Some(ok)).unsupported_version(false), None, "{ok}");
+        }
+        for bad in ["2.0", "0.9", "x"] {
+            assert!(
+                header(Some(bad)).unsupported_version(true).is_some(),
+                "{bad}"
+            );
+        }
+        assert_eq!(header(None).unsupported_version(true), None);
+        assert!(header(None).unsupported_version(false).is_some());
+    }
 
     #[test]
     fn open_stream_bytes() {

@@ -350,6 +350,7 @@ async fn stream_headers_failures_and_timeouts_get_their_stream_errors() {
         ("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='a.test' version='1.0'>", "invalid-namespace"),
         ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other.test' version='1.0'>", "host-unknown"),
         ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>", "unsupported-version"),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.test' version='2.0'>", "unsupported-version"),
     ];
     for (header, cond) in cases {
         let mut s = RawStream::connect(n.c2s()).await;

@@ -790,6 +790,25 @@ pub async fn authenticated_s2s(addr: SocketAddr, authority: &Instance, to: &str)
     s
 }
 
+/// Waits (up to 15 s) until `sample` on `instance`'s `/metrics` is at least `at_least`, and
+/// returns its value; panics with the exposition otherwise.
+#[allow(dead_code)]
+pub async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let exposition = instance.metrics().await;
+        let value = metric(&exposition, sample);
+        if value >= at_least {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} never reached {at_least}: {exposition}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The sum of the samples in a Prometheus text exposition that have the given name and at
 /// least the given labels, e.g.
 /// `metric(&text, "fedgate_bounces_total{condition=\"remote-server-timeout\"}")` sums over

@@ -96,17 +96,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Polls `instance`'s metrics until `sample` reaches `at_least`.
-async fn wait_for(instance: &Instance, sample: &str, at_least: f64) {
-    for _ in 0..300 {
-        if metric(&instance.metrics().await, sample) >= at_least {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sample} never reached {at_least}");
-}
-
 /// A gateway (a.test) with traffic of every kind: EXTERNAL with b.test, dialback with c.test
 /// (self-signed), a link to e.test (no XEP-0198) that is cut, a domain that does not exist, a
 /// peer that refuses connections while stanzas for it pile up, a backend that never attaches,
@@ -255,51 +244,51 @@ impl Busy {
         garbage.expect_stream_error().await;
 
         let a_ = &self.a;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_s2s_auth_total{direction=\"inbound\",method=\"external\",result=\"success\"}",
             1.0,
         )
         .await;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_s2s_auth_total{direction=\"outbound\",method=\"external\",result=\"success\"}",
             1.0,
         )
         .await;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_s2s_auth_total{direction=\"inbound\",method=\"dialback\",result=\"success\"}",
             1.0,
         )
         .await;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_s2s_auth_total{direction=\"outbound\",method=\"dialback\",result=\"success\"}",
             1.0,
         )
         .await;
-        wait_for(a_, "fedgate_bounces_total{cause=\"dns\"}", 20.0).await;
-        wait_for(
+        wait_for_metric(a_, "fedgate_bounces_total{cause=\"dns\"}", 20.0).await;
+        wait_for_metric(
             a_,
             "fedgate_stanzas_total{link=\"s2s\",direction=\"outbound\",kind=\"message\"}",
             35.0,
         )
         .await;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_stanzas_total{link=\"s2s\",direction=\"inbound\",kind=\"message\"}",
             25.0,
         )
         .await;
-        wait_for(a_, "fedgate_outbound_events_total{event=\"retry\"}", 1.0).await;
-        wait_for(
+        wait_for_metric(a_, "fedgate_outbound_events_total{event=\"retry\"}", 1.0).await;
+        wait_for_metric(
             a_,
             "fedgate_outbound_events_total{event=\"ping_answered\"}",
             1.0,
         )
         .await;
-        wait_for(
+        wait_for_metric(
             a_,
             "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}",
             1.0,
@@ -321,8 +310,8 @@ impl Busy {
         }
         a.send("<message from='u@a.test' to='x@spam.test' id='spam2'><body>?</body></message>")
             .await;
-        wait_for(a_, "fedgate_bounces_total{cause=\"dns\"}", 40.0).await;
-        wait_for(a_, "fedgate_outbound_queue_stanzas", 150.0).await;
+        wait_for_metric(a_, "fedgate_bounces_total{cause=\"dns\"}", 40.0).await;
+        wait_for_metric(a_, "fedgate_outbound_queue_stanzas", 150.0).await;
         self.backends.extend([a, b, c, e]);
     }
 }

@@ -48,18 +48,6 @@ async fn linked(dns: &TestDns, a_s2s: &str, b_s2s: &str) -> (Instance, Instance,
     (a, b, proxy)
 }
 
-/// Polls `instance`'s metrics until `sample` reaches `at_least`.
-async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -> f64 {
-    for _ in 0..200 {
-        let value = metric(&instance.metrics().await, sample);
-        if value >= at_least {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sample} never reached {at_least}");
-}
-
 #[tokio::test]
 async fn an_unreachable_domain_is_retried_then_bounced_and_new_stanzas_bounce_at_once() {
     let dns = TestDns::start().await;

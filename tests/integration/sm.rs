@@ -68,22 +68,6 @@ async fn send_messages(s: &mut RawStream, prefix: &str, n: usize) {
     }
 }
 
-/// Polls the metrics of `gw` until `sample` reaches `value`.
-async fn await_metric(gw: &Instance, sample: &str, value: f64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = gw.metrics().await;
-        if metric(&m, sample) >= value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sample} never reached {value}: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads elements until `<stream:error/>` and returns its raw text.
 async fn stream_error_text(s: &mut RawStream) -> String {
     loop {
@@ -246,7 +230,7 @@ async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
         );
     }
     drop(s);
-    await_metric(&b, &sm_metric("kept"), 1.0).await;
+    wait_for_metric(&b, &sm_metric("kept"), 1.0).await;
 
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     assert_eq!(resume(&mut s, &id).await, resumed(&id, 3));
@@ -257,7 +241,7 @@ async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
         "counting goes on from the resumed h"
     );
     drop(s);
-    await_metric(&b, &sm_metric("kept"), 2.0).await;
+    wait_for_metric(&b, &sm_metric("kept"), 2.0).await;
 
     // Resumed once, it is kept under the same id again; and taken only once.
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
@@ -322,7 +306,7 @@ async fn failed_resumptions_leave_the_stream_open_and_the_counters_for_their_own
     send_messages(&mut s, "m", 2).await;
     assert_eq!(acked(&mut s).await, 2);
     drop(s);
-    await_metric(&b, &sm_metric("kept"), 1.0).await;
+    wait_for_metric(&b, &sm_metric("kept"), 1.0).await;
 
     // Kept for a.test: a stream authenticated for c.test cannot take it...
     let mut t = authenticated_s2s(b.s2s_addr(), &c, "b.test").await;
@@ -351,7 +335,7 @@ async fn kept_counters_expire_after_resume_timeout() {
     );
     let id = enabled.attr("id").unwrap().into_owned();
     drop(s);
-    await_metric(&b, &sm_metric("kept"), 1.0).await;
+    wait_for_metric(&b, &sm_metric("kept"), 1.0).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     assert_eq!(resume(&mut t, &id).await, NOT_FOUND);
