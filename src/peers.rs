@@ -172,12 +172,7 @@ pub fn all(ctx: &S2sContext) -> PeersView {
     // Sessions per (domain, direction), in one pass over the sessions.
     let mut counts: HashMap<(String, Direction), usize> = HashMap::new();
     for session in ctx.registry.sessions() {
-        let mut remotes: Vec<String> = session
-            .negotiated()
-            .pairs
-            .into_iter()
-            .map(|p| p.remote)
-            .collect();
+        let mut remotes = session.remotes();
         remotes.sort();
         remotes.dedup();
         for remote in remotes {

@@ -178,10 +178,10 @@ impl Reloader {
                     .policy_refusals
                     .with_label_values(&[session.direction.as_str(), "enforced"])
                     .inc();
-                for pair in session.negotiated().pairs {
+                for remote in session.remotes() {
                     self.s2s
                         .registry
-                        .failed(&pair.remote, session.direction, reason.clone());
+                        .failed(&remote, session.direction, reason.clone());
                 }
                 closed.push(format!("{} {reason}", session.direction.as_str()));
                 session.kick(reason);
