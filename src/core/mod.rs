@@ -8,7 +8,8 @@
 //! - [`roster`]: roster items and the RFC 6121 subscription state machine, sans I/O.
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
-//!   (XEP-0030, XEP-0199, XEP-0092, roster), offline storage.
+//!   (XEP-0199, XEP-0092, roster), offline storage.
+//! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //!
@@ -25,6 +26,7 @@
 pub mod accounts;
 pub mod c2s;
 pub mod config;
+mod disco;
 mod presence;
 pub mod roster;
 pub mod sasl;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::{storage, Core, Queued, SessionHandle};
 use crate::jid::Jid;
@@ -21,9 +22,6 @@ use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::{ns, Element, Node};
 
-pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-pub const NS_VERSION: &str = "jabber:iq:version";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
 
@@ -42,8 +40,18 @@ pub(crate) fn iq_result(req: &Element, from: &str) -> Element {
 }
 
 /// The payload element of an iq (its first child element).
-fn payload(el: &Element) -> Option<&Element> {
+pub(crate) fn payload(el: &Element) -> Option<&Element> {
     el.children().next()
+}
+
+/// A disco `<query/>` of `ns` without a `node` (nodes are not served yet).
+fn is_disco(p: &Element, ns: &str) -> bool {
+    p.name == "query" && p.ns == ns && p.attr("node").is_none()
+}
+
+/// The iq's payload is a query without a `node`.
+fn p_node_none(el: &Element) -> bool {
+    payload(el).is_some_and(|p| p.attr("node").is_none())
 }
 
 impl Core {
@@ -349,24 +357,51 @@ impl Core {
             // The account's own clients addressing their bare JID: like an iq without `to`.
             return;
         }
-        match payload(&el).map(|p| (p.name.as_str(), p.ns.as_str())) {
-            Some(("ping", ns::PING)) if el.attr("type") == Some("get") => {
-                let reply = iq_result(&el, &to.to_string());
-                Box::pin(self.route(reply)).await
+        self.account_iq(account, to, el).await
+    }
+
+    /// An iq request to an account's bare JID from anyone but the account itself: the server
+    /// answers for the account (RFC 6120 §10.5.3.2).
+    async fn account_iq(&self, _account: &str, to: &Jid, el: Element) {
+        let reply = match (el.attr("type"), payload(&el)) {
+            (Some("get"), Some(p)) if (p.name.as_str(), p.ns.as_str()) == ("ping", ns::PING) => {
+                Some(iq_result(&el, &to.to_string()))
             }
-            _ => {
-                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
-                    .await
+            (Some("get"), Some(p)) if is_disco(p, NS_DISCO_INFO) => {
+                Some(iq_result(&el, &to.to_string()).with_child(self.account_disco_info()))
             }
+            (Some("get"), Some(p)) if is_disco(p, NS_DISCO_ITEMS) => {
+                Some(iq_result(&el, &to.to_string()).with_child(self.account_disco_items()))
+            }
+            _ => None,
+        };
+        match reply {
+            Some(r) => Box::pin(self.route(r)).await,
+            None => self.unsupported_iq(&el).await,
         }
+    }
+
+    /// An iq request nobody here handles: `<service-unavailable/>` (RFC 6120 §8.4), naming
+    /// what was asked for so that the client's user learns more than "unknown".
+    pub(crate) async fn unsupported_iq(&self, el: &Element) {
+        let text = match payload(el) {
+            Some(p) => format!("{{{}}}{} is not supported here", p.ns, p.name),
+            None => "an iq request needs a payload".to_owned(),
+        };
+        self.bounce(el, StanzaErrorCondition::ServiceUnavailable, &text)
+            .await
     }
 
     /// A stanza for a domain itself: the server's own iqs.
     async fn server_stanza(&self, to: &Jid, el: Element) {
         if el.name != "iq" {
             if el.name == "message" {
-                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
-                    .await;
+                self.bounce(
+                    &el,
+                    StanzaErrorCondition::ServiceUnavailable,
+                    "the server does not take messages; address a user",
+                )
+                .await;
             }
             return;
         }
@@ -378,15 +413,11 @@ impl Core {
             (Some("get"), Some(p)) if p.ns == ns::PING && p.name == "ping" => {
                 Some(iq_result(&el, &domain))
             }
-            (Some("get"), Some(p)) if p.ns == NS_DISCO_INFO && p.attr("node").is_none() => {
-                Some(iq_result(&el, &domain).with_child(self.disco_info()))
+            (Some("get"), Some(p)) if is_disco(p, NS_DISCO_INFO) => {
+                Some(iq_result(&el, &domain).with_child(self.server_disco_info()))
             }
-            (Some("get"), Some(p)) if p.ns == NS_DISCO_ITEMS && p.attr("node").is_none() => {
-                let mut q = Element::new("query", NS_DISCO_ITEMS);
-                for item in &self.disco_items {
-                    q = q.with_child(Element::new("item", NS_DISCO_ITEMS).with_attr("jid", item));
-                }
-                Some(iq_result(&el, &domain).with_child(q))
+            (Some("get"), Some(p)) if is_disco(p, NS_DISCO_ITEMS) => {
+                Some(iq_result(&el, &domain).with_child(self.server_disco_items()))
             }
             (Some("get"), Some(p)) if p.ns == NS_VERSION && p.name == "query" => Some(
                 iq_result(&el, &domain).with_child(
@@ -402,30 +433,8 @@ impl Core {
         };
         match reply {
             Some(r) => Box::pin(self.route(r)).await,
-            None => {
-                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
-                    .await
-            }
+            None => self.unsupported_iq(&el).await,
         }
-    }
-
-    fn disco_info(&self) -> Element {
-        let mut q = Element::new("query", NS_DISCO_INFO).with_child(
-            Element::new("identity", NS_DISCO_INFO)
-                .with_attr("category", "server")
-                .with_attr("type", "im")
-                .with_attr("name", "fedgate"),
-        );
-        for f in [
-            NS_DISCO_INFO,
-            NS_DISCO_ITEMS,
-            ns::PING,
-            NS_VERSION,
-            NS_ROSTER,
-        ] {
-            q = q.with_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
-        }
-        q
     }
 
     /// An iq from a signed-in client with no `to` or its own bare JID: roster, session, ping;
@@ -469,10 +478,13 @@ impl Core {
                 session.send_element(&iq_result(&el, &me))
             }
             (Some("get"), Some(("ping", ns::PING))) => session.send_element(&iq_result(&el, &me)),
-            _ => {
-                self.bounce(&el, StanzaErrorCondition::ServiceUnavailable, "")
-                    .await
+            (Some("get"), Some(("query", NS_DISCO_INFO))) if p_node_none(&el) => {
+                session.send_element(&iq_result(&el, &me).with_child(self.account_disco_info()))
             }
+            (Some("get"), Some(("query", NS_DISCO_ITEMS))) if p_node_none(&el) => {
+                session.send_element(&iq_result(&el, &me).with_child(self.account_disco_items()))
+            }
+            _ => self.unsupported_iq(&el).await,
         }
     }
 

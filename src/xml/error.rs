@@ -148,8 +148,12 @@ pub fn stream_error(cond: &StreamErrorCondition, text: Option<&str>) -> Vec<u8> 
 }
 
 /// Appends `<text xmlns='NS'>TEXT</text>` (escaped): the human-readable part of a stream or
-/// stanza error.
+/// stanza error. An empty text is left out: `<text/>` with nothing in it tells the reader
+/// nothing, and clients show it as "unknown" (RFC 6120 §8.3.2 makes the element optional).
 fn write_text(out: &mut Vec<u8>, ns: &str, text: &str) {
+    if text.is_empty() {
+        return;
+    }
     out.extend_from_slice(b"<text xmlns='");
     out.extend_from_slice(ns.as_bytes());
     out.extend_from_slice(b"'>");
@@ -429,6 +433,22 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             "<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>\
              b.example:5269</see-other-host></stream:error>"
+        );
+    }
+
+    #[test]
+    fn an_empty_text_is_left_out_of_stream_and_stanza_errors() {
+        let out = stream_error(&StreamErrorCondition::Reset, Some(""));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<stream:error><reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+        );
+        let mut out = Vec::new();
+        write_stanza_error(&mut out, StanzaErrorCondition::ServiceUnavailable, Some(""));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "<error type='cancel'><service-unavailable \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
         );
     }
 
