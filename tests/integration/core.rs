@@ -27,26 +27,26 @@ use fedgate::tls::Tls;
 /// The slixmpp client the interop tests use too.
 #[allow(dead_code)]
 #[path = "../interop/client.rs"]
-mod slixmpp;
-use slixmpp::{Client, Login};
+pub(crate) mod slixmpp;
+pub(crate) use slixmpp::{Client, Login};
 
 const ALIAS_SECRET: &str = "alias-secret";
 
 /// A gateway with a core attached over TCP as its backend.
-struct Node {
-    gw: Instance,
-    core: Option<RunningCore>,
-    config: CoreConfig,
+pub(crate) struct Node {
+    pub(crate) gw: Instance,
+    pub(crate) core: Option<RunningCore>,
+    pub(crate) config: CoreConfig,
     tls: Arc<Tls>,
     secrets: HashMap<String, String>,
     _dir: tempfile::TempDir,
 }
 
-async fn node(dns: &TestDns, domain: &str, aliases: &[&str]) -> Node {
+pub(crate) async fn node(dns: &TestDns, domain: &str, aliases: &[&str]) -> Node {
     node_with(dns, domain, aliases, |_| {}).await
 }
 
-async fn node_with(
+pub(crate) async fn node_with(
     dns: &TestDns,
     domain: &str,
     aliases: &[&str],
@@ -102,7 +102,7 @@ async fn node_with(
 }
 
 impl Node {
-    async fn start_core(&mut self) {
+    pub(crate) async fn start_core(&mut self) {
         let link = GatewayLink {
             target: Target::Tcp(self.gw.gw().component_addr),
             secrets: self.secrets.clone(),
@@ -121,7 +121,7 @@ impl Node {
         self.core = Some(core);
     }
 
-    async fn stop_core(&mut self) {
+    pub(crate) async fn stop_core(&mut self) {
         if let Some(core) = self.core.take() {
             core.shutdown(Duration::from_secs(5)).await;
         }
@@ -129,15 +129,15 @@ impl Node {
         assert_eventually(|| !self.gw.gw().router.component_attached(&domain)).await;
     }
 
-    fn c2s(&self) -> SocketAddr {
+    pub(crate) fn c2s(&self) -> SocketAddr {
         self.config.listen[0]
     }
 
-    fn direct(&self) -> SocketAddr {
+    pub(crate) fn direct(&self) -> SocketAddr {
         self.config.direct_tls_listen[0]
     }
 
-    fn add_user(&self, address: &str, password: &str) {
+    pub(crate) fn add_user(&self, address: &str, password: &str) {
         Accounts::open(&self.config)
             .unwrap()
             .add(address, password)
@@ -145,7 +145,7 @@ impl Node {
     }
 }
 
-async fn assert_eventually(f: impl Fn() -> bool) {
+pub(crate) async fn assert_eventually(f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
         assert!(
@@ -157,12 +157,12 @@ async fn assert_eventually(f: impl Fn() -> bool) {
 }
 
 /// A client for `jid` at `addr` that verifies the core's certificate (from the test CA).
-fn login(addr: SocketAddr, jid: &str, password: &str) -> Login {
+pub(crate) fn login(addr: SocketAddr, jid: &str, password: &str) -> Login {
     Login::new(jid, password, addr).ca(&ca().ca_file)
 }
 
 /// Signs in over STARTTLS and waits for the session; returns the bound JID too.
-async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> (Client, String) {
+pub(crate) async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> (Client, String) {
     let client = login(addr, jid, password).online().await;
     let bound = client.jid.clone();
     (client, bound)
@@ -171,19 +171,19 @@ async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> (Client, String
 /// Steps the tests below take again and again, each one command or one wait.
 impl Client {
     /// Sends a subscription stanza of `type_` (`subscribe`, `subscribed`, ...) to `to`.
-    async fn subscription(&mut self, to: &str, type_: &str) {
+    pub(crate) async fn subscription(&mut self, to: &str, type_: &str) {
         self.run(json!({"cmd": "subscription", "to": to, "type": type_}))
             .await;
     }
 
     /// The next presence of `type_` (`available` when it has none) from `from`.
-    async fn presence_from(&mut self, type_: &str, from: &str) -> Value {
+    pub(crate) async fn presence_from(&mut self, type_: &str, from: &str) -> Value {
         self.expect("presence", |e| e["type"] == type_ && e["from"] == from)
             .await
     }
 
     /// The next roster push for `jid` with this subscription.
-    async fn push(&mut self, jid: &str, subscription: &str) -> Value {
+    pub(crate) async fn push(&mut self, jid: &str, subscription: &str) -> Value {
         self.expect("roster_push", |e| {
             e["jid"] == jid && e["subscription"] == subscription
         })
@@ -191,12 +191,12 @@ impl Client {
     }
 }
 
-fn bare(jid: &str) -> &str {
+pub(crate) fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap()
 }
 
 /// A raw client stream over STARTTLS to `to`, up to the post-TLS features.
-async fn raw_tls(addr: SocketAddr, to: &str) -> (RawStream, String) {
+pub(crate) async fn raw_tls(addr: SocketAddr, to: &str) -> (RawStream, String) {
     let mut s = RawStream::connect(addr).await;
     s.send(&client_header(to)).await;
     s.expect_header().await;
@@ -209,11 +209,11 @@ async fn raw_tls(addr: SocketAddr, to: &str) -> (RawStream, String) {
     (s, features)
 }
 
-fn client_header(to: &str) -> String {
+pub(crate) fn client_header(to: &str) -> String {
     format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
 }
 
-fn plain_auth(user: &str, password: &str, extra: &str) -> String {
+pub(crate) fn plain_auth(user: &str, password: &str, extra: &str) -> String {
     let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     format!(
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'{extra}>{payload}</auth>"
@@ -221,7 +221,7 @@ fn plain_auth(user: &str, password: &str, extra: &str) -> String {
 }
 
 /// Restarts a raw stream that just succeeded with SASL, up to features that offer `<bind/>`.
-async fn raw_restart(s: &mut RawStream, to: &str) {
+pub(crate) async fn raw_restart(s: &mut RawStream, to: &str) {
     s.restart();
     s.send(&client_header(to)).await;
     s.expect_header().await;
@@ -233,7 +233,7 @@ async fn raw_restart(s: &mut RawStream, to: &str) {
 }
 
 /// Binds `resource` on a restarted raw stream; returns the bound JID.
-async fn raw_bind_resource(s: &mut RawStream, resource: &str) -> String {
+pub(crate) async fn raw_bind_resource(s: &mut RawStream, resource: &str) -> String {
     s.send(&format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
     let result = s.next().await;
     assert_eq!(result.type_(), Some("result"), "{}", text(result.raw()));
@@ -245,7 +245,7 @@ async fn raw_bind_resource(s: &mut RawStream, resource: &str) -> String {
 }
 
 /// Binds a resource on a raw stream that just succeeded with SASL; returns the bound JID.
-async fn raw_bind(s: &mut RawStream, to: &str) -> String {
+pub(crate) async fn raw_bind(s: &mut RawStream, to: &str) -> String {
     raw_restart(s, to).await;
     raw_bind_resource(s, "raw").await
 }
@@ -976,7 +976,7 @@ async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
 
 /// A raw client signed in as `user@domain` with PLAIN (the node must allow it), its stream
 /// restarted and not yet bound.
-async fn raw_signed_in(addr: SocketAddr, user: &str, password: &str) -> RawStream {
+pub(crate) async fn raw_signed_in(addr: SocketAddr, user: &str, password: &str) -> RawStream {
     let domain = user.split('@').nth(1).unwrap();
     let (mut s, _) = raw_tls(addr, domain).await;
     s.send(&plain_auth(user, password, "")).await;
@@ -989,14 +989,19 @@ async fn raw_signed_in(addr: SocketAddr, user: &str, password: &str) -> RawStrea
 }
 
 /// A raw client signed in with PLAIN (the node must allow it) and bound to `resource`.
-async fn raw_session(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawStream {
+pub(crate) async fn raw_session(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> RawStream {
     let mut s = raw_signed_in(addr, user, password).await;
     raw_bind_resource(&mut s, resource).await;
     s
 }
 
 /// Reads stanzas until one satisfies `pred`; panics after [`WAIT`].
-async fn next_matching(s: &mut RawStream, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn next_matching(s: &mut RawStream, pred: impl Fn(&str) -> bool) -> String {
     loop {
         let t = s.next_text().await;
         if pred(&t) {
@@ -1006,7 +1011,7 @@ async fn next_matching(s: &mut RawStream, pred: impl Fn(&str) -> bool) -> String
 }
 
 /// Asserts that nothing arrives for `ms` milliseconds.
-async fn silent(s: &mut RawStream, ms: u64) {
+pub(crate) async fn silent(s: &mut RawStream, ms: u64) {
     if let Ok(e) = tokio::time::timeout(Duration::from_millis(ms), s.event()).await {
         panic!("unexpected {e:?}");
     }

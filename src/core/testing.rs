@@ -1,0 +1,113 @@
+//! Test support for the core's unit tests: a core with no sockets whose sessions are channels
+//! the test reads, so that delivery rules run without a network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{CoreConfig, DomainConfig};
+use super::sasl::Credentials;
+use super::storage::{self, Storage};
+use super::{Core, Domains, Queued, SessionHandle};
+use crate::jid::Jid;
+use crate::tls::Tls;
+use crate::xml::stanza::{NsContext, Stanza};
+use crate::xml::{ns, Element};
+
+/// A core for `a.test` with no gateway link and no listeners: its sessions are channels
+/// the test reads, so delivery rules run without sockets.
+pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core> {
+    let config = CoreConfig {
+        database: dir.join("core.sqlite"),
+        domain: vec![DomainConfig {
+            name: "a.test".into(),
+            aliases: Vec::new(),
+        }],
+        session_queue: 4,
+        ..CoreConfig::default()
+    };
+    let tls = Tls::from_tls_config(&crate::config::TlsConfig {
+        webpki_roots: false,
+        ca_files: Vec::new(),
+        certificate: Vec::new(),
+    })
+    .unwrap();
+    let storage = Storage::open(&config.database).unwrap();
+    for u in users {
+        let u = u.to_string();
+        storage
+            .call(move |c| {
+                storage::create_account(c, &u, "a.test", &Credentials::derive("pw", 4096))
+            })
+            .await
+            .unwrap();
+    }
+    Arc::new(Core {
+        domains: Domains::from_config(&config),
+        config,
+        storage,
+        tls: Arc::new(tls),
+        links: HashMap::new(),
+        sessions: Mutex::new(HashMap::new()),
+        disco_items: Vec::new(),
+        shutdown: CancellationToken::new(),
+    })
+}
+
+/// The text of what a session's queue holds, oldest first.
+pub(crate) fn drain(rx: &mut mpsc::Receiver<Queued>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(q) = rx.try_recv() {
+        out.push(String::from_utf8(q.bytes.to_vec()).unwrap());
+    }
+    out
+}
+
+/// A session bound to `jid`, available with priority 0, whose queue holds `queue` stanzas.
+pub(crate) fn session(
+    core: &Core,
+    jid: &str,
+    queue: usize,
+) -> (
+    Arc<SessionHandle>,
+    CancellationToken,
+    mpsc::Receiver<Queued>,
+) {
+    let (tx, rx) = mpsc::channel(queue);
+    let jid = Jid::parse(jid).unwrap();
+    let account = jid.bare().to_string();
+    let (handle, kick) = core.register(jid, account, tx);
+    handle.presence().available = true;
+    (handle, kick, rx)
+}
+
+pub(crate) async fn offline(core: &Core, account: &str) -> Vec<String> {
+    let owner = account.to_owned();
+    core.storage
+        .call(move |c| storage::offline_messages(c, &owner))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| String::from_utf8(b).unwrap())
+        .collect()
+}
+
+pub(crate) fn ids(stanzas: &[String], name: &str) -> Vec<String> {
+    stanzas
+        .iter()
+        .filter(|s| s.starts_with(&format!("<{name} ")))
+        .map(|s| client_el(s).attr("id").unwrap_or_default().to_owned())
+        .collect()
+}
+
+pub(crate) fn client_el(raw: &str) -> Element {
+    let s = Stanza::parse(
+        Bytes::from(raw.to_owned()),
+        &NsContext::new(ns::CLIENT, &[]),
+    )
+    .unwrap();
+    s.element().unwrap()
+}
