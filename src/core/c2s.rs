@@ -31,9 +31,11 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::sasl::{ClientFirst, Mechanism, Plain, SaslError, ScramHash, ScramServer};
-use super::{storage, Core, Queued, SessionHandle};
+use super::sm::{self, Request};
+use super::{csi, storage, Core, Queued, SessionHandle};
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::new_stream_id;
 use crate::jid::Jid;
@@ -66,6 +68,10 @@ pub enum C2sError {
     /// The TLS handshake failed.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A stream management element broke XEP-0198 (its stream error has an
+    /// application-specific condition).
+    #[error(transparent)]
+    Sm(#[from] sm::SmError),
 }
 
 fn refused(condition: StreamErrorCondition, text: impl Into<String>) -> C2sError {
@@ -93,6 +99,15 @@ struct Bound {
     bind_request: Element,
 }
 
+/// How negotiation ended: a new session, or a detached one taken over (XEP-0198 §5).
+enum Negotiated {
+    Bound(Bound),
+    Resumed {
+        session: sm::Detached,
+        previd: String,
+    },
+}
+
 /// Serves one client connection.
 pub async fn handle(io: BoxTransport, peer: SocketAddr, core: Arc<Core>, direct_tls: bool) {
     let timeout = core.config.negotiation_timeout;
@@ -112,13 +127,18 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, core: Arc<Core>, direct_
     };
     let mut conn = Connection::new(io, peer, limits, ns::CLIENT);
     let result = tokio::time::timeout_at(deadline, negotiate(&mut conn, &core, direct_tls)).await;
-    let bound = match result {
-        Ok(Ok(b)) => b,
+    let negotiated = match result {
+        Ok(Ok(n)) => n,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "c2s stream refused: {e}");
             let (cond, text) = match &e {
                 C2sError::Refused { condition, text } => (condition.clone(), Some(text.clone())),
                 C2sError::Read(ReadError::Xml(x)) => (StreamErrorCondition::from(x), None),
+                C2sError::Sm(e) => {
+                    conn.send(&sm::stream_error(e));
+                    conn.close().await;
+                    return;
+                }
                 C2sError::Read(_) | C2sError::Tls(_) => return,
             };
             conn.fail(&cond, text.as_deref()).await;
@@ -130,7 +150,7 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, core: Arc<Core>, direct_
             return;
         }
     };
-    established(conn, bound, core).await;
+    established(conn, negotiated, core).await;
 }
 
 /// Steps 2–5 of the module docs.
@@ -138,7 +158,7 @@ async fn negotiate(
     conn: &mut Connection,
     core: &Core,
     mut secure: bool,
-) -> Result<Bound, C2sError> {
+) -> Result<Negotiated, C2sError> {
     let mut auth: Option<Authenticated> = None;
     loop {
         let domain = expect_stream_header(conn, core).await?;
@@ -176,9 +196,9 @@ async fn negotiate(
                 conn.restart();
             }
             Some(a) => {
-                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>");
+                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>");
                 conn.flush().await.map_err(ReadError::Io)?;
-                return expect_bind(conn, a).await;
+                return expect_bind(conn, core, a).await;
             }
         }
     }
@@ -477,10 +497,31 @@ async fn scram(
     })
 }
 
-/// Step 5: waits for `<bind/>`.
-async fn expect_bind(conn: &mut Connection, a: &Authenticated) -> Result<Bound, C2sError> {
+/// Step 5: waits for `<bind/>`, or for `<resume/>` (XEP-0198 §5) instead.
+async fn expect_bind(
+    conn: &mut Connection,
+    core: &Core,
+    a: &Authenticated,
+) -> Result<Negotiated, C2sError> {
+    let account = format!("{}@{}", a.local, a.canonical);
     loop {
         let s = next_stanza(conn).await?;
+        if s.ns() == sm::NS {
+            match sm::parse(&s) {
+                Ok(Request::Resume { previd, h }) => {
+                    if let Some(session) = resume(conn, core, &account, &previd, h).await? {
+                        return Ok(Negotiated::Resumed { session, previd });
+                    }
+                }
+                // §3: stream management is enabled on a bound session.
+                Ok(_) => {
+                    conn.send(&sm::failed(StanzaErrorCondition::UnexpectedRequest, None));
+                    conn.flush().await.map_err(ReadError::Io)?;
+                }
+                Err(e) => return Err(refused((&e).into(), e.to_string())),
+            }
+            continue;
+        }
         let el = s.element().map_err(ReadError::Xml)?;
         let bind = (s.kind() == Kind::Iq && el.attr("type") == Some("set"))
             .then(|| el.child("bind", NS_BIND))
@@ -498,11 +539,11 @@ async fn expect_bind(conn: &mut Connection, a: &Authenticated) -> Result<Bound, 
             .unwrap_or_else(|| format!("fedgate-{:08x}", rand::random::<u32>()));
         match Jid::parse(&format!("{}@{}/{}", a.local, a.presented, resource)) {
             Ok(jid) => {
-                return Ok(Bound {
+                return Ok(Negotiated::Bound(Bound {
                     jid,
-                    account: format!("{}@{}", a.local, a.canonical),
+                    account,
                     bind_request: el,
-                })
+                }))
             }
             Err(_) => {
                 // RFC 6120 §7.7.2.1: a resource we cannot accept is `bad-request`.
@@ -517,46 +558,127 @@ async fn expect_bind(conn: &mut Connection, a: &Authenticated) -> Result<Bound, 
     }
 }
 
+/// `<resume previd='…' h='…'/>`: the detached session, or `None` after `<failed/>` (the
+/// client may bind a new session then).
+async fn resume(
+    conn: &mut Connection,
+    core: &Core,
+    account: &str,
+    previd: &str,
+    h: u32,
+) -> Result<Option<sm::Detached>, C2sError> {
+    let session = match core.take_for_resume(previd, account).await {
+        Ok(session) => session,
+        Err(why) => {
+            tracing::debug!(peer = %conn.peer, %account, ?why, "c2s resumption refused");
+            conn.send(&sm::failed(StanzaErrorCondition::ItemNotFound, None));
+            conn.flush().await.map_err(ReadError::Io)?;
+            return Ok(None);
+        }
+    };
+    let acknowledged = session.shared.out().acknowledge(h);
+    if let Err(e) = acknowledged {
+        // The client's count cannot be trusted: the session ends for good, and what it did
+        // not acknowledge is re-routed.
+        let mut unwritten: Vec<Queued> = session.shared.out().unacked.drain(..).collect();
+        unwritten.extend(session.pending);
+        core.session_ended(&session.handle, Some(session.queue), unwritten)
+            .await;
+        return Err(C2sError::Sm(e));
+    }
+    Ok(Some(session))
+}
+
 /// How the reader tells the writer to end.
 enum End {
     /// The client closed its stream: close ours.
     Closed,
     /// End with this stream error.
     Fail(StreamErrorCondition, Option<String>),
+    /// End with this stream error, already written out (one with an application-specific
+    /// condition).
+    FailWith(Vec<u8>),
     /// The connection is gone: nothing to write.
     Gone,
 }
 
-/// The established session: registered, the bind answered, stanzas both ways.
-async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
+/// What the writer hands back when it stops: the session's queue, and what it had taken
+/// from the queue but not written (presences held for an inactive client).
+type Leftovers = (mpsc::Receiver<Queued>, Vec<Queued>);
+
+/// The established session: registered (or resumed), stanzas both ways.
+async fn established(mut conn: Connection, negotiated: Negotiated, core: Arc<Core>) {
     let peer = conn.peer;
     conn.set_limits(Limits {
         max_stanza_bytes: core.config.max_stanza_bytes,
         ..Limits::default()
     });
-    let (tx, rx) = mpsc::channel(core.config.session_queue);
-    let (handle, kick) = core.register(bound.jid.clone(), bound.account, tx);
-    // Like RFC 6120 §7.6.1's example: no 'from' or 'to' before the client knows its address.
-    let mut result = Element::new("iq", ns::CLIENT).with_attr("type", "result");
-    if let Some(id) = bound.bind_request.attr("id") {
-        result.set_attr("id", id);
-    }
-    let result = result.with_child(
-        Element::new("bind", NS_BIND)
-            .with_child(Element::new("jid", NS_BIND).with_text(bound.jid.to_string())),
-    );
-    conn.send(&result.to_bytes());
+    let (handle, rx, shared, pending, mut sm_id) = match negotiated {
+        Negotiated::Bound(bound) => {
+            let (tx, rx) = mpsc::channel(core.config.session_queue);
+            let (handle, _) = core.register(bound.jid.clone(), bound.account, tx);
+            // Like RFC 6120 §7.6.1's example: no 'from' or 'to' before the client knows its
+            // address.
+            let mut result = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+            if let Some(id) = bound.bind_request.attr("id") {
+                result.set_attr("id", id);
+            }
+            let result = result.with_child(
+                Element::new("bind", NS_BIND)
+                    .with_child(Element::new("jid", NS_BIND).with_text(bound.jid.to_string())),
+            );
+            conn.send(&result.to_bytes());
+            let shared = sm::Shared::new(false, 0, sm::Outbound::default());
+            (handle, rx, shared, Vec::new(), None)
+        }
+        Negotiated::Resumed { session, previd } => {
+            let h = session.shared.h.load(std::sync::atomic::Ordering::Relaxed);
+            conn.send(&sm::resumed(&previd, h));
+            tracing::info!(%peer, jid = %session.handle.jid, "c2s session resumed");
+            (
+                session.handle,
+                session.queue,
+                session.shared,
+                session.pending,
+                Some(previd),
+            )
+        }
+    };
     if conn.flush().await.is_err() {
         // Anything queued for it meanwhile is re-routed.
-        core.session_ended(&handle, Some(rx)).await;
+        end_for_good(
+            &core,
+            &handle,
+            &shared,
+            sm_id.as_deref(),
+            Some((rx, pending)),
+        )
+        .await;
         return;
     }
-    tracing::debug!(%peer, jid = %bound.jid, "c2s session bound");
+    tracing::debug!(%peer, jid = %handle.jid, "c2s session bound");
+    let takeover = CancellationToken::new();
+    if let Some(id) = &sm_id {
+        core.resume_table
+            .live(id, &handle.account, takeover.clone());
+    }
     let (mut reader, writer) = conn.split();
     let (end_tx, end_rx) = oneshot::channel();
-    let (queue_tx, queue_rx) = oneshot::channel();
-    let writer_task = tokio::spawn(write_loop(writer, rx, end_rx, queue_tx));
+    let (back_tx, back_rx) = oneshot::channel();
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        rx,
+        pending,
+        end_rx,
+        back_tx,
+        shared.clone(),
+        core.config.session_queue,
+    ));
+    let ack_timeout = core.config.ack_timeout;
+    let kick = handle.kick.clone();
     let end = loop {
+        // An <r/> of ours unanswered for ack_timeout: the connection is dead.
+        let ack_due = shared.out().requested_at.map(|at| at + ack_timeout);
         let event = tokio::select! {
             _ = kick.cancelled() => {
                 let (cond, text) = handle
@@ -568,11 +690,40 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
                 break End::Fail(cond, Some(text));
             }
             _ = core.shutdown.cancelled() => break End::Fail(StreamErrorCondition::SystemShutdown, None),
+            _ = takeover.cancelled() => break End::Fail(
+                StreamErrorCondition::Conflict,
+                Some("the session was resumed on another stream".into()),
+            ),
+            _ = tokio::time::sleep_until(ack_due.unwrap_or_else(|| tokio::time::Instant::now() + ack_timeout)) => {
+                if ack_due.is_some() {
+                    tracing::debug!(%peer, jid = %handle.jid, "no acknowledgement in {ack_timeout:?}: the connection is taken for dead");
+                    break End::Gone;
+                }
+                continue;
+            }
             e = reader.next_event() => e,
         };
         match event {
             Ok(Event::Stanza(s)) => match s.kind() {
-                Kind::Message | Kind::Presence | Kind::Iq => core.client_stanza(&handle, s).await,
+                Kind::Message | Kind::Presence | Kind::Iq => {
+                    core.client_stanza(&handle, s).await;
+                    shared.handled();
+                }
+                _ if s.ns() == sm::NS => {
+                    match stream_management(&core, &handle, &shared, &s, &mut sm_id, &takeover) {
+                        Ok(()) => {}
+                        Err(e) => break End::FailWith(sm::stream_error(&e)),
+                    }
+                }
+                _ if s.ns() == csi::NS && matches!(s.name(), "active" | "inactive") => {
+                    let inactive = s.name() == "inactive";
+                    shared
+                        .inactive
+                        .store(inactive, std::sync::atomic::Ordering::Relaxed);
+                    if !inactive {
+                        shared.wake.notify_one();
+                    }
+                }
                 _ => {
                     break End::Fail(
                         StreamErrorCondition::UnsupportedStanzaType,
@@ -591,61 +742,286 @@ async fn established(mut conn: Connection, bound: Bound, core: Arc<Core>) {
             Err(_) => break End::Gone,
         }
     };
-    // Out of the table first, so that nothing new is meant for this session, then the writer
-    // stops taking from the queue and hands back what it never took, to be re-routed.
-    core.unregister(&handle);
+    // A lost connection (or one a resumption took over) leaves a resumable session
+    // detached; anything else ends it for good.
+    let detach = match (&end, &sm_id) {
+        (End::Gone, Some(_)) => true,
+        (End::Fail(StreamErrorCondition::Conflict, _), Some(_)) => takeover.is_cancelled(),
+        _ => false,
+    };
+    if !detach {
+        // Out of the table first, so that nothing new is meant for this session, then the
+        // writer stops taking from the queue and hands back what it never took.
+        core.unregister(&handle);
+    }
     let _ = end_tx.send(end);
-    let queue = queue_rx.await.ok();
-    core.session_ended(&handle, queue).await;
+    let leftovers = back_rx.await.ok();
+    match (detach, sm_id, leftovers) {
+        (true, Some(id), Some((queue, pending))) => {
+            core.detach(
+                id,
+                sm::Detached {
+                    handle: handle.clone(),
+                    queue,
+                    shared: shared.clone(),
+                    pending,
+                },
+            );
+        }
+        (_, id, leftovers) => {
+            end_for_good(&core, &handle, &shared, id.as_deref(), leftovers).await;
+        }
+    }
     let _ = writer_task.await;
-    tracing::debug!(%peer, jid = %bound.jid, "c2s session ended");
+    tracing::debug!(%peer, jid = %handle.jid, detached = detach, "c2s connection ended");
 }
 
-/// Drains the session's queue to the client in batches until the session ends, then hands the
-/// queue back through `queue_tx`: stanzas it never took are not written to a stream that is
-/// ending (a client gone, too slow, replaced, or closing) but re-routed by
-/// [`Core::session_ended`]. A batch already being written is finished, bounded in time by the
-/// stream's close; without XEP-0198 on c2s, bytes handed to the socket are the client's.
+/// The session ends for good: not resumable any more, and everything the client did not
+/// acknowledge or never got is re-routed (`Core::session_ended`).
+async fn end_for_good(
+    core: &Core,
+    handle: &Arc<SessionHandle>,
+    shared: &sm::Shared,
+    sm_id: Option<&str>,
+    leftovers: Option<Leftovers>,
+) {
+    if let Some(id) = sm_id {
+        core.resume_table.forget(id);
+    }
+    let mut unwritten: Vec<Queued> = shared.out().unacked.drain(..).collect();
+    let queue = leftovers.map(|(queue, mut pending)| {
+        unwritten.append(&mut pending);
+        queue
+    });
+    core.session_ended(handle, queue, unwritten).await;
+}
+
+/// An XEP-0198 element from a bound client (module docs of [`sm`], steps 2–4). `Err` ends
+/// the stream.
+fn stream_management(
+    core: &Core,
+    handle: &SessionHandle,
+    shared: &sm::Shared,
+    s: &Stanza,
+    sm_id: &mut Option<String>,
+    takeover: &CancellationToken,
+) -> Result<(), sm::SmError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match sm::parse(s)? {
+        Request::Enable { resume } => {
+            if shared.is_enabled() {
+                shared.control(sm::failed(StanzaErrorCondition::UnexpectedRequest, None));
+                return Ok(());
+            }
+            let resume_timeout = core.config.resume_timeout;
+            let id = (resume && !resume_timeout.is_zero()).then(new_stream_id);
+            let max = s
+                .attr("max")
+                .and_then(|m| m.trim().parse::<u64>().ok())
+                .map_or(resume_timeout, |m| {
+                    resume_timeout.min(std::time::Duration::from_secs(m.max(1)))
+                });
+            if let Some(id) = &id {
+                core.resume_table
+                    .live(id, &handle.account, takeover.clone());
+            }
+            // Counting starts here both ways: ours once the writer has written <enabled/>.
+            shared.enabled.store(true, Relaxed);
+            shared.control_enable(sm::enabled(id.as_deref(), max));
+            *sm_id = id;
+        }
+        Request::Resume { .. } => {
+            shared.control(sm::failed(StanzaErrorCondition::UnexpectedRequest, None));
+        }
+        Request::AckRequest => {
+            if shared.is_enabled() {
+                shared.answer.store(true, Relaxed);
+                shared.wake.notify_one();
+            }
+        }
+        Request::Ack { h } => {
+            if shared.is_enabled() {
+                shared.out().acknowledge(h)?;
+                shared.wake.notify_one();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drains the session's queue to the client in batches until the session ends, then hands
+/// the queue back through `back_tx` with what it took and did not write: stanzas it never
+/// wrote are not written to a stream that is ending (a client gone, too slow, replaced, or
+/// closing) but re-routed by [`Core::session_ended`] or kept for a resumption. A batch
+/// already being written is finished, bounded in time by the stream's close.
+///
+/// With XEP-0198, every stanza written is kept until acknowledged (at most `max_unacked`;
+/// then the queue waits), and each batch ends with `<r/>` when none is in flight; `pending`
+/// (from a resumed session) and the unacknowledged stanzas are written first. With
+/// XEP-0352, presence updates for an inactive client are held ([`csi::Held`]).
 async fn write_loop(
     mut writer: Writer,
     mut rx: mpsc::Receiver<Queued>,
+    pending: Vec<Queued>,
     mut end_rx: oneshot::Receiver<End>,
-    queue_tx: oneshot::Sender<mpsc::Receiver<Queued>>,
+    back_tx: oneshot::Sender<Leftovers>,
+    shared: Arc<sm::Shared>,
+    max_unacked: usize,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Batch {
+        writer: &mut writer,
+        shared: &shared,
+        held: csi::Held::default(),
+        counting: shared.is_enabled(),
+        wrote: false,
+    };
+    // A resumed session: what the client did not acknowledge goes again, as it was.
+    for q in shared.out().unacked.iter() {
+        out.writer.send(&q.bytes);
+        out.wrote = true;
+    }
+    for q in pending {
+        out.write(q);
+    }
     let end = loop {
+        out.finish_batch();
+        if out.writer.pending() > 0 {
+            // A client that does not read keeps this flush waiting; the session's end must
+            // not wait for it. `Writer::flush` is cancel-safe: what it did not write stays.
+            tokio::select! {
+                written = out.writer.flush() => {
+                    if written.is_err() {
+                        // The reader sees the connection go too.
+                        break (&mut end_rx).await.unwrap_or(End::Gone);
+                    }
+                }
+                end = &mut end_rx => break end.unwrap_or(End::Gone),
+            }
+        }
+        let room = !out.counting || shared.out().unacked.len() < max_unacked;
         let next = tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Gone),
-            next = rx.recv() => next,
+            _ = shared.wake.notified() => None,
+            next = rx.recv(), if room => match next {
+                Some(q) => Some(q),
+                None => break (&mut end_rx).await.unwrap_or(End::Gone),
+            },
         };
-        let Some(first) = next else {
-            break (&mut end_rx).await.unwrap_or(End::Gone);
-        };
-        writer.send(&first.bytes);
-        while writer.pending() < BATCH_BYTES {
+        out.controls();
+        if let Some(first) = next {
+            out.take(first);
+        }
+        while out.writer.pending() < BATCH_BYTES
+            && (!out.counting || shared.out().unacked.len() < max_unacked)
+        {
             match rx.try_recv() {
-                Ok(q) => writer.send(&q.bytes),
+                Ok(q) => out.take(q),
                 Err(_) => break,
             }
         }
-        // A client that does not read keeps this flush waiting; the session's end must not
-        // wait for it. `Writer::flush` is cancel-safe: what it did not write stays queued.
-        tokio::select! {
-            written = writer.flush() => {
-                if written.is_err() {
-                    // The reader sees the connection go too (or the queue fills).
-                    let _ = (&mut end_rx).await;
-                    let _ = queue_tx.send(rx);
-                    return;
-                }
+        if !shared.inactive.load(Relaxed) {
+            for q in out.held.take() {
+                out.write(q);
             }
-            end = &mut end_rx => break end.unwrap_or(End::Gone),
         }
     };
-    let _ = queue_tx.send(rx);
+    let held = out.held.take();
+    if out.held.collapsed > 0 {
+        tracing::debug!(
+            collapsed = out.held.collapsed,
+            saved_bytes = out.held.saved_bytes,
+            "presence updates not written to an inactive client"
+        );
+    }
+    let final_ack = out.counting.then(|| sm::ack(shared.h.load(Relaxed)));
+    drop(out);
+    let _ = back_tx.send((rx, held));
     match end {
-        End::Closed => writer.close().await,
-        End::Fail(cond, text) => writer.fail(&cond, text.as_deref()).await,
+        End::Closed => {
+            if let Some(a) = final_ack {
+                writer.send(&a);
+            }
+            writer.close().await
+        }
+        End::Fail(cond, text) => {
+            if let Some(a) = final_ack {
+                writer.send(&a);
+            }
+            writer.fail(&cond, text.as_deref()).await
+        }
+        End::FailWith(bytes) => {
+            writer.send(&bytes);
+            writer.close().await
+        }
         End::Gone => {}
+    }
+}
+
+/// One batch being put together for the client.
+struct Batch<'a> {
+    writer: &'a mut Writer,
+    shared: &'a sm::Shared,
+    held: csi::Held,
+    /// `<enabled/>` was written: every stanza written from now on waits for its
+    /// acknowledgement.
+    counting: bool,
+    /// Stanzas went into the batch (they want an `<r/>` after them).
+    wrote: bool,
+}
+
+impl Batch<'_> {
+    /// Writes what the reader asked for (`<enabled/>`, `<failed/>`), in order.
+    fn controls(&mut self) {
+        for c in self.shared.take_controls() {
+            if c.starts_counting {
+                self.counting = true;
+            }
+            self.writer.send(&c.bytes);
+        }
+    }
+
+    /// A stanza from the queue: held for an inactive client if it is a presence update,
+    /// else written (after the held ones, so that the client sees them in order).
+    fn take(&mut self, q: Queued) {
+        if !self
+            .shared
+            .inactive
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return self.write(q);
+        }
+        if let Err(q) = self.held.hold(q) {
+            for h in self.held.take() {
+                self.write(h);
+            }
+            self.write(q);
+        }
+    }
+
+    fn write(&mut self, q: Queued) {
+        self.writer.send(&q.bytes);
+        self.wrote = true;
+        if self.counting {
+            self.shared.out().unacked.push_back(q);
+        }
+    }
+
+    /// The batch's last bytes: `<a/>` if the client asked, `<r/>` if stanzas went out and
+    /// none is in flight.
+    fn finish_batch(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.controls();
+        if self.shared.answer.swap(false, Relaxed) {
+            self.writer.send(&sm::ack(self.shared.h.load(Relaxed)));
+        }
+        if std::mem::take(&mut self.wrote) && self.counting {
+            let mut out = self.shared.out();
+            if !out.unacked.is_empty() && out.requested_at.is_none() {
+                out.requested_at = Some(tokio::time::Instant::now());
+                self.writer.send(sm::REQUEST);
+            }
+        }
     }
 }
 

@@ -49,6 +49,19 @@ pub struct CoreConfig {
     /// Stanzas that may wait for one client session; a client that lets more pile up is too
     /// slow and is disconnected with `<resource-constraint/>`. Default `1024`.
     pub session_queue: usize,
+    /// How long a client session whose connection was lost stays signed in, waiting for the
+    /// client to resume it (XEP-0198). Default `"5m"`. Meanwhile its contacts see it online
+    /// and stanzas for it wait in its queue; after that it ends and what it had not
+    /// acknowledged goes to another resource or to offline storage. `"0s"` turns resumption
+    /// off (acknowledgements stay on).
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
+    /// How long an acknowledgement request (XEP-0198 `<r/>`) may go unanswered before the
+    /// connection is taken for dead and the session detached (or ended, without
+    /// resumption). Default `"60s"`; at least 1s. Shorter finds dead mobile connections
+    /// sooner but may drop clients on slow networks.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
     /// Most offline messages kept per account; more are bounced with
     /// `<service-unavailable/>`. Default `1000`.
     pub offline_max: usize,
@@ -74,6 +87,8 @@ impl Default for CoreConfig {
             max_negotiation_stanza_bytes: 16 * 1024,
             max_connections: 10_000,
             session_queue: 1024,
+            resume_timeout: Duration::from_secs(300),
+            ack_timeout: Duration::from_secs(60),
             offline_max: 1000,
             disco_items: Vec::new(),
             domain: Vec::new(),
@@ -326,6 +341,13 @@ impl CoreConfig {
                 "core.negotiation_timeout",
                 "zero",
                 "set a duration such as \"30s\"",
+            ));
+        }
+        if self.ack_timeout < Duration::from_secs(1) {
+            problems.push(invalid(
+                "core.ack_timeout",
+                "shorter than one second",
+                "set a duration such as \"60s\"",
             ));
         }
         let mut addrs: Vec<(String, SocketAddr)> = Vec::new();

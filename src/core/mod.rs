@@ -5,6 +5,9 @@
 //! - [`config`]: `[core]`, `[[core.domain]]`, and the standalone file (`[gateway]`, `[tls]`).
 //! - [`c2s`]: client streams: STARTTLS (required) or direct TLS, SASL, resource binding.
 //! - [`sasl`]: SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN, sans I/O; credentials as salted keys.
+//! - `sm`: XEP-0198 stream management on client streams: acknowledgements, detached sessions
+//!   and their resumption.
+//! - `csi`: XEP-0352 client state indication: presence updates held for inactive clients.
 //! - [`roster`]: roster items and the RFC 6121 subscription state machine, sans I/O.
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
@@ -26,10 +29,12 @@
 pub mod accounts;
 pub mod c2s;
 pub mod config;
+mod csi;
 mod disco;
 mod presence;
 pub mod roster;
 pub mod sasl;
+mod sm;
 mod stanzas;
 pub mod storage;
 
@@ -116,8 +121,10 @@ pub struct Core {
     /// The component link per served domain and alias: stanzas to other domains leave
     /// through the link of their sender's domain.
     links: HashMap<String, Sender>,
-    /// Signed-in sessions by canonical bare JID (`user@domain`).
+    /// Signed-in sessions by canonical bare JID (`user@domain`), detached ones included.
     sessions: Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>,
+    /// XEP-0198 sessions that can be resumed, connected or detached.
+    resume_table: sm::ResumeTable,
     /// Items for disco#items on our domains.
     disco_items: Vec<String>,
     pub shutdown: CancellationToken,
@@ -150,6 +157,9 @@ pub(crate) struct Queued {
     /// The same bytes went to the account's other available resources too (a message to the
     /// bare JID, RFC 6121 §8.5.2.1.1): if one of them is still there, it has its copy already.
     pub shared: bool,
+    /// For a presence update (available or unavailable), its sender: an inactive client
+    /// (XEP-0352) gets only the newest one per sender ([`csi::Held`]).
+    pub presence_from: Option<Box<str>>,
 }
 
 /// A session's presence, as RFC 6121 §4 needs it.
@@ -174,6 +184,7 @@ impl SessionHandle {
         self.queue(Queued {
             bytes,
             shared: false,
+            presence_from: None,
         });
     }
 
@@ -183,6 +194,7 @@ impl SessionHandle {
         self.queue(Queued {
             bytes,
             shared: true,
+            presence_from: None,
         });
     }
 
@@ -211,8 +223,16 @@ impl SessionHandle {
         }
     }
 
+    /// Queues an element; a presence update is marked as one, for XEP-0352.
     pub fn send_element(&self, el: &Element) {
-        self.send(Bytes::from(el.to_bytes()));
+        let update = el.name == "presence"
+            && matches!(el.attr("type"), None | Some("unavailable"))
+            && el.ns == ns::CLIENT;
+        self.queue(Queued {
+            bytes: Bytes::from(el.to_bytes()),
+            shared: false,
+            presence_from: update.then(|| el.attr("from").unwrap_or_default().into()),
+        });
     }
 
     /// Ends the session with a stream error.
@@ -291,6 +311,7 @@ pub async fn start(
         tls,
         links,
         sessions: Mutex::new(HashMap::new()),
+        resume_table: sm::ResumeTable::default(),
         disco_items,
         shutdown: CancellationToken::new(),
     });
@@ -542,14 +563,16 @@ impl Core {
         }
     }
 
-    /// A session ended: it is forgotten, unavailable presence goes out for it, and what its
-    /// queue still held (`queue`, the receiver its writer gave back; `None` if the session
-    /// never started writing) is re-routed with the stanzas the queue refused, oldest first
-    /// ([`Core::reroute_unwritten`]).
+    /// A session ended for good: it is forgotten, unavailable presence goes out for it, and
+    /// what the client never acknowledged (`unacked`, XEP-0198: written but maybe never
+    /// received), then what its queue still held (`queue`, the receiver its writer gave back;
+    /// `None` if the session never started writing), then the stanzas the queue refused are
+    /// re-routed, oldest first ([`Core::reroute_unwritten`]).
     pub(crate) async fn session_ended(
         &self,
         handle: &Arc<SessionHandle>,
         queue: Option<mpsc::Receiver<Queued>>,
+        unacked: Vec<Queued>,
     ) {
         let was_available = handle.is_available();
         self.unregister(handle);
@@ -559,7 +582,7 @@ impl Core {
                 .with_attr("type", "unavailable");
             self.broadcast_presence(handle, unavailable, false).await;
         }
-        let mut unwritten = Vec::new();
+        let mut unwritten = unacked;
         if let Some(mut rx) = queue {
             // Closed first, so that what arrives from now on lands in `refused`.
             rx.close();

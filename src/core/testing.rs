@@ -52,6 +52,7 @@ pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core
         tls: Arc::new(tls),
         links: HashMap::new(),
         sessions: Mutex::new(HashMap::new()),
+        resume_table: Default::default(),
         disco_items: Vec::new(),
         shutdown: CancellationToken::new(),
     })

@@ -39,7 +39,7 @@ async fn what_a_kicked_session_never_wrote_is_rerouted_or_bounced() {
     );
     // bob has another resource when the slow one's session ends.
     let (_other, _, mut other_rx) = session(&core, "bob@a.test/other", 16);
-    core.session_ended(&slow, Some(slow_rx)).await;
+    core.session_ended(&slow, Some(slow_rx), Vec::new()).await;
     // chat and normal messages reach it, in order (RFC 6121 §8.5.3.2.1 for the full JID);
     let got = drain(&mut other_rx);
     assert_eq!(ids(&got, "message"), ["c1", "n2", "c9"], "{got:?}");
@@ -71,7 +71,7 @@ async fn a_shared_copy_is_not_sent_twice_and_the_last_one_goes_offline_once_stam
     ))
     .await;
     // a ends before writing it: b has its own copy, so it gets no second one.
-    core.session_ended(&a, Some(a_rx)).await;
+    core.session_ended(&a, Some(a_rx), Vec::new()).await;
     let mut b_queue = Vec::new();
     while let Ok(q) = b_rx.try_recv() {
         b_queue.push(q);
@@ -96,14 +96,14 @@ async fn a_shared_copy_is_not_sent_twice_and_the_last_one_goes_offline_once_stam
     for q in b_queue {
         tx.try_send(q).unwrap();
     }
-    core.session_ended(&b, Some(b_rx)).await;
+    core.session_ended(&b, Some(b_rx), Vec::new()).await;
     let stored = offline(&core, "bob@a.test").await;
     assert_eq!(ids(&stored, "message"), ["s1", "f2"], "{stored:?}");
     // Delivered from storage to a session that ends before writing them, they are stored
     // again with their first <delay/> only.
     let (c, _, c_rx) = session(&core, "bob@a.test/c", 8);
     core.deliver_offline(&c).await;
-    core.session_ended(&c, Some(c_rx)).await;
+    core.session_ended(&c, Some(c_rx), Vec::new()).await;
     let again = offline(&core, "bob@a.test").await;
     assert_eq!(ids(&again, "message"), ["s1", "f2"], "{again:?}");
     for m in &again {

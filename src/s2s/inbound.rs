@@ -924,7 +924,7 @@ impl Inbound {
             },
             Request::Ack { h } => {
                 if negotiated {
-                    sm::check_handled(h, 0).map_err(|e| Some(refuse_sm(&e)))?;
+                    sm::check_handled(h, 0, 0).map_err(|e| Some(refuse_sm(&e)))?;
                 }
             }
         }

@@ -326,10 +326,11 @@ pub fn parse(stanza: &Stanza) -> Result<Request, SmError> {
     }
 }
 
-/// Checks an `h` the peer reports for our stanzas: it may not exceed what we sent, counted
-/// modulo 2^32 like `h` itself. On an inbound s2s stream we send no stanzas, so `sent` is 0.
-pub fn check_handled(h: u32, sent: u32) -> Result<(), SmError> {
-    if h == sent {
+/// Checks an `h` the peer reports for our stanzas: it lies between what the peer
+/// acknowledged before (`acked`) and what we sent (`sent`), counted modulo 2^32 like `h`
+/// itself (XEP-0198 §4). On an inbound s2s stream we send no stanzas, so both are 0 there.
+pub fn check_handled(h: u32, acked: u32, sent: u32) -> Result<(), SmError> {
+    if h.wrapping_sub(acked) <= sent.wrapping_sub(acked) {
         Ok(())
     } else {
         Err(SmError::HandledCountTooHigh { h, sent })
@@ -633,11 +634,31 @@ mod tests {
 
     #[test]
     fn a_peer_may_acknowledge_only_what_was_sent() {
-        assert_eq!(check_handled(0, 0), Ok(()));
-        assert_eq!(check_handled(5, 5), Ok(()));
+        assert_eq!(check_handled(0, 0, 0), Ok(()));
+        assert_eq!(check_handled(5, 0, 5), Ok(()));
+        // Part of what was sent: allowed (h == sent would refuse it).
+        assert_eq!(check_handled(3, 0, 5), Ok(()));
         assert_eq!(
-            check_handled(1, 0),
+            check_handled(1, 0, 0),
             Err(SmError::HandledCountTooHigh { h: 1, sent: 0 })
+        );
+        assert_eq!(
+            check_handled(6, 0, 5),
+            Err(SmError::HandledCountTooHigh { h: 6, sent: 5 })
+        );
+        // Less than acknowledged before is no count at all.
+        assert_eq!(
+            check_handled(2, 3, 5),
+            Err(SmError::HandledCountTooHigh { h: 2, sent: 5 })
+        );
+        // Across the wrap at 2^32: 4 sent since u32::MAX - 1 was acknowledged.
+        let acked = u32::MAX - 1;
+        let sent = acked.wrapping_add(4);
+        assert_eq!(check_handled(u32::MAX, acked, sent), Ok(()));
+        assert_eq!(check_handled(2, acked, sent), Ok(()));
+        assert_eq!(
+            check_handled(3, acked, sent),
+            Err(SmError::HandledCountTooHigh { h: 3, sent })
         );
     }
 

@@ -1043,8 +1043,8 @@ async fn binding_rules_conflicts_and_unsupported_elements() {
     s.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
         .await;
     assert!(s.next_text().await.contains("<jid>alice@a.test/fedgate-"));
-    // Elements we do not support after binding (no XEP-0198 on c2s) end the stream.
-    second.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    // Elements that are no stanza and no nonza we know end the stream.
+    second.send("<unknown xmlns='urn:example:nonza'/>").await;
     assert_eq!(
         second.expect_stream_error().await,
         "unsupported-stanza-type"
