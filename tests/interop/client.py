@@ -13,7 +13,8 @@ server's certificate against that CA for the JID's domain (without it the certif
 checked: the interop peers' c2s certificates are self-signed); --mode starttls|direct (XEP-0368);
 --mech forces a SASL mechanism; --like-a-user gets the roster and sends initial presence before
 reporting online, and accepts subscription requests (asking back), as a person clicking "allow"
-would; without it the test does each of these itself.
+would; without it the test does each of these itself. --sm enables XEP-0198 stream management
+with resumption (slixmpp's xep_0198).
 
 Commands (stdin), each run as its own task in the order read; {"event": "done", "cmd": C}
 follows when it completed:
@@ -29,6 +30,8 @@ follows when it completed:
   {"cmd": "iq", "to": JID, "xml": "<query xmlns='...'/>", "type": "get"}
   {"cmd": "disco", "to": JID, "tag": T}                   disco#info get
   {"cmd": "ping", "to": JID, "tag": T}                    XEP-0199 ping
+  {"cmd": "drop"}              the connection is lost (aborted, no close), then the client
+                               connects again and resumes (with --sm) as a phone does
   {"cmd": "quit"}                                         (also at the end of stdin)
 
 Events (stdout):
@@ -42,6 +45,7 @@ Events (stdout):
    "identities": [[category, type, name]], "features": [...]}     (disco and ping)
   {"event": "sent", "prefix": P, "count": N}
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
+  {"event": "resumed"}  / {"event": "sm_failed"}   (after a drop, with --sm)
   {"event": "disconnected", "reason": ...}
   {"event": "failed", "why": ...}   sign-in failed ("auth": wrong credentials)
   {"event": "connect_failed", "why": ...}   a connection attempt failed (slixmpp retries)
@@ -98,6 +102,13 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0030")  # disco: answers disco#info, asks it
         self.register_plugin("xep_0199", {"keepalive": False})  # answers and sends pings
         self.register_plugin("xep_0203")  # delayed delivery
+        # A lost connection that the test made on purpose ("drop") is reconnected, not the end.
+        self.dropping = False
+        self.reading = False
+        if args.sm:
+            self.register_plugin("xep_0198")
+            self.add_event_handler("session_resumed", lambda _: emit(event="resumed"))
+            self.add_event_handler("sm_failed", lambda _: emit(event="sm_failed"))
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("auth_success", self.on_auth)
         # slixmpp raises "message" for messages with a body (errors included) and
@@ -123,7 +134,10 @@ class Client(slixmpp.ClientXMPP):
             await self.get_roster()
             self.send_presence()
         emit(event="online", jid=str(self.boundjid), mechanism=self.mechanism)
-        self.spawn(commands(self))
+        # A new session after a drop that could not be resumed reads no second command loop.
+        if not self.reading:
+            self.reading = True
+            self.spawn(commands(self))
 
     def spawn(self, coroutine):
         task = asyncio.ensure_future(coroutine)
@@ -168,6 +182,11 @@ class Client(slixmpp.ClientXMPP):
             )
 
     def on_disconnected(self, reason):
+        if self.dropping:
+            self.dropping = False
+            host, port = self.custom_address
+            self.connect(host=host, port=port)
+            return
         emit(event="disconnected", reason=str(reason))
         if not self.done.done():
             self.done.set_result(None)
@@ -235,6 +254,9 @@ class Client(slixmpp.ClientXMPP):
                     emit(event="iq_result", type="timeout", xml="")
             elif kind in ("disco", "ping"):
                 await self.query(kind, cmd["to"], cmd["tag"])
+            elif kind == "drop":
+                self.dropping = True
+                self.abort()
             elif kind == "quit":
                 self.disconnect(wait=2.0)
                 return
@@ -294,6 +316,7 @@ async def main():
     parser.add_argument("--mode", choices=["starttls", "direct"], default="starttls")
     parser.add_argument("--mech", default=None)
     parser.add_argument("--like-a-user", action="store_true")
+    parser.add_argument("--sm", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(

@@ -76,6 +76,12 @@ impl Login {
         self.arg(&["--mech", mechanism])
     }
 
+    /// Enables XEP-0198 stream management (slixmpp's xep_0198, with resumption), as mobile
+    /// clients do.
+    pub fn stream_management(self) -> Login {
+        self.arg(&["--sm"])
+    }
+
     /// Gets the roster and sends initial presence before it reports online, and accepts
     /// subscription requests (asking back), as a person would; without it the test does each.
     pub fn like_a_user(self) -> Login {
