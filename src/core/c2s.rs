@@ -9,8 +9,10 @@
 //!    `<auth/>` gets `<failure><encryption-required/></failure>`, anything else ends the
 //!    stream with `<policy-violation/>`. After `<proceed/>` the TLS handshake runs, bytes read
 //!    before it are discarded (STARTTLS command injection), and the stream restarts.
-//! 4. `ExpectAuth`: SASL ([`super::sasl`]): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN only when
-//!    `allow_plain`. A bad attempt gets `<failure/>` and another try, up to
+//! 4. `ExpectAuth`: SASL ([`super::sasl`]): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS when the
+//!    TLS connection has a channel binding (`tls-exporter` on TLS 1.3, `tls-server-end-point`
+//!    for most certificates; listed with XEP-0440), SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN
+//!    only when `allow_plain`. A bad attempt gets `<failure/>` and another try, up to
 //!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. Google's JID domain discovery: an
 //!    `<auth/>` with `client-uses-full-bind-result='true'` is bound under the account's
 //!    canonical domain, not the alias it signed in with. Success restarts the stream.
@@ -33,12 +35,13 @@ use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::sasl::{ClientFirst, Mechanism, Plain, SaslError, ScramHash, ScramServer};
+use super::sasl::{binding_for, ClientFirst, Mechanism, Plain, SaslError, ScramServer};
 use super::sm::{self, Request};
 use super::{csi, storage, Core, Queued, SessionHandle};
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::new_stream_id;
 use crate::jid::Jid;
+use crate::tls::ChannelBindings;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::framer::{Event, Limits};
 use crate::xml::stanza::{Kind, Stanza};
@@ -116,17 +119,18 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, core: Arc<Core>, direct_
         ..Limits::default()
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let io = if direct_tls {
-        match tokio::time::timeout_at(deadline, core.tls.accept(io, None, false)).await {
-            Ok(Ok((io, _))) => io,
+    let (io, bindings) = if direct_tls {
+        match tokio::time::timeout_at(deadline, core.tls.accept_client(io, None, false)).await {
+            Ok(Ok((io, _, bindings))) => (io, bindings),
             Ok(Err(e)) => return tracing::debug!(%peer, "c2s TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!(%peer, "c2s TLS handshake timed out"),
         }
     } else {
-        io
+        (io, ChannelBindings::default())
     };
     let mut conn = Connection::new(io, peer, limits, ns::CLIENT);
-    let result = tokio::time::timeout_at(deadline, negotiate(&mut conn, &core, direct_tls)).await;
+    let result =
+        tokio::time::timeout_at(deadline, negotiate(&mut conn, &core, direct_tls, bindings)).await;
     let negotiated = match result {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {
@@ -158,6 +162,7 @@ async fn negotiate(
     conn: &mut Connection,
     core: &Core,
     mut secure: bool,
+    mut bindings: ChannelBindings,
 ) -> Result<Negotiated, C2sError> {
     let mut auth: Option<Authenticated> = None;
     loop {
@@ -175,7 +180,8 @@ async fn negotiate(
             conn.flush().await.map_err(ReadError::Io)?;
             expect_starttls(conn).await?;
             let io = conn.take_transport();
-            let (io, _) = core.tls.accept(io, Some(&domain), false).await?;
+            let (io, _, b) = core.tls.accept_client(io, Some(&domain), false).await?;
+            bindings = b;
             conn.restart_on(io);
             secure = true;
             continue;
@@ -185,13 +191,22 @@ async fn negotiate(
                 let mut features = String::from(
                     "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
                 );
-                for m in offered(core) {
+                for m in offered(core, &bindings) {
                     features.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
                 }
-                features.push_str("</mechanisms></stream:features>");
+                features.push_str("</mechanisms>");
+                // XEP-0440: which channel bindings the -PLUS mechanisms can use here.
+                if !bindings.is_empty() {
+                    features.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
+                    for t in bindings.types() {
+                        features.push_str(&format!("<channel-binding type='{}'/>", t.name()));
+                    }
+                    features.push_str("</sasl-channel-binding>");
+                }
+                features.push_str("</stream:features>");
                 conn.send(features.as_bytes());
                 conn.flush().await.map_err(ReadError::Io)?;
-                auth = Some(expect_auth(conn, core, &domain).await?);
+                auth = Some(expect_auth(conn, core, &domain, &bindings).await?);
                 // RFC 6120 §6.4.6: a fresh stream; nothing the client sent before it counts.
                 conn.restart();
             }
@@ -204,8 +219,13 @@ async fn negotiate(
     }
 }
 
-fn offered(core: &Core) -> Vec<Mechanism> {
-    let mut m = vec![Mechanism::ScramSha256, Mechanism::ScramSha1];
+/// The mechanisms offered on a TLS stream with these channel bindings, strongest first.
+fn offered(core: &Core, bindings: &ChannelBindings) -> Vec<Mechanism> {
+    let mut m = Vec::new();
+    if !bindings.is_empty() {
+        m.extend([Mechanism::ScramSha256Plus, Mechanism::ScramSha1Plus]);
+    }
+    m.extend([Mechanism::ScramSha256, Mechanism::ScramSha1]);
     if core.config.allow_plain {
         m.push(Mechanism::Plain);
     }
@@ -311,6 +331,7 @@ async fn expect_auth(
     conn: &mut Connection,
     core: &Core,
     stream_domain: &str,
+    bindings: &ChannelBindings,
 ) -> Result<Authenticated, C2sError> {
     let mut failures = 0;
     loop {
@@ -332,11 +353,14 @@ async fn expect_auth(
             Some(Mechanism::Plain) if core.config.allow_plain => {
                 plain(core, &el, stream_domain, full_bind).await
             }
-            Some(Mechanism::ScramSha256) => {
-                scram(conn, core, &el, ScramHash::Sha256, stream_domain, full_bind).await?
-            }
-            Some(Mechanism::ScramSha1) => {
-                scram(conn, core, &el, ScramHash::Sha1, stream_domain, full_bind).await?
+            Some(m) if offered(core, bindings).contains(&m) && m.scram().is_some() => {
+                let sasl = Scram {
+                    mechanism: m,
+                    bindings,
+                    stream_domain,
+                    full_bind,
+                };
+                scram(conn, core, &el, sasl).await?
             }
             _ => Err(SaslError::InvalidMechanism),
         };
@@ -442,17 +466,32 @@ async fn plain(core: &Core, el: &Element, stream_domain: &str, full_bind: bool) 
     Ok((a, Vec::new()))
 }
 
+/// What a SCRAM exchange depends on besides its messages.
+struct Scram<'a> {
+    mechanism: Mechanism,
+    bindings: &'a ChannelBindings,
+    stream_domain: &'a str,
+    full_bind: bool,
+}
+
 /// A SCRAM exchange; the outer `Err` is a stream failure, the inner one a SASL failure.
 async fn scram(
     conn: &mut Connection,
     core: &Core,
     el: &Element,
-    hash: ScramHash,
-    stream_domain: &str,
-    full_bind: bool,
+    sasl: Scram<'_>,
 ) -> Result<AuthResult, C2sError> {
+    let Some((hash, plus)) = sasl.mechanism.scram() else {
+        return Ok(Err(SaslError::InvalidMechanism));
+    };
+    let (stream_domain, full_bind) = (sasl.stream_domain, sasl.full_bind);
     let first = match sasl_payload(el).and_then(|p| ClientFirst::parse(&p)) {
         Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let offered_plus = !sasl.bindings.is_empty();
+    let cbind = match binding_for(plus, first.flag, sasl.bindings, offered_plus) {
+        Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
     let account = resolve_user(core, &first.username, stream_domain, full_bind);
@@ -469,6 +508,7 @@ async fn scram(
         creds.as_ref(),
         core.config.scram_iterations,
         &ScramServer::random_nonce(),
+        cbind,
     );
     conn.send(
         format!(

@@ -1,5 +1,7 @@
-//! SASL for c2s (RFC 6120 §6): SCRAM-SHA-256 (RFC 7677), SCRAM-SHA-1 (RFC 5802) and PLAIN
-//! (RFC 4616), sans I/O. The session in [`super::c2s`] moves the base64 payloads in and out.
+//! SASL for c2s (RFC 6120 §6): SCRAM-SHA-256 (RFC 7677), SCRAM-SHA-1 (RFC 5802), their
+//! `-PLUS` variants with channel binding (RFC 5802 §6, `tls-exporter` RFC 9266 and
+//! `tls-server-end-point` RFC 5929, announced with XEP-0440) and PLAIN (RFC 4616), sans I/O.
+//! The session in [`super::c2s`] moves the base64 payloads in and out.
 //!
 //! # What is stored
 //! Never a password: per account one random salt and iteration count, and for each hash the
@@ -11,12 +13,16 @@
 //! deriving the same keys from the offered password.
 //!
 //! # SCRAM exchange
-//! 1. [`ClientFirst::parse`]: `gs2-header` (`n,,` or `y,,`; channel binding `p=` is refused,
-//!    as we do not offer `-PLUS`), then `n=username,r=client-nonce`.
+//! 1. [`ClientFirst::parse`]: `gs2-header` (`n`, `y` or `p=TYPE`, [`Gs2Flag`]), then
+//!    `n=username,r=client-nonce`. [`binding_for`] checks the flag against the mechanism and
+//!    what this connection offers: `-PLUS` needs `p=` with a type we have; `p=` needs
+//!    `-PLUS`; `y` ("I could bind, but you do not offer it") while we do offer `-PLUS` is a
+//!    downgrade by someone in the middle and fails (RFC 5802 §6).
 //! 2. [`ScramServer::new`] answers `r=client-nonce+server-nonce,s=salt,i=iterations`. For an
 //!    unknown user the salt is derived from the name with a per-process key, so the answer
 //!    looks like any other and the exchange fails only at the proof.
-//! 3. [`ScramServer::finish`] checks `c=` (the gs2 header again), the nonce, and the proof:
+//! 3. [`ScramServer::finish`] checks `c=` (the gs2 header again, followed by the channel
+//!    binding data for `p=`), the nonce, and the proof:
 //!    `ClientKey = proof XOR HMAC(StoredKey, AuthMessage)` must hash to `StoredKey`, compared
 //!    in constant time; it answers `v=ServerSignature` for the `<success/>`.
 
@@ -29,9 +35,13 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::tls::{ChannelBindingType, ChannelBindings};
+
 /// The SASL mechanisms the core offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
+    ScramSha256Plus,
+    ScramSha1Plus,
     ScramSha256,
     ScramSha1,
     Plain,
@@ -40,6 +50,8 @@ pub enum Mechanism {
 impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            Mechanism::ScramSha1Plus => "SCRAM-SHA-1-PLUS",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::Plain => "PLAIN",
@@ -48,11 +60,59 @@ impl Mechanism {
 
     pub fn from_name(name: &str) -> Option<Mechanism> {
         match name {
+            "SCRAM-SHA-256-PLUS" => Some(Mechanism::ScramSha256Plus),
+            "SCRAM-SHA-1-PLUS" => Some(Mechanism::ScramSha1Plus),
             "SCRAM-SHA-256" => Some(Mechanism::ScramSha256),
             "SCRAM-SHA-1" => Some(Mechanism::ScramSha1),
             "PLAIN" => Some(Mechanism::Plain),
             _ => None,
         }
+    }
+
+    /// The hash of a SCRAM mechanism, and whether it binds the channel; `None` for PLAIN.
+    pub fn scram(self) -> Option<(ScramHash, bool)> {
+        match self {
+            Mechanism::ScramSha256Plus => Some((ScramHash::Sha256, true)),
+            Mechanism::ScramSha1Plus => Some((ScramHash::Sha1, true)),
+            Mechanism::ScramSha256 => Some((ScramHash::Sha256, false)),
+            Mechanism::ScramSha1 => Some((ScramHash::Sha1, false)),
+            Mechanism::Plain => None,
+        }
+    }
+}
+
+/// The channel binding flag of a SCRAM `gs2-header` (RFC 5802 §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gs2Flag {
+    /// `n`: the client does not support channel binding.
+    NotSupported,
+    /// `y`: the client supports it but thinks the server does not.
+    NotOffered,
+    /// `p=TYPE`: the client binds to this channel.
+    Binding(ChannelBindingType),
+}
+
+/// The channel binding data a SCRAM exchange must carry in `c=`, after checking the
+/// client's flag against the mechanism and the connection (module docs, step 1). `offered`
+/// is whether `-PLUS` mechanisms were offered on this stream.
+pub fn binding_for<'a>(
+    plus: bool,
+    flag: Gs2Flag,
+    bindings: &'a ChannelBindings,
+    offered: bool,
+) -> Result<Option<&'a [u8]>, SaslError> {
+    match (plus, flag) {
+        (true, Gs2Flag::Binding(t)) => bindings.get(t).map(Some).ok_or(SaslError::Malformed(
+            "that channel binding type is not offered here",
+        )),
+        (true, _) => Err(SaslError::Malformed(
+            "a -PLUS mechanism needs p= channel binding",
+        )),
+        (false, Gs2Flag::Binding(_)) => Err(SaslError::Malformed(
+            "channel binding needs a -PLUS mechanism",
+        )),
+        (false, Gs2Flag::NotOffered) if offered => Err(SaslError::NotAuthorized),
+        (false, _) => Ok(None),
     }
 }
 
@@ -208,6 +268,7 @@ pub struct ClientFirst {
     /// The username, `=2C`/`=3D` decoded; not yet prepared.
     pub username: String,
     pub authzid: Option<String>,
+    pub flag: Gs2Flag,
     gs2_header: String,
     bare: String,
     nonce: String,
@@ -237,13 +298,17 @@ impl ClientFirst {
         let (Some(cb), Some(authz), Some(bare)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SaslError::Malformed("no gs2 header"));
         };
-        match cb {
-            "n" | "y" => {}
-            c if c.starts_with("p=") => {
-                return Err(SaslError::Malformed("channel binding is not offered"))
-            }
-            _ => return Err(SaslError::Malformed("bad gs2 channel binding flag")),
-        }
+        let flag = match cb {
+            "n" => Gs2Flag::NotSupported,
+            "y" => Gs2Flag::NotOffered,
+            c => match c.strip_prefix("p=") {
+                Some(name) => Gs2Flag::Binding(
+                    ChannelBindingType::from_name(name)
+                        .ok_or(SaslError::Malformed("unknown channel binding type"))?,
+                ),
+                None => return Err(SaslError::Malformed("bad gs2 channel binding flag")),
+            },
+        };
         let authzid = match authz {
             "" => None,
             a => Some(decode_saslname(
@@ -273,6 +338,7 @@ impl ClientFirst {
         Ok(ClientFirst {
             username,
             authzid,
+            flag,
             gs2_header: format!("{cb},{authz},"),
             bare: bare.to_owned(),
             nonce,
@@ -283,7 +349,8 @@ impl ClientFirst {
 /// The server side of one SCRAM exchange after the client's first message.
 pub struct ScramServer {
     hash: ScramHash,
-    gs2_header: String,
+    /// What `c=` must decode to: the gs2 header, then the channel binding data for `p=`.
+    expected_cbind: Vec<u8>,
     nonce: String,
     /// `client-first-message-bare + "," + server-first-message`: the start of `AuthMessage`.
     auth_prefix: String,
@@ -300,14 +367,18 @@ fn fake_salt(username: &str) -> Vec<u8> {
 
 impl ScramServer {
     /// Answers the client's first message with `server_nonce` appended to its nonce.
-    /// `credentials` is `None` when there is no such user.
+    /// `credentials` is `None` when there is no such user; `cbind` is the channel binding
+    /// data `c=` must carry ([`binding_for`]).
     pub fn new(
         hash: ScramHash,
         first: &ClientFirst,
         credentials: Option<&Credentials>,
         default_iterations: u32,
         server_nonce: &str,
+        cbind: Option<&[u8]>,
     ) -> (ScramServer, Vec<u8>) {
+        let mut expected_cbind = first.gs2_header.as_bytes().to_vec();
+        expected_cbind.extend_from_slice(cbind.unwrap_or_default());
         let nonce = format!("{}{}", first.nonce, server_nonce);
         let (salt, iterations) = match credentials {
             Some(c) => (c.salt.clone(), c.iterations),
@@ -316,7 +387,7 @@ impl ScramServer {
         let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
         let server = ScramServer {
             hash,
-            gs2_header: first.gs2_header.clone(),
+            expected_cbind,
             nonce,
             auth_prefix: format!("{},{}", first.bare, server_first),
             keys: credentials.map(|c| c.keys(hash).clone()),
@@ -349,7 +420,7 @@ impl ScramServer {
         let cb = B64
             .decode(cb)
             .map_err(|_| SaslError::Malformed("c= is not base64"))?;
-        if cb != self.gs2_header.as_bytes() {
+        if !bool::from(cb.ct_eq(&self.expected_cbind)) {
             return Err(SaslError::NotAuthorized);
         }
         if !bool::from(nonce.as_bytes().ct_eq(self.nonce.as_bytes())) {
@@ -424,7 +495,7 @@ mod tests {
     ) -> (String, Result<String, SaslError>) {
         let first = ClientFirst::parse(client_first.as_bytes()).unwrap();
         let (server, server_first) =
-            ScramServer::new(hash, &first, Some(creds), 4096, server_nonce);
+            ScramServer::new(hash, &first, Some(creds), 4096, server_nonce, None);
         let fin = server
             .finish(client_final.as_bytes())
             .map(|v| String::from_utf8(v).unwrap());
@@ -552,8 +623,8 @@ mod tests {
     #[test]
     fn unknown_users_get_a_stable_salt_and_fail_at_the_proof() {
         let first = ClientFirst::parse(b"n,,n=nobody,r=abc").unwrap();
-        let (a, fa) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x");
-        let (_, fb) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x");
+        let (a, fa) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x", None);
+        let (_, fb) = ScramServer::new(ScramHash::Sha256, &first, None, 4096, "x", None);
         assert_eq!(fa, fb);
         assert!(String::from_utf8(fa).unwrap().ends_with(",i=4096"));
         assert_eq!(
@@ -568,8 +639,16 @@ mod tests {
         assert_eq!(f.username, "us=er");
         assert_eq!(f.authzid.as_deref(), Some("al,ice="));
         assert_eq!(f.gs2_header, "n,a=al=2Cice=3D,");
+        assert_eq!(
+            ClientFirst::parse(b"p=tls-exporter,,n=u,r=x").unwrap().flag,
+            Gs2Flag::Binding(ChannelBindingType::TlsExporter)
+        );
+        assert_eq!(
+            ClientFirst::parse(b"y,,n=u,r=x").unwrap().flag,
+            Gs2Flag::NotOffered
+        );
         for bad in [
-            &b"p=tls-exporter,,n=u,r=x"[..],
+            &b"p=tls-unique,,n=u,r=x"[..],
             b"n,,m=x,n=u,r=x",
             b"n,,n=u",
             b"n,,r=x,n=u",
@@ -579,6 +658,82 @@ mod tests {
             b"\xff",
         ] {
             assert!(ClientFirst::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn channel_binding_rules_and_a_plus_exchange() {
+        let bindings = ChannelBindings {
+            tls_exporter: Some(vec![7; 32]),
+            tls_server_end_point: None,
+        };
+        let exporter = Gs2Flag::Binding(ChannelBindingType::TlsExporter);
+        let end_point = Gs2Flag::Binding(ChannelBindingType::TlsServerEndPoint);
+        assert_eq!(
+            binding_for(true, exporter, &bindings, true),
+            Ok(Some(&[7u8; 32][..]))
+        );
+        for (plus, flag, offered, want) in [
+            // A type this connection does not have, or -PLUS without binding.
+            (true, end_point, true, "malformed-request"),
+            (true, Gs2Flag::NotSupported, true, "malformed-request"),
+            (true, Gs2Flag::NotOffered, true, "malformed-request"),
+            // Binding without -PLUS.
+            (false, exporter, true, "malformed-request"),
+            // "y" while -PLUS was offered: a downgrade.
+            (false, Gs2Flag::NotOffered, true, "not-authorized"),
+        ] {
+            assert_eq!(
+                binding_for(plus, flag, &bindings, offered).map_err(|e| e.condition()),
+                Err(want),
+                "{plus} {flag:?}"
+            );
+        }
+        assert_eq!(
+            binding_for(false, Gs2Flag::NotOffered, &bindings, false),
+            Ok(None)
+        );
+        assert_eq!(
+            binding_for(false, Gs2Flag::NotSupported, &bindings, true),
+            Ok(None)
+        );
+        // A -PLUS exchange: c= is the gs2 header followed by the binding data.
+        let creds = Credentials::derive("pw", 4096);
+        let cf = "p=tls-exporter,,n=user,r=abc";
+        let first = ClientFirst::parse(cf.as_bytes()).unwrap();
+        let data = [7u8; 32];
+        let (server, server_first) = ScramServer::new(
+            ScramHash::Sha256,
+            &first,
+            Some(&creds),
+            4096,
+            "xyz",
+            Some(&data),
+        );
+        let server_first = String::from_utf8(server_first).unwrap();
+        let sign = |cbind: &[u8]| {
+            let c = B64.encode(cbind);
+            signed_final(
+                ScramHash::Sha256,
+                "pw",
+                &creds,
+                "n=user,r=abc",
+                &server_first,
+                &format!("c={c},r=abcxyz"),
+            )
+        };
+        let mut right = b"p=tls-exporter,,".to_vec();
+        right.extend_from_slice(&data);
+        assert!(server.finish(sign(&right).as_bytes()).is_ok());
+        // Another channel's data (a relay in the middle), or none: refused even with a
+        // proof that verifies.
+        let mut other = b"p=tls-exporter,,".to_vec();
+        other.extend_from_slice(&[8u8; 32]);
+        for bad in [other, b"p=tls-exporter,,".to_vec()] {
+            assert_eq!(
+                server.finish(sign(&bad).as_bytes()),
+                Err(SaslError::NotAuthorized)
+            );
         }
     }
 

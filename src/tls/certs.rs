@@ -77,6 +77,9 @@ pub(crate) struct OurCert {
     /// Expiry (Unix seconds), so that a certificate that expires while loaded stops counting
     /// as valid without a reload.
     not_after: i64,
+    /// The `tls-server-end-point` channel binding of this certificate (RFC 5929), if its
+    /// signature algorithm defines one.
+    pub(crate) end_point: Option<Vec<u8>>,
 }
 
 /// The same config with and without ALPN `xmpp-server`.
@@ -175,7 +178,9 @@ impl CertState {
             }
         }
         let not_after = parsed.validity().not_after.timestamp();
+        let end_point = super::binding::server_end_point(leaf, &parsed);
         Ok(OurCert {
+            end_point,
             server: server_configs(provider, &key, &c.cert)?,
             client: client_configs(provider, Some(&key), &c.cert)?,
             path: c.cert.clone(),

@@ -18,7 +18,9 @@
 //! - `verifiers`: the handshake verifiers that accept any chain but check signatures.
 //! - `verify`: the after-handshake verdict (chain, validity, purpose, pins).
 //! - `names`: the subjectAltName identities and the RFC 9525 matching rules.
+//! - `binding`: channel bindings for SCRAM-*-PLUS on client streams.
 
+mod binding;
 mod certs;
 mod names;
 #[cfg(test)]
@@ -26,6 +28,7 @@ pub(crate) mod testca;
 mod verifiers;
 mod verify;
 
+pub use binding::{ChannelBindingType, ChannelBindings};
 /// For `fedgate check remote`, which shows a peer's certificate the way the checks see it.
 pub(crate) use names::{PresentedNames, ReferenceId};
 pub(crate) use verify::spki_sha256;
@@ -163,6 +166,50 @@ impl Tls {
         hint: Option<&str>,
         direct: bool,
     ) -> Result<(BoxTransport, TlsInfo), TlsError> {
+        let (stream, _) = self.handshake(io, hint, direct, false).await?;
+        let info = TlsInfo::from_connection(stream.get_ref().1);
+        Ok((Box::new(stream), info))
+    }
+
+    /// [`Tls::accept`] for a client stream: also the connection's channel bindings, for
+    /// SCRAM-*-PLUS (see `binding`).
+    pub async fn accept_client(
+        &self,
+        io: BoxTransport,
+        hint: Option<&str>,
+        direct: bool,
+    ) -> Result<(BoxTransport, TlsInfo, ChannelBindings), TlsError> {
+        let (stream, tls_server_end_point) = self.handshake(io, hint, direct, true).await?;
+        let conn = stream.get_ref().1;
+        let info = TlsInfo::from_connection(conn);
+        let tls_exporter = (conn.protocol_version() == Some(ProtocolVersion::TLSv1_3))
+            .then(|| {
+                conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .ok()
+            })
+            .flatten();
+        let bindings = ChannelBindings {
+            tls_exporter,
+            tls_server_end_point,
+        };
+        Ok((Box::new(stream), info, bindings))
+    }
+
+    /// The server side of a handshake; with `end_point`, also the `tls-server-end-point`
+    /// binding of the certificate it presented.
+    async fn handshake(
+        &self,
+        io: BoxTransport,
+        hint: Option<&str>,
+        direct: bool,
+        end_point: bool,
+    ) -> Result<
+        (
+            tokio_rustls::server::TlsStream<BoxTransport>,
+            Option<Vec<u8>>,
+        ),
+        TlsError,
+    > {
         let state = self.current();
         // Reading the ClientHello first lets the certificate depend on its SNI.
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
@@ -172,9 +219,13 @@ impl Tls {
             return Err(TlsError::NoCertificate(asked.to_owned()));
         };
         tracing::trace!(sni = ?sni, hint = ?hint, direct, cert = %cert.path.display(), "TLS accept");
+        let end_point = if end_point {
+            cert.end_point.clone()
+        } else {
+            None
+        };
         let stream = start.into_stream(cert.server.get(direct).clone()).await?;
-        let info = TlsInfo::from_connection(stream.get_ref().1);
-        Ok((Box::new(stream), info))
+        Ok((stream, end_point))
     }
 
     /// Client side of a handshake over `io` with SNI = `remote`, presenting our certificate

@@ -431,6 +431,8 @@ pub struct TlsSeen {
     /// The certificate the server presented (leaf).
     pub server_cert: Vec<u8>,
     pub version: Option<rustls::ProtocolVersion>,
+    /// The RFC 9266 `tls-exporter` channel binding of the connection (TLS 1.3).
+    pub exporter: Option<Vec<u8>>,
 }
 
 /// A client certificate for a raw stream: (cert file, key file).
@@ -718,6 +720,9 @@ async fn tls_handshake(
             .map(|c| c.to_vec())
             .unwrap_or_default(),
         version: conn.protocol_version(),
+        exporter: conn
+            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok(),
     };
     (Box::new(tls), seen)
 }
