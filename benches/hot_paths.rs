@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use fedgate::dialback::{component_handshake, DialbackSecret};
-use fedgate::jid::domain_of;
+use fedgate::jid::{check_parts, domain_of};
 use fedgate::xml::framer::{Event, Framer, Limits};
 use fedgate::xml::stanza::{NsContext, Stanza};
 
@@ -150,6 +150,16 @@ fn jid(c: &mut Criterion) {
     assert_eq!(domain_of(upper).expect("valid"), "capulet.example");
     group.bench_function("domain_of_uppercase", |b| {
         b.iter(|| domain_of(black_box(upper)).map(|d| d.len()))
+    });
+    // What every routed stanza pays for its 'to' and 'from' on top of domain_of: the ASCII
+    // fast path over the localpart and resourcepart; PRECIS only for non-ASCII parts.
+    group.bench_function("check_parts_ascii", |b| {
+        b.iter(|| check_parts(black_box(typical)))
+    });
+    let unicode = "jürgen@capulet.example/Küche";
+    assert!(check_parts(unicode).is_ok());
+    group.bench_function("check_parts_non_ascii", |b| {
+        b.iter(|| check_parts(black_box(unicode)))
     });
     group.finish();
 }

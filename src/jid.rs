@@ -255,6 +255,34 @@ pub fn domain_of(jid: &str) -> Result<Cow<'_, str>, JidError> {
     normalize_domain(domain)
 }
 
+/// Checks the localpart and resourcepart of an address (RFC 7622 §3.3, §3.4), which
+/// [`domain_of`] does not look at: every stanza the gateway forwards has passed this, so a
+/// backend or a peer never sees an address its own JID parser refuses (RFC 6120 §8.3.3.8
+/// `jid-malformed` for the sender otherwise).
+///
+/// On the per-stanza path, so ASCII parts (nearly all) take a fast path: a localpart of
+/// printable ASCII other than `" & ' / : < > @` (uppercase is fine: the profile maps it), a
+/// resourcepart of printable ASCII or space, each at most [`MAX_PART_BYTES`]; no allocation.
+/// Only a part with non-ASCII characters runs its PRECIS profile.
+pub fn check_parts(jid: &str) -> Result<(), JidError> {
+    let (local, _, resource) = split(jid)?;
+    if let Some(l) = local {
+        let ascii_ok = l.len() <= MAX_PART_BYTES
+            && l.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            && !l.contains(LOCALPART_FORBIDDEN);
+        if !ascii_ok {
+            prepare_localpart(l)?;
+        }
+    }
+    if let Some(r) = resource {
+        let ascii_ok = r.len() <= MAX_PART_BYTES && r.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if !ascii_ok {
+            prepare_resourcepart(r)?;
+        }
+    }
+    Ok(())
+}
+
 /// Normalises a domainpart to the canonical form described in the module docs.
 ///
 /// Returns the input (minus one trailing dot) borrowed when it is already canonical.
@@ -586,6 +614,49 @@ mod tests {
             Jid::parse("a@example.com/x\u{0007}y"),
             Err(JidError::InvalidResourcepart { .. })
         ));
+    }
+
+    #[test]
+    fn check_parts_refuses_what_the_profiles_refuse() {
+        for ok in [
+            "a.example",
+            "juliet@a.example",
+            "Juliet@a.example/balcony",
+            "juliet@a.example/a resource with spaces",
+            "jürgen@a.example/ré",
+            "juliet@a.example/c@d/e",
+        ] {
+            assert_eq!(check_parts(ok), Ok(()), "{ok}");
+        }
+        let long = "x".repeat(1024);
+        for bad in [
+            "jul iet@a.example".to_string(),
+            "jul\u{a0}iet@a.example".to_string(),
+            "a:b@a.example".to_string(),
+            "a\u{85}b@a.example".to_string(),
+            "juliet@a.example/a\u{85}b".to_string(),
+            "juliet@a.example/tab\there".to_string(),
+            format!("{long}@a.example"),
+            format!("juliet@a.example/{long}"),
+        ] {
+            assert!(check_parts(&bad).is_err(), "{bad:?}");
+        }
+        // The ASCII fast path and the profile agree on every printable ASCII character.
+        for b in 0x20u8..0x7f {
+            let c = b as char;
+            let local = format!("a{c}b@a.example");
+            // ('/' and '@' split the address before the localpart is looked at.)
+            assert!(
+                matches!(c, '/' | '@')
+                    || check_parts(&local).is_ok() == prepare_localpart(&format!("a{c}b")).is_ok()
+            );
+            let resource = format!("a@a.example/a{c}b");
+            assert_eq!(
+                check_parts(&resource).is_ok(),
+                prepare_resourcepart(&format!("a{c}b")).is_ok(),
+                "resourcepart with {c:?}"
+            );
+        }
     }
 
     #[test]

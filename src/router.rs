@@ -267,6 +267,26 @@ impl Router {
     /// The common path allocates nothing: domains are borrowed from the stanza while the
     /// destination is looked up, and texts are only formatted for bounces.
     pub async fn route(&self, mut stanza: Stanza) {
+        // Whatever leaves here is parsed by another server's or a backend's JID parser.
+        if let Some(Err(e)) = stanza.to().map(jid::check_parts) {
+            // The error comes from the domain, the one valid part of that address.
+            let domain = stanza.to().and_then(|t| jid::domain_of(t).ok());
+            let text = format!("malformed 'to': {e}");
+            self.bounce_from(&stanza, domain.as_deref(), "malformed", &text)
+                .await;
+            return;
+        }
+        if let Some(Err(e)) = stanza.from().map(jid::check_parts) {
+            let text = format!("malformed 'from': {e}");
+            self.bounce(
+                &stanza,
+                StanzaErrorCondition::JidMalformed,
+                "malformed",
+                &text,
+            )
+            .await;
+            return;
+        }
         // A session that closes between our lookup and our send hands the stanza back and a new
         // one is started. Bounded, so a session that dies at once cannot spin us.
         for _ in 0..3 {
@@ -459,7 +479,37 @@ impl Router {
         cause: &'static str,
         text: &str,
     ) {
-        match stanza.bounce(condition, Some(text)) {
+        self.bounce_as(stanza, stanza.to(), condition, cause, text)
+            .await
+    }
+
+    /// A `<jid-malformed/>` bounce for a stanza whose `to` is no valid address, from `from`.
+    async fn bounce_from(
+        &self,
+        stanza: &Stanza,
+        from: Option<&str>,
+        cause: &'static str,
+        text: &str,
+    ) {
+        self.bounce_as(
+            stanza,
+            from,
+            StanzaErrorCondition::JidMalformed,
+            cause,
+            text,
+        )
+        .await
+    }
+
+    async fn bounce_as(
+        &self,
+        stanza: &Stanza,
+        from: Option<&str>,
+        condition: StanzaErrorCondition,
+        cause: &'static str,
+        text: &str,
+    ) {
+        match stanza.bounce_from(from, condition, Some(text)) {
             Some(bounce) => {
                 self.metrics
                     .bounces

@@ -199,10 +199,15 @@ async fn negotiate(
                 ))
             }
         };
-        let digest = handshake
-            .element()
-            .map(|e| e.text())
-            .map_err(ReadError::Xml)?;
+        let handshake = handshake.element().map_err(ReadError::Xml)?;
+        // XEP-0114 §3: the handshake holds the digest as text and nothing else.
+        if handshake.children().next().is_some() {
+            return Err(refused(
+                StreamErrorCondition::NotAuthorized,
+                "<handshake/> holds the digest as text, not elements",
+            ));
+        }
+        let digest = handshake.text();
         // Read afresh: a reload may have changed the secret since the header arrived.
         let matches =
             ctx.secrets.load().get(&domain).is_some_and(|secret| {

@@ -441,6 +441,18 @@ impl Stanza {
     /// unavailable presence ends the sender's session or its directed
     /// presence, so an error to it has no one left to inform.
     pub fn bounce(&self, cond: StanzaErrorCondition, text: Option<&str>) -> Option<Stanza> {
+        self.bounce_from(self.to(), cond, text)
+    }
+
+    /// [`Stanza::bounce`] from another address than the stanza's `to`: the domain that
+    /// answers for a `to` that is no valid address (an error must come from a valid one, or
+    /// the sender's server drops it).
+    pub fn bounce_from(
+        &self,
+        from: Option<&str>,
+        cond: StanzaErrorCondition,
+        text: Option<&str>,
+    ) -> Option<Stanza> {
         match self.kind {
             Kind::Presence if self.type_() == Some("unavailable") => return None,
             Kind::Message | Kind::Presence => {}
@@ -454,7 +466,7 @@ impl Stanza {
         let mut out = Vec::with_capacity(256);
         out.push(b'<');
         out.extend_from_slice(name.as_bytes());
-        for (attr, value) in [("from", self.to()), ("to", self.from()), ("id", self.id())] {
+        for (attr, value) in [("from", from), ("to", self.from()), ("id", self.id())] {
             if let Some(value) = value {
                 out.push(b' ');
                 out.extend_from_slice(attr.as_bytes());

@@ -37,16 +37,44 @@ async fn the_handshake_is_bound_to_the_stream_id() {
 }
 
 #[tokio::test]
+async fn a_handshake_with_an_element_inside_is_refused_even_with_the_right_digest() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut s = handshake_with(&a, |id| {
+        format!(
+            "{}<x xmlns='urn:example'/>",
+            component_handshake(id, &a.component_secret)
+        )
+    })
+    .await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+    // The right digest alone is accepted (the positive control).
+    let mut s = handshake_with(&a, |id| component_handshake(id, &a.component_secret)).await;
+    assert_eq!(s.next_text().await, "<handshake/>");
+}
+
+#[tokio::test]
 async fn stream_ids_are_unpredictable() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
-    let mut ids = std::collections::HashSet::new();
+    let mut previous: Option<String> = None;
     for _ in 0..20 {
         let mut s = RawStream::connect(a.gw().component_addr).await;
         s.send(HEADER).await;
         let id = s.expect_header().await.id.unwrap();
-        assert!(id.len() >= 16, "{id}");
-        assert!(ids.insert(id));
+        // 128 random bits in hex: a counter, a clock or a short id would fail here...
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        // ...and consecutive ids share no long prefix (a zero-padded counter would).
+        if let Some(p) = &previous {
+            let shared = p
+                .bytes()
+                .zip(id.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert!(shared < 8, "{p} and {id} share {shared} leading digits");
+        }
+        previous = Some(id);
     }
 }
 

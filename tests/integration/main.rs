@@ -14,6 +14,7 @@ mod core_sasl;
 mod core_sm;
 mod diagnostics;
 mod dns;
+mod edge;
 mod federation;
 mod limits;
 mod metrics;
