@@ -131,8 +131,10 @@ impl Connection {
     /// handshake are an injection attempt (RFC 6120 §5.4.3.3, "STARTTLS command injection").
     /// Until [`Connection::restart_on`], the connection reads end-of-stream and fails writes.
     pub fn take_transport(&mut self) -> BoxTransport {
+        // Whitespace is no command: discarded without a word.
+        let whitespace = self.framer.buffered_is_whitespace();
         let discarded = self.framer.reset();
-        if discarded > 0 {
+        if discarded > 0 && !whitespace {
             tracing::warn!(peer = %self.peer, "discarded {discarded} bytes sent before the TLS handshake (STARTTLS injection?)");
         }
         self.out.clear();

@@ -38,11 +38,13 @@ use crate::tls::{Tls, TlsError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    #[error("cannot listen for {what} on {addr}: {source} (is another process using the port?)")]
+    /// A listener could not be bound. `error` is not a `source`: the message says it once.
+    #[error("cannot listen on {addr} ({key}): {error}; if another process holds the port, stop it or change `{key}`")]
     Bind {
-        what: &'static str,
+        /// The configuration key that names the address.
+        key: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -85,10 +87,10 @@ pub struct RunningGateway {
     metrics_task: Option<JoinHandle<()>>,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| GatewayError::Bind { what, addr, source })
+        .map_err(|error| GatewayError::Bind { key, addr, error })
 }
 
 /// Binds every listener and starts serving. Returns once all are bound.
@@ -136,15 +138,15 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     // Bind everything before serving anything, so a port clash fails the start cleanly.
     let mut s2s_listeners = Vec::new();
     for addr in &config.s2s.listen {
-        s2s_listeners.push(bind("s2s", *addr).await?);
+        s2s_listeners.push(bind("s2s.listen", *addr).await?);
     }
     let mut direct_tls_listeners = Vec::new();
     for addr in &config.s2s.direct_tls_listen {
-        direct_tls_listeners.push(bind("s2s direct TLS", *addr).await?);
+        direct_tls_listeners.push(bind("s2s.direct_tls_listen", *addr).await?);
     }
-    let component_listener = bind("components", config.component.listen).await?;
+    let component_listener = bind("component.listen", config.component.listen).await?;
     let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
-        (true, addr) => Some(bind("metrics", addr).await?),
+        (true, addr) => Some(bind("metrics.listen", addr).await?),
         _ => None,
     };
 

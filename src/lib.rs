@@ -28,6 +28,7 @@
 //! - [`tls`]: rustls for s2s: our certificates by domain, handshakes, peer certificate verdicts.
 //! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
 //! - [`config`]: the TOML configuration.
+//! - [`logging`]: `[log]`: text or JSON lines on stderr, colours only on a terminal.
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
 //! - [`jid`]: RFC 7622 addresses.
 //! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
@@ -45,6 +46,7 @@ pub mod dns;
 pub mod gateway;
 pub mod jid;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod peers;
 pub mod policy;

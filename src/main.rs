@@ -58,7 +58,6 @@ fn main() -> ExitCode {
             command: None,
         } => run_core(&config),
         Command::Run { config, workers } => {
-            init_tracing();
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -66,6 +65,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            config.log.init();
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {
                 builder.worker_threads(n.max(1));
@@ -460,7 +460,6 @@ fn build_runtime(
 /// `fedgate core --config config/core.toml`: the c2s core alone, attached to a gateway over
 /// TCP.
 fn run_core(file: &std::path::Path) -> ExitCode {
-    init_tracing();
     let config = match CoreFile::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -468,6 +467,7 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    config.log.init();
     let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
         Err(code) => return code,
@@ -510,13 +510,4 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -182,6 +182,9 @@ pub struct CoreFile {
     /// gateway's file. Required: c2s needs TLS.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[log]`: as in the gateway's file.
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 impl CoreFile {
@@ -213,6 +216,13 @@ impl CoreFile {
         }
         file.tls.resolve_paths(base_dir);
         file.core.validate()?;
+        if let Err(e) = file.log.check_level() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log filter: {e}", file.log.level),
+                "use error, warn, info, debug or trace",
+            ));
+        }
         file.gateway.secret()?;
         if file.tls.certificate.is_empty() {
             return Err(invalid(

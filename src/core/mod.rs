@@ -64,11 +64,13 @@ use self::storage::{Storage, StorageError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoreError {
-    #[error("cannot listen for {what} on {addr}: {source} (is another process using the port?)")]
+    /// A listener could not be bound. `error` is not a `source`: the message says it once.
+    #[error("cannot listen on {addr} ({key}): {error}; if another process holds the port, stop it or change `{key}`")]
     Bind {
-        what: &'static str,
+        /// The configuration key that names the address.
+        key: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("database {0}")]
     Storage(#[from] StorageError),
@@ -317,18 +319,18 @@ pub async fn start(
     });
 
     // Bind everything before serving, so that a port clash fails the start cleanly.
-    let bind = |what, addr| async move {
+    let bind = |key, addr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| CoreError::Bind { what, addr, source })
+            .map_err(|error| CoreError::Bind { key, addr, error })
     };
     let mut plain = Vec::new();
     for addr in &config.listen {
-        plain.push(bind("c2s", *addr).await?);
+        plain.push(bind("core.listen", *addr).await?);
     }
     let mut direct = Vec::new();
     for addr in &config.direct_tls_listen {
-        direct.push(bind("c2s direct TLS", *addr).await?);
+        direct.push(bind("core.direct_tls_listen", *addr).await?);
     }
     let c2s_addrs = plain.iter().filter_map(|l| l.local_addr().ok()).collect();
     let direct_tls_addrs = direct.iter().filter_map(|l| l.local_addr().ok()).collect();

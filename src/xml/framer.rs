@@ -153,6 +153,12 @@ impl Framer {
         self.buf.len()
     }
 
+    /// Whether what is buffered is only whitespace (a newline a client sends after each
+    /// element, as go-sendxmpp does after `<starttls/>`).
+    pub fn buffered_is_whitespace(&self) -> bool {
+        skip_ws(&self.buf) == self.buf.len()
+    }
+
     /// The current stream's header, once [`Event::StreamOpen`] was returned.
     pub fn header(&self) -> Option<&StreamHeader> {
         self.header.as_ref()

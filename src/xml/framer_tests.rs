@@ -595,3 +595,15 @@ fn a_stream_header_inside_the_stream_is_refused_at_its_start_tag() {
     assert_eq!(err, None);
     assert_eq!(stanzas(&events)[0].name(), "features");
 }
+
+#[test]
+fn whitespace_left_before_a_tls_handshake_is_told_apart_from_injected_bytes() {
+    let mut f = Framer::new(limits());
+    f.feed(HEADER.as_bytes());
+    f.next_event().unwrap();
+    f.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\r\n");
+    f.next_event().unwrap();
+    assert!(f.buffered() > 0 && f.buffered_is_whitespace());
+    f.feed(b"<message/>");
+    assert!(!f.buffered_is_whitespace());
+}

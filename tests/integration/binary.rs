@@ -93,6 +93,115 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
     wait_for_line(&lines, "stopped");
 }
 
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n";
+    for format in ["text", "json"] {
+        let file = dir.path().join(format!("{format}.toml"));
+        std::fs::write(&file, format!("{base}[log]\nformat = \"{format}\"\n")).unwrap();
+        // stderr is a pipe here, as with a log file or journald.
+        let (mut child, lines) = spawn_fedgate(&file);
+        let ready = wait_for_line(&lines, "fedgate ready");
+        signal(child.id(), "TERM");
+        child.wait().unwrap();
+        let mut all: Vec<String> = vec![ready];
+        all.extend(lines.try_iter());
+        for line in &all {
+            assert!(!line.contains('\x1b'), "an escape code in {line:?}");
+            if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+    // A level that is no filter is a config error naming the key.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, format!("{base}[log]\nlevel = \"fedgate=loud\"\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.level"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_is_ready_after_the_one_command() {
+    // config/fedgate.toml as shipped, with free ports instead of the standard ones (another
+    // test or a local server may hold those) and the nameserver of a test.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("config/fedgate.toml").unwrap();
+    let text = with_free_ports(&text);
+    let file = dir.path().join("fedgate.toml");
+    std::fs::write(&file, text).unwrap();
+    let (mut child, lines) = spawn_fedgate(&file);
+    let metrics = wait_for_line(&lines, "metrics listening on ");
+    let addr: std::net::SocketAddr = metrics
+        .rsplit("metrics listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for_line(&lines, "fedgate ready");
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = crate::harness::http_get(addr, "/readyz").await;
+        if status.contains(" 200 OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(child.id(), "TERM");
+    child.wait().unwrap();
+    assert!(status.contains(" 200 OK"), "{status}");
+}
+
+#[test]
+fn an_address_in_use_is_said_once_with_the_key_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fedgate.toml");
+    std::fs::write(
+        &file,
+        format!("[s2s]\nlisten = [\"127.0.0.1:{port}\"]\ndirect_tls_listen = []\nrequire_encryption = false\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[metrics]\nenabled = false\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Error:"))
+        .unwrap_or_default();
+    assert!(line.contains("s2s.listen"), "{err}");
+    assert_eq!(line.matches("in use").count(), 1, "said once: {line}");
+}
+
+/// Every `127.0.0.1:PORT` of a config made `127.0.0.1:0`.
+fn with_free_ports(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("127.0.0.1:") {
+        out.push_str(&rest[..i + "127.0.0.1:".len()]);
+        rest = &rest[i + "127.0.0.1:".len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        out.push('0');
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Starts `fedgate run --config file`; its log lines arrive on the receiver.
 pub fn spawn_fedgate(
     file: &std::path::Path,
