@@ -227,3 +227,56 @@ async fn legacy_bookmarks_read_back_as_xep_0402_items() {
     old.quit().await;
     new.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_behind_the_gateway_gets_notifications_its_caps_ask_for() {
+    let dns = TestDns::start().await;
+    let a = node(&dns, "a.test", &[]).await;
+    let b = node(&dns, "b.test", &[]).await;
+    a.add_user("alice@a.test", "pa");
+    b.add_user("bob@b.test", "pb");
+    let mut alice = pep_client(a.c2s(), "alice@a.test/home", "pa").await;
+    let mut bob = pep_client(b.c2s(), "bob@b.test/desk", "pb").await;
+    // bob's caps ask for alice's device list; his presence crosses the federation with them,
+    // and a.test's disco#info query for them goes to him through both gateways.
+    bob.run(json!({"cmd": "pep_interest", "node": DEVICES}))
+        .await;
+    alice.roster().await;
+    bob.roster().await;
+    alice.run(json!({"cmd": "presence"})).await;
+    bob.run(json!({"cmd": "presence"})).await;
+    bob.subscription("alice@a.test", "subscribe").await;
+    alice.presence_from("subscribe", "bob@b.test").await;
+    alice.subscription("bob@b.test", "subscribed").await;
+    alice.subscription("bob@b.test", "subscribe").await;
+    bob.presence_from("subscribe", "alice@a.test").await;
+    bob.subscription("alice@a.test", "subscribed").await;
+    alice.push("bob@b.test", "both").await;
+    let list = "<list xmlns='eu.siacs.conversations.axolotl'><device id='42'/></list>";
+    let r = alice
+        .pep(
+            json!({"cmd": "pep_publish", "node": DEVICES, "id": "current", "xml": list}),
+            "devices",
+        )
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    // Once, live or as the last item when bob's caps were verified.
+    let e = bob.pep_event(DEVICES, "publish").await;
+    assert_eq!(
+        (e["from"].as_str(), &e["items"]),
+        (Some("alice@a.test"), &json!(["current"])),
+        "{e}"
+    );
+    // A second publish is live for sure now.
+    let list =
+        "<list xmlns='eu.siacs.conversations.axolotl'><device id='42'/><device id='43'/></list>";
+    alice
+        .pep(
+            json!({"cmd": "pep_publish", "node": DEVICES, "id": "current", "xml": list}),
+            "devices2",
+        )
+        .await;
+    bob.pep_event(DEVICES, "publish").await;
+    alice.quit().await;
+    bob.quit().await;
+}

@@ -11,10 +11,12 @@
 //!    `sha-256`; others are not trusted) ([`verification_string`], [`verify`]); a wrong hash
 //!    would let one entity poison what every entity with that `ver` is sent.
 //! 4. The cache and the outstanding queries are bounded ([`CAPS_CACHE_MAX`],
-//!    [`PENDING_MAX`]); the oldest entries go first.
+//!    [`PENDING_MAX`]); the oldest entries go first. While a query for a `ver` is out (at most
+//!    [`QUERY_PATIENCE`]), others announcing it wait for its answer instead of being asked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha1::Digest as _;
@@ -31,6 +33,9 @@ pub const CAPS_CACHE_MAX: usize = 10_000;
 pub const PENDING_MAX: usize = 1_000;
 /// Most full JIDs watched per account (its own resources and its contacts' resources).
 pub const WATCHERS_MAX: usize = 4_096;
+/// How long a query for a `ver` holds back asking someone else with the same `ver`: one that
+/// never answers must not keep a popular `ver` unknown.
+pub const QUERY_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The hash functions §5 allows that we check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +175,7 @@ pub struct Pending {
     /// The full JID asked: only its answer counts.
     pub jid: String,
     pub caps: Caps,
+    sent: Instant,
 }
 
 #[derive(Default)]
@@ -212,9 +218,12 @@ impl CapsState {
         let known = caps
             .as_ref()
             .is_some_and(|c| inner.features.contains_key(&c.ver));
-        let asking = caps
-            .as_ref()
-            .is_some_and(|c| inner.pending.values().any(|p| p.caps.ver == c.ver));
+        let asking = caps.as_ref().is_some_and(|c| {
+            inner
+                .pending
+                .values()
+                .any(|p| p.caps.ver == c.ver && p.sent.elapsed() < QUERY_PATIENCE)
+        });
         let list = inner.watchers.entry(account.to_owned()).or_default();
         let fresh = !list.contains_key(jid);
         if fresh && list.len() >= WATCHERS_MAX {
@@ -265,6 +274,7 @@ impl CapsState {
             Pending {
                 jid: jid.to_owned(),
                 caps,
+                sent: Instant::now(),
             },
         );
         inner.pending_order.push_back(id.to_owned());

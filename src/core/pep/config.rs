@@ -97,7 +97,7 @@ impl NodeConfig {
     };
 
     /// The owner's configure form (§8.2.1).
-    pub fn to_form(&self) -> Form {
+    pub fn to_form(self) -> Form {
         Form::new("form", NS_NODE_CONFIG)
             .with_field("pubsub#access_model", self.access.as_str())
             .with_field(

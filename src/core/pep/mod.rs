@@ -155,7 +155,14 @@ impl Core {
         let Some(pubsub) = payload(el) else {
             return Err(refuse(StanzaErrorCondition::BadRequest, None, "no payload"));
         };
-        let verb = pubsub.children().next();
+        // The first child in the payload's namespace (publish-options follow a publish).
+        let Some(verb) = pubsub.children().find(|c| c.ns == pubsub.ns) else {
+            return Err(refuse(
+                StanzaErrorCondition::BadRequest,
+                None,
+                "an empty <pubsub/>",
+            ));
+        };
         let type_ = el.attr("type").unwrap_or_default();
         let owner_only = |what: &str| {
             refuse(
@@ -164,34 +171,24 @@ impl Core {
                 format!("only the account owner may {what} on its PEP service"),
             )
         };
-        match (type_, pubsub.ns.as_str(), verb.map(|v| v.name.as_str())) {
-            ("set", NS_PUBSUB, Some("publish")) if who == Requester::Owner => {
-                self.pep_publish(account, from, pubsub).await
+        let owner = who == Requester::Owner;
+        match (type_, pubsub.ns.as_str(), verb.name.as_str()) {
+            ("set", NS_PUBSUB, "publish") if owner => {
+                self.pep_publish(account, from, pubsub, verb).await
             }
-            ("set", NS_PUBSUB, Some("publish")) => Err(owner_only("publish")),
-            ("set", NS_PUBSUB, Some("retract")) if who == Requester::Owner => {
-                self.pep_retract(account, verb.unwrap()).await
-            }
-            ("set", NS_PUBSUB, Some("retract")) => Err(owner_only("retract items")),
-            ("get", NS_PUBSUB, Some("items")) => {
-                self.pep_items(account, from, who, verb.unwrap()).await
-            }
-            ("set", NS_PUBSUB_OWNER, Some("delete")) if who == Requester::Owner => {
-                self.pep_delete(account, verb.unwrap()).await
-            }
-            ("get" | "set", NS_PUBSUB_OWNER, Some("configure")) if who == Requester::Owner => {
-                self.pep_configure(account, type_, verb.unwrap()).await
+            ("set", NS_PUBSUB, "publish") => Err(owner_only("publish")),
+            ("set", NS_PUBSUB, "retract") if owner => self.pep_retract(account, verb).await,
+            ("set", NS_PUBSUB, "retract") => Err(owner_only("retract items")),
+            ("get", NS_PUBSUB, "items") => self.pep_items(account, from, who, verb).await,
+            ("set", NS_PUBSUB_OWNER, "delete") if owner => self.pep_delete(account, verb).await,
+            ("get" | "set", NS_PUBSUB_OWNER, "configure") if owner => {
+                self.pep_configure(account, type_, verb).await
             }
             (_, NS_PUBSUB_OWNER, _) => Err(owner_only("manage nodes")),
-            (_, _, Some(v)) => Err(refuse(
+            (_, _, v) => Err(refuse(
                 StanzaErrorCondition::FeatureNotImplemented,
-                Some("unsupported"),
-                format!("pubsub {type_} <{v}/> is not supported by this PEP service"),
-            )),
-            (_, _, None) => Err(refuse(
-                StanzaErrorCondition::BadRequest,
                 None,
-                "an empty <pubsub/>",
+                format!("pubsub {type_} <{v}/> is not supported by this PEP service"),
             )),
         }
     }
@@ -209,8 +206,13 @@ impl Core {
     }
 
     /// §7.1: publish one item.
-    async fn pep_publish(&self, account: &str, from: &Jid, pubsub: &Element) -> Answer {
-        let publish = pubsub.child("publish", NS_PUBSUB).unwrap();
+    async fn pep_publish(
+        &self,
+        account: &str,
+        from: &Jid,
+        pubsub: &Element,
+        publish: &Element,
+    ) -> Answer {
         let node = Self::node_of(publish)?;
         let items: Vec<&Element> = publish
             .children()

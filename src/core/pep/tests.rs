@@ -315,6 +315,25 @@ async fn publish_items_retract_and_delete() {
     );
     let r = own_iq(&core, &r1, &mut rx1, &items("g8", DEVICES, "", "")).await;
     assert_eq!(error_of(&r).0, "item-not-found");
+    // A verb in another namespace is no verb; an unknown verb is named in the refusal.
+    let r = own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        "set' id='x'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish xmlns='urn:x' node='n'/></pubsub>",
+    )
+    .await;
+    assert_eq!(error_of(&r).0, "bad-request");
+    let r = own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        "set' id='x'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='n' jid='alice@a.test'/></pubsub>",
+    )
+    .await;
+    let (cond, _, text) = error_of(&r);
+    assert_eq!(cond, "feature-not-implemented");
+    assert!(text.contains("<subscribe/>"), "{text}");
     // A publish needs exactly one item with exactly one payload.
     let r = own_iq(&core, &r1, &mut rx1, &publish("p", AVATAR, "x", "", "")).await;
     assert_eq!(
@@ -1086,4 +1105,53 @@ async fn the_account_announces_its_pep_service_and_lists_its_nodes_to_its_owner(
         text.contains(&format!("<item jid='alice@a.test' node='{AVATAR}'/>")),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn removing_an_account_removes_its_nodes_items_and_private_xml() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice"]).await;
+    let (r1, _, mut rx1) = session(&core, "alice@a.test/r1", 64);
+    own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &publish(
+            "p",
+            AVATAR,
+            "1",
+            "<metadata xmlns='urn:xmpp:avatar:metadata'/>",
+            "",
+        ),
+    )
+    .await;
+    own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        "set' id='s'><query xmlns='jabber:iq:private'><prefs xmlns='urn:example:prefs'/></query>",
+    )
+    .await;
+    let count = |core: &Arc<Core>| {
+        let storage = core.storage.clone();
+        async move {
+            storage
+                .call(|c| {
+                    let n = |t: &str| {
+                        c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    };
+                    Ok((n("pep_nodes")?, n("pep_items")?, n("private_xml")?))
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(&core).await, (1, 1, 1));
+    core.storage
+        .call(|c| crate::core::storage::remove_account(c, "alice", "a.test"))
+        .await
+        .unwrap();
+    assert_eq!(count(&core).await, (0, 0, 0));
 }
