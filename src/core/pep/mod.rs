@@ -8,8 +8,8 @@
 //!    existing node fail with `<conflict/>` + `<precondition-not-met/>`. Item ids are made
 //!    when absent. Items are kept in SQLite ([`store`]), at most `max_items` per node.
 //! 2. Anyone the node's access model allows ([`config::AccessModel`]) retrieves items
-//!    (§6.5: all, `max_items`, by id); the owner retracts (§7.2), deletes nodes (§8.4) and
-//!    reads or changes the configuration (§8.2).
+//!    (§6.5: all, `max_items`, by id); the owner retracts (§7.2), purges (§8.5) and deletes
+//!    nodes (§8.4), and reads or changes the configuration (§8.2).
 //! 3. Notifications (`<message type='headline'><event/></message>` from the bare JID) go to
 //!    the owner's available resources, and to the full JIDs that sent the account available
 //!    presence whose entity capabilities ([`caps`]) include `NODE+notify` and whom the access
@@ -20,8 +20,14 @@
 //! 5. Quotas from [`CoreConfig`](super::config::CoreConfig): `pep_max_nodes` per account,
 //!    `pep_max_items` per node (`max` means that), `pep_max_item_bytes` per payload.
 //!
+//! Deliberate choices: the owner's available resources get every notification, with or
+//! without `+notify` (XEP-0163 §4.1 subscribes the owner automatically), but the last items
+//! on becoming available only for the nodes their caps ask for; a node with
+//! `persist_items = false` keeps its last item only, for that delivery.
+//!
 //! Not implemented: affiliations (a whitelist node is the owner's alone), explicit
-//! subscriptions, collection nodes, item publishers in notifications.
+//! subscriptions (and so `on_sub`), node creation without a publish, disco#info on a node,
+//! collection nodes, item publishers and `<delay/>` in notifications.
 
 pub(crate) mod caps;
 pub(crate) mod config;
@@ -181,6 +187,7 @@ impl Core {
             ("set", NS_PUBSUB, "retract") => Err(owner_only("retract items")),
             ("get", NS_PUBSUB, "items") => self.pep_items(account, from, who, verb).await,
             ("set", NS_PUBSUB_OWNER, "delete") if owner => self.pep_delete(account, verb).await,
+            ("set", NS_PUBSUB_OWNER, "purge") if owner => self.pep_purge(account, verb).await,
             ("get" | "set", NS_PUBSUB_OWNER, "configure") if owner => {
                 self.pep_configure(account, type_, verb).await
             }
@@ -514,6 +521,34 @@ impl Core {
                 )
             })?;
         let event = Element::new("delete", NS_PUBSUB_EVENT).with_attr("node", &node);
+        self.notify(account, &node, &config, event).await;
+        Ok(None)
+    }
+
+    /// §8.5: the owner removes every item of a node; whoever got its notifications learns of
+    /// it.
+    async fn pep_purge(&self, account: &str, purge: &Element) -> Answer {
+        let node = Self::node_of(purge)?;
+        let (owner, n) = (account.to_owned(), node.clone());
+        let config = self
+            .storage
+            .call(move |c| {
+                let config = store::node_config(c, &owner, &n)?;
+                if config.is_some() {
+                    store::purge(c, &owner, &n)?;
+                }
+                Ok(config)
+            })
+            .await
+            .map_err(storage_refusal)?
+            .ok_or_else(|| {
+                refuse(
+                    StanzaErrorCondition::ItemNotFound,
+                    None,
+                    format!("no node {node}"),
+                )
+            })?;
+        let event = Element::new("purge", NS_PUBSUB_EVENT).with_attr("node", &node);
         self.notify(account, &node, &config, event).await;
         Ok(None)
     }

@@ -262,6 +262,15 @@ pub fn delete_node(
     Ok(n == 1)
 }
 
+/// Removes every item of a node, keeping the node (XEP-0060 §8.5).
+pub fn purge(conn: &Connection, owner: &str, node: &str) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2",
+        params![owner, node],
+    )?;
+    Ok(())
+}
+
 /// Every node of the account with its configuration and latest item (nodes without items are
 /// left out): what last-published-item delivery sends.
 pub fn last_items(

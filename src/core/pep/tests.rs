@@ -296,6 +296,35 @@ async fn publish_items_retract_and_delete() {
     let r = own_iq(&core, &r1, &mut rx1, &items("g7", "no-such-node", "", "")).await;
     assert_eq!(error_of(&r).0, "item-not-found");
 
+    // Purge: a notification, the node stays without items.
+    own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &publish("p", DEVICES, "i4", &devices(4), &opts),
+    )
+    .await;
+    drain(&mut rx2);
+    let r = own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &format!(
+            "set' id='pg'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><purge node='{DEVICES}'/></pubsub>"
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let got = drain(&mut rx2);
+    assert!(
+        got.iter()
+            .any(|g| g.contains(&format!("<purge node='{DEVICES}'/>"))),
+        "{got:?}"
+    );
+    let r = own_iq(&core, &r1, &mut rx1, &items("g7b", DEVICES, "", "")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    assert!(item_ids(&r).is_empty(), "{r:?}");
+
     // Delete: a notification, then the node is gone.
     let r = own_iq(
         &core,
