@@ -692,6 +692,9 @@ impl Core {
         let Some(features) = self.caps.features_for(account, jid) else {
             return;
         };
+        if !features.iter().any(|f| f.ends_with("+notify")) {
+            return;
+        }
         let Ok(j) = Jid::parse(jid) else { return };
         let owner = account.to_owned();
         let last = match self
@@ -705,9 +708,7 @@ impl Core {
         let is_owner = self.contact_key(&j) == account;
         let mut allowed_presence: Option<bool> = None;
         for (node, config, item) in last {
-            if config.send_last != config::SendLast::OnSubAndPresence
-                || !features.iter().any(|f| *f == notify_feature(&node))
-            {
+            if !features.iter().any(|f| *f == notify_feature(&node)) {
                 continue;
             }
             if !is_owner {

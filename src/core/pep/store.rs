@@ -271,19 +271,36 @@ pub fn purge(conn: &Connection, owner: &str, node: &str) -> Result<(), rusqlite:
     Ok(())
 }
 
-/// Every node of the account with its configuration and latest item (nodes without items are
-/// left out): what last-published-item delivery sends.
+/// Every node of the account that sends its last item on presence, with its configuration
+/// and latest item (nodes without items are left out): what last-published-item delivery
+/// sends. One query, through the `pep_items_latest` index.
 pub fn last_items(
     conn: &Connection,
     owner: &str,
 ) -> Result<Vec<(String, NodeConfig, Item)>, rusqlite::Error> {
-    let mut out = Vec::new();
-    for (node, config) in nodes(conn, owner)? {
-        if let Some(item) = items(conn, owner, &node, Some(1), &[])?.pop() {
-            out.push((node, config, item));
-        }
-    }
-    Ok(out)
+    let mut st = conn.prepare_cached(
+        "SELECT n.node, n.access_model, n.persist_items, n.max_items, n.send_last,
+                i.item_id, i.publisher, i.payload
+         FROM pep_nodes n JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
+         WHERE n.owner = ?1 AND n.send_last = ?2
+           AND i.seq = (SELECT MAX(seq) FROM pep_items WHERE owner = n.owner AND node = n.node)
+         ORDER BY n.node",
+    )?;
+    let rows = st.query_map(
+        params![owner, super::config::SendLast::OnSubAndPresence.as_str()],
+        |r| {
+            Ok((
+                r.get(0)?,
+                config_from_row(r, 1)?,
+                Item {
+                    id: r.get(5)?,
+                    publisher: r.get(6)?,
+                    payload: r.get(7)?,
+                },
+            ))
+        },
+    )?;
+    rows.collect()
 }
 
 /// Removes everything PEP and private storage keep for an account.
