@@ -57,17 +57,47 @@ pub const NS_PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 
+/// The XEP-0060 application-specific conditions (`pubsub#errors`) this service gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PubsubError {
+    ClosedNode,
+    InvalidOptions,
+    InvalidPayload,
+    ItemRequired,
+    NodeidRequired,
+    PayloadRequired,
+    PayloadTooBig,
+    PreconditionNotMet,
+    PresenceSubscriptionRequired,
+}
+
+impl PubsubError {
+    fn as_str(self) -> &'static str {
+        match self {
+            PubsubError::ClosedNode => "closed-node",
+            PubsubError::InvalidOptions => "invalid-options",
+            PubsubError::InvalidPayload => "invalid-payload",
+            PubsubError::ItemRequired => "item-required",
+            PubsubError::NodeidRequired => "nodeid-required",
+            PubsubError::PayloadRequired => "payload-required",
+            PubsubError::PayloadTooBig => "payload-too-big",
+            PubsubError::PreconditionNotMet => "precondition-not-met",
+            PubsubError::PresenceSubscriptionRequired => "presence-subscription-required",
+        }
+    }
+}
+
 /// A refusal: the RFC 6120 condition, the XEP-0060 §7 application condition, a text.
 #[derive(Debug)]
 struct Refusal {
     cond: StanzaErrorCondition,
-    app: Option<&'static str>,
+    app: Option<PubsubError>,
     text: String,
 }
 
 fn refuse(
     cond: StanzaErrorCondition,
-    app: Option<&'static str>,
+    app: Option<PubsubError>,
     text: impl Into<String>,
 ) -> Refusal {
     Refusal {
@@ -149,9 +179,10 @@ impl Core {
             if let Some(error) = reply.children_mut().find(|c| c.name == "error") {
                 // After the defined condition, before the text (RFC 6120 §8.3.2).
                 let at = error.children.len().min(1);
-                error
-                    .children
-                    .insert(at, Node::Element(Element::new(app, NS_PUBSUB_ERRORS)));
+                error.children.insert(
+                    at,
+                    Node::Element(Element::new(app.as_str(), NS_PUBSUB_ERRORS)),
+                );
             }
         }
         self.route(reply).await
@@ -206,7 +237,7 @@ impl Core {
             Some(n) if !n.is_empty() => Ok(n.to_owned()),
             _ => Err(refuse(
                 StanzaErrorCondition::BadRequest,
-                Some("nodeid-required"),
+                Some(PubsubError::NodeidRequired),
                 format!("<{}/> needs a 'node'", verb.name),
             )),
         }
@@ -228,7 +259,7 @@ impl Core {
         let [item] = items[..] else {
             return Err(refuse(
                 StanzaErrorCondition::BadRequest,
-                Some("item-required"),
+                Some(PubsubError::ItemRequired),
                 "a PEP publish carries exactly one <item/>",
             ));
         };
@@ -237,9 +268,9 @@ impl Core {
             return Err(refuse(
                 StanzaErrorCondition::BadRequest,
                 Some(if payloads.is_empty() {
-                    "payload-required"
+                    PubsubError::PayloadRequired
                 } else {
-                    "invalid-payload"
+                    PubsubError::InvalidPayload
                 }),
                 "a PEP item carries exactly one payload element",
             ));
@@ -256,14 +287,14 @@ impl Core {
                 {
                     return Err(refuse(
                         StanzaErrorCondition::BadRequest,
-                        Some("invalid-options"),
+                        Some(PubsubError::InvalidOptions),
                         format!("publish-options need FORM_TYPE {NS_PUBLISH_OPTIONS}"),
                     ));
                 }
                 ConfigChange::from_form(&form, self.config.pep_max_items).map_err(|e| {
                     refuse(
                         StanzaErrorCondition::Conflict,
-                        Some("precondition-not-met"),
+                        Some(PubsubError::PreconditionNotMet),
                         e.to_string(),
                     )
                 })?
@@ -295,7 +326,7 @@ impl Core {
             )),
             Published::Conflict => Err(refuse(
                 StanzaErrorCondition::Conflict,
-                Some("precondition-not-met"),
+                Some(PubsubError::PreconditionNotMet),
                 format!("the publish-options do not match the configuration of node {node}"),
             )),
             Published::TooManyNodes => Err(refuse(
@@ -325,7 +356,7 @@ impl Core {
         if bytes.len() > self.config.pep_max_item_bytes {
             return Err(refuse(
                 StanzaErrorCondition::NotAcceptable,
-                Some("payload-too-big"),
+                Some(PubsubError::PayloadTooBig),
                 format!(
                     "the payload has {} bytes, more than pep_max_item_bytes = {}",
                     bytes.len(),
@@ -373,7 +404,7 @@ impl Core {
             config::AccessModel::Open => Ok(()),
             config::AccessModel::Whitelist => Err(refuse(
                 StanzaErrorCondition::NotAllowed,
-                Some("closed-node"),
+                Some(PubsubError::ClosedNode),
                 "this node is the owner's only (whitelist)",
             )),
             config::AccessModel::Presence => {
@@ -387,7 +418,7 @@ impl Core {
                 } else {
                     Err(refuse(
                         StanzaErrorCondition::NotAuthorized,
-                        Some("presence-subscription-required"),
+                        Some(PubsubError::PresenceSubscriptionRequired),
                         "this node is for contacts subscribed to the owner's presence",
                     ))
                 }
@@ -456,7 +487,7 @@ impl Core {
         else {
             return Err(refuse(
                 StanzaErrorCondition::BadRequest,
-                Some("item-required"),
+                Some(PubsubError::ItemRequired),
                 "a retract names one <item id/>",
             ));
         };
