@@ -20,7 +20,7 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
     /// Stored (or, for a node without persistence, kept as the last item only).
-    Done { config: NodeConfig, created: bool },
+    Done { config: NodeConfig },
     /// The publish-options do not match the existing node's configuration.
     Conflict,
     /// Creating the node would exceed the account's node quota.
@@ -128,9 +128,9 @@ fn kept(c: &NodeConfig) -> u32 {
 pub fn publish(conn: &mut Connection, p: &Publish) -> Result<Published, rusqlite::Error> {
     let tx = conn.transaction()?;
     let existing = node_config(&tx, &p.owner, &p.node)?;
-    let (config, created) = match existing {
+    let config = match existing {
         Some(c) if !p.options.matches(&c) => return Ok(Published::Conflict),
-        Some(c) => (c, false),
+        Some(c) => c,
         None => {
             let count: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM pep_nodes WHERE owner = ?1",
@@ -142,7 +142,7 @@ pub fn publish(conn: &mut Connection, p: &Publish) -> Result<Published, rusqlite
             }
             let c = p.options.apply(&p.defaults);
             insert_node(&tx, &p.owner, &p.node, &c)?;
-            (c, true)
+            c
         }
     };
     // A republished id replaces the old item and becomes the latest.
@@ -157,7 +157,7 @@ pub fn publish(conn: &mut Connection, p: &Publish) -> Result<Published, rusqlite
     )?;
     trim(&tx, &p.owner, &p.node, kept(&config))?;
     tx.commit()?;
-    Ok(Published::Done { config, created })
+    Ok(Published::Done { config })
 }
 
 /// Replaces a node's configuration (owner's configure form); trims to the new `max_items`.
