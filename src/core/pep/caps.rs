@@ -199,8 +199,9 @@ pub struct CapsState {
 /// What to do after an available presence ([`CapsState::watch`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Watch {
-    /// Caps known: send the last items now if `fresh` (the JID just became available).
-    Known { fresh: bool },
+    /// Caps known: send the last items now if `send_last` (the JID became available and has
+    /// not had them yet).
+    Known { send_last: bool },
     /// Caps unknown: ask with a disco#info query (unless one is out already).
     Ask { caps: Caps },
     /// Caps unknown and a query for the `ver` is already out, or no usable caps: nothing now.
@@ -235,14 +236,10 @@ impl CapsState {
             owed_last: true,
         });
         entry.ver = caps.as_ref().map(|c| c.ver.clone());
-        if !fresh && entry.ver.is_none() {
-            entry.owed_last = false;
-        }
         match caps {
-            Some(_) if known => {
-                entry.owed_last = false;
-                Watch::Known { fresh }
-            }
+            Some(_) if known => Watch::Known {
+                send_last: std::mem::take(&mut entry.owed_last),
+            },
             Some(_) if asking => Watch::Wait,
             Some(caps) => Watch::Ask { caps },
             None => Watch::Wait,

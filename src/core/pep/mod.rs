@@ -781,8 +781,8 @@ impl Core {
             Some(_) => return,
         }
         match self.caps.watch(account, &jid, Caps::of_presence(el)) {
-            Watch::Known { fresh: true } => self.send_last_items(account, &jid).await,
-            Watch::Known { fresh: false } | Watch::Wait => {}
+            Watch::Known { send_last: true } => self.send_last_items(account, &jid).await,
+            Watch::Known { send_last: false } | Watch::Wait => {}
             Watch::Ask { caps } => {
                 let domain = account.split_once('@').map_or(account, |(_, d)| d);
                 let id = format!("caps{:x}", rand::random::<u64>());

@@ -899,6 +899,23 @@ async fn the_last_item_goes_to_a_contact_and_an_own_resource_when_they_become_av
     .await;
     assert!(!got.iter().any(|g| g.contains("disco#info")), "{got:?}");
     assert_eq!(events(&got).len(), 1, "{got:?}");
+    // A resource whose first presence had no caps gets it when caps come.
+    let (_bob3, _, mut bob3_rx) = session(&core, "bob@a.test/b3", 64);
+    core.route(client_el(
+        "<presence from='bob@a.test/b3' to='alice@a.test'/>",
+    ))
+    .await;
+    assert!(events(&drain(&mut bob3_rx)).is_empty());
+    let (_, got) = caps_presence(
+        &core,
+        "bob@a.test/b3",
+        &mut bob3_rx,
+        "alice@a.test",
+        &notify,
+        None,
+    )
+    .await;
+    assert_eq!(events(&got).len(), 1, "{got:?}");
     // alice's new resource, on its initial presence with caps.
     let (r3, _, mut rx3) = session(&core, "alice@a.test/r3", 64);
     r3.presence().available = false;
