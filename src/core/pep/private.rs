@@ -6,8 +6,9 @@
 //!    `<conference/>` per item, its `jid` the item id.
 //! 2. A set of it makes the node hold exactly its conferences: each published as an item
 //!    (`<conference xmlns='urn:xmpp:bookmarks:1' name autojoin><nick/><password/>`), the
-//!    others retracted, each with its notification. Legacy `<url/>` bookmarks have no place
-//!    in XEP-0402 and are not kept.
+//!    others retracted, each with its notification. A node too small for them (made by a
+//!    client without publish-options) is widened to `pep_max_items` first. Legacy `<url/>`
+//!    bookmarks have no place in XEP-0402 and are not kept.
 //! 3. Any other namespace is stored as it is and given back as it was (an empty element when
 //!    nothing is stored). `jabber:client`, `jabber:server` and `jabber:iq:private` itself are
 //!    refused with `<not-acceptable/>` (XEP-0049 §3).
@@ -239,11 +240,25 @@ impl Core {
             .await
             .map_err(super::storage_refusal)?;
         let (config, items) = existing;
-        // An existing node keeps its configuration; a new one gets XEP-0402's.
-        let options = if config.is_some() {
-            ConfigChange::default()
-        } else {
-            bookmarks_options(cap)
+        // A new node gets XEP-0402's configuration. An existing one keeps its own, except that
+        // it must hold every bookmark: one made by a client without publish-options (one item)
+        // would silently lose all but the last.
+        let options = match config {
+            Some(c) if c.max_items < wanted.len() as u32 => {
+                let widened = NodeConfig {
+                    max_items: cap,
+                    persist_items: true,
+                    ..c
+                };
+                let owner = account.to_owned();
+                self.storage
+                    .call(move |db| store::configure(db, &owner, NS_BOOKMARKS, &widened))
+                    .await
+                    .map_err(super::storage_refusal)?;
+                ConfigChange::default()
+            }
+            Some(_) => ConfigChange::default(),
+            None => bookmarks_options(cap),
         };
         let publisher = session.jid.to_string();
         for (jid, conf) in &wanted {

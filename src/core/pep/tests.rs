@@ -1013,6 +1013,36 @@ async fn legacy_bookmarks_in_private_storage_are_xep_0402_items_both_ways() {
     )
     .await;
     assert_eq!(item_ids(&r), ["new@muc.a.test"]);
+    // A bookmarks node made without publish-options (one item) is widened, not truncated.
+    own_iq(&core, &r1, &mut rx1, "set' id='d'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:xmpp:bookmarks:1'/></pubsub>").await;
+    own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &publish(
+            "p",
+            "urn:xmpp:bookmarks:1",
+            "a@muc.a.test",
+            "<conference xmlns='urn:xmpp:bookmarks:1'/>",
+            "",
+        ),
+    )
+    .await;
+    own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &set("<storage xmlns='storage:bookmarks'><conference jid='a@muc.a.test'/><conference jid='b@muc.a.test'/></storage>"),
+    )
+    .await;
+    let r = own_iq(
+        &core,
+        &r1,
+        &mut rx1,
+        &items("g", "urn:xmpp:bookmarks:1", "", ""),
+    )
+    .await;
+    assert_eq!(item_ids(&r), ["a@muc.a.test", "b@muc.a.test"]);
     // Other namespaces are kept as they are; an unknown one comes back empty.
     own_iq(
         &core,
