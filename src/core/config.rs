@@ -65,6 +65,18 @@ pub struct CoreConfig {
     /// Most offline messages kept per account; more are bounced with
     /// `<service-unavailable/>`. Default `1000`.
     pub offline_max: usize,
+    /// Most PEP nodes (XEP-0163) per account; a publish that would create one more gets
+    /// `<resource-constraint/>`. Default `64`. Also bounds the XEP-0049 private elements kept
+    /// per account. Each node holds up to `pep_max_items` items of `pep_max_item_bytes`: the
+    /// three together bound what one account can store.
+    pub pep_max_nodes: usize,
+    /// Most items one PEP node keeps (older ones are dropped); a node configured with
+    /// `max_items = max` or more gets this. Default `256`.
+    pub pep_max_items: u32,
+    /// Largest PEP item payload (or private XML element), in bytes; larger is refused with
+    /// `<not-acceptable/>`. Default `65536` (64 KiB), enough for an avatar of XEP-0084's
+    /// recommended size.
+    pub pep_max_item_bytes: usize,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -90,6 +102,9 @@ impl Default for CoreConfig {
             resume_timeout: Duration::from_secs(300),
             ack_timeout: Duration::from_secs(60),
             offline_max: 1000,
+            pep_max_nodes: 64,
+            pep_max_items: 256,
+            pep_max_item_bytes: 64 * 1024,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -330,6 +345,9 @@ impl CoreConfig {
             ),
             ("core.max_connections", self.max_connections),
             ("core.session_queue", self.session_queue),
+            ("core.pep_max_nodes", self.pep_max_nodes),
+            ("core.pep_max_items", self.pep_max_items as usize),
+            ("core.pep_max_item_bytes", self.pep_max_item_bytes),
         ] {
             if v == 0 {
                 problems.push(invalid(
@@ -454,6 +472,10 @@ mod tests {
             )
         };
         assert_eq!(bad(""), "core.domain");
+        assert_eq!(
+            bad("pep_max_items = 0\n[[core.domain]]\nname=\"a.test\""),
+            "core.pep_max_items"
+        );
         assert_eq!(
             bad("scram_iterations = 100\n[[core.domain]]\nname=\"a.test\""),
             "core.scram_iterations"

@@ -9,8 +9,10 @@
 //!   or OMEMO): identity `account/registered`, [`ACCOUNT_FEATURES`]; answered for the account's
 //!   owner and for anyone else alike, since it reveals only that the account exists, which a
 //!   message to it reveals too.
+//!   The account's owner also gets its PEP nodes in disco#items.
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
+use super::pep;
 use super::roster::NS_ROSTER;
 use super::Core;
 use crate::xml::{ns, Element};
@@ -28,8 +30,30 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_ROSTER,
 ];
 
-/// What disco#info on an account's bare JID announces.
-pub(crate) const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, ns::PING];
+/// What disco#info on an account's bare JID announces: the PEP service (XEP-0163, the
+/// XEP-0060 §10 features it implements) and XEP-0049 private storage with XEP-0402 compat.
+pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    ns::PING,
+    pep::NS_PUBSUB,
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#publish-options",
+    "http://jabber.org/protocol/pubsub#persistent-items",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#delete-nodes",
+    "http://jabber.org/protocol/pubsub#purge-nodes",
+    "http://jabber.org/protocol/pubsub#config-node",
+    "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#access-open",
+    "http://jabber.org/protocol/pubsub#access-whitelist",
+    "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#item-ids",
+    pep::private::NS_PRIVATE,
+    pep::private::NS_BOOKMARKS_COMPAT,
+];
 
 /// A disco#info `<query/>` with one identity and the given features.
 fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> Element {
@@ -61,9 +85,14 @@ impl Core {
         q
     }
 
-    /// disco#info on an account's bare JID.
+    /// disco#info on an account's bare JID: the account, and its PEP service (XEP-0163 §1).
     pub(crate) fn account_disco_info(&self) -> Element {
-        info("account", "registered", None, ACCOUNT_FEATURES)
+        let mut q = info("account", "registered", None, ACCOUNT_FEATURES);
+        let pep = Element::new("identity", NS_DISCO_INFO)
+            .with_attr("category", "pubsub")
+            .with_attr("type", "pep");
+        q.children.insert(1, crate::xml::Node::Element(pep));
+        q
     }
 
     /// disco#items on an account's bare JID: nothing public is listed.

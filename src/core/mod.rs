@@ -12,6 +12,8 @@
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
+//! - `pep`: XEP-0163 PEP (the XEP-0060 subset clients use), XEP-0115 caps for its
+//!   notifications, XEP-0049 private storage with legacy bookmarks in XEP-0402.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
@@ -31,6 +33,7 @@ pub mod c2s;
 pub mod config;
 mod csi;
 mod disco;
+mod pep;
 mod presence;
 pub mod roster;
 pub mod sasl;
@@ -129,6 +132,8 @@ pub struct Core {
     resume_table: sm::ResumeTable,
     /// Items for disco#items on our domains.
     disco_items: Vec<String>,
+    /// XEP-0115 caps of the entities that send our accounts presence, for PEP notifications.
+    caps: pep::caps::CapsState,
     pub shutdown: CancellationToken,
 }
 
@@ -315,6 +320,7 @@ pub async fn start(
         sessions: Mutex::new(HashMap::new()),
         resume_table: sm::ResumeTable::default(),
         disco_items,
+        caps: Default::default(),
         shutdown: CancellationToken::new(),
     });
 

@@ -89,6 +89,7 @@ impl Core {
         el: Element,
         initial: bool,
     ) {
+        self.pep_presence(&session.account, &session.jid, &el).await;
         let from = session.jid.to_string();
         let bare = session.jid.bare().to_string();
         let owner = session.account.clone();
@@ -256,6 +257,7 @@ impl Core {
                 .subscription_inbound(account, to, &from, el, action)
                 .await;
         }
+        self.pep_presence(account, &from, &el).await;
         match type_.as_deref() {
             Some("probe") => self.answer_probe(account, to, &from, &el).await,
             None | Some("unavailable") | Some("error") => match to.resource() {

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
+use super::pep::private::NS_PRIVATE;
+use super::pep::{NS_PUBSUB, NS_PUBSUB_OWNER};
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::{storage, Core, Queued, SessionHandle};
 use crate::jid::Jid;
@@ -277,7 +279,7 @@ impl Core {
 
     /// Answers a stanza that needed the database when the database failed (RFC 6120
     /// §8.3.3.6 `internal-server-error`).
-    async fn storage_failed(&self, el: &Element) {
+    pub(crate) async fn storage_failed(&self, el: &Element) {
         self.bounce(
             el,
             StanzaErrorCondition::InternalServerError,
@@ -362,7 +364,12 @@ impl Core {
 
     /// An iq request to an account's bare JID from anyone but the account itself: the server
     /// answers for the account (RFC 6120 §10.5.3.2).
-    async fn account_iq(&self, _account: &str, to: &Jid, el: Element) {
+    async fn account_iq(&self, account: &str, to: &Jid, el: Element) {
+        match payload(&el).map(|p| (p.name.as_str(), p.ns.as_str())) {
+            Some(("pubsub", NS_PUBSUB | NS_PUBSUB_OWNER)) => return self.pep_iq(account, el).await,
+            Some((_, NS_PRIVATE)) => return self.private_forbidden(&el).await,
+            _ => {}
+        }
         let reply = match (el.attr("type"), payload(&el)) {
             (Some("get"), Some(p)) if (p.name.as_str(), p.ns.as_str()) == ("ping", ns::PING) => {
                 Some(iq_result(&el, &to.to_string()))
@@ -404,6 +411,9 @@ impl Core {
                 .await;
             }
             return;
+        }
+        if matches!(el.attr("type"), Some("result" | "error")) {
+            return self.caps_answer(&el).await;
         }
         if !matches!(el.attr("type"), Some("get" | "set")) {
             return;
@@ -482,8 +492,12 @@ impl Core {
                 session.send_element(&iq_result(&el, &me).with_child(self.account_disco_info()))
             }
             (Some("get"), Some(("query", NS_DISCO_ITEMS))) if p_node_none(&el) => {
-                session.send_element(&iq_result(&el, &me).with_child(self.account_disco_items()))
+                self.pep_disco_items(session, &el).await
             }
+            (_, Some(("pubsub", NS_PUBSUB | NS_PUBSUB_OWNER))) => {
+                self.pep_iq(&session.account, el).await
+            }
+            (_, Some(("query", NS_PRIVATE))) => self.private_iq(session, el).await,
             _ => self.unsupported_iq(&el).await,
         }
     }

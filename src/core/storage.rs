@@ -55,6 +55,36 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
+    // PEP (XEP-0163) nodes with their configuration and items (seq orders them: the highest is
+    // the node's latest), and XEP-0049 private XML.
+    "CREATE TABLE pep_nodes (
+        owner TEXT NOT NULL,
+        node TEXT NOT NULL,
+        access_model TEXT NOT NULL,
+        persist_items INTEGER NOT NULL,
+        max_items INTEGER NOT NULL,
+        send_last TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        PRIMARY KEY (owner, node)
+    );
+    CREATE TABLE pep_items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        node TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        published INTEGER NOT NULL,
+        UNIQUE (owner, node, item_id)
+    );
+    CREATE INDEX pep_items_latest ON pep_items (owner, node, seq);
+    CREATE TABLE private_xml (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ns TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (owner, name, ns)
+    );",
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed
@@ -275,7 +305,8 @@ pub fn set_credentials(
     Ok(n == 1)
 }
 
-/// Removes an account with its roster and offline messages; `Ok(false)` if there was none.
+/// Removes an account with its roster, offline messages, PEP nodes and private XML;
+/// `Ok(false)` if there was none.
 pub fn remove_account(
     conn: &mut Connection,
     localpart: &str,
@@ -289,6 +320,7 @@ pub fn remove_account(
     let bare = format!("{localpart}@{domain}");
     tx.execute("DELETE FROM roster WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
+    super::pep::store::remove_account(&tx, &bare)?;
     tx.commit()?;
     Ok(n == 1)
 }

@@ -14,7 +14,8 @@ checked: the interop peers' c2s certificates are self-signed); --mode starttls|d
 --mech forces a SASL mechanism; --like-a-user gets the roster and sends initial presence before
 reporting online, and accepts subscription requests (asking back), as a person clicking "allow"
 would; without it the test does each of these itself. --sm enables XEP-0198 stream management
-with resumption (slixmpp's xep_0198).
+with resumption (slixmpp's xep_0198). --pep registers slixmpp's PEP plugins (XEP-0060,
+XEP-0163, XEP-0115 caps, XEP-0048/0049 bookmarks, XEP-0402) for the PEP commands.
 
 Commands (stdin), each run as its own task in the order read; {"event": "done", "cmd": C}
 follows when it completed:
@@ -33,6 +34,13 @@ follows when it completed:
   {"cmd": "drop"}              the connection is lost (aborted, no close), then the client
                                connects again and resumes (with --sm) as a phone does
   {"cmd": "quit"}                                         (also at the end of stdin)
+ PEP (with --pep):
+  {"cmd": "pep_interest", "node": N}         adds N+notify to our caps (before presence)
+  {"cmd": "pep_publish", "node": N, "id": ID, "xml": PAYLOAD, "options": {VAR: VALUE}, "tag": T}
+  {"cmd": "pep_items", "jid": JID, "node": N, "tag": T}
+  {"cmd": "bookmarks_set", "conferences": [{"jid", "name", "nick", "autojoin"}], "tag": T}
+                                             XEP-0048 bookmarks stored with XEP-0049
+  {"cmd": "bookmarks_get", "tag": T}
 
 Events (stdout):
   {"event": "online", "jid": FULL_JID, "mechanism": NAME}
@@ -44,6 +52,10 @@ Events (stdout):
   {"event": "result", "tag", "type": "result"|"error"|"timeout", "condition", "text",
    "identities": [[category, type, name]], "features": [...]}     (disco and ping)
   {"event": "sent", "prefix": P, "count": N}
+  {"event": "pep", "tag", "type": "result"|"error"|"timeout", "condition", "app", "text",
+   "id": published item id, "items": [{"id", "xml", "conference": {"name", "autojoin",
+   "nick"}|null}], "conferences": [{"jid", "name", "nick", "autojoin"}]}
+  {"event": "pep_event", "from", "node", "kind": "publish"|"retract"|"delete", "items": [ids]}
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
   {"event": "resumed"}  / {"event": "sm_failed"}   (after a drop, with --sm)
   {"event": "disconnected", "reason": ...}
@@ -109,6 +121,8 @@ class Client(slixmpp.ClientXMPP):
             self.register_plugin("xep_0198")
             self.add_event_handler("session_resumed", lambda _: emit(event="resumed"))
             self.add_event_handler("sm_failed", lambda _: emit(event="sm_failed"))
+        if args.pep:
+            pep_plugins(self)
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("auth_success", self.on_auth)
         # slixmpp raises "message" for messages with a body (errors included) and
@@ -257,6 +271,8 @@ class Client(slixmpp.ClientXMPP):
             elif kind == "drop":
                 self.dropping = True
                 self.abort()
+            elif kind in PEP_COMMANDS:
+                await PEP_COMMANDS[kind](self, cmd)
             elif kind == "quit":
                 self.disconnect(wait=2.0)
                 return
@@ -288,6 +304,117 @@ class Client(slixmpp.ClientXMPP):
             emit(event="result", tag=tag, type="timeout")
 
 
+# ---- PEP (XEP-0163) and bookmarks: --pep ------------------------------------------------------
+
+NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
+
+
+def pep_plugins(client):
+    for plugin in ("xep_0060", "xep_0115", "xep_0163", "xep_0049", "xep_0048", "xep_0402"):
+        client.register_plugin(plugin)
+    client.add_event_handler("pubsub_publish", lambda m: pep_event(m, "publish"))
+    client.add_event_handler("pubsub_retract", lambda m: pep_event(m, "retract"))
+    client.add_event_handler("pubsub_delete", lambda m: pep_event(m, "delete"))
+
+
+def pep_event(msg, kind):
+    event = msg["pubsub_event"]
+    if kind == "delete":
+        node, ids = event["delete"]["node"], []
+    else:
+        node = event["items"]["node"]
+        # Not `for i in event["items"]`: slixmpp is iterating that very element (its iterator
+        # is the element itself) while it calls us, and a second loop would restart its own.
+        ids = [i["id"] for i in event["items"].iterables]
+    emit(event="pep_event", **{"from": str(msg["from"])}, node=node, kind=kind, items=ids)
+
+
+async def pep_call(cmd, coroutine, on_result):
+    """Runs an iq and emits a "pep" event with its outcome."""
+    tag = cmd.get("tag")
+    try:
+        reply = await coroutine
+        emit(event="pep", tag=tag, type="result", **on_result(reply))
+    except IqError as e:
+        condition, text = error_of(e.iq)
+        app = None
+        error = e.iq.xml.find("{jabber:client}error")
+        if error is not None:
+            for child in error:
+                if child.tag.startswith("{%s}" % NS_PUBSUB_ERRORS):
+                    app = child.tag.split("}", 1)[1]
+        emit(event="pep", tag=tag, type="error", condition=condition, app=app, text=text)
+    except IqTimeout:
+        emit(event="pep", tag=tag, type="timeout")
+
+
+async def cmd_pep_interest(client, cmd):
+    client.plugin["xep_0030"].add_feature(cmd["node"] + "+notify")
+    await client.plugin["xep_0115"].update_caps(broadcast=False)
+
+
+async def cmd_pep_publish(client, cmd):
+    options = None
+    if cmd.get("options"):
+        options = client.plugin["xep_0004"].make_form(ftype="submit")
+        options.add_field(
+            var="FORM_TYPE",
+            ftype="hidden",
+            value="http://jabber.org/protocol/pubsub#publish-options",
+        )
+        for var, value in cmd["options"].items():
+            options.add_field(var=var, value=value)
+    send = client.plugin["xep_0060"].publish(
+        None, cmd["node"], id=cmd.get("id"), payload=ET.fromstring(cmd["xml"]), options=options
+    )
+    await pep_call(cmd, send, lambda r: {"id": r["pubsub"]["publish"]["item"]["id"]})
+
+
+def pep_item(item):
+    conference = None
+    payload = item.xml.find("{urn:xmpp:bookmarks:1}conference")
+    if payload is not None:
+        c = item["conference"]
+        conference = {"name": c["name"], "autojoin": c["autojoin"], "nick": c["nick"]}
+    return {"id": item["id"], "xml": str(item), "conference": conference}
+
+
+async def cmd_pep_items(client, cmd):
+    send = client.plugin["xep_0060"].get_items(cmd["jid"], cmd["node"])
+    await pep_call(cmd, send, lambda r: {"items": [pep_item(i) for i in r["pubsub"]["items"]]})
+
+
+async def cmd_bookmarks_set(client, cmd):
+    bookmarks = client.plugin["xep_0048"].stanza.Bookmarks()
+    for c in cmd["conferences"]:
+        bookmarks.add_conference(
+            c["jid"], c.get("nick"), name=c.get("name"), autojoin=c.get("autojoin")
+        )
+    send = client.plugin["xep_0048"].set_bookmarks(bookmarks, method="xep_0049")
+    await pep_call(cmd, send, lambda r: {})
+
+
+def conferences(reply):
+    return [
+        {"jid": str(c["jid"]), "name": c["name"], "nick": c["nick"], "autojoin": c["autojoin"]}
+        for c in reply["private"]["bookmarks"]["conferences"]
+    ]
+
+
+async def cmd_bookmarks_get(client, cmd):
+    send = client.plugin["xep_0048"].get_bookmarks(method="xep_0049")
+    await pep_call(cmd, send, lambda r: {"conferences": conferences(r)})
+
+
+PEP_COMMANDS = {
+    "pep_interest": cmd_pep_interest,
+    "pep_publish": cmd_pep_publish,
+    "pep_items": cmd_pep_items,
+    "bookmarks_set": cmd_bookmarks_set,
+    "bookmarks_get": cmd_bookmarks_get,
+}
+
+
 async def commands(client):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -317,6 +444,7 @@ async def main():
     parser.add_argument("--mech", default=None)
     parser.add_argument("--like-a-user", action="store_true")
     parser.add_argument("--sm", action="store_true")
+    parser.add_argument("--pep", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(

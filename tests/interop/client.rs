@@ -88,6 +88,12 @@ impl Login {
         self.arg(&["--like-a-user"])
     }
 
+    /// Registers slixmpp's PEP plugins (XEP-0060, XEP-0163, XEP-0115 caps, XEP-0048/0049,
+    /// XEP-0402) for client.py's PEP commands; the client then announces caps in presence.
+    pub fn pep(self) -> Login {
+        self.arg(&["--pep"])
+    }
+
     /// Keeps the client's stderr in this folder (else in a temporary one, gone with the client).
     pub fn stderr_in(mut self, dir: &Path) -> Login {
         self.stderr_dir = Some(dir.to_owned());
