@@ -29,6 +29,7 @@
 //! - [`dialback`]: XEP-0185 dialback keys, the shared secret, stream ids, component handshakes.
 //! - [`config`]: the TOML configuration.
 //! - [`logging`]: `[log]`: text or JSON lines on stderr, colours only on a terminal.
+//! - [`notify`]: the systemd readiness protocol (`Type=notify`).
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
 //! - [`jid`]: RFC 7622 addresses.
 //! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
@@ -48,6 +49,7 @@ pub mod jid;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod peers;
 pub mod policy;
 pub mod reload;

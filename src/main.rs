@@ -13,6 +13,7 @@ use fedgate::component::client::Target;
 use fedgate::config::{Config, ConfigError};
 use fedgate::core::accounts::Accounts;
 use fedgate::core::config::{CoreConfig, CoreFile};
+use fedgate::notify::{notify, State};
 
 /// `EX_USAGE` from sysexits.h: bad configuration or command line.
 const EXIT_CONFIG: u8 = 64;
@@ -323,7 +324,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    notify(State::Ready);
     signals.wait(&gateway).await;
+    notify(State::Stopping);
     tracing::info!("shutting down");
     gateway.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
@@ -356,7 +359,9 @@ impl Signals {
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
+                    notify(State::Reloading);
                     let _ = gateway.reload_file();
+                    notify(State::Ready);
                 }
             }
         }
@@ -497,7 +502,9 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             config.core.all_domains().collect::<Vec<_>>().join(", "),
             config.gateway.address
         );
+        notify(State::Ready);
         signals.wait_reloading(&tls).await;
+        notify(State::Stopping);
         tracing::info!("shutting down");
         core.shutdown(SHUTDOWN_GRACE).await;
         tracing::info!("stopped");
