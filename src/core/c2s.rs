@@ -9,9 +9,11 @@
 //!    `<auth/>` gets `<failure><encryption-required/></failure>`, anything else ends the
 //!    stream with `<policy-violation/>`. After `<proceed/>` the TLS handshake runs, bytes read
 //!    before it are discarded (STARTTLS command injection), and the stream restarts.
-//! 4. `ExpectAuth`: SASL ([`super::sasl`]): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN only when
-//!    `allow_plain`. A bad attempt gets `<failure/>` and another try, up to
-//!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. Google's JID domain discovery: an
+//! 4. `ExpectAuth`: SASL ([`super::sasl`]): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN unless
+//!    `allow_plain = false`. A bad attempt gets `<failure/>` (logged at INFO with the
+//!    username and the condition, never the password) and another try, up to
+//!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. A client that leaves here is logged
+//!    at INFO with what it was offered. Google's JID domain discovery: an
 //!    `<auth/>` with `client-uses-full-bind-result='true'` is bound under the account's
 //!    canonical domain, not the alias it signed in with. Success restarts the stream.
 //! 5. `ExpectBind`: `<bind/>` (RFC 6120 §7) with the client's resource or one we make up;
@@ -286,8 +288,33 @@ fn sasl_payload(el: &Element) -> Result<Vec<u8>, SaslError> {
         .map_err(|_| SaslError::Malformed("not base64"))
 }
 
-/// Step 4.
+/// Step 4; a client that leaves here (it found no mechanism it can use, most often) is
+/// logged with what it was offered.
 async fn expect_auth(
+    conn: &mut Connection,
+    core: &Core,
+    stream_domain: &str,
+) -> Result<Authenticated, C2sError> {
+    let result = sasl_exchange(conn, core, stream_domain).await;
+    if let Err(C2sError::Read(ReadError::Eof | ReadError::Io(_))) = &result {
+        let offered: Vec<&str> = offered(core).into_iter().map(Mechanism::name).collect();
+        tracing::info!(peer = %conn.peer, "c2s client left before authenticating (offered {})", offered.join(", "));
+    }
+    result
+}
+
+/// The username a SASL `<auth/>` claims, for the log (PLAIN and SCRAM carry one).
+fn claimed_user(el: &Element, mechanism: Option<Mechanism>) -> Option<String> {
+    let data = sasl_payload(el).ok()?;
+    match mechanism? {
+        Mechanism::Plain => Plain::parse(&data).ok().map(|p| p.username),
+        Mechanism::ScramSha256 | Mechanism::ScramSha1 => {
+            ClientFirst::parse(&data).ok().map(|f| f.username)
+        }
+    }
+}
+
+async fn sasl_exchange(
     conn: &mut Connection,
     core: &Core,
     stream_domain: &str,
@@ -308,7 +335,8 @@ async fn expect_auth(
             (k == "client-uses-full-bind-result" || k.ends_with(":client-uses-full-bind-result"))
                 && v == "true"
         });
-        let result = match el.attr("mechanism").and_then(Mechanism::from_name) {
+        let mechanism = el.attr("mechanism").and_then(Mechanism::from_name);
+        let result = match mechanism {
             Some(Mechanism::Plain) if core.config.allow_plain => {
                 plain(core, &el, stream_domain, full_bind).await
             }
@@ -338,6 +366,13 @@ async fn expect_auth(
                 return Ok(auth);
             }
             Err(e) => {
+                tracing::info!(
+                    peer = %conn.peer,
+                    user = claimed_user(&el, mechanism).as_deref().unwrap_or("-"),
+                    mechanism = el.attr("mechanism").unwrap_or("-"),
+                    "c2s sign-in failed: {}",
+                    e.condition()
+                );
                 send_failure(conn, &e).await?;
                 if e != SaslError::Aborted && e != SaslError::InvalidMechanism {
                     failures += 1;
@@ -663,6 +698,9 @@ impl Core {
                 }
                 return;
             }
+        }
+        if self.blocked_outbound(session, &el).await {
+            return;
         }
         match el.name.as_str() {
             "presence" => self.presence_outbound(session, el).await,

@@ -25,9 +25,10 @@ pub struct CoreConfig {
     /// Addresses for c2s with TLS from the first byte (XEP-0368 `_xmpps-client`). Default
     /// `["0.0.0.0:5223"]`; `[]` turns it off.
     pub direct_tls_listen: Vec<SocketAddr>,
-    /// Offer SASL PLAIN (after TLS only, never before). Default `false`: SCRAM-SHA-256 and
-    /// SCRAM-SHA-1 only, which never show the password to the server. **PLAIN sends the
-    /// password itself** (inside TLS); turn it on only for clients without SCRAM.
+    /// Offer SASL PLAIN (after TLS only, never before), after SCRAM-SHA-256 and SCRAM-SHA-1.
+    /// Default `true`, so that every client can sign in: go-sendxmpp, bots and older libraries
+    /// know only PLAIN. **PLAIN sends the password itself** (inside TLS) to the server; `false`
+    /// leaves the SCRAM mechanisms only, which never show it.
     pub allow_plain: bool,
     /// PBKDF2 iterations for new or changed passwords. Default `4096`, the least RFC 7677
     /// allows; more makes each sign-in and each stolen-database guess slower alike.
@@ -52,6 +53,10 @@ pub struct CoreConfig {
     /// Most offline messages kept per account; more are bounced with
     /// `<service-unavailable/>`. Default `1000`.
     pub offline_max: usize,
+    /// Most JIDs on one account's XEP-0191 blocklist; a block beyond it is refused with
+    /// `<resource-constraint/>`. Default `1000`. Each list is held in memory while used and
+    /// checked on every stanza to or from its account.
+    pub max_blocklist: usize,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -66,7 +71,7 @@ impl Default for CoreConfig {
         CoreConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
             direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
-            allow_plain: false,
+            allow_plain: true,
             scram_iterations: 4096,
             database: PathBuf::from("fedgate-core.sqlite"),
             negotiation_timeout: Duration::from_secs(30),
@@ -75,6 +80,7 @@ impl Default for CoreConfig {
             max_connections: 10_000,
             session_queue: 1024,
             offline_max: 1000,
+            max_blocklist: 1000,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -305,6 +311,7 @@ impl CoreConfig {
             ),
             ("core.max_connections", self.max_connections),
             ("core.session_queue", self.session_queue),
+            ("core.max_blocklist", self.max_blocklist),
         ] {
             if v == 0 {
                 problems.push(invalid(
@@ -396,7 +403,7 @@ mod tests {
         let f = CoreFile::load(&dir.join("core.toml")).unwrap();
         assert_eq!(f.core.database, dir.join("fedgate-core.sqlite"));
         assert!(f.core.listen.iter().all(|a| a.ip().is_loopback()));
-        assert!(!f.core.allow_plain);
+        assert!(f.core.allow_plain);
         assert!(f.gateway.secret().is_ok());
     }
 
@@ -410,6 +417,7 @@ mod tests {
         .unwrap();
         assert_eq!(f.core.domain[0].name, "a.test");
         assert_eq!(f.core.scram_iterations, 4096);
+        assert!(f.core.allow_plain, "PLAIN over TLS is on by default");
         assert_eq!(f.core.listen, ["0.0.0.0:5222".parse().unwrap()]);
         assert_eq!(
             f.core.all_domains().collect::<Vec<_>>(),

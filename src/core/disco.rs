@@ -11,6 +11,7 @@
 //!   message to it reveals too.
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
+use super::blocking::NS_BLOCKING;
 use super::roster::NS_ROSTER;
 use super::Core;
 use crate::xml::{ns, Element};
@@ -26,6 +27,7 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     ns::PING,
     NS_VERSION,
     NS_ROSTER,
+    NS_BLOCKING,
 ];
 
 /// What disco#info on an account's bare JID announces.

@@ -9,6 +9,7 @@
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
+//! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
@@ -24,6 +25,7 @@
 //!    sender with the RFC 6120/6121 error that fits; errors are never bounced.
 
 pub mod accounts;
+mod blocking;
 pub mod c2s;
 pub mod config;
 mod disco;
@@ -120,6 +122,8 @@ pub struct Core {
     sessions: Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>,
     /// Items for disco#items on our domains.
     disco_items: Vec<String>,
+    /// XEP-0191 blocklists of the accounts that needed theirs, kept in step with the database.
+    blocklists: blocking::Blocklists,
     pub shutdown: CancellationToken,
 }
 
@@ -164,6 +168,8 @@ pub(crate) struct PresenceState {
     pub directed: Vec<String>,
     /// The client asked for the roster, so it gets roster pushes (§2.1.6).
     pub interested: bool,
+    /// The client asked for its blocklist, so it gets block and unblock pushes (XEP-0191).
+    pub blocklist_requested: bool,
 }
 
 impl SessionHandle {
@@ -292,6 +298,7 @@ pub async fn start(
         links,
         sessions: Mutex::new(HashMap::new()),
         disco_items,
+        blocklists: Default::default(),
         shutdown: CancellationToken::new(),
     });
 

@@ -97,6 +97,13 @@ impl Core {
             Err(e) => return tracing::warn!("roster read failed: {e}"),
         };
         for item in roster.iter().filter(|i| i.state.sub.has_from()) {
+            // XEP-0191: a blocked contact sees the account as offline (it got unavailable
+            // presence when it was blocked).
+            if let Ok(j) = Jid::parse(&item.jid) {
+                if self.blocks(&session.account, &j).await {
+                    continue;
+                }
+            }
             self.route(presence_to(&el, &from, &item.jid)).await;
         }
         if el.attr("type") == Some("unavailable") {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::{storage, Core, Queued, SessionHandle};
@@ -79,6 +80,9 @@ impl Core {
                 tracing::warn!("account lookup failed: {e}");
                 return self.storage_failed(&el).await;
             }
+        }
+        if self.blocked_inbound(&account, &el).await {
+            return;
         }
         match el.name.as_str() {
             "message" => self.deliver_message(&account, &to, el).await,
@@ -277,7 +281,7 @@ impl Core {
 
     /// Answers a stanza that needed the database when the database failed (RFC 6120
     /// §8.3.3.6 `internal-server-error`).
-    async fn storage_failed(&self, el: &Element) {
+    pub(crate) async fn storage_failed(&self, el: &Element) {
         self.bounce(
             el,
             StanzaErrorCondition::InternalServerError,
@@ -484,6 +488,7 @@ impl Core {
             (Some("get"), Some(("query", NS_DISCO_ITEMS))) if p_node_none(&el) => {
                 session.send_element(&iq_result(&el, &me).with_child(self.account_disco_items()))
             }
+            (_, Some((_, NS_BLOCKING))) => self.blocking_iq(session, el).await,
             _ => self.unsupported_iq(&el).await,
         }
     }

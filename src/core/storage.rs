@@ -55,6 +55,12 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
+    // 2: XEP-0191 blocklists.
+    "CREATE TABLE blocklist (
+        owner TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (owner, jid)
+    );",
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed
@@ -289,6 +295,7 @@ pub fn remove_account(
     let bare = format!("{localpart}@{domain}");
     tx.execute("DELETE FROM roster WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
+    tx.execute("DELETE FROM blocklist WHERE owner = ?1", params![bare])?;
     tx.commit()?;
     Ok(n == 1)
 }

@@ -53,6 +53,7 @@ pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core
         links: HashMap::new(),
         sessions: Mutex::new(HashMap::new()),
         disco_items: Vec::new(),
+        blocklists: Default::default(),
         shutdown: CancellationToken::new(),
     })
 }
