@@ -10,6 +10,7 @@ mod binary;
 mod component;
 mod component_client;
 mod core;
+mod core_im;
 mod diagnostics;
 mod dns;
 mod federation;

@@ -30,6 +30,15 @@ follows when it completed:
   {"cmd": "disco", "to": JID, "tag": T}                   disco#info get
   {"cmd": "ping", "to": JID, "tag": T}                    XEP-0199 ping
   {"cmd": "quit"}                                         (also at the end of stdin)
+ IM features of the core (tests/integration/core_im.rs), each answered by a "result" event
+ with its "tag" (type "result"|"error"|"timeout", "condition", "text", and what it read):
+  {"cmd": "blocklist", "tag": T}                          XEP-0191 get: "jids": [...]
+  {"cmd": "block", "jids": [..], "tag": T} / {"cmd": "unblock", "jids": [..], "tag": T}
+  {"cmd": "vcard_set", "fn": NAME, "photo": BASE64|null, "tag": T}   XEP-0054 own vCard
+  {"cmd": "vcard_get", "to": JID, "tag": T}               "fn", "photo": BASE64|null
+  {"cmd": "last", "to": JID, "tag": T}                    XEP-0012: "seconds", "status"
+  {"cmd": "passwd", "password": PW, "tag": T}             XEP-0077 password change
+  {"cmd": "unregister", "tag": T}                         XEP-0077 <remove/>
 
 Events (stdout):
   {"event": "online", "jid": FULL_JID, "mechanism": NAME}
@@ -41,6 +50,8 @@ Events (stdout):
   {"event": "result", "tag", "type": "result"|"error"|"timeout", "condition", "text",
    "identities": [[category, type, name]], "features": [...]}     (disco and ping)
   {"event": "sent", "prefix": P, "count": N}
+  {"event": "block_push", "type": "block"|"unblock", "jids": [...]}   XEP-0191 pushes
+  {"event": "photo", "from": JID, "hash": H|""}     a presence with XEP-0153 vcard-temp:x:update
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
   {"event": "disconnected", "reason": ...}
   {"event": "failed", "why": ...}   sign-in failed ("auth": wrong credentials)
@@ -98,6 +109,7 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0030")  # disco: answers disco#info, asks it
         self.register_plugin("xep_0199", {"keepalive": False})  # answers and sends pings
         self.register_plugin("xep_0203")  # delayed delivery
+        self.im_features_init()
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("auth_success", self.on_auth)
         # slixmpp raises "message" for messages with a body (errors included) and
@@ -235,6 +247,8 @@ class Client(slixmpp.ClientXMPP):
                     emit(event="iq_result", type="timeout", xml="")
             elif kind in ("disco", "ping"):
                 await self.query(kind, cmd["to"], cmd["tag"])
+            elif kind in IM_COMMANDS:
+                await self.im_command(kind, cmd)
             elif kind == "quit":
                 self.disconnect(wait=2.0)
                 return
@@ -264,6 +278,95 @@ class Client(slixmpp.ClientXMPP):
             emit(event="result", tag=tag, type="error", condition=condition, text=text)
         except IqTimeout:
             emit(event="result", tag=tag, type="timeout")
+
+    # ---- IM features of the core (core_im.rs) ------------------------------------------
+
+    def im_features_init(self):
+        self.register_plugin("xep_0191")  # blocking command
+        self.register_plugin("xep_0054")  # vcard-temp
+        self.register_plugin("xep_0012")  # last activity
+        self.register_plugin("xep_0077")  # in-band registration (password change, removal)
+        for kind in ("blocked", "unblocked"):
+            self.add_event_handler(kind, lambda iq, kind=kind: self.on_block_push(kind, iq))
+        self.add_event_handler("presence", self.on_photo_presence)
+
+    def on_block_push(self, kind, iq):
+        key = "block" if kind == "blocked" else "unblock"
+        emit(event="block_push", type=key, jids=sorted(str(i["jid"]) for i in iq[key]))
+
+    def on_photo_presence(self, pres):
+        x = pres.xml.find("{vcard-temp:x:update}x")
+        if x is not None:
+            photo = x.find("{vcard-temp:x:update}photo")
+            emit(event="photo", **{"from": str(pres["from"])},
+                 hash=(photo.text or "") if photo is not None else None)
+
+    async def im_command(self, kind, cmd):
+        tag = cmd["tag"]
+        try:
+            out = await IM_COMMANDS[kind](self, cmd)
+            emit(event="result", tag=tag, type="result", **(out or {}))
+        except IqError as e:
+            condition, text = error_of(e.iq)
+            emit(event="result", tag=tag, type="error", condition=condition, text=text,
+                 xml=str(e.iq))
+        except IqTimeout:
+            emit(event="result", tag=tag, type="timeout")
+
+
+async def _blocklist(client, cmd):
+    jids = await client.plugin["xep_0191"].get_blocked_jids(timeout=10)
+    return {"jids": sorted(str(j) for j in jids)}
+
+
+async def _block(client, cmd):
+    await client.plugin["xep_0191"].block(cmd["jids"], timeout=10)
+
+
+async def _unblock(client, cmd):
+    await client.plugin["xep_0191"].unblock(cmd["jids"], timeout=10)
+
+
+async def _vcard_set(client, cmd):
+    vcard = client.plugin["xep_0054"].make_vcard()
+    vcard["FN"] = cmd["fn"]
+    if cmd.get("photo"):
+        vcard["PHOTO"]["TYPE"] = "image/png"
+        vcard["PHOTO"]["BINVAL"] = __import__("base64").b64decode(cmd["photo"])
+    await client.plugin["xep_0054"].publish_vcard(vcard, timeout=10)
+
+
+async def _vcard_get(client, cmd):
+    iq = await client.plugin["xep_0054"].get_vcard(cmd["to"], local=False, timeout=10)
+    vcard = iq["vcard_temp"]
+    photo = vcard["PHOTO"]["BINVAL"]
+    return {"fn": vcard["FN"] or None,
+            "photo": __import__("base64").b64encode(photo).decode() if photo else None}
+
+
+async def _last(client, cmd):
+    iq = await client.plugin["xep_0012"].get_last_activity(cmd["to"], timeout=10)
+    return {"seconds": iq["last_activity"]["seconds"], "status": iq["last_activity"]["status"]}
+
+
+async def _passwd(client, cmd):
+    await client.plugin["xep_0077"].change_password(cmd["password"], timeout=10)
+
+
+async def _unregister(client, cmd):
+    await client.plugin["xep_0077"].cancel_registration(timeout=10)
+
+
+IM_COMMANDS = {
+    "blocklist": _blocklist,
+    "block": _block,
+    "unblock": _unblock,
+    "vcard_set": _vcard_set,
+    "vcard_get": _vcard_get,
+    "last": _last,
+    "passwd": _passwd,
+    "unregister": _unregister,
+}
 
 
 async def commands(client):

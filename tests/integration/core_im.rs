@@ -1,0 +1,141 @@
+//! `fedgate core`'s IM features with the real slixmpp client (tests/interop/client.py) and raw
+//! streams: PLAIN by default, XEP-0191 blocking, XEP-0054/XEP-0153 vCards and avatars,
+//! XEP-0237 roster versioning, XEP-0012 last activity, XEP-0199 ping, XEP-0077 registration.
+
+use serde_json::json;
+
+use crate::core::*;
+use crate::harness::*;
+
+/// An im command of client.py (see its docstring) and its result.
+async fn ask(c: &mut Client, cmd: serde_json::Value) -> serde_json::Value {
+    let tag = format!("t{}", rand_tag());
+    let mut cmd = cmd;
+    cmd["tag"] = json!(tag);
+    c.command(cmd).await;
+    c.result(&tag).await
+}
+
+fn rand_tag() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn plain_is_offered_after_tls_by_default_and_a_go_sendxmpp_style_sign_in_works() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "secret");
+    n.add_user("bob@a.test", "pb");
+    let (mut bob, _) = sign_in(n.c2s(), "bob@a.test/r", "pb").await;
+    bob.run(json!({"cmd": "presence"})).await;
+    // The default config, after TLS: all three, PLAIN last.
+    let (mut s, features) = raw_tls(n.c2s(), "a.test").await;
+    assert!(
+        features.contains("<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>"),
+        "{features}"
+    );
+    // What go-sendxmpp (mattn/go-xmpp) does: PLAIN with the bare localpart, bind, the old
+    // session iq, one message, close.
+    s.send(&plain_auth("alice", "secret", "")).await;
+    assert_eq!(
+        s.next_text().await,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    raw_restart(&mut s, "a.test").await;
+    raw_bind_resource(&mut s, "go-sendxmpp").await;
+    s.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        .await;
+    assert!(next_matching(&mut s, |t| t.contains("id='s1'"))
+        .await
+        .contains("type='result'"));
+    s.send("<message to='bob@a.test' type='chat' id='gs1'><body>from a script</body></message>")
+        .await;
+    let m = bob.expect("message", |e| e["id"] == "gs1").await;
+    assert_eq!(m["body"], "from a script");
+    assert_eq!(m["from"], "alice@a.test/go-sendxmpp");
+    // And slixmpp forced to PLAIN signs in with the default config too.
+    let c = login(n.c2s(), "alice@a.test/sl", "secret")
+        .mech("PLAIN")
+        .online()
+        .await;
+    assert_eq!(c.mechanism, "PLAIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_contact_cannot_reach_the_account_and_pushes_reach_every_resource() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("eve@a.test", "pe");
+    let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/one", "pa").await;
+    let (mut alice2, _) = sign_in(n.c2s(), "alice@a.test/two", "pa").await;
+    let (mut eve, _) = sign_in(n.c2s(), "eve@a.test/r", "pe").await;
+    for c in [&mut alice, &mut alice2] {
+        c.run(json!({"cmd": "presence"})).await;
+        let r = ask(c, json!({"cmd": "blocklist"})).await;
+        assert_eq!(r["jids"], json!([]), "{r}");
+    }
+    // The server announces the feature where clients look.
+    alice
+        .command(json!({"cmd": "disco", "to": "a.test", "tag": "d"}))
+        .await;
+    let d = alice.result("d").await;
+    assert!(
+        d["features"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("urn:xmpp:blocking")),
+        "{d}"
+    );
+
+    let r = ask(&mut alice, json!({"cmd": "block", "jids": ["eve@a.test"]})).await;
+    assert_eq!(r["type"], "result", "{r}");
+    // The push reaches the other resource (and the one that blocked).
+    let p = alice2.expect("block_push", |_| true).await;
+    assert_eq!(
+        (p["type"].clone(), p["jids"].clone()),
+        (json!("block"), json!(["eve@a.test"]))
+    );
+    alice.expect("block_push", |_| true).await;
+    let r = ask(&mut alice2, json!({"cmd": "blocklist"})).await;
+    assert_eq!(r["jids"], json!(["eve@a.test"]), "{r}");
+
+    // eve's message does not arrive; she gets service-unavailable.
+    eve.message("alice@a.test", "e1", "let me in").await;
+    let e = eve.expect("message", |e| e["id"] == "e1").await;
+    assert_eq!(
+        (e["type"].clone(), e["condition"].clone()),
+        (json!("error"), json!("service-unavailable")),
+        "{e}"
+    );
+    alice
+        .expect_none("message", std::time::Duration::from_millis(300), |e| {
+            e["id"] == "e1"
+        })
+        .await;
+    // alice's message to eve is refused with not-acceptable and <blocked/>.
+    alice.message("eve@a.test", "a1", "hello?").await;
+    let e = alice.expect("message", |e| e["id"] == "a1").await;
+    assert_eq!(e["condition"], "not-acceptable", "{e}");
+    eve.expect_none("message", std::time::Duration::from_millis(300), |e| {
+        e["id"] == "a1"
+    })
+    .await;
+
+    // Unblocked, both ways work again.
+    let r = ask(
+        &mut alice2,
+        json!({"cmd": "unblock", "jids": ["eve@a.test"]}),
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let p = alice.expect("block_push", |p| p["type"] == "unblock").await;
+    assert_eq!(p["jids"], json!(["eve@a.test"]));
+    eve.message("alice@a.test/one", "e2", "now?").await;
+    assert_eq!(
+        alice.expect("message", |e| e["id"] == "e2").await["body"],
+        "now?"
+    );
+}
