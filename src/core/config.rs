@@ -57,6 +57,10 @@ pub struct CoreConfig {
     /// `<resource-constraint/>`. Default `1000`. Each list is held in memory while used and
     /// checked on every stanza to or from its account.
     pub max_blocklist: usize,
+    /// Largest vCard (XEP-0054) an account may store, in bytes of XML. Default `65536`
+    /// (64 KiB); larger sets get `<not-acceptable/>`. An avatar photo travels inside the vCard,
+    /// base64-encoded, so this bounds avatars too; each vCard is read whole for every get.
+    pub max_vcard_bytes: usize,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -81,6 +85,7 @@ impl Default for CoreConfig {
             session_queue: 1024,
             offline_max: 1000,
             max_blocklist: 1000,
+            max_vcard_bytes: 64 * 1024,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -312,6 +317,7 @@ impl CoreConfig {
             ("core.max_connections", self.max_connections),
             ("core.session_queue", self.session_queue),
             ("core.max_blocklist", self.max_blocklist),
+            ("core.max_vcard_bytes", self.max_vcard_bytes),
         ] {
             if v == 0 {
                 problems.push(invalid(

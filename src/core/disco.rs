@@ -13,6 +13,7 @@
 
 use super::blocking::NS_BLOCKING;
 use super::roster::NS_ROSTER;
+use super::vcard::NS_VCARD;
 use super::Core;
 use crate::xml::{ns, Element};
 
@@ -28,6 +29,7 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_VERSION,
     NS_ROSTER,
     NS_BLOCKING,
+    NS_VCARD,
 ];
 
 /// What disco#info on an account's bare JID announces.

@@ -11,6 +11,7 @@
 //!   (XEP-0199, XEP-0092, roster), offline storage.
 //! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
+//! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //!
@@ -34,6 +35,7 @@ pub mod roster;
 pub mod sasl;
 mod stanzas;
 pub mod storage;
+mod vcard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

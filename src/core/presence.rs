@@ -49,6 +49,12 @@ impl Core {
             }
         }
         let available = type_.is_none();
+        // XEP-0153: available presence carries the account's avatar hash.
+        let el = if available {
+            self.with_avatar(&session.account, el).await
+        } else {
+            el
+        };
         if let Some(to) = el.attr("to").map(str::to_owned) {
             // Directed presence (§4.6): remember who must hear of our going.
             {

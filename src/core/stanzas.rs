@@ -17,6 +17,7 @@ use bytes::Bytes;
 use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
+use super::vcard::NS_VCARD;
 use super::{storage, Core, Queued, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
@@ -366,7 +367,10 @@ impl Core {
 
     /// An iq request to an account's bare JID from anyone but the account itself: the server
     /// answers for the account (RFC 6120 §10.5.3.2).
-    async fn account_iq(&self, _account: &str, to: &Jid, el: Element) {
+    async fn account_iq(&self, account: &str, to: &Jid, el: Element) {
+        if payload(&el).is_some_and(|p| p.ns == NS_VCARD) {
+            return self.vcard_of(account, to, el).await;
+        }
         let reply = match (el.attr("type"), payload(&el)) {
             (Some("get"), Some(p)) if (p.name.as_str(), p.ns.as_str()) == ("ping", ns::PING) => {
                 Some(iq_result(&el, &to.to_string()))
@@ -489,6 +493,7 @@ impl Core {
                 session.send_element(&iq_result(&el, &me).with_child(self.account_disco_items()))
             }
             (_, Some((_, NS_BLOCKING))) => self.blocking_iq(session, el).await,
+            (_, Some(("vCard", NS_VCARD))) => self.vcard_own(session, el).await,
             _ => self.unsupported_iq(&el).await,
         }
     }

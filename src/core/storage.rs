@@ -55,11 +55,16 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
-    // 2: XEP-0191 blocklists.
+    // 2: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash).
     "CREATE TABLE blocklist (
         owner TEXT NOT NULL,
         jid TEXT NOT NULL,
         PRIMARY KEY (owner, jid)
+    );
+    CREATE TABLE vcards (
+        owner TEXT PRIMARY KEY NOT NULL,
+        xml BLOB NOT NULL,
+        photo_hash TEXT
     );",
 ];
 
@@ -296,6 +301,7 @@ pub fn remove_account(
     tx.execute("DELETE FROM roster WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM blocklist WHERE owner = ?1", params![bare])?;
+    tx.execute("DELETE FROM vcards WHERE owner = ?1", params![bare])?;
     tx.commit()?;
     Ok(n == 1)
 }

@@ -139,3 +139,68 @@ async fn a_blocked_contact_cannot_reach_the_account_and_pushes_reach_every_resou
         "now?"
     );
 }
+
+/// alice and bob, both signed in, available, and subscribed to each other.
+async fn friends(n: &Node) -> (Client, Client) {
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/home", "pa").await;
+    let (mut bob, _) = sign_in(n.c2s(), "bob@a.test/desk", "pb").await;
+    alice.roster().await;
+    bob.roster().await;
+    alice.run(json!({"cmd": "presence"})).await;
+    bob.run(json!({"cmd": "presence"})).await;
+    alice.subscription("bob@a.test", "subscribe").await;
+    bob.presence_from("subscribe", "alice@a.test").await;
+    bob.subscription("alice@a.test", "subscribed").await;
+    bob.subscription("alice@a.test", "subscribe").await;
+    alice.presence_from("subscribe", "bob@a.test").await;
+    alice.subscription("bob@a.test", "subscribed").await;
+    alice.push("bob@a.test", "both").await;
+    bob.push("alice@a.test", "both").await;
+    (alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vcard_set_is_read_back_by_another_account_and_its_photo_hash_is_in_presence() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    let (mut alice, mut bob) = friends(&n).await;
+    // Before any vCard, bob reads an empty one (XEP-0054 §3.1), not an error.
+    let r = ask(&mut bob, json!({"cmd": "vcard_get", "to": "alice@a.test"})).await;
+    assert_eq!(
+        (r["type"].clone(), r["fn"].clone()),
+        (json!("result"), json!(null)),
+        "{r}"
+    );
+    let photo = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        b"\x89PNG not really",
+    );
+    let r = ask(
+        &mut alice,
+        json!({"cmd": "vcard_set", "fn": "Alice Liddell", "photo": photo}),
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let r = ask(&mut bob, json!({"cmd": "vcard_get", "to": "alice@a.test"})).await;
+    assert_eq!(r["fn"], "Alice Liddell", "{r}");
+    assert_eq!(r["photo"], photo.as_str(), "{r}");
+    // XEP-0153: bob sees the SHA-1 of the photo bytes in alice's presence, at once.
+    let want = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(b"\x89PNG not really"))
+    };
+    let p = bob
+        .expect("photo", |e| {
+            e["from"] == "alice@a.test/home" && e["hash"] != ""
+        })
+        .await;
+    assert_eq!(p["hash"], want.as_str());
+    // bob cannot change alice's vCard.
+    bob.command(json!({"cmd": "iq", "to": "alice@a.test", "type": "set", "xml": "<vCard xmlns='vcard-temp'><FN>Mallory</FN></vCard>"})).await;
+    let r = bob.expect("iq_result", |_| true).await;
+    assert_eq!(r["condition"], "forbidden", "{r}");
+    let r = ask(&mut bob, json!({"cmd": "vcard_get", "to": "alice@a.test"})).await;
+    assert_eq!(r["fn"], "Alice Liddell", "{r}");
+}
