@@ -18,7 +18,8 @@
 //!    canonical domain, not the alias it signed in with. Success restarts the stream.
 //! 5. `ExpectBind`: `<bind/>` (RFC 6120 §7) with the client's resource or one we make up;
 //!    the session is registered (a session on the same resource is replaced) and the result
-//!    carries the full JID. `<session/>` (RFC 3921) is offered as optional for old clients.
+//!    carries the full JID. `<session/>` (RFC 3921) is offered as optional for old clients,
+//!    and XEP-0237 roster versioning (`<ver/>`) is announced with them.
 //!
 //! The whole negotiation is bounded by `negotiation_timeout` (`<connection-timeout/>`).
 //! Established, the reader runs here and a writer task drains the session's bounded queue;
@@ -178,7 +179,7 @@ async fn negotiate(
                 conn.restart();
             }
             Some(a) => {
-                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>");
+                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>");
                 conn.flush().await.map_err(ReadError::Io)?;
                 return expect_bind(conn, a).await;
             }

@@ -6,6 +6,7 @@
 //! - [`c2s`]: client streams: STARTTLS (required) or direct TLS, SASL, resource binding.
 //! - [`sasl`]: SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN, sans I/O; credentials as salted keys.
 //! - [`roster`]: roster items and the RFC 6121 subscription state machine, sans I/O.
+//! - `rosterver`: XEP-0237 roster versions.
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
@@ -32,6 +33,7 @@ pub mod config;
 mod disco;
 mod presence;
 pub mod roster;
+mod rosterver;
 pub mod sasl;
 mod stanzas;
 pub mod storage;

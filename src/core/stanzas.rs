@@ -464,23 +464,7 @@ impl Core {
             el.attr("type"),
             p.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
         ) {
-            (Some("get"), Some(("query", NS_ROSTER))) => {
-                let owner = session.account.clone();
-                match self.storage.call(move |c| storage::roster(c, &owner)).await {
-                    Ok(items) => {
-                        let mut q = Element::new("query", NS_ROSTER);
-                        for item in items.iter().filter(|i| i.in_roster) {
-                            q = q.with_child(item.to_element());
-                        }
-                        session.presence().interested = true;
-                        session.send_element(&iq_result(&el, &me).with_child(q));
-                    }
-                    Err(e) => {
-                        tracing::warn!("roster read failed: {e}");
-                        self.storage_failed(&el).await
-                    }
-                }
-            }
+            (Some("get"), Some(("query", NS_ROSTER))) => self.roster_get(session, el).await,
             (Some("set"), Some(("query", NS_ROSTER))) => self.roster_set(session, el).await,
             (Some("set"), Some(("session", NS_SESSION))) => {
                 session.send_element(&iq_result(&el, &me))
@@ -623,8 +607,13 @@ impl Core {
     }
 
     /// A roster push (RFC 6121 §2.1.6) to every resource of `account` that asked for its
-    /// roster.
+    /// roster, with the roster's new XEP-0237 version.
     pub(crate) async fn push_roster(&self, account: &str, item: Element) {
+        let mut query = Element::new("query", NS_ROSTER);
+        if let Some(ver) = self.bump_roster_version(account).await {
+            query.set_attr("ver", ver);
+        }
+        let query = query.with_child(item);
         for s in self.sessions_of(account) {
             if !s.presence().interested {
                 continue;
@@ -633,7 +622,7 @@ impl Core {
                 .with_attr("type", "set")
                 .with_attr("id", format!("push{}", rand::random::<u32>()))
                 .with_attr("to", s.jid.to_string())
-                .with_child(Element::new("query", NS_ROSTER).with_child(item.clone()));
+                .with_child(query.clone());
             s.send_element(&push);
         }
     }

@@ -55,7 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
-    // 2: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash).
+    // 2: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash), XEP-0237
+    // roster versions.
     "CREATE TABLE blocklist (
         owner TEXT NOT NULL,
         jid TEXT NOT NULL,
@@ -65,6 +66,10 @@ pub const MIGRATIONS: &[&str] = &[
         owner TEXT PRIMARY KEY NOT NULL,
         xml BLOB NOT NULL,
         photo_hash TEXT
+    );
+    CREATE TABLE roster_versions (
+        owner TEXT PRIMARY KEY NOT NULL,
+        ver INTEGER NOT NULL
     );",
 ];
 
@@ -302,6 +307,10 @@ pub fn remove_account(
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM blocklist WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM vcards WHERE owner = ?1", params![bare])?;
+    tx.execute(
+        "DELETE FROM roster_versions WHERE owner = ?1",
+        params![bare],
+    )?;
     tx.commit()?;
     Ok(n == 1)
 }

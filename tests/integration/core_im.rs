@@ -204,3 +204,55 @@ async fn a_vcard_set_is_read_back_by_another_account_and_its_photo_hash_is_in_pr
     let r = ask(&mut bob, json!({"cmd": "vcard_get", "to": "alice@a.test"})).await;
     assert_eq!(r["fn"], "Alice Liddell", "{r}");
 }
+
+#[tokio::test]
+async fn roster_versioning_with_the_current_and_an_old_ver() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    let (mut s, _) = raw_tls(n.c2s(), "a.test").await;
+    s.send(&plain_auth("alice", "pa", "")).await;
+    assert!(s.next_text().await.starts_with("<success"));
+    s.restart();
+    s.send(&client_header("a.test")).await;
+    s.expect_header().await;
+    let features = s.next_text().await;
+    assert!(
+        features.contains("<ver xmlns='urn:xmpp:features:rosterver'/>"),
+        "{features}"
+    );
+    raw_bind_resource(&mut s, "r").await;
+    let get = |id: &str, ver: &str| {
+        format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster' ver='{ver}'/></iq>")
+    };
+    s.send(&get("g0", "")).await;
+    let r = next_matching(&mut s, |t| t.contains("id='g0'")).await;
+    assert!(r.contains("ver='0'"), "{r}");
+    s.send("<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' name='Bob'/></query></iq>").await;
+    next_matching(&mut s, |t| t.contains("id='s1'")).await;
+    let push = next_matching(&mut s, |t| t.contains("type='set'")).await;
+    assert!(
+        push.contains("ver='1'") && push.contains("bob@b.test"),
+        "{push}"
+    );
+    // The current version: an empty result, no roster.
+    s.send(&get("g1", "1")).await;
+    let r = next_matching(&mut s, |t| t.contains("id='g1'")).await;
+    assert!(r.contains("type='result'") && !r.contains("<query"), "{r}");
+    // An old one: the whole roster with the current version.
+    s.send(&get("g2", "0")).await;
+    let r = next_matching(&mut s, |t| t.contains("id='g2'")).await;
+    assert!(
+        r.contains("ver='1'") && r.contains("jid='bob@b.test'"),
+        "{r}"
+    );
+    // Kept across a restart of the core.
+    drop(s);
+    let mut n = n;
+    n.stop_core().await;
+    n.start_core().await;
+    let mut s = raw_session(n.c2s(), "alice@a.test", "pa", "r2").await;
+    s.send(&get("g3", "1")).await;
+    let r = next_matching(&mut s, |t| t.contains("id='g3'")).await;
+    assert!(!r.contains("<query"), "{r}");
+}
