@@ -12,6 +12,7 @@
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
 use super::blocking::NS_BLOCKING;
+use super::last::NS_LAST;
 use super::roster::NS_ROSTER;
 use super::vcard::NS_VCARD;
 use super::Core;
@@ -30,10 +31,11 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_ROSTER,
     NS_BLOCKING,
     NS_VCARD,
+    NS_LAST,
 ];
 
 /// What disco#info on an account's bare JID announces.
-pub(crate) const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, ns::PING];
+pub(crate) const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, ns::PING, NS_LAST];
 
 /// A disco#info `<query/>` with one identity and the given features.
 fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> Element {

@@ -11,6 +11,7 @@
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
 //! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
+//! - `last`: XEP-0012 last activity of accounts, uptime of the server.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
 //! - [`storage`]: the SQLite file and its versioned migrations.
@@ -31,6 +32,7 @@ mod blocking;
 pub mod c2s;
 pub mod config;
 mod disco;
+mod last;
 mod presence;
 pub mod roster;
 mod rosterver;
@@ -128,6 +130,8 @@ pub struct Core {
     disco_items: Vec<String>,
     /// XEP-0191 blocklists of the accounts that needed theirs, kept in step with the database.
     blocklists: blocking::Blocklists,
+    /// When the core started: the domain's XEP-0012 uptime.
+    started: std::time::Instant,
     pub shutdown: CancellationToken,
 }
 
@@ -174,6 +178,8 @@ pub(crate) struct PresenceState {
     pub interested: bool,
     /// The client asked for its blocklist, so it gets block and unblock pushes (XEP-0191).
     pub blocklist_requested: bool,
+    /// The status of the last unavailable presence it broadcast, for XEP-0012.
+    pub unavailable_status: Option<String>,
 }
 
 impl SessionHandle {
@@ -303,6 +309,7 @@ pub async fn start(
         sessions: Mutex::new(HashMap::new()),
         disco_items,
         blocklists: Default::default(),
+        started: std::time::Instant::now(),
         shutdown: CancellationToken::new(),
     });
 
@@ -564,6 +571,7 @@ impl Core {
     ) {
         let was_available = handle.is_available();
         self.unregister(handle);
+        self.record_last_activity(handle).await;
         if was_available {
             let unavailable = Element::new("presence", ns::CLIENT)
                 .with_attr("from", handle.jid.to_string())

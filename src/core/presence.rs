@@ -80,6 +80,13 @@ impl Core {
                 .unwrap_or(0)
                 .clamp(-128, 127);
             p.last = available.then(|| el.clone());
+            p.unavailable_status = if available {
+                None
+            } else {
+                el.children()
+                    .find(|c| c.name == "status" && c.ns == ns::CLIENT)
+                    .map(Element::text)
+            };
             initial
         };
         self.broadcast_presence(session, el, initial).await;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
+use super::last::NS_LAST;
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::vcard::NS_VCARD;
 use super::{storage, Core, Queued, SessionHandle};
@@ -368,8 +369,10 @@ impl Core {
     /// An iq request to an account's bare JID from anyone but the account itself: the server
     /// answers for the account (RFC 6120 §10.5.3.2).
     async fn account_iq(&self, account: &str, to: &Jid, el: Element) {
-        if payload(&el).is_some_and(|p| p.ns == NS_VCARD) {
-            return self.vcard_of(account, to, el).await;
+        match payload(&el).map(|p| p.ns.as_str()) {
+            Some(NS_VCARD) => return self.vcard_of(account, to, el).await,
+            Some(NS_LAST) => return self.last_activity_of(account, to, el).await,
+            _ => {}
         }
         let reply = match (el.attr("type"), payload(&el)) {
             (Some("get"), Some(p)) if (p.name.as_str(), p.ns.as_str()) == ("ping", ns::PING) => {
@@ -426,6 +429,9 @@ impl Core {
             }
             (Some("get"), Some(p)) if is_disco(p, NS_DISCO_ITEMS) => {
                 Some(iq_result(&el, &domain).with_child(self.server_disco_items()))
+            }
+            (Some("get"), Some(p)) if p.ns == NS_LAST && p.name == "query" => {
+                Some(iq_result(&el, &domain).with_child(self.uptime()))
             }
             (Some("get"), Some(p)) if p.ns == NS_VERSION && p.name == "query" => Some(
                 iq_result(&el, &domain).with_child(

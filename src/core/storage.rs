@@ -56,7 +56,7 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
     // 2: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash), XEP-0237
-    // roster versions.
+    // roster versions, XEP-0012 last activity.
     "CREATE TABLE blocklist (
         owner TEXT NOT NULL,
         jid TEXT NOT NULL,
@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE roster_versions (
         owner TEXT PRIMARY KEY NOT NULL,
         ver INTEGER NOT NULL
+    );
+    CREATE TABLE last_activity (
+        owner TEXT PRIMARY KEY NOT NULL,
+        ended INTEGER NOT NULL,
+        status TEXT
     );",
 ];
 

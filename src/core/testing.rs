@@ -54,6 +54,7 @@ pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core
         sessions: Mutex::new(HashMap::new()),
         disco_items: Vec::new(),
         blocklists: Default::default(),
+        started: std::time::Instant::now(),
         shutdown: CancellationToken::new(),
     })
 }

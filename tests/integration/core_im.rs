@@ -256,3 +256,38 @@ async fn roster_versioning_with_the_current_and_an_old_ver() {
     let r = next_matching(&mut s, |t| t.contains("id='g3'")).await;
     assert!(!r.contains("<query"), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_activity_and_ping_of_an_account_with_slixmpp() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    let (mut alice, mut bob) = friends(&n).await;
+    n.add_user("eve@a.test", "pe");
+    let (mut eve, _) = sign_in(n.c2s(), "eve@a.test/r", "pe").await;
+    // XEP-0199: bob pings alice's bare JID, alice her own.
+    bob.command(json!({"cmd": "ping", "to": "alice@a.test", "tag": "p1"}))
+        .await;
+    assert_eq!(bob.result("p1").await["type"], "result");
+    alice
+        .command(json!({"cmd": "ping", "to": "alice@a.test", "tag": "p2"}))
+        .await;
+    assert_eq!(alice.result("p2").await["type"], "result");
+    // XEP-0012: online is seconds 0; eve, not subscribed, is forbidden.
+    let r = ask(&mut bob, json!({"cmd": "last", "to": "alice@a.test"})).await;
+    assert_eq!(
+        (r["type"].clone(), r["seconds"].clone()),
+        (json!("result"), json!(0)),
+        "{r}"
+    );
+    let r = ask(&mut eve, json!({"cmd": "last", "to": "alice@a.test"})).await;
+    assert_eq!(r["condition"], "forbidden", "{r}");
+    // After alice's session ends: a few seconds at most.
+    alice.quit().await;
+    bob.presence_from("unavailable", "alice@a.test/home").await;
+    let r = ask(&mut bob, json!({"cmd": "last", "to": "alice@a.test"})).await;
+    assert_eq!(r["type"], "result", "{r}");
+    assert!(r["seconds"].as_u64().unwrap() < 10, "{r}");
+    // The server's uptime.
+    let r = ask(&mut eve, json!({"cmd": "last", "to": "a.test"})).await;
+    assert_eq!(r["type"], "result", "{r}");
+}
