@@ -13,7 +13,8 @@
 //!    `allow_plain = false`. A bad attempt gets `<failure/>` (logged at INFO with the
 //!    username and the condition, never the password) and another try, up to
 //!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. A client that leaves here is logged
-//!    at INFO with what it was offered. Google's JID domain discovery: an
+//!    at INFO with what it was offered. With `registration` open or invite, XEP-0077
+//!    registration iqs are answered here too ([`super::register`]). Google's JID domain discovery: an
 //!    `<auth/>` with `client-uses-full-bind-result='true'` is bound under the account's
 //!    canonical domain, not the alias it signed in with. Success restarts the stream.
 //! 5. `ExpectBind`: `<bind/>` (RFC 6120 §7) with the client's resource or one we make up;
@@ -35,6 +36,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::Registration;
 use super::sasl::{ClientFirst, Mechanism, Plain, SaslError, ScramHash, ScramServer};
 use super::{storage, Core, Queued, SessionHandle};
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
@@ -171,7 +173,11 @@ async fn negotiate(
                 for m in offered(core) {
                     features.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
                 }
-                features.push_str("</mechanisms></stream:features>");
+                features.push_str("</mechanisms>");
+                if core.config.registration != Registration::Closed {
+                    features.push_str(super::register::REGISTER_FEATURE);
+                }
+                features.push_str("</stream:features>");
                 conn.send(features.as_bytes());
                 conn.flush().await.map_err(ReadError::Io)?;
                 auth = Some(expect_auth(conn, core, &domain).await?);
@@ -321,8 +327,12 @@ async fn sasl_exchange(
     stream_domain: &str,
 ) -> Result<Authenticated, C2sError> {
     let mut failures = 0;
+    let mut registering = super::register::Pending::default();
     loop {
         let s = next_stanza(conn).await?;
+        if super::register::negotiation_iq(conn, core, stream_domain, &mut registering, &s).await? {
+            continue;
+        }
         if (s.name(), s.ns()) != ("auth", ns::SASL) {
             return Err(refused(
                 StreamErrorCondition::NotAuthorized,

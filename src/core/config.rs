@@ -61,6 +61,16 @@ pub struct CoreConfig {
     /// (64 KiB); larger sets get `<not-acceptable/>`. An avatar photo travels inside the vCard,
     /// base64-encoded, so this bounds avatars too; each vCard is read whole for every get.
     pub max_vcard_bytes: usize,
+    /// Who may create an account over XEP-0077 in-band registration before signing in:
+    /// `"closed"` (default: only `fedgate core user add`), `"open"` (anyone who reaches the
+    /// c2s port: **spam accounts** unless the port is private), or `"invite"` (a single-use
+    /// token from `fedgate core user invite`, XEP-0401 style). Password changes and account
+    /// removal by signed-in users are always on.
+    pub registration: Registration,
+    /// Most registration attempts in one hour from one client IP address with `registration
+    /// = "open"` or `"invite"`: each well-formed set counts (a taken username too, as each
+    /// costs a PBKDF2 derivation); more get `<resource-constraint/>`. Default `5`.
+    pub registration_per_ip_per_hour: u32,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -86,10 +96,25 @@ impl Default for CoreConfig {
             offline_max: 1000,
             max_blocklist: 1000,
             max_vcard_bytes: 64 * 1024,
+            registration: Registration::Closed,
+            registration_per_ip_per_hour: 5,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
     }
+}
+
+/// `registration`: who may create accounts in-band (XEP-0077).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Nobody: accounts come from `fedgate core user add`.
+    #[default]
+    Closed,
+    /// Anyone who can reach the c2s port.
+    Open,
+    /// Whoever holds an invitation token (`fedgate core user invite`).
+    Invite,
 }
 
 /// `[[core.domain]]`: one served domain.
@@ -326,6 +351,13 @@ impl CoreConfig {
                     "use a positive number, or remove the key for the default",
                 ));
             }
+        }
+        if self.registration != Registration::Closed && self.registration_per_ip_per_hour == 0 {
+            problems.push(invalid(
+                "core.registration_per_ip_per_hour",
+                "zero, so that no registration could succeed",
+                "use a positive number, or set registration = \"closed\"",
+            ));
         }
         if self.max_negotiation_stanza_bytes > self.max_stanza_bytes {
             problems.push(invalid(

@@ -13,6 +13,7 @@
 
 use super::blocking::NS_BLOCKING;
 use super::last::NS_LAST;
+use super::register::NS_REGISTER;
 use super::roster::NS_ROSTER;
 use super::vcard::NS_VCARD;
 use super::Core;
@@ -32,6 +33,7 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_BLOCKING,
     NS_VCARD,
     NS_LAST,
+    NS_REGISTER,
 ];
 
 /// What disco#info on an account's bare JID announces.

@@ -14,6 +14,7 @@
 //! - `last`: XEP-0012 last activity of accounts, uptime of the server.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
+//! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //!
@@ -34,6 +35,7 @@ pub mod config;
 mod disco;
 mod last;
 mod presence;
+mod register;
 pub mod roster;
 mod rosterver;
 pub mod sasl;
@@ -132,6 +134,8 @@ pub struct Core {
     blocklists: blocking::Blocklists,
     /// When the core started: the domain's XEP-0012 uptime.
     started: std::time::Instant,
+    /// In-band registrations per client address in the last hour (XEP-0077).
+    registrations: register::RateLimit,
     pub shutdown: CancellationToken,
 }
 
@@ -310,6 +314,7 @@ pub async fn start(
         disco_items,
         blocklists: Default::default(),
         started: std::time::Instant::now(),
+        registrations: Default::default(),
         shutdown: CancellationToken::new(),
     });
 

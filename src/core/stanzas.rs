@@ -17,6 +17,7 @@ use bytes::Bytes;
 use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
 use super::last::NS_LAST;
+use super::register::NS_REGISTER;
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::vcard::NS_VCARD;
 use super::{storage, Core, Queued, SessionHandle};
@@ -484,6 +485,7 @@ impl Core {
             }
             (_, Some((_, NS_BLOCKING))) => self.blocking_iq(session, el).await,
             (_, Some(("vCard", NS_VCARD))) => self.vcard_own(session, el).await,
+            (_, Some(("query", NS_REGISTER))) => self.register_iq(session, el).await,
             _ => self.unsupported_iq(&el).await,
         }
     }

@@ -56,7 +56,7 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
     // 2: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash), XEP-0237
-    // roster versions, XEP-0012 last activity.
+    // roster versions, XEP-0012 last activity, XEP-0077/XEP-0401 invitations.
     "CREATE TABLE blocklist (
         owner TEXT NOT NULL,
         jid TEXT NOT NULL,
@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[&str] = &[
         owner TEXT PRIMARY KEY NOT NULL,
         ended INTEGER NOT NULL,
         status TEXT
+    );
+    CREATE TABLE invites (
+        token TEXT PRIMARY KEY NOT NULL,
+        domain TEXT NOT NULL,
+        created INTEGER NOT NULL
     );",
 ];
 
@@ -158,7 +163,7 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StorageError> {
     Ok(known)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -247,7 +252,7 @@ impl Storage {
 
 /// Creates an account; `Ok(false)` if it exists already.
 pub fn create_account(
-    conn: &mut Connection,
+    conn: &Connection,
     localpart: &str,
     domain: &str,
     c: &Credentials,

@@ -55,6 +55,7 @@ pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core
         disco_items: Vec::new(),
         blocklists: Default::default(),
         started: std::time::Instant::now(),
+        registrations: Default::default(),
         shutdown: CancellationToken::new(),
     })
 }

@@ -291,3 +291,134 @@ async fn last_activity_and_ping_of_an_account_with_slixmpp() {
     let r = ask(&mut eve, json!({"cmd": "last", "to": "a.test"})).await;
     assert_eq!(r["type"], "result", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_and_an_account_removal_in_band() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "old pw");
+    let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/home", "old pw").await;
+    let (mut alice2, _) = sign_in(n.c2s(), "alice@a.test/work", "old pw").await;
+    let r = ask(&mut alice, json!({"cmd": "passwd", "password": "new pw"})).await;
+    assert_eq!(r["type"], "result", "{r}");
+    // The new password signs in (either SCRAM), the old one no longer; the other session stays.
+    for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
+        let c = login(n.c2s(), "alice@a.test/new", "new pw")
+            .mech(mech)
+            .online()
+            .await;
+        c.quit().await;
+    }
+    let mut c = login(n.c2s(), "alice@a.test/old", "old pw").spawn();
+    c.expect("failed", |e| e["why"] == "auth").await;
+    alice2
+        .command(json!({"cmd": "ping", "to": "a.test", "tag": "still"}))
+        .await;
+    assert_eq!(alice2.result("still").await["type"], "result");
+    // Removal: the result, then both sessions end, and the account is gone.
+    let r = ask(&mut alice, json!({"cmd": "unregister"})).await;
+    assert_eq!(r["type"], "result", "{r}");
+    alice.expect("disconnected", |_| true).await;
+    alice2.expect("disconnected", |_| true).await;
+    let mut c = login(n.c2s(), "alice@a.test/gone", "new pw").spawn();
+    c.expect("failed", |e| e["why"] == "auth").await;
+}
+
+/// A raw stream after TLS, up to the pre-auth features; returns them too.
+async fn pre_auth(n: &Node) -> (RawStream, String) {
+    raw_tls(n.c2s(), "a.test").await
+}
+
+async fn iq_reply(s: &mut RawStream, id: &str, xml: &str) -> String {
+    s.send(xml).await;
+    next_matching(s, |t| t.contains(&format!("id='{id}'"))).await
+}
+
+fn register_set(id: &str, user: &str, pw: &str) -> String {
+    format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><username>{user}</username><password>{pw}</password></query></iq>")
+}
+
+#[tokio::test]
+async fn registration_closed_by_default_open_with_limits_and_by_invitation() {
+    let dns = TestDns::start().await;
+    // Closed (the default): no feature, and a registration iq ends the stream as before.
+    let n = node(&dns, "a.test", &[]).await;
+    let (mut s, features) = pre_auth(&n).await;
+    assert!(!features.contains("iq-register"), "{features}");
+    s.send("<iq type='get' id='g'><query xmlns='jabber:iq:register'/></iq>")
+        .await;
+    assert_eq!(s.expect_stream_error().await, "not-authorized");
+    drop(n);
+
+    // Open: the feature, the form, an account, then the rules.
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.registration = fedgate::core::config::Registration::Open;
+        // Counted: the two accounts and the conflict (each costs a key derivation).
+        c.registration_per_ip_per_hour = 3;
+    })
+    .await;
+    let (mut s, features) = pre_auth(&n).await;
+    assert!(
+        features.contains("<register xmlns='http://jabber.org/features/iq-register'/>"),
+        "{features}"
+    );
+    let form = iq_reply(
+        &mut s,
+        "g",
+        "<iq type='get' id='g'><query xmlns='jabber:iq:register'/></iq>",
+    )
+    .await;
+    assert!(
+        form.contains("<username/>") && form.contains("<password/>"),
+        "{form}"
+    );
+    let r = iq_reply(&mut s, "r1", &register_set("r1", "newbie", "pw1")).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let r = iq_reply(&mut s, "r2", &register_set("r2", "newbie", "other")).await;
+    assert!(r.contains("<conflict "), "{r}");
+    let r = iq_reply(&mut s, "r3", &register_set("r3", "bad user@x", "pw")).await;
+    assert!(r.contains("<not-acceptable "), "{r}");
+    let r = iq_reply(&mut s, "r4", &register_set("r4", "second", "pw2")).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let r = iq_reply(&mut s, "r5", &register_set("r5", "third", "pw3")).await;
+    assert!(r.contains("<resource-constraint "), "{r}");
+    // The same stream then signs in as the new account; slixmpp can too.
+    s.send(&plain_auth("newbie", "pw1", "")).await;
+    assert!(s.next_text().await.starts_with("<success"));
+    let c = login(n.c2s(), "second@a.test/r", "pw2").online().await;
+    c.quit().await;
+    drop(n);
+
+    // Invite: a token is needed, works once, and only a real one.
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.registration = fedgate::core::config::Registration::Invite
+    })
+    .await;
+    let accounts = fedgate::core::accounts::Accounts::open(&n.config).unwrap();
+    let uri = accounts.invite(None).unwrap();
+    let token = uri
+        .strip_prefix("xmpp:a.test?register;preauth=")
+        .unwrap()
+        .to_owned();
+    let (mut s, features) = pre_auth(&n).await;
+    assert!(features.contains("iq-register"), "{features}");
+    let r = iq_reply(&mut s, "i1", &register_set("i1", "invited", "pw")).await;
+    assert!(r.contains("<not-allowed "), "{r}");
+    let preauth = |id: &str, t: &str| {
+        format!("<iq type='set' id='{id}'><preauth xmlns='urn:xmpp:pars:0' token='{t}'/></iq>")
+    };
+    let r = iq_reply(&mut s, "p0", &preauth("p0", "forged")).await;
+    assert!(r.contains("<item-not-found "), "{r}");
+    let r = iq_reply(&mut s, "p1", &preauth("p1", &token)).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let r = iq_reply(&mut s, "i2", &register_set("i2", "invited", "pw")).await;
+    assert!(r.contains("type='result'"), "{r}");
+    // Used up: a second stream cannot use it again.
+    let (mut s, _) = pre_auth(&n).await;
+    let r = iq_reply(&mut s, "p2", &preauth("p2", &token)).await;
+    assert!(r.contains("<item-not-found "), "{r}");
+    let r = iq_reply(&mut s, "i3", &register_set("i3", "again", "pw")).await;
+    assert!(r.contains("<not-allowed "), "{r}");
+    let c = login(n.c2s(), "invited@a.test/r", "pw").online().await;
+    c.quit().await;
+}

@@ -58,6 +58,14 @@ impl Blocklists {
             .insert(account.to_owned(), list.clone());
         list
     }
+
+    /// Forgets an account's list (the account is gone).
+    pub(crate) fn forget(&self, account: &str) {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(account);
+    }
 }
 
 /// Whether blocklist item `item` covers `jid` (XEP-0016 §2.1 order of matching).
