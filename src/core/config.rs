@@ -71,6 +71,17 @@ pub struct CoreConfig {
     /// = "open"` or `"invite"`: each well-formed set counts (a taken username too, as each
     /// costs a PBKDF2 derivation); more get `<resource-constraint/>`. Default `5`.
     pub registration_per_ip_per_hour: u32,
+    /// `[[core.stun]]`: STUN servers announced to clients over XEP-0215 external service
+    /// discovery (for calls). Default none.
+    pub stun: Vec<ExternalService>,
+    /// `[[core.turn]]`: TURN servers announced the same way; one with a `secret` (coturn's
+    /// `use-auth-secret` / `static-auth-secret`) gets time-limited credentials per signed-in
+    /// account. Default none.
+    pub turn: Vec<ExternalService>,
+    /// How long XEP-0215 TURN credentials stay valid. Default `"24h"`. Longer lets a leaked
+    /// credential relay traffic for longer; shorter makes long calls ask again.
+    #[serde(with = "humantime_serde")]
+    pub turn_credentials_ttl: Duration,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -98,6 +109,9 @@ impl Default for CoreConfig {
             max_vcard_bytes: 64 * 1024,
             registration: Registration::Closed,
             registration_per_ip_per_hour: 5,
+            stun: Vec::new(),
+            turn: Vec::new(),
+            turn_credentials_ttl: Duration::from_secs(24 * 3600),
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -115,6 +129,46 @@ pub enum Registration {
     Open,
     /// Whoever holds an invitation token (`fedgate core user invite`).
     Invite,
+}
+
+/// `[[core.stun]]` / `[[core.turn]]`: one external service (XEP-0215).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// Its host name or IP address, as clients are to reach it. Required.
+    pub host: String,
+    /// Default `3478` (`5349` for `stuns`/`turns`).
+    pub port: Option<u16>,
+    /// `"udp"` (default) or `"tcp"`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    /// `"stun"`/`"stuns"` in `[[core.stun]]`, `"turn"`/`"turns"` in `[[core.turn]]`
+    /// (the `s` forms over TLS). Default the table's name.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// TURN only: coturn's `static-auth-secret`, from which credentials are derived (RFC
+    /// draft "REST API for access to TURN services"). Without it none are given.
+    pub secret: Option<Secret>,
+}
+
+fn default_transport() -> String {
+    "udp".into()
+}
+
+impl ExternalService {
+    /// The service `type`: the configured one or the table's (`stun`, `turn`).
+    pub fn kind<'a>(&'a self, table: &'a str) -> &'a str {
+        self.type_.as_deref().unwrap_or(table)
+    }
+
+    /// The port: the configured one or the default for the type.
+    pub fn port_for(&self, table: &str) -> u16 {
+        self.port.unwrap_or(if self.kind(table).ends_with('s') {
+            5349
+        } else {
+            3478
+        })
+    }
 }
 
 /// `[[core.domain]]`: one served domain.
@@ -357,6 +411,49 @@ impl CoreConfig {
                 "core.registration_per_ip_per_hour",
                 "zero, so that no registration could succeed",
                 "use a positive number, or set registration = \"closed\"",
+            ));
+        }
+        for (table, list, types) in [
+            ("stun", &self.stun, ["stun", "stuns"]),
+            ("turn", &self.turn, ["turn", "turns"]),
+        ] {
+            for (i, svc) in list.iter().enumerate() {
+                let key = format!("core.{table}[{i}]");
+                if svc.host.is_empty() {
+                    problems.push(invalid(
+                        format!("{key}.host"),
+                        "empty",
+                        "name the server's host",
+                    ));
+                }
+                if !types.contains(&svc.kind(table)) {
+                    problems.push(invalid(
+                        format!("{key}.type"),
+                        format!("`{}` is not a {table} type", svc.kind(table)),
+                        format!("use \"{}\" or \"{}\"", types[0], types[1]),
+                    ));
+                }
+                if !matches!(svc.transport.as_str(), "udp" | "tcp") {
+                    problems.push(invalid(
+                        format!("{key}.transport"),
+                        format!("`{}` is not a transport", svc.transport),
+                        "use \"udp\" or \"tcp\"",
+                    ));
+                }
+                if table == "stun" && svc.secret.is_some() {
+                    problems.push(invalid(
+                        format!("{key}.secret"),
+                        "STUN takes no credentials",
+                        "remove it, or move the server to [[core.turn]]",
+                    ));
+                }
+            }
+        }
+        if self.turn_credentials_ttl.is_zero() {
+            problems.push(invalid(
+                "core.turn_credentials_ttl",
+                "zero",
+                "set a duration such as \"24h\"",
             ));
         }
         if self.max_negotiation_stanza_bytes > self.max_stanza_bytes {

@@ -12,6 +12,7 @@
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
 use super::blocking::NS_BLOCKING;
+use super::extdisco::NS_EXTDISCO;
 use super::last::NS_LAST;
 use super::register::NS_REGISTER;
 use super::roster::NS_ROSTER;
@@ -34,6 +35,7 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_VCARD,
     NS_LAST,
     NS_REGISTER,
+    NS_EXTDISCO,
 ];
 
 /// What disco#info on an account's bare JID announces.

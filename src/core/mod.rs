@@ -11,6 +11,7 @@
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
 //! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
+//! - `extdisco`: XEP-0215 STUN/TURN discovery with TURN REST credentials.
 //! - `last`: XEP-0012 last activity of accounts, uptime of the server.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
@@ -33,6 +34,7 @@ mod blocking;
 pub mod c2s;
 pub mod config;
 mod disco;
+mod extdisco;
 mod last;
 mod presence;
 mod register;

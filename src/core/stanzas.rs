@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
+use super::extdisco::NS_EXTDISCO;
 use super::last::NS_LAST;
 use super::register::NS_REGISTER;
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
@@ -421,6 +422,9 @@ impl Core {
             return;
         }
         let domain = to.to_string();
+        if payload(&el).is_some_and(|p| p.ns == NS_EXTDISCO) {
+            return self.extdisco_iq(&domain, el).await;
+        }
         let reply = match (el.attr("type"), payload(&el)) {
             (Some("get"), Some(p)) if p.ns == ns::PING && p.name == "ping" => {
                 Some(iq_result(&el, &domain))

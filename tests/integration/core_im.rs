@@ -422,3 +422,39 @@ async fn registration_closed_by_default_open_with_limits_and_by_invitation() {
     let c = login(n.c2s(), "invited@a.test/r", "pw").online().await;
     c.quit().await;
 }
+
+#[tokio::test]
+async fn stun_and_turn_services_with_turn_credentials_over_extdisco() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| {
+        let mut core: fedgate::core::config::CoreConfig = toml::from_str(
+            "[[stun]]\nhost = \"stun.a.test\"\n[[turn]]\nhost = \"turn.a.test\"\nport = 3479\nsecret = \"north\"\n",
+        )
+        .unwrap();
+        c.stun = std::mem::take(&mut core.stun);
+        c.turn = std::mem::take(&mut core.turn);
+    })
+    .await;
+    n.add_user("alice@a.test", "pa");
+    let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/r", "pa").await;
+    alice
+        .command(
+            json!({"cmd": "iq", "to": "a.test", "xml": "<services xmlns='urn:xmpp:extdisco:2'/>"}),
+        )
+        .await;
+    let r = alice.expect("iq_result", |_| true).await;
+    let xml = r["xml"].as_str().unwrap();
+    assert_eq!(r["type"], "result", "{r}");
+    assert!(
+        xml.contains("host=\"stun.a.test\"") && xml.contains("host=\"turn.a.test\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("port=\"3479\"") && xml.contains(":alice@a.test\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("password=\"") && xml.contains("expires=\""),
+        "{xml}"
+    );
+}
