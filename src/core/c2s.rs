@@ -377,9 +377,10 @@ async fn sasl_exchange(
                 return Ok(auth);
             }
             Err(e) => {
+                let user = claimed_user(&el, mechanism).unwrap_or_else(|| "-".into());
                 tracing::info!(
                     peer = %conn.peer,
-                    user = claimed_user(&el, mechanism).as_deref().unwrap_or("-"),
+                    user = %user.escape_debug(),
                     mechanism = el.attr("mechanism").unwrap_or("-"),
                     "c2s sign-in failed: {}",
                     e.condition()

@@ -233,7 +233,12 @@ impl Core {
         let Some(to) = el.attr("to").and_then(|t| Jid::parse(t).ok()) else {
             return false;
         };
-        if !self.blocks(&session.account, &to).await {
+        // The account's own addresses (and its server) stay reachable whatever it blocks.
+        let own_domain = session.account.split_once('@').map(|(_, d)| d);
+        if self.contact_key(&to) == session.account
+            || (to.node().is_none() && self.domains.canonical(to.domain()) == own_domain)
+            || !self.blocks(&session.account, &to).await
+        {
             return false;
         }
         if let Some(mut reply) = super::error_reply(

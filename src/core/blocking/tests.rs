@@ -179,6 +179,26 @@ async fn a_domain_block_covers_its_users_and_lists_are_bounded_and_checked() {
     assert!(core.blocks("alice@a.test", &jid("x@spam.test/r")).await);
     assert!(core.blocks("alice@a.test", &jid("spam.test")).await);
     assert!(!core.blocks("alice@a.test", &jid("x@ham.test")).await);
+    // Blocking its own domain blocks its neighbours, not the account itself or its server.
+    core.client_iq(
+        &alice,
+        iq(
+            "b2",
+            "set",
+            "<block xmlns='urn:xmpp:blocking'><item jid='a.test'/></block>",
+        ),
+    )
+    .await;
+    drain(&mut alice_rx);
+    for (to, refused) in [
+        ("bob@a.test", true),
+        ("alice@a.test", false),
+        ("a.test", false),
+    ] {
+        let el = client_el(&format!("<iq from='alice@a.test/r' to='{to}' type='get' id='o'><ping xmlns='urn:xmpp:ping'/></iq>"));
+        assert_eq!(core.blocked_outbound(&alice, &el).await, refused, "{to}");
+    }
+    drain(&mut alice_rx);
     // Stored: another core on the same database sees it.
     core.blocklists.lists.lock().unwrap().clear();
     assert!(core.blocks("alice@a.test", &jid("y@spam.test")).await);

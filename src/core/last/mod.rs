@@ -29,8 +29,11 @@ fn record(
     ended: i64,
     status: Option<&str>,
 ) -> Result<(), rusqlite::Error> {
+    // Only for an account that still exists (a session of a removed account ends too).
     conn.execute(
-        "INSERT INTO last_activity (owner, ended, status) VALUES (?1, ?2, ?3)
+        "INSERT INTO last_activity (owner, ended, status)
+         SELECT ?1, ?2, ?3 WHERE EXISTS
+           (SELECT 1 FROM accounts WHERE localpart || '@' || domain = ?1)
          ON CONFLICT (owner) DO UPDATE SET ended = ?2, status = ?3",
         params![owner, ended, status],
     )?;
