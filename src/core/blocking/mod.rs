@@ -343,24 +343,19 @@ impl Core {
                 return self.storage_failed(&el).await;
             }
         }
-        // The cache follows the database.
-        let before = match self.blocklist(&session.account).await {
-            Ok(l) => l,
-            Err(_) => Arc::new(Vec::new()),
-        };
-        let mut after: Vec<Jid> = before.to_vec();
-        match command {
-            Command::Block => {
-                for j in &jids {
-                    if !after.contains(j) {
-                        after.push(j.clone());
-                    }
-                }
+        // The cache follows the database, re-read so that concurrent changes from the
+        // account's other resources cannot be lost.
+        let owner = session.account.clone();
+        match self.storage.call(move |c| load(c, &owner)).await {
+            Ok(rows) => {
+                let list = rows.iter().filter_map(|j| Jid::parse(j).ok()).collect();
+                self.blocklists.put(&session.account, list);
             }
-            Command::Unblock if jids.is_empty() => after.clear(),
-            Command::Unblock => after.retain(|j| !jids.contains(j)),
+            Err(e) => {
+                tracing::warn!("blocklist read failed: {e}");
+                self.blocklists.forget(&session.account);
+            }
         }
-        self.blocklists.put(&session.account, after);
         session.send_element(&iq_result(&el, &me));
         if command == Command::Block {
             self.unavailable_to_blocked(&session.account, &jids).await;
