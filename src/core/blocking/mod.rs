@@ -6,7 +6,8 @@
 //!    `<bad-request/>`), a block at least one item; an unblock without items empties the list.
 //!    The change is pushed to every resource of the account that asked for the blocklist;
 //!    a contact that could see the account's presence (a `from` subscription or directed
-//!    presence) gets unavailable presence when blocked. At most `max_blocklist` JIDs
+//!    presence) gets unavailable presence when blocked, and a subscribed contact gets the
+//!    account's current presence again when unblocked. At most `max_blocklist` JIDs
 //!    (`<resource-constraint/>`).
 //! 3. Enforcement (§3.3, JID matching as XEP-0016 §2.1): an item `user@domain/resource`
 //!    matches that full JID only, `user@domain` any of its resources, `domain/resource` that
@@ -314,6 +315,14 @@ impl Core {
                 )
                 .await;
         }
+        // What an unblock without items lifts: everything blocked now.
+        let unblocked: Vec<Jid> = match command {
+            Command::Unblock if jids.is_empty() => match self.blocklist(&session.account).await {
+                Ok(l) => l.to_vec(),
+                Err(_) => Vec::new(),
+            },
+            _ => jids.clone(),
+        };
         let owner = session.account.clone();
         let texts: Vec<String> = jids.iter().map(Jid::to_string).collect();
         let max = self.config.max_blocklist;
@@ -357,8 +366,12 @@ impl Core {
             }
         }
         session.send_element(&iq_result(&el, &me));
-        if command == Command::Block {
-            self.unavailable_to_blocked(&session.account, &jids).await;
+        match command {
+            Command::Block => self.unavailable_to_blocked(&session.account, &jids).await,
+            Command::Unblock => {
+                self.presence_to_unblocked(&session.account, &unblocked)
+                    .await
+            }
         }
         let mut push = Element::new(command.name(), NS_BLOCKING);
         for j in &jids {
@@ -375,6 +388,43 @@ impl Core {
                 .with_attr("to", s.jid.to_string())
                 .with_child(push.clone());
             s.send_element(&iq);
+        }
+    }
+
+    /// §3.4: the unblocked subscribed to the account (`from`) see its current presence
+    /// again: that of each available resource.
+    async fn presence_to_unblocked(&self, account: &str, unblocked: &[Jid]) {
+        if unblocked.is_empty() {
+            return;
+        }
+        let owner = account.to_owned();
+        let roster = match self
+            .storage
+            .call(move |c| super::storage::roster(c, &owner))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("roster read failed: {e}"),
+        };
+        for item in roster.iter().filter(|i| i.state.sub.has_from()) {
+            let Ok(contact) = Jid::parse(&item.jid) else {
+                continue;
+            };
+            let contact = self.canonical_jid(&contact);
+            // Still covered by another item: it stays offline to them.
+            if !unblocked.iter().any(|u| matches(u, &contact))
+                || self.blocks(account, &contact).await
+            {
+                continue;
+            }
+            for s in self.sessions_of(account) {
+                let last = s.presence().last.clone();
+                if let Some(mut p) = last {
+                    p.set_attr("from", s.jid.to_string());
+                    p.set_attr("to", &item.jid);
+                    self.route(p).await;
+                }
+            }
         }
     }
 

@@ -248,3 +248,59 @@ async fn the_quota_refuses_a_block_beyond_max_blocklist() {
     core.blocklists.lists.lock().unwrap().clear();
     assert_eq!(core.blocklist("alice@a.test").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_subscriber_sees_unavailable_when_blocked_and_the_presence_again_when_unblocked() {
+    use crate::core::roster::{RosterItem, Subscription};
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice", "bob"]).await;
+    let mut item = RosterItem::new("bob@a.test");
+    item.state.sub = Subscription::From;
+    core.storage
+        .store_roster_item("alice@a.test", &item)
+        .await
+        .unwrap();
+    let (alice, _, mut alice_rx) = session(&core, "alice@a.test/r", 16);
+    let (_bob, _, mut bob_rx) = session(&core, "bob@a.test/r", 16);
+    core.presence_outbound(
+        &alice,
+        client_el("<presence from='alice@a.test/r'><show>away</show></presence>"),
+    )
+    .await;
+    assert!(drain(&mut bob_rx)
+        .iter()
+        .any(|p| p.contains("<show>away</show>")));
+    core.client_iq(
+        &alice,
+        iq(
+            "b",
+            "set",
+            "<block xmlns='urn:xmpp:blocking'><item jid='bob@a.test'/></block>",
+        ),
+    )
+    .await;
+    let got = drain(&mut bob_rx);
+    assert!(
+        got.iter().any(|p| p.contains("type='unavailable'")),
+        "{got:?}"
+    );
+    // While blocked, a new broadcast skips him.
+    core.presence_outbound(
+        &alice,
+        client_el("<presence from='alice@a.test/r'><show>dnd</show></presence>"),
+    )
+    .await;
+    assert!(drain(&mut bob_rx).is_empty());
+    core.client_iq(
+        &alice,
+        iq("u", "set", "<unblock xmlns='urn:xmpp:blocking'/>"),
+    )
+    .await;
+    let got = drain(&mut bob_rx);
+    assert!(
+        got.iter()
+            .any(|p| p.starts_with("<presence") && p.contains("<show>dnd</show>")),
+        "{got:?}"
+    );
+    drain(&mut alice_rx);
+}
