@@ -458,3 +458,52 @@ async fn stun_and_turn_services_with_turn_credentials_over_extdisco() {
         "{xml}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_registers_in_band_when_open_and_with_an_invitation() {
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.registration = fedgate::core::config::Registration::Open
+    })
+    .await;
+    let mut c = login(n.c2s(), "newcomer@a.test/r", "fresh pw")
+        .register(None)
+        .spawn();
+    c.expect("registered", |_| true).await;
+    c.expect("online", |_| true).await;
+    c.quit().await;
+    // Taken now: the second registration is a conflict (and the wrong password fails).
+    let mut c = login(n.c2s(), "newcomer@a.test/r", "other pw")
+        .register(None)
+        .spawn();
+    let e = c.expect("register_failed", |_| true).await;
+    assert_eq!(e["condition"], "conflict", "{e}");
+    c.expect("failed", |e| e["why"] == "auth").await;
+    drop(n);
+
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.registration = fedgate::core::config::Registration::Invite
+    })
+    .await;
+    let uri = fedgate::core::accounts::Accounts::open(&n.config)
+        .unwrap()
+        .invite(Some("a.test"))
+        .unwrap();
+    let token = uri.rsplit_once("preauth=").unwrap().1.to_owned();
+    let mut c = login(n.c2s(), "uninvited@a.test/r", "pw")
+        .register(None)
+        .spawn();
+    let e = c.expect("register_failed", |_| true).await;
+    assert_eq!(e["condition"], "not-allowed", "{e}");
+    let mut c = login(n.c2s(), "invited@a.test/r", "pw")
+        .register(Some(&token))
+        .spawn();
+    c.expect("registered", |_| true).await;
+    c.expect("online", |_| true).await;
+    // Single use: the spent token is refused, so the registration is not allowed.
+    let mut c = login(n.c2s(), "second@a.test/r", "pw")
+        .register(Some(&token))
+        .spawn();
+    let e = c.expect("register_failed", |_| true).await;
+    assert_eq!(e["condition"], "not-allowed", "{e}");
+}
