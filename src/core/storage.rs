@@ -528,14 +528,14 @@ mod tests {
     fn migrations_run_once_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("core.sqlite");
-        let mut conn = open_connection(&path).unwrap();
+        let conn = open_connection(&path).unwrap();
         let v: u32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as u32);
         let c = Credentials::derive("pw", 4096);
-        assert!(create_account(&mut conn, "alice", "a.test", &c).unwrap());
-        assert!(!create_account(&mut conn, "alice", "a.test", &c).unwrap());
+        assert!(create_account(&conn, "alice", "a.test", &c).unwrap());
+        assert!(!create_account(&conn, "alice", "a.test", &c).unwrap());
         drop(conn);
         // Reopening migrates nothing and keeps the data.
         let mut conn = open_connection(&path).unwrap();
@@ -570,8 +570,8 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         let c = Credentials::derive("pw", 4096);
-        create_account(&mut conn, "bob", "a.test", &c).unwrap();
-        create_account(&mut conn, "alice", "a.test", &c).unwrap();
+        create_account(&conn, "bob", "a.test", &c).unwrap();
+        create_account(&conn, "alice", "a.test", &c).unwrap();
         assert_eq!(
             list_accounts(&mut conn).unwrap(),
             ["alice@a.test", "bob@a.test"]
