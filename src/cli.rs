@@ -1,6 +1,6 @@
 //! The command line: `fedgate run`, `fedgate reload`, `fedgate peers`,
 //! `fedgate check config|dns|remote`, `fedgate core` (the c2s core alone) and
-//! `fedgate core user add|remove|passwd|list`.
+//! `fedgate core user add|remove|passwd|list|invite`.
 
 use std::path::PathBuf;
 
@@ -133,4 +133,10 @@ pub enum UserAction {
     },
     /// Lists the accounts.
     List,
+    /// Creates a single-use registration invitation (for `registration = "invite"`) and
+    /// prints it as an `xmpp:DOMAIN?register;preauth=TOKEN` URI.
+    Invite {
+        /// The domain the account will be in (default: the first `[[core.domain]]`).
+        domain: Option<String>,
+    },
 }

@@ -437,6 +437,9 @@ fn user_command(file: &std::path::Path, action: UserAction) -> ExitCode {
         UserAction::Remove { address } => {
             accounts.remove(&address).map(|a| println!("removed {a}"))
         }
+        UserAction::Invite { domain } => accounts
+            .invite(domain.as_deref())
+            .map(|uri| println!("{uri}")),
         UserAction::List => accounts.list().map(|all| {
             for a in all {
                 println!("{a}");

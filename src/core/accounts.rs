@@ -1,4 +1,4 @@
-//! Accounts from the command line: `fedgate core user add|remove|passwd|list`.
+//! Accounts from the command line: `fedgate core user add|remove|passwd|list|invite`.
 //!
 //! Each works on the database the configuration names, directly (no running core needed; the
 //! database takes concurrent writers). Addresses are prepared like any JID, and an alias
@@ -33,6 +33,8 @@ pub enum AccountError {
 pub struct Accounts {
     storage: Storage,
     domains: Domains,
+    /// Where invitations without a domain are for: the first `[[core.domain]]`.
+    first_domain: String,
     iterations: u32,
 }
 
@@ -41,6 +43,11 @@ impl Accounts {
         Ok(Accounts {
             storage: Storage::open(&config.database)?,
             domains: Domains::from_config(config),
+            first_domain: config
+                .domain
+                .first()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
             iterations: config.scram_iterations,
         })
     }
@@ -116,6 +123,35 @@ impl Accounts {
         }
     }
 
+    /// A single-use XEP-0077 registration invitation for `domain` (default: the first
+    /// configured one), as the `xmpp:DOMAIN?register;preauth=TOKEN` URI to hand out. It is
+    /// accepted when `registration = "invite"`.
+    pub fn invite(&self, domain: Option<&str>) -> Result<String, AccountError> {
+        let domain = match domain {
+            Some(d) => {
+                let n = crate::jid::normalize_domain(d)
+                    .map_err(|e| AccountError::BadAddress(d.to_owned(), e.to_string()))?;
+                match self.domains.canonical(&n) {
+                    Some(c) => c.to_owned(),
+                    None => {
+                        let mut served: Vec<&str> = self.domains.all().collect();
+                        served.sort();
+                        return Err(AccountError::UnknownDomain {
+                            domain: n.into_owned(),
+                            served: served.join(", "),
+                        });
+                    }
+                }
+            }
+            None => self.first_domain.clone(),
+        };
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        let (t, d) = (token.clone(), domain.clone());
+        self.storage
+            .call_blocking(move |c| super::register::create_invite(c, &t, &d))?;
+        Ok(format!("xmpp:{domain}?register;preauth={token}"))
+    }
+
     pub fn list(&self) -> Result<Vec<String>, AccountError> {
         Ok(self.storage.call_blocking(storage::list_accounts)?)
     }
@@ -158,6 +194,21 @@ mod tests {
         assert!(matches!(
             a.add("bob@gmail.com", ""),
             Err(AccountError::EmptyPassword)
+        ));
+        // Invitations are for a served domain, the first one by default.
+        let uri = a.invite(None).unwrap();
+        assert!(
+            uri.starts_with("xmpp:googlemail.com?register;preauth="),
+            "{uri}"
+        );
+        assert_ne!(
+            uri,
+            a.invite(Some("gmail.com")).unwrap(),
+            "each token is new"
+        );
+        assert!(matches!(
+            a.invite(Some("other.test")),
+            Err(AccountError::UnknownDomain { .. })
         ));
         a.passwd("alice@gmail.com", "pw2").unwrap();
         assert_eq!(a.list().unwrap(), ["alice@googlemail.com"]);

@@ -12,13 +12,17 @@
 //! 4. `ExpectAuth`: SASL ([`super::sasl`]): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS when the
 //!    TLS connection has a channel binding (`tls-exporter` on TLS 1.3, `tls-server-end-point`
 //!    for most certificates; listed with XEP-0440), SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN
-//!    only when `allow_plain`. A bad attempt gets `<failure/>` and another try, up to
-//!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. Google's JID domain discovery: an
+//!    unless `allow_plain = false`. A bad attempt gets `<failure/>` (logged at INFO with the
+//!    username and the condition, never the password) and another try, up to
+//!    [`MAX_AUTH_FAILURES`], then `<policy-violation/>`. A client that leaves here is logged
+//!    at INFO with what it was offered. With `registration` open or invite, XEP-0077
+//!    registration iqs are answered here too ([`super::register`]). Google's JID domain discovery: an
 //!    `<auth/>` with `client-uses-full-bind-result='true'` is bound under the account's
 //!    canonical domain, not the alias it signed in with. Success restarts the stream.
 //! 5. `ExpectBind`: `<bind/>` (RFC 6120 §7) with the client's resource or one we make up;
 //!    the session is registered (a session on the same resource is replaced) and the result
-//!    carries the full JID. `<session/>` (RFC 3921) is offered as optional for old clients.
+//!    carries the full JID. `<session/>` (RFC 3921) is offered as optional for old clients,
+//!    and XEP-0237 roster versioning (`<ver/>`) is announced with them.
 //!
 //! The whole negotiation is bounded by `negotiation_timeout` (`<connection-timeout/>`).
 //! Established, the reader runs here and a writer task drains the session's bounded queue;
@@ -35,6 +39,7 @@ use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::config::Registration;
 use super::sasl::{binding_for, ClientFirst, Mechanism, Plain, SaslError, ScramServer};
 use super::sm::{self, Request};
 use super::{csi, storage, Core, Queued, SessionHandle};
@@ -203,6 +208,9 @@ async fn negotiate(
                     }
                     features.push_str("</sasl-channel-binding>");
                 }
+                if core.config.registration != Registration::Closed {
+                    features.push_str(super::register::REGISTER_FEATURE);
+                }
                 features.push_str("</stream:features>");
                 conn.send(features.as_bytes());
                 conn.flush().await.map_err(ReadError::Io)?;
@@ -211,7 +219,7 @@ async fn negotiate(
                 conn.restart();
             }
             Some(a) => {
-                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>");
+                conn.send(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>");
                 conn.flush().await.map_err(ReadError::Io)?;
                 return expect_bind(conn, core, a).await;
             }
@@ -326,16 +334,50 @@ fn sasl_payload(el: &Element) -> Result<Vec<u8>, SaslError> {
         .map_err(|_| SaslError::Malformed("not base64"))
 }
 
-/// Step 4.
+/// Step 4; a client that leaves here (it found no mechanism it can use, most often) is
+/// logged with what it was offered.
 async fn expect_auth(
     conn: &mut Connection,
     core: &Core,
     stream_domain: &str,
     bindings: &ChannelBindings,
 ) -> Result<Authenticated, C2sError> {
+    let result = sasl_exchange(conn, core, stream_domain, bindings).await;
+    if let Err(C2sError::Read(ReadError::Eof | ReadError::Io(_))) = &result {
+        let offered: Vec<&str> = offered(core, bindings)
+            .into_iter()
+            .map(Mechanism::name)
+            .collect();
+        tracing::info!(peer = %conn.peer, "c2s client left before authenticating (offered {})", offered.join(", "));
+    }
+    result
+}
+
+/// The username a SASL `<auth/>` claims, for the log (PLAIN and SCRAM carry one).
+fn claimed_user(el: &Element, mechanism: Option<Mechanism>) -> Option<String> {
+    let data = sasl_payload(el).ok()?;
+    match mechanism? {
+        Mechanism::Plain => Plain::parse(&data).ok().map(|p| p.username),
+        Mechanism::ScramSha256Plus
+        | Mechanism::ScramSha1Plus
+        | Mechanism::ScramSha256
+        | Mechanism::ScramSha1 => ClientFirst::parse(&data).ok().map(|f| f.username),
+    }
+}
+
+async fn sasl_exchange(
+    conn: &mut Connection,
+    core: &Core,
+    stream_domain: &str,
+    bindings: &ChannelBindings,
+) -> Result<Authenticated, C2sError> {
     let mut failures = 0;
+    let mut registering = super::register::Pending::default();
     loop {
         let s = next_stanza(conn).await?;
+        if super::register::negotiation_iq(conn, core, stream_domain, &mut registering, &s).await? {
+            continue;
+        }
         if (s.name(), s.ns()) != ("auth", ns::SASL) {
             return Err(refused(
                 StreamErrorCondition::NotAuthorized,
@@ -349,7 +391,8 @@ async fn expect_auth(
             (k == "client-uses-full-bind-result" || k.ends_with(":client-uses-full-bind-result"))
                 && v == "true"
         });
-        let result = match el.attr("mechanism").and_then(Mechanism::from_name) {
+        let mechanism = el.attr("mechanism").and_then(Mechanism::from_name);
+        let result = match mechanism {
             Some(Mechanism::Plain) if core.config.allow_plain => {
                 plain(core, &el, stream_domain, full_bind).await
             }
@@ -382,6 +425,14 @@ async fn expect_auth(
                 return Ok(auth);
             }
             Err(e) => {
+                let user = claimed_user(&el, mechanism).unwrap_or_else(|| "-".into());
+                tracing::info!(
+                    peer = %conn.peer,
+                    user = %user.escape_debug(),
+                    mechanism = el.attr("mechanism").unwrap_or("-"),
+                    "c2s sign-in failed: {}",
+                    e.condition()
+                );
                 send_failure(conn, &e).await?;
                 if e != SaslError::Aborted && e != SaslError::InvalidMechanism {
                     failures += 1;
@@ -1079,6 +1130,9 @@ impl Core {
                 }
                 return;
             }
+        }
+        if self.blocked_outbound(session, &el).await {
+            return;
         }
         match el.name.as_str() {
             "presence" => self.presence_outbound(session, el).await,

@@ -25,9 +25,10 @@ pub struct CoreConfig {
     /// Addresses for c2s with TLS from the first byte (XEP-0368 `_xmpps-client`). Default
     /// `["0.0.0.0:5223"]`; `[]` turns it off.
     pub direct_tls_listen: Vec<SocketAddr>,
-    /// Offer SASL PLAIN (after TLS only, never before). Default `false`: SCRAM-SHA-256 and
-    /// SCRAM-SHA-1 only, which never show the password to the server. **PLAIN sends the
-    /// password itself** (inside TLS); turn it on only for clients without SCRAM.
+    /// Offer SASL PLAIN (after TLS only, never before), after SCRAM-SHA-256 and SCRAM-SHA-1.
+    /// Default `true`, so that every client can sign in: go-sendxmpp, bots and older libraries
+    /// know only PLAIN. **PLAIN sends the password itself** (inside TLS) to the server; `false`
+    /// leaves the SCRAM mechanisms only, which never show it.
     pub allow_plain: bool,
     /// PBKDF2 iterations for new or changed passwords. Default `4096`, the least RFC 7677
     /// allows; more makes each sign-in and each stolen-database guess slower alike.
@@ -77,6 +78,35 @@ pub struct CoreConfig {
     /// `<not-acceptable/>`. Default `65536` (64 KiB), enough for an avatar of XEP-0084's
     /// recommended size.
     pub pep_max_item_bytes: usize,
+    /// Most JIDs on one account's XEP-0191 blocklist; a block beyond it is refused with
+    /// `<resource-constraint/>`. Default `1000`. Each list is held in memory while used and
+    /// checked on every stanza to or from its account.
+    pub max_blocklist: usize,
+    /// Largest vCard (XEP-0054) an account may store, in bytes of XML. Default `65536`
+    /// (64 KiB); larger sets get `<not-acceptable/>`. An avatar photo travels inside the vCard,
+    /// base64-encoded, so this bounds avatars too; each vCard is read whole for every get.
+    pub max_vcard_bytes: usize,
+    /// Who may create an account over XEP-0077 in-band registration before signing in:
+    /// `"closed"` (default: only `fedgate core user add`), `"open"` (anyone who reaches the
+    /// c2s port: **spam accounts** unless the port is private), or `"invite"` (a single-use
+    /// token from `fedgate core user invite`, XEP-0401 style). Password changes and account
+    /// removal by signed-in users are always on.
+    pub registration: Registration,
+    /// Most registration attempts in one hour from one client IP address with `registration
+    /// = "open"` or `"invite"`: each well-formed set counts (a taken username too, as each
+    /// costs a PBKDF2 derivation); more get `<resource-constraint/>`. Default `5`.
+    pub registration_per_ip_per_hour: u32,
+    /// `[[core.stun]]`: STUN servers announced to clients over XEP-0215 external service
+    /// discovery (for calls). Default none.
+    pub stun: Vec<ExternalService>,
+    /// `[[core.turn]]`: TURN servers announced the same way; one with a `secret` (coturn's
+    /// `use-auth-secret` / `static-auth-secret`) gets time-limited credentials per signed-in
+    /// account. Default none.
+    pub turn: Vec<ExternalService>,
+    /// How long XEP-0215 TURN credentials stay valid. Default `"24h"`. Longer lets a leaked
+    /// credential relay traffic for longer; shorter makes long calls ask again.
+    #[serde(with = "humantime_serde")]
+    pub turn_credentials_ttl: Duration,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -91,7 +121,7 @@ impl Default for CoreConfig {
         CoreConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
             direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
-            allow_plain: false,
+            allow_plain: true,
             scram_iterations: 4096,
             database: PathBuf::from("fedgate-core.sqlite"),
             negotiation_timeout: Duration::from_secs(30),
@@ -105,9 +135,69 @@ impl Default for CoreConfig {
             pep_max_nodes: 64,
             pep_max_items: 256,
             pep_max_item_bytes: 64 * 1024,
+            max_blocklist: 1000,
+            max_vcard_bytes: 64 * 1024,
+            registration: Registration::Closed,
+            registration_per_ip_per_hour: 5,
+            stun: Vec::new(),
+            turn: Vec::new(),
+            turn_credentials_ttl: Duration::from_secs(24 * 3600),
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
+    }
+}
+
+/// `registration`: who may create accounts in-band (XEP-0077).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Nobody: accounts come from `fedgate core user add`.
+    #[default]
+    Closed,
+    /// Anyone who can reach the c2s port.
+    Open,
+    /// Whoever holds an invitation token (`fedgate core user invite`).
+    Invite,
+}
+
+/// `[[core.stun]]` / `[[core.turn]]`: one external service (XEP-0215).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// Its host name or IP address, as clients are to reach it. Required.
+    pub host: String,
+    /// Default `3478` (`5349` for `stuns`/`turns`).
+    pub port: Option<u16>,
+    /// `"udp"` (default) or `"tcp"`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    /// `"stun"`/`"stuns"` in `[[core.stun]]`, `"turn"`/`"turns"` in `[[core.turn]]`
+    /// (the `s` forms over TLS). Default the table's name.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// TURN only: coturn's `static-auth-secret`, from which credentials are derived (RFC
+    /// draft "REST API for access to TURN services"). Without it none are given.
+    pub secret: Option<Secret>,
+}
+
+fn default_transport() -> String {
+    "udp".into()
+}
+
+impl ExternalService {
+    /// The service `type`: the configured one or the table's (`stun`, `turn`).
+    pub fn kind<'a>(&'a self, table: &'a str) -> &'a str {
+        self.type_.as_deref().unwrap_or(table)
+    }
+
+    /// The port: the configured one or the default for the type.
+    pub fn port_for(&self, table: &str) -> u16 {
+        self.port.unwrap_or(if self.kind(table).ends_with('s') {
+            5349
+        } else {
+            3478
+        })
     }
 }
 
@@ -348,6 +438,8 @@ impl CoreConfig {
             ("core.pep_max_nodes", self.pep_max_nodes),
             ("core.pep_max_items", self.pep_max_items as usize),
             ("core.pep_max_item_bytes", self.pep_max_item_bytes),
+            ("core.max_blocklist", self.max_blocklist),
+            ("core.max_vcard_bytes", self.max_vcard_bytes),
         ] {
             if v == 0 {
                 problems.push(invalid(
@@ -356,6 +448,56 @@ impl CoreConfig {
                     "use a positive number, or remove the key for the default",
                 ));
             }
+        }
+        if self.registration != Registration::Closed && self.registration_per_ip_per_hour == 0 {
+            problems.push(invalid(
+                "core.registration_per_ip_per_hour",
+                "zero, so that no registration could succeed",
+                "use a positive number, or set registration = \"closed\"",
+            ));
+        }
+        for (table, list, types) in [
+            ("stun", &self.stun, ["stun", "stuns"]),
+            ("turn", &self.turn, ["turn", "turns"]),
+        ] {
+            for (i, svc) in list.iter().enumerate() {
+                let key = format!("core.{table}[{i}]");
+                if svc.host.is_empty() {
+                    problems.push(invalid(
+                        format!("{key}.host"),
+                        "empty",
+                        "name the server's host",
+                    ));
+                }
+                if !types.contains(&svc.kind(table)) {
+                    problems.push(invalid(
+                        format!("{key}.type"),
+                        format!("`{}` is not a {table} type", svc.kind(table)),
+                        format!("use \"{}\" or \"{}\"", types[0], types[1]),
+                    ));
+                }
+                if !matches!(svc.transport.as_str(), "udp" | "tcp") {
+                    problems.push(invalid(
+                        format!("{key}.transport"),
+                        format!("`{}` is not a transport", svc.transport),
+                        "use \"udp\" or \"tcp\"",
+                    ));
+                }
+                if table == "stun" && svc.secret.is_some() {
+                    problems.push(invalid(
+                        format!("{key}.secret"),
+                        "STUN takes no credentials",
+                        "remove it, or move the server to [[core.turn]]",
+                    ));
+                }
+            }
+        }
+        if self.turn_credentials_ttl.is_zero() {
+            problems.push(invalid(
+                "core.turn_credentials_ttl",
+                "zero",
+                "set a duration such as \"24h\"",
+            ));
         }
         if self.max_negotiation_stanza_bytes > self.max_stanza_bytes {
             problems.push(invalid(
@@ -446,7 +588,7 @@ mod tests {
         let f = CoreFile::load(&dir.join("core.toml")).unwrap();
         assert_eq!(f.core.database, dir.join("fedgate-core.sqlite"));
         assert!(f.core.listen.iter().all(|a| a.ip().is_loopback()));
-        assert!(!f.core.allow_plain);
+        assert!(f.core.allow_plain);
         assert!(f.gateway.secret().is_ok());
     }
 
@@ -460,6 +602,7 @@ mod tests {
         .unwrap();
         assert_eq!(f.core.domain[0].name, "a.test");
         assert_eq!(f.core.scram_iterations, 4096);
+        assert!(f.core.allow_plain, "PLAIN over TLS is on by default");
         assert_eq!(f.core.listen, ["0.0.0.0:5222".parse().unwrap()]);
         assert_eq!(
             f.core.all_domains().collect::<Vec<_>>(),

@@ -12,8 +12,13 @@
 //!   The account's owner also gets its PEP nodes in disco#items.
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
+use super::blocking::NS_BLOCKING;
+use super::extdisco::NS_EXTDISCO;
+use super::last::NS_LAST;
 use super::pep;
+use super::register::NS_REGISTER;
 use super::roster::NS_ROSTER;
+use super::vcard::NS_VCARD;
 use super::Core;
 use crate::xml::{ns, Element};
 
@@ -28,10 +33,16 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     ns::PING,
     NS_VERSION,
     NS_ROSTER,
+    NS_BLOCKING,
+    NS_VCARD,
+    NS_LAST,
+    NS_REGISTER,
+    NS_EXTDISCO,
 ];
 
 /// What disco#info on an account's bare JID announces: the PEP service (XEP-0163, the
-/// XEP-0060 §10 features it implements) and XEP-0049 private storage with XEP-0402 compat.
+/// XEP-0060 §10 features it implements), XEP-0049 private storage with XEP-0402 compat, and
+/// XEP-0012 last activity.
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -53,6 +64,7 @@ pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#item-ids",
     pep::private::NS_PRIVATE,
     pep::private::NS_BOOKMARKS_COMPAT,
+    NS_LAST,
 ];
 
 /// A disco#info `<query/>` with one identity and the given features.

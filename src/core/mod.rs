@@ -9,12 +9,18 @@
 //!   and their resumption.
 //! - `csi`: XEP-0352 client state indication: presence updates held for inactive clients.
 //! - [`roster`]: roster items and the RFC 6121 subscription state machine, sans I/O.
+//! - `rosterver`: XEP-0237 roster versions.
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
 //! - `pep`: XEP-0163 PEP (the XEP-0060 subset clients use), XEP-0115 caps for its
 //!   notifications, XEP-0049 private storage with legacy bookmarks in XEP-0402.
+//! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
+//! - `extdisco`: XEP-0215 STUN/TURN discovery with TURN REST credentials.
+//! - `last`: XEP-0012 last activity of accounts, uptime of the server.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
+//! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
+//! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //!
@@ -29,17 +35,23 @@
 //!    sender with the RFC 6120/6121 error that fits; errors are never bounced.
 
 pub mod accounts;
+mod blocking;
 pub mod c2s;
 pub mod config;
 mod csi;
 mod disco;
+mod extdisco;
+mod last;
 mod pep;
 mod presence;
+mod register;
 pub mod roster;
+mod rosterver;
 pub mod sasl;
 mod sm;
 mod stanzas;
 pub mod storage;
+mod vcard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -134,6 +146,12 @@ pub struct Core {
     disco_items: Vec<String>,
     /// XEP-0115 caps of the entities that send our accounts presence, for PEP notifications.
     caps: pep::caps::CapsState,
+    /// XEP-0191 blocklists of the accounts that needed theirs, kept in step with the database.
+    blocklists: blocking::Blocklists,
+    /// When the core started: the domain's XEP-0012 uptime.
+    started: std::time::Instant,
+    /// In-band registrations per client address in the last hour (XEP-0077).
+    registrations: register::RateLimit,
     pub shutdown: CancellationToken,
 }
 
@@ -181,6 +199,10 @@ pub(crate) struct PresenceState {
     pub directed: Vec<String>,
     /// The client asked for the roster, so it gets roster pushes (§2.1.6).
     pub interested: bool,
+    /// The client asked for its blocklist, so it gets block and unblock pushes (XEP-0191).
+    pub blocklist_requested: bool,
+    /// The status of the last unavailable presence it broadcast, for XEP-0012.
+    pub unavailable_status: Option<String>,
 }
 
 impl SessionHandle {
@@ -321,6 +343,9 @@ pub async fn start(
         resume_table: sm::ResumeTable::default(),
         disco_items,
         caps: Default::default(),
+        blocklists: Default::default(),
+        started: std::time::Instant::now(),
+        registrations: Default::default(),
         shutdown: CancellationToken::new(),
     });
 
@@ -584,6 +609,7 @@ impl Core {
     ) {
         let was_available = handle.is_available();
         self.unregister(handle);
+        self.record_last_activity(handle).await;
         if was_available {
             let unavailable = Element::new("presence", ns::CLIENT)
                 .with_attr("from", handle.jid.to_string())

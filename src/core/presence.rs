@@ -49,6 +49,12 @@ impl Core {
             }
         }
         let available = type_.is_none();
+        // XEP-0153: available presence carries the account's avatar hash.
+        let el = if available {
+            self.with_avatar(&session.account, el).await
+        } else {
+            el
+        };
         if let Some(to) = el.attr("to").map(str::to_owned) {
             // Directed presence (§4.6): remember who must hear of our going.
             {
@@ -74,6 +80,13 @@ impl Core {
                 .unwrap_or(0)
                 .clamp(-128, 127);
             p.last = available.then(|| el.clone());
+            p.unavailable_status = if available {
+                None
+            } else {
+                el.children()
+                    .find(|c| c.name == "status" && c.ns == ns::CLIENT)
+                    .map(Element::text)
+            };
             initial
         };
         self.broadcast_presence(session, el, initial).await;
@@ -98,6 +111,13 @@ impl Core {
             Err(e) => return tracing::warn!("roster read failed: {e}"),
         };
         for item in roster.iter().filter(|i| i.state.sub.has_from()) {
+            // XEP-0191: a blocked contact sees the account as offline (it got unavailable
+            // presence when it was blocked).
+            if let Ok(j) = Jid::parse(&item.jid) {
+                if self.blocks(&session.account, &j).await {
+                    continue;
+                }
+            }
             self.route(presence_to(&el, &from, &item.jid)).await;
         }
         if el.attr("type") == Some("unavailable") {

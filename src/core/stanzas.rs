@@ -14,10 +14,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::blocking::NS_BLOCKING;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
+use super::extdisco::NS_EXTDISCO;
+use super::last::NS_LAST;
 use super::pep::private::NS_PRIVATE;
 use super::pep::{NS_PUBSUB, NS_PUBSUB_OWNER};
+use super::register::NS_REGISTER;
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
+use super::vcard::NS_VCARD;
 use super::{storage, Core, Queued, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
@@ -81,6 +86,9 @@ impl Core {
                 tracing::warn!("account lookup failed: {e}");
                 return self.storage_failed(&el).await;
             }
+        }
+        if self.blocked_inbound(&account, &el).await {
+            return;
         }
         match el.name.as_str() {
             "message" => self.deliver_message(&account, &to, el).await,
@@ -368,6 +376,8 @@ impl Core {
         match payload(&el).map(|p| (p.name.as_str(), p.ns.as_str())) {
             Some(("pubsub", NS_PUBSUB | NS_PUBSUB_OWNER)) => return self.pep_iq(account, el).await,
             Some((_, NS_PRIVATE)) => return self.private_forbidden(&el).await,
+            Some((_, NS_VCARD)) => return self.vcard_of(account, to, el).await,
+            Some((_, NS_LAST)) => return self.last_activity_of(account, to, el).await,
             _ => {}
         }
         let reply = match (el.attr("type"), payload(&el)) {
@@ -419,6 +429,9 @@ impl Core {
             return;
         }
         let domain = to.to_string();
+        if payload(&el).is_some_and(|p| p.ns == NS_EXTDISCO) {
+            return self.extdisco_iq(&domain, el).await;
+        }
         let reply = match (el.attr("type"), payload(&el)) {
             (Some("get"), Some(p)) if p.ns == ns::PING && p.name == "ping" => {
                 Some(iq_result(&el, &domain))
@@ -428,6 +441,9 @@ impl Core {
             }
             (Some("get"), Some(p)) if is_disco(p, NS_DISCO_ITEMS) => {
                 Some(iq_result(&el, &domain).with_child(self.server_disco_items()))
+            }
+            (Some("get"), Some(p)) if p.ns == NS_LAST && p.name == "query" => {
+                Some(iq_result(&el, &domain).with_child(self.uptime()))
             }
             (Some("get"), Some(p)) if p.ns == NS_VERSION && p.name == "query" => Some(
                 iq_result(&el, &domain).with_child(
@@ -466,23 +482,7 @@ impl Core {
             el.attr("type"),
             p.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
         ) {
-            (Some("get"), Some(("query", NS_ROSTER))) => {
-                let owner = session.account.clone();
-                match self.storage.call(move |c| storage::roster(c, &owner)).await {
-                    Ok(items) => {
-                        let mut q = Element::new("query", NS_ROSTER);
-                        for item in items.iter().filter(|i| i.in_roster) {
-                            q = q.with_child(item.to_element());
-                        }
-                        session.presence().interested = true;
-                        session.send_element(&iq_result(&el, &me).with_child(q));
-                    }
-                    Err(e) => {
-                        tracing::warn!("roster read failed: {e}");
-                        self.storage_failed(&el).await
-                    }
-                }
-            }
+            (Some("get"), Some(("query", NS_ROSTER))) => self.roster_get(session, el).await,
             (Some("set"), Some(("query", NS_ROSTER))) => self.roster_set(session, el).await,
             (Some("set"), Some(("session", NS_SESSION))) => {
                 session.send_element(&iq_result(&el, &me))
@@ -498,6 +498,9 @@ impl Core {
                 self.pep_iq(&session.account, el).await
             }
             (_, Some(("query", NS_PRIVATE))) => self.private_iq(session, el).await,
+            (_, Some((_, NS_BLOCKING))) => self.blocking_iq(session, el).await,
+            (_, Some(("vCard", NS_VCARD))) => self.vcard_own(session, el).await,
+            (_, Some(("query", NS_REGISTER))) => self.register_iq(session, el).await,
             _ => self.unsupported_iq(&el).await,
         }
     }
@@ -627,8 +630,13 @@ impl Core {
     }
 
     /// A roster push (RFC 6121 §2.1.6) to every resource of `account` that asked for its
-    /// roster.
+    /// roster, with the roster's new XEP-0237 version.
     pub(crate) async fn push_roster(&self, account: &str, item: Element) {
+        let mut query = Element::new("query", NS_ROSTER);
+        if let Some(ver) = self.bump_roster_version(account).await {
+            query.set_attr("ver", ver);
+        }
+        let query = query.with_child(item);
         for s in self.sessions_of(account) {
             if !s.presence().interested {
                 continue;
@@ -637,7 +645,7 @@ impl Core {
                 .with_attr("type", "set")
                 .with_attr("id", format!("push{}", rand::random::<u32>()))
                 .with_attr("to", s.jid.to_string())
-                .with_child(Element::new("query", NS_ROSTER).with_child(item.clone()));
+                .with_child(query.clone());
             s.send_element(&push);
         }
     }

@@ -55,7 +55,7 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
-    // PEP (XEP-0163) nodes with their configuration and items (seq orders them: the highest is
+    // 2: PEP (XEP-0163) nodes with their configuration and items (seq orders them: the highest is
     // the node's latest), and XEP-0049 private XML.
     "CREATE TABLE pep_nodes (
         owner TEXT NOT NULL,
@@ -84,6 +84,32 @@ pub const MIGRATIONS: &[&str] = &[
         ns TEXT NOT NULL,
         payload BLOB NOT NULL,
         PRIMARY KEY (owner, name, ns)
+    );",
+    // 3: XEP-0191 blocklists, XEP-0054 vCards (with their XEP-0153 photo hash), XEP-0237
+    // roster versions, XEP-0012 last activity, XEP-0077/XEP-0401 invitations.
+    "CREATE TABLE blocklist (
+        owner TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (owner, jid)
+    );
+    CREATE TABLE vcards (
+        owner TEXT PRIMARY KEY NOT NULL,
+        xml BLOB NOT NULL,
+        photo_hash TEXT
+    );
+    CREATE TABLE roster_versions (
+        owner TEXT PRIMARY KEY NOT NULL,
+        ver INTEGER NOT NULL
+    );
+    CREATE TABLE last_activity (
+        owner TEXT PRIMARY KEY NOT NULL,
+        ended INTEGER NOT NULL,
+        status TEXT
+    );
+    CREATE TABLE invites (
+        token TEXT PRIMARY KEY NOT NULL,
+        domain TEXT NOT NULL,
+        created INTEGER NOT NULL
     );",
 ];
 
@@ -167,7 +193,7 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StorageError> {
     Ok(known)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -256,7 +282,7 @@ impl Storage {
 
 /// Creates an account; `Ok(false)` if it exists already.
 pub fn create_account(
-    conn: &mut Connection,
+    conn: &Connection,
     localpart: &str,
     domain: &str,
     c: &Credentials,
@@ -321,6 +347,12 @@ pub fn remove_account(
     tx.execute("DELETE FROM roster WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
     super::pep::store::remove_account(&tx, &bare)?;
+    tx.execute("DELETE FROM blocklist WHERE owner = ?1", params![bare])?;
+    tx.execute("DELETE FROM vcards WHERE owner = ?1", params![bare])?;
+    tx.execute(
+        "DELETE FROM roster_versions WHERE owner = ?1",
+        params![bare],
+    )?;
     tx.commit()?;
     Ok(n == 1)
 }
@@ -528,14 +560,14 @@ mod tests {
     fn migrations_run_once_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("core.sqlite");
-        let mut conn = open_connection(&path).unwrap();
+        let conn = open_connection(&path).unwrap();
         let v: u32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as u32);
         let c = Credentials::derive("pw", 4096);
-        assert!(create_account(&mut conn, "alice", "a.test", &c).unwrap());
-        assert!(!create_account(&mut conn, "alice", "a.test", &c).unwrap());
+        assert!(create_account(&conn, "alice", "a.test", &c).unwrap());
+        assert!(!create_account(&conn, "alice", "a.test", &c).unwrap());
         drop(conn);
         // Reopening migrates nothing and keeps the data.
         let mut conn = open_connection(&path).unwrap();
@@ -570,8 +602,8 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         let c = Credentials::derive("pw", 4096);
-        create_account(&mut conn, "bob", "a.test", &c).unwrap();
-        create_account(&mut conn, "alice", "a.test", &c).unwrap();
+        create_account(&conn, "bob", "a.test", &c).unwrap();
+        create_account(&conn, "alice", "a.test", &c).unwrap();
         assert_eq!(
             list_accounts(&mut conn).unwrap(),
             ["alice@a.test", "bob@a.test"]

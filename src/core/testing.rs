@@ -65,6 +65,9 @@ pub(crate) async fn test_core_with(
         resume_table: Default::default(),
         disco_items: Vec::new(),
         caps: Default::default(),
+        blocklists: Default::default(),
+        started: std::time::Instant::now(),
+        registrations: Default::default(),
         shutdown: CancellationToken::new(),
     })
 }

@@ -277,7 +277,7 @@ async fn slixmpp_signs_in_with_scram_over_starttls_and_direct_tls() {
 }
 
 #[tokio::test]
-async fn tls_comes_first_and_plain_only_when_allowed() {
+async fn tls_comes_first_and_plain_only_after_it_unless_turned_off() {
     let dns = TestDns::start().await;
     let n = node(&dns, "a.test", &[]).await;
     n.add_user("alice@a.test", "secret");
@@ -298,8 +298,11 @@ async fn tls_comes_first_and_plain_only_when_allowed() {
         .await;
     assert_eq!(s.expect_stream_error().await, "policy-violation");
 
-    // After TLS, without allow_plain: PLAIN is neither offered nor accepted.
-    let (mut s, features) = raw_tls(n.c2s(), "a.test").await;
+    // After TLS, with `allow_plain = false` (PLAIN is on by default now): PLAIN is neither
+    // offered nor accepted.
+    let n = node_with(&dns, "c.test", &[], |c| c.allow_plain = false).await;
+    n.add_user("alice@c.test", "secret");
+    let (mut s, features) = raw_tls(n.c2s(), "c.test").await;
     assert!(
         features.contains("<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"),
         "{features}"
@@ -311,8 +314,8 @@ async fn tls_comes_first_and_plain_only_when_allowed() {
         "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
     );
 
-    // With allow_plain, over TLS: offered, and a wrong password is not-authorized.
-    let n = node_with(&dns, "b.test", &[], |c| c.allow_plain = true).await;
+    // By default, over TLS: offered, and a wrong password is not-authorized.
+    let n = node(&dns, "b.test", &[]).await;
     n.add_user("bob@b.test", "pw");
     let (mut s, features) = raw_tls(n.c2s(), "b.test").await;
     assert!(

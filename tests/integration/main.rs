@@ -10,6 +10,7 @@ mod binary;
 mod component;
 mod component_client;
 mod core;
+mod core_im;
 mod core_pep;
 mod core_sasl;
 mod core_sm;

@@ -94,6 +94,16 @@ impl Login {
         self.arg(&["--pep"])
     }
 
+    /// Creates the account with XEP-0077 in-band registration before signing in (the server
+    /// offers it), after presenting an XEP-0401 invitation token when one is given.
+    pub fn register(self, preauth: Option<&str>) -> Login {
+        let s = self.arg(&["--register"]);
+        match preauth {
+            Some(t) => s.arg(&["--preauth", t]),
+            None => s,
+        }
+    }
+
     /// Keeps the client's stderr in this folder (else in a temporary one, gone with the client).
     pub fn stderr_in(mut self, dir: &Path) -> Login {
         self.stderr_dir = Some(dir.to_owned());

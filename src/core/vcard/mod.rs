@@ -1,0 +1,214 @@
+//! XEP-0054 vcard-temp and XEP-0153 vCard-based avatars.
+//!
+//! 1. Get of the own vCard (no `to`, or the own bare JID) and of another local account's
+//!    (`to` = its bare JID, from anyone): the stored `<vCard/>`, or an empty one when there is
+//!    none (XEP-0054 §3.1).
+//! 2. Set: only by the owner (a set to someone else's bare JID is `<forbidden/>`); larger than
+//!    `max_vcard_bytes` is `<not-acceptable/>`. Stored as its XML.
+//! 3. XEP-0153: the SHA-1 of the PHOTO's BINVAL bytes is kept with it, and every available
+//!    presence of the account carries `<x xmlns='vcard-temp:x:update'><photo>HASH</photo></x>`
+//!    (an empty `<photo/>` without a photo), replacing whatever the client put there. After a
+//!    set the account's available resources broadcast their presence again with the new hash,
+//!    so that contacts learn of the change at once.
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha1::{Digest, Sha1};
+
+use super::stanzas::{iq_result, payload};
+use super::{Core, SessionHandle};
+use crate::jid::Jid;
+use crate::xml::error::StanzaErrorCondition;
+use crate::xml::stanza::{NsContext, Stanza};
+use crate::xml::{ns, Element, Node};
+
+pub const NS_VCARD: &str = "vcard-temp";
+pub const NS_VCARD_UPDATE: &str = "vcard-temp:x:update";
+
+// ---- storage --------------------------------------------------------------------------------
+
+/// The stored vCard XML of `owner`.
+fn load(conn: &mut Connection, owner: &str) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT xml FROM vcards WHERE owner = ?1",
+        params![owner],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn store(
+    conn: &mut Connection,
+    owner: &str,
+    xml: &[u8],
+    photo: Option<&str>,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO vcards (owner, xml, photo_hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (owner) DO UPDATE SET xml = ?2, photo_hash = ?3",
+        params![owner, xml, photo],
+    )?;
+    Ok(())
+}
+
+/// The avatar hash of `owner`: `None` without a vCard photo.
+fn photo_hash(conn: &mut Connection, owner: &str) -> Result<Option<String>, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT photo_hash FROM vcards WHERE owner = ?1",
+            params![owner],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// XEP-0153 §2: the lowercase hex SHA-1 of the photo's bytes (BINVAL decoded); `None` when the
+/// vCard has no photo.
+pub(crate) fn photo_sha1(vcard: &Element) -> Option<String> {
+    let binval = vcard
+        .child("PHOTO", NS_VCARD)?
+        .child("BINVAL", NS_VCARD)?
+        .text();
+    let clean: String = binval
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    if clean.is_empty() {
+        return None;
+    }
+    let bytes = B64.decode(clean).ok()?;
+    Some(hex::encode(Sha1::digest(bytes)))
+}
+
+/// `presence` with its `vcard-temp:x:update` replaced by one carrying `hash`.
+pub(crate) fn with_update(mut presence: Element, hash: Option<&str>) -> Element {
+    presence
+        .children
+        .retain(|n| !matches!(n, Node::Element(e) if e.name == "x" && e.ns == NS_VCARD_UPDATE));
+    let mut photo = Element::new("photo", NS_VCARD_UPDATE);
+    if let Some(h) = hash {
+        photo = photo.with_text(h);
+    }
+    presence.children.push(Node::Element(
+        Element::new("x", NS_VCARD_UPDATE).with_child(photo),
+    ));
+    presence
+}
+
+fn parse_stored(xml: Vec<u8>) -> Option<Element> {
+    Stanza::parse(Bytes::from(xml), &NsContext::new(ns::CLIENT, &[]))
+        .and_then(|s| s.element())
+        .ok()
+}
+
+impl Core {
+    /// The account's available presence with its avatar hash (step 3). A database failure
+    /// leaves the presence as the client sent it.
+    pub(crate) async fn with_avatar(&self, account: &str, presence: Element) -> Element {
+        let owner = account.to_owned();
+        match self.storage.call(move |c| photo_hash(c, &owner)).await {
+            Ok(hash) => with_update(presence, hash.as_deref()),
+            Err(e) => {
+                tracing::warn!("avatar hash read failed: {e}");
+                presence
+            }
+        }
+    }
+
+    /// A vcard-temp iq from the account's own client (step 1 and 2).
+    pub(crate) async fn vcard_own(&self, session: &Arc<SessionHandle>, el: Element) {
+        match el.attr("type") {
+            Some("get") => {
+                let me = session.jid.bare().to_string();
+                self.vcard_get(&session.account, &me, el).await
+            }
+            Some("set") => self.vcard_set(session, el).await,
+            _ => {}
+        }
+    }
+
+    /// A vcard-temp iq to an account's bare JID from anyone else: a get is answered, a set
+    /// is forbidden.
+    pub(crate) async fn vcard_of(&self, account: &str, to: &Jid, el: Element) {
+        match el.attr("type") {
+            Some("get") => self.vcard_get(account, &to.bare().to_string(), el).await,
+            _ => {
+                self.bounce(
+                    &el,
+                    StanzaErrorCondition::Forbidden,
+                    "only its owner may change a vCard",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn vcard_get(&self, account: &str, from: &str, el: Element) {
+        let owner = account.to_owned();
+        let stored = match self.storage.call(move |c| load(c, &owner)).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("vCard read failed: {e}");
+                return self.storage_failed(&el).await;
+            }
+        };
+        let vcard = stored
+            .and_then(parse_stored)
+            .unwrap_or_else(|| Element::new("vCard", NS_VCARD));
+        Box::pin(self.route(iq_result(&el, from).with_child(vcard))).await
+    }
+
+    async fn vcard_set(&self, session: &Arc<SessionHandle>, el: Element) {
+        let Some(vcard) = payload(&el).filter(|p| p.name == "vCard") else {
+            return self.unsupported_iq(&el).await;
+        };
+        let xml = vcard.to_bytes();
+        if xml.len() > self.config.max_vcard_bytes {
+            let text = format!(
+                "the vCard has {} bytes; at most {} are kept",
+                xml.len(),
+                self.config.max_vcard_bytes
+            );
+            return self
+                .bounce(&el, StanzaErrorCondition::NotAcceptable, &text)
+                .await;
+        }
+        let hash = photo_sha1(vcard);
+        let owner = session.account.clone();
+        let h = hash.clone();
+        if let Err(e) = self
+            .storage
+            .call(move |c| store(c, &owner, &xml, h.as_deref()))
+            .await
+        {
+            tracing::warn!("vCard write failed: {e}");
+            return self.storage_failed(&el).await;
+        }
+        session.send_element(&iq_result(&el, &session.jid.bare().to_string()));
+        // Step 3: the new hash goes out with the current presence of every resource.
+        for s in self.sessions_of(&session.account) {
+            let last = {
+                let mut p = s.presence();
+                match p.last.take() {
+                    Some(last) => {
+                        let updated = with_update(last, hash.as_deref());
+                        p.last = Some(updated.clone());
+                        Some(updated)
+                    }
+                    None => None,
+                }
+            };
+            if let Some(p) = last {
+                self.broadcast_presence(&s, p, false).await;
+            }
+        }
+    }
+}
