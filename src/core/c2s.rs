@@ -670,6 +670,8 @@ impl Core {
                 if el.attr("to").is_none() {
                     el.set_attr("to", session.jid.bare().to_string());
                 }
+                let archived = self.archive_outgoing(session, &el).await;
+                self.carbons_sent(session, &el, archived);
                 self.route(el).await
             }
             _ => self.client_iq(session, el).await,

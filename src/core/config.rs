@@ -52,6 +52,15 @@ pub struct CoreConfig {
     /// Most offline messages kept per account; more are bounced with
     /// `<service-unavailable/>`. Default `1000`.
     pub offline_max: usize,
+    /// How long the message archive (XEP-0313) keeps a message. Default `"365d"`; older
+    /// messages are deleted at the account's next archived message and never returned. The
+    /// archive holds the text of every conversation: keep it no longer than your users
+    /// expect.
+    #[serde(with = "humantime_serde")]
+    pub archive_retention: Duration,
+    /// Most archived messages per account; the oldest are deleted beyond it. Default
+    /// `100000`. Bounds the database's growth per account (a message is ~0.5 KiB on disk).
+    pub archive_max_messages: usize,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -75,6 +84,8 @@ impl Default for CoreConfig {
             max_connections: 10_000,
             session_queue: 1024,
             offline_max: 1000,
+            archive_retention: Duration::from_secs(365 * 24 * 3600),
+            archive_max_messages: 100_000,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -305,6 +316,7 @@ impl CoreConfig {
             ),
             ("core.max_connections", self.max_connections),
             ("core.session_queue", self.session_queue),
+            ("core.archive_max_messages", self.archive_max_messages),
         ] {
             if v == 0 {
                 problems.push(invalid(
@@ -319,6 +331,13 @@ impl CoreConfig {
                 "core.max_negotiation_stanza_bytes",
                 "larger than core.max_stanza_bytes",
                 "keep it at most max_stanza_bytes",
+            ));
+        }
+        if self.archive_retention.is_zero() {
+            problems.push(invalid(
+                "core.archive_retention",
+                "zero",
+                "set a duration such as \"365d\"",
             ));
         }
         if self.negotiation_timeout.is_zero() {

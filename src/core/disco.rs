@@ -11,6 +11,8 @@
 //!   message to it reveals too.
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
+use super::carbons::NS_CARBONS;
+use super::mam::{NS_MAM, NS_MAM_EXTENDED, NS_SID};
 use super::roster::NS_ROSTER;
 use super::Core;
 use crate::xml::{ns, Element};
@@ -26,10 +28,18 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     ns::PING,
     NS_VERSION,
     NS_ROSTER,
+    NS_CARBONS,
 ];
 
 /// What disco#info on an account's bare JID announces.
-pub(crate) const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, ns::PING];
+pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    ns::PING,
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    NS_SID,
+];
 
 /// A disco#info `<query/>` with one identity and the given features.
 fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> Element {

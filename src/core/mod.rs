@@ -9,6 +9,8 @@
 //! - `presence`: presence broadcast, probes, directed presence, subscription handshakes.
 //! - `stanzas`: delivery rules for messages and iqs (RFC 6121 §8), the server's own iqs
 //!   (XEP-0199, XEP-0092, roster), offline storage.
+//! - `carbons`: XEP-0280 message carbons.
+//! - [`mam`]: XEP-0313 message archives and XEP-0359 stanza-ids.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - [`storage`]: the SQLite file and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
@@ -25,8 +27,10 @@
 
 pub mod accounts;
 pub mod c2s;
+mod carbons;
 pub mod config;
 mod disco;
+pub mod mam;
 mod presence;
 pub mod roster;
 pub mod sasl;
@@ -35,6 +39,7 @@ pub mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +145,8 @@ pub struct SessionHandle {
     kick: CancellationToken,
     kicked_with: Mutex<Option<(StreamErrorCondition, String)>>,
     pub(crate) presence: Mutex<PresenceState>,
+    /// XEP-0280: the client enabled carbons (`super::carbons`).
+    pub(crate) carbons: AtomicBool,
 }
 
 /// One stanza in a session's queue: the bytes the writer sends as they are, and what
@@ -437,6 +444,7 @@ impl Core {
             kick: kick.clone(),
             kicked_with: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
+            carbons: AtomicBool::new(false),
         });
         let mut sessions = self.sessions_lock();
         let list = sessions.entry(account).or_default();

@@ -55,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     CREATE INDEX offline_owner ON offline (owner, id);",
+    // 2: XEP-0313 message archives (core::mam::store).
+    super::mam::store::SCHEMA,
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed
@@ -275,7 +277,7 @@ pub fn set_credentials(
     Ok(n == 1)
 }
 
-/// Removes an account with its roster and offline messages; `Ok(false)` if there was none.
+/// Removes an account with its roster, offline messages and archive; `Ok(false)` if there was none.
 pub fn remove_account(
     conn: &mut Connection,
     localpart: &str,
@@ -289,6 +291,7 @@ pub fn remove_account(
     let bare = format!("{localpart}@{domain}");
     tx.execute("DELETE FROM roster WHERE owner = ?1", params![bare])?;
     tx.execute("DELETE FROM offline WHERE owner = ?1", params![bare])?;
+    super::mam::store::remove_owner(&tx, &bare)?;
     tx.commit()?;
     Ok(n == 1)
 }
