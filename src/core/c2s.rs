@@ -651,7 +651,7 @@ async fn write_loop(
 
 impl Core {
     /// A stanza from a signed-in client: stamped with the session's address, then handled.
-    async fn client_stanza(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
+    pub(crate) async fn client_stanza(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
         let Ok(mut el) = stanza.element() else { return };
         el.set_attr("from", session.jid.to_string());
         if let Some(to) = el.attr("to") {

@@ -20,7 +20,16 @@ use crate::xml::{ns, Element};
 /// A core for `a.test` with no gateway link and no listeners: its sessions are channels
 /// the test reads, so delivery rules run without sockets.
 pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core> {
-    let config = CoreConfig {
+    test_core_with(dir, users, |_| {}).await
+}
+
+/// Like [`test_core`], with the configuration changed by `tweak` first.
+pub(crate) async fn test_core_with(
+    dir: &std::path::Path,
+    users: &[&str],
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> Arc<Core> {
+    let mut config = CoreConfig {
         database: dir.join("core.sqlite"),
         domain: vec![DomainConfig {
             name: "a.test".into(),
@@ -29,6 +38,7 @@ pub(crate) async fn test_core(dir: &std::path::Path, users: &[&str]) -> Arc<Core
         session_queue: 4,
         ..CoreConfig::default()
     };
+    tweak(&mut config);
     let tls = Tls::from_tls_config(&crate::config::TlsConfig {
         webpki_roots: false,
         ca_files: Vec::new(),
