@@ -10,6 +10,7 @@ mod binary;
 mod component;
 mod component_client;
 mod core;
+mod core_mam;
 mod diagnostics;
 mod dns;
 mod federation;

@@ -139,7 +139,7 @@ impl Core {
         }
     }
 
-    /// Archives `stanza` for `owner` (peer `with`), in one transaction; `None` when the
+    /// Archives `stanza` for `owner` (peer `with`) ([`store::archive_now`]); `None` when the
     /// preferences or a failure say no (a failure is logged: the message is delivered
     /// anyway).
     async fn archive(&self, owner: &str, with: &Jid, stanza: Vec<u8>) -> Option<ArchiveId> {
@@ -150,16 +150,13 @@ impl Core {
         let r = self
             .storage
             .call(move |c| {
-                let tx = c.transaction()?;
                 let m = NewMessage {
                     owner: &owner,
                     with_bare: &with_bare,
                     with_full: &with_full,
                     stanza: &stanza,
                 };
-                let id = store::archive(&tx, &m, &limits, now_ms())?;
-                tx.commit()?;
-                Ok(id)
+                store::archive_now(c, &m, &limits, now_ms())
             })
             .await;
         r.unwrap_or_else(|e| {
@@ -380,6 +377,10 @@ impl Core {
                     .filter(|v| v.name == "value" && v.ns == NS_DATA)
                     .map(Element::text)
                     .collect();
+                if values.is_empty() {
+                    // A field without a value filters nothing (slixmpp sends such fields).
+                    continue;
+                }
                 let one = || -> Result<&str, MamError> {
                     match &values[..] {
                         [v] => Ok(v.as_str()),
