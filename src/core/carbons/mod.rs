@@ -65,6 +65,24 @@ pub(crate) fn take_private(mut el: Element) -> (Element, bool) {
     (el, copy)
 }
 
+/// Moves a stanza from the namespace of the stream it came on (`jabber:component:accept` for
+/// the gateway's) to `jabber:client`, with its children of that namespace (its `<body/>`), so
+/// that it can be embedded in another element (`<forwarded/>`) as a client's stanza.
+pub(crate) fn in_client_ns(el: &mut Element) {
+    fn retag(el: &mut Element, from: &str) {
+        if el.ns == from {
+            el.ns = ns::CLIENT.to_owned();
+            for c in el.children_mut() {
+                retag(c, from);
+            }
+        }
+    }
+    if el.ns != ns::CLIENT {
+        let from = el.ns.clone();
+        retag(el, &from);
+    }
+}
+
 /// `<message from=bare to=full type><{wrapper} xmlns=carbons><forwarded>original</forwarded>
 /// </{wrapper}></message>`.
 fn wrap(wrapper: &str, account: &str, to: &SessionHandle, original: &Element) -> Element {
@@ -75,8 +93,7 @@ fn wrap(wrapper: &str, account: &str, to: &SessionHandle, original: &Element) ->
         m.set_attr("type", t);
     }
     let mut inner = original.clone();
-    // The copy is in jabber:client whatever link the original came through.
-    inner.ns = ns::CLIENT.to_owned();
+    in_client_ns(&mut inner);
     m.with_child(
         Element::new(wrapper, NS_CARBONS)
             .with_child(Element::new("forwarded", NS_FORWARD).with_child(inner)),

@@ -258,3 +258,35 @@ async fn the_server_announces_carbons() {
     let info = core.server_disco_info();
     assert!(info.children().any(|f| f.attr("var") == Some(NS_CARBONS)));
 }
+
+#[tokio::test]
+async fn a_message_from_the_gateway_is_copied_in_the_client_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core_with(dir.path(), &["bob"], |c| c.session_queue = 64).await;
+    let (_a, _, mut a_rx) = session(&core, "bob@a.test/a", 64);
+    let (b, _, mut b_rx) = session(&core, "bob@a.test/b", 64);
+    enable(&core, &b, &mut b_rx).await;
+    // As the component link parses it: in jabber:component:accept.
+    let el = Stanza::parse(
+        Bytes::from_static(
+            b"<message from='carol@b.test/x' to='bob@a.test/a' type='chat' id='g1'><body>remote</body></message>",
+        ),
+        &NsContext::new(ns::COMPONENT, &[]),
+    )
+    .unwrap()
+    .element()
+    .unwrap();
+    core.route(el).await;
+    assert_eq!(ids(&drain(&mut a_rx), "message"), ["g1"]);
+    let got = drain(&mut b_rx);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(!got[0].contains("component"), "{got:?}");
+    let inner = unwrap_carbon(&got[0], "received", "bob@a.test", "bob@a.test/b");
+    assert_eq!(
+        inner
+            .child("body", ns::CLIENT)
+            .map(Element::text)
+            .as_deref(),
+        Some("remote")
+    );
+}

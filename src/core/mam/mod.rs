@@ -114,7 +114,7 @@ fn format_ms(ms: i64) -> String {
 /// it can be written inside `<forwarded/>` as it is.
 fn stored_form(el: &Element) -> Vec<u8> {
     let mut m = el.clone();
-    m.ns = ns::CLIENT.to_owned();
+    super::carbons::in_client_ns(&mut m);
     let bytes = m.to_bytes();
     // `to_bytes` leaves out the stream namespace on the top element: put it back.
     let name = m.name.len() + 1;
@@ -346,9 +346,6 @@ impl Core {
         let mut fin = Element::new("fin", NS_MAM);
         if page.complete {
             fin.set_attr("complete", "true");
-        }
-        if let Some(q) = &queryid {
-            fin.set_attr("queryid", q);
         }
         session.send_element(&iq_result(el, me).with_child(fin.with_child(set)));
         Ok(())
