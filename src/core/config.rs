@@ -453,6 +453,18 @@ mod tests {
             bad("listen=[\"127.0.0.1:5222\"]\ndirect_tls_listen=[\"127.0.0.1:5222\"]\n[[core.domain]]\nname=\"a.test\""),
             "core.direct_tls_listen[0]"
         );
+        assert_eq!(
+            bad("archive_max_messages = 0\n[[core.domain]]\nname=\"a.test\""),
+            "core.archive_max_messages"
+        );
+        assert_eq!(
+            bad("archive_retention = \"0s\"\n[[core.domain]]\nname=\"a.test\""),
+            "core.archive_retention"
+        );
+        assert_eq!(
+            f.core.archive_retention,
+            std::time::Duration::from_secs(365 * 24 * 3600)
+        );
         // Unknown keys are refused with their name.
         let e = CoreFile::from_toml("[core]\nlisten_on = []\n", Path::new("/tmp")).unwrap_err();
         assert!(e.to_string().contains("listen_on"), "{e}");

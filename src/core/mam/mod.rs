@@ -288,7 +288,7 @@ impl Core {
         let p = payload(el).expect("checked by mam_iq");
         let queryid = p.attr("queryid").map(str::to_owned);
         let cap = MAX_PAGE.min(self.config.session_queue / 2).max(1);
-        let (mut q, check) = self.parse_query(p, cap)?;
+        let (q, check) = self.parse_query(p, cap)?;
         let owner = session.account.clone();
         let oldest = store::key_at(
             now_ms()
@@ -306,7 +306,6 @@ impl Core {
                         return Ok(Err(*id));
                     }
                 }
-                q.ids.retain(|id| id.key >= oldest);
                 store::query(c, &owner, &q, oldest).map(Ok)
             })
             .await?
@@ -423,14 +422,13 @@ impl Core {
                         if values.len() > cap {
                             return Err(bad(format!("at most {cap} ids in one query")));
                         }
-                        // Unknown ids just match nothing.
-                        q.ids = values
-                            .iter()
-                            .filter_map(|v| ArchiveId::parse(v.trim()))
-                            .collect();
-                        if q.ids.is_empty() {
-                            return Err(MamError::NotFound(values.join(" ")));
-                        }
+                        // Ids not in the archive are left out of the results.
+                        q.ids = Some(
+                            values
+                                .iter()
+                                .filter_map(|v| ArchiveId::parse(v.trim()))
+                                .collect(),
+                        );
                     }
                     other => return Err(bad(format!("the field '{other}' is not supported"))),
                 }

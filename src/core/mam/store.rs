@@ -358,8 +358,8 @@ pub struct Query {
     /// Exclusive bounds: `after-id`/RSM `after`, and `before-id`/RSM `before`.
     pub after: Option<i64>,
     pub before: Option<i64>,
-    /// `ids`: only these messages.
-    pub ids: Vec<ArchiveId>,
+    /// `ids`: only these messages (none when empty).
+    pub ids: Option<Vec<ArchiveId>>,
     /// The page ends at the newest end (RSM `<before/>`): read backwards.
     pub backwards: bool,
     pub max: usize,
@@ -422,9 +422,15 @@ pub fn query(
         sql.push_str(" AND key <= ?");
         args.push(Value::Integer(h));
     }
-    if !q.ids.is_empty() {
+    if let Some(ids) = &q.ids {
+        if ids.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                complete: true,
+            });
+        }
         sql.push_str(" AND key IN (");
-        for (i, id) in q.ids.iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
             sql.push_str(if i == 0 { "?" } else { ", ?" });
             args.push(Value::Integer(id.key));
         }
@@ -450,7 +456,7 @@ pub fn query(
     for row in rows {
         let a = row?;
         // An `ids` entry must match its nonce too, not only its key.
-        if q.ids.is_empty() || q.ids.contains(&a.id) {
+        if q.ids.as_ref().is_none_or(|ids| ids.contains(&a.id)) {
             items.push(a);
         }
     }

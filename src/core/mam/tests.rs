@@ -326,6 +326,18 @@ async fn filters_with_start_end_ids_and_unknown_ids() {
     .await
     .unwrap();
     assert_eq!(a.bodies(), ["r0", "c"]);
+    // Ids that are not there are left out: alone, they match nothing (not everything).
+    let unknown_id = ArchiveId { key: 5, nonce: 7 }.to_string();
+    let a = query(
+        &core,
+        &bob,
+        &mut bob_rx,
+        &[field("ids", &[&unknown_id, "junk"])],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(a.messages.is_empty() && a.complete());
     // An id that is not in the archive: item-not-found, for the form and for RSM alike.
     let unknown = ArchiveId { key: 5, nonce: 7 }.to_string();
     for (fields, rsm) in [
