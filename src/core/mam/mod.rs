@@ -37,7 +37,7 @@ use super::stanzas::{iq_result, payload, NS_DELAY};
 use super::{Core, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
-use crate::xml::{escape_attr, ns, Element, Node};
+use crate::xml::{escape_attr, Element, Node};
 
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";

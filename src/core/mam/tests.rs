@@ -12,6 +12,7 @@ use super::super::testing::*;
 use super::super::{Core, Queued, SessionHandle};
 use super::store::*;
 use super::*;
+use crate::xml::ns;
 
 async fn core(dir: &std::path::Path) -> Arc<Core> {
     test_core_with(dir, &["alice", "bob"], |c| c.session_queue = 128).await
