@@ -8,6 +8,11 @@
 //!   delivers or a client sends (a message between two local accounts is archived twice:
 //!   once for the sender, once for the recipient).
 //!
+//! - c2s messages a second between two local accounts over real c2s streams (STARTTLS,
+//!   PLAIN), each account with a second, carbons-enabled resource: every message is archived
+//!   for both and copied to both second resources (`C2S_MESSAGES`, default 20000;
+//!   `C2S_ONLY=1` runs only this part).
+//!
 //! The archive is filled once, in one transaction (the time it took is printed), and kept in
 //! a temporary folder for the run. Next to the rates it prints the process's CPU time
 //! (getrusage) and resident memory (VmRSS, VmHWM).
@@ -241,6 +246,13 @@ fn inserts(crit: &mut Criterion, c: &mut Connection) {
 }
 
 fn main() {
+    let c2s_messages = std::env::var("C2S_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    if std::env::var_os("C2S_ONLY").is_some() {
+        return c2s::run(c2s_messages);
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("archive.sqlite");
     let mut c = open(&path);
@@ -256,4 +268,223 @@ fn main() {
     queries(&mut crit, &c, &ids);
     inserts(&mut crit, &mut c);
     crit.final_summary();
+    drop(c);
+    drop(dir);
+    c2s::run(c2s_messages);
+}
+
+mod c2s {
+    //! Messages a second between two local accounts over real c2s streams (STARTTLS, PLAIN),
+    //! each with a second resource that has carbons on, so that every message is archived
+    //! twice and copied twice.
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use fedgate::component::client::Target;
+    use fedgate::config::TlsConfig;
+    use fedgate::core::accounts::Accounts;
+    use fedgate::core::config::{CoreConfig, DomainConfig};
+    use fedgate::core::GatewayLink;
+    use fedgate::tls::Tls;
+
+    const DOMAIN: &str = "a.example";
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    fn header() -> String {
+        format!(
+            "<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        )
+    }
+
+    /// Reads until `want` has arrived.
+    async fn until(s: &mut (impl AsyncRead + Unpin), want: &str) {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "stream closed waiting for {want}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// A bound, available session of `user` on `resource`, carbons enabled.
+    async fn session(
+        addr: std::net::SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        user: &str,
+        resource: &str,
+    ) -> Box<dyn Io> {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp.write_all(header().as_bytes()).await.unwrap();
+        until(&mut tcp, "</stream:features>").await;
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .unwrap();
+        until(&mut tcp, "<proceed").await;
+        let mut s = connector
+            .connect(ServerName::try_from(DOMAIN).unwrap(), tcp)
+            .await
+            .unwrap();
+        s.write_all(header().as_bytes()).await.unwrap();
+        until(&mut s, "</stream:features>").await;
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
+        s.write_all(
+            format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        until(&mut s, "<success").await;
+        s.write_all(header().as_bytes()).await.unwrap();
+        until(&mut s, "</stream:features>").await;
+        s.write_all(
+            format!(
+                "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                 <resource>{resource}</resource></bind></iq><presence/>\
+                 <iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        until(&mut s, "id='c'").await;
+        Box::new(s)
+    }
+
+    /// Reads until `count` occurrences of `marker` have arrived.
+    async fn count(mut s: Box<dyn Io>, marker: &'static str, count: usize) -> Box<dyn Io> {
+        let m = marker.as_bytes();
+        let mut seen = 0;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while seen < count {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream closed after {seen} of {count}");
+            carry.extend_from_slice(&buf[..n]);
+            seen += carry.windows(m.len()).filter(|w| *w == m).count();
+            let keep = carry.len().saturating_sub(m.len() - 1);
+            carry.drain(..keep);
+        }
+        s
+    }
+
+    pub fn run(messages: usize) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = dir.path().join("core.crt");
+            let tls_config = TlsConfig {
+                webpki_roots: false,
+                ca_files: Vec::new(),
+                certificate: vec![toml::from_str(&format!(
+                    "domains = [{DOMAIN:?}]\ncert = {:?}\nkey = {:?}\nself_signed = true\n",
+                    cert.display().to_string(),
+                    dir.path().join("core.key").display().to_string()
+                ))
+                .unwrap()],
+            };
+            let tls = Arc::new(Tls::from_tls_config(&tls_config).unwrap());
+            let config = CoreConfig {
+                listen: vec!["127.0.0.1:0".parse().unwrap()],
+                direct_tls_listen: Vec::new(),
+                allow_plain: true,
+                database: dir.path().join("core.sqlite"),
+                domain: vec![DomainConfig {
+                    name: DOMAIN.into(),
+                    aliases: Vec::new(),
+                }],
+                ..CoreConfig::default()
+            };
+            let accounts = Accounts::open(&config).unwrap();
+            for u in ["alice", "bob"] {
+                accounts.add(&format!("{u}@{DOMAIN}"), "pw").unwrap();
+            }
+            drop(accounts);
+            // No gateway: the link retries in the background; local messages do not need it.
+            let link = GatewayLink {
+                target: Target::Tcp("127.0.0.1:9".parse().unwrap()),
+                secrets: HashMap::from([(DOMAIN.to_string(), "s".to_string())]),
+                neighbours: Vec::new(),
+            };
+            let core = fedgate::core::start(&config, tls, link).await.unwrap();
+            let addr = core.c2s_addrs[0];
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(&cert).unwrap())
+                .unwrap();
+            let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let mut alice = session(addr, &connector, "alice", "r1").await;
+            let alice2 = session(addr, &connector, "alice", "r2").await;
+            let bob = session(addr, &connector, "bob", "r1").await;
+            let bob2 = session(addr, &connector, "bob", "r2").await;
+            // Each carbon holds the original: r2 of each account sees `</body>` once a message.
+            let readers = [
+                tokio::spawn(count(bob, "</body>", messages)),
+                tokio::spawn(count(alice2, "</body>", messages)),
+                tokio::spawn(count(bob2, "</body>", messages)),
+            ];
+            let (u0, s0) = super::cpu();
+            let t0 = Instant::now();
+            let mut batch = String::new();
+            for i in 0..messages {
+                batch.push_str(&format!(
+                    "<message to='bob@{DOMAIN}/r1' type='chat' id='m{i}'>\
+                     <body>message {i}: wherefore art thou?</body></message>"
+                ));
+                if i % 64 == 63 || i == messages - 1 {
+                    alice.write_all(batch.as_bytes()).await.unwrap();
+                    batch.clear();
+                }
+            }
+            for r in readers {
+                tokio::time::timeout(Duration::from_secs(600), r)
+                    .await
+                    .expect("every message arrives")
+                    .unwrap();
+            }
+            let took = t0.elapsed();
+            let (u1, s1) = super::cpu();
+            println!(
+                "c2s: {messages} messages alice/r1 -> bob/r1 (carbons to alice/r2 and bob/r2, \
+                 archived for both) in {:.2}s: {:.0} messages/s; cpu user {:.2}s sys {:.2}s \
+                 ({:.0} us/message); {}",
+                took.as_secs_f64(),
+                messages as f64 / took.as_secs_f64(),
+                (u1 - u0).as_secs_f64(),
+                (s1 - s0).as_secs_f64(),
+                ((u1 - u0) + (s1 - s0)).as_secs_f64() * 1e6 / messages as f64,
+                super::memory()
+            );
+            core.shutdown(Duration::from_secs(2)).await;
+        });
+    }
 }
