@@ -11,7 +11,8 @@
 //! - c2s messages a second between two local accounts over real c2s streams (STARTTLS,
 //!   PLAIN), each account with a second, carbons-enabled resource: every message is archived
 //!   for both and copied to both second resources (`C2S_MESSAGES`, default 20000;
-//!   `C2S_ONLY=1` runs only this part).
+//!   `C2S_ONLY=1` runs only this part, `ARCHIVE_OFF=1` sets both accounts' archiving
+//!   preferences to `never`, for a comparison).
 //!
 //! The archive is filled once, in one transaction (the time it took is printed), and kept in
 //! a temporary folder for the run. Next to the rates it prints the process's CPU time
@@ -355,11 +356,17 @@ mod c2s {
         until(&mut s, "<success").await;
         s.write_all(header().as_bytes()).await.unwrap();
         until(&mut s, "</stream:features>").await;
+        // ARCHIVE_OFF=1: the accounts' preferences say never, for a comparison.
+        let prefs = if std::env::var_os("ARCHIVE_OFF").is_some() {
+            "<iq type='set' id='p'><prefs xmlns='urn:xmpp:mam:2' default='never'/></iq>"
+        } else {
+            ""
+        };
         s.write_all(
             format!(
                 "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
                  <resource>{resource}</resource></bind></iq><presence/>\
-                 <iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
+                 {prefs}<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
             )
             .as_bytes(),
         )
@@ -475,8 +482,13 @@ mod c2s {
             let (u1, s1) = super::cpu();
             println!(
                 "c2s: {messages} messages alice/r1 -> bob/r1 (carbons to alice/r2 and bob/r2, \
-                 archived for both) in {:.2}s: {:.0} messages/s; cpu user {:.2}s sys {:.2}s \
+                 {}) in {:.2}s: {:.0} messages/s; cpu user {:.2}s sys {:.2}s \
                  ({:.0} us/message); {}",
+                if std::env::var_os("ARCHIVE_OFF").is_some() {
+                    "archiving off by preference"
+                } else {
+                    "archived for both"
+                },
                 took.as_secs_f64(),
                 messages as f64 / took.as_secs_f64(),
                 (u1 - u0).as_secs_f64(),
