@@ -692,3 +692,30 @@ fn datetimes_of_xep_0082() {
     assert_eq!(parse_datetime("1970-01-01T00:00:01-01:00"), Some(3_601_000));
     assert_eq!(parse_datetime("tomorrow"), None);
 }
+
+#[test]
+fn removing_an_account_removes_its_archive_and_preferences() {
+    let mut c = db();
+    let limits = ArchiveLimits {
+        retention: Duration::from_secs(1000),
+        max_messages: 10,
+    };
+    put(&c, &limits, 1_700_000_000_000, "gone");
+    set_prefs(
+        &c,
+        "bob@a.test",
+        &Prefs {
+            default: DefaultMode::Never,
+            always: Vec::new(),
+            never: Vec::new(),
+        },
+    )
+    .unwrap();
+    super::super::storage::remove_account(&mut c, "bob", "a.test").unwrap();
+    assert!(all(&c, 0).is_empty());
+    assert_eq!(prefs(&c, "bob@a.test").unwrap(), Prefs::default());
+    let owners: i64 = c
+        .query_row("SELECT COUNT(*) FROM archive_owners", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(owners, 0);
+}
