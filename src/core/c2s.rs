@@ -1118,7 +1118,7 @@ impl Batch<'_> {
 
 impl Core {
     /// A stanza from a signed-in client: stamped with the session's address, then handled.
-    async fn client_stanza(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
+    pub(crate) async fn client_stanza(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
         let Ok(mut el) = stanza.element() else { return };
         el.set_attr("from", session.jid.to_string());
         if let Some(to) = el.attr("to") {
@@ -1140,6 +1140,8 @@ impl Core {
                 if el.attr("to").is_none() {
                     el.set_attr("to", session.jid.bare().to_string());
                 }
+                let archived = self.archive_outgoing(session, &el).await;
+                self.carbons_sent(session, &el, archived);
                 self.route(el).await
             }
             _ => self.client_iq(session, el).await,

@@ -107,6 +107,15 @@ pub struct CoreConfig {
     /// credential relay traffic for longer; shorter makes long calls ask again.
     #[serde(with = "humantime_serde")]
     pub turn_credentials_ttl: Duration,
+    /// How long the message archive (XEP-0313) keeps a message. Default `"365d"`; older
+    /// messages are deleted at the account's next archived message and never returned. The
+    /// archive holds the text of every conversation: keep it no longer than your users
+    /// expect.
+    #[serde(with = "humantime_serde")]
+    pub archive_retention: Duration,
+    /// Most archived messages per account; the oldest are deleted beyond it. Default
+    /// `100000`. Bounds the database's growth per account (a message is ~0.5 KiB on disk).
+    pub archive_max_messages: usize,
     /// Extra items for service discovery on the core's domains (XEP-0030 disco#items), e.g.
     /// components behind the gateway. Embedded, the gateway's other backend domains are
     /// listed anyway.
@@ -142,6 +151,8 @@ impl Default for CoreConfig {
             stun: Vec::new(),
             turn: Vec::new(),
             turn_credentials_ttl: Duration::from_secs(24 * 3600),
+            archive_retention: Duration::from_secs(365 * 24 * 3600),
+            archive_max_messages: 100_000,
             disco_items: Vec::new(),
             domain: Vec::new(),
         }
@@ -440,6 +451,7 @@ impl CoreConfig {
             ("core.pep_max_item_bytes", self.pep_max_item_bytes),
             ("core.max_blocklist", self.max_blocklist),
             ("core.max_vcard_bytes", self.max_vcard_bytes),
+            ("core.archive_max_messages", self.archive_max_messages),
         ] {
             if v == 0 {
                 problems.push(invalid(
@@ -504,6 +516,13 @@ impl CoreConfig {
                 "core.max_negotiation_stanza_bytes",
                 "larger than core.max_stanza_bytes",
                 "keep it at most max_stanza_bytes",
+            ));
+        }
+        if self.archive_retention.is_zero() {
+            problems.push(invalid(
+                "core.archive_retention",
+                "zero",
+                "set a duration such as \"365d\"",
             ));
         }
         if self.negotiation_timeout.is_zero() {
@@ -630,6 +649,18 @@ mod tests {
         assert_eq!(
             bad("listen=[\"127.0.0.1:5222\"]\ndirect_tls_listen=[\"127.0.0.1:5222\"]\n[[core.domain]]\nname=\"a.test\""),
             "core.direct_tls_listen[0]"
+        );
+        assert_eq!(
+            bad("archive_max_messages = 0\n[[core.domain]]\nname=\"a.test\""),
+            "core.archive_max_messages"
+        );
+        assert_eq!(
+            bad("archive_retention = \"0s\"\n[[core.domain]]\nname=\"a.test\""),
+            "core.archive_retention"
+        );
+        assert_eq!(
+            f.core.archive_retention,
+            std::time::Duration::from_secs(365 * 24 * 3600)
         );
         // Unknown keys are refused with their name.
         let e = CoreFile::from_toml("[core]\nlisten_on = []\n", Path::new("/tmp")).unwrap_err();

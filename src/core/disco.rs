@@ -13,8 +13,10 @@
 //! - disco on a full JID is the client's to answer: it is routed to that session.
 
 use super::blocking::NS_BLOCKING;
+use super::carbons::NS_CARBONS;
 use super::extdisco::NS_EXTDISCO;
 use super::last::NS_LAST;
+use super::mam::{NS_MAM, NS_MAM_EXTENDED, NS_SID};
 use super::pep;
 use super::register::NS_REGISTER;
 use super::roster::NS_ROSTER;
@@ -38,11 +40,12 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_LAST,
     NS_REGISTER,
     NS_EXTDISCO,
+    NS_CARBONS,
 ];
 
 /// What disco#info on an account's bare JID announces: the PEP service (XEP-0163, the
 /// XEP-0060 §10 features it implements), XEP-0049 private storage with XEP-0402 compat, and
-/// XEP-0012 last activity.
+/// XEP-0012 last activity, XEP-0313 archives with XEP-0359 stanza-ids.
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -65,6 +68,9 @@ pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     pep::private::NS_PRIVATE,
     pep::private::NS_BOOKMARKS_COMPAT,
     NS_LAST,
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    NS_SID,
 ];
 
 /// A disco#info `<query/>` with one identity and the given features.

@@ -18,6 +18,8 @@
 //! - `blocking`: XEP-0191 blocklists and their enforcement on every stanza.
 //! - `extdisco`: XEP-0215 STUN/TURN discovery with TURN REST credentials.
 //! - `last`: XEP-0012 last activity of accounts, uptime of the server.
+//! - `carbons`: XEP-0280 message carbons.
+//! - [`mam`]: XEP-0313 message archives and XEP-0359 stanza-ids.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
@@ -37,11 +39,13 @@
 pub mod accounts;
 mod blocking;
 pub mod c2s;
+mod carbons;
 pub mod config;
 mod csi;
 mod disco;
 mod extdisco;
 mod last;
+pub mod mam;
 mod pep;
 mod presence;
 mod register;
@@ -55,6 +59,7 @@ mod vcard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,6 +177,8 @@ pub struct SessionHandle {
     kick: CancellationToken,
     kicked_with: Mutex<Option<(StreamErrorCondition, String)>>,
     pub(crate) presence: Mutex<PresenceState>,
+    /// XEP-0280: the client enabled carbons (`super::carbons`).
+    pub(crate) carbons: AtomicBool,
 }
 
 /// One stanza in a session's queue: the bytes the writer sends as they are, and what
@@ -491,6 +498,7 @@ impl Core {
             kick: kick.clone(),
             kicked_with: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
+            carbons: AtomicBool::new(false),
         });
         let mut sessions = self.sessions_lock();
         let list = sessions.entry(account).or_default();

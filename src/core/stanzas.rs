@@ -15,9 +15,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::blocking::NS_BLOCKING;
+use super::carbons::NS_CARBONS;
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS, NS_VERSION};
 use super::extdisco::NS_EXTDISCO;
 use super::last::NS_LAST;
+use super::mam::NS_MAM;
 use super::pep::private::NS_PRIVATE;
 use super::pep::{NS_PUBSUB, NS_PUBSUB_OWNER};
 use super::register::NS_REGISTER;
@@ -127,9 +129,12 @@ impl Core {
     /// §8.5.2 (bare JID) and §8.5.3 (full JID) for messages.
     async fn deliver_message(&self, account: &str, to: &Jid, el: Element) {
         let type_ = el.attr("type").unwrap_or("normal").to_owned();
+        let (el, copy) = super::carbons::take_private(el);
+        let el = self.archive_incoming(account, el).await;
         if let Some(resource) = to.resource() {
             if let Some(s) = self.session(account, resource) {
                 s.send_element(&el);
+                self.carbons_received(account, &el, copy, &[s.id]);
                 return;
             }
             match type_.as_str() {
@@ -163,13 +168,15 @@ impl Core {
         if !targets.is_empty() {
             let bytes = Bytes::from(el.to_bytes());
             let shared = targets.len() > 1;
-            for s in targets {
+            for s in &targets {
                 if shared {
                     s.send_shared(bytes.clone());
                 } else {
                     s.send(bytes.clone());
                 }
             }
+            let ids: Vec<u64> = targets.iter().map(|s| s.id).collect();
+            self.carbons_received(account, &el, copy, &ids);
             return;
         }
         if type_ == "headline" {
@@ -488,6 +495,8 @@ impl Core {
                 session.send_element(&iq_result(&el, &me))
             }
             (Some("get"), Some(("ping", ns::PING))) => session.send_element(&iq_result(&el, &me)),
+            (Some("set"), Some((_, NS_CARBONS))) => self.carbons_iq(session, el).await,
+            (_, Some((_, NS_MAM))) => self.mam_iq(session, el).await,
             (Some("get"), Some(("query", NS_DISCO_INFO))) if p_node_none(&el) => {
                 session.send_element(&iq_result(&el, &me).with_child(self.account_disco_info()))
             }

@@ -111,6 +111,8 @@ pub const MIGRATIONS: &[&str] = &[
         domain TEXT NOT NULL,
         created INTEGER NOT NULL
     );",
+    // 4: XEP-0313 message archives (core::mam::store).
+    super::mam::store::SCHEMA,
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed
@@ -331,8 +333,8 @@ pub fn set_credentials(
     Ok(n == 1)
 }
 
-/// Removes an account with its roster, offline messages, PEP nodes and private XML;
-/// `Ok(false)` if there was none.
+/// Removes an account with its roster, offline messages, PEP nodes, private XML, blocklist,
+/// vCard, roster version and archive; `Ok(false)` if there was none.
 pub fn remove_account(
     conn: &mut Connection,
     localpart: &str,
@@ -353,6 +355,7 @@ pub fn remove_account(
         "DELETE FROM roster_versions WHERE owner = ?1",
         params![bare],
     )?;
+    super::mam::store::remove_owner(&tx, &bare)?;
     tx.commit()?;
     Ok(n == 1)
 }

@@ -11,6 +11,7 @@ mod component;
 mod component_client;
 mod core;
 mod core_im;
+mod core_mam;
 mod core_pep;
 mod core_sasl;
 mod core_sm;

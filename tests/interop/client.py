@@ -51,6 +51,10 @@ follows when it completed:
   {"cmd": "last", "to": JID, "tag": T}                    XEP-0012: "seconds", "status"
   {"cmd": "passwd", "password": PW, "tag": T}             XEP-0077 password change
   {"cmd": "unregister", "tag": T}                         XEP-0077 <remove/>
+  Message carbons and archives (XEP-0280, XEP-0313; tests/integration/core_mam.rs):
+  {"cmd": "carbons", "enable": true|false}                enable or disable carbons
+  {"cmd": "mam", "tag": T, "with": JID, "max": N}         pages through the whole archive
+                                                          (with optional) N per page
 
 Events (stdout):
   {"event": "online", "jid": FULL_JID, "mechanism": NAME}
@@ -69,6 +73,9 @@ Events (stdout):
   {"event": "registered"} / {"event": "register_failed", "condition", "text"}   --register
   {"event": "block_push", "type": "block"|"unblock", "jids": [...]}   XEP-0191 pushes
   {"event": "photo", "from": JID, "hash": H|""}     a presence with XEP-0153 vcard-temp:x:update
+  {"event": "carbon", "direction": "received"|"sent", "from": WRAPPER_FROM,
+   "msg_from", "msg_to", "id", "body"}                     a carbon copy (XEP-0280)
+  {"event": "mam", "tag": T, "messages": [{"id", "from", "to", "body", "msg_id"}]}
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
   {"event": "resumed"}  / {"event": "sm_failed"}   (after a drop, with --sm)
   {"event": "disconnected", "reason": ...}
@@ -152,6 +159,7 @@ class Client(slixmpp.ClientXMPP):
             "connection_failed", lambda e: emit(event="connect_failed", why=str(e))
         )
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.carbons_and_archives()
 
     def on_auth(self, _):
         mech = getattr(self["feature_mechanisms"], "mech", None)
@@ -294,6 +302,10 @@ class Client(slixmpp.ClientXMPP):
                 await PEP_COMMANDS[kind](self, cmd)
             elif kind in IM_COMMANDS:
                 await self.im_command(kind, cmd)
+            elif kind == "carbons":
+                await self.carbons(cmd)
+            elif kind == "mam":
+                await self.mam(cmd)
             elif kind == "quit":
                 self.disconnect(wait=2.0)
                 return
@@ -302,6 +314,53 @@ class Client(slixmpp.ClientXMPP):
             emit(event="done", cmd=kind)
         except Exception as e:  # the test sees it rather than a hang
             emit(event="command_failed", cmd=kind, error=repr(e))
+
+    # ---- XEP-0280 carbons and XEP-0313 archives (tests/integration/core_mam.rs) ----
+
+    def carbons_and_archives(self):
+        self.register_plugin("xep_0280")
+        self.register_plugin("xep_0313")
+        for direction in ("received", "sent"):
+            self.add_event_handler(
+                f"carbon_{direction}",
+                lambda msg, d=direction: self.on_carbon(d, msg),
+            )
+
+    def on_carbon(self, direction, msg):
+        inner = msg[f"carbon_{direction}"]
+        emit(
+            event="carbon",
+            direction=direction,
+            **{"from": str(msg["from"])},
+            msg_from=str(inner["from"]),
+            msg_to=str(inner["to"]),
+            id=inner["id"],
+            body=inner["body"],
+        )
+
+    async def carbons(self, cmd):
+        if cmd.get("enable", True):
+            await self.plugin["xep_0280"].enable()
+        else:
+            await self.plugin["xep_0280"].disable()
+
+    async def mam(self, cmd):
+        messages = []
+        with_jid = slixmpp.JID(cmd["with"]) if cmd.get("with") else None
+        async for result in self.plugin["xep_0313"].iterate(
+            with_jid=with_jid, rsm={"max": cmd.get("max", 10)}
+        ):
+            inner = result["mam_result"]["forwarded"]["stanza"]
+            messages.append(
+                {
+                    "id": result["mam_result"]["id"],
+                    "from": str(inner["from"]),
+                    "to": str(inner["to"]),
+                    "body": inner["body"],
+                    "msg_id": inner["id"],
+                }
+            )
+        emit(event="mam", tag=cmd.get("tag"), messages=messages)
 
     async def query(self, kind, to, tag):
         try:

@@ -1,0 +1,469 @@
+//! The archive's SQL (XEP-0313 storage), on the connection of [`crate::core::storage`].
+//!
+//! # Keys and ids
+//! Each message has an integer key, its `INTEGER PRIMARY KEY`: the archive time in
+//! milliseconds shifted left by [`KEY_SHIFT`] bits, plus a counter, so that keys grow with
+//! time and a time filter (`start`, `end`) is a key range ([`key_at`]). Kept strictly
+//! increasing: a clock that steps back or many messages in one millisecond only bump the
+//! counter. The public id ([`ArchiveId`], the XEP-0359 stanza-id) is the key and a random
+//! 64-bit nonce stored with the row, as 32 hex digits: ids sort like keys (time order),
+//! looking one up is a primary-key probe plus the nonce check, and an id cannot be guessed
+//! from another (1 in 2^64).
+//!
+//! # Indexes
+//! `(owner, key)` serves a query on one account, `(owner, with_bare, key)` one with a `with`
+//! filter; every query is a range scan of one of them, in key order, that stops after one
+//! row more than the page (which says whether the page is complete), so a page costs the same
+//! at the start or end of a million-message archive.
+//!
+//! # Bounds
+//! `archive_owners` counts each account's messages, so the size limit costs no `COUNT(*)`:
+//! an insert over [`ArchiveLimits::max_messages`] deletes the oldest. Expired messages
+//! ([`ArchiveLimits::retention`]) are deleted at the account's next insert, and queries never
+//! return them. Either deletion takes at most [`PRUNE_BATCH`] rows per insert.
+
+use std::time::Duration;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+/// Bits of the key below the millisecond timestamp.
+pub const KEY_SHIFT: u32 = 12;
+/// Most rows one insert deletes for the retention or the size limit.
+pub const PRUNE_BATCH: usize = 64;
+
+/// The archive tables, for the storage migration.
+pub const SCHEMA: &str = "CREATE TABLE archive (
+        key INTEGER PRIMARY KEY,
+        nonce INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        with_bare TEXT NOT NULL,
+        with_full TEXT NOT NULL,
+        stanza BLOB NOT NULL
+    );
+    CREATE INDEX archive_owner ON archive (owner, key);
+    CREATE INDEX archive_with ON archive (owner, with_bare, key);
+    CREATE TABLE archive_owners (
+        owner TEXT PRIMARY KEY,
+        messages INTEGER NOT NULL
+    );
+    CREATE TABLE archive_prefs (
+        owner TEXT PRIMARY KEY,
+        default_mode TEXT NOT NULL,
+        always TEXT NOT NULL DEFAULT '',
+        never TEXT NOT NULL DEFAULT ''
+    );";
+
+/// How much an account's archive keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveLimits {
+    /// Messages older than this are deleted and never returned.
+    pub retention: Duration,
+    /// Most messages per account; the oldest go first.
+    pub max_messages: usize,
+}
+
+/// The first key of millisecond `ms` (keys at or after it were archived at `ms` or later).
+pub fn key_at(ms: i64) -> i64 {
+    ms.max(0) << KEY_SHIFT
+}
+
+/// When the message with this key was archived, in milliseconds since the epoch.
+pub fn ms_of(key: i64) -> i64 {
+    key >> KEY_SHIFT
+}
+
+/// A message's public id: its key and nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveId {
+    pub key: i64,
+    pub nonce: i64,
+}
+
+impl ArchiveId {
+    /// Reads an id written by [`ArchiveId::fmt`]; `None` for anything else.
+    pub fn parse(s: &str) -> Option<ArchiveId> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let key = u64::from_str_radix(&s[..16], 16).ok()? as i64;
+        let nonce = u64::from_str_radix(&s[16..], 16).ok()? as i64;
+        Some(ArchiveId { key, nonce })
+    }
+}
+
+impl std::fmt::Display for ArchiveId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.key as u64, self.nonce as u64)
+    }
+}
+
+/// XEP-0313 §6 archiving preferences: the default for a peer on neither list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultMode {
+    Always,
+    Never,
+    /// Only peers in the account's roster.
+    Roster,
+}
+
+impl DefaultMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultMode::Always => "always",
+            DefaultMode::Never => "never",
+            DefaultMode::Roster => "roster",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<DefaultMode> {
+        match s {
+            "always" => Some(DefaultMode::Always),
+            "never" => Some(DefaultMode::Never),
+            "roster" => Some(DefaultMode::Roster),
+            _ => None,
+        }
+    }
+}
+
+/// An account's preferences; without any stored, everything is archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefs {
+    pub default: DefaultMode,
+    /// JIDs always archived (a bare JID covers its resources).
+    pub always: Vec<String>,
+    /// JIDs never archived; wins over `always`.
+    pub never: Vec<String>,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            default: DefaultMode::Always,
+            always: Vec::new(),
+            never: Vec::new(),
+        }
+    }
+}
+
+fn split_jids(s: String) -> Vec<String> {
+    s.split('\n')
+        .filter(|j| !j.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn prefs(conn: &Connection, owner: &str) -> Result<Prefs, rusqlite::Error> {
+    let p = conn
+        .query_row(
+            "SELECT default_mode, always, never FROM archive_prefs WHERE owner = ?1",
+            params![owner],
+            |r| {
+                Ok(Prefs {
+                    default: DefaultMode::from_name(&r.get::<_, String>(0)?)
+                        .unwrap_or(DefaultMode::Always),
+                    always: split_jids(r.get(1)?),
+                    never: split_jids(r.get(2)?),
+                })
+            },
+        )
+        .optional()?;
+    Ok(p.unwrap_or_default())
+}
+
+pub fn set_prefs(conn: &Connection, owner: &str, p: &Prefs) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO archive_prefs (owner, default_mode, always, never) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (owner) DO UPDATE SET default_mode = ?2, always = ?3, never = ?4",
+        params![
+            owner,
+            p.default.as_str(),
+            p.always.join("\n"),
+            p.never.join("\n")
+        ],
+    )?;
+    Ok(())
+}
+
+/// One message to archive for `owner`, exchanged with `with_full` (bare: `with_bare`).
+pub struct NewMessage<'a> {
+    pub owner: &'a str,
+    pub with_bare: &'a str,
+    pub with_full: &'a str,
+    /// The stanza as stored and returned, self-contained (with its `xmlns`).
+    pub stanza: &'a [u8],
+}
+
+/// Whether the preferences let a message with this peer into the archive (§6.1).
+fn wanted(conn: &Connection, m: &NewMessage<'_>) -> Result<bool, rusqlite::Error> {
+    let p = prefs(conn, m.owner)?;
+    let listed = |l: &[String]| l.iter().any(|j| j == m.with_bare || j == m.with_full);
+    if listed(&p.never) {
+        return Ok(false);
+    }
+    if listed(&p.always) {
+        return Ok(true);
+    }
+    Ok(match p.default {
+        DefaultMode::Always => true,
+        DefaultMode::Never => false,
+        DefaultMode::Roster => in_roster(conn, m.owner, m.with_bare)?,
+    })
+}
+
+/// Whether `contact` is an item of `owner`'s roster (a hidden entry is not).
+fn in_roster(conn: &Connection, owner: &str, contact: &str) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT in_roster FROM roster WHERE owner = ?1 AND contact = ?2",
+        params![owner, contact],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|o| o.unwrap_or(false))
+}
+
+/// Archives a message at `now_ms` unless the owner's preferences say no (`Ok(None)`), then
+/// enforces the limits for that owner. Run it in a transaction (it writes several tables).
+pub fn archive(
+    conn: &Connection,
+    m: &NewMessage<'_>,
+    limits: &ArchiveLimits,
+    now_ms: i64,
+) -> Result<Option<ArchiveId>, rusqlite::Error> {
+    if !wanted(conn, m)? {
+        return Ok(None);
+    }
+    let last: Option<i64> = conn.query_row("SELECT MAX(key) FROM archive", [], |r| r.get(0))?;
+    let key = key_at(now_ms).max(last.map_or(0, |k| k + 1));
+    let id = ArchiveId {
+        key,
+        nonce: rand::random::<i64>(),
+    };
+    conn.execute(
+        "INSERT INTO archive (key, nonce, owner, with_bare, with_full, stanza)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id.key,
+            id.nonce,
+            m.owner,
+            m.with_bare,
+            m.with_full,
+            m.stanza
+        ],
+    )?;
+    let mut count: i64 = conn.query_row(
+        "INSERT INTO archive_owners (owner, messages) VALUES (?1, 1)
+         ON CONFLICT (owner) DO UPDATE SET messages = messages + 1 RETURNING messages",
+        params![m.owner],
+        |r| r.get(0),
+    )?;
+    let retention_ms = i64::try_from(limits.retention.as_millis()).unwrap_or(i64::MAX);
+    let expired = delete_oldest(
+        conn,
+        m.owner,
+        key_at(now_ms.saturating_sub(retention_ms)),
+        PRUNE_BATCH,
+    )?;
+    count -= expired as i64;
+    let over = (count - limits.max_messages as i64).max(0) as usize;
+    let dropped = if over > 0 {
+        delete_oldest(conn, m.owner, i64::MAX, over.min(PRUNE_BATCH))?
+    } else {
+        0
+    };
+    if expired + dropped > 0 {
+        conn.execute(
+            "UPDATE archive_owners SET messages = messages - ?2 WHERE owner = ?1",
+            params![m.owner, (expired + dropped) as i64],
+        )?;
+    }
+    Ok(Some(id))
+}
+
+/// [`archive`] in a transaction of its own, as the core runs it for each message.
+///
+/// The commit does not wait for the disk (`synchronous=NORMAL` for this one transaction; the
+/// connection's `FULL` is restored after it): with `FULL`, two fsyncs per message (sender and
+/// recipient) would bound the core to a few hundred messages a second on an ordinary disk.
+/// In WAL mode this loses no archived message when the process crashes, only those of the
+/// last moments before a power loss or a kernel crash, and never corrupts the file; the next
+/// `FULL` commit (any other write of the core) makes them durable too.
+pub fn archive_now(
+    conn: &mut Connection,
+    m: &NewMessage<'_>,
+    limits: &ArchiveLimits,
+    now_ms: i64,
+) -> Result<Option<ArchiveId>, rusqlite::Error> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = (|| {
+        let tx = conn.transaction()?;
+        let id = archive(&tx, m, limits, now_ms)?;
+        tx.commit()?;
+        Ok(id)
+    })();
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    result
+}
+
+/// Deletes up to `limit` of `owner`'s oldest messages with keys below `below`.
+fn delete_oldest(
+    conn: &Connection,
+    owner: &str,
+    below: i64,
+    limit: usize,
+) -> Result<usize, rusqlite::Error> {
+    conn.execute(
+        "DELETE FROM archive WHERE key IN
+           (SELECT key FROM archive WHERE owner = ?1 AND key < ?2 ORDER BY key LIMIT ?3)",
+        params![owner, below, limit as i64],
+    )
+}
+
+/// Whether `id` is one of `owner`'s archived messages.
+pub fn exists(conn: &Connection, owner: &str, id: ArchiveId) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT 1 FROM archive WHERE key = ?1 AND owner = ?2 AND nonce = ?3",
+        params![id.key, owner, id.nonce],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// Deletes an account's archive and preferences (the account is removed).
+pub fn remove_owner(conn: &Connection, owner: &str) -> Result<(), rusqlite::Error> {
+    for table in ["archive", "archive_owners", "archive_prefs"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE owner = ?1"),
+            params![owner],
+        )?;
+    }
+    Ok(())
+}
+
+/// The `with` filter (XEP-0313 §4.1.1): a bare JID matches every resource of it, a full JID
+/// only itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum With {
+    Bare(String),
+    Full { bare: String, full: String },
+}
+
+/// A query's filters and page, ids already checked ([`exists`]).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub with: Option<With>,
+    /// Inclusive key range from `start` and `end`.
+    pub from_key: Option<i64>,
+    pub to_key: Option<i64>,
+    /// Exclusive bounds: `after-id`/RSM `after`, and `before-id`/RSM `before`.
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    /// `ids`: only these messages (none when empty).
+    pub ids: Option<Vec<ArchiveId>>,
+    /// The page ends at the newest end (RSM `<before/>`): read backwards.
+    pub backwards: bool,
+    pub max: usize,
+}
+
+/// One archived message.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    pub id: ArchiveId,
+    pub stanza: Vec<u8>,
+}
+
+/// A page of results, oldest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Archived>,
+    /// Nothing more matches beyond the page in the direction it was read (XEP-0313 §4.3.3).
+    pub complete: bool,
+}
+
+/// Runs a query on `owner`'s archive; messages with keys below `oldest_key` are expired.
+pub fn query(
+    conn: &Connection,
+    owner: &str,
+    q: &Query,
+    oldest_key: i64,
+) -> Result<Page, rusqlite::Error> {
+    use rusqlite::types::Value;
+    let mut sql = String::from("SELECT key, nonce, stanza FROM archive WHERE owner = ?");
+    let mut args: Vec<Value> = vec![Value::Text(owner.to_owned())];
+    match &q.with {
+        Some(With::Bare(b)) => {
+            sql.push_str(" AND with_bare = ?");
+            args.push(Value::Text(b.clone()));
+        }
+        Some(With::Full { bare, full }) => {
+            sql.push_str(" AND with_bare = ? AND with_full = ?");
+            args.push(Value::Text(bare.clone()));
+            args.push(Value::Text(full.clone()));
+        }
+        None => {}
+    }
+    let low = [
+        Some(oldest_key),
+        q.from_key,
+        q.after.map(|k| k.saturating_add(1)),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let high = [q.to_key, q.before.map(|k| k - 1)]
+        .into_iter()
+        .flatten()
+        .min();
+    if let Some(l) = low {
+        sql.push_str(" AND key >= ?");
+        args.push(Value::Integer(l));
+    }
+    if let Some(h) = high {
+        sql.push_str(" AND key <= ?");
+        args.push(Value::Integer(h));
+    }
+    if let Some(ids) = &q.ids {
+        if ids.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                complete: true,
+            });
+        }
+        sql.push_str(" AND key IN (");
+        for (i, id) in ids.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(Value::Integer(id.key));
+        }
+        sql.push(')');
+    }
+    sql.push_str(if q.backwards {
+        " ORDER BY key DESC LIMIT ?"
+    } else {
+        " ORDER BY key ASC LIMIT ?"
+    });
+    args.push(Value::Integer(q.max as i64 + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| {
+        Ok(Archived {
+            id: ArchiveId {
+                key: r.get(0)?,
+                nonce: r.get(1)?,
+            },
+            stanza: r.get(2)?,
+        })
+    })?;
+    let mut items = Vec::with_capacity(q.max + 1);
+    for row in rows {
+        let a = row?;
+        // An `ids` entry must match its nonce too, not only its key.
+        if q.ids.as_ref().is_none_or(|ids| ids.contains(&a.id)) {
+            items.push(a);
+        }
+    }
+    let complete = items.len() <= q.max;
+    items.truncate(q.max);
+    if q.backwards {
+        items.reverse();
+    }
+    Ok(Page { items, complete })
+}
