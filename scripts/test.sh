@@ -22,6 +22,7 @@ fi
 #   (tests/interop/) start them as ordinary processes, each with its own config, data folder,
 #   certificates and private DNS.
 # - slixmpp from PyPI: the client library the core and interop tests drive.
+# - Debian's systemd (systemd-analyze) and cargo-deb from crates.io: the package test.
 # A policy-rc.d that answers 101 keeps the packages' postinst from starting system services that
 # would grab ports 5222/5269/5280/9090 on every interface; any that start anyway (a machine with a
 # real init) are stopped and disabled afterwards.
@@ -33,6 +34,7 @@ need prosody || pkgs+=(prosody)
 need ejabberdctl || [[ -x /usr/sbin/ejabberdctl ]] || pkgs+=(ejabberd)
 dpkg -s lua-unbound >/dev/null 2>&1 || pkgs+=(lua-unbound)
 need unshare || pkgs+=(util-linux)
+need systemd-analyze || pkgs+=(systemd)   # the package test rates the systemd units
 if ((${#pkgs[@]})); then
     echo "== installing ${pkgs[*]} (Debian packages)"
     made_policy=
@@ -70,3 +72,7 @@ echo "== unit, integration and interop tests"
 # and a DNS server of their own on 127.0.0.1; interop tests (tests/interop) add Prosody and
 # ejabberd on 127.77.x.y and a DNS server on 127.53.x.y:53; nothing leaves the machine.
 cargo test --locked --lib --bins --tests
+
+echo "== Debian package"
+# Builds the .deb, installs it here, checks it, federates a message through it, purges it.
+scripts/package-test.sh
