@@ -434,7 +434,14 @@ async fn sasl_exchange(
                     e.condition()
                 );
                 send_failure(conn, &e).await?;
-                if e != SaslError::Aborted && e != SaslError::InvalidMechanism {
+                // Only a tried credential counts: an abort, a mechanism we do not offer, or a
+                // request we could not read (an old client offering `tls-unique` channel
+                // binding to our -PLUS, as poezio's slixmpp does before falling back to plain
+                // SCRAM) guesses no password.
+                if !matches!(
+                    e,
+                    SaslError::Aborted | SaslError::InvalidMechanism | SaslError::Malformed(_)
+                ) {
                     failures += 1;
                 }
                 if failures >= MAX_AUTH_FAILURES {

@@ -28,7 +28,10 @@ pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const NS_VERSION: &str = "jabber:iq:version";
 
-/// What disco#info on one of our domains announces.
+/// What disco#info on one of our domains announces. The account services that clients look
+/// for on the server (poezio decides on remote bookmarks from these two, and Prosody and
+/// ejabberd list them there too) are named here as well as on the account: PEP publishing and
+/// XEP-0049 private storage, both answered for an iq without `to`.
 pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -41,6 +44,8 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
     NS_REGISTER,
     NS_EXTDISCO,
     NS_CARBONS,
+    "http://jabber.org/protocol/pubsub#publish",
+    pep::private::NS_PRIVATE,
 ];
 
 /// What disco#info on an account's bare JID announces: the PEP service (XEP-0163, the

@@ -204,3 +204,22 @@ async fn an_account_answers_disco_for_itself_and_names_what_it_does_not_support(
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn the_server_names_the_account_services_clients_look_for_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &[]).await;
+    let info = core.server_disco_info();
+    let features: Vec<&str> = info
+        .children()
+        .filter(|c| c.name == "feature")
+        .filter_map(|c| c.attr("var"))
+        .collect();
+    // poezio decides on remote bookmarks from these two on the server's disco#info.
+    for f in [
+        "http://jabber.org/protocol/pubsub#publish",
+        "jabber:iq:private",
+    ] {
+        assert!(features.contains(&f), "{f} missing from {features:?}");
+    }
+}

@@ -1266,6 +1266,24 @@ async fn sasl_aborts_do_not_count_and_an_authzid_must_be_the_account() {
             "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><aborted/></failure>"
         );
     }
+    // Neither do requests that try no password: an old client (poezio's slixmpp) asks for
+    // -PLUS with tls-unique, which TLS 1.3 does not have, before it falls back to SCRAM.
+    for mechanism in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256-PLUS",
+    ] {
+        s.send(&sasl(
+            "auth",
+            &format!(" mechanism='{mechanism}'"),
+            &b64("p=tls-unique,,n=alice,r=abcdefgh"),
+        ))
+        .await;
+        assert_eq!(
+            s.next_text().await,
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><malformed-request/></failure>"
+        );
+    }
     // §6.3.8: an authzid other than the account itself is invalid-authzid (even with the
     // right password); the account's own bare JID is accepted.
     s.send(&sasl(
