@@ -865,6 +865,19 @@ fn accounts_are_managed_from_the_command_line() {
         (code, out.trim()),
         (Some(0), "password changed for bob@a.test")
     );
+    // The new password is the one that signs in, the old one no longer does: the check a
+    // PLAIN sign-in runs, on the keys the command stored.
+    let signs_in = |password: &str| {
+        let db = dir.path().join("fedgate-core.sqlite");
+        let storage = fedgate::core::storage::Storage::open(&db).unwrap();
+        storage
+            .call_blocking(|c| fedgate::core::storage::credentials(c, "bob", "a.test"))
+            .unwrap()
+            .expect("bob exists")
+            .verify_password(password)
+    };
+    assert!(signs_in("pw3"), "the new password");
+    assert!(!signs_in("pw2"), "the old password");
     let (code, _, _) = fedgate(
         &["core", "user", "remove", "bob@a.test", "--config", file],
         "",
