@@ -276,7 +276,10 @@ async fn the_peer_view_of_a_stopped_peer_shows_the_cause_and_the_attempt() {
     b.stop().await;
     drop(backend_b);
     // The link goes with the stop; the next stanza finds nobody listening.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("a's link to b closed", || {
+        a.gw().router.outbound_count() == 0
+    })
+    .await;
     backend_a
         .send("<message from='alice@a.test' to='bob@b.test' id='2'><body>x</body></message>")
         .await;
@@ -527,6 +530,9 @@ async fn a_reloaded_backend_secret_is_required_from_the_next_handshake_on() {
     assert_eq!(s.expect_stream_error().await, "not-authorized");
     assert!(a.gw().router.component_attached("a.test"));
     drop(attached);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the old component detached", || {
+        !a.gw().router.component_attached("a.test")
+    })
+    .await;
     let _rotated = RawStream::component(addr, "a.test", "rotated").await;
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::backend::{stanza_error, Backend};
 use crate::certs::CertSpec;
 use crate::client::Client;
-use crate::harness::{instance, metric, text, Instance, TestDns};
+use crate::harness::{instance, metric, metric_or_zero, text, wait_for_metric, Instance, TestDns};
 use crate::peer::{Kind, Peer, PeerTls, PEER_S2S_PORT, USER};
 use crate::{capture_logs, dns_port_53, fedgate_log};
 
@@ -419,8 +419,9 @@ async fn assert_authenticated(w: &World, method: &str) {
             assert!(metric(&m, sample) >= 1.0, "{sample} in\n{m}");
         }
     }
+    // A drop reason's series appears on its first drop: none dropped means no series.
     assert_eq!(
-        metric(
+        metric_or_zero(
             &m,
             "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}"
         ),
@@ -432,7 +433,8 @@ async fn assert_authenticated(w: &World, method: &str) {
 async fn assert_liveness_check_answered(w: &World) {
     let mut answered = 0.0;
     for _ in 0..60 {
-        answered = metric(
+        // Waiting for the first answer: until it comes the series does not exist.
+        answered = metric_or_zero(
             &w.gw.metrics().await,
             "fedgate_outbound_events_total{event=\"ping_answered\"}",
         );
@@ -603,6 +605,8 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
         );
         bounced.push(s.id().unwrap_or_default().to_string());
     }
+    // The failure window (1 s, configured above) runs from the last failure.
+    let failure_window_ends = tokio::time::Instant::now() + Duration::from_secs(1);
     let mut expected: Vec<String> = (0..sent).map(|i| format!("down{i}")).collect();
     expected.push("down-iq".to_string());
     assert_eq!(bounced, expected, "every stanza bounced once, in order");
@@ -622,9 +626,10 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
         started.elapsed()
     );
 
-    // The peer restarts; after the failure window, fedgate connects again.
+    // The peer restarts; after the failure window, fedgate connects again. The window is a
+    // timer: wait for what is left of it (usually nothing, the restart takes longer).
     w.peer.restart().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep_until(failure_window_ends).await;
     w.client = w.peer.login().await;
     let me = w.client.jid.clone();
     let count = 20;
@@ -709,8 +714,10 @@ pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
     let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly, false).await;
     warm_up(&mut w, "eku").await;
     let m = w.gw.metrics().await;
+    // An auth series appears on its first count: an attempt that never happened has none (the
+    // `success` asserted beside each zero proves the family's name and labels).
     let outbound = |method: &str, result: &str| {
-        metric(
+        metric_or_zero(
             &m,
             &format!(
                 "fedgate_s2s_auth_total{{direction=\"outbound\",method=\"{method}\",result=\"{result}\"}}"
@@ -910,8 +917,10 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     }
 
     let m = w.gw.metrics().await;
-    let unconfirmed = metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") as usize;
-    let resent = metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") as usize;
+    // These two appear on their first count, and either may legitimately be none.
+    let unconfirmed =
+        metric_or_zero(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") as usize;
+    let resent = metric_or_zero(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") as usize;
     let acks = metric(
         &m,
         "fedgate_s2s_sm_total{direction=\"outbound\",event=\"acked\"}",
@@ -1052,8 +1061,11 @@ pub async fn peer_restarted_within_the_retry_window(kind: Kind, name: &str) {
         .wait_for("disconnected", |e| e["event"] == "disconnected")
         .await;
     let n = 20;
+    // A retry counted after the sends: fedgate holds them and is trying the stopped peer.
+    let retries = "fedgate_outbound_events_total{event=\"retry\"}";
+    let retried = metric_or_zero(&w.gw.metrics().await, retries);
     component_sends(&mut w, &user, "r", n).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_metric(&w.gw, retries, retried + 1.0).await;
     w.peer.restart().await;
     w.client = w.peer.login().await;
 
