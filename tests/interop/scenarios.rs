@@ -848,7 +848,9 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
         kind,
         name,
         PeerTls::TestCa,
-        "retry_window = \"3s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"",
+        // A short ping interval: the warm-up is confirmed by an answered ping before the burst,
+        // so `unconfirmed` counts only what the burst left unconfirmed.
+        "retry_window = \"3s\"\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\nfailure_window = \"1s\"\nping_interval = \"500ms\"",
     )
     .await;
     warm_up(&mut w, "warm").await;
@@ -858,11 +860,13 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
 
     // Stop the peer once the client has seen a few hundred of them.
     let mut delivered = std::collections::BTreeMap::<String, usize>::new();
+    let mut in_order = Vec::new();
     while delivered.len() < 300 {
         let e = w
             .client
             .wait_for("a message", |e| e["event"] == "message")
             .await;
+        in_order.push(e["id"].as_str().unwrap().to_string());
         *delivered
             .entry(e["id"].as_str().unwrap().to_string())
             .or_default() += 1;
@@ -871,6 +875,7 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     // The client reads what the peer wrote before it closed.
     while let Some(e) = w.client.event_within(Duration::from_secs(5)).await {
         if e["event"] == "message" && e["type"] != "error" {
+            in_order.push(e["id"].as_str().unwrap().to_string());
             *delivered
                 .entry(e["id"].as_str().unwrap().to_string())
                 .or_default() += 1;
@@ -880,6 +885,16 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
         }
     }
     let before_stop = delivered.len();
+    // Preconditions: the stop came mid-stream, and what came before it came in order, once.
+    assert!(
+        before_stop < n,
+        "the peer stopped after all {n} were delivered"
+    );
+    let prefix: Vec<String> = (0..before_stop).map(|i| format!("s{i}")).collect();
+    assert_eq!(
+        in_order, prefix,
+        "before the stop: s0, s1, … in order, once each"
+    );
 
     // Bounces, from fedgate (after its retries) or from the peer, until none came for longer
     // than fedgate's retry window.
@@ -948,11 +963,32 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     );
     println!("{line}");
     append_report(&line);
-    if metric(
+    let sm_on = metric(
         &m,
         "fedgate_s2s_sm_total{direction=\"outbound\",event=\"enabled\"}",
-    ) > 0.0
-    {
+    ) > 0.0;
+    if kind == Kind::Prosody {
+        assert!(
+            sm_on,
+            "Prosody's s2s offers XEP-0198: fedgate must have enabled it\n{m}"
+        );
+    }
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    // By ids: what is missing is one run of consecutive ids right after what was delivered
+    // before the stop (what the peer had read but not handled when it stopped).
+    let missing_at: Vec<usize> = missing.iter().map(|id| id[1..].parse().unwrap()).collect();
+    if let (Some(first), Some(last)) = (missing_at.first(), missing_at.last()) {
+        assert!(
+            *first >= before_stop,
+            "{missing:?} were delivered before the stop?"
+        );
+        assert_eq!(
+            last - first + 1,
+            missing_at.len(),
+            "the missing ones are one run: {missing:?}"
+        );
+    }
+    if sm_on {
         // With XEP-0198 fedgate kept every stanza the peer had not acknowledged: each was
         // resent or bounced (possibly one the peer had handled without acknowledging it yet).
         assert!(missing.is_empty(), "lost on a XEP-0198 link: {missing:?}");
