@@ -176,7 +176,12 @@ fn open_connection(path: &Path) -> Result<Connection, StorageError> {
 
 /// Applies the migrations the database lacks (module docs). Returns the version reached.
 pub fn migrate(conn: &mut Connection) -> Result<u32, StorageError> {
-    let known = MIGRATIONS.len() as u32;
+    migrate_with(conn, MIGRATIONS)
+}
+
+/// [`migrate`] over the given list (tests pass synthetic ones).
+fn migrate_with(conn: &mut Connection, migrations: &[&str]) -> Result<u32, StorageError> {
+    let known = migrations.len() as u32;
     let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > known {
         return Err(StorageError::TooNew {
@@ -185,7 +190,7 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StorageError> {
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
@@ -576,6 +581,51 @@ mod tests {
         let mut conn = open_connection(&path).unwrap();
         assert_eq!(credentials(&mut conn, "alice", "a.test").unwrap(), Some(c));
         assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() as u32);
+    }
+
+    /// With synthetic migrations, each depending on the one before: they run in list order,
+    /// each once, the version counts them, and a later list applies only what is new.
+    #[test]
+    fn synthetic_migrations_run_once_and_in_order() {
+        let steps = [
+            "CREATE TABLE log (step TEXT NOT NULL)",
+            "INSERT INTO log VALUES ('2')",
+            "INSERT INTO log VALUES ('3'); ALTER TABLE log ADD COLUMN extra TEXT",
+            "INSERT INTO log (step, extra) VALUES ('4', 'x')",
+        ];
+        let mut conn = Connection::open_in_memory().unwrap();
+        let log = |conn: &Connection| -> Vec<String> {
+            let mut q = conn.prepare("SELECT step FROM log ORDER BY rowid").unwrap();
+            q.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let version = |conn: &Connection| -> u32 {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(migrate_with(&mut conn, &steps[..2]).unwrap(), 2);
+        assert_eq!(version(&conn), 2);
+        assert_eq!(log(&conn), ["2"]);
+        // Two more: only those run, in order.
+        assert_eq!(migrate_with(&mut conn, &steps).unwrap(), 4);
+        assert_eq!(version(&conn), 4);
+        assert_eq!(log(&conn), ["2", "3", "4"]);
+        // Nothing new: nothing runs again.
+        assert_eq!(migrate_with(&mut conn, &steps).unwrap(), 4);
+        assert_eq!(log(&conn), ["2", "3", "4"]);
+        // A failing one leaves the version (and the data) where the last good one left them.
+        let broken = [
+            steps[0],
+            steps[1],
+            steps[2],
+            steps[3],
+            "INSERT INTO nowhere VALUES (1)",
+        ];
+        assert!(migrate_with(&mut conn, &broken).is_err());
+        assert_eq!(version(&conn), 4);
+        assert_eq!(log(&conn), ["2", "3", "4"]);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct TlsInfo {
     pub alpn: Option<String>,
     /// The certificate chain the peer presented, leaf first; empty if none.
     pub peer_chain: Vec<CertificateDer<'static>>,
+    /// Full or resumed (from a session ticket): a resumed session carries the chain over from
+    /// the full handshake it resumes, and this says which one the chain came from.
+    pub handshake: Option<rustls::HandshakeKind>,
 }
 
 impl TlsInfo {
@@ -97,6 +100,7 @@ impl TlsInfo {
                 .peer_certificates()
                 .map(<[_]>::to_vec)
                 .unwrap_or_default(),
+            handshake: conn.handshake_kind(),
         }
     }
 }
@@ -443,9 +447,16 @@ mod tests {
     #[tokio::test]
     async fn resumed_sessions_keep_peer_chains() {
         let p = pair();
-        for _ in 0..3 {
+        for round in 0..3 {
             let (s, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", true).await;
             let ((s_io, s_info), (c_io, c_info)) = (s.unwrap(), c.unwrap());
+            let kind = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(s_info.handshake, Some(kind), "server, round {round}");
+            assert_eq!(c_info.handshake, Some(kind), "client, round {round}");
             assert_eq!(s_info.peer_chain, p.b.chain);
             assert_eq!(c_info.peer_chain, p.a.chain);
             // Lets the client read the session tickets the server sends after the handshake.

@@ -233,19 +233,48 @@ async fn an_ip_literal_domain_is_not_looked_up() {
 
 #[tokio::test]
 async fn an_srv_target_without_address_is_skipped_and_named() {
+    // Through fedgate's own walk of the targets (`s2s::connect::Walk`), not a re-implementation.
     let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut backend_a = a.backend().await;
+    // b.test's only SRV target has no address: the stanza bounces and the cause names it.
     dns.add_srv("_xmpp-server._tcp.b.test", 0, 0, 5269, "ghost.b.test");
-    let resolver = resolver(&dns);
-    let e = all_targets(&resolver, "b.test").await.unwrap_err();
-    assert_eq!(e.to_string(), "no A/AAAA record for ghost.b.test");
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='b1'/>")
+        .await;
+    let bounce = backend_a.next().await;
+    assert_eq!(bounce.id(), Some("b1"));
+    let t = text(bounce.raw());
+    assert!(t.contains("<remote-server-not-found"), "{t}");
+    assert!(t.contains("no A/AAAA record for ghost.b.test"), "{t}");
 
+    // c.test's first target has none, its second is c: skipped, then delivered through the
+    // second, and the attempt's trace names the one skipped.
+    let c = instance(&dns, "c.test").start().await;
+    let mut backend_c = c.backend().await;
     dns.add_srv("_xmpp-server._tcp.c.test", 0, 0, 5269, "ghost.c.test");
-    dns.add_srv("_xmpp-server._tcp.c.test", 1, 0, 5270, "real.c.test");
-    dns.add("real.c.test", ip("127.0.0.9"));
-    let targets = all_targets(&resolver, "c.test").await.unwrap();
-    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
-    assert_eq!(addrs, ["127.0.0.9:5270".parse().unwrap()]);
-    assert_eq!(targets[0].host, "real.c.test");
+    dns.add_srv(
+        "_xmpp-server._tcp.c.test",
+        1,
+        0,
+        c.s2s_addr().port(),
+        "real.c.test",
+    );
+    dns.add("real.c.test", c.s2s_addr().ip());
+    backend_a
+        .send("<message from='alice@a.test' to='bob@c.test' id='c1'/>")
+        .await;
+    assert_eq!(backend_c.next().await.id(), Some("c1"));
+    let trace = a
+        .gw()
+        .last_attempt("c.test")
+        .expect("an attempt")
+        .to_string();
+    assert!(
+        trace.contains("ghost.c.test: no A/AAAA record for ghost.c.test"),
+        "{trace}"
+    );
+    assert!(trace.contains("real.c.test"), "{trace}");
 }
 
 #[tokio::test]

@@ -1,7 +1,5 @@
 //! Two fedgate instances federating by dialback, with a raw backend on each.
 
-use std::time::Duration;
-
 use crate::certs::CertSpec;
 use crate::harness::*;
 
@@ -175,6 +173,23 @@ async fn a_domain_without_dns_records_bounces_and_nothing_is_lost() {
         assert_eq!(s.to(), Some("bob@b.test"));
         delivered.push(s.id().unwrap_or_default().to_string());
     }
+    // Markers sent after all the rest must come next: anything sent twice would be before them.
+    backend_a
+        .send("<message from='alice@a.test' to='carol@nowhere.test' id='end-nowhere'/>")
+        .await;
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='end-b'/>")
+        .await;
+    assert_eq!(
+        backend_a.next().await.id(),
+        Some("end-nowhere"),
+        "none bounced twice"
+    );
+    assert_eq!(
+        backend_b.next().await.id(),
+        Some("end-b"),
+        "none delivered twice"
+    );
     // Each stanza came back or arrived, exactly once: none lost, none duplicated.
     bounced.sort();
     to_nowhere.sort();
@@ -206,12 +221,10 @@ async fn errors_and_iq_results_are_never_bounced() {
     let s = backend_a.next().await;
     assert_eq!(s.id(), Some("g1"));
     assert_eq!(s.type_(), Some("error"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dropped = "fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"}";
+    wait_for_metric(&a, dropped, 2.0).await;
     let metrics = a.metrics().await;
-    assert!(
-        metrics.contains("fedgate_stanzas_dropped_total{reason=\"error_not_bounced\"} 2"),
-        "{metrics}"
-    );
+    assert_eq!(metric(&metrics, dropped), 2.0, "{metrics}");
 }
 
 #[tokio::test]
@@ -248,8 +261,10 @@ async fn idle_outbound_sessions_close_and_reopen_on_demand() {
         .send("<message from='alice@a.test' to='bob@b.test' id='1'/>")
         .await;
     assert_eq!(backend_b.next().await.id(), Some("1"));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(a.gw().router.outbound_count(), 0, "idle session closed");
+    eventually("the idle session closed", || {
+        a.gw().router.outbound_count() == 0
+    })
+    .await;
     backend_a
         .send("<message from='alice@a.test' to='bob@b.test' id='2'/>")
         .await;
@@ -352,5 +367,15 @@ async fn a_silent_remote_overflows_the_queue_then_times_out_and_every_stanza_com
         overflow,
         ids(10..total),
         "every other stanza came back, once"
+    );
+    // A marker bounced at once (no DNS records) after all of them must be the next thing back:
+    // a stanza bounced twice would come before it.
+    backend_a
+        .send("<message from='alice@a.test' to='x@nowhere.test' id='end'/>")
+        .await;
+    assert_eq!(
+        backend_a.next().await.id(),
+        Some("end"),
+        "none came back twice"
     );
 }

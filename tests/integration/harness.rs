@@ -802,7 +802,9 @@ pub async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let exposition = instance.metrics().await;
-        let value = metric(&exposition, sample);
+        // Waiting for a counter to reach a value: before its first increment a labelled counter
+        // has no series, and a series that never appears times out below.
+        let value = metric_or_zero(&exposition, sample);
         if value >= at_least {
             return value;
         }
@@ -814,23 +816,50 @@ pub async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -
     }
 }
 
+/// Polls `done` every 10 ms until it holds; panics naming `what` after 15 s. For state that
+/// has no event to wait on (a link closed, a component detached), instead of a fixed sleep.
+#[allow(dead_code)]
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The sum of the samples in a Prometheus text exposition that have the given name and at
 /// least the given labels, e.g.
 /// `metric(&text, "fedgate_bounces_total{condition=\"remote-server-timeout\"}")` sums over
-/// every `cause`; 0 if there is none.
+/// every `cause`. Panics if no series matches: a renamed metric or label must fail the test, not
+/// read as 0. Use [`metric_or_zero`] only for a labelled counter that appears on its first
+/// increment, and say at the call why it may not exist yet.
 #[allow(dead_code)]
 pub fn metric(exposition: &str, sample: &str) -> f64 {
+    series_sum(exposition, sample)
+        .unwrap_or_else(|| panic!("no series matches {sample} in:\n{exposition}"))
+}
+
+/// [`metric`], but 0 when no series matches: for a labelled counter (a `CounterVec` child) that
+/// the process creates on its first increment, so "never happened" has no series yet.
+#[allow(dead_code)]
+pub fn metric_or_zero(exposition: &str, sample: &str) -> f64 {
+    series_sum(exposition, sample).unwrap_or(0.0)
+}
+
+/// The sum of the matching samples, `None` if there are none.
+fn series_sum(exposition: &str, sample: &str) -> Option<f64> {
     let (name, labels) = split_sample(sample);
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, have) = split_sample(series);
-            (n == name && labels.iter().all(|want| have.contains(want)))
-                .then(|| value.trim().parse::<f64>().unwrap())
-        })
-        .sum()
+    let mut found = None;
+    for l in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, have) = split_sample(series);
+        if n == name && labels.iter().all(|want| have.contains(want)) {
+            *found.get_or_insert(0.0) += value.trim().parse::<f64>().unwrap();
+        }
+    }
+    found
 }
 
 /// `name{a="x",b="y"}` → (`name`, [`a="x"`, `b="y"`]).

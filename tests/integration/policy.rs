@@ -36,6 +36,36 @@ async fn deliver(
     }
 }
 
+/// `sender`'s stanza to `to` bounces, and `refuser`'s policy refused `sender` again for it:
+/// waits until `sender` holds no failed link (a bounce within its failure window would not
+/// reach `refuser` at all), then requires `refuser`'s refusal count to move with the bounce.
+async fn refused_again(
+    sender: (&Instance, &mut RawStream),
+    receiver: &mut RawStream,
+    refuser_metrics: std::net::SocketAddr,
+    (from, to, id): (&str, &str, &str),
+) {
+    // The series appears on the first refusal, which may be this one.
+    let refusals = || async {
+        metric_or_zero(
+            &http_get(refuser_metrics, "/metrics").await,
+            "fedgate_policy_refusals_total{mode=\"enforced\"}",
+        )
+    };
+    let (instance, stream) = sender;
+    eventually(&format!("{from} has no failed link before {id}"), || {
+        instance.gw().router.outbound_count() == 0
+    })
+    .await;
+    let before = refusals().await;
+    let bounce = deliver(stream, receiver, from, to, id).await.unwrap_err();
+    assert!(bounce.contains("policy-violation"), "{id}: {bounce}");
+    assert!(
+        refusals().await > before,
+        "{id} bounced, but not by {to}'s policy: {bounce}"
+    );
+}
+
 async fn peer_json(instance: &Instance, domain: &str) -> fedgate::peers::PeerView {
     let body = http_get(
         instance.gw().metrics_addr.unwrap(),
@@ -276,7 +306,10 @@ async fn the_peer_view_of_a_stopped_peer_shows_the_cause_and_the_attempt() {
     b.stop().await;
     drop(backend_b);
     // The link goes with the stop; the next stanza finds nobody listening.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("a's link to b closed", || {
+        a.gw().router.outbound_count() == 0
+    })
+    .await;
     backend_a
         .send("<message from='alice@a.test' to='bob@b.test' id='2'><body>x</body></message>")
         .await;
@@ -340,11 +373,12 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
     wait_for_line(&lines, "fedgate ready");
     dns.add("a.test", ip);
     let b = instance(&dns, "b.test")
-        .s2s("failure_window = \"1s\"")
+        .s2s("failure_window = \"200ms\"")
         .start()
         .await;
     let c = instance(&dns, "c.test").start().await;
     let component = std::net::SocketAddr::from(([127, 0, 0, 1], component_port));
+    let a_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
     let mut backend_a = RawStream::component(component, "a.test", "s").await;
     let mut backend_b = b.backend().await;
     let mut backend_c = c.backend().await;
@@ -382,10 +416,13 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
         before,
         "c's session was kept"
     );
-    let bounce = deliver(&mut backend_b, &mut backend_a, "b.test", "a.test", "b2")
-        .await
-        .unwrap_err();
-    assert!(bounce.contains("policy-violation"), "{bounce}");
+    refused_again(
+        (&b, &mut backend_b),
+        &mut backend_a,
+        a_metrics,
+        ("b.test", "a.test", "b2"),
+    )
+    .await;
 
     // An invalid file: refused with its key, and the running allowlist stays.
     std::fs::write(
@@ -412,11 +449,13 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
     deliver(&mut backend_c, &mut backend_a, "c.test", "a.test", "c3")
         .await
         .unwrap();
-    assert!(
-        deliver(&mut backend_b, &mut backend_a, "b.test", "a.test", "b3")
-            .await
-            .is_err()
-    );
+    refused_again(
+        (&b, &mut backend_b),
+        &mut backend_a,
+        a_metrics,
+        ("b.test", "a.test", "b3"),
+    )
+    .await;
 
     // `fedgate reload`: a certificate that does not load is refused by the gateway (exit 1)...
     std::fs::write(&file, config("\"b.test\", \"c.test\"")).unwrap();
@@ -439,11 +478,13 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
         stderr.contains("not reloaded") && stderr.contains("a.crt"),
         "{stderr}"
     );
-    assert!(
-        deliver(&mut backend_b, &mut backend_a, "b.test", "a.test", "b4")
-            .await
-            .is_err()
-    );
+    refused_again(
+        (&b, &mut backend_b),
+        &mut backend_a,
+        a_metrics,
+        ("b.test", "a.test", "b4"),
+    )
+    .await;
 
     // ...and a good one is applied: b federates again.
     std::fs::write(dir.path().join("a.crt"), good_cert).unwrap();
@@ -527,6 +568,9 @@ async fn a_reloaded_backend_secret_is_required_from_the_next_handshake_on() {
     assert_eq!(s.expect_stream_error().await, "not-authorized");
     assert!(a.gw().router.component_attached("a.test"));
     drop(attached);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the old component detached", || {
+        !a.gw().router.component_attached("a.test")
+    })
+    .await;
     let _rotated = RawStream::component(addr, "a.test", "rotated").await;
 }

@@ -324,21 +324,35 @@ async fn kept_counters_expire_after_resume_timeout() {
         .s2s("resume_timeout = \"300ms\"")
         .start()
         .await;
-    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    // Two streams to drop, and the two that resume them, authenticated beforehand so that the
+    // first resumption is one round trip within the timeout.
+    let mut s1 = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    s1.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
         .await;
-    let enabled = s.next().await;
+    let enabled = s1.next().await;
     assert_eq!(
         enabled.attr("max").as_deref(),
         Some("1"),
         "whole seconds, at least 1"
     );
-    let id = enabled.attr("id").unwrap().into_owned();
-    drop(s);
-    wait_for_metric(&b, &sm_metric("kept"), 1.0).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    assert_eq!(resume(&mut t, &id).await, NOT_FOUND);
+    let early = enabled.attr("id").unwrap().into_owned();
+    let mut s2 = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let late = enable(&mut s2, true).await.unwrap();
+    let mut t1 = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let mut t2 = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    drop((s1, s2));
+    wait_for_metric(&b, &sm_metric("kept"), 2.0).await;
+    // Both were kept by now, so both expire by `kept + resume_timeout`.
+    let expired_by = tokio::time::Instant::now() + Duration::from_millis(300);
+    // Within the timeout: resumed.
+    assert_eq!(resume(&mut t1, &early).await, resumed(&early, 0));
+    assert!(
+        tokio::time::Instant::now() < expired_by,
+        "the early resumption came in time"
+    );
+    // After it: gone. Expiry is a timer, checked at the resumption, so this waits for it.
+    tokio::time::sleep_until(expired_by).await;
+    assert_eq!(resume(&mut t2, &late).await, NOT_FOUND);
 }
 
 #[tokio::test]

@@ -297,9 +297,19 @@ impl Client {
             self.backlog
         );
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(e)) = self.read(deadline).await {
-            assert!(!matches(&e), "{}: unexpected {e}", self.jid);
-            self.backlog.push_back(e);
+        loop {
+            match self.read(deadline).await {
+                Ok(Some(e)) => {
+                    assert!(!matches(&e), "{}: unexpected {e}", self.jid);
+                    self.backlog.push_back(e);
+                }
+                // A client that crashed or quit sees nothing: that proves no absence.
+                Ok(None) => panic!(
+                    "{}: the client exited while waiting to see no {event}: {:?}",
+                    self.jid, self.backlog
+                ),
+                Err(()) => return,
+            }
         }
     }
 
