@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use super::roster::{RosterItem, SubscriptionAction};
-use super::storage::{self, StorageError};
+use super::storage::StorageError;
 use super::{Core, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::{ns, Element};
@@ -105,8 +105,7 @@ impl Core {
         self.pep_presence(&session.account, &session.jid, &el).await;
         let from = session.jid.to_string();
         let bare = session.jid.bare().to_string();
-        let owner = session.account.clone();
-        let roster = match self.storage.call(move |c| storage::roster(c, &owner)).await {
+        let roster = match self.storage.load_roster(&session.account).await {
             Ok(r) => r,
             Err(e) => return tracing::warn!("roster read failed: {e}"),
         };

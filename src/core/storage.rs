@@ -249,6 +249,12 @@ impl Storage {
         Ok(rx.await.map_err(|_| StorageError::Gone)??)
     }
 
+    /// Every roster entry of `owner`, hidden ones included (see [`roster`]).
+    pub async fn load_roster(&self, owner: &str) -> Result<Vec<RosterItem>, StorageError> {
+        let o = owner.to_owned();
+        self.call(move |db| roster(db, &o)).await
+    }
+
     /// `owner`'s roster entry for `contact`, hidden or not (see [`roster_item`]).
     pub async fn load_roster_item(
         &self,

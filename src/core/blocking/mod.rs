@@ -397,12 +397,7 @@ impl Core {
         if unblocked.is_empty() {
             return;
         }
-        let owner = account.to_owned();
-        let roster = match self
-            .storage
-            .call(move |c| super::storage::roster(c, &owner))
-            .await
-        {
+        let roster = match self.storage.load_roster(account).await {
             Ok(r) => r,
             Err(e) => return tracing::warn!("roster read failed: {e}"),
         };
@@ -431,12 +426,7 @@ impl Core {
     /// §3.3: the newly blocked that could see the account's presence (a `from`
     /// subscription, or directed presence from one of its resources) get unavailable.
     async fn unavailable_to_blocked(&self, account: &str, blocked: &[Jid]) {
-        let owner = account.to_owned();
-        let roster = match self
-            .storage
-            .call(move |c| super::storage::roster(c, &owner))
-            .await
-        {
+        let roster = match self.storage.load_roster(account).await {
             Ok(r) => r,
             Err(e) => return tracing::warn!("roster read failed: {e}"),
         };

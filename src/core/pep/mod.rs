@@ -531,42 +531,38 @@ impl Core {
 
     /// §8.4: the owner deletes a node; whoever got its notifications learns of it.
     async fn pep_delete(&self, account: &str, delete: &Element) -> Answer {
-        let node = Self::node_of(delete)?;
-        let (owner, n) = (account.to_owned(), node.clone());
-        let config = self
-            .storage
-            .call(move |c| {
-                let config = store::node_config(c, &owner, &n)?;
-                if config.is_some() {
-                    store::delete_node(c, &owner, &n)?;
-                }
-                Ok(config)
-            })
-            .await
-            .map_err(storage_refusal)?
-            .ok_or_else(|| {
-                refuse(
-                    StanzaErrorCondition::ItemNotFound,
-                    None,
-                    format!("no node {node}"),
-                )
-            })?;
-        let event = Element::new("delete", NS_PUBSUB_EVENT).with_attr("node", &node);
-        self.notify(account, &node, &config, event).await;
-        Ok(None)
+        self.node_gone(account, delete, "delete", |c, owner, node| {
+            store::delete_node(c, owner, node).map(drop)
+        })
+        .await
     }
 
     /// §8.5: the owner removes every item of a node; whoever got its notifications learns of
     /// it.
     async fn pep_purge(&self, account: &str, purge: &Element) -> Answer {
-        let node = Self::node_of(purge)?;
+        self.node_gone(account, purge, "purge", |c, owner, node| {
+            store::purge(c, owner, node)
+        })
+        .await
+    }
+
+    /// Delete and purge: `change` on an existing node, then an `<event/>` child named
+    /// `event` to those the node notifies (its configuration read before the change).
+    async fn node_gone(
+        &self,
+        account: &str,
+        request: &Element,
+        event: &str,
+        change: fn(&mut rusqlite::Connection, &str, &str) -> rusqlite::Result<()>,
+    ) -> Answer {
+        let node = Self::node_of(request)?;
         let (owner, n) = (account.to_owned(), node.clone());
         let config = self
             .storage
             .call(move |c| {
                 let config = store::node_config(c, &owner, &n)?;
                 if config.is_some() {
-                    store::purge(c, &owner, &n)?;
+                    change(c, &owner, &n)?;
                 }
                 Ok(config)
             })
@@ -579,7 +575,7 @@ impl Core {
                     format!("no node {node}"),
                 )
             })?;
-        let event = Element::new("purge", NS_PUBSUB_EVENT).with_attr("node", &node);
+        let event = Element::new(event, NS_PUBSUB_EVENT).with_attr("node", &node);
         self.notify(account, &node, &config, event).await;
         Ok(None)
     }
@@ -666,12 +662,7 @@ impl Core {
             out.extend(interested);
             return out;
         }
-        let owner = account.to_owned();
-        let roster = match self
-            .storage
-            .call(move |c| super::storage::roster(c, &owner))
-            .await
-        {
+        let roster = match self.storage.load_roster(account).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("roster read failed for PEP notifications: {e}");
