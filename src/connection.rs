@@ -13,6 +13,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -103,6 +105,14 @@ impl Connection {
     /// Cancel-safe: no event is lost if dropped while waiting.
     pub async fn next_event(&mut self) -> Result<Event, ReadError> {
         next_event(&mut self.io, &mut self.framer, &mut self.bucket).await
+    }
+
+    /// Adds the time reads wait on the byte rate limit ([`Connection::limit_rate`]) to
+    /// `micros`, e.g. the peer's throttling counter.
+    pub fn count_throttling_in(&mut self, micros: Arc<AtomicU64>) {
+        if let Some(b) = &mut self.bucket {
+            b.count_waits_in(micros);
+        }
     }
 
     /// Queues our stream header.
@@ -205,8 +215,14 @@ async fn next_event<R: AsyncRead + Unpin>(
         if let Some(event) = framer.next_event()? {
             return Ok(event);
         }
-        if let Some(at) = bucket.as_ref().and_then(TokenBucket::ready_at) {
-            tokio::time::sleep_until(at).await;
+        if let Some(b) = bucket.as_ref() {
+            if let Some(at) = b.ready_at() {
+                if let Some(waited) = &b.waited {
+                    let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                    waited.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep_until(at).await;
+            }
         }
         let n = io.read_buf(framer.read_buf()).await?;
         if n == 0 {
@@ -232,6 +248,9 @@ pub struct TokenBucket {
     tokens: f64,
     /// When `tokens` was last brought up to date.
     at: tokio::time::Instant,
+    /// Where the time reads wait for this bucket is added up, in microseconds (the peer's
+    /// metrics), if anywhere.
+    waited: Option<Arc<AtomicU64>>,
 }
 
 impl TokenBucket {
@@ -243,7 +262,13 @@ impl TokenBucket {
             burst,
             tokens: burst,
             at: now,
+            waited: None,
         }
+    }
+
+    /// Adds the time reads wait for this bucket to `micros` from now on.
+    pub fn count_waits_in(&mut self, micros: Arc<AtomicU64>) {
+        self.waited = Some(micros);
     }
 
     /// Records `n` bytes read at `now`: refills for the time since the last update, then

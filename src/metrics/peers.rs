@@ -57,6 +57,9 @@ pub struct PeerEntry {
     cert_expiry: AtomicI64,
     /// 1 when the last outbound attempt succeeded, 0 when it failed, -1 before any.
     up: AtomicI64,
+    /// Microseconds its inbound streams waited on `max_inbound_bytes_per_second`; shared with
+    /// the streams' byte rate limits, which add to it while they wait.
+    throttled_micros: Arc<AtomicU64>,
 }
 
 fn unix_now() -> i64 {
@@ -80,7 +83,13 @@ impl PeerEntry {
             last_contact: AtomicI64::new(0),
             cert_expiry: AtomicI64::new(0),
             up: AtomicI64::new(-1),
+            throttled_micros: Arc::default(),
         }
+    }
+
+    /// The counter an inbound stream's byte rate limit adds its waits to, in microseconds.
+    pub fn throttle_counter(&self) -> Arc<AtomicU64> {
+        self.throttled_micros.clone()
     }
 
     /// One stanza relayed with this peer.
@@ -133,6 +142,7 @@ impl PeerEntry {
             last_contact: self.last_contact.load(Relaxed),
             cert_expiry: self.cert_expiry.load(Relaxed),
             up: self.up.load(Relaxed),
+            throttled_micros: self.throttled_micros.load(Relaxed),
         }
     }
 
@@ -155,6 +165,7 @@ pub struct PeerSnapshot {
     pub last_contact: i64,
     pub cert_expiry: i64,
     pub up: i64,
+    pub throttled_micros: u64,
 }
 
 /// A live session's hold on its peer's entry: counts the session while it lives.
@@ -198,6 +209,7 @@ struct Families {
     last_contact: GaugeVec,
     cert_expiry: GaugeVec,
     up: IntGaugeVec,
+    throttled: prometheus::CounterVec,
     /// `fedgate_peers_tracked`: domains with an entry (labelled or not).
     tracked: prometheus::IntGauge,
 }
@@ -209,6 +221,7 @@ struct Seen {
     stanzas_out: u64,
     bounces: u64,
     failures: u64,
+    throttled_micros: u64,
     /// Traffic since the last ranking.
     window: u64,
     /// The last time the peer had sessions, a queue or traffic.
@@ -217,18 +230,20 @@ struct Seen {
 
 impl Seen {
     /// How far each counter of `snap` moved since the last call: stanzas in, stanzas out,
-    /// bounces, failures.
-    fn take_deltas(&mut self, snap: &PeerSnapshot) -> [u64; 4] {
+    /// bounces, failures, throttled microseconds.
+    fn take_deltas(&mut self, snap: &PeerSnapshot) -> [u64; 5] {
         let deltas = [
             snap.stanzas_in - self.stanzas_in,
             snap.stanzas_out - self.stanzas_out,
             snap.bounces - self.bounces,
             snap.failures - self.failures,
+            snap.throttled_micros - self.throttled_micros,
         ];
         self.stanzas_in = snap.stanzas_in;
         self.stanzas_out = snap.stanzas_out;
         self.bounces = snap.bounces;
         self.failures = snap.failures;
+        self.throttled_micros = snap.throttled_micros;
         deltas
     }
 }
@@ -309,6 +324,14 @@ impl Peers {
                 "1 if the last outbound connection attempt to the peer succeeded, 0 if it failed",
                 &["peer"],
             ),
+            throttled: prometheus::CounterVec::new(
+                Opts::new(
+                    "fedgate_peer_inbound_throttled_seconds_total",
+                    "Time a remote peer's inbound streams waited on max_inbound_bytes_per_second",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
             tracked: prometheus::IntGauge::new(
                 "fedgate_peers_tracked",
                 "Remote domains fedgate keeps per-peer figures for (labelled or not)",
@@ -324,6 +347,7 @@ impl Peers {
             Box::new(families.last_contact.clone()),
             Box::new(families.cert_expiry.clone()),
             Box::new(families.up.clone()),
+            Box::new(families.throttled.clone()),
             Box::new(families.tracked.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -431,11 +455,13 @@ impl Peers {
         let mut other = PeerSnapshot::default();
         let overflow = self.overflow.snapshot();
         let overflow_seen = state.seen.entry(self.overflow.domain.clone()).or_default();
-        let [d_in, d_out, d_bounces, d_failures] = overflow_seen.take_deltas(&overflow);
+        let [d_in, d_out, d_bounces, d_failures, d_throttled] =
+            overflow_seen.take_deltas(&overflow);
         other.stanzas_in += d_in;
         other.stanzas_out += d_out;
         other.bounces += d_bounces;
         other.failures += d_failures;
+        other.throttled_micros += d_throttled;
         other.sessions_in += overflow.sessions_in;
         other.sessions_out += overflow.sessions_out;
         other.queued += overflow.queued;
@@ -447,7 +473,8 @@ impl Peers {
         for e in self.entries.iter() {
             let snap = e.snapshot();
             let seen = state.seen.entry(e.domain.clone()).or_default();
-            let [d_in, d_out, d_bounces, d_failures] = seen.take_deltas(&snap);
+            let deltas = seen.take_deltas(&snap);
+            let [d_in, d_out, d_bounces, d_failures, _] = deltas;
             // Traffic and failed attempts both make a peer worth its own label.
             seen.window += d_in + d_out + d_failures;
             if d_in + d_out + d_bounces + d_failures > 0
@@ -460,7 +487,7 @@ impl Peers {
             if snap.sessions_in + snap.sessions_out > 0 {
                 e.last_contact.store(unix, Relaxed);
             }
-            changed.push((e.clone(), snap, [d_in, d_out, d_bounces, d_failures]));
+            changed.push((e.clone(), snap, deltas));
         }
         if state
             .last_rank
@@ -469,7 +496,7 @@ impl Peers {
         {
             self.rank(&mut state, now);
         }
-        for (e, snap, [d_in, d_out, d_bounces, d_failures]) in changed {
+        for (e, snap, [d_in, d_out, d_bounces, d_failures, d_throttled]) in changed {
             let labelled = self.named.contains(&*e.domain) || state.dynamic.contains(&e.domain);
             if labelled {
                 let peer = &*e.domain;
@@ -479,6 +506,9 @@ impl Peers {
                     .inc_by(d_out);
                 f.bounces.with_label_values(&[peer]).inc_by(d_bounces);
                 f.failures.with_label_values(&[peer]).inc_by(d_failures);
+                f.throttled
+                    .with_label_values(&[peer])
+                    .inc_by(d_throttled as f64 / 1e6);
                 f.sessions
                     .with_label_values(&[peer, "inbound"])
                     .set(snap.sessions_in);
@@ -503,6 +533,7 @@ impl Peers {
                 other.stanzas_out += d_out;
                 other.bounces += d_bounces;
                 other.failures += d_failures;
+                other.throttled_micros += d_throttled;
                 other.sessions_in += snap.sessions_in;
                 other.sessions_out += snap.sessions_out;
                 other.queued += snap.queued.max(0);
@@ -518,6 +549,9 @@ impl Peers {
             .inc_by(other.stanzas_out);
         f.bounces.with_label_values(&[peer]).inc_by(other.bounces);
         f.failures.with_label_values(&[peer]).inc_by(other.failures);
+        f.throttled
+            .with_label_values(&[peer])
+            .inc_by(other.throttled_micros as f64 / 1e6);
         f.sessions
             .with_label_values(&[peer, "inbound"])
             .set(other.sessions_in);
@@ -590,6 +624,7 @@ impl Peers {
         let _ = f.last_contact.remove_label_values(&[domain]);
         let _ = f.cert_expiry.remove_label_values(&[domain]);
         let _ = f.up.remove_label_values(&[domain]);
+        let _ = f.throttled.remove_label_values(&[domain]);
     }
 }
 

@@ -989,6 +989,10 @@ impl Inbound {
             {
                 peer.entry().certificate_expires(expiry);
             }
+            // The stream's waits on its byte rate limit count for the peer that authenticated
+            // last, whose limits now apply.
+            self.conn
+                .count_throttling_in(peer.entry().throttle_counter());
             self.peers.push(peer);
         }
         tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.security);

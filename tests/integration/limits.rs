@@ -379,6 +379,15 @@ async fn the_rate_limit_slows_a_flooding_peer_without_dropping_or_buffering() {
         total - delivered_when_written <= KERNEL_SLACK,
         "the sender finished writing with only {delivered_when_written} of {total} bytes delivered"
     );
+    // The wait shows per peer: about the time beyond the burst, which the reads spent waiting.
+    let throttled = metric(
+        &b.metrics().await,
+        "fedgate_peer_inbound_throttled_seconds_total{peer=\"a.test\"}",
+    );
+    assert!(
+        throttled >= least.as_secs_f64() * 0.8 && throttled <= took.as_secs_f64(),
+        "throttled {throttled}s, the flood took {took:?} (at least {least:?} of waiting)"
+    );
 }
 
 #[tokio::test]

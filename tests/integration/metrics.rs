@@ -147,7 +147,8 @@ impl Busy {
             )
             .metrics("peers = [\"down.test\"]\ntop_peers = 5")
             .federation("deny = [\"spam.test\"]")
-            .peer("domain = \"c.test\"\nmax_stanza_bytes = 4096")
+            // c.test's streams are held to 4 KiB/s, so that its burst below waits.
+            .peer("domain = \"c.test\"\nmax_stanza_bytes = 4096\nmax_inbound_bytes_per_second = 4096")
             .start()
             .await;
         Busy {
@@ -188,6 +189,13 @@ impl Busy {
             .await;
             c.send(&format!(
                 "<message from='w@c.test' to='u@a.test' id='ca{i}'><body>hi</body></message>"
+            ))
+            .await;
+        }
+        // About 7 KiB from c.test: past its burst, so a.test's reads wait on the byte rate.
+        for i in 5..65 {
+            c.send(&format!(
+                "<message from='w@c.test' to='u@a.test' id='ca{i}'><body>a little more</body></message>"
             ))
             .await;
         }
