@@ -848,12 +848,37 @@ impl Config {
             }]
         })?;
         config.resolve_paths(base_dir);
+        // The text parsed once already; this second look only asks which keys were given.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            config.follow_listen_hosts(&table);
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(problems);
         }
         config.normalize();
         Ok(config)
+    }
+
+    /// A direct TLS listener that the file does not name listens on the hosts of the
+    /// STARTTLS one, on the standard port (5270 for s2s, 5223 for c2s): a gateway told to
+    /// listen on 127.0.0.1 does not also take 0.0.0.0:5270, so two instances on one host do
+    /// not collide. `direct_tls_listen = []` still turns it off.
+    fn follow_listen_hosts(&mut self, table: &toml::Table) {
+        let given = |section: &str| {
+            table
+                .get(section)
+                .and_then(|s| s.as_table())
+                .is_some_and(|s| s.contains_key("direct_tls_listen"))
+        };
+        if !given("s2s") {
+            self.s2s.direct_tls_listen = on_port(&self.s2s.listen, 5270);
+        }
+        if let Some(core) = &mut self.core {
+            if !given("core") {
+                core.direct_tls_listen = on_port(&core.listen, 5223);
+            }
+        }
     }
 
     fn resolve_paths(&mut self, base_dir: &Path) {
@@ -1526,6 +1551,18 @@ fn normalize_pattern(p: &str) -> Result<String, String> {
 
 /// One line from a toml error: position, the table it is in, and toml's message (which names
 /// the offending key or value).
+/// Each distinct host of `addrs` on `port`.
+pub(crate) fn on_port(addrs: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        let addr = SocketAddr::new(a.ip(), port);
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out
+}
+
 pub(crate) fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', "; ");
     let Some(span) = e.span() else {
@@ -1562,6 +1599,34 @@ mod tests {
             ConfigError::Invalid { key, .. } => key,
             other => panic!("expected Invalid, got {other}"),
         }
+    }
+
+    #[test]
+    fn an_unnamed_direct_tls_listener_follows_the_hosts_of_listen() {
+        let base = "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[tls]\n[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n";
+        let c = parse(&format!(
+            "[s2s]\nlisten = [\"127.0.0.2:5269\", \"[::1]:5269\"]\n{base}[core]\nlisten = [\"127.0.0.2:5222\"]\n[[core.domain]]\nname = \"a.test\"\n"
+        ))
+        .unwrap();
+        let addrs =
+            |v: &[&str]| -> Vec<SocketAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(
+            c.s2s.direct_tls_listen,
+            addrs(&["127.0.0.2:5270", "[::1]:5270"])
+        );
+        assert_eq!(
+            c.core.as_ref().unwrap().direct_tls_listen,
+            addrs(&["127.0.0.2:5223"])
+        );
+        // Named, it is what it says, off included.
+        let c = parse(&format!(
+            "[s2s]\nlisten = [\"127.0.0.2:5269\"]\ndirect_tls_listen = []\n{base}"
+        ))
+        .unwrap();
+        assert!(c.s2s.direct_tls_listen.is_empty());
+        // Without listen either: the defaults (all interfaces), as before.
+        let c = parse(base).unwrap();
+        assert_eq!(c.s2s.direct_tls_listen, addrs(&["0.0.0.0:5270"]));
     }
 
     #[test]

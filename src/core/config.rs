@@ -325,6 +325,15 @@ impl CoreFile {
             message: parse_message(text, &e),
         })?;
         file.core.resolve_paths(base_dir);
+        // As in the gateway's file: an unnamed direct TLS listener follows `listen`'s hosts.
+        let given = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("core").and_then(|c| c.as_table()).cloned())
+            .is_some_and(|c| c.contains_key("direct_tls_listen"));
+        if !given {
+            file.core.direct_tls_listen = crate::config::on_port(&file.core.listen, 5223);
+        }
         if let Some(p) = &mut file.gateway.secret_file {
             if p.is_relative() {
                 *p = base_dir.join(&*p);
