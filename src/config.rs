@@ -151,7 +151,8 @@ pub struct S2sConfig {
     /// dialback even when we only send. Port 0 picks a free port (tests).
     pub listen: Vec<SocketAddr>,
     /// Addresses for direct TLS (XEP-0368): TLS from the first byte, ALPN `xmpp-server`, no
-    /// STARTTLS round trip. Default `["0.0.0.0:5270"]`; `[]` turns it off. Announce it with an
+    /// STARTTLS round trip. Default: in a file, the hosts of `listen` on port 5270 (so
+    /// `["0.0.0.0:5270"]` with the default `listen`); `[]` turns it off. Announce it with an
     /// `_xmpps-server._tcp` SRV record so that peers find it.
     pub direct_tls_listen: Vec<SocketAddr>,
     /// Whether s2s streams must be encrypted. Default `true`: inbound, anything but

@@ -22,8 +22,9 @@ pub struct CoreConfig {
     /// Addresses for c2s with STARTTLS (RFC 6120 §5), which is required before anything else.
     /// Default `["0.0.0.0:5222"]`. Port 0 picks a free port (tests).
     pub listen: Vec<SocketAddr>,
-    /// Addresses for c2s with TLS from the first byte (XEP-0368 `_xmpps-client`). Default
-    /// `["0.0.0.0:5223"]`; `[]` turns it off.
+    /// Addresses for c2s with TLS from the first byte (XEP-0368 `_xmpps-client`). Default: in
+    /// a file, the hosts of `listen` on port 5223 (so `["0.0.0.0:5223"]` with the default
+    /// `listen`); `[]` turns it off.
     pub direct_tls_listen: Vec<SocketAddr>,
     /// Offer SASL PLAIN (after TLS only, never before), after SCRAM-SHA-256 and SCRAM-SHA-1.
     /// Default `true`, so that every client can sign in: go-sendxmpp, bots and older libraries
