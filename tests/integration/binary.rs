@@ -402,3 +402,48 @@ async fn check_dns_prints_the_answers_and_the_order_of_attempts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/fedgate.toml"), "{err}");
 }
+
+/// Every key of the configuration (the structs, serialized with their defaults, so a new
+/// key cannot be forgotten) is documented in docs/configuration.md and shown, set or
+/// commented, in the example file of its section.
+#[test]
+fn every_config_key_is_in_the_reference_and_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fedgate::config::Config::from_toml(
+        "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[core]\n[[core.domain]]\nname = \"a.test\"\n\
+         [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
+        dir.path(),
+    )
+    .expect("a minimal config");
+    let value = toml::Value::try_from(&config).expect("the config serializes");
+    let reference = std::fs::read_to_string("docs/configuration.md").unwrap();
+    let gateway = std::fs::read_to_string("config/fedgate.toml").unwrap();
+    let core = std::fs::read_to_string("config/core.toml").unwrap();
+    let mut missing = Vec::new();
+    let toml::Value::Table(sections) = value else {
+        panic!("a table")
+    };
+    for (section, body) in &sections {
+        let toml::Value::Table(keys) = body else {
+            continue;
+        };
+        for key in keys.keys() {
+            let path = format!("{section}.{key}");
+            // A list of tables is written `[[section.key]]`.
+            let tables = format!("[[{path}]]");
+            if !reference.contains(&format!("`{key}`")) && !reference.contains(&tables) {
+                missing.push(format!("{path}: not in docs/configuration.md"));
+            }
+            let example = if section == "core" { &core } else { &gateway };
+            let shown = example
+                .lines()
+                .map(|l| l.trim_start_matches(['#', ' ']))
+                .any(|l| l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}=")))
+                || example.contains(&tables);
+            if !shown {
+                missing.push(format!("{path}: not in the example config"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
