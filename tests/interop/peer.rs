@@ -254,6 +254,18 @@ impl Peer {
             .await
     }
 
+    /// Like [`Peer::login_at`] with slixmpp's PEP plugins and without the user's automatic
+    /// steps (the test sends presence itself, after announcing what its caps ask for).
+    pub async fn login_pep(&self, jid: &str, password: &str, c2s: SocketAddr) -> Client {
+        let files = self.log_files();
+        Login::new(jid, password, c2s)
+            .pep()
+            .stderr_in(self.dir.path())
+            .context(move || tail(&files, 30))
+            .online()
+            .await
+    }
+
     fn configure_prosody(&mut self, cert: &Path, key: &Path, trust: Option<&Path>) {
         let d = self.dir.path();
         let cafile = match trust {
@@ -275,7 +287,7 @@ c2s_direct_tls_ports = {{ }}
 s2s_direct_tls_ports = {{ {direct} }}
 log = {{ {{ levels = {{ min = "{level}" }}, to = "file", filename = "{d}/prosody.log" }} }}
 modules_enabled = {{
-    "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "s2s_bidi"; "smacks";
+    "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "s2s_bidi"; "smacks"; "pep";
 }}
 -- Names resolve through the test's DNS server only: the private resolv.conf, no /etc/hosts,
 -- and test. as an ordinary zone (libunbound answers NXDOMAIN for it by default, RFC 6761).

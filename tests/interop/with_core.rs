@@ -145,3 +145,123 @@ async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
     alice.quit().await;
     user.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pep_publish_on_the_core_reaches_a_prosody_contact_whose_caps_ask_for_it() {
+    const NICK: &str = "http://jabber.org/protocol/nick";
+    capture_logs();
+    let dns = dns_port_53().await;
+    let db = tempfile::tempdir().unwrap();
+    let gw_domain = "gw-pep.test";
+    let gw = instance(&dns, gw_domain)
+        .cert(CertSpec {
+            eku: vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ..CertSpec::default()
+        })
+        .unlisted()
+        .s2s_port(GW_S2S_PORT)
+        .tables(&format!(
+            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
+            db.path().join("core.sqlite").display().to_string()
+        ))
+        .start()
+        .await;
+    publish_gateway(&dns, &gw, false);
+    let peer = Peer::start(Kind::Prosody, "pr-pep.test", &dns, PeerTls::TestCa, false).await;
+    let core = gw.gw().core.as_ref().expect("the embedded core runs");
+    Accounts::open(&core.core.config)
+        .unwrap()
+        .add(&format!("alice@{gw_domain}"), "alice-password")
+        .unwrap();
+    let alice_bare = format!("alice@{gw_domain}");
+    let user_bare = format!("{USER}@{}", peer.domain);
+    let mut alice = peer
+        .login_pep(
+            &format!("{alice_bare}/core"),
+            "alice-password",
+            core.c2s_addrs[0],
+        )
+        .await;
+    let mut user = peer
+        .login_pep(
+            &format!("{user_bare}/interop"),
+            crate::peer::PASSWORD,
+            peer.c2s_addr(),
+        )
+        .await;
+    // The Prosody user's caps ask for alice's nickname; the core learns them across s2s (its
+    // disco#info query goes to the user's client through Prosody) and verifies their hash.
+    user.run(json!({"cmd": "pep_interest", "node": NICK})).await;
+    alice
+        .run(json!({"cmd": "pep_interest", "node": NICK}))
+        .await;
+    for c in [&mut alice, &mut user] {
+        c.run(json!({"cmd": "roster_get"})).await;
+        c.run(json!({"cmd": "presence"})).await;
+    }
+    // Subscribed both ways, by hand.
+    user.run(json!({"cmd": "subscription", "to": alice_bare, "type": "subscribe"}))
+        .await;
+    alice
+        .wait_for("the subscription request", |e| {
+            e["event"] == "presence" && e["type"] == "subscribe" && from_bare(e) == user_bare
+        })
+        .await;
+    alice
+        .run(json!({"cmd": "subscription", "to": user_bare, "type": "subscribed"}))
+        .await;
+    alice
+        .run(json!({"cmd": "subscription", "to": user_bare, "type": "subscribe"}))
+        .await;
+    user.wait_for("alice's request", |e| {
+        e["event"] == "presence" && e["type"] == "subscribe" && from_bare(e) == alice_bare
+    })
+    .await;
+    user.run(json!({"cmd": "subscription", "to": alice_bare, "type": "subscribed"}))
+        .await;
+    alice
+        .wait_for("the user's presence", |e| {
+            is_available(e) && from_bare(e) == user_bare
+        })
+        .await;
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>";
+    alice
+        .command(json!({"cmd": "pep_publish", "node": NICK, "id": "current", "xml": nick, "tag": "nick"}))
+        .await;
+    let r = alice
+        .wait_for("the publish", |e| e["event"] == "pep" && e["tag"] == "nick")
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    // Live, or as the last item once the user's caps were verified: it arrives over s2s.
+    let e = user
+        .wait_for("alice's nickname event", |e| {
+            e["event"] == "pep_event" && e["node"] == NICK && e["kind"] == "publish"
+        })
+        .await;
+    assert_eq!(e["from"].as_str(), Some(alice_bare.as_str()), "{e}");
+    assert_eq!(e["items"], json!(["current"]), "{e}");
+    // And the other way: Prosody's PEP notifies alice on the core, through fedgate's s2s (and
+    // Prosody learned alice's caps with a query the core routed to her client).
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Prosody user</nick>";
+    user.command(
+        json!({"cmd": "pep_publish", "node": NICK, "id": "current", "xml": nick, "tag": "pnick"}),
+    )
+    .await;
+    let r = user
+        .wait_for("the Prosody publish", |e| {
+            e["event"] == "pep" && e["tag"] == "pnick"
+        })
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let e = alice
+        .wait_for("the Prosody user's nickname event", |e| {
+            e["event"] == "pep_event" && e["node"] == NICK && from_bare(e) == user_bare
+        })
+        .await;
+    assert_eq!(e["kind"], "publish", "{e}");
+    alice.quit().await;
+    user.quit().await;
+}
