@@ -9,7 +9,7 @@
 //! after a stream header to `Framer`, whole, split at random points and byte by byte; the
 //! stanza it returns is forwarded as the router does (`Stanza::bytes_for`) to a `jabber:server`
 //! stream with only fedgate's own prefixes and to a `jabber:component:accept` stream. quick-xml's
-//! `NsReader` parses the original within its header and each forwarded copy within the target
+//! reader (with the namespace rules applied in xml_tree.rs) parses the original within its header and each forwarded copy within the target
 //! header; the trees of expanded names must be equal (with `jabber:server` read as
 //! `jabber:component:accept` where the router re-targets it).
 //!

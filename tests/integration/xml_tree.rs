@@ -1,6 +1,8 @@
 //! What a conforming namespace-aware parser makes of a stanza: the tree of expanded names,
-//! attributes by expanded name and character data that a backend's parser sees. Built with
-//! quick-xml's `NsReader`, independently of fedgate's framer, so that comparing the tree of
+//! attributes by expanded name and character data that a backend's parser sees. Built on
+//! quick-xml's reader with the namespace rules of Namespaces in XML 1.0 applied here (quick-xml's
+//! own resolver takes a namespace name as written, without expanding references), independently
+//! of fedgate's framer, so that comparing the tree of
 //! what fedgate received with the tree of what it forwards tests the round trip (issue 19).
 //!
 //! Shared by the property test (tests/integration/roundtrip.rs) and the fuzz targets
@@ -9,8 +11,7 @@
 use std::collections::BTreeMap;
 
 use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 /// An element by expanded name; namespace declarations are not attributes (their prefixes are
 /// spelling, not meaning).
@@ -30,13 +31,7 @@ pub enum Node {
     Text(String),
 }
 
-fn ns_of(r: ResolveResult<'_>, what: &str) -> Result<String, String> {
-    match r {
-        ResolveResult::Bound(ns) => Ok(ns.0.to_owned()),
-        ResolveResult::Unbound => Ok(String::new()),
-        ResolveResult::Unknown(p) => Err(format!("{what}: undeclared prefix {p:?}")),
-    }
-}
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 fn push_text(children: &mut Vec<Node>, text: &str) {
     if text.is_empty() {
@@ -56,20 +51,21 @@ fn push_text(children: &mut Vec<Node>, text: &str) {
 /// on the stream header or on the stanza's own start tag is in `to` instead (declarations
 /// further down keep their meaning).
 pub fn first_stanza(doc: &str, remap: Option<(&str, &str)>) -> Result<Tree, String> {
-    let mut reader = NsReader::from_str(doc);
+    let mut reader = Reader::from_str(doc);
     // The root, then the open elements of the stanza.
     let mut depth = 0usize;
     let mut stack: Vec<Tree> = Vec::new();
-    // Every namespace declaration in scope: (prefix, depth of the element declaring it).
-    let mut decls: Vec<(Option<String>, usize)> = Vec::new();
+    // Every namespace declaration in scope: (prefix, namespace name, depth of the element
+    // declaring it).
+    let mut decls: Vec<(Option<String>, String, usize)> = Vec::new();
     loop {
-        let (res, event) = reader.read_resolved_event().map_err(|e| e.to_string())?;
+        let event = reader.read_event().map_err(|e| e.to_string())?;
         let (start, empty) = match event {
             Event::Start(s) => (Some(s), false),
             Event::Empty(s) => (Some(s), true),
             Event::End(_) => {
                 depth -= 1;
-                decls.retain(|(_, d)| *d < depth);
+                decls.retain(|(_, _, d)| *d < depth);
                 if depth == 0 {
                     return Err("the stream closed before a stanza".into());
                 }
@@ -112,30 +108,40 @@ pub fn first_stanza(doc: &str, remap: Option<(&str, &str)>) -> Result<Tree, Stri
         for attr in start.attributes() {
             let attr = attr.map_err(|e| e.to_string())?;
             let key = attr.key.into_inner();
-            if key == "xmlns" {
-                decls.push((None, here));
+            let prefix = if key == "xmlns" {
+                None
             } else if let Some(p) = key.strip_prefix("xmlns:") {
-                decls.push((Some(p.to_owned()), here));
-            }
+                Some(p.to_owned())
+            } else {
+                continue;
+            };
+            // The namespace name is the normalized attribute value (quick-xml's resolver
+            // would take it as written, references unexpanded).
+            let uri = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| e.to_string())?
+                .into_owned();
+            decls.push((prefix, uri, here));
         }
-        // Whether the binding of `prefix` (None: the default) maps `from` to `to`.
-        let mapped = |prefix: Option<&str>, ns: String| -> String {
-            match remap {
-                Some((from, to)) if ns == from => {
-                    let at = decls.iter().rev().find(|(p, _)| p.as_deref() == prefix);
-                    match at {
-                        Some((_, d)) if *d <= 1 => to.to_owned(),
-                        _ => ns,
-                    }
-                }
-                _ => ns,
+        // The namespace name of `prefix` (None: the default), re-targeted per `remap`.
+        let resolve = |prefix: Option<&str>| -> Result<String, String> {
+            if prefix == Some("xml") {
+                return Ok(XML_NS.to_owned());
             }
+            let Some((_, uri, at)) = decls.iter().rev().find(|(p, _, _)| p.as_deref() == prefix)
+            else {
+                return match prefix {
+                    None => Ok(String::new()),
+                    Some(p) => Err(format!("undeclared prefix {p:?}")),
+                };
+            };
+            Ok(match remap {
+                Some((from, to)) if uri == from && *at <= 1 => to.to_owned(),
+                _ => uri.clone(),
+            })
         };
         let qname = start.name().into_inner();
-        let ns = mapped(
-            qname.split_once(':').map(|(p, _)| p),
-            ns_of(res, "element")?,
-        );
+        let ns = resolve(qname.split_once(':').map(|(p, _)| p))?;
         if depth == 0 {
             depth = 1;
             continue; // the stream root
@@ -147,19 +153,15 @@ pub fn first_stanza(doc: &str, remap: Option<(&str, &str)>) -> Result<Tree, Stri
             if key == "xmlns" || key.starts_with("xmlns:") {
                 continue;
             }
-            let (r, local) = reader.resolver().resolve_attribute(attr.key);
-            let ans = match key.split_once(':') {
-                Some((p, _)) => mapped(Some(p), ns_of(r, "attribute")?),
-                None => ns_of(r, "attribute")?,
+            let (ans, local) = match key.split_once(':') {
+                Some((p, l)) => (resolve(Some(p))?, l),
+                None => (String::new(), key),
             };
             let value = attr
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                 .map_err(|e| e.to_string())?
                 .into_owned();
-            if attrs
-                .insert((ans, local.into_inner().to_owned()), value)
-                .is_some()
-            {
+            if attrs.insert((ans, local.to_owned()), value).is_some() {
                 return Err(format!("duplicate attribute {key}"));
             }
         }
@@ -170,7 +172,7 @@ pub fn first_stanza(doc: &str, remap: Option<(&str, &str)>) -> Result<Tree, Stri
             children: Vec::new(),
         };
         if empty {
-            decls.retain(|(_, d)| *d < here);
+            decls.retain(|(_, _, d)| *d < here);
             match stack.last_mut() {
                 Some(parent) => parent.children.push(Node::Element(tree)),
                 None => return Ok(tree),
