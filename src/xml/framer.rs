@@ -1113,9 +1113,9 @@ fn check_refs(b: &[u8]) -> Result<(), (usize, XmlError)> {
         let Some(len) = memchr(b';', &b[amp + 1..]) else {
             return Err(malformed());
         };
-        // As long as check_partial_text waits for the `;` at most: whether it arrives
-        // in the same read must not change the verdict.
-        if len >= MAX_REF_LEN {
+        // As check_partial_text sees it, whether the `;` arrives in the same read or not:
+        // it waits for the `;` of the last `&` only, and for at most MAX_REF_LEN bytes.
+        if len >= MAX_REF_LEN || memchr(b'&', &b[amp + 1..amp + 1 + len]).is_some() {
             return Err(malformed());
         }
         check_ref(&b[amp + 1..amp + 1 + len]).map_err(|e| (amp, e))?;
