@@ -501,11 +501,10 @@ fn split_errors_match_whole() {
     }
 }
 
-/// Found by the framer_split fuzz target: text holding two faults (here a control character
-/// and then invalid UTF-8, a fault before an overlong reference, a reference cut by another `&`)
-/// was reported by whichever
-/// check ran first on the bytes at hand, so the error depended on the reads. The first fault in
-/// the input is reported now, however the input is split.
+/// Found by the framer_split fuzz target: text holding two faults (a control character and
+/// then invalid UTF-8, a fault before an overlong reference, a reference cut by another `&`)
+/// was reported by whichever check ran first on the bytes at hand, so the error depended on
+/// the reads. The first fault in the input is reported now, however the input is split.
 #[test]
 fn the_first_fault_in_text_is_reported_however_it_is_split() {
     let long_ref = format!("<message>\x01&{};</message>", "a".repeat(70));
