@@ -47,7 +47,7 @@ for t in $targets; do
 done
 wait
 
-stat() { sed -n "s/^$2 *: *//p" "out/$1/default/fuzzer_stats" 2>/dev/null; }
+stat() { sed -n "s/^$2 *: *//p" "out/$1/default/fuzzer_stats" 2>/dev/null || true; }
 printf '%-14s %12s %8s %8s %6s %10s\n' target executions paths crashes hangs seconds
 failed=0
 for t in $targets; do
