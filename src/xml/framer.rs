@@ -1192,8 +1192,9 @@ fn check_partial_text(b: &[u8]) -> Result<usize, XmlError> {
     }
     if let Err(e) = std::str::from_utf8(&b[..safe]) {
         match e.error_len() {
-            // Invalid for certain; a fault before it comes first.
-            Some(len) => safe = e.valid_up_to() + len,
+            // Invalid for certain; an earlier fault comes first, so check all of it (cutting
+            // after the bad bytes could cut a reference that spans them).
+            Some(_) => {}
             None => safe = e.valid_up_to(),
         }
     }
