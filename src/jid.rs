@@ -503,6 +503,16 @@ fn prepare_localpart(raw: &str) -> Result<String, JidError> {
         });
     }
     guard_len(&prepared, JidPart::Localpart)?;
+    // What the profile made of it must be what it makes of that again (the jid fuzz target
+    // found U+13C0, which case-maps to U+AB90, which the profile refuses): otherwise the
+    // address fedgate forwards is refused when parsed again, by fedgate or by a backend.
+    if prepared != raw
+        && UsernameCaseMapped::enforce(&*prepared).ok().as_deref() != Some(&*prepared)
+    {
+        return Err(JidError::InvalidLocalpart {
+            reason: Cow::Borrowed("its prepared form does not prepare to itself"),
+        });
+    }
     Ok(prepared.into_owned())
 }
 
@@ -833,6 +843,9 @@ mod tests {
             assert!(normalize_domain(d).is_err(), "{d:?}");
             assert!(Jid::parse(d).is_err(), "{d:?}");
         }
+        // The same for a localpart: U+13C0 case-maps to U+AB90, which the profile refuses.
+        assert!(Jid::parse("\u{13C0}U@l").is_err());
+        assert!(check_parts("\u{13C0}U@l").is_err());
         // Mapping that lands on a canonical domain stays accepted.
         for (d, canonical) in [
             ("caf\u{E9}.example", "caf\u{E9}.example"),
