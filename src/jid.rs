@@ -287,6 +287,12 @@ pub fn check_parts(jid: &str) -> Result<(), JidError> {
 ///
 /// Returns the input (minus one trailing dot) borrowed when it is already canonical.
 pub fn normalize_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
+    normalize(domain, true)
+}
+
+/// [`normalize_domain`]; `check_stable`: also check that the result of IDNA mapping maps to
+/// itself (off for that check itself).
+fn normalize(domain: &str, check_stable: bool) -> Result<Cow<'_, str>, JidError> {
     let d = domain.strip_suffix('.').unwrap_or(domain);
     if d.is_empty() {
         return Err(JidError::Empty {
@@ -313,7 +319,22 @@ pub fn normalize_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
             )),
         },
         Scan::Invalid(reason) => Err(JidError::domain(reason)),
-        Scan::NeedsIdna => idna_to_unicode(d).map(Cow::Owned),
+        Scan::NeedsIdna => {
+            let u = idna_to_unicode(d)?;
+            // The canonical form must be a domain whose canonical form is itself: mapping can
+            // produce a name the checks above refuse ("\u{B9}" is "1", a numeric last label) or
+            // a label that is itself an A-label ("xn--xn--..."). Such a domain would be accepted
+            // here and refused wherever the canonical form is parsed again.
+            if !check_stable {
+                return Ok(Cow::Owned(u));
+            }
+            match normalize(&u, false) {
+                Ok(again) if again == u => Ok(Cow::Owned(u)),
+                _ => Err(JidError::domain(
+                    "its canonical form is not a valid domain (IDNA mapping is not stable)",
+                )),
+            }
+        }
     }
 }
 
@@ -482,6 +503,16 @@ fn prepare_localpart(raw: &str) -> Result<String, JidError> {
         });
     }
     guard_len(&prepared, JidPart::Localpart)?;
+    // What the profile made of it must be what it makes of that again (the jid fuzz target
+    // found U+13C0, which case-maps to U+AB90, which the profile refuses): otherwise the
+    // address fedgate forwards is refused when parsed again, by fedgate or by a backend.
+    if prepared != raw
+        && UsernameCaseMapped::enforce(&*prepared).ok().as_deref() != Some(&*prepared)
+    {
+        return Err(JidError::InvalidLocalpart {
+            reason: Cow::Borrowed("its prepared form does not prepare to itself"),
+        });
+    }
     Ok(prepared.into_owned())
 }
 
@@ -795,6 +826,36 @@ mod tests {
             })
         ));
         assert!(domain_of("a@b@c").is_err());
+    }
+
+    /// Found by the jid fuzz target: domains whose IDNA mapping is not a domain mapping to
+    /// itself were accepted, and their canonical form refused when parsed again (a backend
+    /// or a peer would then refuse the address fedgate forwarded).
+    #[test]
+    fn a_domain_is_accepted_only_if_its_canonical_form_is_too() {
+        for d in [
+            "\u{B9}",
+            "le\u{FF2A}uxn--pample.8",
+            "xn--xn--caf-dmf\u{FF2A}ucm.",
+            "xn--xn--caf-dmw.example.NET",
+            "xn--xn--abefMk-dqe.N",
+        ] {
+            assert!(normalize_domain(d).is_err(), "{d:?}");
+            assert!(Jid::parse(d).is_err(), "{d:?}");
+        }
+        // The same for a localpart: U+13C0 case-maps to U+AB90, which the profile refuses.
+        assert!(Jid::parse("\u{13C0}U@l").is_err());
+        assert!(check_parts("\u{13C0}U@l").is_err());
+        // Mapping that lands on a canonical domain stays accepted.
+        for (d, canonical) in [
+            ("caf\u{E9}.example", "caf\u{E9}.example"),
+            ("xn--caf-dma.example", "caf\u{E9}.example"),
+            ("\u{FF2A}uliet.example", "juliet.example"),
+        ] {
+            assert_eq!(normalize_domain(d).unwrap(), canonical);
+            let j = Jid::parse(d).unwrap();
+            assert_eq!(Jid::parse(&j.to_string()).unwrap(), j);
+        }
     }
 
     #[test]

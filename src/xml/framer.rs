@@ -417,7 +417,7 @@ fn parse_header(inner: &[u8], limits: &Limits) -> Result<(StreamHeader, String, 
         let key = attr.key.into_inner();
         check_qname(key)?;
         check_attr_separator(s, &attr.value)?;
-        check_refs(attr.value.as_bytes())?;
+        check_refs(attr.value.as_bytes()).map_err(|(_, e)| e)?;
         let value = unescape(&attr.value)?;
         match key {
             "to" => header.to = Some(value),
@@ -714,7 +714,7 @@ impl Scanner {
             }
             self.seen.push(key_range);
             check_attr_separator(s, &attr.value)?;
-            check_refs(attr.value.as_bytes())?;
+            check_refs(attr.value.as_bytes()).map_err(|(_, e)| e)?;
             let value_range = sub_range(s, &attr.value, base);
             if key == "xmlns" {
                 check_ns_name(&attr.value)?;
@@ -1062,21 +1062,30 @@ fn check_qname(q: &str) -> Result<(), XmlError> {
 /// XML 1.0 §2.2 `Char` on valid UTF-8: rejects C0 controls other than tab,
 /// LF and CR, and U+FFFE/U+FFFF. (Surrogates cannot occur in valid UTF-8.)
 fn check_chars(b: &[u8]) -> Result<(), XmlError> {
-    for chunk in b.chunks(64) {
+    match first_bad_char(b) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The offset of the first character [`check_chars`] rejects, and why.
+fn first_bad_char(b: &[u8]) -> Option<(usize, XmlError)> {
+    let is_bad = |c: u8| c < 0x20 && c != b'\t' && c != b'\n' && c != b'\r';
+    let mut control = None;
+    for (i, chunk) in b.chunks(64).enumerate() {
         // Branch-free fold so the compiler can vectorize the common case.
-        let bad = chunk.iter().fold(false, |acc, &c| {
-            acc | (c < 0x20 && c != b'\t' && c != b'\n' && c != b'\r')
-        });
-        if bad {
-            return Err(XmlError::nwf("illegal control character"));
+        if chunk.iter().fold(false, |acc, &c| acc | is_bad(c)) {
+            control = chunk.iter().position(|&c| is_bad(c)).map(|at| i * 64 + at);
+            break;
         }
     }
-    for i in memchr::memchr_iter(0xEF, b) {
-        if b.get(i + 1) == Some(&0xBF) && matches!(b.get(i + 2), Some(0xBE | 0xBF)) {
-            return Err(XmlError::nwf("illegal character U+FFFE/U+FFFF"));
-        }
+    let nonchar = memchr::memchr_iter(0xEF, &b[..control.unwrap_or(b.len())])
+        .find(|&i| b.get(i + 1) == Some(&0xBF) && matches!(b.get(i + 2), Some(0xBE | 0xBF)));
+    match (nonchar, control) {
+        (Some(i), _) => Some((i, XmlError::nwf("illegal character U+FFFE/U+FFFF"))),
+        (None, Some(i)) => Some((i, XmlError::nwf("illegal control character"))),
+        (None, None) => None,
     }
-    Ok(())
 }
 
 /// Characters of a tag: legal chars and no `<` (which no name or attribute
@@ -1095,15 +1104,21 @@ fn is_legal_char(c: u32) -> bool {
 
 /// Checks every `&...;` in `b`: the five predefined entities and character
 /// references to legal characters pass; other named entities would need a
-/// DTD, which RFC 6120 §11.1 forbids.
-fn check_refs(b: &[u8]) -> Result<(), XmlError> {
+/// DTD, which RFC 6120 §11.1 forbids. On error, the offset of the `&` too.
+fn check_refs(b: &[u8]) -> Result<(), (usize, XmlError)> {
     let mut from = 0;
     while let Some(n) = memchr(b'&', &b[from..]) {
         let amp = from + n;
+        let malformed = || (amp, XmlError::nwf("malformed entity reference"));
         let Some(len) = memchr(b';', &b[amp + 1..]) else {
-            return Err(XmlError::nwf("malformed entity reference"));
+            return Err(malformed());
         };
-        check_ref(&b[amp + 1..amp + 1 + len])?;
+        // As check_partial_text sees it, whether the `;` arrives in the same read or not:
+        // it waits for the `;` of the last `&` only, and for at most MAX_REF_LEN bytes.
+        if len >= MAX_REF_LEN || memchr(b'&', &b[amp + 1..amp + 1 + len]).is_some() {
+            return Err(malformed());
+        }
+        check_ref(&b[amp + 1..amp + 1 + len]).map_err(|e| (amp, e))?;
         from = amp + 2 + len;
     }
     Ok(())
@@ -1133,15 +1148,22 @@ fn check_ref(name: &[u8]) -> Result<(), XmlError> {
     }
 }
 
-/// Validates character data that is complete (followed by `<`).
+/// Validates character data that is complete (followed by `<`). Of several
+/// faults, the first in the input is reported, so that the error does not
+/// depend on how much of the text a read brought ([`check_partial_text`]
+/// checks prefixes of it).
 fn check_text(b: &[u8]) -> Result<(), XmlError> {
-    std::str::from_utf8(b).map_err(|_| XmlError::InvalidUtf8)?;
-    check_chars(b)?;
-    check_refs(b)?;
-    if memchr::memchr_iter(b'>', b).any(|i| i >= 2 && &b[i - 2..i] == b"]]") {
-        return Err(XmlError::nwf("']]>' in character data"));
+    let utf8 = std::str::from_utf8(b)
+        .err()
+        .map(|e| (e.valid_up_to(), XmlError::InvalidUtf8));
+    let cdata_end = memchr::memchr_iter(b'>', b)
+        .find(|&i| i >= 2 && &b[i - 2..i] == b"]]")
+        .map(|i| (i - 2, XmlError::nwf("']]>' in character data")));
+    let faults = [utf8, first_bad_char(b), check_refs(b).err(), cdata_end];
+    match faults.into_iter().flatten().min_by_key(|(at, _)| *at) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Longest entity/char reference we wait for before calling it malformed.
@@ -1156,6 +1178,8 @@ fn check_partial_text(b: &[u8]) -> Result<usize, XmlError> {
     if let Some(amp) = memrchr(b'&', b) {
         if memchr(b';', &b[amp..]).is_none() {
             if b.len() - amp > MAX_REF_LEN {
+                // A fault before the `&` comes first.
+                check_text(&b[..amp])?;
                 return Err(XmlError::nwf("malformed entity reference"));
             }
             safe = amp;
@@ -1168,7 +1192,9 @@ fn check_partial_text(b: &[u8]) -> Result<usize, XmlError> {
     }
     if let Err(e) = std::str::from_utf8(&b[..safe]) {
         match e.error_len() {
-            Some(_) => return Err(XmlError::InvalidUtf8),
+            // Invalid for certain; an earlier fault comes first, so check all of it (cutting
+            // after the bad bytes could cut a reference that spans them).
+            Some(_) => {}
             None => safe = e.valid_up_to(),
         }
     }

@@ -501,6 +501,59 @@ fn split_errors_match_whole() {
     }
 }
 
+/// Found by the framer_split fuzz target: text holding two faults (a control character and
+/// then invalid UTF-8, a fault before an overlong reference, a reference cut by another `&`)
+/// was reported by whichever check ran first on the bytes at hand, so the error depended on
+/// the reads. The first fault in the input is reported now, however the input is split.
+#[test]
+fn the_first_fault_in_text_is_reported_however_it_is_split() {
+    let long_ref = format!("<message>\x01&{};</message>", "a".repeat(70));
+    for (body, first) in [
+        (
+            &b"<message>hi \x00\x02\x88\x00 x</message>"[..],
+            "illegal control character",
+        ),
+        (b"<message>a\xFF b\x01</message>", "InvalidUtf8"),
+        (
+            b"<message>&foo; \xFF</message>",
+            "undefined entity reference",
+        ),
+        (b"<message>]]> \x01</message>", "']]>' in character data"),
+        (b"<message>\xEF\xBF\xBE \x01</message>", "U+FFFE"),
+        (
+            b"<message>x&#0; ]]></message>",
+            "invalid character reference",
+        ),
+        (long_ref.as_bytes(), "illegal control character"),
+        (
+            b"<message>hi &#p &amx1F600;</message>",
+            "malformed entity reference",
+        ),
+        (
+            format!("<message>&{};</message>", "a".repeat(70)).as_bytes(),
+            "malformed entity reference",
+        ),
+    ] {
+        let input = [HEADER.as_bytes(), body].concat();
+        let whole = run(&[&input], limits()).1.expect("an error");
+        assert!(
+            format!("{whole:?}").contains(first),
+            "{whole:?} for {:?}",
+            String::from_utf8_lossy(body)
+        );
+        for i in HEADER.len()..=input.len() {
+            let (a, b) = input.split_at(i);
+            assert_eq!(
+                run(&[a, b], limits()).1.as_ref(),
+                Some(&whole),
+                "split at {i}"
+            );
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&bytes, limits()).1, Some(whole), "byte by byte");
+    }
+}
+
 #[test]
 fn stanza_bytes_are_zero_copy() {
     let mut framer = Framer::new(limits());

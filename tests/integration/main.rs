@@ -5,6 +5,7 @@ mod certs;
 mod dns_server;
 mod harness;
 mod proxy;
+mod xml_tree;
 
 mod binary;
 mod component;
@@ -23,6 +24,7 @@ mod limits;
 mod metrics;
 mod outbound;
 mod policy;
+mod roundtrip;
 mod s2s;
 mod sm;
 mod tls;
