@@ -305,8 +305,10 @@ async fn verifications_past_the_bounds_get_resource_constraint_at_once_and_none_
 async fn the_rate_limit_slows_a_flooding_peer_without_dropping_or_buffering() {
     const RATE: usize = 256 * 1024;
     const MAX_STANZA: usize = 64 * 1024;
-    /// What the sender may be ahead of delivery: the kernel's buffers on both sides.
-    const KERNEL_SLACK: usize = 1024 * 1024;
+    /// What the sender may be ahead of delivery: the kernel's buffers on both sides. Linux
+    /// grows fedgate's receive buffer under load (1.14 MB was seen in a full run); the flood is
+    /// 2 MiB, so a fedgate that took it all in would still be far past this.
+    const KERNEL_SLACK: usize = 1536 * 1024;
     let dns = TestDns::start().await;
     let plain = "require_encryption = false";
     let a = instance(&dns, "a.test").no_cert().s2s(plain).start().await;

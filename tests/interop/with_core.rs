@@ -33,36 +33,59 @@ fn is_available(e: &Value) -> bool {
         )
 }
 
+/// A gateway for `gw_domain` with the core inside it (account `alice`, password
+/// `alice-password`) and a Prosody server for a peer domain, federating over the test's DNS.
+struct CoreAndProsody {
+    gw: crate::harness::Instance,
+    peer: Peer,
+    gw_domain: &'static str,
+    _db: tempfile::TempDir,
+    _dns: crate::harness::TestDns,
+}
+
+impl CoreAndProsody {
+    async fn start(gw_domain: &'static str, peer_domain: &str) -> CoreAndProsody {
+        capture_logs();
+        let dns = dns_port_53().await;
+        let db = tempfile::tempdir().unwrap();
+        let gw = instance(&dns, gw_domain)
+            .cert(CertSpec {
+                eku: vec![
+                    rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                    rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                ..CertSpec::default()
+            })
+            .unlisted()
+            .s2s_port(GW_S2S_PORT)
+            .tables(&format!(
+                "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
+                db.path().join("core.sqlite").display().to_string()
+            ))
+            .start()
+            .await;
+        publish_gateway(&dns, &gw, false);
+        let peer = Peer::start(Kind::Prosody, peer_domain, &dns, PeerTls::TestCa, false).await;
+        let core = gw.gw().core.as_ref().expect("the embedded core runs");
+        Accounts::open(&core.core.config)
+            .unwrap()
+            .add(&format!("alice@{gw_domain}"), "alice-password")
+            .unwrap();
+        CoreAndProsody {
+            gw,
+            peer,
+            gw_domain,
+            _db: db,
+            _dns: dns,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
-    capture_logs();
-    let dns = dns_port_53().await;
-    let db = tempfile::tempdir().unwrap();
-    let gw_domain = "gw-core.test";
-    let gw = instance(&dns, gw_domain)
-        .cert(CertSpec {
-            eku: vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            ..CertSpec::default()
-        })
-        .unlisted()
-        .s2s_port(GW_S2S_PORT)
-        .tables(&format!(
-            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
-            db.path().join("core.sqlite").display().to_string()
-        ))
-        .start()
-        .await;
-    publish_gateway(&dns, &gw, false);
-    let peer = Peer::start(Kind::Prosody, "pr-core.test", &dns, PeerTls::TestCa, false).await;
-
+    let w = CoreAndProsody::start("gw-core.test", "pr-core.test").await;
+    let (gw, peer, gw_domain) = (&w.gw, &w.peer, w.gw_domain);
     let core = gw.gw().core.as_ref().expect("the embedded core runs");
-    Accounts::open(&core.core.config)
-        .unwrap()
-        .add(&format!("alice@{gw_domain}"), "alice-password")
-        .unwrap();
     let alice_bare = format!("alice@{gw_domain}");
     let user_bare = format!("{USER}@{}", peer.domain);
     let mut alice = peer
@@ -149,33 +172,9 @@ async fn a_core_account_and_a_prosody_user_add_each_other_and_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pep_publish_on_the_core_reaches_a_prosody_contact_whose_caps_ask_for_it() {
     const NICK: &str = "http://jabber.org/protocol/nick";
-    capture_logs();
-    let dns = dns_port_53().await;
-    let db = tempfile::tempdir().unwrap();
-    let gw_domain = "gw-pep.test";
-    let gw = instance(&dns, gw_domain)
-        .cert(CertSpec {
-            eku: vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            ..CertSpec::default()
-        })
-        .unlisted()
-        .s2s_port(GW_S2S_PORT)
-        .tables(&format!(
-            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
-            db.path().join("core.sqlite").display().to_string()
-        ))
-        .start()
-        .await;
-    publish_gateway(&dns, &gw, false);
-    let peer = Peer::start(Kind::Prosody, "pr-pep.test", &dns, PeerTls::TestCa, false).await;
+    let w = CoreAndProsody::start("gw-pep.test", "pr-pep.test").await;
+    let (gw, peer, gw_domain) = (&w.gw, &w.peer, w.gw_domain);
     let core = gw.gw().core.as_ref().expect("the embedded core runs");
-    Accounts::open(&core.core.config)
-        .unwrap()
-        .add(&format!("alice@{gw_domain}"), "alice-password")
-        .unwrap();
     let alice_bare = format!("alice@{gw_domain}");
     let user_bare = format!("{USER}@{}", peer.domain);
     let mut alice = peer
