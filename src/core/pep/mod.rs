@@ -435,19 +435,7 @@ impl Core {
         items: &Element,
     ) -> Answer {
         let node = Self::node_of(items)?;
-        let (owner, n) = (account.to_owned(), node.clone());
-        let config = self
-            .storage
-            .call(move |c| store::node_config(c, &owner, &n))
-            .await
-            .map_err(storage_refusal)?
-            .ok_or_else(|| {
-                refuse(
-                    StanzaErrorCondition::ItemNotFound,
-                    None,
-                    format!("no node {node}"),
-                )
-            })?;
+        let config = self.existing_node(account, &node).await?;
         if who == Requester::Other {
             self.may_access(account, from, config.access).await?;
         }
@@ -580,12 +568,10 @@ impl Core {
         Ok(None)
     }
 
-    /// §8.2: the owner reads or changes a node's configuration.
-    async fn pep_configure(&self, account: &str, type_: &str, configure: &Element) -> Answer {
-        let node = Self::node_of(configure)?;
-        let (owner, n) = (account.to_owned(), node.clone());
-        let current = self
-            .storage
+    /// The configuration of `account`'s node `node`; `<item-not-found/>` when there is none.
+    async fn existing_node(&self, account: &str, node: &str) -> Result<NodeConfig, Refusal> {
+        let (owner, n) = (account.to_owned(), node.to_owned());
+        self.storage
             .call(move |c| store::node_config(c, &owner, &n))
             .await
             .map_err(storage_refusal)?
@@ -595,7 +581,13 @@ impl Core {
                     None,
                     format!("no node {node}"),
                 )
-            })?;
+            })
+    }
+
+    /// §8.2: the owner reads or changes a node's configuration.
+    async fn pep_configure(&self, account: &str, type_: &str, configure: &Element) -> Answer {
+        let node = Self::node_of(configure)?;
+        let current = self.existing_node(account, &node).await?;
         if type_ == "get" {
             return Ok(Some(
                 Element::new("pubsub", NS_PUBSUB_OWNER).with_child(
