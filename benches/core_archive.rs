@@ -431,7 +431,7 @@ mod c2s {
             drop(accounts);
             // No gateway: the link retries in the background; local messages do not need it.
             let link = GatewayLink {
-                target: Target::Tcp("127.0.0.1:9".parse().unwrap()),
+                gateways: vec![Target::Tcp("127.0.0.1:9".parse().unwrap())],
                 secrets: HashMap::from([(DOMAIN.to_string(), "s".to_string())]),
                 neighbours: Vec::new(),
             };

@@ -39,8 +39,10 @@ async fn main() {
     let sender = component.sender();
     while let Some(event) = component.recv().await {
         match event {
-            Event::Online => println!("attached as {domain}"),
-            Event::Offline { reason } => println!("link down ({reason}), reconnecting"),
+            Event::Online { gateway } => println!("attached as {domain} to {gateway}"),
+            Event::Offline { gateway, reason } => {
+                println!("link to {gateway} down ({reason}), reconnecting")
+            }
             Event::Stanza(stanza) => answer(&stanza, &sender).await,
         }
     }

@@ -230,7 +230,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         Some(core_config) => {
             let neighbours = config.local_domains().map(str::to_owned).collect();
             let link = crate::core::GatewayLink {
-                target: component::client::Target::Local(component_link.clone()),
+                gateways: vec![component::client::Target::Local(component_link.clone())],
                 secrets,
                 neighbours,
             };

@@ -485,7 +485,12 @@ fn run_core(file: &std::path::Path) -> ExitCode {
         let tls = Arc::new(fedgate::tls::Tls::from_tls_config(&config.tls)?);
         let secret = config.gateway.secret()?;
         let link = fedgate::core::GatewayLink {
-            target: Target::Tcp(config.gateway.address),
+            gateways: config
+                .gateway
+                .address
+                .iter()
+                .map(|a| Target::Tcp(*a))
+                .collect(),
             secrets: config
                 .core
                 .all_domains()
@@ -503,7 +508,13 @@ fn run_core(file: &std::path::Path) -> ExitCode {
         tracing::info!(
             "fedgate core ready, serving {} through the gateway at {}",
             config.core.all_domains().collect::<Vec<_>>().join(", "),
-            config.gateway.address
+            config
+                .gateway
+                .address
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         notify(State::Ready);
         signals.wait_reloading(&tls).await;

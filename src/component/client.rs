@@ -19,6 +19,17 @@
 //! Reading and writing run in separate tasks, so a component that is slow to take events
 //! never stops its own replies from going out, and vice versa.
 //!
+//! # Several gateways
+//! A deployment may run several gateway instances for the same domains (they share nothing
+//! but the dialback secret). Given more than one [`ClientConfig::gateways`], a component keeps
+//! a link to each and receives from all of them. Each stanza it sends goes through the link
+//! chosen by [`choose_gateway`]: a rendezvous hash of the stanza's destination domain over the
+//! links that are up. So the stanzas for one remote domain take one gateway (their order is
+//! kept, and each gateway holds one s2s session per pair), and when that gateway's link drops
+//! only its domains move, to the gateway that scores next. Stanzas still queued for a link
+//! when it drops are handed back and sent through another one; what the dropped gateway had
+//! read but not yet sent on is lost as with one gateway.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use fedgate::component::client::{ClientConfig, Component, Event, Target};
@@ -41,15 +52,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::LocalLink;
 use crate::connection::{BoxTransport, Connection, ReadError, Reader, Writer};
 use crate::dialback::component_handshake;
 use crate::xml::framer::{Event as FrameEvent, Limits};
-use crate::xml::stanza::{Kind, Stanza};
+use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::stream::OpenStream;
 use crate::xml::{ns, Element};
 
@@ -79,9 +90,12 @@ impl std::fmt::Debug for Target {
 pub struct ClientConfig {
     /// The domain this component serves: a `[[component.backend]]` of the gateway.
     pub domain: String,
-    /// The handshake secret configured for the domain at the gateway.
+    /// The handshake secret configured for the domain at the gateway (the same at every
+    /// gateway).
     pub secret: String,
-    pub target: Target,
+    /// The gateways to attach to, one link each; at least one. With several, see the module
+    /// docs ("Several gateways").
+    pub gateways: Vec<Target>,
     /// Limits for what the gateway sends. Default: 512 KiB stanzas, like the gateway's own.
     pub limits: Limits,
     /// From connecting until the handshake is answered. Default 10 s.
@@ -91,16 +105,23 @@ pub struct ClientConfig {
     /// Longest delay between attempts. Default 10 s.
     pub backoff_max: Duration,
     /// Stanzas that may wait to be written (also while the link is down) before
-    /// [`Sender::send_raw`] waits and [`Sender::try_send_raw`] refuses. Default 1024.
+    /// [`Sender::send_raw`] waits and [`Sender::try_send_raw`] refuses. Default 1024. With
+    /// several gateways, each link has a queue of this length too.
     pub queue_len: usize,
 }
 
 impl ClientConfig {
+    /// A component attached to one gateway, with the defaults.
     pub fn new(domain: &str, secret: &str, target: Target) -> ClientConfig {
+        Self::with_gateways(domain, secret, vec![target])
+    }
+
+    /// A component attached to each of `gateways` (at least one), with the defaults.
+    pub fn with_gateways(domain: &str, secret: &str, gateways: Vec<Target>) -> ClientConfig {
         ClientConfig {
             domain: domain.to_owned(),
             secret: secret.to_owned(),
-            target,
+            gateways,
             limits: Limits {
                 max_stanza_bytes: 512 * 1024,
                 ..Limits::default()
@@ -154,9 +175,10 @@ impl Session {
     }
 }
 
-/// Opens one session to the gateway: transport, stream headers, handshake (module docs, step 1).
-pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
-    let (io, peer): (BoxTransport, SocketAddr) = match &config.target {
+/// Opens one session to the gateway `target`: transport, stream headers, handshake (module
+/// docs, step 1).
+pub async fn connect(config: &ClientConfig, target: &Target) -> Result<Session, ClientError> {
+    let (io, peer): (BoxTransport, SocketAddr) = match target {
         Target::Tcp(addr) => {
             let tcp = tokio::time::timeout(config.handshake_timeout, TcpStream::connect(addr))
                 .await
@@ -238,10 +260,11 @@ fn stream_error_of(s: &Stanza) -> (String, Option<String>) {
 /// What a running [`Component`] reports.
 #[derive(Debug)]
 pub enum Event {
-    /// The handshake succeeded; stanzas flow.
-    Online,
-    /// The link is down (or could not be set up); a reconnect follows after a backoff.
-    Offline { reason: String },
+    /// The handshake with `gateway` (its address, or `in-process`) succeeded; stanzas flow.
+    Online { gateway: String },
+    /// The link to `gateway` is down (or could not be set up); a reconnect follows after a
+    /// backoff. With several gateways, the others carry the traffic meanwhile.
+    Offline { gateway: String, reason: String },
     /// A stanza the gateway routed to us, with its bytes and routing facts; build a tree with
     /// [`Stanza::element`].
     Stanza(Stanza),
@@ -256,7 +279,7 @@ pub struct Closed;
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Bytes>,
-    online: Arc<AtomicBool>,
+    online: Arc<[AtomicBool]>,
 }
 
 impl Sender {
@@ -279,9 +302,9 @@ impl Sender {
         self.send_raw(element.to_bytes()).await
     }
 
-    /// Whether the link is up right now.
+    /// Whether a link (to any gateway) is up right now.
     pub fn is_online(&self) -> bool {
-        self.online.load(Ordering::Relaxed)
+        self.online.iter().any(|up| up.load(Ordering::Relaxed))
     }
 }
 
@@ -295,18 +318,33 @@ pub struct Component {
 
 impl Component {
     /// Starts connecting in the background; events arrive through [`Component::recv`].
+    /// A config without gateways gets a component that is never online.
     pub fn start(config: ClientConfig) -> Component {
         let (tx, rx) = mpsc::channel(config.queue_len.max(1));
         let (events_tx, events) = mpsc::channel(config.queue_len.max(1));
-        let online = Arc::new(AtomicBool::new(false));
+        let online: Arc<[AtomicBool]> = config
+            .gateways
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise(
-            config,
-            rx,
-            events_tx,
-            online.clone(),
-            stop.clone(),
-        ));
+        let task = if config.gateways.len() <= 1 {
+            let link = Link {
+                index: 0,
+                online: online.clone(),
+                came_up: Arc::new(Notify::new()),
+                requeue: None,
+            };
+            tokio::spawn(supervise(config, link, rx, events_tx, stop.clone()))
+        } else {
+            tokio::spawn(attach_to_all(
+                config,
+                rx,
+                events_tx,
+                online.clone(),
+                stop.clone(),
+            ))
+        };
         Component {
             sender: Sender { tx, online },
             events,
@@ -363,30 +401,71 @@ impl Stopper {
     }
 }
 
-/// Connects, runs a session, reconnects after a backoff; until stopped.
+/// One gateway link of a component, as its supervisor sees it.
+struct Link {
+    /// Which of [`ClientConfig::gateways`].
+    index: usize,
+    /// Every link's state; this link sets `online[index]`.
+    online: Arc<[AtomicBool]>,
+    /// Told when this link comes up, so that a dispatcher waiting for any link looks again.
+    came_up: Arc<Notify>,
+    /// With several gateways: where stanzas still queued for this link go when it drops, to
+    /// be sent through another.
+    requeue: Option<mpsc::UnboundedSender<Bytes>>,
+}
+
+impl Link {
+    fn set_online(&self, up: bool) {
+        self.online[self.index].store(up, Ordering::Relaxed);
+        if up {
+            self.came_up.notify_one();
+        }
+    }
+
+    /// Hands what is queued for this (down) link back to the dispatcher.
+    fn give_back(&self, out: &mut mpsc::Receiver<Bytes>) {
+        if let Some(requeue) = &self.requeue {
+            while let Ok(b) = out.try_recv() {
+                let _ = requeue.send(b);
+            }
+        }
+    }
+}
+
+/// Connects to one gateway, runs a session, reconnects after a backoff; until stopped.
 async fn supervise(
     config: ClientConfig,
+    link: Link,
     mut out: mpsc::Receiver<Bytes>,
     events: mpsc::Sender<Event>,
-    online: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
+    let Some(target) = config.gateways.get(link.index).cloned() else {
+        return;
+    };
+    let gateway = format!("{target:?}");
     let mut backoff = config.backoff_initial;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            a = connect(&config) => a,
+            a = connect(&config, &target) => a,
         };
         let reason = match attempt {
             Ok(session) => {
-                tracing::info!(domain = %config.domain, target = ?config.target, "attached to the gateway");
+                tracing::info!(domain = %config.domain, %gateway, "attached to the gateway");
                 backoff = config.backoff_initial;
-                online.store(true, Ordering::Relaxed);
-                if events.send(Event::Online).await.is_err() {
+                link.set_online(true);
+                if events
+                    .send(Event::Online {
+                        gateway: gateway.clone(),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let end = run(session, &mut out, events.clone(), &stop).await;
-                online.store(false, Ordering::Relaxed);
+                link.set_online(false);
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::Lost(reason) => reason,
@@ -394,8 +473,13 @@ async fn supervise(
             }
             Err(e) => e.to_string(),
         };
-        tracing::info!(domain = %config.domain, "gateway link down: {reason}; retrying in {backoff:?}");
-        if events.send(Event::Offline { reason }).await.is_err() {
+        link.give_back(&mut out);
+        tracing::info!(domain = %config.domain, %gateway, "gateway link down: {reason}; retrying in {backoff:?}");
+        let offline = Event::Offline {
+            gateway: gateway.clone(),
+            reason,
+        };
+        if events.send(offline).await.is_err() {
             return;
         }
         // Jitter of up to a quarter, so that many components do not reconnect in lockstep.
@@ -404,8 +488,193 @@ async fn supervise(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff + jitter) => {}
         }
+        // A stanza the dispatcher placed just as the link went down waited out the backoff.
+        link.give_back(&mut out);
         backoff = (backoff * 2).min(config.backoff_max);
     }
+}
+
+/// Several gateways: a supervisor per gateway, and the dispatcher that spreads the stanzas
+/// of [`Sender`] over the links that are up (module docs, "Several gateways").
+async fn attach_to_all(
+    config: ClientConfig,
+    rx: mpsc::Receiver<Bytes>,
+    events: mpsc::Sender<Event>,
+    online: Arc<[AtomicBool]>,
+    stop: CancellationToken,
+) {
+    let came_up = Arc::new(Notify::new());
+    let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+    // The links stop after the dispatcher has handed them what was still queued.
+    let links_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut queues = Vec::new();
+    for index in 0..config.gateways.len() {
+        let (tx, out) = mpsc::channel(config.queue_len.max(1));
+        queues.push(tx);
+        let link = Link {
+            index,
+            online: online.clone(),
+            came_up: came_up.clone(),
+            requeue: Some(requeue_tx.clone()),
+        };
+        tasks.spawn(supervise(
+            config.clone(),
+            link,
+            out,
+            events.clone(),
+            links_stop.clone(),
+        ));
+    }
+    drop(requeue_tx);
+    let labels: Vec<String> = config.gateways.iter().map(|t| format!("{t:?}")).collect();
+    let dispatcher = Dispatcher {
+        labels,
+        online,
+        came_up,
+        queues,
+    };
+    dispatcher.run(rx, requeue_rx, &stop).await;
+    links_stop.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Hands each stanza to the link [`choose_gateway`] picks among those up.
+struct Dispatcher {
+    /// Each gateway's name in the hash: its address, so that every process sharing the
+    /// gateway list picks alike.
+    labels: Vec<String>,
+    online: Arc<[AtomicBool]>,
+    came_up: Arc<Notify>,
+    queues: Vec<mpsc::Sender<Bytes>>,
+}
+
+impl Dispatcher {
+    /// Until stopped, or every [`Sender`] is gone. Stanzas handed back by a dropped link go
+    /// first, since they are older than the ones still waiting in `rx`.
+    async fn run(
+        &self,
+        mut rx: mpsc::Receiver<Bytes>,
+        mut requeue: mpsc::UnboundedReceiver<Bytes>,
+        stop: &CancellationToken,
+    ) {
+        loop {
+            let bytes = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(b) = requeue.recv() => b,
+                b = rx.recv() => match b {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            let domain = destination_domain(&bytes);
+            let index = loop {
+                let up: Vec<bool> = self
+                    .online
+                    .iter()
+                    .map(|u| u.load(Ordering::Relaxed))
+                    .collect();
+                if let Some(i) = choose_gateway(&domain, &self.labels, &up) {
+                    break i;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return self.hand_over(bytes, rx, requeue),
+                    _ = self.came_up.notified() => {}
+                }
+            };
+            // A full link queue slows the sender down, as one gateway does.
+            tokio::select! {
+                _ = stop.cancelled() => return self.hand_over(bytes, rx, requeue),
+                permit = self.queues[index].reserve() => match permit {
+                    Ok(permit) => permit.send(bytes),
+                    // The link's supervisor is gone: only when stopping.
+                    Err(_) => return self.hand_over(bytes, rx, requeue),
+                },
+            }
+        }
+        while let Ok(b) = requeue.try_recv() {
+            self.place(b);
+        }
+        while let Ok(b) = rx.try_recv() {
+            self.place(b);
+        }
+    }
+
+    /// On stop: `first` and everything still queued go to the links, which write what they
+    /// can before they close.
+    fn hand_over(
+        &self,
+        first: Bytes,
+        mut rx: mpsc::Receiver<Bytes>,
+        mut requeue: mpsc::UnboundedReceiver<Bytes>,
+    ) {
+        self.place(first);
+        while let Ok(b) = requeue.try_recv() {
+            self.place(b);
+        }
+        while let Ok(b) = rx.try_recv() {
+            self.place(b);
+        }
+    }
+
+    /// Without waiting: into the chosen link's queue (any link's when none is up); dropped
+    /// when that queue is full, which only happens while stopping.
+    fn place(&self, bytes: Bytes) {
+        let up: Vec<bool> = self
+            .online
+            .iter()
+            .map(|u| u.load(Ordering::Relaxed))
+            .collect();
+        let all = vec![true; up.len()];
+        let domain = destination_domain(&bytes);
+        let index = choose_gateway(&domain, &self.labels, &up)
+            .or_else(|| choose_gateway(&domain, &self.labels, &all));
+        if let Some(i) = index {
+            let _ = self.queues[i].try_send(bytes);
+        }
+    }
+}
+
+/// The domain of a stanza's `to` (empty when it has none or cannot be read): what decides its
+/// gateway.
+fn destination_domain(bytes: &Bytes) -> String {
+    let ctx = NsContext::component();
+    let Ok(stanza) = Stanza::parse(bytes.clone(), &ctx) else {
+        return String::new();
+    };
+    let to = stanza.to().unwrap_or("");
+    let bare = to.split('/').next().unwrap_or("");
+    bare.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
+}
+
+/// The gateway for stanzas to `domain`: among the links that are `up`, the one whose label
+/// scores highest for it (rendezvous hashing). Stable while the same links are up, and when
+/// one drops only the domains it had move. `None` when no link is up.
+pub fn choose_gateway(domain: &str, labels: &[String], up: &[bool]) -> Option<usize> {
+    labels
+        .iter()
+        .zip(up)
+        .enumerate()
+        .filter(|(_, (_, up))| **up)
+        .max_by_key(|(_, (label, _))| rendezvous_score(domain, label))
+        .map(|(i, _)| i)
+}
+
+/// FNV-1a over `domain`, a separator and `label`, then a 64-bit finaliser (from SplitMix64)
+/// so that labels differing in one character still score independently. Fixed, so that
+/// every process and every build picks the same gateway.
+fn rendezvous_score(domain: &str, label: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in domain.bytes().chain([0xff]).chain(label.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 enum SessionEnd {
@@ -548,6 +817,49 @@ mod tests {
         };
         let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", accept));
         r
+    }
+
+    fn labels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{i}:5347")).collect()
+    }
+
+    #[test]
+    fn each_domain_has_one_gateway_and_only_a_dropped_gateways_domains_move() {
+        let labels = labels(3);
+        let domains: Vec<String> = (0..3000).map(|i| format!("d{i}.test")).collect();
+        let all_up = [true, true, true];
+        let before: Vec<usize> = domains
+            .iter()
+            .map(|d| choose_gateway(d, &labels, &all_up).unwrap())
+            .collect();
+        // Spread: each gateway gets roughly a third.
+        for g in 0..3 {
+            let n = before.iter().filter(|&&c| c == g).count();
+            assert!((800..1200).contains(&n), "gateway {g} got {n} of 3000");
+        }
+        // Stable: the same answer every time.
+        assert_eq!(choose_gateway("d7.test", &labels, &all_up), Some(before[7]));
+        // Gateway 1 drops: its domains move, nobody else's does.
+        let after: Vec<usize> = domains
+            .iter()
+            .map(|d| choose_gateway(d, &labels, &[true, false, true]).unwrap())
+            .collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b == 1 {
+                assert_ne!(*a, 1);
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(choose_gateway("d7.test", &labels, &[false; 3]), None);
+    }
+
+    #[test]
+    fn the_destination_domain_is_the_domain_of_to() {
+        let d = |xml: &'static str| destination_domain(&Bytes::from_static(xml.as_bytes()));
+        assert_eq!(d("<message to='Alice@B.test/r'/>"), "b.test");
+        assert_eq!(d("<iq to='b.test' type='get' id='1'/>"), "b.test");
+        assert_eq!(d("<presence/>"), "");
     }
 
     #[tokio::test]

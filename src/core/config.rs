@@ -231,8 +231,13 @@ pub struct DomainConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayLinkConfig {
-    /// The gateway's component listener. Default `"127.0.0.1:5347"`.
-    pub address: SocketAddr,
+    /// The gateway's component listener, or a list of them when several gateway instances
+    /// serve the deployment (`["10.0.0.1:5347", "10.0.0.2:5347"]`): the core keeps a link to
+    /// each, sends each stanza through the one its destination domain hashes to and moves to
+    /// another when that link is down. IP addresses, since the core resolves no names for
+    /// this. Default `"127.0.0.1:5347"`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<SocketAddr>,
     /// The handshake secret of the gateway's `[[component.backend]]` tables for the core's
     /// domains and aliases (one secret for all). Exactly one of `secret` and `secret_file`.
     pub secret: Option<Secret>,
@@ -243,14 +248,52 @@ pub struct GatewayLinkConfig {
 impl Default for GatewayLinkConfig {
     fn default() -> Self {
         GatewayLinkConfig {
-            address: SocketAddr::from(([127, 0, 0, 1], 5347)),
+            address: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
             secret: None,
             secret_file: None,
         }
     }
 }
 
+/// `address = "host:port"` or `address = ["host:port", ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SocketAddr),
+        Many(Vec<SocketAddr>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(a)) => Ok(vec![a]),
+        Ok(OneOrMany::Many(list)) => Ok(list),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected an address \"IP:port\" or a list of them, e.g. [\"10.0.0.1:5347\", \"10.0.0.2:5347\"]",
+        )),
+    }
+}
+
 impl GatewayLinkConfig {
+    /// The gateway addresses: at least one, none twice.
+    pub fn check_addresses(&self) -> Result<(), ConfigError> {
+        if self.address.is_empty() {
+            return Err(invalid(
+                "gateway.address",
+                "the list of gateways is empty",
+                "name at least one gateway's component listener, e.g. \"127.0.0.1:5347\"",
+            ));
+        }
+        for (i, a) in self.address.iter().enumerate() {
+            if self.address[..i].contains(a) {
+                return Err(invalid(
+                    "gateway.address",
+                    format!("{a} is listed twice"),
+                    "list each gateway instance once",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The secret, from `secret` or `secret_file`.
     pub fn secret(&self) -> Result<String, ConfigError> {
         match (&self.secret, &self.secret_file) {
@@ -350,6 +393,7 @@ impl CoreFile {
             ));
         }
         file.gateway.secret()?;
+        file.gateway.check_addresses()?;
         if file.tls.certificate.is_empty() {
             return Err(invalid(
                 "tls.certificate",
@@ -619,6 +663,40 @@ mod tests {
         assert!(f.core.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(f.core.allow_plain);
         assert!(f.gateway.secret().is_ok());
+    }
+
+    #[test]
+    fn the_gateway_address_is_one_or_a_list() {
+        let file = |gateway: &str| {
+            CoreFile::from_toml(
+                &format!("[core]\n[[core.domain]]\nname=\"a.test\"\n[tls]\n[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"a.crt\"\nkey=\"a.key\"\n[gateway]\nsecret=\"s\"\n{gateway}"),
+                Path::new("/tmp"),
+            )
+        };
+        let one: SocketAddr = "127.0.0.1:5347".parse().unwrap();
+        let two: SocketAddr = "127.0.0.2:5347".parse().unwrap();
+        assert_eq!(file("").unwrap().gateway.address, [one]);
+        assert_eq!(
+            file("address = \"127.0.0.1:5347\"")
+                .unwrap()
+                .gateway
+                .address,
+            [one]
+        );
+        assert_eq!(
+            file("address = [\"127.0.0.1:5347\", \"127.0.0.2:5347\"]")
+                .unwrap()
+                .gateway
+                .address,
+            [one, two]
+        );
+        assert_eq!(key_of(file("address = []").unwrap_err()), "gateway.address");
+        assert_eq!(
+            key_of(file("address = [\"127.0.0.1:5347\", \"127.0.0.1:5347\"]").unwrap_err()),
+            "gateway.address"
+        );
+        let e = file("address = \"gw1\"").unwrap_err().to_string();
+        assert!(e.contains("a list of them"), "{e}");
     }
 
     #[test]

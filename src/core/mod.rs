@@ -302,7 +302,8 @@ pub struct RunningCore {
 
 /// How the core reaches its gateway.
 pub struct GatewayLink {
-    pub target: Target,
+    /// Every gateway instance to attach to (one link per domain and gateway).
+    pub gateways: Vec<Target>,
     /// The handshake secret per domain (and alias).
     pub secrets: HashMap<String, String>,
     /// Other domains behind the gateway, for disco#items.
@@ -325,7 +326,7 @@ pub async fn start(
     all.sort();
     for domain in all {
         let secret = gateway.secrets.get(domain).cloned().unwrap_or_default();
-        let mut cc = ClientConfig::new(domain, &secret, gateway.target.clone());
+        let mut cc = ClientConfig::with_gateways(domain, &secret, gateway.gateways.clone());
         cc.limits = Limits {
             max_stanza_bytes: config.max_stanza_bytes.max(512 * 1024),
             ..Limits::default()
@@ -418,7 +419,7 @@ async fn gateway_events(core: Arc<Core>, mut events: mpsc::Receiver<Event>) {
     while let Some(event) = events.recv().await {
         match event {
             Event::Stanza(s) => core.handle_from_gateway(s).await,
-            Event::Online | Event::Offline { .. } => {}
+            Event::Online { .. } | Event::Offline { .. } => {}
         }
     }
 }

@@ -17,7 +17,7 @@ async fn expect_online(c: &mut Component) {
             .await
             .expect("event in time")
         {
-            Some(Event::Online) => return,
+            Some(Event::Online { .. }) => return,
             Some(Event::Offline { .. }) => continue,
             other => panic!("expected Online, got {other:?}"),
         }
@@ -27,7 +27,7 @@ async fn expect_online(c: &mut Component) {
 /// The next event, which must be [`Event::Offline`]; its reason.
 async fn expect_offline(c: &mut Component) -> String {
     match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
-        Some(Event::Offline { reason }) => reason,
+        Some(Event::Offline { reason, .. }) => reason,
         other => panic!("expected Offline, got {other:?}"),
     }
 }
@@ -224,4 +224,70 @@ async fn the_echo_example_echoes_and_answers_pings_disco_and_the_rest() {
         text(e.raw())
     );
     c.stop().await;
+}
+
+/// Several gateway instances for one deployment (two for a.test, each with the raw a.test
+/// backend): the component attaches to both, receives from both, sends the stanzas for one
+/// destination domain through the gateway the rendezvous hash picks (in order), and moves
+/// them to the other gateway when that one stops.
+#[tokio::test]
+async fn a_component_attached_to_two_gateways_uses_one_per_domain_and_fails_over() {
+    use fedgate::component::client::choose_gateway;
+    let dns = TestDns::start().await;
+    let (mut gw1, mut backend1) = gateway(&dns).await;
+    let (mut gw2, mut backend2) = gateway(&dns).await;
+    let targets = vec![
+        Target::Tcp(gw1.gw().component_addr),
+        Target::Tcp(gw2.gw().component_addr),
+    ];
+    let labels: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    let mut config = ClientConfig::with_gateways("echo.a.test", SECRET, targets);
+    config.backoff_initial = Duration::from_millis(50);
+    let mut c = Component::start(config);
+    expect_online(&mut c).await;
+    expect_online(&mut c).await;
+    assert!(gw1.gw().router.component_attached("echo.a.test"));
+    assert!(gw2.gw().router.component_attached("echo.a.test"));
+
+    // Received from both.
+    for backend in [&mut backend1, &mut backend2] {
+        backend
+            .send("<message from='alice@a.test/r' to='echo.a.test' id='in'/>")
+            .await;
+        assert_eq!(next_stanza(&mut c).await.id(), Some("in"));
+    }
+
+    // Sent through the chosen one, in order.
+    let chosen = choose_gateway("a.test", &labels, &[true, true]).unwrap();
+    let message = |i: usize| format!("<message from='echo.a.test' to='alice@a.test' id='m{i}'/>");
+    for i in 0..20 {
+        c.sender().send_raw(message(i)).await.unwrap();
+    }
+    let (mut stopped, mut other_backend) = if chosen == 0 {
+        for i in 0..20 {
+            assert_eq!(backend1.next_text().await, message(i));
+        }
+        (gw1, backend2)
+    } else {
+        for i in 0..20 {
+            assert_eq!(backend2.next_text().await, message(i));
+        }
+        (gw2, backend1)
+    };
+
+    // The chosen gateway stops: its link goes down and the other one carries the domain.
+    stopped.stop().await;
+    match tokio::time::timeout(WAIT, c.recv()).await.unwrap() {
+        Some(Event::Offline { gateway, .. }) => assert_eq!(gateway, labels[chosen]),
+        other => panic!("expected Offline, got {other:?}"),
+    }
+    assert!(c.sender().is_online());
+    for i in 20..40 {
+        c.sender().send_raw(message(i)).await.unwrap();
+    }
+    for i in 20..40 {
+        assert_eq!(other_backend.next_text().await, message(i));
+    }
+    c.stop().await;
+    drop(stopped);
 }

@@ -104,7 +104,7 @@ pub(crate) async fn node_with(
 impl Node {
     pub(crate) async fn start_core(&mut self) {
         let link = GatewayLink {
-            target: Target::Tcp(self.gw.gw().component_addr),
+            gateways: vec![Target::Tcp(self.gw.gw().component_addr)],
             secrets: self.secrets.clone(),
             neighbours: Vec::new(),
         };
