@@ -7,7 +7,9 @@
 //!    ([`Config::problems`]) instead of the first;
 //! 2. prints each problem with its key and its fix (exit 64), or a summary line and the
 //!    effective configuration: every key with the value in force, defaults included, as TOML
-//!    that loads again, with secrets shown as `"<redacted>"` (exit 0).
+//!    that loads again, with secrets shown as `"<redacted>"` (exit 0);
+//! 3. warns on stderr about the dialback secret file ([`secret_file_warnings`]): missing,
+//!    unusable, or readable by others.
 //!
 //! `fedgate check remote DOMAIN` ([`RemoteCheck`]):
 //! 1. asks our own federation policy whether we federate with DOMAIN at all;
@@ -82,6 +84,9 @@ pub fn check_config(file: &Path, out: &mut impl Write, err: &mut impl Write) -> 
             return Exit::Failed;
         }
     };
+    for warning in secret_file_warnings(&config.s2s.dialback_secret_file) {
+        let _ = writeln!(err, "warning: {warning}");
+    }
     let domains: Vec<&str> = config.local_domains().collect();
     // Comment lines, so that the whole output is the effective configuration as TOML.
     let _ = write!(
@@ -96,6 +101,43 @@ pub fn check_config(file: &Path, out: &mut impl Write, err: &mut impl Write) -> 
         config.component.listen,
     );
     Exit::Ok
+}
+
+/// What is wrong with the dialback secret file without making the configuration invalid:
+/// missing (the first `fedgate run` creates one, which must then be copied to every other
+/// instance of the deployment, or their keys do not verify each other), unreadable or too
+/// short (`fedgate run` would refuse to start), or open to group or others (anyone who reads
+/// it can authenticate as every domain of this deployment).
+pub fn secret_file_warnings(path: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    match DialbackSecret::load(path) {
+        Ok(_) => {}
+        Err(DialbackError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            warnings.push(format!(
+                "the dialback secret file {} does not exist yet: `fedgate run` creates it at its first start. With several gateway instances, create it once and copy the same file (mode 0600) to every instance, or keys made by one do not verify on another",
+                path.display()
+            ));
+            return warnings;
+        }
+        Err(e) => warnings.push(format!(
+            "{e}: `fedgate run` will refuse to start; fix the file or remove it so that a new secret is made"
+        )),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                warnings.push(format!(
+                    "the dialback secret file {} has mode {mode:04o}: anyone who can read it can authenticate as this deployment's domains; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// The problems of a configuration file for a person: a file that does not load is one line;

@@ -327,4 +327,21 @@ fn check_config_lists_every_problem_or_prints_the_effective_config() {
     let table: toml::Table = stdout.parse().expect("the output is TOML");
     assert_eq!(table["s2s"]["max_depth"].as_integer(), Some(32));
     assert_eq!(table["metrics"]["listen"].as_str(), Some("127.0.0.1:9269"));
+
+    // The dialback secret file: missing, readable by others, then as it should be.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("does not exist yet"), "{stderr}");
+    assert!(stderr.contains("copy the same file"), "{stderr}");
+    let secret = dir.path().join("fedgate-dialback.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&valid);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("has mode 0644"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&valid);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
