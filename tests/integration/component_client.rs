@@ -234,8 +234,8 @@ async fn the_echo_example_echoes_and_answers_pings_disco_and_the_rest() {
 async fn a_component_attached_to_two_gateways_uses_one_per_domain_and_fails_over() {
     use fedgate::component::client::choose_gateway;
     let dns = TestDns::start().await;
-    let (mut gw1, mut backend1) = gateway(&dns).await;
-    let (mut gw2, mut backend2) = gateway(&dns).await;
+    let (gw1, mut backend1) = gateway(&dns).await;
+    let (gw2, mut backend2) = gateway(&dns).await;
     let targets = vec![
         Target::Tcp(gw1.gw().component_addr),
         Target::Tcp(gw2.gw().component_addr),

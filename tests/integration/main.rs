@@ -20,6 +20,7 @@ mod diagnostics;
 mod dns;
 mod edge;
 mod federation;
+mod ha;
 mod limits;
 mod metrics;
 mod outbound;
