@@ -266,6 +266,14 @@ pub struct S2sConfig {
     /// peer (and us) from a reconnect per stanza.
     #[serde(with = "humantime_serde")]
     pub failure_window: Duration,
+    /// How long a stanza waits for room in the full queue of a destination that reads slower
+    /// than we write (a remote server's established session, or a backend) before it bounces
+    /// with `resource-constraint`. After that the destination counts as stalled: its stanzas
+    /// bounce at once until its queue has room again, so that it never holds up the other
+    /// destinations on the same link. Default `"5s"`. Shorter bounces sooner on a peer that
+    /// pauses; longer lets one stalled destination hold up its senders' other traffic longer.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// An established outbound link with nothing written for this long is checked: an
     /// XEP-0198 `<r/>` where stream management is on, else an XEP-0199 ping. Default `"60s"`.
     #[serde(with = "humantime_serde")]
@@ -322,6 +330,7 @@ impl Default for S2sConfig {
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(15),
             failure_window: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(60),
             ping_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(45),
@@ -1210,6 +1219,7 @@ impl Config {
             ("ping_timeout", s.ping_timeout),
             ("keepalive_interval", s.keepalive_interval),
             ("resume_timeout", s.resume_timeout),
+            ("stall_timeout", s.stall_timeout),
         ] {
             if d.is_zero() {
                 problems.push(invalid(

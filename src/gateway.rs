@@ -110,12 +110,15 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     )?);
     let resolver = Resolver::from_config(config)?;
     let tls = Arc::new(Tls::from_config(config)?);
-    let router = Arc::new(Router::new(
-        config.local_domains().map(str::to_string),
-        config.s2s.queue_max_bytes,
-        Policy::from_config(&config.federation),
-        metrics.clone(),
-    ));
+    let router = Arc::new(
+        Router::new(
+            config.local_domains().map(str::to_string),
+            config.s2s.queue_max_bytes,
+            Policy::from_config(&config.federation),
+            metrics.clone(),
+        )
+        .with_stall_timeout(config.s2s.stall_timeout),
+    );
 
     let s2s_shutdown = CancellationToken::new();
     let s2s_tracker = TaskTracker::new();

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::{DashMap, DashSet};
@@ -37,6 +38,19 @@ pub struct ComponentHandle {
     pub tx: mpsc::Sender<Stanza>,
     /// Cancelled to end the session with `<conflict/>` when a newer connection replaces it.
     pub kick: CancellationToken,
+    /// Set when the backend stopped reading (see [`Router::route`], "Stalled destinations").
+    pub stalled: Arc<AtomicBool>,
+}
+
+impl ComponentHandle {
+    pub fn new(id: u64, tx: mpsc::Sender<Stanza>, kick: CancellationToken) -> ComponentHandle {
+        ComponentHandle {
+            id,
+            tx,
+            kick,
+            stalled: Arc::default(),
+        }
+    }
 }
 
 /// State an outbound session shares with the router.
@@ -47,6 +61,8 @@ pub struct OutboundShared {
     pub established: AtomicBool,
     /// Bytes of stanzas in the queue, bounded by `queue_max_bytes`.
     pub queued_bytes: AtomicUsize,
+    /// Set when the peer stopped reading (see [`Router::route`], "Stalled destinations").
+    pub stalled: AtomicBool,
 }
 
 /// A stanza in an outbound queue, with when it was queued
@@ -70,8 +86,51 @@ pub type OutboundFactory = Box<dyn Fn(&str, &str) -> OutboundHandle + Send + Syn
 
 /// Where a stanza goes.
 enum Destination {
-    Component(mpsc::Sender<Stanza>),
+    Component(ComponentHandle),
     Outbound(OutboundHandle),
+}
+
+/// What [`place`] did with an item.
+enum Placed<T> {
+    Queued,
+    /// The queue stayed full for the stall timeout, or had stalled already: handed back.
+    Stalled(T),
+    Closed(T),
+}
+
+/// Puts `item` into the queue of a destination whose reader may have fallen behind. A full
+/// queue makes us wait (TCP back-pressure, passed on) for at most `patience`; past that the
+/// destination is marked `stalled` and the item handed back, and while it is stalled items
+/// are handed back at once instead of waiting, so that one destination that stopped reading
+/// never holds up the link that carries traffic for others. The first item that finds room
+/// clears the mark.
+async fn place<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    stalled: &AtomicBool,
+    patience: Duration,
+) -> Placed<T> {
+    match tx.try_send(item) {
+        Ok(()) => {
+            if stalled.load(Ordering::Relaxed) {
+                stalled.store(false, Ordering::Relaxed);
+            }
+            Placed::Queued
+        }
+        Err(TrySendError::Closed(item)) => Placed::Closed(item),
+        Err(TrySendError::Full(item)) if stalled.load(Ordering::Relaxed) => Placed::Stalled(item),
+        Err(TrySendError::Full(item)) => match tokio::time::timeout(patience, tx.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(item);
+                Placed::Queued
+            }
+            Ok(Err(_)) => Placed::Closed(item),
+            Err(_) => {
+                stalled.store(true, Ordering::Relaxed);
+                Placed::Stalled(item)
+            }
+        },
+    }
 }
 
 /// What [`Router::enqueue`] did with a stanza.
@@ -79,6 +138,8 @@ enum Enqueued {
     Queued,
     /// The session is still connecting and its queue is full.
     Overflow(Stanza),
+    /// The session is established and its peer stopped reading ([`place`]).
+    Stalled(Stanza),
     /// The session has closed.
     Closed(Stanza),
 }
@@ -107,6 +168,8 @@ pub struct Router {
     factory: OnceLock<OutboundFactory>,
     /// `queue_max_bytes`: bytes that may wait for one outbound session while it connects.
     queue_max_bytes: usize,
+    /// `stall_timeout`: how long a stanza waits for room in a full queue ([`place`]).
+    stall_timeout: Duration,
     /// Whom we federate with, checked per stanza and per stream; replaced whole by a reload.
     policy: ArcSwap<Policy>,
     /// Domains already logged as "would be refused" under `dry_run`, so that a busy domain is
@@ -131,10 +194,17 @@ impl Router {
             outbound: DashMap::new(),
             factory: OnceLock::new(),
             queue_max_bytes,
+            stall_timeout: Duration::from_secs(5),
             policy: ArcSwap::from_pointee(policy),
             dry_run_logged: DashSet::new(),
             metrics,
         }
+    }
+
+    /// `s2s.stall_timeout` (default 5 s): see [`Router::route`], "Stalled destinations".
+    pub fn with_stall_timeout(mut self, stall_timeout: Duration) -> Router {
+        self.stall_timeout = stall_timeout;
+        self
     }
 
     /// Sets how outbound sessions are started. Called once at assembly.
@@ -266,6 +336,16 @@ impl Router {
     ///
     /// The common path allocates nothing: domains are borrowed from the stanza while the
     /// destination is looked up, and texts are only formatted for bounces.
+    ///
+    /// # Stalled destinations
+    /// The caller is a session's reader, and a link carries stanzas for many destinations. A
+    /// destination whose queue is full (a remote server or a backend that reads slower than
+    /// we write) slows the caller down for at most `stall_timeout`, which keeps TCP
+    /// back-pressure for a sender that talks to one destination while it is read. A queue
+    /// that stays full that long marks the destination stalled: that stanza and every one
+    /// after it for the same destination bounce with `resource-constraint` (type `wait`, cause
+    /// `stalled`) at once, without waiting, until its queue has room again, while the link
+    /// goes on carrying everything else.
     pub async fn route(&self, mut stanza: Stanza) {
         // Whatever leaves here is parsed by another server's or a backend's JID parser.
         if let Some(Err(e)) = stanza.to().map(jid::check_parts) {
@@ -310,19 +390,39 @@ impl Router {
                 }
             };
             match dest {
-                Destination::Component(tx) => {
-                    if let Err(e) = tx.send(stanza).await {
-                        let domain =
-                            e.0.to()
-                                .and_then(|t| jid::domain_of(t).ok())
-                                .unwrap_or_default();
-                        self.bounce(
-                            &e.0,
-                            StanzaErrorCondition::ServiceUnavailable,
-                            "backend_detached",
-                            &format!("the backend for {domain} detached"),
-                        )
-                        .await;
+                Destination::Component(handle) => {
+                    let domain_of = |s: &Stanza| -> String {
+                        s.to()
+                            .and_then(|t| jid::domain_of(t).ok())
+                            .unwrap_or_default()
+                            .into_owned()
+                    };
+                    match place(&handle.tx, stanza, &handle.stalled, self.stall_timeout).await {
+                        Placed::Queued => {}
+                        Placed::Stalled(s) => {
+                            let domain = domain_of(&s);
+                            let text = format!(
+                                "the backend for {domain} is not reading: its queue has been full for {:?}",
+                                self.stall_timeout
+                            );
+                            self.bounce(
+                                &s,
+                                StanzaErrorCondition::ResourceConstraint,
+                                "stalled",
+                                &text,
+                            )
+                            .await;
+                        }
+                        Placed::Closed(s) => {
+                            let domain = domain_of(&s);
+                            self.bounce(
+                                &s,
+                                StanzaErrorCondition::ServiceUnavailable,
+                                "backend_detached",
+                                &format!("the backend for {domain} detached"),
+                            )
+                            .await;
+                        }
                     }
                     return;
                 }
@@ -338,6 +438,24 @@ impl Router {
                             StanzaErrorCondition::ResourceConstraint,
                             "queue_full",
                             &format!("the queue for {remote} is full while connecting"),
+                        )
+                        .await;
+                        return;
+                    }
+                    Enqueued::Stalled(s) => {
+                        let remote = s
+                            .to()
+                            .and_then(|t| jid::domain_of(t).ok())
+                            .unwrap_or_default();
+                        let text = format!(
+                            "{remote} stopped reading: the outbound queue for it has been full for {:?}",
+                            self.stall_timeout
+                        );
+                        self.bounce(
+                            &s,
+                            StanzaErrorCondition::ResourceConstraint,
+                            "stalled",
+                            &text,
                         )
                         .await;
                         return;
@@ -376,7 +494,7 @@ impl Router {
         })?;
         if self.is_local(&to_domain) {
             return match self.components.get(&*to_domain) {
-                Some(h) => Ok(Destination::Component(h.tx.clone())),
+                Some(h) => Ok(Destination::Component(h.clone())),
                 None => Err(Undeliverable::Bounce(
                     StanzaErrorCondition::ServiceUnavailable,
                     "no_backend",
@@ -416,15 +534,28 @@ impl Router {
             stanza,
             since: tokio::time::Instant::now(),
         };
+        if established {
+            return match place(
+                &handle.tx,
+                queued,
+                &handle.shared.stalled,
+                self.stall_timeout,
+            )
+            .await
+            {
+                Placed::Queued => Enqueued::Queued,
+                Placed::Stalled(q) => {
+                    unqueue();
+                    Enqueued::Stalled(q.stanza)
+                }
+                Placed::Closed(q) => {
+                    unqueue();
+                    Enqueued::Closed(q.stanza)
+                }
+            };
+        }
         match handle.tx.try_send(queued) {
             Ok(()) => Enqueued::Queued,
-            Err(TrySendError::Full(q)) if established => match handle.tx.send(q).await {
-                Ok(()) => Enqueued::Queued,
-                Err(e) => {
-                    unqueue();
-                    Enqueued::Closed(e.0.stanza)
-                }
-            },
             Err(TrySendError::Full(q)) => {
                 unqueue();
                 Enqueued::Overflow(q.stanza)
@@ -468,7 +599,8 @@ impl Router {
     /// a burst of bounces is not lost to a full queue.
     ///
     /// `cause` is the `fedgate_bounces_total` label, one of a closed set: `malformed`,
-    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `link_unstable`, `too_large`
+    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `stalled` (the destination
+    /// stopped reading), `link_unstable`, `too_large`
     /// (over the peer's stanza size limit), and for an
     /// outbound session that gave up, the step that failed: `dns`, `connect`, `tls`, `stream`,
     /// `auth`, `shutdown`.
@@ -549,7 +681,10 @@ impl Router {
     /// is counted, never bounced again.
     async fn deliver_bounce(&self, bounce: Stanza) {
         let delivered = match self.destination(&bounce) {
-            Ok(Destination::Component(tx)) => tx.send(bounce).await.is_ok(),
+            Ok(Destination::Component(h)) => matches!(
+                place(&h.tx, bounce, &h.stalled, self.stall_timeout).await,
+                Placed::Queued
+            ),
             Ok(Destination::Outbound(handle)) => {
                 matches!(self.enqueue(&handle, bounce).await, Enqueued::Queued)
             }
@@ -561,5 +696,64 @@ impl Router {
                 .with_label_values(&["bounce_undeliverable"])
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_then_stalls_then_bounces_at_once_until_it_has_room() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let stalled = AtomicBool::new(false);
+        assert!(matches!(
+            place(&tx, 1, &stalled, PATIENCE).await,
+            Placed::Queued
+        ));
+
+        // Full, and read within the patience: the sender was only slowed down.
+        let start = tokio::time::Instant::now();
+        let reader = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rx.recv().await
+        };
+        let (placed, read) = tokio::join!(place(&tx, 2, &stalled, PATIENCE), reader);
+        assert!(matches!(placed, Placed::Queued));
+        assert_eq!(read, Some(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert!(!stalled.load(Ordering::Relaxed));
+
+        // Full for the whole patience: handed back, and the destination is stalled.
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            place(&tx, 3, &stalled, PATIENCE).await,
+            Placed::Stalled(3)
+        ));
+        assert_eq!(start.elapsed(), PATIENCE);
+        assert!(stalled.load(Ordering::Relaxed));
+        // Stalled: handed back without waiting.
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            place(&tx, 4, &stalled, PATIENCE).await,
+            Placed::Stalled(4)
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // It reads again: the next item finds room and clears the mark.
+        assert_eq!(rx.recv().await, Some(2));
+        assert!(matches!(
+            place(&tx, 5, &stalled, PATIENCE).await,
+            Placed::Queued
+        ));
+        assert!(!stalled.load(Ordering::Relaxed));
+
+        drop(rx);
+        assert!(matches!(
+            place(&tx, 6, &stalled, PATIENCE).await,
+            Placed::Closed(6)
+        ));
     }
 }

@@ -249,11 +249,7 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
     let (tx, rx) = mpsc::channel(ctx.queue_len);
     let kick = CancellationToken::new();
     let id = next_session_id();
-    let handle = ComponentHandle {
-        id,
-        tx,
-        kick: kick.clone(),
-    };
+    let handle = ComponentHandle::new(id, tx, kick.clone());
     if let Err(e) = ctx
         .router
         .attach_component(&domain, handle, ctx.replace_on_conflict)

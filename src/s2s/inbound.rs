@@ -1595,11 +1595,7 @@ enabled = false
         ctx.router
             .attach_component(
                 "b.test",
-                ComponentHandle {
-                    id: next_session_id(),
-                    tx: backend_tx,
-                    kick: CancellationToken::new(),
-                },
+                ComponentHandle::new(next_session_id(), backend_tx, CancellationToken::new()),
                 false,
             )
             .unwrap();

@@ -16,6 +16,7 @@ mod core_mam;
 mod core_pep;
 mod core_sasl;
 mod core_sm;
+mod delivery;
 mod diagnostics;
 mod dns;
 mod edge;
