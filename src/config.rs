@@ -168,22 +168,22 @@ pub struct S2sConfig {
     pub secure_auth: bool,
     /// Limit for one outbound TCP connect attempt (one address of one SRV target). Default
     /// `"10s"`. Too long delays failover to the next address; too short fails on slow links.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// From TCP accept/connect until the stream is authenticated; the stream then ends with
     /// `<connection-timeout/>`. Default `"30s"`. Bounds how long an unauthenticated peer can
     /// hold a connection slot; too long makes slot exhaustion cheap.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub negotiation_timeout: Duration,
     /// How long to wait for a `<db:result/>` or `<db:verify/>` answer. Default `"15s"`.
     /// Queued stanzas for the domain wait that long before they bounce with
     /// `remote-server-timeout`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub dialback_timeout: Duration,
     /// An authenticated s2s stream with no stanzas either way for this long is closed with
     /// `</stream:stream>`. Default `"10m"`. Whitespace keepalives do not count as traffic.
     /// Too short causes reconnect churn; too long holds idle sockets and memory.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest stanza accepted after authentication, in bytes of raw XML. Default `524288`
     /// (512 KiB). Larger stanzas end the stream with `<policy-violation/>`. Each connection may
@@ -253,18 +253,18 @@ pub struct S2sConfig {
     /// holding its queued stanzas, before they bounce with the cause. Retries back off
     /// exponentially from `retry_initial_delay` to `retry_max_delay`, with jitter. Default
     /// `"60s"`. Longer rides out a peer's restart; shorter tells senders sooner.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_window: Duration,
     /// First delay between attempts to reach a failing domain. Default `"1s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_initial_delay: Duration,
     /// Longest delay between attempts. Default `"15s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_max_delay: Duration,
     /// After the retry window closes, new stanzas for the domain bounce at once with the same
     /// cause for this long, without a new connection attempt. Default `"60s"`. Shields a dead
     /// peer (and us) from a reconnect per stanza.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub failure_window: Duration,
     /// How long a stanza waits for room in the full queue of a destination that reads slower
     /// than we write (a remote server's established session, or a backend) before it bounces
@@ -272,26 +272,26 @@ pub struct S2sConfig {
     /// bounce at once until its queue has room again, so that it never holds up the other
     /// destinations on the same link. Default `"5s"`. Shorter bounces sooner on a peer that
     /// pauses; longer lets one stalled destination hold up its senders' other traffic longer.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub stall_timeout: Duration,
     /// An established outbound link with nothing written for this long is checked: an
     /// XEP-0198 `<r/>` where stream management is on, else an XEP-0199 ping. Default `"60s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
     /// A link whose check is not answered within this is dead: it is closed, and stanzas
     /// waiting for it go out on a new connection. Default `"30s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ping_timeout: Duration,
     /// A stream we have written nothing on for this long gets a single space (RFC 6120 §4.6.1
     /// whitespace keepalive), so that NATs and firewalls keep it open. Default `"45s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub keepalive_interval: Duration,
     /// XEP-0198 stream management on s2s: offered on inbound streams, used on outbound ones
     /// when the peer offers it, so that a dropped link loses nothing. Default `true`.
     pub stream_management: bool,
     /// How long the counters of a dropped inbound stream are kept so that its peer can resume
     /// it (XEP-0198 §5). Default `"5m"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub resume_timeout: Duration,
     /// File holding the dialback secret shared by all fedgate instances of this deployment.
     /// Default `"fedgate-dialback.secret"`; a relative path is relative to the configuration
@@ -457,12 +457,12 @@ pub struct DnsConfig {
     /// `"3h"`; `"0s"` caches no negative answer. Longer spares the resolver when stanzas keep
     /// arriving for a domain that does not exist, but a domain that fixes its DNS stays
     /// unreachable from here for up to this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub negative_ttl: Duration,
     /// How long to wait for a DNS server's answer before asking again (twice at most).
     /// Default `"5s"`. A silent resolver delays every new outbound session by about three
     /// times this before its stanzas bounce.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
 }
 
@@ -1595,6 +1595,41 @@ pub(crate) fn parse_message(text: &str, e: &toml::de::Error) -> String {
     format!("line {line}, column {column}{table}: {message}")
 }
 
+/// Durations in the configuration: read as humantime writes them (`"30s"`, `"10m"`, `"1day"`,
+/// `"365d"`), written in the largest whole unit (`"365d"`, `"10m"`, `"250ms"`), so that
+/// `fedgate check config` prints what an operator would type: humantime's own format splits a
+/// year of 365 days into months of 30.44 days.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&text(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+
+    /// `d` in the largest unit that divides it: d, h, m, s, ms, else humantime's form.
+    pub fn text(d: Duration) -> String {
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        if nanos == 0 {
+            for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+                if secs > 0 && secs % size == 0 {
+                    return format!("{}{unit}", secs / size);
+                }
+            }
+            return format!("{secs}s");
+        }
+        if nanos % 1_000_000 == 0 {
+            return format!("{}ms", d.as_millis());
+        }
+        humantime::format_duration(d).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1786,6 +1821,23 @@ mod tests {
         }
         let e = with("[[federation.peer]]\ndomain = \"b.test\"\nroute = \"b.test\"\n").unwrap_err();
         assert!(e.to_string().contains("no port"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_written_in_their_largest_whole_unit_and_read_back() {
+        use std::time::Duration as D;
+        for (d, text) in [
+            (D::from_secs(365 * 86_400), "365d"),
+            (D::from_secs(86_400), "1d"),
+            (D::from_secs(7_200), "2h"),
+            (D::from_secs(600), "10m"),
+            (D::from_secs(90), "90s"),
+            (D::from_millis(250), "250ms"),
+            (D::ZERO, "0s"),
+        ] {
+            assert_eq!(duration::text(d), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), d, "{text}");
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct CoreConfig {
     pub database: PathBuf,
     /// From TCP accept until a resource is bound; then `<connection-timeout/>`. Default
     /// `"30s"`. Bounds how long unauthenticated clients hold a connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub negotiation_timeout: Duration,
     /// Largest stanza from a signed-in client, in bytes. Default `262144` (256 KiB); larger
     /// ends the stream with `<policy-violation/>`.
@@ -56,13 +56,13 @@ pub struct CoreConfig {
     /// and stanzas for it wait in its queue; after that it ends and what it had not
     /// acknowledged goes to another resource or to offline storage. `"0s"` turns resumption
     /// off (acknowledgements stay on).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub resume_timeout: Duration,
     /// How long an acknowledgement request (XEP-0198 `<r/>`) may go unanswered before the
     /// connection is taken for dead and the session detached (or ended, without
     /// resumption). Default `"60s"`; at least 1s. Shorter finds dead mobile connections
     /// sooner but may drop clients on slow networks.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub ack_timeout: Duration,
     /// Most offline messages kept per account; more are bounced with
     /// `<service-unavailable/>`. Default `1000`.
@@ -106,13 +106,13 @@ pub struct CoreConfig {
     pub turn: Vec<ExternalService>,
     /// How long XEP-0215 TURN credentials stay valid. Default `"24h"`. Longer lets a leaked
     /// credential relay traffic for longer; shorter makes long calls ask again.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub turn_credentials_ttl: Duration,
     /// How long the message archive (XEP-0313) keeps a message. Default `"365d"`; older
     /// messages are deleted at the account's next archived message and never returned. The
     /// archive holds the text of every conversation: keep it no longer than your users
     /// expect.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub archive_retention: Duration,
     /// Most archived messages per account; the oldest are deleted beyond it. Default
     /// `100000`. Bounds the database's growth per account (a message is ~0.5 KiB on disk).

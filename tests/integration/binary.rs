@@ -416,22 +416,40 @@ fn every_config_key_is_in_the_reference_and_the_example() {
     )
     .expect("a minimal config");
     let value = toml::Value::try_from(&config).expect("the config serializes");
-    let reference = std::fs::read_to_string("docs/configuration.md").unwrap();
+    let overview = std::fs::read_to_string("docs/configuration.md").unwrap();
+    let reference = ConfigReference::read("docs/config-reference.md");
     let gateway = std::fs::read_to_string("config/fedgate.toml").unwrap();
     let core = std::fs::read_to_string("config/core.toml").unwrap();
+    let stale = "docs/config-reference.md is stale: run scripts/config-reference.py";
     let mut missing = Vec::new();
     let toml::Value::Table(sections) = value else {
         panic!("a table")
     };
+    let in_tempdir = format!("{}/", dir.path().display());
     for (section, body) in &sections {
         let toml::Value::Table(keys) = body else {
             continue;
         };
-        for key in keys.keys() {
+        for (key, default) in keys {
             let path = format!("{section}.{key}");
-            // A list of tables is written `[[section.key]]`.
+            // A list of tables is written `[[section.key]]`, with a section of its own.
             let tables = format!("[[{path}]]");
-            if !reference.contains(&format!("`{key}`")) && !reference.contains(&tables) {
+            let listed = reference.sections.contains_key(&tables);
+            if !listed {
+                match reference.default_of(&format!("[{section}]"), key) {
+                    None => missing.push(format!("{path}: not in the reference ({stale})")),
+                    Some(cell) if cell.starts_with('`') => {
+                        let shown = default.to_string().replace(&in_tempdir, "");
+                        if cell.trim_matches('`') != shown {
+                            missing.push(format!(
+                                "{path}: the reference says {cell}, the code {shown} ({stale})"
+                            ));
+                        }
+                    }
+                    Some(_) => {} // a default in words, e.g. derived from another key
+                }
+            }
+            if !overview.contains(&format!("`{key}`")) && !overview.contains(&tables) {
                 missing.push(format!("{path}: not in docs/configuration.md"));
             }
             let example = if section == "core" { &core } else { &gateway };
@@ -445,5 +463,61 @@ fn every_config_key_is_in_the_reference_and_the_example() {
             }
         }
     }
+    // And no row for a key the code no longer has.
+    for (heading, rows) in &reference.sections {
+        let Some(section) = heading.strip_prefix('[').and_then(|h| h.strip_suffix(']')) else {
+            continue;
+        };
+        let Some(toml::Value::Table(keys)) = sections.get(section) else {
+            continue;
+        };
+        for (key, cell) in rows {
+            if !keys.contains_key(key)
+                && cell != "none"
+                && !reference
+                    .sections
+                    .contains_key(&format!("[[{section}.{key}]]"))
+            {
+                missing.push(format!(
+                    "{section}.{key}: in the reference, not in the code ({stale})"
+                ));
+            }
+        }
+    }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// docs/config-reference.md: each `## `[section]`` heading's table of key and default.
+struct ConfigReference {
+    sections: std::collections::HashMap<String, Vec<(String, String)>>,
+}
+
+impl ConfigReference {
+    fn read(path: &str) -> ConfigReference {
+        let mut sections = std::collections::HashMap::new();
+        let mut current: Option<String> = None;
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            if let Some(h) = line.strip_prefix("## `").and_then(|h| h.strip_suffix('`')) {
+                current = Some(h.to_owned());
+                sections.entry(h.to_owned()).or_insert_with(Vec::new);
+                continue;
+            }
+            let (Some(section), Some(row)) = (&current, line.strip_prefix("| `")) else {
+                continue;
+            };
+            let mut cells = row.splitn(3, " | ");
+            let key = cells.next().unwrap_or("").trim_end_matches('`').to_owned();
+            let default = cells.next().unwrap_or("").to_owned();
+            sections.get_mut(section).unwrap().push((key, default));
+        }
+        ConfigReference { sections }
+    }
+
+    fn default_of(&self, heading: &str, key: &str) -> Option<&str> {
+        self.sections
+            .get(heading)?
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, d)| d.as_str())
+    }
 }
