@@ -493,7 +493,9 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                 .collect(),
             neighbours: Vec::new(),
         };
-        let core = fedgate::core::start(&config.core, tls.clone(), link).await?;
+        // The standalone core has no metrics listener: its storage error counts are in its log.
+        let registry = prometheus::Registry::new();
+        let core = fedgate::core::start(&config.core, tls.clone(), link, &registry).await?;
         for addr in &core.c2s_addrs {
             tracing::info!("c2s listening on {addr}");
         }
