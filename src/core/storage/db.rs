@@ -234,6 +234,49 @@ impl Db {
         }
     }
 
+    /// Every row of a query, one at a time, without holding the result in memory (for
+    /// copying a whole table); stops at the first error of `f`.
+    pub fn for_each_row(
+        &self,
+        sql: &str,
+        params: &[&dyn ToSql],
+        mut f: impl FnMut(Row) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut st = c.prepare(sql)?;
+                let n = st.column_count();
+                let mut rows = st.query(params)?;
+                while let Some(r) = rows.next()? {
+                    let values = (0..n)
+                        .map(|i| r.get::<_, Value>(i))
+                        .collect::<Result<_, _>>()?;
+                    f(Row { values })?;
+                }
+                Ok(())
+            }
+            Db::Postgres(pg) => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let values = pg_params(params)?;
+                let mut failed = None;
+                pg.borrow_mut().run(sql, |client, st| {
+                    let mut rows = client.query_raw(st, values.iter())?;
+                    while let Some(r) = rows.next()? {
+                        let values = (0..r.len())
+                            .map(|i| r.try_get::<_, PgValue>(i).map(|v| v.0))
+                            .collect::<Result<_, _>>()?;
+                        if let Err(e) = f(Row { values }) {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    Ok(())
+                })?;
+                failed.map_or(Ok(()), Err)
+            }
+        }
+    }
+
     /// The first row of a query, through `f`; [`SqlError::NoRows`] when there is none.
     pub fn query_row<T>(
         &self,
