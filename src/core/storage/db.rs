@@ -48,7 +48,7 @@ const STATEMENT_CACHE: usize = 256;
 pub enum SqlError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgresql: {0}")]
+    #[error("postgresql: {}", postgres_text(.0))]
     Postgres(#[from] postgres::Error),
     /// PostgreSQL cannot be reached; the next attempt to connect is after the backoff.
     #[error("postgresql is unreachable ({reason}); next attempt in {retry_in:?}")]
@@ -60,6 +60,15 @@ pub enum SqlError {
     Column { index: usize, source: FromSqlError },
     #[error("parameter {index}: {reason}")]
     Parameter { index: usize, reason: &'static str },
+}
+
+/// A PostgreSQL error with the server's message (the driver's own text is only its kind).
+fn postgres_text(e: &postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{}: {}", db.severity(), db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 impl SqlError {
@@ -342,8 +351,10 @@ impl Db {
     /// transaction's write lock does that already.
     pub fn lock_schema(&self) -> Result<(), SqlError> {
         if let Db::Postgres(_) = self {
+            // (The notice that the table exists is not worth a log line.)
             self.execute_batch(
-                "CREATE TABLE IF NOT EXISTS fedgate_schema (version BIGINT NOT NULL);
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TABLE IF NOT EXISTS fedgate_schema (version BIGINT NOT NULL);
                  LOCK TABLE fedgate_schema IN EXCLUSIVE MODE;",
             )?;
         }
@@ -528,15 +539,23 @@ impl Postgres {
         self.note(r)
     }
 
-    /// Passes a result on, starting the backoff when it shows the connection is gone.
+    /// Passes a result on; a failure that closed the connection (the server stopped, the
+    /// network broke) is [`SqlError::Unavailable`], and the next call connects again.
     fn note<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, SqlError> {
-        if r.is_err() && self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            tracing::warn!("postgresql: the connection was lost");
-            self.client = None;
-            self.statements.clear();
-            self.retry_at = Instant::now();
+        match r {
+            Err(e) if self.client.as_ref().is_some_and(|c| c.is_closed()) => {
+                let reason = postgres_text(&e);
+                tracing::warn!("postgresql: the connection was lost ({reason})");
+                self.client = None;
+                self.statements.clear();
+                self.retry_at = Instant::now();
+                Err(SqlError::Unavailable {
+                    reason,
+                    retry_in: Duration::ZERO,
+                })
+            }
+            r => Ok(r?),
         }
-        Ok(r?)
     }
 }
 

@@ -185,14 +185,22 @@ impl TestPostgres {
         )
     }
 
-    /// A new, empty database; its URL.
+    /// A new, empty database; its URL. Callable from an async test too.
     pub(crate) fn create_database(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let admin = Db::connect_postgres(&self.url("postgres")).expect("connect to postgres");
-        admin
-            .execute_batch(&format!("CREATE DATABASE {name}"))
-            .expect("create a database");
+        // On a thread of its own: the driver's runtime cannot start inside an async test's.
+        let admin = self.url("postgres");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                Db::connect_postgres(&admin)
+                    .expect("connect to postgres")
+                    .execute_batch(&format!("CREATE DATABASE {name}"))
+                    .expect("create a database")
+            })
+            .join()
+            .expect("create a database")
+        });
         self.url(&name)
     }
 
