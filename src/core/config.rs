@@ -72,14 +72,29 @@ impl std::fmt::Display for Database {
             Database::Postgres(url) => {
                 let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
                 let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-                match rest[..authority_end].rsplit_once('@') {
-                    Some((userinfo, _)) if userinfo.contains(':') => {
+                let (authority, tail) = rest.split_at(authority_end);
+                let authority = match authority.rsplit_once('@') {
+                    Some((userinfo, host)) if userinfo.contains(':') => {
                         let user = userinfo.split(':').next().unwrap_or_default();
-                        let host = &rest[userinfo.len()..];
-                        write!(f, "{scheme}://{user}:***{host}")
+                        format!("{user}:***@{host}")
                     }
-                    _ => write!(f, "{url}"),
-                }
+                    _ => authority.to_owned(),
+                };
+                // A `password=` parameter is as secret.
+                let tail = match tail.split_once('?') {
+                    Some((path, query)) => {
+                        let query: Vec<String> = query
+                            .split('&')
+                            .map(|kv| match kv.split_once('=') {
+                                Some(("password", _)) => "password=***".to_owned(),
+                                _ => kv.to_owned(),
+                            })
+                            .collect();
+                        format!("{path}?{}", query.join("&"))
+                    }
+                    None => tail.to_owned(),
+                };
+                write!(f, "{scheme}://{authority}{tail}")
             }
         }
     }
@@ -754,6 +769,9 @@ mod tests {
         }
         let shown = Database::parse("postgres://fedgate:s3cret@db.example/core").to_string();
         assert_eq!(shown, "postgres://fedgate:***@db.example/core");
+        let shown =
+            Database::parse("postgres://fedgate@h/core?password=s3cret&host=/run").to_string();
+        assert_eq!(shown, "postgres://fedgate@h/core?password=***&host=/run");
         let text = toml::to_string(&load("postgres://u:s3cret@h/core").unwrap().core).unwrap();
         assert!(!text.contains("s3cret"), "{text}");
     }

@@ -324,9 +324,22 @@ impl Db {
         }
     }
 
+    /// A statement of the session, not the schema (`BEGIN`, `COMMIT`, `SET`): unlike
+    /// [`Db::execute_batch`], untranslated, and the prepared statements stay.
+    fn control(&self, sql: &str) -> Result<(), SqlError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Db::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                let r = pg.client()?.batch_execute(sql);
+                pg.note(r)
+            }
+        }
+    }
+
     /// Opens a transaction: committed by [`Tx::commit`], rolled back when dropped without.
     pub fn transaction(&self) -> Result<Tx<'_>, SqlError> {
-        self.execute_batch("BEGIN")?;
+        self.control("BEGIN")?;
         Ok(Tx {
             db: self,
             done: false,
@@ -390,9 +403,9 @@ impl Db {
                 "SET synchronous_commit = on",
             ),
         };
-        self.execute_batch(relax)?;
+        self.control(relax)?;
         let result = f(self);
-        self.execute_batch(restore)?;
+        self.control(restore)?;
         result
     }
 
@@ -456,7 +469,7 @@ pub struct Tx<'a> {
 impl Tx<'_> {
     pub fn commit(mut self) -> Result<(), SqlError> {
         self.done = true;
-        self.db.execute_batch("COMMIT")
+        self.db.control("COMMIT")
     }
 }
 
@@ -471,7 +484,7 @@ impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if !self.done {
             // On a lost connection there is nothing to roll back: the server did.
-            let _ = self.db.execute_batch("ROLLBACK");
+            let _ = self.db.control("ROLLBACK");
         }
     }
 }
