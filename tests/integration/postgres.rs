@@ -25,7 +25,7 @@ impl Postgres {
             .chain([PathBuf::from("/usr/local/bin")])
             .find(|d| d.join("initdb").is_file() && d.join("createdb").is_file())
             .expect("PostgreSQL is not installed (no initdb): scripts/test.sh installs Debian's postgresql package");
-        let user = (unsafe_free_euid() == 0).then(|| {
+        let user = (effective_uid() == 0).then(|| {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
             ["postgres", "nobody"]
                 .iter()
@@ -120,6 +120,6 @@ impl Drop for Postgres {
     }
 }
 
-fn unsafe_free_euid() -> u32 {
+fn effective_uid() -> u32 {
     std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
 }
