@@ -106,13 +106,6 @@ impl<T> OptionalExtension<T> for Result<T, SqlError> {
     }
 }
 
-/// Which database a [`Db`] talks to; decides the few dialect differences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
 /// One row of a result, its columns as values.
 pub struct Row {
     values: Vec<Value>,
@@ -187,13 +180,6 @@ impl Db {
             retry_at: Instant::now(),
             delay: RECONNECT_MIN,
         })))
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            Db::Sqlite(_) => Dialect::Sqlite,
-            Db::Postgres(_) => Dialect::Postgres,
-        }
     }
 
     /// Runs one statement; the number of rows it changed.
