@@ -12,7 +12,8 @@
 //!   PLAIN), each account with a second, carbons-enabled resource: every message is archived
 //!   for both and copied to both second resources (`C2S_MESSAGES`, default 20000;
 //!   `C2S_ONLY=1` runs only this part, `ARCHIVE_OFF=1` sets both accounts' archiving
-//!   preferences to `never`, for a comparison).
+//!   preferences to `never`, for a comparison; `DATABASE=postgres://USER@HOST/DB` runs the
+//!   core on PostgreSQL, an empty database, for a comparison with SQLite).
 //!
 //! The archive is filled once, in one transaction (the time it took is printed), and kept in
 //! a temporary folder for the run. Next to the rates it prints the process's CPU time
@@ -25,10 +26,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use rusqlite::Connection;
 
+use fedgate::core::config::Database;
 use fedgate::core::mam::store::{self, ArchiveId, ArchiveLimits, NewMessage, Query, With};
-use fedgate::core::storage::migrate;
+use fedgate::core::storage::{open_db, Db};
 
 const MESSAGES: usize = 1_000_000;
 const PEERS: usize = 10;
@@ -98,12 +99,9 @@ fn report(what: &str) {
     );
 }
 
-fn open(path: &std::path::Path) -> Connection {
-    let mut c = Connection::open(path).unwrap();
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .unwrap();
-    migrate(&mut c).unwrap();
-    c
+/// The file as the core opens it (WAL, `synchronous=FULL`, migrated).
+fn open(path: &std::path::Path) -> Db {
+    open_db(&Database::Sqlite(path.to_owned())).unwrap()
 }
 
 fn stanza(i: usize, peer: usize) -> String {
@@ -116,7 +114,7 @@ fn stanza(i: usize, peer: usize) -> String {
 
 /// 1,000,000 messages for one account, one per millisecond, round-robin over the peers.
 /// Returns every id, in order.
-fn fill(c: &mut Connection) -> Vec<ArchiveId> {
+fn fill(c: &Db) -> Vec<ArchiveId> {
     let t0 = 1_700_000_000_000_i64;
     let start = Instant::now();
     let tx = c.transaction().unwrap();
@@ -154,7 +152,7 @@ fn fill(c: &mut Connection) -> Vec<ArchiveId> {
     ids
 }
 
-fn queries(crit: &mut Criterion, c: &Connection, ids: &[ArchiveId]) {
+fn queries(crit: &mut Criterion, c: &Db, ids: &[ArchiveId]) {
     let deep = ids[MESSAGES / 2];
     let with = Some(With::Bare("peer3@b.example".into()));
     let cases = [
@@ -210,7 +208,7 @@ fn queries(crit: &mut Criterion, c: &Connection, ids: &[ArchiveId]) {
     report("after the queries");
 }
 
-fn inserts(crit: &mut Criterion, c: &mut Connection) {
+fn inserts(crit: &mut Criterion, c: &Db) {
     let mut group = crit.benchmark_group("archive_insert_1M");
     group.throughput(Throughput::Elements(1));
     let s = stanza(0, 1);
@@ -256,9 +254,9 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("archive.sqlite");
-    let mut c = open(&path);
+    let c = open(&path);
     report("start");
-    let ids = fill(&mut c);
+    let ids = fill(&c);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(dir.path().join("archive.sqlite-wal"))
             .map(|m| m.len())
@@ -267,7 +265,7 @@ fn main() {
     report("after the fill");
     let mut crit = Criterion::default().configure_from_args();
     queries(&mut crit, &c, &ids);
-    inserts(&mut crit, &mut c);
+    inserts(&mut crit, &c);
     crit.final_summary();
     drop(c);
     drop(dir);
@@ -292,7 +290,7 @@ mod c2s {
     use fedgate::component::client::Target;
     use fedgate::config::TlsConfig;
     use fedgate::core::accounts::Accounts;
-    use fedgate::core::config::{CoreConfig, DomainConfig};
+    use fedgate::core::config::{CoreConfig, Database, DomainConfig};
     use fedgate::core::GatewayLink;
     use fedgate::tls::Tls;
 
@@ -417,7 +415,11 @@ mod c2s {
                 listen: vec!["127.0.0.1:0".parse().unwrap()],
                 direct_tls_listen: Vec::new(),
                 allow_plain: true,
-                database: dir.path().join("core.sqlite"),
+                // DATABASE=postgres://… runs the core on PostgreSQL instead.
+                database: std::env::var("DATABASE").map_or_else(
+                    |_| Database::Sqlite(dir.path().join("core.sqlite")),
+                    |d| Database::parse(&d),
+                ),
                 domain: vec![DomainConfig {
                     name: DOMAIN.into(),
                     aliases: Vec::new(),
@@ -435,7 +437,10 @@ mod c2s {
                 secrets: HashMap::from([(DOMAIN.to_string(), "s".to_string())]),
                 neighbours: Vec::new(),
             };
-            let core = fedgate::core::start(&config, tls, link).await.unwrap();
+            let registry = prometheus::Registry::new();
+            let core = fedgate::core::start(&config, tls, link, &registry)
+                .await
+                .unwrap();
             let addr = core.c2s_addrs[0];
             let mut roots = rustls::RootCertStore::empty();
             roots

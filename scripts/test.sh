@@ -23,9 +23,11 @@ fi
 #   certificates and private DNS.
 # - slixmpp from PyPI: the client library the core and interop tests drive.
 # - Debian's systemd (systemd-analyze) and cargo-deb from crates.io: the package test.
+# - Debian's postgresql: the core's storage tests run on SQLite and on a PostgreSQL that each
+#   test run makes itself (initdb into a temporary folder, a Unix socket there, stopped after).
 # A policy-rc.d that answers 101 keeps the packages' postinst from starting system services that
 # would grab ports 5222/5269/5280/9090 on every interface; any that start anyway (a machine with a
-# real init) are stopped and disabled afterwards.
+# real init) are stopped and disabled afterwards; so is the cluster Debian's postgresql makes.
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 pkgs=()
@@ -35,6 +37,7 @@ need ejabberdctl || [[ -x /usr/sbin/ejabberdctl ]] || pkgs+=(ejabberd)
 dpkg -s lua-unbound >/dev/null 2>&1 || pkgs+=(lua-unbound)
 need unshare || pkgs+=(util-linux)
 need systemd-analyze || pkgs+=(systemd)   # the package test rates the systemd units
+need initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
 if ((${#pkgs[@]})); then
     echo "== installing ${pkgs[*]} (Debian packages)"
     made_policy=
@@ -50,7 +53,7 @@ if ((${#pkgs[@]})); then
         "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}"
     fi
     [[ -z $made_policy ]] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
-    for svc in prosody ejabberd prometheus; do
+    for svc in prosody ejabberd prometheus postgresql; do
         if need systemctl && [[ -d /run/systemd/system ]]; then
             "${sudo[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
         elif [[ -x /etc/init.d/$svc ]]; then

@@ -111,6 +111,19 @@ pub enum CoreCommand {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Copies the core's data, every table, into another database that must be empty (e.g.
+    /// from the SQLite file to PostgreSQL), in one transaction of the target, then prints
+    /// the rows per table. Stop the core first; then point `database` at the target. Exits
+    /// 0 when copied, 1 when refused or failed, 64 for a bad URL.
+    Migrate {
+        /// The database to copy from: `sqlite:FILE` (or a file's path) or a
+        /// `postgres://USER@HOST/DBNAME` URL. Migrated to the current schema first.
+        #[arg(long)]
+        from: String,
+        /// The empty database to copy into, written like `--from`; its schema is created.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

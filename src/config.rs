@@ -1684,7 +1684,10 @@ mod tests {
         assert_eq!(c.local_domains().collect::<Vec<_>>(), ["example.test"]);
         let core = c.core.as_ref().expect("the example runs an embedded core");
         assert_eq!(core.domain[0].name, "example.test");
-        assert_eq!(core.database, dir.join("fedgate-core.sqlite"));
+        assert_eq!(
+            core.database,
+            crate::core::config::Database::Sqlite(dir.join("fedgate-core.sqlite"))
+        );
         assert!(core.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(c.s2s.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(c.component.listen.ip().is_loopback());
@@ -1705,7 +1708,10 @@ mod tests {
             with_core("listen = [\"127.0.0.1:5222\"]\n[[core.domain]]\nname = \"A.Test\"").unwrap();
         let core = c.core.unwrap();
         assert_eq!(core.domain[0].name, "a.test");
-        assert_eq!(core.database, Path::new("/tmp/fedgate-core.sqlite"));
+        assert_eq!(
+            core.database,
+            crate::core::config::Database::Sqlite("/tmp/fedgate-core.sqlite".into())
+        );
         // Every domain and alias must be a backend of this gateway.
         let e =
             with_core("[[core.domain]]\nname = \"a.test\"\naliases = [\"b.test\"]").unwrap_err();

@@ -237,7 +237,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
                 secrets,
                 neighbours,
             };
-            Some(crate::core::start(core_config, tls.clone(), link).await?)
+            Some(crate::core::start(core_config, tls.clone(), link, &metrics.registry).await?)
         }
         None => None,
     };

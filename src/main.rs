@@ -12,7 +12,7 @@ use std::sync::Arc;
 use fedgate::component::client::Target;
 use fedgate::config::{Config, ConfigError};
 use fedgate::core::accounts::Accounts;
-use fedgate::core::config::{CoreConfig, CoreFile};
+use fedgate::core::config::{CoreConfig, CoreFile, Database};
 use fedgate::notify::{notify, State};
 
 /// `EX_USAGE` from sysexits.h: bad configuration or command line.
@@ -54,6 +54,10 @@ fn main() -> ExitCode {
             config,
             command: Some(CoreCommand::User { action }),
         } => user_command(&config, action),
+        Command::Core {
+            command: Some(CoreCommand::Migrate { from, to }),
+            ..
+        } => migrate_command(&from, &to),
         Command::Core {
             config,
             command: None,
@@ -405,6 +409,30 @@ fn load_core_config(file: &std::path::Path) -> Result<CoreConfig, ConfigError> {
 }
 
 /// `fedgate core user ...`: exit 0, 1 when the command fails, 64 for a bad configuration.
+/// `fedgate core migrate --from DATABASE --to DATABASE` (see `fedgate::core::storage::copy`).
+fn migrate_command(from: &str, to: &str) -> ExitCode {
+    let (from, to) = (Database::parse(from), Database::parse(to));
+    for (flag, database) in [("--from", &from), ("--to", &to)] {
+        if let Some(e) = database.problem() {
+            eprintln!("Error: {flag}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    match fedgate::core::storage::copy::copy(&from, &to) {
+        Ok(tables) => {
+            for (table, rows) in tables {
+                println!("{table}: {rows} rows");
+            }
+            println!("copied {from} to {to}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn user_command(file: &std::path::Path, action: UserAction) -> ExitCode {
     let config = match load_core_config(file) {
         Ok(c) => c,
@@ -498,7 +526,9 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                 .collect(),
             neighbours: Vec::new(),
         };
-        let core = fedgate::core::start(&config.core, tls.clone(), link).await?;
+        // The standalone core has no metrics listener: its storage error counts are in its log.
+        let registry = prometheus::Registry::new();
+        let core = fedgate::core::start(&config.core, tls.clone(), link, &registry).await?;
         for addr in &core.c2s_addrs {
             tracing::info!("c2s listening on {addr}");
         }

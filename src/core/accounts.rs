@@ -7,7 +7,7 @@
 
 use super::config::CoreConfig;
 use super::sasl::Credentials;
-use super::storage::{self, Storage, StorageError};
+use super::storage::{self, Storage, StorageError, StorageMetrics};
 use super::Domains;
 use crate::jid::Jid;
 
@@ -41,7 +41,7 @@ pub struct Accounts {
 impl Accounts {
     pub fn open(config: &CoreConfig) -> Result<Accounts, AccountError> {
         Ok(Accounts {
-            storage: Storage::open(&config.database)?,
+            storage: Storage::open(&config.database, StorageMetrics::unregistered())?,
             domains: Domains::from_config(config),
             first_domain: config
                 .domain
@@ -153,7 +153,9 @@ impl Accounts {
     }
 
     pub fn list(&self) -> Result<Vec<String>, AccountError> {
-        Ok(self.storage.call_blocking(storage::list_accounts)?)
+        Ok(self
+            .storage
+            .call_blocking(|db| storage::list_accounts(db))?)
     }
 }
 
@@ -166,7 +168,7 @@ mod tests {
     fn add_passwd_remove_list() {
         let dir = tempfile::tempdir().unwrap();
         let config = CoreConfig {
-            database: dir.path().join("db.sqlite"),
+            database: crate::core::config::Database::Sqlite(dir.path().join("db.sqlite")),
             domain: vec![DomainConfig {
                 name: "googlemail.com".into(),
                 aliases: vec!["gmail.com".into()],

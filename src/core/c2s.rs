@@ -1155,3 +1155,8 @@ impl Core {
         }
     }
 }
+
+/// A database that goes down under a running core, and comes back.
+#[cfg(test)]
+#[path = "c2s_storage_tests.rs"]
+mod storage_tests;

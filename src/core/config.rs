@@ -15,6 +15,103 @@ use serde::{Deserialize, Serialize};
 use crate::config::{invalid, parse_message, ConfigError, Secret, TlsConfig};
 use crate::jid::normalize_domain;
 
+/// `core.database`: where the core's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file, the embedded default.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://…` or `postgresql://…`), as written.
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://…` / `postgresql://…` is PostgreSQL; anything else a file, with an
+    /// optional `sqlite:` in front.
+    pub fn parse(s: &str) -> Database {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Database::Postgres(s.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(s.strip_prefix("sqlite:").unwrap_or(s)))
+        }
+    }
+
+    /// What is wrong with a PostgreSQL URL, as a [`ConfigError`] for `core.database`.
+    pub fn problem(&self) -> Option<ConfigError> {
+        let Database::Postgres(url) = self else {
+            return None;
+        };
+        let fix = "write it as postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME (or \
+                   postgres://USER@/DBNAME?host=/run/postgresql for a Unix socket)";
+        match url.parse::<postgres::Config>() {
+            Err(e) => Some(invalid(
+                "core.database",
+                format!("`{self}` is not a PostgreSQL URL: {e}"),
+                fix,
+            )),
+            Ok(c) if c.get_ssl_mode() == postgres::config::SslMode::Require => Some(invalid(
+                "core.database",
+                format!("`{self}` asks for TLS (sslmode=require), which fedgate does not speak to PostgreSQL"),
+                "use a Unix socket or a trusted network with sslmode=disable (or prefer)",
+            )),
+            Ok(c) if c.get_hosts().is_empty() => Some(invalid(
+                "core.database",
+                format!("`{self}` names no host"),
+                fix,
+            )),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The file's path, or the URL with any password replaced by `***` (for logs and
+/// `fedgate check config`).
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+                let (authority, tail) = rest.split_at(authority_end);
+                let authority = match authority.rsplit_once('@') {
+                    Some((userinfo, host)) if userinfo.contains(':') => {
+                        let user = userinfo.split(':').next().unwrap_or_default();
+                        format!("{user}:***@{host}")
+                    }
+                    _ => authority.to_owned(),
+                };
+                // A `password=` parameter is as secret.
+                let tail = match tail.split_once('?') {
+                    Some((path, query)) => {
+                        let query: Vec<String> = query
+                            .split('&')
+                            .map(|kv| match kv.split_once('=') {
+                                Some(("password", _)) => "password=***".to_owned(),
+                                _ => kv.to_owned(),
+                            })
+                            .collect();
+                        format!("{path}?{}", query.join("&"))
+                    }
+                    None => tail.to_owned(),
+                };
+                write!(f, "{scheme}://{authority}{tail}")
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Database, D::Error> {
+        Ok(Database::parse(&String::deserialize(d)?))
+    }
+}
+
+impl Serialize for Database {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
 /// `[core]`: the c2s server.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,9 +131,14 @@ pub struct CoreConfig {
     /// PBKDF2 iterations for new or changed passwords. Default `4096`, the least RFC 7677
     /// allows; more makes each sign-in and each stolen-database guess slower alike.
     pub scram_iterations: u32,
-    /// The SQLite file with accounts, rosters and offline messages; created on first start.
-    /// Default `"fedgate-core.sqlite"`, relative to the configuration file.
-    pub database: PathBuf,
+    /// Where the core keeps accounts, rosters, offline messages and everything else: an
+    /// SQLite file (created on first start; relative to the configuration file; `sqlite:` in
+    /// front is allowed), or a PostgreSQL database as a URL, `postgres://USER[:PASSWORD]@HOST
+    /// [:PORT]/DBNAME` (`postgresql://` too; `?host=/run/postgresql` for a Unix socket), whose
+    /// schema is created on first start. Default `"fedgate-core.sqlite"`. PostgreSQL is
+    /// reached without TLS: use a Unix socket or a trusted network. A password in the URL
+    /// is as secret as the file; prefer `~/.pgpass` or peer authentication.
+    pub database: Database,
     /// From TCP accept until a resource is bound; then `<connection-timeout/>`. Default
     /// `"30s"`. Bounds how long unauthenticated clients hold a connection.
     #[serde(with = "crate::config::duration")]
@@ -133,7 +235,7 @@ impl Default for CoreConfig {
             direct_tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
             allow_plain: true,
             scram_iterations: 4096,
-            database: PathBuf::from("fedgate-core.sqlite"),
+            database: Database::Sqlite(PathBuf::from("fedgate-core.sqlite")),
             negotiation_timeout: Duration::from_secs(30),
             max_stanza_bytes: 256 * 1024,
             max_negotiation_stanza_bytes: 16 * 1024,
@@ -416,8 +518,10 @@ fn base_dir(path: &Path) -> &Path {
 impl CoreConfig {
     /// Resolves `database` against the configuration file's directory.
     pub fn resolve_paths(&mut self, base_dir: &Path) {
-        if self.database.is_relative() {
-            self.database = base_dir.join(&self.database);
+        if let Database::Sqlite(path) = &mut self.database {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
         }
     }
 
@@ -440,6 +544,9 @@ impl CoreConfig {
     /// Every problem with the rules serde cannot express, each with its key and fix.
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
+        if let Some(e) = self.database.problem() {
+            problems.push(e);
+        }
         if self.domain.is_empty() {
             problems.push(invalid(
                 "core.domain",
@@ -659,10 +766,58 @@ mod tests {
     fn example_core_config_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let f = CoreFile::load(&dir.join("core.toml")).unwrap();
-        assert_eq!(f.core.database, dir.join("fedgate-core.sqlite"));
+        assert_eq!(
+            f.core.database,
+            Database::Sqlite(dir.join("fedgate-core.sqlite"))
+        );
         assert!(f.core.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(f.core.allow_plain);
         assert!(f.gateway.secret().is_ok());
+    }
+
+    /// `database` takes a file or a PostgreSQL URL; a bad URL is one error naming the key,
+    /// and the password never shows in `fedgate check config`.
+    #[test]
+    fn the_database_is_a_file_or_a_postgresql_url() {
+        let base = "[[core.domain]]\nname=\"a.test\"\n[tls]\n[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"a.crt\"\nkey=\"a.key\"\n[gateway]\nsecret=\"s\"\n";
+        let load = |db: &str| {
+            CoreFile::from_toml(
+                &format!("[core]\ndatabase = \"{db}\"\n{base}"),
+                Path::new("/srv"),
+            )
+        };
+        let db = |s: &str| load(s).unwrap().core.database;
+        assert_eq!(
+            db("core.sqlite"),
+            Database::Sqlite("/srv/core.sqlite".into())
+        );
+        assert_eq!(
+            db("sqlite:/var/core.db"),
+            Database::Sqlite("/var/core.db".into())
+        );
+        for url in [
+            "postgres://fedgate@db.example/core",
+            "postgresql://fedgate:pw@10.0.0.5:5433/core",
+            "postgres://fedgate@localhost/core?host=/run/postgresql",
+        ] {
+            assert_eq!(db(url), Database::Postgres(url.into()));
+        }
+        for bad in [
+            "postgres://fedgate@db.example/core?sslmode=require",
+            "postgres://fedgate@db.example/core?no_such_option=1",
+            "postgres://fedgate@db.example:notaport/core",
+        ] {
+            let e = load(bad).unwrap_err();
+            assert!(e.to_string().lines().count() == 1, "{e}");
+            assert_eq!(key_of(e), "core.database", "{bad}");
+        }
+        let shown = Database::parse("postgres://fedgate:s3cret@db.example/core").to_string();
+        assert_eq!(shown, "postgres://fedgate:***@db.example/core");
+        let shown =
+            Database::parse("postgres://fedgate@h/core?password=s3cret&host=/run").to_string();
+        assert_eq!(shown, "postgres://fedgate@h/core?password=***&host=/run");
+        let text = toml::to_string(&load("postgres://u:s3cret@h/core").unwrap().core).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]

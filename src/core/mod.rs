@@ -23,7 +23,7 @@
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
-//! - [`storage`]: the SQLite file and its versioned migrations.
+//! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //!
 //! # How a stanza travels
@@ -78,7 +78,7 @@ use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::{ns, Element};
 
 use self::config::CoreConfig;
-use self::storage::{Storage, StorageError};
+use self::storage::{Storage, StorageError, StorageMetrics};
 
 /// Why the core could not start.
 #[derive(Debug, thiserror::Error)]
@@ -311,13 +311,20 @@ pub struct GatewayLink {
 }
 
 /// Opens the database, attaches every domain to the gateway, binds the c2s listeners.
+/// The core's metrics (storage errors) go into `registry`.
 pub async fn start(
     config: &CoreConfig,
     tls: Arc<Tls>,
     gateway: GatewayLink,
+    registry: &prometheus::Registry,
 ) -> Result<RunningCore, CoreError> {
     config.validate()?;
-    let storage = Storage::open(&config.database)?;
+    let metrics = StorageMetrics::register(registry).unwrap_or_else(|e| {
+        // A core started again in the same process (a reload): the first one's are shown.
+        tracing::debug!("storage metrics not registered again: {e}");
+        StorageMetrics::unregistered()
+    });
+    let storage = Storage::open(&config.database, metrics)?;
     let domains = Domains::from_config(config);
 
     let mut links = HashMap::new();

@@ -75,7 +75,12 @@ impl Core {
             return self.server_stanza(&to, el).await;
         };
         let account = format!("{node}@{canonical}");
-        let exists = {
+        // A signed-in account exists (removing one ends its sessions): no database round
+        // trip, and its sessions still get their stanzas (and error replies) while the
+        // database is down.
+        let exists = if self.sessions_lock().contains_key(&account) {
+            Ok(true)
+        } else {
             let (n, d) = (node.to_owned(), canonical.clone());
             self.storage
                 .call(move |c| storage::account_exists(c, &n, &d))

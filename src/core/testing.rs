@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{CoreConfig, DomainConfig};
+use super::config::{CoreConfig, Database, DomainConfig};
 use super::sasl::Credentials;
-use super::storage::{self, Storage};
+use super::storage::{self, Storage, StorageMetrics};
 use super::{Core, Domains, Queued, SessionHandle};
 use crate::jid::Jid;
 use crate::tls::Tls;
@@ -30,7 +30,7 @@ pub(crate) async fn test_core_with(
     tweak: impl FnOnce(&mut CoreConfig),
 ) -> Arc<Core> {
     let mut config = CoreConfig {
-        database: dir.join("core.sqlite"),
+        database: Database::Sqlite(dir.join("core.sqlite")),
         domain: vec![DomainConfig {
             name: "a.test".into(),
             aliases: Vec::new(),
@@ -45,7 +45,7 @@ pub(crate) async fn test_core_with(
         certificate: Vec::new(),
     })
     .unwrap();
-    let storage = Storage::open(&config.database).unwrap();
+    let storage = Storage::open(&config.database, StorageMetrics::unregistered()).unwrap();
     for u in users {
         let u = u.to_string();
         storage

@@ -74,7 +74,7 @@ pub(crate) async fn node_with(
     let mut config = CoreConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         direct_tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        database: dir.path().join("core.sqlite"),
+        database: fedgate::core::config::Database::Sqlite(dir.path().join("core.sqlite")),
         negotiation_timeout: Duration::from_secs(5),
         domain: vec![DomainConfig {
             name: domain.to_string(),
@@ -108,7 +108,8 @@ impl Node {
             secrets: self.secrets.clone(),
             neighbours: Vec::new(),
         };
-        let core = fedgate::core::start(&self.config, self.tls.clone(), link)
+        let registry = prometheus::Registry::new();
+        let core = fedgate::core::start(&self.config, self.tls.clone(), link, &registry)
             .await
             .expect("core starts");
         // Wait until every domain is attached at the gateway.
@@ -869,7 +870,11 @@ fn accounts_are_managed_from_the_command_line() {
     // PLAIN sign-in runs, on the keys the command stored.
     let signs_in = |password: &str| {
         let db = dir.path().join("fedgate-core.sqlite");
-        let storage = fedgate::core::storage::Storage::open(&db).unwrap();
+        let storage = fedgate::core::storage::Storage::open(
+            &fedgate::core::config::Database::Sqlite(db),
+            fedgate::core::storage::StorageMetrics::unregistered(),
+        )
+        .unwrap();
         storage
             .call_blocking(|c| fedgate::core::storage::credentials(c, "bob", "a.test"))
             .unwrap()

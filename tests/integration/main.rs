@@ -4,6 +4,7 @@
 mod certs;
 mod dns_server;
 mod harness;
+mod postgres;
 mod proxy;
 mod xml_tree;
 
@@ -14,6 +15,7 @@ mod core;
 mod core_im;
 mod core_mam;
 mod core_pep;
+mod core_pg;
 mod core_sasl;
 mod core_sm;
 mod delivery;

@@ -23,7 +23,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection};
+use crate::core::storage::{params, Db, SqlError};
 
 use super::stanzas::{iq_result, payload};
 use super::storage::StorageError;
@@ -100,23 +100,20 @@ impl Command {
 
 // ---- storage --------------------------------------------------------------------------------
 
-pub(crate) fn load(conn: &mut Connection, owner: &str) -> Result<Vec<String>, rusqlite::Error> {
-    let mut stmt = conn.prepare("SELECT jid FROM blocklist WHERE owner = ?1 ORDER BY jid")?;
-    let rows = stmt.query_map(params![owner], |r| r.get(0))?;
-    rows.collect()
+pub(crate) fn load(conn: &Db, owner: &str) -> Result<Vec<String>, SqlError> {
+    conn.query_map(
+        "SELECT jid FROM blocklist WHERE owner = ?1 ORDER BY jid",
+        params![owner],
+        |r| r.get(0),
+    )
 }
 
 /// Adds `jids` unless the list would then hold more than `max`; `Ok(false)` when it would.
-fn add(
-    conn: &mut Connection,
-    owner: &str,
-    jids: &[String],
-    max: usize,
-) -> Result<bool, rusqlite::Error> {
+fn add(conn: &Db, owner: &str, jids: &[String], max: usize) -> Result<bool, SqlError> {
     let tx = conn.transaction()?;
     for j in jids {
         tx.execute(
-            "INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?1, ?2)",
+            "INSERT INTO blocklist (owner, jid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![owner, j],
         )?;
     }
@@ -133,11 +130,7 @@ fn add(
 }
 
 /// Removes `jids`, or everything when `None`.
-fn remove(
-    conn: &mut Connection,
-    owner: &str,
-    jids: Option<&[String]>,
-) -> Result<(), rusqlite::Error> {
+fn remove(conn: &Db, owner: &str, jids: Option<&[String]>) -> Result<(), SqlError> {
     match jids {
         None => {
             conn.execute("DELETE FROM blocklist WHERE owner = ?1", params![owner])?;

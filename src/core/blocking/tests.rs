@@ -304,3 +304,19 @@ async fn a_subscriber_sees_unavailable_when_blocked_and_the_presence_again_when_
     );
     drain(&mut alice_rx);
 }
+
+crate::core::storage::testing::on_both_databases! {
+    /// A blocklist: adding twice keeps one, the limit refuses the whole addition, removal of
+    /// some or all.
+    fn blocklist_storage(db) {
+        let jids = |j: &[&str]| j.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(add(db, "a@a.test", &jids(&["x@b.test", "y@b.test"]), 3).unwrap());
+        assert!(add(db, "a@a.test", &jids(&["x@b.test"]), 3).unwrap());
+        assert!(!add(db, "a@a.test", &jids(&["z@b.test", "w@b.test"]), 3).unwrap());
+        assert_eq!(load(db, "a@a.test").unwrap(), ["x@b.test", "y@b.test"]);
+        remove(db, "a@a.test", Some(&jids(&["x@b.test"]))).unwrap();
+        assert_eq!(load(db, "a@a.test").unwrap(), ["y@b.test"]);
+        remove(db, "a@a.test", None).unwrap();
+        assert!(load(db, "a@a.test").unwrap().is_empty());
+    }
+}

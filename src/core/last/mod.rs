@@ -13,7 +13,7 @@
 #[cfg(test)]
 mod tests;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::core::storage::{params, Db, OptionalExtension, SqlError};
 
 use super::stanzas::iq_result;
 use super::{Core, SessionHandle};
@@ -23,16 +23,11 @@ use crate::xml::Element;
 
 pub const NS_LAST: &str = "jabber:iq:last";
 
-fn record(
-    conn: &mut Connection,
-    owner: &str,
-    ended: i64,
-    status: Option<&str>,
-) -> Result<(), rusqlite::Error> {
+fn record(conn: &Db, owner: &str, ended: i64, status: Option<&str>) -> Result<(), SqlError> {
     // Only for an account that still exists (a session of a removed account ends too).
     conn.execute(
         "INSERT INTO last_activity (owner, ended, status)
-         SELECT ?1, ?2, ?3 WHERE EXISTS
+         SELECT ?1, CAST(?2 AS BIGINT), ?3 WHERE EXISTS
            (SELECT 1 FROM accounts WHERE localpart || '@' || domain = ?1)
          ON CONFLICT (owner) DO UPDATE SET ended = ?2, status = ?3",
         params![owner, ended, status],
@@ -40,10 +35,7 @@ fn record(
     Ok(())
 }
 
-fn load(
-    conn: &mut Connection,
-    owner: &str,
-) -> Result<Option<(i64, Option<String>)>, rusqlite::Error> {
+fn load(conn: &Db, owner: &str) -> Result<Option<(i64, Option<String>)>, SqlError> {
     conn.query_row(
         "SELECT ended, status FROM last_activity WHERE owner = ?1",
         params![owner],

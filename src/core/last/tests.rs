@@ -92,3 +92,16 @@ async fn ping_to_an_accounts_bare_and_full_jid_is_answered_for_others_and_itself
         ["<iq type='result' from='alice@a.test' to='alice@a.test/r' id='p3'/>"]
     );
 }
+
+crate::core::storage::testing::on_both_databases! {
+    /// Last activity is recorded for an existing account only, and replaced.
+    fn last_activity_storage(db) {
+        let c = crate::core::sasl::Credentials::derive("pw", 4096);
+        crate::core::storage::create_account(db, "a", "a.test", &c).unwrap();
+        record(db, "a@a.test", 100, Some("away")).unwrap();
+        record(db, "a@a.test", 200, None).unwrap();
+        record(db, "gone@a.test", 100, None).unwrap();
+        assert_eq!(load(db, "a@a.test").unwrap(), Some((200, None)));
+        assert_eq!(load(db, "gone@a.test").unwrap(), None);
+    }
+}

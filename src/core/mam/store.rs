@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use crate::core::storage::{params, Db, OptionalExtension, SqlError, ToSql, Value};
 
 /// Bits of the key below the millisecond timestamp.
 pub const KEY_SHIFT: u32 = 12;
@@ -152,7 +152,7 @@ fn split_jids(s: String) -> Vec<String> {
         .collect()
 }
 
-pub fn prefs(conn: &Connection, owner: &str) -> Result<Prefs, rusqlite::Error> {
+pub fn prefs(conn: &Db, owner: &str) -> Result<Prefs, SqlError> {
     let p = conn
         .query_row(
             "SELECT default_mode, always, never FROM archive_prefs WHERE owner = ?1",
@@ -170,7 +170,7 @@ pub fn prefs(conn: &Connection, owner: &str) -> Result<Prefs, rusqlite::Error> {
     Ok(p.unwrap_or_default())
 }
 
-pub fn set_prefs(conn: &Connection, owner: &str, p: &Prefs) -> Result<(), rusqlite::Error> {
+pub fn set_prefs(conn: &Db, owner: &str, p: &Prefs) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO archive_prefs (owner, default_mode, always, never) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (owner) DO UPDATE SET default_mode = ?2, always = ?3, never = ?4",
@@ -194,7 +194,7 @@ pub struct NewMessage<'a> {
 }
 
 /// Whether the preferences let a message with this peer into the archive (§6.1).
-fn wanted(conn: &Connection, m: &NewMessage<'_>) -> Result<bool, rusqlite::Error> {
+fn wanted(conn: &Db, m: &NewMessage<'_>) -> Result<bool, SqlError> {
     let p = prefs(conn, m.owner)?;
     let listed = |l: &[String]| l.iter().any(|j| j == m.with_bare || j == m.with_full);
     if listed(&p.never) {
@@ -211,7 +211,7 @@ fn wanted(conn: &Connection, m: &NewMessage<'_>) -> Result<bool, rusqlite::Error
 }
 
 /// Whether `contact` is an item of `owner`'s roster (a hidden entry is not).
-fn in_roster(conn: &Connection, owner: &str, contact: &str) -> Result<bool, rusqlite::Error> {
+fn in_roster(conn: &Db, owner: &str, contact: &str) -> Result<bool, SqlError> {
     conn.query_row(
         "SELECT in_roster FROM roster WHERE owner = ?1 AND contact = ?2",
         params![owner, contact],
@@ -224,15 +224,15 @@ fn in_roster(conn: &Connection, owner: &str, contact: &str) -> Result<bool, rusq
 /// Archives a message at `now_ms` unless the owner's preferences say no (`Ok(None)`), then
 /// enforces the limits for that owner. Run it in a transaction (it writes several tables).
 pub fn archive(
-    conn: &Connection,
+    conn: &Db,
     m: &NewMessage<'_>,
     limits: &ArchiveLimits,
     now_ms: i64,
-) -> Result<Option<ArchiveId>, rusqlite::Error> {
+) -> Result<Option<ArchiveId>, SqlError> {
     if !wanted(conn, m)? {
         return Ok(None);
     }
-    let last: Option<i64> = conn.query_row("SELECT MAX(key) FROM archive", [], |r| r.get(0))?;
+    let last: Option<i64> = conn.query_row("SELECT MAX(key) FROM archive", &[], |r| r.get(0))?;
     let key = key_at(now_ms).max(last.map_or(0, |k| k + 1));
     let id = ArchiveId {
         key,
@@ -252,7 +252,7 @@ pub fn archive(
     )?;
     let mut count: i64 = conn.query_row(
         "INSERT INTO archive_owners (owner, messages) VALUES (?1, 1)
-         ON CONFLICT (owner) DO UPDATE SET messages = messages + 1 RETURNING messages",
+         ON CONFLICT (owner) DO UPDATE SET messages = archive_owners.messages + 1 RETURNING messages",
         params![m.owner],
         |r| r.get(0),
     )?;
@@ -288,29 +288,21 @@ pub fn archive(
 /// last moments before a power loss or a kernel crash, and never corrupts the file; the next
 /// `FULL` commit (any other write of the core) makes them durable too.
 pub fn archive_now(
-    conn: &mut Connection,
+    conn: &Db,
     m: &NewMessage<'_>,
     limits: &ArchiveLimits,
     now_ms: i64,
-) -> Result<Option<ArchiveId>, rusqlite::Error> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let result = (|| {
+) -> Result<Option<ArchiveId>, SqlError> {
+    conn.with_relaxed_durability(|conn| {
         let tx = conn.transaction()?;
         let id = archive(&tx, m, limits, now_ms)?;
         tx.commit()?;
         Ok(id)
-    })();
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    result
+    })
 }
 
 /// Deletes up to `limit` of `owner`'s oldest messages with keys below `below`.
-fn delete_oldest(
-    conn: &Connection,
-    owner: &str,
-    below: i64,
-    limit: usize,
-) -> Result<usize, rusqlite::Error> {
+fn delete_oldest(conn: &Db, owner: &str, below: i64, limit: usize) -> Result<usize, SqlError> {
     conn.execute(
         "DELETE FROM archive WHERE key IN
            (SELECT key FROM archive WHERE owner = ?1 AND key < ?2 ORDER BY key LIMIT ?3)",
@@ -319,7 +311,7 @@ fn delete_oldest(
 }
 
 /// Whether `id` is one of `owner`'s archived messages.
-pub fn exists(conn: &Connection, owner: &str, id: ArchiveId) -> Result<bool, rusqlite::Error> {
+pub fn exists(conn: &Db, owner: &str, id: ArchiveId) -> Result<bool, SqlError> {
     conn.query_row(
         "SELECT 1 FROM archive WHERE key = ?1 AND owner = ?2 AND nonce = ?3",
         params![id.key, owner, id.nonce],
@@ -330,7 +322,7 @@ pub fn exists(conn: &Connection, owner: &str, id: ArchiveId) -> Result<bool, rus
 }
 
 /// Deletes an account's archive and preferences (the account is removed).
-pub fn remove_owner(conn: &Connection, owner: &str) -> Result<(), rusqlite::Error> {
+pub fn remove_owner(conn: &Db, owner: &str) -> Result<(), SqlError> {
     for table in ["archive", "archive_owners", "archive_prefs"] {
         conn.execute(
             &format!("DELETE FROM {table} WHERE owner = ?1"),
@@ -381,13 +373,7 @@ pub struct Page {
 }
 
 /// Runs a query on `owner`'s archive; messages with keys below `oldest_key` are expired.
-pub fn query(
-    conn: &Connection,
-    owner: &str,
-    q: &Query,
-    oldest_key: i64,
-) -> Result<Page, rusqlite::Error> {
-    use rusqlite::types::Value;
+pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page, SqlError> {
     let mut sql = String::from("SELECT key, nonce, stanza FROM archive WHERE owner = ?");
     let mut args: Vec<Value> = vec![Value::Text(owner.to_owned())];
     match &q.with {
@@ -442,8 +428,8 @@ pub fn query(
         " ORDER BY key ASC LIMIT ?"
     });
     args.push(Value::Integer(q.max as i64 + 1));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), |r| {
+    let args: Vec<&dyn ToSql> = args.iter().map(|a| a as &dyn ToSql).collect();
+    let rows = conn.query_map(&sql, &args, |r| {
         Ok(Archived {
             id: ArchiveId {
                 key: r.get(0)?,
@@ -453,8 +439,7 @@ pub fn query(
         })
     })?;
     let mut items = Vec::with_capacity(q.max + 1);
-    for row in rows {
-        let a = row?;
+    for a in rows {
         // An `ids` entry must match its nonce too, not only its key.
         if q.ids.as_ref().is_none_or(|ids| ids.contains(&a.id)) {
             items.push(a);

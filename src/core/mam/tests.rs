@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::core::storage::testing::on_both_databases;
+use crate::core::storage::Db;
 use tokio::sync::mpsc;
 
 use super::super::carbons::tests::send;
@@ -584,13 +585,7 @@ async fn preferences_never_always_and_roster() {
     assert_eq!(r.attr("type"), Some("error"));
 }
 
-fn db() -> Connection {
-    let mut c = Connection::open_in_memory().unwrap();
-    super::super::storage::migrate(&mut c).unwrap();
-    c
-}
-
-fn put(c: &Connection, limits: &ArchiveLimits, at_ms: i64, body: &str) -> ArchiveId {
+fn put(c: &Db, limits: &ArchiveLimits, at_ms: i64, body: &str) -> ArchiveId {
     let stanza = format!("<message xmlns='jabber:client'><body>{body}</body></message>");
     archive(
         c,
@@ -607,7 +602,7 @@ fn put(c: &Connection, limits: &ArchiveLimits, at_ms: i64, body: &str) -> Archiv
     .unwrap()
 }
 
-fn all(c: &Connection, oldest_key: i64) -> Vec<String> {
+fn all(c: &Db, oldest_key: i64) -> Vec<String> {
     let q = Query {
         max: 100,
         ..Query::default()
@@ -621,34 +616,33 @@ fn all(c: &Connection, oldest_key: i64) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn retention_deletes_expired_messages_at_the_next_insert_and_hides_them_before() {
-    let c = db();
+on_both_databases! {
+    fn retention_deletes_expired_messages_at_the_next_insert_and_hides_them_before(c) {
     let limits = ArchiveLimits {
         retention: Duration::from_secs(10),
         max_messages: 1000,
     };
     let t0 = 1_700_000_000_000;
-    put(&c, &limits, t0, "old1");
-    put(&c, &limits, t0 + 1, "old2");
-    put(&c, &limits, t0 + 5_000, "recent");
+    put(c, &limits, t0, "old1");
+    put(c, &limits, t0 + 1, "old2");
+    put(c, &limits, t0 + 5_000, "recent");
     // 12 s later: the first two have expired; a query no longer returns them...
     let now = t0 + 12_000;
-    assert_eq!(all(&c, key_at(now - 10_000)), ["recent"]);
-    let rows = |c: &Connection| -> i64 {
-        c.query_row("SELECT COUNT(*) FROM archive", [], |r| r.get(0))
+    assert_eq!(all(c, key_at(now - 10_000)), ["recent"]);
+    let rows = |c: &Db| -> i64 {
+        c.query_row("SELECT COUNT(*) FROM archive", &[], |r| r.get(0))
             .unwrap()
     };
     assert_eq!(rows(&c), 3);
     // ...and the next insert deletes them.
-    put(&c, &limits, now, "new");
+    put(c, &limits, now, "new");
     assert_eq!(rows(&c), 2);
-    assert_eq!(all(&c, 0), ["recent", "new"]);
+    assert_eq!(all(c, 0), ["recent", "new"]);
+}
 }
 
-#[test]
-fn the_size_limit_drops_the_oldest_and_keys_stay_increasing() {
-    let c = db();
+on_both_databases! {
+    fn the_size_limit_drops_the_oldest_and_keys_stay_increasing(c) {
     let limits = ArchiveLimits {
         retention: Duration::from_secs(1_000_000),
         max_messages: 3,
@@ -658,14 +652,13 @@ fn the_size_limit_drops_the_oldest_and_keys_stay_increasing() {
     for i in 0..5 {
         // The same millisecond, and then a clock that steps back: keys still increase.
         let at = if i < 4 { t0 } else { t0 - 1000 };
-        ids.push(put(&c, &limits, at, &format!("m{i}")));
+        ids.push(put(c, &limits, at, &format!("m{i}")));
     }
     assert!(ids.windows(2).all(|w| w[0].key < w[1].key), "{ids:?}");
-    assert_eq!(all(&c, 0), ["m2", "m3", "m4"]);
-    let count: i64 = c
-        .query_row(
+    assert_eq!(all(c, 0), ["m2", "m3", "m4"]);
+    let count: i64 = c.query_row(
             "SELECT messages FROM archive_owners WHERE owner = 'bob@a.test'",
-            [],
+            &[],
             |r| r.get(0),
         )
         .unwrap();
@@ -674,14 +667,15 @@ fn the_size_limit_drops_the_oldest_and_keys_stay_increasing() {
     assert_eq!(ArchiveId::parse(&ids[0].to_string()), Some(ids[0]));
     assert_eq!(ArchiveId::parse("xyz"), None);
     // A dropped message is no longer there for an id lookup.
-    assert!(!exists(&c, "bob@a.test", ids[0]).unwrap());
-    assert!(exists(&c, "bob@a.test", ids[4]).unwrap());
+    assert!(!exists(c, "bob@a.test", ids[0]).unwrap());
+    assert!(exists(c, "bob@a.test", ids[4]).unwrap());
     // The right key with the wrong nonce is not it.
     let guessed = ArchiveId {
         key: ids[4].key,
         nonce: ids[4].nonce ^ 1,
     };
-    assert!(!exists(&c, "bob@a.test", guessed).unwrap());
+    assert!(!exists(c, "bob@a.test", guessed).unwrap());
+}
 }
 
 #[test]
@@ -693,14 +687,13 @@ fn datetimes_of_xep_0082() {
     assert_eq!(parse_datetime("tomorrow"), None);
 }
 
-#[test]
-fn removing_an_account_removes_its_archive_and_preferences() {
-    let mut c = db();
+on_both_databases! {
+    fn removing_an_account_removes_its_archive_and_preferences(c) {
     let limits = ArchiveLimits {
         retention: Duration::from_secs(1000),
         max_messages: 10,
     };
-    put(&c, &limits, 1_700_000_000_000, "gone");
+    put(c, &limits, 1_700_000_000_000, "gone");
     set_prefs(
         &c,
         "bob@a.test",
@@ -711,11 +704,11 @@ fn removing_an_account_removes_its_archive_and_preferences() {
         },
     )
     .unwrap();
-    super::super::storage::remove_account(&mut c, "bob", "a.test").unwrap();
-    assert!(all(&c, 0).is_empty());
-    assert_eq!(prefs(&c, "bob@a.test").unwrap(), Prefs::default());
-    let owners: i64 = c
-        .query_row("SELECT COUNT(*) FROM archive_owners", [], |r| r.get(0))
+    crate::core::storage::remove_account(c, "bob", "a.test").unwrap();
+    assert!(all(c, 0).is_empty());
+    assert_eq!(prefs(c, "bob@a.test").unwrap(), Prefs::default());
+    let owners: i64 = c.query_row("SELECT COUNT(*) FROM archive_owners", &[], |r| r.get(0))
         .unwrap();
     assert_eq!(owners, 0);
+}
 }

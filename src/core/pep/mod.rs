@@ -45,7 +45,7 @@ use self::form::Form;
 use self::store::{Item, Publish, Published};
 use super::disco::{NS_DISCO_INFO, NS_DISCO_ITEMS};
 use super::stanzas::{iq_result, payload};
-use super::storage::StorageError;
+use super::storage::{Db, SqlError, StorageError};
 use super::{Core, SessionHandle};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
@@ -541,7 +541,7 @@ impl Core {
         account: &str,
         request: &Element,
         event: &str,
-        change: fn(&mut rusqlite::Connection, &str, &str) -> rusqlite::Result<()>,
+        change: fn(&Db, &str, &str) -> Result<(), SqlError>,
     ) -> Answer {
         let node = Self::node_of(request)?;
         let (owner, n) = (account.to_owned(), node.clone());

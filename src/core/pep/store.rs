@@ -3,7 +3,7 @@
 //! Every function takes the connection and runs on the database thread; a publish is one
 //! transaction, so its quota and precondition checks cannot race another publish.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::core::storage::{params, Db, OptionalExtension, SqlError};
 
 use super::config::{ConfigChange, NodeConfig};
 
@@ -47,7 +47,7 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn config_from_row(r: &rusqlite::Row<'_>, at: usize) -> Result<NodeConfig, rusqlite::Error> {
+fn config_from_row(r: &crate::core::storage::Row, at: usize) -> Result<NodeConfig, SqlError> {
     let access: String = r.get(at)?;
     let send_last: String = r.get(at + 3)?;
     Ok(NodeConfig {
@@ -58,11 +58,7 @@ fn config_from_row(r: &rusqlite::Row<'_>, at: usize) -> Result<NodeConfig, rusql
     })
 }
 
-pub fn node_config(
-    conn: &Connection,
-    owner: &str,
-    node: &str,
-) -> Result<Option<NodeConfig>, rusqlite::Error> {
+pub fn node_config(conn: &Db, owner: &str, node: &str) -> Result<Option<NodeConfig>, SqlError> {
     conn.query_row(
         "SELECT access_model, persist_items, max_items, send_last FROM pep_nodes
          WHERE owner = ?1 AND node = ?2",
@@ -73,21 +69,16 @@ pub fn node_config(
 }
 
 /// The account's nodes with their configuration, by name.
-pub fn nodes(conn: &Connection, owner: &str) -> Result<Vec<(String, NodeConfig)>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
+pub fn nodes(conn: &Db, owner: &str) -> Result<Vec<(String, NodeConfig)>, SqlError> {
+    conn.query_map(
         "SELECT node, access_model, persist_items, max_items, send_last FROM pep_nodes
          WHERE owner = ?1 ORDER BY node",
-    )?;
-    let rows = st.query_map(params![owner], |r| Ok((r.get(0)?, config_from_row(r, 1)?)))?;
-    rows.collect()
+        params![owner],
+        |r| Ok((r.get(0)?, config_from_row(r, 1)?)),
+    )
 }
 
-fn insert_node(
-    conn: &Connection,
-    owner: &str,
-    node: &str,
-    c: &NodeConfig,
-) -> Result<(), rusqlite::Error> {
+fn insert_node(conn: &Db, owner: &str, node: &str, c: &NodeConfig) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO pep_nodes (owner, node, access_model, persist_items, max_items, send_last,
            created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -105,7 +96,7 @@ fn insert_node(
 }
 
 /// Keeps the node's `keep` latest items.
-fn trim(conn: &Connection, owner: &str, node: &str, keep: u32) -> Result<(), rusqlite::Error> {
+fn trim(conn: &Db, owner: &str, node: &str, keep: u32) -> Result<(), SqlError> {
     conn.execute(
         "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND seq NOT IN
            (SELECT seq FROM pep_items WHERE owner = ?1 AND node = ?2 ORDER BY seq DESC LIMIT ?3)",
@@ -125,7 +116,7 @@ fn kept(c: &NodeConfig) -> u32 {
 }
 
 /// XEP-0060 §7.1 with auto-create (§7.1.4) and publish-options preconditions (§7.1.5).
-pub fn publish(conn: &mut Connection, p: &Publish) -> Result<Published, rusqlite::Error> {
+pub fn publish(conn: &Db, p: &Publish) -> Result<Published, SqlError> {
     let tx = conn.transaction()?;
     let existing = node_config(&tx, &p.owner, &p.node)?;
     let config = match existing {
@@ -162,12 +153,7 @@ pub fn publish(conn: &mut Connection, p: &Publish) -> Result<Published, rusqlite
 
 /// Replaces a node's configuration (owner's configure form); trims to the new `max_items`.
 /// `Ok(false)` when there is no such node.
-pub fn configure(
-    conn: &mut Connection,
-    owner: &str,
-    node: &str,
-    c: &NodeConfig,
-) -> Result<bool, rusqlite::Error> {
+pub fn configure(conn: &Db, owner: &str, node: &str, c: &NodeConfig) -> Result<bool, SqlError> {
     let tx = conn.transaction()?;
     let n = tx.execute(
         "UPDATE pep_nodes SET access_model = ?3, persist_items = ?4, max_items = ?5,
@@ -191,13 +177,13 @@ pub fn configure(
 /// The node's items, oldest first: with `ids`, those of them that exist; else the `max`
 /// latest (all without `max`).
 pub fn items(
-    conn: &Connection,
+    conn: &Db,
     owner: &str,
     node: &str,
     max: Option<u32>,
     ids: &[String],
-) -> Result<Vec<Item>, rusqlite::Error> {
-    let row = |r: &rusqlite::Row<'_>| {
+) -> Result<Vec<Item>, SqlError> {
+    let row = |r: &crate::core::storage::Row| {
         Ok(Item {
             id: r.get(0)?,
             publisher: r.get(1)?,
@@ -205,37 +191,36 @@ pub fn items(
         })
     };
     if !ids.is_empty() {
-        let mut st = conn.prepare_cached(
-            "SELECT item_id, publisher, payload FROM pep_items
-             WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
-        )?;
         let mut out = Vec::new();
         for id in ids {
-            if let Some(item) = st.query_row(params![owner, node, id], row).optional()? {
+            let item = conn
+                .query_row(
+                    "SELECT item_id, publisher, payload FROM pep_items
+                     WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+                    params![owner, node, id],
+                    row,
+                )
+                .optional()?;
+            if let Some(item) = item {
                 out.push(item);
             }
         }
         return Ok(out);
     }
-    let mut st = conn.prepare_cached(
+    // No `max`: a limit no node reaches (SQLite's -1 for none is an error in PostgreSQL).
+    let limit = max.map_or(i64::MAX, i64::from);
+    let mut out: Vec<Item> = conn.query_map(
         "SELECT item_id, publisher, payload FROM pep_items WHERE owner = ?1 AND node = ?2
          ORDER BY seq DESC LIMIT ?3",
+        params![owner, node, limit],
+        row,
     )?;
-    let limit = max.map_or(-1, i64::from);
-    let mut out: Vec<Item> = st
-        .query_map(params![owner, node, limit], row)?
-        .collect::<Result<_, _>>()?;
     out.reverse();
     Ok(out)
 }
 
 /// Removes one item; `Ok(false)` if it was not there.
-pub fn retract(
-    conn: &Connection,
-    owner: &str,
-    node: &str,
-    id: &str,
-) -> Result<bool, rusqlite::Error> {
+pub fn retract(conn: &Db, owner: &str, node: &str, id: &str) -> Result<bool, SqlError> {
     let n = conn.execute(
         "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
         params![owner, node, id],
@@ -244,11 +229,7 @@ pub fn retract(
 }
 
 /// Removes a node with its items; `Ok(false)` if there was none.
-pub fn delete_node(
-    conn: &mut Connection,
-    owner: &str,
-    node: &str,
-) -> Result<bool, rusqlite::Error> {
+pub fn delete_node(conn: &Db, owner: &str, node: &str) -> Result<bool, SqlError> {
     let tx = conn.transaction()?;
     tx.execute(
         "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2",
@@ -263,7 +244,7 @@ pub fn delete_node(
 }
 
 /// Removes every item of a node, keeping the node (XEP-0060 §8.5).
-pub fn purge(conn: &Connection, owner: &str, node: &str) -> Result<(), rusqlite::Error> {
+pub fn purge(conn: &Db, owner: &str, node: &str) -> Result<(), SqlError> {
     conn.execute(
         "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2",
         params![owner, node],
@@ -274,19 +255,14 @@ pub fn purge(conn: &Connection, owner: &str, node: &str) -> Result<(), rusqlite:
 /// Every node of the account that sends its last item on presence, with its configuration
 /// and latest item (nodes without items are left out): what last-published-item delivery
 /// sends. One query, through the `pep_items_latest` index.
-pub fn last_items(
-    conn: &Connection,
-    owner: &str,
-) -> Result<Vec<(String, NodeConfig, Item)>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
+pub fn last_items(conn: &Db, owner: &str) -> Result<Vec<(String, NodeConfig, Item)>, SqlError> {
+    conn.query_map(
         "SELECT n.node, n.access_model, n.persist_items, n.max_items, n.send_last,
                 i.item_id, i.publisher, i.payload
          FROM pep_nodes n JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
          WHERE n.owner = ?1 AND n.send_last = ?2
            AND i.seq = (SELECT MAX(seq) FROM pep_items WHERE owner = n.owner AND node = n.node)
          ORDER BY n.node",
-    )?;
-    let rows = st.query_map(
         params![owner, super::config::SendLast::OnSubAndPresence.as_str()],
         |r| {
             Ok((
@@ -299,12 +275,11 @@ pub fn last_items(
                 },
             ))
         },
-    )?;
-    rows.collect()
+    )
 }
 
 /// Removes everything PEP and private storage keep for an account.
-pub fn remove_account(conn: &Connection, owner: &str) -> Result<(), rusqlite::Error> {
+pub fn remove_account(conn: &Db, owner: &str) -> Result<(), SqlError> {
     for table in ["pep_items", "pep_nodes", "private_xml"] {
         conn.execute(
             &format!("DELETE FROM {table} WHERE owner = ?1"),
@@ -318,11 +293,11 @@ pub fn remove_account(conn: &Connection, owner: &str) -> Result<(), rusqlite::Er
 
 /// The stored private element `{ns}name`, serialised.
 pub fn private_get(
-    conn: &Connection,
+    conn: &Db,
     owner: &str,
     name: &str,
     ns: &str,
-) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+) -> Result<Option<Vec<u8>>, SqlError> {
     conn.query_row(
         "SELECT payload FROM private_xml WHERE owner = ?1 AND name = ?2 AND ns = ?3",
         params![owner, name, ns],
@@ -334,15 +309,16 @@ pub fn private_get(
 /// Stores private elements (replacing each's previous value); `Ok(false)`, storing none,
 /// when the account would then keep more than `max` of them.
 pub fn private_set(
-    conn: &mut Connection,
+    conn: &Db,
     owner: &str,
     elements: &[(String, String, Vec<u8>)],
     max: usize,
-) -> Result<bool, rusqlite::Error> {
+) -> Result<bool, SqlError> {
     let tx = conn.transaction()?;
     for (name, ns, payload) in elements {
         tx.execute(
-            "INSERT OR REPLACE INTO private_xml (owner, name, ns, payload) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO private_xml (owner, name, ns, payload) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (owner, name, ns) DO UPDATE SET payload = ?4",
             params![owner, name, ns, payload],
         )?;
     }

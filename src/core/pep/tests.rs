@@ -1214,7 +1214,7 @@ async fn removing_an_account_removes_its_nodes_items_and_private_xml() {
             storage
                 .call(|c| {
                     let n = |t: &str| {
-                        c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
+                        c.query_row(&format!("SELECT COUNT(*) FROM {t}"), &[], |r| {
                             r.get::<_, i64>(0)
                         })
                     };
@@ -1230,4 +1230,72 @@ async fn removing_an_account_removes_its_nodes_items_and_private_xml() {
         .await
         .unwrap();
     assert_eq!(count(&core).await, (0, 0, 0));
+}
+
+crate::core::storage::testing::on_both_databases! {
+    /// PEP and private XML storage: publish with a replace of the same id, trimming to
+    /// `max_items`, the node quota, the latest item per node, retract and private XML
+    /// replace and quota, on either database.
+    fn pep_and_private_storage(db) {
+        use crate::core::pep::config::{AccessModel, ConfigChange, NodeConfig, SendLast};
+        use crate::core::pep::store::{self, Publish, Published};
+        let config = NodeConfig {
+            access: AccessModel::Presence,
+            persist_items: true,
+            max_items: 2,
+            send_last: SendLast::OnSubAndPresence,
+        };
+        let publish = |node: &str, id: &str, max_nodes: usize| {
+            store::publish(
+                db,
+                &Publish {
+                    owner: "alice@a.test".into(),
+                    node: node.into(),
+                    item_id: id.into(),
+                    publisher: "alice@a.test/r".into(),
+                    payload: format!("<p id='{id}'/>").into_bytes(),
+                    options: ConfigChange::default(),
+                    defaults: config,
+                    max_nodes,
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(publish("n", "1", 2), Published::Done { config });
+        publish("n", "2", 2);
+        publish("n", "1", 2); // the same id again: replaced, now the latest
+        publish("n", "3", 2); // over max_items: the oldest ("2") goes
+        let ids = |max| -> Vec<String> {
+            store::items(db, "alice@a.test", "n", max, &[])
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect()
+        };
+        assert_eq!(ids(None), ["1", "3"]);
+        assert_eq!(ids(Some(1)), ["3"]);
+        let wanted = ["3".to_owned(), "gone".to_owned()];
+        let found = store::items(db, "alice@a.test", "n", None, &wanted).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].payload, b"<p id='3'/>");
+        publish("m", "x", 2);
+        assert_eq!(publish("third", "x", 2), Published::TooManyNodes);
+        let last = store::last_items(db, "alice@a.test").unwrap();
+        let last: Vec<(&str, &str)> = last.iter().map(|(n, _, i)| (n.as_str(), i.id.as_str())).collect();
+        assert_eq!(last, [("m", "x"), ("n", "3")]);
+        assert!(store::retract(db, "alice@a.test", "n", "3").unwrap());
+        assert!(!store::retract(db, "alice@a.test", "n", "3").unwrap());
+        assert!(store::delete_node(db, "alice@a.test", "m").unwrap());
+        assert_eq!(store::nodes(db, "alice@a.test").unwrap().len(), 1);
+
+        let el = |name: &str, body: &str| (name.to_owned(), "urn:x".to_owned(), body.as_bytes().to_vec());
+        assert!(store::private_set(db, "alice@a.test", &[el("a", "1"), el("b", "1")], 2).unwrap());
+        assert!(store::private_set(db, "alice@a.test", &[el("a", "2")], 2).unwrap());
+        assert!(!store::private_set(db, "alice@a.test", &[el("c", "1")], 2).unwrap());
+        assert_eq!(
+            store::private_get(db, "alice@a.test", "a", "urn:x").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(store::private_get(db, "alice@a.test", "c", "urn:x").unwrap(), None);
+    }
 }

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection as Db};
+use crate::core::storage::{params, Db, SqlError};
 
 use super::config::Registration;
 use super::sasl::Credentials;
@@ -90,11 +90,7 @@ pub(crate) struct Pending {
 // ---- storage --------------------------------------------------------------------------------
 
 /// Stores a new invitation for `domain`.
-pub(crate) fn create_invite(
-    conn: &mut Db,
-    token: &str,
-    domain: &str,
-) -> Result<(), rusqlite::Error> {
+pub(crate) fn create_invite(conn: &Db, token: &str, domain: &str) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO invites (token, domain, created) VALUES (?1, ?2, ?3)",
         params![token, domain, storage::now()],
@@ -102,7 +98,7 @@ pub(crate) fn create_invite(
     Ok(())
 }
 
-fn invite_exists(conn: &mut Db, token: &str, domain: &str) -> Result<bool, rusqlite::Error> {
+fn invite_exists(conn: &Db, token: &str, domain: &str) -> Result<bool, SqlError> {
     conn.query_row(
         "SELECT COUNT(*) FROM invites WHERE token = ?1 AND domain = ?2",
         params![token, domain],
@@ -122,12 +118,12 @@ enum Created {
 
 /// Creates the account, using up `token` in the same transaction when given.
 fn create(
-    conn: &mut Db,
+    conn: &Db,
     local: &str,
     domain: &str,
     creds: &Credentials,
     token: Option<&str>,
-) -> Result<Created, rusqlite::Error> {
+) -> Result<Created, SqlError> {
     let tx = conn.transaction()?;
     if let Some(t) = token {
         let n = tx.execute(

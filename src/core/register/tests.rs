@@ -1,6 +1,7 @@
 //! XEP-0077 for signed-in clients and the rules of registration, driven without sockets.
 
 use super::*;
+use crate::core::storage::testing::on_both_databases;
 use crate::core::testing::*;
 
 #[test]
@@ -21,35 +22,34 @@ fn the_rate_limit_counts_per_address_and_per_hour() {
     );
 }
 
-#[test]
-fn an_invitation_is_used_up_by_the_account_it_creates_and_kept_on_a_conflict() {
-    let mut db = rusqlite::Connection::open_in_memory().unwrap();
-    storage::migrate(&mut db).unwrap();
+on_both_databases! {
+    fn an_invitation_is_used_up_by_the_account_it_creates_and_kept_on_a_conflict(db) {
     let c = Credentials::derive("pw", 4096);
-    create_invite(&mut db, "t1", "a.test").unwrap();
-    create_invite(&mut db, "t2", "a.test").unwrap();
+    create_invite(db, "t1", "a.test").unwrap();
+    create_invite(db, "t2", "a.test").unwrap();
     assert!(
-        !invite_exists(&mut db, "t1", "b.test").unwrap(),
+        !invite_exists(db, "t1", "b.test").unwrap(),
         "for its domain only"
     );
     assert_eq!(
-        create(&mut db, "new", "a.test", &c, Some("t1")).unwrap(),
+        create(db, "new", "a.test", &c, Some("t1")).unwrap(),
         Created::Yes
     );
-    assert!(!invite_exists(&mut db, "t1", "a.test").unwrap());
+    assert!(!invite_exists(db, "t1", "a.test").unwrap());
     assert_eq!(
-        create(&mut db, "other", "a.test", &c, Some("t1")).unwrap(),
+        create(db, "other", "a.test", &c, Some("t1")).unwrap(),
         Created::NoInvite
     );
-    assert!(!storage::account_exists(&mut db, "other", "a.test").unwrap());
+    assert!(!storage::account_exists(db, "other", "a.test").unwrap());
     assert_eq!(
-        create(&mut db, "new", "a.test", &c, Some("t2")).unwrap(),
+        create(db, "new", "a.test", &c, Some("t2")).unwrap(),
         Created::Exists
     );
     assert!(
-        invite_exists(&mut db, "t2", "a.test").unwrap(),
+        invite_exists(db, "t2", "a.test").unwrap(),
         "a conflict keeps the token"
     );
+}
 }
 
 #[tokio::test]

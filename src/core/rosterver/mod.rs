@@ -14,7 +14,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::core::storage::{params, Db, OptionalExtension, SqlError};
 
 use super::roster::NS_ROSTER;
 use super::stanzas::{iq_result, payload};
@@ -22,7 +22,7 @@ use super::{storage, Core, SessionHandle};
 use crate::xml::Element;
 
 /// `owner`'s roster version: 0 before the first change.
-fn current(conn: &mut Connection, owner: &str) -> Result<i64, rusqlite::Error> {
+fn current(conn: &Db, owner: &str) -> Result<i64, SqlError> {
     Ok(conn
         .query_row(
             "SELECT ver FROM roster_versions WHERE owner = ?1",
@@ -34,10 +34,10 @@ fn current(conn: &mut Connection, owner: &str) -> Result<i64, rusqlite::Error> {
 }
 
 /// Bumps `owner`'s roster version; returns the new one.
-fn bump(conn: &mut Connection, owner: &str) -> Result<i64, rusqlite::Error> {
+fn bump(conn: &Db, owner: &str) -> Result<i64, SqlError> {
     conn.query_row(
         "INSERT INTO roster_versions (owner, ver) VALUES (?1, 1)
-         ON CONFLICT (owner) DO UPDATE SET ver = ver + 1 RETURNING ver",
+         ON CONFLICT (owner) DO UPDATE SET ver = roster_versions.ver + 1 RETURNING ver",
         params![owner],
         |r| r.get(0),
     )

@@ -60,3 +60,15 @@ async fn the_current_ver_gets_an_empty_result_and_an_old_one_the_whole_roster() 
         "{got:?}"
     );
 }
+
+crate::core::storage::testing::on_both_databases! {
+    /// A roster version starts at 0 and each bump returns the next.
+    fn roster_version_storage(db) {
+        use super::super::{bump, current};
+        assert_eq!(current(db, "a@a.test").unwrap(), 0);
+        assert_eq!(bump(db, "a@a.test").unwrap(), 1);
+        assert_eq!(bump(db, "a@a.test").unwrap(), 2);
+        assert_eq!(current(db, "a@a.test").unwrap(), 2);
+        assert_eq!(current(db, "b@a.test").unwrap(), 0);
+    }
+}

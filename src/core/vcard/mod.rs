@@ -16,10 +16,10 @@ mod tests;
 
 use std::sync::Arc;
 
+use crate::core::storage::{params, Db, OptionalExtension, SqlError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha1::{Digest, Sha1};
 
 use super::stanzas::{iq_result, payload};
@@ -35,7 +35,7 @@ pub const NS_VCARD_UPDATE: &str = "vcard-temp:x:update";
 // ---- storage --------------------------------------------------------------------------------
 
 /// The stored vCard XML of `owner`.
-fn load(conn: &mut Connection, owner: &str) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+fn load(conn: &Db, owner: &str) -> Result<Option<Vec<u8>>, SqlError> {
     conn.query_row(
         "SELECT xml FROM vcards WHERE owner = ?1",
         params![owner],
@@ -44,12 +44,7 @@ fn load(conn: &mut Connection, owner: &str) -> Result<Option<Vec<u8>>, rusqlite:
     .optional()
 }
 
-fn store(
-    conn: &mut Connection,
-    owner: &str,
-    xml: &[u8],
-    photo: Option<&str>,
-) -> Result<(), rusqlite::Error> {
+fn store(conn: &Db, owner: &str, xml: &[u8], photo: Option<&str>) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO vcards (owner, xml, photo_hash) VALUES (?1, ?2, ?3)
          ON CONFLICT (owner) DO UPDATE SET xml = ?2, photo_hash = ?3",
@@ -59,7 +54,7 @@ fn store(
 }
 
 /// The avatar hash of `owner`: `None` without a vCard photo.
-fn photo_hash(conn: &mut Connection, owner: &str) -> Result<Option<String>, rusqlite::Error> {
+fn photo_hash(conn: &Db, owner: &str) -> Result<Option<String>, SqlError> {
     Ok(conn
         .query_row(
             "SELECT photo_hash FROM vcards WHERE owner = ?1",

@@ -121,3 +121,17 @@ async fn a_vcard_over_max_vcard_bytes_is_not_acceptable() {
         "{got:?}"
     );
 }
+
+crate::core::storage::testing::on_both_databases! {
+    /// A vCard and its photo hash are stored, replaced and read back.
+    fn vcard_storage(db) {
+        assert_eq!(load(db, "a@a.test").unwrap(), None);
+        store(db, "a@a.test", b"<vCard/>", Some("abc")).unwrap();
+        store(db, "a@a.test", b"<vCard><FN>A</FN></vCard>", None).unwrap();
+        assert_eq!(
+            load(db, "a@a.test").unwrap().as_deref(),
+            Some(&b"<vCard><FN>A</FN></vCard>"[..])
+        );
+        assert_eq!(photo_hash(db, "a@a.test").unwrap(), None);
+    }
+}
