@@ -38,7 +38,7 @@ use crate::dns::{ResolveError, Resolver};
 use crate::metrics::Metrics;
 use crate::policy::{PeerSecurity, Policy, Refused};
 use crate::router::Router;
-use crate::s2s::connect::{describe_features, ConnectError};
+use crate::s2s::connect::{describe_features, ConnectError, Stage};
 use crate::s2s::outbound::{self, AuthMethod, OutboundError, Probe};
 use crate::s2s::trace::Trace;
 use crate::s2s::S2sContext;
@@ -476,19 +476,14 @@ impl RemoteReport {
                     "nothing listens on {target}: the remote server is down or listens on another port; its operator must start it, or correct the port in the SRV record; {check_dns}"
                 ),
             ),
-            ConnectError::Connect { target, .. }
-            | ConnectError::Timeout {
-                stage: "TCP connect",
-                target,
-                ..
-            } => (
+            ConnectError::Connect { target, .. } => (
                 "TCP",
                 format!(
                     "no connection to {target}: a firewall drops the traffic (ours outbound, or theirs inbound on that port), or the address is wrong; {check_dns}"
                 ),
             ),
             ConnectError::Timeout {
-                stage: "authentication",
+                stage: Stage::Authentication,
                 target,
                 after,
             } => (
@@ -510,14 +505,15 @@ impl RemoteReport {
                 } else {
                     "stream"
                 };
-                let fix = match error.condition.as_str() {
-                    "host-unknown" | "host-gone" => format!(
+                use crate::xml::error::StreamErrorCondition as C;
+                let fix = match &error.condition {
+                    Some(C::HostUnknown | C::HostGone) => format!(
                         "{target} does not serve {domain}: DNS points at a server that is not configured for {domain}; its operator must add {domain} there, or correct the DNS records; {check_dns}"
                     ),
-                    "remote-connection-failed" => format!(
+                    Some(C::RemoteConnectionFailed) => format!(
                         "{domain} could not connect back to {local}'s server to verify our dialback key: is fedgate running for {local} and reachable from {domain} on port 5269?"
                     ),
-                    "policy-violation" | "not-authorized" => format!(
+                    Some(C::PolicyViolation | C::NotAuthorized) => format!(
                         "{domain} refuses us by its own policy{}; ask its operator (it may require a valid certificate for {local}, or keep an allowlist)",
                         error.text.as_deref().map(|t| format!(" (\"{t}\")")).unwrap_or_default()
                     ),

@@ -71,7 +71,9 @@ use crate::jid;
 use crate::metrics::{Direction, PeerSession, SessionGauge};
 use crate::policy::PeerSecurity;
 use crate::tls::{CertVerdict, PeerRole, Tls, TlsInfo};
-use crate::xml::error::{write_stanza_error, StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::error::{
+    write_stanza_error, SaslCondition, StanzaErrorCondition, StreamErrorCondition,
+};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
@@ -88,6 +90,15 @@ struct Refusal {
     /// The whole `<stream:error/>`, when it carries more than the condition and the text (an
     /// application-specific condition such as XEP-0198's `<handled-count-too-high/>`).
     raw: Option<Vec<u8>>,
+}
+
+/// Why a session ends other than cleanly: we refuse something, or the peer is gone.
+enum Abort {
+    /// We end the stream with this error.
+    Refused(Refusal),
+    /// The connection is gone (closed, reset, a stream error from the peer, a failed write or
+    /// handshake): nothing more can be written. With XEP-0198 the stream stays resumable.
+    Gone,
 }
 
 fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
@@ -213,7 +224,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
     } = session;
     let metrics = &ctx.router.metrics;
     match (&outcome, &sm) {
-        (Err(None), Some(sm)) => {
+        (Err(Abort::Gone), Some(sm)) => {
             // The link dropped: the sender may resume (XEP-0198 §5). Kept before the live
             // registration goes, so that a resumption always finds one or the other.
             if let Some(id) = sm.id() {
@@ -236,7 +247,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
     }
     match outcome {
         Ok(()) => conn.close().await,
-        Err(Some(r)) => {
+        Err(Abort::Refused(r)) => {
             tracing::info!(%peer, condition = %r.condition, "closing inbound s2s: {}", r.text);
             // Remembered for `/peers` under every domain the stream spoke for.
             let cause = format!(
@@ -262,7 +273,7 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
                 None => conn.fail(&r.condition, Some(&r.text)).await,
             }
         }
-        Err(None) => {}
+        Err(Abort::Gone) => {}
     }
 }
 
@@ -345,8 +356,8 @@ async fn next_takeover(live: &mut Option<sm::Registration>) -> sm::Takeover {
 
 impl Inbound {
     /// Runs the session. `Ok` = clean close; `Err(Some)` = close with that stream error;
-    /// `Err(None)` = the connection is gone.
-    async fn run(&mut self) -> Result<(), Option<Refusal>> {
+    /// `Err(Abort::Gone)` = the connection is gone.
+    async fn run(&mut self) -> Result<(), Abort> {
         let ctx = self.ctx.clone();
         let settings = &ctx.settings;
         let deadline = tokio::time::sleep_until(self.negotiation_deadline);
@@ -362,13 +373,13 @@ impl Inbound {
         'stream: loop {
             let header = tokio::select! {
                 e = self.conn.next_event() => e,
-                _ = &mut deadline => return Err(Some(refuse(StreamErrorCondition::ConnectionTimeout, "no stream header in time"))),
-                _ = self.ctx.shutdown.cancelled() => return Err(Some(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
+                _ = &mut deadline => return Err(Abort::Refused(refuse(StreamErrorCondition::ConnectionTimeout, "no stream header in time"))),
+                _ = self.ctx.shutdown.cancelled() => return Err(Abort::Refused(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
             };
             let header = match header {
                 Ok(Event::StreamOpen(h)) => h,
                 Ok(_) => {
-                    return Err(Some(refuse(
+                    return Err(Abort::Refused(refuse(
                         StreamErrorCondition::BadFormat,
                         "expected a stream header",
                     )))
@@ -376,7 +387,7 @@ impl Inbound {
                 Err(e) => return Err(read_refusal(e)),
             };
             self.open(&header)?;
-            self.conn.flush().await.map_err(|_| None)?;
+            self.conn.flush().await.map_err(|_| Abort::Gone)?;
 
             loop {
                 let step = tokio::select! {
@@ -391,13 +402,13 @@ impl Inbound {
                 };
                 match step {
                     Step::Shutdown => {
-                        return Err(Some(refuse(
+                        return Err(Abort::Refused(refuse(
                             StreamErrorCondition::SystemShutdown,
                             "fedgate is shutting down",
                         )))
                     }
                     Step::Kicked => {
-                        return Err(Some(refuse(
+                        return Err(Abort::Refused(refuse(
                             StreamErrorCondition::PolicyViolation,
                             self.live.kick_reason(),
                         )))
@@ -408,7 +419,7 @@ impl Inbound {
                         // write fails. It is not a stanza: the idle deadline stays.
                         if Instant::now() >= self.conn.last_write() + settings.keepalive_interval {
                             self.conn.send(b" ");
-                            self.conn.flush().await.map_err(|_| None)?;
+                            self.conn.flush().await.map_err(|_| Abort::Gone)?;
                         }
                         keepalive
                             .as_mut()
@@ -416,14 +427,14 @@ impl Inbound {
                     }
                     Step::Takeover(t) => {
                         if self.hand_over(t) {
-                            return Err(Some(refuse(
+                            return Err(Abort::Refused(refuse(
                                 StreamErrorCondition::Conflict,
                                 "the stream was resumed on a new connection",
                             )));
                         }
                     }
                     Step::Deadline if self.authenticated.is_empty() => {
-                        return Err(Some(refuse(
+                        return Err(Abort::Refused(refuse(
                             StreamErrorCondition::ConnectionTimeout,
                             format!(
                                 "not authenticated within {:?}",
@@ -460,7 +471,7 @@ impl Inbound {
                     }
                     Step::Event(Ok(Event::StreamClose)) => return Ok(()),
                     Step::Event(Ok(Event::StreamOpen(_))) => {
-                        return Err(Some(refuse(
+                        return Err(Abort::Refused(refuse(
                             StreamErrorCondition::BadFormat,
                             "unexpected stream header",
                         )))
@@ -472,14 +483,14 @@ impl Inbound {
     }
 
     /// [`read_refusal`], with a stanza over the limit counted and its text naming the key.
-    fn read_failed(&self, e: ReadError) -> Option<Refusal> {
+    fn read_failed(&self, e: ReadError) -> Abort {
         if let ReadError::Xml(crate::xml::error::XmlError::StanzaTooLarge { max }) = &e {
             if !self.authenticated.is_empty() {
                 let peer = self.remote_domains().join(", ");
                 self.ctx
                     .limits
                     .refused(Limit::StanzaBytes, &peer, "a stanza");
-                return Some(refuse(
+                return Abort::Refused(refuse(
                     StreamErrorCondition::PolicyViolation,
                     format!("stanza over {max} bytes ({})", Limit::StanzaBytes.key()),
                 ));
@@ -514,18 +525,21 @@ impl Inbound {
     }
 
     /// Steps 2 and 3.
-    fn open(&mut self, header: &StreamHeader) -> Result<(), Option<Refusal>> {
+    fn open(&mut self, header: &StreamHeader) -> Result<(), Abort> {
         if header.default_ns.as_deref() != Some(ns::SERVER) {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::InvalidNamespace,
                 "the s2s content namespace is jabber:server",
             )));
         }
         if let Some(why) = header.unsupported_version(true) {
-            return Err(Some(refuse(StreamErrorCondition::UnsupportedVersion, why)));
+            return Err(Abort::Refused(refuse(
+                StreamErrorCondition::UnsupportedVersion,
+                why,
+            )));
         }
         let Some(to) = header.to.as_deref() else {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::ImproperAddressing,
                 "the stream header needs a 'to'",
             )));
@@ -533,7 +547,7 @@ impl Inbound {
         let local = match jid::normalize_domain(to) {
             Ok(d) if self.ctx.router.is_local(&d) => d.into_owned(),
             _ => {
-                return Err(Some(refuse(
+                return Err(Abort::Refused(refuse(
                     StreamErrorCondition::HostUnknown,
                     format!("{to} is not served here"),
                 )))
@@ -544,7 +558,7 @@ impl Inbound {
             Some(f) => match jid::normalize_domain(f) {
                 Ok(d) => Some(d.into_owned()),
                 Err(_) => {
-                    return Err(Some(refuse(
+                    return Err(Abort::Refused(refuse(
                         StreamErrorCondition::InvalidFrom,
                         format!("'{f}' is not a domain"),
                     )))
@@ -568,7 +582,7 @@ impl Inbound {
                 self.ctx
                     .registry
                     .failed(remote, Direction::Inbound, refused.to_string());
-                return Err(Some(refuse(
+                return Err(Abort::Refused(refuse(
                     StreamErrorCondition::PolicyViolation,
                     refused.to_string(),
                 )));
@@ -582,7 +596,7 @@ impl Inbound {
                 let verdict = self.verdict_for(&remote);
                 if let Some(CertVerdict::Invalid(problem)) = &verdict {
                     if policy.needs_valid_certificate() {
-                        return Err(Some(refuse(
+                        return Err(Abort::Refused(refuse(
                             StreamErrorCondition::PolicyViolation,
                             format!("a valid certificate for {remote} is required: {problem}"),
                         )));
@@ -639,11 +653,11 @@ impl Inbound {
         &mut self,
         stanza: Stanza,
         results: &mpsc::Sender<Verified>,
-    ) -> Result<Flow, Option<Refusal>> {
+    ) -> Result<Flow, Abort> {
         let tls = self.security.tls.is_some();
         let is_starttls = stanza.name() == "starttls" && stanza.ns() == ns::TLS;
         if !tls && !is_starttls && self.peer_policy().tls_required {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::PolicyViolation,
                 "TLS is required: send <starttls/> first",
             )));
@@ -656,7 +670,7 @@ impl Inbound {
         }
         if stanza.ns() == sm::NS {
             self.stream_management(&stanza).await?;
-            self.conn.flush().await.map_err(|_| None)?;
+            self.conn.flush().await.map_err(|_| Abort::Gone)?;
             return Ok(Flow::Continue);
         }
         match stanza.kind() {
@@ -667,7 +681,7 @@ impl Inbound {
             }
             Kind::DbVerify if stanza.type_().is_none() => self.db_verify(&stanza)?,
             Kind::DbResult | Kind::DbVerify => {
-                return Err(Some(refuse(
+                return Err(Abort::Refused(refuse(
                     StreamErrorCondition::NotAuthorized,
                     "unsolicited dialback response",
                 )))
@@ -703,23 +717,23 @@ impl Inbound {
                     .stream_errors
                     .with_label_values(&["received", error.label()])
                     .inc();
-                return Err(None);
+                return Err(Abort::Gone);
             }
             _ => {
-                return Err(Some(refuse(
+                return Err(Abort::Refused(refuse(
                     StreamErrorCondition::UnsupportedStanzaType,
                     format!("<{}/> is not supported here", stanza.name()),
                 )))
             }
         }
-        self.conn.flush().await.map_err(|_| None)?;
+        self.conn.flush().await.map_err(|_| Abort::Gone)?;
         Ok(Flow::Continue)
     }
 
     /// `<starttls/>`: `<proceed/>`, the handshake, a fresh stream (RFC 6120 §5.4.2.3).
-    async fn starttls(&mut self) -> Result<Flow, Option<Refusal>> {
+    async fn starttls(&mut self) -> Result<Flow, Abort> {
         if self.security.tls.is_some() {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::PolicyViolation,
                 "TLS is already negotiated",
             )));
@@ -733,7 +747,7 @@ impl Inbound {
         }
         self.conn
             .send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        self.conn.flush().await.map_err(|_| None)?;
+        self.conn.flush().await.map_err(|_| Abort::Gone)?;
         // Whatever the peer sent after <starttls/> is dropped here, unread.
         let io = self.conn.take_transport();
         let hint = self.local.clone();
@@ -763,18 +777,18 @@ impl Inbound {
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.conn.peer, "STARTTLS: {e}");
-                Err(None)
+                Err(Abort::Gone)
             }
             Err(_) => {
                 tracing::debug!(peer = %self.conn.peer, "STARTTLS: no handshake in time");
-                Err(None)
+                Err(Abort::Gone)
             }
         }
     }
 
     /// Answers a SASL attempt with `failure` (a whole `<failure/>`), counted; the stream goes on
     /// until [`MAX_SASL_FAILURES`] (RFC 6120 §6.4.5).
-    async fn sasl_failure(&mut self, failure: &str) -> Result<Flow, Option<Refusal>> {
+    async fn sasl_failure(&mut self, failure: &[u8]) -> Result<Flow, Abort> {
         self.ctx
             .router
             .metrics
@@ -782,10 +796,10 @@ impl Inbound {
             .with_label_values(&["inbound", "external", "failure"])
             .inc();
         self.external_failures += 1;
-        self.conn.send(failure.as_bytes());
-        self.conn.flush().await.map_err(|_| None)?;
+        self.conn.send(failure);
+        self.conn.flush().await.map_err(|_| Abort::Gone)?;
         if self.external_failures >= MAX_SASL_FAILURES {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::PolicyViolation,
                 "too many failed authentication attempts",
             )));
@@ -794,20 +808,20 @@ impl Inbound {
     }
 
     /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3).
-    async fn sasl_external(&mut self, stanza: &Stanza) -> Result<Flow, Option<Refusal>> {
+    async fn sasl_external(&mut self, stanza: &Stanza) -> Result<Flow, Abort> {
         let element = stanza
             .element()
-            .map_err(|e| Some(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
+            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
         let failure = if !self.external_offered || element.attr("mechanism") != Some("EXTERNAL") {
-            Some("invalid-mechanism")
+            Some(SaslCondition::InvalidMechanism)
         } else {
             match decode_authzid(&element.text()) {
-                Err(()) => Some("incorrect-encoding"),
+                Err(()) => Some(SaslCondition::IncorrectEncoding),
                 Ok(None) => None,
                 Ok(Some(authzid)) => {
                     let matches = jid::normalize_domain(&authzid)
                         .is_ok_and(|a| Some(a.as_ref()) == self.remote.as_deref());
-                    (!matches).then_some("invalid-authzid")
+                    (!matches).then_some(SaslCondition::InvalidAuthzid)
                 }
             }
         };
@@ -815,23 +829,16 @@ impl Inbound {
         let metrics = &ctx.router.metrics;
         if let Some(condition) = failure {
             tracing::info!(peer = %self.conn.peer, remote = ?self.remote, "SASL EXTERNAL refused: {condition}");
-            return self
-                .sasl_failure(&format!(
-                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>"
-                ))
-                .await;
+            return self.sasl_failure(&condition.failure(None)).await;
         }
         // Offered only with a valid certificate for the stream's from, so both are known.
         let (Some(local), Some(remote)) = (self.local.clone(), self.remote.clone()) else {
-            return Err(None);
+            return Err(Abort::Gone);
         };
         if let Err(why) = self.admit(&remote) {
             // RFC 6120 §6.5.10: the certificate is good; try again when a stream closes.
             return self
-                .sasl_failure(&format!(
-                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/><text>{}</text></failure>",
-                    crate::xml::escape_text(&why)
-                ))
+                .sasl_failure(&SaslCondition::TemporaryAuthFailure.failure(Some(&why)))
                 .await;
         }
         metrics
@@ -840,7 +847,7 @@ impl Inbound {
             .inc();
         self.conn
             .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
-        self.conn.flush().await.map_err(|_| None)?;
+        self.conn.flush().await.map_err(|_| Abort::Gone)?;
         self.authenticate(local, remote, AuthMethod::External);
         self.external_done = true;
         // A new stream: stream management starts afresh on it (XEP-0198 §3).
@@ -864,8 +871,8 @@ impl Inbound {
     /// A stream management element (XEP-0198). We are the receiving side: we answer
     /// `<enable/>` and `<resume/>`, count, and acknowledge; we send no stanzas here, so the
     /// peer's own count of ours must be 0.
-    async fn stream_management(&mut self, stanza: &Stanza) -> Result<(), Option<Refusal>> {
-        let request = sm::parse(stanza).map_err(|e| Some(refuse_sm(&e)))?;
+    async fn stream_management(&mut self, stanza: &Stanza) -> Result<(), Abort> {
+        let request = sm::parse(stanza).map_err(|e| Abort::Refused(refuse_sm(&e)))?;
         let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics.sm_in;
         let negotiated = self.sm.is_some();
@@ -891,7 +898,7 @@ impl Inbound {
                 self.start_sm(id, 0);
             }
             Request::Resume { h, .. } if h != 0 => {
-                return Err(Some(refuse_sm(&SmError::HandledCountTooHigh {
+                return Err(Abort::Refused(refuse_sm(&SmError::HandledCountTooHigh {
                     h,
                     sent: 0,
                 })));
@@ -924,7 +931,7 @@ impl Inbound {
             },
             Request::Ack { h } => {
                 if negotiated {
-                    sm::check_handled(h, 0, 0).map_err(|e| Some(refuse_sm(&e)))?;
+                    sm::check_handled(h, 0, 0).map_err(|e| Abort::Refused(refuse_sm(&e)))?;
                 }
             }
         }
@@ -1068,27 +1075,27 @@ impl Inbound {
     }
 
     /// Step 6's addressing rules. Returns the index of the sender's domain in `peers`.
-    fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Option<Refusal>> {
+    fn check_stanza(&self, stanza: &Stanza) -> Result<usize, Abort> {
         if self.authenticated.is_empty() {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::NotAuthorized,
                 "stanza before authentication",
             )));
         }
         let (Some(to), Some(from)) = (stanza.to(), stanza.from()) else {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::ImproperAddressing,
                 "s2s stanzas need 'to' and 'from'",
             )));
         };
         let (Ok(to_domain), Ok(from_domain)) = (jid::domain_of(to), jid::domain_of(from)) else {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::ImproperAddressing,
                 "'to' or 'from' is not a valid JID",
             )));
         };
         if !self.ctx.router.is_local(&to_domain) {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::HostUnknown,
                 format!("{to_domain} is not served here"),
             )));
@@ -1098,7 +1105,7 @@ impl Inbound {
             .iter()
             .any(|(l, r)| *l == *to_domain && *r == *from_domain);
         if !proved {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::InvalidFrom,
                 format!("{from_domain} is not authenticated for {to_domain} on this stream"),
             )));
@@ -1108,7 +1115,7 @@ impl Inbound {
             self.ctx
                 .limits
                 .refused(Limit::StanzaBytes, &from_domain, "a stanza");
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::PolicyViolation,
                 format!(
                     "a stanza of {len} bytes from {from_domain}: federation.peer max_stanza_bytes is {max}"
@@ -1128,9 +1135,9 @@ impl Inbound {
         &mut self,
         stanza: &Stanza,
         results: &mpsc::Sender<Verified>,
-    ) -> Result<Option<Verified>, Option<Refusal>> {
+    ) -> Result<Option<Verified>, Abort> {
         let (Some(to), Some(from)) = (stanza.to(), stanza.from()) else {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::ImproperAddressing,
                 "<db:result/> needs 'to' and 'from'",
             )));
@@ -1138,7 +1145,7 @@ impl Inbound {
         let originating = match jid::normalize_domain(from) {
             Ok(d) => d.into_owned(),
             Err(_) => {
-                return Err(Some(refuse(
+                return Err(Abort::Refused(refuse(
                     StreamErrorCondition::InvalidFrom,
                     format!("'{from}' is not a domain"),
                 )))
@@ -1232,7 +1239,7 @@ impl Inbound {
         let key = stanza
             .element()
             .map(|e| e.text().trim().to_string())
-            .map_err(|e| Some(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
+            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
         self.pending += 1;
         let ctx = self.ctx.clone();
         let results = results.clone();
@@ -1278,10 +1285,7 @@ impl Inbound {
     }
 
     /// A verification finished: tell the initiating server.
-    async fn verified(
-        &mut self,
-        (receiving, originating, outcome): Verified,
-    ) -> Result<(), Option<Refusal>> {
+    async fn verified(&mut self, (receiving, originating, outcome): Verified) -> Result<(), Abort> {
         let metrics = &self.ctx.router.metrics;
         let verdict = match outcome {
             Ok(verdict) => verdict,
@@ -1300,7 +1304,7 @@ impl Inbound {
                     ),
                 );
                 self.send_db_error("result", &receiving, &originating, &e.condition());
-                return self.conn.flush().await.map_err(|_| None);
+                return self.conn.flush().await.map_err(|_| Abort::Gone);
             }
         };
         if verdict == Verdict::Valid {
@@ -1313,13 +1317,13 @@ impl Inbound {
                     &StanzaErrorCondition::PolicyViolation,
                     &why,
                 );
-                return self.conn.flush().await.map_err(|_| None);
+                return self.conn.flush().await.map_err(|_| Abort::Gone);
             }
         }
-        let (result, auth) = match verdict {
+        let auth = match verdict {
             Verdict::Valid => {
                 self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
-                ("valid", "success")
+                "success"
             }
             Verdict::Invalid => {
                 tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
@@ -1328,9 +1332,10 @@ impl Inbound {
                     Direction::Inbound,
                     format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
                 );
-                ("invalid", "failure")
+                "failure"
             }
         };
+        let result = verdict.as_str();
         let metrics = &self.ctx.router.metrics;
         metrics
             .dialback
@@ -1348,10 +1353,10 @@ impl Inbound {
             )
             .as_bytes(),
         );
-        self.conn.flush().await.map_err(|_| None)?;
+        self.conn.flush().await.map_err(|_| Abort::Gone)?;
         if verdict == Verdict::Invalid {
             // XEP-0220 §2.2.1: after an invalid result the stream MUST be closed.
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::NotAuthorized,
                 format!("the dialback key for {originating} is invalid"),
             )));
@@ -1360,9 +1365,9 @@ impl Inbound {
     }
 
     /// `<db:verify>` from a receiving server: we are the authoritative server.
-    fn db_verify(&mut self, stanza: &Stanza) -> Result<(), Option<Refusal>> {
+    fn db_verify(&mut self, stanza: &Stanza) -> Result<(), Abort> {
         let (Some(to), Some(from), Some(id)) = (stanza.to(), stanza.from(), stanza.id()) else {
-            return Err(Some(refuse(
+            return Err(Abort::Refused(refuse(
                 StreamErrorCondition::ImproperAddressing,
                 "<db:verify/> needs 'to', 'from' and 'id'",
             )));
@@ -1384,12 +1389,13 @@ impl Inbound {
         let key = stanza
             .element()
             .map(|e| e.text().trim().to_string())
-            .map_err(|e| Some(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
+            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
         let receiving = jid::normalize_domain(from)
             .map(|d| d.into_owned())
             .unwrap_or_else(|_| from.to_string());
-        let valid = self.ctx.secret.verify(&receiving, &originating, id, &key);
-        let verdict = if valid { "valid" } else { "invalid" };
+        let verdict =
+            Verdict::from_valid(self.ctx.secret.verify(&receiving, &originating, id, &key))
+                .as_str();
         self.ctx
             .router
             .metrics
@@ -1469,10 +1475,10 @@ fn decode_authzid(text: &str) -> Result<Option<String>, ()> {
     Ok((!authzid.is_empty()).then_some(authzid))
 }
 
-fn read_refusal(e: ReadError) -> Option<Refusal> {
+fn read_refusal(e: ReadError) -> Abort {
     match e {
-        ReadError::Xml(x) => Some(refuse(StreamErrorCondition::from(&x), x.to_string())),
-        _ => None,
+        ReadError::Xml(x) => Abort::Refused(refuse(StreamErrorCondition::from(&x), x.to_string())),
+        _ => Abort::Gone,
     }
 }
 

@@ -36,6 +36,7 @@ use crate::dns::Resolver;
 use crate::policy::SecurityPolicy;
 use crate::router::Router;
 use crate::tls::Tls;
+use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::Limits;
 
 /// Timeouts and limits of s2s sessions: the `[s2s]` section as configured (each field, with
@@ -147,44 +148,87 @@ impl S2sContext {
 /// need (RFC 6120 §4.9.2).
 #[derive(Debug, Clone)]
 pub struct PeerStreamError {
-    /// The defined condition's element name, as sent (may be one we do not know).
-    pub condition: String,
+    /// The defined condition, `None` for a name we do not know (RFC 6120 §4.9.3 defines them
+    /// all; a missing one reads as `undefined-condition`). Decisions look here.
+    pub condition: Option<StreamErrorCondition>,
+    /// The condition element's name as sent (may be one we do not know): for logs and texts.
+    pub name: String,
     pub text: Option<String>,
 }
 
 impl PeerStreamError {
     pub fn parse(stanza: &crate::xml::stanza::Stanza) -> PeerStreamError {
         use crate::xml::ns;
+        let undefined = || PeerStreamError {
+            condition: Some(StreamErrorCondition::UndefinedCondition),
+            name: StreamErrorCondition::UndefinedCondition.as_str().into(),
+            text: None,
+        };
         match stanza.element() {
-            Ok(e) => PeerStreamError {
-                condition: e
+            Ok(e) => {
+                let text = e.child("text", ns::STREAMS).map(|t| t.text());
+                match e
                     .children()
                     .find(|c| c.ns == ns::STREAMS && c.name != "text")
-                    .map(|c| c.name.clone())
-                    .unwrap_or_else(|| "undefined-condition".into()),
-                text: e.child("text", ns::STREAMS).map(|t| t.text()),
-            },
-            Err(_) => PeerStreamError {
-                condition: "undefined-condition".into(),
-                text: None,
-            },
+                {
+                    Some(c) => PeerStreamError {
+                        condition: StreamErrorCondition::from_name(&c.name),
+                        name: c.name.clone(),
+                        text,
+                    },
+                    None => PeerStreamError {
+                        text,
+                        ..undefined()
+                    },
+                }
+            }
+            Err(_) => undefined(),
         }
     }
 
     /// A metric label from the closed set of RFC 6120 conditions.
     pub fn label(&self) -> &'static str {
-        crate::xml::error::StreamErrorCondition::from_name(&self.condition)
-            .map(|c| c.as_str())
-            .unwrap_or("undefined-condition")
+        self.condition
+            .as_ref()
+            .map_or("undefined-condition", StreamErrorCondition::as_str)
     }
 }
 
 impl std::fmt::Display for PeerStreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{}/>", self.condition)?;
+        write!(f, "<{}/>", self.name)?;
         if let Some(text) = &self.text {
             write!(f, ": {text}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::xml::stanza::{NsContext, Stanza};
+
+    fn stream_error(xml: &'static str) -> PeerStreamError {
+        let stanza =
+            Stanza::parse(Bytes::from_static(xml.as_bytes()), &NsContext::server()).unwrap();
+        PeerStreamError::parse(&stanza)
+    }
+
+    #[test]
+    fn a_peer_stream_error_is_typed_and_an_unknown_name_kept_for_the_text() {
+        let e = stream_error("<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no</text></stream:error>");
+        assert_eq!(e.condition, Some(StreamErrorCondition::HostUnknown));
+        assert_eq!(e.to_string(), "<host-unknown/>: no");
+        let e = stream_error(
+            "<stream:error><made-up xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(e.condition, None, "no defined condition to decide on");
+        assert_eq!(e.label(), "undefined-condition");
+        assert_eq!(e.to_string(), "<made-up/>");
+        let e = stream_error("<stream:error/>");
+        assert_eq!(e.condition, Some(StreamErrorCondition::UndefinedCondition));
     }
 }

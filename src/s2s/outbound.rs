@@ -34,11 +34,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::connect::{
-    self, offers_dialback, offers_external, ConnectError, Opened, Security, Walk,
+    self, offers_dialback, offers_external, ConnectError, Opened, Security, Stage, Step, Walk,
 };
 use super::limits::{Limit, OutboundCap};
 use super::registry::{Negotiated, Pair, Registration};
 use super::trace::Trace;
+use super::verify::{Answer, Verdict};
 use super::{sm, PeerStreamError, S2sContext};
 use crate::connection::{Connection, Reader, Writer};
 use crate::dns::ResolveError;
@@ -47,7 +48,7 @@ use crate::policy::PeerSecurity;
 use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
 use crate::tls::Tls;
 use crate::xml::element::Element;
-use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::error::{SaslCondition, StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
@@ -70,10 +71,17 @@ pub enum OutboundError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{remote} refused our dialback key ({verdict})")]
-    DialbackRefused { remote: String, verdict: String },
-    #[error("{remote} refused our certificate for SASL EXTERNAL ({condition}) and dialback is not allowed")]
-    ExternalRefused { remote: String, condition: String },
+    #[error("{remote} refused our dialback key ({refusal})")]
+    DialbackRefused {
+        remote: String,
+        refusal: DialbackRefusal,
+    },
+    #[error("{remote} refused our certificate for SASL EXTERNAL ({}) and dialback is not allowed", .condition.map_or("failure", SaslCondition::as_str))]
+    ExternalRefused {
+        remote: String,
+        /// The `<failure/>`'s condition, `None` when it named none we know.
+        condition: Option<SaslCondition>,
+    },
     #[error("no authentication method in common with {target}: {reason}")]
     NoAuthentication { target: String, reason: String },
     #[error("the connection was lost: {reason}")]
@@ -95,9 +103,10 @@ impl OutboundError {
             }
             // XEP-0220 §2.1.1: an invalid key bounces with internal-server-error, a dialback
             // error with remote-server-timeout.
-            OutboundError::DialbackRefused { verdict, .. } if verdict == "invalid" => {
-                StanzaErrorCondition::InternalServerError
-            }
+            OutboundError::DialbackRefused {
+                refusal: DialbackRefusal::Invalid,
+                ..
+            } => StanzaErrorCondition::InternalServerError,
             OutboundError::Shutdown => StanzaErrorCondition::ServiceUnavailable,
             OutboundError::Policy { .. } => StanzaErrorCondition::NotAllowed,
             _ => StanzaErrorCondition::RemoteServerTimeout,
@@ -117,14 +126,16 @@ impl OutboundError {
             ) => false,
             // The peer's own verdict: final unless it says it is busy or going away.
             OutboundError::Connect(ConnectError::PeerStreamError { error, .. }) => matches!(
-                error.condition.as_str(),
-                "system-shutdown"
-                    | "connection-timeout"
-                    | "internal-server-error"
-                    | "resource-constraint"
-                    | "remote-connection-failed"
-                    | "reset"
-                    | "undefined-condition"
+                error.condition,
+                Some(
+                    StreamErrorCondition::SystemShutdown
+                        | StreamErrorCondition::ConnectionTimeout
+                        | StreamErrorCondition::InternalServerError
+                        | StreamErrorCondition::ResourceConstraint
+                        | StreamErrorCondition::RemoteConnectionFailed
+                        | StreamErrorCondition::Reset
+                        | StreamErrorCondition::UndefinedCondition
+                )
             ),
             OutboundError::Connect(_) | OutboundError::Lost { .. } => true,
             _ => false,
@@ -136,10 +147,10 @@ impl OutboundError {
     fn progress(&self) -> u8 {
         match self {
             OutboundError::Resolve(_) | OutboundError::Connect(ConnectError::Resolve(_)) => 0,
-            OutboundError::Connect(e) => match e.stage() {
-                "connect" => 1,
-                "stream" => 2,
-                _ => 3,
+            OutboundError::Connect(e) => match e.step() {
+                Step::Dns | Step::Connect => 1,
+                Step::Stream => 2,
+                Step::Tls => 3,
             },
             _ => 4,
         }
@@ -149,7 +160,7 @@ impl OutboundError {
     fn label(&self) -> &'static str {
         match self {
             OutboundError::Resolve(_) => "dns",
-            OutboundError::Connect(e) => e.stage(),
+            OutboundError::Connect(e) => e.step().label(),
             OutboundError::DialbackRefused { .. }
             | OutboundError::ExternalRefused { .. }
             | OutboundError::NoAuthentication { .. } => "auth",
@@ -174,6 +185,38 @@ impl AuthMethod {
         match self {
             AuthMethod::External => "external",
             AuthMethod::Dialback => "dialback",
+        }
+    }
+}
+
+/// Why a receiving server did not accept our dialback key (XEP-0220 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialbackRefusal {
+    /// `type='invalid'`: the authoritative server refused the key.
+    Invalid,
+    /// `type='error'` (XEP-0220 §2.4), with its condition when it names a defined one.
+    Error(Option<StanzaErrorCondition>),
+    /// A missing or unknown `type`, as sent (empty when missing).
+    Unknown(String),
+}
+
+impl DialbackRefusal {
+    /// The `fedgate_dialback_total` result label.
+    fn label(&self) -> &'static str {
+        match self {
+            DialbackRefusal::Invalid => "invalid",
+            DialbackRefusal::Error(_) | DialbackRefusal::Unknown(_) => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for DialbackRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialbackRefusal::Invalid => f.write_str("invalid"),
+            DialbackRefusal::Error(Some(condition)) => write!(f, "error: {condition}"),
+            DialbackRefusal::Error(None) => f.write_str("error"),
+            DialbackRefusal::Unknown(type_) => f.write_str(type_),
         }
     }
 }
@@ -635,7 +678,7 @@ impl Session {
                     conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
                         .await;
                     let e = ConnectError::Timeout {
-                        stage: "authentication",
+                        stage: Stage::Authentication,
                         target: label,
                         after: settings.negotiation_timeout,
                     };
@@ -697,17 +740,18 @@ impl Session {
                         .s2s_auth
                         .with_label_values(&["outbound", "external", "failure"])
                         .inc();
-                    let condition = answer
+                    let named = answer
                         .element()
                         .ok()
                         .and_then(|e| e.children().next().map(|c| c.name.clone()))
                         .unwrap_or_else(|| "failure".into());
-                    if condition == "temporary-auth-failure" {
+                    let condition = SaslCondition::from_name(&named);
+                    if condition == Some(SaslCondition::TemporaryAuthFailure) {
                         // Busy (e.g. at its streams-per-domain limit), not a verdict on our
                         // certificate: EXTERNAL is tried again next time.
-                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused for now ({condition}); trying dialback");
+                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused for now ({named}); trying dialback");
                     } else {
-                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused ({condition}); using dialback from now on");
+                        tracing::info!(local = %self.local, remote = %self.remote, "SASL EXTERNAL refused ({named}); using dialback from now on");
                         self.ctx.external_refused.insert(self.remote.clone());
                     }
                     if !(policy.allows_dialback(tls) && offers_dialback(&header, &features)) {
@@ -789,35 +833,38 @@ impl Session {
             }
             .into());
         }
-        let verdict = s.type_().unwrap_or("").to_string();
+        let refusal = match Answer::parse(s.type_()) {
+            Some(Answer::Verdict(Verdict::Valid)) => None,
+            Some(Answer::Verdict(Verdict::Invalid)) => Some(DialbackRefusal::Invalid),
+            Some(Answer::Error) => Some(DialbackRefusal::Error(s.element().ok().and_then(|e| {
+                e.child("error", ns::SERVER)
+                    .or_else(|| e.child("error", ns::DIALBACK))
+                    .and_then(|err| err.children().next())
+                    .and_then(|c| StanzaErrorCondition::from_name(&c.name))
+            }))),
+            None => Some(DialbackRefusal::Unknown(
+                s.type_().unwrap_or_default().to_string(),
+            )),
+        };
+        let (label, result) = match &refusal {
+            None => ("valid", "success"),
+            Some(refusal) => (refusal.label(), "failure"),
+        };
         metrics
             .dialback
-            .with_label_values(&["outbound", verdict_label(&verdict)])
+            .with_label_values(&["outbound", label])
             .inc();
-        let result = if verdict == "valid" {
-            "success"
-        } else {
-            "failure"
-        };
         metrics
             .s2s_auth
             .with_label_values(&["outbound", "dialback", result])
             .inc();
-        if verdict == "valid" {
-            return Ok(());
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => Err(OutboundError::DialbackRefused {
+                remote: self.remote.clone(),
+                refusal,
+            }),
         }
-        let verdict = match s.element().ok().and_then(|e| {
-            e.child("error", ns::SERVER)
-                .or_else(|| e.child("error", ns::DIALBACK))
-                .and_then(|err| err.children().next().map(|c| c.name.clone()))
-        }) {
-            Some(cond) => format!("{verdict}: {cond}"),
-            None => verdict,
-        };
-        Err(OutboundError::DialbackRefused {
-            remote: self.remote.clone(),
-            verdict,
-        })
     }
 
     /// Steps 3–4: stream management, then write the queue until idle, shutdown or loss.
@@ -1304,10 +1351,54 @@ struct Pump {
     too_large: Vec<(Stanza, usize)>,
 }
 
-fn verdict_label(verdict: &str) -> &'static str {
-    match verdict {
-        "valid" => "valid",
-        "invalid" => "invalid",
-        _ => "error",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_key_bounces_with_internal_server_error_a_dialback_error_with_timeout() {
+        let refused = |refusal| OutboundError::DialbackRefused {
+            remote: "b.test".into(),
+            refusal,
+        };
+        let invalid = refused(DialbackRefusal::Invalid);
+        assert_eq!(
+            invalid.condition(),
+            StanzaErrorCondition::InternalServerError
+        );
+        assert_eq!(
+            invalid.to_string(),
+            "b.test refused our dialback key (invalid)"
+        );
+        let error = refused(DialbackRefusal::Error(Some(
+            StanzaErrorCondition::RemoteServerTimeout,
+        )));
+        assert_eq!(error.condition(), StanzaErrorCondition::RemoteServerTimeout);
+        assert_eq!(
+            error.to_string(),
+            "b.test refused our dialback key (error: remote-server-timeout)"
+        );
+        assert!(!error.retryable());
+    }
+
+    #[test]
+    fn a_peer_stream_error_is_retried_only_for_a_passing_condition() {
+        let peer = |condition| {
+            OutboundError::Connect(ConnectError::PeerStreamError {
+                target: "b.test:5269".into(),
+                error: PeerStreamError {
+                    condition,
+                    name: String::new(),
+                    text: None,
+                },
+            })
+        };
+        assert!(peer(Some(StreamErrorCondition::SystemShutdown)).retryable());
+        assert!(peer(Some(StreamErrorCondition::UndefinedCondition)).retryable());
+        assert!(!peer(Some(StreamErrorCondition::HostUnknown)).retryable());
+        assert!(
+            !peer(None).retryable(),
+            "a condition we do not know is final"
+        );
     }
 }

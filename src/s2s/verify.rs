@@ -18,11 +18,50 @@ use crate::xml::error::StanzaErrorCondition;
 use crate::xml::escape_attr;
 use crate::xml::stanza::Kind;
 
-/// What the authoritative server said.
+/// A dialback key's verdict: what the authoritative server says of it, and what the receiving
+/// server answers in `type` (XEP-0220 §2.1.2, §2.2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Valid,
     Invalid,
+}
+
+impl Verdict {
+    /// The `type` attribute on the wire, and the `fedgate_dialback_total` result label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+        }
+    }
+
+    /// A valid key when `valid`.
+    pub fn from_valid(valid: bool) -> Verdict {
+        if valid {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        }
+    }
+}
+
+/// The `type` of a dialback answer (XEP-0220 §2.1.2, §2.4): a verdict, or a dialback error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Verdict(Verdict),
+    Error,
+}
+
+impl Answer {
+    /// `None` for a missing or unknown `type`.
+    pub fn parse(type_: Option<&str>) -> Option<Answer> {
+        match type_? {
+            "valid" => Some(Answer::Verdict(Verdict::Valid)),
+            "invalid" => Some(Answer::Verdict(Verdict::Invalid)),
+            "error" => Some(Answer::Error),
+            _ => None,
+        }
+    }
 }
 
 /// Why a key could not be verified; answered with a dialback error (XEP-0220 §2.4) carrying
@@ -180,12 +219,33 @@ async fn ask_on(
             "{target}: unsolicited db:verify answer"
         )));
     }
-    match s.type_() {
-        Some("valid") => Ok(Verdict::Valid),
-        Some("invalid") => Ok(Verdict::Invalid),
-        other => Err(Ask::Refused(format!(
+    match Answer::parse(s.type_()) {
+        Some(Answer::Verdict(verdict)) => Ok(verdict),
+        Some(Answer::Error) | None => Err(Ask::Refused(format!(
             "db:verify type={}",
-            other.unwrap_or("(none)")
+            s.type_().unwrap_or("(none)")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dialback_answer_type_is_a_verdict_an_error_or_nothing_we_know() {
+        assert_eq!(
+            Answer::parse(Some("valid")),
+            Some(Answer::Verdict(Verdict::Valid))
+        );
+        assert_eq!(
+            Answer::parse(Some("invalid")),
+            Some(Answer::Verdict(Verdict::Invalid))
+        );
+        assert_eq!(Answer::parse(Some("error")), Some(Answer::Error));
+        assert_eq!(Answer::parse(Some("Valid")), None);
+        assert_eq!(Answer::parse(None), None);
+        assert_eq!(Verdict::from_valid(true).as_str(), "valid");
+        assert_eq!(Verdict::from_valid(false).as_str(), "invalid");
     }
 }
