@@ -1,5 +1,5 @@
 //! The initiating side of an s2s stream up to authentication, shared by [outbound
-//! sessions](super::outbound) and [dialback verification](super::verify) (RFC 6120 §4–5,
+//! sessions](super::outbound) and [dialback's connect-back](super::dialback::connect_back) (RFC 6120 §4–5,
 //! XEP-0368).
 //!
 //! [`Walk`] goes through a domain's candidates (static route, SRV, A/AAAA fallback); for each:

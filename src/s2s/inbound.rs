@@ -20,11 +20,13 @@
 //! 4. SASL EXTERNAL: an authzid, if any, must equal the stream `from` (`<invalid-authzid/>`);
 //!    on `<success/>` the pair (to, from) is authenticated and the stream restarts;
 //! 5. handle dialback, several domain pairs per stream:
-//!    - `<db:result>` (we are the receiving server): check the pair, then [`verify`]
-//!      the key with the sender domain's authoritative server and answer
-//!      `type='valid'|'invalid'|'error'`; `invalid` ends the stream (XEP-0220 §2.2.1);
-//!    - `<db:verify>` (we are the authoritative server): recompute the XEP-0185 key with our
-//!      secret and answer `valid` or `invalid` (constant-time comparison);
+//!    - `<db:result>` (we are the [receiving](super::dialback::receiving) server): check the
+//!      pair, then [verify](super::dialback::connect_back) the key with the sender domain's
+//!      authoritative server and answer `type='valid'|'invalid'|'error'`; `invalid` ends the
+//!      stream (XEP-0220 §2.2.1);
+//!    - `<db:verify>` (we are the [authoritative](super::dialback::authoritative) server):
+//!      recompute the XEP-0185 key with our secret and answer `valid` or `invalid`
+//!      (constant-time comparison);
 //!    - a typed `db:result`/`db:verify` on an inbound stream answers nothing we asked: it is
 //!      unsolicited and ends the stream (XEP-0220 §3.1);
 //! 6. accept stanzas only for an authenticated (local, remote) pair: `to` and `from` present
@@ -35,7 +37,8 @@
 //!    XEP-0199 ping to one of our domains itself is answered here;
 //! 7. XEP-0198 as the receiving side (offered in the features after TLS, honoured once
 //!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
-//!    resumption after a drop; the wire behaviour is in [`sm`];
+//!    resumption after a drop; the wire behaviour is in [`sm`], the receiving role in
+//!    [`sm::receiving`];
 //! 8. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
 //!    It does not count as activity: `idle_timeout` still ends a stream without stanzas.
 //!
@@ -58,12 +61,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::connect::Security;
-use super::keepalive;
+use super::dialback::receiving::Verified;
+use super::keepalive::{self, Whitespace};
 use super::limits::{self, Limit, Slot, StreamLimits};
 use super::outbound::AuthMethod;
 use super::registry::{Pair, Registration};
-use super::sm::{self, Request, SmError};
-use super::verify::{self, Verdict, VerifyError};
+use super::sm::{self, SmError};
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::dialback::new_stream_id;
@@ -71,20 +74,14 @@ use crate::jid;
 use crate::metrics::{Direction, PeerSession, SessionGauge};
 use crate::policy::PeerSecurity;
 use crate::tls::{CertVerdict, PeerRole, Tls, TlsInfo};
-use crate::xml::error::{
-    write_stanza_error, SaslCondition, StanzaErrorCondition, StreamErrorCondition,
-};
-use crate::xml::escape_attr;
+use crate::xml::error::{SaslCondition, StreamErrorCondition};
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, Stanza};
 use crate::xml::stream::{OpenStream, StreamHeader};
 
-/// A finished verification: (receiving, originating, outcome).
-type Verified = (String, String, Result<Verdict, VerifyError>);
-
 /// The stream error that ends an inbound stream, and why.
-struct Refusal {
+pub(in crate::s2s) struct Refusal {
     condition: StreamErrorCondition,
     text: String,
     /// The whole `<stream:error/>`, when it carries more than the condition and the text (an
@@ -93,7 +90,7 @@ struct Refusal {
 }
 
 /// Why a session ends other than cleanly: we refuse something, or the peer is gone.
-enum Abort {
+pub(in crate::s2s) enum Abort {
     /// We end the stream with this error.
     Refused(Refusal),
     /// The connection is gone (closed, reset, a stream error from the peer, a failed write or
@@ -101,7 +98,7 @@ enum Abort {
     Gone,
 }
 
-fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
+pub(in crate::s2s) fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
     Refusal {
         condition,
         text: text.into(),
@@ -109,7 +106,7 @@ fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
     }
 }
 
-fn refuse_sm(e: &SmError) -> Refusal {
+pub(in crate::s2s) fn refuse_sm(e: &SmError) -> Refusal {
     Refusal {
         condition: e.into(),
         text: e.to_string(),
@@ -277,46 +274,46 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
     }
 }
 
-struct Inbound {
-    ctx: Arc<S2sContext>,
-    conn: Connection,
+pub(in crate::s2s) struct Inbound {
+    pub(in crate::s2s) ctx: Arc<S2sContext>,
+    pub(in crate::s2s) conn: Connection,
     /// This stream in the registry: what `/peers` shows, and how a reload closes it.
-    live: Registration,
+    pub(in crate::s2s) live: Registration,
     /// `fedgate_s2s_sessions`: negotiating until the first pair is authenticated.
-    gauge: SessionGauge,
+    pub(in crate::s2s) gauge: SessionGauge,
     /// Per-peer figures of each remote domain authenticated on this stream.
-    peers: Vec<PeerSession>,
+    pub(in crate::s2s) peers: Vec<PeerSession>,
     /// When the connection was accepted, for `fedgate_s2s_auth_seconds`.
-    started: Instant,
+    pub(in crate::s2s) started: Instant,
     /// Our stream id: part of every dialback key for this stream.
-    stream_id: String,
+    pub(in crate::s2s) stream_id: String,
     /// (local, remote) pairs proved on this stream.
-    authenticated: Vec<(String, String)>,
+    pub(in crate::s2s) authenticated: Vec<(String, String)>,
     /// Verifications in flight, bounded by `max_pending_verifications`.
-    pending: usize,
+    pub(in crate::s2s) pending: usize,
     /// When an unauthenticated stream (TLS handshake included) runs out of time.
-    negotiation_deadline: Instant,
+    pub(in crate::s2s) negotiation_deadline: Instant,
     /// TLS and the certificate verdict for the stream's `from`.
-    security: Security,
+    pub(in crate::s2s) security: Security,
     /// The stream header's `to` (canonical), once read.
-    local: Option<String>,
+    pub(in crate::s2s) local: Option<String>,
     /// The stream header's `from` (canonical), if the peer said who it is.
-    remote: Option<String>,
+    pub(in crate::s2s) remote: Option<String>,
     /// Whether the current stream's features offer SASL EXTERNAL.
-    external_offered: bool,
+    pub(in crate::s2s) external_offered: bool,
     /// SASL EXTERNAL succeeded on this connection (it is not offered again).
-    external_done: bool,
+    pub(in crate::s2s) external_done: bool,
     /// Failed SASL attempts; the stream ends after [`MAX_SASL_FAILURES`].
-    external_failures: usize,
+    pub(in crate::s2s) external_failures: usize,
     /// XEP-0198 once `<enable/>` or `<resume/>` succeeded on this stream: we count what we
     /// handle, so that the sender learns what arrived and resends only the rest.
-    sm: Option<sm::Receiving>,
+    pub(in crate::s2s) sm: Option<sm::Receiving>,
     /// While the stream is resumable: where a resuming stream asks for our counters when the
     /// sender has given up on this connection before we noticed it is dead.
-    sm_live: Option<sm::Registration>,
+    pub(in crate::s2s) sm_live: Option<sm::Registration>,
     /// The remote domains authenticated here, each holding its `max_streams_per_domain` slot,
     /// with their stanza limits and byte rates.
-    limits: StreamLimits,
+    pub(in crate::s2s) limits: StreamLimits,
 }
 
 /// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
@@ -324,7 +321,7 @@ const MAX_SASL_FAILURES: usize = 3;
 
 /// Whether the stream goes on, restarts (after TLS or SASL success: a new header follows), or
 /// ends cleanly with `</stream:stream>`.
-enum Flow {
+pub(in crate::s2s) enum Flow {
     Continue,
     Restart,
     End,
@@ -363,8 +360,8 @@ impl Inbound {
         let deadline = tokio::time::sleep_until(self.negotiation_deadline);
         tokio::pin!(deadline);
         // Reset only when it fires, not per write: it then checks when we last wrote.
-        let keepalive =
-            tokio::time::sleep_until(self.conn.last_write() + settings.keepalive_interval);
+        let whitespace = Whitespace::new(settings.keepalive_interval);
+        let keepalive = tokio::time::sleep_until(whitespace.due(self.conn.last_write()));
         tokio::pin!(keepalive);
         let (results_tx, mut results_rx) =
             mpsc::channel::<Verified>(settings.max_pending_verifications);
@@ -414,16 +411,14 @@ impl Inbound {
                         )))
                     }
                     Step::Keepalive => {
-                        // RFC 6120 §4.6.1: one space after a silence keeps NATs and
-                        // firewalls from forgetting the link, and finds a dead one when the
-                        // write fails. It is not a stanza: the idle deadline stays.
-                        if Instant::now() >= self.conn.last_write() + settings.keepalive_interval {
-                            self.conn.send(b" ");
+                        // Not a stanza: the idle deadline stays.
+                        if Instant::now() >= whitespace.due(self.conn.last_write()) {
+                            self.conn.send(Whitespace::BYTES);
                             self.conn.flush().await.map_err(|_| Abort::Gone)?;
                         }
                         keepalive
                             .as_mut()
-                            .reset(self.conn.last_write() + settings.keepalive_interval);
+                            .reset(whitespace.due(self.conn.last_write()));
                     }
                     Step::Takeover(t) => {
                         if self.hand_over(t) {
@@ -500,7 +495,7 @@ impl Inbound {
     }
 
     /// The policy for the peer: its stream `from`'s, or the default when it did not say.
-    fn peer_policy(&self) -> Arc<PeerSecurity> {
+    pub(in crate::s2s) fn peer_policy(&self) -> Arc<PeerSecurity> {
         match &self.remote {
             Some(remote) => self.ctx.security.load().peer(remote),
             None => self.ctx.security.load().default_peer(),
@@ -508,7 +503,7 @@ impl Inbound {
     }
 
     /// The peer certificate's verdict for `domain` (with TLS only), counted in metrics.
-    fn verdict_for(&self, domain: &str) -> Option<CertVerdict> {
+    pub(in crate::s2s) fn verdict_for(&self, domain: &str) -> Option<CertVerdict> {
         let info = self.security.tls.as_ref()?;
         let policy = self.ctx.security.load().peer(domain);
         let verdict = self
@@ -858,7 +853,7 @@ impl Inbound {
     }
 
     /// The originating domains authenticated on this stream, each once.
-    fn remote_domains(&self) -> Vec<String> {
+    pub(in crate::s2s) fn remote_domains(&self) -> Vec<String> {
         let mut domains: Vec<String> = Vec::with_capacity(self.authenticated.len());
         for (_, remote) in &self.authenticated {
             if !domains.contains(remote) {
@@ -868,116 +863,13 @@ impl Inbound {
         domains
     }
 
-    /// A stream management element (XEP-0198). We are the receiving side: we answer
-    /// `<enable/>` and `<resume/>`, count, and acknowledge; we send no stanzas here, so the
-    /// peer's own count of ours must be 0.
-    async fn stream_management(&mut self, stanza: &Stanza) -> Result<(), Abort> {
-        let request = sm::parse(stanza).map_err(|e| Abort::Refused(refuse_sm(&e)))?;
-        let settings = &self.ctx.settings;
-        let metrics = &self.ctx.router.metrics.sm_in;
-        let negotiated = self.sm.is_some();
-        match request {
-            Request::Enable { .. } | Request::Resume { .. } if !settings.stream_management => {
-                self.conn.send(&sm::failed(
-                    StanzaErrorCondition::FeatureNotImplemented,
-                    None,
-                ));
-            }
-            // §3: only on an authenticated stream, and only once.
-            Request::Enable { .. } | Request::Resume { .. }
-                if self.authenticated.is_empty() || negotiated =>
-            {
-                self.conn
-                    .send(&sm::failed(StanzaErrorCondition::UnexpectedRequest, None));
-            }
-            Request::Enable { resume } => {
-                let id = resume.then(new_stream_id);
-                self.conn
-                    .send(&sm::enabled(id.as_deref(), settings.resume_timeout));
-                metrics.enabled.inc();
-                self.start_sm(id, 0);
-            }
-            Request::Resume { h, .. } if h != 0 => {
-                return Err(Abort::Refused(refuse_sm(&SmError::HandledCountTooHigh {
-                    h,
-                    sent: 0,
-                })));
-            }
-            Request::Resume { previd, .. } => {
-                let domains = self.remote_domains();
-                match self.ctx.resumable.resume(&previd, &domains).await {
-                    Some(h) => {
-                        tracing::debug!(peer = %self.conn.peer, h, "inbound s2s resumed");
-                        self.conn.send(&sm::resumed(&previd, h));
-                        metrics.resumed.inc();
-                        self.start_sm(Some(previd), h);
-                    }
-                    None => {
-                        // §5: the stream stays; the sender may enable afresh and resend.
-                        self.conn
-                            .send(&sm::failed(StanzaErrorCondition::ItemNotFound, Some(0)));
-                        metrics.resume_failed.inc();
-                    }
-                }
-            }
-            Request::AckRequest => match &self.sm {
-                Some(sm) => {
-                    self.conn.send(&sm::ack(sm.h()));
-                    metrics.acked.inc();
-                }
-                None => {
-                    tracing::debug!(peer = %self.conn.peer, "<r/> without stream management: ignored")
-                }
-            },
-            Request::Ack { h } => {
-                if negotiated {
-                    sm::check_handled(h, 0, 0).map_err(|e| Abort::Refused(refuse_sm(&e)))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stream management is on from `h`, resumable under `id` if given.
-    fn start_sm(&mut self, id: Option<String>, h: u32) {
-        if let Some(id) = &id {
-            self.sm_live = Some(self.ctx.resumable.register(id));
-        }
-        self.sm = Some(sm::Receiving::new(id, h));
-        self.live.update(|n| n.stream_management = true);
-    }
-
-    /// Stream management is off: the stream restarted, or its counters moved elsewhere.
-    fn end_sm(&mut self) {
-        let sm = self.sm.take();
-        let live = self.sm_live.take();
-        self.live.update(|n| n.stream_management = false);
-        if let (Some(id), Some(live)) = (sm.as_ref().and_then(sm::Receiving::id), live) {
-            self.ctx.resumable.unregister(id, live.session);
-        }
-    }
-
-    /// A stream resuming this one asks for its counters: they move if that stream is
-    /// authenticated for each of our domains, and then this stream must handle nothing more.
-    fn hand_over(&mut self, takeover: sm::Takeover) -> bool {
-        let ours = self.remote_domains();
-        if !ours.iter().all(|d| takeover.domains.contains(d)) {
-            tracing::info!(peer = %self.conn.peer, "refused a resumption of this stream from other domains");
-            return false;
-        }
-        let Some(h) = self.sm.as_ref().map(sm::Receiving::h) else {
-            return false;
-        };
-        if takeover.reply.send(h).is_err() {
-            // The resuming stream gave up waiting; this one goes on.
-            return false;
-        }
-        self.end_sm();
-        true
-    }
-
     /// Records an authenticated pair and raises the limits on the first one.
-    fn authenticate(&mut self, local: String, remote: String, method: AuthMethod) {
+    pub(in crate::s2s) fn authenticate(
+        &mut self,
+        local: String,
+        remote: String,
+        method: AuthMethod,
+    ) {
         self.apply_limits();
         let metrics = &self.ctx.router.metrics;
         let method = method.as_str();
@@ -1025,7 +917,7 @@ impl Inbound {
 
     /// Takes `remote`'s `max_streams_per_domain` slot for this stream, unless it holds one
     /// already; `Err` (counted and logged) is the text of the refusal.
-    fn admit(&mut self, remote: &str) -> Result<(), String> {
+    pub(in crate::s2s) fn admit(&mut self, remote: &str) -> Result<(), String> {
         if self.limits.holds(remote) {
             return Ok(());
         }
@@ -1048,7 +940,7 @@ impl Inbound {
         Ok(())
     }
 
-    fn streams_full_text(&self, remote: &str) -> String {
+    pub(in crate::s2s) fn streams_full_text(&self, remote: &str) -> String {
         format!(
             "{remote} has all the streams it may have: s2s.max_streams_per_domain is {}",
             self.ctx.settings.max_streams_per_domain
@@ -1127,337 +1019,6 @@ impl Inbound {
             .iter()
             .position(|p| *p.entry().domain == *from_domain)
             .unwrap_or(usize::MAX))
-    }
-
-    /// `<db:result>` from an initiating server: start verifying its key, or accept it at once
-    /// when the TLS certificate already proves the sender domain (XEP-0344 §2.4).
-    fn db_result(
-        &mut self,
-        stanza: &Stanza,
-        results: &mpsc::Sender<Verified>,
-    ) -> Result<Option<Verified>, Abort> {
-        let (Some(to), Some(from)) = (stanza.to(), stanza.from()) else {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::ImproperAddressing,
-                "<db:result/> needs 'to' and 'from'",
-            )));
-        };
-        let originating = match jid::normalize_domain(from) {
-            Ok(d) => d.into_owned(),
-            Err(_) => {
-                return Err(Abort::Refused(refuse(
-                    StreamErrorCondition::InvalidFrom,
-                    format!("'{from}' is not a domain"),
-                )))
-            }
-        };
-        let receiving = match jid::normalize_domain(to) {
-            Ok(d) if self.ctx.router.is_local(&d) => d.into_owned(),
-            _ => {
-                // XEP-0220 §2.4: a dialback error, not a stream error.
-                self.send_db_error("result", to, from, &StanzaErrorCondition::ItemNotFound);
-                return Ok(None);
-            }
-        };
-        if let Err(refused) = self.ctx.router.admit(&originating, Direction::Inbound) {
-            tracing::info!(peer = %self.conn.peer, "{refused}");
-            self.ctx
-                .registry
-                .failed(&originating, Direction::Inbound, refused.to_string());
-            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
-            return Ok(None);
-        }
-        if self.ctx.router.is_local(&originating) {
-            self.send_db_error("result", to, from, &StanzaErrorCondition::NotAcceptable);
-            return Ok(None);
-        }
-        let tls = self.security.tls.is_some();
-        let policy = self.ctx.security.load().peer(&originating);
-        if !policy.allows_dialback(tls) {
-            tracing::info!(peer = %self.conn.peer, remote = %originating, tls, "dialback refused by policy for this peer");
-            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
-            return Ok(None);
-        }
-        if let Some(why) = self.pair_refused(&receiving, &originating) {
-            self.send_db_error_text(
-                "result",
-                to,
-                from,
-                &StanzaErrorCondition::PolicyViolation,
-                &why,
-            );
-            return Ok(None);
-        }
-        let verdict = if self.remote.as_deref() == Some(originating.as_str()) {
-            self.security.verdict.clone()
-        } else {
-            self.verdict_for(&originating)
-        };
-        let certified = verdict.as_ref().is_some_and(CertVerdict::is_valid);
-        if policy.needs_valid_certificate() && !certified {
-            let why = verdict.map_or_else(|| "no TLS".to_string(), |v| v.to_string());
-            tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback refused: a valid certificate is required ({why})");
-            self.send_db_error("result", to, from, &StanzaErrorCondition::PolicyViolation);
-            return Ok(None);
-        }
-        if certified {
-            // XEP-0344 §2.4: the certificate proves the domain; no connect-back needed.
-            return Ok(Some((receiving, originating, Ok(Verdict::Valid))));
-        }
-        let settings = &self.ctx.settings;
-        let permit = if self.pending >= settings.max_pending_verifications {
-            Err((
-                Limit::PendingVerifications,
-                settings.max_pending_verifications,
-            ))
-        } else {
-            self.ctx.limits.verification().ok_or((
-                Limit::PendingVerificationsTotal,
-                settings.max_pending_verifications_total,
-            ))
-        };
-        let permit = match permit {
-            Ok(permit) => permit,
-            Err((limit, max)) => {
-                self.ctx
-                    .limits
-                    .refused(limit, &self.conn.peer, &originating);
-                let why = format!(
-                    "too many dialback verifications in flight: {} is {max}; try again later",
-                    limit.key()
-                );
-                self.send_db_error_text(
-                    "result",
-                    to,
-                    from,
-                    &StanzaErrorCondition::ResourceConstraint,
-                    &why,
-                );
-                return Ok(None);
-            }
-        };
-        let key = stanza
-            .element()
-            .map(|e| e.text().trim().to_string())
-            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
-        self.pending += 1;
-        let ctx = self.ctx.clone();
-        let results = results.clone();
-        let stream_id = self.stream_id.clone();
-        self.ctx.tracker.spawn(async move {
-            let outcome =
-                verify::verify(ctx, receiving.clone(), originating.clone(), stream_id, key).await;
-            // Back to the pool before the answer waits for the stream.
-            drop(permit);
-            let _ = results.send((receiving, originating, outcome)).await;
-        });
-        Ok(None)
-    }
-
-    /// Why a `<db:result/>` for (receiving, originating) may not add its pair to this stream:
-    /// `max_domain_pairs_per_stream` (pairs authenticated or being verified), or a domain that
-    /// has all the streams `max_streams_per_domain` allows. Counted and logged. Checked before
-    /// any connect-back; the domain's slot itself is taken when it is verified.
-    fn pair_refused(&self, receiving: &str, originating: &str) -> Option<String> {
-        let known = self
-            .authenticated
-            .iter()
-            .any(|(l, r)| l == receiving && r == originating);
-        if known {
-            return None;
-        }
-        let max = self.ctx.settings.max_domain_pairs_per_stream;
-        if self.authenticated.len() + self.pending >= max {
-            self.ctx
-                .limits
-                .refused(Limit::DomainPairsPerStream, &self.conn.peer, originating);
-            return Some(format!(
-                "this stream carries all the domain pairs it may: s2s.max_domain_pairs_per_stream is {max}; open another stream"
-            ));
-        }
-        if !self.limits.holds(originating) && self.ctx.limits.streams_full(originating) {
-            self.ctx
-                .limits
-                .refused(Limit::StreamsPerDomain, &self.conn.peer, originating);
-            return Some(self.streams_full_text(originating));
-        }
-        None
-    }
-
-    /// A verification finished: tell the initiating server.
-    async fn verified(&mut self, (receiving, originating, outcome): Verified) -> Result<(), Abort> {
-        let metrics = &self.ctx.router.metrics;
-        let verdict = match outcome {
-            Ok(verdict) => verdict,
-            Err(e) => {
-                metrics
-                    .dialback
-                    .with_label_values(&["result", "error"])
-                    .inc();
-                tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback verification failed: {e}");
-                self.ctx.registry.failed(
-                    &originating,
-                    Direction::Inbound,
-                    format!(
-                        "could not verify the dialback key from {}: {e}",
-                        self.conn.peer
-                    ),
-                );
-                self.send_db_error("result", &receiving, &originating, &e.condition());
-                return self.conn.flush().await.map_err(|_| Abort::Gone);
-            }
-        };
-        if verdict == Verdict::Valid {
-            if let Err(why) = self.admit(&originating) {
-                // Streams of the domain were authenticated while this one was verified.
-                self.send_db_error_text(
-                    "result",
-                    &receiving,
-                    &originating,
-                    &StanzaErrorCondition::PolicyViolation,
-                    &why,
-                );
-                return self.conn.flush().await.map_err(|_| Abort::Gone);
-            }
-        }
-        let auth = match verdict {
-            Verdict::Valid => {
-                self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
-                "success"
-            }
-            Verdict::Invalid => {
-                tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
-                self.ctx.registry.failed(
-                    &originating,
-                    Direction::Inbound,
-                    format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
-                );
-                "failure"
-            }
-        };
-        let result = verdict.as_str();
-        let metrics = &self.ctx.router.metrics;
-        metrics
-            .dialback
-            .with_label_values(&["result", result])
-            .inc();
-        metrics
-            .s2s_auth
-            .with_label_values(&["inbound", "dialback", auth])
-            .inc();
-        self.conn.send(
-            format!(
-                "<db:result from='{}' to='{}' type='{result}'/>",
-                escape_attr(&receiving),
-                escape_attr(&originating)
-            )
-            .as_bytes(),
-        );
-        self.conn.flush().await.map_err(|_| Abort::Gone)?;
-        if verdict == Verdict::Invalid {
-            // XEP-0220 §2.2.1: after an invalid result the stream MUST be closed.
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::NotAuthorized,
-                format!("the dialback key for {originating} is invalid"),
-            )));
-        }
-        Ok(())
-    }
-
-    /// `<db:verify>` from a receiving server: we are the authoritative server.
-    fn db_verify(&mut self, stanza: &Stanza) -> Result<(), Abort> {
-        let (Some(to), Some(from), Some(id)) = (stanza.to(), stanza.from(), stanza.id()) else {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::ImproperAddressing,
-                "<db:verify/> needs 'to', 'from' and 'id'",
-            )));
-        };
-        let originating = match jid::normalize_domain(to) {
-            Ok(d) if self.ctx.router.is_local(&d) => d.into_owned(),
-            _ => {
-                self.send_db_error_id(
-                    "verify",
-                    to,
-                    from,
-                    Some(id),
-                    &StanzaErrorCondition::ItemNotFound,
-                    None,
-                );
-                return Ok(());
-            }
-        };
-        let key = stanza
-            .element()
-            .map(|e| e.text().trim().to_string())
-            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
-        let receiving = jid::normalize_domain(from)
-            .map(|d| d.into_owned())
-            .unwrap_or_else(|_| from.to_string());
-        let verdict =
-            Verdict::from_valid(self.ctx.secret.verify(&receiving, &originating, id, &key))
-                .as_str();
-        self.ctx
-            .router
-            .metrics
-            .dialback
-            .with_label_values(&["verify", verdict])
-            .inc();
-        self.conn.send(
-            format!(
-                "<db:verify from='{}' to='{}' id='{}' type='{verdict}'/>",
-                escape_attr(to),
-                escape_attr(from),
-                escape_attr(id)
-            )
-            .as_bytes(),
-        );
-        Ok(())
-    }
-
-    fn send_db_error(
-        &mut self,
-        element: &str,
-        from: &str,
-        to: &str,
-        condition: &StanzaErrorCondition,
-    ) {
-        self.send_db_error_id(element, from, to, None, condition, None)
-    }
-
-    /// A dialback error with a text saying why (a limit and its key).
-    fn send_db_error_text(
-        &mut self,
-        element: &str,
-        from: &str,
-        to: &str,
-        condition: &StanzaErrorCondition,
-        text: &str,
-    ) {
-        self.send_db_error_id(element, from, to, None, condition, Some(text))
-    }
-
-    /// A dialback error (XEP-0220 §2.4): `from` is the domain the request was addressed to.
-    fn send_db_error_id(
-        &mut self,
-        element: &str,
-        from: &str,
-        to: &str,
-        id: Option<&str>,
-        condition: &StanzaErrorCondition,
-        text: Option<&str>,
-    ) {
-        let id = id
-            .map(|id| format!(" id='{}'", escape_attr(id)))
-            .unwrap_or_default();
-        let mut out = format!(
-            "<db:{element} from='{}' to='{}'{id} type='error'>",
-            escape_attr(from),
-            escape_attr(to)
-        )
-        .into_bytes();
-        write_stanza_error(&mut out, *condition, text);
-        out.extend_from_slice(format!("</db:{element}>").as_bytes());
-        self.conn.send(&out);
     }
 }
 

@@ -1,21 +1,23 @@
-//! Server-to-server sessions (RFC 6120, XEP-0220 Server Dialback).
+//! Server-to-server sessions (RFC 6120, XEP-0220 Server Dialback). One module per protocol:
 //!
-//! - [`inbound`]: a remote server connects to us; we authenticate it by dialback (verifying its
-//!   key by connecting back to its authoritative server, [`verify`]) and accept stanzas from
-//!   the domains it proved, to the domains we serve.
-//! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair, prove our
-//!   domain by dialback, and write the stanzas the router queues for it.
-//! - [`verify`]: the connect-back half of dialback.
+//! - [`inbound`]: a remote server connects to us: header, STARTTLS, SASL EXTERNAL, then the
+//!   stanzas of the domain pairs proved on the stream.
+//! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair: walk its
+//!   targets, authenticate, retry, queue, bounce, and write the stanzas the router queues.
 //! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
-//!   certificate check), shared by outbound sessions and verification.
+//!   certificate check), shared by outbound sessions and dialback's connect-back.
+//! - [`dialback`]: XEP-0220 in every role: initiating (outbound), receiving and authoritative
+//!   (inbound), connect-back; the wire elements and verdicts.
+//! - [`sm`]: XEP-0198 stream management in both roles: the receiving side's counters and
+//!   resumption store, the sending side's unacknowledged stanzas and negotiation.
+//! - [`keepalive`]: whitespace keepalives (both directions) and XEP-0199 pings, whose answers
+//!   come back on the peer's stream to us.
 //! - [`limits`]: what one address, domain and stream may take of the gateway, and the answers
 //!   when a limit is reached.
-//! - [`sm`]: XEP-0198 stream management, the receiving side's counters and resumption.
-//! - [`keepalive`]: whitespace keepalives and XEP-0199 pings, whose answers come back on the
-//!   peer's stream to us.
 //! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
 pub mod connect;
+pub mod dialback;
 pub mod inbound;
 pub mod keepalive;
 pub mod limits;
@@ -23,7 +25,6 @@ pub mod outbound;
 pub mod registry;
 pub mod sm;
 pub mod trace;
-pub mod verify;
 
 use std::sync::Arc;
 

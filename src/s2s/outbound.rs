@@ -24,7 +24,6 @@
 //! resumes (XEP-0198) or resends them on a new link; without XEP-0198 the stanzas written since
 //! the peer last proved it had read them are counted and logged as unconfirmed.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +35,14 @@ use tokio::time::Instant;
 use super::connect::{
     self, offers_dialback, offers_external, ConnectError, Opened, Security, Stage, Step, Walk,
 };
+use super::dialback::initiating::{self, DialbackRefusal};
+use super::keepalive::Whitespace;
 use super::limits::{Limit, OutboundCap};
 use super::registry::{Negotiated, Pair, Registration};
+use super::sm::sending::Incoming;
+use super::sm::{self, Carry};
 use super::trace::Trace;
-use super::verify::{Answer, Verdict};
-use super::{sm, PeerStreamError, S2sContext};
+use super::{PeerStreamError, S2sContext};
 use crate::connection::{Connection, Reader, Writer};
 use crate::dns::ResolveError;
 use crate::metrics::{Direction, PeerEntry};
@@ -49,7 +51,6 @@ use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
 use crate::tls::Tls;
 use crate::xml::element::Element;
 use crate::xml::error::{SaslCondition, StanzaErrorCondition, StreamErrorCondition};
-use crate::xml::escape_attr;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
@@ -59,8 +60,6 @@ use crate::xml::stream::StreamHeader;
 const BATCH_BYTES: usize = 256 * 1024;
 /// A link that stayed up this long worked: its loss starts a fresh series of retries.
 const STABLE_LINK: Duration = Duration::from_secs(10);
-/// How long a closing link waits for the peer's last acknowledgement.
-const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Why an outbound session could not be established. The queued stanzas are bounced with
 /// [`OutboundError::condition`] and the error's text.
@@ -189,38 +188,6 @@ impl AuthMethod {
     }
 }
 
-/// Why a receiving server did not accept our dialback key (XEP-0220 §2.1.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DialbackRefusal {
-    /// `type='invalid'`: the authoritative server refused the key.
-    Invalid,
-    /// `type='error'` (XEP-0220 §2.4), with its condition when it names a defined one.
-    Error(Option<StanzaErrorCondition>),
-    /// A missing or unknown `type`, as sent (empty when missing).
-    Unknown(String),
-}
-
-impl DialbackRefusal {
-    /// The `fedgate_dialback_total` result label.
-    fn label(&self) -> &'static str {
-        match self {
-            DialbackRefusal::Invalid => "invalid",
-            DialbackRefusal::Error(_) | DialbackRefusal::Unknown(_) => "error",
-        }
-    }
-}
-
-impl std::fmt::Display for DialbackRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DialbackRefusal::Invalid => f.write_str("invalid"),
-            DialbackRefusal::Error(Some(condition)) => write!(f, "error: {condition}"),
-            DialbackRefusal::Error(None) => f.write_str("error"),
-            DialbackRefusal::Unknown(type_) => f.write_str(type_),
-        }
-    }
-}
-
 /// Starts the session task for (local, remote) and returns the router's handle to it.
 pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle {
     let (tx, rx) = mpsc::channel(ctx.settings.queue_max_stanzas);
@@ -300,62 +267,6 @@ struct Link {
     features: Element,
     /// The features it offered before authentication, for diagnostics.
     offered: Element,
-}
-
-/// What outlives one link of a session (XEP-0198 §5).
-struct Carry {
-    /// `fedgate_outbound_unacked`, kept equal to the sum of every session's `unacked`.
-    gauge: prometheus::IntGauge,
-    /// Stanzas written and not yet acknowledged, oldest first. The first one's sequence
-    /// number is `acked + 1`.
-    unacked: VecDeque<Stanza>,
-    /// The last count the peer acknowledged (modulo 2^32).
-    acked: u32,
-    /// The stream management id of the last link, if the peer allows resuming it.
-    resume: Option<String>,
-}
-
-impl Carry {
-    fn new(gauge: prometheus::IntGauge) -> Carry {
-        Carry {
-            gauge,
-            unacked: VecDeque::new(),
-            acked: 0,
-            resume: None,
-        }
-    }
-
-    fn push(&mut self, stanza: Stanza) {
-        self.unacked.push_back(stanza);
-        self.gauge.inc();
-    }
-
-    /// Forgets every unacknowledged stanza (resent without tracking, bounced, or given up).
-    fn take_unacked(&mut self) -> VecDeque<Stanza> {
-        self.gauge.sub(self.unacked.len() as i64);
-        std::mem::take(&mut self.unacked)
-    }
-
-    /// Applies an acknowledgement of `h` stanzas: those are delivered and forgotten.
-    fn ack(&mut self, h: u32) -> Result<(), String> {
-        let n = h.wrapping_sub(self.acked) as usize;
-        if n > self.unacked.len() {
-            return Err(format!(
-                "the peer acknowledged {h} stanzas, but only {} were sent",
-                self.acked as usize + self.unacked.len()
-            ));
-        }
-        self.unacked.drain(..n);
-        self.gauge.sub(n as i64);
-        self.acked = h;
-        Ok(())
-    }
-}
-
-impl Drop for Carry {
-    fn drop(&mut self) {
-        self.gauge.sub(self.unacked.len() as i64);
-    }
 }
 
 /// How an established link ended.
@@ -794,77 +705,15 @@ impl Session {
             }
             .into());
         };
-        self.dialback(conn, target, &stream_id).await?;
-        Ok((AuthMethod::Dialback, features))
-    }
-
-    /// XEP-0220 §2.1: send our key, wait for the verdict on exactly our pair.
-    async fn dialback(
-        &self,
-        conn: &mut Connection,
-        target: &str,
-        stream_id: &str,
-    ) -> Result<(), OutboundError> {
-        let key = self.ctx.secret.key(&self.remote, &self.local, stream_id);
-        conn.send(
-            format!(
-                "<db:result from='{}' to='{}'>{}</db:result>",
-                escape_attr(&self.local),
-                escape_attr(&self.remote),
-                key
-            )
-            .as_bytes(),
-        );
-        connect::flush(conn, target).await?;
         let metrics = &self.ctx.router.metrics;
-        let s = connect::next_element(conn, target).await?;
-        if s.kind() != Kind::DbResult {
-            return Err(ConnectError::Stream {
-                target: target.to_string(),
-                reason: format!("unexpected <{}/> during dialback", s.name()),
-            }
-            .into());
-        }
-        // XEP-0220 §2.1.2: the answer must be for the pair we asked about.
-        if s.from() != Some(self.remote.as_str()) || s.to() != Some(self.local.as_str()) {
-            return Err(ConnectError::Stream {
-                target: target.to_string(),
-                reason: "unsolicited dialback result".into(),
-            }
-            .into());
-        }
-        let refusal = match Answer::parse(s.type_()) {
-            Some(Answer::Verdict(Verdict::Valid)) => None,
-            Some(Answer::Verdict(Verdict::Invalid)) => Some(DialbackRefusal::Invalid),
-            Some(Answer::Error) => Some(DialbackRefusal::Error(s.element().ok().and_then(|e| {
-                e.child("error", ns::SERVER)
-                    .or_else(|| e.child("error", ns::DIALBACK))
-                    .and_then(|err| err.children().next())
-                    .and_then(|c| StanzaErrorCondition::from_name(&c.name))
-            }))),
-            None => Some(DialbackRefusal::Unknown(
-                s.type_().unwrap_or_default().to_string(),
-            )),
-        };
-        let (label, result) = match &refusal {
-            None => ("valid", "success"),
-            Some(refusal) => (refusal.label(), "failure"),
-        };
-        metrics
-            .dialback
-            .with_label_values(&["outbound", label])
-            .inc();
-        metrics
-            .s2s_auth
-            .with_label_values(&["outbound", "dialback", result])
-            .inc();
-        match refusal {
-            None => Ok(()),
-            Some(refusal) => Err(OutboundError::DialbackRefused {
+        let key = self.ctx.secret.key(&self.remote, &self.local, &stream_id);
+        initiating::authenticate(conn, target, &self.local, &self.remote, &key, metrics)
+            .await?
+            .map_err(|refusal| OutboundError::DialbackRefused {
                 remote: self.remote.clone(),
                 refusal,
-            }),
-        }
+            })?;
+        Ok((AuthMethod::Dialback, features))
     }
 
     /// Steps 3–4: stream management, then write the queue until idle, shutdown or loss.
@@ -894,7 +743,16 @@ impl Session {
             too_large: Vec::new(),
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
-            match self.negotiate_sm(&mut reader, &mut writer, carry).await {
+            match sm::sending::negotiate(
+                &mut reader,
+                &mut writer,
+                carry,
+                &self.ctx.router.metrics.sm_out,
+                self.ctx.settings.negotiation_timeout,
+                &self.remote,
+            )
+            .await
+            {
                 Ok(on) => {
                     pump.sm = on;
                     self.live.update(|n| n.stream_management = on);
@@ -955,88 +813,6 @@ impl Session {
         Ended::Lost(why)
     }
 
-    /// XEP-0198 §5 and §3: resume the last link's stream if we can, else enable afresh.
-    /// `Ok(false)`: the peer declined; the link runs without acknowledgements.
-    async fn negotiate_sm(
-        &self,
-        reader: &mut Reader,
-        writer: &mut Writer,
-        carry: &mut Carry,
-    ) -> Result<bool, String> {
-        let counters = &self.ctx.router.metrics.sm_out;
-        if let Some(id) = carry.resume.take() {
-            // We receive no stanzas on an outbound stream, so our own count is always 0.
-            writer.send(&sm::resume(&id, 0));
-            let answer = self.sm_answer(reader, writer).await?;
-            match answer.name() {
-                "resumed" => {
-                    let h = sm::h_of(&answer).ok_or("<resumed/> without a valid 'h'")?;
-                    carry.ack(h)?;
-                    carry.resume = Some(id);
-                    counters.resumed.inc();
-                    tracing::info!(remote = %self.remote, "XEP-0198 stream resumed; {} stanzas to resend", carry.unacked.len());
-                    return Ok(true);
-                }
-                _ => {
-                    // The peer lost our stream's state (it restarted, or too much time
-                    // passed): what it acknowledged before is all we know arrived.
-                    counters.resume_failed.inc();
-                    carry.acked = 0;
-                }
-            }
-        }
-        writer.send(sm::ENABLE);
-        let answer = self.sm_answer(reader, writer).await?;
-        if answer.name() != "enabled" {
-            carry.acked = 0;
-            return Ok(false);
-        }
-        let element = answer.element().map_err(|e| e.to_string())?;
-        let resumable = matches!(element.attr("resume"), Some("true" | "1"));
-        carry.resume = element.attr("id").filter(|_| resumable).map(str::to_string);
-        carry.acked = 0;
-        counters.enabled.inc();
-        Ok(true)
-    }
-
-    /// The peer's answer to `<enable/>` or `<resume/>`: `<enabled/>`, `<resumed/>` or
-    /// `<failed/>`, within the negotiation timeout.
-    async fn sm_answer(&self, reader: &mut Reader, writer: &mut Writer) -> Result<Stanza, String> {
-        writer
-            .flush()
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        let read = async {
-            loop {
-                match reader.next_event().await {
-                    Ok(Event::Stanza(s)) if s.ns() == sm::NS => {
-                        if matches!(s.name(), "enabled" | "resumed" | "failed") {
-                            return Ok(s);
-                        }
-                        // An early <r/> or <a/> is harmless here.
-                    }
-                    Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
-                        return Err(format!(
-                            "the peer closed the stream with {}",
-                            PeerStreamError::parse(&s)
-                        ))
-                    }
-                    Ok(Event::Stanza(s)) => {
-                        return Err(format!(
-                            "unexpected <{}/> during stream management negotiation",
-                            s.name()
-                        ))
-                    }
-                    Ok(_) => return Err("the peer closed the stream".to_string()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        };
-        tokio::time::timeout(self.ctx.settings.negotiation_timeout, read)
-            .await
-            .map_err(|_| "no answer to XEP-0198 negotiation in time".to_string())?
-    }
-
     /// Step 4 proper. Timers: whitespace after `keepalive_interval` without writing, a
     /// liveness check after `ping_interval` without stanzas, dead after `ping_timeout`
     /// without its answer, closed after `idle_timeout` without stanzas.
@@ -1055,12 +831,13 @@ impl Session {
         let cap = settings.queue_max_stanzas.max(1);
         // Ask for an acknowledgement once this many wait, well before `cap` stops us.
         let ack_batch = (cap / 4).clamp(1, ACK_BATCH);
+        let whitespace = Whitespace::new(settings.keepalive_interval);
         let mut last_write = Instant::now();
         let mut last_stanza = last_write;
         // When the last liveness check was sent; whitespace does not count as traffic here.
         let mut last_check = last_write;
         loop {
-            let keepalive_at = last_write + settings.keepalive_interval;
+            let keepalive_at = whitespace.due(last_write);
             let idle_at = last_stanza + settings.idle_timeout;
             let check_at = match &pump.check {
                 Some(c) => c.deadline(),
@@ -1090,7 +867,7 @@ impl Session {
                         // What the peer has received already must not bounce as well.
                         writer.send(sm::REQUEST);
                         if writer.flush().await.is_ok() {
-                            self.final_acks(reader, carry).await;
+                            sm::sending::final_acks(reader, carry).await;
                         }
                     }
                     metrics.stream_errors.with_label_values(&["sent", StreamErrorCondition::PolicyViolation.as_str()]).inc();
@@ -1129,8 +906,7 @@ impl Session {
                             });
                         }
                     } else {
-                        // RFC 6120 §4.6.1: a single space keeps NATs and firewalls open.
-                        writer.send(b" ");
+                        writer.send(Whitespace::BYTES);
                     }
                     if let Err(e) = writer.flush().await {
                         return Ended::Lost(format!("write to {label} failed: {e}"));
@@ -1144,45 +920,51 @@ impl Session {
                     }
                     metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
                 }
-                event = reader.next_event() => match event {
-                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
-                        let acked = sm::h_of(&s).ok_or_else(|| "an <a/> without a valid 'h'".to_string()).and_then(|h| carry.ack(h));
-                        if let Err(why) = acked {
-                            writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
-                            return Ended::Lost(why);
+                event = reader.next_event() => {
+                    let incoming = match &event {
+                        Ok(Event::Stanza(s)) => Incoming::parse(s),
+                        _ => None,
+                    };
+                    match (incoming, event) {
+                        (Some(Incoming::Ack { h }), _) => {
+                            let acked = h.ok_or_else(|| "an <a/> without a valid 'h'".to_string()).and_then(|h| carry.ack(h));
+                            if let Err(why) = acked {
+                                writer.fail(&StreamErrorCondition::UndefinedCondition, Some(&why)).await;
+                                return Ended::Lost(why);
+                            }
+                            pump.requested = false;
+                            metrics.sm_out.acked.inc();
+                            if matches!(pump.check, Some(Check::Ack { .. })) {
+                                pump.check = None;
+                                metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
+                            }
                         }
-                        pump.requested = false;
-                        metrics.sm_out.acked.inc();
-                        if matches!(pump.check, Some(Check::Ack { .. })) {
-                            pump.check = None;
-                            metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
+                        (Some(Incoming::AckRequest), _) => {
+                            // We receive no stanzas on an outbound stream.
+                            writer.send(&sm::ack(0));
+                            if let Err(e) = writer.flush().await {
+                                return Ended::Lost(format!("write to {label} failed: {e}"));
+                            }
                         }
-                    }
-                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "r" => {
-                        // We receive no stanzas on an outbound stream.
-                        writer.send(&sm::ack(0));
-                        if let Err(e) = writer.flush().await {
-                            return Ended::Lost(format!("write to {label} failed: {e}"));
+                        (_, Ok(Event::Stanza(s))) if s.kind() == Kind::StreamError => {
+                            let error = PeerStreamError::parse(&s);
+                            metrics.stream_errors.with_label_values(&["received", error.label()]).inc();
+                            return Ended::Lost(format!("{label} closed the stream with {error}"));
                         }
+                        (_, Ok(Event::StreamClose)) => {
+                            writer.close().await;
+                            return Ended::Lost(format!("{label} closed the stream"));
+                        }
+                        (_, Ok(_)) => {
+                            // A remote server sends nothing on our outbound stream but errors
+                            // and stream management (bidirectional s2s, XEP-0288, is not
+                            // negotiated).
+                            writer.fail(&StreamErrorCondition::UnsupportedStanzaType, Some("this stream is outbound only")).await;
+                            return Ended::Lost(format!("{label} sent a stanza on our outbound stream"));
+                        }
+                        (_, Err(e)) => return Ended::Lost(format!("reading from {label}: {e}")),
                     }
-                    Ok(Event::Stanza(s)) if s.kind() == Kind::StreamError => {
-                        let error = PeerStreamError::parse(&s);
-                        metrics.stream_errors.with_label_values(&["received", error.label()]).inc();
-                        return Ended::Lost(format!("{label} closed the stream with {error}"));
-                    }
-                    Ok(Event::StreamClose) => {
-                        writer.close().await;
-                        return Ended::Lost(format!("{label} closed the stream"));
-                    }
-                    Ok(_) => {
-                        // A remote server sends nothing on our outbound stream but errors
-                        // and stream management (bidirectional s2s, XEP-0288, is not
-                        // negotiated).
-                        writer.fail(&StreamErrorCondition::UnsupportedStanzaType, Some("this stream is outbound only")).await;
-                        return Ended::Lost(format!("{label} sent a stanza on our outbound stream"));
-                    }
-                    Err(e) => return Ended::Lost(format!("reading from {label}: {e}")),
-                },
+                }
                 next = rx.recv(), if room => {
                     let Some(first) = next else { return Ended::Done };
                     self.write(pump, &mut writer, first, carry, &target);
@@ -1294,7 +1076,7 @@ impl Session {
         if !pump.sm || carry.unacked.is_empty() {
             return;
         }
-        self.final_acks(reader, carry).await;
+        sm::sending::final_acks(reader, carry).await;
         if !carry.unacked.is_empty() {
             self.ctx
                 .router
@@ -1304,26 +1086,6 @@ impl Session {
                 .inc_by(carry.unacked.len() as u64);
             tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
         }
-    }
-
-    /// Waits (up to [`FINAL_ACK_WAIT`]) for the peer's answer to our last `<r/>`, so that what
-    /// it has received is not reported as lost or bounced.
-    async fn final_acks(&self, reader: &mut Reader, carry: &mut Carry) {
-        // The peer answers our <r/> (or sends a last <a/> on its own) before closing.
-        let _ = tokio::time::timeout(FINAL_ACK_WAIT, async {
-            while !carry.unacked.is_empty() {
-                match reader.next_event().await {
-                    Ok(Event::Stanza(s)) if s.ns() == sm::NS && s.name() == "a" => {
-                        if sm::h_of(&s).map(|h| carry.ack(h)).is_none() {
-                            break;
-                        }
-                    }
-                    Ok(Event::Stanza(_)) => {}
-                    _ => break,
-                }
-            }
-        })
-        .await;
     }
 }
 

@@ -1,8 +1,8 @@
-//! The connect-back half of Server Dialback (XEP-0220 §2.3): as receiving server, ask the
-//! originating domain's authoritative server whether the key it was given is genuine.
+//! Connect-back (XEP-0220 §2.3): as receiving server, ask the originating domain's
+//! authoritative server whether the key it was given is genuine.
 //!
 //! Steps:
-//! 1. resolve the originating domain's targets (as for outbound) and [open](super::connect) a
+//! 1. resolve the originating domain's targets (as for outbound) and [open](crate::s2s::connect) a
 //!    stream to one, with TLS and the certificate rules of the originating domain;
 //! 2. send `<db:verify from=receiving to=originating id=stream_id>key</db:verify>`;
 //! 3. wait for the `<db:verify type='valid|invalid'/>` answering exactly that request, then
@@ -10,59 +10,13 @@
 
 use std::sync::Arc;
 
-use super::connect;
-use super::trace::Trace;
-use super::S2sContext;
+use super::{verify_request, Answer, Verdict};
 use crate::connection::Connection;
+use crate::s2s::connect;
+use crate::s2s::trace::Trace;
+use crate::s2s::S2sContext;
 use crate::xml::error::StanzaErrorCondition;
-use crate::xml::escape_attr;
 use crate::xml::stanza::Kind;
-
-/// A dialback key's verdict: what the authoritative server says of it, and what the receiving
-/// server answers in `type` (XEP-0220 §2.1.2, §2.2.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Valid,
-    Invalid,
-}
-
-impl Verdict {
-    /// The `type` attribute on the wire, and the `fedgate_dialback_total` result label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Valid => "valid",
-            Verdict::Invalid => "invalid",
-        }
-    }
-
-    /// A valid key when `valid`.
-    pub fn from_valid(valid: bool) -> Verdict {
-        if valid {
-            Verdict::Valid
-        } else {
-            Verdict::Invalid
-        }
-    }
-}
-
-/// The `type` of a dialback answer (XEP-0220 §2.1.2, §2.4): a verdict, or a dialback error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    Verdict(Verdict),
-    Error,
-}
-
-impl Answer {
-    /// `None` for a missing or unknown `type`.
-    pub fn parse(type_: Option<&str>) -> Option<Answer> {
-        match type_? {
-            "valid" => Some(Answer::Verdict(Verdict::Valid)),
-            "invalid" => Some(Answer::Verdict(Verdict::Invalid)),
-            "error" => Some(Answer::Error),
-            _ => None,
-        }
-    }
-}
 
 /// Why a key could not be verified; answered with a dialback error (XEP-0220 §2.4) carrying
 /// [`VerifyError::condition`].
@@ -195,16 +149,7 @@ async fn ask_on(
     key: &str,
 ) -> Result<Verdict, Ask> {
     let failed = |e: connect::ConnectError| Ask::Failed(e.to_string());
-    conn.send(
-        format!(
-            "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
-            escape_attr(receiving),
-            escape_attr(originating),
-            escape_attr(stream_id),
-            key
-        )
-        .as_bytes(),
-    );
+    conn.send(&verify_request(receiving, originating, stream_id, key));
     connect::flush(conn, target).await.map_err(failed)?;
     let s = connect::next_element(conn, target).await.map_err(failed)?;
     if s.kind() != Kind::DbVerify {
@@ -225,27 +170,5 @@ async fn ask_on(
             "db:verify type={}",
             s.type_().unwrap_or("(none)")
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dialback_answer_type_is_a_verdict_an_error_or_nothing_we_know() {
-        assert_eq!(
-            Answer::parse(Some("valid")),
-            Some(Answer::Verdict(Verdict::Valid))
-        );
-        assert_eq!(
-            Answer::parse(Some("invalid")),
-            Some(Answer::Verdict(Verdict::Invalid))
-        );
-        assert_eq!(Answer::parse(Some("error")), Some(Answer::Error));
-        assert_eq!(Answer::parse(Some("Valid")), None);
-        assert_eq!(Answer::parse(None), None);
-        assert_eq!(Verdict::from_valid(true).as_str(), "valid");
-        assert_eq!(Verdict::from_valid(false).as_str(), "invalid");
     }
 }
