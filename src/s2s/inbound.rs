@@ -1,5 +1,9 @@
 //! Inbound s2s: a remote server connects to us (RFC 6120 §4, XEP-0220 §2.2).
 //!
+//! This task owns the socket, the timers and the session's state (the pairs proved, limits,
+//! XEP-0198); steps 2–4 are decided by the sans-I/O [`Negotiation`]
+//! ([`negotiate::inbound`](super::negotiate::inbound)), whose output this task writes.
+//!
 //! Steps:
 //! 1. on the direct TLS port (XEP-0368) the TLS handshake comes first, ALPN `xmpp-server`;
 //! 2. read the peer's header: `jabber:server` (else `invalid-namespace`), version 1.x (else
@@ -55,39 +59,27 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::connect::Security;
 use super::dialback::receiving::Verified;
 use super::keepalive::{self, Whitespace};
 use super::limits::{self, Limit, Slot, StreamLimits};
+use super::negotiate::inbound::{refuse, Negotiation, Next, Refusal};
 use super::outbound::AuthMethod;
 use super::registry::{Pair, Registration};
-use super::sm::{self, SmError};
+use super::sm;
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
-use crate::dialback::new_stream_id;
 use crate::jid;
 use crate::metrics::{Direction, PeerSession, SessionGauge};
-use crate::policy::PeerSecurity;
-use crate::tls::{CertVerdict, PeerRole, Tls, TlsInfo};
-use crate::xml::error::{SaslCondition, StreamErrorCondition};
+use crate::tls::{Tls, TlsInfo};
+use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::Event;
 use crate::xml::ns;
 use crate::xml::stanza::{Kind, Stanza};
 use crate::xml::stream::{OpenStream, StreamHeader};
-
-/// The stream error that ends an inbound stream, and why.
-pub(in crate::s2s) struct Refusal {
-    condition: StreamErrorCondition,
-    text: String,
-    /// The whole `<stream:error/>`, when it carries more than the condition and the text (an
-    /// application-specific condition such as XEP-0198's `<handled-count-too-high/>`).
-    raw: Option<Vec<u8>>,
-}
 
 /// Why a session ends other than cleanly: we refuse something, or the peer is gone.
 pub(in crate::s2s) enum Abort {
@@ -96,22 +88,6 @@ pub(in crate::s2s) enum Abort {
     /// The connection is gone (closed, reset, a stream error from the peer, a failed write or
     /// handshake): nothing more can be written. With XEP-0198 the stream stays resumable.
     Gone,
-}
-
-pub(in crate::s2s) fn refuse(condition: StreamErrorCondition, text: impl Into<String>) -> Refusal {
-    Refusal {
-        condition,
-        text: text.into(),
-        raw: None,
-    }
-}
-
-pub(in crate::s2s) fn refuse_sm(e: &SmError) -> Refusal {
-    Refusal {
-        condition: e.into(),
-        text: e.to_string(),
-        raw: Some(sm::stream_error(e)),
-    }
 }
 
 /// Serves one inbound s2s connection on the STARTTLS port, from accept to close. Past
@@ -196,16 +172,10 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         started: Instant::now(),
         ctx: ctx.clone(),
         conn,
-        stream_id: new_stream_id(),
         authenticated: Vec::new(),
         pending: 0,
         negotiation_deadline: Instant::now() + ctx.settings.negotiation_timeout,
-        security: Security { tls, verdict: None },
-        local: None,
-        remote: None,
-        external_offered: false,
-        external_done: false,
-        external_failures: 0,
+        negotiation: Negotiation::new(peer, tls),
         sm: None,
         sm_live: None,
         limits: StreamLimits::default(),
@@ -216,9 +186,10 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         mut conn,
         sm,
         sm_live,
-        remote,
+        negotiation,
         ..
     } = session;
+    let remote = negotiation.remote().map(str::to_string);
     let metrics = &ctx.router.metrics;
     match (&outcome, &sm) {
         (Err(Abort::Gone), Some(sm)) => {
@@ -285,26 +256,15 @@ pub(in crate::s2s) struct Inbound {
     pub(in crate::s2s) peers: Vec<PeerSession>,
     /// When the connection was accepted, for `fedgate_s2s_auth_seconds`.
     pub(in crate::s2s) started: Instant,
-    /// Our stream id: part of every dialback key for this stream.
-    pub(in crate::s2s) stream_id: String,
     /// (local, remote) pairs proved on this stream.
     pub(in crate::s2s) authenticated: Vec<(String, String)>,
     /// Verifications in flight, bounded by `max_pending_verifications`.
     pub(in crate::s2s) pending: usize,
     /// When an unauthenticated stream (TLS handshake included) runs out of time.
     pub(in crate::s2s) negotiation_deadline: Instant,
-    /// TLS and the certificate verdict for the stream's `from`.
-    pub(in crate::s2s) security: Security,
-    /// The stream header's `to` (canonical), once read.
-    pub(in crate::s2s) local: Option<String>,
-    /// The stream header's `from` (canonical), if the peer said who it is.
-    pub(in crate::s2s) remote: Option<String>,
-    /// Whether the current stream's features offer SASL EXTERNAL.
-    pub(in crate::s2s) external_offered: bool,
-    /// SASL EXTERNAL succeeded on this connection (it is not offered again).
-    pub(in crate::s2s) external_done: bool,
-    /// Failed SASL attempts; the stream ends after [`MAX_SASL_FAILURES`].
-    pub(in crate::s2s) external_failures: usize,
+    /// The negotiation up to authentication (header, features, STARTTLS, SASL EXTERNAL),
+    /// sans-I/O: what it has learnt (TLS, the stream's addresses and id) and what it waits for.
+    pub(in crate::s2s) negotiation: Negotiation,
     /// XEP-0198 once `<enable/>` or `<resume/>` succeeded on this stream: we count what we
     /// handle, so that the sender learns what arrived and resends only the rest.
     pub(in crate::s2s) sm: Option<sm::Receiving>,
@@ -315,9 +275,6 @@ pub(in crate::s2s) struct Inbound {
     /// with their stanza limits and byte rates.
     pub(in crate::s2s) limits: StreamLimits,
 }
-
-/// SASL attempts allowed per stream (RFC 6120 §6.4.5 asks for at least two).
-const MAX_SASL_FAILURES: usize = 3;
 
 /// Whether the stream goes on, restarts (after TLS or SASL success: a new header follows), or
 /// ends cleanly with `</stream:stream>`.
@@ -494,174 +451,16 @@ impl Inbound {
         read_refusal(e)
     }
 
-    /// The policy for the peer: its stream `from`'s, or the default when it did not say.
-    pub(in crate::s2s) fn peer_policy(&self) -> Arc<PeerSecurity> {
-        match &self.remote {
-            Some(remote) => self.ctx.security.load().peer(remote),
-            None => self.ctx.security.load().default_peer(),
-        }
-    }
-
-    /// The peer certificate's verdict for `domain` (with TLS only), counted in metrics.
-    pub(in crate::s2s) fn verdict_for(&self, domain: &str) -> Option<CertVerdict> {
-        let info = self.security.tls.as_ref()?;
-        let policy = self.ctx.security.load().peer(domain);
-        let verdict = self
-            .ctx
-            .tls
-            .verify_peer(info, domain, PeerRole::Client, &policy.pins);
-        self.ctx
-            .router
-            .metrics
-            .certificate_verdicts
-            .with_label_values(&["inbound", verdict.label()])
-            .inc();
-        Some(verdict)
-    }
-
-    /// Steps 2 and 3.
-    fn open(&mut self, header: &StreamHeader) -> Result<(), Abort> {
-        if header.default_ns.as_deref() != Some(ns::SERVER) {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::InvalidNamespace,
-                "the s2s content namespace is jabber:server",
-            )));
-        }
-        if let Some(why) = header.unsupported_version(true) {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::UnsupportedVersion,
-                why,
-            )));
-        }
-        let Some(to) = header.to.as_deref() else {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::ImproperAddressing,
-                "the stream header needs a 'to'",
-            )));
-        };
-        let local = match jid::normalize_domain(to) {
-            Ok(d) if self.ctx.router.is_local(&d) => d.into_owned(),
-            _ => {
-                return Err(Abort::Refused(refuse(
-                    StreamErrorCondition::HostUnknown,
-                    format!("{to} is not served here"),
-                )))
-            }
-        };
-        let from = match header.from.as_deref() {
-            None => None,
-            Some(f) => match jid::normalize_domain(f) {
-                Ok(d) => Some(d.into_owned()),
-                Err(_) => {
-                    return Err(Abort::Refused(refuse(
-                        StreamErrorCondition::InvalidFrom,
-                        format!("'{f}' is not a domain"),
-                    )))
-                }
-            },
-        };
-        let version = header.version.is_some();
-        self.conn.open(&OpenStream {
-            content_ns: ns::SERVER,
-            from: Some(&local),
-            to: from.as_deref(),
-            id: Some(&self.stream_id),
-            version,
-            dialback: true,
-        });
-        self.local = Some(local);
-        self.remote = from;
-        if let Some(remote) = &self.remote {
-            // A peer that names a domain we do not federate with gets nothing but the reason.
-            if let Err(refused) = self.ctx.router.admit(remote, Direction::Inbound) {
-                self.ctx
-                    .registry
-                    .failed(remote, Direction::Inbound, refused.to_string());
-                return Err(Abort::Refused(refuse(
-                    StreamErrorCondition::PolicyViolation,
-                    refused.to_string(),
-                )));
-            }
-        }
-        let policy = self.peer_policy();
-        let tls = self.security.tls.is_some();
-        if tls && self.security.verdict.is_none() {
-            // Once per connection: the certificate does not change across stream restarts.
-            if let Some(remote) = self.remote.clone() {
-                let verdict = self.verdict_for(&remote);
-                if let Some(CertVerdict::Invalid(problem)) = &verdict {
-                    if policy.needs_valid_certificate() {
-                        return Err(Abort::Refused(refuse(
-                            StreamErrorCondition::PolicyViolation,
-                            format!("a valid certificate for {remote} is required: {problem}"),
-                        )));
-                    }
-                }
-                self.security.verdict = verdict;
-            }
-        }
-        // A refused `from` has ended the stream above.
-        let admitted = self.remote.is_some();
-        self.external_offered = tls
-            && !self.external_done
-            && admitted
-            && self.security.certificate_valid()
-            && policy.allows_external();
-        if version {
-            let mut features = String::from("<stream:features>");
-            if !tls && self.ctx.tls.can_accept() {
-                features.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
-                if policy.tls_required {
-                    features.push_str("<required/>");
-                }
-                features.push_str("</starttls>");
-            }
-            if self.external_offered {
-                features.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>");
-            }
-            if policy.allows_dialback(tls) {
-                features
-                    .push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
-            }
-            // Offered wherever authentication may follow, so that a peer authenticating by
-            // dialback (which brings no new features) has seen it; honoured only once the
-            // stream is authenticated.
-            if self.ctx.settings.stream_management && (tls || !policy.tls_required) {
-                features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
-            }
-            // XEP-0478: what the peer may send once authenticated, wherever it may
-            // authenticate (before a required TLS, nothing but <starttls/> is accepted, and
-            // the limits come with the features after it).
-            if tls || !policy.tls_required {
-                let settings = &self.ctx.settings;
-                let max_bytes = policy.max_stanza_bytes.unwrap_or(settings.max_stanza_bytes);
-                features.push_str(&limits::limits_feature(max_bytes, settings.idle_timeout));
-            }
-            features.push_str("</stream:features>");
-            self.conn.send(features.as_bytes());
-        }
-        Ok(())
-    }
-
     /// Steps 3 to 6 for one element.
     async fn handle_stanza(
         &mut self,
         stanza: Stanza,
         results: &mpsc::Sender<Verified>,
     ) -> Result<Flow, Abort> {
-        let tls = self.security.tls.is_some();
-        let is_starttls = stanza.name() == "starttls" && stanza.ns() == ns::TLS;
-        if !tls && !is_starttls && self.peer_policy().tls_required {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::PolicyViolation,
-                "TLS is required: send <starttls/> first",
-            )));
-        }
-        if is_starttls {
-            return self.starttls().await;
-        }
-        if stanza.name() == "auth" && stanza.ns() == ns::SASL {
-            return self.sasl_external(&stanza).await;
+        let next = self.negotiation.handle_element(&stanza, &self.ctx);
+        match self.negotiated(next)? {
+            Next::Session => {}
+            next => return self.negotiation_step(next).await,
         }
         if stanza.ns() == sm::NS {
             self.stream_management(&stanza).await?;
@@ -725,27 +524,70 @@ impl Inbound {
         Ok(Flow::Continue)
     }
 
-    /// `<starttls/>`: `<proceed/>`, the handshake, a fresh stream (RFC 6120 §5.4.2.3).
-    async fn starttls(&mut self) -> Result<Flow, Abort> {
-        if self.security.tls.is_some() {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::PolicyViolation,
-                "TLS is already negotiated",
-            )));
+    /// Steps 2 and 3: the peer's header, our header, the features.
+    fn open(&mut self, header: &StreamHeader) -> Result<(), Abort> {
+        let ours = self
+            .negotiation
+            .handle_header(header, &self.ctx)
+            .map_err(Abort::Refused)?;
+        self.conn.open(&OpenStream {
+            content_ns: ns::SERVER,
+            from: Some(&ours.from),
+            to: ours.to.as_deref(),
+            id: Some(&ours.id),
+            version: ours.version,
+            dialback: true,
+        });
+        let sent = self.negotiation.send_features(&ours, &self.ctx);
+        self.negotiated(sent.map(|()| Next::Continue)).map(|_| ())
+    }
+
+    /// Queues what the negotiation wrote, also before a refusal (a last SASL `<failure/>`
+    /// goes out before the stream error).
+    fn negotiated(&mut self, next: Result<Next, Refusal>) -> Result<Next, Abort> {
+        let out = self.negotiation.take_output();
+        if !out.is_empty() {
+            self.conn.send(&out);
         }
-        if !self.ctx.tls.can_accept() {
-            // RFC 6120 §5.4.2.2: <failure/>, then the stream is closed (no stream error).
-            tracing::info!(peer = %self.conn.peer, "STARTTLS requested but no certificate is configured");
-            self.conn
-                .send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-            return Ok(Flow::End);
+        next.map_err(Abort::Refused)
+    }
+
+    /// Does what the negotiation asks after an element.
+    async fn negotiation_step(&mut self, mut next: Next) -> Result<Flow, Abort> {
+        loop {
+            return match next {
+                Next::Continue | Next::Session => {
+                    self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                    Ok(Flow::Continue)
+                }
+                Next::End => Ok(Flow::End),
+                Next::StartTls { hint } => self.tls_handshake(hint).await,
+                Next::ExternalRequested { local: _, remote } => {
+                    let admitted = self.admit(&remote);
+                    let answer = self
+                        .negotiation
+                        .handle_external_admission(admitted, &self.ctx);
+                    next = self.negotiated(answer)?;
+                    continue;
+                }
+                Next::Authenticated { local, remote } => {
+                    self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                    self.authenticate(local, remote, AuthMethod::External);
+                    // A new stream: stream management starts afresh on it (XEP-0198 §3).
+                    self.end_sm();
+                    self.conn.restart();
+                    Ok(Flow::Restart)
+                }
+            };
         }
-        self.conn
-            .send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    }
+
+    /// After `<proceed/>`: the handshake, within the negotiation deadline, then a fresh stream
+    /// (RFC 6120 §5.4.3.3).
+    async fn tls_handshake(&mut self, hint: Option<String>) -> Result<Flow, Abort> {
         self.conn.flush().await.map_err(|_| Abort::Gone)?;
         // Whatever the peer sent after <starttls/> is dropped here, unread.
         let io = self.conn.take_transport();
-        let hint = self.local.clone();
         let handshake_started = Instant::now();
         let handshake = tokio::time::timeout_at(
             self.negotiation_deadline,
@@ -765,9 +607,7 @@ impl Inbound {
             Ok(Ok((io, info))) => {
                 self.conn.restart_on(io);
                 self.live.update(|n| n.tls = Some(info.clone()));
-                self.security.tls = Some(info);
-                // RFC 6120 §4.7.3: a new stream id for the new stream.
-                self.stream_id = new_stream_id();
+                self.negotiation.handle_tls(info);
                 Ok(Flow::Restart)
             }
             Ok(Err(e)) => {
@@ -779,77 +619,6 @@ impl Inbound {
                 Err(Abort::Gone)
             }
         }
-    }
-
-    /// Answers a SASL attempt with `failure` (a whole `<failure/>`), counted; the stream goes on
-    /// until [`MAX_SASL_FAILURES`] (RFC 6120 §6.4.5).
-    async fn sasl_failure(&mut self, failure: &[u8]) -> Result<Flow, Abort> {
-        self.ctx
-            .router
-            .metrics
-            .s2s_auth
-            .with_label_values(&["inbound", "external", "failure"])
-            .inc();
-        self.external_failures += 1;
-        self.conn.send(failure);
-        self.conn.flush().await.map_err(|_| Abort::Gone)?;
-        if self.external_failures >= MAX_SASL_FAILURES {
-            return Err(Abort::Refused(refuse(
-                StreamErrorCondition::PolicyViolation,
-                "too many failed authentication attempts",
-            )));
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3).
-    async fn sasl_external(&mut self, stanza: &Stanza) -> Result<Flow, Abort> {
-        let element = stanza
-            .element()
-            .map_err(|e| Abort::Refused(refuse(StreamErrorCondition::from(&e), e.to_string())))?;
-        let failure = if !self.external_offered || element.attr("mechanism") != Some("EXTERNAL") {
-            Some(SaslCondition::InvalidMechanism)
-        } else {
-            match decode_authzid(&element.text()) {
-                Err(()) => Some(SaslCondition::IncorrectEncoding),
-                Ok(None) => None,
-                Ok(Some(authzid)) => {
-                    let matches = jid::normalize_domain(&authzid)
-                        .is_ok_and(|a| Some(a.as_ref()) == self.remote.as_deref());
-                    (!matches).then_some(SaslCondition::InvalidAuthzid)
-                }
-            }
-        };
-        let ctx = self.ctx.clone();
-        let metrics = &ctx.router.metrics;
-        if let Some(condition) = failure {
-            tracing::info!(peer = %self.conn.peer, remote = ?self.remote, "SASL EXTERNAL refused: {condition}");
-            return self.sasl_failure(&condition.failure(None)).await;
-        }
-        // Offered only with a valid certificate for the stream's from, so both are known.
-        let (Some(local), Some(remote)) = (self.local.clone(), self.remote.clone()) else {
-            return Err(Abort::Gone);
-        };
-        if let Err(why) = self.admit(&remote) {
-            // RFC 6120 §6.5.10: the certificate is good; try again when a stream closes.
-            return self
-                .sasl_failure(&SaslCondition::TemporaryAuthFailure.failure(Some(&why)))
-                .await;
-        }
-        metrics
-            .s2s_auth
-            .with_label_values(&["inbound", "external", "success"])
-            .inc();
-        self.conn
-            .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
-        self.conn.flush().await.map_err(|_| Abort::Gone)?;
-        self.authenticate(local, remote, AuthMethod::External);
-        self.external_done = true;
-        // A new stream: stream management starts afresh on it (XEP-0198 §3).
-        self.end_sm();
-        self.conn.restart();
-        self.stream_id = new_stream_id();
-        Ok(Flow::Restart)
     }
 
     /// The originating domains authenticated on this stream, each once.
@@ -870,6 +639,7 @@ impl Inbound {
         remote: String,
         method: AuthMethod,
     ) {
+        self.negotiation.authenticated();
         self.apply_limits();
         let metrics = &self.ctx.router.metrics;
         let method = method.as_str();
@@ -881,7 +651,8 @@ impl Inbound {
         if !self.peers.iter().any(|p| *p.entry().domain == *remote) {
             let peer = metrics.peers.open(&remote, Direction::Inbound);
             if let Some(expiry) = self
-                .security
+                .negotiation
+                .security()
                 .tls
                 .as_ref()
                 .and_then(Tls::peer_certificate_expiry)
@@ -894,13 +665,18 @@ impl Inbound {
                 .count_throttling_in(peer.entry().throttle_counter());
             self.peers.push(peer);
         }
-        tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.security);
+        tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.negotiation.security());
         if !self
             .authenticated
             .iter()
             .any(|(l, r)| *l == local && *r == remote)
         {
-            let certificate = self.security.verdict.as_ref().map(|v| v.to_string());
+            let certificate = self
+                .negotiation
+                .security()
+                .verdict
+                .as_ref()
+                .map(|v| v.to_string());
             self.live.update(|n| {
                 n.pairs.push(Pair {
                     local: local.clone(),
@@ -1022,20 +798,6 @@ impl Inbound {
     }
 }
 
-/// The authzid of a SASL initial response: `=` or nothing means none (RFC 6120 §6.4.2);
-/// otherwise base64 of UTF-8.
-fn decode_authzid(text: &str) -> Result<Option<String>, ()> {
-    let text = text.trim();
-    if text.is_empty() || text == "=" {
-        return Ok(None);
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|_| ())?;
-    let authzid = String::from_utf8(bytes).map_err(|_| ())?;
-    Ok((!authzid.is_empty()).then_some(authzid))
-}
-
 fn read_refusal(e: ReadError) -> Abort {
     match e {
         ReadError::Xml(x) => Abort::Refused(refuse(StreamErrorCondition::from(&x), x.to_string())),
@@ -1052,66 +814,14 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::config::Config;
     use crate::dialback::DialbackSecret;
-    use crate::dns::Resolver;
-    use crate::metrics::Metrics;
-    use crate::policy::Policy;
-    use crate::router::{next_session_id, ComponentHandle, Router};
-    use crate::tls::Tls;
+    use crate::router::{next_session_id, ComponentHandle};
+    use crate::s2s::test_support::{config, context};
     use crate::xml::framer::{Framer, Limits};
 
     const WAIT: Duration = Duration::from_secs(10);
-
-    /// A plaintext-only configuration serving `domain`, with `extra` lines in `[s2s]`.
-    fn config(dir: &std::path::Path, domain: &str, extra: &str) -> Config {
-        Config::from_toml(
-            &format!(
-                r#"
-[s2s]
-listen = ["127.0.0.1:0"]
-direct_tls_listen = []
-require_encryption = false
-dialback_secret_file = "{domain}.secret"
-{extra}
-
-[component]
-listen = "127.0.0.1:0"
-
-[[component.backend]]
-domain = "{domain}"
-secret = "secret"
-
-[metrics]
-enabled = false
-"#
-            ),
-            dir,
-        )
-        .unwrap()
-    }
-
-    /// What `gateway::start` builds, without listeners: the test drives [`serve`] itself.
-    fn context(config: &Config) -> Arc<S2sContext> {
-        let router = Arc::new(Router::new(
-            config.local_domains().map(str::to_string),
-            config.s2s.queue_max_bytes,
-            Policy::from_config(&config.federation),
-            Metrics::register(),
-        ));
-        Arc::new(S2sContext::new(
-            config,
-            router,
-            Arc::new(Tls::from_config(config).unwrap()),
-            Resolver::from_config(config).unwrap(),
-            Arc::new(DialbackSecret::load_or_create(&config.s2s.dialback_secret_file).unwrap()),
-            CancellationToken::new(),
-            TaskTracker::new(),
-        ))
-    }
 
     /// The remote end of an inbound stream: writes XML, frames what comes back.
     struct Peer {

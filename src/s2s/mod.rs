@@ -1,7 +1,9 @@
 //! Server-to-server sessions (RFC 6120, XEP-0220 Server Dialback). One module per protocol:
 //!
-//! - [`inbound`]: a remote server connects to us: header, STARTTLS, SASL EXTERNAL, then the
-//!   stanzas of the domain pairs proved on the stream.
+//! - [`inbound`]: a remote server connects to us: the task that drives [`negotiate::inbound`]
+//!   and then takes the stanzas of the domain pairs proved on the stream.
+//! - [`negotiate`]: stream negotiation, sans-I/O, states named for what they wait for (the
+//!   inbound direction: header, features, STARTTLS, SASL EXTERNAL).
 //! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair: walk its
 //!   targets, authenticate, retry, queue, bounce, and write the stanzas the router queues.
 //! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
@@ -21,9 +23,12 @@ pub mod dialback;
 pub mod inbound;
 pub mod keepalive;
 pub mod limits;
+pub mod negotiate;
 pub mod outbound;
 pub mod registry;
 pub mod sm;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod trace;
 
 use std::sync::Arc;

@@ -10,7 +10,8 @@
 
 use super::{error, verify_answer, DbElement, Verdict};
 use crate::jid;
-use crate::s2s::inbound::{refuse, Abort, Inbound};
+use crate::s2s::inbound::{Abort, Inbound};
+use crate::s2s::negotiate::inbound::refuse;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::stanza::Stanza;
 

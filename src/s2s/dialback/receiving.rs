@@ -18,8 +18,9 @@ use super::connect_back::{self, VerifyError};
 use super::{error, result_answer, DbElement, Verdict};
 use crate::jid;
 use crate::metrics::Direction;
-use crate::s2s::inbound::{refuse, Abort, Inbound};
+use crate::s2s::inbound::{Abort, Inbound};
 use crate::s2s::limits::Limit;
+use crate::s2s::negotiate::inbound::refuse;
 use crate::s2s::outbound::AuthMethod;
 use crate::tls::CertVerdict;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
@@ -72,7 +73,7 @@ impl Inbound {
             self.result_error(to, from, StanzaErrorCondition::NotAcceptable, None);
             return Ok(None);
         }
-        let tls = self.security.tls.is_some();
+        let tls = self.negotiation.security().tls.is_some();
         let policy = self.ctx.security.load().peer(&originating);
         if !policy.allows_dialback(tls) {
             tracing::info!(peer = %self.conn.peer, remote = %originating, tls, "dialback refused by policy for this peer");
@@ -83,10 +84,10 @@ impl Inbound {
             self.result_error(to, from, StanzaErrorCondition::PolicyViolation, Some(&why));
             return Ok(None);
         }
-        let verdict = if self.remote.as_deref() == Some(originating.as_str()) {
-            self.security.verdict.clone()
+        let verdict = if self.negotiation.remote() == Some(originating.as_str()) {
+            self.negotiation.security().verdict.clone()
         } else {
-            self.verdict_for(&originating)
+            self.negotiation.verdict_for(&self.ctx, &originating)
         };
         let certified = verdict.as_ref().is_some_and(CertVerdict::is_valid);
         if policy.needs_valid_certificate() && !certified {
@@ -137,7 +138,7 @@ impl Inbound {
         self.pending += 1;
         let ctx = self.ctx.clone();
         let results = results.clone();
-        let stream_id = self.stream_id.clone();
+        let stream_id = self.negotiation.stream_id().to_string();
         self.ctx.tracker.spawn(async move {
             let outcome =
                 connect_back::verify(ctx, receiving.clone(), originating.clone(), stream_id, key)

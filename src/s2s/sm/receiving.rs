@@ -5,7 +5,8 @@
 
 use super::{ack, check_handled, enabled, failed, parse, resumed, Request, SmError, Takeover};
 use crate::dialback::new_stream_id;
-use crate::s2s::inbound::{refuse_sm, Abort, Inbound};
+use crate::s2s::inbound::{Abort, Inbound};
+use crate::s2s::negotiate::inbound::refuse_sm;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::Stanza;
 
