@@ -415,7 +415,9 @@ impl Session {
     ) -> Result<(), Ended> {
         let settings = &self.ctx.settings;
         match due {
-            Due::Idle | Due::Keepalive => writer.send(Whitespace::BYTES),
+            // The pump closes the link on this one before asking.
+            Due::Idle => return Ok(()),
+            Due::Keepalive => writer.send(Whitespace::BYTES),
             Due::AckRequest => {
                 writer.send(sm::REQUEST);
                 pump.requested = true;
