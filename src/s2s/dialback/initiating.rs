@@ -1,20 +1,21 @@
 //! The initiating side (XEP-0220 §2.1): on our outbound stream, we prove our domain by
 //! sending a key the receiving server verifies with our authoritative server.
 //!
-//! 1. send `<db:result from=local to=remote>key</db:result>`, the key computed for the
-//!    peer's stream id ([`DialbackSecret::key`](crate::dialback::DialbackSecret::key));
-//! 2. wait for the `<db:result>` answering exactly that pair (§2.1.2: anything else ends the
-//!    attempt as unsolicited);
+//! 1. send `<db:result from=local to=remote>key</db:result>`
+//!    ([`result_request`](super::result_request)), the key computed for the peer's stream id
+//!    ([`DialbackSecret::key`](crate::dialback::DialbackSecret::key)); the
+//!    [outbound negotiation](crate::s2s::negotiate::outbound) writes it and reads the answer;
+//! 2. [`answer`]: the `<db:result>` answering exactly that pair (§2.1.2: anything else ends
+//!    the attempt as unsolicited);
 //! 3. `type='valid'`: the pair is authenticated; `type='invalid'` or a dialback error
 //!    (§2.4): a [`DialbackRefusal`], final for the domain.
 
-use super::{result_request, Answer, Verdict};
-use crate::connection::Connection;
+use super::{Answer, Verdict};
 use crate::metrics::Metrics;
-use crate::s2s::connect::{self, ConnectError};
+use crate::s2s::connect::ConnectError;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::ns;
-use crate::xml::stanza::Kind;
+use crate::xml::stanza::{Kind, Stanza};
 
 /// Why a receiving server did not accept our dialback key (XEP-0220 §2.1.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +49,15 @@ impl std::fmt::Display for DialbackRefusal {
     }
 }
 
-/// Steps 1–3 on `conn`, an opened stream to `target`, with `key`. `Err` when the stream
-/// failed; `Ok(Err)` when the peer answered and refused.
-pub async fn authenticate(
-    conn: &mut Connection,
+/// Steps 2–3: the element the receiving server answered our `<db:result>` with. `Err` when it
+/// is not the answer for our pair (the stream fails); `Ok(Err)` when it refused our key.
+pub fn answer(
+    s: &Stanza,
     target: &str,
     local: &str,
     remote: &str,
-    key: &str,
     metrics: &Metrics,
 ) -> Result<Result<(), DialbackRefusal>, ConnectError> {
-    conn.send(&result_request(local, remote, key));
-    connect::flush(conn, target).await?;
-    let s = connect::next_element(conn, target).await?;
     if s.kind() != Kind::DbResult {
         return Err(ConnectError::Stream {
             target: target.to_string(),

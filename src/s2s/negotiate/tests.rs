@@ -221,3 +221,98 @@ fn an_external_answer_without_a_request_is_refused() {
         StreamErrorCondition::UndefinedCondition
     );
 }
+
+mod outbound {
+    //! The outbound authentication driven without a socket: the peer's header, features and
+    //! answers go through the framer.
+
+    use super::{ctx, Peer};
+    use crate::s2s::connect::{ConnectError, Security};
+    use crate::s2s::dialback::initiating::DialbackRefusal;
+    use crate::s2s::negotiate::outbound::{Authentication, Next, State};
+    use crate::s2s::outbound::{AuthMethod, OutboundError};
+    use crate::s2s::S2sContext;
+
+    /// The peer a.test's stream to us, as b.test: its header (with `xmlns:db` when
+    /// `dialback`) and features.
+    fn start(ctx: &S2sContext, dialback: bool) -> Result<(Authentication, Next), OutboundError> {
+        let mut peer = Peer::new();
+        let db = if dialback {
+            " xmlns:db='jabber:server:dialback'"
+        } else {
+            ""
+        };
+        let header = peer.header(&format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'{db} from='a.test' to='b.test' id='s1' version='1.0'>"));
+        let features = peer
+            .element("<stream:features><sm xmlns='urn:xmpp:sm:3'/></stream:features>")
+            .element()
+            .unwrap();
+        Authentication::start(
+            ctx,
+            "b.test",
+            "a.test",
+            "a.test:5269",
+            header,
+            features,
+            &Security::default(),
+            ctx.security.load().peer("a.test"),
+        )
+    }
+
+    #[test]
+    fn without_tls_dialback_sends_our_key_and_a_valid_answer_authenticates() {
+        let (_dir, ctx) = ctx("");
+        let (mut auth, next) = start(&ctx, true).unwrap();
+        assert!(matches!(next, Next::Read));
+        assert_eq!(auth.state(), State::ExpectDbResult);
+        let key = ctx.secret.key("a.test", "b.test", "s1");
+        assert_eq!(
+            String::from_utf8(auth.take_output()).unwrap(),
+            format!("<db:result from='b.test' to='a.test'>{key}</db:result>")
+        );
+        let mut peer = Peer::new();
+        peer.header("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>");
+        let valid = peer.element("<db:result from='a.test' to='b.test' type='valid'/>");
+        match auth.handle_element(&valid, &ctx).unwrap() {
+            Next::Authenticated(AuthMethod::Dialback, features) => {
+                assert!(
+                    features.child("sm", "urn:xmpp:sm:3").is_some(),
+                    "the features offered before"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth.state(), State::Authenticated);
+    }
+
+    #[test]
+    fn an_invalid_answer_refuses_and_an_answer_for_another_pair_fails_the_stream() {
+        let (_dir, ctx) = ctx("");
+        let mut peer = Peer::new();
+        peer.header("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>");
+        let (mut auth, _) = start(&ctx, true).unwrap();
+        let invalid = peer.element("<db:result from='a.test' to='b.test' type='invalid'/>");
+        assert!(matches!(
+            auth.handle_element(&invalid, &ctx),
+            Err(OutboundError::DialbackRefused {
+                refusal: DialbackRefusal::Invalid,
+                ..
+            })
+        ));
+        let (mut auth, _) = start(&ctx, true).unwrap();
+        let other = peer.element("<db:result from='c.test' to='b.test' type='valid'/>");
+        assert!(matches!(
+            auth.handle_element(&other, &ctx),
+            Err(OutboundError::Connect(ConnectError::Stream { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_peer_without_dialback_or_usable_external_leaves_no_method() {
+        let (_dir, ctx) = ctx("");
+        assert!(matches!(
+            start(&ctx, false),
+            Err(OutboundError::NoAuthentication { .. })
+        ));
+    }
+}
