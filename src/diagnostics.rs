@@ -303,6 +303,32 @@ pub struct RemoteReport {
     result: Result<Probe, OutboundError>,
 }
 
+/// The step of `fedgate check remote` a failure is reported at ("FAILED at …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckStep {
+    Dns,
+    Tcp,
+    Tls,
+    Certificate,
+    Stream,
+    Authentication,
+    Policy,
+}
+
+impl fmt::Display for CheckStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckStep::Dns => "DNS",
+            CheckStep::Tcp => "TCP",
+            CheckStep::Tls => "TLS",
+            CheckStep::Certificate => "certificate",
+            CheckStep::Stream => "stream",
+            CheckStep::Authentication => "authentication",
+            CheckStep::Policy => "policy",
+        })
+    }
+}
+
 impl RemoteReport {
     /// Whether the remote domain authenticated us, and our policy admits it.
     pub fn exit(&self) -> Exit {
@@ -407,17 +433,17 @@ impl RemoteReport {
     }
 
     /// The verdict's fix for the error the probe ended with, and the step it failed at.
-    fn failure(&self, e: &OutboundError) -> (&'static str, String) {
+    fn failure(&self, e: &OutboundError) -> (CheckStep, String) {
         let (domain, local) = (&self.domain, &self.local);
         let file = self.file.display();
         let check_dns = format!("`fedgate check dns {domain} --config {file}` shows every record");
         match e {
             OutboundError::Resolve(r) | OutboundError::Connect(ConnectError::Resolve(r)) => {
-                ("DNS", self.dns_fix(r, &check_dns))
+                (CheckStep::Dns, self.dns_fix(r, &check_dns))
             }
             OutboundError::Connect(c) => self.connect_failure(c, &check_dns),
             OutboundError::DialbackRefused { .. } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{domain} could not verify our dialback key: it asked {local}'s authoritative server, which is the running fedgate of this deployment, and that server did not confirm the key. \
                      Is fedgate running for {local}, reachable from {domain} (the SRV or A/AAAA records of {local}, port 5269), and using the same dialback secret file as this check ({})?",
@@ -425,19 +451,19 @@ impl RemoteReport {
                 ),
             ),
             OutboundError::ExternalRefused { .. } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{domain} does not accept our certificate for {local}: its operator must trust the CA that issued it, and the certificate must name {local}; \
                      or allow dialback for it: [[federation.peer]] domain = \"{domain}\" auth = \"any\" in {file}"
                 ),
             ),
-            OutboundError::NoAuthentication { .. } => ("authentication", self.no_method_fix()),
+            OutboundError::NoAuthentication { .. } => (CheckStep::Authentication, self.no_method_fix()),
             OutboundError::Policy { reason } => (
-                "policy",
+                CheckStep::Policy,
                 format!("{reason}: change [federation] in {file} if {domain} should be allowed"),
             ),
             OutboundError::Lost { .. } | OutboundError::Shutdown => (
-                "stream",
+                CheckStep::Stream,
                 "try again; if it keeps failing, the remote operator's logs say why".to_string(),
             ),
         }
@@ -464,20 +490,20 @@ impl RemoteReport {
         }
     }
 
-    fn connect_failure(&self, e: &ConnectError, check_dns: &str) -> (&'static str, String) {
+    fn connect_failure(&self, e: &ConnectError, check_dns: &str) -> (CheckStep, String) {
         let domain = &self.domain;
         let local = &self.local;
         let file = self.file.display();
         match e {
-            ConnectError::Resolve(r) => ("DNS", self.dns_fix(r, check_dns)),
+            ConnectError::Resolve(r) => (CheckStep::Dns, self.dns_fix(r, check_dns)),
             ConnectError::Connect { target, reason } if reason.contains("refused") => (
-                "TCP",
+                CheckStep::Tcp,
                 format!(
                     "nothing listens on {target}: the remote server is down or listens on another port; its operator must start it, or correct the port in the SRV record; {check_dns}"
                 ),
             ),
             ConnectError::Connect { target, .. } => (
-                "TCP",
+                CheckStep::Tcp,
                 format!(
                     "no connection to {target}: a firewall drops the traffic (ours outbound, or theirs inbound on that port), or the address is wrong; {check_dns}"
                 ),
@@ -487,13 +513,13 @@ impl RemoteReport {
                 target,
                 after,
             } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{target} did not answer our authentication within {after:?}: with dialback it first connects back to {local}'s server, so a connection from {domain} to {local} on port 5269 that hangs (a firewall) hangs this too"
                 ),
             ),
             ConnectError::Timeout { target, after, .. } => (
-                "stream",
+                CheckStep::Stream,
                 format!(
                     "{target} accepted the connection but did not complete the stream within {after:?}: is it an XMPP server on that port? \
                      A direct TLS port reached as STARTTLS (or the reverse) hangs like this: `_xmpps-server` SRV records are for direct TLS, `_xmpp-server` for STARTTLS; {check_dns}"
@@ -501,9 +527,9 @@ impl RemoteReport {
             ),
             ConnectError::PeerStreamError { target, error } => {
                 let step = if self.failed_in_authentication(e) {
-                    "authentication"
+                    CheckStep::Authentication
                 } else {
-                    "stream"
+                    CheckStep::Stream
                 };
                 use crate::xml::error::StreamErrorCondition as C;
                 let fix = match &error.condition {
@@ -525,29 +551,29 @@ impl RemoteReport {
             }
             ConnectError::Stream { target, .. } => (
                 if self.failed_in_authentication(e) {
-                    "authentication"
+                    CheckStep::Authentication
                 } else {
-                    "stream"
+                    CheckStep::Stream
                 },
                 format!(
                     "{target} does not behave as an XMPP server should; is the port right? {check_dns}; the remote operator's logs say more"
                 ),
             ),
             ConnectError::TlsUnavailable { target, .. } => (
-                "TLS",
+                CheckStep::Tls,
                 format!(
                     "{target} offers no STARTTLS: its operator must enable TLS with a certificate for {domain}; on a network you trust, [[federation.peer]] domain = \"{domain}\" tls = \"optional\" in {file} allows clear text for this peer alone"
                 ),
             ),
             ConnectError::Tls { target, .. } => (
-                "TLS",
+                CheckStep::Tls,
                 format!(
                     "the TLS handshake with {target} failed: its TLS setup is broken (a key that does not match its certificate, no TLS 1.2 or 1.3), or a port that is not what its SRV record says (direct TLS or STARTTLS); the remote operator must fix it"
                 ),
             ),
             ConnectError::Certificate {
                 target, problem, ..
-            } => ("certificate", self.certificate_fix(target, problem)),
+            } => (CheckStep::Certificate, self.certificate_fix(target, problem)),
         }
     }
 
@@ -737,7 +763,7 @@ impl fmt::Display for RemoteReport {
             }
             Err(e) => {
                 let (step, _) = self.failure(e);
-                if step == "authentication" {
+                if step == CheckStep::Authentication {
                     writeln!(f, "\nAuthentication")?;
                     writeln!(f, "  FAIL {e}")?;
                 }
