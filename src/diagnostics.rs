@@ -40,7 +40,7 @@ use crate::dns::{ResolveError, Resolver};
 use crate::metrics::Metrics;
 use crate::policy::{PeerSecurity, Policy, Refused};
 use crate::router::Router;
-use crate::s2s::connect::{describe_features, ConnectError};
+use crate::s2s::connect::{describe_features, ConnectError, Stage};
 use crate::s2s::outbound::{self, AuthMethod, OutboundError, Probe};
 use crate::s2s::trace::Trace;
 use crate::s2s::S2sContext;
@@ -345,6 +345,32 @@ pub struct RemoteReport {
     result: Result<Probe, OutboundError>,
 }
 
+/// The step of `fedgate check remote` a failure is reported at ("FAILED at …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckStep {
+    Dns,
+    Tcp,
+    Tls,
+    Certificate,
+    Stream,
+    Authentication,
+    Policy,
+}
+
+impl fmt::Display for CheckStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckStep::Dns => "DNS",
+            CheckStep::Tcp => "TCP",
+            CheckStep::Tls => "TLS",
+            CheckStep::Certificate => "certificate",
+            CheckStep::Stream => "stream",
+            CheckStep::Authentication => "authentication",
+            CheckStep::Policy => "policy",
+        })
+    }
+}
+
 impl RemoteReport {
     /// Whether the remote domain authenticated us, and our policy admits it.
     pub fn exit(&self) -> Exit {
@@ -449,17 +475,17 @@ impl RemoteReport {
     }
 
     /// The verdict's fix for the error the probe ended with, and the step it failed at.
-    fn failure(&self, e: &OutboundError) -> (&'static str, String) {
+    fn failure(&self, e: &OutboundError) -> (CheckStep, String) {
         let (domain, local) = (&self.domain, &self.local);
         let file = self.file.display();
         let check_dns = format!("`fedgate check dns {domain} --config {file}` shows every record");
         match e {
             OutboundError::Resolve(r) | OutboundError::Connect(ConnectError::Resolve(r)) => {
-                ("DNS", self.dns_fix(r, &check_dns))
+                (CheckStep::Dns, self.dns_fix(r, &check_dns))
             }
             OutboundError::Connect(c) => self.connect_failure(c, &check_dns),
             OutboundError::DialbackRefused { .. } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{domain} could not verify our dialback key: it asked {local}'s authoritative server, which is the running fedgate of this deployment, and that server did not confirm the key. \
                      Is fedgate running for {local}, reachable from {domain} (the SRV or A/AAAA records of {local}, port 5269), and using the same dialback secret file as this check ({})?",
@@ -467,19 +493,19 @@ impl RemoteReport {
                 ),
             ),
             OutboundError::ExternalRefused { .. } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{domain} does not accept our certificate for {local}: its operator must trust the CA that issued it, and the certificate must name {local}; \
                      or allow dialback for it: [[federation.peer]] domain = \"{domain}\" auth = \"any\" in {file}"
                 ),
             ),
-            OutboundError::NoAuthentication { .. } => ("authentication", self.no_method_fix()),
+            OutboundError::NoAuthentication { .. } => (CheckStep::Authentication, self.no_method_fix()),
             OutboundError::Policy { reason } => (
-                "policy",
+                CheckStep::Policy,
                 format!("{reason}: change [federation] in {file} if {domain} should be allowed"),
             ),
             OutboundError::Lost { .. } | OutboundError::Shutdown => (
-                "stream",
+                CheckStep::Stream,
                 "try again; if it keeps failing, the remote operator's logs say why".to_string(),
             ),
         }
@@ -506,41 +532,36 @@ impl RemoteReport {
         }
     }
 
-    fn connect_failure(&self, e: &ConnectError, check_dns: &str) -> (&'static str, String) {
+    fn connect_failure(&self, e: &ConnectError, check_dns: &str) -> (CheckStep, String) {
         let domain = &self.domain;
         let local = &self.local;
         let file = self.file.display();
         match e {
-            ConnectError::Resolve(r) => ("DNS", self.dns_fix(r, check_dns)),
+            ConnectError::Resolve(r) => (CheckStep::Dns, self.dns_fix(r, check_dns)),
             ConnectError::Connect { target, reason } if reason.contains("refused") => (
-                "TCP",
+                CheckStep::Tcp,
                 format!(
                     "nothing listens on {target}: the remote server is down or listens on another port; its operator must start it, or correct the port in the SRV record; {check_dns}"
                 ),
             ),
-            ConnectError::Connect { target, .. }
-            | ConnectError::Timeout {
-                stage: "TCP connect",
-                target,
-                ..
-            } => (
-                "TCP",
+            ConnectError::Connect { target, .. } => (
+                CheckStep::Tcp,
                 format!(
                     "no connection to {target}: a firewall drops the traffic (ours outbound, or theirs inbound on that port), or the address is wrong; {check_dns}"
                 ),
             ),
             ConnectError::Timeout {
-                stage: "authentication",
+                stage: Stage::Authentication,
                 target,
                 after,
             } => (
-                "authentication",
+                CheckStep::Authentication,
                 format!(
                     "{target} did not answer our authentication within {after:?}: with dialback it first connects back to {local}'s server, so a connection from {domain} to {local} on port 5269 that hangs (a firewall) hangs this too"
                 ),
             ),
             ConnectError::Timeout { target, after, .. } => (
-                "stream",
+                CheckStep::Stream,
                 format!(
                     "{target} accepted the connection but did not complete the stream within {after:?}: is it an XMPP server on that port? \
                      A direct TLS port reached as STARTTLS (or the reverse) hangs like this: `_xmpps-server` SRV records are for direct TLS, `_xmpp-server` for STARTTLS; {check_dns}"
@@ -548,18 +569,19 @@ impl RemoteReport {
             ),
             ConnectError::PeerStreamError { target, error } => {
                 let step = if self.failed_in_authentication(e) {
-                    "authentication"
+                    CheckStep::Authentication
                 } else {
-                    "stream"
+                    CheckStep::Stream
                 };
-                let fix = match error.condition.as_str() {
-                    "host-unknown" | "host-gone" => format!(
+                use crate::xml::error::StreamErrorCondition as C;
+                let fix = match &error.condition {
+                    Some(C::HostUnknown | C::HostGone) => format!(
                         "{target} does not serve {domain}: DNS points at a server that is not configured for {domain}; its operator must add {domain} there, or correct the DNS records; {check_dns}"
                     ),
-                    "remote-connection-failed" => format!(
+                    Some(C::RemoteConnectionFailed) => format!(
                         "{domain} could not connect back to {local}'s server to verify our dialback key: is fedgate running for {local} and reachable from {domain} on port 5269?"
                     ),
-                    "policy-violation" | "not-authorized" => format!(
+                    Some(C::PolicyViolation | C::NotAuthorized) => format!(
                         "{domain} refuses us by its own policy{}; ask its operator (it may require a valid certificate for {local}, or keep an allowlist)",
                         error.text.as_deref().map(|t| format!(" (\"{t}\")")).unwrap_or_default()
                     ),
@@ -571,29 +593,29 @@ impl RemoteReport {
             }
             ConnectError::Stream { target, .. } => (
                 if self.failed_in_authentication(e) {
-                    "authentication"
+                    CheckStep::Authentication
                 } else {
-                    "stream"
+                    CheckStep::Stream
                 },
                 format!(
                     "{target} does not behave as an XMPP server should; is the port right? {check_dns}; the remote operator's logs say more"
                 ),
             ),
             ConnectError::TlsUnavailable { target, .. } => (
-                "TLS",
+                CheckStep::Tls,
                 format!(
                     "{target} offers no STARTTLS: its operator must enable TLS with a certificate for {domain}; on a network you trust, [[federation.peer]] domain = \"{domain}\" tls = \"optional\" in {file} allows clear text for this peer alone"
                 ),
             ),
             ConnectError::Tls { target, .. } => (
-                "TLS",
+                CheckStep::Tls,
                 format!(
                     "the TLS handshake with {target} failed: its TLS setup is broken (a key that does not match its certificate, no TLS 1.2 or 1.3), or a port that is not what its SRV record says (direct TLS or STARTTLS); the remote operator must fix it"
                 ),
             ),
             ConnectError::Certificate {
                 target, problem, ..
-            } => ("certificate", self.certificate_fix(target, problem)),
+            } => (CheckStep::Certificate, self.certificate_fix(target, problem)),
         }
     }
 
@@ -783,7 +805,7 @@ impl fmt::Display for RemoteReport {
             }
             Err(e) => {
                 let (step, _) = self.failure(e);
-                if step == "authentication" {
+                if step == CheckStep::Authentication {
                     writeln!(f, "\nAuthentication")?;
                     writeln!(f, "  FAIL {e}")?;
                 }

@@ -12,11 +12,12 @@
 //!   fixes, from the same code paths the gateway runs.
 //! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
-//! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`], [`s2s::verify`],
-//!   and [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
-//!   [`s2s::sm`] (XEP-0198 stream management), [`s2s::keepalive`] (whitespace, XEP-0199 pings),
-//!   [`s2s::registry`] (live sessions, recent failures and attempt traces per peer),
-//!   [`s2s::limits`] (what one address, domain and stream may take, and the refusals).
+//! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`],
+//!   [`s2s::negotiate`] (sans-I/O negotiation states), [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
+//!   [`s2s::dialback`] (XEP-0220: initiating, receiving, authoritative, connect-back),
+//!   [`s2s::sm`] (XEP-0198 stream management, both roles), [`s2s::keepalive`] (whitespace,
+//!   XEP-0199 pings), [`s2s::registry`] (live sessions, recent failures and attempt traces per
+//!   peer), [`s2s::limits`] (what one address, domain and stream may take, and the refusals).
 //! - [`component`]: the XEP-0114 listener where backends attach, and [`component::client`],
 //!   the backend side (what components and the core use to attach).
 //! - [`listener`]: the accept loop every listener shares.

@@ -1,5 +1,5 @@
 //! The initiating side of an s2s stream up to authentication, shared by [outbound
-//! sessions](super::outbound) and [dialback verification](super::verify) (RFC 6120 §4–5,
+//! sessions](super::outbound) and [dialback's connect-back](super::dialback::connect_back) (RFC 6120 §4–5,
 //! XEP-0368).
 //!
 //! [`Walk`] goes through a domain's candidates (static route, SRV, A/AAAA fallback); for each:
@@ -44,7 +44,7 @@ pub enum ConnectError {
     Connect { target: String, reason: String },
     #[error("{stage} at {target} timed out after {after:?}")]
     Timeout {
-        stage: &'static str,
+        stage: Stage,
         target: String,
         after: Duration,
     },
@@ -72,16 +72,60 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// A metric label for the stage that failed.
-    pub fn stage(&self) -> &'static str {
+    /// The step of the attempt that failed.
+    pub fn step(&self) -> Step {
         match self {
-            ConnectError::Resolve(_) => "dns",
-            ConnectError::Connect { .. } => "connect",
-            ConnectError::Timeout { stage, .. } if *stage == "TCP connect" => "connect",
+            ConnectError::Resolve(_) => Step::Dns,
+            ConnectError::Connect { .. } => Step::Connect,
             ConnectError::TlsUnavailable { .. }
             | ConnectError::Tls { .. }
-            | ConnectError::Certificate { .. } => "tls",
-            _ => "stream",
+            | ConnectError::Certificate { .. } => Step::Tls,
+            ConnectError::Timeout { .. }
+            | ConnectError::PeerStreamError { .. }
+            | ConnectError::Stream { .. } => Step::Stream,
+        }
+    }
+}
+
+/// What a [`ConnectError::Timeout`] waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Headers, features, STARTTLS and the certificate check ([`open`]).
+    StreamNegotiation,
+    /// SASL EXTERNAL or dialback on an opened stream.
+    Authentication,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::StreamNegotiation => "stream negotiation",
+            Stage::Authentication => "authentication",
+        })
+    }
+}
+
+/// The step of an attempt that failed, as `fedgate_outbound_attempts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A candidate host has no address.
+    Dns,
+    /// TCP.
+    Connect,
+    /// TLS: none offered, the handshake, or the certificate.
+    Tls,
+    /// The XMPP stream: headers, features, errors, timeouts.
+    Stream,
+}
+
+impl Step {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::Dns => "dns",
+            Step::Connect => "connect",
+            Step::Tls => "tls",
+            Step::Stream => "stream",
         }
     }
 }
@@ -239,7 +283,7 @@ pub async fn open(
             conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
                 .await;
             Err(ConnectError::Timeout {
-                stage: "stream negotiation",
+                stage: Stage::StreamNegotiation,
                 target: label,
                 after: settings.negotiation_timeout,
             })

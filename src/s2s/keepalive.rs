@@ -1,18 +1,46 @@
 //! Keeping links alive and finding dead ones: whitespace keepalives (RFC 6120 §4.6.1) and
 //! XEP-0199 pings.
 //!
+//! [`Whitespace`] is the one rule both directions follow: after `keepalive_interval` without
+//! writing anything, a single space. It keeps NATs and firewalls from forgetting the link and
+//! finds a dead one when the write fails; it is not a stanza, so it does not count as
+//! activity (`idle_timeout` still ends a link without stanzas).
+//!
 //! Our outbound stream carries stanzas one way, so the answer to a ping we send on it comes
 //! back on the peer's own stream to us. [`Pings`] is where the two meet: the outbound session
 //! registers the ping's id, and the inbound session hands over the answer instead of routing
 //! it to a backend.
 
+use std::time::Duration;
+
 use dashmap::DashMap;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::jid;
 use crate::router::next_session_id;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::{escape_attr, ns};
+
+/// Whitespace keepalives (RFC 6120 §4.6.1) every `interval` of silence.
+#[derive(Debug, Clone, Copy)]
+pub struct Whitespace {
+    interval: Duration,
+}
+
+impl Whitespace {
+    /// What is written: a single space between top-level elements.
+    pub const BYTES: &'static [u8] = b" ";
+
+    pub fn new(interval: Duration) -> Whitespace {
+        Whitespace { interval }
+    }
+
+    /// When a keepalive is due, the stream having last written at `last_write`.
+    pub fn due(&self, last_write: Instant) -> Instant {
+        last_write + self.interval
+    }
+}
 
 /// The answer to an XEP-0199 server-to-server ping (§4.3) addressed to one of our domains
 /// itself (`to` a bare domain that `is_local` accepts): an empty result from that domain. The
@@ -128,6 +156,14 @@ impl Pings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_is_due_an_interval_after_the_last_write() {
+        let w = Whitespace::new(std::time::Duration::from_secs(60));
+        let t = Instant::now();
+        assert_eq!(w.due(t), t + std::time::Duration::from_secs(60));
+        assert_eq!(Whitespace::BYTES, b" ");
+    }
     use crate::xml::stanza::NsContext;
 
     fn stanza(xml: &str) -> Stanza {

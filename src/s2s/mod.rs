@@ -1,29 +1,35 @@
-//! Server-to-server sessions (RFC 6120, XEP-0220 Server Dialback).
+//! Server-to-server sessions (RFC 6120, XEP-0220 Server Dialback). One module per protocol:
 //!
-//! - [`inbound`]: a remote server connects to us; we authenticate it by dialback (verifying its
-//!   key by connecting back to its authoritative server, [`verify`]) and accept stanzas from
-//!   the domains it proved, to the domains we serve.
-//! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair, prove our
-//!   domain by dialback, and write the stanzas the router queues for it.
-//! - [`verify`]: the connect-back half of dialback.
+//! - [`inbound`]: a remote server connects to us: the task that drives [`negotiate::inbound`]
+//!   and then takes the stanzas of the domain pairs proved on the stream.
+//! - [`negotiate`]: stream negotiation, sans-I/O, states named for what they wait for (the
+//!   inbound direction: header, features, STARTTLS, SASL EXTERNAL).
+//! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair: walk its
+//!   targets, authenticate, retry, queue, bounce, and write the stanzas the router queues.
 //! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
-//!   certificate check), shared by outbound sessions and verification.
+//!   certificate check), shared by outbound sessions and dialback's connect-back.
+//! - [`dialback`]: XEP-0220 in every role: initiating (outbound), receiving and authoritative
+//!   (inbound), connect-back; the wire elements and verdicts.
+//! - [`sm`]: XEP-0198 stream management in both roles: the receiving side's counters and
+//!   resumption store, the sending side's unacknowledged stanzas and negotiation.
+//! - [`keepalive`]: whitespace keepalives (both directions) and XEP-0199 pings, whose answers
+//!   come back on the peer's stream to us.
 //! - [`limits`]: what one address, domain and stream may take of the gateway, and the answers
 //!   when a limit is reached.
-//! - [`sm`]: XEP-0198 stream management, the receiving side's counters and resumption.
-//! - [`keepalive`]: whitespace keepalives and XEP-0199 pings, whose answers come back on the
-//!   peer's stream to us.
 //! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
 pub mod connect;
+pub mod dialback;
 pub mod inbound;
 pub mod keepalive;
 pub mod limits;
+pub mod negotiate;
 pub mod outbound;
 pub mod registry;
 pub mod sm;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod trace;
-pub mod verify;
 
 use std::sync::Arc;
 
@@ -36,6 +42,7 @@ use crate::dns::Resolver;
 use crate::policy::SecurityPolicy;
 use crate::router::Router;
 use crate::tls::Tls;
+use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::Limits;
 
 /// Timeouts and limits of s2s sessions: the `[s2s]` section as configured (each field, with
@@ -147,44 +154,87 @@ impl S2sContext {
 /// need (RFC 6120 §4.9.2).
 #[derive(Debug, Clone)]
 pub struct PeerStreamError {
-    /// The defined condition's element name, as sent (may be one we do not know).
-    pub condition: String,
+    /// The defined condition, `None` for a name we do not know (RFC 6120 §4.9.3 defines them
+    /// all; a missing one reads as `undefined-condition`). Decisions look here.
+    pub condition: Option<StreamErrorCondition>,
+    /// The condition element's name as sent (may be one we do not know): for logs and texts.
+    pub name: String,
     pub text: Option<String>,
 }
 
 impl PeerStreamError {
     pub fn parse(stanza: &crate::xml::stanza::Stanza) -> PeerStreamError {
         use crate::xml::ns;
+        let undefined = || PeerStreamError {
+            condition: Some(StreamErrorCondition::UndefinedCondition),
+            name: StreamErrorCondition::UndefinedCondition.as_str().into(),
+            text: None,
+        };
         match stanza.element() {
-            Ok(e) => PeerStreamError {
-                condition: e
+            Ok(e) => {
+                let text = e.child("text", ns::STREAMS).map(|t| t.text());
+                match e
                     .children()
                     .find(|c| c.ns == ns::STREAMS && c.name != "text")
-                    .map(|c| c.name.clone())
-                    .unwrap_or_else(|| "undefined-condition".into()),
-                text: e.child("text", ns::STREAMS).map(|t| t.text()),
-            },
-            Err(_) => PeerStreamError {
-                condition: "undefined-condition".into(),
-                text: None,
-            },
+                {
+                    Some(c) => PeerStreamError {
+                        condition: StreamErrorCondition::from_name(&c.name),
+                        name: c.name.clone(),
+                        text,
+                    },
+                    None => PeerStreamError {
+                        text,
+                        ..undefined()
+                    },
+                }
+            }
+            Err(_) => undefined(),
         }
     }
 
     /// A metric label from the closed set of RFC 6120 conditions.
     pub fn label(&self) -> &'static str {
-        crate::xml::error::StreamErrorCondition::from_name(&self.condition)
-            .map(|c| c.as_str())
-            .unwrap_or("undefined-condition")
+        self.condition
+            .as_ref()
+            .map_or("undefined-condition", StreamErrorCondition::as_str)
     }
 }
 
 impl std::fmt::Display for PeerStreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{}/>", self.condition)?;
+        write!(f, "<{}/>", self.name)?;
         if let Some(text) = &self.text {
             write!(f, ": {text}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::xml::stanza::{NsContext, Stanza};
+
+    fn stream_error(xml: &'static str) -> PeerStreamError {
+        let stanza =
+            Stanza::parse(Bytes::from_static(xml.as_bytes()), &NsContext::server()).unwrap();
+        PeerStreamError::parse(&stanza)
+    }
+
+    #[test]
+    fn a_peer_stream_error_is_typed_and_an_unknown_name_kept_for_the_text() {
+        let e = stream_error("<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no</text></stream:error>");
+        assert_eq!(e.condition, Some(StreamErrorCondition::HostUnknown));
+        assert_eq!(e.to_string(), "<host-unknown/>: no");
+        let e = stream_error(
+            "<stream:error><made-up xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(e.condition, None, "no defined condition to decide on");
+        assert_eq!(e.label(), "undefined-condition");
+        assert_eq!(e.to_string(), "<made-up/>");
+        let e = stream_error("<stream:error/>");
+        assert_eq!(e.condition, Some(StreamErrorCondition::UndefinedCondition));
     }
 }

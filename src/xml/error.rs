@@ -4,6 +4,7 @@
 //!   [`stream_error`] to serialize a `<stream:error/>` (RFC 6120 §4.9.2).
 //! - [`StanzaErrorCondition`] / [`StanzaErrorType`]: RFC 6120 §8.3.3 and §8.3.2,
 //!   used to bounce stanzas.
+//! - [`SaslCondition`]: the SASL `<failure/>` conditions of RFC 6120 §6.5.
 //! - [`XmlError`]: everything the framer can reject. All of these are fatal for
 //!   the stream; `impl From<&XmlError> for StreamErrorCondition` is the one place
 //!   that decides which `<stream:error/>` the peer gets.
@@ -331,6 +332,85 @@ impl fmt::Display for StanzaErrorCondition {
     }
 }
 
+/// A SASL `<failure/>` condition (RFC 6120 §6.5), sent or received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SaslCondition {
+    Aborted,
+    AccountDisabled,
+    CredentialsExpired,
+    EncryptionRequired,
+    IncorrectEncoding,
+    InvalidAuthzid,
+    InvalidMechanism,
+    MalformedRequest,
+    MechanismTooWeak,
+    NotAuthorized,
+    TemporaryAuthFailure,
+}
+
+impl SaslCondition {
+    /// The element name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        use SaslCondition::*;
+        match self {
+            Aborted => "aborted",
+            AccountDisabled => "account-disabled",
+            CredentialsExpired => "credentials-expired",
+            EncryptionRequired => "encryption-required",
+            IncorrectEncoding => "incorrect-encoding",
+            InvalidAuthzid => "invalid-authzid",
+            InvalidMechanism => "invalid-mechanism",
+            MalformedRequest => "malformed-request",
+            MechanismTooWeak => "mechanism-too-weak",
+            NotAuthorized => "not-authorized",
+            TemporaryAuthFailure => "temporary-auth-failure",
+        }
+    }
+
+    /// Parses an element name received from a peer.
+    pub fn from_name(name: &str) -> Option<Self> {
+        use SaslCondition::*;
+        Some(match name {
+            "aborted" => Aborted,
+            "account-disabled" => AccountDisabled,
+            "credentials-expired" => CredentialsExpired,
+            "encryption-required" => EncryptionRequired,
+            "incorrect-encoding" => IncorrectEncoding,
+            "invalid-authzid" => InvalidAuthzid,
+            "invalid-mechanism" => InvalidMechanism,
+            "malformed-request" => MalformedRequest,
+            "mechanism-too-weak" => MechanismTooWeak,
+            "not-authorized" => NotAuthorized,
+            "temporary-auth-failure" => TemporaryAuthFailure,
+            _ => return None,
+        })
+    }
+
+    /// `<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><COND/>[<text/>]</failure>`.
+    pub fn failure(self, text: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"<failure xmlns='");
+        out.extend_from_slice(ns::SASL.as_bytes());
+        out.extend_from_slice(b"'><");
+        out.extend_from_slice(self.as_str().as_bytes());
+        out.extend_from_slice(b"/>");
+        if let Some(text) = text {
+            out.extend_from_slice(b"<text>");
+            out.extend_from_slice(escape_text(text).as_bytes());
+            out.extend_from_slice(b"</text>");
+        }
+        out.extend_from_slice(b"</failure>");
+        out
+    }
+}
+
+impl fmt::Display for SaslCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything the XML layer rejects. Every variant is fatal for the stream:
 /// the session sends the mapped `<stream:error/>` (see
 /// `From<&XmlError> for StreamErrorCondition`) and closes, because after a
@@ -411,6 +491,27 @@ impl From<&XmlError> for StreamErrorCondition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_conditions_round_trip_and_failures_carry_their_text() {
+        for c in [
+            SaslCondition::InvalidMechanism,
+            SaslCondition::IncorrectEncoding,
+            SaslCondition::InvalidAuthzid,
+            SaslCondition::TemporaryAuthFailure,
+        ] {
+            assert_eq!(SaslCondition::from_name(c.as_str()), Some(c));
+        }
+        assert_eq!(SaslCondition::from_name("no-such-condition"), None);
+        assert_eq!(
+            SaslCondition::InvalidAuthzid.failure(None),
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-authzid/></failure>"
+        );
+        assert_eq!(
+            std::str::from_utf8(&SaslCondition::TemporaryAuthFailure.failure(Some("a<b"))).unwrap(),
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/><text>a&lt;b</text></failure>"
+        );
+    }
 
     #[test]
     fn stream_error_bytes() {

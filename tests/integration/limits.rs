@@ -24,7 +24,7 @@ async fn stream_error(s: &mut RawStream) -> (String, String) {
             Event::StreamOpen(h) => s.header = Some(h),
             Event::Stanza(e) if e.kind() == Kind::StreamError => {
                 let e = PeerStreamError::parse(&e);
-                return (e.condition, e.text.unwrap_or_default());
+                return (e.name, e.text.unwrap_or_default());
             }
             Event::Stanza(_) => continue,
             Event::StreamClose => panic!("the stream closed without a stream error"),

@@ -1,8 +1,8 @@
-//! The connect-back half of Server Dialback (XEP-0220 §2.3): as receiving server, ask the
-//! originating domain's authoritative server whether the key it was given is genuine.
+//! Connect-back (XEP-0220 §2.3): as receiving server, ask the originating domain's
+//! authoritative server whether the key it was given is genuine.
 //!
 //! Steps:
-//! 1. resolve the originating domain's targets (as for outbound) and [open](super::connect) a
+//! 1. resolve the originating domain's targets (as for outbound) and [open](crate::s2s::connect) a
 //!    stream to one, with TLS and the certificate rules of the originating domain;
 //! 2. send `<db:verify from=receiving to=originating id=stream_id>key</db:verify>`;
 //! 3. wait for the `<db:verify type='valid|invalid'/>` answering exactly that request, then
@@ -10,20 +10,13 @@
 
 use std::sync::Arc;
 
-use super::connect;
-use super::trace::Trace;
-use super::S2sContext;
+use super::{verify_request, Answer, Verdict};
 use crate::connection::Connection;
+use crate::s2s::connect;
+use crate::s2s::trace::Trace;
+use crate::s2s::S2sContext;
 use crate::xml::error::StanzaErrorCondition;
-use crate::xml::escape_attr;
 use crate::xml::stanza::Kind;
-
-/// What the authoritative server said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Valid,
-    Invalid,
-}
 
 /// Why a key could not be verified; answered with a dialback error (XEP-0220 §2.4) carrying
 /// [`VerifyError::condition`].
@@ -156,16 +149,7 @@ async fn ask_on(
     key: &str,
 ) -> Result<Verdict, Ask> {
     let failed = |e: connect::ConnectError| Ask::Failed(e.to_string());
-    conn.send(
-        format!(
-            "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
-            escape_attr(receiving),
-            escape_attr(originating),
-            escape_attr(stream_id),
-            key
-        )
-        .as_bytes(),
-    );
+    conn.send(&verify_request(receiving, originating, stream_id, key));
     connect::flush(conn, target).await.map_err(failed)?;
     let s = connect::next_element(conn, target).await.map_err(failed)?;
     if s.kind() != Kind::DbVerify {
@@ -180,12 +164,11 @@ async fn ask_on(
             "{target}: unsolicited db:verify answer"
         )));
     }
-    match s.type_() {
-        Some("valid") => Ok(Verdict::Valid),
-        Some("invalid") => Ok(Verdict::Invalid),
-        other => Err(Ask::Refused(format!(
+    match Answer::parse(s.type_()) {
+        Some(Answer::Verdict(verdict)) => Ok(verdict),
+        Some(Answer::Error) | None => Err(Ask::Refused(format!(
             "db:verify type={}",
-            other.unwrap_or("(none)")
+            s.type_().unwrap_or("(none)")
         ))),
     }
 }

@@ -1,0 +1,662 @@
+//! Steps 3–4 of an outbound session: the established link. XEP-0198 is negotiated
+//! ([`sm::sending::negotiate`]) and what the last link left unacknowledged resent; then
+//! [`Session::pump`] writes the queue in batches, asks for acknowledgements, keeps the link
+//! alive and checks an idle one, until it is idle, shut down, kicked by a reload, or lost.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::authenticate::Link;
+use super::Session;
+use crate::connection::{ReadError, Reader, Writer};
+use crate::metrics::Direction;
+use crate::router::Queued;
+use crate::s2s::keepalive::Whitespace;
+use crate::s2s::limits::{Limit, OutboundCap};
+use crate::s2s::sm::sending::Incoming;
+use crate::s2s::sm::{self, Carry};
+use crate::s2s::PeerStreamError;
+use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
+use crate::xml::framer::Event;
+use crate::xml::stanza::{Kind, NsContext, Stanza};
+
+/// Largest batch written before a flush.
+const BATCH_BYTES: usize = 256 * 1024;
+/// How an established link ended.
+pub(super) enum Ended {
+    /// Idle or shut down: the queue was written out; the session is over.
+    Done,
+    /// The link was lost; stanzas may still be queued or unacknowledged.
+    Lost(String),
+    /// A reload's policy refuses the remote domain: the stream was closed with
+    /// `<policy-violation/>`, and what is queued goes back to its senders.
+    Kicked(String),
+}
+
+/// What the link writes last when [`Session::on_read`] ends it.
+enum Goodbye {
+    /// A stream error with this condition and text, then `</stream:stream>`.
+    Fail(StreamErrorCondition, String),
+    /// `</stream:stream>` (the peer closed its stream).
+    Close,
+    /// Nothing: the stream is gone.
+    None,
+}
+
+/// When the link last wrote, carried a stanza, and checked the peer: the timers of step 4.
+struct Timers {
+    last_write: Instant,
+    last_stanza: Instant,
+    /// When the last liveness check was sent; whitespace does not count as traffic here.
+    last_check: Instant,
+}
+
+impl Timers {
+    fn new(now: Instant) -> Timers {
+        Timers {
+            last_write: now,
+            last_stanza: now,
+            last_check: now,
+        }
+    }
+
+    /// A batch of stanzas was written at `now`.
+    fn stanzas_written(&mut self, now: Instant) {
+        self.last_write = now;
+        self.last_stanza = now;
+    }
+
+    /// The next deadlines: whitespace after `keepalive_interval` without writing, a liveness
+    /// check after `ping_interval` without stanzas (dead after `ping_timeout` without its
+    /// answer), an acknowledgement request shortly after the traffic pauses, closed after
+    /// `idle_timeout` without stanzas.
+    fn deadlines(&self, session: &Session, pump: &Pump, carry: &Carry) -> Deadlines {
+        let settings = &session.ctx.settings;
+        let idle_at = self.last_stanza + settings.idle_timeout;
+        let check_at = match &pump.check {
+            Some(c) => c.deadline(),
+            None => self.last_stanza.max(self.last_check) + settings.ping_interval,
+        };
+        // Acknowledgements are asked for when enough stanzas wait for one, or shortly after
+        // the traffic pauses, never per stanza: a request and its answer cost a write on
+        // each side.
+        let ack_at = if pump.sm && !pump.requested && !carry.unacked.is_empty() {
+            self.last_stanza + ACK_DELAY
+        } else {
+            idle_at
+        };
+        Deadlines {
+            keepalive_at: Whitespace::new(settings.keepalive_interval).due(self.last_write),
+            idle_at,
+            check_at,
+            ack_at,
+        }
+    }
+}
+
+/// When each of the link's timers is due.
+struct Deadlines {
+    keepalive_at: Instant,
+    idle_at: Instant,
+    check_at: Instant,
+    ack_at: Instant,
+}
+
+/// Which timer is due, the first that applies in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Idle,
+    AckRequest,
+    Check,
+    Keepalive,
+}
+
+impl Deadlines {
+    fn next(&self) -> Instant {
+        self.keepalive_at
+            .min(self.idle_at)
+            .min(self.check_at)
+            .min(self.ack_at)
+    }
+
+    fn due(&self, now: Instant) -> Due {
+        if now >= self.idle_at {
+            Due::Idle
+        } else if now >= self.ack_at && now < self.check_at {
+            Due::AckRequest
+        } else if now >= self.check_at {
+            Due::Check
+        } else {
+            Due::Keepalive
+        }
+    }
+}
+
+/// A liveness check in flight on an idle link.
+enum Check {
+    /// An XEP-0198 `<r/>`: any `<a/>` answers it.
+    Ack { deadline: Instant },
+    /// An XEP-0199 ping, answered on the peer's stream to us. Once answered, the stanzas
+    /// written before it are known to have been read.
+    Ping {
+        id: String,
+        answered: oneshot::Receiver<()>,
+        deadline: Instant,
+        written_before: u64,
+    },
+}
+
+impl Check {
+    fn deadline(&self) -> Instant {
+        match self {
+            Check::Ack { deadline } | Check::Ping { deadline, .. } => *deadline,
+        }
+    }
+}
+
+/// Resolves when the ping in `check` is answered; never for anything else.
+async fn ping_answered(check: &mut Option<Check>) {
+    if let Some(Check::Ping { answered, .. }) = check {
+        if answered.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+/// Unacknowledged stanzas that prompt a request at once.
+const ACK_BATCH: usize = 128;
+/// How soon after the traffic pauses the rest are asked about.
+const ACK_DELAY: Duration = Duration::from_millis(200);
+
+/// The state of one established link.
+struct Pump {
+    /// XEP-0198 is on.
+    sm: bool,
+    /// An `<r/>` is out and its `<a/>` has not come back.
+    requested: bool,
+    /// Without XEP-0198: stanzas written since the peer last proved it had read them.
+    unconfirmed: u64,
+    /// Stanzas written on this link.
+    written: u64,
+    check: Option<Check>,
+    /// `fedgate_outbound_queue_seconds`, flushed once per batch.
+    waited: prometheus::local::LocalHistogram,
+    /// The largest stanza the peer takes, if it said (XEP-0478) or we were told.
+    cap: Option<OutboundCap>,
+    /// Stanzas over `cap` taken from the queue, with their size, to bounce after the batch.
+    too_large: Vec<(Stanza, usize)>,
+}
+
+impl Session {
+    /// Steps 3–4: stream management, then write the queue until idle, shutdown or loss.
+    pub(super) async fn established(
+        &self,
+        link: Link,
+        rx: &mut mpsc::Receiver<Queued>,
+        carry: &mut Carry,
+    ) -> Ended {
+        let Link {
+            conn,
+            label,
+            features,
+            ..
+        } = link;
+        let (mut reader, mut writer) = conn.split();
+        let metrics = &self.ctx.router.metrics;
+        let configured = self.ctx.security.load().peer(&self.remote).max_stanza_bytes;
+        let mut pump = Pump {
+            sm: false,
+            requested: false,
+            unconfirmed: 0,
+            written: 0,
+            check: None,
+            waited: metrics.outbound_queue_seconds.local(),
+            cap: OutboundCap::new(configured, &features),
+            too_large: Vec::new(),
+        };
+        if self.ctx.settings.stream_management && sm::offered(&features) {
+            match sm::sending::negotiate(
+                &mut reader,
+                &mut writer,
+                carry,
+                &self.ctx.router.metrics.sm_out,
+                self.ctx.settings.negotiation_timeout,
+                &self.remote,
+            )
+            .await
+            {
+                Ok(on) => {
+                    pump.sm = on;
+                    self.live.update(|n| n.stream_management = on);
+                }
+                Err(why) => return Ended::Lost(why),
+            }
+        }
+        // What the last link left unacknowledged goes out first, in order.
+        if !carry.unacked.is_empty() {
+            let target = NsContext::server();
+            let n = carry.unacked.len();
+            for stanza in &carry.unacked {
+                writer.send(&stanza.bytes_for(&target));
+            }
+            metrics
+                .outbound_stanzas
+                .with_label_values(&["resent"])
+                .inc_by(n as u64);
+            tracing::info!(remote = %self.remote, "resent {n} unacknowledged stanzas on the new link");
+            if !pump.sm {
+                // Nothing will acknowledge them on this link.
+                carry.take_unacked();
+                carry.acked = 0;
+                pump.unconfirmed += n as u64;
+            } else {
+                writer.send(sm::REQUEST);
+                pump.requested = true;
+            }
+            if let Err(e) = writer.flush().await {
+                return self.lost(&pump, carry, format!("write to {label} failed: {e}"));
+            }
+        }
+        let ended = self
+            .pump(&mut pump, &mut reader, writer, rx, carry, &label)
+            .await;
+        if let Some(Check::Ping { id, .. }) = &pump.check {
+            self.ctx.pings.cancel(id);
+        }
+        match ended {
+            Ended::Lost(why) => self.lost(&pump, carry, why),
+            other => other,
+        }
+    }
+    /// Accounts for what a lost link may have taken with it.
+    fn lost(&self, pump: &Pump, carry: &Carry, why: String) -> Ended {
+        if !pump.sm && pump.unconfirmed > 0 {
+            self.ctx
+                .router
+                .metrics
+                .outbound_stanzas
+                .with_label_values(&["unconfirmed"])
+                .inc_by(pump.unconfirmed);
+            tracing::warn!(local = %self.local, remote = %self.remote, "{} stanzas written since the peer last confirmed reading may have been lost (it does not offer XEP-0198 stream management): {why}", pump.unconfirmed);
+        } else if pump.sm && !carry.unacked.is_empty() {
+            tracing::info!(remote = %self.remote, "{} unacknowledged stanzas will be resent", carry.unacked.len());
+        }
+        Ended::Lost(why)
+    }
+    /// Step 4 proper: one `select!` over shutdown, a reload's kick, the timers ([`Timers`],
+    /// handled by [`Session::on_timer`]), a ping's answer, what the peer sends
+    /// ([`Session::on_read`]) and the queue (written here, in batches: the hot path).
+    async fn pump(
+        &self,
+        pump: &mut Pump,
+        reader: &mut Reader,
+        mut writer: Writer,
+        rx: &mut mpsc::Receiver<Queued>,
+        carry: &mut Carry,
+        label: &str,
+    ) -> Ended {
+        let settings = &self.ctx.settings;
+        let metrics = &self.ctx.router.metrics;
+        let target = NsContext::server();
+        let cap = settings.queue_max_stanzas.max(1);
+        // Ask for an acknowledgement once this many wait, well before `cap` stops us.
+        let ack_batch = (cap / 4).clamp(1, ACK_BATCH);
+        let mut timers = Timers::new(Instant::now());
+        loop {
+            let deadlines = timers.deadlines(self, pump, carry);
+            // With XEP-0198, stop taking stanzas while too many await acknowledgement.
+            let room = !pump.sm || carry.unacked.len() < cap;
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.finish(pump, reader, writer, rx, carry, &target, Some(StreamErrorCondition::SystemShutdown)).await;
+                    return Ended::Done;
+                }
+                _ = self.live.kicked() => return self.kicked(pump.sm, reader, writer, carry).await,
+                _ = tokio::time::sleep_until(deadlines.next()) => {
+                    let now = Instant::now();
+                    match deadlines.due(now) {
+                        Due::Idle => {
+                            tracing::debug!(remote = %self.remote, "closing idle outbound s2s");
+                            self.finish(pump, reader, writer, rx, carry, &target, None).await;
+                            return Ended::Done;
+                        }
+                        due => {
+                            if let Err(ended) = self.on_timer(due, now, pump, &mut writer, &mut timers, label).await {
+                                return ended;
+                            }
+                        }
+                    }
+                }
+                _ = ping_answered(&mut pump.check) => {
+                    if let Some(Check::Ping { written_before, .. }) = pump.check.take() {
+                        // Everything written before the ping has been read.
+                        pump.unconfirmed = pump.written - written_before;
+                    }
+                    metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
+                }
+                event = reader.next_event() => {
+                    if let Err((ended, goodbye)) = self.on_read(event, pump, &mut writer, carry, label).await {
+                        match goodbye {
+                            Goodbye::Fail(condition, text) => writer.fail(&condition, Some(&text)).await,
+                            Goodbye::Close => writer.close().await,
+                            Goodbye::None => {}
+                        }
+                        return ended;
+                    }
+                }
+                next = rx.recv(), if room => {
+                    let Some(first) = next else { return Ended::Done };
+                    self.write(pump, &mut writer, first, carry, &target);
+                    while writer.pending() < BATCH_BYTES && (!pump.sm || carry.unacked.len() < cap) {
+                        match rx.try_recv() {
+                            Ok(s) => self.write(pump, &mut writer, s, carry, &target),
+                            Err(_) => break,
+                        }
+                    }
+                    if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
+                        writer.send(sm::REQUEST);
+                        pump.requested = true;
+                    }
+                    pump.waited.flush();
+                    if let Err(e) = writer.flush().await {
+                        return Ended::Lost(format!("write to {label} failed: {e}"));
+                    }
+                    timers.stanzas_written(Instant::now());
+                    self.bounce_too_large(pump).await;
+                }
+            }
+        }
+    }
+
+    /// A reload's policy refuses the remote domain: nothing more is written, what is queued
+    /// and unacknowledged bounces, the stream ends with `<policy-violation/>`.
+    async fn kicked(
+        &self,
+        sm_on: bool,
+        reader: &mut Reader,
+        mut writer: Writer,
+        carry: &mut Carry,
+    ) -> Ended {
+        let reason = self.live.kick_reason();
+        tracing::info!(local = %self.local, remote = %self.remote, "closing outbound s2s: {reason}");
+        if sm_on && !carry.unacked.is_empty() {
+            // What the peer has received already must not bounce as well.
+            writer.send(sm::REQUEST);
+            if writer.flush().await.is_ok() {
+                sm::sending::final_acks(reader, carry).await;
+            }
+        }
+        self.ctx
+            .router
+            .metrics
+            .stream_errors
+            .with_label_values(&["sent", StreamErrorCondition::PolicyViolation.as_str()])
+            .inc();
+        writer
+            .fail(&StreamErrorCondition::PolicyViolation, Some(&reason))
+            .await;
+        Ended::Kicked(reason)
+    }
+
+    /// A timer fired for `due` (not [`Due::Idle`], which closes the link): ask for an
+    /// acknowledgement, start a liveness check (or find the last one unanswered: the link is
+    /// dead), or write a whitespace keepalive.
+    async fn on_timer(
+        &self,
+        due: Due,
+        now: Instant,
+        pump: &mut Pump,
+        writer: &mut Writer,
+        timers: &mut Timers,
+        label: &str,
+    ) -> Result<(), Ended> {
+        let settings = &self.ctx.settings;
+        match due {
+            // The pump closes the link on this one before asking.
+            Due::Idle => return Ok(()),
+            Due::Keepalive => writer.send(Whitespace::BYTES),
+            Due::AckRequest => {
+                writer.send(sm::REQUEST);
+                pump.requested = true;
+            }
+            Due::Check if pump.check.is_some() => {
+                self.ctx
+                    .router
+                    .metrics
+                    .outbound_events
+                    .with_label_values(&["ping_timeout"])
+                    .inc();
+                return Err(Ended::Lost(format!(
+                    "{label} did not answer a liveness check within {}s",
+                    settings.ping_timeout.as_secs_f32()
+                )));
+            }
+            Due::Check => {
+                let deadline = now + settings.ping_timeout;
+                timers.last_check = now;
+                if pump.sm {
+                    writer.send(sm::REQUEST);
+                    pump.requested = true;
+                    pump.check = Some(Check::Ack { deadline });
+                } else {
+                    let ping = self.ctx.pings.start(&self.local, &self.remote);
+                    writer.send(&ping.bytes);
+                    pump.check = Some(Check::Ping {
+                        id: ping.id,
+                        answered: ping.answered,
+                        deadline,
+                        written_before: pump.written,
+                    });
+                }
+            }
+        }
+        if let Err(e) = writer.flush().await {
+            return Err(Ended::Lost(format!("write to {label} failed: {e}")));
+        }
+        timers.last_write = now;
+        Ok(())
+    }
+
+    /// What the peer sent on our outbound stream: XEP-0198 acknowledgements and requests;
+    /// anything else ends the link (`Err`: how it ended, and what we write last).
+    async fn on_read(
+        &self,
+        event: Result<Event, ReadError>,
+        pump: &mut Pump,
+        writer: &mut Writer,
+        carry: &mut Carry,
+        label: &str,
+    ) -> Result<(), (Ended, Goodbye)> {
+        let metrics = &self.ctx.router.metrics;
+        let incoming = match &event {
+            Ok(Event::Stanza(s)) => Incoming::parse(s),
+            _ => None,
+        };
+        match (incoming, event) {
+            (Some(Incoming::Ack { h }), _) => {
+                let acked = h
+                    .ok_or_else(|| "an <a/> without a valid 'h'".to_string())
+                    .and_then(|h| carry.ack(h));
+                if let Err(why) = acked {
+                    let goodbye =
+                        Goodbye::Fail(StreamErrorCondition::UndefinedCondition, why.clone());
+                    return Err((Ended::Lost(why), goodbye));
+                }
+                pump.requested = false;
+                metrics.sm_out.acked.inc();
+                if matches!(pump.check, Some(Check::Ack { .. })) {
+                    pump.check = None;
+                    metrics
+                        .outbound_events
+                        .with_label_values(&["ping_answered"])
+                        .inc();
+                }
+                Ok(())
+            }
+            (Some(Incoming::AckRequest), _) => {
+                // We receive no stanzas on an outbound stream.
+                writer.send(&sm::ack(0));
+                writer.flush().await.map_err(|e| {
+                    (
+                        Ended::Lost(format!("write to {label} failed: {e}")),
+                        Goodbye::None,
+                    )
+                })
+            }
+            (_, Ok(Event::Stanza(s))) if s.kind() == Kind::StreamError => {
+                let error = PeerStreamError::parse(&s);
+                metrics
+                    .stream_errors
+                    .with_label_values(&["received", error.label()])
+                    .inc();
+                Err((
+                    Ended::Lost(format!("{label} closed the stream with {error}")),
+                    Goodbye::None,
+                ))
+            }
+            (_, Ok(Event::StreamClose)) => Err((
+                Ended::Lost(format!("{label} closed the stream")),
+                Goodbye::Close,
+            )),
+            // A remote server sends nothing on our outbound stream but errors and stream
+            // management (bidirectional s2s, XEP-0288, is not negotiated).
+            (_, Ok(_)) => Err((
+                Ended::Lost(format!("{label} sent a stanza on our outbound stream")),
+                Goodbye::Fail(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    "this stream is outbound only".into(),
+                ),
+            )),
+            (_, Err(e)) => Err((
+                Ended::Lost(format!("reading from {label}: {e}")),
+                Goodbye::None,
+            )),
+        }
+    }
+    fn write(
+        &self,
+        pump: &mut Pump,
+        writer: &mut Writer,
+        queued: Queued,
+        carry: &mut Carry,
+        target: &NsContext,
+    ) {
+        let Queued { stanza, since } = queued;
+        pump.waited.observe(since.elapsed().as_secs_f64());
+        self.dequeued(&stanza);
+        let bytes = stanza.bytes_for(target);
+        if pump.cap.as_ref().is_some_and(|cap| bytes.len() > cap.max) {
+            // XEP-0478 §4: not sent; bounced after the batch.
+            pump.too_large.push((stanza, bytes.len()));
+            return;
+        }
+        self.peer.stanza(Direction::Outbound);
+        self.ctx
+            .router
+            .metrics
+            .s2s_out
+            .count(stanza.kind(), bytes.len());
+        writer.send(&bytes);
+        pump.written += 1;
+        if pump.sm {
+            carry.push(stanza);
+        } else {
+            pump.unconfirmed += 1;
+        }
+    }
+    /// Returns the stanzas [`Session::write`] held back as too large for the peer to their
+    /// senders, `policy-violation` with a text naming the limit (and no `by`: the policy is
+    /// the peer's, XEP-0478 §4).
+    async fn bounce_too_large(&self, pump: &mut Pump) {
+        let Some(cap) = pump.cap.clone() else {
+            return;
+        };
+        for (stanza, len) in std::mem::take(&mut pump.too_large) {
+            self.ctx
+                .limits
+                .refused(Limit::PeerMaxBytes, &self.remote, "an outbound stanza");
+            let text = cap.text(&self.remote, len);
+            self.ctx
+                .router
+                .bounce(
+                    &stanza,
+                    StanzaErrorCondition::PolicyViolation,
+                    "too_large",
+                    &text,
+                )
+                .await;
+        }
+    }
+    /// Leaves the router, writes out what is still queued (once removed, nothing new
+    /// arrives, so nothing is left behind), asks for a last acknowledgement and closes.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        pump: &mut Pump,
+        reader: &mut Reader,
+        mut writer: Writer,
+        rx: &mut mpsc::Receiver<Queued>,
+        carry: &mut Carry,
+        target: &NsContext,
+        error: Option<StreamErrorCondition>,
+    ) {
+        self.ctx.router.remove_outbound(&self.remote, self.id);
+        rx.close();
+        while let Ok(s) = rx.try_recv() {
+            self.write(pump, &mut writer, s, carry, target);
+        }
+        if pump.sm && !carry.unacked.is_empty() {
+            writer.send(sm::REQUEST);
+        }
+        let _ = writer.flush().await;
+        match error {
+            Some(condition) => writer.fail(&condition, None).await,
+            None => writer.close().await,
+        }
+        self.bounce_too_large(pump).await;
+        if !pump.sm || carry.unacked.is_empty() {
+            return;
+        }
+        sm::sending::final_acks(reader, carry).await;
+        if !carry.unacked.is_empty() {
+            self.ctx
+                .router
+                .metrics
+                .outbound_stanzas
+                .with_label_values(&["unconfirmed"])
+                .inc_by(carry.unacked.len() as u64);
+            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_due_timer_is_idle_first_then_an_ack_request_before_a_check_then_whitespace() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let deadlines = Deadlines {
+            keepalive_at: t + s,
+            ack_at: t + 2 * s,
+            check_at: t + 3 * s,
+            idle_at: t + 4 * s,
+        };
+        assert_eq!(deadlines.next(), t + s);
+        assert_eq!(deadlines.due(t + s), Due::Keepalive);
+        assert_eq!(deadlines.due(t + 2 * s), Due::AckRequest);
+        assert_eq!(
+            deadlines.due(t + 3 * s),
+            Due::Check,
+            "a check due asks with the check, not with a plain request"
+        );
+        assert_eq!(deadlines.due(t + 4 * s), Due::Idle, "idle wins over all");
+    }
+}
