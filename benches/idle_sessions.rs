@@ -87,6 +87,12 @@ fn main() {
         Ok("both") | Err(_) => vec![Transport::Tls, Transport::Plain],
         Ok(other) => panic!("IDLE_TRANSPORT={other}: use tls, plain or both"),
     };
+    // The task of each inbound connection holds its whole future for the connection's life.
+    println!(
+        "idle sessions: an inbound connection's task future is {} bytes (STARTTLS port), {} (direct TLS port)",
+        future_size(fedgate::s2s::inbound::handle),
+        future_size(fedgate::s2s::inbound::handle_direct_tls),
+    );
     let max_n = counts.iter().copied().max().unwrap_or(0);
     if let Err(message) = raise_fd_limit(max_n as u64 + 1024) {
         eprintln!("idle_sessions: {message}");
@@ -101,6 +107,11 @@ fn main() {
             runtime.block_on(run(transport, n, concurrency));
         }
     }
+}
+
+/// The size of the future `f` returns, without calling it.
+fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+    std::mem::size_of::<F>()
 }
 
 /// Raises `RLIMIT_NOFILE` to at least `needed`, or says why it cannot and what to do.
