@@ -19,9 +19,11 @@
 //! `IDLE_N` (a comma-separated list, default `5000,10000`), `IDLE_TRANSPORT=tls|plain|both`
 //! (default both), `IDLE_CONCURRENCY` (sessions being opened at once, default 32).
 //! `IDLE_GATEWAY_ENV` adds variables to b.test's environment only, space-separated
-//! `KEY=VALUE`, e.g. to compare allocators without a rebuild:
-//! `IDLE_GATEWAY_ENV='LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2'` or
-//! `IDLE_GATEWAY_ENV='MALLOC_ARENA_MAX=2'`.
+//! `KEY=VALUE`: jemalloc's options (`_RJEM_MALLOC_CONF=...`), or, with b.test built on the
+//! system allocator (`cargo bench --no-default-features --bench idle_sessions`), another
+//! allocator without a rebuild
+//! (`IDLE_GATEWAY_ENV='LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2'`) or glibc's
+//! tunables (`IDLE_GATEWAY_ENV='MALLOC_ARENA_MAX=2'`).
 //!
 //! Each session costs b.test one file descriptor and the bench one (plus a connect-back being
 //! answered per session being opened), so the bench raises its `RLIMIT_NOFILE` soft limit to the hard
