@@ -164,17 +164,13 @@ impl Tls {
     /// `xmpp-server`.
     ///
     /// Not bounded in time: the caller's negotiation timeout covers it.
-    ///
-    /// The handshake's state (a rustls connection mid-handshake) is on the heap only while it
-    /// runs: inline, it would make the future of every session that may start TLS that much
-    /// larger for the session's whole life.
     pub async fn accept(
         &self,
         io: BoxTransport,
         hint: Option<&str>,
         direct: bool,
     ) -> Result<(BoxTransport, TlsInfo), TlsError> {
-        let (stream, _) = Box::pin(self.handshake(io, hint, direct, false)).await?;
+        let (stream, _) = self.handshake(io, hint, direct, false).await?;
         let info = TlsInfo::from_connection(stream.get_ref().1);
         Ok((Box::new(stream), info))
     }
@@ -260,8 +256,7 @@ impl Tls {
             )
         })?;
         let config = self.current().client_config(local, direct);
-        // On the heap while it runs, as in `accept`.
-        let stream = Box::pin(TlsConnector::from(config).connect(server_name, io)).await?;
+        let stream = TlsConnector::from(config).connect(server_name, io).await?;
         let info = TlsInfo::from_connection(stream.get_ref().1);
         Ok((Box::new(stream), info))
     }
