@@ -11,6 +11,10 @@
 //! 2. latency: `RELAY_LAT_N` messages (default 100,000) at 10% of the measured throughput,
 //!    paced in batches once per millisecond; each carries its send time in its `id`.
 //!
+//! The throughput phase also prints the process's CPU time (user + system, `getrusage`) per
+//! relayed stanza: both gateways, and the bench's two backends with them, so an upper bound
+//! of what the two gateways spend.
+//!
 //! Every message carries a sequence number; backend B checks that each arrives exactly once
 //! and in order, and the run panics otherwise.
 //!
@@ -347,6 +351,18 @@ async fn send_paced(wr: &mut OwnedWriteHalf, seq: u64, count: usize, batch: usiz
     }
 }
 
+/// CPU time this process has used so far, user + system.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i] as f64 / 1000.0
@@ -429,9 +445,11 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         (rx, r.last)
     });
     let start = Instant::now();
+    let cpu_start = cpu_time();
     send_bulk(&mut wr_a, seq, n).await;
     let written = start.elapsed();
     let (mut rx, last) = receiving.await.expect("receiver");
+    let cpu = cpu_time() - cpu_start;
     seq += n as u64;
     let secs = last.duration_since(start).as_secs_f64();
     let rate = n as f64 / secs;
@@ -439,6 +457,11 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         "relay throughput: {rate:.0} stanzas/s ({n} in {secs:.3} s; {:.1} MB/s; backend A done writing after {:.3} s)",
         rate * sample.len() as f64 / 1e6,
         written.as_secs_f64()
+    );
+    println!(
+        "relay CPU: {:.2} µs per stanza ({:.2} s user + system for {n}; whole process: both gateways and both backends)",
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        cpu.as_secs_f64()
     );
     check_bounces();
 

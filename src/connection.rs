@@ -7,20 +7,29 @@
 //! what it reads, keeps the [`Connection`].
 //! The transport is boxed so that TCP, and TLS on top of it, look the same to the sessions.
 //!
+//! An idle stream holds no buffers of its own: the read buffer is given up while a read waits
+//! with nothing half-read ([`read_into`]), and the write buffer after each flush of a
+//! [`Connection`]. Ten thousand idle peers then cost their sockets, TLS state and session
+//! state, not 20 KiB of empty buffers each.
+//!
 //! A stream may be held to a byte rate ([`Connection::limit_rate`], a [`TokenBucket`]): when
 //! the bucket is empty the next read waits until it has refilled, so the kernel's buffers
 //! fill and TCP slows the sender down, rather than fedgate buffering what it cannot process.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 use crate::xml::error::{stream_error, StreamErrorCondition, XmlError};
-use crate::xml::framer::{Event, Framer, Limits};
+use crate::xml::framer::{Event, Framer, Limits, READ_RESERVE};
 use crate::xml::stream::{OpenStream, CLOSE_STREAM};
 
 /// Anything a stream can run over: TCP, or TLS over TCP.
@@ -52,6 +61,7 @@ pub enum ReadError {
 pub struct Connection {
     io: BoxTransport,
     framer: Framer,
+    /// What is queued for the next flush; empty, with no allocation, in between.
     out: Vec<u8>,
     /// The peer's address, for logs.
     pub peer: SocketAddr,
@@ -77,7 +87,7 @@ impl Connection {
         Connection {
             io,
             framer: Framer::new(limits),
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
             peer,
             content_ns,
             opened: false,
@@ -126,11 +136,12 @@ impl Connection {
         self.out.extend_from_slice(bytes);
     }
 
-    /// Writes what is queued.
+    /// Writes what is queued, then gives the buffer up: a negotiating or inbound stream writes
+    /// a few answers now and then, and an idle one should hold no write buffer.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
-            self.out.clear();
+            self.out = Vec::new();
             self.last_write = tokio::time::Instant::now();
         }
         self.io.flush().await
@@ -224,7 +235,7 @@ async fn next_event<R: AsyncRead + Unpin>(
                 tokio::time::sleep_until(at).await;
             }
         }
-        let n = io.read_buf(framer.read_buf()).await?;
+        let n = read_into(io, framer).await?;
         if n == 0 {
             return Err(ReadError::Eof);
         }
@@ -232,6 +243,38 @@ async fn next_event<R: AsyncRead + Unpin>(
             bucket.debit(n, tokio::time::Instant::now());
         }
     }
+}
+
+/// One read into the framer. While the framer holds bytes (half a stanza), or the transport has
+/// more at once, it reads into the framer's buffer, as fast as before. A read that has to wait
+/// with nothing buffered gives that buffer up ([`Framer::release_buffer`]), and the read that
+/// ends the wait goes through a buffer on the stack of the poll (not in the task, which would
+/// keep it) and is copied into a fresh framer buffer: one allocation and one copy per wake-up
+/// from idle, none while bytes keep coming. Cancel-safe: bytes are in the framer once the
+/// read returns.
+async fn read_into<R: AsyncRead + Unpin>(io: &mut R, framer: &mut Framer) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if framer.has_buffer() {
+            let polled = pin!(io.read_buf(framer.read_buf())).poll(cx);
+            if polled.is_pending() {
+                framer.release_buffer();
+            }
+            return polled;
+        }
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_RESERVE];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled();
+                if !read.is_empty() {
+                    framer.read_buf().extend_from_slice(read);
+                }
+                Poll::Ready(Ok(read.len()))
+            }
+            other => other.map(|r| r.map(|()| 0)),
+        }
+    })
+    .await
 }
 
 /// A token bucket over bytes read: `rate` bytes per second, at most `burst` saved up. Reads are
@@ -378,24 +421,32 @@ impl Writer {
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes read (and discarded) while lingering.
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes read at a time while lingering, on the stack of the poll.
+const LINGER_CHUNK: usize = 4096;
 
 /// After our closing tag, reads and discards until the peer closes too (RFC 6120 §4.4), within
 /// [`LINGER_TIMEOUT`] and [`LINGER_BYTES`]. Closing a socket with unread data makes the kernel
 /// send a reset, which also throws away what we wrote last and the peer has not read yet — a
 /// stream error's text, or a final XEP-0198 acknowledgement that spares the peer resending
 /// what already arrived.
+///
+/// What is discarded goes through a buffer on the stack of each poll, neither allocated nor
+/// kept in the task: closing ten thousand streams at once costs no memory.
 async fn linger<R: AsyncRead + Unpin>(io: &mut R) {
-    let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0;
-    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+    let drain = poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); LINGER_CHUNK];
         while total < LINGER_BYTES {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => total += n,
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => total += buf.filled().len(),
+                Poll::Ready(_) => return Poll::Ready(()),
             }
         }
-    })
-    .await;
+        Poll::Ready(())
+    });
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
 }
 
 /// The transport of a [`Connection`] whose real one was taken for a TLS handshake: reads end,
@@ -488,11 +539,11 @@ async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) {
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::time::Instant;
 
-    use super::{Connection, TokenBucket, Writer};
-    use crate::xml::framer::Limits;
+    use super::{linger, Connection, TokenBucket, Writer};
+    use crate::xml::framer::{Event, Limits};
     use crate::xml::stream::CLOSE_STREAM;
 
     const KIB: u64 = 1024;
@@ -507,6 +558,83 @@ mod tests {
             "jabber:server",
         );
         (conn.split().1, theirs)
+    }
+
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:server' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='b.test' from='a.test' version='1.0'>";
+
+    /// The next event, or `None` when there is none within 20 ms (the read waits).
+    async fn event_soon(conn: &mut Connection) -> Option<Event> {
+        tokio::time::timeout(Duration::from_millis(20), conn.next_event())
+            .await
+            .ok()
+            .map(|e| e.expect("no read error"))
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_holds_no_buffers_and_loses_no_byte() {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let mut conn = Connection::new(
+            Box::new(ours),
+            "127.0.0.1:1".parse().unwrap(),
+            Limits::default(),
+            "jabber:server",
+        );
+        assert!(!conn.framer.has_buffer() && conn.out.capacity() == 0);
+        theirs
+            .write_all(&[HEADER, b"<message><body>half"].concat())
+            .await
+            .unwrap();
+        assert!(matches!(
+            event_soon(&mut conn).await,
+            Some(Event::StreamOpen(_))
+        ));
+        assert_eq!(event_soon(&mut conn).await, None);
+        assert!(
+            conn.framer.has_buffer(),
+            "half a stanza waits in the buffer"
+        );
+        theirs.write_all(b" of it</body></message>").await.unwrap();
+        let Some(Event::Stanza(s)) = event_soon(&mut conn).await else {
+            panic!("the stanza");
+        };
+        assert_eq!(&s.raw()[..], b"<message><body>half of it</body></message>");
+        assert_eq!(event_soon(&mut conn).await, None);
+        assert!(!conn.framer.has_buffer(), "idle: no read buffer");
+        conn.send(b"<iq type='result'/>");
+        conn.flush().await.unwrap();
+        assert_eq!(conn.out.capacity(), 0, "flushed: no write buffer");
+        // The read that ends the wait goes through the stack: a batch larger than one read,
+        // in one write, arrives whole and in order.
+        let many: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("<iq id='{i}'/>").into_bytes())
+            .collect();
+        theirs.write_all(&many).await.unwrap();
+        for i in 0..2000 {
+            let Some(Event::Stanza(s)) = event_soon(&mut conn).await else {
+                panic!("stanza {i}");
+            };
+            assert_eq!(s.id(), Some(i.to_string().as_str()));
+        }
+        let mut answer = vec![0u8; 64];
+        let n = theirs.read(&mut answer).await.unwrap();
+        assert_eq!(&answer[..n], b"<iq type='result'/>");
+    }
+
+    #[tokio::test]
+    async fn linger_reads_until_the_peer_closes() {
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        let peer = tokio::spawn(async move {
+            // More than the pipe holds and more than one chunk, then the close.
+            theirs.write_all(&vec![b' '; 100_000]).await.unwrap();
+        });
+        let start = std::time::Instant::now();
+        linger(&mut ours).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "ended at the close"
+        );
+        peer.await.unwrap();
     }
 
     fn batch() -> Vec<u8> {

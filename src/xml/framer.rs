@@ -75,13 +75,15 @@ pub enum Event {
 }
 
 /// Spare capacity [`Framer::read_buf`] guarantees before a read.
-const READ_RESERVE: usize = 16 * 1024;
+pub const READ_RESERVE: usize = 16 * 1024;
 
 /// Incremental stream framer. See the [module docs](self).
 #[derive(Debug)]
 pub struct Framer {
     /// Bytes read but not yet returned as events. Stanzas are split off the
-    /// front, so in-stanza offsets are relative to `buf[0]`.
+    /// front, so in-stanza offsets are relative to `buf[0]`. Allocated at the
+    /// first read, and given up while the stream is idle
+    /// ([`Framer::release_buffer`]).
     buf: BytesMut,
     limits: Limits,
     /// The current stream's header; `None` until it has been parsed.
@@ -109,7 +111,7 @@ pub struct Framer {
 impl Framer {
     pub fn new(limits: Limits) -> Self {
         Framer {
-            buf: BytesMut::with_capacity(READ_RESERVE),
+            buf: BytesMut::new(),
             limits,
             header: None,
             ctx: Arc::new(NsContext::new("", &[])),
@@ -141,6 +143,24 @@ impl Framer {
             self.buf.reserve(READ_RESERVE);
         }
         &mut self.buf
+    }
+
+    /// Gives up the read buffer's memory when nothing is buffered, so that a
+    /// stream waiting for its peer holds none; the next [`Framer::read_buf`]
+    /// allocates anew. Returns whether it did. Stanzas already returned keep
+    /// their bytes: they share the allocation, which goes with the last of
+    /// them.
+    pub fn release_buffer(&mut self) -> bool {
+        if !self.buf.is_empty() || self.buf.capacity() == 0 {
+            return false;
+        }
+        self.buf = BytesMut::new();
+        true
+    }
+
+    /// Whether the framer holds a read buffer (see [`Framer::release_buffer`]).
+    pub fn has_buffer(&self) -> bool {
+        self.buf.capacity() > 0
     }
 
     /// Appends bytes to the read buffer.

@@ -420,6 +420,32 @@ fn reset_discards_buffered_bytes() {
 }
 
 #[test]
+fn an_idle_framer_gives_up_its_buffer_and_keeps_what_is_unframed() {
+    let mut framer = Framer::new(limits());
+    assert!(
+        !framer.has_buffer(),
+        "nothing is allocated before the first read"
+    );
+    framer.read_buf().extend_from_slice(HEADER.as_bytes());
+    assert!(matches!(
+        framer.next_event(),
+        Ok(Some(Event::StreamOpen(_)))
+    ));
+    framer.read_buf().extend_from_slice(b"<message><body>half");
+    assert!(matches!(framer.next_event(), Ok(None)));
+    assert!(!framer.release_buffer(), "half a stanza is kept");
+    framer.feed(b"</body></message>");
+    let Ok(Some(Event::Stanza(stanza))) = framer.next_event() else {
+        panic!("the stanza, whole");
+    };
+    assert!(framer.release_buffer(), "nothing buffered: the memory goes");
+    assert!(!framer.has_buffer());
+    assert_eq!(&stanza.raw()[..], b"<message><body>half</body></message>");
+    framer.read_buf().extend_from_slice(b"<iq/>");
+    assert!(matches!(framer.next_event(), Ok(Some(Event::Stanza(_)))));
+}
+
+#[test]
 fn read_buf_has_spare_capacity() {
     let mut framer = Framer::new(limits());
     let buf = framer.read_buf();

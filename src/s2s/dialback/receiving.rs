@@ -36,7 +36,7 @@ impl Inbound {
     pub(in crate::s2s) fn db_result(
         &mut self,
         stanza: &Stanza,
-        results: &mpsc::Sender<Verified>,
+        results: &mpsc::Sender<Box<Verified>>,
     ) -> Result<Option<Verified>, Abort> {
         let (Some(to), Some(from)) = (stanza.to(), stanza.from()) else {
             return Err(Abort::Refused(refuse(
@@ -145,7 +145,9 @@ impl Inbound {
                     .await;
             // Back to the pool before the answer waits for the stream.
             drop(permit);
-            let _ = results.send((receiving, originating, outcome)).await;
+            let _ = results
+                .send(Box::new((receiving, originating, outcome)))
+                .await;
         });
         Ok(None)
     }
