@@ -9,7 +9,8 @@
 //!
 //! With a `[core]` section the c2s core runs in this process, attached over an in-process
 //! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
-//! goes out.
+//! goes out. With `[muc]` the chat service runs here too, over a link of its own; it stops
+//! next, telling its occupants (status 332).
 //!
 //! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
 
@@ -77,6 +78,8 @@ pub struct RunningGateway {
     pub s2s: Arc<S2sContext>,
     /// The embedded c2s core (`[core]`), if configured.
     pub core: Option<crate::core::RunningCore>,
+    /// The embedded multi-user chat service (`[muc]`), if configured.
+    muc: Option<crate::muc::RunningMuc>,
     /// Puts a new configuration in force (SIGHUP, `fedgate reload`).
     reloader: Arc<Reloader>,
     s2s_shutdown: CancellationToken,
@@ -238,6 +241,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         }
         None => None,
     };
+    let muc = config.muc.as_ref().map(|m| {
+        let link = component::client::Target::Local(component_link.clone());
+        crate::muc::start(m, vec![link], crate::muc::in_process_secret())
+    });
 
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;
@@ -274,6 +281,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router,
         s2s: s2s_ctx,
         core,
+        muc,
         reloader,
         s2s_shutdown,
         s2s_tracker,
@@ -311,6 +319,11 @@ impl RunningGateway {
     pub async fn shutdown(self, grace: Duration) {
         if let Some(core) = self.core {
             core.shutdown(grace).await;
+        }
+        if let Some(muc) = self.muc {
+            if tokio::time::timeout(grace, muc.shutdown()).await.is_err() {
+                tracing::warn!("the chat service did not stop in {grace:?}, terminating now");
+            }
         }
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();

@@ -1,0 +1,135 @@
+//! XEP-0045 multi-user chat: a service on its own domain (`[muc] domain`), attached to the
+//! gateway through [`crate::component::client`] like any backend. The gateway runs it in its
+//! own process over an in-process link ([`crate::component::LocalLink`]), as it runs the
+//! core; users of the core and of remote servers reach its rooms alike, through the gateway.
+//!
+//! # Layout
+//! - [`config`]: `[muc]`.
+//! - [`service`]: the rooms of the domain, and where each stanza goes (sans I/O).
+//! - [`room`]: one room: occupants, roles, affiliations, history, subject (sans I/O).
+//! - [`form`]: the `muc#roomconfig` form and the `muc#roominfo` disco form.
+//!
+//! # What a room does (XEP-0045)
+//! 1. A presence to `room@service/nick` enters the room; the first one creates it (§10.1):
+//!    the creator is its owner, the room is locked (others get `<item-not-found/>`) until
+//!    the owner submits the configuration form, an empty one for an instant room.
+//! 2. Entering (§7.2): the checks in the XEP's order (nickname, lock, ban, members-only,
+//!    password, nickname conflict, room full), each refusal with its condition and a text;
+//!    then the occupants' presence to the newcomer, the newcomer's to everyone (110 for
+//!    itself, 100 in a non-anonymous room, 201 for a new room, 210 when the service changed
+//!    the nickname), the history it asked for with `<delay/>`, and the subject.
+//! 3. Groupchat messages go to every occupant from `room/nick` with an XEP-0359
+//!    `<stanza-id/>` and are kept as history; private messages go to one occupant; moderators
+//!    set the subject; nickname changes (303) and leaving are presences.
+//! 4. Moderators kick (307) and give or take voice; admins and owners ban (301) and set
+//!    affiliations; owners configure the room (§10.2, 104/172/173 notices) or destroy it.
+//! 5. Invitations are mediated by the room (§7.8.2); XEP-0249 direct invitations go from
+//!    client to client and need nothing of the service. An occupant's ping to its own
+//!    occupant JID is answered by the room (XEP-0410).
+//!
+//! Rooms live in memory: a persistent room outlives its last occupant, not a restart.
+
+pub mod config;
+pub mod form;
+pub mod room;
+pub mod service;
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::client::{ClientConfig, Component, Event, Target};
+use crate::xml::error::StanzaErrorCondition;
+use crate::xml::stanza::{NsContext, Stanza};
+use crate::xml::Element;
+
+pub use self::config::MucConfig;
+pub use self::service::Service;
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+
+/// The handshake secret of the in-process link: made once per process, never written
+/// anywhere, so that only this process can attach as the service's domain (the gateway puts
+/// it in its backend secrets, and a reload keeps it).
+pub fn in_process_secret() -> &'static str {
+    static SECRET: OnceLock<String> = OnceLock::new();
+    SECRET.get_or_init(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// The error reply to `el` (from where it was sent to, RFC 6120 §8.3), or `None` when none
+/// may be sent (errors, iq results, unavailable presence).
+pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
+    let ctx = NsContext::component();
+    let stanza = Stanza::parse(Bytes::from(el.to_bytes()), &ctx).ok()?;
+    stanza.bounce(cond, Some(text))?.element().ok()
+}
+
+/// A started service.
+pub struct RunningMuc {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Attaches the service to `gateways` as `config.domain` with `secret`, and serves it.
+pub fn start(config: &MucConfig, gateways: Vec<Target>, secret: &str) -> RunningMuc {
+    let component = Component::start(ClientConfig::with_gateways(
+        &config.domain,
+        secret,
+        gateways,
+    ));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(Service::new(config.clone()), component, stop.clone()));
+    RunningMuc { stop, task }
+}
+
+impl RunningMuc {
+    /// Tells every occupant the service is going away (status 332), then closes the link.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One stanza at a time: rooms are the service's alone, so nothing is locked.
+async fn serve(mut service: Service, component: Component, stop: CancellationToken) {
+    let (sender, mut events, stopper) = component.into_parts();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            e = events.recv() => e,
+        };
+        let Some(event) = event else { break };
+        let Event::Stanza(stanza) = event else {
+            continue;
+        };
+        let Ok(el) = stanza.element() else { continue };
+        for out in service.handle(&el, now_ms()) {
+            if sender.send(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+    for out in service.shutdown() {
+        if sender.send(&out).await.is_err() {
+            break;
+        }
+    }
+    stopper.stop().await;
+}
+
+#[cfg(test)]
+mod tests;
