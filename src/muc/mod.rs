@@ -65,11 +65,19 @@ pub fn in_process_secret() -> &'static str {
 }
 
 /// The error reply to `el` (from where it was sent to, RFC 6120 §8.3), or `None` when none
-/// may be sent (errors, iq results, unavailable presence).
+/// may be sent (errors, iq results, unavailable presence). A presence error carries
+/// `<x xmlns='http://jabber.org/protocol/muc'/>` as in XEP-0045's examples: clients match
+/// the error to their join by it.
 pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
     let ctx = NsContext::component();
     let stanza = Stanza::parse(Bytes::from(el.to_bytes()), &ctx).ok()?;
-    stanza.bounce(cond, Some(text))?.element().ok()
+    let mut reply = stanza.bounce(cond, Some(text))?.element().ok()?;
+    if reply.name == "presence" {
+        reply
+            .children
+            .insert(0, crate::xml::Node::Element(Element::new("x", NS_MUC)));
+    }
+    Some(reply)
 }
 
 /// A started service.

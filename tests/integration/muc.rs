@@ -1,0 +1,226 @@
+//! The XEP-0045 chat service (`[muc]`) run by the gateway, with real clients: slixmpp's
+//! xep_0045 plugin signed in to the embedded core, reaching the rooms through the gateway.
+
+use serde_json::json;
+
+use crate::core::{assert_eventually, login, Client};
+use crate::harness::*;
+use fedgate::core::accounts::Accounts;
+use fedgate::gateway::RunningGateway;
+
+const ROOM: &str = "room@conf.a.test";
+
+/// A gateway for a.test with the embedded core and the chat service conf.a.test, and the
+/// accounts alice, bob and carol (password "pw").
+async fn deployment(dns: &TestDns) -> (Instance, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("muc.sqlite");
+    let a = instance(dns, "a.test")
+        .tables(&format!(
+            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"a.test\"\n[muc]\ndomain = \"conf.a.test\"\nhistory_length = 5\n",
+            db.display().to_string()
+        ))
+        .start()
+        .await;
+    assert_eventually(|| a.gw().router.component_attached("a.test")).await;
+    assert_eventually(|| a.gw().router.component_attached("conf.a.test")).await;
+    let core = a.gw().core.as_ref().expect("embedded core");
+    let accounts = Accounts::open(&core.core.config).unwrap();
+    for user in ["alice", "bob", "carol"] {
+        accounts.add(&format!("{user}@a.test"), "pw").unwrap();
+    }
+    (a, dir)
+}
+
+async fn user(gw: &RunningGateway, name: &str) -> Client {
+    let addr = gw.core.as_ref().unwrap().c2s_addrs[0];
+    login(addr, &format!("{name}@a.test/r"), "pw")
+        .muc()
+        .like_a_user()
+        .online()
+        .await
+}
+
+impl Client {
+    /// Runs a tagged MUC command and returns its `muc_result`.
+    async fn muc(&mut self, mut cmd: serde_json::Value, tag: &str) -> serde_json::Value {
+        cmd["tag"] = json!(tag);
+        self.command(cmd).await;
+        self.expect("muc_result", |e| e["tag"] == tag).await
+    }
+
+    async fn join(&mut self, nick: &str, tag: &str) -> serde_json::Value {
+        self.muc(json!({"cmd": "muc_join", "room": ROOM, "nick": nick}), tag)
+            .await
+    }
+}
+
+/// Alice creates the room (an instant room) and says two things.
+async fn alice_opens_the_room(alice: &mut Client, fields: serde_json::Value) {
+    let joined = alice.join("Alice", "create").await;
+    assert_eq!(joined["type"], "result", "{joined}");
+    let codes = joined["codes"].as_array().unwrap();
+    assert!(
+        codes.contains(&json!(201)) && codes.contains(&json!(110)),
+        "{joined}"
+    );
+    assert_eq!(joined["affiliation"], "owner");
+    assert_eq!(joined["role"], "moderator");
+    let configured = alice
+        .muc(
+            json!({"cmd": "muc_configure", "room": ROOM, "fields": {}}),
+            "instant",
+        )
+        .await;
+    assert_eq!(configured["type"], "result", "{configured}");
+    if fields.as_object().is_some_and(|f| !f.is_empty()) {
+        let configured = alice
+            .muc(
+                json!({"cmd": "muc_configure", "room": ROOM, "fields": fields}),
+                "configure",
+            )
+            .await;
+        assert_eq!(configured["type"], "result", "{configured}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_join_talk_privately_and_publicly_and_a_newcomer_gets_the_history() {
+    let dns = TestDns::start().await;
+    let (mut a, _dir) = deployment(&dns).await;
+    let mut alice = user(a.gw(), "alice").await;
+    let mut bob = user(a.gw(), "bob").await;
+
+    // The service is in the domain's disco#items.
+    alice
+        .command(json!({"cmd": "iq", "to": "a.test", "xml": "<query xmlns='http://jabber.org/protocol/disco#items'/>"}))
+        .await;
+    let items = alice.expect("iq_result", |_| true).await;
+    assert!(
+        items["xml"].as_str().unwrap().contains("conf.a.test"),
+        "{items}"
+    );
+
+    alice_opens_the_room(&mut alice, json!({})).await;
+    for body in ["first", "second"] {
+        alice
+            .run(json!({"cmd": "muc_say", "room": ROOM, "body": body}))
+            .await;
+        alice
+            .expect("groupchat", |e| e["body"] == body && e["delay"] == false)
+            .await;
+    }
+
+    // Bob enters: Alice is there, the history comes with <delay/>.
+    let joined = bob.join("Bob", "join").await;
+    assert_eq!(joined["type"], "result", "{joined}");
+    // slixmpp lists every presence of the join, its own last (XEP-0045 §7.2.3's order).
+    assert_eq!(joined["occupants"], json!(["Alice", "Bob"]));
+    assert_eq!(joined["codes"], json!([110]));
+    assert_eq!(joined["role"], "participant");
+    let history: Vec<(&str, &str)> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["nick"].as_str().unwrap(), m["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(history, [("Alice", "first"), ("Alice", "second")]);
+    let p = alice
+        .expect("muc_presence", |e| {
+            e["nick"] == "Bob" && e["type"] == "available"
+        })
+        .await;
+    // Alice is a moderator of a semi-anonymous room: she sees Bob's real JID.
+    assert_eq!(p["jid"], "bob@a.test/r");
+
+    // Groupchat to everyone, with a stanza-id by the room.
+    bob.run(json!({"cmd": "muc_say", "room": ROOM, "body": "hello all"}))
+        .await;
+    let m = alice
+        .expect("groupchat", |e| e["body"] == "hello all")
+        .await;
+    assert_eq!(m["nick"], "Bob");
+    assert!(m["stanza_id"].is_string(), "{m}");
+    bob.expect("groupchat", |e| e["body"] == "hello all").await;
+
+    // A private message through the room.
+    bob.command(
+        json!({"cmd": "message", "to": format!("{ROOM}/Alice"), "body": "psst", "type": "chat"}),
+    )
+    .await;
+    let pm = alice.expect("message", |e| e["body"] == "psst").await;
+    assert_eq!(pm["from"], format!("{ROOM}/Bob"));
+
+    // Nickname conflict.
+    let mut carol = user(a.gw(), "carol").await;
+    let refused = carol.join("alice", "conflict").await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["condition"], "conflict");
+    assert!(refused["text"].as_str().is_some_and(|t| !t.is_empty()));
+
+    // Leaving.
+    bob.run(json!({"cmd": "muc_leave", "room": ROOM, "nick": "Bob"}))
+        .await;
+    alice
+        .expect("muc_presence", |e| {
+            e["nick"] == "Bob" && e["type"] == "unavailable"
+        })
+        .await;
+    alice.quit().await;
+    bob.quit().await;
+    carol.quit().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_moderated_room_a_visitor_needs_voice_and_a_banned_user_stays_out() {
+    let dns = TestDns::start().await;
+    let (mut a, _dir) = deployment(&dns).await;
+    let mut alice = user(a.gw(), "alice").await;
+    let mut bob = user(a.gw(), "bob").await;
+    alice_opens_the_room(&mut alice, json!({"muc#roomconfig_moderatedroom": true})).await;
+
+    let joined = bob.join("Bob", "join").await;
+    assert_eq!(joined["role"], "visitor", "{joined}");
+    bob.run(json!({"cmd": "muc_say", "room": ROOM, "body": "may I?"}))
+        .await;
+    let refused = bob.expect("message", |e| e["type"] == "error").await;
+    assert_eq!(refused["condition"], "forbidden", "{refused}");
+
+    // Voice.
+    let r = alice
+        .muc(
+            json!({"cmd": "muc_role", "room": ROOM, "nick": "Bob", "role": "participant"}),
+            "voice",
+        )
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    bob.expect("muc_presence", |e| {
+        e["nick"] == "Bob" && e["role"] == "participant"
+    })
+    .await;
+    bob.run(json!({"cmd": "muc_say", "room": ROOM, "body": "thanks"}))
+        .await;
+    alice.expect("groupchat", |e| e["body"] == "thanks").await;
+
+    // A ban: Bob is removed with 301 and cannot come back.
+    let r = alice
+        .muc(json!({"cmd": "muc_affiliation", "room": ROOM, "jid": "bob@a.test", "affiliation": "outcast"}), "ban")
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let gone = bob
+        .expect("muc_presence", |e| {
+            e["nick"] == "Bob" && e["type"] == "unavailable"
+        })
+        .await;
+    assert!(
+        gone["codes"].as_array().unwrap().contains(&json!(301)),
+        "{gone}"
+    );
+    let refused = bob.join("Bob", "again").await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["condition"], "forbidden", "{refused}");
+    alice.quit().await;
+    bob.quit().await;
+    a.stop().await;
+}
