@@ -57,6 +57,9 @@ pub enum GatewayError {
     Tls(#[from] TlsError),
     #[error("core: {0}")]
     Core(#[from] crate::core::CoreError),
+    /// The chat service's rooms could not be read from the core's database.
+    #[error("chat service (muc): database {0}")]
+    Muc(#[from] crate::core::storage::StorageError),
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
@@ -241,10 +244,15 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         }
         None => None,
     };
-    let muc = config.muc.as_ref().map(|m| {
-        let link = component::client::Target::Local(component_link.clone());
-        crate::muc::start(m, vec![link], crate::muc::in_process_secret())
-    });
+    let muc = match &config.muc {
+        Some(m) => {
+            let link = component::client::Target::Local(component_link.clone());
+            let storage = core.as_ref().map(|c| c.core.storage.clone());
+            let secret = crate::muc::in_process_secret();
+            Some(crate::muc::start(m, vec![link], secret, storage).await?)
+        }
+        None => None,
+    };
 
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;

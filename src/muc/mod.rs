@@ -8,6 +8,7 @@
 //! - [`service`]: the rooms of the domain, and where each stanza goes (sans I/O).
 //! - [`room`]: one room: occupants, roles, affiliations, history, subject (sans I/O).
 //! - [`form`]: the `muc#roomconfig` form and the `muc#roominfo` disco form.
+//! - [`store`]: persistent rooms in the core's database (all the service's SQL).
 //!
 //! # What a room does (XEP-0045)
 //! 1. A presence to `room@service/nick` enters the room; the first one creates it (§10.1):
@@ -27,12 +28,16 @@
 //!    client to client and need nothing of the service. An occupant's ping to its own
 //!    occupant JID is answered by the room (XEP-0410).
 //!
-//! Rooms live in memory: a persistent room outlives its last occupant, not a restart.
+//! Rooms live in memory. With the core in the same process (`[core]`), persistent rooms
+//! (their configuration, subject and affiliations, not their history) are kept in the core's
+//! database and come back after a restart; without it a persistent room outlives its last
+//! occupant, not the process.
 
 pub mod config;
 pub mod form;
 pub mod room;
 pub mod service;
+pub mod store;
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -42,12 +47,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::client::{ClientConfig, Component, Event, Target};
+use crate::core::storage::{Storage, StorageError};
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::Element;
 
 pub use self::config::MucConfig;
-pub use self::service::Service;
+pub use self::service::{Change, Service};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -86,16 +92,31 @@ pub struct RunningMuc {
     task: JoinHandle<()>,
 }
 
-/// Attaches the service to `gateways` as `config.domain` with `secret`, and serves it.
-pub fn start(config: &MucConfig, gateways: Vec<Target>, secret: &str) -> RunningMuc {
+/// Attaches the service to `gateways` as `config.domain` with `secret`, and serves it. With
+/// `storage`, the persistent rooms stored there come back and changes are written to it.
+pub async fn start(
+    config: &MucConfig,
+    gateways: Vec<Target>,
+    secret: &str,
+    storage: Option<Storage>,
+) -> Result<RunningMuc, StorageError> {
+    let service = match &storage {
+        Some(db) => {
+            let domain = config.domain.clone();
+            let stored = db.call(move |c| store::load(c, &domain)).await?;
+            tracing::info!(rooms = stored.len(), "persistent chat rooms loaded");
+            Service::with_stored(config.clone(), stored)
+        }
+        None => Service::new(config.clone()),
+    };
     let component = Component::start(ClientConfig::with_gateways(
         &config.domain,
         secret,
         gateways,
     ));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(Service::new(config.clone()), component, stop.clone()));
-    RunningMuc { stop, task }
+    let task = tokio::spawn(serve(service, component, storage, stop.clone()));
+    Ok(RunningMuc { stop, task })
 }
 
 impl RunningMuc {
@@ -112,8 +133,29 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Writes what the service noted; a failure is logged and the room stays as it is in
+/// memory.
+async fn write_changes(service: &mut Service, storage: &Option<Storage>) {
+    let Some(db) = storage else { return };
+    for change in service.take_changes() {
+        let domain = service.domain().to_owned();
+        let result = match change {
+            Change::Save(room) => db.call(move |c| store::save(c, &domain, &room)).await,
+            Change::Delete(room) => db.call(move |c| store::delete(c, &domain, &room)).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!("cannot store a chat room: {e}");
+        }
+    }
+}
+
 /// One stanza at a time: rooms are the service's alone, so nothing is locked.
-async fn serve(mut service: Service, component: Component, stop: CancellationToken) {
+async fn serve(
+    mut service: Service,
+    component: Component,
+    storage: Option<Storage>,
+    stop: CancellationToken,
+) {
     let (sender, mut events, stopper) = component.into_parts();
     loop {
         let event = tokio::select! {
@@ -125,7 +167,9 @@ async fn serve(mut service: Service, component: Component, stop: CancellationTok
             continue;
         };
         let Ok(el) = stanza.element() else { continue };
-        for out in service.handle(&el, now_ms()) {
+        let replies = service.handle(&el, now_ms());
+        write_changes(&mut service, &storage).await;
+        for out in replies {
             if sender.send(&out).await.is_err() {
                 return;
             }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use precis_profiles::precis_core::profile::PrecisFastInvocation;
 use precis_profiles::Nickname;
 
+use super::store::StoredRoom;
 use super::{error_reply, NS_DELAY, NS_MUC, NS_MUC_USER, NS_SID};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
@@ -146,6 +147,11 @@ pub struct Room {
     /// The subject and the nickname that set it.
     pub subject: Option<(String, String)>,
     pub history: VecDeque<HistoryItem>,
+    /// What is stored of a persistent room (configuration, subject, affiliations) changed
+    /// since the service last looked.
+    pub dirty: bool,
+    /// The room is in the database.
+    pub stored: bool,
 }
 
 /// What the service around the room decides with, per call.
@@ -237,6 +243,39 @@ impl Room {
             occupants: Vec::new(),
             subject: None,
             history: VecDeque::new(),
+            dirty: false,
+            stored: false,
+        }
+    }
+
+    /// A persistent room as the database kept it: configured, empty.
+    pub fn from_stored(jid: String, stored: StoredRoom) -> Room {
+        Room {
+            jid,
+            config: stored.config,
+            locked: false,
+            affiliations: stored.affiliations.into_iter().collect(),
+            occupants: Vec::new(),
+            subject: stored.subject,
+            history: VecDeque::new(),
+            dirty: false,
+            stored: true,
+        }
+    }
+
+    /// What the database keeps of the room, whose localpart is `local`.
+    pub fn record(&self, local: &str) -> StoredRoom {
+        let mut affiliations: Vec<(String, Affiliation)> = self
+            .affiliations
+            .iter()
+            .map(|(j, a)| (j.clone(), *a))
+            .collect();
+        affiliations.sort();
+        StoredRoom {
+            room: local.to_owned(),
+            config: self.config.clone(),
+            subject: self.subject.clone(),
+            affiliations,
         }
     }
 
@@ -604,6 +643,7 @@ impl Room {
             }
             let text = subject.text();
             self.subject = (!text.is_empty()).then(|| (sender.nick.clone(), text));
+            self.dirty = true;
             let nick = sender.nick.clone();
             let message = self.stamped_message(el, &nick, false);
             self.fan_out(&message, cx.out);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::form::{self, NS_DATA};
 use super::room::{nick_key, Affiliation, Context, Role, Room, Whois};
+use super::store::StoredRoom;
 use super::{error_reply, MucConfig, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER, NS_SID};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
@@ -24,6 +25,17 @@ pub struct Service {
     config: MucConfig,
     /// Localpart of the room (canonical) → room.
     rooms: HashMap<String, Room>,
+    /// Persistent rooms are stored: changes are noted for [`Service::take_changes`].
+    persist: bool,
+    changes: Vec<Change>,
+}
+
+/// A change to what the database keeps, for the service's task to write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Save(StoredRoom),
+    /// The room (its localpart) is destroyed or no longer persistent.
+    Delete(String),
 }
 
 /// Counts for the metrics, read after each stanza.
@@ -34,11 +46,30 @@ pub struct Counts {
 }
 
 impl Service {
+    /// A service whose rooms live in memory only.
     pub fn new(config: MucConfig) -> Service {
         Service {
             config,
             rooms: HashMap::new(),
+            persist: false,
+            changes: Vec::new(),
         }
+    }
+
+    /// A service that stores its persistent rooms, starting with those stored before.
+    pub fn with_stored(config: MucConfig, stored: Vec<StoredRoom>) -> Service {
+        let mut s = Service::new(config);
+        s.persist = true;
+        for r in stored {
+            let jid = format!("{}@{}", r.room, s.config.domain);
+            s.rooms.insert(r.room.clone(), Room::from_stored(jid, r));
+        }
+        s
+    }
+
+    /// What to write to the database since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     pub fn domain(&self) -> &str {
@@ -75,16 +106,35 @@ impl Service {
             Some(local) => {
                 let local = local.to_owned();
                 self.to_room(el, &from, &local, to.resource(), now_ms, &mut out);
-                if self
-                    .rooms
-                    .get(&local)
-                    .is_some_and(Room::is_empty_and_temporary)
-                {
-                    self.rooms.remove(&local);
-                }
+                self.after(&local);
             }
         }
         out
+    }
+
+    /// Notes what the database must learn about the room, and forgets it when it is empty
+    /// and temporary.
+    fn after(&mut self, local: &str) {
+        let Some(room) = self.rooms.get_mut(local) else {
+            return;
+        };
+        if room.dirty {
+            room.dirty = false;
+            let keep = room.config.persistent && !room.locked;
+            if keep && self.persist {
+                self.changes.push(Change::Save(room.record(local)));
+                room.stored = true;
+            } else if room.stored {
+                self.changes.push(Change::Delete(local.to_owned()));
+                room.stored = false;
+            }
+        }
+        if room.is_empty_and_temporary() {
+            if room.stored {
+                self.changes.push(Change::Delete(local.to_owned()));
+            }
+            self.rooms.remove(local);
+        }
     }
 
     /// Every occupant is told the service is going away (§7.14 with status 332).
@@ -323,6 +373,7 @@ fn invitation(room: &mut Room, el: &Element, x: &Element, from: &Jid, out: &mut 
             room.affiliations
                 .entry(to.bare().to_string())
                 .or_insert(Affiliation::Member);
+            room.dirty = true;
         }
         let mut inv = Element::new("invite", NS_MUC_USER).with_attr("from", from.to_string());
         if let Some(r) = invite.child("reason", NS_MUC_USER) {
@@ -486,6 +537,7 @@ fn owner_iq(room: &mut Room, el: &Element, query: &Element, from: &Jid, cx: &mut
     let was_locked = room.locked;
     let old = std::mem::replace(&mut room.config, new);
     room.locked = false;
+    room.dirty = true;
     while room.history.len() > room.config.history_length {
         room.history.pop_front();
     }
@@ -531,6 +583,7 @@ fn destroy_room(room: &mut Room, destroy: &Element, out: &mut Vec<Element>) {
     }
     room.occupants.clear();
     room.config.persistent = false;
+    room.dirty = true;
 }
 
 /// §8 (roles: kick, voice) and §9 (affiliations: ban, members, admins, owners), and the
@@ -767,6 +820,7 @@ fn set_affiliation(
         ));
     }
     let _ = actor;
+    room.dirty = true;
     let key = target.to_string();
     if affiliation == Affiliation::None {
         room.affiliations.remove(&key);

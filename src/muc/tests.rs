@@ -712,3 +712,130 @@ fn a_stopping_service_tells_every_occupant_with_332_and_bounced_presence_removes
     assert_eq!(out.len(), 1);
     assert_eq!(codes(&out[0]), [332, 110]);
 }
+
+fn stored_service(stored: Vec<store::StoredRoom>) -> Service {
+    Service::with_stored(
+        MucConfig {
+            domain: "conf.test".into(),
+            ..MucConfig::default()
+        },
+        stored,
+    )
+}
+
+#[test]
+fn persistent_rooms_note_their_changes_for_the_database() {
+    let mut s = stored_service(Vec::new());
+    instant_room(&mut s);
+    // A temporary room is never stored.
+    assert_eq!(s.take_changes(), []);
+    configure(&mut s, &[("muc#roomconfig_persistentroom", "1")]);
+    let changes = s.take_changes();
+    let [Change::Save(saved)] = changes.as_slice() else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(saved.room, "room");
+    assert!(saved.config.persistent);
+    assert_eq!(
+        saved.affiliations,
+        [("alice@a.test".to_string(), room::Affiliation::Owner)]
+    );
+    // A groupchat message changes nothing stored; a subject and an affiliation do.
+    send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><body>x</body></message>");
+    assert_eq!(s.take_changes(), []);
+    send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><subject>Topic</subject></message>");
+    let changes = s.take_changes();
+    assert!(
+        matches!(&changes[..], [Change::Save(r)] if r.subject == Some(("Alice".into(), "Topic".into())))
+    );
+    admin(
+        &mut s,
+        "alice@a.test/phone",
+        "<item jid='bob@b.test' affiliation='member'/>",
+    );
+    let changes = s.take_changes();
+    assert!(matches!(&changes[..], [Change::Save(r)] if r.affiliations.len() == 2));
+    // Made temporary again: deleted, and the empty room goes away when Alice leaves.
+    configure(&mut s, &[("muc#roomconfig_persistentroom", "0")]);
+    assert_eq!(s.take_changes(), [Change::Delete("room".into())]);
+    configure(&mut s, &[("muc#roomconfig_persistentroom", "1")]);
+    s.take_changes();
+    // Destroyed: deleted.
+    let out = send(&mut s, "<iq from='alice@a.test/phone' to='room@conf.test' type='set' id='x'><query xmlns='http://jabber.org/protocol/muc#owner'><destroy><reason>done</reason></destroy></query></iq>");
+    let gone = out
+        .iter()
+        .find(|e| e.attr("type") == Some("unavailable"))
+        .unwrap();
+    assert!(gone
+        .child("x", NS_MUC_USER)
+        .unwrap()
+        .child("destroy", NS_MUC_USER)
+        .is_some());
+    assert_eq!(s.take_changes(), [Change::Delete("room".into())]);
+    assert_eq!(s.counts().rooms, 0);
+}
+
+#[test]
+fn stored_rooms_come_back_configured_with_their_affiliations_and_subject() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    crate::core::storage::migrate(&mut conn).unwrap();
+    let mut s = stored_service(Vec::new());
+    instant_room(&mut s);
+    configure(
+        &mut s,
+        &[
+            ("muc#roomconfig_persistentroom", "1"),
+            ("muc#roomconfig_membersonly", "1"),
+            ("muc#roomconfig_roomname", "Plans"),
+        ],
+    );
+    admin(
+        &mut s,
+        "alice@a.test/phone",
+        "<item jid='bob@b.test' affiliation='member'/>",
+    );
+    admin(
+        &mut s,
+        "alice@a.test/phone",
+        "<item jid='eve@e.test' affiliation='outcast'/>",
+    );
+    send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><subject>Topic</subject></message>");
+    for change in s.take_changes() {
+        match change {
+            Change::Save(r) => store::save(&mut conn, "conf.test", &r).unwrap(),
+            Change::Delete(r) => store::delete(&mut conn, "conf.test", &r).unwrap(),
+        }
+    }
+    // Another service's rooms are its own.
+    assert!(store::load(&mut conn, "other.test").unwrap().is_empty());
+    let stored = store::load(&mut conn, "conf.test").unwrap();
+    assert_eq!(stored.len(), 1);
+    // A restart: the room is there, unlocked, with its rules.
+    let mut s = stored_service(stored);
+    let out = join(&mut s, "carol@c.test/x", "room@conf.test/Carol");
+    assert_eq!(condition(&out[0]), "registration-required");
+    let out = join(&mut s, "eve@e.test/x", "room@conf.test/Eve");
+    assert_eq!(condition(&out[0]), "forbidden");
+    let out = join(&mut s, "bob@b.test/pc", "room@conf.test/Bob");
+    let last = out.last().unwrap();
+    assert_eq!(
+        last.child("subject", ns::COMPONENT).unwrap().text(),
+        "Topic"
+    );
+    let out = join(&mut s, "alice@a.test/phone", "room@conf.test/Alice");
+    let own = out.iter().find(|e| codes(e).contains(&110)).unwrap();
+    assert_eq!(item(own).attr("affiliation"), Some("owner"));
+    assert!(!codes(own).contains(&201), "not a new room");
+    // The empty persistent room stays after everyone leaves.
+    send(
+        &mut s,
+        "<presence from='alice@a.test/phone' to='room@conf.test/Alice' type='unavailable'/>",
+    );
+    send(
+        &mut s,
+        "<presence from='bob@b.test/pc' to='room@conf.test/Bob' type='unavailable'/>",
+    );
+    assert_eq!(s.counts().rooms, 1);
+    store::delete(&mut conn, "conf.test", "room").unwrap();
+    assert!(store::load(&mut conn, "conf.test").unwrap().is_empty());
+}
