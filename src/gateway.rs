@@ -249,7 +249,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             let link = component::client::Target::Local(component_link.clone());
             let storage = core.as_ref().map(|c| c.core.storage.clone());
             let secret = crate::muc::in_process_secret();
-            Some(crate::muc::start(m, vec![link], secret, storage).await?)
+            let figures = Some(metrics.muc.clone());
+            Some(crate::muc::start(m, vec![link], secret, storage, figures).await?)
         }
         None => None,
     };

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::client::{ClientConfig, Component, Event, Target};
 use crate::core::storage::{Storage, StorageError};
+use crate::metrics::MucMetrics;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::Element;
@@ -99,6 +100,7 @@ pub async fn start(
     gateways: Vec<Target>,
     secret: &str,
     storage: Option<Storage>,
+    metrics: Option<MucMetrics>,
 ) -> Result<RunningMuc, StorageError> {
     let service = match &storage {
         Some(db) => {
@@ -115,7 +117,7 @@ pub async fn start(
         gateways,
     ));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(service, component, storage, stop.clone()));
+    let task = tokio::spawn(serve(service, component, storage, metrics, stop.clone()));
     Ok(RunningMuc { stop, task })
 }
 
@@ -126,6 +128,9 @@ impl RunningMuc {
         let _ = self.task.await;
     }
 }
+
+/// How often the room and occupant gauges are brought up to date.
+const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -154,12 +159,25 @@ async fn serve(
     mut service: Service,
     component: Component,
     storage: Option<Storage>,
+    metrics: Option<MucMetrics>,
     stop: CancellationToken,
 ) {
     let (sender, mut events, stopper) = component.into_parts();
+    // The gauges are counted over all rooms: once a second, not per stanza.
+    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted = 0;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = gauges.tick() => {
+                if let Some(m) = &metrics {
+                    let c = service.counts();
+                    m.rooms.set(c.rooms as i64);
+                    m.occupants.set(c.occupants as i64);
+                }
+                continue;
+            }
             e = events.recv() => e,
         };
         let Some(event) = event else { break };
@@ -168,6 +186,10 @@ async fn serve(
         };
         let Ok(el) = stanza.element() else { continue };
         let replies = service.handle(&el, now_ms());
+        if let Some(m) = &metrics {
+            m.messages.inc_by(service.messages() - counted);
+            counted = service.messages();
+        }
         write_changes(&mut service, &storage).await;
         for out in replies {
             if sender.send(&out).await.is_err() {

@@ -620,15 +620,15 @@ impl Room {
     }
 
     /// A message to the room's bare JID from `from`: groupchat (to everyone, kept in the
-    /// history), a subject change, or a mediated invitation (handled by the service).
-    pub fn handle_groupchat(&mut self, el: &Element, from: &Jid, cx: &mut Context<'_>) {
+    /// history) or a subject change. True when a message went to the occupants.
+    pub fn handle_groupchat(&mut self, el: &Element, from: &Jid, cx: &mut Context<'_>) -> bool {
         let Some(i) = self.occupant_of(from) else {
             cx.out.extend(error_reply(
                 el,
                 StanzaErrorCondition::NotAcceptable,
                 "only occupants may send messages to the room: join it first",
             ));
-            return;
+            return false;
         };
         let sender = &self.occupants[i];
         if let Some(subject) = el.child("subject", ns::COMPONENT) {
@@ -639,7 +639,7 @@ impl Room {
                     StanzaErrorCondition::Forbidden,
                     "only moderators may change the subject",
                 ));
-                return;
+                return false;
             }
             let text = subject.text();
             self.subject = (!text.is_empty()).then(|| (sender.nick.clone(), text));
@@ -647,7 +647,7 @@ impl Room {
             let nick = sender.nick.clone();
             let message = self.stamped_message(el, &nick, false);
             self.fan_out(&message, cx.out);
-            return;
+            return true;
         }
         if sender.role < Role::Participant {
             cx.out.extend(error_reply(
@@ -655,7 +655,7 @@ impl Room {
                 StanzaErrorCondition::Forbidden,
                 "visitors may not speak in this moderated room: ask a moderator for voice",
             ));
-            return;
+            return false;
         }
         let nick = sender.nick.clone();
         let message = self.stamped_message(el, &nick, true);
@@ -675,6 +675,7 @@ impl Room {
                 self.history.pop_front();
             }
         }
+        true
     }
 
     /// The message as the room relays it: from `room/nick`, type groupchat, its children,

@@ -28,6 +28,8 @@ pub struct Service {
     /// Persistent rooms are stored: changes are noted for [`Service::take_changes`].
     persist: bool,
     changes: Vec<Change>,
+    /// Groupchat messages relayed since the start.
+    messages: u64,
 }
 
 /// A change to what the database keeps, for the service's task to write.
@@ -43,6 +45,8 @@ pub enum Change {
 pub struct Counts {
     pub rooms: usize,
     pub occupants: usize,
+    /// Groupchat messages relayed since the start.
+    pub messages: u64,
 }
 
 impl Service {
@@ -53,6 +57,7 @@ impl Service {
             rooms: HashMap::new(),
             persist: false,
             changes: Vec::new(),
+            messages: 0,
         }
     }
 
@@ -80,7 +85,13 @@ impl Service {
         Counts {
             rooms: self.rooms.len(),
             occupants: self.rooms.values().map(|r| r.occupants.len()).sum(),
+            messages: self.messages,
         }
+    }
+
+    /// Groupchat messages relayed since the start (cheap, unlike [`Service::counts`]).
+    pub fn messages(&self) -> u64 {
+        self.messages
     }
 
     /// A room, for tests and the service's own use.
@@ -279,7 +290,9 @@ impl Service {
                 if let Some(x) = el.child("x", NS_MUC_USER) {
                     invitation(room, el, x, from, cx.out);
                 } else if el.attr("type") == Some("groupchat") {
-                    room.handle_groupchat(el, from, &mut cx);
+                    if room.handle_groupchat(el, from, &mut cx) {
+                        self.messages += 1;
+                    }
                 } else {
                     cx.out.extend(error_reply(
                         el,

@@ -158,6 +158,19 @@ async fn two_users_join_talk_privately_and_publicly_and_a_newcomer_gets_the_hist
     assert_eq!(refused["condition"], "conflict");
     assert!(refused["text"].as_str().is_some_and(|t| !t.is_empty()));
 
+    // The metrics: one room, its three messages; the occupant gauge follows within a second.
+    let mut scraped = String::new();
+    for _ in 0..50 {
+        scraped = a.metrics().await;
+        if metric(&scraped, "fedgate_muc_occupants") == 2.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&scraped, "fedgate_muc_occupants"), 2.0, "{scraped}");
+    assert_eq!(metric(&scraped, "fedgate_muc_rooms"), 1.0);
+    assert_eq!(metric(&scraped, "fedgate_muc_messages_total"), 3.0);
+
     // Leaving.
     bob.run(json!({"cmd": "muc_leave", "room": ROOM, "nick": "Bob"}))
         .await;
