@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::certs::CertSpec;
 use crate::core::{assert_eventually, login, Client};
 use crate::harness::*;
 use fedgate::core::accounts::Accounts;
@@ -13,28 +14,55 @@ const ROOM: &str = "room@conf.a.test";
 /// A gateway for a.test with the embedded core and the chat service conf.a.test, and the
 /// accounts alice, bob and carol (password "pw").
 async fn deployment(dns: &TestDns) -> (Instance, tempfile::TempDir) {
+    deployment_of(dns, "a.test", Some("conf.a.test")).await
+}
+
+/// A gateway for `domain` with the embedded core (accounts alice, bob and carol, password
+/// "pw") and, with `muc`, the chat service on that domain, which is in DNS and in the
+/// gateway's certificate like the domain itself.
+async fn deployment_of(
+    dns: &TestDns,
+    domain: &str,
+    muc: Option<&str>,
+) -> (Instance, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("muc.sqlite");
-    let a = instance(dns, "a.test")
-        .tables(&format!(
-            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"a.test\"\n[muc]\ndomain = \"conf.a.test\"\nhistory_length = 5\n",
-            db.display().to_string()
-        ))
+    let mut names = vec![domain];
+    names.extend(muc);
+    let mut tables = format!(
+        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{domain}\"\n",
+        db.display().to_string()
+    );
+    if let Some(m) = muc {
+        tables.push_str(&format!("[muc]\ndomain = \"{m}\"\nhistory_length = 5\n"));
+    }
+    let a = instance(dns, domain)
+        .cert(CertSpec::for_names(&names))
+        .cert_domains(&names)
+        .tables(&tables)
         .start()
         .await;
-    assert_eventually(|| a.gw().router.component_attached("a.test")).await;
-    assert_eventually(|| a.gw().router.component_attached("conf.a.test")).await;
+    for name in &names {
+        assert_eventually(|| a.gw().router.component_attached(name)).await;
+    }
+    if let Some(m) = muc {
+        dns.add(m, a.ip);
+    }
     let core = a.gw().core.as_ref().expect("embedded core");
     let accounts = Accounts::open(&core.core.config).unwrap();
     for user in ["alice", "bob", "carol"] {
-        accounts.add(&format!("{user}@a.test"), "pw").unwrap();
+        accounts.add(&format!("{user}@{domain}"), "pw").unwrap();
     }
     (a, dir)
 }
 
 async fn user(gw: &RunningGateway, name: &str) -> Client {
+    user_at(gw, &format!("{name}@a.test")).await
+}
+
+async fn user_at(gw: &RunningGateway, account: &str) -> Client {
     let addr = gw.core.as_ref().unwrap().c2s_addrs[0];
-    login(addr, &format!("{name}@a.test/r"), "pw")
+    login(addr, &format!("{account}/r"), "pw")
         .muc()
         .like_a_user()
         .online()
@@ -235,5 +263,55 @@ async fn in_a_moderated_room_a_visitor_needs_voice_and_a_banned_user_stays_out()
     assert_eq!(refused["condition"], "forbidden", "{refused}");
     alice.quit().await;
     bob.quit().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_another_server_joins_across_s2s_and_talks_with_a_local_one() {
+    let dns = TestDns::start().await;
+    let (mut a, _dir_a) = deployment(&dns).await;
+    let (mut b, _dir_b) = deployment_of(&dns, "b.test", None).await;
+    let mut alice = user(a.gw(), "alice").await;
+    let mut bob = user_at(b.gw(), "bob@b.test").await;
+    alice_opens_the_room(&mut alice, json!({"muc#roomconfig_whois": "anyone"})).await;
+    alice
+        .run(json!({"cmd": "muc_say", "room": ROOM, "body": "before you came"}))
+        .await;
+
+    // Bob's join goes from b.test's core through both gateways and s2s to conf.a.test.
+    let joined = bob.join("Bob", "join").await;
+    assert_eq!(joined["type"], "result", "{joined}");
+    let codes = joined["codes"].as_array().unwrap();
+    assert!(codes.contains(&json!(100)), "non-anonymous: {joined}");
+    assert_eq!(joined["history"][0]["body"], "before you came");
+    let p = alice
+        .expect("muc_presence", |e| {
+            e["nick"] == "Bob" && e["type"] == "available"
+        })
+        .await;
+    assert_eq!(p["jid"], "bob@b.test/r");
+    bob.run(json!({"cmd": "muc_say", "room": ROOM, "body": "hello from b"}))
+        .await;
+    alice
+        .expect("groupchat", |e| {
+            e["body"] == "hello from b" && e["nick"] == "Bob"
+        })
+        .await;
+    alice
+        .run(json!({"cmd": "muc_say", "room": ROOM, "body": "welcome"}))
+        .await;
+    bob.expect("groupchat", |e| {
+        e["body"] == "welcome" && e["nick"] == "Alice"
+    })
+    .await;
+    // Bob's server ending his session tells the room (his directed presence is undone).
+    bob.quit().await;
+    alice
+        .expect("muc_presence", |e| {
+            e["nick"] == "Bob" && e["type"] == "unavailable"
+        })
+        .await;
+    alice.quit().await;
+    b.stop().await;
     a.stop().await;
 }
