@@ -315,3 +315,46 @@ async fn a_user_of_another_server_joins_across_s2s_and_talks_with_a_local_one() 
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_comes_back_after_a_restart_with_its_rules_and_subject() {
+    let dns = TestDns::start().await;
+    let (mut a, _dir) = deployment(&dns).await;
+    let mut alice = user(a.gw(), "alice").await;
+    alice_opens_the_room(
+        &mut alice,
+        json!({"muc#roomconfig_persistentroom": true, "muc#roomconfig_membersonly": true}),
+    )
+    .await;
+    alice
+        .run(json!({"cmd": "muc_subject", "room": ROOM, "subject": "Kept"}))
+        .await;
+    let r = alice
+        .muc(json!({"cmd": "muc_affiliation", "room": ROOM, "jid": "bob@a.test", "affiliation": "member"}), "member")
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    alice.quit().await;
+
+    a.stop().await;
+    a.restart().await;
+    assert_eventually(|| a.gw().router.component_attached("conf.a.test")).await;
+
+    // Members-only still: Carol is refused, Bob (a member) enters and gets the subject.
+    let mut carol = user(a.gw(), "carol").await;
+    let refused = carol.join("Carol", "join").await;
+    assert_eq!(refused["condition"], "registration-required", "{refused}");
+    let mut bob = user(a.gw(), "bob").await;
+    let joined = bob.join("Bob", "join").await;
+    assert_eq!(joined["type"], "result", "{joined}");
+    assert_eq!(joined["affiliation"], "member");
+    assert_eq!(joined["subject"], "Kept");
+    // Alice is still its owner, and the room is not new.
+    let mut alice = user(a.gw(), "alice").await;
+    let joined = alice.join("Alice", "rejoin").await;
+    assert_eq!(joined["affiliation"], "owner", "{joined}");
+    assert!(!joined["codes"].as_array().unwrap().contains(&json!(201)));
+    alice.quit().await;
+    bob.quit().await;
+    carol.quit().await;
+    a.stop().await;
+}
