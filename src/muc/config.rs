@@ -26,6 +26,10 @@ pub struct MucConfig {
     /// Occupants a new room admits (`muc#roomconfig_maxusers`, which its owner may lower or
     /// raise up to this), besides its owners and admins. Default `200`.
     pub max_occupants: usize,
+    /// Messages each room's XEP-0313 archive keeps, the oldest deleted first. Default
+    /// `10000`; `0` keeps no room archives. Archives are kept only with `[core]` in the same
+    /// process (in its database), for a year at most.
+    pub archive_max_messages: usize,
 }
 
 impl Default for MucConfig {
@@ -36,6 +40,7 @@ impl Default for MucConfig {
             max_history: 100,
             max_rooms: 1000,
             max_occupants: 200,
+            archive_max_messages: 10_000,
         }
     }
 }

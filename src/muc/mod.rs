@@ -27,6 +27,9 @@
 //! 5. Invitations are mediated by the room (§7.8.2); XEP-0249 direct invitations go from
 //!    client to client and need nothing of the service. An occupant's ping to its own
 //!    occupant JID is answered by the room (XEP-0410).
+//! 6. With the core's database, each room has an XEP-0313 archive (`urn:xmpp:mam:2`, the
+//!    core's query, RSM and form code): its groupchat messages with a body, the
+//!    `<stanza-id/>` of each copy being its archive id; whoever may enter may query it.
 //!
 //! Rooms live in memory. With the core in the same process (`[core]`), persistent rooms
 //! (their configuration, subject and affiliations, not their history) are kept in the core's
@@ -46,7 +49,8 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::client::{ClientConfig, Component, Event, Target};
+use crate::component::client::{ClientConfig, Component, Event, Sender, Target};
+use crate::core::mam::{self, store::ArchiveLimits, store::NewMessage};
 use crate::core::storage::{Storage, StorageError};
 use crate::metrics::MucMetrics;
 use crate::xml::error::StanzaErrorCondition;
@@ -138,19 +142,127 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Writes what the service noted; a failure is logged and the room stays as it is in
-/// memory.
-async fn write_changes(service: &mut Service, storage: &Option<Storage>) {
+/// How long a room archive keeps a message.
+const ROOM_ARCHIVE_RETENTION: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Does the database work the service noted: stores rooms, archives messages (putting the
+/// archive's id into the stanza-ids of `replies`), answers archive queries through `sender`.
+/// A failure is logged (or answered, for a query); the rooms stay as they are in memory.
+async fn do_changes(
+    service: &mut Service,
+    storage: &Option<Storage>,
+    replies: &mut [Element],
+    sender: &Sender,
+) {
     let Some(db) = storage else { return };
     for change in service.take_changes() {
         let domain = service.domain().to_owned();
         let result = match change {
             Change::Save(room) => db.call(move |c| store::save(c, &domain, &room)).await,
             Change::Delete(room) => db.call(move |c| store::delete(c, &domain, &room)).await,
+            Change::Archive {
+                room,
+                with,
+                message,
+                placeholder,
+            } => {
+                let local = room.split('@').next().unwrap_or_default().to_owned();
+                let stanza = mam::stored_form(&message);
+                let limits = ArchiveLimits {
+                    retention: ROOM_ARCHIVE_RETENTION,
+                    max_messages: service.archive_max_messages(),
+                };
+                let now = now_ms();
+                let archived = db
+                    .call(move |c| {
+                        let m = NewMessage {
+                            owner: &room,
+                            with_bare: &with,
+                            with_full: &with,
+                            stanza: &stanza,
+                        };
+                        mam::store::archive_now(c, &m, &limits, now)
+                    })
+                    .await;
+                match archived {
+                    Ok(Some(id)) => {
+                        let id = id.to_string();
+                        for r in replies.iter_mut() {
+                            service::set_stanza_id(r, &placeholder, &id);
+                        }
+                        service.set_archive_id(&local, &placeholder, &id);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Change::Query {
+                iq,
+                room,
+                queryid,
+                query,
+                check,
+            } => {
+                answer_query(db, sender, &iq, room, queryid, query, check).await;
+                Ok(())
+            }
         };
         if let Err(e) = result {
-            tracing::warn!("cannot store a chat room: {e}");
+            tracing::warn!("chat service database: {e}");
         }
+    }
+}
+
+/// XEP-0313 §4: the results of a query to a room's archive, then the iq result with
+/// `<fin/>`; an id not in the archive gets `<item-not-found/>`.
+async fn answer_query(
+    db: &Storage,
+    sender: &Sender,
+    iq: &Element,
+    room: String,
+    queryid: Option<String>,
+    query: mam::store::Query,
+    check: Vec<mam::store::ArchiveId>,
+) {
+    let oldest = mam::store::key_at(now_ms() - ROOM_ARCHIVE_RETENTION.as_millis() as i64);
+    let owner = room.clone();
+    let page = db
+        .call(move |c| {
+            for id in &check {
+                if !mam::store::exists(c, &owner, *id)? {
+                    return Ok(Err(*id));
+                }
+            }
+            mam::store::query(c, &owner, &query, oldest).map(Ok)
+        })
+        .await;
+    let reply = match page {
+        Ok(Ok(page)) => {
+            let to = iq.attr("from").unwrap_or_default();
+            for m in mam::result_messages(to, &room, queryid.as_deref(), &page) {
+                if sender.send_raw(m).await.is_err() {
+                    return;
+                }
+            }
+            Some(service::result(iq, Some(mam::fin(&page))))
+        }
+        Ok(Err(id)) => error_reply(
+            iq,
+            StanzaErrorCondition::ItemNotFound,
+            &format!("no archived message has the id {id}"),
+        ),
+        Err(e) => {
+            tracing::warn!("chat service database: {e}");
+            error_reply(
+                iq,
+                StanzaErrorCondition::InternalServerError,
+                "the room's archive cannot be read right now",
+            )
+        }
+    };
+    if let Some(r) = reply {
+        let _ = sender.send(&r).await;
     }
 }
 
@@ -185,12 +297,12 @@ async fn serve(
             continue;
         };
         let Ok(el) = stanza.element() else { continue };
-        let replies = service.handle(&el, now_ms());
+        let mut replies = service.handle(&el, now_ms());
         if let Some(m) = &metrics {
             m.messages.inc_by(service.messages() - counted);
             counted = service.messages();
         }
-        write_changes(&mut service, &storage).await;
+        do_changes(&mut service, &storage, &mut replies, &sender).await;
         for out in replies {
             if sender.send(&out).await.is_err() {
                 return;

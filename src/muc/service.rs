@@ -8,6 +8,7 @@ use super::form::{self, NS_DATA};
 use super::room::{nick_key, Affiliation, Context, Role, Room, Whois};
 use super::store::StoredRoom;
 use super::{error_reply, MucConfig, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER, NS_SID};
+use crate::core::mam::{self, NS_MAM};
 use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::{ns, Element};
@@ -32,12 +33,44 @@ pub struct Service {
     messages: u64,
 }
 
-/// A change to what the database keeps, for the service's task to write.
-#[derive(Debug, PartialEq, Eq)]
+/// Work on the database for the service's task: writes, and archive queries to answer.
+#[derive(Debug)]
 pub enum Change {
     Save(StoredRoom),
     /// The room (its localpart) is destroyed or no longer persistent.
     Delete(String),
+    /// A groupchat message for the room's XEP-0313 archive. Its copies (to the occupants,
+    /// and in the history) carry the XEP-0359 stanza-id `placeholder`, which the task
+    /// replaces with the archive's id ([`Service::set_archive_id`]) before they go out.
+    Archive {
+        /// `room@service`: the archive's owner.
+        room: String,
+        /// The sender's occupant JID.
+        with: String,
+        /// The message as the room relays it, without `to`.
+        message: Element,
+        placeholder: String,
+    },
+    /// An XEP-0313 query to the room's archive, to answer with results and `<fin/>`.
+    Query {
+        iq: Element,
+        room: String,
+        queryid: Option<String>,
+        query: crate::core::mam::store::Query,
+        /// Ids the query names, which must be in the archive.
+        check: Vec<crate::core::mam::store::ArchiveId>,
+    },
+}
+
+impl PartialEq for Change {
+    /// Saves and deletes compare by what they store; archive work never compares equal.
+    fn eq(&self, other: &Change) -> bool {
+        match (self, other) {
+            (Change::Save(a), Change::Save(b)) => a == b,
+            (Change::Delete(a), Change::Delete(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Counts for the metrics, read after each stanza.
@@ -87,6 +120,22 @@ impl Service {
             occupants: self.rooms.values().map(|r| r.occupants.len()).sum(),
             messages: self.messages,
         }
+    }
+
+    /// Puts the archive's id in place of `placeholder` in the stanza-id of the room's
+    /// history (the copies for the occupants are the caller's to change).
+    pub fn set_archive_id(&mut self, local: &str, placeholder: &str, id: &str) {
+        let Some(room) = self.rooms.get_mut(local) else {
+            return;
+        };
+        if let Some(item) = room.history.back_mut() {
+            set_stanza_id(&mut item.message, placeholder, id);
+        }
+    }
+
+    /// `[muc] archive_max_messages`.
+    pub fn archive_max_messages(&self) -> usize {
+        self.config.archive_max_messages
     }
 
     /// Groupchat messages relayed since the start (cheap, unlike [`Service::counts`]).
@@ -290,8 +339,14 @@ impl Service {
                 if let Some(x) = el.child("x", NS_MUC_USER) {
                     invitation(room, el, x, from, cx.out);
                 } else if el.attr("type") == Some("groupchat") {
+                    let first = cx.out.len();
                     if room.handle_groupchat(el, from, &mut cx) {
                         self.messages += 1;
+                        if self.persist && config.archive_max_messages > 0 {
+                            if let Some(c) = archive_change(room, from, &cx.out[first..]) {
+                                self.changes.push(c);
+                            }
+                        }
                     }
                 } else {
                     cx.out.extend(error_reply(
@@ -306,6 +361,11 @@ impl Service {
                     room.handle_private(el, from, nick, cx.out);
                 }
             }
+            ("iq", None) if el.children().next().is_some_and(|q| q.ns == NS_MAM) => {
+                if let Some(c) = mam_iq(room, el, from, self.persist, cx.out) {
+                    self.changes.push(c);
+                }
+            }
             ("iq", None) => room_iq(room, el, from, &mut cx),
             ("iq", Some(nick)) => occupant_iq(room, el, from, nick, cx.out),
             _ => {}
@@ -313,8 +373,103 @@ impl Service {
     }
 }
 
+/// The archive work for a message the room just relayed (`sent`: its copies): only a
+/// message with a body, as history keeps.
+fn archive_change(room: &Room, from: &Jid, sent: &[Element]) -> Option<Change> {
+    let copy = sent.first()?;
+    copy.child("body", ns::COMPONENT)?;
+    let placeholder = copy.child("stanza-id", NS_SID)?.attr("id")?.to_owned();
+    let mut message = copy.clone();
+    message.remove_attr("to");
+    let nick = &room.occupants[room.occupant_of(from)?].nick;
+    Some(Change::Archive {
+        room: room.jid.clone(),
+        with: format!("{}/{nick}", room.jid),
+        message,
+        placeholder,
+    })
+}
+
+/// Replaces the room's stanza-id `placeholder` with `id` in `m`.
+pub fn set_stanza_id(m: &mut Element, placeholder: &str, id: &str) {
+    for c in m.children_mut() {
+        if c.name == "stanza-id" && c.ns == NS_SID && c.attr("id") == Some(placeholder) {
+            c.set_attr("id", id);
+        }
+    }
+}
+
+/// XEP-0313 on a room (§5.1.2 of XEP-0313 for MUC): whoever may enter may read its archive
+/// (occupants of a password-protected room only); a `get` returns the query form.
+fn mam_iq(
+    room: &Room,
+    el: &Element,
+    from: &Jid,
+    archived: bool,
+    out: &mut Vec<Element>,
+) -> Option<Change> {
+    let query = el.children().next()?;
+    if query.name != "query" {
+        refuse(
+            el,
+            StanzaErrorCondition::FeatureNotImplemented,
+            "the room's archive takes queries only",
+            out,
+        );
+        return None;
+    }
+    let affiliation = room.affiliation(from);
+    let occupant = room.occupant_of(from).is_some();
+    let allowed = occupant
+        || (affiliation != Affiliation::Outcast
+            && !room.locked
+            && (!room.config.members_only || affiliation >= Affiliation::Member)
+            && room.config.password.is_none());
+    if !allowed {
+        refuse(
+            el,
+            StanzaErrorCondition::Forbidden,
+            "only those who may enter the room read its archive",
+            out,
+        );
+        return None;
+    }
+    if !archived {
+        refuse(
+            el,
+            StanzaErrorCondition::ServiceUnavailable,
+            "this service keeps no room archives (it runs without the core's database)",
+            out,
+        );
+        return None;
+    }
+    match el.attr("type") {
+        Some("get") => {
+            out.push(result(
+                el,
+                Some(Element::new("query", NS_MAM).with_child(mam::query_form())),
+            ));
+            None
+        }
+        Some("set") => match mam::parse_query(query, mam::MAX_PAGE, &|j| j.to_string()) {
+            Ok((q, check)) => Some(Change::Query {
+                iq: el.clone(),
+                room: room.jid.clone(),
+                queryid: query.attr("queryid").map(str::to_owned),
+                query: q,
+                check,
+            }),
+            Err(e) => {
+                refuse(el, StanzaErrorCondition::BadRequest, &e.to_string(), out);
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
 /// An iq result to `el`, with `payload`.
-fn result(el: &Element, payload: Option<Element>) -> Element {
+pub fn result(el: &Element, payload: Option<Element>) -> Element {
     let mut r = Element::new("iq", ns::COMPONENT)
         .with_attr("type", "result")
         .with_attr("from", el.attr("to").unwrap_or_default())
@@ -465,6 +620,7 @@ fn room_iq(room: &mut Room, el: &Element, from: &Jid, cx: &mut Context<'_>) {
                 },
                 if c.public { "muc_public" } else { "muc_hidden" },
                 NS_SID,
+                NS_MAM,
                 NS_SELF_PING,
                 NS_DISCO_INFO,
                 NS_DISCO_ITEMS,

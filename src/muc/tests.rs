@@ -740,9 +740,14 @@ fn persistent_rooms_note_their_changes_for_the_database() {
         saved.affiliations,
         [("alice@a.test".to_string(), room::Affiliation::Owner)]
     );
-    // A groupchat message changes nothing stored; a subject and an affiliation do.
+    // A groupchat message changes nothing stored of the room (it goes to the archive); a
+    // subject and an affiliation do.
     send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><body>x</body></message>");
-    assert_eq!(s.take_changes(), []);
+    let changes = s.take_changes();
+    assert!(
+        matches!(&changes[..], [Change::Archive { .. }]),
+        "{changes:?}"
+    );
     send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><subject>Topic</subject></message>");
     let changes = s.take_changes();
     assert!(
@@ -804,6 +809,7 @@ fn stored_rooms_come_back_configured_with_their_affiliations_and_subject() {
         match change {
             Change::Save(r) => store::save(&mut conn, "conf.test", &r).unwrap(),
             Change::Delete(r) => store::delete(&mut conn, "conf.test", &r).unwrap(),
+            Change::Archive { .. } | Change::Query { .. } => {}
         }
     }
     // Another service's rooms are its own.
@@ -838,4 +844,101 @@ fn stored_rooms_come_back_configured_with_their_affiliations_and_subject() {
     assert_eq!(s.counts().rooms, 1);
     store::delete(&mut conn, "conf.test", "room").unwrap();
     assert!(store::load(&mut conn, "conf.test").unwrap().is_empty());
+}
+
+#[test]
+fn a_stored_service_archives_groupchat_and_turns_archive_queries_into_work() {
+    let mut s = stored_service(Vec::new());
+    instant_room(&mut s);
+    join(&mut s, "bob@b.test/pc", "room@conf.test/Bob");
+    let out = send(&mut s, "<message from='bob@b.test/pc' to='room@conf.test' type='groupchat'><body>keep me</body></message>");
+    let changes = s.take_changes();
+    let [Change::Archive {
+        room,
+        with,
+        message,
+        placeholder,
+    }] = changes.as_slice()
+    else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(room, "room@conf.test");
+    assert_eq!(with, "room@conf.test/Bob");
+    assert_eq!(message.attr("to"), None);
+    for copy in &out {
+        assert_eq!(
+            copy.child("stanza-id", NS_SID).unwrap().attr("id"),
+            Some(placeholder.as_str())
+        );
+    }
+    // The archive's id replaces the placeholder in the history too.
+    s.set_archive_id("room", placeholder, "0123");
+    let out = join(&mut s, "carol@c.test/x", "room@conf.test/Carol");
+    let history = out
+        .iter()
+        .find(|e| e.child("delay", NS_DELAY).is_some())
+        .unwrap();
+    assert_eq!(
+        history.child("stanza-id", NS_SID).unwrap().attr("id"),
+        Some("0123")
+    );
+    // A subject is not archived.
+    send(&mut s, "<message from='alice@a.test/phone' to='room@conf.test' type='groupchat'><subject>S</subject></message>");
+    assert!(!s
+        .take_changes()
+        .iter()
+        .any(|c| matches!(c, Change::Archive { .. })));
+
+    let mam = |from: &str, type_: &str, body: &str| {
+        format!("<iq from='{from}' to='room@conf.test' type='{type_}' id='q'><query xmlns='urn:xmpp:mam:2' queryid='f'>{body}</query></iq>")
+    };
+    let out = send(&mut s, &mam("bob@b.test/pc", "get", ""));
+    assert!(out[0]
+        .child("query", "urn:xmpp:mam:2")
+        .unwrap()
+        .child("x", NS_DATA)
+        .is_some());
+    send(
+        &mut s,
+        &mam(
+            "bob@b.test/pc",
+            "set",
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>5</max></set>",
+        ),
+    );
+    let changes = s.take_changes();
+    let [Change::Query {
+        room,
+        queryid,
+        query,
+        ..
+    }] = changes.as_slice()
+    else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(room, "room@conf.test");
+    assert_eq!(queryid.as_deref(), Some("f"));
+    assert_eq!(query.max, 5);
+    let out = send(
+        &mut s,
+        &mam(
+            "bob@b.test/pc",
+            "set",
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>many</max></set>",
+        ),
+    );
+    assert_eq!(condition(&out[0]), "bad-request");
+    // An outcast reads nothing.
+    admin(
+        &mut s,
+        "alice@a.test/phone",
+        "<item jid='eve@e.test' affiliation='outcast'/>",
+    );
+    let out = send(&mut s, &mam("eve@e.test/x", "set", ""));
+    assert_eq!(condition(&out[0]), "forbidden");
+    // Without the database there is no archive, and the client is told so.
+    let mut memory = service();
+    instant_room(&mut memory);
+    let out = send(&mut memory, "<iq from='alice@a.test/phone' to='room@conf.test' type='set' id='q'><query xmlns='urn:xmpp:mam:2'/></iq>");
+    assert_eq!(condition(&out[0]), "service-unavailable");
 }

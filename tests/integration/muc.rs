@@ -179,6 +179,25 @@ async fn two_users_join_talk_privately_and_publicly_and_a_newcomer_gets_the_hist
     let pm = alice.expect("message", |e| e["body"] == "psst").await;
     assert_eq!(pm["from"], format!("{ROOM}/Bob"));
 
+    // The room's archive (XEP-0313), paged two at a time: the ids are the stanza-ids the
+    // occupants got.
+    let archive = bob
+        .muc(
+            json!({"cmd": "muc_archive", "room": ROOM, "max": 2}),
+            "archive",
+        )
+        .await;
+    assert_eq!(archive["type"], "result", "{archive}");
+    let bodies: Vec<&str> = archive["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["first", "second", "hello all"]);
+    assert_eq!(archive["messages"][2]["nick"], "Bob");
+    assert_eq!(archive["messages"][2]["id"], m["stanza_id"]);
+
     // Nickname conflict.
     let mut carol = user(a.gw(), "carol").await;
     let refused = carol.join("alice", "conflict").await;

@@ -67,6 +67,8 @@ follows when it completed:
   {"cmd": "muc_role", "room": JID, "nick": N, "role": R, "tag": T}            kick, voice
   {"cmd": "muc_affiliation", "room": JID, "jid": JID, "affiliation": A, "tag": T}   ban, member
   {"cmd": "muc_leave", "room": JID, "nick": N}
+  {"cmd": "muc_archive", "room": JID, "max": N, "tag": T}   the room's XEP-0313 archive, paged
+      through whole (xep_0313): "messages": [{"id", "nick", "body"}]
 
 Events (stdout):
   {"event": "online", "jid": FULL_JID, "mechanism": NAME}
@@ -731,7 +733,20 @@ async def _muc_leave(client, cmd):
     client.plugin["xep_0045"].leave_muc(cmd["room"], cmd["nick"])
 
 
+async def _muc_archive(client, cmd):
+    messages = []
+    async for result in client.plugin["xep_0313"].iterate(
+        jid=slixmpp.JID(cmd["room"]), rsm={"max": cmd.get("max", 10)}
+    ):
+        inner = result["mam_result"]["forwarded"]["stanza"]
+        messages.append(
+            {"id": result["mam_result"]["id"], "nick": inner["from"].resource, "body": inner["body"]}
+        )
+    return {"messages": messages}
+
+
 MUC_COMMANDS = {
+    "muc_archive": _muc_archive,
     "muc_join": _muc_join,
     "muc_configure": _muc_configure,
     "muc_say": _muc_say,
