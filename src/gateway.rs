@@ -110,7 +110,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         .cloned()
         .collect();
     let metrics = Metrics::register_with(named_peers, config.metrics.top_peers);
-    metrics.expect_backends(config.component.backend.iter().map(|b| b.domain.as_str()));
+    metrics.expect_backends(config.local_domains());
     let secret = Arc::new(DialbackSecret::load_or_create(
         &config.s2s.dialback_secret_file,
     )?);
@@ -262,12 +262,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         let status = Arc::new(Status {
             router: router.clone(),
             tls: tls.clone(),
-            backends: config
-                .component
-                .backend
-                .iter()
-                .map(|b| b.domain.clone())
-                .collect(),
+            // The chat service's domain too: ready once it is attached like the backends.
+            backends: config.local_domains().map(str::to_owned).collect(),
             metrics: metrics.clone(),
             s2s: s2s_ctx.clone(),
             reloader: reloader.clone(),

@@ -162,7 +162,7 @@ impl Service {
             return out;
         }
         match to.node() {
-            None => self.to_service(el, &from, &mut out),
+            None => self.to_service(el, &mut out),
             Some(local) => {
                 let local = local.to_owned();
                 self.to_room(el, &from, &local, to.resource(), now_ms, &mut out);
@@ -208,7 +208,7 @@ impl Service {
         out
     }
 
-    fn to_service(&self, el: &Element, _from: &Jid, out: &mut Vec<Element>) {
+    fn to_service(&self, el: &Element, out: &mut Vec<Element>) {
         if el.name != "iq" || el.attr("type") != Some("get") {
             if el.name != "presence" {
                 out.extend(error_reply(
@@ -317,12 +317,11 @@ impl Service {
             out,
         };
         match (el.name.as_str(), nick) {
-            ("presence", Some(nick)) if el.attr("type") == Some("error") => {
+            ("presence", Some(_)) if el.attr("type") == Some("error") => {
                 // The occupant's server bounced our presence: it is gone (§7.2, status 333).
                 if let Some(i) = room.occupant_of(from) {
                     room.remove(i, 333, None, cx.out);
                 }
-                let _ = nick;
             }
             ("presence", Some(nick)) => room.handle_presence(el, from, nick, created, &mut cx),
             ("presence", None) => {
@@ -861,7 +860,6 @@ fn admin_iq(room: &mut Room, el: &Element, query: &Element, from: &Jid, out: &mu
                 room,
                 item,
                 affiliation,
-                from,
                 actor_affiliation,
                 actor_nick.as_deref(),
                 &mut notices,
@@ -939,7 +937,6 @@ fn set_affiliation(
     room: &mut Room,
     item: &Element,
     affiliation: Affiliation,
-    actor: &Jid,
     actor_affiliation: Affiliation,
     actor_nick: Option<&str>,
     out: &mut Vec<Element>,
@@ -988,7 +985,6 @@ fn set_affiliation(
             "the room's last owner cannot give up ownership",
         ));
     }
-    let _ = actor;
     room.dirty = true;
     let key = target.to_string();
     if affiliation == Affiliation::None {
