@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs"]
+SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs"]
 # (heading, the struct, whether it is a list of tables)
 SECTIONS = [
     ("s2s", "S2sConfig", False),
@@ -32,6 +32,7 @@ SECTIONS = [
     ("core.domain", "DomainConfig", True),
     ("core.stun", "ExternalService", True),
     ("core.turn", "ExternalService", True),
+    ("muc", "MucConfig", False),
     ("log", "LogConfig", False),
     ("gateway", "GatewayLinkConfig", False),
 ]
@@ -44,8 +45,11 @@ DERIVED = {
     "core.direct_tls_listen": "the hosts of `listen`, port 5223",
     # `[gateway]` is in the standalone core's file only (config/core.toml).
     "gateway.address": '`"127.0.0.1:5347"`',
+    "muc.domain": "required",
 }
-MINIMAL = """[[component.backend]]
+MINIMAL = """[muc]
+domain = "conference.a.test"
+[[component.backend]]
 domain = "a.test"
 secret = "x"
 [core]

@@ -134,6 +134,11 @@ pub struct Config {
     /// be `[[component.backend]]` domains; it presents the `[tls]` certificates to clients.
     #[serde(default)]
     pub core: Option<crate::core::config::CoreConfig>,
+    /// `[muc]`: an XEP-0045 multi-user chat service on its own domain, run inside the gateway
+    /// over an in-process XEP-0114 link. Optional; without it there are no group chats. Its
+    /// domain is served like a backend's without a `[[component.backend]]` for it.
+    #[serde(default)]
+    pub muc: Option<crate::muc::MucConfig>,
     /// `[log]`: log format and level. Optional; text at `info`.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -937,6 +942,9 @@ impl Config {
         if let Some(core) = &mut self.core {
             core.normalize();
         }
+        if let Some(muc) = &mut self.muc {
+            muc.normalize();
+        }
         for c in &mut self.tls.certificate {
             for d in &mut c.domains {
                 if let Ok(n) = normalize_pattern(d) {
@@ -978,6 +986,7 @@ impl Config {
         self.validate_listeners(&mut problems);
         self.validate_dns(&mut problems);
         self.validate_core(&mut problems);
+        self.validate_muc(&mut problems);
         if let Err(e) = self.log.check_level() {
             problems.push(invalid(
                 "log.level",
@@ -1160,6 +1169,36 @@ impl Config {
         }
     }
 
+    /// `[muc]`: its own rules, and a domain nobody else serves.
+    fn validate_muc(&self, problems: &mut Vec<ConfigError>) {
+        let Some(muc) = &self.muc else {
+            return;
+        };
+        let own = muc.problems();
+        let valid_domain = !own
+            .iter()
+            .any(|e| matches!(e, ConfigError::Invalid { key, .. } if key == "muc.domain"));
+        problems.extend(own);
+        if !valid_domain {
+            return;
+        }
+        let domain = normalize_domain(&muc.domain)
+            .map(|d| d.into_owned())
+            .unwrap_or_default();
+        let backend = self
+            .component
+            .backend
+            .iter()
+            .any(|b| normalize_domain(&b.domain).is_ok_and(|d| d == domain.as_str()));
+        if backend {
+            problems.push(invalid(
+                "muc.domain",
+                format!("`{domain}` is also a [[component.backend]] domain"),
+                "give the chat service a domain of its own, e.g. \"conference.example.test\"",
+            ));
+        }
+    }
+
     fn validate_dns(&self, problems: &mut Vec<ConfigError>) {
         let d = &self.dns;
         if d.nameservers.as_ref().is_some_and(|ns| ns.is_empty()) {
@@ -1187,16 +1226,30 @@ impl Config {
 
     /// The gateway's local domains: the backends' domains, canonical after loading.
     pub fn local_domains(&self) -> impl Iterator<Item = &str> {
-        self.component.backend.iter().map(|b| b.domain.as_str())
-    }
-
-    /// Each backend domain's XEP-0114 secret, read from the config or its `secret_file`.
-    pub fn backend_secrets(&self) -> Result<HashMap<String, String>, ConfigError> {
         self.component
             .backend
             .iter()
+            .map(|b| b.domain.as_str())
+            .chain(self.muc.iter().map(|m| m.domain.as_str()))
+    }
+
+    /// Each backend domain's XEP-0114 secret, read from the config or its `secret_file`.
+    /// With `[muc]`, its domain has the in-process link's secret
+    /// ([`crate::muc::in_process_secret`]).
+    pub fn backend_secrets(&self) -> Result<HashMap<String, String>, ConfigError> {
+        let mut secrets: HashMap<String, String> = self
+            .component
+            .backend
+            .iter()
             .map(|b| Ok((b.domain.clone(), b.secret()?)))
-            .collect()
+            .collect::<Result<_, ConfigError>>()?;
+        if let Some(muc) = &self.muc {
+            secrets.insert(
+                muc.domain.clone(),
+                crate::muc::in_process_secret().to_owned(),
+            );
+        }
+        Ok(secrets)
     }
 
     fn validate_s2s(&self, problems: &mut Vec<ConfigError>) {
@@ -1681,7 +1734,10 @@ mod tests {
         let text = include_str!("../config/fedgate.toml");
         let c = Config::from_toml(text, &dir).unwrap();
         // One backend, the embedded core: ready after the one command.
-        assert_eq!(c.local_domains().collect::<Vec<_>>(), ["example.test"]);
+        assert_eq!(
+            c.local_domains().collect::<Vec<_>>(),
+            ["example.test", "conference.example.test"]
+        );
         let core = c.core.as_ref().expect("the example runs an embedded core");
         assert_eq!(core.domain[0].name, "example.test");
         assert_eq!(
@@ -1699,6 +1755,37 @@ mod tests {
         // Loading by path gives the same result.
         let loaded = Config::load(&dir.join("fedgate.toml")).unwrap();
         assert_eq!(loaded.s2s.listen, c.s2s.listen);
+    }
+
+    #[test]
+    fn a_muc_section_serves_its_domain_with_the_in_process_secret() {
+        let c = parse(&format!("{MINIMAL}[muc]\ndomain = \"Conf.A.Test\"\n")).unwrap();
+        let muc = c.muc.as_ref().unwrap();
+        assert_eq!(muc.domain, "conf.a.test");
+        assert_eq!(muc.history_length, 20);
+        assert_eq!(
+            c.local_domains().collect::<Vec<_>>(),
+            ["a.test", "conf.a.test"]
+        );
+        let secrets = c.backend_secrets().unwrap();
+        assert_eq!(secrets["conf.a.test"], crate::muc::in_process_secret());
+        // The same secret each time, so a reload keeps the link attached.
+        assert_eq!(
+            c.backend_secrets().unwrap()["conf.a.test"],
+            secrets["conf.a.test"]
+        );
+        let with_muc = |muc: &str| parse(&format!("{MINIMAL}[muc]\n{muc}\n")).unwrap_err();
+        assert_eq!(invalid_key(with_muc("domain = \"a.test\"")), "muc.domain");
+        assert_eq!(invalid_key(with_muc("history_length = 5")), "muc.domain");
+        assert_eq!(
+            invalid_key(with_muc("domain = \"c.a.test\"\nhistory_length = 500")),
+            "muc.history_length"
+        );
+        assert_eq!(
+            invalid_key(with_muc("domain = \"c.a.test\"\nmax_rooms = 0")),
+            "muc.max_rooms"
+        );
+        assert!(parse(MINIMAL).unwrap().muc.is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! With a `[core]` section the c2s core runs in this process, attached over an in-process
 //! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
-//! goes out.
+//! goes out. With `[muc]` the chat service runs here too, over a link of its own; it stops
+//! next, telling its occupants (status 332).
 //!
 //! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
 
@@ -56,6 +57,9 @@ pub enum GatewayError {
     Tls(#[from] TlsError),
     #[error("core: {0}")]
     Core(#[from] crate::core::CoreError),
+    /// The chat service's rooms could not be read from the core's database.
+    #[error("chat service (muc): database {0}")]
+    Muc(#[from] crate::core::storage::StorageError),
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
@@ -77,6 +81,8 @@ pub struct RunningGateway {
     pub s2s: Arc<S2sContext>,
     /// The embedded c2s core (`[core]`), if configured.
     pub core: Option<crate::core::RunningCore>,
+    /// The embedded multi-user chat service (`[muc]`), if configured.
+    muc: Option<crate::muc::RunningMuc>,
     /// Puts a new configuration in force (SIGHUP, `fedgate reload`).
     reloader: Arc<Reloader>,
     s2s_shutdown: CancellationToken,
@@ -104,7 +110,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         .cloned()
         .collect();
     let metrics = Metrics::register_with(named_peers, config.metrics.top_peers);
-    metrics.expect_backends(config.component.backend.iter().map(|b| b.domain.as_str()));
+    metrics.expect_backends(config.local_domains());
     let secret = Arc::new(DialbackSecret::load_or_create(
         &config.s2s.dialback_secret_file,
     )?);
@@ -241,6 +247,16 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         }
         None => None,
     };
+    let muc = match &config.muc {
+        Some(m) => {
+            let link = component::client::Target::Local(component_link.clone());
+            let storage = core.as_ref().map(|c| c.core.storage.clone());
+            let secret = crate::muc::in_process_secret();
+            let figures = Some(metrics.muc.clone());
+            Some(crate::muc::start(m, vec![link], secret, storage, figures).await?)
+        }
+        None => None,
+    };
 
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;
@@ -249,12 +265,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         let status = Arc::new(Status {
             router: router.clone(),
             tls: tls.clone(),
-            backends: config
-                .component
-                .backend
-                .iter()
-                .map(|b| b.domain.clone())
-                .collect(),
+            // The chat service's domain too: ready once it is attached like the backends.
+            backends: config.local_domains().map(str::to_owned).collect(),
             metrics: metrics.clone(),
             s2s: s2s_ctx.clone(),
             reloader: reloader.clone(),
@@ -277,6 +289,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router,
         s2s: s2s_ctx,
         core,
+        muc,
         reloader,
         s2s_shutdown,
         s2s_tracker,
@@ -314,6 +327,11 @@ impl RunningGateway {
     pub async fn shutdown(self, grace: Duration) {
         if let Some(core) = self.core {
             core.shutdown(grace).await;
+        }
+        if let Some(muc) = self.muc {
+            if tokio::time::timeout(grace, muc.shutdown()).await.is_err() {
+                tracing::warn!("the chat service did not stop in {grace:?}, terminating now");
+            }
         }
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();

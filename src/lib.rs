@@ -12,6 +12,7 @@
 //!   fixes, from the same code paths the gateway runs.
 //! - [`core`]: `fedgate core`, a small c2s server (TLS, SASL SCRAM/PLAIN, binding, RFC 6121
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
+//! - [`muc`]: an XEP-0045 multi-user chat service, run in the gateway with `[muc]`.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`],
 //!   [`s2s::negotiate`] (sans-I/O negotiation states), [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
 //!   [`s2s::dialback`] (XEP-0220: initiating, receiving, authoritative, connect-back),
@@ -50,6 +51,7 @@ pub mod jid;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod muc;
 pub mod notify;
 pub mod peers;
 pub mod policy;

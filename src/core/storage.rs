@@ -133,6 +133,8 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 4: XEP-0313 message archives (core::mam::store).
     super::mam::store::SCHEMA,
+    // 5: XEP-0045 persistent rooms and their affiliations (muc::store).
+    crate::muc::store::SCHEMA,
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed

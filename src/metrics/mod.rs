@@ -226,6 +226,37 @@ pub struct Metrics {
     pub limit_refusals: IntCounterVec,
     /// Per-peer figures with a bounded label set.
     pub peers: Arc<Peers>,
+    /// The chat service's figures (`[muc]`).
+    pub muc: MucMetrics,
+}
+
+/// `[muc]`: the XEP-0045 service's figures, no labels.
+#[derive(Clone)]
+pub struct MucMetrics {
+    /// `fedgate_muc_rooms`: rooms that exist (persistent empty ones included).
+    pub rooms: IntGauge,
+    /// `fedgate_muc_occupants`: occupants of all rooms.
+    pub occupants: IntGauge,
+    /// `fedgate_muc_messages_total`: groupchat messages relayed, each once however many
+    /// occupants got it.
+    pub messages: IntCounter,
+}
+
+impl MucMetrics {
+    fn register(r: &Registry) -> MucMetrics {
+        MucMetrics {
+            rooms: gauge(r, "fedgate_muc_rooms", "Chat rooms of the [muc] service"),
+            occupants: gauge(r, "fedgate_muc_occupants", "Occupants of all chat rooms"),
+            messages: registered(
+                r,
+                IntCounter::new(
+                    "fedgate_muc_messages_total",
+                    "Groupchat messages relayed by the [muc] service, each counted once",
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
 }
 
 /// Builds a family and registers it; names are unique by construction.
@@ -497,6 +528,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("metric names are unique");
+        let muc = MucMetrics::register(r);
         let mut peers = Peers::register(r);
         peers.configure(named_peers, top_peers);
 
@@ -558,6 +590,7 @@ impl Metrics {
             config_reloads,
             limit_refusals,
             peers: Arc::new(peers),
+            muc,
         }
     }
 

@@ -410,7 +410,7 @@ async fn check_dns_prints_the_answers_and_the_order_of_attempts() {
 fn every_config_key_is_in_the_reference_and_the_example() {
     let dir = tempfile::tempdir().unwrap();
     let config = fedgate::config::Config::from_toml(
-        "[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[core]\n[[core.domain]]\nname = \"a.test\"\n\
+        "[muc]\ndomain = \"conference.a.test\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[core]\n[[core.domain]]\nname = \"a.test\"\n\
          [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
         dir.path(),
     )

@@ -26,6 +26,7 @@ mod federation;
 mod ha;
 mod limits;
 mod metrics;
+mod muc;
 mod outbound;
 mod policy;
 mod roundtrip;

@@ -55,6 +55,20 @@ follows when it completed:
   {"cmd": "carbons", "enable": true|false}                enable or disable carbons
   {"cmd": "mam", "tag": T, "with": JID, "max": N}         pages through the whole archive
                                                           (with optional) N per page
+  Multi-user chat (with --muc: slixmpp's xep_0045; tests/integration/muc.rs), each answered by
+  a "muc_result" event with its "tag" (type "result"|"error"|"timeout", "condition", "text"):
+  {"cmd": "muc_join", "room": JID, "nick": N, "password": PW, "maxstanzas": N, "tag": T}
+      also "codes", "role", "affiliation", "nick" (as the room has it), "subject",
+      "occupants": [nicks], "history": [{"nick", "body", "stamp"}]
+  {"cmd": "muc_configure", "room": JID, "fields": {VAR: VALUE}, "tag": T}   the owner's form,
+      read with get_room_config, filled and submitted ({} for an instant room)
+  {"cmd": "muc_say", "room": JID, "body": TEXT}            a groupchat message
+  {"cmd": "muc_subject", "room": JID, "subject": TEXT}
+  {"cmd": "muc_role", "room": JID, "nick": N, "role": R, "tag": T}            kick, voice
+  {"cmd": "muc_affiliation", "room": JID, "jid": JID, "affiliation": A, "tag": T}   ban, member
+  {"cmd": "muc_leave", "room": JID, "nick": N}
+  {"cmd": "muc_archive", "room": JID, "max": N, "tag": T}   the room's XEP-0313 archive, paged
+      through whole (xep_0313): "messages": [{"id", "nick", "body"}]
 
 Events (stdout):
   {"event": "online", "jid": FULL_JID, "mechanism": NAME}
@@ -76,6 +90,8 @@ Events (stdout):
   {"event": "carbon", "direction": "received"|"sent", "from": WRAPPER_FROM,
    "msg_from", "msg_to", "id", "body"}                     a carbon copy (XEP-0280)
   {"event": "mam", "tag": T, "messages": [{"id", "from", "to", "body", "msg_id"}]}
+  {"event": "groupchat", "room", "nick", "body", "delay": bool, "stanza_id"}   (--muc)
+  {"event": "muc_presence", "room", "nick", "type", "codes", "role", "affiliation", "jid"}
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
   {"event": "resumed"}  / {"event": "sm_failed"}   (after a drop, with --sm)
   {"event": "disconnected", "reason": ...}
@@ -144,6 +160,8 @@ class Client(slixmpp.ClientXMPP):
         if args.pep:
             pep_plugins(self)
         self.im_features_init(args)
+        if args.muc:
+            muc_init(self)
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("auth_success", self.on_auth)
         # slixmpp raises "message" for messages with a body (errors included) and
@@ -300,6 +318,8 @@ class Client(slixmpp.ClientXMPP):
                 self.abort()
             elif kind in PEP_COMMANDS:
                 await PEP_COMMANDS[kind](self, cmd)
+            elif kind in MUC_COMMANDS:
+                await muc_command(self, kind, cmd)
             elif kind in IM_COMMANDS:
                 await self.im_command(kind, cmd)
             elif kind == "carbons":
@@ -609,6 +629,150 @@ PEP_COMMANDS = {
 }
 
 
+# ---- XEP-0045 multi-user chat (tests/integration/muc.rs) ----
+
+
+def muc_codes(stanza):
+    x = stanza.xml.find("{http://jabber.org/protocol/muc#user}x")
+    if x is None:
+        return []
+    return [int(s.get("code")) for s in x.findall("{http://jabber.org/protocol/muc#user}status")]
+
+
+def muc_init(client):
+    client.register_plugin("xep_0045")
+    client.register_plugin("xep_0004")
+
+    def on_groupchat(msg):
+        if not msg["body"]:
+            return
+        sid = msg.xml.find("{urn:xmpp:sid:0}stanza-id")
+        emit(
+            event="groupchat",
+            room=str(msg["from"].bare),
+            nick=msg["from"].resource,
+            body=msg["body"],
+            delay=msg.xml.find("{urn:xmpp:delay}delay") is not None,
+            stanza_id=sid.get("id") if sid is not None else None,
+        )
+
+    def on_presence(pres):
+        item = pres["muc"]
+        emit(
+            event="muc_presence",
+            room=str(pres["from"].bare),
+            nick=pres["from"].resource,
+            type=pres["type"],
+            codes=muc_codes(pres),
+            role=item["role"],
+            affiliation=item["affiliation"],
+            jid=str(item["jid"]) if item["jid"] else None,
+        )
+
+    client.add_event_handler("groupchat_message", on_groupchat)
+    client.add_event_handler("groupchat_presence", on_presence)
+
+
+async def _muc_join(client, cmd):
+    muc = client.plugin["xep_0045"]
+    pres, subject, occupants, history = await muc.join_muc_wait(
+        cmd["room"],
+        cmd["nick"],
+        password=cmd.get("password"),
+        maxstanzas=cmd.get("maxstanzas"),
+        timeout=10,
+    )
+    return {
+        "nick": pres["from"].resource,
+        "codes": muc_codes(pres),
+        "role": pres["muc"]["role"],
+        "affiliation": pres["muc"]["affiliation"],
+        "subject": subject["subject"],
+        "occupants": [p["from"].resource for p in occupants],
+        "history": [
+            {"nick": m["from"].resource, "body": m["body"], "stamp": str(m["delay"]["stamp"])}
+            for m in history
+        ],
+    }
+
+
+async def _muc_configure(client, cmd):
+    muc = client.plugin["xep_0045"]
+    form = await muc.get_room_config(cmd["room"], timeout=10)
+    fields = form.get_fields()
+    for var, value in cmd.get("fields", {}).items():
+        fields[var]["value"] = value
+    if not cmd.get("fields"):
+        # An instant room: the empty form accepts the defaults (XEP-0045 §10.1.2).
+        form = client.plugin["xep_0004"].make_form(ftype="submit")
+    await muc.set_room_config(cmd["room"], form, timeout=10)
+    return {}
+
+
+async def _muc_say(client, cmd):
+    client.send_message(mto=cmd["room"], mbody=cmd["body"], mtype="groupchat")
+
+
+async def _muc_subject(client, cmd):
+    client.plugin["xep_0045"].set_subject(cmd["room"], cmd["subject"])
+
+
+async def _muc_role(client, cmd):
+    await client.plugin["xep_0045"].set_role(cmd["room"], cmd["nick"], cmd["role"], timeout=10)
+    return {}
+
+
+async def _muc_affiliation(client, cmd):
+    await client.plugin["xep_0045"].set_affiliation(
+        cmd["room"], cmd["affiliation"], jid=cmd["jid"], timeout=10
+    )
+    return {}
+
+
+async def _muc_leave(client, cmd):
+    client.plugin["xep_0045"].leave_muc(cmd["room"], cmd["nick"])
+
+
+async def _muc_archive(client, cmd):
+    messages = []
+    async for result in client.plugin["xep_0313"].iterate(
+        jid=slixmpp.JID(cmd["room"]), rsm={"max": cmd.get("max", 10)}
+    ):
+        inner = result["mam_result"]["forwarded"]["stanza"]
+        messages.append(
+            {"id": result["mam_result"]["id"], "nick": inner["from"].resource, "body": inner["body"]}
+        )
+    return {"messages": messages}
+
+
+MUC_COMMANDS = {
+    "muc_archive": _muc_archive,
+    "muc_join": _muc_join,
+    "muc_configure": _muc_configure,
+    "muc_say": _muc_say,
+    "muc_subject": _muc_subject,
+    "muc_role": _muc_role,
+    "muc_affiliation": _muc_affiliation,
+    "muc_leave": _muc_leave,
+}
+
+
+async def muc_command(client, kind, cmd):
+    """Runs a MUC command; those with a "tag" report a "muc_result"."""
+    from slixmpp.exceptions import PresenceError
+
+    try:
+        out = await MUC_COMMANDS[kind](client, cmd)
+        if "tag" in cmd:
+            emit(event="muc_result", tag=cmd["tag"], type="result", **(out or {}))
+    except (IqError, PresenceError) as e:
+        stanza = e.iq if isinstance(e, IqError) else e.presence
+        condition, text = error_of(stanza)
+        emit(event="muc_result", tag=cmd.get("tag"), type="error", condition=condition, text=text)
+    except (IqTimeout, asyncio.TimeoutError):
+        emit(event="muc_result", tag=cmd.get("tag"), type="timeout")
+
+
 async def commands(client):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -640,6 +804,7 @@ async def main():
     parser.add_argument("--sm", action="store_true")
     parser.add_argument("--pep", action="store_true")
     parser.add_argument("--register", action="store_true")
+    parser.add_argument("--muc", action="store_true")
     parser.add_argument("--preauth", default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()

@@ -94,6 +94,12 @@ impl Login {
         self.arg(&["--pep"])
     }
 
+    /// Registers slixmpp's XEP-0045 plugin for client.py's multi-user chat commands and
+    /// events.
+    pub fn muc(self) -> Login {
+        self.arg(&["--muc"])
+    }
+
     /// Creates the account with XEP-0077 in-band registration before signing in (the server
     /// offers it), after presenting an XEP-0401 invitation token when one is given.
     pub fn register(self, preauth: Option<&str>) -> Login {

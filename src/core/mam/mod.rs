@@ -66,7 +66,7 @@ pub fn archivable(el: &Element) -> bool {
 
 /// Why a query or a preferences request is refused.
 #[derive(Debug, thiserror::Error)]
-enum MamError {
+pub(crate) enum MamError {
     /// `<bad-request/>`.
     #[error("{0}")]
     BadRequest(String),
@@ -105,14 +105,14 @@ fn parse_datetime(s: &str) -> Option<i64> {
     Some(ms - offset_min * 60_000)
 }
 
-fn format_ms(ms: i64) -> String {
+pub(crate) fn format_ms(ms: i64) -> String {
     let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The stanza as the archive keeps it: self-contained, with `xmlns='jabber:client'`, so that
 /// it can be written inside `<forwarded/>` as it is.
-fn stored_form(el: &Element) -> Vec<u8> {
+pub(crate) fn stored_form(el: &Element) -> Vec<u8> {
     let mut m = el.clone();
     super::carbons::in_client_ns(&mut m);
     let bytes = m.to_bytes();
@@ -312,161 +312,190 @@ impl Core {
             .map_err(|id| MamError::NotFound(id.to_string()))?;
         let me = &session.account;
         let to = session.jid.to_string();
-        let head = format!(
-            "<message to='{}' from='{}'><result xmlns='{NS_MAM}'{} id='",
-            escape_attr(&to),
-            escape_attr(me),
-            queryid
-                .as_deref()
-                .map(|q| format!(" queryid='{}'", escape_attr(q)))
-                .unwrap_or_default()
-        );
-        for item in &page.items {
-            let mut out = Vec::with_capacity(head.len() + item.stanza.len() + 160);
-            out.extend_from_slice(head.as_bytes());
-            out.extend_from_slice(
-                format!(
-                    "{}'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='{NS_DELAY}' stamp='{}'/>",
-                    item.id,
-                    format_ms(store::ms_of(item.id.key))
-                )
-                .as_bytes(),
-            );
-            out.extend_from_slice(&item.stanza);
-            out.extend_from_slice(b"</forwarded></result></message>");
+        for out in result_messages(&to, me, queryid.as_deref(), &page) {
             session.send(Bytes::from(out));
         }
-        let mut set = Element::new("set", NS_RSM);
-        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
-            set = set
-                .with_child(Element::new("first", NS_RSM).with_text(first.id.to_string()))
-                .with_child(Element::new("last", NS_RSM).with_text(last.id.to_string()));
-        }
-        let mut fin = Element::new("fin", NS_MAM);
-        if page.complete {
-            fin.set_attr("complete", "true");
-        }
-        session.send_element(&iq_result(el, me).with_child(fin.with_child(set)));
+        session.send_element(&iq_result(el, me).with_child(fin(&page)));
         Ok(())
     }
 
     /// The filters and the page of a `<query/>`, and the ids that must exist.
     fn parse_query(&self, p: &Element, cap: usize) -> Result<(Query, Vec<ArchiveId>), MamError> {
-        let mut q = Query {
-            max: DEFAULT_PAGE.min(cap),
-            ..Query::default()
-        };
-        let mut check = Vec::new();
-        let id_of = |v: &str, check: &mut Vec<ArchiveId>| {
-            let id = ArchiveId::parse(v.trim()).ok_or_else(|| MamError::NotFound(v.to_owned()))?;
-            check.push(id);
-            Ok::<i64, MamError>(id.key)
-        };
-        if let Some(x) = p.child("x", NS_DATA) {
-            for f in x
-                .children()
-                .filter(|f| f.name == "field" && f.ns == NS_DATA)
-            {
-                let var = f.attr("var").unwrap_or("");
-                let values: Vec<String> = f
-                    .children()
-                    .filter(|v| v.name == "value" && v.ns == NS_DATA)
-                    .map(Element::text)
-                    .collect();
-                if values.is_empty() {
-                    // A field without a value filters nothing (slixmpp sends such fields).
-                    continue;
-                }
-                let one = || -> Result<&str, MamError> {
-                    match &values[..] {
-                        [v] => Ok(v.as_str()),
-                        _ => Err(bad(format!("the field {var} takes one value"))),
-                    }
-                };
-                match var {
-                    "FORM_TYPE" => {
-                        if one()? != NS_MAM {
-                            return Err(bad(format!("FORM_TYPE must be {NS_MAM}")));
-                        }
-                    }
-                    "with" => {
-                        let j = Jid::parse(one()?.trim())
-                            .map_err(|_| bad("the 'with' field is not a JID"))?;
-                        q.with = Some(match j.resource() {
-                            None => With::Bare(self.contact_key(&j)),
-                            Some(_) => With::Full {
-                                bare: self.contact_key(&j),
-                                full: j.to_string(),
-                            },
-                        });
-                    }
-                    "start" => {
-                        let ms = parse_datetime(one()?)
-                            .ok_or_else(|| bad("'start' is not an XEP-0082 date-time"))?;
-                        q.from_key = Some(store::key_at(ms));
-                    }
-                    "end" => {
-                        let ms = parse_datetime(one()?)
-                            .ok_or_else(|| bad("'end' is not an XEP-0082 date-time"))?;
-                        q.to_key = Some(store::key_at(ms + 1) - 1);
-                    }
-                    "after-id" => {
-                        let k = id_of(one()?, &mut check)?;
-                        q.after = Some(q.after.map_or(k, |a| a.max(k)));
-                    }
-                    "before-id" => {
-                        let k = id_of(one()?, &mut check)?;
-                        q.before = Some(q.before.map_or(k, |b| b.min(k)));
-                    }
-                    "ids" => {
-                        if values.len() > cap {
-                            return Err(bad(format!("at most {cap} ids in one query")));
-                        }
-                        // Ids not in the archive are left out of the results.
-                        q.ids = Some(
-                            values
-                                .iter()
-                                .filter_map(|v| ArchiveId::parse(v.trim()))
-                                .collect(),
-                        );
-                    }
-                    other => return Err(bad(format!("the field '{other}' is not supported"))),
-                }
-            }
-        }
-        if let Some(set) = p.child("set", NS_RSM) {
-            for c in set.children().filter(|c| c.ns == NS_RSM) {
-                let text = c.text();
-                match c.name.as_str() {
-                    "max" => {
-                        let n: usize = text
-                            .trim()
-                            .parse()
-                            .map_err(|_| bad("RSM <max/> is not a number"))?;
-                        q.max = n.min(cap);
-                    }
-                    "after" => {
-                        let k = id_of(&text, &mut check)?;
-                        q.after = Some(q.after.map_or(k, |a| a.max(k)));
-                    }
-                    "before" => {
-                        q.backwards = true;
-                        if !text.trim().is_empty() {
-                            let k = id_of(&text, &mut check)?;
-                            q.before = Some(q.before.map_or(k, |b| b.min(k)));
-                        }
-                    }
-                    "index" => return Err(bad("RSM <index/> is not supported; page by id")),
-                    _ => {}
-                }
-            }
-        }
-        Ok((q, check))
+        parse_query(p, cap, &|j| self.contact_key(j))
     }
 }
 
+/// §4.2: one `<message><result><forwarded/></result></message>` per archived message of the
+/// page, `to` the querier `from` the archive's owner; also used by the chat service's room
+/// archives.
+pub(crate) fn result_messages<'a>(
+    to: &str,
+    from: &str,
+    queryid: Option<&str>,
+    page: &'a store::Page,
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let head = format!(
+        "<message to='{}' from='{}'><result xmlns='{NS_MAM}'{} id='",
+        escape_attr(to),
+        escape_attr(from),
+        queryid
+            .map(|q| format!(" queryid='{}'", escape_attr(q)))
+            .unwrap_or_default()
+    );
+    page.items.iter().map(move |item| {
+        let mut out = Vec::with_capacity(head.len() + item.stanza.len() + 160);
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(
+            format!(
+                "{}'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='{NS_DELAY}' stamp='{}'/>",
+                item.id,
+                format_ms(store::ms_of(item.id.key))
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&item.stanza);
+        out.extend_from_slice(b"</forwarded></result></message>");
+        out
+    })
+}
+
+/// §4.3: the `<fin/>` of the iq result that ends a query, with the page's RSM bounds.
+pub(crate) fn fin(page: &store::Page) -> Element {
+    let mut set = Element::new("set", NS_RSM);
+    if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+        set = set
+            .with_child(Element::new("first", NS_RSM).with_text(first.id.to_string()))
+            .with_child(Element::new("last", NS_RSM).with_text(last.id.to_string()));
+    }
+    let mut fin = Element::new("fin", NS_MAM);
+    if page.complete {
+        fin.set_attr("complete", "true");
+    }
+    fin.with_child(set)
+}
+
+/// The filters and the page of a `<query/>` (at most `cap` results), and the ids that must
+/// exist; `contact_key` is how a `with` JID is keyed in the archive. Shared by accounts'
+/// archives and the chat service's room archives.
+pub(crate) fn parse_query(
+    p: &Element,
+    cap: usize,
+    contact_key: &dyn Fn(&Jid) -> String,
+) -> Result<(Query, Vec<ArchiveId>), MamError> {
+    let mut q = Query {
+        max: DEFAULT_PAGE.min(cap),
+        ..Query::default()
+    };
+    let mut check = Vec::new();
+    let id_of = |v: &str, check: &mut Vec<ArchiveId>| {
+        let id = ArchiveId::parse(v.trim()).ok_or_else(|| MamError::NotFound(v.to_owned()))?;
+        check.push(id);
+        Ok::<i64, MamError>(id.key)
+    };
+    if let Some(x) = p.child("x", NS_DATA) {
+        for f in x
+            .children()
+            .filter(|f| f.name == "field" && f.ns == NS_DATA)
+        {
+            let var = f.attr("var").unwrap_or("");
+            let values: Vec<String> = f
+                .children()
+                .filter(|v| v.name == "value" && v.ns == NS_DATA)
+                .map(Element::text)
+                .collect();
+            if values.is_empty() {
+                // A field without a value filters nothing (slixmpp sends such fields).
+                continue;
+            }
+            let one = || -> Result<&str, MamError> {
+                match &values[..] {
+                    [v] => Ok(v.as_str()),
+                    _ => Err(bad(format!("the field {var} takes one value"))),
+                }
+            };
+            match var {
+                "FORM_TYPE" => {
+                    if one()? != NS_MAM {
+                        return Err(bad(format!("FORM_TYPE must be {NS_MAM}")));
+                    }
+                }
+                "with" => {
+                    let j = Jid::parse(one()?.trim())
+                        .map_err(|_| bad("the 'with' field is not a JID"))?;
+                    q.with = Some(match j.resource() {
+                        None => With::Bare(contact_key(&j)),
+                        Some(_) => With::Full {
+                            bare: contact_key(&j),
+                            full: j.to_string(),
+                        },
+                    });
+                }
+                "start" => {
+                    let ms = parse_datetime(one()?)
+                        .ok_or_else(|| bad("'start' is not an XEP-0082 date-time"))?;
+                    q.from_key = Some(store::key_at(ms));
+                }
+                "end" => {
+                    let ms = parse_datetime(one()?)
+                        .ok_or_else(|| bad("'end' is not an XEP-0082 date-time"))?;
+                    q.to_key = Some(store::key_at(ms + 1) - 1);
+                }
+                "after-id" => {
+                    let k = id_of(one()?, &mut check)?;
+                    q.after = Some(q.after.map_or(k, |a| a.max(k)));
+                }
+                "before-id" => {
+                    let k = id_of(one()?, &mut check)?;
+                    q.before = Some(q.before.map_or(k, |b| b.min(k)));
+                }
+                "ids" => {
+                    if values.len() > cap {
+                        return Err(bad(format!("at most {cap} ids in one query")));
+                    }
+                    // Ids not in the archive are left out of the results.
+                    q.ids = Some(
+                        values
+                            .iter()
+                            .filter_map(|v| ArchiveId::parse(v.trim()))
+                            .collect(),
+                    );
+                }
+                other => return Err(bad(format!("the field '{other}' is not supported"))),
+            }
+        }
+    }
+    if let Some(set) = p.child("set", NS_RSM) {
+        for c in set.children().filter(|c| c.ns == NS_RSM) {
+            let text = c.text();
+            match c.name.as_str() {
+                "max" => {
+                    let n: usize = text
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("RSM <max/> is not a number"))?;
+                    q.max = n.min(cap);
+                }
+                "after" => {
+                    let k = id_of(&text, &mut check)?;
+                    q.after = Some(q.after.map_or(k, |a| a.max(k)));
+                }
+                "before" => {
+                    q.backwards = true;
+                    if !text.trim().is_empty() {
+                        let k = id_of(&text, &mut check)?;
+                        q.before = Some(q.before.map_or(k, |b| b.min(k)));
+                    }
+                }
+                "index" => return Err(bad("RSM <index/> is not supported; page by id")),
+                _ => {}
+            }
+        }
+    }
+    Ok((q, check))
+}
+
 /// §4.1.1: the query form.
-fn query_form() -> Element {
+pub(crate) fn query_form() -> Element {
     let field = |var: &str, type_: &str| {
         Element::new("field", NS_DATA)
             .with_attr("var", var)
