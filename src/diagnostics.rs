@@ -41,6 +41,8 @@ use crate::metrics::Metrics;
 use crate::policy::{PeerSecurity, Policy, Refused};
 use crate::router::Router;
 use crate::s2s::connect::{describe_features, ConnectError, Stage};
+use crate::s2s::dialback::connect_back::{self, InstanceAnswer};
+use crate::s2s::dialback::Verdict;
 use crate::s2s::outbound::{self, AuthMethod, OutboundError, Probe};
 use crate::s2s::trace::Trace;
 use crate::s2s::S2sContext;
@@ -176,6 +178,8 @@ pub struct RemoteCheck {
     domain: String,
     /// The local domain we connect as.
     local: String,
+    /// DOMAIN is one of ours: check that its instances share our dialback secret instead.
+    own: bool,
 }
 
 /// A command line or configuration that `check remote` cannot work with (exit 64).
@@ -184,8 +188,6 @@ pub struct RemoteCheck {
 pub enum UsageError {
     #[error("`{given}` is not a domain: {reason}; give a domain such as example.org")]
     Domain { given: String, reason: String },
-    #[error("{domain} is one of our own domains ([[component.backend]] in {file}); give a remote domain")]
-    Local { domain: String, file: String },
     #[error("--from {given}: not a domain of {file}; use one of {domains}")]
     From {
         given: String,
@@ -220,12 +222,7 @@ impl RemoteCheck {
         let config = Config::load(file)?;
         let locals: Vec<&str> = config.local_domains().collect();
         let shown = file.display().to_string();
-        if locals.contains(&remote.as_str()) {
-            return Err(UsageError::Local {
-                domain: remote,
-                file: shown,
-            });
-        }
+        let own = locals.contains(&remote.as_str());
         let local = match from {
             Some(given) => {
                 let local = normalize(given)?;
@@ -246,16 +243,19 @@ impl RemoteCheck {
             config,
             domain: remote,
             local,
+            own,
         })
     }
 
-    /// Probes the remote domain and returns what happened, step by step.
-    pub async fn run(self) -> Result<RemoteReport, UsageError> {
+    /// Probes the remote domain and returns what happened, step by step; for one of our own
+    /// domains, asks each of its instances to verify a key ([`InstancesReport`]).
+    pub async fn run(self) -> Result<Report, UsageError> {
         let RemoteCheck {
             file,
             config,
             domain,
             local,
+            own,
         } = self;
         let mut notes = Vec::new();
         let secret_file = config.s2s.dialback_secret_file.clone();
@@ -308,8 +308,13 @@ impl RemoteCheck {
             CancellationToken::new(),
             TaskTracker::new(),
         ));
+        if own {
+            return Ok(Report::Instances(
+                InstancesReport::run(&ctx, domain, secret_file, notes).await,
+            ));
+        }
         let (trace, result) = outbound::probe(ctx.clone(), &local, &domain).await;
-        Ok(RemoteReport {
+        Ok(Report::Remote(RemoteReport {
             policy: ctx.router.policy().check(&domain),
             mode: config.federation.mode,
             security: ctx.security.load().peer(&domain),
@@ -321,11 +326,150 @@ impl RemoteCheck {
             notes,
             trace,
             result,
-        })
+        }))
     }
 }
 
-/// What `check remote` found, printed by its `Display`.
+/// What `check remote` found: a remote domain's probe, or our own instances' secret.
+pub enum Report {
+    Remote(RemoteReport),
+    Instances(InstancesReport),
+}
+
+impl Report {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Report::Remote(r) => r.exit(),
+            Report::Instances(r) => r.exit(),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Remote(r) => r.fmt(f),
+            Report::Instances(r) => r.fmt(f),
+        }
+    }
+}
+
+/// `check remote` for one of our own domains: every instance its DNS lists is asked, as a
+/// receiving server would ask by dialback, to verify a key made with this machine's secret
+/// file (it must say valid) and a key made with another secret (it must say invalid). An
+/// instance with another secret file verifies nobody's keys but its own.
+pub struct InstancesReport {
+    domain: String,
+    secret_file: PathBuf,
+    notes: Vec<String>,
+    answers: Result<Vec<InstanceAnswer>, ResolveError>,
+}
+
+/// The receiving domain named in the check's `<db:verify/>` requests: reserved (RFC 2606),
+/// so that a key made for it is good for nothing else.
+const CHECK_RECEIVER: &str = "fedgate-check.invalid";
+
+impl InstancesReport {
+    async fn run(
+        ctx: &S2sContext,
+        domain: String,
+        secret_file: PathBuf,
+        notes: Vec<String>,
+    ) -> InstancesReport {
+        let stream_id = crate::dialback::new_stream_id();
+        let ours = ctx.secret.key(CHECK_RECEIVER, &domain, &stream_id);
+        let other = DialbackSecret::from_bytes(&rand::random::<[u8; 32]>());
+        let wrong = other.key(CHECK_RECEIVER, &domain, &stream_id);
+        let answers =
+            connect_back::ask_each(ctx, CHECK_RECEIVER, &domain, &stream_id, &[ours, wrong]).await;
+        InstancesReport {
+            domain,
+            secret_file,
+            notes,
+            answers,
+        }
+    }
+
+    /// Whether every instance answered valid for our key and invalid for the other.
+    fn shared_by_all(&self) -> bool {
+        matches!(&self.answers, Ok(list) if !list.is_empty() && list.iter().all(|a| matches!(
+            a.verdicts.as_deref(),
+            Ok([Verdict::Valid, Verdict::Invalid])
+        )))
+    }
+
+    pub fn exit(&self) -> Exit {
+        if self.shared_by_all() {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        }
+    }
+}
+
+impl fmt::Display for InstancesReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} is one of our domains: asking each of its instances to verify a dialback key made with {}",
+            self.domain,
+            self.secret_file.display()
+        )?;
+        for note in &self.notes {
+            writeln!(f, "Note: {note}")?;
+        }
+        let answers = match &self.answers {
+            Ok(answers) => answers,
+            Err(e) => {
+                writeln!(f, "Verdict: FAILED at DNS: {e}")?;
+                return writeln!(
+                    f,
+                    "Fix: publish SRV or A/AAAA records for {} that list every instance",
+                    self.domain
+                );
+            }
+        };
+        for a in answers {
+            match a.verdicts.as_deref() {
+                Ok([Verdict::Valid, Verdict::Invalid]) => {
+                    writeln!(f, "ok   {}: shares this secret", a.label)?
+                }
+                Ok([Verdict::Invalid, _]) => writeln!(
+                    f,
+                    "FAIL {}: refuses keys made with this secret: it has another dialback secret file",
+                    a.label
+                )?,
+                Ok(_) => writeln!(
+                    f,
+                    "FAIL {}: accepts a key made with another secret: it does not check keys",
+                    a.label
+                )?,
+                Err(why) => writeln!(f, "FAIL {}: {why}", a.label)?,
+            }
+        }
+        if self.shared_by_all() {
+            writeln!(
+                f,
+                "Verdict: OK — all {} instance(s) of {} share the dialback secret",
+                answers.len(),
+                self.domain
+            )
+        } else {
+            writeln!(
+                f,
+                "Verdict: FAILED — not every instance of {} verifies this machine's keys",
+                self.domain
+            )?;
+            writeln!(
+                f,
+                "Fix: copy {} (mode 0600) to every instance, as its s2s.dialback_secret_file, and restart or reload them",
+                self.secret_file.display()
+            )
+        }
+    }
+}
+
+/// What `check remote` found about a remote domain, printed by its `Display`.
 pub struct RemoteReport {
     file: PathBuf,
     domain: String,

@@ -272,7 +272,6 @@ async fn check_remote_without_dns_records_or_a_listener_says_which_step_and_the_
     // Mistakes on the command line: one line, exit 64.
     for (args, says) in [
         (vec!["not a domain"], "give a domain such as example.org"),
-        (vec!["a.test"], "one of our own domains"),
         (vec!["b.test", "--from", "c.test"], "use one of a.test"),
     ] {
         let mut all = vec!["check".to_string(), "remote".into()];
@@ -344,4 +343,57 @@ fn check_config_lists_every_problem_or_prints_the_effective_config() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run(&valid);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+/// `check remote` on one of our own domains: every instance its SRV lists is asked to verify
+/// a key made with this machine's secret file (and one made with another secret); an
+/// instance with another secret file is named, with the fix.
+#[tokio::test]
+async fn check_remote_on_our_own_domain_asks_every_instance_for_the_shared_secret() {
+    const SECRET: &str = "the-secret-every-instance-should-have";
+    let dns = TestDns::start().await;
+    let same = instance(&dns, "a.test")
+        .dialback_secret(SECRET)
+        .unlisted()
+        .start()
+        .await;
+    let mut other = instance(&dns, "a.test")
+        .dialback_secret("a-secret-nobody-copied-to-the-others")
+        .unlisted()
+        .start()
+        .await;
+    dns.add("gw1.a.test", same.ip);
+    dns.add("gw2.a.test", other.ip);
+    dns.add_srv("_xmpp-server._tcp.a.test", 0, 0, 5269, "gw1.a.test");
+    dns.add_srv("_xmpp-server._tcp.a.test", 10, 0, 5269, "gw2.a.test");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("dialback.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let file = local_config(dir.path(), &dns, &secret_file, "");
+
+    let (code, out) = check_remote("a.test", &file).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert_in_order(
+        &out,
+        &[
+            "a.test is one of our domains: asking each of its instances",
+            "ok   gw1.a.test",
+            ": shares this secret",
+            "FAIL gw2.a.test",
+            "refuses keys made with this secret: it has another dialback secret file",
+            "Verdict: FAILED",
+            "Fix: copy ",
+        ],
+    );
+
+    // The odd one out gets the file and restarts: every instance verifies this machine's keys.
+    other.stop().await;
+    std::fs::write(other.dir.path().join("dialback.secret"), SECRET).unwrap();
+    other.restart().await;
+    let (code, out) = check_remote("a.test", &file).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Verdict: OK — all 2 instance(s) of a.test share the dialback secret"),
+        "{out}"
+    );
 }

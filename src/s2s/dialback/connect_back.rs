@@ -131,6 +131,79 @@ async fn ask(
     })
 }
 
+/// What one instance of a domain answered in [`ask_each`].
+#[derive(Debug)]
+pub struct InstanceAnswer {
+    /// The target as the walk names it (host, port, address).
+    pub label: String,
+    /// Its verdict on each key, in the order given; `Err` says why there is none.
+    pub verdicts: Result<Vec<Verdict>, String>,
+}
+
+/// Asks every target of `originating` (not only the first that answers, as [`verify`] does)
+/// to verify each of `keys` for the stream `stream_id` to `receiving`: whether all instances
+/// of a deployment share one dialback secret (`fedgate check remote` on one of our own
+/// domains).
+pub async fn ask_each(
+    ctx: &S2sContext,
+    receiving: &str,
+    originating: &str,
+    stream_id: &str,
+    keys: &[String],
+) -> Result<Vec<InstanceAnswer>, crate::dns::ResolveError> {
+    let mut trace = Trace::new();
+    let mut walk = connect::Walk::start(ctx, originating, &mut trace).await?;
+    let policy = ctx.security.load().peer(originating);
+    let mut answers = Vec::new();
+    while let Some(opened) = walk
+        .next(ctx, receiving, originating, &policy, &mut trace)
+        .await
+    {
+        let mut opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                answers.push(InstanceAnswer {
+                    label: e.to_string(),
+                    verdicts: Err("not reached".into()),
+                });
+                continue;
+            }
+        };
+        let mut verdicts = Ok(Vec::new());
+        for key in keys {
+            let asked = ask_on(
+                &mut opened.conn,
+                &opened.label,
+                receiving,
+                originating,
+                stream_id,
+                key,
+            );
+            match tokio::time::timeout(ctx.settings.dialback_timeout, asked).await {
+                Ok(Ok(v)) => {
+                    if let Ok(list) = &mut verdicts {
+                        list.push(v);
+                    }
+                }
+                Ok(Err(Ask::Refused(why) | Ask::Failed(why))) => {
+                    verdicts = Err(why);
+                    break;
+                }
+                Err(_) => {
+                    verdicts = Err("no answer in time".into());
+                    break;
+                }
+            }
+        }
+        opened.conn.close().await;
+        answers.push(InstanceAnswer {
+            label: opened.label,
+            verdicts,
+        });
+    }
+    Ok(answers)
+}
+
 enum Ask {
     /// The server answered, with an error: final.
     Refused(String),
