@@ -197,3 +197,46 @@ async fn a_backend_that_stops_reading_holds_up_nothing_else_on_the_remotes_strea
         "{delivered} delivered, {bounced} bounced"
     );
 }
+
+/// Finding 4: a link found dead is a reason to reconnect, not to bounce. The link to b.test
+/// has lived longer than the retry window (but not the 10 s that make a link "stable") when
+/// it is cut with a stanza unacknowledged: fedgate connects again, resends it, and a new
+/// stanza goes out too. (Before, such a loss counted as the end of the retry window: both
+/// bounced, and new ones for failure_window, without a new attempt.)
+#[tokio::test]
+async fn a_dead_link_is_reconnected_at_once_not_bounced_for_the_failure_window() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .s2s("retry_window = \"300ms\"\nfailure_window = \"1m\"")
+        .start()
+        .await;
+    let mut b_backend = b.backend().await;
+    let (sender, mut received) = library_backend(&a).await;
+    sender
+        .send_raw("<message from='a.test' to='bob@b.test' id='m1'/>")
+        .await
+        .unwrap();
+    assert_eq!(b_backend.next().await.id(), Some("m1"));
+    // The link outlives the retry window (a wait on the clock is the point here).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // m2 is written into a path that has gone silent, then the path is cut.
+    proxy.pause(true);
+    sender
+        .send_raw("<message from='a.test' to='bob@b.test' id='m2'/>")
+        .await
+        .unwrap();
+    wait_for_metric(&a, "fedgate_outbound_unacked", 1.0).await;
+    proxy.cut();
+    proxy.pause(false);
+    sender
+        .send_raw("<message from='a.test' to='bob@b.test' id='m3'/>")
+        .await
+        .unwrap();
+    assert_eq!(b_backend.next().await.id(), Some("m2"));
+    assert_eq!(b_backend.next().await.id(), Some("m3"));
+    assert_eq!(proxy.connections(), 2);
+    assert!(received.try_recv().is_err(), "nothing bounced");
+}

@@ -283,6 +283,9 @@ impl Session {
         let mut carry = Carry::new(metrics.outbound_unacked.clone());
         let mut failing_since: Option<Instant> = None;
         let mut delay = settings.retry_initial_delay;
+        // Whether the link now up replaced one that was lost soon after it came up: only a
+        // second quick loss in a row makes the peer a flapping one.
+        let mut after_quick_loss = false;
         let failure = loop {
             let mut trace = Trace::new();
             let mut gauge = metrics.session(Direction::Outbound);
@@ -374,10 +377,19 @@ impl Session {
                         // A link that worked for a while: reconnect at once, failures anew.
                         failing_since = None;
                         delay = settings.retry_initial_delay;
+                        after_quick_loss = false;
                         continue;
                     }
-                    // A link that drops as soon as it is up counts as a failed attempt, so
-                    // a flapping peer is retried with backoff and, in the end, bounced.
+                    if !after_quick_loss {
+                        // A lost link is a reason to reconnect, never to give up at once: the
+                        // retry window and then failure_window are for a peer that cannot be
+                        // reached, which only a failed attempt shows.
+                        after_quick_loss = true;
+                        continue;
+                    }
+                    // A link that drops as soon as it is up, again, counts as a failed
+                    // attempt, so a flapping peer is retried with backoff and, in the end,
+                    // bounced.
                     let since = *failing_since.get_or_insert(up);
                     let wait = jittered(delay);
                     if since.elapsed() + wait >= settings.retry_window {
