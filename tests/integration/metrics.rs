@@ -582,6 +582,33 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// For `scripts/dashboard-snapshots.sh`: every dashboard expression over the last 30 s,
+    /// as Prometheus's `query_range` JSON, in `dir/FILE-N.json` (N in the file's order).
+    async fn save_dashboard_data(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for (origin, expr) in expressions() {
+            let Some((file, n)) = origin.split_once(" query ") else {
+                continue; // an alert rule
+            };
+            let expr = expr
+                .replace("$__rate_interval", "5s")
+                .replace("$peer", ".+");
+            let body = self
+                .get(&format!(
+                    "/api/v1/query_range?query={}&start={}&end={end}&step=1",
+                    url_encode(&expr),
+                    end - 30
+                ))
+                .await;
+            let name = format!("{}-{n}.json", file.trim_end_matches(".json"));
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+    }
+
     async fn query(&self, expr: &str) -> String {
         self.get(&format!("/api/v1/query?query={}", url_encode(expr)))
             .await
@@ -693,6 +720,22 @@ async fn prometheus_evaluates_every_dashboard_expression_and_alert_rule_against_
         }
     }
     assert!(empty.is_empty(), "empty results:\n{}", empty.join("\n"));
+    if let Some(dir) = std::env::var_os("FEDGATE_DASHBOARD_DATA") {
+        // Half a minute of traffic in rounds, for plots with a shape.
+        for _ in 0..8 {
+            // The backends of the last round detach before the next attaches again.
+            busy.backends.clear();
+            for g in [&busy.a, &busy.b, &busy.c, &busy.e] {
+                eventually("the last round's backend detached", || {
+                    !g.gw().router.component_attached(&g.domain)
+                })
+                .await;
+            }
+            busy.traffic(Duration::from_millis(2500)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        prometheus.save_dashboard_data(Path::new(&dir)).await;
+    }
 
     // Every alert's condition holds in this scenario: each rule is pending or firing.
     let mut states = String::new();
