@@ -98,6 +98,14 @@ enum Placed<T> {
     Closed(T),
 }
 
+/// The domain of a stanza's `to`, for the text of a bounce (empty when there is none).
+fn to_domain(s: &Stanza) -> String {
+    s.to()
+        .and_then(|t| jid::domain_of(t).ok())
+        .unwrap_or_default()
+        .into_owned()
+}
+
 /// Puts `item` into the queue of a destination whose reader may have fallen behind. A full
 /// queue makes us wait (TCP back-pressure, passed on) for at most `patience`; past that the
 /// destination is marked `stalled` and the item handed back, and while it is stalled items
@@ -391,16 +399,10 @@ impl Router {
             };
             match dest {
                 Destination::Component(handle) => {
-                    let domain_of = |s: &Stanza| -> String {
-                        s.to()
-                            .and_then(|t| jid::domain_of(t).ok())
-                            .unwrap_or_default()
-                            .into_owned()
-                    };
                     match place(&handle.tx, stanza, &handle.stalled, self.stall_timeout).await {
                         Placed::Queued => {}
                         Placed::Stalled(s) => {
-                            let domain = domain_of(&s);
+                            let domain = to_domain(&s);
                             let text = format!(
                                 "the backend for {domain} is not reading: its queue has been full for {:?}",
                                 self.stall_timeout
@@ -414,7 +416,7 @@ impl Router {
                             .await;
                         }
                         Placed::Closed(s) => {
-                            let domain = domain_of(&s);
+                            let domain = to_domain(&s);
                             self.bounce(
                                 &s,
                                 StanzaErrorCondition::ServiceUnavailable,
@@ -429,10 +431,7 @@ impl Router {
                 Destination::Outbound(handle) => match self.enqueue(&handle, stanza).await {
                     Enqueued::Queued => return,
                     Enqueued::Overflow(s) => {
-                        let remote = s
-                            .to()
-                            .and_then(|t| jid::domain_of(t).ok())
-                            .unwrap_or_default();
+                        let remote = to_domain(&s);
                         self.bounce(
                             &s,
                             StanzaErrorCondition::ResourceConstraint,
@@ -443,10 +442,7 @@ impl Router {
                         return;
                     }
                     Enqueued::Stalled(s) => {
-                        let remote = s
-                            .to()
-                            .and_then(|t| jid::domain_of(t).ok())
-                            .unwrap_or_default();
+                        let remote = to_domain(&s);
                         let text = format!(
                             "{remote} stopped reading: the outbound queue for it has been full for {:?}",
                             self.stall_timeout
