@@ -458,15 +458,25 @@ modules:
     pub fn ejabberdctl(&self, args: &[&str]) -> String {
         let mut argv = self.ejabberdctl_argv();
         argv.extend(args.iter().map(|s| s.to_string()));
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("run ejabberdctl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // ejabberd answers commands before mnesia has loaded its tables on a busy machine
+        // (`{aborted,{no_exists,passwd,…}}`): such an answer is retried for a few seconds.
+        let mut tries = 0;
+        let (out, text) = loop {
+            let out = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .expect("run ejabberdctl");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tries += 1;
+            if out.status.success() || !text.contains("no_exists") || tries >= 50 {
+                break (out, text);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
         assert!(
             out.status.success(),
             "ejabberdctl {args:?} failed: {text}\n{}",
