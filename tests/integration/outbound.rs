@@ -609,3 +609,37 @@ async fn without_stream_management_an_answered_ping_confirms_what_was_written_be
     send_messages(&mut backend_a, "a.test", "b.test", "n", 0..1).await;
     assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
 }
+
+#[tokio::test]
+async fn with_stream_management_but_no_resumption_only_what_was_not_acknowledged_is_resent() {
+    let dns = TestDns::start().await;
+    // b forgets a dropped stream's count after 100 ms; a retries after about a second, so
+    // its resumption fails and it enables stream management afresh.
+    let (a, b, proxy) = linked(
+        &dns,
+        "retry_initial_delay = \"1s\"",
+        "resume_timeout = \"100ms\"",
+    )
+    .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..10).await;
+    assert_eq!(receive_ids(&mut backend_b, 10).await, ids("m", 0..10));
+    wait_for_metric_below(&a, "fedgate_outbound_unacked", 0.0).await;
+    // Cut inside the first TLS record of the burst: b gets none of it.
+    proxy.cut_after(150);
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 10..60).await;
+    // The acknowledged m0..m9 would come first if they were resent.
+    expect_exactly(&mut backend_b, &mut backend_a, &ids("m", 10..60)).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") <= 50.0);
+    assert_eq!(proxy.connections(), 2);
+}
