@@ -192,7 +192,9 @@ async fn without_stream_management_a_link_cut_mid_burst_resends_what_was_unconfi
     while seen.len() < total {
         let s = backend_b.next().await;
         assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
-        *seen.entry(s.id().unwrap_or_default().to_string()).or_default() += 1;
+        *seen
+            .entry(s.id().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     assert!(ids("m", 0..total).iter().all(|id| seen.contains_key(id)));
@@ -219,7 +221,10 @@ async fn without_stream_management_a_link_cut_mid_burst_resends_what_was_unconfi
         "nothing bounced"
     );
     assert_eq!(proxy.connections(), 2);
-    eprintln!("{total} sent, {} distinct arrived, {duplicates} twice, {resent} resent unconfirmed", seen.len());
+    eprintln!(
+        "{total} sent, {} distinct arrived, {duplicates} twice, {resent} resent unconfirmed",
+        seen.len()
+    );
 }
 
 #[tokio::test]
@@ -267,8 +272,15 @@ async fn without_stream_management_a_link_cut_mid_burst_bounces_what_was_unconfi
         "nothing is resent, so nothing arrives twice"
     );
     assert!(!bounced.is_empty(), "the cut left some unconfirmed");
-    let both = bounced.iter().filter(|id| delivered.contains_key(*id)).count();
-    assert_eq!(delivered.len() + bounced.len() - both, total, "sent = delivered + bounced");
+    let both = bounced
+        .iter()
+        .filter(|id| delivered.contains_key(*id))
+        .count();
+    assert_eq!(
+        delivered.len() + bounced.len() - both,
+        total,
+        "sent = delivered + bounced"
+    );
     let m = a.metrics().await;
     assert_eq!(
         metric(

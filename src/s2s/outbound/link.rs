@@ -10,13 +10,13 @@ use tokio::time::Instant;
 
 use super::authenticate::Link;
 use super::Session;
+use crate::config::Unconfirmed;
 use crate::connection::{ReadError, Reader, Writer};
 use crate::metrics::Direction;
 use crate::router::Queued;
 use crate::s2s::keepalive::Whitespace;
 use crate::s2s::limits::{Limit, OutboundCap};
 use crate::s2s::sm::sending::Incoming;
-use crate::config::Unconfirmed;
 use crate::s2s::sm::{self, Carry};
 use crate::s2s::PeerStreamError;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};

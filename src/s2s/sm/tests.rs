@@ -329,9 +329,16 @@ fn a_confirmation_releases_the_oldest_stanzas_and_the_rest_stay_unconfirmed() {
     carry.unconfirmed = 5;
     carry.release(3);
     assert_eq!(gauge.get(), 2);
-    let left: Vec<_> = carry.unacked.iter().map(|s| s.id().unwrap().to_string()).collect();
+    let left: Vec<_> = carry
+        .unacked
+        .iter()
+        .map(|s| s.id().unwrap().to_string())
+        .collect();
     assert_eq!(left, ["m3", "m4"], "the newest stay, in order");
-    assert_eq!(carry.unconfirmed, 2, "released stanzas are no longer duplicates-possible");
+    assert_eq!(
+        carry.unconfirmed, 2,
+        "released stanzas are no longer duplicates-possible"
+    );
     // An answer never releases more than there is.
     carry.release(10);
     assert!(carry.unacked.is_empty());
@@ -343,7 +350,11 @@ fn without_resumption_only_what_was_not_acknowledged_is_kept_for_resending() {
     let (mut carry, gauge) = carry_of(5);
     carry.ack(2).unwrap();
     // The link drops and the peer cannot resume: what is resent is what remains.
-    let left: Vec<_> = carry.unacked.iter().map(|s| s.id().unwrap().to_string()).collect();
+    let left: Vec<_> = carry
+        .unacked
+        .iter()
+        .map(|s| s.id().unwrap().to_string())
+        .collect();
     assert_eq!(left, ["m2", "m3", "m4"]);
     assert_eq!(gauge.get(), 3);
     assert!(carry.ack(6).is_err(), "more than was sent");
