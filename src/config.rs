@@ -581,6 +581,28 @@ pub struct PeerConfig {
     /// is still `domain`. Default none. A domain has at most one route.
     #[serde(default)]
     pub route: Option<RouteTarget>,
+    /// What happens to stanzas written on a link to this peer without XEP-0198 stream
+    /// management whose reading the peer had not yet confirmed (with an XEP-0199 ping) when
+    /// the link dropped: `"resend"` (default) writes them again on the next link, so each
+    /// arrives at least once but may arrive twice (counted in
+    /// `fedgate_outbound_stanzas_total{event="resent_unconfirmed"}`); `"bounce"` returns them
+    /// to their senders with `remote-server-timeout` and a text saying they may have been
+    /// delivered, so none arrives twice but some bounced ones did arrive. Links with XEP-0198
+    /// resend only what was not acknowledged, whatever this says.
+    #[serde(default)]
+    pub unconfirmed: Unconfirmed,
+}
+
+/// `[[federation.peer]] unconfirmed`: what a dropped link without XEP-0198 does with the
+/// stanzas the peer had not confirmed reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unconfirmed {
+    /// Write them again on the next link: at least once, perhaps twice.
+    #[default]
+    Resend,
+    /// Return them to their senders with `remote-server-timeout`: at most once.
+    Bounce,
 }
 
 impl PeerConfig {

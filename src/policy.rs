@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{AuthRequirement, Config, FederationConfig, FederationMode, TlsRequirement};
+use crate::config::{
+    AuthRequirement, Config, FederationConfig, FederationMode, TlsRequirement, Unconfirmed,
+};
 
 /// Why a remote domain is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +118,9 @@ pub struct PeerSecurity {
     pub max_stanza_bytes: Option<usize>,
     /// `max_inbound_bytes_per_second` of `[[federation.peer]]`; `None`: `[s2s]`'s.
     pub max_inbound_bytes_per_second: Option<u64>,
+    /// `unconfirmed` of `[[federation.peer]]`: resend or bounce what a link without XEP-0198
+    /// wrote and the peer had not confirmed when it dropped.
+    pub unconfirmed: Unconfirmed,
 }
 
 impl PeerSecurity {
@@ -152,6 +157,7 @@ impl SecurityPolicy {
             pins: Vec::new(),
             max_stanza_bytes: None,
             max_inbound_bytes_per_second: None,
+            unconfirmed: Unconfirmed::default(),
         };
         let peers = config
             .federation
@@ -169,6 +175,7 @@ impl SecurityPolicy {
                     pins: p.pins().unwrap_or_default(),
                     max_stanza_bytes: p.max_stanza_bytes,
                     max_inbound_bytes_per_second: p.max_inbound_bytes_per_second,
+                    unconfirmed: p.unconfirmed,
                 };
                 (p.domain.clone(), Arc::new(security))
             })

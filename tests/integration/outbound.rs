@@ -153,25 +153,154 @@ async fn unavailable_presence_is_never_bounced_but_other_presence_is() {
     );
 }
 
-#[tokio::test]
-async fn a_link_without_stream_management_that_drops_counts_what_may_be_lost_and_reconnects() {
-    let dns = TestDns::start().await;
-    let (a, b, proxy) = linked(&dns, "", "stream_management = false").await;
-    let mut backend_a = a.backend().await;
-    let mut backend_b = b.backend().await;
-    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..5).await;
-    assert_eq!(receive_ids(&mut backend_b, 5).await, ids("m", 0..5));
-    proxy.cut();
+/// Over a link without XEP-0198: a first message, confirmed by an answered ping, then the
+/// proxy lets `bytes` more through and cuts the link while `total` messages are on their way.
+async fn cut_mid_burst(
+    a: &Instance,
+    proxy: &TestProxy,
+    backend_a: &mut RawStream,
+    backend_b: &mut RawStream,
+    total: usize,
+) {
+    send_messages(backend_a, "a.test", "b.test", "w", 0..1).await;
+    assert_eq!(receive_ids(backend_b, 1).await, vec!["w0"]);
     wait_for_metric(
-        &a,
-        "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}",
-        5.0,
+        a,
+        "fedgate_outbound_events_total{event=\"ping_answered\"}",
+        1.0,
     )
     .await;
-    // The next stanza opens a new link.
-    send_messages(&mut backend_a, "a.test", "b.test", "n", 0..1).await;
-    assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
+    proxy.cut_after(6000);
+    send_messages(backend_a, "a.test", "b.test", "m", 0..total).await;
+}
+
+#[tokio::test]
+async fn without_stream_management_a_link_cut_mid_burst_resends_what_was_unconfirmed() {
+    let dns = TestDns::start().await;
+    let (a, b, proxy) = linked(
+        &dns,
+        "retry_initial_delay = \"100ms\"",
+        "stream_management = false",
+    )
+    .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let total = 300;
+    cut_mid_burst(&a, &proxy, &mut backend_a, &mut backend_b, total).await;
+    // Every message arrives at least once; the resent ones first, then the rest.
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    while seen.len() < total {
+        let s = backend_b.next().await;
+        assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
+        *seen
+            .entry(s.id().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    assert!(ids("m", 0..total).iter().all(|id| seen.contains_key(id)));
+    let m = a.metrics().await;
+    let resent = metric(
+        &m,
+        "fedgate_outbound_stanzas_total{event=\"resent_unconfirmed\"}",
+    );
+    assert!(resent > 0.0, "the cut left some unconfirmed: {m}");
+    assert!(
+        duplicates as f64 <= resent,
+        "every duplicate is counted: {duplicates} arrived twice, {resent} resent unconfirmed"
+    );
+    assert!(
+        metric(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") >= resent,
+        "{m}"
+    );
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        0.0,
+        "nothing bounced"
+    );
     assert_eq!(proxy.connections(), 2);
+    eprintln!(
+        "{total} sent, {} distinct arrived, {duplicates} twice, {resent} resent unconfirmed",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn without_stream_management_a_link_cut_mid_burst_bounces_what_was_unconfirmed() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("stream_management = false")
+        .start()
+        .await;
+    let proxy = TestProxy::start(b.s2s_addr()).await;
+    let a = instance(&dns, "a.test")
+        .route("b.test", proxy.addr, false)
+        .peer("domain = \"b.test\"\nunconfirmed = \"bounce\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let total = 300;
+    cut_mid_burst(&a, &proxy, &mut backend_a, &mut backend_b, total).await;
+    let mut delivered = std::collections::HashMap::<String, usize>::new();
+    let mut bounced = std::collections::HashSet::<String>::new();
+    let accounted = |d: &std::collections::HashMap<String, usize>,
+                     b: &std::collections::HashSet<String>| {
+        ids("m", 0..total)
+            .iter()
+            .all(|id| d.contains_key(id) || b.contains(id))
+    };
+    while !accounted(&delivered, &bounced) {
+        tokio::select! {
+            s = backend_b.next() => {
+                assert_ne!(s.type_(), Some("error"), "{}", text(s.raw()));
+                *delivered.entry(s.id().unwrap_or_default().to_string()).or_default() += 1;
+            }
+            s = backend_a.next() => {
+                let raw = text(s.raw()).to_string();
+                assert_eq!(s.type_(), Some("error"), "{raw}");
+                assert!(raw.contains("remote-server-timeout"), "{raw}");
+                assert!(raw.contains("it may have been delivered"), "{raw}");
+                assert!(bounced.insert(s.id().unwrap_or_default().to_string()), "bounced once: {raw}");
+            }
+        }
+    }
+    assert!(
+        delivered.values().all(|n| *n == 1),
+        "nothing is resent, so nothing arrives twice"
+    );
+    assert!(!bounced.is_empty(), "the cut left some unconfirmed");
+    let both = bounced
+        .iter()
+        .filter(|id| delivered.contains_key(*id))
+        .count();
+    assert_eq!(
+        delivered.len() + bounced.len() - both,
+        total,
+        "sent = delivered + bounced"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
+        ),
+        bounced.len() as f64
+    );
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "fedgate_outbound_stanzas_total{event=\"resent_unconfirmed\"}"
+        ),
+        0.0
+    );
+    eprintln!(
+        "{total} sent, {} delivered, {} bounced, {both} of them delivered too",
+        delivered.len(),
+        bounced.len()
+    );
 }
 
 /// Polls `instance`'s metrics until `sample` is at most `at_most`.
@@ -491,4 +620,38 @@ async fn without_stream_management_an_answered_ping_confirms_what_was_written_be
     // The ping never reached b's backend: the next thing it sees is the next message.
     send_messages(&mut backend_a, "a.test", "b.test", "n", 0..1).await;
     assert_eq!(receive_ids(&mut backend_b, 1).await, vec!["n0"]);
+}
+
+#[tokio::test]
+async fn with_stream_management_but_no_resumption_only_what_was_not_acknowledged_is_resent() {
+    let dns = TestDns::start().await;
+    // b forgets a dropped stream's count after 100 ms; a retries after about a second, so
+    // its resumption fails and it enables stream management afresh.
+    let (a, b, proxy) = linked(
+        &dns,
+        "retry_initial_delay = \"1s\"",
+        "resume_timeout = \"100ms\"",
+    )
+    .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 0..10).await;
+    assert_eq!(receive_ids(&mut backend_b, 10).await, ids("m", 0..10));
+    wait_for_metric_below(&a, "fedgate_outbound_unacked", 0.0).await;
+    // Cut inside the first TLS record of the burst: b gets none of it.
+    proxy.cut_after(150);
+    send_messages(&mut backend_a, "a.test", "b.test", "m", 10..60).await;
+    // The acknowledged m0..m9 would come first if they were resent.
+    expect_exactly(&mut backend_b, &mut backend_a, &ids("m", 10..60)).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_s2s_sm_total{direction=\"outbound\",event=\"resume_failed\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "fedgate_outbound_stanzas_total{event=\"resent\"}") <= 50.0);
+    assert_eq!(proxy.connections(), 2);
 }

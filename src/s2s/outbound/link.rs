@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::authenticate::Link;
 use super::Session;
+use crate::config::Unconfirmed;
 use crate::connection::{ReadError, Reader, Writer};
 use crate::metrics::Direction;
 use crate::router::Queued;
@@ -82,8 +83,12 @@ impl Timers {
         // Acknowledgements are asked for when enough stanzas wait for one, or shortly after
         // the traffic pauses, never per stanza: a request and its answer cost a write on
         // each side.
+        // Without XEP-0198 the question is an XEP-0199 ping, at most one in flight, at the
+        // latest `CONFIRM_DELAY` after the first stanza it is to confirm.
         let ack_at = if pump.sm && !pump.requested && !carry.unacked.is_empty() {
             self.last_stanza + ACK_DELAY
+        } else if !pump.sm && pump.check.is_none() {
+            pump.first_unpinged.map_or(idle_at, |t| t + CONFIRM_DELAY)
         } else {
             idle_at
         };
@@ -138,13 +143,13 @@ impl Deadlines {
 enum Check {
     /// An XEP-0198 `<r/>`: any `<a/>` answers it.
     Ack { deadline: Instant },
-    /// An XEP-0199 ping, answered on the peer's stream to us. Once answered, the stanzas
-    /// written before it are known to have been read.
+    /// An XEP-0199 ping, answered on the peer's stream to us. Once answered, the `covers`
+    /// oldest stanzas in the [`Carry`] (those written before it) are known to have been read.
     Ping {
         id: String,
         answered: oneshot::Receiver<()>,
         deadline: Instant,
-        written_before: u64,
+        covers: usize,
     },
 }
 
@@ -170,6 +175,12 @@ async fn ping_answered(check: &mut Option<Check>) {
 const ACK_BATCH: usize = 128;
 /// How soon after the traffic pauses the rest are asked about.
 const ACK_DELAY: Duration = Duration::from_millis(200);
+/// Without XEP-0198, how long a written stanza waits at most before a ping asks the peer to
+/// confirm it (the stanza count that sends one at once is the same as for `<r/>`). A ping
+/// and its answer are about 150 bytes each way, so one per 128 stanzas, or per 200 ms of a
+/// slower flow, costs a fraction of a percent of the traffic; with one in flight, a busy
+/// link sends at most one per round trip.
+const CONFIRM_DELAY: Duration = Duration::from_millis(200);
 
 /// The state of one established link.
 struct Pump {
@@ -177,10 +188,10 @@ struct Pump {
     sm: bool,
     /// An `<r/>` is out and its `<a/>` has not come back.
     requested: bool,
-    /// Without XEP-0198: stanzas written since the peer last proved it had read them.
-    unconfirmed: u64,
-    /// Stanzas written on this link.
-    written: u64,
+    /// Without XEP-0198: stanzas written since the last ping was sent (no ping covers them
+    /// yet), and when the first of them was.
+    since_ping: usize,
+    first_unpinged: Option<Instant>,
     check: Option<Check>,
     /// `fedgate_outbound_queue_seconds`, flushed once per batch.
     waited: prometheus::local::LocalHistogram,
@@ -210,8 +221,8 @@ impl Session {
         let mut pump = Pump {
             sm: false,
             requested: false,
-            unconfirmed: 0,
-            written: 0,
+            since_ping: 0,
+            first_unpinged: None,
             check: None,
             waited: metrics.outbound_queue_seconds.local(),
             cap: OutboundCap::new(configured, &features),
@@ -235,7 +246,14 @@ impl Session {
                 Err(why) => return Ended::Lost(why),
             }
         }
-        // What the last link left unacknowledged goes out first, in order.
+        if !pump.sm {
+            // A resumption id is for a link with XEP-0198; what this one writes is confirmed
+            // by pings instead.
+            carry.resume = None;
+            carry.acked = 0;
+        }
+        // What the last link left unacknowledged goes out first, in order, and stays in the
+        // carry until this link confirms it.
         if !carry.unacked.is_empty() {
             let target = NsContext::server();
             let n = carry.unacked.len();
@@ -246,18 +264,25 @@ impl Session {
                 .outbound_stanzas
                 .with_label_values(&["resent"])
                 .inc_by(n as u64);
+            if carry.unconfirmed > 0 {
+                // The peer may have read these before the last link dropped.
+                metrics
+                    .outbound_stanzas
+                    .with_label_values(&["resent_unconfirmed"])
+                    .inc_by(carry.unconfirmed as u64);
+                carry.unconfirmed = 0;
+            }
             tracing::info!(remote = %self.remote, "resent {n} unacknowledged stanzas on the new link");
-            if !pump.sm {
-                // Nothing will acknowledge them on this link.
-                carry.take_unacked();
-                carry.acked = 0;
-                pump.unconfirmed += n as u64;
-            } else {
+            if pump.sm {
                 writer.send(sm::REQUEST);
                 pump.requested = true;
+            } else {
+                pump.since_ping = n;
+                self.confirm(&mut pump, &mut writer, carry, Instant::now());
             }
             if let Err(e) = writer.flush().await {
-                return self.lost(&pump, carry, format!("write to {label} failed: {e}"));
+                let why = format!("write to {label} failed: {e}");
+                return self.lost(&mut pump, carry, why).await;
             }
         }
         let ended = self
@@ -267,24 +292,72 @@ impl Session {
             self.ctx.pings.cancel(id);
         }
         match ended {
-            Ended::Lost(why) => self.lost(&pump, carry, why),
+            Ended::Lost(why) => self.lost(&mut pump, carry, why).await,
             other => other,
         }
     }
-    /// Accounts for what a lost link may have taken with it.
-    fn lost(&self, pump: &Pump, carry: &Carry, why: String) -> Ended {
-        if !pump.sm && pump.unconfirmed > 0 {
-            self.ctx
-                .router
-                .metrics
-                .outbound_stanzas
-                .with_label_values(&["unconfirmed"])
-                .inc_by(pump.unconfirmed);
-            tracing::warn!(local = %self.local, remote = %self.remote, "{} stanzas written since the peer last confirmed reading may have been lost (it does not offer XEP-0198 stream management): {why}", pump.unconfirmed);
-        } else if pump.sm && !carry.unacked.is_empty() {
-            tracing::info!(remote = %self.remote, "{} unacknowledged stanzas will be resent", carry.unacked.len());
+    /// Accounts for what a lost link may have taken with it. Without XEP-0198, the stanzas
+    /// the peer had not confirmed are counted `unconfirmed` and then, as the peer's
+    /// `unconfirmed` setting says, kept to be resent on the next link or bounced.
+    async fn lost(&self, pump: &mut Pump, carry: &mut Carry, why: String) -> Ended {
+        if let Some(Check::Ping { id, .. }) = pump.check.take() {
+            self.ctx.pings.cancel(&id);
+        }
+        let n = carry.unacked.len();
+        if pump.sm {
+            if n > 0 {
+                tracing::info!(remote = %self.remote, "{n} unacknowledged stanzas will be resent");
+            }
+            return Ended::Lost(why);
+        }
+        if n == 0 {
+            return Ended::Lost(why);
+        }
+        let metrics = &self.ctx.router.metrics;
+        metrics
+            .outbound_stanzas
+            .with_label_values(&["unconfirmed"])
+            .inc_by(n as u64);
+        match self.ctx.security.load().peer(&self.remote).unconfirmed {
+            Unconfirmed::Resend => {
+                carry.unconfirmed = n;
+                tracing::warn!(local = %self.local, remote = %self.remote, "{n} stanzas written since the peer last confirmed reading will be resent and may arrive twice (it does not offer XEP-0198 stream management): {why}");
+            }
+            Unconfirmed::Bounce => {
+                tracing::warn!(local = %self.local, remote = %self.remote, "bouncing {n} stanzas written since the peer last confirmed reading (it does not offer XEP-0198 stream management): {why}");
+                let text = format!(
+                    "the link to {} was lost before it confirmed receiving this stanza ({why}); it may have been delivered",
+                    self.remote
+                );
+                for stanza in carry.take_unacked() {
+                    self.ctx
+                        .router
+                        .bounce(
+                            &stanza,
+                            StanzaErrorCondition::RemoteServerTimeout,
+                            "unconfirmed",
+                            &text,
+                        )
+                        .await;
+                }
+            }
         }
         Ended::Lost(why)
+    }
+
+    /// Without XEP-0198: writes an XEP-0199 ping (not flushed) whose answer confirms every
+    /// stanza in `carry` so far, and makes it the check in flight.
+    fn confirm(&self, pump: &mut Pump, writer: &mut Writer, carry: &Carry, now: Instant) {
+        let ping = self.ctx.pings.start(&self.local, &self.remote);
+        writer.send(&ping.bytes);
+        pump.check = Some(Check::Ping {
+            id: ping.id,
+            answered: ping.answered,
+            deadline: now + self.ctx.settings.ping_timeout,
+            covers: carry.unacked.len(),
+        });
+        pump.since_ping = 0;
+        pump.first_unpinged = None;
     }
     /// Step 4 proper: one `select!` over shutdown, a reload's kick, the timers ([`Timers`],
     /// handled by [`Session::on_timer`]), a ping's answer, what the peer sends
@@ -307,8 +380,9 @@ impl Session {
         let mut timers = Timers::new(Instant::now());
         loop {
             let deadlines = timers.deadlines(self, pump, carry);
-            // With XEP-0198, stop taking stanzas while too many await acknowledgement.
-            let room = !pump.sm || carry.unacked.len() < cap;
+            // Stop taking stanzas while too many await acknowledgement (XEP-0198) or a ping's
+            // confirmation: a peer that never answers stops the link, not grows its memory.
+            let room = carry.unacked.len() < cap;
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => {
                     self.finish(pump, reader, writer, rx, carry, &target, Some(StreamErrorCondition::SystemShutdown)).await;
@@ -324,16 +398,16 @@ impl Session {
                             return Ended::Done;
                         }
                         due => {
-                            if let Err(ended) = self.on_timer(due, now, pump, &mut writer, &mut timers, label).await {
+                            if let Err(ended) = self.on_timer(due, now, pump, &mut writer, carry, &mut timers, label).await {
                                 return ended;
                             }
                         }
                     }
                 }
                 _ = ping_answered(&mut pump.check) => {
-                    if let Some(Check::Ping { written_before, .. }) = pump.check.take() {
+                    if let Some(Check::Ping { covers, .. }) = pump.check.take() {
                         // Everything written before the ping has been read.
-                        pump.unconfirmed = pump.written - written_before;
+                        carry.release(covers);
                     }
                     metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
                 }
@@ -350,7 +424,7 @@ impl Session {
                 next = rx.recv(), if room => {
                     let Some(first) = next else { return Ended::Done };
                     self.write(pump, &mut writer, first, carry, &target);
-                    while writer.pending() < BATCH_BYTES && (!pump.sm || carry.unacked.len() < cap) {
+                    while writer.pending() < BATCH_BYTES && carry.unacked.len() < cap {
                         match rx.try_recv() {
                             Ok(s) => self.write(pump, &mut writer, s, carry, &target),
                             Err(_) => break,
@@ -359,6 +433,14 @@ impl Session {
                     if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
                         writer.send(sm::REQUEST);
                         pump.requested = true;
+                    }
+                    if !pump.sm && pump.since_ping > 0 {
+                        let now = Instant::now();
+                        if pump.check.is_none() && pump.since_ping >= ack_batch {
+                            self.confirm(pump, &mut writer, carry, now);
+                        } else {
+                            pump.first_unpinged.get_or_insert(now);
+                        }
                     }
                     pump.waited.flush();
                     if let Err(e) = writer.flush().await {
@@ -404,12 +486,14 @@ impl Session {
     /// A timer fired for `due` (not [`Due::Idle`], which closes the link): ask for an
     /// acknowledgement, start a liveness check (or find the last one unanswered: the link is
     /// dead), or write a whitespace keepalive.
+    #[allow(clippy::too_many_arguments)]
     async fn on_timer(
         &self,
         due: Due,
         now: Instant,
         pump: &mut Pump,
         writer: &mut Writer,
+        carry: &Carry,
         timers: &mut Timers,
         label: &str,
     ) -> Result<(), Ended> {
@@ -418,9 +502,13 @@ impl Session {
             // The pump closes the link on this one before asking.
             Due::Idle => return Ok(()),
             Due::Keepalive => writer.send(Whitespace::BYTES),
-            Due::AckRequest => {
+            Due::AckRequest if pump.sm => {
                 writer.send(sm::REQUEST);
                 pump.requested = true;
+            }
+            Due::AckRequest => {
+                timers.last_check = now;
+                self.confirm(pump, writer, carry, now);
             }
             Due::Check if pump.check.is_some() => {
                 self.ctx
@@ -442,14 +530,7 @@ impl Session {
                     pump.requested = true;
                     pump.check = Some(Check::Ack { deadline });
                 } else {
-                    let ping = self.ctx.pings.start(&self.local, &self.remote);
-                    writer.send(&ping.bytes);
-                    pump.check = Some(Check::Ping {
-                        id: ping.id,
-                        answered: ping.answered,
-                        deadline,
-                        written_before: pump.written,
-                    });
+                    self.confirm(pump, writer, carry, now);
                 }
             }
         }
@@ -560,11 +641,9 @@ impl Session {
             .s2s_out
             .count(stanza.kind(), bytes.len());
         writer.send(&bytes);
-        pump.written += 1;
-        if pump.sm {
-            carry.push(stanza);
-        } else {
-            pump.unconfirmed += 1;
+        carry.push(stanza);
+        if !pump.sm {
+            pump.since_ping += 1;
         }
     }
     /// Returns the stanzas [`Session::write`] held back as too large for the peer to their
@@ -617,10 +696,9 @@ impl Session {
             None => writer.close().await,
         }
         self.bounce_too_large(pump).await;
-        if !pump.sm || carry.unacked.is_empty() {
-            return;
+        if pump.sm && !carry.unacked.is_empty() {
+            sm::sending::final_acks(reader, carry).await;
         }
-        sm::sending::final_acks(reader, carry).await;
         if !carry.unacked.is_empty() {
             self.ctx
                 .router
@@ -628,7 +706,7 @@ impl Session {
                 .outbound_stanzas
                 .with_label_values(&["unconfirmed"])
                 .inc_by(carry.unacked.len() as u64);
-            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged by the peer", carry.unacked.len());
+            tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged or confirmed by the peer", carry.unacked.len());
         }
     }
 }

@@ -24,8 +24,10 @@
 //! its sender with `remote-server-not-found` (nothing to connect to) or
 //! `remote-server-timeout`, and a text naming the cause; for `failure_window` afterwards, new
 //! stanzas bounce at once with the same cause. A link that drops with stanzas unacknowledged
-//! resumes (XEP-0198) or resends them on a new link; without XEP-0198 the stanzas written since
-//! the peer last proved it had read them are counted and logged as unconfirmed.
+//! resumes (XEP-0198) or resends them on a new link; without XEP-0198 every stanza is kept
+//! until an XEP-0199 ping written after it is answered (one in flight, after 128 stanzas or
+//! 200 ms), and when the link drops the unconfirmed ones are resent on the next link (they may
+//! arrive twice: `resent_unconfirmed`) or bounced, as `[[federation.peer]] unconfirmed` says.
 
 mod authenticate;
 mod link;
@@ -433,9 +435,11 @@ impl Session {
         let cause = failure.label();
         let text = failure.to_string();
         let router = &self.ctx.router;
-        // The unacknowledged stanzas are the oldest: they go back first.
+        // The unacknowledged stanzas are the oldest: they go back first. Each was written at
+        // least once, so the peer may have it.
+        let written = format!("{text}; it was sent before and may have been delivered");
         for stanza in carry.take_unacked() {
-            router.bounce(&stanza, condition, cause, &text).await;
+            router.bounce(&stanza, condition, cause, &written).await;
         }
         if !matches!(failure, OutboundError::Shutdown) {
             let until = Instant::now() + self.ctx.settings.failure_window;

@@ -25,13 +25,18 @@ use crate::xml::stanza::{Kind, Stanza};
 /// How long a closing link waits for the peer's last acknowledgement.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// What outlives one link of a session (XEP-0198 §5).
+/// What outlives one link of a session (XEP-0198 §5): the one place for stanzas written and
+/// not yet known delivered. With XEP-0198 an `<a/>` releases them; without it, the answer
+/// to an XEP-0199 ping written after them ([`Carry::release`]).
 pub struct Carry {
     /// `fedgate_outbound_unacked`, kept equal to the sum of every session's `unacked`.
     gauge: prometheus::IntGauge,
-    /// Stanzas written and not yet acknowledged, oldest first. The first one's sequence
-    /// number is `acked + 1`.
+    /// Stanzas written and not yet acknowledged (or confirmed), oldest first. With XEP-0198
+    /// the first one's sequence number is `acked + 1`.
     pub unacked: VecDeque<Stanza>,
+    /// How many of the oldest in `unacked` a link without XEP-0198 wrote and lost before
+    /// the peer confirmed them: the peer may have them, so resending may deliver them twice.
+    pub unconfirmed: usize,
     /// The last count the peer acknowledged (modulo 2^32).
     pub acked: u32,
     /// The stream management id of the last link, if the peer allows resuming it.
@@ -45,6 +50,7 @@ impl Carry {
             unacked: VecDeque::new(),
             acked: 0,
             resume: None,
+            unconfirmed: 0,
         }
     }
 
@@ -56,7 +62,16 @@ impl Carry {
     /// Forgets every unacknowledged stanza (resent without tracking, bounced, or given up).
     pub fn take_unacked(&mut self) -> VecDeque<Stanza> {
         self.gauge.sub(self.unacked.len() as i64);
+        self.unconfirmed = 0;
         std::mem::take(&mut self.unacked)
+    }
+
+    /// Forgets the `n` oldest stanzas: the peer proved it has read them (at most all).
+    pub fn release(&mut self, n: usize) {
+        let n = n.min(self.unacked.len());
+        self.unacked.drain(..n);
+        self.gauge.sub(n as i64);
+        self.unconfirmed = self.unconfirmed.saturating_sub(n);
     }
 
     /// Applies an acknowledgement of `h` stanzas: those are delivered and forgotten.
@@ -68,8 +83,7 @@ impl Carry {
                 self.acked as usize + self.unacked.len()
             ));
         }
-        self.unacked.drain(..n);
-        self.gauge.sub(n as i64);
+        self.release(n);
         self.acked = h;
         Ok(())
     }

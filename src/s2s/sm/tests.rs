@@ -312,3 +312,52 @@ fn offered_and_h_of() {
     assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3'/>")), None);
     assert_eq!(h_of(&stanza("<a xmlns='urn:xmpp:sm:3' h='-1'/>")), None);
 }
+
+fn carry_of(n: usize) -> (Carry, prometheus::IntGauge) {
+    let gauge = prometheus::IntGauge::new("unacked", "test").unwrap();
+    let mut carry = Carry::new(gauge.clone());
+    for i in 0..n {
+        carry.push(stanza(&format!("<message to='b.test' id='m{i}'/>")));
+    }
+    (carry, gauge)
+}
+
+#[test]
+fn a_confirmation_releases_the_oldest_stanzas_and_the_rest_stay_unconfirmed() {
+    let (mut carry, gauge) = carry_of(5);
+    // A ping written after three stanzas is answered: those three were read.
+    carry.unconfirmed = 5;
+    carry.release(3);
+    assert_eq!(gauge.get(), 2);
+    let left: Vec<_> = carry
+        .unacked
+        .iter()
+        .map(|s| s.id().unwrap().to_string())
+        .collect();
+    assert_eq!(left, ["m3", "m4"], "the newest stay, in order");
+    assert_eq!(
+        carry.unconfirmed, 2,
+        "released stanzas are no longer duplicates-possible"
+    );
+    // An answer never releases more than there is.
+    carry.release(10);
+    assert!(carry.unacked.is_empty());
+    assert_eq!((gauge.get(), carry.unconfirmed), (0, 0));
+}
+
+#[test]
+fn without_resumption_only_what_was_not_acknowledged_is_kept_for_resending() {
+    let (mut carry, gauge) = carry_of(5);
+    carry.ack(2).unwrap();
+    // The link drops and the peer cannot resume: what is resent is what remains.
+    let left: Vec<_> = carry
+        .unacked
+        .iter()
+        .map(|s| s.id().unwrap().to_string())
+        .collect();
+    assert_eq!(left, ["m2", "m3", "m4"]);
+    assert_eq!(gauge.get(), 3);
+    assert!(carry.ack(6).is_err(), "more than was sent");
+    drop(carry);
+    assert_eq!(gauge.get(), 0, "the gauge follows the carry");
+}
