@@ -625,12 +625,13 @@ async fn without_stream_management_an_answered_ping_confirms_what_was_written_be
 #[tokio::test]
 async fn with_stream_management_but_no_resumption_only_what_was_not_acknowledged_is_resent() {
     let dns = TestDns::start().await;
-    // b forgets a dropped stream's count after 100 ms; a retries after about a second, so
-    // its resumption fails and it enables stream management afresh.
+    // b forgets a dropped stream's count at once, so a's resumption on the new link fails
+    // and it enables stream management afresh.
     let (a, b, proxy) = linked(
         &dns,
         "retry_initial_delay = \"1s\"",
-        "resume_timeout = \"100ms\"",
+        // A lost link is reconnected at once, sooner than any longer timeout would expire.
+        "resume_timeout = \"1ms\"",
     )
     .await;
     let mut backend_a = a.backend().await;
