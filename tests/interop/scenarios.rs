@@ -590,6 +590,9 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
         .await;
     let host = format!("xmpp.{}:{PEER_S2S_PORT}", w.peer.domain);
     let mut bounced = Vec::new();
+    // Warm-up stanzas written just before the stop and not yet confirmed by a ping answer
+    // (a peer without XEP-0198) are resent, and bounced too, saying they may have arrived.
+    let mut unconfirmed = 0;
     let started = Instant::now();
     while bounced.len() < sent + 1 {
         let s = w
@@ -603,7 +606,13 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
             "the bounce names the cause: {}",
             text(s.raw())
         );
-        bounced.push(s.id().unwrap_or_default().to_string());
+        let id = s.id().unwrap_or_default().to_string();
+        if id.starts_with("before") {
+            assert!(why.contains("may have been delivered"), "{}", text(s.raw()));
+            unconfirmed += 1;
+            continue;
+        }
+        bounced.push(id);
     }
     // The failure window (1 s, configured above) runs from the last failure.
     let failure_window_ends = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -616,7 +625,7 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
             &m,
             "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
         ),
-        (sent + 1) as f64,
+        (sent + 1 + unconfirmed) as f64,
         "sent = delivered (0) + bounced"
     );
     println!(
@@ -651,7 +660,7 @@ pub async fn peer_stopped_then_restarted(kind: Kind, name: &str) {
             &m,
             "fedgate_bounces_total{condition=\"remote-server-timeout\"}"
         ),
-        (sent + 1) as f64,
+        (sent + 1 + unconfirmed) as f64,
         "nothing else bounced"
     );
     w.client.quit().await;
