@@ -533,6 +533,7 @@ async fn attach_to_all(
         online,
         came_up,
         queues,
+        ctx: NsContext::component(),
     };
     dispatcher.run(rx, requeue_rx, &stop).await;
     links_stop.cancel();
@@ -547,9 +548,28 @@ struct Dispatcher {
     online: Arc<[AtomicBool]>,
     came_up: Arc<Notify>,
     queues: Vec<mpsc::Sender<Bytes>>,
+    /// What stanzas from the component are parsed in, to read their `to`.
+    ctx: NsContext,
 }
 
 impl Dispatcher {
+    /// The link for `bytes` among those up; with `or_any`, among all when none is up.
+    fn gateway_for(&self, bytes: &Bytes, or_any: bool) -> Option<usize> {
+        let stanza = Stanza::parse(bytes.clone(), &self.ctx).ok();
+        // A stanza without a readable `to` still goes somewhere: it scores by the empty name.
+        let domain = stanza
+            .as_ref()
+            .and_then(|s| s.to())
+            .and_then(|to| crate::jid::domain_of(to).ok())
+            .unwrap_or_default();
+        let up = |i: usize| self.online[i].load(Ordering::Relaxed);
+        choose(&domain, &self.labels, up).or_else(|| {
+            or_any
+                .then(|| choose(&domain, &self.labels, |_| true))
+                .flatten()
+        })
+    }
+
     /// Until stopped, or every [`Sender`] is gone. Stanzas handed back by a dropped link go
     /// first, since they are older than the ones still waiting in `rx`.
     async fn run(
@@ -568,14 +588,8 @@ impl Dispatcher {
                     None => break,
                 },
             };
-            let domain = destination_domain(&bytes);
             let index = loop {
-                let up: Vec<bool> = self
-                    .online
-                    .iter()
-                    .map(|u| u.load(Ordering::Relaxed))
-                    .collect();
-                if let Some(i) = choose_gateway(&domain, &self.labels, &up) {
+                if let Some(i) = self.gateway_for(&bytes, false) {
                     break i;
                 }
                 tokio::select! {
@@ -621,44 +635,24 @@ impl Dispatcher {
     /// Without waiting: into the chosen link's queue (any link's when none is up); dropped
     /// when that queue is full, which only happens while stopping.
     fn place(&self, bytes: Bytes) {
-        let up: Vec<bool> = self
-            .online
-            .iter()
-            .map(|u| u.load(Ordering::Relaxed))
-            .collect();
-        let all = vec![true; up.len()];
-        let domain = destination_domain(&bytes);
-        let index = choose_gateway(&domain, &self.labels, &up)
-            .or_else(|| choose_gateway(&domain, &self.labels, &all));
-        if let Some(i) = index {
+        if let Some(i) = self.gateway_for(&bytes, true) {
             let _ = self.queues[i].try_send(bytes);
         }
     }
-}
-
-/// The domain of a stanza's `to` (empty when it has none or cannot be read): what decides its
-/// gateway.
-fn destination_domain(bytes: &Bytes) -> String {
-    let ctx = NsContext::component();
-    let Ok(stanza) = Stanza::parse(bytes.clone(), &ctx) else {
-        return String::new();
-    };
-    let to = stanza.to().unwrap_or("");
-    let bare = to.split('/').next().unwrap_or("");
-    bare.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
 }
 
 /// The gateway for stanzas to `domain`: among the links that are `up`, the one whose label
 /// scores highest for it (rendezvous hashing). Stable while the same links are up, and when
 /// one drops only the domains it had move. `None` when no link is up.
 pub fn choose_gateway(domain: &str, labels: &[String], up: &[bool]) -> Option<usize> {
-    labels
-        .iter()
-        .zip(up)
-        .enumerate()
-        .filter(|(_, (_, up))| **up)
-        .max_by_key(|(_, (label, _))| rendezvous_score(domain, label))
-        .map(|(i, _)| i)
+    choose(domain, labels, |i| up.get(i).copied().unwrap_or(false))
+}
+
+/// [`choose_gateway`] with the links' state read in place, so that picking allocates nothing.
+fn choose(domain: &str, labels: &[String], up: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..labels.len())
+        .filter(|&i| up(i))
+        .max_by_key(|&i| rendezvous_score(domain, &labels[i]))
 }
 
 /// FNV-1a over `domain`, a separator and `label`, then a 64-bit finaliser (from SplitMix64)
@@ -855,11 +849,31 @@ mod tests {
     }
 
     #[test]
-    fn the_destination_domain_is_the_domain_of_to() {
-        let d = |xml: &'static str| destination_domain(&Bytes::from_static(xml.as_bytes()));
-        assert_eq!(d("<message to='Alice@B.test/r'/>"), "b.test");
-        assert_eq!(d("<iq to='b.test' type='get' id='1'/>"), "b.test");
-        assert_eq!(d("<presence/>"), "");
+    fn a_stanza_goes_by_the_domain_of_its_to_and_anywhere_only_when_asked() {
+        let labels = labels(8);
+        let dispatcher = Dispatcher {
+            labels: labels.clone(),
+            online: (0..8).map(|_| AtomicBool::new(true)).collect(),
+            came_up: Arc::new(Notify::new()),
+            queues: (0..8).map(|_| mpsc::channel(1).0).collect(),
+            ctx: NsContext::component(),
+        };
+        let pick = |xml: &'static str, or_any| {
+            dispatcher.gateway_for(&Bytes::from_static(xml.as_bytes()), or_any)
+        };
+        let all = [true; 8];
+        let b_test = choose_gateway("b.test", &labels, &all);
+        assert_eq!(pick("<message to='Alice@B.test/r'/>", false), b_test);
+        assert_eq!(pick("<iq to='b.test' type='get' id='1'/>", false), b_test);
+        assert_eq!(
+            pick("<presence/>", false),
+            choose_gateway("", &labels, &all)
+        );
+        for up in dispatcher.online.iter() {
+            up.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(pick("<message to='bob@b.test'/>", false), None);
+        assert_eq!(pick("<message to='bob@b.test'/>", true), b_test);
     }
 
     #[tokio::test]
