@@ -402,18 +402,8 @@ impl Router {
                     match place(&handle.tx, stanza, &handle.stalled, self.stall_timeout).await {
                         Placed::Queued => {}
                         Placed::Stalled(s) => {
-                            let domain = to_domain(&s);
-                            let text = format!(
-                                "the backend for {domain} is not reading: its queue has been full for {:?}",
-                                self.stall_timeout
-                            );
-                            self.bounce(
-                                &s,
-                                StanzaErrorCondition::ResourceConstraint,
-                                "stalled",
-                                &text,
-                            )
-                            .await;
+                            let who = format!("the backend for {} is not reading", to_domain(&s));
+                            self.bounce_stalled(&s, &who).await;
                         }
                         Placed::Closed(s) => {
                             let domain = to_domain(&s);
@@ -442,18 +432,8 @@ impl Router {
                         return;
                     }
                     Enqueued::Stalled(s) => {
-                        let remote = to_domain(&s);
-                        let text = format!(
-                            "{remote} stopped reading: the outbound queue for it has been full for {:?}",
-                            self.stall_timeout
-                        );
-                        self.bounce(
-                            &s,
-                            StanzaErrorCondition::ResourceConstraint,
-                            "stalled",
-                            &text,
-                        )
-                        .await;
+                        let who = format!("{} stopped reading", to_domain(&s));
+                        self.bounce_stalled(&s, &who).await;
                         return;
                     }
                     Enqueued::Closed(back) => {
@@ -468,6 +448,21 @@ impl Router {
             StanzaErrorCondition::RemoteServerTimeout,
             "link_unstable",
             "the session to the remote server keeps closing",
+        )
+        .await;
+    }
+
+    /// A stanza for a destination that stopped reading ([`place`]); `who` says which.
+    async fn bounce_stalled(&self, stanza: &Stanza, who: &str) {
+        let text = format!(
+            "{who}: its queue has been full for {:?}",
+            self.stall_timeout
+        );
+        self.bounce(
+            stanza,
+            StanzaErrorCondition::ResourceConstraint,
+            "stalled",
+            &text,
         )
         .await;
     }

@@ -214,6 +214,30 @@ impl Framer {
         self.scanner.reset();
         discarded
     }
+    /// Frames a whole `input` fed in the pieces `cuts` (ascending offsets) makes: the events,
+    /// and the error that stopped it, if any. For the property test and the fuzz targets,
+    /// which hold that the events do not depend on where the reads fall.
+    pub fn frame_in_pieces(
+        input: &[u8],
+        cuts: &[usize],
+        limits: Limits,
+    ) -> (Vec<Event>, Option<XmlError>) {
+        let mut framer = Framer::new(limits);
+        let mut events = Vec::new();
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            framer.feed(&input[at..cut]);
+            at = cut;
+            loop {
+                match framer.next_event() {
+                    Ok(Some(e)) => events.push(e),
+                    Ok(None) => break,
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+        }
+        (events, None)
+    }
 
     /// Returns the next event, `Ok(None)` when more bytes are needed. An error
     /// is fatal for the stream; calling again after one is unspecified.

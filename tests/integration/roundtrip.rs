@@ -412,21 +412,8 @@ fn limits() -> Limits {
 
 /// The framer's events for `input` fed in the pieces `cuts` makes, and its error if any.
 fn frame(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<String>) {
-    let mut framer = Framer::new(limits());
-    let mut events = Vec::new();
-    let mut at = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-        framer.feed(&input[at..cut]);
-        at = cut;
-        loop {
-            match framer.next_event() {
-                Ok(Some(e)) => events.push(e),
-                Ok(None) => break,
-                Err(e) => return (events, Some(format!("{e:?}"))),
-            }
-        }
-    }
-    (events, None)
+    let (events, error) = Framer::frame_in_pieces(input, cuts, limits());
+    (events, error.map(|e| format!("{e:?}")))
 }
 
 fn cases() -> u32 {
