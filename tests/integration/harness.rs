@@ -77,6 +77,8 @@ pub struct InstanceBuilder<'a> {
     metrics: String,
     /// Whole tables appended to the configuration (e.g. `[core]`).
     tables: String,
+    /// Extra `[dns]` keys.
+    dns_keys: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -97,6 +99,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         s2s_port: 5269,
         metrics: String::new(),
         tables: String::new(),
+        dns_keys: String::new(),
     }
 }
 
@@ -125,6 +128,14 @@ impl InstanceBuilder<'_> {
     /// The body of the `[federation]` section.
     pub fn federation(mut self, lines: &str) -> Self {
         self.federation = lines.to_string();
+        self
+    }
+
+    /// Extra `[dns]` keys, e.g. `"timeout = \"1s\""`.
+    #[allow(dead_code)]
+    pub fn dns(mut self, lines: &str) -> Self {
+        self.dns_keys.push_str(lines);
+        self.dns_keys.push('\n');
         self
     }
 
@@ -254,7 +265,7 @@ dialback_secret_file = "dialback.secret"
 {routes}
 [dns]
 nameservers = ["{dns}"]
-
+{dns_keys}
 [federation]
 {federation}
 {peers}
@@ -278,6 +289,7 @@ listen = "127.0.0.1:0"
 "#,
             metrics = self.metrics,
             dns = self.dns.addr,
+            dns_keys = self.dns_keys,
             s2s_port = self.s2s_port,
             federation = self.federation,
             peers = self.peers,
