@@ -55,38 +55,48 @@ impl Signer {
         mac
     }
 
-    /// The token for `grant`: `EXPIRY.HEXMAC`.
+    /// The token for `grant`: `EXPIRY.SIZE.HEX(CONTENT-TYPE).HEXMAC`. The size and type are
+    /// in clear (and signed) so that a PUT that does not match them is told which it broke.
     pub fn sign(&self, grant: &SlotGrant) -> String {
         let tag = self.mac(grant).finalize().into_bytes();
-        format!("{}.{}", grant.expires, hex::encode(tag))
+        format!(
+            "{}.{}.{}.{}",
+            grant.expires,
+            grant.size,
+            hex::encode(&grant.content_type),
+            hex::encode(tag)
+        )
     }
 
-    /// Whether `token` authorises a PUT of `size` bytes of `content_type` to `path` at `now`
-    /// (seconds since the epoch). The signature is compared in constant time.
-    pub fn verify(
-        &self,
-        token: &str,
-        path: &str,
-        size: u64,
-        content_type: &str,
-        now: u64,
-    ) -> Result<(), TokenError> {
-        let (expires, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
-        let tag = hex::decode(tag).map_err(|_| TokenError::Malformed)?;
+    /// The grant `token` proves for `path` at `now` (seconds since the epoch). The
+    /// signature is compared in constant time.
+    pub fn verify(&self, token: &str, path: &str, now: u64) -> Result<SlotGrant, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(expires), Some(size), Some(content_type), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(TokenError::Malformed);
+        };
+        let malformed = |_| TokenError::Malformed;
         let grant = SlotGrant {
             path: path.to_owned(),
-            size,
-            content_type: content_type.to_owned(),
-            expires,
+            size: size.parse().map_err(|_| TokenError::Malformed)?,
+            content_type: String::from_utf8(hex::decode(content_type).map_err(malformed)?)
+                .map_err(|_| TokenError::Malformed)?,
+            expires: expires.parse().map_err(|_| TokenError::Malformed)?,
         };
+        let tag = hex::decode(tag).map_err(malformed)?;
         self.mac(&grant)
             .verify_slice(&tag)
             .map_err(|_| TokenError::BadSignature)?;
-        if now > expires {
+        if now > grant.expires {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(grant)
     }
 }
 
@@ -94,9 +104,11 @@ impl Signer {
 mod tests {
     use super::*;
 
+    const PATH: &str = "0123abcd/photo.jpg";
+
     fn grant() -> SlotGrant {
         SlotGrant {
-            path: "0123abcd/photo.jpg".into(),
+            path: PATH.into(),
             size: 1234,
             content_type: "image/jpeg".into(),
             expires: 1_000,
@@ -104,67 +116,50 @@ mod tests {
     }
 
     #[test]
-    fn a_token_authorises_its_own_slot_until_it_expires() {
+    fn a_token_proves_its_own_slot_until_it_expires() {
         let s = Signer::new(b"key");
         let t = s.sign(&grant());
-        assert_eq!(
-            s.verify(&t, "0123abcd/photo.jpg", 1234, "image/jpeg", 999),
-            Ok(())
-        );
-        assert_eq!(
-            s.verify(&t, "0123abcd/photo.jpg", 1234, "image/jpeg", 1_000),
-            Ok(())
-        );
-        assert_eq!(
-            s.verify(&t, "0123abcd/photo.jpg", 1234, "image/jpeg", 1_001),
-            Err(TokenError::Expired)
-        );
+        assert_eq!(s.verify(&t, PATH, 999), Ok(grant()));
+        assert_eq!(s.verify(&t, PATH, 1_000), Ok(grant()));
+        assert_eq!(s.verify(&t, PATH, 1_001), Err(TokenError::Expired));
     }
 
     #[test]
-    fn a_token_does_not_authorise_another_path_size_type_or_key() {
-        let s = Signer::new(b"key");
-        let t = s.sign(&grant());
+    fn a_token_proves_nothing_for_another_path_or_key() {
+        let t = Signer::new(b"key").sign(&grant());
         let bad = Err(TokenError::BadSignature);
-        assert_eq!(
-            s.verify(&t, "0123abcd/other.jpg", 1234, "image/jpeg", 0),
-            bad
-        );
-        assert_eq!(
-            s.verify(&t, "0123abcd/photo.jpg", 1235, "image/jpeg", 0),
-            bad
-        );
-        assert_eq!(
-            s.verify(&t, "0123abcd/photo.jpg", 1234, "image/png", 0),
-            bad
-        );
-        assert_eq!(
-            Signer::new(b"other").verify(&t, "0123abcd/photo.jpg", 1234, "image/jpeg", 0),
-            bad
-        );
+        assert_eq!(Signer::new(b"key").verify(&t, "0123abcd/other.jpg", 0), bad);
+        assert_eq!(Signer::new(b"other").verify(&t, PATH, 0), bad);
     }
 
     #[test]
-    fn a_later_expiry_cannot_be_written_into_a_token() {
+    fn the_expiry_size_or_type_in_a_token_cannot_be_changed() {
         let s = Signer::new(b"key");
         let t = s.sign(&grant());
-        let (_, tag) = t.split_once('.').unwrap();
-        let forged = format!("9999999999.{tag}");
-        assert_eq!(
-            s.verify(&forged, "0123abcd/photo.jpg", 1234, "image/jpeg", 2_000),
-            Err(TokenError::BadSignature)
-        );
+        let parts: Vec<&str> = t.split('.').collect();
+        let png = hex::encode("image/png");
+        for forged in [
+            format!("9999999999.{}.{}.{}", parts[1], parts[2], parts[3]),
+            format!("{}.99999.{}.{}", parts[0], parts[2], parts[3]),
+            format!("{}.{}.{png}.{}", parts[0], parts[1], parts[3]),
+        ] {
+            assert_eq!(s.verify(&forged, PATH, 0), Err(TokenError::BadSignature));
+        }
     }
 
     #[test]
     fn a_malformed_token_is_refused() {
         let s = Signer::new(b"key");
-        for t in ["", "abc", "12.zz", "x.00"] {
-            assert_eq!(
-                s.verify(t, "p", 1, "a/b", 0),
-                Err(TokenError::Malformed),
-                "{t}"
-            );
+        for t in [
+            "",
+            "abc",
+            "1.2.zz.00",
+            "x.1.00.00",
+            "1.x.00.00",
+            "1.2.00",
+            "1.2.00.00.00",
+        ] {
+            assert_eq!(s.verify(t, "p", 0), Err(TokenError::Malformed), "{t}");
         }
     }
 }
