@@ -3,8 +3,7 @@
 //! FORM_TYPE is the feature, which clients read before offering a file.
 
 use super::slot::NS_UPLOAD;
-use crate::muc::form::NS_DATA;
-use crate::muc::service::NS_DISCO_INFO;
+use crate::xml::ns::{DATA as NS_DATA, DISCO_INFO as NS_DISCO_INFO};
 use crate::xml::Element;
 
 /// The `<query xmlns='http://jabber.org/protocol/disco#info'/>` of the service's result.

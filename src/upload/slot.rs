@@ -74,7 +74,7 @@ impl Refusal {
     /// The error reply to the request `iq`; a file too large carries
     /// `<file-too-large><max-file-size>N</max-file-size></file-too-large>` (§4, Example 6).
     pub fn reply(&self, iq: &Element) -> Option<Element> {
-        let mut reply = crate::muc::error_reply(iq, self.condition(), &self.text())?;
+        let mut reply = crate::component::client::error_reply(iq, self.condition(), &self.text())?;
         if let Refusal::TooLarge { max } = self {
             let detail = Element::new("file-too-large", NS_UPLOAD)
                 .with_child(Element::new("max-file-size", NS_UPLOAD).with_text(max.to_string()));
