@@ -90,6 +90,7 @@ mod tests {
             size: 10,
             content_type: "image/png".into(),
             expires: 100,
+            owner: "alice@a.test".into(),
         })
     }
 

@@ -195,7 +195,7 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-/// The slot for `request` from an account that has `used` bytes stored, at `now` (seconds
+/// The slot for `request` from `owner` (a bare JID), who has `used` bytes stored, at `now` (seconds
 /// since the epoch), under `base_url`; `dir` is a fresh random folder name, so that two
 /// files of one name never share a path. The checks in the order XEP-0363 lists them:
 /// size, then quota.
@@ -204,6 +204,7 @@ pub fn decide(
     signer: &Signer,
     base_url: &str,
     request: &Request,
+    owner: &str,
     used: u64,
     dir: &str,
     now: u64,
@@ -225,6 +226,7 @@ pub fn decide(
         size: request.size,
         content_type: request.content_type.clone(),
         expires: now + rules.slot_lifetime_secs,
+        owner: owner.to_owned(),
     };
     let url = format!("{}/{path}", base_url.trim_end_matches('/'));
     Ok(Slot {
@@ -272,6 +274,7 @@ mod tests {
             &signer,
             "https://upload.x.test:5443/",
             &request(size),
+            "a@x.test",
             used,
             "d1",
             100,
