@@ -3,8 +3,8 @@
 //! 1. A connection is accepted (a permit each, [`crate::listener::accept_loop`]), its TLS
 //!    handshake presents the certificate for the host of `[upload] url`.
 //! 2. `PUT /ID/NAME` is checked against its slot by [`put::check`] (token, length, type; 403,
-//!    411, 413, 415), then against the owner's quota (413), then stored by streaming the body
-//!    to disk, never more than the slot's size: 201, or 409 when the URL already has a file.
+//!    411, 413, 415), for a URL that has no file yet (409), then against the owner's quota
+//!    (413), then stored by streaming the body to disk, never more than the slot's size: 201.
 //! 3. `GET`/`HEAD /ID/NAME` serve a stored file with its `Content-Type`, `Content-Length`
 //!    and a `Content-Disposition` (see [`disposition`]); unknown URLs get 404.
 //! 4. Every answer carries the CORS headers browsers' web clients need; `OPTIONS` is the
@@ -321,19 +321,6 @@ async fn put(ctx: &HttpContext, req: Request<Incoming>) -> Answer {
         Ok(g) => g,
         Err(why) => return refused(ctx, &why),
     };
-    let used = ctx.files.used(&grant.owner);
-    if used.saturating_add(grant.size) > ctx.quota {
-        if let Some(m) = &ctx.metrics {
-            m.refusals.quota.inc();
-        }
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the upload quota is {} bytes per account and {used} bytes are in use",
-                ctx.quota
-            ),
-        );
-    }
     let conflict = |ctx: &HttpContext| {
         if let Some(m) = &ctx.metrics {
             m.refusals.conflict.inc();
@@ -351,6 +338,22 @@ async fn put(ctx: &HttpContext, req: Request<Incoming>) -> Answer {
             );
         }
     };
+    // After the conflict check, so that a second PUT of a stored file is told so.
+    let used = ctx.files.used(&grant.owner);
+    if used.saturating_add(grant.size) > ctx.quota {
+        drop(file);
+        ctx.files.abort(id).await;
+        if let Some(m) = &ctx.metrics {
+            m.refusals.quota.inc();
+        }
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload quota is {} bytes per account and {used} bytes are in use",
+                ctx.quota
+            ),
+        );
+    }
     let mut body = req.into_body();
     let mut written: u64 = 0;
     let failure = loop {

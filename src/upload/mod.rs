@@ -83,6 +83,12 @@ pub fn start(
     listener: TcpListener,
     at: Attachment,
 ) -> std::io::Result<RunningUpload> {
+    // The default URL names the port as bound (port 0 in the config becomes the real one).
+    let mut config = config.clone();
+    if let Ok(bound) = listener.local_addr() {
+        config.listen = bound;
+    }
+    let config = &config;
     let files = Arc::new(store::Files::open(&config.directory)?);
     let key: [u8; 32] = rand::random();
     let signer = token::Signer::new(&key);
