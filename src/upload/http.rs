@@ -217,8 +217,8 @@ async fn answer(ctx: &HttpContext, req: Request<Incoming>) -> Answer {
     let method = req.method().clone();
     let r = match method {
         Method::OPTIONS => {
-            let mut r = text(StatusCode::NO_CONTENT, "");
-            *r.body_mut() = ResponseBody::Full(Full::new(Bytes::new()));
+            let mut r = Response::new(ResponseBody::Full(Full::new(Bytes::new())));
+            *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }
         Method::PUT => put(ctx, req).await,
@@ -416,6 +416,7 @@ async fn put(ctx: &HttpContext, req: Request<Incoming>) -> Answer {
     if let Some(m) = &ctx.metrics {
         m.files.inc();
         m.bytes.inc_by(grant.size);
+        m.stored_bytes.set(ctx.files.totals().0 as i64);
     }
     tracing::debug!(upload = %id, owner = %grant.owner, size = grant.size, "file stored");
     text(StatusCode::CREATED, "stored")

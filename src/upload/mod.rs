@@ -112,7 +112,13 @@ pub fn start(
         at.gateways,
     ));
     tasks.spawn(serve(service, component, stop.clone()));
-    tasks.spawn(sweep(files.clone(), at.metrics.clone(), stop.clone()));
+    tasks.spawn(sweep(
+        files.clone(),
+        SWEEP_INTERVAL,
+        now_secs,
+        at.metrics.clone(),
+        stop.clone(),
+    ));
     let ctx = Arc::new(http::HttpContext {
         files,
         signer,
@@ -172,17 +178,24 @@ async fn serve(service: Service, component: Component, stop: CancellationToken) 
     stopper.stop().await;
 }
 
-/// Deletes expired files every [`SWEEP_INTERVAL`] (and once at start), and keeps the
-/// stored-bytes gauge up to date.
-async fn sweep(files: Arc<store::Files>, metrics: Option<UploadMetrics>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(SWEEP_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Deletes expired files every `every` (and once at start), `now` being the wall clock in
+/// seconds since the epoch (file expiries outlive restarts, so they are not monotonic
+/// instants), and keeps the stored-bytes gauge up to date.
+async fn sweep(
+    files: Arc<store::Files>,
+    every: Duration,
+    now: impl Fn() -> u64,
+    metrics: Option<UploadMetrics>,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => {}
+            _ = ticks.tick() => {}
         }
-        let deleted = files.sweep(now_secs()).await;
+        let deleted = files.sweep(now()).await;
         if deleted > 0 {
             tracing::info!(files = deleted, "expired uploads deleted");
         }
@@ -190,5 +203,49 @@ async fn sweep(files: Arc<store::Files>, metrics: Option<UploadMetrics>, stop: C
             m.expired.inc_by(deleted as u64);
             m.stored_bytes.set(files.totals().0 as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_runs_on_its_timer_and_deletes_what_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(store::Files::open(dir.path()).unwrap());
+        let id = store::new_id();
+        let f = files.begin(&id).await.unwrap();
+        let meta = store::Meta {
+            name: "a".into(),
+            content_type: "text/plain".into(),
+            size: 0,
+            owner: "alice@a.test".into(),
+            expires: 1_000,
+        };
+        files.commit(&id, f, meta).await.unwrap();
+        let clock = Arc::new(AtomicU64::new(900));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(sweep(
+            files.clone(),
+            SWEEP_INTERVAL,
+            {
+                let clock = clock.clone();
+                move || clock.load(Ordering::SeqCst)
+            },
+            None,
+            stop.clone(),
+        ));
+        // The first sweep, at start, finds nothing expired.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(files.lookup(&id, "a").is_some());
+        // The file expires; the next tick deletes it.
+        clock.store(1_001, Ordering::SeqCst);
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        assert_eq!(files.lookup(&id, "a"), None);
+        assert!(!dir.path().join(&id).exists());
+        stop.cancel();
+        task.await.unwrap();
     }
 }
