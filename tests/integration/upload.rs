@@ -23,39 +23,57 @@ const QUOTA: u64 = 1500;
 /// A gateway for a.test with the embedded core (accounts alice and bob, password "pw") and
 /// the upload service, its files at most [`MAX`] bytes and [`QUOTA`] per account.
 async fn deployment(dns: &TestDns) -> Instance {
+    deployment_of(dns, "a.test", Some("")).await
+}
+
+/// A gateway for `domain` with the embedded core (accounts alice and bob, password "pw")
+/// and, with `upload` (extra `[upload]` lines), the service `upload.a.test`, which is in DNS
+/// and in the gateway's certificate like the domain itself.
+async fn deployment_of(dns: &TestDns, domain: &str, upload: Option<&str>) -> Instance {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.keep().join("core.sqlite");
-    let names = ["a.test", UPLOAD];
-    let tables = format!(
-        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"a.test\"\n\
-         [upload]\ndomain = \"{UPLOAD}\"\nlisten = \"127.0.0.1:0\"\nmax_file_size = {MAX}\nquota = {QUOTA}\n",
+    let mut names = vec![domain];
+    let mut tables = format!(
+        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{domain}\"\n",
         db.display().to_string()
     );
-    let a = instance(dns, "a.test")
+    if let Some(extra) = upload {
+        names.push(UPLOAD);
+        tables.push_str(&format!(
+            "[upload]\ndomain = \"{UPLOAD}\"\nlisten = \"127.0.0.1:0\"\nmax_file_size = {MAX}\nquota = {QUOTA}\n{extra}\n"
+        ));
+    }
+    let a = instance(dns, domain)
         .cert(CertSpec::for_names(&names))
         .cert_domains(&names)
         .tables(&tables)
         .start()
         .await;
-    for name in names {
+    for name in &names {
         assert_eventually(|| a.gw().router.component_attached(name)).await;
+    }
+    if upload.is_some() {
+        dns.add(UPLOAD, a.ip);
     }
     let core = a.gw().core.as_ref().expect("embedded core");
     let accounts = Accounts::open(&core.core.config).unwrap();
     for user in ["alice", "bob"] {
-        accounts.add(&format!("{user}@a.test"), "pw").unwrap();
+        accounts.add(&format!("{user}@{domain}"), "pw").unwrap();
     }
     a
 }
 
 async fn user(a: &Instance, name: &str) -> Client {
+    user_at(a, &format!("{name}@a.test")).await
+}
+
+async fn user_at(a: &Instance, account: &str) -> Client {
     let addr = a.gw().core.as_ref().unwrap().c2s_addrs[0];
-    login(addr, &format!("{name}@a.test/r"), "pw")
+    login(addr, &format!("{account}/r"), "pw")
         .like_a_user()
         .online()
         .await
 }
-
 /// A slot as the service gave it.
 struct Slot {
     put: String,
@@ -467,4 +485,54 @@ async fn slots_over_the_size_limit_or_the_quota_are_refused_with_their_condition
         .request_slot("b.bin", 600, "application/octet-stream")
         .await
         .is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_other_servers_get_no_slot_unless_their_domain_is_allowed() {
+    let dns = TestDns::start().await;
+    let a = deployment(&dns).await;
+    let b = deployment_of(&dns, "b.test", None).await;
+    let mut bob = user_at(&b, "bob@b.test").await;
+    // Bob's request goes from b.test's core through both gateways and s2s to the service.
+    let refused = bob
+        .request_slot("x.bin", 10, "application/octet-stream")
+        .await
+        .err()
+        .expect("a stranger gets no slot");
+    assert_eq!(refused["condition"], "forbidden", "{refused}");
+    assert!(
+        refused["xml"].as_str().unwrap().contains("users of b.test"),
+        "{refused}"
+    );
+    let metrics = a.metrics().await;
+    assert!(
+        metrics.contains("fedgate_upload_refusals_total{reason=\"forbidden\"} 1"),
+        "{metrics}"
+    );
+    drop((a, bob));
+
+    // Named in allow_domains, the same request gets a slot, and its PUT stores the file.
+    let dns = TestDns::start().await;
+    let a = deployment_of(
+        &dns,
+        "a.test",
+        Some("allow_domains = [\"a.test\", \"b.test\"]"),
+    )
+    .await;
+    let b = deployment_of(&dns, "b.test", None).await;
+    let mut bob = user_at(&b, "bob@b.test").await;
+    let slot = bob
+        .request_slot("x.bin", 10, "application/octet-stream")
+        .await
+        .unwrap();
+    let addr = a.gw().upload_addr.unwrap();
+    let stored = put(
+        addr,
+        &slot,
+        &slot.authorization,
+        "application/octet-stream",
+        b"0123456789",
+    )
+    .await;
+    assert_eq!(stored.status, 201, "{stored:?}");
 }
