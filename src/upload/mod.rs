@@ -16,7 +16,7 @@
 //! restart cannot be used after it (slots live minutes), stored files are unaffected.
 //!
 //! # Layout
-//! - [`config`]: `[upload]`.
+//! - [`config`]: the `[upload]` section.
 //! - [`service`]: the XMPP side: disco and slot requests.
 //! - [`slot`], [`token`], [`put`], [`disco`]: the rules, sans I/O.
 //! - [`store`]: the files on disk and the per-account usage.
