@@ -28,14 +28,12 @@ async fn deployment(dns: &TestDns) -> Instance {
 
 /// A gateway for `domain` with the embedded core (accounts alice and bob, password "pw")
 /// and, with `upload` (extra `[upload]` lines), the service `upload.a.test`, which is in DNS
-/// and in the gateway's certificate like the domain itself.
+/// and in the gateway's certificate like the domain itself. The database and the files are
+/// in the instance's own folder.
 async fn deployment_of(dns: &TestDns, domain: &str, upload: Option<&str>) -> Instance {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.keep().join("core.sqlite");
     let mut names = vec![domain];
     let mut tables = format!(
-        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{domain}\"\n",
-        db.display().to_string()
+        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = \"core.sqlite\"\n[[core.domain]]\nname = \"{domain}\"\n"
     );
     if let Some(extra) = upload {
         names.push(UPLOAD);
