@@ -396,6 +396,18 @@ async fn a_put_that_does_not_match_its_slot_gets_the_status_of_what_it_broke() {
     )
     .await;
     assert_eq!(no_token.status, 403);
+    let no_length = https(
+        addr,
+        &format!("PUT {}", path_of(&slot.put)),
+        &[
+            &format!("Authorization: {}", slot.authorization),
+            "Content-Type: text/plain",
+            "Transfer-Encoding: chunked",
+        ],
+        b"a\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(no_length.status, 411, "{no_length:?}");
 
     // None of them stored anything: the slot still takes its file.
     let missing = https(addr, &format!("GET {}", path_of(&slot.get)), &[], b"").await;
@@ -413,7 +425,7 @@ async fn a_put_that_does_not_match_its_slot_gets_the_status_of_what_it_broke() {
     assert_eq!(got.body, ten);
 
     let metrics = a.metrics().await;
-    for (reason, n) in [("token", 3), ("size", 1), ("content_type", 1)] {
+    for (reason, n) in [("token", 3), ("size", 2), ("content_type", 1)] {
         let line = format!("fedgate_upload_refusals_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
