@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs"]
+SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs", "src/upload/config.rs"]
 # (heading, the struct, whether it is a list of tables)
 SECTIONS = [
     ("s2s", "S2sConfig", False),
@@ -33,6 +33,7 @@ SECTIONS = [
     ("core.stun", "ExternalService", True),
     ("core.turn", "ExternalService", True),
     ("muc", "MucConfig", False),
+    ("upload", "UploadConfig", False),
     ("log", "LogConfig", False),
     ("gateway", "GatewayLinkConfig", False),
 ]
@@ -46,9 +47,13 @@ DERIVED = {
     # `[gateway]` is in the standalone core's file only (config/core.toml).
     "gateway.address": '`"127.0.0.1:5347"`',
     "muc.domain": "required",
+    "upload.domain": "required",
+    "upload.url": "https:// + `domain` + the port of `listen`",
 }
 MINIMAL = """[muc]
 domain = "conference.a.test"
+[upload]
+domain = "upload.a.test"
 [[component.backend]]
 domain = "a.test"
 secret = "x"
@@ -56,7 +61,7 @@ secret = "x"
 [[core.domain]]
 name = "a.test"
 [[tls.certificate]]
-domains = ["a.test"]
+domains = ["a.test", "upload.a.test"]
 cert = "a.crt"
 key = "a.key"
 self_signed = true

@@ -139,6 +139,11 @@ pub struct Config {
     /// domain is served like a backend's without a `[[component.backend]]` for it.
     #[serde(default)]
     pub muc: Option<crate::muc::MucConfig>,
+    /// `[upload]`: an XEP-0363 HTTP file upload service on its own domain, run inside the
+    /// gateway over an in-process XEP-0114 link, with its own HTTPS listener. Optional;
+    /// without it clients cannot share files. Its domain is served like `[muc]`'s.
+    #[serde(default)]
+    pub upload: Option<crate::upload::UploadConfig>,
     /// `[log]`: log format and level. Optional; text at `info`.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -932,6 +937,9 @@ impl Config {
         if let Some(core) = &mut self.core {
             core.resolve_paths(base_dir);
         }
+        if let Some(upload) = &mut self.upload {
+            upload.resolve_paths(base_dir);
+        }
         for backend in &mut self.component.backend {
             if let Some(p) = &mut backend.secret_file {
                 resolve(p);
@@ -969,6 +977,9 @@ impl Config {
         }
         if let Some(muc) = &mut self.muc {
             muc.normalize();
+        }
+        if let Some(upload) = &mut self.upload {
+            upload.normalize();
         }
         for c in &mut self.tls.certificate {
             for d in &mut c.domains {
@@ -1012,6 +1023,7 @@ impl Config {
         self.validate_dns(&mut problems);
         self.validate_core(&mut problems);
         self.validate_muc(&mut problems);
+        self.validate_upload(&mut problems);
         if let Err(e) = self.log.check_level() {
             problems.push(invalid(
                 "log.level",
@@ -1224,6 +1236,52 @@ impl Config {
         }
     }
 
+    /// `[upload]`: its own rules, a domain nobody else serves, and a certificate for the
+    /// host of its URLs.
+    fn validate_upload(&self, problems: &mut Vec<ConfigError>) {
+        let Some(upload) = &self.upload else {
+            return;
+        };
+        let own = upload.problems();
+        let valid_domain = !own
+            .iter()
+            .any(|e| matches!(e, ConfigError::Invalid { key, .. } if key == "upload.domain"));
+        problems.extend(own);
+        if !valid_domain {
+            return;
+        }
+        let domain = normalize_domain(&upload.domain)
+            .map(|d| d.into_owned())
+            .unwrap_or_default();
+        let taken = self
+            .component
+            .backend
+            .iter()
+            .any(|b| normalize_domain(&b.domain).is_ok_and(|d| d == domain.as_str()))
+            || self.muc.as_ref().is_some_and(|m| m.domain == domain);
+        if taken {
+            problems.push(invalid(
+                "upload.domain",
+                format!("`{domain}` is also a [[component.backend]] or [muc] domain"),
+                "give the upload service a domain of its own, e.g. \"upload.example.test\"",
+            ));
+        }
+        if let Some(host) = upload.url_host() {
+            let covered = self
+                .tls
+                .certificate
+                .iter()
+                .any(|c| c.domains.iter().any(|p| certificate_covers(p, &host)));
+            if !covered {
+                problems.push(invalid(
+                    "upload.url",
+                    format!("no [[tls.certificate]] covers `{host}`, the host of the upload URLs"),
+                    "add the host to a certificate's domains, or set url to a host that has one",
+                ));
+            }
+        }
+    }
+
     fn validate_dns(&self, problems: &mut Vec<ConfigError>) {
         let d = &self.dns;
         if d.nameservers.as_ref().is_some_and(|ns| ns.is_empty()) {
@@ -1256,11 +1314,12 @@ impl Config {
             .iter()
             .map(|b| b.domain.as_str())
             .chain(self.muc.iter().map(|m| m.domain.as_str()))
+            .chain(self.upload.iter().map(|u| u.domain.as_str()))
     }
 
     /// Each backend domain's XEP-0114 secret, read from the config or its `secret_file`.
-    /// With `[muc]`, its domain has the in-process link's secret
-    /// ([`crate::muc::in_process_secret`]).
+    /// With `[muc]` or `[upload]`, its domain has the in-process link's secret
+    /// ([`crate::component::in_process_secret`]).
     pub fn backend_secrets(&self) -> Result<HashMap<String, String>, ConfigError> {
         let mut secrets: HashMap<String, String> = self
             .component
@@ -1268,10 +1327,15 @@ impl Config {
             .iter()
             .map(|b| Ok((b.domain.clone(), b.secret()?)))
             .collect::<Result<_, ConfigError>>()?;
-        if let Some(muc) = &self.muc {
+        for domain in self
+            .muc
+            .iter()
+            .map(|m| &m.domain)
+            .chain(self.upload.iter().map(|u| &u.domain))
+        {
             secrets.insert(
-                muc.domain.clone(),
-                crate::muc::in_process_secret().to_owned(),
+                domain.clone(),
+                crate::component::in_process_secret().to_owned(),
             );
         }
         Ok(secrets)
@@ -1592,6 +1656,9 @@ impl Config {
         if self.metrics.enabled {
             all.push(("metrics.listen".into(), self.metrics.listen));
         }
+        if let Some(upload) = &self.upload {
+            all.push(("upload.listen".into(), upload.listen));
+        }
         for (i, (key, addr)) in all.iter().enumerate() {
             if addr.port() == 0 {
                 continue;
@@ -1761,7 +1828,11 @@ mod tests {
         // One backend, the embedded core: ready after the one command.
         assert_eq!(
             c.local_domains().collect::<Vec<_>>(),
-            ["example.test", "conference.example.test"]
+            [
+                "example.test",
+                "conference.example.test",
+                "upload.example.test"
+            ]
         );
         let core = c.core.as_ref().expect("the example runs an embedded core");
         assert_eq!(core.domain[0].name, "example.test");
@@ -1811,6 +1882,50 @@ mod tests {
             "muc.max_rooms"
         );
         assert!(parse(MINIMAL).unwrap().muc.is_none());
+    }
+
+    #[test]
+    fn an_upload_section_serves_its_domain_and_needs_a_certificate_for_its_urls() {
+        let cert = "[[tls.certificate]]\ndomains = [\"upload.a.test\"]\ncert = \"u.crt\"\nkey = \"u.key\"\nself_signed = true\n";
+        let c = parse(&format!(
+            "{MINIMAL}{cert}[upload]\ndomain = \"Upload.A.Test\"\nlisten = \"127.0.0.1:0\"\n"
+        ))
+        .unwrap();
+        let u = c.upload.as_ref().unwrap();
+        assert_eq!(u.domain, "upload.a.test");
+        assert_eq!(u.directory, Path::new("/tmp/fedgate-uploads"));
+        assert!(c.local_domains().any(|d| d == "upload.a.test"));
+        assert_eq!(
+            c.backend_secrets().unwrap()["upload.a.test"],
+            crate::component::in_process_secret()
+        );
+        let with = |extra: &str, upload: &str| {
+            invalid_key(parse(&format!("{MINIMAL}{extra}[upload]\n{upload}\n")).unwrap_err())
+        };
+        assert_eq!(with(cert, "domain = \"a.test\""), "upload.domain");
+        assert_eq!(
+            with(
+                &format!("{cert}[muc]\ndomain = \"upload.a.test\"\n"),
+                "domain = \"upload.a.test\""
+            ),
+            "upload.domain"
+        );
+        // No certificate covers the host of the URLs.
+        assert_eq!(with("", "domain = \"upload.a.test\""), "upload.url");
+        assert_eq!(
+            with(
+                cert,
+                "domain = \"upload.a.test\"\nurl = \"https://files.a.test/\""
+            ),
+            "upload.url"
+        );
+        assert_eq!(
+            with(
+                cert,
+                "domain = \"upload.a.test\"\nlisten = \"127.0.0.1:5347\""
+            ),
+            "upload.listen"
+        );
     }
 
     #[test]

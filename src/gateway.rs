@@ -10,7 +10,8 @@
 //! With a `[core]` section the c2s core runs in this process, attached over an in-process
 //! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
 //! goes out. With `[muc]` the chat service runs here too, over a link of its own; it stops
-//! next, telling its occupants (status 332).
+//! next, telling its occupants (status 332). With `[upload]` the file upload service runs
+//! here too, over its own link, with its HTTPS listener; it stops after the chat service.
 //!
 //! Each phase is bounded by a grace period; when it expires the rest is abandoned and logged.
 
@@ -60,6 +61,12 @@ pub enum GatewayError {
     /// The chat service's rooms could not be read from the core's database.
     #[error("chat service (muc): database {0}")]
     Muc(#[from] crate::core::storage::StorageError),
+    /// The upload service's files directory could not be opened.
+    #[error("upload service: cannot open upload.directory {path}: {error}; create it or point upload.directory at a writable folder")]
+    Upload {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// A started gateway: its bound addresses, and the handles to stop it.
@@ -74,6 +81,8 @@ pub struct RunningGateway {
     pub component_addr: SocketAddr,
     /// The metrics listener, as bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The upload service's HTTPS listener (`[upload] listen`), as bound, if configured.
+    pub upload_addr: Option<SocketAddr>,
     /// Attaches backends in this process (the embedded core) over in-memory pipes.
     component_link: LocalLink,
     pub router: Arc<Router>,
@@ -83,6 +92,8 @@ pub struct RunningGateway {
     pub core: Option<crate::core::RunningCore>,
     /// The embedded multi-user chat service (`[muc]`), if configured.
     muc: Option<crate::muc::RunningMuc>,
+    /// The embedded file upload service (`[upload]`), if configured.
+    upload: Option<crate::upload::RunningUpload>,
     /// Puts a new configuration in force (SIGHUP, `fedgate reload`).
     reloader: Arc<Reloader>,
     s2s_shutdown: CancellationToken,
@@ -157,6 +168,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
         (true, addr) => Some(bind("metrics.listen", addr).await?),
         _ => None,
+    };
+    let upload_listener = match &config.upload {
+        Some(u) => Some(bind("upload.listen", u.listen).await?),
+        None => None,
     };
 
     let s2s_addrs = s2s_listeners
@@ -257,6 +272,30 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         }
         None => None,
     };
+    let mut upload_addr = None;
+    let upload = match (&config.upload, upload_listener) {
+        (Some(u), Some(listener)) => {
+            upload_addr = listener.local_addr().ok();
+            let at = crate::upload::Attachment {
+                gateways: vec![component::client::Target::Local(component_link.clone())],
+                secret: component::in_process_secret().to_owned(),
+                own_domains: config
+                    .component
+                    .backend
+                    .iter()
+                    .map(|b| b.domain.clone())
+                    .collect(),
+                tls: tls.clone(),
+                metrics: Some(metrics.upload.clone()),
+            };
+            let started = crate::upload::start(u, listener, at);
+            Some(started.map_err(|error| GatewayError::Upload {
+                path: u.directory.clone(),
+                error,
+            })?)
+        }
+        _ => None,
+    };
 
     let metrics_shutdown = CancellationToken::new();
     let mut metrics_addr = None;
@@ -285,11 +324,13 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         tls,
         component_addr,
         metrics_addr,
+        upload_addr,
         component_link,
         router,
         s2s: s2s_ctx,
         core,
         muc,
+        upload,
         reloader,
         s2s_shutdown,
         s2s_tracker,
@@ -331,6 +372,14 @@ impl RunningGateway {
         if let Some(muc) = self.muc {
             if tokio::time::timeout(grace, muc.shutdown()).await.is_err() {
                 tracing::warn!("the chat service did not stop in {grace:?}, terminating now");
+            }
+        }
+        if let Some(upload) = self.upload {
+            if tokio::time::timeout(grace, upload.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the upload service did not stop in {grace:?}, terminating now");
             }
         }
         self.s2s_shutdown.cancel();

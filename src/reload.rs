@@ -13,7 +13,7 @@
 //! other sessions continue untouched.
 //!
 //! What cannot change without a restart (listen addresses, local domains, `[dns]`, the `[s2s]`
-//! timeouts, limits and routes, per-peer routes, `[metrics]`, `[core]`) keeps its running
+//! timeouts, limits and routes, per-peer routes, `[metrics]`, `[core]`, `[upload]`) keeps its running
 //! value; the reload names those sections so the operator knows a restart is due. The per-peer
 //! limits of `[[federation.peer]]` (stanza size, byte rate) apply to streams authenticated
 //! after the reload.
@@ -268,6 +268,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if format!("{:?}", old.core) != format!("{:?}", new.core) {
         sections.push("[core]");
     }
+    if format!("{:?}", old.upload) != format!("{:?}", new.upload) {
+        sections.push("[upload]");
+    }
     let named = |c: &Config| {
         let domains: Vec<_> = c.federation.peer.iter().map(|p| &p.domain).collect();
         format!("{domains:?}")
@@ -289,4 +292,28 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         sections.push("[[federation.peer]] route");
     }
     sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_upload_section_needs_a_restart() {
+        let config = |upload: &str| {
+            Config::from_toml(
+                &format!(
+                    "[s2s]\nrequire_encryption = false\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"s\"\n\
+                     [[tls.certificate]]\ndomains = [\"upload.a.test\"]\ncert = \"u.crt\"\nkey = \"u.key\"\nself_signed = true\n{upload}"
+                ),
+                std::path::Path::new("/tmp"),
+            )
+            .unwrap()
+        };
+        let with = config("[upload]\ndomain = \"upload.a.test\"\n");
+        let bigger = config("[upload]\ndomain = \"upload.a.test\"\nmax_file_size = 1\nquota = 1\n");
+        assert!(restart_needed(&with, &with).is_empty());
+        assert!(restart_needed(&with, &bigger).contains(&"[upload]"));
+        assert!(restart_needed(&config(""), &with).contains(&"[upload]"));
+    }
 }

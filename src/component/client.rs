@@ -59,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 use super::LocalLink;
 use crate::connection::{BoxTransport, Connection, ReadError, Reader, Writer};
 use crate::dialback::component_handshake;
+use crate::xml::error::StanzaErrorCondition;
 use crate::xml::framer::{Event as FrameEvent, Limits};
 use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::stream::OpenStream;
@@ -639,6 +640,14 @@ impl Dispatcher {
             let _ = self.queues[i].try_send(bytes);
         }
     }
+}
+
+/// The error reply a component sends to `el` (from where `el` was sent to, RFC 6120 §8.3),
+/// with `text`; `None` when none may be sent (to an error, an iq result or an unavailable
+/// presence).
+pub fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
+    let stanza = Stanza::parse(Bytes::from(el.to_bytes()), &NsContext::component()).ok()?;
+    stanza.bounce(cond, Some(text))?.element().ok()
 }
 
 /// The gateway for stanzas to `domain`: among the links that are `up`, the one whose label

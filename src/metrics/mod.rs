@@ -228,6 +228,8 @@ pub struct Metrics {
     pub peers: Arc<Peers>,
     /// The chat service's figures (`[muc]`).
     pub muc: MucMetrics,
+    /// The file upload service's figures (`[upload]`).
+    pub upload: UploadMetrics,
 }
 
 /// `[muc]`: the XEP-0045 service's figures, no labels.
@@ -255,6 +257,86 @@ impl MucMetrics {
                 )
                 .expect("valid metric"),
             ),
+        }
+    }
+}
+
+/// `[upload]`: the XEP-0363 service's figures.
+#[derive(Clone)]
+pub struct UploadMetrics {
+    /// `fedgate_upload_slots_total`: slots given out.
+    pub slots: IntCounter,
+    /// `fedgate_upload_files_total`: files stored by a PUT.
+    pub files: IntCounter,
+    /// `fedgate_upload_bytes_total`: bytes of the files stored.
+    pub bytes: IntCounter,
+    /// `fedgate_upload_expired_total`: files deleted at their expiry.
+    pub expired: IntCounter,
+    /// `fedgate_upload_stored_bytes`: bytes on disk now, all accounts.
+    pub stored_bytes: IntGauge,
+    /// `fedgate_upload_refusals_total{reason}`, one handle per reason.
+    pub refusals: UploadRefusals,
+}
+
+/// `fedgate_upload_refusals_total{reason}`: slot requests and PUTs refused, by why.
+#[derive(Clone)]
+pub struct UploadRefusals {
+    /// A slot request that could not be used (filename, size, type).
+    pub bad_request: IntCounter,
+    /// A slot for a file over `max_file_size`.
+    pub too_large: IntCounter,
+    /// A slot or a PUT over the account's quota.
+    pub quota: IntCounter,
+    /// A slot request from a domain not allowed to upload.
+    pub forbidden: IntCounter,
+    /// A PUT without a valid token for its URL.
+    pub token: IntCounter,
+    /// A PUT of another length than its slot's (or none).
+    pub size: IntCounter,
+    /// A PUT of another content type than its slot's.
+    pub content_type: IntCounter,
+    /// A PUT to a URL that already has a file (or an upload under way).
+    pub conflict: IntCounter,
+}
+
+impl UploadMetrics {
+    fn register(r: &Registry) -> UploadMetrics {
+        let counter = |name: &str, help: &str| {
+            registered(r, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let refusals = counter_vec(
+            r,
+            "fedgate_upload_refusals_total",
+            "Upload slot requests and PUTs refused by the [upload] service, by reason",
+            &["reason"],
+        );
+        let reason = |l: &str| refusals.with_label_values(&[l]);
+        UploadMetrics {
+            slots: counter("fedgate_upload_slots_total", "Upload slots given out"),
+            files: counter(
+                "fedgate_upload_files_total",
+                "Files stored by an upload PUT",
+            ),
+            bytes: counter("fedgate_upload_bytes_total", "Bytes of the files uploaded"),
+            expired: counter(
+                "fedgate_upload_expired_total",
+                "Uploaded files deleted at their expiry",
+            ),
+            stored_bytes: gauge(
+                r,
+                "fedgate_upload_stored_bytes",
+                "Bytes of uploaded files on disk",
+            ),
+            refusals: UploadRefusals {
+                bad_request: reason("bad_request"),
+                too_large: reason("too_large"),
+                quota: reason("quota"),
+                forbidden: reason("forbidden"),
+                token: reason("token"),
+                size: reason("size"),
+                content_type: reason("content_type"),
+                conflict: reason("conflict"),
+            },
         }
     }
 }
@@ -529,6 +611,7 @@ impl Metrics {
             ))
             .expect("metric names are unique");
         let muc = MucMetrics::register(r);
+        let upload = UploadMetrics::register(r);
         let mut peers = Peers::register(r);
         peers.configure(named_peers, top_peers);
 
@@ -591,6 +674,7 @@ impl Metrics {
             limit_refusals,
             peers: Arc::new(peers),
             muc,
+            upload,
         }
     }
 

@@ -5,7 +5,7 @@
 use super::room::{Room, RoomConfig, Whois};
 use crate::xml::Element;
 
-pub const NS_DATA: &str = "jabber:x:data";
+pub use crate::xml::ns::DATA as NS_DATA;
 pub const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 pub const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 

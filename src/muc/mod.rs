@@ -42,10 +42,8 @@ pub mod room;
 pub mod service;
 pub mod store;
 
-use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +52,6 @@ use crate::core::mam::{self, store::ArchiveLimits, store::NewMessage};
 use crate::core::storage::{Storage, StorageError};
 use crate::metrics::MucMetrics;
 use crate::xml::error::StanzaErrorCondition;
-use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::Element;
 
 pub use self::config::MucConfig;
@@ -67,22 +64,14 @@ pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 
-/// The handshake secret of the in-process link: made once per process, never written
-/// anywhere, so that only this process can attach as the service's domain (the gateway puts
-/// it in its backend secrets, and a reload keeps it).
-pub fn in_process_secret() -> &'static str {
-    static SECRET: OnceLock<String> = OnceLock::new();
-    SECRET.get_or_init(|| format!("{:032x}", rand::random::<u128>()))
-}
+pub use crate::component::in_process_secret;
 
 /// The error reply to `el` (from where it was sent to, RFC 6120 §8.3), or `None` when none
 /// may be sent (errors, iq results, unavailable presence). A presence error carries
 /// `<x xmlns='http://jabber.org/protocol/muc'/>` as in XEP-0045's examples: clients match
 /// the error to their join by it.
 pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
-    let ctx = NsContext::component();
-    let stanza = Stanza::parse(Bytes::from(el.to_bytes()), &ctx).ok()?;
-    let mut reply = stanza.bounce(cond, Some(text))?.element().ok()?;
+    let mut reply = crate::component::client::error_reply(el, cond, text)?;
     if reply.name == "presence" {
         reply
             .children

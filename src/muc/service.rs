@@ -13,8 +13,7 @@ use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::{ns, Element};
 
-pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub use crate::xml::ns::{DISCO_INFO as NS_DISCO_INFO, DISCO_ITEMS as NS_DISCO_ITEMS};
 /// XEP-0410: the room answers an occupant's ping to its own occupant JID itself.
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 

@@ -6,6 +6,7 @@ use super::form::NS_DATA;
 use super::service::{NS_DISCO_INFO, NS_DISCO_ITEMS};
 use super::*;
 use crate::xml::ns;
+use crate::xml::stanza::{NsContext, Stanza};
 
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 

@@ -60,6 +60,12 @@ pub mod ns {
     pub const PING: &str = "urn:xmpp:ping";
     /// Stream limits advertisement (XEP-0478).
     pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
+    /// Service discovery, what an entity is and does (XEP-0030 §3).
+    pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    /// Service discovery, the entities an entity lists (XEP-0030 §4).
+    pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+    /// Data forms (XEP-0004).
+    pub const DATA: &str = "jabber:x:data";
     /// The namespace bound to the `xml` prefix (Namespaces in XML §3).
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 }

@@ -410,8 +410,8 @@ async fn check_dns_prints_the_answers_and_the_order_of_attempts() {
 fn every_config_key_is_in_the_reference_and_the_example() {
     let dir = tempfile::tempdir().unwrap();
     let config = fedgate::config::Config::from_toml(
-        "[muc]\ndomain = \"conference.a.test\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[core]\n[[core.domain]]\nname = \"a.test\"\n\
-         [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
+        "[muc]\ndomain = \"conference.a.test\"\n[upload]\ndomain = \"upload.a.test\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[core]\n[[core.domain]]\nname = \"a.test\"\n\
+         [[tls.certificate]]\ndomains = [\"a.test\", \"upload.a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
         dir.path(),
     )
     .expect("a minimal config");

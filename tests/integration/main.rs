@@ -33,3 +33,4 @@ mod roundtrip;
 mod s2s;
 mod sm;
 mod tls;
+mod upload;
