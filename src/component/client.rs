@@ -211,6 +211,7 @@ async fn handshake(conn: &mut Connection, config: &ClientConfig) -> Result<Strin
     conn.open(&OpenStream {
         content_ns: ns::COMPONENT,
         to: Some(&config.domain),
+        drain: true,
         ..Default::default()
     });
     conn.flush().await.map_err(ReadError::Io)?;
@@ -424,10 +425,17 @@ impl Link {
 
     /// Hands what is queued for this (down) link back to the dispatcher.
     fn give_back(&self, out: &mut mpsc::Receiver<Bytes>) {
-        if let Some(requeue) = &self.requeue {
+        if self.requeue.is_some() {
             while let Ok(b) = out.try_recv() {
-                let _ = requeue.send(b);
+                self.give_back_one(b);
             }
+        }
+    }
+
+    /// Hands one stanza taken for this (down) link back to the dispatcher.
+    fn give_back_one(&self, bytes: Bytes) {
+        if let Some(requeue) = &self.requeue {
+            let _ = requeue.send(bytes);
         }
     }
 }
@@ -464,7 +472,7 @@ async fn supervise(
                 {
                     return;
                 }
-                let end = run(session, &mut out, events.clone(), &stop).await;
+                let end = run(session, &mut out, events.clone(), &stop, &link, &gateway).await;
                 link.set_online(false);
                 match end {
                     SessionEnd::Stopped => return,
@@ -678,20 +686,31 @@ enum SessionEnd {
     Lost(String),
 }
 
-/// One established session: the reader in its own task, the writer here.
+/// One established session: the reader in its own task, the writer here. When the gateway
+/// sends the [drain notice](super::drain), the link stops taking new stanzas (the
+/// dispatcher picks another gateway), answers, and from then on only receives: what is
+/// queued for it goes back to the dispatcher, or, with a single gateway, waits for the next
+/// session.
 async fn run(
     session: Session,
     out: &mut mpsc::Receiver<Bytes>,
     events: mpsc::Sender<Event>,
     stop: &CancellationToken,
+    link: &Link,
+    gateway: &str,
 ) -> SessionEnd {
     let (reader, mut writer) = session.split();
-    let mut reader_task = tokio::spawn(read_loop(reader, events));
+    let (notice_tx, mut notice) = mpsc::channel(1);
+    let mut reader_task = tokio::spawn(read_loop(reader, events.clone(), notice_tx));
+    let mut draining = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                while let Ok(b) = out.try_recv() {
-                    writer.send(&b);
+                // After the answer to a drain notice nothing more may be written.
+                if !draining {
+                    while let Ok(b) = out.try_recv() {
+                        writer.send(&b);
+                    }
                 }
                 writer.close().await;
                 reader_task.abort();
@@ -703,7 +722,33 @@ async fn run(
                     _ => SessionEnd::Stopped,
                 };
             }
-            next = out.recv() => {
+            Some(()) = notice.recv(), if !draining => {
+                draining = true;
+                link.set_online(false);
+                tracing::info!(%gateway, "the gateway is draining: sending through the others");
+                link.give_back(out);
+                // Everything taken from `out` so far has been written: this comes last.
+                writer.send(super::drain::ANSWER);
+                if let Err(e) = writer.flush().await {
+                    reader_task.abort();
+                    return SessionEnd::Lost(format!("write failed: {e}"));
+                }
+                let offline = Event::Offline {
+                    gateway: gateway.to_owned(),
+                    reason: "the gateway is draining (stopping); it still delivers what it holds".into(),
+                };
+                if events.send(offline).await.is_err() {
+                    reader_task.abort();
+                    return SessionEnd::Stopped;
+                }
+            }
+            // Draining, with a single gateway the stanzas wait in `out` for the next session.
+            next = out.recv(), if !draining || link.requeue.is_some() => {
+                if let (true, Some(b)) = (draining, &next) {
+                    // A stanza the dispatcher placed just before it saw this link go down.
+                    link.give_back_one(b.clone());
+                    continue;
+                }
                 let Some(first) = next else {
                     writer.close().await;
                     reader_task.abort();
@@ -726,10 +771,17 @@ async fn run(
 }
 
 /// Passes stanzas on until the stream ends; `Some(reason)` for a lost link, `None` when nobody
-/// takes events any more.
-async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<String> {
+/// takes events any more. The gateway's drain notice goes to `notice`.
+async fn read_loop(
+    mut reader: Reader,
+    events: mpsc::Sender<Event>,
+    notice: mpsc::Sender<()>,
+) -> Option<String> {
     loop {
         match reader.next_event().await {
+            Ok(FrameEvent::Stanza(s)) if super::drain::is_notice(&s) => {
+                let _ = notice.try_send(());
+            }
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
                 let (condition, text) = stream_error_of(&s);
                 return Some(format!(
