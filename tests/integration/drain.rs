@@ -237,29 +237,37 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
     }
     // Anything arriving twice would come now.
     seen.settle(Duration::from_millis(500)).await;
-    eprintln!(
-        "a.test → b.test: {sent_to_b} sent, {} delivered, {} twice, {} bounced; \
-         b.test → a.test: {sent_to_a} sent, {} delivered, {} twice, {} bounced",
-        seen.to_b.ids.len(),
-        seen.to_b.twice(),
-        seen.to_b.bounces.len(),
-        seen.to_a.ids.len(),
-        seen.to_a.twice(),
-        seen.to_a.bounces.len(),
-    );
+    // A bounce goes back to the sender: a.test's bounces are of what it sent to b.test.
+    let directions = [
+        (
+            "a.test → b.test",
+            sent_to_b,
+            &seen.to_b,
+            &seen.to_a.bounces,
+            "a",
+        ),
+        (
+            "b.test → a.test",
+            sent_to_a,
+            &seen.to_a,
+            &seen.to_b.bounces,
+            "b",
+        ),
+    ];
+    for (what, sent, received, bounced, _) in directions {
+        eprintln!(
+            "{what}: {sent} sent, {} delivered, {} of them twice, {} bounced",
+            received.ids.len(),
+            received.twice(),
+            bounced.len()
+        );
+    }
     assert!(
         sent_to_a > 500 && sent_to_b > 500,
         "too little traffic to tell"
     );
-    for (what, sent, received, prefix) in [
-        ("a.test → b.test", sent_to_b, &seen.to_b, "a"),
-        ("b.test → a.test", sent_to_a, &seen.to_a, "b"),
-    ] {
-        assert!(
-            received.bounces.is_empty(),
-            "{what}: bounced {:?}",
-            received.bounces
-        );
+    for (what, sent, received, bounced, prefix) in directions {
+        assert!(bounced.is_empty(), "{what}: bounced {bounced:?}");
         let missing: Vec<String> = (0..sent)
             .map(|i| format!("{prefix}{i}"))
             .filter(|id| !received.ids.contains_key(id))
