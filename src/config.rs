@@ -285,8 +285,9 @@ pub struct S2sConfig {
     /// On SIGTERM, how long the gateway drains before it stops (a rolling restart): backends
     /// that understand the drain notice send new traffic through other gateways, inbound
     /// streams end so that their peers reconnect to another instance, and the drain waits,
-    /// at most this long, for those backends to answer and those streams to close; then the
-    /// outbound queues are written out and acknowledged and the gateway stops. Default
+    /// at most this long, for those backends to answer, the outbound queues to be written and
+    /// those streams to close; then the outbound streams get a last acknowledgement and close,
+    /// and the gateway stops. Default
     /// `"10s"`; `"0s"` waits for nothing. At most `"5m"`. **Risk:** a drain longer than the
     /// service manager's stop timeout (`TimeoutStopSec`, 30 s in the shipped unit) gets
     /// fedgate killed, and what it still held is lost.
@@ -1886,6 +1887,20 @@ mod tests {
         assert!(c.metrics.enabled);
         assert_eq!(c.metrics.listen, "127.0.0.1:9269".parse().unwrap());
         assert_eq!(c.component.backend[0].secret().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn the_drain_lasts_10_s_by_default_zero_is_allowed_and_over_5_min_refused() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().s2s.drain_timeout,
+            Duration::from_secs(10)
+        );
+        let zero = parse(&format!("[s2s]\ndrain_timeout = \"0s\"\n{MINIMAL}")).unwrap();
+        assert_eq!(zero.s2s.drain_timeout, Duration::ZERO);
+        let e = parse(&format!("[s2s]\ndrain_timeout = \"6m\"\n{MINIMAL}")).unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("TimeoutStopSec"), "{message}");
+        assert_eq!(invalid_key(e), "s2s.drain_timeout");
     }
 
     #[test]

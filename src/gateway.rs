@@ -508,3 +508,118 @@ impl metrics::http::Status for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const DRAIN: Duration = Duration::from_secs(10);
+
+    /// Runs `wait_drained` with `queued` stanzas in the outbound queues; returns how it ended
+    /// and when (simulated time).
+    async fn drain(
+        backends: &TaskTracker,
+        queued: &Arc<AtomicUsize>,
+        inbound: &TaskTracker,
+        timeout: Duration,
+    ) -> (Drained, Duration) {
+        let started = tokio::time::Instant::now();
+        let queued = queued.clone();
+        let ended = wait_drained(
+            timeout,
+            backends,
+            move || queued.load(Ordering::Relaxed),
+            inbound,
+        )
+        .await;
+        (ended, started.elapsed())
+    }
+
+    /// `what` happens after `after` of simulated time.
+    fn later(after: Duration, what: impl FnOnce() + Send + 'static) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            what();
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_ends_once_the_backends_answered_the_queues_are_written_and_streams_closed() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(5));
+        let answer = backends.token();
+        later(Duration::from_secs(1), move || drop(answer));
+        let written = queued.clone();
+        later(Duration::from_secs(2), move || {
+            written.store(0, Ordering::Relaxed)
+        });
+        inbound.spawn(tokio::time::sleep(Duration::from_secs(3)));
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(ended, Drained::Complete);
+        assert_eq!(
+            took,
+            Duration::from_secs(3),
+            "the last inbound stream closed at 3 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_queues_count_only_once_the_backends_have_answered() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        // Empty at first, then a backend's last stanzas arrive before its answer.
+        let queued = Arc::new(AtomicUsize::new(0));
+        let answer = backends.token();
+        let arriving = queued.clone();
+        later(Duration::from_secs(1), move || {
+            arriving.store(3, Ordering::Relaxed);
+            drop(answer);
+        });
+        let written = queued.clone();
+        later(Duration::from_secs(4), move || {
+            written.store(0, Ordering::Relaxed)
+        });
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(ended, Drained::Complete);
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(4) + 2 * QUEUE_POLL,
+            "ended at {took:?}, before the queues were written"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_drain_timeout_the_drain_gives_up_and_says_what_was_pending() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(7));
+        let _never_answers = backends.token();
+        inbound.spawn(std::future::pending::<()>());
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(
+            ended,
+            Drained::TimedOut {
+                backends: 1,
+                outbound: 7,
+                inbound: 1
+            }
+        );
+        assert_eq!(took, DRAIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_drain_timeout_waits_for_nothing() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (ended, took) = drain(&backends, &queued, &inbound, Duration::ZERO).await;
+        assert_eq!(ended, Drained::Complete, "nothing was pending");
+        assert_eq!(took, Duration::ZERO);
+        let _never_answers = backends.token();
+        let (ended, took) = drain(&backends, &queued, &inbound, Duration::ZERO).await;
+        assert!(matches!(ended, Drained::TimedOut { backends: 1, .. }));
+        assert_eq!(took, Duration::ZERO);
+    }
+}

@@ -928,6 +928,160 @@ mod tests {
         assert_eq!(pick("<message to='bob@b.test'/>", true), b_test);
     }
 
+    /// A gateway on a loopback port that accepts one component for `c.test`: its address,
+    /// and the connection once the handshake is done, with whether the header declared the
+    /// drain protocol.
+    async fn tcp_gateway() -> (SocketAddr, JoinHandle<(Connection, bool)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (
+            addr,
+            tokio::spawn(async move { accept_component(&listener).await }),
+        )
+    }
+
+    /// The gateway side of one component's handshake on `listener`.
+    async fn accept_component(listener: &tokio::net::TcpListener) -> (Connection, bool) {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(Box::new(tcp), peer, Limits::default(), ns::COMPONENT);
+        let FrameEvent::StreamOpen(h) = conn.next_event().await.unwrap() else {
+            panic!()
+        };
+        conn.open(&OpenStream {
+            content_ns: ns::COMPONENT,
+            from: Some("c.test"),
+            id: Some("id1"),
+            ..Default::default()
+        });
+        conn.flush().await.unwrap();
+        let FrameEvent::Stanza(_) = conn.next_event().await.unwrap() else {
+            panic!()
+        };
+        conn.send(b"<handshake/>");
+        conn.flush().await.unwrap();
+        (conn, crate::component::drain::declared(&h))
+    }
+
+    async fn next_stanza(conn: &mut Connection) -> Stanza {
+        match tokio::time::timeout(Duration::from_secs(5), conn.next_event()).await {
+            Ok(Ok(FrameEvent::Stanza(s))) => s,
+            other => panic!("expected a stanza, got {:?}", other.map(|e| e.map(|_| ()))),
+        }
+    }
+
+    async fn next_event(component: &mut Component) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), component.recv())
+            .await
+            .expect("an event in time")
+            .expect("the component runs")
+    }
+
+    #[tokio::test]
+    async fn a_drain_notice_moves_new_stanzas_to_the_other_gateway_and_is_answered() {
+        let (addr0, gw0) = tcp_gateway().await;
+        let (addr1, gw1) = tcp_gateway().await;
+        let targets = vec![Target::Tcp(addr0), Target::Tcp(addr1)];
+        let labels: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+        let mut component =
+            Component::start(ClientConfig::with_gateways("c.test", "s3cret", targets));
+        let (mut conns, mut declared) = (Vec::new(), Vec::new());
+        for gw in [gw0, gw1] {
+            let (conn, d) = gw.await.unwrap();
+            conns.push(conn);
+            declared.push(d);
+        }
+        assert_eq!(
+            declared,
+            [true, true],
+            "the header declares the drain namespace"
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                next_event(&mut component).await,
+                Event::Online { .. }
+            ));
+        }
+        let sender = component.sender();
+        let chosen = choose_gateway("b.test", &labels, &[true, true]).unwrap();
+        let other = 1 - chosen;
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='before'/>")
+            .await
+            .unwrap();
+        assert_eq!(next_stanza(&mut conns[chosen]).await.id(), Some("before"));
+
+        conns[chosen].send(crate::component::drain::NOTICE);
+        conns[chosen].flush().await.unwrap();
+        let answer = next_stanza(&mut conns[chosen]).await;
+        assert!(
+            crate::component::drain::is_answer(&answer),
+            "{:?}",
+            answer.raw()
+        );
+        match next_event(&mut component).await {
+            Event::Offline { gateway, reason } => {
+                assert_eq!(gateway, labels[chosen]);
+                assert!(reason.contains("draining"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // New stanzas for b.test take the other gateway; the draining one still delivers.
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='after'/>")
+            .await
+            .unwrap();
+        assert_eq!(next_stanza(&mut conns[other]).await.id(), Some("after"));
+        conns[chosen].send(b"<message from='x@b.test' to='c.test' id='held'/>");
+        conns[chosen].flush().await.unwrap();
+        match next_event(&mut component).await {
+            Event::Stanza(s) => assert_eq!(s.id(), Some("held")),
+            other => panic!("{other:?}"),
+        }
+        assert!(sender.is_online(), "the other gateway is up");
+        // Nothing more on the draining link after the answer.
+        let more = tokio::time::timeout(Duration::from_millis(200), conns[chosen].next_event());
+        assert!(more.await.is_err(), "the component wrote after its answer");
+        component.stop().await;
+    }
+
+    #[tokio::test]
+    async fn with_a_single_gateway_stanzas_sent_while_it_drains_wait_for_the_next_session() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::Tcp(listener.local_addr().unwrap());
+        let mut component = Component::start(ClientConfig::new("c.test", "s3cret", target));
+        let (mut conn, _) = accept_component(&listener).await;
+        assert!(matches!(
+            next_event(&mut component).await,
+            Event::Online { .. }
+        ));
+        conn.send(crate::component::drain::NOTICE);
+        conn.flush().await.unwrap();
+        assert!(crate::component::drain::is_answer(
+            &next_stanza(&mut conn).await
+        ));
+        assert!(matches!(
+            next_event(&mut component).await,
+            Event::Offline { .. }
+        ));
+        let sender = component.sender();
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='waits'/>")
+            .await
+            .unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(200), conn.next_event());
+        assert!(more.await.is_err(), "written to the draining gateway");
+        // The gateway stops; the component attaches again and the stanza goes out.
+        conn.send(&crate::xml::stream_error(
+            &StreamErrorCondition::SystemShutdown,
+            None,
+        ));
+        conn.flush().await.unwrap();
+        drop(conn);
+        let (mut conn, _) = accept_component(&listener).await;
+        assert_eq!(next_stanza(&mut conn).await.id(), Some("waits"));
+        component.stop().await;
+    }
+
     #[tokio::test]
     async fn handshake_digest_and_refusal() {
         assert_eq!(handshake_against(true).await.unwrap(), "id1");

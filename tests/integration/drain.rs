@@ -282,3 +282,97 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
         assert_eq!(received.ids.len(), sent, "{what}: unexpected ids");
     }
 }
+
+/// Attaches a raw backend for a.test that declares the drain protocol on its header.
+async fn declaring_backend(a: &Instance) -> RawStream {
+    let mut s = RawStream::connect(a.gw().component_addr).await;
+    s.send(
+        "<stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns:drain='urn:fedgate:drain:0' to='a.test'>",
+    )
+    .await;
+    let id = s.expect_header().await.id.unwrap();
+    let digest = fedgate::dialback::component_handshake(&id, &a.component_secret);
+    s.send(&format!("<handshake>{digest}</handshake>")).await;
+    assert_eq!(&s.next().await.raw()[..], b"<handshake/>");
+    s
+}
+
+/// The component stream's drain protocol on the wire (docs/deployment.md): a backend that
+/// declares it gets the notice first; until it answers, the gateway goes on routing what it
+/// sends and delivering to it, and the stop waits; a plain XEP-0114 backend sees nothing new
+/// (the stanzas, then `<system-shutdown/>`) and holds nothing up.
+#[tokio::test]
+async fn a_declaring_backend_gets_the_notice_and_the_stop_waits_for_its_answer() {
+    let dns = TestDns::start().await;
+    let mut a = instance(&dns, "a.test")
+        .backend("plain.test", "plain-secret")
+        .start()
+        .await;
+    let mut declaring = declaring_backend(&a).await;
+    let mut plain = a.backend_for("plain.test", "plain-secret").await;
+    let stopping = tokio::spawn(async move {
+        a.stop().await;
+    });
+    assert_eq!(
+        declaring.next_text().await,
+        "<drain xmlns='urn:fedgate:drain:0'/>"
+    );
+    // Both ways still work while the gateway waits for the answer.
+    declaring
+        .send("<message from='alice@a.test' to='p@plain.test' id='during'/>")
+        .await;
+    assert_eq!(plain.next().await.id(), Some("during"));
+    plain
+        .send("<message from='p@plain.test' to='alice@a.test' id='back'/>")
+        .await;
+    assert_eq!(declaring.next().await.id(), Some("back"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the stop did not wait for the answer"
+    );
+    declaring
+        .send("<drained xmlns='urn:fedgate:drain:0'/>")
+        .await;
+    // Not drain_timeout (10 s): the plain backend is not waited for.
+    tokio::time::timeout(Duration::from_secs(3), stopping)
+        .await
+        .expect("the stop went on once the declaring backend answered")
+        .unwrap();
+    assert_eq!(declaring.expect_stream_error().await, "system-shutdown");
+    let end = plain.next().await;
+    assert_eq!(end.name(), "error", "{}", text(end.raw()));
+    assert!(
+        text(end.raw()).contains("<system-shutdown "),
+        "{}",
+        text(end.raw())
+    );
+}
+
+/// A declaring backend that never answers holds the stop up for `drain_timeout`, no longer.
+#[tokio::test]
+async fn a_backend_that_never_answers_holds_the_stop_for_drain_timeout() {
+    let dns = TestDns::start().await;
+    let mut a = instance(&dns, "a.test")
+        .s2s("drain_timeout = \"1s\"")
+        .start()
+        .await;
+    let mut silent = declaring_backend(&a).await;
+    let started = tokio::time::Instant::now();
+    let stopping = tokio::spawn(async move {
+        a.stop().await;
+    });
+    assert_eq!(
+        silent.next_text().await,
+        "<drain xmlns='urn:fedgate:drain:0'/>"
+    );
+    assert_eq!(silent.expect_stream_error().await, "system-shutdown");
+    let took = started.elapsed();
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "stopped after {took:?}"
+    );
+}
