@@ -30,6 +30,13 @@
 //! when it drops are handed back and sent through another one; what the dropped gateway had
 //! read but not yet sent on is lost as with one gateway.
 //!
+//! # A gateway that drains
+//! Every session declares fedgate's [drain extension](super::drain) on its header. When a
+//! gateway about to stop sends the drain notice, the link counts as down for choosing (an
+//! [`Event::Offline`] says so), what is queued for it goes to another gateway (with a single
+//! gateway it waits for the next session), the answer is written last, and stanzas the
+//! gateway still delivers on that stream arrive as usual until it ends.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use fedgate::component::client::{ClientConfig, Component, Event, Target};
@@ -264,7 +271,9 @@ pub enum Event {
     /// The handshake with `gateway` (its address, or `in-process`) succeeded; stanzas flow.
     Online { gateway: String },
     /// The link to `gateway` is down (or could not be set up); a reconnect follows after a
-    /// backoff. With several gateways, the others carry the traffic meanwhile.
+    /// backoff. With several gateways, the others carry the traffic meanwhile. Also reported
+    /// when the gateway starts to drain: it takes no more stanzas from us but still delivers
+    /// what it holds, and another `Offline` follows when its stream ends.
     Offline { gateway: String, reason: String },
     /// A stanza the gateway routed to us, with its bytes and routing facts; build a tree with
     /// [`Stanza::element`].
