@@ -70,7 +70,7 @@ pub enum GatewayError {
 
 /// How the drain (phase 1 of a shutdown) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drained {
+enum Drained {
     /// Every backend told answered, the outbound queues were written and every inbound
     /// stream closed.
     Complete,
@@ -92,7 +92,7 @@ const QUEUE_POLL: Duration = Duration::from_millis(20);
 /// too, and until `inbound` (the s2s listeners and inbound streams, told to end) is empty.
 /// The queues count only once the backends have answered: until then they may add to them.
 /// Closes both trackers, so that they count as done once empty.
-pub async fn wait_drained(
+async fn wait_drained(
     timeout: Duration,
     backends: &TaskTracker,
     outbound_queued: impl Fn() -> usize,
