@@ -194,7 +194,7 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
         to_b,
     };
     seen.settle(Duration::from_millis(500)).await;
-    for k in 0..3 {
+    for (k, label) in labels.iter().enumerate() {
         // Stopping (the drain and the shutdown) runs while traffic goes on and is read.
         let mut gw = gws.remove(k);
         let stopping = tokio::spawn(async move {
@@ -220,7 +220,7 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
                 "the backend did not reattach to gw{k}"
             );
             let came_up = seen.settle(Duration::from_millis(50)).await;
-            if came_up.contains(&labels[k]) {
+            if came_up.contains(label) {
                 break;
             }
         }
