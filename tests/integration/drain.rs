@@ -351,15 +351,20 @@ async fn a_declaring_backend_gets_the_notice_and_the_stop_waits_for_its_answer()
     );
 }
 
-/// A declaring backend that never answers holds the stop up for `drain_timeout`, no longer.
+/// A declaring backend that never answers holds the stop up for `drain_timeout`, no longer;
+/// meanwhile inbound s2s streams have ended at once (so that their peers go to another
+/// instance) and the s2s listener refuses new connections.
 #[tokio::test]
 async fn a_backend_that_never_answers_holds_the_stop_for_drain_timeout() {
     let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
     let mut a = instance(&dns, "a.test")
         .s2s("drain_timeout = \"1s\"")
         .start()
         .await;
+    let s2s_addr = a.s2s_addr();
     let mut silent = declaring_backend(&a).await;
+    let mut inbound = authenticated_s2s(s2s_addr, &b, "a.test").await;
     let started = tokio::time::Instant::now();
     let stopping = tokio::spawn(async move {
         a.stop().await;
@@ -368,6 +373,21 @@ async fn a_backend_that_never_answers_holds_the_stop_for_drain_timeout() {
         silent.next_text().await,
         "<drain xmlns='urn:fedgate:drain:0'/>"
     );
+    assert_eq!(inbound.expect_stream_error().await, "system-shutdown");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the inbound stream ended only after {:?}",
+        started.elapsed()
+    );
+    let mut refused = false;
+    for _ in 0..10 {
+        if tokio::net::TcpStream::connect(s2s_addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the s2s listener still accepts during the drain");
     assert_eq!(silent.expect_stream_error().await, "system-shutdown");
     let took = started.elapsed();
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
