@@ -32,33 +32,25 @@
 //!
 //! Run: `cargo bench --bench idle_sessions`.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use fedgate::config::Config;
-use fedgate::connection::Connection;
 use fedgate::dialback::DialbackSecret;
 use fedgate::gateway::{self, RunningGateway};
-use fedgate::tls::Tls;
-use fedgate::xml::framer::{Event, Limits};
-use fedgate::xml::ns;
-use fedgate::xml::stream::OpenStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fedgate");
+use support::{close_idle, mb, open_idle, raise_fd_limit, ChildGateway, IdlePeer};
+
 /// b.test, the gateway under test.
 const GATEWAY_IP: &str = "127.88.3.1";
 /// a.test's authoritative server (the bench's in-process gateway).
 const AUTHORITATIVE_IP: &str = "127.88.3.2";
 /// a.test's dialback secret: the bench signs its `<db:result/>` keys with it.
 const SECRET: &str = "idle-sessions-bench-dialback-secret";
-/// How long any single step may stall before the run fails.
-const STALL: Duration = Duration::from_secs(30);
 /// After the last close, how long b.test gets to finish its side before RSS is read.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -96,7 +88,7 @@ fn main() {
         future_size(fedgate::s2s::inbound::handle_direct_tls),
     );
     let max_n = counts.iter().copied().max().unwrap_or(0);
-    if let Err(message) = raise_fd_limit(max_n as u64 + 1024) {
+    if let Err(message) = raise_fd_limit(max_n as u64 + 1024, "IDLE_N") {
         eprintln!("idle_sessions: {message}");
         std::process::exit(2);
     }
@@ -116,57 +108,9 @@ fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) 
     std::mem::size_of::<F>()
 }
 
-/// Raises `RLIMIT_NOFILE` to at least `needed`, or says why it cannot and what to do.
-fn raise_fd_limit(needed: u64) -> Result<(), String> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass; nothing else is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(format!(
-            "cannot read RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if lim.rlim_cur >= needed {
-        return Ok(());
-    }
-    // Raising the hard limit needs CAP_SYS_RESOURCE; without it, the soft limit goes as far
-    // as the hard one allows.
-    let wanted = libc::rlimit {
-        rlim_cur: needed,
-        rlim_max: lim.rlim_max.max(needed),
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-        return Ok(());
-    }
-    let soft = libc::rlimit {
-        rlim_cur: lim.rlim_max,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: as above.
-    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0;
-    let now = if raised { lim.rlim_max } else { lim.rlim_cur };
-    if now >= needed {
-        return Ok(());
-    }
-    Err(format!(
-        "{needed} file descriptors are needed (one per session, plus headroom) and \
-         the limit is {now} (hard limit {}). Raise it before running, e.g. \
-         `ulimit -n {needed}` as root or after raising the hard limit in \
-         /etc/security/limits.conf, or run with a smaller IDLE_N (at most {}).",
-        lim.rlim_max,
-        now.saturating_sub(1024)
-    ))
-}
-
 fn security(domain: &str, transport: Transport) -> String {
     match transport {
-        Transport::Tls => format!(
-            "[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = \"tls.crt\"\nkey = \"tls.key\"\nself_signed = true\n"
-        ),
+        Transport::Tls => support::self_signed(domain),
         Transport::Plain => String::new(),
     }
 }
@@ -256,74 +200,6 @@ enabled = false
         .expect("a.test's authoritative server starts")
 }
 
-/// The gateway under test as a child process; killed on drop.
-struct Gateway {
-    child: Child,
-}
-
-impl Gateway {
-    fn start(config: &Path) -> Gateway {
-        let mut command = Command::new(BIN);
-        if let Ok(vars) = std::env::var("IDLE_GATEWAY_ENV") {
-            for var in vars.split_whitespace() {
-                let (key, value) = var
-                    .split_once('=')
-                    .unwrap_or_else(|| panic!("IDLE_GATEWAY_ENV: {var} is not KEY=VALUE"));
-                command.env(key, value);
-            }
-        }
-        let mut child = command
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        // Reads the log to the end, so the gateway never blocks writing it; shows warnings.
-        std::thread::spawn(move || {
-            let mut ready = Some(ready_tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("fedgate ready") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                } else if line.contains("WARN") || line.contains("ERROR") {
-                    eprintln!("b.test: {line}");
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("b.test logs `fedgate ready` within 20 s");
-        Gateway { child }
-    }
-
-    /// `VmRSS` in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status of b.test");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kb * 1024
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
 fn per_session(rss: u64, rest: u64, n: usize) -> f64 {
     (rss as f64 - rest as f64) / n as f64 / 1e3
 }
@@ -332,20 +208,27 @@ async fn run(transport: Transport, n: usize, concurrency: usize) {
     let dir_a = tempfile::tempdir().expect("tempdir");
     let dir_b = tempfile::tempdir().expect("tempdir");
     let authoritative = start_authoritative(dir_a.path(), transport).await;
-    let gateway = Gateway::start(&gateway_config(dir_b.path(), transport));
-    let client = match transport {
-        Transport::Tls => Some(Arc::new(
-            Tls::from_config(&client_config(dir_a.path())).expect("a.test's client TLS"),
-        )),
+    let gateway = ChildGateway::start(
+        "b.test",
+        &gateway_config(dir_b.path(), transport),
+        "IDLE_GATEWAY_ENV",
+    );
+    let tls = match transport {
+        Transport::Tls => Some(support::client_tls(dir_a.path(), "a.test")),
         Transport::Plain => None,
     };
     let addr: SocketAddr = format!("{GATEWAY_IP}:5269").parse().expect("address");
-    let secret = Arc::new(DialbackSecret::from_bytes(SECRET.as_bytes()));
+    let peer = IdlePeer {
+        from: "a.test",
+        to: "b.test",
+        secret: Arc::new(DialbackSecret::from_bytes(SECRET.as_bytes())),
+        tls,
+    };
 
     // One session first, so that what every process pays once (TLS contexts, the first
     // connect-back, the runtime's threads) is in the figure at rest.
-    let warm = open(client.clone(), secret.clone(), addr, 1, 1).await;
-    close(warm).await;
+    let warm = open_idle(&peer, addr, 1, 1).await;
+    close_idle(warm).await;
     tokio::time::sleep(SETTLE).await;
     let rest = gateway.rss();
     println!(
@@ -355,7 +238,7 @@ async fn run(transport: Transport, n: usize, concurrency: usize) {
     );
 
     let start = Instant::now();
-    let sessions = open(client.clone(), secret.clone(), addr, n, concurrency).await;
+    let sessions = open_idle(&peer, addr, n, concurrency).await;
     let opened_in = start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let open_rss = gateway.rss();
@@ -366,7 +249,7 @@ async fn run(transport: Transport, n: usize, concurrency: usize) {
         per_session(open_rss, rest, n)
     );
 
-    close(sessions).await;
+    close_idle(sessions).await;
     tokio::time::sleep(SETTLE).await;
     let closed_rss = gateway.rss();
     println!(
@@ -375,7 +258,7 @@ async fn run(transport: Transport, n: usize, concurrency: usize) {
         mb(closed_rss) - mb(rest)
     );
 
-    let sessions = open(client.clone(), secret.clone(), addr, n, concurrency).await;
+    let sessions = open_idle(&peer, addr, n, concurrency).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reopen_rss = gateway.rss();
     println!(
@@ -384,122 +267,7 @@ async fn run(transport: Transport, n: usize, concurrency: usize) {
         per_session(reopen_rss, rest, n),
         (reopen_rss as f64 / open_rss as f64 - 1.0) * 100.0
     );
-    close(sessions).await;
+    close_idle(sessions).await;
     drop(gateway);
     authoritative.shutdown(Duration::from_secs(2)).await;
-}
-
-/// a.test's TLS side as a client: its certificate, as an outbound session uses it.
-fn client_config(dir: &Path) -> Config {
-    let text = format!(
-        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
-         [component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"secret\"\n\
-         [metrics]\nenabled = false\n{}",
-        security("a.test", Transport::Tls)
-    );
-    Config::from_toml(&text, dir).expect("client config is valid")
-}
-
-/// Opens `n` authenticated sessions, `concurrency` at a time.
-async fn open(
-    client: Option<Arc<Tls>>,
-    secret: Arc<DialbackSecret>,
-    addr: SocketAddr,
-    n: usize,
-    concurrency: usize,
-) -> Vec<Connection> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..concurrency {
-        let count = n / concurrency + usize::from(t < n % concurrency);
-        let client = client.clone();
-        let secret = secret.clone();
-        tasks.spawn(async move {
-            let mut open = Vec::with_capacity(count);
-            for _ in 0..count {
-                let conn = tokio::time::timeout(STALL, session(client.as_deref(), &secret, addr))
-                    .await
-                    .expect("a session stalled");
-                open.push(conn);
-            }
-            open
-        });
-    }
-    let mut all = Vec::with_capacity(n);
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.expect("client task"));
-    }
-    all
-}
-
-/// Closes every session and waits until b.test answered each close.
-async fn close(sessions: Vec<Connection>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for conn in sessions {
-        tasks.spawn(conn.close());
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("close task");
-    }
-}
-
-/// One session of a.test to b.test, authenticated by dialback, then left idle.
-async fn session(client: Option<&Tls>, secret: &DialbackSecret, addr: SocketAddr) -> Connection {
-    let tcp = TcpStream::connect(addr).await.expect("connect to b.test");
-    tcp.set_nodelay(true).expect("nodelay");
-    let limits = Limits {
-        max_stanza_bytes: 65536,
-        max_depth: 16,
-        max_attributes: 16,
-    };
-    let mut conn = Connection::new(Box::new(tcp), addr, limits, ns::SERVER);
-    let mut id = header_and_features(&mut conn).await;
-    if let Some(client) = client {
-        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        conn.flush().await.expect("write");
-        match conn.next_event().await.expect("proceed") {
-            Event::Stanza(s) if s.name() == "proceed" => {}
-            other => panic!("expected <proceed/>: {other:?}"),
-        }
-        let (io, _) = client
-            .connect(conn.take_transport(), "a.test", "b.test", false)
-            .await
-            .expect("STARTTLS handshake");
-        conn.restart_on(io);
-        id = header_and_features(&mut conn).await;
-    }
-    let key = secret.key("b.test", "a.test", &id);
-    conn.send(format!("<db:result from='a.test' to='b.test'>{key}</db:result>").as_bytes());
-    conn.flush().await.expect("write");
-    match conn.next_event().await.expect("dialback result") {
-        Event::Stanza(s) if s.name() == "result" && s.type_() == Some("valid") => {}
-        Event::Stanza(s) => panic!(
-            "expected <db:result type='valid'/>: {}",
-            String::from_utf8_lossy(s.raw())
-        ),
-        other => panic!("expected <db:result type='valid'/>: {other:?}"),
-    }
-    conn
-}
-
-/// Our header, then b.test's header and features; returns b.test's stream id.
-async fn header_and_features(conn: &mut Connection) -> String {
-    conn.open(&OpenStream {
-        content_ns: ns::SERVER,
-        from: Some("a.test"),
-        to: Some("b.test"),
-        id: None,
-        version: true,
-        dialback: true,
-        drain: false,
-    });
-    conn.flush().await.expect("write");
-    let id = match conn.next_event().await.expect("header") {
-        Event::StreamOpen(h) => h.id.expect("b.test's stream id"),
-        other => panic!("expected a stream header: {other:?}"),
-    };
-    match conn.next_event().await.expect("features") {
-        Event::Stanza(s) if s.name() == "features" => {}
-        other => panic!("expected features: {other:?}"),
-    }
-    id
 }

@@ -25,25 +25,23 @@
 //! Run: `cargo bench --bench relay`. The benchmark's own backends (message formatting,
 //! framing on receive) share the machine's cores with both gateways.
 
+mod support;
+
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use fedgate::config::Config;
-use fedgate::dialback::component_handshake;
 use fedgate::gateway::{self, RunningGateway};
-use fedgate::xml::framer::{Event, Framer, Limits};
-use fedgate::xml::stanza::Stanza;
+use fedgate::xml::framer::Event;
 
-/// How long any single step may stall before the run fails.
-const STALL: Duration = Duration::from_secs(10);
+use support::{attach_backend, cpu_time, BackendReader};
+
 /// Size of one write from backend A in the throughput phase.
 const CHUNK: usize = 64 * 1024;
 /// The latency phase sends one batch per this period (tokio's timer resolution).
@@ -103,9 +101,7 @@ async fn start_gateway(
     transport: Transport,
 ) -> RunningGateway {
     let security = match transport {
-        Transport::Tls => format!(
-            "[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = \"tls.crt\"\nkey = \"tls.key\"\nself_signed = true\n"
-        ),
+        Transport::Tls => support::self_signed(domain),
         Transport::Plain => String::new(),
     };
     let require = transport == Transport::Tls;
@@ -154,88 +150,6 @@ enabled = false
     gateway::start(&config)
         .await
         .unwrap_or_else(|e| panic!("gateway {domain} starts: {e}"))
-}
-
-/// The receiving half of a raw XEP-0114 backend.
-struct BackendReader {
-    rd: OwnedReadHalf,
-    framer: Framer,
-}
-
-impl BackendReader {
-    /// Reads more bytes into the framer; panics on EOF or a stall.
-    async fn fill(&mut self) {
-        let n = tokio::time::timeout(STALL, self.rd.read_buf(self.framer.read_buf()))
-            .await
-            .unwrap_or_else(|_| panic!("nothing received for {STALL:?}"))
-            .expect("read from the gateway");
-        assert!(n > 0, "the gateway closed the backend connection");
-    }
-
-    async fn event(&mut self) -> Event {
-        loop {
-            if let Some(e) = self
-                .framer
-                .next_event()
-                .expect("fedgate sends well-formed XML")
-            {
-                return e;
-            }
-            self.fill().await;
-        }
-    }
-
-    async fn stanza(&mut self) -> Stanza {
-        match self.event().await {
-            Event::Stanza(s) => s,
-            other => panic!("expected a stanza, got {other:?}"),
-        }
-    }
-}
-
-/// Connects a raw backend for `domain` and completes the XEP-0114 handshake.
-async fn attach_backend(
-    addr: SocketAddr,
-    domain: &str,
-    secret: &str,
-) -> (BackendReader, OwnedWriteHalf) {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .expect("connect to components");
-    tcp.set_nodelay(true).expect("nodelay");
-    let (rd, mut wr) = tcp.into_split();
-    let mut reader = BackendReader {
-        rd,
-        framer: Framer::new(Limits {
-            max_stanza_bytes: 1 << 20,
-            ..Limits::default()
-        }),
-    };
-    wr.write_all(
-        format!(
-            "<stream:stream xmlns='jabber:component:accept' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("write header");
-    let id = match reader.event().await {
-        Event::StreamOpen(h) => h.id.expect("stream id"),
-        other => panic!("expected a stream header, got {other:?}"),
-    };
-    wr.write_all(
-        format!(
-            "<handshake>{}</handshake>",
-            component_handshake(&id, secret)
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("write handshake");
-    let reply = reader.stanza().await;
-    assert_eq!(&reply.raw()[..], b"<handshake/>", "handshake accepted");
-    (reader, wr)
 }
 
 /// Appends message `seq`, sent at `nanos` after the shared start instant (0 when untimed).
@@ -349,18 +263,6 @@ async fn send_paced(wr: &mut OwnedWriteHalf, seq: u64, count: usize, batch: usiz
         buf.clear();
         sent += this;
     }
-}
-
-/// CPU time this process has used so far, user + system.
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {

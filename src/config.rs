@@ -259,8 +259,10 @@ pub struct S2sConfig {
     pub queue_max_bytes: usize,
     /// How long an outbound session keeps retrying a remote domain whose targets all failed,
     /// holding its queued stanzas, before they bounce with the cause. Retries back off
-    /// exponentially from `retry_initial_delay` to `retry_max_delay`, with jitter. Default
-    /// `"60s"`. Longer rides out a peer's restart; shorter tells senders sooner.
+    /// exponentially from `retry_initial_delay` to `retry_max_delay`, with jitter. The window
+    /// counts from the start of the first attempt and bounds everything in it: an attempt
+    /// still waiting for DNS, a connection or a negotiation when it closes is cut short.
+    /// Default `"60s"`. Longer rides out a peer's restart; shorter tells senders sooner.
     #[serde(with = "duration")]
     pub retry_window: Duration,
     /// First delay between attempts to reach a failing domain. Default `"1s"`.
@@ -480,8 +482,9 @@ pub struct DnsConfig {
     #[serde(with = "duration")]
     pub negative_ttl: Duration,
     /// How long to wait for a DNS server's answer before asking again (twice at most).
-    /// Default `"5s"`. A silent resolver delays every new outbound session by about three
-    /// times this before its stanzas bounce.
+    /// Default `"5s"`. A silent resolver delays every new outbound session by about four
+    /// times this (the SRV lookups, then the address lookups) before its stanzas bounce, but
+    /// never longer than `s2s.retry_window`.
     #[serde(with = "duration")]
     pub timeout: Duration,
 }

@@ -648,6 +648,10 @@ impl RemoteReport {
                 CheckStep::Policy,
                 format!("{reason}: change [federation] in {file} if {domain} should be allowed"),
             ),
+            OutboundError::WindowClosed { .. } => (
+                CheckStep::Stream,
+                format!("the attempt did not finish within s2s.retry_window: the last step it shows is the slow one; a longer window in {file} waits for it longer"),
+            ),
             OutboundError::Lost { .. } | OutboundError::Shutdown => (
                 CheckStep::Stream,
                 "try again; if it keeps failing, the remote operator's logs say why".to_string(),

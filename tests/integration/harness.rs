@@ -79,6 +79,8 @@ pub struct InstanceBuilder<'a> {
     tables: String,
     /// The component listener's port on loopback; 0 picks a free one at each start.
     component_port: u16,
+    /// Extra `[dns]` keys.
+    dns_keys: String,
 }
 
 pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
@@ -100,6 +102,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         metrics: String::new(),
         tables: String::new(),
         component_port: 0,
+        dns_keys: String::new(),
     }
 }
 
@@ -128,6 +131,14 @@ impl InstanceBuilder<'_> {
     /// The body of the `[federation]` section.
     pub fn federation(mut self, lines: &str) -> Self {
         self.federation = lines.to_string();
+        self
+    }
+
+    /// Extra `[dns]` keys, e.g. `"timeout = \"1s\""`.
+    #[allow(dead_code)]
+    pub fn dns(mut self, lines: &str) -> Self {
+        self.dns_keys.push_str(lines);
+        self.dns_keys.push('\n');
         self
     }
 
@@ -264,7 +275,7 @@ dialback_secret_file = "dialback.secret"
 {routes}
 [dns]
 nameservers = ["{dns}"]
-
+{dns_keys}
 [federation]
 {federation}
 {peers}
@@ -288,6 +299,7 @@ listen = "127.0.0.1:0"
 "#,
             metrics = self.metrics,
             dns = self.dns.addr,
+            dns_keys = self.dns_keys,
             s2s_port = self.s2s_port,
             federation = self.federation,
             peers = self.peers,

@@ -69,6 +69,39 @@ async fn served_from(addr: std::net::SocketAddr, source: IpAddr) -> Result<RawSt
 }
 
 #[tokio::test]
+async fn max_connections_is_the_number_served_across_both_listeners() {
+    let dns = TestDns::start().await;
+    // The STARTTLS and direct TLS listeners share the limit; neither keeps a slot for itself
+    // while it waits for a connection.
+    let b = instance(&dns, "b.test")
+        .s2s("max_connections = 3\nmax_connections_per_ip = 10")
+        .start()
+        .await;
+    let source = next_loopback();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let served =
+            tokio::time::timeout(Duration::from_secs(10), served_from(b.s2s_addr(), source))
+                .await
+                .unwrap_or_else(|_| panic!("connection {} of 3 was not served", i + 1));
+        held.push(served.expect("served"));
+    }
+    // The fourth waits in the backlog, unanswered, until one of the three closes.
+    let mut fourth = RawStream::connect_from(b.s2s_addr(), Some(source), None).await;
+    fourth.send(&s2s_header("a.test", "b.test")).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), fourth.event())
+            .await
+            .is_err(),
+        "a fourth connection is not served while three are open"
+    );
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(10), fourth.expect_header())
+        .await
+        .expect("served once one of the three closed");
+}
+
+#[tokio::test]
 async fn connections_past_the_per_address_limit_get_policy_violation_and_others_are_served() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test")

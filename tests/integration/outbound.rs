@@ -92,6 +92,45 @@ async fn an_unreachable_domain_is_retried_then_bounced_and_new_stanzas_bounce_at
 }
 
 #[tokio::test]
+async fn a_silent_dns_server_cannot_hold_stanzas_past_the_retry_window() {
+    let dns = TestDns::start().await;
+    // One attempt against a resolver that never answers takes about 4 × 1 s (SRV, then the
+    // address lookups, each asked twice): more than the 1.5 s window, which bounds it.
+    let a = instance(&dns, "a.test")
+        .dns("timeout = \"1s\"")
+        .s2s("retry_window = \"1500ms\"\nretry_initial_delay = \"100ms\"")
+        .start()
+        .await;
+    dns.set_silent(true);
+    let mut backend = a.backend().await;
+    let sent = std::time::Instant::now();
+    send_messages(&mut backend, "a.test", "quiet.test", "m", 0..2).await;
+    for i in 0..2 {
+        let bounce = backend.next().await;
+        let t = text(bounce.raw()).to_string();
+        assert_eq!(bounce.id(), Some(format!("m{i}").as_str()), "{t}");
+        assert!(t.contains("<remote-server-timeout"), "{t}");
+        assert!(
+            t.contains(
+                "no connection within s2s.retry_window (1500ms): the DNS lookup did not answer"
+            ),
+            "{t}"
+        );
+    }
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_millis(3500),
+        "bounced {waited:?} after sending; the window is 1.5 s and one attempt alone takes ~4 s"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_outbound_attempts_total{result=\"window\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn a_domain_that_does_not_exist_bounces_at_once_without_retries() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;

@@ -125,6 +125,12 @@ pub struct Peer {
     node: String,
 }
 
+/// The domain of a peer's chat service (Prosody's `Component "muc"`), in its DNS and its
+/// certificate.
+pub fn muc_domain(domain: &str) -> String {
+    format!("conference.{domain}")
+}
+
 impl Peer {
     /// Writes the config, publishes the peer in `dns` (`_xmpp-server._tcp.{domain}` →
     /// `xmpp.{domain}:5369` → a fresh loopback address; with `direct_tls` also a direct TLS
@@ -163,6 +169,14 @@ impl Peer {
                 &host,
             );
         }
+        // Prosody's chat service (see `configure_prosody`), on the same server.
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{}", muc_domain(domain)),
+            0,
+            1,
+            PEER_S2S_PORT,
+            &host,
+        );
 
         let d = dir.path();
         std::fs::write(
@@ -174,7 +188,7 @@ impl Peer {
         )
         .unwrap();
         let spec = CertSpec {
-            dns: vec![domain.to_string()],
+            dns: vec![domain.to_string(), muc_domain(domain)],
             self_signed: tls == PeerTls::SelfSigned,
             ten_years: true,
             ..CertSpec::default()
@@ -254,6 +268,19 @@ impl Peer {
             .await
     }
 
+    /// Like [`Peer::login_at`] with slixmpp's XEP-0045 plugin, for the multi-user chat
+    /// commands.
+    pub async fn login_muc(&self, jid: &str, password: &str, c2s: SocketAddr) -> Client {
+        let files = self.log_files();
+        Login::new(jid, password, c2s)
+            .muc()
+            .like_a_user()
+            .stderr_in(self.dir.path())
+            .context(move || tail(&files, 30))
+            .online()
+            .await
+    }
+
     /// Like [`Peer::login_at`] with slixmpp's PEP plugins and without the user's automatic
     /// steps (the test sends presence itself, after announcing what its caps ask for).
     pub async fn login_pep(&self, jid: &str, password: &str, c2s: SocketAddr) -> Client {
@@ -303,7 +330,10 @@ s2s_require_encryption = true
 s2s_secure_auth = false
 -- Bursts of 10,000 stanzas: no rate limits (mod_limits is not loaded).
 VirtualHost "{domain}"
+-- XEP-0045 rooms, for the cross-server group chat test (tests/interop/with_core.rs).
+Component "{muc}" "muc"
 "#,
+            muc = muc_domain(&self.domain),
             d = d.display(),
             ip = self.ip,
             c2s = PEER_C2S_PORT,

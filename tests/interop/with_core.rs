@@ -45,26 +45,53 @@ struct CoreAndProsody {
 
 impl CoreAndProsody {
     async fn start(gw_domain: &'static str, peer_domain: &str) -> CoreAndProsody {
+        CoreAndProsody::start_with(gw_domain, peer_domain, None).await
+    }
+
+    /// With `muc`, the gateway also runs the chat service on that domain, published by SRV
+    /// and named in its certificate like the gateway's domain.
+    async fn start_with(
+        gw_domain: &'static str,
+        peer_domain: &str,
+        muc: Option<&str>,
+    ) -> CoreAndProsody {
         capture_logs();
         let dns = dns_port_53().await;
         let db = tempfile::tempdir().unwrap();
+        let mut names = vec![gw_domain.to_string()];
+        names.extend(muc.map(str::to_string));
+        let mut tables = format!(
+            "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
+            db.path().join("core.sqlite").display().to_string()
+        );
+        if let Some(m) = muc {
+            tables.push_str(&format!("[muc]\ndomain = \"{m}\"\n"));
+        }
         let gw = instance(&dns, gw_domain)
             .cert(CertSpec {
+                dns: names.clone(),
                 eku: vec![
                     rcgen::ExtendedKeyUsagePurpose::ServerAuth,
                     rcgen::ExtendedKeyUsagePurpose::ClientAuth,
                 ],
                 ..CertSpec::default()
             })
+            .cert_domains(&names.iter().map(String::as_str).collect::<Vec<_>>())
             .unlisted()
             .s2s_port(GW_S2S_PORT)
-            .tables(&format!(
-                "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{gw_domain}\"\n",
-                db.path().join("core.sqlite").display().to_string()
-            ))
+            .tables(&tables)
             .start()
             .await;
         publish_gateway(&dns, &gw, false);
+        if let Some(m) = muc {
+            dns.add_srv(
+                &format!("_xmpp-server._tcp.{m}"),
+                0,
+                1,
+                GW_S2S_PORT,
+                &format!("xmpp.{gw_domain}"),
+            );
+        }
         let peer = Peer::start(Kind::Prosody, peer_domain, &dns, PeerTls::TestCa, false).await;
         let core = gw.gw().core.as_ref().expect("the embedded core runs");
         Accounts::open(&core.core.config)
@@ -261,6 +288,148 @@ async fn a_pep_publish_on_the_core_reaches_a_prosody_contact_whose_caps_ask_for_
         })
         .await;
     assert_eq!(e["kind"], "publish", "{e}");
+    alice.quit().await;
+    user.quit().await;
+}
+
+/// The result of a tagged MUC command (client.py's `muc_result`).
+async fn muc(client: &mut crate::client::Client, mut cmd: Value, tag: &str) -> Value {
+    cmd["tag"] = json!(tag);
+    client.command(cmd).await;
+    client
+        .wait_for("the muc_result", |e| {
+            e["event"] == "muc_result" && e["tag"] == tag
+        })
+        .await
+}
+
+/// `speaker` says `body` in `room`; `listener` sees it from `nick`.
+async fn said(
+    speaker: &mut crate::client::Client,
+    listener: &mut crate::client::Client,
+    room: &str,
+    nick: &str,
+    body: &str,
+) {
+    speaker
+        .command(json!({"cmd": "muc_say", "room": room, "body": body}))
+        .await;
+    let m = listener
+        .wait_for("the groupchat message", |e| {
+            e["event"] == "groupchat" && e["room"] == room && e["body"] == body
+        })
+        .await;
+    assert_eq!(m["nick"], nick, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prosody_user_joins_a_room_on_fedgate_and_a_core_account_one_on_prosody() {
+    const MUC: &str = "conference.gw-muc.test";
+    let w = CoreAndProsody::start_with("gw-muc.test", "pr-muc.test", Some(MUC)).await;
+    let (gw, peer, gw_domain) = (&w.gw, &w.peer, w.gw_domain);
+    let core = gw.gw().core.as_ref().expect("the embedded core runs");
+    let mut alice = peer
+        .login_muc(
+            &format!("alice@{gw_domain}/core"),
+            "alice-password",
+            core.c2s_addrs[0],
+        )
+        .await;
+    let mut user = peer
+        .login_muc(
+            &format!("{USER}@{}/interop", peer.domain),
+            crate::peer::PASSWORD,
+            peer.c2s_addr(),
+        )
+        .await;
+
+    // A room on fedgate's service: Alice creates it, the Prosody user joins across s2s.
+    let here = format!("lounge@{MUC}");
+    let r = muc(
+        &mut alice,
+        json!({"cmd": "muc_join", "room": here, "nick": "Alice"}),
+        "a1",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let r = muc(
+        &mut alice,
+        json!({"cmd": "muc_configure", "room": here, "fields": {}}),
+        "a2",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let r = muc(
+        &mut user,
+        json!({"cmd": "muc_join", "room": here, "nick": "Pro"}),
+        "u1",
+    )
+    .await;
+    assert_eq!(
+        r["type"], "result",
+        "joining fedgate's room from Prosody: {r}"
+    );
+    let occupants = r["occupants"].as_array().unwrap();
+    assert!(occupants.iter().any(|n| n == "Alice"), "{r}");
+    said(
+        &mut alice,
+        &mut user,
+        &here,
+        "Alice",
+        "welcome from fedgate",
+    )
+    .await;
+    said(&mut user, &mut alice, &here, "Pro", "hello from Prosody").await;
+
+    // A room on Prosody's service: the Prosody user creates it, Alice joins from the core.
+    let there = format!("cafe@{}", crate::peer::muc_domain(&peer.domain));
+    let r = muc(
+        &mut user,
+        json!({"cmd": "muc_join", "room": there, "nick": "Pro"}),
+        "u2",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let r = muc(
+        &mut user,
+        json!({"cmd": "muc_configure", "room": there, "fields": {}}),
+        "u3",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let r = muc(
+        &mut alice,
+        json!({"cmd": "muc_join", "room": there, "nick": "Alice"}),
+        "a3",
+    )
+    .await;
+    assert_eq!(
+        r["type"], "result",
+        "joining Prosody's room from the core: {r}"
+    );
+    let occupants = r["occupants"].as_array().unwrap();
+    assert!(occupants.iter().any(|n| n == "Pro"), "{r}");
+    said(&mut user, &mut alice, &there, "Pro", "welcome from Prosody").await;
+    said(
+        &mut alice,
+        &mut user,
+        &there,
+        "Alice",
+        "hello from the core",
+    )
+    .await;
+
+    // The room's traffic went over s2s between the chat service and Prosody.
+    let m = gw.metrics().await;
+    let sample = format!(
+        "fedgate_peer_stanzas_total{{peer=\"{}\",direction=\"inbound\"}}",
+        peer.domain
+    );
+    assert!(
+        metric(&m, &sample) >= 2.0,
+        "{sample}: {}",
+        metric(&m, &sample)
+    );
     alice.quit().await;
     user.quit().await;
 }

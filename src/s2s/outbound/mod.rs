@@ -17,7 +17,9 @@
 //!    check an idle one (`<r/>` or an XEP-0199 ping) and drop it when the check goes
 //!    unanswered; close with `</stream:stream>` after `idle_timeout` without traffic.
 //!
-//! Failures are retried with exponential backoff and jitter for `retry_window` while stanzas
+//! Failures are retried with exponential backoff and jitter for `retry_window` (counted from
+//! the first attempt's start; an attempt still under way when it closes, on a silent DNS
+//! server or a peer that never finishes negotiating, is cut short) while stanzas
 //! wait in the session's bounded queue (the router bounces overflow with
 //! `resource-constraint`). When the window closes, or at once for a final answer (the domain
 //! does not exist, the peer refused our key or certificate), every waiting stanza goes back to
@@ -83,6 +85,10 @@ pub enum OutboundError {
     NoAuthentication { target: String, reason: String },
     #[error("the connection was lost: {reason}")]
     Lost { reason: String },
+    /// The attempt was still going when `retry_window` closed: the window bounds the whole
+    /// wait, DNS lookups and negotiation included, not only the pauses between attempts.
+    #[error("no connection within s2s.retry_window ({}): {during}", crate::config::duration::text(*.window))]
+    WindowClosed { window: Duration, during: String },
     #[error("fedgate is shutting down")]
     Shutdown,
     /// A reload's federation policy refuses the remote domain.
@@ -163,6 +169,7 @@ impl OutboundError {
             | OutboundError::NoAuthentication { .. } => "auth",
             OutboundError::Shutdown => "shutdown",
             OutboundError::Policy { .. } => "policy",
+            OutboundError::WindowClosed { .. } => "window",
             _ => "stream",
         }
     }
@@ -254,6 +261,17 @@ struct Session {
     ctx: Arc<S2sContext>,
 }
 
+/// The error of an attempt cut short by the retry window, naming the step it was on: the
+/// last one the trace shows as done, or the DNS lookup when none is.
+fn window_closed(window: Duration, trace: &mut Trace) -> OutboundError {
+    let during = match trace.steps.last() {
+        None => "the DNS lookup did not answer".to_string(),
+        Some(step) => format!("still going after: {}", step.what),
+    };
+    trace.failed(format!("retry window closed ({during})"));
+    OutboundError::WindowClosed { window, during }
+}
+
 /// `delay` ±20 %, so that sessions failing together do not retry in lockstep.
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::rng().random_range(0.8..1.2))
@@ -288,19 +306,38 @@ impl Session {
         // Whether the link now up replaced one that was lost soon after it came up: only a
         // second quick loss in a row makes the peer a flapping one.
         let mut after_quick_loss = false;
+        // When the attempts since the last link (or since the session began) started: the
+        // retry window counts from there, so that a slow DNS or a peer that never finishes
+        // its negotiation cannot hold stanzas longer than the window says.
+        let mut attempts_began: Option<Instant> = None;
         let failure = loop {
             let mut trace = Trace::new();
             let mut gauge = metrics.session(Direction::Outbound);
+            let began = *attempts_began.get_or_insert_with(Instant::now);
+            let deadline = began + settings.retry_window;
             let attempt = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
                 _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
-                r = self.connect(&mut trace) => r,
+                r = tokio::time::timeout_at(deadline.into(), self.connect(&mut trace)) => {
+                    r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace)))
+                }
             };
             self.ctx.remember_attempt(&self.remote, trace);
             let link = match attempt {
                 Ok(link) => link,
                 Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
                 Err(e @ OutboundError::Policy { .. }) => break e,
+                Err(e @ OutboundError::WindowClosed { .. }) => {
+                    self.ctx
+                        .registry
+                        .failed(&self.remote, Direction::Outbound, e.to_string());
+                    metrics
+                        .outbound_attempts
+                        .with_label_values(&[e.label()])
+                        .inc();
+                    self.peer.attempt_failed();
+                    break e;
+                }
                 Err(e) => {
                     drop(gauge);
                     self.ctx
@@ -311,7 +348,7 @@ impl Session {
                         .with_label_values(&[e.label()])
                         .inc();
                     self.peer.attempt_failed();
-                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let since = *failing_since.get_or_insert(began);
                     let wait = jittered(delay);
                     if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
                         break e;
@@ -329,6 +366,7 @@ impl Session {
                 .inc();
             tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
             let up = Instant::now();
+            attempts_began = None;
             gauge.established(link.method.as_str());
             self.peer.attempt_succeeded();
             if let Some(expiry) = link
