@@ -169,6 +169,7 @@ async fn features(conn: &mut Connection) {
         id: None,
         version: true,
         dialback: true,
+        drain: false,
     });
     conn.flush().await.expect("write");
     match conn.next_event().await.expect("header") {

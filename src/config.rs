@@ -152,6 +152,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// The longest `s2s.drain_timeout`: a stop that takes longer is a hang to whoever waits for it.
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// `[s2s]`: inbound and outbound server-to-server streams.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,6 +289,17 @@ pub struct S2sConfig {
     /// pauses; longer lets one stalled destination hold up its senders' other traffic longer.
     #[serde(with = "duration")]
     pub stall_timeout: Duration,
+    /// On SIGTERM, how long the gateway drains before it stops (a rolling restart): backends
+    /// that understand the drain notice send new traffic through other gateways, inbound
+    /// streams end so that their peers reconnect to another instance, and the drain waits,
+    /// at most this long, for those backends to answer, the outbound queues to be written and
+    /// those streams to close; then the outbound streams get a last acknowledgement and close,
+    /// and the gateway stops. Default
+    /// `"10s"`; `"0s"` waits for nothing. At most `"5m"`. **Risk:** a drain longer than the
+    /// service manager's stop timeout (`TimeoutStopSec`, 30 s in the shipped unit) gets
+    /// fedgate killed, and what it still held is lost.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
     /// An established outbound link with nothing written for this long is checked: an
     /// XEP-0198 `<r/>` where stream management is on, else an XEP-0199 ping. Default `"60s"`.
     #[serde(with = "duration")]
@@ -343,6 +357,7 @@ impl Default for S2sConfig {
             retry_max_delay: Duration::from_secs(15),
             failure_window: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(60),
             ping_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(45),
@@ -1371,6 +1386,16 @@ impl Config {
                 ));
             }
         }
+        if s.drain_timeout > MAX_DRAIN_TIMEOUT {
+            problems.push(invalid(
+                "s2s.drain_timeout",
+                format!(
+                    "{:?} is longer than the longest drain, {MAX_DRAIN_TIMEOUT:?}",
+                    s.drain_timeout
+                ),
+                "set at most \"5m\", and below the service manager's stop timeout (TimeoutStopSec)",
+            ));
+        }
         for (name, v) in [
             ("max_stanza_bytes", s.max_stanza_bytes),
             (
@@ -1980,6 +2005,20 @@ mod tests {
         assert!(c.metrics.enabled);
         assert_eq!(c.metrics.listen, "127.0.0.1:9269".parse().unwrap());
         assert_eq!(c.component.backend[0].secret().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn the_drain_lasts_10_s_by_default_zero_is_allowed_and_over_5_min_refused() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().s2s.drain_timeout,
+            Duration::from_secs(10)
+        );
+        let zero = parse(&format!("[s2s]\ndrain_timeout = \"0s\"\n{MINIMAL}")).unwrap();
+        assert_eq!(zero.s2s.drain_timeout, Duration::ZERO);
+        let e = parse(&format!("[s2s]\ndrain_timeout = \"6m\"\n{MINIMAL}")).unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("TimeoutStopSec"), "{message}");
+        assert_eq!(invalid_key(e), "s2s.drain_timeout");
     }
 
     #[test]

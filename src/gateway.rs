@@ -1,11 +1,17 @@
 //! The edge process assembled: listeners, router, sessions, metrics, and an orderly shutdown.
 //!
-//! Shutdown runs in phases so that nothing is lost:
-//! 1. s2s: listeners stop, inbound streams end with `<system-shutdown/>`, outbound sessions
-//!    write out their queues (or bounce them to the still-attached backends when they are not
-//!    connected) and close;
-//! 2. backends: each component session writes what is queued for it, then `<system-shutdown/>`;
-//! 3. metrics last, so the shutdown itself can be watched.
+//! Shutdown runs in phases so that nothing is lost, also when other instances of the
+//! deployment are to carry the traffic meanwhile (a rolling restart, see docs/deployment.md):
+//! 1. drain, bounded by `s2s.drain_timeout`: backends that declared the
+//!    [drain protocol](crate::component::drain) get its notice and send new stanzas through
+//!    another gateway; the s2s listeners stop and inbound streams end (a last XEP-0198 `<a/>`,
+//!    then `<system-shutdown/>`), so that peers reconnect to another instance (SRV) and resend
+//!    what we had not acknowledged. The drain waits until those backends have answered (so
+//!    every stanza they sent us is routed) and those streams are closed ([`wait_drained`]);
+//! 2. s2s: outbound sessions write out their queues, ask for a last acknowledgement and close
+//!    (or bounce what they hold to the still-attached backends when they are not connected);
+//! 3. backends: each component session writes what is queued for it, then `<system-shutdown/>`;
+//! 4. metrics last, so the shutdown itself can be watched.
 //!
 //! With a `[core]` section the c2s core runs in this process, attached over an in-process
 //! XEP-0114 link ([`LocalLink`]); it stops first, so its clients' unavailable presence still
@@ -69,6 +75,55 @@ pub enum GatewayError {
     },
 }
 
+/// How the drain (phase 1 of a shutdown) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Every backend told answered, the outbound queues were written and every inbound
+    /// stream closed.
+    Complete,
+    /// `drain_timeout` passed first with this many backends that had not answered, this many
+    /// stanzas still queued for remote servers, and this many inbound streams (or listeners)
+    /// still open; the shutdown goes on without them.
+    TimedOut {
+        backends: usize,
+        outbound: usize,
+        inbound: usize,
+    },
+}
+
+/// How often the drain looks whether the outbound queues are written out.
+const QUEUE_POLL: Duration = Duration::from_millis(20);
+
+/// Waits, at most `timeout`, until `backends` (a token per backend told of the drain that has
+/// not answered) is empty and then the outbound queues (`outbound_queued`, stanzas waiting)
+/// too, and until `inbound` (the s2s listeners and inbound streams, told to end) is empty.
+/// The queues count only once the backends have answered: until then they may add to them.
+/// Closes both trackers, so that they count as done once empty.
+async fn wait_drained(
+    timeout: Duration,
+    backends: &TaskTracker,
+    outbound_queued: impl Fn() -> usize,
+    inbound: &TaskTracker,
+) -> Drained {
+    backends.close();
+    inbound.close();
+    let outbound = async {
+        backends.wait().await;
+        while outbound_queued() > 0 {
+            tokio::time::sleep(QUEUE_POLL).await;
+        }
+    };
+    let all = async { tokio::join!(outbound, inbound.wait()) };
+    match tokio::time::timeout(timeout, all).await {
+        Ok(_) => Drained::Complete,
+        Err(_) => Drained::TimedOut {
+            backends: backends.len(),
+            outbound: outbound_queued(),
+            inbound: inbound.len(),
+        },
+    }
+}
+
 /// A started gateway: its bound addresses, and the handles to stop it.
 pub struct RunningGateway {
     /// Inbound s2s listeners, as bound (port 0 in the config becomes the real port).
@@ -98,6 +153,12 @@ pub struct RunningGateway {
     reloader: Arc<Reloader>,
     s2s_shutdown: CancellationToken,
     s2s_tracker: TaskTracker,
+    /// The s2s listeners and inbound sessions: the drain waits for them to end.
+    s2s_inbound_tracker: TaskTracker,
+    /// The backends' side: its drain token and the tracker of backends yet to answer.
+    component_ctx: Arc<ComponentContext>,
+    /// `s2s.drain_timeout`.
+    drain_timeout: Duration,
     component_shutdown: CancellationToken,
     component_tracker: TaskTracker,
     metrics_shutdown: CancellationToken,
@@ -179,14 +240,16 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let s2s_limit = Arc::new(Semaphore::new(config.s2s.max_connections));
+    // Listeners and inbound streams stop at the start of a drain, before the outbound ones.
+    let s2s_inbound_tracker = TaskTracker::new();
     for listener in s2s_listeners {
         let ctx = s2s_ctx.clone();
-        s2s_tracker.spawn(crate::listener::accept_loop(
+        s2s_inbound_tracker.spawn(crate::listener::accept_loop(
             "s2s",
             listener,
             s2s_limit.clone(),
-            s2s_shutdown.clone(),
-            s2s_tracker.clone(),
+            s2s_ctx.inbound_shutdown.clone(),
+            s2s_inbound_tracker.clone(),
             move |tcp, peer, permit| s2s::inbound::handle(tcp, peer, ctx.clone(), permit),
         ));
     }
@@ -196,12 +259,12 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         .collect();
     for listener in direct_tls_listeners {
         let ctx = s2s_ctx.clone();
-        s2s_tracker.spawn(crate::listener::accept_loop(
+        s2s_inbound_tracker.spawn(crate::listener::accept_loop(
             "s2s-direct-tls",
             listener,
             s2s_limit.clone(),
-            s2s_shutdown.clone(),
-            s2s_tracker.clone(),
+            s2s_ctx.inbound_shutdown.clone(),
+            s2s_inbound_tracker.clone(),
             move |tcp, peer, permit| {
                 s2s::inbound::handle_direct_tls(tcp, peer, ctx.clone(), permit)
             },
@@ -221,6 +284,8 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         stanza_limits,
         negotiation_timeout: settings.negotiation_timeout,
         queue_len: config.s2s.queue_max_stanzas,
+        drain: CancellationToken::new(),
+        draining: TaskTracker::new(),
         shutdown: component_shutdown.clone(),
     });
     let component_link = LocalLink::new(component_ctx.clone(), component_tracker.clone());
@@ -334,6 +399,9 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         reloader,
         s2s_shutdown,
         s2s_tracker,
+        s2s_inbound_tracker,
+        component_ctx,
+        drain_timeout: config.s2s.drain_timeout,
         component_shutdown,
         component_tracker,
         metrics_shutdown,
@@ -364,7 +432,8 @@ impl RunningGateway {
         self.s2s.registry.traces_of(remote).pop()
     }
 
-    /// Stops in the phases described in the module docs, each bounded by `grace`.
+    /// Stops in the phases described in the module docs: the drain bounded by
+    /// `s2s.drain_timeout`, each other phase by `grace`.
     pub async fn shutdown(self, grace: Duration) {
         if let Some(core) = self.core {
             core.shutdown(grace).await;
@@ -382,12 +451,39 @@ impl RunningGateway {
                 tracing::warn!("the upload service did not stop in {grace:?}, terminating now");
             }
         }
+        let drain = self.drain_timeout;
+        tracing::info!("draining for at most {drain:?}: backends told, inbound streams ending");
+        self.component_ctx.drain.cancel();
+        self.s2s.inbound_shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        let outbound_queued = || {
+            let queues = self.router.outbound_queues();
+            queues.iter().map(|(_, n)| n).sum()
+        };
+        match wait_drained(
+            drain,
+            &self.component_ctx.draining,
+            outbound_queued,
+            &self.s2s_inbound_tracker,
+        )
+        .await
+        {
+            Drained::Complete => {
+                tracing::info!("drained in {:?}", started.elapsed());
+            }
+            Drained::TimedOut {
+                backends,
+                outbound,
+                inbound,
+            } => {
+                tracing::warn!("the drain did not complete in {drain:?} ({backends} backends had not answered, {outbound} stanzas queued for remote servers, {inbound} inbound streams open), stopping now");
+            }
+        }
         self.s2s_shutdown.cancel();
         self.s2s_tracker.close();
-        if tokio::time::timeout(grace, self.s2s_tracker.wait())
-            .await
-            .is_err()
-        {
+        let s2s_done =
+            async { tokio::join!(self.s2s_tracker.wait(), self.s2s_inbound_tracker.wait()) };
+        if tokio::time::timeout(grace, s2s_done).await.is_err() {
             tracing::warn!("s2s sessions did not complete in {grace:?}, terminating now");
         }
         self.component_shutdown.cancel();
@@ -459,5 +555,120 @@ impl metrics::http::Status for Status {
                 .with_label_values(&[&domain])
                 .set(not_after as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const DRAIN: Duration = Duration::from_secs(10);
+
+    /// Runs `wait_drained` with `queued` stanzas in the outbound queues; returns how it ended
+    /// and when (simulated time).
+    async fn drain(
+        backends: &TaskTracker,
+        queued: &Arc<AtomicUsize>,
+        inbound: &TaskTracker,
+        timeout: Duration,
+    ) -> (Drained, Duration) {
+        let started = tokio::time::Instant::now();
+        let queued = queued.clone();
+        let ended = wait_drained(
+            timeout,
+            backends,
+            move || queued.load(Ordering::Relaxed),
+            inbound,
+        )
+        .await;
+        (ended, started.elapsed())
+    }
+
+    /// `what` happens after `after` of simulated time.
+    fn later(after: Duration, what: impl FnOnce() + Send + 'static) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            what();
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_ends_once_the_backends_answered_the_queues_are_written_and_streams_closed() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(5));
+        let answer = backends.token();
+        later(Duration::from_secs(1), move || drop(answer));
+        let written = queued.clone();
+        later(Duration::from_secs(2), move || {
+            written.store(0, Ordering::Relaxed)
+        });
+        inbound.spawn(tokio::time::sleep(Duration::from_secs(3)));
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(ended, Drained::Complete);
+        assert_eq!(
+            took,
+            Duration::from_secs(3),
+            "the last inbound stream closed at 3 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_queues_count_only_once_the_backends_have_answered() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        // Empty at first, then a backend's last stanzas arrive before its answer.
+        let queued = Arc::new(AtomicUsize::new(0));
+        let answer = backends.token();
+        let arriving = queued.clone();
+        later(Duration::from_secs(1), move || {
+            arriving.store(3, Ordering::Relaxed);
+            drop(answer);
+        });
+        let written = queued.clone();
+        later(Duration::from_secs(4), move || {
+            written.store(0, Ordering::Relaxed)
+        });
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(ended, Drained::Complete);
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(4) + 2 * QUEUE_POLL,
+            "ended at {took:?}, before the queues were written"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_drain_timeout_the_drain_gives_up_and_says_what_was_pending() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(7));
+        let _never_answers = backends.token();
+        inbound.spawn(std::future::pending::<()>());
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(
+            ended,
+            Drained::TimedOut {
+                backends: 1,
+                outbound: 7,
+                inbound: 1
+            }
+        );
+        assert_eq!(took, DRAIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_drain_timeout_waits_for_nothing() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (ended, took) = drain(&backends, &queued, &inbound, Duration::ZERO).await;
+        assert_eq!(ended, Drained::Complete, "nothing was pending");
+        assert_eq!(took, Duration::ZERO);
+        let _never_answers = backends.token();
+        let (ended, took) = drain(&backends, &queued, &inbound, Duration::ZERO).await;
+        assert!(matches!(ended, Drained::TimedOut { backends: 1, .. }));
+        assert_eq!(took, Duration::ZERO);
     }
 }

@@ -392,6 +392,7 @@ async fn header_and_features(conn: &mut Connection, peer: &IdlePeer) -> String {
         id: None,
         version: true,
         dialback: true,
+        drain: false,
     });
     conn.flush().await.expect("write");
     let id = match conn.next_event().await.expect("header") {

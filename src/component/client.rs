@@ -30,6 +30,13 @@
 //! when it drops are handed back and sent through another one; what the dropped gateway had
 //! read but not yet sent on is lost as with one gateway.
 //!
+//! # A gateway that drains
+//! Every session declares fedgate's [drain extension](super::drain) on its header. When a
+//! gateway about to stop sends the drain notice, the link counts as down for choosing (an
+//! [`Event::Offline`] says so), what is queued for it goes to another gateway (with a single
+//! gateway it waits for the next session), the answer is written last, and stanzas the
+//! gateway still delivers on that stream arrive as usual until it ends.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use fedgate::component::client::{ClientConfig, Component, Event, Target};
@@ -212,6 +219,7 @@ async fn handshake(conn: &mut Connection, config: &ClientConfig) -> Result<Strin
     conn.open(&OpenStream {
         content_ns: ns::COMPONENT,
         to: Some(&config.domain),
+        drain: true,
         ..Default::default()
     });
     conn.flush().await.map_err(ReadError::Io)?;
@@ -264,7 +272,9 @@ pub enum Event {
     /// The handshake with `gateway` (its address, or `in-process`) succeeded; stanzas flow.
     Online { gateway: String },
     /// The link to `gateway` is down (or could not be set up); a reconnect follows after a
-    /// backoff. With several gateways, the others carry the traffic meanwhile.
+    /// backoff. With several gateways, the others carry the traffic meanwhile. Also reported
+    /// when the gateway starts to drain: it takes no more stanzas from us but still delivers
+    /// what it holds, and another `Offline` follows when its stream ends.
     Offline { gateway: String, reason: String },
     /// A stanza the gateway routed to us, with its bytes and routing facts; build a tree with
     /// [`Stanza::element`].
@@ -425,10 +435,17 @@ impl Link {
 
     /// Hands what is queued for this (down) link back to the dispatcher.
     fn give_back(&self, out: &mut mpsc::Receiver<Bytes>) {
-        if let Some(requeue) = &self.requeue {
+        if self.requeue.is_some() {
             while let Ok(b) = out.try_recv() {
-                let _ = requeue.send(b);
+                self.give_back_one(b);
             }
+        }
+    }
+
+    /// Hands one stanza taken for this (down) link back to the dispatcher.
+    fn give_back_one(&self, bytes: Bytes) {
+        if let Some(requeue) = &self.requeue {
+            let _ = requeue.send(bytes);
         }
     }
 }
@@ -465,7 +482,7 @@ async fn supervise(
                 {
                     return;
                 }
-                let end = run(session, &mut out, events.clone(), &stop).await;
+                let end = run(session, &mut out, events.clone(), &stop, &link, &gateway).await;
                 link.set_online(false);
                 match end {
                     SessionEnd::Stopped => return,
@@ -687,20 +704,31 @@ enum SessionEnd {
     Lost(String),
 }
 
-/// One established session: the reader in its own task, the writer here.
+/// One established session: the reader in its own task, the writer here. When the gateway
+/// sends the [drain notice](super::drain), the link stops taking new stanzas (the
+/// dispatcher picks another gateway), answers, and from then on only receives: what is
+/// queued for it goes back to the dispatcher, or, with a single gateway, waits for the next
+/// session.
 async fn run(
     session: Session,
     out: &mut mpsc::Receiver<Bytes>,
     events: mpsc::Sender<Event>,
     stop: &CancellationToken,
+    link: &Link,
+    gateway: &str,
 ) -> SessionEnd {
     let (reader, mut writer) = session.split();
-    let mut reader_task = tokio::spawn(read_loop(reader, events));
+    let (notice_tx, mut notice) = mpsc::channel(1);
+    let mut reader_task = tokio::spawn(read_loop(reader, events.clone(), notice_tx));
+    let mut draining = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                while let Ok(b) = out.try_recv() {
-                    writer.send(&b);
+                // After the answer to a drain notice nothing more may be written.
+                if !draining {
+                    while let Ok(b) = out.try_recv() {
+                        writer.send(&b);
+                    }
                 }
                 writer.close().await;
                 reader_task.abort();
@@ -712,7 +740,33 @@ async fn run(
                     _ => SessionEnd::Stopped,
                 };
             }
-            next = out.recv() => {
+            Some(()) = notice.recv(), if !draining => {
+                draining = true;
+                link.set_online(false);
+                tracing::info!(%gateway, "the gateway is draining: sending through the others");
+                link.give_back(out);
+                // Everything taken from `out` so far has been written: this comes last.
+                writer.send(super::drain::ANSWER);
+                if let Err(e) = writer.flush().await {
+                    reader_task.abort();
+                    return SessionEnd::Lost(format!("write failed: {e}"));
+                }
+                let offline = Event::Offline {
+                    gateway: gateway.to_owned(),
+                    reason: "the gateway is draining (stopping); it still delivers what it holds".into(),
+                };
+                if events.send(offline).await.is_err() {
+                    reader_task.abort();
+                    return SessionEnd::Stopped;
+                }
+            }
+            // Draining, with a single gateway the stanzas wait in `out` for the next session.
+            next = out.recv(), if !draining || link.requeue.is_some() => {
+                if let (true, Some(b)) = (draining, &next) {
+                    // A stanza the dispatcher placed just before it saw this link go down.
+                    link.give_back_one(b.clone());
+                    continue;
+                }
                 let Some(first) = next else {
                     writer.close().await;
                     reader_task.abort();
@@ -735,10 +789,17 @@ async fn run(
 }
 
 /// Passes stanzas on until the stream ends; `Some(reason)` for a lost link, `None` when nobody
-/// takes events any more.
-async fn read_loop(mut reader: Reader, events: mpsc::Sender<Event>) -> Option<String> {
+/// takes events any more. The gateway's drain notice goes to `notice`.
+async fn read_loop(
+    mut reader: Reader,
+    events: mpsc::Sender<Event>,
+    notice: mpsc::Sender<()>,
+) -> Option<String> {
     loop {
         match reader.next_event().await {
+            Ok(FrameEvent::Stanza(s)) if super::drain::is_notice(&s) => {
+                let _ = notice.try_send(());
+            }
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
                 let (condition, text) = stream_error_of(&s);
                 return Some(format!(
@@ -883,6 +944,160 @@ mod tests {
         }
         assert_eq!(pick("<message to='bob@b.test'/>", false), None);
         assert_eq!(pick("<message to='bob@b.test'/>", true), b_test);
+    }
+
+    /// A gateway on a loopback port that accepts one component for `c.test`: its address,
+    /// and the connection once the handshake is done, with whether the header declared the
+    /// drain protocol.
+    async fn tcp_gateway() -> (SocketAddr, JoinHandle<(Connection, bool)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (
+            addr,
+            tokio::spawn(async move { accept_component(&listener).await }),
+        )
+    }
+
+    /// The gateway side of one component's handshake on `listener`.
+    async fn accept_component(listener: &tokio::net::TcpListener) -> (Connection, bool) {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(Box::new(tcp), peer, Limits::default(), ns::COMPONENT);
+        let FrameEvent::StreamOpen(h) = conn.next_event().await.unwrap() else {
+            panic!()
+        };
+        conn.open(&OpenStream {
+            content_ns: ns::COMPONENT,
+            from: Some("c.test"),
+            id: Some("id1"),
+            ..Default::default()
+        });
+        conn.flush().await.unwrap();
+        let FrameEvent::Stanza(_) = conn.next_event().await.unwrap() else {
+            panic!()
+        };
+        conn.send(b"<handshake/>");
+        conn.flush().await.unwrap();
+        (conn, crate::component::drain::declared(&h))
+    }
+
+    async fn next_stanza(conn: &mut Connection) -> Stanza {
+        match tokio::time::timeout(Duration::from_secs(5), conn.next_event()).await {
+            Ok(Ok(FrameEvent::Stanza(s))) => s,
+            other => panic!("expected a stanza, got {:?}", other.map(|e| e.map(|_| ()))),
+        }
+    }
+
+    async fn next_event(component: &mut Component) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), component.recv())
+            .await
+            .expect("an event in time")
+            .expect("the component runs")
+    }
+
+    #[tokio::test]
+    async fn a_drain_notice_moves_new_stanzas_to_the_other_gateway_and_is_answered() {
+        let (addr0, gw0) = tcp_gateway().await;
+        let (addr1, gw1) = tcp_gateway().await;
+        let targets = vec![Target::Tcp(addr0), Target::Tcp(addr1)];
+        let labels: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+        let mut component =
+            Component::start(ClientConfig::with_gateways("c.test", "s3cret", targets));
+        let (mut conns, mut declared) = (Vec::new(), Vec::new());
+        for gw in [gw0, gw1] {
+            let (conn, d) = gw.await.unwrap();
+            conns.push(conn);
+            declared.push(d);
+        }
+        assert_eq!(
+            declared,
+            [true, true],
+            "the header declares the drain namespace"
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                next_event(&mut component).await,
+                Event::Online { .. }
+            ));
+        }
+        let sender = component.sender();
+        let chosen = choose_gateway("b.test", &labels, &[true, true]).unwrap();
+        let other = 1 - chosen;
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='before'/>")
+            .await
+            .unwrap();
+        assert_eq!(next_stanza(&mut conns[chosen]).await.id(), Some("before"));
+
+        conns[chosen].send(crate::component::drain::NOTICE);
+        conns[chosen].flush().await.unwrap();
+        let answer = next_stanza(&mut conns[chosen]).await;
+        assert!(
+            crate::component::drain::is_answer(&answer),
+            "{:?}",
+            answer.raw()
+        );
+        match next_event(&mut component).await {
+            Event::Offline { gateway, reason } => {
+                assert_eq!(gateway, labels[chosen]);
+                assert!(reason.contains("draining"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // New stanzas for b.test take the other gateway; the draining one still delivers.
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='after'/>")
+            .await
+            .unwrap();
+        assert_eq!(next_stanza(&mut conns[other]).await.id(), Some("after"));
+        conns[chosen].send(b"<message from='x@b.test' to='c.test' id='held'/>");
+        conns[chosen].flush().await.unwrap();
+        match next_event(&mut component).await {
+            Event::Stanza(s) => assert_eq!(s.id(), Some("held")),
+            other => panic!("{other:?}"),
+        }
+        assert!(sender.is_online(), "the other gateway is up");
+        // Nothing more on the draining link after the answer.
+        let more = tokio::time::timeout(Duration::from_millis(200), conns[chosen].next_event());
+        assert!(more.await.is_err(), "the component wrote after its answer");
+        component.stop().await;
+    }
+
+    #[tokio::test]
+    async fn with_a_single_gateway_stanzas_sent_while_it_drains_wait_for_the_next_session() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::Tcp(listener.local_addr().unwrap());
+        let mut component = Component::start(ClientConfig::new("c.test", "s3cret", target));
+        let (mut conn, _) = accept_component(&listener).await;
+        assert!(matches!(
+            next_event(&mut component).await,
+            Event::Online { .. }
+        ));
+        conn.send(crate::component::drain::NOTICE);
+        conn.flush().await.unwrap();
+        assert!(crate::component::drain::is_answer(
+            &next_stanza(&mut conn).await
+        ));
+        assert!(matches!(
+            next_event(&mut component).await,
+            Event::Offline { .. }
+        ));
+        let sender = component.sender();
+        sender
+            .send_raw("<message from='c.test' to='x@b.test' id='waits'/>")
+            .await
+            .unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(200), conn.next_event());
+        assert!(more.await.is_err(), "written to the draining gateway");
+        // The gateway stops; the component attaches again and the stanza goes out.
+        conn.send(&crate::xml::stream_error(
+            &StreamErrorCondition::SystemShutdown,
+            None,
+        ));
+        conn.flush().await.unwrap();
+        drop(conn);
+        let (mut conn, _) = accept_component(&listener).await;
+        assert_eq!(next_stanza(&mut conn).await.id(), Some("waits"));
+        component.stop().await;
     }
 
     #[tokio::test]

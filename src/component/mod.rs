@@ -12,7 +12,11 @@
 //! 5. stanzas flow both ways; every stanza from the backend must carry a `to` that is an
 //!    address and a `from` (else `improper-addressing`) within the bound domain itself, not a
 //!    subdomain (else `invalid-from`), so a backend can never speak for a domain it does not
-//!    own; anything but a message, presence or iq is `unsupported-stanza-type`.
+//!    own; anything but a message, presence or iq is `unsupported-stanza-type`;
+//! 6. when the gateway drains before it stops, a backend that declared the [`drain`] namespace
+//!    on its header gets the drain notice, and its answer says it sends nothing more here;
+//!    then, as for every backend, what is queued for it is written and the stream ends with
+//!    `<system-shutdown/>`.
 //!
 //! A session runs over any byte transport: a TCP connection from the listener, or one end of
 //! an in-process pipe from a [`LocalLink`], which is how a backend in the gateway's own process
@@ -20,6 +24,7 @@
 //! The other side of the protocol, for backends, is [`client`].
 
 pub mod client;
+pub mod drain;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,6 +71,12 @@ pub struct ComponentContext {
     pub negotiation_timeout: Duration,
     /// Stanzas that may wait for a backend before senders are made to wait.
     pub queue_len: usize,
+    /// Cancelled when the gateway starts to drain: backends that declared [`drain`] get the
+    /// notice.
+    pub drain: CancellationToken,
+    /// One token per backend session that declared [`drain`] and has not answered the notice
+    /// yet: the drain waits until it is empty (or for `drain_timeout`).
+    pub draining: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
@@ -130,7 +141,7 @@ impl LocalLink {
 pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContext>) {
     let conn = Connection::new(io, peer, ctx.negotiation_limits, ns::COMPONENT);
     match negotiate(conn, &ctx).await {
-        Ok((conn, domain)) => established(conn, domain, &ctx).await,
+        Ok((conn, domain, drain)) => established(conn, domain, drain, &ctx).await,
         Err((conn, e)) => {
             tracing::info!(%peer, error = %e, "backend refused");
             let (cond, text) = match &e {
@@ -151,7 +162,8 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContex
     }
 }
 
-type Negotiated = (Connection, String);
+/// The connection, the bound domain, and whether the backend declared [`drain`].
+type Negotiated = (Connection, String, bool);
 
 /// Steps 1–4. On failure the connection comes back so the caller can send the stream error.
 async fn negotiate(
@@ -189,6 +201,7 @@ async fn negotiate(
                 ))
             }
         };
+        let declares_drain = drain::declared(&header);
         let stream_id = new_stream_id();
         conn.open(&OpenStream {
             content_ns: ns::COMPONENT,
@@ -197,6 +210,7 @@ async fn negotiate(
             id: Some(&stream_id),
             version: false,
             dialback: false,
+            drain: false,
         });
         conn.flush().await.map_err(ReadError::Io)?;
         let handshake = match conn.next_event().await? {
@@ -228,11 +242,11 @@ async fn negotiate(
                 "handshake does not match the configured secret",
             ));
         }
-        Ok(domain)
+        Ok((domain, declares_drain))
     })
     .await;
     match result {
-        Ok(Ok(domain)) => Ok((conn, domain)),
+        Ok(Ok((domain, declares_drain))) => Ok((conn, domain, declares_drain)),
         Ok(Err(e)) => Err((conn, e)),
         Err(_) => Err((conn, ComponentError::Timeout(ctx.negotiation_timeout))),
     }
@@ -253,7 +267,12 @@ enum End {
 
 /// Step 5: the reader runs here, the writer in its own task, so that a backend sending to
 /// itself can never deadlock its own session.
-async fn established(mut conn: Connection, domain: String, ctx: &ComponentContext) {
+async fn established(
+    mut conn: Connection,
+    domain: String,
+    declares_drain: bool,
+    ctx: &ComponentContext,
+) {
     let peer = conn.peer;
     let (tx, rx) = mpsc::channel(ctx.queue_len);
     let kick = CancellationToken::new();
@@ -285,9 +304,13 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
 
     let (mut reader, writer) = conn.split();
     let (end_tx, end_rx) = oneshot::channel();
+    // Held until the backend answers the drain notice: it may still send until then.
+    let mut sending = declares_drain.then(|| ctx.draining.token());
+    let notice = declares_drain.then(|| ctx.drain.clone());
     let writer_task = tokio::spawn(write_loop(
         writer,
         rx,
+        notice,
         end_rx,
         ctx.router.clone(),
         domain.clone(),
@@ -301,6 +324,10 @@ async fn established(mut conn: Connection, domain: String, ctx: &ComponentContex
             e = reader.next_event() => e,
         };
         match event {
+            Ok(Event::Stanza(stanza)) if sending.is_some() && drain::is_answer(&stanza) => {
+                tracing::info!(%peer, %domain, "backend answered the drain notice");
+                sending = None;
+            }
             Ok(Event::Stanza(stanza)) => {
                 if let Err((cond, text)) = check_from_backend(&stanza, &domain) {
                     break End::Fail(cond, text);
@@ -381,10 +408,12 @@ fn check_from_backend(stanza: &Stanza, domain: &str) -> Result<(), (StreamErrorC
     }
 }
 
-/// Writes routed stanzas to the backend in batches until the reader says how to end.
+/// Writes routed stanzas to the backend in batches until the reader says how to end; with
+/// `notice` (a backend that declared [`drain`]), the drain notice once it is cancelled.
 async fn write_loop(
     mut writer: Writer,
     mut rx: mpsc::Receiver<Stanza>,
+    mut notice: Option<CancellationToken>,
     mut end_rx: oneshot::Receiver<End>,
     router: Arc<Router>,
     domain: String,
@@ -398,6 +427,15 @@ async fn write_loop(
     let end = loop {
         tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Closed),
+            _ = drain_started(&notice) => {
+                notice = None;
+                writer.send(drain::NOTICE);
+                if let Err(e) = writer.flush().await {
+                    tracing::debug!(%domain, "write to backend failed: {e}");
+                    let end = end_rx.await.unwrap_or(End::Closed);
+                    break if matches!(end, End::Shutdown) { End::Closed } else { end };
+                }
+            }
             next = rx.recv() => {
                 // All senders gone means the reader detached us: it says next how to end.
                 let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
@@ -452,6 +490,15 @@ async fn write_loop(
                 _ => writer.close().await,
             }
         }
+    }
+}
+
+/// When the drain starts, for a backend that gets the notice; never, for any other (or once
+/// the notice is written).
+async fn drain_started(notice: &Option<CancellationToken>) {
+    match notice {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -577,6 +577,7 @@ pub async fn exchange_headers(
         id: None,
         version: true,
         dialback: true,
+        drain: false,
     });
     flush(conn, target).await?;
     let header = match conn.next_event().await.map_err(|e| read_error(target, e))? {

@@ -330,7 +330,7 @@ impl Inbound {
             let header = tokio::select! {
                 e = self.conn.next_event() => e,
                 _ = &mut deadline => return Err(Abort::Refused(refuse(StreamErrorCondition::ConnectionTimeout, "no stream header in time"))),
-                _ = self.ctx.shutdown.cancelled() => return Err(Abort::Refused(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
+                _ = self.ctx.inbound_shutdown.cancelled() => return Err(Abort::Refused(refuse(StreamErrorCondition::SystemShutdown, "shutting down"))),
             };
             let header = match header {
                 Ok(Event::StreamOpen(h)) => h,
@@ -348,7 +348,7 @@ impl Inbound {
             loop {
                 let step = tokio::select! {
                     biased;
-                    _ = self.ctx.shutdown.cancelled() => Step::Shutdown,
+                    _ = self.ctx.inbound_shutdown.cancelled() => Step::Shutdown,
                     _ = self.live.kicked() => Step::Kicked,
                     _ = &mut deadline => Step::Deadline,
                     t = next_takeover(&mut self.sm_live) => Step::Takeover(t),
@@ -539,6 +539,7 @@ impl Inbound {
             id: Some(&ours.id),
             version: ours.version,
             dialback: true,
+            drain: false,
         });
         let sent = self.negotiation.send_features(&ours, &self.ctx);
         self.negotiated(sent.map(|()| Next::Continue)).map(|_| ())

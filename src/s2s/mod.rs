@@ -98,6 +98,10 @@ pub struct S2sContext {
     pub external_refused: dashmap::DashSet<String>,
     /// Cancelled when fedgate stops: sessions close with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
+    /// Cancelled when inbound streams are to end, before the outbound ones: when a drain
+    /// starts, so that peers reconnect to another instance while our outbound queues are
+    /// still written out (or with `shutdown`, of which it is a child).
+    pub inbound_shutdown: CancellationToken,
     /// Outbound sessions and verifications, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// XEP-0198 state of dropped inbound streams, kept for resumption.
@@ -134,6 +138,7 @@ impl S2sContext {
             tls,
             security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
             external_refused: Default::default(),
+            inbound_shutdown: shutdown.child_token(),
             shutdown,
             tracker,
             resumable: Default::default(),

@@ -66,6 +66,9 @@ pub struct OpenStream<'a> {
     pub version: bool,
     /// Write `xmlns:db='jabber:server:dialback'` (XEP-0220 §2.4).
     pub dialback: bool,
+    /// Write `xmlns:drain='urn:fedgate:drain:0'`: a backend that understands the gateway's
+    /// drain notice ([`crate::component::drain`]).
+    pub drain: bool,
 }
 
 impl OpenStream<'_> {
@@ -79,6 +82,11 @@ impl OpenStream<'_> {
         if self.dialback {
             out.extend_from_slice(b" xmlns:db='");
             out.extend_from_slice(ns::DIALBACK.as_bytes());
+            out.push(b'\'');
+        }
+        if self.drain {
+            out.extend_from_slice(b" xmlns:drain='");
+            out.extend_from_slice(crate::component::drain::NS.as_bytes());
             out.push(b'\'');
         }
         for (name, value) in [("from", self.from), ("to", self.to), ("id", self.id)] {
@@ -139,6 +147,7 @@ mod tests {
             id: Some("x&y"),
             version: true,
             dialback: true,
+            drain: false,
         }
         .write(&mut out);
         assert_eq!(

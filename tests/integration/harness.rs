@@ -77,6 +77,8 @@ pub struct InstanceBuilder<'a> {
     metrics: String,
     /// Whole tables appended to the configuration (e.g. `[core]`).
     tables: String,
+    /// The component listener's port on loopback; 0 picks a free one at each start.
+    component_port: u16,
     /// Extra `[dns]` keys.
     dns_keys: String,
 }
@@ -99,6 +101,7 @@ pub fn instance<'a>(dns: &'a TestDns, domain: &str) -> InstanceBuilder<'a> {
         s2s_port: 5269,
         metrics: String::new(),
         tables: String::new(),
+        component_port: 0,
         dns_keys: String::new(),
     }
 }
@@ -210,6 +213,13 @@ impl InstanceBuilder<'_> {
         self
     }
 
+    /// Listens for backends on this loopback port, also after [`Instance::restart`], so that
+    /// backends reconnect by themselves.
+    pub fn component_port(mut self, port: u16) -> Self {
+        self.component_port = port;
+        self
+    }
+
     /// Do not publish this instance's address in DNS (an impostor).
     pub fn unlisted(mut self) -> Self {
         self.register_dns = false;
@@ -276,7 +286,7 @@ ca_files = ["{ca_file}"]
 {certificate}
 
 [component]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{component_port}"
 {component}
 
 [[component.backend]]
@@ -297,6 +307,7 @@ listen = "127.0.0.1:0"
             ca_file = ca().ca_file.display(),
             tls = self.tls,
             component = self.component,
+            component_port = self.component_port,
             domain = self.domain,
         );
         let mut text = text;

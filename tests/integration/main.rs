@@ -21,6 +21,7 @@ mod core_sm;
 mod delivery;
 mod diagnostics;
 mod dns;
+mod drain;
 mod edge;
 mod federation;
 mod ha;
