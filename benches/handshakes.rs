@@ -9,33 +9,19 @@
 //!
 //! Run: `cargo bench --bench handshakes`.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use fedgate::config::Config;
-use fedgate::connection::Connection;
 use fedgate::gateway::{self, RunningGateway};
 use fedgate::tls::Tls;
-use fedgate::xml::framer::{Event, Limits};
-use fedgate::xml::ns;
-use fedgate::xml::stream::OpenStream;
 
 const IP: &str = "127.88.2.1";
 const STALL: Duration = Duration::from_secs(10);
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn config(dir: &Path, domain: &str, listen: &str) -> Config {
     let text = format!(
@@ -71,8 +57,8 @@ self_signed = true
 }
 
 fn main() {
-    let n = env_count("HANDSHAKES_N", 2000);
-    let concurrency = env_count("HANDSHAKES_CONCURRENCY", 16);
+    let n = support::env_number("HANDSHAKES_N", 2000) as usize;
+    let concurrency = support::env_number("HANDSHAKES_CONCURRENCY", 16) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,14 +114,7 @@ fn main() {
 
 /// One session up to the post-TLS features, then a clean close.
 async fn session(client: &Tls, addr: SocketAddr, direct: bool) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let limits = Limits {
-        max_stanza_bytes: 65536,
-        max_depth: 16,
-        max_attributes: 16,
-    };
-    let mut conn = Connection::new(Box::new(tcp), addr, limits, ns::SERVER);
+    let mut conn = support::connect_s2s(addr).await;
     if direct {
         let (io, _) = client
             .connect(conn.take_transport(), "a.test", "b.test", true)
@@ -143,41 +122,9 @@ async fn session(client: &Tls, addr: SocketAddr, direct: bool) {
             .expect("direct TLS handshake");
         conn.restart_on(io);
     } else {
-        features(&mut conn).await;
-        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        conn.flush().await.expect("write");
-        match conn.next_event().await.expect("proceed") {
-            Event::Stanza(s) if s.name() == "proceed" => {}
-            other => panic!("expected <proceed/>: {other:?}"),
-        }
-        let (io, _) = client
-            .connect(conn.take_transport(), "a.test", "b.test", false)
-            .await
-            .expect("STARTTLS handshake");
-        conn.restart_on(io);
+        support::header_and_features(&mut conn, "a.test", "b.test").await;
+        support::starttls(&mut conn, client, "a.test", "b.test").await;
     }
-    features(&mut conn).await;
+    support::header_and_features(&mut conn, "a.test", "b.test").await;
     conn.close().await;
-}
-
-/// Our header, then the peer's header and features.
-async fn features(conn: &mut Connection) {
-    conn.open(&OpenStream {
-        content_ns: ns::SERVER,
-        from: Some("a.test"),
-        to: Some("b.test"),
-        id: None,
-        version: true,
-        dialback: true,
-        drain: false,
-    });
-    conn.flush().await.expect("write");
-    match conn.next_event().await.expect("header") {
-        Event::StreamOpen(_) => {}
-        other => panic!("expected a stream header: {other:?}"),
-    }
-    match conn.next_event().await.expect("features") {
-        Event::Stanza(s) if s.name() == "features" => {}
-        other => panic!("expected features: {other:?}"),
-    }
 }

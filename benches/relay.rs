@@ -47,19 +47,9 @@ const CHUNK: usize = 64 * 1024;
 /// The latency phase sends one batch per this period (tokio's timer resolution).
 const PACE: Duration = Duration::from_millis(1);
 
-fn env_count(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
-
 fn main() {
-    let n = env_count("RELAY_N", 1_000_000);
-    let lat_n = env_count("RELAY_LAT_N", 100_000);
+    let n = support::env_number("RELAY_N", 1_000_000) as usize;
+    let lat_n = support::env_number("RELAY_LAT_N", 100_000) as usize;
     let transport = std::env::var("RELAY_TRANSPORT").unwrap_or_else(|_| "both".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

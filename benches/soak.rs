@@ -43,8 +43,8 @@ use fedgate::gateway::{self, RunningGateway};
 use fedgate::xml::stanza::Stanza;
 
 use support::{
-    attach_backend, attach_backend_on, close_idle, mb, open_idle, BackendReader, ChildGateway,
-    IdlePeer,
+    attach_backend, attach_backend_on, close_idle, env_number, mb, open_idle, BackendReader,
+    ChildGateway, IdlePeer,
 };
 
 const A_IP: &str = "127.88.4.1";
@@ -60,16 +60,6 @@ const WARM_UP: Duration = Duration::from_secs(60);
 const DRAIN: Duration = Duration::from_secs(90);
 /// The pacing period of backend A.
 const PACE: Duration = Duration::from_millis(1);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
 
 fn main() {
     let settings = Settings {

@@ -338,30 +338,11 @@ pub async fn close_idle(sessions: Vec<Connection>) {
 
 /// One session from `peer.from` to `peer.to`, authenticated by dialback, then left idle.
 pub async fn idle_session(peer: &IdlePeer, addr: SocketAddr) -> Connection {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .expect("connect to the gateway");
-    tcp.set_nodelay(true).expect("nodelay");
-    let limits = Limits {
-        max_stanza_bytes: 65536,
-        max_depth: 16,
-        max_attributes: 16,
-    };
-    let mut conn = Connection::new(Box::new(tcp), addr, limits, ns::SERVER);
-    let mut id = header_and_features(&mut conn, peer).await;
+    let mut conn = connect_s2s(addr).await;
+    let mut id = header_and_features(&mut conn, peer.from, peer.to).await;
     if let Some(client) = &peer.tls {
-        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        conn.flush().await.expect("write");
-        match conn.next_event().await.expect("proceed") {
-            Event::Stanza(s) if s.name() == "proceed" => {}
-            other => panic!("expected <proceed/>: {other:?}"),
-        }
-        let (io, _) = client
-            .connect(conn.take_transport(), peer.from, peer.to, false)
-            .await
-            .expect("STARTTLS handshake");
-        conn.restart_on(io);
-        id = header_and_features(&mut conn, peer).await;
+        starttls(&mut conn, client, peer.from, peer.to).await;
+        id = header_and_features(&mut conn, peer.from, peer.to).await;
     }
     let key = peer.secret.key(peer.to, peer.from, &id);
     conn.send(
@@ -383,12 +364,42 @@ pub async fn idle_session(peer: &IdlePeer, addr: SocketAddr) -> Connection {
     conn
 }
 
+/// A plaintext s2s connection to `addr`, nothing sent yet.
+pub async fn connect_s2s(addr: SocketAddr) -> Connection {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    tcp.set_nodelay(true).expect("nodelay");
+    let limits = Limits {
+        max_stanza_bytes: 65536,
+        max_depth: 16,
+        max_attributes: 16,
+    };
+    Connection::new(Box::new(tcp), addr, limits, ns::SERVER)
+}
+
+/// `<starttls/>`, the gateway's `<proceed/>`, and the TLS handshake as `from` to `to`; the
+/// stream is then to be opened again.
+pub async fn starttls(conn: &mut Connection, client: &Tls, from: &str, to: &str) {
+    conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn.flush().await.expect("write");
+    match conn.next_event().await.expect("proceed") {
+        Event::Stanza(s) if s.name() == "proceed" => {}
+        other => panic!("expected <proceed/>: {other:?}"),
+    }
+    let (io, _) = client
+        .connect(conn.take_transport(), from, to, false)
+        .await
+        .expect("STARTTLS handshake");
+    conn.restart_on(io);
+}
+
 /// Our header, then the gateway's header and features; returns its stream id.
-async fn header_and_features(conn: &mut Connection, peer: &IdlePeer) -> String {
+pub async fn header_and_features(conn: &mut Connection, from: &str, to: &str) -> String {
     conn.open(&OpenStream {
         content_ns: ns::SERVER,
-        from: Some(peer.from),
-        to: Some(peer.to),
+        from: Some(from),
+        to: Some(to),
         id: None,
         version: true,
         dialback: true,
@@ -404,6 +415,17 @@ async fn header_and_features(conn: &mut Connection, peer: &IdlePeer) -> String {
         other => panic!("expected features: {other:?}"),
     }
     id
+}
+
+/// The number in environment variable `name` (`_` allowed between digits), or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Err(_) => default,
+    }
 }
 
 /// Raises `RLIMIT_NOFILE` to at least `needed`, or says why it cannot and what to do;
