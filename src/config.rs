@@ -1221,6 +1221,14 @@ impl Config {
         }
     }
 
+    /// Whether a `[[component.backend]]` serves `domain` (canonical).
+    fn is_backend_domain(&self, domain: &str) -> bool {
+        self.component
+            .backend
+            .iter()
+            .any(|b| normalize_domain(&b.domain).is_ok_and(|d| d == domain))
+    }
+
     /// `[muc]`: its own rules, and a domain nobody else serves.
     fn validate_muc(&self, problems: &mut Vec<ConfigError>) {
         let Some(muc) = &self.muc else {
@@ -1237,12 +1245,7 @@ impl Config {
         let domain = normalize_domain(&muc.domain)
             .map(|d| d.into_owned())
             .unwrap_or_default();
-        let backend = self
-            .component
-            .backend
-            .iter()
-            .any(|b| normalize_domain(&b.domain).is_ok_and(|d| d == domain.as_str()));
-        if backend {
+        if self.is_backend_domain(&domain) {
             problems.push(invalid(
                 "muc.domain",
                 format!("`{domain}` is also a [[component.backend]] domain"),
@@ -1268,11 +1271,7 @@ impl Config {
         let domain = normalize_domain(&upload.domain)
             .map(|d| d.into_owned())
             .unwrap_or_default();
-        let taken = self
-            .component
-            .backend
-            .iter()
-            .any(|b| normalize_domain(&b.domain).is_ok_and(|d| d == domain.as_str()))
+        let taken = self.is_backend_domain(&domain)
             || self.muc.as_ref().is_some_and(|m| m.domain == domain);
         if taken {
             problems.push(invalid(

@@ -826,10 +826,15 @@ mod tests {
     use super::*;
     use crate::xml::error::StreamErrorCondition;
 
-    /// A gateway side that answers the handshake by hand.
-    async fn fake_gateway(io: tokio::io::DuplexStream, secret: &str, accept: bool) -> Connection {
+    /// A gateway side that answers the handshake by hand; the connection and the
+    /// component's stream header.
+    async fn fake_gateway(
+        io: crate::connection::BoxTransport,
+        secret: &str,
+        accept: bool,
+    ) -> (Connection, crate::xml::stream::StreamHeader) {
         let mut conn = Connection::new(
-            Box::new(io),
+            io,
             SocketAddr::from(([127, 0, 0, 1], 0)),
             Limits::default(),
             ns::COMPONENT,
@@ -862,7 +867,7 @@ mod tests {
             ));
         }
         conn.flush().await.unwrap();
-        conn
+        (conn, h)
     }
 
     /// Our side of the handshake for `c.test` with secret `s3cret`, against [`fake_gateway`].
@@ -879,7 +884,7 @@ mod tests {
                 ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
             handshake(&mut conn, &config).await
         };
-        let (r, _) = tokio::join!(client, fake_gateway(b, "s3cret", accept));
+        let (r, _) = tokio::join!(client, fake_gateway(Box::new(b), "s3cret", accept));
         r
     }
 
@@ -958,25 +963,10 @@ mod tests {
         )
     }
 
-    /// The gateway side of one component's handshake on `listener`.
+    /// The gateway side of one component's handshake on `listener` (secret `s3cret`).
     async fn accept_component(listener: &tokio::net::TcpListener) -> (Connection, bool) {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let mut conn = Connection::new(Box::new(tcp), peer, Limits::default(), ns::COMPONENT);
-        let FrameEvent::StreamOpen(h) = conn.next_event().await.unwrap() else {
-            panic!()
-        };
-        conn.open(&OpenStream {
-            content_ns: ns::COMPONENT,
-            from: Some("c.test"),
-            id: Some("id1"),
-            ..Default::default()
-        });
-        conn.flush().await.unwrap();
-        let FrameEvent::Stanza(_) = conn.next_event().await.unwrap() else {
-            panic!()
-        };
-        conn.send(b"<handshake/>");
-        conn.flush().await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (conn, h) = fake_gateway(Box::new(tcp), "s3cret", true).await;
         (conn, crate::component::drain::declared(&h))
     }
 

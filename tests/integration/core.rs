@@ -146,6 +146,45 @@ impl Node {
     }
 }
 
+/// A gateway for `domain` with the embedded core (its database in the instance's folder,
+/// the accounts `users` with password "pw") and the services of `services`, each a domain
+/// with its table (`[muc]`, `[upload]`): in DNS and in the gateway's certificate like the
+/// domain itself, and attached before this returns.
+pub(crate) async fn core_with_services(
+    dns: &TestDns,
+    domain: &str,
+    services: &[(&str, String)],
+    users: &[&str],
+) -> Instance {
+    let mut names = vec![domain];
+    let mut tables = format!(
+        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = \"core.sqlite\"\n[[core.domain]]\nname = \"{domain}\"\n"
+    );
+    for (name, table) in services {
+        names.push(name);
+        tables.push_str(table);
+        tables.push('\n');
+    }
+    let a = instance(dns, domain)
+        .cert(CertSpec::for_names(&names))
+        .cert_domains(&names)
+        .tables(&tables)
+        .start()
+        .await;
+    for name in &names {
+        assert_eventually(|| a.gw().router.component_attached(name)).await;
+    }
+    for (name, _) in services {
+        dns.add(name, a.ip);
+    }
+    let core = a.gw().core.as_ref().expect("embedded core");
+    let accounts = Accounts::open(&core.core.config).unwrap();
+    for user in users {
+        accounts.add(&format!("{user}@{domain}"), "pw").unwrap();
+    }
+    a
+}
+
 pub(crate) async fn assert_eventually(f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {

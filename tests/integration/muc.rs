@@ -3,57 +3,26 @@
 
 use serde_json::json;
 
-use crate::certs::CertSpec;
-use crate::core::{assert_eventually, login, Client};
+use crate::core::{assert_eventually, core_with_services, login, Client};
 use crate::harness::*;
-use fedgate::core::accounts::Accounts;
 use fedgate::gateway::RunningGateway;
 
 const ROOM: &str = "room@conf.a.test";
 
 /// A gateway for a.test with the embedded core and the chat service conf.a.test, and the
 /// accounts alice, bob and carol (password "pw").
-async fn deployment(dns: &TestDns) -> (Instance, tempfile::TempDir) {
+async fn deployment(dns: &TestDns) -> Instance {
     deployment_of(dns, "a.test", Some("conf.a.test")).await
 }
 
 /// A gateway for `domain` with the embedded core (accounts alice, bob and carol, password
-/// "pw") and, with `muc`, the chat service on that domain, which is in DNS and in the
-/// gateway's certificate like the domain itself.
-async fn deployment_of(
-    dns: &TestDns,
-    domain: &str,
-    muc: Option<&str>,
-) -> (Instance, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("muc.sqlite");
-    let mut names = vec![domain];
-    names.extend(muc);
-    let mut tables = format!(
-        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = {:?}\n[[core.domain]]\nname = \"{domain}\"\n",
-        db.display().to_string()
-    );
-    if let Some(m) = muc {
-        tables.push_str(&format!("[muc]\ndomain = \"{m}\"\nhistory_length = 5\n"));
-    }
-    let a = instance(dns, domain)
-        .cert(CertSpec::for_names(&names))
-        .cert_domains(&names)
-        .tables(&tables)
-        .start()
-        .await;
-    for name in &names {
-        assert_eventually(|| a.gw().router.component_attached(name)).await;
-    }
-    if let Some(m) = muc {
-        dns.add(m, a.ip);
-    }
-    let core = a.gw().core.as_ref().expect("embedded core");
-    let accounts = Accounts::open(&core.core.config).unwrap();
-    for user in ["alice", "bob", "carol"] {
-        accounts.add(&format!("{user}@{domain}"), "pw").unwrap();
-    }
-    (a, dir)
+/// "pw") and, with `muc`, the chat service on that domain.
+async fn deployment_of(dns: &TestDns, domain: &str, muc: Option<&str>) -> Instance {
+    let services: Vec<(&str, String)> = muc
+        .map(|m| (m, format!("[muc]\ndomain = \"{m}\"\nhistory_length = 5\n")))
+        .into_iter()
+        .collect();
+    core_with_services(dns, domain, &services, &["alice", "bob", "carol"]).await
 }
 
 async fn user(gw: &RunningGateway, name: &str) -> Client {
@@ -115,7 +84,7 @@ async fn alice_opens_the_room(alice: &mut Client, fields: serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_join_talk_privately_and_publicly_and_a_newcomer_gets_the_history() {
     let dns = TestDns::start().await;
-    let (mut a, _dir) = deployment(&dns).await;
+    let mut a = deployment(&dns).await;
     let mut alice = user(a.gw(), "alice").await;
     let mut bob = user(a.gw(), "bob").await;
 
@@ -235,7 +204,7 @@ async fn two_users_join_talk_privately_and_publicly_and_a_newcomer_gets_the_hist
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_moderated_room_a_visitor_needs_voice_and_a_banned_user_stays_out() {
     let dns = TestDns::start().await;
-    let (mut a, _dir) = deployment(&dns).await;
+    let mut a = deployment(&dns).await;
     let mut alice = user(a.gw(), "alice").await;
     let mut bob = user(a.gw(), "bob").await;
     alice_opens_the_room(&mut alice, json!({"muc#roomconfig_moderatedroom": true})).await;
@@ -288,8 +257,8 @@ async fn in_a_moderated_room_a_visitor_needs_voice_and_a_banned_user_stays_out()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_of_another_server_joins_across_s2s_and_talks_with_a_local_one() {
     let dns = TestDns::start().await;
-    let (mut a, _dir_a) = deployment(&dns).await;
-    let (mut b, _dir_b) = deployment_of(&dns, "b.test", None).await;
+    let mut a = deployment(&dns).await;
+    let mut b = deployment_of(&dns, "b.test", None).await;
     let mut alice = user(a.gw(), "alice").await;
     let mut bob = user_at(b.gw(), "bob@b.test").await;
     alice_opens_the_room(&mut alice, json!({"muc#roomconfig_whois": "anyone"})).await;
@@ -338,7 +307,7 @@ async fn a_user_of_another_server_joins_across_s2s_and_talks_with_a_local_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_room_comes_back_after_a_restart_with_its_rules_and_subject() {
     let dns = TestDns::start().await;
-    let (mut a, _dir) = deployment(&dns).await;
+    let mut a = deployment(&dns).await;
     let mut alice = user(a.gw(), "alice").await;
     alice_opens_the_room(
         &mut alice,

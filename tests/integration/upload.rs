@@ -11,10 +11,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::certs::{ca, CertSpec};
-use crate::core::{assert_eventually, login, Client};
+use crate::certs::ca;
+use crate::core::{core_with_services, login, Client};
 use crate::harness::*;
-use fedgate::core::accounts::Accounts;
 
 const UPLOAD: &str = "upload.a.test";
 const MAX: u64 = 1000;
@@ -27,38 +26,19 @@ async fn deployment(dns: &TestDns) -> Instance {
 }
 
 /// A gateway for `domain` with the embedded core (accounts alice and bob, password "pw")
-/// and, with `upload` (extra `[upload]` lines), the service `upload.a.test`, which is in DNS
-/// and in the gateway's certificate like the domain itself. The database and the files are
-/// in the instance's own folder.
+/// and, with `upload` (extra `[upload]` lines), the service `upload.a.test`. The database
+/// and the files are in the instance's own folder.
 async fn deployment_of(dns: &TestDns, domain: &str, upload: Option<&str>) -> Instance {
-    let mut names = vec![domain];
-    let mut tables = format!(
-        "[core]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\ndatabase = \"core.sqlite\"\n[[core.domain]]\nname = \"{domain}\"\n"
-    );
-    if let Some(extra) = upload {
-        names.push(UPLOAD);
-        tables.push_str(&format!(
-            "[upload]\ndomain = \"{UPLOAD}\"\nlisten = \"127.0.0.1:0\"\nmax_file_size = {MAX}\nquota = {QUOTA}\n{extra}\n"
-        ));
-    }
-    let a = instance(dns, domain)
-        .cert(CertSpec::for_names(&names))
-        .cert_domains(&names)
-        .tables(&tables)
-        .start()
-        .await;
-    for name in &names {
-        assert_eventually(|| a.gw().router.component_attached(name)).await;
-    }
-    if upload.is_some() {
-        dns.add(UPLOAD, a.ip);
-    }
-    let core = a.gw().core.as_ref().expect("embedded core");
-    let accounts = Accounts::open(&core.core.config).unwrap();
-    for user in ["alice", "bob"] {
-        accounts.add(&format!("{user}@{domain}"), "pw").unwrap();
-    }
-    a
+    let services: Vec<(&str, String)> = upload
+        .map(|extra| {
+            (
+                UPLOAD,
+                format!("[upload]\ndomain = \"{UPLOAD}\"\nlisten = \"127.0.0.1:0\"\nmax_file_size = {MAX}\nquota = {QUOTA}\n{extra}\n"),
+            )
+        })
+        .into_iter()
+        .collect();
+    core_with_services(dns, domain, &services, &["alice", "bob"]).await
 }
 
 async fn user(a: &Instance, name: &str) -> Client {

@@ -322,6 +322,55 @@ async fn said(
     assert_eq!(m["nick"], nick, "{m}");
 }
 
+/// `creator` makes `room` (an instant room), `joiner` enters it and sees the creator among
+/// the occupants, and each says something the other reads, each as its nick.
+async fn meet_in_room(
+    room: &str,
+    (creator, creator_nick): (&mut crate::client::Client, &str),
+    (joiner, joiner_nick): (&mut crate::client::Client, &str),
+    what: &str,
+) {
+    let r = muc(
+        creator,
+        json!({"cmd": "muc_join", "room": room, "nick": creator_nick}),
+        "create",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "creating {room}: {r}");
+    let r = muc(
+        creator,
+        json!({"cmd": "muc_configure", "room": room, "fields": {}}),
+        "configure",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "configuring {room}: {r}");
+    let r = muc(
+        joiner,
+        json!({"cmd": "muc_join", "room": room, "nick": joiner_nick}),
+        "join",
+    )
+    .await;
+    assert_eq!(r["type"], "result", "joining {what}: {r}");
+    let occupants = r["occupants"].as_array().unwrap();
+    assert!(occupants.iter().any(|n| n == creator_nick), "{r}");
+    said(
+        creator,
+        joiner,
+        room,
+        creator_nick,
+        &format!("welcome from {creator_nick}"),
+    )
+    .await;
+    said(
+        joiner,
+        creator,
+        room,
+        joiner_nick,
+        &format!("hello from {joiner_nick}"),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prosody_user_joins_a_room_on_fedgate_and_a_core_account_one_on_prosody() {
     const MUC: &str = "conference.gw-muc.test";
@@ -345,79 +394,12 @@ async fn a_prosody_user_joins_a_room_on_fedgate_and_a_core_account_one_on_prosod
 
     // A room on fedgate's service: Alice creates it, the Prosody user joins across s2s.
     let here = format!("lounge@{MUC}");
-    let r = muc(
-        &mut alice,
-        json!({"cmd": "muc_join", "room": here, "nick": "Alice"}),
-        "a1",
-    )
-    .await;
-    assert_eq!(r["type"], "result", "{r}");
-    let r = muc(
-        &mut alice,
-        json!({"cmd": "muc_configure", "room": here, "fields": {}}),
-        "a2",
-    )
-    .await;
-    assert_eq!(r["type"], "result", "{r}");
-    let r = muc(
-        &mut user,
-        json!({"cmd": "muc_join", "room": here, "nick": "Pro"}),
-        "u1",
-    )
-    .await;
-    assert_eq!(
-        r["type"], "result",
-        "joining fedgate's room from Prosody: {r}"
-    );
-    let occupants = r["occupants"].as_array().unwrap();
-    assert!(occupants.iter().any(|n| n == "Alice"), "{r}");
-    said(
-        &mut alice,
-        &mut user,
-        &here,
-        "Alice",
-        "welcome from fedgate",
-    )
-    .await;
-    said(&mut user, &mut alice, &here, "Pro", "hello from Prosody").await;
-
+    let (creator, joiner) = ((&mut alice, "Alice"), (&mut user, "Pro"));
+    meet_in_room(&here, creator, joiner, "fedgate's room from Prosody").await;
     // A room on Prosody's service: the Prosody user creates it, Alice joins from the core.
     let there = format!("cafe@{}", crate::peer::muc_domain(&peer.domain));
-    let r = muc(
-        &mut user,
-        json!({"cmd": "muc_join", "room": there, "nick": "Pro"}),
-        "u2",
-    )
-    .await;
-    assert_eq!(r["type"], "result", "{r}");
-    let r = muc(
-        &mut user,
-        json!({"cmd": "muc_configure", "room": there, "fields": {}}),
-        "u3",
-    )
-    .await;
-    assert_eq!(r["type"], "result", "{r}");
-    let r = muc(
-        &mut alice,
-        json!({"cmd": "muc_join", "room": there, "nick": "Alice"}),
-        "a3",
-    )
-    .await;
-    assert_eq!(
-        r["type"], "result",
-        "joining Prosody's room from the core: {r}"
-    );
-    let occupants = r["occupants"].as_array().unwrap();
-    assert!(occupants.iter().any(|n| n == "Pro"), "{r}");
-    said(&mut user, &mut alice, &there, "Pro", "welcome from Prosody").await;
-    said(
-        &mut alice,
-        &mut user,
-        &there,
-        "Alice",
-        "hello from the core",
-    )
-    .await;
+    let (creator, joiner) = ((&mut user, "Pro"), (&mut alice, "Alice"));
+    meet_in_room(&there, creator, joiner, "Prosody's room from the core").await;
 
     // The room's traffic went over s2s between the chat service and Prosody.
     let m = gw.metrics().await;
