@@ -189,6 +189,13 @@ impl Connection {
         end_with_error(&mut self.io, &mut self.out, header, condition, text).await;
     }
 
+    /// [`Connection::fail`] in a task of its own, for a caller that gave up on a peer that
+    /// does not answer: the goodbye and the linger for the peer's close (bounded as ever) do
+    /// not hold up what the caller does next, such as trying the next target.
+    pub fn fail_in_background(self, condition: StreamErrorCondition) {
+        tokio::spawn(async move { self.fail(&condition, None).await });
+    }
+
     /// Closes the stream cleanly: `</stream:stream>`, then shuts the transport, bounded in time.
     pub async fn close(mut self) {
         goodbye(&mut self.io, &mut self.out).await;

@@ -280,8 +280,7 @@ pub async fn open(
             Err(error)
         }
         Err(_) => {
-            conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
-                .await;
+            conn.fail_in_background(StreamErrorCondition::ConnectionTimeout);
             Err(ConnectError::Timeout {
                 stage: Stage::StreamNegotiation,
                 target: label,

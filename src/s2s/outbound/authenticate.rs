@@ -110,8 +110,7 @@ impl Session {
                     keep(e, &mut best);
                 }
                 Err(_) => {
-                    conn.fail(&StreamErrorCondition::ConnectionTimeout, None)
-                        .await;
+                    conn.fail_in_background(StreamErrorCondition::ConnectionTimeout);
                     let e = ConnectError::Timeout {
                         stage: Stage::Authentication,
                         target: label,

@@ -261,13 +261,18 @@ struct Session {
     ctx: Arc<S2sContext>,
 }
 
-/// The error of an attempt cut short by the retry window, naming the step it was on: the
-/// last one the trace shows as done, or the DNS lookup when none is.
-fn window_closed(window: Duration, trace: &mut Trace) -> OutboundError {
-    let during = match trace.steps.last() {
+/// The error of an attempt cut short by the retry window, naming the step it was on (the
+/// last one the trace shows as done, or the DNS lookup when none is) and, when an attempt
+/// failed before it, why that one did: the cause a sender learns most from.
+fn window_closed(window: Duration, trace: &mut Trace, before: Option<&str>) -> OutboundError {
+    let mut during = match trace.steps.last() {
         None => "the DNS lookup did not answer".to_string(),
         Some(step) => format!("still going after: {}", step.what),
     };
+    if let Some(before) = before {
+        during.push_str("; the attempt before: ");
+        during.push_str(before);
+    }
     trace.failed(format!("retry window closed ({during})"));
     OutboundError::WindowClosed { window, during }
 }
@@ -310,6 +315,9 @@ impl Session {
         // retry window counts from there, so that a slow DNS or a peer that never finishes
         // its negotiation cannot hold stanzas longer than the window says.
         let mut attempts_began: Option<Instant> = None;
+        // Why the last attempt of this series failed, for a bounce when the window closes
+        // during the next one.
+        let mut failed_before: Option<String> = None;
         let failure = loop {
             let mut trace = Trace::new();
             let mut gauge = metrics.session(Direction::Outbound);
@@ -319,7 +327,7 @@ impl Session {
                 _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
                 _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
                 r = tokio::time::timeout_at(deadline.into(), self.connect(&mut trace)) => {
-                    r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace)))
+                    r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace, failed_before.as_deref())))
                 }
             };
             self.ctx.remember_attempt(&self.remote, trace);
@@ -327,17 +335,6 @@ impl Session {
                 Ok(link) => link,
                 Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
                 Err(e @ OutboundError::Policy { .. }) => break e,
-                Err(e @ OutboundError::WindowClosed { .. }) => {
-                    self.ctx
-                        .registry
-                        .failed(&self.remote, Direction::Outbound, e.to_string());
-                    metrics
-                        .outbound_attempts
-                        .with_label_values(&[e.label()])
-                        .inc();
-                    self.peer.attempt_failed();
-                    break e;
-                }
                 Err(e) => {
                     drop(gauge);
                     self.ctx
@@ -348,6 +345,7 @@ impl Session {
                         .with_label_values(&[e.label()])
                         .inc();
                     self.peer.attempt_failed();
+                    failed_before = Some(e.to_string());
                     let since = *failing_since.get_or_insert(began);
                     let wait = jittered(delay);
                     if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
@@ -367,6 +365,7 @@ impl Session {
             tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
             let up = Instant::now();
             attempts_began = None;
+            failed_before = None;
             gauge.established(link.method.as_str());
             self.peer.attempt_succeeded();
             if let Some(expiry) = link
