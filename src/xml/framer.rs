@@ -273,11 +273,13 @@ impl Framer {
             }
             self.in_stanza = true;
         }
+        // The scanner never sees past the limit, so a fault beyond it is reported as the size,
+        // the same verdict as when the bytes arrive in pieces and the limit is passed first.
         let max = self.limits.max_stanza_bytes;
-        match self.scanner.scan(&self.buf, &self.ctx, &self.limits)? {
+        let within = &self.buf[..self.buf.len().min(max)];
+        match self.scanner.scan(within, &self.ctx, &self.limits)? {
             None if self.buf.len() > max => Err(XmlError::StanzaTooLarge { max }),
             None => Ok(None),
-            Some(len) if len > max => Err(XmlError::StanzaTooLarge { max }),
             Some(len) => {
                 let raw = self.buf.split_to(len).freeze();
                 self.in_stanza = false;
@@ -292,7 +294,12 @@ impl Framer {
         // Resume where the last search stopped: a peer trickling a huge tag
         // byte by byte must not cost quadratic time.
         let from = self.resume.max(2);
-        let Some(gt) = memchr(b'>', &self.buf[from..]).map(|n| from + n) else {
+        let within = &self.buf[..self.buf.len().min(self.limits.max_stanza_bytes)];
+        let Some(gt) = within
+            .get(from..)
+            .and_then(|rest| memchr(b'>', rest))
+            .map(|n| from + n)
+        else {
             self.resume = self.buf.len();
             if self.buf.len() > self.limits.max_stanza_bytes {
                 return Err(XmlError::StanzaTooLarge {
@@ -353,7 +360,11 @@ impl Framer {
                         return Err(restricted("processing instruction"));
                     }
                     let from = self.resume.max(6);
-                    let Some(end) = memmem::find(&self.buf[from..], b"?>").map(|n| from + n) else {
+                    let within = &self.buf[..self.buf.len().min(max)];
+                    let found = within
+                        .get(from..)
+                        .and_then(|rest| memmem::find(rest, b"?>"));
+                    let Some(end) = found.map(|n| from + n) else {
                         self.resume = self.buf.len() - 1;
                         return if self.buf.len() > max {
                             Err(XmlError::StanzaTooLarge { max })

@@ -368,6 +368,33 @@ fn too_large() {
     assert_eq!(err, Some(XmlError::StanzaTooLarge { max: 100 }));
 }
 
+/// Found by the framer_split fuzz target: a stanza longer than the limit with a fault past the
+/// limit was refused as not well-formed when it arrived in one read and as too large when the
+/// limit was passed first. The framer never looks past the limit now, for stanzas, for the
+/// root's end tag and for the XML declaration.
+#[test]
+fn a_fault_past_the_size_limit_is_reported_as_the_size_however_it_is_split() {
+    let limits = Limits {
+        max_stanza_bytes: 200,
+        ..limits()
+    };
+    let padding = "x".repeat(250);
+    let stanza = format!("<message><body>{padding}</body><a b=c/></message>");
+    let close = format!("</stream:stream{} junk>", " ".repeat(250));
+    let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
+    for input in [
+        format!("{HEADER}{stanza}"),
+        format!("{HEADER}{close}"),
+        format!("<?xml version='1.0' {padding}?>{header}"),
+    ] {
+        let input = input.as_bytes();
+        let whole = run(&[input], limits).1;
+        assert_eq!(whole, Some(XmlError::StanzaTooLarge { max: 200 }));
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&bytes, limits).1, whole);
+    }
+}
+
 #[test]
 fn too_deep() {
     let nested = |n: usize| "<a>".repeat(n) + &"</a>".repeat(n);
