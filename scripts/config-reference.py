@@ -37,6 +37,12 @@ SECTIONS = [
     ("log", "LogConfig", False),
     ("gateway", "GatewayLinkConfig", False),
 ]
+# Sections of the standalone core's file (config/core.toml) whose names the gateway's file also
+# has: (section, struct), headed `core.toml [section]`; their defaults are the structs' own
+# (none of them is in the gateway's effective configuration).
+CORE_FILE_SECTIONS = [
+    ("metrics", "CoreMetricsConfig"),
+]
 # Lists of tables: each has a section of its own above.
 TABLE_LISTS = {"s2s.route", "federation.peer", "tls.certificate", "component.backend",
                "core.domain", "core.stun", "core.turn"}
@@ -116,7 +122,7 @@ def main():
     docs = field_docs()
     values = defaults()
     out = ["# Configuration reference", "",
-           "Every key of `fedgate.toml` (and of `core.toml`: `[core]`, `[gateway]`), its default and what it",
+           "Every key of `fedgate.toml` (and of `core.toml`: `[core]`, `[gateway]`, its `[metrics]`), its default and what it",
            "means. Written by `scripts/config-reference.py` from the config structs' doc comments and",
            "their defaults; a test fails when this page and the code disagree. The overview and the",
            "how-to are in [configuration](configuration.md).", ""]
@@ -143,6 +149,15 @@ def main():
                 default = "none"
             meaning = docs[(struct, field)].replace("|", "\\|")
             out.append("| `%s` | %s | %s |" % (field, default, meaning))
+        out.append("")
+    for section, struct in CORE_FILE_SECTIONS:
+        out.append("## `core.toml [%s]`" % section)
+        out.append("")
+        out.append("| key | default | meaning |")
+        out.append("| --- | --- | --- |")
+        for field in [f for (s, f) in docs if s == struct]:
+            meaning = docs[(struct, field)].replace("|", "\\|")
+            out.append("| `%s` | none | %s |" % (field, meaning))
         out.append("")
     with open(os.path.join(ROOT, "docs", "config-reference.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(out))

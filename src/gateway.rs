@@ -377,7 +377,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         });
         tokio::spawn(metrics::http::serve(
             l,
-            metrics.clone(),
+            Arc::new(metrics.clone()),
             status,
             metrics_shutdown.clone(),
         ))

@@ -546,9 +546,35 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                 .collect(),
             neighbours: Vec::new(),
         };
-        // The standalone core has no metrics listener: its storage error counts are in its log.
         let registry = prometheus::Registry::new();
+        // Bound before the core starts, so that a port clash stops the start cleanly.
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {addr} (metrics.listen): {e}; if another process holds the port, stop it or change `metrics.listen`"
+                )
+            })?),
+            None => None,
+        };
         let core = fedgate::core::start(&config.core, tls.clone(), link, &registry).await?;
+        let metrics_shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("metrics listening on {addr}");
+            }
+            let ready = prometheus::IntGauge::new(
+                "fedgate_core_ready",
+                "1 when /readyz answers 200: every domain has a link up to a gateway",
+            )?;
+            registry.register(Box::new(ready.clone()))?;
+            let exposition = fedgate::metrics::http::Registered { registry, ready };
+            tokio::spawn(fedgate::metrics::http::serve(
+                listener,
+                Arc::new(exposition),
+                core.gateway_links.clone(),
+                metrics_shutdown.clone(),
+            ));
+        }
         for addr in &core.c2s_addrs {
             tracing::info!("c2s listening on {addr}");
         }
@@ -571,6 +597,7 @@ fn run_core(file: &std::path::Path) -> ExitCode {
         notify(State::Stopping);
         tracing::info!("shutting down");
         core.shutdown(SHUTDOWN_GRACE).await;
+        metrics_shutdown.cancel();
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     });

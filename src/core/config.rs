@@ -447,6 +447,20 @@ pub struct CoreFile {
     /// `[log]`: as in the gateway's file.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
+    /// `[metrics]`: the standalone core's `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub metrics: CoreMetricsConfig,
+}
+
+/// `[metrics]` of a standalone core.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreMetricsConfig {
+    /// Where to serve `/metrics` (the storage and gateway-link metrics), `/healthz` and
+    /// `/readyz` (200 while every domain has a link up to a gateway; names every link either
+    /// way). Default: not served. Keep it on loopback or a management network: it is not
+    /// authenticated. The example config uses `"127.0.0.1:9270"`, next to the gateway's 9269.
+    pub listen: Option<SocketAddr>,
 }
 
 impl CoreFile {

@@ -25,6 +25,7 @@
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
+//! - [`gateway_links`]: the state of every link to a gateway, for `/readyz` and metrics.
 //!
 //! # How a stanza travels
 //! 1. A client's stanza is read by its session, stamped with the session's full JID as `from`
@@ -44,6 +45,7 @@ pub mod config;
 mod csi;
 mod disco;
 mod extdisco;
+pub mod gateway_links;
 mod last;
 pub mod mam;
 mod pep;
@@ -78,6 +80,7 @@ use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::{ns, Element};
 
 use self::config::CoreConfig;
+use self::gateway_links::GatewayLinks;
 use self::storage::{Storage, StorageError, StorageMetrics};
 
 /// Why the core could not start.
@@ -298,6 +301,8 @@ pub struct RunningCore {
     pub core: Arc<Core>,
     tracker: TaskTracker,
     links: Vec<Stopper>,
+    /// Every link's state, for `/readyz` and `fedgate_core_gateway_link_up`.
+    pub gateway_links: Arc<GatewayLinks>,
 }
 
 /// How the core reaches its gateway.
@@ -340,8 +345,11 @@ pub async fn start(
         };
         let component = Component::start(cc);
         links.insert(domain.to_owned(), component.sender());
-        components.push(component);
+        components.push((domain.to_owned(), component));
     }
+    let gateway_names: Vec<String> = gateway.gateways.iter().map(|t| format!("{t:?}")).collect();
+    let link_domains: Vec<String> = components.iter().map(|(d, _)| d.clone()).collect();
+    let gateway_links = Arc::new(GatewayLinks::new(registry, &link_domains, &gateway_names));
     let mut disco_items: Vec<String> = config.disco_items.clone();
     for n in gateway.neighbours {
         if !domains.is_local(&n) && !disco_items.contains(&n) {
@@ -384,9 +392,14 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let stoppers = components
         .into_iter()
-        .map(|c| {
+        .map(|(domain, c)| {
             let (_, events, stopper) = c.into_parts();
-            tracker.spawn(gateway_events(core.clone(), events));
+            tracker.spawn(gateway_events(
+                core.clone(),
+                domain,
+                gateway_links.clone(),
+                events,
+            ));
             stopper
         })
         .collect();
@@ -418,15 +431,23 @@ pub async fn start(
         core,
         tracker,
         links: stoppers,
+        gateway_links,
     })
 }
 
-/// Passes stanzas from one component link to the core, one at a time.
-async fn gateway_events(core: Arc<Core>, mut events: mpsc::Receiver<Event>) {
+/// Passes stanzas from the component links of `domain` to the core, one at a time, and
+/// records the links' ups and downs.
+async fn gateway_events(
+    core: Arc<Core>,
+    domain: String,
+    links: Arc<GatewayLinks>,
+    mut events: mpsc::Receiver<Event>,
+) {
     while let Some(event) = events.recv().await {
         match event {
             Event::Stanza(s) => core.handle_from_gateway(s).await,
-            Event::Online { .. } | Event::Offline { .. } => {}
+            Event::Online { gateway } => links.online(&domain, &gateway),
+            Event::Offline { gateway, reason } => links.offline(&domain, &gateway, &reason),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The metrics listener: `/metrics` (Prometheus text format), `/healthz` (the process answers)
-//! and `/readyz` (it can do its job: listeners bound, every configured backend attached).
+//! and `/readyz` (it can do its job: for the gateway, listeners bound and every configured
+//! backend attached; for a standalone core, a link up to a gateway for every domain).
 //!
 //! It has its own listener and shutdown token, so that it is stopped last and the shutdown
-//! itself can be watched.
+//! itself can be watched. The gateway and the standalone core serve it alike: each brings its
+//! [`Exposition`] (what `/metrics` shows) and its [`Status`] (what `/readyz` says).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,10 +17,53 @@ use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
 
+/// What `/metrics` shows, and the gauge that mirrors `/readyz`.
+pub trait Exposition: Send + Sync + 'static {
+    /// The text exposition of every metric.
+    fn encode(&self) -> String;
+    /// Sets the readiness gauge (`fedgate_ready`, `fedgate_core_ready`).
+    fn set_ready(&self, ready: bool);
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.set(ready as i64);
+    }
+}
+
+/// A registry and its readiness gauge: the exposition of a process without the gateway's
+/// [`Metrics`] (the standalone core).
+pub struct Registered {
+    pub registry: prometheus::Registry,
+    pub ready: prometheus::IntGauge,
+}
+
+impl Exposition for Registered {
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.set(ready as i64);
+    }
+}
+
 /// What the endpoint asks of the process it serves.
 pub trait Status: Send + Sync + 'static {
     /// What keeps the process from being ready, one line each; empty when ready.
     fn not_ready(&self) -> Vec<String>;
+
+    /// Lines `/readyz` shows after its verdict either way, e.g. the state of every link, so
+    /// that an operator sees which one is down before it matters.
+    fn detail(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// `/peers` (`None`) or `/peers/{domain}`, as JSON; `None` for a domain that is not one.
     fn peers(&self, _domain: Option<&str>) -> Option<String> {
@@ -39,7 +84,7 @@ pub trait Status: Send + Sync + 'static {
 /// Serves until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Metrics,
+    metrics: Arc<dyn Exposition>,
     status: Arc<dyn Status>,
     shutdown: CancellationToken,
 ) {
@@ -88,7 +133,7 @@ pub async fn serve(
 fn answer(
     method: &Method,
     path: &str,
-    metrics: &Metrics,
+    metrics: &Arc<dyn Exposition>,
     status: &dyn Status,
 ) -> Response<Full<Bytes>> {
     let text = |code: StatusCode, body: String| {
@@ -127,7 +172,7 @@ fn answer(
         },
         "/metrics" => {
             status.refresh();
-            metrics.ready.set(status.not_ready().is_empty() as i64);
+            metrics.set_ready(status.not_ready().is_empty());
             Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(Full::new(Bytes::from(metrics.encode())))
@@ -136,18 +181,25 @@ fn answer(
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let problems = status.not_ready();
-            metrics.ready.set(problems.is_empty() as i64);
-            if problems.is_empty() {
-                text(StatusCode::OK, "ready\n".into())
+            metrics.set_ready(problems.is_empty());
+            let (code, mut body) = if problems.is_empty() {
+                (StatusCode::OK, String::from("ready\n"))
             } else {
-                let mut body = String::from("not ready:\n");
-                for p in problems {
-                    body.push_str("- ");
-                    body.push_str(&p);
-                    body.push('\n');
-                }
-                text(StatusCode::SERVICE_UNAVAILABLE, body)
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    String::from("not ready:\n"),
+                )
+            };
+            for p in problems {
+                body.push_str("- ");
+                body.push_str(&p);
+                body.push('\n');
             }
+            for line in status.detail() {
+                body.push_str(&line);
+                body.push('\n');
+            }
+            text(code, body)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

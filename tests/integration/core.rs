@@ -829,21 +829,95 @@ fn core_toml(
     gateway: SocketAddr,
     secret: &str,
 ) -> PathBuf {
+    core_toml_with(dir, domain, c2s, &[gateway], secret, "")
+}
+
+/// A standalone core's file for `domain` (and `alias.{domain}`) attached to `gateways`, with
+/// `extra` TOML sections at the end.
+fn core_toml_with(
+    dir: &std::path::Path,
+    domain: &str,
+    c2s: u16,
+    gateways: &[SocketAddr],
+    secret: &str,
+    extra: &str,
+) -> PathBuf {
     let (cert, key) = ca().issue(&CertSpec::for_names(&[domain]), dir, "core");
     let file = dir.join("core.toml");
+    let gateways: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
     std::fs::write(
         &file,
         format!(
             "[core]\nlisten = [\"127.0.0.1:{c2s}\"]\ndirect_tls_listen = []\n\
              [[core.domain]]\nname = \"{domain}\"\naliases = [\"alias.{domain}\"]\n\
-             [gateway]\naddress = \"{gateway}\"\nsecret = \"{secret}\"\n\
-             [tls]\n[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = {:?}\nkey = {:?}\n",
+             [gateway]\naddress = [{}]\nsecret = \"{secret}\"\n\
+             [tls]\n[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = {:?}\nkey = {:?}\n{extra}",
+            gateways.join(", "),
             cert.display().to_string(),
             key.display().to_string()
         ),
     )
     .unwrap();
     file
+}
+
+/// Starts `fedgate core --config file` and waits for its "ready" log line; the line and the
+/// rest of its stderr, one line at a time.
+async fn spawn_core(
+    file: &std::path::Path,
+) -> (CoreChild, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["core", "--config"])
+        .arg(file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (ready, lines) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("fedgate core ready") => return (l, lines),
+                Ok(_) => continue,
+                Err(_) => panic!("the core did not log that it is ready"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    (CoreChild(Some(child)), ready, lines)
+}
+
+/// A `fedgate core` process, killed if the test ends without [`stop_child`] (a failed assert).
+struct CoreChild(Option<std::process::Child>);
+
+impl Drop for CoreChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit cleanly.
+async fn stop_child(mut child: CoreChild) {
+    let mut child = child.0.take().expect("running");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
 }
 
 #[test]
@@ -985,33 +1059,8 @@ async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
         "pw\n",
     );
     assert_eq!(code, Some(0), "{err}");
-    let mut child = Command::new(BIN)
-        .args(["core", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let ready = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) if l.contains("fedgate core ready") => return (l, lines),
-                Ok(_) => continue,
-                Err(_) => panic!("the core did not log that it is ready"),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(ready.0.contains("a.test"), "{}", ready.0);
+    let (child, ready, _lines) = spawn_core(&file).await;
+    assert!(ready.contains("a.test"), "{ready}");
     assert_eventually(|| gw.gw().router.component_attached("a.test")).await;
     assert_eventually(|| gw.gw().router.component_attached("alias.a.test")).await;
     let (alice, jid) = sign_in(
@@ -1022,16 +1071,105 @@ async fn fedgate_core_runs_as_its_own_process_and_stops_on_sigterm() {
     .await;
     assert_eq!(jid, "alice@a.test/r");
     alice.quit().await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success());
+    stop_child(child).await;
     // Detached from the gateway on the way out.
     assert_eventually(|| !gw.gw().router.component_attached("a.test")).await;
+}
+
+/// A standalone core's `/readyz` is 200 while every domain has a link up to some gateway, and
+/// names every link, up or down; `fedgate_core_gateway_link_up{domain,gateway}` says the same.
+/// Here one of two gateways never answers, then the other's link is cut and held down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_core_names_its_gateway_links_on_readyz_and_in_metrics() {
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let proxy = crate::proxy::TestProxy::start(gw.gw().component_addr).await;
+    // Nothing listens there: every attempt is refused.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let file = core_toml_with(
+        dir.path(),
+        "a.test",
+        free_port(),
+        &[proxy.addr, dead],
+        &gw.component_secret,
+        &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+    );
+    let (child, _, _lines) = spawn_core(&file).await;
+    let up = [
+        format!("a.test via {}: up", proxy.addr),
+        format!("alias.a.test via {}: up", proxy.addr),
+    ];
+    let readyz = wait_for_http(metrics, "/readyz", |r| {
+        up.iter().all(|u| r.lines().any(|l| l == u))
+    })
+    .await;
+    assert!(
+        readyz.starts_with("HTTP/1.0 200") || readyz.starts_with("HTTP/1.1 200"),
+        "{readyz}"
+    );
+    assert!(readyz.contains("\r\n\r\nready\n"), "{readyz}");
+    assert!(
+        readyz.contains(&format!("a.test via {dead}: down (")),
+        "{readyz}"
+    );
+    let scrape = http_get(metrics, "/metrics").await;
+    let gauge = |domain: &str, gateway: SocketAddr| {
+        format!("fedgate_core_gateway_link_up{{domain=\"{domain}\",gateway=\"{gateway}\"}}")
+    };
+    assert!(
+        scrape.contains(&format!("{} 1", gauge("a.test", proxy.addr))),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains(&format!("{} 0", gauge("a.test", dead))),
+        "{scrape}"
+    );
+    assert!(scrape.contains("fedgate_core_ready 1"), "{scrape}");
+
+    // The working gateway's links are cut and new ones stall: no domain is served now.
+    proxy.pause(true);
+    proxy.cut();
+    let down = [
+        "- no gateway link is up for a.test",
+        "- no gateway link is up for alias.a.test",
+    ];
+    let readyz = wait_for_http(metrics, "/readyz", |r| {
+        down.iter().all(|d| r.lines().any(|l| l == *d))
+    })
+    .await;
+    assert!(readyz.contains(" 503 "), "{readyz}");
+    assert!(
+        readyz.contains(&format!("a.test via {}: down (", proxy.addr)),
+        "{readyz}"
+    );
+    let scrape = http_get(metrics, "/metrics").await;
+    assert!(
+        scrape.contains(&format!("{} 0", gauge("a.test", proxy.addr))),
+        "{scrape}"
+    );
+    assert!(scrape.contains("fedgate_core_ready 0"), "{scrape}");
+    stop_child(child).await;
+}
+
+/// GETs `path` until the answer satisfies `pred`; panics after [`WAIT`].
+async fn wait_for_http(addr: SocketAddr, path: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = try_http_get(addr, path).await.unwrap_or_default();
+        if pred(&last) {
+            return last;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} never matched; last answer:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A raw client signed in as `user@domain` with PLAIN (the node must allow it), its stream
