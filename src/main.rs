@@ -391,8 +391,19 @@ impl Signals {
         }
     }
 
+    /// Waits for SIGTERM or SIGINT, ignoring SIGHUP (nothing to reload yet).
+    async fn terminated(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {}
+            }
+        }
+    }
+
     /// Waits for SIGTERM or SIGINT; on SIGHUP, re-reads certificates (the standalone core).
-    async fn wait_reloading(mut self, tls: &fedgate::tls::Tls) {
+    async fn wait_reloading(&mut self, tls: &fedgate::tls::Tls) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
@@ -547,18 +558,16 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             neighbours: Vec::new(),
         };
         let registry = prometheus::Registry::new();
-        // Bound before the core starts, so that a port clash stops the start cleanly.
-        let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let status = Arc::new(fedgate::core::gateway_links::CoreStatus::default());
+        // Served from before the core starts, so that a standby answers /readyz too; bound
+        // first, so that a port clash stops the start cleanly.
+        let metrics_shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot listen on {addr} (metrics.listen): {e}; if another process holds the port, stop it or change `metrics.listen`"
                 )
-            })?),
-            None => None,
-        };
-        let core = fedgate::core::start(&config.core, tls.clone(), link, &registry).await?;
-        let metrics_shutdown = tokio_util::sync::CancellationToken::new();
-        if let Some(listener) = metrics_listener {
+            })?;
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!("metrics listening on {addr}");
             }
@@ -567,14 +576,28 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                 "1 when /readyz answers 200: every domain has a link up to a gateway",
             )?;
             registry.register(Box::new(ready.clone()))?;
-            let exposition = fedgate::metrics::http::Registered { registry, ready };
+            let exposition = fedgate::metrics::http::Registered {
+                registry: registry.clone(),
+                ready,
+            };
             tokio::spawn(fedgate::metrics::http::serve(
                 listener,
                 Arc::new(exposition),
-                core.gateway_links.clone(),
+                status.clone(),
                 metrics_shutdown.clone(),
             ));
         }
+        let mut signals = signals;
+        let start =
+            fedgate::core::start_with_status(&config.core, tls.clone(), link, &registry, status);
+        // A standby waits here until the active core stops; a signal ends the wait.
+        let core = tokio::select! {
+            core = start => core?,
+            () = signals.terminated() => {
+                tracing::info!("stopped while on standby");
+                return Ok(());
+            }
+        };
         for addr in &core.c2s_addrs {
             tracing::info!("c2s listening on {addr}");
         }
@@ -593,11 +616,20 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                 .join(", ")
         );
         notify(State::Ready);
-        signals.wait_reloading(&tls).await;
+        let lost = core.lost();
+        let took_over = tokio::select! {
+            () = signals.wait_reloading(&tls) => false,
+            () = lost.cancelled() => true,
+        };
         notify(State::Stopping);
         tracing::info!("shutting down");
         core.shutdown(SHUTDOWN_GRACE).await;
         metrics_shutdown.cancel();
+        if took_over {
+            anyhow::bail!(
+                "another fedgate core took over the database while this one had lost its connection; restart this one to make it the standby"
+            );
+        }
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     });

@@ -8,7 +8,8 @@
 //! sees a gateway that dropped out before the last one does.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{IntGaugeVec, Opts, Registry};
 
@@ -98,13 +99,37 @@ impl GatewayLinks {
     }
 }
 
-impl crate::metrics::http::Status for GatewayLinks {
+/// What a core's `/readyz` reads: its links once it has started; before that, whether it
+/// waits as a standby ([`super::leadership`]).
+#[derive(Default)]
+pub struct CoreStatus {
+    links: OnceLock<Arc<GatewayLinks>>,
+    standby: AtomicBool,
+}
+
+impl CoreStatus {
+    pub(super) fn started(&self, links: Arc<GatewayLinks>) {
+        let _ = self.links.set(links);
+    }
+
+    pub(super) fn standby(&self) {
+        self.standby.store(true, Ordering::Relaxed);
+    }
+}
+
+impl crate::metrics::http::Status for CoreStatus {
     fn not_ready(&self) -> Vec<String> {
-        GatewayLinks::not_ready(self)
+        match self.links.get() {
+            Some(links) => links.not_ready(),
+            None if self.standby.load(Ordering::Relaxed) => vec![
+                "standby: another fedgate core is active on this database; this one takes over when it stops".into(),
+            ],
+            None => vec!["starting".into()],
+        }
     }
 
     fn detail(&self) -> Vec<String> {
-        GatewayLinks::detail(self)
+        self.links.get().map(|l| l.detail()).unwrap_or_default()
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
 //! - [`gateway_links`]: the state of every link to a gateway, for `/readyz` and metrics.
+//! - [`leadership`]: one active core per PostgreSQL database, the others standbys.
 //!
 //! # How a stanza travels
 //! 1. A client's stanza is read by its session, stamped with the session's full JID as `from`
@@ -47,6 +48,7 @@ mod disco;
 mod extdisco;
 pub mod gateway_links;
 mod last;
+pub mod leadership;
 pub mod mam;
 mod pep;
 mod presence;
@@ -80,7 +82,8 @@ use crate::xml::stanza::{NsContext, Stanza};
 use crate::xml::{ns, Element};
 
 use self::config::CoreConfig;
-use self::gateway_links::GatewayLinks;
+use self::gateway_links::{CoreStatus, GatewayLinks};
+use self::leadership::Leadership;
 use self::storage::{Storage, StorageError, StorageMetrics};
 
 /// Why the core could not start.
@@ -303,6 +306,9 @@ pub struct RunningCore {
     links: Vec<Stopper>,
     /// Every link's state, for `/readyz` and `fedgate_core_gateway_link_up`.
     pub gateway_links: Arc<GatewayLinks>,
+    /// The database lock that makes this core the active one (PostgreSQL only); released
+    /// when the core is dropped.
+    leadership: Option<Leadership>,
 }
 
 /// How the core reaches its gateway.
@@ -323,6 +329,18 @@ pub async fn start(
     gateway: GatewayLink,
     registry: &prometheus::Registry,
 ) -> Result<RunningCore, CoreError> {
+    start_with_status(config, tls, gateway, registry, Arc::default()).await
+}
+
+/// [`start`], reporting to `status` for `/readyz`. On PostgreSQL it first waits until no
+/// other core is active on the database ([`leadership`]), as a standby.
+pub async fn start_with_status(
+    config: &CoreConfig,
+    tls: Arc<Tls>,
+    gateway: GatewayLink,
+    registry: &prometheus::Registry,
+    status: Arc<CoreStatus>,
+) -> Result<RunningCore, CoreError> {
     config.validate()?;
     let metrics = StorageMetrics::register(registry).unwrap_or_else(|e| {
         // A core started again in the same process (a reload): the first one's are shown.
@@ -330,6 +348,13 @@ pub async fn start(
         StorageMetrics::unregistered()
     });
     let storage = Storage::open(&config.database, metrics)?;
+    let leadership = match &config.database {
+        config::Database::Postgres(url) => {
+            let waiting = status.clone();
+            Some(Leadership::acquire(url, move || waiting.standby()).await?)
+        }
+        config::Database::Sqlite(_) => None,
+    };
     let domains = Domains::from_config(config);
 
     let mut links = HashMap::new();
@@ -425,6 +450,7 @@ pub async fn start(
             },
         ));
     }
+    status.started(gateway_links.clone());
     Ok(RunningCore {
         c2s_addrs,
         direct_tls_addrs,
@@ -432,6 +458,7 @@ pub async fn start(
         tracker,
         links: stoppers,
         gateway_links,
+        leadership,
     })
 }
 
@@ -453,6 +480,15 @@ async fn gateway_events(
 }
 
 impl RunningCore {
+    /// Cancelled when another core took over the database while this one had lost its
+    /// connection ([`leadership`]): this core must stop. Never, on SQLite.
+    pub fn lost(&self) -> CancellationToken {
+        self.leadership
+            .as_ref()
+            .map(Leadership::lost)
+            .unwrap_or_default()
+    }
+
     /// Ends every client stream with `<system-shutdown/>` (after sending each one's unavailable
     /// presence on), then closes the gateway links; bounded by `grace`.
     pub async fn shutdown(self, grace: Duration) {

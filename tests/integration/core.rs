@@ -829,17 +829,18 @@ fn core_toml(
     gateway: SocketAddr,
     secret: &str,
 ) -> PathBuf {
-    core_toml_with(dir, domain, c2s, &[gateway], secret, "")
+    core_toml_with(dir, domain, c2s, &[gateway], secret, "", "")
 }
 
 /// A standalone core's file for `domain` (and `alias.{domain}`) attached to `gateways`, with
-/// `extra` TOML sections at the end.
+/// `core_keys` in `[core]` and `extra` TOML sections at the end.
 fn core_toml_with(
     dir: &std::path::Path,
     domain: &str,
     c2s: u16,
     gateways: &[SocketAddr],
     secret: &str,
+    core_keys: &str,
     extra: &str,
 ) -> PathBuf {
     let (cert, key) = ca().issue(&CertSpec::for_names(&[domain]), dir, "core");
@@ -848,7 +849,7 @@ fn core_toml_with(
     std::fs::write(
         &file,
         format!(
-            "[core]\nlisten = [\"127.0.0.1:{c2s}\"]\ndirect_tls_listen = []\n\
+            "[core]\nlisten = [\"127.0.0.1:{c2s}\"]\ndirect_tls_listen = []\n{core_keys}\n\
              [[core.domain]]\nname = \"{domain}\"\naliases = [\"alias.{domain}\"]\n\
              [gateway]\naddress = [{}]\nsecret = \"{secret}\"\n\
              [tls]\n[[tls.certificate]]\ndomains = [\"{domain}\"]\ncert = {:?}\nkey = {:?}\n{extra}",
@@ -865,6 +866,14 @@ fn core_toml_with(
 /// rest of its stderr, one line at a time.
 async fn spawn_core(
     file: &std::path::Path,
+) -> (CoreChild, String, std::sync::mpsc::Receiver<String>) {
+    spawn_core_until(file, "fedgate core ready").await
+}
+
+/// Starts `fedgate core --config file` and waits for a log line with `wanted`.
+async fn spawn_core_until(
+    file: &std::path::Path,
+    wanted: &'static str,
 ) -> (CoreChild, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["core", "--config"])
@@ -884,9 +893,9 @@ async fn spawn_core(
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match lines.recv_timeout(left) {
-                Ok(l) if l.contains("fedgate core ready") => return (l, lines),
+                Ok(l) if l.contains(wanted) => return (l, lines),
                 Ok(_) => continue,
-                Err(_) => panic!("the core did not log that it is ready"),
+                Err(_) => panic!("the core did not log {wanted:?}"),
             }
         }
     })
@@ -1097,6 +1106,7 @@ async fn a_standalone_core_names_its_gateway_links_on_readyz_and_in_metrics() {
         free_port(),
         &[proxy.addr, dead],
         &gw.component_secret,
+        "",
         &format!("[metrics]\nlisten = \"{metrics}\"\n"),
     );
     let (child, _, _lines) = spawn_core(&file).await;
@@ -1154,6 +1164,100 @@ async fn a_standalone_core_names_its_gateway_links_on_readyz_and_in_metrics() {
     );
     assert!(scrape.contains("fedgate_core_ready 0"), "{scrape}");
     stop_child(child).await;
+}
+
+/// Two cores on one PostgreSQL: the first is active, the second waits as a standby (no c2s
+/// port, `/readyz` 503) and takes over when the first is killed with SIGKILL; a message stored
+/// offline through the first is delivered by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed() {
+    let pg = crate::postgres::Postgres::start();
+    let url = pg.create_database("core");
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let cores: Vec<(tempfile::TempDir, u16, SocketAddr, PathBuf)> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let c2s = free_port();
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let file = core_toml_with(
+                dir.path(),
+                "a.test",
+                c2s,
+                &[gw.gw().component_addr],
+                &gw.component_secret,
+                &format!("database = {url:?}"),
+                &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+            );
+            (dir, c2s, metrics, file)
+        })
+        .collect();
+    for user in ["alice@a.test", "bob@a.test"] {
+        let args = [
+            "core",
+            "user",
+            "add",
+            user,
+            "--config",
+            cores[0].3.to_str().unwrap(),
+        ];
+        let (code, _, err) = fedgate(&args, "pw\n");
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (active, _, _active_log) = spawn_core(&cores[0].3).await;
+    let (standby, _, standby_log) = spawn_core_until(&cores[1].3, "standby").await;
+    let readyz = wait_for_http(cores[1].2, "/readyz", |r| r.contains("standby:")).await;
+    assert!(readyz.contains(" 503 "), "{readyz}");
+    // The standby serves no clients: its port is closed, so clients try the next address.
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", cores[1].1))
+        .await
+        .is_err());
+
+    let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut alice = raw_session(addr(cores[0].1), "alice@a.test", "pw", "r").await;
+    alice
+        .send(
+            "<message to='bob@a.test' type='chat' id='m1'><body>before the crash</body></message>",
+        )
+        .await;
+    // Through the active core's storage: ask for something after it, so the message is in.
+    alice
+        .send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    next_matching(&mut alice, |t| t.contains("id='p'")).await;
+
+    let killed = std::time::Instant::now();
+    let mut active = active;
+    let mut child = active.0.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The standby takes the lock, attaches and opens its port.
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match standby_log.recv_timeout(left) {
+                Ok(l) if l.contains("fedgate core ready") => return,
+                Ok(_) => continue,
+                Err(_) => panic!("the standby did not take over"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    wait_for_http(cores[1].2, "/readyz", |r| r.contains(" 200 ")).await;
+    eprintln!("takeover after SIGKILL: {:?}", killed.elapsed());
+    assert_eventually(|| gw.gw().router.component_attached("a.test")).await;
+
+    let mut bob = raw_session(addr(cores[1].1), "bob@a.test", "pw", "r").await;
+    bob.send("<presence/>").await;
+    let m = next_matching(&mut bob, |t| t.starts_with("<message")).await;
+    assert!(m.contains("<body>before the crash</body>"), "{m}");
+    assert!(m.contains("from='alice@a.test/r'"), "{m}");
+    stop_child(standby).await;
 }
 
 /// GETs `path` until the answer satisfies `pred`; panics after [`WAIT`].
