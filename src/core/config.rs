@@ -42,18 +42,18 @@ impl Database {
         };
         let fix = "write it as postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME (or \
                    postgres://USER@/DBNAME?host=/run/postgresql for a Unix socket)";
-        match url.parse::<postgres::Config>() {
+        match super::storage::PgTarget::parse(url) {
+            Err(super::storage::SqlError::Tls(problem)) => Some(invalid(
+                "core.database",
+                format!("`{self}`: {problem}"),
+                "name a readable PEM file of CA certificates in sslrootcert (an absolute path), with sslmode=verify-full",
+            )),
             Err(e) => Some(invalid(
                 "core.database",
                 format!("`{self}` is not a PostgreSQL URL: {e}"),
                 fix,
             )),
-            Ok(c) if c.get_ssl_mode() == postgres::config::SslMode::Require => Some(invalid(
-                "core.database",
-                format!("`{self}` asks for TLS (sslmode=require), which fedgate does not speak to PostgreSQL"),
-                "use a Unix socket or a trusted network with sslmode=disable (or prefer)",
-            )),
-            Ok(c) if c.get_hosts().is_empty() => Some(invalid(
+            Ok(t) if t.config().get_hosts().is_empty() => Some(invalid(
                 "core.database",
                 format!("`{self}` names no host"),
                 fix,
@@ -135,9 +135,11 @@ pub struct CoreConfig {
     /// SQLite file (created on first start; relative to the configuration file; `sqlite:` in
     /// front is allowed), or a PostgreSQL database as a URL, `postgres://USER[:PASSWORD]@HOST
     /// [:PORT]/DBNAME` (`postgresql://` too; `?host=/run/postgresql` for a Unix socket), whose
-    /// schema is created on first start. Default `"fedgate-core.sqlite"`. PostgreSQL is
-    /// reached without TLS: use a Unix socket or a trusted network. A password in the URL
-    /// is as secret as the file; prefer `~/.pgpass` or peer authentication.
+    /// schema is created on first start. Default `"fedgate-core.sqlite"`. Over a network,
+    /// add `?sslmode=verify-full` (or `require`: the same here) for TLS with the server's
+    /// certificate verified against the Mozilla roots, or against `sslrootcert=/path/ca.pem`;
+    /// without it PostgreSQL is reached in plaintext (a Unix socket or a trusted network). A
+    /// password in the URL is as secret as the file; prefer `~/.pgpass` or peer authentication.
     pub database: Database,
     /// From TCP accept until a resource is bound; then `<connection-timeout/>`. Default
     /// `"30s"`. Bounds how long unauthenticated clients hold a connection.
@@ -813,11 +815,15 @@ mod tests {
             "postgres://fedgate@db.example/core",
             "postgresql://fedgate:pw@10.0.0.5:5433/core",
             "postgres://fedgate@localhost/core?host=/run/postgresql",
+            // TLS, verified against the webpki roots.
+            "postgres://fedgate@db.example/core?sslmode=require",
+            "postgres://fedgate@db.example/core?sslmode=verify-full",
         ] {
             assert_eq!(db(url), Database::Postgres(url.into()));
         }
         for bad in [
-            "postgres://fedgate@db.example/core?sslmode=require",
+            "postgres://fedgate@db.example/core?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+            "postgres://fedgate@db.example/core?sslrootcert=/etc/hostname",
             "postgres://fedgate@db.example/core?no_such_option=1",
             "postgres://fedgate@db.example:notaport/core",
         ] {

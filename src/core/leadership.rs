@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Database;
-use super::storage::StorageError;
+use super::storage::{PgTarget, StorageError};
 
 /// The advisory lock's key: one per database, whatever the domains ("fedgate" in ASCII).
 const LOCK_KEY: i64 = 0x6665_6467_6174_65;
@@ -56,7 +56,10 @@ impl Leadership {
             database: database.clone(),
             source: e.into(),
         };
-        let config: postgres::Config = url.parse().map_err(&open_error)?;
+        let target = PgTarget::parse(url).map_err(|source| StorageError::Open {
+            database: Database::Postgres(url.to_owned()).to_string(),
+            source,
+        })?;
         let lost = CancellationToken::new();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let (active, is_active) = oneshot::channel();
@@ -65,8 +68,8 @@ impl Leadership {
         // threads: even the first connection is made by the lock thread.
         std::thread::Builder::new()
             .name("fedgate-core-lock".into())
-            .spawn(move || match config.connect(postgres::NoTls) {
-                Ok(first) => hold(config, first, on_standby, active, released, lost2),
+            .spawn(move || match target.connect() {
+                Ok(first) => hold(target, first, on_standby, active, released, lost2),
                 Err(e) => {
                     let _ = active.send(Err(open_error(e)));
                 }
@@ -92,7 +95,7 @@ impl Leadership {
 /// The lock thread: waits for the lock, then keeps it (and takes it again after a lost
 /// connection) until `released` says the core is done.
 fn hold(
-    config: postgres::Config,
+    target: PgTarget,
     first: postgres::Client,
     on_standby: impl FnOnce(),
     active: oneshot::Sender<Result<(), StorageError>>,
@@ -111,7 +114,7 @@ fn hold(
             )
         };
         let Some(c) = client.as_mut().filter(|c| !c.is_closed()) else {
-            client = config.connect(postgres::NoTls).ok();
+            client = target.connect().ok();
             if client.is_none() && done() {
                 return;
             }

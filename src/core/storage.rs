@@ -34,7 +34,7 @@ use std::path::Path;
 
 use tokio::sync::oneshot;
 
-pub use self::db::{Db, OptionalExtension, Row, SqlError, Tx};
+pub use self::db::{Db, OptionalExtension, PgTarget, Row, SqlError, Tx};
 pub use rusqlite::types::Value;
 pub use rusqlite::{params, ToSql};
 

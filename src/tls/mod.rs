@@ -29,6 +29,7 @@ mod verifiers;
 mod verify;
 
 pub use binding::{ChannelBindingType, ChannelBindings};
+pub(crate) use certs::provider;
 /// For `fedgate check remote`, which shows a peer's certificate the way the checks see it.
 pub(crate) use names::{PresentedNames, ReferenceId};
 pub(crate) use verify::spki_sha256;

@@ -12,10 +12,22 @@ pub(crate) struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     user: Option<(u32, u32)>,
+    /// The TCP port of a TLS server ([`Postgres::start_tls`]); 0 for a socket-only one.
+    port: u16,
 }
 
 impl Postgres {
     pub(crate) fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A server that also listens on 127.0.0.1 (`port`, see [`Postgres::tls_url`]) and takes
+    /// TCP connections only with TLS (`hostssl`), presenting `cert` and `key`.
+    pub(crate) fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
+        Postgres::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Postgres {
         // Debian's own folder has every tool (createdb too); /usr/local/bin may link some.
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
@@ -48,7 +60,20 @@ impl Postgres {
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let pg = Postgres { dir, bin, user };
+        let port = match tls {
+            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+            None => 0,
+        };
+        let pg = Postgres {
+            dir,
+            bin,
+            user,
+            port,
+        };
         let data = pg.dir.path().join("data");
         pg.run(
             "initdb",
@@ -61,10 +86,36 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off",
+        let mut options = format!(
+            "-c unix_socket_directories='{}' -c fsync=off",
             pg.dir.path().display()
         );
+        match tls {
+            None => options.push_str(" -c listen_addresses=''"),
+            Some((cert, key)) => {
+                // The server reads them as its own user, and refuses a key others can read.
+                for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                    let to = data.join(to);
+                    std::fs::copy(from, &to).unwrap();
+                    std::fs::set_permissions(
+                        &to,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .unwrap();
+                    if let Some((uid, gid)) = user {
+                        std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+                    }
+                }
+                std::fs::write(
+                    data.join("pg_hba.conf"),
+                    "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                )
+                .unwrap();
+                options.push_str(&format!(
+                    " -c listen_addresses='127.0.0.1' -p {port} -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+                ));
+            }
+        }
         let log = pg.dir.path().join("log");
         pg.run(
             "pg_ctl",
@@ -106,6 +157,17 @@ impl Postgres {
         let socket = self.dir.path().to_str().unwrap().to_owned();
         self.run("createdb", &["-h", &socket, "-U", "fedgate", name]);
         format!("postgres://fedgate@localhost/{name}?host={socket}")
+    }
+}
+
+impl Postgres {
+    /// A new, empty database on a TLS server; its URL over TCP to `localhost`, without the
+    /// TLS parameters.
+    pub(crate) fn tls_url(&self, name: &str) -> String {
+        let socket = self.dir.path().to_str().unwrap().to_owned();
+        let port = self.port.to_string();
+        self.run("createdb", &["-h", &socket, "-p", &port, "-U", "fedgate", name]);
+        format!("postgres://fedgate@localhost:{port}/{name}")
     }
 }
 

@@ -60,6 +60,109 @@ pub enum SqlError {
     Column { index: usize, source: FromSqlError },
     #[error("parameter {index}: {reason}")]
     Parameter { index: usize, reason: &'static str },
+    /// The URL's TLS settings cannot be used (an unreadable `sslrootcert`, ...). Fatal for
+    /// the start.
+    #[error("postgresql TLS: {0}")]
+    Tls(String),
+}
+
+/// Where PostgreSQL is and how to reach it: the parsed URL and, when it asks for TLS, a
+/// connector that verifies the server's certificate.
+///
+/// TLS is used with `sslmode=require`, or libpq's `verify-ca`/`verify-full`, which mean the
+/// same here: fedgate always checks the certificate's chain and the host's name, against
+/// `sslrootcert` (a PEM file of CA certificates) when the URL names one, else the Mozilla
+/// roots of webpki-roots. `prefer` and `disable`, and a Unix socket, connect in plaintext, as
+/// before: an unverified "maybe TLS" would protect nothing.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl PgTarget {
+    pub fn parse(url: &str) -> Result<PgTarget, SqlError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut root_file = None;
+        let mut verify = false;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sslrootcert", path)) => root_file = Some(path.to_owned()),
+                Some(("sslmode", "verify-ca" | "verify-full")) => {
+                    verify = true;
+                    kept.push("sslmode=require".to_owned());
+                }
+                _ => kept.push(pair.to_owned()),
+            }
+        }
+        let url = match kept.is_empty() {
+            true => base.to_owned(),
+            false => format!("{base}?{}", kept.join("&")),
+        };
+        let mut config: postgres::Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("fedgate-core");
+        }
+        let tls = match config.get_ssl_mode() {
+            postgres::config::SslMode::Require => Some(tls_connector(root_file.as_deref())?),
+            _ if verify || root_file.is_some() => {
+                return Err(SqlError::Tls(
+                    "sslrootcert is set but TLS is not required; add sslmode=verify-full".into(),
+                ))
+            }
+            _ => None,
+        };
+        Ok(PgTarget { config, tls })
+    }
+
+    /// The parsed URL (without the TLS parameters fedgate handles itself).
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// Opens a connection (blocking; not on a runtime's thread).
+    pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+    }
+}
+
+/// A rustls client that trusts the CA certificates of `root_file`, or the webpki roots.
+fn tls_connector(
+    root_file: Option<&str>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SqlError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match root_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| SqlError::Tls(format!("sslrootcert {path}: {e}")))?;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| SqlError::Tls(format!("sslrootcert {path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| SqlError::Tls(format!("sslrootcert {path}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(SqlError::Tls(format!(
+                    "sslrootcert {path}: no CERTIFICATE block found; name a PEM file of CA certificates"
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SqlError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// A PostgreSQL error with the server's message (the driver's own text is only its kind).
@@ -153,7 +256,7 @@ pub enum Db {
 
 /// A PostgreSQL connection that is opened again after it was lost (module docs).
 pub struct Postgres {
-    config: postgres::Config,
+    target: PgTarget,
     client: Option<postgres::Client>,
     /// Prepared statements by their SQL as written (`?N`), dropped with the connection.
     statements: HashMap<String, postgres::Statement>,
@@ -165,16 +268,10 @@ impl Db {
     /// Connects to PostgreSQL. The first connection must succeed (a wrong URL or password
     /// should stop the start); later ones are retried with backoff.
     pub fn connect_postgres(url: &str) -> Result<Db, SqlError> {
-        let mut config: postgres::Config = url.parse()?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("fedgate-core");
-        }
-        let client = config.connect(postgres::NoTls)?;
+        let target = PgTarget::parse(url)?;
+        let client = target.connect()?;
         Ok(Db::Postgres(RefCell::new(Postgres {
-            config,
+            target,
             client: Some(client),
             statements: HashMap::new(),
             retry_at: Instant::now(),
@@ -490,7 +587,7 @@ impl Postgres {
                     retry_in: self.retry_at - now,
                 });
             }
-            match self.config.connect(postgres::NoTls) {
+            match self.target.connect() {
                 Ok(c) => {
                     tracing::info!("postgresql: connected again");
                     self.delay = RECONNECT_MIN;
