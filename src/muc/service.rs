@@ -1025,17 +1025,26 @@ fn set_affiliation(
     Ok(())
 }
 
-/// An iq to an occupant JID: XEP-0410 self-ping is answered by the room; iqs to other
-/// occupants are not relayed.
+/// An iq to an occupant JID (XEP-0045 §6.5 for disco, and the same for every other request):
+/// 1. XEP-0410 self-ping (to one's own occupant JID) is answered by the room.
+/// 2. A request (get/set) from an occupant goes to the addressed occupant's real full JID,
+///    a vcard-temp request to its bare JID (vCards are per account, XEP-0054), from the
+///    sender's occupant JID and with the id unchanged, so that the sender can match the answer.
+///    A real JID is never shown, in any room.
+/// 3. An answer (result/error) from an occupant's real JID (full, or bare for a vCard) to
+///    another occupant's JID goes to that occupant's real JID, from the answerer's occupant
+///    JID. An answer from anyone else, or to a nick nobody has, is dropped: an answer is never
+///    answered with an error (RFC 6120 §8.2.3).
 fn occupant_iq(room: &Room, el: &Element, from: &Jid, nick: &str, out: &mut Vec<Element>) {
-    if !matches!(el.attr("type"), Some("get" | "set")) {
-        return;
+    let request = matches!(el.attr("type"), Some("get" | "set"));
+    if !request {
+        return relay_iq_answer(room, el, from, nick, out);
     }
     let Some(i) = room.occupant_of(from) else {
         return refuse(
             el,
             StanzaErrorCondition::NotAcceptable,
-            "you are not an occupant of this room",
+            "only occupants may send iqs to occupants: join the room first",
             out,
         );
     };
@@ -1044,18 +1053,41 @@ fn occupant_iq(room: &Room, el: &Element, from: &Jid, nick: &str, out: &mut Vec<
         out.push(result(el, None));
         return;
     }
-    if room.occupant_named(nick).is_none() {
+    let Some(j) = room.occupant_named(nick) else {
         return refuse(
             el,
             StanzaErrorCondition::ItemNotFound,
             "no occupant of the room has this nickname",
             out,
         );
+    };
+    let target = &room.occupants[j].jid;
+    let to = match el.child("vCard", "vcard-temp") {
+        Some(_) => target.bare().to_string(),
+        None => target.to_string(),
+    };
+    let mut forwarded = el.clone();
+    forwarded.set_attr("from", format!("{}/{}", room.jid, room.occupants[i].nick));
+    forwarded.set_attr("to", to);
+    out.push(forwarded);
+}
+
+/// Step 3 of [`occupant_iq`]: an answer to a relayed request.
+fn relay_iq_answer(room: &Room, el: &Element, from: &Jid, nick: &str, out: &mut Vec<Element>) {
+    if !matches!(el.attr("type"), Some("result" | "error")) {
+        return;
     }
-    refuse(
-        el,
-        StanzaErrorCondition::FeatureNotImplemented,
-        "this service does not relay iqs to other occupants",
-        out,
-    );
+    let answerer = room.occupant_of(from).or_else(|| {
+        // A vCard answer comes from the account's bare JID.
+        from.is_bare()
+            .then(|| room.occupants.iter().position(|o| o.jid.bare() == *from))
+            .flatten()
+    });
+    let (Some(a), Some(asker)) = (answerer, room.occupant_named(nick)) else {
+        return;
+    };
+    let mut answer = el.clone();
+    answer.set_attr("from", format!("{}/{}", room.jid, room.occupants[a].nick));
+    answer.set_attr("to", room.occupants[asker].jid.to_string());
+    out.push(answer);
 }

@@ -702,6 +702,42 @@ fn self_ping_is_answered_for_occupants_only() {
 }
 
 #[test]
+fn iqs_between_occupants_are_relayed_without_real_jids() {
+    let mut s = service();
+    instant_room(&mut s);
+    join(&mut s, "bob@b.test/desk", "room@conf.test/Bob");
+    // A request goes to Bob's real full JID, from Alice's occupant JID, with its id.
+    let out = send(&mut s, "<iq from='alice@a.test/phone' to='room@conf.test/Bob' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].attr("to"), Some("bob@b.test/desk"));
+    assert_eq!(out[0].attr("from"), Some("room@conf.test/Alice"));
+    assert_eq!(out[0].attr("id"), Some("v1"));
+    assert!(out[0].child("query", "jabber:iq:version").is_some());
+    // Bob's answer goes back to Alice, from Bob's occupant JID.
+    let out = send(&mut s, "<iq from='bob@b.test/desk' to='room@conf.test/Alice' type='result' id='v1'><query xmlns='jabber:iq:version'><name>x</name></query></iq>");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].attr("to"), Some("alice@a.test/phone"));
+    assert_eq!(out[0].attr("from"), Some("room@conf.test/Bob"));
+    assert_eq!(out[0].attr("type"), Some("result"));
+    // A vCard is asked of the account (bare JID), and its answer comes from there.
+    let out = send(&mut s, "<iq from='alice@a.test/phone' to='room@conf.test/Bob' type='get' id='vc'><vCard xmlns='vcard-temp'/></iq>");
+    assert_eq!(out[0].attr("to"), Some("bob@b.test"));
+    let out = send(&mut s, "<iq from='bob@b.test' to='room@conf.test/Alice' type='result' id='vc'><vCard xmlns='vcard-temp'><FN>Bob</FN></vCard></iq>");
+    assert_eq!(out[0].attr("from"), Some("room@conf.test/Bob"));
+    assert_eq!(out[0].attr("to"), Some("alice@a.test/phone"));
+    // Answers from non-occupants, or to nobody, are dropped (never answered with an error).
+    let stranger = "<iq from='eve@e.test/x' to='room@conf.test/Alice' type='result' id='v1'/>";
+    assert!(send(&mut s, stranger).is_empty());
+    let to_nobody = "<iq from='bob@b.test/desk' to='room@conf.test/Nobody' type='error' id='v1'/>";
+    assert!(send(&mut s, to_nobody).is_empty());
+    // Requests from non-occupants, or to a nick nobody has, are refused.
+    let out = send(&mut s, "<iq from='eve@e.test/x' to='room@conf.test/Bob' type='get' id='e'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(condition(&out[0]), "not-acceptable");
+    let out = send(&mut s, "<iq from='alice@a.test/phone' to='room@conf.test/Nobody' type='get' id='n'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(condition(&out[0]), "item-not-found");
+}
+
+#[test]
 fn a_stopping_service_tells_every_occupant_with_332_and_bounced_presence_removes_one() {
     let mut s = service();
     instant_room(&mut s);

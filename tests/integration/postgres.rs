@@ -166,7 +166,10 @@ impl Postgres {
     pub(crate) fn tls_url(&self, name: &str) -> String {
         let socket = self.dir.path().to_str().unwrap().to_owned();
         let port = self.port.to_string();
-        self.run("createdb", &["-h", &socket, "-p", &port, "-U", "fedgate", name]);
+        self.run(
+            "createdb",
+            &["-h", &socket, "-p", &port, "-U", "fedgate", name],
+        );
         format!("postgres://fedgate@localhost:{port}/{name}")
     }
 }
