@@ -53,6 +53,7 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
 /// XEP-0012 last activity, XEP-0313 archives with XEP-0359 stanza-ids.
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
+    super::push::NS_PUSH,
     NS_DISCO_ITEMS,
     ns::PING,
     pep::NS_PUBSUB,

@@ -22,6 +22,7 @@
 //! - [`mam`]: XEP-0313 message archives and XEP-0359 stanza-ids.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
 //! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
+//! - `push`: XEP-0357 push notifications to the app servers of phones that are away.
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.
@@ -52,6 +53,7 @@ pub mod leadership;
 pub mod mam;
 mod pep;
 mod presence;
+mod push;
 mod register;
 pub mod roster;
 mod rosterver;
@@ -185,6 +187,9 @@ pub struct SessionHandle {
     pub(crate) presence: Mutex<PresenceState>,
     /// XEP-0280: the client enabled carbons (`super::carbons`).
     pub(crate) carbons: AtomicBool,
+    /// XEP-0198: the connection is gone and the session waits to be resumed (`super::sm`);
+    /// what reaches it now also wakes the phone (`super::push`).
+    pub(crate) detached: AtomicBool,
 }
 
 /// One stanza in a session's queue: the bytes the writer sends as they are, and what
@@ -564,6 +569,7 @@ impl Core {
             kicked_with: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             carbons: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
         });
         let mut sessions = self.sessions_lock();
         let list = sessions.entry(account).or_default();

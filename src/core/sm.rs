@@ -235,6 +235,9 @@ impl Core {
     pub(crate) fn detach(self: &Arc<Core>, id: String, detached: Detached) {
         let resumed = CancellationToken::new();
         let handle = detached.handle.clone();
+        handle
+            .detached
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.resume_table.lock().insert(
             id.clone(),
             Resumable::Detached(Box::new(detached), resumed.clone()),
@@ -303,6 +306,9 @@ impl Core {
                 if detached {
                     if let Some(Resumable::Detached(d, resumed)) = table.remove(id) {
                         resumed.cancel();
+                        d.handle
+                            .detached
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
                         return Ok(*d);
                     }
                 }

@@ -10,6 +10,7 @@
 //! `service-unavailable` (§8.5.1), and a subscription request or a probe gets `unsubscribed`
 //! (§3.1.3, §4.3.2).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use super::last::NS_LAST;
 use super::mam::NS_MAM;
 use super::pep::private::NS_PRIVATE;
 use super::pep::{NS_PUBSUB, NS_PUBSUB_OWNER};
+use super::push::NS_PUSH;
 use super::register::NS_REGISTER;
 use super::roster::{RosterItem, SubscriptionAction, NS_ROSTER};
 use super::vcard::NS_VCARD;
@@ -140,6 +142,9 @@ impl Core {
             if let Some(s) = self.session(account, resource) {
                 s.send_element(&el);
                 self.carbons_received(account, &el, copy, &[s.id]);
+                if s.detached.load(Ordering::Relaxed) {
+                    self.notify_push(account, &el).await;
+                }
                 return;
             }
             match type_.as_str() {
@@ -182,18 +187,24 @@ impl Core {
             }
             let ids: Vec<u64> = targets.iter().map(|s| s.id).collect();
             self.carbons_received(account, &el, copy, &ids);
+            if targets.iter().all(|s| s.detached.load(Ordering::Relaxed)) {
+                self.notify_push(account, &el).await;
+            }
             return;
         }
         if type_ == "headline" {
             return;
         }
-        self.store_offline(account, el).await;
+        let worth_a_push = super::push::is_worth_a_push(&el);
+        if self.store_offline(account, el).await && worth_a_push {
+            self.push_to_app_servers(account).await;
+        }
     }
 
     /// XEP-0160: keep the message, stamped with when it arrived (XEP-0203). A message stored
     /// once already (delivered from storage to a session that ended before writing it) keeps
-    /// its first stamp.
-    async fn store_offline(&self, account: &str, mut el: Element) {
+    /// its first stamp. True when it was stored (else it went back to its sender).
+    async fn store_offline(&self, account: &str, mut el: Element) -> bool {
         let domain = account
             .split_once('@')
             .map_or(account, |(_, d)| d)
@@ -217,7 +228,7 @@ impl Core {
             .call(move |c| storage::store_offline(c, &owner, &bytes, limit))
             .await
         {
-            Ok(true) => {}
+            Ok(true) => return true,
             Ok(false) => {
                 self.bounce(
                     &el,
@@ -231,6 +242,7 @@ impl Core {
                 self.storage_failed(&el).await
             }
         }
+        false
     }
 
     /// Re-routes what an ended session had queued but never wrote, each stanza as if it had
@@ -369,6 +381,8 @@ impl Core {
             return;
         }
         if !is_request {
+            // Answers to the account's bare JID: ours to push publishes, or nobody's.
+            self.push_answer(account, &el).await;
             return;
         }
         let from_self = el
@@ -513,6 +527,7 @@ impl Core {
             }
             (_, Some(("query", NS_PRIVATE))) => self.private_iq(session, el).await,
             (_, Some((_, NS_BLOCKING))) => self.blocking_iq(session, el).await,
+            (_, Some((_, NS_PUSH))) => self.push_iq(session, el).await,
             (_, Some(("vCard", NS_VCARD))) => self.vcard_own(session, el).await,
             (_, Some(("query", NS_REGISTER))) => self.register_iq(session, el).await,
             _ => self.unsupported_iq(&el).await,

@@ -135,6 +135,8 @@ pub const MIGRATIONS: &[&str] = &[
     super::mam::store::SCHEMA,
     // 5: XEP-0045 persistent rooms and their affiliations (muc::store).
     crate::muc::store::SCHEMA,
+    // 6: XEP-0357 push registrations (core::push).
+    super::push::SCHEMA,
 ];
 
 /// A storage failure. Fatal at open; for a single operation, the stanza or login that needed
@@ -488,6 +490,7 @@ pub fn remove_account(conn: &Db, localpart: &str, domain: &str) -> Result<bool, 
         params![bare],
     )?;
     super::mam::store::remove_owner(&tx, &bare)?;
+    super::push::forget(&tx, &bare)?;
     tx.commit()?;
     Ok(n == 1)
 }

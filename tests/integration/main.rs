@@ -16,6 +16,7 @@ mod core_im;
 mod core_mam;
 mod core_pep;
 mod core_pg;
+mod core_push;
 mod core_sasl;
 mod core_sm;
 mod delivery;
