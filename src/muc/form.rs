@@ -8,6 +8,8 @@ use crate::xml::Element;
 pub use crate::xml::ns::DATA as NS_DATA;
 pub const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 pub const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// §7.13 voice requests and §8.6 their approval.
+pub const REQUEST: &str = "http://jabber.org/protocol/muc#request";
 
 /// Why a submitted form was refused: the text of the `<not-acceptable/>` answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,6 +134,38 @@ pub fn config_form(c: &RoomConfig, max_occupants: usize) -> Element {
             "Messages of history for newcomers",
             &[&history],
         ))
+}
+
+/// The FORM_TYPE of a data form, if it has one.
+pub fn form_type(x: &Element) -> Option<String> {
+    field_value(x, "FORM_TYPE")
+}
+
+/// The first value of the field `var`, if the form has it.
+pub fn field_value(x: &Element, var: &str) -> Option<String> {
+    x.children()
+        .find(|f| f.name == "field" && f.attr("var") == Some(var))
+        .map(value_of)
+}
+
+/// Whether a submitted boolean field is true (1 or true); absent or anything else is false.
+pub fn is_true(x: &Element, var: &str) -> bool {
+    matches!(field_value(x, var).as_deref(), Some("1" | "true"))
+}
+
+/// §8.6: the form a moderator gets for a visitor's voice request, to approve or skip.
+pub fn voice_approval(jid: &str, nick: &str) -> Element {
+    Element::new("x", NS_DATA)
+        .with_attr("type", "form")
+        .with_child(Element::new("title", NS_DATA).with_text("Voice request"))
+        .with_child(Element::new("instructions", NS_DATA).with_text(
+            "To give this occupant voice, check \"Grant voice\" and submit; to skip the request, cancel.",
+        ))
+        .with_child(field("FORM_TYPE", "hidden", "", &[REQUEST]))
+        .with_child(field("muc#role", "list-single", "Requested role", &["participant"]))
+        .with_child(field("muc#jid", "jid-single", "User ID", &[jid]))
+        .with_child(field("muc#roomnick", "text-single", "Room nickname", &[nick]))
+        .with_child(field("muc#request_allow", "boolean", "Grant voice", &["false"]))
 }
 
 fn value_of(f: &Element) -> String {

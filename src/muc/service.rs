@@ -334,8 +334,13 @@ impl Service {
             }
             ("message", None) if el.attr("type") == Some("error") => {}
             ("message", None) => {
+                let request = el
+                    .child("x", NS_DATA)
+                    .filter(|x| form::form_type(x).as_deref() == Some(form::REQUEST));
                 if let Some(x) = el.child("x", NS_MUC_USER) {
                     invitation(room, el, x, from, cx.out);
+                } else if let Some(x) = request {
+                    voice_request(room, el, x, from, cx.out);
                 } else if el.attr("type") == Some("groupchat") {
                     let first = cx.out.len();
                     if room.handle_groupchat(el, from, &mut cx) {
@@ -558,6 +563,80 @@ fn invitation(room: &mut Room, el: &Element, x: &Element, from: &Jid, out: &mut 
     }
 }
 
+/// §7.13 and §8.6: a visitor in a moderated room asks for voice with a `muc#request` form;
+/// every moderator gets the approval form; a moderator's submitted form with
+/// `muc#request_allow` true gives the named occupant voice, as an admin role change would
+/// (presence to everyone), and false skips it.
+fn voice_request(room: &mut Room, el: &Element, x: &Element, from: &Jid, out: &mut Vec<Element>) {
+    let Some(i) = room.occupant_of(from) else {
+        return refuse(
+            el,
+            StanzaErrorCondition::NotAcceptable,
+            "only occupants may ask for voice: join the room first",
+            out,
+        );
+    };
+    let asker = room.occupants[i].clone();
+    if form::field_value(x, "muc#request_allow").is_some() {
+        // A moderator's answer.
+        if !form::is_true(x, "muc#request_allow") {
+            return;
+        }
+        let Some(nick) = form::field_value(x, "muc#roomnick") else {
+            return refuse(
+                el,
+                StanzaErrorCondition::BadRequest,
+                "the approval names the occupant in muc#roomnick",
+                out,
+            );
+        };
+        let item = Element::new("item", NS_MUC_ADMIN)
+            .with_attr("nick", nick)
+            .with_attr("role", "participant");
+        let actor_affiliation = room.affiliation(from);
+        let outcome = set_role(
+            room,
+            &item,
+            Role::Participant,
+            asker.role,
+            actor_affiliation,
+            Some(&asker.nick),
+            out,
+        );
+        if let Err((cond, text)) = outcome {
+            refuse(el, cond, text, out);
+        }
+        return;
+    }
+    if asker.role != Role::Visitor {
+        // Voice already, or more: nothing to ask for.
+        return;
+    }
+    let moderators: Vec<Jid> = room
+        .occupants
+        .iter()
+        .filter(|o| o.role == Role::Moderator)
+        .map(|o| o.jid.clone())
+        .collect();
+    if moderators.is_empty() {
+        return refuse(
+            el,
+            StanzaErrorCondition::ServiceUnavailable,
+            "no moderator is in the room to give voice",
+            out,
+        );
+    }
+    let approval = form::voice_approval(&asker.jid.to_string(), &asker.nick);
+    for m in moderators {
+        out.push(
+            Element::new("message", ns::COMPONENT)
+                .with_attr("from", room.jid.clone())
+                .with_attr("to", m.to_string())
+                .with_child(approval.clone()),
+        );
+    }
+}
+
 /// An iq to the room's bare JID: disco (§6.4, §6.5), owner (§10) and admin (§8, §9) queries.
 fn room_iq(room: &mut Room, el: &Element, from: &Jid, cx: &mut Context<'_>) {
     let type_ = el.attr("type").unwrap_or_default();
@@ -620,6 +699,7 @@ fn room_iq(room: &mut Room, el: &Element, from: &Jid, cx: &mut Context<'_>) {
                 NS_SID,
                 NS_MAM,
                 NS_SELF_PING,
+                form::REQUEST,
                 NS_DISCO_INFO,
                 NS_DISCO_ITEMS,
             ];

@@ -594,6 +594,49 @@ fn moderators_kick_and_admins_ban_with_307_and_301() {
 }
 
 #[test]
+fn a_visitor_asks_for_voice_and_a_moderator_grants_it_with_the_approval_form() {
+    let mut s = service();
+    instant_room(&mut s);
+    configure(&mut s, &[("muc#roomconfig_moderatedroom", "1")]);
+    join(&mut s, "bob@b.test/pc", "room@conf.test/Bob");
+    let request = "<message from='bob@b.test/pc' to='room@conf.test'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field></x></message>";
+    // The moderator (Alice, the owner) gets the approval form, with who asks.
+    let out = send(&mut s, request);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].attr("to"), Some("alice@a.test/phone"));
+    assert_eq!(out[0].attr("from"), Some("room@conf.test"));
+    let form = out[0].child("x", NS_DATA).unwrap();
+    assert_eq!(form.attr("type"), Some("form"));
+    let text = String::from_utf8(form.to_bytes()).unwrap();
+    for needle in [
+        "muc#request_allow",
+        "<value>Bob</value>",
+        "<value>bob@b.test/pc</value>",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    // A visitor cannot answer the form for itself.
+    let grant = |from: &str, allow: &str| {
+        format!("<message from='{from}' to='room@conf.test'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field><field var='muc#roomnick'><value>Bob</value></field><field var='muc#request_allow'><value>{allow}</value></field></x></message>")
+    };
+    let out = send(&mut s, &grant("bob@b.test/pc", "true"));
+    assert_eq!(condition(&out[0]), "forbidden");
+    // Skipped: nothing changes.
+    assert!(send(&mut s, &grant("alice@a.test/phone", "false")).is_empty());
+    // Granted: Bob is a participant, announced to everyone, and may speak.
+    let out = send(&mut s, &grant("alice@a.test/phone", "1"));
+    let to_bob = out
+        .iter()
+        .find(|e| e.attr("to") == Some("bob@b.test/pc"))
+        .unwrap();
+    assert_eq!(item(to_bob).attr("role"), Some("participant"));
+    let say = "<message from='bob@b.test/pc' to='room@conf.test' type='groupchat'><body>thanks</body></message>";
+    assert_eq!(send(&mut s, say).len(), 2);
+    // With voice already, a request asks for nothing.
+    assert!(send(&mut s, request).is_empty());
+}
+
+#[test]
 fn in_a_moderated_room_visitors_need_voice_to_speak() {
     let mut s = service();
     instant_room(&mut s);
