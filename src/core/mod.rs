@@ -390,6 +390,7 @@ pub async fn start(
             stopper
         })
         .collect();
+    tracker.spawn(mam::sweep_periodically(core.clone()));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     for (listener, direct_tls) in plain
         .into_iter()
