@@ -648,11 +648,19 @@ impl Core {
     }
 }
 
-/// The error reply to `el`, or `None` when none may be sent.
+/// The error reply to `el`, or `None` when none may be sent: every stanza error the core
+/// makes comes from here. Its `<error/>` carries the XEP-0086 legacy `code` next to the
+/// condition, for clients that show the code (profanity) or read only it.
 pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
     let stanza =
         Stanza::parse(Bytes::from(el.to_bytes()), &NsContext::new(ns::CLIENT, &[])).ok()?;
-    stanza.bounce(cond, Some(text))?.element().ok()
+    let mut reply = stanza.bounce(cond, Some(text))?.element().ok()?;
+    if let Some(code) = cond.legacy_code() {
+        if let Some(error) = reply.children_mut().find(|c| c.name == "error") {
+            error.set_attr("code", code.to_string());
+        }
+    }
+    Some(reply)
 }
 
 #[cfg(test)]
