@@ -21,7 +21,8 @@
 //! - `carbons`: XEP-0280 message carbons.
 //! - [`mam`]: XEP-0313 message archives and XEP-0359 stanza-ids.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
-//! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
+//! - `vcard`: XEP-0054 vCards, the XEP-0153 avatar hash in presence, XEP-0398 conversion
+//!   between vCard and XEP-0084 avatars.
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
 //! - [`accounts`]: `fedgate core user add|remove|passwd|list`.

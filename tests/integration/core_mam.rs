@@ -136,7 +136,7 @@ fn summary(p: &Value) -> (Vec<&str>, &Value, &Value, &Value) {
 /// XEP-0059 through slixmpp's RSM stanzas: the count and the first item's index in every
 /// answer, a page by `<index/>`, the last page by an empty `<before/>` and the one before it,
 /// the count alone with `<max>0</max>`, and index with an id refused.
-async fn rsm_count_and_index(mut n: Node) {
+async fn rsm_count_and_index(n: Node) {
     n.add_user("alice@a.test", "pa");
     n.add_user("bob@a.test", "pb");
     let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/home", "pa").await;

@@ -42,6 +42,8 @@ follows when it completed:
   {"cmd": "bookmarks_set", "conferences": [{"jid", "name", "nick", "autojoin"}], "tag": T}
                                              XEP-0048 bookmarks stored with XEP-0049
   {"cmd": "bookmarks_get", "tag": T}
+  {"cmd": "avatar_publish", "data": BASE64, "type": MIME, "tag": T}   XEP-0084 with slixmpp's
+                                             xep_0084: the data item, then the metadata
  IM features of the core (tests/integration/core_im.rs), each answered by a "result" event
  with its "tag" (type "result"|"error"|"timeout", "condition", "text", and what it read):
   {"cmd": "blocklist", "tag": T}                          XEP-0191 get: "jids": [...]
@@ -667,7 +669,24 @@ async def cmd_bookmarks_get(client, cmd):
     await pep_call(cmd, send, lambda r: {"conferences": conferences(r)})
 
 
+async def cmd_avatar_publish(client, cmd):
+    """XEP-0084 §4.1: the data first, then the metadata pointing to it (the plugin is
+    registered here, so that other tests' caps do not change)."""
+    if "xep_0084" not in client.plugin:
+        client.register_plugin("xep_0084")
+    avatar = client.plugin["xep_0084"]
+    data = __import__("base64").b64decode(cmd["data"])
+
+    async def both():
+        await avatar.publish_avatar(data, timeout=10)
+        info = {"id": avatar.generate_id(data), "type": cmd.get("type", "image/png"), "bytes": len(data)}
+        return await avatar.publish_avatar_metadata([info], timeout=10)
+
+    await pep_call(cmd, both(), lambda r: {"id": r["pubsub"]["publish"]["item"]["id"]})
+
+
 PEP_COMMANDS = {
+    "avatar_publish": cmd_avatar_publish,
     "pep_interest": cmd_pep_interest,
     "pep_publish": cmd_pep_publish,
     "pep_items": cmd_pep_items,

@@ -10,7 +10,10 @@
 //!    (an empty `<photo/>` without a photo), replacing whatever the client put there. After a
 //!    set the account's available resources broadcast their presence again with the new hash,
 //!    so that contacts learn of the change at once.
+//! 4. XEP-0398: the PHOTO and the XEP-0084 avatar nodes are kept the same both ways
+//!    ([`avatar`]).
 
+pub(crate) mod avatar;
 #[cfg(test)]
 mod tests;
 
@@ -179,22 +182,36 @@ impl Core {
         let hash = photo_sha1(vcard);
         let owner = session.account.clone();
         let h = hash.clone();
-        if let Err(e) = self
+        let before = match self
             .storage
-            .call(move |c| store(c, &owner, &xml, h.as_deref()))
+            .call(move |c| {
+                let before = photo_hash(c, &owner)?;
+                store(c, &owner, &xml, h.as_deref())?;
+                Ok(before)
+            })
             .await
         {
-            tracing::warn!("vCard write failed: {e}");
-            return self.storage_failed(&el).await;
-        }
+            Ok(before) => before,
+            Err(e) => {
+                tracing::warn!("vCard write failed: {e}");
+                return self.storage_failed(&el).await;
+            }
+        };
         session.send_element(&iq_result(&el, &session.jid.bare().to_string()));
-        // Step 3: the new hash goes out with the current presence of every resource.
-        for s in self.sessions_of(&session.account) {
+        self.announce_photo(&session.account, hash.as_deref()).await;
+        self.vcard_to_avatar(&session.account, vcard, before.as_deref())
+            .await;
+    }
+
+    /// Step 3: the new hash goes out with the current presence of every available resource
+    /// of `account`.
+    pub(crate) async fn announce_photo(&self, account: &str, hash: Option<&str>) {
+        for s in self.sessions_of(account) {
             let last = {
                 let mut p = s.presence();
                 match p.last.take() {
                     Some(last) => {
-                        let updated = with_update(last, hash.as_deref());
+                        let updated = with_update(last, hash);
                         p.last = Some(updated.clone());
                         Some(updated)
                     }
