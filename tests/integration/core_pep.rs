@@ -368,3 +368,52 @@ async fn avatars_convert_between_pep_and_vcard_both_ways() {
     alice.quit().await;
     bob.quit().await;
 }
+
+/// OMEMO 2 (`urn:xmpp:omemo:2`) bundles through slixmpp: one node with an item per device,
+/// created by publish-options `max_items = max` and `access_model = open`; a stranger reads
+/// every device's bundle, and a device's new bundle replaces its old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omemo_2_bundles_keep_an_item_per_device_for_anyone() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("carol@a.test", "pc");
+    let mut alice = pep_client(n.c2s(), "alice@a.test/phone", "pa").await;
+    let mut carol = pep_client(n.c2s(), "carol@a.test/laptop", "pc").await;
+    let node_name = "urn:xmpp:omemo:2:bundles";
+    let options = json!({"pubsub#access_model": "open", "pubsub#max_items": "max"});
+    for (device, key) in [("11", "A"), ("22", "B"), ("11", "C")] {
+        let bundle = format!("<bundle xmlns='urn:xmpp:omemo:2'><ik>{key}</ik></bundle>");
+        let r = alice
+            .pep(
+                json!({"cmd": "pep_publish", "node": node_name, "id": device, "xml": bundle,
+                       "options": options}),
+                &format!("b{device}{key}"),
+            )
+            .await;
+        assert_eq!(r["type"], "result", "{r}");
+    }
+    let r = carol
+        .pep(
+            json!({"cmd": "pep_items", "jid": "alice@a.test", "node": node_name}),
+            "read",
+        )
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let items = r["items"].as_array().unwrap();
+    let mut got: Vec<(String, bool)> = items
+        .iter()
+        .map(|i| {
+            let xml = i["xml"].as_str().unwrap();
+            (i["id"].as_str().unwrap().to_owned(), xml.contains(">C<"))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("11".to_owned(), true), ("22".to_owned(), false)],
+        "{r}"
+    );
+    alice.quit().await;
+    carol.quit().await;
+}
