@@ -429,8 +429,8 @@ pub(crate) fn fin(page: &store::Page, position: Option<store::Position>) -> Elem
             .with_child(f)
             .with_child(Element::new("last", NS_RSM).with_text(last.id.to_string()));
     }
-    if let Some(p) = position {
-        set = set.with_child(Element::new("count", NS_RSM).with_text(p.count.to_string()));
+    if let Some(count) = position.and_then(|p| p.count) {
+        set = set.with_child(Element::new("count", NS_RSM).with_text(count.to_string()));
     }
     let mut fin = Element::new("fin", NS_MAM);
     if page.complete {

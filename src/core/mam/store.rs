@@ -387,20 +387,36 @@ pub struct Page {
     pub complete: bool,
 }
 
-/// Where a page lies in its full result set: XEP-0059 `<count/>` and `<first index/>`.
+/// Where a page lies in its full result set: XEP-0059 `<count/>` and `<first index/>`,
+/// each left out (XEP-0059 makes both optional) when finding it would scan more than
+/// [`CountBounds::max_counted`] messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     /// Messages in the full result set (the query's filters, without its paging).
-    pub count: u64,
+    pub count: Option<u64>,
     /// Zero-based position of the page's first message in that set; `None` for an empty
     /// page.
     pub first_index: Option<u64>,
 }
 
-/// How many messages [`position`] counts past the newer end of a page before it counts from
-/// the older end instead: a client reads the newest pages most (the last page, catching up),
-/// so the messages newer than the page are usually few.
-pub const NEAR_NEWEST: i64 = 10_000;
+/// How far [`position`] scans the archive's indexes.
+#[derive(Debug, Clone, Copy)]
+pub struct CountBounds {
+    /// Messages counted past the newer end of a page before the older side is counted
+    /// instead: clients read the newest pages most (the last page, catching up), so the
+    /// messages newer than a page are usually few.
+    pub near_newest: i64,
+    /// Most messages one count scans: a bound on the cost of a query (a few milliseconds
+    /// in SQLite); the default `archive_max_messages`, so that an account's archive is always
+    /// counted in full.
+    pub max_counted: i64,
+}
+
+/// The bounds the core uses.
+pub const COUNT_BOUNDS: CountBounds = CountBounds {
+    near_newest: 10_000,
+    max_counted: 100_000,
+};
 
 /// The SQL condition (after `WHERE`) and arguments of the query's filters, without its
 /// paging: the full result set (`ids` is matched by key only; callers check nonces).
@@ -532,9 +548,10 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
 /// `page` (its answer from [`query`]) starts in it.
 ///
 /// Cost: an archive without filters is counted from `archive_owners` (less the expired
-/// messages the sweep has not deleted yet); a filtered one by a range scan of the index
-/// the page used, bounded by `archive_max_messages`. The position counts the messages newer
-/// than the page when they are fewer than [`NEAR_NEWEST`], else the older ones.
+/// messages the sweep has not deleted yet); a filtered one by a range scan of the index the
+/// page used. The position counts the messages newer than the page when they are at most
+/// [`CountBounds::near_newest`], else the older ones. No scan goes past
+/// [`CountBounds::max_counted`] rows: what it would need is left out instead.
 pub fn position(
     conn: &Db,
     owner: &str,
@@ -542,17 +559,17 @@ pub fn position(
     oldest_key: i64,
     page: &Page,
 ) -> Result<Position, SqlError> {
-    position_near(conn, owner, q, oldest_key, page, NEAR_NEWEST)
+    position_within(conn, owner, q, oldest_key, page, COUNT_BOUNDS)
 }
 
-/// [`position`] with the [`NEAR_NEWEST`] bound as a parameter (tests use a small one).
-pub(crate) fn position_near(
+/// [`position`] with other bounds (tests use small ones).
+pub(crate) fn position_within(
     conn: &Db,
     owner: &str,
     q: &Query,
     oldest_key: i64,
     page: &Page,
-    near_newest: i64,
+    bounds: CountBounds,
 ) -> Result<Position, SqlError> {
     if let Some(ids) = &q.ids {
         // At most a page of ids: read their keys and count here.
@@ -580,23 +597,26 @@ pub(crate) fn position_near(
             .first()
             .map(|f| keys.iter().filter(|k| **k < f.id.key).count() as u64);
         return Ok(Position {
-            count: keys.len() as u64,
+            count: Some(keys.len() as u64),
             first_index,
         });
     }
+    // The rows of the result set (and `extra`, a key bound), if there are at most `limit`.
     let (cond, args) = filters(owner, q, oldest_key);
-    let count_where = |extra: &str, bound: i64, limit: Option<i64>| -> Result<i64, SqlError> {
+    let counted = |extra: Option<(&str, i64)>, limit: i64| -> Result<Option<u64>, SqlError> {
         let mut args = args.clone();
-        args.push(Value::Integer(bound));
-        let inner = format!("SELECT 1 FROM archive WHERE {cond} AND {extra}");
-        let sql = match limit {
-            Some(l) => {
-                args.push(Value::Integer(l));
-                format!("SELECT COUNT(*) FROM ({inner} LIMIT ?) AS counted")
-            }
-            None => format!("SELECT COUNT(*) FROM ({inner}) AS counted"),
-        };
-        conn.query_row(&sql, &as_args(&args), |r| r.get(0))
+        let mut inner = format!("SELECT 1 FROM archive WHERE {cond}");
+        if let Some((op, key)) = extra {
+            inner.push_str(&format!(" AND key {op} ?"));
+            args.push(Value::Integer(key));
+        }
+        args.push(Value::Integer(limit.saturating_add(1)));
+        let n: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM ({inner} LIMIT ?) AS counted"),
+            &as_args(&args),
+            |r| r.get(0),
+        )?;
+        Ok((n <= limit).then_some(n.max(0) as u64))
     };
     let count = if unfiltered(q) {
         let stored: Option<i64> = conn
@@ -606,28 +626,28 @@ pub(crate) fn position_near(
                 |r| r.get(0),
             )
             .optional()?;
+        let (stored, oldest) = (stored.unwrap_or(0).max(0) as u64, oldest_key);
+        // Expired rows the sweep has not deleted yet: few, unless it has not run.
+        let mut expired_args = vec![Value::Text(owner.to_owned()), Value::Integer(oldest)];
+        expired_args.push(Value::Integer(bounds.max_counted.saturating_add(1)));
         let expired: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM archive WHERE owner = ?1 AND key < ?2",
-            params![owner, oldest_key],
+            "SELECT COUNT(*) FROM (SELECT 1 FROM archive WHERE owner = ? AND key < ? LIMIT ?) AS counted",
+            &as_args(&expired_args),
             |r| r.get(0),
         )?;
-        stored.unwrap_or(0) - expired
+        (expired <= bounds.max_counted).then(|| stored.saturating_sub(expired.max(0) as u64))
     } else {
-        conn.query_row(
-            &format!("SELECT COUNT(*) FROM archive WHERE {cond}"),
-            &as_args(&args),
-            |r| r.get(0),
-        )?
+        counted(None, bounds.max_counted)?
     };
-    let count = count.max(0) as u64;
     let first_index = match (page.items.first(), page.items.last()) {
         (Some(first), Some(last)) => {
-            let newer = count_where("key > ?", last.id.key, Some(near_newest))?;
-            Some(if newer < near_newest {
-                count.saturating_sub(page.items.len() as u64 + newer as u64)
-            } else {
-                count_where("key < ?", first.id.key, None)? as u64
-            })
+            let newer = counted(Some((">", last.id.key)), bounds.near_newest)?;
+            match (newer, count) {
+                (Some(newer), Some(count)) => {
+                    Some(count.saturating_sub(page.items.len() as u64 + newer))
+                }
+                _ => counted(Some(("<", first.id.key)), bounds.max_counted)?,
+            }
         }
         _ => None,
     };

@@ -817,8 +817,9 @@ on_both_databases! {
     let oldest = key_at(t0 + 500);
     let run = |q: &Query, near: i64| {
         let page = store::query(c, "bob@a.test", q, oldest).unwrap();
-        let pos = position_near(c, "bob@a.test", q, oldest, &page, near).unwrap();
-        (bodies_of(&page), pos.count, pos.first_index)
+        let bounds = CountBounds { near_newest: near, max_counted: 1000 };
+        let pos = position_within(c, "bob@a.test", q, oldest, &page, bounds).unwrap();
+        (bodies_of(&page), pos.count.unwrap(), pos.first_index)
     };
     let q = |f: &dyn Fn(&mut Query)| {
         let mut q = Query { max: 3, ..Query::default() };
@@ -871,6 +872,25 @@ on_both_databases! {
         q.index = Some(1);
     });
     assert_eq!(run(&ids, 100), (vec!["a5".into(), "a6".into()], 3, Some(1)));
+    // Beyond max_counted a filtered count is left out, not scanned; the index too when
+    // neither side is small. The whole archive's count comes from archive_owners anyway.
+    let tight = CountBounds { near_newest: 1, max_counted: 2 };
+    let at = |q: &Query| {
+        let page = store::query(c, "bob@a.test", q, oldest).unwrap();
+        position_within(c, "bob@a.test", q, oldest, &page, tight).unwrap()
+    };
+    let alice_mid = q(&|q| {
+        q.with = Some(With::Bare("alice@a.test".into()));
+        q.max = 1;
+        q.index = Some(3);
+    });
+    assert_eq!(at(&alice_mid), Position { count: None, first_index: None });
+    let alice_first = q(&|q| {
+        q.with = Some(With::Bare("alice@a.test".into()));
+        q.max = 1;
+    });
+    assert_eq!(at(&alice_first), Position { count: None, first_index: Some(0) });
+    assert_eq!(at(&first), Position { count: Some(10), first_index: Some(0) });
 }
 }
 
