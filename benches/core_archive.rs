@@ -211,7 +211,10 @@ fn queries(crit: &mut Criterion, c: &Db, ids: &[ArchiveId]) {
     for (name, q) in &cases {
         let page = store::query(c, OWNER, q, 0).unwrap();
         let p = store::position(c, OWNER, q, 0, &page).unwrap();
-        println!("{name}: count {:?}, first index {:?}", p.count, p.first_index);
+        println!(
+            "{name}: count {:?}, first index {:?}",
+            p.count, p.first_index
+        );
         group.bench_function(format!("{name}_count_and_index"), |b| {
             b.iter(|| black_box(store::position(c, OWNER, q, 0, &page).unwrap()))
         });

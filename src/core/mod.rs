@@ -203,6 +203,9 @@ pub(crate) struct PresenceState {
     pub priority: i32,
     /// The last broadcast presence (without `to`), re-sent to answer probes.
     pub last: Option<Element>,
+    /// That presence came from the client with an empty XEP-0153 `<photo/>` (not ready to
+    /// advertise an avatar), which the server leaves alone (XEP-0398 §4).
+    pub photo_withheld: bool,
     /// Entities that got directed presence and must get unavailable when we go (§4.6).
     pub directed: Vec<String>,
     /// The client asked for the roster, so it gets roster pushes (§2.1.6).

@@ -7,9 +7,11 @@
 //!    `max_vcard_bytes` is `<not-acceptable/>`. Stored as its XML.
 //! 3. XEP-0153: the SHA-1 of the PHOTO's BINVAL bytes is kept with it, and every available
 //!    presence of the account carries `<x xmlns='vcard-temp:x:update'><photo>HASH</photo></x>`
-//!    (an empty `<photo/>` without a photo), replacing whatever the client put there. After a
-//!    set the account's available resources broadcast their presence again with the new hash,
-//!    so that contacts learn of the change at once.
+//!    (an empty `<photo/>` without a photo), replacing whatever the client put there, except
+//!    an empty `<photo/>` of its own: a client not ready to advertise an avatar (XEP-0153
+//!    §3.2), which XEP-0398 §4 says the server must leave alone. After a set the account's
+//!    available resources (but those) broadcast their presence again with the new hash, so
+//!    that contacts learn of the change at once.
 //! 4. XEP-0398: the PHOTO and the XEP-0084 avatar nodes are kept the same both ways
 //!    ([`avatar`]).
 
@@ -86,6 +88,16 @@ pub(crate) fn photo_sha1(vcard: &Element) -> Option<String> {
     Some(hex::encode(Sha1::digest(bytes)))
 }
 
+/// Whether the client's `presence` carries `<x xmlns='vcard-temp:x:update'><photo/></x>`
+/// with an empty photo: it does not advertise an avatar yet (step 3).
+pub(crate) fn withholds_photo(presence: &Element) -> bool {
+    presence
+        .children()
+        .filter(|x| x.name == "x" && x.ns == NS_VCARD_UPDATE)
+        .flat_map(|x| x.children())
+        .any(|p| p.name == "photo" && p.ns == NS_VCARD_UPDATE && p.text().trim().is_empty())
+}
+
 /// `presence` with its `vcard-temp:x:update` replaced by one carrying `hash`.
 pub(crate) fn with_update(mut presence: Element, hash: Option<&str>) -> Element {
     presence
@@ -111,6 +123,9 @@ impl Core {
     /// The account's available presence with its avatar hash (step 3). A database failure
     /// leaves the presence as the client sent it.
     pub(crate) async fn with_avatar(&self, account: &str, presence: Element) -> Element {
+        if withholds_photo(&presence) {
+            return presence;
+        }
         let owner = account.to_owned();
         match self.storage.call(move |c| photo_hash(c, &owner)).await {
             Ok(hash) => with_update(presence, hash.as_deref()),
@@ -209,6 +224,9 @@ impl Core {
         for s in self.sessions_of(account) {
             let last = {
                 let mut p = s.presence();
+                if p.photo_withheld {
+                    continue;
+                }
                 match p.last.take() {
                     Some(last) => {
                         let updated = with_update(last, hash);
