@@ -420,7 +420,18 @@ pub const COUNT_BOUNDS: CountBounds = CountBounds {
 
 /// The SQL condition (after `WHERE`) and arguments of the query's filters, without its
 /// paging: the full result set (`ids` is matched by key only; callers check nonces).
-fn filters(owner: &str, q: &Query, oldest_key: i64) -> (String, Vec<Value>) {
+///
+/// `after`/`before` narrow it further (exclusive keys: paging, or one side of a page). Every
+/// key bound is merged into one `key >= ?` and one `key <= ?`: SQLite ranges an index scan
+/// on one lower and one upper bound only, and checks any other bound row by row, which made
+/// a count past a page scan the owner's whole archive.
+fn filters(
+    owner: &str,
+    q: &Query,
+    oldest_key: i64,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> (String, Vec<Value>) {
     let mut sql = String::from("owner = ?");
     let mut args: Vec<Value> = vec![Value::Text(owner.to_owned())];
     match &q.with {
@@ -439,14 +450,19 @@ fn filters(owner: &str, q: &Query, oldest_key: i64) -> (String, Vec<Value>) {
         Some(oldest_key),
         q.from_key,
         q.after.map(|k| k.saturating_add(1)),
+        after.map(|k| k.saturating_add(1)),
     ]
     .into_iter()
     .flatten()
     .max();
-    let high = [q.to_key, q.before.map(|k| k.saturating_sub(1))]
-        .into_iter()
-        .flatten()
-        .min();
+    let high = [
+        q.to_key,
+        q.before.map(|k| k.saturating_sub(1)),
+        before.map(|k| k.saturating_sub(1)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     if let Some(l) = low {
         sql.push_str(" AND key >= ?");
         args.push(Value::Integer(l));
@@ -489,16 +505,8 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
             complete: true,
         });
     }
-    let (cond, mut args) = filters(owner, q, oldest_key);
+    let (cond, mut args) = filters(owner, q, oldest_key, q.rsm_after, q.rsm_before);
     let mut sql = format!("SELECT key, nonce, stanza FROM archive WHERE {cond}");
-    if let Some(a) = q.rsm_after {
-        sql.push_str(" AND key > ?");
-        args.push(Value::Integer(a));
-    }
-    if let Some(b) = q.rsm_before {
-        sql.push_str(" AND key < ?");
-        args.push(Value::Integer(b));
-    }
     let backwards = q.backwards && q.index.is_none();
     sql.push_str(if backwards {
         " ORDER BY key DESC LIMIT ?"
@@ -575,7 +583,7 @@ pub(crate) fn position_within(
         // At most a page of ids: read their keys and count here.
         let mut keys = Vec::new();
         if !ids.is_empty() {
-            let (cond, args) = filters(owner, q, oldest_key);
+            let (cond, args) = filters(owner, q, oldest_key, None, None);
             let rows = conn.query_map(
                 &format!("SELECT key, nonce FROM archive WHERE {cond}"),
                 &as_args(&args),
@@ -601,23 +609,19 @@ pub(crate) fn position_within(
             first_index,
         });
     }
-    // The rows of the result set (and `extra`, a key bound), if there are at most `limit`.
-    let (cond, args) = filters(owner, q, oldest_key);
-    let counted = |extra: Option<(&str, i64)>, limit: i64| -> Result<Option<u64>, SqlError> {
-        let mut args = args.clone();
-        let mut inner = format!("SELECT 1 FROM archive WHERE {cond}");
-        if let Some((op, key)) = extra {
-            inner.push_str(&format!(" AND key {op} ?"));
-            args.push(Value::Integer(key));
-        }
-        args.push(Value::Integer(limit.saturating_add(1)));
-        let n: i64 = conn.query_row(
-            &format!("SELECT COUNT(*) FROM ({inner} LIMIT ?) AS counted"),
-            &as_args(&args),
-            |r| r.get(0),
-        )?;
-        Ok((n <= limit).then_some(n.max(0) as u64))
-    };
+    // The rows of the result set past `after` or before `before`, if at most `limit`.
+    let counted =
+        |after: Option<i64>, before: Option<i64>, limit: i64| -> Result<Option<u64>, SqlError> {
+            let (cond, mut args) = filters(owner, q, oldest_key, after, before);
+            let inner = format!("SELECT 1 FROM archive WHERE {cond}");
+            args.push(Value::Integer(limit.saturating_add(1)));
+            let n: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM ({inner} LIMIT ?) AS counted"),
+                &as_args(&args),
+                |r| r.get(0),
+            )?;
+            Ok((n <= limit).then_some(n.max(0) as u64))
+        };
     let count = if unfiltered(q) {
         let stored: Option<i64> = conn
             .query_row(
@@ -637,16 +641,16 @@ pub(crate) fn position_within(
         )?;
         (expired <= bounds.max_counted).then(|| stored.saturating_sub(expired.max(0) as u64))
     } else {
-        counted(None, bounds.max_counted)?
+        counted(None, None, bounds.max_counted)?
     };
     let first_index = match (page.items.first(), page.items.last()) {
         (Some(first), Some(last)) => {
-            let newer = counted(Some((">", last.id.key)), bounds.near_newest)?;
+            let newer = counted(Some(last.id.key), None, bounds.near_newest)?;
             match (newer, count) {
                 (Some(newer), Some(count)) => {
                     Some(count.saturating_sub(page.items.len() as u64 + newer))
                 }
-                _ => counted(Some(("<", first.id.key)), bounds.max_counted)?,
+                _ => counted(None, Some(first.id.key), bounds.max_counted)?,
             }
         }
         _ => None,
