@@ -2,7 +2,8 @@
 //! with 1,000,000 archived messages in a SQLite file, as the core keeps it (WAL), and
 //! - a query for a page of 50: the newest page (RSM `<before/>`), a page after an id half way
 //!   into the archive, and the same two with a `with` filter (a peer with a tenth of the
-//!   messages);
+//!   messages); and for each, what the XEP-0059 `<count/>` and `<first index/>` of its
+//!   answer cost (`store::position`);
 //! - archiving one message per transaction, with `synchronous=FULL` and as the core does it
 //!   (`store::archive_now`: the commit does not wait for an fsync), for each message it
 //!   delivers or a client sends (a message between two local accounts is archived twice:
@@ -202,6 +203,20 @@ fn queries(crit: &mut Criterion, c: &Db, ids: &[ArchiveId]) {
                 assert!(store::exists(c, OWNER, deep).unwrap());
                 black_box(store::query(c, OWNER, q, 0).unwrap())
             })
+        });
+    }
+    group.finish();
+    // What the answer's XEP-0059 <count/> and <first index/> add to each query.
+    let mut group = crit.benchmark_group("archive_position_1M");
+    for (name, q) in &cases {
+        let page = store::query(c, OWNER, q, 0).unwrap();
+        let p = store::position(c, OWNER, q, 0, &page).unwrap();
+        println!(
+            "{name}: count {:?}, first index {:?}",
+            p.count, p.first_index
+        );
+        group.bench_function(format!("{name}_count_and_index"), |b| {
+            b.iter(|| black_box(store::position(c, OWNER, q, 0, &page).unwrap()))
         });
     }
     group.finish();

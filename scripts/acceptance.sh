@@ -2,8 +2,10 @@
 # Acceptance with real XMPP clients from Debian against the shipped config/fedgate.toml (the
 # gateway with the core inside it, on 127.0.0.1:5222): go-sendxmpp and sendxmpp send a message
 # with PLAIN over STARTTLS; mcabber and profanity sign in in tmux and send one too; bob (the
-# slixmpp client of the tests) must receive each. poezio signs in and must show no error or
-# warning line. Prints one line per client and "N passed, N failed".
+# slixmpp client of the tests) must receive each. profanity then turns on carbons, blocks a
+# contact, adds a bookmark and generates its OMEMO keys, each without an error line. poezio
+# signs in and must show no error or warning line. Prints one line per client (and profanity
+# feature) and "N passed, N failed".
 #
 # Needs the shipped ports free (5222, 5223, 5269, 5270, 5347, 9269 on 127.0.0.1) and root to
 # install the clients when missing. Not part of scripts/test.sh: the clients are interactive
@@ -112,6 +114,43 @@ tmux send-keys -t profanity "/msg bob@example.test from profanity" Enter
 sleep 2
 tmux capture-pane -p -t profanity > "$work/profanity.log"
 result profanity "from profanity" "$work/profanity.log"
+
+# profanity's modern features on the same session (issue 15): carbons (XEP-0280), blocking
+# (XEP-0191), a bookmark (XEP-0402 over PEP) and OMEMO setup (device list and bundle over
+# PEP with publish-options); none may print an error line ("Server error ...", "... failed",
+# "Error ..."), and each must print what profanity says when the server accepted it.
+# (Only what these commands print: the window and tmux's history are cleared first, as the
+# sign-in above printed a certificate warning before "/tls allow".)
+tmux send-keys -t profanity "/clear" Enter
+sleep 1
+tmux clear-history -t profanity
+tmux send-keys -t profanity "/carbons on" Enter
+sleep 1
+tmux send-keys -t profanity "/blocked add spam@example.test" Enter
+sleep 1
+tmux send-keys -t profanity "/bookmark add room@conference.example.test nick erin autojoin off" Enter
+sleep 1
+tmux send-keys -t profanity "/omemo gen" Enter
+sleep 6
+tmux capture-pane -p -t profanity > "$work/profanity-features.log"
+profanity_feature() { # what, the line profanity prints on success
+    if grep -qiE "(server error|error:|failed)" "$work/profanity-features.log"; then
+        echo "FAIL  profanity $1: an error line:"
+        grep -iE "(server error|error:|failed)" "$work/profanity-features.log" | sed 's/^/      /'
+        failed=$((failed + 1))
+    elif grep -qiE "$2" "$work/profanity-features.log"; then
+        echo "ok    profanity $1: accepted, no error line"
+        passed=$((passed + 1))
+    else
+        echo "FAIL  profanity $1: no \"$2\" line; the screen:"
+        tail -15 "$work/profanity-features.log" | sed 's/^/      /'
+        failed=$((failed + 1))
+    fi
+}
+profanity_feature carbons "carbons.*(on|enabled)"
+profanity_feature blocking "blocked.*spam@example.test|spam@example.test.*blocked"
+profanity_feature bookmarks "bookmark added"
+profanity_feature "OMEMO setup" "omemo.*(generated|materials)"
 
 # poezio: a config file with the server and the certificate to trust, then /message bob.
 mkdir -p "$HOME/.config/poezio"

@@ -213,11 +213,18 @@ pub struct CoreConfig {
     #[serde(with = "crate::config::duration")]
     pub turn_credentials_ttl: Duration,
     /// How long the message archive (XEP-0313) keeps a message. Default `"365d"`; older
-    /// messages are deleted at the account's next archived message and never returned. The
-    /// archive holds the text of every conversation: keep it no longer than your users
-    /// expect.
+    /// messages are never returned, and are deleted at the account's next archived message
+    /// or by the sweep every `archive_sweep_interval`, whichever comes first. The archive
+    /// holds the text of every conversation: keep it no longer than your users expect.
     #[serde(with = "crate::config::duration")]
     pub archive_retention: Duration,
+    /// How often the core deletes expired archive messages (older than `archive_retention`)
+    /// of every account, also of accounts that receive nothing any more; the first sweep
+    /// runs at start. Default `"1h"`. Each sweep deletes in transactions of at most 500
+    /// messages, so other requests wait at most one such transaction; a shorter interval
+    /// keeps the database closer to the retention, a longer one wakes it less.
+    #[serde(with = "crate::config::duration")]
+    pub archive_sweep_interval: Duration,
     /// Most archived messages per account; the oldest are deleted beyond it. Default
     /// `100000`. Bounds the database's growth per account (a message is ~0.5 KiB on disk).
     pub archive_max_messages: usize,
@@ -257,6 +264,7 @@ impl Default for CoreConfig {
             turn: Vec::new(),
             turn_credentials_ttl: Duration::from_secs(24 * 3600),
             archive_retention: Duration::from_secs(365 * 24 * 3600),
+            archive_sweep_interval: Duration::from_secs(3600),
             archive_max_messages: 100_000,
             disco_items: Vec::new(),
             domain: Vec::new(),
@@ -702,6 +710,13 @@ impl CoreConfig {
                 "set a duration such as \"365d\"",
             ));
         }
+        if self.archive_sweep_interval < Duration::from_secs(1) {
+            problems.push(invalid(
+                "core.archive_sweep_interval",
+                "shorter than one second",
+                "set a duration such as \"1h\"",
+            ));
+        }
         if self.negotiation_timeout.is_zero() {
             problems.push(invalid(
                 "core.negotiation_timeout",
@@ -920,6 +935,10 @@ mod tests {
         assert_eq!(
             bad("archive_retention = \"0s\"\n[[core.domain]]\nname=\"a.test\""),
             "core.archive_retention"
+        );
+        assert_eq!(
+            bad("archive_sweep_interval = \"0s\"\n[[core.domain]]\nname=\"a.test\""),
+            "core.archive_sweep_interval"
         );
         assert_eq!(
             f.core.archive_retention,

@@ -50,7 +50,8 @@ pub(crate) const SERVER_FEATURES: &[&str] = &[
 
 /// What disco#info on an account's bare JID announces: the PEP service (XEP-0163, the
 /// XEP-0060 §10 features it implements), XEP-0049 private storage with XEP-0402 compat, and
-/// XEP-0012 last activity, XEP-0313 archives with XEP-0359 stanza-ids.
+/// XEP-0012 last activity, XEP-0313 archives with XEP-0359 stanza-ids, XEP-0398 avatar
+/// conversion.
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
     super::push::NS_PUSH,
@@ -77,6 +78,7 @@ pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     NS_MAM,
     NS_MAM_EXTENDED,
     NS_SID,
+    super::vcard::avatar::NS_CONVERSION,
 ];
 
 /// A disco#info `<query/>` with one identity and the given features.

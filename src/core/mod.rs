@@ -21,7 +21,8 @@
 //! - `carbons`: XEP-0280 message carbons.
 //! - [`mam`]: XEP-0313 message archives and XEP-0359 stanza-ids.
 //! - `disco`: XEP-0030 on domains and accounts; every feature announces itself there.
-//! - `vcard`: XEP-0054 vCards and the XEP-0153 avatar hash in presence.
+//! - `vcard`: XEP-0054 vCards, the XEP-0153 avatar hash in presence, XEP-0398 conversion
+//!   between vCard and XEP-0084 avatars.
 //! - `push`: XEP-0357 push notifications to the app servers of phones that are away.
 //! - `register`: XEP-0077 in-band registration, password change and removal, invitations.
 //! - [`storage`]: the SQLite file or PostgreSQL database, and its versioned migrations.
@@ -213,6 +214,9 @@ pub(crate) struct PresenceState {
     pub priority: i32,
     /// The last broadcast presence (without `to`), re-sent to answer probes.
     pub last: Option<Element>,
+    /// That presence came from the client with an empty XEP-0153 `<photo/>` (not ready to
+    /// advertise an avatar), which the server leaves alone (XEP-0398 §4).
+    pub photo_withheld: bool,
     /// Entities that got directed presence and must get unavailable when we go (§4.6).
     pub directed: Vec<String>,
     /// The client asked for the roster, so it gets roster pushes (§2.1.6).
@@ -433,6 +437,7 @@ pub async fn start_with_status(
             stopper
         })
         .collect();
+    tracker.spawn(mam::sweep_periodically(core.clone()));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     for (listener, direct_tls) in plain
         .into_iter()
@@ -710,11 +715,19 @@ impl Core {
     }
 }
 
-/// The error reply to `el`, or `None` when none may be sent.
+/// The error reply to `el`, or `None` when none may be sent: every stanza error the core
+/// makes comes from here. Its `<error/>` carries the XEP-0086 legacy `code` next to the
+/// condition, for clients that show the code (profanity) or read only it.
 pub(crate) fn error_reply(el: &Element, cond: StanzaErrorCondition, text: &str) -> Option<Element> {
     let stanza =
         Stanza::parse(Bytes::from(el.to_bytes()), &NsContext::new(ns::CLIENT, &[])).ok()?;
-    stanza.bounce(cond, Some(text))?.element().ok()
+    let mut reply = stanza.bounce(cond, Some(text))?.element().ok()?;
+    if let Some(code) = cond.legacy_code() {
+        if let Some(error) = reply.children_mut().find(|c| c.name == "error") {
+            error.set_attr("code", code.to_string());
+        }
+    }
+    Some(reply)
 }
 
 #[cfg(test)]

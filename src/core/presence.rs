@@ -49,6 +49,7 @@ impl Core {
             }
         }
         let available = type_.is_none();
+        let photo_withheld = available && super::vcard::withholds_photo(&el);
         // XEP-0153: available presence carries the account's avatar hash.
         let el = if available {
             self.with_avatar(&session.account, el).await
@@ -80,6 +81,7 @@ impl Core {
                 .unwrap_or(0)
                 .clamp(-128, 127);
             p.last = available.then(|| el.clone());
+            p.photo_withheld = photo_withheld;
             p.unavailable_status = if available {
                 None
             } else {

@@ -223,3 +223,47 @@ async fn the_server_names_the_account_services_clients_look_for_there() {
         assert!(features.contains(&f), "{f} missing from {features:?}");
     }
 }
+
+/// XEP-0086: the core's stanza errors carry the legacy code next to the condition (and none
+/// where the XEP has none), whichever feature refused.
+#[tokio::test]
+async fn error_replies_carry_the_legacy_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice"]).await;
+    let (alice, _, mut alice_rx) = session(&core, "alice@a.test/r", 16);
+    // A message to an account that does not exist: service-unavailable, 503.
+    core.route(client_el(
+        "<message from='alice@a.test/r' to='nobody@a.test' type='chat' id='m1'><body>hi</body></message>",
+    ))
+    .await;
+    // A malformed archive query (a feature's own refusal): bad-request, 400.
+    core.client_iq(
+        &alice,
+        client_el("<iq from='alice@a.test/r' to='alice@a.test' type='set' id='q1'><query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'><max>many</max></set></query></iq>"),
+    )
+    .await;
+    let got = drain(&mut alice_rx);
+    let error_of = |id: &str| {
+        let reply = got
+            .iter()
+            .map(|s| client_el(s))
+            .find(|e| e.attr("id") == Some(id))
+            .unwrap_or_else(|| panic!("no reply to {id}: {got:?}"));
+        reply.child("error", ns::CLIENT).expect("an error").clone()
+    };
+    let e = error_of("m1");
+    assert_eq!(e.attr("code"), Some("503"));
+    assert_eq!(e.attr("type"), Some("cancel"));
+    assert!(e.child("service-unavailable", ns::STANZAS).is_some());
+    let e = error_of("q1");
+    assert_eq!(e.attr("code"), Some("400"));
+    assert!(e.child("bad-request", ns::STANZAS).is_some());
+    // policy-violation has no legacy code: no attribute rather than a made-up one.
+    let reply = error_reply(
+        &client_el("<message from='alice@a.test/r' to='bob@a.test' id='p'/>"),
+        StanzaErrorCondition::PolicyViolation,
+        "too fast",
+    )
+    .unwrap();
+    assert_eq!(reply.child("error", ns::CLIENT).unwrap().attr("code"), None);
+}

@@ -223,18 +223,20 @@ async fn answer_query(
                     return Ok(Err(*id));
                 }
             }
-            mam::store::query(c, &owner, &query, oldest).map(Ok)
+            let page = mam::store::query(c, &owner, &query, oldest)?;
+            let position = mam::store::position(c, &owner, &query, oldest, &page)?;
+            Ok(Ok((page, position)))
         })
         .await;
     let reply = match page {
-        Ok(Ok(page)) => {
+        Ok(Ok((page, position))) => {
             let to = iq.attr("from").unwrap_or_default();
             for m in mam::result_messages(to, &room, queryid.as_deref(), &page) {
                 if sender.send_raw(m).await.is_err() {
                     return;
                 }
             }
-            Some(service::result(iq, Some(mam::fin(&page))))
+            Some(service::result(iq, Some(mam::fin(&page, Some(position)))))
         }
         Ok(Err(id)) => error_reply(
             iq,

@@ -326,6 +326,31 @@ impl StanzaErrorCondition {
     }
 }
 
+impl StanzaErrorCondition {
+    /// The legacy `code` of XEP-0086 §2 ("Error codes to add to XMPP-style errors"), which
+    /// pre-XMPP clients read and some clients still show (profanity). `None` for
+    /// `<policy-violation/>`, which RFC 6120 added after that table.
+    pub fn legacy_code(self) -> Option<u16> {
+        use StanzaErrorCondition::*;
+        Some(match self {
+            BadRequest | JidMalformed | UnexpectedRequest => 400,
+            NotAuthorized => 401,
+            Forbidden => 403,
+            ItemNotFound | RecipientUnavailable | RemoteServerNotFound => 404,
+            NotAllowed => 405,
+            NotAcceptable => 406,
+            RegistrationRequired | SubscriptionRequired => 407,
+            Conflict => 409,
+            Gone | Redirect => 302,
+            InternalServerError | ResourceConstraint | UndefinedCondition => 500,
+            FeatureNotImplemented => 501,
+            ServiceUnavailable => 503,
+            RemoteServerTimeout => 504,
+            PolicyViolation => return None,
+        })
+    }
+}
+
 impl fmt::Display for StanzaErrorCondition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -592,6 +617,37 @@ mod tests {
             StanzaErrorCondition::from_name("remote-server-timeout"),
             Some(StanzaErrorCondition::RemoteServerTimeout)
         );
+    }
+
+    #[test]
+    fn legacy_codes_follow_xep_0086() {
+        use StanzaErrorCondition as C;
+        for (c, code) in [
+            (C::BadRequest, Some(400)),
+            (C::Conflict, Some(409)),
+            (C::FeatureNotImplemented, Some(501)),
+            (C::Forbidden, Some(403)),
+            (C::Gone, Some(302)),
+            (C::InternalServerError, Some(500)),
+            (C::ItemNotFound, Some(404)),
+            (C::JidMalformed, Some(400)),
+            (C::NotAcceptable, Some(406)),
+            (C::NotAllowed, Some(405)),
+            (C::NotAuthorized, Some(401)),
+            (C::RecipientUnavailable, Some(404)),
+            (C::Redirect, Some(302)),
+            (C::RegistrationRequired, Some(407)),
+            (C::RemoteServerNotFound, Some(404)),
+            (C::RemoteServerTimeout, Some(504)),
+            (C::ResourceConstraint, Some(500)),
+            (C::ServiceUnavailable, Some(503)),
+            (C::SubscriptionRequired, Some(407)),
+            (C::UndefinedCondition, Some(500)),
+            (C::UnexpectedRequest, Some(400)),
+            (C::PolicyViolation, None),
+        ] {
+            assert_eq!(c.legacy_code(), code, "{c}");
+        }
     }
 
     #[test]

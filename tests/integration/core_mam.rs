@@ -113,3 +113,116 @@ async fn carbons_reach_the_other_resource_and_the_archive_survives_a_restart() {
     assert_eq!(after, all);
     again.quit().await;
 }
+
+/// One query with this XEP-0059 set (see client.py's `mam_page`), as slixmpp reads it.
+async fn page(client: &mut Client, tag: &str, mut rsm: Value) -> Value {
+    rsm["cmd"] = json!("mam_page");
+    rsm["tag"] = json!(tag);
+    client.command(rsm).await;
+    client.expect("mam_page", |e| e["tag"] == tag).await
+}
+
+/// What a page says: its bodies, `<first index/>`, `<count/>` and whether it is complete.
+fn summary(p: &Value) -> (Vec<&str>, &Value, &Value, &Value) {
+    let bodies = p["bodies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    (bodies, &p["first_index"], &p["count"], &p["complete"])
+}
+
+/// XEP-0059 through slixmpp's RSM stanzas: the count and the first item's index in every
+/// answer, a page by `<index/>`, the last page by an empty `<before/>` and the one before it,
+/// the count alone with `<max>0</max>`, and index with an id refused.
+async fn rsm_count_and_index(n: Node) {
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let (mut alice, _) = sign_in(n.c2s(), "alice@a.test/home", "pa").await;
+    let (mut bob, _) = sign_in(n.c2s(), "bob@a.test/desk", "pb").await;
+    bob.run(json!({"cmd": "presence"})).await;
+    for i in 0..7 {
+        alice
+            .run(json!({"cmd": "message", "to": "bob@a.test", "id": format!("p{i}"), "body": format!("p{i}")}))
+            .await;
+    }
+    bob.expect("message", |e| e["id"] == "p6").await;
+
+    let first = page(&mut bob, "first", json!({"max": 3})).await;
+    assert_eq!(
+        summary(&first),
+        (
+            vec!["p0", "p1", "p2"],
+            &json!("0"),
+            &json!("7"),
+            &json!(false)
+        )
+    );
+    let by_index = page(&mut bob, "index", json!({"max": 3, "index": 5})).await;
+    assert_eq!(
+        summary(&by_index),
+        (vec!["p5", "p6"], &json!("5"), &json!("7"), &json!(true))
+    );
+    let last = page(&mut bob, "last", json!({"max": 3, "before": ""})).await;
+    assert_eq!(
+        summary(&last),
+        (
+            vec!["p4", "p5", "p6"],
+            &json!("4"),
+            &json!("7"),
+            &json!(false)
+        )
+    );
+    let before = page(
+        &mut bob,
+        "before",
+        json!({"max": 3, "before": last["first"].clone()}),
+    )
+    .await;
+    assert_eq!(
+        summary(&before),
+        (
+            vec!["p1", "p2", "p3"],
+            &json!("1"),
+            &json!("7"),
+            &json!(false)
+        )
+    );
+    let count = page(&mut bob, "count", json!({"max": 0})).await;
+    assert_eq!(
+        summary(&count),
+        (vec![], &Value::Null, &json!("7"), &json!(false))
+    );
+    let refused = page(
+        &mut bob,
+        "both",
+        json!({"max": 3, "index": 1, "after": first["last"].clone()}),
+    )
+    .await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["condition"], "bad-request");
+    assert!(refused["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("index")));
+    alice.quit().await;
+    bob.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsm_counts_and_pages_by_index_on_sqlite() {
+    let dns = TestDns::start().await;
+    rsm_count_and_index(node(&dns, "a.test", &[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsm_counts_and_pages_by_index_on_postgresql() {
+    let pg = crate::postgres::Postgres::start();
+    let url = pg.create_database("core");
+    let dns = TestDns::start().await;
+    let n = node_with(&dns, "a.test", &[], |c| {
+        c.database = fedgate::core::config::Database::Postgres(url)
+    })
+    .await;
+    rsm_count_and_index(n).await;
+}

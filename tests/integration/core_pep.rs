@@ -280,3 +280,140 @@ async fn a_contact_behind_the_gateway_gets_notifications_its_caps_ask_for() {
     alice.quit().await;
     bob.quit().await;
 }
+
+/// XEP-0398 with slixmpp's XEP-0084 and XEP-0054 plugins: an avatar published with PEP is
+/// the vCard photo another account reads, a vCard photo set by the client becomes the PEP
+/// avatar (data and metadata items named by its SHA-1), and the account announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatars_convert_between_pep_and_vcard_both_ways() {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("bob@a.test", "pb");
+    let mut alice = pep_client(n.c2s(), "alice@a.test/one", "pa").await;
+    let (mut bob, _) = sign_in(n.c2s(), "bob@a.test/r", "pb").await;
+    let ask = |tag: &'static str, mut cmd: Value| {
+        cmd["tag"] = json!(tag);
+        cmd
+    };
+
+    // PEP to vCard: bob reads the photo alice published with XEP-0084.
+    let first = b"\x89PNG first avatar";
+    let r = alice
+        .pep(
+            json!({"cmd": "avatar_publish", "data": b64(first), "type": "image/png"}),
+            "publish",
+        )
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    bob.command(ask("v1", json!({"cmd": "vcard_get", "to": "alice@a.test"})))
+        .await;
+    let r = bob.result("v1").await;
+    assert_eq!(r["photo"], b64(first), "{r}");
+
+    // vCard to PEP: alice sets a vCard photo; her PEP avatar is that image.
+    let second = b"\x89PNG second avatar";
+    let sha1 = hex::encode(sha1::Sha1::digest(second));
+    alice
+        .command(ask(
+            "v2",
+            json!({"cmd": "vcard_set", "fn": "Alice", "photo": b64(second)}),
+        ))
+        .await;
+    assert_eq!(alice.result("v2").await["type"], "result");
+    let meta = alice
+        .pep(
+            json!({"cmd": "pep_items", "jid": "alice@a.test", "node": "urn:xmpp:avatar:metadata"}),
+            "meta",
+        )
+        .await;
+    assert_eq!(meta["items"][0]["id"], sha1.as_str(), "{meta}");
+    let xml = meta["items"][0]["xml"].as_str().unwrap();
+    assert!(
+        xml.contains(&format!("id=\"{sha1}\"")) && xml.contains("image/png"),
+        "{xml}"
+    );
+    let data = alice
+        .pep(
+            json!({"cmd": "pep_items", "jid": "alice@a.test", "node": "urn:xmpp:avatar:data"}),
+            "data",
+        )
+        .await;
+    let item = data["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == sha1.as_str())
+        .unwrap_or_else(|| panic!("no data item {sha1}: {data}"));
+    assert!(
+        item["xml"].as_str().unwrap().contains(&b64(second)),
+        "{item}"
+    );
+
+    // XEP-0398 §2: the account says it converts.
+    bob.command(json!({"cmd": "disco", "to": "alice@a.test", "tag": "d"}))
+        .await;
+    let d = bob.result("d").await;
+    assert!(
+        d["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "urn:xmpp:pep-vcard-conversion:0"),
+        "{d}"
+    );
+    alice.quit().await;
+    bob.quit().await;
+}
+
+/// OMEMO 2 (`urn:xmpp:omemo:2`) bundles through slixmpp: one node with an item per device,
+/// created by publish-options `max_items = max` and `access_model = open`; a stranger reads
+/// every device's bundle, and a device's new bundle replaces its old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omemo_2_bundles_keep_an_item_per_device_for_anyone() {
+    let dns = TestDns::start().await;
+    let n = node(&dns, "a.test", &[]).await;
+    n.add_user("alice@a.test", "pa");
+    n.add_user("carol@a.test", "pc");
+    let mut alice = pep_client(n.c2s(), "alice@a.test/phone", "pa").await;
+    let mut carol = pep_client(n.c2s(), "carol@a.test/laptop", "pc").await;
+    let node_name = "urn:xmpp:omemo:2:bundles";
+    let options = json!({"pubsub#access_model": "open", "pubsub#max_items": "max"});
+    for (device, key) in [("11", "A"), ("22", "B"), ("11", "C")] {
+        let bundle = format!("<bundle xmlns='urn:xmpp:omemo:2'><ik>{key}</ik></bundle>");
+        let r = alice
+            .pep(
+                json!({"cmd": "pep_publish", "node": node_name, "id": device, "xml": bundle,
+                       "options": options}),
+                &format!("b{device}{key}"),
+            )
+            .await;
+        assert_eq!(r["type"], "result", "{r}");
+    }
+    let r = carol
+        .pep(
+            json!({"cmd": "pep_items", "jid": "alice@a.test", "node": node_name}),
+            "read",
+        )
+        .await;
+    assert_eq!(r["type"], "result", "{r}");
+    let items = r["items"].as_array().unwrap();
+    let mut got: Vec<(String, bool)> = items
+        .iter()
+        .map(|i| {
+            let xml = i["xml"].as_str().unwrap();
+            (i["id"].as_str().unwrap().to_owned(), xml.contains(">C<"))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("11".to_owned(), true), ("22".to_owned(), false)],
+        "{r}"
+    );
+    alice.quit().await;
+    carol.quit().await;
+}

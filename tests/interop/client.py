@@ -42,6 +42,8 @@ follows when it completed:
   {"cmd": "bookmarks_set", "conferences": [{"jid", "name", "nick", "autojoin"}], "tag": T}
                                              XEP-0048 bookmarks stored with XEP-0049
   {"cmd": "bookmarks_get", "tag": T}
+  {"cmd": "avatar_publish", "data": BASE64, "type": MIME, "tag": T}   XEP-0084 with slixmpp's
+                                             xep_0084: the data item, then the metadata
  IM features of the core (tests/integration/core_im.rs), each answered by a "result" event
  with its "tag" (type "result"|"error"|"timeout", "condition", "text", and what it read):
   {"cmd": "blocklist", "tag": T}                          XEP-0191 get: "jids": [...]
@@ -55,6 +57,9 @@ follows when it completed:
   {"cmd": "carbons", "enable": true|false}                enable or disable carbons
   {"cmd": "mam", "tag": T, "with": JID, "max": N}         pages through the whole archive
                                                           (with optional) N per page
+  {"cmd": "mam_page", "tag": T, "with": JID, "max": N, "index": I, "after": ID,
+   "before": ID|""}                                       one query with that XEP-0059 set
+                                                          ("before": "" is an empty <before/>)
   Multi-user chat (with --muc: slixmpp's xep_0045; tests/integration/muc.rs), each answered by
   a "muc_result" event with its "tag" (type "result"|"error"|"timeout", "condition", "text"):
   {"cmd": "muc_join", "room": JID, "nick": N, "password": PW, "maxstanzas": N, "tag": T}
@@ -90,6 +95,8 @@ Events (stdout):
   {"event": "carbon", "direction": "received"|"sent", "from": WRAPPER_FROM,
    "msg_from", "msg_to", "id", "body"}                     a carbon copy (XEP-0280)
   {"event": "mam", "tag": T, "messages": [{"id", "from", "to", "body", "msg_id"}]}
+  {"event": "mam_page", "tag": T, "type": "result"|"error", "condition", "text", "bodies",
+   "ids", "first", "first_index", "last", "count", "complete"}   (as slixmpp reads the <fin/>)
   {"event": "groupchat", "room", "nick", "body", "delay": bool, "stanza_id"}   (--muc)
   {"event": "muc_presence", "room", "nick", "type", "codes", "role", "affiliation", "jid"}
   {"event": "done", "cmd": C} / {"event": "command_failed", "cmd": C, "error": E}
@@ -109,6 +116,8 @@ import sys
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Collector
+from slixmpp.xmlstream.matcher import MatchXMLMask
 
 
 def emit(**event):
@@ -326,6 +335,8 @@ class Client(slixmpp.ClientXMPP):
                 await self.carbons(cmd)
             elif kind == "mam":
                 await self.mam(cmd)
+            elif kind == "mam_page":
+                await self.mam_page(cmd)
             elif kind == "quit":
                 self.disconnect(wait=2.0)
                 return
@@ -381,6 +392,44 @@ class Client(slixmpp.ClientXMPP):
                 }
             )
         emit(event="mam", tag=cmd.get("tag"), messages=messages)
+
+    async def mam_page(self, cmd):
+        """One query, its RSM set as the command gives it, read back with slixmpp's stanzas
+        (xep_0313's retrieve() cannot send an empty <before/>: it writes every value as a
+        string)."""
+        mam = self.plugin["xep_0313"]
+        with_jid = slixmpp.JID(cmd["with"]) if cmd.get("with") else None
+        iq, mask = mam._pre_mam_retrieve(None, None, None, with_jid, None)
+        rsm = iq["mam"]["rsm"]
+        for key in ("max", "index", "after"):
+            if key in cmd:
+                rsm[key] = str(cmd[key])
+        if "before" in cmd:
+            rsm["before"] = cmd["before"] or True
+        collector = Collector("mam_page_" + iq["id"], MatchXMLMask(str(mask)))
+        self.register_handler(collector)
+        try:
+            reply = await iq.send(timeout=10)
+        except IqError as e:
+            collector.stop()
+            condition, text = error_of(e.iq)
+            emit(event="mam_page", tag=cmd.get("tag"), type="error", condition=condition, text=text)
+            return
+        results = collector.stop()
+        fin = reply["mam_fin"]
+        s = fin["rsm"]
+        emit(
+            event="mam_page",
+            tag=cmd.get("tag"),
+            type="result",
+            bodies=[r["mam_result"]["forwarded"]["stanza"]["body"] for r in results],
+            ids=[r["mam_result"]["id"] for r in results],
+            first=s["first"] or None,
+            first_index=s["first_index"] or None,
+            last=s["last"] or None,
+            count=s["count"] or None,
+            complete=fin.xml.get("complete") in ("true", "1"),
+        )
 
     async def query(self, kind, to, tag):
         try:
@@ -620,7 +669,24 @@ async def cmd_bookmarks_get(client, cmd):
     await pep_call(cmd, send, lambda r: {"conferences": conferences(r)})
 
 
+async def cmd_avatar_publish(client, cmd):
+    """XEP-0084 §4.1: the data first, then the metadata pointing to it (the plugin is
+    registered here, so that other tests' caps do not change)."""
+    if "xep_0084" not in client.plugin:
+        client.register_plugin("xep_0084")
+    avatar = client.plugin["xep_0084"]
+    data = __import__("base64").b64decode(cmd["data"])
+
+    async def both():
+        await avatar.publish_avatar(data, timeout=10)
+        info = {"id": avatar.generate_id(data), "type": cmd.get("type", "image/png"), "bytes": len(data)}
+        return await avatar.publish_avatar_metadata([info], timeout=10)
+
+    await pep_call(cmd, both(), lambda r: {"id": r["pubsub"]["publish"]["item"]["id"]})
+
+
 PEP_COMMANDS = {
+    "avatar_publish": cmd_avatar_publish,
     "pep_interest": cmd_pep_interest,
     "pep_publish": cmd_pep_publish,
     "pep_items": cmd_pep_items,

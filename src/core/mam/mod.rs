@@ -15,14 +15,18 @@
 //!    session ended, or from offline storage): it is kept and not archived twice.
 //! 3. Queries (§4): `<query queryid>` with the data form fields `with`, `start`, `end`,
 //!    `before-id`, `after-id`, `ids` and XEP-0059 paging (`max`, `after`, `before`, an empty
-//!    `<before/>` for the last page); each result is a `<message><result queryid id>
+//!    `<before/>` for the last page, `index` for a page at a position, §2.5; `max` 0 for the
+//!    count alone, §2.6); each result is a `<message><result queryid id>
 //!    <forwarded><delay stamp/>original</forwarded></result></message>`, then the iq result
-//!    with `<fin complete?><set><first/><last/></set></fin>`. An id that is not in the
-//!    archive gets `<item-not-found/>`. A `get` of `<query/>` returns the form (§4.1.1).
-//!    `<count/>` and `index` are left out: counting a million rows would cost more than the
-//!    page (XEP-0059 makes both optional).
+//!    with `<fin complete?><set><first index/><last/><count/></set></fin>`: the count and
+//!    the index are those of the full result set, the form's filters without the paging
+//!    ([`store::position`] says what they cost). An id that is not in the archive gets
+//!    `<item-not-found/>`. A `get` of `<query/>` returns the form (§4.1.1).
 //! 4. Bounds: `archive_retention` and `archive_max_messages` ([`store`]); a page has at most
 //!    [`MAX_PAGE`] results, and never more than half the session's queue.
+//! 5. Expiry: besides the deletion at each insert, [`sweep_periodically`] deletes every
+//!    account's expired messages at start and every `archive_sweep_interval`, in
+//!    transactions of [`store::SWEEP_BATCH`] ([`store::sweep_expired`]).
 
 pub mod store;
 
@@ -31,7 +35,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use self::store::{ArchiveId, ArchiveLimits, DefaultMode, NewMessage, Prefs, Query, With};
+use self::store::{
+    ArchiveId, ArchiveLimits, DefaultMode, NewMessage, Prefs, Query, SweepFrom, With,
+};
 use super::carbons::NS_HINTS;
 use super::stanzas::{iq_result, payload, NS_DELAY};
 use super::{Core, SessionHandle};
@@ -131,7 +137,56 @@ fn stanza_id(by: &str, id: ArchiveId) -> Element {
         .with_attr("id", id.to_string())
 }
 
+/// Runs [`Core::sweep_archives`] at once and then every `archive_sweep_interval`, until the
+/// core shuts down. A failed sweep is logged and tried again at the next interval.
+pub(crate) async fn sweep_periodically(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(core.config.archive_sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match core.sweep_archives().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("archive sweep: deleted {n} expired messages")
+            }
+            Err(e) => tracing::warn!(
+                "archive sweep failed (tried again in {:?}): {e}",
+                core.config.archive_sweep_interval
+            ),
+        }
+    }
+}
+
 impl Core {
+    /// One sweep over every account's archive: deletes what `archive_retention` expired,
+    /// one [`store::sweep_expired`] transaction per storage call, so that other calls run
+    /// between them. Returns how many messages went.
+    pub(crate) async fn sweep_archives(&self) -> Result<usize, super::storage::StorageError> {
+        let retention_ms =
+            i64::try_from(self.config.archive_retention.as_millis()).unwrap_or(i64::MAX);
+        let below = store::key_at(now_ms().saturating_sub(retention_ms));
+        let mut from = SweepFrom::Start;
+        let mut total = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(total);
+            }
+            let f = from.clone();
+            let step = self
+                .storage
+                .call(move |c| store::sweep_expired(c, &f, below, store::SWEEP_BATCH))
+                .await?;
+            total += step.deleted;
+            match step.next {
+                Some(next) => from = next,
+                None => return Ok(total),
+            }
+        }
+    }
+
     fn archive_limits(&self) -> ArchiveLimits {
         ArchiveLimits {
             retention: self.config.archive_retention,
@@ -298,7 +353,7 @@ impl Core {
                     .as_millis()
                     .min(i64::MAX as u128) as i64,
         );
-        let page = self
+        let (page, position) = self
             .storage
             .call(move |c| {
                 for id in &check {
@@ -306,7 +361,9 @@ impl Core {
                         return Ok(Err(*id));
                     }
                 }
-                store::query(c, &owner, &q, oldest).map(Ok)
+                let page = store::query(c, &owner, &q, oldest)?;
+                let position = store::position(c, &owner, &q, oldest, &page)?;
+                Ok(Ok((page, position)))
             })
             .await?
             .map_err(|id| MamError::NotFound(id.to_string()))?;
@@ -315,7 +372,7 @@ impl Core {
         for out in result_messages(&to, me, queryid.as_deref(), &page) {
             session.send(Bytes::from(out));
         }
-        session.send_element(&iq_result(el, me).with_child(fin(&page)));
+        session.send_element(&iq_result(el, me).with_child(fin(&page, Some(position))));
         Ok(())
     }
 
@@ -359,13 +416,21 @@ pub(crate) fn result_messages<'a>(
     })
 }
 
-/// §4.3: the `<fin/>` of the iq result that ends a query, with the page's RSM bounds.
-pub(crate) fn fin(page: &store::Page) -> Element {
+/// §4.3: the `<fin/>` of the iq result that ends a query, with the page's RSM bounds and,
+/// when known, its position in the result set (XEP-0059 §2.1: `<first index/>`, `<count/>`).
+pub(crate) fn fin(page: &store::Page, position: Option<store::Position>) -> Element {
     let mut set = Element::new("set", NS_RSM);
     if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+        let mut f = Element::new("first", NS_RSM).with_text(first.id.to_string());
+        if let Some(i) = position.and_then(|p| p.first_index) {
+            f.set_attr("index", i.to_string());
+        }
         set = set
-            .with_child(Element::new("first", NS_RSM).with_text(first.id.to_string()))
+            .with_child(f)
             .with_child(Element::new("last", NS_RSM).with_text(last.id.to_string()));
+    }
+    if let Some(count) = position.and_then(|p| p.count) {
+        set = set.with_child(Element::new("count", NS_RSM).with_text(count.to_string()));
     }
     let mut fin = Element::new("fin", NS_MAM);
     if page.complete {
@@ -465,6 +530,7 @@ pub(crate) fn parse_query(
         }
     }
     if let Some(set) = p.child("set", NS_RSM) {
+        let mut by_id = false;
         for c in set.children().filter(|c| c.ns == NS_RSM) {
             let text = c.text();
             match c.name.as_str() {
@@ -476,19 +542,30 @@ pub(crate) fn parse_query(
                     q.max = n.min(cap);
                 }
                 "after" => {
-                    let k = id_of(&text, &mut check)?;
-                    q.after = Some(q.after.map_or(k, |a| a.max(k)));
+                    by_id = true;
+                    q.rsm_after = Some(id_of(&text, &mut check)?);
                 }
                 "before" => {
+                    by_id = true;
                     q.backwards = true;
                     if !text.trim().is_empty() {
-                        let k = id_of(&text, &mut check)?;
-                        q.before = Some(q.before.map_or(k, |b| b.min(k)));
+                        q.rsm_before = Some(id_of(&text, &mut check)?);
                     }
                 }
-                "index" => return Err(bad("RSM <index/> is not supported; page by id")),
+                "index" => {
+                    let i: usize = text
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("RSM <index/> is not a number"))?;
+                    q.index = Some(i);
+                }
                 _ => {}
             }
+        }
+        if by_id && q.index.is_some() {
+            return Err(bad(
+                "RSM <index/> chooses the page on its own: leave out <after/> and <before/>",
+            ));
         }
     }
     Ok((q, check))

@@ -20,7 +20,10 @@
 //! `archive_owners` counts each account's messages, so the size limit costs no `COUNT(*)`:
 //! an insert over [`ArchiveLimits::max_messages`] deletes the oldest. Expired messages
 //! ([`ArchiveLimits::retention`]) are deleted at the account's next insert, and queries never
-//! return them. Either deletion takes at most [`PRUNE_BATCH`] rows per insert.
+//! return them. Either deletion takes at most [`PRUNE_BATCH`] rows per insert. An account
+//! that gets no more messages is cleaned by the periodic sweep ([`sweep_expired`]), in
+//! transactions of at most [`SWEEP_BATCH`] deletions, so that a year's worth expiring at once
+//! never holds the database for long.
 
 use std::time::Duration;
 
@@ -30,6 +33,9 @@ use crate::core::storage::{params, Db, OptionalExtension, SqlError, ToSql, Value
 pub const KEY_SHIFT: u32 = 12;
 /// Most rows one insert deletes for the retention or the size limit.
 pub const PRUNE_BATCH: usize = 64;
+
+/// Most rows one transaction of the expiry sweep deletes.
+pub const SWEEP_BATCH: usize = 500;
 
 /// The archive tables, for the storage migration.
 pub const SCHEMA: &str = "CREATE TABLE archive (
@@ -341,17 +347,26 @@ pub enum With {
 }
 
 /// A query's filters and page, ids already checked ([`exists`]).
+///
+/// The filters (`with`, `from_key`/`to_key`, `after`/`before`, `ids`) define the full result
+/// set that XEP-0059 counts; `rsm_after`/`rsm_before`/`index` only choose a page of it.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     pub with: Option<With>,
     /// Inclusive key range from `start` and `end`.
     pub from_key: Option<i64>,
     pub to_key: Option<i64>,
-    /// Exclusive bounds: `after-id`/RSM `after`, and `before-id`/RSM `before`.
+    /// Exclusive bounds from the form's `after-id` and `before-id`.
     pub after: Option<i64>,
     pub before: Option<i64>,
     /// `ids`: only these messages (none when empty).
     pub ids: Option<Vec<ArchiveId>>,
+    /// Exclusive bounds from RSM `<after/>` and `<before/>`: paging, not filtering.
+    pub rsm_after: Option<i64>,
+    pub rsm_before: Option<i64>,
+    /// RSM `<index/>` (XEP-0059 §2.5): the page starts at this zero-based position of the
+    /// result set, read forwards.
+    pub index: Option<usize>,
     /// The page ends at the newest end (RSM `<before/>`): read backwards.
     pub backwards: bool,
     pub max: usize,
@@ -372,9 +387,52 @@ pub struct Page {
     pub complete: bool,
 }
 
-/// Runs a query on `owner`'s archive; messages with keys below `oldest_key` are expired.
-pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page, SqlError> {
-    let mut sql = String::from("SELECT key, nonce, stanza FROM archive WHERE owner = ?");
+/// Where a page lies in its full result set: XEP-0059 `<count/>` and `<first index/>`,
+/// each left out (XEP-0059 makes both optional) when finding it would scan more than
+/// [`CountBounds::max_counted`] messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Messages in the full result set (the query's filters, without its paging).
+    pub count: Option<u64>,
+    /// Zero-based position of the page's first message in that set; `None` for an empty
+    /// page.
+    pub first_index: Option<u64>,
+}
+
+/// How far [`position`] scans the archive's indexes.
+#[derive(Debug, Clone, Copy)]
+pub struct CountBounds {
+    /// Messages counted past the newer end of a page before the older side is counted
+    /// instead: clients read the newest pages most (the last page, catching up), so the
+    /// messages newer than a page are usually few.
+    pub near_newest: i64,
+    /// Most messages one count scans: a bound on the cost of a query (a few milliseconds
+    /// in SQLite); the default `archive_max_messages`, so that an account's archive is always
+    /// counted in full.
+    pub max_counted: i64,
+}
+
+/// The bounds the core uses.
+pub const COUNT_BOUNDS: CountBounds = CountBounds {
+    near_newest: 10_000,
+    max_counted: 100_000,
+};
+
+/// The SQL condition (after `WHERE`) and arguments of the query's filters, without its
+/// paging: the full result set (`ids` is matched by key only; callers check nonces).
+///
+/// `after`/`before` narrow it further (exclusive keys: paging, or one side of a page). Every
+/// key bound is merged into one `key >= ?` and one `key <= ?`: SQLite ranges an index scan
+/// on one lower and one upper bound only, and checks any other bound row by row, which made
+/// a count past a page scan the owner's whole archive.
+fn filters(
+    owner: &str,
+    q: &Query,
+    oldest_key: i64,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> (String, Vec<Value>) {
+    let mut sql = String::from("owner = ?");
     let mut args: Vec<Value> = vec![Value::Text(owner.to_owned())];
     match &q.with {
         Some(With::Bare(b)) => {
@@ -392,14 +450,19 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
         Some(oldest_key),
         q.from_key,
         q.after.map(|k| k.saturating_add(1)),
+        after.map(|k| k.saturating_add(1)),
     ]
     .into_iter()
     .flatten()
     .max();
-    let high = [q.to_key, q.before.map(|k| k - 1)]
-        .into_iter()
-        .flatten()
-        .min();
+    let high = [
+        q.to_key,
+        q.before.map(|k| k.saturating_sub(1)),
+        before.map(|k| k.saturating_sub(1)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     if let Some(l) = low {
         sql.push_str(" AND key >= ?");
         args.push(Value::Integer(l));
@@ -409,12 +472,6 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
         args.push(Value::Integer(h));
     }
     if let Some(ids) = &q.ids {
-        if ids.is_empty() {
-            return Ok(Page {
-                items: Vec::new(),
-                complete: true,
-            });
-        }
         sql.push_str(" AND key IN (");
         for (i, id) in ids.iter().enumerate() {
             sql.push_str(if i == 0 { "?" } else { ", ?" });
@@ -422,14 +479,53 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
         }
         sql.push(')');
     }
-    sql.push_str(if q.backwards {
+    (sql, args)
+}
+
+/// Whether the query filters nothing but the owner (and expiry): its result set is the
+/// whole archive, counted in `archive_owners`.
+fn unfiltered(q: &Query) -> bool {
+    q.with.is_none()
+        && q.from_key.is_none()
+        && q.to_key.is_none()
+        && q.after.is_none()
+        && q.before.is_none()
+        && q.ids.is_none()
+}
+
+fn as_args(args: &[Value]) -> Vec<&dyn ToSql> {
+    args.iter().map(|a| a as &dyn ToSql).collect()
+}
+
+/// Runs a query on `owner`'s archive; messages with keys below `oldest_key` are expired.
+pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page, SqlError> {
+    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Page {
+            items: Vec::new(),
+            complete: true,
+        });
+    }
+    let (cond, mut args) = filters(owner, q, oldest_key, q.rsm_after, q.rsm_before);
+    let mut sql = format!("SELECT key, nonce, stanza FROM archive WHERE {cond}");
+    let backwards = q.backwards && q.index.is_none();
+    sql.push_str(if backwards {
         " ORDER BY key DESC LIMIT ?"
     } else {
         " ORDER BY key ASC LIMIT ?"
     });
-    args.push(Value::Integer(q.max as i64 + 1));
-    let args: Vec<&dyn ToSql> = args.iter().map(|a| a as &dyn ToSql).collect();
-    let rows = conn.query_map(&sql, &args, |r| {
+    // `ids` are matched by nonce after the SQL: read every candidate (at most a page).
+    let limit = match &q.ids {
+        Some(ids) => ids.len(),
+        None => q.max,
+    };
+    args.push(Value::Integer(limit as i64 + 1));
+    if let Some(i) = q.index {
+        if q.ids.is_none() {
+            sql.push_str(" OFFSET ?");
+            args.push(Value::Integer(i64::try_from(i).unwrap_or(i64::MAX)));
+        }
+    }
+    let rows = conn.query_map(&sql, &as_args(&args), |r| {
         Ok(Archived {
             id: ArchiveId {
                 key: r.get(0)?,
@@ -445,10 +541,190 @@ pub fn query(conn: &Db, owner: &str, q: &Query, oldest_key: i64) -> Result<Page,
             items.push(a);
         }
     }
+    if let (Some(i), Some(_)) = (q.index, &q.ids) {
+        items.drain(..i.min(items.len()));
+    }
     let complete = items.len() <= q.max;
     items.truncate(q.max);
-    if q.backwards {
+    if backwards {
         items.reverse();
     }
     Ok(Page { items, complete })
+}
+
+/// XEP-0059 §2.1 and §2.5: how many messages the query's full result set has, and where
+/// `page` (its answer from [`query`]) starts in it.
+///
+/// Cost: an archive without filters is counted from `archive_owners` (less the expired
+/// messages the sweep has not deleted yet); a filtered one by a range scan of the index the
+/// page used. The position counts the messages newer than the page when they are at most
+/// [`CountBounds::near_newest`], else the older ones. No scan goes past
+/// [`CountBounds::max_counted`] rows: what it would need is left out instead.
+pub fn position(
+    conn: &Db,
+    owner: &str,
+    q: &Query,
+    oldest_key: i64,
+    page: &Page,
+) -> Result<Position, SqlError> {
+    position_within(conn, owner, q, oldest_key, page, COUNT_BOUNDS)
+}
+
+/// [`position`] with other bounds (tests use small ones).
+pub(crate) fn position_within(
+    conn: &Db,
+    owner: &str,
+    q: &Query,
+    oldest_key: i64,
+    page: &Page,
+    bounds: CountBounds,
+) -> Result<Position, SqlError> {
+    if let Some(ids) = &q.ids {
+        // At most a page of ids: read their keys and count here.
+        let mut keys = Vec::new();
+        if !ids.is_empty() {
+            let (cond, args) = filters(owner, q, oldest_key, None, None);
+            let rows = conn.query_map(
+                &format!("SELECT key, nonce FROM archive WHERE {cond}"),
+                &as_args(&args),
+                |r| {
+                    Ok(ArchiveId {
+                        key: r.get(0)?,
+                        nonce: r.get(1)?,
+                    })
+                },
+            )?;
+            keys = rows
+                .into_iter()
+                .filter(|id| ids.contains(id))
+                .map(|id| id.key)
+                .collect();
+        }
+        let first_index = page
+            .items
+            .first()
+            .map(|f| keys.iter().filter(|k| **k < f.id.key).count() as u64);
+        return Ok(Position {
+            count: Some(keys.len() as u64),
+            first_index,
+        });
+    }
+    // The rows of the result set past `after` or before `before`, if at most `limit`.
+    let counted =
+        |after: Option<i64>, before: Option<i64>, limit: i64| -> Result<Option<u64>, SqlError> {
+            let (cond, mut args) = filters(owner, q, oldest_key, after, before);
+            let inner = format!("SELECT 1 FROM archive WHERE {cond}");
+            args.push(Value::Integer(limit.saturating_add(1)));
+            let n: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM ({inner} LIMIT ?) AS counted"),
+                &as_args(&args),
+                |r| r.get(0),
+            )?;
+            Ok((n <= limit).then_some(n.max(0) as u64))
+        };
+    let count = if unfiltered(q) {
+        let stored: Option<i64> = conn
+            .query_row(
+                "SELECT messages FROM archive_owners WHERE owner = ?1",
+                params![owner],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let (stored, oldest) = (stored.unwrap_or(0).max(0) as u64, oldest_key);
+        // Expired rows the sweep has not deleted yet: few, unless it has not run.
+        let mut expired_args = vec![Value::Text(owner.to_owned()), Value::Integer(oldest)];
+        expired_args.push(Value::Integer(bounds.max_counted.saturating_add(1)));
+        let expired: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM archive WHERE owner = ? AND key < ? LIMIT ?) AS counted",
+            &as_args(&expired_args),
+            |r| r.get(0),
+        )?;
+        (expired <= bounds.max_counted).then(|| stored.saturating_sub(expired.max(0) as u64))
+    } else {
+        counted(None, None, bounds.max_counted)?
+    };
+    let first_index = match (page.items.first(), page.items.last()) {
+        (Some(first), Some(last)) => {
+            let newer = counted(Some(last.id.key), None, bounds.near_newest)?;
+            match (newer, count) {
+                (Some(newer), Some(count)) => {
+                    Some(count.saturating_sub(page.items.len() as u64 + newer))
+                }
+                _ => counted(None, Some(first.id.key), bounds.max_counted)?,
+            }
+        }
+        _ => None,
+    };
+    Ok(Position { count, first_index })
+}
+
+/// Where the expiry sweep goes on from ([`sweep_expired`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepFrom {
+    /// The first account.
+    Start,
+    /// This account: the last batch stopped inside its expired messages.
+    Owner(String),
+    /// The accounts after this one.
+    After(String),
+}
+
+/// What one batch of the sweep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepStep {
+    /// Messages deleted.
+    pub deleted: usize,
+    /// Where the next batch starts; `None` once every account was visited.
+    pub next: Option<SweepFrom>,
+}
+
+/// One transaction of the periodic expiry sweep: from `from`, deletes the messages with keys
+/// below `expired_below` of accounts (rows of `accounts`: the chat service's room archives,
+/// in the same table, keep their own retention), at most `batch` of them, and keeps
+/// `archive_owners` in step. Call it again with [`SweepStep::next`] until that is `None`.
+pub fn sweep_expired(
+    conn: &Db,
+    from: &SweepFrom,
+    expired_below: i64,
+    batch: usize,
+) -> Result<SweepStep, SqlError> {
+    let (op, cursor) = match from {
+        SweepFrom::Start => (">=", ""),
+        SweepFrom::Owner(o) => (">=", o.as_str()),
+        SweepFrom::After(o) => (">", o.as_str()),
+    };
+    let tx = conn.transaction()?;
+    // Accounts with messages, a batch of them at a time, in a stable order to resume in.
+    let owners: Vec<String> = tx.query_map(
+        &format!(
+            "SELECT o.owner FROM archive_owners o
+             JOIN accounts a ON o.owner = a.localpart || '@' || a.domain
+             WHERE o.owner {op} ?1 ORDER BY o.owner LIMIT ?2"
+        ),
+        params![cursor, batch as i64],
+        |r| r.get(0),
+    )?;
+    let mut deleted = 0;
+    let mut next = None;
+    for owner in &owners {
+        let budget = batch - deleted;
+        let n = delete_oldest(&tx, owner, expired_below, budget)?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE archive_owners SET messages = messages - ?2 WHERE owner = ?1",
+                params![owner, n as i64],
+            )?;
+        }
+        deleted += n;
+        if n == budget {
+            // This account may have more: the next batch starts with it again.
+            next = Some(SweepFrom::Owner(owner.clone()));
+            break;
+        }
+    }
+    if next.is_none() && owners.len() == batch {
+        next = owners.last().cloned().map(SweepFrom::After);
+    }
+    tx.commit()?;
+    Ok(SweepStep { deleted, next })
 }

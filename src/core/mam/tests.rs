@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::storage::testing::on_both_databases;
-use crate::core::storage::Db;
+use crate::core::storage::{Db, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::super::carbons::tests::send;
@@ -40,6 +40,15 @@ impl Answer {
 
     fn complete(&self) -> bool {
         self.fin.attr("complete") == Some("true")
+    }
+
+    /// The `index` of `<first/>`.
+    fn first_index(&self) -> Option<String> {
+        self.fin
+            .child("set", NS_RSM)
+            .and_then(|s| s.child("first", NS_RSM))
+            .and_then(|f| f.attr("index"))
+            .map(str::to_owned)
     }
 
     fn rsm(&self, name: &str) -> Option<String> {
@@ -427,6 +436,52 @@ async fn rsm_pages_forwards_and_backwards_with_complete_flags() {
         .unwrap();
     assert_eq!(b3.bodies(), ["0"]);
     assert!(b3.complete());
+    // XEP-0059 §2.1: every answer counts the result set and places its first item in it.
+    for (page, index) in [
+        (&p1, "0"),
+        (&p2, "3"),
+        (&p3, "6"),
+        (&b1, "4"),
+        (&b2, "1"),
+        (&b3, "0"),
+    ] {
+        assert_eq!(page.rsm("count").as_deref(), Some("7"));
+        assert_eq!(page.first_index().as_deref(), Some(index));
+    }
+    assert_eq!(
+        (p4.rsm("count").as_deref(), p4.first_index()),
+        (Some("7"), None)
+    );
+    // §2.5: a page by index; §2.6: <max>0</max> for the count alone.
+    let i = query(
+        &core,
+        &bob,
+        &mut bob_rx,
+        &[],
+        "<max>2</max><index>5</index>",
+    )
+    .await
+    .unwrap();
+    assert_eq!(i.bodies(), ["5", "6"]);
+    assert!(i.complete());
+    assert_eq!(i.first_index().as_deref(), Some("5"));
+    let c = query(&core, &bob, &mut bob_rx, &[], "<max>0</max>")
+        .await
+        .unwrap();
+    assert!(c.messages.is_empty());
+    assert_eq!(c.rsm("count").as_deref(), Some("7"));
+    // Index and an id together are ambiguous; an index must be a number.
+    for rsm in [
+        format!("<index>1</index><after>{}</after>", p1.ids[0]),
+        "<index>1</index><before/>".to_owned(),
+        "<index>first</index>".to_owned(),
+    ] {
+        assert_eq!(
+            query(&core, &bob, &mut bob_rx, &[], &rsm).await.err(),
+            Some("bad-request".into()),
+            "{rsm}"
+        );
+    }
     // Exactly a page left is complete too.
     let e = query(&core, &bob, &mut bob_rx, &[], "<max>7</max>")
         .await
@@ -711,4 +766,278 @@ on_both_databases! {
         .unwrap();
     assert_eq!(owners, 0);
 }
+}
+
+/// A message for bob with `with` at `at_ms`, body `body`.
+fn put_with(c: &Db, limits: &ArchiveLimits, at_ms: i64, with: &str, body: &str) -> ArchiveId {
+    let stanza = format!("<message xmlns='jabber:client'><body>{body}</body></message>");
+    archive(
+        c,
+        &NewMessage {
+            owner: "bob@a.test",
+            with_bare: with,
+            with_full: &format!("{with}/r"),
+            stanza: stanza.as_bytes(),
+        },
+        limits,
+        at_ms,
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// The bodies of a page.
+fn bodies_of(page: &Page) -> Vec<String> {
+    page.items
+        .iter()
+        .map(|a| String::from_utf8(a.stanza.clone()).unwrap())
+        .map(|s| s[s.find("<body>").unwrap() + 6..s.find("</body>").unwrap()].to_owned())
+        .collect()
+}
+
+on_both_databases! {
+    /// XEP-0059 §2.1/§2.5: the count is the full result set's (filters, not paging, and no
+    /// expired message), the index the page's place in it, from either end; `index` pages.
+    fn count_and_index_of_pages_and_paging_by_index(c) {
+    let limits = ArchiveLimits {
+        retention: Duration::from_secs(1_000_000),
+        max_messages: 1000,
+    };
+    let t0 = 1_700_000_000_000;
+    // Two that a query treats as expired, then a0..a6 with alice and c0..c2 with carol.
+    put_with(c, &limits, t0, "alice@a.test", "old0");
+    put_with(c, &limits, t0 + 1, "alice@a.test", "old1");
+    let mut alice = Vec::new();
+    for i in 0..7 {
+        alice.push(put_with(c, &limits, t0 + 1000 + i * 2, "alice@a.test", &format!("a{i}")));
+        if i < 3 {
+            put_with(c, &limits, t0 + 1001 + i * 2, "carol@a.test", &format!("c{i}"));
+        }
+    }
+    let oldest = key_at(t0 + 500);
+    let run = |q: &Query, near: i64| {
+        let page = store::query(c, "bob@a.test", q, oldest).unwrap();
+        let bounds = CountBounds { near_newest: near, max_counted: 1000 };
+        let pos = position_within(c, "bob@a.test", q, oldest, &page, bounds).unwrap();
+        (bodies_of(&page), pos.count.unwrap(), pos.first_index)
+    };
+    let q = |f: &dyn Fn(&mut Query)| {
+        let mut q = Query { max: 3, ..Query::default() };
+        f(&mut q);
+        q
+    };
+    // The whole archive (counted from archive_owners, less the 2 expired): first page.
+    let first = q(&|_| {});
+    assert_eq!(run(&first, 100), (vec!["a0".into(), "c0".into(), "a1".into()], 10, Some(0)));
+    // The last page (an empty <before/>), counted from the newer end or the older one.
+    let last = q(&|q| q.backwards = true);
+    for near in [100, 1] {
+        let (b, count, index) = run(&last, near);
+        assert_eq!((b, count, index), (vec!["a4".into(), "a5".into(), "a6".into()], 10, Some(7)), "near {near}");
+    }
+    // A page in the middle, by RSM after: the count stays the result set's.
+    let page1 = store::query(c, "bob@a.test", &first, oldest).unwrap();
+    let after = q(&|q| q.rsm_after = Some(page1.items[2].id.key));
+    for near in [100, 2] {
+        assert_eq!(run(&after, near), (vec!["c1".into(), "a2".into(), "c2".into()], 10, Some(3)));
+    }
+    // Paging by index: the page that starts at position 4, and one past the end.
+    let by_index = q(&|q| q.index = Some(4));
+    assert_eq!(run(&by_index, 100), (vec!["a2".into(), "c2".into(), "a3".into()], 10, Some(4)));
+    let (b, count, index) = run(&q(&|q| q.index = Some(10)), 100);
+    assert!(b.is_empty());
+    assert_eq!((count, index), (10, None));
+    // A filter makes its own result set: with carol, 3; with alice after a1 (after-id), 5.
+    let carol = q(&|q| {
+        q.with = Some(With::Bare("carol@a.test".into()));
+        q.index = Some(1);
+    });
+    assert_eq!(run(&carol, 100), (vec!["c1".into(), "c2".into()], 3, Some(1)));
+    let after_id = q(&|q| {
+        q.with = Some(With::Bare("alice@a.test".into()));
+        q.after = Some(alice[1].key);
+        q.backwards = true;
+    });
+    for near in [100, 1] {
+        assert_eq!(run(&after_id, near), (vec!["a4".into(), "a5".into(), "a6".into()], 5, Some(2)));
+    }
+    // max 0: the count alone.
+    let (b, count, index) = run(&q(&|q| q.max = 0), 100);
+    assert!(b.is_empty());
+    assert_eq!((count, index), (10, None));
+    // ids: the ones that exist (a wrong nonce is not one), in order, paged by index too.
+    let wrong = ArchiveId { key: alice[3].key, nonce: alice[3].nonce ^ 1 };
+    let ids = q(&|q| {
+        q.ids = Some(vec![alice[5], wrong, alice[0], alice[6]]);
+        q.index = Some(1);
+    });
+    assert_eq!(run(&ids, 100), (vec!["a5".into(), "a6".into()], 3, Some(1)));
+    // Beyond max_counted a filtered count is left out, not scanned; the index too when
+    // neither side is small. The whole archive's count comes from archive_owners anyway.
+    let tight = CountBounds { near_newest: 1, max_counted: 2 };
+    let at = |q: &Query| {
+        let page = store::query(c, "bob@a.test", q, oldest).unwrap();
+        position_within(c, "bob@a.test", q, oldest, &page, tight).unwrap()
+    };
+    let alice_mid = q(&|q| {
+        q.with = Some(With::Bare("alice@a.test".into()));
+        q.max = 1;
+        q.index = Some(3);
+    });
+    assert_eq!(at(&alice_mid), Position { count: None, first_index: None });
+    let alice_first = q(&|q| {
+        q.with = Some(With::Bare("alice@a.test".into()));
+        q.max = 1;
+    });
+    assert_eq!(at(&alice_first), Position { count: None, first_index: Some(0) });
+    assert_eq!(at(&first), Position { count: Some(10), first_index: Some(0) });
+}
+}
+
+/// A message in `owner`'s archive at `at_ms` (retention long enough that the insert deletes
+/// nothing: the sweep is what is tested).
+fn put_for(c: &Db, owner: &str, at_ms: i64) {
+    let limits = ArchiveLimits {
+        retention: Duration::from_secs(100 * 365 * 24 * 3600),
+        max_messages: 1000,
+    };
+    archive(
+        c,
+        &NewMessage {
+            owner,
+            with_bare: "zed@b.test",
+            with_full: "zed@b.test/r",
+            stanza: b"<message xmlns='jabber:client'><body>x</body></message>",
+        },
+        &limits,
+        at_ms,
+    )
+    .unwrap()
+    .unwrap();
+}
+
+/// Rows and `archive_owners` count of `owner`.
+fn stored(c: &Db, owner: &str) -> (i64, i64) {
+    let rows = c
+        .query_row(
+            "SELECT COUNT(*) FROM archive WHERE owner = ?1",
+            crate::core::storage::params![owner],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let counted: Option<i64> = c
+        .query_row(
+            "SELECT messages FROM archive_owners WHERE owner = ?1",
+            crate::core::storage::params![owner],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap();
+    (rows, counted.unwrap_or(0))
+}
+
+on_both_databases! {
+    /// The sweep deletes every account's expired messages in batches of at most `batch`,
+    /// resuming inside an account and after it, keeps the counts in step, and leaves the
+    /// messages in time and the room archives (not accounts) alone.
+    fn the_sweep_deletes_expired_messages_of_accounts_in_bounded_batches(c) {
+    for u in ["alice", "bob", "carol"] {
+        crate::core::storage::create_account(c, u, "a.test", &crate::core::sasl::Credentials::derive("pw", 4096)).unwrap();
+    }
+    let t0 = 1_700_000_000_000;
+    for i in 0..5 {
+        put_for(c, "alice@a.test", t0 + i);
+    }
+    put_for(c, "bob@a.test", t0 + 10);
+    put_for(c, "bob@a.test", t0 + 11);
+    put_for(c, "room@muc.a.test", t0 + 12);
+    // In time: after the cut.
+    let cut = t0 + 1000;
+    put_for(c, "alice@a.test", cut);
+    put_for(c, "carol@a.test", cut + 1);
+    let mut from = SweepFrom::Start;
+    let mut steps = Vec::new();
+    loop {
+        let step = sweep_expired(c, &from, key_at(cut), 2).unwrap();
+        assert!(step.deleted <= 2, "{step:?}");
+        steps.push(step.deleted);
+        match step.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(steps.iter().sum::<usize>(), 7, "{steps:?}");
+    assert!(steps.len() >= 4, "batches of 2: {steps:?}");
+    assert_eq!(stored(c, "alice@a.test"), (1, 1));
+    assert_eq!(stored(c, "bob@a.test"), (0, 0));
+    assert_eq!(stored(c, "carol@a.test"), (1, 1));
+    assert_eq!(stored(c, "room@muc.a.test"), (1, 1), "rooms keep their own retention");
+    // Nothing left to do: one batch, nothing deleted.
+    let again = sweep_expired(c, &SweepFrom::Start, key_at(cut), 2).unwrap();
+    assert_eq!(again.deleted, 0);
+}
+}
+
+/// The core sweeps at start and then every `archive_sweep_interval` (time paused: the
+/// interval passes when the test says so), also for an account that receives nothing.
+#[tokio::test(start_paused = true)]
+async fn the_core_sweeps_expired_messages_at_start_and_every_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core_with(dir.path(), &["alice", "bob"], |c| {
+        c.archive_retention = Duration::from_secs(3600);
+        c.archive_sweep_interval = Duration::from_secs(600);
+    })
+    .await;
+    let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+    let put = |owner: &'static str, at: i64, n: usize| {
+        let core = core.clone();
+        async move {
+            core.storage
+                .call(move |c| {
+                    for i in 0..n {
+                        put_for(c, owner, at + i as i64);
+                    }
+                    Ok::<_, crate::core::storage::SqlError>(())
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let rows = |owner: &'static str| {
+        let core = core.clone();
+        async move {
+            core.storage
+                .call(move |c| Ok::<_, crate::core::storage::SqlError>(stored(c, owner)))
+                .await
+                .unwrap()
+        }
+    };
+    // More than one transaction's worth.
+    put("alice@a.test", two_hours_ago, store::SWEEP_BATCH + 20).await;
+    let sweeper = tokio::spawn(sweep_periodically(core.clone()));
+    let mut polls = 0;
+    while rows("alice@a.test").await != (0, 0) {
+        polls += 1;
+        assert!(
+            polls < 1000,
+            "not swept at start: {:?}",
+            rows("alice@a.test").await
+        );
+        tokio::task::yield_now().await;
+    }
+    // bob's messages arrive later (archive keys only grow: they go in while the archive is
+    // empty), then one of alice's in time; the next interval deletes bob's only.
+    put("bob@a.test", two_hours_ago, 3).await;
+    put("alice@a.test", now_ms(), 1).await;
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let mut polls = 0;
+    while rows("bob@a.test").await != (0, 0) {
+        polls += 1;
+        assert!(polls < 1000, "not swept after the interval");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(rows("alice@a.test").await, (1, 1));
+    // The sweeper ends with the core.
+    core.shutdown.cancel();
+    sweeper.await.unwrap();
 }

@@ -317,13 +317,18 @@ impl Core {
             )
             .await?
         {
-            Published::Done { .. } => Ok(Some(
-                Element::new("pubsub", NS_PUBSUB).with_child(
-                    Element::new("publish", NS_PUBSUB)
-                        .with_attr("node", &node)
-                        .with_child(Element::new("item", NS_PUBSUB).with_attr("id", &id)),
-                ),
-            )),
+            Published::Done { .. } => {
+                if node == crate::core::vcard::avatar::NS_AVATAR_METADATA {
+                    self.avatar_to_vcard(account, payload_el).await;
+                }
+                Ok(Some(
+                    Element::new("pubsub", NS_PUBSUB).with_child(
+                        Element::new("publish", NS_PUBSUB)
+                            .with_attr("node", &node)
+                            .with_child(Element::new("item", NS_PUBSUB).with_attr("id", &id)),
+                    ),
+                ))
+            }
             Published::Conflict => Err(refuse(
                 StanzaErrorCondition::Conflict,
                 Some(PubsubError::PreconditionNotMet),
@@ -337,6 +342,35 @@ impl Core {
                     self.config.pep_max_nodes
                 ),
             )),
+        }
+    }
+
+    /// A publish the server makes for `account` itself (XEP-0398 conversion): no
+    /// publish-options, a new node with the PEP defaults, notifications as usual. `Err` says
+    /// why it was refused.
+    pub(crate) async fn publish_for_account(
+        &self,
+        account: &str,
+        node: &str,
+        id: &str,
+        payload: &Element,
+    ) -> Result<(), String> {
+        match self
+            .publish_item(
+                account,
+                node,
+                id,
+                account,
+                payload,
+                ConfigChange::default(),
+                NodeConfig::DEFAULT,
+            )
+            .await
+        {
+            Ok(Published::Done { .. }) => Ok(()),
+            Ok(Published::Conflict) => Err("the node's configuration conflicts".into()),
+            Ok(Published::TooManyNodes) => Err("the account has pep_max_nodes nodes".into()),
+            Err(refusal) => Err(refusal.text),
         }
     }
 

@@ -1299,3 +1299,128 @@ crate::core::storage::testing::on_both_databases! {
         assert_eq!(store::private_get(db, "alice@a.test", "c", "urn:x").unwrap(), None);
     }
 }
+
+/// OMEMO (XEP-0384 v0.8+, `urn:xmpp:omemo:2`) as Conversations, Dino and Gajim publish it,
+/// addressed to the account's own bare JID: an open device list; one bundles node holding an
+/// item per device (`max_items = max`), read by a stranger; and the recovery from a node an
+/// older client made with the defaults: precondition-not-met, the owner configures the node,
+/// the same publish then succeeds (XEP-0060 §7.1.5 and §8.2).
+#[tokio::test]
+async fn omemo_flows_with_publish_options_to_the_own_bare_jid() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice", "carol"]).await;
+    let (alice, _, mut rx) = session(&core, "alice@a.test/r", 64);
+    let (_carol, _, mut carol_rx) = session(&core, "carol@a.test/r", 64);
+    let to_self = |iq: String| iq.replacen("set'", "set' to='alice@a.test'", 1);
+    let open = field("access_model", "open");
+    let bundles_options = format!("{open}{}", field("max_items", "max"));
+    let list = "<devices xmlns='urn:xmpp:omemo:2'><device id='1'/><device id='2'/></devices>";
+    let r = own_iq(
+        &core,
+        &alice,
+        &mut rx,
+        &to_self(publish(
+            "d",
+            "urn:xmpp:omemo:2:devices",
+            "current",
+            list,
+            &open,
+        )),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    assert_eq!(r.attr("from"), Some("alice@a.test"), "{r:?}");
+    for device in ["1", "2", "1"] {
+        let bundle =
+            format!("<bundle xmlns='urn:xmpp:omemo:2'><spk id='{device}'>AAAA</spk></bundle>");
+        let r = own_iq(
+            &core,
+            &alice,
+            &mut rx,
+            &to_self(publish(
+                "b",
+                "urn:xmpp:omemo:2:bundles",
+                device,
+                &bundle,
+                &bundles_options,
+            )),
+        )
+        .await;
+        assert_eq!(r.attr("type"), Some("result"), "bundle {device}: {r:?}");
+    }
+    // carol (no subscription) reads the device list and both bundles; device 1's was replaced.
+    let r = other_iq(
+        &core,
+        "carol@a.test/r",
+        "alice@a.test",
+        &mut carol_rx,
+        &items("i1", "urn:xmpp:omemo:2:devices", "", ""),
+    )
+    .await;
+    assert_eq!(item_ids(&r), ["current"], "{r:?}");
+    let r = other_iq(
+        &core,
+        "carol@a.test/r",
+        "alice@a.test",
+        &mut carol_rx,
+        &items("i2", "urn:xmpp:omemo:2:bundles", "", ""),
+    )
+    .await;
+    let mut ids = item_ids(&r);
+    ids.sort();
+    assert_eq!(ids, ["1", "2"], "{r:?}");
+    // A bundles node an older client created with the defaults (presence, one item).
+    let legacy = "eu.siacs.conversations.axolotl.bundles:7";
+    let bundle = "<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>AAAA</signedPreKeyPublic></bundle>";
+    own_iq(
+        &core,
+        &alice,
+        &mut rx,
+        &publish("l1", legacy, "current", bundle, ""),
+    )
+    .await;
+    let r = own_iq(
+        &core,
+        &alice,
+        &mut rx,
+        &to_self(publish("l2", legacy, "current", bundle, &open)),
+    )
+    .await;
+    let (cond, app, text) = error_of(&r);
+    assert_eq!(
+        (cond.as_str(), app.as_str()),
+        ("conflict", "precondition-not-met")
+    );
+    assert!(!text.is_empty());
+    let error = r.children().find(|c| c.name == "error").unwrap();
+    assert_eq!(error.attr("code"), Some("409"), "XEP-0086 code");
+    let r = own_iq(
+        &core,
+        &alice,
+        &mut rx,
+        &format!(
+            "set' to='alice@a.test' id='c'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='{legacy}'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             {open}</x></configure></pubsub>"
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let r = own_iq(
+        &core,
+        &alice,
+        &mut rx,
+        &to_self(publish("l3", legacy, "current", bundle, &open)),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let r = other_iq(
+        &core,
+        "carol@a.test/r",
+        "alice@a.test",
+        &mut carol_rx,
+        &items("i3", legacy, "", ""),
+    )
+    .await;
+    assert_eq!(item_ids(&r), ["current"], "{r:?}");
+}

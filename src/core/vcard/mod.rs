@@ -7,10 +7,15 @@
 //!    `max_vcard_bytes` is `<not-acceptable/>`. Stored as its XML.
 //! 3. XEP-0153: the SHA-1 of the PHOTO's BINVAL bytes is kept with it, and every available
 //!    presence of the account carries `<x xmlns='vcard-temp:x:update'><photo>HASH</photo></x>`
-//!    (an empty `<photo/>` without a photo), replacing whatever the client put there. After a
-//!    set the account's available resources broadcast their presence again with the new hash,
-//!    so that contacts learn of the change at once.
+//!    (an empty `<photo/>` without a photo), replacing whatever the client put there, except
+//!    an empty `<photo/>` of its own: a client not ready to advertise an avatar (XEP-0153
+//!    §3.2), which XEP-0398 §4 says the server must leave alone. After a set the account's
+//!    available resources (but those) broadcast their presence again with the new hash, so
+//!    that contacts learn of the change at once.
+//! 4. XEP-0398: the PHOTO and the XEP-0084 avatar nodes are kept the same both ways
+//!    ([`avatar`]).
 
+pub(crate) mod avatar;
 #[cfg(test)]
 mod tests;
 
@@ -83,6 +88,16 @@ pub(crate) fn photo_sha1(vcard: &Element) -> Option<String> {
     Some(hex::encode(Sha1::digest(bytes)))
 }
 
+/// Whether the client's `presence` carries `<x xmlns='vcard-temp:x:update'><photo/></x>`
+/// with an empty photo: it does not advertise an avatar yet (step 3).
+pub(crate) fn withholds_photo(presence: &Element) -> bool {
+    presence
+        .children()
+        .filter(|x| x.name == "x" && x.ns == NS_VCARD_UPDATE)
+        .flat_map(|x| x.children())
+        .any(|p| p.name == "photo" && p.ns == NS_VCARD_UPDATE && p.text().trim().is_empty())
+}
+
 /// `presence` with its `vcard-temp:x:update` replaced by one carrying `hash`.
 pub(crate) fn with_update(mut presence: Element, hash: Option<&str>) -> Element {
     presence
@@ -108,6 +123,9 @@ impl Core {
     /// The account's available presence with its avatar hash (step 3). A database failure
     /// leaves the presence as the client sent it.
     pub(crate) async fn with_avatar(&self, account: &str, presence: Element) -> Element {
+        if withholds_photo(&presence) {
+            return presence;
+        }
         let owner = account.to_owned();
         match self.storage.call(move |c| photo_hash(c, &owner)).await {
             Ok(hash) => with_update(presence, hash.as_deref()),
@@ -179,22 +197,39 @@ impl Core {
         let hash = photo_sha1(vcard);
         let owner = session.account.clone();
         let h = hash.clone();
-        if let Err(e) = self
+        let before = match self
             .storage
-            .call(move |c| store(c, &owner, &xml, h.as_deref()))
+            .call(move |c| {
+                let before = photo_hash(c, &owner)?;
+                store(c, &owner, &xml, h.as_deref())?;
+                Ok(before)
+            })
             .await
         {
-            tracing::warn!("vCard write failed: {e}");
-            return self.storage_failed(&el).await;
-        }
+            Ok(before) => before,
+            Err(e) => {
+                tracing::warn!("vCard write failed: {e}");
+                return self.storage_failed(&el).await;
+            }
+        };
         session.send_element(&iq_result(&el, &session.jid.bare().to_string()));
-        // Step 3: the new hash goes out with the current presence of every resource.
-        for s in self.sessions_of(&session.account) {
+        self.announce_photo(&session.account, hash.as_deref()).await;
+        self.vcard_to_avatar(&session.account, vcard, before.as_deref())
+            .await;
+    }
+
+    /// Step 3: the new hash goes out with the current presence of every available resource
+    /// of `account`.
+    pub(crate) async fn announce_photo(&self, account: &str, hash: Option<&str>) {
+        for s in self.sessions_of(account) {
             let last = {
                 let mut p = s.presence();
+                if p.photo_withheld {
+                    continue;
+                }
                 match p.last.take() {
                     Some(last) => {
-                        let updated = with_update(last, hash.as_deref());
+                        let updated = with_update(last, hash);
                         p.last = Some(updated.clone());
                         Some(updated)
                     }

@@ -135,3 +135,43 @@ crate::core::storage::testing::on_both_databases! {
         assert_eq!(photo_hash(db, "a@a.test").unwrap(), None);
     }
 }
+
+/// XEP-0398 §4: a client's own empty `<photo/>` (not ready to advertise an avatar) is left
+/// alone, at its presence and when the vCard changes; a presence without one gets the hash.
+#[tokio::test]
+async fn an_empty_photo_from_the_client_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice"]).await;
+    let (alice, _, mut alice_rx) = session(&core, "alice@a.test/r", 16);
+    let (shy, _, _shy_rx) = session(&core, "alice@a.test/shy", 16);
+    core.client_iq(&alice, client_el(&format!(
+        "<iq from='alice@a.test/r' type='set' id='s1'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>{PHOTO}</BINVAL></PHOTO></vCard></iq>"
+    ))).await;
+    drain(&mut alice_rx);
+    core.presence_outbound(&shy, client_el("<presence from='alice@a.test/shy'><x xmlns='vcard-temp:x:update'><photo/></x></presence>")).await;
+    let seen = drain(&mut alice_rx);
+    let p = seen
+        .iter()
+        .find(|p| p.starts_with("<presence"))
+        .expect("shy's presence");
+    assert!(p.contains("<photo/>") && !p.contains(PHOTO_SHA1), "{p}");
+    // A new photo: shy's presence is not sent again with it.
+    core.client_iq(&alice, client_el(
+        "<iq from='alice@a.test/r' type='set' id='s2'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>d29ybGQ=</BINVAL></PHOTO></vCard></iq>"
+    )).await;
+    let seen = drain(&mut alice_rx);
+    assert!(!seen.iter().any(|p| p.starts_with("<presence")), "{seen:?}");
+    // Without the empty photo, the hash is stamped in.
+    core.presence_outbound(&shy, client_el("<presence from='alice@a.test/shy'/>"))
+        .await;
+    let seen = drain(&mut alice_rx);
+    let hash = photo_sha1(&client_el(
+        "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>d29ybGQ=</BINVAL></PHOTO></vCard>",
+    ))
+    .unwrap();
+    assert!(
+        seen.iter()
+            .any(|p| p.contains(&format!("<photo>{hash}</photo>"))),
+        "{seen:?}"
+    );
+}
