@@ -318,6 +318,19 @@ impl Router {
         }
     }
 
+    /// Sends stanzas from `handle.local` to `remote` on an inbound stream that negotiated
+    /// XEP-0288 bidi, instead of an outbound session of their own: `true` if it took the
+    /// pair, `false` when an outbound session for it exists already (it carries on). The
+    /// stream removes it with [`Router::remove_outbound`] when it ends.
+    pub fn attach_reverse(&self, remote: &str, handle: OutboundHandle) -> bool {
+        let mut list = self.outbound.entry(remote.to_string()).or_default();
+        if list.iter().any(|h| h.local == handle.local) {
+            return false;
+        }
+        list.push(handle);
+        true
+    }
+
     /// Stanzas waiting in each remote domain's outbound queues, read from the channels
     /// themselves so that queueing costs nothing extra per stanza.
     pub fn outbound_queues(&self) -> Vec<(String, usize)> {

@@ -18,6 +18,7 @@
 //!   when a limit is reached.
 //! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
+pub mod bidi;
 pub mod connect;
 pub mod dialback;
 pub mod inbound;

@@ -117,6 +117,9 @@ pub enum Next {
     /// Write the output (`<success/>`), record (local, remote) as authenticated by SASL
     /// EXTERNAL, and restart the stream: a new header follows (RFC 6120 §6.4.6).
     Authenticated { local: String, remote: String },
+    /// The peer asked for XEP-0288 bidi and may have it: the stream carries our stanzas
+    /// back for every pair proved on it, those so far and those to come.
+    Bidi,
     /// Not negotiation: the session handles the element (dialback, XEP-0198, stanzas,
     /// stream errors).
     Session,
@@ -148,6 +151,9 @@ pub struct Negotiation {
     external_pending: Option<(String, String)>,
     /// A pair is authenticated on this connection.
     authenticated: bool,
+    /// The peer asked for XEP-0288 bidi, which we offered: the stream may carry our stanzas
+    /// back (for the pairs proved on it).
+    bidi: bool,
     /// Bytes to write, taken by [`Negotiation::take_output`].
     out: Vec<u8>,
 }
@@ -167,6 +173,7 @@ impl Negotiation {
             external_failures: 0,
             external_pending: None,
             authenticated: false,
+            bidi: false,
             out: Vec::new(),
         }
     }
@@ -181,6 +188,17 @@ impl Negotiation {
 
     pub fn security(&self) -> &Security {
         &self.security
+    }
+
+    /// Whether the peer negotiated XEP-0288 bidi on this connection.
+    pub fn bidi(&self) -> bool {
+        self.bidi
+    }
+
+    /// Whether XEP-0288 bidi may be negotiated with this peer now: over TLS only, and when
+    /// `s2s.bidi` and the peer's `bidi` allow it.
+    fn bidi_allowed(&self, ctx: &S2sContext) -> bool {
+        self.security.tls.is_some() && self.remote.is_some() && self.peer_policy(ctx).bidi
     }
 
     /// The stream header's `to`, once read.
@@ -336,6 +354,11 @@ impl Negotiation {
             if self.external_offered {
                 features.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>");
             }
+            // XEP-0288 §2.1: before authentication, on encrypted streams; the request comes
+            // before SASL or dialback.
+            if !self.authenticated && !self.bidi && self.bidi_allowed(ctx) {
+                features.push_str(crate::s2s::bidi::FEATURE);
+            }
             if policy.allows_dialback(tls) {
                 features
                     .push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
@@ -386,7 +409,23 @@ impl Negotiation {
         if stanza.name() == "auth" && stanza.ns() == ns::SASL {
             return self.sasl_external(stanza, ctx);
         }
+        if crate::s2s::bidi::is_request(stanza) {
+            return self.bidi_request(ctx);
+        }
         Ok(Next::Session)
+    }
+
+    /// XEP-0288 §2.2: `<bidi xmlns='urn:xmpp:bidi'/>`, whatever its children (Prosody 13 puts
+    /// `<limits/>` there). Nothing answers it; a second one changes nothing.
+    fn bidi_request(&mut self, ctx: &S2sContext) -> Result<Next, Refusal> {
+        if !self.bidi_allowed(ctx) {
+            return Err(refuse(
+                StreamErrorCondition::UnsupportedStanzaType,
+                "bidirectional streams (XEP-0288) are not offered on this stream",
+            ));
+        }
+        self.bidi = true;
+        Ok(Next::Bidi)
     }
 
     /// Step 2: `<starttls/>` (RFC 6120 §5.4.2).

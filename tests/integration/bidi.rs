@@ -1,0 +1,428 @@
+//! XEP-0288 bidirectional s2s: one TCP connection carries a pair's stanzas both ways, each
+//! direction within the rules of the other's authentication, and a dropped bidi stream loses
+//! nothing.
+
+use std::net::IpAddr;
+
+use crate::certs::CertSpec;
+use crate::harness::*;
+
+/// Connections each instance opened and accepted, as its metrics count them.
+struct Connections {
+    opened: f64,
+    accepted: f64,
+    bidi_out: f64,
+    bidi_in: f64,
+}
+
+async fn connections(i: &Instance) -> Connections {
+    let m = i.metrics().await;
+    Connections {
+        // Counters whose labelled child appears on the first connection.
+        opened: metric_or_zero(
+            &m,
+            "fedgate_outbound_attempts_total{result=\"established\"}",
+        ),
+        accepted: metric_or_zero(
+            &m,
+            "fedgate_s2s_sessions{direction=\"inbound\",state=\"established\"}",
+        ),
+        bidi_out: metric(&m, "fedgate_s2s_bidi_links{direction=\"outbound\"}"),
+        bidi_in: metric(&m, "fedgate_s2s_bidi_links{direction=\"inbound\"}"),
+    }
+}
+
+/// a.test's backend writes to b.test, b.test's backend answers; returns how long the answer
+/// took from b's backend to a's (a figure for the logs, never asserted).
+async fn exchange(a: &Instance, b: &Instance) -> std::time::Duration {
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let hello = "<message from='alice@a.test' to='bob@b.test' id='hello'><body>hi</body></message>";
+    backend_a.send(hello).await;
+    assert_eq!(backend_b.next_text().await, hello);
+    let reply =
+        "<message from='bob@b.test' to='alice@a.test' id='reply'><body>hello</body></message>";
+    let sent = std::time::Instant::now();
+    backend_b.send(reply).await;
+    assert_eq!(backend_a.next_text().await, reply);
+    let took = sent.elapsed();
+    // And a second round both ways, on the same links.
+    backend_a
+        .send("<message from='alice@a.test' to='bob@b.test' id='again'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("again"));
+    backend_b
+        .send("<iq from='b.test' to='alice@a.test' type='get' id='q'><query xmlns='urn:x'/></iq>")
+        .await;
+    assert_eq!(backend_a.next().await.id(), Some("q"));
+    took
+}
+
+#[tokio::test]
+async fn with_sasl_external_one_connection_carries_both_directions() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let took = exchange(&a, &b).await;
+    eprintln!("bidi (SASL EXTERNAL): first reply b → a in {took:?}");
+    let (ca, cb) = (connections(&a).await, connections(&b).await);
+    assert_eq!(
+        (ca.opened, ca.accepted),
+        (1.0, 0.0),
+        "a opened one, accepted none"
+    );
+    assert_eq!(
+        (cb.opened, cb.accepted),
+        (0.0, 1.0),
+        "b answered on a's connection"
+    );
+    assert_eq!((ca.bidi_out, cb.bidi_in), (1.0, 1.0));
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_s2s_auth_total{direction=\"inbound\",method=\"external\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn with_dialback_one_connection_carries_both_directions() {
+    let dns = TestDns::start().await;
+    // a authenticates to b by dialback: b verifies a's key on a connection of its own to a
+    // (the authoritative server), never on the bidi stream the key came on.
+    let a = instance(&dns, "a.test")
+        .peer("domain = \"b.test\"\nauth = \"dialback\"")
+        .start()
+        .await;
+    let b = instance(&dns, "b.test").start().await;
+    let took = exchange(&a, &b).await;
+    eprintln!("bidi (dialback): first reply b → a in {took:?}");
+    let (ca, cb) = (connections(&a).await, connections(&b).await);
+    assert_eq!(ca.opened, 1.0);
+    assert_eq!(cb.opened, 0.0, "b's answers went back on a's stream");
+    assert_eq!((ca.bidi_out, cb.bidi_in), (1.0, 1.0));
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_dialback_total{role=\"result\",result=\"valid\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn bidi_false_for_a_peer_falls_back_to_a_connection_per_direction() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .peer("domain = \"b.test\"\nbidi = false")
+        .start()
+        .await;
+    let b = instance(&dns, "b.test").start().await;
+    let took = exchange(&a, &b).await;
+    eprintln!("without bidi: first reply b → a in {took:?} (a new connection)");
+    let (ca, cb) = (connections(&a).await, connections(&b).await);
+    assert_eq!((ca.opened, cb.opened), (1.0, 1.0), "a connection each way");
+    assert_eq!((ca.bidi_out, cb.bidi_in), (0.0, 0.0));
+
+    // Turned off on the receiving side: not offered, so not requested.
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").s2s("bidi = false").start().await;
+    exchange(&a, &b).await;
+    let (ca, cb) = (connections(&a).await, connections(&b).await);
+    assert_eq!((ca.opened, cb.opened), (1.0, 1.0));
+    assert_eq!((ca.bidi_out, cb.bidi_in), (0.0, 0.0));
+}
+
+#[tokio::test]
+async fn the_feature_is_offered_over_tls_only_and_a_request_may_carry_children() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .peer("domain = \"a.test\"\ntls = \"optional\"")
+        .start()
+        .await;
+    let (mut plain, features) = plain_s2s_stream(b.s2s_addr(), "a.test", "b.test").await;
+    assert!(
+        !text(features.raw()).contains("bidi"),
+        "{}",
+        text(features.raw())
+    );
+    // Asked for where it was not offered: refused, with the reason.
+    plain.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    assert_eq!(plain.expect_stream_error().await, "unsupported-stanza-type");
+
+    let (mut s, id, features) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    assert!(
+        text(features.raw()).contains("<bidi xmlns='urn:xmpp:features:bidi'/>"),
+        "{}",
+        text(features.raw())
+    );
+    // As Prosody 13 sends it: with its limits inside.
+    s.send("<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>10000</max-bytes></limits></bidi>").await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    // b's backend now writes to a.test on this very stream: the reverse of the pair proved.
+    let mut backend_b = b.backend().await;
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='back'><body>x</body></message>")
+        .await;
+    let got = s.next().await;
+    assert_eq!(got.id(), Some("back"));
+    assert_eq!(connections(&b).await.opened, 0.0);
+}
+
+#[tokio::test]
+async fn a_dropped_bidi_stream_loses_nothing() {
+    let dns = TestDns::start().await;
+    // a.test is real (the authoritative server for the raw stream's key, and where b goes
+    // once the stream is gone); the raw stream speaks for a.test.
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+
+    // Written on the bidi stream, then the peer's confirming ping: never answered.
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m1'/>")
+        .await;
+    assert_eq!(s.next().await.id(), Some("m1"));
+    let ping = s.next().await;
+    assert!(
+        text(ping.raw()).contains("urn:xmpp:ping"),
+        "{}",
+        text(ping.raw())
+    );
+    // The connection drops without a word.
+    drop(s);
+    // m1 was not confirmed: it goes out again, on b's own connection to a.test, and so does
+    // what comes after.
+    assert_eq!(backend_a.next().await.id(), Some("m1"));
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m2'/>")
+        .await;
+    assert_eq!(backend_a.next().await.id(), Some("m2"));
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_outbound_stanzas_total{event=\"resent_unconfirmed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "fedgate_s2s_bidi_links{direction=\"inbound\"}"),
+        0.0
+    );
+    assert_eq!(connections(&b).await.opened, 1.0);
+}
+
+/// A receiving server for `fake.test` on `ip`:5269 that offers bidi over TLS, takes any
+/// dialback key, then sends on a.test's outbound stream what `send` says, and reports the
+/// names of the elements it got and the stream error that ended it.
+async fn bidi_peer(
+    ip: IpAddr,
+    dir: &std::path::Path,
+    send: &'static [&'static str],
+) -> tokio::sync::mpsc::Receiver<Vec<String>> {
+    use fedgate::connection::Connection;
+    use fedgate::xml::framer::{Event, Limits};
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
+    let config = fedgate::config::Config::from_toml(
+        &format!(
+            "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
+            cert.display(),
+            key.display()
+        ),
+        dir,
+    )
+    .unwrap();
+    let tls = fedgate::tls::Tls::from_config(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let limits = Limits {
+            max_stanza_bytes: 65536,
+            max_depth: 16,
+            max_attributes: 16,
+        };
+        let mut conn = Connection::new(Box::new(tcp), peer, limits, "jabber:server");
+        let header = |id: &str| {
+            format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}' version='1.0'>")
+        };
+        assert!(matches!(
+            conn.next_event().await.unwrap(),
+            Event::StreamOpen(_)
+        ));
+        conn.send(header("plain").as_bytes());
+        conn.send(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>");
+        conn.flush().await.unwrap();
+        conn.next_event().await.unwrap();
+        conn.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        conn.flush().await.unwrap();
+        let (io, _) = tls
+            .accept(conn.take_transport(), Some("fake.test"), false)
+            .await
+            .unwrap();
+        conn.restart_on(io);
+        assert!(matches!(
+            conn.next_event().await.unwrap(),
+            Event::StreamOpen(_)
+        ));
+        conn.send(header("tls").as_bytes());
+        conn.send(b"<stream:features><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+        conn.flush().await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let s = match conn.next_event().await {
+                Ok(Event::Stanza(s)) => s,
+                _ => break,
+            };
+            seen.push(s.name().to_string());
+            match s.name() {
+                "result" => {
+                    conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>");
+                }
+                "message" => {
+                    for xml in send {
+                        conn.send(xml.as_bytes());
+                    }
+                }
+                "error" => {
+                    let condition = s
+                        .element()
+                        .unwrap()
+                        .children()
+                        .next()
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
+                    seen.push(condition);
+                    break;
+                }
+                _ => {}
+            }
+            conn.flush().await.unwrap();
+        }
+        let _ = tx.send(seen).await;
+    });
+    rx
+}
+
+#[tokio::test]
+async fn on_our_outbound_stream_the_peer_may_send_only_from_its_domain_to_ours() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let mut seen = bidi_peer(
+        ip,
+        dir.path(),
+        &[
+            // The reverse of the pair a.test proved: delivered.
+            "<message from='bob@fake.test' to='alice@a.test' id='ok'><body>1</body></message>",
+            // From a domain nobody proved on this stream: the stream ends with invalid-from.
+            "<message from='eve@evil.test' to='alice@a.test' id='spoof'><body>2</body></message>",
+        ],
+    )
+    .await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'><body>1</body></message>")
+        .await;
+    assert_eq!(backend.next().await.id(), Some("ok"));
+    let seen = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen[..3],
+        ["bidi", "result", "message"],
+        "bidi asked for first: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("invalid-from"),
+        "{seen:?}"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_stream_errors_total{direction=\"sent\",condition=\"invalid-from\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "fedgate_stanzas_total{direction=\"inbound\",kind=\"message\",link=\"s2s\"}"
+        ),
+        1.0,
+        "the spoofed one was not routed"
+    );
+}
+
+#[tokio::test]
+async fn with_stream_management_what_we_write_back_on_a_bidi_link_is_counted_like_the_rest() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    exchange(&a, &b).await;
+    // b confirms what it wrote back with a ping, which a answers on the same link; a's
+    // XEP-0198 (a → b) must count that answer, or b's next <a/> acknowledges more than a
+    // thinks it sent and the link is torn down.
+    wait_for_metric(
+        &b,
+        "fedgate_s2s_sm_total{direction=\"inbound\",event=\"acked\"}",
+        1.0,
+    )
+    .await;
+    wait_for_metric(
+        &a,
+        "fedgate_s2s_sm_total{direction=\"outbound\",event=\"acked\"}",
+        1.0,
+    )
+    .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    for i in 0..3 {
+        backend_b
+            .send(&format!(
+                "<message from='bob@b.test' to='alice@a.test' id='r{i}'/>"
+            ))
+            .await;
+        assert_eq!(backend_a.next().await.id(), Some(format!("r{i}").as_str()));
+        backend_a
+            .send(&format!(
+                "<message from='alice@a.test' to='bob@b.test' id='s{i}'/>"
+            ))
+            .await;
+        assert_eq!(backend_b.next().await.id(), Some(format!("s{i}").as_str()));
+        // After the traffic pauses a asks for an acknowledgement, and gets a right one.
+        wait_for_metric(
+            &a,
+            "fedgate_s2s_sm_total{direction=\"outbound\",event=\"acked\"}",
+            2.0 + i as f64,
+        )
+        .await;
+    }
+    assert_eq!(connections(&a).await.opened, 1.0, "the link was never lost");
+}
