@@ -308,7 +308,7 @@ impl Reverse {
                         .outbound_stanzas
                         .with_label_values(&["resent_unconfirmed"])
                         .inc();
-                    router.route(stanza).await;
+                    router.reroute(stanza).await;
                 }
                 Unconfirmed::Bounce => {
                     let text = format!("the bidirectional stream from {remote} closed before it confirmed receiving this stanza ({why}); it may have been delivered");
@@ -327,7 +327,7 @@ impl Reverse {
             self.shared
                 .queued_bytes
                 .fetch_sub(stanza.raw().len(), Ordering::AcqRel);
-            router.route(stanza).await;
+            router.reroute(stanza).await;
         }
     }
 }
