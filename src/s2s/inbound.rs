@@ -43,7 +43,11 @@
 //!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
 //!    resumption after a drop; the wire behaviour is in [`sm`], the receiving role in
 //!    [`sm::receiving`];
-//! 8. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
+//! 8. XEP-0288 bidi (when the peer asked for it, [`bidi`](super::bidi)): the stream also
+//!    carries our stanzas back, for the reverse of each pair proved on it; what the router
+//!    queues there is written in batches, each confirmed by an XEP-0199 ping, and when the
+//!    stream ends what it held goes to an ordinary outbound session;
+//! 9. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
 //!    It does not count as activity: `idle_timeout` still ends a stream without stanzas.
 //!
 //! Until a pair is authenticated, `negotiation_timeout` bounds the stream and stanzas are

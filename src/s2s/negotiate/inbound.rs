@@ -7,8 +7,10 @@
 //!    `from` our federation policy refuses or whose certificate the policy needs valid and is
 //!    not, and writes the features: `<starttls/>` (with `<required/>` when the policy
 //!    requires TLS) while there is no TLS and we hold a certificate, SASL EXTERNAL with a valid
-//!    certificate for the stream's `from` (once per connection), dialback with errors when the
-//!    policy allows it, XEP-0198, and the XEP-0478 limits wherever authentication may follow;
+//!    certificate for the stream's `from` (once per connection), XEP-0288 bidi over TLS before
+//!    authentication when `s2s.bidi` and the peer's `bidi` allow it, dialback with errors when
+//!    the policy allows it, XEP-0198, and the XEP-0478 limits wherever authentication may
+//!    follow;
 //! 2. [`State::ExpectStarttls`]: TLS is required and not there: only `<starttls/>` is
 //!    accepted (anything else: `<policy-violation/>`); `<proceed/>`, or `<failure/>` and the
 //!    stream's end without a certificate (§5.4.2.2);
@@ -21,7 +23,9 @@
 //!    [`MAX_SASL_FAILURES`]); an acceptable one asks the session for room
 //!    ([`Next::ExternalRequested`], answered by [`Negotiation::handle_external_admission`]):
 //!    `<success/>`, a new stream id and a new header, or `<temporary-auth-failure/>` with the
-//!    reason. Everything else (dialback, XEP-0198, stanzas) is the session's ([`Next::Session`]);
+//!    reason. `<bidi xmlns='urn:xmpp:bidi'/>` (any children) where bidi was offered gives
+//!    [`Next::Bidi`], elsewhere `<unsupported-stanza-type/>`. Everything else (dialback,
+//!    XEP-0198, stanzas) is the session's ([`Next::Session`]);
 //! 5. [`State::Established`]: a pair is proved on this connection, by SASL EXTERNAL or by
 //!    dialback ([`Negotiation::authenticated`]); elements go to the session.
 
