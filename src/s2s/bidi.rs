@@ -22,7 +22,8 @@
 //!   ([`Router::attach_reverse`](crate::router::Router::attach_reverse)), unless an outbound
 //!   session for that pair exists already; the inbound task writes what the router queues
 //!   there. Without XEP-0198 in this direction, what it writes is kept until an XEP-0199 ping
-//!   written after it is answered (as on outbound links). When the stream ends, the handles
+//!   written after it is answered (as on outbound links); a ping unanswered for
+//!   `ping_timeout` ends the stream (`<connection-timeout/>`). When the stream ends, the handles
 //!   leave the router first, then what was queued or written unconfirmed goes back through
 //!   the router, which starts an ordinary outbound session for it (or bounces it with the
 //!   cause), so that a dropped stream loses nothing;
@@ -113,6 +114,8 @@ struct Confirming {
     answered: oneshot::Receiver<()>,
     /// The oldest stanzas in the carry that it covers.
     covers: usize,
+    /// `ping_timeout` after it was written: unanswered by then, the peer is taken for dead.
+    deadline: tokio::time::Instant,
 }
 
 /// What the reverse direction of an inbound stream has for its task. A transient value of
@@ -124,6 +127,9 @@ pub(in crate::s2s) enum ReverseEvent {
     Queued(Queued),
     /// The ping in flight was answered: what it covers has been read.
     Confirmed,
+    /// The ping in flight went unanswered for `ping_timeout`: the stream is dead, and what it
+    /// holds must go another way (fatal: the task ends the stream).
+    Unanswered,
 }
 
 /// The way back on an inbound bidi stream: the router's handles on it and what it wrote
@@ -215,9 +221,16 @@ impl Reverse {
         loop {
             let room = self.room(ctx);
             let Reverse { ping, rx, .. } = self;
+            let deadline = ping.as_ref().map(|p| p.deadline);
             let answered = async {
                 match ping.as_mut() {
                     Some(p) => (&mut p.answered).await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let timed_out = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -225,6 +238,7 @@ impl Reverse {
                 ok = answered => if ok {
                     return ReverseEvent::Confirmed;
                 },
+                () = timed_out => return ReverseEvent::Unanswered,
                 Some(q) = rx.recv(), if room => return ReverseEvent::Queued(q),
             }
             // The ping can no longer be answered (it was cancelled): dropped without
@@ -268,6 +282,7 @@ impl Reverse {
                     id: ping.id,
                     answered: ping.answered,
                     covers: self.carry.unacked.len(),
+                    deadline: tokio::time::Instant::now() + ctx.settings.ping_timeout,
                 });
             }
         }

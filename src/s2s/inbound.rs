@@ -431,6 +431,15 @@ impl Inbound {
                         tracing::debug!(peer = %self.conn.peer, "closing idle inbound s2s");
                         return Ok(());
                     }
+                    Step::Reverse(ReverseEvent::Unanswered) => {
+                        return Err(Abort::Refused(refuse(
+                            StreamErrorCondition::ConnectionTimeout,
+                            format!(
+                                "our ping on this bidirectional stream went unanswered for {}s",
+                                settings.ping_timeout.as_secs_f32()
+                            ),
+                        )))
+                    }
                     Step::Reverse(ReverseEvent::Confirmed) => {
                         if let Some(reverse) = &mut self.reverse {
                             reverse.confirmed();

@@ -426,3 +426,40 @@ async fn with_stream_management_what_we_write_back_on_a_bidi_link_is_counted_lik
     }
     assert_eq!(connections(&a).await.opened, 1.0, "the link was never lost");
 }
+
+#[tokio::test]
+async fn a_bidi_stream_that_does_not_answer_our_ping_is_ended_and_its_stanzas_go_another_way() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test")
+        .s2s("ping_timeout = \"1s\"")
+        .start()
+        .await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m1'/>")
+        .await;
+    assert_eq!(s.next().await.id(), Some("m1"));
+    // The peer reads on but never answers the ping: b takes the stream for dead.
+    let ping = s.next().await;
+    assert!(
+        text(ping.raw()).contains("urn:xmpp:ping"),
+        "{}",
+        text(ping.raw())
+    );
+    assert_eq!(s.expect_stream_error().await, "connection-timeout");
+    assert_eq!(
+        backend_a.next().await.id(),
+        Some("m1"),
+        "sent again, another way"
+    );
+}
