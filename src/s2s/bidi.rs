@@ -17,7 +17,7 @@
 //!    domain on a connection of its own.
 //!
 //! Our two roles:
-//! - **receiving** (the peer connected to us): [`Reverse`] is the stream's way back. For each
+//! - **receiving** (the peer connected to us): `Reverse` is the stream's way back. For each
 //!   pair proved on the stream it puts an [`OutboundHandle`] into the router
 //!   ([`Router::attach_reverse`](crate::router::Router::attach_reverse)), unless an outbound
 //!   session for that pair exists already; the inbound task writes what the router queues
