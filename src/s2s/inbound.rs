@@ -774,6 +774,9 @@ impl Inbound {
             return;
         }
         let ctx = self.ctx.clone();
+        if self.reverse.is_none() {
+            self.live.update(|n| n.bidi = true);
+        }
         self.reverse
             .get_or_insert_with(|| Reverse::new(&ctx))
             .attach(&ctx, local, remote);

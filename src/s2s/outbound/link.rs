@@ -227,6 +227,7 @@ impl Session {
             ..
         } = link;
         // `fedgate_s2s_bidi_links{direction="outbound"}` while the link is up.
+        self.live.update(|n| n.bidi = bidi);
         let _bidi_link = bidi.then(|| {
             tracing::debug!(local = %self.local, remote = %self.remote, "the outbound stream carries the peer's stanzas too (XEP-0288)");
             self.ctx.router.metrics.bidi_links.link(Direction::Outbound)
