@@ -255,7 +255,7 @@ async fn a_dropped_bidi_stream_loses_nothing() {
 async fn bidi_peer(
     ip: IpAddr,
     dir: &std::path::Path,
-    send: &'static [&'static str],
+    send: Vec<String>,
 ) -> tokio::sync::mpsc::Receiver<Vec<String>> {
     use fedgate::connection::Connection;
     use fedgate::xml::framer::{Event, Limits};
@@ -312,13 +312,17 @@ async fn bidi_peer(
                 Ok(Event::Stanza(s)) => s,
                 _ => break,
             };
-            seen.push(s.name().to_string());
+            // A dialback answer with its type: `verify:valid`, `result:error`.
+            match (s.name(), s.type_()) {
+                (name @ ("verify" | "result"), Some(t)) => seen.push(format!("{name}:{t}")),
+                (name, _) => seen.push(name.to_string()),
+            }
             match s.name() {
-                "result" => {
+                "result" if s.type_().is_none() => {
                     conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>");
                 }
                 "message" => {
-                    for xml in send {
+                    for xml in &send {
                         conn.send(xml.as_bytes());
                     }
                 }
@@ -351,11 +355,13 @@ async fn on_our_outbound_stream_the_peer_may_send_only_from_its_domain_to_ours()
     let mut seen = bidi_peer(
         ip,
         dir.path(),
-        &[
+        vec![
             // The reverse of the pair a.test proved: delivered.
-            "<message from='bob@fake.test' to='alice@a.test' id='ok'><body>1</body></message>",
+            "<message from='bob@fake.test' to='alice@a.test' id='ok'><body>1</body></message>"
+                .into(),
             // From a domain nobody proved on this stream: the stream ends with invalid-from.
-            "<message from='eve@evil.test' to='alice@a.test' id='spoof'><body>2</body></message>",
+            "<message from='eve@evil.test' to='alice@a.test' id='spoof'><body>2</body></message>"
+                .into(),
         ],
     )
     .await;
@@ -478,5 +484,55 @@ async fn a_bidi_stream_that_does_not_answer_our_ping_is_ended_and_its_stanzas_go
         backend_a.next().await.id(),
         Some("m1"),
         "sent again, another way"
+    );
+}
+
+#[tokio::test]
+async fn on_our_bidi_outbound_stream_a_db_verify_is_answered_and_a_db_result_refused() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    // fake.test asks a.test, as the authoritative server, about a key on this very stream
+    // (for another connection's stream id), and asks to authenticate fake.test → a.test by
+    // dialback here: a.test answers the first and refuses the second (it would have to verify
+    // a key on the connection it came on, XEP-0288 §2.2).
+    let key = a
+        .dialback_secret()
+        .key("fake.test", "a.test", "other-stream");
+    let mut seen = bidi_peer(
+        ip,
+        dir.path(),
+        vec![
+            format!("<db:verify from='fake.test' to='a.test' id='other-stream'>{key}</db:verify>"),
+            "<db:result from='fake.test' to='a.test'>anykey</db:result>".into(),
+            "<message from='eve@evil.test' to='alice@a.test' id='end'/>".into(),
+        ],
+    )
+    .await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'><body>1</body></message>")
+        .await;
+    let seen = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let at = |what: &str| seen.iter().position(|s| s == what);
+    assert!(at("verify:valid").is_some(), "{seen:?}");
+    assert!(at("result:error").is_some(), "{seen:?}");
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("invalid-from"),
+        "{seen:?}"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_dialback_total{role=\"verify\",result=\"valid\"}"
+        ),
+        1.0
     );
 }
