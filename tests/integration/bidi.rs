@@ -536,3 +536,40 @@ async fn on_our_bidi_outbound_stream_a_db_verify_is_answered_and_a_db_result_ref
         1.0
     );
 }
+
+#[tokio::test]
+async fn on_our_bidi_outbound_stream_the_peers_stanza_limit_applies_as_on_its_own_streams() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .peer("domain = \"fake.test\"\nmax_stanza_bytes = 2000")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let big = format!(
+        "<message from='bob@fake.test' to='alice@a.test' id='big'><body>{}</body></message>",
+        "x".repeat(3000)
+    );
+    let mut seen = bidi_peer(ip, dir.path(), vec![big]).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'><body>1</body></message>")
+        .await;
+    let seen = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("policy-violation"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        metric(
+            &a.metrics().await,
+            "fedgate_limit_refusals_total{limit=\"stanza_bytes\"}"
+        ),
+        1.0
+    );
+}

@@ -226,8 +226,8 @@ impl Session {
             bidi,
             ..
         } = link;
-        // `fedgate_s2s_bidi_links{direction="outbound"}` while the link is up.
         self.live.update(|n| n.bidi = bidi);
+        // `fedgate_s2s_bidi_links{direction="outbound"}` while the link is up.
         let _bidi_link = bidi.then(|| {
             tracing::debug!(local = %self.local, remote = %self.remote, "the outbound stream carries the peer's stanzas too (XEP-0288)");
             self.ctx.router.metrics.bidi_links.link(Direction::Outbound)
@@ -677,6 +677,22 @@ impl Session {
             Kind::Message | Kind::Presence | Kind::Iq => {
                 bidi::reverse_allowed(&stanza, &self.local, &self.remote, |d| router.is_local(d))
                     .map_err(refused)?;
+                // The peer's own limit, as on its streams to us (the framer holds the stream
+                // to `s2s.max_stanza_bytes` already).
+                let len = stanza.raw().len();
+                let policy = self.ctx.security.load().peer(&self.remote);
+                if let Some(max) = policy.max_stanza_bytes.filter(|max| len > *max) {
+                    self.ctx
+                        .limits
+                        .refused(Limit::StanzaBytes, &self.remote, "a stanza");
+                    return Err(refused(refuse(
+                        StreamErrorCondition::PolicyViolation,
+                        format!(
+                            "a stanza of {len} bytes from {}: federation.peer max_stanza_bytes is {max}",
+                            self.remote
+                        ),
+                    )));
+                }
                 if let Some(pong) = keepalive::answer_server_ping(&stanza, |d| router.is_local(d)) {
                     // Straight back. Without XEP-0198 untracked: a pong that waited for a ping
                     // of its own to confirm it would start an endless exchange of pings. With
