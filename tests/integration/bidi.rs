@@ -573,3 +573,44 @@ async fn on_our_bidi_outbound_stream_the_peers_stanza_limit_applies_as_on_its_ow
         1.0
     );
 }
+
+#[tokio::test]
+async fn on_our_bidi_outbound_stream_the_peers_byte_rate_applies_as_on_its_own_streams() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .peer(
+            "domain = \"fake.test\"\nmax_inbound_bytes_per_second = 20000\nmax_stanza_bytes = 2000",
+        )
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    // 50 KB, well over a second's worth (the bucket's burst).
+    let flood: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                "<message from='bob@fake.test' to='alice@a.test' id='f{i}'><body>{}</body></message>",
+                "x".repeat(900)
+            )
+        })
+        .collect();
+    let _seen = bidi_peer(ip, dir.path(), flood).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'><body>1</body></message>")
+        .await;
+    for i in 0..50 {
+        assert_eq!(
+            backend.next().await.id(),
+            Some(format!("f{i}").as_str()),
+            "in order"
+        );
+    }
+    // The reads waited for the bucket, and the wait shows on the peer.
+    let throttled = metric(
+        &a.metrics().await,
+        "fedgate_peer_inbound_throttled_seconds_total{peer=\"fake.test\"}",
+    );
+    assert!(throttled > 0.0, "throttled {throttled}s");
+}

@@ -17,7 +17,7 @@ use crate::router::Queued;
 use crate::s2s::bidi;
 use crate::s2s::dialback::{self, authoritative, DbElement};
 use crate::s2s::keepalive::{self, Whitespace};
-use crate::s2s::limits::{Limit, OutboundCap};
+use crate::s2s::limits::{self, Limit, OutboundCap};
 use crate::s2s::negotiate::inbound::{refuse, Refusal};
 use crate::s2s::sm::sending::Incoming;
 use crate::s2s::sm::{self, Carry};
@@ -232,6 +232,19 @@ impl Session {
             tracing::debug!(local = %self.local, remote = %self.remote, "the outbound stream carries the peer's stanzas too (XEP-0288)");
             self.ctx.router.metrics.bidi_links.link(Direction::Outbound)
         });
+        let mut conn = conn;
+        if bidi {
+            // What the peer sends us here is held to its inbound byte rate, as on its own
+            // streams to us (the reads wait; TCP pushes back).
+            let settings = &self.ctx.settings;
+            let policy = self.ctx.security.load().peer(&self.remote);
+            let rate = policy
+                .max_inbound_bytes_per_second
+                .unwrap_or(settings.max_inbound_bytes_per_second);
+            let max = policy.max_stanza_bytes.unwrap_or(settings.max_stanza_bytes);
+            conn.limit_rate(rate, limits::burst(rate, max));
+            conn.count_throttling_in(self.peer.throttle_counter());
+        }
         let (mut reader, mut writer) = conn.split();
         let metrics = &self.ctx.router.metrics;
         let configured = self.ctx.security.load().peer(&self.remote).max_stanza_bytes;
