@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{BidiLink, Direction};
 use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
+use crate::s2s::limits::{Limit, OutboundCap};
 use crate::s2s::negotiate::inbound::{refuse, Refusal};
 use crate::s2s::sm::Carry;
 use crate::s2s::S2sContext;
@@ -145,12 +146,17 @@ pub(in crate::s2s) struct Reverse {
     /// Written and not yet confirmed by a ping's answer, oldest first.
     carry: Carry,
     ping: Option<Confirming>,
+    /// The largest stanza the peer takes from us, as it said inside its `<bidi/>` (XEP-0478).
+    advertised_max_bytes: Option<usize>,
+    /// Stanzas over the peer's limit taken from the queue, with the bounce text, to bounce
+    /// after the batch ([`Reverse::take_too_large`]).
+    too_large: Vec<(Stanza, String)>,
     /// `fedgate_s2s_bidi_links{direction="inbound"}`.
     _gauge: BidiLink,
 }
 
 impl Reverse {
-    pub(in crate::s2s) fn new(ctx: &S2sContext) -> Reverse {
+    pub(in crate::s2s) fn new(ctx: &S2sContext, advertised_max_bytes: Option<usize>) -> Reverse {
         let (tx, rx) = mpsc::channel(ctx.settings.queue_max_stanzas.max(1));
         let shared = Arc::new(OutboundShared::default());
         // Authenticated and writing from the start: a full queue is a slow peer.
@@ -164,6 +170,8 @@ impl Reverse {
             attached: Vec::new(),
             carry: Carry::new(metrics.outbound_unacked.clone()),
             ping: None,
+            advertised_max_bytes,
+            too_large: Vec::new(),
             _gauge: metrics.bidi_links.link(Direction::Inbound),
         }
     }
@@ -248,11 +256,39 @@ impl Reverse {
         }
     }
 
-    /// The stanzas of a confirmed ping are read: forgotten.
-    pub(in crate::s2s) fn confirmed(&mut self) {
+    /// The stanzas [`Reverse::batch`] held back as larger than the peer takes, with the text
+    /// of their bounce (`policy-violation`, cause `too_large`).
+    pub(in crate::s2s) fn take_too_large(&mut self) -> Vec<(Stanza, String)> {
+        std::mem::take(&mut self.too_large)
+    }
+
+    /// The stanzas of a confirmed ping are read: forgotten. Those written while it was in
+    /// flight are not covered by it: the bytes returned are a new ping for them (to write
+    /// now), or nothing.
+    pub(in crate::s2s) fn confirmed(&mut self, ctx: &S2sContext) -> Vec<u8> {
         if let Some(p) = self.ping.take() {
             self.carry.release(p.covers);
         }
+        if self.carry.unacked.is_empty() {
+            return Vec::new();
+        }
+        self.confirm(ctx)
+    }
+
+    /// A ping whose answer confirms everything in the carry so far, made the one in flight;
+    /// its bytes to write.
+    fn confirm(&mut self, ctx: &S2sContext) -> Vec<u8> {
+        let Some((local, remote)) = self.attached.first() else {
+            return Vec::new();
+        };
+        let ping = ctx.pings.start(local, remote);
+        self.ping = Some(Confirming {
+            id: ping.id,
+            answered: ping.answered,
+            covers: self.carry.unacked.len(),
+            deadline: tokio::time::Instant::now() + ctx.settings.ping_timeout,
+        });
+        ping.bytes
     }
 
     /// Takes `first` and whatever else is queued (up to the carry's room), and returns the
@@ -267,6 +303,24 @@ impl Reverse {
                 .queued_bytes
                 .fetch_sub(stanza.raw().len(), Ordering::AcqRel);
             let bytes = stanza.bytes_for(&target);
+            let remote = stanza
+                .to()
+                .and_then(|t| jid::domain_of(t).ok())
+                .map(|d| d.into_owned())
+                .unwrap_or_default();
+            let configured = ctx.security.load().peer(&remote).max_stanza_bytes;
+            let cap = OutboundCap::from_limits(configured, self.advertised_max_bytes);
+            if let Some(cap) = cap.filter(|cap| bytes.len() > cap.max) {
+                // XEP-0478 §4: not sent; bounced after the batch.
+                ctx.limits
+                    .refused(Limit::PeerMaxBytes, &remote, "an outbound stanza");
+                self.too_large
+                    .push((stanza, cap.text(&remote, bytes.len())));
+                if out.len() < 256 * 1024 && self.room(ctx) {
+                    next = self.rx.try_recv().ok();
+                }
+                continue;
+            }
             ctx.router.metrics.s2s_out.count(stanza.kind(), bytes.len());
             out.extend_from_slice(&bytes);
             self.carry.push(stanza);
@@ -274,17 +328,11 @@ impl Reverse {
                 next = self.rx.try_recv().ok();
             }
         }
-        if self.ping.is_none() {
-            if let Some((local, remote)) = self.attached.first() {
-                let ping = ctx.pings.start(local, remote);
-                out.extend_from_slice(&ping.bytes);
-                self.ping = Some(Confirming {
-                    id: ping.id,
-                    answered: ping.answered,
-                    covers: self.carry.unacked.len(),
-                    deadline: tokio::time::Instant::now() + ctx.settings.ping_timeout,
-                });
-            }
+        // A ping confirms what is written; a batch held back whole writes none. With one in
+        // flight, the next goes when it is answered ([`Reverse::confirmed`]).
+        if self.ping.is_none() && !out.is_empty() {
+            let ping = self.confirm(ctx);
+            out.extend_from_slice(&ping);
         }
         out
     }
@@ -296,8 +344,13 @@ impl Reverse {
     pub(in crate::s2s) async fn end(mut self, ctx: &S2sContext, why: &str) {
         self.detach(ctx);
         self.rx.close();
-        if let Some(p) = self.ping.take() {
-            ctx.pings.cancel(&p.id);
+        if let Some(mut p) = self.ping.take() {
+            // An answer read just before the stream ended still confirms.
+            if p.answered.try_recv().is_ok() {
+                self.carry.release(p.covers);
+            } else {
+                ctx.pings.cancel(&p.id);
+            }
         }
         let router = &ctx.router;
         let unconfirmed = self.carry.take_unacked();

@@ -442,14 +442,29 @@ impl Inbound {
                     }
                     Step::Reverse(ReverseEvent::Confirmed) => {
                         if let Some(reverse) = &mut self.reverse {
-                            reverse.confirmed();
+                            let ping = reverse.confirmed(&ctx);
+                            if !ping.is_empty() {
+                                self.conn.send(&ping);
+                                self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            }
                         }
                     }
                     Step::Reverse(ReverseEvent::Queued(first)) => {
                         if let Some(reverse) = &mut self.reverse {
                             let out = reverse.batch(&ctx, first);
+                            let too_large = reverse.take_too_large();
                             self.conn.send(&out);
                             self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            for (stanza, text) in too_large {
+                                ctx.router
+                                    .bounce(
+                                        &stanza,
+                                        crate::xml::error::StanzaErrorCondition::PolicyViolation,
+                                        "too_large",
+                                        &text,
+                                    )
+                                    .await;
+                            }
                             // Our stanzas are traffic too: the stream is not idle.
                             deadline
                                 .as_mut()
@@ -777,8 +792,9 @@ impl Inbound {
         if self.reverse.is_none() {
             self.live.update(|n| n.bidi = true);
         }
+        let advertised = self.negotiation.bidi_max_bytes();
         self.reverse
-            .get_or_insert_with(|| Reverse::new(&ctx))
+            .get_or_insert_with(|| Reverse::new(&ctx, advertised))
             .attach(&ctx, local, remote);
     }
 

@@ -614,3 +614,107 @@ async fn on_our_bidi_outbound_stream_the_peers_byte_rate_applies_as_on_its_own_s
     );
     assert!(throttled > 0.0, "throttled {throttled}s");
 }
+
+#[tokio::test]
+async fn what_goes_back_on_a_bidi_stream_keeps_to_the_limit_the_peer_put_in_its_request() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_b = b.backend().await;
+    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    // As Prosody 13 does: its XEP-0478 limits for what it takes back, inside the request.
+    s.send("<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>1000</max-bytes></limits></bidi>").await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    let big = format!(
+        "<message from='bob@b.test' to='alice@a.test' id='big'><body>{}</body></message>",
+        "x".repeat(2000)
+    );
+    backend_b.send(&big).await;
+    let bounce = backend_b.next().await;
+    assert_eq!((bounce.id(), bounce.type_()), (Some("big"), Some("error")));
+    let t = text(bounce.raw()).to_string();
+    assert!(t.contains("<policy-violation"), "{t}");
+    assert!(
+        t.contains("a.test accepts at most 1000 (its XEP-0478 max-bytes)"),
+        "{t}"
+    );
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='small'/>")
+        .await;
+    assert_eq!(
+        s.next().await.id(),
+        Some("small"),
+        "the big one never went out"
+    );
+}
+
+#[tokio::test]
+async fn what_is_written_back_while_a_ping_is_out_is_confirmed_by_the_next_one() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut backend_b = b.backend().await;
+    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    let answer = |ping: &fedgate::xml::stanza::Stanza| {
+        format!(
+            "<iq type='result' from='a.test' to='b.test' id='{}'/>",
+            ping.id().unwrap()
+        )
+    };
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m1'/>")
+        .await;
+    assert_eq!(s.next().await.id(), Some("m1"));
+    let first = s.next().await;
+    assert!(
+        text(first.raw()).contains("urn:xmpp:ping"),
+        "{}",
+        text(first.raw())
+    );
+    // m2 goes out while the first ping is unanswered: it covers only m1.
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m2'/>")
+        .await;
+    assert_eq!(s.next().await.id(), Some("m2"));
+    s.send(&answer(&first)).await;
+    let second = s.next().await;
+    assert!(
+        text(second.raw()).contains("urn:xmpp:ping"),
+        "a ping for m2: {}",
+        text(second.raw())
+    );
+    s.send(&answer(&second)).await;
+    // Both confirmed: a clean close leaves nothing to send again.
+    s.send("</stream:stream>").await;
+    s.expect_eof().await;
+    // The stream's end is handled after the close: wait for the link to be gone.
+    let mut m = b.metrics().await;
+    for _ in 0..200 {
+        if metric(&m, "fedgate_s2s_bidi_links{direction=\"inbound\"}") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        m = b.metrics().await;
+    }
+    assert_eq!(
+        metric(&m, "fedgate_s2s_bidi_links{direction=\"inbound\"}"),
+        0.0
+    );
+    // The series appears on the first unconfirmed stanza: none is what this asserts.
+    assert_eq!(
+        metric_or_zero(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}"),
+        0.0
+    );
+}

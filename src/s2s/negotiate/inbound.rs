@@ -158,6 +158,9 @@ pub struct Negotiation {
     /// The peer asked for XEP-0288 bidi, which we offered: the stream may carry our stanzas
     /// back (for the pairs proved on it).
     bidi: bool,
+    /// The XEP-0478 `max-bytes` the peer put inside its `<bidi/>` (Prosody 13 does): the
+    /// largest stanza it takes from us on this stream.
+    bidi_max_bytes: Option<usize>,
     /// Bytes to write, taken by [`Negotiation::take_output`].
     out: Vec<u8>,
 }
@@ -178,6 +181,7 @@ impl Negotiation {
             external_pending: None,
             authenticated: false,
             bidi: false,
+            bidi_max_bytes: None,
             out: Vec::new(),
         }
     }
@@ -197,6 +201,11 @@ impl Negotiation {
     /// Whether the peer negotiated XEP-0288 bidi on this connection.
     pub fn bidi(&self) -> bool {
         self.bidi
+    }
+
+    /// The largest stanza the peer said (inside `<bidi/>`, XEP-0478) it takes from us.
+    pub fn bidi_max_bytes(&self) -> Option<usize> {
+        self.bidi_max_bytes
     }
 
     /// Whether XEP-0288 bidi may be negotiated with this peer now: over TLS only, and when
@@ -414,14 +423,15 @@ impl Negotiation {
             return self.sasl_external(stanza, ctx);
         }
         if crate::s2s::bidi::is_request(stanza) {
-            return self.bidi_request(ctx);
+            return self.bidi_request(stanza, ctx);
         }
         Ok(Next::Session)
     }
 
     /// XEP-0288 §2.2: `<bidi xmlns='urn:xmpp:bidi'/>`, whatever its children (Prosody 13 puts
-    /// `<limits/>` there). Nothing answers it; a second one changes nothing.
-    fn bidi_request(&mut self, ctx: &S2sContext) -> Result<Next, Refusal> {
+    /// its XEP-0478 `<limits/>` there, and their `max-bytes` is kept; anything else is
+    /// ignored). Nothing answers it.
+    fn bidi_request(&mut self, stanza: &Stanza, ctx: &S2sContext) -> Result<Next, Refusal> {
         if !self.bidi_allowed(ctx) {
             return Err(refuse(
                 StreamErrorCondition::UnsupportedStanzaType,
@@ -429,6 +439,11 @@ impl Negotiation {
             ));
         }
         self.bidi = true;
+        // Its XEP-0478 limits, if it put them inside: what it takes from us.
+        self.bidi_max_bytes = stanza
+            .element()
+            .ok()
+            .and_then(|e| limits::advertised_max_bytes(&e));
         Ok(Next::Bidi)
     }
 
