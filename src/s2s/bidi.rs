@@ -5,8 +5,9 @@
 //!    features (we do on encrypted streams only, when `s2s.bidi` and the peer's
 //!    `[[federation.peer]] bidi` allow: [`negotiate::inbound`](super::negotiate::inbound));
 //! 2. the initiating server that wants it sends `<bidi xmlns='urn:xmpp:bidi'/>` before it
-//!    authenticates (§2.2; children, such as Prosody 13's `<limits/>`, are accepted and
-//!    ignored). Nothing answers it;
+//!    authenticates (§2.2; children are accepted: Prosody 13's XEP-0478 `<limits/>` there
+//!    say the largest stanza it takes back, which we keep to; anything else is ignored).
+//!    Nothing answers it;
 //! 3. each direction is authenticated by the other's authentication (§2.2): the receiving
 //!    server may send only from the stream's `to` to its `from` after SASL EXTERNAL, and
 //!    only the reverse of each pair the initiating server proved by dialback. The initiating
