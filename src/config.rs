@@ -315,6 +315,12 @@ pub struct S2sConfig {
     /// XEP-0198 stream management on s2s: offered on inbound streams, used on outbound ones
     /// when the peer offers it, so that a dropped link loses nothing. Default `true`.
     pub stream_management: bool,
+    /// XEP-0288 bidirectional s2s: offered on encrypted inbound streams and requested on
+    /// outbound ones when the peer offers it, so that one TCP connection carries a domain
+    /// pair's stanzas both ways (without it a reply costs the peer a connection of its own).
+    /// Each direction keeps the from/to rules of its authentication. Default `true`;
+    /// `[[federation.peer]] bidi = false` turns it off for one peer.
+    pub bidi: bool,
     /// How long the counters of a dropped inbound stream are kept so that its peer can resume
     /// it (XEP-0198 §5). Default `"5m"`.
     #[serde(with = "duration")]
@@ -362,6 +368,7 @@ impl Default for S2sConfig {
             ping_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(45),
             stream_management: true,
+            bidi: true,
             resume_timeout: Duration::from_secs(300),
             dialback_secret_file: PathBuf::from("fedgate-dialback.secret"),
             route: Vec::new(),
@@ -614,6 +621,11 @@ pub struct PeerConfig {
     /// resend only what was not acknowledged, whatever this says.
     #[serde(default)]
     pub unconfirmed: Unconfirmed,
+    /// XEP-0288 bidirectional streams with this peer. Default: `s2s.bidi`. `false` keeps one
+    /// connection per direction, for a peer whose bidi is broken or to keep the directions
+    /// apart.
+    #[serde(default)]
+    pub bidi: Option<bool>,
 }
 
 /// `[[federation.peer]] unconfirmed`: what a dropped link without XEP-0198 does with the

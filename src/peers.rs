@@ -85,6 +85,9 @@ pub struct SessionView {
     /// `local → remote (auth)` for each authenticated pair.
     pub pairs: Vec<PairView>,
     pub stream_management: bool,
+    /// XEP-0288: the connection carries stanzas both ways (absent from older gateways).
+    #[serde(default)]
+    pub bidi: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ fn session_view(s: &LiveSession) -> SessionView {
             })
             .collect(),
         stream_management: n.stream_management,
+        bidi: n.bidi,
     }
 }
 
@@ -373,13 +377,14 @@ pub fn render_one(p: &PeerView) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {} since {} {}: {}; certificate {}; XEP-0198 {}; {}",
+            "  {} since {} {}: {}; certificate {}; XEP-0198 {}; {}{}",
             s.direction,
             s.since,
             s.address.as_deref().unwrap_or("-"),
             s.tls,
             s.certificate.as_deref().unwrap_or("-"),
             if s.stream_management { "on" } else { "off" },
+            if s.bidi { "XEP-0288 bidi; " } else { "" },
             pairs.join(", ")
         );
     }

@@ -121,6 +121,8 @@ pub struct PeerSecurity {
     /// `unconfirmed` of `[[federation.peer]]`: resend or bounce what a link without XEP-0198
     /// wrote and the peer had not confirmed when it dropped.
     pub unconfirmed: Unconfirmed,
+    /// XEP-0288 bidirectional streams: `s2s.bidi`, or the peer's own `bidi`.
+    pub bidi: bool,
 }
 
 impl PeerSecurity {
@@ -158,6 +160,7 @@ impl SecurityPolicy {
             max_stanza_bytes: None,
             max_inbound_bytes_per_second: None,
             unconfirmed: Unconfirmed::default(),
+            bidi: config.s2s.bidi,
         };
         let peers = config
             .federation
@@ -176,6 +179,7 @@ impl SecurityPolicy {
                     max_stanza_bytes: p.max_stanza_bytes,
                     max_inbound_bytes_per_second: p.max_inbound_bytes_per_second,
                     unconfirmed: p.unconfirmed,
+                    bidi: p.bidi.unwrap_or(default.bidi),
                 };
                 (p.domain.clone(), Arc::new(security))
             })

@@ -152,6 +152,16 @@ enum Enqueued {
     Closed(Stanza),
 }
 
+/// What limits a stanza's place in the queue of an outbound session that is still
+/// connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// `queue_max_bytes` and the queue's length: a new stanza.
+    QueueBytes,
+    /// The queue's length only: a stanza handed back by a link that is gone.
+    QueueLength,
+}
+
 /// Why a stanza goes nowhere.
 enum Undeliverable {
     /// Back to the sender with this condition, cause (a metric label) and text.
@@ -318,6 +328,19 @@ impl Router {
         }
     }
 
+    /// Sends stanzas from `handle.local` to `remote` on an inbound stream that negotiated
+    /// XEP-0288 bidi, instead of an outbound session of their own: `true` if it took the
+    /// pair, `false` when an outbound session for it exists already (it carries on). The
+    /// stream removes it with [`Router::remove_outbound`] when it ends.
+    pub fn attach_reverse(&self, remote: &str, handle: OutboundHandle) -> bool {
+        let mut list = self.outbound.entry(remote.to_string()).or_default();
+        if list.iter().any(|h| h.local == handle.local) {
+            return false;
+        }
+        list.push(handle);
+        true
+    }
+
     /// Stanzas waiting in each remote domain's outbound queues, read from the channels
     /// themselves so that queueing costs nothing extra per stanza.
     pub fn outbound_queues(&self) -> Vec<(String, usize)> {
@@ -354,7 +377,19 @@ impl Router {
     /// after it for the same destination bounce with `resource-constraint` (type `wait`, cause
     /// `stalled`) at once, without waiting, until its queue has room again, while the link
     /// goes on carrying everything else.
-    pub async fn route(&self, mut stanza: Stanza) {
+    pub async fn route(&self, stanza: Stanza) {
+        self.route_with(stanza, Bound::QueueBytes).await
+    }
+
+    /// [`Router::route`] for a stanza that was queued for a link that is gone (an XEP-0288
+    /// bidi stream that ended): it was admitted to a queue once, so the session that takes it
+    /// over is not held to `queue_max_bytes` while it connects (only to its queue's length),
+    /// as the stanzas of an outbound session that lost its link stay in its queue.
+    pub async fn reroute(&self, stanza: Stanza) {
+        self.route_with(stanza, Bound::QueueLength).await
+    }
+
+    async fn route_with(&self, mut stanza: Stanza, bound: Bound) {
         // Whatever leaves here is parsed by another server's or a backend's JID parser.
         if let Some(Err(e)) = stanza.to().map(jid::check_parts) {
             // The error comes from the domain, the one valid part of that address.
@@ -418,7 +453,7 @@ impl Router {
                     }
                     return;
                 }
-                Destination::Outbound(handle) => match self.enqueue(&handle, stanza).await {
+                Destination::Outbound(handle) => match self.enqueue(&handle, stanza, bound).await {
                     Enqueued::Queued => return,
                     Enqueued::Overflow(s) => {
                         let remote = to_domain(&s);
@@ -512,12 +547,12 @@ impl Router {
     /// Queues `stanza` on an outbound session. While the session connects, its queue is bounded
     /// in count and bytes (overflow is handed back); once established, a full queue makes the
     /// sender wait (the peer reads slower than we write). A closed session hands it back too.
-    async fn enqueue(&self, handle: &OutboundHandle, stanza: Stanza) -> Enqueued {
+    async fn enqueue(&self, handle: &OutboundHandle, stanza: Stanza, bound: Bound) -> Enqueued {
         let len = stanza.raw().len();
         let established = handle.shared.established.load(Ordering::Acquire);
         let queued = handle.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
         let unqueue = || handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-        if !established && queued + len > self.queue_max_bytes {
+        if !established && bound == Bound::QueueBytes && queued + len > self.queue_max_bytes {
             unqueue();
             return Enqueued::Overflow(stanza);
         }
@@ -677,7 +712,10 @@ impl Router {
                 Placed::Queued
             ),
             Ok(Destination::Outbound(handle)) => {
-                matches!(self.enqueue(&handle, bounce).await, Enqueued::Queued)
+                matches!(
+                    self.enqueue(&handle, bounce, Bound::QueueBytes).await,
+                    Enqueued::Queued
+                )
             }
             Err(_) => false,
         };
@@ -693,6 +731,58 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A router serving a.test whose outbound sessions never connect: their queues are the
+    /// test's to read.
+    fn router_with_silent_outbound(queue_max_bytes: usize) -> (Router, mpsc::Receiver<Queued>) {
+        let router = Router::new(
+            ["a.test".to_string()],
+            queue_max_bytes,
+            Policy::from_config(&crate::config::FederationConfig::default()),
+            Metrics::register(),
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let handle = OutboundHandle {
+            id: next_session_id(),
+            local: Arc::from("a.test"),
+            tx,
+            shared: Arc::default(),
+        };
+        router.set_outbound_factory(Box::new(move |_, _| handle.clone()));
+        (router, rx)
+    }
+
+    fn message(id: &str) -> Stanza {
+        let xml = format!("<message from='alice@a.test' to='bob@b.test' id='{id}'><body>0123456789</body></message>");
+        Stanza::parse(
+            bytes::Bytes::from(xml),
+            &crate::xml::stanza::NsContext::server(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stanza_handed_back_by_a_gone_link_is_not_held_to_queue_max_bytes() {
+        // Room for one message's bytes while the session connects.
+        let one = message("m0").raw().len();
+        let (router, mut queue) = router_with_silent_outbound(one);
+        router.route(message("m0")).await;
+        router.route(message("m1")).await;
+        // What a bidi stream that ended hands back takes its place regardless.
+        router.reroute(message("m2")).await;
+        let ids: Vec<_> = std::iter::from_fn(|| queue.try_recv().ok())
+            .map(|q| q.stanza.id().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["m0", "m2"], "m1 overflowed (and bounced)");
+        assert_eq!(
+            router
+                .metrics
+                .bounces
+                .with_label_values(&["resource-constraint", "queue_full"])
+                .get(),
+            1
+        );
+    }
 
     const PATIENCE: Duration = Duration::from_secs(5);
 

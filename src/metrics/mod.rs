@@ -114,6 +114,54 @@ impl Drop for SessionGauge {
     }
 }
 
+/// `fedgate_s2s_bidi_links{direction}`: established s2s connections that carry stanzas both
+/// ways (XEP-0288), by the direction the connection was opened in (`inbound`: the peer
+/// connected and we write our stanzas back on its stream). Resolved once.
+#[derive(Clone)]
+pub struct BidiLinks {
+    inbound: IntGauge,
+    outbound: IntGauge,
+}
+
+impl BidiLinks {
+    fn register(r: &Registry) -> BidiLinks {
+        let family = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "fedgate_s2s_bidi_links",
+                    "Established s2s connections carrying stanzas both ways (XEP-0288), by the direction they were opened in",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+        );
+        BidiLinks {
+            inbound: family.with_label_values(&[Direction::Inbound.as_str()]),
+            outbound: family.with_label_values(&[Direction::Outbound.as_str()]),
+        }
+    }
+
+    /// Counts one bidirectional link for as long as the guard lives.
+    pub fn link(&self, direction: Direction) -> BidiLink {
+        let gauge = match direction {
+            Direction::Inbound => self.inbound.clone(),
+            Direction::Outbound => self.outbound.clone(),
+        };
+        gauge.inc();
+        BidiLink(gauge)
+    }
+}
+
+/// One link in `fedgate_s2s_bidi_links` until dropped.
+pub struct BidiLink(IntGauge);
+
+impl Drop for BidiLink {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A backend's figures, resolved once per attachment.
 pub struct BackendGauge {
     attached: IntGauge,
@@ -135,6 +183,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// `fedgate_s2s_sessions{direction, state, auth}`; see [`Metrics::session`].
     pub s2s_sessions: IntGaugeVec,
+    /// `fedgate_s2s_bidi_links{direction}`; see [`BidiLinks::link`].
+    pub bidi_links: BidiLinks,
     /// Attached XEP-0114 backend sessions.
     pub component_sessions: IntGauge,
     /// `fedgate_component_attached{backend}`: 1 while the backend is attached; every
@@ -407,6 +457,7 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let bidi_links = BidiLinks::register(r);
         let component_sessions = gauge(
             r,
             "fedgate_component_sessions",
@@ -645,6 +696,7 @@ impl Metrics {
             component_out: counters("component", "outbound"),
             registry,
             s2s_sessions,
+            bidi_links,
             component_sessions,
             component_attached,
             component_attaches,

@@ -204,7 +204,7 @@ pub fn offers_external(features: &Element) -> bool {
 }
 
 /// The features a peer offered, for traces and diagnostics: `STARTTLS (required), SASL
-/// EXTERNAL, dialback, XEP-0198`; others by name and namespace; `none` when empty.
+/// EXTERNAL, XEP-0288 bidi, dialback, XEP-0198`; others by name and namespace; `none` when empty.
 pub fn describe_features(features: &Element) -> String {
     let names: Vec<String> = features
         .children()
@@ -223,6 +223,7 @@ pub fn describe_features(features: &Element) -> String {
             }
             ("dialback", ns::DIALBACK_FEATURE) => "dialback".to_string(),
             ("sm", super::sm::NS) => "XEP-0198".to_string(),
+            ("bidi", super::bidi::FEATURE_NS) => "XEP-0288 bidi".to_string(),
             (name, ns) => format!("<{name} xmlns='{ns}'/>"),
         })
         .collect();

@@ -43,7 +43,11 @@
 //!    authenticated): count what is handled, acknowledge, a last `<a/>` before we close, and
 //!    resumption after a drop; the wire behaviour is in [`sm`], the receiving role in
 //!    [`sm::receiving`];
-//! 8. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
+//! 8. XEP-0288 bidi (when the peer asked for it, [`bidi`](super::bidi)): the stream also
+//!    carries our stanzas back, for the reverse of each pair proved on it; what the router
+//!    queues there is written in batches, each confirmed by an XEP-0199 ping, and when the
+//!    stream ends what it held goes to an ordinary outbound session;
+//! 9. after `keepalive_interval` without writing anything, a single space (RFC 6120 §4.6.1).
 //!    It does not count as activity: `idle_timeout` still ends a stream without stanzas.
 //!
 //! Until a pair is authenticated, `negotiation_timeout` bounds the stream and stanzas are
@@ -63,6 +67,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::bidi::{Reverse, ReverseEvent};
 use super::dialback::receiving::Verified;
 use super::keepalive::{self, Whitespace};
 use super::limits::{self, Limit, Slot, StreamLimits};
@@ -78,7 +83,7 @@ use crate::tls::{Tls, TlsInfo};
 use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::Event;
 use crate::xml::ns;
-use crate::xml::stanza::{Kind, Stanza};
+use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::stream::{OpenStream, StreamHeader};
 
 /// Why a session ends other than cleanly: we refuse something, or the peer is gone.
@@ -179,14 +184,20 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         sm: None,
         sm_live: None,
         limits: StreamLimits::default(),
+        reverse: None,
     };
     let outcome = session.run().await;
+    if let Some(reverse) = &session.reverse {
+        // Nothing new for this stream while it closes.
+        reverse.detach(&ctx);
+    }
     let remotes = session.remote_domains();
     let Inbound {
         mut conn,
         sm,
         sm_live,
         negotiation,
+        reverse,
         ..
     } = session;
     let remote = negotiation.remote().map(str::to_string);
@@ -243,6 +254,12 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         }
         Err(Abort::Gone) => {}
     }
+    if let Some(reverse) = reverse {
+        // After the stream is closed: what it still held goes out on a new session.
+        reverse
+            .end(&ctx, &format!("the stream from {peer} ended"))
+            .await;
+    }
 }
 
 pub(in crate::s2s) struct Inbound {
@@ -274,6 +291,9 @@ pub(in crate::s2s) struct Inbound {
     /// The remote domains authenticated here, each holding its `max_streams_per_domain` slot,
     /// with their stanza limits and byte rates.
     pub(in crate::s2s) limits: StreamLimits,
+    /// XEP-0288: the way back for our stanzas, once the peer asked for bidi and a pair is
+    /// proved.
+    pub(in crate::s2s) reverse: Option<Reverse>,
 }
 
 /// Whether the stream goes on, restarts (after TLS or SASL success: a new header follows), or
@@ -296,6 +316,16 @@ enum Step {
     Shutdown,
     /// A reload's policy refuses a domain of this stream.
     Kicked,
+    /// The way back of a bidi stream (XEP-0288) has stanzas to write, or a confirmation.
+    Reverse(ReverseEvent),
+}
+
+/// The next event of a bidi stream's way back; never, for a stream without one.
+async fn next_reverse(reverse: &mut Option<Reverse>, ctx: &S2sContext) -> ReverseEvent {
+    match reverse {
+        Some(reverse) => reverse.next(ctx).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next takeover request for a resumable stream; never, for any other.
@@ -355,6 +385,7 @@ impl Inbound {
                     _ = &mut keepalive => Step::Keepalive,
                     Some(v) = results_rx.recv() => Step::Verified(*v),
                     e = self.conn.next_event() => Step::Event(e),
+                    r = next_reverse(&mut self.reverse, &ctx) => Step::Reverse(r),
                 };
                 match step {
                     Step::Shutdown => {
@@ -399,6 +430,46 @@ impl Inbound {
                     Step::Deadline => {
                         tracing::debug!(peer = %self.conn.peer, "closing idle inbound s2s");
                         return Ok(());
+                    }
+                    Step::Reverse(ReverseEvent::Unanswered) => {
+                        return Err(Abort::Refused(refuse(
+                            StreamErrorCondition::ConnectionTimeout,
+                            format!(
+                                "our ping on this bidirectional stream went unanswered for {}s",
+                                settings.ping_timeout.as_secs_f32()
+                            ),
+                        )))
+                    }
+                    Step::Reverse(ReverseEvent::Confirmed) => {
+                        if let Some(reverse) = &mut self.reverse {
+                            let ping = reverse.confirmed(&ctx);
+                            if !ping.is_empty() {
+                                self.conn.send(&ping);
+                                self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            }
+                        }
+                    }
+                    Step::Reverse(ReverseEvent::Queued(first)) => {
+                        if let Some(reverse) = &mut self.reverse {
+                            let out = reverse.batch(&ctx, first);
+                            let too_large = reverse.take_too_large();
+                            self.conn.send(&out);
+                            self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            for (stanza, text) in too_large {
+                                ctx.router
+                                    .bounce(
+                                        &stanza,
+                                        crate::xml::error::StanzaErrorCondition::PolicyViolation,
+                                        "too_large",
+                                        &text,
+                                    )
+                                    .await;
+                            }
+                            // Our stanzas are traffic too: the stream is not idle.
+                            deadline
+                                .as_mut()
+                                .reset(Instant::now() + settings.idle_timeout);
+                        }
                     }
                     Step::Verified(v) => {
                         self.pending -= 1;
@@ -488,7 +559,15 @@ impl Inbound {
                 // answered here; each is handled all the same.
                 let router = &self.ctx.router;
                 if let Some(pong) = keepalive::answer_server_ping(&stanza, |d| router.is_local(d)) {
-                    router.route(pong).await;
+                    match &self.reverse {
+                        // On a bidi stream the answer goes straight back, untracked: a pong
+                        // that waited for a ping of its own to confirm it would start an
+                        // endless exchange of pings.
+                        Some(reverse) if reverse.carries(&pong) => {
+                            self.conn.send(&pong.bytes_for(&NsContext::server()));
+                        }
+                        _ => router.route(pong).await,
+                    }
                 } else if !self.ctx.pings.claim(&stanza) {
                     self.ctx
                         .router
@@ -564,6 +643,13 @@ impl Inbound {
                     Ok(Flow::Continue)
                 }
                 Next::End => Ok(Flow::End),
+                Next::Bidi => {
+                    // Pairs proved before the request go back too.
+                    for (local, remote) in self.authenticated.clone() {
+                        self.attach_reverse(&local, &remote);
+                    }
+                    Ok(Flow::Continue)
+                }
                 Next::StartTls { hint } => self.tls_handshake(hint).await,
                 Next::ExternalRequested { local: _, remote } => {
                     let admitted = self.admit(&remote);
@@ -690,8 +776,26 @@ impl Inbound {
                     n.certificate = certificate;
                 }
             });
+            self.attach_reverse(&local, &remote);
             self.authenticated.push((local, remote));
         }
+    }
+
+    /// On a bidi stream (XEP-0288), our stanzas from `local` to `remote` may go back on it:
+    /// the reverse of a pair the peer proved, by SASL EXTERNAL (the stream's `to` and
+    /// `from`) or by dialback (§2.2).
+    fn attach_reverse(&mut self, local: &str, remote: &str) {
+        if !self.negotiation.bidi() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        if self.reverse.is_none() {
+            self.live.update(|n| n.bidi = true);
+        }
+        let advertised = self.negotiation.bidi_max_bytes();
+        self.reverse
+            .get_or_insert_with(|| Reverse::new(&ctx, advertised))
+            .attach(&ctx, local, remote);
     }
 
     /// Takes `remote`'s `max_streams_per_domain` slot for this stream, unless it holds one

@@ -6,10 +6,11 @@
 //! finds a dead one when the write fails; it is not a stanza, so it does not count as
 //! activity (`idle_timeout` still ends a link without stanzas).
 //!
-//! Our outbound stream carries stanzas one way, so the answer to a ping we send on it comes
-//! back on the peer's own stream to us. [`Pings`] is where the two meet: the outbound session
-//! registers the ping's id, and the inbound session hands over the answer instead of routing
-//! it to a backend.
+//! Without XEP-0288 bidi our outbound stream carries stanzas one way, so the answer to a ping
+//! we send on it comes back on the peer's own stream to us (on a bidi stream, on the same
+//! one). [`Pings`] is where the two meet: the session that sent the ping registers its id,
+//! and whichever session receives the answer hands it over instead of routing it to a
+//! backend.
 
 use std::time::Duration;
 

@@ -329,7 +329,14 @@ impl OutboundCap {
     /// The smaller of the limit configured for the peer and the one it announced in
     /// `features`; `None` when there is neither.
     pub fn new(configured: Option<usize>, features: &Element) -> Option<OutboundCap> {
-        let advertised = advertised_max_bytes(features);
+        OutboundCap::from_limits(configured, advertised_max_bytes(features))
+    }
+
+    /// The smaller of the configured and the announced limit, when there is either.
+    pub fn from_limits(
+        configured: Option<usize>,
+        advertised: Option<usize>,
+    ) -> Option<OutboundCap> {
         match (configured, advertised) {
             (Some(c), Some(a)) if a < c => Some(OutboundCap {
                 max: a,

@@ -3,9 +3,11 @@
 //! - [`inbound`]: a remote server connects to us: the task that drives [`negotiate::inbound`]
 //!   and then takes the stanzas of the domain pairs proved on the stream.
 //! - [`negotiate`]: stream negotiation, sans-I/O, states named for what they wait for (the
-//!   inbound direction: header, features, STARTTLS, SASL EXTERNAL).
+//!   inbound direction: header, features, STARTTLS, SASL EXTERNAL, the XEP-0288 request).
 //! - [`outbound`]: we connect to a remote server for one (local, remote) domain pair: walk its
 //!   targets, authenticate, retry, queue, bounce, and write the stanzas the router queues.
+//! - [`bidi`]: XEP-0288 bidirectional streams: an inbound stream's way back for our stanzas,
+//!   and the rules for what the peer may send on our outbound stream.
 //! - [`connect`]: the initiating side up to authentication (TCP, direct TLS or STARTTLS,
 //!   certificate check), shared by outbound sessions and dialback's connect-back.
 //! - [`dialback`]: XEP-0220 in every role: initiating (outbound), receiving and authoritative
@@ -18,6 +20,7 @@
 //!   when a limit is reached.
 //! - [`registry`]: live sessions, recent failures and attempt [`trace`]s per remote domain.
 
+pub mod bidi;
 pub mod connect;
 pub mod dialback;
 pub mod inbound;

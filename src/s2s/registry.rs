@@ -50,6 +50,8 @@ pub struct Negotiated {
     pub pairs: Vec<Pair>,
     /// XEP-0198 is on.
     pub stream_management: bool,
+    /// XEP-0288: the connection carries stanzas both ways.
+    pub bidi: bool,
 }
 
 /// One live s2s session.

@@ -89,8 +89,10 @@ async fn two_instances_verify_each_others_keys_and_a_stopped_one_loses_nothing()
     );
     dns.add_srv("_xmpp-server._tcp.a.test", 10, 0, 5269, "gw-second.a.test");
 
+    // bidi = false: b.test's answers must take its own outbound link to a.test's instances
+    // (SRV order, the cut, the failed resumption), not ride back on the stream from `via`.
     let b = instance(&dns, "b.test")
-        .s2s("retry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"")
+        .s2s("retry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"\nbidi = false")
         .start()
         .await;
     let mut b_backend = b.backend().await;

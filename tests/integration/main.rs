@@ -8,6 +8,7 @@ mod postgres;
 mod proxy;
 mod xml_tree;
 
+mod bidi;
 mod binary;
 mod component;
 mod component_client;

@@ -157,8 +157,11 @@ async fn dry_run_counts_what_it_would_refuse_but_delivers_both_ways() {
 #[tokio::test]
 async fn a_reload_closes_live_sessions_the_new_policy_refuses_and_keeps_the_others() {
     let dns = TestDns::start().await;
+    // bidi = false: a session each way per peer, so that the reload is seen closing both
+    // an inbound and an outbound one.
     let a = instance(&dns, "a.test")
         .federation("mode = \"allowlist\"\nallow = [\"b.test\", \"c.test\"]")
+        .s2s("bidi = false")
         .start()
         .await;
     let b = instance(&dns, "b.test").start().await;

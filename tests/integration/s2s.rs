@@ -20,10 +20,11 @@ async fn the_inbound_stream_requires_starttls_then_offers_dialback_with_errors()
     s.send(&s2s_header("a.test", "b.test")).await;
     let h2 = s.expect_header().await;
     assert_ne!(h2.id, h.id, "a new stream id after TLS");
-    // No client certificate: no SASL EXTERNAL, dialback over TLS; XEP-0198 offered.
+    // No client certificate: no SASL EXTERNAL, dialback over TLS; XEP-0288 bidi (encrypted
+    // streams only) and XEP-0198 offered.
     assert_eq!(
         s.next_text().await,
-        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>600</idle-seconds></limits></stream:features>"
+        "<stream:features><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>600</idle-seconds></limits></stream:features>"
     );
 }
 

@@ -92,7 +92,7 @@ async fn sm_is_offered_after_tls_and_after_sasl_restart_unless_disabled() {
     let (_, _, features) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
     assert_eq!(
         text(features.raw()),
-        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>600</idle-seconds></limits></stream:features>"
+        "<stream:features><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback><sm xmlns='urn:xmpp:sm:3'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>600</idle-seconds></limits></stream:features>"
     );
 
     // After SASL EXTERNAL the stream restarts, and the new features offer it again.

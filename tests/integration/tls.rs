@@ -50,9 +50,11 @@ fn self_signed() -> CertSpec {
 async fn valid_server_auth_only_certificates_authenticate_with_sasl_external_both_ways() {
     // The test CA issues serverAuth-only leaves, as public CAs do now: they must be accepted
     // as client certificates too.
+    // bidi = false: each instance opens its own connection, so that each certificate is
+    // checked in both roles (with bidi, b's answer would ride a's connection).
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test").start().await;
-    let b = instance(&dns, "b.test").start().await;
+    let a = instance(&dns, "a.test").s2s("bidi = false").start().await;
+    let b = instance(&dns, "b.test").s2s("bidi = false").start().await;
     send_message(&a, &b, "ab").await.unwrap();
     send_message(&b, &a, "ba").await.unwrap();
     for (gw, name) in [(&a, "a"), (&b, "b")] {
@@ -182,8 +184,10 @@ async fn secure_auth_refuses_bad_certificates_both_ways_with_the_reason() {
 #[tokio::test]
 async fn wildcard_srv_id_and_xmpp_addr_certificates_are_valid_under_secure_auth() {
     let dns = TestDns::start().await;
+    // bidi = false: each peer's certificate must be checked on its own inbound connection
+    // (with bidi, its answers would ride a's connection to it).
     let a = instance(&dns, "a.test")
-        .s2s("secure_auth = true")
+        .s2s("secure_auth = true\nbidi = false")
         .start()
         .await;
     let wild = instance(&dns, "chat.wild.test")

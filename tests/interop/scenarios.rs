@@ -188,8 +188,15 @@ pub async fn world_with(
 /// authenticated the other.
 pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
     // An idle outbound link is checked after a second: an XEP-0199 ping, or an XEP-0198
-    // acknowledgement request when the link has stream management.
-    let mut w = world(kind, name, tls, "ping_interval = \"1s\"").await;
+    // acknowledgement request when the link has stream management. This scenario checks how
+    // each side found and authenticated the other on a connection of its own, so XEP-0288
+    // is off with a peer that offers it (Prosody; `bidi_both_ways_on_one_connection` is the
+    // bidi one); ejabberd 23.01 offers none, so it runs with bidi on and shows the fallback.
+    let gw_s2s = match kind {
+        Kind::Prosody => "ping_interval = \"1s\"\nbidi = false",
+        Kind::Ejabberd => "ping_interval = \"1s\"",
+    };
+    let mut w = world(kind, name, tls, gw_s2s).await;
     peer_to_fedgate(&mut w).await;
     fedgate_to_peer(&mut w).await;
     assert_found_through_srv(&w);
@@ -199,8 +206,191 @@ pub async fn exchange(kind: Kind, name: &str, tls: PeerTls) {
     };
     assert_authenticated(&w, method).await;
     assert_liveness_check_answered(&w).await;
+    if kind == Kind::Ejabberd {
+        // Not offered, so not asked for: a connection each way, as before XEP-0288.
+        let m = w.gw.metrics().await;
+        for direction in ["inbound", "outbound"] {
+            let sample = format!("fedgate_s2s_bidi_links{{direction=\"{direction}\"}}");
+            assert_eq!(metric(&m, &sample), 0.0, "{sample}");
+        }
+    }
     report(&mut w, method).await;
     w.client.quit().await;
+}
+
+/// XEP-0288 with a peer that offers it: whoever connects first, that one connection carries
+/// the pair's stanzas both ways (fedgate's metrics: one bidi link, no connection the other
+/// way; the peer's log: one s2s session). Prints the first reply's latency in the reverse
+/// direction, and the same without bidi (a new connection).
+pub async fn bidi_both_ways_on_one_connection(kind: Kind, name: &str) {
+    for first in ["peer", "fedgate"] {
+        let mut w = world(kind, &format!("{name}-{first}"), PeerTls::TestCa, "").await;
+        // The first message opens the connection; the first reply is timed.
+        let took = match first {
+            "peer" => {
+                first_from_peer(&mut w, "f").await;
+                let took = reverse_reply_from_fedgate(&mut w, "f").await;
+                peer_to_fedgate(&mut w).await;
+                fedgate_to_peer(&mut w).await;
+                took
+            }
+            _ => {
+                first_from_fedgate(&mut w, "f").await;
+                let took = reverse_reply_from_peer(&mut w, "f").await;
+                fedgate_to_peer(&mut w).await;
+                peer_to_fedgate(&mut w).await;
+                took
+            }
+        };
+        let m = w.gw.metrics().await;
+        let (opened_by_us, opened_by_peer) = match first {
+            "peer" => ("inbound", "outbound"),
+            _ => ("outbound", "inbound"),
+        };
+        assert_eq!(
+            metric(
+                &m,
+                &format!("fedgate_s2s_bidi_links{{direction=\"{opened_by_us}\"}}")
+            ),
+            1.0,
+            "{first} first: {m}\n{}",
+            w.peer.log_tail(40)
+        );
+        // The other direction's authentication never happened: it rode the first one's.
+        assert_eq!(
+            metric_or_zero(
+                &m,
+                &format!(
+                    "fedgate_s2s_auth_total{{direction=\"{opened_by_peer}\",result=\"success\"}}"
+                )
+            ),
+            0.0,
+            "{first} first: a second connection was authenticated\n{m}"
+        );
+        // XEP-0199 pings to the peer's domain and to ours, both ways, on the one link.
+        assert_liveness_check_answered_or_acked(&w).await;
+        let sessions = peer_s2s_sessions(&w.peer);
+        assert_eq!(
+            sessions.len(),
+            1,
+            "{first} first: the peer's log shows s2s sessions {sessions:?}\n{}",
+            w.peer.log_tail(60)
+        );
+        let line = format!(
+            "== {} {} XEP-0288, {first} connects first: one connection both ways ({sessions:?} in its log); first reply the other way in {took:?}\n",
+            kind.name(),
+            kind.version()
+        );
+        println!("{line}");
+        append_report(&line);
+        w.client.quit().await;
+    }
+    // The same reply without bidi: the first one back opens a connection of its own.
+    let mut w = world(
+        kind,
+        &format!("{name}-off"),
+        PeerTls::TestCa,
+        "bidi = false",
+    )
+    .await;
+    first_from_peer(&mut w, "f").await;
+    let took = reverse_reply_from_fedgate(&mut w, "f").await;
+    let line = format!(
+        "== {} {} without XEP-0288 (bidi = false): first reply fedgate → peer on a new connection in {took:?}\n",
+        kind.name(),
+        kind.version()
+    );
+    println!("{line}");
+    append_report(&line);
+    w.client.quit().await;
+}
+
+/// The peer's client writes to the component: the peer connects to fedgate.
+async fn first_from_peer(w: &mut World, tag: &str) {
+    let bot = w.bot();
+    let id = format!("{tag}-first");
+    w.client.message(&bot, &id, "first").await;
+    let id_ = id.clone();
+    w.backend
+        .expect(&format!("message {id}"), |s| s.id() == Some(id_.as_str()))
+        .await;
+}
+
+/// The component writes to the peer's client: fedgate connects to the peer.
+async fn first_from_fedgate(w: &mut World, tag: &str) {
+    let bot = w.bot();
+    let me = w.client.jid.clone();
+    let id = format!("{tag}-first");
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='{id}'><body>first</body></message>"
+        ))
+        .await;
+    wait_message(w, &id).await;
+}
+
+/// How long a message from the component takes to reach the peer's client: on the link the
+/// peer opened when bidi is on, else on a connection fedgate opens if it has none yet.
+async fn reverse_reply_from_fedgate(w: &mut World, tag: &str) -> Duration {
+    let bot = w.bot();
+    let me = w.client.jid.clone();
+    let id = format!("{tag}-fedgate");
+    let sent = std::time::Instant::now();
+    w.backend
+        .send(&format!(
+            "<message from='{bot}/bot' to='{me}' type='chat' id='{id}'><body>back</body></message>"
+        ))
+        .await;
+    wait_message(w, &id).await;
+    sent.elapsed()
+}
+
+/// How long a message from the peer's client takes to reach the component, on our link.
+async fn reverse_reply_from_peer(w: &mut World, tag: &str) -> Duration {
+    let bot = w.bot();
+    let id = format!("{tag}-peer");
+    let sent = std::time::Instant::now();
+    w.client.message(&bot, &id, "back").await;
+    let id_ = id.clone();
+    w.backend
+        .expect(&format!("message {id}"), |s| s.id() == Some(id_.as_str()))
+        .await;
+    sent.elapsed()
+}
+
+/// Our outbound link's liveness check was answered, or (on a link the peer opened) the peer
+/// answered what we wrote back with acknowledgements or pings: the link is alive both ways.
+async fn assert_liveness_check_answered_or_acked(w: &World) {
+    for _ in 0..60 {
+        let m = w.gw.metrics().await;
+        // Series appear on their first event.
+        let answered = metric_or_zero(&m, "fedgate_outbound_events_total{event=\"ping_answered\"}")
+            + metric_or_zero(&m, "fedgate_s2s_sm_total{event=\"acked\"}");
+        if answered >= 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no answer on the bidi link");
+}
+
+/// The ids of the s2s sessions (`s2sin…`, `s2sout…`) the peer logged as complete
+fn peer_s2s_sessions(peer: &crate::peer::Peer) -> Vec<String> {
+    let log = std::fs::read_to_string(peer.log_file()).unwrap_or_default();
+    let mut ids: Vec<String> = Vec::new();
+    for line in log.lines() {
+        for word in line.split_whitespace() {
+            if (word.starts_with("s2sin") || word.starts_with("s2sout"))
+                && word.len() > 6
+                && line.contains("s2s connection")
+                && line.contains("complete")
+                && !ids.iter().any(|i| i == word)
+            {
+                ids.push(word.to_string());
+            }
+        }
+    }
+    ids
 }
 
 /// The user writes to the component and gets its reply; asks disco#info and pings the
@@ -720,7 +910,17 @@ pub async fn burst(kind: Kind, name: &str) {
 /// ("unsupported certificate purpose": OpenSSL checks the TLS client purpose), and fedgate falls
 /// back to dialback for that peer, so that nothing is lost either way.
 pub async fn server_auth_only_certificate(kind: Kind, name: &str) {
-    let mut w = world_with(kind, name, PeerTls::TestCa, "", GwCert::ServerOnly, false).await;
+    // bidi = false: the certificate is checked on fedgate's own connection to the peer, which
+    // with XEP-0288 the warm-up would not need (the peer's connection carries both ways).
+    let mut w = world_with(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "bidi = false",
+        GwCert::ServerOnly,
+        false,
+    )
+    .await;
     warm_up(&mut w, "eku").await;
     let m = w.gw.metrics().await;
     // An auth series appears on its first count: an attempt that never happened has none (the
@@ -848,9 +1048,11 @@ pub async fn gateway_stopped_then_restarted(kind: Kind, name: &str) {
 /// The peer stopped while fedgate is writing a stream of messages to it: every message is
 /// delivered (before the stop, or after the restart from the peer's offline storage), or comes
 /// back as an error that says why (from fedgate, or from the peer for what it accepted but could
-/// no longer deliver). On a link without XEP-0198 (ejabberd's s2s) what the peer read but never
+/// no longer deliver). On a link without XEP-0198 (ejabberd's s2s, and with Prosody the
+/// XEP-0288 stream Prosody opened, which fedgate writes back on) what the peer read but never
 /// handled cannot be known: fedgate counts it as `unconfirmed`, and that count must cover the
-/// gap.
+/// gap. When Prosody's bidi stream drops, what fedgate still held for it goes to a new
+/// outbound session, which bounces it when it cannot connect.
 pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
     let retry_window = Duration::from_secs(3);
     let mut w = world(
@@ -976,7 +1178,13 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
         &m,
         "fedgate_s2s_sm_total{direction=\"outbound\",event=\"enabled\"}",
     ) > 0.0;
-    if kind == Kind::Prosody {
+    // With XEP-0288 fedgate writes on the stream Prosody opened (the warm-up's first message
+    // came from the peer), which has no XEP-0198 in that direction: pings confirm it.
+    let bidi = metric_or_zero(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}") > 0.0
+        || fedgate_log("carries our stanzas back")
+            .iter()
+            .any(|l| l.contains(&w.peer.domain));
+    if kind == Kind::Prosody && !bidi {
         assert!(
             sm_on,
             "Prosody's s2s offers XEP-0198: fedgate must have enabled it\n{m}"
@@ -1013,11 +1221,13 @@ pub async fn peer_stopped_mid_stream(kind: Kind, name: &str) {
 /// XEP-0368: both sides publish a direct TLS listener first (`_xmpps-server._tcp`, priority 0)
 /// and STARTTLS second; each connects to the other with TLS from the first byte.
 pub async fn direct_tls(kind: Kind, name: &str) {
+    // bidi = false: each side's own connection to the other is what is checked (with
+    // XEP-0288 the peer's connection would carry both ways and fedgate open none).
     let mut w = world_with(
         kind,
         name,
         PeerTls::TestCa,
-        "",
+        "bidi = false",
         GwCert::ServerAndClient,
         true,
     )

@@ -7,8 +7,10 @@
 //!    `from` our federation policy refuses or whose certificate the policy needs valid and is
 //!    not, and writes the features: `<starttls/>` (with `<required/>` when the policy
 //!    requires TLS) while there is no TLS and we hold a certificate, SASL EXTERNAL with a valid
-//!    certificate for the stream's `from` (once per connection), dialback with errors when the
-//!    policy allows it, XEP-0198, and the XEP-0478 limits wherever authentication may follow;
+//!    certificate for the stream's `from` (once per connection), XEP-0288 bidi over TLS before
+//!    authentication when `s2s.bidi` and the peer's `bidi` allow it, dialback with errors when
+//!    the policy allows it, XEP-0198, and the XEP-0478 limits wherever authentication may
+//!    follow;
 //! 2. [`State::ExpectStarttls`]: TLS is required and not there: only `<starttls/>` is
 //!    accepted (anything else: `<policy-violation/>`); `<proceed/>`, or `<failure/>` and the
 //!    stream's end without a certificate (§5.4.2.2);
@@ -21,7 +23,9 @@
 //!    [`MAX_SASL_FAILURES`]); an acceptable one asks the session for room
 //!    ([`Next::ExternalRequested`], answered by [`Negotiation::handle_external_admission`]):
 //!    `<success/>`, a new stream id and a new header, or `<temporary-auth-failure/>` with the
-//!    reason. Everything else (dialback, XEP-0198, stanzas) is the session's ([`Next::Session`]);
+//!    reason. `<bidi xmlns='urn:xmpp:bidi'/>` (any children) where bidi was offered gives
+//!    [`Next::Bidi`], elsewhere `<unsupported-stanza-type/>`. Everything else (dialback,
+//!    XEP-0198, stanzas) is the session's ([`Next::Session`]);
 //! 5. [`State::Established`]: a pair is proved on this connection, by SASL EXTERNAL or by
 //!    dialback ([`Negotiation::authenticated`]); elements go to the session.
 
@@ -117,6 +121,9 @@ pub enum Next {
     /// Write the output (`<success/>`), record (local, remote) as authenticated by SASL
     /// EXTERNAL, and restart the stream: a new header follows (RFC 6120 §6.4.6).
     Authenticated { local: String, remote: String },
+    /// The peer asked for XEP-0288 bidi and may have it: the stream carries our stanzas
+    /// back for every pair proved on it, those so far and those to come.
+    Bidi,
     /// Not negotiation: the session handles the element (dialback, XEP-0198, stanzas,
     /// stream errors).
     Session,
@@ -148,6 +155,12 @@ pub struct Negotiation {
     external_pending: Option<(String, String)>,
     /// A pair is authenticated on this connection.
     authenticated: bool,
+    /// The peer asked for XEP-0288 bidi, which we offered: the stream may carry our stanzas
+    /// back (for the pairs proved on it).
+    bidi: bool,
+    /// The XEP-0478 `max-bytes` the peer put inside its `<bidi/>` (Prosody 13 does): the
+    /// largest stanza it takes from us on this stream.
+    bidi_max_bytes: Option<usize>,
     /// Bytes to write, taken by [`Negotiation::take_output`].
     out: Vec<u8>,
 }
@@ -167,6 +180,8 @@ impl Negotiation {
             external_failures: 0,
             external_pending: None,
             authenticated: false,
+            bidi: false,
+            bidi_max_bytes: None,
             out: Vec::new(),
         }
     }
@@ -181,6 +196,22 @@ impl Negotiation {
 
     pub fn security(&self) -> &Security {
         &self.security
+    }
+
+    /// Whether the peer negotiated XEP-0288 bidi on this connection.
+    pub fn bidi(&self) -> bool {
+        self.bidi
+    }
+
+    /// The largest stanza the peer said (inside `<bidi/>`, XEP-0478) it takes from us.
+    pub fn bidi_max_bytes(&self) -> Option<usize> {
+        self.bidi_max_bytes
+    }
+
+    /// Whether XEP-0288 bidi may be negotiated with this peer now: over TLS only, and when
+    /// `s2s.bidi` and the peer's `bidi` allow it.
+    fn bidi_allowed(&self, ctx: &S2sContext) -> bool {
+        self.security.tls.is_some() && self.remote.is_some() && self.peer_policy(ctx).bidi
     }
 
     /// The stream header's `to`, once read.
@@ -336,6 +367,11 @@ impl Negotiation {
             if self.external_offered {
                 features.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>");
             }
+            // XEP-0288 §2.1: before authentication, on encrypted streams; the request comes
+            // before SASL or dialback.
+            if !self.authenticated && !self.bidi && self.bidi_allowed(ctx) {
+                features.push_str(crate::s2s::bidi::FEATURE);
+            }
             if policy.allows_dialback(tls) {
                 features
                     .push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
@@ -386,7 +422,29 @@ impl Negotiation {
         if stanza.name() == "auth" && stanza.ns() == ns::SASL {
             return self.sasl_external(stanza, ctx);
         }
+        if crate::s2s::bidi::is_request(stanza) {
+            return self.bidi_request(stanza, ctx);
+        }
         Ok(Next::Session)
+    }
+
+    /// XEP-0288 §2.2: `<bidi xmlns='urn:xmpp:bidi'/>`, whatever its children (Prosody 13 puts
+    /// its XEP-0478 `<limits/>` there, and their `max-bytes` is kept; anything else is
+    /// ignored). Nothing answers it.
+    fn bidi_request(&mut self, stanza: &Stanza, ctx: &S2sContext) -> Result<Next, Refusal> {
+        if !self.bidi_allowed(ctx) {
+            return Err(refuse(
+                StreamErrorCondition::UnsupportedStanzaType,
+                "bidirectional streams (XEP-0288) are not offered on this stream",
+            ));
+        }
+        self.bidi = true;
+        // Its XEP-0478 limits, if it put them inside: what it takes from us.
+        self.bidi_max_bytes = stanza
+            .element()
+            .ok()
+            .and_then(|e| limits::advertised_max_bytes(&e));
+        Ok(Next::Bidi)
     }
 
     /// Step 2: `<starttls/>` (RFC 6120 §5.4.2).

@@ -9,6 +9,9 @@
 //!   offers it (else [`OutboundError::NoAuthentication`]): `<db:result>` with our key for the
 //!   peer's stream id, then [`State::ExpectDbResult`].
 //!
+//! When the peer offers XEP-0288 bidi over TLS and the policy allows it, `<bidi/>` goes
+//! first ([`Authentication::bidi`]): the link then also carries the peer's stanzas to us.
+//!
 //! Then [`Authentication::handle_element`] takes each element the task reads:
 //! 1. [`State::ExpectSaslAnswer`]: `<success/>` asks for a restart ([`Next::Restart`]: the
 //!    task opens a new stream, and gives its features to
@@ -70,6 +73,9 @@ pub struct Authentication {
     policy: Arc<PeerSecurity>,
     /// The peer's stream id, which keys dialback.
     stream_id: Option<String>,
+    /// We asked for XEP-0288 bidi (the peer offered it over TLS and the policy allows it):
+    /// once authenticated, the stream also carries the peer's stanzas to us.
+    bidi: bool,
     /// Whether the peer offers dialback (features or the `db` namespace on its header).
     dialback_offered: bool,
     /// The features before authentication: those of the stream after dialback too (taken
@@ -98,7 +104,10 @@ impl Authentication {
             && offers_external(&features)
             && ctx.tls.has_valid_certificate(local)
             && !ctx.external_refused.contains(remote);
+        // XEP-0288 §2.2: asked for before authentication, on encrypted streams.
+        let bidi = tls && policy.bidi && crate::s2s::bidi::offered(&features);
         let mut auth = Authentication {
+            bidi,
             state: State::ExpectSaslAnswer,
             local: local.to_string(),
             remote: remote.to_string(),
@@ -110,6 +119,9 @@ impl Authentication {
             features: Some(features),
             out: Vec::new(),
         };
+        if bidi {
+            auth.out.extend_from_slice(crate::s2s::bidi::REQUEST);
+        }
         if use_external {
             // RFC 6120 §6.4.2: "=" is an empty initial response, no authzid; the receiving
             // server takes our identity from the certificate and the stream's 'from'.
@@ -124,6 +136,11 @@ impl Authentication {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether we asked for XEP-0288 bidi on this stream.
+    pub fn bidi(&self) -> bool {
+        self.bidi
     }
 
     /// The bytes to write now, leaving none.

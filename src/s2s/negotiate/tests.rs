@@ -316,3 +316,63 @@ mod outbound {
         ));
     }
 }
+
+/// A TLS session without a peer certificate, as after STARTTLS with a peer that presents none.
+fn tls() -> crate::tls::TlsInfo {
+    crate::tls::TlsInfo {
+        version: "TLSv1.3",
+        cipher: "TLS13_AES_256_GCM_SHA384",
+        alpn: None,
+        peer_chain: Vec::new(),
+        handshake: None,
+    }
+}
+
+#[test]
+fn bidi_is_offered_over_tls_only_and_its_request_is_taken_whatever_its_children() {
+    let (_dir, ctx) = ctx("[[federation.peer]]\ndomain = \"a.test\"\ntls = \"optional\"\n");
+    // Without TLS: not offered, and a request is refused with the reason.
+    let mut n = negotiation();
+    let mut peer = Peer::new();
+    let (_, features) = open(&mut n, &mut peer, &ctx);
+    assert!(!features.contains("bidi"), "{features}");
+    let request = peer.element("<bidi xmlns='urn:xmpp:bidi'/>");
+    assert_eq!(
+        refused(n.handle_element(&request, &ctx)),
+        StreamErrorCondition::UnsupportedStanzaType
+    );
+    assert!(!n.bidi());
+
+    // Over TLS: offered before authentication; a request with children is taken.
+    let mut n = Negotiation::new("127.0.0.1:1".parse().unwrap(), Some(tls()));
+    let mut peer = Peer::new();
+    let (_, features) = open(&mut n, &mut peer, &ctx);
+    assert!(
+        features.contains("<bidi xmlns='urn:xmpp:features:bidi'/>"),
+        "{features}"
+    );
+    let request = peer.element("<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>10000</max-bytes></limits></bidi>");
+    assert_eq!(n.handle_element(&request, &ctx).unwrap(), Next::Bidi);
+    assert!(n.bidi());
+    assert!(n.take_output().is_empty(), "nothing answers it");
+}
+
+#[test]
+fn bidi_false_for_the_peer_or_in_s2s_is_neither_offered_nor_taken() {
+    for extra in [
+        "bidi = false\n",
+        "[[federation.peer]]\ndomain = \"a.test\"\nbidi = false\n",
+    ] {
+        let (_dir, ctx) = ctx(extra);
+        let mut n = Negotiation::new("127.0.0.1:1".parse().unwrap(), Some(tls()));
+        let mut peer = Peer::new();
+        let (_, features) = open(&mut n, &mut peer, &ctx);
+        assert!(!features.contains("bidi"), "{extra}: {features}");
+        let request = peer.element("<bidi xmlns='urn:xmpp:bidi'/>");
+        assert_eq!(
+            refused(n.handle_element(&request, &ctx)),
+            StreamErrorCondition::UnsupportedStanzaType,
+            "{extra}"
+        );
+    }
+}

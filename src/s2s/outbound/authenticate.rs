@@ -30,6 +30,8 @@ pub(super) struct Link {
     pub(super) features: Element,
     /// The features it offered before authentication, for diagnostics.
     pub(super) offered: Element,
+    /// XEP-0288 bidi was requested: the peer may send its stanzas to us on this stream.
+    pub(super) bidi: bool,
 }
 
 impl Session {
@@ -78,7 +80,7 @@ impl Session {
             )
             .await;
             match authenticated {
-                Ok(Ok((method, features))) => {
+                Ok(Ok((method, features, bidi))) => {
                     trace.ok(format!("authenticated by {}", method.as_str()));
                     self.ctx.router.metrics.authenticated(
                         Direction::Outbound,
@@ -93,6 +95,7 @@ impl Session {
                         security,
                         features,
                         offered,
+                        bidi,
                     });
                 }
                 Ok(Err(e)) => {
@@ -140,7 +143,7 @@ impl Session {
         features: Element,
         security: &Security,
         policy: Arc<PeerSecurity>,
-    ) -> Result<(AuthMethod, Element), OutboundError> {
+    ) -> Result<(AuthMethod, Element, bool), OutboundError> {
         let (mut auth, mut next) = Authentication::start(
             &self.ctx,
             &self.local,
@@ -169,7 +172,9 @@ impl Session {
                         connect::exchange_headers(conn, &self.local, &self.remote, target).await?;
                     auth.handle_features(features)?
                 }
-                Next::Authenticated(method, features) => return Ok((method, features)),
+                Next::Authenticated(method, features) => {
+                    return Ok((method, features, auth.bidi()))
+                }
             };
         }
     }

@@ -14,8 +14,11 @@ use crate::config::Unconfirmed;
 use crate::connection::{ReadError, Reader, Writer};
 use crate::metrics::Direction;
 use crate::router::Queued;
-use crate::s2s::keepalive::Whitespace;
-use crate::s2s::limits::{Limit, OutboundCap};
+use crate::s2s::bidi;
+use crate::s2s::dialback::{self, authoritative, DbElement};
+use crate::s2s::keepalive::{self, Whitespace};
+use crate::s2s::limits::{self, Limit, OutboundCap};
+use crate::s2s::negotiate::inbound::{refuse, Refusal};
 use crate::s2s::sm::sending::Incoming;
 use crate::s2s::sm::{self, Carry};
 use crate::s2s::PeerStreamError;
@@ -52,6 +55,9 @@ struct Timers {
     last_stanza: Instant,
     /// When the last liveness check was sent; whitespace does not count as traffic here.
     last_check: Instant,
+    /// When the peer last sent us a stanza on a bidi link (XEP-0288): traffic too, so the
+    /// link is not idle while it carries only the other way.
+    last_received: Instant,
 }
 
 impl Timers {
@@ -60,6 +66,7 @@ impl Timers {
             last_write: now,
             last_stanza: now,
             last_check: now,
+            last_received: now,
         }
     }
 
@@ -75,7 +82,7 @@ impl Timers {
     /// `idle_timeout` without stanzas.
     fn deadlines(&self, session: &Session, pump: &Pump, carry: &Carry) -> Deadlines {
         let settings = &session.ctx.settings;
-        let idle_at = self.last_stanza + settings.idle_timeout;
+        let idle_at = self.last_stanza.max(self.last_received) + settings.idle_timeout;
         let check_at = match &pump.check {
             Some(c) => c.deadline(),
             None => self.last_stanza.max(self.last_check) + settings.ping_interval,
@@ -199,6 +206,9 @@ struct Pump {
     cap: Option<OutboundCap>,
     /// Stanzas over `cap` taken from the queue, with their size, to bounce after the batch.
     too_large: Vec<(Stanza, usize)>,
+    /// XEP-0288 bidi: the peer may send its stanzas from the remote domain to the local one
+    /// on this stream ([`Session::receive`]).
+    bidi: bool,
 }
 
 impl Session {
@@ -213,8 +223,28 @@ impl Session {
             conn,
             label,
             features,
+            bidi,
             ..
         } = link;
+        self.live.update(|n| n.bidi = bidi);
+        // `fedgate_s2s_bidi_links{direction="outbound"}` while the link is up.
+        let _bidi_link = bidi.then(|| {
+            tracing::debug!(local = %self.local, remote = %self.remote, "the outbound stream carries the peer's stanzas too (XEP-0288)");
+            self.ctx.router.metrics.bidi_links.link(Direction::Outbound)
+        });
+        let mut conn = conn;
+        if bidi {
+            // What the peer sends us here is held to its inbound byte rate, as on its own
+            // streams to us (the reads wait; TCP pushes back).
+            let settings = &self.ctx.settings;
+            let policy = self.ctx.security.load().peer(&self.remote);
+            let rate = policy
+                .max_inbound_bytes_per_second
+                .unwrap_or(settings.max_inbound_bytes_per_second);
+            let max = policy.max_stanza_bytes.unwrap_or(settings.max_stanza_bytes);
+            conn.limit_rate(rate, limits::burst(rate, max));
+            conn.count_throttling_in(self.peer.throttle_counter());
+        }
         let (mut reader, mut writer) = conn.split();
         let metrics = &self.ctx.router.metrics;
         let configured = self.ctx.security.load().peer(&self.remote).max_stanza_bytes;
@@ -227,6 +257,7 @@ impl Session {
             waited: metrics.outbound_queue_seconds.local(),
             cap: OutboundCap::new(configured, &features),
             too_large: Vec::new(),
+            bidi,
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
             match sm::sending::negotiate(
@@ -412,6 +443,9 @@ impl Session {
                     metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
                 }
                 event = reader.next_event() => {
+                    if matches!(&event, Ok(Event::Stanza(s)) if pump.bidi && bidi::is_stanza(s)) {
+                        timers.last_received = Instant::now();
+                    }
                     if let Err((ended, goodbye)) = self.on_read(event, pump, &mut writer, carry, label).await {
                         match goodbye {
                             Goodbye::Fail(condition, text) => writer.fail(&condition, Some(&text)).await,
@@ -578,7 +612,8 @@ impl Session {
                 Ok(())
             }
             (Some(Incoming::AckRequest), _) => {
-                // We receive no stanzas on an outbound stream.
+                // The peer enabled no stream management for what it sends us (XEP-0198 is
+                // per direction), so it has nothing to count.
                 writer.send(&sm::ack(0));
                 writer.flush().await.map_err(|e| {
                     (
@@ -602,8 +637,11 @@ impl Session {
                 Ended::Lost(format!("{label} closed the stream")),
                 Goodbye::Close,
             )),
-            // A remote server sends nothing on our outbound stream but errors and stream
-            // management (bidirectional s2s, XEP-0288, is not negotiated).
+            (_, Ok(Event::Stanza(s))) if pump.bidi => {
+                self.receive(s, pump.sm, writer, carry, label).await
+            }
+            // Without XEP-0288 bidi a remote server sends nothing on our outbound stream but
+            // errors and stream management.
             (_, Ok(_)) => Err((
                 Ended::Lost(format!("{label} sent a stanza on our outbound stream")),
                 Goodbye::Fail(
@@ -617,6 +655,100 @@ impl Session {
             )),
         }
     }
+    /// XEP-0288: what the peer sends us on our bidirectional outbound stream. Stanzas from
+    /// the remote domain to the local one ([`bidi::reverse_allowed`]) are routed as an inbound
+    /// stream's would be (answers to our pings claimed, pings to our domain answered); a
+    /// `<db:verify>` is answered as the authoritative server; a `<db:result>` for another
+    /// pair gets a dialback error (we never verify a key on the connection it came on,
+    /// XEP-0288 §2.2: the peer proves it on a connection of its own); anything else ends the
+    /// stream.
+    async fn receive(
+        &self,
+        stanza: Stanza,
+        sm_on: bool,
+        writer: &mut Writer,
+        carry: &mut Carry,
+        label: &str,
+    ) -> Result<(), (Ended, Goodbye)> {
+        let router = &self.ctx.router;
+        let refused = |r: Refusal| {
+            router
+                .metrics
+                .stream_errors
+                .with_label_values(&["sent", r.condition.as_str()])
+                .inc();
+            let why = format!("we closed the bidirectional stream to {label}: {}", r.text);
+            (Ended::Lost(why), Goodbye::Fail(r.condition, r.text))
+        };
+        let write_failed = |e: std::io::Error| {
+            (
+                Ended::Lost(format!("write to {label} failed: {e}")),
+                Goodbye::None,
+            )
+        };
+        match stanza.kind() {
+            Kind::Message | Kind::Presence | Kind::Iq => {
+                bidi::reverse_allowed(&stanza, &self.local, &self.remote, |d| router.is_local(d))
+                    .map_err(refused)?;
+                // The peer's own limit, as on its streams to us (the framer holds the stream
+                // to `s2s.max_stanza_bytes` already).
+                let len = stanza.raw().len();
+                let policy = self.ctx.security.load().peer(&self.remote);
+                if let Some(max) = policy.max_stanza_bytes.filter(|max| len > *max) {
+                    self.ctx
+                        .limits
+                        .refused(Limit::StanzaBytes, &self.remote, "a stanza");
+                    return Err(refused(refuse(
+                        StreamErrorCondition::PolicyViolation,
+                        format!(
+                            "a stanza of {len} bytes from {}: federation.peer max_stanza_bytes is {max}",
+                            self.remote
+                        ),
+                    )));
+                }
+                if let Some(pong) = keepalive::answer_server_ping(&stanza, |d| router.is_local(d)) {
+                    // Straight back. Without XEP-0198 untracked: a pong that waited for a ping
+                    // of its own to confirm it would start an endless exchange of pings. With
+                    // it, the peer counts it like any stanza we write, so the carry does too.
+                    writer.send(&pong.bytes_for(&NsContext::server()));
+                    if sm_on {
+                        carry.push(pong);
+                    }
+                    writer.flush().await.map_err(write_failed)?;
+                } else if !self.ctx.pings.claim(&stanza) {
+                    router
+                        .metrics
+                        .s2s_in
+                        .count(stanza.kind(), stanza.raw().len());
+                    self.peer.stanza(Direction::Inbound);
+                    router.route(stanza).await;
+                }
+                Ok(())
+            }
+            Kind::DbVerify if stanza.type_().is_none() => {
+                let answer = authoritative::answer(&self.ctx, &stanza).map_err(refused)?;
+                writer.send(&answer);
+                writer.flush().await.map_err(write_failed)
+            }
+            Kind::DbResult if stanza.type_().is_none() => {
+                let (to, from) = (stanza.to().unwrap_or(""), stanza.from().unwrap_or(""));
+                writer.send(&dialback::error(
+                    DbElement::Result,
+                    to,
+                    from,
+                    None,
+                    StanzaErrorCondition::FeatureNotImplemented,
+                    Some("authenticate this pair on a connection of your own (XEP-0288 §2.2)"),
+                ));
+                writer.flush().await.map_err(write_failed)
+            }
+            _ => Err(refused(refuse(
+                StreamErrorCondition::UnsupportedStanzaType,
+                format!("<{}/> is not supported here", stanza.name()),
+            ))),
+        }
+    }
+
     fn write(
         &self,
         pump: &mut Pump,

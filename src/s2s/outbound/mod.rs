@@ -7,7 +7,9 @@
 //! 1. [walk](super::connect::Walk) the remote domain's targets (static route, SRV records,
 //!    A/AAAA fallback) until a stream opens, TLS and certificate rules included; every step
 //!    goes into a [`Trace`];
-//! 2. authenticate: SASL EXTERNAL when it can work, else dialback;
+//! 2. authenticate: SASL EXTERNAL when it can work, else dialback; `<bidi/>` first when the
+//!    peer offers XEP-0288 over TLS, and the link then also takes the peer's stanzas from
+//!    the remote domain to the local one ([`bidi`](super::bidi));
 //! 3. enable (or resume) XEP-0198 stream management when the peer offers it;
 //! 4. established: write queued stanzas in order, batched, one flush per batch; keep every
 //!    stanza until the peer acknowledges it (with XEP-0198); bounce, with `policy-violation`

@@ -1,8 +1,10 @@
 //! XEP-0198 stream management on s2s: acknowledgements, so that a link that drops loses
 //! nothing, and resumption, so that what is resent after a drop is never delivered twice.
 //!
-//! On s2s a stream carries stanzas one way (XEP-0288 is not negotiated), so each side plays
-//! one role:
+//! XEP-0198 on s2s is per direction: the initiating server enables it for the stanzas it
+//! sends, so each side of a stream plays one role (on an XEP-0288 bidi stream the receiving
+//! server's stanzas in the other direction are not counted: they are confirmed by XEP-0199
+//! pings instead, see [`bidi`](super::bidi)):
 //! - the **receiving** side ([`inbound`](super::inbound)) offers `<sm/>`, answers `<enable/>`,
 //!   counts the stanzas it has handled (`h`) and answers `<r/>` with `<a h='…'/>`; when the
 //!   stream drops, it keeps `h` in the [`ResumeStore`] for `resume_timeout`, so that the
@@ -12,8 +14,8 @@
 //!   its state, resends everything unacknowledged on a new stream).
 //!
 //! # The receiving side on the wire
-//! fedgate sends no stanzas on an inbound stream, so every count of ours the peer reports
-//! must be 0.
+//! The peer enables nothing for what we send on an inbound stream (bidi included), so every
+//! count of ours the peer reports must be 0.
 //! 1. `<sm xmlns='urn:xmpp:sm:3'/>` is in the features after TLS (and after a SASL restart),
 //!    or in the first ones when the peer may skip TLS: a dialback peer gets no features after
 //!    dialback, so it must see the offer before (as Prosody and ejabberd do);
