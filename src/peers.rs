@@ -34,12 +34,19 @@ pub struct PeerSummary {
 /// `/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeersView {
+    /// The gateway instance that answers (several may serve one domain); empty from a
+    /// gateway older than the field.
+    #[serde(default)]
+    pub instance: String,
     pub peers: Vec<PeerSummary>,
 }
 
 /// `/peers/{domain}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
+    /// The gateway instance that answers, as in [`PeersView::instance`].
+    #[serde(default)]
+    pub instance: String,
     pub domain: String,
     pub policy: PolicyView,
     pub sessions: Vec<SessionView>,
@@ -209,7 +216,10 @@ pub fn all(ctx: &S2sContext) -> PeersView {
             }
         })
         .collect();
-    PeersView { peers }
+    PeersView {
+        instance: ctx.instance.clone(),
+        peers,
+    }
 }
 
 /// Everything about one remote domain (canonical).
@@ -235,6 +245,7 @@ pub fn one(ctx: &S2sContext, domain: &str) -> PeerView {
         .find(|(d, _)| d == domain)
         .map_or(0, |(_, n)| n);
     PeerView {
+        instance: ctx.instance.clone(),
         domain: domain.to_string(),
         policy: PolicyView {
             federation,
@@ -299,8 +310,12 @@ fn yes_no(up: Option<bool>) -> &'static str {
 
 /// `fedgate peers`: one line per peer.
 pub fn render_all(view: &PeersView) -> String {
+    let seen_by = match view.instance.as_str() {
+        "" => String::new(),
+        i => format!("As seen by {i}.\n"),
+    };
     if view.peers.is_empty() {
-        return "No remote domains: no sessions, queues or failures yet.\n".into();
+        return format!("{seen_by}No remote domains: no sessions, queues or failures yet.\n");
     }
     let width = view
         .peers
@@ -309,7 +324,9 @@ pub fn render_all(view: &PeersView) -> String {
         .max()
         .unwrap_or(6)
         .max(6);
-    let mut out = format!(
+    let mut out = seen_by;
+    let _ = write!(
+        out,
         "{:width$}  {:>3} {:>3}  {:>6}  {:4}  LAST FAILURE\n",
         "DOMAIN", "IN", "OUT", "QUEUED", "UP"
     );
@@ -334,7 +351,14 @@ pub fn render_all(view: &PeersView) -> String {
 /// `fedgate peers DOMAIN`: everything about one peer.
 pub fn render_one(p: &PeerView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}", p.domain);
+    match p.instance.as_str() {
+        "" => {
+            let _ = writeln!(out, "{}", p.domain);
+        }
+        i => {
+            let _ = writeln!(out, "{} (as seen by {i})", p.domain);
+        }
+    }
     let _ = writeln!(
         out,
         "  policy: {}; TLS {}; auth {}{}{}",

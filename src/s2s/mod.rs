@@ -116,6 +116,18 @@ pub struct S2sContext {
     pub registry: registry::Registry,
     /// Connections per address, streams per domain, verifications in flight, refusals.
     pub limits: limits::Limits,
+    /// Which gateway instance this is, for `/peers` when several serve one domain: the
+    /// host's name and the first s2s listen address, e.g. `gw1 (10.0.0.1:5269)`.
+    pub instance: String,
+}
+
+/// The host's name (Linux), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl S2sContext {
@@ -148,6 +160,10 @@ impl S2sContext {
             pings: Default::default(),
             registry: Default::default(),
             limits,
+            instance: match config.s2s.listen.first() {
+                Some(addr) => format!("{} ({addr})", host_name()),
+                None => host_name(),
+            },
         }
     }
 

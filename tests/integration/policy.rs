@@ -336,6 +336,14 @@ async fn the_peer_view_of_a_stopped_peer_shows_the_cause_and_the_attempt() {
     let body = http_get(a.gw().metrics_addr.unwrap(), "/peers").await;
     let json = body.split("\r\n\r\n").nth(1).unwrap();
     let all: fedgate::peers::PeersView = serde_json::from_str(json).unwrap();
+    // The instance that answers is named (several may serve one domain).
+    let s2s = a.gw().s2s_addrs[0];
+    assert!(
+        all.instance.ends_with(&format!("({s2s})")),
+        "{}",
+        all.instance
+    );
+    assert!(fedgate::peers::render_all(&all).starts_with(&format!("As seen by {}", all.instance)));
     let summary = all.peers.iter().find(|p| p.domain == "b.test").unwrap();
     assert_eq!(summary.up, Some(false));
     assert!(summary.last_failure.is_some());
