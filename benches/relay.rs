@@ -20,7 +20,8 @@
 //!
 //! Both phases run twice: over TLS (each gateway has a self-signed certificate, created at
 //! start, so the session authenticates by dialback over TLS) and in plaintext
-//! (`require_encryption = false`). `RELAY_TRANSPORT=tls` or `=plain` runs one of them.
+//! (`require_encryption = false`). `RELAY_TRANSPORT=tls` or `=plain` runs one of them;
+//! `RELAY_SM=off` turns XEP-0198 off and `RELAY_BIDI=off` XEP-0288.
 //!
 //! Run: `cargo bench --bench relay`. The benchmark's own backends (message formatting,
 //! framing on receive) share the machine's cores with both gateways.
@@ -97,6 +98,8 @@ async fn start_gateway(
     let require = transport == Transport::Tls;
     // XEP-0198 on by default, as in production; RELAY_SM=off measures without it.
     let sm = std::env::var("RELAY_SM").map_or(true, |v| v != "off");
+    // XEP-0288 bidi on by default, as in production; RELAY_BIDI=off measures without it.
+    let bidi = std::env::var("RELAY_BIDI").map_or(true, |v| v != "off");
     std::fs::write(
         dir.join("dialback.secret"),
         format!("relay-bench-dialback-secret-{domain}"),
@@ -112,6 +115,7 @@ dialback_secret_file = "dialback.secret"
 connect_timeout = "2s"
 negotiation_timeout = "5s"
 stream_management = {sm}
+bidi = {bidi}
 dialback_timeout = "5s"
 # The bench measures the relay, not the per-stream byte rate limit (1 MiB/s by default).
 max_inbound_bytes_per_second = 4294967296
