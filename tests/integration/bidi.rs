@@ -172,20 +172,13 @@ async fn the_feature_is_offered_over_tls_only_and_a_request_may_carry_children()
     plain.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
     assert_eq!(plain.expect_stream_error().await, "unsupported-stanza-type");
 
-    let (mut s, id, features) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    // As Prosody 13 sends it: with its limits inside.
+    let (mut s, features) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>10000</max-bytes></limits></bidi>").await;
     assert!(
         text(features.raw()).contains("<bidi xmlns='urn:xmpp:features:bidi'/>"),
         "{}",
         text(features.raw())
     );
-    // As Prosody 13 sends it: with its limits inside.
-    s.send("<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>10000</max-bytes></limits></bidi>").await;
-    let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ))
-    .await;
-    assert_eq!(s.next().await.type_(), Some("valid"));
     // b's backend now writes to a.test on this very stream: the reverse of the pair proved.
     let mut backend_b = b.backend().await;
     backend_b
@@ -205,14 +198,7 @@ async fn a_dropped_bidi_stream_loses_nothing() {
     let b = instance(&dns, "b.test").start().await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
-    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
-    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
-    let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ))
-    .await;
-    assert_eq!(s.next().await.type_(), Some("valid"));
+    let (mut s, _) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'/>").await;
 
     // Written on the bidi stream, then the peer's confirming ping: never answered.
     backend_b
@@ -460,14 +446,7 @@ async fn a_bidi_stream_that_does_not_answer_our_ping_is_ended_and_its_stanzas_go
         .await;
     let mut backend_a = a.backend().await;
     let mut backend_b = b.backend().await;
-    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
-    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
-    let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ))
-    .await;
-    assert_eq!(s.next().await.type_(), Some("valid"));
+    let (mut s, _) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'/>").await;
     backend_b
         .send("<message from='bob@b.test' to='alice@a.test' id='m1'/>")
         .await;
@@ -621,15 +600,8 @@ async fn what_goes_back_on_a_bidi_stream_keeps_to_the_limit_the_peer_put_in_its_
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
     let mut backend_b = b.backend().await;
-    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
     // As Prosody 13 does: its XEP-0478 limits for what it takes back, inside the request.
-    s.send("<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>1000</max-bytes></limits></bidi>").await;
-    let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ))
-    .await;
-    assert_eq!(s.next().await.type_(), Some("valid"));
+    let (mut s, _) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>1000</max-bytes></limits></bidi>").await;
     let big = format!(
         "<message from='bob@b.test' to='alice@a.test' id='big'><body>{}</body></message>",
         "x".repeat(2000)
@@ -659,14 +631,7 @@ async fn what_is_written_back_while_a_ping_is_out_is_confirmed_by_the_next_one()
     let a = instance(&dns, "a.test").start().await;
     let b = instance(&dns, "b.test").start().await;
     let mut backend_b = b.backend().await;
-    let (mut s, id, _) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
-    s.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
-    let key = a.dialback_secret().key("b.test", "a.test", &id);
-    s.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ))
-    .await;
-    assert_eq!(s.next().await.type_(), Some("valid"));
+    let (mut s, _) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'/>").await;
     let answer = |ping: &fedgate::xml::stanza::Stanza| {
         format!(
             "<iq type='result' from='a.test' to='b.test' id='{}'/>",
@@ -717,4 +682,23 @@ async fn what_is_written_back_while_a_ping_is_out_is_confirmed_by_the_next_one()
         metric_or_zero(&m, "fedgate_outbound_stanzas_total{event=\"unconfirmed\"}"),
         0.0
     );
+}
+
+/// A raw TLS stream from "a.test" to b that asks for bidi with `request` (`<bidi/>`, with
+/// children as Prosody 13 sends them) and proves a.test → b.test by dialback with a key of a's
+/// secret; with the features b offered after TLS.
+async fn bidi_stream(
+    a: &Instance,
+    b: &Instance,
+    request: &str,
+) -> (RawStream, fedgate::xml::stanza::Stanza) {
+    let (mut s, id, features) = tls_s2s_stream(b.s2s_addr(), "a.test", "b.test", None).await;
+    s.send(request).await;
+    let key = a.dialback_secret().key("b.test", "a.test", &id);
+    s.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(s.next().await.type_(), Some("valid"));
+    (s, features)
 }
