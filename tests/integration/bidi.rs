@@ -270,26 +270,7 @@ async fn bidi_peer(
         let header = |id: &str| {
             format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}' version='1.0'>")
         };
-        assert!(matches!(
-            conn.next_event().await.unwrap(),
-            Event::StreamOpen(_)
-        ));
-        conn.send(header("plain").as_bytes());
-        conn.send(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>");
-        conn.flush().await.unwrap();
-        conn.next_event().await.unwrap();
-        conn.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        conn.flush().await.unwrap();
-        let (io, _) = tls
-            .accept(conn.take_transport(), Some("fake.test"), false)
-            .await
-            .unwrap();
-        conn.restart_on(io);
-        assert!(matches!(
-            conn.next_event().await.unwrap(),
-            Event::StreamOpen(_)
-        ));
-        conn.send(header("tls").as_bytes());
+        fake_peer_starttls(&mut conn, &tls, header).await;
         conn.send(b"<stream:features><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
         conn.flush().await.unwrap();
         let mut seen = Vec::new();

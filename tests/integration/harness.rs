@@ -922,3 +922,36 @@ impl RawStream {
         got
     }
 }
+
+/// A fake peer's side of STARTTLS on `conn` (an inbound s2s stream it accepted): our stream
+/// header (`header("plain")`) with `<starttls><required/>`, `<proceed/>`, the TLS handshake with
+/// `tls` as `fake.test`, and the header of the encrypted stream (`header("tls")`); the caller
+/// sends its features next.
+#[allow(dead_code)]
+pub async fn fake_peer_starttls(
+    conn: &mut fedgate::connection::Connection,
+    tls: &fedgate::tls::Tls,
+    header: impl Fn(&str) -> String,
+) {
+    use fedgate::xml::framer::Event;
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        Event::StreamOpen(_)
+    ));
+    conn.send(header("plain").as_bytes());
+    conn.send(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>");
+    conn.flush().await.unwrap();
+    conn.next_event().await.unwrap();
+    conn.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn.flush().await.unwrap();
+    let (io, _) = tls
+        .accept(conn.take_transport(), Some("fake.test"), false)
+        .await
+        .unwrap();
+    conn.restart_on(io);
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        Event::StreamOpen(_)
+    ));
+    conn.send(header("tls").as_bytes());
+}
