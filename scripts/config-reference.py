@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs", "src/upload/config.rs"]
+SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs", "src/upload/config.rs", "src/services.rs"]
 # (heading, the struct, whether it is a list of tables)
 SECTIONS = [
     ("s2s", "S2sConfig", False),
@@ -37,11 +37,13 @@ SECTIONS = [
     ("log", "LogConfig", False),
     ("gateway", "GatewayLinkConfig", False),
 ]
-# Sections of the standalone core's file (config/core.toml) whose names the gateway's file also
-# has: (section, struct), headed `core.toml [section]`; their defaults are the structs' own
-# (none of them is in the gateway's effective configuration).
-CORE_FILE_SECTIONS = [
-    ("metrics", "CoreMetricsConfig"),
+# Sections only the standalone core's file (config/core.toml) or the services' file
+# (config/services.toml) has, or has in its own way: (file, section, struct), headed
+# `FILE [section]`; their defaults are the structs' own (none of them is in the gateway's
+# effective configuration).
+OTHER_FILE_SECTIONS = [
+    ("core.toml", "metrics", "CoreMetricsConfig"),
+    ("services.toml", "storage", "StorageConfig"),
 ]
 # Lists of tables: each has a section of its own above.
 TABLE_LISTS = {"s2s.route", "federation.peer", "tls.certificate", "component.backend",
@@ -122,7 +124,7 @@ def main():
     docs = field_docs()
     values = defaults()
     out = ["# Configuration reference", "",
-           "Every key of `fedgate.toml` (and of `core.toml`: `[core]`, `[gateway]`, its `[metrics]`), its default and what it",
+           "Every key of `fedgate.toml` (and of `core.toml`: `[core]`, `[gateway]`, its `[metrics]`; `services.toml` has `[muc]`, `[upload]`, `[gateway]` and its `[storage]`), its default and what it",
            "means. Written by `scripts/config-reference.py` from the config structs' doc comments and",
            "their defaults; a test fails when this page and the code disagree. The overview and the",
            "how-to are in [configuration](configuration.md).", ""]
@@ -150,8 +152,8 @@ def main():
             meaning = docs[(struct, field)].replace("|", "\\|")
             out.append("| `%s` | %s | %s |" % (field, default, meaning))
         out.append("")
-    for section, struct in CORE_FILE_SECTIONS:
-        out.append("## `core.toml [%s]`" % section)
+    for file, section, struct in OTHER_FILE_SECTIONS:
+        out.append("## `%s [%s]`" % (file, section))
         out.append("")
         out.append("| key | default | meaning |")
         out.append("| --- | --- | --- |")

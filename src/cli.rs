@@ -35,6 +35,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<CoreCommand>,
     },
+    /// Runs the group chat (`[muc]`) and file upload (`[upload]`) services alone, attached to
+    /// a gateway over XEP-0114 like any component.
+    Services {
+        /// The services' TOML file.
+        #[arg(long, short, default_value = "config/services.toml")]
+        config: PathBuf,
+    },
     /// Makes the running gateway read its configuration file again (like SIGHUP) and prints
     /// the outcome: the federation policy, certificates and backend secrets take effect at
     /// once, and live sessions the new policy refuses are closed. An invalid file is refused

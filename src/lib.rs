@@ -14,6 +14,7 @@
 //!   rosters and presence, offline messages, SQLite) attached to a gateway as its backend.
 //! - [`muc`]: an XEP-0045 multi-user chat service, run in the gateway with `[muc]`.
 //! - [`upload`]: an XEP-0363 HTTP file upload service, run in the gateway with `[upload]`.
+//! - [`services`]: `fedgate services`, `[muc]` and `[upload]` as a process of their own.
 //! - [`s2s`]: server-to-server sessions: [`s2s::inbound`], [`s2s::outbound`],
 //!   [`s2s::negotiate`] (sans-I/O negotiation states), [`s2s::connect`] (the initiating side up to authentication: TCP, TLS, certificate check),
 //!   [`s2s::dialback`] (XEP-0220: initiating, receiving, authoritative, connect-back),
@@ -59,6 +60,7 @@ pub mod policy;
 pub mod reload;
 pub mod router;
 pub mod s2s;
+pub mod services;
 pub mod tls;
 pub mod upload;
 pub mod xml;

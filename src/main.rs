@@ -82,6 +82,7 @@ fn main() -> ExitCode {
             config,
             command: None,
         } => run_core(&config),
+        Command::Services { config } => run_services(&config),
         Command::Run { config, workers } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -522,6 +523,62 @@ fn build_runtime(
         eprintln!("Error: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// `fedgate services --config config/services.toml`: `[muc]` and `[upload]` alone, attached
+/// to a gateway over TCP.
+fn run_services(file: &std::path::Path) -> ExitCode {
+    let config = match fedgate::services::ServicesFile::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    config.log.init();
+    let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let mut signals = Signals::install()?;
+        let services = fedgate::services::start(&config).await?;
+        if let Some(addr) = services.upload_addr {
+            tracing::info!("upload listening on {addr}");
+        }
+        let names: Vec<&str> = [
+            config.muc.as_ref().map(|m| m.domain.as_str()),
+            config.upload.as_ref().map(|u| u.domain.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        tracing::info!(
+            "fedgate services ready, serving {} through the gateway at {}",
+            names.join(", "),
+            config
+                .gateway
+                .address
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        notify(State::Ready);
+        signals.wait_reloading(&services.tls).await;
+        notify(State::Stopping);
+        tracing::info!("shutting down");
+        services.shutdown().await;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `fedgate core --config config/core.toml`: the c2s core alone, attached to a gateway over

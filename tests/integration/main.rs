@@ -34,6 +34,7 @@ mod outbound;
 mod policy;
 mod roundtrip;
 mod s2s;
+mod services;
 mod sm;
 mod tls;
 mod upload;

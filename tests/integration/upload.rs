@@ -60,7 +60,7 @@ struct Slot {
 }
 
 /// The value of attribute `name` in the first `<tag ` of `xml`.
-fn attr(xml: &str, tag: &str, name: &str) -> Option<String> {
+pub(crate) fn attr(xml: &str, tag: &str, name: &str) -> Option<String> {
     let start = xml.find(&format!("<{tag} "))?;
     let rest = &xml[start..];
     let rest = &rest[..rest.find('>')?];
@@ -113,10 +113,10 @@ impl Client {
 
 /// An HTTP response as read off the wire.
 #[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Response {
@@ -129,14 +129,19 @@ impl Response {
 }
 
 /// The path of `url` after its authority.
-fn path_of(url: &str) -> &str {
+pub(crate) fn path_of(url: &str) -> &str {
     let rest = url.strip_prefix("https://").unwrap();
     &rest[rest.find('/').unwrap()..]
 }
 
 /// One HTTP/1.1 request over TLS to `addr`, verifying the certificate for `upload.a.test`
 /// with the test CA; `head` lines and `body` as given, the connection closed after it.
-async fn https(addr: SocketAddr, request_line: &str, head: &[&str], body: &[u8]) -> Response {
+pub(crate) async fn https(
+    addr: SocketAddr,
+    request_line: &str,
+    head: &[&str],
+    body: &[u8],
+) -> Response {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
