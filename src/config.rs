@@ -1292,20 +1292,7 @@ impl Config {
                 "give the upload service a domain of its own, e.g. \"upload.example.test\"",
             ));
         }
-        if let Some(host) = upload.url_host() {
-            let covered = self
-                .tls
-                .certificate
-                .iter()
-                .any(|c| c.domains.iter().any(|p| certificate_covers(p, &host)));
-            if !covered {
-                problems.push(invalid(
-                    "upload.url",
-                    format!("no [[tls.certificate]] covers `{host}`, the host of the upload URLs"),
-                    "add the host to a certificate's domains, or set url to a host that has one",
-                ));
-            }
-        }
+        problems.extend(upload.uncovered_url_host(&self.tls));
     }
 
     fn validate_dns(&self, problems: &mut Vec<ConfigError>) {

@@ -525,54 +525,30 @@ fn build_runtime(
     })
 }
 
-/// `fedgate services --config config/services.toml`: `[muc]` and `[upload]` alone, attached
-/// to a gateway over TCP.
-fn run_services(file: &std::path::Path) -> ExitCode {
-    let config = match fedgate::services::ServicesFile::load(file) {
+/// A standalone process (the core, the services): loads its file (exit code 64 and one line
+/// for a bad one), starts its logging, and runs `body` on a multi-threaded runtime; the exit
+/// code says how it ended.
+fn run_standalone<C, F>(
+    load: impl FnOnce() -> Result<C, ConfigError>,
+    init_log: impl FnOnce(&C),
+    body: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = match load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    config.log.init();
+    init_log(&config);
     let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let result = runtime.block_on(async {
-        let mut signals = Signals::install()?;
-        let services = fedgate::services::start(&config).await?;
-        if let Some(addr) = services.upload_addr {
-            tracing::info!("upload listening on {addr}");
-        }
-        let names: Vec<&str> = [
-            config.muc.as_ref().map(|m| m.domain.as_str()),
-            config.upload.as_ref().map(|u| u.domain.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        tracing::info!(
-            "fedgate services ready, serving {} through the gateway at {}",
-            names.join(", "),
-            config
-                .gateway
-                .address
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        notify(State::Ready);
-        signals.wait_reloading(&services.tls).await;
-        notify(State::Stopping);
-        tracing::info!("shutting down");
-        services.shutdown().await;
-        tracing::info!("stopped");
-        Ok::<_, anyhow::Error>(())
-    });
-    match result {
+    match runtime.block_on(body(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -581,120 +557,151 @@ fn run_services(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `fedgate services --config config/services.toml`: `[muc]` and `[upload]` alone, attached
+/// to a gateway over TCP.
+fn run_services(file: &std::path::Path) -> ExitCode {
+    run_standalone(
+        || fedgate::services::ServicesFile::load(file),
+        |c| c.log.init(),
+        |config| async move {
+            let mut signals = Signals::install()?;
+            let services = fedgate::services::start(&config).await?;
+            if let Some(addr) = services.upload_addr {
+                tracing::info!("upload listening on {addr}");
+            }
+            let names: Vec<&str> = [
+                config.muc.as_ref().map(|m| m.domain.as_str()),
+                config.upload.as_ref().map(|u| u.domain.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            tracing::info!(
+                "fedgate services ready, serving {} through the gateway at {}",
+                names.join(", "),
+                config
+                    .gateway
+                    .address
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            notify(State::Ready);
+            signals.wait_reloading(&services.tls).await;
+            notify(State::Stopping);
+            tracing::info!("shutting down");
+            services.shutdown().await;
+            tracing::info!("stopped");
+            Ok::<_, anyhow::Error>(())
+        },
+    )
+}
+
 /// `fedgate core --config config/core.toml`: the c2s core alone, attached to a gateway over
 /// TCP.
 fn run_core(file: &std::path::Path) -> ExitCode {
-    let config = match CoreFile::load(file) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    config.log.init();
-    let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let result = runtime.block_on(async {
-        let signals = Signals::install()?;
-        let tls = Arc::new(fedgate::tls::Tls::from_tls_config(&config.tls)?);
-        let secret = config.gateway.secret()?;
-        let link = fedgate::core::GatewayLink {
-            gateways: config
-                .gateway
-                .address
-                .iter()
-                .map(|a| Target::Tcp(*a))
-                .collect(),
-            secrets: config
-                .core
-                .all_domains()
-                .map(|d| (d.to_owned(), secret.clone()))
-                .collect(),
-            neighbours: Vec::new(),
-        };
-        let registry = prometheus::Registry::new();
-        let status = Arc::new(fedgate::core::gateway_links::CoreStatus::default());
-        // Served from before the core starts, so that a standby answers /readyz too; bound
-        // first, so that a port clash stops the start cleanly.
-        let metrics_shutdown = tokio_util::sync::CancellationToken::new();
-        if let Some(addr) = config.metrics.listen {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    run_standalone(
+        || CoreFile::load(file),
+        |c| c.log.init(),
+        |config| async move {
+            let signals = Signals::install()?;
+            let tls = Arc::new(fedgate::tls::Tls::from_tls_config(&config.tls)?);
+            let secret = config.gateway.secret()?;
+            let link = fedgate::core::GatewayLink {
+                gateways: config
+                    .gateway
+                    .address
+                    .iter()
+                    .map(|a| Target::Tcp(*a))
+                    .collect(),
+                secrets: config
+                    .core
+                    .all_domains()
+                    .map(|d| (d.to_owned(), secret.clone()))
+                    .collect(),
+                neighbours: Vec::new(),
+            };
+            let registry = prometheus::Registry::new();
+            let status = Arc::new(fedgate::core::gateway_links::CoreStatus::default());
+            // Served from before the core starts, so that a standby answers /readyz too; bound
+            // first, so that a port clash stops the start cleanly.
+            let metrics_shutdown = tokio_util::sync::CancellationToken::new();
+            if let Some(addr) = config.metrics.listen {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot listen on {addr} (metrics.listen): {e}; if another process holds the port, stop it or change `metrics.listen`"
                 )
             })?;
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!("metrics listening on {addr}");
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!("metrics listening on {addr}");
+                }
+                let ready = prometheus::IntGauge::new(
+                    "fedgate_core_ready",
+                    "1 when /readyz answers 200: every domain has a link up to a gateway",
+                )?;
+                registry.register(Box::new(ready.clone()))?;
+                let exposition = fedgate::metrics::http::Registered {
+                    registry: registry.clone(),
+                    ready,
+                };
+                tokio::spawn(fedgate::metrics::http::serve(
+                    listener,
+                    Arc::new(exposition),
+                    status.clone(),
+                    metrics_shutdown.clone(),
+                ));
             }
-            let ready = prometheus::IntGauge::new(
-                "fedgate_core_ready",
-                "1 when /readyz answers 200: every domain has a link up to a gateway",
-            )?;
-            registry.register(Box::new(ready.clone()))?;
-            let exposition = fedgate::metrics::http::Registered {
-                registry: registry.clone(),
-                ready,
+            let mut signals = signals;
+            let start = fedgate::core::start_with_status(
+                &config.core,
+                tls.clone(),
+                link,
+                &registry,
+                status,
+            );
+            // A standby waits here until the active core stops; a signal ends the wait.
+            let core = tokio::select! {
+                core = start => core?,
+                () = signals.terminated() => {
+                    tracing::info!("stopped while on standby");
+                    return Ok(());
+                }
             };
-            tokio::spawn(fedgate::metrics::http::serve(
-                listener,
-                Arc::new(exposition),
-                status.clone(),
-                metrics_shutdown.clone(),
-            ));
-        }
-        let mut signals = signals;
-        let start =
-            fedgate::core::start_with_status(&config.core, tls.clone(), link, &registry, status);
-        // A standby waits here until the active core stops; a signal ends the wait.
-        let core = tokio::select! {
-            core = start => core?,
-            () = signals.terminated() => {
-                tracing::info!("stopped while on standby");
-                return Ok(());
+            for addr in &core.c2s_addrs {
+                tracing::info!("c2s listening on {addr}");
             }
-        };
-        for addr in &core.c2s_addrs {
-            tracing::info!("c2s listening on {addr}");
-        }
-        for addr in &core.direct_tls_addrs {
-            tracing::info!("c2s direct TLS listening on {addr}");
-        }
-        tracing::info!(
-            "fedgate core ready, serving {} through the gateway at {}",
-            config.core.all_domains().collect::<Vec<_>>().join(", "),
-            config
-                .gateway
-                .address
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        notify(State::Ready);
-        let lost = core.lost();
-        let took_over = tokio::select! {
-            () = signals.wait_reloading(&tls) => false,
-            () = lost.cancelled() => true,
-        };
-        notify(State::Stopping);
-        tracing::info!("shutting down");
-        core.shutdown(SHUTDOWN_GRACE).await;
-        metrics_shutdown.cancel();
-        if took_over {
-            anyhow::bail!(
+            for addr in &core.direct_tls_addrs {
+                tracing::info!("c2s direct TLS listening on {addr}");
+            }
+            tracing::info!(
+                "fedgate core ready, serving {} through the gateway at {}",
+                config.core.all_domains().collect::<Vec<_>>().join(", "),
+                config
+                    .gateway
+                    .address
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            notify(State::Ready);
+            let lost = core.lost();
+            let took_over = tokio::select! {
+                () = signals.wait_reloading(&tls) => false,
+                () = lost.cancelled() => true,
+            };
+            notify(State::Stopping);
+            tracing::info!("shutting down");
+            core.shutdown(SHUTDOWN_GRACE).await;
+            metrics_shutdown.cancel();
+            if took_over {
+                anyhow::bail!(
                 "another fedgate core took over the database while this one had lost its connection; restart this one to make it the standby"
             );
-        }
-        tracing::info!("stopped");
-        Ok::<_, anyhow::Error>(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+            }
+            tracing::info!("stopped");
+            Ok::<_, anyhow::Error>(())
+        },
+    )
 }

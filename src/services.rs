@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::component::client::Target;
-use crate::config::{certificate_covers, invalid, ConfigError, TlsConfig};
+use crate::config::{invalid, ConfigError, TlsConfig};
 use crate::core::config::{Database, GatewayLinkConfig};
 use crate::core::storage::{Storage, StorageError, StorageMetrics};
 use crate::muc::{MucConfig, RunningMuc};
@@ -125,22 +125,7 @@ impl ServicesFile {
                     "give each service a domain of its own",
                 ));
             }
-            if let Some(host) = u.url_host() {
-                let covered = self
-                    .tls
-                    .certificate
-                    .iter()
-                    .any(|c| c.domains.iter().any(|p| certificate_covers(p, &host)));
-                if !covered {
-                    problems.push(invalid(
-                        "upload.url",
-                        format!(
-                            "no [[tls.certificate]] covers `{host}`, the host of the upload URLs"
-                        ),
-                        "add a certificate for it (self_signed = true for a test)",
-                    ));
-                }
-            }
+            problems.extend(u.uncovered_url_host(&self.tls));
         }
         if let Some(db) = &self.storage.database {
             if let Some(e) = Database::parse(db).problem() {

@@ -107,6 +107,23 @@ impl UploadConfig {
     }
 
     /// Every problem with the section, each naming its `upload.` key and the fix.
+    /// The URLs' host needs a certificate in `tls`: clients refuse a URL they cannot verify.
+    pub fn uncovered_url_host(&self, tls: &crate::config::TlsConfig) -> Option<ConfigError> {
+        let host = self.url_host()?;
+        let covered = tls.certificate.iter().any(|c| {
+            c.domains
+                .iter()
+                .any(|p| crate::config::certificate_covers(p, &host))
+        });
+        (!covered).then(|| {
+            invalid(
+                "upload.url",
+                format!("no [[tls.certificate]] covers `{host}`, the host of the upload URLs"),
+                "add the host to a certificate's domains, or set url to a host that has one",
+            )
+        })
+    }
+
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
         if let Err(e) = normalize_domain(&self.domain) {
