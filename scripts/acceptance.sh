@@ -121,6 +121,9 @@ result profanity "from profanity" "$work/profanity.log"
 # "Error ..."), and each must print what profanity says when the server accepted it.
 # (Only what these commands print: the window and tmux's history are cleared first, as the
 # sign-in above printed a certificate warning before "/tls allow".)
+# The /msg above left the chat window in front; commands print in the console (window 1).
+tmux send-keys -t profanity "/win 1" Enter
+sleep 1
 tmux send-keys -t profanity "/clear" Enter
 sleep 1
 tmux clear-history -t profanity
