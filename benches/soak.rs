@@ -92,67 +92,6 @@ struct Settings {
     rate: Option<u64>,
 }
 
-/// A gateway's configuration for `domain` on `ip`, with routes to the others; written to
-/// `dir/fedgate.toml` for a child process.
-fn config_text(domain: &str, ip: &str, component: &str, routes: &[(&str, &str)]) -> String {
-    let routes: String = routes
-        .iter()
-        .map(|(d, ip)| format!("[[s2s.route]]\ndomain = \"{d}\"\ntarget = \"{ip}:5269\"\n"))
-        .collect();
-    format!(
-        r#"
-[s2s]
-listen = ["{ip}:5269"]
-direct_tls_listen = []
-dialback_secret_file = "dialback.secret"
-idle_timeout = "1h"
-max_connections_per_ip = 100000
-max_streams_per_domain = 100000
-max_pending_verifications_total = 4096
-# The bench measures the relay, not the per-stream byte rate limit (1 MiB/s by default).
-max_inbound_bytes_per_second = 4294967296
-retry_initial_delay = "100ms"
-retry_max_delay = "1s"
-failure_window = "1s"
-
-{routes}
-[dns]
-nameservers = ["127.0.0.1:9"]
-
-[component]
-listen = "{component}"
-
-[[component.backend]]
-domain = "{domain}"
-secret = "secret"
-
-[metrics]
-enabled = false
-
-[log]
-level = "info"
-
-{security}
-"#,
-        security = support::self_signed(domain),
-    )
-}
-
-fn write_config(dir: &Path, text: &str, secret: &str) -> PathBuf {
-    write_secret(dir, secret);
-    let file = dir.join("fedgate.toml");
-    std::fs::write(&file, text).expect("write the config");
-    file
-}
-
-/// The dialback secret file, readable by its owner only (fedgate warns otherwise).
-fn write_secret(dir: &Path, secret: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let file = dir.join("dialback.secret");
-    std::fs::write(&file, secret).expect("write the dialback secret");
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
-}
-
 /// One bit per message sequence number, set from several tasks.
 struct Bits(Vec<AtomicU64>);
 
@@ -312,8 +251,8 @@ async fn wait_accounted(ledger: &Ledger, within: Duration) -> bool {
 }
 
 async fn start_c(dir: &Path) -> RunningGateway {
-    write_secret(dir, C_SECRET);
-    let text = config_text("c.test", C_IP, "127.0.0.1:0", &[]);
+    support::write_secret(dir, C_SECRET);
+    let text = support::config_text("c.test", C_IP, "127.0.0.1:0", &[]);
     let config = Config::from_toml(&text, dir).expect("c.test's config is valid");
     gateway::start(&config)
         .await
@@ -324,9 +263,9 @@ async fn run(settings: Settings) {
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let a_config = write_config(
+    let a_config = support::write_config(
         dirs[0].path(),
-        &config_text(
+        &support::config_text(
             "a.test",
             A_IP,
             A_COMPONENT,
@@ -334,9 +273,9 @@ async fn run(settings: Settings) {
         ),
         "soak-bench-a-dialback-secret",
     );
-    let b_config = write_config(
+    let b_config = support::write_config(
         dirs[1].path(),
-        &config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
+        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
         "soak-bench-b-dialback-secret",
     );
     let c = start_c(dirs[2].path()).await;

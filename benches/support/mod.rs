@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -473,4 +473,65 @@ pub fn raise_fd_limit(needed: u64, smaller: &str) -> Result<(), String> {
         lim.rlim_max,
         now.saturating_sub(1024)
     ))
+}
+
+/// A gateway's configuration for `domain` on `ip`, with routes to the others; written to
+/// `dir/fedgate.toml` for a child process.
+pub fn config_text(domain: &str, ip: &str, component: &str, routes: &[(&str, &str)]) -> String {
+    let routes: String = routes
+        .iter()
+        .map(|(d, ip)| format!("[[s2s.route]]\ndomain = \"{d}\"\ntarget = \"{ip}:5269\"\n"))
+        .collect();
+    format!(
+        r#"
+[s2s]
+listen = ["{ip}:5269"]
+direct_tls_listen = []
+dialback_secret_file = "dialback.secret"
+idle_timeout = "1h"
+max_connections_per_ip = 100000
+max_streams_per_domain = 100000
+max_pending_verifications_total = 4096
+# The bench measures the relay, not the per-stream byte rate limit (1 MiB/s by default).
+max_inbound_bytes_per_second = 4294967296
+retry_initial_delay = "100ms"
+retry_max_delay = "1s"
+failure_window = "1s"
+
+{routes}
+[dns]
+nameservers = ["127.0.0.1:9"]
+
+[component]
+listen = "{component}"
+
+[[component.backend]]
+domain = "{domain}"
+secret = "secret"
+
+[metrics]
+enabled = false
+
+[log]
+level = "info"
+
+{security}
+"#,
+        security = self_signed(domain),
+    )
+}
+
+pub fn write_config(dir: &Path, text: &str, secret: &str) -> PathBuf {
+    write_secret(dir, secret);
+    let file = dir.join("fedgate.toml");
+    std::fs::write(&file, text).expect("write the config");
+    file
+}
+
+/// The dialback secret file, readable by its owner only (fedgate warns otherwise).
+pub fn write_secret(dir: &Path, secret: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = dir.join("dialback.secret");
+    std::fs::write(&file, secret).expect("write the dialback secret");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }

@@ -1,0 +1,125 @@
+//! Crash: what a gateway killed with SIGKILL loses of the stanzas a backend gave it (issue 18,
+//! item 5, measured before the component link has acknowledgements).
+//!
+//! a.test (127.88.5.1) and b.test (127.88.5.2) are the real `fedgate` binary as child
+//! processes, with static routes to each other. A raw XEP-0114 backend on a.test sends
+//! `CRASH_N` messages (default 200,000) to b.test at `CRASH_RATE` messages/s (default 20,000),
+//! paced once per millisecond; a raw backend on b.test records each one's sequence number.
+//! When `CRASH_AT` of them (default half) were written to a.test's socket, a.test is killed
+//! with SIGKILL; the writes after that fail. After `CRASH_DRAIN` seconds (default 5) the bench
+//! prints, per run (`CRASH_RUNS`, default 3):
+//! - written: what backend A handed to a.test's socket without an error (XEP-0114 has no
+//!   acknowledgement, so this is all a component learns);
+//! - delivered: what reached backend B;
+//! - lost: written and never delivered, nor bounced (a dead gateway bounces nothing).
+//!
+//! Run: `cargo bench --bench crash`.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use support::{attach_backend, env_number, ChildGateway};
+
+const A_IP: &str = "127.88.5.1";
+const B_IP: &str = "127.88.5.2";
+const A_COMPONENT: &str = "127.88.5.1:5347";
+const B_COMPONENT: &str = "127.88.5.2:5347";
+const PACE: Duration = Duration::from_millis(1);
+
+fn main() {
+    let n = env_number("CRASH_N", 200_000);
+    let rate = env_number("CRASH_RATE", 20_000);
+    let at = env_number("CRASH_AT", n / 2);
+    let drain = Duration::from_secs(env_number("CRASH_DRAIN", 5));
+    let runs = env_number("CRASH_RUNS", 3);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    println!("crash: {n} messages at {rate}/s, a.test killed (SIGKILL) after {at} were written");
+    for run in 1..=runs {
+        runtime.block_on(one_run(run, n, rate, at, drain));
+    }
+}
+
+async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let secret = "crash-bench-dialback-secret";
+    let a_config = support::write_config(
+        &a_dir,
+        &support::config_text("a.test", A_IP, A_COMPONENT, &[("b.test", B_IP)]),
+        secret,
+    );
+    let b_config = support::write_config(
+        &b_dir,
+        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
+        secret,
+    );
+    let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
+    let mut a = ChildGateway::start("a.test", &a_config, "CRASH_ENV");
+
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let (mut reader_b, _wr_b) =
+        attach_backend(B_COMPONENT.parse().unwrap(), "b.test", "secret").await;
+    let seen = delivered.clone();
+    let receiver = tokio::spawn(async move {
+        while let Some(s) = reader_b.next_stanza().await {
+            if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
+                seen.lock().unwrap().insert(seq);
+            }
+        }
+    });
+    let (_reader_a, mut wr_a) =
+        attach_backend(A_COMPONENT.parse().unwrap(), "a.test", "secret").await;
+
+    let per_tick = (rate / 1000).max(1);
+    let mut written = 0u64;
+    let mut killed_at = None;
+    let mut tick = tokio::time::interval(PACE);
+    let mut batch = Vec::new();
+    'send: while written < n {
+        tick.tick().await;
+        batch.clear();
+        let upto = (written + per_tick).min(n);
+        for seq in written..upto {
+            write!(
+                batch,
+                "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
+                 id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
+            )
+            .unwrap();
+        }
+        if wr_a.write_all(&batch).await.is_err() {
+            break 'send;
+        }
+        written = upto;
+        if killed_at.is_none() && written >= at {
+            // SAFETY: kill sends a signal to our own child's pid.
+            unsafe {
+                libc::kill(a.child.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = a.child.wait();
+            killed_at = Some((written, Instant::now()));
+        }
+    }
+    tokio::time::sleep(drain).await;
+    receiver.abort();
+    let delivered = delivered.lock().unwrap().len() as u64;
+    let (written_before_kill, _) = killed_at.unwrap_or((written, Instant::now()));
+    let lost = written.saturating_sub(delivered);
+    println!(
+        "run {run}: written {written} ({written_before_kill} before the kill, {} after it before the socket failed), delivered {delivered}, lost {lost} ({:.2} % of written)",
+        written - written_before_kill,
+        100.0 * lost as f64 / written.max(1) as f64
+    );
+    drop(b);
+}
