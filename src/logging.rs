@@ -56,9 +56,13 @@ impl LogConfig {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.level))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // A log line that cannot be written is dropped. tracing-subscriber's default reports
+        // it with `eprintln!`, which panics when stderr is gone: a closed log pipe (a
+        // supervisor restarted, a `| head`) would then panic whichever task logs next.
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false);
         match self.format {
             LogFormat::Text => builder.with_ansi(colours()).init(),
             LogFormat::Json => builder.json().with_ansi(false).init(),

@@ -93,6 +93,38 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
     wait_for_line(&lines, "stopped");
 }
 
+/// A log pipe that closes (a supervisor restarted, `| head`) costs the log lines, not the
+/// gateway: before, the first line it could not write panicked (tracing-subscriber reported
+/// the failure with `eprintln!`), and the stop on SIGTERM exited 101.
+#[test]
+fn a_closed_log_pipe_does_not_break_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fedgate.toml");
+    std::fs::write(
+        &file,
+        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = []\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\nself_signed = true\n",
+    )
+    .unwrap();
+    let (mut child, lines) = spawn_fedgate(&file);
+    wait_for_line(&lines, "fedgate ready");
+    // The reader stops at the next line it gets: the pipe's read end is closed then.
+    drop(lines);
+    signal(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fedgate did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn logs_are_plain_text_off_a_terminal_and_json_lines_when_asked() {
     let dir = tempfile::tempdir().unwrap();
