@@ -238,8 +238,16 @@ fn with_free_ports(text: &str) -> String {
 pub fn spawn_fedgate(
     file: &std::path::Path,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_command(&["run", "--config"], file)
+}
+
+/// Starts `fedgate ARGS... file` (e.g. `core --config`); its log lines arrive on the receiver.
+pub fn spawn_command(
+    args: &[&str],
+    file: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
-        .args(["run", "--config"])
+        .args(args)
         .arg(file)
         .stderr(Stdio::piped())
         .spawn()
@@ -254,6 +262,18 @@ pub fn spawn_fedgate(
         }
     });
     (child, lines)
+}
+
+/// A child process killed when dropped, so that a failed assert leaves none behind.
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Waits up to 10 s for a log line containing `pattern` and returns it.

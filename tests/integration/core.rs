@@ -5,7 +5,7 @@
 //! would never break on purpose.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,6 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use crate::binary::{signal, spawn_command, wait_for_line, KillOnDrop};
 use crate::certs::{ca, CertSpec};
 use crate::harness::*;
 use fedgate::component::client::Target;
@@ -866,7 +867,7 @@ fn core_toml_with(
 /// rest of its stderr, one line at a time.
 async fn spawn_core(
     file: &std::path::Path,
-) -> (CoreChild, String, std::sync::mpsc::Receiver<String>) {
+) -> (KillOnDrop, String, std::sync::mpsc::Receiver<String>) {
     spawn_core_until(file, "fedgate core ready").await
 }
 
@@ -874,55 +875,20 @@ async fn spawn_core(
 async fn spawn_core_until(
     file: &std::path::Path,
     wanted: &'static str,
-) -> (CoreChild, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["core", "--config"])
-        .arg(file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (ready, lines) = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) if l.contains(wanted) => return (l, lines),
-                Ok(_) => continue,
-                Err(_) => panic!("the core did not log {wanted:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    (CoreChild(Some(child)), ready, lines)
-}
-
-/// A `fedgate core` process, killed if the test ends without [`stop_child`] (a failed assert).
-struct CoreChild(Option<std::process::Child>);
-
-impl Drop for CoreChild {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+) -> (KillOnDrop, String, std::sync::mpsc::Receiver<String>) {
+    let (child, lines) = spawn_command(&["core", "--config"], file);
+    let child = KillOnDrop(Some(child));
+    let (ready, lines) =
+        tokio::task::spawn_blocking(move || (wait_for_line(&lines, wanted), lines))
+            .await
+            .unwrap();
+    (child, ready, lines)
 }
 
 /// Sends SIGTERM to `child` and waits for it to exit cleanly.
-async fn stop_child(mut child: CoreChild) {
+async fn stop_child(mut child: KillOnDrop) {
     let mut child = child.0.take().expect("running");
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(child.id(), "TERM");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
@@ -1235,19 +1201,9 @@ async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed()
     child.kill().unwrap();
     child.wait().unwrap();
     // The standby takes the lock, attaches and opens its port.
-    tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match standby_log.recv_timeout(left) {
-                Ok(l) if l.contains("fedgate core ready") => return,
-                Ok(_) => continue,
-                Err(_) => panic!("the standby did not take over"),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || wait_for_line(&standby_log, "fedgate core ready"))
+        .await
+        .unwrap();
     wait_for_http(cores[1].2, "/readyz", |r| r.contains(" 200 ")).await;
     eprintln!("takeover after SIGKILL: {:?}", killed.elapsed());
     assert_eventually(|| gw.gw().router.component_attached("a.test")).await;

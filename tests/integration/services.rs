@@ -1,10 +1,9 @@
 //! `fedgate services`: `[muc]` and `[upload]` as their own process, attached to a gateway over
 //! TCP as `[[component.backend]]`s: a room is joined and a file goes up and comes back down.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
+use crate::binary::{spawn_command, wait_for_line, KillOnDrop};
 use crate::certs::{ca, CertSpec};
 use crate::core::assert_eventually;
 use crate::harness::*;
@@ -43,32 +42,16 @@ async fn the_services_run_as_their_own_process_behind_the_gateway() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedgate"))
-        .args(["services", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Its log goes on to the test's output (seen on failure).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("services: {line}");
-            if line.contains("fedgate services ready") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(line);
-                }
-            }
-        }
-    });
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(20), rx)
-        .await
-        .expect("the services log that they are ready")
-        .ok();
-    let kill = scopeguard(child);
-    assert!(ready.is_some_and(|l| l.contains("conference.a.test, upload.a.test")));
+    let (child, lines) = spawn_command(&["services", "--config"], &file);
+    let _kill = KillOnDrop(Some(child));
+    let ready =
+        tokio::task::spawn_blocking(move || wait_for_line(&lines, "fedgate services ready"))
+            .await
+            .unwrap();
+    assert!(
+        ready.contains("conference.a.test, upload.a.test"),
+        "{ready}"
+    );
     assert_eventually(|| gw.gw().router.component_attached("conference.a.test")).await;
     assert_eventually(|| gw.gw().router.component_attached("upload.a.test")).await;
 
@@ -116,17 +99,4 @@ async fn the_services_run_as_their_own_process_behind_the_gateway() {
     assert_eq!(put.status, 201);
     let got = https(addr, &format!("GET {}", path_of(&get)), &[], b"").await;
     assert_eq!((got.status, got.body.as_slice()), (200, &b"hello"[..]));
-    drop(kill);
-}
-
-/// Kills the child when dropped (a failed assert included).
-fn scopeguard(child: std::process::Child) -> impl Drop {
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    Kill(child)
 }

@@ -196,8 +196,6 @@ pub(crate) async fn https(
     }
 }
 
-const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 async fn put(
     addr: SocketAddr,
     slot: &Slot,
