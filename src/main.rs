@@ -525,6 +525,12 @@ fn build_runtime(
     })
 }
 
+/// The gateways a standalone process attaches to, for its "ready" line.
+fn gateway_list(gateway: &fedgate::core::config::GatewayLinkConfig) -> String {
+    let addresses: Vec<String> = gateway.address.iter().map(|a| a.to_string()).collect();
+    addresses.join(", ")
+}
+
 /// A standalone process (the core, the services): loads its file (exit code 64 and one line
 /// for a bad one), starts its logging, and runs `body` on a multi-threaded runtime; the exit
 /// code says how it ended.
@@ -579,13 +585,7 @@ fn run_services(file: &std::path::Path) -> ExitCode {
             tracing::info!(
                 "fedgate services ready, serving {} through the gateway at {}",
                 names.join(", "),
-                config
-                    .gateway
-                    .address
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                gateway_list(&config.gateway)
             );
             notify(State::Ready);
             signals.wait_reloading(&services.tls).await;
@@ -677,13 +677,7 @@ fn run_core(file: &std::path::Path) -> ExitCode {
             tracing::info!(
                 "fedgate core ready, serving {} through the gateway at {}",
                 config.core.all_domains().collect::<Vec<_>>().join(", "),
-                config
-                    .gateway
-                    .address
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                gateway_list(&config.gateway)
             );
             notify(State::Ready);
             let lost = core.lost();
