@@ -95,10 +95,12 @@ enum Drained {
 const QUEUE_POLL: Duration = Duration::from_millis(20);
 
 /// Waits, at most `timeout`, until `backends` (a token per backend told of the drain that has
-/// not answered) is empty and then the outbound queues (`outbound_queued`, stanzas waiting)
-/// too, and until `inbound` (the s2s listeners and inbound streams, told to end) is empty.
-/// The queues count only once the backends have answered: until then they may add to them.
-/// Closes both trackers, so that they count as done once empty.
+/// not answered) and `inbound` (the s2s listeners and inbound streams, told to end) are empty,
+/// and then the outbound queues (`outbound_queued`, stanzas waiting) too. The queues count
+/// only once both have ended, since until then either may add to them: a backend's last
+/// stanzas before its answer, and what an ending XEP-0288 bidi stream held for its peer, which
+/// it hands to a new outbound session ([`Router::reroute`]). Closes both trackers, so that they
+/// count as done once empty.
 async fn wait_drained(
     timeout: Duration,
     backends: &TaskTracker,
@@ -107,13 +109,12 @@ async fn wait_drained(
 ) -> Drained {
     backends.close();
     inbound.close();
-    let outbound = async {
-        backends.wait().await;
+    let all = async {
+        tokio::join!(backends.wait(), inbound.wait());
         while outbound_queued() > 0 {
             tokio::time::sleep(QUEUE_POLL).await;
         }
     };
-    let all = async { tokio::join!(outbound, inbound.wait()) };
     match tokio::time::timeout(timeout, all).await {
         Ok(_) => Drained::Complete,
         Err(_) => Drained::TimedOut {
@@ -636,6 +637,30 @@ mod tests {
         assert!(
             took >= Duration::from_secs(4) && took < Duration::from_secs(4) + 2 * QUEUE_POLL,
             "ended at {took:?}, before the queues were written"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_queues_count_only_once_the_inbound_streams_have_ended() {
+        let backends = TaskTracker::new();
+        let inbound = TaskTracker::new();
+        // A bidi stream's last stanzas for its peer go to an outbound queue as it ends (at
+        // 1 s), and are written at 2 s.
+        let queued = Arc::new(AtomicUsize::new(0));
+        let handed_over = queued.clone();
+        inbound.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            handed_over.store(2, Ordering::Relaxed);
+        });
+        let written = queued.clone();
+        later(Duration::from_secs(2), move || {
+            written.store(0, Ordering::Relaxed)
+        });
+        let (ended, took) = drain(&backends, &queued, &inbound, DRAIN).await;
+        assert_eq!(ended, Drained::Complete);
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(2) + 2 * QUEUE_POLL,
+            "ended at {took:?}, before what the stream handed over was written"
         );
     }
 
