@@ -152,6 +152,8 @@ pub(in crate::s2s) struct Reverse {
     /// Stanzas over the peer's limit taken from the queue, with the bounce text, to bounce
     /// after the batch ([`Reverse::take_too_large`]).
     too_large: Vec<(Stanza, String)>,
+    /// Set by a shutdown ([`Reverse::stop_taking`]): nothing more is taken from the queue.
+    closing: bool,
     /// `fedgate_s2s_bidi_links{direction="inbound"}`.
     _gauge: BidiLink,
 }
@@ -173,6 +175,7 @@ impl Reverse {
             ping: None,
             advertised_max_bytes,
             too_large: Vec::new(),
+            closing: false,
             _gauge: metrics.bidi_links.link(Direction::Inbound),
         }
     }
@@ -222,7 +225,31 @@ impl Reverse {
 
     /// Whether the carry has room for more stanzas before the peer confirms some.
     fn room(&self, ctx: &S2sContext) -> bool {
-        self.carry.unacked.len() < ctx.settings.queue_max_stanzas.max(1)
+        !self.closing && self.carry.unacked.len() < ctx.settings.queue_max_stanzas.max(1)
+    }
+
+    /// The gateway is stopping and the stream is to end: the router forgets it (new stanzas
+    /// for its pairs take an ordinary outbound session, which the drain waits for), and it
+    /// takes nothing more from its queue (what is there goes the same way when it ends).
+    /// `Some` when what it wrote is not confirmed yet: the stream should end only once the
+    /// ping in flight is answered (or goes unanswered), since the stanzas it covers would
+    /// otherwise be sent again and arrive twice. The bytes are a ping to write when none is in
+    /// flight.
+    pub(in crate::s2s) fn stop_taking(&mut self, ctx: &S2sContext) -> Option<Vec<u8>> {
+        self.detach(ctx);
+        self.closing = true;
+        if self.all_confirmed() {
+            return None;
+        }
+        Some(match self.ping {
+            Some(_) => Vec::new(),
+            None => self.confirm(ctx),
+        })
+    }
+
+    /// Whether the peer has confirmed everything written.
+    pub(in crate::s2s) fn all_confirmed(&self) -> bool {
+        self.carry.unacked.is_empty()
     }
 
     /// The next thing to do on the reverse direction.

@@ -375,10 +375,19 @@ impl Inbound {
             self.open(&header)?;
             self.conn.flush().await.map_err(|_| Abort::Gone)?;
 
+            // Set once a shutdown waits for the peer to confirm what we wrote back on a bidi
+            // stream ([`Reverse::stop_taking`]).
+            let mut closing = false;
+            let shutting_down = || {
+                Abort::Refused(refuse(
+                    StreamErrorCondition::SystemShutdown,
+                    "fedgate is shutting down",
+                ))
+            };
             loop {
                 let step = tokio::select! {
                     biased;
-                    _ = self.ctx.inbound_shutdown.cancelled() => Step::Shutdown,
+                    _ = self.ctx.inbound_shutdown.cancelled(), if !closing => Step::Shutdown,
                     _ = self.live.kicked() => Step::Kicked,
                     _ = &mut deadline => Step::Deadline,
                     t = next_takeover(&mut self.sm_live) => Step::Takeover(t),
@@ -389,10 +398,15 @@ impl Inbound {
                 };
                 match step {
                     Step::Shutdown => {
-                        return Err(Abort::Refused(refuse(
-                            StreamErrorCondition::SystemShutdown,
-                            "fedgate is shutting down",
-                        )))
+                        let Some(ping) = self.reverse.as_mut().and_then(|r| r.stop_taking(&ctx))
+                        else {
+                            return Err(shutting_down());
+                        };
+                        if !ping.is_empty() {
+                            self.conn.send(&ping);
+                            self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                        }
+                        closing = true;
                     }
                     Step::Kicked => {
                         return Err(Abort::Refused(refuse(
@@ -446,6 +460,9 @@ impl Inbound {
                             if !ping.is_empty() {
                                 self.conn.send(&ping);
                                 self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            }
+                            if closing && reverse.all_confirmed() {
+                                return Err(shutting_down());
                             }
                         }
                     }

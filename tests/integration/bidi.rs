@@ -235,6 +235,47 @@ async fn a_dropped_bidi_stream_loses_nothing() {
     assert_eq!(connections(&b).await.opened, 1.0);
 }
 
+/// A gateway that stops (a rolling restart) ends a bidi stream only once the peer has
+/// confirmed what it wrote back on it: ended at once, the unconfirmed stanzas would go out
+/// again on another connection and arrive twice.
+#[tokio::test]
+async fn a_stopping_gateway_ends_a_bidi_stream_once_the_peer_confirmed_what_it_wrote_back() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let mut b = instance(&dns, "b.test").start().await;
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let (mut s, _) = bidi_stream(&a, &b, "<bidi xmlns='urn:xmpp:bidi'/>").await;
+    backend_b
+        .send("<message from='bob@b.test' to='alice@a.test' id='m1'/>")
+        .await;
+    assert_eq!(s.next().await.id(), Some("m1"));
+    let ping = s.next().await;
+    assert!(
+        text(ping.raw()).contains("urn:xmpp:ping"),
+        "{}",
+        text(ping.raw())
+    );
+    let stopping = tokio::spawn(async move {
+        b.stop().await;
+        b
+    });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), s.event()).await;
+    assert!(
+        early.is_err(),
+        "the stream went on or ended while m1 was unconfirmed"
+    );
+    s.send(&format!(
+        "<iq type='result' from='a.test' to='b.test' id='{}'/>",
+        ping.id().unwrap()
+    ))
+    .await;
+    assert_eq!(s.expect_stream_error().await, "system-shutdown");
+    let _b = stopping.await.unwrap();
+    let again = tokio::time::timeout(std::time::Duration::from_millis(500), backend_a.next()).await;
+    assert!(again.is_err(), "m1 was confirmed: not sent again");
+}
+
 /// A receiving server for `fake.test` on `ip`:5269 that offers bidi over TLS, takes any
 /// dialback key, then sends on a.test's outbound stream what `send` says, and reports the
 /// names of the elements it got and the stream error that ended it.
