@@ -22,6 +22,9 @@ Commands (stdin), each run as its own task in the order read; {"event": "done", 
 follows when it completed:
   {"cmd": "message", "to": JID, "body": TEXT, "type": "chat", "id": ID, "from": JID}
   {"cmd": "burst", "to": JID, "prefix": P, "count": N}   messages P0..P{N-1}, body = index
+  {"cmd": "steady", "to": JID, "prefix": P, "every_ms": T}   messages P0, P1… one every T ms
+                               until "steady_stop", then {"event": "sent", "prefix": P, "count": N}
+  {"cmd": "steady_stop"}
   {"cmd": "presence", "priority": N, "show": S, "status": T}   (all optional)
   {"cmd": "unavailable"}
   {"cmd": "directed", "to": JID, "type": null|"unavailable"}
@@ -161,6 +164,8 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0203")  # delayed delivery
         # A lost connection that the test made on purpose ("drop") is reconnected, not the end.
         self.dropping = False
+        # Set by a steady_stop command: ends the steady command's loop.
+        self.steady_stop = asyncio.Event()
         self.reading = False
         if args.sm:
             self.register_plugin("xep_0198")
@@ -276,6 +281,22 @@ class Client(slixmpp.ClientXMPP):
                         # Let the send queue drain so the event loop stays responsive.
                         await asyncio.sleep(0)
                 emit(event="sent", prefix=prefix, count=cmd["count"])
+            elif kind == "steady":
+                prefix, to = cmd["prefix"], cmd["to"]
+                self.steady_stop.clear()
+                sent = 0
+                while not self.steady_stop.is_set():
+                    m = self.make_message(mto=to, mbody=str(sent), mtype="chat")
+                    m["id"] = f"{prefix}{sent}"
+                    m.send()
+                    sent += 1
+                    try:
+                        await asyncio.wait_for(self.steady_stop.wait(), cmd["every_ms"] / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                emit(event="sent", prefix=prefix, count=sent)
+            elif kind == "steady_stop":
+                self.steady_stop.set()
             elif kind == "presence":
                 self.send_presence(
                     ppriority=cmd.get("priority"),

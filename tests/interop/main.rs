@@ -37,6 +37,7 @@ mod scenarios;
 mod ejabberd;
 mod prosody;
 
+mod rolling;
 mod with_core;
 
 use std::io::Write;

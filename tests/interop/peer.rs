@@ -143,6 +143,18 @@ impl Peer {
         tls: PeerTls,
         direct_tls: bool,
     ) -> Peer {
+        Peer::start_with(kind, domain, dns, tls, direct_tls, "").await
+    }
+
+    /// [`Peer::start`] with `prosody_options` (Lua lines) added to Prosody's global section.
+    pub async fn start_with(
+        kind: Kind,
+        domain: &str,
+        dns: &TestDns,
+        tls: PeerTls,
+        direct_tls: bool,
+        prosody_options: &str,
+    ) -> Peer {
         kind.require_installed();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +220,7 @@ impl Peer {
             dir,
         };
         match kind {
-            Kind::Prosody => peer.configure_prosody(&cert, &key, trust.as_deref()),
+            Kind::Prosody => peer.configure_prosody(&cert, &key, trust.as_deref(), prosody_options),
             Kind::Ejabberd => peer.configure_ejabberd(&cert, &key, trust.as_deref()),
         }
         peer.spawn().await;
@@ -293,7 +305,7 @@ impl Peer {
             .await
     }
 
-    fn configure_prosody(&mut self, cert: &Path, key: &Path, trust: Option<&Path>) {
+    fn configure_prosody(&mut self, cert: &Path, key: &Path, trust: Option<&Path>, options: &str) {
         let d = self.dir.path();
         let cafile = match trust {
             Some(ca) => format!("cafile = {:?};", ca.display().to_string()),
@@ -329,6 +341,7 @@ c2s_require_encryption = true
 s2s_require_encryption = true
 s2s_secure_auth = false
 -- Bursts of 10,000 stanzas: no rate limits (mod_limits is not loaded).
+{options}
 VirtualHost "{domain}"
 -- XEP-0045 rooms, for the cross-server group chat test (tests/interop/with_core.rs).
 Component "{muc}" "muc"
