@@ -127,17 +127,29 @@ async fn place<T>(
         }
         Err(TrySendError::Closed(item)) => Placed::Closed(item),
         Err(TrySendError::Full(item)) if stalled.load(Ordering::Relaxed) => Placed::Stalled(item),
-        Err(TrySendError::Full(item)) => match tokio::time::timeout(patience, tx.reserve()).await {
-            Ok(Ok(permit)) => {
-                permit.send(item);
-                Placed::Queued
-            }
-            Ok(Err(_)) => Placed::Closed(item),
-            Err(_) => {
-                stalled.store(true, Ordering::Relaxed);
-                Placed::Stalled(item)
-            }
-        },
+        // Boxed: waiting (a timer and a semaphore acquire) is the slow path, and inline it
+        // would make every routing future, which every session's task holds, 1 KB larger.
+        Err(TrySendError::Full(item)) => Box::pin(wait_for_room(tx, item, stalled, patience)).await,
+    }
+}
+
+/// [`place`] once the queue is full: waits at most `patience` for room.
+async fn wait_for_room<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    stalled: &AtomicBool,
+    patience: Duration,
+) -> Placed<T> {
+    match tokio::time::timeout(patience, tx.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(item);
+            Placed::Queued
+        }
+        Ok(Err(_)) => Placed::Closed(item),
+        Err(_) => {
+            stalled.store(true, Ordering::Relaxed);
+            Placed::Stalled(item)
+        }
     }
 }
 
@@ -687,7 +699,10 @@ impl Router {
                     text,
                     "bounced"
                 );
-                self.deliver_bounce(bounce).await;
+                // Boxed: a bounce is the rare path, and inline its future would make every
+                // `route` future (held by every s2s and component session's task while it
+                // routes) about 2 KB larger.
+                Box::pin(self.deliver_bounce(bounce)).await;
             }
             None => {
                 // Errors and iq results are never bounced (no loops); unavailable presence

@@ -160,10 +160,6 @@ pub async fn handle_direct_tls(
 }
 
 async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Option<TlsInfo>) {
-    let mut conn = Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER);
-    // The default rate until a peer with its own authenticates.
-    let rate = ctx.settings.max_inbound_bytes_per_second;
-    conn.limit_rate(rate, limits::burst(rate, ctx.settings.max_stanza_bytes));
     let live = ctx
         .registry
         .open(Direction::Inbound, Some(peer.to_string()));
@@ -176,7 +172,8 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         peers: Vec::new(),
         started: Instant::now(),
         ctx: ctx.clone(),
-        conn,
+        // Built in place: a local moved in would keep its own slot in this task's future.
+        conn: Connection::new(io, peer, ctx.settings.negotiation_limits(), ns::SERVER),
         authenticated: Vec::new(),
         pending: 0,
         negotiation_deadline: Instant::now() + ctx.settings.negotiation_timeout,
@@ -186,7 +183,21 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         limits: StreamLimits::default(),
         reverse: None,
     };
+    // The default rate until a peer with its own authenticates.
+    let rate = ctx.settings.max_inbound_bytes_per_second;
+    session
+        .conn
+        .limit_rate(rate, limits::burst(rate, ctx.settings.max_stanza_bytes));
     let outcome = session.run().await;
+    // Boxed: the stream's end is taken once, and inline its futures (the close, what a bidi
+    // stream hands back to the router) would enlarge the connection's task, which every idle
+    // session holds, by as much as `run` itself.
+    Box::pin(end(session, outcome, peer, ctx)).await
+}
+
+/// After [`Inbound::run`]: keeps the stream for resumption or acknowledges it, says why it
+/// ended (the stream error, `/peers`), closes it, and sends on what a bidi stream held.
+async fn end(session: Inbound, outcome: Result<(), Abort>, peer: SocketAddr, ctx: Arc<S2sContext>) {
     if let Some(reverse) = &session.reverse {
         // Nothing new for this stream while it closes.
         reverse.detach(&ctx);
@@ -255,10 +266,9 @@ async fn serve(io: BoxTransport, peer: SocketAddr, ctx: Arc<S2sContext>, tls: Op
         Err(Abort::Gone) => {}
     }
     if let Some(reverse) = reverse {
-        // After the stream is closed: what it still held goes out on a new session.
-        reverse
-            .end(&ctx, &format!("the stream from {peer} ended"))
-            .await;
+        // After the stream is closed: what it still held goes out on a new session. Boxed,
+        // as a step taken once, so that its future does not enlarge the connection's task.
+        Box::pin(reverse.end(&ctx, &format!("the stream from {peer} ended"))).await;
     }
 }
 
@@ -550,7 +560,9 @@ impl Inbound {
         let next = self.negotiation.handle_element(&stanza, &self.ctx);
         match self.negotiated(next)? {
             Next::Session => {}
-            next => return self.negotiation_step(next).await,
+            // Boxed: a few steps per stream (the TLS handshake's future alone is 3 KB), and
+            // inline they would make every idle session's task that much larger.
+            next => return Box::pin(self.negotiation_step(next)).await,
         }
         if stanza.ns() == sm::NS {
             self.stream_management(&stanza).await?;
@@ -944,6 +956,25 @@ mod tests {
     use crate::router::{next_session_id, ComponentHandle};
     use crate::s2s::test_support::{config, context};
     use crate::xml::framer::{Framer, Limits};
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every inbound connection's task holds its whole future for the connection's life, so
+    /// its size is memory per idle session (`cargo bench --bench idle_sessions`). It is as
+    /// large as the largest state it can be in, so cold paths (negotiation steps, bounces)
+    /// are boxed. 6 KiB is a jemalloc size class: past it, each session pays 8 KiB.
+    #[test]
+    fn an_inbound_connections_task_fits_in_6_kib() {
+        for (port, size) in [
+            ("STARTTLS", future_size(super::handle)),
+            ("direct TLS", future_size(super::handle_direct_tls)),
+        ] {
+            assert!(size <= 6144, "{port}: {size} bytes");
+        }
+    }
 
     const WAIT: Duration = Duration::from_secs(10);
 
