@@ -558,7 +558,16 @@ impl Session {
                     carry.split_off(&mut own, |s| from_domain_is(s, &guest.local));
                     self.live
                         .update(|n| n.pairs.retain(|p| p.local != guest.local));
-                    guest.part(Parting::Ended(ended.clone()), Some(own));
+                    // `Done` ends a session only once its queue was closed and written out
+                    // (`close_guest_queues`); a guest whose queue is still open goes on.
+                    let mut guest = guest;
+                    let ended = match ended {
+                        Ended::Done if !guest.rx().is_closed() => {
+                            Ended::Lost("the link it rode on closed".into())
+                        }
+                        other => other.clone(),
+                    };
+                    guest.part(Parting::Ended(ended), Some(own));
                 }
                 GuestState::ExpectDbResult { .. } => {
                     // Perhaps over our request (some servers end the stream on a
