@@ -321,6 +321,20 @@ pub struct S2sConfig {
     /// Each direction keeps the from/to rules of its authentication. Default `true`;
     /// `[[federation.peer]] bidi = false` turns it off for one peer.
     pub bidi: bool,
+    /// Outbound piggybacking (XEP-0220 §2.6.1, sender multiplexing): when a second local
+    /// domain (a component's next to the core's) sends to a remote domain that an
+    /// established outbound link already reaches, that link carries it too, after a
+    /// `<db:result/>` for the new pair is answered `valid`, instead of a TCP+TLS connection
+    /// of its own. A peer that refuses it (`invalid`, a dialback error, a stream error, no
+    /// answer within `negotiation_timeout`) gets a link per pair from then on. Default
+    /// `true`; `[[federation.peer]] piggyback = false` turns it off for one peer.
+    pub piggyback: bool,
+    /// Most domain pairs one outbound link carries, its own pair included (see
+    /// `piggyback`). Default `32`; `1` keeps one link per pair. A pair beyond it gets a link
+    /// of its own. Too high puts many pairs behind one TCP connection's head-of-line
+    /// blocking and makes one lost link cost them all a reconnection; too low opens more
+    /// connections than needed. fedgate as a peer accepts `max_domain_pairs_per_stream`.
+    pub max_outbound_pairs_per_stream: usize,
     /// How long the counters of a dropped inbound stream are kept so that its peer can resume
     /// it (XEP-0198 §5). Default `"5m"`.
     #[serde(with = "duration")]
@@ -369,6 +383,8 @@ impl Default for S2sConfig {
             keepalive_interval: Duration::from_secs(45),
             stream_management: true,
             bidi: true,
+            piggyback: true,
+            max_outbound_pairs_per_stream: 32,
             resume_timeout: Duration::from_secs(300),
             dialback_secret_file: PathBuf::from("fedgate-dialback.secret"),
             route: Vec::new(),
@@ -626,6 +642,11 @@ pub struct PeerConfig {
     /// apart.
     #[serde(default)]
     pub bidi: Option<bool>,
+    /// Outbound piggybacking with this peer: whether one outbound link carries several of
+    /// our domains to it. Default: `s2s.piggyback`. `false` opens a link per (local,
+    /// remote) pair, for a peer that mishandles multiplexed dialback.
+    #[serde(default)]
+    pub piggyback: Option<bool>,
 }
 
 /// `[[federation.peer]] unconfirmed`: what a dropped link without XEP-0198 does with the
@@ -1081,6 +1102,11 @@ impl Config {
                 "max_domain_pairs_per_stream",
                 s.max_domain_pairs_per_stream as u64,
                 defaults.max_domain_pairs_per_stream as u64,
+            ),
+            (
+                "max_outbound_pairs_per_stream",
+                s.max_outbound_pairs_per_stream as u64,
+                defaults.max_outbound_pairs_per_stream as u64,
             ),
             (
                 "max_pending_verifications",

@@ -123,6 +123,8 @@ pub struct PeerSecurity {
     pub unconfirmed: Unconfirmed,
     /// XEP-0288 bidirectional streams: `s2s.bidi`, or the peer's own `bidi`.
     pub bidi: bool,
+    /// Outbound piggybacking: `s2s.piggyback`, or the peer's own `piggyback`.
+    pub piggyback: bool,
 }
 
 impl PeerSecurity {
@@ -161,6 +163,7 @@ impl SecurityPolicy {
             max_inbound_bytes_per_second: None,
             unconfirmed: Unconfirmed::default(),
             bidi: config.s2s.bidi,
+            piggyback: config.s2s.piggyback,
         };
         let peers = config
             .federation
@@ -180,6 +183,7 @@ impl SecurityPolicy {
                     max_inbound_bytes_per_second: p.max_inbound_bytes_per_second,
                     unconfirmed: p.unconfirmed,
                     bidi: p.bidi.unwrap_or(default.bidi),
+                    piggyback: p.piggyback.unwrap_or(default.piggyback),
                 };
                 (p.domain.clone(), Arc::new(security))
             })

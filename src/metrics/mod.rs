@@ -162,6 +162,79 @@ impl Drop for BidiLink {
     }
 }
 
+/// How an attempt to carry a domain pair on an established outbound link ended
+/// (`fedgate_s2s_piggyback_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PiggybackResult {
+    /// `type='valid'`: the link carries the pair.
+    Carried,
+    /// `type='invalid'`.
+    Invalid,
+    /// `type='error'` (a dialback error), or an answer we do not know.
+    Error,
+    /// No answer within `negotiation_timeout`.
+    Timeout,
+    /// The link ended (lost, idle, shut down) before it answered.
+    Lost,
+    /// The link carries `max_outbound_pairs_per_stream` pairs already.
+    Full,
+}
+
+impl PiggybackResult {
+    const ALL: [PiggybackResult; 6] = [
+        PiggybackResult::Carried,
+        PiggybackResult::Invalid,
+        PiggybackResult::Error,
+        PiggybackResult::Timeout,
+        PiggybackResult::Lost,
+        PiggybackResult::Full,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PiggybackResult::Carried => "carried",
+            PiggybackResult::Invalid => "invalid",
+            PiggybackResult::Error => "error",
+            PiggybackResult::Timeout => "timeout",
+            PiggybackResult::Lost => "lost",
+            PiggybackResult::Full => "full",
+        }
+    }
+}
+
+/// Outbound piggybacking (XEP-0220 §2.6.1): `fedgate_s2s_piggybacked_pairs`, the domain pairs
+/// outbound links carry besides their own, and `fedgate_s2s_piggyback_total{result}`.
+/// Resolved once.
+#[derive(Clone)]
+pub struct Piggyback {
+    pub pairs: IntGauge,
+    results: [IntCounter; 6],
+}
+
+impl Piggyback {
+    fn register(r: &Registry) -> Piggyback {
+        let pairs = gauge(
+            r,
+            "fedgate_s2s_piggybacked_pairs",
+            "Domain pairs carried on outbound s2s links besides the link's own (XEP-0220 multiplexing)",
+        );
+        let family = counter_vec(
+            r,
+            "fedgate_s2s_piggyback_total",
+            "Attempts to carry a domain pair on an established outbound link, by result",
+            &["result"],
+        );
+        Piggyback {
+            pairs,
+            results: PiggybackResult::ALL.map(|x| family.with_label_values(&[x.as_str()])),
+        }
+    }
+
+    pub fn result(&self, result: PiggybackResult) {
+        self.results[result as usize].inc();
+    }
+}
+
 /// A backend's figures, resolved once per attachment.
 pub struct BackendGauge {
     attached: IntGauge,
@@ -185,6 +258,8 @@ pub struct Metrics {
     pub s2s_sessions: IntGaugeVec,
     /// `fedgate_s2s_bidi_links{direction}`; see [`BidiLinks::link`].
     pub bidi_links: BidiLinks,
+    /// `fedgate_s2s_piggybacked_pairs` and `fedgate_s2s_piggyback_total{result}`.
+    pub piggyback: Piggyback,
     /// Attached XEP-0114 backend sessions.
     pub component_sessions: IntGauge,
     /// `fedgate_component_attached{backend}`: 1 while the backend is attached; every
@@ -458,6 +533,7 @@ impl Metrics {
             .expect("valid metric"),
         );
         let bidi_links = BidiLinks::register(r);
+        let piggyback = Piggyback::register(r);
         let component_sessions = gauge(
             r,
             "fedgate_component_sessions",
@@ -697,6 +773,7 @@ impl Metrics {
             registry,
             s2s_sessions,
             bidi_links,
+            piggyback,
             component_sessions,
             component_attached,
             component_attaches,

@@ -99,6 +99,12 @@ pub struct S2sContext {
     /// Peers that answered our SASL EXTERNAL with `<failure/>`: later sessions go straight to
     /// dialback instead of failing the same way again (XEP-0178 §3 fallback).
     pub external_refused: dashmap::DashSet<String>,
+    /// Remote domain → the established outbound link that takes more of our domains' pairs
+    /// to it (XEP-0220 multiplexing, `s2s/outbound/piggyback.rs`).
+    pub links: outbound::Links,
+    /// Peers that refused a pair on an established link (or did not answer): later pairs
+    /// get links of their own, until restart.
+    pub piggyback_refused: dashmap::DashSet<String>,
     /// Cancelled when fedgate stops: sessions close with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
     /// Cancelled when inbound streams are to end, before the outbound ones: when a drain
@@ -153,6 +159,8 @@ impl S2sContext {
             tls,
             security: arc_swap::ArcSwap::from_pointee(SecurityPolicy::from_config(config)),
             external_refused: Default::default(),
+            links: Default::default(),
+            piggyback_refused: Default::default(),
             inbound_shutdown: shutdown.child_token(),
             shutdown,
             tracker,

@@ -31,6 +31,7 @@ mod limits;
 mod metrics;
 mod muc;
 mod outbound;
+mod piggyback;
 mod policy;
 mod roundtrip;
 mod s2s;

@@ -141,6 +141,7 @@ impl Busy {
         let a = instance(&dns, "a.test")
             .cert(soon())
             .backend("extra.a.test", "extra-secret")
+            .backend("comp.a.test", "comp-secret")
             .route("e.test", proxy_e.addr, false)
             .s2s(
                 "ping_interval = \"1s\"\nretry_window = \"10m\"\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"",
@@ -180,6 +181,24 @@ impl Busy {
         }
         a.send("<presence from='u@a.test' to='v@b.test' type='subscribe'/>")
             .await;
+        // A second local domain rides on the link to b.test (XEP-0220 multiplexing).
+        wait_for_metric(
+            &self.a,
+            "fedgate_s2s_auth_total{direction=\"outbound\",method=\"external\",result=\"success\"}",
+            1.0,
+        )
+        .await;
+        let mut comp = self.a.backend_for("comp.a.test", "comp-secret").await;
+        comp.send(
+            "<message from='c@comp.a.test' to='v@b.test' id='comp'><body>hi</body></message>",
+        )
+        .await;
+        wait_for_metric(
+            &self.a,
+            "fedgate_s2s_piggyback_total{result=\"carried\"}",
+            1.0,
+        )
+        .await;
         a.send("<iq from='u@a.test' to='b.test' type='get' id='ping'><ping xmlns='urn:xmpp:ping'/></iq>")
             .await;
         for i in 0..5 {
@@ -320,7 +339,7 @@ impl Busy {
             .await;
         wait_for_metric(a_, "fedgate_bounces_total{cause=\"dns\"}", 40.0).await;
         wait_for_metric(a_, "fedgate_outbound_queue_stanzas", 150.0).await;
-        self.backends.extend([a, b, c, e]);
+        self.backends.extend([a, b, c, e, comp]);
     }
 }
 

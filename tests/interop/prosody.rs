@@ -8,3 +8,10 @@ crate::scenarios::every_scenario!(crate::peer::Kind::Prosody, "pr");
 async fn bidi_both_ways_on_one_connection() {
     crate::scenarios::bidi_both_ways_on_one_connection(crate::peer::Kind::Prosody, "pr-bidi").await;
 }
+
+/// XEP-0220 multiplexing: two local domains to one Prosody over one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_local_domains_on_one_connection() {
+    crate::scenarios::two_local_domains_on_one_connection(crate::peer::Kind::Prosody, "pr-mux")
+        .await;
+}

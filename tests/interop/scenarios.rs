@@ -150,6 +150,20 @@ pub async fn world_with(
     gw_cert: GwCert,
     direct_tls: bool,
 ) -> World {
+    world_with_domains(kind, name, tls, gw_s2s, gw_cert, direct_tls, &[]).await
+}
+
+/// [`world_with`], fedgate also serving `extra` backend domains (`(domain, secret)`, in its
+/// certificate and published by SRV like its own).
+pub async fn world_with_domains(
+    kind: Kind,
+    name: &str,
+    tls: PeerTls,
+    gw_s2s: &str,
+    gw_cert: GwCert,
+    direct_tls: bool,
+    extra: &[(&str, &str)],
+) -> World {
     capture_logs();
     let dns = dns_port_53().await;
     let gw_domain = format!("gw-{name}.test");
@@ -160,17 +174,28 @@ pub async fn world_with(
         ],
         GwCert::ServerOnly => vec![ExtendedKeyUsagePurpose::ServerAuth],
     };
-    let gw = instance(&dns, &gw_domain)
+    let mut builder = instance(&dns, &gw_domain)
         .cert(CertSpec {
             eku,
             ..CertSpec::default()
         })
         .unlisted()
         .s2s_port(GW_S2S_PORT)
-        .s2s(gw_s2s)
-        .start()
-        .await;
+        .s2s(gw_s2s);
+    for (domain, secret) in extra {
+        builder = builder.backend(domain, secret);
+    }
+    let gw = builder.start().await;
     publish_gateway(&dns, &gw, direct_tls);
+    for (domain, _) in extra {
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{domain}"),
+            0,
+            1,
+            GW_S2S_PORT,
+            &format!("xmpp.{gw_domain}"),
+        );
+    }
     let peer = Peer::start(kind, &format!("{name}.test"), &dns, tls, direct_tls).await;
     let backend = Backend::attach(&gw).await;
     let client = peer.login().await;
@@ -327,6 +352,74 @@ async fn first_from_fedgate(w: &mut World, tag: &str) {
         ))
         .await;
     wait_message(w, &id).await;
+}
+
+/// XEP-0220 multiplexing: fedgate's own domain and a second local domain (a component's)
+/// write to the peer's user; the second rides on the link the first opened (one outbound
+/// connection in fedgate's metrics, one s2s session in the peer's log), each in order.
+pub async fn two_local_domains_on_one_connection(kind: Kind, name: &str) {
+    let comp_domain = format!("comp.gw-{name}.test");
+    let extra = [(comp_domain.as_str(), "comp-secret")];
+    let mut w = world_with_domains(
+        kind,
+        name,
+        PeerTls::TestCa,
+        "",
+        GwCert::ServerAndClient,
+        false,
+        &extra,
+    )
+    .await;
+    first_from_fedgate(&mut w, "p").await;
+    let mut comp = w.gw.backend_for(&comp_domain, "comp-secret").await;
+    let bot = w.bot();
+    let me = w.client.jid.clone();
+    for i in 0..5 {
+        w.backend
+            .send(&format!(
+                "<message from='{bot}/bot' to='{me}' type='chat' id='gw-{i}'><body>{i}</body></message>"
+            ))
+            .await;
+        comp.send(&format!(
+            "<message from='svc@{comp_domain}/bot' to='{me}' type='chat' id='comp-{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    for i in 0..5 {
+        wait_message(&mut w, &format!("gw-{i}")).await;
+        wait_message(&mut w, &format!("comp-{i}")).await;
+    }
+    let m = w.gw.metrics().await;
+    let links = metric_or_zero(
+        &m,
+        "fedgate_outbound_attempts_total{result=\"established\"}",
+    );
+    let carried = metric_or_zero(&m, "fedgate_s2s_piggyback_total{result=\"carried\"}");
+    let sessions = peer_s2s_sessions(&w.peer);
+    // The peer may verify the second domain's key with its authoritative server (us) on a
+    // connection of its own (XEP-0220 step 2): that one carries a <db:verify>, no stanzas.
+    let inbound: Vec<_> = sessions.iter().filter(|s| s.starts_with("s2sin")).collect();
+    let verified = metric_or_zero(
+        &m,
+        "fedgate_dialback_total{role=\"verify\",result=\"valid\"}",
+    );
+    let line = format!(
+        "== {} {} XEP-0220 multiplexing: two local domains, {links} outbound connection(s), {carried} pair(s) piggybacked, peer's log shows s2s sessions {sessions:?} ({verified} key(s) verified with us)\n",
+        kind.name(),
+        kind.version()
+    );
+    println!("{line}");
+    append_report(&line);
+    assert_eq!(carried, 1.0, "{m}\n{}", w.peer.log_tail(60));
+    assert_eq!(links, 1.0, "{m}");
+    assert_eq!(metric(&m, "fedgate_s2s_piggybacked_pairs"), 1.0);
+    assert_eq!(
+        inbound.len(),
+        1,
+        "the peer's log shows s2s sessions {sessions:?}\n{}",
+        w.peer.log_tail(60)
+    );
+    w.client.quit().await;
 }
 
 /// How long a message from the component takes to reach the peer's client: on the link the

@@ -143,6 +143,18 @@ impl Authentication {
         self.bidi
     }
 
+    /// The peer's stream id, which keys dialback on this stream (after a SASL restart, the
+    /// new stream's: [`Authentication::handle_features`] takes its header).
+    pub fn stream_id(&self) -> Option<&str> {
+        self.stream_id.as_deref()
+    }
+
+    /// Whether the peer offers Server Dialback on this stream (for more pairs once it is
+    /// authenticated, XEP-0220 §2.6.1).
+    pub fn dialback_offered(&self) -> bool {
+        self.dialback_offered
+    }
+
     /// The bytes to write now, leaving none.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
@@ -256,8 +268,12 @@ impl Authentication {
         self.dialback(ctx)
     }
 
-    /// The features of the stream restarted after SASL success.
-    pub fn handle_features(&mut self, features: Element) -> Result<Next, OutboundError> {
+    /// The header and features of the stream restarted after SASL success.
+    pub fn handle_features(
+        &mut self,
+        header: StreamHeader,
+        features: Element,
+    ) -> Result<Next, OutboundError> {
         if self.state != State::ExpectFeatures {
             return Err(ConnectError::Stream {
                 target: self.target.clone(),
@@ -265,6 +281,8 @@ impl Authentication {
             }
             .into());
         }
+        self.dialback_offered = offers_dialback(&header, &features);
+        self.stream_id = header.id;
         self.state = State::Authenticated;
         Ok(Next::Authenticated(AuthMethod::External, features))
     }

@@ -32,6 +32,18 @@ pub(super) struct Link {
     pub(super) offered: Element,
     /// XEP-0288 bidi was requested: the peer may send its stanzas to us on this stream.
     pub(super) bidi: bool,
+    /// What dialback for more pairs on this stream needs ([`piggyback`](super::piggyback)).
+    pub(super) dialback: DialbackOnLink,
+}
+
+/// Whether, and with which key input, more pairs may be authenticated by dialback on an
+/// established stream.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DialbackOnLink {
+    /// The peer's id for the current stream (after a SASL restart, the new one's).
+    pub(super) stream_id: Option<String>,
+    /// The peer offers dialback on it.
+    pub(super) offered: bool,
 }
 
 impl Session {
@@ -80,7 +92,7 @@ impl Session {
             )
             .await;
             match authenticated {
-                Ok(Ok((method, features, bidi))) => {
+                Ok(Ok((method, features, bidi, dialback))) => {
                     trace.ok(format!("authenticated by {}", method.as_str()));
                     self.ctx.router.metrics.authenticated(
                         Direction::Outbound,
@@ -96,6 +108,7 @@ impl Session {
                         features,
                         offered,
                         bidi,
+                        dialback,
                     });
                 }
                 Ok(Err(e)) => {
@@ -143,7 +156,7 @@ impl Session {
         features: Element,
         security: &Security,
         policy: Arc<PeerSecurity>,
-    ) -> Result<(AuthMethod, Element, bool), OutboundError> {
+    ) -> Result<(AuthMethod, Element, bool, DialbackOnLink), OutboundError> {
         let (mut auth, mut next) = Authentication::start(
             &self.ctx,
             &self.local,
@@ -168,12 +181,16 @@ impl Session {
                 Next::Restart => {
                     // RFC 6120 §6.4.6: a fresh stream after SASL success.
                     conn.restart();
-                    let (_, features) =
+                    let (header, features) =
                         connect::exchange_headers(conn, &self.local, &self.remote, target).await?;
-                    auth.handle_features(features)?
+                    auth.handle_features(header, features)?
                 }
                 Next::Authenticated(method, features) => {
-                    return Ok((method, features, auth.bidi()))
+                    let dialback = DialbackOnLink {
+                        stream_id: auth.stream_id().map(str::to_owned),
+                        offered: auth.dialback_offered(),
+                    };
+                    return Ok((method, features, auth.bidi(), dialback));
                 }
             };
         }

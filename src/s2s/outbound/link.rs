@@ -9,9 +9,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::authenticate::Link;
+use super::piggyback::{Guests, Input, LinkFacts, Slot};
 use super::Session;
 use crate::config::Unconfirmed;
 use crate::connection::{ReadError, Reader, Writer};
+use crate::jid;
 use crate::metrics::Direction;
 use crate::router::Queued;
 use crate::s2s::bidi;
@@ -29,6 +31,7 @@ use crate::xml::stanza::{Kind, NsContext, Stanza};
 /// Largest batch written before a flush.
 const BATCH_BYTES: usize = 256 * 1024;
 /// How an established link ended.
+#[derive(Debug, Clone)]
 pub(super) enum Ended {
     /// Idle or shut down: the queue was written out; the session is over.
     Done,
@@ -209,6 +212,10 @@ struct Pump {
     /// XEP-0288 bidi: the peer may send its stanzas from the remote domain to the local one
     /// on this stream ([`Session::receive`]).
     bidi: bool,
+    /// Other local domains' pairs on this link ([`piggyback`](super::piggyback)).
+    guests: Guests,
+    /// What more pairs need of the link (its stream id for their dialback keys).
+    facts: LinkFacts,
 }
 
 impl Session {
@@ -224,6 +231,8 @@ impl Session {
             label,
             features,
             bidi,
+            dialback,
+            security,
             ..
         } = link;
         self.live.update(|n| n.bidi = bidi);
@@ -258,6 +267,12 @@ impl Session {
             cap: OutboundCap::new(configured, &features),
             too_large: Vec::new(),
             bidi,
+            guests: Guests::none(),
+            facts: LinkFacts {
+                stream_id: dialback.stream_id,
+                dialback_offered: dialback.offered,
+                tls: security.tls.is_some(),
+            },
         };
         if self.ctx.settings.stream_management && sm::offered(&features) {
             match sm::sending::negotiate(
@@ -316,16 +331,21 @@ impl Session {
                 return self.lost(&mut pump, carry, why).await;
             }
         }
+        // From now on the link may carry other local domains' pairs to the peer too.
+        pump.guests = self.host();
         let ended = self
             .pump(&mut pump, &mut reader, writer, rx, carry, &label)
             .await;
         if let Some(Check::Ping { id, .. }) = &pump.check {
             self.ctx.pings.cancel(id);
         }
-        match ended {
+        let ended = match ended {
             Ended::Lost(why) => self.lost(&mut pump, carry, why).await,
             other => other,
-        }
+        };
+        let mut guests = std::mem::replace(&mut pump.guests, Guests::none());
+        self.part_all(&mut guests, carry, &ended);
+        ended
     }
     /// Accounts for what a lost link may have taken with it. Without XEP-0198, the stanzas
     /// the peer had not confirmed are counted `unconfirmed` and then, as the peer's
@@ -414,6 +434,7 @@ impl Session {
             // Stop taking stanzas while too many await acknowledgement (XEP-0198) or a ping's
             // confirmation: a peer that never answers stops the link, not grows its memory.
             let room = carry.unacked.len() < cap;
+            let guest_deadline = pump.guests.next_deadline();
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => {
                     self.finish(pump, reader, writer, rx, carry, &target, Some(StreamErrorCondition::SystemShutdown)).await;
@@ -442,6 +463,9 @@ impl Session {
                     }
                     metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
                 }
+                _ = tokio::time::sleep_until(guest_deadline.unwrap_or(deadlines.next())), if guest_deadline.is_some() => {
+                    self.expire(&mut pump.guests, Instant::now());
+                }
                 event = reader.next_event() => {
                     if matches!(&event, Ok(Event::Stanza(s)) if pump.bidi && bidi::is_stanza(s)) {
                         timers.last_received = Instant::now();
@@ -455,13 +479,30 @@ impl Session {
                         return ended;
                     }
                 }
-                next = rx.recv(), if room => {
-                    let Some(first) = next else { return Ended::Done };
-                    self.write(pump, &mut writer, first, carry, &target);
-                    while writer.pending() < BATCH_BYTES && carry.unacked.len() < cap {
-                        match rx.try_recv() {
-                            Ok(s) => self.write(pump, &mut writer, s, carry, &target),
-                            Err(_) => break,
+                input = std::future::poll_fn(|cx| pump.guests.poll_input(cx, rx, room)) => {
+                    let (slot, first) = match input {
+                        Input::Request(guest) => {
+                            self.admit(&mut pump.guests, guest, &pump.facts, &mut writer);
+                            if let Err(e) = writer.flush().await {
+                                return Ended::Lost(format!("write to {label} failed: {e}"));
+                            }
+                            continue;
+                        }
+                        Input::Stanza(Slot::Host, None) => return Ended::Done,
+                        Input::Stanza(Slot::Guest(i), None) => {
+                            self.closed_guest(&mut pump.guests, i, carry);
+                            continue;
+                        }
+                        Input::Stanza(slot, Some(first)) => (slot, first),
+                    };
+                    self.write(pump, &mut writer, slot, first, carry, &target);
+                    // Then the batch: each pair's queue in turn, none always first.
+                    for slot in pump.guests.order() {
+                        while writer.pending() < BATCH_BYTES && carry.unacked.len() < cap {
+                            match pump.guests.queue(slot, rx).try_recv() {
+                                Ok(s) => self.write(pump, &mut writer, slot, s, carry, &target),
+                                Err(_) => break,
+                            }
                         }
                     }
                     if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
@@ -637,8 +678,33 @@ impl Session {
                 Ended::Lost(format!("{label} closed the stream")),
                 Goodbye::Close,
             )),
+            (_, Ok(Event::Stanza(s))) if self.is_guest_answer(&s) => {
+                let resent = self.answered(&mut pump.guests, &s, writer, carry);
+                if resent > 0 {
+                    if pump.sm {
+                        writer.send(sm::REQUEST);
+                        pump.requested = true;
+                    } else {
+                        pump.since_ping += resent;
+                        pump.first_unpinged.get_or_insert(Instant::now());
+                    }
+                }
+                writer.flush().await.map_err(|e| {
+                    (
+                        Ended::Lost(format!("write to {label} failed: {e}")),
+                        Goodbye::None,
+                    )
+                })
+            }
             (_, Ok(Event::Stanza(s))) if pump.bidi => {
-                self.receive(s, pump.sm, writer, carry, label).await
+                // XEP-0288: the reverse of each pair the link carries, a guest's too.
+                let guest = s
+                    .to()
+                    .and_then(|t| jid::domain_of(t).ok())
+                    .filter(|d| pump.guests.carries(d))
+                    .map(|d| d.into_owned());
+                let local = guest.as_deref().unwrap_or(&self.local);
+                self.receive(s, local, pump.sm, writer, carry, label).await
             }
             // Without XEP-0288 bidi a remote server sends nothing on our outbound stream but
             // errors and stream management.
@@ -665,6 +731,7 @@ impl Session {
     async fn receive(
         &self,
         stanza: Stanza,
+        local: &str,
         sm_on: bool,
         writer: &mut Writer,
         carry: &mut Carry,
@@ -688,7 +755,7 @@ impl Session {
         };
         match stanza.kind() {
             Kind::Message | Kind::Presence | Kind::Iq => {
-                bidi::reverse_allowed(&stanza, &self.local, &self.remote, |d| router.is_local(d))
+                bidi::reverse_allowed(&stanza, local, &self.remote, |d| router.is_local(d))
                     .map_err(refused)?;
                 // The peer's own limit, as on its streams to us (the framer holds the stream
                 // to `s2s.max_stanza_bytes` already).
@@ -749,17 +816,22 @@ impl Session {
         }
     }
 
+    /// Writes a stanza from the queue of `slot` (not flushed), or holds it back as too large.
     fn write(
         &self,
         pump: &mut Pump,
         writer: &mut Writer,
+        slot: Slot,
         queued: Queued,
         carry: &mut Carry,
         target: &NsContext,
     ) {
         let Queued { stanza, since } = queued;
         pump.waited.observe(since.elapsed().as_secs_f64());
-        self.dequeued(&stanza);
+        pump.guests
+            .shared(slot, &self.shared)
+            .queued_bytes
+            .fetch_sub(stanza.raw().len(), std::sync::atomic::Ordering::AcqRel);
         let bytes = stanza.bytes_for(target);
         if pump.cap.as_ref().is_some_and(|cap| bytes.len() > cap.max) {
             // XEP-0478 §4: not sent; bounced after the batch.
@@ -817,7 +889,10 @@ impl Session {
         self.ctx.router.remove_outbound(&self.remote, self.id);
         rx.close();
         while let Ok(s) = rx.try_recv() {
-            self.write(pump, &mut writer, s, carry, target);
+            self.write(pump, &mut writer, Slot::Host, s, carry, target);
+        }
+        for (slot, s) in self.close_guest_queues(&mut pump.guests) {
+            self.write(pump, &mut writer, slot, s, carry, target);
         }
         if pump.sm && !carry.unacked.is_empty() {
             writer.send(sm::REQUEST);

@@ -1,9 +1,16 @@
-//! Outbound s2s: one session per (local, remote) domain pair, started by the router on demand.
+//! Outbound s2s: one session per (local, remote) domain pair, started by the router on demand;
+//! one link per remote domain can carry several of them (XEP-0220 multiplexing).
 //!
 //! This module is the session and its retry loop ([`spawn`], `Session::run`, backoff, giving
-//! up and bouncing); `authenticate.rs` holds steps 1–2, `link.rs` steps 3–4.
+//! up and bouncing); `authenticate.rs` holds steps 1–2, `link.rs` steps 3–4, and
+//! `piggyback.rs` step 0.
 //!
-//! Steps (RFC 6120 §3.2 and §4, XEP-0368, XEP-0220 §2.1, XEP-0198):
+//! Steps (RFC 6120 §3.2 and §4, XEP-0368, XEP-0220 §2.1 and §2.6, XEP-0198):
+//! 0. when an established link to the remote domain is listed (another local domain's
+//!    session has one), ride on it (`piggyback.rs`): the pair is proved there with a
+//!    `<db:result>` and its queue read by that link; a refusal, a full link or the link's end
+//!    brings the session back here with its queue, to the steps below. The session's own
+//!    link, once established, is listed for the next ones;
 //! 1. [walk](super::connect::Walk) the remote domain's targets (static route, SRV records,
 //!    A/AAAA fallback) until a stream opens, TLS and certificate rules included; every step
 //!    goes into a [`Trace`];
@@ -35,6 +42,9 @@
 
 mod authenticate;
 mod link;
+mod piggyback;
+
+pub use piggyback::{Host, Links};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -321,81 +331,89 @@ impl Session {
         // during the next one.
         let mut failed_before: Option<String> = None;
         let failure = loop {
-            let mut trace = Trace::new();
-            let mut gauge = metrics.session(Direction::Outbound);
-            let began = *attempts_began.get_or_insert_with(Instant::now);
-            let deadline = began + settings.retry_window;
-            let attempt = tokio::select! {
-                _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
-                _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
-                r = tokio::time::timeout_at(deadline.into(), self.connect(&mut trace)) => {
-                    r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace, failed_before.as_deref())))
-                }
-            };
-            self.ctx.remember_attempt(&self.remote, trace);
-            let link = match attempt {
-                Ok(link) => link,
-                Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
-                Err(e @ OutboundError::Policy { .. }) => break e,
-                Err(e) => {
-                    drop(gauge);
-                    self.ctx
-                        .registry
-                        .failed(&self.remote, Direction::Outbound, e.to_string());
-                    metrics
-                        .outbound_attempts
-                        .with_label_values(&[e.label()])
-                        .inc();
-                    self.peer.attempt_failed();
-                    failed_before = Some(e.to_string());
-                    let since = *failing_since.get_or_insert(began);
-                    let wait = jittered(delay);
-                    if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
-                        break e;
+            // An established link to the peer may carry this pair too (XEP-0220 §2.6.1).
+            let (ended, up) = if let Some(carried) = self.ride(&mut rx, &mut carry).await {
+                attempts_began = None;
+                failed_before = None;
+                carried
+            } else {
+                let mut trace = Trace::new();
+                let mut gauge = metrics.session(Direction::Outbound);
+                let began = *attempts_began.get_or_insert_with(Instant::now);
+                let deadline = began + settings.retry_window;
+                let attempt = tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
+                    _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
+                    r = tokio::time::timeout_at(deadline.into(), self.connect(&mut trace)) => {
+                        r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace, failed_before.as_deref())))
                     }
-                    tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s attempt failed: {e}; retrying in {}ms", wait.as_millis());
-                    if let Err(e) = self.back_off(wait, &mut delay).await {
-                        break e;
+                };
+                self.ctx.remember_attempt(&self.remote, trace);
+                let link = match attempt {
+                    Ok(link) => link,
+                    Err(OutboundError::Shutdown) => break OutboundError::Shutdown,
+                    Err(e @ OutboundError::Policy { .. }) => break e,
+                    Err(e) => {
+                        drop(gauge);
+                        self.ctx
+                            .registry
+                            .failed(&self.remote, Direction::Outbound, e.to_string());
+                        metrics
+                            .outbound_attempts
+                            .with_label_values(&[e.label()])
+                            .inc();
+                        self.peer.attempt_failed();
+                        failed_before = Some(e.to_string());
+                        let since = *failing_since.get_or_insert(began);
+                        let wait = jittered(delay);
+                        if !e.retryable() || since.elapsed() + wait >= settings.retry_window {
+                            break e;
+                        }
+                        tracing::info!(local = %self.local, remote = %self.remote, "outbound s2s attempt failed: {e}; retrying in {}ms", wait.as_millis());
+                        if let Err(e) = self.back_off(wait, &mut delay).await {
+                            break e;
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                metrics
+                    .outbound_attempts
+                    .with_label_values(&["established"])
+                    .inc();
+                tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
+                let up = Instant::now();
+                attempts_began = None;
+                failed_before = None;
+                gauge.established(link.method.as_str());
+                self.peer.attempt_succeeded();
+                if let Some(expiry) = link
+                    .security
+                    .tls
+                    .as_ref()
+                    .and_then(Tls::peer_certificate_expiry)
+                {
+                    self.peer.certificate_expires(expiry);
                 }
+                let certificate = link.security.verdict.as_ref().map(|v| v.to_string());
+                self.live.update(|n| {
+                    n.address = Some(link.label.clone());
+                    n.tls = link.security.tls.clone();
+                    n.certificate = certificate;
+                    n.pairs = vec![Pair {
+                        local: self.local.clone(),
+                        remote: self.remote.clone(),
+                        auth: link.method.as_str(),
+                    }];
+                });
+                let peer_session = metrics.peers.open(&self.remote, Direction::Outbound);
+                self.shared.established.store(true, Ordering::Release);
+                let ended = self.established(link, &mut rx, &mut carry).await;
+                self.shared.established.store(false, Ordering::Release);
+                drop(peer_session);
+                drop(gauge);
+                self.live.update(|n| *n = Negotiated::default());
+                (ended, up)
             };
-            metrics
-                .outbound_attempts
-                .with_label_values(&["established"])
-                .inc();
-            tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
-            let up = Instant::now();
-            attempts_began = None;
-            failed_before = None;
-            gauge.established(link.method.as_str());
-            self.peer.attempt_succeeded();
-            if let Some(expiry) = link
-                .security
-                .tls
-                .as_ref()
-                .and_then(Tls::peer_certificate_expiry)
-            {
-                self.peer.certificate_expires(expiry);
-            }
-            let certificate = link.security.verdict.as_ref().map(|v| v.to_string());
-            self.live.update(|n| {
-                n.address = Some(link.label.clone());
-                n.tls = link.security.tls.clone();
-                n.certificate = certificate;
-                n.pairs = vec![Pair {
-                    local: self.local.clone(),
-                    remote: self.remote.clone(),
-                    auth: link.method.as_str(),
-                }];
-            });
-            let peer_session = metrics.peers.open(&self.remote, Direction::Outbound);
-            self.shared.established.store(true, Ordering::Release);
-            let ended = self.established(link, &mut rx, &mut carry).await;
-            self.shared.established.store(false, Ordering::Release);
-            drop(peer_session);
-            drop(gauge);
-            self.live.update(|n| *n = Negotiated::default());
             match ended {
                 Ended::Done => return,
                 Ended::Kicked(reason) => break OutboundError::Policy { reason },

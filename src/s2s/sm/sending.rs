@@ -74,6 +74,38 @@ impl Carry {
         self.unconfirmed = self.unconfirmed.saturating_sub(n);
     }
 
+    /// An empty carry counted in the same gauge.
+    pub fn empty_like(&self) -> Carry {
+        Carry::new(self.gauge.clone())
+    }
+
+    /// Moves the unacknowledged stanzas for which `belongs` holds into `into`, in order,
+    /// with their share of `unconfirmed`: on a link that carried several domain pairs
+    /// (XEP-0220 multiplexing), each pair's session takes back its own when the link ends.
+    /// The counts of the stream (`acked`, `resume`) stay here.
+    pub fn split_off(&mut self, into: &mut Carry, belongs: impl Fn(&Stanza) -> bool) {
+        debug_assert!(
+            into.unacked.is_empty(),
+            "the oldest stanzas are the unconfirmed ones"
+        );
+        let mut kept = VecDeque::with_capacity(self.unacked.len());
+        let (mut kept_unconfirmed, mut moved_unconfirmed) = (0, 0);
+        for (i, stanza) in std::mem::take(&mut self.unacked).into_iter().enumerate() {
+            let unconfirmed = i < self.unconfirmed;
+            if belongs(&stanza) {
+                moved_unconfirmed += usize::from(unconfirmed);
+                self.gauge.dec();
+                into.push(stanza);
+            } else {
+                kept_unconfirmed += usize::from(unconfirmed);
+                kept.push_back(stanza);
+            }
+        }
+        self.unacked = kept;
+        self.unconfirmed = kept_unconfirmed;
+        into.unconfirmed += moved_unconfirmed;
+    }
+
     /// Applies an acknowledgement of `h` stanzas: those are delivered and forgotten.
     pub fn ack(&mut self, h: u32) -> Result<(), String> {
         let n = h.wrapping_sub(self.acked) as usize;

@@ -361,3 +361,37 @@ fn without_resumption_only_what_was_not_acknowledged_is_kept_for_resending() {
     drop(carry);
     assert_eq!(gauge.get(), 0, "the gauge follows the carry");
 }
+
+#[test]
+fn a_shared_link_hands_each_pair_its_own_unacknowledged_stanzas_in_order() {
+    let gauge = prometheus::IntGauge::new("unacked", "test").unwrap();
+    let mut link = Carry::new(gauge.clone());
+    for (i, from) in ["a.test", "c.a.test", "a.test", "c.a.test", "a.test"]
+        .iter()
+        .enumerate()
+    {
+        link.push(stanza(&format!(
+            "<message from='x@{from}' to='b.test' id='m{i}'/>"
+        )));
+    }
+    // The three oldest were written on a link that dropped before a ping confirmed them.
+    link.unconfirmed = 3;
+    let mut guest = link.empty_like();
+    link.split_off(&mut guest, |s| s.from() == Some("x@c.a.test"));
+    let ids = |c: &Carry| -> Vec<String> {
+        c.unacked
+            .iter()
+            .map(|s| s.id().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&link), ["m0", "m2", "m4"]);
+    assert_eq!(ids(&guest), ["m1", "m3"]);
+    assert_eq!(
+        (link.unconfirmed, guest.unconfirmed),
+        (2, 1),
+        "m0 and m2 for the link, m1 for the guest"
+    );
+    assert_eq!(gauge.get(), 5, "moved, not counted twice");
+    drop(guest);
+    assert_eq!(gauge.get(), 3);
+}

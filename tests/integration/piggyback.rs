@@ -1,0 +1,420 @@
+//! Outbound piggybacking (XEP-0220 §2.6.1): one outbound link carries every local domain that
+//! writes to a remote domain, each pair in order; a peer that refuses an extra pair, a full
+//! link or `piggyback = false` gives the pair a link of its own, and nothing is lost.
+
+use std::net::IpAddr;
+
+use crate::certs::CertSpec;
+use crate::harness::*;
+
+const COMP: &str = "comp.a.test";
+const COMP_SECRET: &str = "comp-secret";
+
+/// Outbound links a opened, and inbound streams b authenticated, as their metrics say.
+async fn links(a: &Instance) -> f64 {
+    metric_or_zero(
+        &a.metrics().await,
+        "fedgate_outbound_attempts_total{result=\"established\"}",
+    )
+}
+
+async fn accepted(b: &Instance) -> f64 {
+    metric_or_zero(
+        &b.metrics().await,
+        "fedgate_s2s_sessions{direction=\"inbound\",state=\"established\"}",
+    )
+}
+
+fn piggybacked(m: &str, result: &str) -> f64 {
+    metric_or_zero(
+        m,
+        &format!("fedgate_s2s_piggyback_total{{result=\"{result}\"}}"),
+    )
+}
+
+/// `n` messages from each of `senders` (a backend and its domain) to `to`, interleaved.
+async fn send_interleaved(senders: &mut [(&mut RawStream, &str)], to: &str, n: usize) {
+    for i in 0..n {
+        for (backend, domain) in senders.iter_mut() {
+            backend
+                .send(&format!(
+                    "<message from='x@{domain}' to='{to}' id='{domain}-{i}'><body>{i}</body></message>"
+                ))
+                .await;
+        }
+    }
+}
+
+/// Reads `total` stanzas and checks that each sender's came in order, none missing.
+async fn expect_in_order(receiver: &mut RawStream, domains: &[&str], n: usize) {
+    let mut next = vec![0usize; domains.len()];
+    for _ in 0..n * domains.len() {
+        let s = receiver.next().await;
+        let id = s.id().unwrap_or_default().to_string();
+        let (domain, i) = id.rsplit_once('-').expect("an id of ours");
+        let k = domains.iter().position(|d| *d == domain).expect("a sender");
+        assert_eq!(i, next[k].to_string(), "{domain}'s stanzas in order");
+        next[k] += 1;
+    }
+    assert_eq!(next, vec![n; domains.len()]);
+}
+
+async fn peer_view(instance: &Instance, domain: &str) -> fedgate::peers::PeerView {
+    let body = http_get(
+        instance.gw().metrics_addr.unwrap(),
+        &format!("/peers/{domain}"),
+    )
+    .await;
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or(&body);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test]
+async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .start()
+        .await;
+    dns.add(COMP, a.ip);
+    let b = instance(&dns, "b.test").start().await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    let mut backend_b = b.backend().await;
+
+    // The first pair opens the link.
+    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("first"));
+    // The second rides on it, the two interleaved.
+    send_interleaved(
+        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
+        "bob@b.test",
+        50,
+    )
+    .await;
+    expect_in_order(&mut backend_b, &["a.test", COMP], 50).await;
+
+    assert_eq!(links(&a).await, 1.0, "a opened one link");
+    assert_eq!(accepted(&b).await, 1.0, "b accepted one stream");
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "fedgate_s2s_piggybacked_pairs"), 1.0);
+    assert_eq!(piggybacked(&m, "carried"), 1.0);
+    // b proved comp.a.test on the stream a authenticated by SASL EXTERNAL: the certificate
+    // covers it (XEP-0344 §2.4), a db:result answered at once.
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_s2s_auth_total{direction=\"inbound\",method=\"dialback\",result=\"success\"}"
+        ),
+        1.0
+    );
+
+    // XEP-0288: b answers comp.a.test on the same link, as the reverse of the pair it proved.
+    backend_b
+        .send("<message from='bob@b.test' to='x@comp.a.test' id='back'/>")
+        .await;
+    assert_eq!(comp.next().await.id(), Some("back"));
+    assert_eq!(links(&b).await, 0.0, "b opened no link of its own");
+
+    // `/peers`: one outbound session carrying both pairs.
+    let view = peer_view(&a, "b.test").await;
+    assert_eq!(view.sessions.len(), 1, "{view:?}");
+    let mut pairs: Vec<_> = view.sessions[0]
+        .pairs
+        .iter()
+        .map(|p| (p.local.as_str(), p.auth.as_str()))
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, [("a.test", "external"), (COMP, "dialback")]);
+}
+
+#[tokio::test]
+async fn with_dialback_the_extra_pair_is_verified_with_its_authoritative_server() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .peer("domain = \"b.test\"\nauth = \"dialback\"")
+        .start()
+        .await;
+    dns.add(COMP, a.ip);
+    let b = instance(&dns, "b.test").start().await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    let mut backend_b = b.backend().await;
+    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("first"));
+    send_interleaved(
+        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
+        "bob@b.test",
+        20,
+    )
+    .await;
+    expect_in_order(&mut backend_b, &["a.test", COMP], 20).await;
+    assert_eq!(links(&a).await, 1.0);
+    assert_eq!(
+        metric(&a.metrics().await, "fedgate_s2s_piggybacked_pairs"),
+        1.0
+    );
+}
+
+/// How the fake peer answers the `<db:result>` for a second domain on the first connection.
+#[derive(Clone, Copy)]
+enum Refuse {
+    Invalid,
+    Error,
+    /// Ends the stream (as fedgate itself does on `invalid`).
+    StreamError,
+}
+
+/// A receiving server for fake.test on `ip`:5269 (STARTTLS, dialback only): on its first
+/// connection it takes a.test's key and refuses any other domain's as `refuse` says; on
+/// later connections it takes every key. Reports `(connection, what)` for each dialback
+/// key (`result:<from>`) and message (`message:<id>`) it got.
+async fn refusing_peer(
+    ip: IpAddr,
+    dir: &std::path::Path,
+    refuse: Refuse,
+) -> tokio::sync::mpsc::UnboundedReceiver<(usize, String)> {
+    use fedgate::connection::Connection;
+    use fedgate::xml::framer::{Event, Limits};
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
+    let config = fedgate::config::Config::from_toml(
+        &format!(
+            "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
+            cert.display(),
+            key.display()
+        ),
+        dir,
+    )
+    .unwrap();
+    let tls = std::sync::Arc::new(fedgate::tls::Tls::from_config(&config).unwrap());
+    let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                return;
+            };
+            let (tls, tx) = (tls.clone(), tx.clone());
+            tokio::spawn(async move {
+                let limits = Limits {
+                    max_stanza_bytes: 65536,
+                    max_depth: 16,
+                    max_attributes: 16,
+                };
+                let mut conn = Connection::new(Box::new(tcp), peer, limits, "jabber:server");
+                let header = |id: &str| {
+                    format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}-{n}' version='1.0'>")
+                };
+                fake_peer_starttls(&mut conn, &tls, header).await;
+                conn.send(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+                conn.flush().await.unwrap();
+                while let Ok(Event::Stanza(s)) = conn.next_event().await {
+                    let from = s.from().unwrap_or_default().to_string();
+                    match s.name() {
+                        "result" => {
+                            let _ = tx.send((n, format!("result:{from}")));
+                            if n > 1 || from == "a.test" {
+                                conn.send(
+                                    format!(
+                                        "<db:result from='fake.test' to='{from}' type='valid'/>"
+                                    )
+                                    .as_bytes(),
+                                );
+                            } else {
+                                match refuse {
+                                    Refuse::Invalid => conn.send(format!("<db:result from='fake.test' to='{from}' type='invalid'/>").as_bytes()),
+                                    Refuse::Error => conn.send(format!("<db:result from='fake.test' to='{from}' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>").as_bytes()),
+                                    Refuse::StreamError => {
+                                        conn.send(b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>");
+                                        let _ = conn.flush().await;
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        "message" => {
+                            let _ = tx.send((n, format!("message:{}", s.id().unwrap_or_default())));
+                        }
+                        _ => {}
+                    }
+                    if conn.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// What the fake peer reported, until `done` says it has all it needs.
+async fn seen_until(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    done: impl Fn(&[(usize, String)]) -> bool,
+) -> Vec<(usize, String)> {
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !done(&all) {
+            all.push(seen.recv().await.expect("the fake peer reports"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the fake peer saw only {all:?}"));
+    all
+}
+
+async fn a_refused_pair_falls_back_to_a_link_of_its_own(refuse: Refuse) {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let mut seen = refusing_peer(ip, dir.path(), refuse).await;
+    dns.add("fake.test", ip);
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    core.send("<message from='x@a.test' to='bob@fake.test' id='first'/>")
+        .await;
+    seen_until(&mut seen, |s| s.iter().any(|(_, w)| w == "message:first")).await;
+    for i in 0..10 {
+        comp.send(&format!(
+            "<message from='x@{COMP}' to='bob@fake.test' id='c{i}'/>"
+        ))
+        .await;
+    }
+    let seen = seen_until(&mut seen, |s| {
+        s.iter().filter(|(_, w)| w.starts_with("message:c")).count() >= 10
+    })
+    .await;
+    // Asked on the first connection, refused, then a connection of its own.
+    let asked: Vec<_> = seen
+        .iter()
+        .filter(|(_, w)| *w == format!("result:{COMP}"))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(asked.first(), Some(&1), "{seen:?}");
+    assert_eq!(asked.len(), 2, "asked once more, on its own link: {seen:?}");
+    let own = asked[1];
+    // Every one of comp's stanzas once, in order, all on its own link.
+    let comp_ids: Vec<_> = seen
+        .iter()
+        .filter(|(_, w)| w.starts_with("message:c"))
+        .map(|(n, w)| (*n, w.clone()))
+        .collect();
+    let expected: Vec<_> = (0..10).map(|i| (own, format!("message:c{i}"))).collect();
+    assert_eq!(comp_ids, expected, "{seen:?}");
+    let m = a.metrics().await;
+    let result = match refuse {
+        Refuse::Invalid => "invalid",
+        Refuse::Error => "error",
+        Refuse::StreamError => "lost",
+    };
+    assert_eq!(piggybacked(&m, result), 1.0, "{m}");
+    assert_eq!(piggybacked(&m, "carried"), 0.0);
+    assert_eq!(metric(&m, "fedgate_s2s_piggybacked_pairs"), 0.0);
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "fedgate_bounces_total{condition=\"remote-server-timeout\",cause=\"auth\"}"
+        ),
+        0.0
+    );
+    // The first pair goes on (on its link, or after a stream error a new one).
+    core.send("<message from='x@a.test' to='bob@fake.test' id='again'/>")
+        .await;
+    drop(comp);
+}
+
+#[tokio::test]
+async fn a_pair_the_peer_answers_invalid_gets_a_link_of_its_own_and_loses_nothing() {
+    a_refused_pair_falls_back_to_a_link_of_its_own(Refuse::Invalid).await;
+}
+
+#[tokio::test]
+async fn a_pair_the_peer_answers_with_a_dialback_error_gets_a_link_of_its_own() {
+    a_refused_pair_falls_back_to_a_link_of_its_own(Refuse::Error).await;
+}
+
+#[tokio::test]
+async fn a_pair_whose_request_ends_the_stream_gets_a_link_of_its_own() {
+    a_refused_pair_falls_back_to_a_link_of_its_own(Refuse::StreamError).await;
+}
+
+#[tokio::test]
+async fn past_the_pair_limit_a_pair_gets_a_link_of_its_own() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .backend("x.a.test", "x-secret")
+        .s2s("max_outbound_pairs_per_stream = 2")
+        .start()
+        .await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    let mut x = a.backend_for("x.a.test", "x-secret").await;
+    let mut backend_b = b.backend().await;
+    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("first"));
+    comp.send("<message from='x@comp.a.test' to='bob@b.test' id='second'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("second"));
+    send_interleaved(
+        &mut [
+            (&mut core, "a.test"),
+            (&mut comp, COMP),
+            (&mut x, "x.a.test"),
+        ],
+        "bob@b.test",
+        20,
+    )
+    .await;
+    expect_in_order(&mut backend_b, &["a.test", COMP, "x.a.test"], 20).await;
+    let m = a.metrics().await;
+    assert_eq!(piggybacked(&m, "carried"), 1.0);
+    assert_eq!(piggybacked(&m, "full"), 1.0);
+    assert_eq!(
+        links(&a).await,
+        2.0,
+        "the third pair opened a link of its own"
+    );
+    assert_eq!(accepted(&b).await, 2.0);
+}
+
+#[tokio::test]
+async fn with_piggyback_off_for_the_peer_each_pair_has_its_own_link() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .peer("domain = \"b.test\"\npiggyback = false")
+        .start()
+        .await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    let mut backend_b = b.backend().await;
+    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+        .await;
+    assert_eq!(backend_b.next().await.id(), Some("first"));
+    send_interleaved(
+        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
+        "bob@b.test",
+        10,
+    )
+    .await;
+    expect_in_order(&mut backend_b, &["a.test", COMP], 10).await;
+    let m = a.metrics().await;
+    assert_eq!(links(&a).await, 2.0);
+    assert_eq!(accepted(&b).await, 2.0);
+    for result in ["carried", "full", "invalid", "error"] {
+        assert_eq!(piggybacked(&m, result), 0.0, "{result}");
+    }
+}
