@@ -299,18 +299,19 @@ impl Guests {
         if self.list.is_empty() {
             return host.poll_recv(cx).map(|q| Input::Stanza(Slot::Host, q));
         }
-        let carried: Vec<usize> = self
-            .list
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.state == GuestState::Carried)
-            .map(|(i, _)| i)
-            .collect();
-        let n = carried.len() + 1;
+        // Polled on every wake-up of the link: the carried guests are counted and found
+        // again rather than collected, so that polling allocates nothing.
+        fn carried(list: &[Guest]) -> impl Iterator<Item = usize> + '_ {
+            list.iter()
+                .enumerate()
+                .filter(|(_, g)| g.state == GuestState::Carried)
+                .map(|(i, _)| i)
+        }
+        let n = carried(&self.list).count() + 1;
         for k in 0..n {
             let slot = match (self.turn + k) % n {
                 0 => Slot::Host,
-                j => Slot::Guest(carried[j - 1]),
+                j => Slot::Guest(carried(&self.list).nth(j - 1).expect("counted above")),
             };
             if let Poll::Ready(next) = self.queue(slot, host).poll_recv(cx) {
                 return Poll::Ready(Input::Stanza(slot, next));
