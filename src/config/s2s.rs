@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::xml::framer::Limits;
+
 use super::duration;
 
 /// `[s2s]`: inbound and outbound server-to-server streams.
@@ -188,6 +190,27 @@ pub struct S2sConfig {
     pub dialback_secret_file: PathBuf,
     /// `[[s2s.route]]`: static routes that override DNS for a remote domain. Default none.
     pub route: Vec<RouteConfig>,
+}
+
+/// The framer limits that follow from the section.
+impl S2sConfig {
+    /// Limits before authentication: small, since anyone can connect.
+    pub fn negotiation_limits(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self.max_negotiation_stanza_bytes,
+            max_depth: self.max_depth,
+            max_attributes: self.max_attributes,
+        }
+    }
+
+    /// Limits once the peer is authenticated.
+    pub fn stanza_limits(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+            max_attributes: self.max_attributes,
+        }
+    }
 }
 
 impl Default for S2sConfig {
