@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["src/config.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs", "src/upload/config.rs", "src/services.rs"]
+SOURCES = ["src/config/mod.rs", "src/config/s2s.rs", "src/config/dns.rs", "src/config/federation.rs", "src/config/tls.rs", "src/config/component.rs", "src/config/metrics.rs", "src/core/config.rs", "src/logging.rs", "src/muc/config.rs", "src/upload/config.rs", "src/services.rs"]
 # (heading, the struct, whether it is a list of tables)
 SECTIONS = [
     ("s2s", "S2sConfig", False),

@@ -39,6 +39,10 @@
 //! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
 //!   `/metrics`, `/healthz`, `/readyz`, `/peers` and `/reload` endpoint.
 
+// The library has no unsafe code; the one unsafe block is in the binary (main.rs: the
+// jemalloc configuration static the allocator reads by symbol name).
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod component;
 pub mod config;

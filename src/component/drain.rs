@@ -28,7 +28,7 @@
 //! any shutdown).
 
 /// The namespace of the notice and the answer, and of the declaration on the header.
-pub const NS: &str = "urn:fedgate:drain:0";
+pub const NS: &str = crate::xml::ns::DRAIN;
 
 /// Gateway → backend: this gateway is draining; send new stanzas elsewhere.
 pub const NOTICE: &[u8] = b"<drain xmlns='urn:fedgate:drain:0'/>";

@@ -45,14 +45,8 @@ use crate::xml::ns;
 use crate::xml::stanza::{Kind, NsContext, Stanza};
 use crate::xml::stream::OpenStream;
 
-/// The handshake secret of the in-process links of the services the gateway runs itself
-/// (`[muc]`, `[upload]`): made once per process, never written anywhere, so that only this
-/// process can attach as their domains (the gateway puts it in its backend secrets, and a
-/// reload keeps it).
-pub fn in_process_secret() -> &'static str {
-    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SECRET.get_or_init(|| format!("{:032x}", rand::random::<u128>()))
-}
+/// Lives with the backends' secrets in the configuration, which puts it among them.
+pub use crate::config::in_process_secret;
 
 /// Largest batch written to a backend before a flush.
 const BATCH_BYTES: usize = 256 * 1024;

@@ -8,6 +8,7 @@
 //! - [`http`]: the `/metrics`, `/healthz` and `/readyz` endpoint.
 
 pub mod http;
+mod labels;
 pub mod peers;
 
 use std::sync::Arc;
@@ -18,27 +19,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+pub use labels::Direction;
 pub use peers::{PeerEntry, PeerSession, Peers};
 
 use crate::xml::stanza::Kind;
-
-/// Which way a stanza or session goes, seen from fedgate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From a remote server into fedgate.
-    Inbound,
-    /// From fedgate to a remote server.
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
 
 /// Latency buckets (seconds) for network steps: DNS, TCP, TLS, authentication.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::Direction;
+use super::labels::Direction;
 
 /// The label of every peer without one of its own.
 pub const OTHER: &str = "other";

@@ -47,7 +47,7 @@ use dashmap::DashMap;
 use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::S2sSettings;
+use crate::config::S2sConfig;
 use crate::metrics::Metrics;
 use crate::xml::element::Element;
 use crate::xml::ns;
@@ -117,7 +117,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(settings: &S2sSettings, metrics: &Metrics) -> Limits {
+    pub fn new(settings: &S2sConfig, metrics: &Metrics) -> Limits {
         Limits {
             connections: Counts::new(settings.max_connections_per_ip),
             streams: Counts::new(settings.max_streams_per_domain),

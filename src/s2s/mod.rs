@@ -46,52 +46,15 @@ use crate::policy::SecurityPolicy;
 use crate::router::Router;
 use crate::tls::Tls;
 use crate::xml::error::StreamErrorCondition;
-use crate::xml::framer::Limits;
-
-/// Timeouts and limits of s2s sessions: the `[s2s]` section as configured (each field, with
-/// its default and unit, is documented on [`S2sConfig`]), and the framer limits that follow
-/// from it.
-#[derive(Debug, Clone)]
-pub struct S2sSettings(S2sConfig);
-
-impl std::ops::Deref for S2sSettings {
-    type Target = S2sConfig;
-
-    fn deref(&self) -> &S2sConfig {
-        &self.0
-    }
-}
-
-impl S2sSettings {
-    pub fn from_config(config: &Config) -> S2sSettings {
-        S2sSettings(config.s2s.clone())
-    }
-
-    /// Limits before authentication: small, since anyone can connect.
-    pub fn negotiation_limits(&self) -> Limits {
-        Limits {
-            max_stanza_bytes: self.max_negotiation_stanza_bytes,
-            max_depth: self.max_depth,
-            max_attributes: self.max_attributes,
-        }
-    }
-
-    /// Limits once the peer is authenticated.
-    pub fn stanza_limits(&self) -> Limits {
-        Limits {
-            max_stanza_bytes: self.max_stanza_bytes,
-            max_depth: self.max_depth,
-            max_attributes: self.max_attributes,
-        }
-    }
-}
 
 /// What every s2s session needs, shared.
 pub struct S2sContext {
     pub router: Arc<Router>,
     pub resolver: Resolver,
     pub secret: Arc<DialbackSecret>,
-    pub settings: S2sSettings,
+    /// The `[s2s]` section as configured (each field, with its default and unit, is
+    /// documented on [`S2sConfig`]).
+    pub settings: S2sConfig,
     /// Certificates and handshakes.
     pub tls: Arc<Tls>,
     /// How each peer must secure and authenticate its streams.
@@ -149,7 +112,7 @@ impl S2sContext {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> S2sContext {
-        let settings = S2sSettings::from_config(config);
+        let settings = config.s2s.clone();
         let limits = limits::Limits::new(&settings, &router.metrics);
         S2sContext {
             router,

@@ -34,11 +34,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, ServerConfig};
 
+use super::error::TlsError;
 use super::names::{ascii_domain, PresentedNames, ReferenceId};
 use super::verifiers::{AnyClientCert, AnyServerCert};
 use super::verify::{self, PeerRole};
-use super::{TlsError, ALPN_XMPP_SERVER};
 use crate::config::{CertificateConfig, TlsConfig};
+
+/// The ALPN protocol name for direct TLS s2s (XEP-0368).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 
 /// How long a created self-signed certificate is valid. Long, because nobody renews it and
 /// peers that accept self-signed certificates (dialback over TLS) do not need it short;

@@ -22,6 +22,7 @@
 
 mod binding;
 mod certs;
+mod error;
 mod names;
 #[cfg(test)]
 pub(crate) mod testca;
@@ -30,6 +31,8 @@ mod verify;
 
 pub use binding::{ChannelBindingType, ChannelBindings};
 pub(crate) use certs::provider;
+pub use certs::ALPN_XMPP_SERVER;
+pub use error::TlsError;
 /// For `fedgate check remote`, which shows a peer's certificate the way the checks see it.
 pub(crate) use names::{PresentedNames, ReferenceId};
 pub(crate) use verify::spki_sha256;
@@ -44,26 +47,6 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::config::Config;
 use crate::connection::BoxTransport;
-
-/// The ALPN protocol name for direct TLS s2s (XEP-0368).
-pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
-
-/// Why TLS could not be set up or a handshake failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A certificate, key or CA file could not be used. Fatal at start; on reload the old
-    /// configuration stays.
-    #[error("{path}: {problem}")]
-    File { path: String, problem: String },
-    /// No certificate is configured for the name the peer asked for. Fatal for the stream.
-    #[error("no certificate for {0}")]
-    NoCertificate(String),
-    /// The handshake failed (protocol error, I/O error, timeout of the peer). Fatal for the
-    /// stream.
-    #[error("TLS handshake failed: {0}")]
-    Handshake(#[from] std::io::Error),
-}
 
 /// What a TLS session negotiated, for policy, logs, metrics and diagnostics.
 #[derive(Debug, Clone)]

@@ -8,8 +8,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use super::error::XmlError;
-use super::ns;
-use super::stanza::NsContext;
+use super::ns::{self, NsContext};
 
 /// An element with resolved namespaces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -277,7 +276,7 @@ impl Element {
     }
 
     fn write(&self, out: &mut Vec<u8>, parent_ns: &str) {
-        use super::{escape_attr, escape_text};
+        use super::escape::{escape_attr, escape_text};
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
         if self.ns != parent_ns {

@@ -11,7 +11,8 @@
 
 use std::fmt;
 
-use super::{escape_text, ns};
+use super::escape::escape_text;
+use super::ns;
 
 /// A defined stream error condition (RFC 6120 §4.9.3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,8 @@
 //! The stream element: what a peer's opening tag said, and how fedgate opens
 //! and closes its own (RFC 6120 §4.2, §4.4, §4.7).
 
-use super::{escape_attr, ns};
+use super::escape::escape_attr;
+use super::ns::{self, NsContext, NsUri};
 
 /// The attributes of a received `<stream:stream>` opening tag (RFC 6120 §4.7),
 /// attribute values unescaped.
@@ -54,6 +55,22 @@ impl StreamHeader {
     }
 }
 
+/// Here rather than in [`ns`](super::ns), which the header's writer imports: the namespace
+/// module stays the floor of the XML layer.
+impl NsContext {
+    /// The context a received stream header establishes.
+    pub fn from_header(h: &StreamHeader) -> Self {
+        NsContext {
+            content: NsUri::new(h.default_ns.as_deref().unwrap_or("")),
+            prefixes: h
+                .prefixes
+                .iter()
+                .map(|(p, uri)| (Box::from(p.as_str()), NsUri::new(uri)))
+                .collect(),
+        }
+    }
+}
+
 /// fedgate's own opening stream tag.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenStream<'a> {
@@ -86,7 +103,7 @@ impl OpenStream<'_> {
         }
         if self.drain {
             out.extend_from_slice(b" xmlns:drain='");
-            out.extend_from_slice(crate::component::drain::NS.as_bytes());
+            out.extend_from_slice(ns::DRAIN.as_bytes());
             out.push(b'\'');
         }
         for (name, value) in [("from", self.from), ("to", self.to), ("id", self.id)] {

@@ -4,6 +4,7 @@
 mod certs;
 mod dns_server;
 mod harness;
+mod layering;
 mod postgres;
 mod proxy;
 mod xml_tree;
