@@ -280,6 +280,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router: router.clone(),
         secrets: arc_swap::ArcSwap::from_pointee(secrets.clone()),
         replace_on_conflict: config.component.replace_on_conflict,
+        acknowledgements: config.component.acknowledgements,
         negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
         negotiation_timeout: settings.negotiation_timeout,
