@@ -323,6 +323,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
                 gateways: vec![component::client::Target::Local(component_link.clone())],
                 secrets,
                 neighbours,
+                acks: Default::default(),
             };
             Some(crate::core::start(core_config, tls.clone(), link, &metrics.registry).await?)
         }
@@ -334,7 +335,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             let storage = core.as_ref().map(|c| c.core.storage.clone());
             let secret = crate::muc::in_process_secret();
             let figures = Some(metrics.muc.clone());
-            Some(crate::muc::start(m, vec![link], secret, storage, figures).await?)
+            Some(
+                crate::muc::start(m, vec![link], Default::default(), secret, storage, figures)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -344,6 +348,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             upload_addr = listener.local_addr().ok();
             let at = crate::upload::Attachment {
                 gateways: vec![component::client::Target::Local(component_link.clone())],
+                acks: Default::default(),
                 secret: component::in_process_secret().to_owned(),
                 own_domains: config
                     .component

@@ -140,7 +140,33 @@ pub struct ClientConfig {
     pub max_unacked: usize,
 }
 
+/// The acknowledgement settings of a [`ClientConfig`] (module docs, step 4), as a
+/// standalone process's `[gateway]` sets them.
+#[derive(Clone, Copy, Debug)]
+pub struct AckSettings {
+    /// [`ClientConfig::acknowledgements`].
+    pub enabled: bool,
+    /// [`ClientConfig::max_unacked`].
+    pub max_unacked: usize,
+}
+
+impl Default for AckSettings {
+    fn default() -> Self {
+        AckSettings {
+            enabled: true,
+            max_unacked: 4096,
+        }
+    }
+}
+
 impl ClientConfig {
+    /// These acknowledgement settings instead of the defaults.
+    pub fn with_acks(mut self, acks: AckSettings) -> ClientConfig {
+        self.acknowledgements = acks.enabled;
+        self.max_unacked = acks.max_unacked;
+        self
+    }
+
     /// A component attached to one gateway, with the defaults.
     pub fn new(domain: &str, secret: &str, target: Target) -> ClientConfig {
         Self::with_gateways(domain, secret, vec![target])
@@ -160,8 +186,8 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             queue_len: 1024,
-            acknowledgements: true,
-            max_unacked: 4096,
+            acknowledgements: AckSettings::default().enabled,
+            max_unacked: AckSettings::default().max_unacked,
         }
     }
 }
