@@ -310,6 +310,10 @@ struct AckControl {
 /// reading is then bounced as `stalled`, as any other).
 const MAX_UNACKED_OUT: usize = 4096;
 
+/// How soon the writer asks again (`<r/>`) when an acknowledgement left stanzas
+/// unacknowledged and no new batch asked.
+const ASK_AGAIN: Duration = Duration::from_millis(50);
+
 /// Step 5: the reader runs here, the writer in its own task, so that a backend sending to
 /// itself can never deadlock its own session.
 async fn established(
@@ -540,6 +544,9 @@ struct Acks {
     written: u32,
     /// An `<r/>` is in flight.
     requested: bool,
+    /// When to ask again, after an answer that left some unacknowledged (the backend had
+    /// not passed them on yet) and no new batch asked since.
+    ask_at: Option<tokio::time::Instant>,
 }
 
 impl Acks {
@@ -555,6 +562,7 @@ impl Acks {
             acked: 0,
             written: 0,
             requested: false,
+            ask_at: None,
         }
     }
 
@@ -617,6 +625,7 @@ async fn write_loop(
         };
     let end = loop {
         let ack_at = acks.as_ref().and_then(|a| a.ack_at);
+        let ask_at = acks.as_ref().and_then(|a| a.ask_at);
         let room = acks
             .as_ref()
             .map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT);
@@ -673,6 +682,20 @@ async fn write_loop(
                     a.requested = false;
                     metrics.acked_out.inc_by(n as u64);
                     metrics.unacked_out.sub(n as i64);
+                    // Some were still on their way to the component: ask again soon, so
+                    // that what it has is not routed again if the link drops meanwhile.
+                    a.ask_at = (!a.unacked.is_empty())
+                        .then(|| tokio::time::Instant::now() + ASK_AGAIN);
+                }
+            }
+            _ = sleep_until(ask_at) => {
+                if let Some(a) = acks.as_mut() {
+                    a.ask_at = None;
+                    if !a.requested && !a.unacked.is_empty() {
+                        writer.send(crate::s2s::sm::REQUEST);
+                        a.requested = true;
+                        flush = true;
+                    }
                 }
             }
             next = rx.recv(), if room => {
@@ -692,6 +715,7 @@ async fn write_loop(
                     if !a.requested && !a.unacked.is_empty() {
                         writer.send(crate::s2s::sm::REQUEST);
                         a.requested = true;
+                        a.ask_at = None;
                     }
                 }
                 flush = true;

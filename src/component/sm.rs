@@ -16,9 +16,10 @@
 //!    and waits for `<enabled xmlns='urn:xmpp:sm:3'/>` before it writes any stanza. From
 //!    there on both sides count the `<message/>`, `<presence/>` and `<iq/>` they receive,
 //!    modulo 2^32, as in XEP-0198 §4; `<r/>` asks for the count and `<a h='…'/>` reports it,
-//!    either way. A `<enable/>` the gateway did not offer, or a second one, gets
-//!    `<failed xmlns='urn:xmpp:sm:3'><unexpected-request/></failed>`. There is no
-//!    resumption: a new session starts from 0.
+//!    either way. An `<enable/>` the gateway did not offer is refused like any other
+//!    non-stanza (`<unsupported-stanza-type/>`, as for a plain backend), and so is a second
+//!    one; an `h` above what was sent ends the stream with `<undefined-condition/>`
+//!    (XEP-0198 §4). There is no resumption: a new session starts from 0.
 //!
 //! What a count means (the reason for all this):
 //! - **Gateway → backend, `h` of the backend's stanzas**: a stanza counts only once it has
@@ -36,7 +37,8 @@
 //!   [`Stats`](super::client::Stats)).
 //! - **Backend → gateway, `h` of the gateway's stanzas**: what the library has passed on to
 //!   the component. The gateway keeps what it wrote to an acknowledging backend until the
-//!   backend acknowledges it (asking with `<r/>` after a batch); when that link drops, what
+//!   backend acknowledges it (asking with `<r/>` after a batch, and again shortly after an
+//!   answer that left some unacknowledged); when that link drops, what
 //!   was not acknowledged is routed again: to the backend's newer session (a replacement,
 //!   e.g. a standby core), or bounced to its sender with `service-unavailable`, instead of
 //!   vanishing with the socket buffer (`fedgate_component_unacked_returned_total`).

@@ -217,6 +217,10 @@ async fn what_a_backend_did_not_acknowledge_before_its_link_dropped_is_routed_ag
         ("r", sm::NS),
         "the gateway asks after a batch"
     );
+    // Not passed on yet: the gateway asks again shortly, without a new batch.
+    acking.send(&format!("<a xmlns='{}' h='0'/>", sm::NS)).await;
+    let r = acking.next().await;
+    assert_eq!((r.name(), r.ns()), ("r", sm::NS), "asked again");
     acking.send(&format!("<a xmlns='{}' h='1'/>", sm::NS)).await;
     // Answered <r/> of ours: the gateway's count of what we sent (nothing).
     acking.send(&format!("<r xmlns='{}'/>", sm::NS)).await;
