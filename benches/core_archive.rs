@@ -451,6 +451,7 @@ mod c2s {
                 gateways: vec![Target::Tcp("127.0.0.1:9".parse().unwrap())],
                 secrets: HashMap::from([(DOMAIN.to_string(), "s".to_string())]),
                 neighbours: Vec::new(),
+                acks: Default::default(),
             };
             let registry = prometheus::Registry::new();
             let core = fedgate::core::start(&config, tls, link, &registry)

@@ -1,5 +1,6 @@
 //! Crash: what a gateway killed with SIGKILL loses of the stanzas a backend gave it (issue 18,
-//! item 5, measured before the component link has acknowledgements).
+//! item 5), with a raw XEP-0114 backend (no acknowledgements) and with fedgate's component
+//! library attached to two gateways with acknowledgements.
 //!
 //! a.test (127.88.5.1) and b.test (127.88.5.2) are the real `fedgate` binary as child
 //! processes, with static routes to each other. A raw XEP-0114 backend on a.test sends
@@ -12,6 +13,13 @@
 //!   acknowledgement, so this is all a component learns);
 //! - delivered: what reached backend B;
 //! - lost: written and never delivered, nor bounced (a dead gateway bounces nothing).
+//!
+//! `CRASH_MODE` says which backend: `raw` (the above), `library`, or `both` (default).
+//! `library`: a second gateway for a.test (127.88.5.3) next to the first; a.test's backend is
+//! the component library (`fedgate::component::client`) attached to both, with
+//! acknowledgements; the gateway the library sends b.test's traffic through is the one killed.
+//! Then "written" is what the library took, and it prints the duplicates (delivered more than
+//! once: resent after the kill) and what the library resent. Lost must be 0.
 //!
 //! Run: `cargo bench --bench crash`.
 
@@ -30,6 +38,8 @@ const A_IP: &str = "127.88.5.1";
 const B_IP: &str = "127.88.5.2";
 const A_COMPONENT: &str = "127.88.5.1:5347";
 const B_COMPONENT: &str = "127.88.5.2:5347";
+const A2_IP: &str = "127.88.5.3";
+const A2_COMPONENT: &str = "127.88.5.3:5347";
 const PACE: Duration = Duration::from_millis(1);
 
 fn main() {
@@ -42,10 +52,144 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mode = std::env::var("CRASH_MODE").unwrap_or_else(|_| "both".into());
+    let (raw, library) = match mode.as_str() {
+        "raw" => (true, false),
+        "library" => (false, true),
+        "both" => (true, true),
+        other => panic!("CRASH_MODE={other}: use raw, library or both"),
+    };
     println!("crash: {n} messages at {rate}/s, a.test killed (SIGKILL) after {at} were written");
-    for run in 1..=runs {
-        runtime.block_on(one_run(run, n, rate, at, drain));
+    if raw {
+        println!("raw XEP-0114 backend, one gateway for a.test:");
+        for run in 1..=runs {
+            runtime.block_on(one_run(run, n, rate, at, drain));
+        }
     }
+    if library {
+        println!("component library with acknowledgements, two gateways for a.test:");
+        for run in 1..=runs {
+            runtime.block_on(library_run(run, n, rate, at, drain));
+        }
+    }
+}
+
+/// `CRASH_MODE=library`: see the module docs.
+async fn library_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
+    use fedgate::component::client::{choose_gateway, ClientConfig, Component, Target};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let targets = vec![
+        Target::Tcp(A_COMPONENT.parse().unwrap()),
+        Target::Tcp(A2_COMPONENT.parse().unwrap()),
+    ];
+    let labels: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    let via = choose_gateway("b.test", &labels, &[true, true]).unwrap();
+    let (via_ip, other_ip) = if via == 0 {
+        (A_IP, A2_IP)
+    } else {
+        (A2_IP, A_IP)
+    };
+    let secret = "crash-bench-dialback-secret";
+    let mut configs = Vec::new();
+    for (name, ip, component) in [("a1", A_IP, A_COMPONENT), ("a2", A2_IP, A2_COMPONENT)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        configs.push(support::write_config(
+            &d,
+            &support::config_text("a.test", ip, component, &[("b.test", B_IP)]),
+            secret,
+        ));
+    }
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    // b.test's dialback checks go to the instance that stays.
+    let b_config = support::write_config(
+        &b_dir,
+        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", other_ip)]),
+        secret,
+    );
+    let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
+    let mut a: Vec<ChildGateway> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ChildGateway::start(&format!("a.test#{i}"), c, "CRASH_ENV"))
+        .collect();
+
+    let delivered = Arc::new(Mutex::new((HashSet::new(), 0u64)));
+    let (mut reader_b, _wr_b) =
+        attach_backend(B_COMPONENT.parse().unwrap(), "b.test", "secret").await;
+    let seen = delivered.clone();
+    let receiver = tokio::spawn(async move {
+        while let Some(s) = reader_b.next_stanza().await {
+            if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
+                let mut seen = seen.lock().unwrap();
+                seen.1 += 1;
+                seen.0.insert(seq);
+            }
+        }
+    });
+    let component = Component::start(ClientConfig::with_gateways("a.test", "secret", targets));
+    let (sender, mut events, stopper) = component.into_parts();
+    let mut up = 0;
+    while up < 2 {
+        match tokio::time::timeout(support::STALL, events.recv()).await {
+            Ok(Some(fedgate::component::client::Event::Online { .. })) => up += 1,
+            Ok(Some(_)) => {}
+            other => panic!("the library did not come online: {other:?}"),
+        }
+    }
+    // Nothing comes back, but the events must be taken.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+    let per_tick = (rate / 1000).max(1);
+    let mut written = 0u64;
+    let mut tick = tokio::time::interval(PACE);
+    let mut killed = false;
+    while written < n {
+        tick.tick().await;
+        let upto = (written + per_tick).min(n);
+        for seq in written..upto {
+            sender
+                .send_raw(format!(
+                    "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
+                     id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
+                ))
+                .await
+                .expect("the library runs");
+        }
+        written = upto;
+        if !killed && written >= at {
+            let child = &mut a[via].child;
+            // SAFETY: kill sends a signal to our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            killed = true;
+        }
+    }
+    // Until everything arrived, or the drain time passed after the last was sent.
+    let until = Instant::now() + drain;
+    while Instant::now() < until && delivered.lock().unwrap().0.len() < n as usize {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    receiver.abort();
+    let (unique, total) = {
+        let d = delivered.lock().unwrap();
+        (d.0.len() as u64, d.1)
+    };
+    let stats = sender.stats();
+    let lost = written.saturating_sub(unique);
+    println!(
+        "run {run}: written {written} (the gateway {via_ip} killed after {at}), delivered {unique}, lost {lost}, duplicates {}; the library resent {}, {} acknowledged, {} unacknowledged",
+        total - unique,
+        stats.resent(),
+        stats.acked(),
+        stats.unacked(),
+    );
+    stopper.stop().await;
+    drop(a);
+    drop(b);
 }
 
 async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {

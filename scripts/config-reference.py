@@ -54,6 +54,8 @@ DERIVED = {
     "core.direct_tls_listen": "the hosts of `listen`, port 5223",
     # `[gateway]` is in the standalone core's file only (config/core.toml).
     "gateway.address": '`"127.0.0.1:5347"`',
+    "gateway.acknowledgements": "`true`",
+    "gateway.max_unacked": "`4096`",
     "muc.domain": "required",
     "upload.domain": "required",
     "upload.url": "https:// + `domain` + the port of `listen`",

@@ -281,6 +281,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         router: router.clone(),
         secrets: arc_swap::ArcSwap::from_pointee(secrets.clone()),
         replace_on_conflict: config.component.replace_on_conflict,
+        acknowledgements: config.component.acknowledgements,
         negotiation_limits: settings.negotiation_limits(),
         stanza_limits,
         negotiation_timeout: settings.negotiation_timeout,
@@ -323,6 +324,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
                 gateways: vec![component::client::Target::Local(component_link.clone())],
                 secrets,
                 neighbours,
+                acks: Default::default(),
             };
             Some(crate::core::start(core_config, tls.clone(), link, &metrics.registry).await?)
         }
@@ -334,7 +336,10 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             let storage = core.as_ref().map(|c| c.core.storage.clone());
             let secret = crate::muc::in_process_secret();
             let figures = Some(metrics.muc.clone());
-            Some(crate::muc::start(m, vec![link], secret, storage, figures).await?)
+            Some(
+                crate::muc::start(m, vec![link], Default::default(), secret, storage, figures)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -344,6 +349,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
             upload_addr = listener.local_addr().ok();
             let at = crate::upload::Attachment {
                 gateways: vec![component::client::Target::Local(component_link.clone())],
+                acks: Default::default(),
                 secret: component::in_process_secret().to_owned(),
                 own_domains: config
                     .component

@@ -34,6 +34,8 @@
 //! - [`config`]: the TOML configuration.
 //! - [`logging`]: `[log]`: text or JSON lines on stderr, colours only on a terminal.
 //! - [`notify`]: the systemd readiness protocol (`Type=notify`).
+//! - [`ack`]: delivery tickets: when a stanza from an acknowledging backend has left the
+//!   gateway for good (XEP-0198 on the component stream).
 //! - [`xml`]: the XML stream layer: framer, stanzas, stream headers, errors (no I/O).
 //! - [`jid`]: RFC 7622 addresses.
 //! - [`metrics`]: Prometheus metrics, per-peer figures under a bounded `peer` label, and the
@@ -43,6 +45,7 @@
 // jemalloc configuration static the allocator reads by symbol name).
 #![forbid(unsafe_code)]
 
+pub mod ack;
 pub mod cli;
 pub mod component;
 pub mod config;

@@ -621,6 +621,7 @@ fn run_core(file: &std::path::Path) -> ExitCode {
                     .map(|d| (d.to_owned(), secret.clone()))
                     .collect(),
                 neighbours: Vec::new(),
+                acks: fedgate::component::client::AckSettings::from_gateway(&config.gateway),
             };
             let registry = prometheus::Registry::new();
             let status = Arc::new(fedgate::core::gateway_links::CoreStatus::default());

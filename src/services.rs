@@ -191,7 +191,17 @@ pub async fn start(file: &ServicesFile) -> Result<RunningServices, ServicesError
         None => None,
     };
     let muc = match &file.muc {
-        Some(m) => Some(crate::muc::start(m, gateways.clone(), &secret, storage, None).await?),
+        Some(m) => Some(
+            crate::muc::start(
+                m,
+                gateways.clone(),
+                crate::component::client::AckSettings::from_gateway(&file.gateway),
+                &secret,
+                storage,
+                None,
+            )
+            .await?,
+        ),
         None => None,
     };
     let mut upload_addr = None;
@@ -206,6 +216,7 @@ pub async fn start(file: &ServicesFile) -> Result<RunningServices, ServicesError
             upload_addr = listener.local_addr().ok();
             let at = crate::upload::Attachment {
                 gateways,
+                acks: crate::component::client::AckSettings::from_gateway(&file.gateway),
                 secret,
                 own_domains: Vec::new(),
                 tls: tls.clone(),

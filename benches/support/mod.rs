@@ -404,6 +404,7 @@ pub async fn header_and_features(conn: &mut Connection, from: &str, to: &str) ->
         version: true,
         dialback: true,
         drain: false,
+        sm: false,
     });
     conn.flush().await.expect("write");
     let id = match conn.next_event().await.expect("header") {

@@ -12,9 +12,19 @@
 //!    ([`ClientConfig::backoff_initial`] doubling up to [`ClientConfig::backoff_max`]).
 //! 3. [`Sender`] writes stanzas, as raw bytes ([`Sender::send_raw`]) or as an [`Element`]
 //!    ([`Sender::send`]). Stanzas sent while the link is down wait in a bounded queue and go
-//!    out once it is back; a stanza the gateway had not read when a link dropped is lost (XEP-0114
-//!    has no acknowledgements), so a component that cannot lose anything answers iqs and lets
-//!    its peers retry.
+//!    out once it is back.
+//! 4. With a fedgate gateway, the link acknowledges ([`super::sm`]; on by default,
+//!    [`ClientConfig::acknowledgements`]): every stanza written is kept until the gateway
+//!    acknowledges it, which it does only once the stanza has left it for good, at most
+//!    [`ClientConfig::max_unacked`] of them (then sending waits). When the link drops, or
+//!    the gateway dies, the unacknowledged ones are sent again (through another gateway, or
+//!    on the next session): nothing is lost, and what the dead gateway had passed on without
+//!    confirming it may arrive twice ([`Stats::resent`]). What we pass on as
+//!    [`Event::Stanza`] is acknowledged to the gateway in turn, so it routes again what
+//!    never reached us. A gateway that does not declare acknowledgements (Prosody's or
+//!    ejabberd's component listener, an older fedgate) gets plain XEP-0114: a stanza it had
+//!    not read when the link dropped is then lost, so a component that cannot lose anything
+//!    answers iqs and lets its peers retry.
 //!
 //! Reading and writing run in separate tasks, so a component that is slow to take events
 //! never stops its own replies from going out, and vice versa.
@@ -27,8 +37,9 @@
 //! links that are up. So the stanzas for one remote domain take one gateway (their order is
 //! kept, and each gateway holds one s2s session per pair), and when that gateway's link drops
 //! only its domains move, to the gateway that scores next. Stanzas still queued for a link
-//! when it drops are handed back and sent through another one; what the dropped gateway had
-//! read but not yet sent on is lost as with one gateway.
+//! when it drops are handed back and sent through another one, after those the gateway had
+//! not acknowledged (step 4; without acknowledgements, what the dropped gateway had read but
+//! not yet sent on is lost).
 //!
 //! # A gateway that drains
 //! Every session declares fedgate's [drain extension](super::drain) on its header. When a
@@ -51,9 +62,10 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,9 +128,56 @@ pub struct ClientConfig {
     /// [`Sender::send_raw`] waits and [`Sender::try_send_raw`] refuses. Default 1024. With
     /// several gateways, each link has a queue of this length too.
     pub queue_len: usize,
+    /// Ask the gateway for acknowledgements (module docs, step 4; [`super::sm`]): declared
+    /// on our header, enabled only when the gateway declares it too, so a plain XEP-0114
+    /// gateway never sees it. Default `true`. `false`: plain XEP-0114, and what a gateway
+    /// that dies had not passed on is lost.
+    pub acknowledgements: bool,
+    /// Stanzas written to one gateway and not yet acknowledged, at most: past that, the link
+    /// takes no more until the gateway acknowledges some (the sender then waits once the
+    /// queue is full). Each is kept (its bytes) to be sent again if the link drops. Default
+    /// 4096; the gateway itself takes at most 16,384 in flight per link.
+    pub max_unacked: usize,
+}
+
+/// The acknowledgement settings of a [`ClientConfig`] (module docs, step 4), as a
+/// standalone process's `[gateway]` sets them.
+#[derive(Clone, Copy, Debug)]
+pub struct AckSettings {
+    /// [`ClientConfig::acknowledgements`].
+    pub enabled: bool,
+    /// [`ClientConfig::max_unacked`].
+    pub max_unacked: usize,
+}
+
+impl AckSettings {
+    /// `[gateway] acknowledgements` and `max_unacked` of a core's or services' file. Here, not
+    /// in the config: the config module is below the component library.
+    pub fn from_gateway(gateway: &crate::core::config::GatewayLinkConfig) -> AckSettings {
+        AckSettings {
+            enabled: gateway.acknowledgements,
+            max_unacked: gateway.max_unacked.max(1),
+        }
+    }
+}
+
+impl Default for AckSettings {
+    fn default() -> Self {
+        AckSettings {
+            enabled: true,
+            max_unacked: 4096,
+        }
+    }
 }
 
 impl ClientConfig {
+    /// These acknowledgement settings instead of the defaults.
+    pub fn with_acks(mut self, acks: AckSettings) -> ClientConfig {
+        self.acknowledgements = acks.enabled;
+        self.max_unacked = acks.max_unacked;
+        self
+    }
+
     /// A component attached to one gateway, with the defaults.
     pub fn new(domain: &str, secret: &str, target: Target) -> ClientConfig {
         Self::with_gateways(domain, secret, vec![target])
@@ -138,6 +197,8 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             queue_len: 1024,
+            acknowledgements: AckSettings::default().enabled,
+            max_unacked: AckSettings::default().max_unacked,
         }
     }
 }
@@ -174,6 +235,9 @@ pub struct Session {
     conn: Connection,
     /// The id of the gateway's stream header, which the handshake was computed over.
     pub stream_id: String,
+    /// The gateway declared acknowledgements and we enabled them (`<enable/>` is written,
+    /// not yet flushed): from here on both sides count ([`super::sm`], step 3).
+    pub acks: bool,
 }
 
 impl Session {
@@ -209,31 +273,52 @@ pub async fn connect(config: &ClientConfig, target: &Target) -> Result<Session, 
     };
     let mut conn = Connection::new(io, peer, config.limits, ns::COMPONENT);
     let timeout = config.handshake_timeout;
-    let stream_id = tokio::time::timeout(timeout, handshake(&mut conn, config))
+    let (stream_id, offered) = tokio::time::timeout(timeout, handshake(&mut conn, config))
         .await
         .map_err(|_| ClientError::Timeout(timeout))??;
-    Ok(Session { conn, stream_id })
+    let acks = config.acknowledgements && offered;
+    if acks {
+        // Step 3 of super::sm: counting starts after this on our side, after the gateway
+        // reads it on its side; no need to wait for <enabled/> (a gateway that offered
+        // never refuses it).
+        conn.send(super::sm::ENABLE);
+    }
+    Ok(Session {
+        conn,
+        stream_id,
+        acks,
+    })
 }
 
-async fn handshake(conn: &mut Connection, config: &ClientConfig) -> Result<String, ClientError> {
+/// The stream headers and the handshake: the gateway's stream id, and whether it offered
+/// acknowledgements.
+async fn handshake(
+    conn: &mut Connection,
+    config: &ClientConfig,
+) -> Result<(String, bool), ClientError> {
     conn.open(&OpenStream {
         content_ns: ns::COMPONENT,
         to: Some(&config.domain),
         drain: true,
+        sm: config.acknowledgements,
         ..Default::default()
     });
     conn.flush().await.map_err(ReadError::Io)?;
-    let id = match conn.next_event().await? {
-        FrameEvent::StreamOpen(h) => h
-            .id
-            .ok_or_else(|| ClientError::Protocol("the gateway's stream header has no id".into()))?,
+    let (id, offered) = match conn.next_event().await? {
+        FrameEvent::StreamOpen(h) => {
+            let offered = super::sm::declared(&h);
+            let id = h.id.ok_or_else(|| {
+                ClientError::Protocol("the gateway's stream header has no id".into())
+            })?;
+            (id, offered)
+        }
         _ => return Err(ClientError::Protocol("expected a stream header".into())),
     };
     let digest = component_handshake(&id, &config.secret);
     conn.send(format!("<handshake>{digest}</handshake>").as_bytes());
     conn.flush().await.map_err(ReadError::Io)?;
     match conn.next_event().await? {
-        FrameEvent::Stanza(s) if s.kind() == Kind::Handshake => Ok(id),
+        FrameEvent::Stanza(s) if s.kind() == Kind::Handshake => Ok((id, offered)),
         FrameEvent::Stanza(s) if s.kind() == Kind::StreamError => {
             let (condition, text) = stream_error_of(&s);
             Err(ClientError::Refused {
@@ -286,11 +371,39 @@ pub enum Event {
 #[error("the component is stopped")]
 pub struct Closed;
 
+/// What the links of a [`Component`] counted, for its own metrics ([`Sender::stats`]).
+#[derive(Debug, Default)]
+pub struct Stats {
+    acked: AtomicU64,
+    resent: AtomicU64,
+    unacked: AtomicU64,
+}
+
+impl Stats {
+    /// Stanzas the gateways acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Stanzas sent again because the link they were written to dropped before the gateway
+    /// acknowledged them: each was sent at least twice, and may arrive twice (a gateway that
+    /// died may have passed it on without confirming it).
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Ordering::Relaxed)
+    }
+
+    /// Stanzas written and not yet acknowledged (kept to be sent again), over every link.
+    pub fn unacked(&self) -> u64 {
+        self.unacked.load(Ordering::Relaxed)
+    }
+}
+
 /// Writes stanzas to the gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Bytes>,
     online: Arc<[AtomicBool]>,
+    stats: Arc<Stats>,
 }
 
 impl Sender {
@@ -317,6 +430,11 @@ impl Sender {
     pub fn is_online(&self) -> bool {
         self.online.iter().any(|up| up.load(Ordering::Relaxed))
     }
+
+    /// What the links counted: acknowledged, sent again, unacknowledged.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
 }
 
 /// A component kept attached to its gateway (module docs, step 2).
@@ -339,12 +457,14 @@ impl Component {
             .map(|_| AtomicBool::new(false))
             .collect();
         let stop = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
         let task = if config.gateways.len() <= 1 {
             let link = Link {
                 index: 0,
                 online: online.clone(),
                 came_up: Arc::new(Notify::new()),
                 requeue: None,
+                stats: stats.clone(),
             };
             tokio::spawn(supervise(config, link, rx, events_tx, stop.clone()))
         } else {
@@ -353,11 +473,12 @@ impl Component {
                 rx,
                 events_tx,
                 online.clone(),
+                stats.clone(),
                 stop.clone(),
             ))
         };
         Component {
-            sender: Sender { tx, online },
+            sender: Sender { tx, online, stats },
             events,
             stop,
             task,
@@ -423,6 +544,7 @@ struct Link {
     /// With several gateways: where stanzas still queued for this link go when it drops, to
     /// be sent through another.
     requeue: Option<mpsc::UnboundedSender<Bytes>>,
+    stats: Arc<Stats>,
 }
 
 impl Link {
@@ -437,6 +559,20 @@ impl Link {
     fn give_back(&self, out: &mut mpsc::Receiver<Bytes>) {
         if self.requeue.is_some() {
             while let Ok(b) = out.try_recv() {
+                self.give_back_one(b);
+            }
+        }
+    }
+
+    /// Hands what this (down) link wrote and the gateway did not acknowledge back to the
+    /// dispatcher, to be sent again through another gateway (oldest first, before what is
+    /// still queued); with a single gateway it stays for the next session.
+    fn give_back_unacked(&self, unacked: &mut VecDeque<Bytes>) {
+        if self.requeue.is_some() && !unacked.is_empty() {
+            let n = unacked.len() as u64;
+            self.stats.resent.fetch_add(n, Ordering::Relaxed);
+            self.stats.unacked.fetch_sub(n, Ordering::Relaxed);
+            for b in unacked.drain(..) {
                 self.give_back_one(b);
             }
         }
@@ -463,6 +599,9 @@ async fn supervise(
     };
     let gateway = format!("{target:?}");
     let mut backoff = config.backoff_initial;
+    // Written and not acknowledged (module docs, step 4): with a single gateway kept across
+    // sessions and written first on the next one; with several handed to the others.
+    let mut unacked: VecDeque<Bytes> = VecDeque::new();
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
@@ -470,7 +609,7 @@ async fn supervise(
         };
         let reason = match attempt {
             Ok(session) => {
-                tracing::info!(domain = %config.domain, %gateway, "attached to the gateway");
+                tracing::info!(domain = %config.domain, %gateway, acknowledgements = session.acks, "attached to the gateway");
                 backoff = config.backoff_initial;
                 link.set_online(true);
                 if events
@@ -482,7 +621,17 @@ async fn supervise(
                 {
                     return;
                 }
-                let end = run(session, &mut out, events.clone(), &stop, &link, &gateway).await;
+                let end = run(
+                    session,
+                    &mut out,
+                    &mut unacked,
+                    events.clone(),
+                    &stop,
+                    &link,
+                    &gateway,
+                    config.max_unacked.max(1),
+                )
+                .await;
                 link.set_online(false);
                 match end {
                     SessionEnd::Stopped => return,
@@ -491,7 +640,11 @@ async fn supervise(
             }
             Err(e) => e.to_string(),
         };
+        link.give_back_unacked(&mut unacked);
         link.give_back(&mut out);
+        if !unacked.is_empty() {
+            tracing::info!(domain = %config.domain, %gateway, "{} stanzas the gateway did not acknowledge will be sent again on the next session", unacked.len());
+        }
         tracing::info!(domain = %config.domain, %gateway, "gateway link down: {reason}; retrying in {backoff:?}");
         let offline = Event::Offline {
             gateway: gateway.clone(),
@@ -519,6 +672,7 @@ async fn attach_to_all(
     rx: mpsc::Receiver<Bytes>,
     events: mpsc::Sender<Event>,
     online: Arc<[AtomicBool]>,
+    stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     let came_up = Arc::new(Notify::new());
@@ -535,6 +689,7 @@ async fn attach_to_all(
             online: online.clone(),
             came_up: came_up.clone(),
             requeue: Some(requeue_tx.clone()),
+            stats: stats.clone(),
         };
         tasks.spawn(supervise(
             config.clone(),
@@ -704,24 +859,87 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// What the reader tells the writer about acknowledgements, without a channel.
+#[derive(Default)]
+struct AckState {
+    /// The last `h` the gateway reported for our stanzas.
+    acked: AtomicU32,
+    /// `acked` moved.
+    ack: Notify,
+    /// Stanzas we passed on since `<enabled/>` (our `h`, modulo 2^32).
+    received: AtomicU32,
+    /// The gateway asked with `<r/>`.
+    request: Notify,
+}
+
 /// One established session: the reader in its own task, the writer here. When the gateway
 /// sends the [drain notice](super::drain), the link stops taking new stanzas (the
 /// dispatcher picks another gateway), answers, and from then on only receives: what is
 /// queued for it goes back to the dispatcher, or, with a single gateway, waits for the next
-/// session.
+/// session. With acknowledgements, what is written stays in `unacked` until acknowledged;
+/// what the last session left there is written first.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     session: Session,
     out: &mut mpsc::Receiver<Bytes>,
+    unacked: &mut VecDeque<Bytes>,
     events: mpsc::Sender<Event>,
     stop: &CancellationToken,
     link: &Link,
     gateway: &str,
+    max_unacked: usize,
 ) -> SessionEnd {
+    let acks = session.acks;
     let (reader, mut writer) = session.split();
+    let state = Arc::new(AckState::default());
     let (notice_tx, mut notice) = mpsc::channel(1);
-    let mut reader_task = tokio::spawn(read_loop(reader, events.clone(), notice_tx));
+    let mut reader_task = tokio::spawn(read_loop(
+        reader,
+        events.clone(),
+        notice_tx,
+        acks.then(|| state.clone()),
+    ));
+    let stats = &link.stats;
+    // The gateway's last `h` on this session.
+    let mut acked: u32 = 0;
+    let mut requested = false;
+    if !unacked.is_empty() {
+        // Sent before, on a session that ended before the gateway acknowledged them.
+        let n = unacked.len() as u64;
+        stats.resent.fetch_add(n, Ordering::Relaxed);
+        for b in unacked.iter() {
+            writer.send(b);
+        }
+        if !acks {
+            stats.unacked.fetch_sub(n, Ordering::Relaxed);
+            unacked.clear();
+        }
+        tracing::info!(%gateway, "sent {n} stanzas again that the last session did not get acknowledged");
+    }
+    // `<enable/>`, and what is sent again, go out now.
+    if let Err(e) = writer.flush().await {
+        reader_task.abort();
+        return SessionEnd::Lost(format!("write failed: {e}"));
+    }
+    // Applies the gateway's latest `h`: forgets what it acknowledged.
+    let apply = |acked: &mut u32, unacked: &mut VecDeque<Bytes>| -> Result<(), String> {
+        let h = state.acked.load(Ordering::Acquire);
+        let n = h.wrapping_sub(*acked) as usize;
+        if n > unacked.len() {
+            return Err(format!(
+                "the gateway acknowledged {n} more stanzas than the {} unacknowledged",
+                unacked.len()
+            ));
+        }
+        unacked.drain(..n);
+        *acked = h;
+        stats.acked.fetch_add(n as u64, Ordering::Relaxed);
+        stats.unacked.fetch_sub(n as u64, Ordering::Relaxed);
+        Ok(())
+    };
     let mut draining = false;
     loop {
+        let room = !acks || unacked.len() < max_unacked;
         tokio::select! {
             _ = stop.cancelled() => {
                 // After the answer to a drain notice nothing more may be written.
@@ -735,10 +953,33 @@ async fn run(
                 return SessionEnd::Stopped;
             }
             end = &mut reader_task => {
+                // A last <a/> read just before the stream ended counts.
+                if acks {
+                    let _ = apply(&mut acked, unacked);
+                }
                 return match end {
                     Ok(Some(reason)) => SessionEnd::Lost(reason),
                     _ => SessionEnd::Stopped,
                 };
+            }
+            _ = state.ack.notified(), if acks => {
+                if let Err(e) = apply(&mut acked, unacked) {
+                    writer.send(&crate::xml::stream_error(
+                        &crate::xml::error::StreamErrorCondition::UndefinedCondition,
+                        Some(&e),
+                    ));
+                    let _ = writer.flush().await;
+                    reader_task.abort();
+                    return SessionEnd::Lost(e);
+                }
+                requested = false;
+            }
+            _ = state.request.notified(), if acks => {
+                writer.send(&crate::s2s::sm::ack(state.received.load(Ordering::Acquire)));
+                if let Err(e) = writer.flush().await {
+                    reader_task.abort();
+                    return SessionEnd::Lost(format!("write failed: {e}"));
+                }
             }
             Some(()) = notice.recv(), if !draining => {
                 draining = true;
@@ -761,7 +1002,7 @@ async fn run(
                 }
             }
             // Draining, with a single gateway the stanzas wait in `out` for the next session.
-            next = out.recv(), if !draining || link.requeue.is_some() => {
+            next = out.recv(), if room && (!draining || link.requeue.is_some()) => {
                 if let (true, Some(b)) = (draining, &next) {
                     // A stanza the dispatcher placed just before it saw this link go down.
                     link.give_back_one(b.clone());
@@ -772,12 +1013,27 @@ async fn run(
                     reader_task.abort();
                     return SessionEnd::Stopped;
                 };
+                let keep = |b: Bytes, unacked: &mut VecDeque<Bytes>| {
+                    if acks {
+                        stats.unacked.fetch_add(1, Ordering::Relaxed);
+                        unacked.push_back(b);
+                    }
+                };
                 writer.send(&first);
-                while writer.pending() < BATCH_BYTES {
+                keep(first, unacked);
+                while writer.pending() < BATCH_BYTES && (!acks || unacked.len() < max_unacked) {
                     match out.try_recv() {
-                        Ok(b) => writer.send(&b),
+                        Ok(b) => {
+                            writer.send(&b);
+                            keep(b, unacked);
+                        }
                         Err(_) => break,
                     }
+                }
+                if acks && unacked.len() >= max_unacked && !requested {
+                    // At the limit: ask, rather than wait for the gateway's own <a/>.
+                    writer.send(crate::s2s::sm::REQUEST);
+                    requested = true;
                 }
                 if let Err(e) = writer.flush().await {
                     reader_task.abort();
@@ -789,16 +1045,39 @@ async fn run(
 }
 
 /// Passes stanzas on until the stream ends; `Some(reason)` for a lost link, `None` when nobody
-/// takes events any more. The gateway's drain notice goes to `notice`.
+/// takes events any more. The gateway's drain notice goes to `notice`; with acknowledgements
+/// (`acks`), its `<a/>` and `<r/>` go there, and what we pass on after `<enabled/>` is
+/// counted.
 async fn read_loop(
     mut reader: Reader,
     events: mpsc::Sender<Event>,
     notice: mpsc::Sender<()>,
+    acks: Option<Arc<AckState>>,
 ) -> Option<String> {
+    // The gateway counts what it writes after <enabled/>, so we count from there too.
+    let mut counting = false;
+    let mut received: u32 = 0;
     loop {
         match reader.next_event().await {
             Ok(FrameEvent::Stanza(s)) if super::drain::is_notice(&s) => {
                 let _ = notice.try_send(());
+            }
+            Ok(FrameEvent::Stanza(s)) if acks.is_some() && super::sm::is_sm(&s) => {
+                let Some(state) = &acks else { continue };
+                match s.name() {
+                    "enabled" => counting = true,
+                    "a" => match crate::s2s::sm::h_of(&s) {
+                        Some(h) => {
+                            state.acked.store(h, Ordering::Release);
+                            state.ack.notify_one();
+                        }
+                        None => return Some("the gateway sent <a/> without a valid 'h'".into()),
+                    },
+                    "r" => state.request.notify_one(),
+                    other => {
+                        return Some(format!("the gateway sent <{other}/> of {}", super::sm::NS))
+                    }
+                }
             }
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
                 let (condition, text) = stream_error_of(&s);
@@ -808,8 +1087,16 @@ async fn read_loop(
                 ));
             }
             Ok(FrameEvent::Stanza(s)) => {
+                let counts = counting && super::sm::counts(&s);
                 if events.send(Event::Stanza(s)).await.is_err() {
                     return None;
+                }
+                if counts {
+                    // Passed on: ours to acknowledge.
+                    received = received.wrapping_add(1);
+                    if let Some(state) = &acks {
+                        state.received.store(received, Ordering::Release);
+                    }
                 }
             }
             Ok(FrameEvent::StreamClose) => return Some("the gateway closed the stream".into()),
@@ -871,7 +1158,7 @@ mod tests {
     }
 
     /// Our side of the handshake for `c.test` with secret `s3cret`, against [`fake_gateway`].
-    async fn handshake_against(accept: bool) -> Result<String, ClientError> {
+    async fn handshake_against(accept: bool) -> Result<(String, bool), ClientError> {
         let (a, b) = tokio::io::duplex(4096);
         let client = async {
             let mut conn = Connection::new(
@@ -1092,7 +1379,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_digest_and_refusal() {
-        assert_eq!(handshake_against(true).await.unwrap(), "id1");
+        assert_eq!(handshake_against(true).await.unwrap().0, "id1");
         let r = handshake_against(false).await;
         match r {
             Err(ClientError::Refused {

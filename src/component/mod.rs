@@ -16,7 +16,12 @@
 //! 6. when the gateway drains before it stops, a backend that declared the [`drain`] namespace
 //!    on its header gets the drain notice, and its answer says it sends nothing more here;
 //!    then, as for every backend, what is queued for it is written and the stream ends with
-//!    `<system-shutdown/>`.
+//!    `<system-shutdown/>`;
+//! 7. a backend that declared the [`sm`] namespace on its header (fedgate's component
+//!    library) is offered acknowledgements (XEP-0198 on this stream) by the same declaration
+//!    on ours; after `<enable/>` its stanzas carry a [ticket](crate::ack) and are
+//!    acknowledged only once they have left the gateway for good, and what we write to it is
+//!    kept until it acknowledges it, and routed again if its link drops first.
 //!
 //! A session runs over any byte transport: a TCP connection from the listener, or one end of
 //! an in-process pipe from a [`LocalLink`], which is how a backend in the gateway's own process
@@ -25,16 +30,19 @@
 
 pub mod client;
 pub mod drain;
+pub mod sm;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ack::AckWindow;
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::{new_stream_id, verify_component_handshake};
 use crate::jid;
@@ -58,6 +66,8 @@ pub struct ComponentContext {
     pub secrets: arc_swap::ArcSwap<HashMap<String, String>>,
     /// A second connection for a bound domain replaces the first instead of being refused.
     pub replace_on_conflict: bool,
+    /// `[component] acknowledgements`: offer [`sm`] to backends that declare it.
+    pub acknowledgements: bool,
     /// Limits before the handshake (small: the peer is not authenticated yet).
     pub negotiation_limits: Limits,
     /// Limits after the handshake.
@@ -135,7 +145,7 @@ impl LocalLink {
 pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContext>) {
     let conn = Connection::new(io, peer, ctx.negotiation_limits, ns::COMPONENT);
     match negotiate(conn, &ctx).await {
-        Ok((conn, domain, drain)) => established(conn, domain, drain, &ctx).await,
+        Ok((conn, domain, declared)) => established(conn, domain, declared, &ctx).await,
         Err((conn, e)) => {
             tracing::info!(%peer, error = %e, "backend refused");
             let (cond, text) = match &e {
@@ -156,8 +166,18 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContex
     }
 }
 
-/// The connection, the bound domain, and whether the backend declared [`drain`].
-type Negotiated = (Connection, String, bool);
+/// The connection, the bound domain, and the extensions agreed on the headers.
+type Negotiated = (Connection, String, Declared);
+
+/// The fedgate extensions a backend declared on its header (and, for [`sm`], that we
+/// offered back on ours).
+#[derive(Debug, Clone, Copy, Default)]
+struct Declared {
+    /// [`drain`]: the backend answers the drain notice.
+    drain: bool,
+    /// [`sm`]: declared by both; the backend may `<enable/>`.
+    sm: bool,
+}
 
 /// Steps 1–4. On failure the connection comes back so the caller can send the stream error.
 async fn negotiate(
@@ -195,7 +215,10 @@ async fn negotiate(
                 ))
             }
         };
-        let declares_drain = drain::declared(&header);
+        let declared = Declared {
+            drain: drain::declared(&header),
+            sm: ctx.acknowledgements && sm::declared(&header),
+        };
         let stream_id = new_stream_id();
         conn.open(&OpenStream {
             content_ns: ns::COMPONENT,
@@ -205,6 +228,8 @@ async fn negotiate(
             version: false,
             dialback: false,
             drain: false,
+            // Our offer: only to a backend that declared it (step 7).
+            sm: declared.sm,
         });
         conn.flush().await.map_err(ReadError::Io)?;
         let handshake = match conn.next_event().await? {
@@ -236,11 +261,11 @@ async fn negotiate(
                 "handshake does not match the configured secret",
             ));
         }
-        Ok((domain, declares_drain))
+        Ok((domain, declared))
     })
     .await;
     match result {
-        Ok(Ok((domain, declares_drain))) => Ok((conn, domain, declares_drain)),
+        Ok(Ok((domain, declared))) => Ok((conn, domain, declared)),
         Ok(Err(e)) => Err((conn, e)),
         Err(_) => Err((conn, ComponentError::Timeout(ctx.negotiation_timeout))),
     }
@@ -259,12 +284,36 @@ enum End {
     Shutdown,
 }
 
+/// What the reader tells the writer about acknowledgements (step 7), without a channel: the
+/// reader never waits for the writer.
+#[derive(Default)]
+struct AckControl {
+    /// The backend asked with `<r/>`: write `<a/>` now.
+    request: Notify,
+    /// The last `h` the backend reported for our stanzas.
+    acked: AtomicU32,
+    /// `acked` moved.
+    ack: Notify,
+    /// How many stanzas the writer has counted for the backend (modulo 2^32): an `h` above
+    /// it is a handled-count-too-high error.
+    written: AtomicU32,
+}
+
+/// Stanzas written to an acknowledging backend and not yet acknowledged, at most: then the
+/// writer takes no more from the queue until the backend acknowledges (a backend that stops
+/// reading is then bounced as `stalled`, as any other).
+const MAX_UNACKED_OUT: usize = 4096;
+
+/// How soon the writer asks again (`<r/>`) when an acknowledgement left stanzas
+/// unacknowledged and no new batch asked.
+const ASK_AGAIN: Duration = Duration::from_millis(50);
+
 /// Step 5: the reader runs here, the writer in its own task, so that a backend sending to
 /// itself can never deadlock its own session.
 async fn established(
     mut conn: Connection,
     domain: String,
-    declares_drain: bool,
+    declared: Declared,
     ctx: &ComponentContext,
 ) {
     let peer = conn.peer;
@@ -295,17 +344,29 @@ async fn established(
     tracing::info!(%peer, %domain, "backend attached");
     ctx.router.metrics.component_sessions.inc();
     let backend = ctx.router.metrics.backend_attached(&domain);
+    let acks = &ctx.router.metrics.component_acks;
 
     let (mut reader, writer) = conn.split();
     let (end_tx, end_rx) = oneshot::channel();
     // Held until the backend answers the drain notice: it may still send until then.
-    let mut sending = declares_drain.then(|| ctx.draining.token());
-    let notice = declares_drain.then(|| ctx.drain.clone());
+    let mut sending = declared.drain.then(|| ctx.draining.token());
+    let notice = declared.drain.then(|| ctx.drain.clone());
+    // Step 7: the window once the backend enabled acknowledgements, handed to the writer
+    // (which writes `<enabled/>` and then counts what it writes).
+    let control = Arc::new(AckControl::default());
+    let (enable_tx, enable_rx) = oneshot::channel();
+    let mut enable_tx = declared.sm.then_some(enable_tx);
+    let mut window: Option<Arc<AckWindow>> = None;
+    // The number of the next stanza from the backend (XEP-0198 §4, modulo 2^32).
+    let mut next: u32 = 0;
+    // The last `h` the backend reported for ours.
+    let mut acked_out: u32 = 0;
     let writer_task = tokio::spawn(write_loop(
         writer,
         rx,
         notice,
         end_rx,
+        declared.sm.then(|| (enable_rx, control.clone())),
         ctx.router.clone(),
         domain.clone(),
         backend.stanzas_out.clone(),
@@ -322,6 +383,39 @@ async fn established(
                 tracing::info!(%peer, %domain, "backend answered the drain notice");
                 sending = None;
             }
+            Ok(Event::Stanza(stanza)) if declared.sm && sm::is_sm(&stanza) => match stanza.name() {
+                "enable" if window.is_none() => {
+                    let w = AckWindow::new();
+                    window = Some(w.clone());
+                    if let Some(tx) = enable_tx.take() {
+                        let _ = tx.send(w);
+                    }
+                    acks.enabled.inc();
+                    tracing::debug!(%peer, %domain, "backend enabled acknowledgements");
+                }
+                "r" if window.is_some() => control.request.notify_one(),
+                "a" if window.is_some() => {
+                    let Some(h) = crate::s2s::sm::h_of(&stanza) else {
+                        break End::Fail(
+                            StreamErrorCondition::BadFormat,
+                            "<a/> needs a valid 'h'".into(),
+                        );
+                    };
+                    let written = control.written.load(Ordering::Acquire);
+                    if let Err(e) = crate::s2s::sm::check_handled(h, acked_out, written) {
+                        break End::Fail(StreamErrorCondition::UndefinedCondition, e.to_string());
+                    }
+                    acked_out = h;
+                    control.acked.store(h, Ordering::Release);
+                    control.ack.notify_one();
+                }
+                other => {
+                    break End::Fail(
+                        StreamErrorCondition::UnsupportedStanzaType,
+                        format!("<{other}/> of {} is not expected here", sm::NS),
+                    )
+                }
+            },
             Ok(Event::Stanza(stanza)) => {
                 if let Err((cond, text)) = check_from_backend(&stanza, &domain) {
                     break End::Fail(cond, text);
@@ -331,6 +425,20 @@ async fn established(
                     .component_in
                     .count(stanza.kind(), stanza.raw().len());
                 backend.stanzas_in.inc();
+                let stanza = match &window {
+                    Some(w) => {
+                        // At most ack::WINDOW in flight: past that we read more slowly.
+                        let ticket = tokio::select! {
+                            t = w.reserve(next) => t,
+                            _ = kick.cancelled() => break End::Kicked,
+                            _ = ctx.shutdown.cancelled() => break End::Shutdown,
+                        };
+                        next = next.wrapping_add(1);
+                        acks.unacked_in.inc();
+                        stanza.with_ticket(ticket)
+                    }
+                    None => stanza,
+                };
                 ctx.router.route(stanza).await;
             }
             Ok(Event::StreamClose) => break End::Closed,
@@ -362,6 +470,15 @@ async fn established(
     }
     let _ = end_tx.send(end);
     let _ = writer_task.await;
+    if let Some(w) = &window {
+        // What is still in flight is no longer counted on a live session; the backend sends
+        // it again (it never got an acknowledgement for it).
+        let open = next.wrapping_sub(w.h());
+        acks.unacked_in.sub(i64::from(open));
+        if open > 0 {
+            tracing::info!(%peer, %domain, "{open} stanzas from the backend were not acknowledged when its stream ended{}", if w.any_abandoned() { " (some could not be confirmed)" } else { "" });
+        }
+    }
     ctx.router.metrics.component_sessions.dec();
     drop(backend);
     tracing::info!(%peer, %domain, "backend detached");
@@ -402,50 +519,214 @@ fn check_from_backend(stanza: &Stanza, domain: &str) -> Result<(), (StreamErrorC
     }
 }
 
+/// The writer's side of acknowledgements (step 7), once the backend enabled them.
+struct Acks {
+    /// The backend's stanzas in flight in the gateway; we report its finished prefix.
+    window: Arc<AckWindow>,
+    /// The `h` we last wrote (or the start).
+    reported: u32,
+    /// The `h` counted into `fedgate_component_acked_total` so far.
+    counted: u32,
+    /// When the next `<a/>` may be written, if `h` moved since the last one.
+    ack_at: Option<tokio::time::Instant>,
+    last_ack: tokio::time::Instant,
+    /// What we wrote to the backend and it has not acknowledged, oldest first.
+    unacked: VecDeque<Stanza>,
+    /// The last `h` of ours the backend reported.
+    acked: u32,
+    /// Stanzas we counted for the backend (modulo 2^32).
+    written: u32,
+    /// An `<r/>` is in flight.
+    requested: bool,
+    /// When to ask again, after an answer that left some unacknowledged (the backend had
+    /// not passed them on yet) and no new batch asked since.
+    ask_at: Option<tokio::time::Instant>,
+}
+
+impl Acks {
+    fn new(window: Arc<AckWindow>) -> Acks {
+        let now = tokio::time::Instant::now();
+        Acks {
+            window,
+            reported: 0,
+            counted: 0,
+            ack_at: None,
+            last_ack: now - sm::ACK_INTERVAL,
+            unacked: VecDeque::new(),
+            acked: 0,
+            written: 0,
+            requested: false,
+            ask_at: None,
+        }
+    }
+
+    /// Moves `h` over what has finished, counting it; whether it moved past the last `<a/>`.
+    fn advance(&mut self, metrics: &crate::metrics::ComponentAcks) -> bool {
+        if let Some(h) = self.window.advance() {
+            let n = h.wrapping_sub(self.counted);
+            metrics.acked_in.inc_by(u64::from(n));
+            metrics.unacked_in.sub(i64::from(n));
+            self.counted = h;
+        }
+        self.window.h() != self.reported
+    }
+
+    /// Writes `<a h='…'/>` (not flushed).
+    fn write_ack(&mut self, writer: &mut Writer) {
+        self.reported = self.window.h();
+        self.ack_at = None;
+        self.last_ack = tokio::time::Instant::now();
+        writer.send(&crate::s2s::sm::ack(self.reported));
+    }
+}
+
 /// Writes routed stanzas to the backend in batches until the reader says how to end; with
-/// `notice` (a backend that declared [`drain`]), the drain notice once it is cancelled.
+/// `notice` (a backend that declared [`drain`]), the drain notice once it is cancelled; with
+/// `sm` (a backend offered acknowledgements), `<enabled/>` once it enables them, then
+/// acknowledgements of its stanzas and requests for ours (step 7).
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: Writer,
     mut rx: mpsc::Receiver<Stanza>,
     mut notice: Option<CancellationToken>,
     mut end_rx: oneshot::Receiver<End>,
+    sm: Option<(oneshot::Receiver<Arc<AckWindow>>, Arc<AckControl>)>,
     router: Arc<Router>,
     domain: String,
     delivered: prometheus::IntCounter,
 ) {
     let target = NsContext::component();
-    let write_stanza = |writer: &mut Writer, stanza: &Stanza| {
-        write_stanza(writer, stanza, &target, &router);
-        delivered.inc();
+    let metrics = router.metrics.component_acks.clone();
+    let (mut enable, control) = match sm {
+        Some((enable, control)) => (Some(enable), control),
+        None => (None, Arc::new(AckControl::default())),
     };
+    let mut acks: Option<Acks> = None;
+    // The stanzas of the batch being written: let go (their tickets finish) once flushed.
+    let mut batch: Vec<Stanza> = Vec::new();
+    let write_stanza =
+        |writer: &mut Writer, stanza: Stanza, acks: &mut Option<Acks>, batch: &mut Vec<Stanza>| {
+            write_stanza(writer, &stanza, &target, &router);
+            delivered.inc();
+            match acks {
+                Some(a) if sm::counts(&stanza) => {
+                    a.written = a.written.wrapping_add(1);
+                    metrics.unacked_out.inc();
+                    a.unacked.push_back(stanza);
+                }
+                _ => batch.push(stanza),
+            }
+        };
     let end = loop {
+        let ack_at = acks.as_ref().and_then(|a| a.ack_at);
+        let ask_at = acks.as_ref().and_then(|a| a.ask_at);
+        let room = acks
+            .as_ref()
+            .map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT);
+        let mut flush = false;
         tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Closed),
             _ = drain_started(&notice) => {
                 notice = None;
                 writer.send(drain::NOTICE);
-                if let Err(e) = writer.flush().await {
-                    tracing::debug!(%domain, "write to backend failed: {e}");
-                    let end = end_rx.await.unwrap_or(End::Closed);
-                    break if matches!(end, End::Shutdown) { End::Closed } else { end };
+                flush = true;
+            }
+            window = enabled(&mut enable) => {
+                enable = None;
+                if let Ok(window) = window {
+                    writer.send(sm::ENABLED);
+                    acks = Some(Acks::new(window));
+                    flush = true;
                 }
             }
-            next = rx.recv() => {
+            _ = finished(&acks) => {
+                if let Some(a) = acks.as_mut() {
+                    if a.advance(&metrics) && a.ack_at.is_none() {
+                        let at = a.last_ack + sm::ACK_INTERVAL;
+                        if at <= tokio::time::Instant::now() {
+                            a.write_ack(&mut writer);
+                            flush = true;
+                        } else {
+                            a.ack_at = Some(at);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(ack_at) => {
+                if let Some(a) = acks.as_mut() {
+                    a.advance(&metrics);
+                    a.write_ack(&mut writer);
+                    flush = true;
+                }
+            }
+            _ = control.request.notified(), if acks.is_some() => {
+                if let Some(a) = acks.as_mut() {
+                    a.advance(&metrics);
+                    a.write_ack(&mut writer);
+                    flush = true;
+                }
+            }
+            _ = control.ack.notified(), if acks.is_some() => {
+                if let Some(a) = acks.as_mut() {
+                    let h = control.acked.load(Ordering::Acquire);
+                    let n = (h.wrapping_sub(a.acked) as usize).min(a.unacked.len());
+                    // Their tickets (from another backend) finish here.
+                    a.unacked.drain(..n);
+                    a.acked = h;
+                    a.requested = false;
+                    metrics.acked_out.inc_by(n as u64);
+                    metrics.unacked_out.sub(n as i64);
+                    // Some were still on their way to the component: ask again soon, so
+                    // that what it has is not routed again if the link drops meanwhile.
+                    a.ask_at = (!a.unacked.is_empty())
+                        .then(|| tokio::time::Instant::now() + ASK_AGAIN);
+                }
+            }
+            _ = sleep_until(ask_at) => {
+                if let Some(a) = acks.as_mut() {
+                    a.ask_at = None;
+                    if !a.requested && !a.unacked.is_empty() {
+                        writer.send(crate::s2s::sm::REQUEST);
+                        a.requested = true;
+                        flush = true;
+                    }
+                }
+            }
+            next = rx.recv(), if room => {
                 // All senders gone means the reader detached us: it says next how to end.
                 let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
-                write_stanza(&mut writer, &first);
-                while writer.pending() < BATCH_BYTES {
+                write_stanza(&mut writer, first, &mut acks, &mut batch);
+                while writer.pending() < BATCH_BYTES
+                    && acks.as_ref().map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT)
+                {
                     match rx.try_recv() {
-                        Ok(s) => write_stanza(&mut writer, &s),
+                        Ok(s) => write_stanza(&mut writer, s, &mut acks, &mut batch),
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = writer.flush().await {
-                    tracing::debug!(%domain, "write to backend failed: {e}");
-                    let end = end_rx.await.unwrap_or(End::Closed);
-                    break if matches!(end, End::Shutdown) { End::Closed } else { end };
+                if let Some(a) = acks.as_mut() {
+                    control.written.store(a.written, Ordering::Release);
+                    if !a.requested && !a.unacked.is_empty() {
+                        writer.send(crate::s2s::sm::REQUEST);
+                        a.requested = true;
+                        a.ask_at = None;
+                    }
                 }
+                flush = true;
             }
+        }
+        if flush {
+            if let Err(e) = writer.flush().await {
+                tracing::debug!(%domain, "write to backend failed: {e}");
+                let end = end_rx.await.unwrap_or(End::Closed);
+                break if matches!(end, End::Shutdown) {
+                    End::Closed
+                } else {
+                    end
+                };
+            }
+            // Written to the backend's socket: done with them (their tickets finish).
+            batch.clear();
         }
     };
     // Nothing routed after this point reaches us; what is left is written (shutdown) or
@@ -454,13 +735,32 @@ async fn write_loop(
     match end {
         End::Shutdown => {
             while let Ok(s) = rx.try_recv() {
-                write_stanza(&mut writer, &s);
+                write_stanza(&mut writer, s, &mut acks, &mut batch);
+            }
+            if let Some(a) = acks.as_mut() {
+                // The last count, so that the backend resends only what did not finish.
+                a.advance(&metrics);
+                a.write_ack(&mut writer);
             }
             writer
                 .fail(&StreamErrorCondition::SystemShutdown, None)
                 .await;
         }
         other => {
+            // Written but not acknowledged: the backend may never have read them. Older
+            // than what is still queued, so they go first: to the backend's newer session
+            // if it has one (a replacement), else back to their senders.
+            if let Some(a) = acks.as_mut() {
+                let n = a.unacked.len();
+                metrics.unacked_out.sub(n as i64);
+                if n > 0 {
+                    metrics.returned.inc_by(n as u64);
+                    tracing::info!(%domain, "{n} stanzas written to the backend were not acknowledged when its link ended: routed again");
+                }
+                for s in std::mem::take(&mut a.unacked) {
+                    router.reroute(s).await;
+                }
+            }
             while let Ok(s) = rx.try_recv() {
                 router
                     .bounce(
@@ -485,8 +785,37 @@ async fn write_loop(
             }
         }
     }
+    if let Some(a) = acks {
+        // Shutdown: what the backend did not acknowledge is no longer counted.
+        metrics.unacked_out.sub(a.unacked.len() as i64);
+    }
 }
 
+/// The window, once the backend enabled acknowledgements; never, when it was not offered
+/// them or has enabled them already.
+async fn enabled(
+    enable: &mut Option<oneshot::Receiver<Arc<AckWindow>>>,
+) -> Result<Arc<AckWindow>, oneshot::error::RecvError> {
+    match enable {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a stanza of the backend's finished, with acknowledgements on; never, without.
+async fn finished(acks: &Option<Acks>) {
+    match acks {
+        Some(a) => a.window.finished().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 /// When the drain starts, for a backend that gets the notice; never, for any other (or once
 /// the notice is written).
 async fn drain_started(notice: &Option<CancellationToken>) {

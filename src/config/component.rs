@@ -22,6 +22,15 @@ pub struct ComponentConfig {
     /// before its old TCP connection is noticed dead, but a leaked secret then lets anyone
     /// hijack the domain).
     pub replace_on_conflict: bool,
+    /// Offer acknowledgements (XEP-0198 on the component stream) to backends that declare
+    /// them: fedgate's component library (the core, `fedgate services`, your own components
+    /// built on it). The gateway then acknowledges a backend's stanza only once it has left
+    /// for good (delivered to a backend, acknowledged or ping-confirmed by the remote server,
+    /// or bounced), and the backend resends what was not acknowledged through another
+    /// gateway when this one dies, so a crash loses nothing. Plain XEP-0114 backends never
+    /// see it. Default `true`; `false` makes every backend a plain one (a crash of this
+    /// gateway then loses what it held; see docs/deployment.md).
+    pub acknowledgements: bool,
     /// `[[component.backend]]`: one entry per backend domain. At least one is required; these
     /// domains are the gateway's local domains.
     pub backend: Vec<BackendConfig>,
@@ -32,6 +41,7 @@ impl Default for ComponentConfig {
         ComponentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5347)),
             replace_on_conflict: false,
+            acknowledgements: true,
             backend: Vec::new(),
         }
     }

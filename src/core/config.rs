@@ -355,6 +355,15 @@ pub struct GatewayLinkConfig {
     pub secret: Option<Secret>,
     /// A file holding the secret (trimmed), relative to the configuration file.
     pub secret_file: Option<PathBuf>,
+    /// Ask the gateways for acknowledgements on the component links (XEP-0198 on XEP-0114,
+    /// only with gateways that offer them: fedgate's). Each stanza is then kept until the
+    /// gateway says it has left for good, and sent again through another gateway (or on the
+    /// next link) if that gateway dies first: a gateway crash loses nothing, and may deliver
+    /// what it had passed on unconfirmed twice. Default `true`.
+    pub acknowledgements: bool,
+    /// Stanzas sent on one gateway link and not yet acknowledged, at most; past that, the
+    /// link waits for acknowledgements. Their bytes are kept in memory. Default 4096.
+    pub max_unacked: usize,
 }
 
 impl Default for GatewayLinkConfig {
@@ -363,6 +372,8 @@ impl Default for GatewayLinkConfig {
             address: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
             secret: None,
             secret_file: None,
+            acknowledgements: true,
+            max_unacked: 4096,
         }
     }
 }

@@ -328,6 +328,8 @@ pub struct GatewayLink {
     pub secrets: HashMap<String, String>,
     /// Other domains behind the gateway, for disco#items.
     pub neighbours: Vec<String>,
+    /// Acknowledgements on the links (`[gateway] acknowledgements`, `max_unacked`).
+    pub acks: crate::component::client::AckSettings,
 }
 
 /// Opens the database, attaches every domain to the gateway, binds the c2s listeners.
@@ -372,7 +374,8 @@ pub async fn start_with_status(
     all.sort();
     for domain in all {
         let secret = gateway.secrets.get(domain).cloned().unwrap_or_default();
-        let mut cc = ClientConfig::with_gateways(domain, &secret, gateway.gateways.clone());
+        let mut cc = ClientConfig::with_gateways(domain, &secret, gateway.gateways.clone())
+            .with_acks(gateway.acks);
         cc.limits = Limits {
             max_stanza_bytes: config.max_stanza_bytes.max(512 * 1024),
             ..Limits::default()

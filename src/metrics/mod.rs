@@ -254,6 +254,9 @@ pub struct Metrics {
     pub component_attaches: IntCounterVec,
     /// `fedgate_component_stanzas_total{backend, direction}`.
     pub component_stanzas: IntCounterVec,
+    /// Acknowledgements on the component stream (XEP-0198 between the component library
+    /// and the gateway); see [`ComponentAcks`].
+    pub component_acks: ComponentAcks,
     /// Stanzas relayed over s2s, inbound (from remote servers).
     pub s2s_in: StanzaCounters,
     /// Stanzas relayed over s2s, outbound (to remote servers).
@@ -465,6 +468,73 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     )
 }
 
+/// XEP-0198 on the component stream, resolved once: what the gateway acknowledges to its
+/// backends (`direction="inbound"`: stanzas from them, acknowledged once they left the
+/// gateway for good) and what its backends acknowledge to it (`"outbound"`).
+#[derive(Clone)]
+pub struct ComponentAcks {
+    /// Backend sessions that enabled acknowledgements.
+    pub enabled: IntCounter,
+    /// `fedgate_component_acked_total{direction="inbound"}`.
+    pub acked_in: IntCounter,
+    /// `fedgate_component_unacked{direction="inbound"}`: read from backends on live sessions,
+    /// not yet done (in queues, or written to a peer that has not confirmed them).
+    pub unacked_in: IntGauge,
+    /// `fedgate_component_acked_total{direction="outbound"}`.
+    pub acked_out: IntCounter,
+    /// `fedgate_component_unacked{direction="outbound"}`: written to backends, not yet
+    /// acknowledged by them.
+    pub unacked_out: IntGauge,
+    /// `fedgate_component_unacked_returned_total`: written to a backend whose link then
+    /// dropped before it acknowledged them, and routed again (to a newer session of the
+    /// backend, or bounced).
+    pub returned: IntCounter,
+}
+
+impl ComponentAcks {
+    fn register(r: &Registry) -> ComponentAcks {
+        let acked = counter_vec(
+            r,
+            "fedgate_component_acked_total",
+            "Stanzas acknowledged on XEP-0114 component streams with acknowledgements (XEP-0198): inbound = from backends, acknowledged by the gateway once they left it for good; outbound = to backends, acknowledged by them",
+            &["direction"],
+        );
+        let unacked = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "fedgate_component_unacked",
+                    "Stanzas on component streams with acknowledgements not yet acknowledged: inbound = read from backends and not yet done; outbound = written to backends and not yet acknowledged by them",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+        );
+        ComponentAcks {
+            enabled: registered(
+                r,
+                IntCounter::new(
+                    "fedgate_component_acks_enabled_total",
+                    "Backend sessions that enabled acknowledgements (XEP-0198) on the component stream",
+                )
+                .expect("valid metric"),
+            ),
+            acked_in: acked.with_label_values(&["inbound"]),
+            unacked_in: unacked.with_label_values(&["inbound"]),
+            acked_out: acked.with_label_values(&["outbound"]),
+            unacked_out: unacked.with_label_values(&["outbound"]),
+            returned: registered(
+                r,
+                IntCounter::new(
+                    "fedgate_component_unacked_returned_total",
+                    "Stanzas written to a backend whose link dropped before it acknowledged them, routed again (to a newer session, or bounced)",
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registered(registry, IntGauge::new(name, help).expect("valid metric"))
 }
@@ -518,6 +588,7 @@ impl Metrics {
         );
         let bidi_links = BidiLinks::register(r);
         let piggyback = Piggyback::register(r);
+        let component_acks = ComponentAcks::register(r);
         let component_sessions = gauge(
             r,
             "fedgate_component_sessions",
@@ -762,6 +833,7 @@ impl Metrics {
             component_attached,
             component_attaches,
             component_stanzas,
+            component_acks,
             bounces,
             dropped,
             stream_errors,

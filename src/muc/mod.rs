@@ -91,6 +91,7 @@ pub struct RunningMuc {
 pub async fn start(
     config: &MucConfig,
     gateways: Vec<Target>,
+    acks: crate::component::client::AckSettings,
     secret: &str,
     storage: Option<Storage>,
     metrics: Option<MucMetrics>,
@@ -104,11 +105,9 @@ pub async fn start(
         }
         None => Service::new(config.clone()),
     };
-    let component = Component::start(ClientConfig::with_gateways(
-        &config.domain,
-        secret,
-        gateways,
-    ));
+    let component = Component::start(
+        ClientConfig::with_gateways(&config.domain, secret, gateways).with_acks(acks),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(service, component, storage, metrics, stop.clone()));
     Ok(RunningMuc { stop, task })

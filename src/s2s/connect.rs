@@ -578,6 +578,7 @@ pub async fn exchange_headers(
         version: true,
         dialback: true,
         drain: false,
+        sm: false,
     });
     flush(conn, target).await?;
     let header = match conn.next_event().await.map_err(|e| read_error(target, e))? {

@@ -648,6 +648,7 @@ impl Inbound {
             version: ours.version,
             dialback: true,
             drain: false,
+            sm: false,
         });
         let sent = self.negotiation.send_features(&ours, &self.ctx);
         self.negotiated(sent.map(|()| Next::Continue)).map(|_| ())

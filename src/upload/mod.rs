@@ -68,6 +68,8 @@ pub struct RunningUpload {
 pub struct Attachment {
     /// Where its component link goes.
     pub gateways: Vec<Target>,
+    /// Acknowledgements on that link.
+    pub acks: crate::component::client::AckSettings,
     /// The link's handshake secret.
     pub secret: String,
     /// The sender domains given slots when `allow_domains` is empty: the gateway's own.
@@ -106,11 +108,9 @@ pub fn start(
     );
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let component = Component::start(ClientConfig::with_gateways(
-        &config.domain,
-        &at.secret,
-        at.gateways,
-    ));
+    let component = Component::start(
+        ClientConfig::with_gateways(&config.domain, &at.secret, at.gateways).with_acks(at.acks),
+    );
     tasks.spawn(serve(service, component, stop.clone()));
     tasks.spawn(sweep(
         files.clone(),

@@ -46,6 +46,8 @@ pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// fedgate's drain notice on component streams ([`crate::component::drain`]); here so that
 /// the stream header can declare it without the XML layer importing the component layer.
 pub const DRAIN: &str = "urn:fedgate:drain:0";
+/// XEP-0198 stream management, on s2s streams and on the component stream.
+pub const SM: &str = "urn:xmpp:sm:3";
 
 /// A namespace URI. The well-known ones are stored as `&'static str` so the
 /// per-stanza path does not allocate to remember a stanza's namespace.

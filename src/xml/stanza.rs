@@ -70,7 +70,6 @@ pub enum Kind {
 }
 
 /// A complete top-level element as received, with its routing facts.
-#[derive(Clone)]
 pub struct Stanza {
     raw: Bytes,
     /// The context it was parsed in; needed to re-target it and to build a
@@ -78,6 +77,22 @@ pub struct Stanza {
     src: Arc<NsContext>,
     kind: Kind,
     facts: Facts,
+    /// For a stanza from a backend that acknowledges (XEP-0198 on the component stream):
+    /// its place in the session's [`AckWindow`](crate::ack::AckWindow), finished when the
+    /// stanza is dropped. A clone carries none: the original is the one that is delivered.
+    ticket: Option<crate::ack::Ticket>,
+}
+
+impl Clone for Stanza {
+    fn clone(&self) -> Self {
+        Stanza {
+            raw: self.raw.clone(),
+            src: self.src.clone(),
+            kind: self.kind,
+            facts: self.facts.clone(),
+            ticket: None,
+        }
+    }
 }
 
 impl Stanza {
@@ -103,6 +118,21 @@ impl Stanza {
             src,
             kind,
             facts,
+            ticket: None,
+        }
+    }
+
+    /// The stanza with its delivery ticket (see [`crate::ack`]).
+    pub fn with_ticket(mut self, ticket: crate::ack::Ticket) -> Stanza {
+        self.ticket = Some(ticket);
+        self
+    }
+
+    /// Gives up on the stanza without knowing whether it was delivered: its backend is not
+    /// told it was ([`crate::ack::Ticket::abandon`]). No-op for a stanza without a ticket.
+    pub fn abandon(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            t.abandon();
         }
     }
 

@@ -86,6 +86,9 @@ pub struct OpenStream<'a> {
     /// Write `xmlns:drain='urn:fedgate:drain:0'`: a backend that understands the gateway's
     /// drain notice ([`crate::component::drain`]).
     pub drain: bool,
+    /// Write `xmlns:sm='urn:xmpp:sm:3'`: on a component stream, a peer that acknowledges
+    /// stanzas (XEP-0198 on XEP-0114, [`crate::component::sm`]).
+    pub sm: bool,
 }
 
 impl OpenStream<'_> {
@@ -104,6 +107,11 @@ impl OpenStream<'_> {
         if self.drain {
             out.extend_from_slice(b" xmlns:drain='");
             out.extend_from_slice(ns::DRAIN.as_bytes());
+            out.push(b'\'');
+        }
+        if self.sm {
+            out.extend_from_slice(b" xmlns:sm='");
+            out.extend_from_slice(super::ns::SM.as_bytes());
             out.push(b'\'');
         }
         for (name, value) in [("from", self.from), ("to", self.to), ("id", self.id)] {
@@ -165,6 +173,7 @@ mod tests {
             version: true,
             dialback: true,
             drain: false,
+            sm: false,
         }
         .write(&mut out);
         assert_eq!(

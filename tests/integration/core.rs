@@ -108,6 +108,7 @@ impl Node {
             gateways: vec![Target::Tcp(self.gw.gw().component_addr)],
             secrets: self.secrets.clone(),
             neighbours: Vec::new(),
+            acks: Default::default(),
         };
         let registry = prometheus::Registry::new();
         let core = fedgate::core::start(&self.config, self.tls.clone(), link, &registry)

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use fedgate::component::client::{choose_gateway, ClientConfig, Component, Event, Sender, Target};
 use tokio::sync::mpsc;
@@ -183,4 +184,161 @@ async fn two_instances_verify_each_others_keys_and_a_stopped_one_loses_nothing()
         metric(&gws[via].metrics().await, &resume_failed("inbound")),
         1.0
     );
+}
+
+/// A child `fedgate run` for a.test on `ip`, with the test CA's certificate for a.test and
+/// `SECRET` as its dialback secret: the process (killed on drop) and its component listener.
+fn child_gateway(
+    dns: &TestDns,
+    dir: &std::path::Path,
+    ip: IpAddr,
+) -> (crate::binary::KillOnDrop, SocketAddr) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["a.test"]), dir, "tls");
+    let secret = dir.join("dialback.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = dir.join("fedgate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[s2s]\nlisten = [\"{ip}:5269\"]\ndirect_tls_listen = []\ndialback_secret_file = \"dialback.secret\"\n\
+             [dns]\nnameservers = [\"{dns}\"]\n\
+             [tls]\nwebpki_roots = false\nca_files = [\"{ca}\"]\n\
+             [[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [component]\nlisten = \"127.0.0.1:0\"\n\
+             [[component.backend]]\ndomain = \"a.test\"\nsecret = \"crash-secret\"\n\
+             [metrics]\nenabled = false\n",
+            dns = dns.addr,
+            ca = crate::certs::ca().ca_file.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let (child, lines) = crate::binary::spawn_fedgate(&file);
+    let child = crate::binary::KillOnDrop(Some(child));
+    let line = crate::binary::wait_for_line(&lines, "components listening on ");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("the component listener's address in the log line");
+    crate::binary::wait_for_line(&lines, "fedgate ready");
+    // Keep reading its log, so that it never blocks writing it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Issue 18, item 5: two gateway processes for a.test, the component library attached to
+/// both with acknowledgements, a peer b.test (fedgate, with XEP-0198) whose backend counts
+/// what arrives. Messages to b.test flow at a steady rate through the gateway b.test hashes
+/// to; that process is killed with SIGKILL in the middle. Every message arrives at least
+/// once: what the dead gateway had not had confirmed by b.test is sent again through the
+/// other one (duplicates counted and reported, none lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_with_sigkill_mid_traffic_loses_nothing() {
+    let dns = TestDns::start().await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut b_backend = b.backend().await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ips: Vec<IpAddr> = (0..2).map(|_| next_loopback()).collect();
+    let mut children = Vec::new();
+    let mut targets = Vec::new();
+    for (dir, ip) in dirs.iter().zip(&ips) {
+        let (child, addr) = child_gateway(&dns, dir.path(), *ip);
+        children.push(child);
+        targets.push(Target::Tcp(addr));
+    }
+    let labels: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    let via = choose_gateway("b.test", &labels, &[true, true]).unwrap();
+    // A dialback check by b.test lands on the instance that stays.
+    dns.add("a.test", ips[1 - via]);
+    let (sender, _ids, mut online) = attach("crash-secret", targets);
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, online.recv())
+            .await
+            .expect("both links up");
+    }
+
+    // 4,000 messages at 2,000/s (20 every 10 ms); the gateway that carries them is killed
+    // once half were handed to the library.
+    const N: usize = 4000;
+    const KILL_AT: usize = N / 2;
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel();
+    let traffic = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let mut killed_tx = Some(killed_tx);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..N {
+                if i % 20 == 0 {
+                    tick.tick().await;
+                }
+                if i == KILL_AT {
+                    let _ = killed_tx.take().unwrap().send(());
+                }
+                sender
+                    .send_raw(format!(
+                        "<message from='juliet@a.test' to='romeo@b.test' id='m{i}'><body>{i}</body></message>"
+                    ))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut killed_rx = Some(killed_rx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < N {
+        if let Some(rx) = killed_rx.as_mut() {
+            if rx.try_recv().is_ok() {
+                killed_rx = None;
+                let child = children[via].0.as_mut().unwrap();
+                child.kill().expect("SIGKILL the gateway");
+                child.wait().unwrap();
+                eprintln!(
+                    "killed the gateway carrying b.test after {} arrived",
+                    seen.len()
+                );
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stanza = match tokio::time::timeout(left, b_backend.next()).await {
+            Ok(s) => s,
+            Err(_) => panic!(
+                "{} of {N} arrived; missing e.g. {:?}; library: {} acknowledged, {} resent, {} unacknowledged",
+                seen.len(),
+                (0..N).map(|i| format!("m{i}")).find(|id| !seen.contains_key(id)),
+                sender.stats().acked(),
+                sender.stats().resent(),
+                sender.stats().unacked(),
+            ),
+        };
+        if let Some(id) = stanza.id() {
+            *seen.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    traffic.await.unwrap();
+    assert!(killed_rx.is_none(), "the gateway was killed mid-traffic");
+    let twice: usize = seen.values().map(|n| n - 1).sum();
+    let stats = sender.stats();
+    eprintln!(
+        "{N} sent, {N} delivered (0 lost), {twice} duplicates; the library resent {} and has {} acknowledged",
+        stats.resent(),
+        stats.acked()
+    );
+    assert!(stats.resent() > 0, "nothing was in flight at the kill");
+    assert!(
+        twice as u64 <= stats.resent(),
+        "{twice} duplicates, {} resent",
+        stats.resent()
+    );
+    eventually(
+        "everything is acknowledged by the gateway that stayed",
+        || stats.unacked() == 0,
+    )
+    .await;
 }

@@ -12,6 +12,7 @@ mod xml_tree;
 mod bidi;
 mod binary;
 mod component;
+mod component_acks;
 mod component_client;
 mod core;
 mod core_im;

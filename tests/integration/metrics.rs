@@ -265,6 +265,52 @@ impl Busy {
             ))
             .await;
         }
+        // A backend with acknowledgements on the component stream (XEP-0198 on XEP-0114):
+        // it acknowledges the first stanza the gateway writes to it, the gateway acknowledges
+        // its stanza to a.test, and it goes away before acknowledging the second: routed
+        // again (bounced to a.test, which has no other session for extra.a.test).
+        let mut acking = RawStream::connect(self.a.gw().component_addr).await;
+        acking
+            .send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' xmlns:sm='urn:xmpp:sm:3' to='extra.a.test'>")
+            .await;
+        let id = acking.expect_header().await.id.clone().unwrap();
+        acking
+            .send(&format!(
+                "<handshake>{}</handshake><enable xmlns='urn:xmpp:sm:3'/>",
+                fedgate::dialback::component_handshake(&id, "extra-secret")
+            ))
+            .await;
+        assert_eq!(acking.next().await.name(), "handshake");
+        assert_eq!(acking.next().await.name(), "enabled");
+        a.send("<message from='u@a.test' to='extra.a.test' id='x1'/>")
+            .await;
+        assert_eq!(acking.next().await.id(), Some("x1"));
+        acking
+            .send("<a xmlns='urn:xmpp:sm:3' h='1'/><message from='extra.a.test' to='u@a.test' id='x2'/>")
+            .await;
+        let a_ = &self.a;
+        wait_for_metric(
+            a_,
+            "fedgate_component_acked_total{direction=\"outbound\"}",
+            1.0,
+        )
+        .await;
+        wait_for_metric(
+            a_,
+            "fedgate_component_acked_total{direction=\"inbound\"}",
+            1.0,
+        )
+        .await;
+        a.send("<message from='u@a.test' to='extra.a.test' id='x3'/>")
+            .await;
+        loop {
+            if acking.next().await.id() == Some("x3") {
+                break;
+            }
+        }
+        drop(acking);
+        wait_for_metric(a_, "fedgate_component_unacked_returned_total", 1.0).await;
+
         // Garbage on the s2s port: a stream error.
         let mut garbage = RawStream::connect(self.a.s2s_addr()).await;
         garbage.send("<not-a-stream/>").await;

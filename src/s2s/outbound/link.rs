@@ -898,8 +898,8 @@ impl Session {
             writer.send(sm::REQUEST);
         }
         let _ = writer.flush().await;
-        match error {
-            Some(condition) => writer.fail(&condition, None).await,
+        match &error {
+            Some(condition) => writer.fail(condition, None).await,
             None => writer.close().await,
         }
         self.bounce_too_large(pump).await;
@@ -914,6 +914,13 @@ impl Session {
                 .with_label_values(&["unconfirmed"])
                 .inc_by(carry.unacked.len() as u64);
             tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged or confirmed by the peer", carry.unacked.len());
+            if error.is_some() {
+                // Stopping: their fate is unknown, so their backends are not told they were
+                // delivered and send them again elsewhere (crate::ack, step 3).
+                for stanza in carry.unacked.iter_mut() {
+                    stanza.abandon();
+                }
+            }
         }
     }
 }

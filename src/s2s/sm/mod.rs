@@ -62,7 +62,7 @@ use crate::xml::stanza::Stanza;
 use crate::xml::{escape_attr, ns};
 
 /// The XEP-0198 namespace (version 3).
-pub const NS: &str = "urn:xmpp:sm:3";
+pub const NS: &str = crate::xml::ns::SM;
 
 /// Whether stream features offer stream management.
 pub fn offered(features: &Element) -> bool {
