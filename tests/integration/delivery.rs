@@ -28,11 +28,18 @@ fn burst_message(from: &str, to: &str, i: usize) -> String {
 async fn library_backend(
     instance: &Instance,
 ) -> (Sender, mpsc::UnboundedReceiver<(String, String)>) {
-    let component = Component::start(ClientConfig::new(
+    let mut config = ClientConfig::new(
         &instance.domain,
         &instance.component_secret,
         Target::Tcp(instance.gw().component_addr),
-    ));
+    );
+    // KNOWN BUG (issue 18, open): with component-link acknowledgements, stanzas queued for a
+    // remote that stopped reading stay unacknowledged, fill the library's max_unacked window
+    // and stop the backend's traffic to every other destination. These tests are about the
+    // gateway's per-destination isolation, so they run with acknowledgements off until that
+    // is fixed.
+    config.acknowledgements = false;
+    let component = Component::start(config);
     let (sender, mut events, stopper) = component.into_parts();
     let (tx, rx) = mpsc::unbounded_channel();
     let (online_tx, mut online) = mpsc::channel(1);
