@@ -923,17 +923,65 @@ impl RawStream {
     }
 }
 
-/// A fake peer's side of STARTTLS on `conn` (an inbound s2s stream it accepted): our stream
-/// header (`header("plain")`) with `<starttls><required/>`, `<proceed/>`, the TLS handshake with
-/// `tls` as `fake.test`, and the header of the encrypted stream (`header("tls")`); the caller
-/// sends its features next.
+/// A fake receiving server for fake.test on `ip`:5269, with a certificate for fake.test from
+/// the test CA: the peer of the tests that watch what our outbound links send. The test
+/// answers what arrives on each [`FakeReceiver::accept`]ed connection itself.
+#[allow(dead_code)]
+pub struct FakeReceiver {
+    listener: tokio::net::TcpListener,
+    pub tls: Arc<fedgate::tls::Tls>,
+}
+
+#[allow(dead_code)]
+impl FakeReceiver {
+    /// Binds `ip`:5269; the certificate goes into `dir`.
+    pub async fn bind(ip: IpAddr, dir: &std::path::Path) -> FakeReceiver {
+        let (cert, key) = ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
+        let config = Config::from_toml(
+            &format!(
+                "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+                 [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
+                cert.display(),
+                key.display()
+            ),
+            dir,
+        )
+        .unwrap();
+        let tls = Arc::new(fedgate::tls::Tls::from_config(&config).unwrap());
+        let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+        FakeReceiver { listener, tls }
+    }
+
+    /// The next connection, framed; `None` once the listener fails.
+    pub async fn accept(&self) -> Option<fedgate::connection::Connection> {
+        let (tcp, peer) = self.listener.accept().await.ok()?;
+        let limits = Limits {
+            max_stanza_bytes: 65536,
+            max_depth: 16,
+            max_attributes: 16,
+        };
+        Some(fedgate::connection::Connection::new(
+            Box::new(tcp),
+            peer,
+            limits,
+            "jabber:server",
+        ))
+    }
+}
+
+/// The fake receiver's side of STARTTLS on `conn` (a.test's outbound stream to fake.test):
+/// our header with `<starttls><required/>`, `<proceed/>`, the TLS handshake as fake.test,
+/// and the encrypted stream's header; the stream ids end in `-{tag}`. The caller sends its
+/// features next.
 #[allow(dead_code)]
 pub async fn fake_peer_starttls(
     conn: &mut fedgate::connection::Connection,
     tls: &fedgate::tls::Tls,
-    header: impl Fn(&str) -> String,
+    tag: usize,
 ) {
-    use fedgate::xml::framer::Event;
+    let header = |id: &str| {
+        format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}-{tag}' version='1.0'>")
+    };
     assert!(matches!(
         conn.next_event().await.unwrap(),
         Event::StreamOpen(_)

@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 
-use crate::certs::CertSpec;
 use crate::harness::*;
 
 const COMP: &str = "comp.a.test";
@@ -178,39 +177,17 @@ async fn refusing_peer(
     dir: &std::path::Path,
     refuse: Refuse,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(usize, String)> {
-    use fedgate::connection::Connection;
-    use fedgate::xml::framer::{Event, Limits};
-    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
-    let config = fedgate::config::Config::from_toml(
-        &format!(
-            "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
-            cert.display(),
-            key.display()
-        ),
-        dir,
-    )
-    .unwrap();
-    let tls = std::sync::Arc::new(fedgate::tls::Tls::from_config(&config).unwrap());
-    let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    use fedgate::xml::framer::Event;
+    let receiver = FakeReceiver::bind(ip, dir).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         for n in 1.. {
-            let Ok((tcp, peer)) = listener.accept().await else {
+            let Some(mut conn) = receiver.accept().await else {
                 return;
             };
-            let (tls, tx) = (tls.clone(), tx.clone());
+            let (tls, tx) = (receiver.tls.clone(), tx.clone());
             tokio::spawn(async move {
-                let limits = Limits {
-                    max_stanza_bytes: 65536,
-                    max_depth: 16,
-                    max_attributes: 16,
-                };
-                let mut conn = Connection::new(Box::new(tcp), peer, limits, "jabber:server");
-                let header = |id: &str| {
-                    format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}-{n}' version='1.0'>")
-                };
-                fake_peer_starttls(&mut conn, &tls, header).await;
+                fake_peer_starttls(&mut conn, &tls, n).await;
                 conn.send(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
                 conn.flush().await.unwrap();
                 while let Ok(Event::Stanza(s)) = conn.next_event().await {

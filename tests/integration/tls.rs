@@ -545,37 +545,15 @@ async fn external_refusing_peer(
     ip: std::net::IpAddr,
     dir: &std::path::Path,
 ) -> tokio::sync::mpsc::Receiver<Vec<String>> {
-    use fedgate::connection::Connection;
-    use fedgate::xml::framer::{Event, Limits};
-    let (cert, key) = crate::certs::ca().issue(&CertSpec::for_names(&["fake.test"]), dir, "fake");
-    let config = fedgate::config::Config::from_toml(
-        &format!(
-            "[[tls.certificate]]\ndomains = [\"fake.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [[component.backend]]\ndomain = \"fake.test\"\nsecret = \"x\"\n",
-            cert.display(),
-            key.display()
-        ),
-        dir,
-    )
-    .unwrap();
-    let tls = fedgate::tls::Tls::from_config(&config).unwrap();
-    let listener = tokio::net::TcpListener::bind((ip, 5269)).await.unwrap();
+    use fedgate::xml::framer::Event;
+    let receiver = FakeReceiver::bind(ip, dir).await;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         for n in 0..2 {
-            let (tcp, peer) = listener.accept().await.unwrap();
-            let limits = Limits {
-                max_stanza_bytes: 65536,
-                max_depth: 16,
-                max_attributes: 16,
-            };
-            let mut conn = Connection::new(Box::new(tcp), peer, limits, "jabber:server");
-            let header = |id: &str| {
-                format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='fake.test' to='a.test' id='{id}-{n}' version='1.0'>")
-            };
+            let mut conn = receiver.accept().await.unwrap();
             let mut seen = Vec::new();
             // Plain stream: STARTTLS only.
-            fake_peer_starttls(&mut conn, &tls, header).await;
+            fake_peer_starttls(&mut conn, &receiver.tls, n).await;
             conn.send(b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
             conn.flush().await.unwrap();
             loop {
