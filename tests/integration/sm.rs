@@ -1,6 +1,6 @@
 //! XEP-0198 stream management on inbound s2s streams (fedgate receives, counts and
 //! acknowledges), whitespace keepalives, checked with raw peers authenticated by dialback or
-//! SASL EXTERNAL.
+//! SASL EXTERNAL; and the last acknowledgement a stopping gateway asks of its outbound peer.
 
 use std::time::{Duration, Instant};
 
@@ -464,4 +464,79 @@ async fn an_idle_inbound_stream_gets_whitespace_keepalives_and_still_closes_when
         started.elapsed() >= Duration::from_millis(1300),
         "keepalives do not count as activity, and do not end it early either"
     );
+}
+
+/// The next stanza a.test writes to the fake receiver.
+async fn next_stanza(conn: &mut fedgate::connection::Connection) -> fedgate::xml::stanza::Stanza {
+    match tokio::time::timeout(WAIT, conn.next_event())
+        .await
+        .expect("a.test writes on")
+    {
+        Ok(Event::Stanza(s)) => s,
+        other => panic!("expected a stanza: {:?}", other.map(|_| ())),
+    }
+}
+
+/// A stopping gateway asks its outbound XEP-0198 peer for a last acknowledgement and waits
+/// for the answer before it closes the stream. Closing at once, a peer that reads the close
+/// first may end the stream without answering (Prosody did), and what it had received would
+/// count as unconfirmed: an acknowledging backend sends it again, and it arrives twice.
+#[tokio::test]
+async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
+    let dns = TestDns::start().await;
+    let mut a = instance(&dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let receiver = FakeReceiver::bind(ip, dir.path()).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
+        .await;
+    let mut conn = tokio::time::timeout(WAIT, receiver.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    fake_peer_starttls(&mut conn, &receiver.tls, 0).await;
+    conn.send(format!("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>{SM_OFFER}</stream:features>").as_bytes());
+    conn.flush().await.unwrap();
+    // Dialback, XEP-0198, then m1, which we hold unacknowledged.
+    loop {
+        let s = next_stanza(&mut conn).await;
+        match s.name() {
+            "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
+            "enable" => conn.send(b"<enabled xmlns='urn:xmpp:sm:3'/>"),
+            "message" => break,
+            _ => {}
+        }
+        conn.flush().await.unwrap();
+    }
+    let stopping = tokio::spawn(async move {
+        a.stop().await;
+        a
+    });
+    // Nothing but requests comes while m1 is unanswered: no close.
+    let quiet = tokio::time::sleep(Duration::from_millis(300));
+    tokio::pin!(quiet);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            _ = &mut quiet => break,
+            e = conn.next_event() => match e {
+                Ok(Event::Stanza(s)) if s.name() == "r" => asked = true,
+                other => panic!("the stream went on or ended before our answer: {:?}", other.map(|e| matches!(e, Event::StreamClose))),
+            },
+        }
+    }
+    assert!(asked, "no last <r/>");
+    conn.send(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    conn.flush().await.unwrap();
+    let close = next_stanza(&mut conn).await;
+    assert_eq!(close.name(), "error", "{}", text(close.raw()));
+    assert!(
+        text(close.raw()).contains("system-shutdown"),
+        "{}",
+        text(close.raw())
+    );
+    stopping.await.unwrap();
 }

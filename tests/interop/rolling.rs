@@ -38,10 +38,6 @@ fn attach(
     let mut config = ClientConfig::with_gateways(domain, secret, gateways);
     // A restarted gateway is found again within a fraction of a second.
     config.backoff_max = Duration::from_millis(200);
-    // KNOWN BUG (issue 18, open): with component-link acknowledgements, the library resends
-    // through another instance what a draining one had not acknowledged yet, and Prosody gets
-    // those twice (67 in one run). Off until the drain acknowledges what it hands on.
-    config.acknowledgements = false;
     let (sender, mut events, stopper) = Component::start(config).into_parts();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {

@@ -895,7 +895,13 @@ impl Session {
             self.write(pump, &mut writer, slot, s, carry, target);
         }
         if pump.sm && !carry.unacked.is_empty() {
+            // Asked, and the answer awaited, while the stream is still open: a peer that
+            // reads our close first may end the stream without answering (Prosody did, for
+            // a few dozen stanzas per restart), and what it had would then count as lost.
             writer.send(sm::REQUEST);
+            if writer.flush().await.is_ok() {
+                sm::sending::final_acks(reader, carry).await;
+            }
         }
         let _ = writer.flush().await;
         match &error {
@@ -903,9 +909,6 @@ impl Session {
             None => writer.close().await,
         }
         self.bounce_too_large(pump).await;
-        if pump.sm && !carry.unacked.is_empty() {
-            sm::sending::final_acks(reader, carry).await;
-        }
         if !carry.unacked.is_empty() {
             self.ctx
                 .router
