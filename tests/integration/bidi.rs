@@ -86,21 +86,11 @@ async fn with_sasl_external_one_connection_carries_both_directions() {
     );
     // `/peers` (and `fedgate peers`) shows the one session, on both sides, as bidi.
     for (gw, remote, direction) in [(&a, "b.test", "outbound"), (&b, "a.test", "inbound")] {
-        let view = peer_view(gw, remote).await;
+        let view = gw.peer_view(remote).await;
         assert_eq!(view.sessions.len(), 1, "{remote}: {view:?}");
         assert_eq!(view.sessions[0].direction, direction);
         assert!(view.sessions[0].bidi, "{remote}: {view:?}");
     }
-}
-
-async fn peer_view(instance: &Instance, domain: &str) -> fedgate::peers::PeerView {
-    let body = http_get(
-        instance.gw().metrics_addr.unwrap(),
-        &format!("/peers/{domain}"),
-    )
-    .await;
-    let json = body.split("\r\n\r\n").nth(1).unwrap_or(&body);
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 #[tokio::test]

@@ -377,6 +377,13 @@ impl Instance {
         RawStream::component(self.gw().component_addr, domain, secret).await
     }
 
+    /// `/peers/{domain}`: what this instance knows of a remote domain.
+    pub async fn peer_view(&self, domain: &str) -> fedgate::peers::PeerView {
+        let body = http_get(self.gw().metrics_addr.unwrap(), &format!("/peers/{domain}")).await;
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or(&body);
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
     pub async fn metrics(&self) -> String {
         http_get(self.gw().metrics_addr.unwrap(), "/metrics").await
     }

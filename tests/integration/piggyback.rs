@@ -58,16 +58,6 @@ async fn expect_in_order(receiver: &mut RawStream, domains: &[&str], n: usize) {
     assert_eq!(next, vec![n; domains.len()]);
 }
 
-async fn peer_view(instance: &Instance, domain: &str) -> fedgate::peers::PeerView {
-    let body = http_get(
-        instance.gw().metrics_addr.unwrap(),
-        &format!("/peers/{domain}"),
-    )
-    .await;
-    let json = body.split("\r\n\r\n").nth(1).unwrap_or(&body);
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 #[tokio::test]
 async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
     let dns = TestDns::start().await;
@@ -118,7 +108,7 @@ async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
     assert_eq!(links(&b).await, 0.0, "b opened no link of its own");
 
     // `/peers`: one outbound session carrying both pairs.
-    let view = peer_view(&a, "b.test").await;
+    let view = a.peer_view("b.test").await;
     assert_eq!(view.sessions.len(), 1, "{view:?}");
     let mut pairs: Vec<_> = view.sessions[0]
         .pairs

@@ -66,16 +66,6 @@ async fn refused_again(
     );
 }
 
-async fn peer_json(instance: &Instance, domain: &str) -> fedgate::peers::PeerView {
-    let body = http_get(
-        instance.gw().metrics_addr.unwrap(),
-        &format!("/peers/{domain}"),
-    )
-    .await;
-    let json = body.split("\r\n\r\n").nth(1).unwrap_or(&body);
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 #[tokio::test]
 async fn a_refused_domain_is_closed_with_policy_violation_naming_the_rule() {
     let dns = TestDns::start().await;
@@ -94,7 +84,7 @@ async fn a_refused_domain_is_closed_with_policy_violation_naming_the_rule() {
         assert!(error.contains("<policy-violation"), "{error}");
         assert!(error.contains(rule), "{error}");
     }
-    let view = peer_json(&b, "stranger.test").await;
+    let view = b.peer_view("stranger.test").await;
     assert!(
         view.policy.federation.starts_with("refused"),
         "{:?}",
@@ -146,7 +136,7 @@ async fn dry_run_counts_what_it_would_refuse_but_delivers_both_ways() {
         );
     }
     assert!(!metrics.contains("mode=\"enforced\""), "{metrics}");
-    let view = peer_json(&b, "a.test").await;
+    let view = b.peer_view("a.test").await;
     assert!(
         view.policy.federation.starts_with("dry run"),
         "{:?}",
@@ -182,7 +172,7 @@ async fn a_reload_closes_live_sessions_the_new_policy_refuses_and_keeps_the_othe
     deliver(&mut backend_a, &mut backend_c, "a.test", "c.test", "c2")
         .await
         .unwrap();
-    assert_eq!(peer_json(&a, "b.test").await.sessions.len(), 2);
+    assert_eq!(a.peer_view("b.test").await.sessions.len(), 2);
 
     // A file that does not validate is refused; the running policy stays.
     let refused = a
@@ -208,14 +198,14 @@ async fn a_reload_closes_live_sessions_the_new_policy_refuses_and_keeps_the_othe
 
     // b's sessions are gone both ways; c's are the same sessions as before.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !peer_json(&a, "b.test").await.sessions.is_empty() {
+    while !a.peer_view("b.test").await.sessions.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "b's sessions were not closed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let view = peer_json(&b, "a.test").await;
+    let view = b.peer_view("a.test").await;
     assert!(
         view.failures
             .iter()
@@ -243,7 +233,7 @@ async fn a_reload_closes_live_sessions_the_new_policy_refuses_and_keeps_the_othe
         .await
         .unwrap();
     assert_eq!(established(&c.metrics().await), before, "c's link was kept");
-    assert_eq!(peer_json(&a, "c.test").await.sessions.len(), 2);
+    assert_eq!(a.peer_view("c.test").await.sessions.len(), 2);
     let metrics = a.metrics().await;
     assert_eq!(
         metric(&metrics, "fedgate_config_reloads_total{result=\"applied\"}"),
@@ -298,7 +288,7 @@ async fn the_peer_view_of_a_stopped_peer_shows_the_cause_and_the_attempt() {
     deliver(&mut backend_a, &mut backend_b, "a.test", "b.test", "1")
         .await
         .unwrap();
-    let view = peer_json(&a, "b.test").await;
+    let view = a.peer_view("b.test").await;
     assert_eq!(view.up, Some(true));
     assert_eq!(view.sessions.len(), 1);
     let session = &view.sessions[0];
@@ -319,7 +309,7 @@ async fn the_peer_view_of_a_stopped_peer_shows_the_cause_and_the_attempt() {
     let bounce = backend_a.next().await;
     assert_eq!(bounce.type_(), Some("error"), "{}", text(bounce.raw()));
 
-    let view = peer_json(&a, "b.test").await;
+    let view = a.peer_view("b.test").await;
     assert_eq!(view.up, Some(false));
     assert!(view.sessions.is_empty(), "{:?}", view.sessions);
     let last = view.failures.last().expect("a failure");
@@ -407,7 +397,8 @@ async fn sighup_and_fedgate_reload_tighten_the_allowlist_of_a_running_gateway() 
     assert!(line.contains("1 live session(s) closed"), "{line}");
     assert!(line.contains("b.test is refused by policy"), "{line}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !peer_json(&b, "a.test")
+    while !b
+        .peer_view("a.test")
         .await
         .failures
         .iter()
