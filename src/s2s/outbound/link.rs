@@ -497,7 +497,10 @@ impl Session {
                     };
                     self.write(pump, &mut writer, slot, first, carry, &target);
                     // Then the batch: each pair's queue in turn, none always first.
-                    for slot in pump.guests.order() {
+                    pump.guests.next_turn();
+                    let slots = pump.guests.slots();
+                    for k in 0..slots {
+                        let slot = pump.guests.slot(k, slots);
                         while writer.pending() < BATCH_BYTES && carry.unacked.len() < cap {
                             match pump.guests.queue(slot, rx).try_recv() {
                                 Ok(s) => self.write(pump, &mut writer, slot, s, carry, &target),

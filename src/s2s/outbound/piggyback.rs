@@ -250,21 +250,37 @@ impl Guests {
         }
     }
 
-    /// The queues to read, in this batch's order: the host's and each carried guest's,
-    /// starting with the one whose turn it is.
-    pub(super) fn order(&mut self) -> Vec<Slot> {
-        let mut slots = vec![Slot::Host];
-        slots.extend(
-            self.list
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.state == GuestState::Carried)
-                .map(|(i, _)| Slot::Guest(i)),
-        );
+    /// How many queues the link reads: the host's and each carried guest's.
+    pub(super) fn slots(&self) -> usize {
+        1 + self
+            .list
+            .iter()
+            .filter(|g| g.state == GuestState::Carried)
+            .count()
+    }
+
+    /// The `k`-th of the [`slots`](Guests::slots) queues counted from the one whose turn it
+    /// is. Found again each time rather than collected, so that reading the queues (each
+    /// wake-up, each batch) allocates nothing.
+    pub(super) fn slot(&self, k: usize, slots: usize) -> Slot {
+        match (self.turn + k) % slots {
+            0 => Slot::Host,
+            j => Slot::Guest(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.state == GuestState::Carried)
+                    .nth(j - 1)
+                    .map(|(i, _)| i)
+                    .expect("counted by slots()"),
+            ),
+        }
+    }
+
+    /// The next batch starts with the next queue, so that no pair always waits for the
+    /// others.
+    pub(super) fn next_turn(&mut self) {
         self.turn = self.turn.wrapping_add(1);
-        let n = slots.len();
-        slots.rotate_left(self.turn % n);
-        slots
     }
 
     /// The queue of `slot`.
@@ -299,20 +315,9 @@ impl Guests {
         if self.list.is_empty() {
             return host.poll_recv(cx).map(|q| Input::Stanza(Slot::Host, q));
         }
-        // Polled on every wake-up of the link: the carried guests are counted and found
-        // again rather than collected, so that polling allocates nothing.
-        fn carried(list: &[Guest]) -> impl Iterator<Item = usize> + '_ {
-            list.iter()
-                .enumerate()
-                .filter(|(_, g)| g.state == GuestState::Carried)
-                .map(|(i, _)| i)
-        }
-        let n = carried(&self.list).count() + 1;
-        for k in 0..n {
-            let slot = match (self.turn + k) % n {
-                0 => Slot::Host,
-                j => Slot::Guest(carried(&self.list).nth(j - 1).expect("counted above")),
-            };
+        let slots = self.slots();
+        for k in 0..slots {
+            let slot = self.slot(k, slots);
             if let Poll::Ready(next) = self.queue(slot, host).poll_recv(cx) {
                 return Poll::Ready(Input::Stanza(slot, next));
             }
