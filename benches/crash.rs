@@ -115,19 +115,7 @@ async fn library_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
         .map(|(i, c)| ChildGateway::start(&format!("a.test#{i}"), c, "CRASH_ENV"))
         .collect();
 
-    let delivered = Arc::new(Mutex::new((HashSet::new(), 0u64)));
-    let (mut reader_b, _wr_b) =
-        attach_backend(B_COMPONENT.parse().unwrap(), "b.test", "secret").await;
-    let seen = delivered.clone();
-    let receiver = tokio::spawn(async move {
-        while let Some(s) = reader_b.next_stanza().await {
-            if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
-                let mut seen = seen.lock().unwrap();
-                seen.1 += 1;
-                seen.0.insert(seq);
-            }
-        }
-    });
+    let (delivered, receiver, _wr_b) = record_deliveries().await;
     let component = Component::start(ClientConfig::with_gateways("a.test", "secret", targets));
     let (sender, mut events, stopper) = component.into_parts();
     let mut up = 0;
@@ -211,17 +199,7 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
     let mut a = ChildGateway::start("a.test", &a_config, "CRASH_ENV");
 
-    let delivered = Arc::new(Mutex::new(HashSet::new()));
-    let (mut reader_b, _wr_b) =
-        attach_backend(B_COMPONENT.parse().unwrap(), "b.test", "secret").await;
-    let seen = delivered.clone();
-    let receiver = tokio::spawn(async move {
-        while let Some(s) = reader_b.next_stanza().await {
-            if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
-                seen.lock().unwrap().insert(seq);
-            }
-        }
-    });
+    let (delivered, receiver, _wr_b) = record_deliveries().await;
     let (_reader_a, mut wr_a) =
         attach_backend(A_COMPONENT.parse().unwrap(), "a.test", "secret").await;
 
@@ -257,7 +235,7 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     }
     tokio::time::sleep(drain).await;
     receiver.abort();
-    let delivered = delivered.lock().unwrap().len() as u64;
+    let delivered = delivered.lock().unwrap().0.len() as u64;
     let (written_before_kill, _) = killed_at.unwrap_or((written, Instant::now()));
     let lost = written.saturating_sub(delivered);
     println!(
@@ -266,4 +244,29 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
         100.0 * lost as f64 / written.max(1) as f64
     );
     drop(b);
+}
+
+/// What backend B received: the distinct sequence numbers, and every arrival (so that
+/// duplicates show); filled by the returned task, from a raw backend attached to b.test.
+type Deliveries = Arc<Mutex<(HashSet<u64>, u64)>>;
+
+async fn record_deliveries() -> (
+    Deliveries,
+    tokio::task::JoinHandle<()>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let delivered = Deliveries::default();
+    let (mut reader_b, writer_b) =
+        attach_backend(B_COMPONENT.parse().unwrap(), "b.test", "secret").await;
+    let seen = delivered.clone();
+    let receiver = tokio::spawn(async move {
+        while let Some(s) = reader_b.next_stanza().await {
+            if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
+                let mut seen = seen.lock().unwrap();
+                seen.1 += 1;
+                seen.0.insert(seq);
+            }
+        }
+    });
+    (delivered, receiver, writer_b)
 }
