@@ -10,37 +10,70 @@
 //!    to another backend's socket, the outbound s2s link when the peer acknowledged it
 //!    (XEP-0198) or answered a ping written after it (XEP-0199), the router after a bounce
 //!    (the bounce is itself routed back) or a counted drop. Dropping the ticket marks its
-//!    number done: one atomic `or` into a bitmap and a wake-up, no allocation.
+//!    number done: one atomic operation on its slot and a wake-up, no allocation.
 //! 3. A stanza the gateway gives up on without knowing its fate (a link closing at shutdown
 //!    with stanzas the peer never confirmed) is [abandoned](Ticket::abandon): its number is
 //!    never marked, so `h` stops before it and the backend, which keeps every stanza until
 //!    it is acknowledged, sends it again through another gateway or session.
 //! 4. Stanzas to different destinations finish out of order, so `h` is the length of the
 //!    contiguous prefix of finished numbers. The session's writer (the one task that moves
-//!    `h`) advances it over the bitmap ([`AckWindow::advance`]) and writes `<a h='…'/>`.
+//!    `h`) advances it over the slots ([`AckWindow::advance`]) and writes `<a h='…'/>`.
+//! 5. **Held stanzas.** One destination that does not take its stanzas (a remote server
+//!    that stopped reading) would keep `h` where it is, and a backend that keeps a bounded
+//!    number of unacknowledged stanzas would then stop sending to every destination: the
+//!    head-of-line blocking the per-destination queues exist to prevent. So the writer may
+//!    [hold](AckWindow::hold) the unfinished stanzas that keep `h` back: `h` passes them,
+//!    the backend is told their numbers first (the [`held`](crate::component::held)
+//!    protocol) and keeps them, and when a held ticket finishes its number is
+//!    [reported](AckWindow::take_finished_held) on its own. The backend still resends a held
+//!    stanza if the gateway dies before it finished, so holding moves nothing out of the
+//!    backend's safekeeping; it only lifts the order.
 //!
-//! The bitmap is a ring of [`WINDOW`] bits indexed by sequence number modulo its size: a
-//! number is only taken while fewer than [`WINDOW`] are unfinished, so two numbers in flight
-//! never share a bit, and a bit is cleared (by `advance`) before its slot is taken again.
+//! The slots are a ring of [`WINDOW`] words indexed by sequence number modulo its size: a
+//! number is only taken while fewer than [`WINDOW`] numbers after `h` are taken, so two
+//! numbers in flight never share a slot unless the older was held. Each word carries the
+//! number's *lap* (which turn round the ring it is) next to its flags, so a held ticket that
+//! finishes after its slot was taken again sees that the slot is no longer its own, and
+//! reports itself as held instead of marking the newcomer done.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// Stanzas from one backend that may be unfinished in the gateway at once (a power of two,
-/// a multiple of 64): 2 KiB of bitmap per acknowledging session. A backend with more in
-/// flight is read more slowly (TCP back-pressure), not refused.
-pub const WINDOW: u32 = 16 * 1024;
+/// Numbers after `h` that may be taken at once (a power of two): 32 KiB of slots per
+/// acknowledging session. A backend with more in flight is read more slowly (TCP
+/// back-pressure), not refused. Held stanzas do not count: `h` has passed them.
+pub const WINDOW: u32 = 8 * 1024;
+
+/// Slot flag: the stanza finished.
+const DONE: u32 = 1;
+/// Slot flag: the writer held the stanza (step 5); `h` may pass it unfinished.
+const HELD: u32 = 2;
+/// The slot's lap, above the two flags.
+const LAP_SHIFT: u32 = 2;
+
+/// What a slot says when `seq` has just taken it: its lap, no flags.
+fn fresh(seq: u32) -> u32 {
+    (seq / WINDOW) << LAP_SHIFT
+}
+
+/// Whether slot word `word` belongs to `seq` (rather than to a number a lap before or after).
+fn owned_by(word: u32, seq: u32) -> bool {
+    word >> LAP_SHIFT == seq / WINDOW
+}
 
 /// The in-flight sequence numbers of one component session.
 pub struct AckWindow {
-    /// Bit `n % WINDOW` is set when stanza `n` (counted modulo 2^32) has finished and `h` has
-    /// not yet passed it.
-    done: Box<[AtomicU64]>,
-    /// Finished prefix: every stanza numbered below it has finished. Moved by
+    /// Slot `n % WINDOW`: the lap and flags of the number that took it last.
+    slots: Box<[AtomicU32]>,
+    /// Finished prefix: every stanza numbered below it has finished or is held. Moved by
     /// [`AckWindow::advance`] only.
     h: AtomicU32,
+    /// The next number the reader will take (so the writer knows what is in flight).
+    taken: AtomicU32,
+    /// Held stanzas that finished, not yet reported (step 5). Only held tickets touch it.
+    finished_held: Mutex<Vec<u32>>,
     /// Told when a ticket finishes, so that the writer advances `h`.
     finished: Notify,
     /// Told when `h` moves, so that a reader waiting for room looks again.
@@ -52,8 +85,10 @@ pub struct AckWindow {
 impl Default for AckWindow {
     fn default() -> Self {
         AckWindow {
-            done: (0..WINDOW / 64).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..WINDOW).map(|_| AtomicU32::new(0)).collect(),
             h: AtomicU32::new(0),
+            taken: AtomicU32::new(0),
+            finished_held: Mutex::new(Vec::new()),
             finished: Notify::new(),
             room: Notify::new(),
             abandoned: AtomicBool::new(false),
@@ -71,12 +106,22 @@ impl AckWindow {
     fn starting_at(h: u32) -> Arc<AckWindow> {
         let window = AckWindow::default();
         window.h.store(h, Ordering::Relaxed);
+        window.taken.store(h, Ordering::Relaxed);
         Arc::new(window)
+    }
+
+    fn slot(&self, seq: u32) -> &AtomicU32 {
+        &self.slots[(seq % WINDOW) as usize]
     }
 
     /// The finished prefix (what `<a h='…'/>` reports).
     pub fn h(&self) -> u32 {
         self.h.load(Ordering::Acquire)
+    }
+
+    /// The next number the reader takes: `h..taken()` are in flight or finished.
+    pub fn taken(&self) -> u32 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// Whether stanza `next` may be taken now: fewer than [`WINDOW`] are unfinished.
@@ -96,6 +141,9 @@ impl AckWindow {
             }
             room.await;
         }
+        // `h` passed the slot's last owner (finished or held), so it is ours now.
+        self.slot(next).store(fresh(next), Ordering::Release);
+        self.taken.store(next.wrapping_add(1), Ordering::Release);
         Ticket {
             window: self.clone(),
             seq: next,
@@ -103,18 +151,17 @@ impl AckWindow {
         }
     }
 
-    /// Moves `h` over every finished number after it; `Some(h)` when it moved. Only one task
-    /// (the session's writer) calls this.
+    /// Moves `h` over every finished or held number after it; `Some(h)` when it moved. Only
+    /// one task (the session's writer) calls this.
     pub fn advance(&self) -> Option<u32> {
         let start = self.h.load(Ordering::Acquire);
+        let end = self.taken();
         let mut h = start;
-        loop {
-            let i = h % WINDOW;
-            let (word, bit) = (&self.done[(i / 64) as usize], 1u64 << (i % 64));
-            if word.load(Ordering::Acquire) & bit == 0 {
+        while h != end {
+            let word = self.slot(h).load(Ordering::Acquire);
+            if !owned_by(word, h) || word & (DONE | HELD) == 0 {
                 break;
             }
-            word.fetch_and(!bit, Ordering::AcqRel);
             h = h.wrapping_add(1);
         }
         if h == start {
@@ -123,6 +170,45 @@ impl AckWindow {
         self.h.store(h, Ordering::Release);
         self.room.notify_one();
         Some(h)
+    }
+
+    /// Holds the unfinished stanzas that keep `h` back (module docs, step 5): those numbered
+    /// before `before` that have a finished one after them, so that `h` does not wait for
+    /// them. Returns their numbers, oldest first; the caller tells the backend before it
+    /// reports an `h` past them. Only the writer calls this.
+    pub fn hold(&self, before: u32) -> Vec<u32> {
+        let h = self.h();
+        let span = before.wrapping_sub(h).min(self.taken().wrapping_sub(h));
+        // The last finished number in the span: nothing after it is held up by anything.
+        let Some(last_done) = (0..span).rev().map(|i| h.wrapping_add(i)).find(|&seq| {
+            let word = self.slot(seq).load(Ordering::Acquire);
+            owned_by(word, seq) && word & DONE != 0
+        }) else {
+            return Vec::new();
+        };
+        let mut held = Vec::new();
+        let mut seq = h;
+        while seq != last_done {
+            let slot = self.slot(seq);
+            let word = slot.load(Ordering::Acquire);
+            // Only a fresh slot is held: a DONE one finished, a HELD one is held already. A
+            // ticket finishing at the same moment either wins (DONE) or finds HELD.
+            if owned_by(word, seq)
+                && word & (DONE | HELD) == 0
+                && slot
+                    .compare_exchange(word, word | HELD, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                held.push(seq);
+            }
+            seq = seq.wrapping_add(1);
+        }
+        held
+    }
+
+    /// The held stanzas that finished since the last call (module docs, step 5).
+    pub fn take_finished_held(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.finished_held.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Resolves when a ticket has finished since the last call (a permit is kept when none
@@ -163,9 +249,27 @@ impl Drop for Ticket {
         if self.abandoned {
             return;
         }
-        let i = self.seq % WINDOW;
-        self.window.done[(i / 64) as usize].fetch_or(1u64 << (i % 64), Ordering::AcqRel);
-        self.window.finished.notify_one();
+        let window = &self.window;
+        let slot = window.slot(self.seq);
+        let mut word = slot.load(Ordering::Acquire);
+        loop {
+            if !owned_by(word, self.seq) || word & HELD != 0 {
+                // Held: `h` passed it (its slot may be another number's by now), so it is
+                // reported by number instead.
+                window
+                    .finished_held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(self.seq);
+                break;
+            }
+            match slot.compare_exchange_weak(word, word | DONE, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        window.finished.notify_one();
     }
 }
 

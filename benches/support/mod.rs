@@ -405,6 +405,7 @@ pub async fn header_and_features(conn: &mut Connection, from: &str, to: &str) ->
         dialback: true,
         drain: false,
         sm: false,
+        held: false,
     });
     conn.flush().await.expect("write");
     let id = match conn.next_event().await.expect("header") {

@@ -62,7 +62,6 @@
 //! # }
 //! ```
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -75,6 +74,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::held::Report;
+use super::unacked::Unacked;
 use super::LocalLink;
 use crate::connection::{BoxTransport, Connection, ReadError, Reader, Writer};
 use crate::dialback::component_handshake;
@@ -136,7 +137,8 @@ pub struct ClientConfig {
     /// Stanzas written to one gateway and not yet acknowledged, at most: past that, the link
     /// takes no more until the gateway acknowledges some (the sender then waits once the
     /// queue is full). Each is kept (its bytes) to be sent again if the link drops. Default
-    /// 4096; the gateway itself takes at most 16,384 in flight per link.
+    /// 4096; the gateway itself takes at most 8,192 in flight per link. Stanzas the gateway
+    /// [held](super::held) are kept as well but do not count here.
     pub max_unacked: usize,
 }
 
@@ -238,6 +240,8 @@ pub struct Session {
     /// The gateway declared acknowledgements and we enabled them (`<enable/>` is written,
     /// not yet flushed): from here on both sides count ([`super::sm`], step 3).
     pub acks: bool,
+    /// With `acks`, the gateway declared [`super::held`] too: it may acknowledge out of order.
+    pub held: bool,
 }
 
 impl Session {
@@ -276,7 +280,7 @@ pub async fn connect(config: &ClientConfig, target: &Target) -> Result<Session, 
     let (stream_id, offered) = tokio::time::timeout(timeout, handshake(&mut conn, config))
         .await
         .map_err(|_| ClientError::Timeout(timeout))??;
-    let acks = config.acknowledgements && offered;
+    let acks = config.acknowledgements && offered.acks;
     if acks {
         // Step 3 of super::sm: counting starts after this on our side, after the gateway
         // reads it on its side; no need to wait for <enabled/> (a gateway that offered
@@ -287,26 +291,39 @@ pub async fn connect(config: &ClientConfig, target: &Target) -> Result<Session, 
         conn,
         stream_id,
         acks,
+        held: acks && offered.held,
     })
 }
 
-/// The stream headers and the handshake: the gateway's stream id, and whether it offered
-/// acknowledgements.
+/// What the gateway's header offered.
+#[derive(Debug, Clone, Copy)]
+struct Offered {
+    /// Acknowledgements ([`super::sm`]).
+    acks: bool,
+    /// Held stanzas ([`super::held`]).
+    held: bool,
+}
+
+/// The stream headers and the handshake: the gateway's stream id, and what it offered.
 async fn handshake(
     conn: &mut Connection,
     config: &ClientConfig,
-) -> Result<(String, bool), ClientError> {
+) -> Result<(String, Offered), ClientError> {
     conn.open(&OpenStream {
         content_ns: ns::COMPONENT,
         to: Some(&config.domain),
         drain: true,
         sm: config.acknowledgements,
+        held: config.acknowledgements,
         ..Default::default()
     });
     conn.flush().await.map_err(ReadError::Io)?;
     let (id, offered) = match conn.next_event().await? {
         FrameEvent::StreamOpen(h) => {
-            let offered = super::sm::declared(&h);
+            let offered = Offered {
+                acks: super::sm::declared(&h),
+                held: super::held::declared(&h),
+            };
             let id = h.id.ok_or_else(|| {
                 ClientError::Protocol("the gateway's stream header has no id".into())
             })?;
@@ -567,12 +584,12 @@ impl Link {
     /// Hands what this (down) link wrote and the gateway did not acknowledge back to the
     /// dispatcher, to be sent again through another gateway (oldest first, before what is
     /// still queued); with a single gateway it stays for the next session.
-    fn give_back_unacked(&self, unacked: &mut VecDeque<Bytes>) {
+    fn give_back_unacked(&self, unacked: &mut Unacked) {
         if self.requeue.is_some() && !unacked.is_empty() {
             let n = unacked.len() as u64;
             self.stats.resent.fetch_add(n, Ordering::Relaxed);
             self.stats.unacked.fetch_sub(n, Ordering::Relaxed);
-            for b in unacked.drain(..) {
+            for b in unacked.take_all() {
                 self.give_back_one(b);
             }
         }
@@ -601,7 +618,7 @@ async fn supervise(
     let mut backoff = config.backoff_initial;
     // Written and not acknowledged (module docs, step 4): with a single gateway kept across
     // sessions and written first on the next one; with several handed to the others.
-    let mut unacked: VecDeque<Bytes> = VecDeque::new();
+    let mut unacked = Unacked::default();
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
@@ -859,12 +876,37 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// What the gateway reported about our stanzas and the writer has not applied yet, in one
+/// place so that the writer takes a `<held>` list together with the `<done>` that may follow
+/// it ([`Unacked::apply`]).
+#[derive(Default)]
+struct Reported {
+    /// `<held>` lists, in the order read.
+    held: Vec<u32>,
+    /// The latest `<a h='…'/>`, if one came since the writer last looked.
+    h: Option<u32>,
+    /// `<done>` lists, in the order read.
+    done: Vec<u32>,
+}
+
+/// With held stanzas ([`super::held`]), at most this many times
+/// [`ClientConfig::max_unacked`] may be held before the link takes no more.
+const MAX_HELD_PER_UNACKED: usize = 16;
+
+impl AckState {
+    /// The reader records a report and wakes the writer.
+    fn report(&self, f: impl FnOnce(&mut Reported)) {
+        f(&mut self.reported.lock().unwrap_or_else(|e| e.into_inner()));
+        self.ack.notify_one();
+    }
+}
+
 /// What the reader tells the writer about acknowledgements, without a channel.
 #[derive(Default)]
 struct AckState {
-    /// The last `h` the gateway reported for our stanzas.
-    acked: AtomicU32,
-    /// `acked` moved.
+    /// What the gateway reported (`<a/>`, and with [`super::held`] `<held>` and `<done>`).
+    reported: std::sync::Mutex<Reported>,
+    /// `reported` changed.
     ack: Notify,
     /// Stanzas we passed on since `<enabled/>` (our `h`, modulo 2^32).
     received: AtomicU32,
@@ -882,7 +924,7 @@ struct AckState {
 async fn run(
     session: Session,
     out: &mut mpsc::Receiver<Bytes>,
-    unacked: &mut VecDeque<Bytes>,
+    unacked: &mut Unacked,
     events: mpsc::Sender<Event>,
     stop: &CancellationToken,
     link: &Link,
@@ -890,6 +932,7 @@ async fn run(
     max_unacked: usize,
 ) -> SessionEnd {
     let acks = session.acks;
+    let held = session.held;
     let (reader, mut writer) = session.split();
     let state = Arc::new(AckState::default());
     let (notice_tx, mut notice) = mpsc::channel(1);
@@ -898,21 +941,20 @@ async fn run(
         events.clone(),
         notice_tx,
         acks.then(|| state.clone()),
+        held,
     ));
     let stats = &link.stats;
-    // The gateway's last `h` on this session.
-    let mut acked: u32 = 0;
     let mut requested = false;
     if !unacked.is_empty() {
         // Sent before, on a session that ended before the gateway acknowledged them.
         let n = unacked.len() as u64;
         stats.resent.fetch_add(n, Ordering::Relaxed);
-        for b in unacked.iter() {
+        for b in unacked.restart().iter() {
             writer.send(b);
         }
         if !acks {
             stats.unacked.fetch_sub(n, Ordering::Relaxed);
-            unacked.clear();
+            unacked.take_all();
         }
         tracing::info!(%gateway, "sent {n} stanzas again that the last session did not get acknowledged");
     }
@@ -921,25 +963,27 @@ async fn run(
         reader_task.abort();
         return SessionEnd::Lost(format!("write failed: {e}"));
     }
-    // Applies the gateway's latest `h`: forgets what it acknowledged.
-    let apply = |acked: &mut u32, unacked: &mut VecDeque<Bytes>| -> Result<(), String> {
-        let h = state.acked.load(Ordering::Acquire);
-        let n = h.wrapping_sub(*acked) as usize;
-        if n > unacked.len() {
-            return Err(format!(
-                "the gateway acknowledged {n} more stanzas than the {} unacknowledged",
-                unacked.len()
-            ));
-        }
-        unacked.drain(..n);
-        *acked = h;
+    // Applies what the gateway reported: forgets what it acknowledged, keeps what it holds.
+    let apply = |unacked: &mut Unacked| -> Result<(), String> {
+        let reported =
+            std::mem::take(&mut *state.reported.lock().unwrap_or_else(|e| e.into_inner()));
+        let h = reported.h.unwrap_or(unacked.acked());
+        let n = unacked
+            .apply(&reported.held, h, &reported.done)
+            .map_err(|e| e.to_string())?;
         stats.acked.fetch_add(n as u64, Ordering::Relaxed);
         stats.unacked.fetch_sub(n as u64, Ordering::Relaxed);
         Ok(())
     };
+    // Held stanzas wait in the gateway's bounded queues, so they are bounded there; this is
+    // only a backstop against a gateway that holds without end.
+    let room_for = |unacked: &Unacked| {
+        unacked.len() - unacked.held() < max_unacked
+            && unacked.held() < max_unacked * MAX_HELD_PER_UNACKED
+    };
     let mut draining = false;
     loop {
-        let room = !acks || unacked.len() < max_unacked;
+        let room = !acks || room_for(unacked);
         tokio::select! {
             _ = stop.cancelled() => {
                 // After the answer to a drain notice nothing more may be written.
@@ -955,7 +999,7 @@ async fn run(
             end = &mut reader_task => {
                 // A last <a/> read just before the stream ended counts.
                 if acks {
-                    let _ = apply(&mut acked, unacked);
+                    let _ = apply(unacked);
                 }
                 return match end {
                     Ok(Some(reason)) => SessionEnd::Lost(reason),
@@ -963,7 +1007,7 @@ async fn run(
                 };
             }
             _ = state.ack.notified(), if acks => {
-                if let Err(e) = apply(&mut acked, unacked) {
+                if let Err(e) = apply(unacked) {
                     writer.send(&crate::xml::stream_error(
                         &crate::xml::error::StreamErrorCondition::UndefinedCondition,
                         Some(&e),
@@ -1013,15 +1057,15 @@ async fn run(
                     reader_task.abort();
                     return SessionEnd::Stopped;
                 };
-                let keep = |b: Bytes, unacked: &mut VecDeque<Bytes>| {
+                let keep = |b: Bytes, unacked: &mut Unacked| {
                     if acks {
                         stats.unacked.fetch_add(1, Ordering::Relaxed);
-                        unacked.push_back(b);
+                        unacked.push(b);
                     }
                 };
                 writer.send(&first);
                 keep(first, unacked);
-                while writer.pending() < BATCH_BYTES && (!acks || unacked.len() < max_unacked) {
+                while writer.pending() < BATCH_BYTES && (!acks || room_for(unacked)) {
                     match out.try_recv() {
                         Ok(b) => {
                             writer.send(&b);
@@ -1030,7 +1074,7 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                if acks && unacked.len() >= max_unacked && !requested {
+                if acks && !room_for(unacked) && !requested {
                     // At the limit: ask, rather than wait for the gateway's own <a/>.
                     writer.send(crate::s2s::sm::REQUEST);
                     requested = true;
@@ -1046,13 +1090,14 @@ async fn run(
 
 /// Passes stanzas on until the stream ends; `Some(reason)` for a lost link, `None` when nobody
 /// takes events any more. The gateway's drain notice goes to `notice`; with acknowledgements
-/// (`acks`), its `<a/>` and `<r/>` go there, and what we pass on after `<enabled/>` is
-/// counted.
+/// (`acks`), its `<a/>` and `<r/>` go there (and with `held` its [`super::held`] reports),
+/// and what we pass on after `<enabled/>` is counted.
 async fn read_loop(
     mut reader: Reader,
     events: mpsc::Sender<Event>,
     notice: mpsc::Sender<()>,
     acks: Option<Arc<AckState>>,
+    held: bool,
 ) -> Option<String> {
     // The gateway counts what it writes after <enabled/>, so we count from there too.
     let mut counting = false;
@@ -1068,8 +1113,7 @@ async fn read_loop(
                     "enabled" => counting = true,
                     "a" => match crate::s2s::sm::h_of(&s) {
                         Some(h) => {
-                            state.acked.store(h, Ordering::Release);
-                            state.ack.notify_one();
+                            state.report(|r| r.h = Some(h));
                         }
                         None => return Some("the gateway sent <a/> without a valid 'h'".into()),
                     },
@@ -1077,6 +1121,14 @@ async fn read_loop(
                     other => {
                         return Some(format!("the gateway sent <{other}/> of {}", super::sm::NS))
                     }
+                }
+            }
+            Ok(FrameEvent::Stanza(s)) if held && super::held::is_report(&s) => {
+                let Some(state) = &acks else { continue };
+                match super::held::parse(&s) {
+                    Ok(Report::Held(seqs)) => state.report(|r| r.held.extend(seqs)),
+                    Ok(Report::Done(seqs)) => state.report(|r| r.done.extend(seqs)),
+                    Err(e) => return Some(format!("the gateway sent a bad report: {e}")),
                 }
             }
             Ok(FrameEvent::Stanza(s)) if s.kind() == Kind::StreamError => {
@@ -1172,7 +1224,7 @@ mod tests {
             handshake(&mut conn, &config).await
         };
         let (r, _) = tokio::join!(client, fake_gateway(Box::new(b), "s3cret", accept));
-        r
+        r.map(|(id, offered)| (id, offered.acks))
     }
 
     fn labels(n: usize) -> Vec<String> {

@@ -30,7 +30,9 @@
 
 pub mod client;
 pub mod drain;
+pub mod held;
 pub mod sm;
+pub mod unacked;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -177,6 +179,8 @@ struct Declared {
     drain: bool,
     /// [`sm`]: declared by both; the backend may `<enable/>`.
     sm: bool,
+    /// [`held`]: declared by both, with [`sm`]; we may acknowledge out of order.
+    held: bool,
 }
 
 /// Steps 1–4. On failure the connection comes back so the caller can send the stream error.
@@ -218,6 +222,7 @@ async fn negotiate(
         let declared = Declared {
             drain: drain::declared(&header),
             sm: ctx.acknowledgements && sm::declared(&header),
+            held: ctx.acknowledgements && sm::declared(&header) && held::declared(&header),
         };
         let stream_id = new_stream_id();
         conn.open(&OpenStream {
@@ -230,6 +235,7 @@ async fn negotiate(
             drain: false,
             // Our offer: only to a backend that declared it (step 7).
             sm: declared.sm,
+            held: declared.held,
         });
         conn.flush().await.map_err(ReadError::Io)?;
         let handshake = match conn.next_event().await? {
@@ -366,7 +372,9 @@ async fn established(
         rx,
         notice,
         end_rx,
-        declared.sm.then(|| (enable_rx, control.clone())),
+        declared
+            .sm
+            .then(|| (enable_rx, control.clone(), declared.held)),
         ctx.router.clone(),
         domain.clone(),
         backend.stanzas_out.clone(),
@@ -541,10 +549,20 @@ struct Acks {
     /// When to ask again, after an answer that left some unacknowledged (the backend had
     /// not passed them on yet) and no new batch asked since.
     ask_at: Option<tokio::time::Instant>,
+    /// The backend understands [`held`]: what keeps `h` back may be held.
+    may_hold: bool,
+    /// When to look for stanzas to hold ([`held::HOLD_AFTER`] after `hold_mark` was taken),
+    /// while some are in flight.
+    hold_at: Option<tokio::time::Instant>,
+    /// The reader's count when the hold timer was set: only what was taken before it is old
+    /// enough to hold.
+    hold_mark: u32,
+    /// Held and not yet reported done, for the gauge.
+    held_open: u64,
 }
 
 impl Acks {
-    fn new(window: Arc<AckWindow>) -> Acks {
+    fn new(window: Arc<AckWindow>, may_hold: bool) -> Acks {
         let now = tokio::time::Instant::now();
         Acks {
             window,
@@ -557,7 +575,59 @@ impl Acks {
             written: 0,
             requested: false,
             ask_at: None,
+            may_hold,
+            hold_at: None,
+            hold_mark: 0,
+            held_open: 0,
         }
+    }
+
+    /// Sets the hold timer, if the backend understands [`held`] and stanzas are in flight.
+    fn arm_hold(&mut self) {
+        if self.may_hold && self.hold_at.is_none() && self.window.h() != self.window.taken() {
+            self.hold_mark = self.window.taken();
+            self.hold_at = Some(tokio::time::Instant::now() + held::HOLD_AFTER);
+        }
+    }
+
+    /// Holds what was taken before the mark and keeps `h` back (ack module docs, step 5):
+    /// writes `<held>` listing it, which must precede any `<a/>` past it. Whether it wrote.
+    fn hold(&mut self, writer: &mut Writer, metrics: &crate::metrics::ComponentAcks) -> bool {
+        if !self.may_hold {
+            return false;
+        }
+        let seqs = self.window.hold(self.hold_mark);
+        if seqs.is_empty() {
+            return false;
+        }
+        writer.send(&held::held(&seqs));
+        let n = seqs.len() as u64;
+        metrics.held.inc_by(n);
+        // Still not done: `advance` takes them off the gauge as it passes them.
+        metrics.unacked_in.add(n as i64);
+        self.held_open += n;
+        true
+    }
+
+    /// Writes `<done>` for the held stanzas that finished since the last call (step 3 of
+    /// [`held`]); whether it wrote.
+    fn report_done(
+        &mut self,
+        writer: &mut Writer,
+        metrics: &crate::metrics::ComponentAcks,
+    ) -> bool {
+        if !self.may_hold {
+            return false;
+        }
+        let seqs = self.window.take_finished_held();
+        if seqs.is_empty() {
+            return false;
+        }
+        writer.send(&held::done(&seqs));
+        let n = seqs.len() as u64;
+        metrics.unacked_in.sub(n as i64);
+        self.held_open = self.held_open.saturating_sub(n);
+        true
     }
 
     /// Moves `h` over what has finished, counting it; whether it moved past the last `<a/>`.
@@ -590,16 +660,16 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Stanza>,
     mut notice: Option<CancellationToken>,
     mut end_rx: oneshot::Receiver<End>,
-    sm: Option<(oneshot::Receiver<Arc<AckWindow>>, Arc<AckControl>)>,
+    sm: Option<(oneshot::Receiver<Arc<AckWindow>>, Arc<AckControl>, bool)>,
     router: Arc<Router>,
     domain: String,
     delivered: prometheus::IntCounter,
 ) {
     let target = NsContext::component();
     let metrics = router.metrics.component_acks.clone();
-    let (mut enable, control) = match sm {
-        Some((enable, control)) => (Some(enable), control),
-        None => (None, Arc::new(AckControl::default())),
+    let (mut enable, control, may_hold) = match sm {
+        Some((enable, control, may_hold)) => (Some(enable), control, may_hold),
+        None => (None, Arc::new(AckControl::default()), false),
     };
     let mut acks: Option<Acks> = None;
     // The stanzas of the batch being written: let go (their tickets finish) once flushed.
@@ -620,6 +690,7 @@ async fn write_loop(
     let end = loop {
         let ack_at = acks.as_ref().and_then(|a| a.ack_at);
         let ask_at = acks.as_ref().and_then(|a| a.ask_at);
+        let hold_at = acks.as_ref().and_then(|a| a.hold_at);
         let room = acks
             .as_ref()
             .map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT);
@@ -635,13 +706,16 @@ async fn write_loop(
                 enable = None;
                 if let Ok(window) = window {
                     writer.send(sm::ENABLED);
-                    acks = Some(Acks::new(window));
+                    acks = Some(Acks::new(window, may_hold));
                     flush = true;
                 }
             }
             _ = finished(&acks) => {
                 if let Some(a) = acks.as_mut() {
-                    if a.advance(&metrics) && a.ack_at.is_none() {
+                    flush |= a.report_done(&mut writer, &metrics);
+                    let moved = a.advance(&metrics);
+                    a.arm_hold();
+                    if moved && a.ack_at.is_none() {
                         let at = a.last_ack + sm::ACK_INTERVAL;
                         if at <= tokio::time::Instant::now() {
                             a.write_ack(&mut writer);
@@ -659,8 +733,23 @@ async fn write_loop(
                     flush = true;
                 }
             }
+            _ = sleep_until(hold_at) => {
+                if let Some(a) = acks.as_mut() {
+                    a.hold_at = None;
+                    if a.hold(&mut writer, &metrics) && a.advance(&metrics) {
+                        a.write_ack(&mut writer);
+                        flush = true;
+                    }
+                    a.arm_hold();
+                }
+            }
             _ = control.request.notified(), if acks.is_some() => {
                 if let Some(a) = acks.as_mut() {
+                    // The backend asks when its window is full: what is old enough and
+                    // keeps `h` back is held now rather than at the timer.
+                    if a.hold_at.is_some() {
+                        a.hold(&mut writer, &metrics);
+                    }
                     a.advance(&metrics);
                     a.write_ack(&mut writer);
                     flush = true;
@@ -739,6 +828,7 @@ async fn write_loop(
             }
             if let Some(a) = acks.as_mut() {
                 // The last count, so that the backend resends only what did not finish.
+                a.report_done(&mut writer, &metrics);
                 a.advance(&metrics);
                 a.write_ack(&mut writer);
             }
@@ -786,8 +876,10 @@ async fn write_loop(
         }
     }
     if let Some(a) = acks {
-        // Shutdown: what the backend did not acknowledge is no longer counted.
+        // Shutdown: what the backend did not acknowledge is no longer counted, nor what is
+        // held for it (it sends that again).
         metrics.unacked_out.sub(a.unacked.len() as i64);
+        metrics.unacked_in.sub(a.held_open as i64);
     }
 }
 

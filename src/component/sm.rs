@@ -29,6 +29,9 @@
 //!   (the bounce is routed back, and counts as done). Stanzas to different destinations
 //!   finish out of order, so `h` is the length of the finished prefix, and the gateway
 //!   writes `<a/>` when it moves (at most every [`ACK_INTERVAL`], and at once to `<r/>`).
+//!   A stanza that keeps that prefix back while later ones finished (its destination is
+//!   slow or stopped reading) is reported [held](super::held) to a library that declared
+//!   it, and the prefix passes it; it is reported done later.
 //!   The library keeps every stanza until it is acknowledged, at most
 //!   [`ClientConfig::max_unacked`](super::client::ClientConfig) (it then waits), and when
 //!   the link drops it sends the unacknowledged ones again: through another gateway, or on

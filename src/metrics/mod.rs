@@ -489,6 +489,9 @@ pub struct ComponentAcks {
     /// dropped before it acknowledged them, and routed again (to a newer session of the
     /// backend, or bounced).
     pub returned: IntCounter,
+    /// `fedgate_component_held_total`: backends' stanzas acknowledged out of order because
+    /// they kept the count back while later ones finished ([`crate::component::held`]).
+    pub held: IntCounter,
 }
 
 impl ComponentAcks {
@@ -528,6 +531,14 @@ impl ComponentAcks {
                 IntCounter::new(
                     "fedgate_component_unacked_returned_total",
                     "Stanzas written to a backend whose link dropped before it acknowledged them, routed again (to a newer session, or bounced)",
+                )
+                .expect("valid metric"),
+            ),
+            held: registered(
+                r,
+                IntCounter::new(
+                    "fedgate_component_held_total",
+                    "Backends' stanzas acknowledged out of order (held: still in the gateway, reported done later) because they kept the XEP-0198 count back while later ones finished",
                 )
                 .expect("valid metric"),
             ),

@@ -579,6 +579,7 @@ pub async fn exchange_headers(
         dialback: true,
         drain: false,
         sm: false,
+        held: false,
     });
     flush(conn, target).await?;
     let header = match conn.next_event().await.map_err(|e| read_error(target, e))? {

@@ -649,6 +649,7 @@ impl Inbound {
             dialback: true,
             drain: false,
             sm: false,
+            held: false,
         });
         let sent = self.negotiation.send_features(&ours, &self.ctx);
         self.negotiated(sent.map(|()| Next::Continue)).map(|_| ())

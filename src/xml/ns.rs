@@ -46,6 +46,9 @@ pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// fedgate's drain notice on component streams ([`crate::component::drain`]); here so that
 /// the stream header can declare it without the XML layer importing the component layer.
 pub const DRAIN: &str = "urn:fedgate:drain:0";
+/// fedgate's held-stanza reports on acknowledging component streams
+/// ([`crate::component::held`]); here for the same reason as [`DRAIN`].
+pub const HELD: &str = "urn:fedgate:held:0";
 /// XEP-0198 stream management, on s2s streams and on the component stream.
 pub const SM: &str = "urn:xmpp:sm:3";
 

@@ -89,6 +89,10 @@ pub struct OpenStream<'a> {
     /// Write `xmlns:sm='urn:xmpp:sm:3'`: on a component stream, a peer that acknowledges
     /// stanzas (XEP-0198 on XEP-0114, [`crate::component::sm`]).
     pub sm: bool,
+    /// Write `xmlns:held='urn:fedgate:held:0'`: on a component stream, a peer that reports
+    /// (gateway) or understands (backend) stanzas acknowledged out of order
+    /// ([`crate::component::held`]).
+    pub held: bool,
 }
 
 impl OpenStream<'_> {
@@ -112,6 +116,11 @@ impl OpenStream<'_> {
         if self.sm {
             out.extend_from_slice(b" xmlns:sm='");
             out.extend_from_slice(super::ns::SM.as_bytes());
+            out.push(b'\'');
+        }
+        if self.held {
+            out.extend_from_slice(b" xmlns:held='");
+            out.extend_from_slice(super::ns::HELD.as_bytes());
             out.push(b'\'');
         }
         for (name, value) in [("from", self.from), ("to", self.to), ("id", self.id)] {
@@ -174,6 +183,7 @@ mod tests {
             dialback: true,
             drain: false,
             sm: false,
+            held: false,
         }
         .write(&mut out);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fedgate::component::client::{ClientConfig, Component, Event, Sender};
-use fedgate::component::sm;
+use fedgate::component::{held, sm};
 
 use crate::harness::*;
 
@@ -48,14 +48,25 @@ async fn raw_component(
     secret: &str,
     declare: bool,
 ) -> (RawStream, bool) {
-    let mut s = RawStream::connect(addr).await;
     let sm_ns = if declare {
         format!(" xmlns:sm='{}'", sm::NS)
     } else {
         String::new()
     };
+    raw_component_declaring(addr, domain, secret, &sm_ns).await
+}
+
+/// A raw backend whose header carries the namespace declarations `declarations`; whether the
+/// gateway offered acknowledgements.
+async fn raw_component_declaring(
+    addr: SocketAddr,
+    domain: &str,
+    secret: &str,
+    declarations: &str,
+) -> (RawStream, bool) {
+    let mut s = RawStream::connect(addr).await;
     s.send(&format!(
-        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'{sm_ns} to='{domain}'>"
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'{declarations} to='{domain}'>"
     ))
     .await;
     let header = s.expect_header().await;
@@ -134,14 +145,10 @@ async fn a_plain_backend_is_offered_nothing_and_never_sees_stream_management() {
     assert_eq!(plain.expect_stream_error().await, "unsupported-stanza-type");
 }
 
-/// (2) A stanza is acknowledged only once it has left the gateway for good: one for a remote
-/// server that never finishes negotiating waits in the outbound queue unacknowledged (and
-/// holds back the acknowledgement of those after it, which finish first: h is the finished
-/// prefix) until its bounce; the library keeps it until then and lets it go after.
-#[tokio::test]
-async fn a_stanza_is_acknowledged_once_it_has_left_and_only_in_order() {
-    let dns = TestDns::start().await;
-    // A "server" for slow.test that accepts and never says anything.
+/// A gateway for a.test with a plain backend `echo.a.test`'s domain, and a "server" for
+/// slow.test that accepts and never says anything, so that a stanza for it waits in the
+/// outbound queue until the retry window (2 s) closes and it bounces.
+async fn with_a_silent_remote(dns: &TestDns) -> Instance {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
     tokio::spawn(async move {
@@ -150,12 +157,23 @@ async fn a_stanza_is_acknowledged_once_it_has_left_and_only_in_order() {
             held.push(tcp);
         }
     });
-    let a = instance(&dns, "a.test")
+    instance(dns, "a.test")
         .backend("echo.a.test", ECHO_SECRET)
         .s2s("retry_window = \"2s\"\nnegotiation_timeout = \"1s\"")
         .route("slow.test", silent_addr, false)
         .start()
-        .await;
+        .await
+}
+
+/// (2) A stanza is acknowledged only once it has left the gateway for good: one for a remote
+/// server that never finishes negotiating waits in the outbound queue unacknowledged until
+/// its bounce, and the library keeps it until then. The stanza after it, which left at once,
+/// is not held up by it: the gateway reports the slow one held (component::held) and
+/// acknowledges past it, so the library forgets the other and keeps sending.
+#[tokio::test]
+async fn a_stanza_is_acknowledged_once_it_has_left_and_a_slow_one_holds_up_nothing() {
+    let dns = TestDns::start().await;
+    let a = with_a_silent_remote(&dns).await;
     let mut plain = a.backend().await;
     let (sender, mut events) = library(&a).await;
     let to_plain = |id: &str| format!("<message from='echo.a.test' to='a.test' id='{id}'/>");
@@ -169,18 +187,22 @@ async fn a_stanza_is_acknowledged_once_it_has_left_and_only_in_order() {
         .await
         .unwrap();
     sender.send_raw(to_plain("after")).await.unwrap();
-    // "after" has left (written to the plain backend), but "slow" before it has not.
+    // "after" has left (written to the plain backend), "slow" before it has not.
     assert_eq!(plain.next().await.id(), Some("after"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the one after the slow one is acknowledged", || {
+        sender.stats().acked() == 2
+    })
+    .await;
     assert_eq!(
-        sender.stats().acked(),
+        sender.stats().unacked(),
         1,
-        "acknowledged past a stanza still queued"
+        "the library keeps the slow one"
     );
-    assert_eq!(sender.stats().unacked(), 2, "the library keeps both");
-    assert_eq!(metric(&a.metrics().await, UNACKED_IN), 2.0);
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "fedgate_component_held_total"), 1.0);
+    assert_eq!(metric(&m, UNACKED_IN), 1.0, "held is not done");
 
-    // The retry window closes: "slow" bounces, which counts as done, and so does "after".
+    // The retry window closes: "slow" bounces, which counts as done.
     let bounce = next_stanza(&mut events).await;
     assert_eq!(bounce.id(), Some("slow"));
     assert_eq!(bounce.type_(), Some("error"));
@@ -189,6 +211,66 @@ async fn a_stanza_is_acknowledged_once_it_has_left_and_only_in_order() {
     let m = a.metrics().await;
     assert_eq!(metric(&m, ACKED_IN), 3.0);
     assert_eq!(metric(&m, UNACKED_IN), 0.0);
+}
+
+/// (2, on the wire) The held report comes before the `<a/>` that passes the held stanza, and
+/// its `<done>` once it bounced. A backend that declared acknowledgements but not held
+/// reports (an older library) gets the plain XEP-0198 count: `h` stops at the slow stanza.
+#[tokio::test]
+async fn held_reports_precede_the_ack_past_them_and_only_a_backend_that_declared_them_gets_them() {
+    let dns = TestDns::start().await;
+    let a = with_a_silent_remote(&dns).await;
+    let mut plain = a.backend().await;
+    for held in [true, false] {
+        let declarations = if held {
+            format!(" xmlns:sm='{}' xmlns:held='{}'", sm::NS, held::NS)
+        } else {
+            format!(" xmlns:sm='{}'", sm::NS)
+        };
+        let (mut raw, offered) = raw_component_declaring(
+            a.gw().component_addr,
+            "echo.a.test",
+            ECHO_SECRET,
+            &declarations,
+        )
+        .await;
+        assert!(offered);
+        raw.send(&format!("<enable xmlns='{}'/>", sm::NS)).await;
+        assert_eq!(raw.next_text().await, "<enabled xmlns='urn:xmpp:sm:3'/>");
+        raw.send("<message from='echo.a.test' to='x@slow.test' id='slow'/><message from='echo.a.test' to='a.test' id='after'/>")
+            .await;
+        assert_eq!(plain.next().await.id(), Some("after"));
+        // What the gateway writes about acknowledgements until the bounce of "slow" has come
+        // and the count has passed it; its requests (<r/>) for the bounce aside.
+        let last = if held {
+            "<done xmlns='urn:fedgate:held:0'>0</done>"
+        } else {
+            "<a xmlns='urn:xmpp:sm:3' h='2'/>"
+        };
+        let mut reports = Vec::new();
+        let mut bounced = false;
+        while !(bounced && reports.iter().any(|r| r == last)) {
+            let text = raw.next_text().await;
+            if text.contains("id='slow'") {
+                bounced = true;
+            } else if !text.starts_with("<r ") {
+                reports.push(text);
+            }
+        }
+        let expected: &[&str] = if held {
+            &[
+                "<held xmlns='urn:fedgate:held:0'>0</held>",
+                "<a xmlns='urn:xmpp:sm:3' h='2'/>",
+                "<done xmlns='urn:fedgate:held:0'>0</done>",
+            ]
+        } else {
+            &["<a xmlns='urn:xmpp:sm:3' h='2'/>"]
+        };
+        assert_eq!(reports, expected, "held = {held}");
+        drop(raw);
+        // The session ends before the next round attaches.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// (2, the other way) What the gateway writes to an acknowledging backend stays until the

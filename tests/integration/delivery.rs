@@ -33,12 +33,10 @@ async fn library_backend(
         &instance.component_secret,
         Target::Tcp(instance.gw().component_addr),
     );
-    // KNOWN BUG (issue 18, open): with component-link acknowledgements, stanzas queued for a
-    // remote that stopped reading stay unacknowledged, fill the library's max_unacked window
-    // and stop the backend's traffic to every other destination. These tests are about the
-    // gateway's per-destination isolation, so they run with acknowledgements off until that
-    // is fixed.
-    config.acknowledgements = false;
+    // With acknowledgements (the default): the stanzas that wait for a stalled destination
+    // keep the acknowledgement count back, and only the gateway's held reports
+    // (component::held) keep that from stopping the backend's other traffic.
+    assert!(config.acknowledgements);
     let component = Component::start(config);
     let (sender, mut events, stopper) = component.into_parts();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -142,6 +140,15 @@ async fn a_remote_that_stops_reading_holds_up_nothing_else_of_its_backend() {
             "fedgate_bounces_total{cause=\"stalled\",condition=\"resource-constraint\"}"
         ),
         bounced as f64
+    );
+    assert!(
+        metric(&m, "fedgate_component_held_total") > 0.0,
+        "the stanzas for b.test were held, so the count went on for the rest"
+    );
+    assert_eq!(
+        metric(&m, "fedgate_component_unacked{direction=\"inbound\"}"),
+        0.0,
+        "everything finished and was reported"
     );
 }
 

@@ -271,7 +271,7 @@ impl Busy {
         // again (bounced to a.test, which has no other session for extra.a.test).
         let mut acking = RawStream::connect(self.a.gw().component_addr).await;
         acking
-            .send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' xmlns:sm='urn:xmpp:sm:3' to='extra.a.test'>")
+            .send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' xmlns:sm='urn:xmpp:sm:3' xmlns:held='urn:fedgate:held:0' to='extra.a.test'>")
             .await;
         let id = acking.expect_header().await.id.clone().unwrap();
         acking
@@ -308,6 +308,12 @@ impl Busy {
                 break;
             }
         }
+        // One for down.test (it waits in the queue) ahead of one that leaves at once: the
+        // first is held so that the count passes it.
+        acking
+            .send("<message from='extra.a.test' to='x@down.test' id='x4'/><message from='extra.a.test' to='u@a.test' id='x5'/>")
+            .await;
+        wait_for_metric(a_, "fedgate_component_held_total", 1.0).await;
         drop(acking);
         wait_for_metric(a_, "fedgate_component_unacked_returned_total", 1.0).await;
 
