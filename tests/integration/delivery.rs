@@ -28,7 +28,7 @@ fn burst_message(from: &str, to: &str, i: usize) -> String {
 async fn library_backend(
     instance: &Instance,
 ) -> (Sender, mpsc::UnboundedReceiver<(String, String)>) {
-    let mut config = ClientConfig::new(
+    let config = ClientConfig::new(
         &instance.domain,
         &instance.component_secret,
         Target::Tcp(instance.gw().component_addr),
