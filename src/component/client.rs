@@ -945,11 +945,13 @@ async fn run(
     ));
     let stats = &link.stats;
     let mut requested = false;
-    if !unacked.is_empty() {
+    // The new session counts from 0; what the last one left is written again first.
+    let again = unacked.restart();
+    if !again.is_empty() {
         // Sent before, on a session that ended before the gateway acknowledged them.
-        let n = unacked.len() as u64;
+        let n = again.len() as u64;
         stats.resent.fetch_add(n, Ordering::Relaxed);
-        for b in unacked.restart().iter() {
+        for b in again.iter() {
             writer.send(b);
         }
         if !acks {

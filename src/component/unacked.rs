@@ -191,6 +191,15 @@ mod tests {
     }
 
     #[test]
+    fn a_new_session_counts_from_zero_even_when_nothing_was_left() {
+        let mut u = written(3);
+        assert_eq!(u.apply(&[], 3, &[]), Ok(3));
+        assert!(u.restart().is_empty());
+        u.push(Bytes::from_static(b"<n0/>"));
+        assert_eq!(u.apply(&[], 1, &[]), Ok(1), "h = 1 on the new session");
+    }
+
+    #[test]
     fn numbers_wrap_at_two_to_the_thirty_two() {
         let mut u = Unacked::default();
         u.acked = u32::MAX - 1;
