@@ -540,3 +540,74 @@ async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
     );
     stopping.await.unwrap();
 }
+
+/// The fake peer's side of a new outbound stream from a.test, without XEP-0198: STARTTLS,
+/// dialback features, `valid` for the result, until the first message, which is returned.
+async fn fake_peer_until_a_message(
+    receiver: &FakeReceiver,
+    tag: usize,
+) -> (
+    fedgate::connection::Connection,
+    fedgate::xml::stanza::Stanza,
+) {
+    let mut conn = tokio::time::timeout(WAIT, receiver.accept())
+        .await
+        .expect("a.test connects")
+        .unwrap();
+    fake_peer_starttls(&mut conn, &receiver.tls, tag).await;
+    conn.send(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+    conn.flush().await.unwrap();
+    loop {
+        let s = next_stanza(&mut conn).await;
+        match s.name() {
+            "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
+            "message" => return (conn, s),
+            _ => {}
+        }
+        conn.flush().await.unwrap();
+    }
+}
+
+/// A link without XEP-0198 that closes idle before the peer confirmed its last stanza (the
+/// confirming ping went unanswered) does not count it delivered: it waits for the answer a
+/// little longer before it closes, and then, as `unconfirmed = "resend"` (the default) says, sends it again on a
+/// new link. Before, the stanza was counted `unconfirmed` and its sender never heard of it.
+#[tokio::test]
+async fn a_link_that_closes_idle_before_the_peer_confirmed_sends_the_rest_again() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .s2s("idle_timeout = \"1s\"\nping_timeout = \"30s\"\nretry_initial_delay = \"100ms\"")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let receiver = FakeReceiver::bind(ip, dir.path()).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
+        .await;
+    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0).await;
+    assert_eq!(m1.id(), Some("m1"));
+    // Nothing is answered: the confirming ping comes (still in flight when the link is idle,
+    // so the last wait is for its answer), then the close.
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout(WAIT, conn.next_event()).await.unwrap() {
+            Ok(Event::Stanza(s)) if s.name() == "iq" => pings += 1,
+            Ok(Event::Stanza(s)) => panic!("unexpected {}", text(s.raw())),
+            _ => break,
+        }
+    }
+    assert!(pings >= 1, "a confirming ping before closing: {pings}");
+    let (_conn, again) = fake_peer_until_a_message(&receiver, 1).await;
+    assert_eq!(again.id(), Some("m1"), "sent again on a new link");
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_outbound_stanzas_total{event=\"resent_unconfirmed\"}"
+        ),
+        1.0
+    );
+}

@@ -447,6 +447,15 @@ impl Session {
                         Due::Idle => {
                             tracing::debug!(remote = %self.remote, "closing idle outbound s2s");
                             self.finish(pump, reader, writer, rx, carry, &target, None).await;
+                            if !carry.unacked.is_empty() {
+                                // Not done: the peer never confirmed them. As for a lost
+                                // link, the caller resends or bounces them as the peer's
+                                // `unconfirmed` says, rather than count them delivered.
+                                return Ended::Lost(format!(
+                                    "{label} had not confirmed {} stanzas when the idle link closed",
+                                    carry.unacked.len()
+                                ));
+                            }
                             return Ended::Done;
                         }
                         due => {
@@ -488,7 +497,20 @@ impl Session {
                             }
                             continue;
                         }
-                        Input::Stanza(Slot::Host, None) => return Ended::Done,
+                        Input::Stanza(Slot::Host, None) if carry.unacked.is_empty() => return Ended::Done,
+                        Input::Stanza(Slot::Host, None) => {
+                            // Removed from the router (a link that closed idle before the
+                            // peer confirmed, reconnected to send those again): done once
+                            // the peer confirmed them, as when closing idle.
+                            self.finish(pump, reader, writer, rx, carry, &target, None).await;
+                            if carry.unacked.is_empty() {
+                                return Ended::Done;
+                            }
+                            return Ended::Lost(format!(
+                                "{label} had not confirmed {} stanzas when the link closed",
+                                carry.unacked.len()
+                            ));
+                        }
                         Input::Stanza(Slot::Guest(i), None) => {
                             self.closed_guest(&mut pump.guests, i, carry);
                             continue;
@@ -876,6 +898,45 @@ impl Session {
                 .await;
         }
     }
+    /// Without XEP-0198, before the link closes: pings (one at a time) until the peer has
+    /// confirmed everything written, for at most [`sm::sending::FINAL_ACK_WAIT`]. The answer
+    /// comes on the peer's own stream to us, or on this one when it is bidi (read here).
+    async fn last_confirmation(
+        &self,
+        pump: &mut Pump,
+        reader: &mut Reader,
+        writer: &mut Writer,
+        carry: &mut Carry,
+    ) {
+        let _ = tokio::time::timeout(sm::sending::FINAL_ACK_WAIT, async {
+            while !carry.unacked.is_empty() {
+                if pump.check.is_none() {
+                    self.confirm(pump, writer, carry, Instant::now());
+                    if writer.flush().await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = ping_answered(&mut pump.check) => {
+                        if let Some(Check::Ping { covers, .. }) = pump.check.take() {
+                            carry.release(covers);
+                        }
+                    }
+                    event = reader.next_event() => match event {
+                        Ok(Event::Stanza(stanza)) => {
+                            self.ctx.pings.claim(&stanza);
+                        }
+                        _ => return,
+                    },
+                }
+            }
+        })
+        .await;
+        if let Some(Check::Ping { id, .. }) = pump.check.take() {
+            self.ctx.pings.cancel(&id);
+        }
+    }
+
     /// Leaves the router, writes out what is still queued (once removed, nothing new
     /// arrives, so nothing is left behind), asks for a last acknowledgement and closes.
     #[allow(clippy::too_many_arguments)]
@@ -905,6 +966,10 @@ impl Session {
             if writer.flush().await.is_ok() {
                 sm::sending::final_acks(reader, carry).await;
             }
+        } else if !pump.sm && !carry.unacked.is_empty() {
+            // Without XEP-0198 the last question is a ping, for the same reason.
+            self.last_confirmation(pump, reader, &mut writer, carry)
+                .await;
         }
         let _ = writer.flush().await;
         match &error {
@@ -912,7 +977,8 @@ impl Session {
             None => writer.close().await,
         }
         self.bounce_too_large(pump).await;
-        if !carry.unacked.is_empty() {
+        // Closing idle, what is left is the caller's to resend or bounce (it counts them).
+        if error.is_some() && !carry.unacked.is_empty() {
             self.ctx
                 .router
                 .metrics
@@ -920,12 +986,10 @@ impl Session {
                 .with_label_values(&["unconfirmed"])
                 .inc_by(carry.unacked.len() as u64);
             tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged or confirmed by the peer", carry.unacked.len());
-            if error.is_some() {
-                // Stopping: their fate is unknown, so their backends are not told they were
-                // delivered and send them again elsewhere (crate::ack, step 3).
-                for stanza in carry.unacked.iter_mut() {
-                    stanza.abandon();
-                }
+            // Stopping: their fate is unknown, so their backends are not told they were
+            // delivered and send them again elsewhere (crate::ack, step 3).
+            for stanza in carry.unacked.iter_mut() {
+                stanza.abandon();
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::xml::framer::Event;
 use crate::xml::stanza::{Kind, Stanza};
 
 /// How long a closing link waits for the peer's last acknowledgement.
-const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
+pub const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// What outlives one link of a session (XEP-0198 §5): the one place for stanzas written and
 /// not yet known delivered. With XEP-0198 an `<a/>` releases them; without it, the answer
