@@ -158,11 +158,7 @@ pub async fn handle(io: BoxTransport, peer: SocketAddr, ctx: Arc<ComponentContex
                 ComponentError::Timeout(_) => (StreamErrorCondition::ConnectionTimeout, None),
                 ComponentError::Read(_) => return,
             };
-            ctx.router
-                .metrics
-                .stream_errors
-                .with_label_values(&["sent", cond.as_str()])
-                .inc();
+            ctx.router.metrics.stream_errors.sent(&cond);
             conn.fail(&cond, text).await;
         }
     }
@@ -335,8 +331,7 @@ async fn established(
         ctx.router
             .metrics
             .stream_errors
-            .with_label_values(&["sent", "conflict"])
-            .inc();
+            .sent(&StreamErrorCondition::Conflict);
         conn.fail(&StreamErrorCondition::Conflict, Some(&e.to_string()))
             .await;
         return;
@@ -470,11 +465,7 @@ async fn established(
     }
     if let End::Fail(cond, text) = &end {
         tracing::info!(%peer, %domain, %cond, "closing backend stream: {text}");
-        ctx.router
-            .metrics
-            .stream_errors
-            .with_label_values(&["sent", cond.as_str()])
-            .inc();
+        ctx.router.metrics.stream_errors.sent(&cond);
     }
     let _ = end_tx.send(end);
     let _ = writer_task.await;

@@ -271,7 +271,7 @@ pub struct Metrics {
     /// Stanzas that could not be delivered nor bounced (errors are never bounced), by reason.
     pub dropped: IntCounterVec,
     /// Stream errors by direction (sent, received) and condition.
-    pub stream_errors: IntCounterVec,
+    pub stream_errors: StreamErrors,
     /// Dialback outcomes by role (`result` as receiving server, `verify` as authoritative
     /// server, `outbound` as originating server) and result.
     pub dialback: IntCounterVec,
@@ -281,9 +281,9 @@ pub struct Metrics {
     /// `fedgate_outbound_stanzas_total{event}`: stanzas `resent` after a link dropped (XEP-0198)
     /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
     /// (they may or may not have arrived).
-    pub outbound_stanzas: IntCounterVec,
+    pub outbound_stanzas: OutboundStanzas,
     /// `fedgate_outbound_events_total{event}`: `retry`, `ping_answered`, `ping_timeout`.
-    pub outbound_events: IntCounterVec,
+    pub outbound_events: OutboundEvents,
     /// `fedgate_outbound_unacked`: stanzas written to remote servers and not yet acknowledged
     /// (XEP-0198), over all sessions.
     pub outbound_unacked: IntGauge,
@@ -494,6 +494,51 @@ pub struct ComponentAcks {
     pub held: IntCounter,
 }
 
+/// `fedgate_outbound_stanzas_total{event}`, a handle per event, so that call sites name the
+/// event rather than spell its label.
+#[derive(Clone)]
+pub struct OutboundStanzas {
+    /// `resent`: unacknowledged stanzas (XEP-0198) written again on a new link.
+    pub resent: IntCounter,
+    /// `unconfirmed`: written on a link without XEP-0198 that ended before the peer confirmed
+    /// them (they may or may not have arrived).
+    pub unconfirmed: IntCounter,
+    /// `resent_unconfirmed`: those written again on the next link (`unconfirmed = "resend"`).
+    pub resent_unconfirmed: IntCounter,
+}
+
+/// `fedgate_outbound_events_total{event}`, a handle per event.
+#[derive(Clone)]
+pub struct OutboundEvents {
+    /// A connection attempt after a failed one.
+    pub retry: IntCounter,
+    /// A liveness check (XEP-0199 ping or XEP-0198 request) answered.
+    pub ping_answered: IntCounter,
+    /// A liveness check unanswered within `ping_timeout`: the link is dropped.
+    pub ping_timeout: IntCounter,
+}
+
+/// `fedgate_stream_errors_total{direction, condition}`: the condition is one of RFC 6120's,
+/// so the label set stays closed.
+#[derive(Clone)]
+pub struct StreamErrors(IntCounterVec);
+
+impl StreamErrors {
+    /// We sent `<condition/>`.
+    pub fn sent(&self, condition: &crate::xml::error::StreamErrorCondition) {
+        self.0
+            .with_label_values(&["sent", condition.as_str()])
+            .inc();
+    }
+
+    /// The peer sent a stream error; `condition` from the closed set (unknown ones are
+    /// `undefined-condition`).
+    pub fn received(&self, condition: Option<&crate::xml::error::StreamErrorCondition>) {
+        let label = condition.map_or("undefined-condition", |c| c.as_str());
+        self.0.with_label_values(&["received", label]).inc();
+    }
+}
+
 impl ComponentAcks {
     fn register(r: &Registry) -> ComponentAcks {
         let acked = counter_vec(
@@ -652,12 +697,12 @@ impl Metrics {
             "Stanzas neither delivered nor bounced (error stanzas are never bounced)",
             &["reason"],
         );
-        let stream_errors = counter_vec(
+        let stream_errors = StreamErrors(counter_vec(
             r,
             "fedgate_stream_errors_total",
             "Stream errors sent and received",
             &["direction", "condition"],
-        );
+        ));
         let dialback = counter_vec(
             r,
             "fedgate_dialback_total",
@@ -676,12 +721,22 @@ impl Metrics {
             "Outbound stanzas resent after a dropped link (XEP-0198), or unconfirmed when a link without it dropped",
             &["event"],
         );
+        let outbound_stanzas = OutboundStanzas {
+            resent: outbound_stanzas.with_label_values(&["resent"]),
+            unconfirmed: outbound_stanzas.with_label_values(&["unconfirmed"]),
+            resent_unconfirmed: outbound_stanzas.with_label_values(&["resent_unconfirmed"]),
+        };
         let outbound_events = counter_vec(
             r,
             "fedgate_outbound_events_total",
             "Outbound link events: retries, pings",
             &["event"],
         );
+        let outbound_events = OutboundEvents {
+            retry: outbound_events.with_label_values(&["retry"]),
+            ping_answered: outbound_events.with_label_values(&["ping_answered"]),
+            ping_timeout: outbound_events.with_label_values(&["ping_timeout"]),
+        };
         let outbound_unacked = gauge(
             r,
             "fedgate_outbound_unacked",

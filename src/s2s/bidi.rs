@@ -384,11 +384,7 @@ impl Reverse {
         let unconfirmed = self.carry.take_unacked();
         if !unconfirmed.is_empty() {
             let n = unconfirmed.len();
-            router
-                .metrics
-                .outbound_stanzas
-                .with_label_values(&["unconfirmed"])
-                .inc_by(n as u64);
+            router.metrics.outbound_stanzas.unconfirmed.inc_by(n as u64);
             tracing::info!("{n} stanzas written on a bidirectional inbound stream and not confirmed go out again: {why}");
         }
         for stanza in unconfirmed {
@@ -399,11 +395,7 @@ impl Reverse {
                 .unwrap_or_default();
             match ctx.security.load().peer(&remote).unconfirmed {
                 Unconfirmed::Resend => {
-                    router
-                        .metrics
-                        .outbound_stanzas
-                        .with_label_values(&["resent_unconfirmed"])
-                        .inc();
+                    router.metrics.outbound_stanzas.resent_unconfirmed.inc();
                     router.reroute(stanza).await;
                 }
                 Unconfirmed::Bounce => {

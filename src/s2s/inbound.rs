@@ -251,10 +251,7 @@ async fn end(session: Inbound, outcome: Result<(), Abort>, peer: SocketAddr, ctx
                         .failed(domain, Direction::Inbound, cause.clone());
                 }
             }
-            metrics
-                .stream_errors
-                .with_label_values(&["sent", r.condition.as_str()])
-                .inc();
+            metrics.stream_errors.sent(&r.condition);
             match &r.raw {
                 Some(raw) => {
                     conn.send(raw);
@@ -619,8 +616,7 @@ impl Inbound {
                     .router
                     .metrics
                     .stream_errors
-                    .with_label_values(&["received", error.label()])
-                    .inc();
+                    .received(error.condition.as_ref());
                 return Err(Abort::Gone);
             }
             _ => {

@@ -306,15 +306,12 @@ impl Session {
             for stanza in &carry.unacked {
                 writer.send(&stanza.bytes_for(&target));
             }
-            metrics
-                .outbound_stanzas
-                .with_label_values(&["resent"])
-                .inc_by(n as u64);
+            metrics.outbound_stanzas.resent.inc_by(n as u64);
             if carry.unconfirmed > 0 {
                 // The peer may have read these before the last link dropped.
                 metrics
                     .outbound_stanzas
-                    .with_label_values(&["resent_unconfirmed"])
+                    .resent_unconfirmed
                     .inc_by(carry.unconfirmed as u64);
                 carry.unconfirmed = 0;
             }
@@ -365,10 +362,7 @@ impl Session {
             return Ended::Lost(why);
         }
         let metrics = &self.ctx.router.metrics;
-        metrics
-            .outbound_stanzas
-            .with_label_values(&["unconfirmed"])
-            .inc_by(n as u64);
+        metrics.outbound_stanzas.unconfirmed.inc_by(n as u64);
         match self.ctx.security.load().peer(&self.remote).unconfirmed {
             Unconfirmed::Resend => {
                 carry.unconfirmed = n;
@@ -470,7 +464,7 @@ impl Session {
                         // Everything written before the ping has been read.
                         carry.release(covers);
                     }
-                    metrics.outbound_events.with_label_values(&["ping_answered"]).inc();
+                    metrics.outbound_events.ping_answered.inc();
                 }
                 _ = tokio::time::sleep_until(guest_deadline.unwrap_or(deadlines.next())), if guest_deadline.is_some() => {
                     self.expire(&mut pump.guests, Instant::now());
@@ -575,8 +569,7 @@ impl Session {
             .router
             .metrics
             .stream_errors
-            .with_label_values(&["sent", StreamErrorCondition::PolicyViolation.as_str()])
-            .inc();
+            .sent(&StreamErrorCondition::PolicyViolation);
         writer
             .fail(&StreamErrorCondition::PolicyViolation, Some(&reason))
             .await;
@@ -611,12 +604,7 @@ impl Session {
                 self.confirm(pump, writer, carry, now);
             }
             Due::Check if pump.check.is_some() => {
-                self.ctx
-                    .router
-                    .metrics
-                    .outbound_events
-                    .with_label_values(&["ping_timeout"])
-                    .inc();
+                self.ctx.router.metrics.outbound_events.ping_timeout.inc();
                 return Err(Ended::Lost(format!(
                     "{label} did not answer a liveness check within {}s",
                     settings.ping_timeout.as_secs_f32()
@@ -670,10 +658,7 @@ impl Session {
                 metrics.sm_out.acked.inc();
                 if matches!(pump.check, Some(Check::Ack { .. })) {
                     pump.check = None;
-                    metrics
-                        .outbound_events
-                        .with_label_values(&["ping_answered"])
-                        .inc();
+                    metrics.outbound_events.ping_answered.inc();
                 }
                 Ok(())
             }
@@ -690,10 +675,7 @@ impl Session {
             }
             (_, Ok(Event::Stanza(s))) if s.kind() == Kind::StreamError => {
                 let error = PeerStreamError::parse(&s);
-                metrics
-                    .stream_errors
-                    .with_label_values(&["received", error.label()])
-                    .inc();
+                metrics.stream_errors.received(error.condition.as_ref());
                 Err((
                     Ended::Lost(format!("{label} closed the stream with {error}")),
                     Goodbye::None,
@@ -764,11 +746,7 @@ impl Session {
     ) -> Result<(), (Ended, Goodbye)> {
         let router = &self.ctx.router;
         let refused = |r: Refusal| {
-            router
-                .metrics
-                .stream_errors
-                .with_label_values(&["sent", r.condition.as_str()])
-                .inc();
+            router.metrics.stream_errors.sent(&r.condition);
             let why = format!("we closed the bidirectional stream to {label}: {}", r.text);
             (Ended::Lost(why), Goodbye::Fail(r.condition, r.text))
         };
@@ -983,7 +961,7 @@ impl Session {
                 .router
                 .metrics
                 .outbound_stanzas
-                .with_label_values(&["unconfirmed"])
+                .unconfirmed
                 .inc_by(carry.unacked.len() as u64);
             tracing::warn!(remote = %self.remote, "closing with {} stanzas not acknowledged or confirmed by the peer", carry.unacked.len());
             // Stopping: their fate is unknown, so their backends are not told they were

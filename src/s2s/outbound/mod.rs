@@ -467,7 +467,7 @@ impl Session {
     /// `retry_max_delay`. Shutdown or a reload's kick ends the wait with the session's end.
     async fn back_off(&self, wait: Duration, delay: &mut Duration) -> Result<(), OutboundError> {
         let metrics = &self.ctx.router.metrics;
-        metrics.outbound_events.with_label_values(&["retry"]).inc();
+        metrics.outbound_events.retry.inc();
         tokio::select! {
             _ = self.ctx.shutdown.cancelled() => return Err(OutboundError::Shutdown),
             _ = self.live.kicked() => return Err(OutboundError::Policy { reason: self.live.kick_reason() }),

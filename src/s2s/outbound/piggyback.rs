@@ -515,14 +515,11 @@ impl Session {
                 writer.send(&stanza.bytes_for(&target));
                 carry.push(stanza);
             }
-            metrics
-                .outbound_stanzas
-                .with_label_values(&["resent"])
-                .inc_by(n as u64);
+            metrics.outbound_stanzas.resent.inc_by(n as u64);
             if unconfirmed > 0 {
                 metrics
                     .outbound_stanzas
-                    .with_label_values(&["resent_unconfirmed"])
+                    .resent_unconfirmed
                     .inc_by(unconfirmed as u64);
             }
         }
