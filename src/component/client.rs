@@ -19,9 +19,10 @@
 //!    [`ClientConfig::max_unacked`] of them (then sending waits). When the link drops, or
 //!    the gateway dies, the unacknowledged ones are sent again (through another gateway, or
 //!    on the next session): nothing is lost, and what the dead gateway had passed on without
-//!    confirming it may arrive twice ([`Stats::resent`]). What we pass on as
-//!    [`Event::Stanza`] is acknowledged to the gateway in turn, so it routes again what
-//!    never reached us. A gateway that does not declare acknowledgements (Prosody's or
+//!    confirming it may arrive twice ([`Stats::resent`]). An [`Event::Stanza`] is
+//!    acknowledged to the gateway in turn once the application has finished with it (it
+//!    asked [`Events::recv`] for the next event), so the gateway routes again what a
+//!    component that died had not finished with. A gateway that does not declare acknowledgements (Prosody's or
 //!    ejabberd's component listener, an older fedgate) gets plain XEP-0114: a stanza it had
 //!    not read when the link dropped is then lost, so a component that cannot lose anything
 //!    answers iqs and lets its peers retry.
@@ -383,6 +384,56 @@ pub enum Event {
     Stanza(Stanza),
 }
 
+/// An event on its way to the application, with the session to tell once the application
+/// has finished with the stanza ([`Events`]).
+struct Delivery {
+    event: Event,
+    /// For a stanza the gateway counts (acknowledgements on): the session's count to move.
+    receipt: Option<Arc<AckState>>,
+}
+
+impl From<Event> for Delivery {
+    fn from(event: Event) -> Delivery {
+        Delivery {
+            event,
+            receipt: None,
+        }
+    }
+}
+
+/// The events of a [`Component`], in order.
+///
+/// With acknowledgements (module docs, step 4), a stanza counts as received, and so is
+/// acknowledged to the gateway, only when the application asks for the event after it: by
+/// then it has finished with the stanza (stored it, answered it, passed it on). A component
+/// that dies while handling a stanza, or with stanzas still waiting here, has not
+/// acknowledged them, and the gateway routes them again (to a standby that takes over, or
+/// back to their senders as bounces). A component that hands stanzas to other tasks gives
+/// up that guarantee for them: it is acknowledged once handed over.
+pub struct Events {
+    rx: mpsc::Receiver<Delivery>,
+    /// The receipt of the stanza returned last, not yet counted.
+    taken: Option<Arc<AckState>>,
+}
+
+impl Events {
+    /// The next event; `None` once stopped. Counts the stanza returned before as received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        if let Some(session) = self.taken.take() {
+            session.passed_on();
+        }
+        let delivery = self.rx.recv().await?;
+        self.taken = delivery.receipt;
+        Some(delivery.event)
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
 /// The link is gone for good: the component was stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("the component is stopped")]
@@ -457,7 +508,7 @@ impl Sender {
 /// A component kept attached to its gateway (module docs, step 2).
 pub struct Component {
     sender: Sender,
-    events: mpsc::Receiver<Event>,
+    events: Events,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -467,7 +518,7 @@ impl Component {
     /// A config without gateways gets a component that is never online.
     pub fn start(config: ClientConfig) -> Component {
         let (tx, rx) = mpsc::channel(config.queue_len.max(1));
-        let (events_tx, events) = mpsc::channel(config.queue_len.max(1));
+        let (events_tx, events_rx) = mpsc::channel(config.queue_len.max(1));
         let online: Arc<[AtomicBool]> = config
             .gateways
             .iter()
@@ -496,13 +547,17 @@ impl Component {
         };
         Component {
             sender: Sender { tx, online, stats },
-            events,
+            events: Events {
+                rx: events_rx,
+                taken: None,
+            },
             stop,
             task,
         }
     }
 
-    /// The next event; `None` once stopped.
+    /// The next event; `None` once stopped. Counts the stanza returned before as received
+    /// ([`Events`]).
     pub async fn recv(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -513,7 +568,7 @@ impl Component {
     }
 
     /// Splits off the event stream, for a component that handles events in another task.
-    pub fn into_parts(self) -> (Sender, mpsc::Receiver<Event>, Stopper) {
+    pub fn into_parts(self) -> (Sender, Events, Stopper) {
         (
             self.sender,
             self.events,
@@ -608,7 +663,7 @@ async fn supervise(
     config: ClientConfig,
     link: Link,
     mut out: mpsc::Receiver<Bytes>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivery>,
     stop: CancellationToken,
 ) {
     let Some(target) = config.gateways.get(link.index).cloned() else {
@@ -630,9 +685,12 @@ async fn supervise(
                 backoff = config.backoff_initial;
                 link.set_online(true);
                 if events
-                    .send(Event::Online {
-                        gateway: gateway.clone(),
-                    })
+                    .send(
+                        Event::Online {
+                            gateway: gateway.clone(),
+                        }
+                        .into(),
+                    )
                     .await
                     .is_err()
                 {
@@ -667,7 +725,7 @@ async fn supervise(
             gateway: gateway.clone(),
             reason,
         };
-        if events.send(offline).await.is_err() {
+        if events.send(offline.into()).await.is_err() {
             return;
         }
         // Jitter of up to a quarter, so that many components do not reconnect in lockstep.
@@ -687,7 +745,7 @@ async fn supervise(
 async fn attach_to_all(
     config: ClientConfig,
     rx: mpsc::Receiver<Bytes>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivery>,
     online: Arc<[AtomicBool]>,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -894,6 +952,11 @@ struct Reported {
 const MAX_HELD_PER_UNACKED: usize = 16;
 
 impl AckState {
+    /// The application finished with one more stanza of this session ([`Events`]).
+    fn passed_on(&self) {
+        self.received.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The reader records a report and wakes the writer.
     fn report(&self, f: impl FnOnce(&mut Reported)) {
         f(&mut self.reported.lock().unwrap_or_else(|e| e.into_inner()));
@@ -908,7 +971,8 @@ struct AckState {
     reported: std::sync::Mutex<Reported>,
     /// `reported` changed.
     ack: Notify,
-    /// Stanzas we passed on since `<enabled/>` (our `h`, modulo 2^32).
+    /// Stanzas the application finished with since `<enabled/>` (our `h`, modulo 2^32),
+    /// counted by [`Events::recv`].
     received: AtomicU32,
     /// The gateway asked with `<r/>`.
     request: Notify,
@@ -925,7 +989,7 @@ async fn run(
     session: Session,
     out: &mut mpsc::Receiver<Bytes>,
     unacked: &mut Unacked,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivery>,
     stop: &CancellationToken,
     link: &Link,
     gateway: &str,
@@ -1042,7 +1106,7 @@ async fn run(
                     gateway: gateway.to_owned(),
                     reason: "the gateway is draining (stopping); it still delivers what it holds".into(),
                 };
-                if events.send(offline).await.is_err() {
+                if events.send(offline.into()).await.is_err() {
                     reader_task.abort();
                     return SessionEnd::Stopped;
                 }
@@ -1093,17 +1157,16 @@ async fn run(
 /// Passes stanzas on until the stream ends; `Some(reason)` for a lost link, `None` when nobody
 /// takes events any more. The gateway's drain notice goes to `notice`; with acknowledgements
 /// (`acks`), its `<a/>` and `<r/>` go there (and with `held` its [`super::held`] reports),
-/// and what we pass on after `<enabled/>` is counted.
+/// and what we pass on after `<enabled/>` carries a receipt ([`Events`]).
 async fn read_loop(
     mut reader: Reader,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivery>,
     notice: mpsc::Sender<()>,
     acks: Option<Arc<AckState>>,
     held: bool,
 ) -> Option<String> {
     // The gateway counts what it writes after <enabled/>, so we count from there too.
     let mut counting = false;
-    let mut received: u32 = 0;
     loop {
         match reader.next_event().await {
             Ok(FrameEvent::Stanza(s)) if super::drain::is_notice(&s) => {
@@ -1141,16 +1204,17 @@ async fn read_loop(
                 ));
             }
             Ok(FrameEvent::Stanza(s)) => {
-                let counts = counting && super::sm::counts(&s);
-                if events.send(Event::Stanza(s)).await.is_err() {
+                // Ours to acknowledge once the application has finished with it.
+                let receipt = acks
+                    .as_ref()
+                    .filter(|_| counting && super::sm::counts(&s))
+                    .cloned();
+                let delivery = Delivery {
+                    event: Event::Stanza(s),
+                    receipt,
+                };
+                if events.send(delivery).await.is_err() {
                     return None;
-                }
-                if counts {
-                    // Passed on: ours to acknowledge.
-                    received = received.wrapping_add(1);
-                    if let Some(state) = &acks {
-                        state.received.store(received, Ordering::Release);
-                    }
                 }
             }
             Ok(FrameEvent::StreamClose) => return Some("the gateway closed the stream".into()),
@@ -1173,6 +1237,7 @@ mod tests {
         io: crate::connection::BoxTransport,
         secret: &str,
         accept: bool,
+        acks: bool,
     ) -> (Connection, crate::xml::stream::StreamHeader) {
         let mut conn = Connection::new(
             io,
@@ -1189,6 +1254,7 @@ mod tests {
             content_ns: ns::COMPONENT,
             from: Some("c.test"),
             id: Some("id1"),
+            sm: acks,
             ..Default::default()
         });
         conn.flush().await.unwrap();
@@ -1225,7 +1291,7 @@ mod tests {
                 ClientConfig::new("c.test", "s3cret", Target::Tcp(([127, 0, 0, 1], 1).into()));
             handshake(&mut conn, &config).await
         };
-        let (r, _) = tokio::join!(client, fake_gateway(Box::new(b), "s3cret", accept));
+        let (r, _) = tokio::join!(client, fake_gateway(Box::new(b), "s3cret", accept, false));
         r.map(|(id, offered)| (id, offered.acks))
     }
 
@@ -1307,7 +1373,7 @@ mod tests {
     /// The gateway side of one component's handshake on `listener` (secret `s3cret`).
     async fn accept_component(listener: &tokio::net::TcpListener) -> (Connection, bool) {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (conn, h) = fake_gateway(Box::new(tcp), "s3cret", true).await;
+        let (conn, h) = fake_gateway(Box::new(tcp), "s3cret", true, false).await;
         (conn, crate::component::drain::declared(&h))
     }
 
@@ -1428,6 +1494,51 @@ mod tests {
         drop(conn);
         let (mut conn, _) = accept_component(&listener).await;
         assert_eq!(next_stanza(&mut conn).await.id(), Some("waits"));
+        component.stop().await;
+    }
+
+    /// A stanza is acknowledged once the application has finished with it, that is, when it
+    /// asks for the next event: not while it waits in the library's queue or is handled.
+    #[tokio::test]
+    async fn a_stanza_is_acknowledged_only_when_the_application_asks_for_the_next_event() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::Tcp(listener.local_addr().unwrap());
+        let mut component = Component::start(ClientConfig::new("c.test", "s3cret", target));
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut conn, h) = fake_gateway(Box::new(tcp), "s3cret", true, true).await;
+        assert!(super::super::sm::declared(&h));
+        assert_eq!(&next_stanza(&mut conn).await.raw()[..], super::super::sm::ENABLE);
+        conn.send(super::super::sm::ENABLED);
+        assert!(matches!(
+            next_event(&mut component).await,
+            Event::Online { .. }
+        ));
+        let h_after_request = async |conn: &mut Connection| {
+            conn.send(crate::s2s::sm::REQUEST);
+            conn.flush().await.unwrap();
+            crate::s2s::sm::h_of(&next_stanza(conn).await).expect("an <a/> with h")
+        };
+        conn.send(b"<message from='x@b.test' to='c.test' id='m1'/>");
+        conn.send(b"<message from='x@b.test' to='c.test' id='m2'/>");
+        conn.flush().await.unwrap();
+        // Both read by the library, neither taken by the application.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h_after_request(&mut conn).await, 0);
+        // m1 taken: being handled, not yet finished.
+        match next_event(&mut component).await {
+            Event::Stanza(s) => assert_eq!(s.id(), Some("m1")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h_after_request(&mut conn).await, 0);
+        // Asking for the next event finishes m1; m2 is being handled.
+        match next_event(&mut component).await {
+            Event::Stanza(s) => assert_eq!(s.id(), Some("m2")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h_after_request(&mut conn).await, 1);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), component.recv()).await;
+        assert!(waiting.is_err(), "no more events");
+        assert_eq!(h_after_request(&mut conn).await, 2);
         component.stop().await;
     }
 

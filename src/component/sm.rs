@@ -38,8 +38,10 @@
 //!   the next session with a single one. At least once: what the dead gateway had sent on
 //!   but not yet confirmed may arrive twice (counted in the library's
 //!   [`Stats`](super::client::Stats)).
-//! - **Backend → gateway, `h` of the gateway's stanzas**: what the library has passed on to
-//!   the component. The gateway keeps what it wrote to an acknowledging backend until the
+//! - **Backend → gateway, `h` of the gateway's stanzas**: what the component has finished
+//!   with: the library counts a stanza when the application asks for the event after it
+//!   ([`Events`](super::client::Events)), so one still waiting in the library's queue, or
+//!   being handled (a core storing it offline), when the backend dies is not counted. The gateway keeps what it wrote to an acknowledging backend until the
 //!   backend acknowledges it (asking with `<r/>` after a batch, and again shortly after an
 //!   answer that left some unacknowledged); when that link drops, what
 //!   was not acknowledged is routed again: to the backend's newer session (a replacement,

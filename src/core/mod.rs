@@ -76,7 +76,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::component::client::{ClientConfig, Component, Event, Sender, Stopper, Target};
+use crate::component::client::{ClientConfig, Component, Event, Events, Sender, Stopper, Target};
 use crate::jid::Jid;
 use crate::tls::Tls;
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
@@ -476,12 +476,14 @@ pub async fn start_with_status(
 }
 
 /// Passes stanzas from the component links of `domain` to the core, one at a time, and
-/// records the links' ups and downs.
+/// records the links' ups and downs. One at a time matters: a stanza is acknowledged to the
+/// gateway only when the next event is asked for ([`Events`]), so one that a killed core was
+/// still storing is routed again by the gateway, to the standby that takes over.
 async fn gateway_events(
     core: Arc<Core>,
     domain: String,
     links: Arc<GatewayLinks>,
-    mut events: mpsc::Receiver<Event>,
+    mut events: Events,
 ) {
     while let Some(event) = events.recv().await {
         match event {

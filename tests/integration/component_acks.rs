@@ -14,7 +14,7 @@ use crate::harness::*;
 const ECHO_SECRET: &str = "echo-secret";
 
 /// Starts the library for `echo.a.test` on `a` and waits until it is online.
-async fn library(a: &Instance) -> (Sender, tokio::sync::mpsc::Receiver<Event>) {
+async fn library(a: &Instance) -> (Sender, fedgate::component::client::Events) {
     let component = Component::start(ClientConfig::new(
         "echo.a.test",
         ECHO_SECRET,
@@ -30,7 +30,7 @@ async fn library(a: &Instance) -> (Sender, tokio::sync::mpsc::Receiver<Event>) {
     (sender, events)
 }
 
-async fn next_stanza(events: &mut tokio::sync::mpsc::Receiver<Event>) -> fedgate::xml::Stanza {
+async fn next_stanza(events: &mut fedgate::component::client::Events) -> fedgate::xml::Stanza {
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {
             Ok(Some(Event::Stanza(s))) => return s,

@@ -1217,6 +1217,141 @@ async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed()
     stop_child(standby).await;
 }
 
+/// The ids of the messages (`m…`) that arrive on `s` until it is quiet for `quiet` or ends.
+async fn message_ids_until_quiet(s: &mut RawStream, quiet: Duration) -> Vec<String> {
+    use fedgate::xml::framer::Event;
+    let mut ids = Vec::new();
+    while let Ok(Some(Event::Stanza(st))) = tokio::time::timeout(quiet, s.event_or_end()).await {
+        if st.name() == "message" {
+            if let Some(id) = st.id().filter(|id| id.starts_with('m')) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+/// The core failover of issue 17 under traffic: a peer (b.test) sends a steady stream of
+/// messages to an account that is offline (stored) and to one that is online, and the active
+/// core is killed with SIGKILL in the middle of it. Every message is then delivered (on the
+/// old connection before the kill, or by the standby: live or from offline storage) or
+/// bounced to its sender; none is lost. What the killed core was handling when it died was
+/// not acknowledged to the gateway (the component library acknowledges a stanza only when
+/// the core asks for the next one), so the gateway routes it again to the standby: such a
+/// message may arrive twice, and the test prints how many did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes_over() {
+    let pg = crate::postgres::Postgres::start();
+    let url = pg.create_database("core");
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let b = instance(&dns, "b.test").start().await;
+    let mut b_backend = b.backend().await;
+    let cores: Vec<(tempfile::TempDir, u16, SocketAddr, PathBuf)> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let c2s = free_port();
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let file = core_toml_with(
+                dir.path(),
+                "a.test",
+                c2s,
+                &[gw.gw().component_addr],
+                &gw.component_secret,
+                &format!("database = {url:?}"),
+                &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+            );
+            (dir, c2s, metrics, file)
+        })
+        .collect();
+    for user in ["bob@a.test", "carol@a.test"] {
+        let args = ["core", "user", "add", user, "--config", cores[0].3.to_str().unwrap()];
+        let (code, _, err) = fedgate(&args, "pw\n");
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (mut active, _, _active_log) = spawn_core(&cores[0].3).await;
+    let (standby, _, standby_log) = spawn_core_until(&cores[1].3, "standby").await;
+    wait_for_http(cores[1].2, "/readyz", |r| r.contains("standby:")).await;
+
+    let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut carol = raw_session(addr(cores[0].1), "carol@a.test", "pw", "r").await;
+    carol.send("<presence/>").await;
+    // The s2s link b.test → a.test is up and carol is available before the traffic starts.
+    b_backend
+        .send("<message from='x@b.test' to='carol@a.test' type='chat' id='warm'><body>hi</body></message>")
+        .await;
+    next_matching(&mut carol, |t| t.contains("id='warm'")).await;
+    let carol_before = tokio::spawn(async move {
+        message_ids_until_quiet(&mut carol, Duration::from_secs(5)).await
+    });
+
+    // 300 messages, half to bob (offline: each one a write to PostgreSQL), half to carol:
+    // 0–99 one every 5 ms, 100–199 in one burst that the core is still working through when
+    // it is killed 20 ms later, 200–299 one every 5 ms during and after the takeover.
+    const N: usize = 300;
+    let message = |i: usize| {
+        let to = if i % 2 == 0 { "bob@a.test" } else { "carol@a.test" };
+        format!("<message from='x@b.test' to='{to}' type='chat' id='m{i}'><body>{i}</body></message>")
+    };
+    for i in 0..100 {
+        b_backend.send(&message(i)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b_backend.send(&(100..200).map(message).collect::<String>()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut child = active.0.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    for i in 200..N {
+        b_backend.send(&message(i)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::task::spawn_blocking(move || wait_for_line(&standby_log, "fedgate core ready"))
+        .await
+        .unwrap();
+    wait_for_http(cores[1].2, "/readyz", |r| r.contains(" 200 ")).await;
+    eprintln!("takeover after SIGKILL: {:?}", killed.elapsed());
+
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    let before = carol_before.await.unwrap();
+    for id in &before {
+        *delivered.entry(id.clone()).or_default() += 1;
+    }
+    for user in ["bob@a.test", "carol@a.test"] {
+        let mut s = raw_session(addr(cores[1].1), user, "pw", "r").await;
+        s.send("<presence/>").await;
+        for id in message_ids_until_quiet(&mut s, Duration::from_secs(3)).await {
+            *delivered.entry(id).or_default() += 1;
+        }
+    }
+    let mut bounced = std::collections::HashSet::new();
+    while let Ok(st) = tokio::time::timeout(Duration::from_secs(1), b_backend.next()).await {
+        if st.name() == "message" && st.attr("type").as_deref() == Some("error") {
+            bounced.insert(st.id().unwrap_or_default().to_owned());
+        }
+    }
+    let lost: Vec<String> = (0..N)
+        .map(|i| format!("m{i}"))
+        .filter(|id| !delivered.contains_key(id) && !bounced.contains(id))
+        .collect();
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    // Stored by the killed core but not acknowledged, then bounced while no core was attached.
+    let both = bounced.iter().filter(|id| delivered.contains_key(*id)).count();
+    eprintln!(
+        "{N} sent: {} delivered ({} on carol's connection before the kill), {} bounced, {twice} delivered twice, {both} delivered and bounced, {} lost",
+        delivered.len(),
+        before.len(),
+        bounced.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    stop_child(standby).await;
+}
+
 /// GETs `path` until the answer satisfies `pred`; panics after [`WAIT`].
 async fn wait_for_http(addr: SocketAddr, path: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -597,6 +597,27 @@ impl RawStream {
         .expect("timed out waiting for fedgate")
     }
 
+    /// The next event, or `None` when the connection ends (closed, reset, or bytes that do
+    /// not parse: a peer killed in the middle of a write) or nothing comes for [`WAIT`].
+    pub async fn event_or_end(&mut self) -> Option<Event> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.framer.next_event() {
+                    Ok(Some(e)) => return Some(e),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                match self.tcp.read_buf(self.framer.read_buf()).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     pub async fn expect_header(&mut self) -> StreamHeader {
         match self.event().await {
             Event::StreamOpen(h) => {
