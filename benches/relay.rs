@@ -1,19 +1,31 @@
 //! End-to-end loopback relay: backend A → gateway a.test → s2s → gateway b.test → backend B.
 //!
-//! Two gateways run in this process on one tokio multi-thread runtime, each with its s2s
-//! listener on its own loopback address and port 5269, a static route to the other, and a
-//! nameserver that is never queried, so nothing leaves the machine. A raw XEP-0114 backend is
-//! attached to each. After one warm-up message (which establishes the s2s session, so the
-//! router applies backpressure instead of bouncing when the queue fills), it measures:
+//! Two gateways run in this process, each on its own tokio runtime whose threads are named
+//! `gw-a` and `gw-b`, each with its s2s listener on its own loopback address and port 5269, a
+//! static route to the other, and a nameserver that is never queried, so nothing leaves the
+//! machine. The bench's two raw XEP-0114 backends (the load generator) run on a third runtime
+//! (threads named `load`, and the main thread). After one warm-up message (which establishes
+//! the s2s session, so the router applies backpressure instead of bouncing when the queue
+//! fills), it measures:
 //!
 //! 1. throughput: backend A writes `RELAY_N` messages (default 1,000,000) in 64 KiB writes,
 //!    timed from the first write to the last arrival at backend B;
 //! 2. latency: `RELAY_LAT_N` messages (default 100,000) at 10% of the measured throughput,
 //!    paced in batches once per millisecond; each carries its send time in its `id`.
 //!
-//! The throughput phase also prints the process's CPU time (user + system, `getrusage`) per
-//! relayed stanza: both gateways, and the bench's two backends with them, so an upper bound
-//! of what the two gateways spend.
+//! For both phases it prints the CPU time per relayed stanza of each gateway, of the two
+//! together, of the load generator, and of the whole process (`getrusage`), from the CPU time
+//! of each thread by name (`support::cpu`: what each side spent, not the process as a whole),
+//! and after the throughput phase the process's peak RSS (`VmHWM`: gateways and backends
+//! together, as one process has one address space).
+//!
+//! Each gateway's runtime has `RELAY_GATEWAY_WORKERS` workers (default 1, so that the two
+//! gateways together have no more workers than a 2-core machine has cores; tokio's default of
+//! one per core each puts four gateway workers and the load generator's on two cores, and the
+//! extra wake-ups and switches cost about a third more CPU per stanza there); the load
+//! generator's runtime has one worker per core. The three sides compete for the same cores,
+//! so the throughput is that of the machine shared with the load generator; the CPU per
+//! stanza is what tells the gateways' own cost.
 //!
 //! Every message carries a sequence number; backend B checks that each arrives exactly once
 //! and in order, and the run panics otherwise.
@@ -23,8 +35,7 @@
 //! (`require_encryption = false`). `RELAY_TRANSPORT=tls` or `=plain` runs one of them;
 //! `RELAY_SM=off` turns XEP-0198 off and `RELAY_BIDI=off` XEP-0288.
 //!
-//! Run: `cargo bench --bench relay`. The benchmark's own backends (message formatting,
-//! framing on receive) share the machine's cores with both gateways.
+//! Run: `cargo bench --bench relay`.
 
 mod support;
 
@@ -41,7 +52,7 @@ use fedgate::config::Config;
 use fedgate::gateway::{self, RunningGateway};
 use fedgate::xml::framer::Event;
 
-use support::{attach_backend, cpu_time, BackendReader};
+use support::{attach_backend, cpu, cpu_time, mb, own_status_bytes, BackendReader};
 
 /// Size of one write from backend A in the throughput phase.
 const CHUNK: usize = 64 * 1024;
@@ -52,16 +63,60 @@ fn main() {
     let n = support::env_number("RELAY_N", 1_000_000) as usize;
     let lat_n = support::env_number("RELAY_LAT_N", 100_000) as usize;
     let transport = std::env::var("RELAY_TRANSPORT").unwrap_or_else(|_| "both".into());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if transport == "tls" || transport == "both" {
-        runtime.block_on(run(n, lat_n, Transport::Tls));
+    let workers = Some(support::env_number("RELAY_GATEWAY_WORKERS", 1) as usize);
+    let load = cpu::runtime(LOAD, None);
+    for t in [Transport::Tls, Transport::Plain] {
+        if transport == "both" || transport == format!("{t:?}").to_lowercase() {
+            run(&load, n, lat_n, t, workers);
+        }
     }
-    if transport == "plain" || transport == "both" {
-        runtime.block_on(run(n, lat_n, Transport::Plain));
-    }
+}
+
+/// Thread names of the gateways' runtimes, which [`cpu::Usage`] adds up per name.
+const GW_A: &str = "gw-a";
+const GW_B: &str = "gw-b";
+/// Thread name of the load generator's runtime; the main thread, which drives its top-level
+/// future (backend A's writes), is counted with it as "not a gateway".
+const LOAD: &str = "load";
+
+/// One transport: both gateways on fresh runtimes of their own, the backends on `load`.
+fn run(
+    load: &tokio::runtime::Runtime,
+    n: usize,
+    lat_n: usize,
+    transport: Transport,
+    workers: Option<usize>,
+) {
+    let (ip_a, ip_b) = transport.ips();
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let rt_a = cpu::runtime(GW_A, workers);
+    let rt_b = cpu::runtime(GW_B, workers);
+    let gw_a = rt_a.block_on(start_gateway(
+        dir_a.path(),
+        "a.test",
+        ip_a,
+        "b.test",
+        ip_b,
+        "secret-a",
+        transport,
+    ));
+    let gw_b = rt_b.block_on(start_gateway(
+        dir_b.path(),
+        "b.test",
+        ip_b,
+        "a.test",
+        ip_a,
+        "secret-b",
+        transport,
+    ));
+    println!(
+        "relay over {transport:?}: a.test@{ip_a} -> b.test@{ip_b}; tokio workers: {} per gateway, {} for the load generator",
+        rt_a.metrics().num_workers(),
+        load.metrics().num_workers()
+    );
+    let gateways = [(gw_a, rt_a.handle().clone()), (gw_b, rt_b.handle().clone())];
+    load.block_on(drive(n, lat_n, gateways));
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -264,31 +319,33 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn run(n: usize, lat_n: usize, transport: Transport) {
-    let (ip_a, ip_b) = transport.ips();
+/// CPU time per relayed stanza of each side over a phase that relayed `n` stanzas in `secs`
+/// seconds: `usage` per thread name, `process` from `getrusage`.
+fn report_cpu(phase: &str, usage: &cpu::Usage, process: Duration, n: usize, secs: f64) {
+    let per = |t: Duration| t.as_secs_f64() * 1e6 / n as f64;
+    let (a, b) = (usage.named(GW_A), usage.named(GW_B));
+    let load = usage.others(&[GW_A, GW_B]);
+    println!(
+        "relay CPU {phase}: gateways {:.2} µs per stanza (a.test {:.2}, b.test {:.2}; {:.2} cores busy), \
+         load generator {:.2} µs, whole process {:.2} µs (getrusage){}",
+        per(a + b),
+        per(a),
+        per(b),
+        (a + b).as_secs_f64() / secs,
+        per(load),
+        per(process),
+        match usage.exited {
+            0 => String::new(),
+            k => format!("; {k} threads exited during the phase and are not counted"),
+        }
+    );
+}
+
+/// Attaches the backends to both gateways, runs both phases, then shuts the gateways down,
+/// each on its own runtime.
+async fn drive(n: usize, lat_n: usize, gateways: [(RunningGateway, tokio::runtime::Handle); 2]) {
     let t0 = Instant::now();
-    let dir_a = tempfile::tempdir().expect("tempdir");
-    let dir_b = tempfile::tempdir().expect("tempdir");
-    let gw_a = start_gateway(
-        dir_a.path(),
-        "a.test",
-        ip_a,
-        "b.test",
-        ip_b,
-        "secret-a",
-        transport,
-    )
-    .await;
-    let gw_b = start_gateway(
-        dir_b.path(),
-        "b.test",
-        ip_b,
-        "a.test",
-        ip_a,
-        "secret-b",
-        transport,
-    )
-    .await;
+    let [(gw_a, rt_a), (gw_b, rt_b)] = gateways;
     let (mut reader_a, mut wr_a) = attach_backend(gw_a.component_addr, "a.test", "secret-a").await;
     let (reader_b, wr_b) = attach_backend(gw_b.component_addr, "b.test", "secret-b").await;
 
@@ -319,11 +376,7 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
     };
     let mut sample = Vec::new();
     push_message(&mut sample, 0, 0);
-    println!(
-        "relay over {transport:?}: a.test@{ip_a} -> b.test@{ip_b}, {} byte messages, tokio workers: {}",
-        sample.len(),
-        tokio::runtime::Handle::current().metrics().num_workers()
-    );
+    println!("relay: {} byte messages", sample.len());
 
     // Warm-up: establishes a.test -> b.test (dialback included).
     let start = Instant::now();
@@ -341,11 +394,13 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         (rx, r.last)
     });
     let start = Instant::now();
-    let cpu_start = cpu_time();
+    let threads_start = cpu::Snapshot::take();
+    let process_start = cpu_time();
     send_bulk(&mut wr_a, seq, n).await;
     let written = start.elapsed();
     let (mut rx, last) = receiving.await.expect("receiver");
-    let cpu = cpu_time() - cpu_start;
+    let usage = cpu::Snapshot::take().since(&threads_start);
+    let process = cpu_time() - process_start;
     seq += n as u64;
     let secs = last.duration_since(start).as_secs_f64();
     let rate = n as f64 / secs;
@@ -354,10 +409,11 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         rate * sample.len() as f64 / 1e6,
         written.as_secs_f64()
     );
+    report_cpu("at full throughput", &usage, process, n, secs);
     println!(
-        "relay CPU: {:.2} µs per stanza ({:.2} s user + system for {n}; whole process: both gateways and both backends)",
-        cpu.as_secs_f64() * 1e6 / n as f64,
-        cpu.as_secs_f64()
+        "relay memory: peak RSS {:.1} MB, RSS now {:.1} MB (the whole process: both gateways and both backends)",
+        mb(own_status_bytes("VmHWM")),
+        mb(own_status_bytes("VmRSS"))
     );
     check_bounces();
 
@@ -370,9 +426,14 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         (rx, r)
     });
     let start = Instant::now();
+    let threads_start = cpu::Snapshot::take();
+    let process_start = cpu_time();
     send_paced(&mut wr_a, seq, lat_n, batch, t0).await;
     let (mut rx, mut received) = receiving.await.expect("receiver");
-    let achieved = lat_n as f64 / start.elapsed().as_secs_f64();
+    let usage = cpu::Snapshot::take().since(&threads_start);
+    let process = cpu_time() - process_start;
+    let secs = start.elapsed().as_secs_f64();
+    let achieved = lat_n as f64 / secs;
     seq += lat_n as u64;
     received.latencies.sort_unstable();
     let l = &received.latencies;
@@ -382,6 +443,13 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
         percentile(l, 0.50),
         percentile(l, 0.99),
         percentile(l, 1.0),
+    );
+    report_cpu(
+        &format!("at {paced_rate:.0} stanzas/s"),
+        &usage,
+        process,
+        lat_n,
+        secs,
     );
     check_bounces();
 
@@ -401,10 +469,10 @@ async fn run(n: usize, lat_n: usize, transport: Transport) {
 
     watch_a.abort();
     let start = Instant::now();
-    tokio::join!(
-        gw_a.shutdown(Duration::from_secs(2)),
-        gw_b.shutdown(Duration::from_secs(2))
-    );
+    let a = rt_a.spawn(gw_a.shutdown(Duration::from_secs(2)));
+    let b = rt_b.spawn(gw_b.shutdown(Duration::from_secs(2)));
+    a.await.expect("a.test shuts down");
+    b.await.expect("b.test shuts down");
     drop((wr_a, wr_b, rx));
     println!(
         "relay: both gateways shut down in {:.0} ms",

@@ -1,7 +1,10 @@
 //! What the benches share: a gateway run as a child process (so that its RSS and CPU time
 //! are its own), a raw XEP-0114 backend, idle s2s sessions authenticated by dialback, and the
-//! CPU time of this process. Each bench uses a part of it (`mod support;`).
+//! CPU time of this process and of its threads by name ([`cpu`]). Each bench uses a part of
+//! it (`mod support;`).
 #![allow(dead_code)]
+
+pub mod cpu;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -171,6 +174,18 @@ pub fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A `kB` line of `/proc/self/status` in bytes: `VmRSS` (resident now) or `VmHWM` (the peak
+/// resident set since the process started).
+pub fn own_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    kb * 1024
 }
 
 /// The receiving half of a raw XEP-0114 backend.
