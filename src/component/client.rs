@@ -1507,7 +1507,10 @@ mod tests {
         let (tcp, _) = listener.accept().await.unwrap();
         let (mut conn, h) = fake_gateway(Box::new(tcp), "s3cret", true, true).await;
         assert!(super::super::sm::declared(&h));
-        assert_eq!(&next_stanza(&mut conn).await.raw()[..], super::super::sm::ENABLE);
+        assert_eq!(
+            &next_stanza(&mut conn).await.raw()[..],
+            super::super::sm::ENABLE
+        );
         conn.send(super::super::sm::ENABLED);
         assert!(matches!(
             next_event(&mut component).await,

@@ -1268,7 +1268,14 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
         })
         .collect();
     for user in ["bob@a.test", "carol@a.test"] {
-        let args = ["core", "user", "add", user, "--config", cores[0].3.to_str().unwrap()];
+        let args = [
+            "core",
+            "user",
+            "add",
+            user,
+            "--config",
+            cores[0].3.to_str().unwrap(),
+        ];
         let (code, _, err) = fedgate(&args, "pw\n");
         assert_eq!(code, Some(0), "{err}");
     }
@@ -1284,23 +1291,32 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
         .send("<message from='x@b.test' to='carol@a.test' type='chat' id='warm'><body>hi</body></message>")
         .await;
     next_matching(&mut carol, |t| t.contains("id='warm'")).await;
-    let carol_before = tokio::spawn(async move {
-        message_ids_until_quiet(&mut carol, Duration::from_secs(5)).await
-    });
+    let carol_before =
+        tokio::spawn(
+            async move { message_ids_until_quiet(&mut carol, Duration::from_secs(5)).await },
+        );
 
     // 300 messages, half to bob (offline: each one a write to PostgreSQL), half to carol:
     // 0–99 one every 5 ms, 100–199 in one burst that the core is still working through when
     // it is killed 20 ms later, 200–299 one every 5 ms during and after the takeover.
     const N: usize = 300;
     let message = |i: usize| {
-        let to = if i % 2 == 0 { "bob@a.test" } else { "carol@a.test" };
-        format!("<message from='x@b.test' to='{to}' type='chat' id='m{i}'><body>{i}</body></message>")
+        let to = if i % 2 == 0 {
+            "bob@a.test"
+        } else {
+            "carol@a.test"
+        };
+        format!(
+            "<message from='x@b.test' to='{to}' type='chat' id='m{i}'><body>{i}</body></message>"
+        )
     };
     for i in 0..100 {
         b_backend.send(&message(i)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    b_backend.send(&(100..200).map(message).collect::<String>()).await;
+    b_backend
+        .send(&(100..200).map(message).collect::<String>())
+        .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut child = active.0.take().unwrap();
     child.kill().unwrap();
@@ -1340,7 +1356,10 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
         .collect();
     let twice = delivered.values().filter(|&&n| n > 1).count();
     // Stored by the killed core but not acknowledged, then bounced while no core was attached.
-    let both = bounced.iter().filter(|id| delivered.contains_key(*id)).count();
+    let both = bounced
+        .iter()
+        .filter(|id| delivered.contains_key(*id))
+        .count();
     eprintln!(
         "{N} sent: {} delivered ({} on carol's connection before the kill), {} bounced, {twice} delivered twice, {both} delivered and bounced, {} lost",
         delivered.len(),
