@@ -325,9 +325,9 @@ pub fn render_all(view: &PeersView) -> String {
         .unwrap_or(6)
         .max(6);
     let mut out = seen_by;
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{:width$}  {:>3} {:>3}  {:>6}  {:4}  LAST FAILURE\n",
+        "{:width$}  {:>3} {:>3}  {:>6}  {:4}  LAST FAILURE",
         "DOMAIN", "IN", "OUT", "QUEUED", "UP"
     );
     for p in &view.peers {

@@ -465,7 +465,7 @@ async fn established(
     }
     if let End::Fail(cond, text) = &end {
         tracing::info!(%peer, %domain, %cond, "closing backend stream: {text}");
-        ctx.router.metrics.stream_errors.sent(&cond);
+        ctx.router.metrics.stream_errors.sent(cond);
     }
     let _ = end_tx.send(end);
     let _ = writer_task.await;
@@ -684,7 +684,7 @@ async fn write_loop(
         let hold_at = acks.as_ref().and_then(|a| a.hold_at);
         let room = acks
             .as_ref()
-            .map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT);
+            .is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT);
         let mut flush = false;
         tokio::select! {
             end = &mut end_rx => break end.unwrap_or(End::Closed),
@@ -777,7 +777,7 @@ async fn write_loop(
                 let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
                 write_stanza(&mut writer, first, &mut acks, &mut batch);
                 while writer.pending() < BATCH_BYTES
-                    && acks.as_ref().map_or(true, |a| a.unacked.len() < MAX_UNACKED_OUT)
+                    && acks.as_ref().is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT)
                 {
                     match rx.try_recv() {
                         Ok(s) => write_stanza(&mut writer, s, &mut acks, &mut batch),

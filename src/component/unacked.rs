@@ -87,7 +87,7 @@ impl Unacked {
         for &seq in held {
             let offset = seq.wrapping_sub(self.acked) as usize;
             let position = self.passed + offset as u64;
-            let in_order = self.to_hold.back().map_or(true, |&last| position > last);
+            let in_order = self.to_hold.back().is_none_or(|&last| position > last);
             if offset >= self.queue.len() || !in_order {
                 return Err(AckError::HeldUnknown(seq));
             }

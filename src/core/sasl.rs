@@ -95,12 +95,12 @@ pub enum Gs2Flag {
 /// The channel binding data a SCRAM exchange must carry in `c=`, after checking the
 /// client's flag against the mechanism and the connection (module docs, step 1). `offered`
 /// is whether `-PLUS` mechanisms were offered on this stream.
-pub fn binding_for<'a>(
+pub fn binding_for(
     plus: bool,
     flag: Gs2Flag,
-    bindings: &'a ChannelBindings,
+    bindings: &ChannelBindings,
     offered: bool,
-) -> Result<Option<&'a [u8]>, SaslError> {
+) -> Result<Option<&[u8]>, SaslError> {
     match (plus, flag) {
         (true, Gs2Flag::Binding(t)) => bindings.get(t).map(Some).ok_or(SaslError::Malformed(
             "that channel binding type is not offered here",

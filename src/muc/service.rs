@@ -323,14 +323,12 @@ impl Service {
                 }
             }
             ("presence", Some(nick)) => room.handle_presence(el, from, nick, created, &mut cx),
-            ("presence", None) => {
-                if el.attr("type").is_none() {
-                    cx.out.extend(error_reply(
-                        el,
-                        StanzaErrorCondition::JidMalformed,
-                        "join with a nickname: presence to room@service/nickname",
-                    ));
-                }
+            ("presence", None) if el.attr("type").is_none() => {
+                cx.out.extend(error_reply(
+                    el,
+                    StanzaErrorCondition::JidMalformed,
+                    "join with a nickname: presence to room@service/nickname",
+                ));
             }
             ("message", None) if el.attr("type") == Some("error") => {}
             ("message", None) => {
@@ -359,10 +357,8 @@ impl Service {
                     ));
                 }
             }
-            ("message", Some(nick)) => {
-                if el.attr("type") != Some("error") {
-                    room.handle_private(el, from, nick, cx.out);
-                }
+            ("message", Some(nick)) if el.attr("type") != Some("error") => {
+                room.handle_private(el, from, nick, cx.out);
             }
             ("iq", None) if el.children().next().is_some_and(|q| q.ns == NS_MAM) => {
                 if let Some(c) = mam_iq(room, el, from, self.persist, cx.out) {

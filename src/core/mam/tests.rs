@@ -688,10 +688,10 @@ on_both_databases! {
         c.query_row("SELECT COUNT(*) FROM archive", &[], |r| r.get(0))
             .unwrap()
     };
-    assert_eq!(rows(&c), 3);
+    assert_eq!(rows(c), 3);
     // ...and the next insert deletes them.
     put(c, &limits, now, "new");
-    assert_eq!(rows(&c), 2);
+    assert_eq!(rows(c), 2);
     assert_eq!(all(c, 0), ["recent", "new"]);
 }
 }
@@ -750,7 +750,7 @@ on_both_databases! {
     };
     put(c, &limits, 1_700_000_000_000, "gone");
     set_prefs(
-        &c,
+        c,
         "bob@a.test",
         &Prefs {
             default: DefaultMode::Never,

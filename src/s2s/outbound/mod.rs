@@ -344,7 +344,7 @@ impl Session {
                 let attempt = tokio::select! {
                     _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
                     _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
-                    r = tokio::time::timeout_at(deadline.into(), self.connect(&mut trace)) => {
+                    r = tokio::time::timeout_at(deadline, self.connect(&mut trace)) => {
                         r.unwrap_or_else(|_| Err(window_closed(settings.retry_window, &mut trace, failed_before.as_deref())))
                     }
                 };
