@@ -1133,19 +1133,18 @@ async fn a_standalone_core_names_its_gateway_links_on_readyz_and_in_metrics() {
     stop_child(child).await;
 }
 
-/// Two cores on one PostgreSQL: the first is active, the second waits as a standby (no c2s
-/// port, `/readyz` 503) and takes over when the first is killed with SIGKILL; a message stored
-/// offline through the first is delivered by the second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed() {
-    let pg = crate::postgres::Postgres::start();
-    let url = pg.create_database("core");
-    let dns = TestDns::start().await;
-    let gw = instance(&dns, "a.test")
-        .backend("alias.a.test", "component-secret-a.test")
-        .start()
-        .await;
-    let cores: Vec<(tempfile::TempDir, u16, SocketAddr, PathBuf)> = (0..2)
+/// The files of one of two standalone cores for a.test that share a database.
+struct CoreFiles {
+    _dir: tempfile::TempDir,
+    c2s: u16,
+    metrics: SocketAddr,
+    file: PathBuf,
+}
+
+/// Two core configurations for a.test on the database `url`, attached to `gw`, each with
+/// its own c2s and metrics ports; `users` (password `pw`) added through the first.
+fn two_cores_on(url: &str, gw: &Instance, users: &[&str]) -> Vec<CoreFiles> {
+    let cores: Vec<CoreFiles> = (0..2)
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
             let c2s = free_port();
@@ -1159,32 +1158,53 @@ async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed()
                 &format!("database = {url:?}"),
                 &format!("[metrics]\nlisten = \"{metrics}\"\n"),
             );
-            (dir, c2s, metrics, file)
+            CoreFiles {
+                _dir: dir,
+                c2s,
+                metrics,
+                file,
+            }
         })
         .collect();
-    for user in ["alice@a.test", "bob@a.test"] {
+    for user in users {
         let args = [
             "core",
             "user",
             "add",
             user,
             "--config",
-            cores[0].3.to_str().unwrap(),
+            cores[0].file.to_str().unwrap(),
         ];
         let (code, _, err) = fedgate(&args, "pw\n");
         assert_eq!(code, Some(0), "{err}");
     }
-    let (active, _, _active_log) = spawn_core(&cores[0].3).await;
-    let (standby, _, standby_log) = spawn_core_until(&cores[1].3, "standby").await;
-    let readyz = wait_for_http(cores[1].2, "/readyz", |r| r.contains("standby:")).await;
+    cores
+}
+
+/// Two cores on one PostgreSQL: the first is active, the second waits as a standby (no c2s
+/// port, `/readyz` 503) and takes over when the first is killed with SIGKILL; a message stored
+/// offline through the first is delivered by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed() {
+    let pg = crate::postgres::Postgres::start();
+    let url = pg.create_database("core");
+    let dns = TestDns::start().await;
+    let gw = instance(&dns, "a.test")
+        .backend("alias.a.test", "component-secret-a.test")
+        .start()
+        .await;
+    let cores = two_cores_on(&url, &gw, &["alice@a.test", "bob@a.test"]);
+    let (active, _, _active_log) = spawn_core(&cores[0].file).await;
+    let (standby, _, standby_log) = spawn_core_until(&cores[1].file, "standby").await;
+    let readyz = wait_for_http(cores[1].metrics, "/readyz", |r| r.contains("standby:")).await;
     assert!(readyz.contains(" 503 "), "{readyz}");
     // The standby serves no clients: its port is closed, so clients try the next address.
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", cores[1].1))
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", cores[1].c2s))
         .await
         .is_err());
 
     let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let mut alice = raw_session(addr(cores[0].1), "alice@a.test", "pw", "r").await;
+    let mut alice = raw_session(addr(cores[0].c2s), "alice@a.test", "pw", "r").await;
     alice
         .send(
             "<message to='bob@a.test' type='chat' id='m1'><body>before the crash</body></message>",
@@ -1205,11 +1225,11 @@ async fn a_standby_core_on_postgresql_takes_over_when_the_active_one_is_killed()
     tokio::task::spawn_blocking(move || wait_for_line(&standby_log, "fedgate core ready"))
         .await
         .unwrap();
-    wait_for_http(cores[1].2, "/readyz", |r| r.contains(" 200 ")).await;
+    wait_for_http(cores[1].metrics, "/readyz", |r| r.contains(" 200 ")).await;
     eprintln!("takeover after SIGKILL: {:?}", killed.elapsed());
     assert_eventually(|| gw.gw().router.component_attached("a.test")).await;
 
-    let mut bob = raw_session(addr(cores[1].1), "bob@a.test", "pw", "r").await;
+    let mut bob = raw_session(addr(cores[1].c2s), "bob@a.test", "pw", "r").await;
     bob.send("<presence/>").await;
     let m = next_matching(&mut bob, |t| t.starts_with("<message")).await;
     assert!(m.contains("<body>before the crash</body>"), "{m}");
@@ -1250,41 +1270,13 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
         .await;
     let b = instance(&dns, "b.test").start().await;
     let mut b_backend = b.backend().await;
-    let cores: Vec<(tempfile::TempDir, u16, SocketAddr, PathBuf)> = (0..2)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            let c2s = free_port();
-            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let file = core_toml_with(
-                dir.path(),
-                "a.test",
-                c2s,
-                &[gw.gw().component_addr],
-                &gw.component_secret,
-                &format!("database = {url:?}"),
-                &format!("[metrics]\nlisten = \"{metrics}\"\n"),
-            );
-            (dir, c2s, metrics, file)
-        })
-        .collect();
-    for user in ["bob@a.test", "carol@a.test"] {
-        let args = [
-            "core",
-            "user",
-            "add",
-            user,
-            "--config",
-            cores[0].3.to_str().unwrap(),
-        ];
-        let (code, _, err) = fedgate(&args, "pw\n");
-        assert_eq!(code, Some(0), "{err}");
-    }
-    let (mut active, _, _active_log) = spawn_core(&cores[0].3).await;
-    let (standby, _, standby_log) = spawn_core_until(&cores[1].3, "standby").await;
-    wait_for_http(cores[1].2, "/readyz", |r| r.contains("standby:")).await;
+    let cores = two_cores_on(&url, &gw, &["bob@a.test", "carol@a.test"]);
+    let (mut active, _, _active_log) = spawn_core(&cores[0].file).await;
+    let (standby, _, standby_log) = spawn_core_until(&cores[1].file, "standby").await;
+    wait_for_http(cores[1].metrics, "/readyz", |r| r.contains("standby:")).await;
 
     let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let mut carol = raw_session(addr(cores[0].1), "carol@a.test", "pw", "r").await;
+    let mut carol = raw_session(addr(cores[0].c2s), "carol@a.test", "pw", "r").await;
     carol.send("<presence/>").await;
     // The s2s link b.test → a.test is up and carol is available before the traffic starts.
     b_backend
@@ -1329,7 +1321,7 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
     tokio::task::spawn_blocking(move || wait_for_line(&standby_log, "fedgate core ready"))
         .await
         .unwrap();
-    wait_for_http(cores[1].2, "/readyz", |r| r.contains(" 200 ")).await;
+    wait_for_http(cores[1].metrics, "/readyz", |r| r.contains(" 200 ")).await;
     eprintln!("takeover after SIGKILL: {:?}", killed.elapsed());
 
     let mut delivered: HashMap<String, usize> = HashMap::new();
@@ -1338,7 +1330,7 @@ async fn a_core_killed_during_traffic_loses_no_message_to_the_standby_that_takes
         *delivered.entry(id.clone()).or_default() += 1;
     }
     for user in ["bob@a.test", "carol@a.test"] {
-        let mut s = raw_session(addr(cores[1].1), user, "pw", "r").await;
+        let mut s = raw_session(addr(cores[1].c2s), user, "pw", "r").await;
         s.send("<presence/>").await;
         for id in message_ids_until_quiet(&mut s, Duration::from_secs(3)).await {
             *delivered.entry(id).or_default() += 1;
