@@ -117,13 +117,5 @@ fn thread_cpu(task: &std::path::Path) -> Option<Duration> {
         let ns = schedstat.split_whitespace().next()?.parse().ok()?;
         return Some(Duration::from_nanos(ns));
     }
-    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
-    // After the name, which is in parentheses and may hold spaces, utime and stime are the
-    // 14th and 15th fields of the line.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    super::stat_cpu(&std::fs::read_to_string(task.join("stat")).ok()?)
 }

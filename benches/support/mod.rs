@@ -121,26 +121,14 @@ impl ChildGateway {
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_else(|e| panic!("read /proc/PID/status of {}: {e}", self.name));
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kb * 1024
+        status_bytes(&status, "VmRSS").expect("VmRSS in /proc/PID/status")
     }
 
     /// The CPU time (user + system) the process has used so far.
     pub fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
             .unwrap_or_else(|e| panic!("read /proc/PID/stat of {}: {e}", self.name));
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // utime and stime are the 14th and 15th fields of the line, in clock ticks.
-        let rest = &stat[stat.rfind(')').expect("(comm) in /proc/PID/stat") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf only reads a system constant.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+        stat_cpu(&stat).expect("utime and stime in /proc/PID/stat")
     }
 
     /// SIGTERM, as systemd stops it, and waits for the process to end.
@@ -180,12 +168,28 @@ pub fn cpu_time() -> Duration {
 /// resident set since the process started).
 pub fn own_status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status_bytes(&status, field).unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// The `kB` line `field` of a `/proc/PID/status` text, in bytes.
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
     let kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
-    kb * 1024
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kb * 1024)
+}
+
+/// User + system CPU time from a `/proc/PID/stat` or `/proc/PID/task/TID/stat` line.
+pub fn stat_cpu(stat: &str) -> Option<Duration> {
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 14th and 15th fields of the line, in clock ticks.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// The receiving half of a raw XEP-0114 backend.
