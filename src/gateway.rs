@@ -286,6 +286,7 @@ pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
         stanza_limits,
         negotiation_timeout: settings.negotiation_timeout,
         queue_len: config.s2s.queue_max_stanzas,
+        reattach_grace: config.component.reattach_grace,
         drain: CancellationToken::new(),
         draining: TaskTracker::new(),
         shutdown: component_shutdown.clone(),

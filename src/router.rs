@@ -40,6 +40,9 @@ pub struct ComponentHandle {
     pub kick: CancellationToken,
     /// Set when the backend stopped reading (see [`Router::route`], "Stalled destinations").
     pub stalled: Arc<AtomicBool>,
+    /// The backend's link dropped and its queue waits for a new one ([`Router::park_component`]):
+    /// nobody reads `tx`, so a full queue bounces at once instead of making the sender wait.
+    pub parked: bool,
 }
 
 impl ComponentHandle {
@@ -49,8 +52,27 @@ impl ComponentHandle {
             tx,
             kick,
             stalled: Arc::default(),
+            parked: false,
         }
     }
+}
+
+/// What a backend session leaves when its link drops, for the next session of its domain.
+pub struct Left {
+    /// The receiving end of its queue: what was routed to it and not yet taken.
+    pub rx: mpsc::Receiver<Stanza>,
+    /// To be written before anything in `rx`, oldest first: what it wrote and the backend
+    /// had not acknowledged, then what it had taken and not written.
+    pub first: std::collections::VecDeque<Stanza>,
+}
+
+/// A [`Left`] waiting for its domain's next session ([`Router::park_component`]).
+struct Parked {
+    /// The session that left it, so that only it expires it.
+    id: u64,
+    left: Left,
+    /// Cancelled when a new session takes it over.
+    adopted: CancellationToken,
 }
 
 /// State an outbound session shares with the router.
@@ -193,6 +215,10 @@ pub struct Router {
     /// The domains fedgate serves (configured backends), normalised.
     local_domains: HashSet<String>,
     components: DashMap<String, ComponentHandle>,
+    /// Backend domain → the queue its dropped session left, while it waits for a new one.
+    /// Only touched when a backend's link ends or attaches, always while holding the
+    /// domain's `components` entry (that lock first, then this one).
+    parked: std::sync::Mutex<std::collections::HashMap<String, Parked>>,
     /// Remote domain → the outbound sessions towards it, one per local domain.
     outbound: DashMap<String, Vec<OutboundHandle>>,
     factory: OnceLock<OutboundFactory>,
@@ -221,6 +247,7 @@ impl Router {
         Router {
             local_domains: local_domains.into_iter().collect(),
             components: DashMap::new(),
+            parked: Default::default(),
             outbound: DashMap::new(),
             factory: OnceLock::new(),
             queue_max_bytes,
@@ -296,14 +323,31 @@ impl Router {
     }
 
     /// Binds a backend to its domain. With `replace`, an existing session is kicked (it ends
-    /// with `<conflict/>`) and the new one takes over; without, the new one is refused.
+    /// with `<conflict/>`) and the new one takes over; without, the new one is refused. A
+    /// domain whose previous session's link dropped is taken over whatever `replace` says:
+    /// the new session gets what that one left ([`Router::park_component`]) and must write
+    /// it before anything else, its `unacked` first, then from its `rx` (which replaces the
+    /// receiving end of the channel `handle` was made with).
     pub fn attach_component(
         &self,
         domain: &str,
-        handle: ComponentHandle,
+        mut handle: ComponentHandle,
         replace: bool,
-    ) -> Result<(), Conflict> {
+    ) -> Result<Option<Left>, Conflict> {
         match self.components.entry(domain.to_string()) {
+            dashmap::Entry::Occupied(mut e) if e.get().parked => {
+                let parked = self.lock_parked().remove(domain);
+                let Some(parked) = parked.filter(|p| p.id == e.get().id) else {
+                    // Not reachable: a parked handle always has its entry.
+                    e.insert(handle);
+                    return Ok(None);
+                };
+                parked.adopted.cancel();
+                // Senders that looked the old handle up keep writing into the same queue.
+                handle.tx = e.get().tx.clone();
+                e.insert(handle);
+                Ok(Some(parked.left))
+            }
             dashmap::Entry::Occupied(mut e) => {
                 if !replace {
                     return Err(Conflict {
@@ -312,12 +356,13 @@ impl Router {
                 }
                 e.get().kick.cancel();
                 e.insert(handle);
+                Ok(None)
             }
             dashmap::Entry::Vacant(e) => {
                 e.insert(handle);
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     /// Unbinds a backend session, unless a newer one has replaced it already.
@@ -325,9 +370,65 @@ impl Router {
         self.components.remove_if(domain, |_, h| h.id == id);
     }
 
-    /// Whether a backend is attached for `domain`.
+    /// Keeps the domain of a backend session whose link dropped bound to its queue, so that
+    /// the next session of the same backend (a restart, a standby taking over) writes what
+    /// this one left instead of its senders getting bounces. Stanzas routed meanwhile join
+    /// the queue, bounded by its length. The session then waits for the returned token (a new
+    /// session took it over) or its grace, and then calls [`Router::expire_parked`].
+    ///
+    /// Hands `left` back when the session is no longer the domain's (it was replaced).
+    pub fn park_component(
+        &self,
+        domain: &str,
+        id: u64,
+        left: Left,
+    ) -> Result<CancellationToken, Left> {
+        let Some(mut handle) = self.components.get_mut(domain) else {
+            return Err(left);
+        };
+        if handle.id != id || handle.parked {
+            return Err(left);
+        }
+        handle.parked = true;
+        let adopted = CancellationToken::new();
+        self.lock_parked().insert(
+            domain.to_string(),
+            Parked {
+                id,
+                left,
+                adopted: adopted.clone(),
+            },
+        );
+        Ok(adopted)
+    }
+
+    /// Ends the wait of [`Router::park_component`]: unbinds the domain and returns what the
+    /// session left, for its caller to bounce; `None` if a new session took it over.
+    pub fn expire_parked(&self, domain: &str, id: u64) -> Option<Left> {
+        let dashmap::Entry::Occupied(e) = self.components.entry(domain.to_string()) else {
+            return None;
+        };
+        if e.get().id != id || !e.get().parked {
+            return None;
+        }
+        let parked = self.lock_parked().remove(domain);
+        e.remove();
+        let mut left = parked?.left;
+        // Nothing routed from now on joins it: senders get "no backend" at once.
+        left.rx.close();
+        Some(left)
+    }
+
+    fn lock_parked(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Parked>> {
+        // A panic while holding it cannot leave the map half-changed (single inserts and
+        // removes), so a poisoned lock is still sound to use.
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a backend is attached for `domain` (not one whose link dropped and whose
+    /// queue waits for it).
     pub fn component_attached(&self, domain: &str) -> bool {
-        self.components.contains_key(domain)
+        self.components.get(domain).is_some_and(|h| !h.parked)
     }
 
     /// Forgets an outbound session (it failed or closed), unless it was replaced already.
@@ -445,6 +546,37 @@ impl Router {
                 }
             };
             match dest {
+                Destination::Component(handle) if handle.parked => {
+                    // Nobody reads this queue until the backend is back: never wait for room.
+                    match handle.tx.try_send(stanza) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(s)) => {
+                            let domain = to_domain(&s);
+                            let text = format!(
+                                "the backend for {domain} is reconnecting and its queue is full"
+                            );
+                            self.bounce(
+                                &s,
+                                StanzaErrorCondition::ResourceConstraint,
+                                "queue_full",
+                                &text,
+                            )
+                            .await;
+                        }
+                        Err(TrySendError::Closed(s)) => {
+                            let domain = to_domain(&s);
+                            let text = format!("the backend for {domain} detached");
+                            self.bounce(
+                                &s,
+                                StanzaErrorCondition::ServiceUnavailable,
+                                "backend_detached",
+                                &text,
+                            )
+                            .await;
+                        }
+                    }
+                    return;
+                }
                 Destination::Component(handle) => {
                     match place(&handle.tx, stanza, &handle.stalled, self.stall_timeout).await {
                         Placed::Queued => {}

@@ -48,7 +48,7 @@ use crate::ack::AckWindow;
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::{new_stream_id, verify_component_handshake};
 use crate::jid;
-use crate::router::{next_session_id, ComponentHandle, Router};
+use crate::router::{next_session_id, ComponentHandle, Left, Router};
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::framer::{Event, Limits};
 use crate::xml::ns;
@@ -77,6 +77,9 @@ pub struct ComponentContext {
     pub negotiation_timeout: Duration,
     /// Stanzas that may wait for a backend before senders are made to wait.
     pub queue_len: usize,
+    /// `[component] reattach_grace`: how long a dropped backend's queue waits for its next
+    /// session ([`Router::park_component`]).
+    pub reattach_grace: Duration,
     /// Cancelled when the gateway starts to drain: backends that declared [`drain`] get the
     /// notice.
     pub drain: CancellationToken,
@@ -275,15 +278,24 @@ async fn negotiate(
 
 /// How the reader tells the writer to end.
 enum End {
-    /// The backend closed its stream or the connection: bounce what is queued.
+    /// The backend closed its stream or the connection: what is queued waits for its next
+    /// session for `reattach_grace`, then bounces.
     Closed,
-    /// We refuse the backend: send this error, bounce what is queued.
+    /// We refuse the backend: send this error; what is queued waits as for `Closed`.
     Fail(StreamErrorCondition, String),
     /// Another connection took the domain: `<conflict/>`; the queue goes on to the new one
     /// only for stanzas routed after the switch, so bounce what is left.
     Kicked,
     /// fedgate is stopping: deliver what is queued, then `<system-shutdown/>`.
     Shutdown,
+}
+
+impl End {
+    /// Whether the backend may come back for what is queued for it (it did not lose its
+    /// domain to another connection, and we are not stopping).
+    fn may_reattach(&self) -> bool {
+        matches!(self, End::Closed | End::Fail(..))
+    }
 }
 
 /// What the reader tells the writer about acknowledgements (step 7), without a channel: the
@@ -323,19 +335,28 @@ async fn established(
     let kick = CancellationToken::new();
     let id = next_session_id();
     let handle = ComponentHandle::new(id, tx, kick.clone());
-    if let Err(e) = ctx
+    let (rx, first) = match ctx
         .router
         .attach_component(&domain, handle, ctx.replace_on_conflict)
     {
-        tracing::info!(%peer, %domain, "backend refused: {e}");
-        ctx.router
-            .metrics
-            .stream_errors
-            .sent(&StreamErrorCondition::Conflict);
-        conn.fail(&StreamErrorCondition::Conflict, Some(&e.to_string()))
-            .await;
-        return;
-    }
+        Ok(None) => (rx, VecDeque::new()),
+        Ok(Some(left)) => {
+            let waiting = left.first.len() + left.rx.len();
+            tracing::info!(%peer, %domain, "backend attached again: {waiting} stanzas waited for it");
+            ctx.router.metrics.component_reattach.adopted.inc();
+            (left.rx, left.first)
+        }
+        Err(e) => {
+            tracing::info!(%peer, %domain, "backend refused: {e}");
+            ctx.router
+                .metrics
+                .stream_errors
+                .sent(&StreamErrorCondition::Conflict);
+            conn.fail(&StreamErrorCondition::Conflict, Some(&e.to_string()))
+                .await;
+            return;
+        }
+    };
     conn.send(b"<handshake/>");
     if conn.flush().await.is_err() {
         ctx.router.detach_component(&domain, id);
@@ -362,9 +383,12 @@ async fn established(
     let mut next: u32 = 0;
     // The last `h` the backend reported for ours.
     let mut acked_out: u32 = 0;
+    let grace = ctx.reattach_grace;
     let writer_task = tokio::spawn(write_loop(
         writer,
         rx,
+        first,
+        (!grace.is_zero()).then_some(id),
         notice,
         end_rx,
         declared
@@ -460,7 +484,9 @@ async fn established(
             }
         }
     };
-    if !matches!(end, End::Kicked) {
+    // A backend that may come back stays bound to its queue: the writer parks it.
+    let parks = end.may_reattach() && !grace.is_zero();
+    if !matches!(end, End::Kicked) && !parks {
         ctx.router.detach_component(&domain, id);
     }
     if let End::Fail(cond, text) = &end {
@@ -468,7 +494,7 @@ async fn established(
         ctx.router.metrics.stream_errors.sent(cond);
     }
     let _ = end_tx.send(end);
-    let _ = writer_task.await;
+    let parked = writer_task.await.ok().flatten();
     if let Some(w) = &window {
         // What is still in flight is no longer counted on a live session; the backend sends
         // it again (it never got an acknowledgement for it).
@@ -480,7 +506,50 @@ async fn established(
     }
     ctx.router.metrics.component_sessions.dec();
     drop(backend);
-    tracing::info!(%peer, %domain, "backend detached");
+    let Some(adopted) = parked else {
+        tracing::info!(%peer, %domain, "backend detached");
+        return;
+    };
+    tracing::info!(%peer, %domain, "backend detached: what is queued for it waits {grace:?} for it to attach again");
+    ctx.router.metrics.component_reattach.waited.inc();
+    tokio::select! {
+        _ = adopted.cancelled() => {}
+        _ = tokio::time::sleep(grace) => {}
+        _ = ctx.shutdown.cancelled() => {}
+    }
+    let Some(mut left) = ctx.router.expire_parked(&domain, id) else {
+        return;
+    };
+    ctx.router.metrics.component_reattach.expired.inc();
+    let text = if ctx.shutdown.is_cancelled() {
+        format!("the backend for {domain} detached and the gateway is stopping")
+    } else {
+        format!("the backend for {domain} detached and did not attach again within {grace:?}")
+    };
+    let mut n = 0;
+    for s in left.first.drain(..) {
+        ctx.router
+            .bounce(
+                &s,
+                StanzaErrorCondition::ServiceUnavailable,
+                "backend_detached",
+                &text,
+            )
+            .await;
+        n += 1;
+    }
+    while let Ok(s) = left.rx.try_recv() {
+        ctx.router
+            .bounce(
+                &s,
+                StanzaErrorCondition::ServiceUnavailable,
+                "backend_detached",
+                &text,
+            )
+            .await;
+        n += 1;
+    }
+    tracing::info!(%domain, "{n} stanzas bounced: {text}");
 }
 
 /// XEP-0114 addressing rules for a stanza from a backend bound to `domain`.
@@ -641,21 +710,28 @@ impl Acks {
     }
 }
 
-/// Writes routed stanzas to the backend in batches until the reader says how to end; with
+/// Writes routed stanzas to the backend in batches until the reader says how to end, `first`
+/// (what a previous session of the backend left) before anything from `rx`; with
 /// `notice` (a backend that declared [`drain`]), the drain notice once it is cancelled; with
 /// `sm` (a backend offered acknowledgements), `<enabled/>` once it enables them, then
 /// acknowledgements of its stanzas and requests for ours (step 7).
+///
+/// With `park` (the session's id, when `reattach_grace` is on) and a link that dropped, what
+/// is left is parked for the backend's next session ([`Router::park_component`]) and the
+/// token that says it was taken over is returned; otherwise it is routed again or bounced.
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: Writer,
     mut rx: mpsc::Receiver<Stanza>,
+    mut first: VecDeque<Stanza>,
+    park: Option<u64>,
     mut notice: Option<CancellationToken>,
     mut end_rx: oneshot::Receiver<End>,
     sm: Option<(oneshot::Receiver<Arc<AckWindow>>, Arc<AckControl>, bool)>,
     router: Arc<Router>,
     domain: String,
     delivered: prometheus::IntCounter,
-) {
+) -> Option<CancellationToken> {
     let target = NsContext::component();
     let metrics = router.metrics.component_acks.clone();
     let (mut enable, control, may_hold) = match sm {
@@ -772,7 +848,24 @@ async fn write_loop(
                     }
                 }
             }
-            next = rx.recv(), if room => {
+            _ = std::future::ready(()), if room && !first.is_empty() => {
+                while writer.pending() < BATCH_BYTES
+                    && acks.as_ref().is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT)
+                {
+                    let Some(s) = first.pop_front() else { break };
+                    write_stanza(&mut writer, s, &mut acks, &mut batch);
+                }
+                if let Some(a) = acks.as_mut() {
+                    control.written.store(a.written, Ordering::Release);
+                    if !a.requested && !a.unacked.is_empty() {
+                        writer.send(crate::s2s::sm::REQUEST);
+                        a.requested = true;
+                        a.ask_at = None;
+                    }
+                }
+                flush = true;
+            }
+            next = rx.recv(), if room && first.is_empty() => {
                 // All senders gone means the reader detached us: it says next how to end.
                 let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
                 write_stanza(&mut writer, first, &mut acks, &mut batch);
@@ -809,11 +902,16 @@ async fn write_loop(
             batch.clear();
         }
     };
-    // Nothing routed after this point reaches us; what is left is written (shutdown) or
-    // bounced (the backend is gone), never dropped.
-    rx.close();
+    // What is left is written (shutdown), parked for the backend's next session, or routed
+    // again and bounced (the backend is gone), never dropped.
+    let mut parked = None;
     match end {
         End::Shutdown => {
+            // Nothing routed after this point reaches us.
+            rx.close();
+            for s in first.drain(..) {
+                write_stanza(&mut writer, s, &mut acks, &mut batch);
+            }
             while let Ok(s) = rx.try_recv() {
                 write_stanza(&mut writer, s, &mut acks, &mut batch);
             }
@@ -829,8 +927,8 @@ async fn write_loop(
         }
         other => {
             // Written but not acknowledged: the backend may never have read them. Older
-            // than what is still queued, so they go first: to the backend's newer session
-            // if it has one (a replacement), else back to their senders.
+            // than what was never written, which is older than what is still queued.
+            let mut unwritten = std::mem::take(&mut first);
             if let Some(a) = acks.as_mut() {
                 let n = a.unacked.len();
                 metrics.unacked_out.sub(n as i64);
@@ -838,19 +936,42 @@ async fn write_loop(
                     metrics.returned.inc_by(n as u64);
                     tracing::info!(%domain, "{n} stanzas written to the backend were not acknowledged when its link ended: routed again");
                 }
-                for s in std::mem::take(&mut a.unacked) {
+                let mut unacked = std::mem::take(&mut a.unacked);
+                unacked.append(&mut unwritten);
+                unwritten = unacked;
+            }
+            let left = Left {
+                rx,
+                first: unwritten,
+            };
+            let left = match park.filter(|_| other.may_reattach()) {
+                Some(id) => match router.park_component(&domain, id, left) {
+                    Ok(adopted) => {
+                        parked = Some(adopted);
+                        None
+                    }
+                    Err(left) => Some(left),
+                },
+                None => Some(left),
+            };
+            if let Some(Left { mut rx, first }) = left {
+                // Nothing routed after this point reaches us. What was written or taken
+                // goes to the backend's newer session if it has one (a replacement), else
+                // back to its senders, as does what is still queued.
+                rx.close();
+                for s in first {
                     router.reroute(s).await;
                 }
-            }
-            while let Ok(s) = rx.try_recv() {
-                router
-                    .bounce(
-                        &s,
-                        StanzaErrorCondition::ServiceUnavailable,
-                        "backend_detached",
-                        &format!("the backend for {domain} detached"),
-                    )
-                    .await;
+                while let Ok(s) = rx.try_recv() {
+                    router
+                        .bounce(
+                            &s,
+                            StanzaErrorCondition::ServiceUnavailable,
+                            "backend_detached",
+                            &format!("the backend for {domain} detached"),
+                        )
+                        .await;
+                }
             }
             match other {
                 End::Fail(cond, text) => writer.fail(&cond, Some(&text)).await,
@@ -872,6 +993,7 @@ async fn write_loop(
         metrics.unacked_out.sub(a.unacked.len() as i64);
         metrics.unacked_in.sub(a.held_open as i64);
     }
+    parked
 }
 
 /// The window, once the backend enabled acknowledgements; never, when it was not offered

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,15 @@ pub struct ComponentConfig {
     /// see it. Default `true`; `false` makes every backend a plain one (a crash of this
     /// gateway then loses what it held; see docs/deployment.md).
     pub acknowledgements: bool,
+    /// When a backend's link drops (the backend died, restarted, or its standby is taking
+    /// over), how long what is queued for it, what it had not acknowledged, and what arrives
+    /// for it meanwhile wait for a new link of the same domain before they are bounced to
+    /// their senders (`service-unavailable`). Bounded by the backend's queue
+    /// (`s2s.queue_max_stanzas`): past that, new stanzas bounce with `resource-constraint`.
+    /// Default `"5s"` (a standby core takes over in about one); `"0s"` bounces at once. At
+    /// most `"1m"`: senders wait that long for a bounce.
+    #[serde(with = "super::duration")]
+    pub reattach_grace: Duration,
     /// `[[component.backend]]`: one entry per backend domain. At least one is required; these
     /// domains are the gateway's local domains.
     pub backend: Vec<BackendConfig>,
@@ -42,6 +52,7 @@ impl Default for ComponentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5347)),
             replace_on_conflict: false,
             acknowledgements: true,
+            reattach_grace: Duration::from_secs(5),
             backend: Vec::new(),
         }
     }

@@ -206,6 +206,19 @@ fn defaults_applied_to_minimal_file() {
 }
 
 #[test]
+fn a_gone_backend_is_waited_for_5_s_by_default_zero_is_allowed_and_over_1_min_refused() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().component.reattach_grace,
+        Duration::from_secs(5)
+    );
+    let zero = parse(&format!("[component]\nreattach_grace = \"0s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(zero.component.reattach_grace, Duration::ZERO);
+    let e = parse(&format!("[component]\nreattach_grace = \"2m\"\n{MINIMAL}")).unwrap_err();
+    assert!(e.to_string().contains("at most \"1m\""), "{e}");
+    assert_eq!(invalid_key(e), "component.reattach_grace");
+}
+
+#[test]
 fn the_drain_lasts_10_s_by_default_zero_is_allowed_and_over_5_min_refused() {
     assert_eq!(
         parse(MINIMAL).unwrap().s2s.drain_timeout,

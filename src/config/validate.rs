@@ -11,6 +11,9 @@ use super::*;
 /// The longest `s2s.drain_timeout`: a stop that takes longer is a hang to whoever waits for it.
 const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The longest `component.reattach_grace`: senders wait that long for a bounce.
+const MAX_REATTACH_GRACE: Duration = Duration::from_secs(60);
+
 impl Config {
     /// Checks the rules serde cannot express. Reads backend `secret_file`s to make sure they
     /// are usable. Returns the first problem found; [`Config::problems`] has them all.
@@ -408,6 +411,16 @@ impl Config {
                 "component.backend",
                 "no backend is configured",
                 "add a [[component.backend]] table with `domain` and `secret`",
+            ));
+        }
+        if self.component.reattach_grace > MAX_REATTACH_GRACE {
+            problems.push(invalid(
+                "component.reattach_grace",
+                format!(
+                    "{:?} is longer than the longest grace, {MAX_REATTACH_GRACE:?}",
+                    self.component.reattach_grace
+                ),
+                "set at most \"1m\" (senders of stanzas for a gone backend wait that long for their bounce)",
             ));
         }
         let mut seen: Vec<(String, usize)> = Vec::with_capacity(backends.len());

@@ -257,6 +257,9 @@ pub struct Metrics {
     /// Acknowledgements on the component stream (XEP-0198 between the component library
     /// and the gateway); see [`ComponentAcks`].
     pub component_acks: ComponentAcks,
+    /// `fedgate_component_reattach_total{outcome}`: backends whose link dropped, and whether
+    /// they attached again within `reattach_grace`.
+    pub component_reattach: ComponentReattach,
     /// Stanzas relayed over s2s, inbound (from remote servers).
     pub s2s_in: StanzaCounters,
     /// Stanzas relayed over s2s, outbound (to remote servers).
@@ -494,6 +497,35 @@ pub struct ComponentAcks {
     pub held: IntCounter,
 }
 
+/// `fedgate_component_reattach_total{outcome}`, a handle per outcome.
+#[derive(Clone)]
+pub struct ComponentReattach {
+    /// `waited`: a backend's link dropped and what was queued for it waits for its next
+    /// session.
+    pub waited: IntCounter,
+    /// `adopted`: a new session of the backend took over what was waiting.
+    pub adopted: IntCounter,
+    /// `expired`: none came within `reattach_grace` (or the gateway stopped): what waited was
+    /// bounced.
+    pub expired: IntCounter,
+}
+
+impl ComponentReattach {
+    fn register(r: &Registry) -> ComponentReattach {
+        let v = counter_vec(
+            r,
+            "fedgate_component_reattach_total",
+            "Backends whose component link dropped while stanzas could still come for them: waited = what was queued for them waits for their next session, adopted = a new session took it over, expired = none came within reattach_grace and it was bounced",
+            &["outcome"],
+        );
+        ComponentReattach {
+            waited: v.with_label_values(&["waited"]),
+            adopted: v.with_label_values(&["adopted"]),
+            expired: v.with_label_values(&["expired"]),
+        }
+    }
+}
+
 /// `fedgate_outbound_stanzas_total{event}`, a handle per event, so that call sites name the
 /// event rather than spell its label.
 #[derive(Clone)]
@@ -645,6 +677,7 @@ impl Metrics {
         let bidi_links = BidiLinks::register(r);
         let piggyback = Piggyback::register(r);
         let component_acks = ComponentAcks::register(r);
+        let component_reattach = ComponentReattach::register(r);
         let component_sessions = gauge(
             r,
             "fedgate_component_sessions",
@@ -900,6 +933,7 @@ impl Metrics {
             component_attaches,
             component_stanzas,
             component_acks,
+            component_reattach,
             bounces,
             dropped,
             stream_errors,

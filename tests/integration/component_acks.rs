@@ -159,6 +159,8 @@ async fn with_a_silent_remote(dns: &TestDns) -> Instance {
     });
     instance(dns, "a.test")
         .backend("echo.a.test", ECHO_SECRET)
+        // A backend's next session starts clean, without what the last one left unacknowledged.
+        .component("reattach_grace = \"0s\"")
         .s2s("retry_window = \"2s\"\nnegotiation_timeout = \"1s\"")
         .route("slow.test", silent_addr, false)
         .start()
@@ -274,13 +276,15 @@ async fn held_reports_precede_the_ack_past_them_and_only_a_backend_that_declared
 }
 
 /// (2, the other way) What the gateway writes to an acknowledging backend stays until the
-/// backend acknowledges it; if its link drops first, it is routed again (here: bounced to its
-/// sender, as no other session serves the domain) instead of vanishing with the socket.
+/// backend acknowledges it; if its link drops first, it is routed again (here, with
+/// `reattach_grace = "0s"`: bounced to its sender, as no other session serves the domain)
+/// instead of vanishing with the socket.
 #[tokio::test]
 async fn what_a_backend_did_not_acknowledge_before_its_link_dropped_is_routed_again() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
         .backend("echo.a.test", ECHO_SECRET)
+        .component("reattach_grace = \"0s\"")
         .start()
         .await;
     let (mut acking, offered) =
@@ -332,6 +336,49 @@ async fn what_a_backend_did_not_acknowledge_before_its_link_dropped_is_routed_ag
     // m1 was acknowledged: not bounced.
     let more = tokio::time::timeout(Duration::from_millis(300), echo.next());
     assert!(more.await.is_err(), "an acknowledged stanza came back");
+}
+
+/// With the default grace, what an acknowledging backend had not acknowledged when its link
+/// dropped is written to its next session first, before what was routed to it meanwhile.
+#[tokio::test]
+async fn what_a_backend_did_not_acknowledge_goes_first_to_its_next_session() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend("echo.a.test", ECHO_SECRET)
+        .start()
+        .await;
+    let (mut acking, offered) =
+        raw_component(a.gw().component_addr, "a.test", &a.component_secret, true).await;
+    assert!(offered);
+    acking.send(&format!("<enable xmlns='{}'/>", sm::NS)).await;
+    assert_eq!(acking.next_text().await, "<enabled xmlns='urn:xmpp:sm:3'/>");
+    let mut echo = a.backend_for("echo.a.test", ECHO_SECRET).await;
+
+    echo.send("<message from='echo.a.test' to='a.test' id='unacked'/>")
+        .await;
+    assert_eq!(acking.next().await.id(), Some("unacked"));
+    drop(acking);
+    wait_for_metric(
+        &a,
+        "fedgate_component_reattach_total{outcome=\"waited\"}",
+        1.0,
+    )
+    .await;
+    echo.send("<message from='echo.a.test' to='a.test' id='meanwhile'/>")
+        .await;
+
+    // A plain session this time: it gets both, as stanzas, oldest first.
+    let (mut next, _) =
+        raw_component(a.gw().component_addr, "a.test", &a.component_secret, false).await;
+    assert_eq!(next.next().await.id(), Some("unacked"));
+    assert_eq!(next.next().await.id(), Some("meanwhile"));
+    let more = tokio::time::timeout(Duration::from_millis(300), echo.next());
+    assert!(
+        more.await.is_err(),
+        "a bounce although the backend came back"
+    );
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "fedgate_component_unacked_returned_total"), 1.0);
 }
 
 /// An acknowledgement of more than the gateway wrote ends the stream (XEP-0198 §4).

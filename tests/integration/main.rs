@@ -14,6 +14,7 @@ mod binary;
 mod component;
 mod component_acks;
 mod component_client;
+mod component_reattach;
 mod core;
 mod core_im;
 mod core_mam;
