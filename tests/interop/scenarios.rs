@@ -20,55 +20,105 @@ pub const GW_S2S_PORT: u16 = 5299;
 
 /// Every scenario as a test against one kind of peer, in the module that invokes it
 /// (`every_scenario!(Kind::Prosody, "pr")`); each test's peer domain is `{prefix}-{what}.test`.
-/// A new scenario added here runs against every peer.
+/// A new scenario added here (and in [`scenario_test!`]) runs against every peer that invokes
+/// this; a peer that supports only some invokes [`these_scenarios!`] with its list.
 macro_rules! every_scenario {
     ($kind:expr, $prefix:literal) => {
-        use $crate::peer::PeerTls;
-        use $crate::scenarios;
+        $crate::scenarios::these_scenarios!(
+            $kind,
+            $prefix,
+            dialback_messages_iqs_and_presence_both_ways,
+            sasl_external_messages_iqs_and_presence_both_ways,
+            peer_stopped_bounces_with_the_cause_then_restarted_delivers,
+            a_burst_of_10000_messages_each_way_arrives_in_order,
+            fedgate_with_a_server_auth_only_certificate,
+            fedgate_stopped_the_peer_bounces_then_reconnects,
+            peer_stopped_mid_stream_nothing_is_lost_silently,
+            direct_tls_xep_0368_published_first,
+            peer_restarted_within_the_retry_window_gets_what_waited,
+        );
+    };
+}
+pub(crate) use every_scenario;
 
+/// The named scenarios (the test names of [`scenario_test!`]) as tests against one kind of
+/// peer: `these_scenarios!(Kind::Jabberd2, "jd", burst_name, …)`.
+macro_rules! these_scenarios {
+    ($kind:expr, $prefix:literal, $($test:ident),* $(,)?) => {
+        $($crate::scenarios::scenario_test!($kind, $prefix, $test);)*
+    };
+}
+pub(crate) use these_scenarios;
+
+/// One scenario as a `#[tokio::test]` named `$test`, against `$kind`.
+macro_rules! scenario_test {
+    ($kind:expr, $prefix:literal, dialback_messages_iqs_and_presence_both_ways) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn dialback_messages_iqs_and_presence_both_ways() {
-            scenarios::exchange($kind, concat!($prefix, "-dialback"), PeerTls::SelfSigned).await;
+            $crate::scenarios::exchange(
+                $kind,
+                concat!($prefix, "-dialback"),
+                $crate::peer::PeerTls::SelfSigned,
+            )
+            .await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, sasl_external_messages_iqs_and_presence_both_ways) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn sasl_external_messages_iqs_and_presence_both_ways() {
-            scenarios::exchange($kind, concat!($prefix, "-external"), PeerTls::TestCa).await;
+            $crate::scenarios::exchange(
+                $kind,
+                concat!($prefix, "-external"),
+                $crate::peer::PeerTls::TestCa,
+            )
+            .await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, peer_stopped_bounces_with_the_cause_then_restarted_delivers) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn peer_stopped_bounces_with_the_cause_then_restarted_delivers() {
-            scenarios::peer_stopped_then_restarted($kind, concat!($prefix, "-restart")).await;
+            $crate::scenarios::peer_stopped_then_restarted($kind, concat!($prefix, "-restart"))
+                .await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, a_burst_of_10000_messages_each_way_arrives_in_order) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_burst_of_10000_messages_each_way_arrives_in_order() {
-            scenarios::burst($kind, concat!($prefix, "-burst")).await;
+            $crate::scenarios::burst($kind, concat!($prefix, "-burst")).await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, fedgate_with_a_server_auth_only_certificate) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn fedgate_with_a_server_auth_only_certificate() {
-            scenarios::server_auth_only_certificate($kind, concat!($prefix, "-eku")).await;
+            $crate::scenarios::server_auth_only_certificate($kind, concat!($prefix, "-eku")).await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, fedgate_stopped_the_peer_bounces_then_reconnects) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn fedgate_stopped_the_peer_bounces_then_reconnects() {
-            scenarios::gateway_stopped_then_restarted($kind, concat!($prefix, "-gwrestart")).await;
+            $crate::scenarios::gateway_stopped_then_restarted(
+                $kind,
+                concat!($prefix, "-gwrestart"),
+            )
+            .await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, peer_stopped_mid_stream_nothing_is_lost_silently) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn peer_stopped_mid_stream_nothing_is_lost_silently() {
-            scenarios::peer_stopped_mid_stream($kind, concat!($prefix, "-midstream")).await;
+            $crate::scenarios::peer_stopped_mid_stream($kind, concat!($prefix, "-midstream")).await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, direct_tls_xep_0368_published_first) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn direct_tls_xep_0368_published_first() {
-            scenarios::direct_tls($kind, concat!($prefix, "-directtls")).await;
+            $crate::scenarios::direct_tls($kind, concat!($prefix, "-directtls")).await;
         }
-
+    };
+    ($kind:expr, $prefix:literal, peer_restarted_within_the_retry_window_gets_what_waited) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn peer_restarted_within_the_retry_window_gets_what_waited() {
-            scenarios::peer_restarted_within_the_retry_window(
+            $crate::scenarios::peer_restarted_within_the_retry_window(
                 $kind,
                 concat!($prefix, "-quickrestart"),
             )
@@ -76,7 +126,7 @@ macro_rules! every_scenario {
         }
     };
 }
-pub(crate) use every_scenario;
+pub(crate) use scenario_test;
 
 /// Everything one test runs.
 pub struct World {
