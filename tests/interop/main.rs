@@ -1,5 +1,5 @@
-//! Interop tests: fedgate federating with real Prosody and ejabberd servers from Debian's
-//! packages (`cargo test --test interop`).
+//! Interop tests: fedgate federating with real Prosody, ejabberd and jabberd2 servers from
+//! Debian's packages (`cargo test --test interop`).
 //!
 //! Every test starts its own world on loopback:
 //! - a DNS server ([`TestDns`]) on port 53 of a loopback address of its own
@@ -7,7 +7,7 @@
 //! - fedgate in-process (the integration harness), found through
 //!   `_xmpp-server._tcp.{gateway}` SRV → `xmpp.{gateway}:5299`, with a test component behind it
 //!   ([`backend::Backend`]);
-//! - a Prosody or ejabberd process ([`peer::Peer`]), found through
+//! - a Prosody or ejabberd process, or jabberd2's four ([`peer::Peer`]), found through
 //!   `_xmpp-server._tcp.{peer}` SRV → `xmpp.{peer}:5369`, with its own config, data folder,
 //!   certificate and private `resolv.conf`;
 //! - a slixmpp client logged in on the peer ([`client::Client`]).
@@ -35,6 +35,7 @@ mod peer;
 mod scenarios;
 
 mod ejabberd;
+mod jabberd2;
 mod prosody;
 
 mod rolling;

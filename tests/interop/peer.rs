@@ -1,6 +1,6 @@
-//! Real Prosody and ejabberd servers from Debian's packages, started as ordinary processes (no
-//! system service), each with its own generated config, data folder, certificate and loopback
-//! address, and stopped when the test ends.
+//! Real Prosody, ejabberd and jabberd2 servers from Debian's packages, started as ordinary
+//! processes (no system service), each with its own generated config, data folder, certificate
+//! and loopback address, and stopped when the test ends.
 //!
 //! How they resolve names: each peer runs in a private mount namespace (`unshare --mount`)
 //! whose `/etc/resolv.conf` is a bind mount of a file that names only the test's DNS server, as
@@ -8,11 +8,13 @@
 //! the test DNS server listens on port 53 of a loopback address of its own
 //! ([`crate::dns_port_53`]). On top of that:
 //! - ejabberd (Erlang's `inet_res`) reads that `resolv.conf`; its `inetrc` is left empty;
+//! - jabberd2's s2s resolves with libudns, which reads that `resolv.conf` too (its `<lookup>`
+//!   config only names the SRV services to ask for: `_xmpp-server._tcp`, A records only);
 //! - Prosody resolves with libunbound (lua-unbound), told in its config to use that same
 //!   `resolv.conf`, to ignore `/etc/hosts`, and to treat `test.` as a normal zone (libunbound
 //!   answers NXDOMAIN for the RFC 6761 `test.` names by default).
 //!
-//! Both find fedgate, and fedgate finds them, through `_xmpp-server._tcp` SRV records served by
+//! Each finds fedgate, and fedgate finds each, through `_xmpp-server._tcp` SRV records served by
 //! that DNS server; the tests count the queries it receives to show it.
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +39,9 @@ pub const PEER_C2S_PORT: u16 = 5222;
 /// The account the tests log in with on every peer.
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "interop-secret";
+/// The port of jabberd2's router, where its sm, c2s and s2s processes connect (on the peer's
+/// address).
+const JABBERD2_ROUTER_PORT: u16 = 5347;
 /// How long a peer may take to start or stop.
 const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -45,6 +50,8 @@ const START_WAIT: Duration = Duration::from_secs(30);
 pub enum Kind {
     Prosody,
     Ejabberd,
+    /// jabberd2: four processes (router, sm, c2s, s2s), see [`Peer::configure_jabberd2`].
+    Jabberd2,
 }
 
 impl Kind {
@@ -52,6 +59,7 @@ impl Kind {
         match self {
             Kind::Prosody => "prosody",
             Kind::Ejabberd => "ejabberd",
+            Kind::Jabberd2 => "jabberd2",
         }
     }
 
@@ -71,6 +79,13 @@ impl Kind {
         let programs: &[&str] = match self {
             Kind::Prosody => &["prosody", "prosodyctl"],
             Kind::Ejabberd => &["ejabberdctl", "erl"],
+            Kind::Jabberd2 => &[
+                "jabberd2-router",
+                "jabberd2-sm",
+                "jabberd2-c2s",
+                "jabberd2-s2s",
+                "zcat",
+            ],
         };
         for program in programs.iter().chain(&["unshare", "mount", "setpriv"]) {
             let found = std::env::var_os("PATH")
@@ -79,8 +94,8 @@ impl Kind {
                 || Path::new("/usr/sbin").join(program).is_file();
             assert!(
                 found,
-                "{program} is not installed, so the {} interop tests cannot run: \
-                 scripts/test.sh installs it (apt-get install prosody ejabberd lua-unbound)",
+                "{program} is not installed, so the {} interop tests cannot run: scripts/test.sh \
+                 installs it (apt-get install prosody ejabberd jabberd2 lua-unbound)",
                 self.name()
             );
         }
@@ -222,6 +237,7 @@ impl Peer {
         match kind {
             Kind::Prosody => peer.configure_prosody(&cert, &key, trust.as_deref(), prosody_options),
             Kind::Ejabberd => peer.configure_ejabberd(&cert, &key, trust.as_deref()),
+            Kind::Jabberd2 => peer.configure_jabberd2(&cert, &key),
         }
         peer.spawn().await;
         if kind == Kind::Ejabberd {
@@ -239,11 +255,12 @@ impl Peer {
         SocketAddr::new(self.ip, PEER_S2S_PORT)
     }
 
-    /// The peer's main log file.
+    /// The peer's main log file (jabberd2's s2s process: the federation side).
     pub fn log_file(&self) -> PathBuf {
         match self.kind {
             Kind::Prosody => self.dir.path().join("prosody.log"),
             Kind::Ejabberd => self.dir.path().join("logs/ejabberd.log"),
+            Kind::Jabberd2 => self.dir.path().join("s2s.log"),
         }
     }
 
@@ -253,8 +270,15 @@ impl Peer {
         tail(&self.log_files(), lines)
     }
 
-    fn log_files(&self) -> [PathBuf; 2] {
-        [self.log_file(), self.dir.path().join("console.log")]
+    /// The main log, jabberd2's other processes' logs, and the console output.
+    fn log_files(&self) -> Vec<PathBuf> {
+        let d = self.dir.path();
+        let mut files = vec![self.log_file()];
+        if self.kind == Kind::Jabberd2 {
+            files.extend(["router.log", "sm.log", "c2s.log"].map(|f| d.join(f)));
+        }
+        files.push(d.join("console.log"));
+        files
     }
 
     /// A slixmpp client logged in as the test account (STARTTLS on the c2s port, by address),
@@ -465,6 +489,248 @@ modules:
         self.argv = argv;
     }
 
+    /// jabberd2 is four processes that find each other through its router: the session manager
+    /// (sm: the domain, its users' sessions, rosters and offline storage), c2s (clients) and s2s
+    /// (federation: STARTTLS and dialback). Each gets its XML config here, with the peer's
+    /// address, domain, certificate and folder: its pid file, log file and SQLite database
+    /// (sm's storage and c2s's accounts, created from the package's schema with the test
+    /// account in it) are all in the peer's folder. The four start together as one process
+    /// group ([`Peer::spawn`]); the router first, since the others connect to it.
+    fn configure_jabberd2(&mut self, cert: &Path, key: &Path) {
+        let d = self.dir.path();
+        let dir = d.display().to_string();
+        let ip = self.ip;
+        let domain = &self.domain;
+        // Its storage, authreg and sm modules' folder (multiarch: /usr/lib/x86_64-linux-gnu/…).
+        let modules = jabberd2_package_file(&["/storage_sqlite.so"]);
+        let modules = modules.trim_end_matches("/storage_sqlite.so");
+        let router_port = JABBERD2_ROUTER_PORT;
+        // c2s and s2s read the certificate and its key from one PEM file.
+        let pem = d.join("peer.pem");
+        let pem_text = format!(
+            "{}{}",
+            std::fs::read_to_string(cert).unwrap(),
+            std::fs::read_to_string(key).unwrap()
+        );
+        std::fs::write(&pem, pem_text).unwrap();
+        let pem = pem.display().to_string();
+
+        // The database, and the account (authreg's plaintext passwords: SASL PLAIN over TLS).
+        let db = d.join("jabberd2.db");
+        let sqlite = rusqlite::Connection::open(&db).unwrap();
+        sqlite.execute_batch(&jabberd2_schema()).unwrap();
+        sqlite
+            .execute(
+                "INSERT INTO authreg (username, realm, password) VALUES (?1, ?2, ?3)",
+                (USER, domain, PASSWORD),
+            )
+            .unwrap();
+        drop(sqlite);
+        let db = db.display().to_string();
+
+        // How sm, c2s and s2s reach the router (`<retry>`: for the moment before it listens).
+        let router = format!(
+            "<router><ip>{ip}</ip><port>{router_port}</port><user>jabberd</user><pass>interop-router</pass>\
+             <retry><init>10</init><lost>3</lost><sleep>1</sleep></retry></router>"
+        );
+        let files = [
+            (
+                "router.xml",
+                format!(
+                    r#"<!-- Generated by fedgate's interop tests (tests/interop/peer.rs). -->
+<router>
+  <id>router</id>
+  <pidfile>{dir}/router.pid</pidfile>
+  <log type='file'><file>{dir}/router.log</file></log>
+  <!-- No <secret>: no XEP-0114 components. -->
+  <local><ip>{ip}</ip><port>{router_port}</port><users>{dir}/router-users.xml</users></local>
+  <check><interval>60</interval><keepalive>0</keepalive></check>
+  <io><limits><bytes>0</bytes><connects>0</connects></limits></io>
+  <aci><acl type='all'><user>jabberd</user></acl><filter>{dir}/router-filter.xml</filter></aci>
+</router>
+"#
+                ),
+            ),
+            (
+                "router-users.xml",
+                "<users><user><name>jabberd</name><secret>interop-router</secret></user></users>\n"
+                    .to_string(),
+            ),
+            ("router-filter.xml", "<filter/>\n".to_string()),
+            (
+                "sm.xml",
+                format!(
+                    r#"<!-- Generated by fedgate's interop tests (tests/interop/peer.rs). -->
+<sm>
+  <id>{domain}</id>
+  <pidfile>{dir}/sm.pid</pidfile>
+  {router}
+  <log type='file'><file>{dir}/sm.log</file></log>
+  <local><id>{domain}</id></local>
+  <storage>
+    <path>{modules}</path>
+    <driver>sqlite</driver>
+    <sqlite><dbname>{db}</dbname><busy-timeout>5000</busy-timeout></sqlite>
+  </storage>
+  <!-- The Debian config's chains without the modules that need more setup (vacation, amp,
+       announce, help, echo, template-roster, roster-publish), and without disco in pkt-user:
+       there it answers disco#info sent to a user's full JID itself (an account identity), so
+       the query would never reach the client, as it does on Prosody and ejabberd. -->
+  <modules>
+    <path>{modules}</path>
+    <chain id='sess-start'><module>status</module></chain>
+    <chain id='sess-end'><module>status</module><module>iq-last</module></chain>
+    <chain id='in-sess'>
+      <module>validate</module><module>status</module><module>privacy</module>
+      <module>roster</module><module>iq-vcard</module><module>iq-ping</module>
+      <module>iq-private</module><module>disco</module><module>offline</module>
+      <module>presence</module><module>deliver</module>
+    </chain>
+    <chain id='out-sess'/>
+    <chain id='in-router'>
+      <module>session</module><module>validate</module><module>presence</module>
+      <module>privacy</module>
+    </chain>
+    <chain id='out-router'><module>privacy</module></chain>
+    <chain id='pkt-sm'>
+      <module>iq-last</module><module>iq-ping</module><module>iq-time</module>
+      <module>iq-version</module><module>disco</module><module>status</module>
+      <module>presence</module>
+    </chain>
+    <chain id='pkt-user'>
+      <module>roster</module><module>presence</module><module>iq-vcard</module>
+      <module>deliver</module><module>offline</module>
+      <module>iq-last</module>
+    </chain>
+    <chain id='pkt-router'><module>session</module><module>disco</module></chain>
+    <chain id='user-load'><module>active</module><module>roster</module><module>privacy</module></chain>
+    <chain id='user-unload'/>
+    <chain id='user-create'><module>active</module></chain>
+    <chain id='user-delete'>
+      <module>active</module><module>offline</module><module>privacy</module>
+      <module>roster</module><module>status</module><module>iq-last</module>
+      <module>iq-private</module><module>iq-vcard</module>
+    </chain>
+    <chain id='disco-extend'><module>iq-version</module></chain>
+  </modules>
+  <discovery><identity><category>server</category><type>im</type><name>jabberd2</name></identity></discovery>
+  <!-- The account exists in c2s's authreg table; sm creates its own record at the first login. -->
+  <user><auto-create/></user>
+</sm>
+"#
+                ),
+            ),
+            (
+                "c2s.xml",
+                format!(
+                    r#"<!-- Generated by fedgate's interop tests (tests/interop/peer.rs). -->
+<c2s>
+  <id>c2s</id>
+  <pidfile>{dir}/c2s.pid</pidfile>
+  {router}
+  <log type='file'><file>{dir}/c2s.log</file></log>
+  <local>
+    <id realm='{domain}' pemfile='{pem}' require-starttls='yes'>{domain}</id>
+    <ip>{ip}</ip>
+    <port>{c2s}</port>
+  </local>
+  <!-- No rate limits: the default 1,000 stanzas a second would throttle the bursts. -->
+  <io>
+    <limits><bytes>0</bytes><stanzas>0</stanzas><connects>0</connects></limits>
+    <check><interval>0</interval><idle>0</idle><keepalive>0</keepalive></check>
+  </io>
+  <authreg>
+    <path>{modules}</path>
+    <module>sqlite</module>
+    <mechanisms><sasl><plain/></sasl></mechanisms>
+    <ssl-mechanisms><sasl><plain/></sasl></ssl-mechanisms>
+    <sqlite>
+      <dbname>{db}</dbname><busy-timeout>5000</busy-timeout>
+      <password_type><plaintext/></password_type>
+    </sqlite>
+  </authreg>
+</c2s>
+"#,
+                    c2s = PEER_C2S_PORT,
+                ),
+            ),
+            (
+                "s2s.xml",
+                format!(
+                    r#"<!-- Generated by fedgate's interop tests (tests/interop/peer.rs). -->
+<s2s>
+  <id>s2s</id>
+  <pidfile>{dir}/s2s.pid</pidfile>
+  {router}
+  <log type='file'><file>{dir}/s2s.log</file></log>
+  <!-- STARTTLS both ways with this certificate (not verified by either side: jabberd2
+       authenticates servers by dialback only), dialback keys from this secret. -->
+  <local>
+    <ip>{ip}</ip>
+    <port>{s2s}</port>
+    <secret>interop-dialback</secret>
+    <pemfile>{pem}</pemfile>
+  </local>
+  <!-- Checks every second: a route that is not up within 10 s bounces what waited for it
+       (default 60 s, checked every 60 s). -->
+  <check><interval>1</interval><queue>10</queue><retry>10</retry><idle>86400</idle><keepalive>0</keepalive></check>
+  <!-- Names resolve through libudns, which reads the private /etc/resolv.conf: the
+       _xmpp-server._tcp SRV record, then its target's A record (no AAAA: no <resolve-ipv6/>).
+       A host that refused a connection is tried again at once (no bad-host cache), so a
+       restarted fedgate is reached again. -->
+  <lookup>
+    <srv>xmpp-server</srv>
+    <min-ttl>1</min-ttl>
+    <max-ttl>60</max-ttl>
+    <bad-host-timeout>0</bad-host-timeout>
+  </lookup>
+  <security><require_tls/></security>
+</s2s>
+"#,
+                    s2s = PEER_S2S_PORT,
+                ),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        // The router first; the others once it accepts connections (bash's /dev/tcp), so that
+        // none of them waits out a retry. `wait` keeps the group's leader until all have exited.
+        // libudns takes its name servers from NSCACHEIP or NAMESERVERS before resolv.conf:
+        // unset, so that the private resolv.conf is all it reads.
+        let script = format!(
+            r#"d="$1"
+/usr/sbin/jabberd2-router -c "$d/router.xml" &
+for _ in $(seq 100); do (exec 3<>/dev/tcp/{ip}/{router_port}) 2>/dev/null && break; sleep 0.05; done
+for p in sm s2s c2s; do /usr/sbin/jabberd2-$p -c "$d/$p.xml" & done
+wait"#
+        );
+        self.argv = [
+            "env",
+            "-u",
+            "NSCACHEIP",
+            "-u",
+            "NAMESERVERS",
+            "bash",
+            "-c",
+            &script,
+            "jabberd2",
+            &dir,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    }
+
+    /// How many times jabberd2's sm logged that it is ready ("ready for sessions": its domain
+    /// is bound at the router). c2s accepts logins before that, and their sessions would fail.
+    fn jabberd2_sm_ready_count(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("sm.log"))
+            .unwrap_or_default()
+            .matches("ready for sessions")
+            .count()
+    }
+
     /// `ejabberdctl` for this peer's node and folders, as the ejabberd user (whose home holds
     /// the Erlang cookie), so that the node is in our process group rather than behind `su`.
     fn ejabberdctl_argv(&self) -> Vec<String> {
@@ -529,9 +795,11 @@ modules:
     }
 
     /// Starts the server in a private mount namespace with the test's `resolv.conf`, in a
-    /// process group of its own, and waits until its c2s and s2s ports accept connections.
+    /// process group of its own, and waits until its c2s and s2s ports accept connections
+    /// (jabberd2: and its sm is ready).
     async fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
+        let sm_ready_before = self.jabberd2_sm_ready_count();
         let d = self.dir.path();
         let console = std::fs::OpenOptions::new()
             .create(true)
@@ -557,7 +825,9 @@ modules:
         loop {
             let c2s = TcpStream::connect(self.c2s_addr()).await.is_ok();
             let s2s = TcpStream::connect(self.s2s_addr()).await.is_ok();
-            if c2s && s2s {
+            let ready =
+                self.kind != Kind::Jabberd2 || self.jabberd2_sm_ready_count() > sm_ready_before;
+            if c2s && s2s && ready {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -682,4 +952,34 @@ fn tail(files: &[PathBuf], lines: usize) -> String {
         }
     }
     out
+}
+
+/// The path of the file of Debian's jabberd2 package whose name ends with one of `suffixes`
+/// (`dpkg -L jabberd2`).
+fn jabberd2_package_file(suffixes: &[&str]) -> String {
+    let out = std::process::Command::new("dpkg")
+        .args(["-L", "jabberd2"])
+        .output()
+        .expect("run dpkg -L jabberd2");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    listing
+        .lines()
+        .find(|l| suffixes.iter().any(|s| l.ends_with(s)) && Path::new(l).exists())
+        .unwrap_or_else(|| panic!("no {suffixes:?} in jabberd2's package (dpkg -L jabberd2)"))
+        .to_string()
+}
+
+/// jabberd2's SQLite schema: db-setup.sqlite, gzipped in Debian's package.
+fn jabberd2_schema() -> String {
+    let path = jabberd2_package_file(&["/db-setup.sqlite", "/db-setup.sqlite.gz"]);
+    if path.ends_with(".gz") {
+        let out = std::process::Command::new("zcat")
+            .arg(&path)
+            .output()
+            .expect("run zcat");
+        assert!(out.status.success(), "zcat {path} failed");
+        String::from_utf8(out.stdout).unwrap()
+    } else {
+        std::fs::read_to_string(path).unwrap()
+    }
 }
