@@ -18,22 +18,24 @@ fi
 # ---- test dependencies -------------------------------------------------------------------------
 # - Debian's Prometheus (prometheus, promtool): the metrics tests run it against a live fedgate
 #   and evaluate every dashboard expression and alert rule.
-# - Debian's Prosody and ejabberd (and lua-unbound, util-linux's unshare): the interop tests
-#   (tests/interop/) start them as ordinary processes, each with its own config, data folder,
-#   certificates and private DNS.
+# - Debian's Prosody, ejabberd and jabberd2 (and lua-unbound, util-linux's unshare): the interop
+#   tests (tests/interop/) start them as ordinary processes, each with its own config, data
+#   folder, certificates and private DNS.
 # - slixmpp from PyPI: the client library the core and interop tests drive.
 # - Debian's systemd (systemd-analyze) and cargo-deb from crates.io: the package test.
 # - Debian's postgresql: the core's storage tests run on SQLite and on a PostgreSQL that each
 #   test run makes itself (initdb into a temporary folder, a Unix socket there, stopped after).
 # A policy-rc.d that answers 101 keeps the packages' postinst from starting system services that
-# would grab ports 5222/5269/5280/9090 on every interface; any that start anyway (a machine with a
-# real init) are stopped and disabled afterwards; so is the cluster Debian's postgresql makes.
+# would grab ports 5222/5269/5280/5347/9090 on every interface; any that start anyway (a machine
+# with a real init) are stopped and disabled afterwards; so is the cluster Debian's postgresql
+# makes.
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 pkgs=()
 { need prometheus && need promtool; } || pkgs+=(prometheus)
 need prosody || pkgs+=(prosody)
 need ejabberdctl || [[ -x /usr/sbin/ejabberdctl ]] || pkgs+=(ejabberd)
+need jabberd2-router || [[ -x /usr/sbin/jabberd2-router ]] || pkgs+=(jabberd2)
 dpkg -s lua-unbound >/dev/null 2>&1 || pkgs+=(lua-unbound)
 need unshare || pkgs+=(util-linux)
 need systemd-analyze || pkgs+=(systemd)   # the package test rates the systemd units
@@ -53,9 +55,12 @@ if ((${#pkgs[@]})); then
         "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}"
     fi
     [[ -z $made_policy ]] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
-    for svc in prosody ejabberd prometheus postgresql; do
+    for svc in prosody ejabberd jabberd2 prometheus postgresql; do
         if need systemctl && [[ -d /run/systemd/system ]]; then
-            "${sudo[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+            units=("$svc")
+            # jabberd2 has a unit per process besides jabberd.service (alias jabberd2.service).
+            [[ $svc != jabberd2 ]] || units=(jabberd jabberd-router jabberd-sm jabberd-c2s jabberd-s2s)
+            "${sudo[@]}" systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
         elif [[ -x /etc/init.d/$svc ]]; then
             "${sudo[@]}" /etc/init.d/$svc stop >/dev/null 2>&1 || true
         fi
