@@ -8,8 +8,9 @@
 //! the test DNS server listens on port 53 of a loopback address of its own
 //! ([`crate::dns_port_53`]). On top of that:
 //! - ejabberd (Erlang's `inet_res`) reads that `resolv.conf`; its `inetrc` is left empty;
-//! - jabberd2's s2s resolves with libudns, which reads that `resolv.conf` too (its `<lookup>`
-//!   config only names the SRV services to ask for: `_xmpp-server._tcp`, A records only);
+//! - jabberd2's s2s resolves with libudns, which reads that `resolv.conf` too (once
+//!   `NSCACHEIP` and `NAMESERVERS`, which it would read first, are unset); its `<lookup>`
+//!   config only names what to ask for: the `_xmpp-server._tcp` SRV record, then A records;
 //! - Prosody resolves with libunbound (lua-unbound), told in its config to use that same
 //!   `resolv.conf`, to ignore `/etc/hosts`, and to treat `test.` as a normal zone (libunbound
 //!   answers NXDOMAIN for the RFC 6761 `test.` names by default).
