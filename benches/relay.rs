@@ -54,6 +54,13 @@ use fedgate::xml::framer::Event;
 
 use support::{attach_backend, cpu, cpu_time, mb, own_status_bytes, BackendReader};
 
+/// The allocator the `fedgate` binary runs with (src/main.rs), so that the gateways here cost
+/// what they cost deployed (with glibc's malloc: 3.24–3.41 µs per stanza for both gateways
+/// over 2 runs, with jemalloc 3.24–3.32 µs over 4, on 2026-12-03: within the noise).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Size of one write from backend A in the throughput phase.
 const CHUNK: usize = 64 * 1024;
 /// The latency phase sends one batch per this period (tokio's timer resolution).
