@@ -512,11 +512,16 @@ impl Router {
     // allocate on the path this exists to keep free of allocations.
     #[allow(clippy::result_large_err)]
     fn route_now(&self, stanza: Stanza) -> Result<(), Stanza> {
-        let well_formed = |jid: Option<&str>| jid.is_none_or(|j| jid::check_parts(j).is_ok());
-        if !well_formed(stanza.to()) || !well_formed(stanza.from()) {
+        // Each address split and checked once, here, for both the rule that whatever leaves is
+        // well-formed and the routing decision.
+        let Some(Ok(to_domain)) = stanza.to().map(jid::checked_domain) else {
             return Err(stanza);
-        }
-        let Ok(dest) = self.destination(&stanza) else {
+        };
+        let from_domain = match stanza.from().map(jid::checked_domain) {
+            Some(Err(_)) => return Err(stanza),
+            from => from.and_then(Result::ok),
+        };
+        let Ok(dest) = self.destination_for(&to_domain, from_domain.as_deref()) else {
             return Err(stanza);
         };
         match dest {
@@ -724,8 +729,19 @@ impl Router {
                 e.to_string(),
             )
         })?;
-        if self.is_local(&to_domain) {
-            return match self.components.get(&*to_domain) {
+        let from_domain = stanza.from().and_then(|f| jid::domain_of(f).ok());
+        self.destination_for(&to_domain, from_domain.as_deref())
+    }
+
+    /// [`Router::destination`] once the addresses' canonical domains are known: `from_domain`
+    /// is `None` for a missing or malformed `from`.
+    fn destination_for(
+        &self,
+        to_domain: &str,
+        from_domain: Option<&str>,
+    ) -> Result<Destination, Undeliverable> {
+        if self.is_local(to_domain) {
+            return match self.components.get(to_domain) {
                 Some(h) => Ok(Destination::Component(h.clone())),
                 None => Err(Undeliverable::Bounce(
                     StanzaErrorCondition::ServiceUnavailable,
@@ -734,11 +750,11 @@ impl Router {
                 )),
             };
         }
-        let from_domain = match stanza.from().map(jid::domain_of) {
-            Some(Ok(d)) if self.is_local(&d) => d,
+        let from_domain = match from_domain {
+            Some(d) if self.is_local(d) => d,
             _ => return Err(Undeliverable::Relay),
         };
-        if let Err(refused) = self.admit(&to_domain, Direction::Outbound) {
+        if let Err(refused) = self.admit(to_domain, Direction::Outbound) {
             return Err(Undeliverable::Bounce(
                 StanzaErrorCondition::NotAllowed,
                 "policy",
@@ -746,7 +762,7 @@ impl Router {
             ));
         }
         Ok(Destination::Outbound(
-            self.outbound_handle(&from_domain, &to_domain),
+            self.outbound_handle(from_domain, to_domain),
         ))
     }
 
