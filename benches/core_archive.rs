@@ -14,7 +14,9 @@
 //!   for both and copied to both second resources (`C2S_MESSAGES`, default 20000;
 //!   `C2S_ONLY=1` runs only this part, `ARCHIVE_OFF=1` sets both accounts' archiving
 //!   preferences to `never`, for a comparison; `DATABASE=postgres://USER@HOST/DB` runs the
-//!   core on PostgreSQL, an empty database, for a comparison with SQLite).
+//!   core on PostgreSQL, an empty database, for a comparison with SQLite);
+//! - then c2s sign-ins a second (`C2S_SIGNINS`, default 1,000, `SIGNIN_CONCURRENCY` at a
+//!   time, default 8): STARTTLS, SASL PLAIN, bind, presence and carbons, as a client signs in.
 //!
 //! The archive is filled once, in one transaction (the time it took is printed), and kept in
 //! a temporary folder for the run. Next to the rates it prints the process's CPU time
@@ -517,7 +519,55 @@ mod c2s {
                 ((u1 - u0) + (s1 - s0)).as_secs_f64() * 1e6 / messages as f64,
                 super::memory()
             );
+            signins(addr, &connector).await;
             core.shutdown(Duration::from_secs(2)).await;
         });
+    }
+
+    /// `C2S_SIGNINS` (default 1,000) sign-ins of alice, `SIGNIN_CONCURRENCY` (8) at a time,
+    /// each as a client does it: TCP, STARTTLS, SASL PLAIN (the password checked against its
+    /// stored hash), bind, presence, carbons; then the stream is dropped.
+    async fn signins(addr: std::net::SocketAddr, connector: &tokio_rustls::TlsConnector) {
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default)
+        };
+        let n = env("C2S_SIGNINS", 1_000);
+        let concurrency = env("SIGNIN_CONCURRENCY", 8).max(1);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (u0, s0) = super::cpu();
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let next = next.clone();
+                let connector = connector.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        drop(session(addr, &connector, "alice", &format!("s{i}")).await);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let took = t0.elapsed();
+        let (u1, s1) = super::cpu();
+        println!(
+            "c2s sign-ins: {n} ({concurrency} at a time) in {:.2}s: {:.0} sign-ins/s; cpu user \
+             {:.2}s sys {:.2}s ({:.0} us per sign-in, client side included); {}",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64(),
+            (u1 - u0).as_secs_f64(),
+            (s1 - s0).as_secs_f64(),
+            ((u1 - u0) + (s1 - s0)).as_secs_f64() * 1e6 / n as f64,
+            super::memory()
+        );
     }
 }
