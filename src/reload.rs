@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::component::ComponentContext;
 use crate::config::{AuthRequirement, Config, ConfigError};
-use crate::metrics::Direction;
+use crate::metrics::{Direction, PolicyMode};
 use crate::policy::{Policy, SecurityPolicy};
 use crate::s2s::registry::LiveSession;
 use crate::s2s::S2sContext;
@@ -106,7 +106,7 @@ impl Reloader {
             .map_err(ReloadError::from)
             .and_then(|config| self.apply(config));
         if let Err(e) = &result {
-            self.count("refused");
+            self.count(false);
             tracing::error!("{e}");
         }
         result
@@ -126,7 +126,7 @@ impl Reloader {
             Ok(secrets) => secrets,
             Err(e) => {
                 drop(running);
-                self.count("refused");
+                self.count(false);
                 return Err(e);
             }
         };
@@ -145,7 +145,7 @@ impl Reloader {
         }
         drop(running);
         let closed = self.apply_to_live_sessions();
-        self.count("applied");
+        self.count(true);
         let reloaded = Reloaded {
             closed,
             restart_needed,
@@ -154,13 +154,13 @@ impl Reloader {
         Ok(reloaded)
     }
 
-    fn count(&self, result: &str) {
-        self.s2s
-            .router
-            .metrics
-            .config_reloads
-            .with_label_values(&[result])
-            .inc();
+    fn count(&self, applied: bool) {
+        let reloads = &self.s2s.router.metrics.config_reloads;
+        if applied {
+            reloads.applied.inc();
+        } else {
+            reloads.refused.inc();
+        }
     }
 
     /// Judges every live session by the policy now in force; closes those it refuses.
@@ -176,8 +176,7 @@ impl Reloader {
                     .router
                     .metrics
                     .policy_refusals
-                    .with_label_values(&[session.direction.as_str(), "enforced"])
-                    .inc();
+                    .count(session.direction, PolicyMode::Enforced);
                 for remote in session.remotes() {
                     self.s2s
                         .registry

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::jid;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, DropReason, Metrics, PolicyMode};
 use crate::policy::{Policy, Refused};
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::Stanza;
@@ -293,8 +293,7 @@ impl Router {
         if policy.dry_run() {
             self.metrics
                 .policy_refusals
-                .with_label_values(&[direction.as_str(), "dry_run"])
-                .inc();
+                .count(direction, PolicyMode::DryRun);
             if self.dry_run_logged.len() < DRY_RUN_LOGGED_MAX
                 && self.dry_run_logged.insert(remote.to_string())
             {
@@ -308,8 +307,7 @@ impl Router {
         }
         self.metrics
             .policy_refusals
-            .with_label_values(&[direction.as_str(), "enforced"])
-            .inc();
+            .count(direction, PolicyMode::Enforced);
         Err(refused)
     }
 
@@ -601,10 +599,7 @@ impl Router {
                 }
                 Err(Undeliverable::Relay) => {
                     // Never a relay between two remote domains; sessions check this first.
-                    self.metrics
-                        .dropped
-                        .with_label_values(&["relay_refused"])
-                        .inc();
+                    self.metrics.dropped.count(DropReason::RelayRefused);
                     tracing::warn!(
                         to = stanza.to().unwrap_or(""),
                         "refused to relay a stanza that is not from a local domain"
@@ -918,11 +913,11 @@ impl Router {
                 // Errors and iq results are never bounced (no loops); unavailable presence
                 // neither (see `Stanza::bounce`).
                 let reason = if stanza.kind() == crate::xml::stanza::Kind::Presence {
-                    "presence_not_bounced"
+                    DropReason::PresenceNotBounced
                 } else {
-                    "error_not_bounced"
+                    DropReason::ErrorNotBounced
                 };
-                self.metrics.dropped.with_label_values(&[reason]).inc();
+                self.metrics.dropped.count(reason);
                 tracing::debug!(%condition, text, "undeliverable error or result dropped (never bounced)");
             }
         }
@@ -945,10 +940,7 @@ impl Router {
             Err(_) => false,
         };
         if !delivered {
-            self.metrics
-                .dropped
-                .with_label_values(&["bounce_undeliverable"])
-                .inc();
+            self.metrics.dropped.count(DropReason::BounceUndeliverable);
         }
     }
 }

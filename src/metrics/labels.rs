@@ -18,3 +18,107 @@ impl Direction {
         }
     }
 }
+
+/// How an s2s stream was authenticated (outbound, and each pair of an inbound stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SASL EXTERNAL with the initiating server's certificate (XEP-0178).
+    External,
+    /// Server Dialback (XEP-0220).
+    Dialback,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::External => "external",
+            AuthMethod::Dialback => "dialback",
+        }
+    }
+}
+
+/// fedgate's part in a Server Dialback exchange (XEP-0220 §1.3), the `role` of
+/// `fedgate_dialback_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialbackRole {
+    /// Receiving server: we verified a peer's `<db:result>` (`result`).
+    Receiving,
+    /// Authoritative server: we answered a `<db:verify>` (`verify`).
+    Authoritative,
+    /// Originating server: a peer answered our `<db:result>` (`outbound`).
+    Originating,
+}
+
+impl DialbackRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialbackRole::Receiving => "result",
+            DialbackRole::Authoritative => "verify",
+            DialbackRole::Originating => "outbound",
+        }
+    }
+}
+
+/// The `result` of `fedgate_dialback_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialbackResult {
+    /// `type='valid'`.
+    Valid,
+    /// `type='invalid'`.
+    Invalid,
+    /// `type='error'`, no answer the rules allow, or a verification that could not be made.
+    Error,
+}
+
+impl DialbackResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialbackResult::Valid => "valid",
+            DialbackResult::Invalid => "invalid",
+            DialbackResult::Error => "error",
+        }
+    }
+}
+
+/// The `mode` of `fedgate_policy_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// The federation policy refused it.
+    Enforced,
+    /// `dry_run`: it would have been refused.
+    DryRun,
+}
+
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforced => "enforced",
+            PolicyMode::DryRun => "dry_run",
+        }
+    }
+}
+
+/// The `reason` of `fedgate_stanzas_dropped_total`: why a stanza was neither delivered nor
+/// bounced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A stanza between two remote domains: never relayed.
+    RelayRefused,
+    /// A bounce that could not be delivered either (bounces are never bounced).
+    BounceUndeliverable,
+    /// An undeliverable unavailable presence (never bounced).
+    PresenceNotBounced,
+    /// An undeliverable error or iq result (never bounced).
+    ErrorNotBounced,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RelayRefused => "relay_refused",
+            DropReason::BounceUndeliverable => "bounce_undeliverable",
+            DropReason::PresenceNotBounced => "presence_not_bounced",
+            DropReason::ErrorNotBounced => "error_not_bounced",
+        }
+    }
+}

@@ -19,7 +19,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-pub use labels::Direction;
+pub use labels::{AuthMethod, DialbackResult, DialbackRole, Direction, DropReason, PolicyMode};
 pub use peers::{PeerEntry, PeerSession, Peers};
 
 use crate::xml::stanza::Kind;
@@ -271,16 +271,17 @@ pub struct Metrics {
     /// `fedgate_bounces_total{condition, cause}`: error stanzas generated for undeliverable
     /// stanzas; `cause` is one of a closed set (see `router::Router::bounce`).
     pub bounces: IntCounterVec,
-    /// Stanzas that could not be delivered nor bounced (errors are never bounced), by reason.
-    pub dropped: IntCounterVec,
+    /// `fedgate_stanzas_dropped_total{reason}`: stanzas that could not be delivered nor
+    /// bounced (errors are never bounced).
+    pub dropped: Dropped,
     /// Stream errors by direction (sent, received) and condition.
     pub stream_errors: StreamErrors,
     /// Dialback outcomes by role (`result` as receiving server, `verify` as authoritative
     /// server, `outbound` as originating server) and result.
-    pub dialback: IntCounterVec,
+    pub dialback: DialbackOutcomes,
     /// Outbound connection attempts by result (`established`, `dns`, `connect`, `tls`,
     /// `stream`, `auth`).
-    pub outbound_attempts: IntCounterVec,
+    pub outbound_attempts: OutboundAttempts,
     /// `fedgate_outbound_stanzas_total{event}`: stanzas `resent` after a link dropped (XEP-0198)
     /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
     /// (they may or may not have arrived).
@@ -302,7 +303,7 @@ pub struct Metrics {
     pub tls_handshake_seconds: HistogramVec,
     /// `fedgate_s2s_auth_total{direction, method, result}`: method `external` or `dialback`,
     /// result `success` or `failure`.
-    pub s2s_auth: IntCounterVec,
+    pub s2s_auth: S2sAuth,
     /// `fedgate_s2s_auth_seconds{direction, method}`: from the stream's start (after TLS) to
     /// authentication, dialback round trips included.
     pub s2s_auth_seconds: HistogramVec,
@@ -316,7 +317,7 @@ pub struct Metrics {
     pub dns_seconds: Histogram,
     /// `fedgate_certificate_verdicts_total{direction, verdict}`: peers' certificates checked
     /// after the handshake, `valid` or why not (`self_signed`, `name_mismatch`, ...).
-    pub certificate_verdicts: IntCounterVec,
+    pub certificate_verdicts: CertificateVerdicts,
     /// `fedgate_certificate_expiry_timestamp_seconds{domain}`: when our own certificate for
     /// each configured domain expires.
     pub certificate_expiry: GaugeVec,
@@ -332,10 +333,10 @@ pub struct Metrics {
     /// `fedgate_policy_refusals_total{direction, mode}`: remote domains refused by
     /// `[federation]` (a refused stream, a bounced stanza, a live session closed by a reload),
     /// `mode="enforced"`, or what would have been refused under `dry_run`, `mode="dry_run"`.
-    pub policy_refusals: IntCounterVec,
+    pub policy_refusals: PolicyRefusals,
     /// `fedgate_config_reloads_total{result}`: SIGHUP and `fedgate reload`, `applied` or
     /// `refused` (the running config stays).
-    pub config_reloads: IntCounterVec,
+    pub config_reloads: ConfigReloads,
     /// `fedgate_limit_refusals_total{limit}`: connections, authentications and stanzas refused
     /// by an abuse limit; the labels are `crate::s2s::limits::Limit`'s.
     pub limit_refusals: IntCounterVec,
@@ -522,6 +523,194 @@ impl ComponentReattach {
             waited: v.with_label_values(&["waited"]),
             adopted: v.with_label_values(&["adopted"]),
             expired: v.with_label_values(&["expired"]),
+        }
+    }
+}
+
+/// `fedgate_stanzas_dropped_total{reason}`, a handle per [`DropReason`].
+#[derive(Clone)]
+pub struct Dropped {
+    relay_refused: IntCounter,
+    bounce_undeliverable: IntCounter,
+    presence_not_bounced: IntCounter,
+    error_not_bounced: IntCounter,
+}
+
+impl Dropped {
+    fn register(r: &Registry) -> Dropped {
+        let v = counter_vec(
+            r,
+            "fedgate_stanzas_dropped_total",
+            "Stanzas neither delivered nor bounced (error stanzas are never bounced)",
+            &["reason"],
+        );
+        let of = |reason: DropReason| v.with_label_values(&[reason.as_str()]);
+        Dropped {
+            relay_refused: of(DropReason::RelayRefused),
+            bounce_undeliverable: of(DropReason::BounceUndeliverable),
+            presence_not_bounced: of(DropReason::PresenceNotBounced),
+            error_not_bounced: of(DropReason::ErrorNotBounced),
+        }
+    }
+
+    /// One more stanza dropped for `reason`.
+    pub fn count(&self, reason: DropReason) {
+        match reason {
+            DropReason::RelayRefused => &self.relay_refused,
+            DropReason::BounceUndeliverable => &self.bounce_undeliverable,
+            DropReason::PresenceNotBounced => &self.presence_not_bounced,
+            DropReason::ErrorNotBounced => &self.error_not_bounced,
+        }
+        .inc();
+    }
+}
+
+/// `fedgate_dialback_total{role, result}`, every (role, result) resolved once.
+#[derive(Clone)]
+pub struct DialbackOutcomes([[IntCounter; 3]; 3]);
+
+impl DialbackOutcomes {
+    const ROLES: [DialbackRole; 3] = [
+        DialbackRole::Receiving,
+        DialbackRole::Authoritative,
+        DialbackRole::Originating,
+    ];
+    const RESULTS: [DialbackResult; 3] = [
+        DialbackResult::Valid,
+        DialbackResult::Invalid,
+        DialbackResult::Error,
+    ];
+
+    fn register(r: &Registry) -> DialbackOutcomes {
+        let v = counter_vec(
+            r,
+            "fedgate_dialback_total",
+            "Server Dialback outcomes",
+            &["role", "result"],
+        );
+        DialbackOutcomes(Self::ROLES.map(|role| {
+            Self::RESULTS.map(|result| v.with_label_values(&[role.as_str(), result.as_str()]))
+        }))
+    }
+
+    /// One more dialback exchange in `role` that ended with `result`.
+    pub fn count(&self, role: DialbackRole, result: DialbackResult) {
+        self.0[role as usize][result as usize].inc();
+    }
+}
+
+/// `fedgate_s2s_auth_total{direction, method, result}`, every combination resolved once.
+#[derive(Clone)]
+pub struct S2sAuth([[[IntCounter; 2]; 2]; 2]);
+
+impl S2sAuth {
+    fn register(r: &Registry) -> S2sAuth {
+        let v = counter_vec(
+            r,
+            "fedgate_s2s_auth_total",
+            "s2s authentications (SASL EXTERNAL or dialback), by direction, method and result",
+            &["direction", "method", "result"],
+        );
+        S2sAuth([Direction::Inbound, Direction::Outbound].map(|direction| {
+            [AuthMethod::External, AuthMethod::Dialback].map(|method| {
+                ["failure", "success"].map(|result| {
+                    v.with_label_values(&[direction.as_str(), method.as_str(), result])
+                })
+            })
+        }))
+    }
+
+    /// One more authentication of a stream (or pair) in `direction` by `method`.
+    pub fn count(&self, direction: Direction, method: AuthMethod, success: bool) {
+        self.0[direction as usize][method as usize][usize::from(success)].inc();
+    }
+}
+
+/// `fedgate_policy_refusals_total{direction, mode}`, every combination resolved once.
+#[derive(Clone)]
+pub struct PolicyRefusals([[IntCounter; 2]; 2]);
+
+impl PolicyRefusals {
+    fn register(r: &Registry) -> PolicyRefusals {
+        let v = counter_vec(
+            r,
+            "fedgate_policy_refusals_total",
+            "Remote domains refused by the federation policy (mode=enforced) or that would have been under dry_run (mode=dry_run), by direction",
+            &["direction", "mode"],
+        );
+        PolicyRefusals([Direction::Inbound, Direction::Outbound].map(|direction| {
+            [PolicyMode::Enforced, PolicyMode::DryRun]
+                .map(|mode| v.with_label_values(&[direction.as_str(), mode.as_str()]))
+        }))
+    }
+
+    /// One more remote domain refused (or, `DryRun`, that would have been).
+    pub fn count(&self, direction: Direction, mode: PolicyMode) {
+        self.0[direction as usize][mode as usize].inc();
+    }
+}
+
+/// `fedgate_outbound_attempts_total{result}`: `established`, resolved once, or the step that
+/// failed.
+#[derive(Clone)]
+pub struct OutboundAttempts {
+    pub established: IntCounter,
+    by_result: IntCounterVec,
+}
+
+impl OutboundAttempts {
+    fn register(r: &Registry) -> OutboundAttempts {
+        let by_result = counter_vec(
+            r,
+            "fedgate_outbound_attempts_total",
+            "Outbound s2s connection attempts by result",
+            &["result"],
+        );
+        OutboundAttempts {
+            established: by_result.with_label_values(&["established"]),
+            by_result,
+        }
+    }
+
+    /// One more attempt that failed at `step` (`OutboundError`'s label: a closed set, and an
+    /// attempt costs a connection, so the lookup is not on a hot path).
+    pub fn failed(&self, step: &'static str) {
+        self.by_result.with_label_values(&[step]).inc();
+    }
+}
+
+/// `fedgate_certificate_verdicts_total{direction, verdict}`.
+#[derive(Clone)]
+pub struct CertificateVerdicts(IntCounterVec);
+
+impl CertificateVerdicts {
+    /// One more peer certificate checked in `direction`; `verdict` is `CertVerdict::label`'s
+    /// (a closed set; one lookup per TLS handshake, not per stanza).
+    pub fn count(&self, direction: Direction, verdict: &'static str) {
+        self.0
+            .with_label_values(&[direction.as_str(), verdict])
+            .inc();
+    }
+}
+
+/// `fedgate_config_reloads_total{result}`: `applied` or `refused`.
+#[derive(Clone)]
+pub struct ConfigReloads {
+    pub applied: IntCounter,
+    pub refused: IntCounter,
+}
+
+impl ConfigReloads {
+    fn register(r: &Registry) -> ConfigReloads {
+        let v = counter_vec(
+            r,
+            "fedgate_config_reloads_total",
+            "Configuration reloads (SIGHUP, fedgate reload), by result: applied or refused",
+            &["result"],
+        );
+        ConfigReloads {
+            applied: v.with_label_values(&["applied"]),
+            refused: v.with_label_values(&["refused"]),
         }
     }
 }
@@ -724,30 +913,15 @@ impl Metrics {
             "Error stanzas returned to senders, by condition and cause",
             &["condition", "cause"],
         );
-        let dropped = counter_vec(
-            r,
-            "fedgate_stanzas_dropped_total",
-            "Stanzas neither delivered nor bounced (error stanzas are never bounced)",
-            &["reason"],
-        );
+        let dropped = Dropped::register(r);
         let stream_errors = StreamErrors(counter_vec(
             r,
             "fedgate_stream_errors_total",
             "Stream errors sent and received",
             &["direction", "condition"],
         ));
-        let dialback = counter_vec(
-            r,
-            "fedgate_dialback_total",
-            "Server Dialback outcomes",
-            &["role", "result"],
-        );
-        let outbound_attempts = counter_vec(
-            r,
-            "fedgate_outbound_attempts_total",
-            "Outbound s2s connection attempts by result",
-            &["result"],
-        );
+        let dialback = DialbackOutcomes::register(r);
+        let outbound_attempts = OutboundAttempts::register(r);
         let outbound_stanzas = counter_vec(
             r,
             "fedgate_outbound_stanzas_total",
@@ -799,12 +973,7 @@ impl Metrics {
             &["direction"],
             LATENCY_BUCKETS,
         );
-        let s2s_auth = counter_vec(
-            r,
-            "fedgate_s2s_auth_total",
-            "s2s authentications (SASL EXTERNAL or dialback), by direction, method and result",
-            &["direction", "method", "result"],
-        );
+        let s2s_auth = S2sAuth::register(r);
         let s2s_auth_seconds = histogram_vec(
             r,
             "fedgate_s2s_auth_seconds",
@@ -830,12 +999,12 @@ impl Metrics {
             "DNS lookup duration for remote servers (cache hits included)",
             LATENCY_BUCKETS,
         );
-        let certificate_verdicts = counter_vec(
+        let certificate_verdicts = CertificateVerdicts(counter_vec(
             r,
             "fedgate_certificate_verdicts_total",
             "Peer certificates checked after TLS handshakes, by verdict",
             &["direction", "verdict"],
-        );
+        ));
         let certificate_expiry = registered(
             r,
             GaugeVec::new(
@@ -858,18 +1027,8 @@ impl Metrics {
             "fedgate_ready",
             "1 when fedgate is ready: listeners bound and every configured backend attached",
         );
-        let policy_refusals = counter_vec(
-            r,
-            "fedgate_policy_refusals_total",
-            "Remote domains refused by the federation policy (mode=enforced) or that would have been under dry_run (mode=dry_run), by direction",
-            &["direction", "mode"],
-        );
-        let config_reloads = counter_vec(
-            r,
-            "fedgate_config_reloads_total",
-            "Configuration reloads (SIGHUP, fedgate reload), by result: applied or refused",
-            &["result"],
-        );
+        let policy_refusals = PolicyRefusals::register(r);
+        let config_reloads = ConfigReloads::register(r);
         let limit_refusals = counter_vec(
             r,
             "fedgate_limit_refusals_total",

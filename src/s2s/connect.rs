@@ -474,8 +474,7 @@ async fn negotiate(
             ctx.router
                 .metrics
                 .certificate_verdicts
-                .with_label_values(&["outbound", verdict.label()])
-                .inc();
+                .count(Direction::Outbound, verdict.label());
             if let CertVerdict::Invalid(problem) = &verdict {
                 if policy.needs_valid_certificate() {
                     return Err(Failed {

@@ -135,7 +135,12 @@ async fn dry_run_counts_what_it_would_refuse_but_delivers_both_ways() {
             "{direction}: {metrics}"
         );
     }
-    assert!(!metrics.contains("mode=\"enforced\""), "{metrics}");
+    // Every series exists from the start (the handles are resolved once), at 0 here.
+    for direction in ["inbound", "outbound"] {
+        let enforced =
+            format!("fedgate_policy_refusals_total{{direction=\"{direction}\",mode=\"enforced\"}}");
+        assert_eq!(metric(&metrics, &enforced), 0.0, "{enforced}");
+    }
     let view = b.peer_view("a.test").await;
     assert!(
         view.policy.federation.starts_with("dry run"),

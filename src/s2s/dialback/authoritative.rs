@@ -10,6 +10,7 @@
 
 use super::{error, verify_answer, DbElement, Verdict};
 use crate::jid;
+use crate::metrics::DialbackRole;
 use crate::s2s::inbound::{Abort, Inbound};
 use crate::s2s::negotiate::inbound::{refuse, Refusal};
 use crate::s2s::S2sContext;
@@ -59,7 +60,6 @@ pub(in crate::s2s) fn answer(ctx: &S2sContext, stanza: &Stanza) -> Result<Vec<u8
     ctx.router
         .metrics
         .dialback
-        .with_label_values(&["verify", verdict.as_str()])
-        .inc();
+        .count(DialbackRole::Authoritative, verdict.result());
     Ok(verify_answer(to, from, id, verdict))
 }

@@ -11,7 +11,7 @@
 //!    (§2.4): a [`DialbackRefusal`], final for the domain.
 
 use super::{Answer, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{AuthMethod, DialbackResult, DialbackRole, Direction, Metrics};
 use crate::s2s::connect::ConnectError;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::ns;
@@ -29,11 +29,11 @@ pub enum DialbackRefusal {
 }
 
 impl DialbackRefusal {
-    /// The `fedgate_dialback_total` result label.
-    pub fn label(&self) -> &'static str {
+    /// The `fedgate_dialback_total` result it is counted as.
+    pub fn result(&self) -> DialbackResult {
         match self {
-            DialbackRefusal::Invalid => "invalid",
-            DialbackRefusal::Error(_) | DialbackRefusal::Unknown(_) => "error",
+            DialbackRefusal::Invalid => DialbackResult::Invalid,
+            DialbackRefusal::Error(_) | DialbackRefusal::Unknown(_) => DialbackResult::Error,
         }
     }
 }
@@ -84,18 +84,13 @@ pub fn answer(
             s.type_().unwrap_or_default().to_string(),
         )),
     };
-    let (label, result) = match &refusal {
-        None => ("valid", "success"),
-        Some(refusal) => (refusal.label(), "failure"),
-    };
-    metrics
-        .dialback
-        .with_label_values(&["outbound", label])
-        .inc();
+    let result = refusal
+        .as_ref()
+        .map_or(DialbackResult::Valid, DialbackRefusal::result);
+    metrics.dialback.count(DialbackRole::Originating, result);
     metrics
         .s2s_auth
-        .with_label_values(&["outbound", "dialback", result])
-        .inc();
+        .count(Direction::Outbound, AuthMethod::Dialback, refusal.is_none());
     Ok(match refusal {
         None => Ok(()),
         Some(refusal) => Err(refusal),

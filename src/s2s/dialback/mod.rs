@@ -36,11 +36,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The `type` attribute on the wire, and the `fedgate_dialback_total` result label.
+    /// The `type` attribute on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Valid => "valid",
             Verdict::Invalid => "invalid",
+        }
+    }
+
+    /// The `fedgate_dialback_total` result it is counted as.
+    pub fn result(self) -> crate::metrics::DialbackResult {
+        match self {
+            Verdict::Valid => crate::metrics::DialbackResult::Valid,
+            Verdict::Invalid => crate::metrics::DialbackResult::Invalid,
         }
     }
 

@@ -17,7 +17,7 @@
 use super::connect_back::{self, VerifyError};
 use super::{error, result_answer, DbElement, Verdict};
 use crate::jid;
-use crate::metrics::Direction;
+use crate::metrics::{DialbackResult, DialbackRole, Direction};
 use crate::s2s::inbound::{Abort, Inbound};
 use crate::s2s::limits::Limit;
 use crate::s2s::negotiate::inbound::refuse;
@@ -191,8 +191,7 @@ impl Inbound {
             Err(e) => {
                 metrics
                     .dialback
-                    .with_label_values(&["result", "error"])
-                    .inc();
+                    .count(DialbackRole::Receiving, DialbackResult::Error);
                 tracing::info!(peer = %self.conn.peer, remote = %originating, "dialback verification failed: {e}");
                 self.ctx.registry.failed(
                     &originating,
@@ -218,10 +217,9 @@ impl Inbound {
                 return self.conn.flush().await.map_err(|_| Abort::Gone);
             }
         }
-        let auth = match verdict {
+        match verdict {
             Verdict::Valid => {
                 self.authenticate(receiving.clone(), originating.clone(), AuthMethod::Dialback);
-                "success"
             }
             Verdict::Invalid => {
                 tracing::warn!(peer = %self.conn.peer, local = %receiving, remote = %originating, "dialback key refused by the authoritative server: spoofing attempt?");
@@ -230,19 +228,17 @@ impl Inbound {
                     Direction::Inbound,
                     format!("the dialback key from {} was refused by {originating}'s authoritative server", self.conn.peer),
                 );
-                "failure"
             }
-        };
-        let result = verdict.as_str();
+        }
         let metrics = &self.ctx.router.metrics;
         metrics
             .dialback
-            .with_label_values(&["result", result])
-            .inc();
-        metrics
-            .s2s_auth
-            .with_label_values(&["inbound", "dialback", auth])
-            .inc();
+            .count(DialbackRole::Receiving, verdict.result());
+        metrics.s2s_auth.count(
+            Direction::Inbound,
+            AuthMethod::Dialback,
+            verdict == Verdict::Valid,
+        );
         self.conn
             .send(&result_answer(&receiving, &originating, verdict));
         self.conn.flush().await.map_err(|_| Abort::Gone)?;

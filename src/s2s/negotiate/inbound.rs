@@ -36,7 +36,7 @@ use base64::Engine as _;
 
 use crate::dialback::new_stream_id;
 use crate::jid;
-use crate::metrics::Direction;
+use crate::metrics::{AuthMethod, Direction};
 use crate::policy::PeerSecurity;
 use crate::s2s::connect::Security;
 use crate::s2s::limits;
@@ -247,8 +247,7 @@ impl Negotiation {
         ctx.router
             .metrics
             .certificate_verdicts
-            .with_label_values(&["inbound", verdict.label()])
-            .inc();
+            .count(Direction::Inbound, verdict.label());
         Some(verdict)
     }
 
@@ -527,8 +526,7 @@ impl Negotiation {
         ctx.router
             .metrics
             .s2s_auth
-            .with_label_values(&["inbound", "external", "success"])
-            .inc();
+            .count(Direction::Inbound, AuthMethod::External, true);
         self.out
             .extend_from_slice(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.external_done = true;
@@ -549,8 +547,7 @@ impl Negotiation {
         ctx.router
             .metrics
             .s2s_auth
-            .with_label_values(&["inbound", "external", "failure"])
-            .inc();
+            .count(Direction::Inbound, AuthMethod::External, false);
         self.external_failures += 1;
         self.out.extend_from_slice(&condition.failure(text));
         if self.external_failures >= MAX_SASL_FAILURES {

@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::policy::PeerSecurity;
 use crate::s2s::connect::{offers_dialback, offers_external, ConnectError, Security};
 use crate::s2s::dialback::{initiating, result_request};
@@ -204,16 +204,14 @@ impl Authentication {
                 ("success", ns::SASL) => {
                     metrics
                         .s2s_auth
-                        .with_label_values(&["outbound", "external", "success"])
-                        .inc();
+                        .count(Direction::Outbound, AuthMethod::External, true);
                     self.state = State::ExpectFeatures;
                     Ok(Next::Restart)
                 }
                 ("failure", ns::SASL) => {
                     metrics
                         .s2s_auth
-                        .with_label_values(&["outbound", "external", "failure"])
-                        .inc();
+                        .count(Direction::Outbound, AuthMethod::External, false);
                     self.sasl_failure(stanza, ctx)?;
                     Ok(Next::Read)
                 }

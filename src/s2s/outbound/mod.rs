@@ -187,23 +187,8 @@ impl OutboundError {
     }
 }
 
-/// How an s2s stream was authenticated (outbound, and each pair of an inbound stream).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// SASL EXTERNAL with the initiating server's certificate (XEP-0178).
-    External,
-    /// Server Dialback (XEP-0220).
-    Dialback,
-}
-
-impl AuthMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::External => "external",
-            AuthMethod::Dialback => "dialback",
-        }
-    }
-}
+/// How an s2s stream was authenticated: defined with the metric labels it is counted under.
+pub use crate::metrics::AuthMethod;
 
 /// Starts the session task for (local, remote) and returns the router's handle to it.
 pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle {
@@ -358,10 +343,7 @@ impl Session {
                         self.ctx
                             .registry
                             .failed(&self.remote, Direction::Outbound, e.to_string());
-                        metrics
-                            .outbound_attempts
-                            .with_label_values(&[e.label()])
-                            .inc();
+                        metrics.outbound_attempts.failed(e.label());
                         self.peer.attempt_failed();
                         failed_before = Some(e.to_string());
                         let since = *failing_since.get_or_insert(began);
@@ -376,10 +358,7 @@ impl Session {
                         continue;
                     }
                 };
-                metrics
-                    .outbound_attempts
-                    .with_label_values(&["established"])
-                    .inc();
+                metrics.outbound_attempts.established.inc();
                 tracing::info!(local = %self.local, remote = %self.remote, peer = %link.label, auth = link.method.as_str(), "outbound s2s established: {}", link.security);
                 let up = Instant::now();
                 attempts_began = None;
