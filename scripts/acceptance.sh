@@ -49,7 +49,7 @@ for u in alice bob carol dave erin; do
 done
 
 mkfifo "$work/bob.in"
-python3 tests/interop/client.py --jid bob@example.test/r --password pw-bob --host 127.0.0.1 \
+python3 tests/support/client.py --jid bob@example.test/r --password pw-bob --host 127.0.0.1 \
     --port 5222 < "$work/bob.in" > "$work/bob.out" 2> "$work/bob.err" &
 pids+=($!)
 exec 7> "$work/bob.in"

@@ -134,14 +134,14 @@ echo pw-a | runuser -u fedgate -- /usr/bin/fedgate core user add alice@pkg.test 
 echo pw-b | target/release/fedgate core user add bob@b.test --config "$work/b/b.toml" >/dev/null
 # bob waits; alice sends across the two gateways.
 mkfifo "$work/bob.in"
-python3 tests/interop/client.py --jid bob@b.test/r --password pw-b --host 127.0.0.1 --port "$b_c2s" \
+python3 tests/support/client.py --jid bob@b.test/r --password pw-b --host 127.0.0.1 --port "$b_c2s" \
     < "$work/bob.in" > "$work/bob.out" 2> "$work/bob.err" &
 pids+=($!)
 exec 7> "$work/bob.in"
 for _ in $(seq 100); do grep -q '"online"' "$work/bob.out" && break; sleep 0.1; done
 printf '%s\n' '{"cmd": "message", "to": "bob@b.test/r", "id": "pkg1", "body": "from the package"}' \
     '{"cmd": "quit"}' |
-    python3 tests/interop/client.py --jid alice@pkg.test/r --password pw-a --host 127.0.0.1 \
+    python3 tests/support/client.py --jid alice@pkg.test/r --password pw-a --host 127.0.0.1 \
         --port "$a_c2s" > "$work/alice.out" 2> "$work/alice.err"
 for _ in $(seq 100); do grep -q '"pkg1"' "$work/bob.out" && break; sleep 0.1; done
 exec 7>&-

@@ -1,4 +1,4 @@
-//! `fedgate core` with real clients: slixmpp (tests/interop/client.py) signing in over STARTTLS
+//! `fedgate core` with real clients: slixmpp (tests/support/client.py) signing in over STARTTLS
 //! and direct TLS, rosters, presence and subscriptions between local accounts and across two
 //! federating gateways, offline delivery, aliases with Google's JID domain discovery, service
 //! discovery, a restart from SQLite; and raw streams for the negotiation rules a client library
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::binary::{signal, spawn_command, wait_for_line, KillOnDrop};
 use crate::certs::{ca, CertSpec};
@@ -26,9 +26,7 @@ use fedgate::core::{GatewayLink, RunningCore};
 use fedgate::tls::Tls;
 
 /// The slixmpp client the interop tests use too.
-#[allow(dead_code)]
-#[path = "../interop/client.rs"]
-pub(crate) mod slixmpp;
+pub(crate) use fedgate_test_support::slixmpp;
 pub(crate) use slixmpp::{Client, Login};
 
 const ALIAS_SECRET: &str = "alias-secret";
@@ -208,29 +206,6 @@ pub(crate) async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> (Cli
     let client = login(addr, jid, password).online().await;
     let bound = client.jid.clone();
     (client, bound)
-}
-
-/// Steps the tests below take again and again, each one command or one wait.
-impl Client {
-    /// Sends a subscription stanza of `type_` (`subscribe`, `subscribed`, ...) to `to`.
-    pub(crate) async fn subscription(&mut self, to: &str, type_: &str) {
-        self.run(json!({"cmd": "subscription", "to": to, "type": type_}))
-            .await;
-    }
-
-    /// The next presence of `type_` (`available` when it has none) from `from`.
-    pub(crate) async fn presence_from(&mut self, type_: &str, from: &str) -> Value {
-        self.expect("presence", |e| e["type"] == type_ && e["from"] == from)
-            .await
-    }
-
-    /// The next roster push for `jid` with this subscription.
-    pub(crate) async fn push(&mut self, jid: &str, subscription: &str) -> Value {
-        self.expect("roster_push", |e| {
-            e["jid"] == jid && e["subscription"] == subscription
-        })
-        .await
-    }
 }
 
 pub(crate) fn bare(jid: &str) -> &str {

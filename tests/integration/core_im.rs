@@ -1,4 +1,4 @@
-//! `fedgate core`'s IM features with the real slixmpp client (tests/interop/client.py) and raw
+//! `fedgate core`'s IM features with the real slixmpp client (tests/support/client.py) and raw
 //! streams: PLAIN by default, XEP-0191 blocking, XEP-0054/XEP-0153 vCards and avatars,
 //! XEP-0237 roster versioning, XEP-0012 last activity, XEP-0199 ping, XEP-0077 registration.
 

@@ -16,21 +16,6 @@ async fn pep_client(addr: std::net::SocketAddr, jid: &str, password: &str) -> Cl
     login(addr, jid, password).pep().online().await
 }
 
-impl Client {
-    /// Runs a PEP command and returns its `pep` event.
-    async fn pep(&mut self, mut cmd: Value, tag: &str) -> Value {
-        cmd["tag"] = json!(tag);
-        self.command(cmd).await;
-        self.expect("pep", |e| e["tag"] == tag).await
-    }
-
-    /// The next notification of `kind` for `node`.
-    async fn pep_event(&mut self, node: &str, kind: &str) -> Value {
-        self.expect("pep_event", |e| e["node"] == node && e["kind"] == kind)
-            .await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_reaches_both_resources_and_a_subscribed_contact_asking_for_it() {
     let dns = TestDns::start().await;

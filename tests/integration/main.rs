@@ -1,12 +1,10 @@
 //! fedgate's integration tests: real instances on loopback, a DNS server the tests run, raw
 //! XML peers. One test binary (`cargo test --test integration`).
 
-mod certs;
-mod dns_server;
-mod harness;
+// Shared with the interop binary (tests/support/); named here so that `crate::harness` works.
+use fedgate_test_support::{certs, dns_server, harness, postgres, proxy};
+
 mod layering;
-mod postgres;
-mod proxy;
 mod xml_tree;
 
 mod bidi;

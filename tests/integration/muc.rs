@@ -38,20 +38,6 @@ async fn user_at(gw: &RunningGateway, account: &str) -> Client {
         .await
 }
 
-impl Client {
-    /// Runs a tagged MUC command and returns its `muc_result`.
-    async fn muc(&mut self, mut cmd: serde_json::Value, tag: &str) -> serde_json::Value {
-        cmd["tag"] = json!(tag);
-        self.command(cmd).await;
-        self.expect("muc_result", |e| e["tag"] == tag).await
-    }
-
-    async fn join(&mut self, nick: &str, tag: &str) -> serde_json::Value {
-        self.muc(json!({"cmd": "muc_join", "room": ROOM, "nick": nick}), tag)
-            .await
-    }
-}
-
 /// Alice creates the room (an instant room) and says two things.
 async fn alice_opens_the_room(alice: &mut Client, fields: serde_json::Value) {
     let joined = alice.join("Alice", "create").await;
@@ -345,4 +331,16 @@ async fn a_persistent_room_comes_back_after_a_restart_with_its_rules_and_subject
     bob.quit().await;
     carol.quit().await;
     a.stop().await;
+}
+
+/// Joining the test's room, on the shared client.
+trait JoinRoom {
+    async fn join(&mut self, nick: &str, tag: &str) -> serde_json::Value;
+}
+
+impl JoinRoom for Client {
+    async fn join(&mut self, nick: &str, tag: &str) -> serde_json::Value {
+        self.muc(json!({"cmd": "muc_join", "room": ROOM, "nick": nick}), tag)
+            .await
+    }
 }

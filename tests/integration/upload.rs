@@ -1,5 +1,5 @@
 //! The XEP-0363 upload service (`[upload]`) run by the gateway, with real sockets: a user of
-//! the embedded core (slixmpp, tests/interop/client.py) asks for slots with raw iqs, then the
+//! the embedded core (slixmpp, tests/support/client.py) asks for slots with raw iqs, then the
 //! test PUTs and GETs over HTTPS, verifying the service's certificate with the test CA.
 //!
 //! slixmpp's own xep_0363 plugin is not used: it needs aiohttp, which the test machines do
@@ -70,7 +70,18 @@ pub(crate) fn attr(xml: &str, tag: &str, name: &str) -> Option<String> {
     Some(value[..value.find(quote)?].to_owned())
 }
 
-impl Client {
+/// What the upload tests ask of the shared client.
+trait Uploader {
+    async fn iq_get(&mut self, to: &str, payload: &str) -> serde_json::Value;
+    async fn request_slot(
+        &mut self,
+        filename: &str,
+        size: u64,
+        content_type: &str,
+    ) -> Result<Slot, serde_json::Value>;
+}
+
+impl Uploader for Client {
     /// Sends an iq get of `payload` to `to`; the `iq_result` event.
     async fn iq_get(&mut self, to: &str, payload: &str) -> serde_json::Value {
         self.command(json!({"cmd": "iq", "to": to, "xml": payload, "type": "get"}))

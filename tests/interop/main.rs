@@ -17,20 +17,12 @@
 //! These tests never skip: a peer that is not installed or does not start fails the test with
 //! the reason and the tail of its log. `scripts/test.sh` installs the peers.
 
-#[allow(dead_code)]
-#[path = "../integration/certs.rs"]
-mod certs;
-#[allow(dead_code)]
-#[path = "../integration/dns_server.rs"]
-mod dns_server;
-#[allow(dead_code)]
-#[path = "../integration/harness.rs"]
-mod harness;
+// Shared with the integration binary (tests/support/); named here so that `crate::harness`
+// and `crate::client` work.
+use fedgate_test_support::slixmpp as client;
+use fedgate_test_support::{certs, harness};
 
 mod backend;
-// Also the core's integration tests' client: not every part is used here.
-#[allow(dead_code)]
-mod client;
 mod peer;
 mod scenarios;
 

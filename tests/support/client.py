@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A real XMPP client (slixmpp) that fedgate's tests drive through `Client` in
-tests/interop/client.rs: the interop tests log it in on Prosody and ejabberd (and on fedgate's
+tests/support/src/slixmpp.rs: the interop tests log it in on Prosody and ejabberd (and on fedgate's
 core), the core's integration tests (tests/integration/core.rs) on the core.
 
 It signs in as its arguments say, then reads commands from stdin and writes events to stdout,

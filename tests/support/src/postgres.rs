@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-pub(crate) struct Postgres {
+pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     user: Option<(u32, u32)>,
@@ -17,13 +17,13 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    pub(crate) fn start() -> Postgres {
+    pub fn start() -> Postgres {
         Postgres::start_with(None)
     }
 
     /// A server that also listens on 127.0.0.1 (`port`, see [`Postgres::tls_url`]) and takes
     /// TCP connections only with TLS (`hostssl`), presenting `cert` and `key`.
-    pub(crate) fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
         Postgres::start_with(Some((cert, key)))
     }
 
@@ -153,7 +153,7 @@ impl Postgres {
     }
 
     /// A new, empty database; its URL.
-    pub(crate) fn create_database(&self, name: &str) -> String {
+    pub fn create_database(&self, name: &str) -> String {
         let socket = self.dir.path().to_str().unwrap().to_owned();
         self.run("createdb", &["-h", &socket, "-U", "fedgate", name]);
         format!("postgres://fedgate@localhost/{name}?host={socket}")
@@ -163,7 +163,7 @@ impl Postgres {
 impl Postgres {
     /// A new, empty database on a TLS server; its URL over TCP to `localhost`, without the
     /// TLS parameters.
-    pub(crate) fn tls_url(&self, name: &str) -> String {
+    pub fn tls_url(&self, name: &str) -> String {
         let socket = self.dir.path().to_str().unwrap().to_owned();
         let port = self.port.to_string();
         self.run(

@@ -1,7 +1,8 @@
-//! A real XMPP client: `tests/interop/client.py` (slixmpp) run as a subprocess, commands written
+//! A real XMPP client: `tests/support/client.py` (slixmpp) run as a subprocess, commands written
 //! to its stdin and events read from its stdout as JSON lines (client.py lists both). The interop
-//! tests log it in on Prosody and ejabberd ([`crate::peer::Peer::login`]); the core's integration
-//! tests (`tests/integration/core.rs`, which includes this file) on fedgate's core.
+//! tests log it in on Prosody, ejabberd and jabberd2 (`Peer::login` in `tests/interop/peer.rs`);
+//! the core's integration tests (`tests/integration/core.rs` and the `core_*` modules) on
+//! fedgate's core.
 //!
 //! Events a wait passes over are kept, in order, for the waits after it: each event is seen
 //! once, whatever order the waits come in.
@@ -124,7 +125,7 @@ impl Login {
 
     /// Starts the client; its first events say whether it signed in (`online`, `failed`).
     pub fn spawn(self) -> Client {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/client.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/client.py");
         let (stderr_file, tmp) = match &self.stderr_dir {
             Some(dir) => (dir.to_owned(), None),
             None => {
@@ -338,5 +339,48 @@ impl Client {
         self.command(json!({"cmd": "quit"})).await;
         self.expect("disconnected", |_| true).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Commands and waits the tests take again and again, each one command or one wait.
+impl Client {
+    /// Sends a subscription stanza of `type_` (`subscribe`, `subscribed`, ...) to `to`.
+    pub async fn subscription(&mut self, to: &str, type_: &str) {
+        self.run(json!({"cmd": "subscription", "to": to, "type": type_}))
+            .await;
+    }
+
+    /// The next presence of `type_` (`available` when it has none) from `from`.
+    pub async fn presence_from(&mut self, type_: &str, from: &str) -> Value {
+        self.expect("presence", |e| e["type"] == type_ && e["from"] == from)
+            .await
+    }
+
+    /// The next roster push for `jid` with this subscription.
+    pub async fn push(&mut self, jid: &str, subscription: &str) -> Value {
+        self.expect("roster_push", |e| {
+            e["jid"] == jid && e["subscription"] == subscription
+        })
+        .await
+    }
+
+    /// Runs a PEP command and returns its `pep` event.
+    pub async fn pep(&mut self, mut cmd: Value, tag: &str) -> Value {
+        cmd["tag"] = json!(tag);
+        self.command(cmd).await;
+        self.expect("pep", |e| e["tag"] == tag).await
+    }
+
+    /// The next notification of `kind` for `node`.
+    pub async fn pep_event(&mut self, node: &str, kind: &str) -> Value {
+        self.expect("pep_event", |e| e["node"] == node && e["kind"] == kind)
+            .await
+    }
+
+    /// Runs a tagged MUC command and returns its `muc_result`.
+    pub async fn muc(&mut self, mut cmd: Value, tag: &str) -> Value {
+        cmd["tag"] = json!(tag);
+        self.command(cmd).await;
+        self.expect("muc_result", |e| e["tag"] == tag).await
     }
 }
