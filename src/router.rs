@@ -66,6 +66,14 @@ pub struct Left {
     pub first: std::collections::VecDeque<Stanza>,
 }
 
+impl Left {
+    /// The oldest stanza left: from `first`, then from the queue (closed, or nobody would
+    /// see the end of it).
+    pub fn take_oldest(&mut self) -> Option<Stanza> {
+        self.first.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+}
+
 /// A [`Left`] waiting for its domain's next session ([`Router::park_component`]).
 struct Parked {
     /// The session that left it, so that only it expires it.

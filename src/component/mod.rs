@@ -527,18 +527,7 @@ async fn established(
         format!("the backend for {domain} detached and did not attach again within {grace:?}")
     };
     let mut n = 0;
-    for s in left.first.drain(..) {
-        ctx.router
-            .bounce(
-                &s,
-                StanzaErrorCondition::ServiceUnavailable,
-                "backend_detached",
-                &text,
-            )
-            .await;
-        n += 1;
-    }
-    while let Ok(s) = left.rx.try_recv() {
+    while let Some(s) = left.take_oldest() {
         ctx.router
             .bounce(
                 &s,
