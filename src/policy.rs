@@ -125,6 +125,8 @@ pub struct PeerSecurity {
     pub bidi: bool,
     /// Outbound piggybacking: `s2s.piggyback`, or the peer's own `piggyback`.
     pub piggyback: bool,
+    /// Pairs one outbound link carries: `s2s.max_outbound_pairs_per_stream`, or the peer's own.
+    pub max_outbound_pairs_per_stream: usize,
 }
 
 impl PeerSecurity {
@@ -164,6 +166,7 @@ impl SecurityPolicy {
             unconfirmed: Unconfirmed::default(),
             bidi: config.s2s.bidi,
             piggyback: config.s2s.piggyback,
+            max_outbound_pairs_per_stream: config.s2s.max_outbound_pairs_per_stream,
         };
         let peers = config
             .federation
@@ -184,6 +187,9 @@ impl SecurityPolicy {
                     unconfirmed: p.unconfirmed,
                     bidi: p.bidi.unwrap_or(default.bidi),
                     piggyback: p.piggyback.unwrap_or(default.piggyback),
+                    max_outbound_pairs_per_stream: p
+                        .max_outbound_pairs_per_stream
+                        .unwrap_or(default.max_outbound_pairs_per_stream),
                 };
                 (p.domain.clone(), Arc::new(security))
             })

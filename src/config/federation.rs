@@ -129,6 +129,12 @@ pub struct PeerConfig {
     /// remote) pair, for a peer that mishandles multiplexed dialback.
     #[serde(default)]
     pub piggyback: Option<bool>,
+    /// Most domain pairs one outbound link to this peer carries, its own included. Default:
+    /// `s2s.max_outbound_pairs_per_stream`. For a peer that accepts fewer pairs per stream
+    /// than we would send (it refuses the extra `<db:result/>`, and the pair then gets a link
+    /// of its own anyway), or `1` for a link per pair without turning `piggyback` off.
+    #[serde(default)]
+    pub max_outbound_pairs_per_stream: Option<usize>,
 }
 
 /// `[[federation.peer]] unconfirmed`: what a dropped link without XEP-0198 does with the

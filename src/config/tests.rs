@@ -281,6 +281,10 @@ fn peer_limits_and_routes_are_checked() {
             "[[federation.peer]]\ndomain = \"b.test\"\nmax_inbound_bytes_per_second = 0\n",
             "federation.peer[0].max_inbound_bytes_per_second",
         ),
+        (
+            "[[federation.peer]]\ndomain = \"b.test\"\nmax_outbound_pairs_per_stream = 0\n",
+            "federation.peer[0].max_outbound_pairs_per_stream",
+        ),
         // Larger than the outbound queue could ever hold.
         (
             "[[federation.peer]]\ndomain = \"b.test\"\nmax_stanza_bytes = 5000000\n",

@@ -125,11 +125,16 @@ impl Config {
             .collect();
         for (i, p) in self.federation.peer.iter().enumerate() {
             let key = format!("federation.peer[{i}]");
-            if p.max_stanza_bytes == Some(0) || p.max_inbound_bytes_per_second == Some(0) {
+            if p.max_stanza_bytes == Some(0)
+                || p.max_inbound_bytes_per_second == Some(0)
+                || p.max_outbound_pairs_per_stream == Some(0)
+            {
                 let name = if p.max_stanza_bytes == Some(0) {
                     "max_stanza_bytes"
-                } else {
+                } else if p.max_inbound_bytes_per_second == Some(0) {
                     "max_inbound_bytes_per_second"
+                } else {
+                    "max_outbound_pairs_per_stream"
                 };
                 problems.push(invalid(
                     format!("{key}.{name}"),

@@ -316,13 +316,29 @@ async fn a_pair_whose_request_ends_the_stream_gets_a_link_of_its_own() {
 
 #[tokio::test]
 async fn past_the_pair_limit_a_pair_gets_a_link_of_its_own() {
+    three_pairs_past_a_limit_of_two(|a| a.s2s("max_outbound_pairs_per_stream = 2")).await;
+}
+
+/// The peer's own limit, under a larger default.
+#[tokio::test]
+async fn past_the_peers_own_pair_limit_a_pair_gets_a_link_of_its_own() {
+    three_pairs_past_a_limit_of_two(|a| {
+        a.peer("domain = \"b.test\"\nmax_outbound_pairs_per_stream = 2")
+    })
+    .await;
+}
+
+/// Three local domains to b.test, with a limit of two pairs per link that `limit` sets: the
+/// third gets a link of its own.
+async fn three_pairs_past_a_limit_of_two(limit: impl FnOnce(InstanceBuilder) -> InstanceBuilder) {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend(COMP, COMP_SECRET)
-        .backend("x.a.test", "x-secret")
-        .s2s("max_outbound_pairs_per_stream = 2")
-        .start()
-        .await;
+    let a = limit(
+        instance(&dns, "a.test")
+            .backend(COMP, COMP_SECRET)
+            .backend("x.a.test", "x-secret"),
+    )
+    .start()
+    .await;
     let b = instance(&dns, "b.test").start().await;
     let mut core = a.backend().await;
     let mut comp = a.backend_for(COMP, COMP_SECRET).await;

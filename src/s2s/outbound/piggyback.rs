@@ -90,7 +90,7 @@ impl std::fmt::Display for NotCarried {
             NotCarried::Refused(refusal) => write!(f, "the peer refused the pair ({refusal})"),
             NotCarried::Full { max } => write!(
                 f,
-                "the link carries s2s.max_outbound_pairs_per_stream ({max}) pairs already"
+                "the link carries max_outbound_pairs_per_stream ({max}) pairs already"
             ),
             NotCarried::Timeout => f.write_str("the peer did not answer the pair's dialback key"),
             NotCarried::Unavailable(why) => f.write_str(why),
@@ -394,10 +394,9 @@ impl Session {
         link: &LinkFacts,
         writer: &mut Writer,
     ) {
-        let settings = &self.ctx.settings;
         let metrics = &self.ctx.router.metrics;
-        let max = settings.max_outbound_pairs_per_stream;
         let policy = self.ctx.security.load().peer(&self.remote);
+        let max = policy.max_outbound_pairs_per_stream;
         let refusal = if 1 + guests.list.len() >= max {
             metrics.piggyback.result(PiggybackResult::Full);
             Some(NotCarried::Full { max })
@@ -427,7 +426,7 @@ impl Session {
         writer.send(&result_request(&guest.local, &self.remote, &key));
         tracing::debug!(local = %guest.local, remote = %self.remote, host = %self.local, "asking to carry the pair on the established link (XEP-0220 multiplexing)");
         guest.state = GuestState::ExpectDbResult {
-            deadline: Instant::now() + settings.negotiation_timeout,
+            deadline: Instant::now() + self.ctx.settings.negotiation_timeout,
         };
         guests.list.push(guest);
     }
