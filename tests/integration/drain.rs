@@ -5,99 +5,16 @@
 //! traffic to the others, its inbound streams end, its queues are written and acknowledged)
 //! and started again. Every stanza sent arrives exactly once, and nothing bounces.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use fedgate::component::client::{ClientConfig, Component, Event, Sender, Target};
+use fedgate::component::client::Target;
+use fedgate_test_support::library::{attach, steady, Received, Seen};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
 
 const SECRET: &str = "the-deployment-wide-dialback-secret";
-
-/// What a backend reports to the test.
-enum Seen {
-    /// A stanza: its id, and whether it is an error (a bounce).
-    Stanza { id: String, error: bool },
-    /// A link came up, to this gateway.
-    Online(String),
-}
-
-/// A component for `domain` attached to each of `gateways`: its sender and what it sees.
-fn attach(
-    domain: &str,
-    secret: &str,
-    gateways: Vec<Target>,
-) -> (Sender, mpsc::UnboundedReceiver<Seen>) {
-    let mut config = ClientConfig::with_gateways(domain, secret, gateways);
-    // A restarted gateway is found again within a fraction of a second.
-    config.backoff_max = Duration::from_millis(200);
-    let (sender, mut events, stopper) = Component::start(config).into_parts();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _links = stopper;
-        while let Some(event) = events.recv().await {
-            let seen = match event {
-                Event::Stanza(s) => Seen::Stanza {
-                    id: s.id().unwrap_or_default().to_owned(),
-                    error: s.type_() == Some("error"),
-                },
-                Event::Online { gateway } => Seen::Online(gateway),
-                Event::Offline { .. } => continue,
-            };
-            if tx.send(seen).is_err() {
-                return;
-            }
-        }
-    });
-    (sender, rx)
-}
-
-/// Sends `<message/>`s from `from` to `to`, ids `{prefix}0`, `{prefix}1`…, one every 5 ms
-/// until `stop`; returns how many were sent.
-async fn steady(
-    sender: Sender,
-    from: &str,
-    to: &str,
-    prefix: &str,
-    stop: Arc<AtomicBool>,
-) -> usize {
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    let mut sent = 0;
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let xml = format!(
-            "<message from='{from}' to='{to}' id='{prefix}{sent}'><body>{sent}</body></message>"
-        );
-        sender.send_raw(xml).await.expect("the component runs");
-        sent += 1;
-    }
-    sent
-}
-
-/// What one backend received: each id's count, and the bounces.
-#[derive(Default)]
-struct Received {
-    ids: HashMap<String, usize>,
-    bounces: Vec<String>,
-}
-
-impl Received {
-    fn take(&mut self, seen: Seen) -> Option<String> {
-        match seen {
-            Seen::Stanza { id, error: true } => self.bounces.push(id),
-            Seen::Stanza { id, error: false } => *self.ids.entry(id).or_default() += 1,
-            Seen::Online(gateway) => return Some(gateway),
-        }
-        None
-    }
-
-    fn twice(&self) -> usize {
-        self.ids.values().filter(|n| **n > 1).count()
-    }
-}
 
 /// Both backends' events and what they received.
 struct Both {
@@ -171,19 +88,19 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
         .unwrap();
     assert!(to_b.take(b_up).is_some());
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     // Clones: a component stops when every sender of it is gone.
     let a_to_b = tokio::spawn(steady(
         a_sender.clone(),
-        "alice@a.test",
-        "bob@b.test",
+        "alice@a.test".into(),
+        "bob@b.test".into(),
         "a",
         stop.clone(),
     ));
     let b_to_a = tokio::spawn(steady(
         b_sender.clone(),
-        "bob@b.test",
-        "alice@a.test",
+        "bob@b.test".into(),
+        "alice@a.test".into(),
         "b",
         stop.clone(),
     ));
@@ -226,7 +143,7 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
         }
         seen.settle(Duration::from_millis(500)).await;
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     let sent_to_b = a_to_b.await.unwrap();
     let sent_to_a = b_to_a.await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -258,7 +175,7 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
         eprintln!(
             "{what}: {sent} sent, {} delivered, {} of them twice, {} bounced",
             received.ids.len(),
-            received.twice(),
+            received.twice().len(),
             bounced.len()
         );
     }
@@ -278,7 +195,7 @@ async fn a_rolling_restart_of_three_instances_delivers_everything_once_and_bounc
             missing.len(),
             &missing[..missing.len().min(10)]
         );
-        assert_eq!(received.twice(), 0, "{what}: delivered twice");
+        assert!(received.twice().is_empty(), "{what}: delivered twice");
         assert_eq!(received.ids.len(), sent, "{what}: unexpected ids");
     }
 }

@@ -6,10 +6,10 @@
 //! arrives exactly once and nothing bounces. The integration test `drain::` does the same with
 //! another fedgate as the peer.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use fedgate::component::client::{ClientConfig, Component, Event, Sender, Target};
+use fedgate::component::client::Target;
+use fedgate_test_support::library::{attach, steady, Received, Seen};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -20,71 +20,6 @@ use crate::scenarios::GW_S2S_PORT;
 use crate::{capture_logs, dns_port_53};
 
 const SECRET: &str = "the-deployment-wide-dialback-secret";
-
-/// What the fedgate side's backend reports to the test.
-enum Seen {
-    /// A message: its id, and an error's text (a bounce).
-    Message { id: String, error: Option<String> },
-    /// A link came up, to this gateway.
-    Online(String),
-}
-
-/// The component library for `domain`, attached to each of `gateways`.
-fn attach(
-    domain: &str,
-    secret: &str,
-    gateways: Vec<Target>,
-) -> (Sender, mpsc::UnboundedReceiver<Seen>) {
-    let mut config = ClientConfig::with_gateways(domain, secret, gateways);
-    // A restarted gateway is found again within a fraction of a second.
-    config.backoff_max = Duration::from_millis(200);
-    let (sender, mut events, stopper) = Component::start(config).into_parts();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _links = stopper;
-        while let Some(event) = events.recv().await {
-            let seen = match event {
-                Event::Stanza(s) if s.name() == "message" => Seen::Message {
-                    id: s.id().unwrap_or_default().to_owned(),
-                    error: (s.type_() == Some("error"))
-                        .then(|| crate::harness::text(s.raw()).to_string()),
-                },
-                Event::Online { gateway } => Seen::Online(gateway),
-                _ => continue,
-            };
-            if tx.send(seen).is_err() {
-                return;
-            }
-        }
-    });
-    (sender, rx)
-}
-
-/// Each id's count, and the errors that came back (id and text).
-#[derive(Default)]
-struct Received {
-    ids: HashMap<String, usize>,
-    bounces: Vec<String>,
-}
-
-impl Received {
-    /// A message with `id`; `bounce` is an error's text.
-    fn add(&mut self, id: String, bounce: Option<String>) {
-        if let Some(bounce) = bounce {
-            self.bounces.push(format!("{id}: {bounce}"));
-        } else {
-            *self.ids.entry(id).or_default() += 1;
-        }
-    }
-
-    fn twice(&self) -> Vec<&String> {
-        self.ids
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, _)| id)
-            .collect()
-    }
-}
 
 /// Both sides' events, and what each received.
 struct Sides {
@@ -215,20 +150,13 @@ async fn a_rolling_restart_of_three_instances_with_prosody_delivers_everything_o
     // fedgate → Prosody: one message every 5 ms from the backend; Prosody → fedgate: the same
     // from the user.
     let stop = tokio_util::sync::CancellationToken::new();
-    let steady = {
-        let (sender, stop, bot, user) = (sender.clone(), stop.clone(), bot.clone(), user.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            let mut sent = 0usize;
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let xml = format!("<message from='{bot}' to='{user}' id='f{sent}' type='chat'><body>{sent}</body></message>");
-                sender.send_raw(xml).await.expect("the component runs");
-                sent += 1;
-            }
-            sent
-        })
-    };
+    let steady = tokio::spawn(steady(
+        sender.clone(),
+        bot.clone(),
+        user.clone(),
+        "f",
+        stop.clone(),
+    ));
     client
         .command(json!({"cmd": "steady", "to": bot, "prefix": "p", "every_ms": 5}))
         .await;

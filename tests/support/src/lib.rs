@@ -7,6 +7,8 @@
 //! - [`dns_server`]: the DNS server every test resolves through (SRV, A, AAAA, answers that
 //!   never come);
 //! - [`certs`]: the test CA and the certificates it signs;
+//! - [`library`]: fedgate's component library as a test backend, and the counts of what it
+//!   received (the rolling-restart tests);
 //! - [`proxy`]: a TCP proxy that cuts, pauses or truncates links;
 //! - [`postgres`]: a real PostgreSQL (Debian's package) in a temporary folder;
 //! - [`slixmpp`]: the slixmpp client (`client.py`) driven over JSON lines.
@@ -14,6 +16,7 @@
 pub mod certs;
 pub mod dns_server;
 pub mod harness;
+pub mod library;
 pub mod postgres;
 pub mod proxy;
 pub mod slixmpp;
