@@ -102,11 +102,15 @@ impl Reloader {
             .source
             .clone()
             .ok_or(ReloadError::NoFile)?;
-        let result = Config::load(&source)
-            .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
+        let result = match Config::load(&source) {
+            Ok(config) => self.apply(config),
+            Err(e) => {
+                // `apply` counts its own refusals.
+                self.count(false);
+                Err(ReloadError::from(e))
+            }
+        };
         if let Err(e) = &result {
-            self.count(false);
             tracing::error!("{e}");
         }
         result

@@ -148,19 +148,27 @@ async fn place<T>(
     stalled: &AtomicBool,
     patience: Duration,
 ) -> Placed<T> {
-    match tx.try_send(item) {
-        Ok(()) => {
-            if stalled.load(Ordering::Relaxed) {
-                stalled.store(false, Ordering::Relaxed);
-            }
-            Placed::Queued
-        }
+    match try_place(tx, item, stalled) {
+        Ok(()) => Placed::Queued,
         Err(TrySendError::Closed(item)) => Placed::Closed(item),
         Err(TrySendError::Full(item)) if stalled.load(Ordering::Relaxed) => Placed::Stalled(item),
         // Boxed: waiting (a timer and a semaphore acquire) is the slow path, and inline it
         // would make every routing future, which every session's task holds, 1 KB larger.
         Err(TrySendError::Full(item)) => Box::pin(wait_for_room(tx, item, stalled, patience)).await,
     }
+}
+
+/// The part of [`place`] that never waits: queued (clearing the stall mark), or handed back.
+fn try_place<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    stalled: &AtomicBool,
+) -> Result<(), TrySendError<T>> {
+    tx.try_send(item)?;
+    if stalled.load(Ordering::Relaxed) {
+        stalled.store(false, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// [`place`] once the queue is full: waits at most `patience` for room.
@@ -532,15 +540,10 @@ impl Router {
         };
         match dest {
             Destination::Component(handle) if handle.parked => Err(stanza),
-            Destination::Component(handle) => match handle.tx.try_send(stanza) {
-                Ok(()) => {
-                    if handle.stalled.load(Ordering::Relaxed) {
-                        handle.stalled.store(false, Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
-                Err(TrySendError::Full(s) | TrySendError::Closed(s)) => Err(s),
-            },
+            Destination::Component(handle) => {
+                try_place(&handle.tx, stanza, &handle.stalled).map_err(TrySendError::into_inner)
+            }
+            // An established session's queue, as `Router::enqueue` fills it.
             Destination::Outbound(handle) => {
                 if !handle.shared.established.load(Ordering::Acquire) {
                     return Err(stanza);
@@ -551,18 +554,10 @@ impl Router {
                     stanza,
                     since: tokio::time::Instant::now(),
                 };
-                match handle.tx.try_send(queued) {
-                    Ok(()) => {
-                        if handle.shared.stalled.load(Ordering::Relaxed) {
-                            handle.shared.stalled.store(false, Ordering::Relaxed);
-                        }
-                        Ok(())
-                    }
-                    Err(TrySendError::Full(q) | TrySendError::Closed(q)) => {
-                        handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                        Err(q.stanza)
-                    }
-                }
+                try_place(&handle.tx, queued, &handle.shared.stalled).map_err(|e| {
+                    handle.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    e.into_inner().stanza
+                })
             }
         }
     }

@@ -743,6 +743,32 @@ async fn write_loop(
                 _ => batch.push(stanza),
             }
         };
+    // Fills the batch with what waits, `first` before the queue, up to its size and the
+    // acknowledgement window, then asks the backend to acknowledge it.
+    let write_batch = |writer: &mut Writer,
+                       first: &mut VecDeque<Stanza>,
+                       rx: &mut mpsc::Receiver<Stanza>,
+                       acks: &mut Option<Acks>,
+                       batch: &mut Vec<Stanza>| {
+        while writer.pending() < BATCH_BYTES
+            && acks
+                .as_ref()
+                .is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT)
+        {
+            let Some(s) = first.pop_front().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            write_stanza(writer, s, acks, batch);
+        }
+        if let Some(a) = acks.as_mut() {
+            control.written.store(a.written, Ordering::Release);
+            if !a.requested && !a.unacked.is_empty() {
+                writer.send(crate::s2s::sm::REQUEST);
+                a.requested = true;
+                a.ask_at = None;
+            }
+        }
+    };
     let end = loop {
         let ack_at = acks.as_ref().and_then(|a| a.ack_at);
         let ask_at = acks.as_ref().and_then(|a| a.ask_at);
@@ -837,43 +863,16 @@ async fn write_loop(
                     }
                 }
             }
+            // What a previous session left goes before the queue, without waiting for it.
             _ = std::future::ready(()), if room && !first.is_empty() => {
-                while writer.pending() < BATCH_BYTES
-                    && acks.as_ref().is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT)
-                {
-                    let Some(s) = first.pop_front() else { break };
-                    write_stanza(&mut writer, s, &mut acks, &mut batch);
-                }
-                if let Some(a) = acks.as_mut() {
-                    control.written.store(a.written, Ordering::Release);
-                    if !a.requested && !a.unacked.is_empty() {
-                        writer.send(crate::s2s::sm::REQUEST);
-                        a.requested = true;
-                        a.ask_at = None;
-                    }
-                }
+                write_batch(&mut writer, &mut first, &mut rx, &mut acks, &mut batch);
                 flush = true;
             }
             next = rx.recv(), if room && first.is_empty() => {
                 // All senders gone means the reader detached us: it says next how to end.
-                let Some(first) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
-                write_stanza(&mut writer, first, &mut acks, &mut batch);
-                while writer.pending() < BATCH_BYTES
-                    && acks.as_ref().is_none_or(|a| a.unacked.len() < MAX_UNACKED_OUT)
-                {
-                    match rx.try_recv() {
-                        Ok(s) => write_stanza(&mut writer, s, &mut acks, &mut batch),
-                        Err(_) => break,
-                    }
-                }
-                if let Some(a) = acks.as_mut() {
-                    control.written.store(a.written, Ordering::Release);
-                    if !a.requested && !a.unacked.is_empty() {
-                        writer.send(crate::s2s::sm::REQUEST);
-                        a.requested = true;
-                        a.ask_at = None;
-                    }
-                }
+                let Some(s) = next else { break (&mut end_rx).await.unwrap_or(End::Closed) };
+                write_stanza(&mut writer, s, &mut acks, &mut batch);
+                write_batch(&mut writer, &mut first, &mut rx, &mut acks, &mut batch);
                 flush = true;
             }
         }
@@ -896,12 +895,10 @@ async fn write_loop(
     let mut parked = None;
     match end {
         End::Shutdown => {
+            let mut left = Left { rx, first };
             // Nothing routed after this point reaches us.
-            rx.close();
-            for s in first.drain(..) {
-                write_stanza(&mut writer, s, &mut acks, &mut batch);
-            }
-            while let Ok(s) = rx.try_recv() {
+            left.rx.close();
+            while let Some(s) = left.take_oldest() {
                 write_stanza(&mut writer, s, &mut acks, &mut batch);
             }
             if let Some(a) = acks.as_mut() {

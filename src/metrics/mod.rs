@@ -1199,3 +1199,102 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series `sample` (`name{label="…",…}`) in `exposition`.
+    fn value(exposition: &str, sample: &str) -> Option<f64> {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+    }
+
+    /// The typed handles index arrays by enum order: each combination must count under its
+    /// own labels, and only there.
+    #[test]
+    fn each_typed_handle_counts_under_its_own_labels() {
+        let roles = [
+            DialbackRole::Receiving,
+            DialbackRole::Authoritative,
+            DialbackRole::Originating,
+        ];
+        let results = [
+            DialbackResult::Valid,
+            DialbackResult::Invalid,
+            DialbackResult::Error,
+        ];
+        let directions = [Direction::Inbound, Direction::Outbound];
+        let methods = [AuthMethod::External, AuthMethod::Dialback];
+        let modes = [PolicyMode::Enforced, PolicyMode::DryRun];
+        let reasons = [
+            DropReason::RelayRefused,
+            DropReason::BounceUndeliverable,
+            DropReason::PresenceNotBounced,
+            DropReason::ErrorNotBounced,
+        ];
+        let m = Metrics::register();
+        // Each combination counted a different number of times, so a swapped index shows.
+        let mut n = 0;
+        let mut expect = Vec::new();
+        for role in roles {
+            for result in results {
+                n += 1;
+                (0..n).for_each(|_| m.dialback.count(role, result));
+                expect.push((
+                    format!(
+                        "fedgate_dialback_total{{result=\"{}\",role=\"{}\"}}",
+                        result.as_str(),
+                        role.as_str()
+                    ),
+                    n,
+                ));
+            }
+        }
+        for direction in directions {
+            for method in methods {
+                for success in [false, true] {
+                    n += 1;
+                    (0..n).for_each(|_| m.s2s_auth.count(direction, method, success));
+                    expect.push((
+                        format!(
+                            "fedgate_s2s_auth_total{{direction=\"{}\",method=\"{}\",result=\"{}\"}}",
+                            direction.as_str(),
+                            method.as_str(),
+                            if success { "success" } else { "failure" }
+                        ),
+                        n,
+                    ));
+                }
+            }
+            for mode in modes {
+                n += 1;
+                (0..n).for_each(|_| m.policy_refusals.count(direction, mode));
+                expect.push((
+                    format!(
+                        "fedgate_policy_refusals_total{{direction=\"{}\",mode=\"{}\"}}",
+                        direction.as_str(),
+                        mode.as_str()
+                    ),
+                    n,
+                ));
+            }
+        }
+        for reason in reasons {
+            n += 1;
+            (0..n).for_each(|_| m.dropped.count(reason));
+            expect.push((
+                format!(
+                    "fedgate_stanzas_dropped_total{{reason=\"{}\"}}",
+                    reason.as_str()
+                ),
+                n,
+            ));
+        }
+        let text = m.encode();
+        for (sample, n) in expect {
+            assert_eq!(value(&text, &sample), Some(n as f64), "{sample}");
+        }
+    }
+}

@@ -301,10 +301,11 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
         &file,
         "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
          [component]\nlisten = \"127.0.0.1:0\"\n[[component.backend]]\ndomain = \"a.test\"\nsecret = \"x\"\n\
-         [metrics]\nenabled = false\n[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[[tls.certificate]]\ndomains = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
     )
     .unwrap();
     let (mut child, lines) = spawn_fedgate(&file);
+    // In the order the gateway logs them (each wait reads past the lines before its own).
     let listening = wait_for_line(&lines, "s2s direct TLS listening on ");
     let addr: std::net::SocketAddr = listening
         .rsplit(' ')
@@ -312,6 +313,14 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
         .unwrap()
         .parse()
         .expect("address in the log line");
+    let metrics = wait_for_line(&lines, "metrics listening on ");
+    let metrics: std::net::SocketAddr = metrics
+        .rsplit("metrics listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     wait_for_line(&lines, "fedgate ready");
 
     let (mut live, first) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
@@ -340,6 +349,12 @@ async fn sighup_reloads_certificates_for_new_sessions_and_keeps_live_ones() {
     assert!(refused.contains("a.crt"), "{refused}");
     let (_, third) = RawStream::connect_direct_tls(addr, "a.test", true, None).await;
     assert_eq!(third.server_cert, second.server_cert);
+    // Each reload counted once, by its result.
+    let exposition = crate::harness::http_get(metrics, "/metrics").await;
+    for (result, n) in [("applied", 1.0), ("refused", 1.0)] {
+        let sample = format!("fedgate_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(crate::harness::metric(&exposition, &sample), n, "{sample}");
+    }
 
     signal(child.id(), "TERM");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
