@@ -119,6 +119,34 @@ async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
     assert_eq!(pairs, [("a.test", "external"), (COMP, "dialback")]);
 }
 
+/// Two pairs that start at the same moment, before any link is up: the second waits for the
+/// link the first is connecting and rides on it, rather than opening one of its own.
+#[tokio::test]
+async fn two_pairs_that_start_together_share_the_first_link() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .start()
+        .await;
+    dns.add(COMP, a.ip);
+    let b = instance(&dns, "b.test").start().await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    let mut backend_b = b.backend().await;
+
+    send_interleaved(
+        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
+        "bob@b.test",
+        20,
+    )
+    .await;
+    expect_in_order(&mut backend_b, &["a.test", COMP], 20).await;
+
+    assert_eq!(links(&a).await, 1.0, "a opened one link for both pairs");
+    assert_eq!(accepted(&b).await, 1.0, "b accepted one stream");
+    assert_eq!(piggybacked(&a.metrics().await, "carried"), 1.0);
+}
+
 #[tokio::test]
 async fn with_dialback_the_extra_pair_is_verified_with_its_authoritative_server() {
     let dns = TestDns::start().await;
@@ -471,7 +499,9 @@ async fn a_shared_link_cut_mid_burst_loses_nothing_of_either_pair() {
         assert_eq!(i, next_new[k], "{domain}: first arrivals in order");
         next_new[k] += 1;
     }
-    assert!(proxy.connections() >= 2, "the pairs connected again");
+    // The host reconnects and the guest waits for that link instead of opening its own.
+    assert_eq!(proxy.connections(), 2, "the pairs connected again, on one link");
+    assert_eq!(piggybacked(&a.metrics().await, "carried"), 2.0);
     eprintln!(
         "shared link cut: {} of {} arrived, {twice} twice, {} connections",
         2 * N,

@@ -258,6 +258,14 @@ struct Session {
     ctx: Arc<S2sContext>,
 }
 
+/// A session that ends leaves the remote domain's link list (XEP-0220 piggybacking), so that
+/// no pair waits for a link it would never connect.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.unlist();
+    }
+}
+
 /// The error of an attempt cut short by the retry window, naming the step it was on (the
 /// last one the trace shows as done, or the DNS lookup when none is) and, when an attempt
 /// failed before it, why that one did: the cause a sender learns most from.
@@ -316,16 +324,18 @@ impl Session {
         // during the next one.
         let mut failed_before: Option<String> = None;
         let failure = loop {
+            // The window also bounds the wait for another pair's link being connected.
+            let began = *attempts_began.get_or_insert_with(Instant::now);
+            let deadline = began + settings.retry_window;
             // An established link to the peer may carry this pair too (XEP-0220 §2.6.1).
-            let (ended, up) = if let Some(carried) = self.ride(&mut rx, &mut carry).await {
+            let (ended, up) = if let Some(carried) = self.ride(&mut rx, &mut carry, deadline).await
+            {
                 attempts_began = None;
                 failed_before = None;
                 carried
             } else {
                 let mut trace = Trace::new();
                 let mut gauge = metrics.session(Direction::Outbound);
-                let began = *attempts_began.get_or_insert_with(Instant::now);
-                let deadline = began + settings.retry_window;
                 let attempt = tokio::select! {
                     _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),
                     _ = self.live.kicked() => Err(OutboundError::Policy { reason: self.live.kick_reason() }),
@@ -439,6 +449,8 @@ impl Session {
                 }
             }
         };
+        // Pairs waiting for this session's link connect their own now.
+        self.unlist();
         self.give_up(failure, rx, carry).await;
     }
 

@@ -33,16 +33,20 @@
 //!    its next link, or bounces them when it gives up. XEP-0198 counts a stream, not a pair,
 //!    so a link that carried guests is not resumed: what it left is resent on fresh streams.
 //!
-//! A guest that finds no host connects a link of its own (and becomes the host when none is
-//! listed). Two pairs that start together, before either link is up, may still get a link
-//! each.
+//! The remote domain's entry in [`Links`] is taken before the link is up: a session that finds
+//! none lists itself as [`HostLink::Connecting`] and connects; a pair that starts meanwhile
+//! waits for that link (within its own retry window) instead of opening a second one, and
+//! rides on it once it is up. A host whose link is lost stays listed as connecting while it
+//! reconnects, so that its guests come back to its next link rather than each connecting
+//! one; a session that ends (nothing left to send, or it gave up) leaves the list, and the
+//! pairs waiting on it connect as before (the first of them becomes the host).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::link::Ended;
@@ -60,12 +64,21 @@ use crate::xml::stanza::Stanza;
 /// Remote domain → the link that takes more pairs to it.
 pub type Links = DashMap<String, Host>;
 
-/// How a would-be guest reaches a host.
-#[derive(Clone)]
+/// The session that holds a remote domain's link, or is connecting it.
 pub struct Host {
-    /// The host session's id, so that it only ever removes its own entry.
+    /// The host session's id, so that it only ever replaces or removes its own entry.
     id: u64,
-    tx: mpsc::Sender<Guest>,
+    link: HostLink,
+}
+
+/// Where the host's link stands.
+pub enum HostLink {
+    /// Being connected (a first attempt, backoff between attempts, or a reconnect after a
+    /// loss). Pairs that come now wait: replacing or removing the entry drops the sender,
+    /// which wakes them.
+    Connecting(watch::Sender<()>),
+    /// Up: requests to carry another pair go here.
+    Up(mpsc::Sender<Guest>),
 }
 
 /// Requests a host holds before it reads them.
@@ -354,22 +367,42 @@ impl Session {
         if !self.ctx.security.load().peer(&self.remote).piggyback {
             return guests;
         }
-        if let dashmap::Entry::Vacant(e) = self.ctx.links.entry(self.remote.clone()) {
-            let (tx, rx) = mpsc::channel(REQUESTS);
-            e.insert(Host { id: self.id, tx });
-            guests.requests = Some(rx);
+        let (tx, rx) = mpsc::channel(REQUESTS);
+        let up = Host {
+            id: self.id,
+            link: HostLink::Up(tx),
+        };
+        match self.ctx.links.entry(self.remote.clone()) {
+            dashmap::Entry::Vacant(e) => {
+                e.insert(up);
+            }
+            // Our own "connecting" entry: the pairs waiting on it wake and ask.
+            dashmap::Entry::Occupied(mut e) if e.get().id == self.id => {
+                e.insert(up);
+            }
+            // Another session's link (we connected on our own after waiting for it).
+            dashmap::Entry::Occupied(_) => return guests,
         }
+        guests.requests = Some(rx);
         guests
     }
 
-    /// The link ends: no longer listed; every request not read yet goes back as not carried.
-    pub(super) fn unhost(&self, guests: &mut Guests) {
+    /// The link ends: every request not read yet goes back as not carried. After a loss the
+    /// entry stays as `Connecting` (`reconnect`), so that the guests parted now wait for
+    /// this session's next link; [`Session::unlist`] removes it if there is none.
+    pub(super) fn unhost(&self, guests: &mut Guests, reconnect: bool) {
         let Some(mut requests) = guests.requests.take() else {
             return;
         };
-        self.ctx
-            .links
-            .remove_if(&self.remote, |_, h| h.id == self.id);
+        if reconnect {
+            if let Some(mut host) = self.ctx.links.get_mut(&self.remote) {
+                if host.id == self.id {
+                    host.link = HostLink::Connecting(watch::channel(()).0);
+                }
+            }
+        } else {
+            self.unlist();
+        }
         requests.close();
         while let Ok(guest) = requests.try_recv() {
             self.ctx
@@ -382,6 +415,14 @@ impl Session {
                 None,
             );
         }
+    }
+
+    /// This session holds no link to the remote domain and connects none: its entry (up or
+    /// connecting) goes, which wakes the pairs that wait on it.
+    pub(super) fn unlist(&self) {
+        self.ctx
+            .links
+            .remove_if(&self.remote, |_, h| h.id == self.id);
     }
 
     /// Step 2: a would-be guest's request. Refused at once when the link has no room or
@@ -550,7 +591,7 @@ impl Session {
     /// Step 4, on the way out (after the host's own accounting of a lost link): each guest
     /// goes back to its session with its share of `carry` and how the link ended.
     pub(super) fn part_all(&self, guests: &mut Guests, carry: &mut Carry, ended: &Ended) {
-        self.unhost(guests);
+        self.unhost(guests, matches!(ended, Ended::Lost(_)));
         let metrics = &self.ctx.router.metrics;
         for guest in guests.take_all() {
             match guest.state {
@@ -629,16 +670,38 @@ impl Session {
         &self,
         rx: &mut mpsc::Receiver<Queued>,
         carry: &mut Carry,
+        deadline: Instant,
     ) -> Option<(Ended, Instant)> {
         if !self.ctx.security.load().peer(&self.remote).piggyback
             || self.ctx.piggyback_refused.contains(&self.remote)
         {
             return None;
         }
-        let host = self.ctx.links.get(&self.remote)?.clone();
-        if host.id == self.id {
-            return None;
-        }
+        let host = loop {
+            let mut connecting = match self.ctx.links.entry(self.remote.clone()) {
+                // No link to the peer, nor one being connected: ours will be the one.
+                dashmap::Entry::Vacant(e) => {
+                    e.insert(Host {
+                        id: self.id,
+                        link: HostLink::Connecting(watch::channel(()).0),
+                    });
+                    return None;
+                }
+                dashmap::Entry::Occupied(e) if e.get().id == self.id => return None,
+                dashmap::Entry::Occupied(e) => match &e.get().link {
+                    HostLink::Up(tx) => break tx.clone(),
+                    HostLink::Connecting(tx) => tx.subscribe(),
+                },
+            };
+            // Another session is connecting the link: wait for it rather than open a second
+            // one, within the retry window this pair's own attempt would have had.
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => return None,
+                _ = self.live.kicked() => return None,
+                _ = tokio::time::sleep_until(deadline) => return None,
+                _ = connecting.changed() => {}
+            }
+        };
         let metrics = &self.ctx.router.metrics;
         let (accepted_tx, accepted_rx) = oneshot::channel();
         let (back_tx, back_rx) = oneshot::channel();
@@ -655,7 +718,7 @@ impl Session {
             accepted: Some(accepted_tx),
             back: Some(back_tx),
         };
-        if let Err(e) = host.tx.try_send(guest) {
+        if let Err(e) = host.try_send(guest) {
             // Closing, or busy with requests: connect as before.
             let mut guest = e.into_inner();
             guest.back = None;
