@@ -147,6 +147,50 @@ async fn two_pairs_that_start_together_share_the_first_link() {
     assert_eq!(piggybacked(&a.metrics().await, "carried"), 1.0);
 }
 
+/// A pair that waits for another pair's link waits within its own retry window: against a
+/// resolver that never answers both pairs bounce when the window closes, and the one that
+/// waited says so.
+#[tokio::test]
+async fn a_pair_waiting_for_another_pairs_link_bounces_within_its_own_retry_window() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test")
+        .backend(COMP, COMP_SECRET)
+        .dns("timeout = \"1s\"")
+        .s2s("retry_window = \"1500ms\"\nretry_initial_delay = \"100ms\"")
+        .start()
+        .await;
+    let mut core = a.backend().await;
+    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
+    dns.set_silent(true);
+    let sent = std::time::Instant::now();
+    core.send("<message from='x@a.test' to='bob@quiet.test' id='core'/>")
+        .await;
+    comp.send(&format!(
+        "<message from='x@{COMP}' to='bob@quiet.test' id='comp'/>"
+    ))
+    .await;
+    let mut waited = 0;
+    for (backend, id) in [(&mut core, "core"), (&mut comp, "comp")] {
+        let bounce = backend.next().await;
+        let t = text(bounce.raw()).to_string();
+        assert_eq!(bounce.id(), Some(id), "{t}");
+        assert!(t.contains("<remote-server-timeout"), "{t}");
+        assert!(
+            t.contains("no connection within s2s.retry_window (1500ms)"),
+            "{t}"
+        );
+        if t.contains("waited for the link another pair to quiet.test was connecting") {
+            waited += 1;
+        }
+    }
+    let elapsed = sent.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_millis(3500),
+        "bounced {elapsed:?} after sending; the window is 1.5 s"
+    );
+    assert_eq!(waited, 1, "one pair connected, the other waited for it");
+}
+
 #[tokio::test]
 async fn with_dialback_the_extra_pair_is_verified_with_its_authoritative_server() {
     let dns = TestDns::start().await;
@@ -500,7 +544,11 @@ async fn a_shared_link_cut_mid_burst_loses_nothing_of_either_pair() {
         next_new[k] += 1;
     }
     // The host reconnects and the guest waits for that link instead of opening its own.
-    assert_eq!(proxy.connections(), 2, "the pairs connected again, on one link");
+    assert_eq!(
+        proxy.connections(),
+        2,
+        "the pairs connected again, on one link"
+    );
     assert_eq!(piggybacked(&a.metrics().await, "carried"), 2.0);
     eprintln!(
         "shared link cut: {} of {} arrived, {twice} twice, {} connections",

@@ -327,14 +327,14 @@ impl Session {
             // The window also bounds the wait for another pair's link being connected.
             let began = *attempts_began.get_or_insert_with(Instant::now);
             let deadline = began + settings.retry_window;
+            let mut trace = Trace::new();
             // An established link to the peer may carry this pair too (XEP-0220 §2.6.1).
-            let (ended, up) = if let Some(carried) = self.ride(&mut rx, &mut carry, deadline).await
-            {
+            let carried = self.ride(&mut rx, &mut carry, deadline, &mut trace).await;
+            let (ended, up) = if let Some(carried) = carried {
                 attempts_began = None;
                 failed_before = None;
                 carried
             } else {
-                let mut trace = Trace::new();
                 let mut gauge = metrics.session(Direction::Outbound);
                 let attempt = tokio::select! {
                     _ = self.ctx.shutdown.cancelled() => Err(OutboundError::Shutdown),

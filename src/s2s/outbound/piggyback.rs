@@ -59,6 +59,7 @@ use crate::s2s::dialback::initiating::{self, DialbackRefusal};
 use crate::s2s::dialback::result_request;
 use crate::s2s::registry::Pair;
 use crate::s2s::sm::Carry;
+use crate::s2s::trace::Trace;
 use crate::xml::stanza::Stanza;
 
 /// Remote domain → the link that takes more pairs to it.
@@ -671,6 +672,7 @@ impl Session {
         rx: &mut mpsc::Receiver<Queued>,
         carry: &mut Carry,
         deadline: Instant,
+        trace: &mut Trace,
     ) -> Option<(Ended, Instant)> {
         if !self.ctx.security.load().peer(&self.remote).piggyback
             || self.ctx.piggyback_refused.contains(&self.remote)
@@ -695,11 +697,19 @@ impl Session {
             };
             // Another session is connecting the link: wait for it rather than open a second
             // one, within the retry window this pair's own attempt would have had.
-            tokio::select! {
-                _ = self.ctx.shutdown.cancelled() => return None,
-                _ = self.live.kicked() => return None,
-                _ = tokio::time::sleep_until(deadline) => return None,
-                _ = connecting.changed() => {}
+            let ready = tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => false,
+                _ = self.live.kicked() => false,
+                _ = tokio::time::sleep_until(deadline) => false,
+                _ = connecting.changed() => true,
+            };
+            // What a bounce names if the window closes now: the wait took it.
+            trace.ok(format!(
+                "waited for the link another pair to {} was connecting",
+                self.remote
+            ));
+            if !ready {
+                return None;
             }
         };
         let metrics = &self.ctx.router.metrics;
