@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// `"text"`: for people; coloured only on a terminal without `NO_COLOR`.
     #[default]
     Text,
+    /// `"json"`: one object per line, for log shippers.
     Json,
 }
 

@@ -21,6 +21,7 @@ use crate::config::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("federation with {domain} is refused by policy ({rule})")]
 pub struct Refused {
+    /// The remote domain refused, normalised.
     pub domain: String,
     /// The rule that refused it, e.g. `federation.deny "*.spam.example"`.
     pub rule: String,
@@ -69,6 +70,7 @@ impl Pattern {
 }
 
 impl Policy {
+    /// The `[federation]` mode, `dry_run`, and its `allow` and `deny` patterns.
     pub fn from_config(config: &FederationConfig) -> Policy {
         Policy {
             mode: config.mode,
@@ -155,6 +157,8 @@ pub struct SecurityPolicy {
 }
 
 impl SecurityPolicy {
+    /// `[s2s]` as every peer's default, and each `[[federation.peer]]` as its domain's rules
+    /// (what the peer leaves out keeps the default).
     pub fn from_config(config: &Config) -> SecurityPolicy {
         let default = PeerSecurity {
             tls_required: config.s2s.require_encryption,

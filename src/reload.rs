@@ -32,10 +32,14 @@ use crate::tls::{PeerRole, TlsError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
+    /// The file does not parse or validate, or a backend's `secret_file` cannot be read.
     #[error("the configuration was not reloaded, the running one stays: {0}")]
     Config(#[from] ConfigError),
+    /// A certificate or key of the new `[tls]` does not load.
     #[error("the configuration was not reloaded, the running one stays: TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The running configuration came from no file (it was built in memory), so there is
+    /// nothing to read again.
     #[error("the configuration was not reloaded: fedgate was started without a configuration file to read again")]
     NoFile,
 }
@@ -85,6 +89,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// A reloader for the contexts whose policy, certificates and secrets it replaces, with
+    /// `config`, the configuration they were started with.
     pub fn new(s2s: Arc<S2sContext>, components: Arc<ComponentContext>, config: Config) -> Self {
         Reloader {
             s2s,

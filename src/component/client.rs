@@ -212,14 +212,22 @@ impl ClientConfig {
 pub enum ClientError {
     /// The gateway could not be reached. Retried.
     #[error("cannot connect to the gateway at {target}: {source}")]
-    Connect { target: String, source: io::Error },
+    Connect {
+        /// The gateway's address, or `in-process gateway` for a [`LocalLink`].
+        target: String,
+        /// Why the connection failed (a timeout shows as `TimedOut`).
+        source: io::Error,
+    },
     /// The gateway refused us with a stream error, e.g. `not-authorized` for a wrong secret,
     /// `host-unknown` for a domain it does not serve, `conflict` when the domain is attached
     /// already. Retried, since an operator may be fixing the gateway's configuration.
     #[error("the gateway refused {domain}: <{condition}/>{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
     Refused {
+        /// The backend domain we tried to attach.
         domain: String,
+        /// The stream error condition's element name, e.g. `not-authorized`.
         condition: String,
+        /// The gateway's `<text/>` with the error, if it sent one.
         text: Option<String>,
     },
     /// The gateway sent something XEP-0114 does not allow here.
@@ -373,12 +381,20 @@ fn stream_error_of(s: &Stanza) -> (String, Option<String>) {
 #[derive(Debug)]
 pub enum Event {
     /// The handshake with `gateway` (its address, or `in-process`) succeeded; stanzas flow.
-    Online { gateway: String },
+    Online {
+        /// The gateway's address, or `in-process`.
+        gateway: String,
+    },
     /// The link to `gateway` is down (or could not be set up); a reconnect follows after a
     /// backoff. With several gateways, the others carry the traffic meanwhile. Also reported
     /// when the gateway starts to drain: it takes no more stanzas from us but still delivers
     /// what it holds, and another `Offline` follows when its stream ends.
-    Offline { gateway: String, reason: String },
+    Offline {
+        /// The gateway's address, or `in-process`.
+        gateway: String,
+        /// Why the link went down, for logs (an error's text, or the drain notice).
+        reason: String,
+    },
     /// A stanza the gateway routed to us, with its bytes and routing facts; build a tree with
     /// [`Stanza::element`].
     Stanza(Stanza),

@@ -63,10 +63,14 @@ pub enum Report {
 /// Why a report could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReportError {
+    /// An element of the namespace that is neither `<held/>` nor `<done/>` (its name).
     #[error("<{0}/> is not an element of {NS}")]
     UnknownElement(String),
+    /// A list item that is not a number or a range (or the whole stanza, when its text
+    /// could not be read).
     #[error("'{0}' in a list of {NS} is neither a number nor a range")]
     BadItem(String),
+    /// The list stands for more stanzas than a gateway can have in flight on one stream.
     #[error("a list of {NS} stands for more than {MAX_LISTED} stanzas")]
     TooLong,
 }

@@ -63,6 +63,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// What every backend session needs, shared.
 pub struct ComponentContext {
+    /// Where a bound backend's domain is registered and where its stanzas are routed.
     pub router: Arc<Router>,
     /// Backend domain (normalised) → its shared secret.
     pub secrets: arc_swap::ArcSwap<HashMap<String, String>>,
@@ -74,6 +75,8 @@ pub struct ComponentContext {
     pub negotiation_limits: Limits,
     /// Limits after the handshake.
     pub stanza_limits: Limits,
+    /// How long a backend has from accept to a completed handshake; then
+    /// `<connection-timeout/>`.
     pub negotiation_timeout: Duration,
     /// Stanzas that may wait for a backend before senders are made to wait.
     pub queue_len: usize,
@@ -86,6 +89,8 @@ pub struct ComponentContext {
     /// One token per backend session that declared [`drain`] and has not answered the notice
     /// yet: the drain waits until it is empty (or for `drain_timeout`).
     pub draining: TaskTracker,
+    /// Cancelled when the gateway stops: sessions write what is queued and end with
+    /// `<system-shutdown/>`, and no new in-process link is served.
     pub shutdown: CancellationToken,
 }
 
@@ -96,7 +101,9 @@ pub enum ComponentError {
     /// We refused the stream or a stanza with a stream error.
     #[error("refused with <{condition}/>: {text}")]
     Refused {
+        /// The stream error condition sent to the backend.
         condition: StreamErrorCondition,
+        /// The `<text/>` sent with it, saying what was wrong (for the backend's operator).
         text: String,
     },
     /// Reading failed (bad XML is answered with its stream error first).
@@ -128,6 +135,8 @@ pub struct LocalLink {
 }
 
 impl LocalLink {
+    /// Serves in-process links from `ctx`, tracking their sessions in the component
+    /// listener's `tracker`.
     pub fn new(ctx: Arc<ComponentContext>, tracker: TaskTracker) -> LocalLink {
         LocalLink { ctx, tracker }
     }

@@ -13,8 +13,16 @@ use bytes::Bytes;
 /// `<undefined-condition/>` (XEP-0198 §4 for `h`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AckError {
+    /// `h` acknowledges more stanzas than were written and not yet acknowledged.
     #[error("the gateway acknowledged {acked} more stanzas than the {unacked} unacknowledged")]
-    TooMany { acked: usize, unacked: usize },
+    TooMany {
+        /// How many stanzas the new `h` acknowledges past the previous one.
+        acked: usize,
+        /// How many were waiting for an acknowledgement.
+        unacked: usize,
+    },
+    /// A `<held/>` number (the stanza's count on the stream) that is not waiting for an
+    /// acknowledgement, or that does not come after those already held.
     #[error("the gateway held stanza {0}, which was not written or was acknowledged already")]
     HeldUnknown(u32),
 }
@@ -41,6 +49,7 @@ impl Unacked {
         self.queue.len() + self.held.len()
     }
 
+    /// Nothing is kept for this gateway: every stanza written to it is acknowledged or done.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

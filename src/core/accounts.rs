@@ -15,16 +15,28 @@ use crate::jid::Jid;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AccountError {
+    /// An address (or an invitation's domain) as given, and why it is not usable: not a JID,
+    /// no localpart, or a resource.
     #[error("`{0}` is not a valid address: {1}; write it as user@domain")]
     BadAddress(String, String),
+    /// The address's domain is neither a configured domain nor an alias.
     #[error("{domain} is not served by this core; use one of: {served}")]
-    UnknownDomain { domain: String, served: String },
+    UnknownDomain {
+        /// The domain asked for, normalised.
+        domain: String,
+        /// The served domains and aliases, sorted and comma-separated, for the message.
+        served: String,
+    },
+    /// `add` for an account that exists (its bare JID).
     #[error("{0} exists already; use `passwd` to change its password")]
     Exists(String),
+    /// `passwd` or `remove` for an account that does not exist (its bare JID).
     #[error("{0} does not exist; `fedgate core user list` shows the accounts")]
     NoSuchAccount(String),
+    /// `add` or `passwd` with an empty password, which is refused.
     #[error("the password is empty")]
     EmptyPassword,
+    /// The database could not be opened, read or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -39,6 +51,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    /// Opens the core's database, as `[core]` configures it, without a running core.
     pub fn open(config: &CoreConfig) -> Result<Accounts, AccountError> {
         Ok(Accounts {
             storage: Storage::open(&config.database, StorageMetrics::unregistered())?,
@@ -73,6 +86,8 @@ impl Accounts {
         Ok((node.to_owned(), canonical.to_owned()))
     }
 
+    /// Creates an account with SCRAM credentials derived from `password`; returns its bare
+    /// JID (with the canonical domain).
     pub fn add(&self, address: &str, password: &str) -> Result<String, AccountError> {
         let (local, domain) = self.parse_address(address)?;
         if password.is_empty() {
@@ -91,6 +106,8 @@ impl Accounts {
         }
     }
 
+    /// Replaces an account's credentials with ones derived from `password`; returns its
+    /// bare JID.
     pub fn passwd(&self, address: &str, password: &str) -> Result<String, AccountError> {
         let (local, domain) = self.parse_address(address)?;
         if password.is_empty() {
@@ -109,6 +126,8 @@ impl Accounts {
         }
     }
 
+    /// Deletes an account and everything stored for it (roster, offline messages, archive,
+    /// PEP, blocklist, vCard, push registrations); returns its bare JID.
     pub fn remove(&self, address: &str) -> Result<String, AccountError> {
         let (local, domain) = self.parse_address(address)?;
         let (l, d) = (local.clone(), domain.clone());
@@ -152,6 +171,7 @@ impl Accounts {
         Ok(format!("xmpp:{domain}?register;preauth={token}"))
     }
 
+    /// Every account as `localpart@domain`, sorted by domain, then localpart.
     pub fn list(&self) -> Result<Vec<String>, AccountError> {
         Ok(self
             .storage

@@ -67,7 +67,9 @@ pub enum C2sError {
     /// We end the stream with this stream error.
     #[error("refused with <{condition}/>: {text}")]
     Refused {
+        /// The stream error condition sent to the client.
         condition: StreamErrorCondition,
+        /// The `<text/>` sent with it, saying what was wrong.
         text: String,
     },
     /// Reading failed (bad XML gets its stream error).

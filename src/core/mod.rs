@@ -98,13 +98,18 @@ pub enum CoreError {
     Bind {
         /// The configuration key that names the address.
         key: &'static str,
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// Why binding failed, e.g. address in use or permission denied.
         error: std::io::Error,
     },
+    /// The database could not be opened, migrated or read at start.
     #[error("database {0}")]
     Storage(#[from] StorageError),
+    /// The c2s certificates or keys could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -117,6 +122,7 @@ pub struct Domains {
 }
 
 impl Domains {
+    /// Each `[[core.domain]]` name, and each of its aliases, mapped to that name.
     pub fn from_config(config: &CoreConfig) -> Domains {
         let mut canonical = HashMap::new();
         for d in &config.domain {
@@ -133,6 +139,7 @@ impl Domains {
         self.canonical.get(domain).map(String::as_str)
     }
 
+    /// Whether we serve `domain`, as a domain or an alias (its accounts are ours).
     pub fn is_local(&self, domain: &str) -> bool {
         self.canonical.contains_key(domain)
     }
@@ -145,9 +152,13 @@ impl Domains {
 
 /// What every session and handler shares.
 pub struct Core {
+    /// The `[core]` configuration the core was started with.
     pub config: CoreConfig,
+    /// The domains and aliases served, and the canonical domain of each.
     pub domains: Domains,
+    /// The database: accounts, rosters, offline messages, archives and the rest.
     pub storage: Storage,
+    /// Our c2s certificates, for STARTTLS and direct TLS.
     pub tls: Arc<Tls>,
     /// The component link per served domain and alias: stanzas to other domains leave
     /// through the link of their sender's domain.
@@ -166,11 +177,14 @@ pub struct Core {
     started: std::time::Instant,
     /// In-band registrations per client address in the last hour (XEP-0077).
     registrations: register::RateLimit,
+    /// Cancelled by [`RunningCore::shutdown`]: client sessions end with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
 }
 
 /// A signed-in client session as the rest of the core sees it.
 pub struct SessionHandle {
+    /// Unique in the process (from [`crate::router::next_session_id`]); tells apart two
+    /// sessions of one full JID, so that a replaced session unregisters only itself.
     pub id: u64,
     /// The full JID the client was bound to (its domain is an alias when the client signed in
     /// with one and did not ask for the full bind result).
@@ -310,6 +324,7 @@ pub struct RunningCore {
     pub c2s_addrs: Vec<SocketAddr>,
     /// c2s direct TLS listeners, as bound.
     pub direct_tls_addrs: Vec<SocketAddr>,
+    /// The shared state; the gateway hands its storage to an embedded MUC service.
     pub core: Arc<Core>,
     tracker: TaskTracker,
     links: Vec<Stopper>,

@@ -26,10 +26,12 @@ pub enum Subscription {
     To,
     /// The contact receives the user's presence.
     From,
+    /// Each receives the other's presence.
     Both,
 }
 
 impl Subscription {
+    /// The attribute's value, as sent in roster results and pushes.
     pub fn as_str(self) -> &'static str {
         match self {
             Subscription::None => "none",
@@ -39,6 +41,8 @@ impl Subscription {
         }
     }
 
+    /// Reads a stored or received attribute value; `None` for anything else, `remove` too
+    /// (a roster set's removal is not a state).
     pub fn from_name(s: &str) -> Option<Subscription> {
         Some(match s {
             "none" => Subscription::None,
@@ -72,13 +76,19 @@ impl Subscription {
 /// One of the four subscription presence types (RFC 6121 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionAction {
+    /// A request for the recipient's presence (§3.1).
     Subscribe,
+    /// Approves the recipient's request, or approves in advance (§3.1, §3.4).
     Subscribed,
+    /// Cancels the sender's subscription to the recipient's presence (§3.3).
     Unsubscribe,
+    /// Refuses a request, or cancels the recipient's subscription to the sender (§3.2).
     Unsubscribed,
 }
 
 impl SubscriptionAction {
+    /// The action of a presence `type`; `None` for the other types (available,
+    /// `unavailable`, `probe`, `error`).
     pub fn from_type(t: &str) -> Option<SubscriptionAction> {
         Some(match t {
             "subscribe" => SubscriptionAction::Subscribe,
@@ -89,6 +99,7 @@ impl SubscriptionAction {
         })
     }
 
+    /// The presence `type` that carries this action.
     pub fn as_str(self) -> &'static str {
         match self {
             SubscriptionAction::Subscribe => "subscribe",
@@ -102,6 +113,7 @@ impl SubscriptionAction {
 /// A subscription state with its pending flags (RFC 6121 Appendix A.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SubState {
+    /// Who receives whose presence now.
     pub sub: Subscription,
     /// We asked for the contact's presence and have no answer yet (`ask='subscribe'`).
     pub pending_out: bool,
@@ -112,6 +124,7 @@ pub struct SubState {
 /// The outcome of a subscription stanza on a [`SubState`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
+    /// The contact's state after the stanza (store it if it differs, and push the item).
     pub state: SubState,
     /// Outbound: route the stanza to the contact. Inbound: deliver it to the user's
     /// resources.
@@ -122,6 +135,7 @@ pub struct Transition {
 }
 
 impl SubState {
+    /// No subscription either way and nothing pending: a new contact's state.
     pub const NONE: SubState = SubState {
         sub: Subscription::None,
         pending_out: false,
@@ -237,8 +251,11 @@ impl SubState {
 pub struct RosterItem {
     /// The contact's bare JID.
     pub jid: String,
+    /// The user's name for the contact (the `name` attribute), if set.
     pub name: Option<String>,
+    /// The roster groups the user put the contact in (`<group/>`); empty for none.
     pub groups: Vec<String>,
+    /// The subscription and what is pending.
     pub state: SubState,
     /// False for an entry that exists only to remember a pending inbound request from someone
     /// the user has not added (RFC 6121 §3.1.3: such a request does not create a roster item).
@@ -246,6 +263,7 @@ pub struct RosterItem {
 }
 
 impl RosterItem {
+    /// A roster entry for `jid` without name, groups or subscription.
     pub fn new(jid: &str) -> RosterItem {
         RosterItem {
             jid: jid.to_owned(),

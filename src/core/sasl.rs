@@ -40,14 +40,21 @@ use crate::tls::{ChannelBindingType, ChannelBindings};
 /// The SASL mechanisms the core offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
+    /// SCRAM-SHA-256 with channel binding: offered only on TLS with bindings (RFC 7677).
     ScramSha256Plus,
+    /// SCRAM-SHA-1 with channel binding (RFC 5802).
     ScramSha1Plus,
+    /// SCRAM-SHA-256 without channel binding.
     ScramSha256,
+    /// SCRAM-SHA-1 without channel binding, for older clients.
     ScramSha1,
+    /// The password itself, inside TLS (RFC 4616); offered only with `allow_plain`, for
+    /// clients that know no SCRAM.
     Plain,
 }
 
 impl Mechanism {
+    /// The IANA name, as offered in `<mechanisms/>` and named in `<auth mechanism/>`.
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
@@ -58,6 +65,7 @@ impl Mechanism {
         }
     }
 
+    /// The mechanism a client names in `<auth/>`; `None` for one we do not implement.
     pub fn from_name(name: &str) -> Option<Mechanism> {
         match name {
             "SCRAM-SHA-256-PLUS" => Some(Mechanism::ScramSha256Plus),
@@ -119,7 +127,9 @@ pub fn binding_for(
 /// The hash a SCRAM mechanism is built on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScramHash {
+    /// SHA-1, for SCRAM-SHA-1 (RFC 5802).
     Sha1,
+    /// SHA-256, for SCRAM-SHA-256 (RFC 7677).
     Sha256,
 }
 
@@ -175,16 +185,24 @@ impl ScramHash {
 /// What a server keeps to verify one SCRAM hash's proofs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScramKeys {
+    /// `H(ClientKey)`: what the client's proof is checked against.
     pub stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`: signs our final message, so that the client
+    /// knows we hold its credentials.
     pub server_key: Vec<u8>,
 }
 
 /// An account's stored credentials: no password, only salted SCRAM keys (module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
+    /// The random PBKDF2 salt, the same for both hashes; sent to the client in `s=`.
     pub salt: Vec<u8>,
+    /// The PBKDF2 iteration count the keys were derived with (`scram_iterations` at the
+    /// time); sent in `i=`.
     pub iterations: u32,
+    /// The keys for SCRAM-SHA-1 and SCRAM-SHA-1-PLUS.
     pub sha1: ScramKeys,
+    /// The keys for SCRAM-SHA-256, SCRAM-SHA-256-PLUS, and PLAIN's check.
     pub sha256: ScramKeys,
 }
 
@@ -195,6 +213,7 @@ impl Credentials {
         Credentials::derive_with_salt(password, &salt, iterations)
     }
 
+    /// Derives credentials with a given salt: for tests against known vectors.
     pub fn derive_with_salt(password: &str, salt: &[u8], iterations: u32) -> Credentials {
         Credentials {
             salt: salt.to_vec(),
@@ -267,7 +286,10 @@ impl SaslError {
 pub struct ClientFirst {
     /// The username, `=2C`/`=3D` decoded; not yet prepared.
     pub username: String,
+    /// The identity to act as (`a=` in the gs2 header), decoded; `None` when absent. Only
+    /// the account itself is accepted.
     pub authzid: Option<String>,
+    /// The channel binding flag, checked by [`binding_for`].
     pub flag: Gs2Flag,
     gs2_header: String,
     bare: String,
@@ -292,6 +314,8 @@ fn decode_saslname(s: &str) -> Result<String, SaslError> {
 }
 
 impl ClientFirst {
+    /// Reads the client's first message (the decoded `<auth/>` payload); `Malformed` for
+    /// anything RFC 5802 §7 does not allow, or a mandatory extension (`m=`).
     pub fn parse(data: &[u8]) -> Result<ClientFirst, SaslError> {
         let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed("not UTF-8"))?;
         let mut parts = s.splitn(3, ',');
@@ -453,12 +477,17 @@ impl ScramServer {
 /// A parsed PLAIN message (RFC 4616): `[authzid] NUL authcid NUL passwd`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plain {
+    /// The identity to act as; `None` when empty. Only the account itself is accepted.
     pub authzid: Option<String>,
+    /// The authcid: the account's localpart (or `user@domain`), not yet prepared.
     pub username: String,
+    /// The password as sent, checked by deriving the stored keys from it.
     pub password: String,
 }
 
 impl Plain {
+    /// Reads a PLAIN message; `Malformed` unless it has exactly three parts and a non-empty
+    /// authcid and password.
     pub fn parse(data: &[u8]) -> Result<Plain, SaslError> {
         let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed("not UTF-8"))?;
         let mut parts = s.split('\0');

@@ -146,15 +146,27 @@ pub const MIGRATIONS: &[&str] = &[
 pub enum StorageError {
     /// `database` names the file or the (password-less) URL.
     #[error("{database}: {source}")]
-    Open { database: String, source: SqlError },
+    Open {
+        /// The file or the URL, without its password.
+        database: String,
+        /// What failed: opening, connecting, or a migration's statement.
+        source: SqlError,
+    },
+    /// The database was migrated by a newer fedgate; we refuse to use a schema we do not
+    /// know rather than corrupt it.
     #[error("{database}: schema version {found} is newer than this fedgate knows ({known}); run a newer fedgate or restore a backup")]
     TooNew {
+        /// The file or the URL, without its password.
         database: String,
+        /// The schema version found in the database (migrations applied).
         found: u32,
+        /// The newest version this build knows (the number of its migrations).
         known: u32,
     },
+    /// One operation failed.
     #[error("database: {0}")]
     Sql(#[from] SqlError),
+    /// The database thread could not be started or has ended, so no call is answered.
     #[error("the database thread is gone")]
     Gone,
 }
@@ -495,6 +507,8 @@ pub fn remove_account(conn: &Db, localpart: &str, domain: &str) -> Result<bool, 
     Ok(n == 1)
 }
 
+/// The stored SCRAM credentials of `localpart@domain` (canonical domain); `None` if there is
+/// no such account.
 pub fn credentials(
     conn: &Db,
     localpart: &str,
@@ -522,6 +536,7 @@ pub fn credentials(
     .optional()
 }
 
+/// Whether `localpart@domain` (canonical domain) is an account.
 pub fn account_exists(conn: &Db, localpart: &str, domain: &str) -> Result<bool, SqlError> {
     conn.query_row(
         "SELECT 1 FROM accounts WHERE localpart = ?1 AND domain = ?2",

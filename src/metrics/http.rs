@@ -38,7 +38,9 @@ impl Exposition for Metrics {
 /// A registry and its readiness gauge: the exposition of a process without the gateway's
 /// [`Metrics`] (the standalone core).
 pub struct Registered {
+    /// The process's metrics, gathered at each scrape.
     pub registry: prometheus::Registry,
+    /// The readiness gauge (`fedgate_core_ready`), registered in `registry` by the caller.
     pub ready: prometheus::IntGauge,
 }
 

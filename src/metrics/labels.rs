@@ -11,6 +11,7 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The `direction` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
@@ -29,6 +30,7 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
+    /// The `auth` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::External => "external",
@@ -50,6 +52,8 @@ pub enum DialbackRole {
 }
 
 impl DialbackRole {
+    /// The `role` label's value, named for the element we handled (`result`, `verify`) or
+    /// `outbound`, not for the role.
     pub fn as_str(self) -> &'static str {
         match self {
             DialbackRole::Receiving => "result",
@@ -71,6 +75,7 @@ pub enum DialbackResult {
 }
 
 impl DialbackResult {
+    /// The `result` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             DialbackResult::Valid => "valid",
@@ -90,6 +95,7 @@ pub enum PolicyMode {
 }
 
 impl PolicyMode {
+    /// The `mode` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyMode::Enforced => "enforced",
@@ -113,6 +119,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The `reason` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::RelayRefused => "relay_refused",

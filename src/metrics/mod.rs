@@ -174,6 +174,7 @@ impl PiggybackResult {
         PiggybackResult::Full,
     ];
 
+    /// The `result` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             PiggybackResult::Carried => "carried",
@@ -191,6 +192,7 @@ impl PiggybackResult {
 /// Resolved once.
 #[derive(Clone)]
 pub struct Piggyback {
+    /// `fedgate_s2s_piggybacked_pairs`: up when a link takes a pair, down when it drops it.
     pub pairs: IntGauge,
     results: [IntCounter; 6],
 }
@@ -214,6 +216,7 @@ impl Piggyback {
         }
     }
 
+    /// One more attempt to carry a pair, ended with `result`.
     pub fn result(&self, result: PiggybackResult) {
         self.results[result as usize].inc();
     }
@@ -237,6 +240,7 @@ impl Drop for BackendGauge {
 /// Every metric fedgate exports.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Holds every family below; the embedded core registers its own metrics in it too.
     pub registry: Registry,
     /// `fedgate_s2s_sessions{direction, state, auth}`; see [`Metrics::session`].
     pub s2s_sessions: IntGaugeVec,
@@ -654,6 +658,7 @@ impl PolicyRefusals {
 /// failed.
 #[derive(Clone)]
 pub struct OutboundAttempts {
+    /// `result="established"`: attempts that ended in an authenticated session.
     pub established: IntCounter,
     by_result: IntCounterVec,
 }
@@ -696,7 +701,10 @@ impl CertificateVerdicts {
 /// `fedgate_config_reloads_total{result}`: `applied` or `refused`.
 #[derive(Clone)]
 pub struct ConfigReloads {
+    /// Reloads whose configuration was loaded and put in effect.
     pub applied: IntCounter,
+    /// Reloads refused: the file, its certificates or its secrets did not load or validate;
+    /// the running configuration stays.
     pub refused: IntCounter,
 }
 

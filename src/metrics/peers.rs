@@ -42,6 +42,7 @@ const IDLE_AFTER: Duration = Duration::from_secs(3600);
 /// per-peer view.
 #[derive(Debug)]
 pub struct PeerEntry {
+    /// The remote domain, normalised: the table's key and the `peer` label's value.
     pub domain: Arc<str>,
     stanzas_in: AtomicU64,
     stanzas_out: AtomicU64,
@@ -154,17 +155,29 @@ impl PeerEntry {
 /// [`PeerEntry`] values at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct PeerSnapshot {
+    /// The remote domain, normalised.
     pub domain: String,
+    /// Inbound sessions from the peer that are live.
     pub sessions_in: i64,
+    /// Outbound sessions to the peer that are live.
     pub sessions_out: i64,
+    /// Stanzas received from the peer since its entry was made.
     pub stanzas_in: u64,
+    /// Stanzas sent to the peer since its entry was made.
     pub stanzas_out: u64,
+    /// Stanzas for the peer returned to their senders.
     pub bounces: u64,
+    /// Outbound attempts to the peer that failed.
     pub failures: u64,
+    /// Stanzas waiting for the peer, as of the last scrape.
     pub queued: i64,
+    /// Unix seconds of the last moment a session was up; 0 = never.
     pub last_contact: i64,
+    /// Unix seconds when the peer's certificate expires; 0 = unknown.
     pub cert_expiry: i64,
+    /// 1 when the last outbound attempt succeeded, 0 when it failed, -1 before any.
     pub up: i64,
+    /// Microseconds its inbound streams waited on `max_inbound_bytes_per_second`.
     pub throttled_micros: u64,
 }
 
@@ -176,6 +189,7 @@ pub struct PeerSession {
 }
 
 impl PeerSession {
+    /// The entry the session counts in, for the session to record more than its stanzas.
     pub fn entry(&self) -> &Arc<PeerEntry> {
         &self.entry
     }

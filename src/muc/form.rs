@@ -6,7 +6,9 @@ use super::room::{Room, RoomConfig, Whois};
 use crate::xml::Element;
 
 pub use crate::xml::ns::DATA as NS_DATA;
+/// The FORM_TYPE of the room configuration form (§10.2).
 pub const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// The FORM_TYPE of the extended disco#info of a room (§6.4): description, occupants.
 pub const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 /// §7.13 voice requests and §8.6 their approval.
 pub const REQUEST: &str = "http://jabber.org/protocol/muc#request";
@@ -14,16 +16,32 @@ pub const REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// Why a submitted form was refused: the text of the `<not-acceptable/>` answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormError {
+    /// A boolean field with another value.
     #[error("the field {var} needs a boolean (1, 0, true or false), not `{value}`")]
-    Boolean { var: String, value: String },
+    Boolean {
+        /// The field's `var`.
+        var: String,
+        /// The value submitted.
+        value: String,
+    },
+    /// A number field (`maxusers`, `maxhistoryfetch`) with something else.
     #[error("the field {var} needs a whole number, not `{value}`")]
-    Number { var: String, value: String },
+    Number {
+        /// The field's `var`.
+        var: String,
+        /// The value submitted.
+        value: String,
+    },
+    /// `muc#roomconfig_whois` with another value (the value).
     #[error("muc#roomconfig_whois is `moderators` or `anyone`, not `{0}`")]
     Whois(String),
+    /// `maxusers` of 0: a room nobody could join.
     #[error("muc#roomconfig_maxusers must be at least 1")]
     NoUsers,
+    /// Password protection asked for without a non-empty secret, in the form or already set.
     #[error("a password-protected room needs muc#roomconfig_roomsecret")]
     NoSecret,
+    /// A form of another type (its FORM_TYPE).
     #[error("the form's FORM_TYPE is `{0}`, not http://jabber.org/protocol/muc#roomconfig")]
     FormType(String),
 }

@@ -57,11 +57,18 @@ use crate::xml::Element;
 pub use self::config::MucConfig;
 pub use self::service::{Change, Service};
 
+/// XEP-0045's base namespace: the `<x/>` of a join (password, history) and the disco
+/// feature.
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+/// What the room tells occupants (§7): affiliations, roles, status codes, invitations.
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// Moderator and admin queries (§8, §9): kicks, bans, voice, affiliation lists.
 pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// Owner queries (§10): the configuration form and destroying the room.
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0203 delayed delivery: the stamp on each history message sent to a joining occupant.
 pub const NS_DELAY: &str = "urn:xmpp:delay";
+/// XEP-0359 stanza ids, which the room adds to its groupchat messages (`by` the room).
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 
 pub use crate::component::in_process_secret;

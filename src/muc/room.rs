@@ -17,14 +17,20 @@ use crate::xml::{ns, Element, Node};
 /// lower one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Affiliation {
+    /// Banned: may not enter.
     Outcast,
+    /// No long-lived association; may enter unless the room is members-only.
     None,
+    /// May enter a members-only room; a participant in a moderated one.
     Member,
+    /// Manages members and outcasts, and moderates.
     Admin,
+    /// Configures and destroys the room, and manages admins and owners.
     Owner,
 }
 
 impl Affiliation {
+    /// The `affiliation` attribute's value, as sent and stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Affiliation::Outcast => "outcast",
@@ -35,6 +41,7 @@ impl Affiliation {
         }
     }
 
+    /// Reads an `affiliation` attribute; `None` for an unknown value.
     pub fn parse(s: &str) -> Option<Affiliation> {
         Some(match s {
             "outcast" => Affiliation::Outcast,
@@ -51,13 +58,18 @@ impl Affiliation {
 /// whose role becomes none is out of the room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
+    /// Not in the room; only ever sent, when an occupant leaves or is kicked.
     None,
+    /// Present but may not speak in a moderated room.
     Visitor,
+    /// May speak.
     Participant,
+    /// May kick, and grant or take voice.
     Moderator,
 }
 
 impl Role {
+    /// The `role` attribute's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::None => "none",
@@ -67,6 +79,7 @@ impl Role {
         }
     }
 
+    /// Reads a `role` attribute; `None` for an unknown value.
     pub fn parse(s: &str) -> Option<Role> {
         Some(match s {
             "none" => Role::None,
@@ -90,7 +103,9 @@ pub enum Whois {
 /// What the owner configures (XEP-0045 §10.2, the `muc#roomconfig` form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoomConfig {
+    /// The room's name for people (`muc#roomconfig_roomname`), shown in disco; may be empty.
     pub name: String,
+    /// What the room is about (`muc#roomconfig_roomdesc`), shown in `muc#roominfo`.
     pub description: String,
     /// Kept when the last occupant leaves.
     pub persistent: bool,
@@ -104,6 +119,7 @@ pub struct RoomConfig {
     pub password: Option<String>,
     /// Occupants admitted besides owners and admins.
     pub max_users: usize,
+    /// Who may see occupants' real JIDs (`muc#roomconfig_whois`).
     pub whois: Whois,
     /// Messages of history kept for newcomers.
     pub history_length: usize,
@@ -112,9 +128,11 @@ pub struct RoomConfig {
 /// One occupant: one client session in the room under a nickname.
 #[derive(Clone, Debug)]
 pub struct Occupant {
+    /// The nickname: the resource of the occupant JID `room@service/nick`.
     pub nick: String,
     /// The occupant's real full JID.
     pub jid: Jid,
+    /// What the occupant may do now; never [`Role::None`] while in the room.
     pub role: Role,
     /// What the occupant's presence carries besides the MUC elements (show, status, caps...).
     pub payload: Vec<Element>,
@@ -136,6 +154,7 @@ pub struct HistoryItem {
 pub struct Room {
     /// `room@service`.
     pub jid: String,
+    /// What the owner configured (or the service's defaults for a new room).
     pub config: RoomConfig,
     /// XEP-0045 §10.1.1: a new room is locked until its owner configures it (or accepts the
     /// default configuration); nobody else may enter meanwhile.
@@ -146,6 +165,7 @@ pub struct Room {
     pub occupants: Vec<Occupant>,
     /// The subject and the nickname that set it.
     pub subject: Option<(String, String)>,
+    /// The last groupchat messages, oldest first, at most `config.history_length`.
     pub history: VecDeque<HistoryItem>,
     /// What is stored of a persistent room (configuration, subject, affiliations) changed
     /// since the service last looked.
@@ -156,11 +176,13 @@ pub struct Room {
 
 /// What the service around the room decides with, per call.
 pub struct Context<'a> {
+    /// The time now, in milliseconds since the epoch: given, so that a room reads no clock.
     pub now_ms: i64,
     /// `[muc] max_history`.
     pub max_history: usize,
     /// `[muc] max_occupants`.
     pub max_occupants: usize,
+    /// Where the room puts the stanzas it sends, in order.
     pub out: &'a mut Vec<Element>,
 }
 
@@ -279,6 +301,7 @@ impl Room {
         }
     }
 
+    /// The affiliation of `jid`'s bare JID; `none` if it has none.
     pub fn affiliation(&self, jid: &Jid) -> Affiliation {
         self.affiliations
             .get(&jid.bare().to_string())

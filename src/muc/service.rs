@@ -35,6 +35,7 @@ pub struct Service {
 /// Work on the database for the service's task: writes, and archive queries to answer.
 #[derive(Debug)]
 pub enum Change {
+    /// A persistent room's record to write, replacing what is stored of it.
     Save(StoredRoom),
     /// The room (its localpart) is destroyed or no longer persistent.
     Delete(String),
@@ -48,13 +49,18 @@ pub enum Change {
         with: String,
         /// The message as the room relays it, without `to`.
         message: Element,
+        /// The random stanza-id the copies carry until the archive's id replaces it.
         placeholder: String,
     },
     /// An XEP-0313 query to the room's archive, to answer with results and `<fin/>`.
     Query {
+        /// The query's iq: its `from` gets the results, its `id` the iq result.
         iq: Element,
+        /// `room@service`: whose archive is queried.
         room: String,
+        /// The query's `queryid`, repeated in every `<result/>`.
         queryid: Option<String>,
+        /// The filters and the page asked for.
         query: crate::core::mam::store::Query,
         /// Ids the query names, which must be in the archive.
         check: Vec<crate::core::mam::store::ArchiveId>,
@@ -75,7 +81,9 @@ impl PartialEq for Change {
 /// Counts for the metrics, read after each stanza.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Rooms that exist now (in memory, with or without occupants).
     pub rooms: usize,
+    /// Occupants in all rooms together.
     pub occupants: usize,
     /// Groupchat messages relayed since the start.
     pub messages: u64,
@@ -109,10 +117,12 @@ impl Service {
         std::mem::take(&mut self.changes)
     }
 
+    /// The service's domain (`[muc] domain`); rooms are `room@domain`.
     pub fn domain(&self) -> &str {
         &self.config.domain
     }
 
+    /// The figures for the metrics, as they are now.
     pub fn counts(&self) -> Counts {
         Counts {
             rooms: self.rooms.len(),

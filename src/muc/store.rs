@@ -36,6 +36,7 @@ pub const SCHEMA: &str = "CREATE TABLE muc_rooms (
 pub struct StoredRoom {
     /// The room's localpart.
     pub room: String,
+    /// The room's configuration as its owner last submitted it.
     pub config: RoomConfig,
     /// The subject and the nickname that set it.
     pub subject: Option<(String, String)>,

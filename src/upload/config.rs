@@ -106,7 +106,6 @@ impl UploadConfig {
         }
     }
 
-    /// Every problem with the section, each naming its `upload.` key and the fix.
     /// The URLs' host needs a certificate in `tls`: clients refuse a URL they cannot verify.
     pub fn uncovered_url_host(&self, tls: &crate::config::TlsConfig) -> Option<ConfigError> {
         let host = self.url_host()?;
@@ -124,6 +123,8 @@ impl UploadConfig {
         })
     }
 
+    /// Every problem with the section, each naming its `upload.` key and the fix (the
+    /// certificate for the URLs is checked by [`UploadConfig::uncovered_url_host`]).
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
         if let Err(e) = normalize_domain(&self.domain) {

@@ -42,16 +42,22 @@ const CORS_HEADERS: &str = "Authorization, Content-Type";
 
 /// What every connection shares.
 pub struct HttpContext {
+    /// The stored files and each account's usage.
     pub files: Arc<Files>,
+    /// Checks the slot tokens of PUTs (the key the slots were signed with).
     pub signer: Signer,
     /// The path before `/ID/NAME` (`""` or `/prefix`), from `[upload] url`.
     pub prefix: String,
     /// The certificate to present, when the client sends no SNI.
     pub host: String,
+    /// Bytes one account may have stored (`[upload] quota`); checked again at the PUT, since
+    /// other uploads may have finished since the slot was given.
     pub quota: u64,
     /// How long a stored file is kept, in seconds.
     pub expire_after: u64,
+    /// The `[tls]` certificates the handshake picks from.
     pub tls: Arc<Tls>,
+    /// Where uploads, downloads and refusals are counted; `None` counts nothing.
     pub metrics: Option<UploadMetrics>,
 }
 
@@ -59,9 +65,13 @@ type Answer = Response<ResponseBody>;
 
 /// A response body: a short text, or a stored file read a chunk at a time.
 pub enum ResponseBody {
+    /// A body held in memory: an error's text, or nothing.
     Full(Full<Bytes>),
+    /// A stored file, read 64 KiB at a time as the client takes it.
     File {
+        /// The open file, positioned at the next byte to send.
         file: tokio::fs::File,
+        /// Bytes still to send: the stored size less what was sent.
         remaining: u64,
     },
 }

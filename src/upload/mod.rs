@@ -74,7 +74,9 @@ pub struct Attachment {
     pub secret: String,
     /// The sender domains given slots when `allow_domains` is empty: the gateway's own.
     pub own_domains: Vec<String>,
+    /// The `[tls]` certificates, for the HTTPS listener (one must cover the URLs' host).
     pub tls: Arc<Tls>,
+    /// Where slots, uploads and refusals are counted; `None` counts nothing.
     pub metrics: Option<UploadMetrics>,
 }
 

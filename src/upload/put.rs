@@ -7,16 +7,31 @@ use super::token::{Signer, SlotGrant, TokenError};
 /// Why a PUT stores nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PutRefusal {
+    /// The PUT carries no `Authorization` header (403).
     #[error("no Authorization header: PUT with the header the slot named")]
     NoToken,
+    /// The token is malformed, expired, or not signed for this path and slot (403).
     #[error("the Authorization header does not authorise this upload: {0}")]
     BadToken(TokenError),
+    /// No `Content-Length`, so the size cannot be checked before anything is stored (411).
     #[error("no Content-Length: send the file with its length")]
     NoLength,
+    /// The length differs from the slot's size (413).
     #[error("Content-Length is {got}, the slot is for {want} bytes")]
-    WrongLength { got: u64, want: u64 },
+    WrongLength {
+        /// The request's `Content-Length`.
+        got: u64,
+        /// The size the slot was given for.
+        want: u64,
+    },
+    /// The media type differs from the slot's (415).
     #[error("Content-Type is `{got}`, the slot is for `{want}`")]
-    WrongType { got: String, want: String },
+    WrongType {
+        /// The request's `Content-Type` as sent (`application/octet-stream` if absent).
+        got: String,
+        /// The content type the slot was given for.
+        want: String,
+    },
 }
 
 impl PutRefusal {
@@ -46,7 +61,9 @@ impl PutRefusal {
 pub struct Put<'a> {
     /// The URL path without its leading `/`, as it was signed (percent-encoded).
     pub path: &'a str,
+    /// The `Authorization` header: the slot's token, as the slot's `<header/>` gave it.
     pub authorization: Option<&'a str>,
+    /// The `Content-Length` header (one that is not a number got 400 before this).
     pub content_length: Option<u64>,
     /// `None` is taken as the slot's default, `application/octet-stream`.
     pub content_type: Option<&'a str>,

@@ -5,6 +5,7 @@ use super::token::{Signer, SlotGrant};
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::{Element, Node};
 
+/// XEP-0363's namespace: the disco feature, `<request/>`, `<slot/>` and `<file-too-large/>`.
 pub const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 
 /// The longest filename a slot takes, in bytes (a common file system limit).
@@ -27,8 +28,11 @@ pub struct Rules {
 /// A request as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The file's name, one path segment (checked); it becomes the URL's last segment.
     pub filename: String,
+    /// The file's size in bytes, more than 0; the PUT must match it exactly.
     pub size: u64,
+    /// `type/subtype`; `application/octet-stream` when the request names none.
     pub content_type: String,
 }
 
@@ -38,9 +42,17 @@ pub enum Refusal {
     /// No `<request/>`, or a filename or size that cannot be used.
     BadRequest(String),
     /// Larger than `max_file_bytes` (`<not-acceptable/>` with `<file-too-large/>`).
-    TooLarge { max: u64 },
+    TooLarge {
+        /// `max_file_bytes`, sent back in `<max-file-size/>`.
+        max: u64,
+    },
     /// The account's stored files and this one would exceed `quota_bytes`.
-    OverQuota { quota: u64, used: u64 },
+    OverQuota {
+        /// `quota_bytes`, for the error text.
+        quota: u64,
+        /// Bytes the account has stored now.
+        used: u64,
+    },
 }
 
 impl Refusal {
@@ -89,9 +101,13 @@ impl Refusal {
 /// A slot given out: where to PUT (with which Authorization value) and where to GET.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
+    /// What the slot allows, as signed in its token.
     pub grant: SlotGrant,
+    /// The HTTPS URL to PUT the file to.
     pub put_url: String,
+    /// The URL to share, where the file is served once stored (the same as `put_url`).
     pub get_url: String,
+    /// The token the PUT sends as its `Authorization` header ([`Signer::sign`]).
     pub authorization: String,
 }
 

@@ -25,7 +25,9 @@ const META: &str = "meta";
 pub struct Meta {
     /// The last path segment of its URL, percent-encoded as in the slot.
     pub name: String,
+    /// The media type from the slot, served as `Content-Type`.
     pub content_type: String,
+    /// The file's length in bytes, counted in the owner's quota.
     pub size: u64,
     /// The bare JID whose quota it counts against.
     pub owner: String,
@@ -39,6 +41,7 @@ pub enum BeginError {
     /// A file is stored at that path, or an upload to it is under way (HTTP 409).
     #[error("a file is already stored at this URL")]
     Exists,
+    /// Creating the upload's folder or its partial file failed (HTTP 500).
     #[error("cannot store the file: {0}")]
     Io(#[from] io::Error),
 }

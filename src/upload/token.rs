@@ -12,9 +12,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// `expires` (seconds since the epoch), counted against `owner`'s quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotGrant {
+    /// The URL path without its leading `/` or prefix: `ID/NAME`, percent-encoded.
     pub path: String,
+    /// The exact `Content-Length` the PUT must have, in bytes.
     pub size: u64,
+    /// The media type the PUT must send, `type/subtype`.
     pub content_type: String,
+    /// The last second (since the epoch) at which the PUT is accepted.
     pub expires: u64,
     /// The bare JID that asked for the slot: whose quota the file counts against.
     pub owner: String,
@@ -23,10 +27,15 @@ pub struct SlotGrant {
 /// Why a token does not authorise a PUT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// The token does not have the five dot-separated parts [`Signer::sign`] writes, or one
+    /// does not decode.
     #[error("the token is not of the form EXPIRY.SIGNATURE")]
     Malformed,
+    /// The slot's lifetime is over; checked only after the signature.
     #[error("the slot has expired")]
     Expired,
+    /// The MAC does not match: the token is for another path or was altered, or was
+    /// signed by another process (keys are not kept across restarts).
     #[error("the token was not made for this path, size and content type")]
     BadSignature,
 }
@@ -38,6 +47,7 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// A signer with `key`, the service's random per-process key.
     pub fn new(key: &[u8]) -> Signer {
         Signer { key: key.to_vec() }
     }

@@ -45,9 +45,14 @@ use crate::jid::Jid;
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::{escape_attr, Element, Node};
 
+/// XEP-0313's namespace: queries, results, `<fin/>` and preferences.
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
+/// The disco feature for XEP-0313's extended query fields, which we take: `before-id`,
+/// `after-id` and `ids`.
 pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359's namespace, for the `<stanza-id/>` we add to archived messages.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0059 result set management, for paging through query results.
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 const NS_DATA: &str = "jabber:x:data";
 const NS_XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";

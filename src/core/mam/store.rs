@@ -81,7 +81,9 @@ pub fn ms_of(key: i64) -> i64 {
 /// A message's public id: its key and nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchiveId {
+    /// The row's key: archive time and counter (module docs), so ids sort in time order.
     pub key: i64,
+    /// Random, stored with the row, so that an id cannot be guessed from another.
     pub nonce: i64,
 }
 
@@ -106,13 +108,16 @@ impl std::fmt::Display for ArchiveId {
 /// XEP-0313 §6 archiving preferences: the default for a peer on neither list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultMode {
+    /// Archive messages with every peer.
     Always,
+    /// Archive nothing.
     Never,
     /// Only peers in the account's roster.
     Roster,
 }
 
 impl DefaultMode {
+    /// The `default` attribute's value, as stored and sent in `<prefs/>`.
     pub fn as_str(self) -> &'static str {
         match self {
             DefaultMode::Always => "always",
@@ -121,6 +126,7 @@ impl DefaultMode {
         }
     }
 
+    /// Reads a `default` attribute's value; `None` for anything XEP-0313 does not define.
     pub fn from_name(s: &str) -> Option<DefaultMode> {
         match s {
             "always" => Some(DefaultMode::Always),
@@ -134,6 +140,7 @@ impl DefaultMode {
 /// An account's preferences; without any stored, everything is archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefs {
+    /// For peers on neither list.
     pub default: DefaultMode,
     /// JIDs always archived (a bare JID covers its resources).
     pub always: Vec<String>,
@@ -158,6 +165,7 @@ fn split_jids(s: String) -> Vec<String> {
         .collect()
 }
 
+/// `owner`'s stored preferences, or the default (archive everything) if none are stored.
 pub fn prefs(conn: &Db, owner: &str) -> Result<Prefs, SqlError> {
     let p = conn
         .query_row(
@@ -176,6 +184,7 @@ pub fn prefs(conn: &Db, owner: &str) -> Result<Prefs, SqlError> {
     Ok(p.unwrap_or_default())
 }
 
+/// Replaces `owner`'s preferences.
 pub fn set_prefs(conn: &Db, owner: &str, p: &Prefs) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO archive_prefs (owner, default_mode, always, never) VALUES (?1, ?2, ?3, ?4)
@@ -192,8 +201,11 @@ pub fn set_prefs(conn: &Db, owner: &str, p: &Prefs) -> Result<(), SqlError> {
 
 /// One message to archive for `owner`, exchanged with `with_full` (bare: `with_bare`).
 pub struct NewMessage<'a> {
+    /// The bare JID of the account whose archive gets the message.
     pub owner: &'a str,
+    /// The peer's bare JID, what a bare `with` filter matches.
     pub with_bare: &'a str,
+    /// The peer's JID as it appeared on the stanza (full if it had a resource).
     pub with_full: &'a str,
     /// The stanza as stored and returned, self-contained (with its `xmlns`).
     pub stanza: &'a [u8],
@@ -342,8 +354,15 @@ pub fn remove_owner(conn: &Db, owner: &str) -> Result<(), SqlError> {
 /// only itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum With {
+    /// A bare JID: messages with any of its resources, or with the bare JID itself.
     Bare(String),
-    Full { bare: String, full: String },
+    /// A full JID: messages with that resource only.
+    Full {
+        /// Its bare part, so that the `(owner, with_bare, key)` index serves the query.
+        bare: String,
+        /// The whole JID, matched exactly.
+        full: String,
+    },
 }
 
 /// A query's filters and page, ids already checked ([`exists`]).
@@ -352,36 +371,44 @@ pub enum With {
 /// set that XEP-0059 counts; `rsm_after`/`rsm_before`/`index` only choose a page of it.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
+    /// Only messages with this peer; `None` for all of them.
     pub with: Option<With>,
     /// Inclusive key range from `start` and `end`.
     pub from_key: Option<i64>,
+    /// Upper end of that range ([`key_at`] of the millisecond after `end`, less one).
     pub to_key: Option<i64>,
     /// Exclusive bounds from the form's `after-id` and `before-id`.
     pub after: Option<i64>,
+    /// Only keys below this one (`before-id`).
     pub before: Option<i64>,
     /// `ids`: only these messages (none when empty).
     pub ids: Option<Vec<ArchiveId>>,
     /// Exclusive bounds from RSM `<after/>` and `<before/>`: paging, not filtering.
     pub rsm_after: Option<i64>,
+    /// The page ends before this key (a non-empty RSM `<before/>`).
     pub rsm_before: Option<i64>,
     /// RSM `<index/>` (XEP-0059 §2.5): the page starts at this zero-based position of the
     /// result set, read forwards.
     pub index: Option<usize>,
     /// The page ends at the newest end (RSM `<before/>`): read backwards.
     pub backwards: bool,
+    /// Most results on the page (RSM `<max/>`, capped by the caller); 0 returns none.
     pub max: usize,
 }
 
 /// One archived message.
 #[derive(Debug, Clone)]
 pub struct Archived {
+    /// Its public id, for the `<result id/>` and for paging.
     pub id: ArchiveId,
+    /// The stanza as archived, self-contained (with its `xmlns`).
     pub stanza: Vec<u8>,
 }
 
 /// A page of results, oldest first.
 #[derive(Debug, Clone)]
 pub struct Page {
+    /// At most `max` messages of the result set.
     pub items: Vec<Archived>,
     /// Nothing more matches beyond the page in the direction it was read (XEP-0313 §4.3.3).
     pub complete: bool,

@@ -19,20 +19,32 @@ use crate::core::config::Database;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CopyError {
+    /// The target has rows already: copying would mix two databases' accounts and ids.
     #[error(
         "{target} is not empty (table {table} has {rows} rows); copy into a new, empty database"
     )]
     TargetNotEmpty {
+        /// The target database, without its password.
         target: String,
+        /// The first table found with rows.
         table: String,
+        /// How many rows it has.
         rows: i64,
     },
+    /// Source and target are one database (its name, without a password).
     #[error("--from and --to name the same database ({0})")]
     SameDatabase(String),
+    /// A database could not be opened or migrated, or the transaction failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Reading or inserting a table's rows failed; the transaction is rolled back.
     #[error("copying {table}: {source}")]
-    Table { table: String, source: SqlError },
+    Table {
+        /// The table being copied.
+        table: String,
+        /// The statement that failed.
+        source: SqlError,
+    },
 }
 
 /// Copies everything from `from` into the empty `to`; the rows copied, per table.

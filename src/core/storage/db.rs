@@ -46,20 +46,39 @@ const STATEMENT_CACHE: usize = 256;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SqlError {
+    /// SQLite refused a statement or failed to run it.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement, or the connection failed.
     #[error("postgresql: {}", postgres_text(.0))]
     Postgres(#[from] postgres::Error),
     /// PostgreSQL cannot be reached; the next attempt to connect is after the backoff.
     #[error("postgresql is unreachable ({reason}); next attempt in {retry_in:?}")]
-    Unavailable { reason: String, retry_in: Duration },
+    Unavailable {
+        /// Why the last attempt to connect failed.
+        reason: String,
+        /// Time left until the next attempt.
+        retry_in: Duration,
+    },
     /// `query_row` found nothing (see [`OptionalExtension::optional`]).
     #[error("the query returned no rows")]
     NoRows,
+    /// A column is missing from the row or does not convert to the type asked for.
     #[error("column {index}: {source}")]
-    Column { index: usize, source: FromSqlError },
+    Column {
+        /// The zero-based column position.
+        index: usize,
+        /// What the conversion found.
+        source: FromSqlError,
+    },
+    /// A parameter cannot be sent to PostgreSQL.
     #[error("parameter {index}: {reason}")]
-    Parameter { index: usize, reason: &'static str },
+    Parameter {
+        /// The zero-based parameter position.
+        index: usize,
+        /// What is wrong with its value.
+        reason: &'static str,
+    },
     /// The URL's TLS settings cannot be used (an unreadable `sslrootcert`, ...). Fatal for
     /// the start.
     #[error("postgresql TLS: {0}")]
@@ -81,6 +100,9 @@ pub struct PgTarget {
 }
 
 impl PgTarget {
+    /// Reads a `postgres://` URL, taking out the TLS parameters fedgate handles itself (type
+    /// docs); sets a 5 s connect timeout and the application name unless the URL does. An
+    /// `sslrootcert` without TLS required is an error.
     pub fn parse(url: &str) -> Result<PgTarget, SqlError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut root_file = None;
@@ -196,6 +218,7 @@ impl SqlError {
 
 /// `query_row(…).optional()`: no row is `Ok(None)`, as with rusqlite's trait of that name.
 pub trait OptionalExtension<T> {
+    /// [`SqlError::NoRows`] becomes `Ok(None)`; other errors stay errors.
     fn optional(self) -> Result<Option<T>, SqlError>;
 }
 
@@ -238,6 +261,7 @@ impl Row {
 /// A column's position; a trait (for `usize` only) so that `r.get::<_, T>(0)` reads as with
 /// rusqlite.
 pub trait ColumnIndex {
+    /// The zero-based position.
     fn index(self) -> usize;
 }
 
@@ -250,7 +274,9 @@ impl ColumnIndex for usize {
 /// A database connection (see the module docs). Used from one thread: calls take `&self`,
 /// and a [`Tx`] borrows the connection like any other caller.
 pub enum Db {
+    /// A SQLite file, in WAL mode.
     Sqlite(rusqlite::Connection),
+    /// A PostgreSQL server; in a `RefCell` because a lost connection is replaced from `&self`.
     Postgres(RefCell<Postgres>),
 }
 
@@ -457,6 +483,8 @@ impl Db {
         Ok(())
     }
 
+    /// Records that `version` migrations are applied; call it in the migration's
+    /// transaction.
     pub fn set_schema_version(&self, version: u32) -> Result<(), SqlError> {
         match self {
             Db::Sqlite(_) => self.execute_batch(&format!("PRAGMA user_version = {version}")),
@@ -550,6 +578,7 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Commits the transaction; without it, dropping the [`Tx`] rolls back.
     pub fn commit(mut self) -> Result<(), SqlError> {
         self.done = true;
         self.db.control("COMMIT")
