@@ -106,11 +106,15 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .source
-            .clone()
-            .ok_or(ReloadError::NoFile)?;
-        let result = match Config::load(&source) {
-            Ok(config) => self.apply(config),
-            Err(e) => {
+            .clone();
+        let result = match source.as_deref().map(Config::load) {
+            Some(Ok(config)) => self.apply(config),
+            None => {
+                // Refused like a file that does not load, and counted the same way.
+                self.count(false);
+                Err(ReloadError::NoFile)
+            }
+            Some(Err(e)) => {
                 // `apply` counts its own refusals.
                 self.count(false);
                 Err(ReloadError::from(e))

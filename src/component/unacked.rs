@@ -23,7 +23,7 @@ pub enum AckError {
     },
     /// A `<held/>` number (the stanza's count on the stream) that is not waiting for an
     /// acknowledgement, or that does not come after those already held.
-    #[error("the gateway held stanza {0}, which was not written or was acknowledged already")]
+    #[error("the gateway held stanza {0}, which was not written, was acknowledged already, or does not come after those it held before")]
     HeldUnknown(u32),
 }
 

@@ -29,14 +29,16 @@ pub struct SlotGrant {
 pub enum TokenError {
     /// The token does not have the five dot-separated parts [`Signer::sign`] writes, or one
     /// does not decode.
-    #[error("the token is not of the form EXPIRY.SIGNATURE")]
+    #[error(
+        "the token is not of the form EXPIRY.SIZE.TYPE.OWNER.MAC (hex-encoded type, owner and MAC)"
+    )]
     Malformed,
     /// The slot's lifetime is over; checked only after the signature.
     #[error("the slot has expired")]
     Expired,
     /// The MAC does not match: the token is for another path or was altered, or was
     /// signed by another process (keys are not kept across restarts).
-    #[error("the token was not made for this path, size and content type")]
+    #[error("the token was not made for this path, size, content type, owner and expiry, or by this process")]
     BadSignature,
 }
 
