@@ -97,6 +97,7 @@ impl Default for AckWindow {
 }
 
 impl AckWindow {
+    /// An empty window for a new session: `h` is 0 and nothing is in flight.
     pub fn new() -> Arc<AckWindow> {
         Arc::new(AckWindow::default())
     }

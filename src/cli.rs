@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fedgate", version, about)]
 pub struct Cli {
+    /// What to do; `main` dispatches on it.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands of `fedgate`. The help shows the docs of `Cli` and the variants, not this.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the gateway.
@@ -32,6 +34,7 @@ pub enum Command {
         /// section (for `user` commands).
         #[arg(long, short, default_value = "config/core.toml", global = true)]
         config: PathBuf,
+        /// The `user` and `migrate` commands; without one, the core runs.
         #[command(subcommand)]
         command: Option<CoreCommand>,
     },
@@ -69,11 +72,13 @@ pub enum Command {
     },
     /// Diagnostics that change nothing.
     Check {
+        /// Which check to run.
         #[command(subcommand)]
         what: Check,
     },
 }
 
+/// The subcommands of `fedgate check`.
 #[derive(Debug, Subcommand)]
 pub enum Check {
     /// Validates a configuration file: every problem with its key and fix (exit 64), or a
@@ -111,10 +116,12 @@ pub enum Check {
     },
 }
 
+/// The subcommands of `fedgate core`.
 #[derive(Debug, Subcommand)]
 pub enum CoreCommand {
     /// Accounts in the core's database.
     User {
+        /// What to do with the accounts.
         #[command(subcommand)]
         action: UserAction,
     },
@@ -133,6 +140,7 @@ pub enum CoreCommand {
     },
 }
 
+/// The subcommands of `fedgate core user`.
 #[derive(Debug, Subcommand)]
 pub enum UserAction {
     /// Creates an account. The password is read from the first line of standard input unless
@@ -140,14 +148,20 @@ pub enum UserAction {
     Add {
         /// The address, `user@domain` (a domain or alias of the core).
         address: String,
+        /// The password, instead of reading it from standard input.
         #[arg(long)]
         password: Option<String>,
     },
     /// Deletes an account with its roster and offline messages.
-    Remove { address: String },
+    Remove {
+        /// The address, `user@domain`.
+        address: String,
+    },
     /// Sets a new password (read like `add`'s).
     Passwd {
+        /// The address, `user@domain`.
         address: String,
+        /// The new password, instead of reading it from standard input.
         #[arg(long)]
         password: Option<String>,
     },

@@ -78,6 +78,8 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A stream over `io` from `peer`, read with `limits`; `content_ns` is the namespace our
+    /// header declares if an early error has to open our side first.
     pub fn new(
         io: BoxTransport,
         peer: SocketAddr,
@@ -380,6 +382,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Queues bytes; nothing is written until [`Writer::flush`].
     pub fn send(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
     }

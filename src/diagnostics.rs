@@ -60,6 +60,7 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The process exit status: 0, 1, or 64 (`EX_USAGE` of sysexits.h).
     pub fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
@@ -186,18 +187,31 @@ pub struct RemoteCheck {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageError {
+    /// DOMAIN (or the `--from` value) is not a valid domain name.
     #[error("`{given}` is not a domain: {reason}; give a domain such as example.org")]
-    Domain { given: String, reason: String },
+    Domain {
+        /// The value as given on the command line.
+        given: String,
+        /// Why it is not a domain.
+        reason: String,
+    },
+    /// `--from` names a domain that is not one of the configuration's local domains.
     #[error("--from {given}: not a domain of {file}; use one of {domains}")]
     From {
+        /// The `--from` value as given.
         given: String,
+        /// The configuration file, as shown to the user.
         file: String,
+        /// The local domains of the file, comma-separated, to choose from.
         domains: String,
     },
+    /// The configuration file does not load or is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Our certificates or keys cannot be loaded.
     #[error("TLS: {0}; fix the file, as `fedgate run` would need to")]
     Tls(#[from] crate::tls::TlsError),
+    /// The DNS resolver cannot be set up from the system or `[dns]` configuration.
     #[error("{0}; check the system resolver configuration, or set [dns] nameservers")]
     Resolver(#[from] ResolveError),
 }
@@ -332,11 +346,14 @@ impl RemoteCheck {
 
 /// What `check remote` found: a remote domain's probe, or our own instances' secret.
 pub enum Report {
+    /// A remote domain: the probe's steps and verdict.
     Remote(RemoteReport),
+    /// One of our own domains: whether its instances share our dialback secret.
     Instances(InstancesReport),
 }
 
 impl Report {
+    /// The exit status the report calls for.
     pub fn exit(&self) -> Exit {
         match self {
             Report::Remote(r) => r.exit(),
@@ -398,6 +415,7 @@ impl InstancesReport {
         )))
     }
 
+    /// [`Exit::Ok`] when every instance shares our secret, else [`Exit::Failed`].
     pub fn exit(&self) -> Exit {
         if self.shared_by_all() {
             Exit::Ok

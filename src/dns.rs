@@ -65,16 +65,30 @@ const STARTTLS_SERVICE: &str = "_xmpp-server._tcp";
 pub enum ResolveError {
     /// The name does not exist or has no A/AAAA record.
     #[error("no SRV or A/AAAA record for {domain}")]
-    NoRecords { domain: String },
+    NoRecords {
+        /// The remote domain.
+        domain: String,
+    },
     /// The domain's SRV records say it offers no s2s service (a lone `.` target, RFC 2782).
     #[error("{domain} offers no XMPP server-to-server service (its SRV target is \".\")")]
-    NoService { domain: String },
+    NoService {
+        /// The remote domain.
+        domain: String,
+    },
     /// An SRV target (or a route's host) has no A/AAAA record.
     #[error("no A/AAAA record for {host}")]
-    NoAddress { host: String },
+    NoAddress {
+        /// The host that has no address.
+        host: String,
+    },
     /// The resolver failed (timeout, SERVFAIL, unreachable nameserver).
     #[error("DNS lookup for {domain} failed: {reason}")]
-    Lookup { domain: String, reason: String },
+    Lookup {
+        /// The name being resolved (`(resolver setup)` when the resolver could not be built).
+        domain: String,
+        /// The resolver's error.
+        reason: String,
+    },
 }
 
 impl ResolveError {
@@ -107,6 +121,7 @@ pub struct Target {
     /// The host name the address came from (an SRV target, the domain itself, or a static
     /// route's host).
     pub host: String,
+    /// The address to dial, with the port from the SRV record, the route, or 5269.
     pub addr: SocketAddr,
     /// TLS from the first byte (XEP-0368) rather than STARTTLS.
     pub direct_tls: bool,
@@ -118,7 +133,12 @@ pub enum Origin {
     /// A `[[s2s.route]]`.
     Route,
     /// An SRV record: `_xmpps-server._tcp` when `direct_tls`, else `_xmpp-server._tcp`.
-    Srv { priority: u16, weight: u16 },
+    Srv {
+        /// Lower is tried first (RFC 2782).
+        priority: u16,
+        /// Within one priority, the relative chance of being tried first (RFC 2782).
+        weight: u16,
+    },
     /// No SRV record: the domain itself on port 5269 (RFC 6120 §3.2.2).
     Fallback,
 }
@@ -138,10 +158,13 @@ impl fmt::Display for Origin {
 /// A host to connect to, before its addresses are resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The host name to resolve: an SRV target, a route's host, or the domain itself.
     pub host: String,
+    /// The TCP port: from the SRV record or route, else 5269.
     pub port: u16,
     /// TLS from the first byte (XEP-0368) rather than STARTTLS.
     pub direct_tls: bool,
+    /// Why this host is a candidate; decides how failures are worded.
     pub origin: Origin,
 }
 
@@ -167,7 +190,9 @@ impl fmt::Display for Candidate {
 /// traces and `fedgate check dns`.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The remote domain planned for.
     pub domain: String,
+    /// The hosts to try, in the order to try them.
     pub candidates: Vec<Candidate>,
     /// One line per DNS answer or notable fact, e.g. "_xmpp-server._tcp.b.test: SRV priority 0
     /// weight 5 port 5269 target xmpp.b.test (TTL 3600 s)" or "_xmpps-server._tcp.b.test: SRV
@@ -179,6 +204,7 @@ pub struct Plan {
 /// they would be tried with their addresses, and what is wrong.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The domain checked.
     pub domain: String,
     /// The plan's DNS lines, then each candidate's address lines.
     pub answers: Vec<String>,
@@ -191,6 +217,7 @@ pub struct Report {
 /// One candidate of a [`Report`] and what its address lookup gave.
 #[derive(Debug, Clone)]
 pub struct HostReport {
+    /// The candidate as the plan has it.
     pub candidate: Candidate,
     /// In the order they would be dialled.
     pub addresses: Result<Vec<IpAddr>, ResolveError>,

@@ -51,17 +51,24 @@ pub enum GatewayError {
     Bind {
         /// The configuration key that names the address.
         key: &'static str,
+        /// The address from the configuration.
         addr: SocketAddr,
+        /// The operating system's error (e.g. address in use, permission denied).
         error: std::io::Error,
     },
+    /// The configuration is not valid (or a backend secret cannot be read).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The dialback secret file cannot be read or created.
     #[error(transparent)]
     Secret(#[from] DialbackError),
+    /// The DNS resolver cannot be set up from the system or `[dns]` configuration.
     #[error("DNS resolver: {0}")]
     Resolver(#[from] ResolveError),
+    /// A certificate, key or CA file cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The embedded c2s core (`[core]`) did not start.
     #[error("core: {0}")]
     Core(#[from] crate::core::CoreError),
     /// The chat service's rooms could not be read from the core's database.
@@ -70,7 +77,9 @@ pub enum GatewayError {
     /// The upload service's files directory could not be opened.
     #[error("upload service: cannot open upload.directory {path}: {error}; create it or point upload.directory at a writable folder")]
     Upload {
+        /// The configured `upload.directory`.
         path: std::path::PathBuf,
+        /// Why it could not be opened.
         error: std::io::Error,
     },
 }
@@ -141,6 +150,7 @@ pub struct RunningGateway {
     pub upload_addr: Option<SocketAddr>,
     /// Attaches backends in this process (the embedded core) over in-memory pipes.
     component_link: LocalLink,
+    /// Hands stanzas to the backends and the s2s sessions; shared with every session.
     pub router: Arc<Router>,
     /// What every s2s session shares: for diagnostics (the latest attempts per peer).
     pub s2s: Arc<S2sContext>,

@@ -20,8 +20,11 @@ use crate::s2s::S2sContext;
 /// One line per peer in `/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerSummary {
+    /// The remote domain (canonical form).
     pub domain: String,
+    /// Live inbound sessions on which the domain is authenticated.
     pub sessions_inbound: usize,
+    /// Live outbound sessions to the domain.
     pub sessions_outbound: usize,
     /// Stanzas waiting for the peer.
     pub queued: usize,
@@ -38,6 +41,7 @@ pub struct PeersView {
     /// gateway older than the field.
     #[serde(default)]
     pub instance: String,
+    /// One summary per remote domain, sorted by domain.
     pub peers: Vec<PeerSummary>,
 }
 
@@ -47,14 +51,23 @@ pub struct PeerView {
     /// The gateway instance that answers, as in [`PeersView::instance`].
     #[serde(default)]
     pub instance: String,
+    /// The remote domain (canonical form).
     pub domain: String,
+    /// What the policy in force says about the domain.
     pub policy: PolicyView,
+    /// The live sessions, both directions, on which the domain is authenticated.
     pub sessions: Vec<SessionView>,
+    /// Stanzas waiting in the outbound queue for the domain.
     pub queued: usize,
+    /// Whether the last outbound attempt authenticated; `null` before any.
     pub up: Option<bool>,
+    /// Stanzas received from the domain since fedgate began tracking it.
     pub stanzas_inbound: u64,
+    /// Stanzas sent to the domain since fedgate began tracking it.
     pub stanzas_outbound: u64,
+    /// Stanzas for the domain returned to their senders with an error.
     pub bounces: u64,
+    /// Outbound attempts to the domain that failed.
     pub failed_attempts: u64,
     /// When a session with the peer was last up (RFC 3339), if ever.
     pub last_contact: Option<String>,
@@ -71,7 +84,9 @@ pub struct PeerView {
 pub struct PolicyView {
     /// `allowed`, or `refused: <rule>`; under `dry_run` a refusal reads `dry run: refused ...`.
     pub federation: String,
+    /// `required` or `optional`: whether the stream to the peer must be TLS-encrypted.
     pub tls: String,
+    /// How the peer must authenticate: `any`, `external` (SASL EXTERNAL) or `dialback`.
     pub auth: String,
     /// A valid certificate is required.
     pub valid_certificate_required: bool,
@@ -79,11 +94,14 @@ pub struct PolicyView {
     pub pins: usize,
 }
 
+/// One live session with the peer, as `/peers/{domain}` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionView {
     /// `inbound` or `outbound`.
     pub direction: String,
+    /// When the session was opened (RFC 3339).
     pub since: String,
+    /// The peer's address (`host:port (ip)` for outbound), if known.
     pub address: Option<String>,
     /// `TLSv1.3 TLS13_AES_256_GCM_SHA384`, or `none`.
     pub tls: String,
@@ -91,38 +109,54 @@ pub struct SessionView {
     pub certificate: Option<String>,
     /// `local → remote (auth)` for each authenticated pair.
     pub pairs: Vec<PairView>,
+    /// Whether XEP-0198 stream management is on.
     pub stream_management: bool,
     /// XEP-0288: the connection carries stanzas both ways (absent from older gateways).
     #[serde(default)]
     pub bidi: bool,
 }
 
+/// A domain pair authenticated on a session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairView {
+    /// Our domain of the pair.
     pub local: String,
+    /// The peer's domain of the pair.
     pub remote: String,
+    /// How the pair authenticated: `external` (SASL EXTERNAL) or `dialback`.
     pub auth: String,
 }
 
+/// A failure to federate with the peer, as the registry remembers it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailureView {
+    /// When it happened (RFC 3339).
     pub at: String,
+    /// `inbound` or `outbound`: which kind of session failed.
     pub direction: String,
+    /// What went wrong, in words.
     pub cause: String,
 }
 
+/// One outbound connection attempt, step by step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptView {
+    /// When the attempt began (RFC 3339).
     pub started: String,
     /// Whether the attempt's last step succeeded.
     pub ok: bool,
+    /// The steps in order: DNS, TCP, TLS, authentication.
     pub steps: Vec<StepView>,
 }
 
+/// One step of an attempt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepView {
+    /// Milliseconds since the attempt began.
     pub after_ms: u64,
+    /// Whether the step worked.
     pub ok: bool,
+    /// What was done, e.g. `TCP connected to xmpp.b.example:5269 (203.0.113.5)`.
     pub what: String,
 }
 

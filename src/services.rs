@@ -145,20 +145,29 @@ impl ServicesFile {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServicesError {
+    /// The services' file is not valid, or the gateway secret cannot be read.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The upload service's certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The `[storage]` database cannot be opened, or the chat service cannot read its rooms.
     #[error("database {0}")]
     Storage(#[from] StorageError),
+    /// The upload service's HTTPS listener cannot be bound.
     #[error("cannot listen on {addr} (upload.listen): {error}; if another process holds the port, stop it or change `upload.listen`")]
     Bind {
+        /// The `upload.listen` address.
         addr: std::net::SocketAddr,
+        /// The operating system's error (e.g. address in use).
         error: std::io::Error,
     },
+    /// The upload service's files directory cannot be opened.
     #[error("upload directory {path}: {error}")]
     Upload {
+        /// The configured `upload.directory`.
         path: PathBuf,
+        /// Why it could not be opened.
         error: std::io::Error,
     },
 }

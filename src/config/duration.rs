@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use serde::{Deserializer, Serializer};
 
+/// For `#[serde(with = "duration")]`: writes `d` as [`text`] does, e.g. `"10m"`.
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&text(*d))
 }
 
+/// For `#[serde(with = "duration")]`: reads any form humantime accepts, e.g. `"30s"`,
+/// `"1day"`.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime_serde::deserialize(d)
 }

@@ -40,31 +40,67 @@ use crate::xml::stream::{OpenStream, StreamHeader};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
+    /// No TCP connection to any address of the host came up (within `connect_timeout` each).
     #[error("cannot connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
+    Connect {
+        /// The host and port that was dialed (`host:port`).
+        target: String,
+        /// Each address tried, with why it failed (`addr: why; ...`).
+        reason: String,
+    },
+    /// A stage of the attempt took longer than its timeout allows.
     #[error("{stage} at {target} timed out after {after:?}")]
     Timeout {
+        /// Which stage ran out of time.
         stage: Stage,
+        /// The target as logs name it (`host:port (ip)`).
         target: String,
+        /// The timeout that ran out.
         after: Duration,
     },
+    /// The peer sent a `<stream:error/>` (RFC 6120 §4.9) instead of what was expected.
     #[error("{target} closed the stream with {error}")]
     PeerStreamError {
+        /// The target as logs name it (`host:port (ip)`).
         target: String,
+        /// The condition and text the peer sent.
         error: PeerStreamError,
     },
+    /// The stream broke or went off script: an I/O error, an early close, an element out of
+    /// place, or a refused STARTTLS.
     #[error("stream to {target} failed: {reason}")]
-    Stream { target: String, reason: String },
+    Stream {
+        /// The target as logs name it (`host:port (ip)`).
+        target: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+    /// The peer offers no STARTTLS, but the policy for the domain requires TLS.
     #[error("{target} does not offer TLS, and TLS is required for {domain}")]
-    TlsUnavailable { target: String, domain: String },
+    TlsUnavailable {
+        /// The target as logs name it (`host:port (ip)`).
+        target: String,
+        /// The remote domain whose policy requires TLS.
+        domain: String,
+    },
+    /// The TLS handshake failed.
     #[error("TLS with {target} failed: {error}")]
-    Tls { target: String, error: TlsError },
+    Tls {
+        /// The target as logs name it (`host:port (ip)`).
+        target: String,
+        /// What the handshake failed on.
+        error: TlsError,
+    },
     /// A candidate host has no address (or the lookup failed).
     #[error("{0}")]
     Resolve(ResolveError),
+    /// The policy needs a valid certificate and the peer's certificate is not valid for the
+    /// domain.
     #[error("TLS {problem} at {target}")]
     Certificate {
+        /// The target as logs name it (`host:port (ip)`).
         target: String,
+        /// Why the certificate is not valid.
         problem: CertProblem,
         /// The TLS session, with the chain the peer presented (for diagnostics).
         tls: Box<TlsInfo>,
@@ -166,6 +202,7 @@ impl fmt::Display for Security {
 
 /// A stream ready for authentication.
 pub struct Opened {
+    /// The connection, with the stream open on it (on TLS once negotiated).
     pub conn: Connection,
     /// Where it goes.
     pub target: Target,
@@ -175,6 +212,7 @@ pub struct Opened {
     pub header: StreamHeader,
     /// The peer's latest features (empty for a pre-1.0 peer).
     pub features: Element,
+    /// What the stream negotiated: the TLS session and the certificate verdict.
     pub security: Security,
 }
 
@@ -632,6 +670,7 @@ pub async fn next_element(conn: &mut Connection, target: &str) -> Result<Stanza,
     }
 }
 
+/// Sends what is queued on `conn`; a write error becomes [`ConnectError::Stream`].
 pub async fn flush(conn: &mut Connection, target: &str) -> Result<(), ConnectError> {
     conn.flush()
         .await

@@ -33,6 +33,7 @@ impl Whitespace {
     /// What is written: a single space between top-level elements.
     pub const BYTES: &'static [u8] = b" ";
 
+    /// Keepalives after `interval` without a write (`s2s.keepalive_interval`).
     pub fn new(interval: Duration) -> Whitespace {
         Whitespace { interval }
     }
@@ -91,6 +92,7 @@ pub struct Pings {
 
 /// A ping to send and the way to learn it was answered.
 pub struct Ping {
+    /// The `<iq/>` id (prefixed so [`Pings::claim`] can tell our pings' answers apart).
     pub id: String,
     /// The `<iq/>` to write.
     pub bytes: Vec<u8>,

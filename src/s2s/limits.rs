@@ -55,12 +55,21 @@ use crate::xml::ns;
 /// Which limit refused something: the `limit` label and the configuration key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
+    /// `s2s.max_connections_per_ip`: inbound TCP connections from one source address.
     ConnectionsPerIp,
+    /// `s2s.max_streams_per_domain`: inbound streams on which one remote domain is authenticated.
     StreamsPerDomain,
+    /// `s2s.max_domain_pairs_per_stream`: domain pairs one inbound stream may authenticate.
     DomainPairsPerStream,
+    /// `s2s.max_pending_verifications`: connect-backs one inbound stream may have in flight.
     PendingVerifications,
+    /// `s2s.max_pending_verifications_total`: connect-backs in flight over all inbound streams.
     PendingVerificationsTotal,
+    /// A stanza over the size limit we configure: `s2s.max_stanza_bytes`, or the peer's
+    /// `[[federation.peer]] max_stanza_bytes`.
     StanzaBytes,
+    /// A stanza to send over what the peer accepts: its XEP-0478 `max-bytes`, or the cap
+    /// configured for it.
     PeerMaxBytes,
 }
 
@@ -117,6 +126,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits as `settings` sets them, with every refusal counter registered at 0.
     pub fn new(settings: &S2sConfig, metrics: &Metrics) -> Limits {
         Limits {
             connections: Counts::new(settings.max_connections_per_ip),
@@ -320,6 +330,7 @@ pub fn advertised_max_bytes(features: &Element) -> Option<usize> {
 /// The largest stanza an outbound link may carry, and whose limit it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundCap {
+    /// The largest stanza size in bytes the link may send.
     pub max: usize,
     /// The peer announced it (XEP-0478), rather than `[[federation.peer]] max_stanza_bytes`.
     pub advertised: bool,

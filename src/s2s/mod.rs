@@ -49,8 +49,12 @@ use crate::xml::error::StreamErrorCondition;
 
 /// What every s2s session needs, shared.
 pub struct S2sContext {
+    /// Hands each authenticated stanza to its backend or to the outbound session for its
+    /// pair, or bounces it.
     pub router: Arc<Router>,
+    /// Finds the targets of remote domains (static routes, SRV, A/AAAA).
     pub resolver: Resolver,
+    /// The key dialback keys are made and checked with (XEP-0220 §2.1.1, XEP-0185).
     pub secret: Arc<DialbackSecret>,
     /// The `[s2s]` section as configured (each field, with its default and unit, is
     /// documented on [`S2sConfig`]).
@@ -154,10 +158,14 @@ pub struct PeerStreamError {
     pub condition: Option<StreamErrorCondition>,
     /// The condition element's name as sent (may be one we do not know): for logs and texts.
     pub name: String,
+    /// The `<text/>` the peer added, if any: for logs and bounce texts.
     pub text: Option<String>,
 }
 
 impl PeerStreamError {
+    /// Reads a received `<stream:error/>`. Never fails: one with no condition element, or
+    /// that does not parse as a tree, reads as `undefined-condition`; an unknown condition
+    /// keeps its name, with `condition: None`.
     pub fn parse(stanza: &crate::xml::stanza::Stanza) -> PeerStreamError {
         use crate::xml::ns;
         let undefined = || PeerStreamError {

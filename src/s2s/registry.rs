@@ -31,7 +31,9 @@ pub const TRACES_PER_DOMAIN: usize = 3;
 /// A domain pair authenticated on a session, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
+    /// Our domain of the pair.
     pub local: String,
+    /// The peer's domain of the pair.
     pub remote: String,
     /// `external` or `dialback`.
     pub auth: &'static str,
@@ -57,8 +59,11 @@ pub struct Negotiated {
 /// One live s2s session.
 #[derive(Debug)]
 pub struct LiveSession {
+    /// Unique per session (from the router's counter), the key of the registry entry.
     pub id: u64,
+    /// Which way the session goes.
     pub direction: Direction,
+    /// When the session was registered (wall-clock).
     pub started: SystemTime,
     negotiated: Mutex<Negotiated>,
     kick: CancellationToken,
@@ -119,6 +124,7 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// The registered session, shared, for a reader that needs it past the registration.
     pub fn session(&self) -> &Arc<LiveSession> {
         &self.session
     }
@@ -141,8 +147,11 @@ impl Drop for Registration {
 /// that the peer closed with an error, a key that did not verify.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// When the failure happened.
     pub at: SystemTime,
+    /// Whether an inbound or an outbound session failed.
     pub direction: Direction,
+    /// What went wrong, as logged.
     pub cause: String,
 }
 

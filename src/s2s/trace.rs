@@ -12,7 +12,9 @@ use tokio::time::Instant;
 pub struct Step {
     /// Time since the attempt started.
     pub after: Duration,
+    /// Whether the step worked; the last step's value tells how the attempt ended.
     pub ok: bool,
+    /// What was done and with what result, e.g. the DNS answer or the error.
     pub what: String,
 }
 
@@ -20,9 +22,12 @@ pub struct Step {
 /// [`Trace::MAX_STEPS`] steps and counts the rest.
 #[derive(Debug, Clone)]
 pub struct Trace {
+    /// Wall-clock time the attempt began, for display.
     pub started: SystemTime,
     begun: Instant,
+    /// The recorded steps, at most [`Trace::MAX_STEPS`].
     pub steps: Vec<Step>,
+    /// Steps that came after the limit and were only counted.
     pub omitted: usize,
 }
 
@@ -33,8 +38,10 @@ impl Default for Trace {
 }
 
 impl Trace {
+    /// Most steps kept per attempt: enough for several targets, bounded for a domain with many.
     pub const MAX_STEPS: usize = 64;
 
+    /// An empty trace of an attempt that begins now.
     pub fn new() -> Trace {
         Trace {
             started: SystemTime::now(),

@@ -16,7 +16,9 @@ use x509_parser::certificate::X509Certificate;
 /// A channel binding type this server can provide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelBindingType {
+    /// `tls-exporter` (RFC 9266): keying material exported from this connection; TLS 1.3 only.
     TlsExporter,
+    /// `tls-server-end-point` (RFC 5929 §4): a hash of the certificate we presented.
     TlsServerEndPoint,
 }
 
@@ -29,6 +31,7 @@ impl ChannelBindingType {
         }
     }
 
+    /// Parses a name from the GS2 header (`p=NAME`); `None` for a type we cannot provide.
     pub fn from_name(name: &str) -> Option<ChannelBindingType> {
         match name {
             "tls-exporter" => Some(ChannelBindingType::TlsExporter),
@@ -42,11 +45,14 @@ impl ChannelBindingType {
 /// cannot provide it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChannelBindings {
+    /// The 32 exported bytes; `None` below TLS 1.3.
     pub tls_exporter: Option<Vec<u8>>,
+    /// The hash of our certificate; `None` when its signature algorithm has no usable hash.
     pub tls_server_end_point: Option<Vec<u8>>,
 }
 
 impl ChannelBindings {
+    /// The binding data of type `t`, if this connection has it.
     pub fn get(&self, t: ChannelBindingType) -> Option<&[u8]> {
         match t {
             ChannelBindingType::TlsExporter => self.tls_exporter.as_deref(),
@@ -65,6 +71,7 @@ impl ChannelBindings {
         .collect()
     }
 
+    /// Whether the connection can provide no channel binding, so no `-PLUS` mechanism is offered.
     pub fn is_empty(&self) -> bool {
         self.types().is_empty()
     }

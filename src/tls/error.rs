@@ -9,7 +9,12 @@ pub enum TlsError {
     /// A certificate, key or CA file could not be used. Fatal at start; on reload the old
     /// configuration stays.
     #[error("{path}: {problem}")]
-    File { path: String, problem: String },
+    File {
+        /// The file as configured.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// No certificate is configured for the name the peer asked for. Fatal for the stream.
     #[error("no certificate for {0}")]
     NoCertificate(String),

@@ -46,22 +46,37 @@ pub enum CertVerdict {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertProblem {
+    /// The peer sent no certificate at all.
     #[error("no certificate presented")]
     NoCertificate,
+    /// The leaf names itself as issuer and chains to none of our trust anchors.
     #[error("self-signed certificate")]
     SelfSigned,
+    /// The chain does not lead to any of our trust anchors.
     #[error("certificate issued by an unknown CA")]
     UnknownIssuer,
+    /// The leaf, or a certificate of its chain, is past its notAfter date.
     #[error("certificate expired")]
     Expired,
+    /// The leaf, or a certificate of its chain, is before its notBefore date.
     #[error("certificate not yet valid")]
     NotYetValid,
+    /// The extended key usage allows neither serverAuth nor, for a peer that connected to us,
+    /// clientAuth (RFC 6120 §13.7.2.1).
     #[error("certificate not valid for server use (extended key usage)")]
     WrongPurpose,
+    /// None of the names the certificate presents (DNS-ID, SRV-ID, XmppAddr) matches the domain.
     #[error("certificate name mismatch: it is for {presented}, not {domain}")]
-    NameMismatch { domain: String, presented: String },
+    NameMismatch {
+        /// The domain the certificate was checked for (canonical).
+        domain: String,
+        /// The names the certificate does present, as text.
+        presented: String,
+    },
+    /// The leaf's public key is not one of the pins configured for the domain.
     #[error("certificate does not match the pinned public key")]
     PinMismatch,
+    /// Anything else: an unparsable certificate or another path validation error.
     #[error("unusable certificate: {0}")]
     Other(String),
 }
@@ -84,6 +99,7 @@ impl CertProblem {
 }
 
 impl CertVerdict {
+    /// Whether the certificate is valid for the domain.
     pub fn is_valid(&self) -> bool {
         matches!(self, CertVerdict::Valid)
     }

@@ -20,12 +20,14 @@ pub struct Element {
     /// Attributes other than namespace declarations: qualified name as
     /// written, unescaped value.
     pub attrs: Vec<(String, String)>,
+    /// Child elements and text in document order.
     pub children: Vec<Node>,
 }
 
 /// A child of an [`Element`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
+    /// A child element.
     Element(Element),
     /// Character data, unescaped (CDATA included).
     Text(String),

@@ -18,32 +18,67 @@ use super::ns;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StreamErrorCondition {
+    /// §4.9.3.1: the peer sent XML that cannot be processed; the catch-all when no more specific
+    /// condition fits.
     BadFormat,
+    /// §4.9.3.2: an element uses an unsupported namespace prefix, or lacks a namespace it needs.
     BadNamespacePrefix,
+    /// §4.9.3.3: the server closes this stream because a newer stream conflicts with it.
     Conflict,
+    /// §4.9.3.4: the stream is closed because the other side seems gone (no traffic for too long).
     ConnectionTimeout,
+    /// §4.9.3.5: the `to` of the stream header names a domain this server no longer serves.
     HostGone,
+    /// §4.9.3.6: the `to` of the stream header names a domain this server does not serve.
     HostUnknown,
+    /// §4.9.3.7: a stanza between servers lacks `to` or `from`, or one of them is not a valid JID.
     ImproperAddressing,
+    /// §4.9.3.8: a misconfiguration or internal failure keeps the server from serving the stream.
     InternalServerError,
+    /// §4.9.3.9: a stanza's `from` is not a domain (or JID) that was authenticated on this stream.
     InvalidFrom,
+    /// §4.9.3.10: the stream element is not in the streams namespace, or the content namespace
+    /// is not one the server supports (e.g. not `jabber:server`).
     InvalidNamespace,
+    /// §4.9.3.11: the XML is well-formed but invalid against the schemas (only for servers that
+    /// validate).
     InvalidXml,
+    /// §4.9.3.12: the peer sent data before authenticating, or did something in stream
+    /// negotiation it is not allowed to.
     NotAuthorized,
+    /// §4.9.3.13: the peer sent XML that breaks the well-formedness rules of XML 1.0.
     NotWellFormed,
+    /// §4.9.3.14: the peer broke a local policy, e.g. a stanza over the size limit; the text may
+    /// say which.
     PolicyViolation,
+    /// §4.9.3.15: the server could not reach a remote entity it needs for authentication, e.g.
+    /// the authoritative server in dialback.
     RemoteConnectionFailed,
+    /// §4.9.3.16: the stream must be set up again, e.g. because new security features are offered
+    /// or the certificates or keys behind the security layer have changed.
     Reset,
+    /// §4.9.3.17: the server lacks the resources (memory, connections) to serve the stream.
     ResourceConstraint,
+    /// §4.9.3.18: the peer used XML that §11.1 forbids: comments, processing instructions, DTDs
+    /// or entity references other than the predefined ones.
     RestrictedXml,
     /// §4.9.3.19: the XML character data of the element is the host (and
     /// optional port) the peer should reconnect to.
     SeeOtherHost(String),
+    /// §4.9.3.20: the server is shutting down and closes all its streams.
     SystemShutdown,
+    /// §4.9.3.21: a condition RFC 6120 does not define; meant to go with an application-specific
+    /// condition element.
     UndefinedCondition,
+    /// §4.9.3.22: the stream is not encoded in UTF-8.
     UnsupportedEncoding,
+    /// §4.9.3.23: the receiving side requires a stream feature the initiating side does not
+    /// support, and offers no other mandatory feature.
     UnsupportedFeature,
+    /// §4.9.3.24: a top-level element the server does not understand (unknown namespace or
+    /// element name).
     UnsupportedStanzaType,
+    /// §4.9.3.25: the `version` of the stream header is one the server does not support.
     UnsupportedVersion,
 }
 
@@ -182,14 +217,20 @@ pub fn write_stanza_error(out: &mut Vec<u8>, cond: StanzaErrorCondition, text: O
 /// The `type` attribute of a stanza `<error/>` (RFC 6120 §8.3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StanzaErrorType {
+    /// Retry after providing credentials.
     Auth,
+    /// Do not retry: the error cannot be recovered from.
     Cancel,
+    /// Go on: the condition was only a warning.
     Continue,
+    /// Retry after changing the data sent.
     Modify,
+    /// Retry after waiting: the error is temporary.
     Wait,
 }
 
 impl StanzaErrorType {
+    /// The `type` attribute value used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             StanzaErrorType::Auth => "auth",
@@ -211,27 +252,55 @@ impl fmt::Display for StanzaErrorType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StanzaErrorCondition {
+    /// §8.3.3.1: the stanza is malformed or cannot be processed, e.g. an IQ of unknown `type`.
     BadRequest,
+    /// §8.3.3.2: access is refused because a resource or session of that name or address exists.
     Conflict,
+    /// §8.3.3.3: the recipient or a server on the way does not implement a feature the stanza
+    /// needs.
     FeatureNotImplemented,
+    /// §8.3.3.4: the sender lacks the permissions the action needs.
     Forbidden,
+    /// §8.3.3.5: the recipient or server is no longer at this address, usually for good; the
+    /// character data may give the new address.
     Gone,
+    /// §8.3.3.6: a misconfiguration or internal failure kept the server from handling the stanza.
     InternalServerError,
+    /// §8.3.3.7: the addressed JID or the requested item does not exist.
     ItemNotFound,
+    /// §8.3.3.8: the sender gave an address (e.g. in `to`) that breaks the JID rules of RFC 7622.
     JidMalformed,
+    /// §8.3.3.9: the request is understood, but does not meet the recipient's or server's
+    /// criteria (e.g. a size or content policy).
     NotAcceptable,
+    /// §8.3.3.10: nobody is allowed to perform this action, e.g. sending to a barred domain.
     NotAllowed,
+    /// §8.3.3.11: the sender must first authenticate, or gave wrong credentials.
     NotAuthorized,
+    /// §8.3.3.12: the sender broke a local service policy; the text may say which.
     PolicyViolation,
+    /// §8.3.3.13: the recipient is temporarily unavailable, e.g. offline with no resources.
     RecipientUnavailable,
+    /// §8.3.3.14: the request is redirected, usually temporarily, to the address in the
+    /// character data.
     Redirect,
+    /// §8.3.3.15: the service needs the sender to register first.
     RegistrationRequired,
+    /// §8.3.3.16: the recipient's domain does not exist or cannot be resolved (no SRV, A or AAAA).
     RemoteServerNotFound,
+    /// §8.3.3.17: the recipient's domain was resolved but no stream to it came up in time.
     RemoteServerTimeout,
+    /// §8.3.3.18: the server or recipient is busy or lacks the resources to handle the stanza.
     ResourceConstraint,
+    /// §8.3.3.19: the server or recipient does not offer the requested service. Also what
+    /// §8.3.3.7 and §8.3.3.13 answer instead when their condition would reveal presence.
     ServiceUnavailable,
+    /// §8.3.3.20: the service needs a subscription first, e.g. to the recipient's presence.
     SubscriptionRequired,
+    /// §8.3.3.21: a condition RFC 6120 does not define; meant to go with an application-specific
+    /// condition element.
     UndefinedCondition,
+    /// §8.3.3.22: the request is understood but not expected now, e.g. out of order.
     UnexpectedRequest,
 }
 
@@ -362,16 +431,30 @@ impl fmt::Display for StanzaErrorCondition {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SaslCondition {
+    /// The receiving side confirms that the initiating side aborted the SASL exchange.
     Aborted,
+    /// The account is (temporarily) disabled.
     AccountDisabled,
+    /// The credentials given have expired.
     CredentialsExpired,
+    /// The mechanism may only be used on a stream protected by TLS (confidentiality and
+    /// integrity).
     EncryptionRequired,
+    /// The base64 data of the exchange is not correctly encoded.
     IncorrectEncoding,
+    /// The authorization identity is malformed, or the initiating side may not act as it (for
+    /// s2s SASL EXTERNAL: not a domain its certificate covers).
     InvalidAuthzid,
+    /// No mechanism was named, or one that was not offered.
     InvalidMechanism,
+    /// The request breaks the syntax of the mechanism, e.g. an initial response the mechanism
+    /// does not allow.
     MalformedRequest,
+    /// The mechanism is weaker than the server's policy allows.
     MechanismTooWeak,
+    /// Authentication failed: wrong credentials, or an attack the server chooses not to reveal.
     NotAuthorized,
+    /// A temporary failure on the receiving side; try again later.
     TemporaryAuthFailure,
 }
 
@@ -448,12 +531,18 @@ pub enum XmlError {
     /// tag, bad attribute syntax, a duplicate attribute or an illegal character.
     /// Fatal: maps to `not-well-formed`.
     #[error("not well-formed: {reason}")]
-    NotWellFormed { reason: String },
+    NotWellFormed {
+        /// What is malformed, for the log and the stream error text.
+        reason: String,
+    },
     /// XML that RFC 6120 §11.1 forbids on an XMPP stream (comment, processing
     /// instruction, DTD, entity declaration, non-predefined entity reference).
     /// Fatal: maps to `restricted-xml`.
     #[error("restricted XML: {what}")]
-    RestrictedXml { what: &'static str },
+    RestrictedXml {
+        /// Which construct was found, e.g. `comment`.
+        what: &'static str,
+    },
     /// The bytes are not valid UTF-8 (RFC 6120 §11.6). Fatal: maps to
     /// `not-well-formed`.
     #[error("invalid UTF-8")]
@@ -461,31 +550,52 @@ pub enum XmlError {
     /// A top-level element (or the stream header) is larger than the limit.
     /// Fatal: maps to `policy-violation`.
     #[error("stanza exceeds {max} bytes")]
-    StanzaTooLarge { max: usize },
+    StanzaTooLarge {
+        /// The size limit that was exceeded, in bytes.
+        max: usize,
+    },
     /// Elements are nested deeper than the limit inside one stanza. Fatal:
     /// maps to `policy-violation`.
     #[error("stanza nesting exceeds depth {max}")]
-    TooDeep { max: usize },
+    TooDeep {
+        /// The deepest nesting allowed; the stanza element itself is depth 1.
+        max: usize,
+    },
     /// One element carries more attributes than the limit. Fatal: maps to
     /// `policy-violation`.
     #[error("element has more than {max} attributes")]
-    TooManyAttributes { max: usize },
+    TooManyAttributes {
+        /// The most attributes allowed on one element, namespace declarations included.
+        max: usize,
+    },
     /// The stream element is not `stream` in the streams namespace, or a
     /// namespace declaration is illegal. Fatal: maps to `invalid-namespace`.
     #[error("invalid namespace: {reason}")]
-    InvalidNamespace { reason: String },
+    InvalidNamespace {
+        /// Which namespace or declaration is wrong.
+        reason: String,
+    },
     /// Well-formed XML that is not a valid XMPP stream, e.g. character data
     /// between stanzas. Fatal: maps to `bad-format`.
     #[error("bad format: {reason}")]
-    BadFormat { reason: String },
+    BadFormat {
+        /// What was found where it does not belong.
+        reason: String,
+    },
     /// An element or attribute uses a prefix no declaration is in scope for.
     /// Fatal: maps to `bad-namespace-prefix`.
     #[error("undeclared namespace prefix {prefix:?}")]
-    BadNamespacePrefix { prefix: String },
+    BadNamespacePrefix {
+        /// The prefix as written.
+        prefix: String,
+    },
     /// The XML declaration names an encoding other than UTF-8 (RFC 6120
     /// §11.6). Fatal: maps to `unsupported-encoding`.
     #[error("unsupported encoding {encoding:?}")]
-    UnsupportedEncoding { encoding: String },
+    UnsupportedEncoding {
+        /// The encoding name the declaration gives.
+        encoding: String,
+    },
 }
 
 impl XmlError {

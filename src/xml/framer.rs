@@ -96,6 +96,8 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer for a new stream, waiting for the stream header. The read buffer is
+    /// only allocated at the first read.
     pub fn new(limits: Limits) -> Self {
         Framer {
             buf: BytesMut::new(),
@@ -118,6 +120,7 @@ impl Framer {
         self.limits = limits;
     }
 
+    /// The limits in force now.
     pub fn limits(&self) -> Limits {
         self.limits
     }

@@ -114,6 +114,8 @@ pub struct NsContext {
 }
 
 impl NsContext {
+    /// A context with content (default) namespace `content_ns` and the given
+    /// `(prefix, URI)` declarations.
     pub fn new(content_ns: &str, prefixes: &[(&str, &str)]) -> Self {
         NsContext {
             content: NsUri::new(content_ns),
@@ -136,6 +138,7 @@ impl NsContext {
         NsContext::new(COMPONENT, &[("stream", STREAM)])
     }
 
+    /// The content (default) namespace: the one unprefixed stanzas such as `message` are in.
     pub fn content_ns(&self) -> &str {
         self.content.as_str()
     }

@@ -176,6 +176,7 @@ impl Stanza {
         self.facts.ns.as_ref().map_or("", NsUri::as_str)
     }
 
+    /// What the element is, classified once at parse time so routing need not compare names.
     pub fn kind(&self) -> Kind {
         self.kind
     }

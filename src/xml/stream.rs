@@ -76,8 +76,11 @@ impl NsContext {
 pub struct OpenStream<'a> {
     /// The default namespace of the stream content (`jabber:server`, ...).
     pub content_ns: &'a str,
+    /// The `from` attribute (RFC 6120 §4.7.1): our own domain on s2s streams.
     pub from: Option<&'a str>,
+    /// The `to` attribute (RFC 6120 §4.7.2): the domain of the peer the stream is meant for.
     pub to: Option<&'a str>,
+    /// The stream id (RFC 6120 §4.7.3): set only by the receiving side in its response header.
     pub id: Option<&'a str>,
     /// Write `version='1.0'` (announces stream features, RFC 6120 §4.7.5).
     pub version: bool,

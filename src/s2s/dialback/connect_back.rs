@@ -23,17 +23,41 @@ use crate::xml::stanza::Kind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
+    /// The originating domain has no target that resolves: answered with
+    /// `<remote-server-not-found/>`.
     #[error("{0}")]
     Resolve(#[from] crate::dns::ResolveError),
+    /// No target of the authoritative server gave an answer: none could be reached, or each
+    /// failed before answering. Answered with `<remote-server-timeout/>`.
     #[error("cannot reach the authoritative server of {domain}: {reason}")]
-    Unreachable { domain: String, reason: String },
+    Unreachable {
+        /// The originating domain.
+        domain: String,
+        /// Why the last target tried failed.
+        reason: String,
+    },
+    /// The authoritative server answered the `<db:verify/>` with `type='error'` (or with no
+    /// type it knows): final, no other target is asked. Answered with
+    /// `<remote-server-timeout/>`.
     #[error("the authoritative server of {domain} answered with an error: {reason}")]
-    Refused { domain: String, reason: String },
+    Refused {
+        /// The originating domain.
+        domain: String,
+        /// The `type` the answer carried.
+        reason: String,
+    },
+    /// The whole verification took longer than `dialback_timeout`. Answered with
+    /// `<remote-server-timeout/>`.
     #[error("no answer from the authoritative server of {domain} in time")]
-    Timeout { domain: String },
+    Timeout {
+        /// The originating domain.
+        domain: String,
+    },
 }
 
 impl VerifyError {
+    /// The stanza error condition of the dialback error the originating server gets (XEP-0220
+    /// §2.4): not-found for DNS, timeout for everything else.
     pub fn condition(&self) -> StanzaErrorCondition {
         match self {
             VerifyError::Resolve(_) => StanzaErrorCondition::RemoteServerNotFound,

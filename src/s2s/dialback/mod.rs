@@ -31,7 +31,9 @@ use crate::xml::escape_attr;
 /// server answers in `type` (XEP-0220 §2.1.2, §2.2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// The key is genuine: the peer may send as the domain.
     Valid,
+    /// The key is not genuine: the peer is not authorized for the domain.
     Invalid,
 }
 
@@ -65,7 +67,9 @@ impl Verdict {
 /// The `type` of a dialback answer (XEP-0220 §2.1.2, §2.4): a verdict, or a dialback error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
+    /// `type='valid'` or `type='invalid'`.
     Verdict(Verdict),
+    /// `type='error'`: no verdict could be reached (XEP-0220 §2.4).
     Error,
 }
 

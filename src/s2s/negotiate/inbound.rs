@@ -54,7 +54,9 @@ pub const MAX_SASL_FAILURES: usize = 3;
 /// The stream error that ends an inbound stream, and why.
 #[derive(Debug)]
 pub struct Refusal {
+    /// The condition of the `<stream:error/>` sent before closing.
     pub condition: StreamErrorCondition,
+    /// Why, for the `<text/>` of the stream error and the log.
     pub text: String,
     /// The whole `<stream:error/>`, when it carries more than the condition and the text (an
     /// application-specific condition such as XEP-0198's `<handled-count-too-high/>`).
@@ -102,6 +104,7 @@ pub struct OurHeader {
     pub from: String,
     /// The peer's `from` (canonical), if it said.
     pub to: Option<String>,
+    /// Our new stream id (random), the one dialback keys for this stream are made with.
     pub id: String,
     /// Whether the peer announced version 1.x, and so gets features.
     pub version: bool,
@@ -114,13 +117,27 @@ pub enum Next {
     Continue,
     /// Write the output (`<proceed/>`), then hand the transport to a TLS handshake with this
     /// certificate hint, and report it with [`Negotiation::handle_tls`].
-    StartTls { hint: Option<String> },
+    StartTls {
+        /// The domain the peer addressed (the header's `to`): picks our certificate when the
+        /// peer sends no SNI.
+        hint: Option<String>,
+    },
     /// SASL EXTERNAL is acceptable for (local, remote) if the session has room for `remote`
     /// (`max_streams_per_domain`): answer with [`Negotiation::handle_external_admission`].
-    ExternalRequested { local: String, remote: String },
+    ExternalRequested {
+        /// Our domain, as the stream header's `to`.
+        local: String,
+        /// The peer's domain (the header's `from`), which its certificate is valid for.
+        remote: String,
+    },
     /// Write the output (`<success/>`), record (local, remote) as authenticated by SASL
     /// EXTERNAL, and restart the stream: a new header follows (RFC 6120 §6.4.6).
-    Authenticated { local: String, remote: String },
+    Authenticated {
+        /// Our domain of the pair.
+        local: String,
+        /// The peer's domain of the pair.
+        remote: String,
+    },
     /// The peer asked for XEP-0288 bidi and may have it: the stream carries our stanzas
     /// back for every pair proved on it, those so far and those to come.
     Bidi,
@@ -186,14 +203,17 @@ impl Negotiation {
         }
     }
 
+    /// What the stream waits for now.
     pub fn state(&self) -> State {
         self.state
     }
 
+    /// Our id of the current stream; it changes at each restart (after TLS, after SASL).
     pub fn stream_id(&self) -> &str {
         &self.stream_id
     }
 
+    /// The TLS session and the certificate verdict so far (no TLS: both empty).
     pub fn security(&self) -> &Security {
         &self.security
     }

@@ -134,6 +134,7 @@ impl Authentication {
         Ok((auth, Next::Read))
     }
 
+    /// What the authentication waits for now.
     pub fn state(&self) -> State {
         self.state
     }

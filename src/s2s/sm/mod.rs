@@ -86,14 +86,25 @@ fn count_attr(stanza: &Stanza, attribute: &str) -> Option<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `<enable/>`; `resume` when it asks to be able to resume (`resume='true'` or `'1'`).
-    Enable { resume: bool },
+    Enable {
+        /// The sender asks for an id to resume with after a drop.
+        resume: bool,
+    },
     /// `<resume previd='…' h='…'/>`: `h` counts the stanzas the sender received from us on
     /// the old stream.
-    Resume { previd: String, h: u32 },
+    Resume {
+        /// The id `<enabled/>` gave the old stream.
+        previd: String,
+        /// Stanzas of ours the sender received on the old stream, modulo 2^32.
+        h: u32,
+    },
     /// `<r/>`: how many stanzas have we handled?
     AckRequest,
     /// `<a h='…'/>`: how many of ours the peer handled.
-    Ack { h: u32 },
+    Ack {
+        /// Stanzas of ours the peer has handled, modulo 2^32.
+        h: u32,
+    },
 }
 
 /// Why a stream management element ends the stream.
@@ -104,17 +115,27 @@ pub enum SmError {
     /// `<bad-format/>`.
     #[error("<{element}/> needs a valid '{attribute}'")]
     BadAttribute {
+        /// The element's name, e.g. `a`.
         element: &'static str,
+        /// The attribute that is missing or bad, e.g. `h`.
         attribute: &'static str,
     },
     /// An element a sender never sends (`<enabled/>`, `<resumed/>`, ...). Fatal:
     /// `<unsupported-stanza-type/>`.
     #[error("<{name}/> is not a stream management request")]
-    Unexpected { name: String },
+    Unexpected {
+        /// The element's name as received.
+        name: String,
+    },
     /// The peer claims to have handled more stanzas than we sent (XEP-0198 §4). Fatal:
     /// `<undefined-condition/>` with `<handled-count-too-high/>`.
     #[error("the peer acknowledged {h} stanzas, but {sent} were sent")]
-    HandledCountTooHigh { h: u32, sent: u32 },
+    HandledCountTooHigh {
+        /// The count the peer claimed.
+        h: u32,
+        /// How many stanzas we sent (modulo 2^32).
+        sent: u32,
+    },
 }
 
 impl From<&SmError> for StreamErrorCondition {

@@ -21,6 +21,8 @@ pub struct Receiving {
 }
 
 impl Receiving {
+    /// Counting from `h`: 0 after `<enable/>`, the kept count after `<resume/>`; `id` when the
+    /// stream can be resumed.
     pub fn new(id: Option<String>, h: u32) -> Receiving {
         Receiving { h, id }
     }
@@ -31,10 +33,12 @@ impl Receiving {
         self.h = self.h.wrapping_add(1);
     }
 
+    /// Stanzas handled so far, modulo 2^32: the `h` of our next `<a/>`.
     pub fn h(&self) -> u32 {
         self.h
     }
 
+    /// The resumption id given in `<enabled/>` or carried over by `<resumed/>`, if any.
     pub fn id(&self) -> Option<&str> {
         self.id.as_deref()
     }

@@ -17,6 +17,7 @@ pub struct Resumable {
     /// The originating domains the stream was authenticated for; a resuming stream must be
     /// authenticated for each of them too, so that no one else can take over the counters.
     pub domains: Vec<String>,
+    /// When the counters are forgotten: `resume_timeout` after the drop.
     pub expires: Instant,
 }
 
@@ -120,7 +121,10 @@ pub struct Takeover {
 
 /// A live stream's registration: where takeovers arrive, until [`ResumeStore::unregister`].
 pub struct Registration {
+    /// Tells this registration from a later one under the same id, for
+    /// [`ResumeStore::unregister`].
     pub session: u64,
+    /// Where resuming streams ask this stream for its `h`.
     pub takeovers: mpsc::Receiver<Takeover>,
 }
 
@@ -173,6 +177,7 @@ impl ResumeStore {
         self.entries.len()
     }
 
+    /// Whether no counters of dropped streams are kept.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -44,6 +44,7 @@ pub struct Carry {
 }
 
 impl Carry {
+    /// An empty carry whose unacknowledged stanzas are counted in `gauge`.
     pub fn new(gauge: prometheus::IntGauge) -> Carry {
         Carry {
             gauge,
@@ -54,6 +55,7 @@ impl Carry {
         }
     }
 
+    /// Keeps a stanza just written until the peer acknowledges (or confirms) it.
     pub fn push(&mut self, stanza: Stanza) {
         self.unacked.push_back(stanza);
         self.gauge.inc();
@@ -132,13 +134,22 @@ impl Drop for Carry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     /// `<enabled/>`; `resume` is its id when it may be resumed (`resume='true'` or `'1'`).
-    Enabled { resume: Option<String> },
+    Enabled {
+        /// The id to resume the stream with, when resumption was granted.
+        resume: Option<String>,
+    },
     /// `<resumed h='…'/>`; `None` for a missing or invalid count.
-    Resumed { h: Option<u32> },
+    Resumed {
+        /// Stanzas of ours the peer handled on the old stream, modulo 2^32.
+        h: Option<u32>,
+    },
     /// `<failed/>`: to `<enable/>` or `<resume/>`.
     Failed,
     /// `<a h='…'/>`; `None` for a missing or invalid count.
-    Ack { h: Option<u32> },
+    Ack {
+        /// Stanzas of ours the peer has handled, modulo 2^32.
+        h: Option<u32>,
+    },
     /// `<r/>`.
     AckRequest,
     /// Any other element of the namespace: ignored.
