@@ -34,7 +34,9 @@ pub fn next_session_id() -> u64 {
 /// How the router reaches an attached backend.
 #[derive(Clone)]
 pub struct ComponentHandle {
+    /// The backend session's id: a session only ever detaches its own handle.
     pub id: u64,
+    /// The backend's bounded queue, read by its session's writer.
     pub tx: mpsc::Sender<Stanza>,
     /// Cancelled to end the session with `<conflict/>` when a newer connection replaces it.
     pub kick: CancellationToken,
@@ -46,6 +48,7 @@ pub struct ComponentHandle {
 }
 
 impl ComponentHandle {
+    /// The handle of a session that just attached: not stalled, not parked.
     pub fn new(id: u64, tx: mpsc::Sender<Stanza>, kick: CancellationToken) -> ComponentHandle {
         ComponentHandle {
             id,
@@ -98,16 +101,22 @@ pub struct OutboundShared {
 /// A stanza in an outbound queue, with when it was queued
 /// (`fedgate_outbound_queue_seconds`).
 pub struct Queued {
+    /// The stanza as the router took it (its bytes are written as they came).
     pub stanza: Stanza,
+    /// When it was queued, for the queue-time histogram.
     pub since: tokio::time::Instant,
 }
 
 /// How the router reaches an outbound s2s session.
 #[derive(Clone)]
 pub struct OutboundHandle {
+    /// The session's id: a session only ever removes its own handle.
     pub id: u64,
+    /// The local domain of the session's pair (stanzas from it go to this session).
     pub local: Arc<str>,
+    /// The session's bounded queue.
     pub tx: mpsc::Sender<Queued>,
+    /// What the router reads of the session without asking it: queued bytes, established.
     pub shared: Arc<OutboundShared>,
 }
 
@@ -224,12 +233,16 @@ enum Undeliverable {
 #[derive(Debug, thiserror::Error)]
 #[error("domain {domain} already has a backend attached")]
 pub struct Conflict {
+    /// The domain the backend asked for.
     pub domain: String,
 }
 
+/// Where every stanza goes: to an attached backend, to the outbound s2s session for its
+/// domain pair (started on the first stanza), or back to its sender as a bounce.
 pub struct Router {
     /// The domains fedgate serves (configured backends), normalised.
     local_domains: HashSet<String>,
+    /// Backend domain → the attached backend's handle.
     components: DashMap<String, ComponentHandle>,
     /// Backend domain → the queue its dropped session left, while it waits for a new one.
     /// Only touched when a backend's link ends or attaches, always while holding the
@@ -237,6 +250,7 @@ pub struct Router {
     parked: std::sync::Mutex<std::collections::HashMap<String, Parked>>,
     /// Remote domain → the outbound sessions towards it, one per local domain.
     outbound: DashMap<String, Vec<OutboundHandle>>,
+    /// Starts an outbound session; set once by the s2s layer at start-up.
     factory: OnceLock<OutboundFactory>,
     /// `queue_max_bytes`: bytes that may wait for one outbound session while it connects.
     queue_max_bytes: usize,
@@ -247,6 +261,7 @@ pub struct Router {
     /// Domains already logged as "would be refused" under `dry_run`, so that a busy domain is
     /// logged once, not per stanza. Bounded; cleared when the policy changes.
     dry_run_logged: DashSet<String>,
+    /// Every metric fedgate exports; the router counts stanzas and bounces in it.
     pub metrics: Metrics,
 }
 
@@ -254,6 +269,7 @@ pub struct Router {
 const DRY_RUN_LOGGED_MAX: usize = 10_000;
 
 impl Router {
+    /// A router for `local_domains` with no backend attached and no outbound session yet.
     pub fn new(
         local_domains: impl IntoIterator<Item = String>,
         queue_max_bytes: usize,
@@ -332,6 +348,7 @@ impl Router {
         self.local_domains.contains(domain)
     }
 
+    /// The domains fedgate serves (normalised), in no particular order.
     pub fn local_domains(&self) -> impl Iterator<Item = &str> {
         self.local_domains.iter().map(String::as_str)
     }

@@ -78,34 +78,61 @@ const STABLE_LINK: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboundError {
+    /// The peer's SRV or address records could not be found or looked up.
     #[error("{0}")]
     Resolve(#[from] ResolveError),
+    /// No candidate address took the connection, its TLS or its stream.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// XEP-0220: the peer answered our `<db:result>` with `invalid` or an error.
     #[error("{remote} refused our dialback key ({refusal})")]
     DialbackRefused {
+        /// The domain we connected to.
         remote: String,
+        /// How it answered.
         refusal: DialbackRefusal,
     },
     #[error("{remote} refused our certificate for SASL EXTERNAL ({}) and dialback is not allowed", .condition.map_or("failure", SaslCondition::as_str))]
+    /// XEP-0178: the peer refused our certificate and policy forbids dialback after it.
     ExternalRefused {
+        /// The domain we connected to.
         remote: String,
         /// The `<failure/>`'s condition, `None` when it named none we know.
         condition: Option<SaslCondition>,
     },
+    /// Neither SASL EXTERNAL nor dialback could authenticate us to the peer (not offered,
+    /// or not allowed by policy).
     #[error("no authentication method in common with {target}: {reason}")]
-    NoAuthentication { target: String, reason: String },
+    NoAuthentication {
+        /// The address we connected to, as logs name it.
+        target: String,
+        /// What each method lacked.
+        reason: String,
+    },
+    /// An established link dropped, and the session gave up reconnecting.
     #[error("the connection was lost: {reason}")]
-    Lost { reason: String },
+    Lost {
+        /// Why the last link ended.
+        reason: String,
+    },
     /// The attempt was still going when `retry_window` closed: the window bounds the whole
     /// wait, DNS lookups and negotiation included, not only the pauses between attempts.
     #[error("no connection within s2s.retry_window ({}): {during}", crate::config::duration::text(*.window))]
-    WindowClosed { window: Duration, during: String },
+    WindowClosed {
+        /// `s2s.retry_window`.
+        window: Duration,
+        /// The step the attempt was on, and why the one before failed.
+        during: String,
+    },
+    /// The gateway stops: what is queued is bounced, not kept.
     #[error("fedgate is shutting down")]
     Shutdown,
     /// A reload's federation policy refuses the remote domain.
     #[error("{reason}")]
-    Policy { reason: String },
+    Policy {
+        /// The policy's refusal, as the reload logged it.
+        reason: String,
+    },
 }
 
 impl OutboundError {
@@ -210,6 +237,7 @@ pub fn spawn(ctx: Arc<S2sContext>, local: &str, remote: &str) -> OutboundHandle 
 pub struct Probe {
     /// Where the link went, as logs name it: `xmpp.b.example:5269 (192.0.2.1)`.
     pub label: String,
+    /// How we authenticated: SASL EXTERNAL or dialback.
     pub method: AuthMethod,
     /// TLS (with the peer's certificate chain) and the certificate's verdict.
     pub security: Security,
