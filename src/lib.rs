@@ -43,7 +43,7 @@
 
 // The library has no unsafe code; the one unsafe block is in the binary (main.rs: the
 // jemalloc configuration static the allocator reads by symbol name).
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod ack;

@@ -227,7 +227,7 @@ async fn a_dropped_bidi_stream_loses_nothing() {
 /// A gateway that stops (a rolling restart) ends a bidi stream only once the peer has
 /// confirmed what it wrote back on it: ended at once, the unconfirmed stanzas would go out
 /// again on another connection and arrive twice.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stopping_gateway_ends_a_bidi_stream_once_the_peer_confirmed_what_it_wrote_back() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
@@ -425,7 +425,7 @@ async fn with_stream_management_what_we_write_back_on_a_bidi_link_is_counted_lik
     assert_eq!(connections(&a).await.opened, 1.0, "the link was never lost");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_bidi_stream_that_does_not_answer_our_ping_is_ended_and_its_stanzas_go_another_way() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
@@ -614,7 +614,7 @@ async fn what_goes_back_on_a_bidi_stream_keeps_to_the_limit_the_peer_put_in_its_
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn what_is_written_back_while_a_ping_is_out_is_confirmed_by_the_next_one() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;

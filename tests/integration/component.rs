@@ -199,7 +199,7 @@ async fn what_a_backend_may_not_send_ends_its_stream() {
 
 /// A backend that opens a stream and never sends its handshake holds the connection only for
 /// the negotiation timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn no_handshake_in_time_is_connection_timeout() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")

@@ -172,7 +172,7 @@ async fn with_a_silent_remote(dns: &TestDns) -> Instance {
 /// its bounce, and the library keeps it until then. The stanza after it, which left at once,
 /// is not held up by it: the gateway reports the slow one held (component::held) and
 /// acknowledges past it, so the library forgets the other and keeps sending.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stanza_is_acknowledged_once_it_has_left_and_a_slow_one_holds_up_nothing() {
     let dns = TestDns::start().await;
     let a = with_a_silent_remote(&dns).await;

@@ -372,7 +372,7 @@ async fn a_static_route_overrides_dns() {
     assert_eq!(dns.queries("_xmpps-server._tcp.b.test"), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_resolver_is_a_lookup_failure_not_a_missing_domain() {
     let dns = TestDns::start().await;
     dns.add("b.test", ip("127.0.0.9"));

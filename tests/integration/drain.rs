@@ -271,7 +271,7 @@ async fn a_declaring_backend_gets_the_notice_and_the_stop_waits_for_its_answer()
 /// A declaring backend that never answers holds the stop up for `drain_timeout`, no longer;
 /// meanwhile inbound s2s streams have ended at once (so that their peers go to another
 /// instance) and the s2s listener refuses new connections.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_backend_that_never_answers_holds_the_stop_for_drain_timeout() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test").start().await;

@@ -247,7 +247,7 @@ async fn a_backend_that_is_not_attached_gets_service_unavailable_bounced_to_the_
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_outbound_sessions_close_and_reopen_on_demand() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
@@ -316,7 +316,7 @@ async fn an_allowlist_refuses_an_unknown_peer_in_both_directions() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_remote_overflows_the_queue_then_times_out_and_every_stanza_comes_back() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")

@@ -260,7 +260,7 @@ async fn domain_pairs_past_the_per_stream_limit_get_a_dialback_error_and_the_oth
     assert_eq!(backend2.next().await.id(), Some("p2"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn verifications_past_the_bounds_get_resource_constraint_at_once_and_none_hangs() {
     let dns = TestDns::start().await;
     // The authoritative server of slow*.test accepts connections and never says a word.

@@ -48,7 +48,7 @@ async fn linked(dns: &TestDns, a_s2s: &str, b_s2s: &str) -> (Instance, Instance,
     (a, b, proxy)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unreachable_domain_is_retried_then_bounced_and_new_stanzas_bounce_at_once() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
@@ -91,7 +91,7 @@ async fn an_unreachable_domain_is_retried_then_bounced_and_new_stanzas_bounce_at
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_dns_server_cannot_hold_stanzas_past_the_retry_window() {
     let dns = TestDns::start().await;
     // One attempt against a resolver that never answers takes about 4 × 1 s (SRV, then the
@@ -103,7 +103,7 @@ async fn a_silent_dns_server_cannot_hold_stanzas_past_the_retry_window() {
         .await;
     dns.set_silent(true);
     let mut backend = a.backend().await;
-    let sent = std::time::Instant::now();
+    let sent = tokio::time::Instant::now();
     send_messages(&mut backend, "a.test", "quiet.test", "m", 0..2).await;
     for i in 0..2 {
         let bounce = backend.next().await;
@@ -509,7 +509,7 @@ async fn a_peer_stopped_mid_burst_and_restarted_gets_every_stanza_exactly_once()
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_link_gets_whitespace_and_a_silent_one_is_found_dead() {
     let dns = TestDns::start().await;
     let (a, b, proxy) = linked(

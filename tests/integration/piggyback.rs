@@ -150,7 +150,7 @@ async fn two_pairs_that_start_together_share_the_first_link() {
 /// A pair that waits for another pair's link waits within its own retry window: against a
 /// resolver that never answers both pairs bounce when the window closes, and the one that
 /// waited says so.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pair_waiting_for_another_pairs_link_bounces_within_its_own_retry_window() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test")
@@ -162,7 +162,7 @@ async fn a_pair_waiting_for_another_pairs_link_bounces_within_its_own_retry_wind
     let mut core = a.backend().await;
     let mut comp = a.backend_for(COMP, COMP_SECRET).await;
     dns.set_silent(true);
-    let sent = std::time::Instant::now();
+    let sent = tokio::time::Instant::now();
     core.send("<message from='x@a.test' to='bob@quiet.test' id='core'/>")
         .await;
     comp.send(&format!(

@@ -227,7 +227,7 @@ async fn an_unsolicited_dialback_response_ends_the_stream() {
     assert_eq!(s.expect_stream_error().await, "not-authorized");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_peer_gets_connection_timeout() {
     let dns = TestDns::start().await;
     let b = instance(&dns, "b.test")

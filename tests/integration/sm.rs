@@ -316,7 +316,7 @@ async fn failed_resumptions_leave_the_stream_open_and_the_counters_for_their_own
     assert_eq!(resume(&mut u, &id).await, resumed(&id, 2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn kept_counters_expire_after_resume_timeout() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
@@ -395,7 +395,7 @@ async fn a_handled_count_above_what_we_sent_is_a_stream_error() {
     assert_eq!(s.expect_stream_error().await, "bad-format");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_close_of_ours_or_the_peers_ends_with_a_final_ack() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
@@ -435,7 +435,7 @@ async fn every_close_of_ours_or_the_peers_ends_with_a_final_ack() {
     assert_eq!(s.expect_stream_error().await, "system-shutdown");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_inbound_stream_gets_whitespace_keepalives_and_still_closes_when_idle() {
     let dns = TestDns::start().await;
     let a = instance(&dns, "a.test").start().await;
@@ -444,7 +444,7 @@ async fn an_idle_inbound_stream_gets_whitespace_keepalives_and_still_closes_when
         .start()
         .await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let raw = s
         .read_raw_until(|got| got.ends_with(b"</stream:stream>"))
         .await;
