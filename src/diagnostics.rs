@@ -328,7 +328,7 @@ impl RemoteCheck {
             ));
         }
         let (trace, result) = outbound::probe(ctx.clone(), &local, &domain).await;
-        Ok(Report::Remote(RemoteReport {
+        Ok(Report::Remote(Box::new(RemoteReport {
             policy: ctx.router.policy().check(&domain),
             mode: config.federation.mode,
             security: ctx.security.load().peer(&domain),
@@ -340,14 +340,15 @@ impl RemoteCheck {
             notes,
             trace,
             result,
-        }))
+        })))
     }
 }
 
 /// What `check remote` found: a remote domain's probe, or our own instances' secret.
 pub enum Report {
-    /// A remote domain: the probe's steps and verdict.
-    Remote(RemoteReport),
+    /// A remote domain: the probe's steps and verdict (boxed: it is far larger than the
+    /// other variant).
+    Remote(Box<RemoteReport>),
     /// One of our own domains: whether its instances share our dialback secret.
     Instances(InstancesReport),
 }

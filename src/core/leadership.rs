@@ -31,7 +31,7 @@ use super::config::Database;
 use super::storage::{PgTarget, StorageError};
 
 /// The advisory lock's key: one per database, whatever the domains ("fedgate" in ASCII).
-const LOCK_KEY: i64 = 0x6665_6467_6174_65;
+const LOCK_KEY: i64 = 0x0066_6564_6761_7465;
 /// How often a standby asks for the lock, and how often the active core checks its
 /// connection: the takeover time after the active core dies is at most about this.
 const POLL: Duration = Duration::from_secs(1);

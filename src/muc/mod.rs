@@ -4,7 +4,7 @@
 //! core; users of the core and of remote servers reach its rooms alike, through the gateway.
 //!
 //! # Layout
-//! - [`config`]: `[muc]`.
+//! - [`config`]: the `[muc]` section.
 //! - [`service`]: the rooms of the domain, and where each stanza goes (sans I/O).
 //! - [`room`]: one room: occupants, roles, affiliations, history, subject (sans I/O).
 //! - [`form`]: the `muc#roomconfig` form and the `muc#roominfo` disco form.

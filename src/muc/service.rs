@@ -174,7 +174,7 @@ impl Service {
             None => self.to_service(el, &mut out),
             Some(local) => {
                 let local = local.to_owned();
-                self.to_room(el, &from, &local, to.resource(), now_ms, &mut out);
+                self.route_to_room(el, &from, &local, to.resource(), now_ms, &mut out);
                 self.after(&local);
             }
         }
@@ -267,7 +267,7 @@ impl Service {
         }
     }
 
-    fn to_room(
+    fn route_to_room(
         &mut self,
         el: &Element,
         from: &Jid,

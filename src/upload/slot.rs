@@ -215,6 +215,8 @@ fn encode_segment(s: &str) -> String {
 /// since the epoch), under `base_url`; `dir` is a fresh random folder name, so that two
 /// files of one name never share a path. The checks in the order XEP-0363 lists them:
 /// size, then quota.
+// Eight inputs, each a different fact of the request; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     rules: &Rules,
     signer: &Signer,

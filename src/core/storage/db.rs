@@ -276,8 +276,9 @@ impl ColumnIndex for usize {
 pub enum Db {
     /// A SQLite file, in WAL mode.
     Sqlite(rusqlite::Connection),
-    /// A PostgreSQL server; in a `RefCell` because a lost connection is replaced from `&self`.
-    Postgres(RefCell<Postgres>),
+    /// A PostgreSQL server; in a `RefCell` because a lost connection is replaced from `&self`,
+    /// boxed because its client is several times the size of a SQLite connection.
+    Postgres(Box<RefCell<Postgres>>),
 }
 
 /// A PostgreSQL connection that is opened again after it was lost (module docs).
@@ -296,13 +297,13 @@ impl Db {
     pub fn connect_postgres(url: &str) -> Result<Db, SqlError> {
         let target = PgTarget::parse(url)?;
         let client = target.connect()?;
-        Ok(Db::Postgres(RefCell::new(Postgres {
+        Ok(Db::Postgres(Box::new(RefCell::new(Postgres {
             target,
             client: Some(client),
             statements: HashMap::new(),
             retry_at: Instant::now(),
             delay: RECONNECT_MIN,
-        })))
+        }))))
     }
 
     /// Runs one statement; the number of rows it changed.
