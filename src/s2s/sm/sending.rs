@@ -112,9 +112,12 @@ impl Carry {
     pub fn ack(&mut self, h: u32) -> Result<(), String> {
         let n = h.wrapping_sub(self.acked) as usize;
         if n > self.unacked.len() {
+            // Counts are modulo 2^32 (XEP-0198 §4): an `h` that went back looks like one past
+            // what was sent, so the text gives the range an `h` must fall in.
+            let sent = self.acked.wrapping_add(self.unacked.len() as u32);
             return Err(format!(
-                "the peer acknowledged {h} stanzas, but only {} were sent",
-                self.acked as usize + self.unacked.len()
+                "the peer acknowledged h={h}, outside {}..={sent} (acknowledged before, sent so far)",
+                self.acked
             ));
         }
         self.release(n);

@@ -357,7 +357,11 @@ fn without_resumption_only_what_was_not_acknowledged_is_kept_for_resending() {
         .collect();
     assert_eq!(left, ["m2", "m3", "m4"]);
     assert_eq!(gauge.get(), 3);
-    assert!(carry.ack(6).is_err(), "more than was sent");
+    assert_eq!(
+        carry.ack(6),
+        Err("the peer acknowledged h=6, outside 2..=5 (acknowledged before, sent so far)".into())
+    );
+    assert!(carry.ack(1).is_err(), "an h that goes back");
     drop(carry);
     assert_eq!(gauge.get(), 0, "the gauge follows the carry");
 }
