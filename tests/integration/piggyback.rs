@@ -58,18 +58,47 @@ async fn expect_in_order(receiver: &mut RawStream, domains: &[&str], n: usize) {
     assert_eq!(next, vec![n; domains.len()]);
 }
 
-#[tokio::test]
-async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
+/// a.test with a second local domain (`COMP`, with a backend of its own) and b.test, each
+/// domain with its backend attached.
+struct Pairs {
+    _dns: TestDns,
+    a: Instance,
+    b: Instance,
+    core: RawStream,
+    comp: RawStream,
+    backend_b: RawStream,
+}
+
+async fn two_local_domains(a_builder: impl FnOnce(InstanceBuilder) -> InstanceBuilder) -> Pairs {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend(COMP, COMP_SECRET)
+    let a = a_builder(instance(&dns, "a.test").backend(COMP, COMP_SECRET))
         .start()
         .await;
     dns.add(COMP, a.ip);
     let b = instance(&dns, "b.test").start().await;
-    let mut core = a.backend().await;
-    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
-    let mut backend_b = b.backend().await;
+    let core = a.backend().await;
+    let comp = a.backend_for(COMP, COMP_SECRET).await;
+    let backend_b = b.backend().await;
+    Pairs {
+        _dns: dns,
+        a,
+        b,
+        core,
+        comp,
+        backend_b,
+    }
+}
+
+#[tokio::test]
+async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
+    let Pairs {
+        _dns,
+        a,
+        b,
+        mut core,
+        mut comp,
+        mut backend_b,
+    } = two_local_domains(|a| a).await;
 
     // The first pair opens the link.
     core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
@@ -123,16 +152,14 @@ async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
 /// link the first is connecting and rides on it, rather than opening one of its own.
 #[tokio::test]
 async fn two_pairs_that_start_together_share_the_first_link() {
-    let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend(COMP, COMP_SECRET)
-        .start()
-        .await;
-    dns.add(COMP, a.ip);
-    let b = instance(&dns, "b.test").start().await;
-    let mut core = a.backend().await;
-    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
-    let mut backend_b = b.backend().await;
+    let Pairs {
+        _dns,
+        a,
+        b,
+        mut core,
+        mut comp,
+        mut backend_b,
+    } = two_local_domains(|a| a).await;
 
     send_interleaved(
         &mut [(&mut core, "a.test"), (&mut comp, COMP)],
@@ -193,17 +220,14 @@ async fn a_pair_waiting_for_another_pairs_link_bounces_within_its_own_retry_wind
 
 #[tokio::test]
 async fn with_dialback_the_extra_pair_is_verified_with_its_authoritative_server() {
-    let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .backend(COMP, COMP_SECRET)
-        .peer("domain = \"b.test\"\nauth = \"dialback\"")
-        .start()
-        .await;
-    dns.add(COMP, a.ip);
-    let b = instance(&dns, "b.test").start().await;
-    let mut core = a.backend().await;
-    let mut comp = a.backend_for(COMP, COMP_SECRET).await;
-    let mut backend_b = b.backend().await;
+    let Pairs {
+        _dns,
+        a,
+        b: _b,
+        mut core,
+        mut comp,
+        mut backend_b,
+    } = two_local_domains(|a| a.peer("domain = \"b.test\"\nauth = \"dialback\"")).await;
     core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
         .await;
     assert_eq!(backend_b.next().await.id(), Some("first"));

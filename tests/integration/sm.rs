@@ -2,7 +2,7 @@
 //! acknowledges), whitespace keepalives, checked with raw peers authenticated by dialback or
 //! SASL EXTERNAL; and the last acknowledgement a stopping gateway asks of its outbound peer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedgate::xml::framer::Event;
 
