@@ -20,7 +20,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::jid;
-use crate::metrics::{Direction, DropReason, Metrics, PolicyMode};
+use crate::metrics::{BounceCause, Direction, DropReason, Metrics, PolicyMode};
 use crate::policy::{Policy, Refused};
 use crate::xml::error::StanzaErrorCondition;
 use crate::xml::stanza::Stanza;
@@ -224,7 +224,7 @@ enum Bound {
 /// Why a stanza goes nowhere.
 enum Undeliverable {
     /// Back to the sender with this condition, cause (a metric label) and text.
-    Bounce(StanzaErrorCondition, &'static str, String),
+    Bounce(StanzaErrorCondition, BounceCause, String),
     /// From a remote domain to a remote domain: never relayed, counted.
     Relay,
 }
@@ -593,7 +593,7 @@ impl Router {
             // The error comes from the domain, the one valid part of that address.
             let domain = stanza.to().and_then(|t| jid::domain_of(t).ok());
             let text = format!("malformed 'to': {e}");
-            self.bounce_from(&stanza, domain.as_deref(), "malformed", &text)
+            self.bounce_from(&stanza, domain.as_deref(), BounceCause::Malformed, &text)
                 .await;
             return;
         }
@@ -602,7 +602,7 @@ impl Router {
             self.bounce(
                 &stanza,
                 StanzaErrorCondition::JidMalformed,
-                "malformed",
+                BounceCause::Malformed,
                 &text,
             )
             .await;
@@ -640,7 +640,7 @@ impl Router {
                             self.bounce(
                                 &s,
                                 StanzaErrorCondition::ResourceConstraint,
-                                "queue_full",
+                                BounceCause::QueueFull,
                                 &text,
                             )
                             .await;
@@ -651,7 +651,7 @@ impl Router {
                             self.bounce(
                                 &s,
                                 StanzaErrorCondition::ServiceUnavailable,
-                                "backend_detached",
+                                BounceCause::BackendDetached,
                                 &text,
                             )
                             .await;
@@ -671,7 +671,7 @@ impl Router {
                             self.bounce(
                                 &s,
                                 StanzaErrorCondition::ServiceUnavailable,
-                                "backend_detached",
+                                BounceCause::BackendDetached,
                                 &format!("the backend for {domain} detached"),
                             )
                             .await;
@@ -686,7 +686,7 @@ impl Router {
                         self.bounce(
                             &s,
                             StanzaErrorCondition::ResourceConstraint,
-                            "queue_full",
+                            BounceCause::QueueFull,
                             &format!("the queue for {remote} is full while connecting"),
                         )
                         .await;
@@ -707,7 +707,7 @@ impl Router {
         self.bounce(
             &stanza,
             StanzaErrorCondition::RemoteServerTimeout,
-            "link_unstable",
+            BounceCause::LinkUnstable,
             "the session to the remote server keeps closing",
         )
         .await;
@@ -722,7 +722,7 @@ impl Router {
         self.bounce(
             stanza,
             StanzaErrorCondition::ResourceConstraint,
-            "stalled",
+            BounceCause::Stalled,
             &text,
         )
         .await;
@@ -733,14 +733,14 @@ impl Router {
         let to = stanza.to().ok_or_else(|| {
             Undeliverable::Bounce(
                 StanzaErrorCondition::JidMalformed,
-                "malformed",
+                BounceCause::Malformed,
                 "missing 'to'".into(),
             )
         })?;
         let to_domain = jid::domain_of(to).map_err(|e| {
             Undeliverable::Bounce(
                 StanzaErrorCondition::JidMalformed,
-                "malformed",
+                BounceCause::Malformed,
                 e.to_string(),
             )
         })?;
@@ -760,7 +760,7 @@ impl Router {
                 Some(h) => Ok(Destination::Component(h.clone())),
                 None => Err(Undeliverable::Bounce(
                     StanzaErrorCondition::ServiceUnavailable,
-                    "no_backend",
+                    BounceCause::NoBackend,
                     format!("no backend is attached for {to_domain}"),
                 )),
             };
@@ -772,7 +772,7 @@ impl Router {
         if let Err(refused) = self.admit(to_domain, Direction::Outbound) {
             return Err(Undeliverable::Bounce(
                 StanzaErrorCondition::NotAllowed,
-                "policy",
+                BounceCause::Policy,
                 refused.to_string(),
             ));
         }
@@ -861,17 +861,12 @@ impl Router {
     /// iq results), in which case the drop is counted. Waits for room in the sender's queue, so
     /// a burst of bounces is not lost to a full queue.
     ///
-    /// `cause` is the `fedgate_bounces_total` label, one of a closed set: `malformed`,
-    /// `no_backend`, `backend_detached`, `policy`, `queue_full`, `stalled` (the destination
-    /// stopped reading), `link_unstable`, `too_large`
-    /// (over the peer's stanza size limit), and for an
-    /// outbound session that gave up, the step that failed: `dns`, `connect`, `tls`, `stream`,
-    /// `auth`, `shutdown`.
+    /// `cause` is the `fedgate_bounces_total` label: [`BounceCause`] is its closed set.
     pub async fn bounce(
         &self,
         stanza: &Stanza,
         condition: StanzaErrorCondition,
-        cause: &'static str,
+        cause: BounceCause,
         text: &str,
     ) {
         self.bounce_as(stanza, stanza.to(), condition, cause, text)
@@ -883,7 +878,7 @@ impl Router {
         &self,
         stanza: &Stanza,
         from: Option<&str>,
-        cause: &'static str,
+        cause: BounceCause,
         text: &str,
     ) {
         self.bounce_as(
@@ -901,15 +896,12 @@ impl Router {
         stanza: &Stanza,
         from: Option<&str>,
         condition: StanzaErrorCondition,
-        cause: &'static str,
+        cause: BounceCause,
         text: &str,
     ) {
         match stanza.bounce_from(from, condition, Some(text)) {
             Some(bounce) => {
-                self.metrics
-                    .bounces
-                    .with_label_values(&[condition.as_str(), cause])
-                    .inc();
+                self.metrics.bounces.count(condition, cause);
                 if let Some(Ok(to)) = stanza.to().map(jid::domain_of) {
                     if !self.is_local(&to) {
                         if let Some(peer) = self.metrics.peers.existing(&to) {
@@ -1012,11 +1004,10 @@ mod tests {
             .collect();
         assert_eq!(ids, ["m0", "m2"], "m1 overflowed (and bounced)");
         assert_eq!(
-            router
-                .metrics
-                .bounces
-                .with_label_values(&["resource-constraint", "queue_full"])
-                .get(),
+            router.metrics.bounces.get(
+                StanzaErrorCondition::ResourceConstraint,
+                BounceCause::QueueFull
+            ),
             1
         );
     }

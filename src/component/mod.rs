@@ -48,6 +48,7 @@ use crate::ack::AckWindow;
 use crate::connection::{BoxTransport, Connection, ReadError, Writer};
 use crate::dialback::{new_stream_id, verify_component_handshake};
 use crate::jid;
+use crate::metrics::BounceCause;
 use crate::router::{next_session_id, ComponentHandle, Left, Router};
 use crate::xml::error::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::framer::{Event, Limits};
@@ -541,7 +542,7 @@ async fn established(
             .bounce(
                 &s,
                 StanzaErrorCondition::ServiceUnavailable,
-                "backend_detached",
+                BounceCause::BackendDetached,
                 &text,
             )
             .await;
@@ -962,7 +963,7 @@ async fn write_loop(
                         .bounce(
                             &s,
                             StanzaErrorCondition::ServiceUnavailable,
-                            "backend_detached",
+                            BounceCause::BackendDetached,
                             &format!("the backend for {domain} detached"),
                         )
                         .await;

@@ -129,3 +129,67 @@ impl DropReason {
         }
     }
 }
+
+/// The `cause` of `fedgate_bounces_total`: why fedgate returned a stanza to its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceCause {
+    /// The stanza's `to` or `from` is missing or no valid address.
+    Malformed,
+    /// No backend is attached for the local domain it is for.
+    NoBackend,
+    /// The backend it was for detached (and did not attach again within `reattach_grace`).
+    BackendDetached,
+    /// The federation policy refuses the remote domain, or a reload's policy ended the
+    /// session that held it.
+    Policy,
+    /// The queue it was for was full: a backend reconnecting, or a session still connecting.
+    QueueFull,
+    /// The destination stopped reading: its queue stayed full for `stall_timeout`.
+    Stalled,
+    /// The session to the remote server kept closing while it was handed over.
+    LinkUnstable,
+    /// Over the peer's stanza size limit (XEP-0478).
+    TooLarge,
+    /// Written on a link without XEP-0198 that dropped before the peer confirmed it, and
+    /// `[[federation.peer]] unconfirmed` says bounce.
+    Unconfirmed,
+    /// An outbound session gave up: the peer's records could not be found or looked up.
+    Dns,
+    /// An outbound session gave up: no TCP connection.
+    Connect,
+    /// An outbound session gave up at TLS: none offered, the handshake, or the certificate.
+    Tls,
+    /// An outbound session gave up at the XMPP stream (headers, features, errors, timeouts),
+    /// or its link was lost.
+    Stream,
+    /// An outbound session gave up: the peer did not authenticate us.
+    Auth,
+    /// An outbound session gave up: `s2s.retry_window` closed during an attempt.
+    Window,
+    /// An outbound session gave up: fedgate is shutting down.
+    Shutdown,
+}
+
+impl BounceCause {
+    /// The `cause` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BounceCause::Malformed => "malformed",
+            BounceCause::NoBackend => "no_backend",
+            BounceCause::BackendDetached => "backend_detached",
+            BounceCause::Policy => "policy",
+            BounceCause::QueueFull => "queue_full",
+            BounceCause::Stalled => "stalled",
+            BounceCause::LinkUnstable => "link_unstable",
+            BounceCause::TooLarge => "too_large",
+            BounceCause::Unconfirmed => "unconfirmed",
+            BounceCause::Dns => "dns",
+            BounceCause::Connect => "connect",
+            BounceCause::Tls => "tls",
+            BounceCause::Stream => "stream",
+            BounceCause::Auth => "auth",
+            BounceCause::Window => "window",
+            BounceCause::Shutdown => "shutdown",
+        }
+    }
+}

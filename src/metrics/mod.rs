@@ -19,7 +19,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-pub use labels::{AuthMethod, DialbackResult, DialbackRole, Direction, DropReason, PolicyMode};
+pub use labels::{
+    AuthMethod, BounceCause, DialbackResult, DialbackRole, Direction, DropReason, PolicyMode,
+};
 pub use peers::{PeerEntry, PeerSession, Peers};
 
 use crate::xml::stanza::Kind;
@@ -273,8 +275,8 @@ pub struct Metrics {
     /// Stanzas delivered to backends.
     pub component_out: StanzaCounters,
     /// `fedgate_bounces_total{condition, cause}`: error stanzas generated for undeliverable
-    /// stanzas; `cause` is one of a closed set (see `router::Router::bounce`).
-    pub bounces: IntCounterVec,
+    /// stanzas; see [`Bounces`].
+    pub bounces: Bounces,
     /// `fedgate_stanzas_dropped_total{reason}`: stanzas that could not be delivered nor
     /// bounced (errors are never bounced).
     pub dropped: Dropped,
@@ -566,6 +568,33 @@ impl Dropped {
             DropReason::ErrorNotBounced => &self.error_not_bounced,
         }
         .inc();
+    }
+}
+
+/// `fedgate_bounces_total{condition, cause}`: the stanza error condition a bounce carries and
+/// its [`BounceCause`]. A series appears with its first bounce (a bounce is the rare path, so
+/// the lookup is not on a hot path).
+#[derive(Clone)]
+pub struct Bounces(IntCounterVec);
+
+impl Bounces {
+    /// One more stanza returned to its sender with `condition`, for `cause`.
+    pub fn count(&self, condition: crate::xml::error::StanzaErrorCondition, cause: BounceCause) {
+        self.0
+            .with_label_values(&[condition.as_str(), cause.as_str()])
+            .inc();
+    }
+
+    /// How many stanzas were returned with `condition` for `cause` so far.
+    #[cfg(test)]
+    pub(crate) fn get(
+        &self,
+        condition: crate::xml::error::StanzaErrorCondition,
+        cause: BounceCause,
+    ) -> u64 {
+        self.0
+            .with_label_values(&[condition.as_str(), cause.as_str()])
+            .get()
     }
 }
 
@@ -915,12 +944,12 @@ impl Metrics {
             "Stanza bytes relayed, by link and kind",
             &["link", "direction", "kind"],
         );
-        let bounces = counter_vec(
+        let bounces = Bounces(counter_vec(
             r,
             "fedgate_bounces_total",
             "Error stanzas returned to senders, by condition and cause",
             &["condition", "cause"],
-        );
+        ));
         let dropped = Dropped::register(r);
         let stream_errors = StreamErrors(counter_vec(
             r,
@@ -1303,6 +1332,44 @@ mod tests {
         let text = m.encode();
         for (sample, n) in expect {
             assert_eq!(value(&text, &sample), Some(n as f64), "{sample}");
+        }
+    }
+
+    /// Dashboards, alerts and tests select bounces by these `cause` values: renaming one is
+    /// not a refactor.
+    #[test]
+    fn bounce_causes_keep_their_label_values() {
+        use crate::xml::error::StanzaErrorCondition;
+        let causes = [
+            (BounceCause::Malformed, "malformed"),
+            (BounceCause::NoBackend, "no_backend"),
+            (BounceCause::BackendDetached, "backend_detached"),
+            (BounceCause::Policy, "policy"),
+            (BounceCause::QueueFull, "queue_full"),
+            (BounceCause::Stalled, "stalled"),
+            (BounceCause::LinkUnstable, "link_unstable"),
+            (BounceCause::TooLarge, "too_large"),
+            (BounceCause::Unconfirmed, "unconfirmed"),
+            (BounceCause::Dns, "dns"),
+            (BounceCause::Connect, "connect"),
+            (BounceCause::Tls, "tls"),
+            (BounceCause::Stream, "stream"),
+            (BounceCause::Auth, "auth"),
+            (BounceCause::Window, "window"),
+            (BounceCause::Shutdown, "shutdown"),
+        ];
+        let m = Metrics::register();
+        for (cause, label) in causes {
+            assert_eq!(cause.as_str(), label);
+            m.bounces
+                .count(StanzaErrorCondition::RemoteServerTimeout, cause);
+        }
+        let text = m.encode();
+        for (_, label) in causes {
+            let sample = format!(
+                "fedgate_bounces_total{{cause=\"{label}\",condition=\"remote-server-timeout\"}}"
+            );
+            assert_eq!(value(&text, &sample), Some(1.0), "{sample}");
         }
     }
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{BidiLink, Direction};
+use crate::metrics::{BidiLink, BounceCause, Direction};
 use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
 use crate::s2s::limits::{Limit, OutboundCap};
 use crate::s2s::negotiate::inbound::{refuse, Refusal};
@@ -404,7 +404,7 @@ impl Reverse {
                         .bounce(
                             &stanza,
                             crate::xml::error::StanzaErrorCondition::RemoteServerTimeout,
-                            "unconfirmed",
+                            BounceCause::Unconfirmed,
                             &text,
                         )
                         .await;

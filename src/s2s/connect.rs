@@ -26,7 +26,7 @@ use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::dial;
 use crate::dns::{Candidate, Plan, ResolveError, Target};
-use crate::metrics::Direction;
+use crate::metrics::{BounceCause, Direction};
 use crate::policy::PeerSecurity;
 use crate::tls::{CertProblem, CertVerdict, PeerRole, TlsError, TlsInfo};
 use crate::xml::element::Element;
@@ -141,7 +141,8 @@ impl fmt::Display for Stage {
     }
 }
 
-/// The step of an attempt that failed, as `fedgate_outbound_attempts_total` labels it.
+/// The step of an attempt that failed, as `fedgate_outbound_attempts_total` and the bounces of
+/// a session that gave up label it ([`Step::bounce_cause`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// A candidate host has no address.
@@ -155,13 +156,14 @@ pub enum Step {
 }
 
 impl Step {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
+    /// The step as a bounce cause; its [`as_str`](BounceCause::as_str) is also the
+    /// `fedgate_outbound_attempts_total` label.
+    pub fn bounce_cause(self) -> BounceCause {
         match self {
-            Step::Dns => "dns",
-            Step::Connect => "connect",
-            Step::Tls => "tls",
-            Step::Stream => "stream",
+            Step::Dns => BounceCause::Dns,
+            Step::Connect => BounceCause::Connect,
+            Step::Tls => BounceCause::Tls,
+            Step::Stream => BounceCause::Stream,
         }
     }
 }

@@ -78,7 +78,7 @@ use super::sm;
 use super::{PeerStreamError, S2sContext};
 use crate::connection::{BoxTransport, Connection, ReadError};
 use crate::jid;
-use crate::metrics::{Direction, PeerSession, SessionGauge};
+use crate::metrics::{BounceCause, Direction, PeerSession, SessionGauge};
 use crate::tls::{Tls, TlsInfo};
 use crate::xml::error::StreamErrorCondition;
 use crate::xml::framer::Event;
@@ -489,7 +489,7 @@ impl Inbound {
                                             .bounce(
                                                 &stanza,
                                                 crate::xml::error::StanzaErrorCondition::PolicyViolation,
-                                                "too_large",
+                                                BounceCause::TooLarge,
                                                 &text,
                                             )
                                             .await;

@@ -14,7 +14,7 @@ use super::Session;
 use crate::config::Unconfirmed;
 use crate::connection::{ReadError, Reader, Writer};
 use crate::jid;
-use crate::metrics::Direction;
+use crate::metrics::{BounceCause, Direction};
 use crate::router::Queued;
 use crate::s2s::bidi;
 use crate::s2s::dialback::{self, authoritative, DbElement};
@@ -380,7 +380,7 @@ impl Session {
                         .bounce(
                             &stanza,
                             StanzaErrorCondition::RemoteServerTimeout,
-                            "unconfirmed",
+                            BounceCause::Unconfirmed,
                             &text,
                         )
                         .await;
@@ -870,7 +870,7 @@ impl Session {
                 .bounce(
                     &stanza,
                     StanzaErrorCondition::PolicyViolation,
-                    "too_large",
+                    BounceCause::TooLarge,
                     &text,
                 )
                 .await;

@@ -63,7 +63,7 @@ use super::sm::Carry;
 use super::trace::Trace;
 use super::S2sContext;
 use crate::dns::ResolveError;
-use crate::metrics::{Direction, PeerEntry};
+use crate::metrics::{BounceCause, Direction, PeerEntry};
 use crate::router::{next_session_id, OutboundHandle, OutboundShared, Queued};
 use crate::tls::Tls;
 use crate::xml::element::Element;
@@ -198,19 +198,25 @@ impl OutboundError {
         }
     }
 
-    /// The `fedgate_outbound_attempts_total` result label.
-    fn label(&self) -> &'static str {
+    /// The `fedgate_bounces_total` cause of the stanzas bounced for this error: the step that
+    /// failed.
+    pub fn bounce_cause(&self) -> BounceCause {
         match self {
-            OutboundError::Resolve(_) => "dns",
-            OutboundError::Connect(e) => e.step().label(),
+            OutboundError::Resolve(_) => BounceCause::Dns,
+            OutboundError::Connect(e) => e.step().bounce_cause(),
             OutboundError::DialbackRefused { .. }
             | OutboundError::ExternalRefused { .. }
-            | OutboundError::NoAuthentication { .. } => "auth",
-            OutboundError::Shutdown => "shutdown",
-            OutboundError::Policy { .. } => "policy",
-            OutboundError::WindowClosed { .. } => "window",
-            _ => "stream",
+            | OutboundError::NoAuthentication { .. } => BounceCause::Auth,
+            OutboundError::Shutdown => BounceCause::Shutdown,
+            OutboundError::Policy { .. } => BounceCause::Policy,
+            OutboundError::WindowClosed { .. } => BounceCause::Window,
+            _ => BounceCause::Stream,
         }
+    }
+
+    /// The `fedgate_outbound_attempts_total` result label: the same step as the bounce cause.
+    fn label(&self) -> &'static str {
+        self.bounce_cause().as_str()
     }
 }
 
@@ -508,7 +514,7 @@ impl Session {
             tracing::warn!(local = %self.local, remote = %self.remote, "outbound s2s failed, bouncing queued stanzas: {failure}");
         }
         let condition = failure.condition();
-        let cause = failure.label();
+        let cause = failure.bounce_cause();
         let text = failure.to_string();
         let router = &self.ctx.router;
         // The unacknowledged stanzas are the oldest: they go back first. Each was written at
