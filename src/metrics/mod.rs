@@ -285,8 +285,8 @@ pub struct Metrics {
     /// Dialback outcomes by role (`result` as receiving server, `verify` as authoritative
     /// server, `outbound` as originating server) and result.
     pub dialback: DialbackOutcomes,
-    /// Outbound connection attempts by result (`established`, `dns`, `connect`, `tls`,
-    /// `stream`, `auth`).
+    /// Outbound connection attempts by result: `established`, or why one failed (the
+    /// step, `window`, `policy`, `shutdown`; see [`OutboundAttempts`]).
     pub outbound_attempts: OutboundAttempts,
     /// `fedgate_outbound_stanzas_total{event}`: stanzas `resent` after a link dropped (XEP-0198)
     /// and stanzas `unconfirmed` when a link without XEP-0198 dropped after they were written
