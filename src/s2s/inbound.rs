@@ -793,7 +793,7 @@ impl Inbound {
             // last, whose limits now apply.
             self.conn
                 .count_throttling_in(peer.entry().throttle_counter());
-            self.peers.push(peer);
+            super::push_exact(&mut self.peers, peer);
         }
         tracing::info!(peer = %self.conn.peer, %local, %remote, "inbound s2s authenticated by {method}: {}", self.negotiation.security());
         if !self
@@ -808,17 +808,20 @@ impl Inbound {
                 .as_ref()
                 .map(|v| v.to_string());
             self.live.update(|n| {
-                n.pairs.push(Pair {
-                    local: local.clone(),
-                    remote: remote.clone(),
-                    auth: method,
-                });
+                super::push_exact(
+                    &mut n.pairs,
+                    Pair {
+                        local: local.clone(),
+                        remote: remote.clone(),
+                        auth: method,
+                    },
+                );
                 if n.certificate.is_none() {
                     n.certificate = certificate;
                 }
             });
             self.attach_reverse(&local, &remote);
-            self.authenticated.push((local, remote));
+            super::push_exact(&mut self.authenticated, (local, remote));
         }
     }
 

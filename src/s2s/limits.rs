@@ -269,12 +269,15 @@ impl StreamLimits {
         if self.remotes.is_empty() || max_stanza_bytes < self.smallest {
             self.smallest = max_stanza_bytes;
         }
-        self.remotes.push(Remote {
-            domain: domain.to_string(),
-            max_stanza_bytes,
-            rate,
-            _slot: slot,
-        });
+        super::push_exact(
+            &mut self.remotes,
+            Remote {
+                domain: domain.to_string(),
+                max_stanza_bytes,
+                rate,
+                _slot: slot,
+            },
+        );
     }
 
     /// The framer's limit: the largest of the domains' limits (each stanza is then held to

@@ -226,6 +226,16 @@ mod tests {
         PeerStreamError::parse(&stanza)
     }
 
+    /// Idle sessions by the thousand: a stream's one pair must not keep a list of four.
+    #[test]
+    fn a_list_pushed_exactly_has_room_for_what_it_holds_only() {
+        let mut pairs = Vec::new();
+        push_exact(&mut pairs, ("a.test".to_string(), "b.test".to_string()));
+        assert_eq!(pairs.capacity(), 1);
+        push_exact(&mut pairs, ("c.a.test".to_string(), "b.test".to_string()));
+        assert_eq!(pairs.capacity(), 2);
+    }
+
     #[test]
     fn a_peer_stream_error_is_typed_and_an_unknown_name_kept_for_the_text() {
         let e = stream_error("<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no</text></stream:error>");
@@ -240,4 +250,12 @@ mod tests {
         let e = stream_error("<stream:error/>");
         assert_eq!(e.condition, Some(StreamErrorCondition::UndefinedCondition));
     }
+}
+
+/// Pushes onto a list that nearly always holds one item (a stream's domain pairs, the peers
+/// and limits behind them): it grows one slot at a time, where `Vec` starts at four, which
+/// would keep three empty slots in each of thousands of idle sessions.
+pub(crate) fn push_exact<T>(list: &mut Vec<T>, item: T) {
+    list.reserve_exact(1);
+    list.push(item);
 }

@@ -57,8 +57,9 @@ pub struct TlsInfo {
     pub cipher: &'static str,
     /// The ALPN protocol agreed on, if any.
     pub alpn: Option<String>,
-    /// The certificate chain the peer presented, leaf first; empty if none.
-    pub peer_chain: Vec<CertificateDer<'static>>,
+    /// The certificate chain the peer presented, leaf first; empty if none. Shared, so that
+    /// the session and its `/peers` entry hold one copy next to rustls's own.
+    pub peer_chain: Arc<[CertificateDer<'static>]>,
     /// Full or resumed (from a session ticket): a resumed session carries the chain over from
     /// the full handshake it resumes, and this says which one the chain came from.
     pub handshake: Option<rustls::HandshakeKind>,
@@ -80,10 +81,7 @@ impl TlsInfo {
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
-            peer_chain: conn
-                .peer_certificates()
-                .map(<[_]>::to_vec)
-                .unwrap_or_default(),
+            peer_chain: conn.peer_certificates().unwrap_or_default().into(),
             handshake: conn.handshake_kind(),
         }
     }
@@ -401,8 +399,11 @@ mod tests {
         let (s, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", true).await;
         let ((s_io, s_info), (c_io, c_info)) = (s.unwrap(), c.unwrap());
         // SNI a.test chose a.test's certificate over the default.
-        assert_eq!(c_info.peer_chain, p.a.chain);
-        assert_eq!(s_info.peer_chain, p.b.chain);
+        assert_eq!(*c_info.peer_chain, *p.a.chain);
+        assert_eq!(*s_info.peer_chain, *p.b.chain);
+        // What a session hands to its `/peers` entry shares the chain instead of copying it.
+        let copy = s_info.clone();
+        assert!(Arc::ptr_eq(&copy.peer_chain, &s_info.peer_chain));
         for info in [&s_info, &c_info] {
             assert_eq!(info.alpn.as_deref(), Some("xmpp-server"));
             assert_eq!(info.version, "TLSv1.3");
@@ -441,8 +442,8 @@ mod tests {
             };
             assert_eq!(s_info.handshake, Some(kind), "server, round {round}");
             assert_eq!(c_info.handshake, Some(kind), "client, round {round}");
-            assert_eq!(s_info.peer_chain, p.b.chain);
-            assert_eq!(c_info.peer_chain, p.a.chain);
+            assert_eq!(*s_info.peer_chain, *p.b.chain);
+            assert_eq!(*c_info.peer_chain, *p.a.chain);
             // Lets the client read the session tickets the server sends after the handshake.
             exchange(s_io, c_io).await;
         }
@@ -455,7 +456,7 @@ mod tests {
         let (s_info, c_info) = (s.unwrap().1, c.unwrap().1);
         assert_eq!(s_info.alpn, None);
         assert_eq!(c_info.alpn, None);
-        assert_eq!(c_info.peer_chain, p.a.chain);
+        assert_eq!(*c_info.peer_chain, *p.a.chain);
 
         // An IP literal sends no SNI: the hint (the stream's `to`) decides, in any case.
         let (s, c) = handshake(
@@ -468,12 +469,12 @@ mod tests {
         )
         .await;
         s.unwrap();
-        assert_eq!(c.unwrap().1.peer_chain, p.a.chain);
+        assert_eq!(*c.unwrap().1.peer_chain, *p.a.chain);
         // Neither SNI nor a known hint: the first certificate.
         for hint in [None, Some("unknown.test")] {
             let (s, c) = handshake(&p.server, &p.client, hint, "b.test", "::1", false).await;
             s.unwrap();
-            assert_eq!(c.unwrap().1.peer_chain, p.other.chain, "{hint:?}");
+            assert_eq!(*c.unwrap().1.peer_chain, *p.other.chain, "{hint:?}");
         }
     }
 
@@ -489,7 +490,7 @@ mod tests {
                 .verify_peer(&s_info, "c.test", PeerRole::Client, &[]),
             CertVerdict::Invalid(CertProblem::NoCertificate)
         );
-        assert_eq!(c_info.peer_chain, p.a.chain);
+        assert_eq!(*c_info.peer_chain, *p.a.chain);
     }
 
     #[tokio::test]
@@ -554,11 +555,11 @@ mod tests {
         renewed.write(p.dir.path(), "a");
         // Not reloaded yet: the old certificate.
         let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
-        assert_eq!(c.unwrap().1.peer_chain, p.a.chain);
+        assert_eq!(*c.unwrap().1.peer_chain, *p.a.chain);
 
         p.server.reload().unwrap();
         let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
-        assert_eq!(c.unwrap().1.peer_chain, renewed.chain);
+        assert_eq!(*c.unwrap().1.peer_chain, *renewed.chain);
 
         // A broken key: the reload fails, names the file, and the renewed certificate stays.
         let key = p.dir.path().join("a.key");
@@ -568,7 +569,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let (_, c) = handshake(&p.server, &p.client, None, "b.test", "a.test", false).await;
-        assert_eq!(c.unwrap().1.peer_chain, renewed.chain);
+        assert_eq!(*c.unwrap().1.peer_chain, *renewed.chain);
     }
 
     /// Our certificate with somebody else's key, loaded without the match check.
@@ -614,7 +615,7 @@ mod tests {
             "{}",
             s_info.cipher
         );
-        assert_eq!(s_info.peer_chain, p.b.chain);
+        assert_eq!(*s_info.peer_chain, *p.b.chain);
         assert!(p
             .server
             .verify_peer(&s_info, "b.test", PeerRole::Client, &[])

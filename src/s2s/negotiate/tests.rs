@@ -323,7 +323,7 @@ fn tls() -> crate::tls::TlsInfo {
         version: "TLSv1.3",
         cipher: "TLS13_AES_256_GCM_SHA384",
         alpn: None,
-        peer_chain: Vec::new(),
+        peer_chain: std::sync::Arc::from([]),
         handshake: None,
     }
 }
