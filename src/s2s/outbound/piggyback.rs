@@ -82,6 +82,13 @@ pub enum HostLink {
     Up(mpsc::Sender<Guest>),
 }
 
+impl HostLink {
+    /// A link being connected, with no pair waiting on it yet.
+    fn connecting() -> HostLink {
+        HostLink::Connecting(watch::channel(()).0)
+    }
+}
+
 /// Requests a host holds before it reads them.
 const REQUESTS: usize = 16;
 
@@ -366,6 +373,9 @@ impl Session {
     pub(super) fn host(&self) -> Guests {
         let mut guests = Guests::none();
         if !self.ctx.security.load().peer(&self.remote).piggyback {
+            // A reload turned it off while we connected: our "connecting" entry must not
+            // keep pairs waiting for a link that will take none.
+            self.unlist();
             return guests;
         }
         let (tx, rx) = mpsc::channel(REQUESTS);
@@ -398,7 +408,7 @@ impl Session {
         if reconnect {
             if let Some(mut host) = self.ctx.links.get_mut(&self.remote) {
                 if host.id == self.id {
-                    host.link = HostLink::Connecting(watch::channel(()).0);
+                    host.link = HostLink::connecting();
                 }
             }
         } else {
@@ -685,7 +695,7 @@ impl Session {
                 dashmap::Entry::Vacant(e) => {
                     e.insert(Host {
                         id: self.id,
-                        link: HostLink::Connecting(watch::channel(()).0),
+                        link: HostLink::connecting(),
                     });
                     return None;
                 }
