@@ -69,6 +69,25 @@ struct Pairs {
     backend_b: RawStream,
 }
 
+impl Pairs {
+    /// `n` stanzas from each local domain to bob@b.test, interleaved; all arrive, each
+    /// domain's in order.
+    async fn burst_in_order(&mut self, n: usize) {
+        send_interleaved(
+            &mut [(&mut self.core, "a.test"), (&mut self.comp, COMP)],
+            "bob@b.test",
+            n,
+        )
+        .await;
+        expect_in_order(&mut self.backend_b, &["a.test", COMP], n).await;
+    }
+
+    /// (outbound links a opened, inbound streams b accepted).
+    async fn links(&self) -> (f64, f64) {
+        (links(&self.a).await, accepted(&self.b).await)
+    }
+}
+
 async fn two_local_domains(a_builder: impl FnOnce(InstanceBuilder) -> InstanceBuilder) -> Pairs {
     let dns = TestDns::start().await;
     let a = a_builder(instance(&dns, "a.test").backend(COMP, COMP_SECRET))
@@ -91,36 +110,27 @@ async fn two_local_domains(a_builder: impl FnOnce(InstanceBuilder) -> InstanceBu
 
 #[tokio::test]
 async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
-    let Pairs {
-        _dns,
-        a,
-        b,
-        mut core,
-        mut comp,
-        mut backend_b,
-    } = two_local_domains(|a| a).await;
+    let mut p = two_local_domains(|a| a).await;
 
     // The first pair opens the link.
-    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+    p.core
+        .send("<message from='x@a.test' to='bob@b.test' id='first'/>")
         .await;
-    assert_eq!(backend_b.next().await.id(), Some("first"));
+    assert_eq!(p.backend_b.next().await.id(), Some("first"));
     // The second rides on it, the two interleaved.
-    send_interleaved(
-        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
-        "bob@b.test",
-        50,
-    )
-    .await;
-    expect_in_order(&mut backend_b, &["a.test", COMP], 50).await;
+    p.burst_in_order(50).await;
 
-    assert_eq!(links(&a).await, 1.0, "a opened one link");
-    assert_eq!(accepted(&b).await, 1.0, "b accepted one stream");
-    let m = a.metrics().await;
+    assert_eq!(
+        p.links().await,
+        (1.0, 1.0),
+        "a opened one link, b accepted one stream"
+    );
+    let m = p.a.metrics().await;
     assert_eq!(metric(&m, "fedgate_s2s_piggybacked_pairs"), 1.0);
     assert_eq!(piggybacked(&m, "carried"), 1.0);
     // b proved comp.a.test on the stream a authenticated by SASL EXTERNAL: the certificate
     // covers it (XEP-0344 §2.4), a db:result answered at once.
-    let m = b.metrics().await;
+    let m = p.b.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -130,19 +140,19 @@ async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
     );
 
     // XEP-0288: b answers comp.a.test on the same link, as the reverse of the pair it proved.
-    backend_b
+    p.backend_b
         .send("<message from='bob@b.test' to='x@comp.a.test' id='back'/>")
         .await;
-    assert_eq!(comp.next().await.id(), Some("back"));
-    assert_eq!(links(&b).await, 0.0, "b opened no link of its own");
+    assert_eq!(p.comp.next().await.id(), Some("back"));
+    assert_eq!(links(&p.b).await, 0.0, "b opened no link of its own");
 
     // `/peers`: one outbound session carrying both pairs.
-    let view = a.peer_view("b.test").await;
+    let view = p.a.peer_view("b.test").await;
     assert_eq!(view.sessions.len(), 1, "{view:?}");
     let mut pairs: Vec<_> = view.sessions[0]
         .pairs
         .iter()
-        .map(|p| (p.local.as_str(), p.auth.as_str()))
+        .map(|pair| (pair.local.as_str(), pair.auth.as_str()))
         .collect();
     pairs.sort();
     assert_eq!(pairs, [("a.test", "external"), (COMP, "dialback")]);
@@ -152,26 +162,16 @@ async fn two_local_domains_share_one_link_to_a_peer_each_in_order() {
 /// link the first is connecting and rides on it, rather than opening one of its own.
 #[tokio::test]
 async fn two_pairs_that_start_together_share_the_first_link() {
-    let Pairs {
-        _dns,
-        a,
-        b,
-        mut core,
-        mut comp,
-        mut backend_b,
-    } = two_local_domains(|a| a).await;
+    let mut p = two_local_domains(|a| a).await;
 
-    send_interleaved(
-        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
-        "bob@b.test",
-        20,
-    )
-    .await;
-    expect_in_order(&mut backend_b, &["a.test", COMP], 20).await;
+    p.burst_in_order(20).await;
 
-    assert_eq!(links(&a).await, 1.0, "a opened one link for both pairs");
-    assert_eq!(accepted(&b).await, 1.0, "b accepted one stream");
-    assert_eq!(piggybacked(&a.metrics().await, "carried"), 1.0);
+    assert_eq!(
+        p.links().await,
+        (1.0, 1.0),
+        "a opened one link for both pairs, b accepted one stream"
+    );
+    assert_eq!(piggybacked(&p.a.metrics().await, "carried"), 1.0);
 }
 
 /// A pair that waits for another pair's link waits within its own retry window: against a
@@ -220,27 +220,15 @@ async fn a_pair_waiting_for_another_pairs_link_bounces_within_its_own_retry_wind
 
 #[tokio::test]
 async fn with_dialback_the_extra_pair_is_verified_with_its_authoritative_server() {
-    let Pairs {
-        _dns,
-        a,
-        b: _b,
-        mut core,
-        mut comp,
-        mut backend_b,
-    } = two_local_domains(|a| a.peer("domain = \"b.test\"\nauth = \"dialback\"")).await;
-    core.send("<message from='x@a.test' to='bob@b.test' id='first'/>")
+    let mut p = two_local_domains(|a| a.peer("domain = \"b.test\"\nauth = \"dialback\"")).await;
+    p.core
+        .send("<message from='x@a.test' to='bob@b.test' id='first'/>")
         .await;
-    assert_eq!(backend_b.next().await.id(), Some("first"));
-    send_interleaved(
-        &mut [(&mut core, "a.test"), (&mut comp, COMP)],
-        "bob@b.test",
-        20,
-    )
-    .await;
-    expect_in_order(&mut backend_b, &["a.test", COMP], 20).await;
-    assert_eq!(links(&a).await, 1.0);
+    assert_eq!(p.backend_b.next().await.id(), Some("first"));
+    p.burst_in_order(20).await;
+    assert_eq!(links(&p.a).await, 1.0);
     assert_eq!(
-        metric(&a.metrics().await, "fedgate_s2s_piggybacked_pairs"),
+        metric(&p.a.metrics().await, "fedgate_s2s_piggybacked_pairs"),
         1.0
     );
 }
