@@ -246,6 +246,32 @@ async fn a_reload_closes_live_sessions_the_new_policy_refuses_and_keeps_the_othe
     );
 }
 
+/// A gateway started without a configuration file (the library's `gateway::start` with a
+/// config built in memory) has nothing to read again: the reload is refused with a text that
+/// says so, and counted as refused like any other.
+#[tokio::test]
+async fn a_reload_without_a_configuration_file_is_refused_and_counted() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let e = a.gw().reload_file().unwrap_err();
+    assert!(matches!(e, fedgate::reload::ReloadError::NoFile), "{e}");
+    assert!(
+        e.to_string()
+            .contains("started without a configuration file"),
+        "{e}"
+    );
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "fedgate_config_reloads_total{result=\"refused\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "fedgate_config_reloads_total{result=\"applied\"}"),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn a_reloaded_pin_closes_a_live_session_whose_key_it_does_not_match() {
     let dns = TestDns::start().await;
