@@ -850,18 +850,35 @@ pub async fn authenticated_s2s(addr: SocketAddr, authority: &Instance, to: &str)
 /// returns its value; panics with the exposition otherwise.
 #[allow(dead_code)]
 pub async fn wait_for_metric(instance: &Instance, sample: &str, at_least: f64) -> f64 {
+    let what = format!("at least {at_least}");
+    wait_for_metric_where(instance, sample, &what, |v| v >= at_least).await
+}
+
+/// Waits (up to 15 s) until `sample` is exactly `value`: for a gauge that settles after the
+/// event a test waited for (an acknowledgement that follows the delivery).
+#[allow(dead_code)]
+pub async fn wait_for_metric_to_be(instance: &Instance, sample: &str, value: f64) {
+    wait_for_metric_where(instance, sample, &value.to_string(), |v| v == value).await;
+}
+
+async fn wait_for_metric_where(
+    instance: &Instance,
+    sample: &str,
+    what: &str,
+    holds: impl Fn(f64) -> bool,
+) -> f64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let exposition = instance.metrics().await;
         // Waiting for a counter to reach a value: before its first increment a labelled counter
         // has no series, and a series that never appears times out below.
         let value = metric_or_zero(&exposition, sample);
-        if value >= at_least {
+        if holds(value) {
             return value;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{sample} never reached {at_least}: {exposition}"
+            "{sample} never reached {what} (last {value}): {exposition}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
