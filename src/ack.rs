@@ -29,8 +29,13 @@
 //!    stanza if the gateway dies before it finished, so holding moves nothing out of the
 //!    backend's safekeeping; it only lifts the order.
 //!
-//! The slots are a ring of [`WINDOW`] words indexed by sequence number modulo its size: a
-//! number is only taken while fewer than [`WINDOW`] numbers after `h` are taken, so two
+//! The same window counts an inbound s2s stream's stanzas (XEP-0198 `h` towards a remote
+//! server, see [`crate::s2s::sm::receiving`]): smaller ([`S2S_WINDOW`]), and without step 5's
+//! reports, since XEP-0198 has no way to name a stanza; there a held stanza is simply
+//! acknowledged before it finished.
+//!
+//! The slots are a ring of as many words as the window is large, indexed by sequence number
+//! modulo its size: a number is only taken while fewer than that many after `h` are taken, so two
 //! numbers in flight never share a slot unless the older was held. Each word carries the
 //! number's *lap* (which turn round the ring it is) next to its flags, so a held ticket that
 //! finishes after its slot was taken again sees that the slot is no longer its own, and
@@ -41,10 +46,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// Numbers after `h` that may be taken at once (a power of two): 32 KiB of slots per
-/// acknowledging session. A backend with more in flight is read more slowly (TCP
-/// back-pressure), not refused. Held stanzas do not count: `h` has passed them.
+/// Numbers after `h` that may be taken at once on a component session (a power of two):
+/// 32 KiB of slots per acknowledging session. A backend with more in flight is read more
+/// slowly (TCP back-pressure), not refused. Held stanzas do not count: `h` has passed them.
 pub const WINDOW: u32 = 8 * 1024;
+
+/// The same for an inbound s2s stream with XEP-0198 (a power of two): 1 KiB of slots, taken
+/// only while stanzas are in flight ([`crate::s2s::sm::receiving`]). Far more s2s streams
+/// than backend links are open, and a remote server's own queue of unacknowledged stanzas
+/// is bounded too (Prosody's `smacks_max_queue_size` is 500 by default), so `h` must not
+/// fall far behind what it sent.
+pub const S2S_WINDOW: u32 = 256;
 
 /// Slot flag: the stanza finished.
 const DONE: u32 = 1;
@@ -53,20 +65,25 @@ const HELD: u32 = 2;
 /// The slot's lap, above the two flags.
 const LAP_SHIFT: u32 = 2;
 
-/// What a slot says when `seq` has just taken it: its lap, no flags.
-fn fresh(seq: u32) -> u32 {
-    (seq / WINDOW) << LAP_SHIFT
+/// What a slot of a window of `size` says when `seq` has just taken it: its lap, no flags.
+fn fresh(seq: u32, size: u32) -> u32 {
+    (seq / size) << LAP_SHIFT
 }
 
 /// Whether slot word `word` belongs to `seq` (rather than to a number a lap before or after).
-fn owned_by(word: u32, seq: u32) -> bool {
-    word >> LAP_SHIFT == seq / WINDOW
+fn owned_by(word: u32, seq: u32, size: u32) -> bool {
+    word >> LAP_SHIFT == seq / size
 }
 
 /// The in-flight sequence numbers of one component session.
 pub struct AckWindow {
-    /// Slot `n % WINDOW`: the lap and flags of the number that took it last.
+    /// Slot `n % size`: the lap and flags of the number that took it last.
     slots: Box<[AtomicU32]>,
+    /// How many numbers after `h` may be taken: the slots' count, a power of two.
+    size: u32,
+    /// Whether held stanzas that finish are kept for [`AckWindow::take_finished_held`] (a
+    /// component session reports them; an s2s stream has no way to).
+    reports_held: bool,
     /// Finished prefix: every stanza numbered below it has finished or is held. Moved by
     /// [`AckWindow::advance`] only.
     h: AtomicU32,
@@ -82,37 +99,53 @@ pub struct AckWindow {
     abandoned: AtomicBool,
 }
 
-impl Default for AckWindow {
-    fn default() -> Self {
+impl AckWindow {
+    /// `size` slots (a power of two, at least 4), the first number `h`.
+    fn build(size: u32, h: u32, reports_held: bool) -> AckWindow {
+        assert!(size.is_power_of_two() && size >= 4, "window size {size}");
         AckWindow {
-            slots: (0..WINDOW).map(|_| AtomicU32::new(0)).collect(),
-            h: AtomicU32::new(0),
-            taken: AtomicU32::new(0),
+            slots: (0..size).map(|_| AtomicU32::new(0)).collect(),
+            size,
+            reports_held,
+            h: AtomicU32::new(h),
+            taken: AtomicU32::new(h),
             finished_held: Mutex::new(Vec::new()),
             finished: Notify::new(),
             room: Notify::new(),
             abandoned: AtomicBool::new(false),
         }
     }
-}
 
-impl AckWindow {
-    /// An empty window for a new session: `h` is 0 and nothing is in flight.
+    /// An empty window for a new component session: `h` is 0 and nothing is in flight.
     pub fn new() -> Arc<AckWindow> {
-        Arc::new(AckWindow::default())
+        Arc::new(AckWindow::build(WINDOW, 0, true))
     }
 
-    /// A window whose first stanza is numbered `h` (to test the wrap at 2^32).
+    /// A component session's window whose first stanza is numbered `h` (to test the wrap at
+    /// 2^32).
     #[cfg(test)]
     fn starting_at(h: u32) -> Arc<AckWindow> {
-        let window = AckWindow::default();
-        window.h.store(h, Ordering::Relaxed);
-        window.taken.store(h, Ordering::Relaxed);
-        Arc::new(window)
+        Arc::new(AckWindow::build(WINDOW, h, true))
+    }
+
+    /// An inbound s2s stream's window ([`S2S_WINDOW`] slots) whose first stanza is numbered
+    /// `h`: the count the stream had reached when the window was taken.
+    pub fn for_s2s(h: u32) -> Arc<AckWindow> {
+        Arc::new(AckWindow::build(S2S_WINDOW, h, false))
     }
 
     fn slot(&self, seq: u32) -> &AtomicU32 {
-        &self.slots[(seq % WINDOW) as usize]
+        &self.slots[(seq % self.size) as usize]
+    }
+
+    /// How many numbers after `h` may be taken at once.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Whether every number taken so far has finished or is held: nothing is in flight.
+    pub fn is_settled(&self) -> bool {
+        self.h() == self.taken()
     }
 
     /// The finished prefix (what `<a h='…'/>` reports).
@@ -125,9 +158,28 @@ impl AckWindow {
         self.taken.load(Ordering::Acquire)
     }
 
-    /// Whether stanza `next` may be taken now: fewer than [`WINDOW`] are unfinished.
+    /// Whether stanza `next` may be taken now: fewer than the window's size are unfinished.
     pub fn has_room(&self, next: u32) -> bool {
-        next.wrapping_sub(self.h()) < WINDOW
+        next.wrapping_sub(self.h()) < self.size
+    }
+
+    /// A ticket for stanza number `next` if there is room for it now ([`AckWindow::reserve`]
+    /// without the wait).
+    pub fn try_reserve(self: &Arc<Self>, next: u32) -> Option<Ticket> {
+        self.has_room(next).then(|| self.take(next))
+    }
+
+    /// Takes `next`'s slot, which `h` has passed.
+    fn take(self: &Arc<Self>, next: u32) -> Ticket {
+        // `h` passed the slot's last owner (finished or held), so it is ours now.
+        self.slot(next)
+            .store(fresh(next, self.size), Ordering::Release);
+        self.taken.store(next.wrapping_add(1), Ordering::Release);
+        Ticket {
+            window: self.clone(),
+            seq: next,
+            abandoned: false,
+        }
     }
 
     /// A ticket for stanza number `next` (the reader's own count, starting at 0), once there
@@ -142,14 +194,7 @@ impl AckWindow {
             }
             room.await;
         }
-        // `h` passed the slot's last owner (finished or held), so it is ours now.
-        self.slot(next).store(fresh(next), Ordering::Release);
-        self.taken.store(next.wrapping_add(1), Ordering::Release);
-        Ticket {
-            window: self.clone(),
-            seq: next,
-            abandoned: false,
-        }
+        self.take(next)
     }
 
     /// Moves `h` over every finished or held number after it; `Some(h)` when it moved. Only
@@ -160,7 +205,7 @@ impl AckWindow {
         let mut h = start;
         while h != end {
             let word = self.slot(h).load(Ordering::Acquire);
-            if !owned_by(word, h) || word & (DONE | HELD) == 0 {
+            if !owned_by(word, h, self.size) || word & (DONE | HELD) == 0 {
                 break;
             }
             h = h.wrapping_add(1);
@@ -183,18 +228,33 @@ impl AckWindow {
         // The last finished number in the span: nothing after it is held up by anything.
         let Some(last_done) = (0..span).rev().map(|i| h.wrapping_add(i)).find(|&seq| {
             let word = self.slot(seq).load(Ordering::Acquire);
-            owned_by(word, seq) && word & DONE != 0
+            owned_by(word, seq, self.size) && word & DONE != 0
         }) else {
             return Vec::new();
         };
+        self.hold_until(last_done)
+    }
+
+    /// Holds every unfinished stanza numbered before `before` (at most what was taken), so
+    /// that `h` passes them all: for an inbound s2s stream whose `h` has not moved for a
+    /// while (its oldest stanzas wait for a destination that takes nothing). Returns their
+    /// numbers, oldest first. Only the writer calls this.
+    pub fn hold_all(&self, before: u32) -> Vec<u32> {
+        let h = self.h();
+        let span = before.wrapping_sub(h).min(self.taken().wrapping_sub(h));
+        self.hold_until(h.wrapping_add(span))
+    }
+
+    /// Holds the fresh slots from `h` up to `end` (not included).
+    fn hold_until(&self, end: u32) -> Vec<u32> {
         let mut held = Vec::new();
-        let mut seq = h;
-        while seq != last_done {
+        let mut seq = self.h();
+        while seq != end {
             let slot = self.slot(seq);
             let word = slot.load(Ordering::Acquire);
             // Only a fresh slot is held: a DONE one finished, a HELD one is held already. A
             // ticket finishing at the same moment either wins (DONE) or finds HELD.
-            if owned_by(word, seq)
+            if owned_by(word, seq, self.size)
                 && word & (DONE | HELD) == 0
                 && slot
                     .compare_exchange(word, word | HELD, Ordering::AcqRel, Ordering::Acquire)
@@ -254,14 +314,16 @@ impl Drop for Ticket {
         let slot = window.slot(self.seq);
         let mut word = slot.load(Ordering::Acquire);
         loop {
-            if !owned_by(word, self.seq) || word & HELD != 0 {
+            if !owned_by(word, self.seq, window.size) || word & HELD != 0 {
                 // Held: `h` passed it (its slot may be another number's by now), so it is
-                // reported by number instead.
-                window
-                    .finished_held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(self.seq);
+                // reported by number instead, where the session reports held stanzas.
+                if window.reports_held {
+                    window
+                        .finished_held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(self.seq);
+                }
                 break;
             }
             match slot.compare_exchange_weak(word, word | DONE, Ordering::AcqRel, Ordering::Acquire)

@@ -73,6 +73,9 @@ pub struct SmCounters {
     pub acked: IntCounter,
     /// A dropped stream's counters kept for resumption.
     pub kept: IntCounter,
+    /// Inbound stanzas acknowledged before they had left the gateway, because they kept `h`
+    /// back in a full window while later ones had left (`crate::s2s::sm::Receiving`).
+    pub held: IntCounter,
 }
 
 /// One s2s session in `fedgate_s2s_sessions{direction, state, auth}` for as long as it lives:
@@ -1111,6 +1114,7 @@ impl Metrics {
             resume_failed: s2s_sm.with_label_values(&[direction, "resume_failed"]),
             acked: s2s_sm.with_label_values(&[direction, "acked"]),
             kept: s2s_sm.with_label_values(&[direction, "kept"]),
+            held: s2s_sm.with_label_values(&[direction, "held"]),
         };
         Metrics {
             sm_in: sm("inbound"),

@@ -205,7 +205,7 @@ async fn end(session: Inbound, outcome: Result<(), Abort>, peer: SocketAddr, ctx
     let remotes = session.remote_domains();
     let Inbound {
         mut conn,
-        sm,
+        mut sm,
         sm_live,
         negotiation,
         reverse,
@@ -213,21 +213,28 @@ async fn end(session: Inbound, outcome: Result<(), Abort>, peer: SocketAddr, ctx
     } = session;
     let remote = negotiation.remote().map(str::to_string);
     let metrics = &ctx.router.metrics;
-    match (&outcome, &sm) {
+    match (&outcome, &mut sm) {
         (Err(Abort::Gone), Some(sm)) => {
             // The link dropped: the sender may resume (XEP-0198 §5). Kept before the live
-            // registration goes, so that a resumption always finds one or the other.
-            if let Some(id) = sm.id() {
-                tracing::debug!(%peer, h = sm.h(), "inbound s2s dropped: kept for resumption");
+            // registration goes, so that a resumption always finds one or the other; what
+            // is in flight gets its chance to leave first, so that only the rest is resent.
+            if let Some(id) = sm.id().map(str::to_string) {
+                let h = sm.settle(sm::receiving::SETTLE).await;
+                tracing::debug!(%peer, h, "inbound s2s dropped: kept for resumption");
                 ctx.resumable
-                    .keep(id, sm.h(), remotes.clone(), ctx.settings.resume_timeout);
+                    .keep(&id, h, remotes.clone(), ctx.settings.resume_timeout);
                 metrics.sm_in.kept.inc();
             }
         }
         (_, Some(sm)) => {
-            // We end the stream: a last, unrequested <a/> tells the sender that everything
-            // it sent arrived (XEP-0198 §4), so that it has nothing to resend.
-            conn.send(&sm::ack(sm.h()));
+            // We end the stream: a last, unrequested <a/> tells the sender what left the
+            // gateway (XEP-0198 §4), after what is in flight had its chance to, so that it
+            // resends only the rest.
+            let h = sm.settle(sm::receiving::SETTLE).await;
+            if sm.in_flight() > 0 {
+                tracing::info!(%peer, in_flight = sm.in_flight(), "inbound s2s ends with stanzas that have not left: the sender keeps them");
+            }
+            conn.send(&sm::ack(h));
             metrics.sm_in.acked.inc();
         }
         (_, None) => {}
@@ -321,6 +328,8 @@ enum Step {
     Keepalive,
     /// A stream resuming this one asks for its counters.
     Takeover(sm::Takeover),
+    /// A stanza in flight left the gateway while an `<a/>` is owed (XEP-0198).
+    Finished,
     Shutdown,
     /// A reload's policy refuses a domain of this stream.
     Kicked,
@@ -332,6 +341,14 @@ enum Step {
 async fn next_reverse(reverse: &mut Option<Box<Reverse>>, ctx: &S2sContext) -> ReverseEvent {
     match reverse {
         Some(reverse) => reverse.next(ctx).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stanza in flight has left the gateway; never, for a stream without stream management.
+async fn next_finished(sm: &Option<sm::Receiving>) {
+    match sm {
+        Some(sm) => sm.finished().await,
         None => std::future::pending().await,
     }
 }
@@ -400,6 +417,7 @@ impl Inbound {
                     _ = self.live.kicked() => Step::Kicked,
                     _ = &mut deadline => Step::Deadline,
                     t = next_takeover(&mut self.sm_live) => Step::Takeover(t),
+                    _ = next_finished(&self.sm), if self.sm.as_ref().is_some_and(sm::Receiving::owes) => Step::Finished,
                     _ = &mut keepalive => Step::Keepalive,
                     Some(v) = results_rx.recv() => Step::Verified(*v),
                     e = self.conn.next_event() => Step::Event(e),
@@ -423,7 +441,17 @@ impl Inbound {
                             self.live.kick_reason(),
                         )))
                     }
+                    Step::Finished => {
+                        if let Some(h) = self.sm.as_mut().and_then(sm::Receiving::caught_up) {
+                            self.conn.send(&sm::ack(h));
+                            self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                            ctx.router.metrics.sm_in.acked.inc();
+                        }
+                    }
                     Step::Keepalive => {
+                        if let Some(sm) = &mut self.sm {
+                            sm.release_if_idle();
+                        }
                         // Not a stanza: the idle deadline stays.
                         if Instant::now() >= whitespace.due(self.conn.last_write()) {
                             self.conn.send(Whitespace::BYTES);
@@ -434,7 +462,8 @@ impl Inbound {
                             .reset(whitespace.due(self.conn.last_write()));
                     }
                     Step::Takeover(t) => {
-                        if self.hand_over(t) {
+                        // Boxed: once per resumption, and it waits for what is in flight.
+                        if Box::pin(self.hand_over(t)).await {
                             return Err(Abort::Refused(refuse(
                                 StreamErrorCondition::Conflict,
                                 "the stream was resumed on a new connection",
@@ -595,6 +624,27 @@ impl Inbound {
             }
             Kind::Message | Kind::Presence | Kind::Iq => {
                 let peer = self.check_stanza(&stanza)?;
+                // XEP-0198: counted in `h` once it has left the gateway (`Receiving`).
+                let ticket = match &mut self.sm {
+                    None => None,
+                    Some(sm) => match sm.ticket() {
+                        Some(ticket) => Some(ticket),
+                        // Boxed: only when the window is full.
+                        None => Some(
+                            Box::pin(sm.wait_for_room(
+                                &self.ctx.router.metrics.sm_in.held,
+                                &self.ctx.inbound_shutdown,
+                            ))
+                            .await
+                            .ok_or_else(|| {
+                                Abort::Refused(refuse(
+                                    StreamErrorCondition::SystemShutdown,
+                                    "fedgate is shutting down",
+                                ))
+                            })?,
+                        ),
+                    },
+                };
                 // The answer to one of our pings ends here, and a ping to our domain itself is
                 // answered here; each is handled all the same.
                 let router = &self.ctx.router;
@@ -617,10 +667,17 @@ impl Inbound {
                     if let Some(peer) = self.peers.get(peer) {
                         peer.stanza();
                     }
+                    let stanza = match ticket {
+                        Some(ticket) => stanza.with_ticket(ticket),
+                        None => stanza,
+                    };
                     self.ctx.router.route(stanza).await;
                 }
-                if let Some(sm) = &mut self.sm {
-                    sm.handled();
+                // A ping answered here or a pong claimed here has left with this. An `<a/>`
+                // owed since an `<r/>` goes out as soon as `h` has caught up, whoever moved it.
+                if let Some(h) = self.sm.as_mut().and_then(sm::Receiving::caught_up) {
+                    self.conn.send(&sm::ack(h));
+                    self.ctx.router.metrics.sm_in.acked.inc();
                 }
             }
             Kind::StreamError => {
@@ -1093,15 +1150,23 @@ mod tests {
         peer.send("<r xmlns='urn:xmpp:sm:3'/>").await;
         assert_eq!(
             peer.next().await.raw().as_ref(),
-            b"<a xmlns='urn:xmpp:sm:3' h='2'/>",
-            "the answer was handled, so it counts"
+            b"<a xmlns='urn:xmpp:sm:3' h='1'/>",
+            "the answer was handled, so it counts; the message waits for its backend"
         );
+        let message = backend.recv().await.unwrap();
         assert_eq!(
-            backend.recv().await.unwrap().id(),
+            message.id(),
             Some("after"),
             "the answer never reached the backend"
         );
         assert!(backend.try_recv().is_err());
+        // The backend is done with it: an unasked <a/> reports it.
+        drop(message);
+        assert_eq!(
+            peer.next().await.raw().as_ref(),
+            b"<a xmlns='urn:xmpp:sm:3' h='2'/>",
+            "the message counts once it has left"
+        );
         assert_eq!(
             ping.answered.try_recv(),
             Ok(()),

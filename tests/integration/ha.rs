@@ -21,7 +21,21 @@ fn attach(
     secret: &str,
     gateways: Vec<Target>,
 ) -> (Sender, mpsc::UnboundedReceiver<String>, mpsc::Receiver<()>) {
-    let component = Component::start(ClientConfig::with_gateways("a.test", secret, gateways));
+    attach_paced(secret, gateways, 1024, Duration::ZERO)
+}
+
+/// [`attach`], with the library's event queue `queue_len` long and an application that
+/// takes `pace` for each event: the library acknowledges a stanza when the next event is
+/// asked for, so it acknowledges at that pace, and soon reads at it too.
+fn attach_paced(
+    secret: &str,
+    gateways: Vec<Target>,
+    queue_len: usize,
+    pace: Duration,
+) -> (Sender, mpsc::UnboundedReceiver<String>, mpsc::Receiver<()>) {
+    let mut config = ClientConfig::with_gateways("a.test", secret, gateways);
+    config.queue_len = queue_len;
+    let component = Component::start(config);
     let (sender, mut events, stopper) = component.into_parts();
     let (ids_tx, ids) = mpsc::unbounded_channel();
     let (online_tx, online) = mpsc::channel(8);
@@ -32,6 +46,9 @@ fn attach(
                 Event::Stanza(s) => {
                     if let Some(id) = s.id() {
                         let _ = ids_tx.send(id.to_owned());
+                    }
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
                     }
                 }
                 Event::Online { .. } => {
@@ -341,4 +358,85 @@ async fn a_gateway_killed_with_sigkill_mid_traffic_loses_nothing() {
         || stats.unacked() == 0,
     )
     .await;
+}
+
+/// Issue 18, the receiving side: b.test (fedgate, XEP-0198) sends a burst to a.test, whose
+/// two gateway processes are listed by SRV. a.test's backend, the component library on
+/// both, takes 1 ms per message, so that the gateway b.test streams to (SRV's first) always
+/// holds some of the burst; that gateway is killed with SIGKILL. A stanza counts in its `h`
+/// only once it has left the gateway (here: once the backend acknowledged it), so b.test
+/// still keeps every one the dead gateway held, and sends them again through the other one:
+/// every message arrives, some twice. (Counting `h` on arrival, as before, the same test
+/// loses the 51 the gateway still had queued for the backend, in each of two runs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiving_gateway_killed_with_sigkill_loses_nothing_it_had_taken() {
+    let dns = TestDns::start().await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ips: Vec<IpAddr> = (0..2).map(|_| next_loopback()).collect();
+    let mut children = Vec::new();
+    let mut targets = Vec::new();
+    for (i, (dir, ip)) in dirs.iter().zip(&ips).enumerate() {
+        let (child, addr) = child_gateway(&dns, dir.path(), *ip);
+        children.push(child);
+        targets.push(Target::Tcp(addr));
+        dns.add(&format!("gw{i}.a.test"), *ip);
+    }
+    dns.add_srv("_xmpp-server._tcp.a.test", 0, 0, 5269, "gw0.a.test");
+    dns.add_srv("_xmpp-server._tcp.a.test", 10, 0, 5269, "gw1.a.test");
+    let b = instance(&dns, "b.test")
+        .s2s("retry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"\nbidi = false")
+        .start()
+        .await;
+    let mut b_backend = b.backend().await;
+    let (_sender, mut ids, mut online) =
+        attach_paced("crash-secret", targets, 16, Duration::from_millis(1));
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, online.recv())
+            .await
+            .expect("both links up");
+    }
+    // The link to gw0 is up before the burst.
+    b_backend
+        .send("<message from='bob@b.test' to='juliet@a.test' id='warm'/>")
+        .await;
+    let warm = tokio::time::timeout(WAIT, ids.recv()).await.unwrap();
+    assert_eq!(warm.as_deref(), Some("warm"));
+
+    const N: usize = 2000;
+    const KILL_AT: usize = 300;
+    let mut burst = String::new();
+    for i in 0..N {
+        burst.push_str(&format!(
+            "<message from='bob@b.test' to='juliet@a.test' id='m{i}'><body>{i}</body></message>"
+        ));
+    }
+    b_backend.send(&burst).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while seen.len() < N {
+        if seen.len() == KILL_AT && children[0].0.is_some() {
+            let mut gw0 = children[0].0.take().unwrap();
+            gw0.kill().expect("SIGKILL gw0");
+            gw0.wait().unwrap();
+        }
+        let Ok(Some(id)) = tokio::time::timeout(Duration::from_secs(15), ids.recv()).await else {
+            panic!(
+                "{} of {N} messages arrived (gw0 killed after {KILL_AT}); missing e.g. {:?}; b.test: {} resent",
+                seen.len(),
+                (0..N).map(|i| format!("m{i}")).find(|id| !seen.contains_key(id)),
+                metric_or_zero(&b.metrics().await, "fedgate_outbound_stanzas_total{event=\"resent\"}"),
+            );
+        };
+        *seen.entry(id).or_default() += 1;
+    }
+    let twice: usize = seen.values().map(|n| n - 1).sum();
+    let resent = metric(
+        &b.metrics().await,
+        "fedgate_outbound_stanzas_total{event=\"resent\"}",
+    );
+    eprintln!("{N} sent, {N} delivered (0 lost), {twice} twice; b.test resent {resent}");
+    assert!(
+        resent > 0.0,
+        "gw0 held nothing unacknowledged when it was killed"
+    );
+    assert!(twice as f64 <= resent, "{twice} twice, {resent} resent");
 }

@@ -192,14 +192,25 @@ const ACK_DELAY: Duration = Duration::from_millis(200);
 /// link sends at most one per round trip.
 const CONFIRM_DELAY: Duration = Duration::from_millis(200);
 
+impl Pump {
+    /// An XEP-0198 `<r/>` about what was written so far.
+    fn ask(&mut self, writer: &mut Writer) {
+        writer.send(sm::REQUEST);
+        self.requested = true;
+        self.since_ping = 0;
+    }
+}
+
 /// The state of one established link.
 struct Pump {
     /// XEP-0198 is on.
     sm: bool,
     /// An `<r/>` is out and its `<a/>` has not come back.
     requested: bool,
-    /// Without XEP-0198: stanzas written since the last ping was sent (no ping covers them
-    /// yet), and when the first of them was.
+    /// Stanzas written since the last `<r/>` (XEP-0198) or ping (without it) asked about
+    /// them, and, without XEP-0198, when the first of them was. A peer that counts a
+    /// stanza only once it has passed it on (fedgate does) may answer with less than was
+    /// written; the next request waits for another batch, not for the next stanza.
     since_ping: usize,
     first_unpinged: Option<Instant>,
     check: Option<Check>,
@@ -317,8 +328,7 @@ impl Session {
             }
             tracing::info!(remote = %self.remote, "resent {n} unacknowledged stanzas on the new link");
             if pump.sm {
-                writer.send(sm::REQUEST);
-                pump.requested = true;
+                pump.ask(&mut writer);
             } else {
                 pump.since_ping = n;
                 self.confirm(&mut pump, &mut writer, carry, Instant::now());
@@ -525,8 +535,7 @@ impl Session {
                         }
                     }
                     if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
-                        writer.send(sm::REQUEST);
-                        pump.requested = true;
+                        pump.ask(&mut writer);
                     }
                     if !pump.sm && pump.since_ping > 0 {
                         let now = Instant::now();
@@ -596,8 +605,7 @@ impl Session {
             Due::Idle => return Ok(()),
             Due::Keepalive => writer.send(Whitespace::BYTES),
             Due::AckRequest if pump.sm => {
-                writer.send(sm::REQUEST);
-                pump.requested = true;
+                pump.ask(writer);
             }
             Due::AckRequest => {
                 timers.last_check = now;
@@ -614,8 +622,7 @@ impl Session {
                 let deadline = now + settings.ping_timeout;
                 timers.last_check = now;
                 if pump.sm {
-                    writer.send(sm::REQUEST);
-                    pump.requested = true;
+                    pump.ask(writer);
                     pump.check = Some(Check::Ack { deadline });
                 } else {
                     self.confirm(pump, writer, carry, now);
@@ -689,8 +696,7 @@ impl Session {
                 let resent = self.answered(&mut pump.guests, &s, writer, carry);
                 if resent > 0 {
                     if pump.sm {
-                        writer.send(sm::REQUEST);
-                        pump.requested = true;
+                        pump.ask(writer);
                     } else {
                         pump.since_ping += resent;
                         pump.first_unpinged.get_or_insert(Instant::now());
@@ -849,9 +855,7 @@ impl Session {
             .count(stanza.kind(), bytes.len());
         writer.send(&bytes);
         carry.push(stanza);
-        if !pump.sm {
-            pump.since_ping += 1;
-        }
+        pump.since_ping += 1;
     }
     /// Returns the stanzas [`Session::write`] held back as too large for the peer to their
     /// senders, `policy-violation` with a text naming the limit (and no `by`: the policy is

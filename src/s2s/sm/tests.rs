@@ -1,5 +1,8 @@
+use std::time::Duration;
+
 use tokio::time::Instant;
 
+use super::receiving::{HOLD_AFTER, SETTLE};
 use super::*;
 use crate::xml::stanza::NsContext;
 
@@ -189,10 +192,120 @@ fn requests_are_parsed_and_bad_counts_refused() {
 #[test]
 fn the_count_wraps_at_2_pow_32() {
     let mut r = Receiving::new(None, u32::MAX);
-    r.handled();
+    drop(r.ticket());
     assert_eq!(r.h(), 0);
-    r.handled();
+    drop(r.ticket());
     assert_eq!(r.h(), 1);
+}
+
+#[test]
+fn a_stanza_counts_in_h_only_once_it_has_left_the_gateway() {
+    let mut r = Receiving::new(None, 0);
+    let first = r.ticket().unwrap();
+    let second = r.ticket().unwrap();
+    let third = r.ticket().unwrap();
+    drop(third);
+    drop(second);
+    assert_eq!(r.h(), 0, "the first is still in flight");
+    assert_eq!(r.in_flight(), 3);
+    // `<r/>` now is answered short, and an `<a/>` is owed.
+    assert_eq!(r.answer(), 0);
+    assert!(r.owes());
+    assert_eq!(r.caught_up(), None);
+    drop(first);
+    assert_eq!(r.caught_up(), Some(3), "the unasked <a/> once all three left");
+    assert!(!r.owes(), "only one");
+    assert_eq!(r.caught_up(), None);
+    // An answer that is complete owes nothing.
+    drop(r.ticket());
+    assert_eq!(r.answer(), 4);
+    assert!(!r.owes());
+}
+
+#[test]
+fn an_idle_stream_lets_its_window_go_only_with_nothing_in_flight() {
+    let mut r = Receiving::new(None, 7);
+    let ticket = r.ticket().unwrap();
+    r.release_if_idle();
+    assert_eq!(r.h(), 7, "kept: one is in flight");
+    drop(ticket);
+    r.release_if_idle();
+    assert_eq!(r.h(), 8);
+    assert_eq!(r.in_flight(), 0);
+    // A new window starts where the count is.
+    let ticket = r.ticket().unwrap();
+    assert_eq!(ticket.seq(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_window_that_does_not_move_for_a_while_is_passed() {
+    let held = prometheus::IntCounter::new("held", "held").unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut r = Receiving::new(None, 0);
+    let size = crate::ack::S2S_WINDOW;
+    let mut tickets: Vec<_> = (0..size).map(|_| r.ticket().unwrap()).collect();
+    assert!(r.ticket().is_none(), "the window is full");
+    // The first ten are slow (one backend); the rest left (another backend).
+    let slow: Vec<_> = tickets.drain(..10).collect();
+    drop(tickets);
+    let started = tokio::time::Instant::now();
+    let ticket = r.wait_for_room(&held, &stop).await.expect("room");
+    assert_eq!(started.elapsed(), HOLD_AFTER);
+    assert_eq!(held.get(), 10);
+    assert_eq!(ticket.seq(), size);
+    assert_eq!(r.h(), size, "h passed the slow ones");
+    drop(slow);
+    assert_eq!(r.h(), size, "they finish later without moving h again");
+    // A window none of whose stanzas leaves (a destination that takes nothing) is passed
+    // whole after the same wait.
+    let stuck: Vec<_> = (1..size).map(|_| r.ticket().unwrap()).collect();
+    assert!(r.ticket().is_none());
+    let started = tokio::time::Instant::now();
+    let _next = r.wait_for_room(&held, &stop).await.expect("room");
+    assert_eq!(started.elapsed(), HOLD_AFTER);
+    assert_eq!(held.get(), 10 + u64::from(size));
+    drop((ticket, stuck));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_window_whose_oldest_keep_leaving_paces_the_stream_without_holding() {
+    let held = prometheus::IntCounter::new("held", "held").unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut r = Receiving::new(None, 0);
+    let size = crate::ack::S2S_WINDOW;
+    let mut tickets: std::collections::VecDeque<_> = (0..size).map(|_| r.ticket().unwrap()).collect();
+    // A slow destination: the oldest leaves every 200 ms (less than HOLD_AFTER).
+    let slow = tokio::spawn(async move {
+        while let Some(t) = tickets.pop_front() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(t);
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        taken.push(r.wait_for_room(&held, &stop).await.expect("room"));
+    }
+    assert_eq!(started.elapsed(), Duration::from_millis(1000), "one in as one leaves");
+    assert_eq!(held.get(), 0, "nothing passed unfinished");
+    assert_eq!(r.h(), 5);
+    slow.abort();
+}
+#[tokio::test(start_paused = true)]
+async fn settling_waits_for_what_is_in_flight_at_most_its_patience() {
+    let mut r = Receiving::new(None, 0);
+    let first = r.ticket().unwrap();
+    let second = r.ticket().unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(first);
+    });
+    let started = tokio::time::Instant::now();
+    assert_eq!(r.settle(SETTLE).await, 1, "the second never leaves");
+    assert_eq!(started.elapsed(), SETTLE);
+    drop(second);
+    assert_eq!(r.settle(SETTLE).await, 2);
+    assert_eq!(started.elapsed(), SETTLE, "nothing in flight: no wait");
 }
 
 #[test]
