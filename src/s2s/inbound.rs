@@ -450,6 +450,11 @@ impl Inbound {
                     }
                     Step::Keepalive => {
                         if let Some(sm) = &mut self.sm {
+                            if let Some(h) = sm.caught_up() {
+                                self.conn.send(&sm::ack(h));
+                                self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                                ctx.router.metrics.sm_in.acked.inc();
+                            }
                             sm.release_if_idle();
                         }
                         // Not a stanza: the idle deadline stays.

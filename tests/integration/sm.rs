@@ -560,6 +560,96 @@ async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
     stopping.await.unwrap();
 }
 
+/// A peer that counts a stanza only once it has passed it on (fedgate does, see
+/// `fedgate::s2s::sm::Receiving`) may answer `<r/>` with less than was written. The sending
+/// side then asks again after another batch of stanzas, or a while after the traffic
+/// pauses, never after every batch or every round trip. (Before, each batch after the
+/// first 128 asked, and a pause made `<r/>` and `<a/>` go back and forth as fast as the
+/// link allowed.) The fake peer here acknowledges nothing: every answer is `h='0'`.
+#[tokio::test]
+async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let receiver = FakeReceiver::bind(ip, dir.path()).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send("<message from='alice@a.test' to='bob@fake.test' id='m0'/>")
+        .await;
+    let mut conn = tokio::time::timeout(WAIT, receiver.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    fake_peer_starttls(&mut conn, &receiver.tls, 0).await;
+    conn.send(format!("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>{SM_OFFER}</stream:features>").as_bytes());
+    conn.flush().await.unwrap();
+    loop {
+        let s = next_stanza(&mut conn).await;
+        match s.name() {
+            "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
+            "enable" => conn.send(b"<enabled xmlns='urn:xmpp:sm:3'/>"),
+            "message" => break,
+            _ => {}
+        }
+        conn.flush().await.unwrap();
+    }
+    // 600 more in 120 small batches, 1 ms apart.
+    const N: usize = 600;
+    let sending = tokio::spawn(async move {
+        for i in 0..N / 5 {
+            let mut batch = String::new();
+            for j in 0..5 {
+                batch.push_str(&format!(
+                    "<message from='alice@a.test' to='bob@fake.test' id='b{}'/>",
+                    i * 5 + j
+                ));
+            }
+            backend.send(&batch).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        backend
+    });
+    let (mut messages, mut requests) = (0, 0);
+    let mut quiet_until = None;
+    loop {
+        let next = match quiet_until {
+            Some(t) => match tokio::time::timeout_at(t, conn.next_event()).await {
+                Ok(e) => e,
+                Err(_) => break,
+            },
+            None => tokio::time::timeout(WAIT, conn.next_event())
+                .await
+                .expect("a.test writes on"),
+        };
+        let Ok(Event::Stanza(s)) = next else {
+            panic!("the link ended");
+        };
+        match s.name() {
+            "message" => messages += 1,
+            "r" => {
+                requests += 1;
+                conn.send(b"<a xmlns='urn:xmpp:sm:3' h='0'/>");
+                conn.flush().await.unwrap();
+            }
+            other => panic!("unexpected <{other}/>"),
+        }
+        if messages == N && quiet_until.is_none() {
+            // Then a second without new stanzas, everything still unacknowledged.
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let _backend = sending.await.unwrap();
+    // One per 128 written (4), and one per 200 ms of the pause (5), with a little room for
+    // the timers' rounding.
+    assert!(
+        requests <= N / 128 + 5 + 3,
+        "{requests} <r/> for {N} stanzas and a 1 s pause"
+    );
+    assert!(requests >= 2, "asked at all: {requests}");
+}
+
 /// The fake peer's side of a new outbound stream from a.test, without XEP-0198: STARTTLS,
 /// dialback features, `valid` for the result, until the first message, which is returned.
 async fn fake_peer_until_a_message(

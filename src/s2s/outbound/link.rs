@@ -95,8 +95,10 @@ impl Timers {
         // each side.
         // Without XEP-0198 the question is an XEP-0199 ping, at most one in flight, at the
         // latest `CONFIRM_DELAY` after the first stanza it is to confirm.
+        // After an answer that left some unacknowledged (the peer counts what it has passed
+        // on, not what it read), the next request waits as long again: not one per round trip.
         let ack_at = if pump.sm && !pump.requested && !carry.unacked.is_empty() {
-            self.last_stanza + ACK_DELAY
+            self.last_stanza.max(pump.asked_at) + ACK_DELAY
         } else if !pump.sm && pump.check.is_none() {
             pump.first_unpinged.map_or(idle_at, |t| t + CONFIRM_DELAY)
         } else {
@@ -198,6 +200,7 @@ impl Pump {
         writer.send(sm::REQUEST);
         self.requested = true;
         self.since_ping = 0;
+        self.asked_at = Instant::now();
     }
 }
 
@@ -207,6 +210,8 @@ struct Pump {
     sm: bool,
     /// An `<r/>` is out and its `<a/>` has not come back.
     requested: bool,
+    /// When the last `<r/>` was written.
+    asked_at: Instant,
     /// Stanzas written since the last `<r/>` (XEP-0198) or ping (without it) asked about
     /// them, and, without XEP-0198, when the first of them was. A peer that counts a
     /// stanza only once it has passed it on (fedgate does) may answer with less than was
@@ -271,6 +276,7 @@ impl Session {
         let mut pump = Pump {
             sm: false,
             requested: false,
+            asked_at: Instant::now(),
             since_ping: 0,
             first_unpinged: None,
             check: None,
@@ -534,7 +540,7 @@ impl Session {
                             }
                         }
                     }
-                    if pump.sm && !pump.requested && carry.unacked.len() >= ack_batch {
+                    if pump.sm && !pump.requested && pump.since_ping >= ack_batch {
                         pump.ask(&mut writer);
                     }
                     if !pump.sm && pump.since_ping > 0 {

@@ -25,14 +25,18 @@
 //!    `max` is `resume_timeout` in whole seconds, at least 1). Before authentication, or a
 //!    second time: `<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='…stanzas'/></failed>`
 //!    (§3); with `stream_management = false`: `<failed>` with `<feature-not-implemented/>`;
-//! 3. each `<message/>`, `<presence/>` and `<iq/>` handled after that (routed, bounced, or an
-//!    answer to our ping) adds 1 to `h`, modulo 2^32 ([`Receiving`]); `<r/>` gets
-//!    `<a xmlns='urn:xmpp:sm:3' h='…'/>` at once. `<r/>` and `<a/>` are ignored without
+//! 3. each `<message/>`, `<presence/>` and `<iq/>` after that adds 1 to `h`, modulo 2^32, once
+//!    it has left the gateway (written to its backend or acknowledged by it, bounced, or
+//!    answered here; [`Receiving`] has the rule for a backend that takes nothing), so that a
+//!    gateway killed while it holds stanzas leaves them with the sender; `<r/>` gets
+//!    `<a xmlns='urn:xmpp:sm:3' h='…'/>` at once, and if that `h` is short of what arrived
+//!    before the `<r/>`, one more `<a/>` once it is not. `<r/>` and `<a/>` are ignored without
 //!    stream management; with it, an `<a/>` whose `h` is not 0 ends the stream with
 //!    `<undefined-condition/>` and `<handled-count-too-high h='…' send-count='0'/>` (§4), and
 //!    a count that is not a number with `<bad-format/>`;
 //! 4. when fedgate ends the stream (idle, shutdown, a stream error) or answers the peer's
-//!    `</stream:stream>`, a last `<a h='…'/>` comes first;
+//!    `</stream:stream>`, a last `<a h='…'/>` comes first, after what is in flight had up to
+//!    [`SETTLE`](receiving::SETTLE) to leave (also before the count is kept, in 5, or handed over);
 //! 5. when the connection drops (no clean close by either side), `h` and the stream's
 //!    originating domains are kept for `resume_timeout` ([`ResumeStore::keep`], at most
 //!    [`MAX_KEPT`]). On a new authenticated stream, `<resume previd='…' h='0'/>` gets

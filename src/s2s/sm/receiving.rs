@@ -122,7 +122,10 @@ impl Receiving {
             } else if Instant::now() >= hold_at {
                 let passed = window.hold_all(self.received).len();
                 held.inc_by(passed as u64);
-                tracing::debug!(passed, "inbound s2s: h passes stanzas that waited {HOLD_AFTER:?} for room");
+                tracing::debug!(
+                    passed,
+                    "inbound s2s: h passes stanzas that waited {HOLD_AFTER:?} for room"
+                );
                 continue;
             }
             tokio::select! {
@@ -179,12 +182,15 @@ impl Receiving {
         Some(h)
     }
 
-    /// On an idle stream: lets the window go when nothing is in flight.
+    /// On an idle stream: lets the window go when nothing is in flight and no `<a/>` is owed
+    /// (the window is what tells that one's moment).
     pub fn release_if_idle(&mut self) {
-        if self.window.as_ref().is_some_and(|w| {
-            w.advance();
-            w.is_settled()
-        }) {
+        if self.owed.is_none()
+            && self.window.as_ref().is_some_and(|w| {
+                w.advance();
+                w.is_settled()
+            })
+        {
             self.window = None;
         }
     }

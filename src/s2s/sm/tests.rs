@@ -213,7 +213,11 @@ fn a_stanza_counts_in_h_only_once_it_has_left_the_gateway() {
     assert!(r.owes());
     assert_eq!(r.caught_up(), None);
     drop(first);
-    assert_eq!(r.caught_up(), Some(3), "the unasked <a/> once all three left");
+    assert_eq!(
+        r.caught_up(),
+        Some(3),
+        "the unasked <a/> once all three left"
+    );
     assert!(!r.owes(), "only one");
     assert_eq!(r.caught_up(), None);
     // An answer that is complete owes nothing.
@@ -273,7 +277,8 @@ async fn a_full_window_whose_oldest_keep_leaving_paces_the_stream_without_holdin
     let stop = tokio_util::sync::CancellationToken::new();
     let mut r = Receiving::new(None, 0);
     let size = crate::ack::S2S_WINDOW;
-    let mut tickets: std::collections::VecDeque<_> = (0..size).map(|_| r.ticket().unwrap()).collect();
+    let mut tickets: std::collections::VecDeque<_> =
+        (0..size).map(|_| r.ticket().unwrap()).collect();
     // A slow destination: the oldest leaves every 200 ms (less than HOLD_AFTER).
     let slow = tokio::spawn(async move {
         while let Some(t) = tickets.pop_front() {
@@ -286,7 +291,11 @@ async fn a_full_window_whose_oldest_keep_leaving_paces_the_stream_without_holdin
     for _ in 0..5 {
         taken.push(r.wait_for_room(&held, &stop).await.expect("room"));
     }
-    assert_eq!(started.elapsed(), Duration::from_millis(1000), "one in as one leaves");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(1000),
+        "one in as one leaves"
+    );
     assert_eq!(held.get(), 0, "nothing passed unfinished");
     assert_eq!(r.h(), 5);
     slow.abort();
