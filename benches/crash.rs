@@ -21,6 +21,16 @@
 //! Then "written" is what the library took, and it prints the duplicates (delivered more than
 //! once: resent after the kill) and what the library resent. Lost must be 0.
 //!
+//! `inbound`: the other way, the gateway that *receives* over s2s is the one killed. a.test's raw
+//! backend sends to b.test as above; at `CRASH_AT`, b.test is killed with SIGKILL and started
+//! again at once on the same address (its raw backend attaches again when it is back). a.test
+//! (fedgate, XEP-0198) sends again what b.test had not acknowledged. It prints written,
+//! delivered, duplicates, bounced (errors that came back to a.test's backend) and lost
+//! (neither delivered nor bounced). Not part of `both`.
+//!
+//! `FEDGATE_BIN` runs another build of the gateway (to measure a change against the code
+//! before it).
+//!
 //! Run: `cargo bench --bench crash`.
 
 mod support;
@@ -57,7 +67,14 @@ fn main() {
         "raw" => (true, false),
         "library" => (false, true),
         "both" => (true, true),
-        other => panic!("CRASH_MODE={other}: use raw, library or both"),
+        "inbound" => {
+            println!("crash: {n} messages at {rate}/s, b.test (receiving) killed (SIGKILL) and restarted after {at} were written");
+            for run in 1..=runs {
+                runtime.block_on(inbound_run(run, n, rate, at, drain));
+            }
+            return;
+        }
+        other => panic!("CRASH_MODE={other}: use raw, library, both or inbound"),
     };
     println!("crash: {n} messages at {rate}/s, a.test killed (SIGKILL) after {at} were written");
     if raw {
@@ -244,6 +261,124 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
         100.0 * lost as f64 / written.max(1) as f64
     );
     drop(b);
+}
+
+/// `CRASH_MODE=inbound`: see the module docs.
+async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let secret = "crash-bench-dialback-secret";
+    let a_config = support::write_config(
+        &a_dir,
+        &support::config_text("a.test", A_IP, A_COMPONENT, &[("b.test", B_IP)]),
+        secret,
+    );
+    let b_config = support::write_config(
+        &b_dir,
+        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
+        secret,
+    );
+    let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
+    let _a = ChildGateway::start("a.test", &a_config, "CRASH_ENV");
+
+    // b.test's backend, attached again after the restart.
+    let delivered = Deliveries::default();
+    let seen = delivered.clone();
+    let receiver = tokio::spawn(async move {
+        loop {
+            let Ok(tcp) = tokio::net::TcpStream::connect(B_COMPONENT).await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let (mut reader, _writer) = support::attach_backend_on(tcp, "b.test", "secret").await;
+            while let Some(s) = reader.next_stanza().await {
+                if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
+                    let mut seen = seen.lock().unwrap();
+                    seen.1 += 1;
+                    seen.0.insert(seq);
+                }
+            }
+        }
+    });
+    // What comes back to a.test's backend: bounces.
+    let (mut reader_a, mut wr_a) =
+        attach_backend(A_COMPONENT.parse().unwrap(), "a.test", "secret").await;
+    let bounced: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let returned = bounced.clone();
+    let bounce_reader = tokio::spawn(async move {
+        while let Some(s) = reader_a.next_stanza().await {
+            if s.type_() == Some("error") {
+                if let Some(seq) = s.id().and_then(|id| id.parse::<u64>().ok()) {
+                    returned.lock().unwrap().insert(seq);
+                }
+            }
+        }
+    });
+
+    let per_tick = (rate / 1000).max(1);
+    let mut written = 0u64;
+    let mut tick = tokio::time::interval(PACE);
+    let mut batch = Vec::new();
+    let mut b = Some(b);
+    let mut restart = None;
+    while written < n {
+        tick.tick().await;
+        batch.clear();
+        let upto = (written + per_tick).min(n);
+        for seq in written..upto {
+            write!(
+                batch,
+                "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
+                 id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
+            )
+            .unwrap();
+        }
+        wr_a.write_all(&batch).await.expect("a.test reads its backend");
+        written = upto;
+        if written >= at {
+            if let Some(mut dead) = b.take() {
+                // SAFETY: kill sends a signal to our own child's pid.
+                unsafe {
+                    libc::kill(dead.child.id() as libc::pid_t, libc::SIGKILL);
+                }
+                let _ = dead.child.wait();
+                drop(dead);
+                let config = b_config.clone();
+                // Started again off the sending loop, which goes on meanwhile.
+                restart = Some(tokio::task::spawn_blocking(move || {
+                    ChildGateway::start("b.test", &config, "CRASH_ENV")
+                }));
+            }
+        }
+    }
+    let restarted = restart
+        .expect("b.test was killed")
+        .await
+        .expect("b.test restarted");
+    let accounted = |d: &Deliveries, b: &Mutex<HashSet<u64>>| {
+        let d = d.lock().unwrap();
+        let b = b.lock().unwrap();
+        d.0.len() + b.iter().filter(|s| !d.0.contains(s)).count()
+    };
+    let until = Instant::now() + drain;
+    while Instant::now() < until && accounted(&delivered, &bounced) < n as usize {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    receiver.abort();
+    bounce_reader.abort();
+    let (unique, total) = {
+        let d = delivered.lock().unwrap();
+        (d.0.len() as u64, d.1)
+    };
+    let bounced_n = bounced.lock().unwrap().len() as u64;
+    let lost = n - accounted(&delivered, &bounced) as u64;
+    println!(
+        "run {run}: written {written}, delivered {unique}, duplicates {}, bounced {bounced_n}, lost {lost}",
+        total - unique,
+    );
+    drop(restarted);
 }
 
 /// What backend B received: the distinct sequence numbers, and every arrival (so that

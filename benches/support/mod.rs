@@ -63,7 +63,9 @@ impl ChildGateway {
     /// environment only (allocator options, `LD_PRELOAD`). Warnings and errors it logs are
     /// shown, prefixed with `name`.
     pub fn start(name: &str, config: &Path, env: &str) -> ChildGateway {
-        let mut command = Command::new(BIN);
+        // `FEDGATE_BIN`: another build, to compare a change with the code before it.
+        let bin = std::env::var("FEDGATE_BIN").unwrap_or_else(|_| BIN.to_string());
+        let mut command = Command::new(&bin);
         if let Ok(vars) = std::env::var(env) {
             for var in vars.split_whitespace() {
                 let (key, value) = var
@@ -78,7 +80,7 @@ impl ChildGateway {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("start {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let prefix = name.to_string();
