@@ -335,7 +335,9 @@ async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
             )
             .unwrap();
         }
-        wr_a.write_all(&batch).await.expect("a.test reads its backend");
+        wr_a.write_all(&batch)
+            .await
+            .expect("a.test reads its backend");
         written = upto;
         if written >= at {
             if let Some(mut dead) = b.take() {

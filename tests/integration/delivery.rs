@@ -153,11 +153,40 @@ async fn a_remote_that_stops_reading_holds_up_nothing_else_of_its_backend() {
 
 #[tokio::test]
 async fn a_backend_that_stops_reading_holds_up_nothing_else_on_the_remotes_stream() {
+    backend_stops_reading(Bidi::On).await;
+}
+
+/// The same on b.test's own stream to a.test (no XEP-0288), which has XEP-0198: a.test counts
+/// a stanza in `h` only once it has left, so the stuck backend's stanzas fill the stream's
+/// window, and `h` must pass them (`event="held"`) rather than stop the stream for
+/// other.a.test (without that, b.test's queue stalls and bounces everything).
+#[tokio::test]
+async fn a_backend_that_stops_reading_holds_up_nothing_else_on_the_remotes_acknowledged_stream() {
+    backend_stops_reading(Bidi::Off).await;
+}
+
+/// Whether the burst from b.test may ride back on a.test's stream (XEP-0288, confirmed by
+/// pings; it usually does, once b.test has seen a.test's stream), or must take b.test's own
+/// stream, with XEP-0198.
+#[derive(Clone, Copy, PartialEq)]
+enum Bidi {
+    On,
+    Off,
+}
+
+async fn backend_stops_reading(bidi: Bidi) {
     let dns = TestDns::start().await;
+    let bidi_line = if bidi == Bidi::Off {
+        "\nbidi = false"
+    } else {
+        ""
+    };
     let a = instance(&dns, "a.test")
         .backend("other.a.test", "other-secret")
         // Not the 1 MiB/s abuse bound per stream, or the 10 MB burst takes 10 s.
-        .s2s("stall_timeout = \"500ms\"\nmax_inbound_bytes_per_second = 104857600")
+        .s2s(&format!(
+            "stall_timeout = \"500ms\"\nmax_inbound_bytes_per_second = 104857600{bidi_line}"
+        ))
         .start()
         .await;
     let b = instance(&dns, "b.test").start().await;
@@ -209,6 +238,13 @@ async fn a_backend_that_stops_reading_holds_up_nothing_else_on_the_remotes_strea
         bounced > 0 && delivered > 0,
         "{delivered} delivered, {bounced} bounced"
     );
+    if bidi == Bidi::Off {
+        let held = metric(
+            &a.metrics().await,
+            "fedgate_s2s_sm_total{direction=\"inbound\",event=\"held\"}",
+        );
+        assert!(held > 0.0, "no stanza held on b.test's stream: {held}");
+    }
 }
 
 /// Finding 4: a link found dead is a reason to reconnect, not to bounce. The link to b.test

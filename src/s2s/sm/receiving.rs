@@ -120,13 +120,16 @@ impl Receiving {
                 h = window.h();
                 hold_at = Instant::now() + HOLD_AFTER;
             } else if Instant::now() >= hold_at {
+                hold_at = Instant::now() + HOLD_AFTER;
                 let passed = window.hold_all(self.received).len();
-                held.inc_by(passed as u64);
-                tracing::debug!(
-                    passed,
-                    "inbound s2s: h passes stanzas that waited {HOLD_AFTER:?} for room"
-                );
-                continue;
+                if passed > 0 {
+                    held.inc_by(passed as u64);
+                    tracing::debug!(
+                        passed,
+                        "inbound s2s: h passes stanzas that waited {HOLD_AFTER:?} for room"
+                    );
+                    continue;
+                }
             }
             tokio::select! {
                 biased;
