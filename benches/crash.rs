@@ -199,20 +199,7 @@ async fn library_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
 
 async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&a_dir).unwrap();
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let secret = "crash-bench-dialback-secret";
-    let a_config = support::write_config(
-        &a_dir,
-        &support::config_text("a.test", A_IP, A_COMPONENT, &[("b.test", B_IP)]),
-        secret,
-    );
-    let b_config = support::write_config(
-        &b_dir,
-        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
-        secret,
-    );
+    let (a_config, b_config) = one_gateway_each(dir.path());
     let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
     let mut a = ChildGateway::start("a.test", &a_config, "CRASH_ENV");
 
@@ -266,20 +253,7 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
 /// `CRASH_MODE=inbound`: see the module docs.
 async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&a_dir).unwrap();
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let secret = "crash-bench-dialback-secret";
-    let a_config = support::write_config(
-        &a_dir,
-        &support::config_text("a.test", A_IP, A_COMPONENT, &[("b.test", B_IP)]),
-        secret,
-    );
-    let b_config = support::write_config(
-        &b_dir,
-        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
-        secret,
-    );
+    let (a_config, b_config) = one_gateway_each(dir.path());
     let b = ChildGateway::start("b.test", &b_config, "CRASH_ENV");
     let _a = ChildGateway::start("a.test", &a_config, "CRASH_ENV");
 
@@ -381,6 +355,26 @@ async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
         total - unique,
     );
     drop(restarted);
+}
+
+/// The configurations of one a.test and one b.test gateway, routed to each other, in
+/// folders of `dir`.
+fn one_gateway_each(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let secret = "crash-bench-dialback-secret";
+    let a_config = support::write_config(
+        &a_dir,
+        &support::config_text("a.test", A_IP, A_COMPONENT, &[("b.test", B_IP)]),
+        secret,
+    );
+    let b_config = support::write_config(
+        &b_dir,
+        &support::config_text("b.test", B_IP, B_COMPONENT, &[("a.test", A_IP)]),
+        secret,
+    );
+    (a_config, b_config)
 }
 
 /// What backend B received: the distinct sequence numbers, and every arrival (so that

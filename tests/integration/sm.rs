@@ -512,24 +512,9 @@ async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
     backend
         .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
         .await;
-    let mut conn = tokio::time::timeout(WAIT, receiver.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    fake_peer_starttls(&mut conn, &receiver.tls, 0).await;
-    conn.send(format!("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>{SM_OFFER}</stream:features>").as_bytes());
-    conn.flush().await.unwrap();
     // Dialback, XEP-0198, then m1, which we hold unacknowledged.
-    loop {
-        let s = next_stanza(&mut conn).await;
-        match s.name() {
-            "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
-            "enable" => conn.send(b"<enabled xmlns='urn:xmpp:sm:3'/>"),
-            "message" => break,
-            _ => {}
-        }
-        conn.flush().await.unwrap();
-    }
+    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
+    assert_eq!(m1.id(), Some("m1"));
     let stopping = tokio::spawn(async move {
         a.stop().await;
         a
@@ -578,23 +563,8 @@ async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip()
     backend
         .send("<message from='alice@a.test' to='bob@fake.test' id='m0'/>")
         .await;
-    let mut conn = tokio::time::timeout(WAIT, receiver.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    fake_peer_starttls(&mut conn, &receiver.tls, 0).await;
-    conn.send(format!("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>{SM_OFFER}</stream:features>").as_bytes());
-    conn.flush().await.unwrap();
-    loop {
-        let s = next_stanza(&mut conn).await;
-        match s.name() {
-            "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
-            "enable" => conn.send(b"<enabled xmlns='urn:xmpp:sm:3'/>"),
-            "message" => break,
-            _ => {}
-        }
-        conn.flush().await.unwrap();
-    }
+    let (mut conn, m0) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
+    assert_eq!(m0.id(), Some("m0"));
     // 600 more in 120 small batches, 1 ms apart.
     const N: usize = 600;
     let sending = tokio::spawn(async move {
@@ -650,11 +620,20 @@ async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip()
     assert!(requests >= 2, "asked at all: {requests}");
 }
 
-/// The fake peer's side of a new outbound stream from a.test, without XEP-0198: STARTTLS,
-/// dialback features, `valid` for the result, until the first message, which is returned.
+/// Whether the fake peer offers XEP-0198.
+#[derive(Clone, Copy, PartialEq)]
+enum Sm {
+    Offered,
+    NotOffered,
+}
+
+/// The fake peer's side of a new outbound stream from a.test: STARTTLS, dialback features
+/// (and XEP-0198 if `sm` says so, enabled without resumption), `valid` for the result, until
+/// the first message, which is returned.
 async fn fake_peer_until_a_message(
     receiver: &FakeReceiver,
     tag: usize,
+    sm: Sm,
 ) -> (
     fedgate::connection::Connection,
     fedgate::xml::stanza::Stanza,
@@ -664,12 +643,14 @@ async fn fake_peer_until_a_message(
         .expect("a.test connects")
         .unwrap();
     fake_peer_starttls(&mut conn, &receiver.tls, tag).await;
-    conn.send(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+    let offer = if sm == Sm::Offered { SM_OFFER } else { "" };
+    conn.send(format!("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>{offer}</stream:features>").as_bytes());
     conn.flush().await.unwrap();
     loop {
         let s = next_stanza(&mut conn).await;
         match s.name() {
             "result" => conn.send(b"<db:result from='fake.test' to='a.test' type='valid'/>"),
+            "enable" if sm == Sm::Offered => conn.send(b"<enabled xmlns='urn:xmpp:sm:3'/>"),
             "message" => return (conn, s),
             _ => {}
         }
@@ -696,7 +677,7 @@ async fn a_link_that_closes_idle_before_the_peer_confirmed_sends_the_rest_again(
     backend
         .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
         .await;
-    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0).await;
+    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0, Sm::NotOffered).await;
     assert_eq!(m1.id(), Some("m1"));
     // Nothing is answered: the confirming ping comes (still in flight when the link is idle,
     // so the last wait is for its answer), then the close.
@@ -709,7 +690,7 @@ async fn a_link_that_closes_idle_before_the_peer_confirmed_sends_the_rest_again(
         }
     }
     assert!(pings >= 1, "a confirming ping before closing: {pings}");
-    let (_conn, again) = fake_peer_until_a_message(&receiver, 1).await;
+    let (_conn, again) = fake_peer_until_a_message(&receiver, 1, Sm::NotOffered).await;
     assert_eq!(again.id(), Some("m1"), "sent again on a new link");
     let m = a.metrics().await;
     assert_eq!(
