@@ -214,16 +214,8 @@ async fn one_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     let mut batch = Vec::new();
     'send: while written < n {
         tick.tick().await;
-        batch.clear();
         let upto = (written + per_tick).min(n);
-        for seq in written..upto {
-            write!(
-                batch,
-                "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
-                 id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
-            )
-            .unwrap();
-        }
+        messages(&mut batch, written..upto);
         if wr_a.write_all(&batch).await.is_err() {
             break 'send;
         }
@@ -299,16 +291,8 @@ async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
     let mut restart = None;
     while written < n {
         tick.tick().await;
-        batch.clear();
         let upto = (written + per_tick).min(n);
-        for seq in written..upto {
-            write!(
-                batch,
-                "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
-                 id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
-            )
-            .unwrap();
-        }
+        messages(&mut batch, written..upto);
         wr_a.write_all(&batch)
             .await
             .expect("a.test reads its backend");
@@ -355,6 +339,19 @@ async fn inbound_run(run: u64, n: u64, rate: u64, at: u64, drain: Duration) {
         total - unique,
     );
     drop(restarted);
+}
+
+/// Juliet's messages numbered `seqs`, in place of what `batch` held.
+fn messages(batch: &mut Vec<u8>, seqs: std::ops::Range<u64>) {
+    batch.clear();
+    for seq in seqs {
+        write!(
+            batch,
+            "<message from='juliet@a.test/balcony' to='romeo@b.test/orchard' type='chat' \
+             id='{seq}'><body>Wherefore art thou, Romeo?</body></message>"
+        )
+        .unwrap();
+    }
 }
 
 /// The configurations of one a.test and one b.test gateway, routed to each other, in

@@ -503,18 +503,13 @@ async fn next_stanza(conn: &mut fedgate::connection::Connection) -> fedgate::xml
 #[tokio::test]
 async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
     let dns = TestDns::start().await;
-    let mut a = instance(&dns, "a.test").start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ip = next_loopback();
-    let receiver = FakeReceiver::bind(ip, dir.path()).await;
-    dns.add("fake.test", ip);
-    let mut backend = a.backend().await;
-    backend
-        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
-        .await;
     // Dialback, XEP-0198, then m1, which we hold unacknowledged.
-    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
-    assert_eq!(m1.id(), Some("m1"));
+    let FakeSmPeer {
+        mut a,
+        backend: _backend,
+        mut conn,
+        ..
+    } = fake_sm_peer(&dns, "m1").await;
     let stopping = tokio::spawn(async move {
         a.stop().await;
         a
@@ -554,17 +549,12 @@ async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
 #[tokio::test]
 async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test").start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ip = next_loopback();
-    let receiver = FakeReceiver::bind(ip, dir.path()).await;
-    dns.add("fake.test", ip);
-    let mut backend = a.backend().await;
-    backend
-        .send("<message from='alice@a.test' to='bob@fake.test' id='m0'/>")
-        .await;
-    let (mut conn, m0) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
-    assert_eq!(m0.id(), Some("m0"));
+    let FakeSmPeer {
+        a,
+        mut backend,
+        mut conn,
+        ..
+    } = fake_sm_peer(&dns, "m0").await;
     // 600 more in 120 small batches, 1 ms apart.
     const N: usize = 600;
     let sending = tokio::spawn(async move {
@@ -618,6 +608,40 @@ async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip()
         "{requests} <r/> for {N} stanzas and a 1 s pause"
     );
     assert!(requests >= 2, "asked at all: {requests}");
+}
+
+/// a.test with a link to fake.test, a fake peer that offers XEP-0198 and enables it.
+struct FakeSmPeer {
+    a: Instance,
+    /// a.test's backend, which sent the link's first message.
+    backend: RawStream,
+    /// The fake peer's side of the link, after that message.
+    conn: fedgate::connection::Connection,
+    _dir: tempfile::TempDir,
+}
+
+/// a.test's backend sends a message with id `first` to fake.test; the fake peer takes the
+/// link up to that message ([`fake_peer_until_a_message`]).
+async fn fake_sm_peer(dns: &TestDns, first: &str) -> FakeSmPeer {
+    let a = instance(dns, "a.test").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ip = next_loopback();
+    let receiver = FakeReceiver::bind(ip, dir.path()).await;
+    dns.add("fake.test", ip);
+    let mut backend = a.backend().await;
+    backend
+        .send(&format!(
+            "<message from='alice@a.test' to='bob@fake.test' id='{first}'/>"
+        ))
+        .await;
+    let (conn, m) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
+    assert_eq!(m.id(), Some(first));
+    FakeSmPeer {
+        a,
+        backend,
+        conn,
+        _dir: dir,
+    }
 }
 
 /// Whether the fake peer offers XEP-0198.
