@@ -233,6 +233,46 @@ async fn handled_stanzas_are_counted_from_enable_and_acknowledged() {
     assert!((4.0..=8.0).contains(&acks), "{acks} <a/> sent: {m}");
 }
 
+/// A stanza counts in `h` only once it has left the gateway. Messages for a backend that has
+/// just dropped its link wait for it to attach again (`reattach_grace`), so they are not
+/// counted: an `<r/>` is answered with 0, and when the sender closes the stream, the last
+/// `<a/>` comes after a second's wait for them and still leaves them out, so that the sender
+/// keeps them. Once the backend is back, they arrive.
+#[tokio::test]
+async fn the_last_ack_leaves_out_what_still_waits_for_its_backend() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    drop(b.backend().await);
+    wait_for_metric(
+        &b,
+        "fedgate_component_reattach_total{outcome=\"waited\"}",
+        1.0,
+    )
+    .await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    enable(&mut s, false).await;
+    send_messages(&mut s, "m", 3).await;
+    assert_eq!(
+        acked(&mut s).await,
+        0,
+        "waiting for the backend: not counted"
+    );
+    s.send("</stream:stream>").await;
+    let closed_at = tokio::time::Instant::now();
+    assert_eq!(expect_ack(&mut s).await, 0, "the last <a/> leaves them out");
+    assert!(
+        closed_at.elapsed() >= Duration::from_millis(900),
+        "the stream waited for them first: {:?}",
+        closed_at.elapsed()
+    );
+    assert!(matches!(s.event().await, Event::StreamClose));
+    let mut backend = b.backend().await;
+    for i in 0..3 {
+        assert_eq!(backend.next().await.id(), Some(format!("m{i}").as_str()));
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
     let dns = TestDns::start().await;
