@@ -273,6 +273,47 @@ async fn the_last_ack_leaves_out_what_still_waits_for_its_backend() {
     }
 }
 
+/// The count a resumption takes is what had left the gateway too: with messages waiting for
+/// their backend (as in the test above), a stream that drops is kept with `h` 0, and one
+/// still open hands over 0 when a resumption takes it over, each after its second's wait, so
+/// that the sender resends them. (They are also delivered once the backend is back: at least
+/// once.)
+#[tokio::test]
+async fn a_resumption_takes_only_what_had_left_the_gateway() {
+    let dns = TestDns::start().await;
+    let a = instance(&dns, "a.test").start().await;
+    let b = instance(&dns, "b.test").start().await;
+    drop(b.backend().await);
+    wait_for_metric(
+        &b,
+        "fedgate_component_reattach_total{outcome=\"waited\"}",
+        1.0,
+    )
+    .await;
+
+    // Dropped, then resumed.
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    let id = enable(&mut s, true).await.expect("resumable");
+    send_messages(&mut s, "dropped", 2).await;
+    assert_eq!(acked(&mut s).await, 0);
+    drop(s);
+    wait_for_metric(&b, &sm_metric("kept"), 1.0).await;
+    let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    assert_eq!(resume(&mut s, &id).await, resumed(&id, 0));
+
+    // Still open, then taken over.
+    send_messages(&mut s, "open", 1).await;
+    assert_eq!(acked(&mut s).await, 0);
+    let mut t = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
+    assert_eq!(resume(&mut t, &id).await, resumed(&id, 0));
+    assert_eq!(s.expect_stream_error().await, "conflict");
+
+    let mut backend = b.backend().await;
+    for want in ["dropped0", "dropped1", "open0"] {
+        assert_eq!(backend.next().await.id(), Some(want));
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_stream_resumes_with_its_count_and_keeps_its_id() {
     let dns = TestDns::start().await;
@@ -544,12 +585,12 @@ async fn next_stanza(conn: &mut fedgate::connection::Connection) -> fedgate::xml
 async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
     let dns = TestDns::start().await;
     // Dialback, XEP-0198, then m1, which we hold unacknowledged.
-    let FakeSmPeer {
+    let FakePeer {
         mut a,
         backend: _backend,
         mut conn,
         ..
-    } = fake_sm_peer(&dns, "m1").await;
+    } = fake_peer(&dns, "", "m1", Sm::Offered).await;
     let stopping = tokio::spawn(async move {
         a.stop().await;
         a
@@ -589,12 +630,12 @@ async fn a_stopping_gateway_waits_for_its_peers_last_ack_before_it_closes() {
 #[tokio::test]
 async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip() {
     let dns = TestDns::start().await;
-    let FakeSmPeer {
+    let FakePeer {
         a,
         mut backend,
         mut conn,
         ..
-    } = fake_sm_peer(&dns, "m0").await;
+    } = fake_peer(&dns, "", "m0", Sm::Offered).await;
     // 600 more in 120 small batches, 1 ms apart.
     const N: usize = 600;
     let sending = tokio::spawn(async move {
@@ -650,20 +691,23 @@ async fn a_peer_that_answers_short_is_asked_again_per_batch_not_per_round_trip()
     assert!(requests >= 2, "asked at all: {requests}");
 }
 
-/// a.test with a link to fake.test, a fake peer that offers XEP-0198 and enables it.
-struct FakeSmPeer {
+/// a.test with a link to fake.test, a fake peer that takes it up to its first message.
+struct FakePeer {
     a: Instance,
     /// a.test's backend, which sent the link's first message.
     backend: RawStream,
     /// The fake peer's side of the link, after that message.
     conn: fedgate::connection::Connection,
+    /// Where a.test's next link to fake.test arrives.
+    receiver: FakeReceiver,
     _dir: tempfile::TempDir,
 }
 
-/// a.test's backend sends a message with id `first` to fake.test; the fake peer takes the
-/// link up to that message ([`fake_peer_until_a_message`]).
-async fn fake_sm_peer(dns: &TestDns, first: &str) -> FakeSmPeer {
-    let a = instance(dns, "a.test").start().await;
+/// a.test (with `s2s` lines in its `[s2s]`) and its backend, which sends a message with id
+/// `first` to fake.test; the fake peer takes the link up to that message
+/// ([`fake_peer_until_a_message`], offering XEP-0198 as `sm` says).
+async fn fake_peer(dns: &TestDns, s2s: &str, first: &str, sm: Sm) -> FakePeer {
+    let a = instance(dns, "a.test").s2s(s2s).start().await;
     let dir = tempfile::tempdir().unwrap();
     let ip = next_loopback();
     let receiver = FakeReceiver::bind(ip, dir.path()).await;
@@ -674,12 +718,13 @@ async fn fake_sm_peer(dns: &TestDns, first: &str) -> FakeSmPeer {
             "<message from='alice@a.test' to='bob@fake.test' id='{first}'/>"
         ))
         .await;
-    let (conn, m) = fake_peer_until_a_message(&receiver, 0, Sm::Offered).await;
+    let (conn, m) = fake_peer_until_a_message(&receiver, 0, sm).await;
     assert_eq!(m.id(), Some(first));
-    FakeSmPeer {
+    FakePeer {
         a,
         backend,
         conn,
+        receiver,
         _dir: dir,
     }
 }
@@ -729,20 +774,19 @@ async fn fake_peer_until_a_message(
 #[tokio::test]
 async fn a_link_that_closes_idle_before_the_peer_confirmed_sends_the_rest_again() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test")
-        .s2s("idle_timeout = \"1s\"\nping_timeout = \"30s\"\nretry_initial_delay = \"100ms\"")
-        .start()
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ip = next_loopback();
-    let receiver = FakeReceiver::bind(ip, dir.path()).await;
-    dns.add("fake.test", ip);
-    let mut backend = a.backend().await;
-    backend
-        .send("<message from='alice@a.test' to='bob@fake.test' id='m1'/>")
-        .await;
-    let (mut conn, m1) = fake_peer_until_a_message(&receiver, 0, Sm::NotOffered).await;
-    assert_eq!(m1.id(), Some("m1"));
+    let FakePeer {
+        a,
+        backend: _backend,
+        mut conn,
+        receiver,
+        ..
+    } = fake_peer(
+        &dns,
+        "idle_timeout = \"1s\"\nping_timeout = \"30s\"\nretry_initial_delay = \"100ms\"",
+        "m1",
+        Sm::NotOffered,
+    )
+    .await;
     // Nothing is answered: the confirming ping comes (still in flight when the link is idle,
     // so the last wait is for its answer), then the close.
     let mut pings = 0;
