@@ -233,6 +233,21 @@ async fn handled_stanzas_are_counted_from_enable_and_acknowledged() {
     assert!((4.0..=8.0).contains(&acks), "{acks} <a/> sent: {m}");
 }
 
+/// a.test, and b.test whose backend attached and dropped its link: what arrives for it waits
+/// for it to attach again (`reattach_grace`, 5 s), and has not left the gateway meanwhile.
+async fn b_whose_backend_just_left(dns: &TestDns) -> (Instance, Instance) {
+    let a = instance(dns, "a.test").start().await;
+    let b = instance(dns, "b.test").start().await;
+    drop(b.backend().await);
+    wait_for_metric(
+        &b,
+        "fedgate_component_reattach_total{outcome=\"waited\"}",
+        1.0,
+    )
+    .await;
+    (a, b)
+}
+
 /// A stanza counts in `h` only once it has left the gateway. Messages for a backend that has
 /// just dropped its link wait for it to attach again (`reattach_grace`), so they are not
 /// counted: an `<r/>` is answered with 0, and when the sender closes the stream, the last
@@ -241,15 +256,7 @@ async fn handled_stanzas_are_counted_from_enable_and_acknowledged() {
 #[tokio::test]
 async fn the_last_ack_leaves_out_what_still_waits_for_its_backend() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test").start().await;
-    let b = instance(&dns, "b.test").start().await;
-    drop(b.backend().await);
-    wait_for_metric(
-        &b,
-        "fedgate_component_reattach_total{outcome=\"waited\"}",
-        1.0,
-    )
-    .await;
+    let (a, b) = b_whose_backend_just_left(&dns).await;
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
     enable(&mut s, false).await;
     send_messages(&mut s, "m", 3).await;
@@ -281,15 +288,7 @@ async fn the_last_ack_leaves_out_what_still_waits_for_its_backend() {
 #[tokio::test]
 async fn a_resumption_takes_only_what_had_left_the_gateway() {
     let dns = TestDns::start().await;
-    let a = instance(&dns, "a.test").start().await;
-    let b = instance(&dns, "b.test").start().await;
-    drop(b.backend().await);
-    wait_for_metric(
-        &b,
-        "fedgate_component_reattach_total{outcome=\"waited\"}",
-        1.0,
-    )
-    .await;
+    let (a, b) = b_whose_backend_just_left(&dns).await;
 
     // Dropped, then resumed.
     let mut s = authenticated_s2s(b.s2s_addr(), &a, "b.test").await;
