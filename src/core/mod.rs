@@ -167,6 +167,12 @@ pub struct Core {
     sessions: Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>,
     /// XEP-0198 sessions that can be resumed, connected or detached.
     resume_table: sm::ResumeTable,
+    /// Held while a message for an account without an available session is stored offline
+    /// (after checking again, under it, that none became available), and while a session
+    /// that just became available takes the stored ones: so that no message is stored just
+    /// after a sign-in read the store, and waits there until the next one. One lock for all
+    /// accounts: the database runs on one thread, so stores were one at a time already.
+    offline: tokio::sync::Mutex<()>,
     /// Items for disco#items on our domains.
     disco_items: Vec<String>,
     /// XEP-0115 caps of the entities that send our accounts presence, for PEP notifications.
@@ -416,6 +422,7 @@ pub async fn start_with_status(
         links,
         sessions: Mutex::new(HashMap::new()),
         resume_table: sm::ResumeTable::default(),
+        offline: Default::default(),
         disco_items,
         caps: Default::default(),
         blocklists: Default::default(),

@@ -174,8 +174,18 @@ impl Core {
             }
             _ => {}
         }
-        let targets = self.message_targets(account);
+        let mut targets = self.message_targets(account);
+        // No session: stored, unless one became available meanwhile (checked again under
+        // the lock that a sign-in takes to read the store, `Core::offline`).
+        let offline = if targets.is_empty() {
+            let guard = self.offline.lock().await;
+            targets = self.message_targets(account);
+            Some(guard)
+        } else {
+            None
+        };
         if !targets.is_empty() {
+            drop(offline);
             let bytes = Bytes::from(el.to_bytes());
             let shared = targets.len() > 1;
             for s in &targets {
@@ -196,7 +206,9 @@ impl Core {
             return;
         }
         let worth_a_push = super::push::is_worth_a_push(&el);
-        if self.store_offline(account, el).await && worth_a_push {
+        let stored = self.store_offline(account, el).await;
+        drop(offline);
+        if stored && worth_a_push {
             self.push_to_app_servers(account).await;
         }
     }
@@ -334,6 +346,9 @@ impl Core {
 
     /// Delivers stored messages to a session that just became available, then forgets them.
     pub(crate) async fn deliver_offline(&self, session: &SessionHandle) {
+        // The session is available by now: a message that finds none and waits for this
+        // lock checks again and goes to it directly.
+        let _offline = self.offline.lock().await;
         let owner = session.account.clone();
         let msgs = match self
             .storage

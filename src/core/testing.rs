@@ -63,6 +63,7 @@ pub(crate) async fn test_core_with(
         links: HashMap::new(),
         sessions: Mutex::new(HashMap::new()),
         resume_table: Default::default(),
+        offline: Default::default(),
         disco_items: Vec::new(),
         caps: Default::default(),
         blocklists: Default::default(),

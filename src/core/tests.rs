@@ -267,3 +267,36 @@ async fn error_replies_carry_the_legacy_code() {
     .unwrap();
     assert_eq!(reply.child("error", ns::CLIENT).unwrap().attr("code"), None);
 }
+
+/// A message for an account without an available session is stored, unless one became
+/// available meanwhile: a sign-in reads the store once, so a message stored just after that
+/// read would wait there until the next sign-in. Here the message's delivery finds no session
+/// while a sign-in is taking the store, and waits for it; when it goes on, the session is
+/// available, and the message goes to it rather than to the store.
+#[tokio::test]
+async fn a_message_that_races_a_sign_in_goes_to_the_session_not_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = test_core(dir.path(), &["alice", "bob"]).await;
+    let signing_in = core.offline.lock().await;
+    let delivering = tokio::spawn({
+        let core = core.clone();
+        async move {
+            core.route(client_el(
+                "<message from='alice@a.test/r' to='bob@a.test' id='m1'><body>x</body></message>",
+            ))
+            .await
+        }
+    });
+    // The delivery finds no session and waits for the store (the storage runs on its own
+    // thread, so this is real time).
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !delivering.is_finished(),
+        "stored while a sign-in held the store"
+    );
+    let (_bob, _, mut bob_rx) = session(&core, "bob@a.test/r", 8);
+    drop(signing_in);
+    delivering.await.unwrap();
+    assert_eq!(ids(&drain(&mut bob_rx), "message"), ["m1"]);
+    assert!(offline(&core, "bob@a.test").await.is_empty());
+}
