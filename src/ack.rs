@@ -138,11 +138,6 @@ impl AckWindow {
         &self.slots[(seq % self.size) as usize]
     }
 
-    /// How many numbers after `h` may be taken at once.
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
     /// Whether every number taken so far has finished or is held: nothing is in flight.
     pub fn is_settled(&self) -> bool {
         self.h() == self.taken()

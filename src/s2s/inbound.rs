@@ -231,8 +231,9 @@ async fn end(session: Inbound, outcome: Result<(), Abort>, peer: SocketAddr, ctx
             // gateway (XEP-0198 §4), after what is in flight had its chance to, so that it
             // resends only the rest.
             let h = sm.settle(sm::receiving::SETTLE).await;
-            if sm.in_flight() > 0 {
-                tracing::info!(%peer, in_flight = sm.in_flight(), "inbound s2s ends with stanzas that have not left: the sender keeps them");
+            let in_flight = sm.in_flight();
+            if in_flight > 0 {
+                tracing::info!(%peer, in_flight, "inbound s2s ends with stanzas that have not left: the sender keeps them");
             }
             conn.send(&sm::ack(h));
             metrics.sm_in.acked.inc();
@@ -442,19 +443,15 @@ impl Inbound {
                         )))
                     }
                     Step::Finished => {
-                        if let Some(h) = self.sm.as_mut().and_then(sm::Receiving::caught_up) {
-                            self.conn.send(&sm::ack(h));
+                        if self.ack_if_caught_up() {
                             self.conn.flush().await.map_err(|_| Abort::Gone)?;
-                            ctx.router.metrics.sm_in.acked.inc();
                         }
                     }
                     Step::Keepalive => {
+                        if self.ack_if_caught_up() {
+                            self.conn.flush().await.map_err(|_| Abort::Gone)?;
+                        }
                         if let Some(sm) = &mut self.sm {
-                            if let Some(h) = sm.caught_up() {
-                                self.conn.send(&sm::ack(h));
-                                self.conn.flush().await.map_err(|_| Abort::Gone)?;
-                                ctx.router.metrics.sm_in.acked.inc();
-                            }
                             sm.release_if_idle();
                         }
                         // Not a stanza: the idle deadline stays.
@@ -680,10 +677,7 @@ impl Inbound {
                 }
                 // A ping answered here or a pong claimed here has left with this. An `<a/>`
                 // owed since an `<r/>` goes out as soon as `h` has caught up, whoever moved it.
-                if let Some(h) = self.sm.as_mut().and_then(sm::Receiving::caught_up) {
-                    self.conn.send(&sm::ack(h));
-                    self.ctx.router.metrics.sm_in.acked.inc();
-                }
+                self.ack_if_caught_up();
             }
             Kind::StreamError => {
                 let error = PeerStreamError::parse(&stanza);

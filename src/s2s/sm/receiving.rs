@@ -67,7 +67,8 @@ impl std::fmt::Debug for Receiving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiving")
             .field("received", &self.received)
-            .field("h", &self.h())
+            // Without advancing: only the stream's own task moves `h`.
+            .field("h", &self.window.as_ref().map_or(self.received, |w| w.h()))
             .field("id", &self.id)
             .finish()
     }
@@ -295,6 +296,16 @@ impl Inbound {
             }
         }
         Ok(())
+    }
+    /// Writes the `<a/>` owed since an `<r/>` if `h` has caught up ([`Receiving::caught_up`]);
+    /// whether it did (the caller flushes).
+    pub(in crate::s2s) fn ack_if_caught_up(&mut self) -> bool {
+        let Some(h) = self.sm.as_mut().and_then(Receiving::caught_up) else {
+            return false;
+        };
+        self.conn.send(&ack(h));
+        self.ctx.router.metrics.sm_in.acked.inc();
+        true
     }
     /// Stream management is on from `h`, resumable under `id` if given.
     fn start_sm(&mut self, id: Option<String>, h: u32) {
